@@ -1,0 +1,1 @@
+"""Edge agent: config, pipeline, store, API, CLI."""

@@ -1,0 +1,1 @@
+"""Seccomp-locked evaluation of untrusted conditions (built in the triggers issue). Knows nothing of agent/."""
