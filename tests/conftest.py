@@ -1,0 +1,135 @@
+"""Shared test parts: the real telegrams, pseudo-terminal pairs, a running agent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import tty
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent.config import Config, StorageConfig
+
+TELEGRAMS = Path(__file__).parent / "telegrams"
+
+# file -> (our profile, dsmr_parser specification name); the table of telegrams/README.md
+TELEGRAM_PROFILES = {
+    "v2_2.txt": ("dsmr22", "V2_2"),
+    "v3.txt": ("dsmr3", "V3"),
+    "v4_2.txt": ("dsmr4", "V4"),
+    "v5.txt": ("dsmr5", "V5"),
+    "v5_two_mbus.txt": ("dsmr5", "V5"),
+    "unpadded_crc.txt": ("dsmr5", "V5"),
+    "fluvius_v171.txt": ("fluvius", "BELGIUM_FLUVIUS"),
+    "fluvius_v171_alt.txt": ("fluvius", "BELGIUM_FLUVIUS"),
+    "esy5q3da1004_v304.txt": ("q3d", "Q3D"),
+    "esy5q3db1024_v304.txt": ("q3d", "Q3D"),
+    "sagemcom_t210_d_r.txt": ("sagemcom_t210_d_r", "SAGEMCOM_T210_D_R"),
+    "iskra_ie.txt": ("iskra_ie", "ISKRA_IE"),
+    "v5_eon_hu.txt": ("eon_hungary", "EON_HUNGARY"),
+}
+
+OPERATOR_TOKEN = "test-operator-token-" + "x" * 8
+
+
+def pytest_addoption(parser):
+    parser.addoption("--p1-port", default=None,
+                     help="hardware-in-loop: a real P1 port (/dev/ttyUSB0 or socket://host:port)")
+    parser.addoption("--p1-profile", default="auto", help="hardware-in-loop: the meter's profile")
+
+
+def telegram_bytes(name: str) -> bytes:
+    return (TELEGRAMS / name).read_bytes()
+
+
+class PtyPair:
+    """A pseudo-terminal: the test writes to `master`, the agent opens `path` like a serial port."""
+
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)  # no line discipline: CR stays CR
+        self.path = os.ttyname(self.slave)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.master, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def pty_pair():
+    pair = PtyPair()
+    yield pair
+    pair.close()
+
+
+def make_config(tmp_path: Path, meters=(), **overrides) -> Config:
+    config = Config(operator_token=OPERATOR_TOKEN, listen_host="127.0.0.1", listen_port=0,
+                    device_name="test", storage=StorageConfig(path=tmp_path / "store", flush_seconds=0.2),
+                    meters=tuple(meters))
+    return replace(config, **overrides)
+
+
+class RunningAgent:
+    def __init__(self, agent):
+        self.agent = agent
+        self.base = f"http://127.0.0.1:{agent.port}"
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+    def auth(self, token: str = OPERATOR_TOKEN) -> dict:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def get(self, path: str, token: str | None = OPERATOR_TOKEN):
+        headers = self.auth(token) if token else {}
+        async with self.http.get(self.base + path, headers=headers) as resp:
+            body = await resp.json(content_type=None) if resp.content_type == "application/json" else await resp.text()
+            return resp.status, body
+
+    async def wait_for(self, predicate, timeout: float = 15.0, interval: float = 0.05):
+        """Poll until predicate() is truthy; fail the test after `timeout` (never a timing assertion)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            result = predicate()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"condition not met within {timeout} s")
+            await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def start_agent():
+    """Start an Agent on a Config; stopped at the end of the test."""
+    from agent.service import Agent
+
+    started: list[RunningAgent] = []
+
+    async def start(config: Config) -> RunningAgent:
+        agent = Agent(config)
+        await agent.start()
+        running = RunningAgent(agent)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.http.close()
+        await running.agent.stop()
+
+
+def random_token() -> str:
+    return secrets.token_urlsafe(24)
