@@ -1,0 +1,202 @@
+"""The agent's configuration: one TOML file, checked whole at start.
+
+A bad file stops the agent with one line that names the key and says what is wrong with it.
+Unknown keys are errors too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drivers.p1_reader import MeterSpec
+from drivers.profiles import PROFILES
+
+MIN_TOKEN_LENGTH = 16
+_METER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, reason: str, source: str = "config"):
+        super().__init__(f"{source}: {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: Path = Path("/var/lib/edge")
+    flush_seconds: float = 5.0
+    retention_raw_s: float = 24 * 3600
+    retention_rollup_s: float = 30 * 86400
+
+
+@dataclass(frozen=True)
+class Config:
+    operator_token: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    device_name: str = "edge"
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    meters: tuple[MeterSpec, ...] = ()
+    log_level: str = "INFO"
+
+
+# --- small checkers, each raising ConfigError with the key it was given -----------------------
+class _Table:
+    """A TOML table being read: remembers which keys were used, so leftovers are reported."""
+
+    def __init__(self, data, key: str):
+        if not isinstance(data, dict):
+            raise ConfigError(key, f"must be a table, got {type(data).__name__}")
+        self.data = data
+        self.key = key
+        self.used: set[str] = set()
+
+    def _name(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def get(self, name: str, kind, default=None, required: bool = False):
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                raise ConfigError(self._name(name), "is required")
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a number key given `true` is still a mistake.
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(self._name(name), f"must be {wanted}, got {type(value).__name__} {value!r}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
+        value = self.get(name, (int, float), default)
+        if not minimum <= value <= maximum:
+            raise ConfigError(self._name(name), f"must be between {minimum:g} and {maximum:g}, got {value!r}")
+        return float(value)
+
+    def table(self, name: str) -> _Table:
+        self.used.add(name)
+        return _Table(self.data.get(name, {}), self._name(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(self._name(unknown[0]), "unknown key")
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("api.listen", f"must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+_SERIAL_KEYS = {"baudrate": int, "bytesize": int, "parity": str, "stopbits": int, "xonxoff": bool, "rtscts": bool}
+
+
+def _meter(data, index: int, seen: set[str]) -> MeterSpec:
+    t = _Table(data, f"meters[{index}]")
+    meter_id = t.get("id", str, required=True)
+    if not _METER_ID.match(meter_id):
+        raise ConfigError(f"{t.key}.id", "use 1-64 letters, digits, '_', '-' or '.'")
+    if meter_id in seen:
+        raise ConfigError(f"{t.key}.id", f"{meter_id!r} is used by another meter")
+    seen.add(meter_id)
+    port = t.get("port", str, required=True)
+    profile = t.get("profile", str, "dsmr5")
+    if profile != "auto" and profile not in PROFILES:
+        raise ConfigError(f"{t.key}.profile", f"unknown profile {profile!r}; known: auto, {', '.join(PROFILES)}")
+    overrides = {}
+    for name, kind in _SERIAL_KEYS.items():
+        value = t.get(name, kind)
+        if value is not None:
+            overrides[name] = value
+    if overrides.get("parity", "N") not in ("N", "E", "O"):
+        raise ConfigError(f"{t.key}.parity", f"must be \"N\", \"E\" or \"O\", got {overrides['parity']!r}")
+    if overrides.get("bytesize", 8) not in (7, 8):
+        raise ConfigError(f"{t.key}.bytesize", "must be 7 or 8")
+    if overrides.get("stopbits", 1) not in (1, 2):
+        raise ConfigError(f"{t.key}.stopbits", "must be 1 or 2")
+    gas = t.get("gas_channel", (int, str), "auto")
+    if gas == "auto":
+        gas_channel = None
+    elif isinstance(gas, int) and 1 <= gas <= 4:
+        gas_channel = gas
+    else:
+        raise ConfigError(f"{t.key}.gas_channel", f"must be 1 to 4 or \"auto\", got {gas!r}")
+    stall = t.number("stall_seconds", 30, 2, 3600)
+    t.finish()
+    return MeterSpec(meter_id=meter_id, port=port, profile=profile, serial_overrides=overrides or None,
+                     gas_channel=gas_channel, stall_seconds=stall)
+
+
+def parse_config(data: dict, source: str = "config") -> Config:
+    try:
+        root = _Table(data, "")
+        device = root.table("device")
+        device_name = device.get("name", str, "edge")
+        device.finish()
+
+        api = root.table("api")
+        host, port = _listen(api.get("listen", str, "127.0.0.1:8080"))
+        api.finish()
+
+        auth = root.table("auth")
+        token = auth.get("operator_token", str, required=True)
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigError("auth.operator_token", f"must be at least {MIN_TOKEN_LENGTH} characters")
+        auth.finish()
+
+        st = root.table("storage")
+        path = Path(st.get("path", str, "/var/lib/edge"))
+        flush = st.number("flush_seconds", 5, 0.1, 300)
+        retention = st.table("retention")
+        raw_hours = retention.number("raw_hours", 24, 1, 24 * 366)
+        rollup_days = retention.number("rollup_days", 30, 1, 3660)
+        retention.finish()
+        st.finish()
+
+        logging_t = root.table("logging")
+        level = logging_t.get("level", str, "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        logging_t.finish()
+
+        root.used.add("meters")
+        meters_data = data.get("meters", [])
+        if not isinstance(meters_data, list):
+            raise ConfigError("meters", "must be an array of tables: [[meters]]")
+        seen: set[str] = set()
+        meters = tuple(_meter(m, i, seen) for i, m in enumerate(meters_data))
+        root.finish()
+    except ConfigError as err:
+        raise ConfigError(err.key, err.reason, source) from None
+    return Config(
+        operator_token=token,
+        listen_host=host,
+        listen_port=port,
+        device_name=device_name,
+        storage=StorageConfig(path=path, flush_seconds=flush, retention_raw_s=raw_hours * 3600,
+                              retention_rollup_s=rollup_days * 86400),
+        meters=meters,
+        log_level=level,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError("file", f"cannot read: {err.strerror or err}", str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("file", "is not UTF-8 text", str(path)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("syntax", str(err), str(path)) from None
+    return parse_config(data, str(path))

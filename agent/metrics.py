@@ -1,0 +1,58 @@
+"""/metrics in the Prometheus text exposition format (version 0.0.4)."""
+
+from __future__ import annotations
+
+from drivers.p1_reader import MeterState
+
+# name, type, help, key in the meter snapshot
+_METER_SERIES = (
+    ("edge_meter_telegrams_total", "counter", "Valid telegrams read", "telegrams_ok"),
+    ("edge_meter_crc_errors_total", "counter", "Telegrams dropped for a bad CRC", "crc_errors"),
+    ("edge_meter_parse_errors_total", "counter", "Telegrams dropped as unparsable or truncated", "parse_errors"),
+    ("edge_meter_bytes_read_total", "counter", "Bytes read from the port", "bytes_read"),
+    ("edge_meter_bytes_discarded_total", "counter", "Bytes discarded as outside any telegram", "bytes_discarded"),
+    ("edge_meter_reconnects_total", "counter", "Times the port was reopened", "reconnects"),
+    ("edge_meter_stalls_total", "counter", "Times the port went quiet past the stall timeout", "stalls"),
+    ("edge_meter_seconds_since_last_telegram", "gauge", "Seconds since the last valid telegram",
+     "seconds_since_last_telegram"),
+)
+_STATES = (MeterState.CONNECTING, MeterState.READING, MeterState.STALLED, MeterState.DISCONNECTED,
+           MeterState.STOPPED)
+
+
+def _label(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _header(lines: list[str], name: str, kind: str, help_text: str) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
+
+
+def render_metrics(agent) -> str:
+    ok, health = agent.health()
+    meters = health["meters"]
+    lines: list[str] = []
+    for name, kind, help_text, key in _METER_SERIES:
+        _header(lines, name, kind, help_text)
+        for meter_id, snap in meters.items():
+            value = snap.get(key)
+            if value is not None:
+                lines.append(f'{name}{{meter="{_label(meter_id)}"}} {value}')
+    _header(lines, "edge_meter_state", "gauge", "1 for the meter's current state")
+    for meter_id, snap in meters.items():
+        for state in _STATES:
+            lines.append(f'edge_meter_state{{meter="{_label(meter_id)}",state="{state}"}} '
+                         f'{1 if snap["state"] == state else 0}')
+    _header(lines, "edge_readings_in_total", "counter", "Readings accepted by the pipeline")
+    lines.append(f"edge_readings_in_total {health['readings_in']}")
+    for key, value in sorted(health["storage"].items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            name = f"edge_store_{key}"
+            _header(lines, name, "gauge", f"Store: {key.replace('_', ' ')}")
+            lines.append(f"{name} {value}")
+    _header(lines, "edge_healthy", "gauge", "1 when every meter is reading and storage works")
+    lines.append(f"edge_healthy {1 if ok else 0}")
+    _header(lines, "edge_uptime_seconds", "gauge", "Seconds since the agent started")
+    lines.append(f"edge_uptime_seconds {health['uptime_s']}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,130 @@
+"""The running agent: meters, pipeline, store and API wired together, plus the housekeeping
+timers (flush, retention) and the systemd handshake (READY, WATCHDOG, STATUS)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from aiohttp import web
+
+from agent.api import create_app
+from agent.config import Config
+from agent.pipeline import Pipeline
+from agent.store import ReadingStore
+from drivers.p1_reader import MeterState, P1Reader
+
+log = logging.getLogger("edge.agent")
+
+RETENTION_EVERY_S = 600
+
+
+class Systemd:
+    """sd_notify, when systemd started us with Type=notify; a no-op otherwise."""
+
+    def __init__(self):
+        self._notifier = None
+        if os.environ.get("NOTIFY_SOCKET"):
+            import sdnotify
+
+            self._notifier = sdnotify.SystemdNotifier()
+        usec = os.environ.get("WATCHDOG_USEC")
+        self.watchdog_interval = int(usec) / 2e6 if usec and usec.isdigit() else None
+
+    def notify(self, message: str) -> None:
+        if self._notifier:
+            self._notifier.notify(message)
+
+
+class Agent:
+    def __init__(self, config: Config):
+        self.config = config
+        self.started_at = time.time()
+        self.store = ReadingStore(
+            config.storage.path,
+            flush_seconds=config.storage.flush_seconds,
+            retention_raw_s=config.storage.retention_raw_s,
+            retention_rollup_s=config.storage.retention_rollup_s,
+        )
+        self.pipeline = Pipeline(self.store)
+        self.readers: dict[str, P1Reader] = {}
+        self.systemd = Systemd()
+        self._tasks: list[asyncio.Task] = []
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for spec in self.config.meters:
+            reader = P1Reader(spec, lambda r: loop.call_soon_threadsafe(self.pipeline.ingest, r))
+            self.readers[spec.meter_id] = reader
+            reader.start()
+        self._runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
+        await site.start()
+        self.port = self._runner.addresses[0][1] if self._runner.addresses else self.config.listen_port
+        self._tasks = [
+            asyncio.create_task(self._every(self.config.storage.flush_seconds, self._flush), name="flush"),
+            asyncio.create_task(self._every(RETENTION_EVERY_S, self._retention), name="retention"),
+        ]
+        if self.systemd.watchdog_interval:
+            self._tasks.append(asyncio.create_task(
+                self._every(self.systemd.watchdog_interval, self._watchdog), name="watchdog"))
+        log.info("edge agent %r: %d meter(s), API on http://%s:%d", self.config.device_name,
+                 len(self.readers), self.config.listen_host, self.port)
+        self.systemd.notify("READY=1")
+
+    async def stop(self) -> None:
+        self.systemd.notify("STOPPING=1")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(asyncio.to_thread(r.stop) for r in self.readers.values()))
+        if self._runner:
+            await self._runner.cleanup()
+        # Readings the reader threads handed over just before they stopped.
+        await asyncio.sleep(0)
+        await asyncio.to_thread(self.store.close)
+
+    # --- housekeeping ------------------------------------------------------------------------
+    async def _every(self, seconds: float, job) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:  # housekeeping must never stop the agent
+                log.exception("%s failed", job.__name__)
+
+    async def _flush(self) -> None:
+        # fsync on an SD card can take a while: off the event loop.
+        await asyncio.to_thread(self.store.flush)
+
+    async def _retention(self) -> None:
+        await asyncio.to_thread(self.store.apply_retention)
+
+    async def _watchdog(self) -> None:
+        # Pinged from the event loop, so a hung loop stops the pings and systemd restarts us.
+        self.systemd.notify("WATCHDOG=1")
+        ok, body = self.health()
+        reading = sum(1 for m in body["meters"].values() if m["state"] == MeterState.READING)
+        self.systemd.notify(f"STATUS={reading}/{len(self.readers)} meters reading")
+
+    # --- what /health and /metrics show ------------------------------------------------------
+    def health(self) -> tuple[bool, dict]:
+        meters = {meter_id: reader.snapshot() for meter_id, reader in self.readers.items()}
+        store = self.store.stats()
+        all_reading = all(m["state"] == MeterState.READING for m in meters.values())
+        storage_ok = not store.get("last_flush_error")
+        ok = all_reading and storage_ok
+        return ok, {
+            "status": "ok" if ok else "degraded",
+            "device": self.config.device_name,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "meters": meters,
+            "storage": store,
+            "readings_in": self.pipeline.readings_in,
+        }
