@@ -60,6 +60,7 @@ class P1Reader:
         self.max_backoff = max_backoff
         self.auto_probe_seconds = auto_probe_seconds
         self.state = MeterState.CONNECTING
+        self.opens = 0  # successful opens of the port (pyserial flushes its input on open)
         self.reconnects = 0
         self.stalls = 0
         self.bytes_read = 0
@@ -129,6 +130,7 @@ class P1Reader:
         port = serial.serial_for_url(self.spec.port, do_not_open=True, timeout=self.read_timeout,
                                      **settings.pyserial_kwargs())
         port.open()
+        self.opens += 1
         return port
 
     def _run(self) -> None:
@@ -224,15 +226,19 @@ class P1Reader:
                     if not data:
                         continue
                     self.bytes_read += len(data)
-                    for decoder in candidates:  # most specific first: CRC-checked profiles lead
-                        readings, _ = decoder.feed(data, utcnow())
-                        if readings:
-                            self._adopt(decoder, settings)
-                            self.last_telegram_monotonic = time.monotonic()
-                            self.state = MeterState.READING
-                            for reading in readings:
-                                self.on_reading(reading)
-                            return
+                    received_at = utcnow()
+                    decoded = [(decoder, decoder.feed(data, received_at)[0]) for decoder in candidates]
+                    decoded = [(decoder, readings) for decoder, readings in decoded if readings]
+                    if decoded:
+                        # Several specifications may read the same telegram (V5 reads Fluvius's):
+                        # the one that understands the most fields wins, ties go to the first.
+                        decoder, readings = max(decoded, key=lambda d: d[0].last_field_count)
+                        self._adopt(decoder, settings)
+                        self.last_telegram_monotonic = time.monotonic()
+                        self.state = MeterState.READING
+                        for reading in readings:
+                            self.on_reading(reading)
+                        return
             except (serial.SerialException, OSError) as err:
                 self._port_failed("read", err)
             finally:

@@ -86,6 +86,10 @@ class FrameBuffer(TelegramBuffer):
 
     def append(self, data: str) -> None:
         super().append(data)
+        start = self._buffer.find("/")
+        if start != 0:  # whatever precedes the first start marker can never be part of a telegram
+            self._discard(len(self._buffer) if start < 0 else start, "")
+            self._buffer = "" if start < 0 else self._buffer[start:]
         if len(self._buffer) > self.max_bytes:
             # Keep only from the last start marker, if that fits; otherwise it is all garbage.
             start = self._buffer.rfind("/")
@@ -259,6 +263,7 @@ class TelegramDecoder:
 
     def __post_init__(self) -> None:
         self._buffer = FrameBuffer(self.max_buffer)
+        self.last_field_count = 0  # objects the specification recognised in the last telegram
         # Our own CRC check is ~10x faster than dsmr_parser's, so the parser skips its own.
         self._parser = TelegramParser(self.profile.plaintext_specification(), apply_checksum_validation=False)
 
@@ -287,9 +292,15 @@ class TelegramDecoder:
                 telegram = self._parser.parse(text, throw_ex=True)
             except (DsmrParseError, ValueError, TypeError, ArithmeticError, IndexError, AttributeError) as err:
                 raise TelegramError(f"unparsable telegram: {err.__class__.__name__}") from err
-            if not any(True for _ in telegram):
+            self.last_field_count = sum(1 for _ in telegram)
+            if not self.last_field_count:
                 raise TelegramError("no known fields: wrong profile?")
-            reading = normalize(telegram, self.meter_id, self.profile, received_at, self.gas_channel)
+            try:
+                reading = normalize(telegram, self.meter_id, self.profile, received_at, self.gas_channel)
+            except TelegramError:
+                raise
+            except (ValueError, TypeError, ArithmeticError, AttributeError) as err:
+                raise TelegramError(f"unusable value: {err.__class__.__name__}") from err
         except TelegramError as err:
             if err.kind == "crc":
                 self.stats.crc_errors += 1

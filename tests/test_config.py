@@ -1,0 +1,108 @@
+"""The config file: a good one loads, every bad one is refused with one line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from agent.config import ConfigError, load_config
+
+GOOD = """
+[device]
+name = "pole-17"
+
+[api]
+listen = "0.0.0.0:8080"
+
+[auth]
+operator_token = "a-long-enough-operator-token"
+
+[storage]
+path = "/var/lib/edge"
+flush_seconds = 5
+[storage.retention]
+raw_hours = 24
+rollup_days = 30
+
+[[meters]]
+id = "house-1"
+port = "/dev/ttyUSB0"
+profile = "dsmr5"
+
+[[meters]]
+id = "house-2"
+port = "socket://192.0.2.10:2001"
+profile = "dsmr4"
+parity = "N"
+bytesize = 8
+gas_channel = 2
+stall_seconds = 60
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_loads(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.device_name == "pole-17" and config.listen_port == 8080
+    assert [m.meter_id for m in config.meters] == ["house-1", "house-2"]
+    second = config.meters[1]
+    assert second.serial_overrides == {"parity": "N", "bytesize": 8}
+    assert second.gas_channel == 2 and second.stall_seconds == 60
+    assert config.meters[0].gas_channel is None  # auto
+    assert config.storage.retention_raw_s == 86400 and config.storage.flush_seconds == 5
+
+
+@pytest.mark.parametrize("change, key, words", [
+    (('profile = "dsmr5"', 'profile = "dsmr9"'), "meters[0].profile", "unknown profile"),
+    (('flush_seconds = 5', 'flush_seconds = "5"'), "storage.flush_seconds", "must be int or float"),
+    (('flush_seconds = 5', 'flush_seconds = 0'), "storage.flush_seconds", "between"),
+    (('raw_hours = 24', 'raw_hourz = 24'), "storage.retention.raw_hourz", "unknown key"),
+    (('listen = "0.0.0.0:8080"', 'listen = "8080"'), "api.listen", "HOST:PORT"),
+    (('operator_token = "a-long-enough-operator-token"', 'operator_token = "short"'), "auth.operator_token",
+     "at least"),
+    (('id = "house-2"', 'id = "house-1"'), "meters[1].id", "used by another meter"),
+    (('gas_channel = 2', 'gas_channel = 7'), "meters[1].gas_channel", "1 to 4"),
+    (('parity = "N"', 'parity = "X"'), "meters[1].parity", "must be"),
+    (('port = "/dev/ttyUSB0"\n', ''), "meters[0].port", "is required"),
+    (('stall_seconds = 60', 'stall_seconds = true'), "meters[1].stall_seconds", "got bool"),
+])
+def test_bad_config_names_the_key(tmp_path, change, key, words):
+    old, new = change
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == key and words in str(info.value)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_missing_token_and_syntax_errors(tmp_path):
+    with pytest.raises(ConfigError, match="auth.operator_token: is required"):
+        load_config(write(tmp_path, "[api]\nlisten = '127.0.0.1:1'\n"))
+    with pytest.raises(ConfigError, match="syntax"):
+        load_config(write(tmp_path, "[api\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_cli_refuses_bad_config_with_one_line(tmp_path):
+    path = write(tmp_path, GOOD.replace('profile = "dsmr4"', 'profile = 4'))
+    for command in (["check-config", str(path)], ["run", "--config", str(path)]):
+        result = subprocess.run([sys.executable, "-m", "agent.cli", *command], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "meters[1].profile" in lines[0], result.stderr
+
+
+def test_cli_check_config_ok(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(write(tmp_path, GOOD))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "2 meter(s)" in result.stdout
