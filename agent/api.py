@@ -18,6 +18,7 @@ from agent.metrics import render_metrics
 log = logging.getLogger("edge.api")
 
 MAX_BODY_BYTES = 1024 * 1024
+AGENT = web.AppKey("agent", object)
 RESOLUTIONS = ("raw", "1m", "15m")
 MAX_LIMIT = 100_000
 
@@ -59,7 +60,7 @@ def bearer_token(request: web.Request) -> str:
 
 def require_operator(request: web.Request) -> None:
     token = bearer_token(request)
-    expected = request.app["agent"].config.operator_token
+    expected = request.app[AGENT].config.operator_token
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise ApiError(403, "forbidden", "this token may not use this endpoint")
 
@@ -94,7 +95,7 @@ def parse_limit(value: str | None, default: int = 10_000) -> int:
 
 
 def known_meter(request: web.Request) -> str:
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     meter_id = request.match_info["meter_id"]
     if meter_id not in agent.readers and meter_id not in agent.pipeline.latest and meter_id not in agent.store.meter_ids():
         raise ApiError(404, "not_found", f"no meter {meter_id!r}")
@@ -103,19 +104,19 @@ def known_meter(request: web.Request) -> str:
 
 # --- handlers ------------------------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
-    ok, body = request.app["agent"].health()
+    ok, body = request.app[AGENT].health()
     return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = render_metrics(request.app["agent"])
+    text = render_metrics(request.app[AGENT])
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def list_meters(request: web.Request) -> web.Response:
     require_operator(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     meters = []
     for meter_id in sorted(set(agent.readers) | set(agent.pipeline.latest)):
         reader = agent.readers.get(meter_id)
@@ -134,7 +135,7 @@ async def list_meters(request: web.Request) -> web.Response:
 async def latest_reading(request: web.Request) -> web.Response:
     require_operator(request)
     meter_id = known_meter(request)
-    agent = request.app["agent"]
+    agent = request.app[AGENT]
     reading = agent.pipeline.latest.get(meter_id) or agent.store.latest(meter_id)
     if reading is None:
         raise ApiError(404, "no_reading", f"meter {meter_id!r} has sent no valid telegram yet")
@@ -152,7 +153,7 @@ async def meter_readings(request: web.Request) -> web.Response:
     if resolution not in RESOLUTIONS:
         raise ApiError(400, "bad_parameter", f"resolution must be one of {', '.join(RESOLUTIONS)}")
     limit = parse_limit(q.get("limit"))
-    rows = request.app["agent"].store.readings(meter_id, since=since, until=until, resolution=resolution,
+    rows = request.app[AGENT].store.readings(meter_id, since=since, until=until, resolution=resolution,
                                                limit=limit)
     return web.json_response({"meter_id": meter_id, "resolution": resolution, "count": len(rows),
                               "readings": rows})
@@ -160,7 +161,7 @@ async def meter_readings(request: web.Request) -> web.Response:
 
 def create_app(agent) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
-    app["agent"] = agent
+    app[AGENT] = agent
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/meters", list_meters)

@@ -112,6 +112,7 @@ class P1Reader:
             "parse_errors": stats.parse_errors,
             "bytes_discarded": stats.bytes_discarded,
             "bytes_read": self.bytes_read,
+            "opens": self.opens,
             "reconnects": self.reconnects,
             "stalls": self.stalls,
             "seconds_since_last_telegram": None if since is None else round(since, 3),
