@@ -40,6 +40,9 @@ def pytest_addoption(parser):
     parser.addoption("--p1-port", default=None,
                      help="hardware-in-loop: a real P1 port (/dev/ttyUSB0 or socket://host:port)")
     parser.addoption("--p1-profile", default="auto", help="hardware-in-loop: the meter's profile")
+    parser.addoption("--p1-telegrams", default="10", help="hardware-in-loop: telegrams to read")
+    parser.addoption("--p1-replug", action="store_true",
+                     help="hardware-in-loop: ask the maintainer to pull and reinsert the cable")
 
 
 def telegram_bytes(name: str) -> bytes:
