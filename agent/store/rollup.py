@@ -1,0 +1,147 @@
+"""Rollups: per-meter aggregates over UTC-aligned windows (1 minute, 15 minutes), sans I/O.
+
+``RollupAccumulator`` takes readings and hands back the rollups that closed; it never touches a disk, so
+the store decides when they are written. A rollup (storage form, nulls left out, times in Unix seconds):
+
+    meter_id, start, end, count
+    <power/voltage/current field>   mean over the readings that had it (e.g. power_import_w)
+    power_import_w_max, power_export_w_max
+    <counter field>                 last value seen (energy_*_wh, gas_m3, tariff, failures, sags, swells)
+
+Windows are keyed by ``received_at`` (the device's NTP-synced clock), never the meter's ``timestamp``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+from drivers.reading import VALUE_FIELDS, Reading, iso
+
+MEAN_FIELDS: tuple[str, ...] = tuple(n for n in VALUE_FIELDS if n.endswith(("_w", "_v", "_a")))
+MAX_FIELDS: tuple[str, ...] = ("power_import_w", "power_export_w")
+LAST_FIELDS: tuple[str, ...] = tuple(n for n in VALUE_FIELDS if n not in MEAN_FIELDS)
+ROLLUP_FIELDS: tuple[str, ...] = (
+    ("meter_id", "start", "end", "count") + MEAN_FIELDS + tuple(f"{n}_max" for n in MAX_FIELDS) + LAST_FIELDS
+)
+
+
+class _Window:
+    __slots__ = ("start", "count", "sums", "counts", "maxes", "lasts")
+
+    def __init__(self, start: int):
+        self.start = start
+        self.count = 0
+        self.sums = [0.0] * len(MEAN_FIELDS)
+        self.counts = [0] * len(MEAN_FIELDS)
+        self.maxes: list[float | None] = [None] * len(MAX_FIELDS)
+        self.lasts: list = [None] * len(LAST_FIELDS)
+
+    def add(self, reading: Reading) -> None:
+        self.count += 1
+        for i, name in enumerate(MEAN_FIELDS):
+            value = getattr(reading, name)
+            if value is not None:
+                self.sums[i] += value
+                self.counts[i] += 1
+        for i, name in enumerate(MAX_FIELDS):
+            value = getattr(reading, name)
+            if value is not None and (self.maxes[i] is None or value > self.maxes[i]):
+                self.maxes[i] = value
+        for i, name in enumerate(LAST_FIELDS):
+            value = getattr(reading, name)
+            if value is not None:
+                self.lasts[i] = value
+
+    def result(self, meter_id: str, width_s: int) -> dict:
+        out = {"meter_id": meter_id, "start": self.start, "end": self.start + width_s, "count": self.count}
+        for name, total, n in zip(MEAN_FIELDS, self.sums, self.counts):
+            if n:
+                out[name] = round(total / n, 3)  # meters report at most 3 decimals; saves bytes
+        for name, value in zip(MAX_FIELDS, self.maxes):
+            if value is not None:
+                out[f"{name}_max"] = value
+        for name, value in zip(LAST_FIELDS, self.lasts):
+            if value is not None:
+                out[name] = value
+        return out
+
+
+class RollupAccumulator:
+    """Aggregates readings per meter over windows of width_s seconds aligned to UTC.
+
+    ``add`` returns the rollups that a reading closed (a reading in a later window closes the open one);
+    ``close`` returns the open windows, partial. A reading a little older than its meter's open window
+    (arrived out of order) is left out of the rollups and counted in ``late``. One more than
+    ``CLOCK_STEP_S`` (and a window) older means the device clock was stepped back: the open window is closed and a new
+    one starts, so that a clock fixed by NTP does not starve the rollups; a window that thereby gets two
+    rollups is merged when read (``merge_rollups``).
+    """
+
+    CLOCK_STEP_S = 600
+
+    def __init__(self, width_s: int):
+        self.width_s = width_s
+        self.late = 0
+        self._open: dict[str, _Window] = {}
+
+    def add(self, reading: Reading) -> list[dict]:
+        start = window_start(reading.received_at.timestamp(), self.width_s)
+        window = self._open.get(reading.meter_id)
+        closed = []
+        if window is None or start > window.start:
+            if window is not None:
+                closed.append(window.result(reading.meter_id, self.width_s))
+            window = self._open[reading.meter_id] = _Window(start)
+        elif start < window.start:
+            if window.start - start <= max(self.CLOCK_STEP_S, self.width_s):
+                self.late += 1
+                return closed
+            closed.append(window.result(reading.meter_id, self.width_s))
+            window = self._open[reading.meter_id] = _Window(start)
+        window.add(reading)
+        return closed
+
+    def close(self) -> list[dict]:
+        closed = [window.result(meter_id, self.width_s) for meter_id, window in self._open.items()]
+        self._open.clear()
+        return closed
+
+
+def window_start(moment: float, width_s: int) -> int:
+    # Unix time has no leap seconds, so multiples of 60/900/3600/86400 fall on UTC boundaries.
+    return math.floor(moment / width_s) * width_s
+
+
+def merge_rollups(earlier: dict, later: dict) -> dict:
+    """Combine two rollups of the same meter and window (the agent restarted inside the window).
+
+    Means are weighted by count; where one part lacks a field, the other part's mean stands. Exact unless a
+    field came and went within a part, which meters do not do.
+    """
+    out = dict(earlier)
+    count_a, count_b = earlier.get("count", 0), later.get("count", 0)
+    out["count"] = count_a + count_b
+    for name in MEAN_FIELDS:
+        a, b = earlier.get(name), later.get(name)
+        if a is not None and b is not None and count_a + count_b:
+            out[name] = round((a * count_a + b * count_b) / (count_a + count_b), 3)
+        elif b is not None:
+            out[name] = b
+    for name in MAX_FIELDS:
+        key = f"{name}_max"
+        values = [v for v in (earlier.get(key), later.get(key)) if v is not None]
+        if values:
+            out[key] = max(values)
+    for name in LAST_FIELDS:
+        if later.get(name) is not None:
+            out[name] = later[name]
+    return out
+
+
+def rollup_to_json(rollup: dict) -> dict:
+    """The API form: every field present (None where absent), start/end as ISO 8601 UTC strings."""
+    out = {name: rollup.get(name) for name in ROLLUP_FIELDS}
+    for name in ("start", "end"):
+        out[name] = iso(datetime.fromtimestamp(rollup[name], timezone.utc))
+    return out
