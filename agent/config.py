@@ -33,6 +33,34 @@ class StorageConfig:
     retention_rollup_s: float = 30 * 86400
 
 
+WINDOWS = ("1s", "1m", "15m", "1h")
+WINDOW_SECONDS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
+
+
+@dataclass(frozen=True)
+class Level:
+    """What organizations of one permission level may use."""
+
+    name: str
+    parameters: tuple[str, ...]  # fnmatch patterns over parameter names
+    windows: tuple[str, ...]  # aggregate windows of /data
+
+
+DEFAULT_LEVELS = {
+    "dso": Level("dso", ("*",), WINDOWS),
+    "supplier": Level("supplier", ("neighborhood_*", "household_power_*", "household_net_power",
+                                   "household_gas_*", "household_energy_*", "household_tariff",
+                                   "household_channel_*"), ("1m", "15m", "1h")),
+    "service": Level("service", ("neighborhood_*",), ("15m", "1h")),
+}
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    k_min: int = 10  # households in a cohort before any aggregate is released
+    max_share: float = 0.5  # no household may make up more than this share of a released total
+
+
 @dataclass(frozen=True)
 class Config:
     operator_token: str
@@ -42,6 +70,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     meters: tuple[MeterSpec, ...] = ()
     log_level: str = "INFO"
+    levels: dict[str, Level] = field(default_factory=lambda: dict(DEFAULT_LEVELS))
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 # --- small checkers, each raising ConfigError with the key it was given -----------------------
@@ -134,6 +164,21 @@ def _meter(data, index: int, seen: set[str]) -> MeterSpec:
                      gas_channel=gas_channel, stall_seconds=stall)
 
 
+def _level(t: _Table, name: str) -> Level:
+    if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
+        raise ConfigError(t.key, "a level name is 1-32 lowercase letters, digits, '_' or '-'")
+    default = DEFAULT_LEVELS.get(name, Level(name, (), ("15m", "1h")))
+    parameters = t.get("parameters", list, list(default.parameters))
+    if not all(isinstance(p, str) and p for p in parameters):
+        raise ConfigError(f"{t.key}.parameters", "must be a list of parameter names or patterns")
+    windows = t.get("windows", list, list(default.windows))
+    bad = [w for w in windows if w not in WINDOWS]
+    if bad:
+        raise ConfigError(f"{t.key}.windows", f"unknown window {bad[0]!r}; windows: {', '.join(WINDOWS)}")
+    t.finish()
+    return Level(name, tuple(parameters), tuple(windows))
+
+
 def parse_config(data: dict, source: str = "config") -> Config:
     try:
         root = _Table(data, "")
@@ -166,6 +211,19 @@ def parse_config(data: dict, source: str = "config") -> Config:
             raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
         logging_t.finish()
 
+        privacy_t = root.table("privacy")
+        k_min = privacy_t.get("k_min", int, 10)
+        if not 2 <= k_min <= 10_000:
+            raise ConfigError("privacy.k_min", f"must be between 2 and 10000, got {k_min}")
+        privacy = PrivacyConfig(k_min=k_min, max_share=privacy_t.number("max_share", 0.5, 0.01, 1.0))
+        privacy_t.finish()
+
+        levels = dict(DEFAULT_LEVELS)
+        levels_t = root.table("levels")
+        for name in list(levels_t.data):
+            levels[name] = _level(levels_t.table(name), name)
+        levels_t.finish()
+
         root.used.add("meters")
         meters_data = data.get("meters", [])
         if not isinstance(meters_data, list):
@@ -184,6 +242,8 @@ def parse_config(data: dict, source: str = "config") -> Config:
                               retention_rollup_s=rollup_days * 86400),
         meters=meters,
         log_level=level,
+        levels=levels,
+        privacy=privacy,
     )
 
 

@@ -27,10 +27,15 @@ class Pipeline:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def ingest(self, reading: Reading) -> None:
+    def ingest(self, reading: Reading, live: bool = True) -> None:
+        """Store it; tell the listeners only when it is live (not a datalogger catching up)."""
         self.store.add(reading)
-        self.latest[reading.meter_id] = reading
+        known = self.latest.get(reading.meter_id)
+        if known is None or reading.timestamp >= known.timestamp:
+            self.latest[reading.meter_id] = reading
         self.readings_in += 1
+        if not live:
+            return
         for listener in self._listeners:
             try:
                 listener(reading)

@@ -10,11 +10,19 @@ import time
 
 from aiohttp import web
 
+from datetime import datetime
+
+from agent.aggregates import Accumulator, Contribution, Refusal, new_books, release
 from agent.api import create_app
-from agent.config import Config
+from agent.audit import AuditLog
+from agent.auth import FailureThrottle
+from agent.config import WINDOW_SECONDS, Config
+from agent.ingest import TelegramIngest, is_live
 from agent.pipeline import Pipeline
+from agent.registry import Registry
 from agent.store import ReadingStore
 from drivers.p1_reader import MeterState, P1Reader
+from drivers.reading import Reading
 
 log = logging.getLogger("edge.agent")
 
@@ -49,6 +57,12 @@ class Agent:
             retention_rollup_s=config.storage.retention_rollup_s,
         )
         self.pipeline = Pipeline(self.store)
+        self.registry = Registry(config.storage.path / "registry.seg")
+        self.audit = AuditLog(config.storage.path / "audit")
+        self.throttle = FailureThrottle()
+        self.telegram_ingest = TelegramIngest()
+        self.books = new_books()
+        self.pipeline.subscribe(self._into_books)
         self.readers: dict[str, P1Reader] = {}
         self.systemd = Systemd()
         self._tasks: list[asyncio.Task] = []
@@ -89,6 +103,8 @@ class Agent:
         # Readings the reader threads handed over just before they stopped.
         await asyncio.sleep(0)
         await asyncio.to_thread(self.store.close)
+        self.registry.close()
+        self.audit.close()
 
     # --- housekeeping ------------------------------------------------------------------------
     async def _every(self, seconds: float, job) -> None:
@@ -105,6 +121,7 @@ class Agent:
 
     async def _retention(self) -> None:
         await asyncio.to_thread(self.store.apply_retention)
+        await asyncio.to_thread(self.audit.apply_retention)
 
     async def _watchdog(self) -> None:
         # Pinged from the event loop, so a hung loop stops the pings and systemd restarts us.
@@ -128,3 +145,54 @@ class Agent:
             "storage": store,
             "readings_in": self.pipeline.readings_in,
         }
+
+    # --- readings over HTTP and aggregates ---------------------------------------------------
+    def _into_books(self, reading: Reading) -> None:
+        for book in self.books.values():
+            book.add(reading)
+
+    def ingest_http(self, reading: Reading) -> None:
+        self.pipeline.ingest(reading, live=is_live(reading))
+
+    def last_timestamp(self, meter_id: str) -> datetime | None:
+        reading = self.pipeline.latest.get(meter_id) or self.store.latest(meter_id)
+        return reading.timestamp if reading else None
+
+    def known_tags(self) -> set[str]:
+        return self.books["1m"].tags() | self.books["15m"].tags()
+
+    def release_window(self, org_id: str, window: str, start: int, contributions: dict[str, Contribution],
+                       tag: str | None) -> dict | Refusal:
+        """One window for one organization: its cohort fixed by consent at the window's start and end."""
+        end = start + WINDOW_SECONDS[window]
+        cohort = self.registry.cohort(org_id, "aggregates", start, end)
+        meters = {self.registry.households[h].meter_id for h in cohort}
+        privacy = self.config.privacy
+        return release(contributions, meters, window=window, start=start, k_min=privacy.k_min,
+                       max_share=privacy.max_share, tag=tag)
+
+    def history_contributions(self, org_id: str, window: str, starts: list[int],
+                              tag: str | None) -> dict[int, dict[str, Contribution]]:
+        """Past windows from the store: raw readings for 1 s windows and tags, rollups otherwise.
+        Runs in a worker thread; reads only the households that ever consented."""
+        width = WINDOW_SECONDS[window]
+        since, until = starts[0], starts[-1] + width
+        meters = [h.meter_id for h in self.registry.households.values()
+                  if self.registry.ever_consented(h.id, org_id, "aggregates")]
+        books: dict[int, dict[str, Accumulator]] = {}
+        use_raw = window == "1s" or tag is not None
+        resolution = "raw" if use_raw else ("1m" if window == "1m" else "15m")
+        for meter in meters:
+            for row in self.store.readings(meter, since=since, until=until, resolution=resolution, limit=10**6):
+                moment = _seconds(row["received_at"] if use_raw else row["start"])
+                acc = books.setdefault(int(moment // width) * width, {}).setdefault(meter, Accumulator())
+                acc.add_values(row.get("power_import_w"), row.get("power_export_w"), row.get("channels"),
+                               1 if use_raw else row.get("count", 1))
+        return {start: {m: c for m, acc in window_accs.items() if (c := acc.result()) is not None}
+                for start, window_accs in books.items()}
+
+
+def _seconds(stamp) -> float:
+    if isinstance(stamp, (int, float)):
+        return float(stamp)
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

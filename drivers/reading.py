@@ -51,6 +51,8 @@ class Reading:
     voltage_swells_l3: int | None = None
     gas_m3: float | None = None
     gas_timestamp: datetime | None = None
+    # Sub-metered appliances a household tags itself ({"fridge": 80.5}, watts); HTTP ingest only.
+    channels: dict[str, float] | None = None
 
     def to_json(self) -> dict:
         """The API form: every field present, timestamps as ISO 8601 UTC strings."""
@@ -82,7 +84,7 @@ class Reading:
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Reading))
 TIME_FIELDS = frozenset({"timestamp", "received_at", "gas_timestamp"})
-VALUE_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in TIME_FIELDS and n != "meter_id")
+VALUE_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in TIME_FIELDS and n not in ("meter_id", "channels"))
 
 
 def iso(moment: datetime) -> str:

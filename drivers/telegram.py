@@ -286,7 +286,9 @@ class TelegramDecoder:
     def decode(self, text: str, received_at: datetime) -> Reading:
         """One complete telegram to a Reading; counts it either way."""
         try:
-            if self.profile.has_crc:
+            # A CRC the meter sent is checked even where its family's specification has none
+            # (Irish Iskra meters send one): a corrupted telegram must never pass as another family's.
+            if self.profile.has_crc or _CRC_TRAILER.search(text, max(0, len(text) - 12)):
                 check_crc(text)
             try:
                 telegram = self._parser.parse(text, throw_ex=True)

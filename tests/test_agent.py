@@ -58,7 +58,7 @@ async def test_metrics_in_prometheus_format(tmp_path, start_agent, pty_pair):
     raw = bytearray(telegram_bytes("v5.txt"))
     raw[raw.index(b"1-0:1.8.1(") + 12] ^= 1
     pty_pair.write(bytes(raw) + telegram_bytes("v5.txt"))
-    await running.wait_for(lambda: running.agent.readers["m1"].stats.telegrams_ok == 1)
+    await running.wait_for(lambda: running.agent.readers["m1"].state == "reading")
     status, text = await running.get("/metrics", token=None)
     assert status == 200
     assert 'edge_meter_telegrams_total{meter="m1"} 1' in text
@@ -76,7 +76,10 @@ async def test_operator_endpoints_need_the_operator_token(tmp_path, start_agent,
     status, body = await running.get(path, token=None)
     assert status == 401 and body["error"] == "unauthorized"
     status, body = await running.get(path, token="wrong-token-of-the-same-kind")
-    assert status == 403 and body["error"] == "forbidden"
+    assert status == 401 and body["error"] == "unauthorized"
+    _, org_key = running.agent.registry.create_organization("Supplier X", "dso")
+    status, body = await running.get(path, token=org_key)
+    assert status == 403 and body["error"] == "forbidden"  # a valid token, but not the operator's
     async with running.http.get(running.base + path, headers={"Authorization": "Basic Zm9vOmJhcg=="}) as resp:
         assert resp.status == 401
 

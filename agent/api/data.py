@@ -1,0 +1,111 @@
+"""What organizations may see: the parameter catalogue and neighbourhood aggregates.
+
+Aggregates are released only under the privacy rules (`agent.aggregates.release`); a refusal is
+a 409 that says why and how many households are missing, never a partial answer. Every access is
+written to the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from agent.aggregates import Refusal, release
+from agent.api.common import ApiError, agent_of, parse_time, principal, require
+from agent.auth import OPERATOR, ORGANIZATION
+from agent.config import WINDOW_SECONDS, WINDOWS, Level
+from agent.ingest import TAG
+from agent.parameters import catalogue, permitted
+
+MAX_HISTORY_WINDOWS = 1000
+
+
+def _level_of(agent, org) -> Level:
+    level = agent.config.levels.get(org.level)
+    if level is None:
+        raise ApiError(403, "forbidden", f"the organization's level {org.level!r} is not configured on this device")
+    return level
+
+
+async def parameters(request: web.Request) -> web.Response:
+    who = principal(request)
+    agent = agent_of(request)
+    level = _level_of(agent, who.organization) if who.role == ORGANIZATION else None
+    out = []
+    for param in catalogue(agent.known_tags()):
+        if who.role == OPERATOR:
+            allowed = True
+        elif level is not None:
+            allowed = permitted(param.name, level, who.organization.parameters)
+        else:
+            allowed = False
+        out.append({**param.public(), "permitted": allowed})
+    return web.json_response({"parameters": out})
+
+
+def _query(request: web.Request, level: Level, org) -> tuple[str, str | None]:
+    window = request.query.get("window", "1m" if "1m" in level.windows else level.windows[0])
+    if window not in WINDOWS:
+        raise ApiError(400, "bad_parameter", f"window must be one of {', '.join(WINDOWS)}")
+    if window not in level.windows:
+        raise ApiError(403, "window_not_permitted", f"level {level.name!r} may use windows "
+                       f"{', '.join(level.windows)}")
+    tag = request.query.get("tag")
+    if tag is not None and not TAG.match(tag):
+        raise ApiError(400, "bad_parameter", "tag: 1-32 lowercase letters, digits, '_' or '-'")
+    needed = f"neighborhood_channel_{tag}" if tag else "neighborhood_power_consumption"
+    if not permitted(needed, level, org.parameters):
+        raise ApiError(403, "parameter_not_permitted", f"{needed} is not permitted for this organization")
+    return window, tag
+
+
+async def get_data(request: web.Request) -> web.Response:
+    org = require(request, ORGANIZATION).organization
+    agent = agent_of(request)
+    level = _level_of(agent, org)
+    window, tag = _query(request, level, org)
+    q = request.query
+    if "since" in q or "until" in q:
+        return await _history(request, agent, org, window, tag)
+    book = agent.books[window]
+    start = book.last_closed(time.time())
+    result = agent.release_window(org.id, window, start, book.contributions(start), tag)
+    released = not isinstance(result, Refusal)
+    agent.audit.record(org.id, ORGANIZATION, "data.read", window=window, window_start=start, tag=tag,
+                       households=result["households"] if released else result.households, released=released)
+    if not released:
+        raise ApiError(409, result.error, result.detail, households=result.households, missing=result.missing)
+    return web.json_response(result)
+
+
+async def _history(request, agent, org, window: str, tag: str | None) -> web.Response:
+    now = time.time()
+    since = parse_time(request.query.get("since"), "since") or now - 3600
+    until = parse_time(request.query.get("until"), "until") or now
+    until = min(until, now)
+    if until <= since:
+        raise ApiError(400, "bad_parameter", "until must be after since")
+    width = WINDOW_SECONDS[window]
+    first = int(since // width) * width
+    starts = list(range(first, int(until // width) * width, width))  # closed windows only
+    if len(starts) > MAX_HISTORY_WINDOWS:
+        raise ApiError(400, "bad_parameter", f"at most {MAX_HISTORY_WINDOWS} windows per request; "
+                       "narrow since/until or use a larger window")
+    per_window = await asyncio.to_thread(agent.history_contributions, org.id, window, starts, tag)
+    released, refused = [], []
+    for start in starts:
+        result = agent.release_window(org.id, window, start, per_window.get(start, {}), tag)
+        if isinstance(result, Refusal):
+            refused.append({"window_start": start, "error": result.error, "detail": result.detail})
+        else:
+            released.append(result)
+    agent.audit.record(org.id, ORGANIZATION, "data.history", window=window, since=first, until=until, tag=tag,
+                       released=len(released), refused=len(refused))
+    return web.json_response({"window": window, "tag": tag, "released": released, "refused": refused})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/parameters", parameters)
+    app.router.add_get("/data", get_data)

@@ -1,0 +1,106 @@
+"""A household's own endpoints: its consents, and its readings when its meter is not wired to the device."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from agent.api.common import ApiError, agent_of, read_json, require
+from agent.auth import HOUSEHOLD
+from agent.ingest import IngestError, check_order, readings_from_payload
+from agent.registry import SERVICES
+from drivers.reading import utcnow
+
+
+async def me(request: web.Request) -> web.Response:
+    household = require(request, HOUSEHOLD).household
+    return web.json_response(household.public())
+
+
+async def organizations_for_household(request: web.Request) -> web.Response:
+    """What a household needs to decide: who may ask, at which level, for which services."""
+    require(request, HOUSEHOLD)
+    orgs = agent_of(request).registry.organizations.values()
+    return web.json_response({"services": list(SERVICES),
+                              "organizations": [{"id": o.id, "name": o.name, "level": o.level} for o in orgs]})
+
+
+async def my_consents(request: web.Request) -> web.Response:
+    household = require(request, HOUSEHOLD).household
+    registry = agent_of(request).registry
+    return web.json_response({"consents": registry.consents_of(household.id),
+                              "history": registry.history_of(household.id)})
+
+
+async def my_consent_history(request: web.Request) -> web.Response:
+    household = require(request, HOUSEHOLD).household
+    return web.json_response({"history": agent_of(request).registry.history_of(household.id)})
+
+
+async def _change_consent(request: web.Request, granted: bool) -> web.Response:
+    household = require(request, HOUSEHOLD).household
+    agent = agent_of(request)
+    org_id, service = request.match_info["org_id"], request.match_info["service"]
+    change = agent.registry.set_consent(household.id, org_id, service, granted)
+    agent.audit.record(household.id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
+                       organization_id=org_id, service=service)
+    return web.json_response({"organization_id": org_id, "service": service, "granted": granted, "at": change.at})
+
+
+async def grant_consent(request: web.Request) -> web.Response:
+    return await _change_consent(request, True)
+
+
+async def revoke_consent(request: web.Request) -> web.Response:
+    return await _change_consent(request, False)
+
+
+# --- readings in ---------------------------------------------------------------------------
+def _accept(agent, household, readings) -> None:
+    """All checks first, then store them all: a batch is all or nothing."""
+    if household.source == "p1":
+        raise ApiError(409, "wired_meter", "this household's meter is read on the device's P1 port")
+    check_order(readings, agent.last_timestamp(household.meter_id), utcnow())
+    for reading in sorted(readings, key=lambda r: r.timestamp):
+        agent.ingest_http(reading)
+
+
+async def post_readings(request: web.Request) -> web.Response:
+    household = require(request, HOUSEHOLD).household
+    agent = agent_of(request)
+    received_at = utcnow()
+    if request.content_type == "text/plain":
+        text = (await request.read()).decode("latin-1")
+        readings = [agent.telegram_ingest.decode(text, household.meter_id, received_at)]
+    else:
+        if request.content_type not in ("application/json", "application/octet-stream", ""):
+            raise ApiError(415, "unsupported_media_type", "send application/json readings or a text/plain telegram")
+        readings = readings_from_payload(await read_json(request), household.meter_id, received_at)
+    _accept(agent, household, readings)
+    return web.json_response({"accepted": len(readings)}, status=201)
+
+
+async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
+    """DSMR-reader's remote datalogger contract: form field `telegram`, `Authorization: Token <key>`
+    or `X-AUTHKEY`, 201 on success; existing Pi dataloggers need only a new host and key."""
+    household = require(request, HOUSEHOLD, schemes=("token", "bearer")).household
+    agent = agent_of(request)
+    form = await request.post()
+    telegram = form.get("telegram")
+    if not isinstance(telegram, str) or not telegram.strip():
+        raise IngestError(400, "bad_request", "form field 'telegram' is required")
+    reading = agent.telegram_ingest.decode(telegram.replace("\n", "\r\n").replace("\r\r\n", "\r\n"),
+                                           household.meter_id, utcnow())
+    _accept(agent, household, [reading])
+    return web.json_response({"accepted": 1}, status=201)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/households/me", me)
+    r.add_get("/households/me/organizations", organizations_for_household)
+    r.add_get("/households/me/consents", my_consents)
+    r.add_get("/households/me/consents/history", my_consent_history)
+    r.add_put("/households/me/consents/{org_id}/{service}", grant_consent)
+    r.add_delete("/households/me/consents/{org_id}/{service}", revoke_consent)
+    r.add_post("/readings", post_readings)
+    r.add_post("/api/v1/datalogger/dsmrreading", dsmr_reader_datalogger)

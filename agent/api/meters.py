@@ -1,0 +1,85 @@
+"""Health and metrics for anyone; meters and their readings for the operator (and the installer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from agent.api.common import ApiError, agent_of, parse_limit, parse_time, require
+from agent.auth import OPERATOR
+from agent.metrics import render_metrics
+
+RESOLUTIONS = ("raw", "1m", "15m")
+
+
+async def health(request: web.Request) -> web.Response:
+    ok, body = agent_of(request).health()
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=render_metrics(agent_of(request)), content_type="text/plain", charset="utf-8")
+
+
+def known_meter(request: web.Request) -> str:
+    agent = agent_of(request)
+    meter_id = request.match_info["meter_id"]
+    if meter_id not in agent.readers and meter_id not in agent.pipeline.latest and meter_id not in agent.store.meter_ids():
+        raise ApiError(404, "not_found", f"no meter {meter_id!r}")
+    return meter_id
+
+
+async def list_meters(request: web.Request) -> web.Response:
+    require(request, OPERATOR)
+    agent = agent_of(request)
+    meters = []
+    for meter_id in sorted(set(agent.readers) | set(agent.pipeline.latest)):
+        reader = agent.readers.get(meter_id)
+        latest = agent.pipeline.latest.get(meter_id)
+        household = agent.registry.household_by_meter(meter_id)
+        meters.append({
+            "id": meter_id,
+            "source": "p1" if reader else "http",
+            "port": reader.spec.port if reader else None,
+            "profile": reader.profile_name if reader else None,
+            "state": reader.state if reader else None,
+            "household_id": household.id if household else None,
+            "last_reading_at": latest.to_json()["received_at"] if latest else None,
+        })
+    return web.json_response({"meters": meters})
+
+
+async def latest_reading(request: web.Request) -> web.Response:
+    require(request, OPERATOR)
+    meter_id = known_meter(request)
+    agent = agent_of(request)
+    reading = agent.pipeline.latest.get(meter_id) or await asyncio.to_thread(agent.store.latest, meter_id)
+    if reading is None:
+        raise ApiError(404, "no_reading", f"meter {meter_id!r} has sent no valid telegram yet")
+    return web.json_response(reading.to_json())
+
+
+async def meter_readings(request: web.Request) -> web.Response:
+    require(request, OPERATOR)
+    meter_id = known_meter(request)
+    q = request.query
+    since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
+    if since is not None and until is not None and until < since:
+        raise ApiError(400, "bad_parameter", "until is before since")
+    resolution = q.get("resolution", "raw")
+    if resolution not in RESOLUTIONS:
+        raise ApiError(400, "bad_parameter", f"resolution must be one of {', '.join(RESOLUTIONS)}")
+    limit = parse_limit(q.get("limit"))
+    rows = await asyncio.to_thread(agent_of(request).store.readings, meter_id, since=since, until=until,
+                                   resolution=resolution, limit=limit)
+    return web.json_response({"meter_id": meter_id, "resolution": resolution, "count": len(rows),
+                              "readings": rows})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/meters", list_meters)
+    app.router.add_get("/meters/{meter_id}/latest", latest_reading)
+    app.router.add_get("/meters/{meter_id}/readings", meter_readings)

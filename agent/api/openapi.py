@@ -1,0 +1,350 @@
+"""The OpenAPI 3.1 description of the API, served at /openapi.json, and a small page at /docs.
+
+Tests check that every route of the app is described here and nothing else, and schemathesis
+checks the running server against it.
+"""
+
+from __future__ import annotations
+
+import html
+
+from aiohttp import web
+
+from drivers.reading import FIELD_NAMES, TIME_FIELDS
+
+VERSION = "0.1.0"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra) -> dict:
+    return {"type": [kind, "null"], **extra}
+
+
+NUMBER_OR_NULL = _nullable("number")
+STRING = {"type": "string"}
+TIME = {"type": "string", "format": "date-time"}
+
+
+def _reading_schema(for_input: bool) -> dict:
+    props: dict = {}
+    for name in FIELD_NAMES:
+        if name in ("meter_id", "received_at") and for_input:
+            continue
+        if name in TIME_FIELDS:
+            props[name] = TIME if name != "gas_timestamp" else _nullable("string", format="date-time")
+        elif name == "meter_id":
+            props[name] = STRING
+        elif name == "channels":
+            props[name] = {"type": ["object", "null"], "maxProperties": 32,
+                           "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"},
+                           "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100000}}
+        elif name in ("tariff", "power_failures", "long_power_failures") or "sags" in name or "swells" in name:
+            props[name] = _nullable("integer", minimum=0)
+        else:
+            props[name] = NUMBER_OR_NULL
+    required = ["timestamp"] if for_input else list(FIELD_NAMES)
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+OBJ = {"type": "object"}
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error", "detail"],
+              "properties": {"error": STRING, "detail": STRING, "households": {"type": "integer"},
+                             "missing": {"type": "integer"}}},
+    "Reading": _reading_schema(False),
+    "ReadingInput": _reading_schema(True),
+    "ReadingsIn": {"oneOf": [_ref("ReadingInput"),
+                             {"type": "array", "items": _ref("ReadingInput"), "minItems": 1, "maxItems": 1000},
+                             {"type": "object", "required": ["readings"], "additionalProperties": False,
+                              "properties": {"readings": {"type": "array", "items": _ref("ReadingInput"),
+                                                          "minItems": 1, "maxItems": 1000}}}]},
+    "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "integer"}}},
+    "Health": {"type": "object", "required": ["status", "meters", "storage"],
+               "properties": {"status": {"enum": ["ok", "degraded"]}, "device": STRING, "uptime_s": {"type": "number"},
+                              "meters": {"type": "object", "additionalProperties": _ref("MeterHealth")},
+                              "storage": OBJ, "readings_in": {"type": "integer"}}},
+    "MeterHealth": {"type": "object", "required": ["state", "telegrams_ok", "crc_errors", "parse_errors", "reconnects"],
+                    "properties": {"state": {"enum": ["connecting", "reading", "stalled", "disconnected", "stopped"]},
+                                   "port": STRING, "profile": STRING, "serial": _nullable("string"),
+                                   "telegrams_ok": {"type": "integer"}, "crc_errors": {"type": "integer"},
+                                   "parse_errors": {"type": "integer"}, "reconnects": {"type": "integer"},
+                                   "stalls": {"type": "integer"}, "opens": {"type": "integer"},
+                                   "bytes_read": {"type": "integer"}, "bytes_discarded": {"type": "integer"},
+                                   "seconds_since_last_telegram": NUMBER_OR_NULL, "last_error": _nullable("string")}},
+    "Meters": {"type": "object", "required": ["meters"], "properties": {"meters": {"type": "array", "items": {
+        "type": "object", "required": ["id", "source"],
+        "properties": {"id": STRING, "source": {"enum": ["p1", "http"]}, "port": _nullable("string"),
+                       "profile": _nullable("string"), "state": _nullable("string"),
+                       "household_id": _nullable("string"), "last_reading_at": _nullable("string")}}}}},
+    "ReadingsPage": {"type": "object", "required": ["meter_id", "resolution", "count", "readings"],
+                     "properties": {"meter_id": STRING, "resolution": {"enum": ["raw", "1m", "15m"]},
+                                    "count": {"type": "integer"}, "readings": {"type": "array", "items": OBJ}}},
+    "OrganizationIn": {"type": "object", "required": ["name", "level"], "additionalProperties": False,
+                       "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                                      "level": STRING}},
+    "OrganizationPatch": {"type": "object", "additionalProperties": False,
+                          "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                                         "level": STRING,
+                                         "parameters": {"type": ["array", "null"], "items": STRING}}},
+    "Organization": {"type": "object", "required": ["id", "name", "level", "created_at"],
+                     "properties": {"id": STRING, "name": STRING, "level": STRING, "created_at": {"type": "number"},
+                                    "parameters": {"type": ["array", "null"], "items": STRING}}},
+    "OrganizationCreated": {"allOf": [_ref("Organization"), {"type": "object", "required": ["api_key"],
+                                                              "properties": {"api_key": STRING}}]},
+    "Organizations": {"type": "object", "required": ["organizations"],
+                      "properties": {"organizations": {"type": "array", "items": _ref("Organization")}}},
+    "KeyRotated": {"type": "object", "required": ["id"], "properties": {"id": STRING, "api_key": STRING,
+                                                                       "token": STRING}},
+    "HouseholdIn": {"type": "object", "additionalProperties": False,
+                    "properties": {"meter_id": _nullable("string")}},
+    "Household": {"type": "object", "required": ["id", "meter_id", "source", "created_at"],
+                  "properties": {"id": STRING, "meter_id": STRING, "source": {"enum": ["p1", "http"]},
+                                 "created_at": {"type": "number"}}},
+    "HouseholdCreated": {"allOf": [_ref("Household"), {"type": "object", "required": ["token"],
+                                                        "properties": {"token": STRING}}]},
+    "Households": {"type": "object", "required": ["households"],
+                   "properties": {"households": {"type": "array", "items": _ref("Household")}}},
+    "ConsentChange": {"type": "object", "required": ["organization_id", "service", "action", "at"],
+                      "properties": {"organization_id": STRING, "service": STRING,
+                                     "action": {"enum": ["grant", "revoke"]}, "at": {"type": "number"}}},
+    "MyConsents": {"type": "object", "required": ["consents", "history"],
+                   "properties": {"consents": {"type": "array", "items": {
+                       "type": "object", "properties": {"organization_id": STRING,
+                                                        "organization_name": _nullable("string"),
+                                                        "service": STRING, "since": {"type": "number"}}}},
+                                  "history": {"type": "array", "items": _ref("ConsentChange")}}},
+    "ConsentHistory": {"type": "object", "required": ["history"],
+                       "properties": {"history": {"type": "array", "items": _ref("ConsentChange")}}},
+    "ConsentSet": {"type": "object", "required": ["organization_id", "service", "granted", "at"],
+                   "properties": {"organization_id": STRING, "service": STRING, "granted": {"type": "boolean"},
+                                  "at": {"type": "number"}}},
+    "Consents": {"type": "object", "required": ["consents"], "properties": {"consents": {"type": "array", "items": {
+        "type": "object", "properties": {"household_id": STRING, "organization_id": STRING, "service": STRING,
+                                         "granted": {"type": "boolean"}, "since": {"type": "number"}}}}}},
+    "OrganizationsForHousehold": {"type": "object", "required": ["services", "organizations"],
+                                  "properties": {"services": {"type": "array", "items": STRING},
+                                                 "organizations": {"type": "array", "items": OBJ}}},
+    "Parameters": {"type": "object", "required": ["parameters"], "properties": {"parameters": {
+        "type": "array", "items": {"type": "object", "required": ["name", "unit", "level", "description", "permitted"],
+                                   "properties": {"name": STRING, "unit": STRING,
+                                                  "level": {"enum": ["household", "neighborhood"]},
+                                                  "description": STRING, "permitted": {"type": "boolean"}}}}}},
+    "Aggregate": {"type": "object",
+                  "required": ["window", "window_start", "window_end", "households", "consumption_w"],
+                  "properties": {"window": {"enum": ["1s", "1m", "15m", "1h"]}, "window_start": TIME,
+                                 "window_end": TIME, "households": {"type": "integer", "minimum": 1},
+                                 "tag": _nullable("string"), "consumption_w": {"type": "number"},
+                                 "production_w": NUMBER_OR_NULL, "net_w": NUMBER_OR_NULL,
+                                 "energy_import_wh": {"type": "number"}, "energy_export_wh": NUMBER_OR_NULL,
+                                 "mean_w": {"type": "number"}}},
+    "AggregateHistory": {"type": "object", "required": ["window", "released", "refused"],
+                         "properties": {"window": STRING, "tag": _nullable("string"),
+                                        "released": {"type": "array", "items": _ref("Aggregate")},
+                                        "refused": {"type": "array", "items": {
+                                            "type": "object", "properties": {"window_start": TIME,
+                                                                             "error": STRING, "detail": STRING}}}}},
+    "Audit": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": {
+        "type": "object", "required": ["at", "who", "role", "action"],
+        "properties": {"at": {"type": "number"}, "who": STRING, "role": STRING, "action": STRING}}}}},
+}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _json(schema: str, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+AUTH_ERRORS = {"401": _error("No valid token"), "403": _error("The token may not use this endpoint"),
+               "429": _error("Too many bad tokens from this address")}
+
+
+def _op(summary: str, roles: list[str] | None, responses: dict, *, params=(), body: str | None = None,
+        extra_errors: dict | None = None, tag: str = "") -> dict:
+    op = {"summary": summary, "tags": [tag] if tag else [], "responses": dict(responses)}
+    if roles:
+        op["security"] = [{"bearer": []}]
+        op["description"] = f"For: {', '.join(roles)}."
+        op["responses"].update(AUTH_ERRORS)
+    if params:
+        op["parameters"] = list(params)
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+        op["responses"]["400"] = _error("Malformed JSON")
+        op["responses"]["413"] = _error("Body too large")
+        op["responses"]["422"] = _error("Invalid content")
+    op["responses"].update(extra_errors or {})
+    return op
+
+
+def _path_param(name: str, pattern: str | None = None) -> dict:
+    schema = {"type": "string", **({"pattern": pattern} if pattern else {})}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: dict, description: str = "") -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+TIME_PARAM = {"type": "string", "description": "Unix seconds or ISO 8601"}
+NOT_FOUND = {"404": _error("Not found")}
+HH_ID = _path_param("household_id", "^hh_[0-9a-f]+$")
+ORG_ID = _path_param("org_id")
+OP, ORG, HH = ["operator"], ["organization"], ["household"]
+ANYONE = ["operator", "organization", "household"]
+
+
+def build_spec() -> dict:
+    readings_query = [_query("since", TIME_PARAM), _query("until", TIME_PARAM),
+                      _query("resolution", {"enum": ["raw", "1m", "15m"]}),
+                      _query("limit", {"type": "integer", "minimum": 1, "maximum": 100000})]
+    data_query = [_query("window", {"enum": ["1s", "1m", "15m", "1h"]}),
+                  _query("tag", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"}),
+                  _query("since", TIME_PARAM, "history from the store instead of the last closed window"),
+                  _query("until", TIME_PARAM)]
+    consent_params = [ORG_ID, _path_param("service")]
+    paths = {
+        "/health": {"get": _op("Meters and storage state", None, {"200": _json("Health", "Every meter reading"),
+                                                                  "503": _json("Health", "Not every meter reading")},
+                               tag="device")},
+        "/metrics": {"get": _op("Prometheus metrics", None, {"200": {"description": "Prometheus text format",
+                                                                     "content": {"text/plain": {"schema": STRING}}}},
+                                tag="device")},
+        "/meters": {"get": _op("Meters known to the device", OP, {"200": _json("Meters")}, tag="device")},
+        "/meters/{meter_id}/latest": {"get": _op("A meter's latest reading", OP, {"200": _json("Reading")},
+                                                 params=[_path_param("meter_id")], extra_errors=NOT_FOUND,
+                                                 tag="device")},
+        "/meters/{meter_id}/readings": {"get": _op("A meter's stored readings", OP, {"200": _json("ReadingsPage")},
+                                                   params=[_path_param("meter_id"), *readings_query],
+                                                   extra_errors={**NOT_FOUND, "400": _error("Bad parameter")},
+                                                   tag="device")},
+        "/organizations": {
+            "post": _op("Register an organization; its API key is shown once", OP,
+                        {"201": _json("OrganizationCreated", "Created")}, body="OrganizationIn", tag="operator"),
+            "get": _op("List organizations", OP, {"200": _json("Organizations")}, tag="operator")},
+        "/organizations/{org_id}": {
+            "get": _op("One organization", OP, {"200": _json("Organization")}, params=[ORG_ID],
+                       extra_errors=NOT_FOUND, tag="operator"),
+            "patch": _op("Change name, level or allowed parameters", OP, {"200": _json("Organization")},
+                         params=[ORG_ID], body="OrganizationPatch", extra_errors=NOT_FOUND, tag="operator"),
+            "delete": _op("Remove an organization; its key stops working and its consents end", OP,
+                          {"204": {"description": "Removed"}}, params=[ORG_ID], extra_errors=NOT_FOUND,
+                          tag="operator")},
+        "/organizations/{org_id}/key": {"post": _op("Issue a new API key; the old one stops working", OP,
+                                                    {"200": _json("KeyRotated")}, params=[ORG_ID],
+                                                    extra_errors=NOT_FOUND, tag="operator")},
+        "/households": {
+            "post": {**_op("Register a household; its token is shown once", OP,
+                           {"201": _json("HouseholdCreated", "Created")}, extra_errors={
+                               "400": _error("Malformed JSON"), "409": _error("Meter already taken"),
+                               "422": _error("Unknown meter")}, tag="operator"),
+                     "requestBody": {"required": False,
+                                     "content": {"application/json": {"schema": _ref("HouseholdIn")}}}},
+            "get": _op("List households", OP, {"200": _json("Households")}, tag="operator")},
+        "/households/{household_id}": {
+            "get": _op("One household", OP, {"200": _json("Household")}, params=[HH_ID], extra_errors=NOT_FOUND,
+                       tag="operator"),
+            "delete": _op("Remove a household; its consents end", OP, {"204": {"description": "Removed"}},
+                          params=[HH_ID], extra_errors=NOT_FOUND, tag="operator")},
+        "/households/{household_id}/token": {"post": _op("Issue a new household token", OP,
+                                                         {"200": _json("KeyRotated")}, params=[HH_ID],
+                                                         extra_errors=NOT_FOUND, tag="operator")},
+        "/consents": {"get": _op("Consents, read only (for support)", OP, {"200": _json("Consents")},
+                                 params=[_query("household_id", STRING), _query("organization_id", STRING)],
+                                 tag="operator")},
+        "/audit": {"get": _op("The audit log", OP, {"200": _json("Audit")},
+                              params=[_query("since", TIME_PARAM), _query("until", TIME_PARAM),
+                                      _query("who", STRING),
+                                      _query("limit", {"type": "integer", "minimum": 1, "maximum": 100000})],
+                              extra_errors={"400": _error("Bad parameter")}, tag="operator")},
+        "/households/me": {"get": _op("The calling household", HH, {"200": _json("Household")}, tag="household")},
+        "/households/me/organizations": {"get": _op("Organizations a household may consent to", HH,
+                                                    {"200": _json("OrganizationsForHousehold")}, tag="household")},
+        "/households/me/consents": {"get": _op("Current consents and their history", HH,
+                                               {"200": _json("MyConsents")}, tag="household")},
+        "/households/me/consents/history": {"get": _op("Every consent change, append-only", HH,
+                                                       {"200": _json("ConsentHistory")}, tag="household")},
+        "/households/me/consents/{org_id}/{service}": {
+            "put": _op("Grant a service to an organization", HH, {"200": _json("ConsentSet")},
+                       params=consent_params, extra_errors=NOT_FOUND, tag="household"),
+            "delete": _op("Revoke it; effective for the window in progress", HH, {"200": _json("ConsentSet")},
+                          params=consent_params, extra_errors=NOT_FOUND, tag="household")},
+        "/readings": {"post": {
+            **_op("Post readings (households whose meter is not wired to the device)", HH,
+                  {"201": _json("Accepted", "Stored")}, extra_errors={
+                      "400": _error("Malformed JSON"), "409": _error("Duplicate, or a wired meter"),
+                      "413": _error("Body or batch too large"), "415": _error("Unsupported content type"),
+                      "422": _error("Invalid reading or telegram")}, tag="household"),
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("ReadingsIn")},
+                "text/plain": {"schema": {"type": "string", "description": "One raw P1 telegram"}}}}}},
+        "/api/v1/datalogger/dsmrreading": {"post": {
+            **_op("DSMR-reader remote datalogger compatibility (Authorization: Token <key> or X-AUTHKEY)", HH,
+                  {"201": _json("Accepted", "Stored")}, extra_errors={
+                      "400": _error("Missing telegram"), "409": _error("Duplicate"),
+                      "413": _error("Body too large"), "422": _error("Bad telegram")}, tag="household"),
+            "security": [{"token": []}, {"authkey": []}],
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["telegram"], "properties": {"telegram": STRING}}}}}}},
+        "/parameters": {"get": _op("The parameter catalogue, with what the caller may use", ANYONE,
+                                   {"200": _json("Parameters")}, tag="organization")},
+        "/data": {"get": _op("Neighbourhood aggregates over consenting households", ORG,
+                             {"200": {"description": "The last closed window, or history with since/until",
+                                      "content": {"application/json": {"schema": {
+                                          "oneOf": [_ref("Aggregate"), _ref("AggregateHistory")]}}}}},
+                             params=data_query, extra_errors={
+                                 "400": _error("Bad parameter"),
+                                 "409": _error("Not released: cohort too small or dominated")},
+                             tag="organization")},
+        "/openapi.json": {"get": _op("This document", None, {"200": {"description": "OpenAPI 3.1",
+                                                                     "content": {"application/json": {"schema": OBJ}}}},
+                                     tag="device")},
+        "/docs": {"get": _op("This document for people", None, {"200": {"description": "HTML",
+                                                                        "content": {"text/html": {"schema": STRING}}}},
+                             tag="device")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Edge", "version": VERSION,
+                 "description": "The local API of an Edge device. Errors are JSON {error, detail}."},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "token": {"type": "apiKey", "in": "header", "name": "Authorization",
+                          "description": "Token <household token>"},
+                "authkey": {"type": "apiKey", "in": "header", "name": "X-AUTHKEY"}}},
+    }
+
+
+SPEC = build_spec()
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(SPEC)
+
+
+async def docs(request: web.Request) -> web.Response:
+    rows = []
+    for path, methods in SPEC["paths"].items():
+        for method, op in methods.items():
+            who = op.get("description", "For: anyone.")
+            rows.append(f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                        f"<td>{html.escape(op['summary'])}</td><td>{html.escape(who)}</td></tr>")
+    page = ("<!doctype html><meta charset=utf-8><title>Edge API</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em .8em;border-bottom:1px solid #ddd}</style>"
+            "<h1>Edge API</h1><p>Machine-readable: <a href=/openapi.json>/openapi.json</a> (OpenAPI 3.1)."
+            " Authenticate with <code>Authorization: Bearer &lt;token&gt;</code>.</p><table>"
+            + "".join(rows) + "</table>")
+    return web.Response(text=page, content_type="text/html")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs)

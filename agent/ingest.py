@@ -1,0 +1,195 @@
+"""Readings over HTTP: JSON in the Reading schema, or raw P1 telegrams. No I/O here.
+
+Everything is checked before anything is stored; a batch is all or nothing. Rules:
+- only `timestamp` is required; absent fields are null; unknown fields are refused (typos);
+- `meter_id` and `received_at` are set by the device, never by the sender;
+- numbers are finite and physically possible; counts are whole and not negative;
+- a timestamp more than `MAX_FUTURE_S` ahead of the device's clock is refused;
+- a household's timestamps only go forward: one at or before the last accepted is a duplicate.
+Readings whose timestamp is more than `LIVE_WINDOW_S` old are stored but kept out of real-time
+aggregates (a datalogger catching up must not pile an hour into the current window).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timezone
+
+from drivers.profiles import PROFILES, Profile
+from drivers.reading import FIELD_NAMES, Reading
+from drivers.telegram import CrcError, TelegramDecoder, TelegramError
+
+MAX_BATCH = 1000
+MAX_FUTURE_S = 300
+LIVE_WINDOW_S = 300
+MAX_CHANNELS = 32
+TAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+# field -> (kind, minimum, maximum)
+_BOUNDS = {"_w": (float, -1e6, 1e6), "_v": (float, 0, 1000), "_a": (float, -1000, 1000),
+           "_wh": (float, 0, 1e13), "gas_m3": (float, 0, 1e9)}
+_INTS = {"tariff": (1, 9), "power_failures": (0, 1e9), "long_power_failures": (0, 1e9)}
+_SETTABLE = set(FIELD_NAMES) - {"meter_id", "received_at"}
+
+
+class IngestError(ValueError):
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _invalid(detail: str) -> IngestError:
+    return IngestError(422, "invalid_reading", detail)
+
+
+def parse_moment(value, name: str) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _invalid(f"{name} must be an ISO 8601 time or Unix seconds")
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise _invalid(f"{name} is not an ISO 8601 time: {value[:40]!r}") from None
+        if moment.tzinfo is None:
+            raise _invalid(f"{name} needs a UTC offset (e.g. 'Z')")
+        return moment.astimezone(timezone.utc)
+    if not math.isfinite(value) or not 0 <= value < 1e11:
+        raise _invalid(f"{name} is not a plausible Unix time")
+    return datetime.fromtimestamp(value, timezone.utc)
+
+
+def _number(name: str, value, kind, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _invalid(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise _invalid(f"{name} must be between {low:g} and {high:g}")
+    return kind(value)
+
+
+def _field_rule(name: str):
+    if name in _INTS or name.startswith(("voltage_sags", "voltage_swells")):
+        low, high = _INTS.get(name, (0, 1e9))
+        return int, low, high
+    if name == "gas_m3":
+        return _BOUNDS["gas_m3"]
+    for suffix in ("_wh", "_w", "_v", "_a"):
+        if name.endswith(suffix):
+            return _BOUNDS[suffix]
+    raise AssertionError(name)
+
+
+_RULES = {name: _field_rule(name) for name in _SETTABLE - {"timestamp", "gas_timestamp", "channels"}}
+
+
+def reading_from_json(item, meter_id: str, received_at: datetime, index: int | None = None) -> Reading:
+    where = "" if index is None else f"readings[{index}]: "
+    try:
+        if not isinstance(item, dict):
+            raise _invalid("a reading must be a JSON object")
+        unknown = set(item) - _SETTABLE
+        if unknown:
+            name = sorted(unknown)[0]
+            if name in ("meter_id", "received_at"):
+                raise _invalid(f"{name} is set by the device, leave it out")
+            raise _invalid(f"unknown field {name!r}")
+        if "timestamp" not in item:
+            raise _invalid("timestamp is required")
+        values = {"timestamp": parse_moment(item["timestamp"], "timestamp")}
+        for name, value in item.items():
+            if value is None or name == "timestamp":
+                continue
+            if name == "gas_timestamp":
+                values[name] = parse_moment(value, name)
+            elif name == "channels":
+                values[name] = _channels(value)
+            else:
+                kind, low, high = _RULES[name]
+                if kind is int and isinstance(value, float) and not value.is_integer():
+                    raise _invalid(f"{name} must be a whole number")
+                values[name] = _number(name, value, kind, low, high)
+    except IngestError as err:
+        raise IngestError(err.status, err.error, where + err.detail) from None
+    return Reading(meter_id=meter_id, received_at=received_at, **values)
+
+
+def _channels(value) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise _invalid("channels must be an object of tag: watts")
+    if len(value) > MAX_CHANNELS:
+        raise _invalid(f"at most {MAX_CHANNELS} channels")
+    out = {}
+    for tag, watts in value.items():
+        if not TAG.match(tag):
+            raise _invalid(f"channel tag {tag[:40]!r}: use 1-32 lowercase letters, digits, '_' or '-'")
+        out[tag] = _number(f"channels.{tag}", watts, float, 0, 1e5)
+    return out
+
+
+def readings_from_payload(payload, meter_id: str, received_at: datetime) -> list[Reading]:
+    """One reading, `{"readings": [...]}` or a bare list; checked whole."""
+    if isinstance(payload, dict) and set(payload) == {"readings"}:
+        payload = payload["readings"]
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise _invalid("no readings")
+    if len(items) > MAX_BATCH:
+        raise IngestError(413, "batch_too_large", f"at most {MAX_BATCH} readings per request")
+    many = isinstance(payload, list)
+    return [reading_from_json(item, meter_id, received_at, i if many else None) for i, item in enumerate(items)]
+
+
+def check_order(readings: list[Reading], last_timestamp: datetime | None, now: datetime) -> None:
+    """Timestamps go forward, never far into the future. Raises before anything is stored."""
+    previous = last_timestamp
+    for reading in sorted(readings, key=lambda r: r.timestamp):
+        if (reading.timestamp - now).total_seconds() > MAX_FUTURE_S:
+            raise _invalid(f"timestamp {reading.timestamp.isoformat()} is more than {MAX_FUTURE_S} s ahead of "
+                           "the device's clock")
+        if previous is not None and reading.timestamp <= previous:
+            raise IngestError(409, "duplicate", f"a reading at or after {reading.timestamp.isoformat()} was "
+                              "already accepted for this household; timestamps must go forward")
+        previous = reading.timestamp
+
+
+def is_live(reading: Reading) -> bool:
+    return (reading.received_at - reading.timestamp).total_seconds() <= LIVE_WINDOW_S
+
+
+class TelegramIngest:
+    """Raw telegrams from households' dataloggers: the profile is learnt from the first telegram
+    (the one whose specification understands the most fields) and kept per household."""
+
+    def __init__(self):
+        self._profiles: dict[str, Profile] = {}
+
+    def decode(self, text: str, meter_id: str, received_at: datetime) -> Reading:
+        profile = self._profiles.get(meter_id)
+        if profile is not None:
+            try:
+                return TelegramDecoder(meter_id, profile).decode(text, received_at)
+            except CrcError:
+                raise IngestError(422, "bad_crc", "the telegram's CRC does not match its content") from None
+            except TelegramError:
+                pass  # the meter was changed: learn again
+        best, best_fields, crc_failed, last_error = None, -1, False, None
+        for candidate in PROFILES.values():
+            if candidate.encrypted:
+                continue
+            decoder = TelegramDecoder(meter_id, candidate)
+            try:
+                reading = decoder.decode(text, received_at)
+            except CrcError as err:
+                crc_failed, last_error = True, err
+                continue
+            except TelegramError as err:
+                last_error = err
+                continue
+            if decoder.last_field_count > best_fields:
+                best, best_fields, profile = reading, decoder.last_field_count, candidate
+        if best is None:
+            if crc_failed:
+                raise IngestError(422, "bad_crc", "the telegram's CRC does not match its content")
+            raise IngestError(422, "bad_telegram", f"not a telegram any meter profile can read ({last_error})")
+        self._profiles[meter_id] = profile
+        return best

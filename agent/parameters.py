@@ -1,0 +1,102 @@
+"""The protocol's parameter catalogue: what organizations may ask about, and who may ask.
+
+Household parameters are read from one household's latest Reading; neighbourhood parameters
+come from a released aggregate. Per-tag channel parameters exist for every tag households
+have sent (`household_channel_fridge`, `neighborhood_channel_fridge`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Callable
+
+from agent.config import Level
+from drivers.reading import Reading
+
+HOUSEHOLD, NEIGHBORHOOD = "household", "neighborhood"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    unit: str
+    level: str  # "household" or "neighborhood"
+    description: str
+    # household: Reading -> value; neighborhood: released aggregate dict -> value
+    extract: Callable[[object], float | None]
+
+    def public(self) -> dict:
+        return {"name": self.name, "unit": self.unit, "level": self.level, "description": self.description}
+
+
+def _net(reading: Reading) -> float | None:
+    if reading.power_import_w is None and reading.power_export_w is None:
+        return None
+    return (reading.power_import_w or 0.0) - (reading.power_export_w or 0.0)
+
+
+def _field(name: str) -> Callable[[Reading], float | None]:
+    return lambda reading: getattr(reading, name)
+
+
+def _aggregate(key: str) -> Callable[[dict], float | None]:
+    return lambda aggregate: aggregate.get(key)
+
+
+_STATIC: tuple[Parameter, ...] = (
+    Parameter("household_power_consumption", "W", HOUSEHOLD, "Power the household takes from the grid now",
+              _field("power_import_w")),
+    Parameter("household_power_production", "W", HOUSEHOLD, "Power the household feeds into the grid now",
+              _field("power_export_w")),
+    Parameter("household_net_power", "W", HOUSEHOLD, "Consumption minus production (negative: exporting)", _net),
+    Parameter("household_gas_consumption", "m3", HOUSEHOLD, "The gas meter's reading", _field("gas_m3")),
+    Parameter("household_energy_import", "Wh", HOUSEHOLD, "The meter's import register",
+              _field("energy_import_wh")),
+    Parameter("household_energy_export", "Wh", HOUSEHOLD, "The meter's export register",
+              _field("energy_export_wh")),
+    Parameter("household_tariff", "", HOUSEHOLD, "Active tariff: 1 low/night, 2 normal", _field("tariff")),
+    *(Parameter(f"household_voltage_{p}", "V", HOUSEHOLD, f"Voltage on phase {p.upper()}", _field(f"voltage_{p}_v"))
+      for p in ("l1", "l2", "l3")),
+    *(Parameter(f"household_current_{p}", "A", HOUSEHOLD, f"Current on phase {p.upper()}", _field(f"current_{p}_a"))
+      for p in ("l1", "l2", "l3")),
+    Parameter("neighborhood_power_consumption", "W", NEIGHBORHOOD,
+              "Total power the consenting households take from the grid", _aggregate("consumption_w")),
+    Parameter("neighborhood_power_production", "W", NEIGHBORHOOD,
+              "Total power the consenting households feed into the grid", _aggregate("production_w")),
+    Parameter("neighborhood_net_power", "W", NEIGHBORHOOD, "Consumption minus production", _aggregate("net_w")),
+    Parameter("neighborhood_household_count", "", NEIGHBORHOOD, "Households in the released cohort",
+              _aggregate("households")),
+)
+STATIC_PARAMETERS = {p.name: p for p in _STATIC}
+CHANNEL_PREFIXES = ("household_channel_", "neighborhood_channel_")
+
+
+def channel_parameter(name: str) -> Parameter | None:
+    if name.startswith("household_channel_"):
+        tag = name.removeprefix("household_channel_")
+        return Parameter(name, "W", HOUSEHOLD, f"Power of the household's '{tag}' channel",
+                         lambda reading: (reading.channels or {}).get(tag))
+    if name.startswith("neighborhood_channel_"):
+        tag = name.removeprefix("neighborhood_channel_")
+        return Parameter(name, "W", NEIGHBORHOOD, f"Total power of the '{tag}' channel over the cohort",
+                         _aggregate("consumption_w"))
+    return None
+
+
+def lookup(name: str) -> Parameter | None:
+    return STATIC_PARAMETERS.get(name) or channel_parameter(name)
+
+
+def catalogue(tags: set[str]) -> list[Parameter]:
+    params = list(_STATIC)
+    for tag in sorted(tags):
+        params += [channel_parameter(f"household_channel_{tag}"), channel_parameter(f"neighborhood_channel_{tag}")]
+    return params
+
+
+def permitted(name: str, level: Level, narrowed_to: list[str] | None = None) -> bool:
+    """The level allows it, and the operator's per-organization list (if any) does too."""
+    if not any(fnmatchcase(name, pattern) for pattern in level.parameters):
+        return False
+    return narrowed_to is None or any(fnmatchcase(name, pattern) for pattern in narrowed_to)

@@ -1,0 +1,287 @@
+"""Who is who: organizations, households and the consents between them.
+
+Persisted in one TinyDB database over the store's crash-safe segment log (`registry.seg`):
+inserts append, the rare updates (a level change, a token rotation) rewrite the file atomically.
+Consent is kept only as its append-only history; the current state and the state at any past
+moment are derived from it, so a window's cohort can be fixed at the window's own times.
+
+Secrets (organization API keys, household tokens) are random, shown once, and stored only as
+SHA-256 hashes; a presented token is hashed and looked up, then compared in constant time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinydb import where
+
+from agent.store.segment import SegmentDB
+
+SERVICES = ("aggregates", "triggers", "anonymized_data")
+_NAME = re.compile(r"^[^\x00-\x1f]{1,100}$")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+@dataclass
+class Organization:
+    id: str
+    name: str
+    level: str
+    key_hash: str
+    created_at: float
+    parameters: list[str] | None = None  # an operator's narrowing of what the level allows
+
+    def public(self) -> dict:
+        return {"id": self.id, "name": self.name, "level": self.level, "created_at": self.created_at,
+                "parameters": self.parameters}
+
+
+@dataclass
+class Household:
+    id: str
+    meter_id: str
+    source: str  # "p1": wired to one of the device's ports; "http": posts its own readings
+    token_hash: str
+    created_at: float
+
+    def public(self) -> dict:
+        return {"id": self.id, "meter_id": self.meter_id, "source": self.source, "created_at": self.created_at}
+
+
+@dataclass
+class ConsentChange:
+    household_id: str
+    organization_id: str
+    service: str
+    granted: bool
+    at: float
+
+    def public(self) -> dict:
+        return {"organization_id": self.organization_id, "service": self.service,
+                "action": "grant" if self.granted else "revoke", "at": self.at}
+
+
+@dataclass
+class _ConsentLine:
+    """One (household, organization, service): its changes in time order."""
+
+    times: list[float] = field(default_factory=list)
+    granted: list[bool] = field(default_factory=list)
+
+    def state_at(self, moment: float) -> bool:
+        i = bisect.bisect_right(self.times, moment)
+        return self.granted[i - 1] if i else False
+
+
+class RegistryError(ValueError):
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+class Registry:
+    def __init__(self, path: str | Path, clock=time.time):
+        self.clock = clock
+        self.db = SegmentDB(str(path))
+        self.organizations: dict[str, Organization] = {}
+        self.households: dict[str, Household] = {}
+        self._org_by_key: dict[str, Organization] = {}
+        self._household_by_token: dict[str, Household] = {}
+        self._household_by_meter: dict[str, Household] = {}
+        self._consents: dict[tuple[str, str, str], _ConsentLine] = {}
+        self._history: dict[str, list[ConsentChange]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        for doc in self.db.table("organizations").all():
+            self._index_org(Organization(**doc))
+        for doc in self.db.table("households").all():
+            self._index_household(Household(**doc))
+        for doc in self.db.table("consent_history").all():
+            self._apply_consent(ConsentChange(**doc))
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- organizations -------------------------------------------------------------------------
+    def _index_org(self, org: Organization) -> None:
+        self.organizations[org.id] = org
+        self._org_by_key[org.key_hash] = org
+
+    def create_organization(self, name: str, level: str) -> tuple[Organization, str]:
+        _check_name(name)
+        api_key = new_secret("edge_org")
+        org = Organization(id="org_" + secrets.token_hex(6), name=name, level=level,
+                           key_hash=token_hash(api_key), created_at=self.clock())
+        self.db.table("organizations").insert(org.__dict__)
+        self._index_org(org)
+        return org, api_key
+
+    def update_organization(self, org_id: str, **changes) -> Organization:
+        org = self.organization(org_id)
+        if "name" in changes:
+            _check_name(changes["name"])
+        for key, value in changes.items():
+            setattr(org, key, value)
+        self.db.table("organizations").update(changes, where("id") == org_id)
+        return org
+
+    def rotate_organization_key(self, org_id: str) -> str:
+        org = self.organization(org_id)
+        api_key = new_secret("edge_org")
+        del self._org_by_key[org.key_hash]
+        self.update_organization(org_id, key_hash=token_hash(api_key))
+        self._org_by_key[org.key_hash] = org
+        return api_key
+
+    def delete_organization(self, org_id: str) -> None:
+        org = self.organization(org_id)
+        # Its consents end now, in the history too, so past windows stay as they were.
+        for household_id in list(self.households):
+            for service in SERVICES:
+                if self.consent_state(household_id, org_id, service):
+                    self.set_consent(household_id, org_id, service, False)
+        self.db.table("organizations").remove(where("id") == org_id)
+        del self.organizations[org_id]
+        del self._org_by_key[org.key_hash]
+
+    def organization(self, org_id: str) -> Organization:
+        try:
+            return self.organizations[org_id]
+        except KeyError:
+            raise RegistryError(404, "not_found", f"no organization {org_id!r}") from None
+
+    def organization_by_key(self, api_key: str) -> Organization | None:
+        org = self._org_by_key.get(token_hash(api_key))
+        return org if org and hmac.compare_digest(org.key_hash, token_hash(api_key)) else None
+
+    # --- households ----------------------------------------------------------------------------
+    def _index_household(self, household: Household) -> None:
+        self.households[household.id] = household
+        self._household_by_token[household.token_hash] = household
+        self._household_by_meter[household.meter_id] = household
+
+    def create_household(self, meter_id: str | None, source: str) -> tuple[Household, str]:
+        household_id = "hh_" + secrets.token_hex(6)
+        meter_id = meter_id or household_id
+        if meter_id in self._household_by_meter:
+            raise RegistryError(409, "conflict", f"meter {meter_id!r} already belongs to a household")
+        token = new_secret("edge_hh")
+        household = Household(id=household_id, meter_id=meter_id, source=source, token_hash=token_hash(token),
+                               created_at=self.clock())
+        self.db.table("households").insert(household.__dict__)
+        self._index_household(household)
+        return household, token
+
+    def rotate_household_token(self, household_id: str) -> str:
+        household = self.household(household_id)
+        token = new_secret("edge_hh")
+        del self._household_by_token[household.token_hash]
+        household.token_hash = token_hash(token)
+        self.db.table("households").update({"token_hash": household.token_hash}, where("id") == household_id)
+        self._household_by_token[household.token_hash] = household
+        return token
+
+    def delete_household(self, household_id: str) -> None:
+        household = self.household(household_id)
+        for org_id in list(self.organizations):
+            for service in SERVICES:
+                if self.consent_state(household_id, org_id, service):
+                    self.set_consent(household_id, org_id, service, False)
+        self.db.table("households").remove(where("id") == household_id)
+        del self.households[household_id]
+        del self._household_by_token[household.token_hash]
+        del self._household_by_meter[household.meter_id]
+
+    def household(self, household_id: str) -> Household:
+        try:
+            return self.households[household_id]
+        except KeyError:
+            raise RegistryError(404, "not_found", f"no household {household_id!r}") from None
+
+    def household_by_token(self, token: str) -> Household | None:
+        household = self._household_by_token.get(token_hash(token))
+        return household if household and hmac.compare_digest(household.token_hash, token_hash(token)) else None
+
+    def household_by_meter(self, meter_id: str) -> Household | None:
+        return self._household_by_meter.get(meter_id)
+
+    # --- consent -------------------------------------------------------------------------------
+    def _apply_consent(self, change: ConsentChange) -> None:
+        line = self._consents.setdefault((change.household_id, change.organization_id, change.service),
+                                         _ConsentLine())
+        line.times.append(change.at)
+        line.granted.append(change.granted)
+        self._history.setdefault(change.household_id, []).append(change)
+
+    def set_consent(self, household_id: str, org_id: str, service: str, granted: bool) -> ConsentChange:
+        self.household(household_id)
+        if service not in SERVICES:
+            raise RegistryError(404, "not_found", f"no service {service!r}; services: {', '.join(SERVICES)}")
+        if granted:
+            self.organization(org_id)  # a revocation of a deleted organization's consent is still fine
+        line = self._consents.get((household_id, org_id, service))
+        # Never two changes at the same instant: the history must order them.
+        at = max(self.clock(), line.times[-1] + 1e-6) if line and line.times else self.clock()
+        change = ConsentChange(household_id, org_id, service, granted, at)
+        self.db.table("consent_history").insert(change.__dict__)
+        self._apply_consent(change)
+        return change
+
+    def consent_state(self, household_id: str, org_id: str, service: str, at: float | None = None) -> bool:
+        line = self._consents.get((household_id, org_id, service))
+        if line is None:
+            return False
+        return line.granted[-1] if at is None else line.state_at(at)
+
+    def consents_of(self, household_id: str) -> list[dict]:
+        """The household's current grants."""
+        out = []
+        for (hh, org_id, service), line in sorted(self._consents.items()):
+            if hh == household_id and line.granted[-1]:
+                org = self.organizations.get(org_id)
+                out.append({"organization_id": org_id, "organization_name": org.name if org else None,
+                            "service": service, "since": line.times[-1]})
+        return out
+
+    def history_of(self, household_id: str) -> list[dict]:
+        return [change.public() for change in self._history.get(household_id, [])]
+
+    def cohort(self, org_id: str, service: str, start: float, end: float) -> set[str]:
+        """Households that consented at both the window's start and its end: revoking at any time
+        takes the household out of the window in progress, and a closed window's cohort never changes."""
+        return {hh for (hh, org, svc), line in self._consents.items()
+                if org == org_id and svc == service and line.state_at(start) and line.state_at(end)
+                and hh in self.households}
+
+    def ever_consented(self, household_id: str, org_id: str, service: str) -> bool:
+        line = self._consents.get((household_id, org_id, service))
+        return bool(line and any(line.granted))
+
+    def all_consents(self, household_id: str | None = None, org_id: str | None = None) -> list[dict]:
+        out = []
+        for (hh, org, service), line in sorted(self._consents.items()):
+            if (household_id and hh != household_id) or (org_id and org != org_id):
+                continue
+            out.append({"household_id": hh, "organization_id": org, "service": service,
+                        "granted": line.granted[-1], "since": line.times[-1]})
+        return out
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not _NAME.match(name) or not name.strip():
+        raise RegistryError(422, "invalid", "name must be 1 to 100 printable characters")
