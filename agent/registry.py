@@ -86,6 +86,14 @@ class _ConsentLine:
         i = bisect.bisect_right(self.times, moment)
         return self.granted[i - 1] if i else False
 
+    def held_throughout(self, start: float, end: float) -> bool:
+        """Granted at `start` and never revoked before `end` (a change at `end` is the next window's)."""
+        if not self.state_at(start):
+            return False
+        first = bisect.bisect_right(self.times, start)
+        last = bisect.bisect_left(self.times, end)
+        return all(self.granted[first:last])
+
 
 class RegistryError(ValueError):
     def __init__(self, status: int, error: str, detail: str):
@@ -262,10 +270,10 @@ class Registry:
         return [change.public() for change in self._history.get(household_id, [])]
 
     def cohort(self, org_id: str, service: str, start: float, end: float) -> set[str]:
-        """Households that consented at both the window's start and its end: revoking at any time
-        takes the household out of the window in progress, and a closed window's cohort never changes."""
+        """Households whose consent held for the whole window [start, end): revoking at any time takes
+        the household out of the window in progress, and a closed window's cohort never changes."""
         return {hh for (hh, org, svc), line in self._consents.items()
-                if org == org_id and svc == service and line.state_at(start) and line.state_at(end)
+                if org == org_id and svc == service and line.held_throughout(start, end)
                 and hh in self.households}
 
     def ever_consented(self, household_id: str, org_id: str, service: str) -> bool:

@@ -7,10 +7,9 @@ import asyncio
 import logging
 import os
 import time
+from datetime import datetime, timezone
 
 from aiohttp import web
-
-from datetime import datetime
 
 from agent.aggregates import Accumulator, Contribution, Refusal, new_books, release
 from agent.api import create_app
@@ -47,8 +46,10 @@ class Systemd:
 
 
 class Agent:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, clock=time.time):
         self.config = config
+        # The device's clock for HTTP ingest, windows and consent times (tests step it by hand).
+        self.clock = clock
         self.started_at = time.time()
         self.store = ReadingStore(
             config.storage.path,
@@ -57,8 +58,8 @@ class Agent:
             retention_rollup_s=config.storage.retention_rollup_s,
         )
         self.pipeline = Pipeline(self.store)
-        self.registry = Registry(config.storage.path / "registry.seg")
-        self.audit = AuditLog(config.storage.path / "audit")
+        self.registry = Registry(config.storage.path / "registry.seg", clock=lambda: self.clock())
+        self.audit = AuditLog(config.storage.path / "audit", clock=lambda: self.clock())
         self.throttle = FailureThrottle()
         self.telegram_ingest = TelegramIngest()
         self.books = new_books()
@@ -150,6 +151,9 @@ class Agent:
     def _into_books(self, reading: Reading) -> None:
         for book in self.books.values():
             book.add(reading)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), timezone.utc)
 
     def ingest_http(self, reading: Reading) -> None:
         self.pipeline.ingest(reading, live=is_live(reading))

@@ -67,7 +67,7 @@ def check_crc(telegram: str) -> None:
     bang = telegram.rfind("!")
     match = _CRC_TRAILER.search(telegram, bang) if bang >= 0 else None
     if start < 0 or not match:
-        raise CrcError("no CRC trailer")
+        raise TelegramError("no CRC trailer")
     expected = int(match.group(1), 16)
     actual = crc16(telegram[start : bang + 1].encode("latin-1"))
     if actual != expected:

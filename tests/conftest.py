@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import tty
 from dataclasses import replace
 from pathlib import Path
@@ -100,6 +99,25 @@ class RunningAgent:
             body = await resp.json(content_type=None) if resp.content_type == "application/json" else await resp.text()
             return resp.status, body
 
+    async def call(self, method: str, path: str, token: str | None = OPERATOR_TOKEN, json=None, data=None,
+                   headers: dict | None = None):
+        """Any request; returns (status, parsed JSON or text)."""
+        all_headers = {**(self.auth(token) if token else {}), **(headers or {})}
+        async with self.http.request(method, self.base + path, headers=all_headers, json=json, data=data) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.text()
+
+    async def create_org(self, name: str = "Energy Co", level: str = "dso") -> tuple[str, str]:
+        status, body = await self.call("POST", "/organizations", json={"name": name, "level": level})
+        assert status == 201, body
+        return body["id"], body["api_key"]
+
+    async def create_household(self, meter_id: str | None = None) -> tuple[str, str]:
+        status, body = await self.call("POST", "/households", json={"meter_id": meter_id} if meter_id else {})
+        assert status == 201, body
+        return body["id"], body["token"]
+
     async def wait_for(self, predicate, timeout: float = 15.0, interval: float = 0.05):
         """Poll until predicate() is truthy; fail the test after `timeout` (never a timing assertion)."""
         deadline = asyncio.get_running_loop().time() + timeout
@@ -121,8 +139,8 @@ async def start_agent():
 
     started: list[RunningAgent] = []
 
-    async def start(config: Config) -> RunningAgent:
-        agent = Agent(config)
+    async def start(config: Config, clock=None) -> RunningAgent:
+        agent = Agent(config, clock=clock) if clock else Agent(config)
         await agent.start()
         running = RunningAgent(agent)
         started.append(running)
@@ -134,5 +152,14 @@ async def start_agent():
         await running.agent.stop()
 
 
-def random_token() -> str:
-    return secrets.token_urlsafe(24)
+class StepClock:
+    """The agent's clock, stepped by the test: windows close when the test says so."""
+
+    def __init__(self, start: float):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds

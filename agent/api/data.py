@@ -8,7 +8,7 @@ written to the audit log.
 from __future__ import annotations
 
 import asyncio
-import time
+from datetime import datetime, timezone
 
 from aiohttp import web
 
@@ -18,6 +18,7 @@ from agent.auth import OPERATOR, ORGANIZATION
 from agent.config import WINDOW_SECONDS, WINDOWS, Level
 from agent.ingest import TAG
 from agent.parameters import catalogue, permitted
+from drivers.reading import iso
 
 MAX_HISTORY_WINDOWS = 1000
 
@@ -70,7 +71,7 @@ async def get_data(request: web.Request) -> web.Response:
     if "since" in q or "until" in q:
         return await _history(request, agent, org, window, tag)
     book = agent.books[window]
-    start = book.last_closed(time.time())
+    start = book.last_closed(agent.clock())
     result = agent.release_window(org.id, window, start, book.contributions(start), tag)
     released = not isinstance(result, Refusal)
     agent.audit.record(org.id, ORGANIZATION, "data.read", window=window, window_start=start, tag=tag,
@@ -81,7 +82,7 @@ async def get_data(request: web.Request) -> web.Response:
 
 
 async def _history(request, agent, org, window: str, tag: str | None) -> web.Response:
-    now = time.time()
+    now = agent.clock()
     since = parse_time(request.query.get("since"), "since") or now - 3600
     until = parse_time(request.query.get("until"), "until") or now
     until = min(until, now)
@@ -98,7 +99,8 @@ async def _history(request, agent, org, window: str, tag: str | None) -> web.Res
     for start in starts:
         result = agent.release_window(org.id, window, start, per_window.get(start, {}), tag)
         if isinstance(result, Refusal):
-            refused.append({"window_start": start, "error": result.error, "detail": result.detail})
+            refused.append({"window_start": iso(datetime.fromtimestamp(start, timezone.utc)),
+                            "error": result.error, "detail": result.detail})
         else:
             released.append(result)
     agent.audit.record(org.id, ORGANIZATION, "data.history", window=window, since=first, until=until, tag=tag,

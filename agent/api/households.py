@@ -8,7 +8,6 @@ from agent.api.common import ApiError, agent_of, read_json, require
 from agent.auth import HOUSEHOLD
 from agent.ingest import IngestError, check_order, readings_from_payload
 from agent.registry import SERVICES
-from drivers.reading import utcnow
 
 
 async def me(request: web.Request) -> web.Response:
@@ -59,7 +58,7 @@ def _accept(agent, household, readings) -> None:
     """All checks first, then store them all: a batch is all or nothing."""
     if household.source == "p1":
         raise ApiError(409, "wired_meter", "this household's meter is read on the device's P1 port")
-    check_order(readings, agent.last_timestamp(household.meter_id), utcnow())
+    check_order(readings, agent.last_timestamp(household.meter_id), agent.now())
     for reading in sorted(readings, key=lambda r: r.timestamp):
         agent.ingest_http(reading)
 
@@ -67,7 +66,7 @@ def _accept(agent, household, readings) -> None:
 async def post_readings(request: web.Request) -> web.Response:
     household = require(request, HOUSEHOLD).household
     agent = agent_of(request)
-    received_at = utcnow()
+    received_at = agent.now()
     if request.content_type == "text/plain":
         text = (await request.read()).decode("latin-1")
         readings = [agent.telegram_ingest.decode(text, household.meter_id, received_at)]
@@ -84,12 +83,17 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
     or `X-AUTHKEY`, 201 on success; existing Pi dataloggers need only a new host and key."""
     household = require(request, HOUSEHOLD, schemes=("token", "bearer")).household
     agent = agent_of(request)
-    form = await request.post()
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send the telegram as form field 'telegram'")
+    try:
+        form = await request.post()
+    except ValueError as err:  # e.g. multipart without a boundary
+        raise ApiError(400, "bad_request", f"unreadable form: {err.__class__.__name__}") from None
     telegram = form.get("telegram")
     if not isinstance(telegram, str) or not telegram.strip():
         raise IngestError(400, "bad_request", "form field 'telegram' is required")
     reading = agent.telegram_ingest.decode(telegram.replace("\n", "\r\n").replace("\r\r\n", "\r\n"),
-                                           household.meter_id, utcnow())
+                                           household.meter_id, agent.now())
     _accept(agent, household, [reading])
     return web.json_response({"accepted": 1}, status=201)
 

@@ -287,7 +287,8 @@ def build_spec() -> dict:
             **_op("DSMR-reader remote datalogger compatibility (Authorization: Token <key> or X-AUTHKEY)", HH,
                   {"201": _json("Accepted", "Stored")}, extra_errors={
                       "400": _error("Missing telegram"), "409": _error("Duplicate"),
-                      "413": _error("Body too large"), "422": _error("Bad telegram")}, tag="household"),
+                      "413": _error("Body too large"), "415": _error("Not a form"),
+                      "422": _error("Bad telegram")}, tag="household"),
             "security": [{"token": []}, {"authkey": []}],
             "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
                 "type": "object", "required": ["telegram"], "properties": {"telegram": STRING}}}}}}},

@@ -1,0 +1,150 @@
+"""Every endpoint against every role: whoever must not reach it is refused (401 or 403), and the
+right caller is let through. The table is checked against the app's routes, so a new endpoint
+without a row here fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.api.openapi import SPEC
+from tests.conftest import make_config
+
+OP, ORG, HH, ANY = "operator", "organization", "household", "anyone"
+
+# (method, path template, who may call it)
+MATRIX = [
+    ("GET", "/health", {ANY}),
+    ("GET", "/metrics", {ANY}),
+    ("GET", "/openapi.json", {ANY}),
+    ("GET", "/docs", {ANY}),
+    ("GET", "/meters", {OP}),
+    ("GET", "/meters/{meter_id}/latest", {OP}),
+    ("GET", "/meters/{meter_id}/readings", {OP}),
+    ("POST", "/organizations", {OP}),
+    ("GET", "/organizations", {OP}),
+    ("GET", "/organizations/{org_id}", {OP}),
+    ("PATCH", "/organizations/{org_id}", {OP}),
+    ("DELETE", "/organizations/{org_id}", {OP}),
+    ("POST", "/organizations/{org_id}/key", {OP}),
+    ("POST", "/households", {OP}),
+    ("GET", "/households", {OP}),
+    ("GET", "/households/{household_id}", {OP}),
+    ("DELETE", "/households/{household_id}", {OP}),
+    ("POST", "/households/{household_id}/token", {OP}),
+    ("GET", "/consents", {OP}),
+    ("GET", "/audit", {OP}),
+    ("GET", "/households/me", {HH}),
+    ("GET", "/households/me/organizations", {HH}),
+    ("GET", "/households/me/consents", {HH}),
+    ("GET", "/households/me/consents/history", {HH}),
+    ("PUT", "/households/me/consents/{org_id}/{service}", {HH}),
+    ("DELETE", "/households/me/consents/{org_id}/{service}", {HH}),
+    ("POST", "/readings", {HH}),
+    ("POST", "/api/v1/datalogger/dsmrreading", {HH}),
+    ("GET", "/parameters", {OP, ORG, HH}),
+    ("GET", "/data", {ORG}),
+]
+
+BODIES = {
+    ("POST", "/organizations"): {"json": {"name": "New Org", "level": "service"}},
+    ("PATCH", "/organizations/{org_id}"): {"json": {"name": "Renamed"}},
+    ("POST", "/households"): {"json": {}},
+    ("POST", "/readings"): {"json": {"timestamp": "2026-01-01T00:00:00Z", "power_import_w": 100}},
+    ("POST", "/api/v1/datalogger/dsmrreading"): {"data": {"telegram": "/x\r\n!\r\n"}},
+}
+
+
+def test_matrix_covers_every_route_of_the_app():
+    documented = {(m.upper(), p) for p, methods in SPEC["paths"].items() for m in methods}
+    assert {(m, p) for m, p, _ in MATRIX} == documented
+
+
+@pytest.fixture
+async def world(tmp_path, start_agent, pty_pair):
+    from drivers.p1_reader import MeterSpec
+
+    running = await start_agent(make_config(tmp_path, [MeterSpec("m1", pty_pair.path, "dsmr5")]))
+    org_id, org_key = await running.create_org("Supplier X", "dso")
+    household_id, household_token = await running.create_household()
+    tokens = {OP: running.auth()["Authorization"].split()[1], ORG: org_key, HH: household_token}
+    ids = {"meter_id": "m1", "org_id": org_id, "household_id": household_id, "service": "aggregates"}
+    return running, tokens, ids
+
+
+@pytest.mark.parametrize("method, template, allowed", MATRIX, ids=[f"{m} {p}" for m, p, _ in MATRIX])
+async def test_role_matrix(world, method, template, allowed):
+    running, tokens, ids = world
+    path = template.format(**ids)
+    kwargs = BODIES.get((method, template), {})
+    if ANY in allowed:
+        status, _ = await running.call(method, path, token=None, **kwargs)
+        assert status in (200, 503), status
+        return
+    status, body = await running.call(method, path, token=None, **kwargs)
+    assert status == 401 and body["error"] == "unauthorized"
+    status, body = await running.call(method, path, token="edge_org_not-a-real-key", **kwargs)
+    assert status == 401
+    for role, token in tokens.items():
+        if role in allowed:
+            continue
+        headers = {"Authorization": f"Token {token}"} if template.startswith("/api/v1/datalogger") else None
+        status, body = await running.call(method, path, token=None if headers else token, headers=headers,
+                                          **kwargs)
+        assert status == 403 and body["error"] == "forbidden", (role, status, body)
+    # The right role gets past authentication (whatever the request's own merits).
+    for role in allowed:
+        token = tokens[role]
+        headers = {"Authorization": f"Token {token}"} if template.startswith("/api/v1/datalogger") else None
+        status, body = await running.call(method, path, token=None if headers else token, headers=headers,
+                                          **kwargs)
+        assert status not in (401, 403), (role, status, body)
+
+
+async def test_bad_tokens_are_throttled(world):
+    running, tokens, _ = world
+    for _ in range(10):
+        status, _ = await running.call("GET", "/meters", token="edge_org_guess")
+        assert status == 401
+    status, body = await running.call("GET", "/meters", token="edge_org_guess")
+    assert status == 429 and body["error"] == "too_many_failures"
+    # the throttle is per address and refuses before looking at the token
+    status, _ = await running.call("GET", "/meters", token=tokens[OP])
+    assert status == 429
+
+
+async def test_secrets_are_shown_once_and_stored_hashed(world, tmp_path):
+    running, tokens, ids = world
+    status, body = await running.call("GET", f"/organizations/{ids['org_id']}")
+    assert status == 200 and "api_key" not in body and "key_hash" not in body
+    status, body = await running.call("GET", "/households")
+    assert all("token" not in h and "token_hash" not in h for h in body["households"])
+    on_disk = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    for token in (tokens[ORG], tokens[HH]):
+        assert token.encode() not in on_disk
+
+
+async def test_rotated_and_deleted_credentials_stop_working(world):
+    running, tokens, ids = world
+    status, body = await running.call("POST", f"/organizations/{ids['org_id']}/key")
+    assert status == 200
+    assert (await running.call("GET", "/parameters", token=tokens[ORG]))[0] == 401
+    assert (await running.call("GET", "/parameters", token=body["api_key"]))[0] == 200
+    status, body = await running.call("POST", f"/households/{ids['household_id']}/token")
+    assert (await running.call("GET", "/households/me", token=tokens[HH]))[0] == 401
+    assert (await running.call("GET", "/households/me", token=body["token"]))[0] == 200
+    assert (await running.call("DELETE", f"/households/{ids['household_id']}"))[0] == 204
+    assert (await running.call("GET", "/households/me", token=body["token"]))[0] == 401
+
+
+async def test_registry_survives_restart(tmp_path, start_agent):
+    config = make_config(tmp_path)
+    running = await start_agent(config)
+    org_id, org_key = await running.create_org()
+    household_id, token = await running.create_household()
+    assert (await running.call("PUT", f"/households/me/consents/{org_id}/aggregates", token=token))[0] == 200
+    await running.http.close()
+    await running.agent.stop()
+    again = await start_agent(config)
+    assert (await again.call("GET", "/parameters", token=org_key))[0] == 200
+    status, body = await again.call("GET", "/households/me/consents", token=token)
+    assert status == 200 and body["consents"][0]["organization_id"] == org_id

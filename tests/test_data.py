@@ -1,0 +1,207 @@
+"""Consent and neighbourhood aggregates, end to end through the API, on a clock the test steps.
+
+k-anonymity threshold, dominance, cohort fixed per window, revocation visible in the next
+window, tagged channels (the energy-company tariff case), history from the store, audit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agent.aggregates import Accumulator, release
+from tests.conftest import StepClock, make_config
+
+T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0  # a little after a whole hour
+
+
+@pytest.fixture
+async def neighbourhood(tmp_path, start_agent):
+    clock = StepClock(T0)
+    running = await start_agent(make_config(tmp_path), clock=clock)
+    org_id, org_key = await running.create_org("Energy Co", "dso")
+    households = [await running.create_household() for _ in range(12)]
+    return running, clock, org_id, org_key, households
+
+
+async def grant(running, token, org_id, service="aggregates"):
+    status, body = await running.call("PUT", f"/households/me/consents/{org_id}/{service}", token=token)
+    assert status == 200, body
+
+
+async def post(running, token, clock, **values):
+    status, body = await running.call("POST", "/readings", token=token,
+                                      json={"timestamp": clock.now, **values})
+    assert status == 201, body
+
+
+async def data(running, org_key, query="window=1s"):
+    return await running.call("GET", f"/data?{query}", token=org_key)
+
+
+async def test_released_over_a_large_enough_cohort(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    for _, token in households:
+        await grant(running, token, org_id)
+    clock.step(1)
+    for i, (_, token) in enumerate(households):
+        await post(running, token, clock, power_import_w=100.0 + i, power_export_w=10.0)
+    clock.step(1)
+    status, body = await data(running, org_key)
+    assert status == 200, body
+    assert body["households"] == 12
+    assert body["consumption_w"] == pytest.approx(sum(100.0 + i for i in range(12)))
+    assert body["production_w"] == pytest.approx(120.0)
+    assert body["net_w"] == pytest.approx(body["consumption_w"] - 120.0)
+    assert body["window"] == "1s" and body["window_end"] > body["window_start"]
+    # the answer carries nothing that points at one household
+    assert not any(h in str(body) for h, _ in households)
+
+
+async def test_too_few_consenting_households_is_409_with_how_many_missing(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    for _, token in households[:7]:
+        await grant(running, token, org_id)
+    clock.step(1)
+    for _, token in households:  # all post, only 7 consented
+        await post(running, token, clock, power_import_w=200.0)
+    clock.step(1)
+    status, body = await data(running, org_key)
+    assert status == 409 and body["error"] == "cohort_too_small"
+    assert body["households"] == 7 and body["missing"] == 3 and "3 missing" in body["detail"]
+    assert "consumption_w" not in body
+
+
+async def test_one_dominant_household_is_not_released(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    for _, token in households:
+        await grant(running, token, org_id)
+    clock.step(1)
+    for i, (_, token) in enumerate(households):
+        await post(running, token, clock, power_import_w=20_000.0 if i == 0 else 100.0)
+    clock.step(1)
+    status, body = await data(running, org_key)
+    assert status == 409 and body["error"] == "dominated"
+
+
+async def test_revocation_takes_the_household_out_of_the_window_in_progress(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    ten = households[:10]
+    for _, token in ten:
+        await grant(running, token, org_id)
+    clock.step(1)
+    for _, token in ten:
+        await post(running, token, clock, power_import_w=100.0)
+    clock.step(1)
+    status, first = await data(running, org_key)
+    assert status == 200 and first["households"] == 10
+    # one household revokes while the next window is open
+    status, _ = await running.call("DELETE", f"/households/me/consents/{org_id}/aggregates", token=ten[0][1])
+    assert status == 200
+    for _, token in ten:
+        await post(running, token, clock, power_import_w=100.0)
+    clock.step(1)
+    status, body = await data(running, org_key)
+    assert status == 409 and body["households"] == 9
+    # ...and the window released before the revocation still says the same (cohort fixed per window)
+    status, history = await running.call(
+        "GET", f"/data?window=1s&since={first['window_start']}&until={first['window_end']}", token=org_key)
+    assert status == 200 and history["released"][0]["households"] == 10
+    assert history["released"][0]["consumption_w"] == first["consumption_w"]
+
+
+async def test_consent_history_is_append_only_and_readable(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    token = households[0][1]
+    await grant(running, token, org_id)
+    clock.step(5)
+    assert (await running.call("DELETE", f"/households/me/consents/{org_id}/aggregates", token=token))[0] == 200
+    clock.step(5)
+    await grant(running, token, org_id, "triggers")
+    status, body = await running.call("GET", "/households/me/consents", token=token)
+    assert [c["service"] for c in body["consents"]] == ["triggers"]
+    assert [(h["service"], h["action"]) for h in body["history"]] == [
+        ("aggregates", "grant"), ("aggregates", "revoke"), ("triggers", "grant")]
+    status, body = await running.call("PUT", f"/households/me/consents/{org_id}/nonsense", token=token)
+    assert status == 404
+    status, body = await running.call("PUT", "/households/me/consents/org_nobody/aggregates", token=token)
+    assert status == 404
+    # the operator can read consents, never change them
+    status, body = await running.call("GET", f"/consents?organization_id={org_id}")
+    assert status == 200 and {c["service"] for c in body["consents"]} == {"aggregates", "triggers"}
+    status, _ = await running.call("PUT", f"/households/me/consents/{org_id}/aggregates")
+    assert status == 403
+
+
+async def test_tagged_channels_give_the_appliance_average(neighbourhood):
+    """The second reference of MISSION.md: an energy company averaging fridges to set a tariff."""
+    running, clock, org_id, org_key, households = neighbourhood
+    for _, token in households:
+        await grant(running, token, org_id)
+    clock.step(1)
+    for i, (_, token) in enumerate(households):
+        channels = {"fridge": 50.0 + i, "light-bulb": 10.0} if i < 11 else {"light-bulb": 10.0}
+        await post(running, token, clock, power_import_w=300.0, channels=channels)
+    clock.step(1)
+    status, body = await data(running, org_key, "window=1s&tag=fridge")
+    assert status == 200, body
+    assert body["households"] == 11 and body["tag"] == "fridge"
+    assert body["mean_w"] == pytest.approx(sum(50.0 + i for i in range(11)) / 11)
+    status, params = await running.call("GET", "/parameters", token=org_key)
+    names = {p["name"] for p in params["parameters"]}
+    assert {"household_channel_fridge", "neighborhood_channel_fridge", "neighborhood_channel_light-bulb"} <= names
+
+
+async def test_levels_limit_windows_and_parameters(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    _, service_key = await running.create_org("Small Service", "service")
+    status, body = await data(running, service_key, "window=1s")
+    assert status == 403 and body["error"] == "window_not_permitted"
+    status, body = await data(running, service_key, "window=nope")
+    assert status == 400
+    status, params = await running.call("GET", "/parameters", token=service_key)
+    allowed = {p["name"]: p["permitted"] for p in params["parameters"]}
+    assert allowed["neighborhood_power_consumption"] and not allowed["household_power_consumption"]
+    # the operator narrows one organization further
+    status, _ = await running.call("PATCH", f"/organizations/{org_id}",
+                                   json={"parameters": ["neighborhood_power_*"]})
+    status, body = await data(running, org_key, "window=1s&tag=fridge")
+    assert status == 403 and body["error"] == "parameter_not_permitted"
+
+
+async def test_history_from_the_store_and_audit(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    for _, token in households:
+        await grant(running, token, org_id)
+    clock.step(1)
+    start = clock.now
+    for second in range(3):
+        for _, token in households:
+            await post(running, token, clock, power_import_w=100.0 + second)
+        clock.step(1)
+    status, body = await running.call("GET", f"/data?window=1s&since={start - 0.5}&until={clock.now}",
+                                      token=org_key)
+    assert status == 200, body
+    assert [w["consumption_w"] for w in body["released"]] == [1200.0, 1212.0, 1224.0]
+    status, audit = await running.call("GET", f"/audit?since={T0 - 10}&until={clock.now + 10}")
+    actions = [e["action"] for e in audit["entries"] if e["who"] == org_id]
+    assert "data.history" in actions
+    await data(running, org_key)
+    status, audit = await running.call("GET", f"/audit?since={T0 - 10}&until={clock.now + 10}&who={org_id}")
+    read = [e for e in audit["entries"] if e["action"] == "data.read"]
+    assert read and read[-1]["households"] == 12 and read[-1]["released"] is True
+
+
+def test_release_rules_directly():
+    from agent.aggregates import Contribution
+
+    contributions = {f"m{i}": Contribution(100.0, 0.0, 1, {}) for i in range(10)}
+    assert release(contributions, set(contributions), window="1m", start=0, k_min=10, max_share=0.5)["households"] == 10
+    refused = release(contributions, set(list(contributions)[:9]), window="1m", start=0, k_min=10, max_share=0.5)
+    assert refused.error == "cohort_too_small" and refused.missing == 1
+    # production all zero (night): no dominance on an empty total
+    assert release(contributions, set(contributions), window="1m", start=0, k_min=2, max_share=0.5)["production_w"] == 0
+    acc = Accumulator()
+    acc.add_values(100.0, None, None, weight=3)
+    acc.add_values(200.0, None, None, weight=1)
+    assert acc.result().consumption_w == pytest.approx(125.0)
