@@ -7,6 +7,7 @@ an access that happened is never missing from the log. Days older than the reten
 from __future__ import annotations
 
 import calendar
+import threading
 import time
 from pathlib import Path
 
@@ -23,23 +24,40 @@ class AuditLog:
         ensure_dir(self.directory)
         self._day: str | None = None
         self._db: SegmentDB | None = None
+        self._pending: list[dict] = []
+        self._lock = threading.Lock()  # queries and retention run in worker threads
 
     def _file(self, moment: float) -> Path:
         return self.directory / (time.strftime("%Y%m%d", time.gmtime(moment)) + ".seg")
 
-    def record(self, who: str, role: str, action: str, **details) -> dict:
-        at = self.clock()
-        entry = {"at": at, "who": who, "role": role, "action": action, **details}
-        day = time.strftime("%Y%m%d", time.gmtime(at))
+    def record(self, who: str, role: str, action: str, durable: bool = True, **details) -> dict:
+        """`durable=False` for high-rate entries (webhook pushes): written with the next `flush`."""
+        entry = {"at": self.clock(), "who": who, "role": role, "action": action, **details}
+        with self._lock:
+            self._pending.append(entry)
+        if durable:
+            self.flush()
+        return entry
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            by_day: dict[str, list[dict]] = {}
+            for entry in pending:
+                by_day.setdefault(time.strftime("%Y%m%d", time.gmtime(entry["at"])), []).append(entry)
+            for day, entries in by_day.items():
+                self._open(day).table("audit").insert_multiple(entries)
+
+    def _open(self, day: str) -> SegmentDB:
         if day != self._day:
             if self._db:
                 self._db.close()
-            self._db, self._day = SegmentDB(str(self._file(at))), day
-        self._db.table("audit").insert(entry)
-        return entry
+            self._db, self._day = SegmentDB(str(self.directory / f"{day}.seg")), day
+        return self._db
 
     def entries(self, since: float | None = None, until: float | None = None, who: str | None = None,
                 limit: int = 10_000) -> list[dict]:
+        self.flush()
         until = until if until is not None else self.clock()
         since = since if since is not None else until - 86400
         out: list[dict] = []
@@ -70,6 +88,7 @@ class AuditLog:
         return removed
 
     def close(self) -> None:
+        self.flush()
         if self._db:
             self._db.close()
             self._db = None

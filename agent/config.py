@@ -38,20 +38,49 @@ WINDOW_SECONDS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
 
 
 @dataclass(frozen=True)
+class Anonymization:
+    """GET /data/anonymized for one level ([levels.NAME.anonymized]); k = 0: not offered."""
+
+    k: int = 0  # every released equivalence class holds at least k records
+    l: int = 1  # ...with at least l distinct sensitive values (l-diversity)
+    t: float = 1.0  # ...whose distribution is within t of the whole release's (t-closeness, EMD)
+    resolution: str = "1h"  # the finest time generalization: "15m" or "1h"
+    value_bin_w: int = 500  # width of the consumption bins, in watts
+    max_suppression: float = 0.2  # share of rows a release may suppress before it is refused
+
+
+@dataclass(frozen=True)
+class DifferentialPrivacy:
+    """OpenDP releases for one level ([levels.NAME.dp]); see agent/privacy/dp.py."""
+
+    only: bool = False  # this level never gets exact aggregates: GET /data answers with DP noise
+    epsilon: float = 1.0  # per released window (privacy unit: one household in one window)
+    epsilon_per_day: float = 10.0  # per organization per UTC day, persisted
+    clamp_w: int = 5000  # a household's mean power is clamped to [0, clamp_w] before summing
+    tag_clamp_w: int = 1000  # the same for tagged appliance channels
+    noise: str = "laplace"  # "laplace" (pure epsilon-DP) or "gaussian" (zCDP, reported at delta)
+    delta: float = 1e-7  # gaussian only
+
+
+@dataclass(frozen=True)
 class Level:
     """What organizations of one permission level may use."""
 
     name: str
     parameters: tuple[str, ...]  # fnmatch patterns over parameter names
     windows: tuple[str, ...]  # aggregate windows of /data
+    anonymized: Anonymization = Anonymization()
+    dp: DifferentialPrivacy = DifferentialPrivacy()
 
 
 DEFAULT_LEVELS = {
-    "dso": Level("dso", ("*",), WINDOWS),
+    "dso": Level("dso", ("*",), WINDOWS, Anonymization(k=5, resolution="15m", value_bin_w=250)),
     "supplier": Level("supplier", ("neighborhood_*", "household_power_*", "household_net_power",
                                    "household_gas_*", "household_energy_*", "household_tariff",
-                                   "household_channel_*"), ("1m", "15m", "1h")),
-    "service": Level("service", ("neighborhood_*",), ("15m", "1h")),
+                                   "household_channel_*"), ("1m", "15m", "1h"),
+                      Anonymization(k=10, l=3, t=0.3, resolution="1h", value_bin_w=500)),
+    "service": Level("service", ("neighborhood_*",), ("15m", "1h"), Anonymization(k=0),
+                     DifferentialPrivacy(only=True)),
 }
 
 
@@ -59,6 +88,16 @@ DEFAULT_LEVELS = {
 class PrivacyConfig:
     k_min: int = 10  # households in a cohort before any aggregate is released
     max_share: float = 0.5  # no household may make up more than this share of a released total
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    allow_http: bool = False  # plain http:// endpoints
+    allow_private_endpoints: bool = False  # private, loopback and link-local addresses
+    max_queue: int = 10_000  # messages per subscription's outbox before the oldest become a gap
+    retry_schedule: tuple[float, ...] = (0, 5, 30, 120, 600, 1800)  # seconds; the last one repeats
+    timeout_s: float = 15.0
+    max_connections: int = 32
 
 
 @dataclass(frozen=True)
@@ -72,6 +111,7 @@ class Config:
     log_level: str = "INFO"
     levels: dict[str, Level] = field(default_factory=lambda: dict(DEFAULT_LEVELS))
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
 
 # --- small checkers, each raising ConfigError with the key it was given -----------------------
@@ -175,8 +215,48 @@ def _level(t: _Table, name: str) -> Level:
     bad = [w for w in windows if w not in WINDOWS]
     if bad:
         raise ConfigError(f"{t.key}.windows", f"unknown window {bad[0]!r}; windows: {', '.join(WINDOWS)}")
+    anonymized = _anonymization(t.table("anonymized"), default.anonymized)
+    dp = _differential_privacy(t.table("dp"), default.dp)
     t.finish()
-    return Level(name, tuple(parameters), tuple(windows))
+    return Level(name, tuple(parameters), tuple(windows), anonymized, dp)
+
+
+def _anonymization(t: _Table, default: Anonymization) -> Anonymization:
+    k = t.get("k", int, default.k)
+    l_div = t.get("l", int, default.l)
+    if not (k == 0 or 2 <= k <= 10_000):
+        raise ConfigError(f"{t.key}.k", f"must be 0 (not offered) or between 2 and 10000, got {k}")
+    if not 1 <= l_div <= 100:
+        raise ConfigError(f"{t.key}.l", f"must be between 1 and 100, got {l_div}")
+    resolution = t.get("resolution", str, default.resolution)
+    if resolution not in ("15m", "1h"):
+        raise ConfigError(f"{t.key}.resolution", f"must be \"15m\" or \"1h\", got {resolution!r}")
+    bin_w = t.get("value_bin_w", int, default.value_bin_w)
+    if not 10 <= bin_w <= 100_000:
+        raise ConfigError(f"{t.key}.value_bin_w", f"must be between 10 and 100000, got {bin_w}")
+    out = Anonymization(k=k, l=l_div, t=t.number("t", default.t, 0.0, 1.0), resolution=resolution,
+                        value_bin_w=bin_w, max_suppression=t.number("max_suppression", default.max_suppression, 0, 1))
+    t.finish()
+    return out
+
+
+def _differential_privacy(t: _Table, default: DifferentialPrivacy) -> DifferentialPrivacy:
+    noise = t.get("noise", str, default.noise)
+    if noise not in ("laplace", "gaussian"):
+        raise ConfigError(f"{t.key}.noise", f"must be \"laplace\" or \"gaussian\", got {noise!r}")
+    clamps = {}
+    for key in ("clamp_w", "tag_clamp_w"):
+        clamps[key] = t.get(key, int, getattr(default, key))
+        if not 1 <= clamps[key] <= 1_000_000:
+            raise ConfigError(f"{t.key}.{key}", f"must be between 1 and 1000000, got {clamps[key]}")
+    epsilon = t.number("epsilon", default.epsilon, 0.001, 100)
+    per_day = t.number("epsilon_per_day", default.epsilon_per_day, 0.001, 10_000)
+    if per_day < epsilon:
+        raise ConfigError(f"{t.key}.epsilon_per_day", f"must be at least epsilon ({epsilon:g})")
+    out = DifferentialPrivacy(only=t.get("only", bool, default.only), epsilon=epsilon, epsilon_per_day=per_day,
+                              noise=noise, delta=t.number("delta", default.delta, 1e-15, 1e-3), **clamps)
+    t.finish()
+    return out
 
 
 def parse_config(data: dict, source: str = "config") -> Config:
@@ -218,6 +298,22 @@ def parse_config(data: dict, source: str = "config") -> Config:
         privacy = PrivacyConfig(k_min=k_min, max_share=privacy_t.number("max_share", 0.5, 0.01, 1.0))
         privacy_t.finish()
 
+        delivery_t = root.table("delivery")
+        schedule = delivery_t.get("retry_schedule", list, list(DeliveryConfig.retry_schedule))
+        if not schedule or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 86400
+                                   for v in schedule):
+            raise ConfigError("delivery.retry_schedule", "must be a non-empty list of seconds (0 to 86400)")
+        max_queue = delivery_t.get("max_queue", int, 10_000)
+        if not 10 <= max_queue <= 10_000_000:
+            raise ConfigError("delivery.max_queue", "must be between 10 and 10000000")
+        delivery = DeliveryConfig(
+            allow_http=delivery_t.get("allow_http", bool, False),
+            allow_private_endpoints=delivery_t.get("allow_private_endpoints", bool, False),
+            max_queue=max_queue, retry_schedule=tuple(float(v) for v in schedule),
+            timeout_s=delivery_t.number("timeout_s", 15, 1, 300),
+            max_connections=int(delivery_t.number("max_connections", 32, 1, 1024)))
+        delivery_t.finish()
+
         levels = dict(DEFAULT_LEVELS)
         levels_t = root.table("levels")
         for name in list(levels_t.data):
@@ -244,6 +340,7 @@ def parse_config(data: dict, source: str = "config") -> Config:
         log_level=level,
         levels=levels,
         privacy=privacy,
+        delivery=delivery,
     )
 
 

@@ -51,8 +51,32 @@ def render_metrics(agent) -> str:
             name = f"edge_store_{key}"
             _header(lines, name, "gauge", f"Store: {key.replace('_', ' ')}")
             lines.append(f"{name} {value}")
+    _render_delivery(lines, agent)
     _header(lines, "edge_healthy", "gauge", "1 when every meter is reading and storage works")
     lines.append(f"edge_healthy {1 if ok else 0}")
     _header(lines, "edge_uptime_seconds", "gauge", "Seconds since the agent started")
     lines.append(f"edge_uptime_seconds {health['uptime_s']}")
     return "\n".join(lines) + "\n"
+
+
+_DELIVERY_SERIES = (
+    ("edge_webhook_messages_total", "counter", "Webhook messages acknowledged with a 2xx", "messages_sent"),
+    ("edge_webhook_bytes_total", "counter", "Webhook body bytes acknowledged", "bytes_sent"),
+    ("edge_webhook_failures_total", "counter", "Webhook attempts that failed", "failures"),
+    ("edge_webhook_retries_total", "counter", "Webhook attempts that were retries", "retries"),
+    ("edge_webhook_dropped_total", "counter", "Messages dropped from a full outbox (reported as gaps)", "dropped"),
+    ("edge_webhook_outbox_depth", "gauge", "Messages waiting in the outbox", "queued"),
+    ("edge_webhook_lag_seconds", "gauge", "Age of the oldest undelivered window", "lag_s"),
+)
+
+
+def _render_delivery(lines: list[str], agent) -> None:
+    delivery = getattr(agent, "delivery", None)
+    if delivery is None:
+        return
+    states = {sub.id: delivery.describe(sub)["delivery"] for sub in delivery.subscriptions.values()}
+    for name, kind, help_text, key in _DELIVERY_SERIES:
+        _header(lines, name, kind, help_text)
+        for sub_id, state in states.items():
+            if state.get(key) is not None:
+                lines.append(f'{name}{{subscription="{_label(sub_id)}"}} {state[key]}')

@@ -16,6 +16,7 @@ from agent.api import create_app
 from agent.audit import AuditLog
 from agent.auth import FailureThrottle
 from agent.config import WINDOW_SECONDS, Config
+from agent.delivery.engine import Delivery
 from agent.ingest import TelegramIngest, is_live
 from agent.pipeline import Pipeline
 from agent.registry import Registry
@@ -63,6 +64,7 @@ class Agent:
         self.throttle = FailureThrottle()
         self.telegram_ingest = TelegramIngest()
         self.books = new_books()
+        self.delivery = Delivery(self, config.storage.path / "delivery", config.delivery)
         self.pipeline.subscribe(self._into_books)
         self.readers: dict[str, P1Reader] = {}
         self.systemd = Systemd()
@@ -77,6 +79,7 @@ class Agent:
             reader = P1Reader(spec, lambda r: loop.call_soon_threadsafe(self.pipeline.ingest, r))
             self.readers[spec.meter_id] = reader
             reader.start()
+        await self.delivery.start()
         self._runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
@@ -101,6 +104,7 @@ class Agent:
         await asyncio.gather(*(asyncio.to_thread(r.stop) for r in self.readers.values()))
         if self._runner:
             await self._runner.cleanup()
+        await self.delivery.stop()
         # Readings the reader threads handed over just before they stopped.
         await asyncio.sleep(0)
         await asyncio.to_thread(self.store.close)
@@ -119,6 +123,7 @@ class Agent:
     async def _flush(self) -> None:
         # fsync on an SD card can take a while: off the event loop.
         await asyncio.to_thread(self.store.flush)
+        await asyncio.to_thread(self.audit.flush)
 
     async def _retention(self) -> None:
         await asyncio.to_thread(self.store.apply_retention)

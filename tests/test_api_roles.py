@@ -43,6 +43,12 @@ MATRIX = [
     ("POST", "/api/v1/datalogger/dsmrreading", {HH}),
     ("GET", "/parameters", {OP, ORG, HH}),
     ("GET", "/data", {ORG}),
+    ("POST", "/data/subscribe", {ORG}),
+    ("GET", "/data/subscriptions", {ORG}),
+    ("GET", "/data/subscriptions/{sub_id}", {ORG}),
+    ("DELETE", "/data/subscriptions/{sub_id}", {ORG}),
+    ("POST", "/data/subscriptions/{sub_id}/secret", {ORG}),
+    ("POST", "/data/subscriptions/{sub_id}/enable", {ORG}),
 ]
 
 BODIES = {
@@ -51,6 +57,7 @@ BODIES = {
     ("POST", "/households"): {"json": {}},
     ("POST", "/readings"): {"json": {"timestamp": "2026-01-01T00:00:00Z", "power_import_w": 100}},
     ("POST", "/api/v1/datalogger/dsmrreading"): {"data": {"telegram": "/x\r\n!\r\n"}},
+    ("POST", "/data/subscribe"): {"json": {"endpoint": "https://example.com/hook", "interval": 60}},
 }
 
 
@@ -67,7 +74,11 @@ async def world(tmp_path, start_agent, pty_pair):
     org_id, org_key = await running.create_org("Supplier X", "dso")
     household_id, household_token = await running.create_household()
     tokens = {OP: running.auth()["Authorization"].split()[1], ORG: org_key, HH: household_token}
-    ids = {"meter_id": "m1", "org_id": org_id, "household_id": household_id, "service": "aggregates"}
+    status, sub = await running.call("POST", "/data/subscribe", token=org_key,
+                                     json={"endpoint": "https://example.com/hook", "interval": 60})
+    assert status == 201, sub
+    ids = {"meter_id": "m1", "org_id": org_id, "household_id": household_id, "service": "aggregates",
+           "sub_id": sub["id"]}
     return running, tokens, ids
 
 

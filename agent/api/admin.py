@@ -76,6 +76,7 @@ async def delete_organization(request: web.Request) -> web.Response:
     agent = agent_of(request)
     org_id = request.match_info["org_id"]
     agent.registry.delete_organization(org_id)
+    agent.delivery.drop_organization(org_id)
     agent.audit.record(operator.id, OPERATOR, "organization.delete", organization_id=org_id)
     return web.Response(status=204)
 

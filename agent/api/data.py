@@ -23,7 +23,7 @@ from drivers.reading import iso
 MAX_HISTORY_WINDOWS = 1000
 
 
-def _level_of(agent, org) -> Level:
+def level_of(agent, org) -> Level:
     level = agent.config.levels.get(org.level)
     if level is None:
         raise ApiError(403, "forbidden", f"the organization's level {org.level!r} is not configured on this device")
@@ -33,7 +33,7 @@ def _level_of(agent, org) -> Level:
 async def parameters(request: web.Request) -> web.Response:
     who = principal(request)
     agent = agent_of(request)
-    level = _level_of(agent, who.organization) if who.role == ORGANIZATION else None
+    level = level_of(agent, who.organization) if who.role == ORGANIZATION else None
     out = []
     for param in catalogue(agent.known_tags()):
         if who.role == OPERATOR:
@@ -48,12 +48,16 @@ async def parameters(request: web.Request) -> web.Response:
 
 def _query(request: web.Request, level: Level, org) -> tuple[str, str | None]:
     window = request.query.get("window", "1m" if "1m" in level.windows else level.windows[0])
+    return check_access(level, org, window, request.query.get("tag"))
+
+
+def check_access(level: Level, org, window: str, tag: str | None) -> tuple[str, str | None]:
+    """May this organization have this window (and tag)? Used by GET /data and subscriptions."""
     if window not in WINDOWS:
         raise ApiError(400, "bad_parameter", f"window must be one of {', '.join(WINDOWS)}")
     if window not in level.windows:
         raise ApiError(403, "window_not_permitted", f"level {level.name!r} may use windows "
                        f"{', '.join(level.windows)}")
-    tag = request.query.get("tag")
     if tag is not None and not TAG.match(tag):
         raise ApiError(400, "bad_parameter", "tag: 1-32 lowercase letters, digits, '_' or '-'")
     needed = f"neighborhood_channel_{tag}" if tag else "neighborhood_power_consumption"
@@ -65,7 +69,7 @@ def _query(request: web.Request, level: Level, org) -> tuple[str, str | None]:
 async def get_data(request: web.Request) -> web.Response:
     org = require(request, ORGANIZATION).organization
     agent = agent_of(request)
-    level = _level_of(agent, org)
+    level = level_of(agent, org)
     window, tag = _query(request, level, org)
     q = request.query
     if "since" in q or "until" in q:

@@ -146,6 +146,42 @@ SCHEMAS = {
                                         "refused": {"type": "array", "items": {
                                             "type": "object", "properties": {"window_start": TIME,
                                                                              "error": STRING, "detail": STRING}}}}},
+    "SubscribeIn": {"type": "object", "required": ["endpoint", "interval"], "additionalProperties": False,
+                    "properties": {"endpoint": {"type": "string", "description": "https:// URL"},
+                                   "interval": {"type": "number", "minimum": 1, "maximum": 86400},
+                                   "window": {"enum": ["1s", "1m", "15m", "1h"]},
+                                   "tag": _nullable("string"),
+                                   "filter": {"type": ["object", "null"], "properties": {
+                                       "deadband": OBJ, "threshold": OBJ, "fields": {"type": "array"},
+                                       "min_interval": {"type": "number"}, "max_silence": {"type": "number"}}}}},
+    "Subscription": {"type": "object", "required": ["id", "endpoint", "interval", "window", "state", "delivery"],
+                     "properties": {"id": STRING, "endpoint": STRING, "interval": {"type": "number"},
+                                    "window": STRING, "tag": _nullable("string"), "filter": {"type": ["object", "null"]},
+                                    "state": {"enum": ["active", "disabled"]}, "disabled_reason": _nullable("string"),
+                                    "created_at": {"type": "number"},
+                                    "delivery": {"type": "object", "properties": {
+                                        "queued": {"type": "integer"}, "lag_s": NUMBER_OR_NULL,
+                                        "last_success_at": NUMBER_OR_NULL, "last_error": _nullable("string"),
+                                        "last_error_at": NUMBER_OR_NULL, "messages_sent": {"type": "integer"},
+                                        "bytes_sent": {"type": "integer"}, "failures": {"type": "integer"},
+                                        "retries": {"type": "integer"}, "withheld": {"type": "integer"},
+                                        "filtered": {"type": "integer"}, "dropped": {"type": "integer"},
+                                        "next_sequence": {"type": "integer"}}}}},
+    "SubscriptionCreated": {"allOf": [_ref("Subscription"), {"type": "object", "required": ["secret"],
+                                                              "properties": {"secret": STRING}}]},
+    "Subscriptions": {"type": "object", "required": ["subscriptions"],
+                      "properties": {"subscriptions": {"type": "array", "items": _ref("Subscription")}}},
+    "SecretRotated": {"type": "object", "required": ["id", "secret", "previous_secret_valid_until"],
+                      "properties": {"id": STRING, "secret": STRING,
+                                     "previous_secret_valid_until": {"type": "number"}}},
+    "WebhookMessage": {"type": "object", "required": ["type", "sequence"],
+                       "properties": {"type": {"enum": ["aggregate", "heartbeat", "gap"]},
+                                      "sequence": {"type": "integer", "minimum": 1},
+                                      "subscription_id": STRING, "window": STRING, "window_start": TIME,
+                                      "window_end": TIME, "aggregate": _ref("Aggregate"),
+                                      "released": {"type": "boolean"}, "reason": STRING,
+                                      "lost_windows": {"type": "integer"}, "from": _nullable("string"),
+                                      "to": _nullable("string"), "detail": STRING}},
     "Audit": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": {
         "type": "object", "required": ["at", "who", "role", "action"],
         "properties": {"at": {"type": "number"}, "who": STRING, "role": STRING, "action": STRING}}}}},
@@ -195,6 +231,7 @@ TIME_PARAM = {"type": "string", "description": "Unix seconds or ISO 8601"}
 NOT_FOUND = {"404": _error("Not found")}
 HH_ID = _path_param("household_id", "^hh_[0-9a-f]+$")
 ORG_ID = _path_param("org_id")
+SUB_ID = _path_param("sub_id")
 OP, ORG, HH = ["operator"], ["organization"], ["household"]
 ANYONE = ["operator", "organization", "household"]
 
@@ -302,6 +339,22 @@ def build_spec() -> dict:
                                  "400": _error("Bad parameter"),
                                  "409": _error("Not released: cohort too small or dominated")},
                              tag="organization")},
+        "/data/subscribe": {"post": _op("Subscribe to aggregates pushed as Standard Webhooks; the secret is shown once",
+                                        ORG, {"201": _json("SubscriptionCreated", "Subscribed")}, body="SubscribeIn",
+                                        tag="organization")},
+        "/data/subscriptions": {"get": _op("The organization's subscriptions", ORG, {"200": _json("Subscriptions")},
+                                           tag="organization")},
+        "/data/subscriptions/{sub_id}": {
+            "get": _op("One subscription and its delivery state", ORG, {"200": _json("Subscription")},
+                       params=[SUB_ID], extra_errors=NOT_FOUND, tag="organization"),
+            "delete": _op("Unsubscribe; queued messages are dropped", ORG, {"204": {"description": "Removed"}},
+                          params=[SUB_ID], extra_errors=NOT_FOUND, tag="organization")},
+        "/data/subscriptions/{sub_id}/secret": {"post": _op(
+            "A new signing secret; the old one signs beside it for a day", ORG, {"200": _json("SecretRotated")},
+            params=[SUB_ID], extra_errors=NOT_FOUND, tag="organization")},
+        "/data/subscriptions/{sub_id}/enable": {"post": _op(
+            "Enable again after a 410 Gone disabled it", ORG, {"200": _json("Subscription")},
+            params=[SUB_ID], extra_errors=NOT_FOUND, tag="organization")},
         "/openapi.json": {"get": _op("This document", None, {"200": {"description": "OpenAPI 3.1",
                                                                      "content": {"application/json": {"schema": OBJ}}}},
                                      tag="device")},
@@ -314,6 +367,12 @@ def build_spec() -> dict:
         "info": {"title": "Edge", "version": VERSION,
                  "description": "The local API of an Edge device. Errors are JSON {error, detail}."},
         "paths": paths,
+        "webhooks": {"aggregate": {"post": {
+            "summary": "What a subscription's endpoint receives, signed per Standard Webhooks "
+                       "(webhook-id, webhook-timestamp, webhook-signature)",
+            "requestBody": {"content": {"application/json": {"schema": _ref("WebhookMessage")}}},
+            "responses": {"200": {"description": "Any 2xx acknowledges; 410 disables the subscription; "
+                                                 "anything else is retried with the same webhook-id"}}}}},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

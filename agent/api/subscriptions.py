@@ -1,0 +1,92 @@
+"""Organizations subscribe to aggregates pushed to their endpoint as signed webhooks."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from agent.api.common import ApiError, agent_of, json_object, read_json, require
+from agent.api.data import check_access, level_of
+from agent.auth import ORGANIZATION
+from agent.delivery.filters import FilterError, FilterSet
+from agent.delivery.targets import TargetError, check_literal_host, check_url
+
+MIN_INTERVAL_S, MAX_INTERVAL_S = 1, 86400
+
+
+def _owned(request: web.Request):
+    org = require(request, ORGANIZATION).organization
+    delivery = agent_of(request).delivery
+    sub = delivery.subscriptions.get(request.match_info["sub_id"])
+    if sub is None or sub.organization_id != org.id:  # someone else's looks the same as none
+        raise ApiError(404, "not_found", "no such subscription")
+    return org, delivery, sub
+
+
+async def subscribe(request: web.Request) -> web.Response:
+    org = require(request, ORGANIZATION).organization
+    agent = agent_of(request)
+    body = json_object(await read_json(request), {
+        "endpoint": str, "interval": (int, float), "window": str, "tag": (str, type(None)),
+        "filter": (dict, type(None))}, ("endpoint", "interval"))
+    config = agent.config.delivery
+    try:
+        endpoint = check_url(body["endpoint"], config.allow_http)
+        check_literal_host(endpoint, config.allow_private_endpoints)
+    except TargetError as err:
+        raise ApiError(422, "endpoint_refused", str(err)) from None
+    interval = body["interval"]
+    if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
+        raise ApiError(422, "invalid", f"interval must be {MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds")
+    level = level_of(agent, org)
+    window, tag = check_access(level, org, body.get("window", "1m" if "1m" in level.windows else level.windows[0]),
+                               body.get("tag"))
+    try:
+        FilterSet.parse(body.get("filter"))
+    except FilterError as err:
+        raise ApiError(422, "invalid_filter", str(err)) from None
+    sub, secret = agent.delivery.subscribe(org.id, endpoint, float(interval), window, tag, body.get("filter"))
+    agent.audit.record(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id, window=window, tag=tag)
+    return web.json_response({**agent.delivery.describe(sub), "secret": secret}, status=201)
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    org = require(request, ORGANIZATION).organization
+    delivery = agent_of(request).delivery
+    subs = [delivery.describe(s) for s in delivery.subscriptions.values() if s.organization_id == org.id]
+    return web.json_response({"subscriptions": subs})
+
+
+async def get_subscription(request: web.Request) -> web.Response:
+    _, delivery, sub = _owned(request)
+    return web.json_response(delivery.describe(sub))
+
+
+async def delete_subscription(request: web.Request) -> web.Response:
+    org, delivery, sub = _owned(request)
+    delivery.delete(sub.id)
+    agent_of(request).audit.record(org.id, ORGANIZATION, "subscription.delete", subscription_id=sub.id)
+    return web.Response(status=204)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    """A new secret; the old one keeps signing beside it for a day, so receivers switch without a gap."""
+    _, delivery, sub = _owned(request)
+    secret, old_until = delivery.rotate_secret(sub.id)
+    return web.json_response({"id": sub.id, "secret": secret, "previous_secret_valid_until": old_until})
+
+
+async def enable_subscription(request: web.Request) -> web.Response:
+    """After a 410 Gone disabled it; queued messages are sent again."""
+    _, delivery, sub = _owned(request)
+    delivery.enable(sub.id)
+    return web.json_response(delivery.describe(sub))
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/data/subscribe", subscribe)
+    r.add_get("/data/subscriptions", list_subscriptions)
+    r.add_get("/data/subscriptions/{sub_id}", get_subscription)
+    r.add_delete("/data/subscriptions/{sub_id}", delete_subscription)
+    r.add_post("/data/subscriptions/{sub_id}/secret", rotate_secret)
+    r.add_post("/data/subscriptions/{sub_id}/enable", enable_subscription)

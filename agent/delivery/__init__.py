@@ -1,0 +1,1 @@
+"""Real-time delivery to organizations: subscriptions, filters, a durable outbox and signed webhooks."""

@@ -1,0 +1,325 @@
+"""Subscriptions in motion: make messages as windows close, send them, retry, never lose one.
+
+- The producer runs every half second on the agent's clock: a subscription that is due gets the
+  last closed window's release (the same privacy rules as GET /data), its filters decide, and the
+  message goes into its outbox (on disk) before anything is sent.
+- Each subscription has its own sender task: one request at a time, so order is kept and a slow or
+  dead endpoint holds up nobody else; a global limit bounds open connections.
+- Retries follow `retry_schedule` (the last step repeats) or the receiver's `Retry-After`; the
+  `webhook-id` stays the same on every retry; 410 Gone disables the subscription; 3xx is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import aiohttp
+from tinydb import where
+
+from agent.aggregates import Refusal
+from agent.config import DeliveryConfig
+from agent.delivery import signing
+from agent.delivery.filters import FilterSet
+from agent.delivery.outbox import Message, Outbox
+from agent.delivery.targets import PolicyResolver
+from agent.store.segment import SegmentDB, ensure_dir
+from drivers.ratelog import RateLimitedLog
+
+log = logging.getLogger("edge.delivery")
+
+SECRET_OVERLAP_S = 24 * 3600  # after a rotation, the old secret signs too for this long
+MAX_RETRY_AFTER_S = 24 * 3600
+
+
+@dataclass
+class DeliveryStats:
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    failures: int = 0
+    retries: int = 0
+    withheld: int = 0  # windows the privacy rules did not release
+    filtered: int = 0  # windows the filters held back
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+@dataclass
+class Subscription:
+    id: str
+    organization_id: str
+    endpoint: str
+    interval_s: float
+    window: str
+    tag: str | None
+    filter: dict | None
+    secrets: list[dict]  # [{"secret": "whsec_...", "until": None | unix time}]
+    created_at: float
+    state: str = "active"  # or "disabled"
+    disabled_reason: str | None = None
+    # producer state, in memory only: after a restart the next window is sent whatever the filters say
+    next_due: float = field(default=0.0, compare=False)
+    last_window: int | None = field(default=None, compare=False)
+    last_sent: dict | None = field(default=None, compare=False)
+    last_sent_at: float | None = field(default=None, compare=False)
+
+    def record(self) -> dict:
+        return {k: getattr(self, k) for k in ("id", "organization_id", "endpoint", "interval_s", "window", "tag",
+                                              "filter", "secrets", "created_at", "state", "disabled_reason")}
+
+    def signing_secrets(self, now: float) -> list[str]:
+        return [s["secret"] for s in self.secrets if s["until"] is None or s["until"] > now]
+
+
+class Delivery:
+    def __init__(self, agent, directory: str | Path, config: DeliveryConfig):
+        self.agent = agent
+        self.config = config
+        self.directory = Path(directory)
+        ensure_dir(self.directory / "outbox")
+        self.db = SegmentDB(str(self.directory / "subscriptions.seg"))
+        self.subscriptions: dict[str, Subscription] = {}
+        self.outboxes: dict[str, Outbox] = {}
+        self.stats: dict[str, DeliveryStats] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._senders: dict[str, asyncio.Task] = {}
+        self._producer: asyncio.Task | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._connections: asyncio.Semaphore | None = None
+        self._ratelog = RateLimitedLog(log)
+        for doc in self.db.table("subscriptions").all():
+            self._adopt(Subscription(**doc))
+
+    def _adopt(self, sub: Subscription) -> None:
+        self.subscriptions[sub.id] = sub
+        self.outboxes[sub.id] = Outbox(self.directory / "outbox" / f"{sub.id}.seg", self.config.max_queue)
+        self.stats[sub.id] = DeliveryStats()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(self.config.allow_private_endpoints),
+                                         limit=self.config.max_connections, ttl_dns_cache=None, use_dns_cache=False)
+        self._session = aiohttp.ClientSession(connector=connector,
+                                              timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
+        self._connections = asyncio.Semaphore(self.config.max_connections)
+        for sub_id in self.subscriptions:
+            self._start_sender(sub_id)
+        self._producer = asyncio.create_task(self._produce_forever(), name="delivery-producer")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._producer, *self._senders.values()] if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session:
+            await self._session.close()
+        for outbox in self.outboxes.values():
+            outbox.close()
+        self.db.close()
+
+    def _start_sender(self, sub_id: str) -> None:
+        self._wake[sub_id] = asyncio.Event()
+        self._senders[sub_id] = asyncio.create_task(self._send_forever(sub_id), name=f"sender-{sub_id}")
+
+    # --- subscriptions -----------------------------------------------------------------------
+    def subscribe(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
+                  filter_spec: dict | None) -> tuple[Subscription, str]:
+        secret = signing.new_secret()
+        sub = Subscription(id="sub_" + secrets.token_hex(6), organization_id=org_id, endpoint=endpoint,
+                           interval_s=interval_s, window=window, tag=tag, filter=filter_spec,
+                           secrets=[{"secret": secret, "until": None}], created_at=self.agent.clock())
+        self.db.table("subscriptions").insert(sub.record())
+        self._adopt(sub)
+        if self._session is not None:
+            self._start_sender(sub.id)
+        return sub, secret
+
+    def _save(self, sub: Subscription) -> None:
+        self.db.table("subscriptions").update(sub.record(), where("id") == sub.id)
+
+    def rotate_secret(self, sub_id: str) -> tuple[str, float]:
+        sub = self.subscriptions[sub_id]
+        now = self.agent.clock()
+        overlap_until = now + SECRET_OVERLAP_S
+        kept = [{"secret": s["secret"], "until": min(s["until"] or overlap_until, overlap_until)}
+                for s in sub.secrets if s["until"] is None or s["until"] > now]
+        secret = signing.new_secret()
+        sub.secrets = [{"secret": secret, "until": None}, *kept]
+        self._save(sub)
+        return secret, overlap_until
+
+    def enable(self, sub_id: str) -> None:
+        sub = self.subscriptions[sub_id]
+        sub.state, sub.disabled_reason = "active", None
+        self._save(sub)
+        self._wake[sub_id].set()
+
+    def delete(self, sub_id: str) -> None:
+        task = self._senders.pop(sub_id, None)
+        if task:
+            task.cancel()
+        self.db.table("subscriptions").remove(where("id") == sub_id)
+        self.outboxes.pop(sub_id).destroy()
+        del self.subscriptions[sub_id]
+        self.stats.pop(sub_id, None)
+
+    def drop_organization(self, org_id: str) -> None:
+        for sub_id in [s.id for s in self.subscriptions.values() if s.organization_id == org_id]:
+            self.delete(sub_id)
+
+    def describe(self, sub: Subscription) -> dict:
+        stats = self.stats[sub.id]
+        outbox = self.outboxes[sub.id]
+        head = outbox.head()
+        now = self.agent.clock()
+        lag = None
+        if head is not None and head.window_end:
+            lag = round(max(0.0, now - _seconds(head.window_end)), 3)
+        return {
+            "id": sub.id, "endpoint": sub.endpoint, "interval": sub.interval_s, "window": sub.window, "tag": sub.tag,
+            "filter": sub.filter, "state": sub.state, "disabled_reason": sub.disabled_reason,
+            "created_at": sub.created_at,
+            "delivery": {"queued": outbox.depth, "lag_s": lag, "last_success_at": stats.last_success_at,
+                         "last_error": stats.last_error, "last_error_at": stats.last_error_at,
+                         "messages_sent": stats.messages_sent, "bytes_sent": stats.bytes_sent,
+                         "failures": stats.failures, "retries": stats.retries, "withheld": stats.withheld,
+                         "filtered": stats.filtered, "dropped": outbox.dropped_total,
+                         "next_sequence": outbox.next_seq},
+        }
+
+    # --- producing ---------------------------------------------------------------------------
+    async def _produce_forever(self) -> None:
+        while True:
+            try:
+                self.produce_due()
+            except Exception:  # the producer must survive anything one subscription does
+                log.exception("delivery producer failed")
+            await asyncio.sleep(0.2)
+
+    def produce_due(self) -> None:
+        now = self.agent.clock()
+        for sub in list(self.subscriptions.values()):
+            if sub.state != "active" or now < sub.next_due:
+                continue
+            sub.next_due = now + sub.interval_s
+            book = self.agent.books[sub.window]
+            start = book.last_closed(now)
+            if start == sub.last_window:
+                continue  # interval shorter than the window: nothing new closed yet
+            sub.last_window = start
+            self._produce(sub, start, book.contributions(start), now)
+
+    def _produce(self, sub: Subscription, start: int, contributions, now: float) -> None:
+        stats = self.stats[sub.id]
+        filters = FilterSet.parse(sub.filter)
+        result = self.agent.release_window(sub.organization_id, sub.window, start, contributions, sub.tag)
+        silent_too_long = (filters.max_silence_s is not None and sub.last_sent_at is not None
+                           and now - sub.last_sent_at >= filters.max_silence_s)
+        if isinstance(result, Refusal):
+            stats.withheld += 1
+            if silent_too_long:
+                self._enqueue(sub, "heartbeat", {"type": "heartbeat", "released": False, "reason": result.error},
+                              None, None, now)
+            return
+        if not filters.decide(result, sub.last_sent, now, sub.last_sent_at):
+            stats.filtered += 1
+            return
+        payload = {"type": "aggregate", "subscription_id": sub.id, "window": sub.window,
+                   "window_start": result["window_start"], "window_end": result["window_end"],
+                   "aggregate": filters.project(result)}
+        self._enqueue(sub, "aggregate", payload, result["window_start"], result["window_end"], now)
+        sub.last_sent = result
+        self.agent.audit.record(sub.organization_id, "organization", "data.push", subscription_id=sub.id,
+                                window=sub.window, window_start=start, households=result["households"],
+                                durable=False)
+
+    def _enqueue(self, sub: Subscription, kind: str, payload: dict, window_start, window_end, now: float) -> None:
+        self.outboxes[sub.id].enqueue(kind, payload, window_start, window_end)
+        sub.last_sent_at = now
+        wake = self._wake.get(sub.id)
+        if wake:
+            wake.set()
+
+    # --- sending -----------------------------------------------------------------------------
+    async def _send_forever(self, sub_id: str) -> None:
+        sub, outbox, stats = self.subscriptions[sub_id], self.outboxes[sub_id], self.stats[sub_id]
+        wake = self._wake[sub_id]
+        schedule = self.config.retry_schedule
+        while True:
+            message = outbox.head()
+            if message is None or sub.state != "active":
+                wake.clear()
+                await wake.wait()
+                continue
+            delay = schedule[min(message.attempts, len(schedule) - 1)] if message.attempts else 0.0
+            delay = max(delay, message.retry_after)
+            if delay:
+                stats.retries += 1
+                await asyncio.sleep(delay)
+            outcome = await self._send(sub, outbox, message, stats)
+            if outcome == "gone":
+                sub.state, sub.disabled_reason = "disabled", "the endpoint answered 410 Gone"
+                self._save(sub)
+                log.warning("subscription %s disabled: %s answered 410 Gone", sub.id, sub.endpoint)
+
+    async def _send(self, sub: Subscription, outbox: Outbox, message: Message, stats: DeliveryStats) -> str:
+        seq = outbox.assign(message)
+        body = json.dumps({**message.payload, "sequence": seq}, separators=(",", ":")).encode()
+        now = time.time()
+        headers = signing.headers(sub.signing_secrets(self.agent.clock()), message.id, int(now), body)
+        message.retry_after = 0.0
+        try:
+            async with self._connections:
+                async with self._session.post(sub.endpoint, data=body, headers=headers,
+                                              allow_redirects=False) as resp:
+                    await resp.read()
+                    status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as err:
+            self._failed(sub, message, stats, f"{err.__class__.__name__}: {err}"[:200])
+            return "retry"
+        if 200 <= status < 300:
+            outbox.ack(message)
+            stats.messages_sent += 1
+            stats.bytes_sent += len(body)
+            stats.last_success_at = time.time()
+            return "ok"
+        if status == 410:
+            self._failed(sub, message, stats, "HTTP 410 Gone")
+            return "gone"
+        self._failed(sub, message, stats, f"HTTP {status}")
+        if retry_after:
+            message.retry_after = _retry_after_seconds(retry_after)
+        return "retry"
+
+    def _failed(self, sub: Subscription, message: Message, stats: DeliveryStats, error: str) -> None:
+        message.attempts += 1
+        stats.failures += 1
+        stats.last_error, stats.last_error_at = error, time.time()
+        self._ratelog.warning(f"send:{sub.id}", "subscription %s: delivery to %s failed: %s", sub.id,
+                              sub.endpoint, error)
+
+
+def _retry_after_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return 0.0
+    if not math.isfinite(seconds):
+        return 0.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,361 @@
+"""Subscriptions and webhooks against real aiohttp receivers on 127.0.0.1: signatures checked with
+`standardwebhooks` as an organization would, receivers that are down, failing, hanging or gone,
+order and sequence kept, nothing lost silently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from dataclasses import replace
+
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from agent.config import DeliveryConfig, PrivacyConfig
+from tests.conftest import StepClock, make_config
+
+T0 = 1_790_000_000.0
+
+
+class Receiver:
+    """An organization's endpoint. `mode` decides the answer: ok, fail, hang, gone, slow_down."""
+
+    def __init__(self):
+        self.received: list[tuple[dict, bytes]] = []
+        self.mode = "ok"
+        self.retry_after = "1"
+        self.arrivals: list[float] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.arrivals.append(time.monotonic())
+        if self.mode == "hang":
+            await asyncio.sleep(30)
+        if self.mode == "fail":
+            return web.Response(status=500)
+        if self.mode == "gone":
+            return web.Response(status=410)
+        if self.mode == "slow_down":
+            return web.Response(status=429, headers={"Retry-After": self.retry_after})
+        self.received.append((dict(request.headers), body))
+        return web.Response(status=204)
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port or self.port, reuse_address=True)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def messages(self) -> list[dict]:
+        return [json.loads(body) for _, body in self.received]
+
+
+@pytest.fixture
+async def receiver():
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+def delivery_config(**changes) -> DeliveryConfig:
+    return replace(DeliveryConfig(allow_http=True, allow_private_endpoints=True, retry_schedule=(0, 0.05, 0.1),
+                                  timeout_s=1.0), **changes)
+
+
+@pytest.fixture
+async def town(tmp_path, start_agent):
+    """An agent on a stepped clock with 3 consenting households (k_min lowered to 3 for brevity)."""
+    async def make(**delivery_changes):
+        clock = StepClock(T0)
+        config = replace(make_config(tmp_path), privacy=PrivacyConfig(k_min=3),
+                         delivery=delivery_config(**delivery_changes))
+        running = await start_agent(config, clock=clock)
+        org_id, org_key = await running.create_org("Energy Co", "dso")
+        tokens = []
+        for _ in range(3):
+            _, token = await running.create_household()
+            assert (await running.call("PUT", f"/households/me/consents/{org_id}/aggregates", token=token))[0] == 200
+            tokens.append(token)
+        clock.step(1)
+        return Town(running, clock, org_key, tokens)
+    return make
+
+
+class Town:
+    def __init__(self, running, clock, org_key, tokens):
+        self.running, self.clock, self.org_key, self.tokens = running, clock, org_key, tokens
+        self.power = 100.0
+
+    async def subscribe(self, url: str, **extra) -> dict:
+        status, body = await self.running.call("POST", "/data/subscribe", token=self.org_key,
+                                               json={"endpoint": url, "interval": 1, "window": "1s", **extra})
+        assert status == 201, body
+        return body
+
+    async def window(self, power: float | None = None) -> None:
+        """One second of readings from every household, then the window closes and is produced."""
+        self.power = power if power is not None else self.power + 10
+        for token in self.tokens:
+            status, body = await self.running.call("POST", "/readings", token=token,
+                                                   json={"timestamp": self.clock.now, "power_import_w": self.power})
+            assert status == 201, body
+        self.clock.step(1)
+        self.running.agent.delivery.produce_due()
+
+    async def state(self, sub_id: str) -> dict:
+        return (await self.running.call("GET", f"/data/subscriptions/{sub_id}", token=self.org_key))[1]
+
+
+async def eventually(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_signed_messages_verify_with_standardwebhooks(town, receiver):
+    t = await town()
+    sub = await t.subscribe(receiver.url)
+    assert sub["secret"].startswith("whsec_")
+    for _ in range(3):
+        await t.window()
+    await eventually(lambda: len(receiver.received) == 3)
+    verifier = Webhook(sub["secret"])
+    for headers, body in receiver.received:
+        message = verifier.verify(body, headers)
+        assert message["type"] == "aggregate" and message["aggregate"]["households"] == 3
+    assert [m["sequence"] for m in receiver.messages()] == [1, 2, 3]
+    assert receiver.messages()[0]["aggregate"]["consumption_w"] == pytest.approx(330.0)
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "A" * 43 + "=").verify(receiver.received[0][1], receiver.received[0][0])
+    status, listed = await t.running.call("GET", "/data/subscriptions", token=t.org_key)
+    assert "secret" not in json.dumps(listed)
+
+
+async def test_receiver_down_then_back_gets_every_window_in_order(town, receiver):
+    t = await town()
+    sub = await t.subscribe(receiver.url)
+    await t.window()
+    await eventually(lambda: len(receiver.received) == 1)
+    await receiver.stop()  # down for a while
+    for _ in range(5):
+        await t.window()
+    await eventually(lambda: t.running.agent.delivery.stats[sub["id"]].failures >= 2)
+    state = await t.state(sub["id"])
+    assert state["delivery"]["queued"] >= 5 and state["delivery"]["last_error"]
+    await receiver.start()  # back on the same port
+    await eventually(lambda: len(receiver.received) >= 6)
+    messages = receiver.messages()
+    sequences = [m["sequence"] for m in messages]
+    ids = [h["webhook-id"] for h, _ in receiver.received]
+    # in order, no gaps; a repeat is only ever a retry of the same webhook-id
+    assert sorted(set(sequences)) == list(range(1, 7))
+    assert all(sequences[i] <= sequences[i + 1] for i in range(len(sequences) - 1))
+    assert len(set(zip(ids, sequences))) == len(set(ids))
+    starts = [m["window_start"] for m in messages]
+    assert starts == sorted(starts)
+    state = await t.state(sub["id"])
+    assert state["delivery"]["queued"] == 0 and state["delivery"]["lag_s"] is None
+
+
+async def test_failing_endpoint_keeps_retrying_with_the_same_id_and_does_not_hold_up_others(town, receiver):
+    t = await town()
+    bad = Receiver()
+    await bad.start()
+    bad.mode = "fail"
+    try:
+        failing = await t.subscribe(bad.url)
+        healthy = await t.subscribe(receiver.url)
+        for _ in range(3):
+            await t.window()
+        await eventually(lambda: len(receiver.received) == 3)
+        await eventually(lambda: len(bad.arrivals) >= 4)
+        state = await t.state(failing["id"])
+        assert state["delivery"]["queued"] == 3 and state["delivery"]["last_error"] == "HTTP 500"
+        assert state["delivery"]["retries"] >= 2
+        bad.mode = "ok"
+        await eventually(lambda: len(bad.received) == 3)
+        assert [m["sequence"] for m in bad.messages()] == [1, 2, 3]
+        assert (await t.state(healthy["id"]))["delivery"]["failures"] == 0
+    finally:
+        await bad.stop()
+
+
+async def test_hanging_endpoint_times_out(town, receiver):
+    t = await town(timeout_s=0.5)
+    hang = Receiver()
+    await hang.start()
+    hang.mode = "hang"
+    try:
+        stuck = await t.subscribe(hang.url)
+        healthy = await t.subscribe(receiver.url)
+        await t.window()
+        await t.window()
+        await eventually(lambda: len(receiver.received) == 2)  # not held up by the hanging one
+        await eventually(lambda: t.running.agent.delivery.stats[stuck["id"]].failures >= 1)
+        assert "Timeout" in (await t.state(stuck["id"]))["delivery"]["last_error"]
+    finally:
+        await hang.stop()
+
+
+async def test_410_gone_disables_and_enable_resumes(town, receiver):
+    t = await town()
+    sub = await t.subscribe(receiver.url)
+    receiver.mode = "gone"
+    await t.window()
+    await eventually(lambda: t.running.agent.delivery.subscriptions[sub["id"]].state == "disabled")
+    state = await t.state(sub["id"])
+    assert state["state"] == "disabled" and "410" in state["disabled_reason"]
+    await t.window()  # a disabled subscription makes nothing new
+    assert (await t.state(sub["id"]))["delivery"]["queued"] == 1
+    receiver.mode = "ok"
+    status, _ = await t.running.call("POST", f"/data/subscriptions/{sub['id']}/enable", token=t.org_key)
+    assert status == 200
+    await eventually(lambda: len(receiver.received) == 1)
+
+
+async def test_retry_after_is_honoured(town, receiver):
+    t = await town()
+    await t.subscribe(receiver.url)
+    receiver.mode = "slow_down"
+    receiver.retry_after = "1"
+    await t.window()
+    await eventually(lambda: len(receiver.arrivals) >= 1)
+    receiver.mode = "ok"
+    await eventually(lambda: len(receiver.received) == 1)
+    # the retry came no sooner than the receiver asked (a lower bound: slowness cannot break it)
+    assert receiver.arrivals[1] - receiver.arrivals[0] >= 0.95
+
+
+async def test_full_outbox_turns_the_oldest_into_a_gap_event(town, receiver):
+    t = await town(max_queue=10)
+    sub = await t.subscribe(receiver.url)
+    await receiver.stop()
+    for _ in range(25):
+        await t.window()
+    state = await t.state(sub["id"])
+    assert state["delivery"]["queued"] <= 10 and state["delivery"]["dropped"] >= 15
+    await receiver.start()
+    await eventually(lambda: t.running.agent.delivery.outboxes[sub["id"]].depth == 0)
+    messages = receiver.messages()
+    gaps = [m for m in messages if m["type"] == "gap"]
+    assert gaps and sum(g["lost_windows"] for g in gaps) >= 15 and gaps[0]["from"] and gaps[0]["to"]
+    assert [m["sequence"] for m in messages] == list(range(1, len(messages) + 1))
+    aggregates = [m for m in messages if m["type"] == "aggregate"]
+    assert aggregates[-1]["aggregate"]["consumption_w"] == pytest.approx(3 * t.power)  # the newest survives
+
+
+async def test_deadband_filter_cuts_traffic(town, receiver):
+    t = await town()
+    await t.subscribe(receiver.url, filter={"deadband": {"fields": ["consumption_w"], "absolute": 100},
+                                            "fields": ["consumption_w"]})
+    for power in (100, 101, 102, 200, 201, 99):
+        await t.window(power)
+    await eventually(lambda: len(receiver.received) >= 3)
+    await asyncio.sleep(0.2)
+    values = [m["aggregate"]["consumption_w"] for m in receiver.messages()]
+    assert values == [300.0, 600.0, 297.0]
+    assert set(receiver.messages()[0]["aggregate"]) == {"window", "window_start", "window_end", "tag",
+                                                        "consumption_w"}
+
+
+async def test_secret_rotation_without_a_gap(town, receiver):
+    t = await town()
+    sub = await t.subscribe(receiver.url)
+    status, rotated = await t.running.call("POST", f"/data/subscriptions/{sub['id']}/secret", token=t.org_key)
+    assert status == 200 and rotated["secret"] != sub["secret"]
+    await t.window()
+    await eventually(lambda: len(receiver.received) == 1)
+    headers, body = receiver.received[0]
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    Webhook(sub["secret"]).verify(body, headers)  # receivers not yet switched
+    Webhook(rotated["secret"]).verify(body, headers)  # receivers already switched
+
+
+@pytest.mark.parametrize("endpoint, allow_http, allow_private, words", [
+    ("http://example.com/hook", False, False, "https"),
+    ("https://10.0.0.5/hook", False, False, "private"),
+    ("https://127.0.0.1/hook", False, False, "private"),
+    ("https://[::1]/hook", False, False, "private"),
+    ("https://169.254.169.254/latest", False, False, "private"),
+    ("https://localhost/hook", False, False, "local"),
+    ("ftp://example.com/x", True, True, "http(s)"),
+    ("https://user:pw@example.com/x", False, False, "credentials"),
+])
+async def test_endpoints_that_are_refused(tmp_path, start_agent, endpoint, allow_http, allow_private, words):
+    config = replace(make_config(tmp_path), delivery=DeliveryConfig(allow_http=allow_http,
+                                                                    allow_private_endpoints=allow_private))
+    running = await start_agent(config)
+    _, org_key = await running.create_org()
+    status, body = await running.call("POST", "/data/subscribe", token=org_key,
+                                      json={"endpoint": endpoint, "interval": 60})
+    assert status == 422 and body["error"] == "endpoint_refused" and words in body["detail"]
+
+
+async def test_a_name_resolving_to_a_private_address_is_refused_at_delivery(town, receiver):
+    """The check runs at every connection, after DNS, on the addresses used."""
+    hostname = socket.gethostname()
+    try:
+        addresses = {a[4][0] for a in socket.getaddrinfo(hostname, receiver.port)}
+    except OSError:
+        pytest.skip("this machine's name does not resolve")
+    from agent.delivery.targets import address_allowed
+
+    if any(address_allowed(a, False) for a in addresses):
+        pytest.skip("this machine's name resolves to a public address")
+    t = await town(allow_private_endpoints=False)
+    sub = await t.subscribe(f"http://{hostname}:{receiver.port}/hook")  # a name: accepted at subscribe
+    await t.window()
+    await eventually(lambda: t.running.agent.delivery.stats[sub["id"]].failures >= 1)
+    assert "may not reach" in (await t.state(sub["id"]))["delivery"]["last_error"]
+    assert receiver.received == []
+
+
+async def test_other_organizations_cannot_see_or_touch_a_subscription(town, receiver):
+    t = await town()
+    sub = await t.subscribe(receiver.url)
+    _, other_key = await t.running.create_org("Other", "dso")
+    for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/secret"), ("POST", "/enable")):
+        status, body = await t.running.call(method, f"/data/subscriptions/{sub['id']}{path}", token=other_key)
+        assert status == 404
+    status, body = await t.running.call("GET", "/data/subscriptions", token=other_key)
+    assert body["subscriptions"] == []
+
+
+async def test_bad_subscription_requests(town, receiver):
+    t = await town()
+    for bad, words in (({"endpoint": receiver.url}, "interval is required"),
+                       ({"endpoint": receiver.url, "interval": 0}, "interval"),
+                       ({"endpoint": receiver.url, "interval": 5, "window": "2m"}, "window"),
+                       ({"endpoint": receiver.url, "interval": 5, "filter": {"bogus": 1}}, "unknown filter"),
+                       ({"endpoint": receiver.url, "interval": 5, "filter": {"deadband": {"absolute": -1}}},
+                        "positive")):
+        status, body = await t.running.call("POST", "/data/subscribe", token=t.org_key, json=bad)
+        assert status in (400, 422) and words in body["detail"], (bad, body)
+
+
+async def test_delivery_counters_in_metrics(town, receiver):
+    t = await town()
+    sub = await t.subscribe(receiver.url)
+    await t.window()
+    await eventually(lambda: len(receiver.received) == 1)
+    status, text = await t.running.call("GET", "/metrics", token=None)
+    assert f'edge_webhook_messages_total{{subscription="{sub["id"]}"}} 1' in text
+    assert f'edge_webhook_outbox_depth{{subscription="{sub["id"]}"}} 0' in text
+    assert f'edge_webhook_bytes_total{{subscription="{sub["id"]}"}} {len(receiver.received[0][1])}' in text

@@ -1,0 +1,100 @@
+"""kill -9 with webhook messages queued: after a restart they are delivered, in order, once each
+(or again with the same webhook-id)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+
+import aiohttp
+
+from tests.conftest import OPERATOR_TOKEN
+from tests.test_delivery import Receiver, eventually
+from tests.test_service import free_port
+
+
+def config_text(tmp_path, port: int) -> str:
+    return f"""
+[api]
+listen = "127.0.0.1:{port}"
+[auth]
+operator_token = "{OPERATOR_TOKEN}"
+[storage]
+path = "{tmp_path / 'store'}"
+flush_seconds = 0.5
+[privacy]
+k_min = 2
+[delivery]
+allow_http = true
+allow_private_endpoints = true
+retry_schedule = [0, 0.2]
+"""
+
+
+async def start(config) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "run", "--config", str(config),
+                                                stderr=asyncio.subprocess.DEVNULL)
+
+
+async def test_queued_messages_survive_kill_9(tmp_path):
+    port, hook_port = free_port(), free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(config_text(tmp_path, port))
+    base = f"http://127.0.0.1:{port}"
+    op = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    agent = await start(config)
+    async with aiohttp.ClientSession() as http:
+        async def call(method, path, headers, body=None):
+            async with http.request(method, base + path, headers=headers, json=body) as resp:
+                return resp.status, await resp.json(content_type=None)
+
+        async def up():
+            try:
+                return (await call("GET", "/health", {}))[0] in (200, 503)
+            except aiohttp.ClientError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not await up():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        _, org = await call("POST", "/organizations", op, {"name": "Org", "level": "dso"})
+        org_auth = {"Authorization": f"Bearer {org['api_key']}"}
+        households = []
+        for _ in range(2):
+            _, hh = await call("POST", "/households", op, {})
+            hh_auth = {"Authorization": f"Bearer {hh['token']}"}
+            assert (await call("PUT", f"/households/me/consents/{org['id']}/aggregates", hh_auth))[0] == 200
+            households.append(hh_auth)
+        status, sub = await call("POST", "/data/subscribe", org_auth,
+                                 {"endpoint": f"http://127.0.0.1:{hook_port}/hook", "interval": 1, "window": "1s"})
+        assert status == 201
+        # The receiver is not there yet: messages pile up in the outbox.
+        queued = 0
+        deadline = time.monotonic() + 30
+        while queued < 3:
+            assert time.monotonic() < deadline, "no messages queued"
+            for hh_auth in households:
+                status, _ = await call("POST", "/readings", hh_auth, {"timestamp": time.time(), "power_import_w": 500})
+                assert status == 201
+            await asyncio.sleep(0.25)
+            queued = (await call("GET", f"/data/subscriptions/{sub['id']}", org_auth))[1]["delivery"]["queued"]
+        agent.send_signal(signal.SIGKILL)
+        await agent.wait()
+
+    receiver = Receiver()
+    await receiver.start(hook_port)
+    agent = await start(config)
+    try:
+        await eventually(lambda: len(receiver.received) >= queued, timeout=30)
+        messages = receiver.messages()
+        sequences = [m["sequence"] for m in messages]
+        assert sequences[:queued] == list(range(1, queued + 1))
+        assert all(m["type"] == "aggregate" and m["aggregate"]["households"] == 2 for m in messages)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        await agent.wait()
+        await receiver.stop()
