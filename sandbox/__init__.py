@@ -1,1 +1,52 @@
-"""Seccomp-locked evaluation of untrusted conditions (built in the triggers issue). Knows nothing of agent/."""
+"""Seccomp-locked evaluation of untrusted conditions (built in the triggers issue). Knows nothing of agent/.
+
+Public API (imported lazily, so that a worker importing ``sandbox.worker`` loads only what it needs):
+
+- ``Supervisor(limits=None)``: pool of locked workers keyed by (tenant, condition id); ``register``,
+  ``evaluate``, ``evaluate_one``, ``state``, ``release``, ``unregister``, ``close``.
+- ``Limits``: deadlines, rlimits, recycling, quarantine and backoff policy.
+- ``check_condition(source, parameters, samples, timeout_s=0.05) -> CheckResult``: upload validation.
+- ``sandbox_available() -> (bool, reason)``: does this kernel enforce the seccomp filter?
+- ``Status`` (FALSE, TRUE, ERROR, NOT_BOOL), ``Violation``, ``ConditionState``, the exceptions
+  (``SandboxError`` and its subclasses) and the fixed reason strings.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "Supervisor": "sandbox.supervisor",
+    "Limits": "sandbox.supervisor",
+    "ConditionState": "sandbox.supervisor",
+    "WorkerProcess": "sandbox.supervisor",
+    "spawn_worker": "sandbox.supervisor",
+    "check_condition": "sandbox.check",
+    "inspect_source": "sandbox.check",
+    "CheckResult": "sandbox.check",
+    "sandbox_available": "sandbox.check",
+    "Status": "sandbox.errors",
+    "Violation": "sandbox.errors",
+    "SandboxError": "sandbox.errors",
+    "SandboxUnavailable": "sandbox.errors",
+    "ConditionRejected": "sandbox.errors",
+    "ConditionQuarantined": "sandbox.errors",
+    "BackingOff": "sandbox.errors",
+    "EvaluationFailed": "sandbox.errors",
+    "SYNTAX_ERROR": "sandbox.errors",
+    "NO_CONDITION": "sandbox.errors",
+    "NOT_A_BOOL": "sandbox.errors",
+    "REJECTED": "sandbox.errors",
+    "too_slow": "sandbox.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

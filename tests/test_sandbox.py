@@ -1,0 +1,491 @@
+"""The sandbox's happy paths, pool policy and upload checks: real processes, real seccomp, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox import (
+    NO_CONDITION,
+    NOT_A_BOOL,
+    REJECTED,
+    SYNTAX_ERROR,
+    BackingOff,
+    ConditionQuarantined,
+    ConditionRejected,
+    EvaluationFailed,
+    Limits,
+    Status,
+    Supervisor,
+    Violation,
+    check_condition,
+    inspect_source,
+    sandbox_available,
+    too_slow,
+)
+from sandbox import protocol
+from sandbox.lockdown import ALLOWED_SYSCALLS
+
+MISSION = textwrap.dedent("""\
+    def condition(neighborhood_power_consumption, neighborhood_power_production):
+        return neighborhood_power_production - neighborhood_power_consumption > 500
+""")
+MISSION_PARAMS = ["neighborhood_power_consumption", "neighborhood_power_production"]
+REPO = Path(__file__).resolve().parent.parent
+
+# Short deadlines so that the suite stays fast; generous enough for a loaded CI machine.
+FAST = Limits(timeout_s=0.5, load_timeout_s=2.0, backoff_s=0.0, quarantine_after=1000)
+
+
+@pytest.fixture
+def sup():
+    with Supervisor(FAST) as s:
+        yield s
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+
+
+def test_sandbox_available():
+    ok, reason = sandbox_available(refresh=True)
+    assert ok, reason
+    assert reason == "seccomp filter enforced"
+
+
+def test_mission_example(sup):
+    sup.register("org", "mission", MISSION, MISSION_PARAMS)
+    assert sup.evaluate("org", "mission", [(100.0, 700.0)]) == [Status.TRUE]
+    assert sup.evaluate("org", "mission", [(100.0, 600.0)]) == [Status.FALSE]
+    assert sup.evaluate_one("org", "mission", 1000.0, 200.0) is Status.FALSE
+    assert sup.evaluate_one("org", "mission", 0, 501) is Status.TRUE
+    assert sup.evaluate("org", "mission", []) == []
+    st = sup.state("org", "mission")
+    assert st.spawns == 1 and st.evaluations == 4 and st.violations == 0 and st.pid
+
+
+def test_statuses_in_one_batch(sup):
+    src = textwrap.dedent("""\
+        def condition(x):
+            if x == 0:
+                return 1            # not a bool
+            if x == 1:
+                return x / 0        # raises
+            return x > 2
+    """)
+    sup.register("org", "c", src, ["x"])
+    assert sup.evaluate("org", "c", [(0,), (1,), (2,), (3,), (None,), (1, 2)]) == [
+        Status.NOT_BOOL, Status.ERROR, Status.FALSE, Status.TRUE, Status.ERROR, Status.ERROR]
+    st = sup.state("org", "c")
+    assert st.violations == 1 and st.last_violation is Violation.NOT_BOOL  # not-bool counts, worker lives
+    assert st.spawns == 1
+
+
+def test_batch_of_1000_households(sup):
+    sup.register("org", "mission", MISSION, MISSION_PARAMS)
+    rows = [(float(i), float((i * 7919) % 2000)) for i in range(1000)]
+    rows[17] = (None, 3.0)  # a household without a reading
+    expected = []
+    for c, p in rows:
+        expected.append(Status.ERROR if c is None else Status(int(p - c > 500)))
+    t = time.perf_counter()
+    assert sup.evaluate("org", "mission", rows) == expected
+    assert time.perf_counter() - t < 0.5
+    assert sup.state("org", "mission").spawns == 1
+
+
+def test_allowed_modules_and_builtins(sup):
+    src = textwrap.dedent("""\
+        import math
+        import statistics
+        from datetime import datetime, timedelta
+        LIMIT = 500
+        def helper(xs):
+            return sorted(abs(x) for x in xs)
+        def condition(a, b):
+            now = datetime.now()
+            m = statistics.median(helper([a, b, 3.0]))
+            return (math.isclose(m, 3.0) and now + timedelta(days=1) > now
+                    and round(max(a, b)) > LIMIT and len(list(zip(range(3), "abc"))) == 3)
+    """)
+    assert inspect_source(src, ["a", "b"]) is None
+    sup.register("org", "mods", src, ["a", "b"])
+    assert sup.evaluate("org", "mods", [(1.0, 600.0), (1.0, 2.0)]) == [Status.TRUE, Status.FALSE]
+
+
+def test_restricted_builtins_fail_honest_mistakes_early(sup):
+    for name, body in [("open", "open('/etc/passwd')"), ("print", "print(x)"), ("eval", "eval('1')"),
+                       ("import", "__import__('os')"), ("getattr", "getattr(x, 'real')"),
+                       ("type", "type(x)"), ("os", "__import__('math') and os")]:
+        src = f"def condition(x):\n    {body}\n    return True\n"
+        sup.register("org", name, src, ["x"])
+        assert sup.evaluate("org", name, [(1.0,)]) == [Status.ERROR], name
+    src = "def condition(x):\n    import os\n    return True\n"
+    sup.register("org", "import-os", src, ["x"])
+    assert sup.evaluate("org", "import-os", [(1.0,)]) == [Status.ERROR]
+
+
+def test_lockdown_seen_from_outside(sup):
+    sup.register("org", "mission", MISSION, MISSION_PARAMS)
+    sup.evaluate("org", "mission", [(1.0, 2.0)])
+    pid = sup.state("org", "mission").pid
+    st = proc_status(pid)
+    assert st["Seccomp"] == "2" and st["NoNewPrivs"] == "1" and st["Threads"] == "1"
+    assert st["CapEff"] == st["CapPrm"] == st["CapAmb"] == "0000000000000000"
+    assert st["SigCgt"] == "0000000000000000"  # no signal handler: rt_sigreturn is not needed
+    if os.geteuid() == 0:
+        assert st["Uid"].split() == ["65534"] * 4 and st["Gid"].split() == ["65534"] * 4
+        assert st["Groups"] == ""
+    assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1"]
+    assert Path(f"/proc/{pid}/environ").read_bytes() == b""  # started with an empty environment
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:5] == [b"-I", b"-S", b"-B", b"-c"]
+    assert int(st["PPid"]) == os.getpid()
+    if os.geteuid() == 0:  # PR_SET_DUMPABLE(0): /proc/<pid>/ files belong to root, not to the worker
+        assert os.stat(f"/proc/{pid}/mem").st_uid == 0
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    for line, soft in [("Max address space", str(256 << 20)), ("Max open files", "2"), ("Max processes", "0"),
+                       ("Max core file size", "0"), ("Max file size", "0"), ("Max cpu time", str(FAST.cpu_s))]:
+        assert any(row.startswith(line) and row.split()[len(line.split())] == soft for row in limits.splitlines()), line
+    assert os.getpgid(pid) == pid  # own process group: a terminal's Ctrl-C does not reach it
+
+
+def test_worker_dies_with_parent(tmp_path):
+    """PR_SET_PDEATHSIG: a worker whose parent process is SIGKILLed dies too."""
+    script = textwrap.dedent(f"""\
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from sandbox import Supervisor
+        s = Supervisor()
+        s.register("t", "c", "def condition(x):\\n    return x > 0\\n", ["x"])
+        s.evaluate("t", "c", [(1,)])
+        print(s.state("t", "c").pid, flush=True)
+        time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(p.stdout.readline())
+    assert Path(f"/proc/{worker}").exists()
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = proc_status(worker).get("State", "")
+        except FileNotFoundError:
+            break
+        if state.startswith("Z"):  # dead; reaped by init
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("worker outlived its parent")
+
+
+def test_recycling_after_n_evaluations():
+    """No state builds up: after max_evaluations the next request gets a fresh interpreter."""
+    src = textwrap.dedent("""\
+        seen = []
+        def condition(x):
+            seen.append(x)
+            return len(seen) <= 10
+    """)
+    with Supervisor(Limits(max_evaluations=10, backoff_s=0.0)) as s:
+        s.register("org", "stateful", src, ["x"])
+        pids = []
+        for i in range(25):
+            assert s.evaluate("org", "stateful", [(i,)]) == [Status.TRUE]
+            pids.append(s.state("org", "stateful").pid)
+        st = s.state("org", "stateful")
+        assert st.spawns == 3 and st.violations == 0 and st.evaluations == 25
+        # recycled right after the 10th and 20th evaluation (pid None until the next request)
+        assert pids[9] is None and pids[19] is None and len({p for p in pids if p}) == 3
+        # a batch counts each row: the third worker has seen 5, a batch of 10 takes it over the limit
+        assert s.evaluate("org", "stateful", [(0,)] * 10) == [Status.TRUE] * 5 + [Status.FALSE] * 5
+        assert s.state("org", "stateful").pid is None
+        assert s.evaluate("org", "stateful", [(0,)]) == [Status.TRUE]
+        assert s.state("org", "stateful").spawns == 4
+
+
+def test_timeout_kills_and_respawns_with_backoff():
+    src = textwrap.dedent("""\
+        def condition(x):
+            while x > 0:
+                pass
+            return True
+    """)
+    with Supervisor(Limits(timeout_s=0.1, backoff_s=0.2, quarantine_after=3)) as s:
+        s.register("org", "loop", src, ["x"])
+        assert s.evaluate("org", "loop", [(0,)]) == [Status.TRUE]
+        first = s.state("org", "loop").pid
+        t = time.monotonic()
+        with pytest.raises(EvaluationFailed) as e:
+            s.evaluate("org", "loop", [(1,)])
+        assert 0.1 <= time.monotonic() - t < 1.0
+        assert e.value.violation is Violation.TIMEOUT and e.value.exit_signal == signal.SIGKILL
+        assert e.value.reason == "timed out"
+        with pytest.raises(OSError):
+            os.kill(first, 0)  # killed and reaped
+        st = s.state("org", "loop")
+        assert st.pid is None and st.violations == 1 and 0 < st.retry_after <= 0.2
+        with pytest.raises(BackingOff) as b:
+            s.evaluate("org", "loop", [(0,)])
+        assert 0 < b.value.retry_after <= 0.2
+        time.sleep(b.value.retry_after)
+        assert s.evaluate("org", "loop", [(0,)]) == [Status.TRUE]  # respawned
+        st = s.state("org", "loop")
+        assert st.spawns == 2 and st.pid not in (None, first)
+        with pytest.raises(EvaluationFailed):
+            s.evaluate("org", "loop", [(1,)])
+        assert s.state("org", "loop").retry_after > 0.2  # the backoff doubles
+
+
+def test_quarantine_after_repeated_violations_and_release():
+    src = "def condition(x):\n    return 1\n"  # never a bool
+    with Supervisor(Limits(quarantine_after=3)) as s:
+        s.register("org", "int", src, ["x"])
+        for _ in range(3):
+            assert s.evaluate("org", "int", [(1,), (2,)]) == [Status.NOT_BOOL] * 2
+        st = s.state("org", "int")
+        assert st.quarantined and st.violations == 3 and st.pid is None
+        with pytest.raises(ConditionQuarantined):
+            s.evaluate("org", "int", [(1,)])
+        s.release("org", "int")
+        assert s.evaluate("org", "int", [(1,)]) == [Status.NOT_BOOL]
+        # registering again also starts afresh
+        for _ in range(2):
+            s.evaluate("org", "int", [(1,)])
+        assert s.state("org", "int").quarantined
+        s.register("org", "int", MISSION, MISSION_PARAMS)
+        assert s.evaluate("org", "int", [(0.0, 600.0)]) == [Status.TRUE]
+
+
+def test_quarantine_on_crashes_with_backoff_zero():
+    src = "def condition(x):\n    while True:\n        pass\n"
+    with Supervisor(Limits(timeout_s=0.05, backoff_s=0.0, quarantine_after=2)) as s:
+        s.register("org", "spin", src, ["x"])
+        for _ in range(2):
+            with pytest.raises(EvaluationFailed):
+                s.evaluate("org", "spin", [(1,)])
+        with pytest.raises(ConditionQuarantined):
+            s.evaluate("org", "spin", [(1,)])
+        assert s.state("org", "spin").spawns == 2
+
+
+def test_load_rejections(sup):
+    cases = [
+        ("def condition(x)\n    return True\n", SYNTAX_ERROR),
+        ("def other(x):\n    return True\n", NO_CONDITION),
+        ("def condition(y):\n    return True\n", NO_CONDITION),
+        ("def condition(x, *rest):\n    return True\n", NO_CONDITION),
+        ("condition = 5\n", NO_CONDITION),
+        ("X = 1 / 0\ndef condition(x):\n    return True\n", REJECTED),
+    ]
+    for i, (src, reason) in enumerate(cases):
+        sup.register("org", str(i), src, ["x"])
+        with pytest.raises(ConditionRejected) as e:
+            sup.evaluate("org", str(i), [(1,)])
+        assert e.value.reason == reason, src
+        with pytest.raises(ConditionRejected):  # permanent: no respawn loop
+            sup.evaluate("org", str(i), [(1,)])
+        assert sup.state("org", str(i)).spawns == (0 if reason == SYNTAX_ERROR else 1)  # parent compiles first
+
+
+def test_tenants_never_share_a_worker(sup):
+    src = textwrap.dedent("""\
+        box = []
+        def condition(x):
+            box.append(x)
+            return len(box) == 1
+    """)
+    sup.register("org-a", "same-id", src, ["x"])
+    sup.register("org-b", "same-id", src, ["x"])
+    assert sup.evaluate("org-a", "same-id", [(1,)]) == [Status.TRUE]
+    assert sup.evaluate("org-b", "same-id", [(2,)]) == [Status.TRUE]  # its own module state
+    assert sup.state("org-a", "same-id").pid != sup.state("org-b", "same-id").pid
+    with pytest.raises(KeyError):
+        sup.evaluate("org-c", "same-id", [(1,)])
+
+
+def test_pool_cap_evicts_least_recently_used():
+    with Supervisor(Limits(max_workers=2)) as s:
+        for name in "abc":
+            s.register("org", name, MISSION, MISSION_PARAMS)
+        s.evaluate("org", "a", [(0.0, 600.0)])
+        s.evaluate("org", "b", [(0.0, 600.0)])
+        s.evaluate("org", "a", [(0.0, 600.0)])
+        s.evaluate("org", "c", [(0.0, 600.0)])  # evicts b, the least recently used
+        assert s.state("org", "b").pid is None
+        assert s.state("org", "a").pid and s.state("org", "c").pid
+        assert s.evaluate("org", "b", [(0.0, 600.0)]) == [Status.TRUE]
+        assert s.state("org", "b").spawns == 2 and s.state("org", "b").violations == 0
+
+
+def test_parallel_conditions_from_threads(sup):
+    import concurrent.futures
+
+    sup.register("org", "mission", MISSION, MISSION_PARAMS)
+    sup.register("org", "slow", "def condition(x):\n    return sum(range(200000)) > x\n", ["x"])
+    rows = [(float(i), 600.0) for i in range(200)]
+    expected = [Status(int(600.0 - i > 500)) for i in range(200)]
+
+    def work(n):
+        if n % 2:
+            return sup.evaluate("org", "slow", [(1.0,)]) == [Status.TRUE]
+        return sup.evaluate("org", "mission", rows) == expected
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(40)))
+    # spawned from pool threads that are gone now: the dedicated spawner thread keeps them alive
+    assert sup.evaluate("org", "mission", rows) == expected
+    assert sup.state("org", "mission").spawns == 1
+
+
+def test_unmarshallable_rows_are_refused_before_sending(sup):
+    sup.register("org", "mission", MISSION, MISSION_PARAMS)
+    with pytest.raises(TypeError):
+        sup.evaluate("org", "mission", [(object(), 1.0)])
+    assert sup.evaluate("org", "mission", [(0.0, 600.0)]) == [Status.TRUE]
+    assert sup.state("org", "mission").violations == 0
+
+
+def test_answers_are_validated_byte_by_byte():
+    """The parent's side of the protocol against a real worker: right nonce and length or a kill."""
+    from sandbox.supervisor import spawn_worker
+
+    w = spawn_worker(FAST)
+    try:
+        assert w.request(protocol.LOAD, (MISSION, tuple(MISSION_PARAMS)), 1, 2.0) == b"\x00"
+        assert w.request(protocol.EVAL, [(0.0, 600.0), (0.0, 1.0)], 2, 1.0) == b"\x01\x00"
+        # asking for a wrong length is what a forged extra byte looks like to the parent
+        with pytest.raises(EvaluationFailed) as e:
+            w.request(protocol.EVAL, [(0.0, 600.0), (0.0, 1.0)], 1, 1.0)
+        assert e.value.violation is Violation.PROTOCOL
+        assert not w.alive
+    finally:
+        w.kill()
+
+
+# ------------------------------------------------------------------------------------ upload checks
+
+
+def test_check_condition_accepts_the_mission_example():
+    r = check_condition(MISSION, MISSION_PARAMS, [(100.0, 700.0), (100.0, 500.0), (0.0, 0.0)])
+    assert r.ok and r.reason is None and bool(r)
+
+
+@pytest.mark.parametrize("source,reason", [
+    ("def condition(a, b)\n    return True\n", SYNTAX_ERROR),
+    (b"def condition(a, b):\n    return '\xff'\n", SYNTAX_ERROR),
+    ("def condition(a, b):\n    return True\n\x00", SYNTAX_ERROR),
+    ("(" * 500 + ")" * 500 + "\ndef condition(a, b):\n    return True\n", SYNTAX_ERROR),
+    ("def cond(a, b):\n    return True\n", NO_CONDITION),
+    ("def condition(b, a):\n    return True\n", NO_CONDITION),
+    ("def condition(a):\n    return True\n", NO_CONDITION),
+    ("def condition(a, b=1):\n    return True\n", NO_CONDITION),
+    ("def condition(a, b, /):\n    return True\n", NO_CONDITION),
+    ("def condition(a, b, **k):\n    return True\n", NO_CONDITION),
+    ("async def condition(a, b):\n    return True\n", NO_CONDITION),
+    ("@staticmethod\ndef condition(a, b):\n    return True\n", NO_CONDITION),
+    ("condition = lambda a, b: True\n", NO_CONDITION),
+    ("def condition(a, b):\n    return True\ncondition = 1\n", NO_CONDITION),
+    ("def condition(a, b):\n    return True\ndef condition(a, b):\n    return False\n", NO_CONDITION),
+    ("def condition(a, b):\n    return a > b\n", None),
+    ("def condition(a, b):\n    while True:\n        pass\n", too_slow(0.05)),
+    ("def condition(a, b):\n    return 10 ** (10 ** 8) > a\n", too_slow(0.05)),
+    ("def condition(a, b):\n    return a - b\n", NOT_A_BOOL),
+    ("def condition(a, b):\n    return None\n", NOT_A_BOOL),
+    ("def condition(a, b):\n    return a / 0 > 1\n", NOT_A_BOOL),
+    ("def condition(a, b):\n    return ().__class__ is a\n", REJECTED),
+    ("def condition(a, b):\n    return __builtins__ is a\n", REJECTED),
+    ("import os\ndef condition(a, b):\n    return True\n", REJECTED),
+    ("from math import *\ndef condition(a, b):\n    return True\n", REJECTED),
+    ("import datetime\ndef condition(a, b):\n    return datetime._sys is a\n", REJECTED),
+    ("def condition(a, b):\n    g = (x for x in [a])\n    return g.gi_frame is None\n", REJECTED),
+    ("def condition(a, b):\n    match a:\n        case object(__class__=c):\n            return True\n    return False\n",
+     REJECTED),
+    ("X = 1 / 0\ndef condition(a, b):\n    return True\n", REJECTED),
+    ("def condition(a, b):\n    return True\n" + "#" * 20000, REJECTED),
+])
+def test_check_condition_reasons(source, reason):
+    r = check_condition(source, ["a", "b"], [(1.0, 2.0), (3.0, None)][: 1 if reason is None else 2])
+    assert r.reason == reason
+    assert r.ok is (reason is None)
+
+
+def test_check_condition_timeout_and_samples():
+    assert too_slow(0.05) == "too slow: exceeded 50 ms"
+    slow = "def condition(a, b):\n    return sum(range(3_000_000)) > a\n"  # ~50-100 ms
+    assert check_condition(slow, ["a", "b"], [(1.0, 2.0)], timeout_s=5.0).ok
+    assert check_condition(slow, ["a", "b"], [(1.0, 2.0)], timeout_s=0.002).reason == too_slow(0.002)
+    # a condition that only misbehaves on some sample
+    picky = "def condition(a, b):\n    if b is None:\n        return 0\n    return a > b\n"
+    assert check_condition(picky, ["a", "b"], [(1.0, 2.0)]).ok
+    assert check_condition(picky, ["a", "b"], [(1.0, 2.0), (1.0, None)]).reason == NOT_A_BOOL
+    with pytest.raises(ValueError):
+        check_condition(MISSION, MISSION_PARAMS, [(1.0,)])
+
+
+def test_check_condition_without_samples_loads_only():
+    assert check_condition("def condition(a, b):\n    return True\n", ["a", "b"], []).ok
+    assert check_condition("X = [1][5]\ndef condition(a, b):\n    return True\n", ["a", "b"], []).reason == REJECTED
+
+
+def test_allow_list_is_documented():
+    assert set(ALLOWED_SYSCALLS) == {
+        "read", "write", "mmap", "mmap2", "munmap", "brk", "mremap", "exit_group",
+        "madvise", "clock_gettime", "clock_gettime64"}
+    assert all(ALLOWED_SYSCALLS.values())
+
+
+# ------------------------------------------------------------------------------- unprivileged parent
+
+SYSTEM_PYTHON = "/usr/bin/python3.11"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start an unprivileged parent")
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs a Python 3.11 readable by any user")
+def test_works_for_an_unprivileged_agent(tmp_path):
+    """The agent running as an ordinary user (uid 12345): the worker keeps that uid (no switch possible),
+    is still locked, and contains an escape."""
+    import pyseccomp
+
+    site = str(Path(pyseccomp.__file__).resolve().parent)
+    script = textwrap.dedent(f"""\
+        import json, os, sys
+        sys.path[:0] = [{str(REPO)!r}, {site!r}]
+        from sandbox import Supervisor, Limits, sandbox_available, EvaluationFailed
+        out = {{"uid": os.getuid(), "available": sandbox_available()}}
+        with Supervisor(Limits(backoff_s=0)) as s:
+            s.register("t", "m", {MISSION!r}, {MISSION_PARAMS!r})
+            out["mission"] = [int(x) for x in s.evaluate("t", "m", [(0.0, 600.0), (0.0, 1.0)])]
+            pid = s.state("t", "m").pid
+            st = dict(l.split(":", 1) for l in open(f"/proc/{{pid}}/status") if ":" in l)
+            out["worker_uid"] = st["Uid"].split()[0]
+            out["seccomp"] = st["Seccomp"].strip()
+            s.register("t", "evil", "def condition(x):\\n    g = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0].__init__.__globals__\\n    g['system']('id')\\n    return True\\n", ["x"])
+            try:
+                s.evaluate("t", "evil", [(1,)])
+            except EvaluationFailed as e:
+                out["evil"] = e.violation.value
+            out["after"] = [int(x) for x in s.evaluate("t", "m", [(0.0, 600.0)])]
+        print(json.dumps(out))
+    """)
+    os.chmod(tmp_path, 0o755)
+    r = subprocess.run([SYSTEM_PYTHON, "-I", "-c", script], user=12345, group=12345, extra_groups=[],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path, env={})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["uid"] == 12345
+    assert out["available"] == [True, "seccomp filter enforced"]
+    assert out["mission"] == [1, 0] and out["after"] == [1]
+    assert out["worker_uid"] == "12345" and out["seccomp"] == "2"
+    assert out["evil"] == "killed by seccomp"
