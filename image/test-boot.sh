@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Boot test of the built image: boots a copy of it in QEMU (arm64 virt machine, TCG) with an emulated DSMR 5 meter
+# on a USB serial port, exactly as an installer would set it up: an edge.toml written onto the FAT boot partition.
+# Passes when /health (port-forwarded to the host) shows telegrams read from that port and the configured device
+# name; also checks the operator token from edge.toml works and was moved off the boot partition, the hostname was
+# applied and the root filesystem grown. Prints the boot-to-healthy time.
+#
+#   image/test-boot.sh [IMAGE]     # default image/out/edge-<version>-arm64.img.xz (or .img)
+#
+# Environment: EDGE_BOOT_TIMEOUT (seconds, default 420), EDGE_PYTHON (python with this repo installed; default
+# .venv/bin/python, made with `make install` if missing), EDGE_KEEP=1 keeps the work folder.
+set -euo pipefail
+
+IMAGE_DIR=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$IMAGE_DIR/.." && pwd)
+OUT=${EDGE_OUT:-$IMAGE_DIR/out}
+TIMEOUT=${EDGE_BOOT_TIMEOUT:-420}
+PY=${EDGE_PYTHON:-$REPO/.venv/bin/python}
+DEVICE_NAME=edge-boot-test
+TOKEN=boot-test-token-$RANDOM$RANDOM$RANDOM
+METER=meter-1
+
+log() { printf '%s [%4ds] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*"; }
+die() { echo "test-boot.sh: FAIL: $*" >&2; exit 1; }
+
+need=()
+command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+command -v mcopy >/dev/null || need+=(mtools)
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v xz >/dev/null || need+=(xz-utils)
+if [ ${#need[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing ${need[*]}: install them (apt-get install ${need[*]})"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+[ -x "$PY" ] || make -C "$REPO" install >/dev/null
+VERSION=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
+    "$REPO/pyproject.toml")
+SOURCE=${1:-$OUT/edge-$VERSION-arm64.img.xz}
+[ -f "$SOURCE" ] || SOURCE=${SOURCE%.xz}
+[ -f "$SOURCE" ] || die "no image: build it with image/build.sh"
+
+WORK=$(mktemp -d "$OUT/boot-test.XXXXXX")
+QEMU_PID="" EMU_PID=""
+cleanup() {
+    [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null && wait "$QEMU_PID" 2>/dev/null
+    [ -n "$EMU_PID" ] && kill "$EMU_PID" 2>/dev/null && wait "$EMU_PID" 2>/dev/null
+    if [ "${EDGE_KEEP:-0}" = 1 ] || [ "${PASSED:-0}" != 1 ]; then
+        echo "test-boot.sh: console log and files kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    return 0
+}
+trap cleanup EXIT
+
+# --- a copy of the image, 2 GiB bigger (the first boot grows the root filesystem into it) ----------------------
+log "image: $SOURCE"
+DISK=$WORK/disk.img
+case "$SOURCE" in
+    *.xz) nice -n 10 xz -dc -T2 "$SOURCE" | dd of="$DISK" bs=1M conv=sparse status=none ;;
+    *) cp --sparse=always "$SOURCE" "$DISK" ;;
+esac
+IMAGE_BYTES=$(stat -c %s "$DISK")
+truncate -s +2G "$DISK"
+read -r BOOT_START ROOT_START < <(sfdisk -J "$DISK" | "$PY" -c \
+    'import json, sys; p = json.load(sys.stdin)["partitiontable"]["partitions"]; print(p[0]["start"], p[1]["start"])')
+BOOT="$DISK@@$((BOOT_START * 512))"
+export MTOOLS_SKIP_CHECK=1
+
+# --- the kernel and initrd from the image's own boot partition ---------------------------------------------------
+mcopy -i "$BOOT" ::/config.txt "$WORK/config.txt"
+mcopy -i "$BOOT" ::/cmdline.txt "$WORK/cmdline.txt"
+KERNEL=$(sed -n 's/^kernel=//p' "$WORK/config.txt" | tail -1 | tr -d '\r')
+INITRD=$(sed -n 's/^initramfs \([^ ]*\).*/\1/p' "$WORK/config.txt" | tail -1 | tr -d '\r')
+[ -n "$KERNEL" ] && [ -n "$INITRD" ] || die "no kernel= / initramfs lines in config.txt"
+mcopy -i "$BOOT" "::/$KERNEL" "$WORK/kernel"
+mcopy -i "$BOOT" "::/$INITRD" "$WORK/initrd"
+# The Pi's own command line, with the console on the virt machine's PL011 UART instead of the Pi's.
+APPEND="$(tr -d '\r\n' < "$WORK/cmdline.txt" | sed 's/console=[^ ]*//g; s/  */ /g') console=ttyAMA0"
+log "kernel $KERNEL, initrd $INITRD; cmdline: $APPEND"
+
+# --- the installer's step 2: edge.toml on the boot partition --------------------------------------------------
+cat > "$WORK/edge.toml" <<EOF
+[device]
+name = "$DEVICE_NAME"
+
+[api]
+listen = "0.0.0.0:8080"
+
+[auth]
+operator_token = "$TOKEN"
+
+[[meters]]
+id = "$METER"
+port = "/dev/ttyUSB0"
+profile = "dsmr5"
+
+[network]
+ethernet = "dhcp"
+EOF
+mcopy -o -i "$BOOT" "$WORK/edge.toml" ::/edge.toml
+
+# --- the meter: the emulator as a TCP server, the VM's USB serial port connects to it ------------------------------
+(cd "$REPO" && exec "$PY" -m drivers.emulator --tcp 0 --profile dsmr5) > "$WORK/emulator.out" 2> "$WORK/emulator.err" &
+EMU_PID=$!
+for _ in $(seq 50); do [ -s "$WORK/emulator.out" ] && break; sleep 0.1; done
+METER_URL=$(head -1 "$WORK/emulator.out")
+METER_PORT=${METER_URL##*:}
+[[ "$METER_PORT" =~ ^[0-9]+$ ]] || die "the meter emulator did not start: $(cat "$WORK/emulator.err")"
+HOSTPORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log "meter emulator on $METER_URL; API forwarded to 127.0.0.1:$HOSTPORT"
+
+# --- boot -------------------------------------------------------------------------------------------------
+START=$(date +%s.%N)
+nice -n 10 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 \
+    -display none -monitor none -serial "file:$WORK/console.log" \
+    -kernel "$WORK/kernel" -initrd "$WORK/initrd" -append "$APPEND" \
+    -drive "file=$DISK,format=raw,if=none,id=d" -device virtio-blk-pci,drive=d \
+    -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$HOSTPORT-:8080" -device virtio-net-pci,netdev=n \
+    -device virtio-rng-pci \
+    -device qemu-xhci -chardev "socket,id=p1,host=127.0.0.1,port=$METER_PORT" -device usb-serial,chardev=p1 \
+    > "$WORK/qemu.log" 2>&1 &
+QEMU_PID=$!
+log "qemu started (pid $QEMU_PID); waiting up to ${TIMEOUT}s for /health with telegrams from /dev/ttyUSB0"
+
+# --- wait for the proof ------------------------------------------------------------------------------------
+set +e
+"$PY" - "$HOSTPORT" "$DEVICE_NAME" "$METER" "$TOKEN" "$TIMEOUT" "$START" "$QEMU_PID" > "$WORK/health.out" <<'EOF'
+import json, os, sys, time, urllib.error, urllib.request
+port, name, meter, token, timeout, start, qemu = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], \
+    float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
+url = f"http://127.0.0.1:{port}"
+last = "no answer yet"
+while time.time() - start < timeout:
+    try:
+        os.kill(qemu, 0)
+    except OSError:
+        print(f"qemu exited; last /health: {last}")
+        sys.exit(1)
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+            status, body = resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        status, body = err.code, json.load(err)
+    except (OSError, ValueError) as err:
+        last = f"{type(err).__name__}: {err}"
+        time.sleep(1)
+        continue
+    last = f"{status} {json.dumps(body)[:400]}"
+    m = body.get("meters", {}).get(meter, {})
+    if status == 200 and body.get("device") == name and m.get("telegrams_ok", 0) > 0 and m.get("state") == "reading":
+        healthy = time.time() - start
+        req = urllib.request.Request(url + "/meters", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            meters_status = resp.status
+        print(f"HEALTHY {healthy:.1f}")
+        print(f"health {status}: device={body['device']!r} meter {meter}: state={m['state']} "
+              f"telegrams_ok={m['telegrams_ok']} crc_errors={m.get('crc_errors')}")
+        print(f"GET /meters with the operator token from edge.toml: {meters_status}")
+        sys.exit(0)
+    time.sleep(1)
+print(f"timeout after {timeout:.0f}s; last /health: {last}")
+sys.exit(1)
+EOF
+RC=$?
+set -e
+cat "$WORK/health.out"
+if [ $RC != 0 ]; then
+    echo "--- console (last 40 lines) ---"; tail -40 "$WORK/console.log" | tr -d '\r'
+    die "/health never showed telegrams from /dev/ttyUSB0 with device name $DEVICE_NAME"
+fi
+HEALTHY=$(sed -n 's/^HEALTHY //p' "$WORK/health.out")
+
+# The login prompt on the console shows the hostname edge-firstboot set from [device] name.
+for _ in $(seq 60); do grep -q "$DEVICE_NAME login:" "$WORK/console.log" && break; sleep 1; done
+tr -d '\r' < "$WORK/console.log" | grep -E "edge-firstboot|login:" | sed 's/^/    console: /' || true
+grep -q "$DEVICE_NAME login:" "$WORK/console.log" || die "no '$DEVICE_NAME login:' prompt: hostname not applied"
+grep -q "root filesystem grown" "$WORK/console.log" || die "the root filesystem was not grown on the first boot"
+grep -q "unexpected error" "$WORK/console.log" && die "edge-firstboot failed (see the console log)"
+SYSTEMD_AT=$(tr -d '\r' < "$WORK/console.log" | grep -m1 -o '^\[ *[0-9.]*\] systemd\[1\]: systemd [^ ]* running in system mode' \
+    | sed 's/^\[ *\([0-9.]*\)\].*/\1/' || true)
+
+# The token is off the FAT partition now (edge-firstboot fsyncs, so the image file has it even before shutdown).
+kill "$QEMU_PID"; wait "$QEMU_PID" 2>/dev/null || true; QEMU_PID=""
+mcopy -o -i "$BOOT" ::/edge.toml "$WORK/edge.toml.after"
+grep -q "$TOKEN" "$WORK/edge.toml.after" && die "the operator token is still on the boot partition"
+grep -q 'operator_token = "moved-to-device"' "$WORK/edge.toml.after" || die "no note where the token was"
+echo "    boot partition after the boot: $(grep operator_token "$WORK/edge.toml.after")"
+
+PASSED=1
+echo
+echo "test-boot.sh: PASS: /health showed telegrams from the emulated meter on /dev/ttyUSB0 and device" \
+    "'$DEVICE_NAME' ${HEALTHY}s after qemu started (TCG, 2 vCPUs; kernel handed over to systemd at" \
+    "${SYSTEMD_AT:-?}s); image $((IMAGE_BYTES >> 20)) MiB, grown by 2 GiB on the first boot"

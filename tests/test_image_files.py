@@ -1,0 +1,199 @@
+"""Fast checks of the Raspberry Pi image's own files (image/): the edge.toml on the boot partition and its example
+are accepted by the agent, and edge-firstboot (which applies them on the device) does what the installer expects,
+run here against a scratch directory instead of / . The image itself is built and booted by image/build.sh and
+image/test-boot.sh (minutes, root, qemu), not here."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agent.config import parse_config
+
+IMAGE = Path(__file__).resolve().parent.parent / "image"
+FIRSTBOOT = IMAGE / "rootfs/usr/lib/edge/edge-firstboot"
+CHECK_CONFIG = f"{sys.executable} -m agent.cli check-config"
+
+
+def load_firstboot(tmp_path: Path, monkeypatch):
+    root = tmp_path / "root"
+    for sub in ("boot/firmware", "etc/edge", "var/lib/edge", "etc/systemd/network"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("EDGE_ROOT", str(root))
+    monkeypatch.setenv("EDGE_BOOT", str(root / "boot/firmware"))
+    monkeypatch.setenv("EDGE_ETC", str(root / "etc/edge"))
+    monkeypatch.setenv("EDGE_STATE", str(root / "var/lib/edge"))
+    monkeypatch.setenv("EDGE_CHECK_CONFIG", CHECK_CONFIG)
+    monkeypatch.setenv("PYTHONPATH", str(IMAGE.parent))
+    loader = importlib.machinery.SourceFileLoader("edge_firstboot", str(FIRSTBOOT))
+    spec = importlib.util.spec_from_loader("edge_firstboot", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module, root
+
+
+def without_network(path: Path) -> dict:
+    data = tomllib.loads(path.read_text())
+    data.pop("network")
+    return data
+
+
+@pytest.mark.parametrize("name", ["edge.toml", "edge.toml.example"])
+def test_boot_partition_files_are_valid_agent_configs(name):
+    data = without_network(IMAGE / "boot" / name)
+    config = parse_config(data, name)
+    assert [m.port for m in config.meters] == ["/dev/ttyUSB0"]
+    assert config.listen_host == "0.0.0.0" and config.listen_port == 8080
+
+
+def test_example_shows_every_key_of_the_shipped_file():
+    def keys(data, prefix=""):
+        out = set()
+        for key, value in data.items():
+            value = value[0] if isinstance(value, list) and value and isinstance(value[0], dict) else value
+            out |= keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+        return out
+
+    shipped = keys(tomllib.loads((IMAGE / "boot/edge.toml").read_text()))
+    example = keys(tomllib.loads((IMAGE / "boot/edge.toml.example").read_text()))
+    assert shipped <= example
+
+
+def test_placeholder_token_is_the_one_firstboot_replaces(tmp_path, monkeypatch):
+    fb, _ = load_firstboot(tmp_path, monkeypatch)
+    for name in ("edge.toml", "edge.toml.example"):
+        assert tomllib.loads((IMAGE / "boot" / name).read_text())["auth"]["operator_token"] == fb.PLACEHOLDER_TOKEN
+
+
+def test_strip_network_keeps_everything_else(tmp_path, monkeypatch):
+    fb, _ = load_firstboot(tmp_path, monkeypatch)
+    text = (IMAGE / "boot/edge.toml.example").read_text()
+    stripped = fb.strip_table(text, "network")
+    assert tomllib.loads(stripped) == without_network(IMAGE / "boot/edge.toml.example")
+    assert "[network]" not in stripped and "# One [[meters]] table per meter." in stripped
+
+
+def test_set_string_edits_only_that_value(tmp_path, monkeypatch):
+    fb, _ = load_firstboot(tmp_path, monkeypatch)
+    text = '[auth]\noperator_token = "abc\\"def-ghijklmnop"   # mine\n\n[[meters]]\nid = "a"\nport = "/dev/x"\n'
+    new = fb.set_string(text, "auth", "operator_token", "moved-to-device", "  # note")
+    assert tomllib.loads(new) == {"auth": {"operator_token": "moved-to-device"}, "meters": [{"id": "a", "port": "/dev/x"}]}
+    assert "# note" in new
+    added = fb.set_string('[device]\nname = "x"\n', "auth", "operator_token", "t" * 20)
+    assert tomllib.loads(added)["auth"]["operator_token"] == "t" * 20
+
+
+def test_network_checks(tmp_path, monkeypatch):
+    fb, _ = load_firstboot(tmp_path, monkeypatch)
+    assert fb.check_network({})["ethernet"] == "dhcp"
+    static = fb.check_network({"ethernet": "static", "address": "192.168.1.50/24", "gateway": "192.168.1.1",
+                               "dns": ["192.168.1.1"]})
+    assert static["address"] == "192.168.1.50/24" and static["gateway"] == "192.168.1.1"
+    for bad in ({"ethernet": "static", "address": "192.168.1.50"}, {"wifi_ssid": "home"},
+                {"wifi_ssid": "home", "wifi_country": "NL", "wifi_key": "short"}, {"ssid": "typo"},
+                {"ethernet": "dhcp4"}):
+        with pytest.raises(fb.Problem):
+            fb.check_network(bad)
+    # IEEE 802.11i test vector (what wpa_passphrase computes)
+    assert fb.wifi_psk("IEEE", "password") == "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
+    assert fb.hostname_for("Pole 17 / Köln") == "pole-17-k-ln"
+    assert fb.hostname_for("---") == "edge"
+
+
+def run_firstboot(fb):
+    assert fb.main() == 0
+
+
+def test_first_boot_with_the_shipped_file_generates_a_token(tmp_path, monkeypatch, capsys):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    boot = root / "boot/firmware/edge.toml"
+    boot.write_text((IMAGE / "boot/edge.toml").read_text())
+    run_firstboot(fb)
+    out = capsys.readouterr().out
+    agent = tomllib.loads((root / "etc/edge/edge.toml").read_text())
+    token = agent["auth"]["operator_token"]
+    assert token != fb.PLACEHOLDER_TOKEN and len(token) >= 16
+    assert (root / "etc/edge/operator-token").read_text().strip() == token
+    assert f"generated operator token (also in /etc/edge/operator-token): {token}" in out
+    assert "network" not in agent
+    assert (root / "etc/hostname").read_text() == "edge\n"
+    assert "DHCP=yes" in (root / "etc/systemd/network/20-edge-ethernet.network").read_text()
+    assert not (root / "var/lib/edge/config-error.txt").exists()
+    assert boot.read_text() == (IMAGE / "boot/edge.toml").read_text()  # nothing secret to move
+    # the second boot keeps the same token and writes nothing new
+    mtime = (root / "etc/edge/edge.toml").stat().st_mtime_ns
+    run_firstboot(fb)
+    assert tomllib.loads((root / "etc/edge/edge.toml").read_text())["auth"]["operator_token"] == token
+    assert (root / "etc/edge/edge.toml").stat().st_mtime_ns == mtime
+
+
+def test_own_token_and_wifi_key_move_off_the_boot_partition(tmp_path, monkeypatch):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    boot = root / "boot/firmware/edge.toml"
+    text = (IMAGE / "boot/edge.toml").read_text()
+    text = text.replace(fb.PLACEHOLDER_TOKEN, "my-own-operator-token-1234").replace('name = "edge"', 'name = "Pole 17"')
+    text = text.replace('wifi_country = ""', 'wifi_country = "nl"').replace('wifi_ssid = ""', 'wifi_ssid = "home"')
+    text = text.replace('wifi_key = ""', 'wifi_key = "correct horse battery"')
+    boot.write_text(text)
+    run_firstboot(fb)
+    left = boot.read_text()
+    assert "my-own-operator-token-1234" not in left and "correct horse battery" not in left
+    assert tomllib.loads(left)["auth"]["operator_token"] == fb.MOVED
+    assert tomllib.loads((root / "etc/edge/edge.toml").read_text())["auth"]["operator_token"] == \
+        "my-own-operator-token-1234"
+    assert (root / "etc/hostname").read_text() == "pole-17\n"
+    wpa = (root / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf").read_text()
+    assert "country=NL" in wpa and f"ssid={b'home'.hex()}" in wpa and "correct horse" not in wpa
+    assert f"psk={fb.wifi_psk('home', 'correct horse battery')}" in wpa
+    # next boot: the notes on the boot partition mean "keep what is stored"
+    run_firstboot(fb)
+    assert tomllib.loads((root / "etc/edge/edge.toml").read_text())["auth"]["operator_token"] == \
+        "my-own-operator-token-1234"
+    assert f"psk={fb.wifi_psk('home', 'correct horse battery')}" in \
+        (root / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf").read_text()
+    assert not (root / "var/lib/edge/config-error.txt").exists()
+
+
+def test_bad_file_keeps_the_last_good_config(tmp_path, monkeypatch, capsys):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    boot = root / "boot/firmware/edge.toml"
+    boot.write_text((IMAGE / "boot/edge.toml").read_text())
+    run_firstboot(fb)
+    good = (root / "etc/edge/edge.toml").read_text()
+    boot.write_text((IMAGE / "boot/edge.toml").read_text().replace('"dsmr5"', '"dsmr9"'))
+    capsys.readouterr()
+    run_firstboot(fb)
+    assert (root / "etc/edge/edge.toml").read_text() == good
+    error = (root / "var/lib/edge/config-error.txt").read_text()
+    assert "meters[0].profile: unknown profile 'dsmr9'" in error
+    assert "unknown profile 'dsmr9'" in capsys.readouterr().out
+    boot.write_text("this is [not toml")
+    run_firstboot(fb)
+    assert "syntax" in (root / "var/lib/edge/config-error.txt").read_text()
+    assert (root / "etc/edge/edge.toml").read_text() == good
+
+
+def test_bad_file_on_the_first_boot_still_gives_a_reachable_agent(tmp_path, monkeypatch):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    (root / "boot/firmware/edge.toml").write_text('[[meters]]\nid = "x"\n')  # no port
+    run_firstboot(fb)
+    fallback = root / "etc/edge/edge.toml"
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(fallback)],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(IMAGE.parent)))
+    assert result.returncode == 0, result.stderr
+    assert "meters[0].port: is required" in (root / "var/lib/edge/config-error.txt").read_text()
+
+
+def test_units_order_firstboot_before_the_agent():
+    agent = (IMAGE / "systemd/edge-agent.service").read_text()
+    firstboot = (IMAGE / "systemd/edge-firstboot.service").read_text()
+    assert "After=network.target time-sync.target edge-firstboot.service" in agent
+    assert "Before=network-pre.target systemd-networkd.service avahi-daemon.service edge-agent.service" in firstboot
+    assert "ExecStart=/usr/lib/edge/edge-firstboot" in firstboot
