@@ -74,11 +74,11 @@ class Level:
 
 
 DEFAULT_LEVELS = {
-    "dso": Level("dso", ("*",), WINDOWS, Anonymization(k=5, resolution="15m", value_bin_w=250)),
+    "dso": Level("dso", ("*",), WINDOWS, Anonymization(k=5, resolution="15m", value_bin_w=100)),
     "supplier": Level("supplier", ("neighborhood_*", "household_power_*", "household_net_power",
                                    "household_gas_*", "household_energy_*", "household_tariff",
                                    "household_channel_*"), ("1m", "15m", "1h"),
-                      Anonymization(k=10, l=3, t=0.3, resolution="1h", value_bin_w=500)),
+                      Anonymization(k=10, l=3, t=0.3, resolution="1h", value_bin_w=250)),
     "service": Level("service", ("neighborhood_*",), ("15m", "1h"), Anonymization(k=0),
                      DifferentialPrivacy(only=True)),
 }
