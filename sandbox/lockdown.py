@@ -95,7 +95,7 @@ def load_libraries(libc_name: str = "libc.so.6", libseccomp_name: str = "libsecc
 
 
 def build_filter(pyseccomp):
-    """The allow-list as a pyseccomp SyscallFilter, built (not loaded) before any other lockdown step."""
+    """The allow-list as a pyseccomp SyscallFilter (built in memory only: no file is needed any more)."""
     s = pyseccomp
     f = s.SyscallFilter(s.KILL_PROCESS)
     f.set_attr(s.Attr.ACT_BADARCH, s.KILL_PROCESS)
@@ -153,7 +153,7 @@ def set_rlimits(memory_bytes: int, cpu_s: int) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
-def lock_down(libc, seccomp_filter, *, parent_pid: int, uid: int, gid: int, memory_bytes: int, cpu_s: int):
+def lock_down(libc, pyseccomp, *, parent_pid: int, uid: int, gid: int, memory_bytes: int, cpu_s: int):
     """Steps 2..8 in order (step 1, the imports, is the caller's). Raises LockdownError(step)."""
     import signal
 
@@ -182,7 +182,7 @@ def lock_down(libc, seccomp_filter, *, parent_pid: int, uid: int, gid: int, memo
         step = protocol.STEP_NO_NEW_PRIVS
         _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)
         step = protocol.STEP_SECCOMP
-        seccomp_filter.load()
+        build_filter(pyseccomp).load()  # libseccomp probes the kernel's seccomp API while building
     except LockdownError:
         raise
     except BaseException as exc:

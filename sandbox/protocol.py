@@ -51,14 +51,14 @@ PROBE_SURVIVED = 0x7F  # the forbidden call in PROBE returned: seccomp is not en
 LOAD_ANSWER_BYTES = bytes((OK, LOAD_SYNTAX_ERROR, LOAD_NO_CONDITION, LOAD_ERROR))
 
 # Lockdown steps in the order the worker performs them; a failure answers LOCKDOWN_FAILED | step.
-STEP_IMPORT = 1  # pre-import the allowed modules, libc and libseccomp, build the filter
+STEP_IMPORT = 1  # pre-import the allowed modules, libc and libseccomp
 STEP_CREDENTIALS = 2  # as root: drop supplementary groups, switch to the unprivileged uid/gid
 STEP_PDEATHSIG = 3  # PR_SET_PDEATHSIG(SIGKILL); checks the parent is still the one that spawned us
 STEP_DUMPABLE = 4  # PR_SET_DUMPABLE(0)
 STEP_FDS = 5  # close every fd but REQUEST_FD and ANSWER_FD
 STEP_RLIMITS = 6  # address space, CPU, files, processes, core, file size, memlock, msgqueue, locks
 STEP_NO_NEW_PRIVS = 7  # PR_SET_NO_NEW_PRIVS
-STEP_SECCOMP = 8  # load the allow-list
+STEP_SECCOMP = 8  # build and load the allow-list
 
 LOCKDOWN_STEPS = {
     STEP_IMPORT: "pre-import or libseccomp unavailable",

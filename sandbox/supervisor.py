@@ -47,7 +47,6 @@ _LOAD_REASONS = {
     protocol.LOAD_NO_CONDITION: NO_CONDITION,
     protocol.LOAD_ERROR: REJECTED,
 }
-F_SETPIPE_SZ = 1031
 MAX_SOURCE_CHARS = 16_384
 
 
@@ -166,10 +165,6 @@ def spawn_worker(limits: Limits, executable: str | None = None) -> "WorkerProces
     req_r, req_w = _high_pipe()
     ans_r, ans_w = _high_pipe()
     try:
-        try:
-            fcntl.fcntl(req_w, F_SETPIPE_SZ, 1 << 20)  # a batch of 1,000 households fits in one write
-        except OSError:
-            pass
         file_actions = [
             (os.POSIX_SPAWN_DUP2, req_r, protocol.REQUEST_FD),
             (os.POSIX_SPAWN_DUP2, ans_w, protocol.ANSWER_FD),
@@ -223,7 +218,11 @@ class WorkerProcess:
         self._wpoll.register(request_fd, select.POLLOUT)
         self.wait_status: int | None = None
         self.evaluations = 0
-        self.busy_s = 0.0  # wall time spent in requests: an upper bound of the worker's CPU time since
+        self.busy_s = 0.0  # wall time spent in requests: bounds the CPU time the worker used after start-up
+        try:  # a pidfd names this process, not a pid number that could be reused if someone else reaped it
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
 
     @property
     def alive(self) -> bool:
@@ -304,9 +303,16 @@ class WorkerProcess:
                 except OSError:
                     pass
             try:
-                os.kill(self.pid, signal.SIGKILL)  # still our unreaped child: the pid cannot be reused
+                if self._pidfd is not None:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid cannot have been reused
             except ProcessLookupError:
                 pass
+            finally:
+                if self._pidfd is not None:
+                    os.close(self._pidfd)
+                    self._pidfd = None
             try:
                 _, self.wait_status = os.waitpid(self.pid, 0)
             except ChildProcessError:  # reaped by someone else's waitpid(-1)

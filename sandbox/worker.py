@@ -6,10 +6,12 @@ Started by the supervisor (never forked from the agent) as::
 
 with an empty environment, fd 0 = request pipe, fd 1 = answer pipe, fd 2 = /dev/null. ``-S`` disables
 site, so BOOTSTRAP puts the two directories from argv on sys.path (nothing comes from the environment).
+(``-m sandbox.worker`` cannot work: under ``-I -S`` neither the current directory nor site-packages is on
+sys.path, so the module would not be found before any of our code runs.)
 
-Order (DESIGN.md, "Process model and the sandbox"): pre-import the allowed modules, libc and libseccomp and
-build the filter; switch to the unprivileged uid/gid when root; PR_SET_PDEATHSIG(SIGKILL); PR_SET_DUMPABLE(0);
-close every fd but 0 and 1; rlimits; PR_SET_NO_NEW_PRIVS; load the seccomp filter. Only then does it read
+Order (DESIGN.md, "Process model and the sandbox"): pre-import the allowed modules, libc and libseccomp;
+switch to the unprivileged uid/gid when root; PR_SET_PDEATHSIG(SIGKILL); PR_SET_DUMPABLE(0); close every fd
+but 0 and 1; rlimits; PR_SET_NO_NEW_PRIVS; build and load the seccomp filter. Only then does it read
 the LOAD request and compile the untrusted source. If any step fails it answers LOCKDOWN_FAILED | step to
 the first request and exits: it never compiles a condition unlocked.
 
@@ -206,9 +208,8 @@ def main(argv: list[str]) -> None:
         modules = _preimport()
         builtins_dict = _safe_builtins(modules)
         libc, pyseccomp = lockdown.load_libraries()
-        seccomp_filter = lockdown.build_filter(pyseccomp)
         lockdown.lock_down(
-            libc, seccomp_filter, parent_pid=parent_pid, uid=uid, gid=gid, memory_bytes=memory_bytes, cpu_s=cpu_s
+            libc, pyseccomp, parent_pid=parent_pid, uid=uid, gid=gid, memory_bytes=memory_bytes, cpu_s=cpu_s
         )
         failed_step = 0
     except BaseException as exc:

@@ -108,6 +108,7 @@ CASES = [
     case("io.open via sys.modules", "return _mod('io').open(CANARY, 'w') is None", SECCOMP),
     case("listdir", "return len(_os()['listdir'](CANARY_DIR)) > 0", SECCOMP),
     case("real __import__ of an unloaded module", "return _mod('builtins').__import__('socket') is None", SECCOMP),
+    case("real import of subprocess", "return _mod('builtins').__import__('subprocess').run('id') is None", SECCOMP),
     case("real exec with real builtins",
          "b = _mod('builtins')\nreturn b.exec('import os; os.remove(p)', {'__builtins__': b, 'p': CANARY}) is None",
          SECCOMP),
@@ -124,7 +125,7 @@ CASES = [
     case("mmap PROT_EXEC", "return _libc().syscall(9, 0, 4096, 7, 0x22, -1, 0) != 0", SECCOMP),
     case("mprotect to RWX", "return _libc().syscall(10, 0x10000, 4096, 7) != 0", SECCOMP),
     case("madvise other advice", "return _libc().syscall(28, 0x10000, 4096, 100) != 0", SECCOMP),
-    case("x32 ABI system call", "return _libc().syscall(0x40000000 | 39) > 0", SECCOMP),
+    case("x32 ABI write (allowed nr, foreign ABI)", "return _libc().syscall(0x40000000 | 1, 1, b'x', 1) > 0", SECCOMP),
     case("write to fd 1 with high bits set",
          "c = _mod('ctypes')\nreturn _libc().syscall(c.c_long(1), c.c_long(0x100000001), b'x', c.c_long(1)) > 0",
          SECCOMP),
@@ -179,6 +180,9 @@ CASES = [
          "return _type()('I', (int,), {'__bool__': b, '__index__': b, '__eq__': b})(1)", NOT_BOOL),
     case("result whose __del__ loops", "return _type()('X', (), {'__del__': _loop})()", TIMEOUT),
     case("exception whose __str__ loops", "E = _type()('E', (Exception,), {'__str__': _loop, '__repr__': _loop})\nraise E()",
+         ERROR),
+    case("exception whose __str__ raises",
+         "E = _type()('E', (Exception,), {'__str__': lambda self: 1 / 0, '__repr__': lambda self: 1 / 0})\nraise E()",
          ERROR),
     case("exception whose __str__ writes",
          "def s(self):\n    _os()['remove'](CANARY)\n    return 'x'\n"
@@ -236,7 +240,7 @@ class Bystanders:
         while not self._stop.is_set():
             for key in self.keys:
                 try:
-                    if self.sup.evaluate(*key, BYSTANDER_ROWS) == BYSTANDER_EXPECTED:
+                    if self.sup.evaluate(*key, BYSTANDER_ROWS, timeout_s=5.0) == BYSTANDER_EXPECTED:
                         self.ok += 1
                     else:
                         self.failures.append(f"{key}: wrong answer")
