@@ -49,7 +49,7 @@ def row(name: str, samples_ns: list[int], per: int = 1) -> None:
     med = statistics.median(samples_ns) / 1000
     p99 = pct(samples_ns, 0.99)
     rate = per * 1e6 / med if med else float("inf")
-    print(f"{name:42s} {med:11.2f} {p99:11.2f} {med / per * 1000:13.1f} {rate:14,.0f}")
+    print(f"{name:50s} {med:11.2f} {p99:11.2f} {med / per * 1000:13.1f} {rate:14,.0f}")
 
 
 def main() -> None:
@@ -153,7 +153,7 @@ def main() -> None:
         w.kill()
 
     print()
-    print(f"{'':42s} {'median us':>11s} {'p99 us':>11s} {'ns per eval':>13s} {'evals per s':>14s}")
+    print(f"{'':50s} {'median us':>11s} {'p99 us':>11s} {'ns per eval':>13s} {'evals per s':>14s}")
     row("in-process call, single", single_in)
     row("in-process, loop over 1,000 rows", batch_in, 1000)
     row("fork per evaluation (baseline only)", forks)

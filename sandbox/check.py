@@ -24,7 +24,7 @@ from sandbox.errors import (
     Violation,
     too_slow,
 )
-from sandbox.supervisor import MAX_SOURCE_CHARS, Limits, compile_in_parent, spawn_worker
+from sandbox.supervisor import Limits, compile_in_parent, spawn_worker
 from sandbox.worker import ALLOWED_MODULE_NAMES
 
 # Introspection attributes that lead from a value to frames, code or other modules' globals.
@@ -47,16 +47,16 @@ class CheckResult:
 def inspect_source(source: str | bytes, parameters: Sequence[str]) -> str | None:
     """Static checks only (no execution). Returns a fixed reason, or None when the source looks right.
 
-    - decodes (UTF-8) and compiles: else ``syntax error``; longer than MAX_SOURCE_CHARS: ``rejected by
-      sandbox``;
+    - decodes (UTF-8) and compiles: else ``syntax error``; longer than supervisor.MAX_SOURCE_CHARS:
+      ``rejected by sandbox``;
     - exactly one top-level ``def condition(<parameters in order>)``: plain positional parameters, no
       defaults, no ``*args``/``**kw``, no decorator, and nothing else binds the name ``condition``;
       else ``does not define condition(...)``;
     - no dunder names, no attribute starting with ``_`` (``__class__``, ``__subclasses__``, ``_sys``...)
       or in DENIED_ATTRIBUTES (frames, code, ``str.format``), also as keyword patterns of ``match``
-      (``case object(__class__=c)`` reads an attribute), no imports
-      but of math, statistics and datetime: else ``rejected by sandbox``. This only turns honest mistakes
-      and the obvious escapes away early: seccomp in the worker is the boundary.
+      (``case object(__class__=c)`` reads an attribute), no imports but of math, statistics and
+      datetime: else ``rejected by sandbox``. This only turns honest mistakes and the obvious escapes
+      away early: seccomp in the worker is the boundary.
     """
     if isinstance(source, bytes):
         try:
