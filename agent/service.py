@@ -19,6 +19,7 @@ from agent.config import WINDOW_SECONDS, Config
 from agent.delivery.engine import Delivery
 from agent.ingest import TelegramIngest, is_live
 from agent.pipeline import Pipeline
+from agent.privacy.budget import PrivacyBudget
 from agent.registry import Registry
 from agent.store import ReadingStore
 from drivers.p1_reader import MeterState, P1Reader
@@ -61,6 +62,7 @@ class Agent:
         self.pipeline = Pipeline(self.store)
         self.registry = Registry(config.storage.path / "registry.seg", clock=lambda: self.clock())
         self.audit = AuditLog(config.storage.path / "audit", clock=lambda: self.clock())
+        self.budget = PrivacyBudget(config.storage.path / "privacy", clock=lambda: self.clock())
         self.throttle = FailureThrottle()
         self.telegram_ingest = TelegramIngest()
         self.books = new_books()
@@ -110,6 +112,7 @@ class Agent:
         await asyncio.to_thread(self.store.close)
         self.registry.close()
         self.audit.close()
+        self.budget.close()
 
     # --- housekeeping ------------------------------------------------------------------------
     async def _every(self, seconds: float, job) -> None:

@@ -43,6 +43,8 @@ MATRIX = [
     ("POST", "/api/v1/datalogger/dsmrreading", {HH}),
     ("GET", "/parameters", {OP, ORG, HH}),
     ("GET", "/data", {ORG}),
+    ("GET", "/data/anonymized", {ORG}),
+    ("GET", "/data/dp", {ORG}),
     ("POST", "/data/subscribe", {ORG}),
     ("GET", "/data/subscriptions", {ORG}),
     ("GET", "/data/subscriptions/{sub_id}", {ORG}),

@@ -71,6 +71,10 @@ async def get_data(request: web.Request) -> web.Response:
     agent = agent_of(request)
     level = level_of(agent, org)
     window, tag = _query(request, level, org)
+    if level.dp.only:  # this level never gets an exact aggregate: OpenDP noise, or a refusal
+        from agent.api.privacy import dp_aggregates
+
+        return await dp_aggregates(request, agent, org, level, window, tag)
     q = request.query
     if "since" in q or "until" in q:
         return await _history(request, agent, org, window, tag)

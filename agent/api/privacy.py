@@ -1,0 +1,277 @@
+"""What organizations get beyond exact aggregates: anonymized per-household data and DP aggregates.
+
+GET /data/anonymized  per-household rows of the consenting neighbourhood (consent `anonymized_data`),
+                      generalized and suppressed until the level's k, l and t hold, with a report of the
+                      figures achieved; refused with 409 naming the requirement that cannot be met.
+GET /data/dp          neighbourhood sums with OpenDP noise (clamp, sum, discrete Laplace or Gaussian),
+                      charged to the organization's daily budget (429 when spent, with when it renews).
+GET /data             for levels with `dp.only`, answers like /data/dp: never an exact aggregate.
+
+Every access, released or refused, is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from agent.api.common import ApiError, agent_of, parse_time, require
+from agent.api.data import MAX_HISTORY_WINDOWS, check_access, level_of
+from agent.auth import ORGANIZATION
+from agent.config import WINDOW_SECONDS, Level
+from agent.privacy import dp
+from agent.privacy.anonymize import HouseholdSeries, Refusal, anonymize, static_from_rollups
+from agent.privacy.budget import BudgetExceeded
+from drivers.reading import iso
+
+DP_WINDOWS = ("15m", "1h")
+MAX_ANONYMIZED_DAYS = 7
+STATIC_LOOKBACK_S = 7 * 86400  # static attributes are derived from at least this much history
+SERVICE = "anonymized_data"
+
+
+def _iso(moment: float) -> str:
+    return iso(datetime.fromtimestamp(moment, timezone.utc))
+
+
+def _seconds(stamp) -> float:
+    if isinstance(stamp, (int, float)):
+        return float(stamp)
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+# --- GET /data/anonymized ------------------------------------------------------------------------
+async def get_anonymized(request: web.Request) -> web.Response:
+    org = require(request, ORGANIZATION).organization
+    agent = agent_of(request)
+    level = level_of(agent, org)
+    rules = level.anonymized
+    if rules.k == 0:
+        raise ApiError(403, "not_permitted", f"level {level.name!r} does not receive anonymized per-household data"
+                       + (" (differentially private aggregates only: GET /data/dp)" if level.dp.only else ""))
+    q = request.query
+    resolution = q.get("resolution", rules.resolution)
+    if resolution not in ("15m", "1h"):
+        raise ApiError(400, "bad_parameter", "resolution must be 15m or 1h")
+    if WINDOW_SECONDS[resolution] < WINDOW_SECONDS[rules.resolution]:
+        raise ApiError(403, "resolution_not_permitted", f"level {level.name!r} gets anonymized data at "
+                       f"{rules.resolution} or coarser")
+    res = WINDOW_SECONDS[resolution]
+    now = agent.clock()
+    last = int(now // res) * res  # periods that have ended
+    until = parse_time(q.get("to"), "to")
+    since = parse_time(q.get("from"), "from")
+    until = last if until is None else min(int(until // res) * res, last)
+    since = until - 86400 if since is None else int(math.ceil(since / res)) * res
+    if until <= since:
+        raise ApiError(400, "bad_parameter", "to must be after from, and the range must hold a whole period "
+                       "that has ended")
+    if until - since > MAX_ANONYMIZED_DAYS * 86400:
+        raise ApiError(400, "bad_parameter", f"at most {MAX_ANONYMIZED_DAYS} days per request")
+    periods = list(range(int(since), int(until), res))
+    series = await asyncio.to_thread(_gather, agent, org.id, periods, res)
+    result = await asyncio.to_thread(anonymize, series, rules, resolution_s=res, level=level.name,
+                                     periods=periods)
+    span = {"from": _iso(since), "to": _iso(until)}
+    if isinstance(result, Refusal):
+        agent.audit.record(org.id, ORGANIZATION, "data.anonymized", **span, released=False,
+                           requirement=result.requirement, households=result.households)
+        raise ApiError(409, f"{result.requirement}_not_met", result.detail, requirement=result.requirement,
+                       households=result.households)
+    report = {**result.report, **span}
+    agent.audit.record(org.id, ORGANIZATION, "data.anonymized", **span, released=True, rows=report["rows"],
+                       households=report["households"], k=report["k"], l=report["l"], t=report["t"])
+    return web.json_response({"records": result.records, "report": report})
+
+
+def _gather(agent, org_id: str, periods: list[int], res: int) -> list[HouseholdSeries]:
+    """Per household that ever consented: static attributes from its stored 15-minute rollups, and its
+    mean consumption per period for the periods throughout which its consent held (cohort per period,
+    so that every release of a period has the same households in it)."""
+    registry = agent.registry
+    since, until = periods[0], periods[-1] + res
+    cohorts = {p: registry.cohort(org_id, SERVICE, p, p + res) for p in periods}
+    out = []
+    for household in list(registry.households.values()):
+        if not any(household.id in cohort for cohort in cohorts.values()):
+            continue
+        rows = agent.store.readings(household.meter_id, since=min(since, until - STATIC_LOOKBACK_S),
+                                    until=until, resolution="15m", limit=10**6)
+        sums: dict[int, list[float]] = {}
+        for row in rows:
+            start = _seconds(row["start"])
+            if start < since or row.get("power_import_w") is None:
+                continue
+            period = int(start // res) * res
+            if household.id not in cohorts.get(period, ()):
+                continue
+            weight = row.get("count") or 1
+            acc = sums.setdefault(period, [0.0, 0.0])
+            acc[0] += row["power_import_w"] * weight
+            acc[1] += weight
+        if sums:
+            out.append(HouseholdSeries(household.id, static_from_rollups(rows),
+                                       {p: total / n for p, (total, n) in sums.items()}))
+    return out
+
+
+# --- DP aggregates -----------------------------------------------------------------------------
+def _dp_guarantee(level: Level) -> str:
+    cfg = level.dp
+    delta = f", delta = {cfg.delta:g}" if cfg.noise == "gaussian" else ""
+    return (f"epsilon = {cfg.epsilon:g}{delta} per window, per household: adding or removing one household's "
+            f"readings in one window changes the probability of any answer by at most a factor e^{cfg.epsilon:g}; "
+            f"at most {cfg.epsilon_per_day:g} per organization per UTC day (the daily budget)")
+
+
+def _clamp(request: web.Request, level: Level, tag: str | None) -> int:
+    value = request.query.get("clamp_w")
+    if value is None:
+        return level.dp.tag_clamp_w if tag else level.dp.clamp_w
+    if not value.isdigit() or not 1 <= int(value) <= 1_000_000:
+        raise ApiError(400, "bad_parameter", "clamp_w must be an integer from 1 to 1000000 (watts)")
+    return int(value)
+
+
+async def get_dp(request: web.Request) -> web.Response:
+    org = require(request, ORGANIZATION).organization
+    agent = agent_of(request)
+    level = level_of(agent, org)
+    window = request.query.get("window", "15m" if "15m" in level.windows else level.windows[-1])
+    if window not in DP_WINDOWS:
+        raise ApiError(400, "bad_parameter", f"window must be one of {', '.join(DP_WINDOWS)}")
+    window, tag = check_access(level, org, window, request.query.get("tag"))
+    return await dp_aggregates(request, agent, org, level, window, tag)
+
+
+async def dp_aggregates(request: web.Request, agent, org, level: Level, window: str, tag: str | None) -> web.Response:
+    """The DP answer for one organization (window and tag already checked against its level)."""
+    if not dp.available():
+        agent.audit.record(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
+                           error="dp_unavailable")
+        raise ApiError(503, "dp_unavailable", dp.unavailable_reason())
+    clamp = _clamp(request, level, tag)
+    q = request.query
+    width = WINDOW_SECONDS[window]
+    now = agent.clock()
+    history = "since" in q or "until" in q
+    if history:
+        since = parse_time(q.get("since"), "since") or now - 3600
+        until = min(parse_time(q.get("until"), "until") or now, now)
+        if until <= since:
+            raise ApiError(400, "bad_parameter", "until must be after since")
+        starts = list(range(int(since // width) * width, int(until // width) * width, width))
+        if len(starts) > MAX_HISTORY_WINDOWS:
+            raise ApiError(400, "bad_parameter", f"at most {MAX_HISTORY_WINDOWS} windows per request")
+    else:
+        starts = [agent.books[window].last_closed(now)]
+    keys = {start: f"{window}|{start}|{tag or ''}|{clamp}" for start in starts}
+    missing = [s for s in starts if agent.budget.cached(org.id, keys[s]) is None]
+    if not missing:
+        contributions = {}
+    elif history:
+        contributions = await asyncio.to_thread(agent.history_contributions, org.id, window, missing, tag)
+    else:
+        contributions = {starts[0]: agent.books[window].contributions(starts[0])}
+
+    cfg = level.dp
+    quantities = ("consumption",) if tag else ("consumption", "production")
+    try:
+        mechanism = dp.calibrate(cfg.noise, clamp, cfg.epsilon / len(quantities), cfg.delta)
+    except (ValueError, dp._dp.OpenDPException) as err:  # an operator's extreme setting
+        raise ApiError(503, "dp_unavailable", f"cannot calibrate noise for this level: {str(err).strip()[:200]}")
+    released: dict[int, dict] = {}
+    refused: list[dict] = []
+    plan: dict[int, list[list[float]]] = {}
+    for start in starts:
+        cached = agent.budget.cached(org.id, keys[start])
+        if cached is not None:
+            released[start] = cached
+            continue
+        values = _values(agent, org.id, window, start, contributions.get(start, {}), tag)
+        k_min = agent.config.privacy.k_min
+        if len(values[0]) < k_min:
+            n = len(values[0])
+            refused.append({"window_start": _iso(start), "error": "cohort_too_small",
+                            "detail": f"{n} consenting households have data in this window; at least {k_min} "
+                                      f"are needed ({k_min - n} missing)", "households": n,
+                            "missing": k_min - n})
+            continue
+        plan[start] = values if not tag else values[:1]
+    mechanisms = [mechanism for values in plan.values() for _ in values]
+    try:
+        if mechanisms:
+            agent.budget.spend(org.id, cfg, mechanisms)
+    except BudgetExceeded as err:
+        agent.audit.record(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
+                           error="budget_exhausted", windows=len(plan))
+        retry = max(1, math.ceil(err.renews_at - agent.clock()))
+        raise ApiError(429, "budget_exhausted", err.detail, {"Retry-After": str(retry)},
+                       renews_at=err.status["renews_at"], budget=err.status) from None
+    fresh = {}
+    for start, values in plan.items():
+        noisy = [mechanism.release(v) for v in values]
+        body = _dp_body(window, start, tag, len(values[0]), noisy, mechanism, level, quantities)
+        released[start] = fresh[keys[start]] = body
+    if fresh:
+        agent.budget.record(org.id, mechanisms, fresh)
+    budget = agent.budget.status(org.id, cfg)
+    agent.audit.record(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=len(released),
+                       refused=len(refused), epsilon_spent=round(cfg.epsilon * len(plan), 6))
+    if not history:
+        if refused:
+            r = refused[0]
+            raise ApiError(409, r["error"], r["detail"], households=r["households"], missing=r["missing"])
+        return web.json_response({**released[starts[0]], "budget": budget})
+    return web.json_response({"window": window, "tag": tag, "released": [released[s] for s in sorted(released)],
+                              "refused": refused, "budget": budget})
+
+
+def _values(agent, org_id: str, window: str, start: int, contributions: dict, tag: str | None) -> list[list[float]]:
+    """[consumption values, production values] of the window's cohort (consent `aggregates` held
+    throughout the window), one per household with data in it."""
+    end = start + WINDOW_SECONDS[window]
+    cohort = agent.registry.cohort(org_id, "aggregates", start, end)
+    meters = {agent.registry.households[h].meter_id for h in cohort}
+    members = [c for meter, c in contributions.items() if meter in meters and (tag is None or tag in c.channels)]
+    if tag:
+        return [[c.channels[tag] for c in members]]
+    return [[c.consumption_w for c in members], [c.production_w for c in members]]
+
+
+def _dp_body(window: str, start: int, tag: str | None, n: int, noisy: list[int], mechanism: dp.Mechanism,
+             level: Level, quantities: tuple[str, ...]) -> dict:
+    width = WINDOW_SECONDS[window]
+    consumption = noisy[0]
+    production = noisy[1] if len(noisy) > 1 else None
+    cfg = level.dp
+    return {
+        "window": window,
+        "window_start": _iso(start),
+        "window_end": _iso(start + width),
+        "households": n,
+        "tag": tag,
+        "consumption_w": consumption,
+        "production_w": production,
+        "net_w": None if production is None else consumption - production,
+        "energy_import_wh": round(consumption * width / 3600, 3),
+        "energy_export_wh": None if production is None else round(production * width / 3600, 3),
+        "mean_w": round(consumption / n, 3),
+        "dp": {
+            "epsilon": cfg.epsilon,
+            **({"delta": cfg.delta} if cfg.noise == "gaussian" else {}),
+            "unit": dp.UNIT,
+            "guarantee": _dp_guarantee(level),
+            "noisy": list(quantities),
+            "per_quantity": mechanism.public(cfg.delta),
+            "households_exact": True,  # the cohort size is public (k_min rule), the values are not
+        },
+    }
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/data/anonymized", get_anonymized)
+    app.router.add_get("/data/dp", get_dp)

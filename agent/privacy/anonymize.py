@@ -1,0 +1,303 @@
+"""Anonymized per-household data: generalization and suppression until a level's k, l and t hold.
+
+No I/O. The caller hands over, per household, its static attributes and its mean consumption per
+period (15 min or 1 h); `anonymize` returns the released rows and a report, or a `Refusal` that
+names the requirement that could not be met. A release never falls below its level: every figure
+in the report is measured on the rows actually released, and a release that misses one is refused.
+
+The model (what an attacker is assumed to know, and what is protected):
+- quasi-identifiers: the period (time is always known) and the household's static attributes,
+  which single a household out: has PV, has gas, single or three phase, connection size class;
+- sensitive attribute: the household's consumption in the period, as a bin (`consumption_w_from`,
+  the lower edge in watts; the top bin is open);
+- an equivalence class is the set of rows with equal quasi-identifiers, i.e. the households of one
+  period with the same (generalized) profile. k: the smallest class; l: the fewest distinct bins
+  in a class; t: the largest earth mover's distance between a class's bin distribution and the
+  whole release's (ordered distance over the bins present, as in Li et al. and pycanon).
+
+Transformations, in order of preference (a lattice searched from the least generalized node):
+each static attribute can be kept or replaced by "*", the connection class can first be coarsened
+to "<=35A"/">35A", and the consumption bins can be widened x2 and x4. At each node, classes smaller
+than k, then classes with fewer than l bins, then classes further than t from the release's
+distribution are suppressed (until none is), and the node is usable if it suppresses at most
+`max_suppression` of the rows. Among the least generalized usable nodes the one suppressing the
+fewest rows wins. Pseudonyms are fresh random strings per release.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from agent.config import Anonymization
+from drivers.reading import iso
+
+QUASI_IDENTIFIERS = ("period_start", "has_pv", "has_gas", "phases", "connection")
+SENSITIVE_ATTRIBUTE = "consumption_w_from"
+STATIC = ("has_pv", "has_gas", "phases", "connection")
+TOP_W = 4000  # loads from about this many watts up share one open bin: a very high load would stand out
+ANY = "*"
+
+
+@dataclass(frozen=True)
+class StaticAttributes:
+    has_pv: bool
+    has_gas: bool
+    phases: int  # 1 or 3
+    max_current_a: float | None  # the highest phase current seen (15-minute means)
+
+
+@dataclass
+class HouseholdSeries:
+    household_id: str  # internal; never released
+    static: StaticAttributes
+    consumption_w: dict[int, float]  # period start (Unix s) -> mean consumption in W
+
+
+def connection_class(static: StaticAttributes) -> str:
+    """A coarse connection size from the highest current seen (a lower bound of the fuse)."""
+    if static.max_current_a is None:
+        return ANY
+    phases = "3x" if static.phases == 3 else "1x"
+    if static.max_current_a <= 25:
+        return f"{phases}<=25A"
+    if static.max_current_a <= 35:
+        return f"{phases}<=35A"
+    return f"{phases}>35A"
+
+
+def static_from_rollups(rows: list[dict]) -> StaticAttributes:
+    """Derive the attributes from stored rollups: export ever > 0 -> PV; a gas reading -> gas;
+    a voltage on L2 -> three phase; the highest phase current -> connection size."""
+    has_pv = any((r.get("power_export_w_max") or r.get("power_export_w") or 0) > 0 for r in rows)
+    has_gas = any(r.get("gas_m3") is not None for r in rows)
+    three = any(r.get("voltage_l2_v") is not None or r.get("current_l2_a") is not None for r in rows)
+    currents = [r[name] for r in rows for name in ("current_l1_a", "current_l2_a", "current_l3_a")
+                if r.get(name) is not None]
+    return StaticAttributes(has_pv, has_gas, 3 if three else 1, max(currents) if currents else None)
+
+
+# --- the generalization lattice ----------------------------------------------------------------
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _coarse_connection(label: str) -> str:
+    if label == ANY:
+        return ANY
+    return ">35A" if label.endswith(">35A") else "<=35A"
+
+
+# attribute -> one function per generalization level (the last one always gives "*")
+LADDERS = {
+    "has_pv": (lambda s: _yes_no(s.has_pv), lambda s: ANY),
+    "has_gas": (lambda s: _yes_no(s.has_gas), lambda s: ANY),
+    "phases": (lambda s: str(s.phases), lambda s: ANY),
+    "connection": (connection_class, lambda s: _coarse_connection(connection_class(s)), lambda s: ANY),
+}
+BIN_FACTORS = (1, 2, 4)
+LEVEL_NAMES = {"has_pv": ("exact", "suppressed"), "has_gas": ("exact", "suppressed"),
+               "phases": ("exact", "suppressed"), "connection": ("exact", "coarse", "suppressed")}
+
+
+@dataclass(frozen=True)
+class Node:
+    levels: tuple[int, int, int, int]  # per STATIC attribute
+    bins: int  # index into BIN_FACTORS
+
+    @property
+    def height(self) -> int:
+        return sum(self.levels) + self.bins
+
+
+def lattice() -> list[Node]:
+    ranges = [range(len(LADDERS[name])) for name in STATIC]
+    nodes = [Node(tuple(levels), b) for levels in itertools.product(*ranges) for b in range(len(BIN_FACTORS))]
+    # least generalized first; at equal height, generalize the static attributes before the values
+    return sorted(nodes, key=lambda n: (n.height, n.bins, n.levels))
+
+
+def top_of(width: int) -> int:
+    """The lower edge of the open top bin: TOP_W rounded down to a whole bin (at least one bin)."""
+    return max(width, TOP_W // width * width)
+
+
+def bin_of(value_w: float, width: int) -> tuple[int, int | None]:
+    low = max(0, int(value_w // width)) * width
+    top = top_of(width)
+    return (top, None) if low >= top else (low, low + width)
+
+
+# --- the measures: the same definitions pycanon uses ---------------------------------------------
+def emd_ordered(class_counts: Counter, total_counts: Counter, values: list) -> float:
+    """Earth mover's distance between a class's and the whole release's distribution of an ordered
+    attribute, over the values present in the release, normalized by (m - 1)."""
+    m = len(values)
+    if m <= 1:
+        return 0.0
+    n_class = sum(class_counts.values())
+    n_total = sum(total_counts.values())
+    running = distance = 0.0
+    for value in values:
+        running += class_counts.get(value, 0) / n_class - total_counts.get(value, 0) / n_total
+        distance += abs(running)
+    return distance / (m - 1)
+
+
+def measure(classes: dict[tuple, list]) -> tuple[int, int, float]:
+    """(k, l, t) of released rows grouped into classes of sensitive values."""
+    if not classes:
+        return 0, 0, 0.0
+    total = Counter(v for values in classes.values() for v in values)
+    ordered = sorted(total)
+    k = min(len(values) for values in classes.values())
+    l_div = min(len(set(values)) for values in classes.values())
+    t = max(emd_ordered(Counter(values), total, ordered) for values in classes.values())
+    return k, l_div, t
+
+
+# --- one release -------------------------------------------------------------------------------
+@dataclass
+class Refusal:
+    requirement: str  # "k", "l", "t" or "data"
+    detail: str
+    households: int
+    rows: int
+
+
+@dataclass
+class Release:
+    records: list[dict]
+    report: dict
+
+
+@dataclass
+class _Outcome:
+    node: Node
+    kept: dict[tuple, list]  # class key -> [(household index, period, sensitive value)]
+    suppressed: dict[str, int] = field(default_factory=lambda: {"k": 0, "l": 0, "t": 0})
+
+    @property
+    def suppressed_rows(self) -> int:
+        return sum(self.suppressed.values())
+
+
+TIGHT = 1e-9  # float slack when comparing a measured t with the level's bound
+
+
+def _evaluate(node: Node, rows: list[tuple[int, int, float]], profiles: list[tuple[str, ...]],
+              rules: Anonymization, width: int) -> _Outcome:
+    classes: dict[tuple, list] = defaultdict(list)
+    for household, period, value in rows:
+        classes[(period, profiles[household])].append((household, period, bin_of(value, width)[0]))
+    outcome = _Outcome(node, {})
+    for key, members in classes.items():
+        if len(members) < rules.k:
+            outcome.suppressed["k"] += len(members)
+        elif len({m[2] for m in members}) < rules.l:
+            outcome.suppressed["l"] += len(members)
+        else:
+            outcome.kept[key] = members
+    if rules.t < 1.0:
+        while outcome.kept:
+            total = Counter(m[2] for members in outcome.kept.values() for m in members)
+            ordered = sorted(total)
+            far = [key for key, members in outcome.kept.items()
+                   if emd_ordered(Counter(m[2] for m in members), total, ordered) > rules.t + TIGHT]
+            if not far:
+                break
+            for key in far:
+                outcome.suppressed["t"] += len(outcome.kept.pop(key))
+    return outcome
+
+
+def anonymize(series: list[HouseholdSeries], rules: Anonymization, *, resolution_s: int, level: str,
+              periods: list[int]) -> Release | Refusal:
+    """Anonymize one release: `series` are the cohort's households, `periods` the period starts asked for."""
+    wanted = set(periods)
+    rows = [(i, period, value) for i, hh in enumerate(series)
+            for period, value in sorted(hh.consumption_w.items()) if period in wanted]
+    households = len({r[0] for r in rows})
+    if not rows or households < rules.k:
+        return Refusal("k", f"{households} consenting household(s) have data in this range; level {level!r} "
+                       f"needs k >= {rules.k}, so at least {rules.k}", households, len(rows))
+    best: _Outcome | None = None
+    closest: _Outcome | None = None
+    best_height = None
+    for node in lattice():
+        if best_height is not None and node.height > best_height:
+            break
+        ladders = [LADDERS[name][level_i] for name, level_i in zip(STATIC, node.levels)]
+        profiles = [tuple(f(hh.static) for f in ladders) for hh in series]
+        width = rules.value_bin_w * BIN_FACTORS[node.bins]
+        outcome = _evaluate(node, rows, profiles, rules, width)
+        if closest is None or outcome.suppressed_rows < closest.suppressed_rows:
+            closest = outcome
+        if outcome.kept and outcome.suppressed_rows <= rules.max_suppression * len(rows):
+            if best is None or outcome.suppressed_rows < best.suppressed_rows:
+                best, best_height = outcome, node.height
+    if best is None:
+        return _refusal(closest, rules, households, len(rows), level)
+    return _release(best, series, rows, rules, resolution_s, level, households)
+
+
+def _refusal(closest: _Outcome, rules: Anonymization, households: int, rows: int, level: str) -> Refusal:
+    limit = rules.max_suppression * rows
+    s = closest.suppressed
+    if s["k"] > limit or not closest.kept and s["l"] == s["t"] == 0:
+        requirement, what = "k", f"k >= {rules.k} (classes of the same period and profile too small)"
+    elif s["k"] + s["l"] > limit or not closest.kept and s["t"] == 0:
+        requirement, what = "l", f"l >= {rules.l} (too few distinct consumption bins in a class)"
+    else:
+        requirement, what = "t", f"t <= {rules.t:g} (a class's consumption too far from the neighbourhood's)"
+    share = closest.suppressed_rows / rows if rows else 1.0
+    return Refusal(requirement, f"cannot meet {what} for level {level!r}: even the best generalization would "
+                   f"suppress {share:.0%} of the {rows} rows (at most {rules.max_suppression:.0%} may be); "
+                   "ask for a longer range or wait for more households to consent", households, rows)
+
+
+def _release(outcome: _Outcome, series: list[HouseholdSeries], rows: list, rules: Anonymization,
+             resolution_s: int, level: str, households: int) -> Release:
+    node = outcome.node
+    width = rules.value_bin_w * BIN_FACTORS[node.bins]
+    pseudonyms = {}
+    records = []
+    for (period, profile), members in outcome.kept.items():
+        for household, _, low in members:
+            if household not in pseudonyms:
+                pseudonyms[household] = "p_" + secrets.token_hex(6)
+            high = None if low >= top_of(width) else low + width
+            records.append({
+                "pseudonym": pseudonyms[household],
+                "period_start": iso(datetime.fromtimestamp(period, timezone.utc)),
+                "period_end": iso(datetime.fromtimestamp(period + resolution_s, timezone.utc)),
+                **dict(zip(STATIC, profile)),
+                "consumption_w_from": low,
+                "consumption_w_to": high,
+            })
+    records.sort(key=lambda r: (r["period_start"], r["pseudonym"]))  # no trace of internal order
+    k, l_div, t = measure({key: [m[2] for m in members] for key, members in outcome.kept.items()})
+    released_households = len(pseudonyms)
+    report = {
+        "level": level,
+        "quasi_identifiers": list(QUASI_IDENTIFIERS),
+        "sensitive_attribute": SENSITIVE_ATTRIBUTE,
+        "k": k, "l": l_div, "t": round(t, 6),
+        "epsilon": None,
+        "epsilon_spent": 0.0,
+        "required": {"k": rules.k, "l": rules.l, "t": rules.t, "max_suppression": rules.max_suppression},
+        "resolution": "15m" if resolution_s == 900 else "1h",
+        "generalization": {**{name: LEVEL_NAMES[name][lvl] for name, lvl in zip(STATIC, node.levels)},
+                           "value_bin_w": width, "top_bin_from_w": top_of(width)},
+        "rows": len(records),
+        "rows_suppressed": outcome.suppressed_rows,
+        "suppressed_for": dict(outcome.suppressed),
+        "households": released_households,
+        "households_suppressed": households - released_households,
+        "pseudonyms": "fresh per release",
+    }
+    assert k >= rules.k and l_div >= rules.l and t <= rules.t + TIGHT, report  # never below the level
+    return Release(records, report)
