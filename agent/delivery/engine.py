@@ -38,6 +38,7 @@ log = logging.getLogger("edge.delivery")
 
 SECRET_OVERLAP_S = 24 * 3600  # after a rotation, the old secret signs too for this long
 MAX_RETRY_AFTER_S = 24 * 3600
+CLOSE_GRACE_S = 0.02  # a reading whose request is still being handled at a window's end
 
 
 @dataclass
@@ -203,18 +204,31 @@ class Delivery:
                 self.produce_due()
             except Exception:  # the producer must survive anything one subscription does
                 log.exception("delivery producer failed")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(self._until_next_close())
+
+    def _until_next_close(self) -> float:
+        """Wake just after the next window closes (plus a grace for readings still being handled),
+        so a window goes out within tens of milliseconds of its end; at most every half second."""
+        now = self.agent.clock()
+        wake = now + 0.5
+        for sub in self.subscriptions.values():
+            if sub.state == "active":
+                width = self.agent.books[sub.window].width_s
+                wake = min(wake, max(sub.next_due, (now // width + 1) * width) + CLOSE_GRACE_S)
+        return min(max(wake - now, 0.01), 0.5)
 
     def produce_due(self) -> None:
         now = self.agent.clock()
         for sub in list(self.subscriptions.values()):
             if sub.state != "active" or now < sub.next_due:
                 continue
-            sub.next_due = now + sub.interval_s
             book = self.agent.books[sub.window]
             start = book.last_closed(now)
             if start == sub.last_window:
                 continue  # interval shorter than the window: nothing new closed yet
+            # On the windows' grid, not on the moment we happened to run: the next one is the window
+            # that closes `interval` after this one did.
+            sub.next_due = start + book.width_s + sub.interval_s
             sub.last_window = start
             self._produce(sub, start, book.contributions(start), now)
 
