@@ -4,21 +4,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DURATION ?= 30
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean system-deps
 
 # Installs the agent into a local virtualenv, then runs it on its embedded default:
 # an emulated DSMR 5 meter on a pseudo-terminal, live readings once a second, the API on :8080.
-demo: $(VENV)/.installed
+demo: system-deps $(VENV)/.installed
 	$(BIN)/edge-agent demo --duration $(DURATION)
 
-test: $(VENV)/.installed-test
+test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/p1_pipeline.py
-	$(BIN)/python bench/store.py
+	for b in p1_pipeline store ingest traffic sandbox privacy; do \
+	  [ -f bench/$$b.py ] && echo "== bench/$$b.py" && PYTHONPATH=. $(BIN)/python bench/$$b.py; done
 
 install: $(VENV)/.installed
+
+# Debian packages the sandbox needs (libseccomp2); installed when missing and we may (root).
+system-deps:
+	@dpkg -s libseccomp2 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libseccomp2; \
+	  else echo "libseccomp2 is missing: sudo apt-get install libseccomp2" >&2; exit 1; fi; }
 
 $(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
