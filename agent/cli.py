@@ -114,13 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
                                          "combine the answers (mean and the tariff example)")
     add_query_arguments(query)
     query.set_defaults(func=cmd_query)
-
-    from agent.query import add_arguments as add_query_arguments, cmd_query
-
-    query = sub.add_parser("query", help="ask several Edge devices the same aggregate-by-tag question and "
-                                         "combine the answers (mean and the tariff example)")
-    add_query_arguments(query)
-    query.set_defaults(func=cmd_query)
     return parser
 
 
