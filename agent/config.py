@@ -101,6 +101,15 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class TriggersConfig:
+    """Organizations' conditions ([triggers]); see agent/triggers/."""
+
+    timeout_ms: int = 50  # a condition's deadline, at upload (trial run) and per evaluation
+    min_interval_s: float = 60.0  # the smallest `interval` (debounce) an organization may ask for
+    max_per_organization: int = 10  # live triggers per organization
+
+
+@dataclass(frozen=True)
 class Config:
     operator_token: str
     listen_host: str = "127.0.0.1"
@@ -112,6 +121,7 @@ class Config:
     levels: dict[str, Level] = field(default_factory=lambda: dict(DEFAULT_LEVELS))
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    triggers: TriggersConfig = field(default_factory=TriggersConfig)
 
 
 # --- small checkers, each raising ConfigError with the key it was given -----------------------
@@ -314,6 +324,18 @@ def parse_config(data: dict, source: str = "config") -> Config:
             max_connections=int(delivery_t.number("max_connections", 32, 1, 1024)))
         delivery_t.finish()
 
+        triggers_t = root.table("triggers")
+        timeout_ms = triggers_t.get("timeout_ms", int, 50)
+        if not 5 <= timeout_ms <= 2000:
+            raise ConfigError("triggers.timeout_ms", f"must be between 5 and 2000, got {timeout_ms}")
+        max_per_org = triggers_t.get("max_per_organization", int, 10)
+        if not 1 <= max_per_org <= 1000:
+            raise ConfigError("triggers.max_per_organization", f"must be between 1 and 1000, got {max_per_org}")
+        triggers = TriggersConfig(timeout_ms=timeout_ms,
+                                  min_interval_s=triggers_t.number("min_interval_s", 60, 1, 86400),
+                                  max_per_organization=max_per_org)
+        triggers_t.finish()
+
         levels = dict(DEFAULT_LEVELS)
         levels_t = root.table("levels")
         for name in list(levels_t.data):
@@ -341,6 +363,7 @@ def parse_config(data: dict, source: str = "config") -> Config:
         levels=levels,
         privacy=privacy,
         delivery=delivery,
+        triggers=triggers,
     )
 
 
