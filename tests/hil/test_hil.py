@@ -9,26 +9,12 @@ Without --p1-port they run against the meter emulator on a pseudo-terminal (as i
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from drivers.p1_reader import MeterSpec, MeterState, P1Reader
-
-
-class Collected:
-    def __init__(self):
-        self.readings = []
-        self.lock = threading.Lock()
-
-    def __call__(self, reading):
-        with self.lock:
-            self.readings.append(reading)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.readings)
+from tests.test_p1_reader import Collector
 
 
 def wait_until(predicate, timeout: float, what: str):
@@ -61,10 +47,10 @@ def telegram_budget(request) -> int:
 
 def test_reads_telegrams_with_valid_crc(p1_source, reader_for, request):
     wanted = telegram_budget(request)
-    got = Collected()
+    got = Collector()
     reader = reader_for(got)
     # DSMR 2.2-4 meters send every 10 s; auto-detection may take a probe round per serial setting.
-    wait_until(lambda: got.count() >= wanted, timeout=30 + wanted * 12, what=f"{wanted} telegrams")
+    wait_until(lambda: len(got.readings) >= wanted, timeout=30 + wanted * 12, what=f"{wanted} telegrams")
     snap = reader.snapshot()
     print(f"\nHIL {p1_source.port}: profile {snap['profile']} at {snap['serial']}, {snap['telegrams_ok']} ok, "
           f"{snap['crc_errors']} CRC errors, {snap['parse_errors']} parse errors")
@@ -83,21 +69,21 @@ def test_reads_telegrams_with_valid_crc(p1_source, reader_for, request):
 def test_pulled_cable_and_reinserted(p1_source, reader_for, request):
     if p1_source.hardware and not request.config.getoption("--p1-replug"):
         pytest.skip("pass --p1-replug to be asked to pull and reinsert the P1 cable")
-    got = Collected()
+    got = Collector()
     reader = reader_for(got, stall_seconds=10)
-    wait_until(lambda: got.count() >= 2, timeout=60, what="the first telegrams")
+    wait_until(lambda: len(got.readings) >= 2, timeout=60, what="the first telegrams")
     if p1_source.hardware:
         print("\n>>> Pull the P1 cable (or power off the gateway) now; put it back when told.", flush=True)
     else:
         p1_source.emulator.pull()
     wait_until(lambda: reader.state in (MeterState.DISCONNECTED, MeterState.STALLED), timeout=120,
                what="the reader to notice the pulled cable")
-    before = got.count()
+    before = len(got.readings)
     if p1_source.hardware:
         print(">>> Plug it back in now.", flush=True)
     else:
         p1_source.emulator.start()
-    wait_until(lambda: got.count() >= before + 2, timeout=180, what="reading to resume")
+    wait_until(lambda: len(got.readings) >= before + 2, timeout=180, what="reading to resume")
     assert reader.state == MeterState.READING
     assert reader.reconnects >= 1 or reader.stalls >= 1
 
@@ -107,9 +93,9 @@ def test_pulled_cable_and_reinserted(p1_source, reader_for, request):
 def test_faulty_line_is_counted_and_read_through(p1_source, reader_for):
     if p1_source.hardware:
         pytest.skip("fault injection needs the emulator")
-    got = Collected()
+    got = Collector()
     reader = reader_for(got)
-    wait_until(lambda: got.count() >= 20, timeout=120, what="20 good telegrams through faults")
+    wait_until(lambda: len(got.readings) >= 20, timeout=120, what="20 good telegrams through faults")
     snap = reader.snapshot()
     assert snap["crc_errors"] + snap["parse_errors"] >= 1
     assert snap["state"] == MeterState.READING
