@@ -22,6 +22,7 @@ from agent.pipeline import Pipeline
 from agent.privacy.budget import PrivacyBudget
 from agent.registry import Registry
 from agent.store import ReadingStore
+from agent.triggers import TriggerRunner
 from drivers.p1_reader import MeterState, P1Reader
 from drivers.reading import Reading
 
@@ -67,6 +68,7 @@ class Agent:
         self.telegram_ingest = TelegramIngest()
         self.books = new_books()
         self.delivery = Delivery(self, config.storage.path / "delivery", config.delivery)
+        self.triggers = TriggerRunner(self, config.storage.path / "triggers")
         self.pipeline.subscribe(self._into_books)
         self.readers: dict[str, P1Reader] = {}
         self.systemd = Systemd()
@@ -82,6 +84,7 @@ class Agent:
             self.readers[spec.meter_id] = reader
             reader.start()
         await self.delivery.start()
+        await self.triggers.start()  # says at start whether the kernel enforces the sandbox
         self._runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
@@ -107,6 +110,7 @@ class Agent:
         if self._runner:
             await self._runner.cleanup()
         await self.delivery.stop()
+        await self.triggers.stop()
         # Readings the reader threads handed over just before they stopped.
         await asyncio.sleep(0)
         await asyncio.to_thread(self.store.close)
@@ -153,6 +157,7 @@ class Agent:
             "meters": meters,
             "storage": store,
             "readings_in": self.pipeline.readings_in,
+            "triggers": self.triggers.health(),
         }
 
     # --- readings over HTTP and aggregates ---------------------------------------------------

@@ -51,6 +51,17 @@ MATRIX = [
     ("DELETE", "/data/subscriptions/{sub_id}", {ORG}),
     ("POST", "/data/subscriptions/{sub_id}/secret", {ORG}),
     ("POST", "/data/subscriptions/{sub_id}/enable", {ORG}),
+    ("POST", "/triggers/create", {ORG}),
+    ("GET", "/triggers", {ORG}),
+    ("GET", "/triggers/{trigger_id}", {ORG}),
+    ("DELETE", "/triggers/{trigger_id}", {ORG}),
+    ("GET", "/households/me/notify", {HH}),
+    ("PUT", "/households/me/notify", {HH}),
+    ("DELETE", "/households/me/notify", {HH}),
+    ("GET", "/households/me/notifications", {HH}),
+    ("GET", "/households/me/appliances", {HH}),
+    ("POST", "/households/me/appliances", {HH}),
+    ("DELETE", "/households/me/appliances/{appliance_id}", {HH}),
 ]
 
 BODIES = {
@@ -60,6 +71,15 @@ BODIES = {
     ("POST", "/readings"): {"json": {"timestamp": "2026-01-01T00:00:00Z", "power_import_w": 100}},
     ("POST", "/api/v1/datalogger/dsmrreading"): {"data": {"telegram": "/x\r\n!\r\n"}},
     ("POST", "/data/subscribe"): {"json": {"endpoint": "https://example.com/hook", "interval": 60}},
+    ("POST", "/triggers/create"): {"json": {
+        "parameters": ["neighborhood_power_consumption", "neighborhood_power_production"],
+        "function": "ZGVmIGNvbmRpdGlvbihuZWlnaGJvcmhvb2RfcG93ZXJfY29uc3VtcHRpb24sIG5laWdoYm9yaG9vZF9wb3dlcl9wcm9k"
+                    "dWN0aW9uKToKICAgIHJldHVybiBuZWlnaGJvcmhvb2RfcG93ZXJfcHJvZHVjdGlvbiAtIG5laWdoYm9yaG9vZF9wb3dl"
+                    "cl9jb25zdW1wdGlvbiA+IDUwMAo=",
+        "interval": 36000, "action": {"type": "notification", "content": "Surplus: charge your EV"}}},
+    ("PUT", "/households/me/notify"): {"json": {"url": "https://example.com/notify"}},
+    ("POST", "/households/me/appliances"): {"json": {"name": "Heater", "driver": "shelly",
+                                                     "address": "http://192.168.1.20"}},
 }
 
 
@@ -80,7 +100,7 @@ async def world(tmp_path, start_agent, pty_pair):
                                      json={"endpoint": "https://example.com/hook", "interval": 60})
     assert status == 201, sub
     ids = {"meter_id": "m1", "org_id": org_id, "household_id": household_id, "service": "aggregates",
-           "sub_id": sub["id"]}
+           "sub_id": sub["id"], "trigger_id": "trg_000000000000", "appliance_id": "app_000000000000"}
     return running, tokens, ids
 
 

@@ -65,7 +65,10 @@ SCHEMAS = {
     "Health": {"type": "object", "required": ["status", "meters", "storage"],
                "properties": {"status": {"enum": ["ok", "degraded"]}, "device": STRING, "uptime_s": {"type": "number"},
                               "meters": {"type": "object", "additionalProperties": _ref("MeterHealth")},
-                              "storage": OBJ, "readings_in": {"type": "integer"}}},
+                              "storage": OBJ, "readings_in": {"type": "integer"},
+                              "triggers": {"type": "object", "properties": {
+                                  "sandbox": {"enum": ["enforced", "unavailable"]}, "detail": STRING,
+                                  "triggers": {"type": "integer"}, "quarantined": {"type": "integer"}}}}},
     "MeterHealth": {"type": "object", "required": ["state", "telegrams_ok", "crc_errors", "parse_errors", "reconnects"],
                     "properties": {"state": {"enum": ["connecting", "reading", "stalled", "disconnected", "stopped"]},
                                    "port": STRING, "profile": STRING, "serial": _nullable("string"),
@@ -421,6 +424,10 @@ def build_spec() -> dict:
                                                                         "content": {"text/html": {"schema": STRING}}}},
                              tag="device")},
     }
+    from agent.api import openapi_triggers  # its own file; imports this module's helpers
+
+    paths.update(openapi_triggers.paths())
+    SCHEMAS.update(openapi_triggers.SCHEMAS)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Edge", "version": VERSION,
@@ -431,7 +438,8 @@ def build_spec() -> dict:
                        "(webhook-id, webhook-timestamp, webhook-signature)",
             "requestBody": {"content": {"application/json": {"schema": _ref("WebhookMessage")}}},
             "responses": {"200": {"description": "Any 2xx acknowledges; 410 disables the subscription; "
-                                                 "anything else is retried with the same webhook-id"}}}}},
+                                                 "anything else is retried with the same webhook-id"}}}},
+                     **openapi_triggers.WEBHOOKS},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

@@ -1,0 +1,158 @@
+"""A household's side of triggers: where its notifications go, its inbox, and the appliances it lets
+organizations switch.
+
+- ``PUT /households/me/notify`` {"url", "kind": "webhook"|"ntfy"}: a webhook gets JSON signed per Standard
+  Webhooks with the secret returned once; an ntfy-style topic URL gets the text with a Title header.
+  Endpoints follow the subscriptions' rules (https, public addresses, unless the operator allows more).
+- ``GET /households/me/notifications``: the last 100 notifications, newest first, whether or not an
+  endpoint is registered (organizations only ever see counts).
+- ``POST /households/me/appliances``: a Shelly (Gen2 RPC) or Tasmota relay on the household's own network.
+  Registered by the household itself, so private LAN addresses and plain http are allowed; this device's
+  loopback and link-local (cloud metadata) addresses are not, unless ``[delivery] allow_private_endpoints``.
+  An organization can switch it only if it is in ``allowed_organizations`` *and* holds the household's
+  ``triggers`` consent.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from aiohttp import web
+
+from agent.api.common import ApiError, agent_of, json_object, read_json, require
+from agent.auth import HOUSEHOLD
+from agent.delivery import signing
+from agent.delivery.targets import TargetError
+from agent.triggers import actions
+from drivers import appliances, notify
+
+MAX_APPLIANCES = 32
+_NAME = re.compile(r"^[^\x00-\x1f]{1,64}$")
+_KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _household(request: web.Request):
+    household = require(request, HOUSEHOLD).household
+    return household, agent_of(request)
+
+
+# --- notification endpoint -------------------------------------------------------------------------
+async def get_notify(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    endpoint = agent.triggers.households.endpoints.get(household.id)
+    if endpoint is None:
+        raise ApiError(404, "not_found", "no notification endpoint; PUT one")
+    return web.json_response({"url": endpoint["url"], "kind": endpoint["kind"], "updated_at": endpoint["updated_at"]})
+
+
+async def put_notify(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    body = json_object(await read_json(request), {"url": str, "kind": str}, ("url",))
+    kind = body.get("kind", "webhook")
+    if kind not in notify.KINDS:
+        raise ApiError(422, "invalid", f"kind must be one of {', '.join(notify.KINDS)}")
+    delivery = agent.config.delivery
+    try:
+        url = actions.check_endpoint(body["url"], delivery.allow_http, delivery.allow_private_endpoints)
+    except TargetError as err:
+        raise ApiError(422, "endpoint_refused", str(err)) from None
+    secret = signing.new_secret() if kind == "webhook" else None
+    doc = {"url": url, "kind": kind, "secret": secret, "updated_at": agent.clock()}
+    agent.triggers.households.set_endpoint(household.id, doc)
+    agent.audit.record(household.id, HOUSEHOLD, "notify.set", kind=kind)
+    out = {"url": url, "kind": kind, "updated_at": doc["updated_at"]}
+    if secret:
+        out["secret"] = secret
+    return web.json_response(out)
+
+
+async def delete_notify(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    if not agent.triggers.households.remove_endpoint(household.id):
+        raise ApiError(404, "not_found", "no notification endpoint")
+    agent.audit.record(household.id, HOUSEHOLD, "notify.delete")
+    return web.Response(status=204)
+
+
+async def notifications(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    entries = [{k: e[k] for k in ("id", "organization_id", "organization_name", "trigger_id", "title", "content",
+                                  "at")} for e in agent.triggers.households.inbox(household.id)]
+    return web.json_response({"notifications": entries})
+
+
+# --- appliances ------------------------------------------------------------------------------------
+def _public(appliance: dict) -> dict:
+    return {k: appliance.get(k) for k in ("id", "name", "kind", "driver", "address", "channel",
+                                          "allowed_organizations", "created_at")}
+
+
+async def add_appliance(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    body = json_object(await read_json(request), {
+        "name": str, "kind": (str, type(None)), "driver": str, "address": str, "channel": (int, type(None)),
+        "allowed_organizations": list}, ("name", "driver", "address"))
+    name = body["name"]
+    if not _NAME.match(name) or not name.strip():
+        raise ApiError(422, "invalid", "name must be 1 to 64 printable characters")
+    kind = body.get("kind")
+    if kind is not None and not _KIND.match(kind):
+        raise ApiError(422, "invalid", "kind: 1-32 lowercase letters, digits, '_' or '-' (e.g. ev_charger, heater)")
+    device = appliances.driver(body["driver"])
+    if device is None:
+        raise ApiError(422, "invalid", f"driver must be one of {', '.join(appliances.names())}")
+    channel = body.get("channel")
+    if channel is not None and not 0 <= channel <= device.max_channel:
+        raise ApiError(422, "invalid", f"channel must be 0 to {device.max_channel} for {device.name}")
+    try:
+        address = actions.check_appliance_address(body["address"], agent.config.delivery.allow_private_endpoints)
+    except TargetError as err:
+        raise ApiError(422, "address_refused", str(err)) from None
+    orgs = body.get("allowed_organizations", [])
+    if len(orgs) > 64 or not all(isinstance(o, str) for o in orgs):
+        raise ApiError(422, "invalid", "allowed_organizations must be a list of organization ids")
+    for org_id in orgs:
+        if org_id not in agent.registry.organizations:
+            raise ApiError(422, "invalid", f"no organization {org_id[:40]!r}; see GET /households/me/organizations")
+    store = agent.triggers.households
+    mine = store.appliances_of(household.id)
+    if len(mine) >= MAX_APPLIANCES:
+        raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
+    if any(a["name"].casefold() == name.casefold() for a in mine):
+        raise ApiError(409, "conflict", f"an appliance named {name!r} exists already")
+    doc = {"id": "app_" + secrets.token_hex(6), "household_id": household.id, "name": name, "kind": kind,
+           "driver": device.name, "address": address, "channel": channel,
+           "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
+    store.add_appliance(doc)
+    agent.audit.record(household.id, HOUSEHOLD, "appliance.add", appliance_id=doc["id"], driver=device.name,
+                       allowed_organizations=doc["allowed_organizations"])
+    return web.json_response(_public(doc), status=201)
+
+
+async def list_appliances(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    return web.json_response({"appliances": [_public(a) for a in agent.triggers.households.appliances_of(household.id)],
+                              "drivers": appliances.names()})
+
+
+async def delete_appliance(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    store = agent.triggers.households
+    appliance = store.appliances.get(request.match_info["appliance_id"])
+    if appliance is None or appliance["household_id"] != household.id:
+        raise ApiError(404, "not_found", "no such appliance")
+    store.remove_appliance(appliance["id"])
+    agent.audit.record(household.id, HOUSEHOLD, "appliance.delete", appliance_id=appliance["id"])
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/households/me/notify", get_notify)
+    r.add_put("/households/me/notify", put_notify)
+    r.add_delete("/households/me/notify", delete_notify)
+    r.add_get("/households/me/notifications", notifications)
+    r.add_get("/households/me/appliances", list_appliances)
+    r.add_post("/households/me/appliances", add_appliance)
+    r.add_delete("/households/me/appliances/{appliance_id}", delete_appliance)

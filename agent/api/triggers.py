@@ -1,0 +1,147 @@
+"""Organizations' triggers: upload a condition and an action, list, inspect (counts only), delete.
+
+An upload is accepted only if every parameter exists and the organization may use it, the source
+(base64 of UTF-8 Python) compiles and defines ``condition`` taking exactly those parameters, and a
+trial in a locked worker on sample inputs answers a bool within the operator's deadline. A refusal is a
+422 whose ``reason`` is one fixed string; nothing the condition printed or raised is ever shown.
+Where the kernel does not enforce the sandbox, every upload is a 503: conditions never run unsandboxed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from aiohttp import web
+
+from agent.api.common import ApiError, agent_of, json_object, read_json, require
+from agent.api.data import level_of
+from agent.auth import ORGANIZATION
+from agent.config import WINDOWS
+from agent.delivery.targets import TargetError
+from agent.parameters import HOUSEHOLD, permitted
+from agent.triggers import actions
+from agent.triggers.model import MAX_INTERVAL_S, Refused, check_action, check_parameters
+from sandbox import SYNTAX_ERROR, SandboxUnavailable
+
+MAX_FUNCTION_CHARS = 32 * 1024  # base64 of the sandbox's 16 KiB of source, with room
+
+
+def _refused(err: Refused) -> ApiError:
+    extra = dict(err.extra)
+    if err.reason:
+        extra["reason"] = err.reason
+    return ApiError(err.status, err.error, err.detail, **extra)
+
+
+def _unavailable(detail: str) -> ApiError:
+    return ApiError(503, "sandbox_unavailable", f"triggers are disabled on this device: {detail}; conditions "
+                    "never run unsandboxed")
+
+
+def _owned(request: web.Request):
+    org = require(request, ORGANIZATION).organization
+    runner = agent_of(request).triggers
+    trig = runner.triggers.get(request.match_info["trigger_id"])
+    if trig is None or trig.organization_id != org.id:  # someone else's looks the same as none
+        raise ApiError(404, "not_found", "no such trigger")
+    return org, runner, trig
+
+
+async def create_trigger(request: web.Request) -> web.Response:
+    org = require(request, ORGANIZATION).organization
+    agent = agent_of(request)
+    runner = agent.triggers
+    if not runner.availability.ok:
+        raise _unavailable(runner.availability.detail)
+    body = json_object(await read_json(request), {
+        "parameters": list, "function": str, "interval": (int, float), "action": dict, "window": str},
+        ("parameters", "function", "interval", "action"))
+    level = level_of(agent, org)
+    config = agent.config
+
+    def allowed(param):
+        if not permitted(param.name, level, org.parameters):
+            return False, f" for level {level.name!r}" if not permitted(param.name, level) else \
+                " for this organization (the operator narrowed its parameters)"
+        if level.dp.only and param.level != HOUSEHOLD:
+            return False, (f": level {level.name!r} gets neighbourhood data only with differential privacy, "
+                           "and a trigger would run on the exact aggregate")
+        return True, ""
+
+    def endpoint(url):
+        try:
+            return actions.check_endpoint(url, config.delivery.allow_http, config.delivery.allow_private_endpoints)
+        except TargetError as err:
+            raise Refused(422, "endpoint_refused", str(err)) from None
+
+    try:
+        params = check_parameters(body["parameters"], allowed)
+        action = check_action(body["action"], endpoint)
+    except Refused as err:
+        raise _refused(err) from None
+
+    interval = body["interval"]
+    low = config.triggers.min_interval_s
+    if not low <= interval <= MAX_INTERVAL_S:
+        raise ApiError(422, "invalid", f"interval must be {low:g} to {MAX_INTERVAL_S} seconds: the least time "
+                       "between two actions of the trigger for one household")
+    window = body.get("window", "1m" if "1m" in level.windows else level.windows[0])
+    if window not in WINDOWS or window not in level.windows:
+        raise ApiError(422, "window_not_permitted", f"window must be one of {', '.join(level.windows)} "
+                       f"for level {level.name!r}")
+    if len(runner.of_organization(org.id)) >= config.triggers.max_per_organization:
+        raise ApiError(409, "too_many_triggers", f"at most {config.triggers.max_per_organization} triggers per "
+                       "organization; delete one first")
+
+    text = body["function"]
+    try:
+        if len(text) > MAX_FUNCTION_CHARS:
+            raise ValueError
+        source = base64.b64decode(text.encode("ascii"), validate=True).decode("utf-8")
+    except (ValueError, UnicodeError, binascii.Error):
+        raise ApiError(422, "condition_rejected", "function must be the base64 of UTF-8 Python source",
+                       reason=SYNTAX_ERROR) from None
+    try:
+        result = await runner.trial(source, params)
+    except SandboxUnavailable as err:
+        raise _unavailable(err.reason) from None
+    if not result.ok:
+        agent.audit.record(org.id, ORGANIZATION, "trigger.refused", reason=result.reason)
+        raise ApiError(422, "condition_rejected", result.reason, reason=result.reason)
+    if not runner.availability.ok:
+        raise _unavailable(runner.availability.detail)
+
+    trig, secret = runner.create(org.id, [p.name for p in params], source, interval, window, action)
+    agent.audit.record(org.id, ORGANIZATION, "trigger.create", trigger_id=trig.id,
+                       parameters=trig.parameters, action=action["type"])
+    out = runner.describe(trig)
+    if secret:
+        out["secret"] = secret
+    return web.json_response(out, status=201)
+
+
+async def list_triggers(request: web.Request) -> web.Response:
+    org = require(request, ORGANIZATION).organization
+    runner = agent_of(request).triggers
+    return web.json_response({"triggers": [runner.describe(t) for t in runner.of_organization(org.id)]})
+
+
+async def get_trigger(request: web.Request) -> web.Response:
+    _, runner, trig = _owned(request)
+    return web.json_response(runner.describe(trig))
+
+
+async def delete_trigger(request: web.Request) -> web.Response:
+    org, runner, trig = _owned(request)
+    await runner.delete(trig.id)
+    agent_of(request).audit.record(org.id, ORGANIZATION, "trigger.delete", trigger_id=trig.id)
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/triggers/create", create_trigger)
+    r.add_get("/triggers", list_triggers)
+    r.add_get("/triggers/{trigger_id}", get_trigger)
+    r.add_delete("/triggers/{trigger_id}", delete_trigger)

@@ -1,0 +1,229 @@
+"""Triggers without I/O: the record, the checks of an uploaded body, the trial's sample inputs, the
+per-household debounce and the stable per-organization pseudonym of a household.
+
+The boolean stream of a condition is a side channel (DESIGN.md): a condition can leak one bit of a
+household's data per evaluation. What leaves the device is therefore bounded here:
+- an action for a household happens at most once per `interval` per trigger (`Debouncer`), and a
+  trigger deleted and created again inherits its predecessor's wait (the organization's cooldown);
+- the organization sees counts only: windows processed, actions taken, deliveries, and errors
+  counted at most once per `interval` (see `TriggerStats`), never a per-household result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import asdict, dataclass, field
+
+from agent.parameters import HOUSEHOLD, Parameter, lookup
+
+KINDS = ("notification", "appliance", "webhook")
+MAX_PARAMETERS = 16
+MAX_CONTENT_CHARS = 1000
+MAX_TITLE_CHARS = 100
+MAX_INTERVAL_S = 30 * 86400
+APPLIANCE_REF = re.compile(r"^[^\x00-\x1f]{1,64}$")
+
+# Fixed reasons of a refused upload (the sandbox's own: syntax error, does not define condition(...),
+# too slow: exceeded N ms, did not return a bool, rejected by sandbox).
+UNKNOWN_PARAMETER = "unknown parameter"
+PARAMETER_NOT_PERMITTED = "parameter not permitted"
+
+
+class Refused(ValueError):
+    """An upload that cannot be accepted: HTTP status, error slug, fixed reason, detail."""
+
+    def __init__(self, status: int, error: str, detail: str, reason: str | None = None, **extra):
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.reason, self.extra = status, error, detail, reason, extra
+
+
+@dataclass
+class Trigger:
+    id: str
+    organization_id: str
+    parameters: list[str]
+    source: str
+    interval_s: float
+    window: str
+    action: dict
+    secret: str | None  # the webhook action's signing secret
+    created_at: float
+    quarantined: bool = False
+    rejected: str | None = None  # a fixed reason, if the source stopped loading
+    # in memory only
+    last_window: int | None = field(default=None, compare=False, repr=False)
+    suspended: bool = field(default=False, compare=False, repr=False)
+
+    RECORD = ("id", "organization_id", "parameters", "source", "interval_s", "window", "action", "secret",
+              "created_at", "quarantined", "rejected")
+
+    def record(self) -> dict:
+        return {k: getattr(self, k) for k in self.RECORD}
+
+    def catalogue(self) -> list[Parameter]:
+        return [lookup(name) for name in self.parameters]
+
+    @property
+    def kind(self) -> str:
+        """"household": runs per consenting household; "neighborhood": once per window."""
+        return "household" if any(p.level == HOUSEHOLD for p in self.catalogue()) else "neighborhood"
+
+    def public_action(self) -> dict:
+        return dict(self.action)  # the secret is kept beside it, never in it
+
+
+@dataclass
+class TriggerStats:
+    """What the organization may know of a trigger in motion. No field depends on one household's result
+    more often than once per interval."""
+
+    evaluations: int = 0  # windows in which the condition ran (or its worker failed)
+    withheld: int = 0  # windows not evaluated because the aggregate was not released
+    firings: int = 0  # actions taken: at most one per household per interval
+    delivered: int = 0  # actions that reached their target
+    failed: int = 0  # actions that did not
+    errors: int = 0  # intervals in which the condition failed at least once (raised, not a bool, killed)
+    last_error_at: float | None = None
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+# --- checks of an upload -------------------------------------------------------------------------
+def check_parameters(names, permitted) -> list[Parameter]:
+    """Every name exists and `permitted(name)` says yes. Raises Refused with a fixed reason."""
+    if not isinstance(names, list) or not names or len(names) > MAX_PARAMETERS:
+        raise Refused(422, "invalid", f"parameters must be a list of 1 to {MAX_PARAMETERS} names")
+    if not all(isinstance(n, str) for n in names):
+        raise Refused(422, "invalid", "parameters must be a list of names")
+    if len(set(names)) != len(names):
+        raise Refused(422, "invalid", "a parameter is named twice")
+    out = []
+    for name in names:
+        param = lookup(name) if re.match(r"^[a-z0-9_-]{1,80}$", name) else None
+        if param is None or (name.startswith(("household_channel_", "neighborhood_channel_"))
+                             and not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", name.split("_channel_", 1)[1])):
+            raise Refused(422, "unknown_parameter", f"{UNKNOWN_PARAMETER}: {name[:80]!r}; see GET /parameters",
+                          UNKNOWN_PARAMETER, parameter=name[:80])
+        out.append(param)
+    for param in out:
+        allowed, why = permitted(param)
+        if not allowed:
+            raise Refused(422, "parameter_not_permitted", f"{PARAMETER_NOT_PERMITTED}: {param.name!r}{why}",
+                          PARAMETER_NOT_PERMITTED, parameter=param.name)
+    return out
+
+
+def check_action(action, check_endpoint) -> dict:
+    """The action object, normalized. `check_endpoint(url)` vets a webhook endpoint (raises Refused)."""
+    if not isinstance(action, dict):
+        raise Refused(422, "invalid", "action must be an object")
+    kind = action.get("type")
+    if kind not in KINDS:
+        raise Refused(422, "invalid", f"action.type must be one of {', '.join(KINDS)}")
+    fields = {"notification": {"type": str, "content": str, "title": str},
+              "appliance": {"type": str, "appliance": str, "command": str},
+              "webhook": {"type": str, "endpoint": str}}[kind]
+    required = {"notification": ("content",), "appliance": ("appliance", "command"), "webhook": ("endpoint",)}[kind]
+    unknown = sorted(set(action) - set(fields))
+    if unknown:
+        raise Refused(422, "invalid", f"unknown field action.{unknown[0][:40]} for a {kind} action")
+    for name in required:
+        if name not in action:
+            raise Refused(422, "invalid", f"action.{name} is required for a {kind} action")
+    for name, value in action.items():
+        if not isinstance(value, fields[name]):
+            raise Refused(422, "invalid", f"action.{name} must be a string")
+    if kind == "notification":
+        if not action["content"].strip() or len(action["content"]) > MAX_CONTENT_CHARS:
+            raise Refused(422, "invalid", f"action.content must be 1 to {MAX_CONTENT_CHARS} characters")
+        if "title" in action and not 1 <= len(action["title"]) <= MAX_TITLE_CHARS:
+            raise Refused(422, "invalid", f"action.title must be 1 to {MAX_TITLE_CHARS} characters")
+        return dict(action)
+    if kind == "appliance":
+        if not APPLIANCE_REF.match(action["appliance"]) or not action["appliance"].strip():
+            raise Refused(422, "invalid", "action.appliance must be 1 to 64 printable characters (a name or kind)")
+        if action["command"] not in ("on", "off"):
+            raise Refused(422, "invalid", "action.command must be \"on\" or \"off\"")
+        return dict(action)
+    return {"type": "webhook", "endpoint": check_endpoint(action["endpoint"])}
+
+
+# --- the trial's sample inputs ----------------------------------------------------------------------
+# Plausible values per parameter (no zeros: an honest `a / b` must not be refused for a sample).
+_HOUSEHOLD_W = (120.0, 450.0, 2500.0, 9000.0)
+_NEIGHBORHOOD_W = (1500.0, 4000.0, 25000.0, 120000.0)
+
+
+def _samples(param: Parameter) -> tuple:
+    name = param.name
+    if name.endswith("_net_power"):
+        return (-3000.0, 450.0, 2500.0, 9000.0) if param.level == HOUSEHOLD else (-40000.0, 4000.0, 25000.0, 90000.0)
+    if name == "household_tariff":
+        return (1, 2, 2, 1)
+    if name == "neighborhood_household_count":
+        return (10, 25, 60, 200)
+    if name.startswith("household_voltage"):
+        return (229.5, 231.2, 236.8, 224.1)
+    if name.startswith("household_current"):
+        return (0.6, 2.1, 11.0, 24.5)
+    if name == "household_gas_consumption":
+        return (1234.567, 2345.678, 5678.901, 45.5)
+    if name.startswith("household_energy"):
+        return (1500000.0, 8000000.0, 25000000.0, 120000.0)
+    if param.level == HOUSEHOLD:
+        return _HOUSEHOLD_W
+    return _NEIGHBORHOOD_W
+
+
+def sample_rows(params: list[Parameter]) -> list[tuple]:
+    """Rows of the trial run: each parameter's samples side by side, then shifted against each other."""
+    columns = [_samples(p) for p in params]
+    rows: list[tuple] = []
+    for shift in (0, 1):
+        for i in range(4):
+            row = tuple(col[(i + shift * j) % 4] for j, col in enumerate(columns))
+            if row not in rows:
+                rows.append(row)
+    return rows
+
+
+# --- debounce ----------------------------------------------------------------------------------------
+class Debouncer:
+    """At most one action per (trigger, household) per interval, and per (organization, household) no
+    action before a deleted trigger's wait is over (deleting and creating again is no way around it)."""
+
+    def __init__(self):
+        self.last: dict[tuple[str, str], float] = {}  # (trigger id, household id) -> last action
+        self.cooldown: dict[tuple[str, str], float] = {}  # (organization id, household id) -> not before
+
+    def allowed(self, trigger: Trigger, household_id: str, now: float) -> bool:
+        last = self.last.get((trigger.id, household_id))
+        if last is not None and now - last < trigger.interval_s:
+            return False  # (a clock that went back also waits)
+        return now >= self.cooldown.get((trigger.organization_id, household_id), float("-inf"))
+
+    def record(self, trigger_id: str, household_id: str, now: float) -> None:
+        self.last[(trigger_id, household_id)] = now
+
+    def cool(self, org_id: str, household_id: str, until: float) -> None:
+        key = (org_id, household_id)
+        self.cooldown[key] = max(until, self.cooldown.get(key, float("-inf")))
+
+    def retire(self, trigger: Trigger, now: float) -> list[tuple[str, str, float]]:
+        """Forget a deleted trigger; returns the organization's cooldowns it leaves behind."""
+        out = []
+        for key in [k for k in self.last if k[0] == trigger.id]:
+            until = self.last.pop(key) + trigger.interval_s
+            if until > now:
+                self.cool(trigger.organization_id, key[1], until)
+                out.append((trigger.organization_id, key[1], until))
+        return out
+
+
+def pseudonym(key: bytes, org_id: str, household_id: str) -> str:
+    """Stable per (device, organization, household); unlinkable across organizations and devices."""
+    mac = hmac.new(key, f"{org_id}\x00{household_id}".encode(), hashlib.sha256).hexdigest()
+    return "p_" + mac[:32]

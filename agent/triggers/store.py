@@ -1,0 +1,178 @@
+"""Where triggers and the households' side of them live on disk (TinyDB over the store's crash-safe
+segment logs, like the registry):
+
+- ``triggers.seg``: the triggers (inserted once; the rare quarantine or delete rewrites it atomically);
+- ``stats.seg``: the organization-visible counters, rewritten at most every STATS_EVERY_S and at stop;
+- ``firings.seg``: the debounce log, one appended line per action *before* the action is taken, so a
+  restart (or a crash) never lets a trigger act twice within its interval; compacted at start;
+- ``households.seg``: each household's notification endpoint, its appliances, and its inbox (the last
+  INBOX_MAX notifications per household; older ones are cut out in one atomic rewrite now and then);
+- ``pseudonym.key``: the device's secret for the households' per-organization pseudonyms.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import deque
+from pathlib import Path
+
+from tinydb import where
+
+from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
+from agent.triggers.model import Debouncer, Trigger, TriggerStats
+
+INBOX_MAX = 100
+INBOX_COMPACT_AFTER = 500  # stale inbox lines before a rewrite
+FIRINGS_COMPACT_AFTER = 1000
+
+
+class TriggerStore:
+    def __init__(self, directory: Path):
+        ensure_dir(directory)
+        self.directory = directory
+        self.db = SegmentDB(str(directory / "triggers.seg"))
+        self.stats_db = SegmentDB(str(directory / "stats.seg"))
+        self.firings_db = SegmentDB(str(directory / "firings.seg"))
+        self.key = _device_key(directory / "pseudonym.key")
+
+    def close(self) -> None:
+        for db in (self.db, self.stats_db, self.firings_db):
+            db.close()
+
+    # --- triggers
+    def load(self) -> tuple[dict[str, Trigger], dict[str, TriggerStats], Debouncer]:
+        triggers = {doc["id"]: Trigger(**doc) for doc in self.db.table("triggers").all()}
+        stats = {tid: TriggerStats() for tid in triggers}
+        for doc in self.stats_db.table("stats").all():
+            doc = dict(doc)
+            tid = doc.pop("id", None)
+            if tid in stats:
+                stats[tid] = TriggerStats(**{k: v for k, v in doc.items() if k in TriggerStats.__dataclass_fields__})
+        debounce = Debouncer()
+        lines = self.firings_db.table("last").all()
+        for doc in lines:
+            if doc["t"] in triggers:
+                key = (doc["t"], doc["h"])
+                debounce.last[key] = max(doc["at"], debounce.last.get(key, float("-inf")))
+        cools = self.firings_db.table("cooldown").all()
+        for doc in cools:
+            debounce.cool(doc["o"], doc["h"], doc["until"])
+        if len(lines) + len(cools) > len(debounce.last) + len(debounce.cooldown) + FIRINGS_COMPACT_AFTER:
+            self._compact_firings(debounce)
+        return triggers, stats, debounce
+
+    def add(self, trigger: Trigger) -> None:
+        self.db.table("triggers").insert(trigger.record())
+
+    def update(self, trigger_id: str, **fields) -> None:
+        self.db.table("triggers").update(fields, where("id") == trigger_id)
+
+    def remove(self, trigger_id: str, cooldowns: list[tuple[str, str, float]]) -> None:
+        if cooldowns:
+            self.firings_db.table("cooldown").insert_multiple(
+                {"o": org, "h": household, "until": until} for org, household, until in cooldowns)
+        self.db.table("triggers").remove(where("id") == trigger_id)
+
+    def save_stats(self, stats: dict[str, TriggerStats]) -> None:
+        """All counters in one atomic rewrite of stats.seg."""
+        self.stats_db.storage.write({"stats": {str(i): {"id": tid, **s.record()}
+                                               for i, (tid, s) in enumerate(sorted(stats.items()), 1)}})
+
+    # --- debounce
+    def record_firings(self, trigger_id: str, household_ids: list[str], at: float) -> None:
+        self.firings_db.table("last").insert_multiple({"t": trigger_id, "h": h, "at": at} for h in household_ids)
+
+    def _compact_firings(self, debounce: Debouncer) -> None:
+        self.firings_db.storage.write({
+            "last": {str(i): {"t": t, "h": h, "at": at} for i, ((t, h), at) in enumerate(debounce.last.items(), 1)},
+            "cooldown": {str(i): {"o": o, "h": h, "until": until}
+                         for i, ((o, h), until) in enumerate(debounce.cooldown.items(), 1)},
+        })
+
+
+class HouseholdStore:
+    """Notification endpoints, appliances and inboxes, by household id."""
+
+    def __init__(self, path: Path):
+        self.db = SegmentDB(str(path))
+        self.endpoints: dict[str, dict] = {doc["household_id"]: dict(doc) for doc in self.db.table("notify").all()}
+        self.appliances: dict[str, dict] = {doc["id"]: dict(doc) for doc in self.db.table("appliances").all()}
+        self._inbox: dict[str, deque[tuple[int, dict]]] = {}
+        self._stale: list[int] = []
+        for doc in self.db.table("inbox").all():
+            self._keep(doc["household_id"], doc.doc_id, dict(doc))
+        if self._stale:
+            self._compact()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- notification endpoint
+    def set_endpoint(self, household_id: str, doc: dict) -> None:
+        doc = {"household_id": household_id, **doc}
+        self.db.table("notify").upsert(doc, where("household_id") == household_id)
+        self.endpoints[household_id] = doc
+
+    def remove_endpoint(self, household_id: str) -> bool:
+        if self.endpoints.pop(household_id, None) is None:
+            return False
+        self.db.table("notify").remove(where("household_id") == household_id)
+        return True
+
+    # --- appliances
+    def add_appliance(self, doc: dict) -> None:
+        self.db.table("appliances").insert(doc)
+        self.appliances[doc["id"]] = doc
+
+    def remove_appliance(self, appliance_id: str) -> None:
+        self.appliances.pop(appliance_id, None)
+        self.db.table("appliances").remove(where("id") == appliance_id)
+
+    def appliances_of(self, household_id: str) -> list[dict]:
+        return [a for a in self.appliances.values() if a["household_id"] == household_id]
+
+    def targets(self, household_id: str, org_id: str, ref: str) -> list[dict]:
+        """The household's appliances named (or of the kind) `ref` that it lets this organization switch."""
+        ref = ref.casefold()
+        return [a for a in self.appliances_of(household_id) if org_id in a["allowed_organizations"]
+                and (a["name"].casefold() == ref or (a.get("kind") or "").casefold() == ref)]
+
+    # --- inbox
+    def deliver(self, entry: dict) -> None:
+        doc_id = self.db.table("inbox").insert(entry)
+        self._keep(entry["household_id"], doc_id, entry)
+        if len(self._stale) >= INBOX_COMPACT_AFTER:
+            self._compact()
+
+    def inbox(self, household_id: str) -> list[dict]:
+        """Newest first."""
+        return [entry for _, entry in reversed(self._inbox.get(household_id, ()))]
+
+    def _keep(self, household_id: str, doc_id: int, entry: dict) -> None:
+        box = self._inbox.setdefault(household_id, deque())
+        box.append((doc_id, entry))
+        while len(box) > INBOX_MAX:
+            self._stale.append(box.popleft()[0])
+
+    def _compact(self) -> None:
+        self.db.table("inbox").remove(doc_ids=self._stale)
+        self._stale = []
+
+
+def _device_key(path: Path) -> bytes:
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pass
+    key = secrets.token_bytes(32)
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, key.hex().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+    return key

@@ -1,0 +1,52 @@
+"""What an appliance driver is: a name, a default channel, and one async `switch` over HTTP.
+
+Drivers do the I/O only. Which addresses may be reached is the caller's business: it hands in an
+aiohttp session whose resolver enforces its policy, and checks IP literals itself (aiohttp does not
+resolve them).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import aiohttp
+
+COMMANDS = ("on", "off")
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+class ApplianceError(Exception):
+    """The appliance could not be reached or did not do what it was told. The message is ours, short."""
+
+
+class ApplianceDriver:
+    """Subclass, set `name` (and `default_channel`), implement `switch`, decorate with `@register`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    default_channel: ClassVar[int | None] = 0
+    max_channel: ClassVar[int] = 15
+
+    async def switch(self, session: aiohttp.ClientSession, address: str, channel: int | None, on: bool) -> None:
+        raise NotImplementedError
+
+    async def command(self, session: aiohttp.ClientSession, address: str, channel: int | None,
+                      command: str) -> None:
+        if command not in COMMANDS:
+            raise ApplianceError(f"unknown command {command!r}")
+        await self.switch(session, address.rstrip("/"),
+                          self.default_channel if channel is None else channel, command == "on")
+
+
+async def read_json(resp: aiohttp.ClientResponse):
+    """The answer's JSON body, bounded; ApplianceError if it is not 200 with JSON."""
+    body = await resp.content.read(MAX_ANSWER_BYTES + 1)
+    if resp.status != 200:
+        raise ApplianceError(f"HTTP {resp.status}")
+    if len(body) > MAX_ANSWER_BYTES:
+        raise ApplianceError("answer too large")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApplianceError("answer is not JSON") from None

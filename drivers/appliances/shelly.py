@@ -1,0 +1,27 @@
+"""Shelly Gen2 and later (Plus, Pro, Gen3, Gen4) switches and plugs: JSON-RPC over HTTP.
+
+``POST http://<device>/rpc/Switch.Set`` with ``{"id": <switch>, "on": true|false}``; the device answers
+200 with ``{"was_on": <previous state>}``, or an error object ``{"code": ..., "message": ...}``.
+Devices with authentication enabled (HTTP digest) are not supported yet.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from drivers.appliances import register
+from drivers.appliances.base import ApplianceDriver, ApplianceError, read_json
+
+
+@register
+class Shelly(ApplianceDriver):
+    name = "shelly"
+    description = "Shelly Gen2+ RPC: POST /rpc/Switch.Set"
+    default_channel = 0
+
+    async def switch(self, session: aiohttp.ClientSession, address: str, channel: int | None, on: bool) -> None:
+        async with session.post(f"{address}/rpc/Switch.Set", json={"id": channel or 0, "on": on},
+                                allow_redirects=False) as resp:
+            answer = await read_json(resp)
+        if not isinstance(answer, dict) or "was_on" not in answer:
+            raise ApplianceError("unexpected answer from Switch.Set")
