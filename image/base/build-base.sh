@@ -28,7 +28,7 @@ DPKG_EXCLUDES=(
 )
 
 include=$(IFS=,; echo "${PACKAGES[*]}")
-mmdebstrap --mode=root --variant=minbase --architectures=arm64 --components=main,non-free-firmware \
+mmdebstrap --mode=root --format=tar --variant=minbase --architectures=arm64 --components=main,non-free-firmware \
     --include="$include" "${DPKG_EXCLUDES[@]}" \
     --setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/etc/initramfs-tools/hooks" "$1/boot/firmware"' \
     --setup-hook="install -m 0644 '$HERE/initramfs-edge.conf' \"\$1/etc/initramfs-tools/conf.d/edge\"" \
