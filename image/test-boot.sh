@@ -3,7 +3,10 @@
 # on a USB serial port, exactly as an installer would set it up: an edge.toml written onto the FAT boot partition.
 # Passes when /health (port-forwarded to the host) shows telegrams read from that port and the configured device
 # name; also checks the operator token from edge.toml works and was moved off the boot partition, the hostname was
-# applied and the root filesystem grown. Prints the boot-to-healthy time.
+# applied and the root filesystem grown, and that what Raspberry Pi Imager's "OS customisation" adds (a firstrun.sh
+# run through cmdline.txt, written for Raspberry Pi OS) is ignored and removed. Then boots it again with a bad edge.toml (unknown profile, another name):
+# the last good config must stay in force and the error show on the console (EDGE_BOOT_ONCE=1 skips this).
+# Prints the boot-to-healthy times.
 #
 #   image/test-boot.sh [IMAGE]     # default image/out/edge-<version>-arm64.img.xz (or .img)
 #
@@ -69,7 +72,14 @@ export MTOOLS_SKIP_CHECK=1
 
 # --- the kernel and initrd from the image's own boot partition ---------------------------------------------------
 mcopy -i "$BOOT" ::/config.txt "$WORK/config.txt"
-mcopy -i "$BOOT" ::/cmdline.txt "$WORK/cmdline.txt"
+mcopy -i "$BOOT" ::/cmdline.txt "$WORK/cmdline.orig.txt"
+# What Raspberry Pi Imager's "OS customisation" does to a card: a firstrun.sh and settings in cmdline.txt that run it
+# instead of a normal boot. The image must ignore both and boot normally.
+printf '%s systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n' \
+    "$(tr -d '\r\n' < "$WORK/cmdline.orig.txt")" > "$WORK/cmdline.txt"
+printf '#!/bin/sh\necho IMAGER-FIRSTRUN-RAN > /dev/console\n' > "$WORK/firstrun.sh"
+mcopy -o -i "$BOOT" "$WORK/cmdline.txt" ::/cmdline.txt
+mcopy -o -i "$BOOT" "$WORK/firstrun.sh" ::/firstrun.sh
 KERNEL=$(sed -n 's/^kernel=//p' "$WORK/config.txt" | tail -1 | tr -d '\r')
 INITRD=$(sed -n 's/^initramfs \([^ ]*\).*/\1/p' "$WORK/config.txt" | tail -1 | tr -d '\r')
 [ -n "$KERNEL" ] && [ -n "$INITRD" ] || die "no kernel= / initramfs lines in config.txt"
@@ -110,22 +120,29 @@ METER_PORT=${METER_URL##*:}
 HOSTPORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log "meter emulator on $METER_URL; API forwarded to 127.0.0.1:$HOSTPORT"
 
-# --- boot -------------------------------------------------------------------------------------------------
-START=$(date +%s.%N)
-nice -n 10 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 \
-    -display none -monitor none -serial "file:$WORK/console.log" \
-    -kernel "$WORK/kernel" -initrd "$WORK/initrd" -append "$APPEND" \
-    -drive "file=$DISK,format=raw,if=none,id=d" -device virtio-blk-pci,drive=d \
-    -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$HOSTPORT-:8080" -device virtio-net-pci,netdev=n \
-    -device virtio-rng-pci \
-    -device qemu-xhci -chardev "socket,id=p1,host=127.0.0.1,port=$METER_PORT" -device usb-serial,chardev=p1 \
-    > "$WORK/qemu.log" 2>&1 &
-QEMU_PID=$!
-log "qemu started (pid $QEMU_PID); waiting up to ${TIMEOUT}s for /health with telegrams from /dev/ttyUSB0"
+# --- boot and wait ----------------------------------------------------------------------------------------
+boot() {  # boot <console log>: starts the VM in the background
+    START=$(date +%s.%N)
+    nice -n 10 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 \
+        -display none -monitor none -serial "file:$1" \
+        -kernel "$WORK/kernel" -initrd "$WORK/initrd" -append "$APPEND" \
+        -drive "file=$DISK,format=raw,if=none,id=d" -device virtio-blk-pci,drive=d \
+        -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$HOSTPORT-:8080" -device virtio-net-pci,netdev=n \
+        -device virtio-rng-pci \
+        -device qemu-xhci -chardev "socket,id=p1,host=127.0.0.1,port=$METER_PORT" -device usb-serial,chardev=p1 \
+        >> "$WORK/qemu.log" 2>&1 &
+    QEMU_PID=$!
+    log "qemu started (pid $QEMU_PID); waiting up to ${TIMEOUT}s for /health with telegrams from /dev/ttyUSB0"
+}
 
-# --- wait for the proof ------------------------------------------------------------------------------------
-set +e
-"$PY" - "$HOSTPORT" "$DEVICE_NAME" "$METER" "$TOKEN" "$TIMEOUT" "$START" "$QEMU_PID" > "$WORK/health.out" <<'EOF'
+stop() {  # no shutdown needed: edge-firstboot fsyncs and syncs what it writes, so the disk file has it
+    kill "$QEMU_PID"; wait "$QEMU_PID" 2>/dev/null || true; QEMU_PID=""
+}
+
+# wait_healthy NAME CONSOLE: until /health is 200 with device NAME and the meter reading; sets HEALTHY (seconds).
+wait_healthy() {
+    local rc=0
+    "$PY" - "$HOSTPORT" "$1" "$METER" "$TOKEN" "$TIMEOUT" "$START" "$QEMU_PID" > "$WORK/health.out" <<'PYEOF' || rc=$?
 import json, os, sys, time, urllib.error, urllib.request
 port, name, meter, token, timeout, start, qemu = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], \
     float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
@@ -154,41 +171,72 @@ while time.time() - start < timeout:
         with urllib.request.urlopen(req, timeout=10) as resp:
             meters_status = resp.status
         print(f"HEALTHY {healthy:.1f}")
-        print(f"health {status}: device={body['device']!r} meter {meter}: state={m['state']} "
-              f"telegrams_ok={m['telegrams_ok']} crc_errors={m.get('crc_errors')}")
-        print(f"GET /meters with the operator token from edge.toml: {meters_status}")
+        print(f"    /health {status}: device={body['device']!r}, meter {meter}: state={m['state']}, "
+              f"telegrams_ok={m['telegrams_ok']}, crc_errors={m.get('crc_errors')}")
+        print(f"    GET /meters with the operator token from edge.toml: {meters_status}")
         sys.exit(0)
     time.sleep(1)
 print(f"timeout after {timeout:.0f}s; last /health: {last}")
 sys.exit(1)
-EOF
-RC=$?
-set -e
-cat "$WORK/health.out"
-if [ $RC != 0 ]; then
-    echo "--- console (last 40 lines) ---"; tail -40 "$WORK/console.log" | tr -d '\r'
-    die "/health never showed telegrams from /dev/ttyUSB0 with device name $DEVICE_NAME"
-fi
-HEALTHY=$(sed -n 's/^HEALTHY //p' "$WORK/health.out")
+PYEOF
+    grep -v '^HEALTHY' "$WORK/health.out" || true
+    if [ "$rc" != 0 ]; then
+        echo "--- console (last 40 lines) ---"; tail -40 "$2" | tr -d '\r'
+        die "/health never showed telegrams from /dev/ttyUSB0 with device name $1"
+    fi
+    HEALTHY=$(sed -n 's/^HEALTHY //p' "$WORK/health.out")
+}
 
+# --- first boot: the installer's edge.toml ---------------------------------------------------------------------
+boot "$WORK/console.log"
+wait_healthy "$DEVICE_NAME" "$WORK/console.log"
+FIRST=$HEALTHY
 # The login prompt on the console shows the hostname edge-firstboot set from [device] name.
 for _ in $(seq 60); do grep -q "$DEVICE_NAME login:" "$WORK/console.log" && break; sleep 1; done
-tr -d '\r' < "$WORK/console.log" | grep -E "edge-firstboot|login:" | sed 's/^/    console: /' || true
+stop
+tr -d '\r' < "$WORK/console.log" | grep -E "edge-firstboot: |login:" | sed 's/^/    console: /' || true
 grep -q "$DEVICE_NAME login:" "$WORK/console.log" || die "no '$DEVICE_NAME login:' prompt: hostname not applied"
 grep -q "root filesystem grown" "$WORK/console.log" || die "the root filesystem was not grown on the first boot"
-grep -q "unexpected error" "$WORK/console.log" && die "edge-firstboot failed (see the console log)"
+if grep -q "unexpected error" "$WORK/console.log"; then die "edge-firstboot failed (see the console log)"; fi
 SYSTEMD_AT=$(tr -d '\r' < "$WORK/console.log" | grep -m1 -o '^\[ *[0-9.]*\] systemd\[1\]: systemd [^ ]* running in system mode' \
     | sed 's/^\[ *\([0-9.]*\)\].*/\1/' || true)
-
-# The token is off the FAT partition now (edge-firstboot fsyncs, so the image file has it even before shutdown).
-kill "$QEMU_PID"; wait "$QEMU_PID" 2>/dev/null || true; QEMU_PID=""
+# The token is off the FAT partition now.
 mcopy -o -i "$BOOT" ::/edge.toml "$WORK/edge.toml.after"
-grep -q "$TOKEN" "$WORK/edge.toml.after" && die "the operator token is still on the boot partition"
+if grep -q "$TOKEN" "$WORK/edge.toml.after"; then die "the operator token is still on the boot partition"; fi
 grep -q 'operator_token = "moved-to-device"' "$WORK/edge.toml.after" || die "no note where the token was"
 echo "    boot partition after the boot: $(grep operator_token "$WORK/edge.toml.after")"
+if grep -q IMAGER-FIRSTRUN-RAN "$WORK/console.log"; then die "Raspberry Pi Imager's firstrun.sh ran"; fi
+if mdir -i "$BOOT" ::/firstrun.sh >/dev/null 2>&1; then die "firstrun.sh is still on the boot partition"; fi
+mcopy -o -i "$BOOT" ::/cmdline.txt "$WORK/cmdline.after"
+if grep -q "systemd.run" "$WORK/cmdline.after"; then die "Imager's settings are still in cmdline.txt"; fi
+echo "    cmdline.txt after the boot (Imager's first-run settings removed): $(tr -d '\r' < "$WORK/cmdline.after")"
 
+# --- second boot: a bad edge.toml keeps the last good configuration ---------------------------------------------
+SECOND=""
+if [ "${EDGE_BOOT_ONCE:-0}" != 1 ]; then
+    sed -e 's/"dsmr5"/"dsmr9"/' -e "s/\"$DEVICE_NAME\"/\"not-applied\"/" "$WORK/edge.toml.after" > "$WORK/edge-bad.toml"
+    mcopy -o -i "$BOOT" "$WORK/edge-bad.toml" ::/edge.toml
+    log "second boot with a bad edge.toml (profile dsmr9, another name): the last good config must stay in force"
+    boot "$WORK/console2.log"
+    wait_healthy "$DEVICE_NAME" "$WORK/console2.log"
+    SECOND=$HEALTHY
+    for _ in $(seq 30); do grep -q "login:" "$WORK/console2.log" && break; sleep 1; done
+    stop
+    tr -d '\r' < "$WORK/console2.log" | grep -E "edge-firstboot: " | sed 's/^/    console: /' || true
+    grep -q "unknown profile 'dsmr9'" "$WORK/console2.log" || die "the config error is not on the console"
+    if grep -q "root filesystem grown" "$WORK/console2.log"; then die "the root filesystem was grown again"; fi
+fi
+
+cp "$WORK/console.log" "$OUT/boot-test-console.log"
+if [ -f "$WORK/console2.log" ]; then cp "$WORK/console2.log" "$OUT/boot-test-console2.log"; fi
 PASSED=1
 echo
-echo "test-boot.sh: PASS: /health showed telegrams from the emulated meter on /dev/ttyUSB0 and device" \
-    "'$DEVICE_NAME' ${HEALTHY}s after qemu started (TCG, 2 vCPUs; kernel handed over to systemd at" \
-    "${SYSTEMD_AT:-?}s); image $((IMAGE_BYTES >> 20)) MiB, grown by 2 GiB on the first boot"
+echo "test-boot.sh: PASS: first boot: /health showed telegrams from the emulated meter on /dev/ttyUSB0 and device" \
+    "'$DEVICE_NAME' ${FIRST}s after qemu started (TCG, 2 vCPUs; systemd started at ${SYSTEMD_AT:-?}s; image" \
+    "$((IMAGE_BYTES >> 20)) MiB, root grown by 2 GiB); token moved off the boot partition; hostname applied;" \
+    "Imager's firstrun.sh ignored and removed"
+if [ -n "$SECOND" ]; then
+    echo "test-boot.sh: PASS: second boot with a bad edge.toml: the last good config in force, the error on the" \
+        "console, healthy after ${SECOND}s"
+fi
+echo "test-boot.sh: console logs: $OUT/boot-test-console*.log"

@@ -161,6 +161,27 @@ def test_own_token_and_wifi_key_move_off_the_boot_partition(tmp_path, monkeypatc
     assert not (root / "var/lib/edge/config-error.txt").exists()
 
 
+def test_raspberry_pi_imager_customisation_is_undone(tmp_path, monkeypatch):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    boot = root / "boot/firmware"
+    (boot / "edge.toml").write_text((IMAGE / "boot/edge.toml").read_text())
+    (boot / "cmdline.txt").write_text("console=tty0 root=LABEL=RASPIROOT rw rootwait systemd.run=/boot/firstrun.sh "
+                                      "systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n")
+    (boot / "firstrun.sh").write_text("#!/bin/bash\n")
+    run_firstboot(fb)
+    assert (boot / "cmdline.txt").read_text() == "console=tty0 root=LABEL=RASPIROOT rw rootwait\n"
+    assert not (boot / "firstrun.sh").exists()
+
+
+def test_file_saved_by_windows_notepad(tmp_path, monkeypatch):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    text = (IMAGE / "boot/edge.toml").read_text().replace('name = "edge"', 'name = "win"')
+    (root / "boot/firmware/edge.toml").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    run_firstboot(fb)
+    assert not (root / "var/lib/edge/config-error.txt").exists()
+    assert (root / "etc/hostname").read_text() == "win\n"
+
+
 def test_bad_file_keeps_the_last_good_config(tmp_path, monkeypatch, capsys):
     fb, root = load_firstboot(tmp_path, monkeypatch)
     boot = root / "boot/firmware/edge.toml"
@@ -197,3 +218,25 @@ def test_units_order_firstboot_before_the_agent():
     assert "After=network.target time-sync.target edge-firstboot.service" in agent
     assert "Before=network-pre.target systemd-networkd.service avahi-daemon.service edge-agent.service" in firstboot
     assert "ExecStart=/usr/lib/edge/edge-firstboot" in firstboot
+
+
+def test_serial_alias_follows_the_device_tree(tmp_path):
+    """/dev/serial0 is the UART the device tree's serial0 alias names (mini UART on a Pi 3/4 with Bluetooth on)."""
+    sys_dir, dt = tmp_path / "sys", tmp_path / "dt"
+    base = sys_dir / "firmware/devicetree/base"
+    (dt / "aliases").mkdir(parents=True)
+    (dt / "aliases/serial0").write_bytes(b"/soc/serial@7e215040\0")  # the mini UART (ttyS1 under Debian)
+    (dt / "aliases/serial1").write_bytes(b"/soc/serial@7e201000\0")  # the PL011 (ttyAMA0), Bluetooth
+    for tty, node in (("ttyS1", "soc/serial@7e215040"), ("ttyAMA0", "soc/serial@7e201000"), ("ttyS0", None)):
+        (sys_dir / "class/tty" / tty / "device").mkdir(parents=True)
+        if node:
+            (base / node).mkdir(parents=True)
+            (sys_dir / "class/tty" / tty / "device/of_node").symlink_to(base / node)
+    env = dict(os.environ, EDGE_SYS=str(sys_dir), EDGE_DT=str(dt))
+
+    def alias(tty):
+        result = subprocess.run(["sh", str(IMAGE / "rootfs/usr/lib/edge/serial-alias"), tty],
+                                capture_output=True, text=True, env=env)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    assert (alias("ttyS1"), alias("ttyAMA0"), alias("ttyS0"), alias("ttyUSB0")) == ("serial0", "serial1", None, None)
