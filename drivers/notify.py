@@ -19,8 +19,7 @@ class NotifyError(Exception):
 
 
 def _header_safe(text: str) -> str:
-    """HTTP header values are latin-1 without control characters; ntfy reads UTF-8 titles fine as RFC 2047
-    is not needed for plain ASCII, so anything else is replaced."""
+    """A header value: printable ASCII only (anything else becomes '?'), at most 200 characters."""
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:200]
 
 

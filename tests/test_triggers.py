@@ -657,3 +657,53 @@ def test_without_seccomp_triggers_are_refused_and_health_says_so(tmp_path):
             proc.kill()
             _, stderr = proc.communicate()
     assert "triggers disabled" in stderr and "refused the seccomp filter" in stderr
+
+
+async def test_uploads_per_day_are_limited(town):
+    t = await town(1, max_per_organization=1)
+    ok = body(["household_power_consumption"], "def condition(household_power_consumption):\n    return True\n")
+    for _ in range(3):
+        status, created = await t.create(ok)
+        assert status == 201
+        assert (await t.running.call("DELETE", f"/triggers/{created['id']}", token=t.org_key))[0] == 204
+    status, out = await t.create(ok)
+    assert status == 429 and out["error"] == "too_many_uploads"
+
+
+async def test_mixed_parameters_run_per_household_with_the_neighbourhood_values(town):
+    t = await town(4)
+    status, created = await t.create(body(["household_power_production", "neighborhood_net_power",
+                                           "neighborhood_household_count"], """\
+        def condition(household_power_production, neighborhood_net_power, neighborhood_household_count):
+            return neighborhood_household_count == 4 and neighborhood_net_power < 0 and household_power_production > 500
+        """, interval=1))
+    assert status == 201 and created["kind"] == "household"
+    export = [{"power_import_w": 100.0, "power_export_w": w} for w in (900.0, 800.0, 200.0, 100.0)]
+    await t.window(values=export)  # net = 400 - 2000 < 0: the two exporting above 500 W
+    assert [len(await t.inbox(token)) for _, token in t.households] == [1, 1, 0, 0]
+    view = await t.trigger(created["id"])
+    assert view["evaluations"] == 1 and view["firings"] == 2
+    # a window the privacy rules do not release: not run at all, for anyone
+    await t.window(values=export[:2] + [None, None])
+    view = await t.trigger(created["id"])
+    assert view["evaluations"] == 1 and view["withheld"] == 1
+
+
+async def test_removed_households_lose_their_endpoints_appliances_and_inbox(town):
+    t = await town(2)
+    (gone_id, gone), (kept_id, kept) = t.households
+    status, _ = await t.create(body(["household_power_consumption"],
+                                    "def condition(household_power_consumption):\n    return True\n"))
+    await t.window(power_import_w=1.0)
+    for token in (gone, kept):
+        assert len(await t.inbox(token)) == 1
+        assert (await t.running.call("PUT", "/households/me/notify", token=token,
+                                     json={"url": "https://ntfy.sh/x", "kind": "ntfy"}))[0] == 200
+        assert (await t.running.call("POST", "/households/me/appliances", token=token, json={
+            "name": "Heater", "driver": "tasmota", "address": "http://192.168.1.9"}))[0] == 201
+    assert (await t.running.call("DELETE", f"/households/{gone_id}"))[0] == 204
+    t.runner._purged_at = float("-inf")  # the next run purges
+    await t.runner.run_due()
+    store = t.runner.households
+    assert store.inbox(gone_id) == [] and gone_id not in store.endpoints and store.appliances_of(gone_id) == []
+    assert len(store.inbox(kept_id)) == 1 and kept_id in store.endpoints and len(store.appliances_of(kept_id)) == 1

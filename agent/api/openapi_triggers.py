@@ -106,7 +106,9 @@ UNAVAILABLE = {"503": _error("The kernel does not enforce the sandbox: triggers 
 def paths() -> dict:
     create = _op("Upload a condition (base64 Python) and an action; a trial run in the sandbox decides", ORG,
                  {"201": _json("TriggerCreated", "Accepted")}, body="TriggerIn",
-                 extra_errors={"409": _error("Too many triggers"), **UNAVAILABLE}, tag="triggers")
+                 extra_errors={"409": _error("Too many triggers"),
+                               "429": _error("Too many bad tokens, or too many uploads today (Retry-After)"),
+                               **UNAVAILABLE}, tag="triggers")
     create["responses"]["422"] = {"description": "Refused, with a fixed reason",
                                   "content": {"application/json": {"schema": _ref("TriggerRefused")}}}
     return {

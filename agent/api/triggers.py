@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 from aiohttp import web
 
@@ -46,6 +47,16 @@ def _owned(request: web.Request):
     if trig is None or trig.organization_id != org.id:  # someone else's looks the same as none
         raise ApiError(404, "not_found", "no such trigger")
     return org, runner, trig
+
+
+def _check_limits(runner, org, config) -> None:
+    if len(runner.of_organization(org.id)) >= config.triggers.max_per_organization:
+        raise ApiError(409, "too_many_triggers", f"at most {config.triggers.max_per_organization} triggers per "
+                       "organization; delete one first")
+    wait = runner.creation_wait(org.id)
+    if wait:
+        raise ApiError(429, "too_many_uploads", f"at most {3 * config.triggers.max_per_organization} triggers "
+                       "per organization per day", {"Retry-After": str(math.ceil(wait))})
 
 
 async def create_trigger(request: web.Request) -> web.Response:
@@ -90,9 +101,7 @@ async def create_trigger(request: web.Request) -> web.Response:
     if window not in WINDOWS or window not in level.windows:
         raise ApiError(422, "window_not_permitted", f"window must be one of {', '.join(level.windows)} "
                        f"for level {level.name!r}")
-    if len(runner.of_organization(org.id)) >= config.triggers.max_per_organization:
-        raise ApiError(409, "too_many_triggers", f"at most {config.triggers.max_per_organization} triggers per "
-                       "organization; delete one first")
+    _check_limits(runner, org, config)
 
     text = body["function"]
     try:
@@ -111,10 +120,11 @@ async def create_trigger(request: web.Request) -> web.Response:
         raise ApiError(422, "condition_rejected", result.reason, reason=result.reason)
     if not runner.availability.ok:
         raise _unavailable(runner.availability.detail)
+    _check_limits(runner, org, config)  # again: another upload may have finished meanwhile
 
     trig, secret = runner.create(org.id, [p.name for p in params], source, interval, window, action)
     agent.audit.record(org.id, ORGANIZATION, "trigger.create", trigger_id=trig.id,
-                       parameters=trig.parameters, action=action["type"])
+                       parameters=trig.parameters, action_type=action["type"])
     out = runner.describe(trig)
     if secret:
         out["secret"] = secret

@@ -64,6 +64,8 @@ MAX_ACTIONS_IN_FLIGHT = 64
 ACTION_ATTEMPTS = 3
 APPLIANCE_TIMEOUT_S = 5.0
 MIN_READING_AGE_S = 60.0  # a household's reading is used while younger than max(this, two windows)
+PURGE_EVERY_S = 300.0  # forget endpoints, appliances and inboxes of households the operator removed
+CREATION_WINDOW_S = 86400.0  # uploads accepted per organization per rolling day: 3 x max_per_organization
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class TriggerRunner:
         self._ratelog = RateLimitedLog(log)
         self._stats_dirty = False
         self._stats_saved_at = time.monotonic()
+        self._purged_at = float("-inf")
+        self._creations: dict[str, list[float]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,8 +127,8 @@ class TriggerRunner:
             if session:
                 await session.close()
         if self.supervisor:
-            await asyncio.to_thread(self.supervisor.close)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(self.supervisor.close)  # kills the workers: evaluations end at once
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
         self.store.save_stats(self.stats)
         self.store.close()
         self.households.close()
@@ -149,6 +153,17 @@ class TriggerRunner:
             return await asyncio.to_thread(check_condition, source, [p.name for p in params], sample_rows(params),
                                            self.config.timeout_ms / 1000, limits=self.limits)
 
+    def creation_wait(self, org_id: str) -> float:
+        """Seconds until this organization may upload again (0: now). Each trigger can tell its organization
+        a little (a quarantine, errors once per interval); deleting and uploading again must not multiply
+        that without bound."""
+        cutoff = time.monotonic() - CREATION_WINDOW_S
+        recent = [t for t in self._creations.get(org_id, []) if t > cutoff]
+        self._creations[org_id] = recent
+        if len(recent) < 3 * self.config.max_per_organization:
+            return 0.0
+        return recent[0] - cutoff
+
     def create(self, org_id: str, parameters: list[str], source: str, interval_s: float, window: str,
                action: dict) -> tuple[Trigger, str | None]:
         secret = signing.new_secret() if action["type"] == "webhook" else None
@@ -160,6 +175,7 @@ class TriggerRunner:
         self.stats[trig.id] = TriggerStats()
         self._stats_dirty = True
         self.supervisor.register(org_id, trig.id, source, trig.parameters)
+        self._creations.setdefault(org_id, []).append(time.monotonic())
         return trig, secret
 
     async def delete(self, trigger_id: str) -> None:
@@ -240,6 +256,11 @@ class TriggerRunner:
                 task.add_done_callback(lambda _, tid=trig.id: self._inflight.pop(tid, None))
         if wait:
             await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
+        if time.monotonic() - self._purged_at >= PURGE_EVERY_S:
+            self._purged_at = time.monotonic()
+            gone = self.households.purge(set(self.agent.registry.households))
+            if gone:
+                log.info("triggers: forgot the endpoints, appliances and inboxes of %d removed household(s)", gone)
         if self._stats_dirty and time.monotonic() - self._stats_saved_at >= STATS_EVERY_S:
             self._stats_dirty = False
             self._stats_saved_at = time.monotonic()
@@ -409,7 +430,7 @@ class TriggerRunner:
             else:
                 stats.failed += 1
             self._stats_dirty = True
-        self.agent.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action=kind,
+        self.agent.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action_type=kind,
                                 household_id=household.id, delivered=ok)
 
     async def _attempts(self, key: str, send) -> bool:

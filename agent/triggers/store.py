@@ -8,12 +8,16 @@ segment logs, like the registry):
 - ``households.seg``: each household's notification endpoint, its appliances, and its inbox (the last
   INBOX_MAX notifications per household; older ones are cut out in one atomic rewrite now and then);
 - ``pseudonym.key``: the device's secret for the households' per-organization pseudonyms.
+
+Writes come from the event loop (the API) and from the runner's threads (the debounce log, the inbox):
+each store serializes them with a lock, since a rewrite replaces the file under an appender.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import threading
 from collections import deque
 from pathlib import Path
 
@@ -35,10 +39,12 @@ class TriggerStore:
         self.stats_db = SegmentDB(str(directory / "stats.seg"))
         self.firings_db = SegmentDB(str(directory / "firings.seg"))
         self.key = _device_key(directory / "pseudonym.key")
+        self.lock = threading.Lock()
 
     def close(self) -> None:
-        for db in (self.db, self.stats_db, self.firings_db):
-            db.close()
+        with self.lock:
+            for db in (self.db, self.stats_db, self.firings_db):
+                db.close()
 
     # --- triggers
     def load(self) -> tuple[dict[str, Trigger], dict[str, TriggerStats], Debouncer]:
@@ -63,25 +69,31 @@ class TriggerStore:
         return triggers, stats, debounce
 
     def add(self, trigger: Trigger) -> None:
-        self.db.table("triggers").insert(trigger.record())
+        with self.lock:
+            self.db.table("triggers").insert(trigger.record())
 
     def update(self, trigger_id: str, **fields) -> None:
-        self.db.table("triggers").update(fields, where("id") == trigger_id)
+        with self.lock:
+            self.db.table("triggers").update(fields, where("id") == trigger_id)
 
     def remove(self, trigger_id: str, cooldowns: list[tuple[str, str, float]]) -> None:
-        if cooldowns:
-            self.firings_db.table("cooldown").insert_multiple(
-                {"o": org, "h": household, "until": until} for org, household, until in cooldowns)
-        self.db.table("triggers").remove(where("id") == trigger_id)
+        with self.lock:
+            if cooldowns:
+                self.firings_db.table("cooldown").insert_multiple(
+                    {"o": org, "h": household, "until": until} for org, household, until in cooldowns)
+            self.db.table("triggers").remove(where("id") == trigger_id)
 
     def save_stats(self, stats: dict[str, TriggerStats]) -> None:
         """All counters in one atomic rewrite of stats.seg."""
-        self.stats_db.storage.write({"stats": {str(i): {"id": tid, **s.record()}
-                                               for i, (tid, s) in enumerate(sorted(stats.items()), 1)}})
+        records = {str(i): {"id": tid, **s.record()} for i, (tid, s) in enumerate(sorted(stats.items()), 1)}
+        with self.lock:
+            self.stats_db.storage.write({"stats": records})
 
     # --- debounce
     def record_firings(self, trigger_id: str, household_ids: list[str], at: float) -> None:
-        self.firings_db.table("last").insert_multiple({"t": trigger_id, "h": h, "at": at} for h in household_ids)
+        with self.lock:
+            self.firings_db.table("last").insert_multiple({"t": trigger_id, "h": h, "at": at}
+                                                          for h in household_ids)
 
     def _compact_firings(self, debounce: Debouncer) -> None:
         self.firings_db.storage.write({
@@ -96,6 +108,7 @@ class HouseholdStore:
 
     def __init__(self, path: Path):
         self.db = SegmentDB(str(path))
+        self.lock = threading.Lock()
         self.endpoints: dict[str, dict] = {doc["household_id"]: dict(doc) for doc in self.db.table("notify").all()}
         self.appliances: dict[str, dict] = {doc["id"]: dict(doc) for doc in self.db.table("appliances").all()}
         self._inbox: dict[str, deque[tuple[int, dict]]] = {}
@@ -106,28 +119,49 @@ class HouseholdStore:
             self._compact()
 
     def close(self) -> None:
-        self.db.close()
+        with self.lock:
+            self.db.close()
 
     # --- notification endpoint
     def set_endpoint(self, household_id: str, doc: dict) -> None:
         doc = {"household_id": household_id, **doc}
-        self.db.table("notify").upsert(doc, where("household_id") == household_id)
+        with self.lock:
+            self.db.table("notify").upsert(doc, where("household_id") == household_id)
         self.endpoints[household_id] = doc
 
     def remove_endpoint(self, household_id: str) -> bool:
         if self.endpoints.pop(household_id, None) is None:
             return False
-        self.db.table("notify").remove(where("household_id") == household_id)
+        with self.lock:
+            self.db.table("notify").remove(where("household_id") == household_id)
         return True
 
     # --- appliances
     def add_appliance(self, doc: dict) -> None:
-        self.db.table("appliances").insert(doc)
+        with self.lock:
+            self.db.table("appliances").insert(doc)
         self.appliances[doc["id"]] = doc
 
     def remove_appliance(self, appliance_id: str) -> None:
         self.appliances.pop(appliance_id, None)
-        self.db.table("appliances").remove(where("id") == appliance_id)
+        with self.lock:
+            self.db.table("appliances").remove(where("id") == appliance_id)
+
+    def purge(self, known_households: set[str]) -> int:
+        """Forget what belongs to households the operator removed: endpoint, appliances, inbox."""
+        with self.lock:
+            boxes = set(self._inbox)
+        gone = (set(self.endpoints) | {a["household_id"] for a in self.appliances.values()} | boxes) - known_households
+        for household_id in gone:
+            self.remove_endpoint(household_id)
+            for appliance in self.appliances_of(household_id):
+                self.remove_appliance(appliance["id"])
+            with self.lock:
+                self._stale.extend(doc_id for doc_id, _ in self._inbox.pop(household_id, ()))
+        if gone and self._stale:
+            with self.lock:
+                self._compact()
+        return len(gone)
 
     def appliances_of(self, household_id: str) -> list[dict]:
         return [a for a in self.appliances.values() if a["household_id"] == household_id]
@@ -140,14 +174,17 @@ class HouseholdStore:
 
     # --- inbox
     def deliver(self, entry: dict) -> None:
-        doc_id = self.db.table("inbox").insert(entry)
-        self._keep(entry["household_id"], doc_id, entry)
-        if len(self._stale) >= INBOX_COMPACT_AFTER:
-            self._compact()
+        with self.lock:
+            doc_id = self.db.table("inbox").insert(entry)
+            self._keep(entry["household_id"], doc_id, entry)
+            if len(self._stale) >= INBOX_COMPACT_AFTER:
+                self._compact()
 
     def inbox(self, household_id: str) -> list[dict]:
         """Newest first."""
-        return [entry for _, entry in reversed(self._inbox.get(household_id, ()))]
+        with self.lock:
+            box = list(self._inbox.get(household_id, ()))
+        return [entry for _, entry in reversed(box)]
 
     def _keep(self, household_id: str, doc_id: int, entry: dict) -> None:
         box = self._inbox.setdefault(household_id, deque())
