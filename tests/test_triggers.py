@@ -98,7 +98,8 @@ def town_config(tmp_path, **triggers):
     return replace(make_config(tmp_path), privacy=PrivacyConfig(k_min=3),
                    delivery=DeliveryConfig(allow_http=True, allow_private_endpoints=True,
                                            retry_schedule=(0, 0.05, 0.1), timeout_s=2.0),
-                   triggers=TriggersConfig(**{"min_interval_s": 1, **triggers}))
+                   # a deadline with room for a loaded CI machine; the refusal test sets the default 50 ms
+                   triggers=TriggersConfig(**{"min_interval_s": 1, "timeout_ms": 150, **triggers}))
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ REFUSALS = [
 
 
 async def test_every_refusal_has_its_fixed_reason_and_nothing_of_the_condition(town):
-    t = await town(1)
+    t = await town(1, timeout_ms=TriggersConfig().timeout_ms)  # the default: 50 ms
     for reason, parameters, source in REFUSALS:
         status, out = await t.create(body(parameters, source))
         assert status == 422, (reason, out)
