@@ -209,9 +209,30 @@ def _meter(data, index: int, seen: set[str]) -> MeterSpec:
     else:
         raise ConfigError(f"{t.key}.gas_channel", f"must be 1 to 4 or \"auto\", got {gas!r}")
     stall = t.number("stall_seconds", 30, 2, 3600)
+    # Encrypted P1. Keys are secrets: read without _Table.get, whose messages quote the value.
+    from drivers.dlms import parse_key
+
+    keys: dict[str, bytes | None] = {}
+    for name in ("decryption_key", "authentication_key"):
+        t.used.add(name)
+        value = t.data.get(name)
+        if value is not None:
+            if not isinstance(value, str):
+                raise ConfigError(f"{t.key}.{name}", f"must be a string of 32 hex digits, got {type(value).__name__}")
+            try:
+                value = parse_key(value)
+            except ValueError as err:
+                raise ConfigError(f"{t.key}.{name}", str(err)) from None
+        keys[name] = value
+    if keys["authentication_key"] is not None and keys["decryption_key"] is None:
+        raise ConfigError(f"{t.key}.authentication_key", "needs decryption_key")
+    if keys["decryption_key"] is not None and (profile == "auto" or not PROFILES[profile].takes_key):
+        takers = ", ".join(name for name, p in PROFILES.items() if p.takes_key)
+        raise ConfigError(f"{t.key}.decryption_key",
+                          f"profile {profile!r} is never encrypted; set profile to one of: {takers}")
     t.finish()
     return MeterSpec(meter_id=meter_id, port=port, profile=profile, serial_overrides=overrides or None,
-                     gas_channel=gas_channel, stall_seconds=stall)
+                     gas_channel=gas_channel, stall_seconds=stall, **keys)
 
 
 def _level(t: _Table, name: str) -> Level:

@@ -9,6 +9,8 @@ _METER_SERIES = (
     ("edge_meter_telegrams_total", "counter", "Valid telegrams read", "telegrams_ok"),
     ("edge_meter_crc_errors_total", "counter", "Telegrams dropped for a bad CRC", "crc_errors"),
     ("edge_meter_parse_errors_total", "counter", "Telegrams dropped as unparsable or truncated", "parse_errors"),
+    ("edge_meter_decrypt_errors_total", "counter",
+     "Encrypted frames that did not decrypt (wrong key, corrupted frame, failed tag)", "decrypt_errors"),
     ("edge_meter_bytes_read_total", "counter", "Bytes read from the port", "bytes_read"),
     ("edge_meter_bytes_discarded_total", "counter", "Bytes discarded as outside any telegram", "bytes_discarded"),
     ("edge_meter_reconnects_total", "counter", "Times the port was reopened", "reconnects"),

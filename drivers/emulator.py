@@ -815,6 +815,9 @@ class Emulator:
     injector: FaultInjector | None = None
     telegrams: int = 0  # generated so far, faulty and dropped ones included
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    # A drivers.dlms.FrameEncryptor: telegrams go out as DLMS frames. Faults damage the telegram
+    # inside the frame; garbage stays outside it, on the wire.
+    encrypt: object | None = None
 
     def stop(self) -> None:
         """Ask `run` to return; safe from a signal handler or another thread."""
@@ -846,7 +849,11 @@ class Emulator:
             if emission.disconnect:
                 self.output.disconnect()
             if emission.data:
-                self.output.write(emission.data)
+                data = emission.data
+                if self.encrypt is not None:
+                    start = max(data.find(b"/"), 0)
+                    data = data[:start] + self.encrypt(data[start:])
+                self.output.write(data)
             self.telegrams += 1
 
 
@@ -906,6 +913,11 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="simulated clock start (default now; without an offset: Dutch local time)")
     parser.add_argument("--gas-channel", type=int, default=1, choices=(1, 2, 3, 4), help="gas meter's M-Bus channel")
     parser.add_argument("--pv-peak", type=float, default=3500.0, metavar="W", help="PV peak power (0: no PV)")
+    parser.add_argument("--encrypt-key", metavar="HEX",
+                        help="send DLMS general-global-cipher (AES-128-GCM) frames with this 32-hex-digit key, "
+                             "as Smarty meters do (read a dsmr5 one with profile smarty and decryption_key)")
+    parser.add_argument("--auth-key", metavar="HEX", default="00112233445566778899AABBCCDDEEFF",
+                        help="with --encrypt-key: the GCM authentication key (default: Smarty's published one)")
 
 
 def run_emulator(args: argparse.Namespace) -> int:
@@ -931,6 +943,16 @@ def run_emulator(args: argparse.Namespace) -> int:
         injector = FaultInjector(probability, seed=generator.seed + 1,
                                  kinds=getattr(args, "fault_kinds", FAULT_KINDS))
     start = getattr(args, "start", None) or datetime.now(timezone.utc).replace(microsecond=0)
+    encrypt = None
+    if getattr(args, "encrypt_key", None):
+        from drivers.dlms import FrameEncryptor, parse_key
+
+        try:
+            keys = [parse_key(getattr(args, name)) for name in ("encrypt_key", "auth_key")]
+        except ValueError as err:
+            print(f"emulate-meter: --encrypt-key and --auth-key {err}", file=sys.stderr)
+            return 2
+        encrypt = FrameEncryptor(*keys, system_title=b"EDG" + (generator.seed % 2**40).to_bytes(5, "big"))
 
     if tcp_port is not None:
         output = TcpOutput(tcp_port, getattr(args, "host", "127.0.0.1"))
@@ -951,7 +973,8 @@ def run_emulator(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
 
     emulator = Emulator(generator, output, start=start, interval_s=generator.profile.interval_s,
-                        speed=getattr(args, "speed", 1.0), count=getattr(args, "count", None), injector=injector)
+                        speed=getattr(args, "speed", 1.0), count=getattr(args, "count", None), injector=injector,
+                        encrypt=encrypt)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import serial
@@ -43,6 +43,9 @@ class MeterSpec:
     serial_overrides: dict | None = None  # baudrate, bytesize, parity, stopbits, xonxoff, rtscts
     gas_channel: int | None = None  # None: found automatically
     stall_seconds: float = 30.0
+    # Encrypted P1 (smarty, msn, sagemcom_t210_d_r): 16-byte keys. Secrets: kept out of repr and snapshots.
+    decryption_key: bytes | None = field(default=None, repr=False)
+    authentication_key: bytes | None = field(default=None, repr=False)  # None: tag not verified, CRC is
 
 
 class P1Reader:
@@ -68,6 +71,9 @@ class P1Reader:
         self.last_port_error: str | None = None
         self._overrides = {k: v for k, v in (spec.serial_overrides or {}).items() if v is not None}
         self._profile: Profile | None = None if spec.profile == "auto" else get_profile(spec.profile)
+        if (spec.decryption_key or spec.authentication_key) and not (self._profile and self._profile.takes_key):
+            # here, not in the reader thread: auto-detection never tries encrypted profiles
+            raise ValueError(f"meter {spec.meter_id}: profile {spec.profile} takes no decryption key")
         self._decoder: TelegramDecoder | None = self._make_decoder(self._profile) if self._profile else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,6 +116,7 @@ class P1Reader:
             "telegrams_ok": stats.telegrams_ok,
             "crc_errors": stats.crc_errors,
             "parse_errors": stats.parse_errors,
+            "decrypt_errors": stats.decrypt_errors,
             "bytes_discarded": stats.bytes_discarded,
             "bytes_read": self.bytes_read,
             "opens": self.opens,
@@ -121,7 +128,9 @@ class P1Reader:
 
     # --- the loop ----------------------------------------------------------------------------
     def _make_decoder(self, profile: Profile) -> TelegramDecoder:
-        return TelegramDecoder(self.spec.meter_id, profile, gas_channel=self.spec.gas_channel)
+        return TelegramDecoder(self.spec.meter_id, profile, gas_channel=self.spec.gas_channel,
+                               decryption_key=self.spec.decryption_key,
+                               authentication_key=self.spec.authentication_key)
 
     def _settings(self, profile: Profile | None, base: SerialSettings | None = None) -> SerialSettings:
         base = base or (profile.serial if profile else SerialSettings())

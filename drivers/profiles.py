@@ -51,10 +51,16 @@ class Profile:
     interval_s: float  # how often the meter sends a telegram
     belgian_tariffs: bool = False  # register/tariff 1 is day and 2 is night: swap to Edge's t1 = low
     encrypted: bool = False  # DLMS general-global-cipher on the wire (needs a key), e.g. Smarty, Sagemcom
+    encryptable: bool = False  # may send either, plaintext or encrypted (Smarty): takes a key too
 
     @property
     def has_crc(self) -> bool:
         return bool(self.specification["checksum_support"])
+
+    @property
+    def takes_key(self) -> bool:
+        """Whether a `decryption_key` makes sense for this family's meters."""
+        return self.encrypted or self.encryptable
 
     def plaintext_specification(self) -> dict:
         """The specification for telegrams that arrive decrypted (a gateway decrypts, or a test file)."""
@@ -74,7 +80,7 @@ PROFILES: dict[str, Profile] = {
         Profile("fluvius", "Belgium, Fluvius e-MUCS", specs.BELGIUM_FLUVIUS, SETTINGS_115200_8N1, 1,
                 belgian_tariffs=True),
         Profile("smarty", "Luxembourg, Smarty (plaintext P1, or encrypted with decryption_key)",
-                specs.LUXEMBOURG_SMARTY, SETTINGS_115200_8N1, 10),
+                specs.LUXEMBOURG_SMARTY, SETTINGS_115200_8N1, 10, encryptable=True),
         Profile("msn", "Luxembourg, MSN (encrypted)", specs.MSN, SETTINGS_115200_8N1, 10, encrypted=True),
         Profile("sweden", "Sweden", specs.SWEDEN, SETTINGS_115200_8N1, 10),
         Profile("q3d", "EasyMeter Q3D (Germany)", specs.Q3D, SETTINGS_9600_7E1, 2),

@@ -1,7 +1,9 @@
 """P1 telegrams: framing, CRC, parsing and normalization into `Reading`s. No I/O here.
 
 The serial reader, the TCP reader and the HTTP ingest all feed bytes or text into this module,
-so a telegram is judged the same way whichever way it came in.
+so a telegram is judged the same way whichever way it came in. Encrypted meters (a `decryption_key`
+on a profile that takes one) are framed as DLMS general-global-cipher APDUs, decrypted (drivers/dlms.py),
+and the plaintext inside then goes through exactly the same CRC check, parse and normalization.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from dsmr_parser.clients.telegram_buffer import TelegramBuffer
+from dsmr_parser.clients.telegram_buffer import EncryptedTelegramBuffer, TelegramBuffer
 from dsmr_parser.exceptions import ParseError as DsmrParseError
 from dsmr_parser.objects import MBusObject, Telegram
 from dsmr_parser.parsers import TelegramParser
 
+from drivers import dlms
 from drivers.profiles import Profile
 from drivers.reading import Reading
 
@@ -24,6 +27,7 @@ from drivers.reading import Reading
 logging.getLogger("dsmr_parser").setLevel(logging.CRITICAL)
 
 DEFAULT_MAX_BUFFER = 16 * 1024  # Belgian telegrams with a 13-month history reach ~3 KB
+STALE_FRAME_S = 3.0  # an encrypted frame still incomplete this long after it began is given up
 
 
 class TelegramError(ValueError):
@@ -34,6 +38,12 @@ class TelegramError(ValueError):
 
 class CrcError(TelegramError):
     kind = "crc"
+
+
+class DecryptError(TelegramError):
+    """An encrypted frame that did not decrypt: wrong key, corrupted frame, failed tag. Never names a key."""
+
+    kind = "decrypt"
 
 
 # --- CRC-16/ARC (poly 0xA001 reflected, init 0) over '/' .. '!' inclusive ---------------------
@@ -107,6 +117,90 @@ class FrameBuffer(TelegramBuffer):
             return
         self.bytes_discarded += count
         self.frames_truncated += dropped.count("/")
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+class EncryptedFrameBuffer(EncryptedTelegramBuffer):
+    """dsmr_parser's length-based framing of general-global-cipher frames, bytes in, with a stricter
+    header check, a cap and a count of what it drops.
+
+    A header is only believed when it looks like one a P1 meter sends (8-byte system title, two length
+    bytes, a length that fits `max_bytes`, a suite-0 encrypted security control byte); otherwise its
+    tag byte is dropped and the search goes on. So garbage is never kept beyond a partial header, and a
+    pending frame never exceeds `max_bytes`. `requeue` puts a frame that failed to decrypt back, less
+    its first byte: when a lost byte made a header swallow the next frame's start, that frame is found.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BUFFER):
+        super().__init__()
+        self.max_bytes = max(max_bytes, dlms.HEADER_LENGTH + 64)
+        self.bytes_discarded = 0
+
+    def append(self, data: bytes) -> None:
+        super().append(data)
+        self._resync()
+
+    def requeue(self, frame: bytes) -> None:
+        """Back to the front of the buffer: a frame whose decryption failed, less its first byte."""
+        self.bytes_discarded += 1
+        self._buffer[:0] = frame[1:]
+        self._resync()
+
+    def abandon(self) -> None:
+        """Give up on the incomplete frame at the front: drop its tag byte and search on."""
+        if self._buffer:
+            self.bytes_discarded += 1
+            del self._buffer[:1]
+            self._resync()
+
+    def next_frame(self) -> bytes | None:
+        """The first complete frame, removed from the buffer, or None until one is complete."""
+        self._resync()
+        before = len(self._buffer)
+        frame = next(super().get_all(), None)  # dsmr_parser's framing: one frame, as hex
+        if frame is None:
+            self.bytes_discarded += before - len(self._buffer)
+            if len(self._buffer) > self.max_bytes:  # cannot happen after _resync; the cap holds anyway
+                self.bytes_discarded += len(self._buffer)
+                self._buffer.clear()
+            return None
+        frame = bytes.fromhex(frame)
+        self.bytes_discarded += before - len(self._buffer) - len(frame)
+        return frame
+
+    def _resync(self) -> None:
+        buf = self._buffer
+        while buf:
+            start = buf.find(dlms.GENERAL_GLOBAL_CIPHER_TAG)
+            if start < 0:
+                self.bytes_discarded += len(buf)
+                buf.clear()
+                return
+            if start:
+                self.bytes_discarded += start
+                del buf[:start]
+            if self._plausible_header(buf):
+                return
+            self.bytes_discarded += 1
+            del buf[:1]
+
+    def _plausible_header(self, buf: bytearray) -> bool:
+        """False as soon as what has arrived of the header cannot be a meter's."""
+        n = len(buf)
+        if n > 1 and buf[1] != dlms.SYSTEM_TITLE_LENGTH:
+            return False
+        if n > 10 and buf[10] != dlms.LONG_FORM_LENGTH:
+            return False
+        if n > 12:
+            length = int.from_bytes(buf[11:13], "big")
+            if not 5 + dlms.GCM_TAG_LENGTH < length <= self.max_bytes - dlms.HEADER_LENGTH:
+                return False
+        if n > 13 and not dlms.security_control_supported(buf[13]):
+            return False
+        return True
 
     @property
     def pending(self) -> int:
@@ -248,27 +342,46 @@ class DecoderStats:
     parse_errors: int = 0
     frames_truncated: int = 0
     bytes_discarded: int = 0
+    decrypt_errors: int = 0  # encrypted frames that did not decrypt (wrong key, corrupted, failed tag)
     last_error: str | None = None
 
 
 @dataclass
 class TelegramDecoder:
-    """Bytes from a P1 port in, Readings out. Counts every frame it drops and why."""
+    """Bytes from a P1 port in, Readings out. Counts every frame it drops and why.
+
+    With a `decryption_key` (16 bytes; only for profiles that take one), the bytes are DLMS
+    general-global-cipher frames: the GCM tag is verified with `authentication_key` when there is one;
+    without it the frame is decrypted unverified and its telegram must carry a valid CRC."""
 
     meter_id: str
     profile: Profile
     gas_channel: int | None = None
     max_buffer: int = DEFAULT_MAX_BUFFER
     stats: DecoderStats = field(default_factory=DecoderStats)
+    decryption_key: bytes | None = field(default=None, repr=False)
+    authentication_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._buffer = FrameBuffer(self.max_buffer)
+        if self.decryption_key is not None:
+            if not self.profile.takes_key:
+                raise ValueError(f"profile {self.profile.name} is never encrypted: it takes no decryption key")
+            for key in (self.decryption_key, self.authentication_key):
+                if key is not None and len(key) != dlms.KEY_LENGTH:
+                    raise ValueError(f"keys are {dlms.KEY_LENGTH} bytes")
+        elif self.authentication_key is not None:
+            raise ValueError("an authentication key needs a decryption key")
+        self.encrypted = self.decryption_key is not None
+        self._buffer = EncryptedFrameBuffer(self.max_buffer) if self.encrypted else FrameBuffer(self.max_buffer)
+        self._pending_since: datetime | None = None  # encrypted: when the incomplete frame began to wait
         self.last_field_count = 0  # objects the specification recognised in the last telegram
         # Our own CRC check is ~10x faster than dsmr_parser's, so the parser skips its own.
         self._parser = TelegramParser(self.profile.plaintext_specification(), apply_checksum_validation=False)
 
     def feed(self, data: bytes, received_at: datetime) -> tuple[list[Reading], list[TelegramError]]:
         """Frame, check and parse whatever complete telegrams `data` completes."""
+        if self.encrypted:
+            return self._feed_encrypted(data, received_at)
         self._buffer.append(data.decode("latin-1"))
         readings, errors = [], []
         for text in self._buffer.get_all():
@@ -283,12 +396,68 @@ class TelegramDecoder:
             self.stats.last_error = "truncated telegram"
         return readings, errors
 
+    def _feed_encrypted(self, data: bytes, received_at: datetime) -> tuple[list[Reading], list[TelegramError]]:
+        readings, errors = [], []
+        if (self._pending_since is not None and self._buffer.pending
+                and (received_at - self._pending_since).total_seconds() > STALE_FRAME_S):
+            # A meter sends a frame in one burst: one still incomplete after a pause has a damaged
+            # length (or was never a frame). Without this, it would wait for up to max_buffer bytes.
+            self._buffer.abandon()
+            self._pending_since = None
+            self.stats.parse_errors += 1
+            self.stats.frames_truncated += 1
+            self.stats.last_error = "truncated or damaged encrypted frame"
+        self._buffer.append(data)
+        took_any = False
+        while (frame := self._buffer.next_frame()) is not None:
+            took_any = True
+            try:
+                text = self.decrypt(frame)
+            except DecryptError as err:
+                errors.append(err)
+                self._buffer.requeue(frame)
+                continue
+            try:
+                readings.append(self.decode(text, received_at))
+            except TelegramError as err:
+                errors.append(err)
+                if self.authentication_key is None:  # unverified, so its bounds may be wrong too: rescan
+                    self._buffer.requeue(frame)
+        if not self._buffer.pending:
+            self._pending_since = None
+        elif took_any or self._pending_since is None:
+            self._pending_since = received_at
+        self.stats.bytes_discarded = self._buffer.bytes_discarded
+        return readings, errors
+
+    def decrypt(self, frame: bytes) -> str:
+        """The plaintext telegram in one general-global-cipher frame; counts a failure."""
+        try:
+            try:
+                plaintext = dlms.decrypt_frame(frame, self.decryption_key, self.authentication_key)
+            except dlms.DlmsError as err:
+                raise DecryptError(f"cannot decrypt: {err}") from None
+            except (ValueError, TypeError) as err:  # whatever else a malformed frame provokes
+                raise DecryptError(f"cannot decrypt: {err.__class__.__name__}") from None
+            # Unverified decryption with a wrong key gives noise: tell that apart from a CRC error.
+            if not plaintext.lstrip(b"\r\n").startswith(b"/"):
+                raise DecryptError("cannot decrypt: no telegram inside (wrong decryption_key or corrupted frame)")
+            if not plaintext.isascii():
+                raise DecryptError("cannot decrypt: the telegram inside is not ASCII (corrupted frame)")
+        except DecryptError as err:
+            self.stats.decrypt_errors += 1
+            self.stats.last_error = str(err)
+            raise
+        return plaintext.decode("ascii")
+
     def decode(self, text: str, received_at: datetime) -> Reading:
         """One complete telegram to a Reading; counts it either way."""
         try:
             # A CRC the meter sent is checked even where its family's specification has none
             # (Irish Iskra meters send one): a corrupted telegram must never pass as another family's.
-            if self.profile.has_crc or _CRC_TRAILER.search(text, max(0, len(text) - 12)):
+            # Decrypted without a verified tag, the CRC is all that vouches for the telegram.
+            if (self.profile.has_crc or (self.encrypted and self.authentication_key is None)
+                    or _CRC_TRAILER.search(text, max(0, len(text) - 12))):
                 check_crc(text)
             try:
                 telegram = self._parser.parse(text, throw_ex=True)

@@ -106,3 +106,63 @@ def test_cli_check_config_ok(tmp_path):
     result = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(write(tmp_path, GOOD))],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "2 meter(s)" in result.stdout
+
+
+# --- encrypted P1: decryption_key, authentication_key ----------------------------------------
+SECRET = "6B3F1E2D4C5A69788796A5B4C3D2E1F0"
+AUTH_SECRET = "0F1E2D3C4B5A69788796A5B4C3D2E1F0"
+ENCRYPTED = GOOD + f"""
+[[meters]]
+id = "lux-1"
+port = "/dev/ttyUSB1"
+profile = "smarty"
+decryption_key = "{SECRET.lower()}"
+
+[[meters]]
+id = "graz-1"
+port = "/dev/ttyUSB2"
+profile = "sagemcom_t210_d_r"
+decryption_key = "{SECRET}"
+authentication_key = "{AUTH_SECRET}"
+"""
+
+
+def test_encryption_keys_load(tmp_path):
+    config = load_config(write(tmp_path, ENCRYPTED))
+    plain, _, lux, graz = config.meters
+    assert plain.decryption_key is None and plain.authentication_key is None
+    assert lux.decryption_key == bytes.fromhex(SECRET) and lux.authentication_key is None
+    assert graz.decryption_key == bytes.fromhex(SECRET) and graz.authentication_key == bytes.fromhex(AUTH_SECRET)
+    assert SECRET.lower() not in repr(config).lower() and AUTH_SECRET.lower() not in repr(config).lower()
+
+
+@pytest.mark.parametrize("change, key, words", [
+    ((f'decryption_key = "{SECRET.lower()}"', f'decryption_key = "{SECRET[:30]}"'),
+     "meters[2].decryption_key", "32 hex digits"),
+    ((f'decryption_key = "{SECRET.lower()}"', f'decryption_key = "{SECRET[:30]}ZZ"'),
+     "meters[2].decryption_key", "hex digits"),
+    ((f'decryption_key = "{SECRET.lower()}"', 'decryption_key = 12345678901234567890'),
+     "meters[2].decryption_key", "must be a string"),
+    ((f'authentication_key = "{AUTH_SECRET}"', f'authentication_key = "{AUTH_SECRET}00"'),
+     "meters[3].authentication_key", "32 hex digits"),
+    ((f'decryption_key = "{SECRET}"\n', ''), "meters[3].authentication_key", "needs decryption_key"),
+    (('profile = "smarty"', 'profile = "dsmr5"'), "meters[2].decryption_key", "never encrypted"),
+    (('profile = "smarty"', 'profile = "auto"'), "meters[2].decryption_key", "smarty, msn, sagemcom_t210_d_r"),
+])
+def test_bad_encryption_keys_name_the_key_and_never_show_it(tmp_path, change, key, words):
+    old, new = change
+    assert old in ENCRYPTED
+    path = write(tmp_path, ENCRYPTED.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert info.value.key == key and words in message and "\n" not in message
+    for secret in (SECRET, SECRET[:30], AUTH_SECRET, "12345678901234567890"):
+        assert secret.lower() not in message.lower()
+
+
+def test_cli_check_config_does_not_print_keys(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(write(tmp_path, ENCRYPTED))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "4 meter(s)" in result.stdout
+    assert SECRET.lower() not in (result.stdout + result.stderr).lower()

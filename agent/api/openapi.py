@@ -74,6 +74,7 @@ SCHEMAS = {
                                    "port": STRING, "profile": STRING, "serial": _nullable("string"),
                                    "telegrams_ok": {"type": "integer"}, "crc_errors": {"type": "integer"},
                                    "parse_errors": {"type": "integer"}, "reconnects": {"type": "integer"},
+                                   "decrypt_errors": {"type": "integer"},
                                    "stalls": {"type": "integer"}, "opens": {"type": "integer"},
                                    "bytes_read": {"type": "integer"}, "bytes_discarded": {"type": "integer"},
                                    "seconds_since_last_telegram": NUMBER_OR_NULL, "last_error": _nullable("string")}},
