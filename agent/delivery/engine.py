@@ -30,7 +30,7 @@ from agent.config import DeliveryConfig
 from agent.delivery import signing
 from agent.delivery.filters import FilterSet
 from agent.delivery.outbox import Message, Outbox
-from agent.delivery.targets import PolicyResolver
+from agent.delivery.targets import PolicyResolver, TargetError, check_literal_host
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
 
@@ -286,6 +286,11 @@ class Delivery:
                 log.warning("subscription %s disabled: %s answered 410 Gone", sub.id, sub.endpoint)
 
     async def _send(self, sub: Subscription, outbox: Outbox, message: Message, stats: DeliveryStats) -> str:
+        try:  # IP literals never reach the resolver: the policy may have changed since subscribing
+            check_literal_host(sub.endpoint, self.config.allow_private_endpoints)
+        except TargetError as err:
+            self._failed(sub, message, stats, str(err))
+            return "retry"
         seq = outbox.assign(message)
         body = json.dumps({**message.payload, "sequence": seq}, separators=(",", ":")).encode()
         now = time.time()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from typing import Callable
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver
@@ -63,18 +64,21 @@ def check_literal_host(url: str, allow_private: bool) -> None:
 
 
 class PolicyResolver(AbstractResolver):
-    """aiohttp resolver that drops disallowed addresses and refuses a host that has none left."""
+    """aiohttp resolver that drops disallowed addresses and refuses a host that has none left.
+    `allowed` decides per address (default: the webhook policy); `refused_as` ends the error message."""
 
-    def __init__(self, allow_private: bool):
-        self.allow_private = allow_private
+    def __init__(self, allow_private: bool, allowed: Callable[[str], bool] | None = None,
+                 refused_as: str = "addresses webhooks may not reach"):
+        self.allowed = allowed or (lambda address: address_allowed(address, allow_private))
+        self.refused_as = refused_as
         self._resolver = DefaultResolver()
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
         answers = await self._resolver.resolve(host, port, family)
-        allowed = [a for a in answers if address_allowed(a["host"], self.allow_private)]
+        allowed = [a for a in answers if self.allowed(a["host"])]
         if not allowed:
             # errno and strerror both set: aiohttp shows the strerror in the error it raises
-            raise OSError(errno.EACCES, f"{host} resolves only to addresses webhooks may not reach")
+            raise OSError(errno.EACCES, f"{host} resolves only to {self.refused_as}")
         return allowed
 
     async def close(self) -> None:

@@ -14,14 +14,10 @@ registration and again at every send.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import socket
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
-from aiohttp.resolver import DefaultResolver
 
 from agent.delivery.targets import PolicyResolver, TargetError, address_allowed, check_literal_host, check_url
 
@@ -88,24 +84,6 @@ def literal_allowed(url: str, allow_private_endpoints: bool, lan: bool) -> bool:
     return lan_address_allowed(host, allow_private_endpoints) if lan else address_allowed(host, allow_private_endpoints)
 
 
-class LanResolver(AbstractResolver):
-    """The appliances' policy at every connection: LAN addresses yes, this device and metadata no."""
-
-    def __init__(self, allow_private_endpoints: bool):
-        self.allow_private_endpoints = allow_private_endpoints
-        self._resolver = DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
-        answers = await self._resolver.resolve(host, port, family)
-        allowed = [a for a in answers if lan_address_allowed(a["host"], self.allow_private_endpoints)]
-        if not allowed:
-            raise OSError(errno.EACCES, f"{host} resolves only to addresses appliances may not have")
-        return allowed
-
-    async def close(self) -> None:
-        await self._resolver.close()
-
-
 def web_session(allow_private_endpoints: bool, timeout_s: float, limit: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(resolver=PolicyResolver(allow_private_endpoints), limit=limit,
                                      use_dns_cache=False)
@@ -113,6 +91,8 @@ def web_session(allow_private_endpoints: bool, timeout_s: float, limit: int) -> 
 
 
 def lan_session(allow_private_endpoints: bool, timeout_s: float, limit: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(resolver=LanResolver(allow_private_endpoints), limit=limit,
+    lan = PolicyResolver(allow_private_endpoints, refused_as="addresses appliances may not have",
+                         allowed=lambda address: lan_address_allowed(address, allow_private_endpoints))
+    connector = aiohttp.TCPConnector(resolver=lan, limit=limit,
                                      use_dns_cache=False)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))
