@@ -75,6 +75,7 @@ log "building $NAME"
 # --- base layer (cached) ------------------------------------------------------------------------------------
 BASE_KEY=$(cd "$IMAGE_DIR/base" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 BASE_TAR=$CACHE/base-$BASE_KEY.tar
+[ "$REBUILD_BASE" = 1 ] && rm -rf "$CACHE"/deps-*
 if [ "$REBUILD_BASE" = 1 ] || [ ! -s "$BASE_TAR" ]; then
     log "base layer $BASE_KEY: building with mmdebstrap (about 8 minutes; log in $CACHE/base-$BASE_KEY.log)"
     rm -rf "$BASE_TAR.part"
@@ -92,26 +93,38 @@ fi
 
 # --- wheels: the agent from this repo, its dependencies as aarch64 wheels -----------------------------------
 # Resolve on the host (sdist-only pure-Python dependencies such as sdnotify become py3-none-any wheels here), then
-# fetch every platform-specific one again, same version, as a manylinux aarch64 wheel for CPython 3.11.
+# fetch every platform-specific one again, same version, as a manylinux aarch64 wheel for CPython 3.11. The
+# dependency wheels are cached per pyproject.toml; --rebuild-base resolves them again too.
 WHEELS=$OUT/wheels
-rm -rf "$WHEELS" "$OUT/host-wheels"
-mkdir -p "$WHEELS" "$OUT/host-wheels"
+DEPS_KEY=$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)   # dependencies change only with pyproject.toml
+DEPS=$CACHE/deps-$DEPS_KEY
+rm -rf "$WHEELS"
+mkdir -p "$WHEELS"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 log "wheels: the agent and its dependencies"
 python3 -m pip wheel -q --no-deps -w "$WHEELS" "$REPO"
-python3 -m pip wheel -q --cache-dir "$CACHE/pip" -w "$OUT/host-wheels" "$WHEELS"/edge_agent-*.whl
-for wheel in "$OUT"/host-wheels/*.whl; do
-    base=$(basename "$wheel")
-    case "$base" in
-        edge_agent-*) ;;
-        *-py3-none-any.whl|*-py2.py3-none-any.whl) cp "$wheel" "$WHEELS/" ;;
-        *)  dist=${base%%-*}; rest=${base#*-}; ver=${rest%%-*}
-            python3 -m pip download -q --cache-dir "$CACHE/pip" --no-deps --only-binary=:all: \
-                --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
-                --implementation cp --abi cp311 -d "$WHEELS" "$dist==$ver" ;;
-    esac
-done
-rm -rf "$OUT/host-wheels"
+if [ ! -d "$DEPS" ]; then
+    rm -rf "$DEPS.part" "$OUT/host-wheels"
+    mkdir -p "$DEPS.part" "$OUT/host-wheels"
+    python3 -m pip wheel -q --cache-dir "$CACHE/pip" -w "$OUT/host-wheels" "$WHEELS"/edge_agent-*.whl
+    for wheel in "$OUT"/host-wheels/*.whl; do
+        base=$(basename "$wheel")
+        case "$base" in
+            edge_agent-*) ;;
+            *-py3-none-any.whl|*-py2.py3-none-any.whl) cp "$wheel" "$DEPS.part/" ;;
+            *)  dist=${base%%-*}; rest=${base#*-}; ver=${rest%%-*}
+                python3 -m pip download -q --cache-dir "$CACHE/pip" --no-deps --only-binary=:all: \
+                    --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 --python-version 3.11 \
+                    --implementation cp --abi cp311 -d "$DEPS.part" "$dist==$ver" ;;
+        esac
+    done
+    rm -rf "$OUT/host-wheels"
+    find "$CACHE" -maxdepth 1 -name 'deps-*' ! -name "deps-$DEPS_KEY.part" -type d -exec rm -rf {} +
+    mv "$DEPS.part" "$DEPS"
+else
+    log "wheels: dependencies cached ($DEPS)"
+fi
+cp "$DEPS"/*.whl "$WHEELS/"
 ls "$WHEELS" | sed 's/^/    /'
 
 # --- application layer --------------------------------------------------------------------------------------
@@ -134,8 +147,16 @@ in_root() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 ch
 log "application layer: agent into /opt/edge"
 mkdir -p "$ROOTFS/tmp/edge-wheels"
 cp "$WHEELS"/*.whl "$ROOTFS/tmp/edge-wheels/"
-in_root /opt/edge/bin/python -m pip install -q --no-index --no-cache-dir --disable-pip-version-check \
+in_root /opt/edge/bin/python -m pip install -q --no-index --no-cache-dir --disable-pip-version-check --no-compile \
     --find-links /tmp/edge-wheels "edge-agent==$VERSION"
+# Byte-compile on the host when it runs CPython 3.11 too (same .pyc format; much faster than under emulation), with
+# the paths as the device sees them. The agent cannot write .pyc files itself (ProtectSystem=strict).
+site=$(cd "$ROOTFS" && echo opt/edge/lib/python3.*/site-packages)
+if python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    python3 -m compileall -q -j 2 -s "$ROOTFS" -p / "$ROOTFS/$site" >/dev/null || true
+else
+    in_root /opt/edge/bin/python -m compileall -q "/$site" >/dev/null || true
+fi
 in_root /opt/edge/bin/python -m pip freeze --disable-pip-version-check > "$OUT/$NAME.packages.txt"
 cp "$OUT/$NAME.packages.txt" "$ROOTFS/opt/edge/installed-packages.txt"
 rm -rf "$ROOTFS/tmp/edge-wheels"

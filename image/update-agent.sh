@@ -93,7 +93,9 @@ INDEX="--no-index"
 [ "$ONLINE" = 1 ] && INDEX=""
 # shellcheck disable=SC2086  # INDEX is one option or none
 if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir $INDEX \
-        --find-links "$STAGE" --upgrade --upgrade-strategy only-if-needed "$AGENT_WHEEL"; then
+        --find-links "$STAGE" --upgrade --upgrade-strategy only-if-needed "$AGENT_WHEEL" \
+    || ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir --no-index --no-deps \
+        --force-reinstall "$AGENT_WHEEL"; then   # the second: a rebuilt wheel with the same version number
     say "pip failed; nothing changed"
     rm -rf "$VENV" && mv "$PREVIOUS" "$VENV"
     exit 1
