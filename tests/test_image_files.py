@@ -220,23 +220,48 @@ def test_units_order_firstboot_before_the_agent():
     assert "ExecStart=/usr/lib/edge/edge-firstboot" in firstboot
 
 
-def test_serial_alias_follows_the_device_tree(tmp_path):
-    """/dev/serial0 is the UART the device tree's serial0 alias names (mini UART on a Pi 3/4 with Bluetooth on)."""
-    sys_dir, dt = tmp_path / "sys", tmp_path / "dt"
+def _fake_device_tree(tmp_path, uarts):
+    """uarts: tty -> (node name, [pin group names], has a bluetooth child)."""
+    sys_dir = tmp_path / "sys"
     base = sys_dir / "firmware/devicetree/base"
-    (dt / "aliases").mkdir(parents=True)
-    (dt / "aliases/serial0").write_bytes(b"/soc/serial@7e215040\0")  # the mini UART (ttyS1 under Debian)
-    (dt / "aliases/serial1").write_bytes(b"/soc/serial@7e201000\0")  # the PL011 (ttyAMA0), Bluetooth
-    for tty, node in (("ttyS1", "soc/serial@7e215040"), ("ttyAMA0", "soc/serial@7e201000"), ("ttyS0", None)):
+    gpio = base / "soc/gpio@7e200000"
+    phandles = {}
+    for group in ("uart0_gpio14", "uart0_gpio32", "uart0_ctsrts_gpio30", "uart1_gpio14", "gpclk2_gpio43"):
+        (gpio / group).mkdir(parents=True)
+        phandles[group] = len(phandles) + 7
+        (gpio / group / "phandle").write_bytes(phandles[group].to_bytes(4, "big"))
+    for tty, spec in uarts.items():
         (sys_dir / "class/tty" / tty / "device").mkdir(parents=True)
-        if node:
-            (base / node).mkdir(parents=True)
-            (sys_dir / "class/tty" / tty / "device/of_node").symlink_to(base / node)
-    env = dict(os.environ, EDGE_SYS=str(sys_dir), EDGE_DT=str(dt))
+        if spec is None:
+            continue
+        node_name, groups, bluetooth = spec
+        node = base / "soc" / node_name
+        node.mkdir(parents=True)
+        (node / "pinctrl-0").write_bytes(b"".join(phandles[g].to_bytes(4, "big") for g in groups))
+        if bluetooth:
+            (node / "bluetooth").mkdir()
+        (sys_dir / "class/tty" / tty / "device/of_node").symlink_to(node)
+    env = dict(os.environ, EDGE_SYS=str(sys_dir))
 
     def alias(tty):
         result = subprocess.run(["sh", str(IMAGE / "rootfs/usr/lib/edge/serial-alias"), tty],
                                 capture_output=True, text=True, env=env)
         return result.stdout.strip() if result.returncode == 0 else None
 
+    return alias
+
+
+def test_serial0_follows_the_pins(tmp_path):
+    """Pi 3/4/400/CM4/Zero 2 W with Debian's (upstream) device trees: the PL011 drives Bluetooth, the mini UART
+    (ttyS1) is on GPIO 14/15 (pin groups as in bcm2837-rpi-3-b.dtb and bcm2711-rpi-4-b.dtb)."""
+    alias = _fake_device_tree(tmp_path, {
+        "ttyAMA0": ("serial@7e201000", ["uart0_ctsrts_gpio30", "uart0_gpio32"], True),
+        "ttyS1": ("serial@7e215040", ["uart1_gpio14"], False),
+        "ttyS0": None,
+    })
     assert (alias("ttyS1"), alias("ttyAMA0"), alias("ttyS0"), alias("ttyUSB0")) == ("serial0", "serial1", None, None)
+
+
+def test_serial0_on_a_compute_module_3_without_bluetooth(tmp_path):
+    alias = _fake_device_tree(tmp_path, {"ttyAMA0": ("serial@7e201000", ["uart0_gpio14"], False)})
+    assert alias("ttyAMA0") == "serial0"
