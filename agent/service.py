@@ -29,6 +29,7 @@ from drivers.reading import Reading
 log = logging.getLogger("edge.agent")
 
 RETENTION_EVERY_S = 600
+CONFIG_ERROR_FILE = "config-error.txt"  # written by image/'s edge-firstboot, in the state directory
 
 
 class Systemd:
@@ -149,7 +150,8 @@ class Agent:
         store = self.store.stats()
         all_reading = all(m["state"] == MeterState.READING for m in meters.values())
         storage_ok = not store.get("last_flush_error")
-        ok = all_reading and storage_ok
+        config_error = self.config_error()
+        ok = all_reading and storage_ok and config_error is None
         return ok, {
             "status": "ok" if ok else "degraded",
             "device": self.config.device_name,
@@ -158,7 +160,17 @@ class Agent:
             "storage": store,
             "readings_in": self.pipeline.readings_in,
             "triggers": self.triggers.health(),
+            "config_error": config_error,
         }
+
+    def config_error(self) -> str | None:
+        """The image's boot step leaves the error of a rejected edge.toml here (the agent runs on the last good
+        one): the installer must see that their edit did not take."""
+        try:
+            text = (self.config.storage.path / CONFIG_ERROR_FILE).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        return text.strip()[:2000] or None
 
     # --- readings over HTTP and aggregates ---------------------------------------------------
     def _into_books(self, reading: Reading) -> None:

@@ -150,3 +150,16 @@ async def test_readings_survive_a_restart(tmp_path, start_agent, pty_pair):
     assert status == 200 and body["count"] == 3
     status, latest = await again.get("/meters/m1/latest")
     assert status == 200 and latest["power_import_w"] == 244.0
+
+
+async def test_a_rejected_config_shows_in_health(tmp_path, start_agent):
+    """The image's boot step keeps the last good edge.toml and leaves the error beside the data."""
+    running = await start_agent(make_config(tmp_path))
+    status, body = await running.get("/health", token=None)
+    assert status == 200 and body["config_error"] is None
+    (tmp_path / "store" / "config-error.txt").write_text("edge.toml: meters[0].profile: unknown profile 'dsmr9'\n")
+    status, body = await running.get("/health", token=None)
+    assert status == 503 and body["status"] == "degraded"
+    assert body["config_error"] == "edge.toml: meters[0].profile: unknown profile 'dsmr9'"
+    (tmp_path / "store" / "config-error.txt").unlink()
+    assert (await running.get("/health", token=None))[0] == 200

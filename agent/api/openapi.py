@@ -66,6 +66,7 @@ SCHEMAS = {
                "properties": {"status": {"enum": ["ok", "degraded"]}, "device": STRING, "uptime_s": {"type": "number"},
                               "meters": {"type": "object", "additionalProperties": _ref("MeterHealth")},
                               "storage": OBJ, "readings_in": {"type": "integer"},
+                              "config_error": _nullable("string", description="why the last edge.toml was rejected"),
                               "triggers": {"type": "object", "properties": {
                                   "sandbox": {"enum": ["enforced", "unavailable"]}, "detail": STRING,
                                   "triggers": {"type": "integer"}, "quarantined": {"type": "integer"}}}}},
