@@ -127,7 +127,7 @@ boot() {  # boot <console log>: starts the VM in the background
         -display none -monitor none -serial "file:$1" \
         -kernel "$WORK/kernel" -initrd "$WORK/initrd" -append "$APPEND" \
         -drive "file=$DISK,format=raw,if=none,id=d" -device virtio-blk-pci,drive=d \
-        -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$HOSTPORT-:8080" -device virtio-net-pci,netdev=n \
+        -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$HOSTPORT-:8080" -device virtio-net-pci,netdev=n,romfile= \
         -device virtio-rng-pci \
         -device qemu-xhci -chardev "socket,id=p1,host=127.0.0.1,port=$METER_PORT" -device usb-serial,chardev=p1 \
         >> "$WORK/qemu.log" 2>&1 &
