@@ -5,7 +5,8 @@
 # name; also checks the operator token from edge.toml works and was moved off the boot partition, the hostname was
 # applied and the root filesystem grown, and that what Raspberry Pi Imager's "OS customisation" adds (a firstrun.sh
 # run through cmdline.txt, written for Raspberry Pi OS) is ignored and removed. Then boots it again with a bad edge.toml (unknown profile, another name):
-# the last good config must stay in force and the error show on the console (EDGE_BOOT_ONCE=1 skips this).
+# the last good config must stay in force and the error show on the console; and a third time with the agent's
+# wheel in edge-update/ on the boot partition: it must be installed (EDGE_BOOT_ONCE=1 skips these two).
 # Prints the boot-to-healthy times.
 #
 #   image/test-boot.sh [IMAGE]     # default image/out/edge-<version>-arm64.img.xz (or .img)
@@ -227,8 +228,28 @@ if [ "${EDGE_BOOT_ONCE:-0}" != 1 ]; then
     if grep -q "root filesystem grown" "$WORK/console2.log"; then die "the root filesystem was grown again"; fi
 fi
 
+# --- third boot: an agent update left on the boot partition (what an installer without a shell does) -----------
+THIRD=""
+if [ "${EDGE_BOOT_ONCE:-0}" != 1 ]; then
+    WHEEL=$(ls "$OUT"/wheels/edge_agent-*.whl 2>/dev/null | head -1)
+    if [ -z "$WHEEL" ]; then
+        (cd "$REPO" && "$PY" -m pip wheel -q --no-deps -w "$WORK" .) && WHEEL=$(ls "$WORK"/edge_agent-*.whl | head -1)
+    fi
+    mmd -i "$BOOT" ::/edge-update
+    mcopy -i "$BOOT" "$WHEEL" "::/edge-update/$(basename "$WHEEL")"
+    log "third boot with $(basename "$WHEEL") in edge-update/ on the boot partition"
+    boot "$WORK/console3.log"
+    wait_healthy "$DEVICE_NAME" "$WORK/console3.log"
+    THIRD=$HEALTHY
+    stop
+    tr -d '\r' < "$WORK/console3.log" | grep -E "edge-firstboot: .*(updat|agent )" | sed 's/^/    console: /' || true
+    grep -q "edge-update-agent: agent .* -> " "$WORK/console3.log" || die "the agent update did not run"
+    mdir -b -i "$BOOT" ::/edge-update/installed | grep -q edge_agent || die "the wheel was not moved to edge-update/installed/"
+fi
+
 cp "$WORK/console.log" "$OUT/boot-test-console.log"
 if [ -f "$WORK/console2.log" ]; then cp "$WORK/console2.log" "$OUT/boot-test-console2.log"; fi
+if [ -f "$WORK/console3.log" ]; then cp "$WORK/console3.log" "$OUT/boot-test-console3.log"; fi
 PASSED=1
 echo
 echo "test-boot.sh: PASS: first boot: /health showed telegrams from the emulated meter on /dev/ttyUSB0 and device" \
@@ -238,5 +259,9 @@ echo "test-boot.sh: PASS: first boot: /health showed telegrams from the emulated
 if [ -n "$SECOND" ]; then
     echo "test-boot.sh: PASS: second boot with a bad edge.toml: the last good config in force, the error on the" \
         "console, healthy after ${SECOND}s"
+fi
+if [ -n "$THIRD" ]; then
+    echo "test-boot.sh: PASS: third boot: the agent wheel in edge-update/ on the boot partition was installed into" \
+        "/opt/edge (edge-update-agent), healthy after ${THIRD}s"
 fi
 echo "test-boot.sh: console logs: $OUT/boot-test-console*.log"
