@@ -42,6 +42,8 @@ def pytest_addoption(parser):
     parser.addoption("--p1-telegrams", default="10", help="hardware-in-loop: telegrams to read")
     parser.addoption("--p1-replug", action="store_true",
                      help="hardware-in-loop: ask the maintainer to pull and reinsert the cable")
+    parser.addoption("--p1-power-off", default=None, help="hardware-in-loop: command that cuts the adapter's power")
+    parser.addoption("--p1-power-on", default=None, help="hardware-in-loop: command that restores it")
 
 
 def telegram_bytes(name: str) -> bytes:

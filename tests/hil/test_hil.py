@@ -2,6 +2,8 @@
 
     pytest tests/hil --p1-port=/dev/ttyUSB0 [--p1-profile=dsmr5] [--p1-telegrams=10] [--p1-replug]
     pytest tests/hil --p1-port=socket://gateway:2001
+    pytest tests/hil --p1-port=/dev/ttyUSB0 --p1-power-off="uhubctl -l 1-1 -p 2 -a off" \
+                     --p1-power-on="uhubctl -l 1-1 -p 2 -a on"        # a USB power switch pulls the "cable"
 
 Without --p1-port they run against the meter emulator on a pseudo-terminal (as in CI).
 `--p1-replug` asks the maintainer to pull and reinsert the P1 cable during the run.
@@ -9,6 +11,8 @@ Without --p1-port they run against the meter emulator on a pseudo-terminal (as i
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import time
 
 import pytest
@@ -66,20 +70,32 @@ def test_reads_telegrams_with_valid_crc(p1_source, reader_for, request):
     assert energy == sorted(energy), "energy registers went backwards"
 
 
+def _switch(command: str) -> None:
+    """A USB power switch (e.g. `uhubctl -l 1-1 -p 2 -a off`) cutting or restoring the adapter's power."""
+    subprocess.run(shlex.split(command), check=True, timeout=60)
+
+
 def test_pulled_cable_and_reinserted(p1_source, reader_for, request):
-    if p1_source.hardware and not request.config.getoption("--p1-replug"):
-        pytest.skip("pass --p1-replug to be asked to pull and reinsert the P1 cable")
+    power_off, power_on = request.config.getoption("--p1-power-off"), request.config.getoption("--p1-power-on")
+    switched = bool(power_off and power_on)
+    if p1_source.hardware and not (request.config.getoption("--p1-replug") or switched):
+        pytest.skip("pass --p1-replug to be asked to pull and reinsert the P1 cable, or --p1-power-off/--p1-power-on "
+                    "with a USB power switch's commands")
     got = Collector()
     reader = reader_for(got, stall_seconds=10)
     wait_until(lambda: len(got.readings) >= 2, timeout=60, what="the first telegrams")
-    if p1_source.hardware:
+    if p1_source.hardware and switched:
+        _switch(power_off)
+    elif p1_source.hardware:
         print("\n>>> Pull the P1 cable (or power off the gateway) now; put it back when told.", flush=True)
     else:
         p1_source.emulator.pull()
     wait_until(lambda: reader.state in (MeterState.DISCONNECTED, MeterState.STALLED), timeout=120,
                what="the reader to notice the pulled cable")
     before = len(got.readings)
-    if p1_source.hardware:
+    if p1_source.hardware and switched:
+        _switch(power_on)
+    elif p1_source.hardware:
         print(">>> Plug it back in now.", flush=True)
     else:
         p1_source.emulator.start()
