@@ -91,6 +91,10 @@ class WindowBook:
         """Start of the most recent window that has ended."""
         return self.window_start(now) - self.width_s
 
+    def holds(self, start: int) -> bool:
+        """Whether this window is still in memory (older ones are answered from the store)."""
+        return start in self._windows or bool(self._windows) and start > next(iter(self._windows))
+
     def contributions(self, start: int) -> dict[str, Contribution]:
         window = self._windows.get(start, {})
         return {meter: c for meter, acc in window.items() if (c := acc.result()) is not None}

@@ -57,6 +57,7 @@ class Household:
     source: str  # "p1": wired to one of the device's ports; "http": posts its own readings
     token_hash: str
     created_at: float
+    deleted_at: float | None = None  # kept as a tombstone: past windows' cohorts must not change
 
     def public(self) -> dict:
         return {"id": self.id, "meter_id": self.meter_id, "source": self.source, "created_at": self.created_at}
@@ -112,13 +113,18 @@ class Registry:
         self._household_by_meter: dict[str, Household] = {}
         self._consents: dict[tuple[str, str, str], _ConsentLine] = {}
         self._history: dict[str, list[ConsentChange]] = {}
+        self._deleted: dict[str, Household] = {}
         self._load()
 
     def _load(self) -> None:
         for doc in self.db.table("organizations").all():
             self._index_org(Organization(**doc))
         for doc in self.db.table("households").all():
-            self._index_household(Household(**doc))
+            household = Household(**doc)
+            if household.deleted_at is None:
+                self._index_household(household)
+            else:
+                self._deleted[household.id] = household
         for doc in self.db.table("consent_history").all():
             self._apply_consent(ConsentChange(**doc))
 
@@ -210,10 +216,22 @@ class Registry:
             for service in SERVICES:
                 if self.consent_state(household_id, org_id, service):
                     self.set_consent(household_id, org_id, service, False)
-        self.db.table("households").remove(where("id") == household_id)
+        # A tombstone, not a removal: a closed window asked for again must give the same answer, or the
+        # difference would be this household's consumption.
+        household.deleted_at = self.clock()
+        self.db.table("households").update({"deleted_at": household.deleted_at}, where("id") == household_id)
         del self.households[household_id]
         del self._household_by_token[household.token_hash]
         del self._household_by_meter[household.meter_id]
+        self._deleted[household_id] = household
+
+    def all_households(self) -> list[Household]:
+        """Live and deleted households (deleted ones only matter to windows before their deletion)."""
+        return [*self.households.values(), *self._deleted.values()]
+
+    def meter_of(self, household_id: str) -> str:
+        household = self.households.get(household_id) or self._deleted[household_id]
+        return household.meter_id
 
     def household(self, household_id: str) -> Household:
         try:
@@ -240,9 +258,11 @@ class Registry:
         self.household(household_id)
         if service not in SERVICES:
             raise RegistryError(404, "not_found", f"no service {service!r}; services: {', '.join(SERVICES)}")
+        line = self._consents.get((household_id, org_id, service))
         if granted:
             self.organization(org_id)  # a revocation of a deleted organization's consent is still fine
-        line = self._consents.get((household_id, org_id, service))
+        elif line is None:
+            raise RegistryError(404, "not_found", f"no consent for {org_id!r} to revoke")
         # Never two changes at the same instant: the history must order them.
         at = max(self.clock(), line.times[-1] + 1e-6) if line and line.times else self.clock()
         change = ConsentChange(household_id, org_id, service, granted, at)
@@ -274,7 +294,7 @@ class Registry:
         the household out of the window in progress, and a closed window's cohort never changes."""
         return {hh for (hh, org, svc), line in self._consents.items()
                 if org == org_id and svc == service and line.held_throughout(start, end)
-                and hh in self.households}
+                and (hh in self.households or hh in self._deleted)}
 
     def ever_consented(self, household_id: str, org_id: str, service: str) -> bool:
         line = self._consents.get((household_id, org_id, service))

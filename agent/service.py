@@ -13,11 +13,13 @@ from aiohttp import web
 
 from agent.aggregates import Accumulator, Contribution, Refusal, new_books, release
 from agent.api import create_app
+from agent.api.common import ApiError
+from agent.api.data import check_access
 from agent.audit import AuditLog
 from agent.auth import FailureThrottle
 from agent.config import WINDOW_SECONDS, Config
 from agent.delivery.engine import Delivery
-from agent.ingest import TelegramIngest, is_live
+from agent.ingest import LIVE_WINDOW_S, TelegramIngest, is_live
 from agent.pipeline import Pipeline
 from agent.privacy.budget import PrivacyBudget
 from agent.registry import Registry
@@ -190,29 +192,49 @@ class Agent:
     def known_tags(self) -> set[str]:
         return self.books["1m"].tags() | self.books["15m"].tags()
 
+    def access_refusal(self, org_id: str, window: str, tag: str | None) -> str | None:
+        """Why this organization may not (any longer) have this window's exact aggregate, or None."""
+        org = self.registry.organizations.get(org_id)
+        level = self.config.levels.get(org.level) if org else None
+        if level is None:
+            return "the organization or its level no longer exists"
+        if level.dp.only:
+            return f"level {level.name!r} receives only differentially private aggregates"
+        try:
+            check_access(level, org, window, tag)
+        except ApiError as err:
+            return err.detail
+        return None
+
     def release_window(self, org_id: str, window: str, start: int, contributions: dict[str, Contribution],
                        tag: str | None) -> dict | Refusal:
         """One window for one organization: its cohort fixed by consent at the window's start and end."""
         end = start + WINDOW_SECONDS[window]
         cohort = self.registry.cohort(org_id, "aggregates", start, end)
-        meters = {self.registry.households[h].meter_id for h in cohort}
+        meters = {self.registry.meter_of(h) for h in cohort}
         privacy = self.config.privacy
         return release(contributions, meters, window=window, start=start, k_min=privacy.k_min,
                        max_share=privacy.max_share, tag=tag)
 
-    def history_contributions(self, org_id: str, window: str, starts: list[int],
+    def consenting_meters(self, org_id: str, service: str = "aggregates") -> list[tuple[str, bool]]:
+        """(meter_id, posts over HTTP) of every household that ever consented, deleted ones included (their
+        past windows must keep their answers). Call on the event loop: the registry is not thread-safe."""
+        return [(h.meter_id, h.source == "http") for h in self.registry.all_households()
+                if self.registry.ever_consented(h.id, org_id, service)]
+
+    def history_contributions(self, meters: list[tuple[str, bool]], window: str, starts: list[int],
                               tag: str | None) -> dict[int, dict[str, Contribution]]:
-        """Past windows from the store: raw readings for 1 s windows and tags, rollups otherwise.
-        Runs in a worker thread; reads only the households that ever consented."""
+        """Past windows from the store: raw readings for 1 s windows and tags, rollups otherwise. Runs in a
+        worker thread. Raw readings a household posted late are left out, as the live windows left them out."""
         width = WINDOW_SECONDS[window]
         since, until = starts[0], starts[-1] + width
-        meters = [h.meter_id for h in self.registry.households.values()
-                  if self.registry.ever_consented(h.id, org_id, "aggregates")]
         books: dict[int, dict[str, Accumulator]] = {}
         use_raw = window == "1s" or tag is not None
         resolution = "raw" if use_raw else ("1m" if window == "1m" else "15m")
-        for meter in meters:
+        for meter, over_http in meters:
             for row in self.store.readings(meter, since=since, until=until, resolution=resolution, limit=10**6):
+                if use_raw and over_http and _seconds(row["received_at"]) - _seconds(row["timestamp"]) > LIVE_WINDOW_S:
+                    continue
                 moment = _seconds(row["received_at"] if use_raw else row["start"])
                 acc = books.setdefault(int(moment // width) * width, {}).setdefault(meter, Accumulator())
                 acc.add_values(row.get("power_import_w"), row.get("power_export_w"), row.get("channels"),

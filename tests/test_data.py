@@ -205,3 +205,42 @@ def test_release_rules_directly():
     acc.add_values(100.0, None, None, weight=3)
     acc.add_values(200.0, None, None, weight=1)
     assert acc.result().consumption_w == pytest.approx(125.0)
+
+
+async def test_a_closed_window_keeps_its_answer_after_a_household_is_deleted(neighbourhood):
+    """Two answers about one window must never differ: the difference would be one household."""
+    running, clock, org_id, org_key, households = neighbourhood
+    for _, token in households:
+        await grant(running, token, org_id)
+    clock.step(1)
+    for i, (_, token) in enumerate(households):
+        await post(running, token, clock, power_import_w=100.0 + i)
+    clock.step(1)
+    status, live = await data(running, org_key)
+    assert status == 200 and live["households"] == 12
+    assert (await running.call("DELETE", f"/households/{households[0][0]}"))[0] == 204
+    status, history = await running.call(
+        "GET", f"/data?window=1s&since={live['window_start']}&until={live['window_end']}", token=org_key)
+    assert history["released"][0]["consumption_w"] == live["consumption_w"]
+    # the same from the store, once the window is no longer in memory
+    running.agent.books["1s"] = type(running.agent.books["1s"])(1, 120)
+    status, stored = await running.call(
+        "GET", f"/data?window=1s&since={live['window_start']}&until={live['window_end']}", token=org_key)
+    assert stored["released"][0]["consumption_w"] == live["consumption_w"]
+
+
+async def test_history_limits_and_zero_times(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    status, body = await running.call("GET", "/data?window=1s&since=0", token=org_key)
+    assert status == 400 and "at most" in body["detail"]  # refused before anything is built
+    status, body = await running.call("GET", f"/data?window=1s&since={clock.now - 5}&until=0", token=org_key)
+    assert status == 400 and "until" in body["detail"]
+
+
+async def test_revoking_what_was_never_granted_is_404(neighbourhood):
+    running, clock, org_id, org_key, households = neighbourhood
+    status, body = await running.call("DELETE", "/households/me/consents/org_random/aggregates",
+                                      token=households[0][1])
+    assert status == 404
+    status, body = await running.call("GET", "/households/me/consents/history", token=households[0][1])
+    assert body["history"] == []

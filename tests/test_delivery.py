@@ -359,3 +359,22 @@ async def test_delivery_counters_in_metrics(town, receiver):
     assert f'edge_webhook_messages_total{{subscription="{sub["id"]}"}} 1' in text
     assert f'edge_webhook_outbox_depth{{subscription="{sub["id"]}"}} 0' in text
     assert f'edge_webhook_bytes_total{{subscription="{sub["id"]}"}} {len(receiver.received[0][1])}' in text
+
+
+async def test_dp_only_levels_cannot_subscribe_and_a_level_change_withholds(town, receiver):
+    t = await town()
+    _, service_key = await t.running.create_org("Small Service", "service")
+    status, body = await t.running.call("POST", "/data/subscribe", token=service_key,
+                                        json={"endpoint": receiver.url, "interval": 60, "window": "15m"})
+    assert status == 403 and body["error"] == "dp_only"
+    sub = await t.subscribe(receiver.url)
+    await t.window()
+    await eventually(lambda: len(receiver.received) == 1)
+    org_id = t.running.agent.delivery.subscriptions[sub["id"]].organization_id
+    assert (await t.running.call("PATCH", f"/organizations/{org_id}", json={"level": "service"}))[0] == 200
+    await t.window()
+    await t.window()
+    await asyncio.sleep(0.2)
+    assert len(receiver.received) == 1  # nothing exact after the downgrade
+    state = await t.state(sub["id"])
+    assert state["delivery"]["withheld"] == 2 and "differentially private" in state["delivery"]["last_error"]

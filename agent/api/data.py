@@ -91,18 +91,26 @@ async def get_data(request: web.Request) -> web.Response:
 
 async def _history(request, agent, org, window: str, tag: str | None) -> web.Response:
     now = agent.clock()
-    since = parse_time(request.query.get("since"), "since") or now - 3600
-    until = parse_time(request.query.get("until"), "until") or now
-    until = min(until, now)
+    since = parse_time(request.query.get("since"), "since")
+    until = parse_time(request.query.get("until"), "until")
+    since = now - 3600 if since is None else since
+    until = now if until is None else min(until, now)
     if until <= since:
         raise ApiError(400, "bad_parameter", "until must be after since")
     width = WINDOW_SECONDS[window]
-    first = int(since // width) * width
-    starts = list(range(first, int(until // width) * width, width))  # closed windows only
-    if len(starts) > MAX_HISTORY_WINDOWS:
+    first, last = int(since // width) * width, int(until // width) * width  # closed windows only
+    if (last - first) // width > MAX_HISTORY_WINDOWS:  # before building anything
         raise ApiError(400, "bad_parameter", f"at most {MAX_HISTORY_WINDOWS} windows per request; "
                        "narrow since/until or use a larger window")
-    per_window = await asyncio.to_thread(agent.history_contributions, org.id, window, starts, tag)
+    starts = list(range(first, last, width))
+    # Windows still in memory are answered from the very contributions the live answer used: two answers
+    # about one window must never differ (their difference would be a household).
+    book = agent.books[window]
+    per_window = {start: book.contributions(start) for start in starts if book.holds(start)}
+    older = [start for start in starts if start not in per_window]
+    if older:
+        meters = agent.consenting_meters(org.id)  # read the registry here, on the event loop
+        per_window.update(await asyncio.to_thread(agent.history_contributions, meters, window, older, tag))
     released, refused = [], []
     for start in starts:
         result = agent.release_window(org.id, window, start, per_window.get(start, {}), tag)

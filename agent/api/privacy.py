@@ -72,7 +72,9 @@ async def get_anonymized(request: web.Request) -> web.Response:
     if until - since > MAX_ANONYMIZED_DAYS * 86400:
         raise ApiError(400, "bad_parameter", f"at most {MAX_ANONYMIZED_DAYS} days per request")
     periods = list(range(int(since), int(until), res))
-    series = await asyncio.to_thread(_gather, agent, org.id, periods, res)
+    cohorts = {p: agent.registry.cohort(org.id, SERVICE, p, p + res) for p in periods}  # on the event loop
+    households = [h for h in agent.registry.all_households() if any(h.id in c for c in cohorts.values())]
+    series = await asyncio.to_thread(_gather, agent, households, cohorts, periods, res)
     result = await asyncio.to_thread(anonymize, series, rules, resolution_s=res, level=level.name,
                                      periods=periods)
     span = {"from": _iso(since), "to": _iso(until)}
@@ -87,17 +89,14 @@ async def get_anonymized(request: web.Request) -> web.Response:
     return web.json_response({"records": result.records, "report": report})
 
 
-def _gather(agent, org_id: str, periods: list[int], res: int) -> list[HouseholdSeries]:
-    """Per household that ever consented: static attributes from its stored 15-minute rollups, and its
+def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int], res: int) -> list[HouseholdSeries]:
+    """Per household in some period's cohort: static attributes from its stored 15-minute rollups, and its
     mean consumption per period for the periods throughout which its consent held (cohort per period,
-    so that every release of a period has the same households in it)."""
-    registry = agent.registry
+    so that every release of a period has the same households in it). Runs in a worker thread: it reads
+    only the store, never the registry."""
     since, until = periods[0], periods[-1] + res
-    cohorts = {p: registry.cohort(org_id, SERVICE, p, p + res) for p in periods}
     out = []
-    for household in list(registry.households.values()):
-        if not any(household.id in cohort for cohort in cohorts.values()):
-            continue
+    for household in households:
         rows = agent.store.readings(household.meter_id, since=min(since, until - STATIC_LOOKBACK_S),
                                     until=until, resolution="15m", limit=10**6)
         sums: dict[int, list[float]] = {}
@@ -159,13 +158,15 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
     now = agent.clock()
     history = "since" in q or "until" in q
     if history:
-        since = parse_time(q.get("since"), "since") or now - 3600
-        until = min(parse_time(q.get("until"), "until") or now, now)
+        since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
+        since = now - 3600 if since is None else since
+        until = now if until is None else min(until, now)
         if until <= since:
             raise ApiError(400, "bad_parameter", "until must be after since")
-        starts = list(range(int(since // width) * width, int(until // width) * width, width))
-        if len(starts) > MAX_HISTORY_WINDOWS:
+        first, last = int(since // width) * width, int(until // width) * width
+        if (last - first) // width > MAX_HISTORY_WINDOWS:  # before building anything
             raise ApiError(400, "bad_parameter", f"at most {MAX_HISTORY_WINDOWS} windows per request")
+        starts = list(range(first, last, width))
     else:
         starts = [agent.books[window].last_closed(now)]
     keys = {start: f"{window}|{start}|{tag or ''}|{clamp}" for start in starts}
@@ -173,7 +174,8 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
     if not missing:
         contributions = {}
     elif history:
-        contributions = await asyncio.to_thread(agent.history_contributions, org.id, window, missing, tag)
+        contributions = await asyncio.to_thread(agent.history_contributions, agent.consenting_meters(org.id),
+                                                window, missing, tag)
     else:
         contributions = {starts[0]: agent.books[window].contributions(starts[0])}
 
@@ -235,7 +237,7 @@ def _values(agent, org_id: str, window: str, start: int, contributions: dict, ta
     throughout the window), one per household with data in it."""
     end = start + WINDOW_SECONDS[window]
     cohort = agent.registry.cohort(org_id, "aggregates", start, end)
-    meters = {agent.registry.households[h].meter_id for h in cohort}
+    meters = {agent.registry.meter_of(h) for h in cohort}
     members = [c for meter, c in contributions.items() if meter in meters and (tag is None or tag in c.channels)]
     if tag:
         return [[c.channels[tag] for c in members]]

@@ -234,6 +234,11 @@ class Delivery:
 
     def _produce(self, sub: Subscription, start: int, contributions, now: float) -> None:
         stats = self.stats[sub.id]
+        refusal = self.agent.access_refusal(sub.organization_id, sub.window, sub.tag)
+        if refusal:  # the operator changed the level or narrowed the organization since it subscribed
+            stats.withheld += 1
+            stats.last_error, stats.last_error_at = refusal, time.time()
+            return
         filters = FilterSet.parse(sub.filter)
         result = self.agent.release_window(sub.organization_id, sub.window, start, contributions, sub.tag)
         silent_too_long = (filters.max_silence_s is not None and sub.last_sent_at is not None
