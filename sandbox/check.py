@@ -91,6 +91,9 @@ def inspect_source(source: str | bytes, parameters: Sequence[str]) -> str | None
         elif isinstance(node, ast.Attribute):
             if node.attr.startswith("_") or node.attr in DENIED_ATTRIBUTES:
                 return REJECTED
+            if not isinstance(node.ctx, ast.Load):
+                # `math.x = v` would outlive the fresh namespace each row gets: a channel between households
+                return REJECTED
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             if node.name.startswith("__"):
                 return REJECTED
@@ -99,6 +102,7 @@ def inspect_source(source: str | bytes, parameters: Sequence[str]) -> str | None
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             if "condition" in node.names:
                 return NO_CONDITION
+            return REJECTED  # a condition keeps no state between calls (see sandbox.worker._Condition)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name not in ALLOWED_MODULE_NAMES:

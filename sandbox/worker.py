@@ -124,8 +124,36 @@ def _answer(nonce: bytes, body) -> None:
         data = data[os.write(protocol.ANSWER_FD, data):]
 
 
+class _Condition:
+    """The compiled module. Every row gets a fresh execution of it, so nothing a condition keeps (module
+    globals, closures, mutable defaults) carries from one household's row to the next, or between windows:
+    otherwise row 0's value could be encoded in the other rows' answers."""
+
+    __slots__ = ("code", "builtins", "stateless")
+
+    def __init__(self, code, builtins_dict: dict, loaded: dict, fn):
+        self.code = code
+        self.builtins = builtins_dict
+        # The usual case, kept fast: a module of imports and the one def, a function without defaults or
+        # closure. With `global`, `nonlocal` and attribute stores refused at upload, such a function has
+        # nowhere to keep anything, so the loaded one serves every row.
+        module_type = type(os)
+        self.stateless = (
+            all(name in ("__builtins__", "__name__", "condition") or type(value) is module_type
+                for name, value in loaded.items())
+            and fn.__closure__ is None and fn.__defaults__ is None and fn.__kwdefaults__ is None
+        ) and fn
+
+    def fresh(self):
+        if self.stateless:
+            return self.stateless
+        namespace = {"__builtins__": self.builtins, "__name__": "condition"}
+        exec(self.code, namespace)
+        return namespace["condition"]
+
+
 def _load(body, builtins_dict: dict):
-    """Compile and execute the untrusted module. Returns (condition function or None, answer byte)."""
+    """Compile and execute the untrusted module. Returns (_Condition or None, answer byte)."""
     source, parameters = body
     try:
         code = compile(source, "<condition>", "exec", dont_inherit=True)
@@ -149,22 +177,23 @@ def _load(body, builtins_dict: dict):
         or tuple(fcode.co_varnames[: len(parameters)]) != tuple(parameters)
     ):
         return None, protocol.LOAD_NO_CONDITION
-    return fn, protocol.OK
+    return _Condition(code, builtins_dict, namespace, fn), protocol.OK
 
 
-def _evaluate(fn, rows) -> bytes:
+def _evaluate(condition, rows) -> bytes:
     """One status byte per row. Never calls __bool__ (or anything else) on what the condition returns.
 
     The literals are protocol.FALSE (0), TRUE (1), ERROR (2), NOT_BOOL (3). bool has exactly two instances
     and cannot be subclassed, so identity with True/False is ``type(result) is bool``.
     """
-    if fn is None:
+    if condition is None:
         return b"\x02" * len(rows)
     out = []
     append = out.append
+    fresh = condition.fresh
     for row in rows:
         try:
-            result = fn(*row)
+            result = fresh()(*row)
         except BaseException:
             append(2)
             continue

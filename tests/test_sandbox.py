@@ -240,8 +240,9 @@ def test_recycling_after_n_evaluations():
         assert st.spawns == 3 and st.violations == 0 and st.evaluations == 25
         # recycled right after the 10th and 20th evaluation (pid None until the next request)
         assert pids[9] is None and pids[19] is None and len({p for p in pids if p}) == 3
-        # a batch counts each row: the third worker has seen 5, a batch of 10 takes it over the limit
-        assert s.evaluate("org", "stateful", [(0,)] * 10) == [Status.TRUE] * 5 + [Status.FALSE] * 5
+        # a batch counts each row (the third worker has seen 5, a batch of 10 takes it over the limit), and no
+        # state carries from one row to the next: each row runs in a fresh execution of the module
+        assert s.evaluate("org", "stateful", [(0,)] * 10) == [Status.TRUE] * 10
         assert s.state("org", "stateful").pid is None
         assert s.evaluate("org", "stateful", [(0,)]) == [Status.TRUE]
         assert s.state("org", "stateful").spawns == 4
@@ -546,3 +547,25 @@ def test_works_for_an_unprivileged_agent(tmp_path):
     assert out["mission"] == [1, 0] and out["after"] == [1]
     assert out["worker_uid"] == "12345" and out["seccomp"] == "2"
     assert out["evil"] == "killed by seccomp"
+
+
+def test_no_state_carries_between_households_rows():
+    """A condition must not learn row 0's value (one household) and spell it out in the others' answers."""
+    src = textwrap.dedent("""\
+        memory = []
+        def condition(x):
+            memory.append(x)
+            return len(memory) > 1 and memory[0] > 1000
+    """)
+    with Supervisor(Limits(timeout_s=0.5)) as s:
+        s.register("org", "leaky", src, ["x"])
+        assert s.evaluate("org", "leaky", [(1234.0,)] + [(1.0,)] * 11) == [Status.FALSE] * 12
+        assert s.evaluate("org", "leaky", [(1.0,)]) == [Status.FALSE]  # nor between windows
+
+
+def test_attribute_assignment_is_refused_at_upload():
+    """Module attributes would outlive the fresh namespace each row gets."""
+    from sandbox import inspect_source
+
+    assert inspect_source("import math\ndef condition(x):\n    math.seen = x\n    return True\n", ["x"])
+    assert inspect_source("def condition(x):\n    return x > 1\n", ["x"]) is None
