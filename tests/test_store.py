@@ -349,10 +349,11 @@ def test_a_torn_or_damaged_last_record_is_cut_off_and_the_rest_survives(tmp_path
     store = ReadingStore(root)
     expected = list(range(15)) if damage == "garbage appended" else list(range(10))
     assert seqs(store.readings("m")) == expected
-    assert "cutting off" in caplog.text
-    # New writes land after the good records, and everything loads again.
+    # Readers never cut (a writer may be mid-append); the writer cuts the torn tail before its next append.
+    assert "cutting off" not in caplog.text
     store.add(make_reading("m", T0 + 20, 20))
     store.flush()
+    assert "cutting off" in caplog.text
     store.close()
     reopened = ReadingStore(root)
     assert seqs(reopened.readings("m")) == expected + [20]
@@ -371,7 +372,7 @@ def test_a_power_cut_at_any_byte_of_the_last_record_loses_only_that_record(tmp_p
         store = ReadingStore(root)
         assert seqs(store.readings("m")) == list(range(10)), f"cut at byte {cut}"
         abandon(store)
-        assert segment.stat().st_size == last  # the torn tail was cut off on load
+        assert segment.stat().st_size == cut  # reading never cuts; the next writer does (test above)
 
 
 def test_tinydb_update_and_remove_rewrite_a_segment_atomically(tmp_path):
@@ -398,10 +399,15 @@ def test_record_framing_refuses_what_it_did_not_write():
     record = encode_record("readings", 1, [{"a": 1}])
     assert decode_records(record) == ([("readings", 1, [{"a": 1}])], len(record), None)
     assert decode_records(b"") == ([], 0, None)
-    assert decode_records(record + record[:7])[1:] == (len(record), "short header")
-    assert decode_records(record[:-1])[1:] == (0, "short payload")
-    assert decode_records(b"XXXX" + record[4:])[1:] == (0, "bad magic")
-    assert decode_records(record[:4] + b"\xff\xff\xff\xff" + record[8:])[1:] == (0, "impossible length")
+    for damaged, good, why in ((record + record[:7], len(record), "short header"),
+                               (record[:-1], 0, "short payload"),
+                               (b"XXXX" + record[4:], 0, "bad magic"),
+                               (record[:4] + b"\xff\xff\xff\xff" + record[8:], 0, "impossible length")):
+        records, end, problem = decode_records(damaged)
+        assert end == good and problem.startswith(why) and problem.endswith("(torn tail)")
+    # damage in the middle: skipped, and the good record after it is still read
+    records, end, problem = decode_records(record[:-1] + b"\x00" + record)
+    assert records == [("readings", 1, [{"a": 1}])] and end == 2 * len(record) and "skipped" in problem
 
 
 # --- write cost does not grow with the store ---------------------------------------------------------
@@ -557,4 +563,24 @@ def test_adding_while_another_thread_flushes_loses_nothing(tmp_path):
     reopened = ReadingStore(tmp_path / "s")
     assert seqs(reopened.readings("m", limit=10_000)) == list(range(3000))
     assert reopened.stats()["segments"] > 0
+    reopened.close()
+
+
+def test_one_damaged_record_in_the_middle_costs_only_that_record(tmp_path):
+    """A flipped bit must not wipe what follows it (the registry and budgets use the same format)."""
+    root = tmp_path / "s"
+    segment = _three_flushes(root)
+    offsets = _record_offsets(segment)
+    damaged = bytearray(segment.read_bytes())
+    damaged[offsets[0] + HEADER.size + 10] ^= 0x40  # inside the first of three records
+    segment.write_bytes(bytes(damaged))
+    size = segment.stat().st_size
+    store = ReadingStore(root)
+    assert seqs(store.readings("m")) == list(range(5, 15))  # the second and third records survive
+    store.add(make_reading("m", T0 + 20, 20))
+    store.flush()
+    store.close()
+    assert segment.stat().st_size > size  # nothing was cut
+    reopened = ReadingStore(root)
+    assert seqs(reopened.readings("m")) == list(range(5, 15)) + [20]
     reopened.close()

@@ -62,20 +62,44 @@ def encode_record(table: str, first_id: int, docs: list[dict]) -> bytes:
 
 
 def decode_records(buf: bytes) -> tuple[list[tuple[str, int, list[dict]]], int, str | None]:
-    """Decode records from the start of buf until the end or the first bad one.
+    """Decode every good record in buf.
 
-    Returns (records as (table, first_id, docs), bytes of good records, why decoding stopped or None).
+    A damaged record in the middle (a flipped bit, a bad sector) is skipped: decoding resumes at the next
+    record that checks out, so one bad byte never costs the records after it. Only a damaged tail with no good
+    record after it (a torn write) ends the good part.
+
+    Returns (records as (table, first_id, docs), end of the last good record, what was wrong or None).
     """
     records = []
     view = memoryview(buf)
-    pos = 0
+    pos = good = 0
+    problems = []
     while pos < len(buf):
         try:
             records.append(_decode_one(view, pos))
         except CorruptRecord as problem:
-            return records, pos, str(problem)
+            resume = _next_good(view, buf, pos + 1)
+            if resume is None:
+                problems.append(f"{problem} at byte {pos} (torn tail)")
+                break
+            problems.append(f"{problem} at byte {pos}: skipped {resume - pos} bytes")
+            pos = resume
+            continue
         pos += HEADER.size + HEADER.unpack_from(view, pos)[1]
-    return records, pos, None
+        good = pos
+    return records, good, "; ".join(problems) or None
+
+
+def _next_good(view: memoryview, buf: bytes, start: int) -> int | None:
+    """The offset of the next record after `start` that decodes, or None."""
+    pos = buf.find(MAGIC, start)
+    while pos >= 0:
+        try:
+            _decode_one(view, pos)
+            return pos
+        except CorruptRecord:
+            pos = buf.find(MAGIC, pos + 1)
+    return None
 
 
 def _decode_one(view: memoryview, pos: int) -> tuple[str, int, list[dict]]:

@@ -61,7 +61,9 @@ class SegmentStorage(Storage):
                     for offset, doc in enumerate(docs):
                         rows[first_id + offset] = doc
                 if problem:
-                    repair_tail(self.path, self._decoded_upto + good, len(buf) - good, problem)
+                    # Readers never cut a file: a writer may be halfway through an append right now. The writer
+                    # cuts a torn tail itself when it next opens the file (_open_for_append).
+                    log.warning("segment %s: %s", self.path, problem)
                 self._decoded_upto += good
         return self._tables
 
@@ -176,18 +178,6 @@ class SegmentDB(TinyDB):
 
 
 # --- small file-system helpers ---------------------------------------------------------------------
-def repair_tail(path: Path, good: int, bad: int, problem: str) -> None:
-    """Cut a torn or damaged tail off a segment, so that later appends are not hidden behind it."""
-    log.warning("segment %s: %s at byte %d, cutting off the last %d bytes", path, problem, good, bad)
-    try:
-        with open(path, "r+b") as handle:
-            handle.truncate(good)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        log.warning("segment %s: cannot cut off the damaged tail: %s", path, exc)
-
-
 def ensure_dir(directory: Path) -> None:
     """Create directory and missing parents, fsyncing each parent so the new entries are durable."""
     if directory.is_dir():
