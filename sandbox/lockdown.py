@@ -159,6 +159,12 @@ def lock_down(libc, pyseccomp, *, parent_pid: int, uid: int, gid: int, memory_by
 
     step = protocol.STEP_CREDENTIALS
     try:
+        # If memory runs short, the kernel kills a worker, never the agent that reads the meters.
+        try:
+            with open("/proc/self/oom_score_adj", "w") as adj:
+                adj.write("1000")
+        except OSError:
+            pass
         # The uid switch comes before PR_SET_PDEATHSIG and PR_SET_DUMPABLE because a change of
         # credentials resets both (kernel commit_creds()).
         drop_privileges(uid, gid)

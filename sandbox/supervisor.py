@@ -78,7 +78,7 @@ class Limits:
     max_timeout_s: float = 2.0  # cap of a batch's deadline
     spawn_timeout_s: float = 5.0  # fresh interpreter + pre-imports + lockdown (~45 ms on a Pi 4)
     load_timeout_s: float = 0.5  # compiling and executing the untrusted module
-    memory_bytes: int = 256 << 20  # RLIMIT_AS
+    memory_bytes: int = 128 << 20  # RLIMIT_AS; with the agent's MemoryMax in mind (a Pi has 1-4 GB)
     cpu_s: int = 30  # RLIMIT_CPU (a backstop: the deadline is what stops a busy worker)
     max_evaluations: int = 100_000  # recycle a worker after this many evaluations
     quarantine_after: int = 3  # violations before a condition is quarantined

@@ -186,10 +186,11 @@ def test_lockdown_seen_from_outside(sup):
     if os.geteuid() == 0:  # PR_SET_DUMPABLE(0): /proc/<pid>/ files belong to root, not to the worker
         assert os.stat(f"/proc/{pid}/mem").st_uid == 0
     limits = Path(f"/proc/{pid}/limits").read_text()
-    for line, soft in [("Max address space", str(256 << 20)), ("Max open files", "2"), ("Max processes", "0"),
+    for line, soft in [("Max address space", str(Limits().memory_bytes)), ("Max open files", "2"), ("Max processes", "0"),
                        ("Max core file size", "0"), ("Max file size", "0"), ("Max cpu time", str(FAST.cpu_s))]:
         assert any(row.startswith(line) and row.split()[len(line.split())] == soft for row in limits.splitlines()), line
     assert os.getpgid(pid) == pid  # own process group: a terminal's Ctrl-C does not reach it
+    assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "1000"  # killed before the agent
 
 
 def test_worker_dies_with_parent(tmp_path):
