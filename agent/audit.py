@@ -46,7 +46,12 @@ class AuditLog:
             for entry in pending:
                 by_day.setdefault(time.strftime("%Y%m%d", time.gmtime(entry["at"])), []).append(entry)
             for day, entries in by_day.items():
-                self._open(day).table("audit").insert_multiple(entries)
+                try:
+                    self._open(day).table("audit").insert_multiple(entries)
+                except OSError:
+                    # disk full or failing: keep what is not written for the next flush, and say so
+                    self._pending[:0] = [e for d, es in by_day.items() if d >= day for e in es]
+                    raise
 
     def _open(self, day: str) -> SegmentDB:
         if day != self._day:

@@ -243,6 +243,8 @@ def _level(t: _Table, name: str) -> Level:
     if not all(isinstance(p, str) and p for p in parameters):
         raise ConfigError(f"{t.key}.parameters", "must be a list of parameter names or patterns")
     windows = t.get("windows", list, list(default.windows))
+    if not windows:
+        raise ConfigError(f"{t.key}.windows", "must name at least one window")
     bad = [w for w in windows if w not in WINDOWS]
     if bad:
         raise ConfigError(f"{t.key}.windows", f"unknown window {bad[0]!r}; windows: {', '.join(WINDOWS)}")

@@ -31,7 +31,8 @@ class Pipeline:
         """Store it; tell the listeners only when it is live (not a datalogger catching up)."""
         self.store.add(reading)
         known = self.latest.get(reading.meter_id)
-        if known is None or reading.timestamp >= known.timestamp:
+        # by arrival: one telegram from a meter whose clock jumped ahead must not freeze "latest"
+        if known is None or reading.received_at >= known.received_at:
             self.latest[reading.meter_id] = reading
         self.readings_in += 1
         if not live:

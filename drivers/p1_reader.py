@@ -82,7 +82,7 @@ class P1Reader:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"p1-{self.spec.meter_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run_forever, name=f"p1-{self.spec.meter_id}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -143,6 +143,18 @@ class P1Reader:
         self.opens += 1
         return port
 
+    def _run_forever(self) -> None:
+        """Whatever goes wrong in here, the meter shows it and the reader starts over: a reader thread that
+        died while /health still said "reading" is the silent stop users of other tools complain about."""
+        while not self._stop.is_set():
+            try:
+                self._run()
+            except Exception as err:
+                self.state = MeterState.DISCONNECTED
+                self.last_port_error = f"reader failed: {err.__class__.__name__}"
+                log.exception("meter %s: reader failed, starting over", self.spec.meter_id)
+                self._stop.wait(self.max_backoff)
+
     def _run(self) -> None:
         backoff = 1.0
         opened_before = False
@@ -202,11 +214,15 @@ class P1Reader:
             self.last_telegram_monotonic = now
             self.state = MeterState.READING
             self.last_port_error = None
+        self._hand_over(readings)
+        return bool(readings)
+
+    def _hand_over(self, readings) -> None:
+        for reading in readings:
             try:
                 self.on_reading(reading)
             except Exception:  # the consumer's bug must not kill the reader
                 log.exception("meter %s: reading handler failed", self.spec.meter_id)
-        return bool(readings)
 
     def _port_failed(self, what: str, err: Exception) -> None:
         self.state = MeterState.DISCONNECTED
@@ -246,8 +262,7 @@ class P1Reader:
                         self._adopt(decoder, settings)
                         self.last_telegram_monotonic = time.monotonic()
                         self.state = MeterState.READING
-                        for reading in readings:
-                            self.on_reading(reading)
+                        self._hand_over(readings)
                         return
             except (serial.SerialException, OSError) as err:
                 self._port_failed("read", err)

@@ -166,3 +166,8 @@ def test_cli_check_config_does_not_print_keys(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "4 meter(s)" in result.stdout
     assert SECRET.lower() not in (result.stdout + result.stderr).lower()
+
+
+def test_a_level_needs_at_least_one_window(tmp_path):
+    with pytest.raises(ConfigError, match="levels.custom.windows: must name at least one window"):
+        load_config(write(tmp_path, GOOD + '\n[levels.custom]\nwindows = []\n'))

@@ -176,3 +176,13 @@ async def test_a_wired_household_cannot_post(tmp_path, start_agent, pty_pair):
     assert status == 422
     status, body = await running.call("POST", "/households", json={"meter_id": "m1"})
     assert status == 409
+
+
+async def test_hostile_bodies_and_parameters_are_4xx_not_500(household):
+    running, token, meter_id = household
+    status, body = await running.call("POST", "/readings", token=token, data=b"[" * 100_000,
+                                      headers={"Content-Type": "application/json"})
+    assert status == 400 and body["error"] == "malformed_json"
+    assert (await running.call("POST", "/readings", token=token, json={"timestamp": ts()}))[0] == 201
+    status, body = await running.call("GET", f"/meters/{meter_id}/readings?limit=%C2%B2")  # "²".isdigit()
+    assert status == 400 and body["error"] == "bad_parameter"

@@ -239,3 +239,20 @@ def test_a_failing_handler_does_not_kill_the_reader(pty_pair, readers):
     pty_pair.write(V5)
     wait_until(lambda: len(calls) == 2)
     assert reader.state == MeterState.READING
+
+
+def test_a_failing_handler_during_auto_detection_does_not_kill_the_reader(pty_pair, readers):
+    calls = []
+
+    def handler(reading):
+        calls.append(reading)
+        raise RuntimeError("consumer bug")
+
+    reader = readers(MeterSpec("m1", pty_pair.path, "auto"), handler)
+    wait_until(lambda: reader.opens >= 1)
+    pty_pair.write(V5)
+    wait_until(lambda: len(calls) == 1)
+    wait_until(lambda: reader.opens >= 2)  # reopened with the detected settings: the thread lives
+    pty_pair.write(V5)
+    wait_until(lambda: len(calls) == 2)
+    assert reader._thread.is_alive() and reader.profile_name == "dsmr5"

@@ -122,7 +122,7 @@ def parse_time(value: str | None, name: str) -> float | None:
 def parse_limit(value: str | None, default: int = 10_000) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:  # "²".isdigit() is True
         raise ApiError(400, "bad_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(value)
 
@@ -135,7 +135,7 @@ async def read_json(request: web.Request, allow_empty: bool = False):
         raise ApiError(400, "malformed_json", "the request needs a JSON body")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: "[[[[..." 100,000 deep
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {err.__class__.__name__}") from None
 
 

@@ -130,7 +130,7 @@ def _clamp(request: web.Request, level: Level, tag: str | None) -> int:
     value = request.query.get("clamp_w")
     if value is None:
         return level.dp.tag_clamp_w if tag else level.dp.clamp_w
-    if not value.isdigit() or not 1 <= int(value) <= 1_000_000:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 1_000_000:
         raise ApiError(400, "bad_parameter", "clamp_w must be an integer from 1 to 1000000 (watts)")
     return int(value)
 
