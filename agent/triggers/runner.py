@@ -365,6 +365,9 @@ class TriggerRunner:
         # The debounce log first: a crash after an action must not let it happen again within the interval.
         await asyncio.get_running_loop().run_in_executor(
             self._executor, self.store.record_firings, trig.id, [h.id for h in acting], now)
+        if self.store.compaction_due():
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.store.compact_firings, dict(self.debounce.last), dict(self.debounce.cooldown))
         stats.firings += len(acting)
         for household in acting:
             task = asyncio.create_task(self._act(trig, org, household, now), name=f"action-{trig.id}")

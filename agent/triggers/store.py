@@ -40,6 +40,7 @@ class TriggerStore:
         self.firings_db = SegmentDB(str(directory / "firings.seg"))
         self.key = _device_key(directory / "pseudonym.key")
         self.lock = threading.Lock()
+        self._appended = 0  # firing lines since the last compaction
 
     def close(self) -> None:
         with self.lock:
@@ -94,6 +95,20 @@ class TriggerStore:
         with self.lock:
             self.firings_db.table("last").insert_multiple({"t": trigger_id, "h": h, "at": at}
                                                           for h in household_ids)
+            self._appended += len(household_ids)
+
+    def compaction_due(self) -> bool:
+        """The log only needs the last firing per (trigger, household): rewrite it now and then, so it stays
+        bounded while the agent runs (a neighbourhood trigger appends a line per household per interval)."""
+        return self._appended > FIRINGS_COMPACT_AFTER
+
+    def compact_firings(self, last: dict, cooldown: dict) -> None:
+        """`last` and `cooldown` are copies taken on the event loop."""
+        with self.lock:
+            snapshot = Debouncer()
+            snapshot.last, snapshot.cooldown = last, cooldown
+            self._compact_firings(snapshot)
+            self._appended = 0
 
     def _compact_firings(self, debounce: Debouncer) -> None:
         self.firings_db.storage.write({
