@@ -30,6 +30,9 @@ class Tasmota(ApplianceDriver):
         key = relay.upper()
         if not isinstance(answer, dict):
             raise ApplianceError("unexpected answer")
-        got = answer.get(key, answer.get("POWER1") if key == "POWER" else None)
+        # A one-relay device answers "POWER" to "Power1" as well as "POWER1" to "Power"
+        got = answer.get(key)
+        if got is None and key in ("POWER", "POWER1"):
+            got = answer.get("POWER1" if key == "POWER" else "POWER")
         if got != state.upper():
             raise ApplianceError(f"relay reports {str(got)[:10]!r}, expected {state.upper()!r}")
