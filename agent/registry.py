@@ -296,6 +296,11 @@ class Registry:
                 if org == org_id and svc == service and line.held_throughout(start, end)
                 and (hh in self.households or hh in self._deleted)}
 
+    def consent_timeline(self, household_id: str, org_id: str, service: str) -> tuple[list[float], list[bool]]:
+        """A copy of one consent's changes (times, granted), for use off the event loop."""
+        line = self._consents.get((household_id, org_id, service))
+        return (list(line.times), list(line.granted)) if line else ([], [])
+
     def ever_consented(self, household_id: str, org_id: str, service: str) -> bool:
         line = self._consents.get((household_id, org_id, service))
         return bool(line and any(line.granted))

@@ -13,6 +13,7 @@ Every access, released or refused, is written to the audit log.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from datetime import datetime, timezone
 
@@ -74,7 +75,8 @@ async def get_anonymized(request: web.Request) -> web.Response:
     periods = list(range(int(since), int(until), res))
     cohorts = {p: agent.registry.cohort(org.id, SERVICE, p, p + res) for p in periods}  # on the event loop
     households = [h for h in agent.registry.all_households() if any(h.id in c for c in cohorts.values())]
-    series = await asyncio.to_thread(_gather, agent, households, cohorts, periods, res)
+    timelines = {h.id: agent.registry.consent_timeline(h.id, org.id, SERVICE) for h in households}
+    series = await asyncio.to_thread(_gather, agent, households, cohorts, periods, res, timelines)
     result = await asyncio.to_thread(anonymize, series, rules, resolution_s=res, level=level.name,
                                      periods=periods)
     span = {"from": _iso(since), "to": _iso(until)}
@@ -89,7 +91,8 @@ async def get_anonymized(request: web.Request) -> web.Response:
     return web.json_response({"records": result.records, "report": report})
 
 
-def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int], res: int) -> list[HouseholdSeries]:
+def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int], res: int,
+            timelines: dict[str, tuple[list[float], list[bool]]]) -> list[HouseholdSeries]:
     """Per household in some period's cohort: static attributes from its stored 15-minute rollups, and its
     mean consumption per period for the periods throughout which its consent held (cohort per period,
     so that every release of a period has the same households in it). Runs in a worker thread: it reads
@@ -111,8 +114,13 @@ def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int],
             acc = sums.setdefault(period, [0.0, 0.0])
             acc[0] += row["power_import_w"] * weight
             acc[1] += weight
+        # Static attributes only from quarters in which the household's consent held: data from outside
+        # its consent is never used, not even to describe it.
+        times, granted = timelines[household.id]
+        consented = [row for row in rows
+                     if (i := bisect.bisect_right(times, _seconds(row["start"]))) and granted[i - 1]]
         if sums:
-            out.append(HouseholdSeries(household.id, static_from_rollups(rows),
+            out.append(HouseholdSeries(household.id, static_from_rollups(consented),
                                        {p: total / n for p, (total, n) in sums.items()}))
     return out
 
