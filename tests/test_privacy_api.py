@@ -289,3 +289,31 @@ def test_levels_in_the_config_file(tmp_path):
         with pytest.raises(ConfigError, match=key):
             parse_config({**base, "levels": {"dso": bad}})
     assert replace(DEFAULT_LEVELS["dso"]).dp.only is False
+
+
+async def test_static_attributes_use_only_data_from_under_consent(tmp_path, start_agent):
+    """Readings from before a household consented must not describe it, not even as 'has PV'."""
+    from agent.api.privacy import SERVICE, _gather
+
+    clock = StepClock(T0 - 3 * 3600)
+    running = await start_agent(make_config(tmp_path), clock=clock)
+    org_id, _ = await running.create_org("Grid Co", "dso")
+    (household_id, token), = await households(running, "", 1)
+    meter = running.agent.registry.household(household_id).meter_id
+    before = list(range(T0 - 3 * 3600, T0 - 3600, 900))
+    for start in before + [before[-1] + 900]:  # exporting, three-phase, gas: before any consent
+        clock.now = start + 10
+        running.agent.ingest_http(reading(meter, clock.now, 0, 0))
+    clock.now = T0 - 1800
+    assert (await running.call("PUT", f"/households/me/consents/{org_id}/{SERVICE}", token=token))[0] == 200
+    periods = list(range(T0, T0 + 3600, 900))
+    for start in periods + [periods[-1] + 900]:  # no export, one phase, no gas: under consent
+        clock.now = start + 10
+        running.agent.ingest_http(reading(meter, clock.now, 1, 0))
+    agent, registry = running.agent, running.agent.registry
+    cohorts = {p: registry.cohort(org_id, SERVICE, p, p + 900) for p in periods}
+    assert all(household_id in c for c in cohorts.values())
+    timelines = {household_id: registry.consent_timeline(household_id, org_id, SERVICE)}
+    [series] = _gather(agent, [registry.household(household_id)], cohorts, periods, 900, timelines)
+    assert series.static.has_pv is False and series.static.has_gas is True  # i = 1: gas, no PV
+    assert series.static.phases == 1
