@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from agent.auth import AuthError, Principal, identify
+from agent.auth import ORGANIZATION, AuthError, Principal, identify
 from agent.ingest import IngestError
 from agent.registry import RegistryError
 
@@ -95,6 +95,15 @@ def require(request: web.Request, *roles: str, schemes: tuple[str, ...] = ("bear
     if found.role not in roles:
         raise ApiError(403, "forbidden", f"this endpoint is for: {', '.join(roles)}")
     return found
+
+
+def owned_by_caller(request: web.Request, items: dict, key: str, what: str):
+    """(organization, item) for an organization's own subscription or trigger; another's looks like none."""
+    org = require(request, ORGANIZATION).organization
+    item = items.get(request.match_info[key])
+    if item is None or item.organization_id != org.id:
+        raise ApiError(404, "not_found", f"no such {what}")
+    return org, item
 
 
 # --- parameters and bodies -----------------------------------------------------------------

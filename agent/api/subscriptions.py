@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, json_object, read_json, require
+from agent.api.common import ApiError, agent_of, json_object, owned_by_caller, read_json, require
 from agent.api.data import check_access, level_of
 from agent.auth import ORGANIZATION
 from agent.delivery.filters import FilterError, FilterSet
@@ -14,11 +14,8 @@ MIN_INTERVAL_S, MAX_INTERVAL_S = 1, 86400
 
 
 def _owned(request: web.Request):
-    org = require(request, ORGANIZATION).organization
     delivery = agent_of(request).delivery
-    sub = delivery.subscriptions.get(request.match_info["sub_id"])
-    if sub is None or sub.organization_id != org.id:  # someone else's looks the same as none
-        raise ApiError(404, "not_found", "no such subscription")
+    org, sub = owned_by_caller(request, delivery.subscriptions, "sub_id", "subscription")
     return org, delivery, sub
 
 

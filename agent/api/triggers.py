@@ -15,7 +15,7 @@ import math
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, json_object, read_json, require
+from agent.api.common import ApiError, agent_of, json_object, owned_by_caller, read_json, require
 from agent.api.data import level_of
 from agent.auth import ORGANIZATION
 from agent.config import WINDOWS
@@ -41,11 +41,8 @@ def _unavailable(detail: str) -> ApiError:
 
 
 def _owned(request: web.Request):
-    org = require(request, ORGANIZATION).organization
     runner = agent_of(request).triggers
-    trig = runner.triggers.get(request.match_info["trigger_id"])
-    if trig is None or trig.organization_id != org.id:  # someone else's looks the same as none
-        raise ApiError(404, "not_found", "no such trigger")
+    org, trig = owned_by_caller(request, runner.triggers, "trigger_id", "trigger")
     return org, runner, trig
 
 
