@@ -29,6 +29,13 @@ async def grant(running, token, org_id, service="aggregates"):
     assert status == 200, body
 
 
+async def grant_all(running, clock, households, org_id):
+    """Every household consents to aggregates; the next window is the first their consent holds for."""
+    for _, token in households:
+        await grant(running, token, org_id)
+    clock.step(1)
+
+
 async def post(running, token, clock, **values):
     status, body = await running.call("POST", "/readings", token=token,
                                       json={"timestamp": clock.now, **values})
@@ -41,9 +48,7 @@ async def data(running, org_key, query="window=1s"):
 
 async def test_released_over_a_large_enough_cohort(neighbourhood):
     running, clock, org_id, org_key, households = neighbourhood
-    for _, token in households:
-        await grant(running, token, org_id)
-    clock.step(1)
+    await grant_all(running, clock, households, org_id)
     for i, (_, token) in enumerate(households):
         await post(running, token, clock, power_import_w=100.0 + i, power_export_w=10.0)
     clock.step(1)
@@ -74,9 +79,7 @@ async def test_too_few_consenting_households_is_409_with_how_many_missing(neighb
 
 async def test_one_dominant_household_is_not_released(neighbourhood):
     running, clock, org_id, org_key, households = neighbourhood
-    for _, token in households:
-        await grant(running, token, org_id)
-    clock.step(1)
+    await grant_all(running, clock, households, org_id)
     for i, (_, token) in enumerate(households):
         await post(running, token, clock, power_import_w=20_000.0 if i == 0 else 100.0)
     clock.step(1)
@@ -136,9 +139,7 @@ async def test_consent_history_is_append_only_and_readable(neighbourhood):
 async def test_tagged_channels_give_the_appliance_average(neighbourhood):
     """The second reference of MISSION.md: an energy company averaging fridges to set a tariff."""
     running, clock, org_id, org_key, households = neighbourhood
-    for _, token in households:
-        await grant(running, token, org_id)
-    clock.step(1)
+    await grant_all(running, clock, households, org_id)
     for i, (_, token) in enumerate(households):
         channels = {"fridge": 50.0 + i, "light-bulb": 10.0} if i < 11 else {"light-bulb": 10.0}
         await post(running, token, clock, power_import_w=300.0, channels=channels)
@@ -171,9 +172,7 @@ async def test_levels_limit_windows_and_parameters(neighbourhood):
 
 async def test_history_from_the_store_and_audit(neighbourhood):
     running, clock, org_id, org_key, households = neighbourhood
-    for _, token in households:
-        await grant(running, token, org_id)
-    clock.step(1)
+    await grant_all(running, clock, households, org_id)
     start = clock.now
     for second in range(3):
         for _, token in households:
@@ -210,9 +209,7 @@ def test_release_rules_directly():
 async def test_a_closed_window_keeps_its_answer_after_a_household_is_deleted(neighbourhood):
     """Two answers about one window must never differ: the difference would be one household."""
     running, clock, org_id, org_key, households = neighbourhood
-    for _, token in households:
-        await grant(running, token, org_id)
-    clock.step(1)
+    await grant_all(running, clock, households, org_id)
     for i, (_, token) in enumerate(households):
         await post(running, token, clock, power_import_w=100.0 + i)
     clock.step(1)
