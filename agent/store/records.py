@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 
 MAGIC = b"ESg1"
 HEADER = struct.Struct(">4sII")
@@ -88,6 +89,32 @@ def decode_records(buf: bytes) -> tuple[list[tuple[str, int, list[dict]]], int, 
         pos += HEADER.size + HEADER.unpack_from(view, pos)[1]
         good = pos
     return records, good, "; ".join(problems) or None
+
+
+def decode_records_backward(buf: bytes) -> Iterator[tuple[str, int, list[dict]]]:
+    """The good records of buf, newest first, decoded lazily: to read only the end of a segment.
+
+    The headers are walked from the start (cheap: nothing is decompressed) to find where each record
+    begins; damage in the middle, where that walk cannot go on, falls back to ``decode_records`` of the whole
+    buffer. A torn tail and records that fail their check are left out, as ``decode_records`` does.
+    """
+    view = memoryview(buf)
+    offsets = []
+    pos = 0
+    while len(buf) - pos >= HEADER.size:
+        magic, length, _ = HEADER.unpack_from(view, pos)
+        if magic != MAGIC or length > MAX_PAYLOAD or pos + HEADER.size + length > len(buf):
+            break
+        offsets.append(pos)
+        pos += HEADER.size + length
+    if pos < len(buf) and _next_good(view, buf, pos + 1) is not None:  # a good record after the damage
+        yield from reversed(decode_records(buf)[0])
+        return
+    for pos in reversed(offsets):
+        try:
+            yield _decode_one(view, pos)
+        except CorruptRecord:
+            continue
 
 
 def _next_good(view: memoryview, buf: bytes, start: int) -> int | None:

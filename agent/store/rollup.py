@@ -7,6 +7,7 @@ the store decides when they are written. A rollup (storage form, nulls left out,
     <power/voltage/current field>   mean over the readings that had it (e.g. power_import_w)
     power_import_w_max, power_export_w_max
     <counter field>                 last value seen (energy_*_wh, gas_m3, tariff, failures, sags, swells)
+    replaces                        (storage only, true or absent) see ``RollupAccumulator.resume``
 
 Windows are keyed by ``received_at`` (the device's NTP-synced clock), never the meter's ``timestamp``.
 """
@@ -27,10 +28,11 @@ ROLLUP_FIELDS: tuple[str, ...] = (
 
 
 class _Window:
-    __slots__ = ("start", "count", "sums", "counts", "maxes", "lasts")
+    __slots__ = ("start", "replaces", "count", "sums", "counts", "maxes", "lasts")
 
-    def __init__(self, start: int):
+    def __init__(self, start: int, replaces: bool = False):
         self.start = start
+        self.replaces = replaces
         self.count = 0
         self.sums = [0.0] * len(MEAN_FIELDS)
         self.counts = [0] * len(MEAN_FIELDS)
@@ -64,6 +66,8 @@ class _Window:
         for name, value in zip(LAST_FIELDS, self.lasts):
             if value is not None:
                 out[name] = value
+        if self.replaces:
+            out["replaces"] = True
         return out
 
 
@@ -75,7 +79,8 @@ class RollupAccumulator:
     (arrived out of order) is left out of the rollups and counted in ``late``. One more than
     ``CLOCK_STEP_S`` (and a window) older means the device clock was stepped back: the open window is closed and a new
     one starts, so that a clock fixed by NTP does not starve the rollups; a window that thereby gets two
-    rollups is merged when read (``merge_rollups``).
+    rollups is merged when read (``merge_rollups``). After a restart, ``resume`` reopens the windows that were
+    open from the readings on disk.
     """
 
     CLOCK_STEP_S = 600
@@ -102,6 +107,23 @@ class RollupAccumulator:
         window.add(reading)
         return closed
 
+    def resume(self, meter_id: str, readings: list[Reading]) -> None:
+        """Reopen the meter's newest window from its readings already on disk (at start, after a restart).
+
+        ``readings``: the meter's stored readings in the order they were written, at least every one of the
+        newest window (by ``received_at``); the others are ignored. The window's rollup then counts every reading
+        of the window that reached the disk, including those of rollups already written for it (partial, at a
+        clean close; or closed before a clock step), so it is marked ``replaces``: when read, it replaces the
+        window's earlier rollups instead of being merged with them (``combine_same_window``).
+        """
+        if not readings:
+            return
+        start = window_start(max(reading.received_at.timestamp() for reading in readings), self.width_s)
+        window = self._open[meter_id] = _Window(start, replaces=True)
+        for reading in readings:
+            if window_start(reading.received_at.timestamp(), self.width_s) == start:
+                window.add(reading)
+
     def close(self) -> list[dict]:
         closed = [window.result(meter_id, self.width_s) for meter_id, window in self._open.items()]
         self._open.clear()
@@ -113,8 +135,20 @@ def window_start(moment: float, width_s: int) -> int:
     return math.floor(moment / width_s) * width_s
 
 
+def combine_same_window(earlier: dict, later: dict) -> dict:
+    """The rollup of a window that has two, ``later`` written after ``earlier``.
+
+    A rollup marked ``replaces`` counts everything of its window that reached the disk (``resume``), so it
+    stands alone; otherwise the two parts are merged.
+    """
+    if later.get("replaces"):
+        return later
+    return merge_rollups(earlier, later)
+
+
 def merge_rollups(earlier: dict, later: dict) -> dict:
-    """Combine two rollups of the same meter and window (the agent restarted inside the window).
+    """Combine two rollups of the same meter and window (a clock step, or a restart inside the window that
+    found no raw readings to rebuild it from).
 
     Means are weighted by count; where one part lacks a field, the other part's mean stands. Exact unless a
     field came and went within a part, which meters do not do.

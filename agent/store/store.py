@@ -19,7 +19,11 @@ segments, never reads older ones, and never rewrites anything. Queries open only
 their time range; a small LRU keeps a few decoded segments. Retention deletes whole files.
 
 Crash safety: a record is length-prefixed and CRC-checked, so a torn write (kill -9, power cut) is found on
-load and cut off; at most the readings not yet flushed are lost.
+load and cut off; at most the readings not yet flushed are lost. The rollup windows still open live in memory:
+at start the store rebuilds them from the raw readings on disk (the newest raw segment of each meter, which
+holds its newest 15-minute window whole), so a crash costs the rollups no more than the raw readings. Such a
+rebuilt window's rollup counts the window's readings already in a rollup (the partial one a clean close
+writes), so it replaces, when read, the window's earlier rollups instead of being merged with them.
 
 Threads: the agent calls flush/apply_retention/close from a worker thread while add and the queries come
 from the event loop. ``_lock`` guards the in-memory state and is never held during disk I/O, so ``add``
@@ -43,7 +47,8 @@ from urllib.parse import quote, unquote
 
 from tinydb import Query
 
-from agent.store.rollup import RollupAccumulator, merge_rollups, rollup_to_json, window_start
+from agent.store.rollup import RollupAccumulator, combine_same_window, rollup_to_json, window_start
+from agent.store.records import decode_records_backward
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.reading import FIELD_NAMES, TIME_FIELDS, Reading, iso
 
@@ -121,6 +126,28 @@ class ReadingStore:
         self._last_flush_error: str | None = None
         self._last_error_logged_at = -math.inf
         self._segments, self._disk_bytes = self._measure_disk()
+        self._resume_rollups()
+
+    def _resume_rollups(self) -> None:
+        """Reopen each meter's open rollup windows from its newest raw readings on disk (see the module doc).
+
+        Per meter this decodes the newest raw segment from its end back to the start of its newest 15-minute
+        window only (or, if that segment has no readable reading yet, the one before).
+        """
+        widest = max(ROLLUP_WIDTH_S.values())
+        for meter_dir in self._meter_dirs(RAW):
+            meter_id = unquote(meter_dir.name)
+            try:
+                docs: list[dict] = []
+                for _, path in reversed(self._segment_files_in(RAW, meter_dir)[-3:]):
+                    docs = _newest_window_records(path, widest)
+                    if docs:
+                        break
+                readings = [_reading_from_record(doc) for doc in docs]
+                for accumulator in self._accumulators.values():
+                    accumulator.resume(meter_id, readings)
+            except Exception as exc:  # a damaged store must not stop the agent: those windows start empty
+                log.warning("cannot rebuild the open rollup windows of meter %r from %s: %r", meter_id, meter_dir, exc)
 
     # --- writing -------------------------------------------------------------------------------
     def add(self, reading: Reading) -> None:
@@ -155,12 +182,14 @@ class ReadingStore:
             if not readings and not rollups:
                 return 0
 
+            # Rollups first: a crash between the two parts leaves a rollup whose window the next start rebuilds
+            # from the raw readings (and replaces), not raw readings past a closed window whose rollup is lost.
             batches: dict[tuple[Kind, str, int], list] = {}
+            for kind, rollup in rollups:
+                batches.setdefault((kind, rollup["meter_id"], kind.segment_start(rollup["start"])), []).append(rollup)
             for reading in readings:
                 segment = RAW.segment_start(reading.received_at.timestamp())
                 batches.setdefault((RAW, reading.meter_id, segment), []).append(reading)
-            for kind, rollup in rollups:
-                batches.setdefault((kind, rollup["meter_id"], kind.segment_start(rollup["start"])), []).append(rollup)
 
             written = {"readings": 0, "rollups": 0, "bytes": 0, "new_segments": 0}
             failed: list = []
@@ -495,17 +524,42 @@ def _record_to_json(record: dict) -> dict:
     return out
 
 
+def _newest_window_records(path: Path, width_s: int) -> list[dict]:
+    """The raw records of a segment's newest window of width_s (by received_at), in the order written.
+
+    Records are decoded from the end of the file back to the first one that holds nothing of that window:
+    readings arrive in time order, so the window's readings are all in the records after it.
+    """
+    try:
+        buf = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    batches: list[list[dict]] = []
+    since = -math.inf
+    for table, _, docs in decode_records_backward(buf):
+        docs = [doc for doc in docs if table == RAW.table and isinstance(doc, dict)
+                and isinstance(doc.get("received_at"), (int, float))]
+        if not docs:
+            continue
+        newest = max(doc["received_at"] for doc in docs)
+        if newest < since:
+            break
+        since = max(since, window_start(newest, width_s))
+        batches.append(docs)
+    return [doc for docs in reversed(batches) for doc in docs if doc["received_at"] >= since]
+
+
 def _reading_from_record(record: dict) -> Reading:
     # Fields a later version of Reading dropped are ignored rather than crash every query.
     return Reading.from_record({name: value for name, value in record.items() if name in _RECORD_FIELDS})
 
 
 def _merge_same_window(rollups: list[dict]) -> list[dict]:
-    """Rollups sorted by start; two with the same start (a restart inside a window) become one."""
+    """Rollups sorted by start, same starts in the order written; those of one window become one."""
     merged: list[dict] = []
     for rollup in rollups:
         if merged and merged[-1]["start"] == rollup["start"]:
-            merged[-1] = merge_rollups(merged[-1], rollup)
+            merged[-1] = combine_same_window(merged[-1], rollup)
         else:
             merged.append(rollup)
     return merged
