@@ -2,6 +2,8 @@
 
 Persisted in one TinyDB database over the store's crash-safe segment log (`registry.seg`):
 inserts append, the rare updates (a level change, a token rotation) rewrite the file atomically.
+Both fsync, so the API uses the `*_async` methods: the write runs in a worker thread, one change at
+a time, and the method returns once it is durable (the event loop never waits on the SD card).
 Consent is kept only as its append-only history; the current state and the state at any past
 moment are derived from it, so a window's cohort can be fixed at the window's own times.
 
@@ -11,11 +13,13 @@ SHA-256 hashes; a presented token is hashed and looked up, then compared in cons
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import hmac
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +118,8 @@ class Registry:
         self._consents: dict[tuple[str, str, str], _ConsentLine] = {}
         self._history: dict[str, list[ConsentChange]] = {}
         self._deleted: dict[str, Household] = {}
+        self._disk_lock = threading.Lock()
+        self._writes = asyncio.Lock()  # one change at a time from the event loop (see _off_loop)
         self._load()
 
     def _load(self) -> None:
@@ -129,7 +135,50 @@ class Registry:
             self._apply_consent(ConsentChange(**doc))
 
     def close(self) -> None:
-        self.db.close()
+        with self._disk_lock:
+            self.db.close()
+
+    # --- writing: each change is planned here and its disk steps run in order ------------------
+    # A change is a generator: it checks and computes on the caller's thread (the event loop), yields
+    # each disk step (a callable that appends or rewrites, with its fsync), gets the step's result or
+    # exception back, and changes the in-memory state. `_now` runs the steps in place (start-up, tests);
+    # `_off_loop` runs them in a worker thread, one change at a time (so two quick changes land in order
+    # and a change's checks see every change before it), and returns only once they are durable.
+    def _disk(self, step):
+        with self._disk_lock:  # the TinyDB object is shared: never two steps at once, whoever calls
+            return step()
+
+    def _now(self, change):
+        try:
+            step = next(change)
+            while True:
+                try:
+                    result = self._disk(step)
+                except Exception as err:
+                    step = change.throw(err)
+                else:
+                    step = change.send(result)
+        except StopIteration as done:
+            return done.value
+
+    async def _off_loop(self, change):
+        # Shielded: a cancelled request must not leave the memory and the file apart, nor let the next
+        # change start while this one's step is still being written.
+        return await asyncio.shield(self._serially(change))
+
+    async def _serially(self, change):
+        async with self._writes:
+            try:
+                step = next(change)
+                while True:
+                    try:
+                        result = await asyncio.to_thread(self._disk, step)
+                    except Exception as err:
+                        step = change.throw(err)
+                    else:
+                        step = change.send(result)
+            except StopIteration as done:
+                return done.value
 
     # --- organizations -------------------------------------------------------------------------
     def _index_org(self, org: Organization) -> None:
@@ -137,39 +186,66 @@ class Registry:
         self._org_by_key[org.key_hash] = org
 
     def create_organization(self, name: str, level: str) -> tuple[Organization, str]:
+        return self._now(self._create_organization(name, level))
+
+    async def create_organization_async(self, name: str, level: str) -> tuple[Organization, str]:
+        return await self._off_loop(self._create_organization(name, level))
+
+    def _create_organization(self, name: str, level: str):
         _check_name(name)
         api_key = new_secret("edge_org")
         org = Organization(id="org_" + secrets.token_hex(6), name=name, level=level,
                            key_hash=token_hash(api_key), created_at=self.clock())
-        self.db.table("organizations").insert(org.__dict__)
+        doc = dict(org.__dict__)
+        yield lambda: self.db.table("organizations").insert(doc)
         self._index_org(org)
         return org, api_key
 
     def update_organization(self, org_id: str, **changes) -> Organization:
+        return self._now(self._update_organization(org_id, changes))
+
+    async def update_organization_async(self, org_id: str, **changes) -> Organization:
+        return await self._off_loop(self._update_organization(org_id, changes))
+
+    def _update_organization(self, org_id: str, changes: dict):
         org = self.organization(org_id)
         if "name" in changes:
             _check_name(changes["name"])
+        changes = dict(changes)
+        yield lambda: self.db.table("organizations").update(changes, where("id") == org_id)
         for key, value in changes.items():
             setattr(org, key, value)
-        self.db.table("organizations").update(changes, where("id") == org_id)
         return org
 
     def rotate_organization_key(self, org_id: str) -> str:
+        return self._now(self._rotate_organization_key(org_id))
+
+    async def rotate_organization_key_async(self, org_id: str) -> str:
+        return await self._off_loop(self._rotate_organization_key(org_id))
+
+    def _rotate_organization_key(self, org_id: str):
         org = self.organization(org_id)
         api_key = new_secret("edge_org")
-        del self._org_by_key[org.key_hash]
-        self.update_organization(org_id, key_hash=token_hash(api_key))
+        old_hash = org.key_hash
+        yield from self._update_organization(org_id, {"key_hash": token_hash(api_key)})
+        del self._org_by_key[old_hash]
         self._org_by_key[org.key_hash] = org
         return api_key
 
     def delete_organization(self, org_id: str) -> None:
+        return self._now(self._delete_organization(org_id))
+
+    async def delete_organization_async(self, org_id: str) -> None:
+        return await self._off_loop(self._delete_organization(org_id))
+
+    def _delete_organization(self, org_id: str):
         org = self.organization(org_id)
         # Its consents end now, in the history too, so past windows stay as they were.
         for household_id in list(self.households):
             for service in SERVICES:
                 if self.consent_state(household_id, org_id, service):
-                    self.set_consent(household_id, org_id, service, False)
-        self.db.table("organizations").remove(where("id") == org_id)
+                    yield from self._set_consent(household_id, org_id, service, False)
+        yield lambda: self.db.table("organizations").remove(where("id") == org_id)
         del self.organizations[org_id]
         del self._org_by_key[org.key_hash]
 
@@ -190,36 +266,57 @@ class Registry:
         self._household_by_meter[household.meter_id] = household
 
     def create_household(self, meter_id: str | None, source: str) -> tuple[Household, str]:
+        return self._now(self._create_household(meter_id, source))
+
+    async def create_household_async(self, meter_id: str | None, source: str) -> tuple[Household, str]:
+        return await self._off_loop(self._create_household(meter_id, source))
+
+    def _create_household(self, meter_id: str | None, source: str):
         household_id = "hh_" + secrets.token_hex(6)
         meter_id = meter_id or household_id
         if meter_id in self._household_by_meter:
             raise RegistryError(409, "conflict", f"meter {meter_id!r} already belongs to a household")
         token = new_secret("edge_hh")
         household = Household(id=household_id, meter_id=meter_id, source=source, token_hash=token_hash(token),
-                               created_at=self.clock())
-        self.db.table("households").insert(household.__dict__)
+                              created_at=self.clock())
+        doc = dict(household.__dict__)
+        yield lambda: self.db.table("households").insert(doc)
         self._index_household(household)
         return household, token
 
     def rotate_household_token(self, household_id: str) -> str:
+        return self._now(self._rotate_household_token(household_id))
+
+    async def rotate_household_token_async(self, household_id: str) -> str:
+        return await self._off_loop(self._rotate_household_token(household_id))
+
+    def _rotate_household_token(self, household_id: str):
         household = self.household(household_id)
         token = new_secret("edge_hh")
+        new_hash = token_hash(token)
+        yield lambda: self.db.table("households").update({"token_hash": new_hash}, where("id") == household_id)
         del self._household_by_token[household.token_hash]
-        household.token_hash = token_hash(token)
-        self.db.table("households").update({"token_hash": household.token_hash}, where("id") == household_id)
-        self._household_by_token[household.token_hash] = household
+        household.token_hash = new_hash
+        self._household_by_token[new_hash] = household
         return token
 
     def delete_household(self, household_id: str) -> None:
+        return self._now(self._delete_household(household_id))
+
+    async def delete_household_async(self, household_id: str) -> None:
+        return await self._off_loop(self._delete_household(household_id))
+
+    def _delete_household(self, household_id: str):
         household = self.household(household_id)
         for org_id in list(self.organizations):
             for service in SERVICES:
                 if self.consent_state(household_id, org_id, service):
-                    self.set_consent(household_id, org_id, service, False)
+                    yield from self._set_consent(household_id, org_id, service, False)
         # A tombstone, not a removal: a closed window asked for again must give the same answer, or the
         # difference would be this household's consumption.
-        household.deleted_at = self.clock()
-        self.db.table("households").update({"deleted_at": household.deleted_at}, where("id") == household_id)
+        deleted_at = self.clock()
+        yield lambda: self.db.table("households").update({"deleted_at": deleted_at}, where("id") == household_id)
+        household.deleted_at = deleted_at
         del self.households[household_id]
         del self._household_by_token[household.token_hash]
         del self._household_by_meter[household.meter_id]
@@ -254,7 +351,24 @@ class Registry:
         line.granted.append(change.granted)
         self._history.setdefault(change.household_id, []).append(change)
 
+    def _unapply_consent(self, change: ConsentChange) -> None:
+        """Take back the last change applied (its write failed); no other change came after it."""
+        line = self._consents[(change.household_id, change.organization_id, change.service)]
+        line.times.pop()
+        line.granted.pop()
+        self._history[change.household_id].pop()
+        if not line.times:
+            del self._consents[(change.household_id, change.organization_id, change.service)]
+        if not self._history[change.household_id]:
+            del self._history[change.household_id]
+
     def set_consent(self, household_id: str, org_id: str, service: str, granted: bool) -> ConsentChange:
+        return self._now(self._set_consent(household_id, org_id, service, granted))
+
+    async def set_consent_async(self, household_id: str, org_id: str, service: str, granted: bool) -> ConsentChange:
+        return await self._off_loop(self._set_consent(household_id, org_id, service, granted))
+
+    def _set_consent(self, household_id: str, org_id: str, service: str, granted: bool):
         self.household(household_id)
         if service not in SERVICES:
             raise RegistryError(404, "not_found", f"no service {service!r}; services: {', '.join(SERVICES)}")
@@ -266,8 +380,16 @@ class Registry:
         # Never two changes at the same instant: the history must order them.
         at = max(self.clock(), line.times[-1] + 1e-6) if line and line.times else self.clock()
         change = ConsentChange(household_id, org_id, service, granted, at)
-        self.db.table("consent_history").insert(change.__dict__)
+        # In memory at once, at its own time `at`, then durable: a window that closes while the line is
+        # being written must already see the change, or its cohort would differ when it is asked for again.
+        # The caller hears of the change only once it is durable; a failed write takes it back.
         self._apply_consent(change)
+        doc = dict(change.__dict__)
+        try:
+            yield lambda: self.db.table("consent_history").insert(doc)
+        except Exception:
+            self._unapply_consent(change)
+            raise
         return change
 
     def consent_state(self, household_id: str, org_id: str, service: str, at: float | None = None) -> bool:

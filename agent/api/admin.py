@@ -32,7 +32,7 @@ async def create_organization(request: web.Request) -> web.Response:
     operator = require(request, OPERATOR)
     body = json_object(await read_json(request), {"name": str, "level": str}, ("name", "level"))
     agent = agent_of(request)
-    org, api_key = agent.registry.create_organization(body["name"], _level(request, body["level"]))
+    org, api_key = await agent.registry.create_organization_async(body["name"], _level(request, body["level"]))
     agent.audit.record(operator.id, OPERATOR, "organization.create", organization_id=org.id, level=org.level)
     return web.json_response({**org.public(), "api_key": api_key}, status=201)
 
@@ -57,7 +57,7 @@ async def update_organization(request: web.Request) -> web.Response:
     if changes.get("parameters") is not None:
         changes["parameters"] = _parameter_list(changes["parameters"])
     agent = agent_of(request)
-    org = agent.registry.update_organization(request.match_info["org_id"], **changes)
+    org = await agent.registry.update_organization_async(request.match_info["org_id"], **changes)
     agent.audit.record(operator.id, OPERATOR, "organization.update", organization_id=org.id, changes=sorted(changes))
     return web.json_response(org.public())
 
@@ -66,7 +66,7 @@ async def rotate_organization_key(request: web.Request) -> web.Response:
     operator = require(request, OPERATOR)
     agent = agent_of(request)
     org_id = request.match_info["org_id"]
-    api_key = agent.registry.rotate_organization_key(org_id)
+    api_key = await agent.registry.rotate_organization_key_async(org_id)
     agent.audit.record(operator.id, OPERATOR, "organization.rotate_key", organization_id=org_id)
     return web.json_response({"id": org_id, "api_key": api_key})
 
@@ -75,7 +75,7 @@ async def delete_organization(request: web.Request) -> web.Response:
     operator = require(request, OPERATOR)
     agent = agent_of(request)
     org_id = request.match_info["org_id"]
-    agent.registry.delete_organization(org_id)
+    await agent.registry.delete_organization_async(org_id)
     agent.delivery.drop_organization(org_id)
     agent.audit.record(operator.id, OPERATOR, "organization.delete", organization_id=org_id)
     return web.Response(status=204)
@@ -90,7 +90,7 @@ async def create_household(request: web.Request) -> web.Response:
     if meter_id is not None and meter_id not in agent.readers:
         raise ApiError(422, "invalid", f"meter_id {meter_id!r} is not one of this device's P1 meters; leave it "
                        "out for a household that posts its own readings")
-    household, token = agent.registry.create_household(meter_id, "p1" if meter_id else "http")
+    household, token = await agent.registry.create_household_async(meter_id, "p1" if meter_id else "http")
     agent.audit.record(operator.id, OPERATOR, "household.create", household_id=household.id)
     return web.json_response({**household.public(), "token": token}, status=201)
 
@@ -109,7 +109,7 @@ async def rotate_household_token(request: web.Request) -> web.Response:
     operator = require(request, OPERATOR)
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
-    token = agent.registry.rotate_household_token(household_id)
+    token = await agent.registry.rotate_household_token_async(household_id)
     agent.audit.record(operator.id, OPERATOR, "household.rotate_token", household_id=household_id)
     return web.json_response({"id": household_id, "token": token})
 
@@ -118,7 +118,7 @@ async def delete_household(request: web.Request) -> web.Response:
     operator = require(request, OPERATOR)
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
-    agent.registry.delete_household(household_id)
+    await agent.registry.delete_household_async(household_id)
     agent.audit.record(operator.id, OPERATOR, "household.delete", household_id=household_id)
     return web.Response(status=204)
 

@@ -6,9 +6,11 @@ raises leaks a traceback or an internal message to the caller.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import weakref
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -54,6 +56,21 @@ async def error_middleware(request: web.Request, handler):
 
 def agent_of(request: web.Request):
     return request.app[AGENT]
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key (a meter, a household), kept only while a request holds or waits for it:
+    a check and the change it allows, with a disk write awaited in between, stay one step for that key."""
+
+    def __init__(self):
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def __call__(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
 
 
 # --- who is calling ------------------------------------------------------------------------

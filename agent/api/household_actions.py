@@ -20,7 +20,7 @@ import secrets
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, json_object, read_json, require
+from agent.api.common import ApiError, KeyedLocks, agent_of, json_object, read_json, require
 from agent.auth import HOUSEHOLD
 from agent.delivery import signing
 from agent.delivery.targets import TargetError
@@ -30,6 +30,8 @@ from drivers import appliances, notify
 MAX_APPLIANCES = 32
 _NAME = re.compile(r"^[^\x00-\x1f]{1,64}$")
 _KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# an appliance's checks (how many, which names) and its addition stay one step while the write is awaited
+HOUSEHOLD_LOCKS = web.AppKey("household_locks", KeyedLocks)
 
 
 def _household(request: web.Request):
@@ -59,7 +61,7 @@ async def put_notify(request: web.Request) -> web.Response:
         raise ApiError(422, "endpoint_refused", str(err)) from None
     secret = signing.new_secret() if kind == "webhook" else None
     doc = {"url": url, "kind": kind, "secret": secret, "updated_at": agent.clock()}
-    agent.triggers.households.set_endpoint(household.id, doc)
+    await agent.triggers.households.set_endpoint_async(household.id, doc)
     agent.audit.record(household.id, HOUSEHOLD, "notify.set", kind=kind)
     out = {"url": url, "kind": kind, "updated_at": doc["updated_at"]}
     if secret:
@@ -69,7 +71,7 @@ async def put_notify(request: web.Request) -> web.Response:
 
 async def delete_notify(request: web.Request) -> web.Response:
     household, agent = _household(request)
-    if not agent.triggers.households.remove_endpoint(household.id):
+    if not await agent.triggers.households.remove_endpoint_async(household.id):
         raise ApiError(404, "not_found", "no notification endpoint")
     agent.audit.record(household.id, HOUSEHOLD, "notify.delete")
     return web.Response(status=204)
@@ -116,15 +118,16 @@ async def add_appliance(request: web.Request) -> web.Response:
         if org_id not in agent.registry.organizations:
             raise ApiError(422, "invalid", f"no organization {org_id[:40]!r}; see GET /households/me/organizations")
     store = agent.triggers.households
-    mine = store.appliances_of(household.id)
-    if len(mine) >= MAX_APPLIANCES:
-        raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
-    if any(a["name"].casefold() == name.casefold() for a in mine):
-        raise ApiError(409, "conflict", f"an appliance named {name!r} exists already")
-    doc = {"id": "app_" + secrets.token_hex(6), "household_id": household.id, "name": name, "kind": kind,
-           "driver": device.name, "address": address, "channel": channel,
-           "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
-    store.add_appliance(doc)
+    async with request.app[HOUSEHOLD_LOCKS](household.id):
+        mine = store.appliances_of(household.id)
+        if len(mine) >= MAX_APPLIANCES:
+            raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
+        if any(a["name"].casefold() == name.casefold() for a in mine):
+            raise ApiError(409, "conflict", f"an appliance named {name!r} exists already")
+        doc = {"id": "app_" + secrets.token_hex(6), "household_id": household.id, "name": name, "kind": kind,
+               "driver": device.name, "address": address, "channel": channel,
+               "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
+        await store.add_appliance_async(doc)
     agent.audit.record(household.id, HOUSEHOLD, "appliance.add", appliance_id=doc["id"], driver=device.name,
                        allowed_organizations=doc["allowed_organizations"])
     return web.json_response(_public(doc), status=201)
@@ -139,15 +142,17 @@ async def list_appliances(request: web.Request) -> web.Response:
 async def delete_appliance(request: web.Request) -> web.Response:
     household, agent = _household(request)
     store = agent.triggers.households
-    appliance = store.appliances.get(request.match_info["appliance_id"])
-    if appliance is None or appliance["household_id"] != household.id:
-        raise ApiError(404, "not_found", "no such appliance")
-    store.remove_appliance(appliance["id"])
+    async with request.app[HOUSEHOLD_LOCKS](household.id):
+        appliance = store.appliances.get(request.match_info["appliance_id"])
+        if appliance is None or appliance["household_id"] != household.id:
+            raise ApiError(404, "not_found", "no such appliance")
+        await store.remove_appliance_async(appliance["id"])
     agent.audit.record(household.id, HOUSEHOLD, "appliance.delete", appliance_id=appliance["id"])
     return web.Response(status=204)
 
 
 def add_routes(app: web.Application) -> None:
+    app[HOUSEHOLD_LOCKS] = KeyedLocks()
     r = app.router
     r.add_get("/households/me/notify", get_notify)
     r.add_put("/households/me/notify", put_notify)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, read_json, require
+from agent.api.common import ApiError, KeyedLocks, agent_of, read_json, require
 from agent.auth import HOUSEHOLD
 from agent.ingest import IngestError, check_order, readings_from_payload
 from agent.registry import SERVICES
@@ -39,7 +41,7 @@ async def _change_consent(request: web.Request, granted: bool) -> web.Response:
     household = require(request, HOUSEHOLD).household
     agent = agent_of(request)
     org_id, service = request.match_info["org_id"], request.match_info["service"]
-    change = agent.registry.set_consent(household.id, org_id, service, granted)
+    change = await agent.registry.set_consent_async(household.id, org_id, service, granted)
     agent.audit.record(household.id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
                        organization_id=org_id, service=service)
     return web.json_response({"organization_id": org_id, "service": service, "granted": granted, "at": change.at})
@@ -54,13 +56,24 @@ async def revoke_consent(request: web.Request) -> web.Response:
 
 
 # --- readings in ---------------------------------------------------------------------------
-def _accept(agent, household, readings) -> None:
+METER_LOCKS = web.AppKey("meter_locks", KeyedLocks)
+
+
+async def _accept(request: web.Request, household, readings) -> None:
     """All checks first, then store them all: a batch is all or nothing."""
+    agent = agent_of(request)
     if household.source == "p1":
         raise ApiError(409, "wired_meter", "this household's meter is read on the device's P1 port")
-    check_order(readings, agent.last_timestamp(household.meter_id), agent.now())
-    for reading in sorted(readings, key=lambda r: r.timestamp):
-        agent.ingest_http(reading)
+    # One batch per meter at a time, from the order check to the store: while one request waits for the
+    # store below, another with the same readings must not pass the check too.
+    async with request.app[METER_LOCKS](household.meter_id):
+        latest = agent.pipeline.latest.get(household.meter_id)
+        if latest is None:
+            # The first batch since a restart: the store reads its segment files, off the event loop.
+            latest = await asyncio.to_thread(agent.store.latest, household.meter_id)
+        check_order(readings, latest.timestamp if latest else None, agent.now())
+        for reading in sorted(readings, key=lambda r: r.timestamp):
+            agent.ingest_http(reading)
 
 
 async def post_readings(request: web.Request) -> web.Response:
@@ -74,7 +87,7 @@ async def post_readings(request: web.Request) -> web.Response:
         if request.content_type not in ("application/json", "application/octet-stream", ""):
             raise ApiError(415, "unsupported_media_type", "send application/json readings or a text/plain telegram")
         readings = readings_from_payload(await read_json(request), household.meter_id, received_at)
-    _accept(agent, household, readings)
+    await _accept(request, household, readings)
     return web.json_response({"accepted": len(readings)}, status=201)
 
 
@@ -94,11 +107,12 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
         raise IngestError(400, "bad_request", "form field 'telegram' is required")
     reading = agent.telegram_ingest.decode(telegram.replace("\n", "\r\n").replace("\r\r\n", "\r\n"),
                                            household.meter_id, agent.now())
-    _accept(agent, household, [reading])
+    await _accept(request, household, [reading])
     return web.json_response({"accepted": 1}, status=201)
 
 
 def add_routes(app: web.Application) -> None:
+    app[METER_LOCKS] = KeyedLocks()
     r = app.router
     r.add_get("/households/me", me)
     r.add_get("/households/me/organizations", organizations_for_household)

@@ -9,12 +9,14 @@ segment logs, like the registry):
   INBOX_MAX notifications per household; older ones are cut out in one atomic rewrite now and then);
 - ``pseudonym.key``: the device's secret for the households' per-organization pseudonyms.
 
-Writes come from the event loop (the API) and from the runner's threads (the debounce log, the inbox):
-each store serializes them with a lock, since a rewrite replaces the file under an appender.
+Writes come from the event loop (the API, the runner) and from the runner's threads (the debounce log, the
+inbox): each store serializes them with a lock, since a rewrite replaces the file under an appender. The API's
+changes to households' endpoints and appliances use the ``*_async`` methods, which write in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import threading
@@ -124,6 +126,7 @@ class HouseholdStore:
     def __init__(self, path: Path):
         self.db = SegmentDB(str(path))
         self.lock = threading.Lock()
+        self._writes = asyncio.Lock()  # the event loop's changes, one at a time (see _off_loop)
         self.endpoints: dict[str, dict] = {doc["household_id"]: dict(doc) for doc in self.db.table("notify").all()}
         self.appliances: dict[str, dict] = {doc["id"]: dict(doc) for doc in self.db.table("appliances").all()}
         self._inbox: dict[str, deque[tuple[int, dict]]] = {}
@@ -140,27 +143,68 @@ class HouseholdStore:
     # --- notification endpoint
     def set_endpoint(self, household_id: str, doc: dict) -> None:
         doc = {"household_id": household_id, **doc}
-        with self.lock:
-            self.db.table("notify").upsert(doc, where("household_id") == household_id)
+        self._write_endpoint(doc)
         self.endpoints[household_id] = doc
 
     def remove_endpoint(self, household_id: str) -> bool:
         if self.endpoints.pop(household_id, None) is None:
             return False
+        self._remove_endpoint(household_id)
+        return True
+
+    def _write_endpoint(self, doc: dict) -> None:
+        with self.lock:
+            self.db.table("notify").upsert(doc, where("household_id") == doc["household_id"])
+
+    def _remove_endpoint(self, household_id: str) -> None:
         with self.lock:
             self.db.table("notify").remove(where("household_id") == household_id)
-        return True
 
     # --- appliances
     def add_appliance(self, doc: dict) -> None:
-        with self.lock:
-            self.db.table("appliances").insert(doc)
+        self._write_appliance(doc)
         self.appliances[doc["id"]] = doc
 
     def remove_appliance(self, appliance_id: str) -> None:
         self.appliances.pop(appliance_id, None)
+        self._remove_appliance(appliance_id)
+
+    def _write_appliance(self, doc: dict) -> None:
+        with self.lock:
+            self.db.table("appliances").insert(doc)
+
+    def _remove_appliance(self, appliance_id: str) -> None:
         with self.lock:
             self.db.table("appliances").remove(where("id") == appliance_id)
+
+    # --- the same changes from the event loop (the API): the in-memory side as above, the disk write (an
+    # fsync'd append or an atomic rewrite) in a worker thread, one change at a time so that two quick
+    # changes land in order; each returns once its write is durable.
+    async def set_endpoint_async(self, household_id: str, doc: dict) -> None:
+        doc = {"household_id": household_id, **doc}
+        await self._off_loop(self._write_endpoint, doc, then=lambda: self.endpoints.__setitem__(household_id, doc))
+
+    async def remove_endpoint_async(self, household_id: str) -> bool:
+        if self.endpoints.pop(household_id, None) is None:
+            return False
+        await self._off_loop(self._remove_endpoint, household_id)
+        return True
+
+    async def add_appliance_async(self, doc: dict) -> None:
+        await self._off_loop(self._write_appliance, doc, then=lambda: self.appliances.__setitem__(doc["id"], doc))
+
+    async def remove_appliance_async(self, appliance_id: str) -> None:
+        self.appliances.pop(appliance_id, None)
+        await self._off_loop(self._remove_appliance, appliance_id)
+
+    async def _off_loop(self, write, *args, then=None) -> None:
+        async def change():
+            async with self._writes:
+                await asyncio.to_thread(write, *args)
+                if then is not None:
+                    then()
+        # Shielded: a cancelled request must not leave the write half-reported nor the next one overtaking it.
+        await asyncio.shield(change())
 
     def purge(self, known_households: set[str]) -> int:
         """Forget what belongs to households the operator removed: endpoint, appliances, inbox."""
