@@ -5,6 +5,10 @@ with whatever arrived, so a DSMR 5 meter costs a few wake-ups a second, not one 
 A port that fails is reopened with backoff; a port that goes quiet for `stall_seconds` is
 closed and reopened (half-open TCP links to Wi-Fi gateways look exactly like that).
 Nothing here stops the agent or another meter.
+
+Every timer here (stalls, backoff, the auto-detection deadline, a partial encrypted frame going stale,
+rate-limited logs) runs on the monotonic clock; the wall clock (`wall_clock`, NTP-synced, and stepped by
+years at the first sync on a Pi without an RTC) is only read to stamp a reading's `received_at`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Callable
 
 import serial
@@ -56,12 +61,14 @@ class P1Reader:
         read_timeout: float = 0.2,
         max_backoff: float = 30.0,
         auto_probe_seconds: float = 25.0,
+        wall_clock: Callable[[], datetime] = utcnow,
     ):
         self.spec = spec
         self.on_reading = on_reading
         self.read_timeout = read_timeout
         self.max_backoff = max_backoff
         self.auto_probe_seconds = auto_probe_seconds
+        self.wall_clock = wall_clock  # only for the readings' received_at; never for timing
         self.state = MeterState.CONNECTING
         self.opens = 0  # successful opens of the port (pyserial flushes its input on open)
         self.reconnects = 0
@@ -206,7 +213,7 @@ class P1Reader:
         return got_any
 
     def _feed(self, data: bytes, now: float) -> bool:
-        readings, errors = self._decoder.feed(data, utcnow())
+        readings, errors = self._decoder.feed(data, self.wall_clock(), now)
         for err in errors:
             self._ratelog.warning(f"{err.kind}:{self.spec.meter_id}", "meter %s: dropped a telegram: %s",
                                   self.spec.meter_id, err)
@@ -252,15 +259,15 @@ class P1Reader:
                     if not data:
                         continue
                     self.bytes_read += len(data)
-                    received_at = utcnow()
-                    decoded = [(decoder, decoder.feed(data, received_at)[0]) for decoder in candidates]
+                    received_at, now = self.wall_clock(), time.monotonic()
+                    decoded = [(decoder, decoder.feed(data, received_at, now)[0]) for decoder in candidates]
                     decoded = [(decoder, readings) for decoder, readings in decoded if readings]
                     if decoded:
                         # Several specifications may read the same telegram (V5 reads Fluvius's):
                         # the one that understands the most fields wins, ties go to the first.
                         decoder, readings = max(decoded, key=lambda d: d[0].last_field_count)
                         self._adopt(decoder, settings)
-                        self.last_telegram_monotonic = time.monotonic()
+                        self.last_telegram_monotonic = now
                         self.state = MeterState.READING
                         self._hand_over(readings)
                         return

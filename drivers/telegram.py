@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -27,7 +29,9 @@ from drivers.reading import Reading
 logging.getLogger("dsmr_parser").setLevel(logging.CRITICAL)
 
 DEFAULT_MAX_BUFFER = 16 * 1024  # Belgian telegrams with a 13-month history reach ~3 KB
-STALE_FRAME_S = 3.0  # an encrypted frame still incomplete this long after it began is given up
+# An encrypted frame still incomplete this long after it began is given up. Measured on the monotonic
+# clock: a Pi without an RTC steps its wall clock by years at the first NTP sync.
+STALE_FRAME_S = 3.0
 
 
 class TelegramError(ValueError):
@@ -352,7 +356,10 @@ class TelegramDecoder:
 
     With a `decryption_key` (16 bytes; only for profiles that take one), the bytes are DLMS
     general-global-cipher frames: the GCM tag is verified with `authentication_key` when there is one;
-    without it the frame is decrypted unverified and its telegram must carry a valid CRC."""
+    without it the frame is decrypted unverified and its telegram must carry a valid CRC.
+
+    Two clocks: `received_at` (the wall clock, given to `feed`) only goes into the Readings; how long a
+    partial frame has waited is measured on `clock` (monotonic seconds), or on the `now` given to `feed`."""
 
     meter_id: str
     profile: Profile
@@ -361,6 +368,7 @@ class TelegramDecoder:
     stats: DecoderStats = field(default_factory=DecoderStats)
     decryption_key: bytes | None = field(default=None, repr=False)
     authentication_key: bytes | None = field(default=None, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.decryption_key is not None:
@@ -373,15 +381,17 @@ class TelegramDecoder:
             raise ValueError("an authentication key needs a decryption key")
         self.encrypted = self.decryption_key is not None
         self._buffer = EncryptedFrameBuffer(self.max_buffer) if self.encrypted else FrameBuffer(self.max_buffer)
-        self._pending_since: datetime | None = None  # encrypted: when the incomplete frame began to wait
+        self._pending_since: float | None = None  # encrypted: when the incomplete frame began to wait (monotonic)
         self.last_field_count = 0  # objects the specification recognised in the last telegram
         # Our own CRC check is ~10x faster than dsmr_parser's, so the parser skips its own.
         self._parser = TelegramParser(self.profile.plaintext_specification(), apply_checksum_validation=False)
 
-    def feed(self, data: bytes, received_at: datetime) -> tuple[list[Reading], list[TelegramError]]:
-        """Frame, check and parse whatever complete telegrams `data` completes."""
+    def feed(self, data: bytes, received_at: datetime,
+             now: float | None = None) -> tuple[list[Reading], list[TelegramError]]:
+        """Frame, check and parse whatever complete telegrams `data` completes. `received_at` (wall clock)
+        is recorded with the readings; `now` (monotonic seconds, default `self.clock()`) times the buffer."""
         if self.encrypted:
-            return self._feed_encrypted(data, received_at)
+            return self._feed_encrypted(data, received_at, self.clock() if now is None else now)
         self._buffer.append(data.decode("latin-1"))
         readings, errors = [], []
         for text in self._buffer.get_all():
@@ -396,10 +406,11 @@ class TelegramDecoder:
             self.stats.last_error = "truncated telegram"
         return readings, errors
 
-    def _feed_encrypted(self, data: bytes, received_at: datetime) -> tuple[list[Reading], list[TelegramError]]:
+    def _feed_encrypted(self, data: bytes, received_at: datetime,
+                        now: float) -> tuple[list[Reading], list[TelegramError]]:
         readings, errors = [], []
         if (self._pending_since is not None and self._buffer.pending
-                and (received_at - self._pending_since).total_seconds() > STALE_FRAME_S):
+                and now - self._pending_since > STALE_FRAME_S):
             # A meter sends a frame in one burst: one still incomplete after a pause has a damaged
             # length (or was never a frame). Without this, it would wait for up to max_buffer bytes.
             self._buffer.abandon()
@@ -426,7 +437,7 @@ class TelegramDecoder:
         if not self._buffer.pending:
             self._pending_since = None
         elif took_any or self._pending_since is None:
-            self._pending_since = received_at
+            self._pending_since = now
         self.stats.bytes_discarded = self._buffer.bytes_discarded
         return readings, errors
 

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers import dlms
+from drivers import telegram as telegram_module
 from drivers.emulator import TelegramGenerator
 from drivers.p1_reader import MeterSpec, MeterState, P1Reader
 from drivers.profiles import PROFILES, get_profile
@@ -68,6 +69,9 @@ def frame(plaintext: bytes, key: bytes = KEY, auth: bytes = AUTH, counter: int =
 
 
 def decoder(profile: str, key: bytes | None = KEY, auth: bytes | None = AUTH, **kwargs) -> TelegramDecoder:
+    """A decoder whose monotonic clock stands still (no partial frame ever goes stale by itself): tests about
+    timing pass `now` to `feed` or a clock of their own."""
+    kwargs.setdefault("clock", lambda: 0.0)
     return TelegramDecoder("m", get_profile(profile), decryption_key=key, authentication_key=auth, **kwargs)
 
 
@@ -254,18 +258,74 @@ def test_corrupted_header():
     assert len(readings) == 2 and dec.stats.decrypt_errors == 1
 
 
+def _length_damaged_upwards() -> bytes:
+    damaged = bytearray(frame(SAGEMCOM, counter=1))
+    damaged[11] ^= 0x20  # the header now claims 8192 more bytes than the meter sends
+    return bytes(damaged)
+
+
 def test_a_length_damaged_upwards_does_not_hold_up_the_next_telegrams():
     """A flipped high bit makes a header claim kilobytes; the next frame, after the meter's pause, is read
     at once instead of waiting for those kilobytes to arrive."""
-    damaged = bytearray(frame(SAGEMCOM, counter=1))
-    damaged[11] ^= 0x20  # +8192 bytes
+    damaged = _length_damaged_upwards()
     for auth in (AUTH, None):
         dec = decoder("sagemcom_t210_d_r", KEY, auth)
-        assert dec.feed(bytes(damaged), NOW) == ([], [])
-        assert dec.feed(frame(SAGEMCOM, counter=2)[:100], NOW + timedelta(seconds=5)) == ([], [])
-        readings, _ = dec.feed(frame(SAGEMCOM, counter=2)[100:], NOW + timedelta(seconds=5.05))
+        assert dec.feed(damaged, NOW, now=100.0) == ([], [])
+        assert dec.feed(frame(SAGEMCOM, counter=2)[:100], NOW, now=105.0) == ([], [])
+        readings, _ = dec.feed(frame(SAGEMCOM, counter=2)[100:], NOW, now=105.05)
         assert len(readings) == 1 and dec.stats.parse_errors == 1 and dec.stats.decrypt_errors == 0
         assert dec.stats.bytes_discarded == len(damaged)
+
+
+# --- the wall clock steps (NTP on a Pi without an RTC), the buffer's timer does not -------------
+YEARS_LATER = NOW + timedelta(days=5 * 365)  # the first NTP sync after booting at the image's build date
+A_DAY_EARLIER = NOW - timedelta(days=1)
+
+
+@pytest.mark.parametrize("auth", [AUTH, None], ids=["with-auth", "without-auth"])
+@pytest.mark.parametrize("stepped_to", [YEARS_LATER, A_DAY_EARLIER], ids=["forward", "back"])
+def test_a_wall_clock_step_inside_a_frame_neither_drops_nor_holds_it(auth, stepped_to):
+    """The frame arrives in two reads 50 ms apart; between them NTP steps the wall clock. It is read, at
+    once, and the reading carries the (new) wall-clock time it was received at."""
+    dec = decoder("sagemcom_t210_d_r", KEY, auth)
+    data = frame(SAGEMCOM, counter=2)
+    assert dec.feed(data[:100], NOW, now=1000.0) == ([], [])
+    readings, errors = dec.feed(data[100:], stepped_to, now=1000.05)
+    assert errors == [] and len(readings) == 1 and readings[0].received_at == stepped_to
+    assert dec.stats.parse_errors == dec.stats.frames_truncated == dec.stats.bytes_discarded == 0
+    assert dec._buffer.pending == 0
+
+
+@pytest.mark.parametrize("auth", [AUTH, None], ids=["with-auth", "without-auth"])
+@pytest.mark.parametrize("stepped_to", [YEARS_LATER, A_DAY_EARLIER, NOW], ids=["forward", "back", "no-step"])
+def test_a_stale_partial_frame_is_dropped_whatever_the_wall_clock_does(auth, stepped_to):
+    """A damaged length keeps a frame incomplete; 5 s later (monotonic) the next frame comes: the stale one
+    is given up and the next one read, even when the wall clock went back meanwhile (it must not hold it)."""
+    dec = decoder("sagemcom_t210_d_r", KEY, auth)
+    damaged = _length_damaged_upwards()
+    assert dec.feed(damaged, NOW, now=1000.0) == ([], [])
+    readings, errors = dec.feed(frame(SAGEMCOM, counter=2), stepped_to, now=1005.0)
+    assert len(readings) == 1 and readings[0].received_at == stepped_to
+    assert dec.stats.frames_truncated == dec.stats.parse_errors == 1 and dec.stats.decrypt_errors == 0
+    assert dec.stats.bytes_discarded == len(damaged)
+
+
+def test_with_the_real_monotonic_clock_only_a_genuinely_stale_frame_is_dropped(monkeypatch):
+    """The decoder's own clock (time.monotonic), a fake wall clock stepped by years: a frame split across
+    the step is read; a partial frame left alone longer than STALE_FRAME_S is given up."""
+    monkeypatch.setattr(telegram_module, "STALE_FRAME_S", 0.2)  # so the test waits 0.3 s, not 3
+    dec = TelegramDecoder("m", get_profile("sagemcom_t210_d_r"), decryption_key=KEY, authentication_key=AUTH)
+    assert dec.clock is time.monotonic
+    data = frame(SAGEMCOM, counter=2)
+    assert dec.feed(data[:100], NOW) == ([], [])
+    readings, _ = dec.feed(data[100:], YEARS_LATER)
+    assert [r.received_at for r in readings] == [YEARS_LATER] and dec.stats.parse_errors == 0
+
+    damaged = _length_damaged_upwards()
+    assert dec.feed(damaged, YEARS_LATER) == ([], [])
+    time.sleep(0.3)  # at least that long on the monotonic clock: the partial frame is now stale
+    readings, _ = dec.feed(frame(SAGEMCOM, counter=3), NOW)  # and the wall clock went back by years
+    assert len(readings) == 1 and dec.stats.frames_truncated == 1 and dec.stats.bytes_discarded == len(damaged)
 
 
 def test_garbage_between_frames():
@@ -322,14 +382,14 @@ def test_fuzz_random_bytes_never_raise(chunks, auth):
     """Noise, and noise behind a plausible header start, at any pace: nothing raises, the buffer stays capped,
     and a frame afterwards is still read."""
     dec = decoder("sagemcom_t210_d_r", KEY, auth, max_buffer=4096)
-    moment = NOW
+    moment = 0.0  # monotonic seconds
     for chunk, pause in chunks:
-        moment += timedelta(seconds=pause)
-        dec.feed(b"\xdb\x08" + TITLE + b"\x82" + chunk if len(chunk) % 3 == 0 else chunk, moment)
+        moment += pause
+        dec.feed(b"\xdb\x08" + TITLE + b"\x82" + chunk if len(chunk) % 3 == 0 else chunk, NOW, now=moment)
         assert dec._buffer.pending <= 4096
     readings = []
     for n in range(1, 25):  # each pause gives up one stale (noise) header that could swallow the frame
-        readings += dec.feed(frame(SAGEMCOM, counter=n), moment + timedelta(seconds=5 * n))[0]
+        readings += dec.feed(frame(SAGEMCOM, counter=n), NOW, now=moment + 5 * n)[0]
         if readings:
             break
     assert readings
@@ -396,6 +456,52 @@ def test_pty_reader_reads_encrypted_frames(pty_pair, reader_on, auth):
     assert all(r == replace(plain, meter_id="lux", received_at=r.received_at) for r in got.readings)
     snap = reader.snapshot()
     assert reader.state == MeterState.READING and snap["telegrams_ok"] == 3 and snap["decrypt_errors"] == 0
+
+
+class WallClock:
+    """The reader's wall clock, stepped by the test as NTP steps a Pi's clock."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_pty_reader_wall_clock_step_neither_drops_nor_holds_a_frame(pty_pair, monkeypatch):
+    """Through a real pseudo-terminal and P1Reader (real time.monotonic): half a frame, the wall clock
+    jumps years ahead, the other half: read, stamped with the new time. Then a damaged frame left stale
+    and the wall clock stepped back by years: the stale frame is given up, the next one read."""
+    monkeypatch.setattr(telegram_module, "STALE_FRAME_S", 0.3)
+    wall = WallClock(NOW)
+    got = Collector()
+    reader = P1Reader(MeterSpec("lux", pty_pair.path, "sagemcom_t210_d_r", decryption_key=KEY,
+                                authentication_key=AUTH), got, read_timeout=0.05, max_backoff=0.5,
+                      wall_clock=wall)
+    reader.start()
+    try:
+        wait_until(lambda: reader.opens >= 1)
+        time.sleep(0.2)  # pyserial flushes its input just after opening
+        data = frame(SAGEMCOM, counter=1)
+        pty_pair.write(data[:200])
+        wait_until(lambda: reader.bytes_read >= 200)
+        wall.now = YEARS_LATER
+        pty_pair.write(data[200:])
+        got.wait_for(1)
+        assert got.readings[0].received_at == YEARS_LATER and reader.stats.parse_errors == 0
+
+        damaged = _length_damaged_upwards()
+        pty_pair.write(damaged)
+        wait_until(lambda: reader.bytes_read >= len(data) + len(damaged))
+        time.sleep(0.5)  # longer than STALE_FRAME_S on the monotonic clock
+        wall.now = NOW - timedelta(days=3 * 365)
+        pty_pair.write(frame(SAGEMCOM, counter=2))
+        got.wait_for(2)
+        assert got.readings[1].received_at == wall.now
+        assert reader.stats.frames_truncated == 1 and reader.stats.decrypt_errors == 0
+        assert reader.state == MeterState.READING and reader.stalls == 0
+    finally:
+        reader.stop()
 
 
 def test_pty_reader_with_a_wrong_key_keeps_running(pty_pair, reader_on, caplog):

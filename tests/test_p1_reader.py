@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -129,6 +130,28 @@ def test_quiet_line_counts_as_stall_and_is_reopened(pty_pair, readers):
     pty_pair.write(V5)
     got.wait_for(2)
     assert reader.state == MeterState.READING
+
+
+def test_a_stepping_wall_clock_only_changes_received_at(pty_pair, readers):
+    """A wall clock that jumps a year at every look (NTP stepping a Pi without an RTC): the readings carry
+    its times, and nothing else notices: no stall, no reopen. Stalls, backoff and the rate-limited
+    logs run on the monotonic clock."""
+    looks = []
+
+    def wall_clock():
+        looks.append(datetime(2020, 1, 1, tzinfo=timezone.utc) + timedelta(days=365 * len(looks)))
+        return looks[-1]
+
+    got = Collector()
+    reader = readers(MeterSpec("m1", pty_pair.path, "dsmr5", stall_seconds=5), got, wall_clock=wall_clock)
+    assert reader._ratelog.clock is time.monotonic
+    wait_until(lambda: reader.opens >= 1)
+    for _ in range(3):
+        pty_pair.write(V5)
+        time.sleep(0.1)
+    got.wait_for(3)
+    assert all(r.received_at in looks for r in got.readings)  # stamped by the wall clock given
+    assert reader.stalls == 0 and reader.opens == 1 and reader.state == MeterState.READING
 
 
 def test_garbage_only_line_stalls(pty_pair, readers):
