@@ -118,7 +118,7 @@ class Agent:
         await asyncio.sleep(0)
         await asyncio.to_thread(self.store.close)
         self.registry.close()
-        self.audit.close()
+        await self.audit.aclose()  # writes what is still queued (a clean stop loses no entry)
         self.budget.close()
 
     # --- housekeeping ------------------------------------------------------------------------

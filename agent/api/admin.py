@@ -33,7 +33,8 @@ async def create_organization(request: web.Request) -> web.Response:
     body = json_object(await read_json(request), {"name": str, "level": str}, ("name", "level"))
     agent = agent_of(request)
     org, api_key = await agent.registry.create_organization_async(body["name"], _level(request, body["level"]))
-    agent.audit.record(operator.id, OPERATOR, "organization.create", organization_id=org.id, level=org.level)
+    await agent.audit.record_durable(operator.id, OPERATOR, "organization.create", organization_id=org.id,
+                                     level=org.level)
     return web.json_response({**org.public(), "api_key": api_key}, status=201)
 
 
@@ -58,7 +59,8 @@ async def update_organization(request: web.Request) -> web.Response:
         changes["parameters"] = _parameter_list(changes["parameters"])
     agent = agent_of(request)
     org = await agent.registry.update_organization_async(request.match_info["org_id"], **changes)
-    agent.audit.record(operator.id, OPERATOR, "organization.update", organization_id=org.id, changes=sorted(changes))
+    await agent.audit.record_durable(operator.id, OPERATOR, "organization.update", organization_id=org.id,
+                                     changes=sorted(changes))
     return web.json_response(org.public())
 
 
@@ -67,7 +69,7 @@ async def rotate_organization_key(request: web.Request) -> web.Response:
     agent = agent_of(request)
     org_id = request.match_info["org_id"]
     api_key = await agent.registry.rotate_organization_key_async(org_id)
-    agent.audit.record(operator.id, OPERATOR, "organization.rotate_key", organization_id=org_id)
+    await agent.audit.record_durable(operator.id, OPERATOR, "organization.rotate_key", organization_id=org_id)
     return web.json_response({"id": org_id, "api_key": api_key})
 
 
@@ -77,7 +79,7 @@ async def delete_organization(request: web.Request) -> web.Response:
     org_id = request.match_info["org_id"]
     await agent.registry.delete_organization_async(org_id)
     agent.delivery.drop_organization(org_id)
-    agent.audit.record(operator.id, OPERATOR, "organization.delete", organization_id=org_id)
+    await agent.audit.record_durable(operator.id, OPERATOR, "organization.delete", organization_id=org_id)
     return web.Response(status=204)
 
 
@@ -91,7 +93,7 @@ async def create_household(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid", f"meter_id {meter_id!r} is not one of this device's P1 meters; leave it "
                        "out for a household that posts its own readings")
     household, token = await agent.registry.create_household_async(meter_id, "p1" if meter_id else "http")
-    agent.audit.record(operator.id, OPERATOR, "household.create", household_id=household.id)
+    await agent.audit.record_durable(operator.id, OPERATOR, "household.create", household_id=household.id)
     return web.json_response({**household.public(), "token": token}, status=201)
 
 
@@ -110,7 +112,7 @@ async def rotate_household_token(request: web.Request) -> web.Response:
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
     token = await agent.registry.rotate_household_token_async(household_id)
-    agent.audit.record(operator.id, OPERATOR, "household.rotate_token", household_id=household_id)
+    await agent.audit.record_durable(operator.id, OPERATOR, "household.rotate_token", household_id=household_id)
     return web.json_response({"id": household_id, "token": token})
 
 
@@ -119,7 +121,7 @@ async def delete_household(request: web.Request) -> web.Response:
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
     await agent.registry.delete_household_async(household_id)
-    agent.audit.record(operator.id, OPERATOR, "household.delete", household_id=household_id)
+    await agent.audit.record_durable(operator.id, OPERATOR, "household.delete", household_id=household_id)
     return web.Response(status=204)
 
 

@@ -82,8 +82,9 @@ async def get_data(request: web.Request) -> web.Response:
     start = book.last_closed(agent.clock())
     result = agent.release_window(org.id, window, start, book.contributions(start), tag)
     released = not isinstance(result, Refusal)
-    agent.audit.record(org.id, ORGANIZATION, "data.read", window=window, window_start=start, tag=tag,
-                       households=result["households"] if released else result.households, released=released)
+    await agent.audit.record_durable(org.id, ORGANIZATION, "data.read", window=window, window_start=start, tag=tag,
+                                     households=result["households"] if released else result.households,
+                                     released=released)
     if not released:
         raise ApiError(409, result.error, result.detail, households=result.households, missing=result.missing)
     return web.json_response(result)
@@ -119,8 +120,8 @@ async def _history(request, agent, org, window: str, tag: str | None) -> web.Res
                             "error": result.error, "detail": result.detail})
         else:
             released.append(result)
-    agent.audit.record(org.id, ORGANIZATION, "data.history", window=window, since=first, until=until, tag=tag,
-                       released=len(released), refused=len(refused))
+    await agent.audit.record_durable(org.id, ORGANIZATION, "data.history", window=window, since=first, until=until,
+                                     tag=tag, released=len(released), refused=len(refused))
     return web.json_response({"window": window, "tag": tag, "released": released, "refused": refused})
 
 

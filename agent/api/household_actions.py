@@ -62,7 +62,7 @@ async def put_notify(request: web.Request) -> web.Response:
     secret = signing.new_secret() if kind == "webhook" else None
     doc = {"url": url, "kind": kind, "secret": secret, "updated_at": agent.clock()}
     await agent.triggers.households.set_endpoint_async(household.id, doc)
-    agent.audit.record(household.id, HOUSEHOLD, "notify.set", kind=kind)
+    await agent.audit.record_durable(household.id, HOUSEHOLD, "notify.set", kind=kind)
     out = {"url": url, "kind": kind, "updated_at": doc["updated_at"]}
     if secret:
         out["secret"] = secret
@@ -73,7 +73,7 @@ async def delete_notify(request: web.Request) -> web.Response:
     household, agent = _household(request)
     if not await agent.triggers.households.remove_endpoint_async(household.id):
         raise ApiError(404, "not_found", "no notification endpoint")
-    agent.audit.record(household.id, HOUSEHOLD, "notify.delete")
+    await agent.audit.record_durable(household.id, HOUSEHOLD, "notify.delete")
     return web.Response(status=204)
 
 
@@ -128,8 +128,8 @@ async def add_appliance(request: web.Request) -> web.Response:
                "driver": device.name, "address": address, "channel": channel,
                "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
         await store.add_appliance_async(doc)
-    agent.audit.record(household.id, HOUSEHOLD, "appliance.add", appliance_id=doc["id"], driver=device.name,
-                       allowed_organizations=doc["allowed_organizations"])
+    await agent.audit.record_durable(household.id, HOUSEHOLD, "appliance.add", appliance_id=doc["id"],
+                                     driver=device.name, allowed_organizations=doc["allowed_organizations"])
     return web.json_response(_public(doc), status=201)
 
 
@@ -147,7 +147,7 @@ async def delete_appliance(request: web.Request) -> web.Response:
         if appliance is None or appliance["household_id"] != household.id:
             raise ApiError(404, "not_found", "no such appliance")
         await store.remove_appliance_async(appliance["id"])
-    agent.audit.record(household.id, HOUSEHOLD, "appliance.delete", appliance_id=appliance["id"])
+    await agent.audit.record_durable(household.id, HOUSEHOLD, "appliance.delete", appliance_id=appliance["id"])
     return web.Response(status=204)
 
 

@@ -42,8 +42,8 @@ async def _change_consent(request: web.Request, granted: bool) -> web.Response:
     agent = agent_of(request)
     org_id, service = request.match_info["org_id"], request.match_info["service"]
     change = await agent.registry.set_consent_async(household.id, org_id, service, granted)
-    agent.audit.record(household.id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
-                       organization_id=org_id, service=service)
+    await agent.audit.record_durable(household.id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
+                                     organization_id=org_id, service=service)
     return web.json_response({"organization_id": org_id, "service": service, "granted": granted, "at": change.at})
 
 

@@ -81,13 +81,14 @@ async def get_anonymized(request: web.Request) -> web.Response:
                                      periods=periods)
     span = {"from": _iso(since), "to": _iso(until)}
     if isinstance(result, Refusal):
-        agent.audit.record(org.id, ORGANIZATION, "data.anonymized", **span, released=False,
-                           requirement=result.requirement, households=result.households)
+        await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=False,
+                                         requirement=result.requirement, households=result.households)
         raise ApiError(409, f"{result.requirement}_not_met", result.detail, requirement=result.requirement,
                        households=result.households)
     report = {**result.report, **span}
-    agent.audit.record(org.id, ORGANIZATION, "data.anonymized", **span, released=True, rows=report["rows"],
-                       households=report["households"], k=report["k"], l=report["l"], t=report["t"])
+    await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=True,
+                                     rows=report["rows"], households=report["households"], k=report["k"],
+                                     l=report["l"], t=report["t"])
     return web.json_response({"records": result.records, "report": report})
 
 
@@ -157,8 +158,8 @@ async def get_dp(request: web.Request) -> web.Response:
 async def dp_aggregates(request: web.Request, agent, org, level: Level, window: str, tag: str | None) -> web.Response:
     """The DP answer for one organization (window and tag already checked against its level)."""
     if not dp.available():
-        agent.audit.record(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
-                           error="dp_unavailable")
+        await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
+                                         error="dp_unavailable")
         raise ApiError(503, "dp_unavailable", dp.unavailable_reason())
     clamp = _clamp(request, level, tag)
     q = request.query
@@ -216,8 +217,8 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
         if mechanisms:
             agent.budget.spend(org.id, cfg, mechanisms)
     except BudgetExceeded as err:
-        agent.audit.record(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
-                           error="budget_exhausted", windows=len(plan))
+        await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
+                                         error="budget_exhausted", windows=len(plan))
         retry = max(1, math.ceil(err.renews_at - agent.clock()))
         raise ApiError(429, "budget_exhausted", err.detail, {"Retry-After": str(retry)},
                        renews_at=err.status["renews_at"], budget=err.status) from None
@@ -229,8 +230,9 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
     if fresh:
         agent.budget.record(org.id, mechanisms, fresh)
     budget = agent.budget.status(org.id, cfg)
-    agent.audit.record(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=len(released),
-                       refused=len(refused), epsilon_spent=round(cfg.epsilon * len(plan), 6))
+    await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag,
+                                     released=len(released), refused=len(refused),
+                                     epsilon_spent=round(cfg.epsilon * len(plan), 6))
     if not history:
         if refused:
             r = refused[0]

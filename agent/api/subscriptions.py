@@ -45,7 +45,8 @@ async def subscribe(request: web.Request) -> web.Response:
     except FilterError as err:
         raise ApiError(422, "invalid_filter", str(err)) from None
     sub, secret = agent.delivery.subscribe(org.id, endpoint, float(interval), window, tag, body.get("filter"))
-    agent.audit.record(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id, window=window, tag=tag)
+    await agent.audit.record_durable(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id,
+                                     window=window, tag=tag)
     return web.json_response({**agent.delivery.describe(sub), "secret": secret}, status=201)
 
 
@@ -64,7 +65,7 @@ async def get_subscription(request: web.Request) -> web.Response:
 async def delete_subscription(request: web.Request) -> web.Response:
     org, delivery, sub = _owned(request)
     delivery.delete(sub.id)
-    agent_of(request).audit.record(org.id, ORGANIZATION, "subscription.delete", subscription_id=sub.id)
+    await agent_of(request).audit.record_durable(org.id, ORGANIZATION, "subscription.delete", subscription_id=sub.id)
     return web.Response(status=204)
 
 

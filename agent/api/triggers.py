@@ -15,7 +15,7 @@ import math
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, json_object, owned_by_caller, read_json, require
+from agent.api.common import ApiError, KeyedLocks, agent_of, json_object, owned_by_caller, read_json, require
 from agent.api.data import level_of
 from agent.auth import ORGANIZATION
 from agent.config import WINDOWS
@@ -26,6 +26,7 @@ from agent.triggers.model import MAX_INTERVAL_S, Refused, check_action, check_pa
 from sandbox import SYNTAX_ERROR, SandboxUnavailable
 
 MAX_FUNCTION_CHARS = 32 * 1024  # base64 of the sandbox's 16 KiB of source, with room
+ORGANIZATION_LOCKS = web.AppKey("trigger_organization_locks", KeyedLocks)
 
 
 def _refused(err: Refused) -> ApiError:
@@ -113,15 +114,17 @@ async def create_trigger(request: web.Request) -> web.Response:
     except SandboxUnavailable as err:
         raise _unavailable(err.reason) from None
     if not result.ok:
-        agent.audit.record(org.id, ORGANIZATION, "trigger.refused", reason=result.reason)
+        await agent.audit.record_durable(org.id, ORGANIZATION, "trigger.refused", reason=result.reason)
         raise ApiError(422, "condition_rejected", result.reason, reason=result.reason)
     if not runner.availability.ok:
         raise _unavailable(runner.availability.detail)
-    _check_limits(runner, org, config)  # again: another upload may have finished meanwhile
-
-    trig, secret = runner.create(org.id, [p.name for p in params], source, interval, window, action)
-    agent.audit.record(org.id, ORGANIZATION, "trigger.create", trigger_id=trig.id,
-                       parameters=trig.parameters, action_type=action["type"])
+    # The check again (another upload may have finished meanwhile) and the write as one step per organization:
+    # two uploads waiting for the disk at once must not both pass it.
+    async with request.app[ORGANIZATION_LOCKS](org.id):
+        _check_limits(runner, org, config)
+        trig, secret = await runner.create(org.id, [p.name for p in params], source, interval, window, action)
+    await agent.audit.record_durable(org.id, ORGANIZATION, "trigger.create", trigger_id=trig.id,
+                                     parameters=trig.parameters, action_type=action["type"])
     out = runner.describe(trig)
     if secret:
         out["secret"] = secret
@@ -142,11 +145,12 @@ async def get_trigger(request: web.Request) -> web.Response:
 async def delete_trigger(request: web.Request) -> web.Response:
     org, runner, trig = _owned(request)
     await runner.delete(trig.id)
-    agent_of(request).audit.record(org.id, ORGANIZATION, "trigger.delete", trigger_id=trig.id)
+    await agent_of(request).audit.record_durable(org.id, ORGANIZATION, "trigger.delete", trigger_id=trig.id)
     return web.Response(status=204)
 
 
 def add_routes(app: web.Application) -> None:
+    app[ORGANIZATION_LOCKS] = KeyedLocks()
     r = app.router
     r.add_post("/triggers/create", create_trigger)
     r.add_get("/triggers", list_triggers)

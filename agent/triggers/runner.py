@@ -14,6 +14,9 @@
   after repeated violations, and holds up no other trigger.
 - An action is written to the debounce log before it is taken, then runs as its own task (webhook,
   household endpoint, appliance), a few attempts, never blocking the next window.
+- The event loop never waits on the disk: every write (a trigger created, quarantined, rejected or deleted,
+  the purge of removed households, the counters, the debounce log, the inbox) runs in a worker thread; the
+  stores' ``*_async`` changes one at a time and in order, each awaited until durable.
 """
 
 from __future__ import annotations
@@ -129,9 +132,17 @@ class TriggerRunner:
         if self.supervisor:
             await asyncio.to_thread(self.supervisor.close)  # kills the workers: evaluations end at once
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
-        self.store.save_stats(self.stats)
-        self.store.close()
-        self.households.close()
+        # A change whose request was cancelled is still being written (shielded): after it, the last counters
+        # and the files closed, in a worker thread too (the API has stopped answering, but not the event loop).
+        async with self.store.writes, self.households.writes:
+            await asyncio.to_thread(self._save_and_close, dict(self.stats))
+
+    def _save_and_close(self, stats: dict[str, TriggerStats]) -> None:
+        try:
+            self.store.save_stats(stats)
+        finally:
+            self.store.close()
+            self.households.close()
 
     def health(self) -> dict:
         return {"sandbox": "enforced" if self.availability.ok else "unavailable",
@@ -164,18 +175,23 @@ class TriggerRunner:
             return 0.0
         return recent[0] - cutoff
 
-    def create(self, org_id: str, parameters: list[str], source: str, interval_s: float, window: str,
-               action: dict) -> tuple[Trigger, str | None]:
+    async def create(self, org_id: str, parameters: list[str], source: str, interval_s: float, window: str,
+                     action: dict) -> tuple[Trigger, str | None]:
+        """Returns once the trigger is on disk (written in a worker thread, after every change before it); it
+        runs from then on. The caller checks the organization's limits and calls this under one lock per
+        organization, so that two uploads cannot both pass the check during the write."""
         secret = signing.new_secret() if action["type"] == "webhook" else None
         trig = Trigger(id="trg_" + secrets.token_hex(6), organization_id=org_id, parameters=list(parameters),
                        source=source, interval_s=float(interval_s), window=window, action=action, secret=secret,
                        created_at=self.agent.clock())
-        self.store.add(trig)
-        self.triggers[trig.id] = trig
-        self.stats[trig.id] = TriggerStats()
-        self._stats_dirty = True
-        self.supervisor.register(org_id, trig.id, source, trig.parameters)
-        self._creations.setdefault(org_id, []).append(time.monotonic())
+
+        def stored():  # on the event loop, even if the request was cancelled meanwhile
+            self.triggers[trig.id] = trig
+            self.stats[trig.id] = TriggerStats()
+            self._stats_dirty = True
+            self.supervisor.register(org_id, trig.id, source, trig.parameters)
+            self._creations.setdefault(org_id, []).append(time.monotonic())
+        await self.store.add_async(trig, then=stored)
         return trig, secret
 
     async def delete(self, trigger_id: str) -> None:
@@ -185,7 +201,7 @@ class TriggerRunner:
         self.stats.pop(trigger_id, None)
         self._stats_dirty = True
         cooldowns = self.debounce.retire(trig, self.agent.clock())
-        self.store.remove(trigger_id, cooldowns)
+        await self.store.remove_async(trigger_id, cooldowns)
         if self.supervisor:
             # may wait for an evaluation in progress (at most its deadline): off the loop
             await asyncio.get_running_loop().run_in_executor(None, self.supervisor.unregister,
@@ -258,7 +274,7 @@ class TriggerRunner:
             await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
         if time.monotonic() - self._purged_at >= PURGE_EVERY_S:
             self._purged_at = time.monotonic()
-            gone = self.households.purge(set(self.agent.registry.households))
+            gone = await self.households.purge_async(set(self.agent.registry.households))
             if gone:
                 log.info("triggers: forgot the endpoints, appliances and inboxes of %d removed household(s)", gone)
         if self._stats_dirty and time.monotonic() - self._stats_saved_at >= STATS_EVERY_S:
@@ -348,7 +364,7 @@ class TriggerRunner:
             if stats.last_error_at is None or not 0 <= now - stats.last_error_at < trig.interval_s:
                 stats.errors += 1  # at most one per interval: errors are a side channel too
                 stats.last_error_at = now
-        self._check_quarantine(trig)
+        await self._check_quarantine(trig)
         if failed or trig.id not in self.triggers:
             return
 
@@ -381,10 +397,10 @@ class TriggerRunner:
             return await loop.run_in_executor(self._executor, self.supervisor.evaluate, trig.organization_id,
                                               trig.id, rows), False
         except ConditionQuarantined:
-            self._check_quarantine(trig, force=True)
+            await self._check_quarantine(trig, force=True)
         except ConditionRejected as err:
             trig.rejected = err.reason
-            self.store.update(trig.id, rejected=err.reason)
+            await self.store.update_async(trig.id, rejected=err.reason)
             log.warning("trigger %s no longer loads: %s", trig.id, err.reason)
         except BackingOff:
             pass
@@ -397,7 +413,7 @@ class TriggerRunner:
             return None, True
         return None, False
 
-    def _check_quarantine(self, trig: Trigger, force: bool = False) -> None:
+    async def _check_quarantine(self, trig: Trigger, force: bool = False) -> None:
         if trig.quarantined:
             return
         if not force:
@@ -407,7 +423,7 @@ class TriggerRunner:
                 return
         if force and trig.id in self.triggers:
             trig.quarantined = True
-            self.store.update(trig.id, quarantined=True)
+            await self.store.update_async(trig.id, quarantined=True)
             log.warning("trigger %s of %s quarantined after repeated violations", trig.id, trig.organization_id)
 
     # --- actions -------------------------------------------------------------------------------------

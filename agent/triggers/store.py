@@ -10,13 +10,17 @@ segment logs, like the registry):
 - ``pseudonym.key``: the device's secret for the households' per-organization pseudonyms.
 
 Writes come from the event loop (the API, the runner) and from the runner's threads (the debounce log, the
-inbox): each store serializes them with a lock, since a rewrite replaces the file under an appender. The API's
-changes to households' endpoints and appliances use the ``*_async`` methods, which write in a worker thread.
+inbox, the periodic counters): each store serializes them with a lock, since a rewrite replaces the file under
+an appender. The event loop never writes itself: its changes (a trigger added, quarantined or deleted; a
+household's endpoint or appliances; the purge of removed households) use the ``*_async`` methods, which write in
+a worker thread, one change at a time per store and in the order they were asked (see `_serially`), and return
+once the write is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import threading
@@ -33,6 +37,20 @@ INBOX_COMPACT_AFTER = 500  # stale inbox lines before a rewrite
 FIRINGS_COMPACT_AFTER = 1000
 
 
+async def _serially(writes: asyncio.Lock, write, *args, then=None, **kwargs):
+    """Run `write(*args, **kwargs)` (an fsync'd append or an atomic rewrite) in a worker thread, after every
+    change asked for before it (`writes` is the store's asyncio.Lock), then `then()` on the event loop; return
+    `write`'s result once it is durable. Shielded: a cancelled request must neither leave its write
+    half-reported (memory and file apart) nor let the next change overtake it."""
+    async def change():
+        async with writes:
+            result = await asyncio.to_thread(functools.partial(write, *args, **kwargs))
+            if then is not None:
+                then()
+            return result
+    return await asyncio.shield(change())
+
+
 class TriggerStore:
     def __init__(self, directory: Path):
         ensure_dir(directory)
@@ -42,6 +60,7 @@ class TriggerStore:
         self.firings_db = SegmentDB(str(directory / "firings.seg"))
         self.key = _device_key(directory / "pseudonym.key")
         self.lock = threading.Lock()
+        self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see _serially)
         self._appended = 0  # firing lines since the last compaction
 
     def close(self) -> None:
@@ -86,6 +105,17 @@ class TriggerStore:
                     {"o": org, "h": household, "until": until} for org, household, until in cooldowns)
             self.db.table("triggers").remove(where("id") == trigger_id)
 
+    # --- the same changes from the event loop (the API, the runner's loop): written in a worker thread, in order
+    async def add_async(self, trigger: Trigger, then=None) -> None:
+        """`then()` (the trigger into memory) runs once the trigger is on disk, even if the request is cancelled."""
+        await _serially(self.writes, self.add, trigger, then=then)
+
+    async def update_async(self, trigger_id: str, **fields) -> None:
+        await _serially(self.writes, self.update, trigger_id, **fields)
+
+    async def remove_async(self, trigger_id: str, cooldowns: list[tuple[str, str, float]]) -> None:
+        await _serially(self.writes, self.remove, trigger_id, cooldowns)
+
     def save_stats(self, stats: dict[str, TriggerStats]) -> None:
         """All counters in one atomic rewrite of stats.seg."""
         records = {str(i): {"id": tid, **s.record()} for i, (tid, s) in enumerate(sorted(stats.items()), 1)}
@@ -126,7 +156,7 @@ class HouseholdStore:
     def __init__(self, path: Path):
         self.db = SegmentDB(str(path))
         self.lock = threading.Lock()
-        self._writes = asyncio.Lock()  # the event loop's changes, one at a time (see _off_loop)
+        self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see _serially)
         self.endpoints: dict[str, dict] = {doc["household_id"]: dict(doc) for doc in self.db.table("notify").all()}
         self.appliances: dict[str, dict] = {doc["id"]: dict(doc) for doc in self.db.table("appliances").all()}
         self._inbox: dict[str, deque[tuple[int, dict]]] = {}
@@ -197,30 +227,40 @@ class HouseholdStore:
         self.appliances.pop(appliance_id, None)
         await self._off_loop(self._remove_appliance, appliance_id)
 
-    async def _off_loop(self, write, *args, then=None) -> None:
-        async def change():
-            async with self._writes:
-                await asyncio.to_thread(write, *args)
-                if then is not None:
-                    then()
-        # Shielded: a cancelled request must not leave the write half-reported nor the next one overtaking it.
-        await asyncio.shield(change())
+    async def _off_loop(self, write, *args, then=None):
+        return await _serially(self.writes, write, *args, then=then)
 
+    # --- households the operator removed: their endpoint, appliances and inbox are forgotten
     def purge(self, known_households: set[str]) -> int:
-        """Forget what belongs to households the operator removed: endpoint, appliances, inbox."""
+        return self._forget(known_households, *self._forget_settings(known_households))
+
+    async def purge_async(self, known_households: set[str]) -> int:
+        """The same from the event loop (the runner, every PURGE_EVERY_S): memory now, the disk in a worker
+        thread (the inbox too: its lock may be held by a delivery's fsync)."""
+        return await self._off_loop(self._forget, known_households, *self._forget_settings(known_households))
+
+    def _forget_settings(self, known_households: set[str]) -> tuple[set[str], list[str], list[str]]:
+        """Takes the removed households' endpoints and appliances out of memory: (their ids, endpoints to
+        remove from disk, appliances to remove from disk)."""
+        gone = (set(self.endpoints) | {a["household_id"] for a in self.appliances.values()}) - known_households
+        endpoints = [h for h in gone if self.endpoints.pop(h, None) is not None]
+        appliances = [a["id"] for a in list(self.appliances.values()) if a["household_id"] in gone]
+        for appliance_id in appliances:
+            del self.appliances[appliance_id]
+        return gone, endpoints, appliances
+
+    def _forget(self, known_households: set[str], gone: set[str], endpoints: list[str], appliances: list[str]) -> int:
+        for household_id in endpoints:
+            self._remove_endpoint(household_id)
+        for appliance_id in appliances:
+            self._remove_appliance(appliance_id)
         with self.lock:
-            boxes = set(self._inbox)
-        gone = (set(self.endpoints) | {a["household_id"] for a in self.appliances.values()} | boxes) - known_households
-        for household_id in gone:
-            self.remove_endpoint(household_id)
-            for appliance in self.appliances_of(household_id):
-                self.remove_appliance(appliance["id"])
-            with self.lock:
+            boxes = set(self._inbox) - known_households
+            for household_id in boxes:
                 self._stale.extend(doc_id for doc_id, _ in self._inbox.pop(household_id, ()))
-        if gone and self._stale:
-            with self.lock:
+            if boxes and self._stale:
                 self._compact()
-        return len(gone)
+        return len(gone | boxes)
 
     def appliances_of(self, household_id: str) -> list[dict]:
         return [a for a in self.appliances.values() if a["household_id"] == household_id]
