@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DURATION ?= 30
 
-.PHONY: demo test bench install clean system-deps
+.PHONY: demo test bench install clean system-deps image boot-test
 
 # Installs the agent into a local virtualenv, then runs it on its embedded default:
 # an emulated DSMR 5 meter on a pseudo-terminal, live readings once a second, the API on :8080.
@@ -19,6 +19,13 @@ bench: $(VENV)/.installed-test
 	  [ -f bench/$$b.py ] && echo "== bench/$$b.py" && PYTHONPATH=. $(BIN)/python bench/$$b.py; done
 
 install: $(VENV)/.installed
+
+# The Raspberry Pi image (as root on Debian; image/README.md) and its QEMU boot test: minutes, not for CI.
+image:
+	image/build.sh
+
+boot-test: $(VENV)/.installed
+	image/test-boot.sh
 
 # Debian packages the sandbox needs (libseccomp2); installed when missing and we may (root).
 system-deps:

@@ -10,8 +10,9 @@
 # Layers: the base (Debian, kernel, firmware, Python, services; image/base/) is cached in image/.cache/ under a hash
 # of image/base/; the application layer (the agent's wheel and its aarch64 dependency wheels from PyPI in the venv
 # /opt/edge, the user `edge`, the units, image/rootfs/ and image/boot/) is redone on every build, in about a minute.
-# The disk: an MBR with a FAT boot partition (label RASPIFIRM) and an ext4 root (RASPIROOT), built from directories
-# with mkfs.vfat + mcopy and mkfs.ext4 -d, laid out with sfdisk on a plain file. See image/README.md.
+# The disk: an MBR with a FAT boot partition (label RASPIFIRM), an ext4 root (RASPIROOT, mounted read-only) and an
+# ext4 data partition (EDGEDATA, /data, grown to the card on the first boot), built from directories with
+# mkfs.vfat + mcopy and mkfs.ext4 -d, laid out with sfdisk on a plain file. See image/README.md.
 set -euo pipefail
 
 IMAGE_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -169,13 +170,16 @@ cp -r --no-preserve=ownership "$IMAGE_DIR/rootfs/." "$ROOTFS/"
 install -m 0644 "$IMAGE_DIR/systemd/edge-agent.service" "$IMAGE_DIR/systemd/edge-firstboot.service" \
     "$ROOTFS/etc/systemd/system/"
 install -m 0755 "$IMAGE_DIR/update-agent.sh" "$ROOTFS/usr/local/sbin/edge-update-agent"
-install -d -m 0750 -o 0 -g "$(in_root getent group edge | cut -d: -f3)" "$ROOTFS/etc/edge"
-echo edge > "$ROOTFS/etc/hostname"
-printf '127.0.0.1\tlocalhost\n127.0.1.1\tedge\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$ROOTFS/etc/hosts"
+# The root filesystem is read-only on the device: what edge-firstboot sets on every boot lives in /run (tmpfs).
+# PID 1 finds no hostname before edge-firstboot has set it; systemd-resolved answers for the hostname (no hosts line).
+ln -sfn ../run/edge/hostname "$ROOTFS/etc/hostname"
+printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$ROOTFS/etc/hosts"
+mkdir -p "$ROOTFS/etc/issue.d"
+ln -sfn ../../run/edge/issue "$ROOTFS/etc/issue.d/edge.issue"
 ln -sf /usr/share/zoneinfo/Etc/UTC "$ROOTFS/etc/localtime"
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$ROOTFS/etc/resolv.conf"
-: > "$ROOTFS/etc/machine-id"   # empty: systemd makes a new one on the first boot of every card
-rm -f "$ROOTFS/var/lib/dbus/machine-id"
+: > "$ROOTFS/etc/machine-id"   # empty: on the read-only root systemd makes a new one in RAM on every boot
+ln -sfn /etc/machine-id "$ROOTFS/var/lib/dbus/machine-id"   # what dbus's tmpfiles.d line makes
 # /etc/default/raspi-firmware, read again by the kernel hook at every kernel update on the device:
 # - a serial console would share the GPIO UART with a P1 meter on /dev/serial0: the console is the screen only;
 # - root by label, as this image's partitions are labelled;
@@ -195,7 +199,34 @@ in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware
 cat >> "$ROOTFS/etc/issue" <<'EOF'
 Edge smart-meter agent. Configuration: edge.toml on the boot partition (see edge.toml.example there).
 EOF
+# What systemd-tmpfiles would create on the root at boot, made now: it cannot there (read-only). /var/log and
+# /var/tmp are tmpfs on the device, /var/lib/systemd moves to the data partition below.
+in_root systemd-tmpfiles --create --boot --exclude-prefix=/dev --exclude-prefix=/proc --exclude-prefix=/sys \
+    --exclude-prefix=/run --exclude-prefix=/tmp --exclude-prefix=/var/tmp --exclude-prefix=/var/log \
+    || log "warning: systemd-tmpfiles in the build chroot reported errors (the boot test shows whether they matter)"
+# Mark /etc and /var as up to date with /usr (what systemd-update-done writes; Debian does not ship it), so that
+# units with ConditionNeedsUpdate= (systemd-sysusers) do not try to write the read-only root on every boot.
+for stamp in "$ROOTFS/etc/.updated" "$ROOTFS/var/.updated"; do
+    printf 'TIMESTAMP_NSEC=%s\n' "$(stat -c %Y "$ROOTFS/usr")000000000" > "$stamp"
+    touch -r "$ROOTFS/usr" "$stamp"
+done
 cleanup
+
+# --- the data partition: everything that changes on the device ------------------------------------------------
+# Mounted at /data; image/base/fstab bind-mounts its folders over /var/lib/edge (the agent's store), /etc/edge (its
+# config and secrets) and /var/lib/systemd (the clock timesyncd keeps for a Pi without a real-time clock, the random
+# seed, rfkill state).
+log "data partition"
+DATAFS=$WORK/datafs
+EDGE_UID=$(in_root id -u edge)
+EDGE_GID=$(in_root id -g edge)
+mkdir -p "$DATAFS"
+install -d -m 0750 -o "$EDGE_UID" -g "$EDGE_GID" "$DATAFS/edge"
+install -d -m 0750 -o 0 -g "$EDGE_GID" "$DATAFS/etc-edge"
+mv "$ROOTFS/var/lib/systemd" "$DATAFS/var-lib-systemd"
+install -d -m 0755 "$ROOTFS/var/lib/systemd" "$ROOTFS/data"
+rm -rf "$ROOTFS/etc/edge" "$ROOTFS/var/lib/edge"
+install -d -m 0750 -o 0 -g "$EDGE_GID" "$ROOTFS/etc/edge" "$ROOTFS/var/lib/edge"   # mount points
 
 # --- boot partition contents --------------------------------------------------------------------------------
 log "boot partition"
@@ -204,6 +235,9 @@ mkdir -m 0755 "$ROOTFS/boot/firmware"
 cp "$IMAGE_DIR/boot/edge.toml" "$IMAGE_DIR/boot/edge.toml.example" "$BOOTFS/"
 printf 'Edge %s: edit edge.toml (every key: edge.toml.example), then boot.\r\n' "$VERSION" > "$BOOTFS/EDGE-README.txt"
 grep -q 'root=LABEL=RASPIROOT' "$BOOTFS/cmdline.txt" || die "cmdline.txt on the boot partition: no root=LABEL=RASPIROOT"
+# Mount the root read-only from the start (the initramfs checks it, nothing ever writes it); fstab says ro as well.
+sed -i 's/ rw / ro /' "$BOOTFS/cmdline.txt"
+grep -q ' ro ' "$BOOTFS/cmdline.txt" || die "cmdline.txt on the boot partition: the root is not mounted ro"
 sed -n '1p' "$BOOTFS/cmdline.txt" | sed 's/^/    cmdline.txt: /'
 
 # --- the disk image -----------------------------------------------------------------------------------------
@@ -211,21 +245,28 @@ IMG=$OUT/$NAME.img
 BOOT_MIB=256
 START_MIB=4
 ROOT_USED_MIB=$(du -sm --apparent-size "$ROOTFS" | cut -f1)
-ROOT_MIB=$(( (ROOT_USED_MIB * 13 / 10 + 256 + 3) / 4 * 4 ))   # +30% and 256 MiB; grown to the card at first boot
-log "disk image: boot ${BOOT_MIB} MiB, root ${ROOT_MIB} MiB (${ROOT_USED_MIB} MiB used)"
-rm -f "$IMG" "$WORK/boot.vfat" "$WORK/root.ext4"
+VENV_MIB=$(du -sm --apparent-size "$ROOTFS/opt/edge" | cut -f1)
+# The root does not grow: room for the agent's venv twice (edge-update-agent keeps the previous one) and 15% more.
+ROOT_MIB=$(( ((ROOT_USED_MIB + VENV_MIB) * 115 / 100 + 128 + 3) / 4 * 4 ))
+DATA_MIB=256   # grown to the rest of the card on the first boot
+log "disk image: boot ${BOOT_MIB} MiB, root ${ROOT_MIB} MiB (${ROOT_USED_MIB} MiB used, venv ${VENV_MIB} MiB)," \
+    "data ${DATA_MIB} MiB"
+rm -f "$IMG" "$WORK/boot.vfat" "$WORK/root.ext4" "$WORK/data.ext4"
 mkfs.vfat -F 32 -n RASPIFIRM -C "$WORK/boot.vfat" $((BOOT_MIB * 1024)) >/dev/null
 MTOOLS_SKIP_CHECK=1 mcopy -s -p -m -i "$WORK/boot.vfat" "$BOOTFS"/* ::/
 "${NICE[@]}" mkfs.ext4 -q -F -L RASPIROOT -b 4096 -d "$ROOTFS" -E root_owner=0:0 "$WORK/root.ext4" "${ROOT_MIB}M"
-truncate -s $(( (START_MIB + BOOT_MIB + ROOT_MIB) * 1024 * 1024 )) "$IMG"
+mkfs.ext4 -q -F -L EDGEDATA -b 4096 -d "$DATAFS" -E root_owner=0:0 "$WORK/data.ext4" "${DATA_MIB}M"
+truncate -s $(( (START_MIB + BOOT_MIB + ROOT_MIB + DATA_MIB) * 1024 * 1024 )) "$IMG"
 sfdisk -q "$IMG" <<EOF
 label: dos
 unit: sectors
 start=$((START_MIB * 2048)), size=$((BOOT_MIB * 2048)), type=c, bootable
 start=$(((START_MIB + BOOT_MIB) * 2048)), size=$((ROOT_MIB * 2048)), type=83
+start=$(((START_MIB + BOOT_MIB + ROOT_MIB) * 2048)), size=$((DATA_MIB * 2048)), type=83
 EOF
 dd if="$WORK/boot.vfat" of="$IMG" bs=1M seek=$START_MIB conv=notrunc,sparse status=none
 dd if="$WORK/root.ext4" of="$IMG" bs=1M seek=$((START_MIB + BOOT_MIB)) conv=notrunc,sparse status=none
+dd if="$WORK/data.ext4" of="$IMG" bs=1M seek=$((START_MIB + BOOT_MIB + ROOT_MIB)) conv=notrunc,sparse status=none
 [ "${EDGE_KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"   # EDGE_KEEP_WORK=1: keep the trees for a look
 log "disk image: $IMG ($(du -m --apparent-size "$IMG" | cut -f1) MiB)"
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Updates the Edge agent in place on a device: installs a new wheel into the venv /opt/edge, checks the config in
 # force with the new version, restarts the agent and waits for its API; data (/var/lib/edge) and config (/etc/edge)
-# stay as they are. On the image this script is /usr/local/sbin/edge-update-agent.
+# stay as they are. On the image this script is /usr/local/sbin/edge-update-agent. The image's root filesystem is
+# read-only: it is made writable for the update and read-only again afterwards.
 #
 #   edge-update-agent edge_agent-0.2.0-py3-none-any.whl [dependency wheels...]   # offline: wheels given here only
 #   edge-update-agent DIR                     # every wheel in DIR (the agent's and its aarch64 dependencies)
@@ -67,12 +68,30 @@ sys.exit(1)
 EOF
 }
 
-if [ "$ROLLBACK" = 1 ]; then restore; exit 0; fi
+# The venv is on the root filesystem, read-only on the image: writable while this runs, read-only again at the end
+# (after the restart, when no process holds a replaced file open any more).
+REMOUNTED=""
+STAGE=""
+finish() {
+    if [ -n "$STAGE" ]; then rm -rf "$STAGE"; fi
+    if [ -n "$REMOUNTED" ]; then
+        sync
+        mount -o remount,ro "$REMOUNTED" 2>/dev/null || say "$REMOUNTED stays writable until the next reboot (busy)"
+    fi
+}
+trap finish EXIT
+root_writable() {  # the filesystem holding the venv, if it is mounted read-only
+    if findmnt -n -o OPTIONS --target "$VENV" | tr , '\n' | grep -qx ro; then
+        REMOUNTED=$(findmnt -n -o TARGET --target "$VENV")
+        mount -o remount,rw "$REMOUNTED" || { REMOUNTED=""; die "cannot make $VENV writable"; }
+    fi
+}
+
+if [ "$ROLLBACK" = 1 ]; then root_writable; restore; exit 0; fi
 [ $# -gt 0 ] || die "give the agent's wheel (and its dependency wheels), or a folder of wheels; --help"
 
 # Collect the wheels into one folder pip can search.
 STAGE=$(mktemp -d /tmp/edge-update.XXXXXX)
-trap 'rm -rf "$STAGE"' EXIT
 for item in "$@"; do
     if [ -d "$item" ]; then
         find "$item" -maxdepth 1 -name '*.whl' -exec cp {} "$STAGE/" \;
@@ -86,6 +105,7 @@ AGENT_WHEEL=$(find "$STAGE" -maxdepth 1 -name 'edge_agent-*.whl' | sort -V | tai
 [ -n "$AGENT_WHEEL" ] || die "no edge_agent-*.whl among $*"
 OLD=$("$VENV/bin/python" -m pip show edge-agent 2>/dev/null | sed -n 's/^Version: //p')
 
+root_writable
 say "keeping the current venv (agent $OLD) as $PREVIOUS"
 rm -rf "$PREVIOUS"
 cp -a "$VENV" "$PREVIOUS"

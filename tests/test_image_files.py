@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -24,12 +25,13 @@ CHECK_CONFIG = f"{sys.executable} -m agent.cli check-config"
 
 def load_firstboot(tmp_path: Path, monkeypatch):
     root = tmp_path / "root"
-    for sub in ("boot/firmware", "etc/edge", "var/lib/edge", "etc/systemd/network"):
+    for sub in ("boot/firmware", "etc/edge", "var/lib/edge", "data", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("EDGE_ROOT", str(root))
     monkeypatch.setenv("EDGE_BOOT", str(root / "boot/firmware"))
     monkeypatch.setenv("EDGE_ETC", str(root / "etc/edge"))
     monkeypatch.setenv("EDGE_STATE", str(root / "var/lib/edge"))
+    monkeypatch.setenv("EDGE_DATA", str(root / "data"))
     monkeypatch.setenv("EDGE_CHECK_CONFIG", CHECK_CONFIG)
     monkeypatch.setenv("PYTHONPATH", str(IMAGE.parent))
     loader = importlib.machinery.SourceFileLoader("edge_firstboot", str(FIRSTBOOT))
@@ -123,8 +125,14 @@ def test_first_boot_with_the_shipped_file_generates_a_token(tmp_path, monkeypatc
     assert (root / "etc/edge/operator-token").read_text().strip() == token
     assert f"generated operator token (also in /etc/edge/operator-token): {token}" in out
     assert "network" not in agent
-    assert (root / "etc/hostname").read_text() == "edge\n"
-    assert "DHCP=yes" in (root / "etc/systemd/network/20-edge-ethernet.network").read_text()
+    assert (root / "run/edge/hostname").read_text() == "edge\n"
+    ethernet = (root / "run/systemd/network/20-edge-ethernet.network").read_text()
+    assert "DHCP=yes" in ethernet and "ClientIdentifier=mac" in ethernet
+    assert ethernet == (root / "etc/edge/network/20-edge-ethernet.network").read_text()  # kept on the data partition
+    assert not (root / "run/systemd/network/30-edge-wifi.network").exists()
+    assert f"Operator token (generated): {token}" in (root / "run/edge/issue").read_text()
+    assert (root / "run/edge/issue").stat().st_mode & 0o777 == 0o640
+    assert "<port>8080</port>" in (root / "run/edge/avahi-services/edge-api.service").read_text()
     assert not (root / "var/lib/edge/config-error.txt").exists()
     assert boot.read_text() == (IMAGE / "boot/edge.toml").read_text()  # nothing secret to move
     # the second boot keeps the same token and writes nothing new
@@ -148,8 +156,11 @@ def test_own_token_and_wifi_key_move_off_the_boot_partition(tmp_path, monkeypatc
     assert tomllib.loads(left)["auth"]["operator_token"] == fb.MOVED
     assert tomllib.loads((root / "etc/edge/edge.toml").read_text())["auth"]["operator_token"] == \
         "my-own-operator-token-1234"
-    assert (root / "etc/hostname").read_text() == "pole-17\n"
-    wpa = (root / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf").read_text()
+    assert (root / "run/edge/hostname").read_text() == "pole-17\n"
+    wpa = (root / "run/edge/wpa_supplicant-wlan0.conf").read_text()
+    assert (root / "run/edge/wpa_supplicant-wlan0.conf").stat().st_mode & 0o777 == 0o600
+    assert "ieee80211_regdom=NL" in (root / "run/modprobe.d/edge-wifi.conf").read_text()
+    assert "Type=wlan" in (root / "run/systemd/network/30-edge-wifi.network").read_text()
     assert "country=NL" in wpa and f"ssid={b'home'.hex()}" in wpa and "correct horse" not in wpa
     assert f"psk={fb.wifi_psk('home', 'correct horse battery')}" in wpa
     # next boot: the notes on the boot partition mean "keep what is stored"
@@ -157,7 +168,7 @@ def test_own_token_and_wifi_key_move_off_the_boot_partition(tmp_path, monkeypatc
     assert tomllib.loads((root / "etc/edge/edge.toml").read_text())["auth"]["operator_token"] == \
         "my-own-operator-token-1234"
     assert f"psk={fb.wifi_psk('home', 'correct horse battery')}" in \
-        (root / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf").read_text()
+        (root / "run/edge/wpa_supplicant-wlan0.conf").read_text()
     assert not (root / "var/lib/edge/config-error.txt").exists()
 
 
@@ -179,7 +190,7 @@ def test_file_saved_by_windows_notepad(tmp_path, monkeypatch):
     (root / "boot/firmware/edge.toml").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     run_firstboot(fb)
     assert not (root / "var/lib/edge/config-error.txt").exists()
-    assert (root / "etc/hostname").read_text() == "win\n"
+    assert (root / "run/edge/hostname").read_text() == "win\n"
 
 
 def test_bad_file_keeps_the_last_good_config(tmp_path, monkeypatch, capsys):
@@ -199,6 +210,61 @@ def test_bad_file_keeps_the_last_good_config(tmp_path, monkeypatch, capsys):
     run_firstboot(fb)
     assert "syntax" in (root / "var/lib/edge/config-error.txt").read_text()
     assert (root / "etc/edge/edge.toml").read_text() == good
+
+
+def reboot(root: Path) -> None:
+    """What a reboot does to the scratch root: /run is a tmpfs, emptied."""
+    shutil.rmtree(root / "run")
+    (root / "run").mkdir()
+
+
+def test_a_bad_file_keeps_the_last_good_network_across_reboots(tmp_path, monkeypatch):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    boot = root / "boot/firmware/edge.toml"
+    text = (IMAGE / "boot/edge.toml").read_text()
+    text = text.replace('wifi_country = ""', 'wifi_country = "BE"').replace('wifi_ssid = ""', 'wifi_ssid = "pole"')
+    boot.write_text(text.replace('wifi_key = ""', 'wifi_key = "a-long-passphrase"'))
+    run_firstboot(fb)
+    published = {p.name: p.read_text() for p in (root / "run").rglob("*") if p.is_file()}
+    # the next boot's file breaks the network table (a key the script does not know) and the TOML of the agent
+    boot.write_text(boot.read_text().replace("[network]", "[network]\nwifi_channel = 6"))
+    reboot(root)
+    run_firstboot(fb)
+    assert "network.wifi_channel: unknown key" in (root / "var/lib/edge/config-error.txt").read_text()
+    for name in ("20-edge-ethernet.network", "30-edge-wifi.network", "wpa_supplicant-wlan0.conf", "edge-wifi.conf"):
+        assert published[name] == next((root / "run").rglob(name)).read_text(), name
+    # no file at all: still the last good network
+    boot.unlink()
+    reboot(root)
+    run_firstboot(fb)
+    assert "key_mgmt=WPA-PSK" in (root / "run/edge/wpa_supplicant-wlan0.conf").read_text()
+    # Wi-Fi turned off in a good file: its files go, from the data partition and from /run
+    boot.write_text((IMAGE / "boot/edge.toml").read_text())
+    run_firstboot(fb)
+    assert not (root / "run/edge/wpa_supplicant-wlan0.conf").exists()
+    assert not (root / "etc/edge/network/wpa_supplicant-wlan0.conf").exists()
+    assert not (root / "run/systemd/network/30-edge-wifi.network").exists()
+
+
+def test_never_configured_device_gets_ethernet_dhcp(tmp_path, monkeypatch):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    (root / "boot/firmware/edge.toml").write_text("not toml [")
+    run_firstboot(fb)
+    assert "DHCP=yes" in (root / "run/systemd/network/20-edge-ethernet.network").read_text()
+    assert "syntax" in (root / "var/lib/edge/config-error.txt").read_text()
+
+
+def test_firstboot_writes_nothing_outside_the_data_partition_boot_and_run(tmp_path, monkeypatch):
+    """The root filesystem is read-only on the device: every file the script writes must be under /etc/edge or
+    /var/lib/edge (bind mounts of the data partition), /boot/firmware or /run."""
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    text = (IMAGE / "boot/edge.toml").read_text().replace(fb.PLACEHOLDER_TOKEN, "my-own-operator-token-1234")
+    text = text.replace('wifi_country = ""', 'wifi_country = "NL"').replace('wifi_ssid = ""', 'wifi_ssid = "x"')
+    (root / "boot/firmware/edge.toml").write_text(text)
+    run_firstboot(fb)
+    allowed = ("etc/edge/", "var/lib/edge/", "boot/firmware/", "run/")
+    written = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+    assert written and [w for w in written if not w.startswith(allowed)] == []
 
 
 def test_bad_file_on_the_first_boot_still_gives_a_reachable_agent(tmp_path, monkeypatch):
@@ -265,3 +331,24 @@ def test_serial0_follows_the_pins(tmp_path):
 def test_serial0_on_a_compute_module_3_without_bluetooth(tmp_path):
     alias = _fake_device_tree(tmp_path, {"ttyAMA0": ("serial@7e201000", ["uart0_gpio14"], False)})
     assert alias("ttyAMA0") == "serial0"
+
+
+def test_fstab_mounts_root_read_only_and_the_data_partition_where_the_writers_are():
+    entries = [line.split() for line in (IMAGE / "base/fstab").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    by_target = {e[1]: e for e in entries}
+    assert "ro" in by_target["/"][3].split(",")
+    assert by_target["/"][5] == "0"  # not checked: e2fsck would write the superblock of the read-only root
+    assert by_target["/data"][0] == "LABEL=EDGEDATA"
+    binds = {e[1]: e[0] for e in entries if e[2] == "none" and "bind" in e[3].split(",")}
+    # edge-firstboot's and the agent's writable places are on the data partition
+    firstboot = FIRSTBOOT.read_text()
+    assert 'os.environ.get("EDGE_ETC", "/etc/edge")' in firstboot and binds["/etc/edge"].startswith("/data/")
+    assert 'os.environ.get("EDGE_STATE", "/var/lib/edge")' in firstboot and binds["/var/lib/edge"].startswith("/data/")
+    assert "StateDirectory=edge\n" in (IMAGE / "systemd/edge-agent.service").read_text()
+    assert binds["/var/lib/systemd"].startswith("/data/")  # timesyncd's clock survives a reboot
+    assert {by_target[t][2] for t in ("/tmp", "/var/tmp", "/var/log")} == {"tmpfs"}
+    # build.sh makes those folders on the data partition
+    build = (IMAGE / "build.sh").read_text()
+    for source in binds.values():
+        assert f'"$DATAFS/{source.removeprefix("/data/")}"' in build, source
