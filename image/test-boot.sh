@@ -3,9 +3,11 @@
 # on a USB serial port, exactly as an installer would set it up: an edge.toml written onto the FAT boot partition.
 # Passes when /health (port-forwarded to the host) shows telegrams read from that port and the configured device
 # name; also checks the operator token from edge.toml works and was moved off the boot partition, the hostname was
-# applied and the root filesystem grown, and that what Raspberry Pi Imager's "OS customisation" adds (a firstrun.sh
-# run through cmdline.txt, written for Raspberry Pi OS) is ignored and removed. Then boots it again with a bad edge.toml (unknown profile, another name):
-# the last good config must stay in force and the error show on the console; and a third time with the agent's
+# applied, the data partition grown, the root filesystem read-only (byte for byte unchanged by two boots) and no
+# unit failed, the trigger sandbox's seccomp filter enforced on arm64, and that what Raspberry Pi Imager's "OS
+# customisation" adds (a firstrun.sh run through cmdline.txt, written for Raspberry Pi OS) is ignored and removed.
+# Then boots it again with a bad edge.toml (unknown profile, another name): the last good config must stay in force
+# and the error show on the console and in /health (503); and a third time with the agent's
 # wheel in edge-update/ on the boot partition: it must be installed (EDGE_BOOT_ONCE=1 skips these two).
 # Prints the boot-to-healthy times.
 #
@@ -44,10 +46,11 @@ SOURCE=${1:-$OUT/edge-$VERSION-arm64.img.xz}
 [ -f "$SOURCE" ] || die "no image: build it with image/build.sh"
 
 WORK=$(mktemp -d "$OUT/boot-test.XXXXXX")
-QEMU_PID="" EMU_PID=""
+QEMU_PID="" EMU_PID="" MDNS_PID=""
 cleanup() {
     [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null && wait "$QEMU_PID" 2>/dev/null
     [ -n "$EMU_PID" ] && kill "$EMU_PID" 2>/dev/null && wait "$EMU_PID" 2>/dev/null
+    [ -n "$MDNS_PID" ] && kill "$MDNS_PID" 2>/dev/null && wait "$MDNS_PID" 2>/dev/null
     if [ "${EDGE_KEEP:-0}" = 1 ] || [ "${PASSED:-0}" != 1 ]; then
         echo "test-boot.sh: console log and files kept in $WORK"
     else
@@ -57,7 +60,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# --- a copy of the image, 2 GiB bigger (the first boot grows the root filesystem into it) ----------------------
+# --- a copy of the image, 2 GiB bigger (the first boot grows the data partition into it) -----------------------
 log "image: $SOURCE"
 DISK=$WORK/disk.img
 case "$SOURCE" in
@@ -66,8 +69,11 @@ case "$SOURCE" in
 esac
 IMAGE_BYTES=$(stat -c %s "$DISK")
 truncate -s +2G "$DISK"
-read -r BOOT_START ROOT_START < <(sfdisk -J "$DISK" | "$PY" -c \
-    'import json, sys; p = json.load(sys.stdin)["partitiontable"]["partitions"]; print(p[0]["start"], p[1]["start"])')
+read -r BOOT_START ROOT_START ROOT_SECTORS < <(sfdisk -J "$DISK" | "$PY" -c \
+    'import json, sys; p = json.load(sys.stdin)["partitiontable"]["partitions"]; print(p[0]["start"], p[1]["start"], p[1]["size"])')
+root_hash() { dd if="$DISK" bs=512 skip="$ROOT_START" count="$ROOT_SECTORS" status=none | sha256sum | cut -c1-16; }
+# Units that failed, from systemd's "[FAILED] Failed to start ..." lines on the console.
+failed_units() { tr -d '\r' < "$1" | grep -o 'FAILED.*Failed to start.*' | sed 's/\x1b\[[0-9;]*m//g' || true; }
 BOOT="$DISK@@$((BOOT_START * 512))"
 export MTOOLS_SKIP_CHECK=1
 
@@ -122,16 +128,18 @@ HOSTPORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)
 log "meter emulator on $METER_URL; API forwarded to 127.0.0.1:$HOSTPORT"
 
 # --- boot and wait ----------------------------------------------------------------------------------------
-boot() {  # boot <console log>: starts the VM in the background
+boot() {  # boot <console log> [qemu options...]: starts the VM in the background
+    local console=$1
+    shift
     START=$(date +%s.%N)
     nice -n 10 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 \
-        -display none -monitor none -serial "file:$1" \
+        -display none -monitor none -serial "file:$console" \
         -kernel "$WORK/kernel" -initrd "$WORK/initrd" -append "$APPEND" \
         -drive "file=$DISK,format=raw,if=none,id=d" -device virtio-blk-pci,drive=d \
         -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$HOSTPORT-:8080" -device virtio-net-pci,netdev=n,romfile= \
         -device virtio-rng-pci \
         -device qemu-xhci -chardev "socket,id=p1,host=127.0.0.1,port=$METER_PORT" -device usb-serial,chardev=p1 \
-        >> "$WORK/qemu.log" 2>&1 &
+        "$@" >> "$WORK/qemu.log" 2>&1 &
     QEMU_PID=$!
     log "qemu started (pid $QEMU_PID); waiting up to ${TIMEOUT}s for /health with telegrams from /dev/ttyUSB0"
 }
@@ -140,13 +148,15 @@ stop() {  # no shutdown needed: edge-firstboot fsyncs and syncs what it writes, 
     kill "$QEMU_PID"; wait "$QEMU_PID" 2>/dev/null || true; QEMU_PID=""
 }
 
-# wait_healthy NAME CONSOLE: until /health is 200 with device NAME and the meter reading; sets HEALTHY (seconds).
+# wait_healthy NAME CONSOLE [ERROR]: until /health shows device NAME and the meter reading, with 200; or, given ERROR,
+# with 503 and a config_error that contains ERROR (a bad edge.toml). Sets HEALTHY (seconds).
 wait_healthy() {
     local rc=0
-    "$PY" - "$HOSTPORT" "$1" "$METER" "$TOKEN" "$TIMEOUT" "$START" "$QEMU_PID" > "$WORK/health.out" <<'PYEOF' || rc=$?
+    "$PY" - "$HOSTPORT" "$1" "$METER" "$TOKEN" "$TIMEOUT" "$START" "$QEMU_PID" "${3:-}" > "$WORK/health.out" <<'PYEOF' || rc=$?
 import json, os, sys, time, urllib.error, urllib.request
 port, name, meter, token, timeout, start, qemu = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], \
     float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
+config_error = sys.argv[8]
 url = f"http://127.0.0.1:{port}"
 last = "no answer yet"
 while time.time() - start < timeout:
@@ -166,15 +176,35 @@ while time.time() - start < timeout:
         continue
     last = f"{status} {json.dumps(body)[:400]}"
     m = body.get("meters", {}).get(meter, {})
-    if status == 200 and body.get("device") == name and m.get("telegrams_ok", 0) > 0 and m.get("state") == "reading":
+    expected = (status == 503 and config_error in (body.get("config_error") or "")) if config_error else \
+        (status == 200 and not body.get("config_error"))
+    if expected and body.get("device") == name and m.get("telegrams_ok", 0) > 0 and m.get("state") == "reading":
         healthy = time.time() - start
         req = urllib.request.Request(url + "/meters", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             meters_status = resp.status
+        # The trigger sandbox on arm64: the agent's start-up probe runs a condition in a seccomp-locked worker and
+        # checks that a forbidden system call kills one (the allow-list names aarch64's system calls right).
+        sandbox = body.get("triggers", {})
+        while sandbox.get("sandbox") != "enforced" and time.time() - start < timeout:
+            time.sleep(2)
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                    sandbox = json.load(resp).get("triggers", {})
+            except urllib.error.HTTPError as err:
+                sandbox = json.load(err).get("triggers", {})
+            except (OSError, ValueError):
+                pass
+        if sandbox.get("sandbox") != "enforced":
+            print(f"the trigger sandbox is not enforced: {sandbox}")
+            sys.exit(1)
         print(f"HEALTHY {healthy:.1f}")
         print(f"    /health {status}: device={body['device']!r}, meter {meter}: state={m['state']}, "
               f"telegrams_ok={m['telegrams_ok']}, crc_errors={m.get('crc_errors')}")
         print(f"    GET /meters with the operator token from edge.toml: {meters_status}")
+        print(f"    trigger sandbox: {sandbox.get('sandbox')} ({sandbox.get('detail')})")
+        if config_error:
+            print(f"    config_error in /health: {body['config_error'].splitlines()[1].strip()}")
         sys.exit(0)
     time.sleep(1)
 print(f"timeout after {timeout:.0f}s; last /health: {last}")
@@ -189,15 +219,31 @@ PYEOF
 }
 
 # --- first boot: the installer's edge.toml ---------------------------------------------------------------------
-boot "$WORK/console.log"
+ROOT_HASH=$(root_hash)
+# A second network card on a "LAN" that is mdns-check.py (QEMU's user network carries no multicast): it must find
+# <name>.local and the API's service there, as an installer's laptop would.
+MDNS_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$PY" "$IMAGE_DIR/mdns-check.py" "$MDNS_PORT" "$DEVICE_NAME" 8080 "$TIMEOUT" > "$WORK/mdns.out" 2>&1 &
+MDNS_PID=$!
+for _ in $(seq 50); do grep -q listening "$WORK/mdns.out" && break; sleep 0.1; done
+boot "$WORK/console.log" -netdev "socket,id=lan,connect=127.0.0.1:$MDNS_PORT" \
+    -device virtio-net-pci,netdev=lan,mac=52:54:00:12:34:99,romfile=
 wait_healthy "$DEVICE_NAME" "$WORK/console.log"
 FIRST=$HEALTHY
+MDNS_RC=0
+wait "$MDNS_PID" || MDNS_RC=$?
+grep -v listening "$WORK/mdns.out" | sed 's/^/    /'
+MDNS_PID=""
+[ "$MDNS_RC" = 0 ] || die "$DEVICE_NAME.local was not found by mDNS on the VM's LAN"
 # The login prompt on the console shows the hostname edge-firstboot set from [device] name.
 for _ in $(seq 60); do grep -q "$DEVICE_NAME login:" "$WORK/console.log" && break; sleep 1; done
 stop
 tr -d '\r' < "$WORK/console.log" | grep -E "edge-firstboot: |login:" | sed 's/^/    console: /' || true
 grep -q "$DEVICE_NAME login:" "$WORK/console.log" || die "no '$DEVICE_NAME login:' prompt: hostname not applied"
-grep -q "root filesystem grown" "$WORK/console.log" || die "the root filesystem was not grown on the first boot"
+grep -q "data partition /data grown" "$WORK/console.log" || die "the data partition was not grown on the first boot"
+grep -q "root filesystem read-only" "$WORK/console.log" || die "the root filesystem is not read-only"
+FAILED=$(failed_units "$WORK/console.log")
+[ -z "$FAILED" ] || die "units failed on the first boot: $FAILED"
 if grep -q "unexpected error" "$WORK/console.log"; then die "edge-firstboot failed (see the console log)"; fi
 SYSTEMD_AT=$(tr -d '\r' < "$WORK/console.log" | grep -m1 -o '^\[ *[0-9.]*\] systemd\[1\]: systemd [^ ]* running in system mode' \
     | sed 's/^\[ *\([0-9.]*\)\].*/\1/' || true)
@@ -219,13 +265,17 @@ if [ "${EDGE_BOOT_ONCE:-0}" != 1 ]; then
     mcopy -o -i "$BOOT" "$WORK/edge-bad.toml" ::/edge.toml
     log "second boot with a bad edge.toml (profile dsmr9, another name): the last good config must stay in force"
     boot "$WORK/console2.log"
-    wait_healthy "$DEVICE_NAME" "$WORK/console2.log"
+    wait_healthy "$DEVICE_NAME" "$WORK/console2.log" "unknown profile 'dsmr9'"
     SECOND=$HEALTHY
     for _ in $(seq 30); do grep -q "login:" "$WORK/console2.log" && break; sleep 1; done
     stop
     tr -d '\r' < "$WORK/console2.log" | grep -E "edge-firstboot: " | sed 's/^/    console: /' || true
     grep -q "unknown profile 'dsmr9'" "$WORK/console2.log" || die "the config error is not on the console"
-    if grep -q "root filesystem grown" "$WORK/console2.log"; then die "the root filesystem was grown again"; fi
+    if grep -q "data partition /data grown" "$WORK/console2.log"; then die "the data partition was grown again"; fi
+    FAILED=$(failed_units "$WORK/console2.log")
+    [ -z "$FAILED" ] || die "units failed on the second boot: $FAILED"
+    [ "$(root_hash)" = "$ROOT_HASH" ] || die "two boots changed the root partition (it must stay read-only)"
+    echo "    root partition byte for byte as built after two boots (sha256 $ROOT_HASH...)"
 fi
 
 # --- third boot: an agent update left on the boot partition (what an installer without a shell does) -----------
@@ -235,9 +285,10 @@ if [ "${EDGE_BOOT_ONCE:-0}" != 1 ]; then
     if [ -z "$WHEEL" ]; then
         (cd "$REPO" && "$PY" -m pip wheel -q --no-deps -w "$WORK" .) && WHEEL=$(ls "$WORK"/edge_agent-*.whl | head -1)
     fi
+    mcopy -o -i "$BOOT" "$WORK/edge.toml.after" ::/edge.toml   # the installer fixes edge.toml: the error must go
     mmd -i "$BOOT" ::/edge-update
     mcopy -i "$BOOT" "$WHEEL" "::/edge-update/$(basename "$WHEEL")"
-    log "third boot with $(basename "$WHEEL") in edge-update/ on the boot partition"
+    log "third boot with $(basename "$WHEEL") in edge-update/ on the boot partition and edge.toml fixed"
     boot "$WORK/console3.log"
     wait_healthy "$DEVICE_NAME" "$WORK/console3.log"
     THIRD=$HEALTHY
@@ -245,6 +296,7 @@ if [ "${EDGE_BOOT_ONCE:-0}" != 1 ]; then
     tr -d '\r' < "$WORK/console3.log" | grep -E "edge-firstboot: .*(updat|agent )" | sed 's/^/    console: /' || true
     grep -q "edge-update-agent: agent .* -> " "$WORK/console3.log" || die "the agent update did not run"
     mdir -b -i "$BOOT" ::/edge-update/installed | grep -q edge_agent || die "the wheel was not moved to edge-update/installed/"
+    grep -q "root filesystem read-only" "$WORK/console3.log" || die "the root filesystem stayed writable after the update"
 fi
 
 cp "$WORK/console.log" "$OUT/boot-test-console.log"
@@ -254,14 +306,15 @@ PASSED=1
 echo
 echo "test-boot.sh: PASS: first boot: /health showed telegrams from the emulated meter on /dev/ttyUSB0 and device" \
     "'$DEVICE_NAME' ${FIRST}s after qemu started (TCG, 2 vCPUs; systemd started at ${SYSTEMD_AT:-?}s; image" \
-    "$((IMAGE_BYTES >> 20)) MiB, root grown by 2 GiB); token moved off the boot partition; hostname applied;" \
-    "Imager's firstrun.sh ignored and removed"
+    "$((IMAGE_BYTES >> 20)) MiB, data partition grown by 2 GiB); token moved off the boot partition; hostname" \
+    "applied; found as $DEVICE_NAME.local by mDNS with the API's service; root filesystem read-only; no unit" \
+    "failed; trigger sandbox enforced; Imager's firstrun.sh ignored and removed"
 if [ -n "$SECOND" ]; then
     echo "test-boot.sh: PASS: second boot with a bad edge.toml: the last good config in force, the error on the" \
-        "console, healthy after ${SECOND}s"
+        "console, healthy after ${SECOND}s; the root partition unchanged by both boots"
 fi
 if [ -n "$THIRD" ]; then
     echo "test-boot.sh: PASS: third boot: the agent wheel in edge-update/ on the boot partition was installed into" \
-        "/opt/edge (edge-update-agent), healthy after ${THIRD}s"
+        "/opt/edge (edge-update-agent; the root read-only again afterwards), healthy after ${THIRD}s"
 fi
 echo "test-boot.sh: console logs: $OUT/boot-test-console*.log"
