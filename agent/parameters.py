@@ -3,6 +3,9 @@
 Household parameters are read from one household's latest Reading; neighbourhood parameters
 come from a released aggregate. Per-tag channel parameters exist for every tag households
 have sent (`household_channel_fridge`, `neighborhood_channel_fridge`).
+
+Tags are the households' own free-form words, so the catalogue does not list every tag to everyone: a tag
+one household uses points at it and says something about it. `visible_tags` decides who sees which.
 """
 
 from __future__ import annotations
@@ -93,6 +96,19 @@ def catalogue(tags: set[str]) -> list[Parameter]:
     for tag in sorted(tags):
         params += [channel_parameter(f"household_channel_{tag}"), channel_parameter(f"neighborhood_channel_{tag}")]
     return params
+
+
+def visible_tags(carriers: dict[str, set[str]], k_min: int, *, consenting: set[str] | None = None,
+                 own: str | None = None) -> set[str]:
+    """The tags an organization or a household may see in the catalogue, from `carriers` ({tag: meters that
+    sent it recently}). An organization: those carried by at least `k_min` of the households that consent to it
+    (`consenting`: their meters), the cohort below which no aggregate of the tag is released either. A
+    household: those its own meter (`own`) carries. (The operator, who runs the device, sees every tag.)"""
+    if consenting is not None:
+        return {tag for tag, meters in carriers.items() if len(meters & consenting) >= k_min}
+    if own is not None:
+        return {tag for tag, meters in carriers.items() if own in meters}
+    return set()
 
 
 def permitted(name: str, level: Level, narrowed_to: list[str] | None = None) -> bool:

@@ -14,10 +14,11 @@ from aiohttp import web
 
 from agent.aggregates import Refusal, release
 from agent.api.common import ApiError, agent_of, parse_time, principal, require
-from agent.auth import OPERATOR, ORGANIZATION
+from agent.auth import HOUSEHOLD, OPERATOR, ORGANIZATION
 from agent.config import WINDOW_SECONDS, WINDOWS, Level
 from agent.ingest import TAG
-from agent.parameters import catalogue, permitted
+from agent.parameters import catalogue, permitted, visible_tags
+from agent.registry import SERVICES
 from drivers.reading import iso
 
 MAX_HISTORY_WINDOWS = 1000
@@ -30,12 +31,43 @@ def level_of(agent, org) -> Level:
     return level
 
 
+def tag_carriers(agent) -> dict[str, set[str]]:
+    """{tag: meters that sent it} over the 15-minute windows still in memory (the last two hours or so)."""
+    book = agent.books["15m"]
+    start = book.window_start(agent.clock())
+    carriers: dict[str, set[str]] = {}
+    for _ in range(book.keep + 1):
+        if not book.holds(start):
+            break
+        for meter, contribution in book.contributions(start).items():
+            for tag in contribution.channels:
+                carriers.setdefault(tag, set()).add(meter)
+        start -= book.width_s
+    return carriers
+
+
+def _tags_for(agent, who) -> set[str]:
+    """The channel tags this caller may see (agent.parameters.visible_tags): all for the operator, those of at
+    least k_min households consenting to it for an organization, its own for a household."""
+    if who.role == OPERATOR:
+        return agent.known_tags()
+    registry = agent.registry
+    if who.role == ORGANIZATION:
+        org_id = who.organization.id
+        consenting = {h.meter_id for h in registry.households.values()
+                      if any(registry.consent_state(h.id, org_id, service) for service in SERVICES)}
+        return visible_tags(tag_carriers(agent), agent.config.privacy.k_min, consenting=consenting)
+    if who.role == HOUSEHOLD:
+        return visible_tags(tag_carriers(agent), agent.config.privacy.k_min, own=who.household.meter_id)
+    return set()
+
+
 async def parameters(request: web.Request) -> web.Response:
     who = principal(request)
     agent = agent_of(request)
     level = level_of(agent, who.organization) if who.role == ORGANIZATION else None
     out = []
-    for param in catalogue(agent.known_tags()):
+    for param in catalogue(_tags_for(agent, who)):
         if who.role == OPERATOR:
             allowed = True
         elif level is not None:

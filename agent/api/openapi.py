@@ -371,7 +371,9 @@ def build_spec() -> dict:
             "security": [{"token": []}, {"authkey": []}],
             "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
                 "type": "object", "required": ["telegram"], "properties": {"telegram": STRING}}}}}}},
-        "/parameters": {"get": _op("The parameter catalogue, with what the caller may use", ANYONE,
+        "/parameters": {"get": _op("The parameter catalogue, with what the caller may use; channel tags: every tag "
+                                   "for the operator, for an organization only those at least k_min households "
+                                   "consenting to it carry, for a household its own", ANYONE,
                                    {"200": _json("Parameters")}, tag="organization")},
         "/data": {"get": _op("Neighbourhood aggregates over consenting households", ORG,
                              {"200": {"description": "The last closed window, or history with since/until",
