@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, parse_time, require
+from agent.api.common import ApiError, KeyedLocks, agent_of, parse_time, require
 from agent.api.data import MAX_HISTORY_WINDOWS, check_access, level_of
 from agent.auth import ORGANIZATION
 from agent.config import WINDOW_SECONDS, Level
@@ -32,6 +32,9 @@ DP_WINDOWS = ("15m", "1h")
 MAX_ANONYMIZED_DAYS = 7
 STATIC_LOOKBACK_S = 7 * 86400  # static attributes are derived from at least this much history
 SERVICE = "anonymized_data"
+# One DP request per organization at a time, from its cache check to its spend being on disk: two requests can
+# neither both spend the last of the day's budget nor both pay for (and draw noise for) the same window.
+DP_LOCKS = web.AppKey("dp_organization_locks", KeyedLocks)
 
 
 def _iso(moment: float) -> str:
@@ -178,7 +181,44 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
         starts = list(range(first, last, width))
     else:
         starts = [agent.books[window].last_closed(now)]
+    cfg = level.dp
+    quantities = ("consumption",) if tag else ("consumption", "production")
+    try:
+        mechanism = dp.calibrate(cfg.noise, clamp, cfg.epsilon / len(quantities), cfg.delta)
+    except (ValueError, dp._dp.OpenDPException) as err:  # an operator's extreme setting
+        raise ApiError(503, "dp_unavailable", f"cannot calibrate noise for this level: {str(err).strip()[:200]}")
     keys = {start: f"{window}|{start}|{tag or ''}|{clamp}" for start in starts}
+    async with request.app[DP_LOCKS](org.id):
+        try:
+            released, refused, plan = await _release(agent, org, level, window, tag, starts, keys, history,
+                                                     mechanism, quantities)
+        except BudgetExceeded as err:
+            exceeded = err
+        else:
+            exceeded = None
+            budget = agent.budget.status(org.id, cfg)
+    if exceeded is not None:
+        await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
+                                         error="budget_exhausted", windows=exceeded.windows)
+        retry = max(1, math.ceil(exceeded.renews_at - agent.clock()))
+        raise ApiError(429, "budget_exhausted", exceeded.detail, {"Retry-After": str(retry)},
+                       renews_at=exceeded.status["renews_at"], budget=exceeded.status)
+    await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag,
+                                     released=len(released), refused=len(refused),
+                                     epsilon_spent=round(cfg.epsilon * len(plan), 6))
+    if not history:
+        if refused:
+            r = refused[0]
+            raise ApiError(409, r["error"], r["detail"], households=r["households"], missing=r["missing"])
+        return web.json_response({**released[starts[0]], "budget": budget})
+    return web.json_response({"window": window, "tag": tag, "released": [released[s] for s in sorted(released)],
+                              "refused": refused, "budget": budget})
+
+
+async def _release(agent, org, level: Level, window: str, tag: str | None, starts: list[int], keys: dict,
+                   history: bool, mechanism: dp.Mechanism, quantities: tuple[str, ...]):
+    """Under the organization's DP lock: the windows answered from the log, those refused (cohort too small),
+    and the fresh ones, charged and on disk before this returns. BudgetExceeded (with `.windows`) charges nothing."""
     missing = [s for s in starts if agent.budget.cached(org.id, keys[s]) is None]
     if not missing:
         contributions = {}
@@ -187,13 +227,7 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
                                                 window, missing, tag)
     else:
         contributions = {starts[0]: agent.books[window].contributions(starts[0])}
-
     cfg = level.dp
-    quantities = ("consumption",) if tag else ("consumption", "production")
-    try:
-        mechanism = dp.calibrate(cfg.noise, clamp, cfg.epsilon / len(quantities), cfg.delta)
-    except (ValueError, dp._dp.OpenDPException) as err:  # an operator's extreme setting
-        raise ApiError(503, "dp_unavailable", f"cannot calibrate noise for this level: {str(err).strip()[:200]}")
     released: dict[int, dict] = {}
     refused: list[dict] = []
     plan: dict[int, list[list[float]]] = {}
@@ -213,33 +247,20 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
             continue
         plan[start] = values if not tag else values[:1]
     mechanisms = [mechanism for values in plan.values() for _ in values]
-    try:
-        if mechanisms:
+    if mechanisms:
+        try:
             agent.budget.spend(org.id, cfg, mechanisms)
-    except BudgetExceeded as err:
-        await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
-                                         error="budget_exhausted", windows=len(plan))
-        retry = max(1, math.ceil(err.renews_at - agent.clock()))
-        raise ApiError(429, "budget_exhausted", err.detail, {"Retry-After": str(retry)},
-                       renews_at=err.status["renews_at"], budget=err.status) from None
+        except BudgetExceeded as err:
+            err.windows = len(plan)
+            raise
     fresh = {}
     for start, values in plan.items():
         noisy = [mechanism.release(v) for v in values]
         body = _dp_body(window, start, tag, len(values[0]), noisy, mechanism, level, quantities)
         released[start] = fresh[keys[start]] = body
     if fresh:
-        agent.budget.record(org.id, mechanisms, fresh)
-    budget = agent.budget.status(org.id, cfg)
-    await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag,
-                                     released=len(released), refused=len(refused),
-                                     epsilon_spent=round(cfg.epsilon * len(plan), 6))
-    if not history:
-        if refused:
-            r = refused[0]
-            raise ApiError(409, r["error"], r["detail"], households=r["households"], missing=r["missing"])
-        return web.json_response({**released[starts[0]], "budget": budget})
-    return web.json_response({"window": window, "tag": tag, "released": [released[s] for s in sorted(released)],
-                              "refused": refused, "budget": budget})
+        await agent.budget.record_async(org.id, mechanisms, fresh)  # durable before anything is answered
+    return released, refused, plan
 
 
 def _values(agent, org_id: str, window: str, start: int, contributions: dict, tag: str | None) -> list[list[float]]:
@@ -285,5 +306,6 @@ def _dp_body(window: str, start: int, tag: str | None, n: int, noisy: list[int],
 
 
 def add_routes(app: web.Application) -> None:
+    app[DP_LOCKS] = KeyedLocks()
     app.router.add_get("/data/anonymized", get_anonymized)
     app.router.add_get("/data/dp", get_dp)

@@ -19,6 +19,12 @@ def _owned(request: web.Request):
     return org, delivery, sub
 
 
+def _gone_meanwhile(delivery, sub) -> None:
+    """A DELETE of the same subscription landed while this change waited for the disk."""
+    if delivery.subscriptions.get(sub.id) is not sub:
+        raise ApiError(404, "not_found", "no such subscription")
+
+
 async def subscribe(request: web.Request) -> web.Response:
     org = require(request, ORGANIZATION).organization
     agent = agent_of(request)
@@ -44,7 +50,8 @@ async def subscribe(request: web.Request) -> web.Response:
         FilterSet.parse(body.get("filter"))
     except FilterError as err:
         raise ApiError(422, "invalid_filter", str(err)) from None
-    sub, secret = agent.delivery.subscribe(org.id, endpoint, float(interval), window, tag, body.get("filter"))
+    sub, secret = await agent.delivery.subscribe_async(org.id, endpoint, float(interval), window, tag,
+                                                       body.get("filter"))  # on disk before it is answered
     await agent.audit.record_durable(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id,
                                      window=window, tag=tag)
     return web.json_response({**agent.delivery.describe(sub), "secret": secret}, status=201)
@@ -64,7 +71,8 @@ async def get_subscription(request: web.Request) -> web.Response:
 
 async def delete_subscription(request: web.Request) -> web.Response:
     org, delivery, sub = _owned(request)
-    delivery.delete(sub.id)
+    if not await delivery.delete_async(sub.id):  # on disk before it is answered
+        raise ApiError(404, "not_found", "no such subscription")
     await agent_of(request).audit.record_durable(org.id, ORGANIZATION, "subscription.delete", subscription_id=sub.id)
     return web.Response(status=204)
 
@@ -72,14 +80,16 @@ async def delete_subscription(request: web.Request) -> web.Response:
 async def rotate_secret(request: web.Request) -> web.Response:
     """A new secret; the old one keeps signing beside it for a day, so receivers switch without a gap."""
     _, delivery, sub = _owned(request)
-    secret, old_until = delivery.rotate_secret(sub.id)
+    secret, old_until = await delivery.rotate_secret_async(sub.id)
+    _gone_meanwhile(delivery, sub)
     return web.json_response({"id": sub.id, "secret": secret, "previous_secret_valid_until": old_until})
 
 
 async def enable_subscription(request: web.Request) -> web.Response:
     """After a 410 Gone disabled it; queued messages are sent again."""
     _, delivery, sub = _owned(request)
-    delivery.enable(sub.id)
+    await delivery.enable_async(sub.id)
+    _gone_meanwhile(delivery, sub)
     return web.json_response(delivery.describe(sub))
 
 

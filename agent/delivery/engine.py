@@ -7,6 +7,9 @@
   dead endpoint holds up nobody else; a global limit bounds open connections.
 - Retries follow `retry_schedule` (the last step repeats) or the receiver's `Retry-After`; the
   `webhook-id` stays the same on every retry; 410 Gone disables the subscription; 3xx is a failure.
+- Changes to the subscriptions from the event loop (the API, a 410) are written to subscriptions.seg in a
+  worker thread, one at a time and in the order asked (`agent.offloop.serially`); a subscription changes in
+  memory, and the API answers, only once its write is durable.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +35,7 @@ from agent.delivery import signing
 from agent.delivery.filters import FilterSet
 from agent.delivery.outbox import Message, Outbox
 from agent.delivery.targets import PolicyResolver, TargetError, check_literal_host
+from agent.offloop import serially
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
 
@@ -88,6 +93,9 @@ class Delivery:
         self.directory = Path(directory)
         ensure_dir(self.directory / "outbox")
         self.db = SegmentDB(str(self.directory / "subscriptions.seg"))
+        self._disk = threading.Lock()  # subscriptions.seg: a worker thread's write, or one in place
+        self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see agent.offloop.serially)
+        self._deleting: set[str] = set()
         self.subscriptions: dict[str, Subscription] = {}
         self.outboxes: dict[str, Outbox] = {}
         self.stats: dict[str, DeliveryStats] = {}
@@ -123,55 +131,125 @@ class Delivery:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._session:
             await self._session.close()
-        for outbox in self.outboxes.values():
-            outbox.close()
-        self.db.close()
+        async with self.writes:  # a change whose request was cancelled may still be being written (shielded)
+            for outbox in self.outboxes.values():
+                outbox.close()
+            with self._disk:
+                self.db.close()
 
     def _start_sender(self, sub_id: str) -> None:
         self._wake[sub_id] = asyncio.Event()
         self._senders[sub_id] = asyncio.create_task(self._send_forever(sub_id), name=f"sender-{sub_id}")
 
     # --- subscriptions -----------------------------------------------------------------------
-    def subscribe(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
-                  filter_spec: dict | None) -> tuple[Subscription, str]:
+    # Each change has a disk step (`_insert`, `_update`, `_remove`: run in a worker thread by the *_async
+    # methods, in place by the others) and a memory step, taken only once the disk step is durable.
+    def _insert(self, record: dict) -> None:
+        with self._disk:
+            self.db.table("subscriptions").insert(record)
+
+    def _update(self, sub_id: str, record: dict) -> None:
+        with self._disk:
+            self.db.table("subscriptions").update(record, where("id") == sub_id)
+
+    def _remove(self, sub_id: str) -> None:
+        with self._disk:
+            self.db.table("subscriptions").remove(where("id") == sub_id)
+
+    def _new(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
+             filter_spec: dict | None) -> tuple[Subscription, str]:
         secret = signing.new_secret()
         sub = Subscription(id="sub_" + secrets.token_hex(6), organization_id=org_id, endpoint=endpoint,
                            interval_s=interval_s, window=window, tag=tag, filter=filter_spec,
                            secrets=[{"secret": secret, "until": None}], created_at=self.agent.clock())
-        self.db.table("subscriptions").insert(sub.record())
+        return sub, secret
+
+    def _took_effect(self, sub: Subscription) -> None:
         self._adopt(sub)
         if self._session is not None:
             self._start_sender(sub.id)
+
+    def subscribe(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
+                  filter_spec: dict | None) -> tuple[Subscription, str]:
+        sub, secret = self._new(org_id, endpoint, interval_s, window, tag, filter_spec)
+        self._insert(sub.record())
+        self._took_effect(sub)
         return sub, secret
 
-    def _save(self, sub: Subscription) -> None:
-        self.db.table("subscriptions").update(sub.record(), where("id") == sub.id)
+    async def subscribe_async(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
+                              filter_spec: dict | None) -> tuple[Subscription, str]:
+        """POST /data/subscribe: the subscription exists (is produced for, listed) only once it is on disk."""
+        sub, secret = self._new(org_id, endpoint, interval_s, window, tag, filter_spec)
+        await serially(self.writes, self._insert, sub.record(), then=lambda: self._took_effect(sub))
+        return sub, secret
 
-    def rotate_secret(self, sub_id: str) -> tuple[str, float]:
-        sub = self.subscriptions[sub_id]
-        now = self.agent.clock()
-        overlap_until = now + SECRET_OVERLAP_S
-        kept = [{"secret": s["secret"], "until": min(s["until"] or overlap_until, overlap_until)}
-                for s in sub.secrets if s["until"] is None or s["until"] > now]
-        secret = signing.new_secret()
-        sub.secrets = [{"secret": secret, "until": None}, *kept]
-        self._save(sub)
-        return secret, overlap_until
+    async def _save_async(self, sub: Subscription, changes_of) -> dict:
+        """Change `sub`'s recorded fields to `changes_of(sub)`: on disk first, then in memory (unless it was
+        deleted meanwhile). `changes_of` runs once the changes asked for before this one have landed (in the
+        worker thread, under `writes`: nothing else changes those fields then), so two quick changes, such as
+        two rotations, build on each other. Returns the changes."""
+        changes: dict = {}
 
-    def enable(self, sub_id: str) -> None:
-        sub = self.subscriptions[sub_id]
-        sub.state, sub.disabled_reason = "active", None
-        self._save(sub)
-        self._wake[sub_id].set()
+        def write():
+            changes.update(changes_of(sub))
+            self._update(sub.id, {**sub.record(), **changes})
 
-    def delete(self, sub_id: str) -> None:
+        def took_effect():
+            if self.subscriptions.get(sub.id) is sub:
+                for name, value in changes.items():
+                    setattr(sub, name, value)
+        await serially(self.writes, write, then=took_effect)
+        return changes
+
+    async def rotate_secret_async(self, sub_id: str) -> tuple[str, float]:
+        """A new secret; the ones still valid keep signing for SECRET_OVERLAP_S at most. (new secret, until)"""
+        overlap: list[float] = []
+
+        def rotated(sub: Subscription) -> dict:
+            now = self.agent.clock()
+            overlap.append(now + SECRET_OVERLAP_S)
+            kept = [{"secret": s["secret"], "until": min(s["until"] or overlap[0], overlap[0])}
+                    for s in sub.secrets if s["until"] is None or s["until"] > now]
+            return {"secrets": [{"secret": signing.new_secret(), "until": None}, *kept]}
+        changes = await self._save_async(self.subscriptions[sub_id], rotated)
+        return changes["secrets"][0]["secret"], overlap[0]
+
+    async def enable_async(self, sub_id: str) -> None:
+        await self._save_async(self.subscriptions[sub_id], lambda sub: {"state": "active", "disabled_reason": None})
+        wake = self._wake.get(sub_id)
+        if wake:
+            wake.set()
+
+    def _forget(self, sub_id: str) -> Outbox | None:
+        """Out of memory: nothing is produced or sent for it any more. Returns its outbox, to be destroyed."""
         task = self._senders.pop(sub_id, None)
         if task:
             task.cancel()
-        self.db.table("subscriptions").remove(where("id") == sub_id)
-        self.outboxes.pop(sub_id).destroy()
-        del self.subscriptions[sub_id]
+        self._wake.pop(sub_id, None)
+        self.subscriptions.pop(sub_id, None)
         self.stats.pop(sub_id, None)
+        return self.outboxes.pop(sub_id, None)
+
+    def delete(self, sub_id: str) -> None:
+        self._remove(sub_id)
+        outbox = self._forget(sub_id)
+        if outbox:
+            outbox.destroy()
+
+    async def delete_async(self, sub_id: str) -> bool:
+        """DELETE /data/subscriptions/{id}: gone from disk, then from memory, then its outbox file. False if it
+        was gone already or another request is deleting it."""
+        if sub_id not in self.subscriptions or sub_id in self._deleting:
+            return False
+        self._deleting.add(sub_id)
+        forgotten: list[Outbox | None] = []
+        try:
+            await serially(self.writes, self._remove, sub_id, then=lambda: forgotten.append(self._forget(sub_id)))
+        finally:
+            self._deleting.discard(sub_id)
+        if forgotten and forgotten[0] is not None:
+            await asyncio.to_thread(forgotten[0].destroy)  # nobody uses it any more: only its file is left
+        return True
 
     def drop_organization(self, org_id: str) -> None:
         for sub_id in [s.id for s in self.subscriptions.values() if s.organization_id == org_id]:
@@ -286,8 +364,8 @@ class Delivery:
                 await asyncio.sleep(delay)
             outcome = await self._send(sub, outbox, message, stats)
             if outcome == "gone":
-                sub.state, sub.disabled_reason = "disabled", "the endpoint answered 410 Gone"
-                self._save(sub)
+                await self._save_async(sub, lambda _: {"state": "disabled",
+                                                        "disabled_reason": "the endpoint answered 410 Gone"})
                 log.warning("subscription %s disabled: %s answered 410 Gone", sub.id, sub.endpoint)
 
     async def _send(self, sub: Subscription, outbox: Outbox, message: Message, stats: DeliveryStats) -> str:

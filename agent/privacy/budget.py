@@ -11,18 +11,25 @@ makes a restart keep the budget: the accountant after a restart is the accountan
 
 A window already released to an organization is answered again from the log at no cost (it is
 the same noisy answer: asking twice gives nothing to average away).
+
+From the event loop, `record_async` writes in a worker thread (one write at a time, in the order asked) and
+returns once the spend is durable; the caller holds one lock per organization from `cached`/`spend` to the end
+of `record_async`, so two requests cannot both spend the last of a budget nor both pay for one window.
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from agent.config import DifferentialPrivacy
+from agent.offloop import serially
 from agent.privacy import dp
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.reading import iso
@@ -44,6 +51,7 @@ class BudgetExceeded(Exception):
     def __init__(self, detail: str, renews: float, status: dict):
         super().__init__(detail)
         self.detail, self.renews_at, self.status = detail, renews, status
+        self.windows = 0  # how many windows the refused request would have released (for the audit log)
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,8 @@ class PrivacyBudget:
         self._filters: dict[str, _Filter] = {}
         self._db: SegmentDB | None = None
         self._db_day: str | None = None
+        self._disk_lock = threading.Lock()  # the segment file: a worker thread's write, or close()
+        self.writes = asyncio.Lock()  # the event loop's records, one at a time (see record_async)
         self._load()
 
     # --- persistence ---------------------------------------------------------------------------
@@ -108,17 +118,19 @@ class PrivacyBudget:
                 db.close()
 
     def _write(self, doc: dict) -> None:
-        day = doc["day"]
-        if day != self._db_day:
-            if self._db:
-                self._db.close()
-            self._db, self._db_day = SegmentDB(str(self.directory / f"{day}.seg")), day
-        self._db.table("spends").insert(doc)
+        with self._disk_lock:
+            day = doc["day"]
+            if day != self._db_day or self._db is None:
+                if self._db:
+                    self._db.close()
+                self._db, self._db_day = SegmentDB(str(self.directory / f"{day}.seg")), day
+            self._db.table("spends").insert(doc)
 
     def close(self) -> None:
-        if self._db:
-            self._db.close()
-            self._db = None
+        with self._disk_lock:
+            if self._db:
+                self._db.close()
+                self._db = None
 
     # --- the accountant ------------------------------------------------------------------------
     def cached(self, org_id: str, key: str) -> dict | None:
@@ -177,11 +189,32 @@ class PrivacyBudget:
                 f"{status['renews_at']}", renews_at(now), status)
 
     def record(self, org_id: str, mechanisms: list[dp.Mechanism], releases: dict[str, dict]) -> None:
-        """Persist the spends and the answers (fsync'd) before they are sent."""
+        """Persist the spends and the answers (fsync'd) before they are sent. In place: start-up, tests."""
+        doc = self._doc(org_id, mechanisms, releases)
+        self._write(doc)
+        self._remember(org_id, doc["day"], mechanisms, releases)
+
+    async def record_async(self, org_id: str, mechanisms: list[dp.Mechanism], releases: dict[str, dict]) -> None:
+        """`record` from the event loop: the append and its fsync in a worker thread, after every record asked
+        for before it; returns once durable (the answer may then be sent). If the disk refuses, the charge
+        made by `spend` is dropped again (the filter is rebuilt from what is on disk) and the error raised:
+        nothing was released. Call it under the organization's lock, as `spend`."""
+        doc = self._doc(org_id, mechanisms, releases)
+        try:
+            await serially(self.writes, self._write, doc,
+                           then=lambda: self._remember(org_id, doc["day"], mechanisms, releases))
+        except asyncio.CancelledError:
+            raise  # the write goes on (shielded) and is remembered when it lands
+        except Exception:
+            self._filters.pop(org_id, None)
+            raise
+
+    def _doc(self, org_id: str, mechanisms: list[dp.Mechanism], releases: dict[str, dict]) -> dict:
         now = self.clock()
-        day = day_of(now)
-        self._write({"org": org_id, "day": day, "at": now, "mechanisms": [m.to_json() for m in mechanisms],
-                     "releases": releases})
+        return {"org": org_id, "day": day_of(now), "at": now, "mechanisms": [m.to_json() for m in mechanisms],
+                "releases": releases}
+
+    def _remember(self, org_id: str, day: str, mechanisms: list[dp.Mechanism], releases: dict[str, dict]) -> None:
         self._spends.setdefault((org_id, day), []).extend(mechanisms)
         for key, body in releases.items():
             self._cache[(org_id, key)] = body

@@ -20,7 +20,6 @@ once the write is durable.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import secrets
 import threading
@@ -29,26 +28,13 @@ from pathlib import Path
 
 from tinydb import where
 
+from agent.offloop import serially as _serially
 from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
 from agent.triggers.model import Debouncer, Trigger, TriggerStats
 
 INBOX_MAX = 100
 INBOX_COMPACT_AFTER = 500  # stale inbox lines before a rewrite
 FIRINGS_COMPACT_AFTER = 1000
-
-
-async def _serially(writes: asyncio.Lock, write, *args, then=None, **kwargs):
-    """Run `write(*args, **kwargs)` (an fsync'd append or an atomic rewrite) in a worker thread, after every
-    change asked for before it (`writes` is the store's asyncio.Lock), then `then()` on the event loop; return
-    `write`'s result once it is durable. Shielded: a cancelled request must neither leave its write
-    half-reported (memory and file apart) nor let the next change overtake it."""
-    async def change():
-        async with writes:
-            result = await asyncio.to_thread(functools.partial(write, *args, **kwargs))
-            if then is not None:
-                then()
-            return result
-    return await asyncio.shield(change())
 
 
 class TriggerStore:

@@ -1,0 +1,90 @@
+"""The delivery engine's subscription changes (POST /data/subscribe, DELETE /data/subscriptions/{id}, a secret's
+rotation) are written to subscriptions.seg off the event loop, in the order asked, and answered only once durable.
+
+Same method as tests/test_event_loop_io.py: the segment file's functions wait at a gate in whatever thread runs
+them until the test opens it; /health must be answered meanwhile and the requests must not be. No durations are
+measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.store.segment import SegmentDB
+from tests.test_delivery import town  # noqa: F401  (the fixture)
+from tests.test_event_loop_io import Counting, answered_meanwhile, gate_segment_writes
+
+HOOK = "http://127.0.0.1:9/hook"  # never answered: nothing here needs a delivery
+
+
+def on_disk(t) -> list[dict]:
+    db = SegmentDB(str(t.running.agent.delivery.directory / "subscriptions.seg"))
+    try:
+        return [dict(doc) for doc in db.table("subscriptions").all()]  # in the order written
+    finally:
+        db.close()
+
+
+async def test_subscribe_and_delete_write_off_the_loop_in_order(town, monkeypatch):
+    t = await town()
+    kept = await t.subscribe(HOOK)
+    delivery = t.running.agent.delivery
+    gate = gate_segment_writes(monkeypatch, delivery.db)
+    deletes = Counting(monkeypatch, delivery, "delete_async")
+
+    first = asyncio.create_task(t.running.call("POST", "/data/subscribe", token=t.org_key,
+                                               json={"endpoint": HOOK, "interval": 2, "window": "1s"}))
+    await t.running.wait_for(gate.entered.is_set)  # its append waits at the gate
+    removal = asyncio.create_task(t.running.call("DELETE", f"/data/subscriptions/{kept['id']}", token=t.org_key))
+    await t.running.wait_for(lambda: deletes.count == 1)
+    await answered_meanwhile(t.running, first, removal)
+    assert [s.interval_s for s in delivery.subscriptions.values()] == [1]  # not in memory before it is on disk
+    gate.open()
+    (s1, made), (s2, _) = await asyncio.gather(first, removal)
+    gate.check()
+    assert (s1, s2) == (201, 204), made
+    assert [doc["id"] for doc in on_disk(t)] == [made["id"]]
+    status, listed = await t.running.call("GET", "/data/subscriptions", token=t.org_key)
+    assert [s["id"] for s in listed["subscriptions"]] == [made["id"]]
+    assert not (delivery.directory / "outbox" / f"{kept['id']}.seg").exists()
+    # the new subscription is produced for
+    await t.window()
+    assert delivery.outboxes[made["id"]].depth == 1
+
+
+async def test_two_quick_rotations_build_on_each_other_and_two_deletes_delete_once(town, monkeypatch):
+    t = await town()
+    sub = await t.subscribe(HOOK)
+    original = sub["secret"]
+    delivery = t.running.agent.delivery
+    gate = gate_segment_writes(monkeypatch, delivery.db)
+    rotations = Counting(monkeypatch, delivery, "rotate_secret_async")
+    path = f"/data/subscriptions/{sub['id']}/secret"
+
+    first = asyncio.create_task(t.running.call("POST", path, token=t.org_key))
+    await t.running.wait_for(gate.entered.is_set)
+    second = asyncio.create_task(t.running.call("POST", path, token=t.org_key))
+    await t.running.wait_for(lambda: rotations.count == 2)
+    await answered_meanwhile(t.running, first, second)
+    gate.open()
+    (s1, a), (s2, b) = await asyncio.gather(first, second)
+    gate.check()
+    assert (s1, s2) == (200, 200)
+    # the second rotation kept the first's secret valid beside its own: a receiver given either can verify
+    (doc,) = on_disk(t)
+    assert [s["secret"] for s in doc["secrets"]] == [b["secret"], a["secret"], original]
+    assert doc["secrets"] == delivery.subscriptions[sub["id"]].secrets
+
+    gate = gate_segment_writes(monkeypatch, delivery.db)
+    deletes = Counting(monkeypatch, delivery, "delete_async")
+    path = f"/data/subscriptions/{sub['id']}"
+    first = asyncio.create_task(t.running.call("DELETE", path, token=t.org_key))
+    await t.running.wait_for(gate.entered.is_set)
+    second = asyncio.create_task(t.running.call("DELETE", path, token=t.org_key))
+    await t.running.wait_for(lambda: deletes.count == 2)
+    await answered_meanwhile(t.running, first)
+    gate.open()
+    (s1, _), (s2, _) = await asyncio.gather(first, second)
+    gate.check()
+    assert sorted((s1, s2)) == [204, 404]
+    assert on_disk(t) == [] and delivery.subscriptions == {}
