@@ -188,9 +188,10 @@ ln -sfn /etc/machine-id "$ROOTFS/var/lib/dbus/machine-id"   # what dbus's tmpfil
 sed -i 's/^#\?CONSOLES=.*/CONSOLES="tty0"/; s/^#\?ROOTPART=.*/ROOTPART=LABEL=RASPIROOT/; s/^#\?CMA=.*/CMA=0/' \
     "$ROOTFS/etc/default/raspi-firmware"
 grep -q '^CMA=0' "$ROOTFS/etc/default/raspi-firmware" || echo 'CMA=0' >> "$ROOTFS/etc/default/raspi-firmware"
-in_root systemctl enable --quiet edge-firstboot.service edge-agent.service systemd-networkd.service \
-    systemd-resolved.service systemd-timesyncd.service avahi-daemon.service
-in_root systemctl disable --quiet apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
+in_root systemctl enable --quiet edge-data.service edge-firstboot.service edge-agent.service \
+    systemd-networkd.service systemd-resolved.service systemd-timesyncd.service avahi-daemon.service
+# apt's timers, and dpkg's daily database backup (it writes /var/backups, on the read-only root).
+in_root systemctl disable --quiet apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer 2>/dev/null || true
 in_root systemctl disable --quiet wpa_supplicant.service   # the D-Bus one; Wi-Fi is wpa_supplicant@wlan0
 in_root systemctl mask --quiet systemd-firstboot.service wpa_supplicant.service
 # Regenerate config.txt and cmdline.txt on the boot partition from /etc/default/raspi-firmware.
@@ -237,6 +238,8 @@ printf 'Edge %s: edit edge.toml (every key: edge.toml.example), then boot.\r\n' 
 grep -q 'root=LABEL=RASPIROOT' "$BOOTFS/cmdline.txt" || die "cmdline.txt on the boot partition: no root=LABEL=RASPIROOT"
 # Mount the root read-only from the start (the initramfs checks it, nothing ever writes it); fstab says ro as well.
 sed -i 's/ rw / ro /' "$BOOTFS/cmdline.txt"
+# The kernel hook writes "rw" again at every kernel update; a later "ro" wins (kernel and initramfs alike).
+echo ro > "$ROOTFS/etc/default/raspi-extra-cmdline"
 grep -q ' ro ' "$BOOTFS/cmdline.txt" || die "cmdline.txt on the boot partition: the root is not mounted ro"
 sed -n '1p' "$BOOTFS/cmdline.txt" | sed 's/^/    cmdline.txt: /'
 
@@ -246,8 +249,9 @@ BOOT_MIB=256
 START_MIB=4
 ROOT_USED_MIB=$(du -sm --apparent-size "$ROOTFS" | cut -f1)
 VENV_MIB=$(du -sm --apparent-size "$ROOTFS/opt/edge" | cut -f1)
-# The root does not grow: room for the agent's venv twice (edge-update-agent keeps the previous one) and 15% more.
-ROOT_MIB=$(( ((ROOT_USED_MIB + VENV_MIB) * 115 / 100 + 128 + 3) / 4 * 4 ))
+# The root does not grow: room for the agent's venv three times (edge-update-agent keeps the previous one, and pip
+# holds a replaced package's old files until the new ones are in) and 15% more.
+ROOT_MIB=$(( ((ROOT_USED_MIB + 2 * VENV_MIB) * 115 / 100 + 128 + 3) / 4 * 4 ))
 DATA_MIB=256   # grown to the rest of the card on the first boot
 log "disk image: boot ${BOOT_MIB} MiB, root ${ROOT_MIB} MiB (${ROOT_USED_MIB} MiB used, venv ${VENV_MIB} MiB)," \
     "data ${DATA_MIB} MiB"
@@ -255,7 +259,9 @@ rm -f "$IMG" "$WORK/boot.vfat" "$WORK/root.ext4" "$WORK/data.ext4"
 mkfs.vfat -F 32 -n RASPIFIRM -C "$WORK/boot.vfat" $((BOOT_MIB * 1024)) >/dev/null
 MTOOLS_SKIP_CHECK=1 mcopy -s -p -m -i "$WORK/boot.vfat" "$BOOTFS"/* ::/
 "${NICE[@]}" mkfs.ext4 -q -F -L RASPIROOT -b 4096 -d "$ROOTFS" -E root_owner=0:0 "$WORK/root.ext4" "${ROOT_MIB}M"
-mkfs.ext4 -q -F -L EDGEDATA -b 4096 -d "$DATAFS" -E root_owner=0:0 "$WORK/data.ext4" "${DATA_MIB}M"
+# One inode per 64 KiB: the store keeps few, large files, and mke2fs's "small" ratio for 256 MiB would give a grown
+# partition an inode table of 6% of the card (zeroed in the background: SD-card writes for nothing).
+mkfs.ext4 -q -F -L EDGEDATA -b 4096 -i 65536 -d "$DATAFS" -E root_owner=0:0 "$WORK/data.ext4" "${DATA_MIB}M"
 truncate -s $(( (START_MIB + BOOT_MIB + ROOT_MIB + DATA_MIB) * 1024 * 1024 )) "$IMG"
 sfdisk -q "$IMG" <<EOF
 label: dos

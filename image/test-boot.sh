@@ -8,7 +8,8 @@
 # customisation" adds (a firstrun.sh run through cmdline.txt, written for Raspberry Pi OS) is ignored and removed.
 # Then boots it again with a bad edge.toml (unknown profile, another name): the last good config must stay in force
 # and the error show on the console and in /health (503); and a third time with the agent's
-# wheel in edge-update/ on the boot partition: it must be installed (EDGE_BOOT_ONCE=1 skips these two).
+# wheel in edge-update/ on the boot partition: it must be installed; and a fourth time with the data partition wiped:
+# it must be made anew and the device come back with edge.toml applied again (EDGE_BOOT_ONCE=1 skips these three).
 # Prints the boot-to-healthy times.
 #
 #   image/test-boot.sh [IMAGE]     # default image/out/edge-<version>-arm64.img.xz (or .img)
@@ -72,8 +73,11 @@ truncate -s +2G "$DISK"
 read -r BOOT_START ROOT_START ROOT_SECTORS < <(sfdisk -J "$DISK" | "$PY" -c \
     'import json, sys; p = json.load(sys.stdin)["partitiontable"]["partitions"]; print(p[0]["start"], p[1]["start"], p[1]["size"])')
 root_hash() { dd if="$DISK" bs=512 skip="$ROOT_START" count="$ROOT_SECTORS" status=none | sha256sum | cut -c1-16; }
-# Units that failed, from systemd's "[FAILED] Failed to start ..." lines on the console.
-failed_units() { tr -d '\r' < "$1" | grep -o 'FAILED.*Failed to start.*' | sed 's/\x1b\[[0-9;]*m//g' || true; }
+# Units that failed, from systemd's "[FAILED] Failed to start/mount ..." and "[DEPEND] Dependency failed" lines.
+failed_units() {
+    tr -d '\r' < "$1" | grep -E -o '(FAILED|DEPEND).*(Failed to (start|mount)|Dependency failed).*' \
+        | sed 's/\x1b\[[0-9;]*m//g' || true
+}
 BOOT="$DISK@@$((BOOT_START * 512))"
 export MTOOLS_SKIP_CHECK=1
 
@@ -152,7 +156,8 @@ stop() {  # no shutdown needed: edge-firstboot fsyncs and syncs what it writes, 
 # with 503 and a config_error that contains ERROR (a bad edge.toml). Sets HEALTHY (seconds).
 wait_healthy() {
     local rc=0
-    "$PY" - "$HOSTPORT" "$1" "$METER" "$TOKEN" "$TIMEOUT" "$START" "$QEMU_PID" "${3:-}" > "$WORK/health.out" <<'PYEOF' || rc=$?
+    "$PY" - "$HOSTPORT" "$1" "$METER" "${HEALTH_TOKEN:-$TOKEN}" "$TIMEOUT" "$START" "$QEMU_PID" "${3:-}" \
+        > "$WORK/health.out" <<'PYEOF' || rc=$?
 import json, os, sys, time, urllib.error, urllib.request
 port, name, meter, token, timeout, start, qemu = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], \
     float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
@@ -180,9 +185,11 @@ while time.time() - start < timeout:
         (status == 200 and not body.get("config_error"))
     if expected and body.get("device") == name and m.get("telegrams_ok", 0) > 0 and m.get("state") == "reading":
         healthy = time.time() - start
-        req = urllib.request.Request(url + "/meters", headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            meters_status = resp.status
+        meters_status = "not checked (the token was lost with the data partition)"
+        if token != "-":
+            req = urllib.request.Request(url + "/meters", headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                meters_status = resp.status
         # The trigger sandbox on arm64: the agent's start-up probe runs a condition in a seccomp-locked worker and
         # checks that a forbidden system call kills one (the allow-list names aarch64's system calls right).
         sandbox = body.get("triggers", {})
@@ -297,11 +304,32 @@ if [ "${EDGE_BOOT_ONCE:-0}" != 1 ]; then
     grep -q "edge-update-agent: agent .* -> " "$WORK/console3.log" || die "the agent update did not run"
     mdir -b -i "$BOOT" ::/edge-update/installed | grep -q edge_agent || die "the wheel was not moved to edge-update/installed/"
     grep -q "root filesystem read-only" "$WORK/console3.log" || die "the root filesystem stayed writable after the update"
+    FAILED=$(failed_units "$WORK/console3.log")
+    [ -z "$FAILED" ] || die "units failed on the third boot: $FAILED"
+fi
+
+# --- fourth boot: the data partition wiped (a broken card area, a bad flash): made anew, the device comes back ----
+FOURTH=""
+if [ "${EDGE_BOOT_ONCE:-0}" != 1 ]; then
+    log "fourth boot with the data partition wiped: edge-data must make a new one and reboot; edge.toml applied again"
+    # The whole partition as the first boot grew it, superblock backups included: nothing for e2fsck to repair.
+    read -r DATA_START DATA_SECTORS < <(sfdisk -J "$DISK" | "$PY" -c \
+        'import json, sys; p = json.load(sys.stdin)["partitiontable"]["partitions"][2]; print(p["start"], p["size"])')
+    fallocate --punch-hole --offset $((DATA_START * 512)) --length $((DATA_SECTORS * 512)) "$DISK" \
+        || dd if=/dev/zero of="$DISK" bs=512 seek="$DATA_START" count="$DATA_SECTORS" conv=notrunc status=none
+    boot "$WORK/console4.log"
+    HEALTH_TOKEN=- wait_healthy "$DEVICE_NAME" "$WORK/console4.log"
+    FOURTH=$HEALTHY
+    stop
+    tr -d '\r' < "$WORK/console4.log" | grep -E "edge-data: |generated operator token" | sed 's/^/    console: /' || true
+    grep -q "edge-data: .*making a new, empty data partition" "$WORK/console4.log" || die "the data partition was not made anew"
+    grep -q "edge-data: after the repair at the last boot" "$WORK/console4.log" || die "no boot after the repair"
 fi
 
 cp "$WORK/console.log" "$OUT/boot-test-console.log"
 if [ -f "$WORK/console2.log" ]; then cp "$WORK/console2.log" "$OUT/boot-test-console2.log"; fi
 if [ -f "$WORK/console3.log" ]; then cp "$WORK/console3.log" "$OUT/boot-test-console3.log"; fi
+if [ -f "$WORK/console4.log" ]; then cp "$WORK/console4.log" "$OUT/boot-test-console4.log"; fi
 PASSED=1
 echo
 echo "test-boot.sh: PASS: first boot: /health showed telegrams from the emulated meter on /dev/ttyUSB0 and device" \
@@ -316,5 +344,9 @@ fi
 if [ -n "$THIRD" ]; then
     echo "test-boot.sh: PASS: third boot: the agent wheel in edge-update/ on the boot partition was installed into" \
         "/opt/edge (edge-update-agent; the root read-only again afterwards), healthy after ${THIRD}s"
+fi
+if [ -n "$FOURTH" ]; then
+    echo "test-boot.sh: PASS: fourth boot with the data partition wiped: made anew by edge-data, rebooted, edge.toml" \
+        "applied again, healthy after ${FOURTH}s (both boots)"
 fi
 echo "test-boot.sh: console logs: $OUT/boot-test-console*.log"

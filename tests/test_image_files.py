@@ -159,7 +159,6 @@ def test_own_token_and_wifi_key_move_off_the_boot_partition(tmp_path, monkeypatc
     assert (root / "run/edge/hostname").read_text() == "pole-17\n"
     wpa = (root / "run/edge/wpa_supplicant-wlan0.conf").read_text()
     assert (root / "run/edge/wpa_supplicant-wlan0.conf").stat().st_mode & 0o777 == 0o600
-    assert "ieee80211_regdom=NL" in (root / "run/modprobe.d/edge-wifi.conf").read_text()
     assert "Type=wlan" in (root / "run/systemd/network/30-edge-wifi.network").read_text()
     assert "country=NL" in wpa and f"ssid={b'home'.hex()}" in wpa and "correct horse" not in wpa
     assert f"psk={fb.wifi_psk('home', 'correct horse battery')}" in wpa
@@ -231,7 +230,7 @@ def test_a_bad_file_keeps_the_last_good_network_across_reboots(tmp_path, monkeyp
     reboot(root)
     run_firstboot(fb)
     assert "network.wifi_channel: unknown key" in (root / "var/lib/edge/config-error.txt").read_text()
-    for name in ("20-edge-ethernet.network", "30-edge-wifi.network", "wpa_supplicant-wlan0.conf", "edge-wifi.conf"):
+    for name in ("20-edge-ethernet.network", "30-edge-wifi.network", "wpa_supplicant-wlan0.conf"):
         assert published[name] == next((root / "run").rglob(name)).read_text(), name
     # no file at all: still the last good network
     boot.unlink()
@@ -352,3 +351,58 @@ def test_fstab_mounts_root_read_only_and_the_data_partition_where_the_writers_ar
     build = (IMAGE / "build.sh").read_text()
     for source in binds.values():
         assert f'"$DATAFS/{source.removeprefix("/data/")}"' in build, source
+
+
+def test_an_unchanged_file_costs_no_writes_on_the_card_at_the_next_boot(tmp_path, monkeypatch):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    text = (IMAGE / "boot/edge.toml").read_text().replace(fb.PLACEHOLDER_TOKEN, "my-own-operator-token-1234")
+    text = text.replace('wifi_country = ""', 'wifi_country = "NL"').replace('wifi_ssid = ""', 'wifi_ssid = "x"')
+    (root / "boot/firmware/edge.toml").write_text(text.replace('wifi_key = ""', 'wifi_key = "passphrase1"'))
+    run_firstboot(fb)
+    assert not (root / "var/lib/edge/config-error.txt").exists()
+
+    def card():
+        return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_ino) for p in root.rglob("*")
+                if not str(p.relative_to(root)).startswith("run")}
+
+    before = card()
+    reboot(root)
+    run_firstboot(fb)
+    assert card() == before
+    assert (root / "run/edge/wpa_supplicant-wlan0.conf").exists()  # /run filled again
+
+
+def test_no_data_partition_is_not_grown_and_tried_again_next_boot(tmp_path, monkeypatch, capsys):
+    fb, root = load_firstboot(tmp_path, monkeypatch)
+    fb.expand_data()  # EDGE_DATA is a plain folder here, not a mount point
+    assert "no data partition mounted" in capsys.readouterr().out
+    assert not fb.EXPANDED_MARK.exists()
+
+
+UPDATE_AGENT = IMAGE / "update-agent.sh"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="edge-update-agent runs as root")
+@pytest.mark.parametrize("cut", ["during the install", "during the restore", "before the mark"])
+def test_an_interrupted_update_is_undone_at_the_next_run(tmp_path, cut):
+    """A power cut leaves the venv half-changed: the next run (edge-firstboot runs --recover at boot) puts the copy
+    from before the update back; without the mark nothing is touched."""
+    venv, previous, etc = tmp_path / "venv", tmp_path / "venv.previous", tmp_path / "etc"
+    etc.mkdir()
+    previous.mkdir()
+    (previous / "good").write_text("the agent before the update")
+    if cut != "during the restore":
+        venv.mkdir()
+        (venv / "half").write_text("half-installed")
+    if cut != "before the mark":
+        (etc / ".agent-update-in-progress").write_text("")
+    env = dict(os.environ, EDGE_VENV=str(venv), EDGE_CONFIG=str(etc / "edge.toml"))
+    result = subprocess.run(["sh", str(UPDATE_AGENT), "--recover", "--no-restart"], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if cut == "before the mark":
+        assert (venv / "half").exists() and previous.exists() and result.stdout == ""
+    else:
+        assert (venv / "good").exists() and not (venv / "half").exists()
+        assert not previous.exists() and not (etc / ".agent-update-in-progress").exists()
+        assert "interrupted" in result.stdout
