@@ -12,6 +12,7 @@ release of a window, now or later, is the same answer.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datetime import datetime, timezone
@@ -61,11 +62,16 @@ class Accumulator:
 
 
 class WindowBook:
-    """Recent windows of one width: {window start: {meter_id: accumulator}}, oldest dropped."""
+    """Recent windows of one width: {window start: {meter_id: accumulator}}, oldest dropped.
 
-    def __init__(self, width_s: int, keep: int):
+    `held_from` (the registry's `pending_since`) gives the time of a consent change still being written, or
+    None: a window that ends after it is not closed yet, whatever the clock says, because its cohort depends on
+    whether that write lands (releasing it now could disagree with what the durable history answers later)."""
+
+    def __init__(self, width_s: int, keep: int, held_from: Callable[[], float | None] | None = None):
         self.width_s = width_s
         self.keep = keep
+        self.held_from = held_from
         self._windows: OrderedDict[int, dict[str, Accumulator]] = OrderedDict()
 
     def window_start(self, moment: float) -> int:
@@ -88,7 +94,11 @@ class WindowBook:
         acc.add(reading)
 
     def last_closed(self, now: float) -> int:
-        """Start of the most recent window that has ended."""
+        """Start of the most recent window that has ended and is not held back by a consent change being
+        written (a window ending exactly at the change's time is not affected by it)."""
+        held = self.held_from() if self.held_from is not None else None
+        if held is not None and held < now:
+            now = held
         return self.window_start(now) - self.width_s
 
     def holds(self, start: int) -> bool:
@@ -107,8 +117,8 @@ class WindowBook:
 KEEP = {"1s": 120, "1m": 120, "15m": 8, "1h": 4}
 
 
-def new_books() -> dict[str, WindowBook]:
-    return {name: WindowBook(WINDOW_SECONDS[name], KEEP[name]) for name in WINDOW_SECONDS}
+def new_books(held_from: Callable[[], float | None] | None = None) -> dict[str, WindowBook]:
+    return {name: WindowBook(WINDOW_SECONDS[name], KEEP[name], held_from) for name in WINDOW_SECONDS}
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,17 @@ import asyncio
 import functools
 
 
-async def serially(writes: asyncio.Lock, write, *args, then=None, **kwargs):
+async def serially(writes: asyncio.Lock, write, *args, then=None, check=None, **kwargs):
     """Run `write(*args, **kwargs)` (an fsync'd append or an atomic rewrite) in a worker thread, after every
     change asked for before it (`writes` is the owner's asyncio.Lock), then `then()` on the event loop; return
-    `write`'s result once it is durable. Shielded: a cancelled request must neither leave its write
-    half-reported (memory and file apart) nor let the next change overtake it."""
+    `write`'s result once it is durable. `check()`, if given, runs on the event loop once the changes before
+    this one have landed, just before the write: it raises to refuse the change (nothing is written). Shielded:
+    a cancelled request must neither leave its write half-reported (memory and file apart) nor let the next
+    change overtake it."""
     async def change():
         async with writes:
+            if check is not None:
+                check()
             result = await asyncio.to_thread(functools.partial(write, *args, **kwargs))
             if then is not None:
                 then()

@@ -7,6 +7,12 @@ a time, and the method returns once it is durable (the event loop never waits on
 Consent is kept only as its append-only history; the current state and the state at any past
 moment are derived from it, so a window's cohort can be fixed at the window's own times.
 
+A consent change is stamped with its time `at`, written, and only then applied in memory: what the registry
+answers is always the durable history. While it is being written it is *pending* (`pending_since()`), and
+no window that ends after `at` may be closed or released (see `agent.aggregates.WindowBook.last_closed`):
+such a window's cohort depends on whether the write lands. Once it settles, the change is applied (or,
+if the disk refused it, dropped: nothing was released under it) and the windows go out.
+
 Secrets (organization API keys, household tokens) are random, shown once, and stored only as
 SHA-256 hashes; a presented token is hashed and looked up, then compared in constant time.
 """
@@ -120,6 +126,7 @@ class Registry:
         self._deleted: dict[str, Household] = {}
         self._disk_lock = threading.Lock()
         self._writes = asyncio.Lock()  # one change at a time from the event loop (see _off_loop)
+        self._pending: list[ConsentChange] = []  # consent changes being written (see pending_since)
         self._load()
 
     def _load(self) -> None:
@@ -137,6 +144,12 @@ class Registry:
     def close(self) -> None:
         with self._disk_lock:
             self.db.close()
+
+    async def aclose(self) -> None:
+        """`close` from the event loop, once every change asked for (a cancelled request's too: they are
+        shielded) has been written and applied."""
+        async with self._writes:
+            await asyncio.to_thread(self.close)
 
     # --- writing: each change is planned here and its disk steps run in order ------------------
     # A change is a generator: it checks and computes on the caller's thread (the event loop), yields
@@ -351,17 +364,6 @@ class Registry:
         line.granted.append(change.granted)
         self._history.setdefault(change.household_id, []).append(change)
 
-    def _unapply_consent(self, change: ConsentChange) -> None:
-        """Take back the last change applied (its write failed); no other change came after it."""
-        line = self._consents[(change.household_id, change.organization_id, change.service)]
-        line.times.pop()
-        line.granted.pop()
-        self._history[change.household_id].pop()
-        if not line.times:
-            del self._consents[(change.household_id, change.organization_id, change.service)]
-        if not self._history[change.household_id]:
-            del self._history[change.household_id]
-
     def set_consent(self, household_id: str, org_id: str, service: str, granted: bool) -> ConsentChange:
         return self._now(self._set_consent(household_id, org_id, service, granted))
 
@@ -380,19 +382,27 @@ class Registry:
         # Never two changes at the same instant: the history must order them.
         at = max(self.clock(), line.times[-1] + 1e-6) if line and line.times else self.clock()
         change = ConsentChange(household_id, org_id, service, granted, at)
-        # In memory at once, at its own time `at`, then durable: a window that closes while the line is
-        # being written must already see the change, or its cohort would differ when it is asked for again.
-        # The caller hears of the change only once it is durable; a failed write takes it back.
-        self._apply_consent(change)
+        # Durable first, then in memory: the registry answers only what is on disk. While the line is being
+        # written the change is pending, and no window ending after `at` is closed (pending_since), so no
+        # answer is released that either outcome of the write would contradict.
         doc = dict(change.__dict__)
+        self._pending.append(change)
         try:
             yield lambda: self.db.table("consent_history").insert(doc)
-        except Exception:
-            self._unapply_consent(change)
-            raise
+        finally:
+            self._pending.remove(change)
+        self._apply_consent(change)
         return change
 
+    def pending_since(self) -> float | None:
+        """The time of the earliest consent change still being written, or None. A window that ends after it
+        must not be closed or released until it has settled."""
+        return min((change.at for change in self._pending), default=None)
+
     def consent_state(self, household_id: str, org_id: str, service: str, at: float | None = None) -> bool:
+        if at is None and any(not p.granted and (p.household_id, p.organization_id, p.service)
+                              == (household_id, org_id, service) for p in self._pending):
+            return False  # a revocation being written is already obeyed (triggers: effective at once)
         line = self._consents.get((household_id, org_id, service))
         if line is None:
             return False

@@ -69,13 +69,15 @@ class Agent:
         self.budget = PrivacyBudget(config.storage.path / "privacy", clock=lambda: self.clock())
         self.throttle = FailureThrottle()
         self.telegram_ingest = TelegramIngest()
-        self.books = new_books()
+        # A window closes only once no consent change it depends on is still being written.
+        self.books = new_books(self.registry.pending_since)
         self.delivery = Delivery(self, config.storage.path / "delivery", config.delivery)
         self.triggers = TriggerRunner(self, config.storage.path / "triggers")
         self.pipeline.subscribe(self._into_books)
         self.readers: dict[str, P1Reader] = {}
         self.systemd = Systemd()
         self._tasks: list[asyncio.Task] = []
+        self._tails: set[asyncio.Task] = set()  # see shielded()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -112,14 +114,29 @@ class Agent:
         await asyncio.gather(*(asyncio.to_thread(r.stop) for r in self.readers.values()))
         if self._runner:
             await self._runner.cleanup()
+        # What cancelled requests left to finish (a consent change and its audit entry, a DP spend).
+        while self._tails:
+            await asyncio.gather(*list(self._tails), return_exceptions=True)
         await self.delivery.stop()
         await self.triggers.stop()
         # Readings the reader threads handed over just before they stopped.
         await asyncio.sleep(0)
         await asyncio.to_thread(self.store.close)
-        self.registry.close()
+        await self.registry.aclose()  # after the writes still running in worker threads
         await self.audit.aclose()  # writes what is still queued (a clean stop loses no entry)
-        self.budget.close()
+        async with self.budget.writes:  # a spend still being written lands first
+            await asyncio.to_thread(self.budget.close)
+
+    def shielded(self, coro) -> asyncio.Future:
+        """Run `coro` to its end even if the request awaiting it is cancelled (a client gone, the agent
+        stopping): for a change and what must follow it (its audit entry), or a lock held until a write
+        settles. `stop` waits for these before closing the files; a failure nobody awaits any more is
+        retrieved (and logged by whoever raised it), never left as an unretrieved task exception."""
+        task = asyncio.ensure_future(coro)
+        self._tails.add(task)
+        task.add_done_callback(_retrieved)
+        task.add_done_callback(self._tails.discard)
+        return asyncio.shield(task)
 
     # --- housekeeping ------------------------------------------------------------------------
     async def _every(self, seconds: float, job) -> None:
@@ -206,10 +223,23 @@ class Agent:
             return err.detail
         return None
 
+    def settled_until(self) -> float:
+        """Now, or the time of a consent change still being written if earlier: windows (and periods) that end
+        after it are not closed yet (WindowBook.last_closed does the same for the live windows)."""
+        now = self.clock()
+        held = self.registry.pending_since()
+        return now if held is None or held >= now else held
+
     def release_window(self, org_id: str, window: str, start: int, contributions: dict[str, Contribution],
                        tag: str | None) -> dict | Refusal:
         """One window for one organization: its cohort fixed by consent at the window's start and end."""
         end = start + WINDOW_SECONDS[window]
+        held = self.registry.pending_since()
+        if held is not None and end > held:
+            # Its cohort depends on a consent change still being written (a history query reaching up to now;
+            # the live windows are held back by WindowBook.last_closed): not released until it settles.
+            return Refusal("consent_pending", "a consent change this window depends on is still being written; "
+                           "ask again in a moment", 0)
         cohort = self.registry.cohort(org_id, "aggregates", start, end)
         meters = {self.registry.meter_of(h) for h in cohort}
         privacy = self.config.privacy
@@ -247,3 +277,8 @@ def _seconds(stamp) -> float:
     if isinstance(stamp, (int, float)):
         return float(stamp)
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -9,9 +9,12 @@ the test opens it; /health must be answered meanwhile and the DP requests must n
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
+from agent.api.privacy import get_dp
 from agent.config import DEFAULT_LEVELS, DifferentialPrivacy, Level
 from agent.privacy import dp
 from agent.privacy.budget import PrivacyBudget
@@ -136,3 +139,66 @@ async def test_a_refused_disk_releases_nothing_and_charges_nothing(dp_town, monk
     monkeypatch.setattr(budget, "_write", PrivacyBudget._write.__get__(budget))  # the disk is back
     status, body = await running.call("GET", "/data/dp?window=15m", token=org_key)
     assert status == 200 and body["budget"]["epsilon_spent"] == 1.0
+
+
+def mocked_dp_request(running, org_key: str):
+    """GET /data/dp?window=15m as the handler sees it, run as a task the test can cancel (aiohttp does not cancel a
+    handler whose client went away; the agent stopping does)."""
+    return make_mocked_request("GET", "/data/dp?window=15m", headers={"Authorization": f"Bearer {org_key}"},
+                               app=running.agent._runner.app)
+
+
+async def test_a_cancelled_dp_request_keeps_its_organizations_lock_until_its_spend_is_on_disk(dp_town):
+    running, org_id, org_key, gate, calibrations, directory = await dp_town(10.0)
+    first = asyncio.create_task(get_dp(mocked_dp_request(running, org_key)))
+    await running.wait_for(gate.entered.is_set)
+    first.cancel()  # while its spend is being written
+    await asyncio.gather(first, return_exceptions=True)
+    second = asyncio.create_task(running.call("GET", "/data/dp?window=15m", token=org_key))
+    await running.wait_for(lambda: calibrations.count == 2)
+    await answered_meanwhile(running, second)  # it waits for the first one's spend
+    gate.open()
+    status, body = await second
+    gate.check()
+    assert status == 200, body
+    assert len(gate.calls) == 1  # answered from the first one's record: paid once
+    assert body["budget"]["epsilon_spent"] == 1.0
+    spent, reread = from_disk(directory, org_id)
+    reread.close()
+    assert spent == 1.0
+
+
+async def test_a_cancelled_dp_request_whose_spend_the_disk_refuses_charges_nothing(dp_town, monkeypatch):
+    running, org_id, org_key, _, calibrations, directory = await dp_town(10.0)
+    budget = running.agent.budget
+    gate = Gate()
+
+    def refuse(doc):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(budget, "_write", gate.wrap(refuse))
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    try:
+        first = asyncio.create_task(get_dp(mocked_dp_request(running, org_key)))
+        await running.wait_for(gate.entered.is_set)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        monkeypatch.setattr(budget, "_write", PrivacyBudget._write.__get__(budget))  # the disk is back
+        second = asyncio.create_task(running.call("GET", "/data/dp?window=15m", token=org_key))
+        await running.wait_for(lambda: calibrations.count == 2)
+        await answered_meanwhile(running, second)
+        gate.open()
+        status, body = await second
+        gate.check()
+        del first
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert status == 200, body
+    assert body["budget"]["epsilon_spent"] == 1.0  # the refused spend's charge went with it
+    assert not [c for c in unhandled if "never retrieved" in c.get("message", "")], unhandled
+    spent, reread = from_disk(directory, org_id)
+    reread.close()
+    assert spent == 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from agent.registry import RegistryError
 from agent.store.segment import SegmentDB
 from tests.test_delivery import town  # noqa: F401  (the fixture)
 from tests.test_event_loop_io import Counting, answered_meanwhile, gate_segment_writes
@@ -88,3 +89,35 @@ async def test_two_quick_rotations_build_on_each_other_and_two_deletes_delete_on
     gate.check()
     assert sorted((s1, s2)) == [204, 404]
     assert on_disk(t) == [] and delivery.subscriptions == {}
+
+
+async def test_deleting_an_organization_drops_the_subscription_it_is_writing_and_refuses_a_later_one(
+        town, monkeypatch):
+    t = await town()
+    agent = t.running.agent
+    delivery, registry = agent.delivery, agent.registry
+    org_id = registry.organization_by_key(t.org_key).id
+    gate = gate_segment_writes(monkeypatch, delivery.db)
+    drops = Counting(monkeypatch, delivery, "drop_organization_async")
+
+    subscribe = asyncio.create_task(t.running.call("POST", "/data/subscribe", token=t.org_key,
+                                                   json={"endpoint": HOOK, "interval": 2, "window": "1s"}))
+    await t.running.wait_for(gate.entered.is_set)  # its append waits at the gate
+    delete = asyncio.create_task(t.running.call("DELETE", f"/organizations/{org_id}"))
+    await t.running.wait_for(lambda: drops.count == 1)  # the registry has forgotten it; its subscriptions next
+    await answered_meanwhile(t.running, subscribe, delete)
+    gate.open()
+    (s1, made), (s2, _) = await asyncio.gather(subscribe, delete)
+    gate.check()
+    assert (s1, s2) == (201, 204), made  # it was on disk before the organization's subscriptions were dropped
+    assert delivery.subscriptions == {} and on_disk(t) == []
+    assert not (delivery.directory / "outbox" / f"{made['id']}.seg").exists()
+
+    # one asked for once the organization is gone (its request authenticated just before) is refused, unwritten
+    try:
+        await delivery.subscribe_async(org_id, HOOK, 2.0, "1s", None, None)
+    except RegistryError as err:
+        assert err.status == 404
+    else:
+        raise AssertionError("a subscription was written for a deleted organization")
+    assert delivery.subscriptions == {} and on_disk(t) == []

@@ -77,9 +77,12 @@ async def delete_organization(request: web.Request) -> web.Response:
     operator = require(request, OPERATOR)
     agent = agent_of(request)
     org_id = request.match_info["org_id"]
-    await agent.registry.delete_organization_async(org_id)
-    agent.delivery.drop_organization(org_id)
-    await agent.audit.record_durable(operator.id, OPERATOR, "organization.delete", organization_id=org_id)
+
+    async def delete():
+        await agent.registry.delete_organization_async(org_id)
+        await agent.delivery.drop_organization_async(org_id)  # after any subscribe in flight, under its lock
+        await agent.audit.record_durable(operator.id, OPERATOR, "organization.delete", organization_id=org_id)
+    await agent.shielded(delete())  # a cancelled request must not leave its subscriptions behind
     return web.Response(status=204)
 
 

@@ -41,9 +41,15 @@ async def _change_consent(request: web.Request, granted: bool) -> web.Response:
     household = require(request, HOUSEHOLD).household
     agent = agent_of(request)
     org_id, service = request.match_info["org_id"], request.match_info["service"]
-    change = await agent.registry.set_consent_async(household.id, org_id, service, granted)
-    await agent.audit.record_durable(household.id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
-                                     organization_id=org_id, service=service)
+
+    async def change_and_audit():
+        change = await agent.registry.set_consent_async(household.id, org_id, service, granted)
+        await agent.audit.record_durable(household.id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
+                                         organization_id=org_id, service=service)
+        return change
+    # One step: a change on disk always gets its audit entry, even if this request is cancelled meanwhile
+    # (the agent stopping waits for it).
+    change = await agent.shielded(change_and_audit())
     return web.json_response({"organization_id": org_id, "service": service, "granted": granted, "at": change.at})
 
 

@@ -64,7 +64,7 @@ async def get_anonymized(request: web.Request) -> web.Response:
         raise ApiError(403, "resolution_not_permitted", f"level {level.name!r} gets anonymized data at "
                        f"{rules.resolution} or coarser")
     res = WINDOW_SECONDS[resolution]
-    now = agent.clock()
+    now = agent.settled_until()  # a period ending after a consent change still being written has not ended
     last = int(now // res) * res  # periods that have ended
     until = parse_time(q.get("to"), "to")
     since = parse_time(q.get("from"), "from")
@@ -172,7 +172,8 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
     if history:
         since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
         since = now - 3600 if since is None else since
-        until = now if until is None else min(until, now)
+        settled = agent.settled_until()  # not a window ending after a consent change still being written
+        until = settled if until is None else min(until, settled)
         if until <= since:
             raise ApiError(400, "bad_parameter", "until must be after since")
         first, last = int(since // width) * width, int(until // width) * width
@@ -188,15 +189,21 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
     except (ValueError, dp._dp.OpenDPException) as err:  # an operator's extreme setting
         raise ApiError(503, "dp_unavailable", f"cannot calibrate noise for this level: {str(err).strip()[:200]}")
     keys = {start: f"{window}|{start}|{tag or ''}|{clamp}" for start in starts}
-    async with request.app[DP_LOCKS](org.id):
-        try:
-            released, refused, plan = await _release(agent, org, level, window, tag, starts, keys, history,
-                                                     mechanism, quantities)
-        except BudgetExceeded as err:
-            exceeded = err
-        else:
-            exceeded = None
-            budget = agent.budget.status(org.id, cfg)
+    lock = request.app[DP_LOCKS](org.id)
+
+    async def locked():
+        # From the cache check to the spend (and the answers) being on disk, whole: a cancelled request keeps
+        # the organization's lock until its write has settled, or the next request would pay again.
+        async with lock:
+            try:
+                released, refused, plan = await _release(agent, org, level, window, tag, starts, keys, history,
+                                                         mechanism, quantities)
+            except BudgetExceeded as err:
+                return None, err
+            return (released, refused, plan, agent.budget.status(org.id, cfg)), None
+    outcome, exceeded = await agent.shielded(locked())
+    if outcome is not None:
+        released, refused, plan, budget = outcome
     if exceeded is not None:
         await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag, released=False,
                                          error="budget_exhausted", windows=exceeded.windows)

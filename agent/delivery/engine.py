@@ -180,7 +180,10 @@ class Delivery:
                               filter_spec: dict | None) -> tuple[Subscription, str]:
         """POST /data/subscribe: the subscription exists (is produced for, listed) only once it is on disk."""
         sub, secret = self._new(org_id, endpoint, interval_s, window, tag, filter_spec)
-        await serially(self.writes, self._insert, sub.record(), then=lambda: self._took_effect(sub))
+        # The organization must still exist once the changes before this one have landed: its deletion drops
+        # its subscriptions under the same lock, and one written after that would be an orphan.
+        await serially(self.writes, self._insert, sub.record(), then=lambda: self._took_effect(sub),
+                       check=lambda: self.agent.registry.organization(org_id))
         return sub, secret
 
     async def _save_async(self, sub: Subscription, changes_of) -> dict:
@@ -251,9 +254,26 @@ class Delivery:
             await asyncio.to_thread(forgotten[0].destroy)  # nobody uses it any more: only its file is left
         return True
 
-    def drop_organization(self, org_id: str) -> None:
-        for sub_id in [s.id for s in self.subscriptions.values() if s.organization_id == org_id]:
-            self.delete(sub_id)
+    def _remove_all(self, sub_ids: list[str]) -> None:
+        with self._disk:
+            self.db.table("subscriptions").remove(where("id").one_of(sub_ids))
+
+    async def drop_organization_async(self, org_id: str) -> int:
+        """An organization was deleted (call after the registry has forgotten it): all its subscriptions go, from
+        disk in one rewrite in a worker thread, then from memory, then their outbox files. Under `writes`, after
+        every change asked for before it: a subscribe in flight lands first and goes too, and one asked for
+        later is refused (subscribe_async checks that the organization exists). Returns how many went."""
+        async def drop() -> list[Outbox | None]:
+            async with self.writes:
+                sub_ids = [s.id for s in self.subscriptions.values() if s.organization_id == org_id]
+                if sub_ids:
+                    await asyncio.to_thread(self._remove_all, sub_ids)
+                return [self._forget(sub_id) for sub_id in sub_ids]
+        outboxes = await asyncio.shield(drop())
+        for outbox in outboxes:
+            if outbox is not None:
+                await asyncio.to_thread(outbox.destroy)  # nobody uses it any more: only its file is left
+        return len(outboxes)
 
     def describe(self, sub: Subscription) -> dict:
         stats = self.stats[sub.id]
