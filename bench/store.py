@@ -2,6 +2,7 @@
 baseline of TinyDB's default JSONStorage, all measured in the same run. Prints figures, asserts nothing.
 
     .venv/bin/python bench/store.py [--sizes 10000,1000000] [--writes 3000] [--batch 5] [--baseline 500,2000]
+        [--startup-meters 200]
 
 For each size the store is pre-filled through its own API (many meters at 1 Hz, big flushes, retention off
 so nothing is deleted), closed and reopened cold. Then one meter goes on at 1 Hz with a flush every
@@ -141,12 +142,45 @@ def tinydb_baseline(sizes: list[int], rng: random.Random, inserts: int = 100) ->
     return results
 
 
+def measure_startup(meters: int, rng: random.Random) -> dict:
+    """Opening a store that holds `meters` meters (30 min each at one reading per 10 s, as HTTP-fed households
+    post, a flush every 5 s) vs opening an empty store, and the first flush, which rebuilds their open rollup
+    windows."""
+    root = Path(tempfile.mkdtemp(prefix="edge-bench-startup-"))
+    try:
+        store = ReadingStore(root / "full", retention_raw_s=INFINITY, retention_rollup_s=INFINITY)
+        simulators = [MeterSimulator(f"household-{n:04d}", rng) for n in range(meters)]
+        for step in range(180):
+            for simulator in simulators:
+                store.add(simulator.reading(START + 10 * step))
+            if step % 20 == 19:
+                store.flush()
+        store.close()
+        ReadingStore(root / "empty").close()
+        timings = {}
+        for name in ("empty", "full"):
+            began = time.perf_counter()
+            opened = ReadingStore(root / name, retention_raw_s=INFINITY, retention_rollup_s=INFINITY)
+            timings[name] = time.perf_counter() - began
+            if name == "full":
+                for simulator in simulators:
+                    opened.add(simulator.reading(START + 1800))
+                began = time.perf_counter()
+                opened.flush()
+                timings["first_flush"] = time.perf_counter() - began
+            opened.close()
+        return timings
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,1000000", help="stored readings before measuring")
     parser.add_argument("--writes", type=int, default=3000, help="readings written in the measurement")
     parser.add_argument("--batch", type=int, default=5, help="readings per flush (1 Hz x flush_seconds)")
     parser.add_argument("--baseline", default="500,2000", help="TinyDB JSONStorage sizes")
+    parser.add_argument("--startup-meters", type=int, default=200, help="meters for the start-up figure")
     parser.add_argument("--dir", default=None, help="where to build the stores (default: a temporary dir)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -168,6 +202,7 @@ def main() -> None:
         if not args.dir:
             shutil.rmtree(root, ignore_errors=True)
     baseline = tinydb_baseline([int(s) for s in args.baseline.split(",")], rng)
+    startup = measure_startup(args.startup_meters, rng)
 
     print(f"\nReadingStore: {args.writes} writes of one meter, flush (fsync) every {args.batch} readings")
     print(f"{'stored':>10} {'segments':>9} {'disk MB':>8} {'writes/s':>10} {'us/write':>9} {'cpu us/w':>9} "
@@ -182,6 +217,9 @@ def main() -> None:
               f"cpu {large['us_per_write_cpu'] / small['us_per_write_cpu']:.2f}x (target <= 1.5x)")
     print(f"bytes written per reading: {max(r['bytes_per_reading'] for r in results.values()):.1f} (target < 300)")
     print(f"RSS of this process: {rss_mb():.0f} MB now, peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"start-up with {args.startup_meters} meters on disk: {startup['full'] * 1e3:.1f} ms "
+          f"(empty store, same run: {startup['empty'] * 1e3:.1f} ms); their open rollup windows are rebuilt by "
+          f"the first flush (worker thread): {startup['first_flush'] * 1e3:.0f} ms")
     print("\nbaseline, TinyDB default JSONStorage (same run):")
     for size, per_s in baseline.items():
         print(f"  {per_s:>8,.0f} inserts/s at {size:,} documents")

@@ -87,8 +87,9 @@ def raw_on_disk(root: Path, meter_id: str) -> list[dict]:
     for path in sorted((root / "raw" / meter_id).glob("*.seg")):
         records, _, _ = decode_records(path.read_bytes())
         for table, _, batch in records:
-            assert table == "readings"
-            docs.extend(batch)
+            assert table in ("readings", "order")  # "order": where a meter's writes went after a clock step
+            if table == "readings":
+                docs.extend(batch)
     return docs
 
 
@@ -296,9 +297,9 @@ def test_decoding_records_from_the_end_gives_what_decoding_from_the_start_gives(
 def test_a_restart_after_the_clock_was_stepped_back_counts_nothing_twice(tmp_path):
     """The device booted believing it was 2030, NTP stepped it back, the agent restarted cleanly.
 
-    The newest raw readings on disk are then those of 2030, whose windows were closed by the step: the restart
-    rebuilds them, and their rollups, written again, replace the first ones rather than doubling them. The
-    2024 window that was open at the restart gets its two parts merged, as before.
+    The newest raw segment on disk is then that of 2030, whose windows were closed by the step, but the readings
+    written last are those of 2024: the restart reopens their window, and its rollup replaces the partial one
+    of the close rather than doubling it.
     """
     root = tmp_path / "s"
     wrong, right = 1_893_456_000.0, 1_709_294_400.0  # 2030-01-01T00:00Z, 2024-03-01T12:00Z
@@ -358,3 +359,91 @@ def test_resume_reopens_the_newest_window_and_its_rollup_replaces_the_earlier_on
     earlier = {"start": minute, "count": 1, "power_import_w": 9.0}
     assert combine_same_window(earlier, closed) is closed
     assert combine_same_window(earlier, fresh)["count"] == 2  # merged, as after a clock step
+
+
+# --- clock steps and the rebuild: the window of the last reading written, not of the latest received_at ---
+H = 1_709_294_400.0  # 2024-03-01T12:00:00Z
+
+
+def add_times(store: ReadingStore, times: list[float], first_seq: int) -> int:
+    for n, moment in enumerate(times, first_seq):
+        for meter_id in METERS:
+            store.add(make_reading(meter_id, moment, n))
+        if n % 5 == 4:
+            store.flush()
+    return first_seq + len(times)
+
+
+def test_a_restart_while_the_stepped_back_clock_is_still_behind_loses_no_reading(tmp_path):
+    """The review's demo: readings 12:00..12:20, the clock steps back to 11:50 and runs to 12:05, clean close,
+    restart. The window open then is 12:00 (of the last reading written), not 12:15 (of the latest received_at)."""
+    root = tmp_path / "s"
+    store = ReadingStore(root, retention_raw_s=float("inf"))
+    n = add_times(store, [H + i * 10 for i in range(121)], 0)            # 12:00:00 .. 12:20:00
+    n = add_times(store, [H - 600 + i * 10 for i in range(91)], n)       # stepped back: 11:50:00 .. 12:05:00
+    store.close()
+    store = ReadingStore(root, retention_raw_s=float("inf"))
+    add_times(store, [H + 310 + i * 10 for i in range(60)], n)           # 12:05:10 .. 12:15:00
+    assert store.stats()["rollups_late"] == 0  # was 59 per meter and width: the 12:15 window had been reopened
+    store.close()
+    assert_rollups_match_raw(root)
+    assert stored_rollups(root, "a", "15m")[H]["count"] == 90 + 31 + 59  # 180, was 121
+    assert stored_rollups(root, "a", "15m")[H - 900]["count"] == 60
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_a_restart_after_a_step_back_into_an_older_hour_reopens_that_hour(tmp_path, crash):
+    """The last reading went to the 11:00 segment, older by name than the 12:00 one: the newest segment says so."""
+    root = tmp_path / "s"
+    store = ReadingStore(root, retention_raw_s=float("inf"))
+    n = add_times(store, [H + i * 10 for i in range(121)], 0)            # 12:00:00 .. 12:20:00
+    n = add_times(store, [H - 1800 + i * 10 for i in range(101)], n)     # stepped back: 11:30:00 .. 11:46:40
+    if crash:
+        store.flush()
+        abandon(store)
+    else:
+        store.close()
+    store = ReadingStore(root, retention_raw_s=float("inf"))
+    add_times(store, [H - 790 + i * 10 for i in range(140)], n)          # 11:46:50 .. 12:10:00
+    assert store.stats()["rollups_late"] == 0
+    store.close()
+    assert_rollups_match_raw(root)
+    assert stored_rollups(root, "a", "15m")[H - 900]["count"] == 11 + 79  # 11:45:00 .. 11:59:50
+
+
+def test_a_restart_after_a_step_back_inside_one_hour_finds_the_readings_from_before_the_step(tmp_path):
+    """12:00..12:50, stepped back to 12:05, killed at 12:35: the open quarter 12:30 has readings from before the
+    step early in the segment, behind readings older than it. The segment is marked, so it is read whole."""
+    root = tmp_path / "s"
+    store = ReadingStore(root, retention_raw_s=float("inf"))
+    n = add_times(store, [H + i * 10 for i in range(301)], 0)            # 12:00:00 .. 12:50:00
+    n = add_times(store, [H + 300 + i * 10 for i in range(181)], n)      # stepped back: 12:05:00 .. 12:35:00
+    store.flush()
+    abandon(store)
+    assert (root / "raw" / "a" / "20240301T12.stepped").exists()
+    store = ReadingStore(root, retention_raw_s=float("inf"))
+    add_times(store, [H + 2110 + i * 10 for i in range(80)], n)          # 12:35:10 .. 12:48:20
+    store.close()
+    assert_rollups_match_raw(root)
+    assert stored_rollups(root, "a", "15m")[H + 1800]["count"] == 90 + 31 + 59  # 12:30 .. 12:44:50: both visits, then on
+
+
+def test_a_meter_in_time_order_gets_no_marker_and_start_up_reads_no_segment(tmp_path, monkeypatch):
+    import agent.store.store as store_module
+
+    root = tmp_path / "s"
+    store = ReadingStore(root, retention_raw_s=float("inf"))
+    n = add_times(store, [H + i * 10 for i in range(200)], 0)
+    store.close()
+    assert not list((root / "raw").rglob("*.stepped")) and not list((root / "raw").rglob("*.tmp"))
+    decoded = []
+    real = store_module._last_window_records
+    monkeypatch.setattr(store_module, "_last_window_records", lambda path, *a: decoded.append(path) or real(path, *a))
+    store = ReadingStore(root, retention_raw_s=float("inf"))
+    assert decoded == []  # lazy: nothing read before the agent is ready
+    add_times(store, [H + 2000 + i * 10 for i in range(3)], n)  # meter "a" and "b" get readings: held
+    assert decoded == []
+    store.flush()  # rebuilt here, in the flushing (worker) thread
+    assert sorted(path.parent.name for path in decoded) == ["a", "b"]
+    store.close()
+    assert_rollups_match_raw(root)

@@ -110,15 +110,17 @@ class RollupAccumulator:
     def resume(self, meter_id: str, readings: list[Reading]) -> None:
         """Reopen the meter's newest window from its readings already on disk (at start, after a restart).
 
-        ``readings``: the meter's stored readings in the order they were written, at least every one of the
-        newest window (by ``received_at``); the others are ignored. The window's rollup then counts every reading
+        ``readings``: the meter's stored readings in the order they were written, at least every one of the window
+        of the last one written; the others are ignored. That window, not the one of the latest ``received_at``,
+        is the one that was open: after the clock was stepped back, the readings written last are older than
+        those written before the step (``add`` moved on to their window). The window's rollup then counts every reading
         of the window that reached the disk, including those of rollups already written for it (partial, at a
         clean close; or closed before a clock step), so it is marked ``replaces``: when read, it replaces the
         window's earlier rollups instead of being merged with them (``combine_same_window``).
         """
         if not readings:
             return
-        start = window_start(max(reading.received_at.timestamp() for reading in readings), self.width_s)
+        start = window_start(readings[-1].received_at.timestamp(), self.width_s)
         window = self._open[meter_id] = _Window(start, replaces=True)
         for reading in readings:
             if window_start(reading.received_at.timestamp(), self.width_s) == start:

@@ -20,10 +20,27 @@ their time range; a small LRU keeps a few decoded segments. Retention deletes wh
 
 Crash safety: a record is length-prefixed and CRC-checked, so a torn write (kill -9, power cut) is found on
 load and cut off; at most the readings not yet flushed are lost. The rollup windows still open live in memory:
-at start the store rebuilds them from the raw readings on disk (the newest raw segment of each meter, which
-holds its newest 15-minute window whole), so a crash costs the rollups no more than the raw readings. Such a
-rebuilt window's rollup counts the window's readings already in a rollup (the partial one a clean close
-writes), so it replaces, when read, the window's earlier rollups instead of being merged with them.
+after a restart the store rebuilds them from the raw readings on disk, so a crash costs the rollups no more than
+the raw readings. Such a rebuilt window's rollup counts the window's readings already in a rollup (the partial
+one a clean close writes), so it replaces, when read, the window's earlier rollups instead of being merged.
+
+Rebuilding the open windows: the window that was open is the one of the meter's last reading *written*, which
+after a clock step back is not the one of its latest ``received_at``, and the segment it went to is not always
+the newest by name. So the raw segments keep their write order in the data itself, at no cost while the clock
+only moves forward:
+
+- when a flush's last reading of a meter goes to a segment older (by name) than its newest one, a record of
+  table ``ORDER_TABLE`` (``{"segment": <start>}``) is appended to the newest one first: the newest segment's
+  last record then says where the writes went. Readings appended to it later supersede it.
+- when a segment gets a reading older than one it already holds, an empty file ``<segment>.stepped`` is made
+  beside it first. A segment without one is in time order, so the rebuild decodes it from its end back to the
+  first record wholly before the window only; one with it is decoded whole (the window's readings from before
+  the step can be anywhere in it).
+
+The rebuild is lazy, to keep start-up (and the watchdog's READY) free of it: a meter that has raw data on
+disk is rebuilt by the first ``flush`` (a worker thread) after its first new reading, which waits in memory
+until then; idle meters are rebuilt a few per flush, and by ``close``. Queries of rollups rebuild their meter
+first. Results are the same as an eager rebuild's.
 
 Threads: the agent calls flush/apply_retention/close from a worker thread while add and the queries come
 from the event loop. ``_lock`` guards the in-memory state and is never held during disk I/O, so ``add``
@@ -36,10 +53,11 @@ import calendar
 import logging
 import math
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from operator import itemgetter
 from pathlib import Path
@@ -49,12 +67,15 @@ from tinydb import Query
 
 from agent.store.rollup import RollupAccumulator, combine_same_window, rollup_to_json, window_start
 from agent.store.records import decode_records_backward
-from agent.store.segment import SegmentDB, ensure_dir
+from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
 from drivers.reading import FIELD_NAMES, TIME_FIELDS, Reading, iso
 
 log = logging.getLogger("edge.store")
 
 SEGMENT_SUFFIX = ".seg"
+STEPPED_SUFFIX = ".stepped"  # beside a raw segment that holds readings out of time order (see the module doc)
+ORDER_TABLE = "order"  # in a meter's newest raw segment: where its last readings were written
+RESUME_IDLE_PER_FLUSH = 16  # idle meters whose open windows one flush rebuilds
 ERROR_LOG_EVERY_S = 60.0  # a disk that stays broken gets one log line a minute, not one per flush
 
 
@@ -126,28 +147,63 @@ class ReadingStore:
         self._last_flush_error: str | None = None
         self._last_error_logged_at = -math.inf
         self._segments, self._disk_bytes = self._measure_disk()
-        self._resume_rollups()
+        # Meters whose open rollup windows are still to be rebuilt from disk (lazily, see the module doc), and
+        # their readings that came meanwhile, in order (under _lock). Only names are listed here: no file is read.
+        self._unresumed: set[str] = {unquote(meter_dir.name) for meter_dir in self._meter_dirs(RAW)}
+        self._held: dict[str, list[Reading]] = {}
+        self._raw_meta: dict[str, _RawMeta] = {}  # write order bookkeeping per meter (under _io_lock)
 
-    def _resume_rollups(self) -> None:
-        """Reopen each meter's open rollup windows from its newest raw readings on disk (see the module doc).
-
-        Per meter this decodes the newest raw segment from its end back to the start of its newest 15-minute
-        window only (or, if that segment has no readable reading yet, the one before).
-        """
+    # --- rebuilding the open rollup windows -------------------------------------------------------
+    def _resume(self, meter_ids: list[str]) -> None:
+        """Rebuild these meters' open windows from disk and feed them what they held meanwhile (under _io_lock)."""
         widest = max(ROLLUP_WIDTH_S.values())
-        for meter_dir in self._meter_dirs(RAW):
-            meter_id = unquote(meter_dir.name)
+        for meter_id in meter_ids:
+            readings: list[Reading] = []
+            meter_dir = self.path / RAW.name / _dir_name(meter_id)
             try:
-                docs: list[dict] = []
-                for _, path in reversed(self._segment_files_in(RAW, meter_dir)[-3:]):
-                    docs = _newest_window_records(path, widest)
-                    if docs:
-                        break
+                docs, meta = self._rebuild_source(meter_dir, widest)
+                self._raw_meta[meter_id] = meta
                 readings = [_reading_from_record(doc) for doc in docs]
-                for accumulator in self._accumulators.values():
-                    accumulator.resume(meter_id, readings)
             except Exception as exc:  # a damaged store must not stop the agent: those windows start empty
                 log.warning("cannot rebuild the open rollup windows of meter %r from %s: %r", meter_id, meter_dir, exc)
+            with self._lock:
+                if meter_id not in self._unresumed:
+                    continue
+                self._unresumed.discard(meter_id)
+                for accumulator in self._accumulators.values():
+                    accumulator.resume(meter_id, readings)
+                for reading in self._held.pop(meter_id, ()):
+                    self._accumulate(reading)
+
+    def _resume_due(self, idle: int | None) -> None:
+        """Rebuild the meters that hold new readings, and up to ``idle`` idle ones (all if None)."""
+        with self._lock:
+            if not self._unresumed:
+                return
+            due = list(self._held)
+            rest = sorted(self._unresumed.difference(self._held))
+        self._resume(due + (rest if idle is None else rest[:idle]))
+
+    def _rebuild_source(self, meter_dir: Path, width_s: int) -> tuple[list[dict], _RawMeta]:
+        """The raw records of the window of the meter's last reading written, in write order, and what the
+        writer needs to know of the meter's segments. Reads the newest segment's end, and the segment it points
+        to (or, if the newest has no readable record yet, the one before)."""
+        files = self._segment_files_in(RAW, meter_dir)
+        meta = _RawMeta(newest=files[-1][0] if files else None, unordered=_stepped_in(meter_dir))
+        for segment, path in reversed(files[-3:]):
+            pointer, docs, high = _last_window_records(path, width_s, segment not in meta.unordered)
+            if pointer is not None and pointer != segment:
+                target = path.with_name(RAW.file_name(pointer))
+                _, pointed, pointed_high = _last_window_records(target, width_s, pointer not in meta.unordered)
+                if pointed:
+                    meta.last, meta.highs[pointer] = pointer, pointed_high
+                    if docs:
+                        meta.highs[segment] = high
+                    return pointed, meta
+            if docs:
+                meta.last, meta.highs[segment] = segment, high
+                return docs, meta
+        return [], meta
 
     # --- writing -------------------------------------------------------------------------------
     def add(self, reading: Reading) -> None:
@@ -165,9 +221,15 @@ class ReadingStore:
             known = self._latest.get(reading.meter_id)
             if known is None or reading.received_at >= known.received_at:
                 self._latest[reading.meter_id] = reading
-            for kind, accumulator in self._accumulators.items():
-                for rollup in accumulator.add(reading):
-                    self._queue_rollup(kind, rollup)
+            if reading.meter_id in self._unresumed:  # rolled up once its open windows are rebuilt (flush)
+                self._held.setdefault(reading.meter_id, []).append(reading)
+            else:
+                self._accumulate(reading)
+
+    def _accumulate(self, reading: Reading) -> None:
+        for kind, accumulator in self._accumulators.items():
+            for rollup in accumulator.add(reading):
+                self._queue_rollup(kind, rollup)
 
     def flush(self) -> int:
         """Write everything pending, one record per segment, fsync'd. Returns the readings written.
@@ -176,6 +238,8 @@ class ReadingStore:
         the fault is counted in ``stats()`` and logged.
         """
         with self._io_lock:
+            # Before anything new reaches the disk: the rebuild counts what is on disk, the held readings after it.
+            self._resume_due(RESUME_IDLE_PER_FLUSH)
             with self._lock:
                 readings, self._pending = list(self._pending), deque()
                 rollups, self._pending_rollups = list(self._pending_rollups), deque()
@@ -187,9 +251,14 @@ class ReadingStore:
             batches: dict[tuple[Kind, str, int], list] = {}
             for kind, rollup in rollups:
                 batches.setdefault((kind, rollup["meter_id"], kind.segment_start(rollup["start"])), []).append(rollup)
+            raw: dict[tuple[str, int], list[Reading]] = {}
+            last_segment: dict[str, int] = {}
             for reading in readings:
-                segment = RAW.segment_start(reading.received_at.timestamp())
-                batches.setdefault((RAW, reading.meter_id, segment), []).append(reading)
+                segment = last_segment[reading.meter_id] = RAW.segment_start(reading.received_at.timestamp())
+                raw.setdefault((reading.meter_id, segment), []).append(reading)
+            # Per meter, the segment of its last reading is written last (see ORDER_TABLE).
+            for (meter_id, segment), items in sorted(raw.items(), key=lambda i: last_segment[i[0][0]] == i[0][1]):
+                batches[(RAW, meter_id, segment)] = items
 
             written = {"readings": 0, "rollups": 0, "bytes": 0, "new_segments": 0}
             failed: list = []
@@ -197,7 +266,8 @@ class ReadingStore:
             recovered: str | None = None
             for (kind, meter_id, segment), items in batches.items():
                 try:
-                    self._append(kind, meter_id, segment, items, written)
+                    self._append(kind, meter_id, segment, items, written,
+                                 last=kind is RAW and last_segment[meter_id] == segment)
                 except OSError as exc:
                     errors.append(f"{self._segment_path(kind, meter_id, segment)}: {exc.strerror or exc}")
                     failed.extend((kind, item) for item in items)
@@ -225,20 +295,66 @@ class ReadingStore:
             self._log_flush_outcome(errors, len(failed), recovered)
             return written["readings"]
 
-    def _append(self, kind: Kind, meter_id: str, segment: int, items: list, written: dict) -> None:
-        docs = [item.to_record() for item in items] if kind is RAW else items
+    def _append(self, kind: Kind, meter_id: str, segment: int, items: list, written: dict,
+                last: bool = False) -> None:
+        if kind is not RAW:
+            self._insert(kind, meter_id, segment, kind.table, items, written)
+            written["rollups"] += len(items)
+            return
+        meta = self._meta(meter_id)
+        high = max(reading.received_at.timestamp() for reading in items)
+        if segment not in meta.unordered:
+            before = meta.highs.get(segment)
+            if before is None:
+                before = _segment_high(self._segment_path(RAW, meter_id, segment))
+            moments = [reading.received_at.timestamp() for reading in items]
+            if any(a < b for a, b in zip(moments, [before, *moments])):
+                self._mark_stepped(meter_id, segment)
+                meta.unordered.add(segment)
+                meta.highs.pop(segment, None)
+            else:
+                high = max(high, before)
+        if last and meta.last != segment and meta.newest is not None and segment < meta.newest:
+            self._insert(RAW, meter_id, meta.newest, ORDER_TABLE, [{"segment": segment}], written)
+        self._insert(RAW, meter_id, segment, RAW.table, [item.to_record() for item in items], written)
+        written["readings"] += len(items)
+        if segment not in meta.unordered:
+            meta.highs[segment] = high
+            for old in sorted(meta.highs)[:-4]:  # bounded: only the last few segments are ever written again
+                del meta.highs[old]
+        meta.newest = segment if meta.newest is None else max(meta.newest, segment)
+        if last:
+            meta.last = segment
+
+    def _insert(self, kind: Kind, meter_id: str, segment: int, table: str, docs: list, written: dict) -> None:
         db, temporary = self._writer(kind, meter_id, segment)
         storage = db.storage
         before = storage.bytes_appended
         created = not storage.path.exists()
         try:
-            db.table(kind.table).insert_multiple(docs)
+            db.table(table).insert_multiple(docs)
         finally:
             if temporary:
                 db.close()
         written["bytes"] += storage.bytes_appended - before
         written["new_segments"] += created
-        written["readings" if kind is RAW else "rollups"] += len(items)
+
+    def _meta(self, meter_id: str) -> _RawMeta:
+        """What the writer knows of the meter's raw segments: from its rebuild, else from its directory."""
+        meta = self._raw_meta.get(meter_id)
+        if meta is None:
+            meter_dir = self.path / RAW.name / _dir_name(meter_id)
+            files = self._segment_files_in(RAW, meter_dir)
+            meta = self._raw_meta[meter_id] = _RawMeta(newest=files[-1][0] if files else None,
+                                                      unordered=_stepped_in(meter_dir))
+        return meta
+
+    def _mark_stepped(self, meter_id: str, segment: int) -> None:
+        path = self._segment_path(RAW, meter_id, segment).with_suffix(STEPPED_SUFFIX)
+        ensure_dir(path.parent)
+        with open(path, "wb") as marker:
+            os.fsync(marker.fileno())
+        fsync_dir(path.parent)
 
     def _writer(self, kind: Kind, meter_id: str, segment: int) -> tuple[SegmentDB, bool]:
         """The SegmentDB to append to, and whether it is a one-off (late data for an older segment)."""
@@ -316,6 +432,11 @@ class ReadingStore:
         low = -math.inf if since is None else since
         high = math.inf if until is None else until
         with self._io_lock:  # no flush can run now, so every item is either pending or on disk
+            if kind is not RAW:
+                with self._lock:
+                    held = meter_id in self._held
+                if held:  # its held readings may close windows: roll them up first
+                    self._resume([meter_id])
             pending_by_segment: dict[int, list[dict]] = {}
             for doc in self._pending_docs(kind, meter_id, low, high):
                 pending_by_segment.setdefault(kind.segment_start(doc[kind.time_field]), []).append(doc)
@@ -382,7 +503,7 @@ class ReadingStore:
                 for meter_dir in self._meter_dirs(kind):
                     for segment, path in self._segment_files_in(kind, meter_dir):
                         if segment + kind.segment_s <= horizon:
-                            self._forget(kind, unquote(meter_dir.name), path)
+                            self._forget(kind, unquote(meter_dir.name), segment, path)
                             try:
                                 path.unlink()
                                 deleted += 1
@@ -392,6 +513,9 @@ class ReadingStore:
                                 log.warning("retention: cannot delete %s: %s", path, exc)
                     for leftover in meter_dir.glob("*.tmp"):  # an interrupted TinyDB update/remove
                         leftover.unlink(missing_ok=True)
+                    for marker in meter_dir.glob("*" + STEPPED_SUFFIX):  # its segment is gone
+                        if not marker.with_suffix(SEGMENT_SUFFIX).exists():
+                            marker.unlink(missing_ok=True)
                     try:
                         meter_dir.rmdir()  # only succeeds once the meter has no data left
                     except OSError:
@@ -403,8 +527,14 @@ class ReadingStore:
             log.info("retention: deleted %d segment file(s)", deleted)
         return deleted
 
-    def _forget(self, kind: Kind, meter_id: str, path: Path) -> None:
-        """Close any open handle on a segment that is about to be deleted."""
+    def _forget(self, kind: Kind, meter_id: str, segment: int, path: Path) -> None:
+        """Close any open handle on a segment that is about to be deleted, and forget what it held."""
+        meta = self._raw_meta.get(meter_id) if kind is RAW else None
+        if meta is not None:
+            meta.highs.pop(segment, None)
+            meta.unordered.discard(segment)
+            if segment in (meta.newest, meta.last):  # learnt again from the directory when next written
+                del self._raw_meta[meter_id]
         reader = self._readers.pop(path, None)
         if reader is not None:
             reader.close()
@@ -441,6 +571,8 @@ class ReadingStore:
             with self._lock:
                 if self._closed:
                     return
+            self._resume_due(None)  # every meter's open windows, so that their (partial) rollups are written
+            with self._lock:
                 for kind, accumulator in self._accumulators.items():
                     for rollup in accumulator.close():
                         self._queue_rollup(kind, rollup)
@@ -524,29 +656,85 @@ def _record_to_json(record: dict) -> dict:
     return out
 
 
-def _newest_window_records(path: Path, width_s: int) -> list[dict]:
-    """The raw records of a segment's newest window of width_s (by received_at), in the order written.
+@dataclass
+class _RawMeta:
+    """What the writer knows of one meter's raw segments on disk (see the module doc)."""
 
-    Records are decoded from the end of the file back to the first one that holds nothing of that window:
-    readings arrive in time order, so the window's readings are all in the records after it.
-    """
+    newest: int | None = None  # the newest segment by name
+    last: int | None = None  # the segment its last reading written went to, if known
+    highs: dict[int, float] = field(default_factory=dict)  # latest received_at in a segment in time order
+    unordered: set[int] = field(default_factory=set)  # segments with a STEPPED_SUFFIX marker
+
+
+def _stepped_in(meter_dir: Path) -> set[int]:
     try:
-        buf = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    batches: list[list[dict]] = []
-    since = -math.inf
+        names = [entry.name for entry in os.scandir(meter_dir) if entry.name.endswith(STEPPED_SUFFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    found = (RAW.parse_file_name(name[: -len(STEPPED_SUFFIX)] + SEGMENT_SUFFIX) for name in names)
+    return {segment for segment in found if segment is not None}
+
+
+def _raw_docs(table: str, docs: list) -> list[dict]:
+    return [doc for doc in docs if table == RAW.table and isinstance(doc, dict)
+            and isinstance(doc.get("received_at"), (int, float))]
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """A segment file's bytes; None if it is missing or not a regular file (never read a device to its end)."""
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            return handle.read(st.st_size) if stat.S_ISREG(st.st_mode) else None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _segment_high(path: Path) -> float:
+    """The latest received_at in a raw segment in time order: its last readings record's. -inf if none."""
+    buf = _read_regular(path)
+    if buf is None:
+        return -math.inf
     for table, _, docs in decode_records_backward(buf):
-        docs = [doc for doc in docs if table == RAW.table and isinstance(doc, dict)
-                and isinstance(doc.get("received_at"), (int, float))]
+        docs = _raw_docs(table, docs)
+        if docs:
+            return max(doc["received_at"] for doc in docs)
+    return -math.inf
+
+
+def _last_window_records(path: Path, width_s: int, in_order: bool) -> tuple[int | None, list[dict], float]:
+    """(where its ORDER_TABLE record points, if that is the segment's last record; the raw records of the window
+    of width_s of its last reading written, in write order; the latest received_at of the records decoded).
+
+    Records are decoded from the end of the file. In a segment in time order (``in_order``) the window's readings
+    are all after the last record wholly before it, so decoding stops there; otherwise the whole file is read.
+    """
+    buf = _read_regular(path)
+    if buf is None:
+        return None, [], -math.inf
+    pointer: int | None = None
+    newest_record = True
+    batches: list[list[dict]] = []
+    start: int | None = None
+    high = -math.inf
+    for table, _, docs in decode_records_backward(buf):
+        if table == ORDER_TABLE:
+            if newest_record and docs and isinstance(docs[-1], dict) and isinstance(docs[-1].get("segment"), int):
+                pointer = docs[-1]["segment"]
+            newest_record = False
+            continue
+        newest_record = False
+        docs = _raw_docs(table, docs)
         if not docs:
             continue
+        if start is None:
+            start = window_start(docs[-1]["received_at"], width_s)
         newest = max(doc["received_at"] for doc in docs)
-        if newest < since:
+        high = max(high, newest)
+        if in_order and newest < start:
             break
-        since = max(since, window_start(newest, width_s))
-        batches.append(docs)
-    return [doc for docs in reversed(batches) for doc in docs if doc["received_at"] >= since]
+        batches.append([doc for doc in docs if window_start(doc["received_at"], width_s) == start])
+    return pointer, [doc for docs in reversed(batches) for doc in docs], high
 
 
 def _reading_from_record(record: dict) -> Reading:
