@@ -133,3 +133,38 @@ async def test_purge_of_removed_households_is_written_off_the_loop_and_in_order(
         assert db.table("appliances").all() == []
     finally:
         db.close()
+
+
+async def test_endpoint_delete_during_a_put_waiting_for_the_disk_removes_what_the_put_wrote(town, monkeypatch):
+    """PUT B waits at the gate, DELETE comes in: the DELETE acts after the PUT (the household's lock), its 204
+    means no endpoint at all, in memory (where notifications go) as on disk."""
+    from agent.api import household_actions
+
+    t = await town(1)
+    household_id, token = t.households[0]
+    assert (await t.running.call("PUT", "/households/me/notify", token=token,
+                                 json={"url": "https://ntfy.sh/a", "kind": "ntfy"}))[0] == 200
+    store = t.runner.households
+    gate = gate_segment_writes(monkeypatch, store.db)
+    arrived = []
+    household_of = household_actions._household
+    monkeypatch.setattr(household_actions, "_household", lambda request: arrived.append(request.method)
+                        or household_of(request))
+
+    put = asyncio.create_task(t.running.call("PUT", "/households/me/notify", token=token,
+                                             json={"url": "https://ntfy.sh/b", "kind": "ntfy"}))
+    await t.running.wait_for(gate.entered.is_set)  # B's write waits at the gate
+    delete = asyncio.create_task(t.running.call("DELETE", "/households/me/notify", token=token))
+    await t.running.wait_for(lambda: arrived == ["PUT", "DELETE"])  # the DELETE is being handled
+    await answered_meanwhile(t.running, put, delete)
+    gate.open()
+    (put_status, _), (delete_status, _) = await asyncio.gather(put, delete)
+    gate.check()
+    assert (put_status, delete_status) == (200, 204)
+    assert household_id not in store.endpoints  # no notification goes anywhere
+    assert (await t.running.call("GET", "/households/me/notify", token=token))[0] == 404
+    db = SegmentDB(str(t.runner.store.directory / "households.seg"))
+    try:
+        assert db.table("notify").all() == []  # nor after a restart
+    finally:
+        db.close()

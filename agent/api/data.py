@@ -1,8 +1,15 @@
 """What organizations may see: the parameter catalogue and neighbourhood aggregates.
 
 Aggregates are released only under the privacy rules (`agent.aggregates.release`); a refusal is
-a 409 that says why and how many households are missing, never a partial answer. Every access is
-written to the audit log.
+a 409 that says why, never a partial answer. Every access is written to the audit log (with the
+household counts, for the operator).
+
+A refusal of the neighbourhood aggregate says how many households are missing. A refusal of a channel tag's
+aggregate never does: how many households carry a tag, or whether any does, is what GET /parameters keeps from
+an organization until k_min of its consenting households carry it (`agent.parameters.visible_tags`). A tag the
+organization may not see gets one fixed refusal of the live window (`tag_refusal`), the same whether the tag
+exists or not, and so does every window, live or past, with too few carriers; GET /data/dp uses the same
+helpers.
 """
 
 from __future__ import annotations
@@ -51,15 +58,71 @@ def _tags_for(agent, who) -> set[str]:
     least k_min households consenting to it for an organization, its own for a household."""
     if who.role == OPERATOR:
         return agent.known_tags()
-    registry = agent.registry
     if who.role == ORGANIZATION:
-        org_id = who.organization.id
-        consenting = {h.meter_id for h in registry.households.values()
-                      if any(registry.consent_state(h.id, org_id, service) for service in SERVICES)}
-        return visible_tags(tag_carriers(agent), agent.config.privacy.k_min, consenting=consenting)
+        return _organization_tags(agent, who.organization.id)
     if who.role == HOUSEHOLD:
         return visible_tags(tag_carriers(agent), agent.config.privacy.k_min, own=who.household.meter_id)
     return set()
+
+
+def _organization_tags(agent, org_id: str) -> set[str]:
+    registry = agent.registry
+    consenting = {h.meter_id for h in registry.households.values()
+                  if any(registry.consent_state(h.id, org_id, service) for service in SERVICES)}
+    return visible_tags(tag_carriers(agent), agent.config.privacy.k_min, consenting=consenting)
+
+
+# --- refusals of a channel tag's aggregate: no counts, and the same for a tag that does not exist ---------------
+def tag_hidden(agent, org, tag: str | None) -> bool:
+    """Whether `tag` is one this organization may not see (GET /parameters does not list it to it)."""
+    return tag is not None and tag not in _organization_tags(agent, org.id)
+
+
+def tag_refusal_detail(k_min: int) -> str:
+    """The one refusal of a tag's aggregate: it names neither the tag nor how many households carry it."""
+    return (f"too few of the households consenting to this organization have data for this channel tag; its "
+            f"aggregate is released only over at least {k_min} of them")
+
+
+def tag_refusal(k_min: int) -> ApiError:
+    return ApiError(409, "cohort_too_small", tag_refusal_detail(k_min))
+
+
+def _history_asked(request: web.Request) -> bool:
+    return "since" in request.query or "until" in request.query
+
+
+async def refuse_hidden_tag(request: web.Request, agent, org, window: str, tag: str | None, action: str) -> None:
+    """For GET /data and GET /data/dp, before anything else is computed or charged: the fixed refusal (audited)
+    of the live window when the organization may not see `tag`. Past windows (since/until) are answered one by
+    one, a refused one without counts (`shown_refusal`): a span with no window released reads the same for a tag
+    nobody carries, and a window released then had k_min carriers then (the catalogue follows the last hours)."""
+    if not _history_asked(request) and tag_hidden(agent, org, tag):
+        await agent.audit.record_durable(org.id, ORGANIZATION, action, window=window, tag=tag, released=False,
+                                         error="tag_not_visible")
+        raise tag_refusal(agent.config.privacy.k_min)
+
+
+def shown_refusal(entry: dict, tag: str | None, k_min: int) -> dict:
+    """A refused window ({"error", "detail", "households", "missing", ...}) as the organization gets it: for a
+    tag, without counts (a "dominated" refusal keeps its reason, which names no count)."""
+    if tag is None:
+        return entry
+    shown = {k: v for k, v in entry.items() if k not in ("households", "missing")}
+    if entry["error"] == "cohort_too_small":
+        shown["detail"] = tag_refusal_detail(k_min)
+    return shown
+
+
+def refusal_error(entry: dict) -> ApiError:
+    """The 409 of one refused window (an entry as `shown_refusal` returns it)."""
+    counts = {k: entry[k] for k in ("households", "missing") if k in entry}
+    return ApiError(409, entry["error"], entry["detail"], **counts)
+
+
+def _refused(result: Refusal, tag: str | None, k_min: int) -> dict:
+    return shown_refusal({"error": result.error, "detail": result.detail, "households": result.households,
+                          "missing": result.missing}, tag, k_min)
 
 
 async def parameters(request: web.Request) -> web.Response:
@@ -103,22 +166,29 @@ async def get_data(request: web.Request) -> web.Response:
     agent = agent_of(request)
     level = level_of(agent, org)
     window, tag = _query(request, level, org)
+    k_min = agent.config.privacy.k_min
     if level.dp.only:  # this level never gets an exact aggregate: OpenDP noise, or a refusal
+        await refuse_hidden_tag(request, agent, org, window, tag, "data.dp")
         from agent.api.privacy import dp_aggregates
 
         return await dp_aggregates(request, agent, org, level, window, tag)
-    q = request.query
-    if "since" in q or "until" in q:
+    if _history_asked(request):
         return await _history(request, agent, org, window, tag)
+    # A tag the organization may not see is refused whatever the window holds; the audit log still has the
+    # count (for the operator), the answer has none.
+    hidden = tag_hidden(agent, org, tag)
     book = agent.books[window]
     start = book.last_closed(agent.clock())
     result = agent.release_window(org.id, window, start, book.contributions(start), tag)
-    released = not isinstance(result, Refusal)
+    released = not isinstance(result, Refusal) and not hidden
     await agent.audit.record_durable(org.id, ORGANIZATION, "data.read", window=window, window_start=start, tag=tag,
-                                     households=result["households"] if released else result.households,
-                                     released=released)
+                                     households=result.households if isinstance(result, Refusal)
+                                     else result["households"], released=released,
+                                     **({"error": "tag_not_visible"} if hidden else {}))
+    if hidden:
+        raise tag_refusal(k_min)
     if not released:
-        raise ApiError(409, result.error, result.detail, households=result.households, missing=result.missing)
+        raise refusal_error(_refused(result, tag, k_min))
     return web.json_response(result)
 
 
@@ -145,11 +215,13 @@ async def _history(request, agent, org, window: str, tag: str | None) -> web.Res
         meters = agent.consenting_meters(org.id)  # read the registry here, on the event loop
         per_window.update(await asyncio.to_thread(agent.history_contributions, meters, window, older, tag))
     released, refused = [], []
+    k_min = agent.config.privacy.k_min
     for start in starts:
         result = agent.release_window(org.id, window, start, per_window.get(start, {}), tag)
         if isinstance(result, Refusal):
+            shown = _refused(result, tag, k_min)
             refused.append({"window_start": iso(datetime.fromtimestamp(start, timezone.utc)),
-                            "error": result.error, "detail": result.detail})
+                            "error": shown["error"], "detail": shown["detail"]})
         else:
             released.append(result)
     await agent.audit.record_durable(org.id, ORGANIZATION, "data.history", window=window, since=first, until=until,

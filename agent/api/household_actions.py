@@ -30,7 +30,8 @@ from drivers import appliances, notify
 MAX_APPLIANCES = 32
 _NAME = re.compile(r"^[^\x00-\x1f]{1,64}$")
 _KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-# an appliance's checks (how many, which names) and its addition stay one step while the write is awaited
+# per household, one change at a time to its endpoint and appliances: a check (how many appliances, which names,
+# is there an endpoint) and the change it allows stay one step while the write is awaited
 HOUSEHOLD_LOCKS = web.AppKey("household_locks", KeyedLocks)
 
 
@@ -61,7 +62,9 @@ async def put_notify(request: web.Request) -> web.Response:
         raise ApiError(422, "endpoint_refused", str(err)) from None
     secret = signing.new_secret() if kind == "webhook" else None
     doc = {"url": url, "kind": kind, "secret": secret, "updated_at": agent.clock()}
-    await agent.triggers.households.set_endpoint_async(household.id, doc)
+    # under the household's lock: a DELETE asked for meanwhile waits until this endpoint is written, then removes it
+    await agent.triggers.households.set_endpoint_async(household.id, doc,
+                                                       lock=request.app[HOUSEHOLD_LOCKS](household.id))
     await agent.audit.record_durable(household.id, HOUSEHOLD, "notify.set", kind=kind)
     out = {"url": url, "kind": kind, "updated_at": doc["updated_at"]}
     if secret:
@@ -71,7 +74,9 @@ async def put_notify(request: web.Request) -> web.Response:
 
 async def delete_notify(request: web.Request) -> web.Response:
     household, agent = _household(request)
-    if not await agent.triggers.households.remove_endpoint_async(household.id):
+    # under the household's lock: after a PUT in progress, it removes what that wrote
+    if not await agent.triggers.households.remove_endpoint_async(household.id,
+                                                                 lock=request.app[HOUSEHOLD_LOCKS](household.id)):
         raise ApiError(404, "not_found", "no notification endpoint")
     await agent.audit.record_durable(household.id, HOUSEHOLD, "notify.delete")
     return web.Response(status=204)

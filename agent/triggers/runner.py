@@ -102,6 +102,7 @@ class TriggerRunner:
         self._stats_saved_at = time.monotonic()
         self._purged_at = float("-inf")
         self._creations: dict[str, list[float]] = {}
+        self._deleting: dict[str, asyncio.Future] = {}  # triggers whose removal is being written
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -195,17 +196,44 @@ class TriggerRunner:
         return trig, secret
 
     async def delete(self, trigger_id: str) -> None:
-        trig = self.triggers.pop(trigger_id, None)
-        if trig is None:
-            return
-        self.stats.pop(trigger_id, None)
-        self._stats_dirty = True
-        cooldowns = self.debounce.retire(trig, self.agent.clock())
-        await self.store.remove_async(trigger_id, cooldowns)
-        if self.supervisor:
-            # may wait for an evaluation in progress (at most its deadline): off the loop
-            await asyncio.get_running_loop().run_in_executor(None, self.supervisor.unregister,
-                                                             trig.organization_id, trig.id)
+        """Gone from disk, then from memory and the sandbox. While the removal is written the trigger neither
+        starts an evaluation nor acts, so the cooldowns written with it are all it leaves behind; should the
+        write fail (OSError), nothing changed: the trigger is still there and runs on, and a retry deletes it.
+        A second request meanwhile waits for the same removal."""
+        removal = self._deleting.get(trigger_id)
+        if removal is None:
+            trig = self.triggers.get(trigger_id)
+            if trig is None:
+                return
+            removal = asyncio.ensure_future(self._remove(trig))
+            self._deleting[trigger_id] = removal  # from now on, no evaluation starts and none acts
+
+            def settled(task: asyncio.Future) -> None:
+                self._deleting.pop(trigger_id, None)
+                if not task.cancelled():
+                    task.exception()  # retrieved here too, should every request have been cancelled
+            removal.add_done_callback(settled)
+        await asyncio.shield(removal)
+
+    async def _remove(self, trig: Trigger) -> None:
+        now = self.agent.clock()
+        cooldowns = [(trig.organization_id, household, at + trig.interval_s)
+                     for (tid, household), at in self.debounce.last.items()
+                     if tid == trig.id and at + trig.interval_s > now]  # what `retire` leaves, below
+        unregistered: list[asyncio.Future] = []
+
+        def removed():  # on the event loop, once the removal is durable
+            self.triggers.pop(trig.id, None)
+            self.stats.pop(trig.id, None)
+            self._stats_dirty = True
+            self.debounce.retire(trig, now)
+            if self.supervisor:
+                # may wait for an evaluation in progress (at most its deadline): off the loop
+                unregistered.append(asyncio.get_running_loop().run_in_executor(
+                    None, self.supervisor.unregister, trig.organization_id, trig.id))
+        await self.store.remove_async(trig.id, cooldowns, then=removed)
+        if unregistered:
+            await unregistered[0]
 
     def of_organization(self, org_id: str) -> list[Trigger]:
         return [t for t in self.triggers.values() if t.organization_id == org_id]
@@ -261,7 +289,7 @@ class TriggerRunner:
         if self.supervisor is not None:
             now = self.agent.clock()
             for trig in list(self.triggers.values()):
-                if trig.id in self._inflight:
+                if trig.id in self._inflight or trig.id in self._deleting:
                     continue
                 start = self.agent.books[trig.window].last_closed(now)
                 if trig.last_window == start:
@@ -365,7 +393,7 @@ class TriggerRunner:
                 stats.errors += 1  # at most one per interval: errors are a side channel too
                 stats.last_error_at = now
         await self._check_quarantine(trig)
-        if failed or trig.id not in self.triggers:
+        if failed or trig.id not in self.triggers or trig.id in self._deleting:
             return
 
         if who is None:

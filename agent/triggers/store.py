@@ -13,13 +13,15 @@ Writes come from the event loop (the API, the runner) and from the runner's thre
 inbox, the periodic counters): each store serializes them with a lock, since a rewrite replaces the file under
 an appender. The event loop never writes itself: its changes (a trigger added, quarantined or deleted; a
 household's endpoint or appliances; the purge of removed households) use the ``*_async`` methods, which write in
-a worker thread, one change at a time per store and in the order they were asked (see `_serially`), and return
-once the write is durable.
+a worker thread, one change at a time per store and in the order they were asked (see `_serially`), and change
+memory (what the agent acts on) only once the write is durable: a failed write leaves memory as the file is, so
+a retry finds the item again and a restart brings back nothing that was answered as gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import threading
@@ -99,8 +101,10 @@ class TriggerStore:
     async def update_async(self, trigger_id: str, **fields) -> None:
         await _serially(self.writes, self.update, trigger_id, **fields)
 
-    async def remove_async(self, trigger_id: str, cooldowns: list[tuple[str, str, float]]) -> None:
-        await _serially(self.writes, self.remove, trigger_id, cooldowns)
+    async def remove_async(self, trigger_id: str, cooldowns: list[tuple[str, str, float]], then=None) -> None:
+        """`then()` (the trigger out of memory) runs once the removal is on disk, even if the request is
+        cancelled; never when the write fails (the trigger is still there, and still runs)."""
+        await _serially(self.writes, self.remove, trigger_id, cooldowns, then=then)
 
     def save_stats(self, stats: dict[str, TriggerStats]) -> None:
         """All counters in one atomic rewrite of stats.seg."""
@@ -163,9 +167,10 @@ class HouseholdStore:
         self.endpoints[household_id] = doc
 
     def remove_endpoint(self, household_id: str) -> bool:
-        if self.endpoints.pop(household_id, None) is None:
+        if household_id not in self.endpoints:
             return False
-        self._remove_endpoint(household_id)
+        self._remove_endpoint(household_id)  # the disk first: a failed write leaves memory as the file is
+        self.endpoints.pop(household_id, None)
         return True
 
     def _write_endpoint(self, doc: dict) -> None:
@@ -182,8 +187,8 @@ class HouseholdStore:
         self.appliances[doc["id"]] = doc
 
     def remove_appliance(self, appliance_id: str) -> None:
-        self.appliances.pop(appliance_id, None)
         self._remove_appliance(appliance_id)
+        self.appliances.pop(appliance_id, None)
 
     def _write_appliance(self, doc: dict) -> None:
         with self.lock:
@@ -193,47 +198,64 @@ class HouseholdStore:
         with self.lock:
             self.db.table("appliances").remove(where("id") == appliance_id)
 
-    # --- the same changes from the event loop (the API): the in-memory side as above, the disk write (an
-    # fsync'd append or an atomic rewrite) in a worker thread, one change at a time so that two quick
-    # changes land in order; each returns once its write is durable.
-    async def set_endpoint_async(self, household_id: str, doc: dict) -> None:
+    # --- the same changes from the event loop (the API): the disk write (an fsync'd append or an atomic
+    # rewrite) in a worker thread, one change at a time so that two quick changes land in order, and memory
+    # changed only once the write is durable (in that same order; a failed write changes nothing, so a retry
+    # finds the item again). The API holds the household's lock around each (for the endpoint, passed as
+    # `lock`), so that a check (is there an endpoint, such an appliance?) and the change stay one step.
+    async def set_endpoint_async(self, household_id: str, doc: dict, lock: asyncio.Lock | None = None) -> None:
+        """`lock`: the API's lock for this household, held until the endpoint is in memory too."""
         doc = {"household_id": household_id, **doc}
-        await self._off_loop(self._write_endpoint, doc, then=lambda: self.endpoints.__setitem__(household_id, doc))
+        async with lock or contextlib.nullcontext():
+            await self._off_loop(self._write_endpoint, doc,
+                                 then=lambda: self.endpoints.__setitem__(household_id, doc))
 
-    async def remove_endpoint_async(self, household_id: str) -> bool:
-        if self.endpoints.pop(household_id, None) is None:
-            return False
-        await self._off_loop(self._remove_endpoint, household_id)
-        return True
+    async def remove_endpoint_async(self, household_id: str, lock: asyncio.Lock | None = None) -> bool:
+        """False if there is no endpoint. `lock`: the API's lock for this household, held from that check until
+        the endpoint is out of memory too (after a change asked for before, such as a PUT still being written)."""
+        async with lock or contextlib.nullcontext():
+            if household_id not in self.endpoints:
+                return False
+            await self._off_loop(self._remove_endpoint, household_id,
+                                 then=lambda: self.endpoints.pop(household_id, None))
+            return True
 
     async def add_appliance_async(self, doc: dict) -> None:
         await self._off_loop(self._write_appliance, doc, then=lambda: self.appliances.__setitem__(doc["id"], doc))
 
     async def remove_appliance_async(self, appliance_id: str) -> None:
-        self.appliances.pop(appliance_id, None)
-        await self._off_loop(self._remove_appliance, appliance_id)
+        await self._off_loop(self._remove_appliance, appliance_id,
+                             then=lambda: self.appliances.pop(appliance_id, None))
 
     async def _off_loop(self, write, *args, then=None):
         return await _serially(self.writes, write, *args, then=then)
 
     # --- households the operator removed: their endpoint, appliances and inbox are forgotten
     def purge(self, known_households: set[str]) -> int:
-        return self._forget(known_households, *self._forget_settings(known_households))
+        settings = self._forget_settings(known_households)
+        count = self._forget(known_households, *settings)
+        self._forgotten(*settings)
+        return count
 
     async def purge_async(self, known_households: set[str]) -> int:
-        """The same from the event loop (the runner, every PURGE_EVERY_S): memory now, the disk in a worker
-        thread (the inbox too: its lock may be held by a delivery's fsync)."""
-        return await self._off_loop(self._forget, known_households, *self._forget_settings(known_households))
+        """The same from the event loop (the runner, every PURGE_EVERY_S): the disk in a worker thread (the
+        inbox too: its lock may be held by a delivery's fsync), then memory."""
+        settings = self._forget_settings(known_households)
+        return await self._off_loop(self._forget, known_households, *settings, then=lambda: self._forgotten(*settings))
 
     def _forget_settings(self, known_households: set[str]) -> tuple[set[str], list[str], list[str]]:
-        """Takes the removed households' endpoints and appliances out of memory: (their ids, endpoints to
-        remove from disk, appliances to remove from disk)."""
+        """The removed households' settings: (their ids, endpoints to remove, appliances to remove)."""
         gone = (set(self.endpoints) | {a["household_id"] for a in self.appliances.values()}) - known_households
-        endpoints = [h for h in gone if self.endpoints.pop(h, None) is not None]
-        appliances = [a["id"] for a in list(self.appliances.values()) if a["household_id"] in gone]
-        for appliance_id in appliances:
-            del self.appliances[appliance_id]
+        endpoints = [h for h in gone if h in self.endpoints]
+        appliances = [a["id"] for a in self.appliances.values() if a["household_id"] in gone]
         return gone, endpoints, appliances
+
+    def _forgotten(self, gone: set[str], endpoints: list[str], appliances: list[str]) -> None:
+        """Once they are off the disk: out of memory too."""
+        for household_id in endpoints:
+            self.endpoints.pop(household_id, None)
+        for appliance_id in appliances:
+            self.appliances.pop(appliance_id, None)
 
     def _forget(self, known_households: set[str], gone: set[str], endpoints: list[str], appliances: list[str]) -> int:
         for household_id in endpoints:
