@@ -204,8 +204,6 @@ async def test_a_dp_only_organization_cannot_tell_a_rare_tag_from_one_nobody_car
     assert answers[RARE] == answers[UNKNOWN] and answers[EV] == answers[UNKNOWN], answers
 
 
-@pytest.mark.xfail(strict=True, reason="GET /data/dp: agent/api/privacy.py must call agent.api.data.refuse_hidden_tag "
-                   "and shown_refusal/refusal_error (another engineer's file); remove this marker once it does")
 async def test_a_dp_only_organization_cannot_tell_a_rare_tag_from_one_nobody_carries_on_get_data_dp(service_org):
     running, key = service_org
     answers = {tag: await raw(running, f"/data/dp?window=15m&tag={tag}", key) for tag in (UNKNOWN, RARE, EV)}

@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from agent.api.common import ApiError, KeyedLocks, agent_of, parse_time, require
-from agent.api.data import MAX_HISTORY_WINDOWS, check_access, level_of
+from agent.api.data import (MAX_HISTORY_WINDOWS, check_access, level_of, refuse_hidden_tag, refusal_error,
+                             shown_refusal)
 from agent.auth import ORGANIZATION
 from agent.config import WINDOW_SECONDS, Level
 from agent.privacy import dp
@@ -155,6 +156,7 @@ async def get_dp(request: web.Request) -> web.Response:
     if window not in DP_WINDOWS:
         raise ApiError(400, "bad_parameter", f"window must be one of {', '.join(DP_WINDOWS)}")
     window, tag = check_access(level, org, window, request.query.get("tag"))
+    await refuse_hidden_tag(request, agent, org, window, tag, "data.dp")  # before anything is computed or charged
     return await dp_aggregates(request, agent, org, level, window, tag)
 
 
@@ -213,10 +215,10 @@ async def dp_aggregates(request: web.Request, agent, org, level: Level, window: 
     await agent.audit.record_durable(org.id, ORGANIZATION, "data.dp", window=window, tag=tag,
                                      released=len(released), refused=len(refused),
                                      epsilon_spent=round(cfg.epsilon * len(plan), 6))
+    refused = [shown_refusal(r, tag, agent.config.privacy.k_min) for r in refused]  # no counts for a tag
     if not history:
         if refused:
-            r = refused[0]
-            raise ApiError(409, r["error"], r["detail"], households=r["households"], missing=r["missing"])
+            raise refusal_error(refused[0])
         return web.json_response({**released[starts[0]], "budget": budget})
     return web.json_response({"window": window, "tag": tag, "released": [released[s] for s in sorted(released)],
                               "refused": refused, "budget": budget})
