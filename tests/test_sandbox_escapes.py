@@ -41,7 +41,12 @@ BYSTANDER_ROWS = [(100.0, 700.0), (100.0, 500.0), (0.0, 501.0)]
 BYSTANDER_EXPECTED = [Status.TRUE, Status.FALSE, Status.TRUE]
 SECRET = "edge-test-secret-3f9a1c"
 
-LIMITS = Limits(timeout_s=0.3, load_timeout_s=0.5, spawn_timeout_s=5.0, backoff_s=0.0, quarantine_after=1000)
+# Recycling (after max_evaluations, or cpu_s/2 seconds busy: tested in test_sandbox.py) is kept out of the way: on a
+# slow machine (this suite under QEMU TCG on aarch64: image/test-sandbox-arm64.sh) the bystanders' workers reach
+# 15 s busy and would be replaced, which the bystander check rightly counts as a failure. Spawning many workers at
+# once there takes longer than 5 s.
+LIMITS = Limits(timeout_s=0.3, load_timeout_s=0.5, spawn_timeout_s=30.0, backoff_s=0.0, quarantine_after=1000,
+                max_evaluations=10**9, cpu_s=3600)
 
 # Helpers the attacker brings along: the classic walk from () to os's globals, sys and any loaded module.
 PRELUDE = textwrap.dedent("""\
