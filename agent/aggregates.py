@@ -4,7 +4,9 @@ No I/O. `WindowBook` collects each meter's mean power per UTC-aligned window as 
 arrive; `release()` turns one window's contributions over one cohort into an answer, or refuses:
 - fewer than `k_min` cohort households with data in the window (DESIGN.md: Dutch grid operators
   publish small-consumer data only over at least 10 connections);
-- one household above `max_share` of a released total (it would be all but named);
+- one household above `max_share` of the consumption total (it would be all but named). Above it in the
+  production total only (at dawn and dusk one solar roof may be the only one exporting), the window goes out with
+  its production fields (and net) left out and named in `suppressed`;
 The cohort is fixed per window by the caller (consent at the window's start and end), so every
 release of a window, now or later, is the same answer.
 """
@@ -146,11 +148,14 @@ def release(contributions: dict[str, Contribution], cohort_meters: set[str], *, 
         return Refusal("cohort_too_small",
                        f"{n} {what} have data in this window; at least {k_min} are needed "
                        f"({k_min - n} missing)", n, k_min - n)
-    for label, values in (("consumption", consumption), ("production", production)):
+    def dominated(values: list[float]) -> bool:
         total = sum(values)
-        if total > 0 and max(values) > max_share * total:
-            return Refusal("dominated", f"one household would make up more than {max_share:.0%} of the "
-                           f"{label} total; not released", n)
+        return total > 0 and max(values) > max_share * total
+
+    if dominated(consumption):
+        return Refusal("dominated", f"one household would make up more than {max_share:.0%} of the "
+                       "consumption total; not released", n)
+    hide_production = bool(production) and dominated(production)
     total_in, total_out = sum(consumption), sum(production)
     body = {
         "window": window,
@@ -159,12 +164,14 @@ def release(contributions: dict[str, Contribution], cohort_meters: set[str], *, 
         "households": n,
         "tag": tag,
         "consumption_w": round(total_in, 3),
-        "production_w": None if tag else round(total_out, 3),
-        "net_w": None if tag else round(total_in - total_out, 3),
+        "production_w": None if tag or hide_production else round(total_out, 3),
+        "net_w": None if tag or hide_production else round(total_in - total_out, 3),
         # estimated from mean power: windows are short and counters tick in whole Wh
         "energy_import_wh": round(total_in * width / 3600, 3),
-        "energy_export_wh": None if tag else round(total_out * width / 3600, 3),
+        "energy_export_wh": None if tag or hide_production else round(total_out * width / 3600, 3),
     }
+    if hide_production:
+        body["suppressed"] = ["production_w", "net_w", "energy_export_wh"]
     if tag:
         body["mean_w"] = round(total_in / n, 3)
     return body

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--profile", default="dsmr5", help="the emulated meter's profile")
     demo.add_argument("--speed", type=float, default=1.0, help="emulated time runs N times faster")
     demo.add_argument("--port", type=int, default=8080, help="API port (a free one if taken)")
-    demo.add_argument("--households", type=int, default=12, help="simulated households posting over HTTP")
+    demo.add_argument("--households", type=int, default=20, help="simulated households posting over HTTP")
     demo.add_argument("--data", help="data directory (default: a new temporary one)")
     demo.add_argument("-v", "--verbose", action="store_true")
     demo.set_defaults(func=cmd_demo)

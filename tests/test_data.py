@@ -87,6 +87,21 @@ async def test_one_dominant_household_is_not_released(neighbourhood):
     assert status == 409 and body["error"] == "dominated"
 
 
+async def test_one_dominant_solar_roof_leaves_out_production_only(neighbourhood):
+    """At dawn one roof may be the only one exporting: the window goes out with consumption, and production and
+    net (from which that roof's export would follow) left out and named."""
+    running, clock, org_id, org_key, households = neighbourhood
+    await grant_all(running, clock, households, org_id)
+    for i, (_, token) in enumerate(households):
+        await post(running, token, clock, power_import_w=100.0 + i, power_export_w=900.0 if i == 0 else 10.0)
+    clock.step(1)
+    status, body = await data(running, org_key)
+    assert status == 200, body
+    assert body["consumption_w"] == sum(100.0 + i for i in range(len(households)))
+    assert body["production_w"] is None and body["net_w"] is None and body["energy_export_wh"] is None
+    assert body["suppressed"] == ["production_w", "net_w", "energy_export_wh"]
+
+
 async def test_revocation_takes_the_household_out_of_the_window_in_progress(neighbourhood):
     running, clock, org_id, org_key, households = neighbourhood
     ten = households[:10]

@@ -11,7 +11,7 @@ from tests.test_service import free_port
 
 def test_demo_reads_the_meter_serves_the_api_and_delivers_verified_webhooks(tmp_path):
     result = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--duration", "12", "--port",
-                             str(free_port()), "--households", "10", "--data", str(tmp_path)],
+                             str(free_port()), "--data", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     out = result.stdout
     assert result.returncode == 0, result.stderr

@@ -144,7 +144,10 @@ SCHEMAS = {
                                  "tag": _nullable("string"), "consumption_w": {"type": "number"},
                                  "production_w": NUMBER_OR_NULL, "net_w": NUMBER_OR_NULL,
                                  "energy_import_wh": {"type": "number"}, "energy_export_wh": NUMBER_OR_NULL,
-                                 "mean_w": {"type": "number"}}},
+                                 "mean_w": {"type": "number"},
+                                 "suppressed": {"type": "array", "items": STRING,
+                                                "description": "fields left out (null): one household would "
+                                                               "make up more than max_share of that total"}}},
     "AggregateHistory": {"type": "object", "required": ["window", "released", "refused"],
                          "properties": {"window": STRING, "tag": _nullable("string"),
                                         "released": {"type": "array", "items": _ref("Aggregate")},
