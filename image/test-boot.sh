@@ -20,6 +20,7 @@ set -euo pipefail
 
 IMAGE_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$IMAGE_DIR/.." && pwd)
+. "$IMAGE_DIR/qemu-common.sh"
 OUT=${EDGE_OUT:-$IMAGE_DIR/out}
 TIMEOUT=${EDGE_BOOT_TIMEOUT:-420}
 PY=${EDGE_PYTHON:-$REPO/.venv/bin/python}
@@ -64,25 +65,19 @@ trap cleanup EXIT
 # --- a copy of the image, 2 GiB bigger (the first boot grows the data partition into it) -----------------------
 log "image: $SOURCE"
 DISK=$WORK/disk.img
-case "$SOURCE" in
-    *.xz) nice -n 10 xz -dc -T2 "$SOURCE" | dd of="$DISK" bs=1M conv=sparse status=none ;;
-    *) cp --sparse=always "$SOURCE" "$DISK" ;;
-esac
+copy_image "$SOURCE" "$DISK"
 IMAGE_BYTES=$(stat -c %s "$DISK")
 truncate -s +2G "$DISK"
-read -r BOOT_START ROOT_START ROOT_SECTORS < <(sfdisk -J "$DISK" | "$PY" -c \
-    'import json, sys; p = json.load(sys.stdin)["partitiontable"]["partitions"]; print(p[0]["start"], p[1]["start"], p[1]["size"])')
+read_partitions "$DISK"
 root_hash() { dd if="$DISK" bs=512 skip="$ROOT_START" count="$ROOT_SECTORS" status=none | sha256sum | cut -c1-16; }
 # Units that failed, from systemd's "[FAILED] Failed to start/mount ..." and "[DEPEND] Dependency failed" lines.
 failed_units() {
     tr -d '\r' < "$1" | grep -E -o '(FAILED|DEPEND).*(Failed to (start|mount)|Dependency failed).*' \
         | sed 's/\x1b\[[0-9;]*m//g' || true
 }
-BOOT="$DISK@@$((BOOT_START * 512))"
-export MTOOLS_SKIP_CHECK=1
 
 # --- the kernel and initrd from the image's own boot partition ---------------------------------------------------
-mcopy -i "$BOOT" ::/config.txt "$WORK/config.txt"
+kernel_and_initrd || die "the boot partition has no kernel to boot"
 mcopy -i "$BOOT" ::/cmdline.txt "$WORK/cmdline.orig.txt"
 # What Raspberry Pi Imager's "OS customisation" does to a card: a firstrun.sh and settings in cmdline.txt that run it
 # instead of a normal boot. The image must ignore both and boot normally.
@@ -91,13 +86,7 @@ printf '%s systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reb
 printf '#!/bin/sh\necho IMAGER-FIRSTRUN-RAN > /dev/console\n' > "$WORK/firstrun.sh"
 mcopy -o -i "$BOOT" "$WORK/cmdline.txt" ::/cmdline.txt
 mcopy -o -i "$BOOT" "$WORK/firstrun.sh" ::/firstrun.sh
-KERNEL=$(sed -n 's/^kernel=//p' "$WORK/config.txt" | tail -1 | tr -d '\r')
-INITRD=$(sed -n 's/^initramfs \([^ ]*\).*/\1/p' "$WORK/config.txt" | tail -1 | tr -d '\r')
-[ -n "$KERNEL" ] && [ -n "$INITRD" ] || die "no kernel= / initramfs lines in config.txt"
-mcopy -i "$BOOT" "::/$KERNEL" "$WORK/kernel"
-mcopy -i "$BOOT" "::/$INITRD" "$WORK/initrd"
-# The Pi's own command line, with the console on the virt machine's PL011 UART instead of the Pi's.
-APPEND="$(tr -d '\r\n' < "$WORK/cmdline.txt" | sed 's/console=[^ ]*//g; s/  */ /g') console=ttyAMA0"
+APPEND=$(qemu_append "$WORK/cmdline.txt")
 log "kernel $KERNEL, initrd $INITRD; cmdline: $APPEND"
 
 # --- the installer's step 2: edge.toml on the boot partition --------------------------------------------------

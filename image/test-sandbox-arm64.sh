@@ -14,6 +14,7 @@ set -euo pipefail
 
 IMAGE_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$IMAGE_DIR/.." && pwd)
+. "$IMAGE_DIR/qemu-common.sh"
 OUT=${EDGE_OUT:-$IMAGE_DIR/out}
 TIMEOUT=${EDGE_SUITE_TIMEOUT:-3600}
 PY=${EDGE_PYTHON:-$REPO/.venv/bin/python}
@@ -38,14 +39,8 @@ trap cleanup EXIT
 
 log "image: $SOURCE"
 DISK=$WORK/disk.img
-case "$SOURCE" in
-    *.xz) nice -n 10 xz -dc -T2 "$SOURCE" | dd of="$DISK" bs=1M conv=sparse status=none ;;
-    *) cp --sparse=always "$SOURCE" "$DISK" ;;
-esac
-read -r BOOT_START ROOT_START ROOT_SECTORS < <(sfdisk -J "$DISK" | "$PY" -c \
-    'import json, sys; p = json.load(sys.stdin)["partitiontable"]["partitions"]; print(p[0]["start"], p[1]["start"], p[1]["size"])')
-BOOT="$DISK@@$((BOOT_START * 512))"
-export MTOOLS_SKIP_CHECK=1
+copy_image "$SOURCE" "$DISK"
+read_partitions "$DISK"
 
 # --- the test disk: the two suites (and what they import from tests/) and pytest ----------------------------------
 SUITE=$WORK/suite
@@ -53,8 +48,9 @@ mkdir -p "$SUITE/tests" "$SUITE/site"
 cp "$REPO"/tests/__init__.py "$REPO"/tests/conftest.py "$REPO"/tests/test_sandbox.py \
     "$REPO"/tests/test_sandbox_escapes.py "$SUITE/tests/"
 printf '[pytest]\naddopts = -ra\nmarkers =\n    slow: slow\n    hil: hil\n' > "$SUITE/pytest.ini"
+# (pip's resolver may warn that the host venv's pycanon pins another typing_extensions: not this folder's concern)
 "$PY" -m pip install -q --disable-pip-version-check --no-compile --only-binary=:all: --target "$SUITE/site" \
-    pytest pytest-asyncio
+    pytest pytest-asyncio > "$WORK/pip.log" 2>&1 || die "pip: $(tail -5 "$WORK/pip.log")"
 mkfs.ext4 -q -F -L EDGESUITE -d "$SUITE" "$WORK/suite.ext4" 256M
 
 # --- one unit in the copy's root: mount the test disk, run the suites, report on the console ----------------------
@@ -84,13 +80,9 @@ dd if="$WORK/root.ext4" of="$DISK" bs=512 seek="$ROOT_START" conv=notrunc,sparse
 rm -f "$WORK/root.ext4"
 
 # --- boot ------------------------------------------------------------------------------------------------------
-mcopy -i "$BOOT" ::/config.txt "$WORK/config.txt"
-KERNEL=$(sed -n 's/^kernel=//p' "$WORK/config.txt" | tail -1 | tr -d '\r')
-INITRD=$(sed -n 's/^initramfs \([^ ]*\).*/\1/p' "$WORK/config.txt" | tail -1 | tr -d '\r')
-mcopy -i "$BOOT" "::/$KERNEL" "$WORK/kernel"
-mcopy -i "$BOOT" "::/$INITRD" "$WORK/initrd"
+kernel_and_initrd || die "the boot partition has no kernel to boot"
 mcopy -i "$BOOT" ::/cmdline.txt "$WORK/cmdline.txt"
-APPEND="$(tr -d '\r\n' < "$WORK/cmdline.txt" | sed 's/console=[^ ]*//g; s/  */ /g') console=ttyAMA0"
+APPEND=$(qemu_append "$WORK/cmdline.txt")
 log "booting (TCG, 2 vCPUs); the suites run after the agent has started (up to ${TIMEOUT}s)"
 nice -n 10 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1536 -display none -monitor none \
     -serial "file:$WORK/console.log" -kernel "$WORK/kernel" -initrd "$WORK/initrd" -append "$APPEND" \
