@@ -17,13 +17,32 @@ from tests.conftest import make_config
 from tests.test_triggers import b64, grant, town  # noqa: F401  (the fixture)
 
 
-class FakeShelly:
+class FakeDevice:
+    """A real aiohttp server on 127.0.0.1 with a device's routes (`add_routes`)."""
+
+    runner: web.AppRunner | None = None
+
+    def add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application()
+        self.add_routes(app)
+        self.runner = web.AppRunner(app, handle_signals=False)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+
+class FakeShelly(FakeDevice):
     """A Shelly Plus 1PM / Plus 2PM: JSON-RPC over HTTP, switches 0..n."""
 
     def __init__(self, switches: int = 1):
         self.state = [False] * switches
         self.calls: list[dict] = []
-        self.runner: web.AppRunner | None = None
 
     async def switch_set(self, request: web.Request) -> web.Response:
         params = await request.json()
@@ -34,25 +53,16 @@ class FakeShelly:
         was_on, self.state[sid] = self.state[sid], params["on"]
         return web.json_response({"was_on": was_on})
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/rpc/Switch.Set", self.switch_set)
-        self.runner = web.AppRunner(app, handle_signals=False)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
 
 
-class FakeTasmota:
+class FakeTasmota(FakeDevice):
     """A Sonoff with Tasmota: `cm?cmnd=Power On`, `Power2 Off`; answers {"POWER": "ON"} / {"POWER2": "OFF"}."""
 
     def __init__(self, relays: int = 1):
         self.state = ["OFF"] * relays
         self.raw_queries: list[str] = []
-        self.runner: web.AppRunner | None = None
 
     async def command(self, request: web.Request) -> web.Response:
         self.raw_queries.append(request.raw_path.partition("?")[2])
@@ -66,16 +76,8 @@ class FakeTasmota:
         key = "POWER" if len(self.state) == 1 and not index else f"POWER{n}"
         return web.json_response({key: self.state[n - 1]})
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/cm", self.command)
-        self.runner = web.AppRunner(app, handle_signals=False)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
 
 
 @pytest.fixture
