@@ -293,7 +293,7 @@ def test_levels_in_the_config_file(tmp_path):
 
 async def test_static_attributes_use_only_data_from_under_consent(tmp_path, start_agent):
     """Readings from before a household consented must not describe it, not even as 'has PV'."""
-    from agent.api.privacy import SERVICE, _gather
+    from agent.api.anonymized import SERVICE, _gather
 
     clock = StepClock(T0 - 3 * 3600)
     running = await start_agent(make_config(tmp_path), clock=clock)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api import admin, data, household_actions, households, meters, openapi, privacy, subscriptions, triggers
+from agent.api import admin, anonymized, data, household_actions, households, meters, openapi, privacy, subscriptions, triggers
 from agent.api.common import AGENT, MAX_BODY_BYTES, error_middleware
 
 
@@ -17,6 +17,7 @@ def create_app(agent) -> web.Application:
     admin.add_routes(app)
     data.add_routes(app)
     privacy.add_routes(app)
+    anonymized.add_routes(app)
     subscriptions.add_routes(app)
     triggers.add_routes(app)
     openapi.add_routes(app)
