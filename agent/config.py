@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.ingest import TAG  # the pattern a posted channel tag is checked against
 from drivers.p1_reader import MeterSpec
 from drivers.profiles import PROFILES
 
@@ -84,10 +85,18 @@ DEFAULT_LEVELS = {
 }
 
 
+# The appliance channels a household may post ([privacy] tags). The operator defines the vocabulary, so the tag
+# catalogue (GET /parameters) is a fact of the configuration, never of which tags households happen to carry.
+DEFAULT_TAGS = ("ev", "heat_pump", "fridge", "freezer", "washing_machine", "dryer", "dishwasher", "boiler",
+                "air_conditioning", "cooking", "lighting", "battery", "pv_inverter", "pool_pump", "other")
+MAX_TAGS = 64
+
+
 @dataclass(frozen=True)
 class PrivacyConfig:
     k_min: int = 10  # households in a cohort before any aggregate is released
     max_share: float = 0.5  # no household may make up more than this share of a released total
+    tags: tuple[str, ...] = DEFAULT_TAGS  # the only channel tags that exist on this device
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,18 @@ def _meter(data, index: int, seen: set[str]) -> MeterSpec:
                      gas_channel=gas_channel, stall_seconds=stall, **keys)
 
 
+def _tags(tags: list) -> tuple[str, ...]:
+    if len(tags) > MAX_TAGS:
+        raise ConfigError("privacy.tags", f"at most {MAX_TAGS} tags, got {len(tags)}")
+    for tag in tags:
+        if not isinstance(tag, str) or not TAG.match(tag):
+            raise ConfigError("privacy.tags", f"{tag!r}: a tag is 1-32 lowercase letters, digits, '_' or '-'")
+    duplicate = next((tag for i, tag in enumerate(tags) if tag in tags[:i]), None)
+    if duplicate is not None:
+        raise ConfigError("privacy.tags", f"{duplicate!r} is listed twice")
+    return tuple(tags)
+
+
 def _level(t: _Table, name: str) -> Level:
     if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
         raise ConfigError(t.key, "a level name is 1-32 lowercase letters, digits, '_' or '-'")
@@ -328,7 +349,8 @@ def parse_config(data: dict, source: str = "config") -> Config:
         k_min = privacy_t.get("k_min", int, 10)
         if not 2 <= k_min <= 10_000:
             raise ConfigError("privacy.k_min", f"must be between 2 and 10000, got {k_min}")
-        privacy = PrivacyConfig(k_min=k_min, max_share=privacy_t.number("max_share", 0.5, 0.01, 1.0))
+        privacy = PrivacyConfig(k_min=k_min, max_share=privacy_t.number("max_share", 0.5, 0.01, 1.0),
+                                tags=_tags(privacy_t.get("tags", list, list(DEFAULT_TAGS))))
         privacy_t.finish()
 
         delivery_t = root.table("delivery")
