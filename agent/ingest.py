@@ -3,7 +3,9 @@
 Everything is checked before anything is stored; a batch is all or nothing. Rules:
 - only `timestamp` is required; absent fields are null; unknown fields are refused (typos);
 - `meter_id` and `received_at` are set by the device, never by the sender;
-- numbers are finite and physically possible; counts are whole and not negative;
+- numbers are finite and physically possible; counts are whole and not negative; power import and export are
+  separate fields and never negative (a negative import would be summed into an exact total unclamped);
+- channel tags come from the operator's vocabulary (`[privacy] tags`): no household can make a tag exist;
 - a timestamp more than `MAX_FUTURE_S` ahead of the device's clock is refused;
 - a household's timestamps only go forward: one at or before the last accepted is a duplicate.
 Readings whose timestamp is more than `LIVE_WINDOW_S` old are stored but kept out of real-time
@@ -27,7 +29,7 @@ MAX_CHANNELS = 32
 TAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 # field -> (kind, minimum, maximum)
-_BOUNDS = {"_w": (float, -1e6, 1e6), "_v": (float, 0, 1000), "_a": (float, -1000, 1000),
+_BOUNDS = {"_w": (float, 0, 1e6), "_v": (float, 0, 1000), "_a": (float, -1000, 1000),
            "_wh": (float, 0, 1e13), "gas_m3": (float, 0, 1e9)}
 _INTS = {"tariff": (1, 9), "power_failures": (0, 1e9), "long_power_failures": (0, 1e9)}
 _SETTABLE = set(FIELD_NAMES) - {"meter_id", "received_at"}
@@ -62,7 +64,11 @@ def parse_moment(value, name: str) -> datetime:
 def _number(name: str, value, kind, low, high):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or not low <= value <= high:
+    if not math.isfinite(value):  # Python's JSON reader takes NaN and Infinity
+        raise _invalid(f"{name} must be a finite number")
+    if value < 0 <= low:
+        raise _invalid(f"{name} must not be negative (between {low:g} and {high:g})")
+    if not low <= value <= high:
         raise _invalid(f"{name} must be between {low:g} and {high:g}")
     return kind(value)
 
@@ -82,7 +88,9 @@ def _field_rule(name: str):
 _RULES = {name: _field_rule(name) for name in _SETTABLE - {"timestamp", "gas_timestamp", "channels"}}
 
 
-def reading_from_json(item, meter_id: str, received_at: datetime, index: int | None = None) -> Reading:
+def reading_from_json(item, meter_id: str, received_at: datetime, index: int | None = None,
+                      tags: tuple[str, ...] | None = None) -> Reading:
+    """One reading; `tags`: the vocabulary its channels must come from (None: any well-formed tag)."""
     where = "" if index is None else f"readings[{index}]: "
     try:
         if not isinstance(item, dict):
@@ -102,7 +110,7 @@ def reading_from_json(item, meter_id: str, received_at: datetime, index: int | N
             if name == "gas_timestamp":
                 values[name] = parse_moment(value, name)
             elif name == "channels":
-                values[name] = _channels(value)
+                values[name] = _channels(value, tags)
             else:
                 kind, low, high = _RULES[name]
                 if kind is int and isinstance(value, float) and not value.is_integer():
@@ -113,7 +121,7 @@ def reading_from_json(item, meter_id: str, received_at: datetime, index: int | N
     return Reading(meter_id=meter_id, received_at=received_at, **values)
 
 
-def _channels(value) -> dict[str, float]:
+def _channels(value, tags: tuple[str, ...] | None) -> dict[str, float]:
     if not isinstance(value, dict):
         raise _invalid("channels must be an object of tag: watts")
     if len(value) > MAX_CHANNELS:
@@ -122,12 +130,16 @@ def _channels(value) -> dict[str, float]:
     for tag, watts in value.items():
         if not TAG.match(tag):
             raise _invalid(f"channel tag {tag[:40]!r}: use 1-32 lowercase letters, digits, '_' or '-'")
+        if tags is not None and tag not in tags:
+            raise IngestError(422, "unknown_tag", f"channel tag {tag!r} is not in this device's vocabulary; "
+                              f"tags: {', '.join(tags) or '(none)'}")
         out[tag] = _number(f"channels.{tag}", watts, float, 0, 1e5)
     return out
 
 
-def readings_from_payload(payload, meter_id: str, received_at: datetime) -> list[Reading]:
-    """One reading, `{"readings": [...]}` or a bare list; checked whole."""
+def readings_from_payload(payload, meter_id: str, received_at: datetime,
+                          tags: tuple[str, ...] | None = None) -> list[Reading]:
+    """One reading, `{"readings": [...]}` or a bare list; checked whole. `tags`: the operator's vocabulary."""
     if isinstance(payload, dict) and set(payload) == {"readings"}:
         payload = payload["readings"]
     items = payload if isinstance(payload, list) else [payload]
@@ -136,7 +148,7 @@ def readings_from_payload(payload, meter_id: str, received_at: datetime) -> list
     if len(items) > MAX_BATCH:
         raise IngestError(413, "batch_too_large", f"at most {MAX_BATCH} readings per request")
     many = isinstance(payload, list)
-    return [reading_from_json(item, meter_id, received_at, i if many else None) for i, item in enumerate(items)]
+    return [reading_from_json(item, meter_id, received_at, i if many else None, tags) for i, item in enumerate(items)]
 
 
 def check_order(readings: list[Reading], last_timestamp: datetime | None, now: datetime) -> None:

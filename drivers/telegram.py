@@ -9,6 +9,7 @@ and the plaintext inside then goes through exactly the same CRC check, parse and
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -298,6 +299,19 @@ def _find_gas(telegram: Telegram, channel: int | None) -> tuple[float, datetime]
     return None, None
 
 
+def _check_physical(values: dict) -> None:
+    """Every number finite; power, energy and gas never negative. A telegram over HTTP is whatever its sender
+    wrote under a CRC it computed itself: 'NaN' or '-5000' parse as numbers, and a negative import would be
+    summed into an exact total unclamped."""
+    for name, value in values.items():
+        if not isinstance(value, float):
+            continue
+        if not math.isfinite(value):
+            raise TelegramError(f"{name} is not a finite number")
+        if value < 0 and (name.endswith(("_w", "_wh")) or name == "gas_m3"):
+            raise TelegramError(f"{name} is negative")
+
+
 def normalize(
     telegram: Telegram, meter_id: str, profile: Profile, received_at: datetime, gas_channel: int | None = None
 ) -> Reading:
@@ -322,7 +336,7 @@ def normalize(
     # Meters with one signed power register (Q3D's 16.7.0) report export as negative import.
     for imp, exp in (("power_import_w", "power_export_w"),
                      *((f"power_import_{p}_w", f"power_export_{p}_w") for p in ("l1", "l2", "l3"))):
-        if values.get(imp) is not None and values[imp] < 0 and exp not in values:
+        if values.get(imp) is not None and values[imp] < 0 and not values.get(exp):
             values[imp], values[exp] = 0.0, -values[imp]
 
     for direction in ("import", "export"):
@@ -334,6 +348,7 @@ def normalize(
     stamp = getattr(telegram, "P1_MESSAGE_TIMESTAMP", None)
     timestamp = stamp.value if stamp is not None and stamp.value is not None else received_at
     gas_m3, gas_timestamp = _find_gas(telegram, gas_channel)
+    _check_physical({**values, "gas_m3": gas_m3})
     return Reading(meter_id=meter_id, timestamp=timestamp, received_at=received_at,
                    gas_m3=gas_m3, gas_timestamp=gas_timestamp, **values)
 

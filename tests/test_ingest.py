@@ -3,6 +3,7 @@ Every bad request gets a clear 4xx and stores nothing."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -32,7 +33,7 @@ async def test_single_reading_with_channels(household):
     running, token, meter_id = household
     status, body = await running.call("POST", "/readings", token=token, json={
         "timestamp": ts(), "power_import_w": 420.5, "voltage_l1_v": 231.0,
-        "channels": {"fridge": 80.5, "light-bulb": 12.0}})
+        "channels": {"fridge": 80.5, "lighting": 12.0}})
     assert status == 201 and body == {"accepted": 1}
     rows = await stored(running, meter_id)
     assert len(rows) == 1 and rows[0]["power_import_w"] == 420.5 and rows[0]["channels"]["fridge"] == 80.5
@@ -56,11 +57,15 @@ async def test_batches(household, shape):
     ({"timestamp": ts(), "power_import_w": "100"}, 422, "must be a number"),
     ({"timestamp": ts(), "power_import_w": True}, 422, "must be a number"),
     ({"timestamp": ts(), "power_import_w": 1e9}, 422, "between"),
+    ({"timestamp": ts(), "power_import_w": -5000}, 422, "power_import_w must not be negative"),
+    ({"timestamp": ts(), "power_export_w": -0.5}, 422, "power_export_w must not be negative"),
+    ({"timestamp": ts(), "power_import_l2_w": -1}, 422, "power_import_l2_w must not be negative"),
+    ({"timestamp": ts(), "power_export_l3_w": -1}, 422, "power_export_l3_w must not be negative"),
     ({"timestamp": ts(), "tariff": 1.5}, 422, "whole number"),
     ({"timestamp": ts(), "powr_import_w": 1}, 422, "unknown field"),
     ({"timestamp": ts(), "meter_id": "someone-else"}, 422, "set by the device"),
     ({"timestamp": ts(), "channels": {"Fridge!": 1}}, 422, "channel tag"),
-    ({"timestamp": ts(), "channels": {"fridge": -5}}, 422, "between"),
+    ({"timestamp": ts(), "channels": {"fridge": -5}}, 422, "channels.fridge must not be negative"),
     ({"timestamp": ts(-3600)}, 422, "ahead of the device's clock"),
     ([], 422, "no readings"),
     ("just a string", 422, "JSON object"),
@@ -71,6 +76,100 @@ async def test_bad_readings_are_refused_and_nothing_is_stored(household, bad, st
     assert got == status and words in body["detail"], body
     assert set(body) >= {"error", "detail"}
     assert await stored(running, meter_id) == []
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+@pytest.mark.parametrize("field", ["power_import_w", "power_export_l1_w", "energy_import_wh", "gas_m3"])
+async def test_non_finite_numbers_are_refused(household, literal, field):
+    """Python's JSON reader takes NaN and Infinity, which are not JSON: they must not reach a sum."""
+    running, token, meter_id = household
+    body = b'{"timestamp": "%s", "%s": %s}' % (ts().encode(), field.encode(), literal)
+    status, answer = await running.call("POST", "/readings", token=token, data=body,
+                                        headers={"Content-Type": "application/json"})
+    assert status == 422 and answer["error"] == "invalid_reading"
+    assert answer["detail"] == f"{field} must be a finite number"
+    assert await stored(running, meter_id) == []
+
+
+async def test_a_tag_outside_the_vocabulary_is_refused_naming_the_allowed_ones(household):
+    running, token, meter_id = household
+    vocabulary = running.agent.config.privacy.tags
+    assert "dialysis" not in vocabulary and "fridge" in vocabulary
+    status, body = await running.call("POST", "/readings", token=token, json=[
+        {"timestamp": ts(2), "channels": {"fridge": 50.0}},
+        {"timestamp": ts(1), "channels": {"fridge": 50.0, "dialysis": 300.0}}])
+    assert status == 422 and body["error"] == "unknown_tag", body
+    assert body["detail"].startswith("readings[1]: channel tag 'dialysis' is not in this device's vocabulary")
+    assert body["detail"].endswith("tags: " + ", ".join(vocabulary))
+    assert await stored(running, meter_id) == []  # the whole batch
+
+
+async def test_the_operator_defines_the_vocabulary(tmp_path, start_agent):
+    from dataclasses import replace
+
+    from agent.config import PrivacyConfig
+
+    config = make_config(tmp_path)
+    running = await start_agent(replace(config, privacy=PrivacyConfig(tags=("sauna", "ev"))))
+    _, token = await running.create_household()
+    status, body = await running.call("POST", "/readings", token=token,
+                                      json={"timestamp": ts(2), "channels": {"sauna": 6000.0}})
+    assert status == 201, body
+    status, body = await running.call("POST", "/readings", token=token,
+                                      json={"timestamp": ts(1), "channels": {"fridge": 60.0}})
+    assert status == 422 and body["error"] == "unknown_tag" and body["detail"].endswith("tags: sauna, ev")
+
+
+def _telegram_with(name: str, old: bytes, new: bytes) -> bytes:
+    """A real telegram with one value changed and its CRC made right again: what a hostile datalogger sends."""
+    from drivers.telegram import crc16
+
+    raw = telegram_bytes(name)
+    assert old in raw
+    raw = raw.replace(old, new)
+    body = raw[: raw.index(b"!") + 1]
+    return body + b"%04X\r\n" % crc16(body)
+
+
+# A telegram's profile is learnt from the first one (the profile that reads the most fields): a value only some
+# profiles read may instead be left out by the one that wins, which is as good (the value is not stored).
+@pytest.mark.parametrize("old, new, field, outcome", [
+    (b"1-0:2.7.0(00.000*kW)", b"1-0:2.7.0(-5.000*kW)", "power_export_w is negative", "refused"),
+    (b"1-0:1.7.0(00.244*kW)", b"1-0:1.7.0(Infinity*kW)", "power_import_w is not a finite number", "refused"),
+    (b"1-0:1.7.0(00.244*kW)", b"1-0:1.7.0(NaN*kW)", "power_import_w is not a finite number", "refused"),
+    (b"1-0:21.7.0(00.070*kW)", b"1-0:21.7.0(NaN*kW)", "power_import_l1_w", "left out"),
+    (b"1-0:1.8.1(000004.426*kWh)", b"1-0:1.8.1(-00004.426*kWh)", "energy_import_t1_wh", "left out"),
+])
+@pytest.mark.parametrize("path", ["/readings", "/api/v1/datalogger/dsmrreading"])
+async def test_telegrams_with_negative_or_non_finite_values_are_refused(household, old, new, field, outcome, path):
+    running, token, meter_id = household
+    raw = _telegram_with("v5.txt", old, new)
+    if path == "/readings":
+        status, body = await running.call("POST", path, token=token, data=raw, headers={"Content-Type": "text/plain"})
+    else:
+        status, body = await running.call("POST", path, token=None, headers={"Authorization": f"Token {token}"},
+                                          data={"telegram": raw.decode("latin-1")})
+    rows = await stored(running, meter_id)
+    if outcome == "refused":
+        assert status == 422 and body["error"] == "bad_telegram" and field in body["detail"], body
+        assert rows == []
+    else:
+        assert status == 201 and len(rows) == 1 and rows[0][field.split()[0]] is None, (body, rows)
+    for row in rows:
+        for name, value in row.items():
+            if isinstance(value, float):
+                assert math.isfinite(value) and (value >= 0 or name.endswith("_a")), (name, value)
+
+
+async def test_a_signed_power_register_is_read_as_export_never_a_negative_import(household):
+    """A meter with one signed register reports export as negative import: stored as export, import 0."""
+    running, token, meter_id = household
+    raw = _telegram_with("v5.txt", b"1-0:1.7.0(00.244*kW)", b"1-0:1.7.0(-01.500*kW)")
+    status, body = await running.call("POST", "/readings", token=token, data=raw,
+                                      headers={"Content-Type": "text/plain"})
+    assert status == 201, body
+    latest = (await running.call("GET", f"/meters/{meter_id}/latest"))[1]
+    assert (latest["power_import_w"], latest["power_export_w"]) == (0.0, 1500.0)
 
 
 async def test_batch_is_all_or_nothing(household):

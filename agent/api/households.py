@@ -92,7 +92,8 @@ async def post_readings(request: web.Request) -> web.Response:
     else:
         if request.content_type not in ("application/json", "application/octet-stream", ""):
             raise ApiError(415, "unsupported_media_type", "send application/json readings or a text/plain telegram")
-        readings = readings_from_payload(await read_json(request), household.meter_id, received_at)
+        readings = readings_from_payload(await read_json(request), household.meter_id, received_at,
+                                         agent.config.privacy.tags)
     await _accept(request, household, readings)
     return web.json_response({"accepted": len(readings)}, status=201)
 
