@@ -1,14 +1,6 @@
-"""Neighbourhood aggregates: windows of households' contributions, and the rules for releasing them.
+"""Households' contributions to windows: each meter's mean power per UTC-aligned window, as live readings arrive.
 
-No I/O. `WindowBook` collects each meter's mean power per UTC-aligned window as live readings
-arrive; `release()` turns one window's contributions over one cohort into an answer, or refuses:
-- fewer than `k_min` cohort households with data in the window (DESIGN.md: Dutch grid operators
-  publish small-consumer data only over at least 10 connections);
-- one household above `max_share` of the consumption total (it would be all but named). Above it in the
-  production total only (at dawn and dusk one solar roof may be the only one exporting), the window goes out with
-  its production fields (and net) left out and named in `suppressed`;
-The cohort is fixed per window by the caller (consent at the window's start and end), so every
-release of a window, now or later, is the same answer.
+No I/O, and no release rule: what is released from these windows, to whom, is decided once in agent/release/.
 """
 
 from __future__ import annotations
@@ -17,10 +9,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from datetime import datetime, timezone
-
 from agent.config import WINDOW_SECONDS
-from drivers.reading import Reading, iso
+from agent.release.records import Refusal  # noqa: F401  (transitional: callers not yet on agent.release)
+from drivers.reading import Reading
 
 
 @dataclass(slots=True)
@@ -121,57 +112,3 @@ KEEP = {"1s": 120, "1m": 120, "15m": 8, "1h": 4}
 
 def new_books(held_from: Callable[[], float | None] | None = None) -> dict[str, WindowBook]:
     return {name: WindowBook(WINDOW_SECONDS[name], KEEP[name], held_from) for name in WINDOW_SECONDS}
-
-
-@dataclass(frozen=True)
-class Refusal:
-    error: str  # "cohort_too_small" or "dominated"
-    detail: str
-    households: int
-    missing: int = 0
-
-
-def release(contributions: dict[str, Contribution], cohort_meters: set[str], *, window: str, start: int,
-            k_min: int, max_share: float, tag: str | None = None) -> dict | Refusal:
-    width = WINDOW_SECONDS[window]
-    if tag is None:
-        members = [c for meter, c in contributions.items() if meter in cohort_meters]
-        consumption = [c.consumption_w for c in members]
-        production = [c.production_w for c in members]
-    else:
-        members = [c for meter, c in contributions.items() if meter in cohort_meters and tag in c.channels]
-        consumption = [c.channels[tag] for c in members]
-        production = []
-    n = len(members)
-    what = f"households with a '{tag}' channel" if tag else "consenting households"
-    if n < k_min:
-        return Refusal("cohort_too_small",
-                       f"{n} {what} have data in this window; at least {k_min} are needed "
-                       f"({k_min - n} missing)", n, k_min - n)
-    def dominated(values: list[float]) -> bool:
-        total = sum(values)
-        return total > 0 and max(values) > max_share * total
-
-    if dominated(consumption):
-        return Refusal("dominated", f"one household would make up more than {max_share:.0%} of the "
-                       "consumption total; not released", n)
-    hide_production = bool(production) and dominated(production)
-    total_in, total_out = sum(consumption), sum(production)
-    body = {
-        "window": window,
-        "window_start": iso(datetime.fromtimestamp(start, timezone.utc)),
-        "window_end": iso(datetime.fromtimestamp(start + width, timezone.utc)),
-        "households": n,
-        "tag": tag,
-        "consumption_w": round(total_in, 3),
-        "production_w": None if tag or hide_production else round(total_out, 3),
-        "net_w": None if tag or hide_production else round(total_in - total_out, 3),
-        # estimated from mean power: windows are short and counters tick in whole Wh
-        "energy_import_wh": round(total_in * width / 3600, 3),
-        "energy_export_wh": None if tag or hide_production else round(total_out * width / 3600, 3),
-    }
-    if hide_production:
-        body["suppressed"] = ["production_w", "net_w", "energy_export_wh"]
-    if tag:
-        body["mean_w"] = round(total_in / n, 3)
-    return body

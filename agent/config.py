@@ -38,29 +38,49 @@ WINDOWS = ("1s", "1m", "15m", "1h")
 WINDOW_SECONDS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
 
 
+# The default reference for t: household mean consumption per period, log-normal with median 400 W and sigma 0.8
+# (typical of European standard load profiles over a year). An operator should declare the one of its own grid.
+REFERENCE_CDF = ((0.0, 0.0), (100.0, 0.042), (200.0, 0.193), (300.0, 0.36), (400.0, 0.5), (500.0, 0.61),
+                 (750.0, 0.784), (1000.0, 0.874), (1500.0, 0.951), (2000.0, 0.978), (3000.0, 0.994),
+                 (4000.0, 0.998), (10000.0, 1.0))
+
+
 @dataclass(frozen=True)
 class Anonymization:
     """GET /data/anonymized for one level ([levels.NAME.anonymized]); k = 0: not offered."""
 
     k: int = 0  # every released equivalence class holds at least k records
     l: int = 1  # ...with at least l distinct sensitive values (l-diversity)
-    t: float = 1.0  # ...whose distribution is within t of the whole release's (t-closeness, EMD)
-    resolution: str = "1h"  # the finest time generalization: "15m" or "1h"
+    t: float = 1.0  # ...whose distribution is within t of the reference's (t-closeness, EMD)
+    resolution: str = "1h"  # the release grid: periods of "15m" or "1h" in whole UTC days
     value_bin_w: int = 500  # width of the consumption bins, in watts
     max_suppression: float = 0.2  # share of rows a release may suppress before it is refused
+    # One pseudonym per household per day release: a linked series. Only for the custodian (dso), which holds the
+    # readings anyway; every other level gets rows that nothing links across periods.
+    linkable: bool = False
+    # t is measured against this fixed distribution of a period's mean consumption (cumulative share of
+    # households at or below each wattage, from [0, 0] to share 1), never against the release's own rows.
+    reference_cdf: tuple[tuple[float, float], ...] = REFERENCE_CDF
 
 
 @dataclass(frozen=True)
 class DifferentialPrivacy:
-    """OpenDP releases for one level ([levels.NAME.dp]); see agent/privacy/dp.py."""
+    """How a noisy level's releases are noised ([levels.NAME.dp]); see agent/release/ and agent/privacy/dp.py.
 
-    only: bool = False  # this level never gets exact aggregates: GET /data answers with DP noise
-    epsilon: float = 1.0  # per released window (privacy unit: one household in one window)
-    epsilon_per_day: float = 10.0  # per organization per UTC day, persisted
-    clamp_w: int = 5000  # a household's mean power is clamped to [0, clamp_w] before summing
+    One noisy answer per released window, shared by every organization of the level with the same cohort; each
+    charges every household of its cohort `rho` (or `epsilon`) on the per-household ledger ([privacy])."""
+
+    noise: str = "gaussian"  # "gaussian" (zCDP: discrete Gaussian) or "laplace" (pure DP: discrete Laplace)
+    rho: float = 5e-4  # gaussian: zCDP loss per released window, split evenly over its quantities
+    epsilon: float = 0.03  # laplace: pure-DP loss per released window, split likewise (charged as epsilon^2/2)
+    clamp_w: int = 3000  # a household's mean power in a window is clamped to [0, clamp_w]: fixed, never asked
     tag_clamp_w: int = 1000  # the same for tagged appliance channels
-    noise: str = "laplace"  # "laplace" (pure epsilon-DP) or "gaussian" (zCDP, reported at delta)
-    delta: float = 1e-7  # gaussian only
+    tags: tuple[str, ...] = ()  # channel tags released at this level (each one charges its cohort per window)
+    delta: float = 1e-7  # the delta at which zCDP losses are also stated as (epsilon, delta)
+
+    def loss(self) -> float:
+        """The zCDP loss of one released window (all its quantities)."""
+        return self.rho if self.noise == "gaussian" else self.epsilon * self.epsilon / 2
 
 
 @dataclass(frozen=True)
@@ -72,16 +92,26 @@ class Level:
     windows: tuple[str, ...]  # aggregate windows of /data
     anonymized: Anonymization = Anonymization()
     dp: DifferentialPrivacy = DifferentialPrivacy()
+    kind: str = "exact"  # "exact": audited exact sums (the custodian); "noisy": OpenDP noise and the ledger
+
+    @property
+    def noisy(self) -> bool:
+        return self.kind == "noisy"
+
+    @property
+    def finest(self) -> str:
+        """The one width this level's releases are computed at; its wider windows are sums of these."""
+        return min(self.windows, key=WINDOW_SECONDS.__getitem__)
 
 
 DEFAULT_LEVELS = {
-    "dso": Level("dso", ("*",), WINDOWS, Anonymization(k=5, resolution="15m", value_bin_w=100)),
+    "dso": Level("dso", ("*",), WINDOWS, Anonymization(k=5, resolution="15m", value_bin_w=100,
+                                                   linkable=True)),
     "supplier": Level("supplier", ("neighborhood_*", "household_power_*", "household_net_power",
                                    "household_gas_*", "household_energy_*", "household_tariff",
-                                   "household_channel_*"), ("1m", "15m", "1h"),
-                      Anonymization(k=10, l=3, t=0.3, resolution="1h", value_bin_w=250)),
-    "service": Level("service", ("neighborhood_*",), ("15m", "1h"), Anonymization(k=0),
-                     DifferentialPrivacy(only=True)),
+                                   "household_channel_*"), ("15m", "1h"),
+                      Anonymization(k=10, l=3, t=0.3, resolution="1h", value_bin_w=250), kind="noisy"),
+    "service": Level("service", ("neighborhood_*",), ("1h",), Anonymization(k=0), kind="noisy"),
 }
 
 
@@ -94,8 +124,9 @@ MAX_TAGS = 64
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    k_min: int = 10  # households in a cohort before any aggregate is released
-    max_share: float = 0.5  # no household may make up more than this share of a released total
+    k_min: int = 10  # households in a cohort (not related to the organization) before anything is released
+    horizon_days: int = 30  # the per-household privacy-loss ledger's rolling horizon
+    cap_rho: float = 2.0  # zCDP loss a household may bear over the horizon, across all organizations
     tags: tuple[str, ...] = DEFAULT_TAGS  # the only channel tags that exist on this device
 
 
@@ -116,6 +147,19 @@ class TriggersConfig:
     timeout_ms: int = 50  # a condition's deadline, at upload (trial run) and per evaluation
     min_interval_s: float = 60.0  # the smallest `interval` (debounce) an organization may ask for
     max_per_organization: int = 10  # live triggers per organization
+    # Timing: a window's actions leave release_delay_s after it closes (never when its evaluation happens to
+    # end), its statistics statistics_delay_s after that (actions not done by then count as failed).
+    release_delay_s: float = 5.0
+    statistics_delay_s: float = 60.0
+    # What an organization may learn of one household: webhook events of household conditions (each one
+    # consented to per trigger), across all its triggers, per UTC day.
+    max_events_per_household_per_day: int = 24
+    # Fair sharing: actions in flight and queued per organization (beyond: dropped and counted), in flight per
+    # household for its own notifications (a lane of their own); refused uploads per organization per hour.
+    organization_action_slots: int = 4
+    organization_action_queue: int = 256
+    household_action_slots: int = 2
+    max_refusals_per_hour: int = 20
 
 
 @dataclass(frozen=True)
@@ -187,6 +231,13 @@ def _listen(value: str) -> tuple[str, int]:
 _SERIAL_KEYS = {"baudrate": int, "bytesize": int, "parity": str, "stopbits": int, "xonxoff": bool, "rtscts": bool}
 
 
+def _count(t: _Table, name: str, default: int, minimum: int, maximum: int) -> int:
+    value = t.get(name, int, default)
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"triggers.{name}", f"must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
 def _meter(data, index: int, seen: set[str]) -> MeterSpec:
     t = _Table(data, f"meters[{index}]")
     meter_id = t.get("id", str, required=True)
@@ -256,7 +307,7 @@ def _tags(tags: list) -> tuple[str, ...]:
     return tuple(tags)
 
 
-def _level(t: _Table, name: str) -> Level:
+def _level(t: _Table, name: str, tags: tuple[str, ...]) -> Level:
     if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
         raise ConfigError(t.key, "a level name is 1-32 lowercase letters, digits, '_' or '-'")
     default = DEFAULT_LEVELS.get(name, Level(name, (), ("15m", "1h")))
@@ -270,9 +321,12 @@ def _level(t: _Table, name: str) -> Level:
     if bad:
         raise ConfigError(f"{t.key}.windows", f"unknown window {bad[0]!r}; windows: {', '.join(WINDOWS)}")
     anonymized = _anonymization(t.table("anonymized"), default.anonymized)
-    dp = _differential_privacy(t.table("dp"), default.dp)
+    kind = t.get("kind", str, default.kind)
+    if kind not in ("exact", "noisy"):
+        raise ConfigError(f"{t.key}.kind", f"must be \"exact\" or \"noisy\", got {kind!r}")
+    dp = _differential_privacy(t.table("dp"), default.dp, tags)
     t.finish()
-    return Level(name, tuple(parameters), tuple(windows), anonymized, dp)
+    return Level(name, tuple(parameters), tuple(windows), anonymized, dp, kind)
 
 
 def _anonymization(t: _Table, default: Anonymization) -> Anonymization:
@@ -289,12 +343,30 @@ def _anonymization(t: _Table, default: Anonymization) -> Anonymization:
     if not 10 <= bin_w <= 100_000:
         raise ConfigError(f"{t.key}.value_bin_w", f"must be between 10 and 100000, got {bin_w}")
     out = Anonymization(k=k, l=l_div, t=t.number("t", default.t, 0.0, 1.0), resolution=resolution,
-                        value_bin_w=bin_w, max_suppression=t.number("max_suppression", default.max_suppression, 0, 1))
+                        value_bin_w=bin_w, max_suppression=t.number("max_suppression", default.max_suppression, 0, 1),
+                        linkable=t.get("linkable", bool, default.linkable),
+                        reference_cdf=_reference_cdf(t, default.reference_cdf))
     t.finish()
     return out
 
 
-def _differential_privacy(t: _Table, default: DifferentialPrivacy) -> DifferentialPrivacy:
+def _reference_cdf(t: _Table, default: tuple) -> tuple[tuple[float, float], ...]:
+    points = t.get("reference_cdf", list, None)
+    if points is None:
+        return default
+    key = f"{t.key}.reference_cdf"
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in p) for p in points) or len(points) < 2:
+        raise ConfigError(key, "must be a list of at least two [watts, cumulative share] pairs")
+    watts, shares = [float(p[0]) for p in points], [float(p[1]) for p in points]
+    if watts[0] != 0 or shares[0] != 0 or shares[-1] != 1:
+        raise ConfigError(key, "must start at [0, 0] and end at share 1")
+    if any(b <= a for a, b in zip(watts, watts[1:])) or any(b < a for a, b in zip(shares, shares[1:])):
+        raise ConfigError(key, "watts must increase and shares must not decrease")
+    return tuple(zip(watts, shares))
+
+
+def _differential_privacy(t: _Table, default: DifferentialPrivacy, tags: tuple[str, ...]) -> DifferentialPrivacy:
     noise = t.get("noise", str, default.noise)
     if noise not in ("laplace", "gaussian"):
         raise ConfigError(f"{t.key}.noise", f"must be \"laplace\" or \"gaussian\", got {noise!r}")
@@ -303,12 +375,14 @@ def _differential_privacy(t: _Table, default: DifferentialPrivacy) -> Differenti
         clamps[key] = t.get(key, int, getattr(default, key))
         if not 1 <= clamps[key] <= 1_000_000:
             raise ConfigError(f"{t.key}.{key}", f"must be between 1 and 1000000, got {clamps[key]}")
-    epsilon = t.number("epsilon", default.epsilon, 0.001, 100)
-    per_day = t.number("epsilon_per_day", default.epsilon_per_day, 0.001, 10_000)
-    if per_day < epsilon:
-        raise ConfigError(f"{t.key}.epsilon_per_day", f"must be at least epsilon ({epsilon:g})")
-    out = DifferentialPrivacy(only=t.get("only", bool, default.only), epsilon=epsilon, epsilon_per_day=per_day,
-                              noise=noise, delta=t.number("delta", default.delta, 1e-15, 1e-3), **clamps)
+    released_tags = t.get("tags", list, list(default.tags))
+    unknown = [tag for tag in released_tags if tag not in tags]
+    if unknown:
+        raise ConfigError(f"{t.key}.tags", f"{unknown[0]!r} is not in privacy.tags")
+    out = DifferentialPrivacy(noise=noise, rho=t.number("rho", default.rho, 1e-9, 10),
+                              epsilon=t.number("epsilon", default.epsilon, 1e-6, 10),
+                              tags=tuple(dict.fromkeys(released_tags)),
+                              delta=t.number("delta", default.delta, 1e-15, 1e-3), **clamps)
     t.finish()
     return out
 
@@ -349,7 +423,11 @@ def parse_config(data: dict, source: str = "config") -> Config:
         k_min = privacy_t.get("k_min", int, 10)
         if not 2 <= k_min <= 10_000:
             raise ConfigError("privacy.k_min", f"must be between 2 and 10000, got {k_min}")
-        privacy = PrivacyConfig(k_min=k_min, max_share=privacy_t.number("max_share", 0.5, 0.01, 1.0),
+        horizon = privacy_t.get("horizon_days", int, PrivacyConfig.horizon_days)
+        if not 1 <= horizon <= 3660:
+            raise ConfigError("privacy.horizon_days", f"must be between 1 and 3660, got {horizon}")
+        privacy = PrivacyConfig(k_min=k_min, horizon_days=horizon,
+                                cap_rho=privacy_t.number("cap_rho", PrivacyConfig.cap_rho, 1e-6, 1000),
                                 tags=_tags(privacy_t.get("tags", list, list(DEFAULT_TAGS))))
         privacy_t.finish()
 
@@ -378,13 +456,25 @@ def parse_config(data: dict, source: str = "config") -> Config:
             raise ConfigError("triggers.max_per_organization", f"must be between 1 and 1000, got {max_per_org}")
         triggers = TriggersConfig(timeout_ms=timeout_ms,
                                   min_interval_s=triggers_t.number("min_interval_s", 60, 1, 86400),
-                                  max_per_organization=max_per_org)
+                                  max_per_organization=max_per_org,
+                                  release_delay_s=triggers_t.number("release_delay_s", 5.0, 0.1, 60),
+                                  statistics_delay_s=triggers_t.number("statistics_delay_s", 60.0, 1, 3600),
+                                  max_events_per_household_per_day=_count(
+                                      triggers_t, "max_events_per_household_per_day", 24, 0, 1440),
+                                  organization_action_slots=_count(triggers_t, "organization_action_slots", 4, 1, 64),
+                                  organization_action_queue=_count(triggers_t, "organization_action_queue", 256, 1,
+                                                                   100_000),
+                                  household_action_slots=_count(triggers_t, "household_action_slots", 2, 1, 16),
+                                  max_refusals_per_hour=_count(triggers_t, "max_refusals_per_hour", 20, 1, 10_000))
+        if triggers.release_delay_s * 1000 < 2 * timeout_ms:
+            raise ConfigError("triggers.release_delay_s", f"must leave room for an evaluation: at least twice "
+                              f"triggers.timeout_ms ({2 * timeout_ms / 1000:g} s)")
         triggers_t.finish()
 
         levels = dict(DEFAULT_LEVELS)
         levels_t = root.table("levels")
         for name in list(levels_t.data):
-            levels[name] = _level(levels_t.table(name), name)
+            levels[name] = _level(levels_t.table(name), name, privacy.tags)
         levels_t.finish()
 
         root.used.add("meters")

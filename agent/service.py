@@ -11,18 +11,16 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from agent.aggregates import Accumulator, Contribution, Refusal, new_books, release
+from agent.aggregates import new_books
 from agent.api import create_app
-from agent.api.common import ApiError
-from agent.api.data import check_access
 from agent.audit import AuditLog
 from agent.auth import FailureThrottle
 from agent.config import WINDOW_SECONDS, Config
 from agent.delivery.engine import Delivery
-from agent.ingest import LIVE_WINDOW_S, TelegramIngest, is_live
+from agent.ingest import TelegramIngest, is_live
 from agent.pipeline import Pipeline
-from agent.privacy.budget import PrivacyBudget
 from agent.registry import Registry
+from agent.release import Releases
 from agent.store import ReadingStore
 from agent.triggers import TriggerRunner
 from drivers.p1_reader import MeterState, P1Reader
@@ -66,11 +64,13 @@ class Agent:
         self.pipeline = Pipeline(self.store)
         self.registry = Registry(config.storage.path / "registry.seg", clock=lambda: self.clock())
         self.audit = AuditLog(config.storage.path / "audit", clock=lambda: self.clock())
-        self.budget = PrivacyBudget(config.storage.path / "privacy", clock=lambda: self.clock())
         self.throttle = FailureThrottle()
         self.telegram_ingest = TelegramIngest()
         # A window closes only once no consent change it depends on is still being written.
         self.books = new_books(self.registry.pending_since)
+        # The one door: everything organizations observe that depends on household data (agent/release/).
+        self.releases = Releases(config, self.registry, self.books, lambda: self.clock(),
+                                 config.storage.path / "releases")
         self.delivery = Delivery(self, config.storage.path / "delivery", config.delivery)
         self.triggers = TriggerRunner(self, config.storage.path / "triggers")
         self.pipeline.subscribe(self._into_books)
@@ -96,6 +96,7 @@ class Agent:
         await site.start()
         self.port = self._runner.addresses[0][1] if self._runner.addresses else self.config.listen_port
         self._tasks = [
+            asyncio.create_task(self.releases.run_forever(), name="releases"),
             asyncio.create_task(self._every(self.config.storage.flush_seconds, self._flush), name="flush"),
             asyncio.create_task(self._every(RETENTION_EVERY_S, self._retention), name="retention"),
         ]
@@ -124,8 +125,9 @@ class Agent:
         await asyncio.to_thread(self.store.close)
         await self.registry.aclose()  # after the writes still running in worker threads
         await self.audit.aclose()  # writes what is still queued (a clean stop loses no entry)
-        async with self.budget.writes:  # a spend still being written lands first
-            await asyncio.to_thread(self.budget.close)
+        await self.releases.flush()  # the exact records still in memory
+        async with self.releases.writes:  # a noisy release still being written lands first
+            await asyncio.to_thread(self.releases.close)
 
     def shielded(self, coro) -> asyncio.Future:
         """Run `coro` to its end even if the request awaiting it is cancelled (a client gone, the agent
@@ -151,10 +153,12 @@ class Agent:
         # fsync on an SD card can take a while: off the event loop.
         await asyncio.to_thread(self.store.flush)
         await asyncio.to_thread(self.audit.flush)
+        await self.releases.flush()
 
     async def _retention(self) -> None:
         await asyncio.to_thread(self.store.apply_retention)
         await asyncio.to_thread(self.audit.apply_retention)
+        await asyncio.to_thread(self.releases.log.apply_retention, self.clock())
 
     async def _watchdog(self) -> None:
         # Pinged from the event loop, so a hung loop stops the pings and systemd restarts us.
@@ -209,74 +213,16 @@ class Agent:
     def known_tags(self) -> set[str]:
         return self.books["1m"].tags() | self.books["15m"].tags()
 
-    def access_refusal(self, org_id: str, window: str, tag: str | None) -> str | None:
-        """Why this organization may not (any longer) have this window's exact aggregate, or None."""
-        org = self.registry.organizations.get(org_id)
-        level = self.config.levels.get(org.level) if org else None
-        if level is None:
-            return "the organization or its level no longer exists"
-        if level.dp.only:
-            return f"level {level.name!r} receives only differentially private aggregates"
-        try:
-            check_access(level, org, window, tag)
-        except ApiError as err:
-            return err.detail
-        return None
-
     def settled_until(self) -> float:
-        """Now, or the time of a consent change still being written if earlier: windows (and periods) that end
-        after it are not closed yet (WindowBook.last_closed does the same for the live windows)."""
+        """Now, or the time of a consent change still being written if earlier: periods that end after it are
+        not closed yet (the release module holds windows back the same way)."""
         now = self.clock()
         held = self.registry.pending_since()
         return now if held is None or held >= now else held
 
-    def release_window(self, org_id: str, window: str, start: int, contributions: dict[str, Contribution],
-                       tag: str | None) -> dict | Refusal:
-        """One window for one organization: its cohort fixed by consent at the window's start and end."""
-        end = start + WINDOW_SECONDS[window]
-        held = self.registry.pending_since()
-        if held is not None and end > held:
-            # Its cohort depends on a consent change still being written (a history query reaching up to now;
-            # the live windows are held back by WindowBook.last_closed): not released until it settles.
-            return Refusal("consent_pending", "a consent change this window depends on is still being written; "
-                           "ask again in a moment", 0)
-        cohort = self.registry.cohort(org_id, "aggregates", start, end)
-        meters = {self.registry.meter_of(h) for h in cohort}
-        privacy = self.config.privacy
-        return release(contributions, meters, window=window, start=start, k_min=privacy.k_min,
-                       max_share=privacy.max_share, tag=tag)
-
-    def consenting_meters(self, org_id: str, service: str = "aggregates") -> list[tuple[str, bool]]:
-        """(meter_id, posts over HTTP) of every household that ever consented, deleted ones included (their
-        past windows must keep their answers). Call on the event loop: the registry is not thread-safe."""
-        return [(h.meter_id, h.source == "http") for h in self.registry.all_households()
-                if self.registry.ever_consented(h.id, org_id, service)]
-
-    def history_contributions(self, meters: list[tuple[str, bool]], window: str, starts: list[int],
-                              tag: str | None) -> dict[int, dict[str, Contribution]]:
-        """Past windows from the store: raw readings for 1 s windows and tags, rollups otherwise. Runs in a
-        worker thread. Raw readings a household posted late are left out, as the live windows left them out."""
-        width = WINDOW_SECONDS[window]
-        since, until = starts[0], starts[-1] + width
-        books: dict[int, dict[str, Accumulator]] = {}
-        use_raw = window == "1s" or tag is not None
-        resolution = "raw" if use_raw else ("1m" if window == "1m" else "15m")
-        for meter, over_http in meters:
-            for row in self.store.readings(meter, since=since, until=until, resolution=resolution, limit=10**6):
-                if use_raw and over_http and _seconds(row["received_at"]) - _seconds(row["timestamp"]) > LIVE_WINDOW_S:
-                    continue
-                moment = _seconds(row["received_at"] if use_raw else row["start"])
-                acc = books.setdefault(int(moment // width) * width, {}).setdefault(meter, Accumulator())
-                acc.add_values(row.get("power_import_w"), row.get("power_export_w"), row.get("channels"),
-                               1 if use_raw else row.get("count", 1))
-        return {start: {m: c for m, acc in window_accs.items() if (c := acc.result()) is not None}
-                for start, window_accs in books.items()}
-
-
-def _seconds(stamp) -> float:
-    if isinstance(stamp, (int, float)):
-        return float(stamp)
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    def release_window(self, org_id: str, window: str, start: int, _contributions, tag: str | None):
+        """Transitional: the recorded answer (agent/release), for callers not yet asking the door directly."""
+        return self.releases.answer(org_id, window, start, tag)
 
 
 def _retrieved(task: asyncio.Task) -> None:

@@ -41,11 +41,9 @@ async def subscribe(request: web.Request) -> web.Response:
     if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
         raise ApiError(422, "invalid", f"interval must be {MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds")
     level = level_of(agent, org)
-    if level.dp.only:
-        raise ApiError(403, "dp_only", f"level {level.name!r} receives only differentially private aggregates "
-                       "(GET /data/dp); exact aggregates are never pushed to it")
-    window, tag = check_access(level, org, body.get("window", "1m" if "1m" in level.windows else level.windows[0]),
-                               body.get("tag"))
+    # Pushed windows are the same records GET /data answers with (exact or noisy, by the level's kind).
+    window, tag = check_access(level, org, body.get("window", "1m" if "1m" in level.windows else level.finest),
+                               body.get("tag"), agent.config.privacy.tags)
     try:
         FilterSet.parse(body.get("filter"))
     except FilterError as err:

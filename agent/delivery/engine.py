@@ -29,13 +29,14 @@ from pathlib import Path
 import aiohttp
 from tinydb import where
 
-from agent.aggregates import Refusal
-from agent.config import DeliveryConfig
+from agent.access import denied
+from agent.config import WINDOW_SECONDS, DeliveryConfig
 from agent.delivery import signing
 from agent.delivery.filters import FilterSet
 from agent.delivery.outbox import Message, Outbox
 from agent.delivery.targets import PolicyResolver, TargetError, check_literal_host
 from agent.offloop import serially
+from agent.release import Refusal
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
 
@@ -123,6 +124,7 @@ class Delivery:
         for sub_id in self.subscriptions:
             self._start_sender(sub_id)
         self._producer = asyncio.create_task(self._produce_forever(), name="delivery-producer")
+        self.agent.releases.listen(lambda window, start: self.produce_due())  # as soon as a window is decided
 
     async def stop(self) -> None:
         tasks = [t for t in [self._producer, *self._senders.values()] if t]
@@ -311,7 +313,7 @@ class Delivery:
         wake = now + 0.5
         for sub in self.subscriptions.values():
             if sub.state == "active":
-                width = self.agent.books[sub.window].width_s
+                width = WINDOW_SECONDS[sub.window]
                 wake = min(wake, max(sub.next_due, (now // width + 1) * width) + CLOSE_GRACE_S)
         return min(max(wake - now, 0.01), 0.5)
 
@@ -320,25 +322,34 @@ class Delivery:
         for sub in list(self.subscriptions.values()):
             if sub.state != "active" or now < sub.next_due:
                 continue
-            book = self.agent.books[sub.window]
-            start = book.last_closed(now)
-            if start == sub.last_window:
-                continue  # interval shorter than the window: nothing new closed yet
+            start = self.agent.releases.last_settled(sub.window)
+            if start is None or start == sub.last_window:
+                continue  # nothing new decided yet
             # On the windows' grid, not on the moment we happened to run: the next one is the window
             # that closes `interval` after this one did.
-            sub.next_due = start + book.width_s + sub.interval_s
+            sub.next_due = start + WINDOW_SECONDS[sub.window] + sub.interval_s
             sub.last_window = start
-            self._produce(sub, start, book.contributions(start), now)
+            self._produce(sub, start, now)
 
-    def _produce(self, sub: Subscription, start: int, contributions, now: float) -> None:
+    def _access_refusal(self, sub: Subscription) -> str | None:
+        """Why the organization may no longer have this subscription's window: the operator changed its level or
+        narrowed it since it subscribed."""
+        org = self.agent.registry.organizations.get(sub.organization_id)
+        level = self.agent.config.levels.get(org.level) if org else None
+        if level is None:
+            return "the organization or its level no longer exists"
+        refusal = denied(level, org, sub.window, sub.tag, self.agent.config.privacy.tags)
+        return refusal.detail if refusal else None
+
+    def _produce(self, sub: Subscription, start: int, now: float) -> None:
         stats = self.stats[sub.id]
-        refusal = self.agent.access_refusal(sub.organization_id, sub.window, sub.tag)
-        if refusal:  # the operator changed the level or narrowed the organization since it subscribed
+        refusal = self._access_refusal(sub)
+        if refusal:
             stats.withheld += 1
             stats.last_error, stats.last_error_at = refusal, time.time()
             return
         filters = FilterSet.parse(sub.filter)
-        result = self.agent.release_window(sub.organization_id, sub.window, start, contributions, sub.tag)
+        result = self.agent.releases.answer(sub.organization_id, sub.window, start, sub.tag)
         silent_too_long = (filters.max_silence_s is not None and sub.last_sent_at is not None
                            and now - sub.last_sent_at >= filters.max_silence_s)
         if isinstance(result, Refusal):

@@ -146,6 +146,15 @@ def calibrate(noise: str, clamp_w: int, epsilon: float, delta: float = 1e-7) -> 
     return Mechanism(noise, clamp_w, float(scale))
 
 
+@functools.lru_cache(maxsize=256)
+def calibrate_rho(clamp_w: int, rho: float) -> Mechanism:
+    """The least discrete-Gaussian noise whose OpenDP zCDP map gives at most `rho` for one household."""
+    _require()
+    scale = _dp.binary_search_param(lambda s: _chain("gaussian", clamp_w, s), d_in=D_IN, d_out=rho,
+                                    bounds=(clamp_w / 1000, clamp_w * (10 + 100 / math.sqrt(rho))))
+    return Mechanism("gaussian", clamp_w, float(scale))
+
+
 def standard_deviation(mechanism: Mechanism) -> float:
     """Of the noise: sqrt(2)*scale for Laplace, scale for Gaussian (the discrete ones are within a hair)."""
     return math.sqrt(2) * mechanism.scale if mechanism.noise == "laplace" else mechanism.scale

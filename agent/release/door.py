@@ -1,0 +1,543 @@
+"""The one door: everything an organization can observe that depends on household data is decided here, once,
+recorded, and answered from the record.
+
+- Windows are decided when they have settled: ended (on the device's clock, by `received_at`, so a reading sent
+  late lands in a later window, never in one already decided) and no consent change they depend on still being
+  written. Nothing is decided for a window that began before the agent started (its readings are not all here).
+- Each level releases at one finest width; its wider windows are derived from the released fine ones
+  (`records.derive`), never computed again over another cohort.
+- Exact levels (the custodian): the cohort is the households consenting throughout the window that sent data in
+  it; at least k_min of them not related to the organization; and the audit (`audit.admissible`) refuses any
+  release that, with the exact sums already released for the same window and quantity to any organization, would
+  isolate a household. No value-dependent rule (the old dominance rule was a threshold oracle).
+- Noisy levels: the cohort is every household consenting throughout the window (data-independent; a silent one
+  counts 0) that can still bear the release on its ledger; k_min of them; OpenDP noise with the level's fixed
+  clamp; one noisy answer per (level, window, quantity, cohort) shared by every organization it applies to; the
+  loss charged to every member's ledger and the record fsync'd before anyone can see it.
+- The API, delivery and triggers only ask: `answer`, `history`, `last_settled`, `listen`, `counts`, `once`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import WINDOW_SECONDS, Config, Level
+from agent.offloop import serially
+from agent.parameters import permitted
+from agent.privacy import dp
+from agent.release import audit, records
+from agent.release.ledger import Ledger, epsilon_of_rho
+from agent.release.log import ReleaseLog, day_name
+from agent.release.records import NOT_RELEASED, Refusal
+
+log = logging.getLogger("edge.release")
+
+SETTLE_GRACE_S = 0.05  # a reading whose request is still being handled as its window ends
+WIDTH_NAME = {seconds: name for name, seconds in WINDOW_SECONDS.items()}
+TAG_GRID_S = 60  # channel tags are never released finer than a minute
+# Recent records kept in memory per width (older ones are read from the log's day files).
+KEEP_S = {1: 3600, 60: 6 * 3600, 900: 2 * 86400, 3600: 2 * 86400}
+TRIGGER_DAY_S = 86400  # noisy levels release trigger statistics per UTC day
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Releases decided together: one width, one kind, the organizations whose levels release on it."""
+
+    width: int
+    noisy: bool
+    tags: bool  # the exact tag grid (a minute or the exact grid, whichever is wider)
+
+
+def cohort_hash(members: frozenset[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest()[:20]
+
+
+class Releases:
+    def __init__(self, config: Config, registry, books: dict, clock, directory: str | Path):
+        self.config = config
+        self.registry = registry
+        self.books = books
+        self.clock = clock
+        privacy = config.privacy
+        keep_days = max(privacy.horizon_days, int(config.storage.retention_rollup_s // 86400)) + 1
+        self.log = ReleaseLog(directory, keep_days)
+        self.ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
+        self.writes = asyncio.Lock()
+        self._settling = asyncio.Lock()
+        self._records: dict[tuple[str, int, int, str], dict] = {}
+        self._cursor: dict[Grid, int] = {}
+        self._decided: dict[int, int] = {}  # width -> start of the newest window of that width decided
+        self._listeners: list[Callable[[str, int], None]] = []
+        self._once: dict[str, dict] = {}
+        self._once_running: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, list[dict]] = {}  # exact records not yet on disk (flushed with the store)
+        self._cohorts_written: set[tuple[str, str]] = set()
+        self._trigger_days: dict[tuple[str, str, int], dict[str, dict[str, int]]] = {}
+        self._trigger_released: dict[tuple[str, str], list[dict]] = {}
+        self._forgot_at = float("-inf")
+        self._started_at = clock()
+        self._load()
+
+    # --- start-up ------------------------------------------------------------------------------
+    def _load(self) -> None:
+        now = self.clock()
+        cohorts: dict[str, frozenset[str]] = {}
+        for doc in self.log.load(now, fine_since=now - KEEP_S[1]):
+            kind = doc.get("t")
+            if kind == "c":
+                cohorts[doc["h"]] = frozenset(doc["m"])
+            elif kind in ("r", "n"):
+                if "p" in doc and doc.get("c") in cohorts:
+                    self.ledger.charge(cohorts[doc["c"]], doc["p"], doc["s"])
+                if kind == "r" and doc["s"] >= now - KEEP_S.get(doc["w"], 0):
+                    self._records[(doc["o"], doc["w"], doc["s"], doc["g"])] = doc
+            elif kind == "o":
+                self._once[doc["k"]] = doc["b"]
+        self.ledger.forget_before(now)
+
+    def close(self) -> None:
+        self.log.close()
+
+    # --- what the others ask -------------------------------------------------------------------
+    def listen(self, callback: Callable[[str, int], None]) -> None:
+        """`callback(window, start)` on the event loop once that window is decided for every organization."""
+        self._listeners.append(callback)
+
+    def last_settled(self, window: str) -> int | None:
+        return self._decided.get(WINDOW_SECONDS[window])
+
+    def answer(self, org_id: str, window: str, start: int, tag: str | None = None) -> dict | Refusal:
+        """The recorded answer for one organization, from memory (recent windows)."""
+        width = WINDOW_SECONDS[window]
+        doc = self._records.get((org_id, width, start, tag or ""))
+        if doc is None:
+            decided = self._decided.get(width)
+            if decided is None or start > decided:
+                return Refusal("not_settled", "this window has not ended or is not decided yet; ask again "
+                               "after it has")
+            return NOT_RELEASED
+        return _from_doc(doc)
+
+    async def history(self, org_id: str, window: str, starts: list[int], tag: str | None) -> dict[int, dict | Refusal]:
+        """Recorded answers for many windows: memory first, then the day files (in a worker thread)."""
+        width = WINDOW_SECONDS[window]
+        out: dict[int, dict | Refusal] = {}
+        missing: dict[str, list[int]] = {}
+        for start in starts:
+            doc = self._records.get((org_id, width, start, tag or ""))
+            if doc is not None:
+                out[start] = _from_doc(doc)
+            else:
+                missing.setdefault(ReleaseLog.file_of({"t": "r", "w": width, "s": start}), []).append(start)
+        for name, wanted in missing.items():
+            docs = await asyncio.to_thread(self.log.read, name)
+            found = {d["s"]: d for d in docs if d.get("t") == "r" and d["o"] == org_id and d["w"] == width
+                     and d["g"] == (tag or "")}
+            for start in wanted:
+                doc = found.get(start)
+                if doc is not None:
+                    out[start] = _from_doc(doc)
+                else:
+                    out[start] = self.answer(org_id, window, start, tag)
+        return out
+
+    def ledger_of(self, household_id: str) -> dict:
+        return self.ledger.of(household_id, self.clock(), self._delta())
+
+    def _delta(self) -> float:
+        return min((lv.dp.delta for lv in self.config.levels.values() if lv.noisy), default=1e-7)
+
+    async def once(self, kind: str, key: str, compute: Callable[[], dict]) -> dict:
+        """A release computed when first asked (`compute` in a worker thread), recorded durably before it is
+        returned; every later call with the same key returns the recorded body."""
+        memo = f"{kind}|{key}"
+        if memo in self._once:
+            return self._once[memo]
+        running = self._once_running.get(memo)
+        if running is None:
+            running = self._once_running[memo] = asyncio.ensure_future(self._compute_once(memo, compute))
+            running.add_done_callback(lambda _: self._once_running.pop(memo, None))
+        return await asyncio.shield(running)
+
+    async def _compute_once(self, memo: str, compute: Callable[[], dict]) -> dict:
+        body = await asyncio.to_thread(compute)
+        doc = {"t": "o", "k": memo, "b": body, "at": self.clock()}
+        await serially(self.writes, self.log.write, {ReleaseLog.file_of(doc): [doc]})
+        self._once[memo] = body
+        return body
+
+    async def counts(self, org_id: str, trigger_id: str, window: str, start: int,
+                     per_household: dict[str, dict[str, int]]) -> dict | Refusal:
+        """A trigger's statistics for one window: {household id: {field: 0 or 1}} (e.g. evaluated, fired,
+        errors). Exact levels: the sums, released when at least k_min households not related to the organization
+        are behind them. Noisy levels: nothing per window; whether each household counted in each field during
+        the UTC day (at most 1) is summed, noised and charged once the day has ended (`trigger_days`)."""
+        level = self._level_of(org_id)
+        if level is None:
+            return Refusal("not_permitted", "the organization or its level no longer exists")
+        if level.noisy:
+            day = int(start // TRIGGER_DAY_S) * TRIGGER_DAY_S
+            bucket = self._trigger_days.setdefault((org_id, trigger_id, day), {})
+            for household, fields in per_household.items():
+                seen = bucket.setdefault(household, {})
+                for field, value in fields.items():
+                    seen[field] = max(seen.get(field, 0), 1 if value else 0)
+            return Refusal("released_daily", "at this level a trigger's statistics are released once a day, "
+                           "noised, after the UTC day has ended")
+        k_min = self.config.privacy.k_min
+        if len(set(per_household) - self._related(org_id)) < k_min:
+            return Refusal("cohort_too_small", f"a trigger's statistics are released only over at least {k_min} "
+                           "households")
+        fields = sorted({f for values in per_household.values() for f in values})
+        body = {"window": window, "window_start": records.stamp(start), "households": len(per_household),
+                **{f: sum(int(values.get(f, 0)) for values in per_household.values()) for f in fields},
+                "privacy": {"kind": "exact"}}
+        doc = {"t": "n", "o": org_id, "i": trigger_id, "w": WINDOW_SECONDS[window], "s": start, "b": body}
+        self._pending.setdefault(ReleaseLog.file_of(doc), []).append(doc)
+        return body
+
+    # --- deciding ------------------------------------------------------------------------------
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.settle()
+            except Exception:  # the releases must survive anything one window does
+                log.exception("release pass failed")
+            await asyncio.sleep(self._until_next())
+
+    def _until_next(self) -> float:
+        now = self.clock()
+        grids = self._grids()
+        wake = now + 0.5
+        for grid in grids:
+            wake = min(wake, (now // grid.width + 1) * grid.width + SETTLE_GRACE_S)
+        return min(max(wake - now, 0.01), 0.5)
+
+    def settle_limit(self) -> float:
+        now = self.clock()
+        held = self.registry.pending_since()
+        return now if held is None or held >= now else held
+
+    async def settle(self) -> None:
+        """Decide every window that has settled since the last pass. Tests call this after stepping the clock."""
+        async with self._settling:
+            limit = self.settle_limit()
+            grids = self._grids()
+            staged: list[tuple[tuple, dict]] = []
+            durable: dict[str, list[dict]] = {}
+            newly: list[tuple[int, int]] = []
+            for grid, orgs in grids.items():
+                cursor = self._cursor.get(grid)
+                if cursor is None:
+                    cursor = self._cursor[grid] = math.ceil(self._started_at / grid.width) * grid.width
+                book = self.books[WIDTH_NAME[grid.width]]
+                # a window whose readings are no longer in memory (the agent was busy for long) is skipped
+                oldest = book.window_start(limit) - (book.keep - 1) * grid.width
+                if cursor < oldest:
+                    cursor = oldest
+                while cursor + grid.width <= limit:
+                    self._decide(grid, orgs, cursor, staged, durable)
+                    cursor += grid.width
+                self._cursor[grid] = cursor
+            for width in WINDOW_SECONDS.values():
+                frontier = math.floor(limit / width) * width - width
+                if frontier >= math.ceil(self._started_at / width) * width and self._decided.get(width) != frontier:
+                    previous = self._decided.get(width)
+                    first = frontier if previous is None else previous + width
+                    newly.extend((width, s) for s in range(max(first, frontier - 10 * width), frontier + width,
+                                                           width))
+                    self._decided[width] = frontier
+            if durable:
+                try:
+                    await serially(self.writes, self.log.write, durable)
+                except OSError as err:
+                    log.error("release log not written (%s): the noisy windows of this pass are not released",
+                              err)
+                    staged = [(key, _refused_doc(doc, "storage_error", "the release could not be written "
+                                                 "durably; not released") if _noisy(doc) else doc)
+                              for key, doc in staged]
+            for key, doc in staged:
+                self._records[key] = doc
+                if not doc.get("noisy"):  # the noisy fine records are on disk already
+                    self._pending.setdefault(ReleaseLog.file_of(doc), []).append(doc)
+            self._release_trigger_days(limit)
+            self._prune(limit)
+            for width, start in newly:
+                for callback in self._listeners:
+                    try:
+                        callback(WIDTH_NAME[width], start)
+                    except Exception:
+                        log.exception("release listener failed")
+
+    async def flush(self) -> None:
+        """Exact records to disk (with the store's flush): they carry no ledger charge, so a crash before this
+        loses only their record, never changes one."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        try:
+            await serially(self.writes, self.log.write, pending)
+        except OSError as err:
+            log.error("release log not written (%s); will retry", err)
+            for name, docs in pending.items():
+                self._pending.setdefault(name, [])[:0] = docs
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k in self._records if k[2] < now - KEEP_S.get(k[1], 0) - k[1]]:
+            del self._records[key]
+        if now - self._forgot_at >= 3600:
+            self._forgot_at = now
+            self.ledger.forget_before(now)
+
+    def _grids(self) -> dict[Grid, list]:
+        orgs = sorted(self.registry.organizations.values(), key=lambda o: o.id)
+        levels = {o.id: self.config.levels.get(o.level) for o in orgs}
+        exact = [o for o in orgs if levels[o.id] is not None and not levels[o.id].noisy]
+        grids: dict[Grid, list] = {}
+        if exact:
+            width = min(WINDOW_SECONDS[levels[o.id].finest] for o in exact)
+            grids[Grid(width, False, False)] = exact
+            grids[Grid(max(width, TAG_GRID_S), False, True)] = exact
+        for org in orgs:
+            level = levels[org.id]
+            if level is not None and level.noisy:
+                grids.setdefault(Grid(WINDOW_SECONDS[level.finest], True, False), []).append(org)
+        return grids
+
+    def _level_of(self, org_id: str) -> Level | None:
+        org = self.registry.organizations.get(org_id)
+        return self.config.levels.get(org.level) if org else None
+
+    def _related(self, org_id: str) -> set[str]:
+        related = getattr(self.registry, "related", None)
+        return set(related(org_id)) if related else set()
+
+    def _decide(self, grid: Grid, orgs: list, start: int, staged: list, durable: dict) -> None:
+        contributions = self.books[WIDTH_NAME[grid.width]].contributions(start)
+        if grid.noisy:
+            self._decide_noisy(grid, orgs, start, contributions, staged, durable)
+        elif grid.tags:
+            for tag in self.config.privacy.tags:
+                takers = [o for o in orgs if self._may(o, f"neighborhood_channel_{tag}")]
+                if takers:
+                    self._decide_exact(grid, takers, start, contributions, tag, staged)
+        else:
+            self._decide_exact(grid, orgs, start, contributions, None, staged)
+        for org in orgs:
+            self._derive(grid, org, start, staged)
+
+    def _may(self, org, parameter: str) -> bool:
+        level = self.config.levels.get(org.level)
+        return level is not None and permitted(parameter, level, org.parameters)
+
+    def _decide_exact(self, grid: Grid, orgs: list, start: int, contributions: dict, tag: str | None,
+                      staged: list) -> None:
+        registry, k_min, end = self.registry, self.config.privacy.k_min, start + grid.width
+        with_data = {m for m, c in contributions.items() if tag is None or tag in c.channels}
+        candidates = []
+        for org in orgs:
+            members = frozenset(h for h in registry.cohort(org.id, "aggregates", start, end)
+                                if registry.meter_of(h) in with_data)
+            candidates.append((org, members))
+        released: list[frozenset[str]] = []
+        what = f"households with a '{tag}' channel" if tag else "consenting households"
+        # the audit's order depends on who is in each cohort, never on what they used
+        for org, members in sorted(candidates, key=lambda c: (-len(c[1]), c[0].id)):
+            counted = len(members - self._related(org.id))
+            if counted < k_min:
+                result: dict | Refusal = Refusal(
+                    "cohort_too_small", f"{counted} {what} (not related to this organization) have data in this "
+                    f"window; at least {k_min} are needed ({k_min - counted} missing)",
+                    *((counted, k_min - counted) if tag is None else ()))
+            elif not audit.admissible(released, members):
+                result = Refusal("isolating", "this window's cohort differs from one already released for the "
+                                 "same window by so few households that the two sums would single one out; "
+                                 "not released")
+            else:
+                released.append(members)
+                consumption = sum(contributions[registry.meter_of(h)].channels[tag] if tag else
+                                  contributions[registry.meter_of(h)].consumption_w for h in members)
+                production = None if tag else sum(contributions[registry.meter_of(h)].production_w
+                                                  for h in members)
+                result = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members),
+                                           consumption, production, {"kind": "exact"})
+            staged.append(((org.id, grid.width, start, tag or ""), _doc(org.id, grid.width, start, tag, result)))
+
+    def _decide_noisy(self, grid: Grid, orgs: list, start: int, contributions: dict, staged: list,
+                      durable: dict) -> None:
+        registry, k_min, end = self.registry, self.config.privacy.k_min, start + grid.width
+        shared: dict[tuple, dict] = {}
+        name = day_name(start)
+        for org in orgs:
+            level = self.config.levels[org.level]
+            consenting = [h for h in registry.cohort(org.id, "aggregates", start, end) if h in registry.households]
+            tags = [t for t in level.dp.tags if self._may(org, f"neighborhood_channel_{t}")]
+            for tag in [None, *tags]:
+                loss = level.dp.loss()
+                members = frozenset(h for h in consenting if self.ledger.affords(h, loss, start))
+                counted = len(members - self._related(org.id))
+                key = (org.id, grid.width, start, tag or "")
+                if counted < k_min:
+                    refusal = Refusal("cohort_too_small", f"{counted} consenting households (not related to this "
+                                      f"organization) can take part in this window; at least {k_min} are needed",
+                                      counted, k_min - counted)
+                    staged.append((key, _doc(org.id, grid.width, start, tag, refusal)))
+                    continue
+                share = (level.name, tag, members)
+                if share not in shared:
+                    body = self._noisy_body(level, grid, start, tag, members, contributions)
+                    self.ledger.charge(members, loss, start)
+                    digest = cohort_hash(members)
+                    batch = durable.setdefault(name, [])
+                    if (name, digest) not in self._cohorts_written:
+                        batch.append({"t": "c", "h": digest, "m": sorted(members), "s": start})
+                        self._cohorts_written.add((name, digest))
+                    shared[share] = {"body": body, "c": digest, "p": loss, "first": True}
+                entry = shared[share]
+                doc = _doc(org.id, grid.width, start, tag, entry["body"])
+                if entry.pop("first", False):
+                    doc.update(c=entry["c"], p=entry["p"])  # charged once, on the first organization's record
+                doc["noisy"] = True
+                durable.setdefault(name, []).append(doc)
+                staged.append((key, doc))
+
+    def _noisy_body(self, level: Level, grid: Grid, start: int, tag: str | None, members: frozenset[str],
+                    contributions: dict) -> dict:
+        cfg, registry = level.dp, self.registry
+        quantities = 1 if tag else 2
+        clamp = cfg.tag_clamp_w if tag else cfg.clamp_w
+        mechanism = (dp.calibrate_rho(clamp, cfg.rho / quantities) if cfg.noise == "gaussian"
+                     else dp.calibrate("laplace", clamp, cfg.epsilon / quantities))
+        rows = [contributions.get(registry.meter_of(h)) for h in members]
+        if tag:
+            consumption = mechanism.release([c.channels.get(tag, 0.0) if c else 0.0 for c in rows])
+            production = None
+        else:
+            consumption = mechanism.release([c.consumption_w if c else 0.0 for c in rows])
+            production = mechanism.release([c.production_w if c else 0.0 for c in rows])
+        privacy = self._noisy_privacy(level, mechanism, quantities)
+        return records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members), consumption,
+                                 production, privacy)
+
+    def _noisy_privacy(self, level: Level, mechanism: dp.Mechanism, quantities: int) -> dict:
+        cfg, privacy = level.dp, self.config.privacy
+        loss = cfg.loss()
+        return {
+            "kind": "noisy",
+            "mechanism": dp.MECHANISM_NAMES[mechanism.noise],
+            "clamp_w": [0, mechanism.clamp_w],
+            "scale": round(mechanism.scale, 3),
+            "noise_sd_w": round(dp.standard_deviation(mechanism), 3),
+            "rho": loss,
+            "guarantee": guarantee(privacy.horizon_days, privacy.cap_rho, cfg.delta, loss),
+            "households": "every household consenting throughout the window that can bear it on its ledger; "
+                          "one that sent nothing counts 0",
+            "quantities": quantities,
+        }
+
+    def _derive(self, grid: Grid, org, start: int, staged: list) -> None:
+        level = self.config.levels.get(org.level)
+        if level is None:
+            return
+        widths = [w for w in sorted(WINDOW_SECONDS[n] for n in level.windows) if w > grid.width]
+        if grid.noisy:
+            tags = [None, *[t for t in level.dp.tags if self._may(org, f"neighborhood_channel_{t}")]]
+        elif grid.tags:
+            tags = [t for t in self.config.privacy.tags if self._may(org, f"neighborhood_channel_{t}")]
+        else:
+            tags = [None]
+        fresh = dict(staged)
+        chain = [grid.width, *widths]
+        for tag in tags:
+            for finer, wider in zip(chain, chain[1:]):
+                if (start + grid.width) % wider:
+                    break
+                first = start + grid.width - wider
+                parts = [fresh.get((org.id, finer, s, tag or "")) or self._records.get((org.id, finer, s, tag or ""))
+                         for s in range(first, first + wider, finer)]
+                if any(p is None or "x" in p for p in parts):
+                    result: dict | Refusal = Refusal("incomplete", "a shorter window inside this one was not "
+                                                     "released, so neither is this one")
+                else:
+                    bodies = [p["b"] for p in parts]
+                    privacy = dict(bodies[0]["privacy"])
+                    privacy["derived_from"] = f"{len(bodies)} x {WIDTH_NAME[finer]}"
+                    if privacy.get("noise_sd_w") is not None:
+                        privacy["noise_sd_w"] = round(privacy["noise_sd_w"] / math.sqrt(len(bodies)), 3)
+                    result = records.derive(WIDTH_NAME[wider], first, wider, bodies, privacy)
+                doc = _doc(org.id, wider, first, tag, result)
+                key = (org.id, wider, first, tag or "")
+                staged.append((key, doc))
+                fresh[key] = doc
+
+    # --- trigger statistics of noisy levels, per UTC day -------------------------------------------------
+    def _release_trigger_days(self, limit: float) -> None:
+        for key in [k for k in self._trigger_days if k[2] + TRIGGER_DAY_S <= limit]:
+            bucket = self._trigger_days.pop(key)
+            org_id, trigger_id, day = key
+            level = self._level_of(org_id)
+            if level is None or not bucket:
+                continue
+            loss = level.dp.loss()
+            members = frozenset(h for h in bucket if self.ledger.affords(h, loss, day))
+            if len(members - self._related(org_id)) < self.config.privacy.k_min:
+                continue
+            fields = sorted({f for seen in bucket.values() for f in seen})
+            mechanism = (dp.calibrate_rho(1, level.dp.rho / max(1, len(fields))) if level.dp.noise == "gaussian"
+                         else dp.calibrate("laplace", 1, level.dp.epsilon / max(1, len(fields))))
+            body = {"window": "1d", "window_start": records.stamp(day), "households": len(members),
+                    **{f: mechanism.release([bucket[h].get(f, 0) for h in members]) for f in fields},
+                    "privacy": self._noisy_privacy(level, mechanism, len(fields))}
+            self.ledger.charge(members, loss, day)
+            digest, name = cohort_hash(members), day_name(day)
+            docs = [{"t": "c", "h": digest, "m": sorted(members), "s": day},
+                    {"t": "n", "o": org_id, "i": trigger_id, "w": TRIGGER_DAY_S, "s": day, "b": body, "c": digest,
+                     "p": loss}]
+            self._pending.setdefault(name, []).extend(docs)
+            self._trigger_released.setdefault((org_id, trigger_id), []).append(body)
+
+    def trigger_days(self, org_id: str, trigger_id: str) -> list[dict]:
+        """The daily statistics released so far (noisy levels) for one trigger, oldest first (since start)."""
+        return list(self._trigger_released.get((org_id, trigger_id), []))
+
+
+def guarantee(horizon_days: int, cap_rho: float, delta: float, loss: float) -> str:
+    return (f"each household in this release bears rho = {loss:g} (zero-concentrated DP; adding or removing one "
+            f"household's readings in the window). Across every organization and release, a household's total "
+            f"over any {horizon_days} days is at most rho = {cap_rho:g}, i.e. epsilon = "
+            f"{epsilon_of_rho(cap_rho, delta):.2f} at delta = {delta:g}; replacing its readings by others' costs "
+            f"at most 4x rho")
+
+
+def _doc(org_id: str, width: int, start: int, tag: str | None, result: dict | Refusal) -> dict:
+    doc = {"t": "r", "o": org_id, "w": width, "s": start, "g": tag or ""}
+    if isinstance(result, Refusal):
+        doc["x"] = result.public()
+    else:
+        doc["b"] = result
+    return doc
+
+
+def _noisy(doc: dict) -> bool:
+    return bool(doc.get("noisy")) or doc.get("b", {}).get("privacy", {}).get("kind") == "noisy"
+
+
+def _refused_doc(doc: dict, error: str, detail: str) -> dict:
+    out = {k: v for k, v in doc.items() if k not in ("b", "c", "p", "noisy")}
+    out["x"] = {"error": error, "detail": detail}
+    return out
+
+
+def _from_doc(doc: dict) -> dict | Refusal:
+    if "x" in doc:
+        x = doc["x"]
+        return Refusal(x["error"], x["detail"], x.get("households"), x.get("missing"))
+    return doc["b"]
+

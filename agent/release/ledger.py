@@ -1,0 +1,78 @@
+"""The per-household privacy-loss ledger, shared by every organization: no I/O.
+
+Every noisy release charges each household of its cohort the release's zCDP loss rho (a Laplace release of pure
+epsilon counts as rho = epsilon^2 / 2, its zCDP bound). zCDP composes by addition, so a household's loss over the
+rolling horizon is the sum of its charges for releases whose window started in the horizon; a release that would
+take a household over the cap leaves that household out (decided from the ledger and consent alone, never from
+readings). The ledger is not stored on its own: it is rebuilt from the release log, whose noisy records are
+durable before anyone sees them (one fact, written once).
+
+Charges are kept per household per UTC day, so the horizon is whole days: the current day and the
+`horizon_days - 1` before it.
+"""
+
+from __future__ import annotations
+
+import math
+
+DAY = 86400
+
+
+def day_of(moment: float) -> int:
+    return int(moment // DAY)
+
+
+def rho_of_epsilon(epsilon: float) -> float:
+    """Pure epsilon-DP implies (epsilon^2 / 2)-zCDP (Bun & Steinke 2016, Prop. 1.4)."""
+    return epsilon * epsilon / 2
+
+
+def epsilon_of_rho(rho: float, delta: float) -> float:
+    """(epsilon, delta) of a rho-zCDP total: rho + 2 sqrt(rho ln(1/delta)) (Bun & Steinke 2016, Prop. 1.3)."""
+    if rho <= 0:
+        return 0.0
+    return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+
+
+class Ledger:
+    def __init__(self, horizon_days: int, cap_rho: float):
+        self.horizon_days = horizon_days
+        self.cap_rho = cap_rho
+        self._days: dict[str, dict[int, float]] = {}  # household -> {day: rho}
+
+    def _first_day(self, moment: float) -> int:
+        return day_of(moment) - self.horizon_days + 1
+
+    def spent(self, household: str, moment: float) -> float:
+        first = self._first_day(moment)
+        return sum(rho for day, rho in self._days.get(household, {}).items() if day >= first)
+
+    def affords(self, household: str, rho: float, moment: float) -> bool:
+        # a hair of slack for float sums: a cap met exactly is met
+        return self.spent(household, moment) + rho <= self.cap_rho * (1 + 1e-9)
+
+    def charge(self, households, rho: float, moment: float) -> None:
+        day = day_of(moment)
+        for household in households:
+            days = self._days.setdefault(household, {})
+            days[day] = days.get(day, 0.0) + rho
+
+    def forget_before(self, moment: float) -> None:
+        first = self._first_day(moment)
+        for household in list(self._days):
+            days = {d: r for d, r in self._days[household].items() if d >= first}
+            if days:
+                self._days[household] = days
+            else:
+                del self._days[household]
+
+    def of(self, household: str, moment: float, delta: float) -> dict:
+        """The household's own view: what it has spent in the horizon, of what cap, day by day."""
+        first = self._first_day(moment)
+        days = {d: r for d, r in sorted(self._days.get(household, {}).items()) if d >= first}
+        spent = sum(days.values())
+        return {"horizon_days": self.horizon_days, "cap_rho": self.cap_rho, "spent_rho": round(spent, 9),
+                "remaining_rho": round(max(0.0, self.cap_rho - spent), 9), "delta": delta,
+                "spent_epsilon": round(epsilon_of_rho(spent, delta), 6),
+                "cap_epsilon": round(epsilon_of_rho(self.cap_rho, delta), 6),
+                "days": [{"day": d * DAY, "rho": round(r, 9)} for d, r in days.items()]}
