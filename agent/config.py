@@ -299,7 +299,7 @@ def _tags(tags: list) -> tuple[str, ...]:
     if len(tags) > MAX_TAGS:
         raise ConfigError("privacy.tags", f"at most {MAX_TAGS} tags, got {len(tags)}")
     for tag in tags:
-        if not isinstance(tag, str) or not TAG.match(tag):
+        if not isinstance(tag, str) or not TAG.fullmatch(tag):
             raise ConfigError("privacy.tags", f"{tag!r}: a tag is 1-32 lowercase letters, digits, '_' or '-'")
     duplicate = next((tag for i, tag in enumerate(tags) if tag in tags[:i]), None)
     if duplicate is not None:
