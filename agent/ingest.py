@@ -128,7 +128,7 @@ def _channels(value, tags: tuple[str, ...] | None) -> dict[str, float]:
         raise _invalid(f"at most {MAX_CHANNELS} channels")
     out = {}
     for tag, watts in value.items():
-        if not TAG.match(tag):
+        if not TAG.fullmatch(tag):  # match() would let "fridge\n" through: $ matches before a newline
             raise _invalid(f"channel tag {tag[:40]!r}: use 1-32 lowercase letters, digits, '_' or '-'")
         if tags is not None and tag not in tags:
             raise IngestError(422, "unknown_tag", f"channel tag {tag!r} is not in this device's vocabulary; "

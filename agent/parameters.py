@@ -1,11 +1,12 @@
 """The protocol's parameter catalogue: what organizations may ask about, and who may ask.
 
 Household parameters are read from one household's latest Reading; neighbourhood parameters
-come from a released aggregate. Per-tag channel parameters exist for every tag households
-have sent (`household_channel_fridge`, `neighborhood_channel_fridge`).
+come from a released aggregate. Per-tag channel parameters exist for every tag of the operator's vocabulary
+(`[privacy] tags`: `household_channel_fridge`, `neighborhood_channel_fridge`).
 
-Tags are the households' own free-form words, so the catalogue does not list every tag to everyone: a tag
-one household uses points at it and says something about it. `visible_tags` decides who sees which.
+The catalogue is a fact of the configuration, the same for every caller: it never depends on which tags
+households carry. (When it listed the tags households had sent, an organization with households of its own
+posting guessed tags learnt which rare tags real households carried, and how many carried them.)
 """
 
 from __future__ import annotations
@@ -87,28 +88,22 @@ def channel_parameter(name: str) -> Parameter | None:
     return None
 
 
-def lookup(name: str) -> Parameter | None:
+def lookup(name: str, tags: tuple[str, ...] | None = None) -> Parameter | None:
+    """The parameter of this name; with `tags` (the vocabulary), a channel parameter only of one of them."""
+    if tags is not None and name.startswith(CHANNEL_PREFIXES):
+        tag = name.removeprefix("household_channel_").removeprefix("neighborhood_channel_")
+        if tag not in tags:
+            return None
     return STATIC_PARAMETERS.get(name) or channel_parameter(name)
 
 
-def catalogue(tags: set[str]) -> list[Parameter]:
+def catalogue(tags: tuple[str, ...]) -> list[Parameter]:
+    """Every parameter: the static ones, then both channel parameters of each tag of the vocabulary, in its
+    order. Data-independent by construction: the argument is the configuration's, never the households'."""
     params = list(_STATIC)
-    for tag in sorted(tags):
+    for tag in tags:
         params += [channel_parameter(f"household_channel_{tag}"), channel_parameter(f"neighborhood_channel_{tag}")]
     return params
-
-
-def visible_tags(carriers: dict[str, set[str]], k_min: int, *, consenting: set[str] | None = None,
-                 own: str | None = None) -> set[str]:
-    """The tags an organization or a household may see in the catalogue, from `carriers` ({tag: meters that
-    sent it recently}). An organization: those carried by at least `k_min` of the households that consent to it
-    (`consenting`: their meters), the cohort below which no aggregate of the tag is released either. A
-    household: those its own meter (`own`) carries. (The operator, who runs the device, sees every tag.)"""
-    if consenting is not None:
-        return {tag for tag, meters in carriers.items() if len(meters & consenting) >= k_min}
-    if own is not None:
-        return {tag for tag, meters in carriers.items() if own in meters}
-    return set()
 
 
 def permitted(name: str, level: Level, narrowed_to: list[str] | None = None) -> bool:

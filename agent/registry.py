@@ -15,6 +15,9 @@ if the disk refused it, dropped: nothing was released under it) and the windows 
 
 Secrets (organization API keys, household tokens) are random, shown once, and stored only as
 SHA-256 hashes; a presented token is hashed and looked up, then compared in constant time.
+
+The operator can mark a household as related to organizations (an employee's home, a test meter): such a
+household never counts toward that organization's k_min (`related`), since the organization knows its data.
 """
 
 from __future__ import annotations
@@ -35,7 +38,16 @@ from tinydb import where
 from agent.store.segment import SegmentDB
 
 SERVICES = ("aggregates", "triggers", "anonymized_data")
+# Consent to one trigger's per-household events: "trigger_events:trg_0123456789ab" (see is_service).
+TRIGGER_EVENTS_PREFIX = "trigger_events:"
+_TRIGGER_EVENTS = re.compile(r"trigger_events:trg_[0-9a-f]{12}")
+MAX_RELATED = 100
 _NAME = re.compile(r"^[^\x00-\x1f]{1,100}$")
+
+
+def is_service(service: str) -> bool:
+    """One of SERVICES, or `trigger_events:<trigger id>` (a trigger id is `trg_` and 12 hex digits)."""
+    return service in SERVICES or bool(_TRIGGER_EVENTS.fullmatch(service))
 
 
 def token_hash(token: str) -> str:
@@ -68,9 +80,12 @@ class Household:
     token_hash: str
     created_at: float
     deleted_at: float | None = None  # kept as a tombstone: past windows' cohorts must not change
+    # Organizations the operator marked it as related to (employees, test meters): never in their k_min.
+    related_organizations: list[str] = field(default_factory=list)
 
     def public(self) -> dict:
-        return {"id": self.id, "meter_id": self.meter_id, "source": self.source, "created_at": self.created_at}
+        return {"id": self.id, "meter_id": self.meter_id, "source": self.source, "created_at": self.created_at,
+                "related_organizations": list(self.related_organizations)}
 
 
 @dataclass
@@ -254,10 +269,9 @@ class Registry:
     def _delete_organization(self, org_id: str):
         org = self.organization(org_id)
         # Its consents end now, in the history too, so past windows stay as they were.
-        for household_id in list(self.households):
-            for service in SERVICES:
-                if self.consent_state(household_id, org_id, service):
-                    yield from self._set_consent(household_id, org_id, service, False)
+        for household_id, service in self._held(org_id=org_id):
+            if household_id in self.households and self.consent_state(household_id, org_id, service):
+                yield from self._set_consent(household_id, org_id, service, False)
         yield lambda: self.db.table("organizations").remove(where("id") == org_id)
         del self.organizations[org_id]
         del self._org_by_key[org.key_hash]
@@ -278,24 +292,60 @@ class Registry:
         self._household_by_token[household.token_hash] = household
         self._household_by_meter[household.meter_id] = household
 
-    def create_household(self, meter_id: str | None, source: str) -> tuple[Household, str]:
-        return self._now(self._create_household(meter_id, source))
+    def create_household(self, meter_id: str | None, source: str,
+                         related_organizations=()) -> tuple[Household, str]:
+        return self._now(self._create_household(meter_id, source, related_organizations))
 
-    async def create_household_async(self, meter_id: str | None, source: str) -> tuple[Household, str]:
-        return await self._off_loop(self._create_household(meter_id, source))
+    async def create_household_async(self, meter_id: str | None, source: str,
+                                     related_organizations=()) -> tuple[Household, str]:
+        return await self._off_loop(self._create_household(meter_id, source, related_organizations))
 
-    def _create_household(self, meter_id: str | None, source: str):
+    def _create_household(self, meter_id: str | None, source: str, related_organizations=()):
+        related = self._check_related(related_organizations)
         household_id = "hh_" + secrets.token_hex(6)
         meter_id = meter_id or household_id
         if meter_id in self._household_by_meter:
             raise RegistryError(409, "conflict", f"meter {meter_id!r} already belongs to a household")
         token = new_secret("edge_hh")
         household = Household(id=household_id, meter_id=meter_id, source=source, token_hash=token_hash(token),
-                              created_at=self.clock())
+                              created_at=self.clock(), related_organizations=related)
         doc = dict(household.__dict__)
         yield lambda: self.db.table("households").insert(doc)
         self._index_household(household)
         return household, token
+
+    def _check_related(self, org_ids) -> list[str]:
+        """A list of existing organization ids, each once; sorted (the order means nothing)."""
+        if isinstance(org_ids, (str, bytes)) or not all(isinstance(o, str) for o in org_ids):
+            raise RegistryError(422, "invalid", "related_organizations must be a list of organization ids")
+        org_ids = list(org_ids)
+        if len(org_ids) > MAX_RELATED:
+            raise RegistryError(422, "invalid", f"at most {MAX_RELATED} related organizations")
+        if len(set(org_ids)) != len(org_ids):
+            raise RegistryError(422, "invalid", "related_organizations lists an organization twice")
+        unknown = [o for o in org_ids if o not in self.organizations]
+        if unknown:
+            raise RegistryError(422, "invalid", f"related_organizations: no organization {unknown[0][:40]!r}")
+        return sorted(org_ids)
+
+    def set_related(self, household_id: str, org_ids) -> Household:
+        return self._now(self._set_related(household_id, org_ids))
+
+    async def set_related_async(self, household_id: str, org_ids) -> Household:
+        return await self._off_loop(self._set_related(household_id, org_ids))
+
+    def _set_related(self, household_id: str, org_ids):
+        household = self.household(household_id)
+        related = self._check_related(org_ids)
+        yield lambda: self.db.table("households").update({"related_organizations": related},
+                                                         where("id") == household_id)
+        household.related_organizations = related
+        return household
+
+    def related(self, org_id: str) -> set[str]:
+        """The households (live and deleted: past windows' cohorts hold deleted ones) the operator marked as
+        related to this organization; they never count toward its k_min."""
+        return {h.id for h in self.all_households() if org_id in h.related_organizations}
 
     def rotate_household_token(self, household_id: str) -> str:
         return self._now(self._rotate_household_token(household_id))
@@ -321,10 +371,9 @@ class Registry:
 
     def _delete_household(self, household_id: str):
         household = self.household(household_id)
-        for org_id in list(self.organizations):
-            for service in SERVICES:
-                if self.consent_state(household_id, org_id, service):
-                    yield from self._set_consent(household_id, org_id, service, False)
+        for org_id, service in self._held(household_id=household_id):
+            if org_id in self.organizations and self.consent_state(household_id, org_id, service):
+                yield from self._set_consent(household_id, org_id, service, False)
         # A tombstone, not a removal: a closed window asked for again must give the same answer, or the
         # difference would be this household's consumption.
         deleted_at = self.clock()
@@ -364,6 +413,15 @@ class Registry:
         line.granted.append(change.granted)
         self._history.setdefault(change.household_id, []).append(change)
 
+    def _held(self, household_id: str | None = None, org_id: str | None = None) -> list[tuple[str, str]]:
+        """The consents granted now of one household ((org, service) pairs) or of one organization ((household,
+        service) pairs): every service, the per-trigger ones too. A list: revoking changes what it iterates."""
+        if household_id is not None:
+            return sorted((org, svc) for (hh, org, svc), line in self._consents.items()
+                          if hh == household_id and line.granted[-1])
+        return sorted((hh, svc) for (hh, org, svc), line in self._consents.items()
+                      if org == org_id and line.granted[-1])
+
     def set_consent(self, household_id: str, org_id: str, service: str, granted: bool) -> ConsentChange:
         return self._now(self._set_consent(household_id, org_id, service, granted))
 
@@ -372,8 +430,9 @@ class Registry:
 
     def _set_consent(self, household_id: str, org_id: str, service: str, granted: bool):
         self.household(household_id)
-        if service not in SERVICES:
-            raise RegistryError(404, "not_found", f"no service {service!r}; services: {', '.join(SERVICES)}")
+        if not is_service(service):
+            raise RegistryError(404, "not_found", f"no service {service[:80]!r}; services: {', '.join(SERVICES)}, "
+                                f"or {TRIGGER_EVENTS_PREFIX}<trigger id>")
         line = self._consents.get((household_id, org_id, service))
         if granted:
             self.organization(org_id)  # a revocation of a deleted organization's consent is still fine

@@ -32,9 +32,10 @@ async def test_every_real_telegram_through_a_pty_into_the_running_agent(tmp_path
             for field, value in expected_values(name).items():
                 assert reading[field] == pytest.approx(value), (name, field)
             assert reading["meter_id"] == meter_id
-        status, health = await running.get("/health", token=None)
+        status, health = await running.get("/health")  # the detail: the operator's
         assert status == 200 and health["status"] == "ok"
         assert all(m["state"] == "reading" and m["telegrams_ok"] == 1 for m in health["meters"].values())
+        assert await running.get("/health", token=None) == (200, {"status": "ok"})
     finally:
         for pair in pairs.values():
             pair.close()
@@ -46,7 +47,8 @@ async def test_health_is_503_until_every_meter_reads(tmp_path, start_agent, pty_
     await running.wait_for(lambda: running.agent.readers["a"].opens >= 1)
     pty_pair.write(telegram_bytes("v5.txt"))
     await running.wait_for(lambda: running.agent.readers["a"].state == "reading")
-    status, body = await running.get("/health", token=None)
+    assert await running.get("/health", token=None) == (503, {"status": "degraded"})
+    status, body = await running.get("/health")
     assert status == 503 and body["status"] == "degraded"
     assert body["meters"]["a"]["state"] == "reading" and body["meters"]["b"]["state"] == "disconnected"
     assert body["meters"]["a"]["telegrams_ok"] == 1 and body["meters"]["b"]["last_error"]
@@ -59,7 +61,9 @@ async def test_metrics_in_prometheus_format(tmp_path, start_agent, pty_pair):
     raw[raw.index(b"1-0:1.8.1(") + 12] ^= 1
     pty_pair.write(bytes(raw) + telegram_bytes("v5.txt"))
     await running.wait_for(lambda: running.agent.readers["m1"].state == "reading")
-    status, text = await running.get("/metrics", token=None)
+    status, body = await running.get("/metrics", token=None)
+    assert status == 401 and body["error"] == "unauthorized"
+    status, text = await running.get("/metrics")
     assert status == 200
     assert 'edge_meter_telegrams_total{meter="m1"} 1' in text
     assert 'edge_meter_crc_errors_total{meter="m1"} 1' in text
@@ -155,11 +159,12 @@ async def test_readings_survive_a_restart(tmp_path, start_agent, pty_pair):
 async def test_a_rejected_config_shows_in_health(tmp_path, start_agent):
     """The image's boot step keeps the last good edge.toml and leaves the error beside the data."""
     running = await start_agent(make_config(tmp_path))
-    status, body = await running.get("/health", token=None)
+    status, body = await running.get("/health")
     assert status == 200 and body["config_error"] is None
     (tmp_path / "store" / "config-error.txt").write_text("edge.toml: meters[0].profile: unknown profile 'dsmr9'\n")
-    status, body = await running.get("/health", token=None)
+    status, body = await running.get("/health")
     assert status == 503 and body["status"] == "degraded"
     assert body["config_error"] == "edge.toml: meters[0].profile: unknown profile 'dsmr9'"
+    assert await running.get("/health", token=None) == (503, {"status": "degraded"})
     (tmp_path / "store" / "config-error.txt").unlink()
     assert (await running.get("/health", token=None))[0] == 200

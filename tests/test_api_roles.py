@@ -14,7 +14,7 @@ OP, ORG, HH, ANY = "operator", "organization", "household", "anyone"
 # (method, path template, who may call it)
 MATRIX = [
     ("GET", "/health", {ANY}),
-    ("GET", "/metrics", {ANY}),
+    ("GET", "/metrics", {OP}),
     ("GET", "/openapi.json", {ANY}),
     ("GET", "/docs", {ANY}),
     ("GET", "/meters", {OP}),
@@ -29,6 +29,7 @@ MATRIX = [
     ("POST", "/households", {OP}),
     ("GET", "/households", {OP}),
     ("GET", "/households/{household_id}", {OP}),
+    ("PATCH", "/households/{household_id}", {OP}),
     ("DELETE", "/households/{household_id}", {OP}),
     ("POST", "/households/{household_id}/token", {OP}),
     ("GET", "/consents", {OP}),
@@ -68,6 +69,7 @@ BODIES = {
     ("POST", "/organizations"): {"json": {"name": "New Org", "level": "service"}},
     ("PATCH", "/organizations/{org_id}"): {"json": {"name": "Renamed"}},
     ("POST", "/households"): {"json": {}},
+    ("PATCH", "/households/{household_id}"): {"json": {"related_organizations": []}},
     ("POST", "/readings"): {"json": {"timestamp": "2026-01-01T00:00:00Z", "power_import_w": 100}},
     ("POST", "/api/v1/datalogger/dsmrreading"): {"data": {"telegram": "/x\r\n!\r\n"}},
     ("POST", "/data/subscribe"): {"json": {"endpoint": "https://example.com/hook", "interval": 60}},
@@ -131,6 +133,21 @@ async def test_role_matrix(world, method, template, allowed):
         status, body = await running.call(method, path, token=None if headers else token, headers=headers,
                                           **kwargs)
         assert status not in (401, 403), (role, status, body)
+
+
+async def test_health_says_only_ok_or_degraded_but_to_the_operator(world):
+    """The detail (meters, readings in, storage, triggers) told anyone on the network who was posting now."""
+    running, tokens, _ = world
+    status, public = await running.call("GET", "/health", token=None)
+    assert public == {"status": "ok" if status == 200 else "degraded"} and status in (200, 503)
+    for role in (ORG, HH):
+        assert await running.call("GET", "/health", token=tokens[role]) == (status, public), role
+    status, detail = await running.call("GET", "/health", token=tokens[OP])
+    assert {"status", "device", "meters", "readings_in", "storage", "triggers"} <= set(detail)
+    assert detail["status"] == public["status"] and "m1" in detail["meters"]
+    # a token that is sent is checked: a wrong one is refused (and throttled), never read as "no token"
+    status, body = await running.call("GET", "/health", token="not-the-operator-token")
+    assert status == 401 and body["error"] == "unauthorized"
 
 
 async def test_bad_tokens_are_throttled(world):

@@ -355,7 +355,7 @@ async def test_delivery_counters_in_metrics(town, receiver):
     sub = await t.subscribe(receiver.url)
     await t.window()
     await eventually(lambda: len(receiver.received) == 1)
-    status, text = await t.running.call("GET", "/metrics", token=None)
+    status, text = await t.running.call("GET", "/metrics")  # the operator's
     assert f'edge_webhook_messages_total{{subscription="{sub["id"]}"}} 1' in text
     assert f'edge_webhook_outbox_depth{{subscription="{sub["id"]}"}} 0' in text
     assert f'edge_webhook_bytes_total{{subscription="{sub["id"]}"}} {len(receiver.received[0][1])}' in text

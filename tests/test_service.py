@@ -103,7 +103,7 @@ def test_kill_9_while_writing_loses_at_most_the_flush_interval(tmp_path):
     config = write_config(tmp_path, pair.path, port, flush_seconds)
     proc = start_agent(config)
     try:
-        wait_until(lambda: get_json(port, "/health", token=None)[1]["meters"]["m1"]["opens"] >= 1)
+        wait_until(lambda: get_json(port, "/health")[1]["meters"]["m1"]["opens"] >= 1)
         telegram = telegram_bytes("v5.txt")
         sent = 0
         deadline = time.monotonic() + 4

@@ -18,11 +18,11 @@ def _level(request: web.Request, name) -> str:
     return name
 
 
-def _parameter_list(value) -> list[str]:
+def _parameter_list(value, tags: tuple[str, ...]) -> list[str]:
     if not all(isinstance(p, str) and p for p in value):
         raise ApiError(422, "invalid", "parameters must be a list of parameter names or patterns")
     for name in value:
-        if "*" not in name and "?" not in name and lookup(name) is None:
+        if "*" not in name and "?" not in name and lookup(name, tags) is None:
             raise ApiError(422, "invalid", f"unknown parameter {name!r}")
     return list(value)
 
@@ -56,7 +56,7 @@ async def update_organization(request: web.Request) -> web.Response:
     if "level" in changes:
         _level(request, changes["level"])
     if changes.get("parameters") is not None:
-        changes["parameters"] = _parameter_list(changes["parameters"])
+        changes["parameters"] = _parameter_list(changes["parameters"], agent_of(request).config.privacy.tags)
     agent = agent_of(request)
     org = await agent.registry.update_organization_async(request.match_info["org_id"], **changes)
     await agent.audit.record_durable(operator.id, OPERATOR, "organization.update", organization_id=org.id,
@@ -89,15 +89,32 @@ async def delete_organization(request: web.Request) -> web.Response:
 # --- households ----------------------------------------------------------------------------
 async def create_household(request: web.Request) -> web.Response:
     operator = require(request, OPERATOR)
-    body = json_object(await read_json(request, allow_empty=True), {"meter_id": (str, type(None))})
+    body = json_object(await read_json(request, allow_empty=True),
+                       {"meter_id": (str, type(None)), "related_organizations": list})
     agent = agent_of(request)
     meter_id = body.get("meter_id")
     if meter_id is not None and meter_id not in agent.readers:
         raise ApiError(422, "invalid", f"meter_id {meter_id!r} is not one of this device's P1 meters; leave it "
                        "out for a household that posts its own readings")
-    household, token = await agent.registry.create_household_async(meter_id, "p1" if meter_id else "http")
-    await agent.audit.record_durable(operator.id, OPERATOR, "household.create", household_id=household.id)
+    related = body.get("related_organizations", [])
+    household, token = await agent.registry.create_household_async(meter_id, "p1" if meter_id else "http", related)
+    await agent.audit.record_durable(operator.id, OPERATOR, "household.create", household_id=household.id,
+                                     related_organizations=household.related_organizations)
     return web.json_response({**household.public(), "token": token}, status=201)
+
+
+async def update_household(request: web.Request) -> web.Response:
+    """The organizations a household is related to (an employee's home, a test meter): it never counts toward
+    their k_min. The list replaces the previous one."""
+    operator = require(request, OPERATOR)
+    agent = agent_of(request)
+    household_id = request.match_info["household_id"]
+    agent.registry.household(household_id)  # 404 before the body's merits
+    body = json_object(await read_json(request), {"related_organizations": list}, ("related_organizations",))
+    household = await agent.registry.set_related_async(household_id, body["related_organizations"])
+    await agent.audit.record_durable(operator.id, OPERATOR, "household.update", household_id=household_id,
+                                     related_organizations=household.related_organizations)
+    return web.json_response(household.public())
 
 
 async def list_households(request: web.Request) -> web.Response:
@@ -157,6 +174,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/households", list_households)
     # /households/me is the household's own: registered first so it is never taken for an id
     r.add_get("/households/{household_id:hh_[0-9a-f]+}", get_household)
+    r.add_patch("/households/{household_id:hh_[0-9a-f]+}", update_household)
     r.add_delete("/households/{household_id:hh_[0-9a-f]+}", delete_household)
     r.add_post("/households/{household_id:hh_[0-9a-f]+}/token", rotate_household_token)
     r.add_get("/consents", list_consents)

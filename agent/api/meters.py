@@ -1,4 +1,9 @@
-"""Health and metrics for anyone; meters and their readings for the operator (and the installer)."""
+"""Health for anyone, its detail and the metrics for the operator; meters and their readings for the operator.
+
+Without the operator token, GET /health says only ok or degraded (200/503), for load balancers, the image's
+update check and the installer's browser: readings per second, meter names and per-subscription counters told
+anyone on the network who is posting now and when another organization's aggregate crosses its threshold.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import asyncio
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, parse_limit, parse_time, require
+from agent.api.common import ApiError, agent_of, parse_limit, parse_time, principal, require
 from agent.auth import OPERATOR
 from agent.metrics import render_metrics
 
@@ -14,11 +19,17 @@ RESOLUTIONS = ("raw", "1m", "15m")
 
 
 async def health(request: web.Request) -> web.Response:
+    # A token that is sent is checked (bad ones count toward the throttle): the two answers must not make
+    # /health an unthrottled oracle for guessing the operator token.
+    detailed = "Authorization" in request.headers and principal(request).role == OPERATOR
     ok, body = agent_of(request).health()
+    if not detailed:
+        body = {"status": body["status"]}
     return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    require(request, OPERATOR)
     return web.Response(text=render_metrics(agent_of(request)), content_type="text/plain", charset="utf-8")
 
 

@@ -40,9 +40,14 @@ def _reading_schema(for_input: bool) -> dict:
         elif name == "channels":
             props[name] = {"type": ["object", "null"], "maxProperties": 32,
                            "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"},
-                           "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100000}}
+                           "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100000},
+                           "description": "watts per appliance tag; tags only from the device's vocabulary "
+                                          "([privacy] tags), otherwise 422 unknown_tag"}
         elif name in ("tariff", "power_failures", "long_power_failures") or "sags" in name or "swells" in name:
             props[name] = _nullable("integer", minimum=0)
+        elif for_input and (name.endswith(("_w", "_wh")) or name == "gas_m3"):
+            # import and export are separate fields: neither is ever negative (nor NaN or Infinity)
+            props[name] = _nullable("number", minimum=0)
         else:
             props[name] = NUMBER_OR_NULL
     required = ["timestamp"] if for_input else list(FIELD_NAMES)
@@ -50,6 +55,9 @@ def _reading_schema(for_input: bool) -> dict:
 
 
 OBJ = {"type": "object"}
+RELATED = {"type": "array", "items": STRING, "uniqueItems": True, "maxItems": 100,
+           "description": "organization ids this household is related to (an employee's home, a test meter): it "
+                          "never counts toward their k_min"}
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error", "detail"],
               "properties": {"error": STRING, "detail": STRING, "households": {"type": "integer"},
@@ -62,6 +70,9 @@ SCHEMAS = {
                               "properties": {"readings": {"type": "array", "items": _ref("ReadingInput"),
                                                           "minItems": 1, "maxItems": 1000}}}]},
     "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "integer"}}},
+    "HealthPublic": {"type": "object", "required": ["status"], "additionalProperties": False,
+                     "properties": {"status": {"enum": ["ok", "degraded"]}},
+                     "description": "Without the operator token: ok or degraded, nothing else"},
     "Health": {"type": "object", "required": ["status", "meters", "storage"],
                "properties": {"status": {"enum": ["ok", "degraded"]}, "device": STRING, "uptime_s": {"type": "number"},
                               "meters": {"type": "object", "additionalProperties": _ref("MeterHealth")},
@@ -104,10 +115,12 @@ SCHEMAS = {
     "KeyRotated": {"type": "object", "required": ["id"], "properties": {"id": STRING, "api_key": STRING,
                                                                        "token": STRING}},
     "HouseholdIn": {"type": "object", "additionalProperties": False,
-                    "properties": {"meter_id": _nullable("string")}},
-    "Household": {"type": "object", "required": ["id", "meter_id", "source", "created_at"],
+                    "properties": {"meter_id": _nullable("string"), "related_organizations": RELATED}},
+    "HouseholdPatch": {"type": "object", "additionalProperties": False, "required": ["related_organizations"],
+                       "properties": {"related_organizations": RELATED}},
+    "Household": {"type": "object", "required": ["id", "meter_id", "source", "created_at", "related_organizations"],
                   "properties": {"id": STRING, "meter_id": STRING, "source": {"enum": ["p1", "http"]},
-                                 "created_at": {"type": "number"}}},
+                                 "created_at": {"type": "number"}, "related_organizations": RELATED}},
     "HouseholdCreated": {"allOf": [_ref("Household"), {"type": "object", "required": ["token"],
                                                         "properties": {"token": STRING}}]},
     "Households": {"type": "object", "required": ["households"],
@@ -237,6 +250,11 @@ def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
 
+def _health(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {
+        "oneOf": [_ref("HealthPublic"), _ref("Health")]}}}}
+
+
 def _json(schema: str, description: str = "OK") -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
@@ -289,14 +307,20 @@ def build_spec() -> dict:
                   _query("tag", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"}),
                   _query("since", TIME_PARAM, "history from the store instead of the last closed window"),
                   _query("until", TIME_PARAM)]
-    consent_params = [ORG_ID, _path_param("service")]
+    consent_params = [ORG_ID, {**_path_param("service"), "description":
+                               "aggregates, triggers, anonymized_data, or trigger_events:<trigger id> (one trigger's "
+                               "per-household events; a trigger id is trg_ and 12 hex digits)"}]
     paths = {
-        "/health": {"get": _op("Meters and storage state", None, {"200": _json("Health", "Every meter reading"),
-                                                                  "503": _json("Health", "Not every meter reading")},
-                               tag="device")},
-        "/metrics": {"get": _op("Prometheus metrics", None, {"200": {"description": "Prometheus text format",
-                                                                     "content": {"text/plain": {"schema": STRING}}}},
-                                tag="device")},
+        "/health": {"get": {
+            **_op("ok or degraded for anyone; meters, storage and triggers for the operator", None,
+                  {"200": _health("Every meter reading"), "503": _health("Not every meter reading"),
+                   "401": _error("A token was sent and it is not valid"),
+                   "429": _error("Too many bad tokens from this address")}, tag="device"),
+            "description": "For: anyone. Without the operator's bearer token the body is only {\"status\"}; a token "
+                           "that is sent is checked."}},
+        "/metrics": {"get": _op("Prometheus metrics (meters, store, webhook delivery)", OP,
+                                {"200": {"description": "Prometheus text format",
+                                         "content": {"text/plain": {"schema": STRING}}}}, tag="device")},
         "/meters": {"get": _op("Meters known to the device", OP, {"200": _json("Meters")}, tag="device")},
         "/meters/{meter_id}/latest": {"get": _op("A meter's latest reading", OP, {"200": _json("Reading")},
                                                  params=[_path_param("meter_id")], extra_errors=NOT_FOUND,
@@ -324,13 +348,16 @@ def build_spec() -> dict:
             "post": {**_op("Register a household; its token is shown once", OP,
                            {"201": _json("HouseholdCreated", "Created")}, extra_errors={
                                "400": _error("Malformed JSON"), "409": _error("Meter already taken"),
-                               "422": _error("Unknown meter")}, tag="operator"),
+                               "422": _error("Unknown meter or organization")}, tag="operator"),
                      "requestBody": {"required": False,
                                      "content": {"application/json": {"schema": _ref("HouseholdIn")}}}},
             "get": _op("List households", OP, {"200": _json("Households")}, tag="operator")},
         "/households/{household_id}": {
             "get": _op("One household", OP, {"200": _json("Household")}, params=[HH_ID], extra_errors=NOT_FOUND,
                        tag="operator"),
+            "patch": _op("Mark the household related to organizations (replaces the list; unknown ids: 422)", OP,
+                         {"200": _json("Household")}, params=[HH_ID], body="HouseholdPatch", extra_errors=NOT_FOUND,
+                         tag="operator"),
             "delete": _op("Remove a household; its consents end", OP, {"204": {"description": "Removed"}},
                           params=[HH_ID], extra_errors=NOT_FOUND, tag="operator")},
         "/households/{household_id}/token": {"post": _op("Issue a new household token", OP,
@@ -374,9 +401,9 @@ def build_spec() -> dict:
             "security": [{"token": []}, {"authkey": []}],
             "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
                 "type": "object", "required": ["telegram"], "properties": {"telegram": STRING}}}}}}},
-        "/parameters": {"get": _op("The parameter catalogue, with what the caller may use; channel tags: every tag "
-                                   "for the operator, for an organization only those at least k_min households "
-                                   "consenting to it carry, for a household its own", ANYONE,
+        "/parameters": {"get": _op("The parameter catalogue, with what the caller may use; the same list for every "
+                                   "caller: channel parameters for exactly the device's tag vocabulary ([privacy] "
+                                   "tags), whatever households carry", ANYONE,
                                    {"200": _json("Parameters")}, tag="organization")},
         "/data": {"get": _op("Neighbourhood aggregates over consenting households", ORG,
                              {"200": {"description": "The last closed window, or history with since/until",
