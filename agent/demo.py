@@ -145,7 +145,7 @@ async def run_demo(args, serve) -> None:
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     print(f"Edge demo: emulated {args.profile} meter on {pty_path}, {args.households} households posting over "
           f"HTTP, data in {workdir}")
-    print(f"API: {base}/health  {base}/docs   (operator token: {token})")
+    print(f"API: {base}/health  {base}/docs   (operator token: {token}; /health's detail and /metrics need it)")
 
     async def call(method: str, path: str, bearer: str, body=None) -> dict:
         async with http.request(method, base + path, json=body, headers={"Authorization": f"Bearer {bearer}"}) as r:
@@ -182,9 +182,11 @@ async def run_demo(args, serve) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        async with http.get(f"{base}/health") as resp:
-            health = await resp.json()
-        print(f"GET /health -> {resp.status} {health['status']}")
+        async with http.get(f"{base}/health") as resp:  # anyone: ok or degraded, nothing else
+            public = await resp.json()
+        async with http.get(f"{base}/health", headers={"Authorization": f"Bearer {token}"}) as resp:
+            health = await resp.json()  # the operator: every meter, readings in, storage
+        print(f"GET /health -> {resp.status} {public['status']} (with the operator token: the detail below)")
         for meter_id, m in health["meters"].items():
             print(f"  {meter_id}: {m['state']}, {m['telegrams_ok']} telegrams, {m['crc_errors']} CRC errors, "
                   f"{m['parse_errors']} parse errors, {m['reconnects']} reconnects")

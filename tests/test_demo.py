@@ -16,7 +16,7 @@ def test_demo_reads_the_meter_serves_the_api_and_delivers_verified_webhooks(tmp_
     out = result.stdout
     assert result.returncode == 0, result.stderr
     assert len(re.findall(r"P1 demo-meter  import", out)) >= 5  # live readings once a second
-    assert "GET /health -> 200 ok" in out
+    assert "GET /health -> 200 ok (with the operator token: the detail below)" in out
     assert re.search(r"demo-meter: reading, \d+ telegrams, 0 CRC errors", out)
     verified = int(re.search(r"Webhooks received and verified: (\d+) \(bad signatures: 0\)", out).group(1))
     assert verified >= 1 and "households, consumption" in out
