@@ -142,28 +142,53 @@ stop() {  # no shutdown needed: edge-firstboot fsyncs and syncs what it writes, 
 }
 
 # wait_healthy NAME CONSOLE [ERROR]: until /health shows device NAME and the meter reading, with 200; or, given ERROR,
-# with 503 and a config_error that contains ERROR (a bad edge.toml). Sets HEALTHY (seconds).
+# with 503 and a config_error that contains ERROR (a bad edge.toml). Sets HEALTHY (seconds). /health's detail is the
+# operator's: read with the token from edge.toml, or (HEALTH_TOKEN=-: it was lost with the data partition) with the
+# one edge-firstboot generated and printed on CONSOLE. Without a token /health must say only ok or degraded.
 wait_healthy() {
     local rc=0
-    "$PY" - "$HOSTPORT" "$1" "$METER" "${HEALTH_TOKEN:-$TOKEN}" "$TIMEOUT" "$START" "$QEMU_PID" "${3:-}" \
+    "$PY" - "$HOSTPORT" "$1" "$METER" "${HEALTH_TOKEN:-$TOKEN}" "$TIMEOUT" "$START" "$QEMU_PID" "${3:-}" "$2" \
         > "$WORK/health.out" <<'PYEOF' || rc=$?
-import json, os, sys, time, urllib.error, urllib.request
+import json, os, re, sys, time, urllib.error, urllib.request
 port, name, meter, token, timeout, start, qemu = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], \
     float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
-config_error = sys.argv[8]
+config_error, console = sys.argv[8], sys.argv[9]
 url = f"http://127.0.0.1:{port}"
 last = "no answer yet"
+
+
+def get_health(bearer):
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/health", headers=headers), timeout=5) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def generated_token():
+    try:
+        text = open(console, encoding="latin-1").read().replace("\r", "")
+    except OSError:
+        return None
+    found = re.findall(r"generated operator token \(also in /etc/edge/operator-token\): (\S+)", text)
+    return found[-1] if found else None
+
+
+token_source = "edge.toml" if token != "-" else "the console (generated)"
 while time.time() - start < timeout:
     try:
         os.kill(qemu, 0)
     except OSError:
         print(f"qemu exited; last /health: {last}")
         sys.exit(1)
+    bearer = token if token != "-" else generated_token()
+    if bearer is None:
+        last = "no generated operator token on the console yet"
+        time.sleep(1)
+        continue
     try:
-        with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-            status, body = resp.status, json.load(resp)
-    except urllib.error.HTTPError as err:
-        status, body = err.code, json.load(err)
+        status, body = get_health(bearer)
     except (OSError, ValueError) as err:
         last = f"{type(err).__name__}: {err}"
         time.sleep(1)
@@ -174,21 +199,20 @@ while time.time() - start < timeout:
         (status == 200 and not body.get("config_error"))
     if expected and body.get("device") == name and m.get("telegrams_ok", 0) > 0 and m.get("state") == "reading":
         healthy = time.time() - start
-        meters_status = "not checked (the token was lost with the data partition)"
-        if token != "-":
-            req = urllib.request.Request(url + "/meters", headers={"Authorization": f"Bearer {token}"})
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                meters_status = resp.status
+        req = urllib.request.Request(url + "/meters", headers={"Authorization": f"Bearer {bearer}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            meters_status = resp.status
+        public_status, public = get_health(None)  # anyone on the network: ok or degraded, nothing else
+        if set(public) != {"status"} or public["status"] not in ("ok", "degraded"):
+            print(f"/health without a token says more than ok or degraded: {public_status} {public}")
+            sys.exit(1)
         # The trigger sandbox on arm64: the agent's start-up probe runs a condition in a seccomp-locked worker and
         # checks that a forbidden system call kills one (the allow-list names aarch64's system calls right).
         sandbox = body.get("triggers", {})
         while sandbox.get("sandbox") != "enforced" and time.time() - start < timeout:
             time.sleep(2)
             try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                    sandbox = json.load(resp).get("triggers", {})
-            except urllib.error.HTTPError as err:
-                sandbox = json.load(err).get("triggers", {})
+                sandbox = get_health(bearer)[1].get("triggers", {})
             except (OSError, ValueError):
                 pass
         if sandbox.get("sandbox") != "enforced":
@@ -197,7 +221,8 @@ while time.time() - start < timeout:
         print(f"HEALTHY {healthy:.1f}")
         print(f"    /health {status}: device={body['device']!r}, meter {meter}: state={m['state']}, "
               f"telegrams_ok={m['telegrams_ok']}, crc_errors={m.get('crc_errors')}")
-        print(f"    GET /meters with the operator token from edge.toml: {meters_status}")
+        print(f"    GET /meters with the operator token from {token_source}: {meters_status}")
+        print(f"    GET /health without a token: {public_status} {json.dumps(public)}")
         print(f"    trigger sandbox: {sandbox.get('sandbox')} ({sandbox.get('detail')})")
         if config_error:
             print(f"    config_error in /health: {body['config_error'].splitlines()[1].strip()}")
