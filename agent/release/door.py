@@ -230,9 +230,10 @@ class Releases:
         async with self._settling:
             limit = self.settle_limit()
             grids = self._grids()
-            staged: list[tuple[tuple, dict]] = []
+            staged: dict[tuple, dict] = {}  # (org, width, start, tag) -> record doc, in decision order
             durable: dict[str, list[dict]] = {}
             newly: list[tuple[int, int]] = []
+            decided: dict[int, int] = {}  # applied once the records are in place, never before
             for grid, orgs in grids.items():
                 cursor = self._cursor.get(grid)
                 if cursor is None:
@@ -253,21 +254,25 @@ class Releases:
                     first = frontier if previous is None else previous + width
                     newly.extend((width, s) for s in range(max(first, frontier - 10 * width), frontier + width,
                                                            width))
-                    self._decided[width] = frontier
+                    decided[width] = frontier
+            days = self._release_trigger_days(limit, durable)
             if durable:
                 try:
                     await serially(self.writes, self.log.write, durable)
                 except OSError as err:
                     log.error("release log not written (%s): the noisy windows of this pass are not released",
                               err)
-                    staged = [(key, _refused_doc(doc, "storage_error", "the release could not be written "
-                                                 "durably; not released") if _noisy(doc) else doc)
-                              for key, doc in staged]
-            for key, doc in staged:
+                    staged = {key: _refused_doc(doc, "storage_error", "the release could not be written "
+                                                "durably; not released") if _noisy(doc) else doc
+                              for key, doc in staged.items()}
+                    days = []
+            for org_id, trigger_id, body in days:
+                self._trigger_released.setdefault((org_id, trigger_id), []).append(body)
+            for key, doc in staged.items():
                 self._records[key] = doc
                 if not doc.get("noisy"):  # the noisy fine records are on disk already
                     self._pending.setdefault(ReleaseLog.file_of(doc), []).append(doc)
-            self._release_trigger_days(limit)
+            self._decided.update(decided)
             self._prune(limit)
             for width, start in newly:
                 for callback in self._listeners:
@@ -319,7 +324,7 @@ class Releases:
         related = getattr(self.registry, "related", None)
         return set(related(org_id)) if related else set()
 
-    def _decide(self, grid: Grid, orgs: list, start: int, staged: list, durable: dict) -> None:
+    def _decide(self, grid: Grid, orgs: list, start: int, staged: dict, durable: dict) -> None:
         contributions = self.books[WIDTH_NAME[grid.width]].contributions(start)
         if grid.noisy:
             self._decide_noisy(grid, orgs, start, contributions, staged, durable)
@@ -338,7 +343,7 @@ class Releases:
         return level is not None and permitted(parameter, level, org.parameters)
 
     def _decide_exact(self, grid: Grid, orgs: list, start: int, contributions: dict, tag: str | None,
-                      staged: list) -> None:
+                      staged: dict) -> None:
         registry, k_min, end = self.registry, self.config.privacy.k_min, start + grid.width
         with_data = {m for m, c in contributions.items() if tag is None or tag in c.channels}
         candidates = []
@@ -368,9 +373,9 @@ class Releases:
                                                   for h in members)
                 result = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members),
                                            consumption, production, {"kind": "exact"})
-            staged.append(((org.id, grid.width, start, tag or ""), _doc(org.id, grid.width, start, tag, result)))
+            staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
 
-    def _decide_noisy(self, grid: Grid, orgs: list, start: int, contributions: dict, staged: list,
+    def _decide_noisy(self, grid: Grid, orgs: list, start: int, contributions: dict, staged: dict,
                       durable: dict) -> None:
         registry, k_min, end = self.registry, self.config.privacy.k_min, start + grid.width
         shared: dict[tuple, dict] = {}
@@ -388,7 +393,7 @@ class Releases:
                     refusal = Refusal("cohort_too_small", f"{counted} consenting households (not related to this "
                                       f"organization) can take part in this window; at least {k_min} are needed",
                                       counted, k_min - counted)
-                    staged.append((key, _doc(org.id, grid.width, start, tag, refusal)))
+                    staged[key] = _doc(org.id, grid.width, start, tag, refusal)
                     continue
                 share = (level.name, tag, members)
                 if share not in shared:
@@ -406,7 +411,7 @@ class Releases:
                     doc.update(c=entry["c"], p=entry["p"])  # charged once, on the first organization's record
                 doc["noisy"] = True
                 durable.setdefault(name, []).append(doc)
-                staged.append((key, doc))
+                staged[key] = doc
 
     def _noisy_body(self, level: Level, grid: Grid, start: int, tag: str | None, members: frozenset[str],
                     contributions: dict) -> dict:
@@ -442,7 +447,7 @@ class Releases:
             "quantities": quantities,
         }
 
-    def _derive(self, grid: Grid, org, start: int, staged: list) -> None:
+    def _derive(self, grid: Grid, org, start: int, staged: dict) -> None:
         level = self.config.levels.get(org.level)
         if level is None:
             return
@@ -453,14 +458,13 @@ class Releases:
             tags = [t for t in self.config.privacy.tags if self._may(org, f"neighborhood_channel_{t}")]
         else:
             tags = [None]
-        fresh = dict(staged)
         chain = [grid.width, *widths]
         for tag in tags:
             for finer, wider in zip(chain, chain[1:]):
                 if (start + grid.width) % wider:
                     break
                 first = start + grid.width - wider
-                parts = [fresh.get((org.id, finer, s, tag or "")) or self._records.get((org.id, finer, s, tag or ""))
+                parts = [staged.get((org.id, finer, s, tag or "")) or self._records.get((org.id, finer, s, tag or ""))
                          for s in range(first, first + wider, finer)]
                 if any(p is None or "x" in p for p in parts):
                     result: dict | Refusal = Refusal("incomplete", "a shorter window inside this one was not "
@@ -473,12 +477,13 @@ class Releases:
                         privacy["noise_sd_w"] = round(privacy["noise_sd_w"] / math.sqrt(len(bodies)), 3)
                     result = records.derive(WIDTH_NAME[wider], first, wider, bodies, privacy)
                 doc = _doc(org.id, wider, first, tag, result)
-                key = (org.id, wider, first, tag or "")
-                staged.append((key, doc))
-                fresh[key] = doc
+                staged[(org.id, wider, first, tag or "")] = doc
 
     # --- trigger statistics of noisy levels, per UTC day -------------------------------------------------
-    def _release_trigger_days(self, limit: float) -> None:
+    def _release_trigger_days(self, limit: float, durable: dict) -> list[tuple[str, str, dict]]:
+        """Noisy levels' trigger statistics of UTC days that have ended: noised, charged, and added to this
+        pass's durable batch; visible (`trigger_days`) only once written."""
+        released = []
         for key in [k for k in self._trigger_days if k[2] + TRIGGER_DAY_S <= limit]:
             bucket = self._trigger_days.pop(key)
             org_id, trigger_id, day = key
@@ -496,12 +501,13 @@ class Releases:
                     **{f: mechanism.release([bucket[h].get(f, 0) for h in members]) for f in fields},
                     "privacy": self._noisy_privacy(level, mechanism, len(fields))}
             self.ledger.charge(members, loss, day)
-            digest, name = cohort_hash(members), day_name(day)
-            docs = [{"t": "c", "h": digest, "m": sorted(members), "s": day},
-                    {"t": "n", "o": org_id, "i": trigger_id, "w": TRIGGER_DAY_S, "s": day, "b": body, "c": digest,
-                     "p": loss}]
-            self._pending.setdefault(name, []).extend(docs)
-            self._trigger_released.setdefault((org_id, trigger_id), []).append(body)
+            digest = cohort_hash(members)
+            durable.setdefault(day_name(day), []).extend([
+                {"t": "c", "h": digest, "m": sorted(members), "s": day},
+                {"t": "n", "o": org_id, "i": trigger_id, "w": TRIGGER_DAY_S, "s": day, "b": body, "c": digest,
+                 "p": loss}])
+            released.append((org_id, trigger_id, body))
+        return released
 
     def trigger_days(self, org_id: str, trigger_id: str) -> list[dict]:
         """The daily statistics released so far (noisy levels) for one trigger, oldest first (since start)."""

@@ -1,0 +1,209 @@
+"""The release module on its own (agent/release/): the audit, the ledger, derived windows, shared noise,
+durability and restart. A real Registry and real window books, no HTTP; the clock is stepped by hand."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from agent.aggregates import new_books
+from agent.config import DifferentialPrivacy, Level, PrivacyConfig
+from agent.registry import Registry
+from agent.release import Refusal, Releases
+from agent.release.audit import admissible, isolated
+from agent.release.ledger import Ledger
+from drivers.reading import Reading
+from tests.conftest import make_config
+
+T0 = math.floor(1_790_000_000 / 3600) * 3600  # on a whole hour
+
+
+def lstsq_isolated(cohorts: list[frozenset[str]]) -> set[str]:
+    """An independent check of audit.isolated: e_i is in the row space iff the least-squares residual is 0."""
+    members = sorted(set().union(*cohorts)) if cohorts else []
+    if not members:
+        return set()
+    matrix = np.array([[1.0 if m in c else 0.0 for m in members] for c in cohorts])
+    out = set()
+    for i, m in enumerate(members):
+        target = np.zeros(len(members))
+        target[i] = 1.0
+        coef, *_ = np.linalg.lstsq(matrix.T, target, rcond=None)
+        if np.allclose(matrix.T @ coef, target, atol=1e-8):
+            out.add(m)
+    return out
+
+
+def test_audit_finds_differences_and_combinations():
+    a = frozenset("abcdefghij")
+    assert isolated([a]) == set()
+    assert isolated([a, a - {"a"}]) == {"a"}  # two organizations, one household apart
+    c = frozenset("bcdefghijk")
+    assert isolated([a, c]) == set()  # neither contains the other: no combination isolates
+    assert isolated([a, c, a | {"k"}]) == {"a", "k"}  # only the three together do
+    assert not admissible([a, c], a | {"k"}) and admissible([a], c)
+    rng = np.random.default_rng(7)
+    people = [f"h{i}" for i in range(14)]
+    for _ in range(200):
+        cohorts = [frozenset(p for p in people if rng.random() < 0.8) for _ in range(rng.integers(1, 5))]
+        assert isolated(cohorts) == lstsq_isolated(cohorts)
+
+
+def test_ledger_horizon_and_cap():
+    ledger = Ledger(horizon_days=2, cap_rho=1.0)
+    ledger.charge(["h"], 0.6, T0)
+    assert ledger.affords("h", 0.4, T0) and not ledger.affords("h", 0.5, T0)
+    assert ledger.affords("h", 0.4, T0 + 86400)  # yesterday still counts
+    assert ledger.spent("h", T0 + 2 * 86400) == 0  # two days on: out of the horizon
+    view = ledger.of("h", T0, 1e-7)
+    assert view["spent_rho"] == 0.6 and view["remaining_rho"] == pytest.approx(0.4)
+
+
+class Town:
+    """A registry, books and a Releases on a stepped clock: organizations, consenting households, readings."""
+
+    def __init__(self, tmp_path, levels=None, privacy=None):
+        self.now = float(T0)
+        self.config = make_config(tmp_path, **({"levels": levels} if levels else {}),
+                                  **({"privacy": privacy} if privacy else {}))
+        self.registry = Registry(tmp_path / "registry.seg", clock=lambda: self.now)
+        self.books = new_books(self.registry.pending_since)
+        self.tmp_path = tmp_path
+        self.releases = self._releases()
+        self.households = [self.registry.create_household(None, "http")[0] for _ in range(12)]
+
+    def _releases(self):
+        return Releases(self.config, self.registry, self.books, lambda: self.now, self.tmp_path / "releases")
+
+    def org(self, level: str) -> str:
+        org, _ = self.registry.create_organization(f"Org {len(self.registry.organizations)}", level)
+        return org.id
+
+    def consent(self, org_id: str, households=None, granted=True) -> None:
+        for h in households if households is not None else self.households:
+            self.registry.set_consent(h.id, org_id, "aggregates", granted)
+
+    def post(self, watts, households=None) -> None:
+        at = datetime.fromtimestamp(self.now, timezone.utc)
+        for h, w in zip(households if households is not None else self.households, watts):
+            self.books_add(Reading(meter_id=h.meter_id, timestamp=at, received_at=at, power_import_w=w,
+                                   power_export_w=0.0))
+
+    def books_add(self, reading: Reading) -> None:
+        for book in self.books.values():
+            book.add(reading)
+
+    async def step(self, seconds: float) -> None:
+        self.now += seconds
+        await self.releases.settle()
+
+    def restart(self):
+        self.releases.close()
+        self.releases = self._releases()
+        return self.releases
+
+
+async def test_wider_windows_are_derived_from_the_released_fine_ones(tmp_path):
+    town = Town(tmp_path)
+    org = town.org("dso")
+    town.consent(org)
+    for second in range(60):
+        town.post([100.0 + second + i for i in range(12)])
+        await town.step(1)
+    fine = [town.releases.answer(org, "1s", T0 + s) for s in range(60)]
+    minute = town.releases.answer(org, "1m", T0)
+    assert minute["energy_import_wh"] == pytest.approx(sum(f["energy_import_wh"] for f in fine), abs=1e-3)
+    assert minute["consumption_w"] == pytest.approx(sum(f["consumption_w"] for f in fine) / 60, abs=1e-3)
+    assert minute["privacy"]["derived_from"] == "60 x 1s"
+
+
+async def test_a_gap_in_one_second_window_refuses_the_minute_instead_of_recomputing(tmp_path):
+    town = Town(tmp_path)
+    org = town.org("dso")
+    town.consent(org)
+    for second in range(60):
+        town.post([100.0] * (12 if second != 30 else 9))  # three households silent in one second
+        await town.step(1)
+    assert town.releases.answer(org, "1s", T0 + 30).error == "cohort_too_small"
+    assert town.releases.answer(org, "1m", T0).error == "incomplete"
+
+
+async def test_exact_second_organization_one_household_apart_is_refused(tmp_path):
+    town = Town(tmp_path)
+    a, b = town.org("dso"), town.org("dso")
+    town.consent(a)
+    town.consent(b, town.households[1:])
+    town.post([100.0 + i for i in range(12)])
+    await town.step(1)
+    answers = [town.releases.answer(org, "1s", T0) for org in (a, b)]
+    assert sum(isinstance(x, Refusal) and x.error == "isolating" for x in answers) == 1
+    assert sum(not isinstance(x, Refusal) for x in answers) == 1
+
+
+async def test_noisy_answer_is_shared_never_redrawn_and_charged_once(tmp_path):
+    """One noisy answer per (level, window, cohort): telling it to a second organization costs nothing more
+    (post-processing), and nothing can average it away."""
+    town = Town(tmp_path)
+    a, b = town.org("supplier"), town.org("supplier")
+    town.consent(a)
+    town.consent(b)
+    town.post([300.0] * 12)
+    await town.step(900)
+    first = town.releases.answer(a, "15m", T0)
+    assert first == town.releases.answer(b, "15m", T0) == town.releases.answer(a, "15m", T0)
+    assert first["privacy"]["kind"] == "noisy" and first["households"] == 12
+    rho = town.config.levels["supplier"].dp.rho
+    assert town.releases.ledger_of(town.households[0].id)["spent_rho"] == pytest.approx(rho)
+    # after a restart: the same record, and the ledger rebuilt from the log
+    again = town.restart()
+    assert again.answer(a, "15m", T0) == first or (await again.history(a, "15m", [T0], None))[T0] == first
+    assert again.ledger_of(town.households[0].id)["spent_rho"] == pytest.approx(rho)
+
+
+async def test_noisy_counts_are_the_consenting_cohort_whoever_posted(tmp_path):
+    town = Town(tmp_path)
+    org = town.org("supplier")
+    town.consent(org)
+    town.post([300.0] * 11, town.households[:11])  # one household sends nothing
+    await town.step(900)
+    assert town.releases.answer(org, "15m", T0)["households"] == 12
+
+
+async def test_a_household_at_its_cap_is_left_out_whatever_it_used(tmp_path):
+    levels = dict(make_config(tmp_path).levels)
+    levels["supplier"] = replace(levels["supplier"], dp=replace(levels["supplier"].dp, rho=0.4))
+    town = Town(tmp_path, levels=levels, privacy=PrivacyConfig(cap_rho=1.0))
+    orgs = [town.org("supplier") for _ in range(3)]
+    for i, org in enumerate(orgs):  # three cohorts, each without one household: three distinct releases
+        town.consent(org, [h for j, h in enumerate(town.households) if j != i])
+    town.post([300.0] * 12)
+    await town.step(900)
+    bodies = [town.releases.answer(org, "15m", T0) for org in orgs]
+    # 0.4 + 0.4 fit under 1.0, a third does not: the last organization decided (by id) has too small a cohort
+    refused = [b for b in bodies if isinstance(b, Refusal)]
+    assert len(refused) == 1 and refused[0].error == "cohort_too_small"
+    spent = [town.releases.ledger_of(h.id)["spent_rho"] for h in town.households]
+    assert max(spent) <= 1.0 + 1e-9
+
+
+async def test_a_consent_change_being_written_holds_its_windows_back(tmp_path):
+    town = Town(tmp_path)
+    org = town.org("dso")
+    town.consent(org)
+    town.post([100.0] * 12)
+    town.registry.pending_since = lambda: T0 + 0.5  # a change whose write has not landed
+    await town.step(2)
+    assert town.releases.answer(org, "1s", T0).error == "not_settled"
+    del town.registry.pending_since
+    await town.releases.settle()
+    assert town.releases.answer(org, "1s", T0)["households"] == 12
+
+
+def test_noisy_levels_default_to_a_fixed_clamp():
+    level = Level("x", ("*",), ("15m",), kind="noisy")
+    assert level.noisy and level.finest == "15m"
+    assert DifferentialPrivacy().loss() == DifferentialPrivacy().rho
