@@ -324,6 +324,11 @@ class Releases:
         related = getattr(self.registry, "related", None)
         return set(related(org_id)) if related else set()
 
+    def _known(self) -> set[str]:
+        """Households the operator marked related to some organization (live and deleted)."""
+        households = getattr(self.registry, "all_households", None)
+        return {h.id for h in households() if h.related_organizations} if households else set()
+
     def _decide(self, grid: Grid, orgs: list, start: int, staged: dict, durable: dict) -> None:
         contributions = self.books[WIDTH_NAME[grid.width]].contributions(start)
         if grid.noisy:
@@ -352,6 +357,9 @@ class Releases:
                                 if registry.meter_of(h) in with_data)
             candidates.append((org, members))
         released: list[frozenset[str]] = []
+        # Households related to any organization are known to it (its test meters, its employees' homes): the
+        # audit treats their values as known, or A - B = x + r with r known would give x (colluding organizations).
+        known = self._known()
         what = f"households with a '{tag}' channel" if tag else "consenting households"
         # the audit's order depends on who is in each cohort, never on what they used
         for org, members in sorted(candidates, key=lambda c: (-len(c[1]), c[0].id)):
@@ -361,12 +369,12 @@ class Releases:
                     "cohort_too_small", f"{counted} {what} (not related to this organization) have data in this "
                     f"window; at least {k_min} are needed ({k_min - counted} missing)",
                     *((counted, k_min - counted) if tag is None else ()))
-            elif not audit.admissible(released, members):
+            elif not audit.admissible(released, members - known):
                 result = Refusal("isolating", "this window's cohort differs from one already released for the "
                                  "same window by so few households that the two sums would single one out; "
                                  "not released")
             else:
-                released.append(members)
+                released.append(members - known)
                 consumption = sum(contributions[registry.meter_of(h)].channels[tag] if tag else
                                   contributions[registry.meter_of(h)].consumption_w for h in members)
                 production = None if tag else sum(contributions[registry.meter_of(h)].production_w
