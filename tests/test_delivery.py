@@ -109,14 +109,15 @@ class Town:
         return body
 
     async def window(self, power: float | None = None) -> None:
-        """One second of readings from every household, then the window closes and is produced."""
+        """One second of readings from every household, then the window closes, is decided by the release module and
+        (through its listener) produced."""
         self.power = power if power is not None else self.power + 10
         for token in self.tokens:
             status, body = await self.running.call("POST", "/readings", token=token,
                                                    json={"timestamp": self.clock.now, "power_import_w": self.power})
             assert status == 201, body
         self.clock.step(1)
-        self.running.agent.delivery.produce_due()
+        await self.running.agent.releases.settle()
 
     async def state(self, sub_id: str) -> dict:
         return (await self.running.call("GET", f"/data/subscriptions/{sub_id}", token=self.org_key))[1]
@@ -361,20 +362,57 @@ async def test_delivery_counters_in_metrics(town, receiver):
     assert f'edge_webhook_bytes_total{{subscription="{sub["id"]}"}} {len(receiver.received[0][1])}' in text
 
 
-async def test_dp_only_levels_cannot_subscribe_and_a_level_change_withholds(town, receiver):
+async def test_a_level_change_withholds(town, receiver):
     t = await town()
-    _, service_key = await t.running.create_org("Small Service", "service")
-    status, body = await t.running.call("POST", "/data/subscribe", token=service_key,
-                                        json={"endpoint": receiver.url, "interval": 60, "window": "15m"})
-    assert status == 403 and body["error"] == "dp_only"
     sub = await t.subscribe(receiver.url)
     await t.window()
     await eventually(lambda: len(receiver.received) == 1)
     org_id = t.running.agent.delivery.subscriptions[sub["id"]].organization_id
-    assert (await t.running.call("PATCH", f"/organizations/{org_id}", json={"level": "service"}))[0] == 200
+    # the supplier level releases 15m and 1h only: the 1-second subscription may no longer be served
+    assert (await t.running.call("PATCH", f"/organizations/{org_id}", json={"level": "supplier"}))[0] == 200
     await t.window()
     await t.window()
     await asyncio.sleep(0.2)
-    assert len(receiver.received) == 1  # nothing exact after the downgrade
+    assert len(receiver.received) == 1  # nothing after the downgrade
     state = await t.state(sub["id"])
-    assert state["delivery"]["withheld"] == 2 and "differentially private" in state["delivery"]["last_error"]
+    assert state["delivery"]["withheld"] == 2 and "may use windows 15m, 1h" in state["delivery"]["last_error"]
+
+
+async def test_a_noisy_level_is_pushed_the_one_shared_noisy_record(town, receiver):
+    """Noisy levels subscribe like any other; what they are pushed is the release's record: the same noisy numbers
+    GET /data answers with, and the same for two organizations of the level with the same cohort (the first
+    design refused them subscriptions and drew noise per organization and per request)."""
+    t = await town()
+    running, clock = t.running, t.clock
+    other = Receiver()
+    await other.start()
+    try:
+        keys, subs = [], []
+        for name, hook in (("Supplier A", receiver), ("Supplier B", other)):
+            org_id, key = await running.create_org(name, "supplier")
+            for token in t.tokens:
+                status, _ = await running.call("PUT", f"/households/me/consents/{org_id}/aggregates", token=token)
+                assert status == 200
+            status, body = await running.call("POST", "/data/subscribe", token=key,
+                                              json={"endpoint": hook.url, "interval": 60, "window": "15m"})
+            assert status == 201, body
+            keys.append(key)
+            subs.append(body)
+        start = int(-(-clock.now // 900) * 900)  # the first quarter-hour both cohorts consent throughout
+        clock.now = start + 10.0
+        for token in t.tokens:
+            status, body = await running.call("POST", "/readings", token=token,
+                                              json={"timestamp": clock.now, "power_import_w": 400.0})
+            assert status == 201, body
+        clock.now = start + 901.0
+        await running.agent.releases.settle()
+        await eventually(lambda: len(receiver.received) == 1 and len(other.received) == 1)
+        a, b = receiver.messages()[0]["aggregate"], other.messages()[0]["aggregate"]
+        assert a["privacy"]["kind"] == "noisy" and a["households"] == 3
+        assert a["window_start"] == b["window_start"] and a["consumption_w"] == b["consumption_w"]
+        assert a["production_w"] == b["production_w"]
+        for key in keys:  # polled later: the same record again, never a new draw
+            status, body = await running.call("GET", "/data?window=15m", token=key)
+            assert status == 200 and body == a
+    finally:
+        await other.stop()
