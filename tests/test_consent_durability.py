@@ -125,7 +125,7 @@ async def run_change_across_a_window(tmp_path, start_agent, monkeypatch, granted
                                      json={"endpoint": "http://127.0.0.1:9/hook", "interval": 1, "window": "1s"})
     assert status == 201, sub
     outbox = agent.delivery.outboxes[sub["id"]]
-    agent.delivery.produce_due()
+    await agent.releases.settle()  # decides what has settled; its listener runs the producer
     queued = outbox.depth
     clock.step(0.5)
     gate = gate_consent_append(monkeypatch, agent.registry, fail=fail)
@@ -140,7 +140,7 @@ async def run_change_across_a_window(tmp_path, start_agent, monkeypatch, granted
     assert status != 200 or body["window_start"] != exact_start(start), body
     status, body = await running.call("GET", f"/data?window=1s&since={start}&until={start + 1}", token=org_key)
     assert status == 200 and body["released"] == [], body
-    agent.delivery.produce_due()
+    await agent.releases.settle()  # decides what has settled; its listener runs the producer
     assert outbox.depth == queued
     assert not change.done()
 
@@ -150,7 +150,7 @@ async def run_change_across_a_window(tmp_path, start_agent, monkeypatch, granted
     assert (status == 200) is not fail, answer
 
     # Now the window goes out, once, with the cohort the durable history gives, and every answer agrees.
-    agent.delivery.produce_due()
+    await agent.releases.settle()  # decides what has settled; its listener runs the producer
     assert outbox.depth == queued + 1
     pushed = outbox.head()
     assert pushed.payload["window_start"] == exact_start(start)
