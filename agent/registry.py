@@ -138,6 +138,9 @@ class Registry:
         self._household_by_meter: dict[str, Household] = {}
         self._consents: dict[tuple[str, str, str], _ConsentLine] = {}
         self._history: dict[str, list[ConsentChange]] = {}
+        # for the release module's cohort cache: how many consent changes, and the newest one's time
+        self.consent_changes = 0
+        self.last_consent_at = float("-inf")
         self._deleted: dict[str, Household] = {}
         self._disk_lock = threading.Lock()
         self._writes = asyncio.Lock()  # one change at a time from the event loop (see _off_loop)
@@ -411,6 +414,8 @@ class Registry:
                                          _ConsentLine())
         line.times.append(change.at)
         line.granted.append(change.granted)
+        self.consent_changes += 1
+        self.last_consent_at = max(self.last_consent_at, change.at)
         self._history.setdefault(change.household_id, []).append(change)
 
     def _held(self, household_id: str | None = None, org_id: str | None = None) -> list[tuple[str, str]]:

@@ -1,15 +1,15 @@
 """Utility beside privacy, on synthetic neighbourhoods (agent/privacy/synthetic.py, seeded).
 
-1. DP aggregates: the median relative error of the released sum against the true one, for 10, 100 and
-   1,000 households, at the default level settings (epsilon 1 per window, split over consumption and
-   production; clamp 5 kW; a tagged appliance gets the whole epsilon and a 1 kW clamp). Baseline, in
-   the same run: the analytic expectation for Laplace noise, median |noise| = b ln 2 with b = U/epsilon,
-   over the true sum; and the same at the 17.25 kW clamp a 3x25 A connection would need.
+1. Noisy levels: the median relative error of the released consumption sum against the true one, for 10, 100
+   and 1,000 households and each window at the defaults (discrete Gaussian, rho per window split over
+   consumption and production, fixed clamp; wider windows are means of the noisy fine ones), with how many fine
+   windows per horizon the level releases and what share of the household's cap that takes. Baseline in the
+   same run: the analytic median |N(0, sd)| over the true sum. Then the CPU of deciding one exact window.
 2. Anonymized releases: the share of rows and households suppressed, the k, l, t achieved and the
    generalization chosen, for the dso (15 min) and supplier (1 h) defaults over one day. Baseline:
    suppression alone, without generalizing anything (the lattice's bottom node).
 
-    .venv/bin/python bench/privacy.py [--releases 400]
+    .venv/bin/python bench/privacy.py [--releases 200]
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import DEFAULT_LEVELS  # noqa: E402
+from agent.config import DEFAULT_LEVELS, WINDOW_SECONDS, PrivacyConfig  # noqa: E402
 from agent.privacy import dp  # noqa: E402
 from agent.privacy.anonymize import Refusal, anonymize  # noqa: E402
+from agent.release.ledger import epsilon_of_rho  # noqa: E402
 from agent.privacy.synthetic import consumption_at, household_static, neighbourhood  # noqa: E402
 
 DAY = 1_790_000_000 // 86400 * 86400
@@ -45,36 +46,94 @@ def window_values(n: int, seed: int, moment: float = EVENING) -> tuple[list[floa
     return power, fridge
 
 
-def dp_error(values: list[float], clamp: int, epsilon: float, releases: int) -> tuple[float, float, float]:
-    mechanism = dp.calibrate("laplace", clamp, epsilon)
-    truth = sum(min(max(v, 0), clamp) for v in values)
+def gaussian_error(values: list[float], clamp: int, rho: float, fine: int, releases: int) -> tuple[float, float]:
+    """Median relative error of a sum released as the mean of `fine` noisy fine windows (each at `rho`),
+    over `releases` draws through OpenDP, and the analytic median |N(0, sd)| / truth beside it."""
+    mechanism = dp.calibrate_rho(clamp, rho)
     exact = sum(values)
-    started = time.perf_counter()
-    errors = [abs(mechanism.release(values) - exact) / exact for _ in range(releases)]
-    per_release_us = (time.perf_counter() - started) / releases * 1e6
-    expected = mechanism.scale * math.log(2) / truth  # median |Laplace(b)| = b ln 2
-    return statistics.median(errors), expected, per_release_us
+    errors = []
+    for _ in range(releases):
+        noisy = statistics.fmean(mechanism.release(values) for _ in range(fine))
+        errors.append(abs(noisy - exact) / exact)
+    expected = 0.6745 * dp.standard_deviation(mechanism) / math.sqrt(fine) / sum(min(max(v, 0), clamp) for v in values)
+    return statistics.median(errors), expected
 
 
 def bench_dp(releases: int) -> None:
-    cfg = DEFAULT_LEVELS["dso"].dp
-    print(f"DP sums (OpenDP {dp.OPENDP_VERSION}, discrete Laplace), median relative error over {releases} releases")
-    print(f"{'households':>10}  {'quantity':<34}  {'error':>8}  {'expected':>8}  {'at 17.25 kW':>11}  {'us/release':>10}")
-    for n in (10, 100, 1000):
-        power, fridge = window_values(n, seed=n)
-        half = cfg.epsilon / 2
-        err, expected, us = dp_error(power, cfg.clamp_w, half, releases)
-        wide, _, _ = dp_error(power, 17250, half, releases)
-        print(f"{n:>10}  {'consumption 19:00, eps 0.5, 5 kW':<34}  {err:>8.1%}  {expected:>8.1%}  {wide:>11.1%}  {us:>10.0f}")
-        night, _ = window_values(n, seed=n, moment=NIGHT)
-        err, expected, us = dp_error(night, cfg.clamp_w, half, releases)
-        wide, _, _ = dp_error(night, 17250, half, releases)
-        print(f"{n:>10}  {'consumption 03:00, eps 0.5, 5 kW':<34}  {err:>8.1%}  {expected:>8.1%}  {wide:>11.1%}  {us:>10.0f}")
-        err, expected, us = dp_error(fridge, cfg.tag_clamp_w, cfg.epsilon, releases)
-        print(f"{n:>10}  {'tag fridge, eps 1, clamp 1 kW':<34}  {err:>8.1%}  {expected:>8.1%}  {'':>11}  {us:>10.0f}")
-    print(f"  (mean load per household here: {statistics.fmean(window_values(1000, 1000)[0]):.0f} W at 19:00, "
-          f"{statistics.fmean(window_values(1000, 1000, NIGHT)[0]):.0f} W at 03:00; "
-          f"budget per organization and day: epsilon {cfg.epsilon_per_day:g})")
+    """Noisy levels at their defaults (agent/config.py): the released window's consumption sum."""
+    privacy = PrivacyConfig()
+    print(f"Noisy levels (OpenDP {dp.OPENDP_VERSION}, discrete Gaussian; ledger: cap rho {privacy.cap_rho:g} per "
+          f"household over {privacy.horizon_days} days = epsilon {epsilon_of_rho(privacy.cap_rho, 1e-7):.1f} at "
+          f"delta 1e-7), median relative error of the consumption sum at 19:00, {releases} draws")
+    print(f"{'level':<9} {'window':>6} {'households':>10} {'error':>8} {'analytic':>9} {'windows/horizon':>15} "
+          f"{'share of cap':>12}")
+    for name in ("supplier", "service"):
+        level = DEFAULT_LEVELS[name]
+        cfg = level.dp
+        fine_s = WINDOW_SECONDS[level.finest]
+        per_horizon = privacy.horizon_days * 86400 // fine_s
+        share = per_horizon * cfg.loss() / privacy.cap_rho
+        for window in level.windows:
+            fine = WINDOW_SECONDS[window] // fine_s
+            for n in (10, 100, 1000):
+                power, _ = window_values(n, seed=n)
+                err, expected = gaussian_error(power, cfg.clamp_w, cfg.rho / 2, fine, releases)
+                print(f"{name:<9} {window:>6} {n:>10} {err:>8.1%} {expected:>9.1%} {per_horizon:>15} {share:>12.0%}")
+    level = DEFAULT_LEVELS["supplier"]
+    sd = dp.standard_deviation(dp.calibrate_rho(level.dp.clamp_w, level.dp.rho / 2))
+    mean = statistics.fmean(window_values(1000, 1000)[0])
+    for target in (0.2, 0.1):
+        need = 0.6745 * sd / (target * mean)
+        print(f"  supplier 15m: about {need:,.0f} households for a {target:.0%} median error at 19:00 "
+              f"(mean load {mean:.0f} W; over the fleet, N devices of n add noise as sqrt(N))")
+    print("  exact levels (dso): the exact sum (0% error), audited; see PRIVACY.md for what that does not stop")
+
+
+def bench_release_cost(rounds: int = 200) -> None:
+    """CPU of deciding one 1-second window for 1,000 households and three exact organizations (cohorts, k_min,
+    the audit, the bodies) beside a bare sum over the same contributions."""
+    import tempfile
+
+    from agent.aggregates import Contribution
+    from agent.registry import Registry
+    from agent.release import Releases
+    from agent.release.door import Grid
+    from tests.conftest import make_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        now = [float(DAY)]
+        config = make_config(Path(tmp))
+        registry = Registry(Path(tmp) / "registry.seg", clock=lambda: now[0])
+        households = [registry.create_household(None, "http")[0] for _ in range(1000)]
+        orgs = [registry.create_organization(f"Org {i}", "dso")[0] for i in range(3)]
+        for i, org in enumerate(orgs):
+            for j, h in enumerate(households):
+                if j % 50 != i:  # three slightly different cohorts: the audit has work to do
+                    registry.set_consent(h.id, org.id, "aggregates", True)
+        now[0] += 10
+        contributions = {h.meter_id: Contribution(300.0 + j % 97, 10.0, 1, {}) for j, h in enumerate(households)}
+
+        class Book:
+            keep = 120
+
+            def contributions(self, start):
+                return contributions
+
+        releases = Releases(config, registry, {"1s": Book()}, lambda: now[0], Path(tmp) / "releases")
+        grid = Grid(1, False, False)
+        started = time.perf_counter()
+        for r in range(rounds):
+            releases._decide(grid, orgs, int(DAY) + 20 + r, {}, {})
+        per_window = (time.perf_counter() - started) / rounds
+        started = time.perf_counter()
+        for _ in range(rounds):
+            for _ in orgs:
+                sum(c.consumption_w for c in contributions.values())
+        bare = (time.perf_counter() - started) / rounds
+        registry.close()
+    print(f"\nDeciding one 1 s window, 1,000 households, 3 exact organizations: {per_window * 1e3:.2f} ms "
+          f"({per_window * 100:.1f}% of one core at one window a second; a Pi core is ~4x slower) beside a bare "
+          f"sum per organization: {bare * 1e3:.2f} ms")
 
 
 def bench_anonymized() -> None:
@@ -123,12 +182,13 @@ def _suppression_only(series, rules, res, periods) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--releases", type=int, default=400)
+    parser.add_argument("--releases", type=int, default=200)
     args = parser.parse_args()
     if not dp.available():
         print(dp.unavailable_reason())
     else:
         bench_dp(args.releases)
+    bench_release_cost()
     bench_anonymized()
     return 0
 

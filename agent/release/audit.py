@@ -12,15 +12,20 @@ is one column, and only a group of one household can ever be isolated.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from fractions import Fraction
 
 
 def isolated(cohorts: Iterable[frozenset[str]]) -> set[str]:
     """The households whose value some linear combination of sums over these cohorts gives exactly."""
-    rows = [c for c in dict.fromkeys(cohorts) if c]  # the same cohort twice adds nothing
+    return set(_isolated(tuple(c for c in dict.fromkeys(cohorts) if c)))  # the same cohort twice adds nothing
+
+
+@functools.lru_cache(maxsize=512)  # consecutive windows mostly repeat the same cohorts
+def _isolated(rows: tuple[frozenset[str], ...]) -> frozenset[str]:
     if not rows:
-        return set()
+        return frozenset()
     signature: dict[str, tuple[bool, ...]] = {}
     for member in set().union(*rows):
         signature[member] = tuple(member in c for c in rows)
@@ -36,11 +41,13 @@ def isolated(cohorts: Iterable[frozenset[str]]) -> set[str]:
     for row, col in pivots:
         if all(v == 0 for j, v in enumerate(matrix[row]) if j != col) and len(atoms[columns[col]]) == 1:
             out.add(atoms[columns[col]][0])
-    return out
+    return frozenset(out)
 
 
 def admissible(released: list[frozenset[str]], candidate: frozenset[str]) -> bool:
     """Whether `candidate` may be released beside `released` without isolating anyone who was not already."""
+    if candidate in released:
+        return True
     return not isolated([*released, candidate]) - isolated(released)
 
 

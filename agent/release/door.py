@@ -82,6 +82,8 @@ class Releases:
         self._trigger_days: dict[tuple[str, str, int], dict[str, dict[str, int]]] = {}
         self._trigger_released: dict[tuple[str, str], list[dict]] = {}
         self._forgot_at = float("-inf")
+        self._cohort_cache: dict[str, tuple[tuple, int, frozenset[str]]] = {}
+        self._meter_cache: tuple[tuple, dict[str, str]] = ((), {})
         self._started_at = clock()
         self._load()
 
@@ -320,6 +322,31 @@ class Releases:
         org = self.registry.organizations.get(org_id)
         return self.config.levels.get(org.level) if org else None
 
+    def _cohort(self, org_id: str, start: int, end: int) -> frozenset[str]:
+        """Households whose `aggregates` consent held throughout [start, end). Reused across windows while no
+        consent has changed and every change is older than the window (then it is the current state)."""
+        registry = self.registry
+        signature = (registry.consent_changes, *self._household_signature())
+        cached = self._cohort_cache.get(org_id)
+        if cached is not None and cached[0] == signature and start >= cached[1]:
+            return cached[2]
+        members = frozenset(registry.cohort(org_id, "aggregates", start, end))
+        if registry.last_consent_at <= start:
+            self._cohort_cache[org_id] = (signature, start, members)
+        return members
+
+    def _household_signature(self) -> tuple[int, int]:
+        """Changes whenever a household is created or deleted (deleted ones stay as tombstones)."""
+        return len(self.registry.households), len(self.registry.all_households())
+
+    def _meters(self) -> dict[str, str]:
+        """household id -> meter id, deleted households included (their past windows)."""
+        registry = self.registry
+        signature = self._household_signature()
+        if self._meter_cache[0] != signature:
+            self._meter_cache = (signature, {h.id: h.meter_id for h in registry.all_households()})
+        return self._meter_cache[1]
+
     def _related(self, org_id: str) -> set[str]:
         related = getattr(self.registry, "related", None)
         return set(related(org_id)) if related else set()
@@ -349,12 +376,12 @@ class Releases:
 
     def _decide_exact(self, grid: Grid, orgs: list, start: int, contributions: dict, tag: str | None,
                       staged: dict) -> None:
-        registry, k_min, end = self.registry, self.config.privacy.k_min, start + grid.width
+        k_min, end = self.config.privacy.k_min, start + grid.width
+        meters = self._meters()
         with_data = {m for m, c in contributions.items() if tag is None or tag in c.channels}
         candidates = []
         for org in orgs:
-            members = frozenset(h for h in registry.cohort(org.id, "aggregates", start, end)
-                                if registry.meter_of(h) in with_data)
+            members = frozenset(h for h in self._cohort(org.id, start, end) if meters.get(h) in with_data)
             candidates.append((org, members))
         released: list[frozenset[str]] = []
         # Households related to any organization are known to it (its test meters, its employees' homes): the
@@ -375,10 +402,9 @@ class Releases:
                                  "not released")
             else:
                 released.append(members - known)
-                consumption = sum(contributions[registry.meter_of(h)].channels[tag] if tag else
-                                  contributions[registry.meter_of(h)].consumption_w for h in members)
-                production = None if tag else sum(contributions[registry.meter_of(h)].production_w
-                                                  for h in members)
+                rows = [contributions[meters[h]] for h in members]
+                consumption = sum(c.channels[tag] for c in rows) if tag else sum(c.consumption_w for c in rows)
+                production = None if tag else sum(c.production_w for c in rows)
                 result = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members),
                                            consumption, production, {"kind": "exact"})
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
@@ -390,7 +416,7 @@ class Releases:
         name = day_name(start)
         for org in orgs:
             level = self.config.levels[org.level]
-            consenting = [h for h in registry.cohort(org.id, "aggregates", start, end) if h in registry.households]
+            consenting = [h for h in self._cohort(org.id, start, end) if h in registry.households]
             tags = [t for t in level.dp.tags if self._may(org, f"neighborhood_channel_{t}")]
             for tag in [None, *tags]:
                 loss = level.dp.loss()
@@ -423,12 +449,12 @@ class Releases:
 
     def _noisy_body(self, level: Level, grid: Grid, start: int, tag: str | None, members: frozenset[str],
                     contributions: dict) -> dict:
-        cfg, registry = level.dp, self.registry
+        cfg, meters = level.dp, self._meters()
         quantities = 1 if tag else 2
         clamp = cfg.tag_clamp_w if tag else cfg.clamp_w
         mechanism = (dp.calibrate_rho(clamp, cfg.rho / quantities) if cfg.noise == "gaussian"
                      else dp.calibrate("laplace", clamp, cfg.epsilon / quantities))
-        rows = [contributions.get(registry.meter_of(h)) for h in members]
+        rows = [contributions.get(meters[h]) for h in members]
         if tag:
             consumption = mechanism.release([c.channels.get(tag, 0.0) if c else 0.0 for c in rows])
             production = None
