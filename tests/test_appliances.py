@@ -229,15 +229,18 @@ async def test_appliance_action_switches_allowed_devices_only(town, shelly, tasm
         assert shelly.calls == [{"id": 1, "on": True}] and shelly.state == [False, True]
         assert tasmota.raw_queries == ["cmnd=Power%20On"] and tasmota.state == ["ON"]
         assert second_shelly.calls == []
+        # one household acted for: below k_min, so the organization learns nothing of it, not even counts
         view = await t.trigger(created["id"])
-        assert view["firings"] == 1 and view["deliveries"] == {"delivered": 1, "failed": 0}
+        assert view["firings"] == 0 and view["deliveries"] == {"delivered": 0, "failed": 0}
+        assert view["windows"]["withheld"] == 2
         assert (await t.trigger(foreign["id"], key=other_org_key))["firings"] == 0
-        # a device that is down is a failed delivery, nothing else
+        # a device that is down: not switched, and the household's other charger still is
         await shelly.runner.cleanup()
         t.clock.step(60)
         await t.window(power_import_w=0.0, power_export_w=3000.0)
+        assert tasmota.raw_queries == ["cmnd=Power%20On"] * 2
         view = await t.trigger(created["id"])
-        assert view["firings"] == 2 and view["deliveries"] == {"delivered": 1, "failed": 1}
+        assert view["windows"]["withheld"] == 3
         assert json.dumps(view).count("127.0.0.1") == 0
     finally:
         await second_shelly.runner.cleanup()

@@ -58,7 +58,8 @@ async def test_trigger_create_and_delete_write_off_the_loop_in_order(town, monke
     assert [x["id"] for x in listed["triggers"]] == [a["id"]]
     # and the new triggers run
     await t.window(power_import_w=5.0)
-    assert (await t.trigger(a["id"]))["evaluations"] == 1
+    assert (await t.inbox(t.households[0][1]))[0]["trigger_id"] == a["id"]
+    assert (await t.trigger(a["id"]))["windows"]["withheld"] == 1  # its counts: one household, so not released
 
 
 async def test_two_uploads_waiting_for_the_disk_do_not_both_pass_the_limit(town, monkeypatch):

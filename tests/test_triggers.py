@@ -17,12 +17,14 @@ import sys
 import textwrap
 import urllib.request
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from agent.config import DeliveryConfig, PrivacyConfig, TriggersConfig
+from agent.config import DeliveryConfig, TriggersConfig
+from drivers.reading import iso
 from tests.conftest import OPERATOR_TOKEN, StepClock, make_config
 from tests.test_delivery import Receiver
 from tests.test_service import free_port, wait_until
@@ -43,6 +45,10 @@ MISSION_BODY = """{
 }""" % base64.b64encode(MISSION_FUNCTION.encode()).decode()
 MISSION_CONTENT = ("There is a surplus of power production in your neighborhood, now might be a good time to "
                    "charge your EV!")
+
+
+def iso_of(moment: float) -> str:
+    return iso(datetime.fromtimestamp(moment, timezone.utc))
 
 
 def b64(source: str) -> str:
@@ -70,7 +76,7 @@ class Town:
 
     async def window(self, width=60, values=None, **fields):
         """Every household posts one reading (fields, or values[i] for household i), then the window
-        closes and the runner evaluates it; returns when its actions are done."""
+        closes and the runner evaluates it; returns after its statistics moment, its actions done."""
         for i, (_, token) in enumerate(self.households):
             reading = values[i] if values is not None else fields
             if reading is None:
@@ -78,14 +84,29 @@ class Town:
             status, out = await self.running.call("POST", "/readings", token=token,
                                                   json={"timestamp": self.clock.now, **reading})
             assert status == 201, out
-        self.clock.step(width)
-        await self.runner.run_due()
-        await self.runner.drain()
+        return await close_window(self.running, self.clock, width)
 
     async def inbox(self, token):
         status, out = await self.running.call("GET", "/households/me/notifications", token=token)
         assert status == 200, out
         return out["notifications"]
+
+
+async def close_window(running, clock, width=60):
+    """The window the clock is in closes and is decided by the release module; the runner evaluates it and
+    holds the results; at the release moment the actions leave (and are waited for); at the statistics moment
+    the counts go to the release module. The clock ends at that statistics moment."""
+    runner = running.agent.triggers
+    close = (math.floor(clock.now / width) + 1) * width
+    clock.now = close + 0.06  # past the release module's grace
+    await running.agent.releases.settle()
+    await runner.run_due()
+    clock.now = close + runner.config.release_delay_s
+    await runner.run_due()
+    await runner.drain()
+    clock.now = close + runner.config.release_delay_s + runner.config.statistics_delay_s
+    await runner.run_due()
+    return close
 
 
 async def grant(running, token, org_id, *services):
@@ -95,11 +116,16 @@ async def grant(running, token, org_id, *services):
 
 
 def town_config(tmp_path, **triggers):
-    return replace(make_config(tmp_path), privacy=PrivacyConfig(k_min=3),
+    config = make_config(tmp_path)
+    # The custodian's releases at a minute (its default finest width, 1 s, would need a reading every second from
+    # every household for a minute to be released: the minute is the sum of its released seconds).
+    levels = {**config.levels, "dso": replace(config.levels["dso"], windows=("1m", "15m", "1h"))}
+    return replace(config, levels=levels, privacy=replace(config.privacy, k_min=3),
                    delivery=DeliveryConfig(allow_http=True, allow_private_endpoints=True,
                                            retry_schedule=(0, 0.05, 0.1), timeout_s=2.0),
                    # a deadline with room for a loaded CI machine; the refusal test sets the default 50 ms
-                   triggers=TriggersConfig(**{"min_interval_s": 1, "timeout_ms": 150, **triggers}))
+                   triggers=TriggersConfig(**{"min_interval_s": 1, "timeout_ms": 150, "release_delay_s": 2.0,
+                                              "statistics_delay_s": 5.0, **triggers}))
 
 
 @pytest.fixture
@@ -146,7 +172,9 @@ async def test_mission_example_byte_for_byte_fires_on_a_local_surplus(town):
         assert note["trigger_id"] == tid
     assert await t.inbox(outsider) == []
     view = await t.trigger(tid)
-    assert view["evaluations"] == 3 and view["firings"] == 4 and view["deliveries"]["delivered"] == 4
+    # released counts, per window over the 4 households it acts for: evaluated 3 x 4, true for 4
+    assert view["evaluations"] == 12 and view["firings"] == 4 and view["deliveries"]["delivered"] == 4
+    assert view["windows"] == {"released": 3, "withheld": 0, "released_daily": 0, "inputs_withheld": 0}
 
     # still a surplus, but within the interval (36000 s): nothing more
     await t.window(power_import_w=1000.0, power_export_w=1500.0)
@@ -156,7 +184,8 @@ async def test_mission_example_byte_for_byte_fires_on_a_local_surplus(town):
     await t.window(power_import_w=1000.0, power_export_w=1500.0)
     assert [len(await t.inbox(token)) for _, token in t.households[:4]] == [2] * 4
     view = await t.trigger(tid)
-    assert view["evaluations"] == 5 and view["firings"] == 8 and view["errors"] == 0
+    assert view["evaluations"] == 20 and view["firings"] == 12 and view["errors"] == 0
+    assert view["deliveries"]["delivered"] == 8
 
 
 async def test_neighbourhood_condition_does_not_run_on_an_unreleased_window(town):
@@ -169,14 +198,14 @@ async def test_neighbourhood_condition_does_not_run_on_an_unreleased_window(town
     # only 2 households post: below k_min = 3, not released, so the condition does not run
     await t.window(values=[{"power_import_w": 100.0, "power_export_w": 900.0}] * 2 + [None, None])
     view = await t.trigger(created["id"])
-    assert view["evaluations"] == 0 and view["withheld"] == 1 and view["firings"] == 0
-    # one household dominating the production: not released either
-    await t.window(values=[{"power_import_w": 100.0, "power_export_w": 9000.0}]
-                   + [{"power_import_w": 100.0, "power_export_w": 10.0}] * 3)
-    view = await t.trigger(created["id"])
-    assert view["evaluations"] == 0 and view["withheld"] == 2
+    assert view["evaluations"] == 0 and view["windows"]["inputs_withheld"] == 1 and view["firings"] == 0
     for _, token in t.households:
         assert await t.inbox(token) == []
+    # released: it runs
+    await t.window(values=[{"power_import_w": 100.0, "power_export_w": 900.0}] * 4)
+    view = await t.trigger(created["id"])
+    assert view["windows"]["inputs_withheld"] == 1 and view["evaluations"] == 4
+    assert [len(await t.inbox(token)) for _, token in t.households] == [1] * 4
 
 
 # --- refusals ----------------------------------------------------------------------------------------
@@ -238,10 +267,10 @@ async def test_parameters_must_be_permitted_for_the_level_and_the_organization(t
     status, out = await t.create(body(["household_power_consumption"], source), key=service_key)
     assert status == 422 and out["reason"] == "parameter not permitted"
     assert out["parameter"] == "household_power_consumption" and "'service'" in out["detail"]
-    # a dp-only level never gets exact aggregates, so not through a trigger either
+    # a noisy level's neighbourhood condition runs on its own (noisy) release, at its windows only
     source = "def condition(neighborhood_net_power):\n    return True\n"
-    status, out = await t.create(body(["neighborhood_net_power"], source), key=service_key)
-    assert status == 422 and out["reason"] == "parameter not permitted" and "differential privacy" in out["detail"]
+    status, out = await t.create(body(["neighborhood_net_power"], source, window="1h"), key=service_key)
+    assert status == 201, out
     # the operator narrows one organization: its own trigger uploads are checked against it
     status, _ = await t.running.call("PATCH", f"/organizations/{t.org_id}", json={"parameters": ["neighborhood_*"]})
     assert status == 200
@@ -319,8 +348,8 @@ async def test_only_the_owning_organization_sees_or_deletes_a_trigger(town):
 
 
 async def test_the_organization_sees_counts_only(town):
-    """Per-household results never leave: the view is the same shape whoever fired, evaluations count
-    windows (not households), errors count at most once per interval."""
+    """Per-household results never leave: the view is the same shape whoever fired; its counts are sums of
+    what the release module released per window (here exact, over at least k_min households)."""
     t = await town(4)
     status, created = await t.create(body(["household_power_consumption"], """\
         def condition(household_power_consumption):
@@ -335,15 +364,16 @@ async def test_the_organization_sees_counts_only(town):
     for _ in range(3):
         await t.window(values=values)
     view = await t.trigger(tid)
-    assert view["evaluations"] == 3  # windows, not 3 x 4 rows
-    assert view["firings"] == 1  # one household, once per 600 s
-    assert view["errors"] == 1  # raised in 3 windows, counted once per interval
+    assert view["evaluations"] == 12  # 4 households in 3 windows
+    assert view["firings"] == 3  # one household, true in 3 windows
+    assert view["errors"] == 3  # one household raised in 3 windows
     text = json.dumps(view)
     for household_id, token in t.households:
         assert household_id not in text and token not in text
-    assert set(view) == {"id", "parameters", "interval", "window", "kind", "action", "created_at", "state",
-                         "quarantined", "evaluations", "withheld", "firings", "errors", "deliveries"}
-    assert view["deliveries"] == {"delivered": 1, "failed": 0}
+    assert set(view) == {"id", "parameters", "interval", "window", "kind", "action", "description", "created_at",
+                         "state", "quarantined", "evaluations", "firings", "errors", "deliveries", "windows",
+                         "days_released"}
+    assert view["deliveries"] == {"delivered": 1, "failed": 0}  # one action per 600 s
     # only the household above 1000 W got the notification
     boxes = [len(await t.inbox(token)) for _, token in t.households]
     assert boxes == [1, 0, 0, 0]
@@ -378,7 +408,7 @@ async def test_debounce_one_action_per_household_per_interval(town):
         times = sorted(n["at"] for n in notes)
         assert all(b - a >= 120 for a, b in zip(times, times[1:]))
     view = await t.trigger(created["id"])
-    assert view["evaluations"] == 5 and view["firings"] == 9
+    assert view["evaluations"] == 15 and view["firings"] == 15 and view["deliveries"]["delivered"] == 9
 
     # deleting and creating it again is no way around the wait
     status, _ = await t.running.call("DELETE", f"/triggers/{created['id']}", token=t.org_key)
@@ -386,9 +416,9 @@ async def test_debounce_one_action_per_household_per_interval(town):
     status, again = await t.create(body(["household_power_consumption"], always, interval=120))
     assert status == 201
     await t.window(power_import_w=100.0)  # 60 s after the last action: still waiting
-    assert (await t.trigger(again["id"]))["firings"] == 0
+    assert (await t.trigger(again["id"]))["deliveries"]["delivered"] == 0
     await t.window(power_import_w=100.0)  # 120 s after: allowed
-    assert (await t.trigger(again["id"]))["firings"] == 3
+    assert (await t.trigger(again["id"]))["deliveries"]["delivered"] == 3
 
 
 async def test_triggers_inbox_and_debounce_survive_a_restart(tmp_path, start_agent):
@@ -402,27 +432,26 @@ async def test_triggers_inbox_and_debounce_survive_a_restart(tmp_path, start_age
         ["household_power_consumption"], "def condition(household_power_consumption):\n    return True\n",
         interval=3600))
     assert status == 201
-    clock.step(1)
+    clock.step(60)
     assert (await running.call("POST", "/readings", token=token, json={"timestamp": clock.now,
                                                                         "power_import_w": 10.0}))[0] == 201
-    clock.step(60)
-    await running.agent.triggers.run_due()
-    await running.agent.triggers.drain()
+    await close_window(running, clock)
     assert len((await running.call("GET", "/households/me/notifications", token=token))[1]["notifications"]) == 1
     await running.http.close()
     await running.agent.stop()
 
     again = await start_agent(config, clock=clock)
     status, view = await again.call("GET", f"/triggers/{created['id']}", token=org_key)
-    assert status == 200 and view["state"] == "active" and view["firings"] == 1
+    # one household: below k_min, its window's counts were withheld (and that much survives the restart)
+    assert status == 200 and view["state"] == "active" and view["windows"]["withheld"] == 1
+    assert view["firings"] == 0
+    clock.step(60)
     assert (await again.call("POST", "/readings", token=token, json={"timestamp": clock.now,
                                                                       "power_import_w": 10.0}))[0] == 201
-    clock.step(60)
-    await again.agent.triggers.run_due()
-    await again.agent.triggers.drain()
+    await close_window(again, clock)
     status, out = await again.call("GET", "/households/me/notifications", token=token)
     assert len(out["notifications"]) == 1  # the restart did not reset the debounce
-    assert (await again.call("GET", f"/triggers/{created['id']}", token=org_key))[1]["evaluations"] == 2
+    assert (await again.call("GET", f"/triggers/{created['id']}", token=org_key))[1]["windows"]["withheld"] == 2
 
 
 # --- hostile conditions ------------------------------------------------------------------------------
@@ -448,7 +477,8 @@ async def test_a_condition_that_misbehaves_later_is_quarantined_and_others_keep_
         assert (await t.trigger(good["id"]))["firings"] == 3 * (i + 1)  # never held up
     view = await t.trigger(bad["id"])
     assert view["quarantined"] is True and view["state"] == "quarantined"
-    assert view["evaluations"] == 3 and view["firings"] == 0 and view["errors"] == 1
+    # three windows failed whole (the batch was killed): each household's evaluation counted as an error
+    assert view["evaluations"] == 9 and view["firings"] == 0 and view["errors"] == 9
     assert t.runner.health()["quarantined"] == 1
     status, health = await t.running.call("GET", "/health")  # the detail is the operator's
     assert health["triggers"]["quarantined"] == 1 and health["triggers"]["sandbox"] == "enforced"
@@ -558,43 +588,147 @@ async def test_inbox_keeps_the_last_100(tmp_path, monkeypatch):
 
 
 # --- webhook actions ---------------------------------------------------------------------------------
-async def test_webhook_action_is_signed_and_carries_only_a_pseudonym(town, receiver):
+async def test_webhook_of_a_household_condition_reaches_the_organization_only_with_consent_to_its_events(
+        town, receiver):
+    """Household conditions: a webhook goes only for households that consented to that trigger's events,
+    signed, under a per-organization pseudonym; each one is in the household's disclosure log."""
     t = await town(3)
-    _, other_key = await t.running.create_org("Other Co", "dso")
-    other_id = [o for o in (await t.running.call("GET", "/organizations"))[1]["organizations"]
-                if o["name"] == "Other Co"][0]["id"]
+    other_id, other_key = await t.running.create_org("Other Co", "dso")
     for _, token in t.households:
         await grant(t.running, token, other_id, "triggers")
     always = "def condition(household_power_consumption):\n    return True\n"
     hook = {"type": "webhook", "endpoint": receiver.url}
+    status, out = await t.create(body(["household_power_consumption"], always, interval=1, action=hook))
+    assert status == 422 and "description" in out["detail"]  # households must be told what they agree to
     created = []
     for key in (t.org_key, t.org_key, other_key):
-        status, out = await t.create(body(["household_power_consumption"], always, interval=1, action=hook), key=key)
+        status, out = await t.create(body(["household_power_consumption"], always, interval=1, action=hook,
+                                          description="Tells us when you use power"), key=key)
         assert status == 201 and out["secret"].startswith("whsec_") and "secret" not in out["action"]
         created.append(out)
     assert "secret" not in await t.trigger(created[0]["id"])
 
+    # consent to the triggers service alone sends nothing to the organization
     await t.window(power_import_w=100.0)
-    await t.running.wait_for(lambda: len(receiver.received) == 9)
+    assert receiver.received == []
+
+    # households 0 and 1 consent to the events of both of Energy Co's triggers, all three to Other Co's
+    for i, (_, token) in enumerate(t.households):
+        for trig, org in ((created[0], t.org_id), (created[1], t.org_id), (created[2], other_id)):
+            if i < 2 or org == other_id:
+                await grant(t.running, token, org, f"trigger_events:{trig['id']}")
+    close = await t.window(power_import_w=100.0)
+    assert len(receiver.received) == 7
     secrets = {c["id"]: c["secret"] for c in created}
     seen: dict[str, set] = {}
     for headers, raw in receiver.received:
         trigger_id = json.loads(raw)["trigger_id"]
         message = Webhook(secrets[trigger_id]).verify(raw, headers)
-        assert set(message) == {"type", "trigger_id", "household", "at"}
+        assert set(message) == {"type", "trigger_id", "household", "window", "window_start", "at"}
         assert message["type"] == "trigger.fired" and message["household"].startswith("p_")
+        assert message["window_start"] == iso_of(close - 60)
+        assert message["at"] == iso_of(close + t.runner.config.release_delay_s)  # the release moment
         seen.setdefault(trigger_id, set()).add(message["household"])
     first, second, other = (seen[c["id"]] for c in created)
-    assert len(first) == 3 and first == second  # stable per organization
-    assert not first & other  # unlinkable across organizations
+    assert len(first) == 2 and first == second  # only the consenting; stable per organization
+    assert len(other) == 3 and not first & other  # unlinkable across organizations
     for household_id, _ in t.households:
         assert not any(household_id.encode() in raw for _, raw in receiver.received)
-    # the same pseudonyms next time
+
+    # the disclosure log: the events, with the household, in the audit log
+    await t.running.agent.audit.record_durable("test", "operator", "flush")
+    status, audit = await t.running.call("GET", f"/audit?who={t.org_id}&since=0")
+    disclosed = [e for e in audit["entries"] if e["action"] == "trigger.action" and e.get("disclosed")]
+    assert sorted(e["household_id"] for e in disclosed) == sorted([t.households[0][0], t.households[1][0]] * 2)
+
+    # a revocation is obeyed at once: household 0's events stop
+    status, _ = await t.running.call("DELETE", f"/households/me/consents/{t.org_id}/trigger_events:"
+                                     f"{created[0]['id']}", token=t.households[0][1])
+    assert status == 200
     receiver.received.clear()
     await t.window(power_import_w=100.0)
-    await t.running.wait_for(lambda: len(receiver.received) == 9)
+    mine = [json.loads(raw) for _, raw in receiver.received if json.loads(raw)["trigger_id"] == created[0]["id"]]
+    assert len(mine) == 1 and {m["household"] for m in mine} < first
+    # the same pseudonyms next time
     assert {json.loads(raw)["household"] for _, raw in receiver.received
-            if json.loads(raw)["trigger_id"] == created[0]["id"]} == first
+            if json.loads(raw)["trigger_id"] == created[1]["id"]} == first
+
+
+async def test_events_per_household_per_day_are_bounded_across_an_organizations_triggers(town, receiver):
+    t = await town(3, max_events_per_household_per_day=3)
+    always = "def condition(household_power_consumption):\n    return True\n"
+    hook = {"type": "webhook", "endpoint": receiver.url}
+    ids = []
+    for _ in range(2):
+        status, out = await t.create(body(["household_power_consumption"], always, interval=1, action=hook,
+                                          description="power use"))
+        assert status == 201
+        ids.append(out["id"])
+        for _, token in t.households:
+            await grant(t.running, token, t.org_id, f"trigger_events:{out['id']}")
+    for _ in range(3):
+        await t.window(power_import_w=100.0)
+    by_household = {}
+    for message in receiver.messages():
+        by_household[message["household"]] = by_household.get(message["household"], 0) + 1
+    assert by_household and set(by_household.values()) == {3}  # 2 triggers x 3 windows, bounded at 3 a day
+    status, params = await t.running.call("GET", "/parameters", token=t.org_key)
+    bound = params["trigger_disclosure"]
+    assert bound["max_events_per_household_per_day"] == 3 and bound["max_bits_per_household_per_day"] > 0
+    # the next UTC day allows 3 more
+    t.clock.now = (math.floor(t.clock.now / 86400) + 1) * 86400 + 10
+    receiver.received.clear()
+    await t.window(power_import_w=100.0)
+    await t.window(power_import_w=100.0)
+    counts = {}
+    for message in receiver.messages():
+        counts[message["household"]] = counts.get(message["household"], 0) + 1
+    assert set(counts.values()) == {3}
+
+
+async def test_webhook_of_a_neighbourhood_condition_names_no_household(town, receiver):
+    t = await town(3)
+    status, created = await t.create(body(["neighborhood_power_consumption"], """\
+        def condition(neighborhood_power_consumption):
+            return neighborhood_power_consumption > 100
+        """, interval=1, action={"type": "webhook", "endpoint": receiver.url}))
+    assert status == 201 and created["kind"] == "neighborhood"
+    close = await t.window(power_import_w=500.0)
+    [message] = receiver.messages()  # one per window, not one per household
+    assert set(message) == {"type", "trigger_id", "window", "window_start", "at"}
+    assert message["window_start"] == iso_of(close - 60)
+    await t.window(power_import_w=10.0)  # 30 W in all: false
+    assert len(receiver.received) == 1
+    # not a trigger households consent to: nothing of theirs in it
+    status, out = await t.running.call("GET", "/households/me/triggers", token=t.households[0][1])
+    assert status == 200 and out["triggers"] == []
+
+
+async def test_households_see_what_they_would_consent_to(town, receiver):
+    t = await town(2)
+    hook = {"type": "webhook", "endpoint": receiver.url}
+    status, created = await t.create(body(["household_power_consumption", "neighborhood_power_consumption"],
+                                          "def condition(household_power_consumption, neighborhood_power_consumption"
+                                          "):\n    return True\n", interval=900, action=hook,
+                                          description="Your share of the street's load"))
+    assert status == 201
+    assert (await t.create(body(["household_power_consumption"],
+                                "def condition(household_power_consumption):\n    return True\n")))[0] == 201
+    _, token = t.households[0]
+    status, out = await t.running.call("GET", "/households/me/triggers", token=token)
+    assert status == 200
+    [listed] = out["triggers"]  # the notification trigger is not one: it tells the organization nothing
+    assert listed["trigger_id"] == created["id"] and listed["description"] == "Your share of the street's load"
+    assert [p["name"] for p in listed["parameters"]] == ["household_power_consumption",
+                                                          "neighborhood_power_consumption"]
+    assert listed["service"] == f"trigger_events:{created['id']}" and listed["consented"] is False
+    assert listed["max_rate"] == {"one_event_per_s": 900.0, "events_per_organization_per_day": 24}
+    assert out["disclosure"]["max_events_per_household_per_day"] == 24
+    await grant(t.running, token, t.org_id, listed["service"])
+    status, one = await t.running.call("GET", f"/households/me/triggers/{created['id']}", token=token)
+    assert status == 200 and one["consented"] is True
+    assert (await t.running.call("GET", "/households/me/triggers/trg_000000000000", token=token))[0] == 404
+    assert (await t.running.call("GET", "/households/me/triggers", token=t.org_key))[0] in (401, 403)
 
 
 async def test_webhook_endpoint_is_checked_like_subscriptions(tmp_path, start_agent):
@@ -683,11 +817,11 @@ async def test_mixed_parameters_run_per_household_with_the_neighbourhood_values(
     await t.window(values=export)  # net = 400 - 2000 < 0: the two exporting above 500 W
     assert [len(await t.inbox(token)) for _, token in t.households] == [1, 1, 0, 0]
     view = await t.trigger(created["id"])
-    assert view["evaluations"] == 1 and view["firings"] == 2
+    assert view["evaluations"] == 4 and view["firings"] == 2
     # a window the privacy rules do not release: not run at all, for anyone
     await t.window(values=export[:2] + [None, None])
     view = await t.trigger(created["id"])
-    assert view["evaluations"] == 1 and view["withheld"] == 1
+    assert view["evaluations"] == 4 and view["windows"]["inputs_withheld"] == 1
 
 
 async def test_removed_households_lose_their_endpoints_appliances_and_inbox(town):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api import admin, anonymized, data, household_actions, households, meters, openapi, privacy, subscriptions, triggers
+from agent.api import admin, anonymized, data, household_actions, household_triggers, households, meters, openapi, privacy, subscriptions, triggers
 from agent.api.common import AGENT, MAX_BODY_BYTES, error_middleware
 
 
@@ -14,6 +14,7 @@ def create_app(agent) -> web.Application:
     meters.add_routes(app)
     households.add_routes(app)  # before admin: /households/me must not be read as an id
     household_actions.add_routes(app)
+    household_triggers.add_routes(app)
     admin.add_routes(app)
     data.add_routes(app)
     privacy.add_routes(app)

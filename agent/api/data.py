@@ -42,7 +42,8 @@ async def parameters(request: web.Request) -> web.Response:
         else:
             allowed = False
         out.append({**param.public(), "permitted": allowed})
-    return web.json_response({"parameters": out, "privacy": privacy_terms(agent, level)})
+    return web.json_response({"parameters": out, "privacy": privacy_terms(agent, level),
+                              "trigger_disclosure": agent.triggers.disclosure()})
 
 
 def privacy_terms(agent, level: Level | None) -> dict:

@@ -18,8 +18,11 @@ ACTION = {"oneOf": [
      "properties": {"type": {"const": "appliance"}, "appliance": {"type": "string", "minLength": 1, "maxLength": 64},
                     "command": {"enum": ["on", "off"]}}},
     {"type": "object", "required": ["type", "endpoint"], "additionalProperties": False,
-     "description": "A signed call to the organization's endpoint with the trigger id, a per-organization "
-                    "pseudonym of the household and the time",
+     "description": "A signed call to the organization's endpoint. A condition on neighbourhood parameters only: "
+                    "one event per window naming no household. A condition on household parameters: one event "
+                    "per household that consented to this trigger's events (trigger_events:<trigger_id>), with "
+                    "its per-organization pseudonym, at most [triggers] max_events_per_household_per_day per "
+                    "organization and day; needs a description",
      "properties": {"type": {"const": "webhook"}, "endpoint": {"type": "string", "description": "https:// URL"}}}]}
 
 SCHEMAS = {
@@ -35,23 +38,34 @@ SCHEMAS = {
                                         "(the operator sets the minimum, 60 s by default)"},
             "action": ACTION,
             "window": {"enum": ["1s", "1m", "15m", "1h"],
-                       "description": "evaluation cadence; default 1m (or the level's finest)"}}},
+                       "description": "evaluation cadence; default 1m (or the level's finest)"},
+            "description": {"type": "string", "maxLength": 500,
+                            "description": "what households read before they consent to its events (required "
+                                           "for a webhook of a condition on household parameters)"}}},
     "Trigger": {
         "type": "object",
         "required": ["id", "parameters", "interval", "window", "kind", "action", "state", "quarantined",
-                     "evaluations", "firings", "errors", "deliveries"],
+                     "evaluations", "firings", "errors", "deliveries", "windows"],
+        "description": "Counts are sums of the per-window statistics the release module released (exact levels: "
+                       "windows of at least k_min households; noisy levels: noised per UTC day)",
         "properties": {
             "id": STRING, "parameters": {"type": "array", "items": STRING}, "interval": {"type": "number"},
             "window": STRING, "kind": {"enum": ["household", "neighborhood"]}, "action": OBJ,
-            "created_at": {"type": "number"},
+            "description": STRING, "created_at": {"type": "number"},
             "state": {"enum": ["active", "quarantined", "rejected", "suspended", "sandbox_unavailable"]},
             "quarantined": {"type": "boolean"},
-            "evaluations": {"type": "integer", "description": "windows in which the condition ran"},
-            "withheld": {"type": "integer", "description": "windows whose aggregate was not released"},
-            "firings": {"type": "integer", "description": "actions taken (at most one per household per interval)"},
-            "errors": {"type": "integer", "description": "intervals in which the condition failed at least once"},
-            "deliveries": {"type": "object", "properties": {"delivered": {"type": "integer"},
-                                                            "failed": {"type": "integer"}}}}},
+            "evaluations": {"type": "number", "description": "households evaluated"},
+            "firings": {"type": "number", "description": "households the condition was true for"},
+            "errors": {"type": "number", "description": "evaluations that failed"},
+            "deliveries": {"type": "object", "properties": {"delivered": {"type": "number"},
+                                                            "failed": {"type": "number"}}},
+            "windows": {"type": "object", "properties": {
+                "released": {"type": "integer", "description": "windows whose counts were released"},
+                "withheld": {"type": "integer", "description": "windows whose counts were not (too few households)"},
+                "released_daily": {"type": "integer", "description": "windows of a noisy level, summed per day"},
+                "inputs_withheld": {"type": "integer", "description": "windows not evaluated: their neighbourhood "
+                                                                      "aggregate was not released"}}},
+            "days_released": {"type": "integer", "description": "noisy levels: days whose counts were released"}}},
     "TriggerCreated": {"allOf": [_ref("Trigger"), {"type": "object", "properties": {
         "secret": {"type": "string", "description": "webhook actions: the signing secret, shown once"}}}]},
     "Triggers": {"type": "object", "required": ["triggers"],
@@ -87,10 +101,26 @@ SCHEMAS = {
     "Appliances": {"type": "object", "required": ["appliances"],
                    "properties": {"appliances": {"type": "array", "items": _ref("Appliance")},
                                   "drivers": {"type": "array", "items": STRING}}},
-    "TriggerWebhook": {"type": "object", "required": ["type", "trigger_id", "household", "at"],
-                       "properties": {"type": {"const": "trigger.fired"}, "trigger_id": STRING,
-                                      "household": {"type": "string", "description": "stable per organization"},
-                                      "at": {"type": "string", "format": "date-time"}}},
+    "TriggerWebhook": {"type": "object", "required": ["type", "trigger_id", "window", "window_start", "at"],
+                       "properties": {"type": {"const": "trigger.fired"}, "trigger_id": STRING, "window": STRING,
+                                      "household": {"type": "string", "description": "household conditions only, "
+                                                    "for a household that consented: stable per organization"},
+                                      "window_start": {"type": "string", "format": "date-time"},
+                                      "at": {"type": "string", "format": "date-time",
+                                             "description": "the release moment: the window's end plus a fixed "
+                                                            "delay"}}},
+    "ConsentableTrigger": {
+        "type": "object", "required": ["trigger_id", "organization_id", "description", "parameters", "service",
+                                       "consented", "max_rate", "event"],
+        "properties": {"trigger_id": STRING, "organization_id": STRING, "organization_name": _nullable("string"),
+                       "description": STRING, "parameters": {"type": "array", "items": OBJ}, "window": STRING,
+                       "service": {"type": "string", "description": "trigger_events:<trigger_id>: PUT "
+                                   "/households/me/consents/{org_id}/{service} to consent"},
+                       "consented": {"type": "boolean"}, "requires": {"type": "array", "items": STRING},
+                       "max_rate": OBJ, "event": OBJ, "created_at": {"type": "number"}}},
+    "ConsentableTriggers": {"type": "object", "required": ["triggers", "disclosure"],
+                            "properties": {"triggers": {"type": "array", "items": _ref("ConsentableTrigger")},
+                                           "disclosure": OBJ}},
     "HouseholdNotification": {"type": "object", "required": ["type", "id", "content", "at"],
                               "properties": {"type": {"const": "notification"}, "id": STRING,
                                              "organization_id": STRING, "organization_name": STRING,
@@ -107,7 +137,8 @@ def paths() -> dict:
     create = _op("Upload a condition (base64 Python) and an action; a trial run in the sandbox decides", ORG,
                  {"201": _json("TriggerCreated", "Accepted")}, body="TriggerIn",
                  extra_errors={"409": _error("Too many triggers"),
-                               "429": _error("Too many bad tokens, or too many uploads today (Retry-After)"),
+                               "429": _error("Too many bad tokens, too many uploads today, too many refused uploads "
+                                             "this hour, or uploads already waiting for their trial (Retry-After)"),
                                **UNAVAILABLE}, tag="triggers")
     create["responses"]["422"] = {"description": "Refused, with a fixed reason",
                                   "content": {"application/json": {"schema": _ref("TriggerRefused")}}}
@@ -128,6 +159,12 @@ def paths() -> dict:
                        {"200": _json("Notify")}, body="NotifyIn", tag="household"),
             "delete": _op("Remove it (notifications stay in the inbox)", HH, {"204": {"description": "Removed"}},
                           extra_errors=NOT_FOUND, tag="household")},
+        "/households/me/triggers": {"get": _op(
+            "Triggers whose events the household may consent to: description, parameters, maximum rate, what the "
+            "organization receives", HH, {"200": _json("ConsentableTriggers")}, tag="household")},
+        "/households/me/triggers/{trigger_id}": {"get": _op(
+            "One of them", HH, {"200": _json("ConsentableTrigger")}, params=[TRIGGER_ID], extra_errors=NOT_FOUND,
+            tag="household")},
         "/households/me/notifications": {"get": _op("The household's inbox: the last 100 notifications, newest "
                                                     "first", HH, {"200": _json("Notifications")}, tag="household")},
         "/households/me/appliances": {

@@ -1,10 +1,15 @@
-"""Organizations' triggers: upload a condition and an action, list, inspect (counts only), delete.
+"""Organizations' triggers: upload a condition and an action, list, inspect (released counts only), delete.
 
 An upload is accepted only if every parameter exists and the organization may use it, the source
 (base64 of UTF-8 Python) compiles and defines ``condition`` taking exactly those parameters, and a
 trial in a locked worker on sample inputs answers a bool within the operator's deadline. A refusal is a
 422 whose ``reason`` is one fixed string; nothing the condition printed or raised is ever shown.
 Where the kernel does not enforce the sandbox, every upload is a 503: conditions never run unsandboxed.
+
+Refused uploads count against a per-organization limit ([triggers] max_refusals_per_hour; beyond it a 429
+with Retry-After, before anything is parsed or spawned), trials are queued per organization, and a refusal
+is summed into the audit log (never an fsync of its own). A webhook action of a condition on household
+parameters needs a ``description``: it is what households read before they consent to its events.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from agent.delivery.targets import TargetError
 from agent.parameters import HOUSEHOLD, permitted
 from agent.triggers import actions
 from agent.triggers.model import MAX_INTERVAL_S, Refused, check_action, check_parameters
+from agent.triggers.runner import TooManyUploads
 from sandbox import SYNTAX_ERROR, SandboxUnavailable
 
 MAX_FUNCTION_CHARS = 32 * 1024  # base64 of the sandbox's 16 KiB of source, with room
+MAX_DESCRIPTION_CHARS = 500
 ORGANIZATION_LOCKS = web.AppKey("trigger_organization_locks", KeyedLocks)
 
 
@@ -39,6 +46,10 @@ def _refused(err: Refused) -> ApiError:
 def _unavailable(detail: str) -> ApiError:
     return ApiError(503, "sandbox_unavailable", f"triggers are disabled on this device: {detail}; conditions "
                     "never run unsandboxed")
+
+
+def _too_many(retry_after_s: float, detail: str) -> ApiError:
+    return ApiError(429, "too_many_uploads", detail, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 def _owned(request: web.Request):
@@ -63,9 +74,12 @@ async def create_trigger(request: web.Request) -> web.Response:
     runner = agent.triggers
     if not runner.availability.ok:
         raise _unavailable(runner.availability.detail)
+    wait = runner.upload_wait(org.id)
+    if wait:
+        raise _too_many(*wait)
     body = json_object(await read_json(request), {
-        "parameters": list, "function": str, "interval": (int, float), "action": dict, "window": str},
-        ("parameters", "function", "interval", "action"))
+        "parameters": list, "function": str, "interval": (int, float), "action": dict, "window": str,
+        "description": str}, ("parameters", "function", "interval", "action"))
     level = level_of(agent, org)
     config = agent.config
 
@@ -73,10 +87,7 @@ async def create_trigger(request: web.Request) -> web.Response:
         if not permitted(param.name, level, org.parameters):
             return False, f" for level {level.name!r}" if not permitted(param.name, level) else \
                 " for this organization (the operator narrowed its parameters)"
-        if level.dp.only and param.level != HOUSEHOLD:
-            return False, (f": level {level.name!r} gets neighbourhood data only with differential privacy, "
-                           "and a trigger would run on the exact aggregate")
-        return True, ""
+        return True, ""  # neighbourhood values are the level's own release (exact or noisy): releases.answer
 
     def endpoint(url):
         try:
@@ -99,6 +110,12 @@ async def create_trigger(request: web.Request) -> web.Response:
     if window not in WINDOWS or window not in level.windows:
         raise ApiError(422, "window_not_permitted", f"window must be one of {', '.join(level.windows)} "
                        f"for level {level.name!r}")
+    description = body.get("description", "").strip()
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        raise ApiError(422, "invalid", f"description must be at most {MAX_DESCRIPTION_CHARS} characters")
+    if action["type"] == "webhook" and any(p.level == HOUSEHOLD for p in params) and not description:
+        raise ApiError(422, "invalid", "a webhook of a condition on household parameters needs a description: "
+                       "households read it before they consent to its events (trigger_events:<trigger_id>)")
     _check_limits(runner, org, config)
 
     text = body["function"]
@@ -107,14 +124,17 @@ async def create_trigger(request: web.Request) -> web.Response:
             raise ValueError
         source = base64.b64decode(text.encode("ascii"), validate=True).decode("utf-8")
     except (ValueError, UnicodeError, binascii.Error):
+        runner.refused(org.id, SYNTAX_ERROR)
         raise ApiError(422, "condition_rejected", "function must be the base64 of UTF-8 Python source",
                        reason=SYNTAX_ERROR) from None
     try:
-        result = await runner.trial(source, params)
+        result = await runner.trial(org.id, source, params)
     except SandboxUnavailable as err:
         raise _unavailable(err.reason) from None
+    except TooManyUploads as err:
+        raise _too_many(err.retry_after_s, err.detail) from None
     if not result.ok:
-        await agent.audit.record_durable(org.id, ORGANIZATION, "trigger.refused", reason=result.reason)
+        runner.refused(org.id, result.reason)  # counted, and summed into the audit log: no fsync per refusal
         raise ApiError(422, "condition_rejected", result.reason, reason=result.reason)
     if not runner.availability.ok:
         raise _unavailable(runner.availability.detail)
@@ -122,7 +142,8 @@ async def create_trigger(request: web.Request) -> web.Response:
     # two uploads waiting for the disk at once must not both pass it.
     async with request.app[ORGANIZATION_LOCKS](org.id):
         _check_limits(runner, org, config)
-        trig, secret = await runner.create(org.id, [p.name for p in params], source, interval, window, action)
+        trig, secret = await runner.create(org.id, [p.name for p in params], source, interval, window, action,
+                                           description)
     await agent.audit.record_durable(org.id, ORGANIZATION, "trigger.create", trigger_id=trig.id,
                                      parameters=trig.parameters, action_type=action["type"])
     out = runner.describe(trig)

@@ -5,14 +5,19 @@ The boolean stream of a condition is a side channel (DESIGN.md): a condition can
 household's data per evaluation. What leaves the device is therefore bounded here:
 - an action for a household happens at most once per `interval` per trigger (`Debouncer`), and a
   trigger deleted and created again inherits its predecessor's wait (the organization's cooldown);
-- the organization sees counts only: windows processed, actions taken, deliveries, and errors
-  counted at most once per `interval` (see `TriggerStats`), never a per-household result.
+- actions of household conditions go to the household's side only (its inbox, its endpoint, its
+  appliance); a webhook to the organization carries a household's event only if that household
+  consented to that trigger's events, and at most `max_events_per_household_per_day` of them per
+  organization and UTC day (`Debouncer.event_allowed`); `disclosure_bits` is what that bound means;
+- the organization's statistics are per-window counts released by the release module (thresholded or
+  noised), summed in `TriggerStats`, never a per-household result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -52,12 +57,13 @@ class Trigger:
     created_at: float
     quarantined: bool = False
     rejected: str | None = None  # a fixed reason, if the source stopped loading
+    description: str = ""  # what households are shown before they consent to its events
     # in memory only
     last_window: int | None = field(default=None, compare=False, repr=False)
     suspended: bool = field(default=False, compare=False, repr=False)
 
     RECORD = ("id", "organization_id", "parameters", "source", "interval_s", "window", "action", "secret",
-              "created_at", "quarantined", "rejected")
+              "created_at", "quarantined", "rejected", "description")
 
     def record(self) -> dict:
         return {k: getattr(self, k) for k in self.RECORD}
@@ -76,19 +82,29 @@ class Trigger:
 
 @dataclass
 class TriggerStats:
-    """What the organization may know of a trigger in motion. No field depends on one household's result
-    more often than once per interval."""
+    """What the organization may know of a trigger in motion: sums of the per-window counts the release module
+    released (each window's counts were released whole or not at all), and how many windows were not."""
 
-    evaluations: int = 0  # windows in which the condition ran (or its worker failed)
-    withheld: int = 0  # windows not evaluated because the aggregate was not released
-    firings: int = 0  # actions taken: at most one per household per interval
-    delivered: int = 0  # actions that reached their target
-    failed: int = 0  # actions that did not
-    errors: int = 0  # intervals in which the condition failed at least once (raised, not a bool, killed)
-    last_error_at: float | None = None
+    evaluations: int | float = 0  # households evaluated (neighbourhood conditions: windows evaluated)
+    fired: int | float = 0  # of those, how many the condition was true for
+    delivered: int | float = 0  # actions that reached their target by the window's statistics time
+    failed: int | float = 0  # actions that did not (or were dropped, or were still under way)
+    errors: int | float = 0  # evaluations that failed (raised, not a bool, killed)
+    windows_released: int = 0  # windows whose counts were released
+    windows_withheld: int = 0  # windows whose counts the release module withheld (cohort too small, budget)
+    windows_daily: int = 0  # windows of a noisy level: their counts are released per UTC day, noised
+    inputs_withheld: int = 0  # windows not evaluated: their neighbourhood aggregate was not released
+    late: int = 0  # windows not evaluated by their release moment (operator's view only)
 
     def record(self) -> dict:
         return asdict(self)
+
+    def add(self, released: dict) -> None:
+        for name in ("evaluations", "fired", "delivered", "failed", "errors"):
+            value = released.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(self, name, getattr(self, name) + value)
+        self.windows_released += 1
 
 
 # --- checks of an upload -------------------------------------------------------------------------
@@ -198,6 +214,19 @@ class Debouncer:
     def __init__(self):
         self.last: dict[tuple[str, str], float] = {}  # (trigger id, household id) -> last action
         self.cooldown: dict[tuple[str, str], float] = {}  # (organization id, household id) -> not before
+        self.events: dict[tuple[str, str], tuple[int, int]] = {}  # (organization id, household id) -> (day, n)
+
+    def event_allowed(self, org_id: str, household_id: str, at: float, per_day: int) -> bool:
+        """May one more of this household's events go to this organization on the UTC day of `at`?"""
+        day, used = self.events.get((org_id, household_id), (None, 0))
+        return (used if day == _day(at) else 0) < per_day
+
+    def spend_event(self, org_id: str, household_id: str, at: float, n: int = 1) -> None:
+        day, used = self.events.get((org_id, household_id), (None, 0))
+        today = _day(at)
+        if day is not None and day > today:
+            return  # a clock that went back: the later day's count stands
+        self.events[(org_id, household_id)] = (today, (used if day == today else 0) + n)
 
     def allowed(self, trigger: Trigger, household_id: str, now: float) -> bool:
         last = self.last.get((trigger.id, household_id))
@@ -227,3 +256,14 @@ def pseudonym(key: bytes, org_id: str, household_id: str) -> str:
     """Stable per (device, organization, household); unlinkable across organizations and devices."""
     mac = hmac.new(key, f"{org_id}\x00{household_id}".encode(), hashlib.sha256).hexdigest()
     return "p_" + mac[:32]
+
+
+def _day(at: float) -> int:
+    return int(at // 86400)
+
+
+def disclosure_bits(events_per_day: int, slots_per_day: int) -> float:
+    """What at most `events_per_day` events can tell about one household in a day when each event names one of
+    `slots_per_day` (trigger, window) pairs: log2 of the number of such sets of events (their absence included)."""
+    ways = sum(math.comb(slots_per_day, i) for i in range(min(events_per_day, slots_per_day) + 1))
+    return math.log2(ways)

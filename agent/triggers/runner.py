@@ -1,22 +1,34 @@
-"""Triggers in motion: evaluate conditions as windows close, debounce, act.
+"""Triggers in motion: evaluate conditions once a window is settled, hold the results, act at a fixed moment.
 
-- One task per agent wakes just after a window closes (on the agent's clock, like the delivery
-  producer) and starts one evaluation per due trigger; ingestion never waits for any of it (the only
-  thing on the readings' path is a dict assignment: the latest live reading per meter).
-- A trigger with household parameters runs per household that consents to ``triggers`` for its
-  organization and has a fresh reading: one batched request to the sandbox with every such household's
-  row (one round trip). Neighbourhood values come from the window's released aggregate under the
-  rules of GET /data (cohort, k_min, dominance): when it is not released, the condition does not run.
-  With neighbourhood parameters only, the condition runs once per window and acts for every consenting
-  household. Mixed: per household, with the neighbourhood values repeated in each row.
-- Conditions run in the sandbox's locked workers, off the event loop, each trigger on its own worker:
-  a condition that hangs or crashes costs its own deadline, is killed, backs off and is quarantined
-  after repeated violations, and holds up no other trigger.
-- An action is written to the debounce log before it is taken, then runs as its own task (webhook,
-  household endpoint, appliance), a few attempts, never blocking the next window.
-- The event loop never waits on the disk: every write (a trigger created, quarantined, rejected or deleted,
-  the purge of removed households, the counters, the debounce log, the inbox) runs in a worker thread; the
-  stores' ``*_async`` changes one at a time and in order, each awaited until durable.
+Timing (nothing observable about evaluation time):
+- A window [start, start + width) is evaluated once the release module has settled it
+  (``releases.last_settled`` / ``releases.listen``). Its actions leave at its *release moment*,
+  ``start + width + release_delay_s`` on the agent's clock, whatever the time its evaluation took: the
+  results are held until then (`Outcome`), and the runner wakes at that moment to dispatch them. A window
+  whose evaluation is not done by its release moment is dropped whole (counted `late`, operator only),
+  never sent later. Webhook bodies and inbox entries carry the release moment, not the evaluation's.
+- Its statistics leave ``statistics_delay_s`` after the release moment: the window's counts (households
+  evaluated, fired, errors, actions delivered or failed; an action still under way then is cancelled
+  and failed) go to ``releases.counts``, which releases them (thresholded at k_min or noised) or
+  withholds them; `TriggerStats` sums what was released.
+
+What an organization observes:
+- Neighbourhood inputs come from ``releases.answer`` only (the released aggregate); a refusal means
+  the condition does not run for that window.
+- Actions of household conditions go to the household's side only: its inbox and own endpoint, its
+  appliance. A ``webhook`` of a household condition is sent only for households that consented to that
+  trigger's events (service ``trigger_events:<trigger_id>``), at most
+  ``max_events_per_household_per_day`` per organization (all its triggers) per UTC day, and each is in
+  the household's disclosure log (the audit entry ``trigger.action`` with its household id). A
+  ``webhook`` of a neighbourhood condition is one event per window naming no household.
+
+Fair sharing (see lanes.py): each organization's webhooks and appliance switches have a lane of their
+own (slots, a bounded queue, their own HTTP connections); each household's own notifications have a lane
+per household, apart from every organization's. Retries wait outside the slot.
+
+Conditions run in the sandbox's locked workers, off the event loop (at most EVALUATIONS_PER_ORGANIZATION
+of one organization at a time); the event loop never waits on the disk (writes run in worker threads, the
+stores' ``*_async`` changes one at a time and in order).
 """
 
 from __future__ import annotations
@@ -26,19 +38,20 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 
-from agent.aggregates import Refusal
 from agent.config import WINDOW_SECONDS
 from agent.delivery import signing
 from agent.parameters import HOUSEHOLD, permitted
 from agent.triggers import actions
-from agent.triggers.model import Debouncer, Trigger, TriggerStats, pseudonym, sample_rows
+from agent.triggers.lanes import Lanes
+from agent.triggers.model import Debouncer, Trigger, TriggerStats, disclosure_bits, pseudonym, sample_rows
 from agent.triggers.store import HouseholdStore, TriggerStore
 from drivers import notify
 from drivers.appliances import ApplianceError, driver
@@ -60,21 +73,73 @@ from sandbox import (
 
 log = logging.getLogger("edge.triggers")
 
-CLOSE_GRACE_S = 0.02  # readings whose request is still being handled at a window's end
+POLL_S = 0.5  # the longest the loop sleeps without a release moment or a settled window waking it
 STATS_EVERY_S = 30.0  # how often changed counters are written
-EVALUATION_THREADS = 4
-MAX_ACTIONS_IN_FLIGHT = 64
+EVALUATION_THREADS = 8
+EVALUATIONS_PER_ORGANIZATION = 2  # one organization's slow conditions hold at most this many threads
 ACTION_ATTEMPTS = 3
 APPLIANCE_TIMEOUT_S = 5.0
+HOUSEHOLD_QUEUE = 32  # a household's own notifications waiting, beyond its slots
 MIN_READING_AGE_S = 60.0  # a household's reading is used while younger than max(this, two windows)
 PURGE_EVERY_S = 300.0  # forget endpoints, appliances and inboxes of households the operator removed
 CREATION_WINDOW_S = 86400.0  # uploads accepted per organization per rolling day: 3 x max_per_organization
+REFUSAL_WINDOW_S = 3600.0  # refused uploads per organization per rolling hour: [triggers] max_refusals_per_hour
+REFUSAL_LOG_EVERY_S = 60.0  # refusals are summed into at most one audit entry per organization per minute
+TRIALS = 2  # trials at once, across organizations; each organization has at most one of them
+TRIALS_WAITING_PER_ORGANIZATION = 2  # an organization's uploads waiting for its trial slot, beyond: 429
+DAILY = "released_daily"  # the release module's answer for noisy levels: per UTC day, after it
+EVENTS_SERVICE = "trigger_events:"  # + trigger id: a household's consent to that trigger's events
+
+
+def events_service(trigger_id: str) -> str:
+    return EVENTS_SERVICE + trigger_id
+
+
+class TooManyUploads(Exception):
+    """An organization's uploads beyond its limits (refusals per hour, uploads waiting): a 429."""
+
+    def __init__(self, retry_after_s: float, detail: str):
+        super().__init__(detail)
+        self.retry_after_s, self.detail = retry_after_s, detail
 
 
 @dataclass(frozen=True)
 class Availability:
     ok: bool
     detail: str
+
+
+COUNTS = ("evaluations", "fired", "errors", "delivered", "failed")  # per household: 0 or 1
+
+
+@dataclass
+class Outcome:
+    """One trigger's window: evaluated, held until `release_at`, its counts released at `statistics_at`."""
+
+    trigger_id: str
+    org_id: str
+    window: str
+    start: int
+    release_at: float
+    statistics_at: float
+    # {household id: {count: 0 or 1}}: what the release module sums (or withholds) for the organization
+    per_household: dict[str, dict[str, int]] = field(default_factory=dict)
+    acting: list = field(default_factory=list)  # households to act for; [None]: the organization's own event
+    dispatched_at: float | None = None
+    tasks: set = field(default_factory=set, repr=False)
+
+    def cohort(self, household_ids, evaluated: bool, fired=(), errors=()) -> None:
+        for household_id in household_ids:
+            self.per_household[household_id] = {"evaluations": int(evaluated), "fired": int(household_id in fired),
+                                                "errors": int(household_id in errors), "delivered": 0, "failed": 0}
+
+    def delivered(self, household, ok: bool) -> None:
+        counts = self.per_household.get(household.id) if household is not None else None
+        if counts is not None:
+            counts["delivered" if ok else "failed"] = 1
+
+    def total(self, name: str) -> int:
+        return sum(c[name] for c in self.per_household.values())
 
 
 class TriggerRunner:
@@ -90,13 +155,24 @@ class TriggerRunner:
         self.latest: dict[str, Reading] = {}
         agent.pipeline.subscribe(self._on_reading)
         self._executor = ThreadPoolExecutor(EVALUATION_THREADS, thread_name_prefix="triggers")
+        self._disk = ThreadPoolExecutor(2, thread_name_prefix="triggers-disk")  # never behind an evaluation
+        self._evaluating: dict[str, asyncio.Semaphore] = {}  # per organization
         self._inflight: dict[str, asyncio.Task] = {}
-        self._actions: set[asyncio.Task] = set()
-        self._action_slots = asyncio.Semaphore(MAX_ACTIONS_IN_FLIGHT)
-        self._trials = asyncio.Semaphore(2)
+        self.held: list[Outcome] = []  # evaluated, waiting for their release moment
+        self.released: list[Outcome] = []  # dispatched, waiting for their statistics moment
+        self._publishing: set[asyncio.Task] = set()
+        self.organization_lanes = Lanes(self.config.organization_action_slots, self.config.organization_action_queue)
+        self.household_lanes = Lanes(self.config.household_action_slots, HOUSEHOLD_QUEUE)
+        self._sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}  # (organization id, "web"|"lan")
+        self._households_web: aiohttp.ClientSession | None = None
+        self._trials = asyncio.Semaphore(TRIALS)
+        self._org_trials: dict[str, asyncio.Lock] = {}
+        self._trials_waiting: Counter[str] = Counter()
+        self._refusals: dict[str, deque[float]] = {}
+        self._refusals_unlogged: dict[str, Counter[str]] = {}
+        self._refusals_logged_at: dict[str, float] = {}
         self._task: asyncio.Task | None = None
-        self._web: aiohttp.ClientSession | None = None
-        self._lan: aiohttp.ClientSession | None = None
+        self._wake: asyncio.Event | None = None
         self._ratelog = RateLimitedLog(log)
         self._stats_dirty = False
         self._stats_saved_at = time.monotonic()
@@ -118,21 +194,29 @@ class TriggerRunner:
             log.error("triggers disabled: %s; conditions never run unsandboxed (POST /triggers/create answers 503"
                       ", %d stored trigger(s) wait)", detail, len(self.triggers))
         delivery = self.agent.config.delivery
-        self._web = actions.web_session(delivery.allow_private_endpoints, delivery.timeout_s, delivery.max_connections)
-        self._lan = actions.lan_session(delivery.allow_private_endpoints, APPLIANCE_TIMEOUT_S, 16)
+        # Households' own endpoints: no shared connection limit (each household's lane bounds its own).
+        self._households_web = actions.web_session(delivery.allow_private_endpoints, delivery.timeout_s, 0)
+        self._wake = asyncio.Event()
+        self.agent.releases.listen(self._settled)
+        # Windows settled before this start were evaluated before it (or are lost with the crash): not again.
+        for trig in self.triggers.values():
+            trig.last_window = self.agent.releases.last_settled(trig.window)
         self._task = asyncio.create_task(self._run_forever(), name="triggers")
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._task, *self._inflight.values(), *self._actions] if t]
+        tasks = [t for t in [self._task, *self._inflight.values(), *self._publishing] if t]
+        tasks += [t for outcome in self.released for t in outcome.tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for session in (self._web, self._lan):
+        for session in [self._households_web, *self._sessions.values()]:
             if session:
                 await session.close()
         if self.supervisor:
             await asyncio.to_thread(self.supervisor.close)  # kills the workers: evaluations end at once
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+        await asyncio.to_thread(self._disk.shutdown, True)
+        self._log_refusals(force=True)
         # A change whose request was cancelled is still being written (shielded): after it, the last counters
         # and the files closed, in a worker thread too (the API has stopped answering, but not the event loop).
         async with self.store.writes, self.households.writes:
@@ -152,23 +236,102 @@ class TriggerRunner:
                 "triggers": len(self.triggers),
                 "quarantined": sum(1 for t in self.triggers.values() if t.quarantined)}
 
+    def disclosure(self) -> dict:
+        """The bound on what an organization can learn of one household through its triggers (GET /parameters)."""
+        cfg = self.config
+        finest = min((WINDOW_SECONDS[w] for level in self.agent.config.levels.values() for w in level.windows),
+                     default=60)
+        slots = cfg.max_per_organization * int(86400 // finest)
+        return {
+            "max_events_per_household_per_day": cfg.max_events_per_household_per_day,
+            "scope": "per organization, across all its triggers, per UTC day",
+            "consent": EVENTS_SERVICE + "<trigger_id>",
+            "max_bits_per_household_per_day": round(disclosure_bits(cfg.max_events_per_household_per_day, slots), 1),
+            "release_delay_s": cfg.release_delay_s,
+            "statistics_delay_s": cfg.statistics_delay_s,
+            "detail": (
+                "Actions of conditions on household parameters go to the household only (inbox, its own endpoint, "
+                "its appliance). A webhook to the organization carries a household's event only if the household "
+                f"consented to that trigger's events ({EVENTS_SERVICE}<trigger_id>), at most "
+                f"{cfg.max_events_per_household_per_day} per organization per UTC day; each names one of at most "
+                f"{slots} (trigger, window) pairs a day, so a day's events carry at most "
+                "max_bits_per_household_per_day bits. Everything else an organization learns of its triggers is "
+                "per-window counts released by the release module (at least k_min households, or noised), sent "
+                "at a fixed time after the window closes."),
+        }
+
     # --- readings in: the one thing on the ingestion path ------------------------------------------
     def _on_reading(self, reading: Reading) -> None:
         self.latest[reading.meter_id] = reading
 
+    def _settled(self, window: str, start: int) -> None:
+        """The release module: every release of this window is durable. Wake the loop."""
+        if self._wake is not None:
+            self._wake.set()
+
     # --- organizations' triggers ---------------------------------------------------------------------
-    async def trial(self, source: str, params) -> CheckResult:
-        """The upload's trial run in a fresh locked worker. Raises SandboxUnavailable."""
+    def upload_wait(self, org_id: str, waiting: bool = True) -> tuple[float, str] | None:
+        """(seconds, why) until this organization may upload again, or None: its refusals in the last hour, and
+        (`waiting`) its uploads already waiting for their trial. Checked before anything is parsed or spawned,
+        and again before the trial."""
+        now = time.monotonic()
+        recent = self._refusals.get(org_id)
+        while recent and recent[0] <= now - REFUSAL_WINDOW_S:
+            recent.popleft()
+        if recent and len(recent) >= self.config.max_refusals_per_hour:
+            return recent[0] + REFUSAL_WINDOW_S - now, (f"at most {self.config.max_refusals_per_hour} refused "
+                                                        "uploads per organization per hour")
+        if waiting and self._trials_waiting[org_id] > TRIALS_WAITING_PER_ORGANIZATION:
+            return 1.0, "this organization's uploads are already being tried; send them one at a time"
+        return None
+
+    def _check_uploads(self, org_id: str, waiting: bool = True) -> None:
+        wait = self.upload_wait(org_id, waiting)
+        if wait:
+            raise TooManyUploads(*wait)
+
+    def refused(self, org_id: str, reason: str) -> None:
+        """An upload refused by its trial: counted against the organization's limit; in the audit log as a sum,
+        at most one (unsynced) entry per organization per minute, so a flood of refusals costs no fsync."""
+        self._refusals.setdefault(org_id, deque()).append(time.monotonic())
+        self._refusals_unlogged.setdefault(org_id, Counter())[reason] += 1
+        self._log_refusals()
+
+    def _log_refusals(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for org_id, reasons in list(self._refusals_unlogged.items()):
+            if force or now - self._refusals_logged_at.get(org_id, float("-inf")) >= REFUSAL_LOG_EVERY_S:
+                del self._refusals_unlogged[org_id]
+                self._refusals_logged_at[org_id] = now
+                self.agent.audit.record(org_id, "organization", "trigger.refused", durable=False,
+                                        count=sum(reasons.values()), reasons=dict(reasons))
+
+    async def trial(self, org_id: str, source: str, params) -> CheckResult:
+        """The upload's trial run in a fresh locked worker. Raises SandboxUnavailable. One trial per organization
+        at a time, so that an organization's flood waits in its own queue: another organization's upload waits
+        for at most one of its trials."""
         if not self.availability.ok:
             raise SandboxUnavailable(self.availability.detail)
-        async with self._trials:
-            return await asyncio.to_thread(check_condition, source, [p.name for p in params], sample_rows(params),
-                                           self.config.timeout_ms / 1000, limits=self.limits)
+        self._check_uploads(org_id)
+        lock = self._org_trials.setdefault(org_id, asyncio.Lock())
+        self._trials_waiting[org_id] += 1
+        try:
+            async with lock:
+                self._check_uploads(org_id, waiting=False)  # refusals of the uploads it waited behind count
+                async with self._trials:
+                    return await asyncio.to_thread(check_condition, source, [p.name for p in params],
+                                                   sample_rows(params), self.config.timeout_ms / 1000,
+                                                   limits=self.limits)
+        finally:
+            self._trials_waiting[org_id] -= 1
+            if not self._trials_waiting[org_id]:
+                del self._trials_waiting[org_id]
+                if not lock.locked():
+                    self._org_trials.pop(org_id, None)
 
     def creation_wait(self, org_id: str) -> float:
         """Seconds until this organization may upload again (0: now). Each trigger can tell its organization
-        a little (a quarantine, errors once per interval); deleting and uploading again must not multiply
-        that without bound."""
+        a little (a quarantine); deleting and uploading again must not multiply that without bound."""
         cutoff = time.monotonic() - CREATION_WINDOW_S
         recent = [t for t in self._creations.get(org_id, []) if t > cutoff]
         self._creations[org_id] = recent
@@ -177,14 +340,16 @@ class TriggerRunner:
         return recent[0] - cutoff
 
     async def create(self, org_id: str, parameters: list[str], source: str, interval_s: float, window: str,
-                     action: dict) -> tuple[Trigger, str | None]:
+                     action: dict, description: str = "") -> tuple[Trigger, str | None]:
         """Returns once the trigger is on disk (written in a worker thread, after every change before it); it
         runs from then on. The caller checks the organization's limits and calls this under one lock per
         organization, so that two uploads cannot both pass the check during the write."""
         secret = signing.new_secret() if action["type"] == "webhook" else None
         trig = Trigger(id="trg_" + secrets.token_hex(6), organization_id=org_id, parameters=list(parameters),
                        source=source, interval_s=float(interval_s), window=window, action=action, secret=secret,
-                       created_at=self.agent.clock())
+                       created_at=self.agent.clock(), description=description)
+        # Windows already settled are not its own: it starts with the next one.
+        trig.last_window = self.agent.releases.last_settled(window)
 
         def stored():  # on the event loop, even if the request was cancelled meanwhile
             self.triggers[trig.id] = trig
@@ -227,6 +392,7 @@ class TriggerRunner:
             self.stats.pop(trig.id, None)
             self._stats_dirty = True
             self.debounce.retire(trig, now)
+            self.held = [o for o in self.held if o.trigger_id != trig.id]
             if self.supervisor:
                 # may wait for an evaluation in progress (at most its deadline): off the loop
                 unregistered.append(asyncio.get_running_loop().run_in_executor(
@@ -237,6 +403,11 @@ class TriggerRunner:
 
     def of_organization(self, org_id: str) -> list[Trigger]:
         return [t for t in self.triggers.values() if t.organization_id == org_id]
+
+    def consentable(self) -> list[Trigger]:
+        """Triggers whose events a household may consent to: household conditions with a webhook action."""
+        return [t for t in self.triggers.values() if t.kind == "household" and t.action["type"] == "webhook"
+                and not t.quarantined and t.rejected is None]
 
     def state(self, trig: Trigger) -> str:
         if not self.availability.ok:
@@ -251,123 +422,151 @@ class TriggerRunner:
         return "active"
 
     def describe(self, trig: Trigger) -> dict:
-        """The organization's view: counts, never which household."""
+        """The organization's view: sums of the counts the release module released, never which household."""
         s = self.stats.get(trig.id) or TriggerStats()
+        days = self.agent.releases.trigger_days(trig.organization_id, trig.id)  # noisy levels: noised day sums
+        total = {name: getattr(s, name) + sum(day.get(name, 0) for day in days) for name in COUNTS}
         return {"id": trig.id, "parameters": trig.parameters, "interval": trig.interval_s, "window": trig.window,
-                "kind": trig.kind, "action": trig.public_action(), "created_at": trig.created_at,
-                "state": self.state(trig), "quarantined": trig.quarantined,
-                "evaluations": s.evaluations, "withheld": s.withheld, "firings": s.firings, "errors": s.errors,
-                "deliveries": {"delivered": s.delivered, "failed": s.failed}}
+                "kind": trig.kind, "action": trig.public_action(), "description": trig.description,
+                "created_at": trig.created_at, "state": self.state(trig), "quarantined": trig.quarantined,
+                "evaluations": total["evaluations"], "firings": total["fired"], "errors": total["errors"],
+                "deliveries": {"delivered": total["delivered"], "failed": total["failed"]},
+                "windows": {"released": s.windows_released, "withheld": s.windows_withheld,
+                            "released_daily": s.windows_daily, "inputs_withheld": s.inputs_withheld},
+                "days_released": len(days)}
 
     def _permitted(self, trig: Trigger, org) -> bool:
         """The operator may narrow an organization or change its level after the upload: checked each run."""
         level = self.agent.config.levels.get(org.level)
         if level is None or trig.window not in level.windows:
             return False
-        return all(permitted(p.name, level, org.parameters) and not (level.dp.only and p.level != HOUSEHOLD)
-                   for p in trig.catalogue())
+        return all(permitted(p.name, level, org.parameters) for p in trig.catalogue())
 
     # --- the loop ------------------------------------------------------------------------------------
     async def _run_forever(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 await self.run_due(wait=False)
             except Exception:  # the loop must survive anything one trigger does
                 log.exception("trigger runner failed")
-            await asyncio.sleep(self._until_next_close())
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._until_next())
+            except asyncio.TimeoutError:
+                pass
 
-    def _until_next_close(self) -> float:
+    def _until_next(self) -> float:
+        """Until the next release or statistics moment (on the agent's clock), at most POLL_S."""
         now = self.agent.clock()
-        wake = now + 0.5
-        for width in {WINDOW_SECONDS[t.window] for t in self.triggers.values()}:
-            wake = min(wake, (now // width + 1) * width + CLOSE_GRACE_S)
-        return min(max(wake - now, 0.01), 0.5)
+        moments = [o.release_at for o in self.held] + [o.statistics_at for o in self.released]
+        return min(max(min(moments, default=now + POLL_S) - now, 0.0), POLL_S)
 
     async def run_due(self, wait: bool = True) -> None:
-        """Start an evaluation for every trigger whose window closed since its last one. With `wait`, return
-        when every evaluation in progress is done (tests call this after stepping the clock)."""
+        """Evaluate every trigger's newest settled window not evaluated yet; dispatch the held windows whose
+        release moment has come; release the statistics whose moment has come. With `wait`, return when all of
+        it is done (tests call this after stepping the clock)."""
+        self._dispatch_due()
         if self.supervisor is not None:
-            now = self.agent.clock()
             for trig in list(self.triggers.values()):
                 if trig.id in self._inflight or trig.id in self._deleting:
                     continue
-                start = self.agent.books[trig.window].last_closed(now)
-                if trig.last_window == start:
+                start = self.agent.releases.last_settled(trig.window)
+                if start is None or trig.last_window == start:
                     continue
                 trig.last_window = start
-                task = asyncio.create_task(self._run_window(trig, start, now), name=f"trigger-{trig.id}")
+                task = asyncio.create_task(self._run_window(trig, start), name=f"trigger-{trig.id}")
                 self._inflight[trig.id] = task
                 task.add_done_callback(lambda _, tid=trig.id: self._inflight.pop(tid, None))
         if wait:
             await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
+            self._dispatch_due()
+        self._publish_due()
+        if wait:
+            await asyncio.gather(*list(self._publishing), return_exceptions=True)
         if time.monotonic() - self._purged_at >= PURGE_EVERY_S:
             self._purged_at = time.monotonic()
+            self.organization_lanes.forget_idle()
+            self.household_lanes.forget_idle()
             gone = await self.households.purge_async(set(self.agent.registry.households))
             if gone:
                 log.info("triggers: forgot the endpoints, appliances and inboxes of %d removed household(s)", gone)
         if self._stats_dirty and time.monotonic() - self._stats_saved_at >= STATS_EVERY_S:
             self._stats_dirty = False
             self._stats_saved_at = time.monotonic()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.save_stats, dict(self.stats))
+            self._log_refusals()
+            await asyncio.get_running_loop().run_in_executor(self._disk, self.store.save_stats, dict(self.stats))
 
     async def drain(self) -> None:
-        """Wait until every action in flight is done (for tests and for an orderly stop)."""
-        while self._actions:
-            await asyncio.gather(*list(self._actions), return_exceptions=True)
+        """Wait until every action dispatched is done (for tests)."""
+        while tasks := [t for o in self.released for t in o.tasks]:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run_window(self, trig: Trigger, start: int, now: float) -> None:
+    async def _run_window(self, trig: Trigger, start: int) -> None:
         try:
-            await self._evaluate_window(trig, start, now)
+            outcome = await self._evaluate_window(trig, start)
         except Exception:
             log.exception("trigger %s: window %d failed", trig.id, start)
+            return
+        if outcome is not None:
+            self.held.append(outcome)
+            self._wake.set()
 
-    async def _evaluate_window(self, trig: Trigger, start: int, now: float) -> None:
+    def _late(self, trig: Trigger, outcome: Outcome) -> bool:
+        """Not done by its release moment: dropped whole (sending it later would tell how long it took)."""
+        if self.agent.clock() < outcome.release_at:
+            return False
+        self.stats[trig.id].late += 1
+        self._stats_dirty = True
+        self._ratelog.warning(f"late:{trig.id}", "trigger %s: window %d not evaluated by its release moment; "
+                              "dropped (raise [triggers] release_delay_s?)", trig.id, outcome.start)
+        return True
+
+    async def _evaluate_window(self, trig: Trigger, start: int) -> Outcome | None:
         registry = self.agent.registry
         org = registry.organizations.get(trig.organization_id)
         if org is None:
             log.info("trigger %s: its organization is gone; deleting it", trig.id)
             await self.delete(trig.id)
-            return
+            return None
         trig.suspended = not self._permitted(trig, org)
         if trig.suspended or trig.quarantined or trig.rejected:
-            return
+            return None
         stats = self.stats[trig.id]
         params = trig.catalogue()
+        width = WINDOW_SECONDS[trig.window]
+        release_at = start + width + self.config.release_delay_s
+        outcome = Outcome(trig.id, org.id, trig.window, start, release_at, release_at + self.config.statistics_delay_s)
+        if self._late(trig, outcome):
+            return None
 
         # Neighbourhood values: the window's release for this organization, or nothing at all.
         neighbourhood: dict[str, object] = {}
-        releases: dict[str | None, dict] = {}
-        book = self.agent.books[trig.window]
+        answers: dict[str | None, dict] = {}
         for param in params:
             if param.level == HOUSEHOLD:
                 continue
             tag = param.name.removeprefix("neighborhood_channel_") if param.name.startswith(
                 "neighborhood_channel_") else None
-            if tag not in releases:
-                result = self.agent.release_window(org.id, trig.window, start, book.contributions(start), tag)
-                if isinstance(result, Refusal):
-                    stats.withheld += 1
+            if tag not in answers:
+                answer = self.agent.releases.answer(org.id, trig.window, start, tag)
+                if not isinstance(answer, dict):  # a Refusal
+                    stats.inputs_withheld += 1
                     self._stats_dirty = True
-                    return
-                releases[tag] = result
-            value = param.extract(releases[tag])
+                    return None
+                answers[tag] = answer
+            value = param.extract(answers[tag])
             if value is None:
-                stats.withheld += 1
+                stats.inputs_withheld += 1
                 self._stats_dirty = True
-                return
+                return None
             neighbourhood[param.name] = value
 
-        # Who it may act for: consent now (a revocation is effective at once), and for appliance actions
-        # only households with a matching appliance they let this organization switch.
-        recipients = [h for h in list(registry.households.values())
-                      if registry.consent_state(h.id, org.id, "triggers")]
-        if trig.action["type"] == "appliance":
-            recipients = [h for h in recipients if self.households.targets(h.id, org.id, trig.action["appliance"])]
-        if not recipients:
-            return
-
+        kind = trig.action["type"]
+        organization_event = trig.kind == "neighborhood" and kind == "webhook"
+        recipients = [] if organization_event else self._recipients(trig, org)
         if trig.kind == "household":
-            max_age = max(MIN_READING_AGE_S, 2 * book.width_s)
+            now = self.agent.clock()
+            max_age = max(MIN_READING_AGE_S, 2 * width)
             rows, who = [], []
             for household in recipients:
                 reading = self.latest.get(household.meter_id)
@@ -380,50 +579,79 @@ class TriggerRunner:
                 who.append(household)
         else:
             rows, who = [tuple(neighbourhood[p.name] for p in params)], None
+        # The households the counts are about: those evaluated (a neighbourhood condition: those it acts for).
+        about = [h.id for h in (who if who is not None else recipients)]
         if not rows:
-            return
+            return outcome  # its (empty) counts still go to the release module at the statistics moment
 
         statuses, failed = await self._evaluate(trig, rows)
         if statuses is None and not failed:
-            return  # quarantined, backing off, or deleted meanwhile
-        stats.evaluations += 1
-        self._stats_dirty = True
-        if failed or any(s is Status.ERROR or s is Status.NOT_BOOL for s in statuses):
-            if stats.last_error_at is None or not 0 <= now - stats.last_error_at < trig.interval_s:
-                stats.errors += 1  # at most one per interval: errors are a side channel too
-                stats.last_error_at = now
+            return None  # quarantined, backing off, or deleted meanwhile
         await self._check_quarantine(trig)
-        if failed or trig.id not in self.triggers or trig.id in self._deleting:
-            return
+        if trig.id not in self.triggers or trig.id in self._deleting or self._late(trig, outcome):
+            return None
+        if failed:
+            outcome.cohort(about, True, errors=set(about))
+            return outcome  # its errors are counted; nothing acts
 
+        bad = (Status.ERROR, Status.NOT_BOOL)
         if who is None:
-            fired = recipients if statuses[0] is Status.TRUE else []
+            fired = statuses[0] is Status.TRUE
+            acting = ([None] if organization_event else recipients) if fired else []
+            outcome.cohort(about, True, fired=set(about) if fired else (),
+                           errors=set(about) if statuses[0] in bad else ())
         else:
-            fired = [h for h, s in zip(who, statuses) if s is Status.TRUE]
-        acting = [h for h in fired if registry.consent_state(h.id, org.id, "triggers") and h.id in registry.households
-                  and self.debounce.allowed(trig, h.id, now)]
+            acting = [h for h, s in zip(who, statuses) if s is Status.TRUE]
+            outcome.cohort(about, True, fired={h.id for h in acting},
+                           errors={h.id for h, s in zip(who, statuses) if s in bad})
+        await self._plan(trig, org, outcome, acting)
+        return None if self._late(trig, outcome) else outcome
+
+    def _recipients(self, trig: Trigger, org) -> list:
+        """Who it may act for: consent now (a revocation is effective at once); a household webhook only for
+        households that consented to this trigger's events; appliance actions only for households with a
+        matching appliance they let this organization switch."""
+        registry = self.agent.registry
+        out = [h for h in list(registry.households.values()) if registry.consent_state(h.id, org.id, "triggers")]
+        if trig.action["type"] == "webhook":
+            out = [h for h in out if registry.consent_state(h.id, org.id, events_service(trig.id))]
+        elif trig.action["type"] == "appliance":
+            out = [h for h in out if self.households.targets(h.id, org.id, trig.action["appliance"])]
+        return out
+
+    async def _plan(self, trig: Trigger, org, outcome: Outcome, fired: list) -> None:
+        """Debounce (and, for events to the organization, the per-day bound) as of the release moment, written
+        before the window is held: a crash after an action must not let it happen again within the interval."""
+        at = outcome.release_at
+        key = lambda h: "" if h is None else h.id  # noqa: E731 -- the organization's own event: one per trigger
+        acting = [h for h in fired if self.debounce.allowed(trig, key(h), at)]
+        disclosed: list[str] = []
+        if trig.kind == "household" and trig.action["type"] == "webhook":
+            per_day = self.config.max_events_per_household_per_day
+            acting = [h for h in acting if self.debounce.event_allowed(org.id, h.id, at, per_day)]
+            disclosed = [h.id for h in acting]
         if not acting:
             return
         for household in acting:
-            self.debounce.record(trig.id, household.id, now)
-        # The debounce log first: a crash after an action must not let it happen again within the interval.
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.store.record_firings, trig.id, [h.id for h in acting], now)
+            self.debounce.record(trig.id, key(household), at)
+        for household_id in disclosed:
+            self.debounce.spend_event(org.id, household_id, at)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._disk, self.store.record_firings, trig.id, [key(h) for h in acting], at,
+                                   (org.id, disclosed))
         if self.store.compaction_due():
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.store.compact_firings, dict(self.debounce.last), dict(self.debounce.cooldown))
-        stats.firings += len(acting)
-        for household in acting:
-            task = asyncio.create_task(self._act(trig, org, household, now), name=f"action-{trig.id}")
-            self._actions.add(task)
-            task.add_done_callback(self._actions.discard)
+            await loop.run_in_executor(self._disk, self.store.compact_firings, dict(self.debounce.last),
+                                       dict(self.debounce.cooldown), dict(self.debounce.events))
+        outcome.acting = acting
 
     async def _evaluate(self, trig: Trigger, rows: list[tuple]) -> tuple[list[Status] | None, bool]:
         """(statuses, False), or (None, True) when the request failed, or (None, False) when it did not run."""
         loop = asyncio.get_running_loop()
+        gate = self._evaluating.setdefault(trig.organization_id, asyncio.Semaphore(EVALUATIONS_PER_ORGANIZATION))
         try:
-            return await loop.run_in_executor(self._executor, self.supervisor.evaluate, trig.organization_id,
-                                              trig.id, rows), False
+            async with gate:
+                return await loop.run_in_executor(self._executor, self.supervisor.evaluate, trig.organization_id,
+                                                  trig.id, rows), False
         except ConditionQuarantined:
             await self._check_quarantine(trig, force=True)
         except ConditionRejected as err:
@@ -454,40 +682,123 @@ class TriggerRunner:
             await self.store.update_async(trig.id, quarantined=True)
             log.warning("trigger %s of %s quarantined after repeated violations", trig.id, trig.organization_id)
 
-    # --- actions -------------------------------------------------------------------------------------
-    async def _act(self, trig: Trigger, org, household, now: float) -> None:
-        kind = trig.action["type"]
-        async with self._action_slots:
-            try:
-                if kind == "notification":
-                    ok = await self._notify(trig, org, household, now)
-                elif kind == "appliance":
-                    ok = await self._switch(trig, org, household)
-                else:
-                    ok = await self._webhook(trig, org, household, now)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("trigger %s: action failed", trig.id)
-                ok = False
-        stats = self.stats.get(trig.id)
-        if stats is not None:
-            if ok:
-                stats.delivered += 1
-            else:
-                stats.failed += 1
-            self._stats_dirty = True
-        self.agent.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action_type=kind,
-                                household_id=household.id, delivered=ok)
+    # --- the release moment: dispatch ----------------------------------------------------------------
+    def _dispatch_due(self) -> None:
+        now = self.agent.clock()
+        due = [o for o in self.held if o.release_at <= now]
+        if not due:
+            return
+        self.held = [o for o in self.held if o.release_at > now]
+        for outcome in due:
+            outcome.dispatched_at = now
+            self.released.append(outcome)
+            trig = self.triggers.get(outcome.trigger_id)
+            org = self.agent.registry.organizations.get(outcome.org_id)
+            if trig is None or org is None or trig.id in self._deleting or not outcome.acting:
+                continue
+            self._dispatch(trig, org, outcome)
 
-    async def _attempts(self, key: str, send) -> bool:
-        """`send()` up to ACTION_ATTEMPTS times on the delivery retry schedule; True once it succeeds."""
+    def _dispatch(self, trig: Trigger, org, outcome: Outcome) -> None:
+        registry = self.agent.registry
+        kind = trig.action["type"]
+        acting = outcome.acting
+        if acting != [None]:  # a consent revoked since the evaluation is obeyed
+            acting = [h for h in acting if h.id in registry.households
+                      and registry.consent_state(h.id, org.id, "triggers")
+                      and (kind != "webhook" or registry.consent_state(h.id, org.id, events_service(trig.id)))]
+        if kind == "notification":
+            self._spawn(outcome, self._notify_all(trig, org, acting, outcome))
+            return
+        lane = self.organization_lanes[org.id]
+        for household in acting:
+            if not lane.admit():
+                outcome.delivered(household, False)  # beyond the organization's queue: dropped, counted
+                continue
+            self._spawn(outcome, self._act(trig, org, household, outcome, lane))
+
+    def _spawn(self, outcome: Outcome, coro) -> None:
+        task = asyncio.create_task(coro, name=f"action-{outcome.trigger_id}")
+        outcome.tasks.add(task)
+        task.add_done_callback(outcome.tasks.discard)
+
+    # --- the statistics moment -----------------------------------------------------------------------
+    def _publish_due(self) -> None:
+        now = self.agent.clock()
+        due = [o for o in self.released if o.statistics_at <= now]
+        if not due:
+            return
+        self.released = [o for o in self.released if o.statistics_at > now]
+        task = asyncio.create_task(self._publish(due), name="trigger-statistics")
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, due: list[Outcome]) -> None:
+        for outcome in due:
+            unfinished = [t for t in outcome.tasks if not t.done()]
+            for task in unfinished:
+                task.cancel()  # counted failed by the action itself
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            stats = self.stats.get(outcome.trigger_id)
+            if stats is None or outcome.trigger_id in self._deleting:
+                continue
+            try:
+                released = await self.agent.releases.counts(outcome.org_id, outcome.trigger_id, outcome.window,
+                                                            outcome.start, outcome.per_household)
+            except Exception:
+                log.exception("trigger %s: statistics of window %d not released", outcome.trigger_id, outcome.start)
+                released = None
+            if isinstance(released, dict):
+                stats.add(released)
+            elif getattr(released, "error", None) == DAILY:
+                stats.windows_daily += 1  # a noisy level: summed per UTC day, noised, released after it
+            else:
+                stats.windows_withheld += 1
+            self._stats_dirty = True
+
+    # --- actions -------------------------------------------------------------------------------------
+    def _session(self, org_id: str, kind: str) -> aiohttp.ClientSession:
+        """The organization's own HTTP connections (as many as its slots): a tarpit holds no one else's."""
+        session = self._sessions.get((org_id, kind))
+        if session is None or session.closed:
+            delivery = self.agent.config.delivery
+            slots = self.config.organization_action_slots
+            make = actions.lan_session if kind == "lan" else actions.web_session
+            timeout = APPLIANCE_TIMEOUT_S if kind == "lan" else delivery.timeout_s
+            session = self._sessions[(org_id, kind)] = make(delivery.allow_private_endpoints, timeout, slots)
+        return session
+
+    async def _act(self, trig: Trigger, org, household, outcome: Outcome, lane) -> None:
+        """A webhook or an appliance switch, in the organization's lane (admitted by the caller)."""
+        kind = trig.action["type"]
+        ok = False
+        try:
+            if kind == "appliance":
+                ok = await self._switch(trig, org, household, lane)
+            else:
+                ok = await self._webhook(trig, org, household, outcome, lane)
+        except asyncio.CancelledError:
+            pass  # the statistics moment came first: failed
+        except Exception:
+            log.exception("trigger %s: action failed", trig.id)
+        finally:
+            lane.done()
+        outcome.delivered(household, ok)
+        details = {"household_id": household.id} if household is not None else {}
+        if kind == "webhook" and household is not None:
+            details["disclosed"] = True  # the household's disclosure log: this event reached the organization
+        self.agent.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action_type=kind,
+                                window_start=outcome.start, delivered=ok, **details)
+
+    async def _attempts(self, key: str, lane, send) -> bool:
+        """`send()` up to ACTION_ATTEMPTS times on the delivery retry schedule, each attempt in one of the lane's
+        slots and the wait before a retry outside it; True once it succeeds."""
         schedule = self.agent.config.delivery.retry_schedule
         for attempt in range(ACTION_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(min(schedule[min(attempt, len(schedule) - 1)], 30.0))
             try:
-                await send()
+                async with lane.slot():
+                    await send()
                 return True
             except (notify.NotifyError, ApplianceError, aiohttp.ClientError, asyncio.TimeoutError, OSError,
                     ValueError) as err:
@@ -495,32 +806,71 @@ class TriggerRunner:
                                       f"{err.__class__.__name__}: {err}"[:200])
         return False
 
-    async def _notify(self, trig: Trigger, org, household, now: float) -> bool:
-        entry = {"id": "ntf_" + secrets.token_hex(8), "household_id": household.id, "organization_id": org.id,
-                 "organization_name": org.name, "trigger_id": trig.id, "title": trig.action.get("title") or org.name,
-                 "content": trig.action["content"], "at": now}
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.households.deliver, entry)
-        endpoint = self.households.endpoints.get(household.id)
-        if endpoint is None:
-            return True  # the inbox is the delivery
-        private = self.agent.config.delivery.allow_private_endpoints
-        if not actions.literal_allowed(endpoint["url"], private, lan=False):
-            return False
-        message = {"type": "notification", **{k: entry[k] for k in ("id", "organization_id", "organization_name",
-                                                                     "trigger_id", "title", "content")},
-                   "at": _iso(now)}
-        body = json.dumps(message, separators=(",", ":")).encode()
+    async def _notify_all(self, trig: Trigger, org, households: list, outcome: Outcome) -> None:
+        """The window's notifications: every inbox in one write, then each household's own endpoint in that
+        household's lane (never behind an organization's webhooks or appliances)."""
+        entries = [{"id": "ntf_" + secrets.token_hex(8), "household_id": h.id, "organization_id": org.id,
+                    "organization_name": org.name, "trigger_id": trig.id,
+                    "title": trig.action.get("title") or org.name, "content": trig.action["content"],
+                    "at": outcome.release_at} for h in households]
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._disk, self.households.deliver_many, entries)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("trigger %s: notifications not written to the inboxes", trig.id)
+            for household in households:
+                outcome.delivered(household, False)
+            return
+        sends = []
+        for household, entry in zip(households, entries):
+            endpoint = self.households.endpoints.get(household.id)
+            if endpoint is None:
+                outcome.delivered(household, True)  # the inbox is the delivery
+                self._audit_notification(org, trig, entry, True)
+                continue
+            lane = self.household_lanes[household.id]
+            if not lane.admit():
+                outcome.delivered(household, False)
+                self._audit_notification(org, trig, entry, False)
+                continue
+            sends.append(self._notify_endpoint(trig, org, household, entry, endpoint, outcome, lane))
+        await asyncio.gather(*sends)
 
-        async def send():
-            headers = (signing.headers([endpoint["secret"]], entry["id"], int(time.time()), body)
-                       if endpoint.get("secret") else {})
-            await notify.send(self._web, endpoint["url"], endpoint["kind"], title=entry["title"],
-                              message=entry["content"], body=body, headers=headers)
-        return await self._attempts(trig.id, send)
+    async def _notify_endpoint(self, trig: Trigger, org, household, entry: dict, endpoint: dict, outcome: Outcome,
+                               lane) -> None:
+        ok = False
+        try:
+            private = self.agent.config.delivery.allow_private_endpoints
+            if actions.literal_allowed(endpoint["url"], private, lan=False):
+                message = {"type": "notification", **{k: entry[k] for k in (
+                    "id", "organization_id", "organization_name", "trigger_id", "title", "content")},
+                    "at": _iso(entry["at"])}
+                body = json.dumps(message, separators=(",", ":")).encode()
 
-    async def _switch(self, trig: Trigger, org, household) -> bool:
+                async def send():
+                    headers = (signing.headers([endpoint["secret"]], entry["id"], int(time.time()), body)
+                               if endpoint.get("secret") else {})
+                    await notify.send(self._households_web, endpoint["url"], endpoint["kind"], title=entry["title"],
+                                      message=entry["content"], body=body, headers=headers)
+                ok = await self._attempts(trig.id, lane, send)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("trigger %s: notification failed", trig.id)
+        finally:
+            lane.done()
+        outcome.delivered(household, ok)
+        self._audit_notification(org, trig, entry, ok)
+
+    def _audit_notification(self, org, trig: Trigger, entry: dict, ok: bool) -> None:
+        self.agent.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id,
+                                action_type="notification", household_id=entry["household_id"], delivered=ok)
+
+    async def _switch(self, trig: Trigger, org, household, lane) -> bool:
         targets = self.households.targets(household.id, org.id, trig.action["appliance"])
         private = self.agent.config.delivery.allow_private_endpoints
+        session = self._session(org.id, "lan")
         ok = bool(targets)
         for appliance in targets:
             device = driver(appliance["driver"])
@@ -529,28 +879,31 @@ class TriggerRunner:
                 continue
 
             async def send(device=device, appliance=appliance):
-                await device.command(self._lan, appliance["address"], appliance.get("channel"),
+                await device.command(session, appliance["address"], appliance.get("channel"),
                                      trig.action["command"])
-            ok = await self._attempts(trig.id, send) and ok
+            ok = await self._attempts(trig.id, lane, send) and ok
         return ok
 
-    async def _webhook(self, trig: Trigger, org, household, now: float) -> bool:
+    async def _webhook(self, trig: Trigger, org, household, outcome: Outcome, lane) -> bool:
         endpoint = trig.action["endpoint"]
         private = self.agent.config.delivery.allow_private_endpoints
         if not actions.literal_allowed(endpoint, private, lan=False):
             return False
-        body = json.dumps({"type": "trigger.fired", "trigger_id": trig.id,
-                           "household": pseudonym(self.store.key, org.id, household.id), "at": _iso(now)},
-                          separators=(",", ":")).encode()
+        message = {"type": "trigger.fired", "trigger_id": trig.id, "window": trig.window,
+                   "window_start": _iso(outcome.start), "at": _iso(outcome.release_at)}
+        if household is not None:  # an event the household consented to, under its pseudonym
+            message["household"] = pseudonym(self.store.key, org.id, household.id)
+        body = json.dumps(message, separators=(",", ":")).encode()
         msg_id = "msg_" + secrets.token_hex(12)  # the same on every attempt: receivers deduplicate on it
+        session = self._session(org.id, "web")
 
         async def send():
             headers = signing.headers([trig.secret], msg_id, int(time.time()), body)
-            async with self._web.post(endpoint, data=body, headers=headers, allow_redirects=False) as resp:
+            async with session.post(endpoint, data=body, headers=headers, allow_redirects=False) as resp:
                 await resp.content.read(64 * 1024)
                 if not 200 <= resp.status < 300:
                     raise ValueError(f"HTTP {resp.status}")
-        return await self._attempts(trig.id, send)
+        return await self._attempts(trig.id, lane, send)
 
 
 def _iso(moment: float) -> str:

@@ -4,7 +4,9 @@ segment logs, like the registry):
 - ``triggers.seg``: the triggers (inserted once; the rare quarantine or delete rewrites it atomically);
 - ``stats.seg``: the organization-visible counters, rewritten at most every STATS_EVERY_S and at stop;
 - ``firings.seg``: the debounce log, one appended line per action *before* the action is taken, so a
-  restart (or a crash) never lets a trigger act twice within its interval; compacted at start;
+  restart (or a crash) never lets a trigger act twice within its interval; beside it, one line per
+  household event disclosed to an organization (the per-day bound survives a restart too); compacted at
+  start and now and then while running;
 - ``households.seg``: each household's notification endpoint, its appliances, and its inbox (the last
   INBOX_MAX notifications per household; older ones are cut out in one atomic rewrite now and then);
 - ``pseudonym.key``: the device's secret for the households' per-organization pseudonyms.
@@ -74,7 +76,11 @@ class TriggerStore:
         cools = self.firings_db.table("cooldown").all()
         for doc in cools:
             debounce.cool(doc["o"], doc["h"], doc["until"])
-        if len(lines) + len(cools) > len(debounce.last) + len(debounce.cooldown) + FIRINGS_COMPACT_AFTER:
+        events = sorted(self.firings_db.table("events").all(), key=lambda doc: doc["d"])
+        for doc in events:
+            debounce.spend_event(doc["o"], doc["h"], doc["d"] * 86400.0, doc.get("n", 1))
+        if (len(lines) + len(cools) + len(events) > len(debounce.last) + len(debounce.cooldown) + len(debounce.events)
+                + FIRINGS_COMPACT_AFTER):
             self._compact_firings(debounce)
         return triggers, stats, debounce
 
@@ -113,22 +119,29 @@ class TriggerStore:
             self.stats_db.storage.write({"stats": records})
 
     # --- debounce
-    def record_firings(self, trigger_id: str, household_ids: list[str], at: float) -> None:
+    def record_firings(self, trigger_id: str, household_ids: list[str], at: float,
+                       events: tuple[str, list[str]] | None = None) -> None:
+        """`events`: (organization id, household ids) whose events go to that organization (one line each)."""
         with self.lock:
             self.firings_db.table("last").insert_multiple({"t": trigger_id, "h": h, "at": at}
                                                           for h in household_ids)
             self._appended += len(household_ids)
+            if events and events[1]:
+                org_id, disclosed = events
+                self.firings_db.table("events").insert_multiple(
+                    {"o": org_id, "h": h, "d": int(at // 86400), "n": 1} for h in disclosed)
+                self._appended += len(disclosed)
 
     def compaction_due(self) -> bool:
         """The log only needs the last firing per (trigger, household): rewrite it now and then, so it stays
         bounded while the agent runs (a neighbourhood trigger appends a line per household per interval)."""
         return self._appended > FIRINGS_COMPACT_AFTER
 
-    def compact_firings(self, last: dict, cooldown: dict) -> None:
-        """`last` and `cooldown` are copies taken on the event loop."""
+    def compact_firings(self, last: dict, cooldown: dict, events: dict | None = None) -> None:
+        """`last`, `cooldown` and `events` are copies taken on the event loop."""
         with self.lock:
             snapshot = Debouncer()
-            snapshot.last, snapshot.cooldown = last, cooldown
+            snapshot.last, snapshot.cooldown, snapshot.events = last, cooldown, events or {}
             self._compact_firings(snapshot)
             self._appended = 0
 
@@ -137,6 +150,8 @@ class TriggerStore:
             "last": {str(i): {"t": t, "h": h, "at": at} for i, ((t, h), at) in enumerate(debounce.last.items(), 1)},
             "cooldown": {str(i): {"o": o, "h": h, "until": until}
                          for i, ((o, h), until) in enumerate(debounce.cooldown.items(), 1)},
+            "events": {str(i): {"o": o, "h": h, "d": day, "n": n}
+                       for i, ((o, h), (day, n)) in enumerate(debounce.events.items(), 1)},
         })
 
 
@@ -281,9 +296,16 @@ class HouseholdStore:
 
     # --- inbox
     def deliver(self, entry: dict) -> None:
+        self.deliver_many([entry])
+
+    def deliver_many(self, entries: list[dict]) -> None:
+        """One write (one fsync) for a window's notifications of one trigger, however many households."""
+        if not entries:
+            return
         with self.lock:
-            doc_id = self.db.table("inbox").insert(entry)
-            self._keep(entry["household_id"], doc_id, entry)
+            doc_ids = self.db.table("inbox").insert_multiple(entries)
+            for doc_id, entry in zip(doc_ids, entries):
+                self._keep(entry["household_id"], doc_id, entry)
             if len(self._stale) >= INBOX_COMPACT_AFTER:
                 self._compact()
 

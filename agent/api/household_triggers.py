@@ -1,0 +1,72 @@
+"""What a household may consent to of organizations' triggers: ``GET /households/me/triggers``.
+
+A webhook of a condition on household parameters reaches its organization only for households that consented to
+that trigger's events (service ``trigger_events:<trigger_id>``, granted with
+``PUT /households/me/consents/{org_id}/trigger_events:<trigger_id>``). Before it does, the household sees here
+what it would agree to: the trigger's description, the parameters the condition reads, its window, the most
+often an event can go (once per interval, and at most ``max_events_per_household_per_day`` events per
+organization per UTC day across all its triggers), and exactly what the organization receives per event.
+Every event sent is in the household's disclosure log (the audit entry ``trigger.action`` with its id).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from agent.api.common import ApiError, agent_of, require
+from agent.auth import HOUSEHOLD
+from agent.triggers.runner import events_service
+
+EVENT_FIELDS = {
+    "type": "trigger.fired",
+    "trigger_id": "this trigger's id",
+    "household": "your pseudonym for this organization (the same for all its triggers, different for every "
+                 "other organization)",
+    "window": "the window the condition was true in",
+    "window_start": "when that window began (UTC)",
+    "at": "the fixed moment the event was sent (the window's end plus a delay the same for every trigger)",
+}
+
+
+def _describe(agent, trig, household_id: str) -> dict:
+    registry = agent.registry
+    org = registry.organizations.get(trig.organization_id)
+    config = agent.config.triggers
+    service = events_service(trig.id)
+    return {
+        "trigger_id": trig.id,
+        "organization_id": trig.organization_id,
+        "organization_name": org.name if org else None,
+        "description": trig.description,
+        "parameters": [p.public() for p in trig.catalogue()],
+        "window": trig.window,
+        "service": service,
+        "consented": registry.consent_state(household_id, trig.organization_id, service),
+        "requires": ["triggers", service],
+        "max_rate": {"one_event_per_s": trig.interval_s,
+                     "events_per_organization_per_day": config.max_events_per_household_per_day},
+        "event": EVENT_FIELDS,
+        "created_at": trig.created_at,
+    }
+
+
+async def list_triggers(request: web.Request) -> web.Response:
+    household = require(request, HOUSEHOLD).household
+    agent = agent_of(request)
+    triggers = sorted(agent.triggers.consentable(), key=lambda t: (t.organization_id, t.created_at))
+    return web.json_response({"triggers": [_describe(agent, t, household.id) for t in triggers],
+                              "disclosure": agent.triggers.disclosure()})
+
+
+async def get_trigger(request: web.Request) -> web.Response:
+    household = require(request, HOUSEHOLD).household
+    agent = agent_of(request)
+    trig = next((t for t in agent.triggers.consentable() if t.id == request.match_info["trigger_id"]), None)
+    if trig is None:
+        raise ApiError(404, "not_found", "no trigger whose events you may consent to has this id")
+    return web.json_response(_describe(agent, trig, household.id))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/households/me/triggers", list_triggers)
+    app.router.add_get("/households/me/triggers/{trigger_id}", get_trigger)
