@@ -125,6 +125,7 @@ MAX_TAGS = 64
 @dataclass(frozen=True)
 class PrivacyConfig:
     k_min: int = 10  # households in a cohort (not related to the organization) before anything is released
+    audit_period_s: int = 900  # exact sums are audited with every exact sum released this long before them
     horizon_days: int = 30  # the per-household privacy-loss ledger's rolling horizon
     cap_rho: float = 2.0  # zCDP loss a household may bear over the horizon, across all organizations
     tags: tuple[str, ...] = DEFAULT_TAGS  # the only channel tags that exist on this device
@@ -426,7 +427,10 @@ def parse_config(data: dict, source: str = "config") -> Config:
         horizon = privacy_t.get("horizon_days", int, PrivacyConfig.horizon_days)
         if not 1 <= horizon <= 3660:
             raise ConfigError("privacy.horizon_days", f"must be between 1 and 3660, got {horizon}")
-        privacy = PrivacyConfig(k_min=k_min, horizon_days=horizon,
+        audit_period = privacy_t.get("audit_period_s", int, PrivacyConfig.audit_period_s)
+        if not 1 <= audit_period <= 86400:
+            raise ConfigError("privacy.audit_period_s", f"must be between 1 and 86400, got {audit_period}")
+        privacy = PrivacyConfig(k_min=k_min, horizon_days=horizon, audit_period_s=audit_period,
                                 cap_rho=privacy_t.number("cap_rho", PrivacyConfig.cap_rho, 1e-6, 1000),
                                 tags=_tags(privacy_t.get("tags", list, list(DEFAULT_TAGS))))
         privacy_t.finish()

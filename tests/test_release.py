@@ -15,6 +15,7 @@ from agent.config import DifferentialPrivacy, Level, PrivacyConfig
 from agent.registry import Registry
 from agent.release import Refusal, Releases
 from agent.release.audit import admissible, isolated
+from agent.release.door import HOLD_S
 from agent.release.ledger import Ledger
 from drivers.reading import Reading
 from tests.conftest import make_config
@@ -121,15 +122,29 @@ async def test_wider_windows_are_derived_from_the_released_fine_ones(tmp_path):
     assert minute["privacy"]["derived_from"] == "60 x 1s"
 
 
-async def test_a_gap_in_one_second_window_refuses_the_minute_instead_of_recomputing(tmp_path):
+async def test_a_short_gap_is_held_over_and_a_household_leaving_starts_a_cooldown(tmp_path):
+    """Adjacent windows whose cohorts differ by one household read it as surely as two organizations do: a gap
+    of a few seconds is held at the household's last values, and a household that leaves (silent past the hold)
+    makes every exact window of the audit period after it refused, not its difference published."""
     town = Town(tmp_path)
     org = town.org("dso")
     town.consent(org)
     for second in range(60):
-        town.post([100.0] * (12 if second != 30 else 9))  # three households silent in one second
+        town.post([100.0 + i for i in range(12 if second != 30 else 9)])  # three households silent a second
         await town.step(1)
-    assert town.releases.answer(org, "1s", T0 + 30).error == "cohort_too_small"
-    assert town.releases.answer(org, "1m", T0).error == "incomplete"
+    held = town.releases.answer(org, "1s", T0 + 30)
+    assert held["households"] == 12 and held["consumption_w"] == sum(100.0 + i for i in range(12))
+    assert town.releases.answer(org, "1m", T0)["households"] == 12
+    # the last household stops for good: held for HOLD_S, then gone; then a cooldown of the audit period
+    for second in range(60, 60 + HOLD_S + 60):
+        town.post([100.0 + i for i in range(11)], town.households[:11])
+        await town.step(1)
+    answers = [town.releases.answer(org, "1s", T0 + s) for s in range(60, 60 + HOLD_S + 60)]
+    before = [a for a in answers[:HOLD_S - 2] if not isinstance(a, Refusal)]
+    assert len(before) == HOLD_S - 2 and all(a["households"] == 12 for a in before)
+    after = answers[HOLD_S + 1:]
+    assert after and all(isinstance(a, Refusal) and a.error == "isolating" for a in after)
+    assert town.releases.answer(org, "1m", T0 + 60 + HOLD_S + 60).error == "not_settled"
 
 
 async def test_exact_second_organization_one_household_apart_is_refused(tmp_path):

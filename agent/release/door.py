@@ -41,6 +41,7 @@ log = logging.getLogger("edge.release")
 SETTLE_GRACE_S = 0.05  # a reading whose request is still being handled as its window ends
 WIDTH_NAME = {seconds: name for name, seconds in WINDOW_SECONDS.items()}
 TAG_GRID_S = 60  # channel tags are never released finer than a minute
+HOLD_S = 300  # a household silent this long (or two windows, if longer) leaves the cohort
 # Recent records kept in memory per width (older ones are read from the log's day files).
 KEEP_S = {1: 3600, 60: 6 * 3600, 900: 2 * 86400, 3600: 2 * 86400}
 TRIGGER_DAY_S = 86400  # noisy levels release trigger statistics per UTC day
@@ -82,6 +83,9 @@ class Releases:
         self._trigger_days: dict[tuple[str, str, int], dict[str, dict[str, int]]] = {}
         self._trigger_released: dict[tuple[str, str], list[dict]] = {}
         self._forgot_at = float("-inf")
+        self._last_seen: dict[Grid, dict[str, tuple[int, object]]] = {}
+        # exact cohorts released per (grid width, tag) in the last audit period: {members: newest start}
+        self._audited: dict[tuple[int, str], dict[frozenset[str], int]] = {}
         self._cohort_cache: dict[str, tuple[tuple, int, frozenset[str]]] = {}
         self._meter_cache: tuple[tuple, dict[str, str]] = ((), {})
         self._started_at = clock()
@@ -357,7 +361,7 @@ class Releases:
         return {h.id for h in households() if h.related_organizations} if households else set()
 
     def _decide(self, grid: Grid, orgs: list, start: int, staged: dict, durable: dict) -> None:
-        contributions = self.books[WIDTH_NAME[grid.width]].contributions(start)
+        contributions = self._held_over(grid, start, self.books[WIDTH_NAME[grid.width]].contributions(start))
         if grid.noisy:
             self._decide_noisy(grid, orgs, start, contributions, staged, durable)
         elif grid.tags:
@@ -369,6 +373,24 @@ class Releases:
             self._decide_exact(grid, orgs, start, contributions, None, staged)
         for org in orgs:
             self._derive(grid, org, start, staged)
+
+    def _held_over(self, grid: Grid, start: int, contributions: dict) -> dict:
+        """The window's contributions, with a household that sent nothing in it held at its last window's values
+        for a while (`hold_s`): a datalogger posting every 10 s, or a gap of a few seconds, must not make the
+        cohort flicker, since each flicker is a difference that reads one household."""
+        last = self._last_seen.setdefault(grid, {})
+        hold = max(HOLD_S, 2 * grid.width)
+        out = dict(contributions)
+        for meter, (seen_at, contribution) in list(last.items()):
+            if meter in out:
+                continue
+            if start - seen_at < hold:
+                out[meter] = contribution
+            else:
+                del last[meter]
+        for meter, contribution in contributions.items():
+            last[meter] = (start, contribution)
+        return out
 
     def _may(self, org, parameter: str) -> bool:
         level = self.config.levels.get(org.level)
@@ -383,7 +405,11 @@ class Releases:
         for org in orgs:
             members = frozenset(h for h in self._cohort(org.id, start, end) if meters.get(h) in with_data)
             candidates.append((org, members))
-        released: list[frozenset[str]] = []
+        # The audit looks back over the audit period as if no household's power changed in it: two windows a few
+        # seconds apart whose cohorts differ by one household read that household as surely as two organizations.
+        period = self.config.privacy.audit_period_s
+        recent = {c: s for c, s in self._audited.get((grid.width, tag or ""), {}).items() if s > start - period}
+        released: list[frozenset[str]] = list(recent)
         # Households related to any organization are known to it (its test meters, its employees' homes): the
         # audit treats their values as known, or A - B = x + r with r known would give x (colluding organizations).
         known = self._known()
@@ -397,17 +423,19 @@ class Releases:
                     f"window; at least {k_min} are needed ({k_min - counted} missing)",
                     *((counted, k_min - counted) if tag is None else ()))
             elif not audit.admissible(released, members - known):
-                result = Refusal("isolating", "this window's cohort differs from one already released for the "
-                                 "same window by so few households that the two sums would single one out; "
-                                 "not released")
+                result = Refusal("isolating", "this window's cohort differs from one released for this window or "
+                                 f"in the last {period:g} s by so few households that the sums would single one "
+                                 "out; not released")
             else:
                 released.append(members - known)
+                recent[members - known] = start  # one entry per distinct cohort, with its newest window
                 rows = [contributions[meters[h]] for h in members]
                 consumption = sum(c.channels[tag] for c in rows) if tag else sum(c.consumption_w for c in rows)
                 production = None if tag else sum(c.production_w for c in rows)
                 result = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members),
                                            consumption, production, {"kind": "exact"})
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
+        self._audited[(grid.width, tag or "")] = recent
 
     def _decide_noisy(self, grid: Grid, orgs: list, start: int, contributions: dict, staged: dict,
                       durable: dict) -> None:
