@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent.config import PrivacyConfig
+from agent.config import DEFAULT_LEVELS, Level, PrivacyConfig
 from tests.conftest import StepClock, make_config
 
 T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0  # 10 s after a whole hour
@@ -24,9 +24,21 @@ QUARTER = 900
 class Town:
     """A running agent on a stepped clock, its households (id, token) and organizations (id, key)."""
 
-    def __init__(self, running, clock):
-        self.running, self.clock = running, clock
+    def __init__(self, start, config, clock):
+        self.start, self.config, self.clock = start, config, clock
+        self.running = None
         self.households: list[tuple[str, str]] = []
+        self._orgs = 0
+
+    async def up(self) -> Town:
+        self.running = await self.start(self.config, clock=self.clock)
+        return self
+
+    async def restart(self) -> None:
+        """Stop the agent cleanly and start it again on the same data directory (and clock)."""
+        await self.running.http.close()
+        await self.running.agent.stop()
+        self.running = await self.start(self.config, clock=self.clock)
 
     async def households_(self, n: int, **body) -> list[tuple[str, str]]:
         made = []
@@ -38,7 +50,8 @@ class Town:
         return made
 
     async def org(self, level: str, name: str | None = None) -> tuple[str, str]:
-        return await self.running.create_org(name or f"Org {level} {len(self.households)}-{id(self) % 97}", level)
+        self._orgs += 1
+        return await self.running.create_org(name or f"Org {self._orgs} ({level})", level)
 
     async def grant(self, org_id: str, households, service: str = "aggregates") -> None:
         for _, token in households:
@@ -70,19 +83,39 @@ class Town:
     async def data(self, key: str, query: str, path: str = "/data"):
         return await self.running.call("GET", f"{path}?{query}", token=key)
 
-    async def window(self, key: str, window: str, start: float, tag: str | None = None, path: str = "/data"):
+    async def live(self, key: str, window: str, path: str = "/data", extra: str = ""):
+        """The newest decided window: (status, body)."""
+        return await self.data(key, f"window={window}{extra}", path)
+
+    async def window(self, key: str, window: str, start: float, tag: str | None = None, path: str = "/data",
+                     extra: str = ""):
         """One window from history: (body, None) if released, (None, refusal) if not."""
-        query = f"window={window}&since={start}&until={start + width(window)}" + (f"&tag={tag}" if tag else "")
+        query = (f"window={window}&since={start}&until={start + WIDTH[window]}" + (f"&tag={tag}" if tag else "")
+                 + extra)
         status, body = await self.data(key, query, path)
         assert status == 200, body
+        assert len(body["released"]) + len(body["refused"]) == 1, body
         if body["released"]:
             return body["released"][0], None
-        assert body["refused"], body
         return None, body["refused"][0]
 
-    async def settle(self, key: str) -> None:
-        """Any organization's GET /data decides the windows that have ended (the agent's own pass would too)."""
-        await self.data(key, "window=" + ("1s" if False else "1h"))
+    async def windows(self, key: str, window: str, since: float, until: float) -> list[dict]:
+        """Every window of [since, until) in order: the released body, or {"refused": {error, detail, ...}}."""
+        status, body = await self.data(key, f"window={window}&since={since}&until={until}")
+        assert status == 200, body
+        out = {b["window_start"]: b for b in body["released"]}
+        out.update({r["window_start"]: {"refused": {k: v for k, v in r.items() if k != "window_start"}}
+                    for r in body["refused"]})
+        starts = [since + i * WIDTH[window] for i in range(int((until - since) // WIDTH[window]))]
+        return [out[stamp(s)] for s in starts]
+
+    async def live_or_refusal(self, key: str, window: str) -> dict:
+        """The newest decided window as `windows` gives it: the body, or {"refused": ...} (a 409)."""
+        status, body = await self.live(key, window)
+        if status == 200:
+            return body
+        assert status == 409, body
+        return {"refused": body}
 
     async def to_next(self, seconds: int) -> float:
         """Step to the start of the next whole window of this width; returns it."""
@@ -90,8 +123,12 @@ class Town:
         return self.clock.now
 
 
-def width(window: str) -> int:
-    return {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}[window]
+WIDTH = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
+
+
+def stamp(moment: float) -> str:
+    from agent.release.records import stamp as release_stamp
+    return release_stamp(moment)
 
 
 def profile(i: int, second: int) -> float:
@@ -99,33 +136,40 @@ def profile(i: int, second: int) -> float:
     return round(300.0 + 97.0 * i + 120.0 * math.sin(second / 7.0 + i) + 35.0 * math.cos(second * 1.3 + 2 * i), 3)
 
 
+def config_for(tmp_path, levels: dict | None = None, **privacy):
+    overrides = {}
+    if privacy:
+        overrides["privacy"] = replace(PrivacyConfig(), **privacy)
+    if levels:
+        overrides["levels"] = {**DEFAULT_LEVELS, **levels}
+    return make_config(tmp_path, **overrides)
+
+
+def noisy_level(name: str = "supplier", **dp) -> Level:
+    level = DEFAULT_LEVELS[name]
+    return replace(level, dp=replace(level.dp, **dp))
+
+
 @pytest.fixture
 async def town(tmp_path, start_agent):
-    clock = StepClock(T0)
-    running = await start_agent(make_config(tmp_path), clock=clock)
-    return Town(running, clock)
+    return await Town(start_agent, config_for(tmp_path), StepClock(T0)).up()
 
 
-def town_with(**privacy):
-    """A fixture factory for a non-default [privacy] or [levels] (the operator's knobs)."""
-
-    @pytest.fixture
-    async def fixture(tmp_path, start_agent):
-        clock = StepClock(T0)
-        levels = privacy.pop("levels", None)
-        config = make_config(tmp_path, privacy=replace(PrivacyConfig(), **privacy),
-                             **({"levels": levels} if levels else {}))
-        running = await start_agent(config, clock=clock)
-        return Town(running, clock)
-
-    return fixture
+@pytest.fixture
+def make_town(tmp_path, start_agent):
+    """A town on an operator's non-default configuration."""
+    async def make(levels: dict | None = None, **privacy) -> Town:
+        return await Town(start_agent, config_for(tmp_path, levels, **privacy), StepClock(T0)).up()
+    return make
 
 
-async def minute_of_seconds(town: Town, households, value, seconds: int = 60) -> float:
-    """Every household posts once a second for `seconds` (value(i, s) -> watts, or None: silent); returns the
-    start of the first second."""
+async def seconds_of(town: Town, households, value, seconds: int = 60, between=None) -> float:
+    """Every household posts once a second for `seconds` (value(i, s) -> watts, or None: silent); `between(s)`
+    runs before second s is posted. Returns the start of the first second."""
     start = town.clock.now
     for s in range(seconds):
+        if between is not None:
+            await between(s)
         for i, h in enumerate(households):
             w = value(i, s)
             if w is not None:
@@ -158,3 +202,277 @@ async def test_p5_related_household_plus_a_second_organization_isolates_nobody(t
     assert old == pytest.approx(values[x])
     assert (a is None) != (b is None), (a, b, a_refused, b_refused)
     assert (a_refused or b_refused)["error"] == "isolating"
+
+
+async def test_p5_exact_two_organizations_one_household_apart(town):
+    """dso x 2: B's cohort is A's minus x. On the old design A - B = x in every window. Now the audit releases
+    one and refuses the other (`isolating`), whatever x used: the same decision with a huge value."""
+    a_id, a_key = await town.org("dso", "A")
+    b_id, b_key = await town.org("dso", "B")
+    common = await town.households_(11)
+    (x,) = await town.households_(1)
+    await town.grant(a_id, [*common, x])
+    await town.grant(b_id, common)
+    await town.to_next(1)
+    decisions = []
+    for x_watts in (1234.5, 999_999.0):  # an ordinary second, then x at the ingest bound
+        start = town.clock.now
+        values = {h: profile(i, 0) for i, h in enumerate(common)}
+        for h, w in values.items():
+            await town.post(h, w)
+        await town.post(x, x_watts)
+        town.clock.step(1)
+        old_difference = (sum(values.values()) + x_watts) - sum(values.values())
+        assert old_difference == pytest.approx(x_watts)  # what the attacker read before
+        a, a_refused = await town.window(a_key, "1s", start)
+        b, b_refused = await town.window(b_key, "1s", start)
+        assert (a is None) != (b is None)
+        refused = a_refused or b_refused
+        assert refused["error"] == "isolating" and "households" not in refused
+        decisions.append(("A" if a is None else "B", {k: v for k, v in refused.items() if k != "window_start"}))
+    assert decisions[0] == decisions[1]  # refusals never depend on values
+
+
+async def test_p5_exact_only_a_combination_of_three_isolates(town):
+    """Cohorts A, B (disjoint) and A + B + x: every pair is harmless, C - A - B = x. The audit refuses the one
+    that completes the combination."""
+    orgs = [await town.org("dso", name) for name in ("A", "B", "C")]
+    group_a, group_b = await town.households_(10), await town.households_(10)
+    (x,) = await town.households_(1)
+    await town.grant(orgs[0][0], group_a)
+    await town.grant(orgs[1][0], group_b)
+    await town.grant(orgs[2][0], [*group_a, *group_b, x])
+    await town.to_next(1)
+    start = town.clock.now
+    everyone = [*group_a, *group_b, x]
+    values = {h: profile(i, 3) for i, h in enumerate(everyone)}
+    for h, w in values.items():
+        await town.post(h, w)
+    town.clock.step(1)
+    old = (sum(values.values()) - sum(values[h] for h in group_a) - sum(values[h] for h in group_b))
+    assert old == pytest.approx(values[x])
+    answers = [await town.window(key, "1s", start) for _, key in orgs]
+    released = [a for a, _ in answers if a is not None]
+    refused = [r for _, r in answers if r is not None]
+    assert len(released) == 2 and [r["error"] for r in refused] == ["isolating"]
+    assert answers[2][0] is not None  # the largest cohort is audited first; one of A, B completes it
+
+
+async def test_p5_noisy_two_organizations_one_household_apart_differ_by_noise(make_town):
+    """Two supplier organizations, cohorts one household apart: two noisy releases (each charged to the
+    ledger), so A - B is x plus the difference of two independent draws. The stated noise is larger than what
+    one household can move a sum (the clamp), and the differences really scatter at that scale."""
+    town = await make_town()
+    a_id, a_key = await town.org("supplier", "A")
+    b_id, b_key = await town.org("supplier", "B")
+    common = await town.households_(11)
+    (x,) = await town.households_(1)
+    await town.grant(a_id, [*common, x])
+    await town.grant(b_id, common)
+    first = await town.to_next(QUARTER)
+    x_watts = 2000.0
+    errors, stated = [], set()
+    for q in range(16):
+        start = town.clock.now
+        for i, h in enumerate(common):
+            await town.post(h, profile(i, q))
+        await town.post(x, x_watts)
+        town.clock.step(QUARTER)
+        a, _ = await town.window(a_key, "15m", start)
+        b, _ = await town.window(b_key, "15m", start)
+        assert a["households"] == 12 and b["households"] == 11
+        errors.append((a["consumption_w"] - b["consumption_w"]) - x_watts)  # the old design's error: 0
+        stated.add(a["privacy"]["noise_sd_w"])
+    (sd,) = stated
+    clamp = a["privacy"]["clamp_w"][1]
+    assert sd > clamp  # one household's largest possible value sits inside one standard deviation
+    rms = math.sqrt(sum(e * e for e in errors) / len(errors))
+    # the difference of two draws has sd sqrt(2) * sd; below 0.3 of that with 16 draws: p < 1e-8
+    assert rms >= 0.3 * math.sqrt(2) * sd, (rms, sd)
+    assert first < town.clock.now
+
+
+async def test_p2_n_minus_1_is_not_protected_at_an_exact_level_unless_the_operator_marks_them(town):
+    """What an exact level does NOT protect against (PRIVACY.md says so): an organization with k_min - 1
+    households of its own knows their readings and subtracts them. The same households marked by the operator
+    as related to the organization no longer count toward its k_min: refused."""
+    org_id, key = await town.org("dso", "Attacker")
+    own = await town.households_(9)
+    (target,) = await town.households_(1)
+    await town.grant(org_id, [*own, target])
+    await town.to_next(1)
+    start = town.clock.now
+    known = {h: 100.0 + i for i, h in enumerate(own)}
+    for h, w in known.items():
+        await town.post(h, w)
+    await town.post(target, 1965.413)
+    town.clock.step(1)
+    body, _ = await town.window(key, "1s", start)
+    assert body["consumption_w"] - sum(known.values()) == pytest.approx(1965.413, abs=1e-3)  # exact: documented
+
+    for h in own:
+        await town.mark_related(h, [org_id])
+    start = town.clock.now
+    for h, w in known.items():
+        await town.post(h, w)
+    await town.post(target, 1965.413)
+    town.clock.step(1)
+    body, refused = await town.window(key, "1s", start)
+    assert body is None and refused["error"] == "cohort_too_small"
+    assert refused["households"] == 1 and refused["missing"] == 9
+
+
+# --- P3: nested widths -------------------------------------------------------------------------------------
+def recovered_by_nesting(wide_mean: float, fine: list[float], windows_with_target: int) -> float:
+    """The attacker's arithmetic: n * wide - sum(fine) is the target's mean times the number of fine windows
+    the wide one counted it in and the fine ones did not."""
+    n = len(fine)
+    return (n * wide_mean - sum(fine)) / (n - windows_with_target)
+
+
+def released(bodies: list[dict]) -> list[dict]:
+    return [b for b in bodies if "refused" not in b]
+
+
+async def nesting_recovers_nothing(town: Town, key: str, start: float, target: float, old_minute: float,
+                                   target_seconds: int) -> None:
+    """On the old design (computed from what was posted) the attacker's arithmetic gives the target's mean;
+    now the minute is either refused (a second in it was) or exactly the mean of its released seconds."""
+    seconds = await town.windows(key, "1s", start, start + 60)
+    minute = (await town.windows(key, "1m", start, start + 60))[0]
+    if all("refused" not in b for b in seconds):
+        fine = [b["consumption_w"] for b in seconds]
+        now = recovered_by_nesting(minute["consumption_w"], fine, target_seconds)
+        assert abs(now) < 0.01 and abs(now - target) > 0.99 * target
+        assert minute["energy_import_wh"] == pytest.approx(sum(b["energy_import_wh"] for b in seconds), abs=1e-3)
+    else:
+        assert minute["refused"]["error"] == "incomplete"
+
+
+def old_fine(target_in: list[bool], target_values, others_values) -> list[float]:
+    """The old design's seconds: every other household, plus the target where it was counted."""
+    return [o + (t if inside else 0.0) for inside, t, o in zip(target_in, target_values, others_values)]
+
+
+async def test_p3_nested_widths_at_a_consent_revocation(town):
+    """The revoker is in the seconds before its revocation, never after. On the old design the minute decided
+    its own cohort (the revoker with its readings before it left): (60 * minute - sum(seconds)) / 30 = its
+    mean. Now the minute is the mean of the released seconds (the arithmetic gives 0), or refused."""
+    org_id, key = await town.org("dso")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    start = await town.to_next(60)
+    revoker = homes[0]
+
+    async def revoke_at_30(s):
+        if s == 30:
+            await town.revoke(org_id, revoker)
+
+    await seconds_of(town, homes, profile, between=revoke_at_30)
+    seconds = await town.windows(key, "1s", start, start + 60)
+    assert all(b["households"] == 11 for b in released(seconds[30:]))  # never the revoker after it left
+    target = sum(profile(0, s) for s in range(30)) / 30
+    others = [sum(profile(i, s) for i in range(1, 12)) for s in range(60)]
+    old_minute = sum(others) / 60 + target
+    fine = old_fine([s < 30 for s in range(60)], [profile(0, s) for s in range(60)], others)
+    assert recovered_by_nesting(old_minute, fine, 30) == pytest.approx(target, abs=1e-6)
+    await nesting_recovers_nothing(town, key, start, target, old_minute, 30)
+
+
+async def test_p3_nested_widths_at_a_datalogger_gap(town):
+    """A household's datalogger is silent for 20 s. On the old design the minute weighted it by its own 40
+    readings and the silent seconds left it out: (60 * minute - sum(seconds)) / 20 = its mean. Now the minute
+    is the mean of the released seconds, however the gap is counted in them (out, or held at its last value)."""
+    org_id, key = await town.org("dso")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    start = await town.to_next(60)
+    gap = range(20, 40)
+    await seconds_of(town, homes, lambda i, s: None if i == 0 and s in gap else profile(i, s))
+    target = sum(profile(0, s) for s in range(60) if s not in gap) / 40
+    others = [sum(profile(i, s) for i in range(1, 12)) for s in range(60)]
+    old_minute = sum(others) / 60 + target
+    fine = old_fine([s not in gap for s in range(60)], [profile(0, s) for s in range(60)], others)
+    assert recovered_by_nesting(old_minute, fine, 40) == pytest.approx(target, abs=1e-6)
+    await nesting_recovers_nothing(town, key, start, target, old_minute, 40)
+
+
+async def test_p3_noisy_hour_is_the_sum_of_its_quarters_across_a_revocation_and_a_gap(town):
+    """Supplier: the hour is derived from the four released quarters (no second draw over another cohort), so
+    hour - quarters is 0 whatever happened inside; the quarters themselves are noisy."""
+    org_id, key = await town.org("supplier")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    hour = await town.to_next(3600)
+    for q in range(4):
+        if q == 2:
+            await town.revoke(org_id, homes[0])
+        for i, h in enumerate(homes):
+            if not (i == 1 and q == 1):  # a gap: household 1 silent for a quarter
+                await town.post(h, profile(i, q))
+        town.clock.step(QUARTER)
+    quarters = await town.windows(key, "15m", hour, hour + 3600)
+    assert [q["households"] for q in quarters] == [12, 12, 11, 11]  # the consenting cohort, silent or not
+    whole = (await town.windows(key, "1h", hour, hour + 3600))[0]
+    assert whole["energy_import_wh"] == pytest.approx(sum(q["energy_import_wh"] for q in quarters), abs=1e-3)
+    assert whole["consumption_w"] == pytest.approx(sum(q["consumption_w"] for q in quarters) / 4, abs=1e-3)
+    assert whole["privacy"]["derived_from"] == "4 x 15m"
+    assert quarters[0]["privacy"]["noise_sd_w"] > quarters[0]["privacy"]["clamp_w"][1]
+
+
+# --- P4: live against history --------------------------------------------------------------------------------
+async def test_p4_a_household_that_goes_silent_live_equals_history(town):
+    """On the old design the live window still counted a household that had just gone silent and history did
+    not: live - history = its last reading. Now each second is decided once: live, history, and history after
+    a restart (from the release log on disk) are the same."""
+    org_id, key = await town.org("dso")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    start = await town.to_next(60)
+    live = []
+    for s in range(20):
+        for i, h in enumerate(homes):
+            if not (i == 0 and s >= 10):  # household 0 goes silent at second 10
+                await town.post(h, profile(i, s))
+        town.clock.step(1)
+        live.append(await town.live_or_refusal(key, "1s"))
+    assert len(released(live)) >= 10
+    assert await town.windows(key, "1s", start, start + 20) == live
+    await town.restart()
+    town.clock.step(1)
+    await town.live(key, "1s")  # the restarted agent has decided a window: its history answers
+    assert await town.windows(key, "1s", start, start + 20) == live
+
+
+async def test_p4_a_late_backlog_changes_no_decided_window(make_town):
+    """A datalogger is off for 30 minutes, then posts its backlog with the old timestamps. On the old design
+    history counted the late readings into their windows and live had not: history - live = its outage mean.
+    Now decided windows never change: readings count where they were received, and a backlog older than the
+    live horizon (5 minutes) counts in no window. Exact level at 1-minute grain (an operator's narrower dso) to
+    keep the half hour short."""
+    dso = replace(DEFAULT_LEVELS["dso"], windows=("1m", "15m", "1h"))
+    town = await make_town(levels={"dso": dso})
+    org_id, key = await town.org("dso")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    start = await town.to_next(60)
+    outage = range(3, 33)
+    live = []
+    for m in range(36):
+        for i, h in enumerate(homes):
+            if i == 0 and m in outage:
+                continue
+            if i == 0 and m == 33:  # back: the backlog, one reading per 10 s of the outage, then a live one
+                backlog = [{"timestamp": start + 60 * o + 10 * k, "power_import_w": 1751.8, "power_export_w": 0}
+                           for o in outage for k in range(6)]
+                await town.post_batch(h, backlog)
+            await town.post(h, profile(i, m))
+        town.clock.step(60)
+        live.append(await town.live_or_refusal(key, "1m"))
+    assert await town.windows(key, "1m", start, start + 36 * 60) == live
+    # the old design's attack: history - live of an outage minute = 1751.8; now there is no second answer to
+    # subtract, and no released minute of the outage counts household 0's backlog
+    for m in outage:
+        if "refused" not in live[m]:
+            others = sum(profile(i, m) for i in range(1, 12))
+            assert abs(live[m]["consumption_w"] - others - 1751.8) > 1.0
