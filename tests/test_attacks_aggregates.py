@@ -476,3 +476,128 @@ async def test_p4_a_late_backlog_changes_no_decided_window(make_town):
         if "refused" not in live[m]:
             others = sum(profile(i, m) for i in range(1, 12))
             assert abs(live[m]["consumption_w"] - others - 1751.8) > 1.0
+
+
+# --- P6: re-draws and the ledger -------------------------------------------------------------------------------
+async def test_p6_one_noisy_answer_per_window_whoever_asks_and_however(town):
+    """The old answer cache was keyed by the caller's clamp, and the budget per organization: re-asking with
+    another clamp drew again. Now every way of asking for one window gives the same recorded answer: again,
+    through /data/dp, with any clamp or epsilon in the query, by a second organization of the level with the
+    same cohort, live or from history, before and after a restart; the household is charged once."""
+    a_id, a_key = await town.org("supplier", "A")
+    b_id, b_key = await town.org("supplier", "B")
+    homes = await town.households_(12)
+    await town.grant(a_id, homes)
+    await town.grant(b_id, homes)
+    start = await town.to_next(QUARTER)
+    for i, h in enumerate(homes):
+        await town.post(h, profile(i, 0))
+    town.clock.step(QUARTER)
+    asked = []
+    for key, path, extra in [(a_key, "/data", ""), (a_key, "/data", ""), (a_key, "/data/dp", ""),
+                             (a_key, "/data/dp", "&clamp_w=10"), (a_key, "/data", "&clamp_w=100000&epsilon=50"),
+                             (b_key, "/data/dp", "&rho=1")]:
+        status, body = await town.data(key, f"window=15m{extra}", path)
+        assert status == 200, body
+        asked.append(body)
+    asked += [(await town.window(key, "15m", start, path=path, extra=extra))[0]
+              for key, path, extra in [(a_key, "/data", ""), (b_key, "/data/dp", "&clamp_w=1")]]
+    assert all(body == asked[0] for body in asked), asked
+    assert asked[0]["privacy"]["kind"] == "noisy" and asked[0]["privacy"]["clamp_w"] == [0, 3000]
+    loss = asked[0]["privacy"]["rho"]
+    assert town.running.agent.releases.ledger_of(homes[0][0])["spent_rho"] == pytest.approx(loss)  # once
+    await town.restart()
+    town.clock.step(QUARTER)
+    await town.live(a_key, "15m")
+    assert (await town.window(a_key, "15m", start))[0] == asked[0]
+    assert (await town.window(b_key, "15m", start))[0] == asked[0]
+
+
+async def ledger_town(make_town, rho: float = 0.25):
+    """Six supplier organizations with distinct cohorts: ten households of their own each, and two targets in
+    all six (one posting the ingest bound, one silent). Each window charges a target six releases."""
+    town = await make_town(levels={"supplier": noisy_level(rho=rho)})
+    orgs = [await town.org("supplier") for _ in range(6)]
+    loud, silent = await town.households_(2)
+    for org_id, _ in orgs:
+        await town.grant(org_id, [*await town.households_(10), loud, silent])
+    return town, orgs, loud, silent
+
+
+async def quarters(town: Town, loud, n: int) -> None:
+    for _ in range(n):
+        await town.post(loud, 999_999.0)
+        town.clock.step(QUARTER)
+
+
+async def test_p6_ledger_cap_across_organizations_leaves_the_household_out_whatever_it_used(make_town):
+    """rho = 0.25 per window (the operator's knob), cap 2.0: a target in six organizations' cohorts is in at
+    most 8 releases over the horizon, then left out; the loud one and the silent one leave at the same release
+    (the decision reads the ledger and consent, never readings)."""
+    town, orgs, loud, silent = await ledger_town(make_town)
+    start = await town.to_next(QUARTER)
+    await quarters(town, loud, 3)
+    counts = [b["households"] for _, key in orgs for b in await town.windows(key, "15m", start, start + 3 * QUARTER)]
+    assert counts.count(12) == 8 and counts.count(10) == 10 and set(counts) == {10, 12}  # never 11
+    releases = town.running.agent.releases
+    for target in (loud, silent):
+        assert releases.ledger_of(target[0])["spent_rho"] == pytest.approx(2.0)
+    # the old design: a budget per organization, renewed daily: 6 organizations x 96 windows a day
+
+
+async def test_p6_ledger_cap_holds_across_a_restart(make_town):
+    """The ledger is rebuilt from the release log: after one window (1.5 of 2.0 spent) the agent restarts, and
+    the targets are in only two more releases (not six)."""
+    town, orgs, loud, silent = await ledger_town(make_town)
+    start = await town.to_next(QUARTER)
+    await quarters(town, loud, 1)
+    await town.live(orgs[0][1], "15m")  # decided before the restart
+    await town.restart()
+    await quarters(town, loud, 2)
+    counts = [b["households"] for _, key in orgs for b in await town.windows(key, "15m", start, start + 3 * QUARTER)]
+    assert counts.count(12) == 8 and set(counts) == {10, 12}, counts
+
+
+# --- P7: presence in noisy counts -------------------------------------------------------------------------------
+async def test_p7_noisy_counts_are_the_consenting_cohort_whether_or_not_a_household_posted(town):
+    """On the old design every DP answer carried the exact number of households that sent data, and a refusal
+    said how many were missing: presence at epsilon = 0. Now the count is the consenting cohort (a silent
+    household counts 0 W), and a refusal's count is the same whoever posted."""
+    org_id, key = await town.org("supplier")
+    few_id, few_key = await town.org("supplier", "Few")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    await town.grant(few_id, homes[:9])
+    start = await town.to_next(QUARTER)
+    posting = [12, 3, 0]  # who posts in each quarter
+    for n in posting:
+        for i, h in enumerate(homes[:n]):
+            await town.post(h, profile(i, n))
+        town.clock.step(QUARTER)
+    bodies = await town.windows(key, "15m", start, start + 3 * QUARTER)
+    assert [b["households"] for b in bodies] == [12, 12, 12]  # the old design: [12, 3, 0]
+    refusals = await town.windows(few_key, "15m", start, start + 3 * QUARTER)
+    assert refusals[0] == refusals[1] == refusals[2]
+    assert refusals[0]["refused"]["error"] == "cohort_too_small" and refusals[0]["refused"]["households"] == 9
+
+
+# --- refusals never depend on values ---------------------------------------------------------------------------
+@pytest.mark.parametrize("level, window, step", [("dso", "1s", 1), ("supplier", "15m", QUARTER)])
+async def test_refusals_never_depend_on_values(town, level, window, step):
+    """A window with one huge value and one without: the same decision (released, or the same refusal). The old
+    dominance rule refused a window one household dominated: a threshold oracle on its value."""
+    org_id, key = await town.org(level, "Ten")
+    nine_id, nine_key = await town.org(level, "Nine")
+    homes = await town.households_(10)
+    await town.grant(org_id, homes)
+    await town.grant(nine_id, homes[1:])
+    start = await town.to_next(step)
+    for huge in (False, True):
+        for i, h in enumerate(homes):
+            await town.post(h, 999_999.0 if huge and i == 0 else 150.0 + i)
+        town.clock.step(step)
+    ten = await town.windows(key, window, start, start + 2 * step)
+    nine = await town.windows(nine_key, window, start, start + 2 * step)
+    assert all("refused" not in b for b in ten), ten  # both released: no dominance rule
+    assert [b["households"] for b in ten] == [10, 10]
+    assert nine[0] == nine[1] and nine[0]["refused"]["error"] == "cohort_too_small"
