@@ -1,11 +1,13 @@
 """The same aggregate-by-tag question to several Edge devices, answers combined (MISSION.md's second
 reference: an energy company averaging an appliance across homes to set a tariff).
 
-Each device answers `GET /data?window=1h&tag=TAG&since=&until=` over its own cohort only, and only
-when that cohort has at least its `k_min` consenting households; it returns, per window, the sum of
-the households' mean appliance power (`consumption_w`) and how many households that is. Sums and
-counts compose: the mean over all devices is sum(consumption_w) / sum(households). No device ever
-sends one home's value, and neither does this client.
+Each device answers `GET /data?window=1h&tag=TAG&since=&until=` from its release log (agent/release/): per
+window, the sum of its cohort's mean appliance power (`consumption_w`) and how many households that is, or a
+refusal (fewer than `k_min` households, a window not released...). TAG must be a word of each device's tag
+vocabulary (`[privacy] tags`); a device refuses others with 400 unknown_tag. Sums and counts compose: the mean
+over all devices is sum(consumption_w) / sum(households). An exact level's sums are exact; a noisy level's are
+noised once per window (only for the tags its level releases) and stay unbiased, so they compose the same way,
+with the noise of each window added. No device ever sends one home's value, and neither does this client.
 
 The tariff example: four readings a day, 6 h apart. The day is cut into four 6-hour slots
 (00-06, 06-12, 12-18, 18-24 UTC); each slot's mean is combined from every hourly window released in
@@ -37,7 +39,7 @@ class DeviceAnswer:
     windows: list[dict] = field(default_factory=list)  # released windows
     refused: list[dict] = field(default_factory=list)
     error: str | None = None
-    noisy: bool = False  # the device answered with differential privacy (a dp-only level)
+    noisy: bool = False  # the device's level is noisy: its sums carry differential-privacy noise
 
 
 @dataclass
@@ -110,7 +112,7 @@ async def ask_device(http, device: str, key: str, tag: str, since: float, until:
         return answer
     answer.windows = [w for w in body.get("released", []) if w.get("households")]
     answer.refused = body.get("refused", [])
-    answer.noisy = any("dp" in w for w in answer.windows)
+    answer.noisy = any(w.get("privacy", {}).get("kind") == "noisy" for w in answer.windows)
     return answer
 
 
@@ -174,7 +176,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", action="append", required=True, help="an Edge device's base URL (repeat)")
     parser.add_argument("--key", action="append", required=True,
                         help="the organization's API key: one for all devices, or one per --device in order")
-    parser.add_argument("--tag", required=True, help="the channel tag, e.g. fridge")
+    parser.add_argument("--tag", required=True, help="the channel tag, a word of the devices' vocabulary, e.g. fridge")
     parser.add_argument("--date", help="the UTC day, YYYY-MM-DD (default: yesterday)")
     parser.add_argument("--window", default="1h", choices=["15m", "1h"], help="the devices' window (default 1h)")
     parser.add_argument("--json", action="store_true", help="print the combined result as JSON")

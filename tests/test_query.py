@@ -1,6 +1,10 @@
 """The cross-device client: three real Edge devices on 127.0.0.1 (one with too small a cohort, which
 refuses), one that is down, the same tag question to all; sums and counts combine into the mean over
-every home, per 6-hour slot, and the tariff example (tariff = mean * 0.5 + 5)."""
+every home, per 6-hour slot, and the tariff example (tariff = mean * 0.5 + 5).
+
+The organization is the custodian (dso, an exact level). Each device decides its windows as its clock passes
+them (agent/release/): a tag is released per minute, and an hour only when all its 60 minutes were, so the
+homes report every minute of the hours they report (the rest of the day is refused)."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def fridge(device: int, i: int, hour: int) -> float:
 
 async def device(tmp_path, start_agent, clock, index: int, homes: int):
     running = await start_agent(make_config(tmp_path / f"dev{index}"), clock=clock)
-    org_id, key = await running.create_org("Energy Co", "supplier")
+    org_id, key = await running.create_org("Energy Co", "dso")
     meters = []
     for _ in range(homes):
         household_id, token = await running.create_household()
@@ -40,13 +44,17 @@ async def devices(tmp_path, start_agent):
     clock = StepClock(DAY - 60)
     made = [await device(tmp_path, start_agent, clock, d, n) for d, n in enumerate((12, 10, 4))]
     for hour in HOURS:
-        clock.now = DAY + hour * 3600 + 30
-        when = datetime.fromtimestamp(clock.now, timezone.utc)
-        for d, (running, _, meters) in enumerate(made):
-            for i, meter in enumerate(meters):
-                running.agent.ingest_http(Reading(meter_id=meter, timestamp=when, received_at=when,
-                                                  power_import_w=500.0,
-                                                  channels={"fridge": fridge(d, i, hour), "light": 20.0}))
+        for minute in range(60):  # every minute of the hour: an hour is released only if all its minutes are
+            clock.now = DAY + hour * 3600 + minute * 60 + 30
+            when = datetime.fromtimestamp(clock.now, timezone.utc)
+            for d, (running, _, meters) in enumerate(made):
+                for i, meter in enumerate(meters):
+                    running.agent.ingest_http(Reading(meter_id=meter, timestamp=when, received_at=when,
+                                                      power_import_w=500.0,
+                                                      channels={"fridge": fridge(d, i, hour), "lighting": 20.0}))
+        clock.now = DAY + (hour + 1) * 3600 + 1
+        for running, _, _ in made:  # the hour has ended: each device decides it (as its own pass would)
+            await running.agent.releases.settle()
     clock.now = DAY + 86400 + 60
     return made
 
@@ -70,8 +78,19 @@ async def test_the_same_question_to_several_devices_combines_sums_and_counts(dev
         assert slot["household_windows"] == 22
         assert slot["mean_w"] == pytest.approx(expected_mean((hour,)), abs=1e-3)
         assert slot["tariff"] == pytest.approx(tariff(expected_mean((hour,))), abs=1e-3)
+    assert not any(d["noisy"] for d in result["devices"])  # the custodian's exact releases
     # no device answer carries one home's value: only sums over >= k_min households
     assert "released" not in json.dumps(result["devices"][0]["device"])
+
+
+async def test_a_tag_outside_the_vocabulary_is_refused_by_every_device(devices):
+    """Tags are the operator's vocabulary: 'light' is not a word of the default one ('lighting' is)."""
+    urls = [r.base for r, _, _ in devices]
+    result = await query_devices(urls, [k for _, k, _ in devices], "light",
+                                 datetime.fromtimestamp(DAY, timezone.utc).date())
+    for answer in result["devices"]:
+        assert answer["error"].startswith("400 unknown_tag") and "lighting" in answer["error"]
+    assert result["mean_w"] is None
 
 
 async def test_the_cli_prints_the_combined_mean_and_tariff(devices):
