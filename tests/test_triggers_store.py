@@ -20,3 +20,25 @@ def test_firings_log_is_compacted_while_running(tmp_path):
     lines = store.firings_db.table("last").all()
     assert {(d["t"], d["h"]): d["at"] for d in lines} == last
     store.close()
+
+
+def test_events_disclosed_per_day_survive_a_restart_and_a_compaction(tmp_path):
+    """The per-household daily bound on events to an organization must not reset when the agent restarts."""
+    day = 20_000 * 86400.0
+    store = TriggerStore(tmp_path)
+    store.record_firings("trg_1", ["hh_a", "hh_b"], day + 10, ("org_1", ["hh_a", "hh_b"]))
+    store.record_firings("trg_2", ["hh_a"], day + 70, ("org_1", ["hh_a"]))
+    store.record_firings("trg_2", ["hh_a"], day - 50, ("org_1", ["hh_a"]))  # the day before: not today's
+    store.close()
+
+    again = TriggerStore(tmp_path)
+    _, _, debounce = again.load()
+    assert debounce.events[("org_1", "hh_a")] == (20_000, 2) and debounce.events[("org_1", "hh_b")] == (20_000, 1)
+    assert not debounce.event_allowed("org_1", "hh_a", day + 100, per_day=2)
+    assert debounce.event_allowed("org_1", "hh_b", day + 100, per_day=2)
+    assert debounce.event_allowed("org_1", "hh_a", day + 86400, per_day=2)  # a new UTC day
+    again.compact_firings(dict(debounce.last), dict(debounce.cooldown), dict(debounce.events))
+    again.close()
+    third = TriggerStore(tmp_path)
+    assert third.load()[2].events == debounce.events
+    third.close()
