@@ -1,6 +1,8 @@
 """Differential privacy through OpenDP: the noise has the configured scale, the clamp holds, one
-household's presence moves the output distribution by at most e^epsilon, and the per-organization
-daily budget is exhausted, renews at midnight UTC and survives a restart."""
+household's presence moves the output distribution by at most e^epsilon; the noisy levels' mechanism (discrete
+Gaussian calibrated to a zCDP rho) has OpenDP's own loss, and the per-household ledger is a rolling horizon shared
+by every release (not the first design's budget per organization renewed every UTC midnight). The ledger inside
+the release module, across organizations and restarts: tests/test_release.py, tests/test_event_loop_io_budget.py."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import pytest
 
 from agent.config import DifferentialPrivacy
 from agent.privacy import dp
-from agent.privacy.budget import BudgetExceeded, PrivacyBudget
-from tests.conftest import StepClock
+from agent.release.ledger import DAY as LEDGER_DAY
+from agent.release.ledger import Ledger, epsilon_of_rho
 
 DAY = 1_790_000_000 // 86400 * 86400
 SAMPLES = 3000
@@ -72,81 +74,64 @@ def test_one_household_moves_the_distribution_by_at_most_e_to_the_epsilon():
     assert statistics.pstdev(estimates) > 1000  # more than the whole range of the value
 
 
-CFG = DifferentialPrivacy(epsilon=1.0, epsilon_per_day=3.0)
+def test_the_noisy_levels_mechanism_has_the_rho_it_is_charged_and_its_noise():
+    """The default noisy level: a window's two sums (consumption, production) share rho; each is OpenDP's discrete
+    Gaussian whose own privacy map gives exactly its half, with noise of the stated standard deviation."""
+    cfg = DifferentialPrivacy()
+    assert cfg.noise == "gaussian" and cfg.loss() == cfg.rho
+    mechanism = dp.calibrate_rho(cfg.clamp_w, cfg.rho / 2)
+    assert mechanism.loss() <= cfg.rho / 2 * (1 + 1e-9)
+    assert mechanism.loss() == pytest.approx(cfg.rho / 2, rel=1e-3)  # the least noise that meets it
+    assert mechanism.scale == pytest.approx(cfg.clamp_w / math.sqrt(2 * cfg.rho / 2), rel=1e-3)
+    noise = [mechanism.release([0.0] * 10) for _ in range(SAMPLES)]
+    assert statistics.pstdev(noise) == pytest.approx(dp.standard_deviation(mechanism), rel=0.1)
+    # a Laplace level is charged its pure epsilon as zCDP: epsilon^2 / 2
+    laplace = DifferentialPrivacy(noise="laplace", epsilon=0.03)
+    assert laplace.loss() == pytest.approx(0.03 ** 2 / 2)
 
 
-def test_budget_is_exhausted_then_renews_at_midnight(tmp_path):
-    clock = StepClock(DAY + 3600)
-    budget = PrivacyBudget(tmp_path, clock=clock)
-    mechanism = dp.calibrate("laplace", 5000, 1.0)
-    for _ in range(3):
-        budget.spend("org_a", CFG, [mechanism])
-        budget.record("org_a", [mechanism], {})
-    assert budget.status("org_a", CFG)["epsilon_remaining"] == 0
-    with pytest.raises(BudgetExceeded) as refused:
-        budget.spend("org_a", CFG, [mechanism])
-    assert refused.value.renews_at == DAY + 86400
-    assert "renews at" in refused.value.detail and refused.value.status["renews_at"].endswith("T00:00:00Z")
-    # another organization has its own budget
-    budget.spend("org_b", CFG, [mechanism])
-    clock.step(86400 - 3600)  # midnight UTC
-    budget.spend("org_a", CFG, [mechanism])
-    assert budget.status("org_a", CFG)["epsilon_spent"] == 1.0  # only today's spend counts
-    budget.close()
+@pytest.mark.parametrize("rho", [1e-4, 5e-4, 0.1, 2.0])
+def test_the_stated_epsilon_never_understates_opendps_own_conversion(rho):
+    """The guarantee every noisy answer states (epsilon at delta for the ledger's rho) is at least what OpenDP's
+    zCDP -> (epsilon, delta) conversion gives for the same measurement: never weaker than it says."""
+    delta = 1e-7
+    mechanism = dp.calibrate_rho(1000, rho)
+    opendp_epsilon = float(dp._approx(mechanism.measurement(), delta).map(dp.D_IN)[0])
+    assert epsilon_of_rho(mechanism.loss(), delta) >= opendp_epsilon
 
 
-def test_a_refused_query_does_not_burn_the_rest_of_the_day(tmp_path):
-    budget = PrivacyBudget(tmp_path, clock=StepClock(DAY))
-    small, big = dp.calibrate("laplace", 5000, 0.5), dp.calibrate("laplace", 5000, 2.0)
-    budget.spend("org", CFG, [small])
-    budget.record("org", [small], {})
-    with pytest.raises(BudgetExceeded):
-        budget.spend("org", CFG, [big, big])
-    budget.spend("org", CFG, [big])  # 0.5 + 2.0 <= 3: still fits
-    budget.record("org", [big], {})
-    assert budget.status("org", CFG)["epsilon_spent"] == pytest.approx(2.5)
-    budget.close()
+def test_the_ledger_is_a_rolling_horizon_shared_by_every_release_not_a_daily_budget():
+    day0 = DAY + 3600
+    ledger = Ledger(horizon_days=30, cap_rho=1.0)
+    ledger.charge(["h1", "h2"], 0.6, day0)  # one release, whichever organization it is told to
+    ledger.charge(["h1"], 0.3, day0)  # another organization's release with another cohort: the same ledger
+    assert ledger.spent("h1", day0) == pytest.approx(0.9) and ledger.spent("h2", day0) == pytest.approx(0.6)
+    assert not ledger.affords("h1", 0.2, day0) and ledger.affords("h2", 0.4, day0)
+    # midnight renews nothing (the first design's budget did): the charge counts for the whole horizon
+    assert not ledger.affords("h1", 0.2, day0 + LEDGER_DAY)
+    assert not ledger.affords("h1", 0.2, day0 + 29 * LEDGER_DAY)
+    assert ledger.spent("h1", day0 + 30 * LEDGER_DAY) == 0 and ledger.affords("h1", 1.0, day0 + 30 * LEDGER_DAY)
+    # a household nothing was released about has spent nothing
+    assert ledger.spent("h3", day0) == 0
+    view = ledger.of("h1", day0, 1e-7)
+    assert view["spent_rho"] == pytest.approx(0.9) and view["remaining_rho"] == pytest.approx(0.1)
+    assert view["spent_epsilon"] == pytest.approx(epsilon_of_rho(0.9, 1e-7), abs=1e-6)
+    assert view["days"] == [{"day": (day0 // LEDGER_DAY) * LEDGER_DAY, "rho": pytest.approx(0.9)}]
 
 
-def test_budget_and_released_answers_survive_a_restart(tmp_path):
-    clock = StepClock(DAY + 7200)
-    budget = PrivacyBudget(tmp_path, clock=clock)
-    mechanism = dp.calibrate("laplace", 5000, 1.0)
-    budget.spend("org", CFG, [mechanism, mechanism])
-    budget.record("org", [mechanism, mechanism], {"15m|1|": {"consumption_w": 1234}})
-    budget.close()
-    again = PrivacyBudget(tmp_path, clock=clock)
-    assert again.status("org", CFG)["epsilon_spent"] == pytest.approx(2.0)
-    assert again.cached("org", "15m|1|") == {"consumption_w": 1234}
-    again.spend("org", CFG, [mechanism])
-    again.record("org", [mechanism], {})
-    with pytest.raises(BudgetExceeded):
-        again.spend("org", CFG, [mechanism])
-    again.close()
-    # a restart after exhaustion is still exhausted
-    third = PrivacyBudget(tmp_path, clock=clock)
-    with pytest.raises(BudgetExceeded):
-        third.spend("org", CFG, [mechanism])
-    third.close()
+def test_the_default_cap_and_rho_fit_a_stated_number_of_windows():
+    """zCDP composes by adding rho: at the defaults a household bears cap / rho windows per horizon in all, and
+    the cap's epsilon is over ten times below what adding the windows' own epsilons would claim."""
+    from agent.config import PrivacyConfig
 
-
-def test_gaussian_budget_composes_in_zcdp(tmp_path):
-    cfg = DifferentialPrivacy(noise="gaussian", epsilon=1.0, epsilon_per_day=3.0, delta=1e-7)
-    budget = PrivacyBudget(tmp_path, clock=StepClock(DAY))
-    mechanism = dp.calibrate("gaussian", 5000, 1.0, 1e-7)
-    spent = 0
-    while True:
-        try:
-            budget.spend("org", cfg, [mechanism])
-        except BudgetExceeded:
-            break
-        budget.record("org", [mechanism], {})
-        spent += 1
-    # zCDP composes better than adding epsilons: more than 3 releases of epsilon 1 fit in epsilon 3
-    assert spent > 3
-    status = budget.status("org", cfg)
-    assert status["epsilon_spent"] <= 3.0 and status["rho_spent"] <= status["rho_per_day"]
-    budget.close()
+    cfg, privacy = DifferentialPrivacy(), PrivacyConfig()
+    ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
+    windows = 0
+    while ledger.affords("h", cfg.loss(), DAY):
+        ledger.charge(["h"], cfg.loss(), DAY)
+        windows += 1
+    assert windows == round(privacy.cap_rho / cfg.rho)
+    assert epsilon_of_rho(privacy.cap_rho, cfg.delta) < windows * epsilon_of_rho(cfg.rho, cfg.delta) / 10
 
 
 def test_without_opendp_dp_is_unavailable_and_says_so():
