@@ -601,3 +601,83 @@ async def test_refusals_never_depend_on_values(town, level, window, step):
     assert all("refused" not in b for b in ten), ten  # both released: no dominance rule
     assert [b["households"] for b in ten] == [10, 10]
     assert nine[0] == nine[1] and nine[0]["refused"]["error"] == "cohort_too_small"
+
+
+# --- time: adjacent exact windows one household apart ------------------------------------------------------
+STEADY = [1000.0 + 37.7 * i for i in range(14)]  # constant loads: the attacker's best case
+
+
+def single_differences(bodies: list[tuple[float, dict]], period: float) -> list[tuple[float, float, int]]:
+    """Pairs of released windows less than `period` apart whose difference is one household's steady load:
+    (start, start, household). With constant loads, such a pair reads that household exactly."""
+    hits = []
+    for i, (s1, b1) in enumerate(bodies):
+        for s2, b2 in bodies[i + 1:]:
+            if abs(s2 - s1) >= period:
+                continue
+            difference = abs(b1["consumption_w"] - b2["consumption_w"])
+            hits += [(s1, s2, h) for h, load in enumerate(STEADY) if abs(difference - load) < 0.01]
+    return hits
+
+
+async def steady_seconds(town: Town, homes, seconds: int, silent=(), between=None) -> list[tuple[float, dict]]:
+    start = await seconds_of(town, homes, lambda i, s: None if i in silent else STEADY[i], seconds, between)
+    bodies = await town.windows(town.key, "1s", start, start + seconds)
+    return [(start + s, b) for s, b in enumerate(bodies) if "refused" not in b]
+
+
+async def test_time_differencing_adjacent_exact_windows_at_a_revocation_and_a_join(make_town):
+    """Steady loads: the second before a revocation minus the second after it is the revoker's load (the first
+    version of the one door released both). The audit over time refuses whatever would make such a pair within
+    its period. Beyond the period the difference does read the household when loads stay constant: that is the
+    documented limit (PRIVACY.md)."""
+    town = await make_town(audit_period_s=20)
+    org_id, town.key = await town.org("dso")
+    homes = await town.households_(13)
+    await town.grant(org_id, homes[:12])
+    await town.to_next(60)
+
+    async def moves(s):
+        if s == 5:
+            await town.revoke(org_id, homes[0])
+        if s == 40:
+            await town.grant(org_id, homes[12:])  # a household joins
+
+    bodies = await steady_seconds(town, homes, 80, between=moves)
+    assert bodies, "something was released"
+    assert single_differences(bodies, 20) == []
+    # the documented limit: windows further apart than the period, loads constant
+    assert {h for _, _, h in single_differences(bodies, 10_000)} <= {0, 12}
+
+
+async def test_time_differencing_across_a_restart(make_town):
+    """The audit's memory of recent cohorts must survive a restart: household 0 revokes, the agent restarts, and
+    the first windows after the restart must not be one household apart from the last ones before it."""
+    town = await make_town(audit_period_s=60)
+    org_id, town.key = await town.org("dso")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    await town.to_next(60)
+    before = await steady_seconds(town, homes, 5)
+    await town.live(town.key, "1s")
+    await town.revoke(org_id, homes[0])
+    await town.restart()
+    after = await steady_seconds(town, homes, 10)
+    assert before
+    assert single_differences(before + after, 60) == []
+
+
+async def test_time_differencing_across_a_restart_when_a_datalogger_stops(make_town):
+    """The same with a household that simply stops posting at the restart (held at its last values before it,
+    not after, unless the hold survives)."""
+    town = await make_town(audit_period_s=60)
+    org_id, town.key = await town.org("dso")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    await town.to_next(60)
+    before = await steady_seconds(town, homes, 5)
+    await town.live(town.key, "1s")
+    await town.restart()
+    after = await steady_seconds(town, homes, 10, silent={0})
+    assert before
+    assert single_differences(before + after, 60) == []

@@ -44,6 +44,7 @@ TAG_GRID_S = 60  # channel tags are never released finer than a minute
 HOLD_S = 300  # a household silent this long (or two windows, if longer) leaves the cohort
 # Recent records kept in memory per width (older ones are read from the log's day files).
 KEEP_S = {1: 3600, 60: 6 * 3600, 900: 2 * 86400, 3600: 2 * 86400}
+RESTART_MARGIN_S = 300  # exact records a kill -9 may have lost: released up to this long after the last on disk
 TRIGGER_DAY_S = 86400  # noisy levels release trigger statistics per UTC day
 
 
@@ -89,12 +90,14 @@ class Releases:
         self._cohort_cache: dict[str, tuple[tuple, int, frozenset[str]]] = {}
         self._meter_cache: tuple[tuple, dict[str, str]] = ((), {})
         self._started_at = clock()
+        self._audit_blind_until = float("-inf")  # see _load
         self._load()
 
     # --- start-up ------------------------------------------------------------------------------
     def _load(self) -> None:
         now = self.clock()
         cohorts: dict[str, frozenset[str]] = {}
+        last_exact = None
         for doc in self.log.load(now, fine_since=now - KEEP_S[1]):
             kind = doc.get("t")
             if kind == "c":
@@ -102,11 +105,20 @@ class Releases:
             elif kind in ("r", "n"):
                 if "p" in doc and doc.get("c") in cohorts:
                     self.ledger.charge(cohorts[doc["c"]], doc["p"], doc["s"])
+                if kind == "r" and "b" in doc and not doc.get("noisy"):
+                    last_exact = doc["s"] if last_exact is None else max(last_exact, doc["s"])
                 if kind == "r" and doc["s"] >= now - KEEP_S.get(doc["w"], 0):
                     self._records[(doc["o"], doc["w"], doc["s"], doc["g"])] = doc
             elif kind == "o":
                 self._once[doc["k"]] = doc["b"]
         self.ledger.forget_before(now)
+        # The audit's memory of the cohorts released in the last audit period (and the hold-over of silent
+        # households) is not on disk, and exact records not yet flushed are lost by a kill -9: after a restart that
+        # follows recent exact releases, no exact window is released for one audit period, or the first window
+        # after it minus the last one before it would read a household that revoked or went silent meanwhile.
+        period = self.config.privacy.audit_period_s
+        if last_exact is not None and last_exact >= now - period - RESTART_MARGIN_S:
+            self._audit_blind_until = now + period
 
     def close(self) -> None:
         self.log.close()
@@ -399,6 +411,13 @@ class Releases:
     def _decide_exact(self, grid: Grid, orgs: list, start: int, contributions: dict, tag: str | None,
                       staged: dict) -> None:
         k_min, end = self.config.privacy.k_min, start + grid.width
+        if start < self._audit_blind_until:
+            resuming = Refusal("audit_resuming", "the device restarted; exact sums resume one audit period "
+                               f"({self.config.privacy.audit_period_s:g} s) after it, once the audit again knows "
+                               "every cohort released in the period")
+            for org in orgs:
+                staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, resuming)
+            return
         meters = self._meters()
         with_data = {m for m, c in contributions.items() if tag is None or tag in c.channels}
         candidates = []
