@@ -35,6 +35,7 @@ _EXPORTS = {
     "NO_CONDITION": "sandbox.errors",
     "NOT_A_BOOL": "sandbox.errors",
     "REJECTED": "sandbox.errors",
+    "READS_CLOCK": "sandbox.errors",
     "too_slow": "sandbox.errors",
 }
 

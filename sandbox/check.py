@@ -17,6 +17,7 @@ from sandbox import protocol
 from sandbox.errors import (
     NO_CONDITION,
     NOT_A_BOOL,
+    READS_CLOCK,
     REJECTED,
     SYNTAX_ERROR,
     EvaluationFailed,
@@ -33,6 +34,9 @@ DENIED_ATTRIBUTES = frozenset({
     "ag_await", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "tb_frame", "tb_next",
     "mro", "format", "format_map",
 })
+# datetime's clocks. No clock reaches a row process anyway (no system call, no vDSO: it dies); refused here first
+# with their own reason so that an honest condition learns why (the time of day is not an input).
+CLOCK_ATTRIBUTES = frozenset({"now", "today", "utcnow"})
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ def inspect_source(source: str | bytes, parameters: Sequence[str]) -> str | None
     - no dunder names, no attribute starting with ``_`` (``__class__``, ``__subclasses__``, ``_sys``...)
       or in DENIED_ATTRIBUTES (frames, code, ``str.format``), also as keyword patterns of ``match``
       (``case object(__class__=c)`` reads an attribute), no imports but of math, statistics and
-      datetime: else ``rejected by sandbox``. This only turns honest mistakes and the obvious escapes
+      datetime: else ``rejected by sandbox``; datetime's ``now``/``today``/``utcnow`` (also as ``match``
+      keywords): ``reads the clock``. This only turns honest mistakes and the obvious escapes
       away early: seccomp in the worker is the boundary.
     """
     if isinstance(source, bytes):
@@ -91,6 +96,8 @@ def inspect_source(source: str | bytes, parameters: Sequence[str]) -> str | None
         elif isinstance(node, ast.Attribute):
             if node.attr.startswith("_") or node.attr in DENIED_ATTRIBUTES:
                 return REJECTED
+            if node.attr in CLOCK_ATTRIBUTES:
+                return READS_CLOCK
             if not isinstance(node.ctx, ast.Load):
                 # `math.x = v` would outlive the fresh namespace each row gets: a channel between households
                 return REJECTED
@@ -123,6 +130,8 @@ def inspect_source(source: str | bytes, parameters: Sequence[str]) -> str | None
         elif isinstance(node, ast.MatchClass):
             if any(a.startswith("_") or a in DENIED_ATTRIBUTES for a in node.kwd_attrs):
                 return REJECTED
+            if any(a in CLOCK_ATTRIBUTES for a in node.kwd_attrs):
+                return READS_CLOCK
         elif isinstance(node, (ast.MatchAs, ast.MatchStar, ast.MatchMapping)):
             name = getattr(node, "name", None) or getattr(node, "rest", None)
             if name is not None and name.startswith("__"):
@@ -141,9 +150,10 @@ def check_condition(
     *,
     limits: Limits | None = None,
 ) -> CheckResult:
-    """Validate an uploaded condition: static checks, then a trial in a fresh locked worker.
+    """Validate an uploaded condition: static checks, then a trial in a fresh locked zygote.
 
-    Every sample is one evaluation with its own ``timeout_s`` deadline (a separate round trip). Reasons
+    Every sample is one evaluation in its own row process with its own ``timeout_s`` deadline (a separate
+    round trip); the zygote compiles the source, a row process checks that it loads. Reasons
     (fixed strings): ``syntax error``, ``does not define condition(...)``, ``too slow: exceeded N ms``,
     ``did not return a bool`` (it returned something else, or raised, on a sample), ``rejected by
     sandbox`` (static check, module-level code that raised, a worker killed by seccomp or dead).
@@ -173,7 +183,7 @@ def check_condition(
                                        protocol.LOAD_NO_CONDITION: NO_CONDITION}.get(code, REJECTED))
         for row in rows:
             try:
-                status = worker.request(protocol.EVAL, [row], 1, timeout_s)[0]
+                status = worker.evaluate_rows([row], timeout_s)[0]
             except EvaluationFailed as exc:
                 return CheckResult(False, _failure_reason(exc, timeout_s))
             except ValueError:
@@ -200,8 +210,8 @@ _available_lock = threading.Lock()
 def sandbox_available(refresh: bool = False, limits: Limits | None = None) -> tuple[bool, str]:
     """Whether this kernel runs locked workers: (True, "seccomp filter enforced") or (False, reason).
 
-    Spawns a worker and runs a trial condition; reads /proc/<pid>/status (Seccomp: 2, NoNewPrivs: 1);
-    then spawns a second worker and asks it to make a forbidden system call: it must die of SIGSYS.
+    Spawns a zygote and runs a trial condition; reads /proc/<pid>/status (Seccomp: 2, NoNewPrivs: 1);
+    then spawns a second zygote whose row process makes a forbidden system call: it must die of SIGSYS.
     The answer is cached for the process (``refresh=True`` runs it again). Where it is False the agent must
     refuse to run triggers.
     """
@@ -222,7 +232,7 @@ def _probe(limits: Limits) -> tuple[bool, str]:
             if worker.request(protocol.LOAD, ("def condition(x):\n    return x > 0\n", ("x",)), 1,
                               limits.load_timeout_s) != bytes([protocol.OK]):
                 return False, "trial condition did not load"
-            if worker.request(protocol.EVAL, [(1.0,), (-1.0,)], 2, limits.load_timeout_s) != bytes(
+            if worker.evaluate_rows([(1.0,), (-1.0,)], limits.load_timeout_s) != bytes(
                     [protocol.TRUE, protocol.FALSE]):
                 return False, "trial condition gave a wrong answer"
         except EvaluationFailed:

@@ -9,6 +9,7 @@ SYNTAX_ERROR = "syntax error"
 NO_CONDITION = "does not define condition(...)"
 NOT_A_BOOL = "did not return a bool"
 REJECTED = "rejected by sandbox"
+READS_CLOCK = "reads the clock"  # datetime's now()/today()/utcnow(): a condition gets no clock (a relay between rows)
 
 
 def too_slow(timeout_s: float) -> str:
@@ -32,6 +33,7 @@ class Violation(str, enum.Enum):
     CRASHED = "worker died"  # EOF or death by any other signal / exit
     PROTOCOL = "bad answer"  # wrong nonce, wrong length or a byte outside the allowed set
     NOT_BOOL = "did not return a bool"  # the worker lives on; the request's statuses are returned
+    CPU_BUDGET = "over its CPU budget"  # rows used most of their deadline request after request: throttled
 
 
 class SandboxError(Exception):

@@ -4,13 +4,20 @@ Requests go parent -> worker (the trusted direction): a 4-byte little-endian len
 payload ``(kind, nonce, body)``. ``marshal`` only builds plain values (numbers, strings, bytes, tuples,
 lists, dicts, None); the parent never sends code objects. Never pickle.
 
+An EVAL request is a header frame ``(EVAL, nonce, n)``, which the zygote reads, then ``n`` row frames
+``(token, row)``, each read by the one row process forked for it (the zygote never reads a row: it reads
+frames exactly, never ahead).
+
 Answers go worker -> parent (the untrusted direction) and are raw bytes of a length the parent knows in
-advance: the request's 16-byte nonce, then one byte per evaluation (or one status byte for the other
-kinds). The parent never decodes them with anything richer than a byte comparison: a wrong nonce, a wrong
+advance: the request's 16-byte nonce, then the body, for an EVAL then the nonce again (written by the zygote
+once every row process has exited cleanly). An EVAL body is one ANSWER_CHUNK per row, written by that row's
+process: the row's random TOKEN_SIZE-byte token, then its status byte. A row process knows only its own
+token, so it cannot answer for another household's row, and an extra or missing chunk moves the trailer. The
+parent never decodes answers with anything richer than a byte comparison: a wrong nonce or token, a wrong
 length, a byte outside the allowed set, an EOF or a missed deadline is a violation and the worker is killed.
 
-The nonce is random (``os.urandom``) so that a hostile condition cannot pre-write the answer to a request it
-has not seen yet: a stale or forged answer carries the wrong nonce.
+The nonce and tokens are random (``os.urandom``) so that a hostile condition cannot pre-write the answer to a
+request it has not seen yet: a stale or forged answer carries the wrong nonce.
 """
 
 from __future__ import annotations
@@ -27,11 +34,20 @@ MARSHAL_VERSION = 2  # no reference table: dumps is ~40% faster for rows of floa
 REQUEST_FD = 0
 ANSWER_FD = 1
 
+TOKEN_SIZE = 3
+ANSWER_CHUNK = TOKEN_SIZE + 1  # what a row process writes: its token, its status byte
+MAX_ROWS_PER_REQUEST = 8192  # answers of one request fit in a pipe's 64 KiB: no deadlock while the parent writes
+
+# A zygote that gives up on a request (a row process died or exited with a code of its own) exits with
+# ZYGOTE_CHILD_SIGNALED + the signal, or ZYGOTE_CHILD_EXITED: the parent sees an EOF and reaps it.
+ZYGOTE_CHILD_EXITED = 99
+ZYGOTE_CHILD_SIGNALED = 100
+
 # Request kinds.
 PING = 1  # body None; answer: one byte, OK or LOCKDOWN_FAILED | step
 LOAD = 2  # body (source: str, parameters: tuple[str, ...]); answer: one LOAD_* byte
-EVAL = 3  # body: list of argument tuples; answer: one status byte per tuple
-PROBE = 4  # body None; the worker makes a forbidden system call; it must die of SIGSYS
+EVAL = 3  # body: the number of row frames that follow; answer: nonce, one chunk per row, nonce
+PROBE = 4  # body None; a row process makes a forbidden system call; it must die of SIGSYS
 
 # Per-evaluation statuses (one byte each in an EVAL answer).
 FALSE = 0
@@ -83,3 +99,24 @@ def encode_request(kind: int, nonce: bytes, body: object) -> bytes:
     if len(payload) > MAX_REQUEST_BYTES:
         raise ValueError("request too large")
     return len(payload).to_bytes(HEADER_SIZE, "little") + payload
+
+
+def encode_rows(rows) -> tuple[bytes, list[bytes]]:
+    """Row frames ``(token, row)`` for an EVAL and their tokens (distinct, random). ValueError as above."""
+    tokens: list[bytes] = []
+    seen: set[bytes] = set()
+    while len(tokens) < len(rows):
+        for i in range(0, (len(rows) - len(tokens)) * TOKEN_SIZE, TOKEN_SIZE):
+            token = os.urandom(TOKEN_SIZE)
+            if token not in seen:
+                seen.add(token)
+                tokens.append(token)
+    tokens = tokens[: len(rows)]
+    frames = []
+    for token, row in zip(tokens, rows):
+        payload = marshal.dumps((token, row), MARSHAL_VERSION)
+        frames.append(len(payload).to_bytes(HEADER_SIZE, "little") + payload)
+    data = b"".join(frames)
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ValueError("request too large")
+    return data, tokens

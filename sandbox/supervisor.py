@@ -1,15 +1,23 @@
-"""The parent side: spawning locked workers, the request/answer exchange, and the pool of workers.
+"""The parent side: spawning locked zygotes, the request/answer exchange, and the pool of zygotes.
 
-Workers are fresh interpreters started with ``posix_spawn`` (never a fork of the agent: a forked child
-inherits the agent's memory, tokens, consents and households' data). Every answer is checked byte by byte;
-anything unexpected, an EOF or a missed wall-clock deadline gets the worker SIGKILLed and reaped, and counts
-as a violation of its condition: the next worker is spawned only after a growing backoff, and after
-``Limits.quarantine_after`` violations the condition is quarantined. Workers are recycled after
-``Limits.max_evaluations`` evaluations so that no state builds up. A worker serves one condition of one
-tenant and is never shared.
+Zygotes are fresh interpreters started with ``posix_spawn`` (never a fork of the agent: a forked child
+inherits the agent's memory, tokens, consents and households' data). A zygote serves one condition of one
+tenant and is never shared; it forks one locked row process per household's row (sandbox.worker). Every
+answer is checked byte by byte (the nonce, each row's token, each status, the trailer); anything unexpected,
+an EOF or a missed wall-clock deadline gets the zygote and its row process SIGKILLed (the whole process group)
+and reaped, and counts as a violation of its condition: the next zygote is spawned only after a growing
+backoff, and after ``Limits.quarantine_after`` violations the condition is quarantined.
+
+CPU budget: after every request the parent reads, from /proc, the CPU time the kernel summed for the
+zygote's row processes. A condition whose rows use ``Limits.cpu_budget_fraction`` of the request's deadline
+``Limits.throttle_after`` times in a row (a sleeper that burns its windows) is throttled (a violation: no
+evaluation for ``throttle_s``, doubling), and quarantined like any other repeated violation. Zygotes are
+recycled after ``max_evaluations`` rows, when their own CPU time nears RLIMIT_CPU, when their memory grows
+(``max_rss_bytes``, or twice what they held after loading), and when idle for ``idle_s``.
 
 The API is synchronous and thread-safe: one request per condition at a time, conditions in parallel from
-several threads. From asyncio, call it through ``asyncio.to_thread`` / ``run_in_executor``.
+several threads. From asyncio, call it through ``asyncio.to_thread`` / ``run_in_executor``. ``register``
+does no work beyond bookkeeping (no compile on the caller's thread): the source is compiled in the zygote.
 """
 
 from __future__ import annotations
@@ -74,17 +82,25 @@ class Limits:
     """Deadlines, rlimits and pool policy. Defaults fit a Raspberry Pi 4; tests shorten the deadlines."""
 
     timeout_s: float = 0.05  # wall-clock deadline of a request of one evaluation
-    timeout_per_row_s: float = 0.0005  # added for each further row of a batch
-    max_timeout_s: float = 2.0  # cap of a batch's deadline
+    # Added for each further row of a batch: a row costs a fork, the row process's page faults and its exit
+    # (~1.8 ms on this project's VM, ~4 ms when it is loaded; a fork of even a 1 MB C process costs ~0.3 ms
+    # there: bench/triggers_sandbox.py).
+    timeout_per_row_s: float = 0.01
+    max_timeout_s: float = 30.0  # cap of a batch's deadline
     spawn_timeout_s: float = 5.0  # fresh interpreter + pre-imports + lockdown (~45 ms on a Pi 4)
     load_timeout_s: float = 0.5  # compiling and executing the untrusted module
-    memory_bytes: int = 128 << 20  # RLIMIT_AS; with the agent's MemoryMax in mind (a Pi has 1-4 GB)
+    memory_bytes: int = 128 << 20  # RLIMIT_AS of the zygote and its row processes (a Pi has 1-4 GB)
     cpu_s: int = 30  # RLIMIT_CPU (a backstop: the deadline is what stops a busy worker)
     max_evaluations: int = 100_000  # recycle a worker after this many evaluations
     quarantine_after: int = 3  # violations before a condition is quarantined
     backoff_s: float = 0.25  # wait before spawning again after a violation, doubling each time
     backoff_max_s: float = 30.0
-    max_workers: int = 64  # live workers in a Supervisor; the least recently used idle one goes first
+    max_workers: int = 64  # live zygotes in a Supervisor; the least recently used idle one goes first
+    cpu_budget_fraction: float = 0.5  # row processes' CPU time over the request's deadline that counts as heavy
+    throttle_after: int = 2  # heavy requests in a row that make a CPU-budget violation
+    throttle_s: float = 120.0  # no evaluation for this long after a CPU-budget violation, doubling each time
+    max_rss_bytes: int = 64 << 20  # a zygote holding more is recycled (it also is at twice its size after loading)
+    idle_s: float = 600.0  # a zygote unused for this long is collected
     worker_uid: int = 65534  # used only when the agent runs as root (nobody)
     worker_gid: int = 65534  # (nogroup)
     # CPUs a worker may run on (None: the scheduler decides). Pinning workers to the agent's CPU makes a round
@@ -203,8 +219,43 @@ def spawn_worker(limits: Limits, executable: str | None = None) -> "WorkerProces
     return worker
 
 
+_CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class ProcessTimes:
+    """A zygote's figures as the kernel keeps them (/proc/<pid>/stat), never as the zygote says."""
+
+    own_s: float  # the zygote's own CPU time
+    rows_s: float  # the CPU time of its reaped row processes (cutime + cstime)
+    rss_bytes: int
+
+
+class _ChunkCheck:
+    """Checks an EVAL answer as it arrives: the nonce, then per row its token and a status byte."""
+
+    def __init__(self, nonce: bytes, tokens: Sequence[bytes]):
+        self.nonce = nonce
+        self.tokens = tokens
+        self.done = 0  # chunks checked
+
+    def __call__(self, buf: bytes) -> bool:
+        if buf[: len(self.nonce)] != self.nonce[: len(buf)]:
+            return False
+        size, start = protocol.ANSWER_CHUNK, protocol.NONCE_SIZE
+        complete = min(len(self.tokens), max(0, (len(buf) - start) // size))
+        for i in range(self.done, complete):
+            at = start + i * size
+            if buf[at:at + protocol.TOKEN_SIZE] != self.tokens[i] or buf[at + protocol.TOKEN_SIZE] > protocol.NOT_BOOL:
+                return False
+        self.done = complete
+        return True
+
+
 class WorkerProcess:
-    """The parent's handle on one worker: two non-blocking pipe ends and an unreaped pid."""
+    """The parent's handle on one zygote: two non-blocking pipe ends and an unreaped pid (also its process
+    group, which its row processes share)."""
 
     def __init__(self, pid: int, request_fd: int, answer_fd: int):
         self.pid = pid
@@ -218,7 +269,8 @@ class WorkerProcess:
         self._wpoll.register(request_fd, select.POLLOUT)
         self.wait_status: int | None = None
         self.evaluations = 0
-        self.busy_s = 0.0  # wall time spent in requests: bounds the CPU time the worker used after start-up
+        self.loaded_rss = 0  # after the LOAD: what the zygote's memory is measured against
+        self.last_used = time.monotonic()
         try:  # a pidfd names this process, not a pid number that could be reused if someone else reaped it
             self._pidfd: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):
@@ -228,24 +280,37 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.wait_status is None
 
-    def request(self, kind: int, body: object, answer_len: int, timeout_s: float) -> bytes:
-        """Send one request, return the answer's bytes after the (checked) nonce.
+    def request(self, kind: int, body: object, answer_len: int, timeout_s: float, frames: bytes = b"",
+                trailer: bool = False, tokens: Sequence[bytes] | None = None) -> bytes:
+        """Send one request (and ``frames``: an EVAL's rows), return the answer's bytes after the (checked) nonce
+        (and before the nonce again, with ``trailer``). With ``tokens``, the answer is one chunk per token, each
+        checked as it arrives (its token, a status byte): a forged chunk fails at once, not at the deadline.
 
-        Raises ValueError (nothing sent) if marshal cannot encode ``body``; EvaluationFailed (the worker
+        Raises ValueError (nothing sent) if marshal cannot encode ``body``; EvaluationFailed (the zygote
         is then dead and reaped) on a missed deadline, an EOF, a wrong nonce or a wrong length.
         """
         if not self.alive:
             raise EvaluationFailed(Violation.CRASHED)
         nonce = protocol.new_nonce()
         frame = protocol.encode_request(kind, nonce, body)
-        start = time.monotonic()
-        deadline = start + timeout_s
-        self._send(frame, deadline)
-        data = self._receive(protocol.NONCE_SIZE + answer_len, deadline)
-        if data[: protocol.NONCE_SIZE] != nonce:
+        deadline = time.monotonic() + timeout_s
+        self._send(frame + frames if frames else frame, deadline)
+        tail = protocol.NONCE_SIZE if trailer else 0
+        check = _ChunkCheck(nonce, tokens) if tokens is not None else None
+        data = self._receive(protocol.NONCE_SIZE + answer_len + tail, deadline, nonce if trailer else None, check)
+        self.last_used = time.monotonic()
+        if data[: protocol.NONCE_SIZE] != nonce or (trailer and data[-tail:] != nonce):
             self._fail(Violation.PROTOCOL)
-        self.busy_s += time.monotonic() - start
-        return data[protocol.NONCE_SIZE:]
+        return data[protocol.NONCE_SIZE: len(data) - tail]
+
+    def evaluate_rows(self, rows: Sequence, timeout_s: float) -> bytes:
+        """One status byte per row, each from the row's own process. Every chunk must carry its row's token, in
+        order, and the zygote's trailer (the nonce again) must follow the last: else PROTOCOL."""
+        frames, tokens = protocol.encode_rows(rows)
+        n = len(rows)
+        chunk = protocol.ANSWER_CHUNK
+        answers = self.request(protocol.EVAL, n, n * chunk, timeout_s, frames, trailer=True, tokens=tokens)
+        return answers[protocol.TOKEN_SIZE::chunk]
 
     def _send(self, frame: bytes, deadline: float) -> None:
         view = memoryview(frame)
@@ -255,7 +320,7 @@ class WorkerProcess:
                 sent += os.write(self._req, view[sent:])
             except BlockingIOError:
                 pass
-            except OSError:  # EPIPE: the worker is gone
+            except OSError:  # EPIPE: the zygote is gone
                 self._fail(Violation.CRASHED)
             if sent == len(frame):
                 return
@@ -266,7 +331,10 @@ class WorkerProcess:
                 if event & (select.POLLERR | select.POLLHUP):
                     self._fail(Violation.CRASHED)
 
-    def _receive(self, want: int, deadline: float) -> bytes:
+    def _receive(self, want: int, deadline: float, trailer: bytes | None = None,
+                 check: "_ChunkCheck | None" = None) -> bytes:
+        """``want`` bytes; with ``trailer``, a trailer that comes early (a row process that exited without its
+        chunk) fails at once rather than at the deadline."""
         buf = b""
         while True:
             remaining = deadline - time.monotonic()
@@ -283,6 +351,10 @@ class WorkerProcess:
             if not chunk:
                 self._fail(Violation.CRASHED)
             buf += chunk
+            if trailer is not None and protocol.NONCE_SIZE < len(buf) < want and buf.endswith(trailer):
+                self._fail(Violation.PROTOCOL)
+            if check is not None and not check(buf):
+                self._fail(Violation.PROTOCOL)
             if len(buf) >= want:
                 if len(buf) > want:
                     self._fail(Violation.PROTOCOL)
@@ -294,14 +366,41 @@ class WorkerProcess:
             violation = Violation.SECCOMP
         raise EvaluationFailed(violation, exit_signal)
 
+    def times(self) -> ProcessTimes | None:
+        try:
+            fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            stat = os.read(fd, 4096)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": fields 3.. of proc(5)
+        try:
+            utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+            rss = int(fields[21])
+        except (IndexError, ValueError):
+            return None
+        return ProcessTimes((utime + stime) * _CLOCK_TICK_S, (cutime + cstime) * _CLOCK_TICK_S, rss * _PAGE_BYTES)
+
     def kill(self) -> int | None:
-        """SIGKILL and reap (idempotent). Returns the signal that ended the worker, None if it exited."""
+        """SIGKILL the process group (the zygote and a row process) and reap the zygote (idempotent).
+
+        Returns the signal that ended the request: the zygote's, or the one its row process died of (the zygote
+        then exits with ZYGOTE_CHILD_SIGNALED + that signal); None if nothing was killed by a signal."""
         if self.wait_status is None:
             for fd in (self._req, self._ans):
                 try:
                     os.close(fd)
                 except OSError:
                     pass
+            try:
+                # the zygote is not reaped yet: its pid, and so its process group id, cannot have been reused
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             try:
                 if self._pidfd is not None:
                     signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
@@ -317,8 +416,18 @@ class WorkerProcess:
                 _, self.wait_status = os.waitpid(self.pid, 0)
             except ChildProcessError:  # reaped by someone else's waitpid(-1)
                 self.wait_status = -1
-        if self.wait_status >= 0 and os.WIFSIGNALED(self.wait_status):
-            return os.WTERMSIG(self.wait_status)
+        return self.exit_signal
+
+    @property
+    def exit_signal(self) -> int | None:
+        status = self.wait_status
+        if status is None or status < 0:
+            return None
+        if os.WIFSIGNALED(status):
+            return os.WTERMSIG(status)
+        code = os.WEXITSTATUS(status)
+        if protocol.ZYGOTE_CHILD_SIGNALED < code < protocol.ZYGOTE_CHILD_SIGNALED + 65:
+            return code - protocol.ZYGOTE_CHILD_SIGNALED
         return None
 
 
@@ -340,6 +449,8 @@ class ConditionState:
     last_violation: Violation | None
     last_exit_signal: int | None  # signal that ended the last killed worker (SIGSYS, SIGKILL...)
     retry_after: float  # seconds of backoff left before a new worker may be spawned
+    cpu_s: float = 0.0  # CPU time of the condition's row processes so far (as the kernel counted it)
+    budget_violations: int = 0  # requests refused for burning the CPU budget (throttled), part of violations
 
 
 class _Slot:
@@ -359,6 +470,9 @@ class _Slot:
         self.last_exit_signal: int | None = None
         self.next_spawn_at = 0.0
         self.removed = False
+        self.heavy = 0  # heavy requests in a row (CPU budget)
+        self.cpu_s = 0.0
+        self.budget_violations = 0
 
 
 class Supervisor:
@@ -375,14 +489,16 @@ class Supervisor:
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._live: OrderedDict[tuple[str, str], _Slot] = OrderedDict()  # slots with a worker, LRU first
         self._closed = False
+        self._next_collection = 0.0
 
     # -- registration
 
     def register(self, tenant: str, condition_id: str, source: str, parameters: Sequence[str]) -> None:
         """Add (or replace, which clears violations and quarantine) a condition. Spawns lazily.
 
-        The source is compiled here (not executed): a syntax error (or a source over MAX_SOURCE_CHARS)
-        is remembered and raised as ConditionRejected by evaluate(), without spawning a worker.
+        Nothing is compiled here (this may be the event loop's thread): the zygote compiles the source when the
+        condition is first evaluated, and a syntax error is then remembered and raised as ConditionRejected by
+        every evaluate(). A source over MAX_SOURCE_CHARS is rejected at once, without spawning.
         """
         if not isinstance(tenant, str) or not isinstance(condition_id, str) or not isinstance(source, str):
             raise TypeError("tenant, condition_id and source must be str")
@@ -391,7 +507,7 @@ class Supervisor:
             raise TypeError("parameters must be str")
         key = (tenant, condition_id)
         slot = _Slot(tenant, condition_id, source, params)
-        slot.rejected = compile_in_parent(source)
+        slot.rejected = REJECTED if len(source) > MAX_SOURCE_CHARS else None
         with self._lock:
             if self._closed:
                 raise RuntimeError("supervisor closed")
@@ -412,6 +528,8 @@ class Supervisor:
         with slot.lock:
             slot.quarantined = False
             slot.violations = 0
+            slot.budget_violations = 0
+            slot.heavy = 0
             slot.next_spawn_at = 0.0
 
     def conditions(self) -> list[tuple[str, str]]:
@@ -433,6 +551,8 @@ class Supervisor:
             last_violation=slot.last_violation,
             last_exit_signal=slot.last_exit_signal,
             retry_after=max(0.0, slot.next_spawn_at - time.monotonic()),
+            cpu_s=slot.cpu_s,
+            budget_violations=slot.budget_violations,
         )
 
     # -- evaluation
@@ -440,14 +560,16 @@ class Supervisor:
     def evaluate(
         self, tenant: str, condition_id: str, rows: Iterable[Sequence], timeout_s: float | None = None
     ) -> list[Status]:
-        """Evaluate the condition on every row (a tuple of arguments) in one round trip.
+        """Evaluate the condition on every row (a tuple of arguments), each row in its own process.
 
         Returns one Status per row. Raises KeyError (not registered), ConditionQuarantined,
-        ConditionRejected, BackingOff, SandboxUnavailable, or EvaluationFailed (the whole request failed
-        and its worker was killed). ``timeout_s`` defaults to ``Limits.batch_timeout(len(rows))``.
+        ConditionRejected, BackingOff (also while throttled), SandboxUnavailable, or EvaluationFailed (the
+        whole request failed and its zygote was killed). ``timeout_s`` defaults to
+        ``Limits.batch_timeout(len(rows))`` (per request of at most protocol.MAX_ROWS_PER_REQUEST rows).
         """
         if not isinstance(rows, (list, tuple)):
             rows = list(rows)
+        self.collect_idle()
         slot = self._slot(tenant, condition_id)
         with slot.lock:
             if slot.removed:
@@ -456,33 +578,73 @@ class Supervisor:
                 raise ConditionQuarantined()
             if slot.rejected is not None:
                 raise ConditionRejected(slot.rejected)
-            if not rows:
-                return []
-            worker = self._ensure_worker(slot)
-            timeout = self.limits.batch_timeout(len(rows)) if timeout_s is None else timeout_s
-            try:
-                body = worker.request(protocol.EVAL, rows, len(rows), timeout)
-            except ValueError:
-                raise TypeError("rows must hold only plain values (numbers, None, str)") from None
-            except EvaluationFailed as exc:
-                self._count_violation(slot, exc.violation, exc.exit_signal)
-                raise
-            if body.translate(None, protocol.EVAL_STATUS_BYTES):
-                worker.kill()
-                self._count_violation(slot, Violation.PROTOCOL, None)
-                raise EvaluationFailed(Violation.PROTOCOL)
-            n = len(rows)
-            slot.evaluations += n
-            worker.evaluations += n
-            if protocol.NOT_BOOL in body:
-                self._count_violation(slot, Violation.NOT_BOOL, None)
-            if (
-                worker.evaluations >= self.limits.max_evaluations
-                or worker.busy_s >= self.limits.cpu_s / 2
-                or slot.quarantined
-            ):
-                self._drop_worker(slot)  # recycle: the next request gets a fresh interpreter
-            return list(map(_STATUSES.__getitem__, body))
+            out: list[Status] = []
+            for first in range(0, len(rows), protocol.MAX_ROWS_PER_REQUEST):
+                part = rows[first:first + protocol.MAX_ROWS_PER_REQUEST]
+                out.extend(self._evaluate_part(slot, part, timeout_s))
+            return out
+
+    def _evaluate_part(self, slot: "_Slot", rows: Sequence, timeout_s: float | None) -> list[Status]:
+        worker = self._ensure_worker(slot)
+        timeout = self.limits.batch_timeout(len(rows)) if timeout_s is None else timeout_s
+        before = worker.times()
+        try:
+            body = worker.evaluate_rows(rows, timeout)
+        except ValueError:
+            raise TypeError("rows must hold only plain values (numbers, None, str)") from None
+        except EvaluationFailed as exc:
+            self._count_violation(slot, exc.violation, exc.exit_signal)
+            raise
+        n = len(rows)
+        slot.evaluations += n
+        worker.evaluations += n
+        if protocol.NOT_BOOL in body:
+            self._count_violation(slot, Violation.NOT_BOOL, None)
+        after = worker.times()
+        if not slot.quarantined and before is not None and after is not None:
+            self._account(slot, worker, after, after.rows_s - before.rows_s, timeout)
+        if slot.worker is worker and (worker.evaluations >= self.limits.max_evaluations or slot.quarantined):
+            self._drop_worker(slot)  # recycle: the next request gets a fresh zygote
+        return list(map(_STATUSES.__getitem__, body))
+
+    def _account(self, slot: "_Slot", worker: WorkerProcess, times: ProcessTimes, rows_cpu_s: float,
+                 timeout: float) -> None:
+        """The CPU budget, and recycling a zygote that used its own CPU or grew."""
+        slot.cpu_s += rows_cpu_s
+        if rows_cpu_s >= self.limits.cpu_budget_fraction * timeout:
+            slot.heavy += 1
+            if slot.heavy >= self.limits.throttle_after:
+                slot.heavy = 0
+                slot.budget_violations += 1
+                self._count_violation(slot, Violation.CPU_BUDGET, None)
+                return
+        else:
+            slot.heavy = 0
+        limit = self.limits.max_rss_bytes
+        if worker.loaded_rss:
+            limit = min(limit, 2 * worker.loaded_rss)
+        if times.own_s >= self.limits.cpu_s / 2 or times.rss_bytes > limit:
+            self._drop_worker(slot)
+
+    def collect_idle(self) -> int:
+        """Kill zygotes unused for Limits.idle_s (at most every few seconds; evaluate() calls it). Returns how many."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_collection:
+                return 0
+            self._next_collection = now + min(10.0, self.limits.idle_s / 2)
+            idle = [slot for slot in self._live.values()
+                    if slot.worker is not None and now - slot.worker.last_used >= self.limits.idle_s]
+        collected = 0
+        for slot in idle:
+            if slot.lock.acquire(blocking=False):
+                try:
+                    if slot.worker is not None and now - slot.worker.last_used >= self.limits.idle_s:
+                        self._drop_worker(slot)
+                        collected += 1
+                finally:
+                    slot.lock.release()
+        return collected
 
     def evaluate_one(self, tenant: str, condition_id: str, *args, timeout_s: float | None = None) -> Status:
         return self.evaluate(tenant, condition_id, [args], timeout_s)[0]
@@ -522,6 +684,8 @@ class Supervisor:
                 raise EvaluationFailed(Violation.PROTOCOL, stage="load")
             slot.rejected = reason
             raise ConditionRejected(reason)
+        times = worker.times()
+        worker.loaded_rss = times.rss_bytes if times is not None else 0
         slot.worker = worker
         with self._lock:
             if self._closed or slot.removed:
@@ -561,7 +725,11 @@ class Supervisor:
     def _count_violation(self, slot: _Slot, violation: Violation, exit_signal: int | None) -> None:
         slot.violations += 1
         slot.last_violation = violation
-        if violation is not Violation.NOT_BOOL:
+        if violation is Violation.CPU_BUDGET:
+            self._drop_worker(slot)  # throttled: no zygote, so no evaluation, for throttle_s (doubling)
+            backoff = self.limits.throttle_s * 2 ** (slot.budget_violations - 1)
+            slot.next_spawn_at = time.monotonic() + backoff
+        elif violation is not Violation.NOT_BOOL:
             slot.last_exit_signal = exit_signal
             self._drop_worker(slot)  # already killed and reaped
             backoff = self.limits.backoff_s * 2 ** (slot.violations - 1)

@@ -1,19 +1,35 @@
-"""The worker: a fresh interpreter that locks itself down, then evaluates one untrusted condition.
+"""The zygote and its row processes: every household's row is evaluated in interpreter state that no other row,
+window or organization has touched.
 
-Started by the supervisor (never forked from the agent) as::
+The supervisor starts one zygote per trigger (a fresh interpreter, never a fork of the agent) as::
 
     python -I -S -B -c BOOTSTRAP <sandbox parent dir> <pyseccomp dir> <parent pid> <memory bytes> <cpu s> <uid> <gid>
 
 with an empty environment, fd 0 = request pipe, fd 1 = answer pipe, fd 2 = /dev/null. ``-S`` disables
 site, so BOOTSTRAP puts the two directories from argv on sys.path (nothing comes from the environment).
-(``-m sandbox.worker`` cannot work: under ``-I -S`` neither the current directory nor site-packages is on
-sys.path, so the module would not be found before any of our code runs.)
 
-Order (DESIGN.md, "Process model and the sandbox"): pre-import the allowed modules, libc and libseccomp;
-switch to the unprivileged uid/gid when root; PR_SET_PDEATHSIG(SIGKILL); PR_SET_DUMPABLE(0); close every fd
-but 0 and 1; rlimits; PR_SET_NO_NEW_PRIVS; build and load the seccomp filter. Only then does it read
-the LOAD request and compile the untrusted source. If any step fails it answers LOCKDOWN_FAILED | step to
-the first request and exits: it never compiles a condition unlocked.
+The zygote: pre-imports what conditions may use (and what the compiler needs: unicodedata for non-ASCII
+identifiers), loads libc and libseccomp, exports the row processes' filter to BPF, notes where the vDSO is,
+then locks itself down (sandbox.lockdown: unprivileged uid/gid when root, PR_SET_PDEATHSIG, PR_SET_DUMPABLE(0),
+every fd closed but 0 and 1, rlimits, PR_SET_NO_NEW_PRIVS, its seccomp filter). Only then does it read a LOAD
+request, and it only *compiles* the source: it never executes a condition and never reads a row. If any step
+fails it answers LOCKDOWN_FAILED | step to the first request and exits.
+
+For every row it forks one row process (glibc's fork() through ctypes: no Python at-fork hooks run, nothing is
+re-seeded), and waits for it before the next. The row process:
+
+1. reads its own row frame from fd 0 (exactly one frame: the next one belongs to the next household);
+2. unmaps the vDSO (so no clock can be read without a system call, and the strict filter allows none), sets
+   PR_SET_PDEATHSIG, and stacks the strict filter (sandbox.lockdown.CHILD_SYSCALLS: memory and exit_group,
+   and one answer chunk written to fd 1; no read, no clock, no fork);
+3. executes the module afresh, calls ``condition(*row)``, writes ``token + status`` and ``_exit(0)``s.
+
+So GC counters, allocator state, object ids, ``random``'s state, the decimal context and the memory high-water
+mark start from the zygote's state for every row, and nothing a row leaves behind reaches the next one: the
+zygote learns from a row process only that it exited (its status is looked at only to give up on the whole
+request: any other exit than 0 makes the zygote exit at once, taking what it saw with it). The CPU time of row
+processes is summed by the kernel in the zygote's cutime, which the parent reads from /proc (never from the
+zygote's memory, which the next row process would inherit).
 
 Nothing here imports agent or drivers.
 """
@@ -33,7 +49,7 @@ ALLOWED_MODULE_NAMES = ("math", "statistics", "datetime")
 
 # A small allow-list of builtins. Not the security boundary (seccomp is): it makes honest mistakes fail
 # early. No __import__ (a restricted one is provided), open, eval, exec, compile, getattr, setattr,
-# type, vars, globals, locals, dir, print, input, breakpoint, __build_class__ ...
+# type, vars, globals, locals, dir, print, input, breakpoint, __build_class__, id, hash ...
 SAFE_BUILTIN_NAMES = (
     "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "frozenset", "int",
     "isinstance", "len", "list", "map", "max", "min", "pow", "range", "reversed", "round", "set", "slice",
@@ -43,6 +59,7 @@ SAFE_BUILTIN_NAMES = (
 )
 
 assert (protocol.FALSE, protocol.TRUE, protocol.ERROR, protocol.NOT_BOOL) == (0, 1, 2, 3)  # _evaluate's literals
+VDSO_NAMES = ("[vdso]", "[vvar]", "[vvar_vclock]")
 
 
 def _preimport() -> dict:
@@ -56,12 +73,14 @@ def _preimport() -> dict:
     import statistics
     import time
     import types
+    import unicodedata  # noqa: F401  the compiler imports it for non-ASCII identifiers (NFKC)
     import warnings
 
     warnings.simplefilter("ignore")  # showing a warning would read the source file (openat)
     time.localtime()  # glibc reads /etc/localtime once; later localtime() calls need no file
-    datetime.datetime.now().astimezone()
+    datetime.datetime(2026, 1, 1, 12).astimezone()
     statistics.mean([1.0, 2.0])
+    compile("é = 1\n", "<warm-up>", "exec", dont_inherit=True)
 
     def view(module):
         return types.SimpleNamespace(**{
@@ -87,11 +106,30 @@ def _safe_builtins(modules: dict) -> dict:
     return safe
 
 
-def _read_exactly(n: int, first: bytes) -> bytes | None:
-    chunks = [first]
-    have = len(first)
+def _vdso_regions() -> list[tuple[int, int]]:
+    """(start, length) of the vDSO and its data pages, read before the lockdown (it needs openat)."""
+    regions = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                if fields and fields[-1] in VDSO_NAMES:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    regions.append((start, end - start))
+    except OSError:
+        pass
+    return regions
+
+
+# ------------------------------------------------------------------------------------------- framing
+
+
+def _read_exactly(n: int) -> bytes | None:
+    """Exactly n bytes of the request pipe (never more: what follows is someone else's), None at EOF."""
+    chunks = []
+    have = 0
     while have < n:
-        chunk = os.read(protocol.REQUEST_FD, min(n - have, 1 << 20))
+        chunk = os.read(protocol.REQUEST_FD, n - have)
         if not chunk:
             return None
         chunks.append(chunk)
@@ -99,155 +137,226 @@ def _read_exactly(n: int, first: bytes) -> bytes | None:
     return b"".join(chunks)
 
 
-def _read_request():
-    """(kind, nonce, body), or None at EOF. The parent sends one request at a time."""
-    data = os.read(protocol.REQUEST_FD, 1 << 16)
-    if not data:
+def _read_frame():
+    header = _read_exactly(protocol.HEADER_SIZE)
+    if header is None:
         return None
-    if len(data) < protocol.HEADER_SIZE:
-        data = _read_exactly(protocol.HEADER_SIZE, data)
-        if data is None:
-            return None
-    total = protocol.HEADER_SIZE + int.from_bytes(data[: protocol.HEADER_SIZE], "little")
-    if len(data) < total:
-        data = _read_exactly(total, data)
-        if data is None:
-            return None
-    if len(data) != total:
-        os._exit(3)  # the parent never pipelines requests
-    return marshal.loads(memoryview(data)[protocol.HEADER_SIZE:])
+    payload = _read_exactly(int.from_bytes(header, "little"))
+    if payload is None:
+        return None
+    return marshal.loads(payload)
 
 
-def _answer(nonce: bytes, body) -> None:
-    data = nonce + body
+def _answer(data: bytes) -> None:
     while data:
         data = data[os.write(protocol.ANSWER_FD, data):]
 
 
-class _Condition:
-    """The compiled module. Every row gets a fresh execution of it, so nothing a condition keeps (module
-    globals, closures, mutable defaults) carries from one household's row to the next, or between windows:
-    otherwise row 0's value could be encoded in the other rows' answers."""
+# ---------------------------------------------------------------------------------------- the zygote
 
-    __slots__ = ("code", "builtins", "stateless")
 
-    def __init__(self, code, builtins_dict: dict, loaded: dict, fn):
-        self.code = code
+class Zygote:
+    """Everything a row process needs, prepared before the lockdown; then the request loop."""
+
+    def __init__(self, libc, child_filter, vdso: list[tuple[int, int]], builtins_dict: dict):
+        import ctypes
+        import gc
+
+        self.gc = gc
+        self.libc = libc
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        libc.munmap.restype = ctypes.c_int
+        # PyDLL: called with the GIL held; no Python at-fork hook runs in the row process (random's would reseed
+        # from getrandom, which neither filter allows), and the row process needs none.
+        self.fork = ctypes.PyDLL(None).fork
+        self.fork.restype = ctypes.c_int
+        self.fork.argtypes = ()
+        self.child_filter = child_filter
+        self.vdso = vdso
         self.builtins = builtins_dict
-        # The usual case, kept fast: a module of imports and the one def, a function without defaults or
-        # closure. With `global`, `nonlocal` and attribute stores refused at upload, such a function has
-        # nowhere to keep anything, so the loaded one serves every row.
-        module_type = type(os)
-        self.stateless = (
-            all(name in ("__builtins__", "__name__", "condition") or type(value) is module_type
-                for name, value in loaded.items())
-            and fn.__closure__ is None and fn.__defaults__ is None and fn.__kwdefaults__ is None
-        ) and fn
+        self.code = None
+        self.parameters: tuple = ()
 
-    def fresh(self):
-        if self.stateless:
-            return self.stateless
-        namespace = {"__builtins__": self.builtins, "__name__": "condition"}
-        exec(self.code, namespace)
-        return namespace["condition"]
+    # -- in a row process, before anything untrusted runs
 
+    def isolate(self) -> None:
+        """No clock, no parent-less survival, then the strict filter. Exits if any step fails."""
+        from sandbox import lockdown
 
-def _load(body, builtins_dict: dict):
-    """Compile and execute the untrusted module. Returns (_Condition or None, answer byte)."""
-    source, parameters = body
-    try:
-        code = compile(source, "<condition>", "exec", dont_inherit=True)
-    except BaseException:
-        return None, protocol.LOAD_SYNTAX_ERROR
-    namespace = {"__builtins__": builtins_dict, "__name__": "condition"}
-    try:
-        exec(code, namespace)
-    except BaseException:
-        return None, protocol.LOAD_ERROR
-    fn = namespace.get("condition")
-    function_type = type(_preimport)
-    if type(fn) is not function_type:
-        return None, protocol.LOAD_NO_CONDITION
-    fcode = fn.__code__
-    if (
-        fcode.co_argcount != len(parameters)
-        or fcode.co_posonlyargcount
-        or fcode.co_kwonlyargcount
-        or fcode.co_flags & 0x0C  # CO_VARARGS | CO_VARKEYWORDS
-        or tuple(fcode.co_varnames[: len(parameters)]) != tuple(parameters)
-    ):
-        return None, protocol.LOAD_NO_CONDITION
-    return _Condition(code, builtins_dict, namespace, fn), protocol.OK
+        libc = self.libc
+        # (PR_SET_TSC(SIGSEGV) here would also take rdtsc away, but on a VM every switch to and from a
+        # process without it rewrites CR4, a trap to the hypervisor: 1.5 -> 6.8 ms per row measured.)
+        for start, length in self.vdso:
+            libc.munmap(start, length)
+        libc.prctl(lockdown.PR_SET_PDEATHSIG, lockdown.SIGKILL, 0, 0, 0)
+        if not self.child_filter.install(libc):
+            os._exit(protocol.ZYGOTE_CHILD_EXITED)
+        self.gc.enable()
 
-
-def _evaluate(condition, rows) -> bytes:
-    """One status byte per row. Never calls __bool__ (or anything else) on what the condition returns.
-
-    The literals are protocol.FALSE (0), TRUE (1), ERROR (2), NOT_BOOL (3). bool has exactly two instances
-    and cannot be subclassed, so identity with True/False is ``type(result) is bool``.
-    """
-    if condition is None:
-        return b"\x02" * len(rows)
-    out = []
-    append = out.append
-    fresh = condition.fresh
-    for row in rows:
-        try:
-            result = fresh()(*row)
-        except BaseException:
-            append(2)
-            continue
-        append(1 if result is True else 0 if result is False else 3)
-    return bytes(out)
-
-
-def _serve(failed_step: int, builtins_dict: dict | None) -> None:
-    fn = None
-    while True:
-        request = _read_request()
-        if request is None:
+    def row_process(self) -> None:
+        frame = _read_frame()
+        if frame is None:
             os._exit(0)
-        kind, nonce, body = request
-        if failed_step:
-            _answer(nonce, bytes([protocol.LOCKDOWN_FAILED | failed_step]))
-            os._exit(2)
-        if kind == protocol.EVAL:
-            _answer(nonce, _evaluate(fn, body))
-        elif kind == protocol.LOAD:
-            if fn is not None:
-                os._exit(3)  # one condition per worker
-            fn, status = _load(body, builtins_dict)
-            _answer(nonce, bytes([status]))
-        elif kind == protocol.PING:
-            _answer(nonce, bytes([protocol.OK]))
-        elif kind == protocol.PROBE:
-            os.getppid()  # not on the allow-list: SIGSYS here
-            _answer(nonce, bytes([protocol.PROBE_SURVIVED]))
+        token, row = frame
+        self.isolate()
+        status = self.evaluate(row)
+        os.write(protocol.ANSWER_FD, token + _STATUS[status])
+        os._exit(0)
+
+    def evaluate(self, row) -> int:
+        """Never calls __bool__ (or anything else) on what the condition returns; bool has exactly two instances
+        and cannot be subclassed, so identity with True/False is the test."""
+        namespace = {"__builtins__": self.builtins, "__name__": "condition"}
+        try:
+            exec(self.code, namespace)
+            result = namespace["condition"](*row)
+        except BaseException:
+            return 2
+        return 1 if result is True else 0 if result is False else 3
+
+    def load_process(self) -> None:
+        os._exit(self.check_module())
+
+    def check_module(self) -> int:
+        self.isolate()
+        namespace = {"__builtins__": self.builtins, "__name__": "condition"}
+        try:
+            exec(self.code, namespace)
+        except BaseException:
+            return protocol.LOAD_ERROR
+        fn = namespace.get("condition")
+        if type(fn) is not type(_preimport):
+            return protocol.LOAD_NO_CONDITION
+        fcode = fn.__code__
+        if (
+            fcode.co_argcount != len(self.parameters)
+            or fcode.co_posonlyargcount
+            or fcode.co_kwonlyargcount
+            or fcode.co_flags & 0x0C  # CO_VARARGS | CO_VARKEYWORDS
+            or tuple(fcode.co_varnames[: len(self.parameters)]) != tuple(self.parameters)
+        ):
+            return protocol.LOAD_NO_CONDITION
+        return protocol.OK
+
+    def probe_process(self) -> None:
+        self.isolate()
+        os.getppid()  # on neither allow-list: SIGSYS here
+        os._exit(0)
+
+    # -- in the zygote
+
+    def run(self, target) -> int:
+        """Fork a process running ``target`` and wait for it. Returns its exit code; gives up (exits) if it was
+        killed by a signal or exited through something else than our code."""
+        pid = self.fork()
+        if pid == 0:
+            try:
+                target()
+            finally:
+                os._exit(protocol.ZYGOTE_CHILD_EXITED)
+        if pid < 0:
+            os._exit(protocol.ZYGOTE_CHILD_EXITED)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            os._exit(protocol.ZYGOTE_CHILD_SIGNALED + os.WTERMSIG(status))
+        return os.WEXITSTATUS(status)
+
+    def load(self, body) -> int:
+        import warnings
+
+        if self.code is not None:
+            os._exit(3)  # one condition per zygote
+        source, parameters = body
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                code = compile(source, "<condition>", "exec", dont_inherit=True)
+        except BaseException:
+            return protocol.LOAD_SYNTAX_ERROR
+        self.code, self.parameters = code, tuple(parameters)
+        status = self.run(self.load_process)
+        if status not in protocol.LOAD_ANSWER_BYTES:
+            os._exit(protocol.ZYGOTE_CHILD_EXITED)
+        if status != protocol.OK:
+            self.code = None
         else:
+            # Row processes' collections then never walk (and write to) the zygote's objects: fewer pages to copy.
+            self.gc.freeze()
+        return status
+
+    def eval_rows(self, nonce: bytes, count) -> None:
+        if self.code is None or type(count) is not int or not 0 < count <= protocol.MAX_ROWS_PER_REQUEST:
             os._exit(3)
+        _answer(nonce)
+        row_process = self.row_process
+        for _ in range(count):
+            if self.run(row_process) != 0:
+                os._exit(protocol.ZYGOTE_CHILD_EXITED)
+        _answer(nonce)
+
+    def serve(self, failed_step: int) -> None:
+        while True:
+            request = _read_frame()
+            if request is None:
+                os._exit(0)
+            kind, nonce, body = request
+            if failed_step:
+                _answer(nonce + bytes([protocol.LOCKDOWN_FAILED | failed_step]))
+                os._exit(2)
+            if kind == protocol.EVAL:
+                self.eval_rows(nonce, body)
+            elif kind == protocol.LOAD:
+                _answer(nonce + bytes([self.load(body)]))
+            elif kind == protocol.PING:
+                _answer(nonce + bytes([protocol.OK]))
+            elif kind == protocol.PROBE:
+                self.run(self.probe_process)
+                _answer(nonce + bytes([protocol.PROBE_SURVIVED]))
+            else:
+                os._exit(3)
+
+
+_STATUS = tuple(bytes([b]) for b in range(4))
+
+
+def _serve_failure(failed_step: int) -> None:
+    request = _read_frame()
+    if request is not None:
+        _answer(request[1] + bytes([protocol.LOCKDOWN_FAILED | failed_step]))
+    os._exit(2)
 
 
 def main(argv: list[str]) -> None:
     parent_pid, memory_bytes, cpu_s, uid, gid = (int(a) for a in argv[:5])
     failed_step = protocol.STEP_IMPORT
-    builtins_dict = None
+    zygote = None
     try:
+        import gc
+
         from sandbox import lockdown
 
         modules = _preimport()
         builtins_dict = _safe_builtins(modules)
         libc, pyseccomp = lockdown.load_libraries()
+        try:
+            child_filter = lockdown.export_filter(lockdown.build_child_filter(pyseccomp))
+        except Exception as exc:  # libseccomp asks the kernel which actions it supports
+            raise lockdown.LockdownError(protocol.STEP_SECCOMP) from exc
+        zygote = Zygote(libc, child_filter, _vdso_regions(), builtins_dict)
         lockdown.lock_down(
             libc, pyseccomp, parent_pid=parent_pid, uid=uid, gid=gid, memory_bytes=memory_bytes, cpu_s=cpu_s
         )
+        gc.disable()  # the zygote's own garbage is small; row processes enable it again
         failed_step = 0
     except BaseException as exc:
         failed_step = getattr(exc, "step", failed_step)
         if not isinstance(failed_step, int) or not 0 < failed_step < 16:
             failed_step = protocol.STEP_IMPORT
-    # From here on, only the seccomp allow-list's calls are possible (unless failed_step is set, in which
-    # case the worker answers the failure and exits without compiling anything).
-    _serve(failed_step, builtins_dict)
+    # From here on, only the zygote's seccomp allow-list's calls are possible (unless failed_step is set, in which
+    # case it answers the failure and exits without compiling anything).
+    if failed_step or zygote is None:
+        _serve_failure(failed_step or protocol.STEP_IMPORT)
+    zygote.serve(0)
 
 
 if __name__ == "__main__":  # pragma: no cover - the supervisor uses BOOTSTRAP

@@ -32,7 +32,7 @@ from sandbox import (
     too_slow,
 )
 from sandbox import protocol
-from sandbox.lockdown import ALLOWED_SYSCALLS
+from sandbox.lockdown import ALLOWED_SYSCALLS, CHILD_SYSCALLS, ZYGOTE_SYSCALLS
 
 MISSION = textwrap.dedent("""\
     def condition(neighborhood_power_consumption, neighborhood_power_production):
@@ -145,9 +145,9 @@ def test_allowed_modules_and_builtins(sup):
         def helper(xs):
             return sorted(abs(x) for x in xs)
         def condition(a, b):
-            now = datetime.now()
+            then = datetime(2026, 3, 29, 1, 30)
             m = statistics.median(helper([a, b, 3.0]))
-            return (math.isclose(m, 3.0) and now + timedelta(days=1) > now
+            return (math.isclose(m, 3.0) and then + timedelta(days=1) > then
                     and round(max(a, b)) > LIMIT and len(list(zip(range(3), "abc"))) == 3)
     """)
     assert inspect_source(src, ["a", "b"]) is None
@@ -186,7 +186,9 @@ def test_lockdown_seen_from_outside(sup):
     if os.geteuid() == 0:  # PR_SET_DUMPABLE(0): /proc/<pid>/ files belong to root, not to the worker
         assert os.stat(f"/proc/{pid}/mem").st_uid == 0
     limits = Path(f"/proc/{pid}/limits").read_text()
-    for line, soft in [("Max address space", str(Limits().memory_bytes)), ("Max open files", "2"), ("Max processes", "0"),
+    # (no "Max processes": the zygote forks its row processes; their filter has no clone, see the escape suite)
+    assert Limits().memory_bytes == 128 << 20  # the figure the README states
+    for line, soft in [("Max address space", str(Limits().memory_bytes)), ("Max open files", "2"),
                        ("Max core file size", "0"), ("Max file size", "0"), ("Max cpu time", str(FAST.cpu_s))]:
         assert any(row.startswith(line) and row.split()[len(line.split())] == soft for row in limits.splitlines()), line
     assert os.getpgid(pid) == pid  # own process group: a terminal's Ctrl-C does not reach it
@@ -283,14 +285,13 @@ def test_timeout_kills_and_respawns_with_backoff():
 
 
 def test_cpu_rlimit_is_a_backstop_behind_the_deadline():
-    """With a deadline longer than RLIMIT_CPU, the kernel stops a spinning worker (SIGXCPU)."""
+    """With a deadline longer than RLIMIT_CPU, the kernel stops a spinning row process (SIGXCPU): a crash, not
+    our timeout (no timed assertion: the machine may be loaded)."""
     src = "def condition(x):\n    while True:\n        pass\n"
-    with Supervisor(Limits(timeout_s=5.0, cpu_s=1, backoff_s=0.0)) as s:
+    with Supervisor(Limits(timeout_s=60.0, cpu_s=1, backoff_s=0.0)) as s:
         s.register("org", "spin", src, ["x"])
-        t = time.monotonic()
         with pytest.raises(EvaluationFailed) as e:
             s.evaluate("org", "spin", [(1,)])
-        assert time.monotonic() - t < 3.0
         assert e.value.violation is Violation.CRASHED
         assert e.value.exit_signal in (signal.SIGXCPU, signal.SIGKILL)
 
@@ -352,7 +353,7 @@ def test_load_rejections(sup):
         assert e.value.reason == reason, src
         with pytest.raises(ConditionRejected):  # permanent: no respawn loop
             sup.evaluate("org", str(i), [(1,)])
-        assert sup.state("org", str(i)).spawns == (0 if reason == SYNTAX_ERROR else 1)  # parent compiles first
+        assert sup.state("org", str(i)).spawns == 1  # the zygote compiles (never the caller's thread), once
 
 
 def test_tenants_never_share_a_worker(sup):
@@ -420,12 +421,21 @@ def test_answers_are_validated_byte_by_byte():
     w = spawn_worker(FAST)
     try:
         assert w.request(protocol.LOAD, (MISSION, tuple(MISSION_PARAMS)), 1, 2.0) == b"\x00"
-        assert w.request(protocol.EVAL, [(0.0, 600.0), (0.0, 1.0)], 2, 1.0) == b"\x01\x00"
-        # asking for a wrong length is what a forged extra byte looks like to the parent
+        assert w.evaluate_rows([(0.0, 600.0), (0.0, 1.0)], 1.0) == b"\x01\x00"
+        # asking for one chunk fewer is what a forged extra chunk looks like to the parent
+        frames, _ = protocol.encode_rows([(0.0, 600.0), (0.0, 1.0)])
         with pytest.raises(EvaluationFailed) as e:
-            w.request(protocol.EVAL, [(0.0, 600.0), (0.0, 1.0)], 1, 1.0)
+            w.request(protocol.EVAL, 2, protocol.ANSWER_CHUNK, 1.0, frames, trailer=True)
         assert e.value.violation is Violation.PROTOCOL
         assert not w.alive
+    finally:
+        w.kill()
+    w = spawn_worker(FAST)
+    try:  # a row process's chunk must carry the token of the row it was given: here the tokens are swapped
+        assert w.request(protocol.LOAD, (MISSION, tuple(MISSION_PARAMS)), 1, 2.0) == b"\x00"
+        frames, tokens = protocol.encode_rows([(0.0, 600.0), (0.0, 1.0)])
+        answers = w.request(protocol.EVAL, 2, 2 * protocol.ANSWER_CHUNK, 1.0, frames, trailer=True)
+        assert answers == tokens[0] + b"\x01" + tokens[1] + b"\x00"
     finally:
         w.kill()
 
@@ -499,10 +509,13 @@ def test_check_condition_without_samples_loads_only():
 
 
 def test_allow_list_is_documented():
-    assert set(ALLOWED_SYSCALLS) == {
-        "read", "write", "mmap", "mmap2", "munmap", "brk", "mremap", "exit_group",
-        "madvise", "clock_gettime", "clock_gettime64"}
-    assert all(ALLOWED_SYSCALLS.values())
+    memory = {"mmap", "mmap2", "munmap", "brk", "mremap", "madvise", "exit_group"}
+    assert set(ZYGOTE_SYSCALLS) == memory | {
+        "read", "write", "clone", "set_robust_list", "wait4", "prctl", "clock_gettime", "clock_gettime64",
+        "openat", "open"}
+    assert set(CHILD_SYSCALLS) == memory | {"write"}  # a row process: no read, no clock, no fork
+    assert ALLOWED_SYSCALLS is ZYGOTE_SYSCALLS
+    assert all(ZYGOTE_SYSCALLS.values()) and all(CHILD_SYSCALLS.values())
 
 
 # ------------------------------------------------------------------------------- unprivileged parent
