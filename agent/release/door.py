@@ -32,7 +32,7 @@ from agent.offloop import serially
 from agent.parameters import permitted
 from agent.privacy import dp
 from agent.release import audit, records
-from agent.release.ledger import Ledger, epsilon_of_rho
+from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
 from agent.release.records import NOT_RELEASED, Refusal
 
@@ -111,7 +111,7 @@ class Releases:
                     self._records[(doc["o"], doc["w"], doc["s"], doc["g"])] = doc
             elif kind == "o":
                 self._once[doc["k"]] = doc["b"]
-        self.ledger.forget_before(now)
+        self.ledger.forget_before(now - DAY)  # a release may be charged to yesterday (trigger days): keep its horizon
         # The audit's memory of the cohorts released in the last audit period (and the hold-over of silent
         # households) is not on disk, and exact records not yet flushed are lost by a kill -9: after a restart that
         # follows recent exact releases, no exact window is released for one audit period, or the first window
@@ -317,7 +317,7 @@ class Releases:
             del self._records[key]
         if now - self._forgot_at >= 3600:
             self._forgot_at = now
-            self.ledger.forget_before(now)
+            self.ledger.forget_before(now - DAY)  # as in _load
 
     def _grids(self) -> dict[Grid, list]:
         orgs = sorted(self.registry.organizations.values(), key=lambda o: o.id)
@@ -459,6 +459,13 @@ class Releases:
     def _decide_noisy(self, grid: Grid, orgs: list, start: int, contributions: dict, staged: dict,
                       durable: dict) -> None:
         registry, k_min, end = self.registry, self.config.privacy.k_min, start + grid.width
+        if not dp.available():  # no OpenDP on this platform: refused (never exact), and the pass goes on
+            unavailable = Refusal("dp_unavailable", dp.unavailable_reason())
+            for org in orgs:
+                tags = [t for t in self.config.levels[org.level].dp.tags if self._may(org, f"neighborhood_channel_{t}")]
+                for tag in [None, *tags]:
+                    staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, unavailable)
+            return
         shared: dict[tuple, dict] = {}
         name = day_name(start)
         for org in orgs:
