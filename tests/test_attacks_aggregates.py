@@ -740,3 +740,94 @@ async def test_one_own_household_swapped_in_when_the_target_leaves(make_town):
     leaked = [(b1, b2) for b1 in before for b2 in after
               if b1["consumption_w"] - b2["consumption_w"] + STEADY[11] == pytest.approx(STEADY[10], abs=1e-3)]
     assert not leaked
+
+
+# --- the ledger across a kill -9 of a real `edge-agent run` ------------------------------------------------------
+def http(port: int, method: str, path: str, token: str | None = None, body=None):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import OPERATOR_TOKEN
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                     data=None if body is None else json.dumps(body).encode())
+    request.add_header("Authorization", f"Bearer {token or OPERATOR_TOKEN}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_p6_ledger_cap_holds_across_kill_9_of_the_real_process(tmp_path):
+    """`edge-agent run` on the real clock, a noisy level at 1 s (rho 0.05, the operator's knobs; cap 2.0, k_min
+    2): a target in six organizations' cohorts pays 0.3 a second and is left out after 40 releases. kill -9,
+    start again on the same data: the ledger is rebuilt from the release log (noisy records are fsync'd before
+    anyone sees them), so the target stays out; over the whole run it is in at most 40 releases."""
+    import signal
+    import time
+
+    from tests.conftest import OPERATOR_TOKEN
+    from tests.test_service import free_port, start_agent, wait_until
+
+    port = free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(f"""
+[api]
+listen = "127.0.0.1:{port}"
+[auth]
+operator_token = "{OPERATOR_TOKEN}"
+[storage]
+path = "{tmp_path / 'store'}"
+flush_seconds = 0.5
+[privacy]
+k_min = 2
+[levels.fast]
+kind = "noisy"
+windows = ["1s"]
+parameters = ["neighborhood_*"]
+[levels.fast.dp]
+rho = 0.05
+""")
+    proc = start_agent(config)
+    try:
+        wait_until(lambda: http(port, "GET", "/health")[0] in (200, 503))
+        status, target = http(port, "POST", "/households", body={})
+        assert status == 201, target
+        orgs = []
+        for n in range(6):
+            status, org = http(port, "POST", "/organizations", body={"name": f"Fast {n}", "level": "fast"})
+            assert status == 201, org
+            orgs.append(org)
+            for _ in range(2):
+                status, filler = http(port, "POST", "/households", body={})
+                assert http(port, "PUT", f"/households/me/consents/{org['id']}/aggregates", filler["token"])[0] == 200
+            assert http(port, "PUT", f"/households/me/consents/{org['id']}/aggregates", target["token"])[0] == 200
+        began = time.time() - 2
+
+        def target_left_out():
+            bodies = [http(port, "GET", "/data/dp?window=1s", o["api_key"]) for o in orgs]
+            return all(s == 200 and b["households"] == 2 for s, b in bodies)
+
+        wait_until(target_left_out, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = start_agent(config)
+        wait_until(lambda: http(port, "GET", "/health")[0] in (200, 503))
+        restarted = time.time()
+        wait_until(lambda: time.time() > restarted + 3)
+        included, after = 0, []
+        for org in orgs:
+            status, body = http(port, "GET", f"/data?window=1s&since={began}&until={time.time()}", org["api_key"])
+            assert status == 200, body
+            included += sum(1 for b in body["released"] if b["households"] == 3)
+            after += [b["households"] for b in body["released"]
+                      if b["window_start"] >= stamp(math.ceil(restarted))]
+        assert 0 < included <= 40, included
+        assert after and set(after) == {2}, after  # the restarted agent still leaves the target out
+    finally:
+        proc.kill()
+        proc.wait()
