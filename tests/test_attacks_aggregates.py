@@ -204,6 +204,35 @@ async def test_p5_related_household_plus_a_second_organization_isolates_nobody(t
     assert (a_refused or b_refused)["error"] == "isolating"
 
 
+async def test_p5_related_marked_after_the_fact_counts_as_known_for_earlier_sums(town):
+    """Second 0: the cohort is C + x + r. Then the operator marks r (the organization's test meter) as related,
+    and x and r leave together: second 1's cohort is C. Two households apart, so harmless while r was unknown;
+    with r known, second 0 - second 1 - r = x (steady loads). The audit must count r as known for the sums
+    already released too."""
+    org_id, key = await town.org("dso")
+    common = await town.households_(10)
+    x, r = await town.households_(2)
+    await town.grant(org_id, [*common, x, r])
+    start = await town.to_next(1)
+    for i, h in enumerate([*common, x, r]):
+        await town.post(h, STEADY[i])
+    town.clock.step(1)
+    await town.live(key, "1s")  # second 0 decided while r was not marked
+    await town.mark_related(r, [org_id])
+    await town.revoke(org_id, x)
+    await town.revoke(org_id, r)
+    town.clock.step(1)
+    for i, h in enumerate([*common, x, r]):
+        await town.post(h, STEADY[i])
+    town.clock.step(1)
+    first, _ = await town.window(key, "1s", start)
+    later = [b for b in await town.windows(key, "1s", start + 1, start + 3) if "refused" not in b]
+    assert first is not None and first["households"] == 12
+    leaked = [b for b in later if first["consumption_w"] - b["consumption_w"] - STEADY[11]
+              == pytest.approx(STEADY[10], abs=1e-3)]
+    assert not leaked, later
+
+
 async def test_p5_exact_two_organizations_one_household_apart(town):
     """dso x 2: B's cohort is A's minus x. On the old design A - B = x in every window. Now the audit releases
     one and refuses the other (`isolating`), whatever x used: the same decision with a huge value."""

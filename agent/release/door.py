@@ -428,10 +428,11 @@ class Releases:
         # seconds apart whose cohorts differ by one household read that household as surely as two organizations.
         period = self.config.privacy.audit_period_s
         recent = {c: s for c, s in self._audited.get((grid.width, tag or ""), {}).items() if s > start - period}
-        released: list[frozenset[str]] = list(recent)
         # Households related to any organization are known to it (its test meters, its employees' homes): the
-        # audit treats their values as known, or A - B = x + r with r known would give x (colluding organizations).
+        # audit treats their values as known, or A - B = x + r with r known would give x (colluding organizations);
+        # also in the sums released before the operator marked them.
         known = self._known()
+        released: list[frozenset[str]] = list(dict.fromkeys(c - known for c in recent))
         what = f"households with a '{tag}' channel" if tag else "consenting households"
         # the audit's order depends on who is in each cohort, never on what they used
         for org, members in sorted(candidates, key=lambda c: (-len(c[1]), c[0].id)):
