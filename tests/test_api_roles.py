@@ -60,6 +60,8 @@ MATRIX = [
     ("PUT", "/households/me/notify", {HH}),
     ("DELETE", "/households/me/notify", {HH}),
     ("GET", "/households/me/notifications", {HH}),
+    ("GET", "/households/me/triggers", {HH}),
+    ("GET", "/households/me/triggers/{trigger_id}", {HH}),
     ("GET", "/households/me/appliances", {HH}),
     ("POST", "/households/me/appliances", {HH}),
     ("DELETE", "/households/me/appliances/{appliance_id}", {HH}),
