@@ -168,42 +168,60 @@ def check_action(action, check_endpoint) -> dict:
 
 
 # --- the trial's sample inputs ----------------------------------------------------------------------
-# Plausible values per parameter (no zeros: an honest `a / b` must not be refused for a sample).
-_HOUSEHOLD_W = (120.0, 450.0, 2500.0, 9000.0)
-_NEIGHBORHOOD_W = (1500.0, 4000.0, 25000.0, 120000.0)
+# Drawn afresh and secretly (the OS's CSPRNG) for every upload, so that a condition cannot recognise the trial
+# by its inputs and behave only then (a "sleeper"; the CPU budget in sandbox.supervisor catches one later).
+# Most values are plausible for the parameter, about one in four is outside that range but still possible (a
+# tiny or a huge value; negative only where the quantity can be negative): an honest condition returns a bool
+# for any of them. No zeros (an honest `a / b` must not be refused for a sample); tariffs stay 1 or 2.
+TRIAL_ROWS = (6, 10)  # rows per trial, drawn as well
+OUTSIDE_SHARE = 0.25
 
 
-def _samples(param: Parameter) -> tuple:
+def _plausible(param: Parameter) -> tuple[float, float, bool]:
+    """(low, high, whole numbers) of a plausible value; low < 0 where the quantity can be negative."""
     name = param.name
+    household = param.level == HOUSEHOLD
     if name.endswith("_net_power"):
-        return (-3000.0, 450.0, 2500.0, 9000.0) if param.level == HOUSEHOLD else (-40000.0, 4000.0, 25000.0, 90000.0)
+        return (-3000.0, 9000.0, False) if household else (-40000.0, 90000.0, False)
     if name == "household_tariff":
-        return (1, 2, 2, 1)
+        return 1, 2, True
     if name == "neighborhood_household_count":
-        return (10, 25, 60, 200)
+        return 10, 200, True
     if name.startswith("household_voltage"):
-        return (229.5, 231.2, 236.8, 224.1)
+        return 215.0, 245.0, False
     if name.startswith("household_current"):
-        return (0.6, 2.1, 11.0, 24.5)
+        return 0.1, 25.0, False
     if name == "household_gas_consumption":
-        return (1234.567, 2345.678, 5678.901, 45.5)
+        return 10.0, 10000.0, False
     if name.startswith("household_energy"):
-        return (1500000.0, 8000000.0, 25000000.0, 120000.0)
-    if param.level == HOUSEHOLD:
-        return _HOUSEHOLD_W
-    return _NEIGHBORHOOD_W
+        return 1e5, 1.5e8, False
+    return (50.0, 9000.0, False) if household else (1000.0, 150000.0, False)
 
 
-def sample_rows(params: list[Parameter]) -> list[tuple]:
-    """Rows of the trial run: each parameter's samples side by side, then shifted against each other."""
-    columns = [_samples(p) for p in params]
-    rows: list[tuple] = []
-    for shift in (0, 1):
-        for i in range(4):
-            row = tuple(col[(i + shift * j) % 4] for j, col in enumerate(columns))
-            if row not in rows:
-                rows.append(row)
-    return rows
+def _draw(rng, param: Parameter):
+    low, high, whole = _plausible(param)
+    if param.name == "household_tariff":
+        return rng.choice((1, 2))
+    if rng.random() >= OUTSIDE_SHARE:
+        value = rng.uniform(low, high)
+    elif rng.random() < 0.5:
+        value = rng.uniform(high, 100 * high)  # huge
+    elif low < 0:
+        value = rng.uniform(100 * low, low)  # far below zero
+    else:
+        value = rng.uniform(max(low, 1.0) / 1000, low)  # tiny
+    if whole:
+        value = max(1, round(value))
+    return value or (low if low else 1.0)
+
+
+def sample_rows(params: list[Parameter], rng=None) -> list[tuple]:
+    """Rows of the trial run: 6 to 10, every value drawn secretly (``rng`` only for tests)."""
+    import random
+
+    rng = rng or random.SystemRandom()
+    count = rng.randint(*TRIAL_ROWS)
+    return [tuple(_draw(rng, p) for p in params) for _ in range(count)]
 
 
 # --- debounce ----------------------------------------------------------------------------------------
