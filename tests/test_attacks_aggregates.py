@@ -860,3 +860,39 @@ rho = 0.05
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- tags: the same differences on a channel's sums ---------------------------------------------------------
+async def test_p5_tag_sums_two_organizations_and_a_channel_that_stops(town):
+    """Channel tags are their own quantity with their own cohorts (households whose readings carry the tag).
+    Two organizations whose fridge cohorts are one household apart: one refused. Then x's fridge channel stops
+    (it still posts its total): the next minute's fridge cohort is one household smaller than the last, within
+    the audit period: refused, not released beside the earlier one."""
+    a_id, a_key = await town.org("dso", "A")
+    b_id, b_key = await town.org("dso", "B")
+    common = await town.households_(11)
+    (x,) = await town.households_(1)
+    await town.grant(a_id, [*common, x])
+    await town.grant(b_id, common)
+    start = await town.to_next(60)
+    for minute in range(2):
+        for i, h in enumerate([*common, x]):
+            if h is not x or minute == 0:
+                await town.post(h, STEADY[i], channels={"fridge": 40.0 + i})
+            else:
+                await town.post(h, STEADY[i])  # x's fridge channel has stopped
+        town.clock.step(60)
+    answers = {}
+    for name, key in (("A", a_key), ("B", b_key)):
+        status, body = await town.data(key, f"window=1m&tag=fridge&since={start}&until={start + 120}")
+        assert status == 200, body
+        answers[name] = ({r["window_start"]: r for r in body["released"]},
+                         {r["window_start"]: r for r in body["refused"]})
+    first = stamp(start)
+    # minute 0: A (12 fridges) and B (11) one household apart: exactly one released
+    assert (first in answers["A"][0]) != (first in answers["B"][0])
+    refused = answers["A"][1].get(first) or answers["B"][1].get(first)
+    assert refused["error"] == "isolating"
+    # the attacker's arithmetic on whatever was released: no two fridge sums one household apart
+    sums = [b["consumption_w"] for released, _ in answers.values() for b in released.values()]
+    assert len(sums) >= 2 and not any(abs(abs(s1 - s2) - (40.0 + 11)) < 1e-3 for s1 in sums for s2 in sums)
