@@ -351,6 +351,29 @@ async def test_p2_n_minus_1_is_not_protected_at_an_exact_level_unless_the_operat
     assert refused["households"] == 1 and refused["missing"] == 9
 
 
+
+async def test_p2_n_minus_1_at_a_noisy_level_is_off_by_the_stated_noise(town):
+    """The same n - 1 attack against a supplier: the noisy sum minus the nine known loads is the target plus
+    the noise, whose stated sd is larger than anything one household can contribute (the clamp), and the
+    errors over 16 quarters scatter at that scale (the old design: exact to 0.0000 W)."""
+    org_id, key = await town.org("supplier", "Attacker")
+    own = await town.households_(9)
+    (target,) = await town.households_(1)
+    await town.grant(org_id, [*own, target])
+    await town.to_next(QUARTER)
+    errors = []
+    for q in range(16):
+        start = town.clock.now
+        for i, h in enumerate(own):
+            await town.post(h, 100.0 + i)
+        await town.post(target, 1965.413)
+        town.clock.step(QUARTER)
+        body, _ = await town.window(key, "15m", start)
+        errors.append(body["consumption_w"] - sum(100.0 + i for i in range(9)) - 1965.413)
+    sd = body["privacy"]["noise_sd_w"]
+    assert sd > body["privacy"]["clamp_w"][1]
+    assert math.sqrt(sum(e * e for e in errors) / len(errors)) >= 0.3 * sd
+
 # --- P3: nested widths -------------------------------------------------------------------------------------
 def recovered_by_nesting(wide_mean: float, fine: list[float], windows_with_target: int) -> float:
     """The attacker's arithmetic: n * wide - sum(fine) is the target's mean times the number of fine windows
