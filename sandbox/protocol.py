@@ -106,12 +106,12 @@ def encode_rows(rows) -> tuple[bytes, list[bytes]]:
     tokens: list[bytes] = []
     seen: set[bytes] = set()
     while len(tokens) < len(rows):
-        for i in range(0, (len(rows) - len(tokens)) * TOKEN_SIZE, TOKEN_SIZE):
-            token = os.urandom(TOKEN_SIZE)
+        pool = os.urandom(TOKEN_SIZE * (len(rows) - len(tokens)))  # one system call, not one per row
+        for i in range(0, len(pool), TOKEN_SIZE):
+            token = pool[i:i + TOKEN_SIZE]
             if token not in seen:
                 seen.add(token)
                 tokens.append(token)
-    tokens = tokens[: len(rows)]
     frames = []
     for token, row in zip(tokens, rows):
         payload = marshal.dumps((token, row), MARSHAL_VERSION)

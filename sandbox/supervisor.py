@@ -104,7 +104,7 @@ class Limits:
     worker_uid: int = 65534  # used only when the agent runs as root (nobody)
     worker_gid: int = 65534  # (nogroup)
     # CPUs a worker may run on (None: the scheduler decides). Pinning workers to the agent's CPU makes a round
-    # trip a direct switch between the two processes instead of a cross-CPU wake-up (see bench/sandbox.py).
+    # trip a direct switch between the two processes instead of a cross-CPU wake-up (see bench/triggers_sandbox.py).
     cpu_affinity: frozenset[int] | None = None
 
     def batch_timeout(self, rows: int) -> float:

@@ -131,7 +131,7 @@ def test_batch_of_1000_households(sup):
     for c, p in rows:
         expected.append(Status.ERROR if c is None else Status(int(p - c > 500)))
     # One request within the batch's own deadline (no timeout kill: still the first worker); the speed is
-    # bench/sandbox.py's, not a timed assertion here (the aarch64 run under QEMU takes about a second).
+    # bench/triggers_sandbox.py's, not a timed assertion here (the aarch64 run under QEMU takes about a second).
     assert sup.evaluate("org", "mission", rows) == expected
     assert sup.state("org", "mission").spawns == 1
 
