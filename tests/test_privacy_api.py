@@ -1,13 +1,11 @@
-"""GET /data/anonymized and GET /data/dp end to end, on a clock the test steps: the level's k, l and t
-are met and pycanon agrees with the report, pseudonyms rotate, a consent change cannot be differenced
-out, levels are enforced; noisy levels' answers carry their guarantee, are drawn once per window and shared by
+"""GET /data/dp end to end, on a clock the test steps (GET /data/anonymized: tests/test_anonymized_api.py):
+noisy levels' answers carry their guarantee, are drawn once per window and shared by
 every organization of the level with the same cohort, the clamp is the level's (never the caller's), and the
 per-household ledger's cap holds across organizations, days and a restart."""
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -17,7 +15,6 @@ from agent.config import DEFAULT_LEVELS, DifferentialPrivacy, Level
 from agent.privacy import dp
 from drivers.reading import Reading
 from tests.conftest import StepClock, make_config
-from tests.test_privacy_anonymize import pycanon_figures
 
 DAY = 1_790_000_000 // 86400 * 86400
 T0 = DAY + 8 * 3600  # 08:00 UTC
@@ -51,93 +48,6 @@ async def households(running, org_id: str, n: int, service: str = "anonymized_da
             assert status == 200
         out.append((household_id, token))
     return out
-
-
-def without_pseudonyms(records):
-    return Counter(tuple(sorted((k, v) for k, v in r.items() if k != "pseudonym")) for r in records)
-
-
-@pytest.fixture
-async def neighbourhood(tmp_path, start_agent):
-    clock = StepClock(T0 - 60)
-    running = await start_agent(make_config(tmp_path), clock=clock)
-    org_id, org_key = await running.create_org("Grid Co", "dso")
-    homes = await households(running, org_id, 30)
-    return running, clock, org_id, org_key, homes
-
-
-async def test_anonymized_release_meets_the_level_and_pycanon_agrees(neighbourhood):
-    running, clock, org_id, org_key, homes = neighbourhood
-    periods = list(range(T0, T0 + 2 * 3600, 900))
-    await feed(running, clock, [h for h, _ in homes], periods)
-    status, body = await running.call("GET", f"/data/anonymized?resolution=15m&from={T0}&to={T0 + 7200}",
-                                      token=org_key)
-    assert status == 200, body
-    report, records = body["report"], body["records"]
-    assert report["quasi_identifiers"] == ["period_start", "has_pv", "has_gas", "phases", "connection"]
-    assert report["sensitive_attribute"] == "consumption_w_from"
-    assert report["k"] >= 5 and report["epsilon"] is None and report["epsilon_spent"] == 0
-    k, l_div, t = pycanon_figures(records)
-    assert (report["k"], report["l"]) == (k, l_div) and report["t"] == pytest.approx(t, abs=1e-6)
-    assert report["rows"] == len(records) and report["rows"] + report["rows_suppressed"] == 30 * 8
-    assert {r["period_start"] for r in records} <= {datetime.fromtimestamp(p, timezone.utc).isoformat()
-                                                   .replace("+00:00", "Z") for p in periods}
-    assert not any(h in str(body) for h, _ in homes)  # neither household ids nor meter ids
-    status, audit = await running.call("GET", f"/audit?since={DAY}&until={clock.now + 10}&who={org_id}")
-    assert any(e["action"] == "data.anonymized" and e["released"] for e in audit["entries"])
-
-
-async def test_pseudonyms_rotate_and_a_consent_change_cannot_be_differenced_out(neighbourhood):
-    running, clock, org_id, org_key, homes = neighbourhood
-    periods = list(range(T0, T0 + 3600, 900))
-    await feed(running, clock, [h for h, _ in homes], periods)
-    query = f"/data/anonymized?resolution=15m&from={T0}&to={T0 + 3600}"
-    status, first = await running.call("GET", query, token=org_key)
-    assert status == 200, first
-    # one household leaves; more data comes in after
-    status, _ = await running.call("DELETE", f"/households/me/consents/{org_id}/anonymized_data",
-                                   token=homes[0][1])
-    assert status == 200
-    later = list(range(T0 + 3600, T0 + 7200, 900))
-    await feed(running, clock, [h for h, _ in homes], later)
-    status, again = await running.call("GET", query, token=org_key)
-    assert status == 200
-    # the same range is the same release: same rows, new pseudonyms; nothing to subtract
-    assert without_pseudonyms(again["records"]) == without_pseudonyms(first["records"])
-    assert not {r["pseudonym"] for r in first["records"]} & {r["pseudonym"] for r in again["records"]}
-    # after the revocation, the household is in no period
-    status, after = await running.call("GET", f"/data/anonymized?resolution=15m&from={T0 + 3600}&to={T0 + 7200}",
-                                       token=org_key)
-    assert status == 200
-    seen = after["report"]["households"] + after["report"]["households_suppressed"]
-    assert seen == 29 and first["report"]["households"] + first["report"]["households_suppressed"] == 30
-
-
-async def test_levels_decide_what_anonymized_data_an_organization_gets(neighbourhood):
-    running, clock, org_id, org_key, homes = neighbourhood
-    periods = list(range(T0, T0 + 3600, 900))
-    await feed(running, clock, [h for h, _ in homes], periods)
-    _, supplier_key = await running.create_org("Supplier", "supplier")
-    status, body = await running.call("GET", "/data/anonymized?resolution=15m", token=supplier_key)
-    assert status == 403 and body["error"] == "resolution_not_permitted"
-    _, service_key = await running.create_org("App", "service")
-    status, body = await running.call("GET", "/data/anonymized", token=service_key)
-    assert status == 403 and body["error"] == "not_permitted" and "/data/dp" in body["detail"]
-    # an organization few households consented to: refused, saying which requirement failed
-    few_id, few_key = await running.create_org("Small Grid", "dso")
-    for _, token in homes[:3]:
-        await running.call("PUT", f"/households/me/consents/{few_id}/anonymized_data", token=token)
-    clock.step(3600)
-    status, body = await running.call("GET", f"/data/anonymized?resolution=15m&from={clock.now}&to={clock.now}",
-                                      token=few_key)
-    assert status == 400  # an empty range
-    status, body = await running.call("GET", "/data/anonymized?resolution=15m", token=few_key)
-    assert status == 409 and body["error"] == "k_not_met" and body["requirement"] == "k"
-    assert "k >= 5" in body["detail"]
-    status, body = await running.call("GET", "/data/anonymized?resolution=5m", token=org_key)
-    assert status == 400
-    status, body = await running.call("GET", f"/data/anonymized?from={T0 - 30 * 86400}", token=org_key)
-    assert status == 400 and "7 days" in body["detail"]
 
 
 # --- noisy levels (differential privacy) ----------------------------------------------------------------
@@ -320,31 +230,3 @@ def test_levels_in_the_config_file(tmp_path):
     with pytest.raises(ConfigError, match="max_share"):
         parse_config({**base, "privacy": {"max_share": 0.5}})
     assert not DEFAULT_LEVELS["dso"].noisy and DEFAULT_LEVELS["supplier"].noisy and DEFAULT_LEVELS["service"].noisy
-
-
-async def test_static_attributes_use_only_data_from_under_consent(tmp_path, start_agent):
-    """Readings from before a household consented must not describe it, not even as 'has PV'."""
-    from agent.api.anonymized import SERVICE, _gather
-
-    clock = StepClock(T0 - 3 * 3600)
-    running = await start_agent(make_config(tmp_path), clock=clock)
-    org_id, _ = await running.create_org("Grid Co", "dso")
-    (household_id, token), = await households(running, "", 1)
-    meter = running.agent.registry.household(household_id).meter_id
-    before = list(range(T0 - 3 * 3600, T0 - 3600, 900))
-    for start in before + [before[-1] + 900]:  # exporting, three-phase, gas: before any consent
-        clock.now = start + 10
-        running.agent.ingest_http(reading(meter, clock.now, 0, 0))
-    clock.now = T0 - 1800
-    assert (await running.call("PUT", f"/households/me/consents/{org_id}/{SERVICE}", token=token))[0] == 200
-    periods = list(range(T0, T0 + 3600, 900))
-    for start in periods + [periods[-1] + 900]:  # no export, one phase, no gas: under consent
-        clock.now = start + 10
-        running.agent.ingest_http(reading(meter, clock.now, 1, 0))
-    agent, registry = running.agent, running.agent.registry
-    cohorts = {p: registry.cohort(org_id, SERVICE, p, p + 900) for p in periods}
-    assert all(household_id in c for c in cohorts.values())
-    timelines = {household_id: registry.consent_timeline(household_id, org_id, SERVICE)}
-    [series] = _gather(agent, [registry.household(household_id)], cohorts, periods, 900, timelines)
-    assert series.static.has_pv is False and series.static.has_gas is True  # i = 1: gas, no PV
-    assert series.static.phases == 1

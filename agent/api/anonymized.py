@@ -1,11 +1,21 @@
 """GET /data/anonymized: per-household rows of the consenting neighbourhood (consent `anonymized_data`),
 generalized and suppressed until the level's k, l and t hold, with a report of the figures achieved; refused with
-409 naming the requirement that cannot be met. Every access, released or refused, is in the audit log."""
+409 naming the requirement that cannot be met. Every access, released or refused, is in the audit log.
+
+The release grid is fixed: one release per whole UTC day at the level's resolution, computed the first time any
+organization of the level with the same cohort asks for any part of that day (once the day has settled), recorded
+through the one door (`agent.releases.once`) and answered from the record ever after. A request for a range gets
+exactly the recorded rows of the periods it overlaps: never a row the day's release suppressed, and the same rows
+however the day is asked for. Non-custodian levels (`linkable = false`) get rows that no pseudonym, count or order
+links across periods; the custodian gets one pseudonym per household per day.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
+import json
 import math
 from datetime import datetime, timezone
 
@@ -15,12 +25,14 @@ from agent.api.common import ApiError, agent_of, parse_time, require
 from agent.api.data import level_of
 from agent.auth import ORGANIZATION
 from agent.config import WINDOW_SECONDS
-from agent.privacy.anonymize import HouseholdSeries, Refusal, anonymize, static_from_rollups
+from agent.privacy.anonymize import DAY_S, HouseholdSeries, day_periods, release_day, select, static_from_rollups
 from drivers.reading import iso
 
 MAX_ANONYMIZED_DAYS = 7
 STATIC_LOOKBACK_S = 7 * 86400  # static attributes are derived from at least this much history
+SETTLE_S = 900  # a day is released once it ended this long ago: late readings of its last quarter are in
 SERVICE = "anonymized_data"
+KIND = "anonymized"  # the kind of `once` record
 
 
 def _iso(moment: float) -> str:
@@ -41,44 +53,103 @@ async def get_anonymized(request: web.Request) -> web.Response:
     rules = level.anonymized
     if rules.k == 0:
         raise ApiError(403, "not_permitted", f"level {level.name!r} does not receive anonymized per-household data"
-                       + (" (differentially private aggregates only: GET /data/dp)" if level.dp.only else ""))
-    q = request.query
-    resolution = q.get("resolution", rules.resolution)
+                       + (" (noisy aggregates only: GET /data)" if level.noisy else ""))
+    res = _resolution(request.query.get("resolution"), level)
+    since, until, days = _range(request.query, agent.settled_until())
+    docs = [await day_release(agent, org.id, level, res, day) for day in days]
+    span = {"from": _iso(since), "to": _iso(until)}
+    released = [doc for doc in docs if "records" in doc]
+    if not released:
+        refused = docs[0]["refused"]
+        await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=False,
+                                         requirement=refused["requirement"],
+                                         households=max(doc["audit"]["households"] for doc in docs))
+        raise ApiError(409, f"{refused['requirement']}_not_met", refused["detail"],
+                       requirement=refused["requirement"])
+    records = [record for doc in released for record in select(doc, since, until)]
+    report = _report(level, res, docs, released, records, span)
+    await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=True,
+                                     rows=len(records), days=len(days), k=report["k"], l=report["l"], t=report["t"])
+    return web.json_response({"records": records, "report": report})
+
+
+def _resolution(asked: str | None, level) -> int:
+    rules = level.anonymized
+    resolution = asked or rules.resolution
     if resolution not in ("15m", "1h"):
         raise ApiError(400, "bad_parameter", "resolution must be 15m or 1h")
     if WINDOW_SECONDS[resolution] < WINDOW_SECONDS[rules.resolution]:
         raise ApiError(403, "resolution_not_permitted", f"level {level.name!r} gets anonymized data at "
                        f"{rules.resolution} or coarser")
-    res = WINDOW_SECONDS[resolution]
-    now = agent.settled_until()  # a period ending after a consent change still being written has not ended
-    last = int(now // res) * res  # periods that have ended
-    until = parse_time(q.get("to"), "to")
-    since = parse_time(q.get("from"), "from")
-    until = last if until is None else min(int(until // res) * res, last)
-    since = until - 86400 if since is None else int(math.ceil(since / res)) * res
+    if resolution != rules.resolution and not rules.linkable:
+        # a second grid of the same days would be a second release of the same rows to compare with the first
+        raise ApiError(400, "bad_parameter", f"level {level.name!r} gets anonymized data on one grid: "
+                       f"{rules.resolution}")
+    return WINDOW_SECONDS[resolution]
+
+
+def _range(query, settled: float) -> tuple[int, int, list[int]]:
+    """[since, until) as asked, and the whole UTC days it overlaps; only days that have settled."""
+    last_day = int((settled - SETTLE_S) // DAY_S) * DAY_S  # the first day not yet released
+    until = parse_time(query.get("to"), "to")
+    since = parse_time(query.get("from"), "from")
+    until = last_day if until is None else int(math.ceil(until))
+    since = until - DAY_S if since is None else int(since)
     if until <= since:
-        raise ApiError(400, "bad_parameter", "to must be after from, and the range must hold a whole period "
-                       "that has ended")
-    if until - since > MAX_ANONYMIZED_DAYS * 86400:
+        raise ApiError(400, "bad_parameter", "to must be after from")
+    if until - since > MAX_ANONYMIZED_DAYS * DAY_S:
         raise ApiError(400, "bad_parameter", f"at most {MAX_ANONYMIZED_DAYS} days per request")
-    periods = list(range(int(since), int(until), res))
-    cohorts = {p: agent.registry.cohort(org.id, SERVICE, p, p + res) for p in periods}  # on the event loop
-    households = [h for h in agent.registry.all_households() if any(h.id in c for c in cohorts.values())]
-    timelines = {h.id: agent.registry.consent_timeline(h.id, org.id, SERVICE) for h in households}
-    series = await asyncio.to_thread(_gather, agent, households, cohorts, periods, res, timelines)
-    result = await asyncio.to_thread(anonymize, series, rules, resolution_s=res, level=level.name,
-                                     periods=periods)
-    span = {"from": _iso(since), "to": _iso(until)}
-    if isinstance(result, Refusal):
-        await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=False,
-                                         requirement=result.requirement, households=result.households)
-        raise ApiError(409, f"{result.requirement}_not_met", result.detail, requirement=result.requirement,
-                       households=result.households)
-    report = {**result.report, **span}
-    await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=True,
-                                     rows=report["rows"], households=report["households"], k=report["k"],
-                                     l=report["l"], t=report["t"])
-    return web.json_response({"records": result.records, "report": report})
+    first = since // DAY_S * DAY_S
+    days = [day for day in range(first, until, DAY_S) if day + DAY_S <= last_day]
+    if not days:
+        raise ApiError(409, "not_settled", "a day's anonymized release is made once the UTC day has ended (and "
+                       f"{SETTLE_S // 60} minutes more); ask for days before {_iso(last_day)}")
+    return since, until, days
+
+
+def _report(level, res: int, docs: list[dict], released: list[dict], records: list[dict], span: dict) -> dict:
+    rules = level.anonymized
+    first = released[0]["report"]
+    return {
+        "level": level.name, **span,
+        "resolution": first["resolution"],
+        "quasi_identifiers": first["quasi_identifiers"], "sensitive_attribute": first["sensitive_attribute"],
+        "k": min(doc["report"]["k"] for doc in released),
+        "l": min(doc["report"]["l"] for doc in released),
+        "t": max(doc["report"]["t"] for doc in released),
+        "t_against": first["t_against"],
+        "epsilon": None, "epsilon_spent": 0.0,
+        "required": first["required"],
+        "linkable": rules.linkable,
+        "pseudonyms": first["pseudonyms"],
+        "rows": len(records),
+        "rows_suppressed": sum(doc["report"]["rows_suppressed"] for doc in released),  # in the whole days
+        "grid": f"whole UTC days at {first['resolution']}; every range gets the recorded rows of the periods "
+                "it overlaps",
+        "days": [doc["report"] if "records" in doc else {"day": doc["day"], "released": False, **doc["refused"]}
+                 for doc in docs],
+    }
+
+
+async def day_release(agent, org_id: str, level, res: int, day: int) -> dict:
+    """The recorded release of one day for this organization's cohort: computed once (by the first organization
+    of the level with exactly this consenting cohort to ask), then always the record, whatever changes later.
+    Households the operator marked as related to any organization (employees, test meters) are left out when it
+    is computed: their organization knows them, and they would only help it isolate the others."""
+    periods = day_periods(day, res)
+    cohorts = {p: agent.registry.cohort(org_id, SERVICE, p, p + res) for p in periods}
+    members = set().union(*cohorts.values())
+    digest = hashlib.sha256(json.dumps({str(p): sorted(c) for p, c in cohorts.items()},
+                                       sort_keys=True).encode()).hexdigest()[:32]
+    key = f"{level.name}|{res}|{day}|{digest}"
+    households = [h for h in agent.registry.all_households() if h.id in members and not h.related_organizations]
+    timelines = {h.id: agent.registry.consent_timeline(h.id, org_id, SERVICE) for h in households}
+
+    def compute() -> dict:
+        series = _gather(agent, households, cohorts, periods, res, timelines)
+        return release_day(series, level.anonymized, resolution_s=res, level=level.name, day=day)
+
+    return await agent.releases.once(KIND, key, compute)
 
 
 def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int], res: int,

@@ -1,9 +1,14 @@
 """Anonymized per-household data: generalization and suppression until a level's k, l and t hold.
 
 No I/O. The caller hands over, per household, its static attributes and its mean consumption per
-period (15 min or 1 h); `anonymize` returns the released rows and a report, or a `Refusal` that
-names the requirement that could not be met. A release never falls below its level: every figure
-in the report is measured on the rows actually released, and a release that misses one is refused.
+period (15 min or 1 h) of one UTC day; `release_day` returns the day's release as a JSON document
+(the rows and a report, or the requirement that could not be met), which the caller records once and
+answers every later request from (`select`). A release never falls below its level: every figure in
+the report is measured on the rows actually released, and a release that misses one is refused.
+
+The release grid is fixed: one release per whole UTC day at the level's resolution. Generalization and
+suppression are decided once for the day, so a narrower or later request can only ever return a subset
+of the day's recorded rows, never a row the day's release suppressed.
 
 The model (what an attacker is assumed to know, and what is protected):
 - quasi-identifiers: the period (time is always known) and the household's static attributes,
@@ -11,17 +16,22 @@ The model (what an attacker is assumed to know, and what is protected):
 - sensitive attribute: the household's consumption in the period, as a bin (`consumption_w_from`,
   the lower edge in watts; the top bin is open);
 - an equivalence class is the set of rows with equal quasi-identifiers, i.e. the households of one
-  period with the same (generalized) profile. k: the smallest class; l: the fewest distinct bins
-  in a class; t: the largest earth mover's distance between a class's bin distribution and the
-  whole release's (ordered distance over the bins present, as in Li et al. and pycanon).
+  period with the same (generalized) profile: every period is a release of its own whose classes
+  meet k, l and t by themselves. k: the smallest class; l: the fewest distinct bins in a class;
+  t: the largest earth mover's distance (ordered, over the whole bin grid, normalized by its
+  length - 1) between a class's bin distribution and the level's fixed reference distribution
+  (`Anonymization.reference_cdf`): the decision about one class never depends on other rows.
+- linkage: unless the level is `linkable` (the custodian), rows carry no pseudonym and are sorted by
+  their content, so neither an identifier nor a position links a household's periods; what still links
+  rows is the static profile, and a profile is only released in a period where at least k households
+  share it. A linkable level gets one fresh random pseudonym per household per day release.
 
 Transformations, in order of preference (a lattice searched from the least generalized node):
 each static attribute can be kept or replaced by "*", the connection class can first be coarsened
-to "<=35A"/">35A", and the consumption bins can be widened x2 and x4. At each node, classes smaller
-than k, then classes with fewer than l bins, then classes further than t from the release's
-distribution are suppressed (until none is), and the node is usable if it suppresses at most
-`max_suppression` of the rows. Among the least generalized usable nodes the one suppressing the
-fewest rows wins. Pseudonyms are fresh random strings per release.
+to "<=35A"/">35A", and the consumption bins can be widened x2 and x4; one node for the whole day.
+At each node, classes smaller than k, with fewer than l bins, or further than t from the reference
+are suppressed, and the node is usable if it suppresses at most `max_suppression` of the day's rows.
+Among the least generalized usable nodes the one suppressing the fewest rows wins.
 """
 
 from __future__ import annotations
@@ -131,31 +141,50 @@ def bin_of(value_w: float, width: int) -> tuple[int, int | None]:
     return (top, None) if low >= top else (low, low + width)
 
 
-# --- the measures: the same definitions pycanon uses ---------------------------------------------
-def emd_ordered(class_counts: Counter, total_counts: Counter, values: list) -> float:
-    """Earth mover's distance between a class's and the whole release's distribution of an ordered
-    attribute, over the values present in the release, normalized by (m - 1)."""
+# --- the measures ---------------------------------------------------------------------------------
+def grid(width: int) -> list[int]:
+    """The lower edges of every bin at this width, the open top bin last: the support t is measured over."""
+    return list(range(0, top_of(width) + 1, width))
+
+
+def _cdf(reference: tuple[tuple[float, float], ...], watts: float) -> float:
+    """The reference's cumulative share at `watts`, linear between its points."""
+    for (w0, s0), (w1, s1) in zip(reference, reference[1:]):
+        if watts <= w1:
+            return s0 + (s1 - s0) * (watts - w0) / (w1 - w0) if watts > w0 else s0
+    return 1.0
+
+
+def reference_masses(reference: tuple[tuple[float, float], ...], width: int) -> dict[int, float]:
+    """The reference's share in each bin of the grid at this width (the top bin takes the rest)."""
+    edges = grid(width)
+    masses = {low: _cdf(reference, low + width) - _cdf(reference, low) for low in edges[:-1]}
+    masses[edges[-1]] = 1.0 - _cdf(reference, edges[-1])
+    return masses
+
+
+def emd_ordered(class_counts: Counter, reference: dict[int, float]) -> float:
+    """Earth mover's distance between a class's bin distribution and the reference's, over the whole
+    ordered grid (the reference's keys), normalized by (m - 1) so that it lies in [0, 1]."""
+    values = sorted(reference)
     m = len(values)
     if m <= 1:
         return 0.0
     n_class = sum(class_counts.values())
-    n_total = sum(total_counts.values())
     running = distance = 0.0
     for value in values:
-        running += class_counts.get(value, 0) / n_class - total_counts.get(value, 0) / n_total
+        running += class_counts.get(value, 0) / n_class - reference[value]
         distance += abs(running)
     return distance / (m - 1)
 
 
-def measure(classes: dict[tuple, list]) -> tuple[int, int, float]:
-    """(k, l, t) of released rows grouped into classes of sensitive values."""
+def measure(classes: dict[tuple, list], reference: dict[int, float]) -> tuple[int, int, float]:
+    """(k, l, t) of released rows grouped into classes of sensitive values; t against the reference."""
     if not classes:
         return 0, 0, 0.0
-    total = Counter(v for values in classes.values() for v in values)
-    ordered = sorted(total)
     k = min(len(values) for values in classes.values())
     l_div = min(len(set(values)) for values in classes.values())
-    t = max(emd_ordered(Counter(values), total, ordered) for values in classes.values())
+    t = max(emd_ordered(Counter(values), reference) for values in classes.values())
     return k, l_div, t
 
 
@@ -164,7 +193,7 @@ def measure(classes: dict[tuple, list]) -> tuple[int, int, float]:
 class Refusal:
     requirement: str  # "k", "l", "t" or "data"
     detail: str
-    households: int
+    households: int  # for the audit log only: never shown to an organization
     rows: int
 
 
@@ -193,37 +222,31 @@ def _evaluate(node: Node, rows: list[tuple[int, int, float]], profiles: list[tup
     classes: dict[tuple, list] = defaultdict(list)
     for household, period, value in rows:
         classes[(period, profiles[household])].append((household, period, bin_of(value, width)[0]))
+    reference = reference_masses(rules.reference_cdf, width) if rules.t < 1.0 else None
     outcome = _Outcome(node, {})
     for key, members in classes.items():
+        # each class is decided on its own rows and fixed facts (k, l, t, the reference): never on other classes
         if len(members) < rules.k:
             outcome.suppressed["k"] += len(members)
         elif len({m[2] for m in members}) < rules.l:
             outcome.suppressed["l"] += len(members)
+        elif reference and emd_ordered(Counter(m[2] for m in members), reference) > rules.t + TIGHT:
+            outcome.suppressed["t"] += len(members)
         else:
             outcome.kept[key] = members
-    if rules.t < 1.0:
-        while outcome.kept:
-            total = Counter(m[2] for members in outcome.kept.values() for m in members)
-            ordered = sorted(total)
-            far = [key for key, members in outcome.kept.items()
-                   if emd_ordered(Counter(m[2] for m in members), total, ordered) > rules.t + TIGHT]
-            if not far:
-                break
-            for key in far:
-                outcome.suppressed["t"] += len(outcome.kept.pop(key))
     return outcome
 
 
 def anonymize(series: list[HouseholdSeries], rules: Anonymization, *, resolution_s: int, level: str,
               periods: list[int]) -> Release | Refusal:
-    """Anonymize one release: `series` are the cohort's households, `periods` the period starts asked for."""
+    """Anonymize one release: `series` are the cohort's households, `periods` the period starts it covers."""
     wanted = set(periods)
     rows = [(i, period, value) for i, hh in enumerate(series)
             for period, value in sorted(hh.consumption_w.items()) if period in wanted]
     households = len({r[0] for r in rows})
     if not rows or households < rules.k:
-        return Refusal("k", f"{households} consenting household(s) have data in this range; level {level!r} "
-                       f"needs k >= {rules.k}, so at least {rules.k}", households, len(rows))
+        return Refusal("k", f"fewer than {rules.k} consenting households have data in this release; level "
+                       f"{level!r} needs k >= {rules.k}", households, len(rows))
     best: _Outcome | None = None
     closest: _Outcome | None = None
     best_height = None
@@ -241,7 +264,7 @@ def anonymize(series: list[HouseholdSeries], rules: Anonymization, *, resolution
                 best, best_height = outcome, node.height
     if best is None:
         return _refusal(closest, rules, households, len(rows), level)
-    return _release(best, series, rows, rules, resolution_s, level, households)
+    return _release(best, rows, rules, resolution_s, level, households)
 
 
 def _refusal(closest: _Outcome, rules: Anonymization, households: int, rows: int, level: str) -> Refusal:
@@ -252,40 +275,43 @@ def _refusal(closest: _Outcome, rules: Anonymization, households: int, rows: int
     elif s["k"] + s["l"] > limit or not closest.kept and s["t"] == 0:
         requirement, what = "l", f"l >= {rules.l} (too few distinct consumption bins in a class)"
     else:
-        requirement, what = "t", f"t <= {rules.t:g} (a class's consumption too far from the neighbourhood's)"
+        requirement, what = "t", f"t <= {rules.t:g} (a class's consumption too far from the level's reference)"
     share = closest.suppressed_rows / rows if rows else 1.0
     return Refusal(requirement, f"cannot meet {what} for level {level!r}: even the best generalization would "
-                   f"suppress {share:.0%} of the {rows} rows (at most {rules.max_suppression:.0%} may be); "
-                   "ask for a longer range or wait for more households to consent", households, rows)
+                   f"suppress {share:.0%} of the day's rows (at most {rules.max_suppression:.0%} may be); "
+                   "wait for more households to consent", households, rows)
 
 
-def _release(outcome: _Outcome, series: list[HouseholdSeries], rows: list, rules: Anonymization,
-             resolution_s: int, level: str, households: int) -> Release:
+def _release(outcome: _Outcome, rows: list, rules: Anonymization, resolution_s: int, level: str,
+             households: int) -> Release:
     node = outcome.node
     width = rules.value_bin_w * BIN_FACTORS[node.bins]
-    pseudonyms = {}
+    pseudonyms: dict[int, str] = {}
     records = []
     for (period, profile), members in outcome.kept.items():
         for household, _, low in members:
-            if household not in pseudonyms:
-                pseudonyms[household] = "p_" + secrets.token_hex(6)
-            high = None if low >= top_of(width) else low + width
-            records.append({
-                "pseudonym": pseudonyms[household],
+            record = {
                 "period_start": iso(datetime.fromtimestamp(period, timezone.utc)),
                 "period_end": iso(datetime.fromtimestamp(period + resolution_s, timezone.utc)),
                 **dict(zip(STATIC, profile)),
                 "consumption_w_from": low,
-                "consumption_w_to": high,
-            })
-    records.sort(key=lambda r: (r["period_start"], r["pseudonym"]))  # no trace of internal order
-    k, l_div, t = measure({key: [m[2] for m in members] for key, members in outcome.kept.items()})
-    released_households = len(pseudonyms)
+                "consumption_w_to": None if low >= top_of(width) else low + width,
+            }
+            if rules.linkable:  # the custodian: one fresh random pseudonym per household in this release
+                record = {"pseudonym": pseudonyms.setdefault(household, "p_" + secrets.token_hex(6)), **record}
+            else:
+                pseudonyms.setdefault(household, "")
+            records.append(record)
+    # The order says nothing the content does not: by period then pseudonym (random) or then content.
+    records.sort(key=_record_order)
+    reference = reference_masses(rules.reference_cdf, width)
+    k, l_div, t = measure({key: [m[2] for m in members] for key, members in outcome.kept.items()}, reference)
     report = {
         "level": level,
         "quasi_identifiers": list(QUASI_IDENTIFIERS),
         "sensitive_attribute": SENSITIVE_ATTRIBUTE,
         "k": k, "l": l_div, "t": round(t, 6),
+        "t_against": "the level's fixed reference distribution (reference_cdf)",
         "epsilon": None,
         "epsilon_spent": 0.0,
         "required": {"k": rules.k, "l": rules.l, "t": rules.t, "max_suppression": rules.max_suppression},
@@ -295,9 +321,55 @@ def _release(outcome: _Outcome, series: list[HouseholdSeries], rows: list, rules
         "rows": len(records),
         "rows_suppressed": outcome.suppressed_rows,
         "suppressed_for": dict(outcome.suppressed),
-        "households": released_households,
-        "households_suppressed": households - released_households,
-        "pseudonyms": "fresh per release",
+        "linkable": rules.linkable,
+        "pseudonyms": "one per household, fresh per day release" if rules.linkable else "none: rows are not linked",
     }
+    if rules.linkable:  # unlinked rows do not say how many households they came from
+        report["households"] = len(pseudonyms)
+        report["households_suppressed"] = households - len(pseudonyms)
     assert k >= rules.k and l_div >= rules.l and t <= rules.t + TIGHT, report  # never below the level
     return Release(records, report)
+
+
+def _record_order(record: dict) -> tuple:
+    return (record["period_start"], record.get("pseudonym", ""), *(record[name] for name in STATIC),
+            record["consumption_w_from"])
+
+
+# --- the day: the unit that is released once and recorded ----------------------------------------
+DAY_S = 86400
+
+
+def day_of(moment: float) -> int:
+    return int(moment // DAY_S) * DAY_S
+
+
+def day_periods(day: int, resolution_s: int) -> list[int]:
+    return list(range(day, day + DAY_S, resolution_s))
+
+
+def release_day(series: list[HouseholdSeries], rules: Anonymization, *, resolution_s: int, level: str,
+                day: int) -> dict:
+    """The whole day's release as the JSON document that is recorded: {"day", "records", "report"} or
+    {"day", "refused": {"requirement", "detail"}, "audit": {...}}."""
+    result = anonymize(series, rules, resolution_s=resolution_s, level=level, periods=day_periods(day, resolution_s))
+    stamp = iso(datetime.fromtimestamp(day, timezone.utc))
+    if isinstance(result, Refusal):
+        return {"day": stamp, "refused": {"requirement": result.requirement, "detail": result.detail},
+                "audit": {"households": result.households, "rows": result.rows}}
+    return {"day": stamp, "records": result.records, "report": {**result.report, "day": stamp}}
+
+
+def select(document: dict, since: float, until: float) -> list[dict]:
+    """The recorded rows of the periods that overlap [since, until): never anything else."""
+    out = []
+    for record in document.get("records", ()):
+        start = _seconds(record["period_start"])
+        end = _seconds(record["period_end"])
+        if start < until and end > since:
+            out.append(record)
+    return out
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
