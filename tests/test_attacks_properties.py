@@ -260,3 +260,25 @@ def test_the_ledger_never_exceeds_the_cap_over_any_horizon(steps):
         for first in range(min(days, default=0) - HORIZON, max(days, default=0) + 1):
             total = sum(r for h, d, r in charges if h == household and first <= d < first + HORIZON)
             assert total <= CAP * (1 + 1e-9), (household, first, total)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(cohorts=st.lists(cohort, min_size=1, max_size=6))
+def test_the_one_known_audit_agrees_with_rank_after_removing_each_household(cohorts):
+    """audit.isolated_if_one_known (the audit the ONE_OWN attacks need) against brute force: for each household
+    y, the households isolated once y's column is removed (its value known)."""
+    from agent.release.audit import isolated_if_one_known
+
+    expected = rank_isolated(cohorts, PEOPLE)
+    for y in PEOPLE:
+        expected |= rank_isolated([c - {y} for c in cohorts], PEOPLE) - {y}
+    assert isolated_if_one_known(cohorts) == expected
+
+
+def test_the_one_known_audit_refuses_the_swap():
+    from agent.release.audit import admissible_if_one_known
+
+    common = frozenset(f"c{i}" for i in range(10))
+    assert admissible([common | {"x"}], common | {"y"})  # what the door does today
+    assert not admissible_if_one_known([common | {"x"}], common | {"y"})
+    assert admissible_if_one_known([common | {"x"}], common | {"y", "z"})  # two unknown households apart

@@ -51,6 +51,33 @@ def admissible(released: list[frozenset[str]], candidate: frozenset[str]) -> boo
     return not isolated([*released, candidate]) - isolated(released)
 
 
+def isolated_if_one_known(cohorts: Iterable[frozenset[str]]) -> set[str]:
+    """The households some combination gives exactly once the attacker also knows any one other household's
+    value (one household of its own that the operator did not mark): A = C + x and B = C + y give A - B + y = x.
+    Not used by the door yet (it would refuse a one-for-one swap within the audit period like a difference of
+    one); see tests/test_attacks_aggregates.py, ONE_OWN. Only atoms of one or two households matter: knowing one
+    household of a larger atom leaves the others indistinguishable."""
+    rows = tuple(c for c in dict.fromkeys(cohorts) if c)
+    out = set(_isolated(rows))
+    if not rows:
+        return out
+    atoms: dict[tuple[bool, ...], list[str]] = {}
+    for member in set().union(*rows):
+        atoms.setdefault(tuple(member in c for c in rows), []).append(member)
+    for group in atoms.values():
+        if len(group) <= 2:
+            for known in group:
+                out |= _isolated(tuple(dict.fromkeys(c - {known} for c in rows if c - {known}))) - {known}
+    return out
+
+
+def admissible_if_one_known(released: list[frozenset[str]], candidate: frozenset[str]) -> bool:
+    """`admissible`, against an organization that knows any one household's value."""
+    if candidate in released:
+        return True
+    return not isolated_if_one_known([*released, candidate]) - isolated_if_one_known(released)
+
+
 def _reduce(matrix: list[list[Fraction]]) -> list[tuple[int, int]]:
     """Reduced row echelon form in place; returns the (row, pivot column) pairs."""
     pivots: list[tuple[int, int]] = []
