@@ -739,7 +739,7 @@ async def test_time_differencing_across_a_restart_when_a_datalogger_stops(make_t
 ONE_OWN = ("the audit assumes no household's value is known unless the operator marked it related; one "
            "unmarked household of the attacker's own, swapped in for the target (A = C + x, B = C + y, or over "
            "time: y starts when x leaves), gives A - B = x - y with y known. Stopping it needs an audit robust to "
-           "one known household (refuse when removing any single household's column would isolate another): a "
+           "one known household (audit.admissible_if_one_known, written and tested, not used by the door): a "
            "change of the audit's stated semantics, left to the release module's owner")
 
 
