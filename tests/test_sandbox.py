@@ -583,3 +583,65 @@ def test_attribute_assignment_is_refused_at_upload():
 
     assert inspect_source("import math\ndef condition(x):\n    math.seen = x\n    return True\n", ["x"])
     assert inspect_source("def condition(x):\n    return x > 1\n", ["x"]) is None
+
+
+def test_a_zygote_that_grew_is_recycled():
+    """S6: memory a zygote holds is measured after every request (/proc); over max_rss_bytes it is replaced."""
+    with Supervisor(Limits(timeout_s=2.0, max_rss_bytes=1 << 20)) as s:  # any zygote is over 1 MiB
+        s.register("org", "m", MISSION, MISSION_PARAMS)
+        assert s.evaluate("org", "m", [(0.0, 600.0)]) == [Status.TRUE]
+        assert s.state("org", "m").pid is None  # recycled right after the request
+        assert s.evaluate("org", "m", [(0.0, 600.0)]) == [Status.TRUE]
+        assert s.state("org", "m").spawns == 2 and s.state("org", "m").violations == 0
+    with Supervisor(Limits(timeout_s=2.0)) as s:
+        s.register("org", "m", MISSION, MISSION_PARAMS)
+        s.evaluate("org", "m", [(0.0, 600.0)] * 50)
+        assert s.state("org", "m").pid is not None  # the default: a zygote does not grow with its rows
+
+
+def test_idle_zygotes_are_collected():
+    with Supervisor(Limits(timeout_s=2.0, idle_s=0.0)) as s:
+        s.register("org", "a", MISSION, MISSION_PARAMS)
+        s.register("org", "b", MISSION, MISSION_PARAMS)
+        s.evaluate("org", "a", [(0.0, 600.0)])
+        pid = s.state("org", "a").pid
+        assert pid is not None
+        s.evaluate("org", "b", [(0.0, 600.0)])  # collects a's idle zygote first
+        assert s.state("org", "a").pid is None
+        with pytest.raises(OSError):
+            os.kill(pid, 0)  # killed and reaped
+        assert s.collect_idle() in (0, 1)
+
+
+def test_row_processes_are_separate_and_gone():
+    """Each row in its own process: a row process that spins is killed with its zygote (the process group), and
+    no process of the condition outlives the request."""
+    src = "def condition(x):\n    while x > 0:\n        pass\n    return True\n"
+    with Supervisor(Limits(timeout_s=0.3, backoff_s=0.0)) as s:
+        s.register("org", "spin", src, ["x"])
+        assert s.evaluate("org", "spin", [(0,)] * 5) == [Status.TRUE] * 5
+        zygote = s.state("org", "spin").pid
+        with pytest.raises(EvaluationFailed) as e:
+            s.evaluate("org", "spin", [(0,), (1,)])
+        assert e.value.violation is Violation.TIMEOUT
+        deadline = time.monotonic() + 10  # SIGKILL is delivered at once; the orphan is reaped by init when it gets to it
+        while time.monotonic() < deadline:
+            alive = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == zygote and not _zombie(int(p))]
+            if not alive:
+                break
+            time.sleep(0.01)
+        assert alive == []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return proc_status(pid).get("State", "").startswith(("Z", "X"))
+    except OSError:
+        return True
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
