@@ -8,6 +8,9 @@
 2. Anonymized releases: the share of rows and households suppressed, the k, l, t achieved and the
    generalization chosen, for the dso (15 min) and supplier (1 h) defaults over one day. Baseline:
    suppression alone, without generalizing anything (the lattice's bottom node).
+3. Trajectory re-identification (P8): the share of households singled out by 3 known periods, and the chance
+   of naming a household's row, before (one pseudonym per household per release, as every level had) and after
+   (unlinked rows, every level but the custodian's), for 10 / 100 / 1,000 households. Baseline: 1/k.
 
     .venv/bin/python bench/privacy.py [--releases 200]
 """
@@ -20,13 +23,15 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import DEFAULT_LEVELS, WINDOW_SECONDS, PrivacyConfig  # noqa: E402
 from agent.privacy import dp  # noqa: E402
-from agent.privacy.anonymize import Refusal, anonymize  # noqa: E402
+from agent.privacy import linkage  # noqa: E402
+from agent.privacy.anonymize import Refusal, anonymize, release_day  # noqa: E402
 from agent.release.ledger import epsilon_of_rho  # noqa: E402
 from agent.privacy.synthetic import consumption_at, household_static, neighbourhood  # noqa: E402
 
@@ -160,9 +165,40 @@ def bench_anonymized() -> None:
                                if v in ("suppressed", "coarse")) or "none"
             if r["generalization"]["value_bin_w"] > rules.value_bin_w:
                 general += f",bins x{r['generalization']['value_bin_w'] // rules.value_bin_w}"
+            # unlinked rows (non-custodian levels) do not say how many households were left out
+            households = f"{r['households_suppressed'] / n:>8.1%}" if "households_suppressed" in r else f"{'-':>8}"
             print(f"{level:<9} {n:>10} {rows:>7} {r['rows_suppressed'] / rows:>10.1%} "
-                  f"{r['households_suppressed'] / n:>8.1%} {r['k']:>4} {r['l']:>3} {r['t']:>6.3f} {general:<28} "
+                  f"{households} {r['k']:>4} {r['l']:>3} {r['t']:>6.3f} {general:<28} "
                   f"{only:>13} {seconds:>7.2f}")
+
+
+def bench_linkage() -> None:
+    """P8: the trajectory re-identification rate of a day's release, before (one pseudonym per household:
+    the release every level got until now) and after (rows nothing links: every level but the custodian)."""
+    print("\nTrajectory re-identification over one day (agent/privacy/linkage.py): share of households singled "
+          "out by 3 known periods,\nthe chance of naming a household's row in another period (3 known periods; "
+          "the day's energy), beside the chance rate 1/k")
+    print(f"{'level':<9} {'households':>10}  {'linked: singled':>15} {'row':>6} {'energy':>6}  "
+          f"{'unlinked: singled':>17} {'row':>6} {'energy':>6}  {'1/k':>5}  {'default':<8} {'seconds':>7}")
+    for level in ("dso", "supplier"):
+        rules = DEFAULT_LEVELS[level].anonymized
+        res = WINDOW_SECONDS[rules.resolution]
+        for n in (10, 100, 1000):
+            series = neighbourhood(n, list(range(DAY, DAY + 86400, res)), seed=n)
+            started = time.perf_counter()
+            cells = []
+            for linkable in (True, False):
+                doc = release_day(series, replace(rules, linkable=linkable), resolution_s=res, level=level, day=DAY)
+                if "refused" in doc:
+                    cells.append(f"{'refused: ' + doc['refused']['requirement']:>29}")
+                    continue
+                known = linkage.targets(series, doc["report"], res)
+                rate, singled = linkage.trajectory_rate(doc["records"], known)
+                energy = linkage.energy_rate(doc["records"], known, doc["report"], res)
+                cells.append(f"{singled:>{15 if linkable else 17}.1%} {rate:>6.1%} {energy:>6.1%}")
+            default = "linked" if rules.linkable else "unlinked"
+            print(f"{level:<9} {n:>10}  {cells[0]}  {cells[1]}  {1 / rules.k:>5.1%}  {default:<8} "
+                  f"{time.perf_counter() - started:>7.1f}")
 
 
 def _suppression_only(series, rules, res, periods) -> str:
@@ -190,6 +226,7 @@ def main() -> int:
         bench_dp(args.releases)
     bench_release_cost()
     bench_anonymized()
+    bench_linkage()
     return 0
 
 
