@@ -108,3 +108,99 @@ def test_api_conforms_to_its_document(case, server):
     case.call_and_validate(base_url=base, headers={"Authorization": f"Bearer {tokens[role]}"},
                            checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                    response_schema_conformance])
+
+
+# --- the bodies of the one door (agent/release/), checked against the document ---------------------------------
+def _validator(name: str):
+    import jsonschema_rs
+
+    return jsonschema_rs.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
+                                               "components": SPEC["components"]})
+
+
+def _conforms(name: str, body) -> None:
+    errors = [str(e) for e in _validator(name).iter_errors(body)]
+    assert not errors, (name, body, errors[:3])
+
+
+async def test_released_bodies_and_refusals_are_what_the_document_says(tmp_path, start_agent):
+    """Exact (fine, derived, tag) and noisy (fine, derived) releases, history with refused windows, refusals and a
+    webhook, from a running agent on a stepped clock, each validated against its schema (strict: a field the
+    document does not name fails, as a removed one still named would)."""
+    import math
+    from datetime import datetime, timezone
+
+    from drivers.reading import Reading
+    from tests.conftest import StepClock
+    from tests.test_delivery import delivery_config
+
+    t0 = math.floor(1_790_000_000 / 3600) * 3600
+    clock = StepClock(t0 - 60)
+    running = await start_agent(make_config(tmp_path, delivery=delivery_config()), clock=clock)
+    dso_id, dso = await running.create_org("Grid", "dso")
+    supplier_id, supplier = await running.create_org("Supplier", "supplier")
+    few_id, few = await running.create_org("Small Grid", "dso")
+    homes = [await running.create_household() for _ in range(12)]
+    for i, (_, token) in enumerate(homes):
+        for org_id in (dso_id, supplier_id) + ((few_id,) if i < 3 else ()):
+            assert (await running.call("PUT", f"/households/me/consents/{org_id}/aggregates", token=token))[0] == 200
+    status, sub = await running.call("POST", "/data/subscribe", token=dso,
+                                     json={"endpoint": "http://127.0.0.1:9/hook", "interval": 1, "window": "1s"})
+    assert status == 201, sub
+    agent = running.agent
+    meters = [agent.registry.household(h).meter_id for h, _ in homes]
+    for minute in range(61):  # a reading a minute (held over between), an hour decided minute by minute
+        clock.now = t0 + minute * 60 + 0.5
+        when = datetime.fromtimestamp(clock.now, timezone.utc)
+        for i, meter in enumerate(meters):
+            agent.ingest_http(Reading(meter_id=meter, timestamp=when, received_at=when, power_import_w=300.0 + i,
+                                      power_export_w=50.0, channels={"fridge": 40.0 + i}))
+        await agent.releases.settle()
+
+    bodies = {}
+    for name, key, query in (("exact 1s", dso, "window=1s"), ("exact 1h", dso, "window=1h"),
+                             ("exact tag 1m", dso, "window=1m&tag=fridge"), ("noisy 15m", supplier, "window=15m"),
+                             ("noisy 1h", supplier, "window=1h")):
+        status, body = await running.call("GET", f"/data?{query}", token=key)
+        assert status == 200, (name, body)
+        _conforms("Aggregate", body)
+        bodies[name] = body
+    assert bodies["exact 1h"]["privacy"] == {"kind": "exact", "derived_from": "4 x 15m"}
+    assert bodies["exact 1h"]["households_max"] >= bodies["exact 1h"]["households"]
+    assert bodies["exact tag 1m"]["mean_w"] is not None and bodies["noisy 1h"]["privacy"]["kind"] == "noisy"
+    status, body = await running.call("GET", "/data/dp?window=15m", token=supplier)
+    assert status == 200 and body == bodies["noisy 15m"]
+    for key, query in ((dso, f"window=15m&since={t0 - 1800}&until={t0 + 3600}"),
+                       (supplier, f"window=15m&since={t0 - 1800}&until={t0 + 3600}"),
+                       (dso, f"window=1m&tag=fridge&since={t0 - 120}&until={t0 + 600}")):
+        status, history = await running.call("GET", f"/data?{query}", token=key)
+        assert status == 200 and history["released"] and history["refused"], history
+        _conforms("AggregateHistory", history)
+    # refusals: a cohort too small (with its counts), a window not decided yet, an exact level asking for noise
+    status, refused = await running.call("GET", "/data?window=1s", token=few)
+    assert status == 409 and refused["error"] == "cohort_too_small" and refused["missing"] == 7, refused
+    _conforms("Refusal", refused)
+    status, refused = await running.call("GET", f"/data?window=1s&since={t0 - 70}&until={t0 - 60}", token=dso)
+    assert status == 200 and not refused["released"]  # before the device started
+    assert {r["error"] for r in refused["refused"]} == {"not_released"}
+    _conforms("AggregateHistory", refused)
+    status, error = await running.call("GET", "/data/dp?window=15m", token=dso)
+    assert status == 403 and error["error"] == "not_noisy"
+    _conforms("Error", error)
+    message = agent.delivery.outboxes[sub["id"]].head()  # never delivered: nothing listens on port 9
+    assert message is not None and message.payload["aggregate"]["privacy"] == {"kind": "exact"}
+    _conforms("WebhookMessage", {**message.payload, "sequence": 1})
+
+
+def test_the_first_designs_fields_are_gone_from_the_document():
+    text = json.dumps(SPEC)
+    for gone in ("epsilon_per_day", "epsilon_remaining", "renews_at", "budget_exhausted", "dominated", "max_share",
+                 "dp_only", "DPAggregate", "Budget"):
+        assert gone not in text, gone
+    dp_params = {p["name"] for p in SPEC["paths"]["/data/dp"]["get"]["parameters"]}
+    assert dp_params == {"window", "tag", "since", "until"}  # no clamp_w: the clamp is the level's
+    aggregate = SPEC["components"]["schemas"]["Aggregate"]
+    assert "privacy" in aggregate["required"] and "suppressed" not in aggregate["properties"]
+    refusals = set(SPEC["components"]["schemas"]["Refusal"]["properties"]["error"]["enum"])
+    assert {"cohort_too_small", "isolating", "not_settled", "not_released", "incomplete",
+            "storage_error"} <= refusals

@@ -58,6 +58,63 @@ OBJ = {"type": "object"}
 RELATED = {"type": "array", "items": STRING, "uniqueItems": True, "maxItems": 100,
            "description": "organization ids this household is related to (an employee's home, a test meter): it "
                           "never counts toward their k_min"}
+# What GET /data, GET /data/dp and webhooks carry: one window's recorded release (agent/release/records.py).
+DERIVED = {"type": "string", "pattern": "^[0-9]+ x (1s|1m|15m)$",
+           "description": "wider windows only: the released finer windows this one is derived from (their sum)"}
+PRIVACY_EXACT = {"type": "object", "required": ["kind"], "additionalProperties": False,
+                 "properties": {"kind": {"const": "exact"}, "derived_from": DERIVED},
+                 "description": "an exact level's audited exact sums"}
+PRIVACY_NOISY = {"type": "object", "additionalProperties": False,
+                 "required": ["kind", "mechanism", "clamp_w", "scale", "noise_sd_w", "rho", "guarantee",
+                              "households", "quantities"],
+                 "properties": {"kind": {"const": "noisy"},
+                                "mechanism": {"enum": ["discrete_gaussian", "discrete_laplace"]},
+                                "clamp_w": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                                            "minItems": 2, "maxItems": 2,
+                                            "description": "[0, U]: the level's fixed clamp of one household's "
+                                                           "mean power, in watts (never the caller's choice)"},
+                                "scale": {"type": "number"},
+                                "noise_sd_w": {"type": "number", "description": "of each released number"},
+                                "rho": {"type": "number", "description": "zCDP loss each household of the "
+                                                                         "cohort bears for this window"},
+                                "guarantee": STRING, "households": STRING,
+                                "quantities": {"type": "integer", "minimum": 1, "maximum": 2},
+                                "derived_from": DERIVED},
+                 "description": "a noisy level's release: one OpenDP draw per window, shared, charged to the "
+                                "per-household ledger ([privacy] horizon_days, cap_rho)"}
+AGGREGATE_PROPERTIES = {
+    "window": {"enum": ["1s", "1m", "15m", "1h"]}, "window_start": TIME, "window_end": TIME,
+    "households": {"type": "integer", "minimum": 1,
+                   "description": "exact: consenting households with data (a household silent a few seconds is "
+                                  "held at its last values); noisy: every consenting household that can bear the "
+                                  "release on its ledger (a silent one counts 0); wider windows: the fewest of "
+                                  "their finer windows"},
+    "tag": _nullable("string"),
+    "consumption_w": {"type": "number", "description": "sum of the households' mean power (noisy: may be "
+                                                       "negative)"},
+    "production_w": NUMBER_OR_NULL, "net_w": NUMBER_OR_NULL,
+    "energy_import_wh": {"type": "number"}, "energy_export_wh": NUMBER_OR_NULL,
+    "privacy": {"$ref": "#/components/schemas/Privacy"},
+}
+AGGREGATE_OPTIONAL = {
+    "mean_w": {**NUMBER_OR_NULL, "description": "tags only: consumption_w over households"},
+    "households_max": {"type": "integer", "minimum": 1,
+                       "description": "wider windows only: the most households in any of their finer windows"},
+}
+REFUSALS = {
+    "cohort_too_small": "fewer than k_min households (not related to the organization) in the cohort",
+    "isolating": "with sums already released for the same period, this one would single out a household "
+                 "(the audit of exact sums)",
+    "audit_resuming": "exact windows wait one audit period after a restart",
+    "not_settled": "the window has not ended, or a consent change it depends on is still being written",
+    "not_released": "the window was never decided (before the device started, while it was down, or too old)",
+    "incomplete": "a shorter window inside this one was not released",
+    "storage_error": "the release could not be written durably",
+    "dp_unavailable": "a noisy level on a device without OpenDP",
+}
+REFUSAL_PROPERTIES = {"error": {"enum": list(REFUSALS)}, "detail": STRING,
+                      "households": {"type": "integer", "minimum": 0},
+                      "missing": {"type": "integer", "minimum": 1}}
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error", "detail"],
               "properties": {"error": STRING, "detail": STRING, "households": {"type": "integer"},
@@ -150,23 +207,26 @@ SCHEMAS = {
                                    "properties": {"name": STRING, "unit": STRING,
                                                   "level": {"enum": ["household", "neighborhood"]},
                                                   "description": STRING, "permitted": {"type": "boolean"}}}}}},
-    "Aggregate": {"type": "object",
-                  "required": ["window", "window_start", "window_end", "households", "consumption_w"],
-                  "properties": {"window": {"enum": ["1s", "1m", "15m", "1h"]}, "window_start": TIME,
-                                 "window_end": TIME, "households": {"type": "integer", "minimum": 1},
-                                 "tag": _nullable("string"), "consumption_w": {"type": "number"},
-                                 "production_w": NUMBER_OR_NULL, "net_w": NUMBER_OR_NULL,
-                                 "energy_import_wh": {"type": "number"}, "energy_export_wh": NUMBER_OR_NULL,
-                                 "mean_w": {"type": "number"},
-                                 "suppressed": {"type": "array", "items": STRING,
-                                                "description": "fields left out (null): one household would "
-                                                               "make up more than max_share of that total"}}},
-    "AggregateHistory": {"type": "object", "required": ["window", "released", "refused"],
-                         "properties": {"window": STRING, "tag": _nullable("string"),
+    "Aggregate": {"type": "object", "required": list(AGGREGATE_PROPERTIES), "additionalProperties": False,
+                  "properties": {**AGGREGATE_PROPERTIES, **AGGREGATE_OPTIONAL},
+                  "description": "One window's release, as recorded once when the window settled: every answer "
+                                 "for it (live, history, GET /data/dp, a webhook) is this record"},
+    "Privacy": {"oneOf": [PRIVACY_EXACT, PRIVACY_NOISY]},
+    "Refusal": {"type": "object", "required": ["error", "detail"], "additionalProperties": False,
+                "properties": REFUSAL_PROPERTIES,
+                "description": "A window not released, and why: " + "; ".join(f"{k}: {v}" for k, v in
+                                                                              REFUSALS.items())
+                               + ". households and missing only for cohort_too_small without a tag"},
+    "AggregateHistory": {"type": "object", "required": ["window", "tag", "released", "refused"],
+                         "additionalProperties": False,
+                         "properties": {"window": {"enum": ["1s", "1m", "15m", "1h"]}, "tag": _nullable("string"),
                                         "released": {"type": "array", "items": _ref("Aggregate")},
                                         "refused": {"type": "array", "items": {
-                                            "type": "object", "properties": {"window_start": TIME,
-                                                                             "error": STRING, "detail": STRING}}}}},
+                                            "type": "object", "required": ["window_start", "error", "detail"],
+                                            "additionalProperties": False,
+                                            "properties": {"window_start": TIME, **REFUSAL_PROPERTIES}}}},
+                         "description": "Every decided window from since to until, from the release log; windows "
+                                        "not yet decided are left out"},
     "SubscribeIn": {"type": "object", "required": ["endpoint", "interval"], "additionalProperties": False,
                     "properties": {"endpoint": {"type": "string", "description": "https:// URL"},
                                    "interval": {"type": "number", "minimum": 1, "maximum": 86400},
@@ -199,8 +259,14 @@ SCHEMAS = {
                        "properties": {"type": {"enum": ["aggregate", "heartbeat", "gap"]},
                                       "sequence": {"type": "integer", "minimum": 1},
                                       "subscription_id": STRING, "window": STRING, "window_start": TIME,
-                                      "window_end": TIME, "aggregate": _ref("Aggregate"),
-                                      "released": {"type": "boolean"}, "reason": STRING,
+                                      "window_end": TIME, "aggregate": {
+                                          "type": "object", "additionalProperties": False,
+                                          "required": ["window", "window_start", "window_end", "tag"],
+                                          "properties": {**AGGREGATE_PROPERTIES, **AGGREGATE_OPTIONAL},
+                                          "description": "the Aggregate record, projected to the filter's "
+                                                         "fields (window, window_start, window_end and tag "
+                                                         "always kept)"},
+                                      "released": {"type": "boolean"}, "reason": {"enum": list(REFUSALS)},
                                       "lost_windows": {"type": "integer"}, "from": _nullable("string"),
                                       "to": _nullable("string"), "detail": STRING}},
     "AnonymizedRecord": {"type": "object",
@@ -226,20 +292,6 @@ SCHEMAS = {
     "AnonymizedRelease": {"type": "object", "required": ["records", "report"],
                           "properties": {"records": {"type": "array", "items": _ref("AnonymizedRecord")},
                                          "report": _ref("PrivacyReport")}},
-    "Budget": {"type": "object", "required": ["epsilon_per_day", "epsilon_spent", "epsilon_remaining", "renews_at"],
-               "properties": {"epsilon_per_day": {"type": "number"}, "epsilon_spent": {"type": "number"},
-                              "epsilon_remaining": {"type": "number"}, "renews_at": TIME, "unit": STRING,
-                              "composition": STRING}},
-    "DPAggregate": {"allOf": [_ref("Aggregate"), {"type": "object", "required": ["dp"], "properties": {
-        "dp": {"type": "object", "required": ["epsilon", "unit", "guarantee"],
-               "properties": {"epsilon": {"type": "number"}, "delta": {"type": "number"}, "unit": STRING,
-                              "guarantee": STRING, "noisy": {"type": "array", "items": STRING},
-                              "per_quantity": OBJ}},
-        "budget": _ref("Budget")}}]},
-    "DPHistory": {"type": "object", "required": ["window", "released", "refused", "budget"],
-                  "properties": {"window": STRING, "tag": _nullable("string"),
-                                 "released": {"type": "array", "items": _ref("DPAggregate")},
-                                 "refused": {"type": "array", "items": OBJ}, "budget": _ref("Budget")}},
     "Audit": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": {
         "type": "object", "required": ["at", "who", "role", "action"],
         "properties": {"at": {"type": "number"}, "who": STRING, "role": STRING, "action": STRING}}}}},
@@ -259,6 +311,8 @@ def _json(schema: str, description: str = "OK") -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
+REFUSED = {"description": "Not released (the record says why; nothing else is told)",
+           "content": {"application/json": {"schema": _ref("Refusal")}}}
 AUTH_ERRORS = {"401": _error("No valid token"), "403": _error("The token may not use this endpoint"),
                "429": _error("Too many bad tokens from this address")}
 
@@ -405,14 +459,15 @@ def build_spec() -> dict:
                                    "caller: channel parameters for exactly the device's tag vocabulary ([privacy] "
                                    "tags), whatever households carry", ANYONE,
                                    {"200": _json("Parameters")}, tag="organization")},
-        "/data": {"get": _op("Neighbourhood aggregates over consenting households", ORG,
-                             {"200": {"description": "The last closed window, or history with since/until",
+        "/data": {"get": _op("Neighbourhood aggregates over consenting households, as released once per window "
+                             "(exact at exact levels, OpenDP noise at noisy ones)", ORG,
+                             {"200": {"description": "The newest decided window, or with since/until every "
+                                                     "decided window in the span (from the release log)",
                                       "content": {"application/json": {"schema": {
                                           "oneOf": [_ref("Aggregate"), _ref("AggregateHistory")]}}}}},
                              params=data_query, extra_errors={
-                                 "400": _error("Bad parameter"),
-                                 "409": _error("Not released: cohort too small or dominated"),
-                                 "503": _error("A dp-only level on a device without OpenDP")},
+                                 "400": _error("Bad parameter, or a tag outside the vocabulary (unknown_tag)"),
+                                 "409": REFUSED},
                              tag="organization")},
         "/data/anonymized": {"get": _op(
             "Per-household data of consenting households, generalized and suppressed to the level's k, l, t; "
@@ -424,18 +479,20 @@ def build_spec() -> dict:
                           "409": _error("The level's k, l or t cannot be met; says which")},
             tag="organization")},
         "/data/dp": {"get": _op(
-            "Differentially private neighbourhood sums (OpenDP: clamp, sum, discrete Laplace or Gaussian), "
-            "charged to the organization's daily privacy budget", ORG,
-            {"200": {"description": "The last closed window, or history with since/until",
+            "A noisy level's releases (the same records GET /data answers with): OpenDP's clamp, sum and discrete "
+            "Gaussian (or Laplace) with the level's fixed clamp, drawn once per window and shared by every "
+            "organization of the level with the same cohort, charged to each household's ledger", ORG,
+            {"200": {"description": "The newest decided window, or history with since/until",
                      "content": {"application/json": {"schema": {
-                         "oneOf": [_ref("DPAggregate"), _ref("DPHistory")]}}}}},
-            params=[_query("window", {"enum": ["15m", "1h"]}), data_query[1], data_query[2], data_query[3],
-                    _query("clamp_w", {"type": "integer", "minimum": 1, "maximum": 1000000},
-                           "the declared bound per household, in watts (default: the level's)")],
-            extra_errors={"400": _error("Bad parameter"), "409": _error("Not released: cohort too small"),
-                          "503": _error("OpenDP is not available on this device")},
+                         "oneOf": [_ref("Aggregate"), _ref("AggregateHistory")]}}}}},
+            params=[_query("window", {"enum": ["1s", "1m", "15m", "1h"]}, "default: the level's finest"),
+                    *data_query[1:]],
+            extra_errors={"400": _error("Bad parameter, or a tag outside the vocabulary (unknown_tag)"),
+                          "409": REFUSED,
+                          "503": _error("OpenDP is not available on this device (dp_unavailable)")},
             tag="organization")},
-        "/data/subscribe": {"post": _op("Subscribe to aggregates pushed as Standard Webhooks; the secret is shown once",
+        "/data/subscribe": {"post": _op("Subscribe to aggregates pushed as Standard Webhooks (each window's recorded "
+                                        "release, exact or noisy by the level); the secret is shown once",
                                         ORG, {"201": _json("SubscriptionCreated", "Subscribed")}, body="SubscribeIn",
                                         tag="organization")},
         "/data/subscriptions": {"get": _op("The organization's subscriptions", ORG, {"200": _json("Subscriptions")},
