@@ -82,13 +82,10 @@ class WebhookReceiver:
         self.received += 1
         message = json.loads(body)
         if message["type"] == "aggregate":
-            a = message["aggregate"]
-            if a.get("production_w") is None:  # one roof would dominate the export (dawn, dusk): left out
-                rest = "production and net withheld (one household would dominate)"
-            else:
-                rest = f"production {a['production_w'] / 1000:.2f} kW, net {a['net_w'] / 1000:+.2f} kW"
+            a = message["aggregate"]  # the window's one recorded release (agent/release/)
             print(f"{datetime.now():%H:%M:%S}  webhook #{message['sequence']} (signature ok) to Demo Energy Co: "
-                  f"{a['households']} households, consumption {a['consumption_w'] / 1000:.2f} kW, {rest}",
+                  f"{a['households']} households, consumption {a['consumption_w'] / 1000:.2f} kW, production "
+                  f"{a['production_w'] / 1000:.2f} kW, net {a['net_w'] / 1000:+.2f} kW ({a['privacy']['kind']})",
                   flush=True)
         return web.Response(status=204)
 
