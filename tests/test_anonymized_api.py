@@ -82,15 +82,16 @@ class Town:
             self.homes.append((household_id, token, meter))
         return self
 
-    async def post_day(self) -> None:
+    async def post_day(self, hours: range = range(25), settle: bool = True) -> None:
         """One reading per household per hour, one more after midnight so every rollup closes, then the clock
         moves past the day's settling time."""
-        for hour in HOURS + [DAY + 86400]:
+        for hour in (DAY + h * 3600 for h in hours):
             self.clock.now = hour + 10
             for (_, _, meter), (static, values) in zip(self.homes, self.truth):
                 self.running.agent.ingest_http(reading(meter, self.clock.now, static, values.get(hour, 300.0)))
-        self.clock.now = DAY + 86400 + SETTLE_S + 60
-        await self.written()
+        if settle:
+            self.clock.now = DAY + 86400 + SETTLE_S + 60
+            await self.written()
 
     async def written(self) -> None:
         """Wait for the store to have written what was posted (a flush of a day for 46 meters takes seconds on a
@@ -111,10 +112,14 @@ class Town:
 
 
 @pytest.fixture
-async def town(tmp_path, start_agent):
-    town = await Town(start_agent, make_config(tmp_path), StepClock(DAY - 600), synthetic_day(45, seed=7)).up()
-    await town.post_day()
-    return town
+async def quiet_town(tmp_path, start_agent):
+    return await Town(start_agent, make_config(tmp_path), StepClock(DAY - 600), synthetic_day(45, seed=7)).up()
+
+
+@pytest.fixture
+async def town(quiet_town):
+    await quiet_town.post_day()
+    return quiet_town
 
 
 def multiset(records: list[dict]) -> Counter:
@@ -188,6 +193,30 @@ async def test_two_overlapping_requests_relink_nothing(town):
     inside = {iso(p) for p in range(DAY + 10 * 3600, DAY + 14 * 3600, 900)}
     assert multiset([r for r in one["records"] if r["period_start"] in inside]) == \
         multiset([r for r in two["records"] if r["period_start"] in inside])
+
+
+async def test_two_organizations_one_household_apart_difference_out_nothing(quiet_town):
+    """P5 applied to anonymized rows: two suppliers (or one registered twice) whose cohorts differ by one
+    household would read that household's rows as the difference of their releases. Those periods are
+    withheld from both; where the cohorts are the same, both get the one record."""
+    town = quiet_town
+    await town.post_day(range(12), settle=False)
+    town.clock.now = DAY + 12 * 3600 + 5  # one household leaves the second supplier at noon
+    status, _ = await town.running.call("DELETE", f"/households/me/consents/{town.orgs['supplier2'][0]}/{SERVICE}",
+                                        token=town.homes[0][1])
+    assert status == 200
+    await town.post_day(range(12, 25))
+    status, one = await town.ask("supplier")
+    assert status == 200, one
+    status, two = await town.ask("supplier2")
+    assert status == 200, two
+    afternoon = {iso(p) for p in HOURS[12:]}
+    assert one["report"]["days"][0]["withheld_periods"] == sorted(afternoon)
+    assert not any(r["period_start"] in afternoon for r in one["records"] + two["records"])
+    assert multiset(one["records"]) == multiset(two["records"]) and one["records"]  # the morning: one record
+    # the custodian is not held back by other organizations' cohorts
+    status, dso = await town.ask("dso")
+    assert status == 200 and {r["period_start"] for r in dso["records"]} & afternoon
 
 
 # --- P9: a narrower range never returns what the day's release suppressed -----------------------------------------

@@ -138,6 +138,9 @@ async def day_release(agent, org_id: str, level, res: int, day: int) -> dict:
     is computed: their organization knows them, and they would only help it isolate the others."""
     periods = day_periods(day, res)
     cohorts = {p: agent.registry.cohort(org_id, SERVICE, p, p + res) for p in periods}
+    withheld = [] if level.anonymized.linkable else _too_close(agent, org_id, level, cohorts, res)
+    for period in withheld:
+        cohorts[period] = set()
     members = set().union(*cohorts.values())
     digest = hashlib.sha256(json.dumps({str(p): sorted(c) for p, c in cohorts.items()},
                                        sort_keys=True).encode()).hexdigest()[:32]
@@ -147,9 +150,33 @@ async def day_release(agent, org_id: str, level, res: int, day: int) -> dict:
 
     def compute() -> dict:
         series = _gather(agent, households, cohorts, periods, res, timelines)
-        return release_day(series, level.anonymized, resolution_s=res, level=level.name, day=day)
+        doc = release_day(series, level.anonymized, resolution_s=res, level=level.name, day=day)
+        if withheld and "report" in doc:
+            doc["report"]["withheld_periods"] = [_iso(p) for p in withheld]
+            doc["report"]["withheld_because"] = ("another organization's cohort differs from this one by fewer "
+                                                 "than k households in these periods")
+        return doc
 
     return await agent.releases.once(KIND, key, compute)
+
+
+def _too_close(agent, org_id: str, level, cohorts: dict[int, set[str]], res: int) -> list[int]:
+    """The periods in which another organization's unlinked release would be made from a cohort that differs
+    from this one by fewer than k households: the two releases' difference would be those few households' rows
+    (their trajectory). Such periods are withheld from both; identical cohorts share one record instead. Past
+    periods' cohorts never change, so the decision is the same whenever and by whomever it is asked."""
+    k = level.anonymized.k
+    close = set()
+    for other in list(agent.registry.organizations.values()):
+        other_level = agent.config.levels.get(other.level)
+        if other.id == org_id or other_level is None or other_level.anonymized.k == 0 \
+                or other_level.anonymized.linkable:  # the custodian holds every reading anyway
+            continue
+        for period, mine in cohorts.items():
+            theirs = agent.registry.cohort(other.id, SERVICE, period, period + res)
+            if 0 < len(mine ^ theirs) < max(k, other_level.anonymized.k) and (mine or theirs):
+                close.add(period)
+    return sorted(close)
 
 
 def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int], res: int,
