@@ -202,7 +202,7 @@ def main() -> None:
         report(f"shared interpreter (before), batch of {n:,}", per_row, cpu)
     forks, fork_cpu = fork_per_evaluation(reps[1])
     report("fork per evaluation of this process (baseline)", forks, fork_cpu)
-    limits = Limits(max_evaluations=10**9, timeout_per_row_s=0.05, max_timeout_s=120.0, cpu_s=3600,
+    limits = Limits(max_evaluations=10**9, timeout_s=30.0, timeout_per_row_s=0.05, max_timeout_s=600.0, cpu_s=3600,
                     cpu_budget_fraction=2.0)
     first = min(os.sched_getaffinity(0))
     results = {}

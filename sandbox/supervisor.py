@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import fcntl
-import importlib.util
 import math
 import os
 import select
@@ -152,12 +151,20 @@ def _high_pipe() -> tuple[int, int]:
     return fds[0], fds[1]
 
 
-def _paths() -> tuple[str, str]:
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.find_spec("pyseccomp")
-    if spec is None or not spec.origin:
-        raise SandboxUnavailable(protocol.LOCKDOWN_STEPS[protocol.STEP_IMPORT])
-    return package_parent, os.path.dirname(os.path.abspath(spec.origin))
+def _package_parent() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _programs() -> tuple[bytes, bytes]:
+    """The zygote's and the row processes' seccomp programs (sandbox.filters, built once here in the parent)."""
+    from sandbox import filters
+
+    try:
+        return filters.programs()
+    except ImportError as exc:
+        raise SandboxUnavailable(protocol.LOCKDOWN_STEPS[protocol.STEP_IMPORT]) from exc
+    except Exception as exc:  # libseccomp refused: it asks the kernel which actions it supports
+        raise SandboxUnavailable(protocol.LOCKDOWN_STEPS[protocol.STEP_SECCOMP]) from exc
 
 
 _SIGDEF = tuple(s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP))
@@ -173,10 +180,11 @@ def spawn_worker(limits: Limits, executable: str | None = None) -> "WorkerProces
     from sandbox.worker import BOOTSTRAP
 
     exe = executable or sys.executable
-    package_parent, seccomp_dir = _paths()
+    zygote_program, child_program = _programs()
     argv = [
-        exe, "-I", "-S", "-B", "-c", BOOTSTRAP, package_parent, seccomp_dir,
+        exe, "-I", "-S", "-B", "-c", BOOTSTRAP, _package_parent(),
         str(os.getpid()), str(limits.memory_bytes), str(limits.cpu_s), str(limits.worker_uid), str(limits.worker_gid),
+        zygote_program.hex(), child_program.hex(),
     ]
     req_r, req_w = _high_pipe()
     ans_r, ans_w = _high_pipe()

@@ -3,14 +3,15 @@ window or organization has touched.
 
 The supervisor starts one zygote per trigger (a fresh interpreter, never a fork of the agent) as::
 
-    python -I -S -B -c BOOTSTRAP <sandbox parent dir> <pyseccomp dir> <parent pid> <memory bytes> <cpu s> <uid> <gid>
+    python -I -S -B -c BOOTSTRAP <sandbox parent dir> <parent pid> <memory bytes> <cpu s> <uid> <gid> \
+        <zygote's BPF program, hex> <row process's BPF program, hex>
 
 with an empty environment, fd 0 = request pipe, fd 1 = answer pipe, fd 2 = /dev/null. ``-S`` disables
-site, so BOOTSTRAP puts the two directories from argv on sys.path (nothing comes from the environment).
+site, so BOOTSTRAP puts the directory from argv on sys.path (nothing comes from the environment). The two
+seccomp programs are built by the parent (sandbox.filters): no libseccomp in the zygote.
 
 The zygote: pre-imports what conditions may use (and what the compiler needs: unicodedata for non-ASCII
-identifiers), loads libc and libseccomp, exports the row processes' filter to BPF, notes where the vDSO is,
-then locks itself down (sandbox.lockdown: unprivileged uid/gid when root, PR_SET_PDEATHSIG, PR_SET_DUMPABLE(0),
+identifiers), loads libc, notes where the vDSO is, then locks itself down (sandbox.lockdown: unprivileged uid/gid when root, PR_SET_PDEATHSIG, PR_SET_DUMPABLE(0),
 every fd closed but 0 and 1, rlimits, PR_SET_NO_NEW_PRIVS, its seccomp filter). Only then does it read a LOAD
 request, and it only *compiles* the source: it never executes a condition and never reads a row. If any step
 fails it answers LOCKDOWN_FAILED | step to the first request and exits.
@@ -42,7 +43,7 @@ import sys
 
 from sandbox import protocol
 
-BOOTSTRAP = "import sys; sys.path[:0] = sys.argv[1:3]; from sandbox.worker import main; main(sys.argv[3:])"
+BOOTSTRAP = "import sys; sys.path[:0] = sys.argv[1:2]; from sandbox.worker import main; main(sys.argv[2:])"
 
 # What a condition may import (pre-imported before the lockdown: importing later needs openat).
 ALLOWED_MODULE_NAMES = ("math", "statistics", "datetime")
@@ -328,6 +329,7 @@ def _serve_failure(failed_step: int) -> None:
 
 def main(argv: list[str]) -> None:
     parent_pid, memory_bytes, cpu_s, uid, gid = (int(a) for a in argv[:5])
+    zygote_program, child_program = (bytes.fromhex(a) for a in argv[5:7])
     failed_step = protocol.STEP_IMPORT
     zygote = None
     try:
@@ -337,15 +339,10 @@ def main(argv: list[str]) -> None:
 
         modules = _preimport()
         builtins_dict = _safe_builtins(modules)
-        libc, pyseccomp = lockdown.load_libraries()
-        try:
-            child_filter = lockdown.export_filter(lockdown.build_child_filter(pyseccomp))
-        except Exception as exc:  # libseccomp asks the kernel which actions it supports
-            raise lockdown.LockdownError(protocol.STEP_SECCOMP) from exc
-        zygote = Zygote(libc, child_filter, _vdso_regions(), builtins_dict)
-        lockdown.lock_down(
-            libc, pyseccomp, parent_pid=parent_pid, uid=uid, gid=gid, memory_bytes=memory_bytes, cpu_s=cpu_s
-        )
+        libc = lockdown.load_libc()
+        zygote = Zygote(libc, lockdown.CompiledFilter(child_program), _vdso_regions(), builtins_dict)
+        lockdown.lock_down(libc, lockdown.CompiledFilter(zygote_program), parent_pid=parent_pid, uid=uid, gid=gid,
+                           memory_bytes=memory_bytes, cpu_s=cpu_s)
         gc.disable()  # the zygote's own garbage is small; row processes enable it again
         failed_step = 0
     except BaseException as exc:

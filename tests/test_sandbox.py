@@ -32,7 +32,7 @@ from sandbox import (
     too_slow,
 )
 from sandbox import protocol
-from sandbox.lockdown import ALLOWED_SYSCALLS, CHILD_SYSCALLS, ZYGOTE_SYSCALLS
+from sandbox.filters import ALLOWED_SYSCALLS, CHILD_SYSCALLS, ZYGOTE_SYSCALLS
 
 MISSION = textwrap.dedent("""\
     def condition(neighborhood_power_consumption, neighborhood_power_production):

@@ -40,6 +40,8 @@ from tests.test_sandbox import MISSION, MISSION_PARAMS  # noqa: E402  the MISSIO
 BYSTANDER_ROWS = [(100.0, 700.0), (100.0, 500.0), (0.0, 501.0)]
 BYSTANDER_EXPECTED = [Status.TRUE, Status.FALSE, Status.TRUE]
 SECRET = "edge-test-secret-3f9a1c"
+# This architecture's number of clock_gettime, as libseccomp names it (the hostile sources call it directly).
+CLOCK_GETTIME_NR = __import__("pyseccomp").resolve_syscall(0, "clock_gettime")
 
 # Recycling (after max_evaluations, or cpu_s/2 seconds busy: tested in test_sandbox.py) is kept out of the way: on a
 # slow machine (this suite under QEMU TCG on aarch64: image/test-sandbox-arm64.sh) the bystanders' workers reach
@@ -79,7 +81,7 @@ class Case:
     def source(self, canary: str, parent: int, bystander: int) -> str:
         text = textwrap.dedent(self.body).replace("CANARY_DIR", repr(os.path.dirname(canary))).replace("CANARY", repr(canary))
         text = text.replace("PARENT", str(parent)).replace("BYSTANDER", str(bystander))
-        text = text.replace("SECRET", repr(SECRET))
+        text = text.replace("SECRET", repr(SECRET)).replace("CLOCK_GETTIME_NR", str(CLOCK_GETTIME_NR))
         # the attacker's helpers only where used, so that cases without dunders reach the trial at upload
         prelude = PRELUDE if any(h in text for h in ("_os(", "_sys(", "_mod(", "_libc(", "_type(", "_loop")) else ""
         if text.startswith("module:"):
@@ -173,15 +175,15 @@ CASES = [
     case("monotonic clock via the time module", "return _mod('time').monotonic() > 0", CRASHED),
     case("datetime.now of the real class", "return _mod('datetime').datetime.now().year > 2000", CRASHED),
     case("CPU clock of the parent, system call",
-         "c = _mod('ctypes')\nts = (c.c_long * 2)()\nnr = _mod('pyseccomp').resolve_syscall(0, 'clock_gettime')\n"
+         "c = _mod('ctypes')\nts = (c.c_long * 2)()\nnr = CLOCK_GETTIME_NR\n"
          "return _libc().syscall(nr, c.c_int((~PARENT << 3) | 2), ts) == 0", SECCOMP),
     case("CPU clock of the parent, libc", "c = _mod('ctypes')\nts = (c.c_long * 2)()\n"
          "return _libc().clock_gettime(c.c_int((~PARENT << 3) | 2), ts) == 0", SECCOMP, CRASHED),
     case("CPU clock of another worker", "c = _mod('ctypes')\nts = (c.c_long * 2)()\n"
-         "nr = _mod('pyseccomp').resolve_syscall(0, 'clock_gettime')\n"
+         "nr = CLOCK_GETTIME_NR\n"
          "return _libc().syscall(nr, c.c_int((~BYSTANDER << 3) | 2), ts) == 0", SECCOMP),
     case("monotonic clock, system call", "c = _mod('ctypes')\nts = (c.c_long * 2)()\n"
-         "nr = _mod('pyseccomp').resolve_syscall(0, 'clock_gettime')\n"
+         "nr = CLOCK_GETTIME_NR\n"
          "return _libc().syscall(nr, 1, ts) == 0", SECCOMP),
     case("getpid", "return _os()['getpid']() > 0", SECCOMP),
     case("os._exit", "_os()['_exit'](0)", PROTOCOL),  # no chunk: the zygote's trailer comes early
