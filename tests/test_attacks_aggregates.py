@@ -920,3 +920,26 @@ async def test_p5_tag_sums_two_organizations_and_a_channel_that_stops(town):
     # the attacker's arithmetic on whatever was released: no two fridge sums one household apart
     sums = [b["consumption_w"] for released, _ in answers.values() for b in released.values()]
     assert sums and not any(abs(abs(s1 - s2) - (40.0 + 11)) < 1e-3 for s1 in sums for s2 in sums)
+
+
+async def test_p6_ledger_cap_holds_when_every_organization_asks_at_once(make_town):
+    """Concurrency: each quarter is decided by whichever of 18 simultaneous requests (three per organization,
+    live and history, /data and /data/dp) comes first; still 8 releases with the targets, and the same answers
+    for every request."""
+    import asyncio
+
+    town, orgs, loud, silent = await ledger_town(make_town)
+    start = await town.to_next(QUARTER)
+    for q in range(3):
+        await town.post(loud, 999_999.0)
+        town.clock.step(QUARTER)
+        window = start + q * QUARTER
+        got = await asyncio.gather(*[
+            town.data(key, query, path) for _, key in orgs for query, path in (
+                ("window=15m", "/data"), ("window=15m", "/data/dp"),
+                (f"window=15m&since={window}&until={window + QUARTER}", "/data"))])
+        for i in range(0, len(got), 3):
+            live, dp_live, history = got[i:i + 3]
+            assert live == dp_live and live[0] == 200 and history[1]["released"] == [live[1]]
+    counts = [b["households"] for _, key in orgs for b in await town.windows(key, "15m", start, start + 3 * QUARTER)]
+    assert counts.count(12) == 8 and set(counts) == {10, 12}, counts
