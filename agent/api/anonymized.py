@@ -17,6 +17,7 @@ import bisect
 import hashlib
 import json
 import math
+import weakref
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -137,10 +138,7 @@ async def day_release(agent, org_id: str, level, res: int, day: int) -> dict:
     Households the operator marked as related to any organization (employees, test meters) are left out when it
     is computed: their organization knows them, and they would only help it isolate the others."""
     periods = day_periods(day, res)
-    cohorts = {p: agent.registry.cohort(org_id, SERVICE, p, p + res) for p in periods}
-    withheld = [] if level.anonymized.linkable else _too_close(agent, org_id, level, cohorts, res)
-    for period in withheld:
-        cohorts[period] = set()
+    cohorts, withheld = _cohorts(agent, org_id, level, res, day)
     members = set().union(*cohorts.values())
     digest = hashlib.sha256(json.dumps({str(p): sorted(c) for p, c in cohorts.items()},
                                        sort_keys=True).encode()).hexdigest()[:32]
@@ -158,6 +156,29 @@ async def day_release(agent, org_id: str, level, res: int, day: int) -> dict:
         return doc
 
     return await agent.releases.once(KIND, key, compute)
+
+
+_COHORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # agent -> {question: answer}
+COHORT_MEMO = 512
+
+
+def _cohorts(agent, org_id: str, level, res: int, day: int) -> tuple[dict[int, set[str]], list[int]]:
+    """The organization's consenting cohort per period of a settled day, less the periods withheld. A settled
+    day's cohorts never change, so the answer is kept (per set of organizations: a deleted one no longer
+    counts) instead of going through every consent again on every request."""
+    others = tuple(sorted(agent.registry.organizations))
+    question = (org_id, level.name, res, day, others)
+    memo = _COHORTS.setdefault(agent, {})
+    if question not in memo:
+        cohorts = {p: agent.registry.cohort(org_id, SERVICE, p, p + res) for p in day_periods(day, res)}
+        withheld = [] if level.anonymized.linkable else _too_close(agent, org_id, level, cohorts, res)
+        for period in withheld:
+            cohorts[period] = set()
+        memo[question] = (cohorts, withheld)
+        while len(memo) > COHORT_MEMO:
+            memo.pop(next(iter(memo)))
+    cohorts, withheld = memo[question]
+    return {p: set(c) for p, c in cohorts.items()}, list(withheld)
 
 
 def _too_close(agent, org_id: str, level, cohorts: dict[int, set[str]], res: int) -> list[int]:
