@@ -943,3 +943,44 @@ async def test_p6_ledger_cap_holds_when_every_organization_asks_at_once(make_tow
             assert live == dp_live and live[0] == 200 and history[1]["released"] == [live[1]]
     counts = [b["households"] for _, key in orgs for b in await town.windows(key, "15m", start, start + 3 * QUARTER)]
     assert counts.count(12) == 8 and set(counts) == {10, 12}, counts
+
+
+async def test_every_answer_an_organization_gets_is_a_record_of_the_release_log(town):
+    """No organization-facing byte that the release log does not explain: over a scenario (exact and noisy,
+    live and history, fine and derived, refusals), every body and every refusal an organization received is
+    a document of the release log on disk."""
+    import json
+
+    from agent.release.log import ReleaseLog
+    from agent.release.records import NOT_RELEASED
+
+    dso_id, dso_key = await town.org("dso")
+    sup_id, sup_key = await town.org("supplier")
+    homes = await town.households_(12)
+    await town.grant(dso_id, homes)
+    await town.grant(sup_id, homes[:11])
+    start = await town.to_next(QUARTER)
+    seen = []
+    for s in range(70):
+        for i, h in enumerate(homes):
+            if not (i == 0 and 20 <= s < 30):
+                await town.post(h, profile(i, s))
+        town.clock.step(1)
+        for key, window in ((dso_key, "1s"), (dso_key, "1m")):
+            seen.append(await town.live(key, window))
+    town.clock.step(QUARTER - 70)
+    seen.append(await town.live(sup_key, "15m"))
+    for key, window, span in ((dso_key, "1s", 70), (dso_key, "1m", 120), (sup_key, "15m", QUARTER)):
+        status, body = await town.data(key, f"window={window}&since={start}&until={start + span}")
+        seen += [(200, b) for b in body["released"]] + \
+            [(409, {k: v for k, v in r.items() if k != "window_start"}) for r in body["refused"]]
+    await town.running.agent.releases.flush()
+    log = ReleaseLog(town.config.storage.path / "releases", 40)
+    docs = [d for d in log.load(town.clock.now, fine_since=0) if d.get("t") == "r"]
+    log.close()
+    canonical = {json.dumps(d["b"], sort_keys=True) for d in docs if "b" in d} | \
+        {json.dumps(d["x"], sort_keys=True) for d in docs if "x" in d}
+    constant = json.dumps(NOT_RELEASED.public(), sort_keys=True)  # a window never decided: no record, one text
+    unexplained = [body for status, body in seen if json.dumps(body, sort_keys=True) not in canonical | {constant}]
+    assert not unexplained, unexplained[:3]
+    assert {status for status, _ in seen} == {200, 409}  # both kinds were seen
