@@ -19,6 +19,7 @@ from agent.config import Level
 from drivers.reading import Reading
 
 HOUSEHOLD, NEIGHBORHOOD = "household", "neighborhood"
+TIME_OF_DAY = "time_of_day_h"  # a fact of the window, not of any household: permitted to every level
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ _STATIC: tuple[Parameter, ...] = (
     Parameter("neighborhood_net_power", "W", NEIGHBORHOOD, "Consumption minus production", _aggregate("net_w")),
     Parameter("neighborhood_household_count", "", NEIGHBORHOOD, "Households in the released cohort",
               _aggregate("households")),
+    # No household's data: the runner passes the evaluated window's start hour, so conditions never need a clock.
+    Parameter(TIME_OF_DAY, "h", NEIGHBORHOOD, "The hour (UTC, 0-23) the evaluated window began in",
+              _aggregate(TIME_OF_DAY)),
 )
 STATIC_PARAMETERS = {p.name: p for p in _STATIC}
 CHANNEL_PREFIXES = ("household_channel_", "neighborhood_channel_")
@@ -108,6 +112,6 @@ def catalogue(tags: tuple[str, ...]) -> list[Parameter]:
 
 def permitted(name: str, level: Level, narrowed_to: list[str] | None = None) -> bool:
     """The level allows it, and the operator's per-organization list (if any) does too."""
-    if not any(fnmatchcase(name, pattern) for pattern in level.parameters):
+    if name != TIME_OF_DAY and not any(fnmatchcase(name, pattern) for pattern in level.parameters):
         return False
     return narrowed_to is None or any(fnmatchcase(name, pattern) for pattern in narrowed_to)

@@ -24,7 +24,7 @@ STATIC = ["household_power_consumption", "household_power_production", "househol
           "household_voltage_l1", "household_voltage_l2", "household_voltage_l3",
           "household_current_l1", "household_current_l2", "household_current_l3",
           "neighborhood_power_consumption", "neighborhood_power_production", "neighborhood_net_power",
-          "neighborhood_household_count"]
+          "neighborhood_household_count", "time_of_day_h"]
 
 
 def expected_names(tags) -> list[str]:
@@ -84,7 +84,8 @@ async def test_permitted_follows_the_level_and_the_operators_narrowing(device):
     supplier = await allowed(orgs["supplier"][1])
     assert "household_channel_ev" in supplier and "neighborhood_channel_ev" in supplier
     assert "household_voltage_l1" not in supplier
-    assert await allowed(orgs["service"][1]) == {n for n in everything if n.startswith("neighborhood_")}
+    assert await allowed(orgs["service"][1]) == {n for n in everything if n.startswith("neighborhood_")} | {
+        "time_of_day_h"}  # a fact of the window: every level
     assert await allowed(households[0][1]) == set()  # households use no parameters
     status, _ = await running.call("PATCH", f"/organizations/{orgs['dso'][0]}",
                                    json={"parameters": ["neighborhood_channel_ev", "neighborhood_power_*"]})

@@ -844,3 +844,26 @@ async def test_removed_households_lose_their_endpoints_appliances_and_inbox(town
     store = t.runner.households
     assert store.inbox(gone_id) == [] and gone_id not in store.endpoints and store.appliances_of(gone_id) == []
     assert len(store.inbox(kept_id)) == 1 and kept_id in store.endpoints and len(store.appliances_of(kept_id)) == 1
+
+
+async def test_time_of_day_is_the_evaluated_windows_hour_not_a_clock(town):
+    """Conditions have no clock (the sandbox takes it away): the runner passes the window's start hour, UTC."""
+    t = await town(3)
+    hour = int(t.clock.now // 3600 % 24)
+    status, created = await t.create(body(["household_power_consumption", "time_of_day_h"], f"""\
+        def condition(household_power_consumption, time_of_day_h):
+            return time_of_day_h == {hour} and household_power_consumption > 0
+        """, interval=1))
+    assert status == 201, created and created["kind"] == "household"
+    await t.window(power_import_w=100.0)
+    assert [len(await t.inbox(token)) for _, token in t.households] == [1] * 3
+    t.clock.now = (t.clock.now // 3600 + 1) * 3600 + 5  # the next hour
+    await t.window(power_import_w=100.0)
+    assert [len(await t.inbox(token)) for _, token in t.households] == [1] * 3
+    view = await t.trigger(created["id"])
+    assert view["evaluations"] == 6 and view["firings"] == 3
+    # a fact of the window, not of any household: every level may use it
+    _, supplier_key = await t.running.create_org("Supplier", "supplier")
+    status, params = await t.running.call("GET", "/parameters", token=supplier_key)
+    [time_of_day] = [p for p in params["parameters"] if p["name"] == "time_of_day_h"]
+    assert time_of_day["permitted"] is True and time_of_day["unit"] == "h"

@@ -48,7 +48,7 @@ import aiohttp
 
 from agent.config import WINDOW_SECONDS
 from agent.delivery import signing
-from agent.parameters import HOUSEHOLD, permitted
+from agent.parameters import HOUSEHOLD, TIME_OF_DAY, permitted
 from agent.triggers import actions
 from agent.triggers.lanes import Lanes
 from agent.triggers.model import Debouncer, Trigger, TriggerStats, disclosure_bits, pseudonym, sample_rows
@@ -544,6 +544,9 @@ class TriggerRunner:
         answers: dict[str | None, dict] = {}
         for param in params:
             if param.level == HOUSEHOLD:
+                continue
+            if param.name == TIME_OF_DAY:
+                neighbourhood[param.name] = int(start // 3600 % 24)  # the window's, never a clock's
                 continue
             tag = param.name.removeprefix("neighborhood_channel_") if param.name.startswith(
                 "neighborhood_channel_") else None
