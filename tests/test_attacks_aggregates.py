@@ -736,14 +736,11 @@ async def test_time_differencing_across_a_restart_when_a_datalogger_stops(make_t
 
 
 # --- one household of the attacker's own is enough for a swap -------------------------------------------------
-ONE_OWN = ("the audit assumes no household's value is known unless the operator marked it related; one "
-           "unmarked household of the attacker's own, swapped in for the target (A = C + x, B = C + y, or over "
-           "time: y starts when x leaves), gives A - B = x - y with y known. Stopping it needs an audit robust to "
-           "one known household (audit.admissible_if_one_known, written and tested, not used by the door): a "
-           "change of the audit's stated semantics, left to the release module's owner")
+# One unmarked household of the attacker's own, swapped in for the target (A = C + x, B = C + y, or over time: y
+# starts when x leaves), would give A - B = x - y with y known. The door's audit is robust to any one known
+# household (audit.admissible_if_one_known): the second sum is refused. Two or more own households: PRIVACY.md.
 
 
-@pytest.mark.xfail(strict=True, reason=ONE_OWN)
 async def test_one_own_household_swapped_for_the_target_across_two_organizations(town):
     """Not k_min - 1 own households: one. x consents to A only, the attacker's y to B only; both cohorts hold
     the same ten others. Neither cohort isolates anyone on its own terms, so both are released."""
@@ -767,7 +764,7 @@ async def test_one_own_household_swapped_for_the_target_across_two_organizations
     assert not leaked
 
 
-@pytest.mark.xfail(strict=True, reason=ONE_OWN)
+
 async def test_one_own_household_swapped_in_when_the_target_leaves(make_town):
     """Over time, one organization: x revokes; the attacker's own y (not consenting before) consents at once.
     The cohort is C + x before and C + y after: no window is one household apart from another, so the audit

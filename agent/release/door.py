@@ -7,9 +7,10 @@ recorded, and answered from the record.
 - Each level releases at one finest width; its wider windows are derived from the released fine ones
   (`records.derive`), never computed again over another cohort.
 - Exact levels (the custodian): the cohort is the households consenting throughout the window that sent data in
-  it; at least k_min of them not related to the organization; and the audit (`audit.admissible`) refuses any
-  release that, with the exact sums already released for the same window and quantity to any organization, would
-  isolate a household. No value-dependent rule (the old dominance rule was a threshold oracle).
+  it (a short gap held over); at least k_min of them not related to the organization; and the audit
+  (`audit.admissible_if_one_known`) refuses any release that, with the exact sums of the same quantity released
+  to any organization for this window or in the audit period before it, would isolate a household, even for an
+  attacker who knows any one household's value. No value-dependent rule (dominance was a threshold oracle).
 - Noisy levels: the cohort is every household consenting throughout the window (data-independent; a silent one
   counts 0) that can still bear the release on its ledger; k_min of them; OpenDP noise with the level's fixed
   clamp; one noisy answer per (level, window, quantity, cohort) shared by every organization it applies to; the
@@ -442,7 +443,7 @@ class Releases:
                     "cohort_too_small", f"{counted} {what} (not related to this organization) have data in this "
                     f"window; at least {k_min} are needed ({k_min - counted} missing)",
                     *((counted, k_min - counted) if tag is None else ()))
-            elif not audit.admissible(released, members - known):
+            elif not audit.admissible_if_one_known(released, members - known):
                 result = Refusal("isolating", "this window's cohort differs from one released for this window or "
                                  f"in the last {period:g} s by so few households that the sums would single one "
                                  "out; not released")
