@@ -55,6 +55,7 @@ class Anonymization:
     resolution: str = "1h"  # the release grid: periods of "15m" or "1h" in whole UTC days
     value_bin_w: int = 500  # width of the consumption bins, in watts
     max_suppression: float = 0.2  # share of rows a release may suppress before it is refused
+    min_cell: int = 2  # ...and every bin of a class holds at least this many rows (1: no such rule)
     # One pseudonym per household per day release: a linked series. Only for the custodian (dso), which holds the
     # readings anyway; every other level gets rows that nothing links across periods.
     linkable: bool = False
@@ -106,7 +107,7 @@ class Level:
 
 DEFAULT_LEVELS = {
     "dso": Level("dso", ("*",), WINDOWS, Anonymization(k=5, resolution="15m", value_bin_w=100,
-                                                   linkable=True)),
+                                                   min_cell=1, linkable=True)),
     "supplier": Level("supplier", ("neighborhood_*", "household_power_*", "household_net_power",
                                    "household_gas_*", "household_energy_*", "household_tariff",
                                    "household_channel_*"), ("15m", "1h"),
@@ -345,10 +346,17 @@ def _anonymization(t: _Table, default: Anonymization) -> Anonymization:
         raise ConfigError(f"{t.key}.value_bin_w", f"must be between 10 and 100000, got {bin_w}")
     out = Anonymization(k=k, l=l_div, t=t.number("t", default.t, 0.0, 1.0), resolution=resolution,
                         value_bin_w=bin_w, max_suppression=t.number("max_suppression", default.max_suppression, 0, 1),
-                        linkable=t.get("linkable", bool, default.linkable),
+                        linkable=t.get("linkable", bool, default.linkable), min_cell=_min_cell(t, default),
                         reference_cdf=_reference_cdf(t, default.reference_cdf))
     t.finish()
     return out
+
+
+def _min_cell(t: _Table, default: Anonymization) -> int:
+    value = t.get("min_cell", int, default.min_cell)
+    if not 1 <= value <= 100:
+        raise ConfigError(f"{t.key}.min_cell", f"must be between 1 and 100, got {value}")
+    return value
 
 
 def _reference_cdf(t: _Table, default: tuple) -> tuple[tuple[float, float], ...]:

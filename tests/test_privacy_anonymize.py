@@ -68,6 +68,8 @@ def check_release(release: Release, rules: Anonymization, series: list[Household
     assert report["t"] == pytest.approx(t, abs=1e-6)
     # never below the level, in any period on its own
     assert k >= rules.k and l_div >= rules.l and t <= rules.t + 1e-9
+    cells = Counter(tuple(r[q] for q in (*QUASI_IDENTIFIERS, SENSITIVE_ATTRIBUTE)) for r in release.records)
+    assert min(cells.values(), default=rules.min_cell) >= rules.min_cell  # no bin rarer than min_cell in a class
     # the bookkeeping adds up
     assert report["rows"] == len(release.records)
     total = sum(1 for hh in series for _ in hh.consumption_w)
@@ -205,6 +207,25 @@ def test_refusals_name_the_requirement():
     assert isinstance(refused, Refusal) and refused.requirement == "t" and "reference" in refused.detail
 
 
+def test_a_value_alone_in_its_class_is_not_released_below_the_custodian():
+    """P8's supplier finding: the EV household alone in the top bin every night hour. Its class is large enough,
+    but its bin is its own: the threshold rule (min_cell) takes its rows out, every night."""
+    ps = periods(24, 3600)
+    series = [HouseholdSeries(f"h{i}", StaticAttributes(False, True, 1, 10.0),
+                              {p: 150.0 + 260 * (i % 5) for p in ps}) for i in range(15)]
+    series.append(HouseholdSeries("ev", StaticAttributes(False, True, 1, 10.0),
+                                  {p: 7200.0 if (p - DAY) // 3600 < 5 else 410.0 for p in ps}))
+    supplier = DEFAULT_LEVELS["supplier"].anonymized
+    release = anonymize(series, supplier, resolution_s=3600, level="supplier", periods=ps)
+    assert isinstance(release, Release)
+    check_release(release, supplier, series, 3600)
+    assert not any(r["consumption_w_to"] is None for r in release.records)  # no open top bin at night
+    assert release.report["suppressed_for"]["cell"] == 5
+    without = anonymize(series, dataclasses.replace(supplier, min_cell=1), resolution_s=3600, level="x", periods=ps)
+    assert sum(r["consumption_w_to"] is None for r in without.records) == 5  # what the rule takes out
+    assert DEFAULT_LEVELS["dso"].anonymized.min_cell == 1 and supplier.min_cell == 2
+
+
 def test_t_is_measured_against_the_fixed_reference_not_the_release():
     """A class is kept or suppressed on its own rows and the reference: adding a far-away class to the same
     period changes neither its t nor whether it is released (against the release's own distribution it would)."""
@@ -268,7 +289,8 @@ def neighbourhoods(draw, max_periods: int = 4):
         series.append(HouseholdSeries(f"hh_{i}", draw(statics), {p: draw(values) for p in present}))
     rules = Anonymization(k=draw(st.integers(2, 8)), l=draw(st.integers(1, 3)),
                           t=draw(st.sampled_from([0.15, 0.3, 0.6, 1.0])), value_bin_w=draw(st.sampled_from([100, 250])),
-                          max_suppression=draw(st.sampled_from([0.0, 0.2, 0.5])), linkable=draw(st.booleans()))
+                          max_suppression=draw(st.sampled_from([0.0, 0.2, 0.5])), linkable=draw(st.booleans()),
+                          min_cell=draw(st.sampled_from([1, 2, 3])))
     return series, rules, res, ps
 
 
@@ -327,6 +349,10 @@ def test_anonymization_settings_in_the_config_file():
     rules = config.levels["supplier"].anonymized
     assert rules.linkable and rules.reference_cdf == ((0.0, 0.0), (300.0, 0.5), (2000.0, 1.0)) and rules.k == 10
     assert parse_config(base).levels["dso"].anonymized.linkable
+    assert parse_config({**base, "levels": {"x": {"anonymized": {"k": 5, "min_cell": 3}}}}).levels["x"] \
+        .anonymized.min_cell == 3
+    with pytest.raises(ConfigError, match="min_cell"):
+        parse_config({**base, "levels": {"supplier": {"anonymized": {"min_cell": 0}}}})
     for bad in ({"linkable": 1}, {"reference_cdf": [[0, 0]]}, {"reference_cdf": [[10, 0], [20, 1]]},
                 {"reference_cdf": [[0, 0], [100, 0.6], [50, 1]]}, {"reference_cdf": [[0, 0], [100, 0.9]]},
                 {"reference_cdf": [[0, 0], [100, 0.6], [200, 0.4], [300, 1]]}, {"reference_cdf": [[0, 0, 1]]}):

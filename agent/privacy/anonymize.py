@@ -17,7 +17,10 @@ The model (what an attacker is assumed to know, and what is protected):
   the lower edge in watts; the top bin is open);
 - an equivalence class is the set of rows with equal quasi-identifiers, i.e. the households of one
   period with the same (generalized) profile: every period is a release of its own whose classes
-  meet k, l and t by themselves. k: the smallest class; l: the fewest distinct bins in a class;
+  meet k, l and t by themselves, and every bin of a class holds at least `min_cell` rows (the threshold
+  rule of frequency tables: a value held by one household of its class, such as an EV charging in the
+  open top bin, would otherwise point at it in every period). k: the smallest class; l: the fewest
+  distinct bins in a class;
   t: the largest earth mover's distance (ordered, over the whole bin grid, normalized by its
   length - 1) between a class's bin distribution and the level's fixed reference distribution
   (`Anonymization.reference_cdf`): the decision about one class never depends on other rows.
@@ -29,8 +32,8 @@ The model (what an attacker is assumed to know, and what is protected):
 Transformations, in order of preference (a lattice searched from the least generalized node):
 each static attribute can be kept or replaced by "*", the connection class can first be coarsened
 to "<=35A"/">35A", and the consumption bins can be widened x2 and x4; one node for the whole day.
-At each node, classes smaller than k, with fewer than l bins, or further than t from the reference
-are suppressed, and the node is usable if it suppresses at most `max_suppression` of the day's rows.
+At each node, rows in bins rarer than min_cell in their class, then classes smaller than k, with fewer
+than l bins, or further than t from the reference are suppressed, and the node is usable if it suppresses at most `max_suppression` of the day's rows.
 Among the least generalized usable nodes the one suppressing the fewest rows wins.
 """
 
@@ -207,7 +210,7 @@ class Release:
 class _Outcome:
     node: Node
     kept: dict[tuple, list]  # class key -> [(household index, period, sensitive value)]
-    suppressed: dict[str, int] = field(default_factory=lambda: {"k": 0, "l": 0, "t": 0})
+    suppressed: dict[str, int] = field(default_factory=lambda: {"k": 0, "cell": 0, "l": 0, "t": 0})
 
     @property
     def suppressed_rows(self) -> int:
@@ -226,6 +229,13 @@ def _evaluate(node: Node, rows: list[tuple[int, int, float]], profiles: list[tup
     outcome = _Outcome(node, {})
     for key, members in classes.items():
         # each class is decided on its own rows and fixed facts (k, l, t, the reference): never on other classes
+        if rules.min_cell > 1:  # the threshold rule: a bin held by one or two rows of a class points at them
+            cells = Counter(m[2] for m in members)
+            common = [m for m in members if cells[m[2]] >= rules.min_cell]
+            outcome.suppressed["cell"] += len(members) - len(common)
+            members = common
+        if not members:
+            continue
         if len(members) < rules.k:
             outcome.suppressed["k"] += len(members)
         elif len({m[2] for m in members}) < rules.l:
@@ -270,9 +280,11 @@ def anonymize(series: list[HouseholdSeries], rules: Anonymization, *, resolution
 def _refusal(closest: _Outcome, rules: Anonymization, households: int, rows: int, level: str) -> Refusal:
     limit = rules.max_suppression * rows
     s = closest.suppressed
-    if s["k"] > limit or not closest.kept and s["l"] == s["t"] == 0:
+    if s["k"] + s["cell"] > limit or not closest.kept and s["l"] == s["t"] == 0:
         requirement, what = "k", f"k >= {rules.k} (classes of the same period and profile too small)"
-    elif s["k"] + s["l"] > limit or not closest.kept and s["t"] == 0:
+        if rules.min_cell > 1:
+            what = what[:-1] + f", or consumption bins held by fewer than {rules.min_cell} of a class's rows)"
+    elif s["k"] + s["cell"] + s["l"] > limit or not closest.kept and s["t"] == 0:
         requirement, what = "l", f"l >= {rules.l} (too few distinct consumption bins in a class)"
     else:
         requirement, what = "t", f"t <= {rules.t:g} (a class's consumption too far from the level's reference)"
@@ -314,7 +326,8 @@ def _release(outcome: _Outcome, rows: list, rules: Anonymization, resolution_s: 
         "t_against": "the level's fixed reference distribution (reference_cdf)",
         "epsilon": None,
         "epsilon_spent": 0.0,
-        "required": {"k": rules.k, "l": rules.l, "t": rules.t, "max_suppression": rules.max_suppression},
+        "required": {"k": rules.k, "l": rules.l, "t": rules.t, "min_cell": rules.min_cell,
+                     "max_suppression": rules.max_suppression},
         "resolution": "15m" if resolution_s == 900 else "1h",
         "generalization": {**{name: LEVEL_NAMES[name][lvl] for name, lvl in zip(STATIC, node.levels)},
                            "value_bin_w": width, "top_bin_from_w": top_of(width)},
