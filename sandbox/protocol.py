@@ -28,6 +28,7 @@ import os
 NONCE_SIZE = 16
 HEADER_SIZE = 4
 MAX_REQUEST_BYTES = 64 << 20
+MAX_SOURCE_CHARS = 16_384
 MARSHAL_VERSION = 2  # no reference table: dumps is ~40% faster for rows of floats
 
 # The worker's two file descriptors (the only ones it keeps open).
@@ -48,6 +49,7 @@ PING = 1  # body None; answer: one byte, OK or LOCKDOWN_FAILED | step
 LOAD = 2  # body (source: str, parameters: tuple[str, ...]); answer: one LOAD_* byte
 EVAL = 3  # body: the number of row frames that follow; answer: nonce, one chunk per row, nonce
 PROBE = 4  # body None; a row process makes a forbidden system call; it must die of SIGSYS
+INSPECT = 5  # body (source, parameters), trial zygotes only: the static checks; answer: index in static.REASONS
 
 # Per-evaluation statuses (one byte each in an EVAL answer).
 FALSE = 0

@@ -54,26 +54,15 @@ _LOAD_REASONS = {
     protocol.LOAD_NO_CONDITION: NO_CONDITION,
     protocol.LOAD_ERROR: REJECTED,
 }
-MAX_SOURCE_CHARS = 16_384
+MAX_SOURCE_CHARS = protocol.MAX_SOURCE_CHARS
 
 
 def compile_in_parent(source: str) -> str | None:
-    """Parse and compile (never execute) in the parent. Returns None or a fixed reason.
+    """Parse and compile in this process (never execute). Returns None or a fixed reason. Not used by the
+    Supervisor or the upload check (the zygote compiles): kept for callers of the old API."""
+    from sandbox.static import compiles
 
-    Needed before any worker sees the source: when CPython raises a SyntaxError for "exec" code it opens
-    the file named in the error to quote the line, and in a locked worker that openat() is a SIGSYS.
-    """
-    import warnings
-
-    if len(source) > MAX_SOURCE_CHARS:
-        return REJECTED
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compile(source, "<condition>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
-        return SYNTAX_ERROR
-    return None
+    return compiles(source)
 
 
 @dataclass(frozen=True)
@@ -170,8 +159,9 @@ def _programs() -> tuple[bytes, bytes]:
 _SIGDEF = tuple(s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
-def spawn_worker(limits: Limits, executable: str | None = None) -> "WorkerProcess":
-    """Start a fresh locked worker and wait until it reports its lockdown done (a PING round trip).
+def spawn_worker(limits: Limits, executable: str | None = None, *, inspect: bool = False) -> "WorkerProcess":
+    """Start a fresh locked zygote and wait until it reports its lockdown done (a PING round trip). With
+    ``inspect``, a trial zygote that also answers INSPECT (it pre-imports ast, which others do without).
 
     Raises SandboxUnavailable if it cannot start or lock itself down.
     """
@@ -184,7 +174,7 @@ def spawn_worker(limits: Limits, executable: str | None = None) -> "WorkerProces
     argv = [
         exe, "-I", "-S", "-B", "-c", BOOTSTRAP, _package_parent(),
         str(os.getpid()), str(limits.memory_bytes), str(limits.cpu_s), str(limits.worker_uid), str(limits.worker_gid),
-        zygote_program.hex(), child_program.hex(),
+        zygote_program.hex(), child_program.hex(), "1" if inspect else "0",
     ]
     req_r, req_w = _high_pipe()
     ans_r, ans_w = _high_pipe()

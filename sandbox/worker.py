@@ -4,7 +4,7 @@ window or organization has touched.
 The supervisor starts one zygote per trigger (a fresh interpreter, never a fork of the agent) as::
 
     python -I -S -B -c BOOTSTRAP <sandbox parent dir> <parent pid> <memory bytes> <cpu s> <uid> <gid> \
-        <zygote's BPF program, hex> <row process's BPF program, hex>
+        <zygote's BPF program, hex> <row process's BPF program, hex> <inspector: 1 or 0>
 
 with an empty environment, fd 0 = request pipe, fd 1 = answer pipe, fd 2 = /dev/null. ``-S`` disables
 site, so BOOTSTRAP puts the directory from argv on sys.path (nothing comes from the environment). The two
@@ -61,6 +61,14 @@ SAFE_BUILTIN_NAMES = (
 
 assert (protocol.FALSE, protocol.TRUE, protocol.ERROR, protocol.NOT_BOOL) == (0, 1, 2, 3)  # _evaluate's literals
 VDSO_NAMES = ("[vdso]", "[vvar]", "[vvar_vclock]")
+
+
+def _preimport_inspector() -> None:
+    """Trial zygotes only: the upload's static checks (ast: ~0.9 MB that no fork per row should copy)."""
+    from sandbox import static
+
+    assert static.inspect_source("def condition(x):\n    return x > 1\n", ["x"]) is None
+    assert static.inspect_source("def condition(x)\n", ["x"]) is not None  # the SyntaxError path, warmed up
 
 
 def _preimport() -> dict:
@@ -177,6 +185,7 @@ class Zygote:
         self.builtins = builtins_dict
         self.code = None
         self.parameters: tuple = ()
+        self.inspector = False
 
     # -- in a row process, before anything untrusted runs
 
@@ -262,6 +271,17 @@ class Zygote:
             os._exit(protocol.ZYGOTE_CHILD_SIGNALED + os.WTERMSIG(status))
         return os.WEXITSTATUS(status)
 
+    def inspect(self, body) -> int:
+        from sandbox import static
+
+        if self.code is not None:
+            os._exit(3)  # before LOAD only
+        source, parameters = body
+        try:
+            return static.REASONS.index(static.inspect_source(source, parameters))
+        except BaseException:
+            return static.REASONS.index(static.REJECTED)
+
     def load(self, body) -> int:
         import warnings
 
@@ -310,6 +330,8 @@ class Zygote:
                 _answer(nonce + bytes([self.load(body)]))
             elif kind == protocol.PING:
                 _answer(nonce + bytes([protocol.OK]))
+            elif kind == protocol.INSPECT and self.inspector:
+                _answer(nonce + bytes([self.inspect(body)]))
             elif kind == protocol.PROBE:
                 self.run(self.probe_process)
                 _answer(nonce + bytes([protocol.PROBE_SURVIVED]))
@@ -330,6 +352,7 @@ def _serve_failure(failed_step: int) -> None:
 def main(argv: list[str]) -> None:
     parent_pid, memory_bytes, cpu_s, uid, gid = (int(a) for a in argv[:5])
     zygote_program, child_program = (bytes.fromhex(a) for a in argv[5:7])
+    inspector = argv[7:8] == ["1"]
     failed_step = protocol.STEP_IMPORT
     zygote = None
     try:
@@ -339,8 +362,11 @@ def main(argv: list[str]) -> None:
 
         modules = _preimport()
         builtins_dict = _safe_builtins(modules)
+        if inspector:
+            _preimport_inspector()
         libc = lockdown.load_libc()
         zygote = Zygote(libc, lockdown.CompiledFilter(child_program), _vdso_regions(), builtins_dict)
+        zygote.inspector = inspector
         lockdown.lock_down(libc, lockdown.CompiledFilter(zygote_program), parent_pid=parent_pid, uid=uid, gid=gid,
                            memory_bytes=memory_bytes, cpu_s=cpu_s)
         gc.disable()  # the zygote's own garbage is small; row processes enable it again

@@ -398,9 +398,10 @@ def test_non_ascii_identifiers_are_accepted():
         assert sup.state("org", "accents").violations == 0
 
 
-def test_register_compiles_nothing_on_the_callers_thread():
-    """S7: a source that takes the compiler a long time costs the caller nothing at register (the zygote compiles
-    it at the first evaluation); counted in compile() calls of this process, not in time."""
+def test_register_and_upload_compile_nothing_in_this_process():
+    """S7: a source that takes the compiler a long time (a compile() holds the GIL throughout) costs the agent
+    nothing at register (the zygote compiles it at the first evaluation) nor at upload (the trial zygote parses
+    and compiles it); counted in compile() and ast.parse() calls of this process, not in time."""
     import builtins
 
     calls = []
@@ -410,13 +411,25 @@ def test_register_compiles_nothing_on_the_callers_thread():
         calls.append(args[1] if len(args) > 1 else kwargs.get("filename"))
         return real(*args, **kwargs)
 
+    import ast
+
+    parses = []
+    real_parse = ast.parse
+
+    def counting_parse(*args, **kwargs):
+        parses.append(1)
+        return real_parse(*args, **kwargs)
+
     nested = "def condition(x):\n    return " + "(lambda: " * 150 + "x" + ")()" * 150 + " > 0\n"
     with Supervisor(LIMITS) as sup:
-        builtins.compile = counting
+        builtins.compile, ast.parse = counting, counting_parse
         try:
             for i in range(10):
                 sup.register("org", f"c{i}", nested, ["x"])
+            # the upload's static checks and trial: parsed and compiled in the locked trial zygote too
+            assert check_condition(nested, ["x"], [(1.0,)], timeout_s=5.0, limits=LIMITS).ok
+            assert check_condition("def condition(x)\n", ["x"], [(1.0,)], timeout_s=5.0).reason == "syntax error"
         finally:
-            builtins.compile = real
-        assert calls == []
+            builtins.compile, ast.parse = real, real_parse
+        assert calls == [] and parses == []
         assert sup.evaluate("org", "c0", [(1.0,), (-1.0,)]) == [Status.TRUE, Status.FALSE]
