@@ -1,11 +1,16 @@
 """Seccomp-locked evaluation of untrusted conditions (built in the triggers issue). Knows nothing of agent/.
 
-Public API (imported lazily, so that a worker importing ``sandbox.worker`` loads only what it needs):
+Every household's row is evaluated in its own locked process, forked from a per-trigger zygote that only
+compiles the condition (sandbox.worker): no interpreter state carries between rows, windows or organizations.
 
-- ``Supervisor(limits=None)``: pool of locked workers keyed by (tenant, condition id); ``register``,
-  ``evaluate``, ``evaluate_one``, ``state``, ``release``, ``unregister``, ``close``.
-- ``Limits``: deadlines, rlimits, recycling, quarantine and backoff policy.
-- ``check_condition(source, parameters, samples, timeout_s=0.05) -> CheckResult``: upload validation.
+Public API (imported lazily, so that a zygote importing ``sandbox.worker`` loads only what it needs):
+
+- ``Supervisor(limits=None)``: pool of zygotes keyed by (tenant, condition id); ``register`` (no compile),
+  ``evaluate`` (batched: one Status per row), ``evaluate_one``, ``state``, ``release``, ``unregister``,
+  ``collect_idle``, ``close``.
+- ``Limits``: deadlines, rlimits, CPU budget, recycling, quarantine and backoff policy.
+- ``check_condition(source, parameters, samples, timeout_s=0.05) -> CheckResult``: upload validation (static
+  checks and trial, both in a locked trial zygote).
 - ``sandbox_available() -> (bool, reason)``: does this kernel enforce the seccomp filter?
 - ``Status`` (FALSE, TRUE, ERROR, NOT_BOOL), ``Violation``, ``ConditionState``, the exceptions
   (``SandboxError`` and its subclasses) and the fixed reason strings.

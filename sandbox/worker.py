@@ -37,6 +37,7 @@ Nothing here imports agent or drivers.
 
 from __future__ import annotations
 
+import ctypes
 import marshal
 import os
 import sys
@@ -61,6 +62,7 @@ SAFE_BUILTIN_NAMES = (
 
 assert (protocol.FALSE, protocol.TRUE, protocol.ERROR, protocol.NOT_BOOL) == (0, 1, 2, 3)  # _evaluate's literals
 VDSO_NAMES = ("[vdso]", "[vvar]", "[vvar_vclock]")
+AT_SYSINFO_EHDR = 33  # getauxval(): where the kernel mapped the vDSO
 
 
 def _preimport_inspector() -> None:
@@ -115,8 +117,10 @@ def _safe_builtins(modules: dict) -> dict:
     return safe
 
 
-def _vdso_regions() -> list[tuple[int, int]]:
-    """(start, length) of the vDSO and its data pages, read before the lockdown (it needs openat)."""
+def _vdso_regions(libc) -> list[tuple[int, int]]:
+    """(start, length) of the vDSO and its data pages, read before the lockdown (it needs openat). Raises if
+    the kernel mapped a vDSO (getauxval(AT_SYSINFO_EHDR)) that /proc/self/maps does not show: a row process
+    would keep a clock."""
     regions = []
     try:
         with open("/proc/self/maps") as maps:
@@ -127,6 +131,11 @@ def _vdso_regions() -> list[tuple[int, int]]:
                     regions.append((start, end - start))
     except OSError:
         pass
+    libc.getauxval.restype = ctypes.c_ulong
+    libc.getauxval.argtypes = (ctypes.c_ulong,)
+    base = libc.getauxval(AT_SYSINFO_EHDR)
+    if base and not any(start <= base < start + length for start, length in regions):
+        raise OSError("the vDSO was not found in /proc/self/maps")
     return regions
 
 
@@ -168,7 +177,6 @@ class Zygote:
     """Everything a row process needs, prepared before the lockdown; then the request loop."""
 
     def __init__(self, libc, child_filter, vdso: list[tuple[int, int]], builtins_dict: dict):
-        import ctypes
         import gc
 
         self.gc = gc
@@ -197,7 +205,8 @@ class Zygote:
         # (PR_SET_TSC(SIGSEGV) here would also take rdtsc away, but on a VM every switch to and from a
         # process without it rewrites CR4, a trap to the hypervisor: 1.5 -> 6.8 ms per row measured.)
         for start, length in self.vdso:
-            libc.munmap(start, length)
+            if libc.munmap(start, length) != 0:
+                os._exit(protocol.ZYGOTE_CHILD_EXITED)
         libc.prctl(lockdown.PR_SET_PDEATHSIG, lockdown.SIGKILL, 0, 0, 0)
         if not self.child_filter.install(libc):
             os._exit(protocol.ZYGOTE_CHILD_EXITED)
@@ -365,7 +374,7 @@ def main(argv: list[str]) -> None:
         if inspector:
             _preimport_inspector()
         libc = lockdown.load_libc()
-        zygote = Zygote(libc, lockdown.CompiledFilter(child_program), _vdso_regions(), builtins_dict)
+        zygote = Zygote(libc, lockdown.CompiledFilter(child_program), _vdso_regions(libc), builtins_dict)
         zygote.inspector = inspector
         lockdown.lock_down(libc, lockdown.CompiledFilter(zygote_program), parent_pid=parent_pid, uid=uid, gid=gid,
                            memory_bytes=memory_bytes, cpu_s=cpu_s)
