@@ -76,7 +76,8 @@ async def receivers():
 
 
 def fair_config(tmp_path, **triggers):
-    config = town_config(tmp_path, **{"organization_action_slots": 2, "organization_action_queue": 3, **triggers})
+    config = town_config(tmp_path, **{"organization_action_slots": 2, "organization_action_queue": 3,
+                                      "timeout_ms": 1000, **triggers})  # evaluations never killed on a busy machine
     # the old design's shared limits, small: one tarpit would hold all of them
     delivery = DeliveryConfig(allow_http=True, allow_private_endpoints=True, retry_schedule=(0, 0.05, 0.1),
                               timeout_s=60.0, max_connections=2)
@@ -142,6 +143,7 @@ async def test_a_tarpit_organization_delays_no_one_else(tmp_path, start_agent, t
     assert lane.admitted == 5  # 2 in flight + 3 queued, from the first window
     assert lane.dropped == 5 + 10  # the rest of the first window, all of the second: dropped and counted
     assert runner.organization_lanes[fair_id].admitted == 0
+    assert runner.health()["dropped_actions"] == 15  # the operator sees it
 
     # released: the admitted five are delivered; the first window's counts say 5 delivered, 5 failed
     tarpit.release.set()

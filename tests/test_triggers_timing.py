@@ -8,19 +8,20 @@ computes and on what was sent by which moment, never on a duration."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 
 from drivers.reading import iso
 import pytest
 
 from tests.test_delivery import Receiver
-from tests.test_triggers import body, grant, town  # noqa: F401  (town: the fixture)
+from tests.test_triggers import T0, body, close_window, grant, town, town_config  # noqa: F401  (town: the fixture)
 
-# Spins for a time that depends on the value (1 W: 100 steps; 900 W: 90,000), well within its deadline.
+# Spins for a time that depends on the value (1 W: 50 steps; 900 W: 45,000), well within its deadline.
 SPINNER = """\
     def condition(household_power_consumption):
         n = 0
-        for _ in range(min(int(household_power_consumption), 1000) * 100):
+        for _ in range(min(int(household_power_consumption), 1000) * 50):
             n += 1
         return n >= 0
     """
@@ -57,7 +58,7 @@ async def _post(t, watts: float) -> None:
 
 
 async def test_send_times_do_not_depend_on_how_long_the_condition_took(town, receiver):
-    t = await town(3)
+    t = await town(3, timeout_ms=1000)  # room for a loaded machine: the spin must finish, not be killed
     receiver.clock = t.clock
     arrivals = receiver.arrivals_on_clock  # the agent's clock when each request reached the receiver
     hook = {"type": "webhook", "endpoint": receiver.url}
@@ -109,7 +110,7 @@ async def test_send_times_do_not_depend_on_how_long_the_condition_took(town, rec
 
 
 async def test_a_window_not_evaluated_by_its_release_moment_is_dropped_not_sent_late(town, receiver):
-    t = await town(3)
+    t = await town(3, timeout_ms=1000)
     status, created = await t.create(body(["household_power_consumption"], SPINNER, interval=1))
     assert status == 201
     runner = t.runner
@@ -122,7 +123,7 @@ async def test_a_window_not_evaluated_by_its_release_moment_is_dropped_not_sent_
     await runner.drain()
     assert runner.held == [] and runner.released == []
     assert [await t.inbox(token) for _, token in t.households] == [[]] * 3
-    assert runner.stats[created["id"]].late == 1
+    assert runner.stats[created["id"]].late == 1 and runner.health()["late_windows"] == 1
     # the next window is on time again
     t.clock.now = close + 1
     await _post(t, 5.0)
@@ -134,3 +135,55 @@ async def test_a_window_not_evaluated_by_its_release_moment_is_dropped_not_sent_
     await runner.run_due()
     await runner.drain()
     assert [len(await t.inbox(token)) for _, token in t.households] == [1] * 3
+
+
+class FlowingClock:
+    """The agent's clock, set by the test but running on with real time in between: an evaluation's duration
+    shows on it (a stepped clock stands still while the sandbox works)."""
+
+    def __init__(self, start: float):
+        self.now = start
+
+    @property
+    def now(self) -> float:
+        return self._base + (time.monotonic() - self._set_at)
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._base, self._set_at = value, time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now = self.now + seconds
+
+
+async def test_a_condition_cannot_make_its_window_late_its_deadline_ends_before_the_release_moment(
+        tmp_path, start_agent):
+    """A condition that spins past its window's release moment is killed before it (an error, a violation
+    towards quarantine), so its window is never dropped as late: lateness would be a channel of its own."""
+    clock = FlowingClock(T0)
+    # the sandbox's own deadline (2 s) is past the release moment (1.5 s after the window's end)
+    running = await start_agent(town_config(tmp_path, timeout_ms=2000, release_delay_s=1.5), clock=clock)
+    org_id, org_key = await running.create_org("Energy Co", "dso")
+    households = [await running.create_household() for _ in range(3)]
+    for _, token in households:
+        await grant(running, token, org_id, "aggregates", "triggers")
+    status, created = await running.call("POST", "/triggers/create", token=org_key, json=body(
+        ["household_power_consumption"], """\
+        def condition(household_power_consumption):
+            while household_power_consumption == 4242.0:
+                pass
+            return True
+        """, interval=1))
+    assert status == 201, created
+    stats = running.agent.triggers.stats[created["id"]]
+    clock.step(60)
+    for watts in ((1.0, 1.0, 1.0), (4242.0, 1.0, 1.0)):  # the first window starts the trigger's zygote
+        for (_, token), value in zip(households, watts):
+            assert (await running.call("POST", "/readings", token=token,
+                                       json={"timestamp": clock.now, "power_import_w": value}))[0] == 201
+        await close_window(running, clock)
+    assert stats.late == 0 and stats.windows_released == 2  # not dropped: killed in time
+    assert stats.errors == 3 and stats.evaluations == 6  # the second batch was killed: every row an error

@@ -81,6 +81,7 @@ ACTION_ATTEMPTS = 3
 APPLIANCE_TIMEOUT_S = 5.0
 HOUSEHOLD_QUEUE = 32  # a household's own notifications waiting, beyond its slots
 MIN_READING_AGE_S = 60.0  # a household's reading is used while younger than max(this, two windows)
+RELEASE_MARGIN_S = 0.25  # an evaluation's deadline ends this long before its release moment (debounce log write)
 PURGE_EVERY_S = 300.0  # forget endpoints, appliances and inboxes of households the operator removed
 CREATION_WINDOW_S = 86400.0  # uploads accepted per organization per rolling day: 3 x max_per_organization
 REFUSAL_WINDOW_S = 3600.0  # refused uploads per organization per rolling hour: [triggers] max_refusals_per_hour
@@ -234,7 +235,12 @@ class TriggerRunner:
                 "detail": self.availability.detail if self.availability.ok else
                 f"triggers are disabled: {self.availability.detail}; conditions never run unsandboxed",
                 "triggers": len(self.triggers),
-                "quarantined": sum(1 for t in self.triggers.values() if t.quarantined)}
+                "quarantined": sum(1 for t in self.triggers.values() if t.quarantined),
+                # the operator's (health's detail is not public): windows dropped for being late, actions dropped
+                # beyond an organization's or a household's lane
+                "late_windows": sum(s.late for s in self.stats.values()),
+                "dropped_actions": sum(lane["dropped"] for lanes in (self.organization_lanes, self.household_lanes)
+                                       for lane in lanes.snapshot().values())}
 
     def disclosure(self) -> dict:
         """The bound on what an organization can learn of one household through its triggers (GET /parameters)."""
@@ -511,9 +517,10 @@ class TriggerRunner:
             self.held.append(outcome)
             self._wake.set()
 
-    def _late(self, trig: Trigger, outcome: Outcome) -> bool:
-        """Not done by its release moment: dropped whole (sending it later would tell how long it took)."""
-        if self.agent.clock() < outcome.release_at:
+    def _late(self, trig: Trigger, outcome: Outcome, force: bool = False) -> bool:
+        """Not done by its release moment: dropped whole (sending it later would tell how long it took). Only load
+        makes a window late (the evaluation's deadline ends before the moment), never what the condition does."""
+        if not force and self.agent.clock() < outcome.release_at:
             return False
         self.stats[trig.id].late += 1
         self._stats_dirty = True
@@ -587,7 +594,13 @@ class TriggerRunner:
         if not rows:
             return outcome  # its (empty) counts still go to the release module at the statistics moment
 
-        statuses, failed = await self._evaluate(trig, rows)
+        # The deadline ends before the release moment: a condition can make its window fail (an error, a
+        # violation towards quarantine), never make it late (dropped, which would be a channel of its own).
+        budget = outcome.release_at - RELEASE_MARGIN_S - self.agent.clock()
+        if budget <= 0:
+            self._late(trig, outcome, force=True)
+            return None
+        statuses, failed = await self._evaluate(trig, rows, budget)
         if statuses is None and not failed:
             return None  # quarantined, backing off, or deleted meanwhile
         await self._check_quarantine(trig)
@@ -647,14 +660,16 @@ class TriggerRunner:
                                        dict(self.debounce.cooldown), dict(self.debounce.events))
         outcome.acting = acting
 
-    async def _evaluate(self, trig: Trigger, rows: list[tuple]) -> tuple[list[Status] | None, bool]:
-        """(statuses, False), or (None, True) when the request failed, or (None, False) when it did not run."""
+    async def _evaluate(self, trig: Trigger, rows: list[tuple], budget_s: float) -> tuple[list[Status] | None, bool]:
+        """(statuses, False), or (None, True) when the request failed, or (None, False) when it did not run.
+        `budget_s`: the most the batch may take (its own deadline, if shorter)."""
         loop = asyncio.get_running_loop()
         gate = self._evaluating.setdefault(trig.organization_id, asyncio.Semaphore(EVALUATIONS_PER_ORGANIZATION))
+        timeout = min(self.supervisor.limits.batch_timeout(len(rows)), budget_s)
         try:
             async with gate:
                 return await loop.run_in_executor(self._executor, self.supervisor.evaluate, trig.organization_id,
-                                                  trig.id, rows), False
+                                                  trig.id, rows, timeout), False
         except ConditionQuarantined:
             await self._check_quarantine(trig, force=True)
         except ConditionRejected as err:
