@@ -981,3 +981,26 @@ async def test_every_answer_an_organization_gets_is_a_record_of_the_release_log(
     unexplained = [body for status, body in seen if json.dumps(body, sort_keys=True) not in canonical | {constant}]
     assert not unexplained, unexplained[:3]
     assert {status for status, _ in seen} == {200, 409}  # both kinds were seen
+
+
+async def test_two_own_households_swapped_for_the_target_are_not_stopped_as_privacy_md_says(town):
+    """Documented, not protected (PRIVACY.md): with two unmarked households of its own, A = C + x + y1 and
+    B = C + y2 differ by three households, none isolated even with one of them known; A - B - y1 + y2 = x.
+    If this starts failing, the exact level got stronger: update PRIVACY.md."""
+    a_id, a_key = await town.org("dso", "A")
+    b_id, b_key = await town.org("dso", "B")
+    common = await town.households_(10)
+    x, y1, y2 = await town.households_(3)
+    await town.grant(a_id, [*common, x, y1])
+    await town.grant(b_id, [*common, y2])
+    start = await town.to_next(1)
+    for i, h in enumerate(common):
+        await town.post(h, STEADY[i])
+    await town.post(x, 1965.413)
+    await town.post(y1, 100.0)
+    await town.post(y2, 250.0)
+    town.clock.step(1)
+    a, _ = await town.window(a_key, "1s", start)
+    b, _ = await town.window(b_key, "1s", start)
+    assert a is not None and b is not None
+    assert a["consumption_w"] - b["consumption_w"] - 100.0 + 250.0 == pytest.approx(1965.413, abs=1e-3)
