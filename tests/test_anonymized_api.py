@@ -217,6 +217,11 @@ async def test_two_organizations_one_household_apart_difference_out_nothing(quie
     # the custodian is not held back by other organizations' cohorts
     status, dso = await town.ask("dso")
     assert status == 200 and {r["period_start"] for r in dso["records"]} & afternoon
+    # withholding is decided once: with the second supplier gone, the day is not released again otherwise
+    status, _ = await town.running.call("DELETE", f"/organizations/{town.orgs['supplier2'][0]}")
+    assert status in (200, 204)
+    status, again = await town.ask("supplier")
+    assert status == 200 and again["records"] == one["records"] and again["report"] == one["report"]
 
 
 # --- P9: a narrower range never returns what the day's release suppressed -----------------------------------------

@@ -33,7 +33,8 @@ MAX_ANONYMIZED_DAYS = 7
 STATIC_LOOKBACK_S = 7 * 86400  # static attributes are derived from at least this much history
 SETTLE_S = 900  # a day is released once it ended this long ago: late readings of its last quarter are in
 SERVICE = "anonymized_data"
-KIND = "anonymized"  # the kind of `once` record
+KIND = "anonymized"  # the kind of `once` record of a day's release
+KIND_WITHHELD = "anonymized-withheld"  # ...and of the periods withheld from an organization's day
 
 
 def _iso(moment: float) -> str:
@@ -139,6 +140,14 @@ async def day_release(agent, org_id: str, level, res: int, day: int) -> dict:
     is computed: their organization knows them, and they would only help it isolate the others."""
     periods = day_periods(day, res)
     cohorts, withheld = _cohorts(agent, org_id, level, res, day)
+    if not level.anonymized.linkable:
+        # Decided once too: were it made again after the other organization is deleted, the day would be released
+        # a second time, over other periods, perhaps generalized otherwise: two releases of one morning to compare.
+        decided = await agent.releases.once(KIND_WITHHELD, f"{org_id}|{level.name}|{res}|{day}",
+                                            lambda: {"withheld": withheld})
+        withheld = [int(p) for p in decided["withheld"]]
+    for period in withheld:
+        cohorts[period] = set()
     members = set().union(*cohorts.values())
     digest = hashlib.sha256(json.dumps({str(p): sorted(c) for p, c in cohorts.items()},
                                        sort_keys=True).encode()).hexdigest()[:32]
@@ -163,7 +172,7 @@ COHORT_MEMO = 512
 
 
 def _cohorts(agent, org_id: str, level, res: int, day: int) -> tuple[dict[int, set[str]], list[int]]:
-    """The organization's consenting cohort per period of a settled day, less the periods withheld. A settled
+    """The organization's consenting cohort per period of a settled day, and the periods to withhold. A settled
     day's cohorts never change, so the answer is kept (per set of organizations: a deleted one no longer
     counts) instead of going through every consent again on every request."""
     others = tuple(sorted(agent.registry.organizations))
@@ -172,8 +181,6 @@ def _cohorts(agent, org_id: str, level, res: int, day: int) -> tuple[dict[int, s
     if question not in memo:
         cohorts = {p: agent.registry.cohort(org_id, SERVICE, p, p + res) for p in day_periods(day, res)}
         withheld = [] if level.anonymized.linkable else _too_close(agent, org_id, level, cohorts, res)
-        for period in withheld:
-            cohorts[period] = set()
         memo[question] = (cohorts, withheld)
         while len(memo) > COHORT_MEMO:
             memo.pop(next(iter(memo)))
