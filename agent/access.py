@@ -23,7 +23,7 @@ def denied(level: Level, org, window: str, tag: str | None, tags: tuple[str, ...
     if window not in level.windows:
         return Denied(403, "window_not_permitted", f"level {level.name!r} may use windows {', '.join(level.windows)}")
     if tag is not None:
-        if not TAG.match(tag):
+        if not TAG.fullmatch(tag):
             return Denied(400, "bad_parameter", "tag: 1-32 lowercase letters, digits, '_' or '-'")
         if tag not in tags:
             return Denied(400, "unknown_tag", f"tag must be one of the device's vocabulary: {', '.join(tags)}")

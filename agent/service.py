@@ -210,9 +210,6 @@ class Agent:
         reading = self.pipeline.latest.get(meter_id) or self.store.latest(meter_id)
         return reading.timestamp if reading else None
 
-    def known_tags(self) -> set[str]:
-        return self.books["1m"].tags() | self.books["15m"].tags()
-
     def settled_until(self) -> float:
         """Now, or the time of a consent change still being written if earlier: periods that end after it are
         not closed yet (the release module holds windows back the same way)."""
