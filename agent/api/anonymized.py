@@ -110,7 +110,6 @@ def _range(query, settled: float) -> tuple[int, int, list[int]]:
 
 
 def _report(level, res: int, docs: list[dict], released: list[dict], records: list[dict], span: dict) -> dict:
-    rules = level.anonymized
     first = released[0]["report"]
     return {
         "level": level.name, **span,
@@ -122,14 +121,14 @@ def _report(level, res: int, docs: list[dict], released: list[dict], records: li
         "t_against": first["t_against"],
         "epsilon": None, "epsilon_spent": 0.0,
         "required": first["required"],
-        "linkable": rules.linkable,
+        "linkable": first["linkable"],
         "pseudonyms": first["pseudonyms"],
         "rows": len(records),
         "rows_suppressed": sum(doc["report"]["rows_suppressed"] for doc in released),  # in the whole days
         "grid": f"whole UTC days at {first['resolution']}; every range gets the recorded rows of the periods "
                 "it overlaps",
-        "days": [doc["report"] if "records" in doc else {"day": doc["day"], "released": False, **doc["refused"]}
-                 for doc in docs],
+        "days": [{**doc["report"], "released": True} if "records" in doc
+                 else {"day": doc["day"], "released": False, **doc["refused"]} for doc in docs],
     }
 
 

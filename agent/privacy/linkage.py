@@ -20,8 +20,9 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
-from agent.privacy.anonymize import BIN_FACTORS, LADDERS, LEVEL_NAMES, STATIC, HouseholdSeries, bin_of, top_of
+from agent.privacy.anonymize import LADDERS, LEVEL_NAMES, STATIC, HouseholdSeries, bin_of, top_of
 from drivers.reading import iso
 
 VALUE_FIELDS = ("period_start", "period_end", "consumption_w_from", "consumption_w_to")
@@ -53,7 +54,6 @@ def targets(series: list[HouseholdSeries], report: dict, resolution_s: int) -> l
     gen = report["generalization"]
     levels = [LEVEL_NAMES[name].index(gen[name]) for name in STATIC]
     width = gen["value_bin_w"]
-    assert width // (width // BIN_FACTORS[0]) in BIN_FACTORS
     out = []
     for hh in series:
         profile = tuple(LADDERS[name][lvl](hh.static) for name, lvl in zip(STATIC, levels))
@@ -64,8 +64,6 @@ def targets(series: list[HouseholdSeries], report: dict, resolution_s: int) -> l
 
 
 def _iso(moment: int) -> str:
-    from datetime import datetime, timezone
-
     return iso(datetime.fromtimestamp(moment, timezone.utc))
 
 
