@@ -91,9 +91,12 @@ class Limits:
     idle_s: float = 600.0  # a zygote unused for this long is collected
     worker_uid: int = 65534  # used only when the agent runs as root (nobody)
     worker_gid: int = 65534  # (nogroup)
-    # CPUs a worker may run on (None: the scheduler decides). Pinning workers to the agent's CPU makes a round
-    # trip a direct switch between the two processes instead of a cross-CPU wake-up (see bench/triggers_sandbox.py).
+    # CPUs a zygote (and so its row processes) may run on. None with pin_zygotes: each zygote is pinned to one
+    # CPU, taken in turn from the agent's, so that a fork, the row process and the zygote's wake-up stay on one
+    # CPU (no cross-CPU wake-up per row; on a VM each one is a hypervisor round trip: bench/triggers_sandbox.py)
+    # while different triggers still spread over every CPU. None without pin_zygotes: the scheduler decides.
     cpu_affinity: frozenset[int] | None = None
+    pin_zygotes: bool = True
 
     def batch_timeout(self, rows: int) -> float:
         return min(self.max_timeout_s, self.timeout_s + self.timeout_per_row_s * max(0, rows - 1))
@@ -156,6 +159,21 @@ def _programs() -> tuple[bytes, bytes]:
         raise SandboxUnavailable(protocol.LOCKDOWN_STEPS[protocol.STEP_SECCOMP]) from exc
 
 
+_cpu_turn = 0
+
+
+def _next_cpu() -> frozenset[int] | None:
+    """One of this process's CPUs, in turn."""
+    global _cpu_turn
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except OSError:
+        return None
+    with _spawner_lock:
+        _cpu_turn += 1
+        return frozenset({cpus[_cpu_turn % len(cpus)]})
+
+
 _SIGDEF = tuple(s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
@@ -200,9 +218,10 @@ def spawn_worker(limits: Limits, executable: str | None = None, *, inspect: bool
         os.close(req_r)
         os.close(ans_w)
     worker = WorkerProcess(pid, req_w, ans_r)
-    if limits.cpu_affinity:
+    cpus = limits.cpu_affinity or (_next_cpu() if limits.pin_zygotes else None)
+    if cpus:
         try:
-            os.sched_setaffinity(pid, limits.cpu_affinity)
+            os.sched_setaffinity(pid, cpus)
         except OSError:
             pass  # a hint only
     try:
