@@ -596,11 +596,10 @@ class TriggerRunner:
 
         # The deadline ends before the release moment: a condition can make its window fail (an error, a
         # violation towards quarantine), never make it late (dropped, which would be a channel of its own).
-        budget = outcome.release_at - RELEASE_MARGIN_S - self.agent.clock()
-        if budget <= 0:
+        statuses, failed = await self._evaluate(trig, rows, outcome.release_at - RELEASE_MARGIN_S)
+        if statuses is _LATE:
             self._late(trig, outcome, force=True)
             return None
-        statuses, failed = await self._evaluate(trig, rows, budget)
         if statuses is None and not failed:
             return None  # quarantined, backing off, or deleted meanwhile
         await self._check_quarantine(trig)
@@ -660,16 +659,23 @@ class TriggerRunner:
                                        dict(self.debounce.cooldown), dict(self.debounce.events))
         outcome.acting = acting
 
-    async def _evaluate(self, trig: Trigger, rows: list[tuple], budget_s: float) -> tuple[list[Status] | None, bool]:
-        """(statuses, False), or (None, True) when the request failed, or (None, False) when it did not run.
-        `budget_s`: the most the batch may take (its own deadline, if shorter)."""
+    async def _evaluate(self, trig: Trigger, rows: list[tuple], end_at: float) -> tuple[list[Status] | None, bool]:
+        """(statuses, False), or (None, True) when the request failed, or (None, False) when it did not run, or
+        (_LATE, False) when `end_at` (agent clock) had passed before it could start. The batch's deadline is its
+        own or `end_at`, whichever comes first, counted from when it starts in its thread (not when it queued)."""
         loop = asyncio.get_running_loop()
         gate = self._evaluating.setdefault(trig.organization_id, asyncio.Semaphore(EVALUATIONS_PER_ORGANIZATION))
-        timeout = min(self.supervisor.limits.batch_timeout(len(rows)), budget_s)
+        limits, clock = self.supervisor.limits, self.agent.clock
+
+        def run():  # in the evaluation thread
+            budget = end_at - clock()
+            if budget <= 0:
+                return _LATE
+            return self.supervisor.evaluate(trig.organization_id, trig.id, rows,
+                                            min(limits.batch_timeout(len(rows)), budget))
         try:
             async with gate:
-                return await loop.run_in_executor(self._executor, self.supervisor.evaluate, trig.organization_id,
-                                                  trig.id, rows, timeout), False
+                return await loop.run_in_executor(self._executor, run), False
         except ConditionQuarantined:
             await self._check_quarantine(trig, force=True)
         except ConditionRejected as err:
@@ -922,6 +928,9 @@ class TriggerRunner:
                 if not 200 <= resp.status < 300:
                     raise ValueError(f"HTTP {resp.status}")
         return await self._attempts(trig.id, lane, send)
+
+
+_LATE = object()  # an evaluation whose window's release moment came before it could start
 
 
 def _iso(moment: float) -> str:
