@@ -587,7 +587,7 @@ class Releases:
             fields = sorted({f for seen in bucket.values() for f in seen})
             mechanism = (dp.calibrate_rho(1, level.dp.rho / max(1, len(fields))) if level.dp.noise == "gaussian"
                          else dp.calibrate("laplace", 1, level.dp.epsilon / max(1, len(fields))))
-            body = {"window": "1d", "window_start": records.stamp(day), "households": len(members),
+            body = {"window": "1d", "window_start": records.stamp(day),  # no count: it would say who was present
                     **{f: mechanism.release([bucket[h].get(f, 0) for h in members]) for f in fields},
                     "privacy": self._noisy_privacy(level, mechanism, len(fields))}
             self.ledger.charge(members, loss, day)
