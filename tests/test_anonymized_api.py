@@ -25,6 +25,7 @@ from agent.privacy.anonymize import STATIC, HouseholdSeries, StaticAttributes
 from agent.privacy.synthetic import consumption_at, household_static
 from drivers.reading import Reading
 from tests.conftest import StepClock, make_config
+from tests.test_openapi import _conforms
 from tests.test_privacy_anonymize import pycanon_figures, reference_t
 
 DAY = 1_790_000_000 // 86400 * 86400
@@ -153,6 +154,9 @@ async def test_a_day_release_meets_the_level_in_every_period(town):
     assert all(set(r) == {"period_start", "period_end", *STATIC, "consumption_w_from", "consumption_w_to"}
                for r in records)
     assert "households" not in day and not any(h in str(body) or m in str(body) for h, _, m in town.homes)
+    _conforms("AnonymizedRelease", body)
+    status, linked = await town.ask("dso")
+    _conforms("AnonymizedRelease", linked)
     status, audit = await town.running.call("GET", f"/audit?since={DAY}&until={town.clock.now + 10}"
                                                    f"&who={town.orgs['supplier'][0]}")
     assert any(e["action"] == "data.anonymized" and e["released"] for e in audit["entries"])

@@ -270,8 +270,8 @@ SCHEMAS = {
                                       "lost_windows": {"type": "integer"}, "from": _nullable("string"),
                                       "to": _nullable("string"), "detail": STRING}},
     "AnonymizedRecord": {"type": "object",
-                         "required": ["pseudonym", "period_start", "period_end", "has_pv", "has_gas", "phases",
-                                      "connection", "consumption_w_from", "consumption_w_to"],
+                         "required": ["period_start", "period_end", "has_pv", "has_gas", "phases",
+                                      "connection", "consumption_w_from", "consumption_w_to"],  # pseudonym: dso
                          "properties": {"pseudonym": STRING, "period_start": TIME, "period_end": TIME,
                                         "has_pv": {"enum": ["yes", "no", "*"]}, "has_gas": {"enum": ["yes", "no", "*"]},
                                         "phases": {"enum": ["1", "3", "*"]}, "connection": STRING,
@@ -279,7 +279,7 @@ SCHEMAS = {
                                         "consumption_w_to": _nullable("integer")}},
     "PrivacyReport": {"type": "object",
                       "required": ["quasi_identifiers", "sensitive_attribute", "k", "l", "t", "epsilon", "rows",
-                                   "rows_suppressed", "households_suppressed", "epsilon_spent"],
+                                   "rows_suppressed", "epsilon_spent", "linkable", "days"],
                       "properties": {"level": STRING, "quasi_identifiers": {"type": "array", "items": STRING},
                                      "sensitive_attribute": STRING, "k": {"type": "integer"},
                                      "l": {"type": "integer"}, "t": {"type": "number"},
@@ -288,7 +288,9 @@ SCHEMAS = {
                                      "generalization": OBJ, "rows": {"type": "integer"},
                                      "rows_suppressed": {"type": "integer"}, "suppressed_for": OBJ,
                                      "households": {"type": "integer"},
-                                     "households_suppressed": {"type": "integer"}, "from": TIME, "to": TIME}},
+                                     "households_suppressed": {"type": "integer"}, "from": TIME, "to": TIME,
+                                     "linkable": {"type": "boolean"}, "pseudonyms": STRING, "t_against": STRING,
+                                     "grid": STRING, "days": {"type": "array", "items": OBJ}}},
     "AnonymizedRelease": {"type": "object", "required": ["records", "report"],
                           "properties": {"records": {"type": "array", "items": _ref("AnonymizedRecord")},
                                          "report": _ref("PrivacyReport")}},
@@ -470,13 +472,16 @@ def build_spec() -> dict:
                                  "409": REFUSED},
                              tag="organization")},
         "/data/anonymized": {"get": _op(
-            "Per-household data of consenting households, generalized and suppressed to the level's k, l, t; "
-            "fresh pseudonyms per release", ORG, {"200": _json("AnonymizedRelease")},
+            "Per-household rows of consenting households, generalized and suppressed to the level's k, l, t and "
+            "min_cell in every period; one recorded release per whole UTC day, any range gets its periods' "
+            "recorded rows; no pseudonym below the custodian (one per household per day at it)", ORG,
+            {"200": _json("AnonymizedRelease")},
             params=[_query("from", TIME_PARAM, "default: 24 h before to"),
-                    _query("to", TIME_PARAM, "default: the end of the last whole period"),
-                    _query("resolution", {"enum": ["15m", "1h"]}, "default: the level's finest")],
+                    _query("to", TIME_PARAM, "default: the end of the last released day"),
+                    _query("resolution", {"enum": ["15m", "1h"]}, "default: the level's grid")],
             extra_errors={"400": _error("Bad parameter"),
-                          "409": _error("The level's k, l or t cannot be met; says which")},
+                          "409": _error("The level's k, l or t cannot be met (says which), or the day has not "
+                                        "ended (not_settled)")},
             tag="organization")},
         "/data/dp": {"get": _op(
             "A noisy level's releases (the same records GET /data answers with): OpenDP's clamp, sum and discrete "
