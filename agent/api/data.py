@@ -114,8 +114,9 @@ async def _history(request, agent, org, window: str, tag: str | None) -> web.Res
     if (last - first) // width > MAX_HISTORY_WINDOWS:  # before building anything
         raise ApiError(400, "bad_parameter", f"at most {MAX_HISTORY_WINDOWS} windows per request; "
                        "narrow since/until or use a larger window")
-    decided = agent.releases.last_settled(window)
-    starts = [s for s in range(first, last, width) if decided is not None and s <= decided]
+    await agent.releases.settle()
+    limit = agent.releases.settle_limit()
+    starts = [s for s in range(first, last, width) if s + width <= limit]  # ended; the log has the rest
     answers = await agent.releases.history(org.id, window, starts, tag)
     released, refused = [], []
     for start in starts:

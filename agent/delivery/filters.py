@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 NUMERIC_FIELDS = ("consumption_w", "production_w", "net_w", "energy_import_wh", "energy_export_wh", "households",
                   "mean_w")
-ALWAYS_KEPT = ("window", "window_start", "window_end", "tag")
+ALWAYS_KEPT = ("window", "window_start", "window_end", "tag", "privacy")  # a number never travels without its terms
 
 
 class FilterError(ValueError):

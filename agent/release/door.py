@@ -137,6 +137,8 @@ class Releases:
         width = WINDOW_SECONDS[window]
         doc = self._records.get((org_id, width, start, tag or ""))
         if doc is None:
+            if start < math.ceil(self._started_at / width) * width:
+                return NOT_RELEASED  # began before this process: on disk (history) or never decided
             decided = self._decided.get(width)
             if decided is None or start > decided:
                 return Refusal("not_settled", "this window has not ended or is not decided yet; ask again "
