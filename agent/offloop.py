@@ -1,5 +1,5 @@
 """Disk writes asked for from the event loop, run in a worker thread: one change at a time per owner (a store,
-the privacy budget, the delivery engine), in the order asked, and reported only once durable.
+the release log, the delivery engine), in the order asked, and reported only once durable.
 
 Here rather than in agent/api/common.py: the stores below the API use it, and the API package imports them.
 """
