@@ -151,7 +151,7 @@ class TriggersConfig:
     max_per_organization: int = 10  # live triggers per organization
     # Timing: a window's actions leave release_delay_s after it closes (never when its evaluation happens to
     # end), its statistics statistics_delay_s after that (actions not done by then count as failed).
-    release_delay_s: float = 5.0
+    release_delay_s: float = 20.0  # room for a 1,000-row batch on a Pi (about 10 ms per row there)
     statistics_delay_s: float = 60.0
     # What an organization may learn of one household: webhook events of household conditions (each one
     # consented to per trigger), across all its triggers, per UTC day.
@@ -469,7 +469,8 @@ def parse_config(data: dict, source: str = "config") -> Config:
         triggers = TriggersConfig(timeout_ms=timeout_ms,
                                   min_interval_s=triggers_t.number("min_interval_s", 60, 1, 86400),
                                   max_per_organization=max_per_org,
-                                  release_delay_s=triggers_t.number("release_delay_s", 5.0, 0.1, 60),
+                                  release_delay_s=triggers_t.number("release_delay_s",
+                                                                    TriggersConfig.release_delay_s, 0.1, 60),
                                   statistics_delay_s=triggers_t.number("statistics_delay_s", 60.0, 1, 3600),
                                   max_events_per_household_per_day=_count(
                                       triggers_t, "max_events_per_household_per_day", 24, 0, 1440),

@@ -272,8 +272,9 @@ async def test_deadband_filter_cuts_traffic(town, receiver):
     await asyncio.sleep(0.2)
     values = [m["aggregate"]["consumption_w"] for m in receiver.messages()]
     assert values == [300.0, 600.0, 297.0]
+    # the fields asked for, and the privacy terms: a number never travels without them
     assert set(receiver.messages()[0]["aggregate"]) == {"window", "window_start", "window_end", "tag",
-                                                        "consumption_w"}
+                                                        "consumption_w", "privacy"}
 
 
 async def test_secret_rotation_without_a_gap(town, receiver):
