@@ -261,11 +261,11 @@ SCHEMAS = {
                                       "subscription_id": STRING, "window": STRING, "window_start": TIME,
                                       "window_end": TIME, "aggregate": {
                                           "type": "object", "additionalProperties": False,
-                                          "required": ["window", "window_start", "window_end", "tag"],
+                                          "required": ["window", "window_start", "window_end", "tag", "privacy"],
                                           "properties": {**AGGREGATE_PROPERTIES, **AGGREGATE_OPTIONAL},
                                           "description": "the Aggregate record, projected to the filter's "
-                                                         "fields (window, window_start, window_end and tag "
-                                                         "always kept)"},
+                                                         "fields (window, window_start, window_end, tag and "
+                                                         "privacy always kept)"},
                                       "released": {"type": "boolean"}, "reason": {"enum": list(REFUSALS)},
                                       "lost_windows": {"type": "integer"}, "from": _nullable("string"),
                                       "to": _nullable("string"), "detail": STRING}},
