@@ -159,6 +159,8 @@ class Releases:
                 missing.setdefault(ReleaseLog.file_of({"t": "r", "w": width, "s": start}), []).append(start)
         for name, wanted in missing.items():
             docs = await asyncio.to_thread(self.log.read, name)
+            if width == 1:  # a noisy level's 1 s records sit with its charges in the day's main file
+                docs += await asyncio.to_thread(self.log.read, day_name(wanted[0]))
             found = {d["s"]: d for d in docs if d.get("t") == "r" and d["o"] == org_id and d["w"] == width
                      and d["g"] == (tag or "")}
             for start in wanted:
