@@ -74,7 +74,7 @@ SCHEMAS = {
                        "properties": {"error": STRING, "detail": STRING, "parameter": STRING, "reason": {
                            "type": "string", "description": "unknown parameter, parameter not permitted, syntax "
                            "error, does not define condition(...), too slow: exceeded N ms, did not return a bool, "
-                           "or rejected by sandbox"}}},
+                           "reads the clock, or rejected by sandbox"}}},
     "NotifyIn": {"type": "object", "required": ["url"], "additionalProperties": False,
                  "properties": {"url": {"type": "string", "description": "https:// URL"},
                                 "kind": {"enum": ["webhook", "ntfy"]}}},
