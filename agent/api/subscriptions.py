@@ -50,6 +50,8 @@ async def subscribe(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_filter", str(err)) from None
     sub, secret = await agent.delivery.subscribe_async(org.id, endpoint, float(interval), window, tag,
                                                        body.get("filter"))  # on disk before it is answered
+    if sub.id not in agent.delivery.subscriptions:  # its organization was deleted meanwhile, with it
+        raise ApiError(404, "not_found", "the organization was deleted while the subscription was written")
     await agent.audit.record_durable(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id,
                                      window=window, tag=tag)
     return web.json_response({**agent.delivery.describe(sub), "secret": secret}, status=201)
