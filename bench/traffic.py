@@ -123,7 +123,7 @@ async def edge_hour(tmp: Path, port: int, filter_spec: dict | None, series) -> t
                 base = series[h][second // 60]
                 agent.pipeline.ingest(replace(base, meter_id=meter, timestamp=now, received_at=now))
             clock_now[0] = start + second + 1
-            agent.delivery.produce_due()
+            await agent.releases.settle()  # decides the second that ended; delivery's producer runs from it
             if second % 300 == 0:
                 await asyncio.to_thread(agent.store.flush)
         await asyncio.sleep(0.5)
