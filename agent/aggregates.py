@@ -6,11 +6,9 @@ No I/O, and no release rule: what is released from these windows, to whom, is de
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import WINDOW_SECONDS
-from agent.release.records import Refusal  # noqa: F401  (transitional: callers not yet on agent.release)
 from drivers.reading import Reading
 
 
@@ -55,16 +53,12 @@ class Accumulator:
 
 
 class WindowBook:
-    """Recent windows of one width: {window start: {meter_id: accumulator}}, oldest dropped.
+    """Recent windows of one width: {window start: {meter_id: accumulator}}, oldest dropped. When a window may be
+    decided (its end, a consent change still being written) is the release module's question, not this one's."""
 
-    `held_from` (the registry's `pending_since`) gives the time of a consent change still being written, or
-    None: a window that ends after it is not closed yet, whatever the clock says, because its cohort depends on
-    whether that write lands (releasing it now could disagree with what the durable history answers later)."""
-
-    def __init__(self, width_s: int, keep: int, held_from: Callable[[], float | None] | None = None):
+    def __init__(self, width_s: int, keep: int):
         self.width_s = width_s
         self.keep = keep
-        self.held_from = held_from
         self._windows: OrderedDict[int, dict[str, Accumulator]] = OrderedDict()
 
     def window_start(self, moment: float) -> int:
@@ -86,29 +80,14 @@ class WindowBook:
             acc = window[reading.meter_id] = Accumulator()
         acc.add(reading)
 
-    def last_closed(self, now: float) -> int:
-        """Start of the most recent window that has ended and is not held back by a consent change being
-        written (a window ending exactly at the change's time is not affected by it)."""
-        held = self.held_from() if self.held_from is not None else None
-        if held is not None and held < now:
-            now = held
-        return self.window_start(now) - self.width_s
-
-    def holds(self, start: int) -> bool:
-        """Whether this window is still in memory (older ones are answered from the store)."""
-        return start in self._windows or bool(self._windows) and start > next(iter(self._windows))
-
     def contributions(self, start: int) -> dict[str, Contribution]:
         window = self._windows.get(start, {})
         return {meter: c for meter, acc in window.items() if (c := acc.result()) is not None}
 
-    def tags(self) -> set[str]:
-        return {tag for window in self._windows.values() for acc in window.values() for tag in acc.tag_sums}
 
-
-# Live windows kept in memory per width; older windows are answered from the store.
+# Live windows kept in memory per width, until the release module has decided them.
 KEEP = {"1s": 120, "1m": 120, "15m": 8, "1h": 4}
 
 
-def new_books(held_from: Callable[[], float | None] | None = None) -> dict[str, WindowBook]:
-    return {name: WindowBook(WINDOW_SECONDS[name], KEEP[name], held_from) for name in WINDOW_SECONDS}
+def new_books() -> dict[str, WindowBook]:
+    return {name: WindowBook(WINDOW_SECONDS[name], KEEP[name]) for name in WINDOW_SECONDS}

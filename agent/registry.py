@@ -9,7 +9,7 @@ moment are derived from it, so a window's cohort can be fixed at the window's ow
 
 A consent change is stamped with its time `at`, written, and only then applied in memory: what the registry
 answers is always the durable history. While it is being written it is *pending* (`pending_since()`), and
-no window that ends after `at` may be closed or released (see `agent.aggregates.WindowBook.last_closed`):
+no window that ends after `at` may be closed or released (see `agent.release.door.Releases.settle_limit`):
 such a window's cohort depends on whether the write lands. Once it settles, the change is applied (or,
 if the disk refused it, dropped: nothing was released under it) and the windows go out.
 

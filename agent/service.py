@@ -66,8 +66,7 @@ class Agent:
         self.audit = AuditLog(config.storage.path / "audit", clock=lambda: self.clock())
         self.throttle = FailureThrottle()
         self.telegram_ingest = TelegramIngest()
-        # A window closes only once no consent change it depends on is still being written.
-        self.books = new_books(self.registry.pending_since)
+        self.books = new_books()
         # The one door: everything organizations observe that depends on household data (agent/release/).
         self.releases = Releases(config, self.registry, self.books, lambda: self.clock(),
                                  config.storage.path / "releases")
@@ -209,17 +208,6 @@ class Agent:
     def last_timestamp(self, meter_id: str) -> datetime | None:
         reading = self.pipeline.latest.get(meter_id) or self.store.latest(meter_id)
         return reading.timestamp if reading else None
-
-    def settled_until(self) -> float:
-        """Now, or the time of a consent change still being written if earlier: periods that end after it are
-        not closed yet (the release module holds windows back the same way)."""
-        now = self.clock()
-        held = self.registry.pending_since()
-        return now if held is None or held >= now else held
-
-    def release_window(self, org_id: str, window: str, start: int, _contributions, tag: str | None):
-        """Transitional: the recorded answer (agent/release), for callers not yet asking the door directly."""
-        return self.releases.answer(org_id, window, start, tag)
 
 
 def _retrieved(task: asyncio.Task) -> None:

@@ -13,15 +13,17 @@ test opens it (and then writes, or raises like a full disk). No durations are me
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import replace
 
 from aiohttp.test_utils import make_mocked_request
 
-from agent.aggregates import WindowBook
+from agent.aggregates import new_books
 from agent.api.households import grant_consent
 from agent.audit import AuditLog
 from agent.config import PrivacyConfig
 from agent.registry import Registry
+from agent.release import Releases
 from agent.service import Agent
 from tests.conftest import StepClock, make_config
 from tests.test_delivery import delivery_config
@@ -45,12 +47,15 @@ def gate_consent_append(monkeypatch, registry: Registry, fail: bool) -> Gate:
     return gate
 
 
-# --- the registry and the window book on their own (/tmp/rev/consent_undo.py) -------------------------------------
+# --- the registry and the release module's hold on their own (/tmp/rev/consent_undo.py) -------------------------------------
 async def test_a_window_ending_after_a_consent_change_being_written_is_not_closed_and_a_refused_write_changes_nothing(
         tmp_path, monkeypatch):
     now = [1000.0]
     registry = Registry(tmp_path / "registry.seg", clock=lambda: now[0])
-    book = WindowBook(1, 10, held_from=registry.pending_since)
+    releases = Releases(make_config(tmp_path), registry, new_books(), lambda: now[0], tmp_path / "releases")
+
+    def last_closed() -> int:  # start of the newest 1-second window the release module may decide
+        return math.floor(releases.settle_limit()) - 1
     org, _ = registry.create_organization("Energy Co", "dso")
     household, _ = registry.create_household(None, "http")
     registry.set_consent(household.id, org.id, "aggregates", True)
@@ -61,7 +66,7 @@ async def test_a_window_ending_after_a_consent_change_being_written_is_not_close
         await asyncio.sleep(0.01)
     assert registry.pending_since() == 2000.0
     now[0] = 2001.5  # the clock says [2000, 2001) has ended; the revocation at 2000 is still being written
-    assert book.last_closed(now[0]) == 1999  # [1999, 2000) ends at the change: not affected, closed
+    assert last_closed() == 1999  # [1999, 2000) ends at the change: not affected, closed
     assert not registry.consent_state(household.id, org.id, "aggregates")  # a revocation is obeyed at once
     gate.open()
     try:
@@ -72,10 +77,11 @@ async def test_a_window_ending_after_a_consent_change_being_written_is_not_close
         raise AssertionError("the refused write was reported as done")
     gate.check()
     assert registry.pending_since() is None
-    assert book.last_closed(now[0]) == 2000  # released only now, with the cohort the disk gives
+    assert last_closed() == 2000  # released only now, with the cohort the disk gives
     cohort = registry.cohort(org.id, "aggregates", 2000, 2001)
     assert cohort == {household.id}
     registry.close()
+    releases.close()
     reread = Registry(tmp_path / "registry.seg")
     try:
         assert reread.cohort(org.id, "aggregates", 2000, 2001) == cohort

@@ -72,7 +72,7 @@ class Town:
         self.config = make_config(tmp_path, **({"levels": levels} if levels else {}),
                                   **({"privacy": privacy} if privacy else {}))
         self.registry = Registry(tmp_path / "registry.seg", clock=lambda: self.now)
-        self.books = new_books(self.registry.pending_since)
+        self.books = new_books()
         self.tmp_path = tmp_path
         self.releases = self._releases()
         self.households = [self.registry.create_household(None, "http")[0] for _ in range(12)]

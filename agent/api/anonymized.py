@@ -57,7 +57,7 @@ async def get_anonymized(request: web.Request) -> web.Response:
         raise ApiError(403, "not_permitted", f"level {level.name!r} does not receive anonymized per-household data"
                        + (" (noisy aggregates only: GET /data)" if level.noisy else ""))
     res = _resolution(request.query.get("resolution"), level)
-    since, until, days = _range(request.query, agent.settled_until())
+    since, until, days = _range(request.query, agent.releases.settle_limit())
     docs = [await day_release(agent, org.id, level, res, day) for day in days]
     span = {"from": _iso(since), "to": _iso(until)}
     released = [doc for doc in docs if "records" in doc]
