@@ -34,6 +34,14 @@ def day_name(moment: float) -> str:
     return time.strftime("%Y%m%d", time.gmtime(moment))
 
 
+def _day(path: Path) -> int | None:
+    """The UTC midnight a day file is named after, or None for another file."""
+    try:
+        return calendar.timegm(time.strptime(path.stem.removeprefix(FINE_PREFIX), "%Y%m%d"))
+    except ValueError:
+        return None
+
+
 class ReleaseLog:
     def __init__(self, directory: str | Path, keep_days: int):
         self.directory = Path(directory)
@@ -82,16 +90,13 @@ class ReleaseLog:
         """Every document still kept, oldest file first (1-second files only from `fine_since`); deletes files
         past their retention."""
         for path in sorted(self.directory.glob("*.seg"), key=lambda p: p.stem.removeprefix(FINE_PREFIX)):
-            fine = path.stem.startswith(FINE_PREFIX)
-            try:
-                day = calendar.timegm(time.strptime(path.stem.removeprefix(FINE_PREFIX), "%Y%m%d"))
-            except ValueError:
+            day = _day(path)
+            if day is None:
                 continue
-            keep = FINE_KEEP_DAYS if fine else self.keep_days
-            if day + (keep + 1) * 86400 < now:
+            if self._expired(path, day, now):
                 path.unlink(missing_ok=True)
                 continue
-            if fine and day + 86400 < fine_since:
+            if path.stem.startswith(FINE_PREFIX) and day + 86400 < fine_since:
                 continue
             db = SegmentDB(str(path))
             try:
@@ -102,16 +107,16 @@ class ReleaseLog:
     def apply_retention(self, now: float) -> None:
         with self._lock:
             for path in self.directory.glob("*.seg"):
-                fine = path.stem.startswith(FINE_PREFIX)
-                try:
-                    day = calendar.timegm(time.strptime(path.stem.removeprefix(FINE_PREFIX), "%Y%m%d"))
-                except ValueError:
-                    continue
-                if day + ((FINE_KEEP_DAYS if fine else self.keep_days) + 1) * 86400 < now:
+                day = _day(path)
+                if day is not None and self._expired(path, day, now):
                     db = self._open.pop(path.stem, None)
                     if db is not None:
                         db.close()
                     path.unlink(missing_ok=True)
+
+    def _expired(self, path: Path, day: int, now: float) -> bool:
+        keep = FINE_KEEP_DAYS if path.stem.startswith(FINE_PREFIX) else self.keep_days
+        return day + (keep + 1) * 86400 < now
 
     def close(self) -> None:
         with self._lock:
