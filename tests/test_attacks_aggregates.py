@@ -820,20 +820,11 @@ def test_p6_ledger_cap_holds_across_kill_9_of_the_real_process(tmp_path):
     import signal
     import time
 
-    from tests.conftest import OPERATOR_TOKEN
-    from tests.test_service import free_port, start_agent, wait_until
+    from tests.test_service import agent_toml, free_port, start_agent, wait_until
 
     port = free_port()
     config = tmp_path / "edge.toml"
-    config.write_text(f"""
-[api]
-listen = "127.0.0.1:{port}"
-[auth]
-operator_token = "{OPERATOR_TOKEN}"
-[storage]
-path = "{tmp_path / 'store'}"
-flush_seconds = 0.5
-[privacy]
+    config.write_text(agent_toml(tmp_path, port) + """[privacy]
 k_min = 2
 [levels.fast]
 kind = "noisy"

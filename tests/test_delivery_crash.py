@@ -13,19 +13,11 @@ import aiohttp
 
 from tests.conftest import OPERATOR_TOKEN
 from tests.test_delivery import Receiver, eventually
-from tests.test_service import free_port
+from tests.test_service import agent_toml, free_port
 
 
 def config_text(tmp_path, port: int) -> str:
-    return f"""
-[api]
-listen = "127.0.0.1:{port}"
-[auth]
-operator_token = "{OPERATOR_TOKEN}"
-[storage]
-path = "{tmp_path / 'store'}"
-flush_seconds = 0.5
-[privacy]
+    return agent_toml(tmp_path, port) + """[privacy]
 k_min = 3
 [delivery]
 allow_http = true

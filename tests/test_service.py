@@ -22,9 +22,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(tmp_path, pty_path: str, port: int, flush_seconds: float = 0.5):
-    path = tmp_path / "edge.toml"
-    path.write_text(f"""
+def agent_toml(tmp_path, port: int, flush_seconds: float = 0.5) -> str:
+    """The [api], [auth] and [storage] tables of an edge.toml for a real `edge-agent run` on loopback."""
+    return f"""
 [api]
 listen = "127.0.0.1:{port}"
 [auth]
@@ -32,7 +32,12 @@ operator_token = "{OPERATOR_TOKEN}"
 [storage]
 path = "{tmp_path / 'store'}"
 flush_seconds = {flush_seconds}
-[[meters]]
+"""
+
+
+def write_config(tmp_path, pty_path: str, port: int, flush_seconds: float = 0.5):
+    path = tmp_path / "edge.toml"
+    path.write_text(agent_toml(tmp_path, port, flush_seconds) + f"""[[meters]]
 id = "m1"
 port = "{pty_path}"
 profile = "dsmr5"
