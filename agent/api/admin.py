@@ -91,16 +91,20 @@ async def create_household(request: web.Request) -> web.Response:
     operator = require(request, OPERATOR)
     body = json_object(await read_json(request, allow_empty=True),
                        {"meter_id": (str, type(None)), "related_organizations": list})
-    agent = agent_of(request)
-    meter_id = body.get("meter_id")
+    household, token = await new_household(agent_of(request), operator.id, body.get("meter_id"),
+                                           body.get("related_organizations", []))
+    return web.json_response({**household.public(), "token": token}, status=201)
+
+
+async def new_household(agent, operator_id: str, meter_id: str | None, related=()):
+    """(household, token), created and audited (the API and the installer's page both use it)."""
     if meter_id is not None and meter_id not in agent.readers:
         raise ApiError(422, "invalid", f"meter_id {meter_id!r} is not one of this device's P1 meters; leave it "
                        "out for a household that posts its own readings")
-    related = body.get("related_organizations", [])
     household, token = await agent.registry.create_household_async(meter_id, "p1" if meter_id else "http", related)
-    await agent.audit.record_durable(operator.id, OPERATOR, "household.create", household_id=household.id,
+    await agent.audit.record_durable(operator_id, OPERATOR, "household.create", household_id=household.id,
                                      related_organizations=household.related_organizations)
-    return web.json_response({**household.public(), "token": token}, status=201)
+    return household, token
 
 
 async def update_household(request: web.Request) -> web.Response:

@@ -37,19 +37,22 @@ async def my_consent_history(request: web.Request) -> web.Response:
     return web.json_response({"history": agent_of(request).registry.history_of(household.id)})
 
 
-async def _change_consent(request: web.Request, granted: bool) -> web.Response:
-    household = require(request, HOUSEHOLD).household
-    agent = agent_of(request)
-    org_id, service = request.match_info["org_id"], request.match_info["service"]
-
+async def change_consent(agent, household_id: str, org_id: str, service: str, granted: bool):
+    """A household's grant or revocation, durable with its audit entry (the API and the web pages both use it)."""
     async def change_and_audit():
-        change = await agent.registry.set_consent_async(household.id, org_id, service, granted)
-        await agent.audit.record_durable(household.id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
+        change = await agent.registry.set_consent_async(household_id, org_id, service, granted)
+        await agent.audit.record_durable(household_id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
                                          organization_id=org_id, service=service)
         return change
     # One step: a change on disk always gets its audit entry, even if this request is cancelled meanwhile
     # (the agent stopping waits for it).
-    change = await agent.shielded(change_and_audit())
+    return await agent.shielded(change_and_audit())
+
+
+async def _change_consent(request: web.Request, granted: bool) -> web.Response:
+    household = require(request, HOUSEHOLD).household
+    org_id, service = request.match_info["org_id"], request.match_info["service"]
+    change = await change_consent(agent_of(request), household.id, org_id, service, granted)
     return web.json_response({"organization_id": org_id, "service": service, "granted": granted, "at": change.at})
 
 
