@@ -165,6 +165,20 @@ class TriggersConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """The device in a fleet ([fleet]; off by default): releases up to NATS JetStream, desired state down
+    (agent/fleet/)."""
+
+    enabled: bool = False
+    device_id: str = ""  # its subject token and its key in the desired-state bucket; default: [device] name
+    servers: tuple[str, ...] = ()  # the NATS cluster, e.g. ("nats://nats1:4222", "nats://nats2:4222")
+    operator_public_key: str = ""  # Ed25519, base64 of the raw 32 bytes: signs the desired state
+    windows: tuple[str, ...] = ("1m", "15m", "1h")  # the widths whose releases go up
+    heartbeat_s: float = 30.0
+    outbox_max: int = 100_000  # messages kept on disk while the cluster is out of reach (then: the release log)
+
+
+@dataclass(frozen=True)
 class Config:
     operator_token: str
     listen_host: str = "127.0.0.1"
@@ -177,6 +191,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     triggers: TriggersConfig = field(default_factory=TriggersConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 # --- small checkers, each raising ConfigError with the key it was given -----------------------
@@ -396,6 +411,37 @@ def _differential_privacy(t: _Table, default: DifferentialPrivacy, tags: tuple[s
     return out
 
 
+def _fleet(t: _Table, device_name: str) -> FleetConfig:
+    enabled = t.get("enabled", bool, False)
+    device_id = t.get("device_id", str, "")
+    servers = t.get("servers", list, [])
+    if not all(isinstance(s, str) and re.match(r"^(nats|tls)://[^\s/]+$", s) for s in servers):
+        raise ConfigError(f"{t.key}.servers", "must be a list of nats://HOST:PORT or tls://HOST:PORT")
+    key = t.get("operator_public_key", str, "")
+    windows = t.get("windows", list, list(FleetConfig.windows))
+    bad = [w for w in windows if w not in WINDOWS]
+    if bad or not windows:
+        raise ConfigError(f"{t.key}.windows", f"must name windows of {', '.join(WINDOWS)}")
+    if enabled:
+        from agent.fleet.document import NAME, public_key_from_text
+
+        if not NAME.match(device_id or device_name):
+            raise ConfigError(f"{t.key}.device_id", "1-64 letters, digits, '_' or '-' (a NATS subject token; "
+                              "set it when [device] name is not one)")
+        if not servers:
+            raise ConfigError(f"{t.key}.servers", "is required when the fleet is enabled")
+        try:
+            public_key_from_text(key)
+        except ValueError as err:
+            raise ConfigError(f"{t.key}.operator_public_key", f"an Ed25519 public key in base64: {err}") from None
+    out = FleetConfig(enabled=enabled, device_id=device_id, servers=tuple(servers), operator_public_key=key,
+                      windows=tuple(dict.fromkeys(windows)),
+                      heartbeat_s=t.number("heartbeat_s", FleetConfig.heartbeat_s, 1, 3600),
+                      outbox_max=int(t.number("outbox_max", FleetConfig.outbox_max, 10, 10_000_000)))
+    t.finish()
+    return out
+
+
 def parse_config(data: dict, source: str = "config") -> Config:
     try:
         root = _Table(data, "")
@@ -490,6 +536,8 @@ def parse_config(data: dict, source: str = "config") -> Config:
             levels[name] = _level(levels_t.table(name), name, privacy.tags)
         levels_t.finish()
 
+        fleet = _fleet(root.table("fleet"), device_name)
+
         root.used.add("meters")
         meters_data = data.get("meters", [])
         if not isinstance(meters_data, list):
@@ -512,6 +560,7 @@ def parse_config(data: dict, source: str = "config") -> Config:
         privacy=privacy,
         delivery=delivery,
         triggers=triggers,
+        fleet=fleet,
     )
 
 
