@@ -72,6 +72,12 @@ class Agent:
                                  config.storage.path / "releases")
         self.delivery = Delivery(self, config.storage.path / "delivery", config.delivery)
         self.triggers = TriggerRunner(self, config.storage.path / "triggers")
+        # The device in a fleet (agent/fleet/): its desired state is applied here, before anything runs.
+        self.fleet = None
+        if config.fleet.enabled:
+            from agent.fleet.link import FleetLink
+
+            self.fleet = FleetLink(self)
         self.pipeline.subscribe(self._into_books)
         self.readers: dict[str, P1Reader] = {}
         self.systemd = Systemd()
@@ -89,6 +95,8 @@ class Agent:
             reader.start()
         await self.delivery.start()
         await self.triggers.start()  # says at start whether the kernel enforces the sandbox
+        if self.fleet:
+            await self.fleet.start()
         self._runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
@@ -119,6 +127,8 @@ class Agent:
             await asyncio.gather(*list(self._tails), return_exceptions=True)
         await self.delivery.stop()
         await self.triggers.stop()
+        if self.fleet:
+            await self.fleet.stop()
         # Readings the reader threads handed over just before they stopped.
         await asyncio.sleep(0)
         await asyncio.to_thread(self.store.close)
@@ -183,6 +193,7 @@ class Agent:
             "readings_in": self.pipeline.readings_in,
             "triggers": self.triggers.health(),
             "config_error": config_error,
+            **({"fleet": self.fleet.health()} if self.fleet else {}),
         }
 
     def config_error(self) -> str | None:
