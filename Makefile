@@ -15,7 +15,7 @@ test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
-	for b in p1_pipeline store ingest traffic triggers_sandbox privacy; do \
+	for b in p1_pipeline store ingest traffic triggers_sandbox privacy fleet; do \
 	  [ -f bench/$$b.py ] && echo "== bench/$$b.py" && PYTHONPATH=. $(BIN)/python bench/$$b.py; done
 
 install: $(VENV)/.installed
@@ -27,11 +27,14 @@ image:
 boot-test: $(VENV)/.installed
 	image/test-boot.sh
 
-# Debian packages the sandbox needs (libseccomp2); installed when missing and we may (root).
+# Debian packages the sandbox needs (libseccomp2) and the fleet's tests and bench (nats-server, 2.9: JetStream
+# clustering and key-value buckets); installed when missing and we may (root).
+SYSTEM_PACKAGES := libseccomp2 nats-server
 system-deps:
-	@dpkg -s libseccomp2 >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libseccomp2; \
-	  else echo "libseccomp2 is missing: sudo apt-get install libseccomp2" >&2; exit 1; fi; }
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	[ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages: sudo apt-get install $$missing" >&2; exit 1; fi; }
 
 $(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
