@@ -1,0 +1,415 @@
+"""The device's link to the fleet: releases up, heartbeats beside them, desired state down.
+
+Up: when the release module has decided a window of a width in `[fleet] windows`, every record of that window for
+the fleet's organizations (a released body or a refusal's code, nothing else) becomes one outbox message, on disk
+first (agent/fleet/outbox.py); one publisher sends the outbox head to `edge.<device>.releases` with its
+Nats-Msg-Id and the expected last subject sequence, and drops it only on JetStream's acknowledgement. After a
+restart the release log is read from the outbox's cursor, so a window decided just before a kill -9 still goes.
+
+Down: the device watches its key in the `edge_desired` bucket. A document is checked whole (agent/fleet/
+document.py: signature, device, version, not-after, content) and applied whole in one step on the event loop:
+the fleet's organizations replace the previous ones in the registry's memory (their one key each; a revoked or
+removed key stops working at once), related households are marked. The accepted document is kept on disk and
+applied again at start, before the API or the release module run. A refusal is logged and shown in /health; the
+device keeps the version it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from agent.config import WINDOW_SECONDS
+from agent.fleet import HEALTH_STREAM, RELEASES_STREAM, document, health_subject, releases_subject
+from agent.fleet.outbox import FleetOutbox
+from agent.offloop import serially
+from agent.registry import Organization
+from agent.release import Refusal
+from agent.store.segment import fsync_dir
+
+log = logging.getLogger("edge.fleet")
+
+DESIRED_FILE = "desired.json"
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence
+CATCH_UP_MAX_WINDOWS = 10_000  # per width, read back from the release log after a restart
+SKIPPED = ("not_released", "not_settled")  # no record: nothing to send
+
+
+class FleetLink:
+    def __init__(self, agent):
+        self.agent = agent
+        self.config = agent.config.fleet
+        self.device = self.config.device_id or agent.config.device_name
+        self.public_key = document.public_key_from_text(self.config.operator_public_key)
+        self.directory = Path(agent.config.storage.path) / "fleet"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.outbox = FleetOutbox(self.directory / "outbox.seg", self.config.outbox_max)
+        self.writes = asyncio.Lock()
+        self.applied: dict | None = None
+        self.applied_at: float | None = None
+        self.refusal: dict | None = None
+        self._fleet_orgs: set[str] = set()
+        self._fleet_related: dict[str, set[str]] = {}
+        self._scanned: dict[str, int] = {}  # see _done
+        self._windows: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._nc = None
+        self._js = None
+        self._tasks: list[asyncio.Task] = []
+        self.published = 0
+        self.duplicates = 0
+        self.sequence_resyncs = 0
+        self.last_publish_error: str | None = None
+        self._load_desired()
+        agent.releases.listen(self._on_window)
+
+    # --- desired state -------------------------------------------------------------------------
+    def _load_desired(self) -> None:
+        path = self.directory / DESIRED_FILE
+        if not path.exists():
+            return
+        envelope = path.read_bytes()
+        try:  # accepted before; checked again (signature, device, content) but not for age: it is what runs
+            doc = document.check(envelope, self.public_key, "device", float("-inf"), None, self.device,
+                                 self.agent.config.levels)
+        except document.Refused as err:
+            self._refuse(None, err)
+            return
+        self._apply(doc)
+
+    def offer(self, envelope: bytes) -> bool:
+        """A document from the bucket: applied whole, or refused (logged, shown in /health)."""
+        running = self.applied["version"] if self.applied else None
+        try:
+            doc = document.check(envelope, self.public_key, "device", time.time(), running, self.device,
+                                 self.agent.config.levels)
+            self._check_households(doc)
+        except document.Refused as err:
+            if err.error == "older_version" and self.applied and document.verify(
+                    envelope, self.public_key) == self.applied:
+                return False  # the running document seen again (a watcher restarted): nothing to say
+            self._refuse(envelope, err)
+            return False
+        self._save(envelope)
+        self._apply(doc)
+        log.info("fleet: desired state version %d applied (%d organization(s))", doc["version"],
+                 len(self._fleet_orgs))
+        return True
+
+    def _check_households(self, doc: dict) -> None:
+        households = self.agent.registry.households
+        unknown = [h for h in document.related(doc) if h not in households]
+        if unknown:
+            raise document.Refused("unknown_household", f"related household {unknown[0]!r} is not on this device")
+
+    def _refuse(self, envelope: bytes | None, err: document.Refused) -> None:
+        version = None
+        if envelope is not None:
+            try:
+                version = json.loads(envelope)["doc"].get("version")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass
+        self.refusal = {"at": time.time(), "version": version, "error": err.error, "detail": err.detail}
+        log.warning("fleet: desired state %s refused: %s: %s", version, err.error, err.detail)
+
+    def _save(self, envelope: bytes) -> None:
+        path = self.directory / DESIRED_FILE
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(envelope)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(self.directory)
+
+    def _apply(self, doc: dict) -> None:
+        """One step on the event loop (no await): nothing sees half of it."""
+        registry = self.agent.registry
+        wanted = document.organizations(doc, self.agent.config.levels)
+        for org_id in self._fleet_orgs - set(wanted):
+            org = registry.organizations.pop(org_id, None)
+            if org is not None:
+                registry._org_by_key.pop(org.key_hash, None)
+        for org_id, fleet_org in wanted.items():
+            old = registry.organizations.get(org_id)
+            if old is not None:
+                registry._org_by_key.pop(old.key_hash, None)
+            org = Organization(id=org_id, name=fleet_org.name, level=fleet_org.level, key_hash=fleet_org.key_hash,
+                               created_at=old.created_at if old else time.time(),
+                               parameters=None if fleet_org.parameters is None else list(fleet_org.parameters))
+            registry._index_org(org)
+        self._fleet_orgs = set(wanted)
+        related = {h: set(orgs) for h, orgs in document.related(doc).items()}
+        for household in registry.all_households():
+            before = self._fleet_related.get(household.id, set())
+            mine = related.get(household.id, set())
+            if before or mine:
+                local = set(household.related_organizations) - before
+                household.related_organizations = sorted(local | mine)
+        self._fleet_related = related
+        self.applied, self.applied_at, self.refusal = doc, time.time(), None
+
+    @property
+    def organizations(self) -> set[str]:
+        return set(self._fleet_orgs)
+
+    # --- releases up ---------------------------------------------------------------------------
+    def _on_window(self, window: str, start: int) -> None:
+        if window in self.config.windows:
+            self._windows.put_nowait((window, start))
+
+    def _records(self, answers: dict[tuple[str, str | None], dict | Refusal]) -> list[dict]:
+        records = []
+        for (org_id, tag), result in answers.items():
+            if isinstance(result, Refusal):
+                if result.error not in SKIPPED:
+                    records.append({"org": org_id, "tag": tag, "refused": result.error})
+            else:
+                records.append({"org": org_id, "tag": tag, "body": result})
+        return records
+
+    def _wanted(self, window: str) -> list[tuple[str, str | None]]:
+        """(organization, tag) pairs the fleet's organizations may have a record for in this width."""
+        config, registry = self.agent.config, self.agent.registry
+        out = []
+        for org_id in sorted(self._fleet_orgs):
+            org = registry.organizations.get(org_id)
+            level = config.levels.get(org.level) if org else None
+            if level is not None and window in level.windows:
+                out += [(org_id, tag) for tag in (None, *config.privacy.tags)]
+        return out
+
+    def _answers_now(self, window: str, start: int) -> dict:
+        releases = self.agent.releases
+        return {(o, t): releases.answer(o, window, start, t) for o, t in self._wanted(window)}
+
+    async def _answers_from_log(self, window: str, starts: list[int]) -> dict[int, dict]:
+        """{start: {(organization, tag): answer}} read back from the release log, one read per pair."""
+        out: dict[int, dict] = {start: {} for start in starts}
+        for org_id, tag in self._wanted(window):
+            found = await self.agent.releases.history(org_id, window, starts, tag)
+            for start, answer in found.items():
+                out[start][(org_id, tag)] = answer
+        return out
+
+    async def _enqueue(self, window: str, start: int, answers: dict) -> None:
+        if self.outbox.full:
+            return  # the cursor stays: read from the release log once the outbox has drained
+        records = self._records(answers)
+
+        def payload(seq: int) -> dict:
+            return {"v": 1, "device": self.device, "seq": seq, "window": window, "start": start,
+                    "desired_version": self.applied["version"] if self.applied else None, "records": records}
+        await serially(self.writes, self.outbox.enqueue, window, start, payload)
+        self._wake.set()
+
+    async def _collect(self) -> None:
+        """Windows decided while running, in order; first the ones a restart or a full outbox left behind."""
+        await self._catch_up()
+        while True:
+            window, start = await self._windows.get()
+            if start <= self._done(window) or self.outbox.full:
+                continue
+            if start > self._done(window) + WINDOW_SECONDS[window] and window in self.outbox.cursor:
+                await self._catch_up()
+            await self._enqueue(window, start, self._answers_now(window, start))
+
+    def _done(self, window: str) -> int:
+        """The newest window of this width already sent to the outbox or found to have nothing to send."""
+        return max(self.outbox.cursor.get(window, -1), self._scanned.get(window, -1))
+
+    async def _catch_up(self) -> None:
+        now = self.agent.clock()
+        for window in self.config.windows:
+            if window not in self.outbox.cursor:
+                continue  # a first start: from the windows decided from now on
+            width = WINDOW_SECONDS[window]
+            last = self.agent.releases.last_settled(window)
+            until = int(last if last is not None else (now // width) * width - width)
+            first = max(self._done(window) + width, until - CATCH_UP_MAX_WINDOWS * width)
+            starts = list(range(int(first), until + 1, width))
+            if not starts:
+                continue
+            found = await self._answers_from_log(window, starts)
+            for start in starts:
+                if self.outbox.full:
+                    return
+                answers = found[start]
+                if any(isinstance(a, Refusal) and a.error == "not_settled" for a in answers.values()):
+                    break  # decided later: the release module's listener brings it
+                if any(not isinstance(a, Refusal) or a.error not in SKIPPED for a in answers.values()):
+                    await self._enqueue(window, start, answers)
+                self._scanned[window] = start
+
+    async def _publish(self) -> None:
+        subject = releases_subject(self.device)
+        backoff = 0.2
+        while True:
+            head = self.outbox.head()
+            if head is None or self._js is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            headers = {"Nats-Msg-Id": head.id, "Edge-Seq": str(head.seq)}
+            if self.outbox.stream_seq is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(self.outbox.stream_seq)
+            try:
+                ack = await self._js.publish(subject, json.dumps(head.payload, separators=(",", ":")).encode(),
+                                             timeout=5, headers=headers)
+            except Exception as err:
+                if getattr(err, "err_code", None) == WRONG_LAST_SEQUENCE:
+                    await self._resync(subject)
+                    continue
+                self.last_publish_error = f"{type(err).__name__}: {err}"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            self.duplicates += bool(ack.duplicate)
+            await serially(self.writes, self.outbox.ack, head, ack.seq)
+            self.published += 1
+            self.last_publish_error = None
+
+    async def _resync(self, subject: str) -> None:
+        """The subject's last sequence is not the one the outbox expected: the head landed already (its ack was
+        lost and the de-duplication window has passed), or the stream was reset. Learn where it stands."""
+        self.sequence_resyncs += 1
+        head = self.outbox.head()
+        try:
+            last = await self._js.get_last_msg(RELEASES_STREAM, subject)
+        except Exception as err:
+            if getattr(err, "code", None) == 404 or "no message found" in str(err):
+                log.warning("fleet: the stream has no message of this device: publishing again from sequence 0")
+                self.outbox.stream_seq = 0
+                return
+            await asyncio.sleep(1)
+            return
+        if head is not None and (last.headers or {}).get("Nats-Msg-Id") == head.id:
+            await serially(self.writes, self.outbox.ack, head, last.seq)
+            self.published += 1
+            return
+        log.warning("fleet: the stream's last message of this device is at %d, not %s as expected: "
+                    "continuing after it", last.seq, self.outbox.stream_seq)
+        self.outbox.stream_seq = last.seq
+
+    # --- connection, heartbeats, the watched key ---------------------------------------------------
+    async def _connect(self) -> None:
+        import nats
+
+        backoff = 0.5
+        while True:
+            try:
+                self._nc = await nats.connect(servers=list(self.config.servers), name=f"edge-{self.device}",
+                                              connect_timeout=2, reconnect_time_wait=0.5,
+                                              max_reconnect_attempts=-1, error_cb=self._nats_error,
+                                              disconnected_cb=self._nats_state, reconnected_cb=self._nats_state)
+                self._js = self._nc.jetstream(timeout=5)
+                log.info("fleet: connected to %s as device %s", self._nc.connected_url.netloc, self.device)
+                self._wake.set()
+                return
+            except Exception as err:
+                self.last_publish_error = f"connect: {type(err).__name__}: {err}"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _nats_error(self, err) -> None:
+        self.last_publish_error = f"nats: {type(err).__name__}: {err}"
+
+    async def _nats_state(self) -> None:
+        self._wake.set()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            if self._js is not None:
+                try:
+                    await self._js.publish(health_subject(self.device),
+                                           json.dumps(self.heartbeat(), separators=(",", ":")).encode(),
+                                           timeout=5)
+                except Exception:
+                    pass  # a heartbeat lost is replaced by the next one
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    def heartbeat(self) -> dict:
+        ok, body = self.agent.health()
+        return {"device": self.device, "at": time.time(), "status": body["status"],
+                "applied_version": self.applied["version"] if self.applied else None,
+                "refused": self.refusal, "outbox": self.outbox.depth, "published_seq": self.outbox.next_seq - 1
+                - self.outbox.depth, "last_release": {w: s for w, s in self.outbox.cursor.items()},
+                "meters": {"total": len(body["meters"]),
+                           "reading": sum(1 for m in body["meters"].values() if m.get("state") == "reading")}}
+
+    async def _watch(self) -> None:
+        """The device's key in the bucket: watched, and read again every heartbeat in case a watch was lost
+        while a node went down (applying is idempotent: an equal version is ignored)."""
+        while True:
+            if self._js is None:
+                await asyncio.sleep(0.2)
+                continue
+            watcher = None
+            try:
+                kv = await self._js.key_value(document.BUCKET)
+                watcher = await kv.watch(self.device)
+                deadline = time.monotonic() + self.config.heartbeat_s
+                while time.monotonic() < deadline:
+                    try:
+                        entry = await watcher.updates(timeout=1.0)
+                    except asyncio.TimeoutError:
+                        continue
+                    if entry is not None and entry.value:
+                        self.offer(entry.value)
+                entry = await kv.get(self.device)
+                if entry.value:
+                    self.offer(entry.value)
+            except Exception as err:  # no bucket yet, a node down: try again
+                if "not found" not in str(err).lower():
+                    log.debug("fleet: watch: %s", err)
+                await asyncio.sleep(1.0)
+            finally:
+                if watcher is not None:
+                    try:
+                        await watcher.stop()
+                    except Exception:
+                        pass
+
+    # --- lifecycle and /health -----------------------------------------------------------------
+    async def start(self) -> None:
+        async def run():
+            await self._connect()
+            await asyncio.gather(self._publish(), self._heartbeats(), self._watch())
+        self._tasks = [asyncio.create_task(run(), name="fleet"),
+                       asyncio.create_task(self._collect(), name="fleet-collect")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._nc is not None:
+            try:
+                await self._nc.close()
+            except Exception:
+                pass
+        async with self.writes:
+            await asyncio.to_thread(self.outbox.close)
+
+    def health(self) -> dict:
+        applied = self.applied
+        now = time.time()
+        return {
+            "device": self.device,
+            "connected": bool(self._nc and self._nc.is_connected),
+            "desired_version": applied["version"] if applied else None,
+            "applied_at": self.applied_at,
+            "not_after": applied["not_after"] if applied else None,
+            "expired": bool(applied and applied["not_after"] <= now),
+            "organizations": sorted(self._fleet_orgs),
+            "refused": self.refusal,
+            "outbox": self.outbox.depth,
+            "published": self.outbox.acked_total,
+            "duplicates": self.duplicates,
+            "sequence_resyncs": self.sequence_resyncs,
+            "last_error": self.last_publish_error,
+        }

@@ -1,0 +1,97 @@
+"""A local nats-server cluster with JetStream on loopback, for the tests and bench/fleet.py (never production).
+
+Each node is a real `nats-server` process (Debian's package; the Makefile's system-deps installs it) with its own
+store directory and free ports; `kill(i)` is a kill -9, `start(i)` brings the node back on the same ports and
+store, as a restarted machine would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+NATS_SERVER = "nats-server"
+
+
+def available() -> bool:
+    return shutil.which(NATS_SERVER) is not None
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Cluster:
+    def __init__(self, directory: str | Path, nodes: int = 3, name: str = "edge"):
+        self.directory = Path(directory)
+        self.nodes = nodes
+        self.name = name
+        ports = free_ports(2 * nodes)
+        self.client_ports, self.route_ports = ports[:nodes], ports[nodes:]
+        self.processes: list[subprocess.Popen | None] = [None] * nodes
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{p}" for p in self.client_ports]
+
+    def _config(self, i: int) -> Path:
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.route_ports) if j != i)
+        store = self.directory / f"n{i}"
+        store.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"n{i}.conf"
+        path.write_text(f"""
+server_name: n{i}
+listen: 127.0.0.1:{self.client_ports[i]}
+jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 1GB }}
+cluster {{ name: {self.name}, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}
+""")
+        return path
+
+    def start(self, i: int | None = None) -> None:
+        for n in range(self.nodes) if i is None else [i]:
+            log = open(self.directory / f"n{n}.log", "ab")
+            self.processes[n] = subprocess.Popen([NATS_SERVER, "-c", str(self._config(n))], stdout=log,
+                                                 stderr=subprocess.STDOUT)
+            log.close()
+        for n in range(self.nodes) if i is None else [i]:
+            self._wait_port(self.client_ports[n])
+
+    def _wait_port(self, port: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"nats-server on port {port} did not start")
+
+    def kill(self, i: int) -> None:
+        """kill -9 of one node."""
+        process = self.processes[i]
+        if process is not None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            self.processes[i] = None
+
+    def stop(self) -> None:
+        for i, process in enumerate(self.processes):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.kill(i)
+                self.processes[i] = None
