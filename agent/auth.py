@@ -1,7 +1,7 @@
 """Who is calling: the operator, an organization or a household, from one Bearer token.
 
-401 without a valid token, 403 for a valid token without the right. A client that keeps
-presenting bad tokens is refused with 429 for a while, before any token is looked at.
+401 without a valid token, 403 for a valid token without the right. An address that keeps presenting bad
+tokens gets 429 for its bad tokens for a while; a valid token from it is never refused.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ class AuthError(Exception):
 
 
 def identify(token: str, operator_token: str, registry: Registry) -> Principal | None:
-    if hmac.compare_digest(token.encode(), operator_token.encode()):
+    try:
+        presented = token.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them as surrogates): no token of ours
+        return None
+    if hmac.compare_digest(presented, operator_token.encode()):
         return Principal(OPERATOR)
     if token.startswith("edge_org_"):
         org = registry.organization_by_key(token)

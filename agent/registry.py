@@ -26,6 +26,7 @@ import asyncio
 import bisect
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -35,7 +36,11 @@ from pathlib import Path
 
 from tinydb import where
 
+from agent.store.disk import DataDirectory, unavailable
 from agent.store.segment import SegmentDB
+from drivers.ratelog import RateLimitedLog
+
+log = logging.getLogger("edge.registry")
 
 SERVICES = ("aggregates", "triggers", "anonymized_data")
 # Consent to one trigger's per-household events: "trigger_events:trg_0123456789ab" (see is_service).
@@ -130,7 +135,12 @@ class RegistryError(ValueError):
 class Registry:
     def __init__(self, path: str | Path, clock=time.time):
         self.clock = clock
-        self.db = SegmentDB(str(path))
+        self.path = Path(path)
+        self.data_directory = DataDirectory(self.path.parent)
+        # Every record twice: one damaged record is recovered from its twin, never read as another state.
+        self.db = SegmentDB(str(path), kind="registry", copies=2)
+        self.damage: dict | None = None  # what a damaged registry.seg cost, once found (see _fail_closed)
+        self._ratelog = RateLimitedLog(log)
         self.organizations: dict[str, Organization] = {}
         self.households: dict[str, Household] = {}
         self._org_by_key: dict[str, Organization] = {}
@@ -158,6 +168,37 @@ class Registry:
                 self._deleted[household.id] = household
         for doc in self.db.table("consent_history").all():
             self._apply_consent(ConsentChange(**doc))
+        for doc in self.db.table("integrity").all():
+            self.damage = doc  # the last one: what an earlier start found
+        if self.db.storage.lost_records:
+            self._fail_closed(self.db.storage.lost_records)
+
+    def _fail_closed(self, lost: int) -> None:
+        """Records of registry.seg were damaged beyond repair: which consent changes they held is unknown (a lost
+        revocation would bring a consent back as granted). Fail closed: every consent granted now is revoked,
+        durably, in the history (households see it and can grant again), and the file is rewritten without the
+        damage, with a record of what happened (shown in /health)."""
+        revoked = [key for key, line in self._consents.items() if line.granted[-1]]
+        at = self.clock()
+        changes = [ConsentChange(hh, org, svc, False, max(at, self._consents[(hh, org, svc)].times[-1] + 1e-6))
+                   for hh, org, svc in revoked]
+        self.damage = {"found_at": at, "lost_records": lost, "consents_revoked": len(changes)}
+        log.error("registry %s: %d damaged record(s) could not be recovered; failing closed: %d consent(s) "
+                  "revoked (the households must grant them again)", self.path, lost, len(changes))
+        for change in changes:
+            self._apply_consent(change)
+        tables = {name: dict(rows) for name, rows in (self.db.storage.read() or {}).items()}
+        history = tables.setdefault("consent_history", {})
+        next_id = max((int(i) for i in history), default=0) + 1
+        for offset, change in enumerate(changes):
+            history[next_id + offset] = dict(change.__dict__)
+        integrity = tables.setdefault("integrity", {})
+        integrity[max((int(i) for i in integrity), default=0) + 1] = dict(self.damage)
+        try:
+            self.db.storage.write(tables)  # the damage is gone from the file, the revocations are in it
+        except OSError as exc:
+            # Still closed in memory; the next start finds the same damage and fails closed again.
+            log.error("registry %s: cannot write the fail-closed revocations: %s", self.path, exc)
 
     def close(self) -> None:
         with self._disk_lock:
@@ -177,7 +218,12 @@ class Registry:
     # and a change's checks see every change before it), and returns only once they are durable.
     def _disk(self, step):
         with self._disk_lock:  # the TinyDB object is shared: never two steps at once, whoever calls
-            return step()
+            self.data_directory.check()  # never write into a deleted or replaced data directory
+            try:
+                return step()
+            except OSError as exc:  # nothing of it is on disk (appends undo, rewrites are atomic): say so
+                self._ratelog.warning("refused", "registry: a change was refused by the disk: %s", exc)
+                raise unavailable(exc, "the change") from exc
 
     def _now(self, change):
         try:

@@ -163,9 +163,9 @@ async def test_bad_tokens_are_throttled(world):
         assert status == 401
     status, body = await running.call("GET", "/meters", token="edge_org_guess")
     assert status == 429 and body["error"] == "too_many_failures"
-    # the throttle is per address and refuses before looking at the token
+    # per address, for bad tokens only: a valid token from the same address (a NAT, a proxy) is never refused
     status, _ = await running.call("GET", "/meters", token=tokens[OP])
-    assert status == 429
+    assert status == 200
 
 
 async def test_secrets_are_shown_once_and_stored_hashed(world, tmp_path):

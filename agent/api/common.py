@@ -18,6 +18,7 @@ from aiohttp import web
 from agent.auth import ORGANIZATION, AuthError, Principal, identify
 from agent.ingest import IngestError
 from agent.registry import RegistryError
+from agent.store.disk import StorageUnavailable
 
 log = logging.getLogger("edge.api")
 
@@ -44,6 +45,8 @@ async def error_middleware(request: web.Request, handler):
         return json_error(err.status, err.error, err.detail, err.headers, **getattr(err, "extra", {}))
     except (RegistryError, IngestError) as err:
         return json_error(err.status, err.error, err.detail)
+    except StorageUnavailable as err:  # a durable write the disk refused: nothing of it happened; retry later
+        return json_error(err.status, err.error, err.detail, err.headers)
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -93,18 +96,21 @@ def token_from(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> 
 
 
 def principal(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> Principal:
+    """The caller of a valid token, always: the throttle refuses only bad tokens (a NAT, a reverse proxy or a
+    datalogger gateway puts many clients behind one address, and one of them failing must not lock out the rest;
+    every valid token is random and long enough that checking it is no guessing oracle)."""
     agent = agent_of(request)
     client = _client(request)
+    token = token_from(request, schemes)
+    found = identify(token, agent.config.operator_token, agent.registry)
+    if found is not None:
+        return found
     wait = agent.throttle.retry_after(client)
     if wait:
         raise ApiError(429, "too_many_failures", "too many bad tokens from this address; try again later",
                        {"Retry-After": str(math.ceil(wait))})
-    token = token_from(request, schemes)
-    found = identify(token, agent.config.operator_token, agent.registry)
-    if found is None:
-        agent.throttle.failed(client)
-        raise _unauthorized("unknown or revoked token")
-    return found
+    agent.throttle.failed(client)
+    raise _unauthorized("unknown or revoked token")
 
 
 def require(request: web.Request, *roles: str, schemes: tuple[str, ...] = ("bearer",)) -> Principal:

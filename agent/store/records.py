@@ -19,6 +19,7 @@ import json
 import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 MAGIC = b"ESg1"
 HEADER = struct.Struct(">4sII")
@@ -62,33 +63,86 @@ def encode_record(table: str, first_id: int, docs: list[dict]) -> bytes:
     return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_records(buf: bytes) -> tuple[list[tuple[str, int, list[dict]]], int, str | None]:
-    """Decode every good record in buf.
+@dataclass
+class Damage:
+    """Bytes of a segment that did not decode: a damaged record skipped, or the tail after the last good one."""
+
+    offset: int
+    length: int
+    problem: str
+    torn: bool  # a tail cut short (a write interrupted before its fsync): nothing acknowledged was in it
+    twin_intact: bool = False  # the record was written twice (copies=2) and its other copy decoded
+
+
+@dataclass
+class Scan:
+    records: list[tuple[str, int, list[dict]]] = field(default_factory=list)
+    good: int = 0  # end of the last good record
+    damage: list[Damage] = field(default_factory=list)
+
+    @property
+    def problem(self) -> str | None:
+        return "; ".join(d.problem for d in self.damage) or None
+
+    @property
+    def lost(self) -> list[Damage]:
+        """Damage that may have cost acknowledged records: neither a torn tail nor a copy whose twin survived."""
+        return [d for d in self.damage if not d.torn and not d.twin_intact]
+
+
+def scan_records(buf: bytes) -> Scan:
+    """Decode every good record in buf, and say what did not decode.
 
     A damaged record in the middle (a flipped bit, a bad sector) is skipped: decoding resumes at the next
     record that checks out, so one bad byte never costs the records after it. Only a damaged tail with no good
-    record after it (a torn write) ends the good part.
-
-    Returns (records as (table, first_id, docs), end of the last good record, what was wrong or None).
+    record after it ends the good part: torn if it is cut short (the record claims more bytes than the file
+    has), damaged if it is whole but fails its check. A damaged record right beside a good one of the same
+    length and nearly the same bytes is the other copy of a record written twice (``encode_record`` twice).
     """
-    records = []
+    scan = Scan()
     view = memoryview(buf)
-    pos = good = 0
-    problems = []
+    pos = 0
+    spans: list[tuple[int, int]] = []  # good records' (offset, length), to find a damaged one's twin
     while pos < len(buf):
         try:
-            records.append(_decode_one(view, pos))
+            scan.records.append(_decode_one(view, pos))
         except CorruptRecord as problem:
             resume = _next_good(view, buf, pos + 1)
+            end = len(buf) if resume is None else resume
+            torn = resume is None and str(problem) in ("short header", "short payload")
+            where = "torn tail" if torn else ("damaged tail" if resume is None else f"skipped {end - pos} bytes")
+            twin = not torn and _has_twin(buf, pos, end, spans[-1] if spans else None, resume)
+            scan.damage.append(Damage(pos, end - pos, f"{problem} at byte {pos} ({where})", torn, twin))
             if resume is None:
-                problems.append(f"{problem} at byte {pos} (torn tail)")
                 break
-            problems.append(f"{problem} at byte {pos}: skipped {resume - pos} bytes")
             pos = resume
             continue
-        pos += HEADER.size + HEADER.unpack_from(view, pos)[1]
-        good = pos
-    return records, good, "; ".join(problems) or None
+        length = HEADER.size + HEADER.unpack_from(view, pos)[1]
+        spans.append((pos, length))
+        pos += length
+        scan.good = pos
+    return scan
+
+
+def _has_twin(buf: bytes, start: int, end: int, before: tuple[int, int] | None, after: int | None) -> bool:
+    """Whether buf[start:end] is a damaged copy of the good record just before or just after it."""
+    candidates = [before] if before else []
+    if after is not None and after + HEADER.size <= len(buf):
+        candidates.append((after, HEADER.size + HEADER.unpack_from(buf, after)[1]))
+    damaged = buf[start:end]
+    for offset, length in candidates:
+        if length == len(damaged):
+            differing = sum(a != b for a, b in zip(damaged, buf[offset:offset + length]))
+            if differing <= max(8, length // 64):  # a flipped byte or a bad word, not another record
+                return True
+    return False
+
+
+def decode_records(buf: bytes) -> tuple[list[tuple[str, int, list[dict]]], int, str | None]:
+    """Every good record in buf (see ``scan_records``): (records as (table, first_id, docs), end of the last
+    good record, what was wrong or None)."""
+    scan = scan_records(buf)
+    return scan.records, scan.good, scan.problem
 
 
 def decode_records_backward(buf: bytes) -> Iterator[tuple[str, int, list[dict]]]:

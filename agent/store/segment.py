@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -24,15 +25,53 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Table
 
-from agent.store.records import decode_records, encode_record
+from agent.store.records import Damage, encode_record, scan_records
 
 log = logging.getLogger("edge.store")
 
+# What every segment opened by this process found damaged: {path: {offset: (kind, Damage)}}. Reported per kind by
+# ``integrity()`` (/health, /metrics); kept after the file is repaired or deleted, since what was lost stays lost.
+_damage: dict[str, dict[int, tuple[str, Damage]]] = {}
+_damage_lock = threading.Lock()
+
+
+def integrity() -> dict[str, dict[str, int]]:
+    """Per file kind: files with damage, bytes skipped in the middle, bytes cut off a torn tail, damaged records
+    recovered from their second copy, and damaged records lost (which may have been acknowledged)."""
+    out: dict[str, dict[str, int]] = {}
+    with _damage_lock:
+        for found in _damage.values():
+            kinds = set()
+            for kind, damage in found.values():
+                tally = out.setdefault(kind, {"files": 0, "skipped_bytes": 0, "cut_bytes": 0, "recovered": 0,
+                                              "lost": 0})
+                kinds.add(kind)
+                tally["cut_bytes" if damage.torn else "skipped_bytes"] += damage.length
+                if not damage.torn:
+                    tally["recovered" if damage.twin_intact else "lost"] += 1
+            for kind in kinds:
+                out[kind]["files"] += 1
+    return out
+
+
+def _note_damage(path: Path, kind: str, base: int, damage: list[Damage]) -> None:
+    if damage:
+        with _damage_lock:
+            found = _damage.setdefault(str(path), {})
+            for item in damage:
+                found.setdefault(base + item.offset, (kind, item))
+
 
 class SegmentStorage(Storage):
-    def __init__(self, path: str | Path):
+    """``kind`` names the file's kind in ``integrity()``. ``copies=2`` writes every record twice, back to back, in
+    one write and one fsync: for records whose loss changes meaning (consent, subscriptions, outbox sequence), so
+    that one damaged record is recovered from its twin; ``lost_records`` counts those that were not."""
+
+    def __init__(self, path: str | Path, kind: str = "other", copies: int = 1):
         # Nothing touches the disk here: a reader of a missing segment must not create it.
         self.path = Path(path)
+        self.kind = kind
+        self.copies = copies
         self.bytes_appended = 0  # cumulative, for the store's statistics
         self._fd: int | None = None  # append handle, opened on first append
         self._next_ids: dict[str, int] = {}
@@ -55,16 +94,19 @@ class SegmentStorage(Storage):
             if st.st_size > self._decoded_upto:
                 handle.seek(self._decoded_upto)
                 buf = handle.read()
-                records, good, problem = decode_records(buf)
-                for table, first_id, docs in records:
+                scan = scan_records(buf)
+                for table, first_id, docs in scan.records:
                     rows = self._tables.setdefault(table, {})
                     for offset, doc in enumerate(docs):
                         rows[first_id + offset] = doc
-                if problem:
-                    # Readers never cut a file: a writer may be halfway through an append right now. The writer
-                    # cuts a torn tail itself when it next opens the file (_open_for_append).
-                    log.warning("segment %s: %s", self.path, problem)
-                self._decoded_upto += good
+                # Readers never cut a file: a writer may be halfway through an append right now. The writer
+                # cuts a torn tail itself when it next opens the file (_open_for_append), so a torn tail is not
+                # counted here (it may be an append in progress).
+                settled = [d for d in scan.damage if not d.torn]
+                if settled:
+                    log.warning("segment %s: %s", self.path, "; ".join(d.problem for d in settled))
+                    _note_damage(self.path, self.kind, self._decoded_upto, settled)
+                self._decoded_upto += scan.good
         return self._tables
 
     def write(self, data: Mapping[str, Mapping]) -> None:
@@ -76,7 +118,7 @@ class SegmentStorage(Storage):
             with open(temporary, "wb") as out:
                 for table, rows in data.items():
                     for first_id, docs in _consecutive_runs(rows):
-                        out.write(encode_record(table, first_id, docs))
+                        out.write(encode_record(table, first_id, docs) * self.copies)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)
@@ -91,16 +133,24 @@ class SegmentStorage(Storage):
         self._next_ids = {}
         self.drop_cache()
 
+    @property
+    def lost_records(self) -> int:
+        """Damaged records of this file, found so far, without an intact twin: acknowledged data may be lost."""
+        with _damage_lock:
+            found = _damage.get(str(self.path), {})
+            return sum(1 for _, d in found.values() if not d.torn and not d.twin_intact)
+
     # --- the fast path ------------------------------------------------------------------------
     def append(self, table: str, docs: list[dict]) -> list[int]:
         """Append docs as one record and fsync. On failure the file is left as it was, and it raises."""
         fd = self._open_for_append()
         first_id = self._next_ids.get(table, 1)
-        record = encode_record(table, first_id, docs)
+        record = encode_record(table, first_id, docs) * self.copies
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
             _write_all(fd, record)
             os.fsync(fd)
+            _check_linked(fd, self.path)
         except OSError:
             self._undo_append(start)
             raise
@@ -124,13 +174,14 @@ class SegmentStorage(Storage):
             # Learn the next ids, and cut off a torn tail before appending after it.
             size = os.fstat(fd).st_size
             buf = os.pread(fd, size, 0) if size else b""
-            records, good, problem = decode_records(buf)
-            for table, first_id, docs in records:
+            scan = scan_records(buf)
+            for table, first_id, docs in scan.records:
                 self._next_ids[table] = max(self._next_ids.get(table, 1), first_id + len(docs))
-            if problem:
-                log.warning("segment %s: %s at byte %d, cutting off the last %d bytes",
-                            self.path, problem, good, size - good)
-                os.ftruncate(fd, good)
+            if scan.damage:
+                _note_damage(self.path, self.kind, 0, scan.damage)
+            if scan.good < size:
+                log.warning("segment %s: %s; cutting off the last %d bytes", self.path, scan.problem, size - scan.good)
+                os.ftruncate(fd, scan.good)
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -198,6 +249,18 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _check_linked(fd: int, path: Path) -> None:
+    """Raise if the file written to is no longer the one at `path` (deleted or replaced under the agent): the
+    write went where nobody will read it."""
+    st = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        now = None
+    if st.st_nlink == 0 or now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        raise FileNotFoundError(2, "the file was deleted or replaced under the running agent", str(path))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1,0 +1,81 @@
+"""What a durable write that could not be made looks like to a caller, and whether the data directory is still ours.
+
+One rule for every durable write (readings, consent, subscriptions, outboxes): the write is durable before
+anything is acknowledged or sent; a write that cannot be made raises ``StorageUnavailable``, which the API
+answers as 507 (the disk is full: retry later) or 503 (I/O errors, the data directory gone) with
+``Retry-After``, never as a 500 for a change that may have happened.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+RETRY_AFTER_S = 30
+
+
+class StorageUnavailable(OSError):
+    """A change was not made because the disk refused it (nothing of it is on disk, nothing was applied). An
+    OSError still (with the errno of the cause), so that code that handles a refused write handles this too."""
+
+    def __init__(self, status: int, error: str, detail: str, retry_after: int = RETRY_AFTER_S,
+                 cause: int = errno.EIO):
+        super().__init__(cause, detail)
+        self.status, self.error, self.detail, self.retry_after = status, error, detail, retry_after
+
+    @property
+    def headers(self) -> dict:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def unavailable(exc: OSError, what: str) -> StorageUnavailable:
+    """The answer for an OSError of a durable write of `what` (no path: the caller must not learn the layout)."""
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    if exc.errno in FULL_ERRNOS:
+        return StorageUnavailable(507, "storage_full", f"the device's storage is full: {what} was not saved; "
+                                  "retry later", cause=exc.errno)
+    return StorageUnavailable(503, "storage_error", f"the device's storage failed ({errno.errorcode.get(exc.errno, 'I/O error')}): "
+                              f"{what} was not saved; retry later", cause=exc.errno or errno.EIO)
+
+
+class DataDirectory:
+    """The data directory as it was when the agent started: deleted or replaced under the running agent, every
+    write into it is refused (it would go to a directory nobody reads, or recreate an empty one) and /health
+    says so until the agent is restarted."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        self._lost: str | None = None
+        self._lock = threading.Lock()
+
+    def problem(self) -> str | None:
+        """Why the directory is no longer the agent's, or None. Cheap (one stat): called before each write."""
+        if self._lost is None:
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) != self._identity:
+                    lost = f"the data directory {self.path} was replaced under the running agent"
+                else:
+                    lost = None
+            except FileNotFoundError:
+                lost = f"the data directory {self.path} was deleted under the running agent"
+            except OSError as exc:
+                lost = None if exc.errno not in (errno.ENOENT, errno.ENOTDIR) else str(exc)
+            if lost:
+                with self._lock:
+                    self._lost = self._lost or lost  # once lost, lost until restart: the state in memory is stale
+        return self._lost
+
+    def check(self) -> None:
+        """Raise StorageUnavailable (503) if the directory is gone or replaced."""
+        lost = self.problem()
+        if lost:
+            raise StorageUnavailable(503, "data_directory_lost", "the data directory was deleted or replaced under "
+                                     "the running agent: nothing more is saved until it is restarted",
+                                     cause=errno.ENOENT)
