@@ -19,7 +19,7 @@ import re
 from datetime import datetime, timezone
 
 from drivers.profiles import PROFILES, Profile
-from drivers.reading import FIELD_NAMES, Reading
+from drivers.reading import INPUT_FIELDS, Reading
 from drivers.telegram import CrcError, TelegramDecoder, TelegramError
 
 MAX_BATCH = 1000
@@ -32,7 +32,7 @@ TAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _BOUNDS = {"_w": (float, 0, 1e6), "_v": (float, 0, 1000), "_a": (float, -1000, 1000),
            "_wh": (float, 0, 1e13), "gas_m3": (float, 0, 1e9)}
 _INTS = {"tariff": (1, 9), "power_failures": (0, 1e9), "long_power_failures": (0, 1e9)}
-_SETTABLE = set(FIELD_NAMES) - {"meter_id", "received_at"}
+_SETTABLE = set(INPUT_FIELDS) - {"meter_id", "received_at"}  # telegram-only fields are not posted as JSON
 
 
 class IngestError(ValueError):
