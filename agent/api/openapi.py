@@ -10,7 +10,7 @@ import html
 
 from aiohttp import web
 
-from drivers.reading import FIELD_NAMES, TIME_FIELDS
+from drivers.reading import FIELD_NAMES, INPUT_FIELDS, TIME_FIELDS
 
 VERSION = "0.1.0"
 
@@ -28,15 +28,42 @@ STRING = {"type": "string"}
 TIME = {"type": "string", "format": "date-time"}
 
 
+_ISO_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+# The Reading's lists and texts, read from P1 telegrams only (drivers/reading.py says what each one is).
+_TELEGRAM_SCHEMAS = {
+    "demand_peaks": {"type": ["array", "null"], "items": {
+        "type": "object", "required": ["month", "at", "w"], "additionalProperties": False,
+        "properties": {"month": _ISO_OR_NULL, "at": _ISO_OR_NULL, "w": {"type": "number"}}},
+        "description": "the Belgian capacity tariff's monthly peaks (0-0:98.1.0), as the meter lists them"},
+    "power_failure_log": {"type": ["array", "null"], "items": {
+        "type": "object", "required": ["end", "duration_s"], "additionalProperties": False,
+        "properties": {"end": _ISO_OR_NULL, "duration_s": {"type": "integer", "minimum": 0}}},
+        "description": "long power failures the meter logged (1-0:99.97.0): when each ended, how long it lasted"},
+    "mbus": {"type": ["array", "null"], "items": {
+        "type": "object", "additionalProperties": False,
+        "required": ["channel", "type", "device_type", "value", "unit", "timestamp", "valve"],
+        "properties": {"channel": {"type": "integer"}, "type": STRING,
+                       "device_type": {"type": ["integer", "null"]}, "value": NUMBER_OR_NULL,
+                       "unit": {"type": ["string", "null"]}, "timestamp": _ISO_OR_NULL,
+                       "valve": {"type": ["integer", "null"]}}},
+        "description": "one entry per M-Bus device (gas, water, heat, cold, ...), value in the meter's own unit"},
+    "text_message": {"type": ["string", "null"]},
+    "text_message_code": {"type": ["string", "null"]},
+    "breaker_state": _nullable("integer", minimum=0),
+}
+
+
 def _reading_schema(for_input: bool) -> dict:
     props: dict = {}
-    for name in FIELD_NAMES:
+    for name in INPUT_FIELDS if for_input else FIELD_NAMES:
         if name in ("meter_id", "received_at") and for_input:
             continue
         if name in TIME_FIELDS:
-            props[name] = TIME if name != "gas_timestamp" else _nullable("string", format="date-time")
+            props[name] = TIME if name in ("timestamp", "received_at") else _ISO_OR_NULL
         elif name == "meter_id":
             props[name] = STRING
+        elif name in _TELEGRAM_SCHEMAS:
+            props[name] = _TELEGRAM_SCHEMAS[name]
         elif name == "channels":
             props[name] = {"type": ["object", "null"], "maxProperties": 32,
                            "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"},
