@@ -53,6 +53,62 @@ class Reading:
     gas_timestamp: datetime | None = None
     # Sub-metered appliances a household tags itself ({"fridge": 80.5}, watts); HTTP ingest only.
     channels: dict[str, float] | None = None
+    # --- from P1 telegrams only (HTTP JSON ingest does not take them) ---
+    # E.ON Hungary's tariffs 3 and 4 (they count towards the totals).
+    energy_import_t3_wh: float | None = None
+    energy_import_t4_wh: float | None = None
+    energy_export_t3_wh: float | None = None
+    energy_export_t4_wh: float | None = None
+    energy_combined_wh: float | None = None  # |import| + |export| register (15.8.0)
+    # Belgian capacity tariff: the current quarter-hour's average demand, this month's peak and when it was.
+    demand_avg_w: float | None = None
+    demand_peak_month_w: float | None = None
+    demand_peak_month_at: datetime | None = None
+    # The last 13 months' peaks, oldest first: [{"month": iso, "at": iso | null, "w": float}].
+    demand_peaks: list[dict] | None = None
+    reactive_power_import_var: float | None = None
+    reactive_power_export_var: float | None = None
+    reactive_power_import_l1_var: float | None = None
+    reactive_power_import_l2_var: float | None = None
+    reactive_power_import_l3_var: float | None = None
+    reactive_power_export_l1_var: float | None = None
+    reactive_power_export_l2_var: float | None = None
+    reactive_power_export_l3_var: float | None = None
+    reactive_power_q1_var: float | None = None
+    reactive_power_q2_var: float | None = None
+    reactive_power_q3_var: float | None = None
+    reactive_power_q4_var: float | None = None
+    reactive_energy_import_varh: float | None = None
+    reactive_energy_export_varh: float | None = None
+    reactive_energy_import_t1_varh: float | None = None
+    reactive_energy_import_t2_varh: float | None = None
+    reactive_energy_export_t1_varh: float | None = None
+    reactive_energy_export_t2_varh: float | None = None
+    reactive_energy_q1_varh: float | None = None
+    reactive_energy_q2_varh: float | None = None
+    reactive_energy_q3_varh: float | None = None
+    reactive_energy_q4_varh: float | None = None
+    apparent_power_import_va: float | None = None
+    apparent_power_export_va: float | None = None
+    power_factor: float | None = None  # as the meter sends it (E.ON Hungary's meters send values above 1)
+    power_factor_l1: float | None = None
+    power_factor_l2: float | None = None
+    power_factor_l3: float | None = None
+    frequency_hz: float | None = None
+    # Limits the meter enforces: 17.0.0 is a power (kW) on most meters, a current (A) on some DSMR 3 ones.
+    power_threshold_w: float | None = None
+    current_threshold_a: float | None = None
+    fuse_threshold_l1_a: float | None = None
+    fuse_threshold_l2_a: float | None = None
+    fuse_threshold_l3_a: float | None = None
+    breaker_state: int | None = None  # 96.3.10: 0 disconnected, 1 connected, 2 ready for reconnection
+    text_message: str | None = None  # 96.13.0, hex-decoded where it is hex text
+    text_message_code: str | None = None  # 96.13.1, as sent
+    # The long power failures the meter logged (99.97.0), most recent first: [{"end": iso | null, "duration_s"}].
+    power_failure_log: list[dict] | None = None
+    # One entry per M-Bus device: {"channel", "type" (gas, water, heat, cold, ...), "device_type" (EN 13757-3),
+    # "value", "unit" (as the meter sends it: m3, GJ, ...), "timestamp" (iso), "valve"}; gas_m3 is only ever gas.
+    mbus: list[dict] | None = None
 
     def to_json(self) -> dict:
         """The API form: every field present, timestamps as ISO 8601 UTC strings."""
@@ -83,8 +139,14 @@ class Reading:
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Reading))
-TIME_FIELDS = frozenset({"timestamp", "received_at", "gas_timestamp"})
-VALUE_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in TIME_FIELDS and n not in ("meter_id", "channels"))
+TIME_FIELDS = frozenset({"timestamp", "received_at", "gas_timestamp", "demand_peak_month_at"})
+# Lists and text, stored with the raw readings as they are; JSON-ready (their times are ISO strings).
+STRUCTURED_FIELDS = frozenset({"channels", "demand_peaks", "power_failure_log", "mbus", "text_message",
+                               "text_message_code"})
+VALUE_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES
+                                      if n not in TIME_FIELDS and n not in STRUCTURED_FIELDS and n != "meter_id")
+# What a reading over HTTP JSON may carry: the fields up to channels (the rest come from telegrams only).
+INPUT_FIELDS: tuple[str, ...] = FIELD_NAMES[: FIELD_NAMES.index("channels") + 1]
 
 
 def iso(moment: datetime) -> str:

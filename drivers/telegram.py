@@ -15,14 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
 
 from dsmr_parser.clients.telegram_buffer import EncryptedTelegramBuffer, TelegramBuffer
-from dsmr_parser.exceptions import ParseError as DsmrParseError
-from dsmr_parser.objects import MBusObject, Telegram
-from dsmr_parser.parsers import TelegramParser
 
-from drivers import dlms
+from drivers import dlms, obis
 from drivers.profiles import Profile
 from drivers.reading import Reading
 
@@ -73,7 +69,8 @@ def crc16(data: bytes) -> int:
     return crc
 
 
-_CRC_TRAILER = re.compile(r"!([0-9A-Fa-f]{1,4})\s*$")
+# A real meter sends a NUL after its CRC (dsmr_parser's framing has accepted it since 2017).
+_CRC_TRAILER = re.compile(r"!([0-9A-Fa-f]{1,4})\x00?\s*$")
 
 
 def check_crc(telegram: str) -> None:
@@ -213,95 +210,21 @@ class EncryptedFrameBuffer(EncryptedTelegramBuffer):
 
 
 # --- normalization ---------------------------------------------------------------------------
-_SCALE = {"kW": 1000, "kWh": 1000, "W": 1, "Wh": 1, "V": 1, "A": 1, "m3": 1, None: 1, "": 1}
-
-# dsmr_parser attribute -> Reading field, for plain numbers with a unit.
-_NUMERIC = {
-    "CURRENT_ELECTRICITY_USAGE": "power_import_w",
-    "CURRENT_ELECTRICITY_DELIVERY": "power_export_w",
-    "INSTANTANEOUS_ACTIVE_POWER_L1_POSITIVE": "power_import_l1_w",
-    "INSTANTANEOUS_ACTIVE_POWER_L2_POSITIVE": "power_import_l2_w",
-    "INSTANTANEOUS_ACTIVE_POWER_L3_POSITIVE": "power_import_l3_w",
-    "INSTANTANEOUS_ACTIVE_POWER_L1_NEGATIVE": "power_export_l1_w",
-    "INSTANTANEOUS_ACTIVE_POWER_L2_NEGATIVE": "power_export_l2_w",
-    "INSTANTANEOUS_ACTIVE_POWER_L3_NEGATIVE": "power_export_l3_w",
-    "INSTANTANEOUS_VOLTAGE_L1": "voltage_l1_v",
-    "INSTANTANEOUS_VOLTAGE_L2": "voltage_l2_v",
-    "INSTANTANEOUS_VOLTAGE_L3": "voltage_l3_v",
-    "INSTANTANEOUS_CURRENT_L1": "current_l1_a",
-    "INSTANTANEOUS_CURRENT_L2": "current_l2_a",
-    "INSTANTANEOUS_CURRENT_L3": "current_l3_a",
-    "ELECTRICITY_USED_TARIFF_1": "energy_import_t1_wh",
-    "ELECTRICITY_USED_TARIFF_2": "energy_import_t2_wh",
-    "ELECTRICITY_DELIVERED_TARIFF_1": "energy_export_t1_wh",
-    "ELECTRICITY_DELIVERED_TARIFF_2": "energy_export_t2_wh",
-    "ELECTRICITY_IMPORTED_TOTAL": "energy_import_wh",
-    "ELECTRICITY_EXPORTED_TOTAL": "energy_export_wh",
-}
-_COUNTS = {
-    "SHORT_POWER_FAILURE_COUNT": "power_failures",
-    "LONG_POWER_FAILURE_COUNT": "long_power_failures",
-    "VOLTAGE_SAG_L1_COUNT": "voltage_sags_l1",
-    "VOLTAGE_SAG_L2_COUNT": "voltage_sags_l2",
-    "VOLTAGE_SAG_L3_COUNT": "voltage_sags_l3",
-    "VOLTAGE_SWELL_L1_COUNT": "voltage_swells_l1",
-    "VOLTAGE_SWELL_L2_COUNT": "voltage_swells_l2",
-    "VOLTAGE_SWELL_L3_COUNT": "voltage_swells_l3",
-}
-# Extra tariff registers (E.ON Hungary has four); they count towards the totals.
-_EXTRA_TARIFFS = {
-    "ELECTRICITY_USED_TARIFF_3": "import",
-    "ELECTRICITY_USED_TARIFF_4": "import",
-    "ELECTRICITY_DELIVERED_TARIFF_3": "export",
-    "ELECTRICITY_DELIVERED_TARIFF_4": "export",
-}
 _BELGIAN_SWAP = {
     "energy_import_t1_wh": "energy_import_t2_wh",
     "energy_import_t2_wh": "energy_import_t1_wh",
     "energy_export_t1_wh": "energy_export_t2_wh",
     "energy_export_t2_wh": "energy_export_t1_wh",
 }
-_EPOCH = datetime(1971, 1, 1, tzinfo=timezone.utc)
-_GAS_DEVICE_TYPE = 3  # M-Bus device type of a gas meter (7 is water, 4 heat)
-
-
-def _number(obj) -> float:
-    value = obj.value
-    scale = _SCALE.get(obj.unit)
-    if scale is None:
-        raise TelegramError(f"unexpected unit {obj.unit!r}")
-    return float(value * scale) if isinstance(value, Decimal) else float(value) * scale
-
-
-def _find_gas(telegram: Telegram, channel: int | None) -> tuple[float, datetime] | tuple[None, None]:
-    """The gas reading on `channel`, or on the first M-Bus channel that carries a live gas meter."""
-    for device in getattr(telegram, "MBUS_DEVICES", ()):
-        if channel is not None and device.channel_id != channel:
-            continue
-        device_type = None
-        reading = None
-        for name, obj in device:
-            if name.endswith("DEVICE_TYPE"):
-                try:
-                    device_type = int(obj.value)
-                except (TypeError, ValueError):
-                    device_type = None
-            elif isinstance(obj, MBusObject):
-                reading = obj
-        if reading is None or reading.value is None:
-            continue
-        if channel is None:
-            if device_type not in (None, _GAS_DEVICE_TYPE) or reading.unit not in ("m3", None):
-                continue
-            if reading.datetime is None or reading.datetime < _EPOCH:
-                continue  # an empty channel: DSMR 5 reports 0 m3 at 1970-01-01
-        return float(reading.value), reading.datetime
-    return None, None
+_SIGNED_POWER = (("power_import_w", "power_export_w"),
+                 *((f"power_import_{p}_w", f"power_export_{p}_w") for p in ("l1", "l2", "l3")))
+_TARIFF_PARTS = {direction: tuple(f"energy_{direction}_t{n}_wh" for n in (1, 2, 3, 4))
+                 for direction in ("import", "export")}
 
 
 def _check_physical(values: dict) -> None:
     """Every number finite; power, energy and gas never negative. A telegram over HTTP is whatever its sender
-    wrote under a CRC it computed itself: 'NaN' or '-5000' parse as numbers, and a negative import would be
+    wrote under a CRC it computed itself: '-5000' parses as a number, and a negative import would be
     summed into an exact total unclamped."""
     for name, value in values.items():
         if not isinstance(value, float):
@@ -312,48 +235,52 @@ def _check_physical(values: dict) -> None:
             raise TelegramError(f"{name} is negative")
 
 
-def normalize(
-    telegram: Telegram, meter_id: str, profile: Profile, received_at: datetime, gas_channel: int | None = None
-) -> Reading:
-    values: dict = {}
-    extra = {"import": 0.0, "export": 0.0}
-    for name, obj in telegram:
-        target = _NUMERIC.get(name)
-        if target is not None:
-            values[target] = _number(obj)
-        elif name in _COUNTS:
-            values[_COUNTS[name]] = int(obj.value)
-        elif name == "ELECTRICITY_ACTIVE_TARIFF" and obj.value is not None:
-            values["tariff"] = int(obj.value)
-        elif name in _EXTRA_TARIFFS:
-            extra[_EXTRA_TARIFFS[name]] += _number(obj)
-
+def normalize(parsed: obis.Parsed, meter_id: str, profile: Profile, received_at: datetime,
+              gas_channel: int | None = None) -> Reading:
+    """A parsed telegram with its family's rules applied: Belgian tariff numbering, signed power, totals, gas."""
+    values = parsed.values
+    for name in parsed.extras:  # outside the family's specification, an impossible value is left out, not fatal
+        try:
+            _check_physical({name: values[name]})
+        except TelegramError:
+            del values[name]
     if profile.belgian_tariffs:
         values = {_BELGIAN_SWAP.get(k, k): v for k, v in values.items()}
         if values.get("tariff") in (1, 2):
             values["tariff"] = 3 - values["tariff"]
 
-    # Meters with one signed power register (Q3D's 16.7.0) report export as negative import.
-    for imp, exp in (("power_import_w", "power_export_w"),
-                     *((f"power_import_{p}_w", f"power_export_{p}_w") for p in ("l1", "l2", "l3"))):
+    # Meters with one signed power register (Q3D) report export as negative import.
+    for imp, exp in _SIGNED_POWER:
         if values.get(imp) is not None and values[imp] < 0 and not values.get(exp):
             values[imp], values[exp] = 0.0, -values[imp]
 
-    for direction in ("import", "export"):
+    for direction, names in _TARIFF_PARTS.items():
         total = f"energy_{direction}_wh"
-        parts = [values.get(f"energy_{direction}_t1_wh"), values.get(f"energy_{direction}_t2_wh")]
-        if total not in values and any(p is not None for p in parts):
-            values[total] = sum(p for p in parts if p is not None) + extra[direction]
+        if total not in values:
+            parts = [values[n] for n in names if n in values]
+            if parts:
+                values[total] = float(sum(parts))
 
-    stamp = getattr(telegram, "P1_MESSAGE_TIMESTAMP", None)
-    timestamp = stamp.value if stamp is not None and stamp.value is not None else received_at
-    gas_m3, gas_timestamp = _find_gas(telegram, gas_channel)
-    _check_physical({**values, "gas_m3": gas_m3})
-    return Reading(meter_id=meter_id, timestamp=timestamp, received_at=received_at,
-                   gas_m3=gas_m3, gas_timestamp=gas_timestamp, **values)
+    if parsed.mbus:
+        values["mbus"] = obis.mbus_entries(parsed.mbus)
+        values["gas_m3"], values["gas_timestamp"] = obis.find_gas(parsed.mbus, gas_channel)
+    values.setdefault("timestamp", received_at)
+    _check_physical(values)
+    return Reading(meter_id=meter_id, received_at=received_at, **values)
 
 
 # --- the decoder -----------------------------------------------------------------------------
+_LINE_PARSERS: dict[str, obis.LineParser] = {}
+
+
+def line_parser(profile: Profile) -> obis.LineParser:
+    """One dispatch table per family, shared by its decoders (it learns each OBIS key once)."""
+    parser = _LINE_PARSERS.get(profile.name)
+    if parser is None:
+        parser = _LINE_PARSERS[profile.name] = obis.LineParser(profile.plaintext_specification())
+    return parser
+
+
 @dataclass(slots=True)
 class DecoderStats:
     telegrams_ok: int = 0
@@ -398,8 +325,7 @@ class TelegramDecoder:
         self._buffer = EncryptedFrameBuffer(self.max_buffer) if self.encrypted else FrameBuffer(self.max_buffer)
         self._pending_since: float | None = None  # encrypted: when the incomplete frame began to wait (monotonic)
         self.last_field_count = 0  # objects the specification recognised in the last telegram
-        # Our own CRC check is ~10x faster than dsmr_parser's, so the parser skips its own.
-        self._parser = TelegramParser(self.profile.plaintext_specification(), apply_checksum_validation=False)
+        self._parser = line_parser(self.profile)
 
     def feed(self, data: bytes, received_at: datetime,
              now: float | None = None) -> tuple[list[Reading], list[TelegramError]]:
@@ -485,15 +411,12 @@ class TelegramDecoder:
             if (self.profile.has_crc or (self.encrypted and self.authentication_key is None)
                     or _CRC_TRAILER.search(text, max(0, len(text) - 12))):
                 check_crc(text)
-            try:
-                telegram = self._parser.parse(text, throw_ex=True)
-            except (DsmrParseError, ValueError, TypeError, ArithmeticError, IndexError, AttributeError) as err:
-                raise TelegramError(f"unparsable telegram: {err.__class__.__name__}") from err
-            self.last_field_count = sum(1 for _ in telegram)
+            parsed = self._parser.parse(text)
+            self.last_field_count = len(parsed.names)
             if not self.last_field_count:
                 raise TelegramError("no known fields: wrong profile?")
             try:
-                reading = normalize(telegram, self.meter_id, self.profile, received_at, self.gas_channel)
+                reading = normalize(parsed, self.meter_id, self.profile, received_at, self.gas_channel)
             except TelegramError:
                 raise
             except (ValueError, TypeError, ArithmeticError, AttributeError) as err:

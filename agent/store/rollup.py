@@ -6,7 +6,7 @@ the store decides when they are written. A rollup (storage form, nulls left out,
     meter_id, start, end, count
     <power/voltage/current field>   mean over the readings that had it (e.g. power_import_w)
     power_import_w_max, power_export_w_max
-    <counter field>                 last value seen (energy_*_wh, gas_m3, tariff, failures, sags, swells)
+    <counter field>                 last value seen (energy_*_wh, gas_m3, tariff, failures, sags, swells, limits)
     replaces                        (storage only, true or absent) see ``RollupAccumulator.resume``
 
 Windows are keyed by ``received_at`` (the device's NTP-synced clock), never the meter's ``timestamp``.
@@ -19,7 +19,11 @@ from datetime import datetime, timezone
 
 from drivers.reading import VALUE_FIELDS, Reading, iso
 
-MEAN_FIELDS: tuple[str, ...] = tuple(n for n in VALUE_FIELDS if n.endswith(("_w", "_v", "_a")))
+# Instantaneous quantities are averaged; registers, counters, states, limits and this month's peak keep their last value.
+MEAN_FIELDS: tuple[str, ...] = tuple(
+    n for n in VALUE_FIELDS
+    if (n.endswith(("_w", "_v", "_a", "_var", "_va", "_hz")) or n.startswith("power_factor"))
+    and "threshold" not in n and n != "demand_peak_month_w")
 MAX_FIELDS: tuple[str, ...] = ("power_import_w", "power_export_w")
 LAST_FIELDS: tuple[str, ...] = tuple(n for n in VALUE_FIELDS if n not in MEAN_FIELDS)
 ROLLUP_FIELDS: tuple[str, ...] = (
