@@ -1,0 +1,152 @@
+"""The hub's HTTP API, with the device API's conventions: Bearer keys (an organization's one key, the same as on
+its devices; the hub's operator token), JSON errors {"error", "detail"}, OpenAPI at /openapi.json, every
+organization's read in the audit log.
+
+  GET /health                                 no key
+  GET /areas                                  the areas the caller may read, with their devices
+  GET /areas/{area}/data?window=&since=&until=&tag=   the area's windows: released sums, or refusals
+  GET /devices                                operator: devices, applied version, last release, health
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from hub.openapi import spec
+from hub.service import WIDTHS, Hub
+
+MAX_WINDOWS = 1500  # per request
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return web.json_response({"error": err.error, "detail": err.detail}, status=err.status)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        return web.json_response({"error": err.reason.lower().replace(" ", "_"), "detail": err.text or err.reason},
+                                 status=err.status)
+    except Exception as err:  # never a stack trace to a caller
+        request.app["hub"].last_error = f"api: {type(err).__name__}: {err}"
+        return web.json_response({"error": "unavailable", "detail": "the hub could not answer now; try again"},
+                                 status=503)
+
+
+def _caller(request: web.Request):
+    """("operator", None) or ("organization", FleetOrg); 401 otherwise."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <key>")
+    token = header[7:].strip()
+    hub: Hub = request.app["hub"]
+    if hub.operator_token and hmac.compare_digest(token.encode(errors="replace"), hub.operator_token.encode()):
+        return "operator", None
+    digest = hashlib.sha256(token.encode(errors="replace")).hexdigest()
+    for org in hub.organizations().values():
+        if hmac.compare_digest(org.key_hash, digest):
+            return "organization", org
+    raise ApiError(401, "unauthorized", "unknown or revoked key")
+
+
+def _audit(request: web.Request, who: str, action: str, **fields) -> None:
+    path: Path | None = request.app["audit_path"]
+    if path is None:
+        return
+    line = json.dumps({"at": time.time(), "who": who, "action": action, **fields}, separators=(",", ":"))
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(request.app["hub"].health())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(spec())
+
+
+async def areas(request: web.Request) -> web.Response:
+    role, org = _caller(request)
+    hub: Hub = request.app["hub"]
+    visible = {a: list(d) for a, d in hub.areas().items() if role == "operator" or a in org.areas}
+    return web.json_response({"areas": [{"area": a, "devices": d} for a, d in sorted(visible.items())]})
+
+
+def _number(request: web.Request, name: str) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        raise ApiError(400, "bad_request", f"{name} is required (UNIX seconds)")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name} must be UNIX seconds, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ApiError(400, "bad_request", f"{name} must be finite")
+    return value
+
+
+async def area_data(request: web.Request) -> web.Response:
+    role, org = _caller(request)
+    if role != "organization":
+        raise ApiError(403, "forbidden", "area data is read with an organization's key")
+    hub: Hub = request.app["hub"]
+    area = request.match_info["area"]
+    if area not in org.areas or area not in hub.areas():
+        raise ApiError(404, "not_found", f"no area {area!r} for this organization")
+    window = request.query.get("window", "1h")
+    if window not in WIDTHS:
+        raise ApiError(400, "bad_request", f"window must be one of {', '.join(WIDTHS)}")
+    tag = request.query.get("tag") or None
+    if tag is not None and not all(c.isalnum() or c in "_-" for c in tag):
+        raise ApiError(400, "bad_request", "tag: letters, digits, '_' or '-'")
+    width = WIDTHS[window]
+    since, until = _number(request, "since"), _number(request, "until")
+    first, last = math.ceil(since / width) * width, math.floor(until / width) * width  # windows inside
+    count = max(0, (last - first) // width)
+    if count > MAX_WINDOWS:
+        raise ApiError(400, "too_many_windows", f"at most {MAX_WINDOWS} windows per request, asked {count}")
+    released, refused = [], []
+    for start in range(int(first), int(last), width):
+        answer = await hub.window(org.id, area, window, start, tag)
+        if answer is None:
+            continue
+        (released if "released" in answer else refused).append(answer.get("released") or answer["refused"])
+    _audit(request, org.id, "area.data", area=area, window=window, since=since, until=until, tag=tag,
+           released=len(released))
+    return web.json_response({"area": area, "window": window, "tag": tag, "released": released,
+                              "refused": refused})
+
+
+async def devices(request: web.Request) -> web.Response:
+    role, _ = _caller(request)
+    if role != "operator":
+        raise ApiError(403, "forbidden", "the device list is the operator's")
+    return web.json_response({"devices": await request.app["hub"].devices()})
+
+
+def create_app(hub: Hub, audit_path: Path | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors])
+    app["hub"] = hub
+    app["audit_path"] = audit_path
+    app.router.add_get("/health", health)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/areas", areas)
+    app.router.add_get("/areas/{area}/data", area_data)
+    app.router.add_get("/devices", devices)
+    return app

@@ -1,0 +1,284 @@
+"""The hub: every device's releases through one durable JetStream consumer, area windows in a shared bucket.
+
+- The consumer (`edge-hub`, a pull consumer: several hub replicas share it) hands messages over in stream order;
+  each is applied, then acknowledged: a kill -9 in between redelivers it, and applying again writes the same
+  values (a device's part of a window is keyed by the device), so nothing is counted twice.
+- State lives in the `edge_hub` bucket, written with compare-and-set (replicas may touch the same key):
+  `w.<org>.<area>.<window>.<start>.<tag or _>` = {"devices": {device: contribution}} (hub/aggregate.py) and
+  `d.<device>` = the device's sequence bookkeeping (contiguous, out-of-order, gaps) and its last window.
+- Which devices form an area and which organization may read what come from the operator's signed `fleet`
+  document (agent/fleet/document.py), watched in the `edge_desired` bucket.
+Nothing of a household reaches the hub: devices send released records only (agent/fleet/link.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from agent.fleet import RELEASES_STREAM, document
+from agent.fleet.document import BUCKET as DESIRED_BUCKET, FLEET_KEY
+from hub import aggregate
+from hub.setup import CONSUMER, HUB_BUCKET, ensure
+
+log = logging.getLogger("edge.hub")
+
+WIDTHS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
+FETCH_BATCH = 256
+
+
+def window_key(org: str, area: str, window: str, start: int, tag: str | None) -> str:
+    return f"w.{org}.{area}.{window}.{start}.{tag or '_'}"
+
+
+class Conflict(Exception):
+    pass
+
+
+class Hub:
+    def __init__(self, servers: list[str], public_key: str, min_devices: int = 2, replicas: int = 3,
+                 operator_token: str | None = None, name: str = "edge-hub"):
+        self.servers = servers
+        self.public_key = document.public_key_from_text(public_key)
+        self.min_devices = min_devices
+        self.replicas = replicas
+        self.operator_token = operator_token
+        self.name = name
+        self.fleet: dict | None = None  # the running fleet document
+        self.fleet_refusal: dict | None = None
+        self.device_area: dict[str, str] = {}
+        self.nc = self.js = self.kv = None
+        self._cache: dict[str, tuple[int, dict]] = {}  # key -> (revision, value): one round trip when unchanged
+        self._tasks: list[asyncio.Task] = []
+        self.applied = 0
+        self.redelivered = 0
+        self.unassigned = 0
+        self.last_applied_at: float | None = None
+        self.last_error: str | None = None
+        self.started_at = time.time()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        import nats
+
+        self.nc = await nats.connect(servers=self.servers, name=self.name, max_reconnect_attempts=-1,
+                                     reconnect_time_wait=0.5, connect_timeout=2, error_cb=self._nats_error)
+        self.js = self.nc.jetstream(timeout=5)
+        await ensure(self.js, self.replicas)
+        self.kv = await self.js.key_value(HUB_BUCKET)
+        await self._read_fleet()
+        self._tasks = [asyncio.create_task(self._consume(), name="hub-consume"),
+                       asyncio.create_task(self._watch_fleet(), name="hub-fleet")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nc is not None:
+            try:
+                await self.nc.close()
+            except Exception:
+                pass
+
+    async def _nats_error(self, err) -> None:
+        self.last_error = f"nats: {type(err).__name__}: {err}"
+
+    # --- the fleet document --------------------------------------------------------------------
+    async def _read_fleet(self) -> None:
+        try:
+            desired = await self.js.key_value(DESIRED_BUCKET)
+            entry = await desired.get(FLEET_KEY)
+        except Exception:
+            return
+        if entry.value:
+            self.offer_fleet(entry.value)
+
+    def offer_fleet(self, envelope: bytes) -> bool:
+        running = self.fleet["version"] if self.fleet else None
+        try:
+            doc = document.check(envelope, self.public_key, "fleet", time.time(), running)
+        except document.Refused as err:
+            if err.error == "older_version":
+                return False
+            self.fleet_refusal = {"at": time.time(), "error": err.error, "detail": err.detail}
+            log.warning("hub: fleet document refused: %s: %s", err.error, err.detail)
+            return False
+        self.fleet, self.fleet_refusal = doc, None
+        self.device_area = {d: area for area, devices in document.areas(doc).items() for d in devices}
+        log.info("hub: fleet document version %d: %d area(s), %d organization(s)", doc["version"],
+                 len(document.areas(doc)), len(document.organizations(doc)))
+        return True
+
+    async def _watch_fleet(self) -> None:
+        while True:
+            try:
+                await self._read_fleet()
+            except Exception:
+                pass
+            await asyncio.sleep(1.0)
+
+    def areas(self) -> dict[str, tuple[str, ...]]:
+        return document.areas(self.fleet) if self.fleet else {}
+
+    def organizations(self) -> dict[str, document.FleetOrg]:
+        return document.organizations(self.fleet) if self.fleet else {}
+
+    # --- consuming -----------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        sub = None
+        while True:
+            try:
+                if sub is None:
+                    sub = await self.js.pull_subscribe("edge.*.releases", durable=CONSUMER, stream=RELEASES_STREAM)
+                try:
+                    messages = await sub.fetch(FETCH_BATCH, timeout=1.0)
+                except asyncio.TimeoutError:
+                    continue
+                for msg in messages:
+                    await self.apply(msg)
+                    await msg.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a node down, a leader moving: the consumer is durable, go on
+                self.last_error = f"consume: {type(err).__name__}: {err}"
+                await asyncio.sleep(0.5)
+
+    async def apply(self, msg) -> None:
+        payload = json.loads(msg.data)
+        device = str(payload["device"])
+        if msg.metadata.num_delivered > 1:
+            self.redelivered += 1
+        area = self.device_area.get(device)
+        if area is None:
+            await self._fleet_fresh()
+            area = self.device_area.get(device)
+        if area is not None:
+            for record in payload["records"]:
+                key = window_key(record["org"], area, payload["window"], int(payload["start"]), record.get("tag"))
+                part = aggregate.contribution(record)
+                await self._update(key, lambda value: _with_part(value, device, part))
+        else:
+            self.unassigned += 1
+        seq = int(payload["seq"])
+        await self._update(f"d.{device}", lambda value: _device_seen(value, seq, payload, area, time.time()))
+        self.applied += 1
+        self.last_applied_at = time.time()
+
+    async def _fleet_fresh(self) -> None:
+        try:
+            await self._read_fleet()
+        except Exception:
+            pass
+
+    async def _update(self, key: str, change) -> None:
+        """Compare-and-set `change(value) -> value` of one key; retried on a concurrent writer."""
+        while True:
+            cached = self._cache.get(key)
+            if cached is None:
+                cached = await self._get(key)
+            revision, value = cached
+            new = change(json.loads(json.dumps(value)))
+            if new == value:
+                return
+            data = json.dumps(new, separators=(",", ":")).encode()
+            try:
+                if revision == 0:
+                    revision = await self.kv.create(key, data)
+                else:
+                    revision = await self.kv.update(key, data, last=revision)
+            except Exception as err:
+                if _conflict(err):
+                    self._cache.pop(key, None)
+                    continue
+                raise
+            self._cache[key] = (revision, new)
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            return
+
+    async def _get(self, key: str) -> tuple[int, dict]:
+        try:
+            entry = await self.kv.get(key)
+        except Exception as err:
+            if "not found" in str(err).lower() or "deleted" in str(err).lower():
+                return 0, {}
+            raise
+        return entry.revision, json.loads(entry.value) if entry.value else {}
+
+    # --- reading -------------------------------------------------------------------------------
+    async def window(self, org: str, area: str, window: str, start: int, tag: str | None) -> dict | None:
+        try:
+            entry = await self.kv.get(window_key(org, area, window, start, tag))
+        except Exception as err:
+            if "not found" in str(err).lower() or "deleted" in str(err).lower():
+                return None
+            raise
+        value = json.loads(entry.value)
+        return aggregate.area_window(area, window, WIDTHS[window], start, tag, value.get("devices", {}),
+                                     self.areas().get(area, ()), self.min_devices)
+
+    async def devices(self) -> list[dict]:
+        """Every device the operator assigned or that sent something: area, applied version, last release and
+        last heartbeat."""
+        from agent.fleet import HEALTH_STREAM, health_subject
+
+        names = set(self.device_area)
+        try:
+            names |= {k[2:] for k in await self.kv.keys(filters=["d.*"])}
+        except Exception:
+            pass
+        out = []
+        for device in sorted(names):
+            _, state = await self._get(f"d.{device}")
+            health = None
+            try:
+                msg = await self.js.get_last_msg(HEALTH_STREAM, health_subject(device))
+                health = json.loads(msg.data)
+            except Exception:
+                pass
+            out.append({"device": device, "area": self.device_area.get(device),
+                        "applied_version": (health or {}).get("applied_version"),
+                        "last_seq": state.get("contiguous"), "gaps": state.get("gaps", 0),
+                        "out_of_order": state.get("out_of_order", 0), "last_release": state.get("last_window"),
+                        "health": health})
+        return out
+
+    def health(self) -> dict:
+        return {"status": "ok" if self.nc is not None and self.nc.is_connected else "degraded",
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "fleet_version": self.fleet["version"] if self.fleet else None, "fleet_refused": self.fleet_refusal,
+                "applied": self.applied, "redelivered": self.redelivered, "unassigned": self.unassigned,
+                "last_applied_at": self.last_applied_at, "last_error": self.last_error}
+
+
+def _conflict(err: Exception) -> bool:
+    text = str(err).lower()
+    return getattr(err, "err_code", None) in (10071, 10058) or "wrong last sequence" in text or \
+        "key exists" in text
+
+
+def _with_part(value: dict, device: str, part: dict) -> dict:
+    value.setdefault("devices", {})[device] = part
+    return value
+
+
+def _device_seen(value: dict, seq: int, payload: dict, area: str | None, now: float) -> dict:
+    """A device's sequence bookkeeping: the contiguous prefix applied, sequence numbers applied above it, how
+    many arrived out of order (a later one before an earlier one) and how many times a gap was seen."""
+    contiguous = value.get("contiguous", 0)
+    above = set(value.get("above", []))
+    if seq <= contiguous or seq in above:
+        return value  # applied before (a redelivery): nothing changes
+    if seq != contiguous + 1:
+        value["gaps"] = value.get("gaps", 0) + (not above)
+    if above and seq < max(above):
+        value["out_of_order"] = value.get("out_of_order", 0) + 1
+    above.add(seq)
+    while contiguous + 1 in above:
+        contiguous += 1
+        above.remove(contiguous)
+    value.update(contiguous=contiguous, above=sorted(above), area=area, last_at=now,
+                 last_window={"window": payload["window"], "start": payload["start"]})
+    return value
