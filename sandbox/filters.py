@@ -1,4 +1,4 @@
-"""The two seccomp allow-lists of a trigger's processes, built in the parent with libseccomp and exported as
+"""The three seccomp allow-lists of a trigger's processes, built in the parent with libseccomp and exported as
 classic BPF programs that the zygote installs with one prctl() each (sandbox.lockdown).
 
 Built here, in the trusted parent, rather than in the zygote: the zygote then never loads libseccomp or pyseccomp
@@ -12,6 +12,9 @@ zygote's alike; they are built once per process.
   stacks it once it has read that row (seccomp filters stack: a process can only ever lose system calls) and
   only then executes the condition. It cannot read, cannot fork, cannot read any clock, and can write exactly
   one answer-sized chunk at a time to the answer pipe.
+- EVALUATOR_SYSCALLS: a zygote whose condition is in the closed language (sandbox.closed) evaluates the rows
+  itself, one after another, and stacks it once it has loaded the condition: it keeps reading rows and writing
+  answers on its two pipes, and loses fork, wait, prctl and every clock.
 
 Default action and foreign-architecture action (x32 or i386 system calls on x86-64): KILL_PROCESS (the process
 dies of SIGSYS). System calls are named as libseccomp names them (resolved per architecture), never by number.
@@ -69,13 +72,19 @@ CHILD_SYSCALLS = {
     **_MEMORY,
     "write": "the one answer chunk: only on the answer fd and only exactly ANSWER_CHUNK bytes",
 }
+EVALUATOR_SYSCALLS = {
+    **_MEMORY,
+    "read": "the rows of its own condition's requests; only on the request fd",
+    "write": "their answers; only on the answer fd",
+}
 # Deliberately NOT allowed (each was considered):
 #   mprotect      only glibc's non-main (per-thread) arenas use it; one thread. No W^X hole.
 #   rt_sigreturn  no signal handler ever runs: SIGINT is reset to SIG_DFL before the lockdown, the processes have
 #                 their own process group, SIGXCPU keeps its default action, installing a handler is denied.
 #   clone3        glibc's fork() uses clone; clone3's flags are in memory, where a filter cannot look.
 #   read (row)    a row process has read its one row before its filter: it cannot read the next household's.
-#   clock_* (row) no clock at all in a row process: no system call, and the vDSO is unmapped (sandbox.worker).
+#   clock_* (row) no clock at all in a row process or an evaluator: no system call, and the vDSO is unmapped
+#                 (sandbox.worker).
 #   rt_sigprocmask, futex, getrandom, getpid...  not used once every module is imported (one thread,
 #                 hash seed drawn at start-up); stat would only serve imports, denied on purpose.
 ALLOWED_SYSCALLS = ZYGOTE_SYSCALLS  # the wider of the two lists (compatibility name)
@@ -161,6 +170,15 @@ def build_child_filter(pyseccomp):
     return f
 
 
+def build_evaluator_filter(pyseccomp):
+    """EVALUATOR_SYSCALLS as a pyseccomp SyscallFilter: what a closed condition's zygote keeps once loaded."""
+    s = pyseccomp
+    f, allow = _new_filter(s)
+    allow("read", s.Arg(0, s.EQ, protocol.REQUEST_FD))
+    allow("write", s.Arg(0, s.EQ, protocol.ANSWER_FD))
+    return f
+
+
 def export_bpf(f) -> bytes:
     """The filter's BPF program, through a pipe (libseccomp exports to a file descriptor)."""
     r, w = os.pipe()
@@ -185,16 +203,17 @@ def export_bpf(f) -> bytes:
     return program
 
 
-_programs: tuple[bytes, bytes] | None = None
+_programs: tuple[bytes, bytes, bytes] | None = None
 _programs_lock = threading.Lock()
 
 
-def programs() -> tuple[bytes, bytes]:
-    """(zygote's program, row process's program), built once. Raises OSError/ImportError where libseccomp is
+def programs() -> tuple[bytes, bytes, bytes]:
+    """(zygote's program, row process's program, evaluator's program), built once. Raises OSError/ImportError where libseccomp is
     missing or the kernel refuses (libseccomp asks it which actions it supports)."""
     global _programs
     with _programs_lock:
         if _programs is None:
             s = load_pyseccomp()
-            _programs = (export_bpf(build_zygote_filter(s)), export_bpf(build_child_filter(s)))
+            _programs = tuple(export_bpf(build(s)) for build in (
+                build_zygote_filter, build_child_filter, build_evaluator_filter))
         return _programs

@@ -6,7 +6,8 @@ lists, dicts, None); the parent never sends code objects. Never pickle.
 
 An EVAL request is a header frame ``(EVAL, nonce, n)``, which the zygote reads, then ``n`` row frames
 ``(token, row)``, each read by the one row process forked for it (the zygote never reads a row: it reads
-frames exactly, never ahead).
+frames exactly, never ahead); or, by an evaluator (a zygote whose condition is in the closed language,
+sandbox.closed), read and answered one after another by the evaluator itself.
 
 Answers go worker -> parent (the untrusted direction) and are raw bytes of a length the parent knows in
 advance: the request's 16-byte nonce, then the body, for an EVAL then the nonce again (written by the zygote
@@ -63,6 +64,7 @@ OK = 0
 LOAD_SYNTAX_ERROR = 1
 LOAD_NO_CONDITION = 2  # no function named condition with the expected parameters after executing the source
 LOAD_ERROR = 3  # the module-level code raised
+LOAD_NOT_CLOSED = 4  # an evaluator zygote's condition is outside the closed language: start a forking zygote
 LOCKDOWN_FAILED = 0x10  # | the step that failed (see LOCKDOWN_STEPS)
 PROBE_SURVIVED = 0x7F  # the forbidden call in PROBE returned: seccomp is not enforced
 

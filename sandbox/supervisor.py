@@ -97,6 +97,9 @@ class Limits:
     # while different triggers still spread over every CPU. None without pin_zygotes: the scheduler decides.
     cpu_affinity: frozenset[int] | None = None
     pin_zygotes: bool = True
+    # A condition in the closed language (sandbox.closed) is evaluated by its zygote itself, row after row, with no
+    # fork: the language keeps the rows apart. False: a process per row for every condition.
+    evaluators: bool = True
 
     def batch_timeout(self, rows: int) -> float:
         return min(self.max_timeout_s, self.timeout_s + self.timeout_per_row_s * max(0, rows - 1))
@@ -147,8 +150,8 @@ def _package_parent() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _programs() -> tuple[bytes, bytes]:
-    """The zygote's and the row processes' seccomp programs (sandbox.filters, built once here in the parent)."""
+def _programs() -> tuple[bytes, bytes, bytes]:
+    """The zygote's, the row processes' and the evaluators' seccomp programs (sandbox.filters, built once here in the parent)."""
     from sandbox import filters
 
     try:
@@ -177,9 +180,11 @@ def _next_cpu() -> frozenset[int] | None:
 _SIGDEF = tuple(s for s in range(1, 32) if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
-def spawn_worker(limits: Limits, executable: str | None = None, *, inspect: bool = False) -> "WorkerProcess":
+def spawn_worker(limits: Limits, executable: str | None = None, *, inspect: bool = False,
+                 evaluator: bool = False) -> "WorkerProcess":
     """Start a fresh locked zygote and wait until it reports its lockdown done (a PING round trip). With
-    ``inspect``, a trial zygote that also answers INSPECT (it pre-imports ast, which others do without).
+    ``inspect``, a trial zygote that also answers INSPECT (it pre-imports ast, which others do without); with
+    ``evaluator``, one that evaluates a closed condition's rows itself (sandbox.worker, sandbox.closed).
 
     Raises SandboxUnavailable if it cannot start or lock itself down.
     """
@@ -188,11 +193,10 @@ def spawn_worker(limits: Limits, executable: str | None = None, *, inspect: bool
     from sandbox.worker import BOOTSTRAP
 
     exe = executable or sys.executable
-    zygote_program, child_program = _programs()
     argv = [
         exe, "-I", "-S", "-B", "-c", BOOTSTRAP, _package_parent(),
         str(os.getpid()), str(limits.memory_bytes), str(limits.cpu_s), str(limits.worker_uid), str(limits.worker_gid),
-        zygote_program.hex(), child_program.hex(), "1" if inspect else "0",
+        *(program.hex() for program in _programs()), "1" if inspect else "0", "1" if evaluator else "0",
     ]
     req_r, req_w = _high_pipe()
     ans_r, ans_w = _high_pipe()
@@ -218,6 +222,7 @@ def spawn_worker(limits: Limits, executable: str | None = None, *, inspect: bool
         os.close(req_r)
         os.close(ans_w)
     worker = WorkerProcess(pid, req_w, ans_r)
+    worker.evaluator = evaluator
     cpus = limits.cpu_affinity or (_next_cpu() if limits.pin_zygotes else None)
     if cpus:
         try:
@@ -285,6 +290,7 @@ class WorkerProcess:
         self._wpoll = select.poll()
         self._wpoll.register(request_fd, select.POLLOUT)
         self.wait_status: int | None = None
+        self.evaluator = False  # evaluates its rows itself (a closed condition) rather than forking per row
         self.evaluations = 0
         self.loaded_rss = 0  # after the LOAD: what the zygote's memory is measured against
         self.last_used = time.monotonic()
@@ -321,8 +327,8 @@ class WorkerProcess:
         return data[protocol.NONCE_SIZE: len(data) - tail]
 
     def evaluate_rows(self, rows: Sequence, timeout_s: float) -> bytes:
-        """One status byte per row, each from the row's own process. Every chunk must carry its row's token, in
-        order, and the zygote's trailer (the nonce again) must follow the last: else PROTOCOL."""
+        """One status byte per row, each from the row's own process (or an evaluator's). Every chunk must carry its
+        row's token, in order, and the zygote's trailer (the nonce again) must follow the last: else PROTOCOL."""
         frames, tokens = protocol.encode_rows(rows)
         n = len(rows)
         chunk = protocol.ANSWER_CHUNK
@@ -468,6 +474,7 @@ class ConditionState:
     retry_after: float  # seconds of backoff left before a new worker may be spawned
     cpu_s: float = 0.0  # CPU time of the condition's row processes so far (as the kernel counted it)
     budget_violations: int = 0  # requests refused for burning the CPU budget (throttled), part of violations
+    isolation: str | None = None  # CLOSED_LANGUAGE or PROCESS_PER_ROW once a worker has loaded it
 
 
 class _Slot:
@@ -490,6 +497,10 @@ class _Slot:
         self.heavy = 0  # heavy requests in a row (CPU budget)
         self.cpu_s = 0.0
         self.budget_violations = 0
+        self.closed: bool | None = None  # in the closed language? (known once an evaluator has loaded it)
+
+
+CLOSED_LANGUAGE, PROCESS_PER_ROW = "closed language", "process per row"
 
 
 class Supervisor:
@@ -570,6 +581,7 @@ class Supervisor:
             retry_after=max(0.0, slot.next_spawn_at - time.monotonic()),
             cpu_s=slot.cpu_s,
             budget_violations=slot.budget_violations,
+            isolation=None if slot.closed is None else CLOSED_LANGUAGE if slot.closed else PROCESS_PER_ROW,
         )
 
     # -- evaluation
@@ -619,7 +631,8 @@ class Supervisor:
             self._count_violation(slot, Violation.NOT_BOOL, None)
         after = worker.times()
         if not slot.quarantined and before is not None and after is not None:
-            self._account(slot, worker, after, after.rows_s - before.rows_s, timeout)
+            used = after.own_s - before.own_s if worker.evaluator else after.rows_s - before.rows_s
+            self._account(slot, worker, after, used, timeout)
         if slot.worker is worker and (worker.evaluations >= self.limits.max_evaluations or slot.quarantined):
             self._drop_worker(slot)  # recycle: the next request gets a fresh zygote
         return list(map(_STATUSES.__getitem__, body))
@@ -684,15 +697,14 @@ class Supervisor:
         if now < slot.next_spawn_at:
             raise BackingOff(slot.next_spawn_at - now)
         self._make_room()
-        worker = spawn_worker(self.limits, self._executable)
-        slot.spawns += 1
-        try:
-            answer = worker.request(protocol.LOAD, (slot.source, slot.parameters), 1, self.limits.load_timeout_s)
-        except EvaluationFailed as exc:
-            exc.stage = "load"
-            self._count_violation(slot, exc.violation, exc.exit_signal)
-            raise
-        code = answer[0]
+        slot.spawns += 1  # one start, even when an evaluator found the condition outside the closed language
+        code, worker = self._load(slot, evaluator=self.limits.evaluators and slot.closed is not False)
+        if code == protocol.LOAD_NOT_CLOSED and worker.evaluator:
+            worker.kill()
+            slot.closed = False
+            code, worker = self._load(slot, evaluator=False)
+        elif code == protocol.OK:
+            slot.closed = worker.evaluator
         if code != protocol.OK:
             worker.kill()
             reason = _LOAD_REASONS.get(code)
@@ -714,6 +726,17 @@ class Supervisor:
             self._drop_worker(slot)
             raise KeyError(key)
         return worker
+
+    def _load(self, slot: _Slot, evaluator: bool) -> tuple[int, WorkerProcess]:
+        """Spawn a zygote (an evaluator, or one that forks per row) and LOAD the condition: (answer code, worker)."""
+        worker = spawn_worker(self.limits, self._executable, evaluator=evaluator)
+        try:
+            answer = worker.request(protocol.LOAD, (slot.source, slot.parameters), 1, self.limits.load_timeout_s)
+        except EvaluationFailed as exc:
+            exc.stage = "load"
+            self._count_violation(slot, exc.violation, exc.exit_signal)
+            raise
+        return answer[0], worker
 
     def _make_room(self) -> None:
         """Evict least recently used idle workers while the pool is full (busy ones are skipped)."""

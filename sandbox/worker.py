@@ -4,7 +4,8 @@ window or organization has touched.
 The supervisor starts one zygote per trigger (a fresh interpreter, never a fork of the agent) as::
 
     python -I -S -B -c BOOTSTRAP <sandbox parent dir> <parent pid> <memory bytes> <cpu s> <uid> <gid> \
-        <zygote's BPF program, hex> <row process's BPF program, hex> <inspector: 1 or 0>
+        <zygote's BPF program, hex> <row process's BPF program, hex> <evaluator's BPF program, hex> \
+        <inspector: 1 or 0> <evaluator: 1 or 0>
 
 with an empty environment, fd 0 = request pipe, fd 1 = answer pipe, fd 2 = /dev/null. ``-S`` disables
 site, so BOOTSTRAP puts the directory from argv on sys.path (nothing comes from the environment). The two
@@ -31,6 +32,13 @@ zygote learns from a row process only that it exited (its status is looked at on
 request: any other exit than 0 makes the zygote exit at once, taking what it saw with it). The CPU time of row
 processes is summed by the kernel in the zygote's cutime, which the parent reads from /proc (never from the
 zygote's memory, which the next row process would inherit).
+
+An *evaluator* (started with evaluator 1) is a zygote for conditions in the closed language (sandbox.closed:
+a condition that can read nothing but its own row). At LOAD it checks the source itself, answers LOAD_NOT_CLOSED
+if it is outside the language (the supervisor then starts a forking zygote), else unmaps the vDSO, stacks the
+evaluator filter (sandbox.filters.EVALUATOR_SYSCALLS: read and write on its pipes, memory; no fork, no clock) and
+only then executes the module. It evaluates each row itself, one after another, without a fork: the language,
+not a process, keeps the rows apart.
 
 Nothing here imports agent or drivers.
 """
@@ -71,6 +79,26 @@ def _preimport_inspector() -> None:
 
     assert static.inspect_source("def condition(x):\n    return x > 1\n", ["x"]) is None
     assert static.inspect_source("def condition(x)\n", ["x"]) is not None  # the SyntaxError path, warmed up
+
+
+def _preimport_evaluator(evaluator_filter, modules: dict) -> tuple:
+    """Evaluators only: the closed language's checker (it needs ast, as the trial's inspector does) and the
+    builtins a closed condition may call."""
+    import builtins
+
+    from sandbox import closed
+
+    assert closed.closed_code("import math\ndef condition(x):\n    return math.sqrt(x) > 1\n", ["x"]) is not None
+    assert closed.closed_code("def condition(x):\n    return [x]\n", ["x"]) is None
+
+    def import_math(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name == "math":
+            return modules["math"]
+        raise ImportError("import not allowed")
+
+    safe = {name: getattr(builtins, name) for name in closed.BUILTIN_FUNCTIONS}
+    safe["__import__"] = import_math
+    return closed, evaluator_filter, safe
 
 
 def _preimport() -> dict:
@@ -165,6 +193,34 @@ def _read_frame():
     return marshal.loads(payload)
 
 
+class _BufferedFrames:
+    """An evaluator's reader: every frame on its request pipe is its own condition's, so it may read ahead."""
+
+    def __init__(self):
+        self.buf = b""
+        self.at = 0
+
+    def exactly(self, n: int) -> bytes | None:
+        while len(self.buf) - self.at < n:
+            chunk = os.read(protocol.REQUEST_FD, max(1 << 16, n))
+            if not chunk:
+                return None
+            self.buf = self.buf[self.at:] + chunk
+            self.at = 0
+        data = self.buf[self.at:self.at + n]
+        self.at += n
+        return data
+
+    def frame(self):
+        header = self.exactly(protocol.HEADER_SIZE)
+        if header is None:
+            return None
+        payload = self.exactly(int.from_bytes(header, "little"))
+        if payload is None:
+            return None
+        return marshal.loads(payload)
+
+
 def _answer(data: bytes) -> None:
     while data:
         data = data[os.write(protocol.ANSWER_FD, data):]
@@ -194,11 +250,14 @@ class Zygote:
         self.code = None
         self.parameters: tuple = ()
         self.inspector = False
+        # An evaluator's: (sandbox.closed, its filter, its builtins) before LOAD, then its condition function.
+        self.evaluator: tuple | None = None
+        self.function = None
 
     # -- in a row process, before anything untrusted runs
 
-    def isolate(self) -> None:
-        """No clock, no parent-less survival, then the strict filter. Exits if any step fails."""
+    def isolate(self, strict_filter=None) -> None:
+        """No clock, no parent-less survival, then the strict filter (or an evaluator's). Exits if a step fails."""
         from sandbox import lockdown
 
         libc = self.libc
@@ -208,7 +267,7 @@ class Zygote:
             if libc.munmap(start, length) != 0:
                 os._exit(protocol.ZYGOTE_CHILD_EXITED)
         libc.prctl(lockdown.PR_SET_PDEATHSIG, lockdown.SIGKILL, 0, 0, 0)
-        if not self.child_filter.install(libc):
+        if not (strict_filter or self.child_filter).install(libc):
             os._exit(protocol.ZYGOTE_CHILD_EXITED)
         self.gc.enable()
 
@@ -238,14 +297,18 @@ class Zygote:
 
     def check_module(self) -> int:
         self.isolate()
-        namespace = {"__builtins__": self.builtins, "__name__": "condition"}
+        return self.execute_module(self.builtins)[0]
+
+    def execute_module(self, builtins_dict: dict):
+        """(LOAD status, the condition function): executes the module (in an isolated process)."""
+        namespace = {"__builtins__": builtins_dict, "__name__": "condition"}
         try:
             exec(self.code, namespace)
         except BaseException:
-            return protocol.LOAD_ERROR
+            return protocol.LOAD_ERROR, None
         fn = namespace.get("condition")
         if type(fn) is not type(_preimport):
-            return protocol.LOAD_NO_CONDITION
+            return protocol.LOAD_NO_CONDITION, None
         fcode = fn.__code__
         if (
             fcode.co_argcount != len(self.parameters)
@@ -254,8 +317,8 @@ class Zygote:
             or fcode.co_flags & 0x0C  # CO_VARARGS | CO_VARKEYWORDS
             or tuple(fcode.co_varnames[: len(self.parameters)]) != tuple(self.parameters)
         ):
-            return protocol.LOAD_NO_CONDITION
-        return protocol.OK
+            return protocol.LOAD_NO_CONDITION, None
+        return protocol.OK, fn
 
     def probe_process(self) -> None:
         self.isolate()
@@ -296,6 +359,8 @@ class Zygote:
 
         if self.code is not None:
             os._exit(3)  # one condition per zygote
+        if self.evaluator is not None:
+            return self.load_closed(body)
         source, parameters = body
         try:
             with warnings.catch_warnings():
@@ -313,6 +378,63 @@ class Zygote:
             # Row processes' collections then never walk (and write to) the zygote's objects: fewer pages to copy.
             self.gc.freeze()
         return status
+
+    def load_closed(self, body) -> int:
+        """An evaluator's LOAD: the closed language's check and compile here, then the evaluator's filter, and only
+        then the module's execution (imports of math and one def). After this no fork and no clock."""
+        closed, evaluator_filter, builtins_dict = self.evaluator
+        self.evaluator = None
+        source, parameters = body
+        try:
+            code = closed.closed_code(source, parameters)
+        except BaseException:
+            code = None
+        if code is None:
+            return protocol.LOAD_NOT_CLOSED
+        self.code, self.parameters, self.row_values = code, tuple(parameters), closed.row_values
+        self.isolate(evaluator_filter)
+        self.gc.disable()  # closed conditions make no reference cycles; no collection runs between rows
+        status, self.function = self.execute_module(builtins_dict)
+        if status != protocol.OK:
+            self.code = None
+        return status
+
+    def eval_closed(self, nonce: bytes, count, frames: _BufferedFrames) -> None:
+        """Each row evaluated here, one after another: the closed language keeps them apart (sandbox.closed)."""
+        fn, row_values = self.function, self.row_values
+        out = [nonce]
+        for _ in range(count):
+            frame = frames.frame()
+            if type(frame) is not tuple or len(frame) != 2 or type(frame[1]) not in (tuple, list):
+                os._exit(3)
+            token, row = frame
+            values = row_values(row)
+            status = 2
+            if values is not None:
+                try:
+                    result = fn(*values)
+                except BaseException:
+                    pass
+                else:
+                    status = 1 if result is True else 0 if result is False else 3
+            out.append(token + _STATUS[status])
+        out.append(nonce)
+        _answer(b"".join(out))
+
+    def serve_closed(self) -> None:
+        """An evaluator once loaded: EVAL and PING only."""
+        frames = _BufferedFrames()
+        while True:
+            request = frames.frame()
+            if request is None:
+                os._exit(0)
+            kind, nonce, body = request
+            if kind == protocol.EVAL and type(body) is int and 0 < body <= protocol.MAX_ROWS_PER_REQUEST:
+                self.eval_closed(nonce, body, frames)
+            elif kind == protocol.PING:
+                _answer(nonce + bytes([protocol.OK]))
+            else:
+                os._exit(3)
 
     def eval_rows(self, nonce: bytes, count) -> None:
         if self.code is None or type(count) is not int or not 0 < count <= protocol.MAX_ROWS_PER_REQUEST:
@@ -336,7 +458,12 @@ class Zygote:
             if kind == protocol.EVAL:
                 self.eval_rows(nonce, body)
             elif kind == protocol.LOAD:
+                closed = self.evaluator is not None
                 _answer(nonce + bytes([self.load(body)]))
+                if closed:
+                    if self.function is None:
+                        os._exit(0)  # outside the language, or did not load: the supervisor starts another
+                    self.serve_closed()
             elif kind == protocol.PING:
                 _answer(nonce + bytes([protocol.OK]))
             elif kind == protocol.INSPECT and self.inspector:
@@ -360,8 +487,9 @@ def _serve_failure(failed_step: int) -> None:
 
 def main(argv: list[str]) -> None:
     parent_pid, memory_bytes, cpu_s, uid, gid = (int(a) for a in argv[:5])
-    zygote_program, child_program = (bytes.fromhex(a) for a in argv[5:7])
-    inspector = argv[7:8] == ["1"]
+    zygote_program, child_program, evaluator_program = (bytes.fromhex(a) for a in argv[5:8])
+    inspector = argv[8:9] == ["1"]
+    evaluator = argv[9:10] == ["1"]
     failed_step = protocol.STEP_IMPORT
     zygote = None
     try:
@@ -376,6 +504,8 @@ def main(argv: list[str]) -> None:
         libc = lockdown.load_libc()
         zygote = Zygote(libc, lockdown.CompiledFilter(child_program), _vdso_regions(libc), builtins_dict)
         zygote.inspector = inspector
+        if evaluator:
+            zygote.evaluator = _preimport_evaluator(lockdown.CompiledFilter(evaluator_program), modules)
         lockdown.lock_down(libc, lockdown.CompiledFilter(zygote_program), parent_pid=parent_pid, uid=uid, gid=gid,
                            memory_bytes=memory_bytes, cpu_s=cpu_s)
         gc.disable()  # the zygote's own garbage is small; row processes enable it again

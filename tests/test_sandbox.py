@@ -32,7 +32,7 @@ from sandbox import (
     too_slow,
 )
 from sandbox import protocol
-from sandbox.filters import ALLOWED_SYSCALLS, CHILD_SYSCALLS, ZYGOTE_SYSCALLS
+from sandbox.filters import ALLOWED_SYSCALLS, CHILD_SYSCALLS, EVALUATOR_SYSCALLS, ZYGOTE_SYSCALLS
 
 MISSION = textwrap.dedent("""\
     def condition(neighborhood_power_consumption, neighborhood_power_production):
@@ -514,8 +514,9 @@ def test_allow_list_is_documented():
         "read", "write", "clone", "set_robust_list", "wait4", "prctl", "clock_gettime", "clock_gettime64",
         "openat", "open"}
     assert set(CHILD_SYSCALLS) == memory | {"write"}  # a row process: no read, no clock, no fork
+    assert set(EVALUATOR_SYSCALLS) == memory | {"read", "write"}  # a closed condition's: no clock, no fork
     assert ALLOWED_SYSCALLS is ZYGOTE_SYSCALLS
-    assert all(ZYGOTE_SYSCALLS.values()) and all(CHILD_SYSCALLS.values())
+    assert all(ZYGOTE_SYSCALLS.values()) and all(CHILD_SYSCALLS.values()) and all(EVALUATOR_SYSCALLS.values())
 
 
 # ------------------------------------------------------------------------------- unprivileged parent

@@ -39,6 +39,7 @@ from sandbox import (
     check_condition,
     inspect_source,
 )
+from sandbox.closed import closed_code
 from tests.test_sandbox_escapes import CLOCK_GETTIME_NR, PRELUDE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,6 +252,15 @@ def test_the_plain_attacks_pass_the_upload_check():
     for source in (GC_COUNTER, OBJECT_IDENTITY):
         assert inspect_source(source, ["x"]) is None
         assert check_condition(source, ["x"], [(0,), (1,), (-1,)], timeout_s=5.0).ok
+
+
+RELAYS = (GC_COUNTER, OBJECT_IDENTITY, RANDOM_STATE, DECIMAL_CONTEXT, MEMORY_HIGH_WATER, WALL_CLOCK, MONOTONIC_CLOCK)
+
+
+@pytest.mark.parametrize("source", RELAYS)
+def test_every_relay_is_outside_the_closed_language(source):
+    """So it runs with a process per row (sandbox.closed: closed conditions share an evaluator), as below."""
+    assert closed_code(source, ["x"]) is None
 
 
 def test_gc_generation_counter_relays_nothing():
