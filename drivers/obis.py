@@ -10,6 +10,7 @@ where it gives nothing (a lowercase DST flag in a time) the telegram's text deci
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -135,6 +136,19 @@ def _iso_or_none(moment: datetime | None) -> str | None:
     return None if moment is None else iso(moment)
 
 
+_ISO_TIMES: dict[str, str | None] = {}
+
+
+def meter_time_iso(text: str) -> str | None:
+    """meter_time as an ISO string, remembered: M-Bus and log times repeat in every telegram."""
+    stamp = _ISO_TIMES.get(text, "")
+    if stamp == "":
+        stamp = _iso_or_none(meter_time(text))
+        if len(_ISO_TIMES) < _CACHE_LIMIT:
+            _ISO_TIMES[text] = stamp
+    return stamp
+
+
 def _value_unit(group: str) -> tuple[str, str | None]:
     star = group.find("*")
     return (group, None) if star < 0 else (group[:star], group[star + 1:])
@@ -152,16 +166,49 @@ def _hex_text(text: str) -> str | None:
     return decoded if decoded.isprintable() else text
 
 
+_NUMBER_CACHES: dict[str | None, dict[str, float]] = {}  # per dimension: "000004.426*kWh" -> 4426.0
+
+
+class _Suspect(float):
+    """A number read from anything but plain unsigned digits: normalize checks it (negative, not finite)."""
+
+
+def _fresh_number(body: str, scales: dict, cache: dict) -> float | None:
+    """One register's value string in SI units; None when it is not one value in a unit the register has."""
+    if ")(" in body:
+        return None
+    value, scale = body, 1
+    star = body.find("*")
+    if star >= 0:
+        scale = scales.get(body[star + 1:])
+        if scale is None:
+            return None  # a unit this register never has: no value rather than a wrongly scaled one
+        value = body[:star]
+    if scale == 1000 and value[-4:-3] == "." and value[:-4].isdecimal() and value[-3:].isdecimal():
+        number = float(value[:-4] + value[-3:])  # kW and kWh with 3 decimals, the most common: exact
+    elif scale == 1 and value.replace(".", "", 1).isdecimal():
+        number = float(value)
+    else:
+        number = decimal_float(value, scale)
+        if not 0 <= number < math.inf:
+            return _Suspect(number)
+    if len(cache) >= _CACHE_LIMIT * 8:
+        cache.clear()
+    cache[body] = number
+    return number
+
+
 class Parsed:
     """What one telegram said, before profile rules (Belgian tariffs, totals, the gas channel) apply."""
 
-    __slots__ = ("values", "mbus", "names", "extras")
+    __slots__ = ("values", "mbus", "names", "extras", "suspect")
 
     def __init__(self):
         self.values: dict = {}
         self.mbus: dict[int, dict] = {}
         self.names: set[str] = set()  # dsmr_parser value names the family's specification understood
         self.extras: list[str] = []  # numeric fields from lines the specification does not have
+        self.suspect: list[str] = []  # numeric fields that may be negative or not finite (anything but plain digits)
 
 
 class LineParser:
@@ -182,11 +229,9 @@ class LineParser:
         return None
 
     def _entry(self, key: str) -> tuple:
-        entry = self._keys.get(key)
-        if entry is not None:
-            return entry
+        """(kind, target, the value name the specification gives it, {unit: scale}, the value cache) of a key."""
         match = _KEY.fullmatch(key)
-        kind, target = None, None
+        kind, target, scales, cache = None, None, None, None
         if match:
             medium, channel, code = match[1], int(match[2]), match[3]
             if medium == "0" and channel:
@@ -194,49 +239,55 @@ class LineParser:
             elif channel == 0:
                 if code in NUMERIC:
                     kind, target = "number", NUMERIC[code]
+                    dimension = _DIMENSIONS[target]
+                    scales = {unit: scale for unit, (dim, scale) in _UNITS.items() if dim == dimension}
+                    cache = _NUMBER_CACHES.setdefault(dimension, {})
                 elif code in COUNTS:
                     kind, target = "count", COUNTS[code]
                 elif code in SPECIAL:
                     kind, target = "special", SPECIAL[code]
-        entry = (kind, target, self.understood(key))
+        entry = (kind, target, self.understood(key), scales, cache)
         if len(self._keys) < _CACHE_LIMIT:
             self._keys[key] = entry
         return entry
 
     def parse(self, text: str) -> Parsed:
         out = Parsed()
-        values, names = out.values, out.names
-        lines = text.split("\n")
-        index, last = 0, len(lines)
-        while index < last:
-            line = lines[index].rstrip("\r")
-            index += 1
+        values, names, keys = out.values, out.names, self._keys
+        lines = iter(text.split("\r\n") if "\r\n" in text else text.split("\n"))
+        for line in lines:
             paren = line.find("(")
-            if paren <= 0 or line[-1] != ")":
+            if paren <= 0 or line[-1:] != ")":
                 continue
-            kind, target, name = self._entry(line[:paren])
-            groups = line[paren + 1:-1].split(")(")
-            if kind == "mbus" and target[1] == "reading_v2" and index < last and lines[index][:1] == "(":
-                groups += lines[index].rstrip("\r")[1:-1].split(")(")  # DSMR 2.2/3: the value is on the next line
-                index += 1
+            key = line[:paren]
+            kind, target, name, scales, cache = keys.get(key) or self._entry(key)
+            body = line[paren + 1:-1]
             try:
                 if kind == "number":
-                    if len(groups) != 1:
-                        continue
-                    number = self._number(groups[0], target)
+                    # Most registers repeat from one telegram to the next: a value string is converted once.
+                    number = cache.get(body)
                     if number is None:
-                        continue
+                        number = _fresh_number(body, scales, cache)
+                        if number is None:
+                            continue
+                        if number.__class__ is not float:  # (a Suspect) signed, or NaN: checked by normalize
+                            number = float(number)
+                            out.suspect.append(target)
                     values[target] = number
                     if name is None:
                         out.extras.append(target)
                 elif kind == "count":
-                    if len(groups) != 1 or not groups[0].isdecimal():
+                    if not body.isdecimal():
                         continue
-                    values[target] = int(groups[0])
+                    values[target] = int(body)
                 elif kind == "special":
-                    if not getattr(self, target)(groups, values):
+                    if not getattr(self, target)(body.split(")("), values):
                         continue
                 elif kind == "mbus":
+                    groups = body.split(")(")
+                    if target[1] == "reading_v2":  # DSMR 2.2/3: the value is on the next line
+                        following = next(lines, "").rstrip("\r")
+                        groups += following[1:-1].split(")(") if following[:1] == "(" else []
                     if not self._mbus(target, groups, out.mbus):
                         continue
             except (ValueError, IndexError, ArithmeticError):
@@ -244,14 +295,6 @@ class LineParser:
             if name is not None:
                 names.add(name)
         return out
-
-    @staticmethod
-    def _number(group: str, field: str) -> float | None:
-        value, unit = _value_unit(group)
-        dimension, scale = _UNITS.get(unit, (None, 1)) if unit else (None, 1)
-        if unit and dimension != _DIMENSIONS[field]:
-            return None  # a unit this register never has: better no value than a wrongly scaled one
-        return decimal_float(value, scale)
 
     # --- the lines with shapes of their own (each returns whether it read anything) ----------------
     @staticmethod
@@ -297,7 +340,7 @@ class LineParser:
             value, unit = _value_unit(groups[i + 2])
             if unit not in ("kW", "W"):
                 return False
-            peaks.append({"month": _iso_or_none(meter_time(groups[i])), "at": _iso_or_none(meter_time(groups[i + 1])),
+            peaks.append({"month": meter_time_iso(groups[i]), "at": meter_time_iso(groups[i + 1]),
                           "w": decimal_float(value, _UNITS[unit][1])})
         values["demand_peaks"] = peaks
         return True
@@ -316,7 +359,7 @@ class LineParser:
             duration, unit = _value_unit(groups[i + 1])
             if unit not in ("s", None) or not duration.isdecimal():
                 return False
-            events.append({"end": _iso_or_none(meter_time(groups[i])), "duration_s": int(duration)})
+            events.append({"end": meter_time_iso(groups[i]), "duration_s": int(duration)})
         values["power_failure_log"] = events
         return True
 
@@ -363,6 +406,7 @@ class LineParser:
             device["value"] = decimal_float(value)
             device["unit"] = unit
             device["timestamp"] = meter_time(groups[0])
+            device["stamp"] = groups[0]
         return True
 
 
@@ -377,7 +421,8 @@ def mbus_entries(devices: dict[int, dict]) -> list[dict]:
         entries.append({"channel": channel, "type": MBUS_TYPES.get(device_type, "unknown" if device_type is None
                                                                      else f"type_{device_type}"),
                         "device_type": device_type, "value": device["value"] if live else None,
-                        "unit": device.get("unit") if live else None, "timestamp": iso(moment) if live else None,
+                        "unit": device.get("unit") if live else None,
+                        "timestamp": meter_time_iso(device["stamp"]) if live else None,
                         "valve": device.get("valve")})
     return entries
 

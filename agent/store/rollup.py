@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
+from operator import attrgetter
 
 from drivers.reading import VALUE_FIELDS, Reading, iso
 
@@ -26,6 +27,7 @@ MEAN_FIELDS: tuple[str, ...] = tuple(
     and "threshold" not in n and n != "demand_peak_month_w")
 MAX_FIELDS: tuple[str, ...] = ("power_import_w", "power_export_w")
 LAST_FIELDS: tuple[str, ...] = tuple(n for n in VALUE_FIELDS if n not in MEAN_FIELDS)
+_MEAN_VALUES, _MAX_VALUES, _LAST_VALUES = (attrgetter(*names) for names in (MEAN_FIELDS, MAX_FIELDS, LAST_FIELDS))
 ROLLUP_FIELDS: tuple[str, ...] = (
     ("meter_id", "start", "end", "count") + MEAN_FIELDS + tuple(f"{n}_max" for n in MAX_FIELDS) + LAST_FIELDS
 )
@@ -45,19 +47,19 @@ class _Window:
 
     def add(self, reading: Reading) -> None:
         self.count += 1
-        for i, name in enumerate(MEAN_FIELDS):
-            value = getattr(reading, name)
+        # One C call reads all the fields; most are None for a given meter family.
+        sums, counts = self.sums, self.counts
+        for i, value in enumerate(_MEAN_VALUES(reading)):
             if value is not None:
-                self.sums[i] += value
-                self.counts[i] += 1
-        for i, name in enumerate(MAX_FIELDS):
-            value = getattr(reading, name)
+                sums[i] += value
+                counts[i] += 1
+        for i, value in enumerate(_MAX_VALUES(reading)):
             if value is not None and (self.maxes[i] is None or value > self.maxes[i]):
                 self.maxes[i] = value
-        for i, name in enumerate(LAST_FIELDS):
-            value = getattr(reading, name)
+        lasts = self.lasts
+        for i, value in enumerate(_LAST_VALUES(reading)):
             if value is not None:
-                self.lasts[i] = value
+                lasts[i] = value
 
     def result(self, meter_id: str, width_s: int) -> dict:
         out = {"meter_id": meter_id, "start": self.start, "end": self.start + width_s, "count": self.count}
