@@ -1,0 +1,150 @@
+"""A household's pages: its own data (live and charts), who may use it, who used it, its notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from aiohttp import web
+
+from agent.api.households import change_consent
+from agent.registry import is_service
+from agent.web import views
+from agent.web.live import HEARTBEAT_S, event_text, live_values
+from agent.web.render import HOUSEHOLD_ONLY, PREFIX, PageError, agent_of, page, redirect, render
+
+DAY = 86400
+ACCESS_DAYS = 7
+
+
+def _household(request: web.Request, session):
+    return agent_of(request).registry.household(session.subject)
+
+
+def _today(now: float) -> float:
+    return math.floor(now / DAY) * DAY
+
+
+# --- my data -------------------------------------------------------------------------------------
+@page(*HOUSEHOLD_ONLY)
+async def my_data(request: web.Request, session) -> web.Response:
+    agent = agent_of(request)
+    household = _household(request, session)
+    latest = agent.pipeline.latest.get(household.meter_id)
+    today, week = _today(agent.clock()), _today(agent.clock()) - 6 * DAY
+    rollups = await asyncio.to_thread(agent.store.readings, household.meter_id, since=week, resolution="15m",
+                                      limit=7 * 96)
+    todays = [r for r in rollups if views.seconds(r["start"]) >= today]
+    return render(request, "my_data.html", session=session, household=household,
+                  live=live_values(latest) if latest else None,
+                  hours=views.energy_table(todays, today, 3600, 24),
+                  days=views.energy_table(rollups, week, DAY, 7),
+                  tags=sorted(latest.channels) if latest is not None and latest.channels else [])
+
+
+@page(*HOUSEHOLD_ONLY)
+async def series(request: web.Request, session) -> web.Response:
+    """The charts' data (uPlot columns): today's or this week's 15-minute means."""
+    agent = agent_of(request)
+    household = _household(request, session)
+    span = request.query.get("span", "day")
+    if span not in ("day", "week"):
+        raise PageError(400, "bad_parameter")
+    today = _today(agent.clock())
+    since = today if span == "day" else today - 6 * DAY
+    rollups = await asyncio.to_thread(agent.store.readings, household.meter_id, since=since, resolution="15m",
+                                      limit=7 * 96)
+    return web.json_response(views.chart_series(rollups))
+
+
+def live_stream(hub):
+    @page(*HOUSEHOLD_ONLY)
+    async def live(request: web.Request, session) -> web.StreamResponse:
+        """Server-sent events: the household's newest import and export power, as they arrive."""
+        agent = agent_of(request)
+        meter_id = _household(request, session).meter_id
+        queue = hub.open(meter_id)
+        if queue is None:
+            raise PageError(503, "busy", {"Retry-After": "30"})
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                                   "X-Accel-Buffering": "no"})
+            await response.prepare(request)
+            latest = agent.pipeline.latest.get(meter_id)
+            await response.write(b"retry: 3000\n\n" + (event_text(live_values(latest)) if latest else b""))
+            while True:
+                try:
+                    message = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                except asyncio.TimeoutError:
+                    message = b": still here\n\n"
+                if message is None or agent.sign_in.session(request.cookies.get("edge_session")) is None:
+                    break  # the agent is stopping, or the session ended (signed out, expired)
+                await response.write(message)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            hub.close(meter_id, queue)
+        return response
+    return live
+
+
+# --- who may use my data -------------------------------------------------------------------------
+@page(*HOUSEHOLD_ONLY)
+async def consents(request: web.Request, session) -> web.Response:
+    agent = agent_of(request)
+    household = _household(request, session)
+    history = list(reversed(agent.registry.history_of(household.id)))
+    names = {o.id: o.name for o in agent.registry.organizations.values()}
+    return render(request, "consents.html", session=session, offers=views.offers(agent, household.id),
+                  history=history, names=names, privacy=agent.config.privacy,
+                  trigger_config=agent.config.triggers)
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def change(request: web.Request, session, data) -> web.Response:
+    """One click: grant or revoke one service for one organization, through the API's own consent code."""
+    org_id, service, action = str(data.get("organization", "")), str(data.get("service", "")), data.get("action")
+    if action not in ("grant", "revoke") or not is_service(service):
+        raise PageError(400, "bad_parameter")
+    await change_consent(agent_of(request), session.subject, org_id, service, action == "grant")
+    return redirect(f"{PREFIX}/me/consents#org-{org_id}")
+
+
+# --- who used my data ----------------------------------------------------------------------------
+@page(*HOUSEHOLD_ONLY)
+async def access(request: web.Request, session) -> web.Response:
+    agent = agent_of(request)
+    household = _household(request, session)
+    now = agent.clock()
+    entries = await asyncio.to_thread(agent.audit.entries, now - ACCESS_DAYS * DAY, now, None, 100_000)
+    return render(request, "access.html", session=session, days=ACCESS_DAYS,
+                  log=views.access_log(entries, agent.registry, household.id),
+                  ledger=agent.releases.ledger_of(household.id))
+
+
+# --- notifications -------------------------------------------------------------------------------
+@page(*HOUSEHOLD_ONLY)
+async def notifications(request: web.Request, session) -> web.Response:
+    inbox = agent_of(request).triggers.households.inbox(session.subject)
+    return render(request, "notifications.html", session=session, inbox=inbox)
+
+
+@page(*HOUSEHOLD_ONLY)
+async def notification(request: web.Request, session) -> web.Response:
+    inbox = agent_of(request).triggers.households.inbox(session.subject)
+    found = next((n for n in inbox if str(n.get("id")) == request.match_info["id"]), None)
+    if found is None:
+        raise PageError(404, "not_found")
+    return render(request, "notification.html", session=session, note=found)
+
+
+def add_routes(app: web.Application, hub) -> None:
+    r = app.router
+    r.add_get(PREFIX + "/me", my_data)
+    r.add_get(PREFIX + "/me/series.json", series)
+    r.add_get(PREFIX + "/me/live", live_stream(hub))
+    r.add_get(PREFIX + "/me/consents", consents)
+    r.add_post(PREFIX + "/me/consents", change)
+    r.add_get(PREFIX + "/me/access", access)
+    r.add_get(PREFIX + "/me/notifications", notifications)
+    r.add_get(PREFIX + "/me/notifications/{id}", notification)

@@ -1,0 +1,97 @@
+"""The installer's and operator's page: every P1 port, the latest values, health, households and organizations."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from agent.api.admin import new_household
+from agent.auth import HOUSEHOLD
+from agent.web.render import OPERATOR_ONLY, PREFIX, PageError, agent_of, page, render, sign_in_url
+
+STALE_AFTER_S = 10  # a reading older than this is shown as old
+
+
+def shown_state(port: dict, stall_seconds: float) -> str:
+    """The reader's state, except that a port being reopened after a stall still reads as stalled: the installer
+    must see the cable is out, not a flicker between "stalled" and "connecting"."""
+    quiet = port["seconds_since_last_telegram"]
+    if port["state"] == "connecting" and port["stalls"] and quiet is not None and quiet > stall_seconds:
+        return "stalled"
+    return port["state"]
+
+
+def serial_hint(port: dict) -> str | None:
+    """Why a port that is not reading may not be: a name for the template, from its counters alone."""
+    if port["state"] == "reading":
+        return None
+    if port["bytes_read"] and not port["telegrams_ok"]:
+        return "serial_settings"  # bytes arrive but none decode: baud rate, bits or parity, or an encrypted meter
+    if not port["bytes_read"]:
+        return "no_bytes"  # nothing arrives: the cable, the port's name, or the meter's P1 port is off
+    return "stopped"  # it read before and has stopped: the cable was pulled or the meter restarted
+
+
+def ports(agent) -> list[dict]:
+    out = []
+    for meter_id, reader in sorted(agent.readers.items()):
+        port = {"meter_id": meter_id, **reader.snapshot()}
+        port["state"] = shown_state(port, reader.spec.stall_seconds)
+        port["hint"] = serial_hint(port)
+        port["latest"] = agent.pipeline.latest.get(meter_id)
+        household = agent.registry.household_by_meter(meter_id)
+        port["household_id"] = household.id if household else None
+        out.append(port)
+    return out
+
+
+def _context(agent) -> dict:
+    ok, health = agent.health()
+    households = sorted(agent.registry.households.values(), key=lambda h: h.created_at)
+    http_meters = [h for h in households if h.source == "http"]
+    return {"ok": ok, "health": health, "ports": ports(agent), "households": households,
+            "organizations": sorted(agent.registry.organizations.values(), key=lambda o: o.name.casefold()),
+            "http_latest": {h.meter_id: agent.pipeline.latest.get(h.meter_id) for h in http_meters},
+            "free_meters": [m for m in sorted(agent.readers) if agent.registry.household_by_meter(m) is None],
+            "now": agent.clock()}
+
+
+@page(*OPERATOR_ONLY)
+async def installer(request: web.Request, session) -> web.Response:
+    return render(request, "installer.html", session=session, **_context(agent_of(request)))
+
+
+@page(*OPERATOR_ONLY)
+async def ports_fragment(request: web.Request, session) -> web.Response:
+    """The ports table alone, for htmx to refresh every few seconds."""
+    agent = agent_of(request)
+    return render(request, "_ports.html", session=session, ports=ports(agent), ok=agent.health()[0])
+
+
+def _link_page(request, session, household, token: str | None) -> web.Response:
+    url = sign_in_url(agent_of(request), f"{request.scheme}://{request.host}", HOUSEHOLD, household.id)
+    return render(request, "new_link.html", session=session, household=household, url=url, token=token,
+                  ttl_h=round(agent_of(request).sign_in.link_ttl_s / 3600))
+
+
+@page(*OPERATOR_ONLY, form=True)
+async def create_household(request: web.Request, session, data) -> web.Response:
+    meter_id = str(data.get("meter_id", "")) or None
+    household, token = await new_household(agent_of(request), session.subject, meter_id)
+    # a household posting its own readings needs the token for its datalogger: shown this once, like the link
+    return _link_page(request, session, household, token if household.source == "http" else None)
+
+
+@page(*OPERATOR_ONLY, form=True)
+async def new_link(request: web.Request, session, data) -> web.Response:
+    household = agent_of(request).registry.households.get(request.match_info["household_id"])
+    if household is None:
+        raise PageError(404, "not_found")
+    return _link_page(request, session, household, None)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(PREFIX + "/installer", installer)
+    r.add_get(PREFIX + "/installer/ports", ports_fragment)
+    r.add_post(PREFIX + "/installer/households", create_household)
+    r.add_post(PREFIX + "/installer/households/{household_id}/link", new_link)

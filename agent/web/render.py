@@ -1,0 +1,184 @@
+"""Pages: Jinja2 templates per language, the security headers, sessions from cookies, CSRF, HTML errors.
+
+Every page is server-rendered and every action a plain form (htmx and the charts only add to it). The headers
+forbid inline script and framing; no page carries a token in its URL except the one-time sign-in link, which is
+never sent on as a Referer.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aiohttp import web
+from babel.dates import format_datetime
+from babel.numbers import format_decimal
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from agent.api.common import AGENT, ApiError
+from agent.auth import HOUSEHOLD, OPERATOR, AuthError
+from agent.registry import RegistryError
+from agent.web import i18n
+from agent.web.signin import Session
+
+log = logging.getLogger("edge.web")
+
+PREFIX = "/ui"
+SESSION_COOKIE = "edge_session"
+PRE_COOKIE = "edge_signin"  # before a session: the sign-in forms' CSRF value (double submit)
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class PageError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _environment(language: str) -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True),
+                      extensions=["jinja2.ext.i18n"], trim_blocks=True, lstrip_blocks=True)
+    env.install_gettext_translations(i18n.translations(language), newstyle=True)
+    env.filters["num"] = lambda value, digits=0: "–" if value is None else format_decimal(
+        round(value, digits), format="#,##0" + ("." + "0" * digits if digits else ""), locale=language)
+    env.filters["utc"] = lambda moment, pattern="yyyy-MM-dd HH:mm:ss": "–" if moment is None else format_datetime(
+        datetime.fromtimestamp(moment, timezone.utc), pattern, tzinfo=timezone.utc, locale=language) + " UTC"
+    env.globals["language"] = language
+    return env
+
+
+ENVIRONMENTS = {language: _environment(language) for language in i18n.LANGUAGES}
+
+
+def language_of(request: web.Request) -> str:
+    return i18n.negotiate(request.headers.get("Accept-Language"))
+
+
+def render(request: web.Request, template: str, status: int = 200, session: Session | None = None,
+           **context) -> web.Response:
+    language = language_of(request)
+    html = ENVIRONMENTS[language].get_template(template).render(
+        session=session, csrf=session.csrf if session else None, path=request.path, **context)
+    response = web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
+    response.headers["Content-Language"] = language
+    response.headers["Vary"] = "Accept-Language, Cookie"
+    return response
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response under /ui, pages, fragments, events and static files alike."""
+    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
+        response.headers.update(SECURITY_HEADERS)
+        if not request.path.startswith(PREFIX + "/static/"):
+            response.headers["Cache-Control"] = "no-store"
+
+
+# --- who is signed in --------------------------------------------------------------------------
+def agent_of(request: web.Request):
+    return request.app[AGENT]
+
+
+def current_session(request: web.Request) -> Session | None:
+    agent = agent_of(request)
+    session = agent.sign_in.session(request.cookies.get(SESSION_COOKIE))
+    if session is not None and session.role == HOUSEHOLD and session.subject not in agent.registry.households:
+        agent.sign_in.close(request.cookies.get(SESSION_COOKIE))  # the household was deleted
+        return None
+    return session
+
+
+def redirect(location: str) -> web.Response:
+    """303 See Other: after a form, the browser GETs the page again (a reload never repeats the action)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+def cookie(response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: float) -> None:
+    response.set_cookie(name, value, max_age=int(max_age), path=PREFIX, httponly=True, samesite="Strict",
+                        secure=request.secure)
+
+
+def open_session(request: web.Request, role: str, subject: str) -> web.Response:
+    agent = agent_of(request)
+    agent.sign_in.close(request.cookies.get(SESSION_COOKIE))  # never two sessions from one browser
+    session_id, _ = agent.sign_in.open(role, subject)
+    response = redirect(PREFIX + ("/me" if role == HOUSEHOLD else "/installer"))
+    cookie(response, request, SESSION_COOKIE, session_id, agent.sign_in.max_age_s)
+    response.del_cookie(PRE_COOKIE, path=PREFIX)
+    return response
+
+
+def sign_in_url(agent, base: str, role: str, subject: str) -> str:
+    """A one-time sign-in link (the only URL that carries a secret)."""
+    return f"{base}{PREFIX}/link/{agent.sign_in.new_link(role, subject)}"
+
+
+def pre_session_csrf(request: web.Request) -> str:
+    """The value a sign-in form carries and its cookie repeats (a cross-site page can set neither)."""
+    return request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(24)
+
+
+def with_pre_cookie(request: web.Request, response: web.Response, value: str) -> web.Response:
+    if request.cookies.get(PRE_COOKIE) != value:
+        cookie(response, request, PRE_COOKIE, value, 3600)
+    return response
+
+
+def throttled(request: web.Request) -> None:
+    """As on the API: an address that presented too many bad tokens (or links) waits, whatever it sends now."""
+    wait = agent_of(request).throttle.retry_after(request.remote or "unknown")
+    if wait:
+        raise PageError(429, "too_many", {"Retry-After": str(math.ceil(wait))})
+
+
+def failed(request: web.Request) -> None:
+    agent_of(request).throttle.failed(request.remote or "unknown")
+
+
+# --- handlers ----------------------------------------------------------------------------------
+def page(*roles: str, form: bool = False):
+    """A page handler for these roles (none: anyone). With `form`, a POST whose CSRF token must match.
+    Errors become an HTML page with the right status, never a traceback."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def run(request: web.Request):
+            try:
+                session = current_session(request) if roles else None
+                if roles:
+                    if session is None:
+                        if request.method == "GET" and not request.path.endswith(("/live", ".json")):
+                            return redirect(PREFIX + "/sign-in")
+                        raise PageError(401, "signed_out")
+                    if session.role not in roles:
+                        raise PageError(403, "forbidden")
+                if form:
+                    data = await request.post()
+                    if not agent_of(request).sign_in.csrf_ok(session.csrf, data.get("csrf")):
+                        raise PageError(403, "csrf")
+                    return await handler(request, session, data)
+                return await handler(request, session) if roles else await handler(request)
+            except PageError as err:
+                response = render(request, "error.html", status=err.status, error=err.message)
+                response.headers.update(err.headers)
+                return response
+            except (ApiError, AuthError, RegistryError) as err:
+                return render(request, "error.html", status=err.status, error="refused", detail=err.detail)
+        return run
+    return wrap
+
+
+HOUSEHOLD_ONLY = (HOUSEHOLD,)
+OPERATOR_ONLY = (OPERATOR,)

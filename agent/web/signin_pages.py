@@ -1,0 +1,87 @@
+"""Signing in and out: the one-time link, the token form, sign-out."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from agent.auth import HOUSEHOLD, OPERATOR, identify
+from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, PageError, agent_of, current_session, failed,
+                              open_session, page, pre_session_csrf, redirect, render, throttled, with_pre_cookie)
+
+
+async def home(request: web.Request) -> web.Response:
+    session = current_session(request)
+    if session is None:
+        return redirect(PREFIX + "/sign-in")
+    return redirect(PREFIX + ("/me" if session.role == HOUSEHOLD else "/installer"))
+
+
+def _pre_session_form(request: web.Request, template: str, status: int = 200, **context) -> web.Response:
+    value = pre_session_csrf(request)
+    return with_pre_cookie(request, render(request, template, status=status, pre_csrf=value, **context), value)
+
+
+async def _checked_form(request: web.Request):
+    """A sign-in form's fields, if its CSRF value matches its cookie (else 403)."""
+    data = await request.post()
+    expected = request.cookies.get(PRE_COOKIE)
+    if not expected or not agent_of(request).sign_in.csrf_ok(expected, data.get("csrf")):
+        raise PageError(403, "csrf")
+    return data
+
+
+@page()
+async def sign_in_form(request: web.Request) -> web.Response:
+    return _pre_session_form(request, "sign_in.html")
+
+
+@page()
+async def sign_in(request: web.Request) -> web.Response:
+    """The household's (or operator's) token, typed once; a valid one is never refused, bad ones are throttled."""
+    data = await _checked_form(request)
+    token = str(data.get("token", "")).strip()
+    agent = agent_of(request)
+    who = identify(token, agent.config.operator_token, agent.registry) if token else None
+    if who is not None:
+        if who.role not in (HOUSEHOLD, OPERATOR):
+            raise PageError(403, "organization")  # organizations use the API, not these pages
+        return open_session(request, who.role, who.id)
+    throttled(request)
+    failed(request)
+    return _pre_session_form(request, "sign_in.html", status=401, bad_token=True)
+
+
+@page()
+async def link_page(request: web.Request) -> web.Response:
+    """Opening a link only shows a button: a mail scanner or link preview that fetches it uses nothing."""
+    return _pre_session_form(request, "link.html", code=request.match_info["code"])
+
+
+@page()
+async def redeem_link(request: web.Request) -> web.Response:
+    data = await _checked_form(request)
+    link = agent_of(request).sign_in.redeem(str(data.get("code", "")))
+    if link is None:
+        throttled(request)
+        failed(request)
+        raise PageError(410, "link_used")
+    return open_session(request, link.role, link.subject)
+
+
+@page(HOUSEHOLD, OPERATOR, form=True)
+async def sign_out(request: web.Request, session, data) -> web.Response:
+    agent_of(request).sign_in.close(request.cookies.get(SESSION_COOKIE))
+    response = redirect(PREFIX + "/sign-in")
+    response.del_cookie(SESSION_COOKIE, path=PREFIX)
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(PREFIX, home)
+    r.add_get(PREFIX + "/", home)
+    r.add_get(PREFIX + "/sign-in", sign_in_form)
+    r.add_post(PREFIX + "/sign-in", sign_in)
+    r.add_get(PREFIX + "/link/{code}", link_page)
+    r.add_post(PREFIX + "/link", redeem_link)
+    r.add_post(PREFIX + "/sign-out", sign_out)

@@ -1,0 +1,119 @@
+"""What the pages show, computed from what the agent already keeps: no I/O, no HTML (the templates say it in words).
+
+- a household's own consumption: chart series and the table beside it, from the store's 15-minute rollups;
+- who may use its data: each organization's level and what each service would give it at that level;
+- who used it: the organizations' reads and pushes from the audit log, each marked with whether the household's
+  consent put it in that release's cohort (the registry's consent history, the rule the release module uses).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from agent.config import WINDOW_SECONDS
+from agent.registry import SERVICES
+
+ROLLUP_S = 900
+# organization actions in the audit log that hand out a release, and the consent each depends on
+RELEASING = {"data.read": "aggregates", "data.push": "aggregates", "data.history": "aggregates",
+             "data.anonymized": "anonymized_data"}
+
+
+def seconds(stamp) -> float:
+    if isinstance(stamp, (int, float)):
+        return float(stamp)
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+
+
+# --- my data -------------------------------------------------------------------------------------
+def chart_series(rollups: list[dict]) -> dict:
+    """uPlot's columns: times (Unix s), mean consumption and production (W) per rollup."""
+    return {"t": [seconds(r["start"]) for r in rollups],
+            "import_w": [r.get("power_import_w") for r in rollups],
+            "export_w": [r.get("power_export_w") for r in rollups]}
+
+
+def energy_table(rollups: list[dict], start: float, bucket_s: int, buckets: int) -> list[dict]:
+    """Per bucket (an hour, a day): energy in and out in kWh (estimated from mean power, as releases are) and gas
+    used in m3 (the register's rise; None without a gas meter). Buckets without data are None, never 0."""
+    rows = [{"start": start + i * bucket_s, "import_kwh": None, "export_kwh": None, "gas_m3": None}
+            for i in range(buckets)]
+    last_gas = None
+    for rollup in rollups:
+        i = int((seconds(rollup["start"]) - start) // bucket_s)
+        gas = rollup.get("gas_m3")
+        if 0 <= i < buckets:
+            row = rows[i]
+            for field, name in (("power_import_w", "import_kwh"), ("power_export_w", "export_kwh")):
+                if rollup.get(field) is not None:
+                    row[name] = (row[name] or 0.0) + rollup[field] * ROLLUP_S / 3.6e6
+            if gas is not None and last_gas is not None:
+                row["gas_m3"] = (row["gas_m3"] or 0.0) + max(0.0, gas - last_gas)
+        if gas is not None:
+            last_gas = gas
+    return rows
+
+
+# --- who may use my data -------------------------------------------------------------------------
+def offers(agent, household_id: str) -> list[dict]:
+    """Every organization that could ask, its level's terms, and per service whether the household consents."""
+    registry, config = agent.registry, agent.config
+    out = []
+    for org in sorted(registry.organizations.values(), key=lambda o: o.name.casefold()):
+        level = config.levels.get(org.level)
+        services = []
+        for service in SERVICES:
+            services.append({"service": service,
+                             "granted": registry.consent_state(household_id, org.id, service),
+                             "offered": level is not None and (service != "anonymized_data" or level.anonymized.k > 0)})
+        for trig in agent.triggers.consentable():
+            if trig.organization_id == org.id:
+                service = f"trigger_events:{trig.id}"
+                services.append({"service": service, "trigger": trig, "offered": True,
+                                 "granted": registry.consent_state(household_id, org.id, service)})
+        out.append({"org": org, "level": level, "services": services})
+    return out
+
+
+# --- who used my data ----------------------------------------------------------------------------
+def _window_span(entry: dict) -> tuple[float, float] | None:
+    if entry["action"] in ("data.read", "data.push"):
+        if entry.get("window_start") is None or entry.get("window") not in WINDOW_SECONDS:
+            return None
+        start = float(entry["window_start"])
+        return start, start + WINDOW_SECONDS[entry["window"]]
+    if entry["action"] == "data.history":
+        return float(entry["since"]), float(entry["until"])
+    return seconds(entry["from"]), seconds(entry["to"])
+
+
+def access_log(entries: list[dict], registry, household_id: str, limit: int = 200) -> list[dict]:
+    """Releases handed to organizations the household ever consented to, newest first, each with `included`:
+    "yes" (its consent held throughout the span: its readings were in the cohort, if it sent any), "part"
+    (for part of a span of many windows), or "no" (it was left out)."""
+    out = []
+    for entry in reversed(entries):
+        service = RELEASING.get(entry.get("action"))
+        if service is None or entry.get("role") != "organization" or not entry.get("released"):
+            continue
+        org_id = entry["who"]
+        if not registry.ever_consented(household_id, org_id, service):
+            continue
+        span = _window_span(entry)
+        if span is None:
+            continue
+        start, end = span
+        if household_id in registry.cohort(org_id, service, start, end):
+            included = "yes"
+        elif registry.consent_state(household_id, org_id, service, at=start) or \
+                registry.consent_state(household_id, org_id, service, at=end):
+            included = "part" if entry["action"] in ("data.history", "data.anonymized") else "no"
+        else:
+            included = "no"
+        org = registry.organizations.get(org_id)
+        out.append({"at": entry["at"], "organization": org.name if org else org_id, "action": entry["action"],
+                    "window": entry.get("window"), "start": start, "end": end, "included": included,
+                    "households": entry.get("households")})
+        if len(out) >= limit:
+            break
+    return out
