@@ -23,6 +23,8 @@ from agent.registry import Registry
 from agent.release import Releases
 from agent.store import ReadingStore
 from agent.triggers import TriggerRunner
+from agent import web as pages
+from agent.web.signin import SignIn
 from drivers.p1_reader import MeterState, P1Reader
 from drivers.reading import Reading
 
@@ -65,6 +67,7 @@ class Agent:
         self.registry = Registry(config.storage.path / "registry.seg", clock=lambda: self.clock())
         self.audit = AuditLog(config.storage.path / "audit", clock=lambda: self.clock())
         self.throttle = FailureThrottle()
+        self.sign_in = SignIn(lambda: self.clock())  # the web pages' one-time links and sessions (agent/web/)
         self.telegram_ingest = TelegramIngest()
         self.books = new_books()
         # The one door: everything organizations observe that depends on household data (agent/release/).
@@ -97,7 +100,9 @@ class Agent:
         await self.triggers.start()  # says at start whether the kernel enforces the sandbox
         if self.fleet:
             await self.fleet.start()
-        self._runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
+        app = create_app(self)
+        pages.add_routes(app)  # the device's own pages under /ui: not part of the API (nor of its OpenAPI)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
         await site.start()
