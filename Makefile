@@ -15,7 +15,7 @@ test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
-	for b in p1_pipeline store ingest traffic triggers_sandbox privacy fleet; do \
+	for b in p1_pipeline store ingest traffic triggers_sandbox privacy fleet web; do \
 	  [ -f bench/$$b.py ] && echo "== bench/$$b.py" && PYTHONPATH=. $(BIN)/python bench/$$b.py; done
 
 install: $(VENV)/.installed
@@ -28,8 +28,9 @@ boot-test: $(VENV)/.installed
 	image/test-boot.sh
 
 # Debian packages the sandbox needs (libseccomp2) and the fleet's tests and bench (nats-server, 2.9: JetStream
-# clustering and key-value buckets); installed when missing and we may (root).
-SYSTEM_PACKAGES := libseccomp2 nats-server
+# clustering and key-value buckets) and the web pages' browser tests (chromium, driven by Playwright); installed when
+# missing and we may (root).
+SYSTEM_PACKAGES := libseccomp2 nats-server chromium
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	[ -z "$$missing" ] || { \
