@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The trigger sandbox's test suites (tests/test_sandbox.py and the escape suite tests/test_sandbox_escapes.py) run
+# The trigger sandbox's test suites (tests/test_sandbox.py, the escape suite tests/test_sandbox_escapes.py, the
+# cross-row relays tests/test_sandbox_isolation.py and the closed language's tests/test_sandbox_closed.py) run
 # inside the built image, on its own aarch64 kernel and Python, under QEMU (TCG): the seccomp allow-list names
 # system calls, and aarch64 has other numbers and no legacy calls (open, stat...) than x86-64, where the suites
 # run in `make test`. Slow (tens of minutes under TCG); run it before a release, beside test-boot.sh.
@@ -42,15 +43,16 @@ DISK=$WORK/disk.img
 copy_image "$SOURCE" "$DISK"
 read_partitions "$DISK"
 
-# --- the test disk: the two suites (and what they import from tests/) and pytest ----------------------------------
+# --- the test disk: the four suites (and what they import from tests/), pytest, hypothesis ----------------------------------
 SUITE=$WORK/suite
 mkdir -p "$SUITE/tests" "$SUITE/site"
 cp "$REPO"/tests/__init__.py "$REPO"/tests/conftest.py "$REPO"/tests/test_sandbox.py \
-    "$REPO"/tests/test_sandbox_escapes.py "$SUITE/tests/"
+    "$REPO"/tests/test_sandbox_escapes.py "$REPO"/tests/test_sandbox_isolation.py \
+    "$REPO"/tests/test_sandbox_closed.py "$SUITE/tests/"
 printf '[pytest]\naddopts = -ra\nmarkers =\n    slow: slow\n    hil: hil\n' > "$SUITE/pytest.ini"
 # (pip's resolver may warn that the host venv's pycanon pins another typing_extensions: not this folder's concern)
 "$PY" -m pip install -q --disable-pip-version-check --no-compile --only-binary=:all: --target "$SUITE/site" \
-    pytest pytest-asyncio > "$WORK/pip.log" 2>&1 || die "pip: $(tail -5 "$WORK/pip.log")"
+    pytest pytest-asyncio hypothesis > "$WORK/pip.log" 2>&1 || die "pip: $(tail -5 "$WORK/pip.log")"
 mkfs.ext4 -q -F -L EDGESUITE -d "$SUITE" "$WORK/suite.ext4" 256M
 
 # --- one unit in the copy's root: mount the test disk, run the suites, report on the console ----------------------
@@ -64,8 +66,10 @@ StandardOutput=tty
 StandardError=tty
 TTYPath=/dev/console
 ExecStart=/bin/sh -c 'mount -o ro /dev/disk/by-label/EDGESUITE /mnt && cd /mnt && PYTHONPATH=/mnt/site:/mnt \
+  HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis \
   PYTHONDONTWRITEBYTECODE=1 /opt/edge/bin/python -m pytest -q -p no:cacheprovider -c /mnt/pytest.ini \
-  tests/test_sandbox.py tests/test_sandbox_escapes.py; echo "EDGE-SANDBOX-SUITE-EXIT=$?"'
+  tests/test_sandbox.py tests/test_sandbox_escapes.py tests/test_sandbox_isolation.py tests/test_sandbox_closed.py; \
+  echo "EDGE-SANDBOX-SUITE-EXIT=$?"'
 [Install]
 WantedBy=multi-user.target
 EOF
@@ -103,4 +107,4 @@ EXIT=$(grep -ao "EDGE-SANDBOX-SUITE-EXIT=[0-9]*" "$WORK/console.log" | tail -1 |
 [ -n "$EXIT" ] || die "the suites did not finish within ${TIMEOUT}s (console: $OUT/sandbox-suite-console.log)"
 [ "$EXIT" = 0 ] || die "the sandbox suites failed on aarch64 (exit $EXIT; console: $OUT/sandbox-suite-console.log)"
 PASSED=1
-log "PASS: tests/test_sandbox.py and tests/test_sandbox_escapes.py passed on the image's aarch64 kernel and Python"
+log "PASS: the sandbox's four test suites passed on the image's aarch64 kernel and Python"

@@ -1,7 +1,9 @@
 """Seccomp-locked evaluation of untrusted conditions (built in the triggers issue). Knows nothing of agent/.
 
-Every household's row is evaluated in its own locked process, forked from a per-trigger zygote that only
-compiles the condition (sandbox.worker): no interpreter state carries between rows, windows or organizations.
+No interpreter state carries between rows, windows or organizations: a condition in the closed language
+(sandbox.closed) can read nothing but its row, and its zygote evaluates the rows itself behind a third filter; any
+other condition's rows each get their own locked process, forked from a per-trigger zygote that only compiles the
+condition (sandbox.worker).
 
 Public API (imported lazily, so that a zygote importing ``sandbox.worker`` loads only what it needs):
 

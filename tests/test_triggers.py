@@ -175,6 +175,7 @@ async def test_mission_example_byte_for_byte_fires_on_a_local_surplus(town):
     # released counts, per window over the 4 households it acts for: evaluated 3 x 4, true for 4
     assert view["evaluations"] == 12 and view["firings"] == 4 and view["deliveries"]["delivered"] == 4
     assert view["windows"] == {"released": 3, "withheld": 0, "released_daily": 0, "inputs_withheld": 0}
+    assert view["isolation"] == "closed language"  # one evaluator, no fork per row (sandbox.closed)
 
     # still a surplus, but within the interval (36000 s): nothing more
     await t.window(power_import_w=1000.0, power_export_w=1500.0)
@@ -372,7 +373,8 @@ async def test_the_organization_sees_counts_only(town):
         assert household_id not in text and token not in text
     assert set(view) == {"id", "parameters", "interval", "window", "kind", "action", "description", "created_at",
                          "state", "quarantined", "evaluations", "firings", "errors", "deliveries", "windows",
-                         "days_released"}
+                         "days_released", "isolation"}
+    assert view["isolation"] == "process per row"  # `raise` is outside the closed language
     assert view["deliveries"] == {"delivered": 1, "failed": 0}  # one action per 600 s
     # only the household above 1000 W got the notification
     boxes = [len(await t.inbox(token)) for _, token in t.households]

@@ -65,7 +65,11 @@ SCHEMAS = {
                 "released_daily": {"type": "integer", "description": "windows of a noisy level, summed per day"},
                 "inputs_withheld": {"type": "integer", "description": "windows not evaluated: their neighbourhood "
                                                                       "aggregate was not released"}}},
-            "days_released": {"type": "integer", "description": "noisy levels: days whose counts were released"}}},
+            "days_released": {"type": "integer", "description": "noisy levels: days whose counts were released"},
+            "isolation": {"type": ["string", "null"], "enum": ["closed language", "process per row", None],
+                          "description": "how the sandbox keeps households' rows apart: a condition in the closed "
+                                         "language shares one locked evaluator (fast), any other gets a process per "
+                                         "row; null until first evaluated (README, The sandbox)"}}},
     "TriggerCreated": {"allOf": [_ref("Trigger"), {"type": "object", "properties": {
         "secret": {"type": "string", "description": "webhook actions: the signing secret, shown once"}}}]},
     "Triggers": {"type": "object", "required": ["triggers"],

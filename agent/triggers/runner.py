@@ -439,7 +439,14 @@ class TriggerRunner:
                 "deliveries": {"delivered": total["delivered"], "failed": total["failed"]},
                 "windows": {"released": s.windows_released, "withheld": s.windows_withheld,
                             "released_daily": s.windows_daily, "inputs_withheld": s.inputs_withheld},
-                "days_released": len(days)}
+                "days_released": len(days), "isolation": self.isolation(trig)}
+
+    def isolation(self, trig: Trigger) -> str | None:
+        """How its rows are kept apart (sandbox: "closed language" or "process per row"); None until first run."""
+        try:
+            return self.supervisor.state(trig.organization_id, trig.id).isolation if self.supervisor else None
+        except KeyError:
+            return None
 
     def _permitted(self, trig: Trigger, org) -> bool:
         """The operator may narrow an organization or change its level after the upload: checked each run."""
