@@ -13,23 +13,43 @@ years at the first sync on a Pi without an RTC) is only read to stamp a reading'
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Callable
 
 import serial
 
-from drivers.profiles import AUTO_CANDIDATES, Profile, SerialSettings, get_profile
+from drivers import homewizard, linecheck
+from drivers.profiles import AUTO_CANDIDATES, PROFILES, Profile, SerialSettings, get_profile
 from drivers.ratelog import RateLimitedLog
 from drivers.reading import Reading, utcnow
-from drivers.telegram import DecoderStats, TelegramDecoder
+from drivers.telegram import DecoderStats, TelegramDecoder, TelegramError
+
+try:
+    import termios
+
+    # A USB adapter that is pulled mid-call can fail tcsetattr/tcflush with termios.error, not OSError.
+    PORT_ERRORS: tuple[type[Exception], ...] = (serial.SerialException, OSError, termios.error)
+except ImportError:  # not a POSIX system
+    PORT_ERRORS = (serial.SerialException, OSError)
 
 log = logging.getLogger("edge.p1")
 
 READ_CHUNK = 4096
+# `auto` offers every plaintext family at every serial setting: on a link where every setting reads (a pty, a TCP
+# gateway) the first setting tried must still find a DSMR 2.2 or Q3D meter's own family.
+AUTO_PROFILES = tuple(name for _, names in AUTO_CANDIDATES for name in names)
+AUTO_PROFILES = tuple(dict.fromkeys(AUTO_PROFILES + tuple(n for n, p in PROFILES.items() if not p.encrypted)))
+
+
+def is_http(port: str) -> bool:
+    return port.startswith(("http://", "https://"))
 
 
 class MeterState:
@@ -43,7 +63,7 @@ class MeterState:
 @dataclass(frozen=True)
 class MeterSpec:
     meter_id: str
-    port: str  # a pyserial URL: /dev/ttyUSB0, socket://host:port, rfc2217://host:port
+    port: str  # a pyserial URL (/dev/ttyUSB0, socket://host:port, rfc2217://host:port) or http://<HomeWizard P1>
     profile: str = "dsmr5"  # a profile name or "auto"
     serial_overrides: dict | None = None  # baudrate, bytesize, parity, stopbits, xonxoff, rtscts
     gas_channel: int | None = None  # None: found automatically
@@ -76,6 +96,9 @@ class P1Reader:
         self.bytes_read = 0
         self.last_telegram_monotonic: float | None = None
         self.last_port_error: str | None = None
+        self.http_source: str | None = None  # HomeWizard: "telegram" or "data", the endpoint that answers
+        self._sample = bytearray()  # the bytes since the last good telegram (for the hint)
+        self._http_stats = DecoderStats()  # HomeWizard's JSON, or telegrams no family read yet (auto)
         self._overrides = {k: v for k, v in (spec.serial_overrides or {}).items() if v is not None}
         self._profile: Profile | None = None if spec.profile == "auto" else get_profile(spec.profile)
         if (spec.decryption_key or spec.authentication_key) and not (self._profile and self._profile.takes_key):
@@ -101,6 +124,8 @@ class P1Reader:
     # --- what the agent shows ----------------------------------------------------------------
     @property
     def stats(self) -> DecoderStats:
+        if self.http_source == "data" or (self._decoder is None and is_http(self.spec.port)):
+            return self._http_stats
         return self._decoder.stats if self._decoder else DecoderStats()
 
     @property
@@ -115,11 +140,12 @@ class P1Reader:
     def snapshot(self) -> dict:
         stats = self.stats
         since = self.seconds_since_last_telegram()
+        hint = self.hint()
         return {
             "state": self.state,
             "port": self.spec.port,
             "profile": self.profile_name,
-            "serial": self._settings(self._profile).label() if self._profile else None,
+            "serial": self._settings(self._profile).label() if self._profile and not is_http(self.spec.port) else None,
             "telegrams_ok": stats.telegrams_ok,
             "crc_errors": stats.crc_errors,
             "parse_errors": stats.parse_errors,
@@ -130,8 +156,23 @@ class P1Reader:
             "reconnects": self.reconnects,
             "stalls": self.stalls,
             "seconds_since_last_telegram": None if since is None else round(since, 3),
-            "last_error": self.last_port_error or stats.last_error,
+            "last_error": self.last_port_error or stats.last_error or hint,
+            "hint": hint,
         }
+
+    def hint(self) -> str | None:
+        """What looks wrong while no telegram arrives (wrong parity or bytesize, no data at all), else None."""
+        if self.state not in (MeterState.CONNECTING, MeterState.STALLED) or is_http(self.spec.port):
+            return None
+        if self.state == MeterState.CONNECTING and self.opens < 2 and len(self._sample) < linecheck.SAMPLE_BYTES // 4:
+            return None  # too early to say
+        settings = self._settings(self._profile).label() if self._profile else None
+        return linecheck.hint(bytes(self._sample), self.bytes_read, settings)
+
+    def _keep_sample(self, data: bytes) -> None:
+        self._sample += data
+        if len(self._sample) > linecheck.SAMPLE_BYTES:
+            del self._sample[: len(self._sample) - linecheck.SAMPLE_BYTES]
 
     # --- the loop ----------------------------------------------------------------------------
     def _make_decoder(self, profile: Profile) -> TelegramDecoder:
@@ -165,13 +206,16 @@ class P1Reader:
     def _run(self) -> None:
         backoff = 1.0
         opened_before = False
+        if is_http(self.spec.port):
+            self._run_http()
+            return
         while not self._stop.is_set():
             if self._profile is None:
                 self._auto_detect()
                 continue
             try:
                 port = self._open(self._settings(self._profile))
-            except (serial.SerialException, OSError, ValueError) as err:
+            except (*PORT_ERRORS, ValueError) as err:
                 self._port_failed("open", err)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -183,7 +227,7 @@ class P1Reader:
             try:
                 if self._read_until_stall(port):
                     backoff = 1.0
-            except (serial.SerialException, OSError) as err:
+            except PORT_ERRORS as err:
                 self._port_failed("read", err)
             finally:
                 _close_quietly(port)
@@ -201,7 +245,10 @@ class P1Reader:
             now = time.monotonic()
             if data:
                 self.bytes_read += len(data)
-                got_any |= self._feed(data, now)
+                got = self._feed(data, now)
+                if not got:
+                    self._keep_sample(data)
+                got_any |= got
             quiet_since = max(opened_at, self.last_telegram_monotonic or opened_at)
             if now - quiet_since > self.spec.stall_seconds:
                 self.stalls += 1
@@ -221,6 +268,7 @@ class P1Reader:
             self.last_telegram_monotonic = now
             self.state = MeterState.READING
             self.last_port_error = None
+            self._sample.clear()
         self._hand_over(readings)
         return bool(readings)
 
@@ -244,10 +292,11 @@ class P1Reader:
             if self._stop.is_set():
                 return
             settings = self._settings(None, base)
-            candidates = [self._make_decoder(get_profile(n)) for n in names]
+            candidates = [self._make_decoder(get_profile(n)) for n in (*names, *(n for n in AUTO_PROFILES
+                                                                                 if n not in names))]
             try:
                 port = self._open(settings)
-            except (serial.SerialException, OSError, ValueError) as err:
+            except (*PORT_ERRORS, ValueError) as err:
                 self._port_failed("open", err)
                 self._stop.wait(min(5.0, self.max_backoff))
                 return
@@ -259,24 +308,113 @@ class P1Reader:
                     if not data:
                         continue
                     self.bytes_read += len(data)
+                    self._keep_sample(data)
                     received_at, now = self.wall_clock(), time.monotonic()
                     decoded = [(decoder, decoder.feed(data, received_at, now)[0]) for decoder in candidates]
                     decoded = [(decoder, readings) for decoder, readings in decoded if readings]
                     if decoded:
-                        # Several specifications may read the same telegram (V5 reads Fluvius's):
-                        # the one that understands the most fields wins, ties go to the first.
-                        decoder, readings = max(decoded, key=lambda d: d[0].last_field_count)
+                        self._sample.clear()
+                        decoder, readings = best_family(decoded)
                         self._adopt(decoder, settings)
                         self.last_telegram_monotonic = now
                         self.state = MeterState.READING
                         self._hand_over(readings)
                         return
-            except (serial.SerialException, OSError) as err:
+            except PORT_ERRORS as err:
                 self._port_failed("read", err)
             finally:
                 _close_quietly(port)
         log.warning("meter %s: auto-detection found no telegrams on %s; trying again",
                     self.spec.meter_id, self.spec.port)
+
+    # --- HomeWizard P1 (http://) -------------------------------------------------------------
+    def _run_http(self) -> None:
+        """Poll a HomeWizard P1 meter: its raw telegram (the same decoder as a serial port) every POLL_S, or its
+        /api/v1/data JSON where the firmware has no telegram endpoint (404). A quiet meter is a stall."""
+        try:
+            base = homewizard.base_url(self.spec.port)
+        except ValueError as err:
+            self._port_failed("open", err)
+            return
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a LAN device: never via a proxy
+        backoff, opened_at = 1.0, time.monotonic()
+        self.state = MeterState.CONNECTING
+        while not self._stop.is_set():
+            started = time.monotonic()
+            source = self.http_source or "telegram"
+            path = homewizard.TELEGRAM_PATH if source == "telegram" else homewizard.DATA_PATH
+            try:
+                with opener.open(base + path, timeout=max(2.0, homewizard.POLL_S * 3)) as response:
+                    body = response.read(homewizard.MAX_BODY + 1)
+            except urllib.error.HTTPError as err:
+                if err.code == 404 and source == "telegram":
+                    self.http_source = "data"  # older firmware: only the JSON summary
+                    continue
+                self._http_failed(err, backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            except (urllib.error.URLError, *PORT_ERRORS, ValueError) as err:
+                self._http_failed(err, backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if self.state == MeterState.DISCONNECTED:
+                self.reconnects += 1
+            if self.opens == 0 or self.state == MeterState.DISCONNECTED:
+                self.opens += 1
+                self.state = MeterState.CONNECTING
+            backoff = 1.0
+            self.http_source = source
+            self.bytes_read += len(body)
+            now = time.monotonic()
+            if len(body) > homewizard.MAX_BODY:
+                self._http_stats.parse_errors += 1
+                self._http_stats.last_error = "response too large"
+            elif self._http_reading(body, source, now):
+                self.last_telegram_monotonic = now
+                self.state = MeterState.READING
+                self.last_port_error = None
+            quiet_since = max(opened_at, self.last_telegram_monotonic or opened_at)
+            if now - quiet_since > self.spec.stall_seconds and self.state != MeterState.STALLED:
+                self.stalls += 1
+                self.state = MeterState.STALLED
+            self._stop.wait(max(0.0, homewizard.POLL_S - (time.monotonic() - started)))
+
+    def _http_failed(self, err: Exception, backoff: float) -> None:
+        self._port_failed("read", err)
+        self._stop.wait(backoff)
+
+    def _http_reading(self, body: bytes, source: str, now: float) -> bool:
+        received_at = self.wall_clock()
+        if source == "data":
+            try:
+                reading = homewizard.reading_from_data(json.loads(body), self.spec.meter_id, received_at)
+            except (ValueError, TypeError) as err:  # JSONDecodeError and HomeWizardError are ValueErrors
+                self._http_stats.parse_errors += 1
+                self._http_stats.last_error = f"/api/v1/data: {err}"
+                return False
+            self._http_stats.telegrams_ok += 1
+            self._hand_over([reading])
+            return True
+        text = body.decode("latin-1")
+        text = text[text.find("/"):] if "/" in text else text
+        decoders = [self._decoder] if self._decoder else [self._make_decoder(get_profile(n)) for n in AUTO_PROFILES]
+        decoded = []
+        for decoder in decoders:
+            try:
+                decoded.append((decoder, [decoder.decode(text, received_at)]))
+            except TelegramError:
+                continue
+        if not decoded:
+            if self._decoder is None:  # auto: count it somewhere the operator sees
+                self._http_stats.parse_errors += 1
+                self._http_stats.last_error = "no meter profile reads the telegram"
+            return False
+        decoder, readings = best_family(decoded)
+        if self._decoder is None:
+            self._profile, self._decoder = decoder.profile, decoder
+            log.info("meter %s: detected profile %s over HTTP", self.spec.meter_id, decoder.profile.name)
+        self._hand_over(readings)
+        return True
 
     def _adopt(self, decoder: TelegramDecoder, settings: SerialSettings) -> None:
         self._profile = decoder.profile
@@ -285,8 +423,16 @@ class P1Reader:
         log.info("meter %s: detected profile %s at %s", self.spec.meter_id, decoder.profile.name, settings.label())
 
 
+def best_family(decoded: list[tuple[TelegramDecoder, list[Reading]]]) -> tuple[TelegramDecoder, list[Reading]]:
+    """Several specifications may read the same telegram (V5 reads Fluvius's, Iskra IE's; Fluvius reads Iskra
+    IE's): the one that understands the most fields wins, then one with a CRC, then the first. Fields before
+    CRC: the CRC a telegram carries is checked whatever the family, and a CRC family that understands less
+    (Fluvius for an Irish meter) would apply its rules (Belgian tariff numbering) to a meter that has other ones."""
+    return max(decoded, key=lambda d: (d[0].last_field_count, d[0].profile.has_crc))
+
+
 def _close_quietly(port: serial.SerialBase) -> None:
     try:
         port.close()
-    except (serial.SerialException, OSError):
+    except PORT_ERRORS:
         pass
