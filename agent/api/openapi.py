@@ -173,7 +173,9 @@ SCHEMAS = {
                                    "decrypt_errors": {"type": "integer"},
                                    "stalls": {"type": "integer"}, "opens": {"type": "integer"},
                                    "bytes_read": {"type": "integer"}, "bytes_discarded": {"type": "integer"},
-                                   "seconds_since_last_telegram": NUMBER_OR_NULL, "last_error": _nullable("string")}},
+                                   "seconds_since_last_telegram": NUMBER_OR_NULL, "last_error": _nullable("string"),
+                                   "hint": _nullable("string", description="what looks wrong while no telegram "
+                                                     "arrives: 7E1 read as 8N1, parity errors, no data at all")}},
     "Meters": {"type": "object", "required": ["meters"], "properties": {"meters": {"type": "array", "items": {
         "type": "object", "required": ["id", "source"],
         "properties": {"id": STRING, "source": {"enum": ["p1", "http"]}, "port": _nullable("string"),
