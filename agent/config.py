@@ -264,6 +264,13 @@ def _meter(data, index: int, seen: set[str]) -> MeterSpec:
         raise ConfigError(f"{t.key}.id", f"{meter_id!r} is used by another meter")
     seen.add(meter_id)
     port = t.get("port", str, required=True)
+    if port.startswith(("http://", "https://")):  # a HomeWizard P1 meter's local API v1
+        from drivers.homewizard import base_url
+
+        try:
+            base_url(port)
+        except ValueError as err:
+            raise ConfigError(f"{t.key}.port", str(err)) from None
     profile = t.get("profile", str, "dsmr5")
     if profile != "auto" and profile not in PROFILES:
         raise ConfigError(f"{t.key}.profile", f"unknown profile {profile!r}; known: auto, {', '.join(PROFILES)}")
