@@ -188,3 +188,20 @@ def test_a_homewizard_port_with_a_path_is_refused():
     assert base_url("http://192.168.1.20") == "http://192.168.1.20"
     with pytest.raises(ValueError):
         base_url("http://192.168.1.20/api/v1/data")
+
+
+@pytest.mark.parametrize("port, error", [("http://192.168.1.20", None), ("http://p1meter.local:80/", None),
+                                         ("http://192.168.1.20/api/v1/telegram", "meters[0].port"),
+                                         ("https://192.168.1.20", "meters[0].port")])
+def test_check_config_knows_a_homewizard_port(port, error):
+    """An http:// port used to pass check-config and fail at run time; now it runs, and a wrong one is refused."""
+    from agent.config import ConfigError, parse_config
+
+    data = {"auth": {"operator_token": "a-long-enough-operator-token"},
+            "meters": [{"id": "house-1", "port": port, "profile": "auto"}]}
+    if error is None:
+        assert parse_config(data).meters[0].port == port
+    else:
+        with pytest.raises(ConfigError) as info:
+            parse_config(data)
+        assert info.value.key == error
