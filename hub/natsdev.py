@@ -37,6 +37,7 @@ class Cluster:
     def __init__(self, directory: str | Path, nodes: int = 3, name: str = "edge"):
         self.directory = Path(directory)
         self.nodes = nodes
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name
         ports = free_ports(2 * nodes)
         self.client_ports, self.route_ports = ports[:nodes], ports[nodes:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import sys
 import time
 
 from agent.fleet import document
@@ -39,7 +40,13 @@ class Operator:
             if "not found" in str(err).lower() or "deleted" in str(err).lower():
                 return None
             raise
-        return document.verify(entry.value, self.public_key) if entry.value else None
+        if not entry.value:
+            return None
+        try:
+            return document.verify(entry.value, self.public_key)
+        except document.Refused as err:  # not ours (forged, or another key's): never built upon
+            print(f"edge-hub: ignoring the document at {key!r}: {err}", file=sys.stderr)
+            return None
 
     async def _fleet(self) -> dict:
         return await self.current(FLEET_KEY) or {"kind": "fleet", "version": 0, "areas": {}, "organizations": [],

@@ -52,6 +52,7 @@ class Hub:
         self.nc = self.js = self.kv = None
         self._cache: dict[str, tuple[int, dict]] = {}  # key -> (revision, value): one round trip when unchanged
         self._tasks: list[asyncio.Task] = []
+        self._known_devices: set[str] = set()
         self.applied = 0
         self.redelivered = 0
         self.unassigned = 0
@@ -161,6 +162,9 @@ class Hub:
                 await self._update(key, lambda value: _with_part(value, device, part))
         else:
             self.unassigned += 1
+        if device not in self._known_devices:  # the index of devices (listing keys is not filtered before 2.10)
+            await self._update("devices", lambda value: {"devices": sorted({*value.get("devices", []), device})})
+            self._known_devices.add(device)
         seq = int(payload["seq"])
         await self._update(f"d.{device}", lambda value: _device_seen(value, seq, payload, area, time.time()))
         self.applied += 1
@@ -224,11 +228,7 @@ class Hub:
         last heartbeat."""
         from agent.fleet import HEALTH_STREAM, health_subject
 
-        names = set(self.device_area)
-        try:
-            names |= {k[2:] for k in await self.kv.keys(filters=["d.*"])}
-        except Exception:
-            pass
+        names = set(self.device_area) | set((await self._get("devices"))[1].get("devices", []))
         out = []
         for device in sorted(names):
             _, state = await self._get(f"d.{device}")

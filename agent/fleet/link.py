@@ -216,6 +216,8 @@ class FleetLink:
                 continue
             if start > self._done(window) + WINDOW_SECONDS[window] and window in self.outbox.cursor:
                 await self._catch_up()
+            # the exact records to the release log first: what goes up is what a restart reads back
+            await self.agent.releases.flush()
             await self._enqueue(window, start, self._answers_now(window, start))
 
     def _done(self, window: str) -> int:

@@ -1,0 +1,321 @@
+"""The fleet for real: a three-node nats-server cluster with JetStream on loopback, two real `edge-agent run`
+processes in one area, a real `edge-hub serve`, the operator's commands as `edge-hub` processes.
+
+While households post readings and 1-second releases flow: kill -9 a NATS node, then a device, then the hub,
+then the whole cluster for a while (the devices' outboxes grow, then catch up). Afterwards: every device's
+messages are in the stream exactly once and in order (device sequence 1..N); the hub applied each device's
+1..N with no gap and nothing out of order; every window a device released (its own /data) is in the hub with
+the same numbers, and each area window the hub serves is the sum of its devices' releases. The hub never holds
+a household id, token, meter id or one household's reading (checked over everything it stores and serves).
+Then desired state through the bucket: a bad signature is refused and shown; an organization registered once
+reads from both devices and the hub with one key; a revoked key stops working on both devices and the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from agent.fleet import RELEASES_STREAM, document
+from hub import natsdev
+from hub.setup import HUB_BUCKET
+from tests.test_service import OPERATOR_TOKEN, agent_toml, wait_until
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+DEVICES = ("dev-a", "dev-b")
+POWERS = {("dev-a", 0): 311.25, ("dev-a", 1): 523.5, ("dev-a", 2): 742.75,
+          ("dev-b", 0): 407.125, ("dev-b", 1): 619.375, ("dev-b", 2): 893.625}
+
+
+def http(method: str, url: str, token: str | None = None, body=None) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+class Process:
+    """A real process we can kill -9 and start again with the same arguments."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.args, self.log, self.proc = args, log, None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, env=ENV, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+class Fleet:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.cluster = natsdev.Cluster(tmp / "nats")
+        self.key = document.new_private_key()
+        (tmp / "operator.key").write_text(document.private_key_text(self.key))
+        self.public = document.public_key_text(self.key)
+        self.ports = dict(zip((*DEVICES, "hub"), natsdev.free_ports(3)))
+        self.agents: dict[str, Process] = {}
+        self.households: dict[str, list[tuple[str, str]]] = {}
+        self.stop_feeding = threading.Event()
+
+    def servers(self) -> list[str]:
+        return [a for url in self.cluster.urls for a in ("--servers", url)]
+
+    def operator(self, *args: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "hub.cli", *args, *self.servers(), "--key",
+                              str(self.tmp / "operator.key")], env=ENV, cwd=ROOT, capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        return json.loads(out.stdout)
+
+    def start_agent(self, device: str) -> None:
+        path = self.tmp / device / "edge.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        servers = ", ".join(f'"{u}"' for u in self.cluster.urls)
+        path.write_text(agent_toml(path.parent, self.ports[device], 0.2) + f"""
+[privacy]
+k_min = 2
+audit_period_s = 1
+[fleet]
+enabled = true
+device_id = "{device}"
+servers = [{servers}]
+operator_public_key = "{self.public}"
+windows = ["1s"]
+heartbeat_s = 1
+""")
+        self.agents[device] = Process([sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+                                      self.tmp / f"{device}.log")
+        self.agents[device].start()
+
+    def start_hub(self) -> None:
+        self.hub = Process([sys.executable, "-m", "hub.cli", "serve", *self.servers(), "--operator-public-key",
+                            self.public, "--listen", f"127.0.0.1:{self.ports['hub']}", "--min-devices", "2",
+                            "--data", str(self.tmp / "hub")], self.tmp / "hub.log")
+        ENV["EDGE_HUB_OPERATOR_TOKEN"] = OPERATOR_TOKEN
+        self.hub.start()
+
+    def device(self, device: str, path: str, token: str | None = OPERATOR_TOKEN, method="GET", body=None):
+        return http(method, f"http://127.0.0.1:{self.ports[device]}{path}", token, body)
+
+    def hub_api(self, path: str, token: str | None):
+        return http("GET", f"http://127.0.0.1:{self.ports['hub']}{path}", token)
+
+    def health(self, device: str) -> dict:
+        try:
+            return self.device(device, "/health")[1].get("fleet") or {}
+        except OSError:
+            return {}
+
+    def feed(self) -> None:
+        """Each household posts its reading every 0.3 s (a constant power of its own)."""
+        while not self.stop_feeding.is_set():
+            now = datetime.now(timezone.utc).isoformat()
+            for device, households in self.households.items():
+                for i, (_, token) in enumerate(households):
+                    try:
+                        self.device(device, "/readings", token, "POST",
+                                    {"timestamp": now, "power_import_w": POWERS[(device, i)]})
+                    except OSError:
+                        pass  # the device is being killed
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    fleet = Fleet(tmp_path_factory.mktemp("fleet"))
+    fleet.cluster.start()
+    try:
+        for device in DEVICES:
+            fleet.operator("assign-device", "--device", device, "--area", "north")
+        registered = fleet.operator("register-org", "--name", "Grid Co", "--level", "dso", "--area", "north")
+        fleet.org, fleet.org_key = registered["organization"]["id"], registered["api_key"]
+        for device in DEVICES:
+            fleet.start_agent(device)
+        for device in DEVICES:
+            wait_until(lambda: fleet.org in fleet.health(device).get("organizations", ()), 60)
+            fleet.households[device] = []
+            for _ in range(3):
+                status, body = fleet.device(device, "/households", method="POST", body={})
+                assert status == 201, body
+                status, _ = fleet.device(device, f"/households/me/consents/{fleet.org}/aggregates", body["token"],
+                                         "PUT")
+                assert status == 200
+                fleet.households[device].append((body["id"], body["token"]))
+        feeder = threading.Thread(target=fleet.feed, daemon=True)
+        feeder.start()
+        fleet.start_hub()
+        fleet.t0 = time.time()
+        yield fleet
+    finally:
+        fleet.stop_feeding.set()
+        for process in [*fleet.agents.values(), getattr(fleet, "hub", None)]:
+            if process:
+                process.stop()
+        fleet.cluster.stop()
+
+
+def hub_windows(fleet: Fleet, since: float, until: float) -> dict:
+    status, body = fleet.hub_api(f"/areas/north/data?window=1s&since={since}&until={until}", fleet.org_key)
+    assert status == 200, body
+    return body
+
+
+def epoch(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+
+
+async def stream_contents(fleet: Fleet) -> tuple[dict[str, list[int]], list[bytes]]:
+    """Every message of EDGE_RELEASES: device -> Edge-Seq in stream order; and every message's bytes."""
+    import nats
+
+    nc = await nats.connect(servers=fleet.cluster.urls)
+    js = nc.jetstream()
+    info = await js.stream_info(RELEASES_STREAM)
+    order: dict[str, list[int]] = {}
+    raw = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(RELEASES_STREAM, seq)
+        order.setdefault(msg.subject.split(".")[1], []).append(int(msg.headers["Edge-Seq"]))
+        raw.append(msg.data)
+    kv = await js.key_value(HUB_BUCKET)
+    stored = {key: (await kv.get(key)).value for key in await kv.keys()}
+    await nc.close()
+    return order, raw, stored
+
+
+async def test_releases_survive_killed_nodes_devices_hub_and_an_outage(fleet):
+    wait_until(lambda: len(hub_windows(fleet, fleet.t0, time.time())["released"]) >= 3, 60)
+
+    fleet.cluster.kill(0)  # a NATS node
+    time.sleep(2)
+    fleet.cluster.start(0)
+    fleet.agents["dev-a"].kill9()  # a device
+    time.sleep(1)
+    fleet.agents["dev-a"].start()
+    fleet.hub.kill9()  # the hub
+    time.sleep(1)
+    fleet.hub.start()
+    wait_until(lambda: fleet.health("dev-a").get("connected"), 60)
+    for i in range(3):  # the whole cluster: the devices are offline, their outboxes grow
+        fleet.cluster.kill(i)
+    wait_until(lambda: all(fleet.health(d).get("outbox", 0) >= 3 for d in DEVICES), 60)
+    fleet.cluster.start()
+    fleet.stop_feeding.set()
+    time.sleep(2)  # the last readings' windows are decided
+
+    def drained():
+        healths = [fleet.health(d) for d in DEVICES]
+        return all(h.get("outbox") == 0 and h.get("connected") for h in healths)
+    wait_until(drained, 90)
+    published = {d: fleet.health(d)["published"] for d in DEVICES}
+
+    def hub_caught_up():
+        status, body = fleet.hub_api("/devices", OPERATOR_TOKEN)
+        return status == 200 and all(d["last_seq"] >= published[d["device"]] and d["health"]
+                                     for d in body["devices"] if d["device"] in published)
+    wait_until(hub_caught_up, 90)
+
+    order, raw, stored = await stream_contents(fleet)
+    for device in DEVICES:  # in the stream once each, in order: 1..N
+        assert order[device] == list(range(1, len(order[device]) + 1)), device
+        assert len(order[device]) >= published[device]
+    status, body = fleet.hub_api("/devices", OPERATOR_TOKEN)
+    for entry in body["devices"]:
+        assert entry["gaps"] == 0 and entry["out_of_order"] == 0, entry
+        assert entry["health"]["device"] == entry["device"] and entry["applied_version"]
+
+    # every window a device released is at the hub with the same numbers; every area window is their sum
+    until = time.time()
+    by_device = {}
+    for device in DEVICES:
+        status, data = fleet.device(device, f"/data?window=1s&since={fleet.t0}&until={until}", fleet.org_key)
+        assert status == 200, data
+        by_device[device] = {epoch(w["window_start"]): w for w in data["released"]}
+        assert len(by_device[device]) >= 10
+    for device, windows in by_device.items():
+        for start, body in windows.items():
+            part = json.loads(stored[f"w.{fleet.org}.north.1s.{start}._"])["devices"][device]
+            assert part["consumption_w"] == body["consumption_w"] and part["households"] == body["households"]
+    served = hub_windows(fleet, fleet.t0, until)
+    assert served["released"]
+    for window in served["released"]:
+        start = epoch(window["window_start"])
+        parts = [by_device[d][start] for d in DEVICES if start in by_device[d]]
+        assert window["devices"] == len(parts) == 2
+        assert window["consumption_w"] == pytest.approx(sum(p["consumption_w"] for p in parts), abs=1e-3)
+        assert window["households"] == sum(p["households"] for p in parts) == 6
+    both = set(by_device["dev-a"]) & set(by_device["dev-b"])
+    assert {epoch(w["window_start"]) for w in served["released"]} == both  # none lost at the hub
+
+    # nothing of a household at the hub: not in the stream, its bucket, or anything it serves
+    served_text = [json.dumps(fleet.hub_api(p, t)[1]) for p, t in (
+        ("/areas", fleet.org_key), ("/devices", OPERATOR_TOKEN), ("/health", None),
+        (f"/areas/north/data?window=1s&since={fleet.t0}&until={until}", fleet.org_key))]
+    everything = [r.decode() for r in raw] + [f"{k} {v.decode()}" for k, v in stored.items()] + served_text
+    secrets_of_households = [x for hh in fleet.households.values() for pair in hh for x in pair]
+    for text in everything:
+        assert not any(s in text for s in secrets_of_households)
+        assert "consent" not in text
+        numbers = {float(n) for n in re.findall(r"-?\d+\.\d+", text)}
+        assert not numbers & set(POWERS.values())  # no single household's reading
+
+
+async def test_desired_state_through_the_bucket(fleet):
+    import nats
+
+    version = fleet.health("dev-a")["desired_version"]
+    forged = document.sign({"kind": "device", "device": "dev-a", "version": version + 10 ** 9,
+                            "not_after": time.time() + 3600, "organizations": []}, document.new_private_key())
+    nc = await nats.connect(servers=fleet.cluster.urls)
+    kv = await nc.jetstream().key_value(document.BUCKET)
+    await kv.put("dev-a", forged)
+    await nc.close()
+    wait_until(lambda: (fleet.health("dev-a").get("refused") or {}).get("error") == "bad_signature", 30)
+    assert fleet.health("dev-a")["desired_version"] == version
+    assert fleet.device("dev-a", "/parameters", fleet.org_key)[0] == 200
+
+    # registered once, for the area: one key works on both devices and at the hub
+    registered = fleet.operator("register-org", "--name", "Supplier", "--level", "supplier", "--area", "north")
+    key = registered["api_key"]
+    for device in DEVICES:
+        wait_until(lambda: fleet.device(device, "/parameters", key)[0] == 200, 30)
+    wait_until(lambda: fleet.hub_api("/areas", key)[0] == 200, 30)
+
+    # revoked: stops working on both devices and at the hub
+    fleet.operator("revoke-key", "--org", registered["organization"]["id"])
+    for device in DEVICES:
+        wait_until(lambda: fleet.device(device, "/parameters", key)[0] == 401, 30)
+    wait_until(lambda: fleet.hub_api("/areas", key)[0] == 401, 30)
+    assert fleet.device("dev-a", "/parameters", fleet.org_key)[0] == 200  # the other organization is untouched
