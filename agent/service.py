@@ -17,6 +17,7 @@ from agent.audit import AuditLog
 from agent.auth import FailureThrottle
 from agent.config import WINDOW_SECONDS, Config
 from agent.delivery.engine import Delivery
+from agent.faults import storage_faults
 from agent.ingest import TelegramIngest, is_live
 from agent.pipeline import Pipeline
 from agent.registry import Registry
@@ -130,16 +131,26 @@ class Agent:
         # What cancelled requests left to finish (a consent change and its audit entry, a DP spend).
         while self._tails:
             await asyncio.gather(*list(self._tails), return_exceptions=True)
-        await self.delivery.stop()
-        await self.triggers.stop()
-        if self.fleet:
-            await self.fleet.stop()
-        # Readings the reader threads handed over just before they stopped.
-        await asyncio.sleep(0)
+        # Every store is closed whatever fails first (a full or failing disk): each says what it could not write.
+        failed = []
+        for name, close in (("delivery", self.delivery.stop), ("triggers", self.triggers.stop),
+                            ("fleet link", self.fleet.stop if self.fleet else _nothing),
+                            ("store", self._close_store), ("registry", self.registry.aclose),
+                            ("audit log", self.audit.aclose), ("release records", self.releases.flush),
+                            ("release log", self._close_releases)):
+            try:
+                await close()
+            except Exception as exc:
+                failed.append(name)
+                log.error("stopping: the %s could not be closed cleanly: %r", name, exc)
+        if failed:
+            log.error("stopped; not cleanly closed (see above): %s", ", ".join(failed))
+
+    async def _close_store(self) -> None:
+        await asyncio.sleep(0)  # readings the reader threads handed over just before they stopped
         await asyncio.to_thread(self.store.close)
-        await self.registry.aclose()  # after the writes still running in worker threads
-        await self.audit.aclose()  # writes what is still queued (a clean stop loses no entry)
-        await self.releases.flush()  # the exact records still in memory
+
+    async def _close_releases(self) -> None:
         async with self.releases.writes:  # a noisy release still being written lands first
             await asyncio.to_thread(self.releases.close)
 
@@ -188,7 +199,8 @@ class Agent:
         all_reading = all(m["state"] == MeterState.READING for m in meters.values())
         storage_ok = not store.get("last_flush_error")
         config_error = self.config_error()
-        ok = all_reading and storage_ok and config_error is None
+        faults_ok, faults = storage_faults(self)  # data directory, damaged files, outboxes (agent/faults.py)
+        ok = all_reading and storage_ok and config_error is None and faults_ok
         return ok, {
             "status": "ok" if ok else "degraded",
             "device": self.config.device_name,
@@ -198,6 +210,7 @@ class Agent:
             "readings_in": self.pipeline.readings_in,
             "triggers": self.triggers.health(),
             "config_error": config_error,
+            "faults": faults,
             **({"fleet": self.fleet.health()} if self.fleet else {}),
         }
 
@@ -224,6 +237,10 @@ class Agent:
     def last_timestamp(self, meter_id: str) -> datetime | None:
         reading = self.pipeline.latest.get(meter_id) or self.store.latest(meter_id)
         return reading.timestamp if reading else None
+
+
+async def _nothing() -> None:
+    pass
 
 
 def _retrieved(task: asyncio.Task) -> None:

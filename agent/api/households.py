@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
@@ -10,6 +11,8 @@ from agent.api.common import ApiError, KeyedLocks, agent_of, read_json, require
 from agent.auth import HOUSEHOLD
 from agent.ingest import IngestError, check_order, readings_from_payload
 from agent.registry import SERVICES
+
+log = logging.getLogger("edge.api")
 
 
 async def me(request: web.Request) -> web.Response:
@@ -41,8 +44,12 @@ async def change_consent(agent, household_id: str, org_id: str, service: str, gr
     """A household's grant or revocation, durable with its audit entry (the API and the web pages both use it)."""
     async def change_and_audit():
         change = await agent.registry.set_consent_async(household_id, org_id, service, granted)
-        await agent.audit.record_durable(household_id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
-                                         organization_id=org_id, service=service)
+        try:
+            await agent.audit.record_durable(household_id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
+                                             organization_id=org_id, service=service)
+        except OSError as exc:  # the change is durable: answer it (never a 5xx for what happened); the entry
+            log.error("consent change of %s is durable but its audit entry is not yet: %s (kept, written when "
+                      "the disk takes it)", household_id, exc)  # stays queued in the audit log
         return change
     # One step: a change on disk always gets its audit entry, even if this request is cancelled meanwhile
     # (the agent stopping waits for it).
@@ -75,6 +82,7 @@ async def _accept(request: web.Request, household, readings) -> None:
         raise ApiError(409, "wired_meter", "this household's meter is read on the device's P1 port")
     # One batch per meter at a time, from the order check to the store: while one request waits for the
     # store below, another with the same readings must not pass the check too.
+    agent.store.check_writable()  # 507/503 while the store cannot write: never acknowledge what may be lost
     async with request.app[METER_LOCKS](household.meter_id):
         latest = agent.pipeline.latest.get(household.meter_id)
         if latest is None:

@@ -7,6 +7,10 @@
   dead endpoint holds up nobody else; a global limit bounds open connections.
 - Retries follow `retry_schedule` (the last step repeats) or the receiver's `Retry-After`; the
   `webhook-id` stays the same on every retry; 410 Gone disables the subscription; 3xx is a failure.
+- Nothing is lost silently: a window that could not be queued (the disk refused the write), or that was never
+  decided (the agent was down when it closed, the producer fell behind), becomes one `gap` message, queued as
+  soon as the outbox can be written again; a sender that fails (a refused sequence or acknowledgement write)
+  logs it, backs off and goes on. /health says which subscriptions cannot queue or send (`health`).
 - Changes to the subscriptions from the event loop (the API, a 410) are written to subscriptions.seg in a
   worker thread, one at a time and in the order asked (`agent.offloop.serially`); a subscription changes in
   memory, and the API answers, only once its write is durable.
@@ -22,7 +26,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -33,18 +37,22 @@ from agent.access import denied
 from agent.config import WINDOW_SECONDS, DeliveryConfig
 from agent.delivery import signing
 from agent.delivery.filters import FilterSet
-from agent.delivery.outbox import Message, Outbox
+from agent.delivery.outbox import FETCH_HINT, Message, Outbox
 from agent.delivery.targets import PolicyResolver, TargetError, check_literal_host
 from agent.offloop import serially
 from agent.release import Refusal
+from agent.store.disk import DataDirectory
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
+from drivers.reading import iso
 
 log = logging.getLogger("edge.delivery")
 
 SECRET_OVERLAP_S = 24 * 3600  # after a rotation, the old secret signs too for this long
 MAX_RETRY_AFTER_S = 24 * 3600
 CLOSE_GRACE_S = 0.02  # a reading whose request is still being handled at a window's end
+SENDER_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+CATCH_UP_MAX = 120  # windows a subscription's producer decides at once after falling behind  # a sender whose disk writes fail, after each failure in a row
 
 
 @dataclass
@@ -58,6 +66,7 @@ class DeliveryStats:
     last_success_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+    disk_error: str | None = None  # the outbox cannot be written now (queueing or sending): in /health
 
 
 @dataclass
@@ -78,6 +87,8 @@ class Subscription:
     last_window: int | None = field(default=None, compare=False)
     last_sent: dict | None = field(default=None, compare=False)
     last_sent_at: float | None = field(default=None, compare=False)
+    # windows decided but not queued (the outbox refused the write): [count, first start, last end], made a gap
+    unqueued: list | None = field(default=None, compare=False)
 
     def record(self) -> dict:
         return {k: getattr(self, k) for k in ("id", "organization_id", "endpoint", "interval_s", "window", "tag",
@@ -93,7 +104,9 @@ class Delivery:
         self.config = config
         self.directory = Path(directory)
         ensure_dir(self.directory / "outbox")
-        self.db = SegmentDB(str(self.directory / "subscriptions.seg"))
+        self.data_directory = DataDirectory(self.directory.parent)
+        # Twice: a damaged record must not make a subscription vanish (and orphan its outbox).
+        self.db = SegmentDB(str(self.directory / "subscriptions.seg"), kind="subscriptions", copies=2)
         self._disk = threading.Lock()  # subscriptions.seg: a worker thread's write, or one in place
         self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see agent.offloop.serially)
         self._deleting: set[str] = set()
@@ -103,16 +116,41 @@ class Delivery:
         self._wake: dict[str, asyncio.Event] = {}
         self._senders: dict[str, asyncio.Task] = {}
         self._producer: asyncio.Task | None = None
+        self._started_at = -math.inf  # the agent's clock at start: windows before it closed while it was down
         self._session: aiohttp.ClientSession | None = None
         self._connections: asyncio.Semaphore | None = None
         self._ratelog = RateLimitedLog(log)
         for doc in self.db.table("subscriptions").all():
             self._adopt(Subscription(**doc))
+        self.damaged = self._check_damage()
 
     def _adopt(self, sub: Subscription) -> None:
         self.subscriptions[sub.id] = sub
-        self.outboxes[sub.id] = Outbox(self.directory / "outbox" / f"{sub.id}.seg", self.config.max_queue)
+        outbox = self.outboxes[sub.id] = Outbox(self.directory / "outbox" / f"{sub.id}.seg", self.config.max_queue)
         self.stats[sub.id] = DeliveryStats()
+        resume = max(filter(None, [outbox.last_window_end, outbox.decided_until]), default=None)
+        if resume is not None:  # the windows after it, until the first one decided now, become a gap
+            sub.last_window = int(_seconds(resume)) - WINDOW_SECONDS[sub.window]
+
+    def _check_damage(self) -> str | None:
+        """subscriptions.seg lost records beyond repair: which subscriptions they held is unknown. Their outboxes
+        are kept (never deleted as orphans) and /health says so until the operator looks."""
+        lost = self.db.storage.lost_records
+        if not lost:
+            return None
+        known = {f"{sub_id}.seg" for sub_id in self.subscriptions}
+        orphans = sorted(p.name for p in (self.directory / "outbox").glob("*.seg") if p.name not in known)
+        problem = (f"subscriptions.seg: {lost} damaged record(s) could not be recovered; outboxes without a "
+                   f"subscription kept: {', '.join(orphans) or 'none'}")
+        log.error("%s", problem)
+        return problem
+
+    def health(self) -> tuple[bool, dict]:
+        """Whether every subscription can queue and send, and which cannot (for /health)."""
+        failing = {sub_id: stats.disk_error for sub_id, stats in self.stats.items() if stats.disk_error}
+        unqueued = {sub.id: sub.unqueued[0] for sub in self.subscriptions.values() if sub.unqueued}
+        ok = not failing and not unqueued and self.damaged is None
+        return ok, {"outbox_errors": failing, "windows_not_queued": unqueued, "damaged": self.damaged}
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -121,6 +159,7 @@ class Delivery:
         self._session = aiohttp.ClientSession(connector=connector,
                                               timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
         self._connections = asyncio.Semaphore(self.config.max_connections)
+        self._started_at = self.agent.clock()
         for sub_id in self.subscriptions:
             self._start_sender(sub_id)
         self._producer = asyncio.create_task(self._produce_forever(), name="delivery-producer")
@@ -134,10 +173,22 @@ class Delivery:
         if self._session:
             await self._session.close()
         async with self.writes:  # a change whose request was cancelled may still be being written (shielded)
+            await asyncio.to_thread(self._note_stop)
             for outbox in self.outboxes.values():
                 outbox.close()
             with self._disk:
                 self.db.close()
+
+    def _note_stop(self) -> None:
+        """Each outbox learns the last window decided, so the next start's `gap` is only the time it was down."""
+        for sub_id, sub in self.subscriptions.items():
+            if sub.last_window is None or sub.unqueued:  # windows not queued: the next start's gap covers them
+                continue
+            end = _iso(sub.last_window + WINDOW_SECONDS[sub.window])
+            try:
+                self.outboxes[sub_id].note_stop(end)
+            except OSError as exc:
+                log.warning("subscription %s: cannot note the last window decided: %s", sub_id, exc)
 
     def _start_sender(self, sub_id: str) -> None:
         self._wake[sub_id] = asyncio.Event()
@@ -301,9 +352,10 @@ class Delivery:
     async def _produce_forever(self) -> None:
         while True:
             try:
+                self._retry_gaps()
                 self.produce_due()
-            except Exception:  # the producer must survive anything one subscription does
-                log.exception("delivery producer failed")
+            except Exception as exc:  # the producer must survive anything one subscription does
+                self._ratelog.warning("producer", "delivery producer failed: %r", exc)
             await asyncio.sleep(self._until_next_close())
 
     def _until_next_close(self) -> float:
@@ -323,13 +375,35 @@ class Delivery:
             if sub.state != "active" or now < sub.next_due:
                 continue
             start = self.agent.releases.last_settled(sub.window)
-            if start is None or start == sub.last_window:
+            if start is None or (sub.last_window is not None and start <= sub.last_window):
                 continue  # nothing new decided yet
+            width = WINDOW_SECONDS[sub.window]
+            if sub.last_window is not None:
+                self._catch_up(sub, sub.last_window + sub.interval_s, start, now)
             # On the windows' grid, not on the moment we happened to run: the next one is the window
             # that closes `interval` after this one did.
-            sub.next_due = start + WINDOW_SECONDS[sub.window] + sub.interval_s
+            sub.next_due = start + width + sub.interval_s
             sub.last_window = start
             self._produce(sub, start, now)
+
+    def _catch_up(self, sub: Subscription, expected: float, start: int, now: float) -> None:
+        """Windows due before `start` that were not produced: those that closed before this process started (the
+        agent was down) are a gap; those since (the producer fell behind) are decided now, in order, up to
+        CATCH_UP_MAX (more would hold the event loop: the rest is a gap too)."""
+        missed = []
+        while start - expected >= WINDOW_SECONDS[sub.window] / 2:
+            missed.append(int(expected))
+            expected += sub.interval_s
+        if not missed:
+            return
+        lost = [w for w in missed if w < self._started_at]
+        late = [w for w in missed if w >= self._started_at]
+        if len(late) > CATCH_UP_MAX:
+            lost, late = lost + late[:-CATCH_UP_MAX], late[-CATCH_UP_MAX:]
+        if lost:
+            self._unqueued(sub, len(lost), lost[0], lost[-1] + WINDOW_SECONDS[sub.window])
+        for window in late:
+            self._produce(sub, window, now)
 
     def _access_refusal(self, sub: Subscription) -> str | None:
         """Why the organization may no longer have this subscription's window: the operator changed its level or
@@ -371,14 +445,78 @@ class Delivery:
                                 durable=False)
 
     def _enqueue(self, sub: Subscription, kind: str, payload: dict, window_start, window_end, now: float) -> None:
-        self.outboxes[sub.id].enqueue(kind, payload, window_start, window_end)
+        outbox, stats = self.outboxes[sub.id], self.stats[sub.id]
+        try:
+            self.data_directory.check()
+            self._queue_gap(sub)  # windows lost before this one go out first, in order
+            outbox.enqueue(kind, payload, window_start, window_end)
+        except OSError as exc:
+            if window_start:
+                self._unqueued(sub, 1, _seconds(window_start), _seconds(window_end))
+            self._disk_failed(sub, stats, f"cannot queue a {kind}: {exc.strerror or exc}")
+            return
+        stats.disk_error = None
         sub.last_sent_at = now
         wake = self._wake.get(sub.id)
         if wake:
             wake.set()
 
+    def _unqueued(self, sub: Subscription, count: int, start: float, end: float) -> None:
+        """Windows [start, end) were decided but not queued: counted for the next `gap` message."""
+        if sub.unqueued is None:
+            sub.unqueued = [0, start, end]
+        sub.unqueued = [sub.unqueued[0] + count, min(sub.unqueued[1], start), max(sub.unqueued[2], end)]
+
+    def _queue_gap(self, sub: Subscription) -> None:
+        """The windows not queued, as one `gap` message (raises like enqueue; they stay counted then)."""
+        if not sub.unqueued:
+            return
+        count, start, end = sub.unqueued
+        self.outboxes[sub.id].gap(count, _iso(start), _iso(end),
+                                  f"{count} window(s) could not be queued (the agent was down or its storage "
+                                  f"refused the write); {FETCH_HINT}")
+        sub.unqueued = None
+        log.warning("subscription %s: %d window(s) from %s to %s were not queued; sent as a gap event", sub.id,
+                    count, _iso(start), _iso(end))
+        wake = self._wake.get(sub.id)
+        if wake:
+            wake.set()
+
+    def _retry_gaps(self) -> None:
+        """Queue the gaps still owed as soon as the disk takes them, even if no new window goes out."""
+        for sub in list(self.subscriptions.values()):
+            if sub.unqueued and sub.state == "active":
+                try:
+                    self.data_directory.check()
+                    self._queue_gap(sub)
+                    self.stats[sub.id].disk_error = None
+                except OSError as exc:
+                    self._disk_failed(sub, self.stats[sub.id], f"cannot queue a gap: {exc.strerror or exc}")
+
+    def _disk_failed(self, sub: Subscription, stats: DeliveryStats, error: str) -> None:
+        stats.disk_error = stats.last_error = error
+        stats.last_error_at = time.time()
+        self._ratelog.warning(f"disk:{sub.id}", "subscription %s: %s", sub.id, error)
+
     # --- sending -----------------------------------------------------------------------------
     async def _send_forever(self, sub_id: str) -> None:
+        """Send, and keep sending: a disk write that fails (a sequence number, an acknowledgement) is logged and
+        retried with backoff, never the end of the sender (the message is sent again, with its webhook-id)."""
+        sub, stats = self.subscriptions[sub_id], self.stats[sub_id]
+        failures = 0
+        while True:
+            try:
+                await self._send_queue(sub_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._disk_failed(sub, stats, f"sending stopped: {exc.__class__.__name__}: {exc}"[:200])
+                await asyncio.sleep(SENDER_BACKOFF_S[min(failures, len(SENDER_BACKOFF_S) - 1)])
+                failures += 1
+            else:
+                return
+
+    async def _send_queue(self, sub_id: str) -> None:
         sub, outbox, stats = self.subscriptions[sub_id], self.outboxes[sub_id], self.stats[sub_id]
         wake = self._wake[sub_id]
         schedule = self.config.retry_schedule
@@ -405,6 +543,7 @@ class Delivery:
         except TargetError as err:
             self._failed(sub, message, stats, str(err))
             return "retry"
+        self.data_directory.check()
         seq = outbox.assign(message)
         body = json.dumps({**message.payload, "sequence": seq}, separators=(",", ":")).encode()
         now = time.time()
@@ -420,7 +559,8 @@ class Delivery:
             self._failed(sub, message, stats, f"{err.__class__.__name__}: {err}"[:200])
             return "retry"
         if 200 <= status < 300:
-            outbox.ack(message)
+            outbox.ack(message)  # a refused write: sent again later (same webhook-id), never lost
+            stats.disk_error = None
             stats.messages_sent += 1
             stats.bytes_sent += len(body)
             stats.last_success_at = time.time()
@@ -452,6 +592,10 @@ def _retry_after_seconds(value: str) -> float:
     if not math.isfinite(seconds):
         return 0.0
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _iso(seconds: float) -> str:
+    return iso(datetime.fromtimestamp(seconds, timezone.utc))
 
 
 def _seconds(iso: str) -> float:

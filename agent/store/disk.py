@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import weakref
 from pathlib import Path
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -53,6 +54,7 @@ class DataDirectory:
         self._identity = (st.st_dev, st.st_ino)
         self._lost: str | None = None
         self._lock = threading.Lock()
+        _watched.add(self)
 
     def problem(self) -> str | None:
         """Why the directory is no longer the agent's, or None. Cheap (one stat): called before each write."""
@@ -79,3 +81,15 @@ class DataDirectory:
             raise StorageUnavailable(503, "data_directory_lost", "the data directory was deleted or replaced under "
                                      "the running agent: nothing more is saved until it is restarted",
                                      cause=errno.ENOENT)
+
+
+_watched: weakref.WeakSet[DataDirectory] = weakref.WeakSet()
+
+
+def check_under(path: str | Path) -> None:
+    """Before a file is opened for writing (or rewritten) at `path`: refuse if a watched data directory above it
+    was deleted or replaced (creating the file would recreate an empty directory nobody reads)."""
+    path = Path(path)
+    for directory in list(_watched):
+        if directory.path in path.parents:
+            directory.check()

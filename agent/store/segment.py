@@ -25,6 +25,7 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Table
 
+from agent.store.disk import check_under
 from agent.store.records import Damage, encode_record, scan_records
 
 log = logging.getLogger("edge.store")
@@ -35,22 +36,32 @@ _damage: dict[str, dict[int, tuple[str, Damage]]] = {}
 _damage_lock = threading.Lock()
 
 
-def integrity() -> dict[str, dict[str, int]]:
-    """Per file kind: files with damage, bytes skipped in the middle, bytes cut off a torn tail, damaged records
-    recovered from their second copy, and damaged records lost (which may have been acknowledged)."""
+def integrity(root: str | Path | None = None) -> dict[str, dict[str, int]]:
+    """Per file kind, for the segments under `root` (all if None): files with damage, bytes skipped in the middle,
+    bytes cut off a torn tail, damaged records recovered from their second copy, and damaged records lost (which
+    may have been acknowledged). A file opened without a kind is named by its first directory under `root`."""
     out: dict[str, dict[str, int]] = {}
+    base = None if root is None else Path(root)
     with _damage_lock:
-        for found in _damage.values():
-            kinds = set()
-            for kind, damage in found.values():
-                tally = out.setdefault(kind, {"files": 0, "skipped_bytes": 0, "cut_bytes": 0, "recovered": 0,
-                                              "lost": 0})
-                kinds.add(kind)
-                tally["cut_bytes" if damage.torn else "skipped_bytes"] += damage.length
-                if not damage.torn:
-                    tally["recovered" if damage.twin_intact else "lost"] += 1
-            for kind in kinds:
-                out[kind]["files"] += 1
+        items = list(_damage.items())
+    for path, found in items:
+        if base is not None:
+            try:
+                relative = Path(path).relative_to(base)
+            except ValueError:
+                continue
+        kinds = set()
+        for kind, damage in found.values():
+            if kind == "other" and base is not None:
+                kind = relative.parts[0] if len(relative.parts) > 1 else relative.stem
+            tally = out.setdefault(kind, {"files": 0, "skipped_bytes": 0, "cut_bytes": 0, "recovered": 0,
+                                          "lost": 0})
+            kinds.add(kind)
+            tally["cut_bytes" if damage.torn else "skipped_bytes"] += damage.length
+            if not damage.torn:
+                tally["recovered" if damage.twin_intact else "lost"] += 1
+        for kind in kinds:
+            out[kind]["files"] += 1
     return out
 
 
@@ -72,6 +83,7 @@ class SegmentStorage(Storage):
         self.path = Path(path)
         self.kind = kind
         self.copies = copies
+        self._lost_at: set[int] = set()  # offsets of the damaged records without a twin this instance decoded
         self.bytes_appended = 0  # cumulative, for the store's statistics
         self._fd: int | None = None  # append handle, opened on first append
         self._next_ids: dict[str, int] = {}
@@ -105,13 +117,17 @@ class SegmentStorage(Storage):
                 settled = [d for d in scan.damage if not d.torn]
                 if settled:
                     log.warning("segment %s: %s", self.path, "; ".join(d.problem for d in settled))
-                    _note_damage(self.path, self.kind, self._decoded_upto, settled)
-                self._decoded_upto += scan.good
+                    self._found(self._decoded_upto, settled)
+                tail = scan.damage[-1] if scan.damage and scan.damage[-1].offset >= scan.good else None
+                # A damaged tail (whole, failing its check) is no append in progress: decoded, never again alone
+                # (without its twin before it, it would look lost).
+                self._decoded_upto += len(buf) if tail is not None and not tail.torn else scan.good
         return self._tables
 
     def write(self, data: Mapping[str, Mapping]) -> None:
         """Replace the segment's whole content (TinyDB's update/remove): atomically, never in place."""
         self.close()
+        check_under(self.path)
         temporary = self.path.with_name(self.path.name + ".tmp")
         ensure_dir(self.path.parent)
         try:
@@ -135,10 +151,12 @@ class SegmentStorage(Storage):
 
     @property
     def lost_records(self) -> int:
-        """Damaged records of this file, found so far, without an intact twin: acknowledged data may be lost."""
-        with _damage_lock:
-            found = _damage.get(str(self.path), {})
-            return sum(1 for _, d in found.values() if not d.torn and not d.twin_intact)
+        """Damaged records this instance found in its file without an intact twin: acknowledged data may be lost."""
+        return len(self._lost_at)
+
+    def _found(self, base: int, damage: list[Damage]) -> None:
+        _note_damage(self.path, self.kind, base, damage)
+        self._lost_at.update(base + d.offset for d in damage if not d.torn and not d.twin_intact)
 
     # --- the fast path ------------------------------------------------------------------------
     def append(self, table: str, docs: list[dict]) -> list[int]:
@@ -164,6 +182,7 @@ class SegmentStorage(Storage):
     def _open_for_append(self) -> int:
         if self._fd is not None:
             return self._fd
+        check_under(self.path)
         existed = self.path.exists()
         if not existed:
             ensure_dir(self.path.parent)
@@ -178,7 +197,7 @@ class SegmentStorage(Storage):
             for table, first_id, docs in scan.records:
                 self._next_ids[table] = max(self._next_ids.get(table, 1), first_id + len(docs))
             if scan.damage:
-                _note_damage(self.path, self.kind, 0, scan.damage)
+                self._found(0, scan.damage)
             if scan.good < size:
                 log.warning("segment %s: %s; cutting off the last %d bytes", self.path, scan.problem, size - scan.good)
                 os.ftruncate(fd, scan.good)

@@ -67,6 +67,7 @@ from tinydb import Query
 
 from agent.store.rollup import RollupAccumulator, combine_same_window, rollup_to_json, window_start
 from agent.store.records import decode_records_backward
+from agent.store.disk import DataDirectory, StorageUnavailable, unavailable
 from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
 from drivers.reading import FIELD_NAMES, TIME_FIELDS, Reading, iso
 
@@ -129,6 +130,7 @@ class ReadingStore:
         self.max_pending = max_pending
         self.cache_segments = cache_segments
         ensure_dir(self.path)
+        self.data_directory = DataDirectory(self.path)
 
         self._lock = threading.Lock()  # in-memory state; never held across disk I/O
         self._io_lock = threading.RLock()  # disk: flush, queries, retention, close
@@ -145,6 +147,7 @@ class ReadingStore:
                           "flush_errors": 0, "dropped": 0, "dropped_after_close": 0}
         self._last_flush_at: float | None = None
         self._last_flush_error: str | None = None
+        self._last_flush_fault: OSError | None = None  # what refuses new readings while it lasts (check_writable)
         self._last_error_logged_at = -math.inf
         self._segments, self._disk_bytes = self._measure_disk()
         # Meters whose open rollup windows are still to be rebuilt from disk (lazily, see the module doc), and
@@ -263,13 +266,21 @@ class ReadingStore:
             written = {"readings": 0, "rollups": 0, "bytes": 0, "new_segments": 0}
             failed: list = []
             errors: list[str] = []
+            faults: list[OSError] = []
             recovered: str | None = None
+            lost = self.data_directory.problem()
             for (kind, meter_id, segment), items in batches.items():
+                if lost:  # never recreate a deleted data directory: nobody would read what went there
+                    errors.append(lost)
+                    faults.append(StorageUnavailable(503, "data_directory_lost", lost))
+                    failed.extend((kind, item) for item in items)
+                    continue
                 try:
                     self._append(kind, meter_id, segment, items, written,
                                  last=kind is RAW and last_segment[meter_id] == segment)
                 except OSError as exc:
                     errors.append(f"{self._segment_path(kind, meter_id, segment)}: {exc.strerror or exc}")
+                    faults.append(exc)
                     failed.extend((kind, item) for item in items)
                 except Exception as exc:  # e.g. a value JSON cannot encode: retrying will not help
                     log.error("flush: dropping %d item(s) of meter %r that cannot be stored: %r",
@@ -288,12 +299,26 @@ class ReadingStore:
                 if errors:
                     counters["flush_errors"] += 1
                     self._last_flush_error = errors[0]
+                    self._last_flush_fault = faults[0]
                 else:
                     counters["flushes"] += 1
                     self._last_flush_at = time.time()
-                    recovered, self._last_flush_error = self._last_flush_error, None
+                    recovered, self._last_flush_error, self._last_flush_fault = self._last_flush_error, None, None
             self._log_flush_outcome(errors, len(failed), recovered)
             return written["readings"]
+
+    def check_writable(self) -> None:
+        """Raise StorageUnavailable (507 full, 503 otherwise) while the last flush failed or the data directory is
+        gone: a reading accepted now might never reach the disk, so it is refused (a datalogger keeps it and
+        sends it again) instead of acknowledged. Memory only: cheap, for every POST /readings."""
+        lost = self.data_directory.problem()
+        if lost:
+            raise StorageUnavailable(503, "data_directory_lost", "the data directory was deleted or replaced under "
+                                     "the running agent: readings are not saved until it is restarted")
+        with self._lock:
+            fault = self._last_flush_fault
+        if fault is not None:
+            raise unavailable(fault, "the reading")
 
     def _append(self, kind: Kind, meter_id: str, segment: int, items: list, written: dict,
                 last: bool = False) -> None:
@@ -561,6 +586,7 @@ class ReadingStore:
                 "rollups_late": sum(accumulator.late for accumulator in self._accumulators.values()),
                 "last_flush_at": self._last_flush_at,
                 "last_flush_error": self._last_flush_error,
+                "data_directory_lost": self.data_directory.problem(),
                 "segments": self._segments,
                 "disk_bytes": self._disk_bytes,
             }
