@@ -51,9 +51,10 @@ async def series(request: web.Request, session) -> web.Response:
     if span not in ("day", "week"):
         raise PageError(400, "bad_parameter")
     today = _today(agent.clock())
-    since = today if span == "day" else today - 6 * DAY
-    rollups = await asyncio.to_thread(agent.store.readings, household.meter_id, since=since, resolution="15m",
-                                      limit=7 * 96)
+    # today by the minute (the newest minutes show at once), the week by the quarter
+    since, resolution, limit = (today, "1m", 1440) if span == "day" else (today - 6 * DAY, "15m", 7 * 96)
+    rollups = await asyncio.to_thread(agent.store.readings, household.meter_id, since=since, resolution=resolution,
+                                      limit=limit)
     return web.json_response(views.chart_series(rollups))
 
 

@@ -55,8 +55,9 @@ def _environment(language: str) -> Environment:
     env.install_gettext_translations(i18n.translations(language), newstyle=True)
     env.filters["num"] = lambda value, digits=0: "–" if value is None else format_decimal(
         round(value, digits), format="#,##0" + ("." + "0" * digits if digits else ""), locale=language)
-    env.filters["utc"] = lambda moment, pattern="yyyy-MM-dd HH:mm:ss": "–" if moment is None else format_datetime(
-        datetime.fromtimestamp(moment, timezone.utc), pattern, tzinfo=timezone.utc, locale=language) + " UTC"
+    env.filters["utc"] = lambda moment, pattern="yyyy-MM-dd HH:mm:ss", zone=True: "–" if moment is None else (
+        format_datetime(datetime.fromtimestamp(moment, timezone.utc), pattern, tzinfo=timezone.utc, locale=language)
+        + (" UTC" if zone else ""))
     env.globals["language"] = language
     return env
 
