@@ -45,8 +45,9 @@ def check_condition(
 ) -> CheckResult:
     """Validate an uploaded condition: static checks, then a trial in a fresh locked zygote.
 
-    Every sample is one evaluation in its own row process with its own ``timeout_s`` deadline (a separate
-    round trip); the zygote compiles the source, a row process checks that it loads. Reasons
+    Every sample is one evaluation with its own ``timeout_s`` deadline (a separate round trip): in its own row
+    process, or for a condition in the closed language by the evaluator, as its rows will be later; the zygote
+    compiles the source, a row process (an evaluator: itself, behind its filter) checks that it loads. Reasons
     (fixed strings): ``syntax error``, ``does not define condition(...)``, ``too slow: exceeded N ms``,
     ``did not return a bool`` (it returned something else, or raised, on a sample), ``rejected by
     sandbox`` (static check, module-level code that raised, a worker killed by seccomp or dead).
@@ -68,7 +69,9 @@ def check_condition(
     if len(source) > MAX_SOURCE_CHARS:
         return CheckResult(False, REJECTED)
 
-    worker = spawn_worker(limits, inspect=True)
+    # A closed condition's sample rows are evaluated the way its rows will be (sandbox.closed: no fork per row, so
+    # a loaded machine does not make an honest condition "too slow"); any other's by a row process each.
+    worker = spawn_worker(limits, inspect=True, evaluator=limits.evaluators)
     try:
         try:  # the static checks, in the locked zygote: parsing a hostile source costs this process nothing
             found = worker.request(protocol.INSPECT, (source, params), 1, limits.load_timeout_s)[0]
@@ -79,10 +82,11 @@ def check_condition(
         if REASONS[found] is not None:
             return CheckResult(False, REASONS[found])
         try:
-            answer = worker.request(protocol.LOAD, (source, params), 1, limits.load_timeout_s)
+            code = worker.request(protocol.LOAD, (source, params), 1, limits.load_timeout_s)[0]
+            if code == protocol.LOAD_NOT_CLOSED and worker.evaluator:
+                code = worker.request(protocol.LOAD, (source, params), 1, limits.load_timeout_s)[0]
         except EvaluationFailed as exc:
             return CheckResult(False, _failure_reason(exc, limits.load_timeout_s))
-        code = answer[0]
         if code != protocol.OK:
             return CheckResult(False, {protocol.LOAD_SYNTAX_ERROR: SYNTAX_ERROR,
                                        protocol.LOAD_NO_CONDITION: NO_CONDITION}.get(code, REJECTED))

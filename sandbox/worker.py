@@ -459,11 +459,14 @@ class Zygote:
                 self.eval_rows(nonce, body)
             elif kind == protocol.LOAD:
                 closed = self.evaluator is not None
-                _answer(nonce + bytes([self.load(body)]))
-                if closed:
-                    if self.function is None:
-                        os._exit(0)  # outside the language, or did not load: the supervisor starts another
+                status = self.load(body)
+                _answer(nonce + bytes([status]))
+                if closed and self.function is not None:
                     self.serve_closed()
+                if closed and (status != protocol.LOAD_NOT_CLOSED or not self.inspector):
+                    # did not load, or outside the language: the supervisor starts a zygote without ast. A trial
+                    # zygote (it has ast anyway) takes a second LOAD instead, and forks its few sample rows.
+                    os._exit(0)
             elif kind == protocol.PING:
                 _answer(nonce + bytes([protocol.OK]))
             elif kind == protocol.INSPECT and self.inspector:
