@@ -23,8 +23,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from agent.auth import HOUSEHOLD, OPERATOR
 from agent.config import parse_config
 from agent.delivery import signing
+from agent.web import sign_in_url
 from drivers.emulator import TelegramGenerator
 
 METER_ID = "demo-meter"
@@ -173,6 +175,10 @@ async def run_demo(args, serve) -> None:
         receiver.secret = subscription["secret"]
         print(f"Operator registered {len(households)} households and Demo Energy Co; all consented to "
               f"aggregates; Demo Energy Co subscribed: 1-second aggregates every 5 s to {receiver.url}")
+        # the device's own pages: each link signs in once (open them in a browser)
+        print(f"Web pages: household on the P1 meter "
+              f"{sign_in_url(agent, base, HOUSEHOLD, households[0]['id'])}\n"
+              f"           installer {sign_in_url(agent, base, OPERATOR, 'operator')}", flush=True)
         tasks.append(asyncio.create_task(neighbourhood.post_forever(http, base)))
 
     async def before_stop(agent):
