@@ -25,7 +25,9 @@ _CACHE_LIMIT = 512  # distinct OBIS keys or times remembered; a garbage line mus
 # Units and the dimension each one measures, with its scale to the Reading's SI unit.
 _UNITS = {"kW": ("W", 1000), "W": ("W", 1), "kWh": ("Wh", 1000), "Wh": ("Wh", 1), "V": ("V", 1), "A": ("A", 1),
           "kvar": ("var", 1000), "var": ("var", 1), "kvarh": ("varh", 1000), "varh": ("varh", 1),
-          "kVA": ("VA", 1000), "VA": ("VA", 1), "Hz": ("Hz", 1)}
+          "kVA": ("VA", 1000), "VA": ("VA", 1), "Hz": ("Hz", 1),
+          # Kamstrup (Sweden) capitalises the A
+          "kVAr": ("var", 1000), "VAr": ("var", 1), "kVArh": ("varh", 1000), "VArh": ("varh", 1)}
 _SUFFIX_DIMENSION = (("_varh", "varh"), ("_var", "var"), ("_va", "VA"), ("_wh", "Wh"), ("_w", "W"), ("_v", "V"),
                      ("_a", "A"), ("_hz", "Hz"))
 
@@ -236,7 +238,7 @@ class LineParser:
             medium, channel, code = match[1], int(match[2]), match[3]
             if medium == "0" and channel:
                 kind, target = ("mbus", (channel, MBUS[code])) if code in MBUS else (None, None)
-            elif channel == 0:
+            else:  # the electricity meter itself (Swiss meters number it 1-1:)
                 if code in NUMERIC:
                     kind, target = "number", NUMERIC[code]
                     dimension = _DIMENSIONS[target]
@@ -313,6 +315,8 @@ class LineParser:
             values["current_threshold_a"] = decimal_float(value)
         elif unit in ("kW", "W", None):
             values["power_threshold_w"] = decimal_float(value, 1 if unit is None else _UNITS[unit][1])
+        elif unit in ("kVA", "VA"):  # Luxembourg's meters limit apparent power
+            values["apparent_power_threshold_va"] = decimal_float(value, _UNITS[unit][1])
         else:
             return False
         return True

@@ -65,7 +65,7 @@ class Reading:
     demand_avg_w: float | None = None
     demand_peak_month_w: float | None = None
     demand_peak_month_at: datetime | None = None
-    # The last 13 months' peaks, oldest first: [{"month": iso, "at": iso | null, "w": float}].
+    # The last 13 months' peaks, as the meter lists them: [{"month": iso, "at": iso | null, "w": float}].
     demand_peaks: list[dict] | None = None
     reactive_power_import_var: float | None = None
     reactive_power_export_var: float | None = None
@@ -98,6 +98,7 @@ class Reading:
     frequency_hz: float | None = None
     # Limits the meter enforces: 17.0.0 is a power (kW) on most meters, a current (A) on some DSMR 3 ones.
     power_threshold_w: float | None = None
+    apparent_power_threshold_va: float | None = None  # Luxembourg (Smarty): 17.0.0 in kVA
     current_threshold_a: float | None = None
     fuse_threshold_l1_a: float | None = None
     fuse_threshold_l2_a: float | None = None

@@ -105,8 +105,20 @@ def check_crc(telegram: str) -> None:
 
 
 # --- framing ---------------------------------------------------------------------------------
+# dsmr_parser's framing regex, also taking a bare LF or the next telegram's '/' after the CRC (gateways that
+# rewrite or strip line ends), and a CRC in lowercase hex.
+_FRAME = re.compile(r"\/[^\/]+?\![A-Fa-f0-9]{0,4}\0?(?:\r?\n|(?=\/))", re.DOTALL)
+
+
 class FrameBuffer(TelegramBuffer):
     """dsmr_parser's regex framing, with a cap on what it keeps and a count of what it drops."""
+
+    def get_all(self):
+        if "!" not in self._buffer:  # nothing can be complete before the CRC line
+            return
+        for telegram in _FRAME.findall(self._buffer):
+            self._remove(telegram)
+            yield telegram
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BUFFER):
         super().__init__()
@@ -240,7 +252,7 @@ _TARIFF_PARTS = {direction: tuple(f"energy_{direction}_t{n}_wh" for n in (1, 2, 
                  for direction in ("import", "export")}
 
 
-_SPECIAL_NUMBERS = ("power_threshold_w", "current_threshold_a", "demand_peak_month_w")
+_SPECIAL_NUMBERS = ("power_threshold_w", "current_threshold_a", "apparent_power_threshold_va", "demand_peak_month_w")
 
 
 def _physical(name: str, value: float) -> bool:

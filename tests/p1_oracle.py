@@ -139,3 +139,14 @@ def _device(device) -> dict:
     return {"channel": device.channel_id, "type": DEVICE_TYPES.get(device_type, "unknown"), "device_type": device_type,
             "value": float(reading.value) if live else None, "unit": reading.unit if live else None,
             "timestamp": iso(reading.datetime) if live else None, "valve": int(valve.value) if valve else None}
+
+
+# DSMR-reader's test telegrams (tests/telegrams_extra/README.md): file -> (our profile, dsmr_parser specification).
+EXTRA_PROFILES = {
+    "example_dsmr50.txt": ("dsmr5", "V5"), "iskra_dsmr5_bus2.txt": ("dsmr5", "V5"), "iskra.txt": ("dsmr3", "V3"),
+    **{f"fluvius{s}.txt": ("fluvius", "BELGIUM_FLUVIUS")
+       for s in ("", "_multiple_gas_devices", "_polyphase", "_with_peak_data", "_without_gas")},
+    **{f"{n}.txt": ("dsmr4", "V4")
+       for n in ("kaifa_dsmr42", "landisgyr350_dsmr40", "landisgyr350_dsmr42", "landisgyr350_other_dsmr42")},
+    "luxembourg_smarty.txt": ("smarty", "LUXEMBOURG_SMARTY"), "sweden_kamstrup.txt": ("sweden", "SWEDEN"),
+}

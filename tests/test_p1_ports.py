@@ -4,6 +4,7 @@ serial settings, and a HomeWizard P1 meter (a real aiohttp server on 127.0.0.1 i
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 import serial
@@ -13,6 +14,7 @@ from drivers.p1_reader import MeterSpec, MeterState, P1Reader
 from drivers.profiles import get_profile
 from drivers.telegram import TelegramDecoder
 from tests.conftest import TELEGRAM_PROFILES, telegram_bytes
+from tests.p1_oracle import EXTRA_PROFILES
 from tests.test_p1_reader import Collector, readers, wait_until  # noqa: F401 (readers is a fixture)
 
 NOT_RECEIVED = ("received_at",)
@@ -55,6 +57,32 @@ def test_each_real_telegram_over_a_pty_with_auto(pty_pair, readers, name):
     got.wait_for(1)
     assert reader.profile_name in AUTO_NAMES.get(name, {TELEGRAM_PROFILES[name][0]})
     assert record(got.readings[0]) == direct(name)
+
+
+EXTRA = Path(__file__).parent / "telegrams_extra"
+AUTO_EXTRA = {"iskra.txt": {"dsmr22", "dsmr3"}, "example_dsmr50.txt": {"dsmr5", "smarty"},
+              "iskra_dsmr5_bus2.txt": {"dsmr5", "smarty"},
+              # E.ON Hungary's specification has more of the Smarty's lines than Smarty's own: same values
+              "luxembourg_smarty.txt": {"smarty", "eon_hungary"}}
+
+
+@pytest.mark.parametrize("auto", [False, True], ids=["profile", "auto"])
+@pytest.mark.parametrize("name", sorted(EXTRA_PROFILES))
+def test_dsmr_reader_telegrams_over_a_pty(pty_pair, readers, name, auto):
+    """Sent as they are, twice (some end without a line end after the CRC: the next telegram's '/' ends them)."""
+    from datetime import datetime, timezone
+
+    profile = EXTRA_PROFILES[name][0]
+    raw = (EXTRA / name).read_bytes()
+    got = Collector()
+    reader = readers(MeterSpec("m1", pty_pair.path, "auto" if auto else profile), got)
+    wait_until(lambda: reader.opens >= 1)
+    pty_pair.write(raw + raw)
+    got.wait_for(1)
+    if auto:
+        assert reader.profile_name in AUTO_EXTRA.get(name, {profile})
+    alone = TelegramDecoder("m1", get_profile(profile)).decode(raw.decode("latin-1"), datetime.now(timezone.utc))
+    assert record(got.readings[0]) == record(alone)
 
 
 def _with_even_parity_bit(data: bytes) -> bytes:
