@@ -15,6 +15,11 @@ it, on every device, and `tariff = mean * 0.5 + 5`.
 
     edge-agent query --device http://edge-a:8080 --device http://edge-b:8080 --key KEY_A --key KEY_B \\
         --tag fridge --date 2026-01-15
+
+In a fleet (hub/), the hub has already summed the devices of an area (each part released by its device), so one
+question to the hub replaces the fan-out, with the organization's one key:
+
+    edge-agent query --hub http://hub:8090 --area north --key KEY --tag fridge --date 2026-01-15
 """
 
 from __future__ import annotations
@@ -134,6 +139,20 @@ async def query_devices(devices: list[str], keys: list[str], tag: str, day: date
     return result
 
 
+async def query_hub(hub: str, areas: list[str], key: str, tag: str, day: date, window: str = "1h",
+                    timeout: float = 30.0) -> dict:
+    """The same question to a hub, per area: each area's windows are already the sum over its devices."""
+    import aiohttp
+
+    since = datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        answers = await asyncio.gather(*(ask_device(http, f"{hub.rstrip('/')}/areas/{area}", key, tag, since,
+                                                    since + 86400, window) for area in areas))
+    result = combine(list(answers), day)
+    result["tag"] = tag
+    return result
+
+
 def format_result(result: dict) -> str:
     lines = [f"tag {result['tag']!r} on {result['date']} (UTC), 6-hour slots:"]
     for d in result["devices"]:
@@ -160,8 +179,17 @@ def cmd_query(args) -> int:
     except ValueError:
         print(f"edge-agent: --date must be YYYY-MM-DD, got {args.date!r}", file=sys.stderr)
         return 2
+    if bool(args.device) == bool(args.hub) or bool(args.hub) != bool(args.area):
+        print("edge-agent: ask devices (--device ...) or a hub (--hub URL --area AREA ...), not both",
+              file=sys.stderr)
+        return 2
     try:
-        result = asyncio.run(query_devices(args.device, args.key, args.tag, day, args.window))
+        if args.hub:
+            if len(args.key) != 1:
+                raise ValueError("a hub takes the organization's one --key")
+            result = asyncio.run(query_hub(args.hub, args.area, args.key[0], args.tag, day, args.window))
+        else:
+            result = asyncio.run(query_devices(args.device, args.key, args.tag, day, args.window))
     except ValueError as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return 2
@@ -173,7 +201,9 @@ def cmd_query(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--device", action="append", required=True, help="an Edge device's base URL (repeat)")
+    parser.add_argument("--device", action="append", help="an Edge device's base URL (repeat)")
+    parser.add_argument("--hub", help="a fleet hub's base URL (edge-hub serve), instead of --device")
+    parser.add_argument("--area", action="append", help="with --hub: an area to ask (repeat)")
     parser.add_argument("--key", action="append", required=True,
                         help="the organization's API key: one for all devices, or one per --device in order")
     parser.add_argument("--tag", required=True, help="the channel tag, a word of the devices' vocabulary, e.g. fridge")
