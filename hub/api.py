@@ -23,6 +23,8 @@ from hub.openapi import spec
 from hub.service import WIDTHS, Hub
 
 MAX_WINDOWS = 1500  # per request
+HUB = web.AppKey("hub", Hub)
+AUDIT_PATH = web.AppKey("audit_path", object)
 
 
 class ApiError(Exception):
@@ -43,7 +45,7 @@ async def errors(request: web.Request, handler):
         return web.json_response({"error": err.reason.lower().replace(" ", "_"), "detail": err.text or err.reason},
                                  status=err.status)
     except Exception as err:  # never a stack trace to a caller
-        request.app["hub"].last_error = f"api: {type(err).__name__}: {err}"
+        request.app[HUB].last_error = f"api: {type(err).__name__}: {err}"
         return web.json_response({"error": "unavailable", "detail": "the hub could not answer now; try again"},
                                  status=503)
 
@@ -54,7 +56,7 @@ def _caller(request: web.Request):
     if not header.startswith("Bearer "):
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <key>")
     token = header[7:].strip()
-    hub: Hub = request.app["hub"]
+    hub: Hub = request.app[HUB]
     if hub.operator_token and hmac.compare_digest(token.encode(errors="replace"), hub.operator_token.encode()):
         return "operator", None
     digest = hashlib.sha256(token.encode(errors="replace")).hexdigest()
@@ -65,7 +67,7 @@ def _caller(request: web.Request):
 
 
 def _audit(request: web.Request, who: str, action: str, **fields) -> None:
-    path: Path | None = request.app["audit_path"]
+    path: Path | None = request.app[AUDIT_PATH]
     if path is None:
         return
     line = json.dumps({"at": time.time(), "who": who, "action": action, **fields}, separators=(",", ":"))
@@ -74,7 +76,7 @@ def _audit(request: web.Request, who: str, action: str, **fields) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response(request.app["hub"].health())
+    return web.json_response(request.app[HUB].health())
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -83,7 +85,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def areas(request: web.Request) -> web.Response:
     role, org = _caller(request)
-    hub: Hub = request.app["hub"]
+    hub: Hub = request.app[HUB]
     visible = {a: list(d) for a, d in hub.areas().items() if role == "operator" or a in org.areas}
     return web.json_response({"areas": [{"area": a, "devices": d} for a, d in sorted(visible.items())]})
 
@@ -105,7 +107,7 @@ async def area_data(request: web.Request) -> web.Response:
     role, org = _caller(request)
     if role != "organization":
         raise ApiError(403, "forbidden", "area data is read with an organization's key")
-    hub: Hub = request.app["hub"]
+    hub: Hub = request.app[HUB]
     area = request.match_info["area"]
     if area not in org.areas or area not in hub.areas():
         raise ApiError(404, "not_found", f"no area {area!r} for this organization")
@@ -137,13 +139,13 @@ async def devices(request: web.Request) -> web.Response:
     role, _ = _caller(request)
     if role != "operator":
         raise ApiError(403, "forbidden", "the device list is the operator's")
-    return web.json_response({"devices": await request.app["hub"].devices()})
+    return web.json_response({"devices": await request.app[HUB].devices()})
 
 
 def create_app(hub: Hub, audit_path: Path | None = None) -> web.Application:
     app = web.Application(middlewares=[errors])
-    app["hub"] = hub
-    app["audit_path"] = audit_path
+    app[HUB] = hub
+    app[AUDIT_PATH] = audit_path
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/areas", areas)

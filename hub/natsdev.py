@@ -52,11 +52,13 @@ class Cluster:
         store = self.directory / f"n{i}"
         store.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"n{i}.conf"
+        cluster = (f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}"
+                   if self.nodes > 1 else "")  # one node: a plain JetStream server (replicas 1)
         path.write_text(f"""
 server_name: n{i}
 listen: 127.0.0.1:{self.client_ports[i]}
 jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 1GB }}
-cluster {{ name: {self.name}, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}
+{cluster}
 """)
         return path
 

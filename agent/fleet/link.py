@@ -29,6 +29,7 @@ from agent.fleet.outbox import FleetOutbox
 from agent.offloop import serially
 from agent.registry import Organization
 from agent.release import Refusal
+from agent.release.door import TAG_GRID_S
 from agent.store.segment import fsync_dir
 
 log = logging.getLogger("edge.fleet")
@@ -37,6 +38,25 @@ DESIRED_FILE = "desired.json"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence
 CATCH_UP_MAX_WINDOWS = 10_000  # per width, read back from the release log after a restart
 SKIPPED = ("not_released", "not_settled")  # no record: nothing to send
+
+
+def records_of(answers: dict[tuple[str, str | None], dict | Refusal]) -> list[dict]:
+    """{(organization, tag): the release module's answer} -> what goes up: a released body as the organization
+    sees it, or only the code of a refusal (its detail may name counts: not needed upstream)."""
+    records = []
+    for (org_id, tag), result in answers.items():
+        if isinstance(result, Refusal):
+            if result.error not in SKIPPED:
+                records.append({"org": org_id, "tag": tag, "refused": result.error})
+        else:
+            records.append({"org": org_id, "tag": tag, "body": result})
+    return records
+
+
+def message(device: str, seq: int, window: str, start: int, desired_version: int | None, records: list) -> dict:
+    """One outbox message: one window of one width, every fleet organization's record of it."""
+    return {"v": 1, "device": device, "seq": seq, "window": window, "start": start,
+            "desired_version": desired_version, "records": records}
 
 
 class FleetLink:
@@ -162,16 +182,6 @@ class FleetLink:
         if window in self.config.windows:
             self._windows.put_nowait((window, start))
 
-    def _records(self, answers: dict[tuple[str, str | None], dict | Refusal]) -> list[dict]:
-        records = []
-        for (org_id, tag), result in answers.items():
-            if isinstance(result, Refusal):
-                if result.error not in SKIPPED:
-                    records.append({"org": org_id, "tag": tag, "refused": result.error})
-            else:
-                records.append({"org": org_id, "tag": tag, "body": result})
-        return records
-
     def _wanted(self, window: str) -> list[tuple[str, str | None]]:
         """(organization, tag) pairs the fleet's organizations may have a record for in this width."""
         config, registry = self.agent.config, self.agent.registry
@@ -180,7 +190,8 @@ class FleetLink:
             org = registry.organizations.get(org_id)
             level = config.levels.get(org.level) if org else None
             if level is not None and window in level.windows:
-                out += [(org_id, tag) for tag in (None, *config.privacy.tags)]
+                tags = config.privacy.tags if WINDOW_SECONDS[window] >= TAG_GRID_S else ()
+                out += [(org_id, tag) for tag in (None, *tags)]
         return out
 
     def _answers_now(self, window: str, start: int) -> dict:
@@ -199,11 +210,11 @@ class FleetLink:
     async def _enqueue(self, window: str, start: int, answers: dict) -> None:
         if self.outbox.full:
             return  # the cursor stays: read from the release log once the outbox has drained
-        records = self._records(answers)
+        records = records_of(answers)
+        version = self.applied["version"] if self.applied else None
 
         def payload(seq: int) -> dict:
-            return {"v": 1, "device": self.device, "seq": seq, "window": window, "start": start,
-                    "desired_version": self.applied["version"] if self.applied else None, "records": records}
+            return message(self.device, seq, window, start, version, records)
         await serially(self.writes, self.outbox.enqueue, window, start, payload)
         self._wake.set()
 

@@ -1,0 +1,174 @@
+"""The hub on a real JetStream server (one node, loopback) and its real HTTP API: devices' messages as the fleet
+link makes them (agent/fleet/link.py's `message` and `records_of`, bodies from the release module's
+`fine_body`), published with their Nats-Msg-Id. An area's window is the sum of its devices' releases, by tag
+too, served only once `min_devices` devices released it; a redelivered message changes nothing; the hub mode of
+`edge-agent query` gives the tariff example from one question; errors are JSON with the right status; the
+OpenAPI document describes every route."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from agent.fleet import document, releases_subject
+from agent.fleet.link import message, records_of
+from agent.query import query_hub, tariff
+from agent.registry import new_secret
+from agent.release import Refusal
+from agent.release.records import fine_body
+from hub import natsdev
+from hub.api import create_app
+from hub.service import Hub
+
+DAY = int(time.time()) // 86400 * 86400 - 86400  # yesterday, UTC
+HOUR = 3600
+KEY = document.new_private_key()
+ORG_KEY, OTHER_KEY = new_secret("edge_org"), new_secret("edge_org")
+OPERATOR = "hub-operator-token-0123456789"
+
+
+def fridge_body(start: int, households: int, watts: float) -> dict:
+    return fine_body("1h", start, HOUR, "fridge", households, watts, None, {"kind": "exact"})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    cluster = natsdev.Cluster(tmp_path_factory.mktemp("nats1"), nodes=1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+async def hub(server, tmp_path):
+    import nats
+
+    nc = await nats.connect(servers=server.urls)
+    js = nc.jetstream()
+    hub = Hub(server.urls, document.public_key_text(KEY), min_devices=2, replicas=1, operator_token=OPERATOR)
+    await hub.start()
+    fleet = {"kind": "fleet", "version": int(time.time() * 1000), "not_after": time.time() + 3600,
+             "areas": {"north": ["dev-1", "dev-2", "dev-3"], "south": ["dev-9"]},
+             "organizations": [{"id": "org_grid", "name": "Grid", "level": "dso", "areas": ["north"],
+                                "key_hash": hashlib.sha256(ORG_KEY.encode()).hexdigest()},
+                               {"id": "org_gone", "name": "Gone", "level": "dso", "areas": ["north"],
+                                "key_hash": hashlib.sha256(OTHER_KEY.encode()).hexdigest()}],
+             "revoked": [hashlib.sha256(OTHER_KEY.encode()).hexdigest()]}
+    assert hub.offer_fleet(document.sign(fleet, KEY))
+    runner = web.AppRunner(create_app(hub, tmp_path / "audit.jsonl"))
+    await runner.setup()
+    port = natsdev.free_ports(1)[0]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    hub.base = f"http://127.0.0.1:{port}"
+    hub.test_js = js
+    hub.audit_path = tmp_path / "audit.jsonl"
+    yield hub
+    await runner.cleanup()
+    await hub.stop()
+    await js.delete_stream("EDGE_RELEASES")  # the next test starts from an empty stream and consumer
+    for bucket in ("edge_hub",):
+        await js.delete_key_value(bucket)
+    await nc.close()
+
+
+async def publish(hub, device: str, seq: int, window: str, start: int, answers: dict) -> None:
+    payload = message(device, seq, window, start, 1, records_of(answers))
+    await hub.test_js.publish(releases_subject(device), json.dumps(payload).encode(),
+                              headers={"Nats-Msg-Id": f"{device}-{seq}", "Edge-Seq": str(seq)})
+
+
+async def get(hub, path: str, token: str | None = ORG_KEY):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http, http.get(hub.base + path, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def until(predicate, timeout=20.0):
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_area_windows_are_sums_by_tag_and_need_enough_devices(hub):
+    # devices 1 and 2 release the day's 24 hours of the fridge tag; device 3 refuses them (too few homes);
+    # dev-9 is in another area
+    homes = {"dev-1": 12, "dev-2": 10, "dev-3": 4, "dev-9": 30}
+    watts = {d: 100.0 * (i + 1) for i, d in enumerate(homes)}
+    seq = {d: 0 for d in homes}
+    for hour in range(24):
+        start = DAY + hour * HOUR
+        for device in homes:
+            seq[device] += 1
+            result = (Refusal("cohort_too_small", "4 households") if device == "dev-3"
+                      else fridge_body(start, homes[device], watts[device] + hour))
+            await publish(hub, device, seq[device], "1h", start, {("org_grid", "fridge"): result})
+    # the last hour again (a device's re-send after an outage, past the stream's de-duplication: a new id)
+    payload = message("dev-1", 24, "1h", DAY + 23 * HOUR, 1,
+                      records_of({("org_grid", "fridge"): fridge_body(DAY + 23 * HOUR, 12, watts["dev-1"] + 23)}))
+    await hub.test_js.publish(releases_subject("dev-1"), json.dumps(payload).encode(),
+                              headers={"Nats-Msg-Id": "dev-1-24-again"})
+    await until(lambda: _applied(hub, 97))
+
+    status, body = await get(hub, f"/areas/north/data?window=1h&tag=fridge&since={DAY}&until={DAY + 86400}")
+    assert status == 200
+    assert len(body["released"]) == 24 and body["refused"] == []
+    for hour, window in enumerate(body["released"]):
+        assert window["devices"] == 2 and window["devices_refused"] == 1 and window["devices_expected"] == 3
+        assert window["households"] == 22 and window["complete"]
+        assert window["consumption_w"] == pytest.approx(watts["dev-1"] + watts["dev-2"] + 2 * hour)
+        assert window["mean_w"] == pytest.approx(window["consumption_w"] / 22, abs=1e-3)
+    status, devices = await get(hub, "/devices", OPERATOR)
+    dev1 = next(d for d in devices["devices"] if d["device"] == "dev-1")
+    assert dev1["last_seq"] == 24 and dev1["gaps"] == 0 and dev1["out_of_order"] == 0
+
+    # the hub mode of `edge-agent query`: one question, the tariff example, from the area's sums
+    result = await query_hub(hub.base, ["north"], ORG_KEY, "fridge", datetime.fromtimestamp(DAY, timezone.utc).date())
+    mean = sum(watts["dev-1"] + watts["dev-2"] + 2 * h for h in range(24)) / (22 * 24)
+    assert result["mean_w"] == pytest.approx(mean, abs=1e-3)
+    assert result["tariff"] == pytest.approx(tariff(mean), abs=1e-3)
+    assert [json.loads(line)["action"] for line in hub.audit_path.read_text().splitlines()] == ["area.data"] * 2
+
+
+async def test_one_device_is_not_enough(hub):
+    await publish(hub, "dev-1", 1, "1h", DAY, {("org_grid", None): fine_body("1h", DAY, HOUR, None, 12, 900.0,
+                                                                               100.0, {"kind": "exact"})})
+    await until(lambda: _applied(hub, 1))
+    status, body = await get(hub, f"/areas/north/data?window=1h&since={DAY}&until={DAY + HOUR}")
+    assert status == 200 and body["released"] == []
+    assert body["refused"][0]["error"] == "too_few_devices" and body["refused"][0]["devices"] == 1
+
+
+async def test_errors_are_json_with_the_right_status(hub):
+    path = f"/areas/north/data?window=1h&since={DAY}&until={DAY + HOUR}"
+    cases = [(path, None, 401), (path, OTHER_KEY, 401), (path, "edge_org_unknown", 401),  # none, revoked, unknown
+             (path, OPERATOR, 403), ("/devices", ORG_KEY, 403),
+             (f"/areas/south/data?window=1h&since={DAY}&until={DAY + HOUR}", ORG_KEY, 404),
+             (f"/areas/north/data?window=2h&since={DAY}&until={DAY + HOUR}", ORG_KEY, 400),
+             ("/areas/north/data?window=1h&since=x&until=1", ORG_KEY, 400),
+             (f"/areas/north/data?window=1s&since={DAY}&until={DAY + 86400}", ORG_KEY, 400)]
+    for route, token, expected in cases:
+        status, body = await get(hub, route, token)
+        assert status == expected, (route, token, body)
+        assert set(body) == {"error", "detail"}
+    status, body = await get(hub, "/areas", ORG_KEY)
+    assert body == {"areas": [{"area": "north", "devices": ["dev-1", "dev-2", "dev-3"]}]}
+
+
+async def test_openapi_names_every_route(hub):
+    status, spec = await get(hub, "/openapi.json", None)
+    assert status == 200 and spec["openapi"].startswith("3.")
+    routes = {r.resource.canonical for r in create_app(hub).router.routes()}
+    assert routes == set(spec["paths"]) | {"/openapi.json"}
+
+
+async def _applied(hub, count: int) -> bool:
+    return hub.applied >= count
