@@ -10,6 +10,7 @@ organization's read in the audit log.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -124,11 +125,11 @@ async def area_data(request: web.Request) -> web.Response:
     if count > MAX_WINDOWS:
         raise ApiError(400, "too_many_windows", f"at most {MAX_WINDOWS} windows per request, asked {count}")
     released, refused = [], []
-    for start in range(int(first), int(last), width):
-        answer = await hub.window(org.id, area, window, start, tag)
-        if answer is None:
-            continue
-        (released if "released" in answer else refused).append(answer.get("released") or answer["refused"])
+    starts = range(int(first), int(last), width)
+    answers = await asyncio.gather(*(hub.window(org.id, area, window, start, tag) for start in starts))
+    for answer in answers:
+        if answer is not None:
+            (released if "released" in answer else refused).append(answer.get("released") or answer["refused"])
     _audit(request, org.id, "area.data", area=area, window=window, since=since, until=until, tag=tag,
            released=len(released))
     return web.json_response({"area": area, "window": window, "tag": tag, "released": released,

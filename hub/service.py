@@ -27,6 +27,7 @@ log = logging.getLogger("edge.hub")
 
 WIDTHS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
 FETCH_BATCH = 256
+WRITERS = 64  # key-value writes in flight at once
 
 
 def window_key(org: str, area: str, window: str, start: int, tag: str | None) -> str:
@@ -54,6 +55,7 @@ class Hub:
         self._tasks: list[asyncio.Task] = []
         self._known_devices: set[str] = set()
         self.applied = 0
+        self.writes = 0  # key-value writes done
         self.redelivered = 0
         self.unassigned = 0
         self.last_applied_at: float | None = None
@@ -137,8 +139,8 @@ class Hub:
                     messages = await sub.fetch(FETCH_BATCH, timeout=1.0)
                 except asyncio.TimeoutError:
                     continue
-                for msg in messages:
-                    await self.apply(msg)
+                await self.apply(messages)
+                for msg in messages:  # only once every write of the batch is in the bucket
                     await msg.ack()
             except asyncio.CancelledError:
                 raise
@@ -146,29 +148,47 @@ class Hub:
                 self.last_error = f"consume: {type(err).__name__}: {err}"
                 await asyncio.sleep(0.5)
 
-    async def apply(self, msg) -> None:
-        payload = json.loads(msg.data)
-        device = str(payload["device"])
-        if msg.metadata.num_delivered > 1:
-            self.redelivered += 1
-        area = self.device_area.get(device)
-        if area is None:
-            await self._fleet_fresh()
+    async def apply(self, messages: list) -> None:
+        """One fetched batch: every device's parts merged per window key and every device's sequence numbers
+        per device, then each key written once (concurrently). Applying a batch again writes the same values."""
+        parts: dict[str, dict[str, dict]] = {}
+        seen: dict[str, list[tuple[int, dict, str | None]]] = {}
+        for msg in messages:
+            payload = json.loads(msg.data)
+            device = str(payload["device"])
+            if msg.metadata.num_delivered > 1:
+                self.redelivered += 1
             area = self.device_area.get(device)
-        if area is not None:
-            for record in payload["records"]:
-                key = window_key(record["org"], area, payload["window"], int(payload["start"]), record.get("tag"))
-                part = aggregate.contribution(record)
-                await self._update(key, lambda value: _with_part(value, device, part))
-        else:
-            self.unassigned += 1
-        if device not in self._known_devices:  # the index of devices (listing keys is not filtered before 2.10)
-            await self._update("devices", lambda value: {"devices": sorted({*value.get("devices", []), device})})
-            self._known_devices.add(device)
-        seq = int(payload["seq"])
-        await self._update(f"d.{device}", lambda value: _device_seen(value, seq, payload, area, time.time()))
-        self.applied += 1
-        self.last_applied_at = time.time()
+            if area is None:
+                await self._fleet_fresh()
+                area = self.device_area.get(device)
+            if area is None:
+                self.unassigned += 1
+            else:
+                for record in payload["records"]:
+                    key = window_key(record["org"], area, payload["window"], int(payload["start"]),
+                                     record.get("tag"))
+                    parts.setdefault(key, {})[device] = aggregate.contribution(record)
+            seen.setdefault(device, []).append((int(payload["seq"]), payload, area))
+        new = set(seen) - self._known_devices
+        if new:  # the index of devices (listing a bucket's keys is not filtered before NATS 2.10)
+            await self._update("devices", lambda value: {"devices": sorted({*value.get("devices", []), *new})})
+            self._known_devices |= new
+        await self._all(self._update(key, lambda value, p=p: _with_parts(value, p)) for key, p in parts.items())
+        now = time.time()
+        await self._all(self._update(f"d.{device}", lambda value, s=s: _device_seen_all(value, s, now))
+                        for device, s in seen.items())
+        self.applied += len(messages)
+        self.last_applied_at = now
+
+    async def _all(self, coroutines) -> None:
+        """Run the writes concurrently, at most WRITERS at once (the cluster pipelines them)."""
+        gate = asyncio.Semaphore(WRITERS)
+
+        async def one(coroutine):
+            async with gate:
+                await coroutine
+        await asyncio.gather(*(one(c) for c in coroutines))
 
     async def _fleet_fresh(self) -> None:
         try:
@@ -198,6 +218,7 @@ class Hub:
                     continue
                 raise
             self._cache[key] = (revision, new)
+            self.writes += 1
             if len(self._cache) > 200_000:
                 self._cache.clear()
             return
@@ -249,7 +270,7 @@ class Hub:
         return {"status": "ok" if self.nc is not None and self.nc.is_connected else "degraded",
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "fleet_version": self.fleet["version"] if self.fleet else None, "fleet_refused": self.fleet_refusal,
-                "applied": self.applied, "redelivered": self.redelivered, "unassigned": self.unassigned,
+                "applied": self.applied, "writes": self.writes, "redelivered": self.redelivered, "unassigned": self.unassigned,
                 "last_applied_at": self.last_applied_at, "last_error": self.last_error}
 
 
@@ -259,8 +280,14 @@ def _conflict(err: Exception) -> bool:
         "key exists" in text
 
 
-def _with_part(value: dict, device: str, part: dict) -> dict:
-    value.setdefault("devices", {})[device] = part
+def _with_parts(value: dict, parts: dict[str, dict]) -> dict:
+    value.setdefault("devices", {}).update(parts)
+    return value
+
+
+def _device_seen_all(value: dict, seen: list[tuple[int, dict, str | None]], now: float) -> dict:
+    for seq, payload, area in seen:  # in stream order
+        value = _device_seen(value, seq, payload, area, now)
     return value
 
 
