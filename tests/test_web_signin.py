@@ -276,3 +276,25 @@ def test_the_energy_table_says_none_for_no_data_and_sums_quarters():
     assert rows[0]["export_kwh"] == 0.0
     assert rows[0]["gas_m3"] == pytest.approx(0.3)  # the register rose 0.3 m3 after the first quarter
     assert rows[1] == {"start": start + 3600, "import_kwh": None, "export_kwh": None, "gas_m3": None}
+
+
+async def test_the_live_stream_sends_new_values_and_ends_with_the_session(device):
+    running, clock, org_id, household_id, token, client = device
+    browser = await client()
+    async with browser.http.get(running.base + "/ui/me/live") as stream:
+        assert stream.status == 200 and stream.content_type == "text/event-stream"
+        assert (await stream.content.readline()).startswith(b"retry:")
+        assert await stream.content.readline() == b"\n"  # no reading yet: nothing else until one arrives
+        clock.step(1)
+        assert (await running.call("POST", "/readings", token=token,
+                                   json={"timestamp": clock.now, "power_import_w": 640.0}))[0] == 201
+        lines = [await stream.content.readline() for _ in range(3)]
+        assert lines == [b"event: import_w\n", b"data: 640\n", b"\n"]
+        await browser.get("/ui/me")
+        await browser.post("/ui/sign-out", {})
+        clock.step(1)
+        await running.call("POST", "/readings", token=token, json={"timestamp": clock.now, "power_import_w": 1.0})
+        rest = await stream.content.read()  # the stream ends: no value after the session did
+    assert b"data: 1\n" not in rest
+    async with browser.http.get(running.base + "/ui/me/live", allow_redirects=False) as stream:
+        assert stream.status == 401

@@ -11,7 +11,7 @@ from agent.api.households import change_consent
 from agent.registry import is_service
 from agent.web import views
 from agent.web.live import HEARTBEAT_S, event_text, live_values
-from agent.web.render import HOUSEHOLD_ONLY, PREFIX, PageError, agent_of, page, redirect, render
+from agent.web.render import HOUSEHOLD_ONLY, PREFIX, SESSION_COOKIE, PageError, agent_of, page, redirect, render
 
 DAY = 86400
 ACCESS_DAYS = 7
@@ -64,8 +64,8 @@ def live_stream(hub):
         """Server-sent events: the household's newest import and export power, as they arrive."""
         agent = agent_of(request)
         meter_id = _household(request, session).meter_id
-        queue = hub.open(meter_id)
-        if queue is None:
+        stream = hub.open(meter_id)
+        if stream is None:
             raise PageError(503, "busy", {"Retry-After": "30"})
         try:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
@@ -74,17 +74,15 @@ def live_stream(hub):
             latest = agent.pipeline.latest.get(meter_id)
             await response.write(b"retry: 3000\n\n" + (event_text(live_values(latest)) if latest else b""))
             while True:
-                try:
-                    message = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
-                except asyncio.TimeoutError:
-                    message = b": still here\n\n"
-                if message is None or agent.sign_in.session(request.cookies.get("edge_session")) is None:
-                    break  # the agent is stopping, or the session ended (signed out, expired)
-                await response.write(message)
-        except (ConnectionResetError, asyncio.CancelledError):
+                message = await stream.next(HEARTBEAT_S)
+                # the agent is stopping, or the session ended (signed out, expired: an open page is no visit)
+                if message is None or agent.sign_in.session(request.cookies.get(SESSION_COOKIE), touch=False) is None:
+                    break
+                await response.write(message or b": still here\n\n")
+        except ConnectionResetError:  # the page was closed
             pass
         finally:
-            hub.close(meter_id, queue)
+            hub.close(stream)
         return response
     return live
 

@@ -1,7 +1,7 @@
 """Live power for open pages: one pipeline listener, fanned out to each page's server-sent-event stream.
 
-A reading is turned into its event text once per meter, however many pages show it; each page holds a queue of
-one (a slow page gets the newest value, never a backlog), so open pages cost ingestion one dict lookup per reading.
+A reading is turned into its event text only when a page takes it, once however many pages show that meter; a slow
+page gets the newest value, never a backlog. Open pages cost ingestion a dict write and a wake-up per reading.
 """
 
 from __future__ import annotations
@@ -31,43 +31,69 @@ def event_text(values: dict) -> bytes:
     return "".join(lines).encode()
 
 
+class LiveStream:
+    """One open page: woken when its meter has a newer reading; takes only the newest (never a backlog)."""
+
+    def __init__(self, hub: "LiveHub", meter_id: str):
+        self.hub, self.meter_id = hub, meter_id
+        self.wake = asyncio.Event()
+
+    async def next(self, timeout: float) -> bytes | None:
+        """The newest reading's event text; b"" after `timeout` without one; None once the agent stops."""
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            return b""
+        self.wake.clear()
+        return None if self.hub.closing else self.hub.message(self.meter_id)
+
+
 class LiveHub:
+    """The pipeline's listener: per reading of a watched meter, one dict write and a wake-up per open page; the
+    event text is made when a page takes it, once per reading however many pages show that meter."""
+
     def __init__(self):
-        self._queues: dict[str, set[asyncio.Queue]] = {}
+        self._streams: dict[str, set[LiveStream]] = {}
+        self._latest: dict[str, object] = {}
+        self._made: dict[str, tuple[object, bytes]] = {}
         self.streams = 0
         self.closing = False
 
     def on_reading(self, reading) -> None:
-        queues = self._queues.get(reading.meter_id)
-        if not queues:
+        streams = self._streams.get(reading.meter_id)
+        if not streams:
             return
-        message = event_text(live_values(reading))
-        for queue in queues:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(message)
+        self._latest[reading.meter_id] = reading
+        for stream in streams:
+            stream.wake.set()
 
-    def open(self, meter_id: str) -> asyncio.Queue | None:
+    def message(self, meter_id: str) -> bytes:
+        reading = self._latest[meter_id]
+        made = self._made.get(meter_id)
+        if made is None or made[0] is not reading:
+            made = self._made[meter_id] = (reading, event_text(live_values(reading)))
+        return made[1]
+
+    def open(self, meter_id: str) -> LiveStream | None:
         if self.closing or self.streams >= MAX_STREAMS:
             return None
-        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
-        self._queues.setdefault(meter_id, set()).add(queue)
+        stream = LiveStream(self, meter_id)
+        self._streams.setdefault(meter_id, set()).add(stream)
         self.streams += 1
-        return queue
+        return stream
 
-    def close(self, meter_id: str, queue: asyncio.Queue) -> None:
-        queues = self._queues.get(meter_id, set())
-        if queue in queues:
-            queues.discard(queue)
+    def close(self, stream: LiveStream) -> None:
+        streams = self._streams.get(stream.meter_id, set())
+        if stream in streams:
+            streams.discard(stream)
             self.streams -= 1
-        if not queues:
-            self._queues.pop(meter_id, None)
+        if not streams:
+            for table in (self._streams, self._latest, self._made):
+                table.pop(stream.meter_id, None)
 
     def shutdown(self) -> None:
         """The agent is stopping: every stream ends now (aiohttp would otherwise wait for them)."""
         self.closing = True
-        for queues in self._queues.values():
-            for queue in queues:
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(None)
+        for streams in self._streams.values():
+            for stream in streams:
+                stream.wake.set()

@@ -74,8 +74,8 @@ class SignIn:
             del self._sessions[next(iter(self._sessions))]
         return session_id, session
 
-    def session(self, session_id: str | None) -> Session | None:
-        """The live session with this id (its idle time restarts), or None if unknown or expired."""
+    def session(self, session_id: str | None, touch: bool = True) -> Session | None:
+        """The live session with this id (with `touch`, its idle time restarts), or None if unknown or expired."""
         if not session_id:
             return None
         key = _digest(session_id)
@@ -86,7 +86,8 @@ class SignIn:
         if now - session.seen_at >= self.idle_s or now - session.opened_at >= self.max_age_s:
             del self._sessions[key]
             return None
-        session.seen_at = now
+        if touch:
+            session.seen_at = now
         return session
 
     def close(self, session_id: str | None) -> None:
