@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import textwrap
 import time
+import types
 
 import pytest
 
@@ -49,6 +51,8 @@ def function(source: str, params=("x",)):
         _CODE[key] = closed_code(source, list(params))
     code = _CODE[key]
     assert code is not None, source
+    # a copy: a code object keeps what 3.11's specialising interpreter learnt from earlier calls; a copy starts cold
+    code = code.replace(co_consts=tuple(c.replace() if isinstance(c, types.CodeType) else c for c in code.co_consts))
     namespace = {"__builtins__": {"abs": abs, "min": min, "max": max, "float": float,
                                   "__import__": lambda name, *a: math}, "__name__": "condition"}
     exec(code, namespace)
@@ -406,6 +410,58 @@ def test_relay_in_the_closed_language_carries_nothing(supervisor, name):
     assert state.isolation == CLOSED_LANGUAGE and state.spawns == 1 and state.violations == 0, state
 
 
+SPECIALISED = """\
+import math
+def condition(a, b):
+    s = a + b
+    d = a - b
+    p = a * b
+    q = a / b if b != 0 else a
+    r = a % b if b != 0 else a
+    f = a // b if b != 0 else a
+    if a < b:
+        return s == s and d <= 0
+    if a > b:
+        return p != p or q >= 0
+    if a == b:
+        return r == r and f == f
+    if a <= b or a >= b:
+        return math.isnan(s)
+    return not (a != a) and max(a, b) == min(a, b)
+"""
+
+
+def test_the_specialising_interpreter_is_transparent():
+    """3.11 rewrites a function's instructions after its first calls (BINARY_OP_ADD_FLOAT, COMPARE_OP_FLOAT_JUMP...)
+    from the types it has seen: state an evaluator keeps from row to row. Warmed up on ordinary floats (then on
+    complex numbers), the function answers NaNs, signed zeros, infinities, subnormals, None and complex numbers
+    exactly as a cold copy of it does."""
+    special = [0.0, -0.0, 1.0, -1.0, math.inf, -math.inf, math.nan, -math.nan, 5e-324, -5e-324, 1e308, None,
+               (-1.0) ** 0.5, 2.5]
+
+    def answers(fn, a, b):
+        try:
+            return fn(a, b)
+        except BaseException as exc:
+            return type(exc)
+
+    for warm_up in ([1.5, 2.5, 3.0], [(-2.0) ** 0.5, (-3.0) ** 0.5]):
+        warm = function(SPECIALISED, ("a", "b"))
+        for _ in range(50):
+            for a in warm_up:
+                for b in warm_up:
+                    answers(warm, a, b)
+        if type(warm_up[0]) is float and sys.version_info[:2] == (3, 11):  # the attack needs a specialised function
+            import dis
+
+            names = {i.opname for i in dis.get_instructions(warm.__code__, adaptive=True)}
+            assert {"BINARY_OP_ADD_FLOAT", "COMPARE_OP_FLOAT_JUMP"} <= names, names
+        for a in special:
+            for b in special:
+                cold = function(SPECIALISED, ("a", "b"))
+                assert answers(warm, a, b) == answers(cold, a, b), (warm_up, a, b)
+
+
 # ---------------------------------------------------------------- holes (these three fail: see the report)
 
 def test_no_closed_value_is_a_complex_number(supervisor):
@@ -471,11 +527,12 @@ def test_one_households_row_cannot_fail_the_window_for_every_household():
     the deadline fails the whole request, so `while 5000 < x < 5001: pass` makes every other household's answer
     in that window (an error instead of its own status, no webhook) depend on one household's row: one bit per
     window about "some household is in the band", cohort-free, and a TIMEOUT violation on top (quarantine after
-    three). It passes inspect_source and, almost surely, the trial (random samples rarely fall in the band). A closed condition cannot do this (no loop, a bounded
-    cost per row: the tests above), which is one more reason to keep honest conditions inside the language. Fix:
-    when a row process dies or overruns, kill it, answer ERROR for that row alone and go on with the next rows
-    (a per-row deadline inside the zygote, the request's deadline as a backstop), and count the violation per
-    row, not per window."""
+    three). It passes inspect_source and, almost surely, the trial (random samples rarely fall in the band).
+    A closed condition cannot do this (no loop, a bounded cost per row: the tests above), one more reason to keep
+    honest conditions inside the language. Fix: give each row its own fixed deadline, independent of the other
+    rows (the parent sees each row's chunk arrive); kill a row process that overruns or dies, let that row alone
+    be an ERROR (a marker the parent accepts only for the row under way) and go on with the next rows; count the
+    violation without letting it stop other households' rows."""
     source = "def condition(x):\n    while 5000 < x < 5001:\n        pass\n    return x > 0\n"
     assert closed_code(source, ["x"]) is None
     seen = {}
@@ -623,7 +680,8 @@ DEEP = {
     "if-else chain": "def condition(x):\n    return (" + "x if x > 0 else " * 150 + "x) > 0\n",
     "nested calls": "import math\ndef condition(x):\n    return " + "math.atan(" * 190 + "x" + ")" * 190 + " > 0\n",
     "long max": "def condition(x):\n    return max(" + ", ".join(["x"] * 900) + ") > 0\n",
-    "many locals": "def condition(x):\n" + "".join(f"    v{i} = x + {i}\n" for i in range(240)) + "    return v239 > 0\n",
+    "many locals": "def condition(x):\n" + "".join(f"    v{i} = x + {i}\n" for i in range(240))
+                   + "    return v239 > 0\n",
     "exceptions on every row": "def condition(x):\n    return 1 / (x - x) > 0\n",
 }
 
@@ -694,3 +752,13 @@ def test_a_source_the_checker_cannot_descend_gets_a_process_per_row(supervisor):
     # and the verdict is remembered: a later start goes to a forking zygote directly
     supervisor.evaluate("org", "recursion", [(1.0,)])
     assert supervisor.state("org", "recursion").spawns == 1
+
+
+def test_non_ascii_names_load_in_an_evaluator(supervisor):
+    """The checker runs in the evaluator before its filter; the compiler's import of unicodedata (NFKC) is then a
+    hit in sys.modules: an honest condition with accented names is not turned into a crash (and a violation)."""
+    source = "def condition(x):\n    größe = x * 2\n    Δ = größe - 1\n    return Δ > 1\n"
+    supervisor.register("org", "accents", source, ["x"])
+    assert supervisor.evaluate("org", "accents", [(3.0,), (0.5,)]) == [Status.TRUE, Status.FALSE]
+    state = supervisor.state("org", "accents")
+    assert state.isolation == CLOSED_LANGUAGE and state.violations == 0
