@@ -762,3 +762,121 @@ def test_non_ascii_names_load_in_an_evaluator(supervisor):
     assert supervisor.evaluate("org", "accents", [(3.0,), (0.5,)]) == [Status.TRUE, Status.FALSE]
     state = supervisor.state("org", "accents")
     assert state.isolation == CLOSED_LANGUAGE and state.violations == 0
+
+
+# ----------------------------------------------------------------- generated programs: the whole language
+
+_ARITY = {"atan2": 2, "copysign": 2, "fmod": 2, "pow": 2, "remainder": 2, "log": 2, "hypot": 3}
+_ROW_VALUES = [0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.0, 1e308, -1e308, 5e-324, 1e-310, math.inf, -math.inf,
+               math.nan, None, True, 7, -(2 ** 60), 170.5, -171.5]
+
+
+class _Program:
+    """A random program of the closed language: every form (all math functions, the builtins, ** and complex
+    results, chains of comparisons, `is None`, and/or/not, if-else, branches, augmented assignments, bare returns)."""
+
+    def __init__(self, rng: random.Random):
+        from sandbox.closed import MATH_FUNCTIONS
+
+        self.rng = rng
+        self.functions = sorted(MATH_FUNCTIONS)
+        self.names = {"x": "num", "y": "num"}
+
+    def num(self, depth: int) -> str:
+        rng = self.rng
+        nums = [n for n, k in self.names.items() if k == "num"]
+        if depth == 0 or rng.random() < 0.2:
+            return rng.choice(nums + ["0", "1", "-3", "0.5", "1e308", "5e-324", "math.pi", "math.inf", "math.nan"])
+        choice = rng.randrange(6)
+        if choice == 0:
+            op = rng.choice(["+", "-", "*", "/", "//", "%", "**"])
+            return f"({self.num(depth - 1)} {op} {self.num(depth - 1)})"
+        if choice == 1:
+            return f"(-{self.num(depth - 1)})"
+        if choice == 2:
+            name = rng.choice([f for f in self.functions if not f.startswith("is")])
+            args = ", ".join(self.num(depth - 1) for _ in range(_ARITY.get(name, 1)))
+            return f"math.{name}({args})"
+        if choice == 3:
+            name = rng.choice(["abs", "float", "max", "min"])
+            count = 1 if name in ("abs", "float") else rng.choice([2, 3])
+            return f"{name}({', '.join(self.num(depth - 1) for _ in range(count))})"
+        if choice == 4:
+            return f"({self.num(depth - 1)} if {self.test(depth - 1)} else {self.num(depth - 1)})"
+        return f"({self.num(depth - 1)} {rng.choice(['and', 'or'])} {self.num(depth - 1)})"
+
+    def test(self, depth: int) -> str:
+        rng = self.rng
+        bools = [n for n, k in self.names.items() if k == "bool"]
+        choice = rng.randrange(6)
+        if choice == 0 or depth <= 0:
+            ops = rng.choices(["<", "<=", ">", ">=", "==", "!="], k=rng.choice([1, 1, 2]))
+            parts = [self.num(max(0, depth - 1))]
+            for op in ops:
+                parts += [op, self.num(max(0, depth - 1))]
+            return "(" + " ".join(parts) + ")"
+        if choice == 1:
+            return f"({rng.choice(['x', 'y'])} is {rng.choice(['', 'not '])}None)"
+        if choice == 2:
+            return f"math.{rng.choice(['isnan', 'isinf', 'isfinite'])}({self.num(depth - 1)})"
+        if choice == 3:
+            return f"(not {self.test(depth - 1)})"
+        if choice == 4 and bools:
+            return rng.choice(bools)
+        return f"({self.test(depth - 1)} {rng.choice(['and', 'or'])} {self.test(depth - 1)})"
+
+    def body(self, depth: int, indent: str, count: int) -> list[str]:
+        rng = self.rng
+        lines = []
+        for i in range(count):
+            choice = rng.randrange(6)
+            if choice == 0:
+                name = f"n{len(self.names)}"
+                lines.append(f"{indent}{name} = {self.num(2)}")
+                self.names[name] = "num"
+            elif choice == 1:
+                name = f"b{len(self.names)}"
+                lines.append(f"{indent}{name} = {self.test(2)}")
+                self.names[name] = "bool"
+            elif choice == 2:
+                name = rng.choice([n for n, k in self.names.items() if k == "num"])
+                lines.append(f"{indent}{name} {rng.choice(['+', '-', '*', '/', '**', '%', '//'])}= {self.num(1)}")
+            elif choice == 3 and depth > 0:
+                lines.append(f"{indent}if {self.test(2)}:")
+                lines += self.body(depth - 1, indent + "    ", 2)
+                lines.append(f"{indent}else:")
+                lines += self.body(depth - 1, indent + "    ", 2)
+            elif choice == 4:
+                lines.append(f"{indent}if {self.test(1)}:")
+                lines.append(f"{indent}    return {self.test(2)}" if rng.random() < 0.9 else f"{indent}    return")
+            else:
+                lines.append(f"{indent}pass")
+        return lines
+
+    def source(self) -> str:
+        lines = ["import math", "def condition(x, y):"] + self.body(2, "    ", 4)
+        lines.append(f"    return {self.test(3)}")
+        return "\n".join(lines) + "\n"
+
+
+def test_generated_programs_of_the_whole_language_answer_every_row_as_alone(supervisor):
+    """Random programs over every form the language has, rows of special values (NaNs, signed zeros, subnormals,
+    huge values, None, bools, ints), in one batch, shuffled in the next window: each row's answer is its answer
+    alone (a cold copy of the code in this process)."""
+    rng = random.Random(20261202)
+    rows = [(rng.choice(_ROW_VALUES), rng.choice(_ROW_VALUES)) for _ in range(60)]
+    checked = 0
+    for i in range(12):
+        source = _Program(rng).source()
+        assert closed_code(source, ["x", "y"]) is not None, source
+        expected = alone(source, rows, ("x", "y"))
+        supervisor.register("org", f"generated-{i}", source, ["x", "y"])
+        assert supervisor.evaluate("org", f"generated-{i}", rows) == expected, source
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        again = supervisor.evaluate("org", f"generated-{i}", [rows[j] for j in order])
+        assert [again[order.index(j)] for j in range(len(rows))] == expected, source
+        state = supervisor.state("org", f"generated-{i}")
+        assert state.isolation == CLOSED_LANGUAGE and state.spawns == 1, state
+        checked += len(set(expected)) > 1
+    assert checked >= 6  # the programs do tell rows apart
