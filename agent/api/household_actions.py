@@ -52,34 +52,41 @@ async def get_notify(request: web.Request) -> web.Response:
 async def put_notify(request: web.Request) -> web.Response:
     household, agent = _household(request)
     body = json_object(await read_json(request), {"url": str, "kind": str}, ("url",))
-    kind = body.get("kind", "webhook")
+    return web.json_response(await set_endpoint(agent, request.app[HOUSEHOLD_LOCKS], household.id, body["url"],
+                                                body.get("kind", "webhook")))
+
+
+async def set_endpoint(agent, locks: KeyedLocks, household_id: str, url: str, kind: str) -> dict:
+    """Checked, written and audited; the answer carries a webhook's secret, once (the API and the web pages)."""
     if kind not in notify.KINDS:
         raise ApiError(422, "invalid", f"kind must be one of {', '.join(notify.KINDS)}")
     delivery = agent.config.delivery
     try:
-        url = actions.check_endpoint(body["url"], delivery.allow_http, delivery.allow_private_endpoints)
+        url = actions.check_endpoint(url, delivery.allow_http, delivery.allow_private_endpoints)
     except TargetError as err:
         raise ApiError(422, "endpoint_refused", str(err)) from None
     secret = signing.new_secret() if kind == "webhook" else None
     doc = {"url": url, "kind": kind, "secret": secret, "updated_at": agent.clock()}
     # under the household's lock: a DELETE asked for meanwhile waits until this endpoint is written, then removes it
-    await agent.triggers.households.set_endpoint_async(household.id, doc,
-                                                       lock=request.app[HOUSEHOLD_LOCKS](household.id))
-    await agent.audit.record_durable(household.id, HOUSEHOLD, "notify.set", kind=kind)
+    await agent.triggers.households.set_endpoint_async(household_id, doc, lock=locks(household_id))
+    await agent.audit.record_durable(household_id, HOUSEHOLD, "notify.set", kind=kind)
     out = {"url": url, "kind": kind, "updated_at": doc["updated_at"]}
     if secret:
         out["secret"] = secret
-    return web.json_response(out)
+    return out
 
 
 async def delete_notify(request: web.Request) -> web.Response:
     household, agent = _household(request)
-    # under the household's lock: after a PUT in progress, it removes what that wrote
-    if not await agent.triggers.households.remove_endpoint_async(household.id,
-                                                                 lock=request.app[HOUSEHOLD_LOCKS](household.id)):
-        raise ApiError(404, "not_found", "no notification endpoint")
-    await agent.audit.record_durable(household.id, HOUSEHOLD, "notify.delete")
+    await remove_endpoint(agent, request.app[HOUSEHOLD_LOCKS], household.id)
     return web.Response(status=204)
+
+
+async def remove_endpoint(agent, locks: KeyedLocks, household_id: str) -> None:
+    # under the household's lock: after a PUT in progress, it removes what that wrote
+    if not await agent.triggers.households.remove_endpoint_async(household_id, lock=locks(household_id)):
+        raise ApiError(404, "not_found", "no notification endpoint")
+    await agent.audit.record_durable(household_id, HOUSEHOLD, "notify.delete")
 
 
 async def notifications(request: web.Request) -> web.Response:
@@ -100,6 +107,12 @@ async def add_appliance(request: web.Request) -> web.Response:
     body = json_object(await read_json(request), {
         "name": str, "kind": (str, type(None)), "driver": str, "address": str, "channel": (int, type(None)),
         "allowed_organizations": list}, ("name", "driver", "address"))
+    doc = await new_appliance(agent, request.app[HOUSEHOLD_LOCKS], household.id, body)
+    return web.json_response(_public(doc), status=201)
+
+
+async def new_appliance(agent, locks: KeyedLocks, household_id: str, body: dict) -> dict:
+    """Checked, written and audited (the API and the web pages); `body` has the API's fields and types."""
     name = body["name"]
     if not _NAME.match(name) or not name.strip():
         raise ApiError(422, "invalid", "name must be 1 to 64 printable characters")
@@ -123,19 +136,19 @@ async def add_appliance(request: web.Request) -> web.Response:
         if org_id not in agent.registry.organizations:
             raise ApiError(422, "invalid", f"no organization {org_id[:40]!r}; see GET /households/me/organizations")
     store = agent.triggers.households
-    async with request.app[HOUSEHOLD_LOCKS](household.id):
-        mine = store.appliances_of(household.id)
+    async with locks(household_id):
+        mine = store.appliances_of(household_id)
         if len(mine) >= MAX_APPLIANCES:
             raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
         if any(a["name"].casefold() == name.casefold() for a in mine):
             raise ApiError(409, "conflict", f"an appliance named {name!r} exists already")
-        doc = {"id": "app_" + secrets.token_hex(6), "household_id": household.id, "name": name, "kind": kind,
+        doc = {"id": "app_" + secrets.token_hex(6), "household_id": household_id, "name": name, "kind": kind,
                "driver": device.name, "address": address, "channel": channel,
                "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
         await store.add_appliance_async(doc)
-    await agent.audit.record_durable(household.id, HOUSEHOLD, "appliance.add", appliance_id=doc["id"],
+    await agent.audit.record_durable(household_id, HOUSEHOLD, "appliance.add", appliance_id=doc["id"],
                                      driver=device.name, allowed_organizations=doc["allowed_organizations"])
-    return web.json_response(_public(doc), status=201)
+    return doc
 
 
 async def list_appliances(request: web.Request) -> web.Response:
@@ -146,14 +159,18 @@ async def list_appliances(request: web.Request) -> web.Response:
 
 async def delete_appliance(request: web.Request) -> web.Response:
     household, agent = _household(request)
+    await remove_appliance(agent, request.app[HOUSEHOLD_LOCKS], household.id, request.match_info["appliance_id"])
+    return web.Response(status=204)
+
+
+async def remove_appliance(agent, locks: KeyedLocks, household_id: str, appliance_id: str) -> None:
     store = agent.triggers.households
-    async with request.app[HOUSEHOLD_LOCKS](household.id):
-        appliance = store.appliances.get(request.match_info["appliance_id"])
-        if appliance is None or appliance["household_id"] != household.id:
+    async with locks(household_id):
+        appliance = store.appliances.get(appliance_id)
+        if appliance is None or appliance["household_id"] != household_id:
             raise ApiError(404, "not_found", "no such appliance")
         await store.remove_appliance_async(appliance["id"])
-    await agent.audit.record_durable(household.id, HOUSEHOLD, "appliance.delete", appliance_id=appliance["id"])
-    return web.Response(status=204)
+    await agent.audit.record_durable(household_id, HOUSEHOLD, "appliance.delete", appliance_id=appliance["id"])
 
 
 def add_routes(app: web.Application) -> None:
