@@ -168,6 +168,7 @@ def _hex_text(text: str) -> str | None:
     return decoded if decoded.isprintable() else text
 
 
+_REGISTER_SUFFIXES = ("_wh", "_varh")  # energy registers change every few telegrams, not every one
 _NUMBER_CACHES: dict[str | None, dict[str, float]] = {}  # per dimension: "000004.426*kWh" -> 4426.0
 
 
@@ -220,6 +221,12 @@ class LineParser:
         self._patterns = [(obj["value_name"], re.compile(obj["obis_reference"], re.DOTALL | re.MULTILINE))
                           for obj in specification["objects"]]
         self._keys: dict[str, tuple] = {}
+        self._registers: dict[str, tuple] = {}  # whole lines of registers and counters: they repeat
+
+    def _remember(self, line: str, target: str, number, name: str | None) -> None:
+        if len(self._registers) >= _CACHE_LIMIT * 2:
+            self._registers.clear()
+        self._registers[line] = (target, number, name)
 
     def understood(self, key: str) -> str | None:
         """The value name the specification gives a line with this OBIS key (its M-Bus lines count as one)."""
@@ -255,9 +262,18 @@ class LineParser:
 
     def parse(self, text: str) -> Parsed:
         out = Parsed()
-        values, names, keys = out.values, out.names, self._keys
+        values, names, keys, registers = out.values, out.names, self._keys, self._registers
         lines = iter(text.split("\r\n") if "\r\n" in text else text.split("\n"))
         for line in lines:
+            known = registers.get(line)
+            if known is not None:  # a register or counter line exactly as in an earlier telegram
+                target, number, name = known
+                values[target] = number
+                if name is None:
+                    out.extras.append(target)
+                else:
+                    names.add(name)
+                continue
             paren = line.find("(")
             if paren <= 0 or line[-1:] != ")":
                 continue
@@ -275,6 +291,8 @@ class LineParser:
                         if number.__class__ is not float:  # (a Suspect) signed, or NaN: checked by normalize
                             number = float(number)
                             out.suspect.append(target)
+                        elif target.endswith(_REGISTER_SUFFIXES):
+                            self._remember(line, target, number, name)
                     values[target] = number
                     if name is None:
                         out.extras.append(target)
@@ -282,6 +300,7 @@ class LineParser:
                     if not body.isdecimal():
                         continue
                     values[target] = int(body)
+                    self._remember(line, target, values[target], name)
                 elif kind == "special":
                     if not getattr(self, target)(body.split(")("), values):
                         continue

@@ -122,10 +122,9 @@ class Reading:
 
     def to_record(self) -> dict:
         """The storage form: compact, nulls left out, timestamps as Unix seconds."""
-        out = {}
-        for name, value in zip(FIELD_NAMES, _ALL_VALUES(self)):
-            if value is not None:
-                out[name] = value.timestamp() if name in TIME_FIELDS else value
+        out = {name: value for name, value in zip(FIELD_NAMES, _ALL_VALUES(self)) if value is not None}
+        for name in TIME_FIELDS & out.keys():
+            out[name] = out[name].timestamp()
         return out
 
     @classmethod
