@@ -16,6 +16,8 @@ def storage_faults(agent) -> tuple[bool, dict]:
     damage = integrity(root)
     delivery_ok, delivery = agent.delivery.health()
     lost_dir = agent.store.data_directory.problem()
-    ok = delivery_ok and lost_dir is None and not any(tally["lost"] for tally in damage.values())
+    release_log = agent.releases.log.last_error  # retried with each flush; its noisy releases refused meanwhile
+    ok = (delivery_ok and lost_dir is None and release_log is None
+          and not any(tally["lost"] for tally in damage.values()))
     return ok, {"data_directory_lost": lost_dir, "damage": damage, "registry_failed_closed": agent.registry.damage,
-                "delivery": delivery}
+                "release_log_error": release_log, "delivery": delivery}

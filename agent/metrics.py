@@ -53,12 +53,29 @@ def render_metrics(agent) -> str:
             name = f"edge_store_{key}"
             _header(lines, name, "gauge", f"Store: {key.replace('_', ' ')}")
             lines.append(f"{name} {value}")
+    _render_faults(lines, health["faults"])
     _render_delivery(lines, agent)
     _header(lines, "edge_healthy", "gauge", "1 when every meter is reading and storage works")
     lines.append(f"edge_healthy {1 if ok else 0}")
     _header(lines, "edge_uptime_seconds", "gauge", "Seconds since the agent started")
     lines.append(f"edge_uptime_seconds {health['uptime_s']}")
     return "\n".join(lines) + "\n"
+
+
+def _render_faults(lines: list[str], faults: dict) -> None:
+    _header(lines, "edge_storage_damage", "gauge",
+            "Damaged segments per file kind: files, skipped_bytes, cut_bytes (torn tails), recovered (from the "
+            "record's second copy), lost (records beyond repair)")
+    for kind, tally in sorted(faults["damage"].items()):
+        for what, value in sorted(tally.items()):
+            lines.append(f'edge_storage_damage{{kind="{_label(kind)}",what="{what}"}} {value}')
+    _header(lines, "edge_storage_fault", "gauge", "1 while a durable write path is broken, per fault")
+    delivery = faults["delivery"]
+    for name, broken in (("data_directory_lost", faults["data_directory_lost"]),
+                         ("release_log_error", faults["release_log_error"]),
+                         ("outbox_errors", delivery["outbox_errors"] or delivery["windows_not_queued"]),
+                         ("subscriptions_damaged", delivery["damaged"])):
+        lines.append(f'edge_storage_fault{{fault="{name}"}} {1 if broken else 0}')
 
 
 _DELIVERY_SERIES = (

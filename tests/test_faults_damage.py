@@ -181,3 +181,7 @@ async def test_a_lost_revocation_in_the_running_agent_fails_closed_and_health_sa
         assert health["faults"]["damage"]["registry"]["lost"] == 1
         assert health["faults"]["registry_failed_closed"]["lost_records"] == 1
         assert OPERATOR_TOKEN not in str(health)
+        async with running.http.get(f"http://127.0.0.1:{running.port}/metrics", headers=OP) as resp:
+            metrics = await resp.text()
+        assert 'edge_storage_damage{kind="registry",what="lost"} 1' in metrics
+        assert "edge_healthy 0" in metrics

@@ -8,6 +8,8 @@ anyone on the network who is posting now and when another organization's aggrega
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 
 from aiohttp import web
 
@@ -16,6 +18,7 @@ from agent.auth import OPERATOR
 from agent.metrics import render_metrics
 
 RESOLUTIONS = ("raw", "1m", "15m")
+log = logging.getLogger("edge.api")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -82,10 +85,32 @@ async def meter_readings(request: web.Request) -> web.Response:
     if resolution not in RESOLUTIONS:
         raise ApiError(400, "bad_parameter", f"resolution must be one of {', '.join(RESOLUTIONS)}")
     limit = parse_limit(q.get("limit"))
-    rows = await asyncio.to_thread(agent_of(request).store.readings, meter_id, since=since, until=until,
-                                   resolution=resolution, limit=limit)
-    return web.json_response({"meter_id": meter_id, "resolution": resolution, "count": len(rows),
-                              "readings": rows})
+    return await _stream_rows(request, meter_id, resolution, agent_of(request).store.reading_batches(
+        meter_id, since=since, until=until, resolution=resolution, limit=limit))
+
+
+async def _stream_rows(request: web.Request, meter_id: str, resolution: str, batches) -> web.StreamResponse:
+    """The answer written one segment at a time (each read and encoded in a worker thread): memory holds one
+    segment's rows, whatever the limit (100,000 raw readings as one body took the unit past its MemoryMax).
+    `count` comes after the rows, since it is known only at the end."""
+    first = await asyncio.to_thread(next, batches, None)  # errors before anything is sent are a JSON error
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    await response.prepare(request)
+    head = json.dumps({"meter_id": meter_id, "resolution": resolution})[:-1]
+    await response.write(f'{head}, "readings": ['.encode())
+    count, batch = 0, first
+    try:
+        while batch is not None:
+            await response.write((", " if count else "").encode() + json.dumps(batch)[1:-1].encode())
+            count += len(batch)
+            batch = await asyncio.to_thread(next, batches, None)
+    except Exception:  # the status is sent: end the body unfinished (invalid JSON), never as if complete
+        log.exception("readings of meter %r: failed after %d rows", meter_id, count)
+        response.force_close()
+        return response
+    await response.write(f'], "count": {count}}}'.encode())
+    await response.write_eof()
+    return response
 
 
 def add_routes(app: web.Application) -> None:

@@ -10,6 +10,8 @@ A filter is a small class; adding one is a new class and a line in `FILTERS`.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 NUMERIC_FIELDS = ("consumption_w", "production_w", "net_w", "energy_import_wh", "energy_export_wh", "households",
@@ -83,8 +85,8 @@ class Threshold:
         if not isinstance(spec, dict) or set(spec) - {"field", "levels"} or "levels" not in spec:
             raise FilterError("threshold takes field and levels")
         levels = spec["levels"]
-        if not isinstance(levels, list) or not levels or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels):
+        if not isinstance(levels, list) or not levels or not all(  # finite: NaN would make the API emit bad JSON
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in levels):
             raise FilterError("threshold.levels must be a non-empty list of numbers")
         return cls(_field(spec.get("field", "net_w")), tuple(sorted(float(v) for v in levels)))
 

@@ -49,6 +49,7 @@ class ReleaseLog:
         ensure_dir(self.directory)
         self._open: dict[str, SegmentDB] = {}
         self._lock = threading.Lock()  # a worker thread's write, a history read, or close()
+        self.last_error: str | None = None  # the last write's failure, None once one succeeds
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.seg"
@@ -60,13 +61,19 @@ class ReleaseLog:
         return prefix + day_name(moment)
 
     def write(self, batches: dict[str, list[dict]]) -> None:
-        """{file name: docs}: each file's docs appended as one record and fsync'd."""
+        """{file name: docs}: each file's docs appended as one record and fsync'd. A refused write raises its
+        OSError and is kept in `last_error` (shown in /health) until a write succeeds."""
         with self._lock:
-            for name, docs in batches.items():
-                db = self._open.get(name)
-                if db is None:
-                    db = self._open[name] = SegmentDB(str(self._path(name)))
-                db.table(TABLE).insert_multiple(docs)
+            try:
+                for name, docs in batches.items():
+                    db = self._open.get(name)
+                    if db is None:
+                        db = self._open[name] = SegmentDB(str(self._path(name)), kind="releases")
+                    db.table(TABLE).insert_multiple(docs)
+            except OSError as exc:
+                self.last_error = f"{exc.strerror or exc} ({time.strftime('%H:%M:%S', time.gmtime())} UTC)"
+                raise
+            self.last_error = None
             # keep only today's and yesterday's files open
             for name in sorted(self._open)[:-4]:
                 self._open.pop(name).close()

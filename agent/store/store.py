@@ -57,6 +57,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from operator import itemgetter
@@ -449,36 +450,46 @@ class ReadingStore:
         windows still open are not. With more than ``limit`` matches, the oldest ``limit`` are returned:
         page on by passing the last one's time as ``since``.
         """
+        batches = self.reading_batches(meter_id, since, until, resolution, limit, cache=True)
+        return [row for batch in batches for row in batch]
+
+    def reading_batches(self, meter_id: str, since: float | None = None, until: float | None = None,
+                        resolution: str = "raw", limit: int = 10000, cache: bool = False) -> Iterator[list[dict]]:
+        """The rows of ``readings``, one segment at a time, oldest first: an answer streamed from this holds one
+        segment in memory, not ``limit`` rows (and, without ``cache``, decodes a segment not in the cache for this
+        read only). Each segment is read whole under the I/O lock (what is on disk and what is pending together),
+        so a flush between two segments neither loses nor repeats a row."""
         kind = KINDS.get(resolution)
         if kind is None:
             raise ValueError(f"resolution must be one of {', '.join(KINDS)}, got {resolution!r}")
         if limit <= 0:
-            return []
+            return
         low = -math.inf if since is None else since
         high = math.inf if until is None else until
-        with self._io_lock:  # no flush can run now, so every item is either pending or on disk
+        to_json = _record_to_json if kind is RAW else rollup_to_json
+        with self._io_lock:
             if kind is not RAW:
                 with self._lock:
                     held = meter_id in self._held
                 if held:  # its held readings may close windows: roll them up first
                     self._resume([meter_id])
-            pending_by_segment: dict[int, list[dict]] = {}
-            for doc in self._pending_docs(kind, meter_id, low, high):
-                pending_by_segment.setdefault(kind.segment_start(doc[kind.time_field]), []).append(doc)
-            on_disk = {segment: path for segment, path in self._segment_files(kind, meter_id)
-                       if segment + kind.segment_s > low and segment < high}
-            found: list[dict] = []
-            for segment in sorted(on_disk.keys() | pending_by_segment.keys()):
-                docs = self._read_segment(kind, segment, on_disk[segment], low, high) if segment in on_disk else []
-                docs.extend(pending_by_segment.get(segment, ()))
-                docs.sort(key=itemgetter(kind.time_field))  # stable: equal times keep arrival order
-                found.extend(docs if kind is RAW else _merge_same_window(docs))
-                if len(found) >= limit:
-                    break
-        del found[limit:]
-        if kind is RAW:
-            return [_record_to_json(doc) for doc in found]
-        return [rollup_to_json(doc) for doc in found]
+            pending = {kind.segment_start(doc[kind.time_field]) for doc in self._pending_docs(kind, meter_id, low, high)}
+            segments = sorted(pending | {segment for segment, _ in self._segment_files(kind, meter_id)
+                                         if segment + kind.segment_s > low and segment < high})
+        left = limit
+        for segment in segments:
+            with self._io_lock:  # no flush can run now, so every item of the segment is either pending or on disk
+                docs = self._read_segment(kind, segment, self._segment_path(kind, meter_id, segment), low, high,
+                                          cache)
+                docs.extend(doc for doc in self._pending_docs(kind, meter_id, low, high)
+                            if kind.segment_start(doc[kind.time_field]) == segment)
+            docs.sort(key=itemgetter(kind.time_field))  # stable: equal times keep arrival order
+            rows = (docs if kind is RAW else _merge_same_window(docs))[:left]
+            left -= len(rows)
+            if rows:
+                yield [to_json(doc) for doc in rows]
+            if left <= 0:
+                return
 
     def meter_ids(self) -> list[str]:
         ids = set()
@@ -500,12 +511,22 @@ class ReadingStore:
             return [dict(rollup) for rollup_kind, rollup in self._pending_rollups
                     if rollup_kind is kind and rollup["meter_id"] == meter_id and low <= rollup["start"] < high]
 
-    def _read_segment(self, kind: Kind, segment: int, path: Path, low: float, high: float) -> list[dict]:
-        table = self._reader(path).table(kind.table)
-        if low <= segment and segment + kind.segment_s <= high:
-            return table.all()  # the whole segment is in range
-        field = Query()[kind.time_field]
-        return table.search((field >= low) & (field < high))
+    def _read_segment(self, kind: Kind, segment: int, path: Path, low: float, high: float,
+                      cache: bool = True) -> list[dict]:
+        """The segment's docs in [low, high). Without `cache` (a long query streamed segment by segment), a segment
+        not already decoded is decoded for this read only: a day of segments must not churn through the cache."""
+        db = self._readers.get(path) if not cache else self._reader(path)
+        once = db is None
+        db = SegmentDB(path) if once else db
+        try:
+            table = db.table(kind.table)
+            if low <= segment and segment + kind.segment_s <= high:
+                return table.all()  # the whole segment is in range
+            field = Query()[kind.time_field]
+            return table.search((field >= low) & (field < high))
+        finally:
+            if once:
+                db.close()
 
     def _reader(self, path: Path) -> SegmentDB:
         db = self._readers.get(path)

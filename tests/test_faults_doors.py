@@ -1,0 +1,69 @@
+"""The doors, with the real process: a valid token is never locked out by another client's bad tokens at the same
+address, an Authorization header of any bytes is a 401 (never a 500), a body with NaN or Infinity is refused
+(what the API emits stays valid JSON), and a readings query at its maximum is streamed whole."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import pytest
+
+from tests.test_faults_disk import OP, agent_on, town
+
+
+def raw_request(port: int, request: bytes) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_the_doors(tmp_path):
+    async with agent_on(tmp_path / "edge", tmp_path) as running:
+        org, households, _ = await town(running, None)
+        hh, auth = households[0]
+        # Bad tokens from this address: throttled (429) after ten; valid tokens from the same address still pass.
+        for _ in range(10):
+            assert (await running.call("GET", "/meters", {"Authorization": "Bearer edge_hh_guess"}))[0] == 401
+        status, body, headers = await running.call("GET", "/meters", {"Authorization": "Bearer edge_hh_guess"})
+        assert status == 429 and body["error"] == "too_many_failures" and "Retry-After" in headers
+        status, _, _ = await running.call("POST", "/readings", auth, {"timestamp": time.time(), "power_import_w": 5})
+        assert status == 201
+        assert (await running.call("GET", "/meters", OP))[0] == 200
+        assert (await running.call("GET", "/households/me", auth))[0] == 200
+
+        # Bytes that are not UTF-8 in Authorization: 401 (or the throttle's 429), JSON, never a 500.
+        for token in (b"Bearer \xff\xfe\xfd", b"Bearer edge_hh_\xc3\x28", b"\xff"):
+            status, body = await asyncio.to_thread(
+                raw_request, running.port,
+                b"GET /meters HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + token + b"\r\n\r\n")
+            assert status in (401, 429) and json.loads(body)["error"] in ("unauthorized", "too_many_failures")
+
+        # NaN and Infinity are not JSON: a filter of them is refused (the subscription would be emitted as
+        # invalid JSON ever after), and what the API emits parses as strict JSON.
+        key = {"Authorization": f"Bearer {org['api_key']}"}
+        for levels in (b"[NaN]", b"[1, Infinity]", b"[-1e999]"):
+            body = b'{"endpoint": "http://127.0.0.1:9/h", "interval": 1, "filter": {"threshold": {"levels": %s}}}'
+            async with running.http.post(f"http://127.0.0.1:{running.port}/data/subscribe", data=body % levels,
+                                         headers={**key, "Content-Type": "application/json"}) as resp:
+                assert resp.status == 422, await resp.text()
+        async with running.http.get(f"http://127.0.0.1:{running.port}/data/subscriptions", headers=key) as resp:
+            json.loads(await resp.text(), parse_constant=lambda name: pytest.fail(f"{name} emitted"))
+
+        # A readings query at its maximum is streamed: valid JSON, every row, the count after them.
+        for power in range(1, 31):
+            status, _, _ = await running.call("POST", "/readings", auth, {"timestamp": time.time(),
+                                                                          "power_import_w": power})
+            assert status == 201
+        status, body, _ = await running.call("GET", f"/meters/{hh['meter_id']}/readings?limit=100000", OP)
+        assert status == 200 and body["count"] == len(body["readings"]) == 31
+        status, body, _ = await running.call("GET", f"/meters/{hh['meter_id']}/readings?limit=2", OP)
+        assert body["count"] == 2 and [r["power_import_w"] for r in body["readings"]] == [5, 1]
+        status, body, _ = await running.call("GET", f"/meters/{hh['meter_id']}/readings?resolution=1m", OP)
+        assert status == 200 and body["count"] == len(body["readings"])
