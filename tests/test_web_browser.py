@@ -212,6 +212,7 @@ async def test_every_page_passes_axe_at_phone_and_desktop_widths(chromium, neigh
                        ("consents", running.base + "/ui/me/consents", None),
                        ("access", running.base + "/ui/me/access", None),
                        ("notifications", running.base + "/ui/me/notifications", None),
+                       ("devices", running.base + "/ui/me/devices", None),
                        ("notification", running.base + "/ui/me/notifications/ntf_00000000000000aa", None),
                        ("error", running.base + "/ui/me/notifications/ntf_none", None)]
             operator = await page_in(chromium, viewport=viewport, locale=language, bypass_csp=True)

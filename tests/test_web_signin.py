@@ -20,7 +20,7 @@ from tests.web_support import Browserless, csrf_of, signed_in
 from agent.web import sign_in_url
 
 T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0
-PAGES = ["/ui/me", "/ui/me/consents", "/ui/me/access", "/ui/me/notifications"]
+PAGES = ["/ui/me", "/ui/me/consents", "/ui/me/access", "/ui/me/notifications", "/ui/me/devices"]
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ async def test_security_headers_and_no_inline_script_on_every_page(device):
             assert not re.search(r"<script(?![^>]*\bsrc=)", html), path  # every script is a file
             assert not re.search(r"\son\w+=|<style|\sstyle=", html), path  # no inline handlers or styles
             assert "edge_hh_" not in html and token not in html
-    assert seen == [200, 200, 200, 200, 200, 403, 200, 200, 404]
+    assert seen == [200, 200, 200, 200, 200, 200, 403, 200, 200, 404]
 
 
 async def test_bad_links_are_throttled_as_bad_tokens_are_on_the_api(device):
@@ -298,3 +298,37 @@ async def test_the_live_stream_sends_new_values_and_ends_with_the_session(device
     assert b"data: 1\n" not in rest
     async with browser.http.get(running.base + "/ui/me/live", allow_redirects=False) as stream:
         assert stream.status == 401
+
+
+async def test_the_endpoint_and_appliance_forms_are_the_apis(device):
+    running, clock, org_id, household_id, token, client = device
+    browser = await client()
+    await browser.get("/ui/me/devices")
+    status, html, _ = await browser.post("/ui/me/devices/notify", {"url": "https://93.184.215.14/hook",
+                                                                   "kind": "webhook"})
+    assert status == 200, html
+    secret = re.search(r'id="webhook-secret">([^<]+)<', html).group(1)
+    assert secret.startswith("whsec_")
+    status, body = await running.call("GET", "/households/me/notify", token=token)
+    assert status == 200 and body["url"] == "https://93.184.215.14/hook" and "secret" not in body
+    assert secret not in (await browser.get("/ui/me/devices"))[1]  # shown once
+    status, html, _ = await browser.post("/ui/me/devices/notify", {"url": "http://127.0.0.1/x", "kind": "ntfy"})
+    assert status == 422 and "refused" in html  # the API's endpoint policy
+    await browser.get("/ui/me/devices")
+    assert (await browser.post("/ui/me/devices/notify/remove", {}))[0] == 303
+    assert (await running.call("GET", "/households/me/notify", token=token))[0] == 404
+
+    await browser.get("/ui/me/devices")
+    status, _, _ = await browser.post("/ui/me/devices/appliances", {
+        "name": "Boiler", "kind": "heater", "driver": "shelly", "address": "http://192.168.1.20", "channel": "0",
+        "allowed_organizations": org_id})
+    assert status == 303
+    status, body = await running.call("GET", "/households/me/appliances", token=token)
+    [appliance] = body["appliances"]
+    assert (appliance["name"], appliance["channel"], appliance["allowed_organizations"]) == ("Boiler", 0, [org_id])
+    status, html, _ = await browser.get("/ui/me/devices")
+    assert "Boiler" in html and "Energy Co" in html
+    assert (await browser.post(f"/ui/me/devices/appliances/{appliance['id']}/remove", {}))[0] == 303
+    assert (await running.call("GET", "/households/me/appliances", token=token))[1]["appliances"] == []
+    assert [e["action"] for e in running.agent.audit.entries(who=household_id)] == [
+        "notify.set", "notify.delete", "appliance.add", "appliance.delete"]

@@ -1,4 +1,5 @@
-"""A household's pages: its own data (live and charts), who may use it, who used it, its notifications."""
+"""A household's pages: its own data (live and charts), who may use it, who used it, its notification endpoint and
+appliances, its notifications. Every change goes through the API's own functions (consent, endpoint, appliance)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import math
 
 from aiohttp import web
 
+from agent.api.household_actions import HOUSEHOLD_LOCKS, new_appliance, remove_appliance, remove_endpoint, set_endpoint
 from agent.api.households import change_consent
 from agent.registry import is_service
 from agent.web import views
 from agent.web.live import HEARTBEAT_S, event_text, live_values
 from agent.web.render import HOUSEHOLD_ONLY, PREFIX, SESSION_COOKIE, PageError, agent_of, page, redirect, render
+from drivers import appliances as appliance_drivers
+from drivers import notify
 
 DAY = 86400
 ACCESS_DAYS = 7
@@ -39,7 +43,7 @@ async def my_data(request: web.Request, session) -> web.Response:
                   live=live_values(latest) if latest else None,
                   hours=views.energy_table(todays, today, 3600, 24),
                   days=views.energy_table(rollups, week, DAY, 7),
-                  tags=sorted(latest.channels) if latest is not None and latest.channels else [])
+                  channels=sorted((latest.channels or {}).items()) if latest is not None else [])
 
 
 @page(*HOUSEHOLD_ONLY)
@@ -121,6 +125,57 @@ async def access(request: web.Request, session) -> web.Response:
                   ledger=agent.releases.ledger_of(household.id))
 
 
+# --- my endpoint and appliances ------------------------------------------------------------------
+def _devices_page(request: web.Request, session, secret: str | None = None) -> web.Response:
+    agent = agent_of(request)
+    store = agent.triggers.households
+    return render(request, "devices.html", session=session, endpoint=store.endpoints.get(session.subject),
+                  appliances=store.appliances_of(session.subject), drivers=appliance_drivers.names(),
+                  kinds=notify.KINDS, secret=secret,
+                  organizations=sorted(agent.registry.organizations.values(), key=lambda o: o.name.casefold()))
+
+
+@page(*HOUSEHOLD_ONLY)
+async def devices(request: web.Request, session) -> web.Response:
+    return _devices_page(request, session)
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def set_notify(request: web.Request, session, data) -> web.Response:
+    agent = agent_of(request)
+    out = await set_endpoint(agent, request.app[HOUSEHOLD_LOCKS], session.subject, str(data.get("url", "")),
+                             str(data.get("kind", "webhook")))
+    if out.get("secret"):  # shown this once, on this answer (never in a URL)
+        return _devices_page(request, session, secret=out["secret"])
+    return redirect(PREFIX + "/me/devices")
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def unset_notify(request: web.Request, session, data) -> web.Response:
+    await remove_endpoint(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject)
+    return redirect(PREFIX + "/me/devices")
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def add_appliance(request: web.Request, session, data) -> web.Response:
+    channel = str(data.get("channel", "")).strip()
+    if channel and not (channel.isascii() and channel.isdigit()):
+        raise PageError(400, "bad_parameter")
+    body = {"name": str(data.get("name", "")), "kind": str(data.get("kind", "")).strip() or None,
+            "driver": str(data.get("driver", "")), "address": str(data.get("address", "")),
+            "channel": int(channel) if channel else None,
+            "allowed_organizations": [str(o) for o in data.getall("allowed_organizations", [])]}
+    await new_appliance(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject, body)
+    return redirect(PREFIX + "/me/devices")
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def delete_appliance(request: web.Request, session, data) -> web.Response:
+    await remove_appliance(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject,
+                           request.match_info["appliance_id"])
+    return redirect(PREFIX + "/me/devices")
+
+
 # --- notifications -------------------------------------------------------------------------------
 @page(*HOUSEHOLD_ONLY)
 async def notifications(request: web.Request, session) -> web.Response:
@@ -145,5 +200,10 @@ def add_routes(app: web.Application, hub) -> None:
     r.add_get(PREFIX + "/me/consents", consents)
     r.add_post(PREFIX + "/me/consents", change)
     r.add_get(PREFIX + "/me/access", access)
+    r.add_get(PREFIX + "/me/devices", devices)
+    r.add_post(PREFIX + "/me/devices/notify", set_notify)
+    r.add_post(PREFIX + "/me/devices/notify/remove", unset_notify)
+    r.add_post(PREFIX + "/me/devices/appliances", add_appliance)
+    r.add_post(PREFIX + "/me/devices/appliances/{appliance_id}/remove", delete_appliance)
     r.add_get(PREFIX + "/me/notifications", notifications)
     r.add_get(PREFIX + "/me/notifications/{id}", notification)

@@ -27,10 +27,16 @@ def seconds(stamp) -> float:
 
 # --- my data -------------------------------------------------------------------------------------
 def chart_series(rollups: list[dict]) -> dict:
-    """uPlot's columns: times (Unix s), mean consumption and production (W) per rollup."""
+    """uPlot's columns: times (Unix s), mean consumption and production (W) and gas used (m3) per rollup."""
+    gas, last = [], None
+    for rollup in rollups:
+        value = rollup.get("gas_m3")
+        gas.append(None if value is None or last is None else round(max(0.0, value - last), 3))
+        last = value if value is not None else last
     return {"t": [seconds(r["start"]) for r in rollups],
             "import_w": [r.get("power_import_w") for r in rollups],
-            "export_w": [r.get("power_export_w") for r in rollups]}
+            "export_w": [r.get("power_export_w") for r in rollups],
+            "gas_m3": gas}
 
 
 def energy_table(rollups: list[dict], start: float, bucket_s: int, buckets: int) -> list[dict]:
