@@ -15,7 +15,7 @@ test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
-	for b in p1_pipeline store ingest traffic triggers_sandbox privacy fleet web capacity; do \
+	for b in p1_pipeline store ingest traffic triggers_sandbox privacy fleet web capacity memory; do \
 	  [ -f bench/$$b.py ] && echo "== bench/$$b.py" && PYTHONPATH=. $(BIN)/python bench/$$b.py; done
 
 install: $(VENV)/.installed
