@@ -12,6 +12,7 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from yarl import URL
 
+from agent.registry import Registry
 from agent.web import i18n, views
 from agent.web.render import CSP
 from agent.web.signin import IDLE_S, LINK_TTL_S
@@ -332,3 +333,32 @@ async def test_the_endpoint_and_appliance_forms_are_the_apis(device):
     assert (await running.call("GET", "/households/me/appliances", token=token))[1]["appliances"] == []
     assert [e["action"] for e in running.agent.audit.entries(who=household_id)] == [
         "notify.set", "notify.delete", "appliance.add", "appliance.delete"]
+
+
+def test_the_access_log_marks_what_included_the_household(tmp_path):
+    clock = StepClock(100.0)
+    registry = Registry(tmp_path / "registry.seg", clock=clock)
+    org, _ = registry.create_organization("Energy Co", "dso")
+    other, _ = registry.create_organization("Never Asked", "dso")
+    me, _ = registry.create_household(None, "http")
+    neighbour, _ = registry.create_household(None, "http")
+    registry.set_consent(me.id, org.id, "aggregates", True)
+    clock.step(150)
+    registry.set_consent(me.id, org.id, "aggregates", False)  # at 250
+
+    def read(who, start, released=True, at=0.0):
+        return {"who": who, "role": "organization", "action": "data.read", "window": "1s", "window_start": start,
+                "released": released, "at": at}
+    entries = [read(org.id, 200, at=201), read(org.id, 249.5, at=251), read(org.id, 300, at=301),
+               read(org.id, 400, released=False, at=401), read(other.id, 200, at=202),
+               {"who": org.id, "role": "organization", "action": "trigger.action", "action_type": "webhook",
+                "trigger_id": "trg_0123456789ab", "household_id": me.id, "disclosed": True, "delivered": True,
+                "window_start": 300, "at": 360},
+               {"who": org.id, "role": "organization", "action": "trigger.action", "action_type": "webhook",
+                "trigger_id": "trg_0123456789ab", "household_id": neighbour.id, "disclosed": True,
+                "delivered": True, "window_start": 300, "at": 361}]
+    log = views.access_log(sorted(entries, key=lambda e: e["at"]), registry, me.id)
+    assert [(e["action"], e["start"], e["included"]) for e in log] == [
+        ("trigger.webhook", 300, "yes"), ("data.read", 300.0, "no"), ("data.read", 249.5, "no"),
+        ("data.read", 200.0, "yes")]
+    registry.close()

@@ -93,12 +93,28 @@ def _window_span(entry: dict) -> tuple[float, float] | None:
     return seconds(entry["from"]), seconds(entry["to"])
 
 
+def _about_this_household(entry: dict, household_id: str) -> bool:
+    """A trigger's event about this household that reached the organization, or its appliance switched."""
+    return (entry.get("action") == "trigger.action" and entry.get("household_id") == household_id
+            and entry.get("delivered") and (entry.get("disclosed") or entry.get("action_type") == "appliance"))
+
+
 def access_log(entries: list[dict], registry, household_id: str, limit: int = 200) -> list[dict]:
     """Releases handed to organizations the household ever consented to, newest first, each with `included`:
     "yes" (its consent held throughout the span: its readings were in the cohort, if it sent any), "part"
-    (for part of a span of many windows), or "no" (it was left out)."""
+    (for part of a span of many windows), or "no" (it was left out); and the trigger events about it that reached
+    an organization (the disclosure log), and its appliances an organization switched."""
     out = []
     for entry in reversed(entries):
+        if _about_this_household(entry, household_id):
+            org = registry.organizations.get(entry["who"])
+            start = entry.get("window_start")
+            out.append({"at": entry["at"], "organization": org.name if org else entry["who"],
+                        "action": f"trigger.{entry['action_type']}", "window": None, "start": start, "end": None,
+                        "included": "yes", "households": None})
+            if len(out) >= limit:
+                break
+            continue
         service = RELEASING.get(entry.get("action"))
         if service is None or entry.get("role") != "organization" or not entry.get("released"):
             continue
