@@ -27,6 +27,7 @@ from agent.triggers import TriggerRunner
 from agent import web as pages
 from agent.web.signin import SignIn
 from drivers.p1_reader import MeterState, P1Reader
+from drivers.ratelog import RateLimitedLog
 from drivers.reading import Reading
 
 log = logging.getLogger("edge.agent")
@@ -167,18 +168,23 @@ class Agent:
 
     # --- housekeeping ------------------------------------------------------------------------
     async def _every(self, seconds: float, job) -> None:
+        disk_errors = RateLimitedLog(log)  # a full disk fails every flush: one line a minute, not a traceback each
         while True:
             await asyncio.sleep(seconds)
             try:
                 await job()
+            except OSError as exc:  # /health says so (faults, storage); the job retries next time
+                disk_errors.warning(job.__name__, "%s failed: %s", job.__name__, exc)
             except Exception:  # housekeeping must never stop the agent
                 log.exception("%s failed", job.__name__)
 
     async def _flush(self) -> None:
-        # fsync on an SD card can take a while: off the event loop.
+        # fsync on an SD card can take a while: off the event loop. Each part whatever the one before did.
         await asyncio.to_thread(self.store.flush)
-        await asyncio.to_thread(self.audit.flush)
-        await self.releases.flush()
+        try:
+            await asyncio.to_thread(self.audit.flush)
+        finally:
+            await self.releases.flush()
 
     async def _retention(self) -> None:
         await asyncio.to_thread(self.store.apply_retention)

@@ -348,6 +348,9 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
             await until(lambda: asyncio.sleep(0, any(m["type"] == "gap" and window_seconds(m["to"]) >= killed_wall
                                                      for m in receiver.messages())), 30, "a gap after the restart")
             assert_every_window_accounted(receiver.messages())
+            # Said, not shouted: a line a minute per broken write path, no traceback per flush.
+            log = running.log.read_text()
+            assert "Traceback" not in log and log.count("_flush failed") <= 2, log[-3000:]
     finally:
         await receiver.stop()
 
