@@ -51,7 +51,7 @@ async def _init(args) -> int:
 
     nc, js = await _connect(args)
     try:
-        await ensure(js, args.replicas)
+        await ensure(js, args.replicas, args.keep_days)
     finally:
         await nc.close()
     print("streams and buckets ready")
@@ -65,7 +65,7 @@ async def _operator(args, action) -> int:
     key = document.private_key_from_text(Path(args.key).read_text())
     nc, js = await _connect(args)
     try:
-        await ensure(js, args.replicas)
+        await ensure(js, args.replicas, args.keep_days)
         result = await action(Operator(js, key, args.valid_days))
     finally:
         await nc.close()
@@ -93,7 +93,7 @@ async def _serve(args) -> int:
     from hub.service import Hub
 
     hub = Hub(_servers(args), args.operator_public_key, min_devices=args.min_devices, replicas=args.replicas,
-              operator_token=os.environ.get("EDGE_HUB_OPERATOR_TOKEN"), name=args.name)
+              operator_token=os.environ.get("EDGE_HUB_OPERATOR_TOKEN"), name=args.name, keep_days=args.keep_days)
     await hub.start()
     audit = Path(args.data) / "audit.jsonl" if args.data else None
     if audit:
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     def with_cluster(p):
         p.add_argument("--servers", action="append", required=True, help="NATS URLs (repeat or comma-separate)")
         p.add_argument("--replicas", type=int, default=3, help="replicas of the streams and buckets (default 3)")
+        p.add_argument("--keep-days", type=float, default=35, help="area windows kept in the hub's bucket, when "
+                                                                     "it is created (default 35)")
         return p
 
     def with_key(p):

@@ -3,9 +3,10 @@
 - The consumer (`edge-hub`, a pull consumer: several hub replicas share it) hands messages over in stream order;
   each is applied, then acknowledged: a kill -9 in between redelivers it, and applying again writes the same
   values (a device's part of a window is keyed by the device), so nothing is counted twice.
-- State lives in the `edge_hub` bucket, written with compare-and-set (replicas may touch the same key):
-  `w.<org>.<area>.<window>.<start>.<tag or _>` = {"devices": {device: contribution}} (hub/aggregate.py) and
-  `d.<device>` = the device's sequence bookkeeping (contiguous, out-of-order, gaps) and its last window.
+- State lives in buckets, written with compare-and-set (replicas may touch the same key): `edge_hub` (kept
+  `--keep-days`): `w.<org>.<area>.<window>.<start>.<tag or _>` = {"devices": {device: contribution}}
+  (hub/aggregate.py); `edge_hub_devices`: `d.<device>` = the device's sequence bookkeeping (contiguous,
+  out-of-order, gaps) and its last window, and `devices`, the index of them.
 - Which devices form an area and which organization may read what come from the operator's signed `fleet`
   document (agent/fleet/document.py), watched in the `edge_desired` bucket.
 Nothing of a household reaches the hub: devices send released records only (agent/fleet/link.py).
@@ -21,12 +22,12 @@ import time
 from agent.fleet import RELEASES_STREAM, document
 from agent.fleet.document import BUCKET as DESIRED_BUCKET, FLEET_KEY
 from hub import aggregate
-from hub.setup import CONSUMER, HUB_BUCKET, ensure
+from hub.setup import CONSUMER, DEVICES_BUCKET, HUB_BUCKET, KEEP_DAYS, ensure
 
 log = logging.getLogger("edge.hub")
 
 WIDTHS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
-FETCH_BATCH = 256
+FETCH_BATCH = 512
 WRITERS = 64  # key-value writes in flight at once
 
 
@@ -40,17 +41,18 @@ class Conflict(Exception):
 
 class Hub:
     def __init__(self, servers: list[str], public_key: str, min_devices: int = 2, replicas: int = 3,
-                 operator_token: str | None = None, name: str = "edge-hub"):
+                 operator_token: str | None = None, name: str = "edge-hub", keep_days: float = KEEP_DAYS):
         self.servers = servers
         self.public_key = document.public_key_from_text(public_key)
         self.min_devices = min_devices
         self.replicas = replicas
+        self.keep_days = keep_days
         self.operator_token = operator_token
         self.name = name
         self.fleet: dict | None = None  # the running fleet document
         self.fleet_refusal: dict | None = None
         self.device_area: dict[str, str] = {}
-        self.nc = self.js = self.kv = None
+        self.nc = self.js = self.kv = self.kv_devices = None
         self._cache: dict[str, tuple[int, dict]] = {}  # key -> (revision, value): one round trip when unchanged
         self._tasks: list[asyncio.Task] = []
         self._known_devices: set[str] = set()
@@ -69,8 +71,9 @@ class Hub:
         self.nc = await nats.connect(servers=self.servers, name=self.name, max_reconnect_attempts=-1,
                                      reconnect_time_wait=0.5, connect_timeout=2, error_cb=self._nats_error)
         self.js = self.nc.jetstream(timeout=5)
-        await ensure(self.js, self.replicas)
+        await ensure(self.js, self.replicas, self.keep_days)
         self.kv = await self.js.key_value(HUB_BUCKET)
+        self.kv_devices = await self.js.key_value(DEVICES_BUCKET)
         await self._read_fleet()
         self._tasks = [asyncio.create_task(self._consume(), name="hub-consume"),
                        asyncio.create_task(self._watch_fleet(), name="hub-fleet")]
@@ -174,10 +177,10 @@ class Hub:
         if new:  # the index of devices (listing a bucket's keys is not filtered before NATS 2.10)
             await self._update("devices", lambda value: {"devices": sorted({*value.get("devices", []), *new})})
             self._known_devices |= new
-        await self._all(self._update(key, lambda value, p=p: _with_parts(value, p)) for key, p in parts.items())
         now = time.time()
-        await self._all(self._update(f"d.{device}", lambda value, s=s: _device_seen_all(value, s, now))
-                        for device, s in seen.items())
+        await self._all([*(self._update(key, lambda value, p=p: _with_parts(value, p)) for key, p in parts.items()),
+                         *(self._update(f"d.{device}", lambda value, s=s: _device_seen_all(value, s, now))
+                           for device, s in seen.items())])
         self.applied += len(messages)
         self.last_applied_at = now
 
@@ -209,9 +212,9 @@ class Hub:
             data = json.dumps(new, separators=(",", ":")).encode()
             try:
                 if revision == 0:
-                    revision = await self.kv.create(key, data)
+                    revision = await self._bucket(key).create(key, data)
                 else:
-                    revision = await self.kv.update(key, data, last=revision)
+                    revision = await self._bucket(key).update(key, data, last=revision)
             except Exception as err:
                 if _conflict(err):
                     self._cache.pop(key, None)
@@ -223,9 +226,13 @@ class Hub:
                 self._cache.clear()
             return
 
+    def _bucket(self, key: str):
+        """Area windows expire with their bucket's max age; devices' bookkeeping does not."""
+        return self.kv if key.startswith("w.") else self.kv_devices
+
     async def _get(self, key: str) -> tuple[int, dict]:
         try:
-            entry = await self.kv.get(key)
+            entry = await self._bucket(key).get(key)
         except Exception as err:
             if "not found" in str(err).lower() or "deleted" in str(err).lower():
                 return 0, {}

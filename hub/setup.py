@@ -3,8 +3,8 @@
 EDGE_RELEASES keeps every device's releases (replicated, file storage, de-duplicated by Nats-Msg-Id over a
 window long enough for a device's retries after an outage) until the hub's consumer has taken them and for a
 while after (`max_age`), so a replaced hub can be replayed. EDGE_HEALTH keeps each device's last heartbeat.
-Buckets: edge_desired (the operator's signed documents), edge_hub (the hub's area windows and device states,
-shared by the hub's replicas).
+Buckets: edge_desired (the operator's signed documents), edge_hub (the hub's area windows, shared by its
+replicas, kept `keep_days`), edge_hub_devices (each device's sequence bookkeeping).
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ from agent.fleet import HEALTH_STREAM, RELEASES_STREAM
 from agent.fleet.document import BUCKET as DESIRED_BUCKET
 
 HUB_BUCKET = "edge_hub"
+DEVICES_BUCKET = "edge_hub_devices"
+KEEP_DAYS = 35.0  # area windows kept (a month's bills; the devices keep their own release log)
 CONSUMER = "edge-hub"
 DEDUPE_WINDOW_S = 3600.0
 RELEASES_MAX_AGE_S = 7 * 86400.0
 
 
-async def ensure(js, replicas: int = 3, attempts: int = 60) -> None:
+async def ensure(js, replicas: int = 3, keep_days: float = KEEP_DAYS, attempts: int = 60) -> None:
     """Create what is missing; a new cluster may still be electing its meta leader: retried."""
     for attempt in range(attempts):
         try:
-            await _ensure(js, replicas)
+            await _ensure(js, replicas, keep_days)
             return
         except Exception:
             if attempt == attempts - 1:
@@ -34,19 +36,20 @@ async def ensure(js, replicas: int = 3, attempts: int = 60) -> None:
             await asyncio.sleep(0.5)
 
 
-async def _ensure(js, replicas: int) -> None:
+async def _ensure(js, replicas: int, keep_days: float) -> None:
     await _stream(js, StreamConfig(name=RELEASES_STREAM, subjects=["edge.*.releases"], num_replicas=replicas,
                                    storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
                                    duplicate_window=DEDUPE_WINDOW_S, max_age=RELEASES_MAX_AGE_S,
                                    discard=DiscardPolicy.OLD))
     await _stream(js, StreamConfig(name=HEALTH_STREAM, subjects=["edge.*.health"], num_replicas=replicas,
                                    storage=StorageType.FILE, max_msgs_per_subject=1))
-    for bucket, history in ((DESIRED_BUCKET, 5), (HUB_BUCKET, 1)):
+    for bucket, history, ttl in ((DESIRED_BUCKET, 5, None), (HUB_BUCKET, 1, keep_days * 86400),
+                                 (DEVICES_BUCKET, 1, None)):
         try:
             await js.key_value(bucket)
         except Exception:
             await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
-                                                     storage=StorageType.FILE))
+                                                     storage=StorageType.FILE, ttl=ttl))
 
 
 async def _stream(js, config: StreamConfig) -> None:

@@ -30,7 +30,7 @@ import pytest
 
 from agent.fleet import RELEASES_STREAM, document
 from hub import natsdev
-from hub.setup import HUB_BUCKET
+from hub.setup import DEVICES_BUCKET, HUB_BUCKET
 from tests.test_service import OPERATOR_TOKEN, agent_toml, wait_until
 
 pytestmark = pytest.mark.slow
@@ -209,8 +209,10 @@ async def stream_contents(fleet: Fleet) -> tuple[dict[str, list[int]], list[byte
         msg = await js.get_msg(RELEASES_STREAM, seq)
         order.setdefault(msg.subject.split(".")[1], []).append(int(msg.headers["Edge-Seq"]))
         raw.append(msg.data)
-    kv = await js.key_value(HUB_BUCKET)
-    stored = {key: (await kv.get(key)).value for key in await kv.keys()}
+    stored = {}
+    for bucket in (HUB_BUCKET, DEVICES_BUCKET):  # everything the hub keeps
+        kv = await js.key_value(bucket)
+        stored.update({key: (await kv.get(key)).value for key in await kv.keys()})
     await nc.close()
     return order, raw, stored
 

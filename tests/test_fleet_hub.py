@@ -72,7 +72,7 @@ async def hub(server, tmp_path):
     await runner.cleanup()
     await hub.stop()
     await js.delete_stream("EDGE_RELEASES")  # the next test starts from an empty stream and consumer
-    for bucket in ("edge_hub",):
+    for bucket in ("edge_hub", "edge_hub_devices"):
         await js.delete_key_value(bucket)
     await nc.close()
 
