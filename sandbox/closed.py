@@ -7,8 +7,8 @@ condition in the closed language is a *function of its row only*. It cannot name
 its call or that another row could have changed: no loops, no containers, no attributes but a fixed list of
 ``math`` functions and constants, no strings, no ``is`` but against None, no try, no imports but of math, no
 global or closure, no call but of pure numeric functions, and every number a float (int literals become floats,
-rows' values are converted, and no allowed operation makes an int: a float cannot grow without bound, an int
-can). Its memory and time per row are bounded by its size (no loop, no call of itself). Every Python operation it
+rows' values are converted, no allowed operation makes an int: a float cannot grow without bound, an int can; and
+``a ** b`` is math.pow's, which raises where a float power would be complex). Its memory and time per row are bounded by its size (no loop, no call of itself). Every Python operation it
 may use depends only on its operands: never on the allocator, the garbage collector, object identity, a clock,
 ``random``'s or ``decimal``'s state, or what an earlier call left behind; so running rows one after another in one
 process gives each row exactly the answer it would get alone in a fresh one (tests/test_sandbox_closed.py checks
@@ -42,6 +42,7 @@ MATH_FUNCTIONS = {
 }
 MATH_CONSTANTS = ("e", "inf", "nan", "pi", "tau")
 BUILTIN_FUNCTIONS = {"abs": 1, "float": 1, "max": 2, "min": 2}  # name -> fewest positional arguments
+POWER = "__pow__"  # the name `a ** b` is rewritten to call (a dunder: no source can name it)
 _ARITHMETIC = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
 _ORDER = (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
 
@@ -59,7 +60,7 @@ def closed_code(source: str, parameters: Sequence[str]):
         if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
             return None
         _Checker(tuple(parameters)).module(tree)
-        tree = ast.fix_missing_locations(_FloatLiterals().visit(tree))
+        tree = ast.fix_missing_locations(_Rewrite().visit(tree))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return compile(tree, "<condition>", "exec", dont_inherit=True)
@@ -84,11 +85,46 @@ def row_values(row) -> tuple | None:
     return tuple(out)
 
 
-class _FloatLiterals(ast.NodeTransformer):
+def builtins(math_module) -> dict:
+    """The builtins a closed condition runs with: the functions it may call, its power, an import of math only."""
+    import builtins as python
+
+    def import_math(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name == "math":
+            return math_module
+        raise ImportError("import not allowed")
+
+    safe = {name: getattr(python, name) for name in BUILTIN_FUNCTIONS}
+    safe[POWER] = math.pow
+    safe["__import__"] = import_math
+    return safe
+
+
+class _Rewrite(ast.NodeTransformer):
+    """Int literals become floats; ``a ** b`` and ``x **= b`` call math.pow (float ** float can be complex)."""
+
     def visit_Constant(self, node: ast.Constant) -> ast.Constant:
         if type(node.value) is int:
             return ast.copy_location(ast.Constant(float(node.value)), node)  # OverflowError: outside
         return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Pow):
+            return ast.copy_location(_power(node.left, node.right), node)
+        return node
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Pow):
+            target = node.target.id  # a Name: the checker allows no other target
+            value = _power(ast.Name(target, ast.Load()), node.value)
+            return ast.copy_location(ast.Assign([ast.Name(target, ast.Store())], value), node)
+        return node
+
+
+def _power(base: ast.expr, exponent: ast.expr) -> ast.Call:
+    return ast.Call(ast.Name(POWER, ast.Load()), [base, exponent], [])
 
 
 class _Checker:

@@ -32,7 +32,6 @@ class Violation(str, enum.Enum):
     SECCOMP = "killed by seccomp"  # died of SIGSYS: made a system call outside the allow-list
     CRASHED = "worker died"  # EOF or death by any other signal / exit
     PROTOCOL = "bad answer"  # wrong nonce, wrong length or a byte outside the allowed set
-    NOT_BOOL = "did not return a bool"  # the worker lives on; the request's statuses are returned
     CPU_BUDGET = "over its CPU budget"  # rows used most of their deadline request after request: throttled
 
 
@@ -71,7 +70,8 @@ class EvaluationFailed(SandboxError):
     """The request's worker was killed (the whole request failed); ``violation`` says why.
 
     ``stage`` is "load" when it happened while the worker compiled and executed the source (module-level
-    code), "evaluate" otherwise; ``exit_signal`` is the signal that ended the worker (SIGSYS, SIGKILL...).
+    code), "evaluate" otherwise; ``exit_signal`` is the signal that ended the worker (SIGSYS, SIGKILL...);
+    ``answered``: the status bytes of the rows answered (each with its own token) before it failed.
     """
 
     def __init__(self, violation: Violation, exit_signal: int | None = None, stage: str = "evaluate"):
@@ -79,3 +79,4 @@ class EvaluationFailed(SandboxError):
         self.violation = violation
         self.exit_signal = exit_signal
         self.stage = stage
+        self.answered = b""

@@ -97,6 +97,10 @@ class Limits:
     # while different triggers still spread over every CPU. None without pin_zygotes: the scheduler decides.
     cpu_affinity: frozenset[int] | None = None
     pin_zygotes: bool = True
+    # A row whose process dies, is killed or misses the deadline is that row's ERROR and the next rows go on in a
+    # fresh zygote (no household's row decides whether another's is evaluated), this many times per request; then
+    # the request's remaining rows are ERROR.
+    row_failures_per_request: int = 3
     # A condition in the closed language (sandbox.closed) is evaluated by its zygote itself, row after row, with no
     # fork: the language keeps the rows apart. False: a process per row for every condition.
     evaluators: bool = True
@@ -285,6 +289,8 @@ class WorkerProcess:
         self._ans = answer_fd
         os.set_blocking(request_fd, False)
         os.set_blocking(answer_fd, False)
+        self._partial = b""  # what arrived of the current answer (its checked chunks survive a failure)
+        self._check: _ChunkCheck | None = None
         self._rpoll = select.poll()
         self._rpoll.register(answer_fd, select.POLLIN)
         self._wpoll = select.poll()
@@ -319,7 +325,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         self._send(frame + frames if frames else frame, deadline)
         tail = protocol.NONCE_SIZE if trailer else 0
-        check = _ChunkCheck(nonce, tokens) if tokens is not None else None
+        check = self._check = _ChunkCheck(nonce, tokens) if tokens is not None else None
         data = self._receive(protocol.NONCE_SIZE + answer_len + tail, deadline, nonce if trailer else None, check)
         self.last_used = time.monotonic()
         if data[: protocol.NONCE_SIZE] != nonce or (trailer and data[-tail:] != nonce):
@@ -332,7 +338,13 @@ class WorkerProcess:
         frames, tokens = protocol.encode_rows(rows)
         n = len(rows)
         chunk = protocol.ANSWER_CHUNK
-        answers = self.request(protocol.EVAL, n, n * chunk, timeout_s, frames, trailer=True, tokens=tokens)
+        try:
+            answers = self.request(protocol.EVAL, n, n * chunk, timeout_s, frames, trailer=True, tokens=tokens)
+        except EvaluationFailed as exc:
+            done = self._check.done if self._check is not None else 0
+            start = protocol.NONCE_SIZE + protocol.TOKEN_SIZE
+            exc.answered = bytes(self._partial[start + i * chunk] for i in range(done))
+            raise
         return answers[protocol.TOKEN_SIZE::chunk]
 
     def _send(self, frame: bytes, deadline: float) -> None:
@@ -358,7 +370,7 @@ class WorkerProcess:
                  check: "_ChunkCheck | None" = None) -> bytes:
         """``want`` bytes; with ``trailer``, a trailer that comes early (a row process that exited without its
         chunk) fails at once rather than at the deadline."""
-        buf = b""
+        buf = self._partial = b""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -374,6 +386,7 @@ class WorkerProcess:
             if not chunk:
                 self._fail(Violation.CRASHED)
             buf += chunk
+            self._partial = buf
             if trailer is not None and protocol.NONCE_SIZE < len(buf) < want and buf.endswith(trailer):
                 self._fail(Violation.PROTOCOL)
             if check is not None and not check(buf):
@@ -614,28 +627,43 @@ class Supervisor:
             return out
 
     def _evaluate_part(self, slot: "_Slot", rows: Sequence, timeout_s: float | None) -> list[Status]:
-        worker = self._ensure_worker(slot)
-        timeout = self.limits.batch_timeout(len(rows)) if timeout_s is None else timeout_s
-        before = worker.times()
-        try:
-            body = worker.evaluate_rows(rows, timeout)
-        except ValueError:
-            raise TypeError("rows must hold only plain values (numbers, None, str)") from None
-        except EvaluationFailed as exc:
-            self._count_violation(slot, exc.violation, exc.exit_signal)
-            raise
-        n = len(rows)
-        slot.evaluations += n
-        worker.evaluations += n
-        if protocol.NOT_BOOL in body:
-            self._count_violation(slot, Violation.NOT_BOOL, None)
-        after = worker.times()
-        if not slot.quarantined and before is not None and after is not None:
-            used = after.own_s - before.own_s if worker.evaluator else after.rows_s - before.rows_s
-            self._account(slot, worker, after, used, timeout)
-        if slot.worker is worker and (worker.evaluations >= self.limits.max_evaluations or slot.quarantined):
-            self._drop_worker(slot)  # recycle: the next request gets a fresh zygote
-        return list(map(_STATUSES.__getitem__, body))
+        """One Status per row. A row whose process dies, is killed or misses the deadline is that row's ERROR and a
+        violation of the condition; the rows after it go on in a fresh zygote, without backoff, so that whether one
+        household's row is evaluated never depends on another's (at most Limits.row_failures_per_request times: then
+        the remaining rows are ERROR). A NOT_BOOL is that row's answer, no violation (it would make a quarantine that
+        depends on one household's value)."""
+        out: list[Status] = []
+        failures = 0
+        while len(out) < len(rows):
+            if failures >= self.limits.row_failures_per_request:
+                out.extend([Status.ERROR] * (len(rows) - len(out)))
+                break
+            rest = rows[len(out):]
+            worker = self._ensure_worker(slot, continuing=failures > 0)
+            timeout = self.limits.batch_timeout(len(rest)) if timeout_s is None else timeout_s
+            before = worker.times()
+            try:
+                body = worker.evaluate_rows(rest, timeout)
+            except ValueError:
+                raise TypeError("rows must hold only plain values (numbers, None, str)") from None
+            except EvaluationFailed as exc:
+                self._count_violation(slot, exc.violation, exc.exit_signal, backoff=False)
+                slot.evaluations += len(exc.answered) + 1
+                out.extend(map(_STATUSES.__getitem__, exc.answered))
+                out.append(Status.ERROR)
+                failures += 1
+                continue
+            n = len(rest)
+            slot.evaluations += n
+            worker.evaluations += n
+            after = worker.times()
+            if not slot.quarantined and before is not None and after is not None:
+                used = after.own_s - before.own_s if worker.evaluator else after.rows_s - before.rows_s
+                self._account(slot, worker, after, used, timeout)
+            if slot.worker is worker and (worker.evaluations >= self.limits.max_evaluations or slot.quarantined):
+                self._drop_worker(slot)  # recycle: the next request gets a fresh zygote
+            out.extend(map(_STATUSES.__getitem__, body))
+        return out
 
     def _account(self, slot: "_Slot", worker: WorkerProcess, times: ProcessTimes, rows_cpu_s: float,
                  timeout: float) -> None:
@@ -685,7 +713,7 @@ class Supervisor:
         with self._lock:
             return self._slots[(tenant, condition_id)]
 
-    def _ensure_worker(self, slot: _Slot) -> WorkerProcess:
+    def _ensure_worker(self, slot: _Slot, continuing: bool = False) -> WorkerProcess:
         worker = slot.worker
         key = (slot.tenant, slot.condition_id)
         if worker is not None and worker.alive:
@@ -694,7 +722,7 @@ class Supervisor:
                     self._live.move_to_end(key)
             return worker
         now = time.monotonic()
-        if now < slot.next_spawn_at:
+        if now < slot.next_spawn_at and not continuing:
             raise BackingOff(slot.next_spawn_at - now)
         self._make_room()
         slot.spawns += 1  # one start, even when an evaluator found the condition outside the closed language
@@ -762,18 +790,21 @@ class Supervisor:
         if worker is not None:
             worker.kill()
 
-    def _count_violation(self, slot: _Slot, violation: Violation, exit_signal: int | None) -> None:
+    def _count_violation(self, slot: _Slot, violation: Violation, exit_signal: int | None,
+                         backoff: bool = True) -> None:
+        """Count it (quarantine after Limits.quarantine_after); the worker is gone. ``backoff``: wait before the
+        next spawn (load failures, which no row decides; a row's failure goes on at once, see _evaluate_part)."""
         slot.violations += 1
         slot.last_violation = violation
         if violation is Violation.CPU_BUDGET:
             self._drop_worker(slot)  # throttled: no zygote, so no evaluation, for throttle_s (doubling)
-            backoff = self.limits.throttle_s * 2 ** (slot.budget_violations - 1)
-            slot.next_spawn_at = time.monotonic() + backoff
-        elif violation is not Violation.NOT_BOOL:
+            slot.next_spawn_at = time.monotonic() + self.limits.throttle_s * 2 ** (slot.budget_violations - 1)
+        else:
             slot.last_exit_signal = exit_signal
             self._drop_worker(slot)  # already killed and reaped
-            backoff = self.limits.backoff_s * 2 ** (slot.violations - 1)
-            slot.next_spawn_at = time.monotonic() + min(self.limits.backoff_max_s, backoff)
+            if backoff:
+                wait = self.limits.backoff_s * 2 ** (slot.violations - 1)
+                slot.next_spawn_at = time.monotonic() + min(self.limits.backoff_max_s, wait)
         if slot.violations >= self.limits.quarantine_after:
             slot.quarantined = True
 

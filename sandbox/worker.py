@@ -84,21 +84,11 @@ def _preimport_inspector() -> None:
 def _preimport_evaluator(evaluator_filter, modules: dict) -> tuple:
     """Evaluators only: the closed language's checker (it needs ast, as the trial's inspector does) and the
     builtins a closed condition may call."""
-    import builtins
-
     from sandbox import closed
 
-    assert closed.closed_code("import math\ndef condition(x):\n    return math.sqrt(x) > 1\n", ["x"]) is not None
+    assert closed.closed_code("import math\ndef condition(x):\n    return math.sqrt(x) ** 2 > 1\n", ["x"]) is not None
     assert closed.closed_code("def condition(x):\n    return [x]\n", ["x"]) is None
-
-    def import_math(name, globals=None, locals=None, fromlist=(), level=0):
-        if level == 0 and name == "math":
-            return modules["math"]
-        raise ImportError("import not allowed")
-
-    safe = {name: getattr(builtins, name) for name in closed.BUILTIN_FUNCTIONS}
-    safe["__import__"] = import_math
-    return closed, evaluator_filter, safe
+    return closed, evaluator_filter, closed.builtins(modules["math"])
 
 
 def _preimport() -> dict:

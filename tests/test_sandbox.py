@@ -119,7 +119,7 @@ def test_statuses_in_one_batch(sup):
     assert sup.evaluate("org", "c", [(0,), (1,), (2,), (3,), (None,), (1, 2)]) == [
         Status.NOT_BOOL, Status.ERROR, Status.FALSE, Status.TRUE, Status.ERROR, Status.ERROR]
     st = sup.state("org", "c")
-    assert st.violations == 1 and st.last_violation is Violation.NOT_BOOL  # not-bool counts, worker lives
+    assert st.violations == 0  # a row's own answer: no violation (a quarantine must not depend on one row)
     assert st.spawns == 1
 
 
@@ -251,7 +251,10 @@ def test_recycling_after_n_evaluations():
         assert s.state("org", "stateful").spawns == 4
 
 
-def test_timeout_kills_and_respawns_with_backoff():
+def test_a_row_past_the_deadline_is_its_own_error_and_the_next_rows_go_on():
+    """One household's row must not decide whether another's is evaluated: the row that spins is killed (with its
+    zygote) and answered ERROR, a violation is counted, and the rows after it are evaluated by a fresh zygote at
+    once (no backoff: that would make the next window's evaluation depend on this row)."""
     src = textwrap.dedent("""\
         def condition(x):
             while x > 0:
@@ -262,26 +265,19 @@ def test_timeout_kills_and_respawns_with_backoff():
         s.register("org", "loop", src, ["x"])
         assert s.evaluate("org", "loop", [(0,)]) == [Status.TRUE]
         first = s.state("org", "loop").pid
-        t = time.monotonic()
-        with pytest.raises(EvaluationFailed) as e:
-            s.evaluate("org", "loop", [(1,)])
-        assert 0.2 <= time.monotonic() - t < 1.5
-        assert e.value.violation is Violation.TIMEOUT and e.value.exit_signal == signal.SIGKILL
-        assert e.value.reason == "timed out"
+        assert s.evaluate("org", "loop", [(0,), (1,), (0,)]) == [Status.TRUE, Status.ERROR, Status.TRUE]
         with pytest.raises(OSError):
             os.kill(first, 0)  # killed and reaped
         st = s.state("org", "loop")
-        assert st.pid is None and st.violations == 1 and 0 < st.retry_after <= 0.2
-        with pytest.raises(BackingOff) as b:
-            s.evaluate("org", "loop", [(0,)])
-        assert 0 < b.value.retry_after <= 0.2
-        time.sleep(b.value.retry_after)
-        assert s.evaluate("org", "loop", [(0,)]) == [Status.TRUE]  # respawned
-        st = s.state("org", "loop")
-        assert st.spawns == 2 and st.pid not in (None, first)
-        with pytest.raises(EvaluationFailed):
-            s.evaluate("org", "loop", [(1,)])
-        assert s.state("org", "loop").retry_after > 0.2  # the backoff doubles
+        assert st.violations == 1 and st.last_violation is Violation.TIMEOUT and st.last_exit_signal == signal.SIGKILL
+        assert st.retry_after == 0 and st.spawns == 2 and st.pid not in (None, first)
+        assert s.evaluate("org", "loop", [(0,)]) == [Status.TRUE]  # the next window: no backoff either
+    with Supervisor(Limits(timeout_s=0.1, quarantine_after=100, row_failures_per_request=2)) as s:
+        s.register("org", "loop", src, ["x"])
+        # at most row_failures_per_request rows fail per request: the rest are ERROR without being evaluated
+        assert s.evaluate("org", "loop", [(1,), (1,), (0,), (0,)]) == [Status.ERROR] * 4
+        assert s.state("org", "loop").violations == 2
+        assert s.evaluate("org", "loop", [(0,), (1,), (0,)]) == [Status.TRUE, Status.ERROR, Status.TRUE]
 
 
 def test_cpu_rlimit_is_a_backstop_behind_the_deadline():
@@ -290,10 +286,10 @@ def test_cpu_rlimit_is_a_backstop_behind_the_deadline():
     src = "def condition(x):\n    while True:\n        pass\n"
     with Supervisor(Limits(timeout_s=60.0, cpu_s=1, backoff_s=0.0)) as s:
         s.register("org", "spin", src, ["x"])
-        with pytest.raises(EvaluationFailed) as e:
-            s.evaluate("org", "spin", [(1,)])
-        assert e.value.violation is Violation.CRASHED
-        assert e.value.exit_signal in (signal.SIGXCPU, signal.SIGKILL)
+        assert s.evaluate("org", "spin", [(1,)]) == [Status.ERROR]
+        st = s.state("org", "spin")
+        assert st.last_violation is Violation.CRASHED
+        assert st.last_exit_signal in (signal.SIGXCPU, signal.SIGKILL)
 
 
 def test_memory_rlimit():
@@ -306,23 +302,33 @@ def test_memory_rlimit():
 
 
 def test_quarantine_after_repeated_violations_and_release():
-    src = "def condition(x):\n    return 1\n"  # never a bool
-    with Supervisor(Limits(timeout_s=0.5, quarantine_after=3)) as s:
-        s.register("org", "int", src, ["x"])
-        for _ in range(3):
-            assert s.evaluate("org", "int", [(1,), (2,)]) == [Status.NOT_BOOL] * 2
-        st = s.state("org", "int")
+    src = "def condition(x):\n    while True:\n        pass\n"
+    with Supervisor(Limits(timeout_s=0.05, quarantine_after=3)) as s:
+        s.register("org", "spin", src, ["x"])
+        assert s.evaluate("org", "spin", [(1,), (2,), (3,)]) == [Status.ERROR] * 3
+        st = s.state("org", "spin")
         assert st.quarantined and st.violations == 3 and st.pid is None
         with pytest.raises(ConditionQuarantined):
-            s.evaluate("org", "int", [(1,)])
-        s.release("org", "int")
-        assert s.evaluate("org", "int", [(1,)]) == [Status.NOT_BOOL]
+            s.evaluate("org", "spin", [(1,)])
+        s.release("org", "spin")
+        assert s.evaluate("org", "spin", [(1,)]) == [Status.ERROR]
+        assert not s.state("org", "spin").quarantined
         # registering again also starts afresh
-        for _ in range(2):
-            s.evaluate("org", "int", [(1,)])
-        assert s.state("org", "int").quarantined
-        s.register("org", "int", MISSION, MISSION_PARAMS)
-        assert s.evaluate("org", "int", [(0.0, 600.0)]) == [Status.TRUE]
+        s.evaluate("org", "spin", [(1,), (1,)])
+        assert s.state("org", "spin").quarantined
+        s.register("org", "spin", MISSION, MISSION_PARAMS)
+        assert s.evaluate("org", "spin", [(0.0, 600.0)]) == [Status.TRUE]
+
+
+def test_a_condition_that_does_not_return_a_bool_is_never_quarantined_for_it():
+    """NOT_BOOL is a row's own answer: counting it would let one household's value quarantine the condition
+    for every household (tests/test_sandbox_closed_attacks.py)."""
+    with Supervisor(Limits(timeout_s=0.5, quarantine_after=3)) as s:
+        s.register("org", "int", "def condition(x):\n    return 1 if x > 0 else True\n", ["x"])
+        for _ in range(5):
+            assert s.evaluate("org", "int", [(1,), (0,)]) == [Status.NOT_BOOL, Status.TRUE]
+        st = s.state("org", "int")
+        assert not st.quarantined and st.violations == 0 and st.spawns == 1
 
 
 def test_quarantine_on_crashes_with_backoff_zero():
@@ -330,8 +336,7 @@ def test_quarantine_on_crashes_with_backoff_zero():
     with Supervisor(Limits(timeout_s=0.05, backoff_s=0.0, quarantine_after=2)) as s:
         s.register("org", "spin", src, ["x"])
         for _ in range(2):
-            with pytest.raises(EvaluationFailed):
-                s.evaluate("org", "spin", [(1,)])
+            assert s.evaluate("org", "spin", [(1,)]) == [Status.ERROR]
         with pytest.raises(ConditionQuarantined):
             s.evaluate("org", "spin", [(1,)])
         assert s.state("org", "spin").spawns == 2
@@ -546,10 +551,8 @@ def test_works_for_an_unprivileged_agent(tmp_path):
             out["worker_uid"] = st["Uid"].split()[0]
             out["seccomp"] = st["Seccomp"].strip()
             s.register("t", "evil", "def condition(x):\\n    g = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0].__init__.__globals__\\n    g['system']('id')\\n    return True\\n", ["x"])
-            try:
-                s.evaluate("t", "evil", [(1,)])
-            except EvaluationFailed as e:
-                out["evil"] = e.violation.value
+            out["evil_rows"] = [int(x) for x in s.evaluate("t", "evil", [(1,)])]
+            out["evil"] = s.state("t", "evil").last_violation.value
             out["after"] = [int(x) for x in s.evaluate("t", "m", [(0.0, 600.0)])]
         print(json.dumps(out))
     """)
@@ -562,7 +565,7 @@ def test_works_for_an_unprivileged_agent(tmp_path):
     assert out["available"] == [True, "seccomp filter enforced"]
     assert out["mission"] == [1, 0] and out["after"] == [1]
     assert out["worker_uid"] == "12345" and out["seccomp"] == "2"
-    assert out["evil"] == "killed by seccomp"
+    assert out["evil"] == "killed by seccomp" and out["evil_rows"] == [2]  # that row's ERROR
 
 
 def test_no_state_carries_between_households_rows():
@@ -623,9 +626,8 @@ def test_row_processes_are_separate_and_gone():
         s.register("org", "spin", src, ["x"])
         assert s.evaluate("org", "spin", [(0,)] * 5) == [Status.TRUE] * 5
         zygote = s.state("org", "spin").pid
-        with pytest.raises(EvaluationFailed) as e:
-            s.evaluate("org", "spin", [(0,), (1,)])
-        assert e.value.violation is Violation.TIMEOUT
+        assert s.evaluate("org", "spin", [(0,), (1,)]) == [Status.TRUE, Status.ERROR]
+        assert s.state("org", "spin").last_violation is Violation.TIMEOUT
         deadline = time.monotonic() + 10  # SIGKILL is delivered at once; the orphan is reaped by init when it gets to it
         while time.monotonic() < deadline:
             alive = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == zygote and not _zombie(int(p))]

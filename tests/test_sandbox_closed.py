@@ -13,6 +13,7 @@ is that its answer for a row is a function of that row only. Shown three ways:
 
 from __future__ import annotations
 
+import math
 import random
 import textwrap
 
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from sandbox import Limits, Status, Supervisor
 from sandbox.closed import MAX_NODES, closed_code, row_values
+from sandbox.closed import builtins as closed_builtins
 from sandbox.supervisor import CLOSED_LANGUAGE, PROCESS_PER_ROW
 
 LIMITS = Limits(timeout_s=5.0, load_timeout_s=5.0, spawn_timeout_s=30.0, backoff_s=0.0, quarantine_after=1000)
@@ -170,8 +172,7 @@ ROW_VALUE = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
 
 def alone(source: str, row) -> Status:
     """The row's answer computed in this process, on its own (the reference)."""
-    namespace = {"__builtins__": {"abs": abs, "min": min, "max": max, "float": float,
-                                  "__import__": lambda name, *a: __import__("math")}}
+    namespace = {"__builtins__": closed_builtins(math)}
     exec(closed_code(source, PARAMS), namespace)
     values = row_values(row)
     if values is None:

@@ -10,10 +10,10 @@ passes when the defence holds:
   next window, equals the answer this process computes for that row alone, for the bits and their complement;
 - the evaluator's reader, row conversion and LOAD: no crash, no hang, no violation, a CPU time that is counted.
 
-Three tests fail on purpose (holes, see their docstrings): `**` makes complex numbers inside a language that is
-"every number a float", and a closed condition can return a non-bool for one household's row, which the Supervisor
-counts towards quarantining the condition for every household (and, for contrast, outside the language: one
-row that overruns its deadline fails the whole window for every household).
+Three tests were holes when written, now fixed (see their docstrings): `**` made complex numbers inside a language
+that is "every number a float" (now math.pow's); a non-bool for one household's row counted towards quarantining the
+condition for every household (now that row's own answer); and, outside the language, one row that overran its
+deadline failed the whole window for every household (now that row's ERROR; the next rows go on).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pytest
 
 from sandbox import ConditionQuarantined, ConditionRejected, EvaluationFailed, Limits, Status, Supervisor
 from sandbox.closed import MAX_NODES, closed_code, row_values
+from sandbox.closed import builtins as closed_builtins
 from sandbox.supervisor import CLOSED_LANGUAGE, PROCESS_PER_ROW
 
 LIMITS = Limits(timeout_s=5.0, load_timeout_s=5.0, spawn_timeout_s=30.0, backoff_s=0.0, quarantine_after=1000,
@@ -53,8 +54,7 @@ def function(source: str, params=("x",)):
     assert code is not None, source
     # a copy: a code object keeps what 3.11's specialising interpreter learnt from earlier calls; a copy starts cold
     code = code.replace(co_consts=tuple(c.replace() if isinstance(c, types.CodeType) else c for c in code.co_consts))
-    namespace = {"__builtins__": {"abs": abs, "min": min, "max": max, "float": float,
-                                  "__import__": lambda name, *a: math}, "__name__": "condition"}
+    namespace = {"__builtins__": closed_builtins(math), "__name__": "condition"}
     exec(code, namespace)
     return namespace["condition"]
 
@@ -465,7 +465,7 @@ def test_the_specialising_interpreter_is_transparent():
 # ---------------------------------------------------------------- holes (these three fail: see the report)
 
 def test_no_closed_value_is_a_complex_number(supervisor):
-    """HOLE (intent): "every number a float" does not hold. float ** float is a complex number when the base is
+    """Was a hole (fixed: `**` is math.pow's): "every number a float" did not hold. float ** float is a complex number when the base is
     negative and the exponent not an integer: `x ** 0.5` for x < 0, and even the folded constant `(-1) ** 0.5`.
     A complex then flows through + - * / ** and ==, abs() makes a float of it again. It carries no state (it is
     immutable and every operation on it is pure, errno is reset first), but it is an object the language says
@@ -495,7 +495,7 @@ def test_no_closed_value_is_a_complex_number(supervisor):
 
 
 def test_one_households_row_cannot_quarantine_the_condition_for_every_household():
-    """HOLE (supervisor, cross-household): a closed condition may return a non-bool (a bare `return`, falling
+    """Was a hole (fixed: NOT_BOOL is no violation): a closed condition may return a non-bool (a bare `return`, falling
     off the end, or a number). NOT_BOOL in any row of a request counts one violation for the whole condition, and
     quarantine_after of them (3 by default) quarantine it: no row of any household is evaluated again, and the
     trigger's view shows `"quarantined": true`. So `if 5000 < x < 5001: return` makes every other household's
@@ -523,7 +523,7 @@ def test_one_households_row_cannot_quarantine_the_condition_for_every_household(
 
 
 def test_one_households_row_cannot_fail_the_window_for_every_household():
-    """HOLE (supervisor, process per row; outside the closed language, shown for contrast): a row that runs past
+    """Was a hole (fixed: a failed row is its own ERROR, the next rows go on; outside the closed language): a row that runs past
     the deadline fails the whole request, so `while 5000 < x < 5001: pass` makes every other household's answer
     in that window (an error instead of its own status, no webhook) depend on one household's row: one bit per
     window about "some household is in the band", cohort-free, and a TIMEOUT violation on top (quarantine after
