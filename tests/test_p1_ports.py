@@ -233,3 +233,14 @@ def test_check_config_knows_a_homewizard_port(port, error):
         with pytest.raises(ConfigError) as info:
             parse_config(data)
         assert info.value.key == error
+
+
+def test_hints_name_each_cause_and_nothing_when_nothing_points_anywhere():
+    from drivers.linecheck import hint
+
+    telegram = telegram_bytes("v5.txt")
+    assert "7E1" in hint(_with_even_parity_bit(telegram), 900, "115200 8N1")
+    assert "parity or framing" in hint(telegram.replace(b"0", b"\x00"), 900, "115200 7E1")
+    assert "wrong baud rate" in hint(bytes(range(0x41, 0x5b)) * 50, 700, "9600 7E1")
+    assert hint(b"", 0, None).startswith("no data at all")
+    assert hint(telegram, 900, "115200 8N1") is None  # a good telegram the family does not read: no serial hint
