@@ -33,6 +33,7 @@ from drivers.reading import Reading
 log = logging.getLogger("edge.agent")
 
 RETENTION_EVERY_S = 600
+IDLE_CONNECTION_S = 15.0  # an HTTP connection without a request (or between two) is closed after this
 CONFIG_ERROR_FILE = "config-error.txt"  # written by image/'s edge-firstboot, in the state directory
 
 
@@ -104,7 +105,9 @@ class Agent:
             await self.fleet.start()
         app = create_app(self)
         pages.add_routes(app)  # the device's own pages under /ui: not part of the API (nor of its OpenAPI)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A connection that has not sent a whole request head within this is closed (aiohttp's keep-alive timer
+        # runs from the connection's start): slow-header clients cannot hold connections for minutes.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_CONNECTION_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
         await site.start()

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.conftest import OPERATOR_TOKEN
 from tests.test_faults_disk import OP, agent_on, town
 
 
@@ -67,3 +68,35 @@ async def test_the_doors(tmp_path):
         assert body["count"] == 2 and [r["power_import_w"] for r in body["readings"]] == [5, 1]
         status, body, _ = await running.call("GET", f"/meters/{hh['meter_id']}/readings?resolution=1m", OP)
         assert status == 200 and body["count"] == len(body["readings"])
+
+
+async def test_slow_headers_and_slow_bodies_do_not_hold_connections(tmp_path, start_agent, monkeypatch):
+    """A slowloris (a request head that never ends, a body that trickles) is cut off, with real sockets; the
+    timeouts are shortened here so the test does not wait 15 s (IDLE_CONNECTION_S) or 30 s (BODY_TIMEOUT_S)."""
+    from agent import service
+    from agent.api import common
+    from tests.conftest import make_config
+
+    monkeypatch.setattr(service, "IDLE_CONNECTION_S", 0.5)
+    monkeypatch.setattr(common, "BODY_TIMEOUT_S", 0.5)
+    running = await start_agent(make_config(tmp_path))
+    port = running.agent.port
+    def slow_head() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            return sock.recv(1024)  # b"" once the agent closes it; a timeout (10 s) fails the test
+
+    heads = await asyncio.gather(*(asyncio.to_thread(slow_head) for _ in range(20)))
+    assert heads == [b""] * 20
+
+    def slow_body() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /organizations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + OPERATOR_TOKEN.encode()
+                         + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na")
+            data = b""
+            while b"}" not in data and (chunk := sock.recv(65536)):  # the answer, not the close (aiohttp lingers)
+                data += chunk
+            return data
+
+    answer = await asyncio.to_thread(slow_body)
+    assert answer.split()[1] == b"408" and b'"request_timeout"' in answer

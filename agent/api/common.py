@@ -24,6 +24,7 @@ log = logging.getLogger("edge.api")
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_LIMIT = 100_000
+BODY_TIMEOUT_S = 30.0
 AGENT = web.AppKey("agent", object)
 
 
@@ -159,8 +160,16 @@ def parse_limit(value: str | None, default: int = 10_000) -> int:
     return int(value)
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, which must arrive within BODY_TIMEOUT_S (a slow body would hold its request open)."""
+    try:
+        return await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+
+
 async def read_json(request: web.Request, allow_empty: bool = False):
-    body = await request.read()
+    body = await read_body(request)
     if not body:
         if allow_empty:
             return {}

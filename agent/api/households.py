@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from agent.api.common import ApiError, KeyedLocks, agent_of, read_json, require
+from agent.api.common import ApiError, KeyedLocks, agent_of, read_body, read_json, require
 from agent.auth import HOUSEHOLD
 from agent.ingest import IngestError, check_order, readings_from_payload
 from agent.registry import SERVICES
@@ -98,7 +98,7 @@ async def post_readings(request: web.Request) -> web.Response:
     agent = agent_of(request)
     received_at = agent.now()
     if request.content_type == "text/plain":
-        text = (await request.read()).decode("latin-1")
+        text = (await read_body(request)).decode("latin-1")
         readings = [agent.telegram_ingest.decode(text, household.meter_id, received_at)]
     else:
         if request.content_type not in ("application/json", "application/octet-stream", ""):
