@@ -85,8 +85,10 @@ def _masks_for(length: int) -> tuple[int, ...]:
     for _ in range(8 * length):
         state = (state >> 1) ^ 0xA001 if state & 1 else state >> 1
         states.append(state)
-    # states[n - 1] is the share of bit t = 8 * length - n; in a binary string, read from the top bit down
-    return tuple(int("".join("1" if share >> bit & 1 else "0" for share in states), 2) for bit in range(16))
+    # states[n - 1] is the share of bit t = 8 * length - n, so read from the top bit down, mask `bit` is the string
+    # of every share's `bit`: every 16th character of the shares written out in binary (slices, in C).
+    shares = "".join(format(share, "016b") for share in states)
+    return tuple(int(shares[15 - bit::16], 2) for bit in range(16))
 
 
 def crc16(data: bytes) -> int:
