@@ -287,6 +287,9 @@ async def test_releases_survive_killed_nodes_devices_hub_and_an_outage(fleet):
         (f"/areas/north/data?window=1s&since={fleet.t0}&until={until}", fleet.org_key))]
     everything = [r.decode() for r in raw] + [f"{k} {v.decode()}" for k, v in stored.items()] + served_text
     secrets_of_households = [x for hh in fleet.households.values() for pair in hh for x in pair]
+    for device in DEVICES:  # and the meter ids the devices gave them
+        secrets_of_households += [h["meter_id"] for h in fleet.device(device, "/households")[1]["households"]]
+    assert len(secrets_of_households) == 18
     for text in everything:
         assert not any(s in text for s in secrets_of_households)
         assert "consent" not in text

@@ -138,6 +138,35 @@ async def test_area_windows_are_sums_by_tag_and_need_enough_devices(hub):
     assert [json.loads(line)["action"] for line in hub.audit_path.read_text().splitlines()] == ["area.data"] * 2
 
 
+async def test_two_hub_replicas_share_the_consumer(hub, server):
+    """A second hub process on the same durable consumer: the work is shared, the sums stay exact (both write
+    the same area windows, with compare-and-set)."""
+    import asyncio
+
+    other = Hub(server.urls, document.public_key_text(KEY), min_devices=2, replicas=1)
+    await other.start()
+    other.fleet, other.device_area = hub.fleet, hub.device_area
+    try:
+        for hour in range(24):  # in rounds, so both replicas' pull requests are waiting
+            for n, device in enumerate(("dev-1", "dev-2", "dev-3")):
+                start = DAY + hour * HOUR
+                await publish(hub, device, hour + 1, "1h", start,
+                              {("org_grid", None): fine_body("1h", start, HOUR, None, 10 + n, 100.0 * (n + 1) + hour,
+                                                             10.0, {"kind": "exact"})})
+            await asyncio.sleep(0.05)
+        await until(lambda: _applied_both(hub, other, 72))
+    finally:
+        await other.stop()
+    assert hub.applied > 0 and other.applied > 0  # both took part
+    status, body = await get(hub, f"/areas/north/data?window=1h&since={DAY}&until={DAY + 86400}")
+    assert [w["consumption_w"] for w in body["released"]] == [600.0 + 3 * h for h in range(24)]
+    assert all(w["devices"] == 3 and w["households"] == 33 for w in body["released"])
+
+
+async def _applied_both(a, b, count: int) -> bool:
+    return a.applied + b.applied >= count
+
+
 async def test_one_device_is_not_enough(hub):
     await publish(hub, "dev-1", 1, "1h", DAY, {("org_grid", None): fine_body("1h", DAY, HOUR, None, 12, 900.0,
                                                                                100.0, {"kind": "exact"})})
