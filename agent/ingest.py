@@ -158,7 +158,10 @@ def check_order(readings: list[Reading], last_timestamp: datetime | None, now: d
         if (reading.timestamp - now).total_seconds() > MAX_FUTURE_S:
             raise _invalid(f"timestamp {reading.timestamp.isoformat()} is more than {MAX_FUTURE_S} s ahead of "
                            "the device's clock")
-        if previous is not None and reading.timestamp <= previous:
+        # A reading ahead of the device's clock (allowed, up to MAX_FUTURE_S) must not refuse the household's real
+        # ones until the clock catches up: only its own time again (a retry) is a duplicate then.
+        if previous is not None and (reading.timestamp == previous
+                                     or (previous <= now and reading.timestamp < previous)):
             raise IngestError(409, "duplicate", f"a reading at or after {reading.timestamp.isoformat()} was "
                               "already accepted for this household; timestamps must go forward")
         previous = reading.timestamp

@@ -39,6 +39,16 @@ async def test_the_doors(tmp_path):
         assert (await running.call("GET", "/meters", OP))[0] == 200
         assert (await running.call("GET", "/households/me", auth))[0] == 200
 
+        # A reading ahead of the clock (allowed up to 300 s) does not refuse the household's real readings after it;
+        # a retry of a reading is still a duplicate.
+        ahead = time.time() + 290
+        assert (await running.call("POST", "/readings", auth, {"timestamp": ahead, "power_import_w": 5}))[0] == 201
+        real = time.time()
+        assert (await running.call("POST", "/readings", auth, {"timestamp": real, "power_import_w": 5}))[0] == 201
+        status, body, _ = await running.call("POST", "/readings", auth, {"timestamp": real, "power_import_w": 5})
+        assert status == 409 and body["error"] == "duplicate"
+        assert (await running.call("POST", "/readings", auth, {"timestamp": time.time(), "power_import_w": 5}))[0] == 201
+
         # Bytes that are not UTF-8 in Authorization: 401 (or the throttle's 429), JSON, never a 500.
         for token in (b"Bearer \xff\xfe\xfd", b"Bearer edge_hh_\xc3\x28", b"\xff"):
             status, body = await asyncio.to_thread(
@@ -58,15 +68,16 @@ async def test_the_doors(tmp_path):
             json.loads(await resp.text(), parse_constant=lambda name: pytest.fail(f"{name} emitted"))
 
         # A readings query at its maximum is streamed: valid JSON, every row, the count after them.
+        other_hh, auth = households[1]
         for power in range(1, 31):
             status, _, _ = await running.call("POST", "/readings", auth, {"timestamp": time.time(),
                                                                           "power_import_w": power})
             assert status == 201
-        status, body, _ = await running.call("GET", f"/meters/{hh['meter_id']}/readings?limit=100000", OP)
-        assert status == 200 and body["count"] == len(body["readings"]) == 31
-        status, body, _ = await running.call("GET", f"/meters/{hh['meter_id']}/readings?limit=2", OP)
-        assert body["count"] == 2 and [r["power_import_w"] for r in body["readings"]] == [5, 1]
-        status, body, _ = await running.call("GET", f"/meters/{hh['meter_id']}/readings?resolution=1m", OP)
+        status, body, _ = await running.call("GET", f"/meters/{other_hh['meter_id']}/readings?limit=100000", OP)
+        assert status == 200 and body["count"] == len(body["readings"]) == 30
+        status, body, _ = await running.call("GET", f"/meters/{other_hh['meter_id']}/readings?limit=2", OP)
+        assert body["count"] == 2 and [r["power_import_w"] for r in body["readings"]] == [1, 2]
+        status, body, _ = await running.call("GET", f"/meters/{other_hh['meter_id']}/readings?resolution=1m", OP)
         assert status == 200 and body["count"] == len(body["readings"])
 
 
