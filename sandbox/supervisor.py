@@ -105,8 +105,18 @@ class Limits:
     # fork: the language keeps the rows apart. False: a process per row for every condition.
     evaluators: bool = True
 
+    @property
+    def row_timeout_s(self) -> float:
+        """Each row's own deadline in a zygote that forks per row: one evaluation's, plus the fork of its process."""
+        return self.timeout_s + self.timeout_per_row_s
+
     def batch_timeout(self, rows: int) -> float:
         return min(self.max_timeout_s, self.timeout_s + self.timeout_per_row_s * max(0, rows - 1))
+
+    def request_timeout(self, rows: int) -> float:
+        """A request's whole deadline: its rows', and room for the rows that fail, each costing its own deadline
+        and a fresh zygote (~0.1 s), so that a failed row leaves the rows after it their time."""
+        return self.batch_timeout(rows) + self.row_failures_per_request * (self.row_timeout_s + 0.1)
 
 
 # --------------------------------------------------------------------------------------------- spawning
@@ -310,10 +320,12 @@ class WorkerProcess:
         return self.wait_status is None
 
     def request(self, kind: int, body: object, answer_len: int, timeout_s: float, frames: bytes = b"",
-                trailer: bool = False, tokens: Sequence[bytes] | None = None) -> bytes:
+                trailer: bool = False, tokens: Sequence[bytes] | None = None,
+                row_timeout_s: float | None = None) -> bytes:
         """Send one request (and ``frames``: an EVAL's rows), return the answer's bytes after the (checked) nonce
         (and before the nonce again, with ``trailer``). With ``tokens``, the answer is one chunk per token, each
-        checked as it arrives (its token, a status byte): a forged chunk fails at once, not at the deadline.
+        checked as it arrives (its token, a status byte): a forged chunk fails at once, not at the deadline; and with
+        ``row_timeout_s``, each chunk must come within that of the one before (a row's own deadline).
 
         Raises ValueError (nothing sent) if marshal cannot encode ``body``; EvaluationFailed (the zygote
         is then dead and reaped) on a missed deadline, an EOF, a wrong nonce or a wrong length.
@@ -326,20 +338,23 @@ class WorkerProcess:
         self._send(frame + frames if frames else frame, deadline)
         tail = protocol.NONCE_SIZE if trailer else 0
         check = self._check = _ChunkCheck(nonce, tokens) if tokens is not None else None
-        data = self._receive(protocol.NONCE_SIZE + answer_len + tail, deadline, nonce if trailer else None, check)
+        data = self._receive(protocol.NONCE_SIZE + answer_len + tail, deadline, nonce if trailer else None, check,
+                             row_timeout_s)
         self.last_used = time.monotonic()
         if data[: protocol.NONCE_SIZE] != nonce or (trailer and data[-tail:] != nonce):
             self._fail(Violation.PROTOCOL)
         return data[protocol.NONCE_SIZE: len(data) - tail]
 
-    def evaluate_rows(self, rows: Sequence, timeout_s: float) -> bytes:
+    def evaluate_rows(self, rows: Sequence, timeout_s: float, row_timeout_s: float | None = None) -> bytes:
         """One status byte per row, each from the row's own process (or an evaluator's). Every chunk must carry its
-        row's token, in order, and the zygote's trailer (the nonce again) must follow the last: else PROTOCOL."""
+        row's token, in order, and the zygote's trailer (the nonce again) must follow the last: else PROTOCOL.
+        With ``row_timeout_s`` (a zygote that forks per row), each row has that deadline of its own."""
         frames, tokens = protocol.encode_rows(rows)
         n = len(rows)
         chunk = protocol.ANSWER_CHUNK
         try:
-            answers = self.request(protocol.EVAL, n, n * chunk, timeout_s, frames, trailer=True, tokens=tokens)
+            answers = self.request(protocol.EVAL, n, n * chunk, timeout_s, frames, trailer=True, tokens=tokens,
+                                   row_timeout_s=row_timeout_s)
         except EvaluationFailed as exc:
             done = self._check.done if self._check is not None else 0
             start = protocol.NONCE_SIZE + protocol.TOKEN_SIZE
@@ -367,12 +382,18 @@ class WorkerProcess:
                     self._fail(Violation.CRASHED)
 
     def _receive(self, want: int, deadline: float, trailer: bytes | None = None,
-                 check: "_ChunkCheck | None" = None) -> bytes:
+                 check: "_ChunkCheck | None" = None, row_timeout_s: float | None = None) -> bytes:
         """``want`` bytes; with ``trailer``, a trailer that comes early (a row process that exited without its
-        chunk) fails at once rather than at the deadline."""
+        chunk) fails at once rather than at the deadline; with ``row_timeout_s``, each checked chunk within that
+        of the one before."""
         buf = self._partial = b""
+        done = 0
+        row_deadline = time.monotonic() + row_timeout_s if row_timeout_s is not None else math.inf
         while True:
-            remaining = deadline - time.monotonic()
+            if check is not None and check.done > done:
+                done = check.done
+                row_deadline = time.monotonic() + row_timeout_s if row_timeout_s is not None else math.inf
+            remaining = min(deadline, row_deadline) - time.monotonic()
             if remaining <= 0:
                 self._fail(Violation.TIMEOUT)
             if not self._rpoll.poll(math.ceil(remaining * 1000)):
@@ -604,10 +625,10 @@ class Supervisor:
     ) -> list[Status]:
         """Evaluate the condition on every row (a tuple of arguments), each row in its own process.
 
-        Returns one Status per row. Raises KeyError (not registered), ConditionQuarantined,
-        ConditionRejected, BackingOff (also while throttled), SandboxUnavailable, or EvaluationFailed (the
-        whole request failed and its zygote was killed). ``timeout_s`` defaults to
-        ``Limits.batch_timeout(len(rows))`` (per request of at most protocol.MAX_ROWS_PER_REQUEST rows).
+        Returns one Status per row (a row whose process failed: ERROR, see _evaluate_part). Raises KeyError (not
+        registered), ConditionQuarantined, ConditionRejected, BackingOff (also while throttled),
+        SandboxUnavailable, or EvaluationFailed (a zygote failed to load the condition). ``timeout_s`` defaults to
+        ``Limits.request_timeout(len(rows))`` (per request of at most protocol.MAX_ROWS_PER_REQUEST rows).
         """
         if not isinstance(rows, (list, tuple)):
             rows = list(rows)
@@ -634,16 +655,24 @@ class Supervisor:
         depends on one household's value)."""
         out: list[Status] = []
         failures = 0
+        total = self.limits.request_timeout(len(rows)) if timeout_s is None else timeout_s
+        deadline = None  # from when the first zygote is ready (its start is not the rows' time)
         while len(out) < len(rows):
-            if failures >= self.limits.row_failures_per_request:
+            if failures >= self.limits.row_failures_per_request or (failures and deadline <= time.monotonic()):
                 out.extend([Status.ERROR] * (len(rows) - len(out)))
                 break
             rest = rows[len(out):]
             worker = self._ensure_worker(slot, continuing=failures > 0)
-            timeout = self.limits.batch_timeout(len(rest)) if timeout_s is None else timeout_s
+            if deadline is None:
+                deadline = time.monotonic() + total
+            timeout = deadline - time.monotonic()
             before = worker.times()
+            # a forking zygote's rows each have the deadline of one evaluation, short enough that the failures
+            # allowed leave the other rows time (an evaluator's are bounded by the closed language, answered at once)
+            row_timeout = None if worker.evaluator else min(
+                self.limits.row_timeout_s, total / (self.limits.row_failures_per_request + 1))
             try:
-                body = worker.evaluate_rows(rest, timeout)
+                body = worker.evaluate_rows(rest, max(timeout, 0.001), row_timeout)
             except ValueError:
                 raise TypeError("rows must hold only plain values (numbers, None, str)") from None
             except EvaluationFailed as exc:
@@ -659,7 +688,7 @@ class Supervisor:
             after = worker.times()
             if not slot.quarantined and before is not None and after is not None:
                 used = after.own_s - before.own_s if worker.evaluator else after.rows_s - before.rows_s
-                self._account(slot, worker, after, used, timeout)
+                self._account(slot, worker, after, used, self.limits.batch_timeout(len(rest)))
             if slot.worker is worker and (worker.evaluations >= self.limits.max_evaluations or slot.quarantined):
                 self._drop_worker(slot)  # recycle: the next request gets a fresh zygote
             out.extend(map(_STATUSES.__getitem__, body))

@@ -80,8 +80,8 @@ async def test_quarantine_is_written_off_the_loop(town, monkeypatch):
     t = await town(3)
     status, bad = await t.create(body(["household_power_consumption"], """\
         def condition(household_power_consumption):
-            if household_power_consumption == 4242.0:
-                return "leak"
+            while household_power_consumption == 4242.0:
+                pass  # killed: a violation (a non-bool answer is no longer one)
             return False
         """))
     assert status == 201

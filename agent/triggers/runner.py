@@ -679,7 +679,7 @@ class TriggerRunner:
             if budget <= 0:
                 return _LATE
             return self.supervisor.evaluate(trig.organization_id, trig.id, rows,
-                                            min(limits.batch_timeout(len(rows)), budget))
+                                            min(limits.request_timeout(len(rows)), budget))
         try:
             async with gate:
                 return await loop.run_in_executor(self._executor, run), False
