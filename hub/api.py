@@ -6,6 +6,8 @@ organization's read in the audit log.
   GET /areas                                  the areas the caller may read, with their devices
   GET /areas/{area}/data?window=&since=&until=&tag=   the area's windows: released sums, or refusals
   GET /devices                                operator: devices, applied version, last release, health
+  POST /subscriptions {endpoint, area, window, tag}   an area's windows pushed as Standard Webhooks (hub/push.py)
+  GET /subscriptions, DELETE /subscriptions/{id}
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from hub.service import WIDTHS, Hub
 MAX_WINDOWS = 1500  # per request
 HUB = web.AppKey("hub", Hub)
 AUDIT_PATH = web.AppKey("audit_path", object)
+ENDPOINTS = web.AppKey("endpoints", tuple)  # (allow_http, allow_private): the webhook endpoint policy
 
 
 class ApiError(Exception):
@@ -143,13 +146,73 @@ async def devices(request: web.Request) -> web.Response:
     return web.json_response({"devices": await request.app[HUB].devices()})
 
 
-def create_app(hub: Hub, audit_path: Path | None = None) -> web.Application:
+def _organization(request: web.Request):
+    role, org = _caller(request)
+    if role != "organization":
+        raise ApiError(403, "forbidden", "subscriptions belong to an organization's key")
+    return org
+
+
+async def subscribe(request: web.Request) -> web.Response:
+    from agent.delivery.targets import TargetError, check_literal_host, check_url
+    from hub import push
+
+    org = _organization(request)
+    hub: Hub = request.app[HUB]
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "bad_request", "send a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "send a JSON object")
+    area, window, tag = body.get("area"), body.get("window", "15m"), body.get("tag")
+    if area not in org.areas or area not in hub.areas():
+        raise ApiError(404, "not_found", f"no area {area!r} for this organization")
+    if window not in WIDTHS:
+        raise ApiError(400, "bad_request", f"window must be one of {', '.join(WIDTHS)}")
+    if tag is not None and not (isinstance(tag, str) and tag and all(c.isalnum() or c in "_-" for c in tag)):
+        raise ApiError(400, "bad_request", "tag: letters, digits, '_' or '-'")
+    allow_http, allow_private = request.app[ENDPOINTS]
+    try:
+        endpoint = check_url(body.get("endpoint"), allow_http)
+        check_literal_host(endpoint, allow_private)
+    except TargetError as err:
+        raise ApiError(400, "bad_endpoint", str(err)) from None
+    sub = await push.create(hub, org.id, area, window, tag, endpoint)
+    _audit(request, org.id, "subscription.create", subscription=sub["id"], area=area, window=window)
+    return web.json_response({**push.public(sub), "secret": sub["secret"]}, status=201)
+
+
+async def subscriptions(request: web.Request) -> web.Response:
+    from hub import push
+
+    org = _organization(request)
+    return web.json_response({"subscriptions": await push.listing(request.app[HUB], org.id)})
+
+
+async def unsubscribe(request: web.Request) -> web.Response:
+    from hub import push
+
+    org = _organization(request)
+    sub_id = request.match_info["sub_id"]
+    if not await push.delete(request.app[HUB], org.id, sub_id):
+        raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
+    _audit(request, org.id, "subscription.delete", subscription=sub_id)
+    return web.json_response({"deleted": sub_id})
+
+
+def create_app(hub: Hub, audit_path: Path | None = None, allow_http: bool = False,
+               allow_private: bool = False) -> web.Application:
     app = web.Application(middlewares=[errors])
     app[HUB] = hub
     app[AUDIT_PATH] = audit_path
+    app[ENDPOINTS] = (allow_http, allow_private)
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/areas", areas)
     app.router.add_get("/areas/{area}/data", area_data)
     app.router.add_get("/devices", devices)
+    app.router.add_post("/subscriptions", subscribe)
+    app.router.add_get("/subscriptions", subscriptions)
+    app.router.add_delete("/subscriptions/{sub_id}", unsubscribe)
     return app

@@ -90,15 +90,19 @@ async def _serve(args) -> int:
     from aiohttp import web
 
     from hub.api import create_app
+    from hub.push import Pusher
     from hub.service import Hub
 
     hub = Hub(_servers(args), args.operator_public_key, min_devices=args.min_devices, replicas=args.replicas,
               operator_token=os.environ.get("EDGE_HUB_OPERATOR_TOKEN"), name=args.name, keep_days=args.keep_days)
     await hub.start()
+    pusher = Pusher(hub, grace_s=args.push_grace, allow_private=args.allow_private_endpoints)
+    await pusher.start()
     audit = Path(args.data) / "audit.jsonl" if args.data else None
     if audit:
         audit.parent.mkdir(parents=True, exist_ok=True)
-    runner = web.AppRunner(create_app(hub, audit), access_log=None, handle_signals=False)
+    app = create_app(hub, audit, allow_http=args.allow_http, allow_private=args.allow_private_endpoints)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
     await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
@@ -109,6 +113,7 @@ async def _serve(args) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+    await pusher.stop()
     await hub.stop()
     return 0
 
@@ -143,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-devices", type=int, default=2, help="devices that must release a window (default 2)")
     p.add_argument("--data", help="directory for the audit log")
     p.add_argument("--name", default="edge-hub")
+    p.add_argument("--push-grace", type=float, default=60.0,
+                   help="seconds after a window's end before it is pushed even if a device has not reported")
+    p.add_argument("--allow-http", action="store_true", help="webhook endpoints may be plain http://")
+    p.add_argument("--allow-private-endpoints", action="store_true",
+                   help="webhook endpoints may be private, loopback or link-local addresses")
     p.set_defaults(func=lambda a: asyncio.run(_serve(a)))
 
     p = with_key(sub.add_parser("register-org", help="an organization for some areas: its one key"))

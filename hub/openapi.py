@@ -58,6 +58,35 @@ def spec() -> dict:
     devices = _get("Devices: area, applied desired-state version, last release, last heartbeat (operator)",
                    {"type": "object", "properties": {"devices": {"type": "array", "items": {"type": "object"}}}})
     devices["get"]["responses"]["403"] = _error("not the operator's token")
+    subscription = {"type": "object", "properties": {
+        "id": {"type": "string"}, "org": {"type": "string"}, "area": {"type": "string"},
+        "window": {"enum": ["1s", "1m", "15m", "1h"]}, "tag": {"type": ["string", "null"]},
+        "endpoint": {"type": "string"}, "cursor": {"type": "integer"}, "failures": {"type": "integer"},
+        "secret": {"type": "string", "description": "shown once, at creation: verify the Standard Webhooks "
+                                                    "signature with it"}}}
+    subscriptions = _get("The organization's subscriptions",
+                         {"type": "object", "properties": {"subscriptions": {"type": "array", "items": subscription}}})
+    subscriptions["get"]["responses"]["403"] = _error("not an organization's key")
+    subscriptions["post"] = {
+        "summary": "Push an area's windows to an endpoint as Standard Webhooks, in order, at least once (the "
+                   "webhook-id is the subscription and the window); a window goes once every device of the area "
+                   "reported it or a grace time after its end",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["endpoint", "area"],
+            "properties": {"endpoint": {"type": "string"}, "area": {"type": "string"},
+                           "window": {"enum": ["1s", "1m", "15m", "1h"], "default": "15m"},
+                           "tag": {"type": "string"}}}}}},
+        "responses": {"201": {"description": "created", "content": {"application/json": {"schema": subscription}}},
+                      "400": _error("a bad endpoint, window or tag"), "401": _error("no key, or a revoked one"),
+                      "403": _error("not an organization's key"), "404": _error("no such area"),
+                      "503": _error("the cluster could not answer now")}}
+    unsubscribe = {"delete": {"summary": "Stop a subscription", "security": [{"bearer": []}],
+                              "parameters": [{"name": "sub_id", "in": "path", "required": True,
+                                              "schema": {"type": "string"}}],
+                              "responses": {"200": {"description": "deleted"}, "401": _error("no key"),
+                                            "403": _error("not an organization's key"),
+                                            "404": _error("no such subscription")}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Edge hub", "version": "1",
@@ -69,5 +98,7 @@ def spec() -> dict:
             "/areas": _get("Areas the caller may read", {"type": "object"}),
             "/areas/{area}/data": data,
             "/devices": devices,
+            "/subscriptions": subscriptions,
+            "/subscriptions/{sub_id}": unsubscribe,
         },
     }

@@ -61,7 +61,7 @@ async def hub(server, tmp_path):
                                 "key_hash": hashlib.sha256(OTHER_KEY.encode()).hexdigest()}],
              "revoked": [hashlib.sha256(OTHER_KEY.encode()).hexdigest()]}
     assert hub.offer_fleet(document.sign(fleet, KEY))
-    runner = web.AppRunner(create_app(hub, tmp_path / "audit.jsonl"))
+    runner = web.AppRunner(create_app(hub, tmp_path / "audit.jsonl", allow_http=True, allow_private=True))
     await runner.setup()
     port = natsdev.free_ports(1)[0]
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -174,6 +174,69 @@ async def test_one_device_is_not_enough(hub):
     status, body = await get(hub, f"/areas/north/data?window=1h&since={DAY}&until={DAY + HOUR}")
     assert status == 200 and body["released"] == []
     assert body["refused"][0]["error"] == "too_few_devices" and body["refused"][0]["devices"] == 1
+
+
+async def test_area_windows_are_pushed_as_standard_webhooks_in_order_at_least_once(hub):
+    import asyncio
+
+    from standardwebhooks import Webhook
+
+    from hub.push import Pusher
+
+    attempts, received = [], []
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        attempts.append(request.headers["webhook-id"])
+        if len(attempts) == 1:
+            return web.Response(status=500)  # the first push fails: retried with the same id
+        received.append((dict(request.headers), body))
+        return web.Response(status=204)
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = natsdev.free_ports(1)[0]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    async with aiohttp.ClientSession() as http:
+        bad = await http.post(hub.base + "/subscriptions", headers={"Authorization": f"Bearer {ORG_KEY}"},
+                              json={"endpoint": "ftp://x", "area": "north", "window": "1s"})
+        assert bad.status == 400 and (await bad.json())["error"] == "bad_endpoint"
+        made = await http.post(hub.base + "/subscriptions", headers={"Authorization": f"Bearer {ORG_KEY}"},
+                               json={"endpoint": f"http://127.0.0.1:{port}/hook", "area": "north", "window": "1s"})
+        assert made.status == 201
+        sub = await made.json()
+    first = int(time.time()) + 1
+    for k in range(4):  # four seconds of the area's three devices
+        for n, device in enumerate(("dev-1", "dev-2", "dev-3")):
+            body = fine_body("1s", first + k, 1, None, 10, 100.0 * (n + 1) + k, 0.0, {"kind": "exact"})
+            await publish(hub, device, k + 1, "1s", first + k, {("org_grid", None): body})
+    pusher = Pusher(hub, grace_s=2.0, allow_private=True)
+    await pusher.start()
+    try:
+        await until(lambda: _pushed(received, first + 3), 30)
+    finally:
+        await pusher.stop()
+        await runner.cleanup()
+    assert attempts[0] == attempts[1]  # the retry carries the same webhook-id
+    starts = []
+    for headers, body in received:
+        Webhook(sub["secret"]).verify(body, headers)  # a standard library checks the signature
+        event = json.loads(body)
+        window = event.get("released") or event["refused"]
+        start = int(datetime.fromisoformat(window["window_start"].replace("Z", "+00:00")).timestamp())
+        assert headers["webhook-id"] == f"{sub['id']}-{start}"
+        starts.append(start)
+        if first <= start <= first + 3:
+            assert event["released"]["devices"] == 3
+            assert event["released"]["consumption_w"] == pytest.approx(600.0 + 3 * (start - first))
+        else:
+            assert event["refused"]["error"] == "no_data"  # no device reported it: pushed after the grace
+    assert starts == list(range(starts[0], starts[-1] + 1))  # in order, none skipped, none twice
+
+
+async def _pushed(received, start: int) -> bool:
+    return any(f"-{start}" in headers["webhook-id"] for headers, _ in received)
 
 
 async def test_errors_are_json_with_the_right_status(hub):
