@@ -161,6 +161,10 @@ SCHEMAS = {
                "properties": {"status": {"enum": ["ok", "degraded"]}, "device": STRING, "uptime_s": {"type": "number"},
                               "meters": {"type": "object", "additionalProperties": _ref("MeterHealth")},
                               "storage": OBJ, "readings_in": {"type": "integer"},
+                              "faults": {"type": "object", "description": "the durable state at risk: "
+                                         "data_directory_lost, damage (per file kind: files, skipped_bytes, "
+                                         "cut_bytes, recovered, lost), registry_failed_closed, release_log_error, "
+                                         "delivery (outbox_errors, windows_not_queued, damaged)"},
                               "config_error": _nullable("string", description="why the last edge.toml was rejected"),
                               "triggers": {"type": "object", "properties": {
                                   "sandbox": {"enum": ["enforced", "unavailable"]}, "detail": STRING,
@@ -346,6 +350,10 @@ REFUSED = {"description": "Not released (the record says why; nothing else is to
            "content": {"application/json": {"schema": _ref("Refusal")}}}
 AUTH_ERRORS = {"401": _error("No valid token"), "403": _error("The token may not use this endpoint"),
                "429": _error("Too many bad tokens from this address")}
+# A durable write the disk refused: nothing of the change happened (agent/store/disk.py); Retry-After says when.
+STORAGE_ERRORS = {"503": _error("Storage failed or the data directory was lost: nothing was saved (storage_error, "
+                                "data_directory_lost; Retry-After)"),
+                  "507": _error("Storage full: nothing was saved (storage_full; Retry-After)")}
 
 
 def _op(summary: str, roles: list[str] | None, responses: dict, *, params=(), body: str | None = None,
@@ -355,11 +363,14 @@ def _op(summary: str, roles: list[str] | None, responses: dict, *, params=(), bo
         op["security"] = [{"bearer": []}]
         op["description"] = f"For: {', '.join(roles)}."
         op["responses"].update(AUTH_ERRORS)
+        for status, error in STORAGE_ERRORS.items():
+            op["responses"].setdefault(status, error)
     if params:
         op["parameters"] = list(params)
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
         op["responses"]["400"] = _error("Malformed JSON")
+        op["responses"]["408"] = _error("The body did not arrive in time (request_timeout)")
         op["responses"]["413"] = _error("Body too large")
         op["responses"]["422"] = _error("Invalid content")
     op["responses"].update(extra_errors or {})
