@@ -34,6 +34,7 @@ log = logging.getLogger("edge.agent")
 
 RETENTION_EVERY_S = 600
 IDLE_CONNECTION_S = 15.0  # an HTTP connection without a request (or between two) is closed after this
+MAX_CONNECTIONS = 512  # open HTTP connections; one more is closed at once (its client retries)
 CONFIG_ERROR_FILE = "config-error.txt"  # written by image/'s edge-firstboot, in the state directory
 
 
@@ -109,6 +110,7 @@ class Agent:
         # runs from the connection's start): slow-header clients cannot hold connections for minutes.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_CONNECTION_S)
         await self._runner.setup()
+        _cap_connections(self._runner.server, MAX_CONNECTIONS)
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
         await site.start()
         self.port = self._runner.addresses[0][1] if self._runner.addresses else self.config.listen_port
@@ -246,6 +248,18 @@ class Agent:
     def last_timestamp(self, meter_id: str) -> datetime | None:
         reading = self.pipeline.latest.get(meter_id) or self.store.latest(meter_id)
         return reading.timestamp if reading else None
+
+
+def _cap_connections(server: web.Server, limit: int) -> None:
+    """Close a connection over `limit` as soon as it is made: many slow clients cannot take every file descriptor
+    and all the memory, and those already connected keep their place."""
+    admit = server.connection_made
+
+    def connection_made(handler, transport) -> None:
+        admit(handler, transport)
+        if len(server.connections) > limit:
+            transport.close()
+    server.connection_made = connection_made
 
 
 async def _nothing() -> None:

@@ -111,3 +111,27 @@ async def test_slow_headers_and_slow_bodies_do_not_hold_connections(tmp_path, st
 
     answer = await asyncio.to_thread(slow_body)
     assert answer.split()[1] == b"408" and b'"request_timeout"' in answer
+
+
+async def test_connections_over_the_cap_are_closed_and_the_others_keep_their_place(tmp_path, start_agent,
+                                                                                  monkeypatch):
+    from agent import service
+    from tests.conftest import make_config
+
+    monkeypatch.setattr(service, "MAX_CONNECTIONS", 5)
+    running = await start_agent(make_config(tmp_path))
+    port = running.agent.port
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(5)]
+    try:
+        await running.wait_for(lambda: len(running.agent._runner.server.connections) == 5)
+
+        def one_more() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                return sock.recv(1024)
+        assert await asyncio.to_thread(one_more) == b""  # closed at once
+        held[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # those already in still get answers
+        answer = await asyncio.to_thread(held[0].recv, 1024)
+        assert answer.split()[1] == b"200"
+    finally:
+        for sock in held:
+            sock.close()
