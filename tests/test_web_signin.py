@@ -12,6 +12,7 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from yarl import URL
 
+from agent.config import MeterSpec
 from agent.registry import Registry
 from agent.web import i18n, views
 from agent.web.render import CSP
@@ -362,3 +363,17 @@ def test_the_access_log_marks_what_included_the_household(tmp_path):
         ("trigger.webhook", 300, "yes"), ("data.read", 300.0, "no"), ("data.read", 249.5, "no"),
         ("data.read", 200.0, "yes")]
     registry.close()
+
+
+async def test_the_installer_page_shows_a_silent_ports_hint(tmp_path, start_agent, pty_pair):
+    meter = MeterSpec(meter_id="house-1", port=pty_pair.path, profile="dsmr5", stall_seconds=2)
+    running = await start_agent(make_config(tmp_path, meters=[meter]))
+    operator = await signed_in(running, "operator", "operator")
+
+    async def fragment():
+        status, html, _ = await operator.get("/ui/installer/ports")
+        assert status == 200
+        return html if "What looks wrong:" in html else None
+    html = await running.wait_for(fragment, timeout=30, interval=0.5)
+    assert "no data at all" in html and 'data-state="stalled"' in html  # the reader's own hint, on the page
+    await operator.close()

@@ -20,15 +20,10 @@ def shown_state(port: dict, stall_seconds: float) -> str:
     return port["state"]
 
 
-def serial_hint(port: dict) -> str | None:
-    """Why a port that is not reading may not be: a name for the template, from its counters alone."""
-    if port["state"] == "reading":
-        return None
-    if port["bytes_read"] and not port["telegrams_ok"]:
-        return "serial_settings"  # bytes arrive but none decode: baud rate, bits or parity, or an encrypted meter
-    if not port["bytes_read"]:
-        return "no_bytes"  # nothing arrives: the cable, the port's name, or the meter's P1 port is off
-    return "stopped"  # it read before and has stopped: the cable was pulled or the meter restarted
+def stopped(port: dict) -> bool:
+    """It read before and nothing comes now: the cable pulled, the meter restarted (the reader's own hint, about
+    serial settings or a silent line, says more when it has one)."""
+    return port["state"] in ("stalled", "disconnected") and bool(port["telegrams_ok"]) and not port.get("hint")
 
 
 def ports(agent) -> list[dict]:
@@ -36,7 +31,7 @@ def ports(agent) -> list[dict]:
     for meter_id, reader in sorted(agent.readers.items()):
         port = {"meter_id": meter_id, **reader.snapshot()}
         port["state"] = shown_state(port, reader.spec.stall_seconds)
-        port["hint"] = serial_hint(port)
+        port["stopped"] = stopped(port)
         port["latest"] = agent.pipeline.latest.get(meter_id)
         household = agent.registry.household_by_meter(meter_id)
         port["household_id"] = household.id if household else None
