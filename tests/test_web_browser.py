@@ -169,6 +169,10 @@ async def test_an_installer_sees_a_stopped_meter_stall_and_recover(chromium, tmp
         os.kill(emulator.pid, signal.SIGCONT)
         await expect(state).to_have_attribute("data-state", "reading")
         assert await page.evaluate("window.edgeMarker") == 1  # htmx refreshed the table, not the page
+        await page.locator("form[action='/ui/installer/households'] button").click()  # the house on this port
+        qr = page.locator("#sign-in-qr")
+        await expect(qr).to_be_visible()
+        assert await qr.evaluate("img => img.complete && img.naturalWidth > 0")  # the CSP lets the QR code show
         # the ports' markup too passes axe (the page-by-page audit below has no P1 port)
         audited = await signed_in_page(chromium, running, "operator", "operator", WIDTHS["phone"])
         await expect(audited.locator("#port-house-1 .state")).to_have_attribute("data-state", "reading")

@@ -4,8 +4,10 @@ the throttle, roles, the consent form going through the API's consent code, lang
 
 from __future__ import annotations
 
+import base64
 import math
 import re
+from xml.etree import ElementTree
 
 import pytest
 from babel.messages.extract import extract_from_dir
@@ -223,6 +225,9 @@ async def test_the_installer_creates_a_household_and_shows_its_link_once(device)
     status, html, _ = await operator.post("/ui/installer/households", {"meter_id": ""})
     assert status == 200
     link = re.search(r'id="sign-in-link" href="([^"]+)"', html).group(1)
+    qr = re.search(r'id="sign-in-qr" src="data:image/svg\+xml;base64,([^"]+)"', html).group(1)
+    svg = ElementTree.fromstring(base64.b64decode(qr))
+    assert svg.tag.endswith("svg") and len(svg.find("{http://www.w3.org/2000/svg}path").get("d")) > 1000
     hh_token = re.search(r'id="household-token">([^<]+)<', html).group(1)
     new_id = re.search(r"Sign-in link for (hh_[0-9a-f]+)", html).group(1)
     assert running.agent.registry.household_by_token(hh_token).id == new_id
