@@ -18,7 +18,7 @@ from aiohttp import web
 from agent.auth import ORGANIZATION, AuthError, Principal, identify
 from agent.ingest import IngestError
 from agent.registry import RegistryError
-from agent.store.disk import StorageUnavailable
+from agent.store.disk import StorageUnavailable, unavailable
 
 log = logging.getLogger("edge.api")
 
@@ -48,6 +48,10 @@ async def error_middleware(request: web.Request, handler):
         return json_error(err.status, err.error, err.detail)
     except StorageUnavailable as err:  # a durable write the disk refused: nothing of it happened; retry later
         return json_error(err.status, err.error, err.detail, err.headers)
+    except OSError as err:  # a disk write below the handler (an audit entry, a trigger) that was not mapped yet
+        log.warning("%s %s: refused by the disk: %s", request.method, request.path, err)
+        refused = unavailable(err, "the request")
+        return json_error(refused.status, refused.error, refused.detail, refused.headers)
     except web.HTTPException as err:
         if err.status < 400:
             raise

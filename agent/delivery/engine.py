@@ -41,7 +41,7 @@ from agent.delivery.outbox import FETCH_HINT, Message, Outbox
 from agent.delivery.targets import PolicyResolver, TargetError, check_literal_host
 from agent.offloop import serially
 from agent.release import Refusal
-from agent.store.disk import DataDirectory
+from agent.store.disk import DataDirectory, unavailable
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
 from drivers.reading import iso
@@ -197,17 +197,22 @@ class Delivery:
     # --- subscriptions -----------------------------------------------------------------------
     # Each change has a disk step (`_insert`, `_update`, `_remove`: run in a worker thread by the *_async
     # methods, in place by the others) and a memory step, taken only once the disk step is durable.
-    def _insert(self, record: dict) -> None:
+    def _write(self, step) -> None:
         with self._disk:
-            self.db.table("subscriptions").insert(record)
+            self.data_directory.check()
+            try:
+                step(self.db.table("subscriptions"))
+            except OSError as exc:  # nothing of it is on disk (appends undo, rewrites are atomic): say so
+                raise unavailable(exc, "the subscription change") from exc
+
+    def _insert(self, record: dict) -> None:
+        self._write(lambda table: table.insert(record))
 
     def _update(self, sub_id: str, record: dict) -> None:
-        with self._disk:
-            self.db.table("subscriptions").update(record, where("id") == sub_id)
+        self._write(lambda table: table.update(record, where("id") == sub_id))
 
     def _remove(self, sub_id: str) -> None:
-        with self._disk:
-            self.db.table("subscriptions").remove(where("id") == sub_id)
+        self._write(lambda table: table.remove(where("id") == sub_id))
 
     def _new(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
              filter_spec: dict | None) -> tuple[Subscription, str]:
@@ -308,8 +313,7 @@ class Delivery:
         return True
 
     def _remove_all(self, sub_ids: list[str]) -> None:
-        with self._disk:
-            self.db.table("subscriptions").remove(where("id").one_of(sub_ids))
+        self._write(lambda table: table.remove(where("id").one_of(sub_ids)))
 
     async def drop_organization_async(self, org_id: str) -> int:
         """An organization was deleted (call after the registry has forgotten it): all its subscriptions go, from
