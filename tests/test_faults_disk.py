@@ -300,8 +300,9 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
                 answers.append((method, status))
             made = [method for method, status in answers if status == 200]
             org_auth = {"Authorization": f"Bearer {org['api_key']}"}
-            for method, path, body in (("POST", "/data/subscribe", {"endpoint": "http://127.0.0.1:9/h", "interval": 1}),
-                                       ("GET", "/data?window=1s", None), ("GET", "/data/subscriptions", None)):
+            elsewhere = {"endpoint": "http://127.0.0.1:9/h", "interval": 1}
+            for method, path, body in (("POST", "/data/subscribe", elsewhere), ("GET", "/data?window=1s", None),
+                                       ("GET", "/data/subscriptions", None)):
                 status, answer, _ = await running.call(method, path, org_auth, body)
                 assert status < 500 or status in (503, 507) and answer["error"].startswith("storage"), answer
             created = []
