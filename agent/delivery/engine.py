@@ -51,8 +51,8 @@ log = logging.getLogger("edge.delivery")
 SECRET_OVERLAP_S = 24 * 3600  # after a rotation, the old secret signs too for this long
 MAX_RETRY_AFTER_S = 24 * 3600
 CLOSE_GRACE_S = 0.02  # a reading whose request is still being handled at a window's end
-SENDER_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-CATCH_UP_MAX = 120  # windows a subscription's producer decides at once after falling behind  # a sender whose disk writes fail, after each failure in a row
+SENDER_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # a sender whose disk writes fail, after each failure in a row
+CATCH_UP_MAX = 120  # windows a subscription's producer decides at once after falling behind
 
 
 @dataclass

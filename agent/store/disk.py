@@ -39,8 +39,9 @@ def unavailable(exc: OSError, what: str) -> StorageUnavailable:
     if exc.errno in FULL_ERRNOS:
         return StorageUnavailable(507, "storage_full", f"the device's storage is full: {what} was not saved; "
                                   "retry later", cause=exc.errno)
-    return StorageUnavailable(503, "storage_error", f"the device's storage failed ({errno.errorcode.get(exc.errno, 'I/O error')}): "
-                              f"{what} was not saved; retry later", cause=exc.errno or errno.EIO)
+    code = errno.errorcode.get(exc.errno, "I/O error")
+    return StorageUnavailable(503, "storage_error", f"the device's storage failed ({code}): {what} was not saved; "
+                              "retry later", cause=exc.errno or errno.EIO)
 
 
 class DataDirectory:

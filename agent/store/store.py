@@ -473,7 +473,8 @@ class ReadingStore:
                     held = meter_id in self._held
                 if held:  # its held readings may close windows: roll them up first
                     self._resume([meter_id])
-            pending = {kind.segment_start(doc[kind.time_field]) for doc in self._pending_docs(kind, meter_id, low, high)}
+            pending = {kind.segment_start(doc[kind.time_field])
+                       for doc in self._pending_docs(kind, meter_id, low, high)}
             segments = sorted(pending | {segment for segment, _ in self._segment_files(kind, meter_id)
                                          if segment + kind.segment_s > low and segment < high})
         left = limit
