@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import json
 import os
 import shutil
 import signal
