@@ -37,7 +37,7 @@ from pathlib import Path
 from tinydb import where
 
 from agent.store.disk import DataDirectory, unavailable
-from agent.store.segment import SegmentDB
+from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
 
 log = logging.getLogger("edge.registry")
@@ -136,6 +136,7 @@ class Registry:
     def __init__(self, path: str | Path, clock=time.time):
         self.clock = clock
         self.path = Path(path)
+        ensure_dir(self.path.parent)
         self.data_directory = DataDirectory(self.path.parent)
         # Every record twice: one damaged record is recovered from its twin, never read as another state.
         self.db = SegmentDB(str(path), kind="registry", copies=2)
