@@ -1,6 +1,7 @@
 """The web pages over plain HTTP (what a browser without JavaScript does): sign-in links used once and expiring,
 sessions in HttpOnly SameSite=Strict cookies that expire, CSRF on every form, sign-out, the security headers,
-the throttle, roles, the consent form going through the API's consent code, languages, and the tables' numbers."""
+the throttle, roles, the forms going through the API's own code (consent, household, endpoint, appliance), the
+live stream, the installer's hints and QR code, languages, and the tables' and the access log's numbers."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from yarl import URL
 
 from agent.config import MeterSpec
 from agent.registry import Registry
-from agent.web import i18n, views
+from agent.web import i18n, sign_in_url, views
 from agent.web.render import CSP
 from agent.web.signin import IDLE_S, LINK_TTL_S
 from tests.conftest import StepClock, make_config
 from tests.web_support import Browserless, csrf_of, signed_in
-from agent.web import sign_in_url
 
 T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0
 PAGES = ["/ui/me", "/ui/me/consents", "/ui/me/access", "/ui/me/notifications", "/ui/me/devices"]
