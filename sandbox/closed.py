@@ -8,8 +8,8 @@ its call or that another row could have changed: no loops, no containers, no att
 ``math`` functions and constants, no strings, no ``is`` but against None, no try, no imports but of math, no
 global or closure, no call but of pure numeric functions, and every number a float (int literals become floats,
 rows' values are converted, no allowed operation makes an int: a float cannot grow without bound, an int can; and
-``a ** b`` is math.pow's, which raises where a float power would be complex). Its memory and time per row are bounded by its size (no loop, no call of itself). Every Python operation it
-may use depends only on its operands: never on the allocator, the garbage collector, object identity, a clock,
+``a ** b`` is math.pow's, which raises where a float power would be complex). Its memory and time per row are
+bounded by its size (no loop, no call of itself). Every Python operation it may use depends only on its operands: never on the allocator, the garbage collector, object identity, a clock,
 ``random``'s or ``decimal``'s state, or what an earlier call left behind; so running rows one after another in one
 process gives each row exactly the answer it would get alone in a fresh one (tests/test_sandbox_closed.py checks
 this against the relays of tests/test_sandbox_isolation.py and on generated programs).
@@ -25,7 +25,8 @@ from __future__ import annotations
 import ast
 import math
 import warnings
-from typing import Sequence
+from types import CodeType, ModuleType, SimpleNamespace
+from typing import Any, Sequence
 
 NUM, BOOL, NONE = "num", "bool", "none"
 MAX_NODES = 2000  # bounds a row's time and memory (no loop): ~2,000 float operations at most
@@ -51,7 +52,7 @@ class _Outside(Exception):
     """The source uses something outside the closed language."""
 
 
-def closed_code(source: str, parameters: Sequence[str]):
+def closed_code(source: str, parameters: Sequence[str]) -> CodeType | None:
     """The module's code object, rewritten (every int literal a float), or None if outside the language."""
     try:
         with warnings.catch_warnings():
@@ -68,14 +69,14 @@ def closed_code(source: str, parameters: Sequence[str]):
         return None
 
 
-def row_values(row) -> tuple | None:
+def row_values(row: Sequence[object]) -> tuple[float | None, ...] | None:
     """A row as the closed language sees it: floats and None. None if a value is of another type."""
-    out = []
+    out: list[float | None] = []
     for value in row:
         kind = type(value)
-        if kind is float or value is None:
+        if value is None or isinstance(value, float) and kind is float:
             out.append(value)
-        elif kind is int or kind is bool:
+        elif isinstance(value, int) and (kind is int or kind is bool):
             try:
                 out.append(float(value))
             except OverflowError:
@@ -85,11 +86,12 @@ def row_values(row) -> tuple | None:
     return tuple(out)
 
 
-def builtins(math_module) -> dict:
+def builtins(math_module: ModuleType | SimpleNamespace) -> dict[str, Any]:
     """The builtins a closed condition runs with: the functions it may call, its power, an import of math only."""
     import builtins as python
 
-    def import_math(name, globals=None, locals=None, fromlist=(), level=0):
+    def import_math(name: str, globals: object = None, locals: object = None, fromlist: object = (),
+                    level: int = 0) -> ModuleType | SimpleNamespace:
         if level == 0 and name == "math":
             return math_module
         raise ImportError("import not allowed")
@@ -117,7 +119,8 @@ class _Rewrite(ast.NodeTransformer):
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
         self.generic_visit(node)
         if isinstance(node.op, ast.Pow):
-            target = node.target.id  # a Name: the checker allows no other target
+            assert isinstance(node.target, ast.Name)  # the checker allows no other target
+            target = node.target.id
             value = _power(ast.Name(target, ast.Load()), node.value)
             return ast.copy_location(ast.Assign([ast.Name(target, ast.Store())], value), node)
         return node
@@ -192,11 +195,11 @@ class _Checker:
 
     # -- statements
 
-    def statements(self, nodes) -> None:
+    def statements(self, nodes: list[ast.stmt]) -> None:
         for node in nodes:
             self.statement(node)
 
-    def statement(self, node) -> None:
+    def statement(self, node: ast.stmt) -> None:
         if isinstance(node, ast.Return):
             if node.value is not None:
                 self.expr(node.value)
@@ -218,15 +221,16 @@ class _Checker:
 
     # -- expressions
 
-    def truth(self, node) -> None:
+    def truth(self, node: ast.expr) -> None:
         if self.expr(node) == NONE:
             raise _Outside
 
-    def expr(self, node) -> str:
+    def expr(self, node: ast.expr) -> str:
         method = getattr(self, "e_" + type(node).__name__, None)
         if method is None:
             raise _Outside  # subscripts, containers, comprehensions, lambda, walrus, f-strings, starred, yield...
-        return method(node)
+        kind: str = method(node)
+        return kind
 
     def e_Constant(self, node: ast.Constant) -> str:
         value = node.value
@@ -317,11 +321,11 @@ class _Checker:
         return kind
 
 
-def _is_docstring(node) -> bool:
+def _is_docstring(node: ast.stmt) -> bool:
     return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and type(node.value.value) is str
 
 
-def _is_none(node) -> bool:
+def _is_none(node: ast.expr) -> bool:
     return isinstance(node, ast.Constant) and node.value is None
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import marshal
 import os
+from collections.abc import Sequence
 
 NONCE_SIZE = 16
 HEADER_SIZE = 4
@@ -99,13 +100,13 @@ def new_nonce() -> bytes:
 
 def encode_request(kind: int, nonce: bytes, body: object) -> bytes:
     """Length-prefixed marshal frame. Raises ValueError for anything marshal cannot carry."""
-    payload = marshal.dumps((kind, nonce, body), MARSHAL_VERSION)
+    payload = marshal.dumps((kind, nonce, body), MARSHAL_VERSION)  # type: ignore[arg-type]  # ValueError if not
     if len(payload) > MAX_REQUEST_BYTES:
         raise ValueError("request too large")
     return len(payload).to_bytes(HEADER_SIZE, "little") + payload
 
 
-def encode_rows(rows) -> tuple[bytes, list[bytes]]:
+def encode_rows(rows: Sequence[Sequence[object]]) -> tuple[bytes, list[bytes]]:
     """Row frames ``(token, row)`` for an EVAL and their tokens (distinct, random). ValueError as above."""
     tokens: list[bytes] = []
     seen: set[bytes] = set()
@@ -118,7 +119,7 @@ def encode_rows(rows) -> tuple[bytes, list[bytes]]:
                 tokens.append(token)
     frames = []
     for token, row in zip(tokens, rows):
-        payload = marshal.dumps((token, row), MARSHAL_VERSION)
+        payload = marshal.dumps((token, row), MARSHAL_VERSION)  # type: ignore[arg-type]  # ValueError if not
         frames.append(len(payload).to_bytes(HEADER_SIZE, "little") + payload)
     data = b"".join(frames)
     if len(data) > MAX_REQUEST_BYTES:

@@ -165,7 +165,8 @@ def _package_parent() -> str:
 
 
 def _programs() -> tuple[bytes, bytes, bytes]:
-    """The zygote's, the row processes' and the evaluators' seccomp programs (sandbox.filters, built once here in the parent)."""
+    """The zygote's, the row processes' and the evaluators' seccomp programs (sandbox.filters, built once here in
+    the parent)."""
     from sandbox import filters
 
     try:

@@ -34,13 +34,17 @@ def _isolated(rows: tuple[frozenset[str], ...]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _reduced(rows: tuple[frozenset[str], ...]):
+Atoms = dict[tuple[bool, ...], list[str]]
+
+
+def _reduced(rows: tuple[frozenset[str], ...]) -> tuple[Atoms, list[tuple[bool, ...]], list[list[int]],
+                                                         list[tuple[int, int]]]:
     """The atoms (households grouped by identical membership), their columns, and the cohorts' 0/1 matrix over
     the atoms in reduced row echelon form with its (row, pivot column) pairs."""
     signature: dict[str, tuple[bool, ...]] = {}
     for member in set().union(*rows):
         signature[member] = tuple(member in c for c in rows)
-    atoms: dict[tuple[bool, ...], list[str]] = {}
+    atoms: Atoms = {}
     for member, sig in signature.items():
         atoms.setdefault(sig, []).append(member)
     columns = list(atoms)

@@ -14,6 +14,8 @@ Charges are kept per household per UTC day, so the horizon is whole days: the cu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 DAY = 86400
 
@@ -51,7 +53,7 @@ class Ledger:
         # a hair of slack for float sums: a cap met exactly is met
         return self.spent(household, moment) + rho <= self.cap_rho * (1 + 1e-9)
 
-    def charge(self, households, rho: float, moment: float) -> None:
+    def charge(self, households: Iterable[str], rho: float, moment: float) -> None:
         day = day_of(moment)
         for household in households:
             days = self._days.setdefault(household, {})
@@ -66,7 +68,7 @@ class Ledger:
             else:
                 del self._days[household]
 
-    def of(self, household: str, moment: float, delta: float) -> dict:
+    def of(self, household: str, moment: float, delta: float) -> dict[str, Any]:
         """The household's own view: what it has spent in the horizon, of what cap, day by day."""
         first = self._first_day(moment)
         days = {d: r for d, r in sorted(self._days.get(household, {}).items()) if d >= first}

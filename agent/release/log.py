@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from agent.store.segment import SegmentDB, ensure_dir
 
@@ -55,12 +56,12 @@ class ReleaseLog:
         return self.directory / f"{name}.seg"
 
     @staticmethod
-    def file_of(doc: dict) -> str:
+    def file_of(doc: dict[str, Any]) -> str:
         moment = doc.get("s", 0) if doc["t"] in ("r", "n") else doc.get("at", 0)
         prefix = FINE_PREFIX if doc["t"] == "r" and doc.get("w") == 1 else ""
         return prefix + day_name(moment)
 
-    def write(self, batches: dict[str, list[dict]]) -> None:
+    def write(self, batches: dict[str, list[dict[str, Any]]]) -> None:
         """{file name: docs}: each file's docs appended as one record and fsync'd. A refused write raises its
         OSError and is kept in `last_error` (shown in /health) until a write succeeds."""
         with self._lock:
@@ -78,7 +79,7 @@ class ReleaseLog:
             for name in sorted(self._open)[:-4]:
                 self._open.pop(name).close()
 
-    def read(self, name: str) -> list[dict]:
+    def read(self, name: str) -> list[dict[str, Any]]:
         """Every document of one day file (a history read, in a worker thread)."""
         with self._lock:
             db = self._open.get(name)
@@ -93,7 +94,7 @@ class ReleaseLog:
         finally:
             db.close()
 
-    def load(self, now: float, fine_since: float) -> Iterator[dict]:
+    def load(self, now: float, fine_since: float) -> Iterator[dict[str, Any]]:
         """Every document still kept, oldest file first (1-second files only from `fine_since`); deletes files
         past their retention."""
         for path in sorted(self.directory.glob("*.seg"), key=lambda p: p.stem.removeprefix(FINE_PREFIX)):

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from drivers.reading import iso
+
+Json = dict[str, Any]  # a release's body, as it is written and served
 
 
 @dataclass(frozen=True)
@@ -23,19 +26,19 @@ class Refusal:
     households: int | None = None
     missing: int | None = None
 
-    def public(self) -> dict:
-        out = {"error": self.error, "detail": self.detail}
+    def public(self) -> Json:
+        out: Json = {"error": self.error, "detail": self.detail}
         if self.households is not None:
             out["households"] = self.households
         if self.missing is not None:
             out["missing"] = self.missing
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Json:
         return {"refused": self.public()}
 
     @classmethod
-    def from_json(cls, doc: dict) -> Refusal:
+    def from_json(cls, doc: Json) -> Refusal:
         r = doc["refused"]
         return cls(r["error"], r["detail"], r.get("households"), r.get("missing"))
 
@@ -49,8 +52,8 @@ def stamp(moment: float) -> str:
 
 
 def fine_body(window: str, start: int, width: int, tag: str | None, households: int, consumption: float,
-              production: float | None, privacy: dict) -> dict:
-    body = {
+              production: float | None, privacy: Json) -> Json:
+    body: Json = {
         "window": window,
         "window_start": stamp(start),
         "window_end": stamp(start + width),
@@ -69,14 +72,14 @@ def fine_body(window: str, start: int, width: int, tag: str | None, households: 
     return body
 
 
-def derive(window: str, start: int, width: int, fine: list[dict], privacy: dict) -> dict:
+def derive(window: str, start: int, width: int, fine: list[Json], privacy: Json) -> Json:
     """A wider window from the fine releases that cover it (all released, in order)."""
     m = len(fine)
     consumption = sum(f["consumption_w"] for f in fine) / m
     productions = [f["production_w"] for f in fine]
     production = None if any(p is None for p in productions) else sum(productions) / m
     households = [f["households"] for f in fine]
-    body = {
+    body: Json = {
         "window": window,
         "window_start": stamp(start),
         "window_end": stamp(start + width),
@@ -92,5 +95,5 @@ def derive(window: str, start: int, width: int, fine: list[dict], privacy: dict)
     }
     if fine[0]["tag"] is not None:
         means = [f.get("mean_w") for f in fine]
-        body["mean_w"] = None if any(v is None for v in means) else round(sum(means) / m, 3)
+        body["mean_w"] = None if any(v is None for v in means) else round(sum(v for v in means if v is not None) / m, 3)
     return body
