@@ -19,6 +19,7 @@ from playwright.async_api import async_playwright, expect
 from agent.config import MeterSpec
 from agent.demo import start_emulator
 from agent.web import sign_in_url
+from agent.web.signin import IDLE_S
 from tests.conftest import StepClock, make_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -90,7 +91,13 @@ async def test_a_household_revokes_and_grants_and_sees_who_used_its_data(chromiu
     page = await page_in(chromium, csp_errors)
     first = await org_reads(running, clock, org_key, hour + 2 * QUARTER + 1)  # the quarter from hour + 15 min
     assert first["households"] == 12
-    await sign_in(page, sign_in_url(running.agent, running.base, "household", me))
+    link = sign_in_url(running.agent, running.base, "household", me)
+    await sign_in(page, link)
+    reused = await page_in(chromium)  # the same link in another browser: refused
+    await reused.goto(link)
+    await reused.get_by_role("button", name="Sign in to this device").click()
+    await expect(reused.get_by_role("alert")).to_contain_text("has been used")
+    await reused.context.close()
     assert await access_rows(page) == ["Yes"]
     spent = float(await page.locator("meter#budget").get_attribute("value"))
     assert spent > 0  # the noisy release was charged to this household's ledger
@@ -116,6 +123,9 @@ async def test_a_household_revokes_and_grants_and_sees_who_used_its_data(chromiu
     assert await access_rows(page) == ["Yes", "No", "No", "Yes"]
     assert float(await page.locator("meter#budget").get_attribute("value")) > spent
     assert csp_errors == []
+    clock.step(IDLE_S)  # half an hour without a request: the session has expired
+    await page.goto(running.base + "/ui/me/consents")
+    assert page.url.endswith("/ui/sign-in")
 
 
 async def test_a_household_reads_a_notification_and_sees_live_power_without_a_reload(chromium, neighbourhood):
