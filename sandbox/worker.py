@@ -186,18 +186,20 @@ def _read_frame():
 class _BufferedFrames:
     """An evaluator's reader: every frame on its request pipe is its own condition's, so it may read ahead."""
 
-    def __init__(self):
-        self.buf = b""
+    def __init__(self) -> None:
+        self.buf = bytearray()
         self.at = 0
 
     def exactly(self, n: int) -> bytes | None:
         while len(self.buf) - self.at < n:
-            chunk = os.read(protocol.REQUEST_FD, max(1 << 16, n))
+            if self.at:  # drop what was read before reading more (never a copy per chunk)
+                del self.buf[:self.at]
+                self.at = 0
+            chunk = os.read(protocol.REQUEST_FD, max(1 << 16, n - len(self.buf)))
             if not chunk:
                 return None
-            self.buf = self.buf[self.at:] + chunk
-            self.at = 0
-        data = self.buf[self.at:self.at + n]
+            self.buf += chunk
+        data = bytes(self.buf[self.at:self.at + n])
         self.at += n
         return data
 
@@ -395,10 +397,10 @@ class Zygote:
         out = [nonce]
         for _ in range(count):
             frame = frames.frame()
-            if type(frame) is not tuple or len(frame) != 2 or type(frame[1]) not in (tuple, list):
+            if type(frame) is not tuple or len(frame) != 2:
                 os._exit(3)
             token, row = frame
-            values = row_values(row)
+            values = row_values(row) if type(row) in (tuple, list) else None  # not a row: that row's ERROR
             status = 2
             if values is not None:
                 try:

@@ -248,3 +248,14 @@ def test_rows_that_are_not_numbers_are_errors_not_crashes(supervisor):
     assert supervisor.evaluate("org", "mission", [("a", 1.0), (0.0, 600.0), (10 ** 400, 1.0)]) == [
         Status.ERROR, Status.TRUE, Status.ERROR]
     assert supervisor.state("org", "mission").violations == 0
+
+
+def test_a_malformed_row_is_that_rows_error_and_a_big_request_is_read_whole(supervisor):
+    supervisor.register("org", "mission", INSIDE["the MISSION example"], PARAMS)
+    assert supervisor.evaluate("org", "mission", ["ab", (0.0, 600.0), 5, (0.0, 1.0)]) == [
+        Status.ERROR, Status.TRUE, Status.ERROR, Status.FALSE]
+    rows = [(0.0, float(i)) for i in range(8192)]  # ~200 KB of frames: many pipe reads in one request
+    assert supervisor.evaluate("org", "mission", rows) == [Status.TRUE if i > 500 else Status.FALSE
+                                                            for i in range(8192)]
+    state = supervisor.state("org", "mission")
+    assert state.violations == 0 and state.spawns == 1 and state.isolation == CLOSED_LANGUAGE
