@@ -19,6 +19,8 @@ import json
 import logging
 import time
 
+from nats.js.api import ConsumerConfig
+
 from agent.fleet import RELEASES_STREAM, document
 from agent.fleet.document import BUCKET as DESIRED_BUCKET, FLEET_KEY
 from hub import aggregate
@@ -28,6 +30,9 @@ log = logging.getLogger("edge.hub")
 
 WIDTHS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
 FETCH_BATCH = 512
+ACK_WAIT_S = 10.0  # a killed hub's unacknowledged batch is delivered again this long after
+HOLD_S = 1.0  # a held message comes back after this
+MAX_HOLDS = 120  # ...so many times at most: a hole that never fills (a message past the stream's age) is a gap
 WRITERS = 64  # key-value writes in flight at once
 
 
@@ -59,6 +64,8 @@ class Hub:
         self.applied = 0
         self.writes = 0  # key-value writes done
         self.redelivered = 0
+        self.duplicates = 0  # messages applied before (redelivered, or re-sent past de-duplication)
+        self.held = 0  # messages after a hole in a device's sequence, delivered again later
         self.unassigned = 0
         self.last_applied_at: float | None = None
         self.last_error: str | None = None
@@ -74,7 +81,10 @@ class Hub:
         await ensure(self.js, self.replicas, self.keep_days)
         self.kv = await self.js.key_value(HUB_BUCKET)
         self.kv_devices = await self.js.key_value(DEVICES_BUCKET)
-        await self._read_fleet()
+        try:
+            await self._read_fleet()
+        except Exception as err:  # read again before anything is consumed
+            self.last_error = f"fleet document: {type(err).__name__}: {err}"
         self._tasks = [asyncio.create_task(self._consume(), name="hub-consume"),
                        asyncio.create_task(self._watch_fleet(), name="hub-fleet")]
 
@@ -93,11 +103,14 @@ class Hub:
 
     # --- the fleet document --------------------------------------------------------------------
     async def _read_fleet(self) -> None:
+        """The fleet document from the bucket; raises if the cluster cannot say (never taken as "no document")."""
+        desired = await self.js.key_value(DESIRED_BUCKET)
         try:
-            desired = await self.js.key_value(DESIRED_BUCKET)
             entry = await desired.get(FLEET_KEY)
-        except Exception:
-            return
+        except Exception as err:
+            if "not found" in str(err).lower() or "deleted" in str(err).lower():
+                return  # none published yet
+            raise
         if entry.value:
             self.offer_fleet(entry.value)
 
@@ -136,43 +149,79 @@ class Hub:
         sub = None
         while True:
             try:
+                if self.fleet is None:  # which devices form which area: nothing can be attributed without it
+                    await self._read_fleet()
+                    if self.fleet is None:
+                        await asyncio.sleep(0.5)
+                        continue
                 if sub is None:
-                    sub = await self.js.pull_subscribe("edge.*.releases", durable=CONSUMER, stream=RELEASES_STREAM)
+                    sub = await self.js.pull_subscribe("edge.*.releases", durable=CONSUMER, stream=RELEASES_STREAM,
+                                                       config=ConsumerConfig(ack_wait=ACK_WAIT_S))
                 try:
                     messages = await sub.fetch(FETCH_BATCH, timeout=1.0)
                 except asyncio.TimeoutError:
                     continue
-                await self.apply(messages)
-                for msg in messages:  # only once every write of the batch is in the bucket
+                done, held = await self.apply(messages)
+                for msg in done:  # only once every write of the batch is in the bucket
                     await msg.ack()
+                for msg in held:
+                    await msg.nak(delay=HOLD_S)
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # a node down, a leader moving: the consumer is durable, go on
+            except Exception as err:  # a node down, a leader moving: the consumer is durable, bind to it again
                 self.last_error = f"consume: {type(err).__name__}: {err}"
+                if sub is not None:
+                    try:
+                        await sub.unsubscribe()
+                    except Exception:
+                        pass
+                    sub = None
                 await asyncio.sleep(0.5)
 
-    async def apply(self, messages: list) -> None:
+    async def apply(self, messages: list) -> tuple[list, list]:
         """One fetched batch: every device's parts merged per window key and every device's sequence numbers
-        per device, then each key written once (concurrently). Applying a batch again writes the same values."""
+        per device, then each key written once (concurrently). Applying a batch again writes the same values.
+
+        Each device's messages are applied in its order: one already applied is done (a redelivery), one after
+        a hole (the messages of a killed hub not yet redelivered) is held, with the rest of that device's in the
+        batch, and comes back later. Returns (done: to acknowledge, held: to deliver again)."""
+        payloads = [json.loads(msg.data) for msg in messages]
+        devices = sorted({str(p["device"]) for p in payloads})
+        states = await asyncio.gather(*(self._fresh(f"d.{d}") for d in devices))
+        expected = {d: state.get("contiguous", 0) + 1 for d, state in zip(devices, states)}
+        epochs = {d: state.get("epoch") for d, state in zip(devices, states)}
         parts: dict[str, dict[str, dict]] = {}
         seen: dict[str, list[tuple[int, dict, str | None]]] = {}
-        for msg in messages:
-            payload = json.loads(msg.data)
-            device = str(payload["device"])
+        done, held = [], []
+        for msg, payload in zip(messages, payloads):
+            device, seq = str(payload["device"]), int(payload["seq"])
             if msg.metadata.num_delivered > 1:
                 self.redelivered += 1
+            epoch = payload.get("epoch")
+            if epoch != epochs[device] and seq == 1:  # a new outbox (a replaced disk): its numbers start again
+                epochs[device], expected[device] = epoch, 1
+            if seq < expected[device] and epoch == epochs[device]:
+                done.append(msg)  # applied before
+                self.duplicates += 1
+                continue
+            if (seq > expected[device] or epoch != epochs[device]) and msg.metadata.num_delivered < MAX_HOLDS:
+                held.append(msg)
+                self.held += 1
+                continue
+            expected[device] = seq + 1  # in order, or a hole that never filled (taken, counted as a gap)
+            done.append(msg)
             area = self.device_area.get(device)
-            if area is None:
-                await self._fleet_fresh()
+            if area is None:  # a device assigned since the document was read? (a failed read: the batch again)
+                await self._read_fleet()
                 area = self.device_area.get(device)
-            if area is None:
+            if area is None:  # in no area of the operator's document: nothing to add it to
                 self.unassigned += 1
             else:
                 for record in payload["records"]:
                     key = window_key(record["org"], area, payload["window"], int(payload["start"]),
                                      record.get("tag"))
                     parts.setdefault(key, {})[device] = aggregate.contribution(record)
-            seen.setdefault(device, []).append((int(payload["seq"]), payload, area))
+            seen.setdefault(device, []).append((seq, payload, area))
         new = set(seen) - self._known_devices
         if new:  # the index of devices (listing a bucket's keys is not filtered before NATS 2.10)
             await self._update("devices", lambda value: {"devices": sorted({*value.get("devices", []), *new})})
@@ -181,8 +230,15 @@ class Hub:
         await self._all([*(self._update(key, lambda value, p=p: _with_parts(value, p)) for key, p in parts.items()),
                          *(self._update(f"d.{device}", lambda value, s=s: _device_seen_all(value, s, now))
                            for device, s in seen.items())])
-        self.applied += len(messages)
+        self.applied += sum(len(s) for s in seen.values())
         self.last_applied_at = now
+        return done, held
+
+    async def _fresh(self, key: str) -> dict:
+        """A key read now (another replica may have moved it), kept for the compare-and-set that follows."""
+        revision, value = await self._get(key)
+        self._cache[key] = (revision, value)
+        return value
 
     async def _all(self, coroutines) -> None:
         """Run the writes concurrently, at most WRITERS at once (the cluster pipelines them)."""
@@ -192,12 +248,6 @@ class Hub:
             async with gate:
                 await coroutine
         await asyncio.gather(*(one(c) for c in coroutines))
-
-    async def _fleet_fresh(self) -> None:
-        try:
-            await self._read_fleet()
-        except Exception:
-            pass
 
     async def _update(self, key: str, change) -> None:
         """Compare-and-set `change(value) -> value` of one key; retried on a concurrent writer."""
@@ -257,27 +307,29 @@ class Hub:
         from agent.fleet import HEALTH_STREAM, health_subject
 
         names = set(self.device_area) | set((await self._get("devices"))[1].get("devices", []))
-        out = []
-        for device in sorted(names):
-            _, state = await self._get(f"d.{device}")
-            health = None
-            try:
-                msg = await self.js.get_last_msg(HEALTH_STREAM, health_subject(device))
-                health = json.loads(msg.data)
-            except Exception:
-                pass
-            out.append({"device": device, "area": self.device_area.get(device),
-                        "applied_version": (health or {}).get("applied_version"),
-                        "last_seq": state.get("contiguous"), "gaps": state.get("gaps", 0),
-                        "out_of_order": state.get("out_of_order", 0), "last_release": state.get("last_window"),
-                        "health": health})
-        return out
+        gate = asyncio.Semaphore(WRITERS)
+
+        async def one(device: str) -> dict:
+            async with gate:
+                _, state = await self._get(f"d.{device}")
+                health = None
+                try:
+                    msg = await self.js.get_last_msg(HEALTH_STREAM, health_subject(device))
+                    health = json.loads(msg.data)
+                except Exception:
+                    pass  # no heartbeat yet
+            return {"device": device, "area": self.device_area.get(device),
+                    "applied_version": (health or {}).get("applied_version"),
+                    "last_seq": state.get("contiguous"), "gaps": state.get("gaps", 0),
+                    "out_of_order": state.get("out_of_order", 0), "last_release": state.get("last_window"),
+                    "health": health}
+        return list(await asyncio.gather(*(one(d) for d in sorted(names))))
 
     def health(self) -> dict:
         return {"status": "ok" if self.nc is not None and self.nc.is_connected else "degraded",
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "fleet_version": self.fleet["version"] if self.fleet else None, "fleet_refused": self.fleet_refusal,
-                "applied": self.applied, "writes": self.writes, "redelivered": self.redelivered, "unassigned": self.unassigned,
+                "applied": self.applied, "writes": self.writes, "redelivered": self.redelivered, "duplicates": self.duplicates, "held": self.held, "unassigned": self.unassigned,
                 "last_applied_at": self.last_applied_at, "last_error": self.last_error}
 
 
@@ -301,6 +353,9 @@ def _device_seen_all(value: dict, seen: list[tuple[int, dict, str | None]], now:
 def _device_seen(value: dict, seq: int, payload: dict, area: str | None, now: float) -> dict:
     """A device's sequence bookkeeping: the contiguous prefix applied, sequence numbers applied above it, how
     many arrived out of order (a later one before an earlier one) and how many times a gap was seen."""
+    if payload.get("epoch") != value.get("epoch"):  # a new outbox: its sequence starts again
+        value = {"epoch": payload.get("epoch"), "gaps": value.get("gaps", 0),
+                 "out_of_order": value.get("out_of_order", 0), "epochs": value.get("epochs", 0) + 1}
     contiguous = value.get("contiguous", 0)
     above = set(value.get("above", []))
     if seq <= contiguous or seq in above:

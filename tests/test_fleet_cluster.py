@@ -237,11 +237,20 @@ async def test_releases_survive_killed_nodes_devices_hub_and_an_outage(fleet):
     fleet.stop_feeding.set()
     time.sleep(2)  # the last readings' windows are decided
 
-    def drained():
-        healths = [fleet.health(d) for d in DEVICES]
-        return all(h.get("outbox") == 0 and h.get("connected") for h in healths)
+    snapshot = {}
+
+    def drained():  # each device once with its outbox empty: everything up to its cursor has been published
+        for device in DEVICES:
+            health = fleet.health(device)
+            if health.get("outbox") != 0 or not health.get("connected"):
+                return False
+            snapshot[device] = health
+        return True
     wait_until(drained, 90)
-    published = {d: fleet.health(d)["published"] for d in DEVICES}
+    published = {d: snapshot[d]["published"] for d in DEVICES}
+    # windows keep being released after the readings stop (silent households are held over): compare those up
+    # to the snapshot (GET /data's until is exclusive of the window containing it)
+    until = min(snapshot[d]["cursor"]["1s"] for d in DEVICES) + 1
 
     def hub_caught_up():
         status, body = fleet.hub_api("/devices", OPERATOR_TOKEN)
@@ -259,13 +268,12 @@ async def test_releases_survive_killed_nodes_devices_hub_and_an_outage(fleet):
         assert entry["health"]["device"] == entry["device"] and entry["applied_version"]
 
     # every window a device released is at the hub with the same numbers; every area window is their sum
-    until = time.time()
     by_device = {}
     for device in DEVICES:
         status, data = fleet.device(device, f"/data?window=1s&since={fleet.t0}&until={until}", fleet.org_key)
         assert status == 200, data
         by_device[device] = {epoch(w["window_start"]): w for w in data["released"]}
-        assert len(by_device[device]) >= 10
+        assert len(by_device[device]) >= 5
     for device, windows in by_device.items():
         for start, body in windows.items():
             part = json.loads(stored[f"w.{fleet.org}.north.1s.{start}._"])["devices"][device]
@@ -320,7 +328,7 @@ async def test_desired_state_through_the_bucket(fleet):
 
     # revoked: stops working on both devices and at the hub
     fleet.operator("revoke-key", "--org", registered["organization"]["id"])
-    for device in DEVICES:
-        wait_until(lambda: fleet.device(device, "/parameters", key)[0] == 401, 30)
+    for device in DEVICES:  # 401, or 429 once the polling of a bad key is throttled (valid keys never are)
+        wait_until(lambda: fleet.device(device, "/parameters", key)[0] in (401, 429), 30)
     wait_until(lambda: fleet.hub_api("/areas", key)[0] == 401, 30)
     assert fleet.device("dev-a", "/parameters", fleet.org_key)[0] == 200  # the other organization is untouched

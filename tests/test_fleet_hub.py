@@ -116,7 +116,8 @@ async def test_area_windows_are_sums_by_tag_and_need_enough_devices(hub):
                       records_of({("org_grid", "fridge"): fridge_body(DAY + 23 * HOUR, 12, watts["dev-1"] + 23)}))
     await hub.test_js.publish(releases_subject("dev-1"), json.dumps(payload).encode(),
                               headers={"Nats-Msg-Id": "dev-1-24-again"})
-    await until(lambda: _applied(hub, 97))
+    await until(lambda: _applied(hub, 96))
+    await until(lambda: _duplicates(hub, 1))
 
     status, body = await get(hub, f"/areas/north/data?window=1h&tag=fridge&since={DAY}&until={DAY + 86400}")
     assert status == 200
@@ -264,3 +265,7 @@ async def test_openapi_names_every_route(hub):
 
 async def _applied(hub, count: int) -> bool:
     return hub.applied >= count
+
+
+async def _duplicates(hub, count: int) -> bool:
+    return hub.duplicates >= count

@@ -53,9 +53,11 @@ def records_of(answers: dict[tuple[str, str | None], dict | Refusal]) -> list[di
     return records
 
 
-def message(device: str, seq: int, window: str, start: int, desired_version: int | None, records: list) -> dict:
-    """One outbox message: one window of one width, every fleet organization's record of it."""
-    return {"v": 1, "device": device, "seq": seq, "window": window, "start": start,
+def message(device: str, seq: int, window: str, start: int, desired_version: int | None, records: list,
+            epoch: str | None = None) -> dict:
+    """One outbox message: one window of one width, every fleet organization's record of it; `seq` counts in
+    the outbox's `epoch`."""
+    return {"v": 1, "device": device, "epoch": epoch, "seq": seq, "window": window, "start": start,
             "desired_version": desired_version, "records": records}
 
 
@@ -214,7 +216,7 @@ class FleetLink:
         version = self.applied["version"] if self.applied else None
 
         def payload(seq: int) -> dict:
-            return message(self.device, seq, window, start, version, records)
+            return message(self.device, seq, window, start, version, records, self.outbox.epoch)
         await serially(self.writes, self.outbox.enqueue, window, start, payload)
         self._wake.set()
 
@@ -421,6 +423,7 @@ class FleetLink:
             "organizations": sorted(self._fleet_orgs),
             "refused": self.refusal,
             "outbox": self.outbox.depth,
+            "cursor": dict(self.outbox.cursor),  # per width, the newest window enqueued
             "published": self.outbox.acked_total,
             "duplicates": self.duplicates,
             "sequence_resyncs": self.sequence_resyncs,

@@ -8,8 +8,9 @@ at-least-once, in order), with what JetStream needs:
   subject's last sequence (`Nats-Expected-Last-Subject-Sequence`), so a gap or a fork is seen, not hidden;
 - the newest window enqueued per width (the cursor) is kept, so after a restart the release log is read from
   where the outbox stopped.
-Tables: `m` messages {q: seq, id, w: window, s: start, p: payload}; `e` events {a: seq, n: stream seq} or a
-meta record {meta: 1, next, stream_seq, cursor} left by compaction. When full, nothing more is enqueued (the
+Tables: `m` messages {q: seq, id, w: window, s: start, p: payload}; `e` events {a: seq, n: stream seq}, the
+outbox's epoch {epoch} (random, when the file is new: the hub then knows the numbers start again), or a meta
+record {meta: 1, next, stream_seq, cursor, epoch} left by compaction. When full, nothing more is enqueued (the
 cursor stays): the release log is the backlog, read again once the outbox drains.
 """
 
@@ -46,7 +47,11 @@ class FleetOutbox:
         self.acked_total = 0
         self._finished = 0
         self._lock = threading.Lock()  # worker-thread writes vs. close
+        self.epoch: str | None = None  # this outbox's identity: a new one (a replaced disk) numbers from 1 again
         self._load()
+        if self.epoch is None:
+            self.epoch = secrets.token_hex(8)
+            self.db.table("e").insert({"epoch": self.epoch})
 
     def _load(self) -> None:
         messages = {}
@@ -56,10 +61,13 @@ class FleetOutbox:
             self.cursor[doc["w"]] = max(self.cursor.get(doc["w"], doc["s"]), doc["s"])
         acked: set[int] = set()
         for event in self.db.table("e").all():
-            if "meta" in event:
+            if "epoch" in event:
+                self.epoch = event["epoch"]
+            elif "meta" in event:
                 self.next_seq = max(self.next_seq, event["next"])
                 self.stream_seq = event["stream_seq"]
                 self.acked_total = event.get("acked", 0)
+                self.epoch = event.get("epoch", self.epoch)
                 for window, start in event["cursor"].items():
                     self.cursor[window] = max(self.cursor.get(window, start), start)
             else:
@@ -102,7 +110,7 @@ class FleetOutbox:
         messages = {i + 1: {"q": m.seq, "id": m.id, "w": m.window, "s": m.start, "p": m.payload}
                     for i, m in enumerate(self.pending)}
         meta = {"meta": 1, "next": self.next_seq, "stream_seq": self.stream_seq, "cursor": dict(self.cursor),
-                "acked": self.acked_total}
+                "acked": self.acked_total, "epoch": self.epoch}
         with self._lock:
             self.db.storage.write({"m": messages, "e": {1: meta}})
         self._finished = 0
