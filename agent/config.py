@@ -162,6 +162,9 @@ class TriggersConfig:
     organization_action_queue: int = 256
     household_action_slots: int = 2
     max_refusals_per_hour: int = 20
+    # Refuse conditions outside the closed language (sandbox/closed.py): no enforcement event (throttle,
+    # quarantine) can then depend on households' values (PRIVACY.md, Triggers).
+    closed_language_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -531,7 +534,8 @@ def parse_config(data: dict, source: str = "config") -> Config:
                                   organization_action_queue=_count(triggers_t, "organization_action_queue", 256, 1,
                                                                    100_000),
                                   household_action_slots=_count(triggers_t, "household_action_slots", 2, 1, 16),
-                                  max_refusals_per_hour=_count(triggers_t, "max_refusals_per_hour", 20, 1, 10_000))
+                                  max_refusals_per_hour=_count(triggers_t, "max_refusals_per_hour", 20, 1, 10_000),
+                                  closed_language_only=triggers_t.get("closed_language_only", bool, False))
         if triggers.release_delay_s * 1000 < 2 * timeout_ms:
             raise ConfigError("triggers.release_delay_s", f"must leave room for an evaluation: at least twice "
                               f"triggers.timeout_ms ({2 * timeout_ms / 1000:g} s)")

@@ -43,6 +43,7 @@ _EXPORTS = {
     "NOT_A_BOOL": "sandbox.errors",
     "REJECTED": "sandbox.errors",
     "READS_CLOCK": "sandbox.errors",
+    "OUTSIDE_CLOSED": "sandbox.errors",
     "too_slow": "sandbox.errors",
 }
 

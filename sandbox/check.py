@@ -30,6 +30,7 @@ from sandbox.supervisor import Limits, spawn_worker
 class CheckResult:
     ok: bool
     reason: str | None = None  # one of the fixed strings of sandbox.errors when not ok
+    closed: bool = False  # in the closed language: its samples ran in an evaluator, as its rows will
 
     def __bool__(self) -> bool:
         return self.ok
@@ -83,7 +84,8 @@ def check_condition(
             return CheckResult(False, REASONS[found])
         try:
             code = worker.request(protocol.LOAD, (source, params), 1, limits.load_timeout_s)[0]
-            if code == protocol.LOAD_NOT_CLOSED and worker.evaluator:
+            closed = worker.evaluator and code != protocol.LOAD_NOT_CLOSED
+            if not closed and worker.evaluator:
                 code = worker.request(protocol.LOAD, (source, params), 1, limits.load_timeout_s)[0]
         except EvaluationFailed as exc:
             return CheckResult(False, _failure_reason(exc, limits.load_timeout_s))
@@ -99,7 +101,7 @@ def check_condition(
                 raise ValueError("samples must hold only plain values (numbers, None, str)") from None
             if status not in (protocol.TRUE, protocol.FALSE):
                 return CheckResult(False, NOT_A_BOOL if status in (protocol.ERROR, protocol.NOT_BOOL) else REJECTED)
-        return CheckResult(True)
+        return CheckResult(True, closed=closed)
     finally:
         worker.kill()
 

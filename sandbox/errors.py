@@ -10,6 +10,7 @@ NO_CONDITION = "does not define condition(...)"
 NOT_A_BOOL = "did not return a bool"
 REJECTED = "rejected by sandbox"
 READS_CLOCK = "reads the clock"  # datetime's now()/today()/utcnow(): a condition gets no clock (a relay between rows)
+OUTSIDE_CLOSED = "outside the closed language"  # where the operator requires it (sandbox.closed)
 
 
 def too_slow(timeout_s: float) -> str:

@@ -171,3 +171,12 @@ def test_cli_check_config_does_not_print_keys(tmp_path):
 def test_a_level_needs_at_least_one_window(tmp_path):
     with pytest.raises(ConfigError, match="levels.custom.windows: must name at least one window"):
         load_config(write(tmp_path, GOOD + '\n[levels.custom]\nwindows = []\n'))
+
+
+def test_closed_language_only_is_read_and_checked(tmp_path):
+    assert load_config(write(tmp_path, GOOD)).triggers.closed_language_only is False
+    config = load_config(write(tmp_path, GOOD + "\n[triggers]\nclosed_language_only = true\n"))
+    assert config.triggers.closed_language_only is True
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD + "\n[triggers]\nclosed_language_only = \"yes\"\n"))
+    assert info.value.key == "triggers.closed_language_only"

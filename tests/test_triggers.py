@@ -348,6 +348,22 @@ async def test_only_the_owning_organization_sees_or_deletes_a_trigger(town):
     assert (await t.running.call("DELETE", f"/triggers/{tid}", token=t.org_key))[0] == 404
 
 
+async def test_an_operator_can_require_the_closed_language(town):
+    """[triggers] closed_language_only: a condition outside it is refused at upload with its own reason; a
+    closed one is accepted and runs in an evaluator."""
+    t = await town(3, closed_language_only=True)
+    loop = "def condition(household_power_consumption):\n    while False:\n        pass\n    return True\n"
+    status, out = await t.create(body(["household_power_consumption"], loop))
+    assert status == 422 and out["reason"] == "outside the closed language", out
+    status, created = await t.create(body(["household_power_consumption"],
+                                          "def condition(household_power_consumption):\n"
+                                          "    return household_power_consumption > 1000\n"))
+    assert status == 201, created
+    await t.window(power_import_w=1500.0)
+    view = await t.trigger(created["id"])
+    assert view["isolation"] == "closed language" and view["firings"] == 3
+
+
 async def test_the_organization_sees_counts_only(town):
     """Per-household results never leave: the view is the same shape whoever fired; its counts are sums of
     what the release module released per window (here exact, over at least k_min households)."""

@@ -29,7 +29,7 @@ from agent.parameters import HOUSEHOLD, permitted
 from agent.triggers import actions
 from agent.triggers.model import MAX_INTERVAL_S, Refused, check_action, check_parameters
 from agent.triggers.runner import TooManyUploads
-from sandbox import SYNTAX_ERROR, SandboxUnavailable
+from sandbox import OUTSIDE_CLOSED, SYNTAX_ERROR, CheckResult, SandboxUnavailable
 
 MAX_FUNCTION_CHARS = 32 * 1024  # base64 of the sandbox's 16 KiB of source, with room
 MAX_DESCRIPTION_CHARS = 500
@@ -133,6 +133,8 @@ async def create_trigger(request: web.Request) -> web.Response:
         raise _unavailable(err.reason) from None
     except TooManyUploads as err:
         raise _too_many(err.retry_after_s, err.detail) from None
+    if result.ok and config.triggers.closed_language_only and not result.closed:
+        result = CheckResult(False, OUTSIDE_CLOSED)
     if not result.ok:
         runner.refused(org.id, result.reason)  # counted, and summed into the audit log: no fsync per refusal
         raise ApiError(422, "condition_rejected", result.reason, reason=result.reason)
