@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agent.config import WINDOW_SECONDS, Config, Level
 from agent.offloop import serially
@@ -35,7 +36,16 @@ from agent.privacy import dp
 from agent.release import audit, records
 from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
-from agent.release.records import NOT_RELEASED, Refusal
+from agent.release.records import NOT_RELEASED, Json, Refusal
+
+if TYPE_CHECKING:
+    from agent.aggregates import Contribution, WindowBook
+    from agent.registry import Organization, Registry
+
+RecordKey = tuple[str, int, int, str]  # (organization, width, start, tag or "")
+Staged = dict[RecordKey, Json]  # a pass's record docs, in decision order
+Durable = dict[str, list[Json]]  # docs to write, per log file
+Contributions = dict[str, "Contribution"]  # a window's, per meter
 
 log = logging.getLogger("edge.release")
 
@@ -63,7 +73,8 @@ def cohort_hash(members: frozenset[str]) -> str:
 
 
 class Releases:
-    def __init__(self, config: Config, registry, books: dict, clock, directory: str | Path):
+    def __init__(self, config: Config, registry: Registry, books: dict[str, WindowBook], clock: Callable[[], float],
+                 directory: str | Path):
         self.config = config
         self.registry = registry
         self.books = books
@@ -74,22 +85,22 @@ class Releases:
         self.ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
         self.writes = asyncio.Lock()
         self._settling = asyncio.Lock()
-        self._records: dict[tuple[str, int, int, str], dict] = {}
+        self._records: dict[RecordKey, Json] = {}
         self._cursor: dict[Grid, int] = {}
         self._decided: dict[int, int] = {}  # width -> start of the newest window of that width decided
         self._listeners: list[Callable[[str, int], None]] = []
-        self._once: dict[str, dict] = {}
-        self._once_running: dict[str, asyncio.Future] = {}
-        self._pending: dict[str, list[dict]] = {}  # exact records not yet on disk (flushed with the store)
+        self._once: dict[str, Json] = {}
+        self._once_running: dict[str, asyncio.Future[Json]] = {}
+        self._pending: dict[str, list[Json]] = {}  # exact records not yet on disk (flushed with the store)
         self._cohorts_written: set[tuple[str, str]] = set()
         self._trigger_days: dict[tuple[str, str, int], dict[str, dict[str, int]]] = {}
-        self._trigger_released: dict[tuple[str, str], list[dict]] = {}
+        self._trigger_released: dict[tuple[str, str], list[Json]] = {}
         self._forgot_at = float("-inf")
-        self._last_seen: dict[Grid, dict[str, tuple[int, object]]] = {}
+        self._last_seen: dict[Grid, dict[str, tuple[int, Contribution]]] = {}
         # exact cohorts released per (grid width, tag) in the last audit period: {members: newest start}
         self._audited: dict[tuple[int, str], dict[frozenset[str], int]] = {}
-        self._cohort_cache: dict[str, tuple[tuple, int, frozenset[str]]] = {}
-        self._meter_cache: tuple[tuple, dict[str, str]] = ((), {})
+        self._cohort_cache: dict[str, tuple[tuple[Any, ...], int, frozenset[str]]] = {}
+        self._meter_cache: tuple[tuple[Any, ...], dict[str, str]] = ((), {})
         self._started_at = clock()
         self._audit_blind_until = float("-inf")  # see _load
         self._load()
@@ -132,7 +143,7 @@ class Releases:
     def last_settled(self, window: str) -> int | None:
         return self._decided.get(WINDOW_SECONDS[window])
 
-    def answer(self, org_id: str, window: str, start: int, tag: str | None = None) -> dict | Refusal:
+    def answer(self, org_id: str, window: str, start: int, tag: str | None = None) -> Json | Refusal:
         """The recorded answer for one organization, from memory (recent windows)."""
         width = WINDOW_SECONDS[window]
         doc = self._records.get((org_id, width, start, tag or ""))
@@ -146,10 +157,10 @@ class Releases:
             return NOT_RELEASED
         return _from_doc(doc)
 
-    async def history(self, org_id: str, window: str, starts: list[int], tag: str | None) -> dict[int, dict | Refusal]:
+    async def history(self, org_id: str, window: str, starts: list[int], tag: str | None) -> dict[int, Json | Refusal]:
         """Recorded answers for many windows: memory first, then the day files (in a worker thread)."""
         width = WINDOW_SECONDS[window]
-        out: dict[int, dict | Refusal] = {}
+        out: dict[int, Json | Refusal] = {}
         missing: dict[str, list[int]] = {}
         for start in starts:
             doc = self._records.get((org_id, width, start, tag or ""))
@@ -171,13 +182,13 @@ class Releases:
                     out[start] = self.answer(org_id, window, start, tag)
         return out
 
-    def ledger_of(self, household_id: str) -> dict:
+    def ledger_of(self, household_id: str) -> Json:
         return self.ledger.of(household_id, self.clock(), self._delta())
 
     def _delta(self) -> float:
         return min((lv.dp.delta for lv in self.config.levels.values() if lv.noisy), default=1e-7)
 
-    async def once(self, kind: str, key: str, compute: Callable[[], dict]) -> dict:
+    async def once(self, kind: str, key: str, compute: Callable[[], Json]) -> Json:
         """A release computed when first asked (`compute` in a worker thread), recorded durably before it is
         returned; every later call with the same key returns the recorded body."""
         memo = f"{kind}|{key}"
@@ -189,7 +200,7 @@ class Releases:
             running.add_done_callback(lambda _: self._once_running.pop(memo, None))
         return await asyncio.shield(running)
 
-    async def _compute_once(self, memo: str, compute: Callable[[], dict]) -> dict:
+    async def _compute_once(self, memo: str, compute: Callable[[], Json]) -> Json:
         body = await asyncio.to_thread(compute)
         doc = {"t": "o", "k": memo, "b": body, "at": self.clock()}
         await serially(self.writes, self.log.write, {ReleaseLog.file_of(doc): [doc]})
@@ -197,7 +208,7 @@ class Releases:
         return body
 
     async def counts(self, org_id: str, trigger_id: str, window: str, start: int,
-                     per_household: dict[str, dict[str, int]]) -> dict | Refusal:
+                     per_household: dict[str, dict[str, int]]) -> Json | Refusal:
         """A trigger's statistics for one window: {household id: {field: 0 or 1}} (e.g. evaluated, fired,
         errors). Exact levels: the sums, released when at least k_min households not related to the organization
         are behind them. Noisy levels: nothing per window; whether each household counted in each field during
@@ -218,9 +229,9 @@ class Releases:
         if len(set(per_household) - self._related(org_id)) < k_min:
             return Refusal("cohort_too_small", f"a trigger's statistics are released only over at least {k_min} "
                            "households")
-        fields = sorted({f for values in per_household.values() for f in values})
+        names = sorted({f for values in per_household.values() for f in values})
         body = {"window": window, "window_start": records.stamp(start), "households": len(per_household),
-                **{f: sum(int(values.get(f, 0)) for values in per_household.values()) for f in fields},
+                **{f: sum(int(values.get(f, 0)) for values in per_household.values()) for f in names},
                 "privacy": {"kind": "exact"}}
         doc = {"t": "n", "o": org_id, "i": trigger_id, "w": WINDOW_SECONDS[window], "s": start, "b": body}
         self._pending.setdefault(ReleaseLog.file_of(doc), []).append(doc)
@@ -253,8 +264,8 @@ class Releases:
         async with self._settling:
             limit = self.settle_limit()
             grids = self._grids()
-            staged: dict[tuple, dict] = {}  # (org, width, start, tag) -> record doc, in decision order
-            durable: dict[str, list[dict]] = {}
+            staged: Staged = {}  # in decision order
+            durable: dict[str, list[Json]] = {}
             newly: list[tuple[int, int]] = []
             decided: dict[int, int] = {}  # applied once the records are in place, never before
             for grid, orgs in grids.items():
@@ -324,17 +335,17 @@ class Releases:
             self._forgot_at = now
             self.ledger.forget_before(now - DAY)  # as in _load
 
-    def _grids(self) -> dict[Grid, list]:
+    def _grids(self) -> dict[Grid, list[Organization]]:
         orgs = sorted(self.registry.organizations.values(), key=lambda o: o.id)
-        levels = {o.id: self.config.levels.get(o.level) for o in orgs}
-        exact = [o for o in orgs if levels[o.id] is not None and not levels[o.id].noisy]
-        grids: dict[Grid, list] = {}
+        levels = {o.id: level for o in orgs if (level := self.config.levels.get(o.level)) is not None}
+        exact = [o for o in orgs if o.id in levels and not levels[o.id].noisy]
+        grids: dict[Grid, list[Organization]] = {}
         if exact:
             width = min(WINDOW_SECONDS[levels[o.id].finest] for o in exact)
             grids[Grid(width, False, False)] = exact
             grids[Grid(max(width, TAG_GRID_S), False, True)] = exact
         for org in orgs:
-            level = levels[org.id]
+            level = levels.get(org.id)
             if level is not None and level.noisy:
                 grids.setdefault(Grid(WINDOW_SECONDS[level.finest], True, False), []).append(org)
         return grids
@@ -377,7 +388,7 @@ class Releases:
         households = getattr(self.registry, "all_households", None)
         return {h.id for h in households() if h.related_organizations} if households else set()
 
-    def _decide(self, grid: Grid, orgs: list, start: int, staged: dict, durable: dict) -> None:
+    def _decide(self, grid: Grid, orgs: list[Organization], start: int, staged: Staged, durable: Durable) -> None:
         contributions = self._held_over(grid, start, self.books[WIDTH_NAME[grid.width]].contributions(start))
         if grid.noisy:
             self._decide_noisy(grid, orgs, start, contributions, staged, durable)
@@ -391,7 +402,7 @@ class Releases:
         for org in orgs:
             self._derive(grid, org, start, staged)
 
-    def _held_over(self, grid: Grid, start: int, contributions: dict) -> dict:
+    def _held_over(self, grid: Grid, start: int, contributions: Contributions) -> Contributions:
         """The window's contributions, with a household that sent nothing in it held at its last window's values
         for a while (`hold_s`): a datalogger posting every 10 s, or a gap of a few seconds, must not make the
         cohort flicker, since each flicker is a difference that reads one household."""
@@ -409,12 +420,12 @@ class Releases:
             last[meter] = (start, contribution)
         return out
 
-    def _may(self, org, parameter: str) -> bool:
+    def _may(self, org: Organization, parameter: str) -> bool:
         level = self.config.levels.get(org.level)
         return level is not None and permitted(parameter, level, org.parameters)
 
-    def _decide_exact(self, grid: Grid, orgs: list, start: int, contributions: dict, tag: str | None,
-                      staged: dict) -> None:
+    def _decide_exact(self, grid: Grid, orgs: list[Organization], start: int, contributions: Contributions, tag: str | None,
+                      staged: Staged) -> None:
         k_min, end = self.config.privacy.k_min, start + grid.width
         if start < self._audit_blind_until:
             resuming = Refusal("audit_resuming", "the device restarted; exact sums resume one audit period "
@@ -443,7 +454,7 @@ class Releases:
         for org, members in sorted(candidates, key=lambda c: (-len(c[1]), c[0].id)):
             counted = len(members - self._related(org.id))
             if counted < k_min:
-                result: dict | Refusal = Refusal(
+                result: Json | Refusal = Refusal(
                     "cohort_too_small", f"{counted} {what} (not related to this organization) have data in this "
                     f"window; at least {k_min} are needed ({k_min - counted} missing)",
                     *((counted, k_min - counted) if tag is None else ()))
@@ -462,8 +473,8 @@ class Releases:
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
         self._audited[(grid.width, tag or "")] = recent
 
-    def _decide_noisy(self, grid: Grid, orgs: list, start: int, contributions: dict, staged: dict,
-                      durable: dict) -> None:
+    def _decide_noisy(self, grid: Grid, orgs: list[Organization], start: int, contributions: Contributions, staged: Staged,
+                      durable: Durable) -> None:
         registry, k_min, end = self.registry, self.config.privacy.k_min, start + grid.width
         if not dp.available():  # no OpenDP on this platform: refused (never exact), and the pass goes on
             unavailable = Refusal("dp_unavailable", dp.unavailable_reason())
@@ -472,7 +483,7 @@ class Releases:
                 for tag in [None, *tags]:
                     staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, unavailable)
             return
-        shared: dict[tuple, dict] = {}
+        shared: dict[tuple[Any, ...], Json] = {}
         name = day_name(start)
         for org in orgs:
             level = self.config.levels[org.level]
@@ -508,7 +519,7 @@ class Releases:
                 staged[key] = doc
 
     def _noisy_body(self, level: Level, grid: Grid, start: int, tag: str | None, members: frozenset[str],
-                    contributions: dict) -> dict:
+                    contributions: Contributions) -> Json:
         cfg, meters = level.dp, self._meters()
         quantities = 1 if tag else 2
         clamp = cfg.tag_clamp_w if tag else cfg.clamp_w
@@ -525,7 +536,7 @@ class Releases:
         return records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members), consumption,
                                  production, privacy)
 
-    def _noisy_privacy(self, level: Level, mechanism: dp.Mechanism, quantities: int) -> dict:
+    def _noisy_privacy(self, level: Level, mechanism: dp.Mechanism, quantities: int) -> Json:
         cfg, privacy = level.dp, self.config.privacy
         loss = cfg.loss()
         return {
@@ -541,7 +552,7 @@ class Releases:
             "quantities": quantities,
         }
 
-    def _derive(self, grid: Grid, org, start: int, staged: dict) -> None:
+    def _derive(self, grid: Grid, org: Organization, start: int, staged: Staged) -> None:
         level = self.config.levels.get(org.level)
         if level is None:
             return
@@ -560,11 +571,12 @@ class Releases:
                 first = start + grid.width - wider
                 parts = [staged.get((org.id, finer, s, tag or "")) or self._records.get((org.id, finer, s, tag or ""))
                          for s in range(first, first + wider, finer)]
-                if any(p is None or "x" in p for p in parts):
-                    result: dict | Refusal = Refusal("incomplete", "a shorter window inside this one was not "
+                present = [p for p in parts if p is not None and "x" not in p]
+                if len(present) < len(parts):
+                    result: Json | Refusal = Refusal("incomplete", "a shorter window inside this one was not "
                                                      "released, so neither is this one")
                 else:
-                    bodies = [p["b"] for p in parts]
+                    bodies = [p["b"] for p in present]
                     privacy = dict(bodies[0]["privacy"])
                     privacy["derived_from"] = f"{len(bodies)} x {WIDTH_NAME[finer]}"
                     if privacy.get("noise_sd_w") is not None:
@@ -574,7 +586,7 @@ class Releases:
                 staged[(org.id, wider, first, tag or "")] = doc
 
     # --- trigger statistics of noisy levels, per UTC day -------------------------------------------------
-    def _release_trigger_days(self, limit: float, durable: dict) -> list[tuple[str, str, dict]]:
+    def _release_trigger_days(self, limit: float, durable: Durable) -> list[tuple[str, str, Json]]:
         """Noisy levels' trigger statistics of UTC days that have ended: noised, charged, and added to this
         pass's durable batch; visible (`trigger_days`) only once written."""
         released = []
@@ -603,7 +615,7 @@ class Releases:
             released.append((org_id, trigger_id, body))
         return released
 
-    def trigger_days(self, org_id: str, trigger_id: str) -> list[dict]:
+    def trigger_days(self, org_id: str, trigger_id: str) -> list[Json]:
         """The daily statistics released so far (noisy levels) for one trigger, oldest first (since start)."""
         return list(self._trigger_released.get((org_id, trigger_id), []))
 
@@ -616,7 +628,7 @@ def guarantee(horizon_days: int, cap_rho: float, delta: float, loss: float) -> s
             f"at most 4x rho")
 
 
-def _doc(org_id: str, width: int, start: int, tag: str | None, result: dict | Refusal) -> dict:
+def _doc(org_id: str, width: int, start: int, tag: str | None, result: Json | Refusal) -> Json:
     doc = {"t": "r", "o": org_id, "w": width, "s": start, "g": tag or ""}
     if isinstance(result, Refusal):
         doc["x"] = result.public()
@@ -625,19 +637,20 @@ def _doc(org_id: str, width: int, start: int, tag: str | None, result: dict | Re
     return doc
 
 
-def _noisy(doc: dict) -> bool:
+def _noisy(doc: Json) -> bool:
     return bool(doc.get("noisy")) or doc.get("b", {}).get("privacy", {}).get("kind") == "noisy"
 
 
-def _refused_doc(doc: dict, error: str, detail: str) -> dict:
+def _refused_doc(doc: Json, error: str, detail: str) -> Json:
     out = {k: v for k, v in doc.items() if k not in ("b", "c", "p", "noisy")}
     out["x"] = {"error": error, "detail": detail}
     return out
 
 
-def _from_doc(doc: dict) -> dict | Refusal:
+def _from_doc(doc: Json) -> Json | Refusal:
     if "x" in doc:
         x = doc["x"]
         return Refusal(x["error"], x["detail"], x.get("households"), x.get("missing"))
-    return doc["b"]
+    body: Json = doc["b"]
+    return body
 
