@@ -222,6 +222,12 @@ class LineParser:
                           for obj in specification["objects"]]
         self._keys: dict[str, tuple] = {}
         self._registers: dict[str, tuple] = {}  # whole lines of registers and counters: they repeat
+        self._shapes: dict[str, dict] = {}  # whole lines of the other kinds (peaks, limits, M-Bus): they repeat too
+
+    def _remember_shape(self, line: str, found: dict) -> None:
+        if len(self._shapes) >= _CACHE_LIMIT:
+            self._shapes.clear()
+        self._shapes[line] = found
 
     def _remember(self, line: str, target: str, number, name: str | None) -> None:
         if len(self._registers) >= _CACHE_LIMIT * 2:
@@ -262,7 +268,7 @@ class LineParser:
 
     def parse(self, text: str) -> Parsed:
         out = Parsed()
-        values, names, keys, registers = out.values, out.names, self._keys, self._registers
+        values, names, keys, registers, shapes = out.values, out.names, self._keys, self._registers, self._shapes
         lines = iter(text.split("\r\n") if "\r\n" in text else text.split("\n"))
         for line in lines:
             known = registers.get(line)
@@ -302,15 +308,29 @@ class LineParser:
                     values[target] = int(body)
                     self._remember(line, target, values[target], name)
                 elif kind == "special":
-                    if not getattr(self, target)(body.split(")("), values):
-                        continue
+                    found = shapes.get(line)  # a line read before: its values (lists shared: read-only)
+                    if found is None:
+                        found = {}
+                        if not getattr(self, target)(body.split(")("), found):
+                            continue
+                        if target != "_timestamp":  # the clock changes every telegram
+                            self._remember_shape(line, found)
+                    values.update(found)
                 elif kind == "mbus":
-                    groups = body.split(")(")
                     if target[1] == "reading_v2":  # DSMR 2.2/3: the value is on the next line
                         following = next(lines, "").rstrip("\r")
-                        groups += following[1:-1].split(")(") if following[:1] == "(" else []
-                    if not self._mbus(target, groups, out.mbus):
-                        continue
+                        groups = body.split(")(") + (following[1:-1].split(")(") if following[:1] == "(" else [])
+                        if not self._mbus(target, groups, out.mbus):
+                            continue
+                    else:
+                        found = shapes.get(line)
+                        if found is None:
+                            scratch: dict[int, dict] = {}
+                            if not self._mbus(target, body.split(")("), scratch):
+                                continue
+                            found = scratch[target[0]]
+                            self._remember_shape(line, found)
+                        out.mbus.setdefault(target[0], {}).update(found)
             except (ValueError, IndexError, ArithmeticError):
                 continue  # a value dsmr_parser would not read either
             if name is not None:

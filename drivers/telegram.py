@@ -266,6 +266,7 @@ _BELGIAN_SWAP = {
     "energy_export_t1_wh": "energy_export_t2_wh",
     "energy_export_t2_wh": "energy_export_t1_wh",
 }
+_BELGIAN_PAIRS = (("energy_import_t1_wh", "energy_import_t2_wh"), ("energy_export_t1_wh", "energy_export_t2_wh"))
 _SIGNED_POWER = (("power_import_w", "power_export_w"),
                  *((f"power_import_{p}_w", f"power_export_{p}_w") for p in ("l1", "l2", "l3")))
 _TARIFF_PARTS = {direction: tuple(f"energy_{direction}_t{n}_wh" for n in (1, 2, 3, 4))
@@ -288,8 +289,14 @@ def normalize(parsed: obis.Parsed, meter_id: str, profile: Profile, received_at:
     values = parsed.values
     suspect, extras = parsed.suspect, parsed.extras
     if profile.belgian_tariffs:
-        values = {_BELGIAN_SWAP.get(k, k): v for k, v in values.items()}
-        suspect, extras = [_BELGIAN_SWAP.get(k, k) for k in suspect], [_BELGIAN_SWAP.get(k, k) for k in extras]
+        for low, high in _BELGIAN_PAIRS:
+            a, b = values.pop(low, None), values.pop(high, None)
+            if a is not None:
+                values[high] = a
+            if b is not None:
+                values[low] = b
+        if suspect or extras:
+            suspect, extras = [_BELGIAN_SWAP.get(k, k) for k in suspect], [_BELGIAN_SWAP.get(k, k) for k in extras]
         if values.get("tariff") in (1, 2):
             values["tariff"] = 3 - values["tariff"]
 
@@ -302,7 +309,8 @@ def normalize(parsed: obis.Parsed, meter_id: str, profile: Profile, received_at:
         if name in values and not _physical(name, values[name]):
             del values[name]
     for name in (*suspect, *_SPECIAL_NUMBERS):
-        if name in values and not _physical(name, values[name]):
+        value = values.get(name)
+        if value is not None and not 0 <= value < math.inf and not _physical(name, value):
             raise TelegramError(f"{name} is {'negative' if values[name] < 0 else 'not a finite number'}")
 
     for direction, names in _TARIFF_PARTS.items():
