@@ -64,19 +64,22 @@ def _caller(request: web.Request):
     if hub.operator_token and hmac.compare_digest(token.encode(errors="replace"), hub.operator_token.encode()):
         return "operator", None
     digest = hashlib.sha256(token.encode(errors="replace")).hexdigest()
-    for org in hub.organizations().values():
-        if hmac.compare_digest(org.key_hash, digest):
-            return "organization", org
+    org = hub.organization_by_key_hash(digest)
+    if org is not None and hmac.compare_digest(org.key_hash, digest):
+        return "organization", org
     raise ApiError(401, "unauthorized", "unknown or revoked key")
 
 
-def _audit(request: web.Request, who: str, action: str, **fields) -> None:
+async def _audit(request: web.Request, who: str, action: str, **fields) -> None:
     path: Path | None = request.app[AUDIT_PATH]
     if path is None:
         return
     line = json.dumps({"at": time.time(), "who": who, "action": action, **fields}, separators=(",", ":"))
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+
+    def append() -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    await asyncio.to_thread(append)  # off the event loop
 
 
 async def health(request: web.Request) -> web.Response:
@@ -133,7 +136,7 @@ async def area_data(request: web.Request) -> web.Response:
     for answer in answers:
         if answer is not None:
             (released if "released" in answer else refused).append(answer.get("released") or answer["refused"])
-    _audit(request, org.id, "area.data", area=area, window=window, since=since, until=until, tag=tag,
+    await _audit(request, org.id, "area.data", area=area, window=window, since=since, until=until, tag=tag,
            released=len(released))
     return web.json_response({"area": area, "window": window, "tag": tag, "released": released,
                               "refused": refused})
@@ -179,7 +182,7 @@ async def subscribe(request: web.Request) -> web.Response:
     except TargetError as err:
         raise ApiError(400, "bad_endpoint", str(err)) from None
     sub = await push.create(hub, org.id, area, window, tag, endpoint)
-    _audit(request, org.id, "subscription.create", subscription=sub["id"], area=area, window=window)
+    await _audit(request, org.id, "subscription.create", subscription=sub["id"], area=area, window=window)
     return web.json_response({**push.public(sub), "secret": sub["secret"]}, status=201)
 
 
@@ -197,7 +200,7 @@ async def unsubscribe(request: web.Request) -> web.Response:
     sub_id = request.match_info["sub_id"]
     if not await push.delete(request.app[HUB], org.id, sub_id):
         raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
-    _audit(request, org.id, "subscription.delete", subscription=sub_id)
+    await _audit(request, org.id, "subscription.delete", subscription=sub_id)
     return web.json_response({"deleted": sub_id})
 
 

@@ -57,6 +57,7 @@ class Hub:
         self.fleet: dict | None = None  # the running fleet document
         self.fleet_refusal: dict | None = None
         self.device_area: dict[str, str] = {}
+        self._by_key_hash: dict[str, document.FleetOrg] = {}
         self.nc = self.js = self.kv = self.kv_devices = None
         self._cache: dict[str, tuple[int, dict]] = {}  # key -> (revision, value): one round trip when unchanged
         self._tasks: list[asyncio.Task] = []
@@ -126,6 +127,7 @@ class Hub:
             return False
         self.fleet, self.fleet_refusal = doc, None
         self.device_area = {d: area for area, devices in document.areas(doc).items() for d in devices}
+        self._by_key_hash = {o.key_hash: o for o in document.organizations(doc).values()}  # revoked ones left out
         log.info("hub: fleet document version %d: %d area(s), %d organization(s)", doc["version"],
                  len(document.areas(doc)), len(document.organizations(doc)))
         return True
@@ -143,6 +145,9 @@ class Hub:
 
     def organizations(self) -> dict[str, document.FleetOrg]:
         return document.organizations(self.fleet) if self.fleet else {}
+
+    def organization_by_key_hash(self, digest: str) -> document.FleetOrg | None:
+        return self._by_key_hash.get(digest)
 
     # --- consuming -----------------------------------------------------------------------------
     async def _consume(self) -> None:
