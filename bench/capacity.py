@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ingest import BARE_SERVER, free_port, wait_listening  # noqa: E402
+from bench.ingest import BARE_SERVER, free_port, stop, wait_listening  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-operator-token-0123456789"
@@ -129,15 +128,6 @@ def start_agent(tmp: Path, ptys: list[str]) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(tmp / "edge.toml")], cwd=ROOT)
     wait_listening(port)
     return proc, port
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------- the load
