@@ -78,7 +78,7 @@ async def _devices(args) -> int:
     from hub.service import Hub
 
     hub = Hub(_servers(args), args.operator_public_key, replicas=args.replicas)
-    await hub.start()
+    await hub.open()  # read only: no consumer
     try:
         print(dumps(await hub.devices()))
     finally:

@@ -74,6 +74,13 @@ class Hub:
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        """Connect and run: the consumer and the fleet document's watch."""
+        await self.open()
+        self._tasks = [asyncio.create_task(self._consume(), name="hub-consume"),
+                       asyncio.create_task(self._watch_fleet(), name="hub-fleet")]
+
+    async def open(self) -> None:
+        """Connect, the streams and buckets, the fleet document: enough to read (`edge-hub devices`)."""
         import nats
 
         self.nc = await nats.connect(servers=self.servers, name=self.name, max_reconnect_attempts=-1,
@@ -86,8 +93,6 @@ class Hub:
             await self._read_fleet()
         except Exception as err:  # read again before anything is consumed
             self.last_error = f"fleet document: {type(err).__name__}: {err}"
-        self._tasks = [asyncio.create_task(self._consume(), name="hub-consume"),
-                       asyncio.create_task(self._watch_fleet(), name="hub-fleet")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -232,9 +237,11 @@ class Hub:
             await self._update("devices", lambda value: {"devices": sorted({*value.get("devices", []), *new})})
             self._known_devices |= new
         now = time.time()
-        await self._all([*(self._update(key, lambda value, p=p: _with_parts(value, p)) for key, p in parts.items()),
-                         *(self._update(f"d.{device}", lambda value, s=s: _device_seen_all(value, s, now))
-                           for device, s in seen.items())])
+        # the parts first, then the sequence bookkeeping: a kill -9 between them leaves parts written twice on
+        # redelivery (the same values), never a sequence marked applied whose parts are not in the bucket
+        await self._all(self._update(key, lambda value, p=p: _with_parts(value, p)) for key, p in parts.items())
+        await self._all(self._update(f"d.{device}", lambda value, s=s: _device_seen_all(value, s, now))
+                        for device, s in seen.items())
         self.applied += sum(len(s) for s in seen.values())
         self.last_applied_at = now
         return done, held

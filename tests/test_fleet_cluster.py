@@ -276,7 +276,9 @@ async def test_releases_survive_killed_nodes_devices_hub_and_an_outage(fleet):
         assert len(by_device[device]) >= 5
     for device, windows in by_device.items():
         for start, body in windows.items():
-            part = json.loads(stored[f"w.{fleet.org}.north.1s.{start}._"])["devices"][device]
+            parts = json.loads(stored[f"w.{fleet.org}.north.1s.{start}._"])["devices"]
+            assert device in parts, (device, start)
+            part = parts[device]
             assert part["consumption_w"] == body["consumption_w"] and part["households"] == body["households"]
     served = hub_windows(fleet, fleet.t0, until)
     assert served["released"]
@@ -325,6 +327,18 @@ async def test_desired_state_through_the_bucket(fleet):
     for device in DEVICES:
         wait_until(lambda: fleet.device(device, "/parameters", key)[0] == 200, 30)
     wait_until(lambda: fleet.hub_api("/areas", key)[0] == 200, 30)
+
+    # a household marked related to the organization on one device, by the operator's command
+    household = fleet.households["dev-a"][0][0]
+    fleet.operator("relate", "--device", "dev-a", "--household", household, "--org", registered["organization"]["id"])
+    wait_until(lambda: registered["organization"]["id"] in
+               fleet.device("dev-a", f"/households/{household}")[1].get("related_organizations", []), 30)
+
+    # the operator's device list
+    out = subprocess.run([sys.executable, "-m", "hub.cli", "devices", *fleet.servers(), "--operator-public-key",
+                          fleet.public], env=ENV, cwd=ROOT, capture_output=True, timeout=60)
+    listed = {d["device"]: d for d in json.loads(out.stdout)}
+    assert set(listed) == set(DEVICES) and all(d["area"] == "north" and d["last_seq"] for d in listed.values())
 
     # revoked: stops working on both devices and at the hub
     fleet.operator("revoke-key", "--org", registered["organization"]["id"])
