@@ -55,7 +55,7 @@ async def test_endpoint_removal_that_fails_on_disk_keeps_the_endpoint_and_can_be
     disk = Refusing(monkeypatch, store.db)
 
     status, _ = await t.running.call("DELETE", "/households/me/notify", token=token)
-    assert status == 500 and disk.refused == 1
+    assert status == 507 and disk.refused == 1
     # memory is what the file holds: notifications still go there, and the household still sees it
     assert store.endpoints[household_id]["url"] == "https://ntfy.sh/mine"
     status, out = await t.running.call("GET", "/households/me/notify", token=token)
@@ -80,7 +80,7 @@ async def test_appliance_removal_that_fails_on_disk_keeps_the_appliance_and_can_
     disk = Refusing(monkeypatch, store.db)
 
     status, _ = await t.running.call("DELETE", f"/households/me/appliances/{appliance['id']}", token=token)
-    assert status == 500 and disk.refused == 1
+    assert status == 507 and disk.refused == 1
     status, out = await t.running.call("GET", "/households/me/appliances", token=token)
     assert [a["id"] for a in out["appliances"]] == [appliance["id"]]
     assert store.targets(household_id, t.org_id, "Heater") != []  # organizations' triggers still switch it
@@ -106,7 +106,7 @@ async def test_trigger_deletion_that_fails_on_disk_keeps_the_trigger_running_and
     disk = Refusing(monkeypatch, runner.store.db)
 
     twice = await asyncio.gather(*(t.running.call("DELETE", f"/triggers/{tid}", token=t.org_key) for _ in range(2)))
-    assert [status for status, _ in twice] == [500, 500] and disk.refused in (1, 2)  # neither answered as done
+    assert [status for status, _ in twice] == [507, 507] and disk.refused in (1, 2)  # neither answered as done
     # still there, as in the file: listed, registered in the sandbox, and it runs
     status, listed = await t.running.call("GET", "/triggers", token=t.org_key)
     assert [x["id"] for x in listed["triggers"]] == [tid]
