@@ -96,7 +96,7 @@ class SegmentStorage(Storage):
     def read(self) -> dict[str, dict[int, dict]] | None:
         try:
             handle = open(self.path, "rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             self.drop_cache()
             return None
         with handle:
@@ -168,9 +168,16 @@ class SegmentStorage(Storage):
         try:
             _write_all(fd, record)
             os.fsync(fd)
-            _check_linked(fd, self.path)
         except OSError:
             self._undo_append(start)
+            raise
+        try:
+            _check_linked(fd, self.path)
+        except OSError:
+            # It went to a file nobody reads: take it back, and reopen the path next time (the file now there, if
+            # any: a rewrite by another instance, or nothing in a deleted directory, which the open refuses).
+            self._undo_append(start)
+            self.close()
             raise
         self._next_ids[table] = first_id + len(docs)
         self.bytes_appended += len(record)
