@@ -129,8 +129,9 @@ def meter_time(text: str | None) -> datetime | None:
                               fold=1 if text[12:] in ("W", "w") else 0).astimezone(timezone.utc)
         except ValueError:
             moment = None
-    if len(_TIMES) < _CACHE_LIMIT:
-        _TIMES[text] = moment
+    if len(_TIMES) >= _CACHE_LIMIT:  # mostly the meters' clocks, which never repeat: start again
+        _TIMES.clear()
+    _TIMES[text] = moment
     return moment
 
 
@@ -146,8 +147,9 @@ def meter_time_iso(text: str) -> str | None:
     stamp = _ISO_TIMES.get(text, "")
     if stamp == "":
         stamp = _iso_or_none(meter_time(text))
-        if len(_ISO_TIMES) < _CACHE_LIMIT:
-            _ISO_TIMES[text] = stamp
+        if len(_ISO_TIMES) >= _CACHE_LIMIT:
+            _ISO_TIMES.clear()
+        _ISO_TIMES[text] = stamp
     return stamp
 
 
