@@ -311,8 +311,8 @@ class ReadingStore:
     def check_writable(self) -> None:
         """Raise StorageUnavailable (507 full, 503 otherwise) while the last flush failed or the data directory is
         gone: a reading accepted now might never reach the disk, so it is refused (a datalogger keeps it and
-        sends it again) instead of acknowledged. Memory only: cheap, for every POST /readings."""
-        lost = self.data_directory.problem()
+        sends it again) instead of acknowledged. Memory only (a stat a second at most): for every POST /readings."""
+        lost = self.data_directory.problem(max_age_s=1.0)
         if lost:
             raise StorageUnavailable(503, "data_directory_lost", "the data directory was deleted or replaced under "
                                      "the running agent: readings are not saved until it is restarted")
