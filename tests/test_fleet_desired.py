@@ -39,7 +39,7 @@ async def test_a_signed_document_installs_organizations_and_refusals_are_shown(t
     running = await start_agent(fleet_config(tmp_path))
     link = running.agent.fleet
     key_a, key_b = new_secret("edge_org"), new_secret("edge_org")
-    assert link.offer(document.sign(doc(5, [org("org_a", key_a), org("org_b", key_b, "supplier")]), KEY))
+    assert await link.offer(document.sign(doc(5, [org("org_a", key_a), org("org_b", key_b, "supplier")]), KEY))
     status, body = await running.get("/parameters", token=key_a)
     assert status == 200
     status, health = await running.get("/health")
@@ -56,7 +56,7 @@ async def test_a_signed_document_installs_organizations_and_refusals_are_shown(t
         "malformed": b'{"doc": 1}',
     }
     for error, envelope in refusals.items():
-        assert not link.offer(envelope)
+        assert not await link.offer(envelope)
         status, health = await running.get("/health")
         assert health["fleet"]["refused"]["error"] == error, error
         assert health["fleet"]["desired_version"] == 5  # the running one stays, whole
@@ -65,6 +65,9 @@ async def test_a_signed_document_installs_organizations_and_refusals_are_shown(t
         assert (await running.get("/parameters", token=key_a))[0] == 200
         assert (await running.get("/parameters", token=key_b))[0] == 200
     assert set(running.agent.registry.organizations) == {"org_a", "org_b"}
+    caplog.clear()  # the bucket is read again every heartbeat: a refused document is said once
+    assert not await link.offer(refusals["malformed"])
+    assert "refused" not in caplog.text
 
 
 async def test_a_revoked_key_stops_working_and_the_document_survives_a_restart(tmp_path, start_agent):
@@ -77,21 +80,21 @@ async def test_a_revoked_key_stops_working_and_the_document_survives_a_restart(t
     running = RunningAgent(first)
     key_a, key_new = new_secret("edge_org"), new_secret("edge_org")
     household, token = await running.create_household()
-    assert running.agent.fleet.offer(document.sign(doc(1, [org("org_a", key_a)],
+    assert await running.agent.fleet.offer(document.sign(doc(1, [org("org_a", key_a)],
                                                        related={household: ["org_a"]}), KEY))
     assert (await running.get("/parameters", token=key_a))[0] == 200
     assert running.agent.registry.related("org_a") == {household}
     # revoked: the old key is refused at once; the organization's new key works
     revoked = hashlib.sha256(key_a.encode()).hexdigest()
-    assert running.agent.fleet.offer(document.sign(doc(2, [org("org_a", key_new)], revoked=[revoked]), KEY))
+    assert await running.agent.fleet.offer(document.sign(doc(2, [org("org_a", key_new)], revoked=[revoked]), KEY))
     assert (await running.get("/parameters", token=key_a))[0] == 401
     assert (await running.get("/parameters", token=key_new))[0] == 200
     assert running.agent.registry.related("org_a") == set()  # no longer marked by the document
     # a key both listed and revoked never signs in
-    assert running.agent.fleet.offer(document.sign(doc(3, [org("org_a", key_new)],
+    assert await running.agent.fleet.offer(document.sign(doc(3, [org("org_a", key_new)],
                                                        revoked=[hashlib.sha256(key_new.encode()).hexdigest()]), KEY))
     assert (await running.get("/parameters", token=key_new))[0] == 401
-    assert running.agent.fleet.offer(document.sign(doc(4, [org("org_a", key_new)]), KEY))
+    assert await running.agent.fleet.offer(document.sign(doc(4, [org("org_a", key_new)]), KEY))
     await running.http.close()
     await first.stop()
 

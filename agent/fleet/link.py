@@ -74,6 +74,7 @@ class FleetLink:
         self.applied: dict | None = None
         self.applied_at: float | None = None
         self.refusal: dict | None = None
+        self._refused_envelope: bytes | None = None
         self._fleet_orgs: set[str] = set()
         self._fleet_related: dict[str, set[str]] = {}
         self._scanned: dict[str, int] = {}  # see _done
@@ -82,7 +83,6 @@ class FleetLink:
         self._nc = None
         self._js = None
         self._tasks: list[asyncio.Task] = []
-        self.published = 0
         self.duplicates = 0
         self.sequence_resyncs = 0
         self.last_publish_error: str | None = None
@@ -103,8 +103,10 @@ class FleetLink:
             return
         self._apply(doc)
 
-    def offer(self, envelope: bytes) -> bool:
-        """A document from the bucket: applied whole, or refused (logged, shown in /health)."""
+    async def offer(self, envelope: bytes) -> bool:
+        """A document from the bucket: applied whole, or refused (logged once, shown in /health)."""
+        if envelope == self._refused_envelope:
+            return False  # read again every heartbeat: said once
         running = self.applied["version"] if self.applied else None
         try:
             doc = document.check(envelope, self.public_key, "device", time.time(), running, self.device,
@@ -115,8 +117,9 @@ class FleetLink:
                     envelope, self.public_key) == self.applied:
                 return False  # the running document seen again (a watcher restarted): nothing to say
             self._refuse(envelope, err)
+            self._refused_envelope = envelope
             return False
-        self._save(envelope)
+        await asyncio.to_thread(self._save, envelope)  # the fsync off the event loop; then applied in one step
         self._apply(doc)
         log.info("fleet: desired state version %d applied (%d organization(s))", doc["version"],
                  len(self._fleet_orgs))
@@ -286,7 +289,6 @@ class FleetLink:
             backoff = 0.2
             self.duplicates += bool(ack.duplicate)
             await serially(self.writes, self.outbox.ack, head, ack.seq)
-            self.published += 1
             self.last_publish_error = None
 
     async def _resync(self, subject: str) -> None:
@@ -305,7 +307,6 @@ class FleetLink:
             return
         if head is not None and (last.headers or {}).get("Nats-Msg-Id") == head.id:
             await serially(self.writes, self.outbox.ack, head, last.seq)
-            self.published += 1
             return
         log.warning("fleet: the stream's last message of this device is at %d, not %s as expected: "
                     "continuing after it", last.seq, self.outbox.stream_seq)
@@ -375,10 +376,10 @@ class FleetLink:
                     except asyncio.TimeoutError:
                         continue
                     if entry is not None and entry.value:
-                        self.offer(entry.value)
+                        await self.offer(entry.value)
                 entry = await kv.get(self.device)
                 if entry.value:
-                    self.offer(entry.value)
+                    await self.offer(entry.value)
             except Exception as err:  # no bucket yet, a node down: try again
                 if "not found" not in str(err).lower():
                     log.debug("fleet: watch: %s", err)
