@@ -33,6 +33,8 @@ from pathlib import Path
 from agent.store.segment import SegmentDB, ensure_dir
 
 RETENTION_DAYS = 400
+CONSENT_ACTIONS = {True: "consent.grant", False: "consent.revoke"}
+LEGACY_MATCH_S = 5.0  # an entry from before `changed_at` was recorded: the same change if this close in time
 
 log = logging.getLogger("edge.audit")
 
@@ -47,6 +49,33 @@ def _settle(done: asyncio.Future, error: BaseException | None) -> None:
             done.set_result(None)
         else:
             done.set_exception(error)
+
+
+def consent_action(granted: bool) -> str:
+    return CONSENT_ACTIONS[granted]
+
+
+def unaudited(entries: list[dict], changes: list) -> list:
+    """The consent changes (the registry's ConsentChange) that have no audit entry among `entries`: the agent
+    stopped between the change's durable write and its entry's (the registry is written first)."""
+    exact, legacy = set(), []
+    for e in entries:
+        if e.get("action") not in CONSENT_ACTIONS.values():
+            continue
+        key = (e["who"], e.get("organization_id"), e.get("service"), e["action"])
+        if "changed_at" in e:
+            exact.add((*key, e["changed_at"]))
+        else:
+            legacy.append((key, e["at"]))
+    out = []
+    for c in changes:
+        key = (c.household_id, c.organization_id, c.service, consent_action(c.granted))
+        if (*key, c.at) in exact:
+            continue
+        if any(k == key and abs(at - c.at) <= LEGACY_MATCH_S for k, at in legacy):
+            continue
+        out.append(c)
+    return out
 
 
 class AuditLog:

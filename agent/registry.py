@@ -474,6 +474,12 @@ class Registry:
         return sorted((hh, svc) for (hh, org, svc), line in self._consents.items()
                       if org == org_id and line.granted[-1])
 
+    def changes_since(self, moment: float) -> list[ConsentChange]:
+        """Every consent change at or after `moment`, in time order."""
+        out = [ConsentChange(hh, org, svc, granted, at) for (hh, org, svc), line in self._consents.items()
+               for at, granted in zip(line.times, line.granted) if at >= moment]
+        return sorted(out, key=lambda c: c.at)
+
     def set_consent(self, household_id: str, org_id: str, service: str, granted: bool) -> ConsentChange:
         return self._now(self._set_consent(household_id, org_id, service, granted))
 

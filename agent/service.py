@@ -13,8 +13,8 @@ from aiohttp import web
 
 from agent.aggregates import new_books
 from agent.api import create_app
-from agent.audit import AuditLog
-from agent.auth import FailureThrottle
+from agent.audit import LEGACY_MATCH_S, AuditLog, consent_action, unaudited
+from agent.auth import HOUSEHOLD, FailureThrottle
 from agent.config import WINDOW_SECONDS, Config
 from agent.delivery.engine import Delivery
 from agent.faults import storage_faults
@@ -33,6 +33,7 @@ from drivers.reading import Reading
 log = logging.getLogger("edge.agent")
 
 RETENTION_EVERY_S = 600
+AUDIT_RECOVERY_S = 86400  # consent changes this recent are checked for their audit entry at start
 IDLE_CONNECTION_S = 15.0  # an HTTP connection without a request (or between two) is closed after this
 MAX_CONNECTIONS = 512  # open HTTP connections; one more is closed at once (its client retries)
 CONFIG_ERROR_FILE = "config-error.txt"  # written by image/'s edge-firstboot, in the state directory
@@ -95,6 +96,7 @@ class Agent:
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        await self._audit_unaudited_consents()
         loop = asyncio.get_running_loop()
         for spec in self.config.meters:
             reader = P1Reader(spec, lambda r: loop.call_soon_threadsafe(self.pipeline.ingest, r))
@@ -125,6 +127,25 @@ class Agent:
         log.info("edge agent %r: %d meter(s), API on http://%s:%d", self.config.device_name,
                  len(self.readers), self.config.listen_host, self.port)
         self.systemd.notify("READY=1")
+
+    async def _audit_unaudited_consents(self) -> None:
+        """A consent change whose audit entry a crash kept from the disk (the change is written first) gets it now,
+        marked recovered. Only the last day is looked at: a crash loses at most the entries being written."""
+        since = self.clock() - AUDIT_RECOVERY_S
+        try:
+            entries = await asyncio.to_thread(self.audit.entries, since - LEGACY_MATCH_S, None, None, 10**9)
+        except Exception as exc:  # an unreadable audit log must not keep the agent from reading its meters
+            log.error("cannot read the audit log to check the last day's consent changes: %r", exc)
+            return
+        for change in unaudited(entries, self.registry.changes_since(since)):
+            log.warning("consent change of %s at %.3f had no audit entry (the agent stopped between the two "
+                        "writes): writing it now", change.household_id, change.at)
+            try:
+                await self.audit.record_durable(change.household_id, HOUSEHOLD, consent_action(change.granted),
+                                                organization_id=change.organization_id, service=change.service,
+                                                changed_at=change.at, recovered=True)
+            except OSError as exc:  # kept in the audit log's queue, written when the disk takes it
+                log.error("the recovered audit entry is not on disk yet: %s", exc)
 
     async def stop(self) -> None:
         self.systemd.notify("STOPPING=1")

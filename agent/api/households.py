@@ -8,6 +8,7 @@ import logging
 from aiohttp import web
 
 from agent.api.common import ApiError, KeyedLocks, agent_of, read_body, read_json, require
+from agent.audit import consent_action
 from agent.auth import HOUSEHOLD
 from agent.ingest import IngestError, check_order, readings_from_payload
 from agent.registry import SERVICES
@@ -45,8 +46,8 @@ async def change_consent(agent, household_id: str, org_id: str, service: str, gr
     async def change_and_audit():
         change = await agent.registry.set_consent_async(household_id, org_id, service, granted)
         try:
-            await agent.audit.record_durable(household_id, HOUSEHOLD, "consent.grant" if granted else "consent.revoke",
-                                             organization_id=org_id, service=service)
+            await agent.audit.record_durable(household_id, HOUSEHOLD, consent_action(granted),
+                                             organization_id=org_id, service=service, changed_at=change.at)
         except OSError as exc:  # the change is durable: answer it (never a 5xx for what happened); the entry
             log.error("consent change of %s is durable but its audit entry is not yet: %s (kept, written when "
                       "the disk takes it)", household_id, exc)  # stays queued in the audit log
