@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DURATION ?= 30
 
-.PHONY: demo test bench install clean system-deps image boot-test
+.PHONY: demo test bench install clean system-deps system-deps-test _apt image boot-test
 
 # Installs the agent into a local virtualenv, then runs it on its embedded default:
 # an emulated DSMR 5 meter on a pseudo-terminal, live readings once a second, the API on :8080.
 demo: system-deps $(VENV)/.installed
 	$(BIN)/edge-agent demo --duration $(DURATION)
 
-test: system-deps $(VENV)/.installed-test
+test: system-deps-test $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
@@ -27,14 +27,21 @@ image:
 boot-test: $(VENV)/.installed
 	image/test-boot.sh
 
-# Debian packages the sandbox needs (libseccomp2) and the fleet's tests and bench (nats-server, 2.9: JetStream
-# clustering and key-value buckets) and the web pages' browser tests (chromium, driven by Playwright); installed when
-# missing and we may (root).
-SYSTEM_PACKAGES := libseccomp2 nats-server chromium
+# Debian packages: what the agent needs to run (libseccomp2, the sandbox), and what the tests need besides: the
+# fleet's (nats-server, 2.9: JetStream clustering and key-value buckets) and the web pages' browser tests
+# (chromium, driven by Playwright). Installed when missing and we may (root).
+SYSTEM_PACKAGES := libseccomp2
+TEST_SYSTEM_PACKAGES := $(SYSTEM_PACKAGES) nats-server chromium
 system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@$(MAKE) --no-print-directory _apt PACKAGES="$(SYSTEM_PACKAGES)"
+
+system-deps-test:
+	@$(MAKE) --no-print-directory _apt PACKAGES="$(TEST_SYSTEM_PACKAGES)"
+
+_apt:
+	@missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	[ -z "$$missing" ] || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages: sudo apt-get install $$missing" >&2; exit 1; fi; }
 
 $(VENV)/bin/pip:
