@@ -295,7 +295,8 @@ async def test_releases_survive_killed_nodes_devices_hub_and_an_outage(fleet):
     served_text = [json.dumps(fleet.hub_api(p, t)[1]) for p, t in (
         ("/areas", fleet.org_key), ("/devices", OPERATOR_TOKEN), ("/health", None),
         (f"/areas/north/data?window=1s&since={fleet.t0}&until={until}", fleet.org_key))]
-    everything = [r.decode() for r in raw] + [f"{k} {v.decode()}" for k, v in stored.items()] + served_text
+    files = [(fleet.tmp / "hub" / "audit.jsonl").read_text(), (fleet.tmp / "hub.log").read_text()]  # its audit, log
+    everything = [r.decode() for r in raw] + [f"{k} {v.decode()}" for k, v in stored.items()] + served_text + files
     secrets_of_households = [x for hh in fleet.households.values() for pair in hh for x in pair]
     for device in DEVICES:  # and the meter ids the devices gave them
         secrets_of_households += [h["meter_id"] for h in fleet.device(device, "/households")[1]["households"]]
