@@ -96,7 +96,8 @@ class Agent:
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        await self._audit_unaudited_consents()
+        # the consent changes made before this start, taken now: the check reads the audit log off the start path
+        unchecked = self.registry.changes_since(self.clock() - AUDIT_RECOVERY_S)
         loop = asyncio.get_running_loop()
         for spec in self.config.meters:
             reader = P1Reader(spec, lambda r: loop.call_soon_threadsafe(self.pipeline.ingest, r))
@@ -120,6 +121,7 @@ class Agent:
             asyncio.create_task(self.releases.run_forever(), name="releases"),
             asyncio.create_task(self._every(self.config.storage.flush_seconds, self._flush), name="flush"),
             asyncio.create_task(self._every(RETENTION_EVERY_S, self._retention), name="retention"),
+            asyncio.create_task(self._audit_unaudited_consents(unchecked), name="consent audit check"),
         ]
         if self.systemd.watchdog_interval:
             self._tasks.append(asyncio.create_task(
@@ -128,16 +130,18 @@ class Agent:
                  len(self.readers), self.config.listen_host, self.port)
         self.systemd.notify("READY=1")
 
-    async def _audit_unaudited_consents(self) -> None:
-        """A consent change whose audit entry a crash kept from the disk (the change is written first) gets it now,
-        marked recovered. Only the last day is looked at: a crash loses at most the entries being written."""
-        since = self.clock() - AUDIT_RECOVERY_S
+    async def _audit_unaudited_consents(self, changes: list) -> None:
+        """A consent change (of `changes`, the last day's before this start) whose audit entry a crash kept from the
+        disk (the change is written first) gets it now, marked recovered: a crash loses at most the entries being
+        written. A background task: reading a day of the audit log must not delay reading the meters."""
+        if not changes:
+            return
         try:
-            entries = await asyncio.to_thread(self.audit.entries, since - LEGACY_MATCH_S, None, None, 10**9)
+            entries = await asyncio.to_thread(self.audit.entries, changes[0].at - LEGACY_MATCH_S, None, None, 10**9)
         except Exception as exc:  # an unreadable audit log must not keep the agent from reading its meters
             log.error("cannot read the audit log to check the last day's consent changes: %r", exc)
             return
-        for change in unaudited(entries, self.registry.changes_since(since)):
+        for change in unaudited(entries, changes):
             log.warning("consent change of %s at %.3f had no audit entry (the agent stopped between the two "
                         "writes): writing it now", change.household_id, change.at)
             try:

@@ -35,13 +35,15 @@ async def test_a_change_without_its_entry_gets_it_at_start(tmp_path, start_agent
     registry.close()
 
     again = await start_agent(config)
+    await again.wait_for(lambda: len(consent_entries(config.storage.path)) == 2)  # a task after the start
     entries = consent_entries(config.storage.path)
     assert [(e["action"], e.get("recovered", False)) for e in entries] == [("consent.grant", False),
                                                                            ("consent.revoke", True)]
     assert entries[1]["changed_at"] == change.at and entries[1]["who"] == household_id
     await again.http.close()
     await again.agent.stop()
-    running = await start_agent(config)  # and a third start writes nothing more
+    third = await start_agent(config)  # and a third start writes nothing more
+    await third.wait_for(lambda: all(t.done() for t in third.agent._tasks if t.get_name() == "consent audit check"))
     assert len(consent_entries(config.storage.path)) == 2
 
 
