@@ -9,7 +9,7 @@ as every dsmr_parser user does. Target (issue 15): Edge's whole path at most 0.2
 The telegrams: each real file, its instantaneous values (x.7.0: power, voltage, current, ...) changed from one
 telegram to the next and its energy registers moved on every 4th, as a meter's do, its CRC recomputed; both
 sides parse the same list. Before timing, the
-Readings of the first ones are checked against dsmr_parser's own parse of them (tests/p1_oracle.py): values must
+Readings of the first ones are checked against dsmr_parser's own parse of them (tests/helpers/p1_oracle.py): values must
 be identical, or the bench stops.
 
 Prints CPU time per telegram (what a Pi's quarter of a core pays) and wall time. With --instructions, counts
@@ -36,7 +36,7 @@ from agent.store import ReadingStore
 from drivers.profiles import get_profile
 from drivers.reading import utcnow
 from drivers.telegram import TelegramDecoder, crc16
-from tests.p1_oracle import expected
+from tests.helpers.p1_oracle import expected
 
 TELEGRAMS = Path(__file__).resolve().parents[1] / "tests" / "telegrams"
 CASES = [("v5.txt", "dsmr5", "V5"), ("v4_2.txt", "dsmr4", "V4"), ("fluvius_v171.txt", "fluvius", "BELGIUM_FLUVIUS"),

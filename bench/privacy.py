@@ -104,7 +104,7 @@ def bench_release_cost(rounds: int = 200) -> None:
     from agent.registry import Registry
     from agent.release import Releases
     from agent.release.door import Grid
-    from tests.conftest import make_config
+    from tests.helpers.agent import make_config
 
     with tempfile.TemporaryDirectory() as tmp:
         now = [float(DAY)]

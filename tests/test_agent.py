@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from drivers.p1_reader import MeterSpec
-from tests.conftest import OPERATOR_TOKEN, TELEGRAM_PROFILES, PtyPair, make_config, telegram_bytes
-from tests.test_telegram import expected_values
+from tests.helpers.agent import OPERATOR_TOKEN, make_config
+from tests.helpers.p1_oracle import expected_values
+from tests.helpers.pty import PtyPair
+from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes
 
 
 async def test_every_real_telegram_through_a_pty_into_the_running_agent(tmp_path, start_agent):
@@ -116,6 +118,8 @@ async def test_readings_history_and_resolutions(tmp_path, start_agent, pty_pair)
     ("limit=abc", "limit"),
     ("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z", "until"),
 ])
+
+
 async def test_bad_query_parameters_are_400_with_json(tmp_path, start_agent, pty_pair, query, words):
     running = await start_agent(make_config(tmp_path, [MeterSpec("m1", pty_pair.path, "dsmr5")]))
     status, body = await running.get(f"/meters/m1/readings?{query}")

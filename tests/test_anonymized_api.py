@@ -24,9 +24,10 @@ from agent.privacy import linkage
 from agent.privacy.anonymize import STATIC, HouseholdSeries, StaticAttributes
 from agent.privacy.synthetic import consumption_at, household_static
 from drivers.reading import Reading
-from tests.conftest import StepClock, make_config
-from tests.test_openapi import _conforms
-from tests.test_privacy_anonymize import pycanon_figures, reference_t
+from tests.helpers.agent import make_config
+from tests.helpers.clock import StepClock
+from tests.helpers.openapi import conforms as _conforms
+from tests.helpers.privacy import pycanon_figures, reference_t
 
 DAY = 1_790_000_000 // 86400 * 86400
 HOURS = [DAY + h * 3600 for h in range(24)]

@@ -7,67 +7,8 @@ from __future__ import annotations
 import pytest
 
 from agent.api.openapi import SPEC
-from tests.conftest import make_config
-
-OP, ORG, HH, ANY = "operator", "organization", "household", "anyone"
-
-# (method, path template, who may call it)
-MATRIX = [
-    ("GET", "/health", {ANY}),
-    ("GET", "/metrics", {OP}),
-    ("GET", "/openapi.json", {ANY}),
-    ("GET", "/docs", {ANY}),
-    ("GET", "/meters", {OP}),
-    ("GET", "/meters/{meter_id}/latest", {OP}),
-    ("GET", "/meters/{meter_id}/readings", {OP}),
-    ("POST", "/organizations", {OP}),
-    ("GET", "/organizations", {OP}),
-    ("GET", "/organizations/{org_id}", {OP}),
-    ("PATCH", "/organizations/{org_id}", {OP}),
-    ("DELETE", "/organizations/{org_id}", {OP}),
-    ("POST", "/organizations/{org_id}/key", {OP}),
-    ("POST", "/households", {OP}),
-    ("GET", "/households", {OP}),
-    ("GET", "/households/{household_id}", {OP}),
-    ("PATCH", "/households/{household_id}", {OP}),
-    ("DELETE", "/households/{household_id}", {OP}),
-    ("POST", "/households/{household_id}/token", {OP}),
-    ("GET", "/consents", {OP}),
-    ("GET", "/audit", {OP}),
-    ("GET", "/households/me", {HH}),
-    ("GET", "/households/me/organizations", {HH}),
-    ("GET", "/households/me/consents", {HH}),
-    ("GET", "/households/me/consents/history", {HH}),
-    ("PUT", "/households/me/consents/{org_id}/{service}", {HH}),
-    ("DELETE", "/households/me/consents/{org_id}/{service}", {HH}),
-    ("POST", "/readings", {HH}),
-    ("POST", "/api/v1/datalogger/dsmrreading", {HH}),
-    ("GET", "/parameters", {OP, ORG, HH}),
-    ("GET", "/data", {ORG}),
-    ("GET", "/data/anonymized", {ORG}),
-    ("GET", "/data/dp", {ORG}),
-    ("POST", "/data/subscribe", {ORG}),
-    ("GET", "/data/subscriptions", {ORG}),
-    ("GET", "/data/subscriptions/{sub_id}", {ORG}),
-    ("DELETE", "/data/subscriptions/{sub_id}", {ORG}),
-    ("POST", "/data/subscriptions/{sub_id}/secret", {ORG}),
-    ("POST", "/data/subscriptions/{sub_id}/enable", {ORG}),
-    ("POST", "/triggers/create", {ORG}),
-    ("GET", "/triggers", {ORG}),
-    ("GET", "/triggers/{trigger_id}", {ORG}),
-    ("DELETE", "/triggers/{trigger_id}", {ORG}),
-    ("GET", "/households/me/notify", {HH}),
-    ("PUT", "/households/me/notify", {HH}),
-    ("DELETE", "/households/me/notify", {HH}),
-    ("GET", "/households/me/notifications", {HH}),
-    ("GET", "/households/me/triggers", {HH}),
-    ("GET", "/households/me/triggers/{trigger_id}", {HH}),
-    ("GET", "/households/me/triggers", {HH}),
-    ("GET", "/households/me/triggers/{trigger_id}", {HH}),
-    ("GET", "/households/me/appliances", {HH}),
-    ("POST", "/households/me/appliances", {HH}),
-    ("DELETE", "/households/me/appliances/{appliance_id}", {HH}),
-]
+from tests.helpers.agent import make_config
+from tests.helpers.roles import ANY, HH, MATRIX, OP, ORG
 
 BODIES = {
     ("POST", "/organizations"): {"json": {"name": "New Org", "level": "service"}},

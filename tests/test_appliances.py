@@ -13,8 +13,8 @@ from aiohttp import web
 from agent.triggers.actions import check_appliance_address, lan_address_allowed
 from agent.delivery.targets import TargetError
 from drivers.appliances import ApplianceError, driver, names
-from tests.conftest import make_config
-from tests.test_triggers import b64, grant, town  # noqa: F401  (the fixture)
+from tests.helpers.agent import make_config
+from tests.helpers.triggers import b64, town  # noqa: F401  (town: the fixture)
 
 
 class FakeDevice:

@@ -14,9 +14,9 @@ from dataclasses import replace
 import pytest
 
 from agent.config import DEFAULT_LEVELS, Level, PrivacyConfig
-from tests.conftest import StepClock, make_config
+from tests.helpers.agent import make_config
+from tests.helpers.clock import StepClock, T0
 
-T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0  # 10 s after a whole hour
 QUARTER = 900
 
 
@@ -351,7 +351,6 @@ async def test_p2_n_minus_1_is_not_protected_at_an_exact_level_unless_the_operat
     assert refused["households"] == 1 and refused["missing"] == 9
 
 
-
 async def test_p2_n_minus_1_at_a_noisy_level_is_off_by_the_stated_noise(town):
     """The same n - 1 attack against a supplier: the noisy sum minus the nine known loads is the target plus
     the noise, whose stated sd is larger than anything one household can contribute (the clamp), and the
@@ -373,6 +372,7 @@ async def test_p2_n_minus_1_at_a_noisy_level_is_off_by_the_stated_noise(town):
     sd = body["privacy"]["noise_sd_w"]
     assert sd > body["privacy"]["clamp_w"][1]
     assert math.sqrt(sum(e * e for e in errors) / len(errors)) >= 0.3 * sd
+
 
 # --- P3: nested widths -------------------------------------------------------------------------------------
 def recovered_by_nesting(wide_mean: float, fine: list[float], windows_with_target: int) -> float:
@@ -764,7 +764,6 @@ async def test_one_own_household_swapped_for_the_target_across_two_organizations
     assert not leaked
 
 
-
 async def test_one_own_household_swapped_in_when_the_target_leaves(make_town):
     """Over time, one organization: x revokes; the attacker's own y (not consenting before) consents at once.
     The cohort is C + x before and C + y after: no window is one household apart from another, so the audit
@@ -797,7 +796,7 @@ def http(port: int, method: str, path: str, token: str | None = None, body=None)
     import urllib.error
     import urllib.request
 
-    from tests.conftest import OPERATOR_TOKEN
+    from tests.helpers.agent import OPERATOR_TOKEN
 
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
                                      data=None if body is None else json.dumps(body).encode())
@@ -820,7 +819,8 @@ def test_p6_ledger_cap_holds_across_kill_9_of_the_real_process(tmp_path):
     import signal
     import time
 
-    from tests.test_service import agent_toml, free_port, start_agent, wait_until
+    from tests.helpers.agent import agent_toml, free_port, run_agent_process as start_agent
+    from tests.helpers.wait import wait_until
 
     port = free_port()
     config = tmp_path / "edge.toml"

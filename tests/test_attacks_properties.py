@@ -12,7 +12,6 @@ Small example counts: the file runs in well under a minute.
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 
 import numpy as np
@@ -22,9 +21,9 @@ from hypothesis import strategies as st
 
 from agent.release.audit import admissible, isolated
 from agent.release.ledger import DAY, Ledger
-from tests.conftest import RunningAgent, StepClock, make_config
+from tests.helpers.agent import RunningAgent, make_config
+from tests.helpers.clock import StepClock, T0
 
-T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0
 AGENT_EXAMPLES = settings(max_examples=4, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 
@@ -127,6 +126,8 @@ def test_a_window_answered_twice_gives_the_same_answer(world, values):
 @settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(seconds=st.lists(st.lists(watts, min_size=12, max_size=12), min_size=60, max_size=60),
        gap=st.tuples(st.integers(0, 59), st.integers(0, 20)))
+
+
 def test_a_minute_is_the_sum_of_its_seconds(world, seconds, gap):
     start = world.fresh(60)
     silent = range(gap[0], gap[0] + gap[1])

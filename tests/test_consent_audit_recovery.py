@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from agent.audit import AuditLog, unaudited
 from agent.registry import ConsentChange, Registry
-from tests.conftest import make_config
+from tests.helpers.agent import make_config
 
 
 def consent_entries(store):

@@ -25,11 +25,10 @@ from agent.config import PrivacyConfig
 from agent.registry import Registry
 from agent.release import Releases
 from agent.service import Agent
-from tests.conftest import StepClock, make_config
-from tests.test_delivery import delivery_config
-from tests.test_event_loop_io import Gate
+from tests.helpers.agent import delivery_config, make_config
+from tests.helpers.clock import StepClock, T0
+from tests.helpers.loop import Gate
 
-T0 = 1_790_000_000.0
 FULL = OSError(28, "No space left on device")
 
 

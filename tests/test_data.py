@@ -5,14 +5,12 @@ window, tagged channels (the energy-company tariff case), history from the relea
 
 from __future__ import annotations
 
-import math
 
 import pytest
 
 from agent.aggregates import Accumulator
-from tests.conftest import StepClock, make_config
-
-T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0  # a little after a whole hour
+from tests.helpers.agent import grant, make_config, post
+from tests.helpers.clock import StepClock, T0
 
 
 @pytest.fixture
@@ -24,22 +22,11 @@ async def neighbourhood(tmp_path, start_agent):
     return running, clock, org_id, org_key, households
 
 
-async def grant(running, token, org_id, service="aggregates"):
-    status, body = await running.call("PUT", f"/households/me/consents/{org_id}/{service}", token=token)
-    assert status == 200, body
-
-
 async def grant_all(running, clock, households, org_id):
     """Every household consents to aggregates; the next window is the first their consent holds for."""
     for _, token in households:
         await grant(running, token, org_id)
     clock.step(1)
-
-
-async def post(running, token, clock, **values):
-    status, body = await running.call("POST", "/readings", token=token,
-                                      json={"timestamp": clock.now, **values})
-    assert status == 201, body
 
 
 async def data(running, org_key, query="window=1s"):

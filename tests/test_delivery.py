@@ -7,62 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from dataclasses import replace
 
 import pytest
-from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from agent.config import DeliveryConfig, PrivacyConfig
-from tests.conftest import StepClock, make_config
-
-T0 = 1_790_000_000.0
-
-
-class Receiver:
-    """An organization's endpoint. `mode` decides the answer: ok, fail, hang, gone, slow_down."""
-
-    def __init__(self):
-        self.received: list[tuple[dict, bytes]] = []
-        self.mode = "ok"
-        self.retry_after = "1"
-        self.arrivals: list[float] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.arrivals.append(time.monotonic())
-        if self.mode == "hang":
-            await asyncio.sleep(30)
-        if self.mode == "fail":
-            return web.Response(status=500)
-        if self.mode == "gone":
-            return web.Response(status=410)
-        if self.mode == "slow_down":
-            return web.Response(status=429, headers={"Retry-After": self.retry_after})
-        self.received.append((dict(request.headers), body))
-        return web.Response(status=204)
-
-    async def start(self, port: int = 0) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port or self.port, reuse_address=True)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def messages(self) -> list[dict]:
-        return [json.loads(body) for _, body in self.received]
+from agent.config import DeliveryConfig
+from tests.helpers.agent import make_config
+from tests.helpers.delivery import town  # noqa: F401  (town: the fixture)
+from tests.helpers.receiver import Receiver
+from tests.helpers.wait import eventually
 
 
 @pytest.fixture
@@ -71,63 +25,6 @@ async def receiver():
     await r.start()
     yield r
     await r.stop()
-
-
-def delivery_config(**changes) -> DeliveryConfig:
-    return replace(DeliveryConfig(allow_http=True, allow_private_endpoints=True, retry_schedule=(0, 0.05, 0.1),
-                                  timeout_s=1.0), **changes)
-
-
-@pytest.fixture
-async def town(tmp_path, start_agent):
-    """An agent on a stepped clock with 3 consenting households (k_min lowered to 3 for brevity)."""
-    async def make(**delivery_changes):
-        clock = StepClock(T0)
-        config = replace(make_config(tmp_path), privacy=PrivacyConfig(k_min=3),
-                         delivery=delivery_config(**delivery_changes))
-        running = await start_agent(config, clock=clock)
-        org_id, org_key = await running.create_org("Energy Co", "dso")
-        tokens = []
-        for _ in range(3):
-            _, token = await running.create_household()
-            assert (await running.call("PUT", f"/households/me/consents/{org_id}/aggregates", token=token))[0] == 200
-            tokens.append(token)
-        clock.step(1)
-        return Town(running, clock, org_key, tokens)
-    return make
-
-
-class Town:
-    def __init__(self, running, clock, org_key, tokens):
-        self.running, self.clock, self.org_key, self.tokens = running, clock, org_key, tokens
-        self.power = 100.0
-
-    async def subscribe(self, url: str, **extra) -> dict:
-        status, body = await self.running.call("POST", "/data/subscribe", token=self.org_key,
-                                               json={"endpoint": url, "interval": 1, "window": "1s", **extra})
-        assert status == 201, body
-        return body
-
-    async def window(self, power: float | None = None) -> None:
-        """One second of readings from every household, then the window closes, is decided by the release module and
-        (through its listener) produced."""
-        self.power = power if power is not None else self.power + 10
-        for token in self.tokens:
-            status, body = await self.running.call("POST", "/readings", token=token,
-                                                   json={"timestamp": self.clock.now, "power_import_w": self.power})
-            assert status == 201, body
-        self.clock.step(1)
-        await self.running.agent.releases.settle()
-
-    async def state(self, sub_id: str) -> dict:
-        return (await self.running.call("GET", f"/data/subscriptions/{sub_id}", token=self.org_key))[1]
-
-
-async def eventually(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_signed_messages_verify_with_standardwebhooks(town, receiver):
@@ -300,6 +197,8 @@ async def test_secret_rotation_without_a_gap(town, receiver):
     ("ftp://example.com/x", True, True, "http(s)"),
     ("https://user:pw@example.com/x", False, False, "credentials"),
 ])
+
+
 async def test_endpoints_that_are_refused(tmp_path, start_agent, endpoint, allow_http, allow_private, words):
     config = replace(make_config(tmp_path), delivery=DeliveryConfig(allow_http=allow_http,
                                                                     allow_private_endpoints=allow_private))

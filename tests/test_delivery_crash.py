@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import time
 
 import aiohttp
-
-from tests.conftest import OPERATOR_TOKEN
-from tests.test_delivery import Receiver, eventually
-from tests.test_service import agent_toml, free_port
+from tests.helpers.agent import OPERATOR_TOKEN, agent_toml, free_port
+from tests.helpers.receiver import Receiver
+from tests.helpers.wait import eventually
 
 
 def config_text(tmp_path, port: int) -> str:

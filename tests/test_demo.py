@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-
-from tests.test_service import free_port
+from tests.helpers.agent import free_port
 
 
 def test_demo_reads_the_meter_serves_the_api_and_delivers_verified_webhooks(tmp_path):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,13 +28,13 @@ from drivers.emulator import (
 )
 from drivers.profiles import get_profile
 from drivers.telegram import TelegramDecoder, check_crc
+from tests.helpers.p1 import HANG_GUARD_S, start_emulator, stop_emulator
 
 REPO = Path(__file__).resolve().parents[1]
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 WEDNESDAY = datetime(2024, 6, 12, tzinfo=AMSTERDAM)  # a summer weekday, local midnight
 STEP = timedelta(minutes=1)
 DAY_STEPS = 24 * 60
-HANG_GUARD_S = 60  # only against hangs; never an assertion on speed
 
 
 def local_hour(moment: datetime) -> float:
@@ -107,6 +105,8 @@ def test_same_seed_and_clock_give_the_same_bytes_and_other_seeds_do_not():
 @pytest.mark.parametrize("moment", [datetime(2024, 6, 12, 10, 15, 30, tzinfo=timezone.utc),
                                     datetime(2024, 1, 17, 10, 15, 30, tzinfo=timezone.utc)],
                          ids=["summer", "winter"])
+
+
 def test_meter_clock_reads_back_as_the_simulated_time(profile, moment):
     generator = TelegramGenerator(profile, seed=1)
     decoder = TelegramDecoder("test", get_profile(profile))
@@ -208,6 +208,8 @@ def test_per_phase_powers_voltages_and_currents_are_consistent(day):
     (datetime(2024, 6, 15, 12, 0), 1),  # Saturday
     (datetime(2024, 6, 16, 15, 0), 1),  # Sunday
 ])
+
+
 def test_tariff_and_the_register_it_counts_on(profile, local, expected):
     """Edge's tariff 1 is the low (night/weekend) one for every profile, Belgian ones included."""
     generator = TelegramGenerator(profile, seed=2)
@@ -329,32 +331,6 @@ def test_a_bad_crc_changes_exactly_one_crc_digit():
 
 
 # --- outputs, each in a real subprocess -----------------------------------------------------------
-def start_emulator(*arguments: str, tmp_path: Path) -> tuple[subprocess.Popen, str | None]:
-    """Start `python -m drivers.emulator` and read the first line of its stdout (where to read it)."""
-    stderr = open(tmp_path / "emulator.stderr", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "drivers.emulator", *arguments], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=stderr)
-    stderr.close()
-    if "--stdout" in arguments:
-        return process, None
-    ready, _, _ = select.select([process.stdout], [], [], HANG_GUARD_S)
-    if not ready:
-        process.kill()
-        pytest.fail("the emulator printed no address")
-    return process, process.stdout.readline().decode().strip()
-
-
-def stop_emulator(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(HANG_GUARD_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.stdout.close()
-
-
 def read_readings(port, decoder: TelegramDecoder, wanted: int) -> list:
     """Read from a pyserial port until `wanted` telegrams decoded, or the hang guard expires."""
     readings = []

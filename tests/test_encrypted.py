@@ -32,8 +32,11 @@ from drivers.emulator import TelegramGenerator
 from drivers.p1_reader import MeterSpec, MeterState, P1Reader
 from drivers.profiles import PROFILES, get_profile
 from drivers.telegram import DecryptError, TelegramDecoder, crc16
-from tests.conftest import PtyPair, make_config, telegram_bytes
-from tests.test_p1_reader import Collector, wait_until
+from tests.helpers.agent import make_config
+from tests.helpers.p1 import Collector
+from tests.helpers.pty import PtyPair
+from tests.helpers.telegrams import telegram_bytes
+from tests.helpers.wait import wait_until
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 KEY_HEX = "6B3F1E2D4C5A69788796A5B4C3D2E1F0"
@@ -149,6 +152,8 @@ def test_parse_key():
 @pytest.mark.parametrize("profile, telegram", [
     ("sagemcom_t210_d_r", SAGEMCOM), ("smarty", SMARTY), ("msn", SMARTY),
 ], ids=["sagemcom", "smarty", "msn"])
+
+
 @pytest.mark.parametrize("auth", ["with-auth", "without-auth"])
 def test_encrypted_decodes_exactly_like_plaintext(profile, telegram, auth):
     auth_key = SMARTY_AUTH if profile != "sagemcom_t210_d_r" else AUTH
@@ -207,6 +212,8 @@ def test_emulate_meter_cli_encrypts(tmp_path):
 # --- what goes wrong: wrong keys, corruption, garbage -----------------------------------------
 @pytest.mark.parametrize("key, auth", [(OTHER_KEY, AUTH), (KEY, SMARTY_AUTH), (OTHER_KEY, None)],
                          ids=["wrong-key", "wrong-auth-key", "wrong-key-unverified"])
+
+
 def test_wrong_key_is_counted_and_reads_nothing(key, auth):
     dec = decoder("sagemcom_t210_d_r", key, auth)
     for n in range(3):
@@ -399,6 +406,8 @@ def test_fuzz_random_bytes_never_raise(chunks, auth):
 @given(st.lists(st.tuples(st.sampled_from(["flip", "drop", "insert"]), st.integers(0, 3 * 520),
                           st.integers(0, 255)), max_size=6),
        st.integers(1, 700), st.sampled_from([AUTH, None]))
+
+
 def test_fuzz_damaged_stream_never_raises_and_every_intact_frame_is_read(edits, chunk, auth):
     """Bits flipped, bytes lost or added anywhere: no exception, and every frame no edit touched is read
     once enough data follows (a damaged header never costs the frames after it)."""

@@ -22,8 +22,8 @@ import aiohttp
 import agent.audit
 from agent.service import Agent
 from agent.store.segment import SegmentDB
-from tests.conftest import make_config
-from tests.test_event_loop_io import Gate, answered_meanwhile
+from tests.helpers.agent import make_config
+from tests.helpers.loop import Gate, answered_meanwhile
 
 REPO = Path(__file__).resolve().parent.parent
 

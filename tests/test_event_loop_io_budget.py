@@ -18,9 +18,10 @@ import pytest
 from agent.privacy import dp
 from agent.release import Refusal
 from agent.release.log import ReleaseLog
-from tests.conftest import StepClock, make_config
-from tests.test_event_loop_io import Gate, answered_meanwhile
-from tests.test_privacy_api import T0, feed, households
+from tests.helpers.agent import make_config
+from tests.helpers.clock import StepClock
+from tests.helpers.loop import Gate, answered_meanwhile
+from tests.helpers.privacy import MORNING as T0, feed, households
 
 pytestmark = pytest.mark.skipif(not dp.available(), reason="OpenDP is not installed")
 FULL = OSError(28, "No space left on device")

@@ -12,8 +12,8 @@ import asyncio
 
 from agent.registry import RegistryError
 from agent.store.segment import SegmentDB
-from tests.test_delivery import town  # noqa: F401  (the fixture)
-from tests.test_event_loop_io import Counting, answered_meanwhile, gate_segment_writes
+from tests.helpers.delivery import town  # noqa: F401  (town: the fixture)
+from tests.helpers.loop import Counting, answered_meanwhile, gate_segment_writes
 
 HOOK = "http://127.0.0.1:9/hook"  # never answered: nothing here needs a delivery
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 
 from agent.store.segment import SegmentDB
-from tests.test_event_loop_io import Counting, answered_meanwhile, gate_segment_writes
-from tests.test_triggers import body, town  # noqa: F401  (town: the fixture)
+from tests.helpers.loop import Counting, answered_meanwhile, gate_segment_writes
+from tests.helpers.triggers import body, town  # noqa: F401  (town: the fixture)
 
 ALWAYS = "def condition(household_power_consumption):\n    return True\n"
 

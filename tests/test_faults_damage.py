@@ -16,8 +16,8 @@ from agent.store import ReadingStore
 from agent.store.records import HEADER
 from agent.store.segment import integrity
 from drivers.reading import Reading
-from tests.conftest import OPERATOR_TOKEN
-from tests.test_faults_disk import OP, agent_on
+from tests.helpers.agent import OPERATOR_TOKEN
+from tests.helpers.process import OP, agent_on
 
 
 def record_spans(path) -> list[tuple[int, int]]:

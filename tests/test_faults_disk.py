@@ -14,26 +14,21 @@ import errno
 import fcntl
 import os
 import shutil
-import signal
 import struct
 import subprocess
-import sys
 import time
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.helpers.process import FLUSH_S, OP, Running, agent_on, town
+from tests.helpers.receiver import Receiver
+from tests.helpers.wait import eventually as until
 
-from tests.conftest import OPERATOR_TOKEN
-from tests.test_delivery import Receiver
-from tests.test_service import free_port
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
 EXT4_GOING_FLAGS_NOLOGFLUSH = 2
-OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-FLUSH_S = 0.5
 
 
 class SmallDisk:
@@ -95,102 +90,6 @@ def small_disk(tmp_path):
     disk.close()
 
 
-def config_text(storage: Path, port: int) -> str:
-    return f"""
-[api]
-listen = "127.0.0.1:{port}"
-[auth]
-operator_token = "{OPERATOR_TOKEN}"
-[storage]
-path = "{storage}"
-flush_seconds = {FLUSH_S}
-[privacy]
-k_min = 3
-[delivery]
-allow_http = true
-allow_private_endpoints = true
-retry_schedule = [0, 0.2]
-"""
-
-
-class Running:
-    """A real `edge-agent run` and an HTTP client for it."""
-
-    def __init__(self, config: Path, port: int):
-        self.config, self.port = config, port
-        self.process: asyncio.subprocess.Process | None = None
-        self.http: aiohttp.ClientSession | None = None
-        self.log = config.parent / "agent.log"
-
-    async def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent.cli", "run", "--config", str(self.config), stderr=log)
-        self.http = self.http or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if (await self.call("GET", "/health", {}))[0] in (200, 503):
-                    return
-            except aiohttp.ClientError:
-                pass
-            assert self.process.returncode is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the agent did not start"
-            await asyncio.sleep(0.1)
-
-    async def call(self, method: str, path: str, headers: dict, body=None):
-        async with self.http.request(method, f"http://127.0.0.1:{self.port}{path}", headers=headers,
-                                     json=body) as resp:
-            return resp.status, await resp.json(content_type=None), resp.headers
-
-    async def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self) -> int:
-        if self.process and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            await self.process.wait()
-        return self.process.returncode
-
-    async def close(self) -> None:
-        if self.process and self.process.returncode is None:
-            await self.kill()
-        if self.http:
-            await self.http.close()
-
-
-@asynccontextmanager
-async def agent_on(storage: Path, tmp_path: Path):
-    port = free_port()
-    config = tmp_path / "edge.toml"
-    config.write_text(config_text(storage, port))
-    running = Running(config, port)
-    await running.start()
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
-async def town(running: Running, receiver: Receiver | None):
-    """An organization, three households that consent (k_min 3), and a 1 s subscription to `receiver`."""
-    _, org, _ = await running.call("POST", "/organizations", OP, {"name": "Org", "level": "dso"})
-    households = []
-    for _ in range(3):
-        _, hh, _ = await running.call("POST", "/households", OP, {})
-        auth = {"Authorization": f"Bearer {hh['token']}"}
-        status, _, _ = await running.call("PUT", f"/households/me/consents/{org['id']}/aggregates", auth)
-        assert status == 200
-        households.append((hh, auth))
-    sub = None
-    if receiver is not None:
-        status, sub, _ = await running.call("POST", "/data/subscribe", {"Authorization": f"Bearer {org['api_key']}"},
-                                            {"endpoint": receiver.url, "interval": 1, "window": "1s"})
-        assert status == 201
-    return org, households, sub
-
-
 class Feeder:
     """Each household posts a reading every 0.1 s; what each answer was is kept (an acknowledged reading must
     be on disk after a crash, unless acknowledged within one flush of it)."""
@@ -228,16 +127,6 @@ class Feeder:
             if status == 201 and at < before:
                 out.setdefault(meter, set()).add(stamp)
         return out
-
-
-async def until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met in time"
-        await asyncio.sleep(0.1)
 
 
 async def stored_timestamps(running: Running, meter_id: str) -> set[float]:

@@ -10,9 +10,8 @@ import socket
 import time
 
 import pytest
-
-from tests.conftest import OPERATOR_TOKEN
-from tests.test_faults_disk import OP, agent_on, town
+from tests.helpers.agent import OPERATOR_TOKEN
+from tests.helpers.process import OP, agent_on, town
 
 
 def raw_request(port: int, request: bytes) -> tuple[int, bytes]:
@@ -87,7 +86,7 @@ async def test_slow_headers_and_slow_bodies_do_not_hold_connections(tmp_path, st
     timeouts are shortened here so the test does not wait 15 s (IDLE_CONNECTION_S) or 30 s (BODY_TIMEOUT_S)."""
     from agent import service
     from agent.api import common
-    from tests.conftest import make_config
+    from tests.helpers.agent import make_config
 
     monkeypatch.setattr(service, "IDLE_CONNECTION_S", 0.5)
     monkeypatch.setattr(common, "BODY_TIMEOUT_S", 0.5)
@@ -117,7 +116,7 @@ async def test_slow_headers_and_slow_bodies_do_not_hold_connections(tmp_path, st
 async def test_connections_over_the_cap_are_closed_and_the_others_keep_their_place(tmp_path, start_agent,
                                                                                   monkeypatch):
     from agent import service
-    from tests.conftest import make_config
+    from tests.helpers.agent import make_config
 
     monkeypatch.setattr(service, "MAX_CONNECTIONS", 5)
     running = await start_agent(make_config(tmp_path))

@@ -31,7 +31,8 @@ import pytest
 from agent.fleet import RELEASES_STREAM, document
 from hub import natsdev
 from hub.setup import DEVICES_BUCKET, HUB_BUCKET
-from tests.test_service import OPERATOR_TOKEN, agent_toml, wait_until
+from tests.helpers.agent import OPERATOR_TOKEN, agent_toml
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

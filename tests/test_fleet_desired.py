@@ -14,7 +14,7 @@ import pytest
 from agent.config import FleetConfig
 from agent.fleet import document
 from agent.registry import new_secret
-from tests.conftest import make_config
+from tests.helpers.agent import make_config
 
 KEY = document.new_private_key()
 OTHER = document.new_private_key()
@@ -72,7 +72,7 @@ async def test_a_signed_document_installs_organizations_and_refusals_are_shown(t
 
 async def test_a_revoked_key_stops_working_and_the_document_survives_a_restart(tmp_path, start_agent):
     from agent.service import Agent
-    from tests.conftest import RunningAgent
+    from tests.helpers.agent import RunningAgent
 
     config = fleet_config(tmp_path)
     first = Agent(config)
@@ -106,6 +106,8 @@ async def test_a_revoked_key_stops_working_and_the_document_survives_a_restart(t
 
 @pytest.mark.parametrize("bad", [{"servers": []}, {"operator_public_key": "not a key"}, {"windows": ["2m"]},
                                  {"device_id": "has space"}])
+
+
 def test_fleet_config_is_checked_when_enabled(bad):
     from agent.config import ConfigError, parse_config
 

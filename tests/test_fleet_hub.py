@@ -25,6 +25,7 @@ from agent.release.records import fine_body
 from hub import natsdev
 from hub.api import create_app
 from hub.service import Hub
+from tests.helpers.wait import eventually as until
 
 DAY = int(time.time()) // 86400 * 86400 - 86400  # yesterday, UTC
 HOUR = 3600
@@ -87,15 +88,6 @@ async def get(hub, path: str, token: str | None = ORG_KEY):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as http, http.get(hub.base + path, headers=headers) as resp:
         return resp.status, await resp.json()
-
-
-async def until(predicate, timeout=20.0):
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_area_windows_are_sums_by_tag_and_need_enough_devices(hub):

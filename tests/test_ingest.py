@@ -7,9 +7,9 @@ import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
-from tests.conftest import TELEGRAM_PROFILES, make_config, telegram_bytes
-from tests.test_telegram import expected_values
+from tests.helpers.agent import make_config
+from tests.helpers.p1_oracle import expected_values
+from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes
 
 
 def ts(seconds_ago: float = 0) -> str:
@@ -70,6 +70,8 @@ async def test_batches(household, shape):
     ([], 422, "no readings"),
     ("just a string", 422, "JSON object"),
 ])
+
+
 async def test_bad_readings_are_refused_and_nothing_is_stored(household, bad, status, words):
     running, token, meter_id = household
     got, body = await running.call("POST", "/readings", token=token, json=bad)
@@ -140,6 +142,8 @@ def _telegram_with(name: str, old: bytes, new: bytes) -> bytes:
     (b"1-0:21.7.0(00.070*kW)", b"1-0:21.7.0(NaN*kW)", "power_import_l1_w", "left out"),
     (b"1-0:1.8.1(000004.426*kWh)", b"1-0:1.8.1(-00004.426*kWh)", "energy_import_t1_wh", "left out"),
 ])
+
+
 @pytest.mark.parametrize("path", ["/readings", "/api/v1/datalogger/dsmrreading"])
 async def test_telegrams_with_negative_or_non_finite_values_are_refused(household, old, new, field, outcome, path):
     running, token, meter_id = household

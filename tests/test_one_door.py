@@ -6,15 +6,13 @@ does not hold."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 
 from agent.config import PrivacyConfig
 from agent.release import Refusal, Releases
-from tests.conftest import StepClock, make_config
-from tests.test_delivery import Receiver, delivery_config
-
-T0 = math.floor(1_790_000_000 / 3600) * 3600.0  # on a whole hour
+from tests.helpers.agent import delivery_config, make_config
+from tests.helpers.clock import HOUR as T0, StepClock
+from tests.helpers.receiver import Receiver
 
 
 async def test_every_aggregate_an_organization_saw_is_a_record_of_the_release_log(tmp_path, start_agent):

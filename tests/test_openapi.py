@@ -19,9 +19,10 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
 
 from agent.api import create_app
 from agent.api.openapi import SPEC
-from tests.conftest import OPERATOR_TOKEN, make_config
-from tests.test_api_roles import HH, MATRIX, OP, ORG
-from tests.test_service import free_port, wait_until
+from tests.helpers.agent import OPERATOR_TOKEN, free_port, make_config
+from tests.helpers.openapi import conforms as _conforms
+from tests.helpers.roles import HH, MATRIX, OP, ORG
+from tests.helpers.wait import wait_until
 
 
 def test_every_route_is_documented_and_nothing_else(tmp_path):
@@ -98,6 +99,8 @@ SKIP = {("DELETE", "/organizations/{org_id}"), ("POST", "/organizations/{org_id}
 @schema.parametrize()
 @settings(max_examples=int(os.environ.get("EDGE_SCHEMATHESIS_EXAMPLES", "15")), deadline=None,
           suppress_health_check=list(HealthCheck))
+
+
 def test_api_conforms_to_its_document(case, server):
     base, tokens = server
     key = (case.method.upper(), case.path)
@@ -111,18 +114,6 @@ def test_api_conforms_to_its_document(case, server):
 
 
 # --- the bodies of the one door (agent/release/), checked against the document ---------------------------------
-def _validator(name: str):
-    import jsonschema_rs
-
-    return jsonschema_rs.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
-                                               "components": SPEC["components"]})
-
-
-def _conforms(name: str, body) -> None:
-    errors = [str(e) for e in _validator(name).iter_errors(body)]
-    assert not errors, (name, body, errors[:3])
-
-
 async def test_released_bodies_and_refusals_are_what_the_document_says(tmp_path, start_agent):
     """Exact (fine, derived, tag) and noisy (fine, derived) releases, history with refused windows, refusals and a
     webhook, from a running agent on a stepped clock, each validated against its schema (strict: a field the
@@ -131,8 +122,8 @@ async def test_released_bodies_and_refusals_are_what_the_document_says(tmp_path,
     from datetime import datetime, timezone
 
     from drivers.reading import Reading
-    from tests.conftest import StepClock
-    from tests.test_delivery import delivery_config
+    from tests.helpers.agent import delivery_config
+    from tests.helpers.clock import StepClock
 
     t0 = math.floor(1_790_000_000 / 3600) * 3600
     clock = StepClock(t0 - 60)

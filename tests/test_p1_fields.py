@@ -1,4 +1,4 @@
-"""Every value of the real telegrams, field by field against dsmr_parser's own parse (tests/p1_oracle.py), and
+"""Every value of the real telegrams, field by field against dsmr_parser's own parse (tests/helpers/p1_oracle.py), and
 against the telegram's text where dsmr_parser reads nothing; the Reading's new fields stored and read back."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from drivers.obis import decimal_float, meter_time
 from drivers.profiles import get_profile
 from drivers.reading import Reading
 from drivers.telegram import TelegramDecoder
-from tests.conftest import TELEGRAM_PROFILES, telegram_bytes
-from tests.p1_oracle import EXTRA_PROFILES, expected
+from tests.helpers.p1_oracle import EXTRA_PROFILES, expected
+from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 EXTRA = Path(__file__).parent / "telegrams_extra"

@@ -13,9 +13,10 @@ from aiohttp import web
 from drivers.p1_reader import MeterSpec, MeterState, P1Reader
 from drivers.profiles import get_profile
 from drivers.telegram import TelegramDecoder
-from tests.conftest import TELEGRAM_PROFILES, telegram_bytes
-from tests.p1_oracle import EXTRA_PROFILES
-from tests.test_p1_reader import Collector, readers, wait_until  # noqa: F401 (readers is a fixture)
+from tests.helpers.p1 import Collector, readers  # noqa: F401  (readers: the fixture)
+from tests.helpers.p1_oracle import EXTRA_PROFILES
+from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes
+from tests.helpers.wait import wait_until
 
 NOT_RECEIVED = ("received_at",)
 # What `auto` may call each family: DSMR 2.2 and 3 share dsmr_parser's specification; the decrypted Sagemcom
@@ -221,6 +222,8 @@ def test_a_homewizard_port_with_a_path_is_refused():
 @pytest.mark.parametrize("port, error", [("http://192.168.1.20", None), ("http://p1meter.local:80/", None),
                                          ("http://192.168.1.20/api/v1/telegram", "meters[0].port"),
                                          ("https://192.168.1.20", "meters[0].port")])
+
+
 def test_check_config_knows_a_homewizard_port(port, error):
     """An http:// port used to pass check-config and fail at run time; now it runs, and a wrong one is refused."""
     from agent.config import ConfigError, parse_config

@@ -11,48 +11,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from drivers.p1_reader import MeterSpec, MeterState, P1Reader
-from tests.conftest import PtyPair, telegram_bytes
+from drivers.p1_reader import MeterSpec, MeterState
+from tests.helpers.p1 import Collector, readers  # noqa: F401  (readers: the fixture)
+from tests.helpers.pty import PtyPair
+from tests.helpers.telegrams import telegram_bytes
+from tests.helpers.wait import wait_until
 
 V5 = telegram_bytes("v5.txt")
-
-
-class Collector:
-    def __init__(self):
-        self.readings = []
-        self._cond = threading.Condition()
-
-    def __call__(self, reading):
-        with self._cond:
-            self.readings.append(reading)
-            self._cond.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 15.0):
-        with self._cond:
-            ok = self._cond.wait_for(lambda: len(self.readings) >= count, timeout)
-        assert ok, f"got {len(self.readings)} readings, wanted {count}"
-
-
-def wait_until(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def readers():
-    started = []
-
-    def start(spec, collector, **kwargs):
-        reader = P1Reader(spec, collector, read_timeout=0.05, max_backoff=0.5, **kwargs)
-        reader.start()
-        started.append(reader)
-        return reader
-
-    yield start
-    for reader in started:
-        reader.stop()
 
 
 def test_reads_telegrams_from_a_pty(pty_pair, readers):
@@ -224,6 +189,8 @@ def test_tcp_gateway_restart(readers):
 
 @pytest.mark.parametrize("name, profile", [("v5.txt", "dsmr5"), ("fluvius_v171.txt", "fluvius"),
                                            ("v5_eon_hu.txt", "eon_hungary")])
+
+
 def test_auto_detects_the_profile(pty_pair, readers, name, profile):
     got = Collector()
     reader = readers(MeterSpec("m1", pty_pair.path, "auto"), got)

@@ -16,8 +16,8 @@ from dataclasses import replace
 import pytest
 
 from agent.config import DEFAULT_TAGS, PrivacyConfig
-from tests.conftest import OPERATOR_TOKEN, StepClock, make_config
-from tests.test_data import T0, grant, post
+from tests.helpers.agent import OPERATOR_TOKEN, grant, make_config, post
+from tests.helpers.clock import StepClock, T0
 
 STATIC = ["household_power_consumption", "household_power_production", "household_net_power",
           "household_gas_consumption", "household_energy_import", "household_energy_export", "household_tariff",

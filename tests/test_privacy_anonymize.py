@@ -7,54 +7,25 @@ non-custodian level link no household's periods; refusals name the requirement t
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections import Counter
 
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycanon import anonymity
-from scipy.stats import wasserstein_distance
 
 from agent.config import DEFAULT_LEVELS, REFERENCE_CDF, Anonymization, ConfigError, parse_config
 from agent.privacy import linkage
 from agent.privacy.anonymize import (QUASI_IDENTIFIERS, SENSITIVE_ATTRIBUTE, STATIC, HouseholdSeries, Refusal,
                                      Release, StaticAttributes, anonymize, release_day, select, static_from_rollups)
 from agent.privacy.synthetic import neighbourhood
+from tests.helpers.privacy import pycanon_figures, reference_t
 
 DAY = 1_790_000_000 // 86400 * 86400
 
 
 def periods(hours: int, res: int) -> list[int]:
     return list(range(DAY, DAY + hours * 3600, res))
-
-
-def pycanon_figures(records: list[dict]) -> tuple[int, int]:
-    """k and l of the released rows, by pycanon, on the quasi-identifiers and sensitive attribute the report
-    declares (the period is one of them: every period's classes are counted on their own)."""
-    frame = pd.DataFrame(records).reset_index(drop=True)
-    qi, sa = list(QUASI_IDENTIFIERS), [SENSITIVE_ATTRIBUTE]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return int(anonymity.k_anonymity(frame, qi)), int(anonymity.l_diversity(frame, qi, sa))
-
-
-def reference_t(records: list[dict], reference: tuple, width: int, top: int) -> float:
-    """The largest distance of a class from the fixed reference, by scipy: the Wasserstein-1 distance between
-    bin indices, the class's weighted by its rows and the grid's by the reference's mass (numpy's piecewise
-    linear interpolation of the CDF), over the grid's length - 1."""
-    edges = np.arange(0, top + 1, width)
-    cdf = np.interp(edges.astype(float), [w for w, _ in reference], [c for _, c in reference])
-    masses = np.append(np.diff(cdf), 1.0 - cdf[-1])
-    classes: dict[tuple, list[int]] = {}
-    for r in records:
-        classes.setdefault(tuple(r[q] for q in QUASI_IDENTIFIERS), []).append(r[SENSITIVE_ATTRIBUTE] // width)
-    if len(edges) == 1:
-        return 0.0
-    return max(wasserstein_distance(values, np.arange(len(edges)), v_weights=masses) / (len(edges) - 1)
-               for values in classes.values()) if classes else 0.0
 
 
 def check_release(release: Release, rules: Anonymization, series: list[HouseholdSeries], res: int) -> None:
@@ -107,6 +78,8 @@ def multiset(records: list[dict]) -> Counter:
 
 @pytest.mark.parametrize("level, households", [("dso", 12), ("dso", 60), ("dso", 200), ("supplier", 40),
                                                ("supplier", 150)])
+
+
 def test_reports_agree_with_pycanon_and_scipy(level, households):
     rules = DEFAULT_LEVELS[level].anonymized
     res = 900 if rules.resolution == "15m" else 3600

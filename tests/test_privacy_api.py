@@ -5,49 +5,15 @@ per-household ledger's cap holds across organizations, days and a restart."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
-from datetime import datetime, timezone
 
 import pytest
 
 from agent.config import DEFAULT_LEVELS, DifferentialPrivacy, Level
 from agent.privacy import dp
-from drivers.reading import Reading
-from tests.conftest import StepClock, make_config
-
-DAY = 1_790_000_000 // 86400 * 86400
-T0 = DAY + 8 * 3600  # 08:00 UTC
-
-
-def reading(meter: str, moment: float, i: int, period: int, **extra) -> Reading:
-    when = datetime.fromtimestamp(moment, timezone.utc)
-    three = i % 3 == 0
-    return Reading(meter_id=meter, timestamp=when, received_at=when,
-                   power_import_w=150.0 + (i * 37 + period * 53) % 900,
-                   power_export_w=(400.0 if i % 4 == 0 else 0.0),
-                   voltage_l1_v=230.0, voltage_l2_v=231.0 if three else None,
-                   current_l1_a=3.0 + i % 7, gas_m3=(1000.0 + i) if i % 2 else None, **extra)
-
-
-async def feed(running, clock, meters: list[str], periods: list[int], **extra) -> None:
-    """One reading per household per period, then one more in the next period so the rollups close."""
-    width = periods[1] - periods[0] if len(periods) > 1 else 900
-    for p_index, start in enumerate(periods + [periods[-1] + width]):
-        clock.now = start + 10
-        for i, meter in enumerate(meters):
-            running.agent.ingest_http(reading(meter, clock.now, i, p_index, **extra))
-
-
-async def households(running, org_id: str, n: int, service: str = "anonymized_data") -> list[tuple[str, str]]:
-    out = []
-    for _ in range(n):
-        household_id, token = await running.create_household()
-        if org_id:
-            status, _ = await running.call("PUT", f"/households/me/consents/{org_id}/{service}", token=token)
-            assert status == 200
-        out.append((household_id, token))
-    return out
+from tests.helpers.agent import make_config
+from tests.helpers.clock import StepClock
+from tests.helpers.privacy import DAY, MORNING as T0, feed, households
 
 
 # --- noisy levels (differential privacy) ----------------------------------------------------------------

@@ -17,7 +17,8 @@ import pytest
 
 from agent.query import DeviceAnswer, combine, query_devices, tariff
 from drivers.reading import Reading
-from tests.conftest import StepClock, make_config
+from tests.helpers.agent import make_config
+from tests.helpers.clock import StepClock
 
 DAY = 1_790_000_000 // 86400 * 86400
 HOURS = (1, 7, 13, 19)  # one reading hour in each 6-hour slot

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from agent.registry import Registry, RegistryError, is_service
-from tests.conftest import make_config
+from tests.helpers.agent import make_config
 
 
 async def test_related_organizations_set_shown_and_given_to_the_release_module(tmp_path, start_agent):
@@ -43,6 +43,8 @@ async def test_related_organizations_set_shown_and_given_to_the_release_module(t
     ([None], "list of organization ids"),
     (["A", "A"], "twice"),
 ])
+
+
 async def test_unknown_or_malformed_organizations_are_refused_and_nothing_changes(tmp_path, start_agent,
                                                                                  related, words):
     running = await start_agent(make_config(tmp_path))
@@ -116,6 +118,8 @@ TRIGGER = "trigger_events:trg_0123456789ab"
     ("trigger_events:trg_0123456789AB", False), ("trigger_events:", False), ("trigger_events:aggregates", False),
     ("trigger_events:trg_0123456789ab\n", False), ("trigger_events", False), ("other", False),
 ])
+
+
 def test_which_services_exist(service, ok):
     assert is_service(service) is ok
 

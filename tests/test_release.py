@@ -3,7 +3,6 @@ durability and restart. A real Registry and real window books, no HTTP; the cloc
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -18,9 +17,8 @@ from agent.release.audit import admissible, isolated
 from agent.release.door import HOLD_S
 from agent.release.ledger import Ledger
 from drivers.reading import Reading
-from tests.conftest import make_config
-
-T0 = math.floor(1_790_000_000 / 3600) * 3600  # on a whole hour
+from tests.helpers.agent import make_config
+from tests.helpers.clock import HOUR as T0
 
 
 def lstsq_isolated(cohorts: list[frozenset[str]]) -> set[str]:

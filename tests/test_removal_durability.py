@@ -15,7 +15,7 @@ import errno
 import pytest
 
 from agent.store.segment import SegmentDB
-from tests.test_triggers import body, town  # noqa: F401  (town: the fixture)
+from tests.helpers.triggers import body, town  # noqa: F401  (town: the fixture)
 
 ALWAYS = "def condition(household_power_consumption):\n    return True\n"
 

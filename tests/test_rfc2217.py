@@ -15,8 +15,8 @@ import serial
 import serial.rfc2217
 
 from drivers.p1_reader import MeterSpec, MeterState, P1Reader
-from tests.test_emulator import start_emulator, stop_emulator
-from tests.test_p1_reader import Collector, wait_until
+from tests.helpers.p1 import Collector, start_emulator, stop_emulator
+from tests.helpers.wait import wait_until
 
 # pyserial 3.5's RFC 2217 client still calls Thread.setDaemon/setName
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:serial.rfc2217")

@@ -33,12 +33,8 @@ from sandbox import (
 )
 from sandbox import protocol
 from sandbox.filters import ALLOWED_SYSCALLS, CHILD_SYSCALLS, EVALUATOR_SYSCALLS, ZYGOTE_SYSCALLS
+from tests.helpers.sandbox import MISSION, MISSION_PARAMS
 
-MISSION = textwrap.dedent("""\
-    def condition(neighborhood_power_consumption, neighborhood_power_production):
-        return neighborhood_power_production - neighborhood_power_consumption > 500
-""")
-MISSION_PARAMS = ["neighborhood_power_consumption", "neighborhood_power_production"]
 REPO = Path(__file__).resolve().parent.parent
 
 # Short deadlines so that the suite stays fast; generous enough for a loaded CI machine.
@@ -487,6 +483,8 @@ def test_check_condition_accepts_the_mission_example():
     ("X = 1 / 0\ndef condition(a, b):\n    return True\n", REJECTED),
     ("def condition(a, b):\n    return True\n" + "#" * 20000, REJECTED),
 ])
+
+
 def test_check_condition_reasons(source, reason):
     # 250 ms rather than the API's 50 ms: an honest condition must not look slow on a loaded CI machine
     r = check_condition(source, ["a", "b"], [(1.0, 2.0), (3.0, None)][: 1 if reason is None else 2], timeout_s=0.25)

@@ -34,42 +34,18 @@ from sandbox import (
     check_condition,
     inspect_source,
 )
+from tests.helpers.sandbox import CLOCK_GETTIME_NR, MISSION, MISSION_PARAMS, PRELUDE
 
-from tests.test_sandbox import MISSION, MISSION_PARAMS  # noqa: E402  the MISSION.md example
 
 BYSTANDER_ROWS = [(100.0, 700.0), (100.0, 500.0), (0.0, 501.0)]
 BYSTANDER_EXPECTED = [Status.TRUE, Status.FALSE, Status.TRUE]
 SECRET = "edge-test-secret-3f9a1c"
-# This architecture's number of clock_gettime, as libseccomp names it (the hostile sources call it directly).
-CLOCK_GETTIME_NR = __import__("pyseccomp").resolve_syscall(0, "clock_gettime")
-
 # Recycling (after max_evaluations, or cpu_s/2 seconds busy: tested in test_sandbox.py) is kept out of the way: on a
 # slow machine (this suite under QEMU TCG on aarch64: image/test-sandbox-arm64.sh) the bystanders' workers reach
 # 15 s busy and would be replaced, which the bystander check rightly counts as a failure. Spawning many workers at
 # once there takes longer than 5 s.
 LIMITS = Limits(timeout_s=0.3, load_timeout_s=0.5, spawn_timeout_s=30.0, backoff_s=0.0, quarantine_after=1000,
                 max_evaluations=10**9, cpu_s=3600)
-
-# Helpers the attacker brings along: the classic walk from () to os's globals, sys and any loaded module.
-PRELUDE = textwrap.dedent("""\
-    def _cls(name):
-        for c in ().__class__.__base__.__subclasses__():
-            if c.__name__ == name:
-                return c
-    def _os():
-        return _cls("_wrap_close").__init__.__globals__
-    def _sys():
-        return _os()["sys"]
-    def _mod(name):
-        return _sys().modules[name]
-    def _libc():
-        return _mod("ctypes").CDLL(None, use_errno=True)
-    def _type():
-        return ().__class__.__class__
-    def _loop(*args):
-        while True:
-            pass
-""")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from sandbox import (
     inspect_source,
 )
 from sandbox.closed import closed_code
-from tests.test_sandbox_escapes import CLOCK_GETTIME_NR, PRELUDE
+from tests.helpers.sandbox import CLOCK_GETTIME_NR, PRELUDE
 
 REPO = Path(__file__).resolve().parent.parent
 LIMITS = Limits(timeout_s=5.0, load_timeout_s=5.0, spawn_timeout_s=30.0, backoff_s=0.0, quarantine_after=1000,
@@ -342,6 +342,7 @@ def test_cpu_clock_of_another_process_is_refused():
 
 # -------------------------------------------------------------------------------------------- CPU budget
 
+
 def _spin_iterations(cpu_s: float) -> int:
     n = 200_000
     while True:
@@ -398,6 +399,7 @@ def test_a_throttled_condition_skips_windows():
 
 
 # ------------------------------------------------------------------------------------------ small things
+
 
 def test_non_ascii_identifiers_are_accepted():
     source = "def condition(x):\n    größe = x * 2\n    Δ = größe - 1\n    return Δ > 1\n"

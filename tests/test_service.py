@@ -4,35 +4,15 @@ and a real kill -9 in the middle of writing."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from datetime import datetime
-
-from tests.conftest import OPERATOR_TOKEN, PtyPair, telegram_bytes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def agent_toml(tmp_path, port: int, flush_seconds: float = 0.5) -> str:
-    """The [api], [auth] and [storage] tables of an edge.toml for a real `edge-agent run` on loopback."""
-    return f"""
-[api]
-listen = "127.0.0.1:{port}"
-[auth]
-operator_token = "{OPERATOR_TOKEN}"
-[storage]
-path = "{tmp_path / 'store'}"
-flush_seconds = {flush_seconds}
-"""
+from tests.helpers.agent import OPERATOR_TOKEN, agent_toml, free_port, run_agent_process as start_agent
+from tests.helpers.pty import PtyPair
+from tests.helpers.telegrams import telegram_bytes
+from tests.helpers.wait import wait_until
 
 
 def write_config(tmp_path, pty_path: str, port: int, flush_seconds: float = 0.5):
@@ -54,24 +34,6 @@ def get_json(port: int, path: str, token: str | None = OPERATOR_TOKEN):
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-
-
-def wait_until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = predicate()
-        except OSError:
-            result = None
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def start_agent(config_path, env=None):
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config_path)],
-                            env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, text=True)
 
 
 def test_systemd_notify_ready_watchdog_and_stop(tmp_path):

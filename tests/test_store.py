@@ -10,7 +10,6 @@ import logging
 import os
 import random
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -18,33 +17,11 @@ import pytest
 from agent.store import ReadingStore, RollupAccumulator
 from agent.store.records import HEADER, decode_records, encode_record
 from agent.store.segment import SegmentDB
-from drivers.reading import Reading
+from tests.helpers.store import DAY, abandon, at, make_reading
 
 HOUR = 3600
-DAY = 86400
 # 2024-03-01T11:59:00Z: one minute before a UTC hour boundary.
 T0 = 1_709_294_340.0
-
-
-def at(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
-
-
-def make_reading(meter_id: str, received_at: float, seq: int = 0, **values) -> Reading:
-    """A three-phase reading whose power_import_w is seq, so tests can tell readings apart."""
-    fields = dict(
-        power_import_w=float(seq), power_export_w=0.0,
-        power_import_l1_w=100.0 + seq % 7, power_import_l2_w=50.0, power_import_l3_w=None,
-        voltage_l1_v=230.1, voltage_l2_v=229.8, voltage_l3_v=None,
-        current_l1_a=1.2, current_l2_a=0.4,
-        energy_import_t1_wh=1_000_000.0 + seq, energy_import_t2_wh=2_000_000.0,
-        energy_import_wh=3_000_000.0 + seq, tariff=2, power_failures=4, gas_m3=1234.5,
-        gas_timestamp=at(received_at - 300),
-    )
-    fields.update(values)
-    # The meter's clock says 2016 (a replayed telegram): the store must go by received_at.
-    return Reading(meter_id=meter_id, timestamp=at(received_at - 8 * 365 * DAY), received_at=at(received_at),
-                   **fields)
 
 
 def seqs(rows: list[dict]) -> list[int]:
@@ -58,16 +35,6 @@ def segment_files(root: Path) -> dict[str, tuple[int, int]]:
         st = path.stat()
         out[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
     return out
-
-
-def abandon(store: ReadingStore) -> None:
-    """Close the store's files the way a crash does: no flush, no rollups of the open windows."""
-    for _, db in store._writers.values():
-        db.close()
-    for db in store._readers.values():
-        db.close()
-    store._writers.clear()
-    store._readers.clear()
 
 
 @pytest.fixture

@@ -23,10 +23,7 @@ import pytest
 from agent.store import ReadingStore, RollupAccumulator
 from agent.store.records import HEADER, decode_records, decode_records_backward, encode_record
 from agent.store.rollup import LAST_FIELDS, MAX_FIELDS, MEAN_FIELDS, combine_same_window
-from tests.test_store import abandon, make_reading
-from tests.test_store_crash import STEP_S as CRASH_STEP_S
-from tests.test_store_crash import T0 as CRASH_T0
-from tests.test_store_crash import run_child_and_kill
+from tests.helpers.store import CRASH_STEP_S, CRASH_T0, abandon, make_reading, run_child_and_kill
 
 # 2024-03-01T11:50:00Z; a reading every 5 s of device time, so seq 120 is 12:00:00 and seq 300 is 12:15:00.
 T0 = 1_709_293_800.0
@@ -38,7 +35,7 @@ METERS = ("a", "b")
 CHILD = """
 import sys
 from agent.store import ReadingStore, RollupAccumulator
-from tests.test_store import make_reading
+from tests.helpers.store import make_reading
 
 path, first, last, unflushed, t0, step = sys.argv[1], *map(int, sys.argv[2:5]), *map(float, sys.argv[5:7])
 store = ReadingStore(path, retention_raw_s=float("inf"))

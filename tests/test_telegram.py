@@ -6,62 +6,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from dsmr_parser import telegram_specifications as specs
 from dsmr_parser.parsers import TelegramParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.profiles import PROFILES, get_profile
 from drivers.telegram import DEFAULT_MAX_BUFFER, TelegramDecoder, check_crc, crc16, CrcError
-from tests.conftest import TELEGRAM_PROFILES, TELEGRAMS, telegram_bytes
+from tests.helpers.p1_oracle import dsmr_parser_reads, expected_values
+from tests.helpers.telegrams import TELEGRAM_PROFILES, TELEGRAMS, telegram_bytes
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
-
-# The oracle: which dsmr_parser attribute each Reading field must come from, and its scale.
-# Written out here independently of drivers/telegram.py on purpose.
-ORACLE = {
-    "power_import_w": ("CURRENT_ELECTRICITY_USAGE", 1000),
-    "power_export_w": ("CURRENT_ELECTRICITY_DELIVERY", 1000),
-    "power_import_l1_w": ("INSTANTANEOUS_ACTIVE_POWER_L1_POSITIVE", 1000),
-    "power_export_l3_w": ("INSTANTANEOUS_ACTIVE_POWER_L3_NEGATIVE", 1000),
-    "voltage_l1_v": ("INSTANTANEOUS_VOLTAGE_L1", 1),
-    "voltage_l3_v": ("INSTANTANEOUS_VOLTAGE_L3", 1),
-    "current_l2_a": ("INSTANTANEOUS_CURRENT_L2", 1),
-    "energy_import_t1_wh": ("ELECTRICITY_USED_TARIFF_1", 1000),
-    "energy_import_t2_wh": ("ELECTRICITY_USED_TARIFF_2", 1000),
-    "energy_export_t1_wh": ("ELECTRICITY_DELIVERED_TARIFF_1", 1000),
-    "energy_export_t2_wh": ("ELECTRICITY_DELIVERED_TARIFF_2", 1000),
-    "power_failures": ("SHORT_POWER_FAILURE_COUNT", 1),
-    "long_power_failures": ("LONG_POWER_FAILURE_COUNT", 1),
-    "voltage_sags_l1": ("VOLTAGE_SAG_L1_COUNT", 1),
-}
-BELGIAN_REGISTERS = {"energy_import_t1_wh": "energy_import_t2_wh", "energy_import_t2_wh": "energy_import_t1_wh",
-                     "energy_export_t1_wh": "energy_export_t2_wh", "energy_export_t2_wh": "energy_export_t1_wh"}
-
-
-def dsmr_parser_reads(name: str):
-    spec = getattr(specs, TELEGRAM_PROFILES[name][1])
-    if spec.get("general_global_cipher"):
-        spec = dict(spec, general_global_cipher=False)  # the file is the decrypted telegram
-    return TelegramParser(spec, apply_checksum_validation=True).parse(telegram_bytes(name).decode("latin-1"),
-                                                                      throw_ex=True)
-
-
-def expected_values(name: str) -> dict:
-    """What the Reading must hold, derived from dsmr_parser's own parse of the file."""
-    telegram = dsmr_parser_reads(name)
-    profile = TELEGRAM_PROFILES[name][0]
-    expected = {}
-    for field, (attr, scale) in ORACLE.items():
-        obj = getattr(telegram, attr, None)
-        if obj is None:
-            continue
-        unit_scale = 1 if obj.unit in ("W", "Wh") else scale
-        value = float(obj.value * unit_scale)
-        if profile == "fluvius" and field in BELGIAN_REGISTERS:
-            field = BELGIAN_REGISTERS[field]
-        expected[field] = value
-    return expected
 
 
 def test_repo_copy_of_telegrams_matches_shared():

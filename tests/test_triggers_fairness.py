@@ -17,9 +17,10 @@ import pytest
 from aiohttp import web
 
 from agent.config import DeliveryConfig
-from tests.conftest import StepClock
-from tests.test_delivery import Receiver
-from tests.test_triggers import T0, body, close_window, grant, town_config
+from tests.helpers.agent import grant
+from tests.helpers.clock import StepClock, T0
+from tests.helpers.receiver import Receiver
+from tests.helpers.triggers import body, town_config
 
 ALWAYS = "def condition(household_power_consumption):\n    return True\n"
 

@@ -13,9 +13,11 @@ from datetime import datetime, timezone
 
 from drivers.reading import iso
 import pytest
+from tests.helpers.agent import grant
+from tests.helpers.clock import T0
+from tests.helpers.receiver import Receiver
+from tests.helpers.triggers import body, close_window, town, town_config  # noqa: F401  (town: the fixture)
 
-from tests.test_delivery import Receiver
-from tests.test_triggers import T0, body, close_window, grant, town, town_config  # noqa: F401  (town: the fixture)
 
 # Spins for a time that depends on the value (1 W: 50 steps; 900 W: 45,000), well within its deadline.
 SPINNER = """\

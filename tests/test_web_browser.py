@@ -8,7 +8,6 @@ screenshotted into build/web-screenshots/."""
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 from pathlib import Path
@@ -20,13 +19,13 @@ from agent.config import MeterSpec
 from agent.demo import start_emulator
 from agent.web import sign_in_url
 from agent.web.signin import IDLE_S
-from tests.conftest import StepClock, make_config
+from tests.helpers.agent import make_config
+from tests.helpers.clock import StepClock, T0
 
 CHROMIUM = "/usr/bin/chromium"
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 SCREENSHOTS = Path(__file__).parent.parent / "build" / "web-screenshots"
 WIDTHS = {"phone": {"width": 375, "height": 740}, "desktop": {"width": 1280, "height": 900}}
-T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0  # a little after a whole hour
 QUARTER = 900
 WAIT_MS = 30_000  # how long the browser may take to show what the device already did (a wait, not a timing check)
 

@@ -6,7 +6,6 @@ live stream, the installer's hints and QR code, languages, and the tables' and t
 from __future__ import annotations
 
 import base64
-import math
 import re
 from xml.etree import ElementTree
 
@@ -20,10 +19,10 @@ from agent.registry import Registry
 from agent.web import i18n, sign_in_url, views
 from agent.web.render import CSP
 from agent.web.signin import IDLE_S, LINK_TTL_S
-from tests.conftest import StepClock, make_config
-from tests.web_support import Browserless, csrf_of, signed_in
+from tests.helpers.agent import make_config
+from tests.helpers.clock import StepClock, T0
+from tests.helpers.web import Browserless, csrf_of, signed_in
 
-T0 = math.floor(1_790_000_000 / 3600) * 3600 + 10.0
 PAGES = ["/ui/me", "/ui/me/consents", "/ui/me/access", "/ui/me/notifications", "/ui/me/devices"]
 
 

@@ -13,20 +13,12 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import time
 
 import pytest
 
 from drivers.p1_reader import MeterSpec, MeterState, P1Reader
-from tests.test_p1_reader import Collector
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+from tests.helpers.p1 import Collector
+from tests.helpers.wait import wait_until
 
 
 @pytest.fixture
@@ -106,6 +98,8 @@ def test_pulled_cable_and_reinserted(p1_source, reader_for, request):
 
 @pytest.mark.parametrize("p1_source", [("--faults", "0.3", "--fault-kinds", "bad_crc,truncated,garbage")],
                          indirect=True)
+
+
 def test_faulty_line_is_counted_and_read_through(p1_source, reader_for):
     if p1_source.hardware:
         pytest.skip("fault injection needs the emulator")
