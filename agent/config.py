@@ -78,6 +78,10 @@ class DifferentialPrivacy:
     tag_clamp_w: int = 1000  # the same for tagged appliance channels
     tags: tuple[str, ...] = ()  # channel tags released at this level (each one charges its cohort per window)
     delta: float = 1e-7  # the delta at which zCDP losses are also stated as (epsilon, delta)
+    # Grid quantities (agent/release/grid.py) this noisy level releases, off by default: each window that carries
+    # them charges its cohort grid_rho more (exact levels release them whenever their parameters permit).
+    grid: tuple[str, ...] = ()
+    grid_rho: float = 5e-4
 
     def loss(self) -> float:
         """The zCDP loss of one released window (all its quantities)."""
@@ -104,6 +108,8 @@ class Level:
         """The one width this level's releases are computed at; its wider windows are sums of these."""
         return min(self.windows, key=WINDOW_SECONDS.__getitem__)
 
+
+GRID_QUANTITIES = ("voltage", "long_power_failures")  # [levels.NAME.dp] grid
 
 DEFAULT_LEVELS = {
     "dso": Level("dso", ("*",), WINDOWS, Anonymization(k=5, resolution="15m", value_bin_w=100,
@@ -413,9 +419,14 @@ def _differential_privacy(t: _Table, default: DifferentialPrivacy, tags: tuple[s
     unknown = [tag for tag in released_tags if tag not in tags]
     if unknown:
         raise ConfigError(f"{t.key}.tags", f"{unknown[0]!r} is not in privacy.tags")
+    grid = t.get("grid", list, list(default.grid))
+    unknown = [q for q in grid if q not in GRID_QUANTITIES]
+    if unknown:
+        raise ConfigError(f"{t.key}.grid", f"{unknown[0]!r} is not a grid quantity ({', '.join(GRID_QUANTITIES)})")
     out = DifferentialPrivacy(noise=noise, rho=t.number("rho", default.rho, 1e-9, 10),
                               epsilon=t.number("epsilon", default.epsilon, 1e-6, 10),
-                              tags=tuple(dict.fromkeys(released_tags)),
+                              tags=tuple(dict.fromkeys(released_tags)), grid=tuple(dict.fromkeys(grid)),
+                              grid_rho=t.number("grid_rho", default.grid_rho, 1e-9, 10),
                               delta=t.number("delta", default.delta, 1e-15, 1e-3), **clamps)
     t.finish()
     return out
