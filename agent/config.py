@@ -185,6 +185,7 @@ class FleetConfig:
     windows: tuple[str, ...] = ("1m", "15m", "1h")  # the widths whose releases go up
     heartbeat_s: float = 30.0
     outbox_max: int = 100_000  # messages kept on disk while the cluster is out of reach (then: the release log)
+    nkey_seed_file: str = ""  # the device's NATS nkey seed (edge-hub device-key): its identity and permissions
 
 
 @dataclass(frozen=True)
@@ -362,6 +363,14 @@ def _level(t: _Table, name: str, tags: tuple[str, ...]) -> Level:
     return Level(name, tuple(parameters), tuple(windows), anonymized, dp, kind)
 
 
+def parse_levels(data, tags: tuple[str, ...]) -> dict[str, Level]:
+    """[levels.NAME] tables, checked as at start: edge.toml's and the fleet's desired state's (agent/fleet/)."""
+    table = _Table(data, "levels")
+    levels = {name: _level(table.table(name), name, tags) for name in list(table.data)}
+    table.finish()
+    return levels
+
+
 def _anonymization(t: _Table, default: Anonymization) -> Anonymization:
     k = t.get("k", int, default.k)
     l_div = t.get("l", int, default.l)
@@ -458,7 +467,8 @@ def _fleet(t: _Table, device_name: str) -> FleetConfig:
     out = FleetConfig(enabled=enabled, device_id=device_id, servers=tuple(servers), operator_public_key=key,
                       windows=tuple(dict.fromkeys(windows)),
                       heartbeat_s=t.number("heartbeat_s", FleetConfig.heartbeat_s, 1, 3600),
-                      outbox_max=int(t.number("outbox_max", FleetConfig.outbox_max, 10, 10_000_000)))
+                      outbox_max=int(t.number("outbox_max", FleetConfig.outbox_max, 10, 10_000_000)),
+                      nkey_seed_file=t.get("nkey_seed_file", str, ""))
     t.finish()
     return out
 
@@ -552,11 +562,8 @@ def parse_config(data: dict, source: str = "config") -> Config:
                               f"triggers.timeout_ms ({2 * timeout_ms / 1000:g} s)")
         triggers_t.finish()
 
-        levels = dict(DEFAULT_LEVELS)
-        levels_t = root.table("levels")
-        for name in list(levels_t.data):
-            levels[name] = _level(levels_t.table(name), name, privacy.tags)
-        levels_t.finish()
+        root.used.add("levels")
+        levels = {**DEFAULT_LEVELS, **parse_levels(data.get("levels", {}), privacy.tags)}
 
         fleet = _fleet(root.table("fleet"), device_name)
 
