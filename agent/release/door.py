@@ -36,6 +36,7 @@ from agent.privacy import dp
 from agent.release import audit, records
 from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
+from agent.release.members import Members
 from agent.release.records import NOT_RELEASED, Json, Refusal
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Releases:
         privacy = config.privacy
         keep_days = max(privacy.horizon_days, int(config.storage.retention_rollup_s // 86400)) + 1
         self.log = ReleaseLog(directory, keep_days)
+        self.members = Members(Path(directory) / "members", keep_days, clock)  # the households' pages only
         self.ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
         self.writes = asyncio.Lock()
         self._settling = asyncio.Lock()
@@ -134,6 +136,7 @@ class Releases:
 
     def close(self) -> None:
         self.log.close()
+        self.members.close()
 
     # --- what the others ask -------------------------------------------------------------------
     def listen(self, callback: Callable[[str, int], None]) -> None:
@@ -290,6 +293,7 @@ class Releases:
                                                            width))
                     decided[width] = frontier
             days = self._release_trigger_days(limit, durable)
+            await self.members.commit()  # who each release included, on disk before anyone can have it
             if durable:
                 try:
                     await serially(self.writes, self.log.write, durable)
@@ -433,6 +437,7 @@ class Releases:
                                "every cohort released in the period")
             for org in orgs:
                 staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, resuming)
+                self.members.note(org.id, tag, grid.width, start, None)
             return
         meters = self._meters()
         with_data = {m for m, c in contributions.items() if tag is None or tag in c.channels}
@@ -471,6 +476,7 @@ class Releases:
                 result = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members),
                                            consumption, production, {"kind": "exact"})
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
+            self.members.note(org.id, tag, grid.width, start, None if isinstance(result, Refusal) else members)
         self._audited[(grid.width, tag or "")] = recent
 
     def _decide_noisy(self, grid: Grid, orgs: list[Organization], start: int, contributions: Contributions, staged: Staged,
@@ -499,6 +505,7 @@ class Releases:
                                       f"organization) can take part in this window; at least {k_min} are needed",
                                       counted, k_min - counted)
                     staged[key] = _doc(org.id, grid.width, start, tag, refusal)
+                    self.members.note(org.id, tag, grid.width, start, None)
                     continue
                 share = (level.name, tag, members)
                 if share not in shared:
@@ -515,6 +522,7 @@ class Releases:
                 if entry.pop("first", False):
                     doc.update(c=entry["c"], p=entry["p"])  # charged once, on the first organization's record
                 doc["noisy"] = True
+                self.members.note(org.id, tag, grid.width, start, members, loss)
                 durable.setdefault(name, []).append(doc)
                 staged[key] = doc
 
