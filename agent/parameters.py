@@ -49,6 +49,10 @@ def _aggregate(key: str) -> Callable[[dict], float | None]:
     return lambda aggregate: aggregate.get(key)
 
 
+def _grid(quantity: str, key: str) -> Callable[[dict], float | None]:
+    return lambda aggregate: ((aggregate.get("grid") or {}).get(quantity) or {}).get(key)
+
+
 _STATIC: tuple[Parameter, ...] = (
     Parameter("household_power_consumption", "W", HOUSEHOLD, "Power the household takes from the grid now",
               _field("power_import_w")),
@@ -72,6 +76,17 @@ _STATIC: tuple[Parameter, ...] = (
     Parameter("neighborhood_net_power", "W", NEIGHBORHOOD, "Consumption minus production", _aggregate("net_w")),
     Parameter("neighborhood_household_count", "", NEIGHBORHOOD, "Households in the released cohort",
               _aggregate("households")),
+    # Grid quantities (agent/release/grid.py), read off the released record; None when not released for it.
+    Parameter("neighborhood_peak_demand_month", "W", NEIGHBORHOOD, "Highest consumption_w released at this width "
+              "since the UTC month began (15-minute windows: the capacity tariff's peak)", _aggregate("peak_month_w")),
+    *(Parameter(f"neighborhood_voltage_{p}_{stat}", "V", NEIGHBORHOOD, f"{text} on phase {p.upper()}",
+                _grid(f"voltage_{p}", f"{stat}_v"))
+      for p in ("l1", "l2", "l3") for stat, text in (
+          ("min", "Lowest household mean voltage, as the lower edge of the lowest band holding one"),
+          ("max", "Highest household mean voltage, as the upper edge of the highest band holding one"),
+          ("mean", "Mean of the households' mean voltages"))),
+    Parameter("neighborhood_long_power_failures", "", NEIGHBORHOOD,
+              "Meters whose count of long power failures rose in the window", _grid("long_power_failures", "meters")),
     # No household's data: the runner passes the evaluated window's start hour, so conditions never need a clock.
     Parameter(TIME_OF_DAY, "h", NEIGHBORHOOD, "The hour (UTC, 0-23) the evaluated window began in",
               _aggregate(TIME_OF_DAY)),
