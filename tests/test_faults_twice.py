@@ -1,0 +1,101 @@
+"""Records written twice (``copies=2``) beyond the registry, the subscriptions and the outboxes: the release log,
+the audit log and the triggers' files. A 1-byte flip in one copy is recovered (counted as `recovered`); a record
+lost beyond repair is counted as `lost` and fails closed: the release ledger never under-counts a household's
+loss, a trigger whose debounce lines may be lost waits one interval, an organization's events may be over-counted
+for the day, never under-counted. Also the streamed reader (`scan_lazily`) against the careful scan."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agent.audit import AuditLog
+from agent.release import Refusal
+from agent.store.records import encode_record, scan_lazily, scan_records
+from agent.store.segment import integrity
+from tests.test_faults_damage import flip, record_spans
+from tests.test_release import T0, Town
+
+
+def test_the_streamed_reader_gives_what_the_careful_scan_gives():
+    rng = random.Random(3)
+    for _ in range(3000):
+        copies = rng.choice([1, 2])
+        buf = b"".join(encode_record("r", i * 10 + 1, [{"v": rng.random()}] * rng.randint(1, 4)) * copies
+                       for i in range(rng.randint(1, 6)))
+        data = bytearray(buf)
+        mode = rng.choice(["intact", "flip", "flips", "cut"])
+        for _ in range({"flip": 1, "flips": rng.randint(2, 3)}.get(mode, 0)):
+            data[rng.randrange(len(data))] ^= 0x40
+        if mode == "cut":
+            data = data[:rng.randrange(len(data))]
+        scan = scan_records(bytes(data))
+        once = [r for i, r in enumerate(scan.records) if i == 0 or r[:2] != scan.records[i - 1][:2]]
+        damage = []
+        assert list(scan_lazily(bytes(data), damage)) == once
+        facts = sorted((d.offset, d.length, d.problem, d.torn, d.twin_intact) for d in damage)
+        assert facts == sorted((d.offset, d.length, d.problem, d.torn, d.twin_intact) for d in scan.damage)
+
+
+async def noisy_town(tmp_path, windows: int = 1):
+    town = Town(tmp_path)
+    org = town.org("supplier")
+    town.consent(org)
+    for _ in range(windows):
+        town.post([300.0] * 12)
+        await town.step(900)
+    await town.releases.flush()
+    return town, org
+
+
+def release_file(town):
+    (path,) = (town.tmp_path / "releases").glob("2*.seg")
+    return path
+
+
+async def test_a_damaged_copy_of_a_release_record_changes_no_ledger(tmp_path):
+    town, org = await noisy_town(tmp_path)
+    rho = town.config.levels["supplier"].dp.rho
+    path = release_file(town)
+    (offset, length), _ = record_spans(path)
+    flip(path, offset + length // 2)
+    again = town.restart()
+    assert again.ledger_of(town.households[0].id)["spent_rho"] == pytest.approx(rho)
+    assert (await again.history(org, "15m", [T0], None))[T0]["privacy"]["kind"] == "noisy"
+    tally = integrity(tmp_path)["releases"]
+    assert tally["recovered"] == 1 and tally["lost"] == 0
+
+
+@pytest.mark.parametrize("where", ["middle", "end"])
+async def test_a_release_record_lost_beyond_repair_charges_every_household_its_cap(tmp_path, where):
+    """The lost record held a cohort and its charge: which households, and how much, is unknown. The ledger must
+    never under-count: every household counts as having spent its cap that day (so nothing noisy is released
+    for anyone while the day is in the horizon), durably, told in the household's ledger and in /health."""
+    town, org = await noisy_town(tmp_path, windows=2)
+    cap = town.config.privacy.cap_rho
+    path = release_file(town)
+    spans = record_spans(path)
+    assert len(spans) == 4  # two windows' records, each twice
+    for offset, length in spans[:2] if where == "middle" else spans[2:]:
+        flip(path, offset + length // 2)
+    again = town.restart()
+    late, _ = town.registry.create_household(None, "http")  # unknown whether it was charged: it counts as it too
+    for household in [*town.households, late]:
+        ledger = again.ledger_of(household.id)
+        assert ledger["spent_rho"] == pytest.approx(cap) and ledger["remaining_rho"] == 0
+        assert [d["lost_records"] for d in ledger["days"] if d.get("lost_records")] == [True]
+    assert integrity(tmp_path)["releases"]["lost"] == 1
+    town.post([300.0] * 12)
+    await town.step(900)
+    refused = again.answer(org, "15m", T0 + 1800)
+    assert isinstance(refused, Refusal) and refused.error == "cohort_too_small"
+    # Durable: after another start (the damaged tail was cut by the append of the charge), still charged.
+    again = town.restart()
+    assert again.ledger_of(town.households[0].id)["spent_rho"] == pytest.approx(cap)
+    # Once: the next start finds the charge covering the damage and writes no other.
+    markers = [d for d in again.log.read(path.stem) if str(d.get("c", "")).startswith("lost-") and d["t"] == "n"]
+    assert len(markers) == 1
+    # The day leaves the horizon: the households can take part again.
+    town.now += (town.config.privacy.horizon_days + 1) * 86400
+    assert town.restart().ledger_of(town.households[0].id)["spent_rho"] == 0
