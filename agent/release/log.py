@@ -9,8 +9,8 @@ Every record is written twice (``copies=2``, as the registry's): one damaged cop
 main file with records lost beyond repair fails closed, since they may have held ledger charges: the start that
 finds it adds a LOST charge for the file's day, to every household (`ledger.EVERYONE`), so the ledger over-counts
 that day and never under-counts; the charge is written into that file (once, with the next write if the disk
-refuses it now), so it outlives a damaged tail that the next append cuts off. Reads stream the file, a record
-at a time (`SegmentStream`): a day of 1-second releases is never decoded whole.
+refuses it now), so it outlives a damaged tail that the next append cuts off. Reads decode the file a record at a
+time (`SegmentStream`), keeping only what the reader asks for.
 
 Documents (short keys: there are many):
   {"t": "r", "o": org, "w": width_s, "s": start, "g": tag or "", "b": body | "x": refusal, ["c": cohort, "p": rho]}
@@ -27,7 +27,7 @@ import calendar
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +98,12 @@ class ReleaseLog:
             db = self._open[name] = SegmentDB(str(self._path(name)), kind=KIND, copies=2)
         db.table(TABLE).insert_multiple(docs)
 
-    def read(self, name: str) -> Documents:
-        """Every document of one day file (a history read, in a worker thread), decoded as it is iterated: the
-        caller keeps what it needs, one record at a time in memory. `+=` adds another file's."""
-        return Documents([self._path(name)])
+    def read(self, name: str, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """The documents of one day file that `keep` accepts (all without it), for a history read in a worker
+        thread: decoded a record at a time from the file (never through the writer's open database, whose
+        decoded view would then stay in memory), so that only what is kept is held."""
+        docs = SegmentStream(self._path(name), kind=KIND).docs(TABLE)
+        return list(docs) if keep is None else [doc for doc in docs if keep(doc)]
 
     def load(self, now: float, fine_since: float) -> Iterator[dict[str, Any]]:
         """Every document still kept, oldest file first (1-second files only from `fine_since`), with the
@@ -160,18 +162,3 @@ class ReleaseLog:
             for db in self._open.values():
                 db.close()
             self._open.clear()
-
-
-class Documents:
-    """Day files' documents, decoded one record at a time as they are iterated (see `ReleaseLog.read`)."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
-
-    def __iadd__(self, other: Documents) -> Documents:
-        self.paths = self.paths + other.paths
-        return self
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for path in self.paths:
-            yield from SegmentStream(path, kind=KIND).docs(TABLE)
