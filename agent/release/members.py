@@ -80,11 +80,13 @@ class Stream:
 
 @dataclass(frozen=True)
 class Inclusion:
-    """One household in one span of one stream: released windows it was in, of how many, and the rho charged."""
+    """One household in one span of one stream: released windows it was in, of how many, the rho they charged
+    it, and whether the stream's releases there were noisy (charged) at all."""
 
     included: int
     released: int
     rho: float
+    noisy: bool = False
 
 
 class Members:
@@ -230,15 +232,16 @@ class Members:
         cuts = sorted({first, *(s for s, *_ in stream.flags if first < s < end),
                        *(s for s, _ in toggles if first < s < end)})
         included = released = 0
-        rho = 0.0
+        rho, noisy = 0.0, False
         for a, b in zip(cuts, [*cuts[1:], end]):
             flag = stream.flags[max(0, bisect.bisect_right(stream.flags, (a, math.inf)) - 1)]
             if flag[0] > a or not flag[2]:
                 continue
             n = _windows(a, b, flag[1])
             released += n
+            noisy = noisy or (n > 0 and flag[3] > 0)
             at = bisect.bisect_right(toggles, (a, True)) - 1
             if at >= 0 and toggles[at][1]:
                 included += n
                 rho += n * flag[3]
-        return Inclusion(included, released, rho)
+        return Inclusion(included, released, rho, noisy)
