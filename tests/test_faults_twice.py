@@ -7,6 +7,7 @@ for the day, never under-counted. Also the streamed reader (`scan_lazily`) again
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -14,6 +15,8 @@ from agent.audit import AuditLog
 from agent.release import Refusal
 from agent.store.records import encode_record, scan_lazily, scan_records
 from agent.store.segment import integrity
+from agent.triggers.model import Trigger
+from agent.triggers.store import TriggerStore
 from tests.test_faults_damage import flip, record_spans
 from tests.test_release import T0, Town
 
@@ -99,3 +102,106 @@ async def test_a_release_record_lost_beyond_repair_charges_every_household_its_c
     # The day leaves the horizon: the households can take part again.
     town.now += (town.config.privacy.horizon_days + 1) * 86400
     assert town.restart().ledger_of(town.households[0].id)["spent_rho"] == 0
+
+
+def audit_with_three_batches(directory, moment: float) -> AuditLog:
+    audit = AuditLog(directory, clock=lambda: moment)
+    for batch in range(3):
+        for i in range(4):
+            audit.record(f"org_{batch}", "organization", "data.read", durable=False, n=i)
+        audit.flush()
+    return audit
+
+
+@pytest.mark.parametrize("copies_damaged", [1, 2])
+def test_a_damaged_audit_record_is_recovered_or_counted_as_lost(tmp_path, copies_damaged):
+    moment = T0 + 100.0
+    audit_with_three_batches(tmp_path / "audit", moment).close()
+    (path,) = (tmp_path / "audit").glob("*.seg")
+    spans = record_spans(path)
+    assert len(spans) == 6  # three batches, each twice
+    for offset, length in spans[2:2 + copies_damaged]:  # the middle batch
+        flip(path, offset + length // 2)
+    audit = AuditLog(tmp_path / "audit", clock=lambda: moment)
+    who = [e["who"] for e in audit.entries(limit=100)]
+    tally = integrity(tmp_path)["audit"]
+    if copies_damaged == 1:
+        assert who == ["org_0"] * 4 + ["org_1"] * 4 + ["org_2"] * 4 and tally["recovered"] == 1
+    else:
+        assert who == ["org_0"] * 4 + ["org_2"] * 4 and tally["lost"] == 1  # /health: 503 (agent/faults.py)
+    audit.close()
+
+
+def test_audit_entries_are_the_newest_limit_whatever_the_range(tmp_path):
+    days = [T0 - 2 * 86400, T0 - 86400, T0]
+    for day in days:
+        audit = AuditLog(tmp_path, clock=lambda day=day: day + 10)
+        for i in range(5):
+            audit.record("org_1", "organization", "data.read", durable=False, n=i)
+        audit.close()
+    audit = AuditLog(tmp_path, clock=lambda: T0 + 20)
+    newest = audit.entries(since=0, limit=7)
+    assert [(e["at"], e["n"]) for e in newest] == [(days[1] + 10, n) for n in range(3, 5)] + \
+        [(days[2] + 10, n) for n in range(5)]
+    assert len(audit.entries(since=0, limit=100)) == 15
+    audit.close()
+
+
+def a_trigger(trigger_id: str, org_id: str) -> Trigger:
+    return Trigger(trigger_id, org_id, ["power_import_w"], "power_import_w > 1", 600.0, "1m",
+                   {"type": "webhook", "url": "http://127.0.0.1:9/h"}, None, 0.0)
+
+
+def firings(tmp_path, now: float):
+    store = TriggerStore(tmp_path)
+    trigger = a_trigger("trg_1", "org_1")
+    store.add(trigger)
+    store.record_firings("trg_1", ["hh_a"], now - 700, ("org_1", ["hh_a"]))  # an interval ago: may act again
+    store.record_firings("trg_1", ["hh_b"], now - 10, ("org_1", ["hh_b"]))  # the newest
+    store.close()
+    return trigger
+
+
+def test_a_damaged_copy_of_a_firing_line_changes_no_debounce(tmp_path):
+    now = time.time()
+    trigger = firings(tmp_path, now)
+    path = tmp_path / "firings.seg"
+    offset, length = record_spans(path)[-1]
+    flip(path, offset + length // 2)
+    store = TriggerStore(tmp_path)
+    _, _, debounce = store.load()
+    assert debounce.allowed(trigger, "hh_a", now) and not debounce.allowed(trigger, "hh_b", now)
+    assert debounce.event_allowed("org_1", "hh_c", now, per_day=1)
+    assert integrity(tmp_path)["trigger_firings"] == {"files": 1, "skipped_bytes": length, "cut_bytes": 0,
+                                                      "recovered": 1, "lost": 0}
+    store.close()
+
+
+def test_a_firing_line_lost_beyond_repair_fails_closed_durably(tmp_path):
+    """The lost line may have been an action for any household, or an event disclosed about any: every trigger
+    waits one interval for everyone, and the organization's events of the day are spent, never one more."""
+    now = time.time()
+    trigger = firings(tmp_path, now)
+    path = tmp_path / "firings.seg"
+    for offset, length in record_spans(path)[-4:]:  # the newest line: its "last" and its "events" record, twice
+        flip(path, offset + length // 2)
+    for start in range(2):  # the first start fails closed and rewrites the file; the second finds the same
+        store = TriggerStore(tmp_path)
+        _, _, debounce = store.load()
+        assert not debounce.allowed(trigger, "hh_a", now) and not debounce.allowed(trigger, "hh_new", now)
+        assert not debounce.event_allowed("org_1", "hh_new", now, per_day=100)
+        assert debounce.allowed(trigger, "hh_a", time.time() + 600)  # one interval on
+        assert debounce.event_allowed("org_1", "hh_new", now + 86400, per_day=1)  # the next UTC day
+        store.close()
+    assert integrity(tmp_path)["trigger_firings"]["lost"] == 1  # the damaged tail (both records), once
+
+
+def test_a_damaged_copy_of_a_trigger_is_recovered(tmp_path):
+    firings(tmp_path, time.time())
+    path = tmp_path / "triggers.seg"
+    offset, length = record_spans(path)[0]
+    flip(path, offset + length // 2)
+    store = TriggerStore(tmp_path)
+    triggers, _, _ = store.load()
+    assert list(triggers) == ["trg_1"] and integrity(tmp_path)["triggers"]["recovered"] == 1
+    store.close()
