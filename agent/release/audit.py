@@ -110,16 +110,21 @@ def admissible_if_one_known(released: list[frozenset[str]], candidate: frozenset
     return not isolated_if_one_known([*released, candidate]) - isolated_if_one_known(released)
 
 
-def small_groups(cohorts: Iterable[frozenset[str]], smallest: int) -> set[frozenset[str]]:
+def small_groups(cohorts: Iterable[frozenset[str]], smallest: int) -> frozenset[frozenset[str]]:
     """The atoms (households in exactly the same cohorts) of fewer than `smallest` households."""
+    return _small_groups(tuple(dict.fromkeys(c for c in cohorts if c)), smallest)
+
+
+@functools.lru_cache(maxsize=512)  # consecutive windows, phases and organizations mostly repeat the same cohorts
+def _small_groups(cohorts: tuple[frozenset[str], ...], smallest: int) -> frozenset[frozenset[str]]:
     signature: dict[str, list[int]] = {}
-    for i, cohort in enumerate(dict.fromkeys(c for c in cohorts if c)):
+    for i, cohort in enumerate(cohorts):
         for member in cohort:
             signature.setdefault(member, []).append(i)
     atoms: dict[tuple[int, ...], set[str]] = {}
     for member, sig in signature.items():
         atoms.setdefault(tuple(sig), set()).add(member)
-    return {frozenset(a) for a in atoms.values() if len(a) < smallest}
+    return frozenset(frozenset(a) for a in atoms.values() if len(a) < smallest)
 
 
 def admissible_counts(released: list[frozenset[str]], candidate: frozenset[str], smallest: int) -> bool:

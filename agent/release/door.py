@@ -470,6 +470,8 @@ class Releases:
         what = f"households with a '{tag}' channel" if tag else "consenting households"
         grid_audit = {} if tag else {q: {c: s for c, s in self._audited.get((grid.width, f"grid:{q}"), {}).items()
                                          if s > start - period} for q in grid_quantities.QUANTITIES}
+        table = grid_quantities.WindowTable(contributions)
+        known_meters = frozenset(meters[h] for h in known if h in meters)
         # the audit's order depends on who is in each cohort, never on what they used
         for org, members in sorted(candidates, key=lambda c: (-len(c[1]), c[0].id)):
             counted = len(members - self._related(org.id))
@@ -493,7 +495,7 @@ class Releases:
                 if tag is None:
                     quantities = self._grid_quantities(org)
                     if quantities:
-                        result["grid"] = self._grid_exact(org, quantities, start, members, contributions, known,
+                        result["grid"] = self._grid_exact(org, quantities, start, members, table, known_meters,
                                                           grid_audit)
                     result = self._with_peak(org, grid.width, start, result)
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
@@ -513,19 +515,22 @@ class Releases:
                      and any(self._may(org, p) for p in grid_quantities.PARAMETERS[q]))
 
     def _grid_exact(self, org: Organization, quantities: tuple[str, ...], start: int, members: frozenset[str],
-                    contributions: Contributions, known: set[str], audited: dict[str, dict[frozenset[str], int]]
-                    ) -> Json:
+                    table: grid_quantities.WindowTable, known: frozenset[str],
+                    audited: dict[str, dict[frozenset[str], int]]) -> Json:
         """Exact grid quantities, each over the members that report it: k_min of them not related to the
         organization, and the audit of counts (`audit.admissible_counts`: no group of fewer than k_min households
-        told apart by the cohorts of this quantity released for this window or in the audit period before it)."""
-        k_min, meters, related = self.config.privacy.k_min, self._meters(), self._related(org.id)
+        told apart by the cohorts of this quantity released for this window or in the audit period before it).
+        Cohorts here are sets of meters (one per household): the window's values are kept by meter."""
+        k_min, meters = self.config.privacy.k_min, self._meters()
         period = self.config.privacy.audit_period_s
+        mine = frozenset(meters[h] for h in members)
+        related = frozenset(meters[h] for h in self._related(org.id) if h in meters)
         out: Json = {"band_edges_v": list(grid_quantities.BAND_EDGES_V)}
         for q in quantities:
-            values = {h: v for h in members if (v := grid_quantities.value_of(q, contributions[meters[h]])) is not None}
-            cohort = frozenset(values) - known
+            reporting = mine & table.reporting(q)
+            cohort = reporting - known
             recent = audited[q]
-            if len(frozenset(values) - related) < k_min:
+            if len(reporting - related) < k_min:
                 out[q] = grid_quantities.refused("cohort_too_small", f"fewer than {k_min} households (not related "
                                                  "to this organization) report this quantity in this window")
             elif not audit.admissible_counts(list(dict.fromkeys(c - known for c in recent)), cohort, k_min):
@@ -534,7 +539,7 @@ class Releases:
                                                  "would be told apart by its counts; not released")
             else:
                 recent[cohort] = start
-                out[q] = grid_quantities.exact_part(q, list(values.values()))
+                out[q] = table.part(q, reporting)
         return out
 
     def _with_peak(self, org: Organization, width: int, start: int, body: Json) -> Json:

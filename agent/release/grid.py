@@ -6,14 +6,14 @@ the caller or the data): a band's count is a sum of 0/1 indicators, released lik
 noisy: OpenDP). Min and max are read off the released counts (post-processing); the mean is a released clamped
 sum over the households counted. A meter's long power failures are one 0/1 indicator per window (its count rose).
 
-Exact parts are computed by `exact_part` for a cohort the door has audited; noisy parts by `noisy_part`, whose
+Exact parts are computed by `WindowTable.part` for a cohort the door has audited; noisy parts by `noisy_part`, whose
 noise is OpenDP's (agent/privacy/dp.py); wider windows are derived from the released fine parts (`derive`).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.privacy import dp
@@ -71,16 +71,66 @@ def _extremes(counts: Sequence[int], threshold: float) -> tuple[float | None, fl
     return (low[0] if low[0] is not None else low[1]), (high[1] if high[1] is not None else high[0])
 
 
-def exact_part(quantity: str, values: list[float]) -> Json:
-    """Exact counts over an audited cohort (every value present)."""
-    if quantity == FAILURES:
-        return {"households": len(values), "meters": int(sum(values))}
-    counts = [0] * BANDS
+class WindowTable:
+    """One window's grid values, per meter, shared by every organization deciding it: each quantity's values
+    and totals over every meter reporting it, computed once; an organization's part is the totals minus the
+    few reporting meters outside its cohort (cohorts are mostly alike), and equal cohorts share one part."""
+
+    def __init__(self, contributions: Mapping[str, Contribution]):
+        self.contributions = contributions
+        self._values: dict[str, dict[str, float]] = {}
+        self._reporting: dict[str, frozenset[str]] = {}
+        self._totals: dict[str, tuple[list[int], float]] = {}
+        self._parts: dict[tuple[str, frozenset[str]], Json] = {}
+
+    def values(self, quantity: str) -> dict[str, float]:
+        found = self._values.get(quantity)
+        if found is None:
+            items = self.contributions.items()
+            if quantity == FAILURES:
+                found = {m: c.long_failure for m, c in items if c.long_failure is not None}
+            else:
+                phase = quantity.removeprefix("voltage_")
+                found = {m: c.voltage_v[phase] for m, c in items if phase in c.voltage_v}
+            self._values[quantity] = found
+        return found
+
+    def reporting(self, quantity: str) -> frozenset[str]:
+        found = self._reporting.get(quantity)
+        if found is None:
+            found = self._reporting[quantity] = frozenset(self.values(quantity))
+        return found
+
+    def part(self, quantity: str, meters: frozenset[str]) -> Json:
+        key = (quantity, meters)
+        found = self._parts.get(key)
+        if found is None:
+            values = self.values(quantity)
+            totals = self._totals.get(quantity)
+            if totals is None:
+                totals = self._totals[quantity] = _tally(values.values())
+            counts, total = list(totals[0]), totals[1]
+            for m in values.keys() - meters:  # reporting, but not in this cohort
+                counts[band_of(values[m])] -= 1
+                total -= values[m]
+            found = self._parts[key] = _part(quantity, counts, total, len(meters))
+        return dict(found)
+
+
+def _tally(values) -> tuple[list[int], float]:
+    counts, total = [0] * BANDS, 0.0
     for v in values:
-        counts[band_of(v)] += 1
+        counts[bisect.bisect_right(BAND_EDGES_V, v)] += 1
+        total += v
+    return counts, total
+
+
+def _part(quantity: str, counts: list[int], total: float, households: int) -> Json:
+    if quantity == FAILURES:
+        return {"households": households, "meters": int(round(total))}
     low, high = _extremes(counts, 1)
-    return {"households": len(values), "counts": counts, "min_v": low, "max_v": high,
-            "mean_v": round(sum(values) / len(values), 2)}
+    return {"households": households, "counts": counts, "min_v": low, "max_v": high,
+            "mean_v": round(total / households, 2)}
 
 
 def quantities_cost(quantities: Sequence[str]) -> int:
