@@ -8,7 +8,8 @@ import math
 
 from aiohttp import web
 
-from agent.api.household_actions import HOUSEHOLD_LOCKS, new_appliance, remove_appliance, remove_endpoint, set_endpoint
+from agent.api.household_actions import (HOUSEHOLD_LOCKS, appliance_status, new_appliance, remove_appliance,
+                                         remove_endpoint, send_test_notification, set_endpoint)
 from agent.api.households import change_consent
 from agent.registry import is_service
 from agent.web import views
@@ -173,12 +174,14 @@ async def _access_page(request: web.Request, household_id: str, cursor: tuple[in
 
 
 # --- my endpoint and appliances ------------------------------------------------------------------
-def _devices_page(request: web.Request, session, secret: str | None = None) -> web.Response:
+def _devices_page(request: web.Request, session, secret: str | None = None, tested: dict | None = None,
+                  read: dict | None = None) -> web.Response:
+    """`tested`: a test notification's result; `read`: an appliance's state just read (with its id)."""
     agent = agent_of(request)
     store = agent.triggers.households
     return render(request, "devices.html", session=session, endpoint=store.endpoints.get(session.subject),
                   appliances=store.appliances_of(session.subject), drivers=appliance_drivers.names(),
-                  kinds=notify.KINDS, secret=secret,
+                  kinds=notify.KINDS, secret=secret, tested=tested, read=read,
                   organizations=sorted(agent.registry.organizations.values(), key=lambda o: o.name.casefold()))
 
 
@@ -201,6 +204,20 @@ async def set_notify(request: web.Request, session, data) -> web.Response:
 async def unset_notify(request: web.Request, session, data) -> web.Response:
     await remove_endpoint(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject)
     return redirect(PREFIX + "/me/devices")
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def test_notify(request: web.Request, session, data) -> web.Response:
+    """A test notification to the household's endpoint, its result on the page (not a redirect: it is shown once)."""
+    return _devices_page(request, session, tested=await send_test_notification(agent_of(request), session.subject))
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def read_appliance(request: web.Request, session, data) -> web.Response:
+    """An appliance's relay read now (a form: it reaches out to the appliance, so it carries the CSRF token)."""
+    appliance_id = request.match_info["appliance_id"]
+    out = await appliance_status(agent_of(request), session.subject, appliance_id)
+    return _devices_page(request, session, read={"id": appliance_id, **out})
 
 
 @page(*HOUSEHOLD_ONLY, form=True)
@@ -251,7 +268,9 @@ def add_routes(app: web.Application, hub) -> None:
     r.add_get(PREFIX + "/me/devices", devices)
     r.add_post(PREFIX + "/me/devices/notify", set_notify)
     r.add_post(PREFIX + "/me/devices/notify/remove", unset_notify)
+    r.add_post(PREFIX + "/me/devices/notify/test", test_notify)
     r.add_post(PREFIX + "/me/devices/appliances", add_appliance)
     r.add_post(PREFIX + "/me/devices/appliances/{appliance_id}/remove", delete_appliance)
+    r.add_post(PREFIX + "/me/devices/appliances/{appliance_id}/status", read_appliance)
     r.add_get(PREFIX + "/me/notifications", notifications)
     r.add_get(PREFIX + "/me/notifications/{id}", notification)
