@@ -16,7 +16,7 @@ import pytest
 from agent.release import grid
 from tests.test_attacks_aggregates import QUARTER, Town, config_for, make_town, noisy_level, town  # noqa: F401 (fixtures)
 from tests.test_attacks_aggregates import T0 as _T0
-from agent.config import DEFAULT_LEVELS
+from agent.config import DEFAULT_LEVELS, Anonymization, Level
 from tests.conftest import StepClock
 
 T0 = _T0
@@ -238,3 +238,31 @@ async def test_grid_part_parameters_narrowed_away_are_not_shared(tmp_path, start
     town.clock.step(QUARTER)
     b, _ = await town.window(b_key, "15m", start)
     assert "grid" not in b and b["privacy"]["rho"] == supplier.dp.rho
+
+
+async def test_peak_demand_survives_a_restart(make_town):
+    """The month's peak is rebuilt from the release log at start: a quarter after a restart still carries the
+    highest consumption_w released before it (an exact level at 15 minutes, so the numbers are plain)."""
+    town = await make_town({"grid15": Level("grid15", ("neighborhood_*",), ("15m",), Anonymization(k=0))})
+    org_id, key = await town.org("grid15")
+    households = await town.households_(12)
+    await town.grant(org_id, households)
+    first = await town.to_next(QUARTER)
+    for watts in (2500.0, 200.0):
+        for h in households:
+            await town.post(h, watts)
+        town.clock.step(QUARTER)
+    before = await town.windows(key, "15m", first, first + 2 * QUARTER)
+    assert [b["consumption_w"] for b in before] == [30000.0, 2400.0]
+    assert [b["peak_month_w"] for b in before] == [30000.0, 30000.0]
+    await town.restart()
+    await town.to_next(QUARTER)
+    town.clock.step(QUARTER)  # exact windows resume one audit period after a restart
+    start = town.clock.now
+    for h in households:
+        await town.post(h, 100.0)
+    town.clock.step(QUARTER)
+    after, refused = await town.window(key, "15m", start)
+    assert refused is None, refused
+    assert after["consumption_w"] == 1200.0 and after["peak_month_w"] == 30000.0
+    assert after["peak_month_at"] == before[0]["window_start"]
