@@ -2,6 +2,9 @@
 
 Append-only, one TinyDB segment log per UTC day (the store's crash-safe format), fsync'd before the access is
 answered: an access that happened is never missing from the log. Days older than the retention are deleted.
+Every record is written twice (``copies=2``, as the registry's): one damaged copy is recovered from its twin; a
+record lost beyond repair is counted (`faults.damage.audit.lost`, /health 503) when its file is read or opened.
+Reads decode a day file a record at a time and keep at most `limit` entries.
 
 The event loop never writes it. `record(...)` only appends the entry to a queue in memory, in the order of the
 calls, and wakes the writer: one asyncio task that writes the whole queue in a worker thread (one fsync per
@@ -28,11 +31,13 @@ import calendar
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
-from agent.store.segment import SegmentDB, ensure_dir
+from agent.store.segment import SegmentDB, SegmentStream, ensure_dir
 
 RETENTION_DAYS = 400
+KIND = "audit"  # in integrity(): /health, /metrics
 CONSENT_ACTIONS = {True: "consent.grant", False: "consent.revoke"}
 LEGACY_MATCH_S = 5.0  # an entry from before `changed_at` was recorded: the same change if this close in time
 
@@ -196,30 +201,34 @@ class AuditLog:
         if day != self._day or self._db is None:
             if self._db:
                 self._db.close()
-            self._db, self._day = SegmentDB(str(self.directory / f"{day}.seg")), day
+            self._db, self._day = SegmentDB(str(self.directory / f"{day}.seg"), kind=KIND, copies=2), day
         return self._db
 
     # --- reading and housekeeping ----------------------------------------------------------------------
     def entries(self, since: float | None = None, until: float | None = None, who: str | None = None,
                 limit: int = 10_000) -> list[dict]:
+        """The newest `limit` entries in [since, until] (of `who`), oldest first. Day files newest first, each
+        decoded a record at a time: memory holds `limit` entries and one record, whatever the range."""
         self.flush()
         until = until if until is not None else self.clock()
         since = since if since is not None else until - 86400
-        out: list[dict] = []
-        for path in sorted(self.directory.glob("*.seg")):
+        days = []
+        for path in self.directory.glob("*.seg"):
             try:
                 day_start = calendar.timegm(time.strptime(path.stem, "%Y%m%d"))
             except ValueError:
                 continue  # not one of ours
-            if day_start + 86400 <= since or day_start > until:
-                continue
-            db = SegmentDB(str(path))
-            try:
-                for entry in db.table("audit").all():
-                    if since <= entry["at"] <= until and (who is None or entry["who"] == who):
-                        out.append(dict(entry))
-            finally:
-                db.close()
+            if day_start + 86400 > since and day_start <= until:
+                days.append((day_start, path))
+        out: list[dict] = []
+        for _, path in sorted(days, reverse=True):
+            if len(out) >= limit:
+                break
+            newest: deque[dict] = deque(maxlen=limit - len(out))  # entries are appended in the order recorded
+            for entry in SegmentStream(path, kind=KIND).docs("audit"):
+                if since <= entry["at"] <= until and (who is None or entry["who"] == who):
+                    newest.append(dict(entry))
+            out[:0] = sorted(newest, key=lambda e: e["at"])
         out.sort(key=lambda e: e["at"])
         return out[-limit:]
 

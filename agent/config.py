@@ -78,6 +78,10 @@ class DifferentialPrivacy:
     tag_clamp_w: int = 1000  # the same for tagged appliance channels
     tags: tuple[str, ...] = ()  # channel tags released at this level (each one charges its cohort per window)
     delta: float = 1e-7  # the delta at which zCDP losses are also stated as (epsilon, delta)
+    # Grid quantities (agent/release/grid.py) this noisy level releases, off by default: each window that carries
+    # them charges its cohort grid_rho more (exact levels release them whenever their parameters permit).
+    grid: tuple[str, ...] = ()
+    grid_rho: float = 5e-4
 
     def loss(self) -> float:
         """The zCDP loss of one released window (all its quantities)."""
@@ -104,6 +108,8 @@ class Level:
         """The one width this level's releases are computed at; its wider windows are sums of these."""
         return min(self.windows, key=WINDOW_SECONDS.__getitem__)
 
+
+GRID_QUANTITIES = ("voltage", "long_power_failures")  # [levels.NAME.dp] grid
 
 DEFAULT_LEVELS = {
     "dso": Level("dso", ("*",), WINDOWS, Anonymization(k=5, resolution="15m", value_bin_w=100,
@@ -179,6 +185,7 @@ class FleetConfig:
     windows: tuple[str, ...] = ("1m", "15m", "1h")  # the widths whose releases go up
     heartbeat_s: float = 30.0
     outbox_max: int = 100_000  # messages kept on disk while the cluster is out of reach (then: the release log)
+    nkey_seed_file: str = ""  # the device's NATS nkey seed (edge-hub device-key): its identity and permissions
 
 
 @dataclass(frozen=True)
@@ -356,6 +363,14 @@ def _level(t: _Table, name: str, tags: tuple[str, ...]) -> Level:
     return Level(name, tuple(parameters), tuple(windows), anonymized, dp, kind)
 
 
+def parse_levels(data, tags: tuple[str, ...]) -> dict[str, Level]:
+    """[levels.NAME] tables, checked as at start: edge.toml's and the fleet's desired state's (agent/fleet/)."""
+    table = _Table(data, "levels")
+    levels = {name: _level(table.table(name), name, tags) for name in list(table.data)}
+    table.finish()
+    return levels
+
+
 def _anonymization(t: _Table, default: Anonymization) -> Anonymization:
     k = t.get("k", int, default.k)
     l_div = t.get("l", int, default.l)
@@ -413,9 +428,14 @@ def _differential_privacy(t: _Table, default: DifferentialPrivacy, tags: tuple[s
     unknown = [tag for tag in released_tags if tag not in tags]
     if unknown:
         raise ConfigError(f"{t.key}.tags", f"{unknown[0]!r} is not in privacy.tags")
+    grid = t.get("grid", list, list(default.grid))
+    unknown = [q for q in grid if q not in GRID_QUANTITIES]
+    if unknown:
+        raise ConfigError(f"{t.key}.grid", f"{unknown[0]!r} is not a grid quantity ({', '.join(GRID_QUANTITIES)})")
     out = DifferentialPrivacy(noise=noise, rho=t.number("rho", default.rho, 1e-9, 10),
                               epsilon=t.number("epsilon", default.epsilon, 1e-6, 10),
-                              tags=tuple(dict.fromkeys(released_tags)),
+                              tags=tuple(dict.fromkeys(released_tags)), grid=tuple(dict.fromkeys(grid)),
+                              grid_rho=t.number("grid_rho", default.grid_rho, 1e-9, 10),
                               delta=t.number("delta", default.delta, 1e-15, 1e-3), **clamps)
     t.finish()
     return out
@@ -447,7 +467,8 @@ def _fleet(t: _Table, device_name: str) -> FleetConfig:
     out = FleetConfig(enabled=enabled, device_id=device_id, servers=tuple(servers), operator_public_key=key,
                       windows=tuple(dict.fromkeys(windows)),
                       heartbeat_s=t.number("heartbeat_s", FleetConfig.heartbeat_s, 1, 3600),
-                      outbox_max=int(t.number("outbox_max", FleetConfig.outbox_max, 10, 10_000_000)))
+                      outbox_max=int(t.number("outbox_max", FleetConfig.outbox_max, 10, 10_000_000)),
+                      nkey_seed_file=t.get("nkey_seed_file", str, ""))
     t.finish()
     return out
 
@@ -541,11 +562,8 @@ def parse_config(data: dict, source: str = "config") -> Config:
                               f"triggers.timeout_ms ({2 * timeout_ms / 1000:g} s)")
         triggers_t.finish()
 
-        levels = dict(DEFAULT_LEVELS)
-        levels_t = root.table("levels")
-        for name in list(levels_t.data):
-            levels[name] = _level(levels_t.table(name), name, privacy.tags)
-        levels_t.finish()
+        root.used.add("levels")
+        levels = {**DEFAULT_LEVELS, **parse_levels(data.get("levels", {}), privacy.tags)}
 
         fleet = _fleet(root.table("fleet"), device_name)
 

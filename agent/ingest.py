@@ -19,7 +19,7 @@ import re
 from datetime import datetime, timezone
 
 from drivers.profiles import PROFILES, Profile
-from drivers.reading import INPUT_FIELDS, Reading
+from drivers.reading import COUNT, FIELDS, INPUT_FIELDS, NUMBER, TIME_FIELDS, Reading
 from drivers.telegram import CrcError, TelegramDecoder, TelegramError
 
 MAX_BATCH = 1000
@@ -28,11 +28,7 @@ LIVE_WINDOW_S = 300
 MAX_CHANNELS = 32
 TAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
-# field -> (kind, minimum, maximum)
-_BOUNDS = {"_w": (float, 0, 1e6), "_v": (float, 0, 1000), "_a": (float, -1000, 1000),
-           "_wh": (float, 0, 1e13), "gas_m3": (float, 0, 1e9)}
-_INTS = {"tariff": (1, 9), "power_failures": (0, 1e9), "long_power_failures": (0, 1e9)}
-_SETTABLE = set(INPUT_FIELDS) - {"meter_id", "received_at"}  # telegram-only fields are not posted as JSON
+_SETTABLE = frozenset(INPUT_FIELDS)  # telegram-only fields are not posted as JSON
 
 
 class IngestError(ValueError):
@@ -73,19 +69,10 @@ def _number(name: str, value, kind, low, high):
     return kind(value)
 
 
-def _field_rule(name: str):
-    if name in _INTS or name.startswith(("voltage_sags", "voltage_swells")):
-        low, high = _INTS.get(name, (0, 1e9))
-        return int, low, high
-    if name == "gas_m3":
-        return _BOUNDS["gas_m3"]
-    for suffix in ("_wh", "_w", "_v", "_a"):
-        if name.endswith(suffix):
-            return _BOUNDS[suffix]
-    raise AssertionError(name)
-
-
-_RULES = {name: _field_rule(name) for name in _SETTABLE - {"timestamp", "gas_timestamp", "channels"}}
+# field -> (kind, minimum, maximum), from the table of Reading fields (drivers/reading.py)
+_RULES = {name: (int if FIELDS[name].kind == COUNT else float, FIELDS[name].low, FIELDS[name].high)
+          for name in _SETTABLE if FIELDS[name].kind in (NUMBER, COUNT)}
+_CHANNEL_BOUNDS = FIELDS["channels"].low, FIELDS["channels"].high  # watts of one tag
 
 
 def reading_from_json(item, meter_id: str, received_at: datetime, index: int | None = None,
@@ -107,7 +94,7 @@ def reading_from_json(item, meter_id: str, received_at: datetime, index: int | N
         for name, value in item.items():
             if value is None or name == "timestamp":
                 continue
-            if name == "gas_timestamp":
+            if name in TIME_FIELDS:
                 values[name] = parse_moment(value, name)
             elif name == "channels":
                 values[name] = _channels(value, tags)
@@ -133,7 +120,7 @@ def _channels(value, tags: tuple[str, ...] | None) -> dict[str, float]:
         if tags is not None and tag not in tags:
             raise IngestError(422, "unknown_tag", f"channel tag {tag!r} is not in this device's vocabulary; "
                               f"tags: {', '.join(tags) or '(none)'}")
-        out[tag] = _number(f"channels.{tag}", watts, float, 0, 1e5)
+        out[tag] = _number(f"channels.{tag}", watts, float, *_CHANNEL_BOUNDS)
     return out
 
 

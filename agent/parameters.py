@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Callable
 
 from agent.config import Level
-from drivers.reading import Reading
+from drivers.reading import FIELDS, Reading
 
 HOUSEHOLD, NEIGHBORHOOD = "household", "neighborhood"
 TIME_OF_DAY = "time_of_day_h"  # a fact of the window, not of any household: permitted to every level
@@ -35,6 +35,9 @@ class Parameter:
         return {"name": self.name, "unit": self.unit, "level": self.level, "description": self.description}
 
 
+# --- household parameters: one household's latest Reading ------------------------------------------------------
+# Most are a Reading field's: the table of Reading fields (drivers/reading.py) names each one, describes it and
+# ranks it in the catalogue. These few are computed from several fields or from a list, ranked among them.
 def _net(reading: Reading) -> float | None:
     if reading.power_import_w is None and reading.power_export_w is None:
         return None
@@ -45,26 +48,48 @@ def _field(name: str) -> Callable[[Reading], float | None]:
     return lambda reading: getattr(reading, name)
 
 
+def _mbus(kind: str, scales: dict[str, float]) -> Callable[[Reading], float | None]:
+    """The first M-Bus device of this type with a value in one of these units, scaled to the first of them."""
+    def extract(reading: Reading) -> float | None:
+        for device in reading.mbus or ():
+            if device["type"] == kind and device["value"] is not None and device["unit"] in scales:
+                return device["value"] * scales[device["unit"]]
+        return None
+    return extract
+
+
+def _last_long_outage(reading: Reading) -> float | None:
+    log = reading.power_failure_log
+    return log[0]["duration_s"] if log else None
+
+
+_DERIVED: tuple[tuple[int, Parameter], ...] = (
+    (3, Parameter("household_net_power", "W", HOUSEHOLD, "Consumption minus production (negative: exporting)", _net)),
+    (48, Parameter("household_last_long_outage", "s", HOUSEHOLD,
+                   "How long the most recent long power failure the meter logged lasted", _last_long_outage)),
+    (70, Parameter("household_water_consumption", "m3", HOUSEHOLD, "The water meter's reading (an M-Bus device)",
+                   _mbus("water", {"m3": 1.0}))),
+    (71, Parameter("household_heat_consumption", "GJ", HOUSEHOLD, "The heat meter's reading (an M-Bus device)",
+                   _mbus("heat", {"GJ": 1.0, "MJ": 0.001, "kWh": 0.0036, "MWh": 3.6}))),
+)
+_FROM_TABLE: tuple[tuple[int, Parameter], ...] = tuple(
+    (facts.parameter.rank, Parameter(facts.parameter.name, facts.unit or "", HOUSEHOLD, facts.parameter.description,
+                                     _field(name)))
+    for name, facts in FIELDS.items() if facts.parameter)
+HOUSEHOLD_PARAMETERS: tuple[Parameter, ...] = tuple(
+    p for _, p in sorted((*_FROM_TABLE, *_DERIVED), key=lambda ranked: ranked[0]))
+
+
+# --- neighbourhood parameters: a released aggregate ---------------------------------------------------------------
 def _aggregate(key: str) -> Callable[[dict], float | None]:
     return lambda aggregate: aggregate.get(key)
 
 
-_STATIC: tuple[Parameter, ...] = (
-    Parameter("household_power_consumption", "W", HOUSEHOLD, "Power the household takes from the grid now",
-              _field("power_import_w")),
-    Parameter("household_power_production", "W", HOUSEHOLD, "Power the household feeds into the grid now",
-              _field("power_export_w")),
-    Parameter("household_net_power", "W", HOUSEHOLD, "Consumption minus production (negative: exporting)", _net),
-    Parameter("household_gas_consumption", "m3", HOUSEHOLD, "The gas meter's reading", _field("gas_m3")),
-    Parameter("household_energy_import", "Wh", HOUSEHOLD, "The meter's import register",
-              _field("energy_import_wh")),
-    Parameter("household_energy_export", "Wh", HOUSEHOLD, "The meter's export register",
-              _field("energy_export_wh")),
-    Parameter("household_tariff", "", HOUSEHOLD, "Active tariff: 1 low/night, 2 normal", _field("tariff")),
-    *(Parameter(f"household_voltage_{p}", "V", HOUSEHOLD, f"Voltage on phase {p.upper()}", _field(f"voltage_{p}_v"))
-      for p in ("l1", "l2", "l3")),
-    *(Parameter(f"household_current_{p}", "A", HOUSEHOLD, f"Current on phase {p.upper()}", _field(f"current_{p}_a"))
-      for p in ("l1", "l2", "l3")),
+def _grid(quantity: str, key: str) -> Callable[[dict], float | None]:
+    return lambda aggregate: ((aggregate.get("grid") or {}).get(quantity) or {}).get(key)
+
+
+_NEIGHBORHOOD: tuple[Parameter, ...] = (
     Parameter("neighborhood_power_consumption", "W", NEIGHBORHOOD,
               "Total power the consenting households take from the grid", _aggregate("consumption_w")),
     Parameter("neighborhood_power_production", "W", NEIGHBORHOOD,
@@ -72,10 +97,23 @@ _STATIC: tuple[Parameter, ...] = (
     Parameter("neighborhood_net_power", "W", NEIGHBORHOOD, "Consumption minus production", _aggregate("net_w")),
     Parameter("neighborhood_household_count", "", NEIGHBORHOOD, "Households in the released cohort",
               _aggregate("households")),
+    # Grid quantities (agent/release/grid.py), read off the released record; None when not released for it.
+    Parameter("neighborhood_peak_demand_month", "W", NEIGHBORHOOD, "Highest consumption_w released at this width "
+              "since the UTC month began (15-minute windows: the capacity tariff's peak)", _aggregate("peak_month_w")),
+    *(Parameter(f"neighborhood_voltage_{p}_{stat}", "V", NEIGHBORHOOD, f"{text} on phase {p.upper()}",
+                _grid(f"voltage_{p}", f"{stat}_v"))
+      for p in ("l1", "l2", "l3") for stat, text in (
+          ("min", "Lowest household mean voltage, as the lower edge of the lowest band holding one"),
+          ("max", "Highest household mean voltage, as the upper edge of the highest band holding one"),
+          ("mean", "Mean of the households' mean voltages"))),
+    Parameter("neighborhood_long_power_failures", "", NEIGHBORHOOD,
+              "Meters whose count of long power failures rose in the window", _grid("long_power_failures", "meters")),
     # No household's data: the runner passes the evaluated window's start hour, so conditions never need a clock.
     Parameter(TIME_OF_DAY, "h", NEIGHBORHOOD, "The hour (UTC, 0-23) the evaluated window began in",
               _aggregate(TIME_OF_DAY)),
 )
+# The catalogue's order: household parameters, then neighbourhood ones.
+_STATIC: tuple[Parameter, ...] = (*HOUSEHOLD_PARAMETERS, *_NEIGHBORHOOD)
 STATIC_PARAMETERS = {p.name: p for p in _STATIC}
 CHANNEL_PREFIXES = ("household_channel_", "neighborhood_channel_")
 

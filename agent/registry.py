@@ -326,6 +326,22 @@ class Registry:
         del self.organizations[org_id]
         del self._org_by_key[org.key_hash]
 
+    def replace_organizations(self, previous, organizations) -> None:
+        """Organizations an outside source delivers whole (the fleet's signed desired state, agent/fleet/link.py):
+        those of `previous` not given again go, the given ones take their place, in one step (no await: a key
+        changed or removed stops working at once, nothing sees half of it). Not written to registry.seg: the
+        source keeps its signed document durably and applies it again at start, so there is one copy of them."""
+        wanted = {org.id: org for org in organizations}
+        for org_id in set(previous) - set(wanted):
+            gone = self.organizations.pop(org_id, None)
+            if gone is not None:
+                self._org_by_key.pop(gone.key_hash, None)
+        for org in wanted.values():
+            old = self.organizations.get(org.id)
+            if old is not None:
+                self._org_by_key.pop(old.key_hash, None)
+            self._index_org(org)
+
     def organization(self, org_id: str) -> Organization:
         try:
             return self.organizations[org_id]

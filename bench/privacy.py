@@ -95,9 +95,11 @@ def bench_dp(releases: int) -> None:
     print("  exact levels (dso): the exact sum (0% error), audited; see PRIVACY.md for what that does not stop")
 
 
-def bench_release_cost(rounds: int = 200) -> None:
+def bench_release_cost(rounds: int = 200, grid_quantities: bool = True) -> None:
     """CPU of deciding one 1-second window for 1,000 households and three exact organizations (cohorts, k_min,
-    the audit, the bodies) beside a bare sum over the same contributions."""
+    the audit, the bodies) beside a bare sum over the same contributions. With `grid_quantities`, every meter
+    reports three phases' voltages and its failure count (issue 15: bands, the count audit); without, the
+    organizations are narrowed to power parameters (no grid part), as before."""
     import tempfile
 
     from agent.aggregates import Contribution
@@ -112,12 +114,17 @@ def bench_release_cost(rounds: int = 200) -> None:
         registry = Registry(Path(tmp) / "registry.seg", clock=lambda: now[0])
         households = [registry.create_household(None, "http")[0] for _ in range(1000)]
         orgs = [registry.create_organization(f"Org {i}", "dso")[0] for i in range(3)]
+        if not grid_quantities:
+            orgs = [registry.update_organization(o.id, parameters=["neighborhood_power_*"]) for o in orgs]
         for i, org in enumerate(orgs):
             for j, h in enumerate(households):
                 if j % 50 != i:  # three slightly different cohorts: the audit has work to do
                     registry.set_consent(h.id, org.id, "aggregates", True)
         now[0] += 10
-        contributions = {h.meter_id: Contribution(300.0 + j % 97, 10.0, 1, {}) for j, h in enumerate(households)}
+        volts = {p: 230.0 for p in ("l1", "l2", "l3")} if grid_quantities else {}
+        contributions = {h.meter_id: Contribution(300.0 + j % 97, 10.0, 1, {}, {p: v + j % 13 for p, v in volts.items()},
+                                                  0 if grid_quantities else None)
+                         for j, h in enumerate(households)}
 
         class Book:
             keep = 120
@@ -137,7 +144,8 @@ def bench_release_cost(rounds: int = 200) -> None:
                 sum(c.consumption_w for c in contributions.values())
         bare = (time.perf_counter() - started) / rounds
         registry.close()
-    print(f"\nDeciding one 1 s window, 1,000 households, 3 exact organizations: {per_window * 1e3:.2f} ms "
+    what = "with grid quantities (3 phases' voltage bands, failures)" if grid_quantities else "power only"
+    print(f"\nDeciding one 1 s window, 1,000 households, 3 exact organizations, {what}: {per_window * 1e3:.2f} ms "
           f"({per_window * 100:.1f}% of one core at one window a second; a Pi core is ~4x slower) beside a bare "
           f"sum per organization: {bare * 1e3:.2f} ms")
 
@@ -227,6 +235,7 @@ def main() -> int:
         print(dp.unavailable_reason())
     else:
         bench_dp(args.releases)
+    bench_release_cost(grid_quantities=False)
     bench_release_cost()
     bench_anonymized()
     bench_linkage()

@@ -24,8 +24,8 @@ def _header_safe(text: str) -> str:
 
 
 async def send(session: aiohttp.ClientSession, url: str, kind: str, *, title: str, message: str,
-               body: bytes, headers: dict[str, str] | None = None) -> None:
-    """Deliver one notification; raises NotifyError unless the endpoint answers 2xx.
+               body: bytes, headers: dict[str, str] | None = None) -> int:
+    """Deliver one notification; returns the endpoint's 2xx status, raises NotifyError for anything else.
 
     ``body`` is the JSON document for a webhook; ``title`` and ``message`` are what an ntfy topic shows.
     """
@@ -45,3 +45,4 @@ async def send(session: aiohttp.ClientSession, url: str, kind: str, *, title: st
         raise NotifyError(err.__class__.__name__) from None
     if not 200 <= status < 300:
         raise NotifyError(f"HTTP {status}")
+    return status

@@ -17,19 +17,17 @@ from decimal import Decimal
 
 from dsmr_parser.value_types import _SYSTEM_TZ as METER_TZ  # the meters' local time, as dsmr_parser reads it
 
-from drivers.reading import iso
+from drivers.reading import COUNT, FIELDS, LAST, NUMBER, iso
 
 _KEY = re.compile(r"(\d)-(\d):(\d+\.\d+\.\d+)(?:\*\d+)?")
 _CACHE_LIMIT = 512  # distinct OBIS keys or times remembered; a garbage line must not grow a table forever
 
-# Units and the dimension each one measures, with its scale to the Reading's SI unit.
+# Units meters send, the Reading unit (the table's) each one measures, and its scale to it.
 _UNITS = {"kW": ("W", 1000), "W": ("W", 1), "kWh": ("Wh", 1000), "Wh": ("Wh", 1), "V": ("V", 1), "A": ("A", 1),
           "kvar": ("var", 1000), "var": ("var", 1), "kvarh": ("varh", 1000), "varh": ("varh", 1),
           "kVA": ("VA", 1000), "VA": ("VA", 1), "Hz": ("Hz", 1),
           # Kamstrup (Sweden) capitalises the A
           "kVAr": ("var", 1000), "VAr": ("var", 1), "kVArh": ("varh", 1000), "VArh": ("varh", 1)}
-_SUFFIX_DIMENSION = (("_varh", "varh"), ("_var", "var"), ("_va", "VA"), ("_wh", "Wh"), ("_w", "W"), ("_v", "V"),
-                     ("_a", "A"), ("_hz", "Hz"))
 
 # EN 13757-3 device types of M-Bus devices a P1 port reports, by name.
 MBUS_TYPES = {2: "electricity", 3: "gas", 4: "heat", 6: "warm_water", 7: "water", 10: "cold", 11: "cold",
@@ -38,40 +36,14 @@ GAS = 3
 _EPOCH = datetime(1971, 1, 1, tzinfo=timezone.utc)  # before it, a channel's reading is empty (DSMR 5: 1970-01-01)
 
 
-def _numbers(prefix: str, codes: str, suffix: str) -> dict:
-    return {code: prefix + name + suffix for code, name in (pair.split("=") for pair in codes.split())}
-
-
-# OBIS code C.D.E of the main meter (channel 0) -> the Reading field; the field's unit suffix says how to scale.
-NUMERIC: dict[str, str] = {
-    "1.7.0": "power_import_w", "2.7.0": "power_export_w",
-    **_numbers("power_", "21.7.0=import_l1 41.7.0=import_l2 61.7.0=import_l3 "
-                         "22.7.0=export_l1 42.7.0=export_l2 62.7.0=export_l3", "_w"),
-    **_numbers("voltage_", "32.7.0=l1 52.7.0=l2 72.7.0=l3", "_v"),
-    **_numbers("current_", "31.7.0=l1 51.7.0=l2 71.7.0=l3", "_a"),
-    "1.8.0": "energy_import_wh", "2.8.0": "energy_export_wh", "15.8.0": "energy_combined_wh",
-    **_numbers("energy_", "1.8.1=import_t1 1.8.2=import_t2 1.8.3=import_t3 1.8.4=import_t4 "
-                          "2.8.1=export_t1 2.8.2=export_t2 2.8.3=export_t3 2.8.4=export_t4", "_wh"),
-    "1.4.0": "demand_avg_w",
-    "3.7.0": "reactive_power_import_var", "4.7.0": "reactive_power_export_var",
-    **_numbers("reactive_power_", "23.7.0=import_l1 43.7.0=import_l2 63.7.0=import_l3 24.7.0=export_l1 "
-                                  "44.7.0=export_l2 64.7.0=export_l3 5.7.0=q1 6.7.0=q2 7.7.0=q3 8.7.0=q4", "_var"),
-    "3.8.0": "reactive_energy_import_varh", "4.8.0": "reactive_energy_export_varh",
-    **_numbers("reactive_energy_", "3.8.1=import_t1 3.8.2=import_t2 4.8.1=export_t1 4.8.2=export_t2 "
-                                   "5.8.0=q1 6.8.0=q2 7.8.0=q3 8.8.0=q4", "_varh"),
-    "9.7.0": "apparent_power_import_va", "10.7.0": "apparent_power_export_va",
-    "13.7.0": "power_factor", "33.7.0": "power_factor_l1", "53.7.0": "power_factor_l2", "73.7.0": "power_factor_l3",
-    "14.7.0": "frequency_hz",
-    **_numbers("fuse_threshold_", "31.4.0=l1 51.4.0=l2 71.4.0=l3", "_a"),
-}
-COUNTS: dict[str, str] = {
-    "96.14.0": "tariff", "96.7.21": "power_failures", "96.7.9": "long_power_failures", "96.3.10": "breaker_state",
-    **_numbers("voltage_", "32.32.0=sags_l1 52.32.0=sags_l2 72.32.0=sags_l3 "
-                           "32.36.0=swells_l1 52.36.0=swells_l2 72.36.0=swells_l3", ""),
-}
-# Lines with a shape of their own: code -> the method of LineParser that reads them.
-SPECIAL = {"1.0.0": "_timestamp", "17.0.0": "_threshold", "1.6.0": "_demand_peak", "98.1.0": "_demand_peaks",
-           "99.97.0": "_failure_log", "96.13.0": "_text", "96.13.1": "_text_code"}
+# OBIS code C.D.E of the main meter (channel 0) -> the Reading field (drivers/reading.py's table says which):
+# registers whose unit says how to scale them, whole counters, and lines with a shape of their own (code -> the
+# method of LineParser that reads them).
+NUMERIC: dict[str, str] = {code: name for name, facts in FIELDS.items() if facts.kind == NUMBER and not facts.line
+                           for code in facts.obis}
+COUNTS: dict[str, str] = {code: name for name, facts in FIELDS.items() if facts.kind == COUNT and not facts.line
+                          for code in facts.obis}
+SPECIAL: dict[str, str] = {code: facts.line for facts in FIELDS.values() if facts.line for code in facts.obis}
 # Sent, understood, and deliberately not kept: versions, names, and serial numbers (personal data).
 IGNORED = frozenset({"0.2.8", "96.1.0", "96.1.1", "96.1.4", "42.0.0", "0.0.0", "96.5.5", "96.1.255",
                      "96.13.2", "96.13.3", "96.13.4", "96.13.5"})
@@ -79,14 +51,7 @@ MBUS = {"24.1.0": "device_type", "24.2.1": "reading", "24.2.3": "reading", "24.3
         "24.4.0": "valve", "96.1.0": "identifier", "96.1.1": "identifier"}  # the identifier itself is not kept
 
 
-def _dimension(field: str) -> str | None:
-    for suffix, dimension in _SUFFIX_DIMENSION:
-        if field.endswith(suffix):
-            return dimension
-    return None  # power factors: plain numbers
-
-
-_DIMENSIONS = {field: _dimension(field) for field in NUMERIC.values()}
+_DIMENSIONS = {field: FIELDS[field].unit or None for field in NUMERIC.values()}  # power factors: plain
 
 
 def decimal_float(text: str, scale: int = 1) -> float:
@@ -170,7 +135,8 @@ def _hex_text(text: str) -> str | None:
     return decoded if decoded.isprintable() else text
 
 
-_REGISTER_SUFFIXES = ("_wh", "_varh")  # energy registers change every few telegrams, not every one
+# Registers and limits (kept LAST by rollups) change every few telegrams, not every one: their lines are cached.
+_REGISTERS = frozenset(name for name in NUMERIC.values() if FIELDS[name].rollup == LAST)
 _NUMBER_CACHES: dict[str | None, dict[str, float]] = {}  # per dimension: "000004.426*kWh" -> 4426.0
 
 
@@ -299,7 +265,7 @@ class LineParser:
                         if number.__class__ is not float:  # (a Suspect) signed, or NaN: checked by normalize
                             number = float(number)
                             out.suspect.append(target)
-                        elif target.endswith(_REGISTER_SUFFIXES):
+                        elif target in _REGISTERS:
                             self._remember(line, target, number, name)
                     values[target] = number
                     if name is None:

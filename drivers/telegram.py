@@ -20,7 +20,7 @@ from dsmr_parser.clients.telegram_buffer import EncryptedTelegramBuffer, Telegra
 
 from drivers import dlms, obis
 from drivers.profiles import Profile
-from drivers.reading import Reading
+from drivers.reading import FIELDS, NON_NEGATIVE, NUMBER, Reading
 
 # dsmr_parser logs every unparsable line at ERROR with a traceback; we count and rate-limit instead.
 logging.getLogger("dsmr_parser").setLevel(logging.CRITICAL)
@@ -267,20 +267,18 @@ _BELGIAN_SWAP = {
     "energy_export_t2_wh": "energy_export_t1_wh",
 }
 _BELGIAN_PAIRS = (("energy_import_t1_wh", "energy_import_t2_wh"), ("energy_export_t1_wh", "energy_export_t2_wh"))
-_SIGNED_POWER = (("power_import_w", "power_export_w"),
-                 *((f"power_import_{p}_w", f"power_export_{p}_w") for p in ("l1", "l2", "l3")))
-_TARIFF_PARTS = {direction: tuple(f"energy_{direction}_t{n}_wh" for n in (1, 2, 3, 4))
-                 for direction in ("import", "export")}
-
-
-_SPECIAL_NUMBERS = ("power_threshold_w", "current_threshold_a", "apparent_power_threshold_va", "demand_peak_month_w")
+# From the table of Reading fields (drivers/reading.py): exports a signed import register stands for, totals and
+# their tariff registers, and the numbers of lines with shapes of their own (checked like the suspect ones).
+_SIGNED_POWER = tuple((facts.export_of, name) for name, facts in FIELDS.items() if facts.export_of)
+_TARIFF_PARTS = {name: facts.sum_of for name, facts in FIELDS.items() if facts.sum_of}
+_SPECIAL_NUMBERS = tuple(name for name, facts in FIELDS.items() if facts.line and facts.kind == NUMBER)
 
 
 def _physical(name: str, value: float) -> bool:
-    """Finite; power, energy and gas never negative. A telegram over HTTP is whatever its sender wrote under a
-    CRC it computed itself: '-5000' parses as a number, and a negative import would be summed into an exact
-    total unclamped."""
-    return math.isfinite(value) and not (value < 0 and (name.endswith(("_w", "_wh")) or name == "gas_m3"))
+    """Finite; never negative where the table says so (power, energy, gas, voltage, limits). A telegram over HTTP
+    is whatever its sender wrote under a CRC it computed itself: '-5000' parses as a number, and a negative import
+    would be summed into an exact total unclamped."""
+    return math.isfinite(value) and not (value < 0 and name in NON_NEGATIVE)
 
 
 def normalize(parsed: obis.Parsed, meter_id: str, profile: Profile, received_at: datetime,
@@ -313,8 +311,7 @@ def normalize(parsed: obis.Parsed, meter_id: str, profile: Profile, received_at:
         if value is not None and not 0 <= value < math.inf and not _physical(name, value):
             raise TelegramError(f"{name} is {'negative' if values[name] < 0 else 'not a finite number'}")
 
-    for direction, names in _TARIFF_PARTS.items():
-        total = f"energy_{direction}_wh"
+    for total, names in _TARIFF_PARTS.items():
         if total not in values:
             parts = [values[n] for n in names if n in values]
             if parts:

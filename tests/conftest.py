@@ -9,6 +9,12 @@ from agent.config import Config
 from tests.helpers.agent import RunningAgent
 from tests.helpers.pty import PtyPair
 
+# Test files written before tests/helpers/ imported these from here; they still can, for now, but
+# tests/test_layout.py fails and says where each one lives.
+from tests.helpers.agent import OPERATOR_TOKEN, make_config  # noqa: E402, F401
+from tests.helpers.clock import StepClock  # noqa: E402, F401
+from tests.helpers.telegrams import TELEGRAM_PROFILES, TELEGRAMS, telegram_bytes  # noqa: E402, F401
+
 
 def pytest_addoption(parser):
     parser.addoption("--p1-port", default=None,

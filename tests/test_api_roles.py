@@ -1,6 +1,6 @@
 """Every endpoint against every role: whoever must not reach it is refused (401 or 403), and the
 right caller is let through. The table is checked against the app's routes, so a new endpoint
-without a row here fails."""
+without a row in tests/helpers/roles.py fails."""
 
 from __future__ import annotations
 

@@ -8,76 +8,13 @@ import json
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from agent.triggers.actions import check_appliance_address, lan_address_allowed
 from agent.delivery.targets import TargetError
 from drivers.appliances import ApplianceError, driver, names
 from tests.helpers.agent import make_config
+from tests.helpers.appliances import FakeShelly, FakeTasmota
 from tests.helpers.triggers import b64, town  # noqa: F401  (town: the fixture)
-
-
-class FakeDevice:
-    """A real aiohttp server on 127.0.0.1 with a device's routes (`add_routes`)."""
-
-    runner: web.AppRunner | None = None
-
-    def add_routes(self, app: web.Application) -> None:
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        app = web.Application()
-        self.add_routes(app)
-        self.runner = web.AppRunner(app, handle_signals=False)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-
-
-class FakeShelly(FakeDevice):
-    """A Shelly Plus 1PM / Plus 2PM: JSON-RPC over HTTP, switches 0..n."""
-
-    def __init__(self, switches: int = 1):
-        self.state = [False] * switches
-        self.calls: list[dict] = []
-
-    async def switch_set(self, request: web.Request) -> web.Response:
-        params = await request.json()
-        self.calls.append(params)
-        sid = params.get("id", 0)
-        if not isinstance(sid, int) or not 0 <= sid < len(self.state) or not isinstance(params.get("on"), bool):
-            return web.json_response({"code": -105, "message": f"Argument 'id', value {sid} not found!"}, status=500)
-        was_on, self.state[sid] = self.state[sid], params["on"]
-        return web.json_response({"was_on": was_on})
-
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/rpc/Switch.Set", self.switch_set)
-
-
-class FakeTasmota(FakeDevice):
-    """A Sonoff with Tasmota: `cm?cmnd=Power On`, `Power2 Off`; answers {"POWER": "ON"} / {"POWER2": "OFF"}."""
-
-    def __init__(self, relays: int = 1):
-        self.state = ["OFF"] * relays
-        self.raw_queries: list[str] = []
-
-    async def command(self, request: web.Request) -> web.Response:
-        self.raw_queries.append(request.raw_path.partition("?")[2])
-        relay, _, value = request.query.get("cmnd", "").partition(" ")
-        index = relay[5:] if relay.lower().startswith("power") else None
-        if index is None or (index and not index.isdigit()) or int(index or 1) > len(self.state):
-            return web.json_response({"Command": "Unknown"})
-        n = int(index or 1)
-        self.state[n - 1] = {"on": "ON", "off": "OFF", "toggle": "ON" if self.state[n - 1] == "OFF" else "OFF"}.get(
-            value.lower(), self.state[n - 1])
-        key = "POWER" if len(self.state) == 1 and not index else f"POWER{n}"
-        return web.json_response({key: self.state[n - 1]})
-
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/cm", self.command)
 
 
 @pytest.fixture

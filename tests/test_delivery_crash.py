@@ -9,19 +9,9 @@ import sys
 import time
 
 import aiohttp
-from tests.helpers.agent import OPERATOR_TOKEN, agent_toml, free_port
+from tests.helpers.agent import OPERATOR_TOKEN, WEBHOOK_TABLES, agent_toml, free_port
 from tests.helpers.receiver import Receiver
 from tests.helpers.wait import eventually
-
-
-def config_text(tmp_path, port: int) -> str:
-    return agent_toml(tmp_path, port) + """[privacy]
-k_min = 3
-[delivery]
-allow_http = true
-allow_private_endpoints = true
-retry_schedule = [0, 0.2]
-"""
 
 
 async def start(config) -> asyncio.subprocess.Process:
@@ -32,7 +22,7 @@ async def start(config) -> asyncio.subprocess.Process:
 async def test_queued_messages_survive_kill_9(tmp_path):
     port, hook_port = free_port(), free_port()
     config = tmp_path / "edge.toml"
-    config.write_text(config_text(tmp_path, port))
+    config.write_text(agent_toml(tmp_path, port, tables=WEBHOOK_TABLES))
     base = f"http://127.0.0.1:{port}"
     op = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     agent = await start(config)

@@ -13,27 +13,11 @@ from agent.delivery.engine import Delivery
 from agent.delivery.outbox import Outbox
 from agent.registry import Registry
 from agent.store import ReadingStore
-from agent.store.records import HEADER
 from agent.store.segment import integrity
 from drivers.reading import Reading
 from tests.helpers.agent import OPERATOR_TOKEN
 from tests.helpers.process import OP, agent_on
-
-
-def record_spans(path) -> list[tuple[int, int]]:
-    """(offset, length) of each record of a segment file, in order."""
-    buf, spans, pos = path.read_bytes(), [], 0
-    while pos < len(buf):
-        length = HEADER.size + HEADER.unpack_from(buf, pos)[1]
-        spans.append((pos, length))
-        pos += length
-    return spans
-
-
-def flip(path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x40
-    path.write_bytes(bytes(data))
+from tests.helpers.store import flip, record_spans
 
 
 def granted_then_revoked(tmp_path):

@@ -19,12 +19,24 @@ from agent.config import DEFAULT_TAGS, PrivacyConfig
 from tests.helpers.agent import OPERATOR_TOKEN, grant, make_config, post
 from tests.helpers.clock import StepClock, T0
 
-STATIC = ["household_power_consumption", "household_power_production", "household_net_power",
-          "household_gas_consumption", "household_energy_import", "household_energy_export", "household_tariff",
-          "household_voltage_l1", "household_voltage_l2", "household_voltage_l3",
-          "household_current_l1", "household_current_l2", "household_current_l3",
-          "neighborhood_power_consumption", "neighborhood_power_production", "neighborhood_net_power",
-          "neighborhood_household_count", "time_of_day_h"]
+HOUSEHOLD = ["household_power_consumption", "household_power_production", "household_net_power",
+             "household_gas_consumption", "household_energy_import", "household_energy_export", "household_tariff",
+             "household_voltage_l1", "household_voltage_l2", "household_voltage_l3",
+             "household_current_l1", "household_current_l2", "household_current_l3",
+             # issue 15: what P1 telegrams carry besides
+             *(f"household_energy_{d}_t{n}" for d in ("import", "export") for n in (1, 2, 3, 4)),
+             "household_demand_average", "household_demand_peak_month", "household_outages", "household_long_outages",
+             *(f"household_voltage_{e}_l{n}" for e in ("sags", "swells") for n in (1, 2, 3)),
+             "household_last_long_outage", "household_reactive_power_import", "household_reactive_power_export",
+             "household_apparent_power_import", "household_apparent_power_export", "household_cos_phi",
+             "household_frequency", "household_threshold_power", "household_threshold_apparent_power",
+             "household_threshold_current", *(f"household_threshold_fuse_l{n}" for n in (1, 2, 3)),
+             "household_breaker_state", "household_water_consumption", "household_heat_consumption"]
+NEIGHBORHOOD = ["neighborhood_power_consumption", "neighborhood_power_production", "neighborhood_net_power",
+                "neighborhood_household_count", "neighborhood_peak_demand_month",
+                *(f"neighborhood_voltage_l{n}_{stat}" for n in (1, 2, 3) for stat in ("min", "max", "mean")),
+                "neighborhood_long_power_failures", "time_of_day_h"]
+STATIC = HOUSEHOLD + NEIGHBORHOOD
 
 
 def expected_names(tags) -> list[str]:

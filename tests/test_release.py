@@ -4,21 +4,18 @@ durability and restart. A real Registry and real window books, no HTTP; the cloc
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
-from agent.aggregates import new_books
 from agent.config import DifferentialPrivacy, Level, PrivacyConfig
-from agent.registry import Registry
-from agent.release import Refusal, Releases
+from agent.release import Refusal
 from agent.release.audit import admissible, isolated
 from agent.release.door import HOLD_S
 from agent.release.ledger import Ledger
-from drivers.reading import Reading
 from tests.helpers.agent import make_config
 from tests.helpers.clock import HOUR as T0
+from tests.helpers.release import Town
 
 
 def lstsq_isolated(cohorts: list[frozenset[str]]) -> set[str]:
@@ -60,50 +57,6 @@ def test_ledger_horizon_and_cap():
     assert ledger.spent("h", T0 + 2 * 86400) == 0  # two days on: out of the horizon
     view = ledger.of("h", T0, 1e-7)
     assert view["spent_rho"] == 0.6 and view["remaining_rho"] == pytest.approx(0.4)
-
-
-class Town:
-    """A registry, books and a Releases on a stepped clock: organizations, consenting households, readings."""
-
-    def __init__(self, tmp_path, levels=None, privacy=None):
-        self.now = float(T0)
-        self.config = make_config(tmp_path, **({"levels": levels} if levels else {}),
-                                  **({"privacy": privacy} if privacy else {}))
-        self.registry = Registry(tmp_path / "registry.seg", clock=lambda: self.now)
-        self.books = new_books()
-        self.tmp_path = tmp_path
-        self.releases = self._releases()
-        self.households = [self.registry.create_household(None, "http")[0] for _ in range(12)]
-
-    def _releases(self):
-        return Releases(self.config, self.registry, self.books, lambda: self.now, self.tmp_path / "releases")
-
-    def org(self, level: str) -> str:
-        org, _ = self.registry.create_organization(f"Org {len(self.registry.organizations)}", level)
-        return org.id
-
-    def consent(self, org_id: str, households=None, granted=True) -> None:
-        for h in households if households is not None else self.households:
-            self.registry.set_consent(h.id, org_id, "aggregates", granted)
-
-    def post(self, watts, households=None) -> None:
-        at = datetime.fromtimestamp(self.now, timezone.utc)
-        for h, w in zip(households if households is not None else self.households, watts):
-            self.books_add(Reading(meter_id=h.meter_id, timestamp=at, received_at=at, power_import_w=w,
-                                   power_export_w=0.0))
-
-    def books_add(self, reading: Reading) -> None:
-        for book in self.books.values():
-            book.add(reading)
-
-    async def step(self, seconds: float) -> None:
-        self.now += seconds
-        await self.releases.settle()
-
-    def restart(self):
-        self.releases.close()
-        self.releases = self._releases()
-        return self.releases
 
 
 async def test_wider_windows_are_derived_from_the_released_fine_ones(tmp_path):

@@ -79,7 +79,7 @@ async def org_reads(running, clock, org_key, to: float) -> dict:
 
 async def access_rows(page) -> list[str]:
     await page.goto(page.url.split("/ui/")[0] + "/ui/me/access")
-    return await page.locator("#access-log tbody tr td:last-child").all_inner_texts()
+    return await page.locator("#access-log tbody tr td[class^=included]").all_inner_texts()
 
 
 async def test_a_household_revokes_and_grants_and_sees_who_used_its_data(chromium, neighbourhood):

@@ -56,7 +56,9 @@ def privacy_terms(agent, level: Level | None) -> dict:
         if level.noisy:
             cfg = level.dp
             terms["level"].update(noise=cfg.noise, rho_per_window=cfg.loss(), clamp_w=cfg.clamp_w,
-                                  tag_clamp_w=cfg.tag_clamp_w, tags=list(cfg.tags))
+                                  tag_clamp_w=cfg.tag_clamp_w, tags=list(cfg.tags),
+                                  # grid quantities: off unless the operator enables them; then each window costs more
+                                  grid=list(cfg.grid), grid_rho_per_window=cfg.grid_rho if cfg.grid else 0)
     return terms
 
 

@@ -6,18 +6,24 @@ organizations switch.
   Endpoints follow the subscriptions' rules (https, public addresses, unless the operator allows more).
 - ``GET /households/me/notifications``: the last 100 notifications, newest first, whether or not an
   endpoint is registered (organizations only ever see counts).
+- ``POST /households/me/notify/test``: a test notification to that endpoint now, signed as every notification,
+  through the household's own delivery lane; the answer says what the endpoint answered (502 if it failed).
 - ``POST /households/me/appliances``: a Shelly (Gen2 RPC) or Tasmota relay on the household's own network.
   Registered by the household itself, so private LAN addresses and plain http are allowed; this device's
   loopback and link-local (cloud metadata) addresses are not, unless ``[delivery] allow_private_endpoints``.
   An organization can switch it only if it is in ``allowed_organizations`` *and* holds the household's
-  ``triggers`` consent.
+  ``triggers`` consent. ``GET /households/me/appliances/{id}/status`` reads its relay now (502 if it cannot).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import time
+from datetime import datetime, timezone
 
+import aiohttp
 from aiohttp import web
 
 from agent.api.common import ApiError, KeyedLocks, agent_of, json_object, read_json, require
@@ -25,7 +31,10 @@ from agent.auth import HOUSEHOLD
 from agent.delivery import signing
 from agent.delivery.targets import TargetError
 from agent.triggers import actions
+from agent.triggers.runner import APPLIANCE_TIMEOUT_S
 from drivers import appliances, notify
+from drivers.appliances import ApplianceError
+from drivers.reading import iso
 
 MAX_APPLIANCES = 32
 _NAME = re.compile(r"^[^\x00-\x1f]{1,64}$")
@@ -87,6 +96,53 @@ async def remove_endpoint(agent, locks: KeyedLocks, household_id: str) -> None:
     if not await agent.triggers.households.remove_endpoint_async(household_id, lock=locks(household_id)):
         raise ApiError(404, "not_found", "no notification endpoint")
     await agent.audit.record_durable(household_id, HOUSEHOLD, "notify.delete")
+
+
+async def post_notify_test(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    out = await send_test_notification(agent, household.id)
+    if not out["delivered"]:
+        raise ApiError(502, "not_delivered", out["error"], endpoint_status=out["status"])
+    return web.json_response(out)
+
+
+async def send_test_notification(agent, household_id: str) -> dict:
+    """A test notification to the household's endpoint now, as a trigger's would go (signed, the same address
+    rules, a slot of the household's own lane): {"delivered", "status" (the endpoint's, if it answered), "error"}.
+    Audited; nothing reaches an organization."""
+    endpoint = agent.triggers.households.endpoints.get(household_id)
+    if endpoint is None:
+        raise ApiError(404, "not_found", "no notification endpoint; PUT one")
+    lane = agent.triggers.household_lanes[household_id]
+    if not lane.admit():
+        raise ApiError(429, "busy", "this household's notifications are still being sent; try again later")
+    delivery = agent.config.delivery
+    status, error = None, None
+    try:
+        if not actions.literal_allowed(endpoint["url"], delivery.allow_private_endpoints, lan=False):
+            raise notify.NotifyError("the address is not allowed")
+        msg_id = "ntf_test_" + secrets.token_hex(6)
+        title, content = "Edge: test", "A test notification from your Edge device: it reaches you."
+        body = json.dumps({"type": "notification", "id": msg_id, "title": title, "content": content, "test": True,
+                           "at": iso(datetime.fromtimestamp(agent.clock(), timezone.utc))},
+                          separators=(",", ":")).encode()
+        headers = signing.headers([endpoint["secret"]], msg_id, int(time.time()), body) if endpoint.get("secret") else {}
+        async with actions.web_session(delivery.allow_private_endpoints, delivery.timeout_s, 1) as session, \
+                lane.slot():
+            status = await notify.send(session, endpoint["url"], endpoint["kind"], title=title, message=content,
+                                       body=body, headers=headers)
+    except notify.NotifyError as err:
+        error = str(err)
+        if error.startswith("HTTP "):
+            status = int(error[5:])
+            error = f"the endpoint answered {error}"
+        elif error != "the address is not allowed":
+            error = f"not reachable ({error})"
+    finally:
+        lane.done()
+    await agent.audit.record_durable(household_id, HOUSEHOLD, "notify.test", delivered=error is None,
+                                     status=status)
+    return {"delivered": error is None, "status": status, "error": error}
 
 
 async def notifications(request: web.Request) -> web.Response:
@@ -173,13 +229,45 @@ async def remove_appliance(agent, locks: KeyedLocks, household_id: str, applianc
     await agent.audit.record_durable(household_id, HOUSEHOLD, "appliance.delete", appliance_id=appliance["id"])
 
 
+async def get_appliance_status(request: web.Request) -> web.Response:
+    household, agent = _household(request)
+    out = await appliance_status(agent, household.id, request.match_info["appliance_id"])
+    if out["error"] is not None:
+        raise ApiError(502, "appliance_unreachable", out["error"])
+    return web.json_response(out)
+
+
+async def appliance_status(agent, household_id: str, appliance_id: str) -> dict:
+    """The relay's state now, read from the appliance itself (the switching actions' address rules):
+    {"on", "power_w", "error"}; nothing is switched."""
+    appliance = agent.triggers.households.appliances.get(appliance_id)
+    if appliance is None or appliance["household_id"] != household_id:
+        raise ApiError(404, "not_found", "no such appliance")
+    device = appliances.driver(appliance["driver"])
+    private = agent.config.delivery.allow_private_endpoints
+    try:
+        if device is None:
+            raise ApplianceError(f"no driver {appliance['driver']!r} on this device")
+        if not actions.literal_allowed(appliance["address"], private, lan=True):
+            raise ApplianceError("the address is not allowed")
+        async with actions.lan_session(private, APPLIANCE_TIMEOUT_S, 1) as session:
+            state = await device.status(session, appliance["address"], appliance.get("channel"))
+    except ApplianceError as err:
+        return {"on": None, "power_w": None, "error": str(err)}
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
+        return {"on": None, "power_w": None, "error": f"not reachable ({err.__class__.__name__})"}
+    return {"on": state.on, "power_w": state.power_w, "error": None}
+
+
 def add_routes(app: web.Application) -> None:
     app[HOUSEHOLD_LOCKS] = KeyedLocks()
     r = app.router
     r.add_get("/households/me/notify", get_notify)
     r.add_put("/households/me/notify", put_notify)
     r.add_delete("/households/me/notify", delete_notify)
+    r.add_post("/households/me/notify/test", post_notify_test)
     r.add_get("/households/me/notifications", notifications)
     r.add_get("/households/me/appliances", list_appliances)
     r.add_post("/households/me/appliances", add_appliance)
     r.add_delete("/households/me/appliances/{appliance_id}", delete_appliance)
+    r.add_get("/households/me/appliances/{appliance_id}/status", get_appliance_status)

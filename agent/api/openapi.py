@@ -10,7 +10,9 @@ import html
 
 from aiohttp import web
 
-from drivers.reading import FIELD_NAMES, INPUT_FIELDS, TIME_FIELDS
+from agent.ingest import MAX_CHANNELS, TAG
+from drivers import reading as table
+from drivers.reading import FIELD_NAMES, FIELDS, INPUT_FIELDS
 
 VERSION = "0.1.0"
 
@@ -29,56 +31,58 @@ TIME = {"type": "string", "format": "date-time"}
 
 
 _ISO_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
-# The Reading's lists and texts, read from P1 telegrams only (drivers/reading.py says what each one is).
-_TELEGRAM_SCHEMAS = {
-    "demand_peaks": {"type": ["array", "null"], "items": {
-        "type": "object", "required": ["month", "at", "w"], "additionalProperties": False,
-        "properties": {"month": _ISO_OR_NULL, "at": _ISO_OR_NULL, "w": {"type": "number"}}},
-        "description": "the Belgian capacity tariff's monthly peaks (0-0:98.1.0), as the meter lists them"},
-    "power_failure_log": {"type": ["array", "null"], "items": {
-        "type": "object", "required": ["end", "duration_s"], "additionalProperties": False,
-        "properties": {"end": _ISO_OR_NULL, "duration_s": {"type": "integer", "minimum": 0}}},
-        "description": "long power failures the meter logged (1-0:99.97.0): when each ended, how long it lasted"},
-    "mbus": {"type": ["array", "null"], "items": {
-        "type": "object", "additionalProperties": False,
-        "required": ["channel", "type", "device_type", "value", "unit", "timestamp", "valve"],
-        "properties": {"channel": {"type": "integer"}, "type": STRING,
-                       "device_type": {"type": ["integer", "null"]}, "value": NUMBER_OR_NULL,
-                       "unit": {"type": ["string", "null"]}, "timestamp": _ISO_OR_NULL,
-                       "valve": {"type": ["integer", "null"]}}},
-        "description": "one entry per M-Bus device (gas, water, heat, cold, ...), value in the meter's own unit"},
-    "text_message": {"type": ["string", "null"]},
-    "text_message_code": {"type": ["string", "null"]},
-    "breaker_state": _nullable("integer", minimum=0),
+# The items of the Reading's lists (read from P1 telegrams only); all else about a field is the table's
+# (drivers/reading.py): its kind, bounds and description.
+_LIST_ITEMS = {
+    "demand_peaks": {"type": "object", "required": ["month", "at", "w"], "additionalProperties": False,
+                     "properties": {"month": _ISO_OR_NULL, "at": _ISO_OR_NULL, "w": {"type": "number"}}},
+    "power_failure_log": {"type": "object", "required": ["end", "duration_s"], "additionalProperties": False,
+                          "properties": {"end": _ISO_OR_NULL, "duration_s": {"type": "integer", "minimum": 0}}},
+    "mbus": {"type": "object", "additionalProperties": False,
+             "required": ["channel", "type", "device_type", "value", "unit", "timestamp", "valve"],
+             "properties": {"channel": {"type": "integer"}, "type": STRING,
+                            "device_type": {"type": ["integer", "null"]}, "value": NUMBER_OR_NULL,
+                            "unit": {"type": ["string", "null"]}, "timestamp": _ISO_OR_NULL,
+                            "valve": {"type": ["integer", "null"]}}},
 }
 
 
+def _bounds(low: float | None, high: float | None) -> dict:
+    bounds = {"minimum": low, "maximum": high}
+    return {k: int(v) if v == int(v) else v for k, v in bounds.items() if v is not None}
+
+
+def _bounded(kind: str, low: float | None, high: float | None) -> dict:
+    return _nullable(kind, **_bounds(low, high))
+
+
+def field_schema(name: str, for_input: bool) -> dict:
+    """One Reading field's schema, from its row of the table. Input (HTTP JSON) states the bounds ingest
+    enforces; output only what every stored reading keeps (whole counts are never negative)."""
+    facts = FIELDS[name]
+    if facts.kind == table.TIME:
+        schema = dict(TIME if facts.required else _ISO_OR_NULL)
+    elif facts.kind in (table.ID, table.TEXT):
+        schema = dict(STRING if facts.required else _nullable("string"))
+    elif facts.kind == table.LIST:
+        schema = {"type": ["array", "null"], "items": _LIST_ITEMS[name]}
+    elif facts.kind == table.MAP:  # channels: watts per tag of the vocabulary
+        schema = {"type": ["object", "null"], "maxProperties": MAX_CHANNELS, "propertyNames": {"pattern": TAG.pattern},
+                  "additionalProperties": {"type": "number", **_bounds(facts.low, facts.high)}}
+    elif facts.kind == table.COUNT:
+        schema = _bounded("integer", facts.low, facts.high) if for_input else _nullable("integer", minimum=0)
+    else:
+        schema = _bounded("number", facts.low, facts.high) if for_input else dict(NUMBER_OR_NULL)
+    if facts.description:
+        schema["description"] = facts.description
+    return schema
+
+
 def _reading_schema(for_input: bool) -> dict:
-    props: dict = {}
-    for name in INPUT_FIELDS if for_input else FIELD_NAMES:
-        if name in ("meter_id", "received_at") and for_input:
-            continue
-        if name in TIME_FIELDS:
-            props[name] = TIME if name in ("timestamp", "received_at") else _ISO_OR_NULL
-        elif name == "meter_id":
-            props[name] = STRING
-        elif name in _TELEGRAM_SCHEMAS:
-            props[name] = _TELEGRAM_SCHEMAS[name]
-        elif name == "channels":
-            props[name] = {"type": ["object", "null"], "maxProperties": 32,
-                           "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"},
-                           "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100000},
-                           "description": "watts per appliance tag; tags only from the device's vocabulary "
-                                          "([privacy] tags), otherwise 422 unknown_tag"}
-        elif name in ("tariff", "power_failures", "long_power_failures") or "sags" in name or "swells" in name:
-            props[name] = _nullable("integer", minimum=0)
-        elif for_input and (name.endswith(("_w", "_wh")) or name == "gas_m3"):
-            # import and export are separate fields: neither is ever negative (nor NaN or Infinity)
-            props[name] = _nullable("number", minimum=0)
-        else:
-            props[name] = NUMBER_OR_NULL
-    required = ["timestamp"] if for_input else list(FIELD_NAMES)
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+    names = INPUT_FIELDS if for_input else FIELD_NAMES
+    required = [name for name in names if FIELDS[name].required] if for_input else list(FIELD_NAMES)
+    return {"type": "object", "properties": {name: field_schema(name, for_input) for name in names},
+            "required": required, "additionalProperties": False}
 
 
 OBJ = {"type": "object"}

@@ -102,6 +102,12 @@ SCHEMAS = {
                                  "address": STRING, "channel": _nullable("integer"),
                                  "allowed_organizations": {"type": "array", "items": STRING},
                                  "created_at": {"type": "number"}}},
+    "NotifyTest": {"type": "object", "required": ["delivered", "status", "error"],
+                   "properties": {"delivered": {"const": True}, "status": {"type": "integer"},
+                                  "error": {"type": "null"}}},
+    "ApplianceStatus": {"type": "object", "required": ["on", "power_w", "error"],
+                        "properties": {"on": {"type": "boolean"}, "power_w": _nullable("number"),
+                                       "error": {"type": "null"}}},
     "Appliances": {"type": "object", "required": ["appliances"],
                    "properties": {"appliances": {"type": "array", "items": _ref("Appliance")},
                                   "drivers": {"type": "array", "items": STRING}}},
@@ -163,6 +169,12 @@ def paths() -> dict:
                        {"200": _json("Notify")}, body="NotifyIn", tag="household"),
             "delete": _op("Remove it (notifications stay in the inbox)", HH, {"204": {"description": "Removed"}},
                           extra_errors=NOT_FOUND, tag="household")},
+        "/households/me/notify/test": {"post": _op(
+            "Send a signed test notification to it now, in the household's own lane; what the endpoint answered",
+            HH, {"200": _json("NotifyTest", "Delivered")}, tag="household", extra_errors={
+                **NOT_FOUND, "429": _error("Too many bad tokens, or the household's notifications are being sent"),
+                "502": _error("Not delivered: the endpoint answered non-2xx (endpoint_status) or was not "
+                              "reachable")})},
         "/households/me/triggers": {"get": _op(
             "Triggers whose events the household may consent to: description, parameters, maximum rate, what the "
             "organization receives", HH, {"200": _json("ConsentableTriggers")}, tag="household")},
@@ -179,6 +191,10 @@ def paths() -> dict:
         "/households/me/appliances/{appliance_id}": {"delete": _op(
             "Remove an appliance", HH, {"204": {"description": "Removed"}}, params=[APPLIANCE_ID],
             extra_errors=NOT_FOUND, tag="household")},
+        "/households/me/appliances/{appliance_id}/status": {"get": _op(
+            "Read the appliance's relay now (nothing is switched)", HH, {"200": _json("ApplianceStatus")},
+            params=[APPLIANCE_ID], tag="household", extra_errors={
+                **NOT_FOUND, "502": _error("The appliance could not be read (appliance_unreachable)")})},
     }
 
 

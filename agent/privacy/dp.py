@@ -155,6 +155,42 @@ def calibrate_rho(clamp_w: int, rho: float) -> Mechanism:
     return Mechanism("gaussian", clamp_w, float(scale))
 
 
+@dataclass(frozen=True)
+class Histogram:
+    """Noisy counts of how many values fall in each of `bins` categories (0..bins-1; others are dropped), as
+    one OpenDP measurement: `then_count_by_categories` (L2 distance: adding or removing one household moves one
+    count by one, whatever the number of bins) and the discrete Gaussian on the vector."""
+
+    bins: int
+    scale: float
+
+    def measurement(self):
+        _require()
+        return _histogram(self.bins, self.scale)
+
+    def loss(self) -> float:
+        return float(self.measurement().map(D_IN))
+
+    def release(self, categories: list[int]) -> list[int]:
+        return [int(v) for v in self.measurement()(categories)]
+
+
+@functools.lru_cache(maxsize=64)
+def _histogram(bins: int, scale: float):
+    counts = _space() >> _dp.t.then_count_by_categories(categories=list(range(bins)), null_category=False,
+                                                        MO="L2Distance<int>")
+    return counts >> _dp.m.then_gaussian(scale)
+
+
+@functools.lru_cache(maxsize=64)
+def calibrate_histogram(bins: int, rho: float) -> Histogram:
+    """The least discrete-Gaussian noise on a histogram whose OpenDP zCDP map gives at most `rho` per household."""
+    _require()
+    scale = _dp.binary_search_param(lambda s: _histogram(bins, s), d_in=D_IN, d_out=rho,
+                                    bounds=(1e-3, 10 + 100 / math.sqrt(rho)))
+    return Histogram(bins, float(scale))
+
+
 def standard_deviation(mechanism: Mechanism) -> float:
     """Of the noise: sqrt(2)*scale for Laplace, scale for Gaussian (the discrete ones are within a hair)."""
     return math.sqrt(2) * mechanism.scale if mechanism.noise == "laplace" else mechanism.scale

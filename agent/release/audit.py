@@ -110,6 +110,36 @@ def admissible_if_one_known(released: list[frozenset[str]], candidate: frozenset
     return not isolated_if_one_known([*released, candidate]) - isolated_if_one_known(released)
 
 
+def small_groups(cohorts: Iterable[frozenset[str]], smallest: int) -> frozenset[frozenset[str]]:
+    """The atoms (households in exactly the same cohorts) of fewer than `smallest` households."""
+    return _small_groups(tuple(dict.fromkeys(c for c in cohorts if c)), smallest)
+
+
+@functools.lru_cache(maxsize=512)  # consecutive windows, phases and organizations mostly repeat the same cohorts
+def _small_groups(cohorts: tuple[frozenset[str], ...], smallest: int) -> frozenset[frozenset[str]]:
+    signature: dict[str, list[int]] = {}
+    for i, cohort in enumerate(cohorts):
+        for member in cohort:
+            signature.setdefault(member, []).append(i)
+    atoms: dict[tuple[int, ...], set[str]] = {}
+    for member, sig in signature.items():
+        atoms.setdefault(tuple(sig), set()).add(member)
+    return frozenset(frozenset(a) for a in atoms.values() if len(a) < smallest)
+
+
+def admissible_counts(released: list[frozenset[str]], candidate: frozenset[str], smallest: int) -> bool:
+    """For sums of 0/1 indicators (a household in a voltage band, a meter whose failures rose), where the rank
+    test is not enough: two households' x + y of 0 or 2 gives both, and a count of 0 or of all over any group
+    gives every member's bit. Admissible iff it leaves no group of fewer than `smallest` households that the
+    released cohorts tell apart from all others and that was not already one: what any combination of counts
+    says is then about groups of at least `smallest` households (each count over them), never about fewer.
+    Stricter than the rank test (an atom of two or more is never isolated by it), so it also audits the
+    clamped sums released beside the counts over the same cohort."""
+    if candidate in released:
+        return True
+    return not small_groups([*released, candidate], smallest) - small_groups(released, smallest)
+
+
 def _reduce(matrix: list[list[int]]) -> list[tuple[int, int]]:
     """Row echelon form in place, fraction-free (integers, each row divided by its gcd): every pivot column is
     zero outside its pivot row, as in the reduced form; rows are only scaled, which no test here depends on.

@@ -21,9 +21,12 @@ recorded, and answered from the record.
 from __future__ import annotations
 
 import asyncio
+import calendar
+import dataclasses
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +37,10 @@ from agent.offloop import serially
 from agent.parameters import permitted
 from agent.privacy import dp
 from agent.release import audit, records
+from agent.release import grid as grid_quantities
 from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
+from agent.release.members import Members
 from agent.release.records import NOT_RELEASED, Json, Refusal
 
 if TYPE_CHECKING:
@@ -57,6 +62,8 @@ HOLD_S = 300  # a household silent this long (or two windows, if longer) leaves 
 KEEP_S = {1: 3600, 60: 6 * 3600, 900: 2 * 86400, 3600: 2 * 86400}
 RESTART_MARGIN_S = 300  # exact records a kill -9 may have lost: released up to this long after the last on disk
 TRIGGER_DAY_S = 86400  # noisy levels release trigger statistics per UTC day
+PEAK_WIDTHS = (900, 3600)  # released bodies of these widths carry the month's peak so far (capacity tariff)
+PEAK_PARAMETER = "neighborhood_peak_demand_month"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class Releases:
         privacy = config.privacy
         keep_days = max(privacy.horizon_days, int(config.storage.retention_rollup_s // 86400)) + 1
         self.log = ReleaseLog(directory, keep_days)
+        self.members = Members(Path(directory) / "members", keep_days, clock)  # the households' pages only
         self.ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
         self.writes = asyncio.Lock()
         self._settling = asyncio.Lock()
@@ -99,6 +107,8 @@ class Releases:
         self._last_seen: dict[Grid, dict[str, tuple[int, Contribution]]] = {}
         # exact cohorts released per (grid width, tag) in the last audit period: {members: newest start}
         self._audited: dict[tuple[int, str], dict[frozenset[str], int]] = {}
+        # per (organization, width): (UTC month start, highest consumption_w released to it, that window's start)
+        self._peaks: dict[tuple[str, int], tuple[int, float, int]] = {}
         self._cohort_cache: dict[str, tuple[tuple[Any, ...], int, frozenset[str]]] = {}
         self._meter_cache: tuple[tuple[Any, ...], dict[str, str]] = ((), {})
         self._started_at = clock()
@@ -119,6 +129,8 @@ class Releases:
                     self.ledger.charge(cohorts[doc["c"]], doc["p"], doc["s"])
                 if kind == "r" and "b" in doc and not doc.get("noisy"):
                     last_exact = doc["s"] if last_exact is None else max(last_exact, doc["s"])
+                if kind == "r" and "b" in doc and doc["g"] == "" and doc["w"] in PEAK_WIDTHS:
+                    self._note_peak(doc["o"], doc["w"], doc["s"], doc["b"]["consumption_w"], month_of(now))
                 if kind == "r" and doc["s"] >= now - KEEP_S.get(doc["w"], 0):
                     self._records[(doc["o"], doc["w"], doc["s"], doc["g"])] = doc
             elif kind == "o":
@@ -134,6 +146,7 @@ class Releases:
 
     def close(self) -> None:
         self.log.close()
+        self.members.close()
 
     # --- what the others ask -------------------------------------------------------------------
     def listen(self, callback: Callable[[str, int], None]) -> None:
@@ -289,7 +302,9 @@ class Releases:
                     newly.extend((width, s) for s in range(max(first, frontier - 10 * width), frontier + width,
                                                            width))
                     decided[width] = frontier
+            peaks_before = dict(self._peaks)
             days = self._release_trigger_days(limit, durable)
+            await self.members.commit()  # who each release included, on disk before anyone can have it
             if durable:
                 try:
                     await serially(self.writes, self.log.write, durable)
@@ -299,6 +314,8 @@ class Releases:
                     staged = {key: _refused_doc(doc, "storage_error", "the release could not be written "
                                                 "durably; not released") if _noisy(doc) else doc
                               for key, doc in staged.items()}
+                    self._restore_peaks(peaks_before, {k[0] for k, d in staged.items()
+                                                       if d.get("x", {}).get("error") == "storage_error"})
                     days = []
             for org_id, trigger_id, body in days:
                 self._trigger_released.setdefault((org_id, trigger_id), []).append(body)
@@ -413,7 +430,7 @@ class Releases:
             if meter in out:
                 continue
             if start - seen_at < hold:
-                out[meter] = contribution
+                out[meter] = _held(contribution)
             else:
                 del last[meter]
         for meter, contribution in contributions.items():
@@ -433,6 +450,7 @@ class Releases:
                                "every cohort released in the period")
             for org in orgs:
                 staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, resuming)
+                self.members.note(org.id, tag, grid.width, start, None)
             return
         meters = self._meters()
         with_data = {m for m, c in contributions.items() if tag is None or tag in c.channels}
@@ -450,6 +468,10 @@ class Releases:
         known = self._known()
         released: list[frozenset[str]] = list(dict.fromkeys(c - known for c in recent))
         what = f"households with a '{tag}' channel" if tag else "consenting households"
+        grid_audit = {} if tag else {q: {c: s for c, s in self._audited.get((grid.width, f"grid:{q}"), {}).items()
+                                         if s > start - period} for q in grid_quantities.QUANTITIES}
+        table = grid_quantities.WindowTable(contributions)
+        known_meters = frozenset(meters[h] for h in known if h in meters)
         # the audit's order depends on who is in each cohort, never on what they used
         for org, members in sorted(candidates, key=lambda c: (-len(c[1]), c[0].id)):
             counted = len(members - self._related(org.id))
@@ -470,8 +492,78 @@ class Releases:
                 production = None if tag else sum(c.production_w for c in rows)
                 result = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members),
                                            consumption, production, {"kind": "exact"})
+                if tag is None:
+                    quantities = self._grid_quantities(org)
+                    if quantities:
+                        result["grid"] = self._grid_exact(org, quantities, start, members, table, known_meters,
+                                                          grid_audit)
+                    result = self._with_peak(org, grid.width, start, result)
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
+            self.members.note(org.id, tag, grid.width, start, None if isinstance(result, Refusal) else members)
         self._audited[(grid.width, tag or "")] = recent
+        for q, cohorts in grid_audit.items():
+            self._audited[(grid.width, f"grid:{q}")] = cohorts
+
+    def _grid_quantities(self, org: Organization) -> tuple[str, ...]:
+        """The grid quantities this organization gets: its parameters permit them and, at a noisy level, the
+        operator enabled them for the level ([levels.X.dp] grid; each costs its cohort grid_rho per window)."""
+        level = self.config.levels.get(org.level)
+        if level is None:
+            return ()
+        return tuple(q for q in grid_quantities.QUANTITIES
+                     if (not level.noisy or grid_quantities.level_quantity(q) in level.dp.grid)
+                     and any(self._may(org, p) for p in grid_quantities.PARAMETERS[q]))
+
+    def _grid_exact(self, org: Organization, quantities: tuple[str, ...], start: int, members: frozenset[str],
+                    table: grid_quantities.WindowTable, known: frozenset[str],
+                    audited: dict[str, dict[frozenset[str], int]]) -> Json:
+        """Exact grid quantities, each over the members that report it: k_min of them not related to the
+        organization, and the audit of counts (`audit.admissible_counts`: no group of fewer than k_min households
+        told apart by the cohorts of this quantity released for this window or in the audit period before it).
+        Cohorts here are sets of meters (one per household): the window's values are kept by meter."""
+        k_min, meters = self.config.privacy.k_min, self._meters()
+        period = self.config.privacy.audit_period_s
+        mine = frozenset(meters[h] for h in members)
+        related = frozenset(meters[h] for h in self._related(org.id) if h in meters)
+        out: Json = {"band_edges_v": list(grid_quantities.BAND_EDGES_V)}
+        for q in quantities:
+            reporting = mine & table.reporting(q)
+            cohort = reporting - known
+            recent = audited[q]
+            if len(reporting - related) < k_min:
+                out[q] = grid_quantities.refused("cohort_too_small", f"fewer than {k_min} households (not related "
+                                                 "to this organization) report this quantity in this window")
+            elif not audit.admissible_counts(list(dict.fromkeys(c - known for c in recent)), cohort, k_min):
+                out[q] = grid_quantities.refused("isolating", "with this quantity's cohorts released for this window "
+                                                 f"or in the last {period:g} s, fewer than {k_min} households "
+                                                 "would be told apart by its counts; not released")
+            else:
+                recent[cohort] = start
+                out[q] = table.part(q, reporting)
+        return out
+
+    def _with_peak(self, org: Organization, width: int, start: int, body: Json) -> Json:
+        """The body with the highest consumption_w this organization was released at this width since the UTC
+        month began (this window included): post-processing of its own released records, no further loss."""
+        if width not in PEAK_WIDTHS or body.get("tag") is not None or not self._may(org, PEAK_PARAMETER):
+            return body
+        month, peak, at = self._note_peak(org.id, width, start, body["consumption_w"], month_of(start))
+        return {**body, "peak_month_w": peak, "peak_month_at": records.stamp(at)}
+
+    def _note_peak(self, org_id: str, width: int, start: int, watts: float, month: int) -> tuple[int, float, int]:
+        key = (org_id, width)
+        current = self._peaks.get(key)
+        if start >= month and (current is None or current[0] != month or watts > current[1]):
+            current = self._peaks[key] = (month, watts, start)
+        return current if current is not None else (month, watts, start)
+
+    def _restore_peaks(self, before: dict[tuple[str, int], tuple[int, float, int]], org_ids: set[str]) -> None:
+        """A pass whose noisy records could not be written: their values never count toward a peak."""
+        for key in [k for k in self._peaks if k[0] in org_ids]:
+            if key in before:
+                self._peaks[key] = before[key]
+            else:
+                del self._peaks[key]
 
     def _decide_noisy(self, grid: Grid, orgs: list[Organization], start: int, contributions: Contributions, staged: Staged,
                       durable: Durable) -> None:
@@ -490,7 +582,8 @@ class Releases:
             consenting = [h for h in self._cohort(org.id, start, end) if h in registry.households]
             tags = [t for t in level.dp.tags if self._may(org, f"neighborhood_channel_{t}")]
             for tag in [None, *tags]:
-                loss = level.dp.loss()
+                quantities = () if tag else self._grid_quantities(org)
+                loss = level.dp.loss() + (level.dp.grid_rho if quantities else 0.0)
                 members = frozenset(h for h in consenting if self.ledger.affords(h, loss, start))
                 counted = len(members - self._related(org.id))
                 key = (org.id, grid.width, start, tag or "")
@@ -499,10 +592,11 @@ class Releases:
                                       f"organization) can take part in this window; at least {k_min} are needed",
                                       counted, k_min - counted)
                     staged[key] = _doc(org.id, grid.width, start, tag, refusal)
+                    self.members.note(org.id, tag, grid.width, start, None)
                     continue
-                share = (level.name, tag, members)
+                share = (level.name, tag, members, quantities)
                 if share not in shared:
-                    body = self._noisy_body(level, grid, start, tag, members, contributions)
+                    body = self._noisy_body(level, grid, start, tag, members, contributions, quantities, loss)
                     self.ledger.charge(members, loss, start)
                     digest = cohort_hash(members)
                     batch = durable.setdefault(name, [])
@@ -511,20 +605,21 @@ class Releases:
                         self._cohorts_written.add((name, digest))
                     shared[share] = {"body": body, "c": digest, "p": loss, "first": True}
                 entry = shared[share]
-                doc = _doc(org.id, grid.width, start, tag, entry["body"])
+                doc = _doc(org.id, grid.width, start, tag, self._with_peak(org, grid.width, start, entry["body"]))
                 if entry.pop("first", False):
                     doc.update(c=entry["c"], p=entry["p"])  # charged once, on the first organization's record
                 doc["noisy"] = True
+                self.members.note(org.id, tag, grid.width, start, members, loss)
                 durable.setdefault(name, []).append(doc)
                 staged[key] = doc
 
     def _noisy_body(self, level: Level, grid: Grid, start: int, tag: str | None, members: frozenset[str],
-                    contributions: Contributions) -> Json:
-        cfg, meters = level.dp, self._meters()
-        quantities = 1 if tag else 2
+                    contributions: Contributions, quantities: tuple[str, ...] = (), loss: float | None = None) -> Json:
+        cfg, meters, grid_parts = level.dp, self._meters(), quantities
+        quantities_n = 1 if tag else 2
         clamp = cfg.tag_clamp_w if tag else cfg.clamp_w
-        mechanism = (dp.calibrate_rho(clamp, cfg.rho / quantities) if cfg.noise == "gaussian"
-                     else dp.calibrate("laplace", clamp, cfg.epsilon / quantities))
+        mechanism = (dp.calibrate_rho(clamp, cfg.rho / quantities_n) if cfg.noise == "gaussian"
+                     else dp.calibrate("laplace", clamp, cfg.epsilon / quantities_n))
         rows = [contributions.get(meters[h]) for h in members]
         if tag:
             consumption = mechanism.release([c.channels.get(tag, 0.0) if c else 0.0 for c in rows])
@@ -532,13 +627,19 @@ class Releases:
         else:
             consumption = mechanism.release([c.consumption_w if c else 0.0 for c in rows])
             production = mechanism.release([c.production_w if c else 0.0 for c in rows])
-        privacy = self._noisy_privacy(level, mechanism, quantities)
-        return records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members), consumption,
+        privacy = self._noisy_privacy(level, mechanism, 1 if tag else 2, loss)
+        body = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members), consumption,
                                  production, privacy)
+        if grid_parts:
+            body["grid"] = {"band_edges_v": list(grid_quantities.BAND_EDGES_V),
+                            **grid_quantities.noisy_part(grid_parts, rows, cfg.grid_rho)}
+        return body
 
-    def _noisy_privacy(self, level: Level, mechanism: dp.Mechanism, quantities: int) -> Json:
+    def _noisy_privacy(self, level: Level, mechanism: dp.Mechanism, quantities: int, loss: float | None = None
+                       ) -> Json:
+        """`loss`: what the window charges each household, grid quantities included (default: the level's)."""
         cfg, privacy = level.dp, self.config.privacy
-        loss = cfg.loss()
+        loss = cfg.loss() if loss is None else loss
         return {
             "kind": "noisy",
             "mechanism": dp.MECHANISM_NAMES[mechanism.noise],
@@ -582,6 +683,9 @@ class Releases:
                     if privacy.get("noise_sd_w") is not None:
                         privacy["noise_sd_w"] = round(privacy["noise_sd_w"] / math.sqrt(len(bodies)), 3)
                     result = records.derive(WIDTH_NAME[wider], first, wider, bodies, privacy)
+                    if all("grid" in b for b in bodies):
+                        result["grid"] = grid_quantities.derive([b["grid"] for b in bodies])
+                    result = self._with_peak(org, wider, first, result)
                 doc = _doc(org.id, wider, first, tag, result)
                 staged[(org.id, wider, first, tag or "")] = doc
 
@@ -626,6 +730,17 @@ def guarantee(horizon_days: int, cap_rho: float, delta: float, loss: float) -> s
             f"over any {horizon_days} days is at most rho = {cap_rho:g}, i.e. epsilon = "
             f"{epsilon_of_rho(cap_rho, delta):.2f} at delta = {delta:g}; replacing its readings by others' costs "
             f"at most 4x rho")
+
+
+def _held(contribution: Contribution) -> Contribution:
+    """A silent household's last contribution, held over: its failure was counted in the window it was seen in."""
+    return dataclasses.replace(contribution, long_failure=0) if contribution.long_failure else contribution
+
+
+def month_of(moment: float) -> int:
+    """The start of the UTC month `moment` is in."""
+    t = time.gmtime(moment)
+    return calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
 
 
 def _doc(org_id: str, width: int, start: int, tag: str | None, result: Json | Refusal) -> Json:

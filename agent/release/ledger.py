@@ -9,6 +9,11 @@ durable before anyone sees them (one fact, written once).
 
 Charges are kept per household per UTC day, so the horizon is whole days: the current day and the
 `horizon_days - 1` before it.
+
+A day of the release log damaged beyond repair (`log.LOST`) is charged to EVERYONE: which households its lost
+records charged, and how much, is unknown, so every household counts as having spent its whole cap while that
+day is in the horizon. The ledger may over-count (nothing noisy is released for anyone until the day leaves the
+horizon), never under-count.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 DAY = 86400
+EVERYONE = "*"  # a charge to every household, of an unknown amount up to the cap (a lost day of the log)
 
 
 def day_of(moment: float) -> int:
@@ -41,13 +47,19 @@ class Ledger:
         self.horizon_days = horizon_days
         self.cap_rho = cap_rho
         self._days: dict[str, dict[int, float]] = {}  # household -> {day: rho}
+        self._unknown: set[int] = set()  # days charged to EVERYONE
+
+    def _unknown_in_horizon(self, moment: float) -> list[int]:
+        first = self._first_day(moment)
+        return sorted(day for day in self._unknown if day >= first)
 
     def _first_day(self, moment: float) -> int:
         return day_of(moment) - self.horizon_days + 1
 
     def spent(self, household: str, moment: float) -> float:
         first = self._first_day(moment)
-        return sum(rho for day, rho in self._days.get(household, {}).items() if day >= first)
+        known = sum(rho for day, rho in self._days.get(household, {}).items() if day >= first)
+        return max(known, self.cap_rho) if self._unknown_in_horizon(moment) else known
 
     def affords(self, household: str, rho: float, moment: float) -> bool:
         # a hair of slack for float sums: a cap met exactly is met
@@ -56,11 +68,15 @@ class Ledger:
     def charge(self, households: Iterable[str], rho: float, moment: float) -> None:
         day = day_of(moment)
         for household in households:
+            if household == EVERYONE:
+                self._unknown.add(day)
+                continue
             days = self._days.setdefault(household, {})
             days[day] = days.get(day, 0.0) + rho
 
     def forget_before(self, moment: float) -> None:
         first = self._first_day(moment)
+        self._unknown = {day for day in self._unknown if day >= first}
         for household in list(self._days):
             days = {d: r for d, r in self._days[household].items() if d >= first}
             if days:
@@ -72,9 +88,14 @@ class Ledger:
         """The household's own view: what it has spent in the horizon, of what cap, day by day."""
         first = self._first_day(moment)
         days = {d: r for d, r in sorted(self._days.get(household, {}).items()) if d >= first}
-        spent = sum(days.values())
+        unknown = self._unknown_in_horizon(moment)
+        for day in unknown:  # what makes the total the cap (the known charges of the other days stay as they are)
+            days[day] = max(days.get(day, 0.0), self.cap_rho - sum(r for d, r in days.items() if d != day))
+        days = dict(sorted(days.items()))
+        spent = self.spent(household, moment)
         return {"horizon_days": self.horizon_days, "cap_rho": self.cap_rho, "spent_rho": round(spent, 9),
                 "remaining_rho": round(max(0.0, self.cap_rho - spent), 9), "delta": delta,
                 "spent_epsilon": round(epsilon_of_rho(spent, delta), 6),
                 "cap_epsilon": round(epsilon_of_rho(self.cap_rho, delta), 6),
-                "days": [{"day": d * DAY, "rho": round(r, 9)} for d, r in days.items()]}
+                "days": [{"day": d * DAY, "rho": round(r, 9), **({"lost_records": True} if d in unknown else {})}
+                         for d, r in days.items()]}

@@ -5,11 +5,20 @@ go to their own day files (`1s-YYYYMMDD.seg`), kept two days; everything else (`
 ledger's horizon or the rollups' retention, whichever is longer. A write is one appended record per file, fsync'd;
 it runs in a worker thread (the caller uses `agent.offloop.serially`).
 
+Every record is written twice (``copies=2``, as the registry's): one damaged copy is recovered from its twin. A
+main file with records lost beyond repair fails closed, since they may have held ledger charges: the start that
+finds it adds a LOST charge for the file's day, to every household (`ledger.EVERYONE`), so the ledger over-counts
+that day and never under-counts; the charge is written into that file (once, with the next write if the disk
+refuses it now), so it outlives a damaged tail that the next append cuts off. Reads decode the file a record at a
+time (`SegmentStream`), keeping only what the reader asks for.
+
 Documents (short keys: there are many):
   {"t": "r", "o": org, "w": width_s, "s": start, "g": tag or "", "b": body | "x": refusal, ["c": cohort, "p": rho]}
   {"t": "c", "h": cohort hash, "m": [household ids]}         (before the first release that names it, per file)
   {"t": "n", "o": org, "i": trigger, "w": width_s, "s": start, "b": counts, ["c", "p"]}   trigger statistics
   {"t": "o", "k": memo key, "b": body}                        a release computed when first asked (`once`)
+  {"t": "c", "h": "lost-<file>", "m": ["*"], "x": n} and {"t": "n", "o": "", "i": "", "w": 86400, "s": day,
+   "b": {}, "c": "lost-<file>", "p": 0.0, "x": n}             the fail-closed charge of a day with n lost records
 """
 
 from __future__ import annotations
@@ -18,17 +27,20 @@ import calendar
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.store.segment import SegmentDB, ensure_dir
+from agent.release.ledger import EVERYONE
+from agent.store.segment import SegmentDB, SegmentStream, ensure_dir
 
 log = logging.getLogger("edge.release")
 
 TABLE = "r"
 FINE_PREFIX = "1s-"
 FINE_KEEP_DAYS = 2
+KIND = "releases"  # in integrity(): /health, /metrics
+LOST = "lost-"  # the cohort hash prefix of a fail-closed charge
 
 
 def day_name(moment: float) -> str:
@@ -51,6 +63,7 @@ class ReleaseLog:
         self._open: dict[str, SegmentDB] = {}
         self._lock = threading.Lock()  # a worker thread's write, a history read, or close()
         self.last_error: str | None = None  # the last write's failure, None once one succeeds
+        self._unwritten: dict[str, list[dict[str, Any]]] = {}  # fail-closed charges the disk refused at start
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.seg"
@@ -66,11 +79,11 @@ class ReleaseLog:
         OSError and is kept in `last_error` (shown in /health) until a write succeeds."""
         with self._lock:
             try:
+                for name in list(self._unwritten):  # first: a damaged tail in that file is cut by this append
+                    self._insert(name, self._unwritten[name])
+                    del self._unwritten[name]
                 for name, docs in batches.items():
-                    db = self._open.get(name)
-                    if db is None:
-                        db = self._open[name] = SegmentDB(str(self._path(name)), kind="releases")
-                    db.table(TABLE).insert_multiple(docs)
+                    self._insert(name, docs)
             except OSError as exc:
                 self.last_error = f"{exc.strerror or exc} ({time.strftime('%H:%M:%S', time.gmtime())} UTC)"
                 raise
@@ -79,24 +92,23 @@ class ReleaseLog:
             for name in sorted(self._open)[:-4]:
                 self._open.pop(name).close()
 
-    def read(self, name: str) -> list[dict[str, Any]]:
-        """Every document of one day file (a history read, in a worker thread)."""
-        with self._lock:
-            db = self._open.get(name)
-            if db is not None:
-                return list(db.table(TABLE).all())
-        path = self._path(name)
-        if not path.exists():
-            return []
-        db = SegmentDB(str(path))
-        try:
-            return list(db.table(TABLE).all())
-        finally:
-            db.close()
+    def _insert(self, name: str, docs: list[dict[str, Any]]) -> None:
+        db = self._open.get(name)
+        if db is None:
+            db = self._open[name] = SegmentDB(str(self._path(name)), kind=KIND, copies=2)
+        db.table(TABLE).insert_multiple(docs)
+
+    def read(self, name: str, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """The documents of one day file that `keep` accepts (all without it), for a history read in a worker
+        thread: decoded a record at a time from the file (never through the writer's open database, whose
+        decoded view would then stay in memory), so that only what is kept is held."""
+        docs = SegmentStream(self._path(name), kind=KIND).docs(TABLE)
+        return list(docs) if keep is None else [doc for doc in docs if keep(doc)]
 
     def load(self, now: float, fine_since: float) -> Iterator[dict[str, Any]]:
-        """Every document still kept, oldest file first (1-second files only from `fine_since`); deletes files
-        past their retention."""
+        """Every document still kept, oldest file first (1-second files only from `fine_since`), with the
+        fail-closed charge of a main file whose records are lost (see the module's doc); deletes files past
+        their retention."""
         for path in sorted(self.directory.glob("*.seg"), key=lambda p: p.stem.removeprefix(FINE_PREFIX)):
             day = _day(path)
             if day is None:
@@ -106,11 +118,30 @@ class ReleaseLog:
                 continue
             if path.stem.startswith(FINE_PREFIX) and day + 86400 < fine_since:
                 continue
-            db = SegmentDB(str(path))
+            stream = SegmentStream(path, kind=KIND)
+            charged = 0  # lost records a fail-closed charge in this file already covers
+            for doc in stream.docs(TABLE):
+                if doc.get("c", "").startswith(LOST) and doc.get("t") == "n":
+                    charged = max(charged, doc.get("x", 1))
+                yield doc
+            if stream.lost_records > charged and not path.stem.startswith(FINE_PREFIX):
+                yield from self._fail_closed(path.stem, day, stream.lost_records)
+
+    def _fail_closed(self, name: str, day: int, lost: int) -> list[dict[str, Any]]:
+        """The charge of a day whose lost records may have held charges: to every household, durably."""
+        cohort = LOST + name
+        docs = [{"t": "c", "h": cohort, "m": [EVERYONE], "x": lost},
+                {"t": "n", "o": "", "i": "", "w": 86400, "s": day, "b": {}, "c": cohort, "p": 0.0, "x": lost}]
+        log.error("release log %s: %d damaged record(s) could not be recovered; failing closed: every household "
+                  "counts as having spent its whole privacy cap on %s while that day is in the horizon", name, lost,
+                  name)
+        with self._lock:
             try:
-                yield from db.table(TABLE).all()
-            finally:
-                db.close()
+                self._insert(name, docs)
+            except OSError as exc:  # kept, and written first by the next write
+                log.error("release log %s: cannot write the fail-closed charge yet: %s", name, exc)
+                self._unwritten[name] = docs
+        return docs
 
     def apply_retention(self, now: float) -> None:
         with self._lock:

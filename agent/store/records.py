@@ -171,6 +171,53 @@ def decode_records_backward(buf: bytes) -> Iterator[tuple[str, int, list[dict]]]
             continue
 
 
+def scan_lazily(buf: bytes, damage: list[Damage]) -> Iterator[tuple[str, int, list[dict]]]:
+    """The good records of buf, oldest first, decoded one at a time as they are asked for (a day of 1-second
+    releases is ~10 MB on disk, ten times that decoded): for a long read that keeps only what it needs. A record
+    written twice (``copies=2``) is given once. What did not decode is added to `damage` as ``scan_records``
+    says it, once the records before it have been asked for. The headers are walked first (nothing is
+    decompressed); from the first damage on (rare), ``scan_records`` decodes the rest whole."""
+    view = memoryview(buf)
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while len(buf) - pos >= HEADER.size:
+        magic, length, _ = HEADER.unpack_from(view, pos)
+        if magic != MAGIC or length > MAX_PAYLOAD or pos + HEADER.size + length > len(buf):
+            break
+        spans.append((pos, HEADER.size + length))
+        pos += HEADER.size + length
+    given = None  # the last record given, and its bytes
+    for i, (offset, length) in enumerate(spans):
+        if given is not None and view[offset:offset + length] == given[1]:
+            continue  # its second copy
+        try:
+            record = _decode_one(view, offset)
+        except CorruptRecord:  # a good frame, a bad payload (CRC mismatch)
+            pos = spans[i - 1][0] if i else 0
+            break
+        given = (record, view[offset:offset + length])
+        yield record
+    else:
+        if pos < len(buf):
+            pos = spans[-1][0] if spans else 0
+        else:
+            return
+    # Damage: the careful scan from the last good record (a damaged record's twin may be it) to the end.
+    scan = scan_records(buf[pos:])
+    for record in scan.records:
+        if given is None or record[:2] != given[0][:2]:
+            yield record
+        given = (record, b"")
+    damage.extend(_shifted(d, pos) for d in scan.damage)
+
+
+def _shifted(item: Damage, base: int) -> Damage:
+    """A Damage found in buf[base:], as at its offset in buf."""
+    return Damage(item.offset + base, item.length,
+                  item.problem.replace(f"at byte {item.offset} ", f"at byte {item.offset + base} "), item.torn,
+                  item.twin_intact)
+
+
 def _next_good(view: memoryview, buf: bytes, start: int) -> int | None:
     """The offset of the next record after `start` that decodes, or None."""
     pos = buf.find(MAGIC, start)

@@ -18,13 +18,10 @@ import math
 from datetime import datetime, timezone
 from operator import attrgetter
 
-from drivers.reading import VALUE_FIELDS, Reading, iso
+from drivers.reading import FIELDS, MEAN, VALUE_FIELDS, Reading, iso
 
 # Instantaneous quantities are averaged; registers, counters, states, limits and this month's peak keep their last value.
-MEAN_FIELDS: tuple[str, ...] = tuple(
-    n for n in VALUE_FIELDS
-    if (n.endswith(("_w", "_v", "_a", "_var", "_va", "_hz")) or n.startswith("power_factor"))
-    and "threshold" not in n and n != "demand_peak_month_w")
+MEAN_FIELDS: tuple[str, ...] = tuple(n for n in VALUE_FIELDS if FIELDS[n].rollup == MEAN)  # drivers/reading.py
 MAX_FIELDS: tuple[str, ...] = ("power_import_w", "power_export_w")
 LAST_FIELDS: tuple[str, ...] = tuple(n for n in VALUE_FIELDS if n not in MEAN_FIELDS)
 _ROW = attrgetter(*MEAN_FIELDS, *MAX_FIELDS, *LAST_FIELDS)  # one C call reads a reading's rollup fields

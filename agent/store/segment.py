@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from tinydb import TinyDB
@@ -26,7 +26,7 @@ from tinydb.storages import Storage
 from tinydb.table import Table
 
 from agent.store.disk import check_under
-from agent.store.records import Damage, encode_record, scan_records
+from agent.store.records import Damage, encode_record, scan_lazily, scan_records
 
 log = logging.getLogger("edge.store")
 
@@ -225,6 +225,34 @@ class SegmentStorage(Storage):
             os.close(self._fd)
             self._fd = None
             self._next_ids = {}
+
+
+class SegmentStream:
+    """A segment's documents decoded one record at a time, for a long read that keeps only what it needs (a
+    history query, a replay at start): never the whole decoded file in memory. Damage is noted in ``integrity()``
+    as ``SegmentStorage`` notes it; ``lost_records`` (records damaged without an intact twin) is known once the
+    documents have been iterated. A torn tail (an append in progress, or cut off by the writer when it next
+    opens the file) is left out and not counted."""
+
+    def __init__(self, path: str | Path, kind: str = "other"):
+        self.path, self.kind = Path(path), kind
+        self.lost_records = 0
+
+    def docs(self, table: str) -> Iterator[dict]:
+        try:
+            with open(self.path, "rb") as handle:
+                buf = handle.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        damage: list[Damage] = []
+        for name, _, docs in scan_lazily(buf, damage):
+            if name == table:
+                yield from docs
+        settled = [d for d in damage if not d.torn]
+        if settled:
+            log.warning("segment %s: %s", self.path, "; ".join(d.problem for d in settled))
+            _note_damage(self.path, self.kind, 0, settled)
+        self.lost_records = sum(not d.twin_intact for d in settled)
 
 
 class SegmentTable(Table):

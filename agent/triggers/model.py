@@ -225,9 +225,14 @@ def sample_rows(params: list[Parameter], rng=None) -> list[tuple]:
 
 
 # --- debounce ----------------------------------------------------------------------------------------
+EVERYONE = "*"  # in the debounce: every household (what a firings log damaged beyond repair leaves, see the store)
+
+
 class Debouncer:
     """At most one action per (trigger, household) per interval, and per (organization, household) no
-    action before a deleted trigger's wait is over (deleting and creating again is no way around it)."""
+    action before a deleted trigger's wait is over (deleting and creating again is no way around it). An entry
+    for EVERYONE counts for every household (a trigger that acted for unknown households, a day's events spent
+    for unknown households)."""
 
     def __init__(self):
         self.last: dict[tuple[str, str], float] = {}  # (trigger id, household id) -> last action
@@ -236,8 +241,9 @@ class Debouncer:
 
     def event_allowed(self, org_id: str, household_id: str, at: float, per_day: int) -> bool:
         """May one more of this household's events go to this organization on the UTC day of `at`?"""
-        day, used = self.events.get((org_id, household_id), (None, 0))
-        return (used if day == _day(at) else 0) < per_day
+        today = _day(at)
+        return all((used if day == today else 0) < per_day
+                   for day, used in (self.events.get((org_id, who), (None, 0)) for who in (household_id, EVERYONE)))
 
     def spend_event(self, org_id: str, household_id: str, at: float, n: int = 1) -> None:
         day, used = self.events.get((org_id, household_id), (None, 0))
@@ -247,10 +253,13 @@ class Debouncer:
         self.events[(org_id, household_id)] = (today, (used if day == today else 0) + n)
 
     def allowed(self, trigger: Trigger, household_id: str, now: float) -> bool:
-        last = self.last.get((trigger.id, household_id))
-        if last is not None and now - last < trigger.interval_s:
-            return False  # (a clock that went back also waits)
-        return now >= self.cooldown.get((trigger.organization_id, household_id), float("-inf"))
+        for who in (household_id, EVERYONE):
+            last = self.last.get((trigger.id, who))
+            if last is not None and now - last < trigger.interval_s:
+                return False  # (a clock that went back also waits)
+            if now < self.cooldown.get((trigger.organization_id, who), float("-inf")):
+                return False
+        return True
 
     def record(self, trigger_id: str, household_id: str, now: float) -> None:
         self.last[(trigger_id, household_id)] = now

@@ -11,6 +11,12 @@ segment logs, like the registry):
   INBOX_MAX notifications per household; older ones are cut out in one atomic rewrite now and then);
 - ``pseudonym.key``: the device's secret for the households' per-organization pseudonyms.
 
+Every record is written twice (``copies=2``, as the registry's): one damaged copy is recovered from its twin. A
+record lost beyond repair is counted (`faults.damage.<kind>.lost`, /health 503); it never brings back a state
+(a trigger, an endpoint or an appliance removed is a rewrite without it, never a record of its removal). The
+firings log fails closed: its lost lines may have been actions or disclosed events, so every trigger waits one
+interval for every household and every organization's events are spent for the day (rewritten so at once).
+
 Writes come from the event loop (the API, the runner) and from the runner's threads (the debounce log, the
 inbox, the periodic counters): each store serializes them with a lock, since a rewrite replaces the file under
 an appender. The event loop never writes itself: its changes (a trigger added, quarantined or deleted; a
@@ -24,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -34,20 +42,23 @@ from tinydb import where
 
 from agent.offloop import serially as _serially
 from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
-from agent.triggers.model import Debouncer, Trigger, TriggerStats
+from agent.triggers.model import EVERYONE, Debouncer, Trigger, TriggerStats
+
+log = logging.getLogger("edge.triggers")
 
 INBOX_MAX = 100
 INBOX_COMPACT_AFTER = 500  # stale inbox lines before a rewrite
 FIRINGS_COMPACT_AFTER = 1000
+SPENT = 1 << 30  # a day's events for EVERYONE: above any per-day bound
 
 
 class TriggerStore:
     def __init__(self, directory: Path):
         ensure_dir(directory)
         self.directory = directory
-        self.db = SegmentDB(str(directory / "triggers.seg"))
-        self.stats_db = SegmentDB(str(directory / "stats.seg"))
-        self.firings_db = SegmentDB(str(directory / "firings.seg"))
+        self.db = SegmentDB(str(directory / "triggers.seg"), kind="triggers", copies=2)
+        self.stats_db = SegmentDB(str(directory / "stats.seg"), kind="trigger_stats", copies=2)
+        self.firings_db = SegmentDB(str(directory / "firings.seg"), kind="trigger_firings", copies=2)
         self.key = _device_key(directory / "pseudonym.key")
         self.lock = threading.Lock()
         self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see _serially)
@@ -79,10 +90,30 @@ class TriggerStore:
         events = sorted(self.firings_db.table("events").all(), key=lambda doc: doc["d"])
         for doc in events:
             debounce.spend_event(doc["o"], doc["h"], doc["d"] * 86400.0, doc.get("n", 1))
-        if (len(lines) + len(cools) + len(events) > len(debounce.last) + len(debounce.cooldown) + len(debounce.events)
-                + FIRINGS_COMPACT_AFTER):
+        lost = self.firings_db.storage.lost_records
+        if lost:
+            self._fail_closed(lost, triggers, [*lines, *events], debounce)
+        elif (len(lines) + len(cools) + len(events) > len(debounce.last) + len(debounce.cooldown)
+              + len(debounce.events) + FIRINGS_COMPACT_AFTER):
             self._compact_firings(debounce)
         return triggers, stats, debounce
+
+    def _fail_closed(self, lost: int, triggers: dict[str, Trigger], lines: list, debounce: Debouncer) -> None:
+        """firings.seg lost lines beyond repair: actions and disclosed events of unknown households. As if every
+        trigger had just acted for everyone, and every organization had had its events of the day; the file is
+        rewritten without the damage, with those lines (a later start does not wait again)."""
+        at = max([time.time(), *(doc.get("at", 0) for doc in lines)])
+        for trigger in triggers.values():
+            debounce.record(trigger.id, EVERYONE, at)
+        for org_id in {t.organization_id for t in triggers.values()} | {doc["o"] for doc in lines if "o" in doc}:
+            debounce.spend_event(org_id, EVERYONE, at, SPENT)
+        log.error("triggers %s: %d damaged record(s) of the firings log could not be recovered; failing closed: "
+                  "every trigger waits one interval, every organization's events are spent for today",
+                  self.directory, lost)
+        try:
+            self._compact_firings(debounce)
+        except OSError as exc:  # still closed in memory; the next start finds the same damage
+            log.error("triggers %s: cannot rewrite the firings log: %s", self.directory, exc)
 
     def add(self, trigger: Trigger) -> None:
         with self.lock:
@@ -159,7 +190,7 @@ class HouseholdStore:
     """Notification endpoints, appliances and inboxes, by household id."""
 
     def __init__(self, path: Path):
-        self.db = SegmentDB(str(path))
+        self.db = SegmentDB(str(path), kind="trigger_households", copies=2)
         self.lock = threading.Lock()
         self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see _serially)
         self.endpoints: dict[str, dict] = {doc["household_id"]: dict(doc) for doc in self.db.table("notify").all()}

@@ -8,17 +8,22 @@ import math
 
 from aiohttp import web
 
-from agent.api.household_actions import HOUSEHOLD_LOCKS, new_appliance, remove_appliance, remove_endpoint, set_endpoint
+from agent.api.household_actions import (HOUSEHOLD_LOCKS, appliance_status, new_appliance, remove_appliance,
+                                         remove_endpoint, send_test_notification, set_endpoint)
 from agent.api.households import change_consent
 from agent.registry import is_service
 from agent.web import views
+from agent.web.access_index import AccessIndex
 from agent.web.live import HEARTBEAT_S, event_text, live_values
+from agent.api.common import AGENT
 from agent.web.render import HOUSEHOLD_ONLY, PREFIX, SESSION_COOKIE, PageError, agent_of, page, redirect, render
 from drivers import appliances as appliance_drivers
 from drivers import notify
 
 DAY = 86400
-ACCESS_DAYS = 2  # the audit log is read whole per day file (a pushing subscription writes ~17,000 entries a day)
+ACCESS_ROWS = 50  # a page of the access log
+ACCESS_SCAN = 5000  # entries looked at per page at most (the rest on the next): a page never holds the loop long
+ACCESS_INDEX = web.AppKey("web_access_index", AccessIndex)
 
 
 def _household(request: web.Request, session):
@@ -116,22 +121,67 @@ async def change(request: web.Request, session, data) -> web.Response:
 # --- who used my data ----------------------------------------------------------------------------
 @page(*HOUSEHOLD_ONLY)
 async def access(request: web.Request, session) -> web.Response:
+    """The access log over the ledger's horizon, newest first, a page at a time (`?before=<day>.<entry>`)."""
     agent = agent_of(request)
     household = _household(request, session)
-    now = agent.clock()
-    entries = await asyncio.to_thread(agent.audit.entries, now - ACCESS_DAYS * DAY, now, None, 100_000)
-    return render(request, "access.html", session=session, days=ACCESS_DAYS,
-                  log=views.access_log(entries, agent.registry, household.id),
-                  ledger=agent.releases.ledger_of(household.id))
+    days = agent.config.privacy.horizon_days
+    rows, more = await _access_page(request, household.id, _cursor(request.query.get("before")), days)
+    return render(request, "access.html", session=session, days=days, log=rows, more=more,
+                  first_page="before" not in request.query, ledger=agent.releases.ledger_of(household.id))
+
+
+def _cursor(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    day, _, position = text.partition(".")
+    if not (day.isascii() and day.isdigit() and position.isascii() and position.isdigit()) or int(day) % DAY:
+        raise PageError(400, "bad_parameter")
+    return int(day), int(position)
+
+
+async def _access_page(request: web.Request, household_id: str, cursor: tuple[int, int] | None,
+                       horizon_days: int) -> tuple[list[dict], str | None]:
+    """A page of rows from `cursor` back (None: from now), and the cursor of the next page (None: no more). The
+    day files are read in a worker thread (each only as far as it grew); the rows are made here, on the loop."""
+    agent = agent_of(request)
+    index = request.app[ACCESS_INDEX]
+    today = _today(agent.clock())
+    first_day = today - (horizon_days - 1) * DAY
+    day, position = cursor if cursor is not None else (int(today), None)
+    await asyncio.to_thread(agent.audit.flush)  # entries still queued (pushes) are shown too
+    present = set(await asyncio.to_thread(index.days))
+    subscriptions = agent.delivery.subscriptions
+
+    def tag_of(entry: dict) -> str | None:
+        if entry["action"] != "data.push":
+            return entry.get("tag")
+        sub = subscriptions.get(entry.get("subscription_id", ""))
+        return sub.tag if sub is not None else None
+    rows, scanned = [], 0
+    while day >= first_day:
+        entries = await asyncio.to_thread(index.day, day) if day in present else []
+        end = len(entries) if position is None else min(position, len(entries))
+        for i in range(end - 1, -1, -1):
+            row = views.access_row(entries[i], agent.registry, household_id, agent.releases.members, tag_of)
+            scanned += 1
+            if row is not None:
+                rows.append(row)
+            if len(rows) >= ACCESS_ROWS or scanned >= ACCESS_SCAN:
+                more = i > 0 or day > first_day
+                return rows, f"{day}.{i}" if more else None
+        day, position = day - DAY, None
+    return rows, None
 
 
 # --- my endpoint and appliances ------------------------------------------------------------------
-def _devices_page(request: web.Request, session, secret: str | None = None) -> web.Response:
+def _devices_page(request: web.Request, session, secret: str | None = None, tested: dict | None = None,
+                  read: dict | None = None) -> web.Response:
+    """`tested`: a test notification's result; `read`: an appliance's state just read (with its id)."""
     agent = agent_of(request)
     store = agent.triggers.households
     return render(request, "devices.html", session=session, endpoint=store.endpoints.get(session.subject),
                   appliances=store.appliances_of(session.subject), drivers=appliance_drivers.names(),
-                  kinds=notify.KINDS, secret=secret,
+                  kinds=notify.KINDS, secret=secret, tested=tested, read=read,
                   organizations=sorted(agent.registry.organizations.values(), key=lambda o: o.name.casefold()))
 
 
@@ -154,6 +204,20 @@ async def set_notify(request: web.Request, session, data) -> web.Response:
 async def unset_notify(request: web.Request, session, data) -> web.Response:
     await remove_endpoint(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject)
     return redirect(PREFIX + "/me/devices")
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def test_notify(request: web.Request, session, data) -> web.Response:
+    """A test notification to the household's endpoint, its result on the page (not a redirect: it is shown once)."""
+    return _devices_page(request, session, tested=await send_test_notification(agent_of(request), session.subject))
+
+
+@page(*HOUSEHOLD_ONLY, form=True)
+async def read_appliance(request: web.Request, session, data) -> web.Response:
+    """An appliance's relay read now (a form: it reaches out to the appliance, so it carries the CSRF token)."""
+    appliance_id = request.match_info["appliance_id"]
+    out = await appliance_status(agent_of(request), session.subject, appliance_id)
+    return _devices_page(request, session, read={"id": appliance_id, **out})
 
 
 @page(*HOUSEHOLD_ONLY, form=True)
@@ -193,6 +257,7 @@ async def notification(request: web.Request, session) -> web.Response:
 
 
 def add_routes(app: web.Application, hub) -> None:
+    app[ACCESS_INDEX] = AccessIndex(app[AGENT].audit.directory)
     r = app.router
     r.add_get(PREFIX + "/me", my_data)
     r.add_get(PREFIX + "/me/series.json", series)
@@ -203,7 +268,9 @@ def add_routes(app: web.Application, hub) -> None:
     r.add_get(PREFIX + "/me/devices", devices)
     r.add_post(PREFIX + "/me/devices/notify", set_notify)
     r.add_post(PREFIX + "/me/devices/notify/remove", unset_notify)
+    r.add_post(PREFIX + "/me/devices/notify/test", test_notify)
     r.add_post(PREFIX + "/me/devices/appliances", add_appliance)
     r.add_post(PREFIX + "/me/devices/appliances/{appliance_id}/remove", delete_appliance)
+    r.add_post(PREFIX + "/me/devices/appliances/{appliance_id}/status", read_appliance)
     r.add_get(PREFIX + "/me/notifications", notifications)
     r.add_get(PREFIX + "/me/notifications/{id}", notification)

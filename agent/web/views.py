@@ -2,8 +2,8 @@
 
 - a household's own consumption: chart series and the table beside it, from the store's 15-minute rollups;
 - who may use its data: each organization's level and what each service would give it at that level;
-- who used it: the organizations' reads and pushes from the audit log, each marked with whether the household's
-  consent put it in that release's cohort (the registry's consent history, the rule the release module uses).
+- who used it: the organizations' reads and pushes from the audit log, each marked with whether that release
+  included the household and what it charged it (the release module's members index).
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def _window_span(entry: dict) -> tuple[float, float] | None:
             return None
         start = float(entry["window_start"])
         return start, start + WINDOW_SECONDS[entry["window"]]
-    if entry["action"] == "data.history":
-        return float(entry["since"]), float(entry["until"])
+    if entry["action"] == "data.history":  # the windows asked for: those that ended by `until`
+        width = WINDOW_SECONDS.get(entry.get("window"), 1)
+        return float(entry["since"]), float(entry["until"] // width * width)
     return seconds(entry["from"]), seconds(entry["to"])
 
 
@@ -99,43 +100,58 @@ def _about_this_household(entry: dict, household_id: str) -> bool:
             and entry.get("delivered") and (entry.get("disclosed") or entry.get("action_type") == "appliance"))
 
 
-def access_log(entries: list[dict], registry, household_id: str, limit: int = 200) -> list[dict]:
-    """Releases handed to organizations the household ever consented to, newest first, each with `included`:
-    "yes" (its consent held throughout the span: its readings were in the cohort, if it sent any), "part"
-    (for part of a span of many windows), or "no" (it was left out); and the trigger events about it that reached
-    an organization (the disclosure log), and its appliances an organization switched."""
+def access_row(entry: dict, registry, household_id: str, members=None, tag_of=None) -> dict | None:
+    """One row of the household's access log, or None if the entry is not about it. A release to an organization
+    it ever consented to carries `included`: "yes" (in every released window of it), "part" (some), "no" (none),
+    and `rho`, the privacy loss those windows charged it (None at exact levels: no noise, nothing charged). Both
+    come from the release module's members index (`exact`); a release it has nothing of (made before the index
+    existed, or anonymized data) is inferred from the consent history: "yes" if its consent held throughout."""
+    if _about_this_household(entry, household_id):
+        org = registry.organizations.get(entry["who"])
+        return {"at": entry["at"], "organization": org.name if org else entry["who"],
+                "action": f"trigger.{entry['action_type']}", "window": None, "start": entry.get("window_start"),
+                "end": None, "included": "yes", "rho": None, "exact": True}
+    service = RELEASING.get(entry.get("action"))
+    if service is None or entry.get("role", "organization") != "organization" or not entry.get("released", True):
+        return None
+    org_id = entry["who"]
+    if not registry.ever_consented(household_id, org_id, service):
+        return None
+    span = _window_span(entry)
+    if span is None:
+        return None
+    start, end = span
+    inclusion = None
+    if members is not None and service == "aggregates":
+        tag = tag_of(entry) if tag_of else entry.get("tag")
+        inclusion = members.inclusion(household_id, org_id, tag, start, end)
+    if inclusion is not None and inclusion.released:
+        included = ("yes" if inclusion.included == inclusion.released else "part" if inclusion.included else "no")
+        rho = inclusion.rho if inclusion.noisy else None
+    else:
+        included, rho = _inferred(entry, registry, household_id, org_id, service, start, end), None
+    org = registry.organizations.get(org_id)
+    return {"at": entry["at"], "organization": org.name if org else org_id, "action": entry["action"],
+            "window": entry.get("window"), "start": start, "end": end, "included": included, "rho": rho,
+            "exact": inclusion is not None and inclusion.released > 0}
+
+
+def _inferred(entry: dict, registry, household_id: str, org_id: str, service: str, start: float, end: float) -> str:
+    if household_id in registry.cohort(org_id, service, start, end):
+        return "yes"
+    if registry.consent_state(household_id, org_id, service, at=start) or \
+            registry.consent_state(household_id, org_id, service, at=end):
+        return "part" if entry["action"] in ("data.history", "data.anonymized") else "no"
+    return "no"
+
+
+def access_log(entries: list[dict], registry, household_id: str, limit: int = 200, members=None) -> list[dict]:
+    """`access_row` of each entry (oldest first), newest first, at most `limit`."""
     out = []
     for entry in reversed(entries):
-        if _about_this_household(entry, household_id):
-            org = registry.organizations.get(entry["who"])
-            start = entry.get("window_start")
-            out.append({"at": entry["at"], "organization": org.name if org else entry["who"],
-                        "action": f"trigger.{entry['action_type']}", "window": None, "start": start, "end": None,
-                        "included": "yes", "households": None})
+        row = access_row(entry, registry, household_id, members)
+        if row is not None:
+            out.append(row)
             if len(out) >= limit:
                 break
-            continue
-        service = RELEASING.get(entry.get("action"))
-        if service is None or entry.get("role") != "organization" or not entry.get("released"):
-            continue
-        org_id = entry["who"]
-        if not registry.ever_consented(household_id, org_id, service):
-            continue
-        span = _window_span(entry)
-        if span is None:
-            continue
-        start, end = span
-        if household_id in registry.cohort(org_id, service, start, end):
-            included = "yes"
-        elif registry.consent_state(household_id, org_id, service, at=start) or \
-                registry.consent_state(household_id, org_id, service, at=end):
-            included = "part" if entry["action"] in ("data.history", "data.anonymized") else "no"
-        else:
-            included = "no"
-        org = registry.organizations.get(org_id)
-        out.append({"at": entry["at"], "organization": org.name if org else org_id, "action": entry["action"],
-                    "window": entry.get("window"), "start": start, "end": end, "included": included,
-                    "households": entry.get("households")})
-        if len(out) >= limit:
-            break
     return out

@@ -1,4 +1,4 @@
-"""What an appliance driver is: a name, a default channel, and one async `switch` over HTTP.
+"""What an appliance driver is: a name, a default channel, an async `switch` over HTTP and a `status` read.
 
 Drivers do the I/O only. Which addresses may be reached is the caller's business: it hands in an
 aiohttp session whose resolver enforces its policy, and checks IP literals itself (aiohttp does not
@@ -8,12 +8,19 @@ resolve them).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import ClassVar
 
 import aiohttp
 
 COMMANDS = ("on", "off")
 MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Status:
+    on: bool
+    power_w: float | None = None  # what the relay measures, if it does
 
 
 class ApplianceError(Exception):
@@ -30,6 +37,14 @@ class ApplianceDriver:
 
     async def switch(self, session: aiohttp.ClientSession, address: str, channel: int | None, on: bool) -> None:
         raise NotImplementedError
+
+    async def read_status(self, session: aiohttp.ClientSession, address: str, channel: int | None) -> Status:
+        raise ApplianceError(f"{self.name} cannot read a relay's state")
+
+    async def status(self, session: aiohttp.ClientSession, address: str, channel: int | None) -> Status:
+        """The relay's state now (a household testing its appliance); ApplianceError if it cannot be read."""
+        return await self.read_status(session, address.rstrip("/"),
+                                      self.default_channel if channel is None else channel)
 
     async def command(self, session: aiohttp.ClientSession, address: str, channel: int | None,
                       command: str) -> None:

@@ -2,6 +2,8 @@
 
 ``POST http://<device>/rpc/Switch.Set`` with ``{"id": <switch>, "on": true|false}``; the device answers
 200 with ``{"was_on": <previous state>}``, or an error object ``{"code": ..., "message": ...}``.
+``GET http://<device>/rpc/Switch.GetStatus?id=<switch>`` answers ``{"id": 0, "output": true, "apower": 8.9, ...}``
+(``apower`` only on relays that meter).
 Devices with authentication enabled (HTTP digest) are not supported yet.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import aiohttp
 
 from drivers.appliances import register
-from drivers.appliances.base import ApplianceDriver, ApplianceError, read_json
+from drivers.appliances.base import ApplianceDriver, ApplianceError, Status, read_json
 
 
 @register
@@ -25,3 +27,12 @@ class Shelly(ApplianceDriver):
             answer = await read_json(resp)
         if not isinstance(answer, dict) or "was_on" not in answer:
             raise ApplianceError("unexpected answer from Switch.Set")
+
+    async def read_status(self, session: aiohttp.ClientSession, address: str, channel: int | None) -> Status:
+        async with session.get(f"{address}/rpc/Switch.GetStatus", params={"id": str(channel or 0)},
+                               allow_redirects=False) as resp:
+            answer = await read_json(resp)
+        if not isinstance(answer, dict) or not isinstance(answer.get("output"), bool):
+            raise ApplianceError("unexpected answer from Switch.GetStatus")
+        power = answer.get("apower")
+        return Status(answer["output"], float(power) if isinstance(power, (int, float)) else None)

@@ -1,7 +1,8 @@
 """Tasmota firmware (Sonoff and many plugs): the HTTP command interface.
 
 ``GET http://<device>/cm?cmnd=Power%20On`` (``Power2%20Off`` for the second relay); the device answers
-``{"POWER": "ON"}`` (``{"POWER2": "OFF"}``). A web password (``&user=&password=``) is not supported yet.
+``{"POWER": "ON"}`` (``{"POWER2": "OFF"}``); ``cmnd=Power`` alone reads the state. A web password
+(``&user=&password=``) is not supported yet.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import aiohttp
 from yarl import URL
 
 from drivers.appliances import register
-from drivers.appliances.base import ApplianceDriver, ApplianceError, read_json
+from drivers.appliances.base import ApplianceDriver, ApplianceError, Status, read_json
 
 
 @register
@@ -21,10 +22,23 @@ class Tasmota(ApplianceDriver):
     max_channel = 8
 
     async def switch(self, session: aiohttp.ClientSession, address: str, channel: int | None, on: bool) -> None:
-        relay = f"Power{channel}" if channel else "Power"
         state = "On" if on else "Off"
+        got = await self._power(session, address, channel, f"%20{state}")
+        if got != state.upper():
+            raise ApplianceError(f"relay reports {str(got)[:10]!r}, expected {state.upper()!r}")
+
+    async def read_status(self, session: aiohttp.ClientSession, address: str, channel: int | None) -> Status:
+        got = await self._power(session, address, channel, "")
+        if got not in ("ON", "OFF"):
+            raise ApplianceError(f"relay reports {str(got)[:10]!r}")
+        return Status(got == "ON")
+
+    @staticmethod
+    async def _power(session: aiohttp.ClientSession, address: str, channel: int | None, argument: str):
+        """The relay's state as the device reports it after `Power<n><argument>`."""
+        relay = f"Power{channel}" if channel else "Power"
         # Encoded by hand: yarl would write the space as "+", the documented form is %20.
-        url = URL(f"{address}/cm?cmnd={relay}%20{state}", encoded=True)
+        url = URL(f"{address}/cm?cmnd={relay}{argument}", encoded=True)
         async with session.get(url, allow_redirects=False) as resp:
             answer = await read_json(resp)
         key = relay.upper()
@@ -34,5 +48,4 @@ class Tasmota(ApplianceDriver):
         got = answer.get(key)
         if got is None and key in ("POWER", "POWER1"):
             got = answer.get("POWER1" if key == "POWER" else "POWER")
-        if got != state.upper():
-            raise ApplianceError(f"relay reports {str(got)[:10]!r}, expected {state.upper()!r}")
+        return got

@@ -53,6 +53,7 @@ MATRIX = [
     ("GET", "/households/me/notify", {HH}),
     ("PUT", "/households/me/notify", {HH}),
     ("DELETE", "/households/me/notify", {HH}),
+    ("POST", "/households/me/notify/test", {HH}),
     ("GET", "/households/me/notifications", {HH}),
     ("GET", "/households/me/triggers", {HH}),
     ("GET", "/households/me/triggers/{trigger_id}", {HH}),
@@ -61,5 +62,5 @@ MATRIX = [
     ("GET", "/households/me/appliances", {HH}),
     ("POST", "/households/me/appliances", {HH}),
     ("DELETE", "/households/me/appliances/{appliance_id}", {HH}),
+    ("GET", "/households/me/appliances/{appliance_id}/status", {HH}),
 ]
-

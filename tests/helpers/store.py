@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from agent.store import ReadingStore
+from agent.store.records import HEADER
 from drivers.reading import Reading
 
 DAY = 86400
@@ -57,6 +58,7 @@ CHILD = """
 import sys
 from datetime import datetime, timezone
 from agent.store import ReadingStore
+from agent.store.records import HEADER
 from drivers.reading import Reading
 
 path, seq, t0, step = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
@@ -93,3 +95,19 @@ def run_child_and_kill(path: Path, first_seq: int, rng: random.Random) -> int:
     assert child.returncode == -signal.SIGKILL
     lines = (first_line + rest).split()
     return int(lines[-1])
+
+
+def record_spans(path) -> list[tuple[int, int]]:
+    """(offset, length) of each record of a segment file, in order."""
+    buf, spans, pos = path.read_bytes(), [], 0
+    while pos < len(buf):
+        length = HEADER.size + HEADER.unpack_from(buf, pos)[1]
+        spans.append((pos, length))
+        pos += length
+    return spans
+
+
+def flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))

@@ -1,0 +1,112 @@
+"""Which households each release included (agent/release/members.py): exact, with the rho charged, on disk before
+the release can be had, and the same after a kill -9 (a real child process, killed right after a pass)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.release import Refusal
+from agent.release.members import Members
+from tests.helpers.clock import HOUR as T0
+from tests.helpers.release import Town
+
+ROOT = Path(__file__).parent.parent
+
+
+async def test_an_exact_release_includes_the_households_with_data_only(tmp_path):
+    town = Town(tmp_path)
+    org = town.org("dso")
+    town.consent(org)
+    silent, sender = town.households[11], town.households[0]
+    for _ in range(60):
+        town.post([100.0] * 11, town.households[:11])  # consenting, but no data from the twelfth
+        await town.step(1)
+    assert town.releases.answer(org, "1s", T0)["households"] == 11
+    members = town.releases.members
+    assert members.inclusion(silent.id, org, None, T0, T0 + 1).included == 0
+    assert members.inclusion(sender.id, org, None, T0, T0 + 1).included == 1
+    minute = members.inclusion(sender.id, org, None, T0, T0 + 60)  # the derived minute: its 60 seconds
+    assert (minute.included, minute.released, minute.rho) == (60, 60, 0.0)
+    assert members.inclusion(silent.id, org, None, T0, T0 + 60).included == 0
+    # unchanged windows write nothing: the whole minute is one change (plus each new day file's state)
+    docs = [d for path in (tmp_path / "releases" / "members").glob("*.seg") for d in _docs(path)]
+    assert [d["t"] for d in docs] == ["i"] and len(docs[0]["+"]) == 11
+
+
+async def test_a_revoked_household_is_out_from_the_window_after_and_a_refusal_includes_nobody(tmp_path):
+    town = Town(tmp_path)
+    org = town.org("supplier")
+    town.consent(org)
+    me = town.households[0]
+    await town.step(900)
+    town.consent(org, [me], granted=False)
+    await town.step(900)
+    town.consent(org, town.households[:9], granted=False)  # too few left: refused
+    await town.step(900)
+    rho = town.config.levels["supplier"].dp.loss()
+    members = town.releases.members
+    first, second, third = (members.inclusion(me.id, org, None, T0 + i * 900, T0 + (i + 1) * 900) for i in range(3))
+    assert (first.included, first.released) == (1, 1) and first.rho == pytest.approx(rho)
+    assert (second.included, second.released, second.rho) == (0, 1, 0.0)
+    assert isinstance(town.releases.answer(org, "15m", T0 + 1800), Refusal)
+    assert (third.included, third.released) == (0, 0)
+    other = members.inclusion(town.households[11].id, org, None, T0, T0 + 2700)
+    assert (other.included, other.released) == (2, 2) and other.rho == pytest.approx(2 * rho)
+    # the ledger charged exactly these
+    assert town.releases.ledger_of(town.households[11].id)["spent_rho"] == pytest.approx(2 * rho)
+
+
+CHILD = textwrap.dedent("""
+    import asyncio, os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {root!r})
+    from tests.helpers.clock import HOUR as T0
+    from tests.helpers.release import Town
+
+    async def main():
+        town = Town(Path({tmp!r}))
+        org = town.org("dso")
+        town.consent(org)
+        for second in range(30):
+            town.post([100.0] * (11 if second < 20 else 10), town.households[:11 if second < 20 else 10])
+            await town.step(1)
+        print(org, " ".join(h.id for h in town.households), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # right after a pass: its changes must already be on disk
+    asyncio.run(main())
+""")
+
+
+def _docs(path: Path) -> list[dict]:
+    from agent.store.segment import SegmentDB
+    db = SegmentDB(str(path))
+    try:
+        return list(db.table("m").all())
+    finally:
+        db.close()
+
+
+def test_the_index_is_exact_after_a_kill_9(tmp_path):
+    child = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), tmp=str(tmp_path))],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    org, *households = child.stdout.split()
+    # the twelfth never sent; the eleventh stopped after 20 s, and is held over for HOLD_S (a short gap): still in
+    index = Members(tmp_path / "releases" / "members", keep_days=31, clock=lambda: T0 + 3600)
+    assert index.inclusion(households[0], org, None, T0, T0 + 30).included == 30
+    assert index.inclusion(households[10], org, None, T0, T0 + 30).included == 30
+    assert index.inclusion(households[11], org, None, T0, T0 + 30).released == 30
+    assert index.inclusion(households[11], org, None, T0, T0 + 30).included == 0
+    # nothing was decided while it was down: a restart marks every stream refused until a pass says otherwise
+    assert index.inclusion(households[0], org, None, T0 + 3600, T0 + 3660).released == 0
+    index.close()
+    again = Members(tmp_path / "releases" / "members", keep_days=31, clock=lambda: T0 + 7200)
+    assert again.inclusion(households[0], org, None, T0, T0 + 30).included == 30
+    again.close()
+    assert os.listdir(tmp_path / "releases" / "members")

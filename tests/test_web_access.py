@@ -1,0 +1,86 @@
+"""The household's access log, over plain HTTP: "included you" from the release module's members index (exact, also
+after a restart), the privacy loss of each row, and the log paged over the ledger's horizon, newest first."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from tests.helpers.agent import make_config
+from tests.helpers.clock import StepClock
+from tests.helpers.web import signed_in
+
+
+T0 = math.floor(1_790_000_000 / 3600) * 3600
+ROW = re.compile(r'<td class="included-(\w+)">.*?</td>\s*<td class="rho">(.*?)</td>', re.S)
+
+
+async def _town(tmp_path, start_agent, clock, level="dso"):
+    running = await start_agent(make_config(tmp_path), clock=clock)
+    org_id, org_key = await running.create_org("Grid Co", level)
+    households = [await running.create_household() for _ in range(12)]
+    for _, token in households:
+        status, _ = await running.call("PUT", f"/households/me/consents/{org_id}/aggregates", token=token)
+        assert status == 200
+    return running, org_id, org_key, households
+
+
+async def _second(running, clock, households) -> None:
+    """Eleven households send a reading; the twelfth, consenting too, sends nothing."""
+    clock.now += 0.5
+    for _, token in households[:11]:
+        status, body = await running.call("POST", "/readings", token=token,
+                                          json={"timestamp": clock.now, "power_import_w": 400.0})
+        assert status == 201, body
+    clock.now += 0.5
+
+
+async def _rows(running, household_id: str, path: str = "/ui/me/access") -> tuple[list[tuple[str, str]], str]:
+    browser = await signed_in(running, "household", household_id)
+    status, html, _ = await browser.get(path)
+    await browser.close()
+    assert status == 200, html
+    return ROW.findall(html), html
+
+
+async def test_an_exact_release_says_who_it_included_also_after_a_restart(tmp_path, start_agent):
+    clock = StepClock(float(T0))
+    running, org_id, org_key, households = await _town(tmp_path, start_agent, clock)
+    silent, sender = households[11][0], households[0][0]
+    for _ in range(3):
+        await _second(running, clock, households)
+    clock.now += 0.1
+    status, body = await running.call("GET", "/data?window=1s", token=org_key)
+    assert status == 200 and body["households"] == 11, body
+    assert [r[0] for r in (await _rows(running, silent))[0]] == ["no"]  # it consented: the old log said "yes"
+    [(included, rho)] = (await _rows(running, sender))[0]
+    assert included == "yes" and "no noise" in rho  # exact sums charge nothing
+    await running.http.close()
+    await running.agent.stop()
+    again = await start_agent(make_config(tmp_path), clock=clock)
+    assert [r[0] for r in (await _rows(again, silent))[0]] == ["no"]
+    assert [r[0] for r in (await _rows(again, sender))[0]] == ["yes"]
+
+
+async def test_each_row_shows_its_privacy_loss_and_the_log_is_paged(tmp_path, start_agent):
+    clock = StepClock(float(T0))
+    running, org_id, org_key, households = await _town(tmp_path, start_agent, clock, level="supplier")
+    me = households[0][0]
+    rho = running.agent.config.levels["supplier"].dp.loss()
+    clock.now = T0 + 900 + 1
+    status, body = await running.call("GET", "/data?window=15m", token=org_key)
+    assert status == 200, body
+    for _ in range(54):  # the same quarter asked for again: a row each time
+        assert (await running.call("GET", "/data?window=15m", token=org_key))[0] == 200
+    clock.now = T0 + 2 * 900 + 1
+    rows, html = await _rows(running, me)
+    assert len(rows) == 50 and all(r[0] == "yes" for r in rows)
+    assert all(float(r[1]) == pytest.approx(rho) for r in rows)  # each row: what that release charged
+    more = re.search(r'href="/ui/me/access\?before=([0-9.]+)"', html)
+    assert more, "no link to the older rows"
+    older, html = await _rows(running, me, f"/ui/me/access?before={more.group(1)}")
+    assert len(older) == 5 and "before=" not in html  # 55 reads in all, nothing lost between pages
+    browser = await signed_in(running, "household", me)
+    assert (await browser.get("/ui/me/access?before=nonsense"))[0] == 400
+    await browser.close()
