@@ -1,4 +1,4 @@
-"""GET /data/dp end to end, on a clock the test steps (GET /data/anonymized: tests/test_anonymized_api.py):
+"""GET /data/dp end to end, on a clock the test steps (GET /data/anonymized: tests/test_api_anonymized.py):
 noisy levels' answers carry their guarantee, are drawn once per window and shared by
 every organization of the level with the same cohort, the clamp is the level's (never the caller's), and the
 per-household ledger's cap holds across organizations, days and a restart."""
