@@ -1,0 +1,83 @@
+"""agent/release/ledger.py on data: zCDP conversions, charges per UTC day, the rolling horizon, the cap, the
+household's own view. No agent, no files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agent.release.ledger import DAY, Ledger, day_of, epsilon_of_rho, rho_of_epsilon
+from tests.helpers.clock import HOUR
+
+MIDNIGHT = HOUR // DAY * DAY
+
+
+def test_days_are_utc_days():
+    assert day_of(MIDNIGHT) == day_of(MIDNIGHT + DAY - 0.001) == MIDNIGHT // DAY
+    assert day_of(MIDNIGHT + DAY) == MIDNIGHT // DAY + 1
+
+
+def test_zcdp_conversions():
+    assert rho_of_epsilon(1.0) == 0.5 and rho_of_epsilon(0.2) == pytest.approx(0.02)
+    assert epsilon_of_rho(0.0, 1e-6) == 0.0 and epsilon_of_rho(-1.0, 1e-6) == 0.0
+    rho, delta = 0.5, 1e-6
+    assert epsilon_of_rho(rho, delta) == pytest.approx(rho + 2 * math.sqrt(rho * math.log(1e6)))
+    # more loss, or a smaller delta, is a larger epsilon
+    assert epsilon_of_rho(1.0, delta) > epsilon_of_rho(rho, delta) < epsilon_of_rho(rho, 1e-9)
+
+
+def test_charges_add_up_per_household():
+    ledger = Ledger(horizon_days=30, cap_rho=1.0)
+    ledger.charge(["a", "b"], 0.25, MIDNIGHT + 10)
+    ledger.charge(["a"], 0.25, MIDNIGHT + 20)
+    assert ledger.spent("a", MIDNIGHT + 30) == 0.5 and ledger.spent("b", MIDNIGHT + 30) == 0.25
+    assert ledger.spent("nobody", MIDNIGHT) == 0
+
+
+def test_the_horizon_is_whole_days_the_current_one_included():
+    ledger = Ledger(horizon_days=2, cap_rho=1.0)
+    ledger.charge(["a"], 0.3, MIDNIGHT + DAY - 1)  # the last second of a day
+    assert ledger.spent("a", MIDNIGHT + DAY) == 0.3  # the next day: still in a 2-day horizon
+    assert ledger.spent("a", MIDNIGHT + 2 * DAY - 1) == 0.3
+    assert ledger.spent("a", MIDNIGHT + 2 * DAY) == 0  # two days on: out, however close in seconds
+
+
+def test_the_cap_is_met_exactly_and_not_exceeded():
+    ledger = Ledger(horizon_days=1, cap_rho=0.3)
+    for _ in range(3):
+        ledger.charge(["a"], 0.1, MIDNIGHT)  # 0.1 * 3 is 0.30000000000000004 in floats
+    assert ledger.spent("a", MIDNIGHT) > 0.3
+    assert not ledger.affords("a", 0.001, MIDNIGHT)
+    fresh = Ledger(horizon_days=1, cap_rho=0.3)
+    fresh.charge(["a"], 0.2, MIDNIGHT)
+    assert fresh.affords("a", 0.1, MIDNIGHT)  # up to the cap, float slack included
+    assert not fresh.affords("a", 0.1001, MIDNIGHT)
+    assert fresh.affords("a", 0.3, MIDNIGHT + DAY)  # the next day the horizon holds nothing
+
+
+def test_forget_before_drops_only_days_out_of_the_horizon():
+    ledger = Ledger(horizon_days=2, cap_rho=1.0)
+    ledger.charge(["old"], 0.5, MIDNIGHT)
+    ledger.charge(["both"], 0.1, MIDNIGHT)
+    ledger.charge(["both"], 0.2, MIDNIGHT + 2 * DAY)
+    ledger.forget_before(MIDNIGHT + 2 * DAY)
+    assert ledger.of("old", MIDNIGHT, 1e-6)["days"] == []  # gone, even asked about the day it was charged
+    # asked the next day (whose horizon still holds the first day), only the later charge is left
+    assert ledger.of("both", MIDNIGHT + DAY, 1e-6)["days"] == [{"day": MIDNIGHT + 2 * DAY, "rho": 0.2}]
+    assert ledger.spent("both", MIDNIGHT + 2 * DAY) == 0.2
+
+
+def test_the_households_view():
+    ledger = Ledger(horizon_days=3, cap_rho=1.0)
+    ledger.charge(["a"], 0.25, MIDNIGHT + DAY)
+    ledger.charge(["a"], 0.125, MIDNIGHT)
+    ledger.charge(["a"], 0.5, MIDNIGHT - 3 * DAY)  # out of the horizon
+    view = ledger.of("a", MIDNIGHT + DAY + 5, 1e-6)
+    assert view["days"] == [{"day": MIDNIGHT, "rho": 0.125}, {"day": MIDNIGHT + DAY, "rho": 0.25}]  # oldest first
+    assert (view["spent_rho"], view["remaining_rho"], view["cap_rho"], view["horizon_days"]) == (0.375, 0.625, 1.0, 3)
+    assert view["spent_epsilon"] == round(epsilon_of_rho(0.375, 1e-6), 6)
+    assert view["cap_epsilon"] == round(epsilon_of_rho(1.0, 1e-6), 6)
+    over = Ledger(horizon_days=1, cap_rho=0.1)
+    over.charge(["a"], 0.2, MIDNIGHT)
+    assert over.of("a", MIDNIGHT, 1e-6)["remaining_rho"] == 0.0  # never negative
