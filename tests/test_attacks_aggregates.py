@@ -14,8 +14,8 @@ from dataclasses import replace
 import pytest
 
 from agent.config import DEFAULT_LEVELS
-from tests.helpers.attacks import QUARTER, Town, make_town, noisy_level, town  # noqa: F401  (fixtures)
 from agent.release.records import stamp
+from tests.helpers.attacks import QUARTER, Town, make_town, noisy_level, town  # noqa: F401  (fixtures)
 
 
 def profile(i: int, second: int) -> float:

@@ -9,6 +9,7 @@ import sys
 import time
 
 import aiohttp
+
 from tests.helpers.agent import OPERATOR_TOKEN, WEBHOOK_TABLES, agent_toml, free_port
 from tests.helpers.receiver import Receiver
 from tests.helpers.wait import eventually

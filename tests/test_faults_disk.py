@@ -22,10 +22,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
 from tests.helpers.process import FLUSH_S, OP, Running, agent_on, town
 from tests.helpers.receiver import Receiver
 from tests.helpers.wait import eventually as until
-
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
 EXT4_GOING_FLAGS_NOLOGFLUSH = 2

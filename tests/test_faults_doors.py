@@ -10,6 +10,7 @@ import socket
 import time
 
 import pytest
+
 from tests.helpers.agent import OPERATOR_TOKEN
 from tests.helpers.process import OP, agent_on, town
 

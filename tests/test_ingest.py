@@ -7,6 +7,7 @@ import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
 from tests.helpers.agent import make_config
 from tests.helpers.p1_oracle import expected_values
 from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes

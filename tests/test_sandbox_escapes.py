@@ -36,7 +36,6 @@ from sandbox import (
 )
 from tests.helpers.sandbox import CLOCK_GETTIME_NR, MISSION, MISSION_PARAMS, PRELUDE
 
-
 BYSTANDER_ROWS = [(100.0, 700.0), (100.0, 500.0), (0.0, 501.0)]
 BYSTANDER_EXPECTED = [Status.TRUE, Status.FALSE, Status.TRUE]
 SECRET = "edge-test-secret-3f9a1c"

@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.request
 from datetime import datetime
+
 from tests.helpers.agent import OPERATOR_TOKEN, agent_toml, free_port, run_agent_process as start_agent
 from tests.helpers.pty import PtyPair
 from tests.helpers.telegrams import telegram_bytes

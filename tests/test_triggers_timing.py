@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from drivers.reading import iso
 import pytest
+
 from tests.helpers.agent import grant
 from tests.helpers.clock import T0
 from tests.helpers.receiver import Receiver

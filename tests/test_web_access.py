@@ -3,16 +3,14 @@ after a restart), the privacy loss of each row, and the log paged over the ledge
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
+
 from tests.helpers.agent import make_config
-from tests.helpers.clock import StepClock
+from tests.helpers.clock import HOUR as T0, StepClock
 from tests.helpers.web import signed_in
 
-
-T0 = math.floor(1_790_000_000 / 3600) * 3600
 ROW = re.compile(r'<td class="included-(\w+)">.*?</td>\s*<td class="rho">(.*?)</td>', re.S)
 
 

@@ -7,9 +7,9 @@ import asyncio
 import re
 import subprocess
 import sys
+
 from tests.helpers.agent import free_port
 from tests.helpers.web import Browserless
-
 
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/ui/link/[\w-]+)")
 
