@@ -61,7 +61,8 @@ def forbidden_imports(path: Path) -> list[str]:
             found += [f"{node.lineno}: imports {a.name} from tests.conftest (it is in {helper_of(a.name)})"
                       for a in node.names if a.name not in fixtures]
         if isinstance(node, ast.ImportFrom) and node.module == "tests":
-            found += [f"{node.lineno}: imports tests.{a.name}" for a in node.names if a.name not in ("helpers", "conftest")]
+            found += [f"{node.lineno}: imports tests.{a.name}" for a in node.names
+                      if a.name not in ("helpers", "conftest")]
     shown = path.relative_to(TESTS.parent) if path.is_relative_to(TESTS.parent) else path
     return [f"{shown}:{where}" for where in found]
 
