@@ -131,6 +131,13 @@ AGGREGATE_OPTIONAL = {
     "mean_w": {**NUMBER_OR_NULL, "description": "tags only: consumption_w over households"},
     "households_max": {"type": "integer", "minimum": 1,
                        "description": "wider windows only: the most households in any of their finer windows"},
+    "peak_month_w": {"type": "number", "description": "15m and 1h windows: the highest consumption_w released to "
+                                                      "this organization at this width since the UTC month began"},
+    "peak_month_at": {**TIME, "description": "the window_start of that window"},
+    "grid": {"type": "object", "description": "grid quantities (PRIVACY.md, Grid quantities): band_edges_v, and per "
+                                              "quantity (voltage_l1..l3: counts per band, min_v, max_v, mean_v; "
+                                              "long_power_failures: meters) its part or {refused: {error, detail}}; "
+                                              "noisy levels: privacy"},
 }
 REFUSALS = {
     "cohort_too_small": "fewer than k_min households (not related to the organization) in the cohort",
