@@ -67,6 +67,7 @@ async def test_exact_level_releases_voltage_bands_min_max_mean_and_failures(town
     names = {p["name"]: p["permitted"] for p in params["parameters"]}
     assert names["neighborhood_voltage_l1_max"] and names["neighborhood_long_power_failures"]
     assert names["neighborhood_peak_demand_month"]
+    assert params["privacy"]["grid_band_edges_v"] == list(grid.BAND_EDGES_V)
 
 
 async def test_noisy_level_grid_off_by_default_and_peak_demand_is_post_processing(make_town):

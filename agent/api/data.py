@@ -16,6 +16,7 @@ from agent.auth import OPERATOR, ORGANIZATION
 from agent.config import WINDOW_SECONDS, Level
 from agent.parameters import catalogue, permitted
 from agent.release import Refusal
+from agent.release.grid import BAND_EDGES_V
 from agent.release.records import stamp
 
 MAX_HISTORY_WINDOWS = 1000
@@ -49,7 +50,8 @@ async def parameters(request: web.Request) -> web.Response:
 def privacy_terms(agent, level: Level | None) -> dict:
     """What the caller's level releases and with which guarantee, in the household's terms (PRIVACY.md)."""
     privacy = agent.config.privacy
-    terms = {"k_min": privacy.k_min, "ledger": {"horizon_days": privacy.horizon_days, "cap_rho": privacy.cap_rho}}
+    terms = {"k_min": privacy.k_min, "ledger": {"horizon_days": privacy.horizon_days, "cap_rho": privacy.cap_rho},
+             "grid_band_edges_v": list(BAND_EDGES_V)}  # the voltage bands of every grid part's counts
     if level is not None:
         terms["level"] = {"name": level.name, "kind": level.kind, "windows": list(level.windows),
                           "finest": level.finest}

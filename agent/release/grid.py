@@ -176,12 +176,12 @@ def derive(parts: list[Json]) -> Json:
     """A wider window's grid part from its released fine parts: counts summed (household-windows per band;
     meters whose count rose, per window), min of mins, max of maxes, means weighted by households (noisy: plain
     mean). A quantity refused in any fine window is refused."""
-    out: Json = {"band_edges_v": list(BAND_EDGES_V)}
+    out: Json = {}
     names = [q for q in QUANTITIES if q in parts[0]]
     for q in names:
         fine = [p.get(q) for p in parts]
         if any(f is None or "refused" in f for f in fine):
-            out[q] = refused("incomplete", "a shorter window inside this one did not release this quantity")
+            out[q] = refused("incomplete", "a shorter window in it did not release it")
             continue
         if q == FAILURES:
             out[q] = {"meters": sum(f["meters"] for f in fine)}
