@@ -134,10 +134,11 @@ AGGREGATE_OPTIONAL = {
     "peak_month_w": {"type": "number", "description": "15m and 1h windows: the highest consumption_w released to "
                                                       "this organization at this width since the UTC month began"},
     "peak_month_at": {**TIME, "description": "the window_start of that window"},
-    "grid": {"type": "object", "description": "grid quantities (PRIVACY.md, Grid quantities): band_edges_v, and per "
-                                              "quantity (voltage_l1..l3: counts per band, min_v, max_v, mean_v; "
+    "grid": {"type": "object", "description": "grid quantities (PRIVACY.md, Grid quantities): per quantity "
+                                              "(voltage_l1..l3: counts per band, min_v, max_v, mean_v; "
                                               "long_power_failures: meters) its part or {refused: {error, detail}}; "
-                                              "noisy levels: privacy"},
+                                              "noisy levels: privacy. The bands: GET /parameters, "
+                                              "privacy.grid_band_edges_v"},
 }
 REFUSALS = {
     "cohort_too_small": "fewer than k_min households (not related to the organization) in the cohort",
