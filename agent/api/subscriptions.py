@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, json_object, owned_by_caller, read_json, require
+from agent.api.common import ApiError, agent_of, caller, json_object, owned_by_caller, read_json
 from agent.api.data import check_access, level_of
+from agent.api.spec import NO_CONTENT, NOT_FOUND, ORG, Route, ok_json
 from agent.auth import ORGANIZATION
 from agent.delivery.filters import FilterError, FilterSet
 from agent.delivery.targets import TargetError, check_literal_host, check_url
@@ -26,7 +27,7 @@ def _gone_meanwhile(delivery, sub) -> None:
 
 
 async def subscribe(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     agent = agent_of(request)
     body = json_object(await read_json(request), {
         "endpoint": str, "interval": (int, float), "window": str, "tag": (str, type(None)),
@@ -58,7 +59,7 @@ async def subscribe(request: web.Request) -> web.Response:
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     delivery = agent_of(request).delivery
     subs = [delivery.describe(s) for s in delivery.subscriptions.values() if s.organization_id == org.id]
     return web.json_response({"subscriptions": subs})
@@ -93,11 +94,21 @@ async def enable_subscription(request: web.Request) -> web.Response:
     return web.json_response(delivery.describe(sub))
 
 
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/data/subscribe", subscribe)
-    r.add_get("/data/subscriptions", list_subscriptions)
-    r.add_get("/data/subscriptions/{sub_id}", get_subscription)
-    r.add_delete("/data/subscriptions/{sub_id}", delete_subscription)
-    r.add_post("/data/subscriptions/{sub_id}/secret", rotate_secret)
-    r.add_post("/data/subscriptions/{sub_id}/enable", enable_subscription)
+SUB_PATH = "/data/subscriptions/{sub_id}"
+ROUTES = (
+    Route("POST", "/data/subscribe", subscribe, ORG,
+          "Subscribe to aggregates pushed as Standard Webhooks (each window's recorded release, exact or noisy by the "
+          "level); the secret is shown once", "organization", {"201": ok_json("SubscriptionCreated", "Subscribed")},
+          body="SubscribeIn"),
+    Route("GET", "/data/subscriptions", list_subscriptions, ORG, "The organization's subscriptions", "organization",
+          {"200": ok_json("Subscriptions")}),
+    Route("GET", SUB_PATH, get_subscription, ORG, "One subscription and its delivery state", "organization",
+          {"200": ok_json("Subscription")}, errors=NOT_FOUND),
+    Route("DELETE", SUB_PATH, delete_subscription, ORG, "Unsubscribe; queued messages are dropped", "organization",
+          {"204": NO_CONTENT}, errors=NOT_FOUND),
+    Route("POST", f"{SUB_PATH}/secret", rotate_secret, ORG,
+          "A new signing secret; the old one signs beside it for a day", "organization",
+          {"200": ok_json("SecretRotated")}, errors=NOT_FOUND),
+    Route("POST", f"{SUB_PATH}/enable", enable_subscription, ORG, "Enable again after a 410 Gone disabled it",
+          "organization", {"200": ok_json("Subscription")}, errors=NOT_FOUND),
+)
