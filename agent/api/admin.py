@@ -6,7 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, caller, json_object, parse_limit, parse_time, read_json
+from agent.api.bodies import HouseholdIn, HouseholdPatch, OrganizationIn, OrganizationPatch, decode
+from agent.api.common import ApiError, agent_of, caller, parse_limit, parse_time, read_body
 from agent.api.spec import LIMIT, NO_CONTENT, NOT_FOUND, OP, STRING, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR
 from agent.parameters import lookup
@@ -31,9 +32,9 @@ def _parameter_list(value, tags: tuple[str, ...]) -> list[str]:
 # --- organizations -------------------------------------------------------------------------
 async def create_organization(request: web.Request) -> web.Response:
     operator = caller(request)
-    body = json_object(await read_json(request), {"name": str, "level": str}, ("name", "level"))
+    body = decode(await read_body(request), OrganizationIn)
     agent = agent_of(request)
-    org, api_key = await agent.registry.create_organization_async(body["name"], _level(request, body["level"]))
+    org, api_key = await agent.registry.create_organization_async(body.name, _level(request, body.level))
     await agent.audit.record_durable(operator.id, OPERATOR, "organization.create", organization_id=org.id,
                                      level=org.level)
     return web.json_response({**org.public(), "api_key": api_key}, status=201)
@@ -50,8 +51,7 @@ async def get_organization(request: web.Request) -> web.Response:
 
 async def update_organization(request: web.Request) -> web.Response:
     operator = caller(request)
-    body = json_object(await read_json(request), {"name": str, "level": str, "parameters": (list, type(None))})
-    changes = dict(body)
+    changes = decode(await read_body(request), OrganizationPatch).given()
     if "level" in changes:
         _level(request, changes["level"])
     if changes.get("parameters") is not None:
@@ -88,10 +88,9 @@ async def delete_organization(request: web.Request) -> web.Response:
 # --- households ----------------------------------------------------------------------------
 async def create_household(request: web.Request) -> web.Response:
     operator = caller(request)
-    body = json_object(await read_json(request, allow_empty=True),
-                       {"meter_id": (str, type(None)), "related_organizations": list})
-    household, token = await new_household(agent_of(request), operator.id, body.get("meter_id"),
-                                           body.get("related_organizations", []))
+    raw = await read_body(request)
+    body = decode(raw, HouseholdIn) if raw else HouseholdIn()
+    household, token = await new_household(agent_of(request), operator.id, body.meter_id, body.related_organizations)
     return web.json_response({**household.public(), "token": token}, status=201)
 
 
@@ -113,8 +112,8 @@ async def update_household(request: web.Request) -> web.Response:
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
     agent.registry.household(household_id)  # 404 before the body's merits
-    body = json_object(await read_json(request), {"related_organizations": list}, ("related_organizations",))
-    household = await agent.registry.set_related_async(household_id, body["related_organizations"])
+    body = decode(await read_body(request), HouseholdPatch)
+    household = await agent.registry.set_related_async(household_id, body.related_organizations)
     await agent.audit.record_durable(operator.id, OPERATOR, "household.update", household_id=household_id,
                                      related_organizations=household.related_organizations)
     return web.json_response(household.public())

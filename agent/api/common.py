@@ -181,11 +181,9 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
 
 
-async def read_json(request: web.Request, allow_empty: bool = False):
+async def read_json(request: web.Request):
     body = await read_body(request)
     if not body:
-        if allow_empty:
-            return {}
         raise ApiError(400, "malformed_json", "the request needs a JSON body")
     try:
         return json.loads(body)

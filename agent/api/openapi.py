@@ -7,7 +7,7 @@ server against it.
 
 from __future__ import annotations
 
-from agent.api import openapi_triggers
+from agent.api import bodies, openapi_triggers
 from agent.api.routes import ROUTES
 from agent.api.spec import NUMBER_OR_NULL, OBJ, STRING, TIME, Route
 from agent.api.spec import nullable as _nullable
@@ -187,13 +187,6 @@ SCHEMAS = {
     "ReadingsPage": {"type": "object", "required": ["meter_id", "resolution", "count", "readings"],
                      "properties": {"meter_id": STRING, "resolution": {"enum": ["raw", "1m", "15m"]},
                                     "count": {"type": "integer"}, "readings": {"type": "array", "items": OBJ}}},
-    "OrganizationIn": {"type": "object", "required": ["name", "level"], "additionalProperties": False,
-                       "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
-                                      "level": STRING}},
-    "OrganizationPatch": {"type": "object", "additionalProperties": False,
-                          "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
-                                         "level": STRING,
-                                         "parameters": {"type": ["array", "null"], "items": STRING}}},
     "Organization": {"type": "object", "required": ["id", "name", "level", "created_at"],
                      "properties": {"id": STRING, "name": STRING, "level": STRING, "created_at": {"type": "number"},
                                     "parameters": {"type": ["array", "null"], "items": STRING}}},
@@ -203,10 +196,6 @@ SCHEMAS = {
                       "properties": {"organizations": {"type": "array", "items": _ref("Organization")}}},
     "KeyRotated": {"type": "object", "required": ["id"], "properties": {"id": STRING, "api_key": STRING,
                                                                        "token": STRING}},
-    "HouseholdIn": {"type": "object", "additionalProperties": False,
-                    "properties": {"meter_id": _nullable("string"), "related_organizations": RELATED}},
-    "HouseholdPatch": {"type": "object", "additionalProperties": False, "required": ["related_organizations"],
-                       "properties": {"related_organizations": RELATED}},
     "Household": {"type": "object", "required": ["id", "meter_id", "source", "created_at", "related_organizations"],
                   "properties": {"id": STRING, "meter_id": STRING, "source": {"enum": ["p1", "http"]},
                                  "created_at": {"type": "number"}, "related_organizations": RELATED}},
@@ -259,14 +248,6 @@ SCHEMAS = {
                                             "properties": {"window_start": TIME, **REFUSAL_PROPERTIES}}}},
                          "description": "Every decided window from since to until, from the release log; windows "
                                         "not yet decided are left out"},
-    "SubscribeIn": {"type": "object", "required": ["endpoint", "interval"], "additionalProperties": False,
-                    "properties": {"endpoint": {"type": "string", "description": "https:// URL"},
-                                   "interval": {"type": "number", "minimum": 1, "maximum": 86400},
-                                   "window": {"enum": ["1s", "1m", "15m", "1h"]},
-                                   "tag": _nullable("string"),
-                                   "filter": {"type": ["object", "null"], "properties": {
-                                       "deadband": OBJ, "threshold": OBJ, "fields": {"type": "array"},
-                                       "min_interval": {"type": "number"}, "max_silence": {"type": "number"}}}}},
     "Subscription": {"type": "object", "required": ["id", "endpoint", "interval", "window", "state", "delivery"],
                      "properties": {"id": STRING, "endpoint": STRING, "interval": {"type": "number"},
                                     "window": STRING, "tag": _nullable("string"), "filter": {"type": ["object", "null"]},
@@ -353,7 +334,7 @@ def build_spec(routes: tuple[Route, ...] = ROUTES) -> dict:
                                                  "anything else is retried with the same webhook-id"}}}},
                      **openapi_triggers.WEBHOOKS},
         "components": {
-            "schemas": {**SCHEMAS, **openapi_triggers.SCHEMAS},
+            "schemas": {**SCHEMAS, **bodies.schemas(), **openapi_triggers.SCHEMAS},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, caller, json_object, owned_by_caller, read_json
+from agent.api.bodies import SubscribeIn, decode
+from agent.api.common import ApiError, agent_of, caller, owned_by_caller, read_body
 from agent.api.data import check_access, level_of
 from agent.api.spec import NO_CONTENT, NOT_FOUND, ORG, Route, ok_json
 from agent.auth import ORGANIZATION
 from agent.delivery.filters import FilterError, FilterSet
 from agent.delivery.targets import TargetError, check_literal_host, check_url
 
-MIN_INTERVAL_S, MAX_INTERVAL_S = 1, 86400
 
 
 def _owned(request: web.Request):
@@ -29,28 +29,23 @@ def _gone_meanwhile(delivery, sub) -> None:
 async def subscribe(request: web.Request) -> web.Response:
     org = caller(request).organization
     agent = agent_of(request)
-    body = json_object(await read_json(request), {
-        "endpoint": str, "interval": (int, float), "window": str, "tag": (str, type(None)),
-        "filter": (dict, type(None))}, ("endpoint", "interval"))
+    body = decode(await read_body(request), SubscribeIn)
     config = agent.config.delivery
     try:
-        endpoint = check_url(body["endpoint"], config.allow_http)
+        endpoint = check_url(body.endpoint, config.allow_http)
         check_literal_host(endpoint, config.allow_private_endpoints)
     except TargetError as err:
         raise ApiError(422, "endpoint_refused", str(err)) from None
-    interval = body["interval"]
-    if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
-        raise ApiError(422, "invalid", f"interval must be {MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds")
     level = level_of(agent, org)
     # Pushed windows are the same records GET /data answers with (exact or noisy, by the level's kind).
-    window, tag = check_access(level, org, body.get("window", "1m" if "1m" in level.windows else level.finest),
-                               body.get("tag"), agent.config.privacy.tags)
+    window = body.window or ("1m" if "1m" in level.windows else level.finest)
+    window, tag = check_access(level, org, window, body.tag, agent.config.privacy.tags)
     try:
-        FilterSet.parse(body.get("filter"))
+        FilterSet.parse(body.filter)
     except FilterError as err:
         raise ApiError(422, "invalid_filter", str(err)) from None
-    sub, secret = await agent.delivery.subscribe_async(org.id, endpoint, float(interval), window, tag,
-                                                       body.get("filter"))  # on disk before it is answered
+    # on disk before it is answered
+    sub, secret = await agent.delivery.subscribe_async(org.id, endpoint, body.interval, window, tag, body.filter)
     if sub.id not in agent.delivery.subscriptions:  # its organization was deleted meanwhile, with it
         raise ApiError(404, "not_found", "the organization was deleted while the subscription was written")
     await agent.audit.record_durable(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id,
