@@ -79,9 +79,10 @@ class Process:
 
 
 class Fleet:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, authorization: str | None = None, nkey_seed: Path | None = None):
         self.tmp = tmp
-        self.cluster = natsdev.Cluster(tmp / "nats")
+        self.cluster = natsdev.Cluster(tmp / "nats", authorization=authorization)
+        self.nkey_args = ["--nkey-seed", str(nkey_seed)] if nkey_seed else []  # the hub's and operator's identity
         self.key = document.new_private_key()
         (tmp / "operator.key").write_text(document.private_key_text(self.key))
         self.public = document.public_key_text(self.key)
@@ -91,7 +92,7 @@ class Fleet:
         self.stop_feeding = threading.Event()
 
     def servers(self) -> list[str]:
-        return [a for url in self.cluster.urls for a in ("--servers", url)]
+        return [a for url in self.cluster.urls for a in ("--servers", url)] + self.nkey_args
 
     def operator(self, *args: str) -> dict:
         out = subprocess.run([sys.executable, "-m", "hub.cli", *args, *self.servers(), "--key",
@@ -99,7 +100,7 @@ class Fleet:
         assert out.returncode == 0, out.stderr.decode()[-2000:]
         return json.loads(out.stdout)
 
-    def start_agent(self, device: str) -> None:
+    def start_agent(self, device: str, fleet_toml: str = "") -> None:
         path = self.tmp / device / "edge.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         servers = ", ".join(f'"{u}"' for u in self.cluster.urls)
@@ -114,7 +115,7 @@ servers = [{servers}]
 operator_public_key = "{self.public}"
 windows = ["1s"]
 heartbeat_s = 1
-""")
+{fleet_toml}""")
         self.agents[device] = Process([sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
                                       self.tmp / f"{device}.log")
         self.agents[device].start()
