@@ -366,3 +366,87 @@ async def test_another_households_access_page_is_the_same_whether_the_target_was
         pages.append((other, mine))
     assert pages[0][0] == pages[1][0] and pages[0][0]
     assert pages[0][1] != pages[1][1]
+
+
+# --- min/max/mean: read off what is released, and one record however asked ------------------------------
+def extremes_of(counts: list[int], threshold: float) -> tuple[float | None, float | None]:
+    """An independent reading of the lowest and highest band holding at least `threshold` (open bands: their
+    one edge)."""
+    edges = grid.BAND_EDGES_V
+    held = [b for b, n in enumerate(counts) if n >= threshold]
+    if not held:
+        return None, None
+    low = edges[held[0] - 1] if held[0] > 0 else edges[0]
+    high = edges[held[-1]] if held[-1] < len(edges) else edges[-1]
+    return low, high
+
+
+async def test_min_max_are_post_processing_of_the_counts_and_one_record_however_asked(town):
+    """A lone outlier (262 V, the open band's neighbour) and a household at 170 V (below the lowest edge):
+    exact min/max are exactly the band edges the released counts give (nothing finer, never the raw
+    voltage); live, history and a second organization with the same cohort get the same grid part; a noisy
+    level's min/max are its noised counts read at its stated threshold."""
+    a_id, a_key = await town.org("dso", "A")
+    b_id, b_key = await town.org("dso", "B")
+    households = await town.households_(K_MIN + 2)
+    await town.grant(a_id, households)
+    await town.grant(b_id, households)
+    await town.to_next(1)
+    volts = lambda i: 262.0 if i == 0 else 170.0 if i == 1 else CALM_V + i / 10  # noqa: E731
+    start = await second(town, households, volts)
+    status, live = await town.live(a_key, "1s")
+    assert status == 200, live
+    a, _ = await town.window(a_key, "1s", start)
+    b, _ = await town.window(b_key, "1s", start)
+    part = a["grid"]["voltage_l1"]
+    assert (part["min_v"], part["max_v"]) == extremes_of(part["counts"], 1) == (grid.BAND_EDGES_V[0], 264.5)
+    assert part["min_v"] not in (170.0,) and part["max_v"] != 262.0
+    assert live["window_start"] == a["window_start"] and live["grid"] == a["grid"] == b["grid"]
+
+    supplier = noisy_level(grid=("voltage",))
+    noisy = await Town(town.start, config_for(town.config.storage.path.parent / "noisy", {"supplier": supplier}),
+                       StepClock(T0)).up()
+    org_id, key = await noisy.org("supplier")
+    homes = await noisy.households_(K_MIN + 2)
+    await noisy.grant(org_id, homes)
+    await noisy.to_next(QUARTER)
+    for q in range(3):
+        begun = noisy.clock.now
+        for i, h in enumerate(homes):
+            await noisy.post(h, 300.0, voltage_l1_v=volts(i))
+        noisy.clock.step(QUARTER)
+        body, _ = await noisy.window(key, "15m", begun)
+        part, privacy = body["grid"]["voltage_l1"], body["grid"]["privacy"]
+        assert privacy["band_threshold"] >= 3 * privacy["count_sd"] - 1e-3
+        assert (part["min_v"], part["max_v"]) == extremes_of(part["counts"], privacy["band_threshold"])
+
+
+# --- a restart: the count audit's memory is not on disk ---------------------------------------------------
+async def test_band_counts_across_a_restart_while_three_households_revoke(town):
+    """Second 0 over C + x, y, z (at 250 V); the three revoke; the agent restarts. Its count audit no longer
+    knows second 0's cohort: the seconds after the restart over C alone would give the three's bands. No grid
+    part over C is released within one audit period of second 0."""
+    org_id, key = await town.org("dso")
+    common = await town.households_(K_MIN + 1)
+    trio = await town.households_(3)
+    everyone = [*common, *trio]
+    await town.grant(org_id, everyone)
+    await town.to_next(1)
+    volts = lambda i: OUTLIER_V if i >= len(common) else CALM_V  # noqa: E731
+    before = await second(town, everyone, volts)
+    for h in trio:
+        await town.revoke(org_id, h)
+    await town.running.agent.releases.flush()
+    await town.restart()
+    after = []
+    for _ in range(5):
+        after.append(await second(town, everyone, volts))
+    await advance(town, 2)
+    first, _ = await town.window(key, "1s", before)
+    assert counts_of(first)[grid.band_of(OUTLIER_V)] == 3
+    errors = []
+    for s in after:
+        body, refused = await town.window(key, "1s", s)
+        assert counts_of(body) is None or s - before > QUARTER, (s - before, refused, body and body["grid"])
+        errors.append(refused and refused["error"])
+    assert "audit_resuming" in errors, errors
