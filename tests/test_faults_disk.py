@@ -39,10 +39,10 @@ FLUSH_S = 0.5
 class SmallDisk:
     """A fixed-size ext4 on a loop device, mounted at `mount` (no reserved blocks: root fills it as anyone)."""
 
-    def __init__(self, tmp_path: Path, size_mb: int = 32):
-        self.image, self.mount = tmp_path / "disk.img", tmp_path / "mnt"
+    def __init__(self, tmp_path: Path, size_mb: int = 32, mount: Path | None = None):
+        self.image, self.mount = tmp_path / "disk.img", mount or tmp_path / "mnt"
         self.filler = self.mount / "filler"
-        self.mount.mkdir()
+        self.mount.mkdir(parents=True)
         with open(self.image, "wb") as image:
             image.truncate(size_mb << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(self.image)], check=True, capture_output=True)
