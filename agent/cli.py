@@ -1,4 +1,4 @@
-"""`edge-agent`: run the agent, run the demo, emulate a meter, check a config file."""
+"""`edge-agent`: run the agent, run the demo, emulate a meter, check a config file, pair a HomeWizard P1 meter."""
 
 from __future__ import annotations
 
@@ -80,6 +80,23 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_homewizard_pair(args) -> int:
+    from drivers.homewizard import base_url
+    from drivers.homewizard_https import pair
+
+    try:
+        base = base_url(args.url)
+        if not base.startswith("https://"):
+            raise ValueError("API v2 is https://<host> (API v1, http://, needs no pairing)")
+        token, pin = pair(base, args.name, args.wait)
+    except (ValueError, OSError) as err:
+        print(f"edge-agent: homewizard-pair: {err}", file=sys.stderr)
+        return 1
+    print(f"paired; in the meter's [[meters]] table of edge.toml:\nport = \"{base}\"\ntoken = \"{token}\"\n"
+          f"certificate_sha256 = \"{pin}\"")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", help="data directory (default: a new temporary one)")
     demo.add_argument("-v", "--verbose", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    hw = sub.add_parser("homewizard-pair", help="get a HomeWizard P1 meter's API v2 token (press its button) and "
+                                                 "pin its certificate")
+    hw.add_argument("url", help="https://<the P1 meter's address>")
+    hw.add_argument("--name", default="local/edge", help="the user name the device keeps for this token")
+    hw.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the button")
+    hw.set_defaults(func=cmd_homewizard_pair)
 
     emulate = sub.add_parser("emulate-meter", help="write realistic P1 telegrams to a pty, TCP port or stdout")
     from drivers.emulator import add_emulator_arguments

@@ -274,13 +274,14 @@ def _meter(data, index: int, seen: set[str]) -> MeterSpec:
         raise ConfigError(f"{t.key}.id", f"{meter_id!r} is used by another meter")
     seen.add(meter_id)
     port = t.get("port", str, required=True)
-    if port.startswith(("http://", "https://")):  # a HomeWizard P1 meter's local API v1
+    if port.startswith(("http://", "https://")):  # a HomeWizard P1 meter's local API (v1 http, v2 https)
         from drivers.homewizard import base_url
 
         try:
             base_url(port)
         except ValueError as err:
             raise ConfigError(f"{t.key}.port", str(err)) from None
+    homewizard_v2 = _homewizard_v2(t, port)
     profile = t.get("profile", str, "dsmr5")
     if profile != "auto" and profile not in PROFILES:
         raise ConfigError(f"{t.key}.profile", f"unknown profile {profile!r}; known: auto, {', '.join(PROFILES)}")
@@ -326,7 +327,35 @@ def _meter(data, index: int, seen: set[str]) -> MeterSpec:
                           f"profile {profile!r} is never encrypted; set profile to one of: {takers}")
     t.finish()
     return MeterSpec(meter_id=meter_id, port=port, profile=profile, serial_overrides=overrides or None,
-                     gas_channel=gas_channel, stall_seconds=stall, **keys)
+                     gas_channel=gas_channel, stall_seconds=stall, **keys, **homewizard_v2)
+
+
+def _homewizard_v2(t: _Table, port: str) -> dict:
+    """An https:// port's token (a secret: never quoted) and pinned certificate, both required; refused elsewhere."""
+    from drivers.homewizard_https import parse_pin, parse_token
+
+    given = {name: t.data.get(name) for name in ("token", "certificate_sha256")}
+    t.used.update(given)
+    if not port.startswith("https://"):
+        for name, value in given.items():
+            if value is not None:
+                raise ConfigError(f"{t.key}.{name}", "only for a HomeWizard P1 meter's API v2 (an https:// port)")
+        return {}
+    if all(value is None for value in given.values()):
+        raise ConfigError(f"{t.key}.port", "an https:// port is a HomeWizard P1 meter's API v2: it needs token and "
+                                           "certificate_sha256; get both with edge-agent homewizard-pair " + port)
+    out = {}
+    for name, parse in (("token", parse_token), ("certificate_sha256", parse_pin)):
+        value = given[name]
+        if value is None:
+            raise ConfigError(f"{t.key}.{name}", f"required for an https:// port (edge-agent homewizard-pair {port})")
+        if not isinstance(value, str):
+            raise ConfigError(f"{t.key}.{name}", f"must be a string, got {type(value).__name__}")
+        try:
+            out[name] = parse(value)
+        except ValueError as err:
+            raise ConfigError(f"{t.key}.{name}", str(err)) from None
+    return out
 
 
 def _tags(tags: list) -> tuple[str, ...]:

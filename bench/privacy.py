@@ -150,6 +150,32 @@ def bench_release_cost(rounds: int = 200, grid_quantities: bool = True) -> None:
           f"sum per organization: {bare * 1e3:.2f} ms")
 
 
+def bench_grid(releases: int = 40) -> None:
+    """Noisy grid quantities (issue 15) for one window: the noise on a band count and the median error of the
+    mean voltage on L1, at the default grid_rho and ten times it, beside the exact values."""
+    import random
+
+    from agent.aggregates import Contribution
+    from agent.release import grid
+
+    print("\nNoisy grid quantities for one window (voltage on 3 phases + long failures = 7 OpenDP measurements)")
+    print(f"{'grid_rho':>9} {'households':>10} {'count sd':>9} {'mean V error (median)':>22} {'min/max found':>14}")
+    for rho in (5e-4, 5e-3):
+        for n in (100, 1000, 10000):
+            rng = random.Random(n)
+            rows = [Contribution(300.0, 0.0, 1, {}, {p: rng.gauss(231, 3) for p in ("l1", "l2", "l3")}, 0)
+                    for _ in range(n)]
+            truth = sum(c.voltage_v["l1"] for c in rows) / n
+            errors, found = [], 0
+            for _ in range(releases):
+                part = grid.noisy_part(grid.QUANTITIES, rows, rho)
+                mean = part["voltage_l1"]["mean_v"]
+                errors.append(abs(mean - truth) if mean is not None else float("inf"))
+                found += part["voltage_l1"]["min_v"] is not None
+            sd = part["privacy"]["count_sd"]
+            print(f"{rho:>9g} {n:>10} {sd:>9.1f} {statistics.median(errors):>20.2f} V {found / releases:>13.0%}")
+
+
 def bench_anonymized() -> None:
     print("\nAnonymized releases over one day (synthetic neighbourhood), suppression beside suppression-only")
     print(f"{'level':<9} {'households':>10} {'rows':>7} {'supp. rows':>10} {'supp. hh':>8} {'k':>4} {'l':>3} "
@@ -237,6 +263,7 @@ def main() -> int:
         bench_dp(args.releases)
     bench_release_cost(grid_quantities=False)
     bench_release_cost()
+    bench_grid()
     bench_anonymized()
     bench_linkage()
     return 0

@@ -1,7 +1,9 @@
-"""HomeWizard P1 meter (HWE-P1), local API v1: where its telegram and its JSON are, and the JSON as a Reading.
+"""HomeWizard P1 meter (HWE-P1), local APIs v1 and v2: where its telegram and its JSON are, the JSON as a Reading.
 
-The dongle serves the meter's raw telegram at GET /api/v1/telegram (read by the same decoder as a serial port)
-and its own summary at GET /api/v1/data (older firmware has only that one). No I/O here: drivers/p1_reader.py polls.
+API v1 (http://): the meter's raw telegram at GET /api/v1/telegram (read by the same decoder as a serial port) and
+the dongle's own summary at GET /api/v1/data (older firmware has only that one). API v2 (https://, firmware 6 and
+later; drivers/homewizard_https.py connects): the same at GET /api/telegram and GET /api/measurement, with a token.
+No I/O here: drivers/p1_reader.py polls.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from drivers.obis import MBUS_TYPES, meter_time, meter_time_iso
-from drivers.reading import Reading
+from drivers.reading import NON_NEGATIVE, Reading
 
 TELEGRAM_PATH = "/api/v1/telegram"
 DATA_PATH = "/api/v1/data"
+V2_TELEGRAM_PATH = "/api/telegram"
+V2_MEASUREMENT_PATH = "/api/measurement"
 POLL_S = 1.0  # the dongle refreshes once a second with a DSMR 5 meter
 MAX_BODY = 64 * 1024
 
@@ -34,6 +38,13 @@ _COUNTS = {"active_tariff": "tariff", "any_power_fail_count": "power_failures",
 # Signed powers (negative: export) -> (import field, export field).
 _SIGNED = {"active_power_w": ("power_import_w", "power_export_w"),
            **{f"active_power_l{n}_w": (f"power_import_l{n}_w", f"power_export_l{n}_w") for n in (1, 2, 3)}}
+# /api/measurement (v2) names the same values without v1's prefixes (and spells "monthly" right).
+_V2_NAMES = {"total_power_import_kwh": "energy_import_kwh", "total_power_export_kwh": "energy_export_kwh",
+             **{f"total_power_{d}_t{n}_kwh": f"energy_{d}_t{n}_kwh" for d in ("import", "export") for n in (1, 2, 3, 4)},
+             **{f"active_{q}_l{n}_{u}": f"{q}_l{n}_{u}" for q, u in (("voltage", "v"), ("current", "a"), ("power", "w"))
+                for n in (1, 2, 3)},
+             "active_frequency_hz": "frequency_hz", "active_power_average_w": "average_power_15m_w",
+             "montly_power_peak_w": "monthly_power_peak_w", "active_tariff": "tariff", "active_power_w": "power_w"}
 _EXTERNAL_TYPES = {"gas_meter": 3, "water_meter": 7, "heat_meter": 4, "warm_water_meter": 6, "inlet_heat_meter": 12}
 
 
@@ -42,11 +53,16 @@ class HomeWizardError(ValueError):
 
 
 def base_url(port: str) -> str:
-    """http://host[:port][/] -> http://host[:port]; anything else is refused (a config error, said at once)."""
+    """http(s)://host[:port][/] -> http(s)://host[:port]; anything else is refused (a config error, said at once)."""
     parts = urlsplit(port)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"a HomeWizard port is http://<host>[:<port>], got {port!r}")
-    return f"http://{parts.netloc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"a HomeWizard port is http://<host>[:<port>] (API v1) or https://<host>[:<port>] (API v2), "
+                         f"got {port!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def is_v2(port: str) -> bool:
+    return port.startswith("https://")
 
 
 def _number(value) -> float | None:
@@ -55,20 +71,43 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def _time(value) -> datetime | None:
-    """HomeWizard writes the meter's YYMMDDhhmmss as a number."""
+def _stamp(value) -> str | None:
+    """The meter's YYMMDDhhmmss: v1 writes it as a number, v2 as ISO 8601 local time without an offset."""
+    if isinstance(value, str) and len(value) == 19 and value[4] == "-" and value[10] == "T":
+        digits = value[2:4] + value[5:7] + value[8:10] + value[11:13] + value[14:16] + value[17:19]
+        return digits if digits.isdecimal() else None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10 ** 12:
         return None
-    return meter_time(f"{value:012d}")
+    return f"{value:012d}"
+
+
+def _time(value) -> datetime | None:
+    stamp = _stamp(value)
+    return None if stamp is None else meter_time(stamp)
+
+
+def reading_from_measurement(doc, meter_id: str, received_at: datetime) -> Reading:
+    """API v2's /api/measurement: v1's values under their v2 names (monthly_power_peak_timestamp and the
+    external devices' timestamps as ISO local times)."""
+    if not isinstance(doc, dict) or not any(key in doc for key in _V2_NAMES.values()):
+        raise HomeWizardError("not a HomeWizard P1 meter's /api/measurement")
+    renamed = {_V1_NAMES.get(key, key): value for key, value in doc.items() if key not in _V1_ONLY}
+    renamed["montly_power_peak_timestamp"] = doc.get("monthly_power_peak_timestamp")
+    return reading_from_data(renamed, meter_id, received_at)
+
+
+_V1_NAMES = {v2: v1 for v1, v2 in _V2_NAMES.items()}
+_V1_ONLY = frozenset(_V2_NAMES) - frozenset(_V2_NAMES.values())  # a v1 name in a v2 document is not v2's
 
 
 def reading_from_data(doc, meter_id: str, received_at: datetime) -> Reading:
+    """API v1's /api/v1/data."""
     if not isinstance(doc, dict) or not any(key in doc for key in (*_DATA, *_SIGNED)):
         raise HomeWizardError("not a HomeWizard P1 meter's /api/v1/data")
     values: dict = {"meter_id": meter_id, "received_at": received_at, "timestamp": received_at}
     for key, (field, scale) in _DATA.items():
         number = _number(doc.get(key))
-        if number is not None and number >= 0:
+        if number is not None and (number >= 0 or field not in NON_NEGATIVE):  # currents are signed
             values[field] = number * scale if scale == 1 else float(round(number * scale, 6))
     for key, field in _COUNTS.items():
         value = doc.get(key)
@@ -109,7 +148,7 @@ def _device(channel: int, device_type: int, value, unit: str | None, stamp) -> d
     moment = _time(stamp)
     return {"channel": channel, "type": MBUS_TYPES[device_type], "device_type": device_type,
             "value": number if number is not None and number >= 0 else None, "unit": unit,
-            "timestamp": meter_time_iso(f"{stamp:012d}") if moment is not None else None, "valve": None}
+            "timestamp": meter_time_iso(_stamp(stamp)) if moment is not None else None, "valve": None}
 
 
 def _time_of(device: dict) -> datetime | None:

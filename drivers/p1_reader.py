@@ -25,7 +25,7 @@ from typing import Callable
 
 import serial
 
-from drivers import homewizard, linecheck
+from drivers import homewizard, homewizard_https, linecheck
 from drivers.profiles import AUTO_CANDIDATES, PROFILES, Profile, SerialSettings, get_profile
 from drivers.ratelog import RateLimitedLog
 from drivers.reading import Reading, utcnow
@@ -63,7 +63,7 @@ class MeterState:
 @dataclass(frozen=True)
 class MeterSpec:
     meter_id: str
-    port: str  # a pyserial URL (/dev/ttyUSB0, socket://host:port, rfc2217://host:port) or http://<HomeWizard P1>
+    port: str  # a pyserial URL (/dev/ttyUSB0, socket://host:port, rfc2217://host:port) or http(s)://<HomeWizard P1>
     profile: str = "dsmr5"  # a profile name or "auto"
     serial_overrides: dict | None = None  # baudrate, bytesize, parity, stopbits, xonxoff, rtscts
     gas_channel: int | None = None  # None: found automatically
@@ -71,6 +71,9 @@ class MeterSpec:
     # Encrypted P1 (smarty, msn, sagemcom_t210_d_r): 16-byte keys. Secrets: kept out of repr and snapshots.
     decryption_key: bytes | None = field(default=None, repr=False)
     authentication_key: bytes | None = field(default=None, repr=False)  # None: tag not verified, CRC is
+    # HomeWizard API v2 (https://): the token from pairing (a secret, kept out of repr) and the pinned certificate.
+    token: str | None = field(default=None, repr=False)
+    certificate_sha256: bytes | None = None
 
 
 class P1Reader:
@@ -327,30 +330,66 @@ class P1Reader:
         log.warning("meter %s: auto-detection found no telegrams on %s; trying again",
                     self.spec.meter_id, self.spec.port)
 
-    # --- HomeWizard P1 (http://) -------------------------------------------------------------
+    # --- HomeWizard P1 (http:// API v1, https:// API v2) ---------------------------------------
+    def _http_fetcher(self, base: str) -> tuple[Callable[[str], bytes], Callable[[], None]]:
+        """(fetch(source) -> body, close): v1 over plain HTTP, v2 over HTTPS pinned to the paired certificate.
+        fetch raises FileNotFoundError when the device has no such endpoint (older firmware)."""
+        if homewizard.is_v2(base):
+            client = homewizard_https.Client(base, self.spec.certificate_sha256, self.spec.token,
+                                             timeout=max(2.0, homewizard.POLL_S * 3))
+            paths = {"telegram": homewizard.V2_TELEGRAM_PATH, "data": homewizard.V2_MEASUREMENT_PATH}
+
+            def fetch_v2(source: str) -> bytes:
+                try:
+                    return client.get(paths[source], homewizard.MAX_BODY)
+                except homewizard_https.HttpStatus as err:
+                    if err.status == 404:
+                        raise FileNotFoundError(paths[source]) from None
+                    raise
+
+            return fetch_v2, client.close
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a LAN device: never via a proxy
+        v1_paths = {"telegram": homewizard.TELEGRAM_PATH, "data": homewizard.DATA_PATH}
+
+        def fetch_v1(source: str) -> bytes:
+            try:
+                with opener.open(base + v1_paths[source], timeout=max(2.0, homewizard.POLL_S * 3)) as response:
+                    return response.read(homewizard.MAX_BODY + 1)
+            except urllib.error.HTTPError as err:
+                if err.code == 404:
+                    raise FileNotFoundError(v1_paths[source]) from None
+                raise
+
+        return fetch_v1, lambda: None
+
     def _run_http(self) -> None:
         """Poll a HomeWizard P1 meter: its raw telegram (the same decoder as a serial port) every POLL_S, or its
-        /api/v1/data JSON where the firmware has no telegram endpoint (404). A quiet meter is a stall."""
+        JSON (/api/v1/data, /api/measurement) where the firmware has no telegram endpoint (404). A quiet meter is
+        a stall."""
         try:
             base = homewizard.base_url(self.spec.port)
         except ValueError as err:
             self._port_failed("open", err)
             return
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a LAN device: never via a proxy
+        fetch, close = self._http_fetcher(base)
+        try:
+            self._poll_http(fetch)
+        finally:
+            close()
+
+    def _poll_http(self, fetch: Callable[[str], bytes]) -> None:
         backoff, opened_at = 1.0, time.monotonic()
         self.state = MeterState.CONNECTING
         while not self._stop.is_set():
             started = time.monotonic()
             source = self.http_source or "telegram"
-            path = homewizard.TELEGRAM_PATH if source == "telegram" else homewizard.DATA_PATH
             try:
-                with opener.open(base + path, timeout=max(2.0, homewizard.POLL_S * 3)) as response:
-                    body = response.read(homewizard.MAX_BODY + 1)
-            except urllib.error.HTTPError as err:
-                if err.code == 404 and source == "telegram":
+                body = fetch(source)
+            except FileNotFoundError as err:
+                if source == "telegram":
                     self.http_source = "data"  # older firmware: only the JSON summary
                     continue
-                self._http_failed(err, backoff)
+                self._http_failed(OSError(f"the device has no {err}"), backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             except (urllib.error.URLError, *PORT_ERRORS, ValueError) as err:
@@ -386,11 +425,14 @@ class P1Reader:
     def _http_reading(self, body: bytes, source: str, now: float) -> bool:
         received_at = self.wall_clock()
         if source == "data":
+            v2 = homewizard.is_v2(self.spec.port)
+            read = homewizard.reading_from_measurement if v2 else homewizard.reading_from_data
             try:
-                reading = homewizard.reading_from_data(json.loads(body), self.spec.meter_id, received_at)
+                reading = read(json.loads(body), self.spec.meter_id, received_at)
             except (ValueError, TypeError) as err:  # JSONDecodeError and HomeWizardError are ValueErrors
                 self._http_stats.parse_errors += 1
-                self._http_stats.last_error = f"/api/v1/data: {err}"
+                path = homewizard.V2_MEASUREMENT_PATH if v2 else homewizard.DATA_PATH
+                self._http_stats.last_error = f"{path}: {err}"
                 return False
             self._http_stats.telegrams_ok += 1
             self._hand_over([reading])

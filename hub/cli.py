@@ -5,11 +5,18 @@
   edge-hub serve --servers ... --operator-public-key KEY --listen 127.0.0.1:8090 [--min-devices 2]
   edge-hub register-org --name N --level dso --area A [--area B]     prints the organization's one API key
   edge-hub revoke-key --org ORG_ID
-  edge-hub assign-device --device D --area A
+  edge-hub device-key --out D.nk                      a device's NATS nkey: the seed file for its [fleet]
+                                                      nkey_seed_file; prints the public key for assign-device
+  edge-hub assign-device --device D --area A [--nkey U...]
+  edge-hub set-levels --file levels.toml              [levels.NAME] tables for every device, whole
   edge-hub relate --device D --household HH_ID --org ORG_ID [--org ...]   (no --org: no longer related)
   edge-hub devices                                    applied version, last release, health per device
+  edge-hub nats-auth --hub-nkey U... [--servers ...] --operator-public-key KEY --out auth.conf
+                                                      the servers' authorization: the hub, each device's nkey with
+                                                      only its own subjects (no --servers: the hub's user alone)
 The operator commands take --servers and --key (the private key file); serve takes the operator token for
-GET /devices from EDGE_HUB_OPERATOR_TOKEN.
+GET /devices from EDGE_HUB_OPERATOR_TOKEN. Every command that connects takes --nkey-seed (the hub's or the
+operator's seed file) when the servers require nkeys.
 """
 
 from __future__ import annotations
@@ -32,16 +39,14 @@ def _servers(args) -> list[str]:
 async def _connect(args):
     import nats
 
-    nc = await nats.connect(servers=_servers(args), connect_timeout=3, max_reconnect_attempts=10)
+    nc = await nats.connect(servers=_servers(args), connect_timeout=3, max_reconnect_attempts=10,
+                            nkeys_seed=args.nkey_seed)
     return nc, nc.jetstream(timeout=10)
 
 
 def cmd_keygen(args) -> int:
     key = document.new_private_key()
-    path = Path(args.out)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(document.private_key_text(key) + "\n")
+    _secret_file(args.out, document.private_key_text(key))
     print(document.public_key_text(key))
     return 0
 
@@ -77,7 +82,7 @@ async def _devices(args) -> int:
     from hub.operator import dumps
     from hub.service import Hub
 
-    hub = Hub(_servers(args), args.operator_public_key, replicas=args.replicas)
+    hub = Hub(_servers(args), args.operator_public_key, replicas=args.replicas, nkey_seed=args.nkey_seed)
     await hub.open()  # read only: no consumer
     try:
         print(dumps(await hub.devices()))
@@ -94,7 +99,8 @@ async def _serve(args) -> int:
     from hub.service import Hub
 
     hub = Hub(_servers(args), args.operator_public_key, min_devices=args.min_devices, replicas=args.replicas,
-              operator_token=os.environ.get("EDGE_HUB_OPERATOR_TOKEN"), name=args.name, keep_days=args.keep_days)
+              operator_token=os.environ.get("EDGE_HUB_OPERATOR_TOKEN"), name=args.name, keep_days=args.keep_days,
+              nkey_seed=args.nkey_seed)
     await hub.start()
     pusher = Pusher(hub, grace_s=args.push_grace, allow_private=args.allow_private_endpoints)
     await pusher.start()
@@ -118,13 +124,61 @@ async def _serve(args) -> int:
     return 0
 
 
+def _secret_file(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def cmd_device_key(args) -> int:
+    from hub.operator import new_nkey
+
+    seed, public = new_nkey()
+    _secret_file(args.out, seed)
+    print(public)
+    return 0
+
+
+async def _nats_auth(args) -> int:
+    from hub.operator import authorization
+    from hub.service import Hub
+
+    fleet = None
+    if _servers(args):  # else the bootstrap: the hub's user alone, so that it can connect and publish
+        if not args.operator_public_key:
+            raise ValueError("--operator-public-key is needed to verify the fleet document")
+        hub = Hub(_servers(args), args.operator_public_key, replicas=args.replicas, nkey_seed=args.nkey_seed)
+        await hub.open()
+        try:
+            fleet = hub.fleet
+        finally:
+            await hub.stop()
+    text = authorization(fleet, args.hub_nkey)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def _levels_file(path: str) -> dict:
+    import tomllib
+
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    if set(data) != {"levels"}:
+        raise ValueError(f"{path}: only [levels.NAME] tables")
+    return data["levels"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-hub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_cluster(p):
-        p.add_argument("--servers", action="append", required=True, help="NATS URLs (repeat or comma-separate)")
+    def with_cluster(p, required=True):
+        p.add_argument("--servers", action="append", required=required, default=[],
+                       help="NATS URLs (repeat or comma-separate)")
+        p.add_argument("--nkey-seed", help="this tool's NATS nkey seed file, when the servers require nkeys")
         p.add_argument("--replicas", type=int, default=3, help="replicas of the streams and buckets (default 3)")
         p.add_argument("--keep-days", type=float, default=35, help="area windows kept in the hub's bucket, when "
                                                                      "it is created (default 35)")
@@ -172,7 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_key(sub.add_parser("assign-device", help="put a device in an area"))
     p.add_argument("--device", required=True)
     p.add_argument("--area", required=True)
-    p.set_defaults(func=lambda a: asyncio.run(_operator(a, lambda op: op.assign_device(a.device, a.area))))
+    p.add_argument("--nkey", help="the device's public NATS nkey (edge-hub device-key): its permissions too")
+    p.set_defaults(func=lambda a: asyncio.run(_operator(a, lambda op: op.assign_device(a.device, a.area, a.nkey))))
+
+    p = sub.add_parser("device-key", help="a device's NATS nkey seed file; prints its public key")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_device_key)
+
+    p = with_key(sub.add_parser("set-levels", help="level definitions for every device"))
+    p.add_argument("--file", required=True, help="a TOML file of [levels.NAME] tables, as in edge.toml")
+    p.set_defaults(func=lambda a: asyncio.run(_operator(a, lambda op: op.set_levels(_levels_file(a.file)))))
+
+    p = with_cluster(sub.add_parser("nats-auth", help="the servers' authorization block"), required=False)
+    p.add_argument("--operator-public-key", help="verifies the fleet document (with --servers)")
+    p.add_argument("--hub-nkey", required=True, help="the public nkey of the hub and the operator's tools")
+    p.add_argument("--out", help="file to write (default: standard output)")
+    p.set_defaults(func=lambda a: asyncio.run(_nats_auth(a)))
 
     p = with_key(sub.add_parser("relate", help="mark a household of a device related to organizations"))
     p.add_argument("--device", required=True)

@@ -2,7 +2,9 @@
 
 Each node is a real `nats-server` process (Debian's package; the Makefile's system-deps installs it) with its own
 store directory and free ports; `kill(i)` is a kill -9, `start(i)` brings the node back on the same ports and
-store, as a restarted machine would.
+store, as a restarted machine would. With `authorization` (the text `edge-hub nats-auth` writes), every node
+includes that file: clients sign in with their nkeys and get the permissions it gives; `reload()` makes the
+nodes read it again (SIGHUP), as an operator does after assigning a device.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def free_ports(count: int) -> list[int]:
 
 
 class Cluster:
-    def __init__(self, directory: str | Path, nodes: int = 3, name: str = "edge"):
+    def __init__(self, directory: str | Path, nodes: int = 3, name: str = "edge", authorization: str | None = None):
         self.directory = Path(directory)
         self.nodes = nodes
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,9 @@ class Cluster:
         ports = free_ports(2 * nodes)
         self.client_ports, self.route_ports = ports[:nodes], ports[nodes:]
         self.processes: list[subprocess.Popen | None] = [None] * nodes
+        self.auth_file = self.directory / "auth.conf" if authorization is not None else None
+        if self.auth_file:
+            self.auth_file.write_text(authorization)
 
     @property
     def urls(self) -> list[str]:
@@ -59,6 +64,7 @@ server_name: n{i}
 listen: 127.0.0.1:{self.client_ports[i]}
 jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 1GB }}
 {cluster}
+{f'include "{self.auth_file.name}"' if self.auth_file else ""}
 """)
         return path
 
@@ -80,6 +86,15 @@ jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 1GB }
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"nats-server on port {port} did not start")
+
+    def reload(self, authorization: str) -> None:
+        """A new authorization file, read again by every running node (SIGHUP: no restart, no client dropped
+        but those whose permissions it takes away)."""
+        assert self.auth_file is not None, "a cluster started without authorization"
+        self.auth_file.write_text(authorization)
+        for process in self.processes:
+            if process is not None:
+                os.kill(process.pid, signal.SIGHUP)
 
     def kill(self, i: int) -> None:
         """kill -9 of one node."""

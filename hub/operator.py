@@ -1,6 +1,8 @@
-"""The operator's tooling: register an organization once for its areas, assign devices, mark related households,
-revoke a key; each change signs a new version of the `fleet` document and of every device document it touches,
-and puts them in the `edge_desired` bucket, where the hub and the devices watch them.
+"""The operator's tooling: register an organization once for its areas, assign devices (with their NATS nkey),
+define levels, mark related households, revoke a key; each change signs a new version of the `fleet` document
+and of every device document it touches, and puts them in the `edge_desired` bucket, where the hub and the
+devices watch them. `authorization` writes the nats-servers' authorization block from the fleet document: the
+hub's user, and each device's nkey with only its own subjects.
 
 The current documents in the bucket are the state (each verified with the operator's key before it is built
 upon). A version is the time in milliseconds, or one more than the last if the clock is behind.
@@ -14,7 +16,8 @@ import secrets
 import sys
 import time
 
-from agent.fleet import document
+from agent.config import DEFAULT_TAGS, parse_levels
+from agent.fleet import device_permissions, document
 from agent.fleet.document import BUCKET, FLEET_KEY
 from agent.registry import new_secret
 
@@ -81,7 +84,7 @@ class Operator:
         doc = {"kind": "device", "device": device, "area": area, "version": current.get("version", 0),
                "organizations": [{k: v for k, v in o.items() if k != "areas"} for o in fleet["organizations"]
                                  if area in o.get("areas", [])],
-               "revoked": list(fleet.get("revoked", [])),
+               "revoked": list(fleet.get("revoked", [])), "levels": dict(fleet.get("levels", {})),
                "related": current.get("related", {}) if related is None else related}
         return await self.publish(device, doc)
 
@@ -105,14 +108,27 @@ class Operator:
         fleet["revoked"] = sorted(set(fleet.get("revoked", [])) | {org["key_hash"]})
         return await self._publish_fleet_and_devices(fleet, self._devices_of(fleet, org.get("areas", [])))
 
-    async def assign_device(self, device: str, area: str) -> dict:
+    async def assign_device(self, device: str, area: str, nkey: str | None = None) -> dict:
+        """A device in an area; `nkey`: its public NATS nkey (edge-hub device-key), with its permissions."""
         if not document.NAME.match(device) or not document.NAME.match(area):
             raise ValueError("device and area ids: 1-64 letters, digits, '_' or '-'")
+        if nkey is not None and not document.USER_NKEY.match(nkey):
+            raise ValueError("--nkey: a NATS user's public nkey (U followed by 55 characters)")
         fleet = await self._fleet()
         areas = {a: [d for d in ds if d != device] for a, ds in fleet["areas"].items()}
         areas.setdefault(area, []).append(device)
         fleet["areas"] = {a: sorted(ds) for a, ds in areas.items() if ds}
+        if nkey is not None:
+            fleet["devices"] = {**fleet.get("devices", {}), device: {"nkey": nkey, **device_permissions(device)}}
         return await self._publish_fleet_and_devices(fleet, {device})
+
+    async def set_levels(self, levels: dict) -> dict:
+        """Level definitions ([levels.NAME] tables) for every device, whole: checked here as a device checks
+        them (with the default channel tags; a device with other tags says so in its /health)."""
+        parse_levels(levels, DEFAULT_TAGS)  # a ConfigError names the key
+        fleet = await self._fleet()
+        fleet["levels"] = levels
+        return await self._publish_fleet_and_devices(fleet, {d for ds in fleet["areas"].values() for d in ds})
 
     async def relate(self, device: str, household: str, org_ids: list[str]) -> dict:
         current = await self.current(device) or {}
@@ -128,5 +144,24 @@ class Operator:
         return {d for a in areas for d in fleet["areas"].get(a, [])}
 
 
+def authorization(fleet: dict | None, hub_nkey: str) -> str:
+    """The nats-server `authorization` block: the hub's user (everything), each device of the fleet document
+    with its nkey and only its permissions. Include it from each server's configuration; reload after a change."""
+    users = [f"    {{ nkey: {hub_nkey} }}"]
+    for device, user in sorted(document.nats_users(fleet or {}).items()):
+        allow = {kind: ", ".join(json.dumps(s) for s in user[kind]) for kind in ("publish", "subscribe")}
+        users.append(f"    {{ nkey: {user['nkey']}, permissions: {{ publish: {{ allow: [{allow['publish']}] }}, "
+                     f"subscribe: {{ allow: [{allow['subscribe']}] }} }} }}  # {device}")
+    return "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}\n"
+
+
 def dumps(value) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
+
+
+def new_nkey() -> tuple[str, str]:
+    """A NATS user's nkey: (seed, the secret the device keeps; its public key, for the fleet document)."""
+    import nkeys
+
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    return seed.decode(), nkeys.from_seed(bytearray(seed)).public_key.decode()

@@ -9,7 +9,9 @@
   out-of-order, gaps) and its last window, and `devices`, the index of them.
 - Which devices form an area and which organization may read what come from the operator's signed `fleet`
   document (agent/fleet/document.py), watched in the `edge_desired` bucket.
-Nothing of a household reaches the hub: devices send released records only (agent/fleet/link.py).
+Nothing of a household reaches the hub: devices send released records only (agent/fleet/link.py). A message is
+its subject's device's (edge.<device>.releases, which only that device's nkey may publish to): one that names
+another device inside is dropped and counted, never applied as that device's.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ class Conflict(Exception):
 
 class Hub:
     def __init__(self, servers: list[str], public_key: str, min_devices: int = 2, replicas: int = 3,
-                 operator_token: str | None = None, name: str = "edge-hub", keep_days: float = KEEP_DAYS):
+                 operator_token: str | None = None, name: str = "edge-hub", keep_days: float = KEEP_DAYS,
+                 nkey_seed: str | None = None):
         self.servers = servers
+        self.nkey_seed = nkey_seed  # the hub's NATS identity, when the servers require one
         self.public_key = document.public_key_from_text(public_key)
         self.min_devices = min_devices
         self.replicas = replicas
@@ -68,6 +72,7 @@ class Hub:
         self.duplicates = 0  # messages applied before (redelivered, or re-sent past de-duplication)
         self.held = 0  # messages after a hole in a device's sequence, delivered again later
         self.unassigned = 0
+        self.impersonations = 0  # messages naming a device other than their subject's
         self.last_applied_at: float | None = None
         self.last_error: str | None = None
         self.started_at = time.time()
@@ -84,7 +89,8 @@ class Hub:
         import nats
 
         self.nc = await nats.connect(servers=self.servers, name=self.name, max_reconnect_attempts=-1,
-                                     reconnect_time_wait=0.5, connect_timeout=2, error_cb=self._nats_error)
+                                     reconnect_time_wait=0.5, connect_timeout=2, error_cb=self._nats_error,
+                                     nkeys_seed=self.nkey_seed)
         self.js = self.nc.jetstream(timeout=5)
         await ensure(self.js, self.replicas, self.keep_days)
         self.kv = await self.js.key_value(HUB_BUCKET)
@@ -196,15 +202,21 @@ class Hub:
         a hole (the messages of a killed hub not yet redelivered) is held, with the rest of that device's in the
         batch, and comes back later. Returns (done: to acknowledge, held: to deliver again)."""
         payloads = [json.loads(msg.data) for msg in messages]
-        devices = sorted({str(p["device"]) for p in payloads})
+        senders = [msg.subject.split(".")[1] for msg in messages]  # edge.<device>.releases
+        devices = sorted(set(senders))
         states = await asyncio.gather(*(self._fresh(f"d.{d}") for d in devices))
         expected = {d: state.get("contiguous", 0) + 1 for d, state in zip(devices, states)}
         epochs = {d: state.get("epoch") for d, state in zip(devices, states)}
         parts: dict[str, dict[str, dict]] = {}
         seen: dict[str, list[tuple[int, dict, str | None]]] = {}
         done, held = [], []
-        for msg, payload in zip(messages, payloads):
-            device, seq = str(payload["device"]), int(payload["seq"])
+        for msg, payload, device in zip(messages, payloads, senders):
+            seq = int(payload["seq"])
+            if payload.get("device") != device:  # a device publishing as another: not that device's release
+                log.warning("hub: a message on %s names device %r: dropped", msg.subject, payload.get("device"))
+                self.impersonations += 1
+                done.append(msg)
+                continue
             if msg.metadata.num_delivered > 1:
                 self.redelivered += 1
             epoch = payload.get("epoch")
@@ -342,6 +354,7 @@ class Hub:
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "fleet_version": self.fleet["version"] if self.fleet else None, "fleet_refused": self.fleet_refusal,
                 "applied": self.applied, "writes": self.writes, "redelivered": self.redelivered, "duplicates": self.duplicates, "held": self.held, "unassigned": self.unassigned,
+                "impersonations": self.impersonations,
                 "last_applied_at": self.last_applied_at, "last_error": self.last_error}
 
 

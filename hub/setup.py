@@ -4,7 +4,9 @@ EDGE_RELEASES keeps every device's releases (replicated, file storage, de-duplic
 window long enough for a device's retries after an outage) until the hub's consumer has taken them and for a
 while after (`max_age`), so a replaced hub can be replayed. EDGE_HEALTH keeps each device's last heartbeat.
 Buckets: edge_desired (the operator's signed documents), edge_hub (the hub's area windows, shared by its
-replicas, kept `keep_days`), edge_hub_devices (each device's sequence bookkeeping).
+replicas, kept `keep_days`), edge_hub_devices (each device's sequence bookkeeping). EDGE_RELEASES and
+edge_desired allow direct gets: a device reads its own key and its own last release by a subject its NATS
+permissions can name (agent/fleet/__init__.py); one created before that is updated to allow them.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ async def _ensure(js, replicas: int, keep_days: float) -> None:
     await _stream(js, StreamConfig(name=RELEASES_STREAM, subjects=["edge.*.releases"], num_replicas=replicas,
                                    storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
                                    duplicate_window=DEDUPE_WINDOW_S, max_age=RELEASES_MAX_AGE_S,
-                                   discard=DiscardPolicy.OLD))
+                                   discard=DiscardPolicy.OLD, allow_direct=True))
     await _stream(js, StreamConfig(name=HEALTH_STREAM, subjects=["edge.*.health"], num_replicas=replicas,
                                    storage=StorageType.FILE, max_msgs_per_subject=1))
     for bucket, history, ttl in ((DESIRED_BUCKET, 5, None), (HUB_BUCKET, 1, keep_days * 86400),
@@ -49,7 +51,9 @@ async def _ensure(js, replicas: int, keep_days: float) -> None:
             await js.key_value(bucket)
         except Exception:
             await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
-                                                     storage=StorageType.FILE, ttl=ttl))
+                                                     storage=StorageType.FILE, ttl=ttl,
+                                                     direct=bucket == DESIRED_BUCKET))
+    await _allow_direct(js, f"KV_{DESIRED_BUCKET}")
 
 
 async def _stream(js, config: StreamConfig) -> None:
@@ -57,3 +61,12 @@ async def _stream(js, config: StreamConfig) -> None:
         await js.stream_info(config.name)
     except Exception:
         await js.add_stream(config)
+    if config.allow_direct:
+        await _allow_direct(js, config.name)
+
+
+async def _allow_direct(js, stream: str) -> None:
+    info = await js.stream_info(stream)
+    if not info.config.allow_direct:
+        info.config.allow_direct = True
+        await js.update_stream(info.config)

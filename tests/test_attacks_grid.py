@@ -66,6 +66,7 @@ async def test_exact_level_releases_voltage_bands_min_max_mean_and_failures(town
     names = {p["name"]: p["permitted"] for p in params["parameters"]}
     assert names["neighborhood_voltage_l1_max"] and names["neighborhood_long_power_failures"]
     assert names["neighborhood_peak_demand_month"]
+    assert params["privacy"]["grid_band_edges_v"] == list(grid.BAND_EDGES_V)
 
 
 async def test_noisy_level_grid_off_by_default_and_peak_demand_is_post_processing(make_town):
@@ -265,3 +266,26 @@ async def test_peak_demand_survives_a_restart(make_town):
     assert refused is None, refused
     assert after["consumption_w"] == 1200.0 and after["peak_month_w"] == 30000.0
     assert after["peak_month_at"] == before[0]["window_start"]
+
+
+async def test_a_minute_is_derived_from_its_released_seconds(town):
+    """The dso's minute: band counts are the seconds' counts summed (household-seconds), min of mins, max of
+    maxes, the mean weighted by households, failures summed; nothing computed again over readings."""
+    org_id, key = await town.org("dso")
+    households = await town.households_(12)
+    await town.grant(org_id, households)
+    start = await town.to_next(60)
+    for s in range(60):
+        await second(town, households, lambda i: 226.0 + i + (30.0 if s == 7 and i == 0 else 0.0),
+                     lambda i: 5 + (s >= 20 and i == 3))
+    seconds = await town.windows(key, "1s", start, start + 60)
+    minute = (await town.windows(key, "1m", start, start + 60))[0]
+    assert all("refused" not in b for b in seconds), [b for b in seconds if "refused" in b][:1]
+    parts = [b["grid"]["voltage_l1"] for b in seconds]
+    derived = minute["grid"]["voltage_l1"]
+    assert derived["counts"] == [sum(col) for col in zip(*(p["counts"] for p in parts))]
+    assert sum(derived["counts"]) == 12 * 60
+    assert derived["max_v"] == max(p["max_v"] for p in parts) == 264.5  # 256 V in second 7: [253, 264.5)
+    assert derived["min_v"] == min(p["min_v"] for p in parts)
+    assert derived["mean_v"] == pytest.approx(sum(p["mean_v"] for p in parts) / 60, abs=0.01)
+    assert minute["grid"]["long_power_failures"]["meters"] == 1  # meter 3's count rose once, in second 20

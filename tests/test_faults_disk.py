@@ -10,72 +10,19 @@ Needs root (mount, losetup): skipped with the reason otherwise.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import os
 import shutil
-import struct
 import subprocess
 import time
 from datetime import datetime
-from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.helpers.faults import SmallDisk, assert_every_window_accounted, window_seconds
 from tests.helpers.process import FLUSH_S, OP, Running, agent_on, town
 from tests.helpers.receiver import Receiver
 from tests.helpers.wait import eventually as until
-
-EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
-EXT4_GOING_FLAGS_NOLOGFLUSH = 2
-
-
-class SmallDisk:
-    """A fixed-size ext4 on a loop device, mounted at `mount` (no reserved blocks: root fills it as anyone)."""
-
-    def __init__(self, tmp_path: Path, size_mb: int = 32):
-        self.image, self.mount = tmp_path / "disk.img", tmp_path / "mnt"
-        self.filler = self.mount / "filler"
-        self.mount.mkdir()
-        with open(self.image, "wb") as image:
-            image.truncate(size_mb << 20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(self.image)], check=True, capture_output=True)
-        self.mount_fs()
-
-    def mount_fs(self) -> None:
-        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mount)], check=True, capture_output=True)
-
-    def fill(self) -> None:
-        """Take every free block (what the agent appends next fails with ENOSPC)."""
-        with open(self.filler, "ab", buffering=0) as out:
-            chunk = b"\0" * (1 << 20)
-            for size in (1 << 20, 1 << 12, 1):
-                try:
-                    while True:
-                        out.write(chunk[:size])
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-        os.sync()
-
-    def free(self) -> None:
-        self.filler.unlink()
-        os.sync()
-
-    def shut_down(self) -> None:
-        """Every I/O on the filesystem fails with EIO from now on (until it is mounted again)."""
-        fd = os.open(self.mount, os.O_RDONLY)
-        try:
-            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
-        finally:
-            os.close(fd)
-
-    def remount(self) -> None:
-        subprocess.run(["umount", str(self.mount)], check=True, capture_output=True)
-        self.mount_fs()
-
-    def close(self) -> None:
-        subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
 
 
 @pytest.fixture
@@ -134,23 +81,6 @@ async def stored_timestamps(running: Running, meter_id: str) -> set[float]:
     assert status == 200, body
     return {round(datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00")).timestamp(), 3)
             for r in body["readings"]}
-
-
-def window_seconds(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def assert_every_window_accounted(messages: list[dict]) -> None:
-    """Sequence numbers 1..n without a hole (a message sent again keeps its number), and every 1 s window from the
-    first aggregate to the last is an aggregate or inside a gap's [from, to)."""
-    sequences = sorted({m["sequence"] for m in messages})
-    assert sequences == list(range(1, len(sequences) + 1)), sequences
-    aggregates = {window_seconds(m["window_start"]) for m in messages if m["type"] == "aggregate"}
-    gaps = [(window_seconds(m["from"]), window_seconds(m["to"])) for m in messages if m["type"] == "gap"]
-    first, last = min(aggregates), max(aggregates)
-    missing = [w for w in range(int(first), int(last)) if w not in aggregates
-               and not any(start <= w < end for start, end in gaps)]
-    assert not missing, f"windows neither sent nor in a gap: {missing}; gaps {gaps}"
 
 
 async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_acknowledged(small_disk, tmp_path):

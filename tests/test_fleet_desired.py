@@ -117,3 +117,69 @@ def test_fleet_config_is_checked_when_enabled(bad):
         parse_config({"auth": {"operator_token": "x" * 16}, "fleet": fleet})
     assert "fleet." in str(err.value)
     assert not parse_config({"auth": {"operator_token": "x" * 16}}).fleet.enabled  # off by default
+
+
+STREET = {"kind": "exact", "windows": ["1s", "1m"], "parameters": ["neighborhood_*"]}
+
+
+async def test_level_definitions_are_applied_whole_or_not_at_all(tmp_path, start_agent, caplog):
+    from agent.service import Agent
+    from tests.helpers.agent import RunningAgent
+
+    config = fleet_config(tmp_path)
+    first = Agent(config)
+    await first.start()
+    running = RunningAgent(first)
+    link = running.agent.fleet
+    key_a, key_b = new_secret("edge_org"), new_secret("edge_org")
+    assert await link.offer(document.sign({**doc(1, [org("org_a", key_a, "street")]), "levels": {"street": STREET}},
+                                          KEY))
+    assert running.agent.config.levels["street"].windows == ("1s", "1m")
+    status, body = await running.get("/parameters", token=key_a)  # the level's own parameters, at once
+    permitted = {p["name"] for p in body["parameters"] if p["permitted"]}
+    assert "neighborhood_power_consumption" in permitted and not any(n.startswith("household_") for n in permitted)
+    status, health = await running.get("/health")
+    assert health["fleet"]["levels"] == ["street"]
+
+    # one invalid level (edge.toml's own checks) refuses everything in the document, the valid parts too
+    caplog.set_level(logging.WARNING, "edge.fleet")
+    bad = {"street": {**STREET, "windows": ["1s"]}, "broken": {"kind": "exact", "windows": ["2m"]}}
+    assert not await link.offer(document.sign({**doc(2, [org("org_a", key_a, "street"), org("org_b", key_b)]),
+                                               "levels": bad}, KEY))
+    status, health = await running.get("/health")
+    assert health["fleet"]["refused"]["error"] == "invalid_level"
+    assert "levels.broken.windows" in health["fleet"]["refused"]["detail"] and "invalid_level" in caplog.text
+    assert running.agent.config.levels["street"].windows == ("1s", "1m") and "broken" not in running.agent.config.levels
+    assert (await running.get("/parameters", token=key_b))[0] == 401
+    assert health["fleet"]["desired_version"] == 1
+
+    # a level the document no longer defines is gone (edge.toml's levels stay); so is its organization's use of it
+    assert await link.offer(document.sign(doc(3, [org("org_b", key_b)]), KEY))
+    assert "street" not in running.agent.config.levels and "dso" in running.agent.config.levels
+    assert await link.offer(document.sign({**doc(4, [org("org_a", key_a, "street")]), "levels": {"street": STREET}},
+                                          KEY))
+    await running.http.close()
+    await first.stop()
+    assert "street" not in config.levels  # edge.toml's levels again once stopped
+    again = await start_agent(config)  # applied again at start, before anything runs
+    assert again.agent.config.levels["street"].parameters == ("neighborhood_*",)
+    assert (await again.get("/parameters", token=key_a))[0] == 200
+
+
+def test_a_fleet_document_gives_a_device_only_its_own_subjects():
+    from agent.fleet import device_permissions
+    from hub.operator import new_nkey
+
+    _, nkey = new_nkey()
+    fleet = {"kind": "fleet", "version": 1, "not_after": time.time() + 60, "areas": {"north": ["dev-a"]},
+             "devices": {"dev-a": {"nkey": nkey, **device_permissions("dev-a")}}}
+    assert document.check(document.sign(fleet, KEY), KEY.public_key(), "fleet", time.time(), None)
+    wider = {**device_permissions("dev-a"), "publish": ["edge.dev-a.>", "edge.dev-b.>"]}
+    with pytest.raises(document.Refused) as err:
+        document.check(document.sign({**fleet, "devices": {"dev-a": {"nkey": nkey, **wider}}}, KEY),
+                       KEY.public_key(), "fleet", time.time(), None)
+    assert err.value.error == "bad_permissions"
+    with pytest.raises(document.Refused) as err:
+        document.check(document.sign({**fleet, "devices": {"dev-a": {"nkey": "not-a-key", **wider}}}, KEY),
+                       KEY.public_key(), "fleet", time.time(), None)
+    assert err.value.error == "malformed"

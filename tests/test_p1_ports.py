@@ -13,28 +13,15 @@ from aiohttp import web
 from drivers.p1_reader import MeterSpec, MeterState, P1Reader
 from drivers.profiles import get_profile
 from drivers.telegram import TelegramDecoder
-from tests.helpers.p1 import Collector, readers  # noqa: F401  (readers: the fixture)
+from tests.helpers.p1 import Collector, direct, readers, record  # noqa: F401  (readers: the fixture)
 from tests.helpers.p1_oracle import EXTRA_PROFILES
 from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes
 from tests.helpers.wait import wait_until
 
-NOT_RECEIVED = ("received_at",)
 # What `auto` may call each family: DSMR 2.2 and 3 share dsmr_parser's specification; the decrypted Sagemcom
 # telegram is read by E.ON Hungary's (a superset); unpadded_crc.txt is a heat-meter module that V4 reads best.
 AUTO_NAMES = {"v2_2.txt": {"dsmr22", "dsmr3"}, "v3.txt": {"dsmr22", "dsmr3"}, "sagemcom_t210_d_r.txt": {"eon_hungary"},
               "unpadded_crc.txt": {"dsmr4", "dsmr5"}}
-
-
-def record(reading) -> dict:
-    return {k: v for k, v in reading.to_record().items() if k not in NOT_RECEIVED and k != "timestamp"}
-
-
-def direct(name: str) -> dict:
-    from datetime import datetime, timezone
-
-    profile = get_profile(TELEGRAM_PROFILES[name][0])
-    text = telegram_bytes(name).decode("latin-1")
-    return record(TelegramDecoder("m1", profile).decode(text, datetime.now(timezone.utc)))
 
 
 @pytest.mark.parametrize("name", sorted(TELEGRAM_PROFILES))

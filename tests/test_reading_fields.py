@@ -41,6 +41,9 @@ def test_every_field_has_a_row_and_the_rows_are_consistent():
             assert FIELDS[part].unit == facts.unit, (name, part)
         if facts.export_of:
             assert FIELDS[facts.export_of].unit == facts.unit
+        if facts.kind == table.NUMBER:  # the unit is in the name too (power_import_w, gas_m3, power_factor)
+            suffixes = tuple(f"_{f.unit.lower()}" for f in FIELDS.values() if f.unit)
+            assert name.endswith(f"_{facts.unit.lower()}") if facts.unit else not name.endswith(suffixes), name
     ranks = [f.parameter.rank for f in FIELDS.values() if f.parameter]
     assert len(ranks) == len(set(ranks))
 

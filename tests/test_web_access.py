@@ -9,9 +9,7 @@ import pytest
 
 from tests.helpers.agent import make_config
 from tests.helpers.clock import HOUR as T0, StepClock
-from tests.helpers.web import signed_in
-
-ROW = re.compile(r'<td class="included-(\w+)">.*?</td>\s*<td class="rho">(.*?)</td>', re.S)
+from tests.helpers.web import access_rows as _rows, signed_in
 
 
 async def _town(tmp_path, start_agent, clock, level="dso"):
@@ -32,14 +30,6 @@ async def _second(running, clock, households) -> None:
                                           json={"timestamp": clock.now, "power_import_w": 400.0})
         assert status == 201, body
     clock.now += 0.5
-
-
-async def _rows(running, household_id: str, path: str = "/ui/me/access") -> tuple[list[tuple[str, str]], str]:
-    browser = await signed_in(running, "household", household_id)
-    status, html, _ = await browser.get(path)
-    await browser.close()
-    assert status == 200, html
-    return ROW.findall(html), html
 
 
 async def test_an_exact_release_says_who_it_included_also_after_a_restart(tmp_path, start_agent):

@@ -3,7 +3,10 @@ are never downloaded). A household signs in from its link, revokes a consent and
 out, grants it again, sees its access log grow as an organization reads, reads a notification and watches its
 live power arrive by server-sent events; an installer sees a stopped meter turn its port to stalled and back;
 every page passes axe-core (no serious or critical violation) at a phone's and a desktop's width, and is
-screenshotted into build/web-screenshots/."""
+screenshotted into build/web-screenshots/.
+
+One Chromium serves the whole module (launching it is most of a short test's time on a loaded machine): the tests
+share its event loop, each has its own browser contexts (cookies) and its own agent."""
 
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import signal
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import async_playwright, expect
 
 from agent.config import MeterSpec
 from agent.demo import start_emulator
 from agent.web import sign_in_url
 from agent.web.signin import IDLE_S
+from tests import conftest
 from tests.helpers.agent import make_config
 from tests.helpers.clock import StepClock, T0
 
@@ -29,8 +34,12 @@ WIDTHS = {"phone": {"width": 375, "height": 740}, "desktop": {"width": 1280, "he
 QUARTER = 900
 WAIT_MS = 30_000  # how long the browser may take to show what the device already did (a wait, not a timing check)
 
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+# conftest's agents, started on the module's event loop (the browser's)
+start_agent = pytest_asyncio.fixture(loop_scope="module")(conftest.start_agent.__wrapped__)
 
-@pytest.fixture
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def chromium():
     assert os.path.exists(CHROMIUM), "Chromium is missing: `make system-deps` (as root) installs Debian's chromium"
     async with async_playwright() as p:
@@ -56,7 +65,7 @@ async def sign_in(page, url: str) -> None:
     await page.wait_for_url("**/ui/me")
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def neighbourhood(tmp_path, start_agent):
     """12 households, all consenting to a noisy-level organization's aggregates (k_min is 10)."""
     clock = StepClock(T0)
@@ -195,7 +204,8 @@ async def test_an_installer_sees_a_stopped_meter_stall_and_recover(chromium, tmp
 
 
 async def axe_violations(page) -> list[dict]:
-    await page.add_script_tag(path=str(AXE))
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):  # once per page loaded
+        await page.add_script_tag(path=str(AXE))
     result = await page.evaluate(
         "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']},"
         " resultTypes: ['violations']})")
@@ -212,11 +222,11 @@ async def signed_in_page(browser, running, role: str, subject: str, viewport: di
     return page
 
 
-async def audit_pages(browser, running, household_id: str, width: str) -> dict:
-    """axe-core on every page at one width, each page screenshotted: {page/width: serious or critical violations}."""
-    viewport = WIDTHS[width]
-    household = await signed_in_page(browser, running, "household", household_id, viewport)
-    operator = await signed_in_page(browser, running, "operator", "operator", viewport)
+async def audit_pages(browser, running, household_id: str) -> dict:
+    """axe-core on every page at both widths (the page loaded once, then resized), each screenshotted:
+    {page/width: serious or critical violations}."""
+    household = await signed_in_page(browser, running, "household", household_id, WIDTHS["desktop"])
+    operator = await signed_in_page(browser, running, "operator", "operator", WIDTHS["desktop"])
     base = running.base
     visits = [(household, "sign-in", base + "/ui/sign-in", None),
               (household, "link", sign_in_url(running.agent, base, "household", household_id), None),
@@ -237,10 +247,12 @@ async def audit_pages(browser, running, household_id: str, width: str) -> dict:
             await tab.locator("form[action='/ui/installer/households'] button").click()
         if ready:
             await tab.locator(ready).first.wait_for()
-        violations = await axe_violations(tab)
-        if violations:
-            failures[f"{name}/{width}"] = violations
-        await tab.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
+        for width, viewport in WIDTHS.items():
+            await tab.set_viewport_size(viewport)
+            violations = await axe_violations(tab)
+            if violations:
+                failures[f"{name}/{width}"] = violations
+            await tab.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
     await household.context.close()
     await operator.context.close()
     return failures
@@ -260,5 +272,4 @@ async def test_every_page_passes_axe_at_phone_and_desktop_widths(chromium, neigh
         await running.call("POST", "/readings", token=token, json={"timestamp": clock.now, "power_import_w": 500.0,
                                                                    "gas_m3": 100.0 + i})
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    phone, desktop = await asyncio.gather(*(audit_pages(chromium, running, me, width) for width in WIDTHS))
-    assert {**phone, **desktop} == {}
+    assert await audit_pages(chromium, running, me) == {}

@@ -6,7 +6,9 @@ import asyncio
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, json_object, parse_limit, parse_time, read_json, require
+from agent.api.bodies import HouseholdIn, HouseholdPatch, OrganizationIn, OrganizationPatch, decode
+from agent.api.common import ApiError, agent_of, caller, parse_limit, parse_time, read_body
+from agent.api.spec import LIMIT, NO_CONTENT, NOT_FOUND, OP, STRING, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR
 from agent.parameters import lookup
 
@@ -29,30 +31,27 @@ def _parameter_list(value, tags: tuple[str, ...]) -> list[str]:
 
 # --- organizations -------------------------------------------------------------------------
 async def create_organization(request: web.Request) -> web.Response:
-    operator = require(request, OPERATOR)
-    body = json_object(await read_json(request), {"name": str, "level": str}, ("name", "level"))
+    operator = caller(request)
+    body = decode(await read_body(request), OrganizationIn)
     agent = agent_of(request)
-    org, api_key = await agent.registry.create_organization_async(body["name"], _level(request, body["level"]))
+    org, api_key = await agent.registry.create_organization_async(body.name, _level(request, body.level))
     await agent.audit.record_durable(operator.id, OPERATOR, "organization.create", organization_id=org.id,
                                      level=org.level)
     return web.json_response({**org.public(), "api_key": api_key}, status=201)
 
 
 async def list_organizations(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     orgs = agent_of(request).registry.organizations.values()
     return web.json_response({"organizations": [o.public() for o in orgs]})
 
 
 async def get_organization(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     return web.json_response(agent_of(request).registry.organization(request.match_info["org_id"]).public())
 
 
 async def update_organization(request: web.Request) -> web.Response:
-    operator = require(request, OPERATOR)
-    body = json_object(await read_json(request), {"name": str, "level": str, "parameters": (list, type(None))})
-    changes = dict(body)
+    operator = caller(request)
+    changes = decode(await read_body(request), OrganizationPatch).given()
     if "level" in changes:
         _level(request, changes["level"])
     if changes.get("parameters") is not None:
@@ -65,7 +64,7 @@ async def update_organization(request: web.Request) -> web.Response:
 
 
 async def rotate_organization_key(request: web.Request) -> web.Response:
-    operator = require(request, OPERATOR)
+    operator = caller(request)
     agent = agent_of(request)
     org_id = request.match_info["org_id"]
     api_key = await agent.registry.rotate_organization_key_async(org_id)
@@ -74,7 +73,7 @@ async def rotate_organization_key(request: web.Request) -> web.Response:
 
 
 async def delete_organization(request: web.Request) -> web.Response:
-    operator = require(request, OPERATOR)
+    operator = caller(request)
     agent = agent_of(request)
     org_id = request.match_info["org_id"]
 
@@ -88,11 +87,10 @@ async def delete_organization(request: web.Request) -> web.Response:
 
 # --- households ----------------------------------------------------------------------------
 async def create_household(request: web.Request) -> web.Response:
-    operator = require(request, OPERATOR)
-    body = json_object(await read_json(request, allow_empty=True),
-                       {"meter_id": (str, type(None)), "related_organizations": list})
-    household, token = await new_household(agent_of(request), operator.id, body.get("meter_id"),
-                                           body.get("related_organizations", []))
+    operator = caller(request)
+    raw = await read_body(request)
+    body = decode(raw, HouseholdIn) if raw else HouseholdIn()
+    household, token = await new_household(agent_of(request), operator.id, body.meter_id, body.related_organizations)
     return web.json_response({**household.public(), "token": token}, status=201)
 
 
@@ -110,29 +108,27 @@ async def new_household(agent, operator_id: str, meter_id: str | None, related=(
 async def update_household(request: web.Request) -> web.Response:
     """The organizations a household is related to (an employee's home, a test meter): it never counts toward
     their k_min. The list replaces the previous one."""
-    operator = require(request, OPERATOR)
+    operator = caller(request)
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
     agent.registry.household(household_id)  # 404 before the body's merits
-    body = json_object(await read_json(request), {"related_organizations": list}, ("related_organizations",))
-    household = await agent.registry.set_related_async(household_id, body["related_organizations"])
+    body = decode(await read_body(request), HouseholdPatch)
+    household = await agent.registry.set_related_async(household_id, body.related_organizations)
     await agent.audit.record_durable(operator.id, OPERATOR, "household.update", household_id=household_id,
                                      related_organizations=household.related_organizations)
     return web.json_response(household.public())
 
 
 async def list_households(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     return web.json_response({"households": [h.public() for h in agent_of(request).registry.households.values()]})
 
 
 async def get_household(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     return web.json_response(agent_of(request).registry.household(request.match_info["household_id"]).public())
 
 
 async def rotate_household_token(request: web.Request) -> web.Response:
-    operator = require(request, OPERATOR)
+    operator = caller(request)
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
     token = await agent.registry.rotate_household_token_async(household_id)
@@ -141,7 +137,7 @@ async def rotate_household_token(request: web.Request) -> web.Response:
 
 
 async def delete_household(request: web.Request) -> web.Response:
-    operator = require(request, OPERATOR)
+    operator = caller(request)
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
     await agent.registry.delete_household_async(household_id)
@@ -151,14 +147,12 @@ async def delete_household(request: web.Request) -> web.Response:
 
 # --- consents (read only) and audit --------------------------------------------------------
 async def list_consents(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     q = request.query
     consents = agent_of(request).registry.all_consents(q.get("household_id"), q.get("organization_id"))
     return web.json_response({"consents": consents})
 
 
 async def read_audit(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     q = request.query
     since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
     entries = await asyncio.to_thread(agent_of(request).audit.entries, since, until, q.get("who"),
@@ -166,20 +160,42 @@ async def read_audit(request: web.Request) -> web.Response:
     return web.json_response({"entries": entries})
 
 
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/organizations", create_organization)
-    r.add_get("/organizations", list_organizations)
-    r.add_get("/organizations/{org_id}", get_organization)
-    r.add_patch("/organizations/{org_id}", update_organization)
-    r.add_delete("/organizations/{org_id}", delete_organization)
-    r.add_post("/organizations/{org_id}/key", rotate_organization_key)
-    r.add_post("/households", create_household)
-    r.add_get("/households", list_households)
-    # /households/me is the household's own: registered first so it is never taken for an id
-    r.add_get("/households/{household_id:hh_[0-9a-f]+}", get_household)
-    r.add_patch("/households/{household_id:hh_[0-9a-f]+}", update_household)
-    r.add_delete("/households/{household_id:hh_[0-9a-f]+}", delete_household)
-    r.add_post("/households/{household_id:hh_[0-9a-f]+}/token", rotate_household_token)
-    r.add_get("/consents", list_consents)
-    r.add_get("/audit", read_audit)
+ORG_PATH = "/organizations/{org_id}"
+# /households/me is the household's own: the id's pattern keeps it from being taken for one
+HH_PATH = "/households/{household_id:hh_[0-9a-f]+}"
+ROUTES = (
+    Route("POST", "/organizations", create_organization, OP, "Register an organization; its API key is shown once",
+          "operator", {"201": ok_json("OrganizationCreated", "Created")}, body="OrganizationIn"),
+    Route("GET", "/organizations", list_organizations, OP, "List organizations", "operator",
+          {"200": ok_json("Organizations")}),
+    Route("GET", ORG_PATH, get_organization, OP, "One organization", "operator", {"200": ok_json("Organization")},
+          errors=NOT_FOUND),
+    Route("PATCH", ORG_PATH, update_organization, OP, "Change name, level or allowed parameters", "operator",
+          {"200": ok_json("Organization")}, body="OrganizationPatch", errors=NOT_FOUND),
+    Route("DELETE", ORG_PATH, delete_organization, OP,
+          "Remove an organization; its key stops working and its consents end", "operator", {"204": NO_CONTENT},
+          errors=NOT_FOUND),
+    Route("POST", f"{ORG_PATH}/key", rotate_organization_key, OP, "Issue a new API key; the old one stops working",
+          "operator", {"200": ok_json("KeyRotated")}, errors=NOT_FOUND),
+    Route("POST", "/households", create_household, OP, "Register a household; its token is shown once", "operator",
+          {"201": ok_json("HouseholdCreated", "Created")},
+          errors={"400": error("Malformed JSON"), "409": error("Meter already taken"),
+                  "422": error("Unknown meter or organization")},
+          openapi={"requestBody": {"required": False,
+                                   "content": {"application/json": {"schema": ref("HouseholdIn")}}}}),
+    Route("GET", "/households", list_households, OP, "List households", "operator", {"200": ok_json("Households")}),
+    Route("GET", HH_PATH, get_household, OP, "One household", "operator", {"200": ok_json("Household")},
+          errors=NOT_FOUND),
+    Route("PATCH", HH_PATH, update_household, OP,
+          "Mark the household related to organizations (replaces the list; unknown ids: 422)", "operator",
+          {"200": ok_json("Household")}, body="HouseholdPatch", errors=NOT_FOUND),
+    Route("DELETE", HH_PATH, delete_household, OP, "Remove a household; its consents end", "operator",
+          {"204": NO_CONTENT}, errors=NOT_FOUND),
+    Route("POST", f"{HH_PATH}/token", rotate_household_token, OP, "Issue a new household token", "operator",
+          {"200": ok_json("KeyRotated")}, errors=NOT_FOUND),
+    Route("GET", "/consents", list_consents, OP, "Consents, read only (for support)", "operator",
+          {"200": ok_json("Consents")}, (query("household_id", STRING), query("organization_id", STRING))),
+    Route("GET", "/audit", read_audit, OP, "The audit log", "operator", {"200": ok_json("Audit")},
+          (query("since", TIME_PARAM), query("until", TIME_PARAM), query("who", STRING), LIMIT),
+          errors={"400": error("Bad parameter")}),
+)

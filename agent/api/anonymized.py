@@ -12,7 +12,6 @@ links across periods; the custodian gets one pseudonym per household per day.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import hashlib
 import json
@@ -22,8 +21,9 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, parse_time, require
+from agent.api.common import ApiError, agent_of, caller, parse_time
 from agent.api.data import level_of
+from agent.api.spec import ORG, TIME_PARAM, Route, error, ok_json, query
 from agent.auth import ORGANIZATION
 from agent.config import WINDOW_SECONDS
 from agent.privacy.anonymize import DAY_S, HouseholdSeries, day_periods, release_day, select, static_from_rollups
@@ -35,6 +35,7 @@ SETTLE_S = 900  # a day is released once it ended this long ago: late readings o
 SERVICE = "anonymized_data"
 KIND = "anonymized"  # the kind of `once` record of a day's release
 KIND_WITHHELD = "anonymized-withheld"  # ...and of the periods withheld from an organization's day
+RESOLUTIONS = ("15m", "1h")  # the anonymized grid's choices
 
 
 def _iso(moment: float) -> str:
@@ -49,7 +50,7 @@ def _seconds(stamp) -> float:
 
 # --- GET /data/anonymized ------------------------------------------------------------------------
 async def get_anonymized(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     agent = agent_of(request)
     level = level_of(agent, org)
     rules = level.anonymized
@@ -78,8 +79,8 @@ async def get_anonymized(request: web.Request) -> web.Response:
 def _resolution(asked: str | None, level) -> int:
     rules = level.anonymized
     resolution = asked or rules.resolution
-    if resolution not in ("15m", "1h"):
-        raise ApiError(400, "bad_parameter", "resolution must be 15m or 1h")
+    if resolution not in RESOLUTIONS:
+        raise ApiError(400, "bad_parameter", f"resolution must be {' or '.join(RESOLUTIONS)}")
     if WINDOW_SECONDS[resolution] < WINDOW_SECONDS[rules.resolution]:
         raise ApiError(403, "resolution_not_permitted", f"level {level.name!r} gets anonymized data at "
                        f"{rules.resolution} or coarser")
@@ -240,5 +241,16 @@ def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int],
     return out
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/data/anonymized", get_anonymized)
+ROUTES = (
+    Route("GET", "/data/anonymized", get_anonymized, ORG,
+          "Per-household rows of consenting households, generalized and suppressed to the level's k, l, t and "
+          "min_cell in every period; one recorded release per whole UTC day, any range gets its periods' recorded "
+          "rows; no pseudonym below the custodian (one per household per day at it)", "organization",
+          {"200": ok_json("AnonymizedRelease")},
+          (query("from", TIME_PARAM, "default: 24 h before to"),
+           query("to", TIME_PARAM, "default: the end of the last released day"),
+           query("resolution", {"enum": list(RESOLUTIONS)}, "default: the level's grid")),
+          errors={"400": error("Bad parameter"),
+                  "409": error("The level's k, l or t cannot be met (says which), or the day has not ended "
+                               "(not_settled)")}),
+)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from agent.auth import ORGANIZATION, AuthError, Principal, identify
+from agent.auth import AuthError, Principal, identify
 from agent.ingest import IngestError
 from agent.registry import RegistryError
 from agent.store.disk import StorageUnavailable, unavailable
@@ -70,7 +70,7 @@ class KeyedLocks:
     """One asyncio.Lock per key (a meter, a household), kept only while a request holds or waits for it:
     a check and the change it allows, with a disk write awaited in between, stay one step for that key."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def __call__(self, key: str) -> asyncio.Lock:
@@ -125,9 +125,18 @@ def require(request: web.Request, *roles: str, schemes: tuple[str, ...] = ("bear
     return found
 
 
+# The Principal the route's role check found (agent/api/routes.py), for its handler.
+CALLER = web.RequestKey("caller", Principal)
+
+
+def caller(request: web.Request) -> Principal:
+    """Who is calling a route that has roles: checked before its handler ran."""
+    return request[CALLER]
+
+
 def owned_by_caller(request: web.Request, items: dict, key: str, what: str):
     """(organization, item) for an organization's own subscription or trigger; another's looks like none."""
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     item = items.get(request.match_info[key])
     if item is None or item.organization_id != org.id:
         raise ApiError(404, "not_found", f"no such {what}")
@@ -172,11 +181,9 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
 
 
-async def read_json(request: web.Request, allow_empty: bool = False):
+async def read_json(request: web.Request):
     body = await read_body(request)
     if not body:
-        if allow_empty:
-            return {}
         raise ApiError(400, "malformed_json", "the request needs a JSON body")
     try:
         return json.loads(body)

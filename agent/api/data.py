@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, parse_time, principal, require
 from agent.access import denied
+from agent.api.common import ApiError, agent_of, caller, parse_time
+from agent.api.spec import ANY_ROLE, ORG, REFUSED, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR, ORGANIZATION
 from agent.config import WINDOW_SECONDS, Level
+from agent.ingest import TAG
 from agent.parameters import catalogue, permitted
 from agent.release import Refusal
+from agent.release.grid import BAND_EDGES_V
 from agent.release.records import stamp
 
 MAX_HISTORY_WINDOWS = 1000
@@ -29,7 +32,7 @@ def level_of(agent, org) -> Level:
 
 
 async def parameters(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = caller(request)
     agent = agent_of(request)
     level = level_of(agent, who.organization) if who.role == ORGANIZATION else None
     out = []
@@ -49,7 +52,8 @@ async def parameters(request: web.Request) -> web.Response:
 def privacy_terms(agent, level: Level | None) -> dict:
     """What the caller's level releases and with which guarantee, in the household's terms (PRIVACY.md)."""
     privacy = agent.config.privacy
-    terms = {"k_min": privacy.k_min, "ledger": {"horizon_days": privacy.horizon_days, "cap_rho": privacy.cap_rho}}
+    terms = {"k_min": privacy.k_min, "ledger": {"horizon_days": privacy.horizon_days, "cap_rho": privacy.cap_rho},
+             "grid_band_edges_v": list(BAND_EDGES_V)}  # the voltage bands of every grid part's counts
     if level is not None:
         terms["level"] = {"name": level.name, "kind": level.kind, "windows": list(level.windows),
                           "finest": level.finest}
@@ -76,7 +80,7 @@ def refusal_error(refusal: Refusal) -> ApiError:
 
 
 async def get_data(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     agent = agent_of(request)
     level = level_of(agent, org)
     window = request.query.get("window", level.finest if "1m" not in level.windows else "1m")
@@ -132,6 +136,22 @@ async def _history(request, agent, org, window: str, tag: str | None) -> web.Res
     return web.json_response({"window": window, "tag": tag, "released": released, "refused": refused})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/parameters", parameters)
-    app.router.add_get("/data", get_data)
+# The query of every aggregate endpoint (GET /data, GET /data/dp).
+WINDOW_QUERY = query("window", {"enum": list(WINDOW_SECONDS)})
+TAG_QUERY = query("tag", {"type": "string", "pattern": TAG.pattern})
+SPAN_QUERY = (query("since", TIME_PARAM, "history from the release log instead of the last decided window"),
+              query("until", TIME_PARAM))
+AGGREGATES = {"content": {"application/json": {"schema": {"oneOf": [ref("Aggregate"), ref("AggregateHistory")]}}}}
+AGGREGATE_ERRORS = {"400": error("Bad parameter, or a tag outside the vocabulary (unknown_tag)"), "409": REFUSED}
+ROUTES = (
+    Route("GET", "/parameters", parameters, ANY_ROLE,
+          "The parameter catalogue, with what the caller may use; the same list for every caller: channel parameters "
+          "for exactly the device's tag vocabulary ([privacy] tags), whatever households carry", "organization",
+          {"200": ok_json("Parameters")}),
+    Route("GET", "/data", get_data, ORG,
+          "Neighbourhood aggregates over consenting households, as released once per window (exact at exact levels, "
+          "OpenDP noise at noisy ones)", "organization",
+          {"200": {"description": "The newest decided window, or with since/until every decided window in the span "
+                                  "(from the release log)", **AGGREGATES}},
+          (WINDOW_QUERY, TAG_QUERY, *SPAN_QUERY), errors=AGGREGATE_ERRORS),
+)

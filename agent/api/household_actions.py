@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 import aiohttp
 from aiohttp import web
 
-from agent.api.common import ApiError, KeyedLocks, agent_of, json_object, read_json, require
+from agent.api.common import ApiError, KeyedLocks, agent_of, caller, json_object, read_json
+from agent.api.spec import HH, NO_CONTENT, NOT_FOUND, Route, error, ok_json
 from agent.auth import HOUSEHOLD
 from agent.delivery import signing
 from agent.delivery.targets import TargetError
@@ -45,7 +46,7 @@ HOUSEHOLD_LOCKS = web.AppKey("household_locks", KeyedLocks)
 
 
 def _household(request: web.Request):
-    household = require(request, HOUSEHOLD).household
+    household = caller(request).household
     return household, agent_of(request)
 
 
@@ -259,15 +260,32 @@ async def appliance_status(agent, household_id: str, appliance_id: str) -> dict:
     return {"on": state.on, "power_w": state.power_w, "error": None}
 
 
-def add_routes(app: web.Application) -> None:
-    app[HOUSEHOLD_LOCKS] = KeyedLocks()
-    r = app.router
-    r.add_get("/households/me/notify", get_notify)
-    r.add_put("/households/me/notify", put_notify)
-    r.add_delete("/households/me/notify", delete_notify)
-    r.add_post("/households/me/notify/test", post_notify_test)
-    r.add_get("/households/me/notifications", notifications)
-    r.add_get("/households/me/appliances", list_appliances)
-    r.add_post("/households/me/appliances", add_appliance)
-    r.add_delete("/households/me/appliances/{appliance_id}", delete_appliance)
-    r.add_get("/households/me/appliances/{appliance_id}/status", get_appliance_status)
+ROUTES = (
+    Route("GET", "/households/me/notify", get_notify, HH, "The household's notification endpoint", "household",
+          {"200": ok_json("Notify")}, errors=NOT_FOUND),
+    Route("PUT", "/households/me/notify", put_notify, HH,
+          "Set it: a webhook (signed, secret shown once) or an ntfy-style topic URL", "household",
+          {"200": ok_json("Notify")}, body="NotifyIn"),
+    Route("DELETE", "/households/me/notify", delete_notify, HH, "Remove it (notifications stay in the inbox)",
+          "household", {"204": NO_CONTENT}, errors=NOT_FOUND),
+    Route("POST", "/households/me/notify/test", post_notify_test, HH,
+          "Send a signed test notification to it now, in the household's own lane; what the endpoint answered",
+          "household", {"200": ok_json("NotifyTest", "Delivered")},
+          errors={**NOT_FOUND, "429": error("Too many bad tokens, or the household's notifications are being sent"),
+                  "502": error("Not delivered: the endpoint answered non-2xx (endpoint_status) or was not "
+                               "reachable")}),
+    Route("GET", "/households/me/notifications", notifications, HH,
+          "The household's inbox: the last 100 notifications, newest first", "household",
+          {"200": ok_json("Notifications")}),
+    Route("GET", "/households/me/appliances", list_appliances, HH, "The household's appliances", "household",
+          {"200": ok_json("Appliances")}),
+    Route("POST", "/households/me/appliances", add_appliance, HH,
+          "Register an appliance on the household's network (private addresses allowed) and who may switch it",
+          "household", {"201": ok_json("Appliance", "Registered")}, body="ApplianceIn",
+          errors={"409": error("Name taken, or too many")}),
+    Route("DELETE", "/households/me/appliances/{appliance_id}", delete_appliance, HH, "Remove an appliance",
+          "household", {"204": NO_CONTENT}, errors=NOT_FOUND),
+    Route("GET", "/households/me/appliances/{appliance_id}/status", get_appliance_status, HH,
+          "Read the appliance's relay now (nothing is switched)", "household", {"200": ok_json("ApplianceStatus")},
+          errors={**NOT_FOUND, "502": error("The appliance could not be read (appliance_unreachable)")}),
+)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, require
-from agent.auth import HOUSEHOLD
+from agent.api.common import ApiError, agent_of, caller
+from agent.api.spec import HH, NOT_FOUND, Route, ok_json
 from agent.triggers.runner import events_service
 
 EVENT_FIELDS = {
@@ -51,7 +51,7 @@ def _describe(agent, trig, household_id: str) -> dict:
 
 
 async def list_triggers(request: web.Request) -> web.Response:
-    household = require(request, HOUSEHOLD).household
+    household = caller(request).household
     agent = agent_of(request)
     triggers = sorted(agent.triggers.consentable(), key=lambda t: (t.organization_id, t.created_at))
     return web.json_response({"triggers": [_describe(agent, t, household.id) for t in triggers],
@@ -59,7 +59,7 @@ async def list_triggers(request: web.Request) -> web.Response:
 
 
 async def get_trigger(request: web.Request) -> web.Response:
-    household = require(request, HOUSEHOLD).household
+    household = caller(request).household
     agent = agent_of(request)
     trig = next((t for t in agent.triggers.consentable() if t.id == request.match_info["trigger_id"]), None)
     if trig is None:
@@ -67,6 +67,10 @@ async def get_trigger(request: web.Request) -> web.Response:
     return web.json_response(_describe(agent, trig, household.id))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/households/me/triggers", list_triggers)
-    app.router.add_get("/households/me/triggers/{trigger_id}", get_trigger)
+ROUTES = (
+    Route("GET", "/households/me/triggers", list_triggers, HH,
+          "Triggers whose events the household may consent to: description, parameters, maximum rate, what the "
+          "organization receives", "household", {"200": ok_json("ConsentableTriggers")}),
+    Route("GET", "/households/me/triggers/{trigger_id}", get_trigger, HH, "One of them", "household",
+          {"200": ok_json("ConsentableTrigger")}, errors=NOT_FOUND),
+)

@@ -7,7 +7,8 @@ import logging
 
 from aiohttp import web
 
-from agent.api.common import ApiError, KeyedLocks, agent_of, read_body, read_json, require
+from agent.api.common import ApiError, KeyedLocks, agent_of, caller, read_body, read_json
+from agent.api.spec import HH, NOT_FOUND, STRING, Route, error, ok_json, ref
 from agent.audit import consent_action
 from agent.auth import HOUSEHOLD
 from agent.ingest import IngestError, check_order, readings_from_payload
@@ -17,27 +18,26 @@ log = logging.getLogger("edge.api")
 
 
 async def me(request: web.Request) -> web.Response:
-    household = require(request, HOUSEHOLD).household
+    household = caller(request).household
     return web.json_response(household.public())
 
 
 async def organizations_for_household(request: web.Request) -> web.Response:
     """What a household needs to decide: who may ask, at which level, for which services."""
-    require(request, HOUSEHOLD)
     orgs = agent_of(request).registry.organizations.values()
     return web.json_response({"services": list(SERVICES),
                               "organizations": [{"id": o.id, "name": o.name, "level": o.level} for o in orgs]})
 
 
 async def my_consents(request: web.Request) -> web.Response:
-    household = require(request, HOUSEHOLD).household
+    household = caller(request).household
     registry = agent_of(request).registry
     return web.json_response({"consents": registry.consents_of(household.id),
                               "history": registry.history_of(household.id)})
 
 
 async def my_consent_history(request: web.Request) -> web.Response:
-    household = require(request, HOUSEHOLD).household
+    household = caller(request).household
     return web.json_response({"history": agent_of(request).registry.history_of(household.id)})
 
 
@@ -58,7 +58,7 @@ async def change_consent(agent, household_id: str, org_id: str, service: str, gr
 
 
 async def _change_consent(request: web.Request, granted: bool) -> web.Response:
-    household = require(request, HOUSEHOLD).household
+    household = caller(request).household
     org_id, service = request.match_info["org_id"], request.match_info["service"]
     change = await change_consent(agent_of(request), household.id, org_id, service, granted)
     return web.json_response({"organization_id": org_id, "service": service, "granted": granted, "at": change.at})
@@ -95,7 +95,7 @@ async def _accept(request: web.Request, household, readings) -> None:
 
 
 async def post_readings(request: web.Request) -> web.Response:
-    household = require(request, HOUSEHOLD).household
+    household = caller(request).household
     agent = agent_of(request)
     received_at = agent.now()
     if request.content_type == "text/plain":
@@ -113,7 +113,7 @@ async def post_readings(request: web.Request) -> web.Response:
 async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
     """DSMR-reader's remote datalogger contract: form field `telegram`, `Authorization: Token <key>`
     or `X-AUTHKEY`, 201 on success; existing Pi dataloggers need only a new host and key."""
-    household = require(request, HOUSEHOLD, schemes=("token", "bearer")).household
+    household = caller(request).household
     agent = agent_of(request)
     if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "send the telegram as form field 'telegram'")
@@ -130,14 +130,36 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
     return web.json_response({"accepted": 1}, status=201)
 
 
-def add_routes(app: web.Application) -> None:
-    app[METER_LOCKS] = KeyedLocks()
-    r = app.router
-    r.add_get("/households/me", me)
-    r.add_get("/households/me/organizations", organizations_for_household)
-    r.add_get("/households/me/consents", my_consents)
-    r.add_get("/households/me/consents/history", my_consent_history)
-    r.add_put("/households/me/consents/{org_id}/{service}", grant_consent)
-    r.add_delete("/households/me/consents/{org_id}/{service}", revoke_consent)
-    r.add_post("/readings", post_readings)
-    r.add_post("/api/v1/datalogger/dsmrreading", dsmr_reader_datalogger)
+CONSENT_PATH = "/households/me/consents/{org_id}/{service}"
+CONSENT_DOCS = {"service": "aggregates, triggers, anonymized_data, or trigger_events:<trigger id> (one trigger's "
+                           "per-household events; a trigger id is trg_ and 12 hex digits)"}
+ROUTES = (
+    Route("GET", "/households/me", me, HH, "The calling household", "household", {"200": ok_json("Household")}),
+    Route("GET", "/households/me/organizations", organizations_for_household, HH,
+          "Organizations a household may consent to", "household", {"200": ok_json("OrganizationsForHousehold")}),
+    Route("GET", "/households/me/consents", my_consents, HH, "Current consents and their history", "household",
+          {"200": ok_json("MyConsents")}),
+    Route("GET", "/households/me/consents/history", my_consent_history, HH, "Every consent change, append-only",
+          "household", {"200": ok_json("ConsentHistory")}),
+    Route("PUT", CONSENT_PATH, grant_consent, HH, "Grant a service to an organization", "household",
+          {"200": ok_json("ConsentSet")}, errors=NOT_FOUND, path_docs=CONSENT_DOCS),
+    Route("DELETE", CONSENT_PATH, revoke_consent, HH, "Revoke it; effective for the window in progress", "household",
+          {"200": ok_json("ConsentSet")}, errors=NOT_FOUND, path_docs=CONSENT_DOCS),
+    Route("POST", "/readings", post_readings, HH, "Post readings (households whose meter is not wired to the device)",
+          "household", {"201": ok_json("Accepted", "Stored")},
+          errors={"400": error("Malformed JSON"), "409": error("Duplicate, or a wired meter"),
+                  "413": error("Body or batch too large"), "415": error("Unsupported content type"),
+                  "422": error("Invalid reading or telegram")},
+          openapi={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": ref("ReadingsIn")},
+              "text/plain": {"schema": {"type": "string", "description": "One raw P1 telegram"}}}}}),
+    Route("POST", "/api/v1/datalogger/dsmrreading", dsmr_reader_datalogger, HH,
+          "DSMR-reader remote datalogger compatibility (Authorization: Token <key> or X-AUTHKEY)", "household",
+          {"201": ok_json("Accepted", "Stored")},
+          errors={"400": error("Missing telegram"), "409": error("Duplicate"), "413": error("Body too large"),
+                  "415": error("Not a form"), "422": error("Bad telegram")},
+          schemes=("token", "bearer"),
+          openapi={"security": [{"token": []}, {"authkey": []}],
+                   "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                       "type": "object", "required": ["telegram"], "properties": {"telegram": STRING}}}}}}),
+)

@@ -13,7 +13,8 @@ import logging
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, parse_limit, parse_time, principal, require
+from agent.api.common import ApiError, agent_of, parse_limit, parse_time, principal
+from agent.api.spec import ANYONE, LIMIT, NOT_FOUND, OP, STRING, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR
 from agent.metrics import render_metrics
 
@@ -32,7 +33,6 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     return web.Response(text=render_metrics(agent_of(request)), content_type="text/plain", charset="utf-8")
 
 
@@ -45,7 +45,6 @@ def known_meter(request: web.Request) -> str:
 
 
 async def list_meters(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     agent = agent_of(request)
     meters = []
     for meter_id in sorted(set(agent.readers) | set(agent.pipeline.latest)):
@@ -65,7 +64,6 @@ async def list_meters(request: web.Request) -> web.Response:
 
 
 async def latest_reading(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     meter_id = known_meter(request)
     agent = agent_of(request)
     reading = agent.pipeline.latest.get(meter_id) or await asyncio.to_thread(agent.store.latest, meter_id)
@@ -75,7 +73,6 @@ async def latest_reading(request: web.Request) -> web.Response:
 
 
 async def meter_readings(request: web.Request) -> web.Response:
-    require(request, OPERATOR)
     meter_id = known_meter(request)
     q = request.query
     since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
@@ -113,9 +110,26 @@ async def _stream_rows(request: web.Request, meter_id: str, resolution: str, bat
     return response
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/meters", list_meters)
-    app.router.add_get("/meters/{meter_id}/latest", latest_reading)
-    app.router.add_get("/meters/{meter_id}/readings", meter_readings)
+def _health_body(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {
+        "oneOf": [ref("HealthPublic"), ref("Health")]}}}}
+
+
+READINGS_QUERY = (query("since", TIME_PARAM), query("until", TIME_PARAM),
+                  query("resolution", {"enum": list(RESOLUTIONS)}),
+                  LIMIT)
+ROUTES = (
+    Route("GET", "/health", health, ANYONE, "ok or degraded for anyone; meters, storage and triggers for the operator",
+          "device", {"200": _health_body("Every meter reading"), "503": _health_body("Not every meter reading"),
+                     "401": error("A token was sent and it is not valid"),
+                     "429": error("Too many bad tokens from this address")},
+          openapi={"description": "For: anyone. Without the operator's bearer token the body is only {\"status\"}; "
+                                  "a token that is sent is checked."}),
+    Route("GET", "/metrics", metrics, OP, "Prometheus metrics (meters, store, webhook delivery)", "device",
+          {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STRING}}}}),
+    Route("GET", "/meters", list_meters, OP, "Meters known to the device", "device", {"200": ok_json("Meters")}),
+    Route("GET", "/meters/{meter_id}/latest", latest_reading, OP, "A meter's latest reading", "device",
+          {"200": ok_json("Reading")}, errors=NOT_FOUND),
+    Route("GET", "/meters/{meter_id}/readings", meter_readings, OP, "A meter's stored readings", "device",
+          {"200": ok_json("ReadingsPage")}, READINGS_QUERY, errors={**NOT_FOUND, "400": error("Bad parameter")}),
+)

@@ -1,34 +1,22 @@
-"""The OpenAPI 3.1 description of the API, served at /openapi.json, and a small page at /docs.
+"""The OpenAPI 3.1 description of the API (served by agent/api/docs.py): its paths are the route table's
+(agent/api/routes.py), its component schemas are here and in openapi_triggers.py.
 
-Tests check that every route of the app is described here and nothing else, and schemathesis
-checks the running server against it.
+Tests check that every route of the app is described and nothing else, and schemathesis checks the running
+server against it.
 """
 
 from __future__ import annotations
 
-import html
-
-from aiohttp import web
-
+from agent.api import bodies, openapi_triggers
+from agent.api.routes import ROUTES
+from agent.api.spec import NUMBER_OR_NULL, OBJ, STRING, TIME, Route
+from agent.api.spec import nullable as _nullable
+from agent.api.spec import ref as _ref
 from agent.ingest import MAX_CHANNELS, TAG
 from drivers import reading as table
 from drivers.reading import FIELD_NAMES, FIELDS, INPUT_FIELDS
 
 VERSION = "0.1.0"
-
-
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra) -> dict:
-    return {"type": [kind, "null"], **extra}
-
-
-NUMBER_OR_NULL = _nullable("number")
-STRING = {"type": "string"}
-TIME = {"type": "string", "format": "date-time"}
-
 
 _ISO_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 # The items of the Reading's lists (read from P1 telegrams only); all else about a field is the table's
@@ -85,7 +73,6 @@ def _reading_schema(for_input: bool) -> dict:
             "required": required, "additionalProperties": False}
 
 
-OBJ = {"type": "object"}
 RELATED = {"type": "array", "items": STRING, "uniqueItems": True, "maxItems": 100,
            "description": "organization ids this household is related to (an employee's home, a test meter): it "
                           "never counts toward their k_min"}
@@ -131,6 +118,14 @@ AGGREGATE_OPTIONAL = {
     "mean_w": {**NUMBER_OR_NULL, "description": "tags only: consumption_w over households"},
     "households_max": {"type": "integer", "minimum": 1,
                        "description": "wider windows only: the most households in any of their finer windows"},
+    "peak_month_w": {"type": "number", "description": "15m and 1h windows: the highest consumption_w released to "
+                                                      "this organization at this width since the UTC month began"},
+    "peak_month_at": {**TIME, "description": "the window_start of that window"},
+    "grid": {"type": "object", "description": "grid quantities (PRIVACY.md, Grid quantities): per quantity "
+                                              "(voltage_l1..l3: counts per band, min_v, max_v, mean_v; "
+                                              "long_power_failures: meters) its part or {refused: {error, detail}}; "
+                                              "noisy levels: privacy. The bands: GET /parameters, "
+                                              "privacy.grid_band_edges_v"},
 }
 REFUSALS = {
     "cohort_too_small": "fewer than k_min households (not related to the organization) in the cohort",
@@ -192,13 +187,6 @@ SCHEMAS = {
     "ReadingsPage": {"type": "object", "required": ["meter_id", "resolution", "count", "readings"],
                      "properties": {"meter_id": STRING, "resolution": {"enum": ["raw", "1m", "15m"]},
                                     "count": {"type": "integer"}, "readings": {"type": "array", "items": OBJ}}},
-    "OrganizationIn": {"type": "object", "required": ["name", "level"], "additionalProperties": False,
-                       "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
-                                      "level": STRING}},
-    "OrganizationPatch": {"type": "object", "additionalProperties": False,
-                          "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
-                                         "level": STRING,
-                                         "parameters": {"type": ["array", "null"], "items": STRING}}},
     "Organization": {"type": "object", "required": ["id", "name", "level", "created_at"],
                      "properties": {"id": STRING, "name": STRING, "level": STRING, "created_at": {"type": "number"},
                                     "parameters": {"type": ["array", "null"], "items": STRING}}},
@@ -208,10 +196,6 @@ SCHEMAS = {
                       "properties": {"organizations": {"type": "array", "items": _ref("Organization")}}},
     "KeyRotated": {"type": "object", "required": ["id"], "properties": {"id": STRING, "api_key": STRING,
                                                                        "token": STRING}},
-    "HouseholdIn": {"type": "object", "additionalProperties": False,
-                    "properties": {"meter_id": _nullable("string"), "related_organizations": RELATED}},
-    "HouseholdPatch": {"type": "object", "additionalProperties": False, "required": ["related_organizations"],
-                       "properties": {"related_organizations": RELATED}},
     "Household": {"type": "object", "required": ["id", "meter_id", "source", "created_at", "related_organizations"],
                   "properties": {"id": STRING, "meter_id": STRING, "source": {"enum": ["p1", "http"]},
                                  "created_at": {"type": "number"}, "related_organizations": RELATED}},
@@ -264,14 +248,6 @@ SCHEMAS = {
                                             "properties": {"window_start": TIME, **REFUSAL_PROPERTIES}}}},
                          "description": "Every decided window from since to until, from the release log; windows "
                                         "not yet decided are left out"},
-    "SubscribeIn": {"type": "object", "required": ["endpoint", "interval"], "additionalProperties": False,
-                    "properties": {"endpoint": {"type": "string", "description": "https:// URL"},
-                                   "interval": {"type": "number", "minimum": 1, "maximum": 86400},
-                                   "window": {"enum": ["1s", "1m", "15m", "1h"]},
-                                   "tag": _nullable("string"),
-                                   "filter": {"type": ["object", "null"], "properties": {
-                                       "deadband": OBJ, "threshold": OBJ, "fields": {"type": "array"},
-                                       "min_interval": {"type": "number"}, "max_silence": {"type": "number"}}}}},
     "Subscription": {"type": "object", "required": ["id", "endpoint", "interval", "window", "state", "delivery"],
                      "properties": {"id": STRING, "endpoint": STRING, "interval": {"type": "number"},
                                     "window": STRING, "tag": _nullable("string"), "filter": {"type": ["object", "null"]},
@@ -337,242 +313,19 @@ SCHEMAS = {
 }
 
 
-def _error(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+def paths(routes: tuple[Route, ...]) -> dict:
+    out: dict = {}
+    for route in routes:
+        out.setdefault(route.template, {})[route.method.lower()] = route.operation()
+    return out
 
 
-def _health(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {
-        "oneOf": [_ref("HealthPublic"), _ref("Health")]}}}}
-
-
-def _json(schema: str, description: str = "OK") -> dict:
-    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
-
-
-REFUSED = {"description": "Not released (the record says why; nothing else is told)",
-           "content": {"application/json": {"schema": _ref("Refusal")}}}
-AUTH_ERRORS = {"401": _error("No valid token"), "403": _error("The token may not use this endpoint"),
-               "429": _error("Too many bad tokens from this address")}
-# A durable write the disk refused: nothing of the change happened (agent/store/disk.py); Retry-After says when.
-STORAGE_ERRORS = {"503": _error("Storage failed or the data directory was lost: nothing was saved (storage_error, "
-                                "data_directory_lost; Retry-After)"),
-                  "507": _error("Storage full: nothing was saved (storage_full; Retry-After)")}
-
-
-def _op(summary: str, roles: list[str] | None, responses: dict, *, params=(), body: str | None = None,
-        extra_errors: dict | None = None, tag: str = "") -> dict:
-    op = {"summary": summary, "tags": [tag] if tag else [], "responses": dict(responses)}
-    if roles:
-        op["security"] = [{"bearer": []}]
-        op["description"] = f"For: {', '.join(roles)}."
-        op["responses"].update(AUTH_ERRORS)
-        for status, error in STORAGE_ERRORS.items():
-            op["responses"].setdefault(status, error)
-    if params:
-        op["parameters"] = list(params)
-    if body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
-        op["responses"]["400"] = _error("Malformed JSON")
-        op["responses"]["408"] = _error("The body did not arrive in time (request_timeout)")
-        op["responses"]["413"] = _error("Body too large")
-        op["responses"]["422"] = _error("Invalid content")
-    op["responses"].update(extra_errors or {})
-    return op
-
-
-def _path_param(name: str, pattern: str | None = None) -> dict:
-    schema = {"type": "string", **({"pattern": pattern} if pattern else {})}
-    return {"name": name, "in": "path", "required": True, "schema": schema}
-
-
-def _query(name: str, schema: dict, description: str = "") -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
-
-TIME_PARAM = {"type": "string", "description": "Unix seconds or ISO 8601"}
-NOT_FOUND = {"404": _error("Not found")}
-HH_ID = _path_param("household_id", "^hh_[0-9a-f]+$")
-ORG_ID = _path_param("org_id")
-SUB_ID = _path_param("sub_id")
-OP, ORG, HH = ["operator"], ["organization"], ["household"]
-ANYONE = ["operator", "organization", "household"]
-
-
-def build_spec() -> dict:
-    readings_query = [_query("since", TIME_PARAM), _query("until", TIME_PARAM),
-                      _query("resolution", {"enum": ["raw", "1m", "15m"]}),
-                      _query("limit", {"type": "integer", "minimum": 1, "maximum": 100000})]
-    data_query = [_query("window", {"enum": ["1s", "1m", "15m", "1h"]}),
-                  _query("tag", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"}),
-                  _query("since", TIME_PARAM, "history from the store instead of the last closed window"),
-                  _query("until", TIME_PARAM)]
-    consent_params = [ORG_ID, {**_path_param("service"), "description":
-                               "aggregates, triggers, anonymized_data, or trigger_events:<trigger id> (one trigger's "
-                               "per-household events; a trigger id is trg_ and 12 hex digits)"}]
-    paths = {
-        "/health": {"get": {
-            **_op("ok or degraded for anyone; meters, storage and triggers for the operator", None,
-                  {"200": _health("Every meter reading"), "503": _health("Not every meter reading"),
-                   "401": _error("A token was sent and it is not valid"),
-                   "429": _error("Too many bad tokens from this address")}, tag="device"),
-            "description": "For: anyone. Without the operator's bearer token the body is only {\"status\"}; a token "
-                           "that is sent is checked."}},
-        "/metrics": {"get": _op("Prometheus metrics (meters, store, webhook delivery)", OP,
-                                {"200": {"description": "Prometheus text format",
-                                         "content": {"text/plain": {"schema": STRING}}}}, tag="device")},
-        "/meters": {"get": _op("Meters known to the device", OP, {"200": _json("Meters")}, tag="device")},
-        "/meters/{meter_id}/latest": {"get": _op("A meter's latest reading", OP, {"200": _json("Reading")},
-                                                 params=[_path_param("meter_id")], extra_errors=NOT_FOUND,
-                                                 tag="device")},
-        "/meters/{meter_id}/readings": {"get": _op("A meter's stored readings", OP, {"200": _json("ReadingsPage")},
-                                                   params=[_path_param("meter_id"), *readings_query],
-                                                   extra_errors={**NOT_FOUND, "400": _error("Bad parameter")},
-                                                   tag="device")},
-        "/organizations": {
-            "post": _op("Register an organization; its API key is shown once", OP,
-                        {"201": _json("OrganizationCreated", "Created")}, body="OrganizationIn", tag="operator"),
-            "get": _op("List organizations", OP, {"200": _json("Organizations")}, tag="operator")},
-        "/organizations/{org_id}": {
-            "get": _op("One organization", OP, {"200": _json("Organization")}, params=[ORG_ID],
-                       extra_errors=NOT_FOUND, tag="operator"),
-            "patch": _op("Change name, level or allowed parameters", OP, {"200": _json("Organization")},
-                         params=[ORG_ID], body="OrganizationPatch", extra_errors=NOT_FOUND, tag="operator"),
-            "delete": _op("Remove an organization; its key stops working and its consents end", OP,
-                          {"204": {"description": "Removed"}}, params=[ORG_ID], extra_errors=NOT_FOUND,
-                          tag="operator")},
-        "/organizations/{org_id}/key": {"post": _op("Issue a new API key; the old one stops working", OP,
-                                                    {"200": _json("KeyRotated")}, params=[ORG_ID],
-                                                    extra_errors=NOT_FOUND, tag="operator")},
-        "/households": {
-            "post": {**_op("Register a household; its token is shown once", OP,
-                           {"201": _json("HouseholdCreated", "Created")}, extra_errors={
-                               "400": _error("Malformed JSON"), "409": _error("Meter already taken"),
-                               "422": _error("Unknown meter or organization")}, tag="operator"),
-                     "requestBody": {"required": False,
-                                     "content": {"application/json": {"schema": _ref("HouseholdIn")}}}},
-            "get": _op("List households", OP, {"200": _json("Households")}, tag="operator")},
-        "/households/{household_id}": {
-            "get": _op("One household", OP, {"200": _json("Household")}, params=[HH_ID], extra_errors=NOT_FOUND,
-                       tag="operator"),
-            "patch": _op("Mark the household related to organizations (replaces the list; unknown ids: 422)", OP,
-                         {"200": _json("Household")}, params=[HH_ID], body="HouseholdPatch", extra_errors=NOT_FOUND,
-                         tag="operator"),
-            "delete": _op("Remove a household; its consents end", OP, {"204": {"description": "Removed"}},
-                          params=[HH_ID], extra_errors=NOT_FOUND, tag="operator")},
-        "/households/{household_id}/token": {"post": _op("Issue a new household token", OP,
-                                                         {"200": _json("KeyRotated")}, params=[HH_ID],
-                                                         extra_errors=NOT_FOUND, tag="operator")},
-        "/consents": {"get": _op("Consents, read only (for support)", OP, {"200": _json("Consents")},
-                                 params=[_query("household_id", STRING), _query("organization_id", STRING)],
-                                 tag="operator")},
-        "/audit": {"get": _op("The audit log", OP, {"200": _json("Audit")},
-                              params=[_query("since", TIME_PARAM), _query("until", TIME_PARAM),
-                                      _query("who", STRING),
-                                      _query("limit", {"type": "integer", "minimum": 1, "maximum": 100000})],
-                              extra_errors={"400": _error("Bad parameter")}, tag="operator")},
-        "/households/me": {"get": _op("The calling household", HH, {"200": _json("Household")}, tag="household")},
-        "/households/me/organizations": {"get": _op("Organizations a household may consent to", HH,
-                                                    {"200": _json("OrganizationsForHousehold")}, tag="household")},
-        "/households/me/consents": {"get": _op("Current consents and their history", HH,
-                                               {"200": _json("MyConsents")}, tag="household")},
-        "/households/me/consents/history": {"get": _op("Every consent change, append-only", HH,
-                                                       {"200": _json("ConsentHistory")}, tag="household")},
-        "/households/me/consents/{org_id}/{service}": {
-            "put": _op("Grant a service to an organization", HH, {"200": _json("ConsentSet")},
-                       params=consent_params, extra_errors=NOT_FOUND, tag="household"),
-            "delete": _op("Revoke it; effective for the window in progress", HH, {"200": _json("ConsentSet")},
-                          params=consent_params, extra_errors=NOT_FOUND, tag="household")},
-        "/readings": {"post": {
-            **_op("Post readings (households whose meter is not wired to the device)", HH,
-                  {"201": _json("Accepted", "Stored")}, extra_errors={
-                      "400": _error("Malformed JSON"), "409": _error("Duplicate, or a wired meter"),
-                      "413": _error("Body or batch too large"), "415": _error("Unsupported content type"),
-                      "422": _error("Invalid reading or telegram")}, tag="household"),
-            "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _ref("ReadingsIn")},
-                "text/plain": {"schema": {"type": "string", "description": "One raw P1 telegram"}}}}}},
-        "/api/v1/datalogger/dsmrreading": {"post": {
-            **_op("DSMR-reader remote datalogger compatibility (Authorization: Token <key> or X-AUTHKEY)", HH,
-                  {"201": _json("Accepted", "Stored")}, extra_errors={
-                      "400": _error("Missing telegram"), "409": _error("Duplicate"),
-                      "413": _error("Body too large"), "415": _error("Not a form"),
-                      "422": _error("Bad telegram")}, tag="household"),
-            "security": [{"token": []}, {"authkey": []}],
-            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
-                "type": "object", "required": ["telegram"], "properties": {"telegram": STRING}}}}}}},
-        "/parameters": {"get": _op("The parameter catalogue, with what the caller may use; the same list for every "
-                                   "caller: channel parameters for exactly the device's tag vocabulary ([privacy] "
-                                   "tags), whatever households carry", ANYONE,
-                                   {"200": _json("Parameters")}, tag="organization")},
-        "/data": {"get": _op("Neighbourhood aggregates over consenting households, as released once per window "
-                             "(exact at exact levels, OpenDP noise at noisy ones)", ORG,
-                             {"200": {"description": "The newest decided window, or with since/until every "
-                                                     "decided window in the span (from the release log)",
-                                      "content": {"application/json": {"schema": {
-                                          "oneOf": [_ref("Aggregate"), _ref("AggregateHistory")]}}}}},
-                             params=data_query, extra_errors={
-                                 "400": _error("Bad parameter, or a tag outside the vocabulary (unknown_tag)"),
-                                 "409": REFUSED},
-                             tag="organization")},
-        "/data/anonymized": {"get": _op(
-            "Per-household rows of consenting households, generalized and suppressed to the level's k, l, t and "
-            "min_cell in every period; one recorded release per whole UTC day, any range gets its periods' "
-            "recorded rows; no pseudonym below the custodian (one per household per day at it)", ORG,
-            {"200": _json("AnonymizedRelease")},
-            params=[_query("from", TIME_PARAM, "default: 24 h before to"),
-                    _query("to", TIME_PARAM, "default: the end of the last released day"),
-                    _query("resolution", {"enum": ["15m", "1h"]}, "default: the level's grid")],
-            extra_errors={"400": _error("Bad parameter"),
-                          "409": _error("The level's k, l or t cannot be met (says which), or the day has not "
-                                        "ended (not_settled)")},
-            tag="organization")},
-        "/data/dp": {"get": _op(
-            "A noisy level's releases (the same records GET /data answers with): OpenDP's clamp, sum and discrete "
-            "Gaussian (or Laplace) with the level's fixed clamp, drawn once per window and shared by every "
-            "organization of the level with the same cohort, charged to each household's ledger", ORG,
-            {"200": {"description": "The newest decided window, or history with since/until",
-                     "content": {"application/json": {"schema": {
-                         "oneOf": [_ref("Aggregate"), _ref("AggregateHistory")]}}}}},
-            params=[_query("window", {"enum": ["1s", "1m", "15m", "1h"]}, "default: the level's finest"),
-                    *data_query[1:]],
-            extra_errors={"400": _error("Bad parameter, or a tag outside the vocabulary (unknown_tag)"),
-                          "409": REFUSED,
-                          "503": _error("OpenDP is not available on this device (dp_unavailable)")},
-            tag="organization")},
-        "/data/subscribe": {"post": _op("Subscribe to aggregates pushed as Standard Webhooks (each window's recorded "
-                                        "release, exact or noisy by the level); the secret is shown once",
-                                        ORG, {"201": _json("SubscriptionCreated", "Subscribed")}, body="SubscribeIn",
-                                        tag="organization")},
-        "/data/subscriptions": {"get": _op("The organization's subscriptions", ORG, {"200": _json("Subscriptions")},
-                                           tag="organization")},
-        "/data/subscriptions/{sub_id}": {
-            "get": _op("One subscription and its delivery state", ORG, {"200": _json("Subscription")},
-                       params=[SUB_ID], extra_errors=NOT_FOUND, tag="organization"),
-            "delete": _op("Unsubscribe; queued messages are dropped", ORG, {"204": {"description": "Removed"}},
-                          params=[SUB_ID], extra_errors=NOT_FOUND, tag="organization")},
-        "/data/subscriptions/{sub_id}/secret": {"post": _op(
-            "A new signing secret; the old one signs beside it for a day", ORG, {"200": _json("SecretRotated")},
-            params=[SUB_ID], extra_errors=NOT_FOUND, tag="organization")},
-        "/data/subscriptions/{sub_id}/enable": {"post": _op(
-            "Enable again after a 410 Gone disabled it", ORG, {"200": _json("Subscription")},
-            params=[SUB_ID], extra_errors=NOT_FOUND, tag="organization")},
-        "/openapi.json": {"get": _op("This document", None, {"200": {"description": "OpenAPI 3.1",
-                                                                     "content": {"application/json": {"schema": OBJ}}}},
-                                     tag="device")},
-        "/docs": {"get": _op("This document for people", None, {"200": {"description": "HTML",
-                                                                        "content": {"text/html": {"schema": STRING}}}},
-                             tag="device")},
-    }
-    from agent.api import openapi_triggers  # its own file; imports this module's helpers
-
-    paths.update(openapi_triggers.paths())
-    SCHEMAS.update(openapi_triggers.SCHEMAS)
+def build_spec(routes: tuple[Route, ...] = ROUTES) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Edge", "version": VERSION,
                  "description": "The local API of an Edge device. Errors are JSON {error, detail}."},
-        "paths": paths,
+        "paths": paths(routes),
         "webhooks": {"aggregate": {"post": {
             "summary": "What a subscription's endpoint receives, signed per Standard Webhooks "
                        "(webhook-id, webhook-timestamp, webhook-signature)",
@@ -581,7 +334,7 @@ def build_spec() -> dict:
                                                  "anything else is retried with the same webhook-id"}}}},
                      **openapi_triggers.WEBHOOKS},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **bodies.schemas(), **openapi_triggers.SCHEMAS},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization",
@@ -591,27 +344,3 @@ def build_spec() -> dict:
 
 
 SPEC = build_spec()
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(SPEC)
-
-
-async def docs(request: web.Request) -> web.Response:
-    rows = []
-    for path, methods in SPEC["paths"].items():
-        for method, op in methods.items():
-            who = op.get("description", "For: anyone.")
-            rows.append(f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                        f"<td>{html.escape(op['summary'])}</td><td>{html.escape(who)}</td></tr>")
-    page = ("<!doctype html><meta charset=utf-8><title>Edge API</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em .8em;border-bottom:1px solid #ddd}</style>"
-            "<h1>Edge API</h1><p>Machine-readable: <a href=/openapi.json>/openapi.json</a> (OpenAPI 3.1)."
-            " Authenticate with <code>Authorization: Bearer &lt;token&gt;</code>.</p><table>"
-            + "".join(rows) + "</table>")
-    return web.Response(text=page, content_type="text/html")
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/openapi.json", openapi_json)
-    app.router.add_get("/docs", docs)

@@ -1,9 +1,11 @@
-"""The triggers' part of the OpenAPI document (organizations' triggers, households' notifications and
-appliances), merged into agent/api/openapi.py's by `build_spec`."""
+"""The triggers' component schemas and webhooks in the OpenAPI document (organizations' triggers, households'
+notifications and appliances), merged into agent/api/openapi.py's by `build_spec`."""
 
 from __future__ import annotations
 
-from agent.api.openapi import HH, NOT_FOUND, ORG, OBJ, STRING, _error, _json, _nullable, _op, _path_param, _ref
+from agent.api.spec import OBJ, STRING
+from agent.api.spec import nullable as _nullable
+from agent.api.spec import ref as _ref
 
 ACTION = {"oneOf": [
     {"type": "object", "required": ["type", "content"], "additionalProperties": False,
@@ -137,66 +139,6 @@ SCHEMAS = {
                                              "trigger_id": STRING, "title": STRING, "content": STRING,
                                              "at": {"type": "string", "format": "date-time"}}},
 }
-
-TRIGGER_ID = _path_param("trigger_id")
-APPLIANCE_ID = _path_param("appliance_id")
-UNAVAILABLE = {"503": _error("The kernel does not enforce the sandbox: triggers are disabled")}
-
-
-def paths() -> dict:
-    create = _op("Upload a condition (base64 Python) and an action; a trial run in the sandbox decides", ORG,
-                 {"201": _json("TriggerCreated", "Accepted")}, body="TriggerIn",
-                 extra_errors={"409": _error("Too many triggers"),
-                               "429": _error("Too many bad tokens, too many uploads today, too many refused uploads "
-                                             "this hour, or uploads already waiting for their trial (Retry-After)"),
-                               **UNAVAILABLE}, tag="triggers")
-    create["responses"]["422"] = {"description": "Refused, with a fixed reason",
-                                  "content": {"application/json": {"schema": _ref("TriggerRefused")}}}
-    return {
-        "/triggers/create": {"post": create},
-        "/triggers": {"get": _op("The organization's triggers, with counts only", ORG, {"200": _json("Triggers")},
-                                 tag="triggers")},
-        "/triggers/{trigger_id}": {
-            "get": _op("One trigger: state and counts, never which household", ORG, {"200": _json("Trigger")},
-                       params=[TRIGGER_ID], extra_errors=NOT_FOUND, tag="triggers"),
-            "delete": _op("Delete a trigger; its debounce still holds for the organization", ORG,
-                          {"204": {"description": "Deleted"}}, params=[TRIGGER_ID], extra_errors=NOT_FOUND,
-                          tag="triggers")},
-        "/households/me/notify": {
-            "get": _op("The household's notification endpoint", HH, {"200": _json("Notify")},
-                       extra_errors=NOT_FOUND, tag="household"),
-            "put": _op("Set it: a webhook (signed, secret shown once) or an ntfy-style topic URL", HH,
-                       {"200": _json("Notify")}, body="NotifyIn", tag="household"),
-            "delete": _op("Remove it (notifications stay in the inbox)", HH, {"204": {"description": "Removed"}},
-                          extra_errors=NOT_FOUND, tag="household")},
-        "/households/me/notify/test": {"post": _op(
-            "Send a signed test notification to it now, in the household's own lane; what the endpoint answered",
-            HH, {"200": _json("NotifyTest", "Delivered")}, tag="household", extra_errors={
-                **NOT_FOUND, "429": _error("Too many bad tokens, or the household's notifications are being sent"),
-                "502": _error("Not delivered: the endpoint answered non-2xx (endpoint_status) or was not "
-                              "reachable")})},
-        "/households/me/triggers": {"get": _op(
-            "Triggers whose events the household may consent to: description, parameters, maximum rate, what the "
-            "organization receives", HH, {"200": _json("ConsentableTriggers")}, tag="household")},
-        "/households/me/triggers/{trigger_id}": {"get": _op(
-            "One of them", HH, {"200": _json("ConsentableTrigger")}, params=[TRIGGER_ID], extra_errors=NOT_FOUND,
-            tag="household")},
-        "/households/me/notifications": {"get": _op("The household's inbox: the last 100 notifications, newest "
-                                                    "first", HH, {"200": _json("Notifications")}, tag="household")},
-        "/households/me/appliances": {
-            "get": _op("The household's appliances", HH, {"200": _json("Appliances")}, tag="household"),
-            "post": _op("Register an appliance on the household's network (private addresses allowed) and who may "
-                        "switch it", HH, {"201": _json("Appliance", "Registered")}, body="ApplianceIn",
-                        extra_errors={"409": _error("Name taken, or too many")}, tag="household")},
-        "/households/me/appliances/{appliance_id}": {"delete": _op(
-            "Remove an appliance", HH, {"204": {"description": "Removed"}}, params=[APPLIANCE_ID],
-            extra_errors=NOT_FOUND, tag="household")},
-        "/households/me/appliances/{appliance_id}/status": {"get": _op(
-            "Read the appliance's relay now (nothing is switched)", HH, {"200": _json("ApplianceStatus")},
-            params=[APPLIANCE_ID], tag="household", extra_errors={
-                **NOT_FOUND, "502": _error("The appliance could not be read (appliance_unreachable)")})},
-    }
-
 
 WEBHOOKS = {
     "trigger": {"post": {

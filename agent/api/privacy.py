@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, require
-from agent.api.data import answer, check_access, level_of
-from agent.auth import ORGANIZATION
+from agent.api.common import ApiError, agent_of, caller
+from agent.api.data import (AGGREGATE_ERRORS, AGGREGATES, SPAN_QUERY, TAG_QUERY, WINDOW_QUERY, answer, check_access,
+                            level_of)
+from agent.api.spec import ORG, Route, error
 from agent.privacy import dp
 
 
 async def get_dp(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     agent = agent_of(request)
     level = level_of(agent, org)
     if not level.noisy:
@@ -28,5 +29,12 @@ async def get_dp(request: web.Request) -> web.Response:
     return await answer(request, agent, org, window, tag)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/data/dp", get_dp)
+ROUTES = (
+    Route("GET", "/data/dp", get_dp, ORG,
+          "A noisy level's releases (the same records GET /data answers with): OpenDP's clamp, sum and discrete "
+          "Gaussian (or Laplace) with the level's fixed clamp, drawn once per window and shared by every "
+          "organization of the level with the same cohort, charged to each household's ledger", "organization",
+          {"200": {"description": "The newest decided window, or history with since/until", **AGGREGATES}},
+          ({**WINDOW_QUERY, "description": "default: the level's finest"}, TAG_QUERY, *SPAN_QUERY),
+          errors={**AGGREGATE_ERRORS, "503": error("OpenDP is not available on this device (dp_unavailable)")}),
+)

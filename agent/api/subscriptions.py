@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, json_object, owned_by_caller, read_json, require
+from agent.api.bodies import SubscribeIn, decode
+from agent.api.common import ApiError, agent_of, caller, owned_by_caller, read_body
 from agent.api.data import check_access, level_of
+from agent.api.spec import NO_CONTENT, NOT_FOUND, ORG, Route, ok_json
 from agent.auth import ORGANIZATION
 from agent.delivery.filters import FilterError, FilterSet
 from agent.delivery.targets import TargetError, check_literal_host, check_url
 
-MIN_INTERVAL_S, MAX_INTERVAL_S = 1, 86400
 
 
 def _owned(request: web.Request):
@@ -26,30 +27,25 @@ def _gone_meanwhile(delivery, sub) -> None:
 
 
 async def subscribe(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     agent = agent_of(request)
-    body = json_object(await read_json(request), {
-        "endpoint": str, "interval": (int, float), "window": str, "tag": (str, type(None)),
-        "filter": (dict, type(None))}, ("endpoint", "interval"))
+    body = decode(await read_body(request), SubscribeIn)
     config = agent.config.delivery
     try:
-        endpoint = check_url(body["endpoint"], config.allow_http)
+        endpoint = check_url(body.endpoint, config.allow_http)
         check_literal_host(endpoint, config.allow_private_endpoints)
     except TargetError as err:
         raise ApiError(422, "endpoint_refused", str(err)) from None
-    interval = body["interval"]
-    if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
-        raise ApiError(422, "invalid", f"interval must be {MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds")
     level = level_of(agent, org)
     # Pushed windows are the same records GET /data answers with (exact or noisy, by the level's kind).
-    window, tag = check_access(level, org, body.get("window", "1m" if "1m" in level.windows else level.finest),
-                               body.get("tag"), agent.config.privacy.tags)
+    window = body.window or ("1m" if "1m" in level.windows else level.finest)
+    window, tag = check_access(level, org, window, body.tag, agent.config.privacy.tags)
     try:
-        FilterSet.parse(body.get("filter"))
+        FilterSet.parse(body.filter)
     except FilterError as err:
         raise ApiError(422, "invalid_filter", str(err)) from None
-    sub, secret = await agent.delivery.subscribe_async(org.id, endpoint, float(interval), window, tag,
-                                                       body.get("filter"))  # on disk before it is answered
+    # on disk before it is answered
+    sub, secret = await agent.delivery.subscribe_async(org.id, endpoint, body.interval, window, tag, body.filter)
     if sub.id not in agent.delivery.subscriptions:  # its organization was deleted meanwhile, with it
         raise ApiError(404, "not_found", "the organization was deleted while the subscription was written")
     await agent.audit.record_durable(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id,
@@ -58,7 +54,7 @@ async def subscribe(request: web.Request) -> web.Response:
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     delivery = agent_of(request).delivery
     subs = [delivery.describe(s) for s in delivery.subscriptions.values() if s.organization_id == org.id]
     return web.json_response({"subscriptions": subs})
@@ -93,11 +89,21 @@ async def enable_subscription(request: web.Request) -> web.Response:
     return web.json_response(delivery.describe(sub))
 
 
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/data/subscribe", subscribe)
-    r.add_get("/data/subscriptions", list_subscriptions)
-    r.add_get("/data/subscriptions/{sub_id}", get_subscription)
-    r.add_delete("/data/subscriptions/{sub_id}", delete_subscription)
-    r.add_post("/data/subscriptions/{sub_id}/secret", rotate_secret)
-    r.add_post("/data/subscriptions/{sub_id}/enable", enable_subscription)
+SUB_PATH = "/data/subscriptions/{sub_id}"
+ROUTES = (
+    Route("POST", "/data/subscribe", subscribe, ORG,
+          "Subscribe to aggregates pushed as Standard Webhooks (each window's recorded release, exact or noisy by the "
+          "level); the secret is shown once", "organization", {"201": ok_json("SubscriptionCreated", "Subscribed")},
+          body="SubscribeIn"),
+    Route("GET", "/data/subscriptions", list_subscriptions, ORG, "The organization's subscriptions", "organization",
+          {"200": ok_json("Subscriptions")}),
+    Route("GET", SUB_PATH, get_subscription, ORG, "One subscription and its delivery state", "organization",
+          {"200": ok_json("Subscription")}, errors=NOT_FOUND),
+    Route("DELETE", SUB_PATH, delete_subscription, ORG, "Unsubscribe; queued messages are dropped", "organization",
+          {"204": NO_CONTENT}, errors=NOT_FOUND),
+    Route("POST", f"{SUB_PATH}/secret", rotate_secret, ORG,
+          "A new signing secret; the old one signs beside it for a day", "organization",
+          {"200": ok_json("SecretRotated")}, errors=NOT_FOUND),
+    Route("POST", f"{SUB_PATH}/enable", enable_subscription, ORG, "Enable again after a 410 Gone disabled it",
+          "organization", {"200": ok_json("Subscription")}, errors=NOT_FOUND),
+)

@@ -20,8 +20,9 @@ import math
 
 from aiohttp import web
 
-from agent.api.common import ApiError, KeyedLocks, agent_of, json_object, owned_by_caller, read_json, require
+from agent.api.common import ApiError, KeyedLocks, agent_of, caller, json_object, owned_by_caller, read_json
 from agent.api.data import level_of
+from agent.api.spec import NOT_FOUND, ORG, Route, error, ok_json, ref
 from agent.auth import ORGANIZATION
 from agent.config import WINDOWS
 from agent.delivery.targets import TargetError
@@ -69,7 +70,7 @@ def _check_limits(runner, org, config) -> None:
 
 
 async def create_trigger(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     agent = agent_of(request)
     runner = agent.triggers
     if not runner.availability.ok:
@@ -155,7 +156,7 @@ async def create_trigger(request: web.Request) -> web.Response:
 
 
 async def list_triggers(request: web.Request) -> web.Response:
-    org = require(request, ORGANIZATION).organization
+    org = caller(request).organization
     runner = agent_of(request).triggers
     return web.json_response({"triggers": [runner.describe(t) for t in runner.of_organization(org.id)]})
 
@@ -172,10 +173,21 @@ async def delete_trigger(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application) -> None:
-    app[ORGANIZATION_LOCKS] = KeyedLocks()
-    r = app.router
-    r.add_post("/triggers/create", create_trigger)
-    r.add_get("/triggers", list_triggers)
-    r.add_get("/triggers/{trigger_id}", get_trigger)
-    r.add_delete("/triggers/{trigger_id}", delete_trigger)
+TRIGGER_PATH = "/triggers/{trigger_id}"
+ROUTES = (
+    Route("POST", "/triggers/create", create_trigger, ORG,
+          "Upload a condition (base64 Python) and an action; a trial run in the sandbox decides", "triggers",
+          {"201": ok_json("TriggerCreated", "Accepted")}, body="TriggerIn",
+          errors={"409": error("Too many triggers"),
+                  "429": error("Too many bad tokens, too many uploads today, too many refused uploads this hour, or "
+                               "uploads already waiting for their trial (Retry-After)"),
+                  "503": error("The kernel does not enforce the sandbox: triggers are disabled"),
+                  "422": {"description": "Refused, with a fixed reason",
+                          "content": {"application/json": {"schema": ref("TriggerRefused")}}}}),
+    Route("GET", "/triggers", list_triggers, ORG, "The organization's triggers, with counts only", "triggers",
+          {"200": ok_json("Triggers")}),
+    Route("GET", TRIGGER_PATH, get_trigger, ORG, "One trigger: state and counts, never which household", "triggers",
+          {"200": ok_json("Trigger")}, errors=NOT_FOUND),
+    Route("DELETE", TRIGGER_PATH, delete_trigger, ORG,
+          "Delete a trigger; its debounce still holds for the organization", "triggers", {"204": {"description": "Deleted"}}, errors=NOT_FOUND),
+)

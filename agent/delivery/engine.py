@@ -50,7 +50,9 @@ log = logging.getLogger("edge.delivery")
 
 SECRET_OVERLAP_S = 24 * 3600  # after a rotation, the old secret signs too for this long
 MAX_RETRY_AFTER_S = 24 * 3600
-CLOSE_GRACE_S = 0.02  # a reading whose request is still being handled at a window's end
+# Windows are produced as soon as the release module has decided them (its listener: the one window-close
+# schedule); this tick only retries gaps that could not be queued.
+PRODUCE_EVERY_S = 0.5
 SENDER_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # a sender whose disk writes fail, after each failure in a row
 CATCH_UP_MAX = 120  # windows a subscription's producer decides at once after falling behind
 
@@ -360,18 +362,7 @@ class Delivery:
                 self.produce_due()
             except Exception as exc:  # the producer must survive anything one subscription does
                 self._ratelog.warning("producer", "delivery producer failed: %r", exc)
-            await asyncio.sleep(self._until_next_close())
-
-    def _until_next_close(self) -> float:
-        """Wake just after the next window closes (plus a grace for readings still being handled),
-        so a window goes out within tens of milliseconds of its end; at most every half second."""
-        now = self.agent.clock()
-        wake = now + 0.5
-        for sub in self.subscriptions.values():
-            if sub.state == "active":
-                width = WINDOW_SECONDS[sub.window]
-                wake = min(wake, max(sub.next_due, (now // width + 1) * width) + CLOSE_GRACE_S)
-        return min(max(wake - now, 0.01), 0.5)
+            await asyncio.sleep(PRODUCE_EVERY_S)
 
     def produce_due(self) -> None:
         now = self.agent.clock()

@@ -6,10 +6,16 @@ Subjects and streams (the hub, hub/, creates the streams and buckets):
   edge.<device>.releases   stream EDGE_RELEASES (replicated, de-duplicated by Nats-Msg-Id)
   edge.<device>.health     stream EDGE_HEALTH (the last heartbeat per device)
   bucket edge_desired      key <device>: the device's signed document; key "fleet": the hub's
+
+A device signs in to NATS with its own nkey and may use only its own subjects (`device_permissions`): publish
+under edge.<device>., read its own key of the bucket (a direct get of it, and its key's subject live), get the
+last message of its own releases subject, and receive replies only on its own inbox prefix. The operator's
+`edge-hub nats-auth` writes these into the servers' authorization file from the signed fleet document.
 """
 
 RELEASES_STREAM = "EDGE_RELEASES"
 HEALTH_STREAM = "EDGE_HEALTH"
+DESIRED_BUCKET = "edge_desired"
 
 
 def releases_subject(device: str) -> str:
@@ -18,3 +24,27 @@ def releases_subject(device: str) -> str:
 
 def health_subject(device: str) -> str:
     return f"edge.{device}.health"
+
+
+def desired_subject(device: str) -> str:
+    """The subject a put of the device's key in the bucket is published on."""
+    return f"$KV.{DESIRED_BUCKET}.{device}"
+
+
+def direct_get_subject(stream: str, subject: str) -> str:
+    """JetStream's direct get of a subject's last message: the subject is in the request's, so a permission can
+    name it (the body form, $JS.API.STREAM.MSG.GET, could ask for any subject)."""
+    return f"$JS.API.DIRECT.GET.{stream}.{subject}"
+
+
+def inbox_prefix(device: str) -> str:
+    """Replies to the device (JetStream acks, direct gets) come only here: no device reads another's."""
+    return f"_INBOX_{device}"
+
+
+def device_permissions(device: str) -> dict[str, list[str]]:
+    """Everything a device may do on NATS, and nothing of another device."""
+    return {"publish": [f"edge.{device}.>",
+                        direct_get_subject(f"KV_{DESIRED_BUCKET}", desired_subject(device)),
+                        direct_get_subject(RELEASES_STREAM, releases_subject(device))],
+            "subscribe": [f"{inbox_prefix(device)}.>", desired_subject(device)]}

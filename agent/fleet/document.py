@@ -4,10 +4,14 @@ Two kinds, each one JSON envelope {"doc": {...}, "signature": base64} where the 
 JSON of "doc" (sorted keys, no spaces, UTF-8):
 
 - kind "device": what one device runs. Organizations of its area (id, name, level, key_hash = SHA-256 of the
-  organization's one API key, parameters), related households (device-local ids: this document goes to this
-  device only, never to the hub), revoked key hashes. Delivered through the `edge_desired` bucket, key = device id.
-- kind "fleet": what the hub needs. Areas (device ids), organizations with their areas and key hashes, revoked key
-  hashes; no household anything. Key `fleet` of the same bucket.
+  organization's one API key, parameters), level definitions (`levels`: [levels.NAME] tables as in edge.toml,
+  checked by the same code, agent/config.py; they add to or replace edge.toml's levels of the same name), related
+  households (device-local ids: this document goes to this device only, never to the hub), revoked key hashes.
+  Delivered through the `edge_desired` bucket, key = device id.
+- kind "fleet": what the hub and the servers' authorization need. Areas (device ids), organizations with their
+  areas and key hashes, revoked key hashes, the level definitions, and each device's NATS identity (`devices`:
+  {device: {nkey, publish, subscribe}}: its public nkey and permissions, never more than `device_permissions`);
+  no household anything. Key `fleet` of the same bucket.
 
 A document is taken whole or refused whole (`check`): bad signature, another device's, not newer than the one
 running, past its not-after time, or a content error (unknown level, malformed id) each give one reason.
@@ -24,10 +28,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-BUCKET = "edge_desired"
+from agent.config import ConfigError, Level, parse_levels
+from agent.fleet import DESIRED_BUCKET, device_permissions
+
+BUCKET = DESIRED_BUCKET
 FLEET_KEY = "fleet"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # device, area and organization ids: NATS-token safe
 KEY_HASH = re.compile(r"^[0-9a-f]{64}$")
+USER_NKEY = re.compile(r"^U[A-Z2-7]{55}$")  # a NATS user's public nkey
 
 
 class Refused(ValueError):
@@ -98,8 +106,9 @@ def verify(envelope: bytes, public_key: Ed25519PublicKey) -> dict:
 
 
 def check(envelope: bytes, public_key: Ed25519PublicKey, kind: str, now: float, running_version: int | None,
-          device: str | None = None, levels=None) -> dict:
-    """The document if it may replace the running one; Refused with the one reason otherwise."""
+          device: str | None = None, levels=None, tags: tuple[str, ...] = ()) -> dict:
+    """The document if it may replace the running one; Refused with the one reason otherwise. `levels`: the
+    device's own (edge.toml's), to which the document's are added; `tags`: its channel tags ([privacy] tags)."""
     doc = verify(envelope, public_key)
     if doc.get("kind") != kind:
         raise Refused("wrong_kind", f"a {doc.get('kind')!r} document, expected {kind!r}")
@@ -115,12 +124,42 @@ def check(envelope: bytes, public_key: Ed25519PublicKey, kind: str, now: float, 
                       f"{running_version}")
     if not_after <= now:
         raise Refused("expired", f"the document's not_after ({not_after:.0f}) has passed")
-    organizations(doc, levels)  # content errors refuse the whole document
+    if levels is None:  # the hub: no level is run there
+        organizations(doc)  # content errors refuse the whole document
+    else:
+        organizations(doc, {**levels, **levels_of(doc, tags)})
     if kind == "device":
         related(doc)
     else:
         areas(doc)
+        nats_users(doc)
     return doc
+
+
+def levels_of(doc: dict, tags: tuple[str, ...]) -> dict[str, Level]:
+    """The level definitions a document carries, checked as edge.toml's are (one bad one refuses it whole)."""
+    try:
+        return parse_levels(doc.get("levels", {}), tags)
+    except ConfigError as err:
+        raise Refused("invalid_level", f"{err.key}: {err.reason}") from None
+
+
+def nats_users(doc: dict) -> dict[str, dict]:
+    """{device: {"nkey", "publish", "subscribe"}} of a fleet document: each device's public nkey and its
+    permissions, which may only narrow `device_permissions` (no device is given another's subjects)."""
+    value = doc.get("devices", {})
+    if not isinstance(value, dict):
+        raise Refused("malformed", "devices must map device ids to their NATS identity")
+    for name, user in value.items():
+        if not NAME.match(name) or not isinstance(user, dict) or not USER_NKEY.match(str(user.get("nkey"))):
+            raise Refused("malformed", f"device {name!r}: a NATS user's public nkey (U...) is required")
+        allowed = device_permissions(name)
+        for kind in ("publish", "subscribe"):
+            subjects = user.get(kind)
+            if not isinstance(subjects, list) or not set(subjects) <= set(allowed[kind]):
+                raise Refused("bad_permissions", f"device {name}: {kind} may only name its own subjects "
+                              f"({', '.join(allowed[kind])})")
+    return value
 
 
 def organizations(doc: dict, levels=None) -> dict[str, FleetOrg]:

@@ -6,10 +6,13 @@ first (agent/fleet/outbox.py); one publisher sends the outbox head to `edge.<dev
 Nats-Msg-Id and the expected last subject sequence, and drops it only on JetStream's acknowledgement. After a
 restart the release log is read from the outbox's cursor, so a window decided just before a kill -9 still goes.
 
-Down: the device watches its key in the `edge_desired` bucket. A document is checked whole (agent/fleet/
-document.py: signature, device, version, not-after, content) and applied whole in one step on the event loop:
-the fleet's organizations replace the previous ones in the registry's memory (their one key each; a revoked or
-removed key stops working at once), related households are marked. The accepted document is kept on disk and
+Down: the device watches its key in the `edge_desired` bucket (the key's subject, and a direct get of it on
+connecting and every heartbeat: both are its own subjects, so its NATS permissions need name nothing of another
+device). A document is checked whole (agent/fleet/document.py: signature, device, version, not-after, content,
+level definitions by edge.toml's own checks) and applied whole in one step on the event loop: its level
+definitions are added to edge.toml's, the fleet's organizations replace the previous ones in the registry
+(`replace_organizations`; their one key each; a revoked or removed key stops working at once), related
+households are marked. The accepted document is kept on disk and
 applied again at start, before the API or the release module run. A refusal is logged and shown in /health; the
 device keeps the version it runs.
 """
@@ -24,7 +27,8 @@ import time
 from pathlib import Path
 
 from agent.config import WINDOW_SECONDS
-from agent.fleet import HEALTH_STREAM, RELEASES_STREAM, document, health_subject, releases_subject
+from agent.fleet import (HEALTH_STREAM, RELEASES_STREAM, desired_subject, document, health_subject, inbox_prefix,
+                         releases_subject)
 from agent.fleet.outbox import FleetOutbox
 from agent.offloop import serially
 from agent.registry import Organization
@@ -70,12 +74,14 @@ class FleetLink:
         self.directory = Path(agent.config.storage.path) / "fleet"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.outbox = FleetOutbox(self.directory / "outbox.seg", self.config.outbox_max)
+        self.own_levels = dict(agent.config.levels)  # edge.toml's; a document's levels are added to these
         self.writes = asyncio.Lock()
         self.applied: dict | None = None
         self.applied_at: float | None = None
         self.refusal: dict | None = None
         self._refused_envelope: bytes | None = None
         self._fleet_orgs: set[str] = set()
+        self._fleet_levels: list[str] = []
         self._fleet_related: dict[str, set[str]] = {}
         self._scanned: dict[str, int] = {}  # see _done
         self._windows: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
@@ -86,6 +92,7 @@ class FleetLink:
         self.duplicates = 0
         self.sequence_resyncs = 0
         self.last_publish_error: str | None = None
+        self.last_watch_error: str | None = None  # why the desired state could not be read (shown in /health)
         self._load_desired()
         agent.releases.listen(self._on_window)
 
@@ -97,7 +104,7 @@ class FleetLink:
         envelope = path.read_bytes()
         try:  # accepted before; checked again (signature, device, content) but not for age: it is what runs
             doc = document.check(envelope, self.public_key, "device", float("-inf"), None, self.device,
-                                 self.agent.config.levels)
+                                 self.own_levels, self.agent.config.privacy.tags)
         except document.Refused as err:
             self._refuse(None, err)
             return
@@ -110,7 +117,7 @@ class FleetLink:
         running = self.applied["version"] if self.applied else None
         try:
             doc = document.check(envelope, self.public_key, "device", time.time(), running, self.device,
-                                 self.agent.config.levels)
+                                 self.own_levels, self.agent.config.privacy.tags)
             self._check_households(doc)
         except document.Refused as err:
             if err.error == "older_version" and self.applied and document.verify(
@@ -152,21 +159,20 @@ class FleetLink:
         fsync_dir(self.directory)
 
     def _apply(self, doc: dict) -> None:
-        """One step on the event loop (no await): nothing sees half of it."""
-        registry = self.agent.registry
-        wanted = document.organizations(doc, self.agent.config.levels)
-        for org_id in self._fleet_orgs - set(wanted):
-            org = registry.organizations.pop(org_id, None)
-            if org is not None:
-                registry._org_by_key.pop(org.key_hash, None)
-        for org_id, fleet_org in wanted.items():
-            old = registry.organizations.get(org_id)
-            if old is not None:
-                registry._org_by_key.pop(old.key_hash, None)
-            org = Organization(id=org_id, name=fleet_org.name, level=fleet_org.level, key_hash=fleet_org.key_hash,
-                               created_at=old.created_at if old else time.time(),
-                               parameters=None if fleet_org.parameters is None else list(fleet_org.parameters))
-            registry._index_org(org)
+        """One step on the event loop (no await): nothing sees half of it. The levels are replaced in the
+        configuration's own mapping, which every part of the agent (the release module, the API, delivery,
+        triggers) reads at each use."""
+        registry, levels = self.agent.registry, self.agent.config.levels
+        defined = document.levels_of(doc, self.agent.config.privacy.tags)
+        levels.clear()
+        levels.update({**self.own_levels, **defined})
+        self._fleet_levels = sorted(defined)
+        wanted = document.organizations(doc, levels)
+        registry.replace_organizations(self._fleet_orgs, [
+            Organization(id=org_id, name=o.name, level=o.level, key_hash=o.key_hash,
+                         created_at=old.created_at if (old := registry.organizations.get(org_id)) else time.time(),
+                         parameters=None if o.parameters is None else list(o.parameters))
+            for org_id, o in wanted.items()])
         self._fleet_orgs = set(wanted)
         related = {h: set(orgs) for h, orgs in document.related(doc).items()}
         for household in registry.all_households():
@@ -232,6 +238,8 @@ class FleetLink:
                 continue
             if start > self._done(window) + WINDOW_SECONDS[window] and window in self.outbox.cursor:
                 await self._catch_up()
+                if start <= self._done(window) or self.outbox.full:
+                    continue  # the catch-up sent it already (it reads the log up to the last settled window)
             # the exact records to the release log first: what goes up is what a restart reads back
             await self.agent.releases.flush()
             await self._enqueue(window, start, self._answers_now(window, start))
@@ -296,8 +304,8 @@ class FleetLink:
         lost and the de-duplication window has passed), or the stream was reset. Learn where it stands."""
         self.sequence_resyncs += 1
         head = self.outbox.head()
-        try:
-            last = await self._js.get_last_msg(RELEASES_STREAM, subject)
+        try:  # the direct get of its own subject: all a device's permissions allow
+            last = await self._js.get_last_msg(RELEASES_STREAM, subject, direct=True)
         except Exception as err:
             if getattr(err, "code", None) == 404 or "no message found" in str(err):
                 log.warning("fleet: the stream has no message of this device: publishing again from sequence 0")
@@ -322,7 +330,9 @@ class FleetLink:
                 self._nc = await nats.connect(servers=list(self.config.servers), name=f"edge-{self.device}",
                                               connect_timeout=2, reconnect_time_wait=0.5,
                                               max_reconnect_attempts=-1, error_cb=self._nats_error,
-                                              disconnected_cb=self._nats_state, reconnected_cb=self._nats_state)
+                                              disconnected_cb=self._nats_state, reconnected_cb=self._nats_state,
+                                              inbox_prefix=inbox_prefix(self.device),
+                                              nkeys_seed=self.config.nkey_seed_file or None)
                 self._js = self._nc.jetstream(timeout=5)
                 log.info("fleet: connected to %s as device %s", self._nc.connected_url.netloc, self.device)
                 self._wake.set()
@@ -359,37 +369,46 @@ class FleetLink:
                            "reading": sum(1 for m in body["meters"].values() if m.get("state") == "reading")}}
 
     async def _watch(self) -> None:
-        """The device's key in the bucket: watched, and read again every heartbeat in case a watch was lost
-        while a node went down (applying is idempotent: an equal version is ignored)."""
+        """The device's key in the bucket: its subject subscribed (a put is published there), and the key read
+        with a direct get on connecting and every heartbeat, in case a put was missed while disconnected
+        (applying is idempotent: an equal version is ignored)."""
+        updates: asyncio.Queue[bytes] = asyncio.Queue()
+        subscription = None
+
+        async def put(msg) -> None:
+            updates.put_nowait(msg.data)
         while True:
             if self._js is None:
                 await asyncio.sleep(0.2)
                 continue
-            watcher = None
             try:
-                kv = await self._js.key_value(document.BUCKET)
-                watcher = await kv.watch(self.device)
+                if subscription is None:
+                    subscription = await self._nc.subscribe(desired_subject(self.device), cb=put)
+                value = await self._desired_now()
+                self.last_watch_error = None
+                if value:
+                    await self.offer(value)
                 deadline = time.monotonic() + self.config.heartbeat_s
-                while time.monotonic() < deadline:
+                while (left := deadline - time.monotonic()) > 0:
                     try:
-                        entry = await watcher.updates(timeout=1.0)
+                        value = await asyncio.wait_for(updates.get(), left)
                     except asyncio.TimeoutError:
-                        continue
-                    if entry is not None and entry.value:
-                        await self.offer(entry.value)
-                entry = await kv.get(self.device)
-                if entry.value:
-                    await self.offer(entry.value)
+                        break
+                    if value:  # a delete or purge marker has no value
+                        await self.offer(value)
             except Exception as err:  # no bucket yet, a node down: try again
-                if "not found" not in str(err).lower():
-                    log.debug("fleet: watch: %s", err)
+                self.last_watch_error = f"{type(err).__name__}: {err}"
                 await asyncio.sleep(1.0)
-            finally:
-                if watcher is not None:
-                    try:
-                        await watcher.stop()
-                    except Exception:
-                        pass
+
+    async def _desired_now(self) -> bytes | None:
+        try:
+            entry = await self._js.get_msg(f"KV_{document.BUCKET}", subject=desired_subject(self.device),
+                                           direct=True)
+        except Exception as err:
+            if "not found" in str(err).lower() or type(err).__name__ == "NotFoundError":
+                return None
+            raise
+        return entry.data
 
     # --- lifecycle and /health -----------------------------------------------------------------
     async def start(self) -> None:
@@ -410,6 +429,8 @@ class FleetLink:
                 pass
         async with self.writes:
             await asyncio.to_thread(self.outbox.close)
+        self.agent.config.levels.clear()  # edge.toml's again: the document's are this run's, applied at each start
+        self.agent.config.levels.update(self.own_levels)
 
     def health(self) -> dict:
         applied = self.applied
@@ -422,6 +443,7 @@ class FleetLink:
             "not_after": applied["not_after"] if applied else None,
             "expired": bool(applied and applied["not_after"] <= now),
             "organizations": sorted(self._fleet_orgs),
+            "levels": self._fleet_levels,  # the levels the document defines (the others are edge.toml's)
             "refused": self.refusal,
             "outbox": self.outbox.depth,
             "cursor": dict(self.outbox.cursor),  # per width, the newest window enqueued
@@ -429,4 +451,5 @@ class FleetLink:
             "duplicates": self.duplicates,
             "sequence_resyncs": self.sequence_resyncs,
             "last_error": self.last_publish_error,
+            "watch_error": self.last_watch_error,
         }

@@ -525,18 +525,16 @@ class Releases:
         period = self.config.privacy.audit_period_s
         mine = frozenset(meters[h] for h in members)
         related = frozenset(meters[h] for h in self._related(org.id) if h in meters)
-        out: Json = {"band_edges_v": list(grid_quantities.BAND_EDGES_V)}
+        out: Json = {}
         for q in quantities:
             reporting = mine & table.reporting(q)
             cohort = reporting - known
             recent = audited[q]
             if len(reporting - related) < k_min:
-                out[q] = grid_quantities.refused("cohort_too_small", f"fewer than {k_min} households (not related "
-                                                 "to this organization) report this quantity in this window")
+                out[q] = grid_quantities.refused("cohort_too_small", f"under {k_min} unrelated households report it")
             elif not audit.admissible_counts(list(dict.fromkeys(c - known for c in recent)), cohort, k_min):
-                out[q] = grid_quantities.refused("isolating", "with this quantity's cohorts released for this window "
-                                                 f"or in the last {period:g} s, fewer than {k_min} households "
-                                                 "would be told apart by its counts; not released")
+                out[q] = grid_quantities.refused("isolating", f"with its counts of the last {period:g} s, a group "
+                                                 f"of under {k_min} households would be told apart")
             else:
                 recent[cohort] = start
                 out[q] = table.part(q, reporting)
@@ -631,8 +629,7 @@ class Releases:
         body = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members), consumption,
                                  production, privacy)
         if grid_parts:
-            body["grid"] = {"band_edges_v": list(grid_quantities.BAND_EDGES_V),
-                            **grid_quantities.noisy_part(grid_parts, rows, cfg.grid_rho)}
+            body["grid"] = grid_quantities.noisy_part(grid_parts, rows, cfg.grid_rho)
         return body
 
     def _noisy_privacy(self, level: Level, mechanism: dp.Mechanism, quantities: int, loss: float | None = None

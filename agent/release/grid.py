@@ -13,7 +13,7 @@ noise is OpenDP's (agent/privacy/dp.py); wider windows are derived from the rele
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.privacy import dp
@@ -117,7 +117,7 @@ class WindowTable:
         return dict(found)
 
 
-def _tally(values) -> tuple[list[int], float]:
+def _tally(values: Iterable[float]) -> tuple[list[int], float]:
     counts, total = [0] * BANDS, 0.0
     for v in values:
         counts[bisect.bisect_right(BAND_EDGES_V, v)] += 1
@@ -176,12 +176,12 @@ def derive(parts: list[Json]) -> Json:
     """A wider window's grid part from its released fine parts: counts summed (household-windows per band;
     meters whose count rose, per window), min of mins, max of maxes, means weighted by households (noisy: plain
     mean). A quantity refused in any fine window is refused."""
-    out: Json = {"band_edges_v": list(BAND_EDGES_V)}
+    out: Json = {}
     names = [q for q in QUANTITIES if q in parts[0]]
     for q in names:
-        fine = [p.get(q) for p in parts]
-        if any(f is None or "refused" in f for f in fine):
-            out[q] = refused("incomplete", "a shorter window inside this one did not release this quantity")
+        fine: list[Json] = [p[q] for p in parts if q in p]
+        if len(fine) < len(parts) or any("refused" in f for f in fine):
+            out[q] = refused("incomplete", "a shorter window in it did not release it")
             continue
         if q == FAILURES:
             out[q] = {"meters": sum(f["meters"] for f in fine)}

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from drivers.p1_reader import P1Reader
+from drivers.profiles import get_profile
+from drivers.telegram import TelegramDecoder
+from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes
 
 REPO = Path(__file__).resolve().parent.parent.parent
 HANG_GUARD_S = 60  # only against hangs; never an assertion on speed
@@ -72,3 +75,18 @@ def stop_emulator(process: subprocess.Popen) -> int:
         if process.poll() is None:
             process.kill()
         process.stdout.close()
+
+
+NOT_RECEIVED = ("received_at",)  # what a decoder's Reading has that its record does not compare
+
+
+def record(reading) -> dict:
+    return {k: v for k, v in reading.to_record().items() if k not in NOT_RECEIVED and k != "timestamp"}
+
+
+def direct(name: str) -> dict:
+    from datetime import datetime, timezone
+
+    profile = get_profile(TELEGRAM_PROFILES[name][0])
+    text = telegram_bytes(name).decode("latin-1")
+    return record(TelegramDecoder("m1", profile).decode(text, datetime.now(timezone.utc)))

@@ -58,3 +58,14 @@ async def signed_in(running, role: str, subject: str, language: str = "en") -> B
     status, _, headers = await client.sign_in_with(sign_in_url(running.agent, running.base, role, subject))
     assert status == 303, status
     return client
+
+
+ROW = re.compile(r'<td class="included-(\w+)">.*?</td>\s*<td class="rho">(.*?)</td>', re.S)
+
+
+async def access_rows(running, household_id: str, path: str = "/ui/me/access") -> tuple[list[tuple[str, str]], str]:
+    browser = await signed_in(running, "household", household_id)
+    status, html, _ = await browser.get(path)
+    await browser.close()
+    assert status == 200, html
+    return ROW.findall(html), html

@@ -1,0 +1,125 @@
+"""Request bodies as typed schemas (msgspec Structs): each field's type, bounds and description is stated once,
+and both the decoding (with precise errors) and the OpenAPI document's component schemas come from it.
+
+What a body means (a known level, a reachable endpoint, an organization that exists) is the domain's to check;
+here is only its shape. Unknown fields are refused: a misspelt optional field is an error, never ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from agent.api.common import ApiError
+from agent.config import WINDOW_SECONDS
+
+MIN_INTERVAL_S, MAX_INTERVAL_S = 1, 86400  # a subscription's push interval
+# checked by agent/access.py against the level (which says what it may have)
+Window = Annotated[str, Meta(extra_json_schema={"enum": list(WINDOW_SECONDS)})]
+OrgName = Annotated[str, Meta(min_length=1, max_length=100)]
+OrgIds = Annotated[list[str], Meta(max_length=100, extra_json_schema={"uniqueItems": True}, description=(
+    "a list of organization ids this household is related to (an employee's home, a test meter): it never counts "
+    "toward their k_min"))]
+# agent/delivery/filters.py checks a filter's content (and says which part is wrong)
+Filter = Annotated[dict[str, Any], Meta(extra_json_schema={"properties": {
+    "deadband": {"type": "object"}, "threshold": {"type": "object"}, "fields": {"type": "array"},
+    "min_interval": {"type": "number"}, "max_silence": {"type": "number"}}})]
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    def given(self) -> dict[str, Any]:
+        """The fields the caller sent or that have a default (not the UNSET ones)."""
+        return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not UNSET}
+
+
+class OrganizationIn(Body):
+    name: OrgName
+    level: str
+
+
+class OrganizationPatch(Body):
+    name: OrgName | UnsetType = UNSET
+    level: str | UnsetType = UNSET
+    parameters: list[str] | None | UnsetType = UNSET
+
+
+class HouseholdIn(Body):
+    meter_id: str | None = None
+    related_organizations: OrgIds = []
+
+
+class HouseholdPatch(Body):
+    related_organizations: OrgIds
+
+
+class SubscribeIn(Body):
+    endpoint: Annotated[str, Meta(description="https:// URL")]
+    interval: Annotated[float, Meta(ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)]
+    window: Window | UnsetType = UNSET
+    tag: str | None = None
+    filter: Filter | None = None
+
+
+BODIES = (OrganizationIn, OrganizationPatch, HouseholdIn, HouseholdPatch, SubscribeIn)
+B = TypeVar("B", bound=Body)
+
+
+def decode(raw: bytes, kind: type[B]) -> B:
+    """The body as `kind`: 400 malformed_json if it is not JSON, 422 invalid (saying which field and why) if
+    it does not have the schema's shape."""
+    if not raw:
+        raise ApiError(400, "malformed_json", "the request needs a JSON body")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as err:
+        well_formed(raw)  # msgspec checks the shape while it parses: malformed JSON can fail as a field first
+        raise ApiError(422, "invalid", _in_words(str(err), kind)) from None
+    except msgspec.DecodeError as err:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {err}") from None
+
+
+def well_formed(raw: bytes) -> None:
+    try:
+        msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {err}") from None
+
+
+@functools.cache
+def schemas() -> dict[str, Any]:
+    """The component schemas of every body, for the OpenAPI document."""
+    _, components = msgspec.json.schema_components(BODIES, ref_template="#/components/schemas/{name}")
+    return components
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+_TYPE = re.compile(r"^Expected `(?P<expected>[^`]+)`, got `(?P<got>[^`]+)`$")
+
+
+def _in_words(message: str, kind: type[Body]) -> str:
+    """msgspec's message in this API's words, with the field's own description where it has one."""
+    match = _AT.match(message)
+    what, path = (match["what"], match["path"] or "") if match else (message, "")
+    prefix = f"{path}." if path else ""
+    if m := _MISSING.match(what):
+        return f"{prefix}{m['field']} is required"
+    if m := _UNKNOWN.match(what):
+        return f"unknown field {prefix}{m['field']!r}" if prefix else f"unknown field {m['field']!r}"
+    if not path and (m := _TYPE.match(what)):
+        return "the body must be a JSON object"
+    if m := _TYPE.match(what):
+        expected = _description(kind, path) or m["expected"]
+        return f"{path} has the wrong type: expected {expected}"
+    return f"{path}: {what[0].lower()}{what[1:]}" if path else what
+
+
+def _description(kind: type[Body], path: str) -> str | None:
+    field = re.split(r"[.\[]", path, maxsplit=1)[0]
+    description = schemas()[kind.__name__]["properties"].get(field, {}).get("description")
+    return str(description) if description else None
