@@ -35,12 +35,14 @@ def test_charges_add_up_per_household():
     assert ledger.spent("nobody", MIDNIGHT) == 0
 
 
-def test_the_horizon_is_whole_days_the_current_one_included():
+def test_the_horizon_is_whole_utc_days_back_from_the_current_one():
+    """A charge counts for at least `horizon_days` days and is gone once its day is more than `horizon_days` days
+    back. (Whether the day exactly `horizon_days` back still counts is the horizon's edge, decided in ledger.py.)"""
     ledger = Ledger(horizon_days=2, cap_rho=1.0)
     ledger.charge(["a"], 0.3, MIDNIGHT + DAY - 1)  # the last second of a day
-    assert ledger.spent("a", MIDNIGHT + DAY) == 0.3  # the next day: still in a 2-day horizon
-    assert ledger.spent("a", MIDNIGHT + 2 * DAY - 1) == 0.3
-    assert ledger.spent("a", MIDNIGHT + 2 * DAY) == 0  # two days on: out, however close in seconds
+    assert ledger.spent("a", MIDNIGHT) == 0.3  # that day, from its first second: a day is the unit
+    assert ledger.spent("a", MIDNIGHT + 2 * DAY - 1) == 0.3  # the next day: still in a 2-day horizon
+    assert ledger.spent("a", MIDNIGHT + 3 * DAY) == 0  # three days on: out
 
 
 def test_the_cap_is_met_exactly_and_not_exceeded():
@@ -53,19 +55,18 @@ def test_the_cap_is_met_exactly_and_not_exceeded():
     fresh.charge(["a"], 0.2, MIDNIGHT)
     assert fresh.affords("a", 0.1, MIDNIGHT)  # up to the cap, float slack included
     assert not fresh.affords("a", 0.1001, MIDNIGHT)
-    assert fresh.affords("a", 0.3, MIDNIGHT + DAY)  # the next day the horizon holds nothing
+    assert fresh.affords("a", 0.3, MIDNIGHT + 2 * DAY)  # two days on the horizon holds nothing
 
 
 def test_forget_before_drops_only_days_out_of_the_horizon():
     ledger = Ledger(horizon_days=2, cap_rho=1.0)
     ledger.charge(["old"], 0.5, MIDNIGHT)
     ledger.charge(["both"], 0.1, MIDNIGHT)
-    ledger.charge(["both"], 0.2, MIDNIGHT + 2 * DAY)
-    ledger.forget_before(MIDNIGHT + 2 * DAY)
+    ledger.charge(["both"], 0.2, MIDNIGHT + 3 * DAY)
+    ledger.forget_before(MIDNIGHT + 3 * DAY)  # the first day is more than two days back
     assert ledger.of("old", MIDNIGHT, 1e-6)["days"] == []  # gone, even asked about the day it was charged
-    # asked the next day (whose horizon still holds the first day), only the later charge is left
-    assert ledger.of("both", MIDNIGHT + DAY, 1e-6)["days"] == [{"day": MIDNIGHT + 2 * DAY, "rho": 0.2}]
-    assert ledger.spent("both", MIDNIGHT + 2 * DAY) == 0.2
+    assert ledger.of("both", MIDNIGHT, 1e-6)["days"] == [{"day": MIDNIGHT + 3 * DAY, "rho": 0.2}]
+    assert ledger.spent("both", MIDNIGHT + 3 * DAY) == 0.2
 
 
 def test_the_households_view():
