@@ -104,7 +104,7 @@ async def test_exact_level_at_15_minutes_adjacent_windows_across_a_revocation(ma
 
 
 # --- the count audit, for groups of 1 .. k_min households --------------------------------------------------
-@pytest.mark.parametrize("group", [1, 2, 3, 5, 9, 10])
+@pytest.mark.parametrize("group", [1, 2, 3, 9, 10])
 async def test_two_organizations_a_group_apart_count_audit(town, group):
     """A's cohort is B's plus a group G of 1..k_min households, all at 250 V and all with a long power failure in
     the window (B's at 231 V, none). A's counts minus B's would be G's bands and failure bits: released to both
@@ -483,3 +483,37 @@ async def test_default_tag_minute_released_840_s_after_the_revokers_last(town):
     leaks = [(m, round(before["consumption_w"] - b["consumption_w"], 3)) for m, b in released
              if abs(before["consumption_w"] - b["consumption_w"] - 150.0) < 0.01 and 60 * m - 60 < QUARTER]
     assert not leaks, f"x's fridge from minute 0 minus minute m (m, watts): {leaks}"
+
+
+@pytest.mark.xfail(strict=True, reason="HOLE (PRIVACY.md overstates): the ledger's horizon is whole UTC days (the "
+                   "current day and the 29 before), so two charges 29.4 days apart, on day d and day d + 30, "
+                   "both fit: over that 30-day span the household bears 2 x cap, not 'over any 30 days rho <= cap'")
+async def test_ledger_cap_over_any_30_days_not_only_30_utc_days(make_town):
+    """The operator's knobs: cap = one window's loss (rho + grid_rho). A quarter at ~14:15 UTC on day d spends
+    the cap; the device is off until day d + 30 begins; the quarter at 00:15 that day charges the cap again.
+    The two windows are 29 days 10 hours apart."""
+    supplier = noisy_level(grid=("voltage",))
+    loss = supplier.dp.rho + supplier.dp.grid_rho
+    town = await make_town({"supplier": supplier}, cap_rho=loss)
+    org_id, key = await town.org("supplier")
+    households = await town.households_(K_MIN + 1)
+    await town.grant(org_id, households)
+    bodies = []
+    for jump in (None, 30):
+        if jump:
+            await town.running.http.close()
+            await town.running.agent.stop()
+            town.clock.now = (math.floor(first / 86400) + jump) * 86400 + 5.0
+            town.running = await town.start(town.config, clock=town.clock)
+        start = await town.to_next(QUARTER)
+        first = start if jump is None else first
+        for h in households:
+            await town.post(h, 300.0, voltage_l1_v=CALM_V)
+        town.clock.step(QUARTER)
+        body, refused = await town.window(key, "15m", start)
+        assert body is not None, refused
+        bodies.append((start, body))
+    (t1, b1), (t2, b2) = bodies
+    assert t2 + QUARTER - t1 < 30 * 86400
+    borne = sum(b["privacy"]["rho"] for _, b in bodies if b["households"] == len(households))
+    assert borne <= loss * (1 + 1e-9), f"rho {borne} borne within {(t2 + QUARTER - t1) / 86400:.2f} days; cap {loss}"
