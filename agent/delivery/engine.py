@@ -55,6 +55,7 @@ MAX_RETRY_AFTER_S = 24 * 3600
 PRODUCE_EVERY_S = 0.5
 SENDER_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # a sender whose disk writes fail, after each failure in a row
 CATCH_UP_MAX = 120  # windows a subscription's producer decides at once after falling behind
+NOTE_DECIDED_S = 60  # windows decided but not queued (filtered, withheld) a kill -9 may put inside a gap
 
 
 @dataclass
@@ -380,6 +381,24 @@ class Delivery:
             sub.next_due = start + width + sub.interval_s
             sub.last_window = start
             self._produce(sub, start, now)
+            self._note_decided(sub)
+
+    def _note_decided(self, sub: Subscription) -> None:
+        """Windows filtered or withheld write nothing: now and then (NOTE_DECIDED_S), the last one decided is noted
+        in the outbox, so that after a kill -9 the gap for the time the agent was down starts at most that long
+        before the crash, not at the last window queued (a clean stop notes it too: `_note_stop`)."""
+        if sub.unqueued or sub.last_window is None:  # windows not queued: their gap must start before them
+            return
+        outbox = self.outboxes[sub.id]
+        end = sub.last_window + WINDOW_SECONDS[sub.window]
+        known = max(filter(None, [outbox.last_window_end, outbox.decided_until]), default=None)
+        if known is not None and _seconds(known) >= end - NOTE_DECIDED_S:
+            return
+        try:
+            outbox.note_stop(_iso(end))
+        except OSError as exc:  # only the next start's gap is longer: the next enqueue says the disk is failing
+            self._ratelog.warning(f"note:{sub.id}", "subscription %s: cannot note the last window decided: %s",
+                                  sub.id, exc)
 
     def _catch_up(self, sub: Subscription, expected: float, start: int, now: float) -> None:
         """Windows due before `start` that were not produced: those that closed before this process started (the
