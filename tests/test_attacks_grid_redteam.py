@@ -517,3 +517,21 @@ async def test_ledger_cap_over_any_30_days_not_only_30_utc_days(make_town):
     assert t2 + QUARTER - t1 < 30 * 86400
     borne = sum(b["privacy"]["rho"] for _, b in bodies if b["households"] == len(households))
     assert borne <= loss * (1 + 1e-9), f"rho {borne} borne within {(t2 + QUARTER - t1) / 86400:.2f} days; cap {loss}"
+
+
+async def test_three_organizations_whose_combination_isolates_five(town):
+    """A = C + P + Q, B = C + P + R, D = C + Q + R with five households in each of P, Q, R: every two cohorts
+    differ by ten households, but (A + B - D) / 2 = C + P, and with C from any pair, the counts over P alone (five households, all at
+    250 V: their bands). The count audit sees the atoms (households in exactly the same cohorts), not the
+    pairs: any two of the cohorts already tell groups of five apart, so one voltage part is released."""
+    orgs = [await town.org("dso", n) for n in "ABD"]
+    common = await town.households_(K_MIN)
+    p, q, r = [await town.households_(5) for _ in range(3)]
+    for (org_id, _), extra in zip(orgs, ([*p, *q], [*p, *r], [*q, *r])):
+        await town.grant(org_id, [*common, *extra])
+    everyone = [*common, *p, *q, *r]
+    await town.to_next(1)
+    start = await second(town, everyone, lambda i: OUTLIER_V if K_MIN <= i < K_MIN + 5 else CALM_V)
+    bodies = [(await town.window(key, "1s", start))[0] for _, key in orgs]
+    released = [b for b in bodies if counts_of(b) is not None]
+    assert len(released) == 1, [b and b["grid"]["voltage_l1"] for b in bodies]
