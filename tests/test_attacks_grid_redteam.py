@@ -511,11 +511,11 @@ async def test_ledger_cap_over_any_30_days_not_only_30_utc_days(make_town):
             await town.post(h, 300.0, voltage_l1_v=CALM_V)
         town.clock.step(QUARTER)
         body, refused = await town.window(key, "15m", start)
-        assert body is not None, refused
+        assert body is not None or jump, refused  # the first spends the cap; the second may be refused
         bodies.append((start, body))
-    (t1, b1), (t2, b2) = bodies
+    (t1, _), (t2, _) = bodies
     assert t2 + QUARTER - t1 < 30 * 86400
-    borne = sum(b["privacy"]["rho"] for _, b in bodies if b["households"] == len(households))
+    borne = sum(b["privacy"]["rho"] for _, b in bodies if b is not None and b["households"] == len(households))
     assert borne <= loss * (1 + 1e-9), f"rho {borne} borne within {(t2 + QUARTER - t1) / 86400:.2f} days; cap {loss}"
 
 
