@@ -87,7 +87,9 @@ class Releases:
         self.books = books
         self.clock = clock
         privacy = config.privacy
-        keep_days = max(privacy.horizon_days, int(config.storage.retention_rollup_s // 86400)) + 1
+        # the ledger's horizon_days + 1 days (agent/release/ledger.py), and yesterday's (trigger days are charged
+        # to the day before)
+        keep_days = max(privacy.horizon_days + 2, int(config.storage.retention_rollup_s // 86400) + 1)
         self.log = ReleaseLog(directory, keep_days)
         self.members = Members(Path(directory) / "members", keep_days, clock)  # the households' pages only
         self.ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
@@ -128,7 +130,8 @@ class Releases:
                 if "p" in doc and doc.get("c") in cohorts:
                     self.ledger.charge(cohorts[doc["c"]], doc["p"], doc["s"])
                 if kind == "r" and "b" in doc and not doc.get("noisy"):
-                    last_exact = doc["s"] if last_exact is None else max(last_exact, doc["s"])
+                    end = doc["s"] + doc["w"]  # the audit compares windows by where they end (_decide_exact)
+                    last_exact = end if last_exact is None else max(last_exact, end)
                 if kind == "r" and "b" in doc and doc["g"] == "" and doc["w"] in PEAK_WIDTHS:
                     self._note_peak(doc["o"], doc["w"], doc["s"], doc["b"]["consumption_w"], month_of(now))
                 if kind == "r" and doc["s"] >= now - KEEP_S.get(doc["w"], 0):
@@ -460,8 +463,11 @@ class Releases:
             candidates.append((org, members))
         # The audit looks back over the audit period as if no household's power changed in it: two windows a few
         # seconds apart whose cohorts differ by one household read that household as surely as two organizations.
+        # Every window that ended in the period counts, however wide: adjacent quarter-hours, with a 900 s
+        # period, are in each other's audit (by where they start, the one before never was).
         period = self.config.privacy.audit_period_s
-        recent = {c: s for c, s in self._audited.get((grid.width, tag or ""), {}).items() if s > start - period}
+        since = start - period - grid.width  # windows starting after it end after start - period
+        recent = {c: s for c, s in self._audited.get((grid.width, tag or ""), {}).items() if s > since}
         # Households related to any organization are known to it (its test meters, its employees' homes): the
         # audit treats their values as known, or A - B = x + r with r known would give x (colluding organizations);
         # also in the sums released before the operator marked them.
@@ -469,7 +475,7 @@ class Releases:
         released: list[frozenset[str]] = list(dict.fromkeys(c - known for c in recent))
         what = f"households with a '{tag}' channel" if tag else "consenting households"
         grid_audit = {} if tag else {q: {c: s for c, s in self._audited.get((grid.width, f"grid:{q}"), {}).items()
-                                         if s > start - period} for q in grid_quantities.QUANTITIES}
+                                         if s > since} for q in grid_quantities.QUANTITIES}
         table = grid_quantities.WindowTable(contributions)
         known_meters = frozenset(meters[h] for h in known if h in meters)
         # the audit's order depends on who is in each cohort, never on what they used

@@ -146,7 +146,7 @@ async def _access_page(request: web.Request, household_id: str, cursor: tuple[in
     agent = agent_of(request)
     index = request.app[ACCESS_INDEX]
     today = _today(agent.clock())
-    first_day = today - (horizon_days - 1) * DAY
+    first_day = today - horizon_days * DAY  # the ledger's days: any horizon_days of real time touch one more
     day, position = cursor if cursor is not None else (int(today), None)
     await asyncio.to_thread(agent.audit.flush)  # entries still queued (pushes) are shown too
     present = set(await asyncio.to_thread(index.days))
