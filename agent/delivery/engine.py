@@ -26,7 +26,6 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from agent.release import Refusal
 from agent.store.disk import DataDirectory, unavailable
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
-from drivers.reading import iso
+from drivers.reading import iso, unix_seconds
 
 log = logging.getLogger("edge.delivery")
 
@@ -133,7 +132,7 @@ class Delivery:
         self.stats[sub.id] = DeliveryStats()
         resume = max(filter(None, [outbox.last_window_end, outbox.decided_until]), default=None)
         if resume is not None:  # the windows after it, until the first one decided now, become a gap
-            sub.last_window = int(_seconds(resume)) - WINDOW_SECONDS[sub.window]
+            sub.last_window = int(unix_seconds(resume)) - WINDOW_SECONDS[sub.window]
 
     def _check_damage(self) -> str | None:
         """subscriptions.seg lost records beyond repair: which subscriptions they held is unknown. Their outboxes
@@ -187,7 +186,7 @@ class Delivery:
         for sub_id, sub in self.subscriptions.items():
             if sub.last_window is None or sub.unqueued:  # windows not queued: the next start's gap covers them
                 continue
-            end = _iso(sub.last_window + WINDOW_SECONDS[sub.window])
+            end = iso(sub.last_window + WINDOW_SECONDS[sub.window])
             try:
                 self.outboxes[sub_id].note_stop(end)
             except OSError as exc:
@@ -342,7 +341,7 @@ class Delivery:
         now = self.agent.clock()
         lag = None
         if head is not None and head.window_end:
-            lag = round(max(0.0, now - _seconds(head.window_end)), 3)
+            lag = round(max(0.0, now - unix_seconds(head.window_end)), 3)
         return {
             "id": sub.id, "endpoint": sub.endpoint, "interval": sub.interval_s, "window": sub.window, "tag": sub.tag,
             "filter": sub.filter, "state": sub.state, "disabled_reason": sub.disabled_reason,
@@ -466,7 +465,7 @@ class Delivery:
             outbox.enqueue(kind, payload, window_start, window_end)
         except OSError as exc:
             if window_start:
-                self._unqueued(sub, 1, _seconds(window_start), _seconds(window_end))
+                self._unqueued(sub, 1, unix_seconds(window_start), unix_seconds(window_end))
             self._disk_failed(sub, stats, f"cannot queue a {kind}: {exc.strerror or exc}")
             return
         stats.disk_error = None
@@ -486,12 +485,12 @@ class Delivery:
         if not sub.unqueued:
             return
         count, start, end = sub.unqueued
-        self.outboxes[sub.id].gap(count, _iso(start), _iso(end),
+        self.outboxes[sub.id].gap(count, iso(start), iso(end),
                                   f"{count} window(s) could not be queued (the agent was down or its storage "
                                   f"refused the write); {FETCH_HINT}")
         sub.unqueued = None
         log.warning("subscription %s: %d window(s) from %s to %s were not queued; sent as a gap event", sub.id,
-                    count, _iso(start), _iso(end))
+                    count, iso(start), iso(end))
         wake = self._wake.get(sub.id)
         if wake:
             wake.set()
@@ -606,11 +605,3 @@ def _retry_after_seconds(value: str) -> float:
     if not math.isfinite(seconds):
         return 0.0
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
-
-
-def _iso(seconds: float) -> str:
-    return iso(datetime.fromtimestamp(seconds, timezone.utc))
-
-
-def _seconds(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -42,6 +42,7 @@ from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
 from agent.release.members import Members
 from agent.release.records import NOT_RELEASED, Json, Refusal
+from drivers.reading import iso
 
 if TYPE_CHECKING:
     from agent.aggregates import Contribution, WindowBook
@@ -246,7 +247,7 @@ class Releases:
             return Refusal("cohort_too_small", f"a trigger's statistics are released only over at least {k_min} "
                            "households")
         names = sorted({f for values in per_household.values() for f in values})
-        body = {"window": window, "window_start": records.stamp(start), "households": len(per_household),
+        body = {"window": window, "window_start": iso(start), "households": len(per_household),
                 **{f: sum(int(values.get(f, 0)) for values in per_household.values()) for f in names},
                 "privacy": {"kind": "exact"}}
         doc = {"t": "n", "o": org_id, "i": trigger_id, "w": WINDOW_SECONDS[window], "s": start, "b": body}
@@ -552,7 +553,7 @@ class Releases:
         if width not in PEAK_WIDTHS or body.get("tag") is not None or not self._may(org, PEAK_PARAMETER):
             return body
         month, peak, at = self._note_peak(org.id, width, start, body["consumption_w"], month_of(start))
-        return {**body, "peak_month_w": peak, "peak_month_at": records.stamp(at)}
+        return {**body, "peak_month_w": peak, "peak_month_at": iso(at)}
 
     def _note_peak(self, org_id: str, width: int, start: int, watts: float, month: int) -> tuple[int, float, int]:
         key = (org_id, width)
@@ -710,7 +711,7 @@ class Releases:
             fields = sorted({f for seen in bucket.values() for f in seen})
             mechanism = (dp.calibrate_rho(1, level.dp.rho / max(1, len(fields))) if level.dp.noise == "gaussian"
                          else dp.calibrate("laplace", 1, level.dp.epsilon / max(1, len(fields))))
-            body = {"window": "1d", "window_start": records.stamp(day),  # no count: it would say who was present
+            body = {"window": "1d", "window_start": iso(day),  # no count: it would say who was present
                     **{f: mechanism.release([bucket[h].get(f, 0) for h in members]) for f in fields},
                     "privacy": self._noisy_privacy(level, mechanism, len(fields))}
             self.ledger.charge(members, loss, day)
