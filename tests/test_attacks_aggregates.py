@@ -127,8 +127,8 @@ WIDTH = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
 
 
 def stamp(moment: float) -> str:
-    from agent.release.records import stamp as release_stamp
-    return release_stamp(moment)
+    from drivers.reading import iso
+    return iso(moment)
 
 
 def profile(i: int, second: int) -> float:
