@@ -15,6 +15,10 @@ recorded, and answered from the record.
   counts 0) that can still bear the release on its ledger; k_min of them; OpenDP noise with the level's fixed
   clamp; one noisy answer per (level, window, quantity, cohort) shared by every organization it applies to; the
   loss charged to every member's ledger and the record fsync'd before anyone can see it.
+- Grid quantities (agent/release/grid.py: voltage bands per phase, long power failures) are a part of a main
+  release, each over the members that report it: exact levels audit them with the count audit
+  (`audit.admissible_counts`), noisy levels noise them and charge `grid_rho` more, only where the operator
+  enabled them. 15-minute and hourly bodies carry the month's peak of what the organization was released.
 - The API, delivery and triggers only ask: `answer`, `history`, `last_settled`, `listen`, `counts`, `once`.
 """
 
