@@ -290,3 +290,13 @@ async def test_a_minute_is_derived_from_its_released_seconds(town):
     assert derived["min_v"] == min(p["min_v"] for p in parts)
     assert derived["mean_v"] == pytest.approx(sum(p["mean_v"] for p in parts) / 60, abs=0.01)
     assert minute["grid"]["long_power_failures"]["meters"] == 1  # meter 3's count rose once, in second 20
+
+
+def test_the_operator_enables_grid_quantities_per_noisy_level():
+    from agent.config import ConfigError, DEFAULT_TAGS, parse_levels
+
+    levels = parse_levels({"supplier": {"dp": {"grid": ["voltage"], "grid_rho": 0.001}}}, DEFAULT_TAGS)
+    assert levels["supplier"].dp.grid == ("voltage",) and levels["supplier"].dp.grid_rho == 0.001
+    assert parse_levels({"service": {}}, DEFAULT_TAGS)["service"].dp.grid == ()  # off by default
+    with pytest.raises(ConfigError, match="grid"):
+        parse_levels({"supplier": {"dp": {"grid": ["frequency"]}}}, DEFAULT_TAGS)
