@@ -391,7 +391,7 @@ class Delivery:
         outbox = self.outboxes[sub.id]
         end = sub.last_window + WINDOW_SECONDS[sub.window]
         known = max(filter(None, [outbox.last_window_end, outbox.decided_until]), default=None)
-        if known is not None and _seconds(known) >= end - NOTE_DECIDED_S:
+        if known is not None and unix_seconds(known) >= end - NOTE_DECIDED_S:
             return
         try:
             outbox.note_stop(_iso(end))
