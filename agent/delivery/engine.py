@@ -394,7 +394,7 @@ class Delivery:
         if known is not None and unix_seconds(known) >= end - NOTE_DECIDED_S:
             return
         try:
-            outbox.note_stop(_iso(end))
+            outbox.note_stop(iso(end))
         except OSError as exc:  # only the next start's gap is longer: the next enqueue says the disk is failing
             self._ratelog.warning(f"note:{sub.id}", "subscription %s: cannot note the last window decided: %s",
                                   sub.id, exc)
