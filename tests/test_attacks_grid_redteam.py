@@ -530,3 +530,40 @@ async def test_three_organizations_whose_combination_isolates_five(town):
     bodies = [(await town.window(key, "1s", start))[0] for _, key in orgs]
     released = [b for b in bodies if counts_of(b) is not None]
     assert len(released) == 1, [b and b["grid"]["voltage_l1"] for b in bodies]
+
+
+
+# --- the exact grid's width changes -------------------------------------------------------------------------
+MINUTE_CUSTODIAN = replace(DEFAULT_LEVELS["dso"], name="custodian_minute", windows=("1m", "15m", "1h"))
+
+
+async def test_the_audit_remembers_cohorts_when_the_exact_grid_changes_width(make_town):
+    """Every exact organization is decided on one grid, at the finest width of their levels. A custodian whose
+    finest window is the minute releases minute 0 over C + x; then x revokes and a dso organization (per second)
+    is registered: the grid becomes 1 s and minute 1's seconds are over C. Minute 0 minus any of them is x's value
+    (the audit's constancy assumption, the attacker's best case). The audit's memory is per quantity, whatever
+    the width: those seconds are refused (it was per width, and the new width's memory was empty)."""
+    town = await make_town({"dso": DEFAULT_LEVELS["dso"], "custodian_minute": MINUTE_CUSTODIAN})
+    custodian_id, custodian_key = await town.org("custodian_minute")
+    common = await town.households_(K_MIN + 2)
+    (x,) = await town.households_(1)
+    await town.grant(custodian_id, [*common, x])
+    minute0 = await town.to_next(60)
+    for i, h in enumerate([*common, x]):
+        await town.post(h, 300.0 + 11 * i)
+    await advance(town, 62)
+    before, _ = await town.window(custodian_key, "1m", minute0)
+    assert before is not None and before["households"] == len(common) + 1, before
+    status, body = await town.running.call("DELETE", f"/households/me/consents/{custodian_id}/aggregates",
+                                           token=x[1])
+    assert status == 200, body
+    dso_id, dso_key = await town.org("dso")
+    await town.grant(dso_id, common)
+    minute1 = await town.to_next(60)
+    for _ in range(20):
+        await second(town, [*common, x], lambda i: CALM_V)
+    await advance(town, 2)
+    answers = [await town.window(dso_key, "1s", minute1 + s) for s in range(20)]
+    leaks = [b for b, _ in answers if b is not None and b["households"] == len(common)]
+    assert not leaks, f"{len(leaks)} seconds over C released beside minute 0 over C + x"
+    assert {r["error"] for _, r in answers if r is not None} <= {"isolating", "audit_resuming"}

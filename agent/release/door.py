@@ -112,8 +112,11 @@ class Releases:
         self._trigger_released: dict[tuple[str, str], list[Json]] = {}
         self._forgot_at = float("-inf")
         self._last_seen: dict[Grid, dict[str, tuple[int, Contribution]]] = {}
-        # exact cohorts released per (grid width, tag) in the last audit period: {members: newest start}
-        self._audited: dict[tuple[int, str], dict[frozenset[str], int]] = {}
+        # exact cohorts released per tag (or grid quantity) in the last audit period, whatever the width: under the
+        # audit's assumption that nobody's power changes within the period, a minute's mean over a cohort and a
+        # second's are the same linear form, so two exact grids (levels of different finest widths) are audited
+        # against each other: {members: end of the newest window released over them}
+        self._audited: dict[str, dict[frozenset[str], int]] = {}
         # per (organization, width): (UTC month start, highest consumption_w released to it, that window's start)
         self._peaks: dict[tuple[str, int], tuple[int, float, int]] = {}
         self._cohort_cache: dict[str, tuple[tuple[Any, ...], int, frozenset[str]]] = {}
@@ -471,16 +474,15 @@ class Releases:
         # Every window that ended in the period counts, however wide: adjacent quarter-hours, with a 900 s
         # period, are in each other's audit (by where they start, the one before never was).
         period = self.config.privacy.audit_period_s
-        since = start - period - grid.width  # windows starting after it end after start - period
-        recent = {c: s for c, s in self._audited.get((grid.width, tag or ""), {}).items() if s > since}
+        recent = {c: end for c, end in self._audited.get(tag or "", {}).items() if end > start - period}
         # Households related to any organization are known to it (its test meters, its employees' homes): the
         # audit treats their values as known, or A - B = x + r with r known would give x (colluding organizations);
         # also in the sums released before the operator marked them.
         known = self._known()
         released: list[frozenset[str]] = list(dict.fromkeys(c - known for c in recent))
         what = f"households with a '{tag}' channel" if tag else "consenting households"
-        grid_audit = {} if tag else {q: {c: s for c, s in self._audited.get((grid.width, f"grid:{q}"), {}).items()
-                                         if s > since} for q in grid_quantities.QUANTITIES}
+        grid_audit = {} if tag else {q: {c: end for c, end in self._audited.get(f"grid:{q}", {}).items()
+                                         if end > start - period} for q in grid_quantities.QUANTITIES}
         table = grid_quantities.WindowTable(contributions)
         known_meters = frozenset(meters[h] for h in known if h in meters)
         # the audit's order depends on who is in each cohort, never on what they used
@@ -497,7 +499,8 @@ class Releases:
                                  "out; not released")
             else:
                 released.append(members - known)
-                recent[members - known] = start  # one entry per distinct cohort, with its newest window
+                # one entry per distinct cohort, with its newest window's end
+                recent[members - known] = max(recent.get(members - known, 0), start + grid.width)
                 rows = [contributions[meters[h]] for h in members]
                 consumption = sum(c.channels[tag] for c in rows) if tag else sum(c.consumption_w for c in rows)
                 production = None if tag else sum(c.production_w for c in rows)
@@ -506,14 +509,14 @@ class Releases:
                 if tag is None:
                     quantities = self._grid_quantities(org)
                     if quantities:
-                        result["grid"] = self._grid_exact(org, quantities, start, members, table, known_meters,
-                                                          grid_audit)
+                        result["grid"] = self._grid_exact(org, quantities, start, grid.width, members, table,
+                                                          known_meters, grid_audit)
                     result = self._with_peak(org, grid.width, start, result)
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
             self.members.note(org.id, tag, grid.width, start, None if isinstance(result, Refusal) else members)
-        self._audited[(grid.width, tag or "")] = recent
+        self._audited[tag or ""] = recent
         for q, cohorts in grid_audit.items():
-            self._audited[(grid.width, f"grid:{q}")] = cohorts
+            self._audited[f"grid:{q}"] = cohorts
 
     def _grid_quantities(self, org: Organization) -> tuple[str, ...]:
         """The grid quantities this organization gets: its parameters permit them and, at a noisy level, the
@@ -525,8 +528,8 @@ class Releases:
                      if (not level.noisy or grid_quantities.level_quantity(q) in level.dp.grid)
                      and any(self._may(org, p) for p in grid_quantities.PARAMETERS[q]))
 
-    def _grid_exact(self, org: Organization, quantities: tuple[str, ...], start: int, members: frozenset[str],
-                    table: grid_quantities.WindowTable, known: frozenset[str],
+    def _grid_exact(self, org: Organization, quantities: tuple[str, ...], start: int, width: int,
+                    members: frozenset[str], table: grid_quantities.WindowTable, known: frozenset[str],
                     audited: dict[str, dict[frozenset[str], int]]) -> Json:
         """Exact grid quantities, each over the members that report it: k_min of them not related to the
         organization, and the audit of counts (`audit.admissible_counts`: no group of fewer than k_min households
@@ -547,7 +550,7 @@ class Releases:
                 out[q] = grid_quantities.refused("isolating", f"with its counts of the last {period:g} s, a group "
                                                  f"of under {k_min} households would be told apart")
             else:
-                recent[cohort] = start
+                recent[cohort] = max(recent.get(cohort, 0), start + width)
                 out[q] = table.part(q, reporting)
         return out
 
