@@ -4,10 +4,14 @@ what. No I/O; the API turns a refusal into its HTTP error, delivery and triggers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.config import WINDOWS, Level
 from agent.ingest import TAG
 from agent.parameters import permitted
+
+if TYPE_CHECKING:
+    from agent.registry import Organization
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,7 @@ class Denied:
     detail: str
 
 
-def denied(level: Level, org, window: str, tag: str | None, tags: tuple[str, ...]) -> Denied | None:
+def denied(level: Level, org: Organization, window: str, tag: str | None, tags: tuple[str, ...]) -> Denied | None:
     if window not in WINDOWS:
         return Denied(400, "bad_parameter", f"window must be one of {', '.join(WINDOWS)}")
     if window not in level.windows:

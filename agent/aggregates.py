@@ -29,7 +29,7 @@ class Contribution:
 class Accumulator:
     __slots__ = ("imp", "exp", "n", "tag_sums", "tag_counts", "volt_sums", "volt_counts", "long_failure")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.imp = self.exp = 0.0
         self.n = 0
         self.tag_sums: dict[str, float] = {}
@@ -51,7 +51,8 @@ class Accumulator:
         if failed is not None:
             self.long_failure = max(self.long_failure or 0, failed)
 
-    def add_values(self, imp: float | None, exp: float | None, channels: dict | None, weight: int = 1) -> None:
+    def add_values(self, imp: float | None, exp: float | None, channels: dict[str, float] | None,
+                   weight: int = 1) -> None:
         """`weight` readings with these means (a stored rollup counts as its `count` readings)."""
         if imp is None and exp is None and not channels:
             return  # nothing this window can use

@@ -68,10 +68,6 @@ class Slot:
                 "tariff": None if mean is None else round(tariff(mean), 4)}
 
 
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
 def combine(answers: list[DeviceAnswer], day: date) -> dict:
     """Sums and counts of every device's released windows, per 6-hour slot and for the whole day."""
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
@@ -80,7 +76,7 @@ def combine(answers: list[DeviceAnswer], day: date) -> dict:
     total_sum, total_n = 0.0, 0
     for answer in answers:
         for window in answer.windows:
-            moment = _parse(window["window_start"])
+            moment = datetime.fromisoformat(window["window_start"])
             index = int((moment - start).total_seconds() // (SLOT_HOURS * 3600))
             if not 0 <= index < SLOTS:
                 continue

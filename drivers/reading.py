@@ -344,8 +344,16 @@ INPUT_FIELDS: tuple[str, ...] = tuple(name for name, facts in FIELDS.items() if 
 NON_NEGATIVE = frozenset(name for name, facts in FIELDS.items() if facts.low is not None and facts.low >= 0)
 
 
-def iso(moment: datetime) -> str:
+def iso(moment: datetime | float) -> str:
+    """A time (or Unix seconds) as the API writes times: ISO 8601 in UTC with a Z."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, timezone.utc)
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def unix_seconds(stamp: str | float) -> float:
+    """A time as `iso` writes it (or already Unix seconds), in Unix seconds."""
+    return float(stamp) if isinstance(stamp, (int, float)) else datetime.fromisoformat(stamp).timestamp()
 
 
 def utcnow() -> datetime:

@@ -36,7 +36,8 @@ def free_ports(count: int) -> list[int]:
 
 
 class Cluster:
-    def __init__(self, directory: str | Path, nodes: int = 3, name: str = "edge", authorization: str | None = None):
+    def __init__(self, directory: str | Path, nodes: int = 3, name: str = "edge", authorization: str | None = None,
+                 advertise: bool = True):
         self.directory = Path(directory)
         self.nodes = nodes
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -44,6 +45,7 @@ class Cluster:
         ports = free_ports(2 * nodes)
         self.client_ports, self.route_ports = ports[:nodes], ports[nodes:]
         self.processes: list[subprocess.Popen | None] = [None] * nodes
+        self.advertise = advertise  # False: clients learn no other node's address (bench/fleet.py's cut link)
         self.auth_file = self.directory / "auth.conf" if authorization is not None else None
         if self.auth_file:
             self.auth_file.write_text(authorization)
@@ -57,8 +59,9 @@ class Cluster:
         store = self.directory / f"n{i}"
         store.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"n{i}.conf"
-        cluster = (f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}"
-                   if self.nodes > 1 else "")  # one node: a plain JetStream server (replicas 1)
+        advertise = "" if self.advertise else ", no_advertise: true"
+        cluster = (f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}]"
+                   f"{advertise} }}" if self.nodes > 1 else "")  # one node: a plain JetStream server (replicas 1)
         path.write_text(f"""
 server_name: n{i}
 listen: 127.0.0.1:{self.client_ports[i]}

@@ -36,17 +36,13 @@ class Operator:
         return await self.js.key_value(BUCKET)
 
     async def current(self, key: str) -> dict | None:
-        kv = await self._bucket()
-        try:
-            entry = await kv.get(key)
-        except Exception as err:
-            if "not found" in str(err).lower() or "deleted" in str(err).lower():
-                return None
-            raise
-        if not entry.value:
+        from hub.setup import desired
+
+        value = await desired(self.js, key)  # the leader's: never an older document to build upon
+        if value is None:
             return None
         try:
-            return document.verify(entry.value, self.public_key)
+            return document.verify(value, self.public_key)
         except document.Refused as err:  # not ours (forged, or another key's): never built upon
             print(f"edge-hub: ignoring the document at {key!r}: {err}", file=sys.stderr)
             return None

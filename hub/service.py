@@ -24,9 +24,9 @@ import time
 from nats.js.api import ConsumerConfig
 
 from agent.fleet import RELEASES_STREAM, document
-from agent.fleet.document import BUCKET as DESIRED_BUCKET, FLEET_KEY
+from agent.fleet.document import FLEET_KEY
 from hub import aggregate
-from hub.setup import CONSUMER, DEVICES_BUCKET, HUB_BUCKET, KEEP_DAYS, ensure
+from hub.setup import CONSUMER, DEVICES_BUCKET, HUB_BUCKET, KEEP_DAYS, desired, ensure
 
 log = logging.getLogger("edge.hub")
 
@@ -116,15 +116,9 @@ class Hub:
     # --- the fleet document --------------------------------------------------------------------
     async def _read_fleet(self) -> None:
         """The fleet document from the bucket; raises if the cluster cannot say (never taken as "no document")."""
-        desired = await self.js.key_value(DESIRED_BUCKET)
-        try:
-            entry = await desired.get(FLEET_KEY)
-        except Exception as err:
-            if "not found" in str(err).lower() or "deleted" in str(err).lower():
-                return  # none published yet
-            raise
-        if entry.value:
-            self.offer_fleet(entry.value)
+        value = await desired(self.js, FLEET_KEY)
+        if value:  # else none published yet
+            self.offer_fleet(value)
 
     def offer_fleet(self, envelope: bytes) -> bool:
         running = self.fleet["version"] if self.fleet else None

@@ -65,6 +65,18 @@ async def _stream(js, config: StreamConfig) -> None:
         await _allow_direct(js, config.name)
 
 
+async def desired(js, key: str) -> bytes | None:
+    """A key of the desired-state bucket as its stream's leader has it (not a direct get, which any replica
+    answers and one a few writes behind would give the operator an older fleet document to build upon)."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        msg = await js.get_msg(f"KV_{DESIRED_BUCKET}", subject=f"$KV.{DESIRED_BUCKET}.{key}")
+    except NotFoundError:
+        return None
+    return msg.data or None  # a delete or purge marker has no value
+
+
 async def _allow_direct(js, stream: str) -> None:
     info = await js.stream_info(stream)
     if not info.config.allow_direct:

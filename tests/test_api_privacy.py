@@ -127,12 +127,14 @@ async def test_the_cap_is_per_household_across_organizations_days_and_a_restart(
     await refused_to_both(DAY + 86400 + 10 * 3600)
     status, history = await restarted.call("GET", f"/data?window=15m&since={T0}&until={T0 + 900}", token=tight)
     assert status == 200 and history["released"] == [first]  # the record, after the restart
-    # two days on, the first day's charges are out of the horizon: the first window decided that day is released
-    # (a noisy level decides every window, data or not), which again leaves no room for a third
-    start = DAY + 2 * 86400 + 8 * 3600
+    # two days on, the first day's charges still count (2 days of real time touch 3 UTC days: a charge late on day
+    # 0 and one early on day 2 are under 2 days apart); three days on they are out of the horizon: the first window
+    # decided that day is released (a noisy level decides every window, data or not), leaving no room for a third
+    await refused_to_both(DAY + 2 * 86400 + 8 * 3600)
+    start = DAY + 3 * 86400 + 8 * 3600
     await feed(restarted, clock, meters, [start])
     clock.now = start + 900 + 20
-    status, body = await restarted.call("GET", f"/data?window=15m&since={DAY + 2 * 86400}&until={clock.now}",
+    status, body = await restarted.call("GET", f"/data?window=15m&since={DAY + 3 * 86400}&until={clock.now}",
                                         token=tight)
     assert status == 200 and len(body["released"]) == 1 and body["released"][0]["households"] == 12, body
     after = [r["error"] for r in body["refused"] if r["window_start"] > body["released"][0]["window_start"]]

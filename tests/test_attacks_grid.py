@@ -289,3 +289,48 @@ async def test_a_minute_is_derived_from_its_released_seconds(town):
     assert derived["min_v"] == min(p["min_v"] for p in parts)
     assert derived["mean_v"] == pytest.approx(sum(p["mean_v"] for p in parts) / 60, abs=0.01)
     assert minute["grid"]["long_power_failures"]["meters"] == 1  # meter 3's count rose once, in second 20
+
+
+def test_the_operator_enables_grid_quantities_per_noisy_level():
+    from agent.config import ConfigError, DEFAULT_TAGS, parse_levels
+
+    levels = parse_levels({"supplier": {"dp": {"grid": ["voltage"], "grid_rho": 0.001}}}, DEFAULT_TAGS)
+    assert levels["supplier"].dp.grid == ("voltage",) and levels["supplier"].dp.grid_rho == 0.001
+    assert parse_levels({"service": {}}, DEFAULT_TAGS)["service"].dp.grid == ()  # off by default
+    with pytest.raises(ConfigError, match="grid"):
+        parse_levels({"supplier": {"dp": {"grid": ["frequency"]}}}, DEFAULT_TAGS)
+
+
+# --- the count audit, against an attacker who tries every 0/1 assignment --------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from agent.release import audit  # noqa: E402
+
+PEOPLE = [f"h{i}" for i in range(9)]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.sets(st.sampled_from(PEOPLE), min_size=1), min_size=1, max_size=6),
+       st.lists(st.integers(0, 1), min_size=len(PEOPLE), max_size=len(PEOPLE)))
+def test_counts_the_audit_admits_say_nothing_about_fewer_than_k(cohorts, bits):
+    """Cohorts offered in turn, each admitted or refused by the count audit (k = 3). Then the attacker takes
+    every assignment of 0/1 values consistent with all the admitted counts: any household whose value that
+    pins down sits in a group of at least k households no admitted cohort tells apart, all of the same value
+    (homogeneity, as PRIVACY.md says), never alone or with one or two others."""
+    k = 3
+    admitted: list[frozenset[str]] = []
+    for cohort in map(frozenset, cohorts):
+        if audit.admissible_counts(admitted, cohort, k):
+            admitted.append(cohort)
+    value = dict(zip(PEOPLE, bits))
+    counts = [sum(value[h] for h in c) for c in admitted]
+    consistent = []
+    for n in range(2 ** len(PEOPLE)):
+        guess = {h: (n >> i) & 1 for i, h in enumerate(PEOPLE)}
+        if all(sum(guess[h] for h in c) == counts[j] for j, c in enumerate(admitted)):
+            consistent.append(guess)
+    for h in set().union(*admitted) if admitted else ():
+        if len({g[h] for g in consistent}) == 1:  # pinned down
+            group = [o for o in PEOPLE if all((o in c) == (h in c) for c in admitted)]
+            assert len(group) >= k and len({value[o] for o in group}) == 1, (h, group, admitted)

@@ -264,8 +264,9 @@ def test_the_ledger_never_exceeds_the_cap_over_any_horizon(steps):
         ledger.forget_before(now - DAY)  # as the door does (agent/release/door.py: _prune, _load)
     for household in "abcd":
         days = [d for h, d, _ in charges if h == household]
-        for first in range(min(days, default=0) - HORIZON, max(days, default=0) + 1):
-            total = sum(r for h, d, r in charges if h == household and first <= d < first + HORIZON)
+        # HORIZON days of real time touch HORIZON + 1 UTC days: no such run of days may hold more than the cap
+        for first in range(min(days, default=0) - HORIZON - 1, max(days, default=0) + 1):
+            total = sum(r for h, d, r in charges if h == household and first <= d <= first + HORIZON)
             assert total <= CAP * (1 + 1e-9), (household, first, total)
 
 

@@ -15,16 +15,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from agent.config import DeliveryConfig
 from tests.helpers.agent import make_config
 from tests.helpers.delivery import town  # noqa: F401  (town: the fixture)
-from tests.helpers.receiver import Receiver
+from tests.helpers.receiver import Receiver, receiver  # noqa: F401  (receiver: the fixture)
 from tests.helpers.wait import eventually
-
-
-@pytest.fixture
-async def receiver():
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def test_signed_messages_verify_with_standardwebhooks(town, receiver):

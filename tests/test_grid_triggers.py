@@ -1,5 +1,6 @@
-"""Triggers read grid quantities from the released record (issue 15): a neighbourhood condition on the highest
-voltage band of L1 runs on what the release module released, and is withheld where the quantity was not."""
+"""Triggers and webhooks get grid quantities from the released record (issue 15): a neighbourhood condition on
+the highest voltage band of L1 runs on what the release module released, and is withheld where the quantity was
+not; a push carries the record GET /data answers."""
 
 from __future__ import annotations
 from tests.helpers.triggers import body, town  # noqa: F401  (town: the fixture)
@@ -26,3 +27,44 @@ async def test_a_neighbourhood_condition_on_the_highest_voltage_band(town):  # n
                            {"power_import_w": 300.0}])
     view = await t.trigger(created["id"])
     assert view["windows"]["inputs_withheld"] == 1
+
+
+async def test_a_webhook_carries_the_recorded_grid_part(tmp_path, start_agent):
+    """Pushes are the release's record: the grid part a subscription receives is the one GET /data answers."""
+    import math
+
+    from tests.helpers.agent import delivery_config, make_config
+    from tests.helpers.clock import StepClock
+    from tests.helpers.receiver import Receiver
+
+    receiver = Receiver()
+    await receiver.start()
+    clock = StepClock(math.floor(1_790_000_000 / 60) * 60.0 + 5)
+    running = await start_agent(make_config(tmp_path, delivery=delivery_config()), clock=clock)
+    try:
+        org_id, key = await running.create_org("Grid", "dso")
+        households = [await running.create_household() for _ in range(10)]
+        for _, token in households:
+            status, _ = await running.call("PUT", f"/households/me/consents/{org_id}/aggregates", token=token)
+            assert status == 200
+        status, sub = await running.call("POST", "/data/subscribe", token=key,
+                                         json={"endpoint": receiver.url, "interval": 1, "window": "1s"})
+        assert status == 201, sub
+        clock.step(60 - clock.now % 60)
+        for s in range(3):
+            for i, (_, token) in enumerate(households):
+                status, out = await running.call("POST", "/readings", token=token, json={
+                    "timestamp": clock.now, "power_import_w": 300.0 + i, "voltage_l1_v": 228.0 + i})
+                assert status == 201, out
+            clock.step(1)
+            await running.agent.releases.settle()
+        await running.wait_for(lambda: any("grid" in m.get("aggregate", {}) for m in receiver.messages()))
+        pushed = next(m["aggregate"] for m in receiver.messages() if "grid" in m.get("aggregate", {}))
+        assert pushed["grid"]["voltage_l1"]["households"] == 10
+        start = pushed["window_start"]
+        status, history = await running.call("GET", f"/data?window=1s&since={start}&until={clock.now}", token=key)
+        assert status == 200, history
+        recorded = next(b for b in history["released"] if b["window_start"] == start)
+        assert recorded == pushed
+    finally:
+        await receiver.stop()

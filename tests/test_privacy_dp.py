@@ -110,7 +110,10 @@ def test_the_ledger_is_a_rolling_horizon_shared_by_every_release_not_a_daily_bud
     # midnight renews nothing (the first design's budget did): the charge counts for the whole horizon
     assert not ledger.affords("h1", 0.2, day0 + LEDGER_DAY)
     assert not ledger.affords("h1", 0.2, day0 + 29 * LEDGER_DAY)
-    assert ledger.spent("h1", day0 + 30 * LEDGER_DAY) == 0 and ledger.affords("h1", 1.0, day0 + 30 * LEDGER_DAY)
+    # 30 days of real time touch 31 UTC days: on day 30 the charge still counts (a charge late on day 0 and one
+    # early on day 30 are under 30 days apart), on day 31 it is out
+    assert not ledger.affords("h1", 0.2, day0 + 30 * LEDGER_DAY)
+    assert ledger.spent("h1", day0 + 31 * LEDGER_DAY) == 0 and ledger.affords("h1", 1.0, day0 + 31 * LEDGER_DAY)
     # a household nothing was released about has spent nothing
     assert ledger.spent("h3", day0) == 0
     view = ledger.of("h1", day0, 1e-7)

@@ -54,7 +54,9 @@ def test_ledger_horizon_and_cap():
     ledger.charge(["h"], 0.6, T0)
     assert ledger.affords("h", 0.4, T0) and not ledger.affords("h", 0.5, T0)
     assert ledger.affords("h", 0.4, T0 + 86400)  # yesterday still counts
-    assert ledger.spent("h", T0 + 2 * 86400) == 0  # two days on: out of the horizon
+    # two days of real time touch three UTC days: two days on, it still counts; three days on it is out
+    assert ledger.spent("h", T0 + 2 * 86400) == pytest.approx(0.6)
+    assert ledger.spent("h", T0 + 3 * 86400) == 0
     view = ledger.of("h", T0, 1e-7)
     assert view["spent_rho"] == 0.6 and view["remaining_rho"] == pytest.approx(0.4)
 

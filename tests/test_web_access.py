@@ -4,6 +4,8 @@ after a restart), the privacy loss of each row, and the log paged over the ledge
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -71,4 +73,25 @@ async def test_each_row_shows_its_privacy_loss_and_the_log_is_paged(tmp_path, st
     assert len(older) == 5 and "before=" not in html  # 55 reads in all, nothing lost between pages
     browser = await signed_in(running, "household", me)
     assert (await browser.get("/ui/me/access?before=nonsense"))[0] == 400
+    await browser.close()
+
+
+async def test_times_show_in_the_zone_the_household_chose(tmp_path, start_agent):
+    clock = StepClock(float(T0))
+    running, org_id, org_key, households = await _town(tmp_path, start_agent, clock)
+    browser = await signed_in(running, "household", households[0][0])
+    status, html, _ = await browser.get("/ui/me/consents")
+    stamp = re.search(r"<td>(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC</td>", html)
+    assert stamp, "times are shown in UTC until a zone is chosen"
+    assert (await browser.post("/ui/zone", {"zone": "Mars/Olympus", "back": "/ui/me/consents"}))[0] == 400
+    await browser.get("/ui/me/consents")
+    status, _, headers = await browser.post("/ui/zone", {"zone": "Europe/Amsterdam", "back": "/ui/me/consents"})
+    assert status == 303 and headers["Location"] == "/ui/me/consents"
+    status, html, _ = await browser.get("/ui/me/consents")
+    utc = datetime.fromisoformat(stamp.group(1)).replace(tzinfo=timezone.utc)
+    local = utc.astimezone(ZoneInfo("Europe/Amsterdam"))
+    assert local.tzname() == "CEST" and f"{local:%Y-%m-%d %H:%M:%S} CEST" in html  # T0 is in September
+    assert '<option value="Europe/Amsterdam" selected>' in html
+    await browser.get("/ui/me/consents")
+    assert (await browser.post("/ui/zone", {"zone": "UTC", "back": "https://elsewhere.example/"}))[0] == 400
     await browser.close()

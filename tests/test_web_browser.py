@@ -11,6 +11,7 @@ share its event loop, each has its own browser contexts (cookies) and its own ag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -35,8 +36,15 @@ QUARTER = 900
 WAIT_MS = 30_000  # how long the browser may take to show what the device already did (a wait, not a timing check)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-# conftest's agents, started on the module's event loop (the browser's)
-start_agent = pytest_asyncio.fixture(loop_scope="module")(conftest.start_agent.__wrapped__)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def start_agent():
+    """conftest's agents, started on the module's event loop (the browser's); conftest's own fixture untouched."""
+    agents = conftest.start_agent.__wrapped__()
+    yield await anext(agents)
+    with contextlib.suppress(StopAsyncIteration):
+        await anext(agents)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -271,5 +279,10 @@ async def test_every_page_passes_axe_at_phone_and_desktop_widths(chromium, neigh
         clock.step(1)
         await running.call("POST", "/readings", token=token, json={"timestamp": clock.now, "power_import_w": 500.0,
                                                                    "gas_m3": 100.0 + i})
+    # an endpoint and an appliance: their test buttons are on the devices page too
+    assert (await running.call("PUT", "/households/me/notify", token=token,
+                               json={"url": "https://example.com/notify"}))[0] == 200
+    assert (await running.call("POST", "/households/me/appliances", token=token, json={
+        "name": "Boiler", "driver": "shelly", "address": "http://192.168.1.20"}))[0] == 201
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     assert await audit_pages(chromium, running, me) == {}

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import weakref
-from datetime import datetime, timezone
 
 from aiohttp import web
 
@@ -27,7 +26,7 @@ from agent.api.spec import ORG, TIME_PARAM, Route, error, ok_json, query
 from agent.auth import ORGANIZATION
 from agent.config import WINDOW_SECONDS
 from agent.privacy.anonymize import DAY_S, HouseholdSeries, day_periods, release_day, select, static_from_rollups
-from drivers.reading import iso
+from drivers.reading import iso, unix_seconds
 
 MAX_ANONYMIZED_DAYS = 7
 STATIC_LOOKBACK_S = 7 * 86400  # static attributes are derived from at least this much history
@@ -36,16 +35,6 @@ SERVICE = "anonymized_data"
 KIND = "anonymized"  # the kind of `once` record of a day's release
 KIND_WITHHELD = "anonymized-withheld"  # ...and of the periods withheld from an organization's day
 RESOLUTIONS = ("15m", "1h")  # the anonymized grid's choices
-
-
-def _iso(moment: float) -> str:
-    return iso(datetime.fromtimestamp(moment, timezone.utc))
-
-
-def _seconds(stamp) -> float:
-    if isinstance(stamp, (int, float)):
-        return float(stamp)
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 # --- GET /data/anonymized ------------------------------------------------------------------------
@@ -60,7 +49,7 @@ async def get_anonymized(request: web.Request) -> web.Response:
     res = _resolution(request.query.get("resolution"), level)
     since, until, days = _range(request.query, agent.releases.settle_limit())
     docs = [await day_release(agent, org.id, level, res, day) for day in days]
-    span = {"from": _iso(since), "to": _iso(until)}
+    span = {"from": iso(since), "to": iso(until)}
     released = [doc for doc in docs if "records" in doc]
     if not released:
         refused = docs[0]["refused"]
@@ -106,7 +95,7 @@ def _range(query, settled: float) -> tuple[int, int, list[int]]:
     days = [day for day in range(first, until, DAY_S) if day + DAY_S <= last_day]
     if not days:
         raise ApiError(409, "not_settled", "a day's anonymized release is made once the UTC day has ended (and "
-                       f"{SETTLE_S // 60} minutes more); ask for days before {_iso(last_day)}")
+                       f"{SETTLE_S // 60} minutes more); ask for days before {iso(last_day)}")
     return since, until, days
 
 
@@ -159,7 +148,7 @@ async def day_release(agent, org_id: str, level, res: int, day: int) -> dict:
         series = _gather(agent, households, cohorts, periods, res, timelines)
         doc = release_day(series, level.anonymized, resolution_s=res, level=level.name, day=day)
         if withheld and "report" in doc:
-            doc["report"]["withheld_periods"] = [_iso(p) for p in withheld]
+            doc["report"]["withheld_periods"] = [iso(p) for p in withheld]
             doc["report"]["withheld_because"] = ("another organization's cohort differs from this one by fewer "
                                                  "than k households in these periods")
         return doc
@@ -220,7 +209,7 @@ def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int],
                                     until=until, resolution="15m", limit=10**6)
         sums: dict[int, list[float]] = {}
         for row in rows:
-            start = _seconds(row["start"])
+            start = unix_seconds(row["start"])
             if start < since or row.get("power_import_w") is None:
                 continue
             period = int(start // res) * res
@@ -234,7 +223,7 @@ def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int],
         # its consent is never used, not even to describe it.
         times, granted = timelines[household.id]
         consented = [row for row in rows
-                     if (i := bisect.bisect_right(times, _seconds(row["start"]))) and granted[i - 1]]
+                     if (i := bisect.bisect_right(times, unix_seconds(row["start"]))) and granted[i - 1]]
         if sums:
             out.append(HouseholdSeries(household.id, static_from_rollups(consented),
                                        {p: total / n for p, (total, n) in sums.items()}))

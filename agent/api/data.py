@@ -19,7 +19,7 @@ from agent.ingest import TAG
 from agent.parameters import catalogue, permitted
 from agent.release import Refusal
 from agent.release.grid import BAND_EDGES_V
-from agent.release.records import stamp
+from drivers.reading import iso
 
 MAX_HISTORY_WINDOWS = 1000
 
@@ -128,7 +128,7 @@ async def _history(request, agent, org, window: str, tag: str | None) -> web.Res
     for start in starts:
         result = answers[start]
         if isinstance(result, Refusal):
-            refused.append({"window_start": stamp(start), **result.public()})
+            refused.append({"window_start": iso(start), **result.public()})
         else:
             released.append(result)
     await agent.audit.record_durable(org.id, ORGANIZATION, "data.history", window=window, since=first, until=until,

@@ -26,7 +26,6 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from agent.release import Refusal
 from agent.store.disk import DataDirectory, unavailable
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
-from drivers.reading import iso
+from drivers.reading import iso, unix_seconds
 
 log = logging.getLogger("edge.delivery")
 
@@ -55,6 +54,7 @@ MAX_RETRY_AFTER_S = 24 * 3600
 PRODUCE_EVERY_S = 0.5
 SENDER_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # a sender whose disk writes fail, after each failure in a row
 CATCH_UP_MAX = 120  # windows a subscription's producer decides at once after falling behind
+NOTE_DECIDED_S = 60  # windows decided but not queued (filtered, withheld) a kill -9 may put inside a gap
 
 
 @dataclass
@@ -132,7 +132,7 @@ class Delivery:
         self.stats[sub.id] = DeliveryStats()
         resume = max(filter(None, [outbox.last_window_end, outbox.decided_until]), default=None)
         if resume is not None:  # the windows after it, until the first one decided now, become a gap
-            sub.last_window = int(_seconds(resume)) - WINDOW_SECONDS[sub.window]
+            sub.last_window = int(unix_seconds(resume)) - WINDOW_SECONDS[sub.window]
 
     def _check_damage(self) -> str | None:
         """subscriptions.seg lost records beyond repair: which subscriptions they held is unknown. Their outboxes
@@ -186,7 +186,7 @@ class Delivery:
         for sub_id, sub in self.subscriptions.items():
             if sub.last_window is None or sub.unqueued:  # windows not queued: the next start's gap covers them
                 continue
-            end = _iso(sub.last_window + WINDOW_SECONDS[sub.window])
+            end = iso(sub.last_window + WINDOW_SECONDS[sub.window])
             try:
                 self.outboxes[sub_id].note_stop(end)
             except OSError as exc:
@@ -341,7 +341,7 @@ class Delivery:
         now = self.agent.clock()
         lag = None
         if head is not None and head.window_end:
-            lag = round(max(0.0, now - _seconds(head.window_end)), 3)
+            lag = round(max(0.0, now - unix_seconds(head.window_end)), 3)
         return {
             "id": sub.id, "endpoint": sub.endpoint, "interval": sub.interval_s, "window": sub.window, "tag": sub.tag,
             "filter": sub.filter, "state": sub.state, "disabled_reason": sub.disabled_reason,
@@ -380,6 +380,24 @@ class Delivery:
             sub.next_due = start + width + sub.interval_s
             sub.last_window = start
             self._produce(sub, start, now)
+            self._note_decided(sub)
+
+    def _note_decided(self, sub: Subscription) -> None:
+        """Windows filtered or withheld write nothing: now and then (NOTE_DECIDED_S), the last one decided is noted
+        in the outbox, so that after a kill -9 the gap for the time the agent was down starts at most that long
+        before the crash, not at the last window queued (a clean stop notes it too: `_note_stop`)."""
+        if sub.unqueued or sub.last_window is None:  # windows not queued: their gap must start before them
+            return
+        outbox = self.outboxes[sub.id]
+        end = sub.last_window + WINDOW_SECONDS[sub.window]
+        known = max(filter(None, [outbox.last_window_end, outbox.decided_until]), default=None)
+        if known is not None and unix_seconds(known) >= end - NOTE_DECIDED_S:
+            return
+        try:
+            outbox.note_stop(iso(end))
+        except OSError as exc:  # only the next start's gap is longer: the next enqueue says the disk is failing
+            self._ratelog.warning(f"note:{sub.id}", "subscription %s: cannot note the last window decided: %s",
+                                  sub.id, exc)
 
     def _catch_up(self, sub: Subscription, expected: float, start: int, now: float) -> None:
         """Windows due before `start` that were not produced: those that closed before this process started (the
@@ -447,7 +465,7 @@ class Delivery:
             outbox.enqueue(kind, payload, window_start, window_end)
         except OSError as exc:
             if window_start:
-                self._unqueued(sub, 1, _seconds(window_start), _seconds(window_end))
+                self._unqueued(sub, 1, unix_seconds(window_start), unix_seconds(window_end))
             self._disk_failed(sub, stats, f"cannot queue a {kind}: {exc.strerror or exc}")
             return
         stats.disk_error = None
@@ -467,12 +485,12 @@ class Delivery:
         if not sub.unqueued:
             return
         count, start, end = sub.unqueued
-        self.outboxes[sub.id].gap(count, _iso(start), _iso(end),
+        self.outboxes[sub.id].gap(count, iso(start), iso(end),
                                   f"{count} window(s) could not be queued (the agent was down or its storage "
                                   f"refused the write); {FETCH_HINT}")
         sub.unqueued = None
         log.warning("subscription %s: %d window(s) from %s to %s were not queued; sent as a gap event", sub.id,
-                    count, _iso(start), _iso(end))
+                    count, iso(start), iso(end))
         wake = self._wake.get(sub.id)
         if wake:
             wake.set()
@@ -587,11 +605,3 @@ def _retry_after_seconds(value: str) -> float:
     if not math.isfinite(seconds):
         return 0.0
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
-
-
-def _iso(seconds: float) -> str:
-    return iso(datetime.fromtimestamp(seconds, timezone.utc))
-
-
-def _seconds(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -11,8 +11,10 @@ A filter is a small class; adding one is a new class and a line in `FILTERS`.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+Json = dict[str, Any]
 
 NUMERIC_FIELDS = ("consumption_w", "production_w", "net_w", "energy_import_wh", "energy_export_wh", "households",
                   "mean_w")
@@ -23,13 +25,22 @@ class FilterError(ValueError):
     pass
 
 
-def _field(value) -> str:
-    if value not in NUMERIC_FIELDS:
+class ChangeFilter(Protocol):
+    """Decides whether a window is worth sending, from the released aggregate and the last one sent."""
+
+    @classmethod
+    def parse(cls, spec: object) -> "ChangeFilter": ...
+
+    def fires(self, aggregate: Json, last_sent: Json | None) -> bool: ...
+
+
+def _field(value: object) -> str:
+    if not isinstance(value, str) or value not in NUMERIC_FIELDS:
         raise FilterError(f"unknown field {value!r}; fields: {', '.join(NUMERIC_FIELDS)}")
     return value
 
 
-def _positive(value, name: str) -> float:
+def _positive(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
         raise FilterError(f"{name} must be a positive number")
     return float(value)
@@ -44,7 +55,7 @@ class Deadband:
     percent: float | None = None
 
     @classmethod
-    def parse(cls, spec) -> "Deadband":
+    def parse(cls, spec: object) -> "Deadband":
         if not isinstance(spec, dict) or set(spec) - {"fields", "absolute", "percent"}:
             raise FilterError("deadband takes fields, absolute and/or percent")
         fields = spec.get("fields", ["consumption_w"])
@@ -56,7 +67,7 @@ class Deadband:
             raise FilterError("deadband needs absolute or percent")
         return cls(tuple(_field(f) for f in fields), absolute, percent)
 
-    def fires(self, aggregate: dict, last_sent: dict | None) -> bool:
+    def fires(self, aggregate: Json, last_sent: Json | None) -> bool:
         if last_sent is None:
             return True
         for name in self.fields:
@@ -81,7 +92,7 @@ class Threshold:
     levels: tuple[float, ...]
 
     @classmethod
-    def parse(cls, spec) -> "Threshold":
+    def parse(cls, spec: object) -> "Threshold":
         if not isinstance(spec, dict) or set(spec) - {"field", "levels"} or "levels" not in spec:
             raise FilterError("threshold takes field and levels")
         levels = spec["levels"]
@@ -93,7 +104,7 @@ class Threshold:
     def _side(self, value: float) -> int:
         return sum(1 for level in self.levels if value >= level)
 
-    def fires(self, aggregate: dict, last_sent: dict | None) -> bool:
+    def fires(self, aggregate: Json, last_sent: Json | None) -> bool:
         new = aggregate.get(self.field)
         if new is None:
             return False
@@ -101,18 +112,18 @@ class Threshold:
         return old is None or self._side(new) != self._side(old)
 
 
-CHANGE_FILTERS = {"deadband": Deadband, "threshold": Threshold}
+CHANGE_FILTERS: dict[str, type[ChangeFilter]] = {"deadband": Deadband, "threshold": Threshold}
 
 
 @dataclass(frozen=True)
 class FilterSet:
-    change: tuple = ()
+    change: tuple[ChangeFilter, ...] = ()
     fields: tuple[str, ...] | None = None
     min_interval_s: float | None = None
     max_silence_s: float | None = None
 
     @classmethod
-    def parse(cls, spec) -> "FilterSet":
+    def parse(cls, spec: object) -> "FilterSet":
         if spec is None:
             return cls()
         if not isinstance(spec, dict):
@@ -131,7 +142,7 @@ class FilterSet:
         max_silence = _positive(spec["max_silence"], "max_silence") if "max_silence" in spec else None
         return cls(change, fields, min_interval, max_silence)
 
-    def decide(self, aggregate: dict, last_sent: dict | None, now: float, last_sent_at: float | None) -> bool:
+    def decide(self, aggregate: Json, last_sent: Json | None, now: float, last_sent_at: float | None) -> bool:
         """Whether this window's aggregate goes out."""
         since = None if last_sent_at is None else now - last_sent_at
         if self.max_silence_s is not None and since is not None and since >= self.max_silence_s:
@@ -140,7 +151,7 @@ class FilterSet:
             return False
         return not self.change or any(f.fires(aggregate, last_sent) for f in self.change)
 
-    def project(self, aggregate: dict) -> dict:
+    def project(self, aggregate: Json) -> Json:
         if self.fields is None:
             return aggregate
         return {k: v for k, v in aggregate.items() if k in ALWAYS_KEPT or k in self.fields}

@@ -172,8 +172,9 @@ class Outbox:
                 "last_window_end": self.last_window_end, "decided_until": self.decided_until}
 
     def note_stop(self, decided_until: str | None) -> None:
-        """A clean stop: windows up to `decided_until` were decided (queued, filtered or withheld), so the next
-        start's gap for the time it was down begins there, not at the last window queued."""
+        """A clean stop (or, while windows are filtered or withheld, now and then): windows up to `decided_until`
+        were decided (queued, filtered or withheld), so the next start's gap for the time it was down begins there,
+        not at the last window queued."""
         self.decided_until = decided_until
         self.db.table("events").insert(self._meta())
 

@@ -20,6 +20,8 @@ device keeps the version it runs.
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import json
 import logging
 import os
@@ -65,6 +67,10 @@ def message(device: str, seq: int, window: str, start: int, desired_version: int
             "desired_version": desired_version, "records": records}
 
 
+def _digest(envelope: bytes) -> str:
+    return hashlib.sha256(envelope).hexdigest()
+
+
 class FleetLink:
     def __init__(self, agent):
         self.agent = agent
@@ -80,6 +86,7 @@ class FleetLink:
         self.applied_at: float | None = None
         self.refusal: dict | None = None
         self._refused_envelope: bytes | None = None
+        self._ran: collections.deque[str] = collections.deque(maxlen=64)  # digests of documents applied
         self._fleet_orgs: set[str] = set()
         self._fleet_levels: list[str] = []
         self._fleet_related: dict[str, set[str]] = {}
@@ -109,6 +116,7 @@ class FleetLink:
             self._refuse(None, err)
             return
         self._apply(doc)
+        self._ran.append(_digest(envelope))
 
     async def offer(self, envelope: bytes) -> bool:
         """A document from the bucket: applied whole, or refused (logged once, shown in /health)."""
@@ -120,14 +128,14 @@ class FleetLink:
                                  self.own_levels, self.agent.config.privacy.tags)
             self._check_households(doc)
         except document.Refused as err:
-            if err.error == "older_version" and self.applied and document.verify(
-                    envelope, self.public_key) == self.applied:
-                return False  # the running document seen again (a watcher restarted): nothing to say
+            if err.error == "older_version" and _digest(envelope) in self._ran:
+                return False  # one it ran, seen again (a direct get answered by a replica behind): nothing to say
             self._refuse(envelope, err)
             self._refused_envelope = envelope
             return False
         await asyncio.to_thread(self._save, envelope)  # the fsync off the event loop; then applied in one step
         self._apply(doc)
+        self._ran.append(_digest(envelope))
         log.info("fleet: desired state version %d applied (%d organization(s))", doc["version"],
                  len(self._fleet_orgs))
         return True
@@ -304,10 +312,12 @@ class FleetLink:
         lost and the de-duplication window has passed), or the stream was reset. Learn where it stands."""
         self.sequence_resyncs += 1
         head = self.outbox.head()
+        from nats.js.errors import NotFoundError
+
         try:  # the direct get of its own subject: all a device's permissions allow
             last = await self._js.get_last_msg(RELEASES_STREAM, subject, direct=True)
         except Exception as err:
-            if getattr(err, "code", None) == 404 or "no message found" in str(err):
+            if isinstance(err, NotFoundError) or getattr(err, "code", None) == 404:
                 log.warning("fleet: the stream has no message of this device: publishing again from sequence 0")
                 self.outbox.stream_seq = 0
                 return
@@ -401,13 +411,13 @@ class FleetLink:
                 await asyncio.sleep(1.0)
 
     async def _desired_now(self) -> bytes | None:
+        from nats.js.errors import NotFoundError
+
         try:
             entry = await self._js.get_msg(f"KV_{document.BUCKET}", subject=desired_subject(self.device),
                                            direct=True)
-        except Exception as err:
-            if "not found" in str(err).lower() or type(err).__name__ == "NotFoundError":
-                return None
-            raise
+        except NotFoundError:
+            return None  # nothing for this device yet
         return entry.data
 
     # --- lifecycle and /health -----------------------------------------------------------------

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from agent.config import Anonymization
-from drivers.reading import iso
+from drivers.reading import iso, unix_seconds
 
 QUASI_IDENTIFIERS = ("period_start", "has_pv", "has_gas", "phases", "connection")
 SENSITIVE_ATTRIBUTE = "consumption_w_from"
@@ -377,12 +377,8 @@ def select(document: dict, since: float, until: float) -> list[dict]:
     """The recorded rows of the periods that overlap [since, until): never anything else."""
     out = []
     for record in document.get("records", ()):
-        start = _seconds(record["period_start"])
-        end = _seconds(record["period_end"])
+        start = unix_seconds(record["period_start"])
+        end = unix_seconds(record["period_end"])
         if start < until and end > since:
             out.append(record)
     return out
-
-
-def _seconds(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from agent.privacy.anonymize import LADDERS, LEVEL_NAMES, STATIC, HouseholdSeries, bin_of, top_of
 from drivers.reading import iso
@@ -57,14 +56,10 @@ def targets(series: list[HouseholdSeries], report: dict, resolution_s: int) -> l
     out = []
     for hh in series:
         profile = tuple(LADDERS[name][lvl](hh.static) for name, lvl in zip(STATIC, levels))
-        bins = {_iso(p): bin_of(v, width)[0] for p, v in hh.consumption_w.items()}
+        bins = {iso(p): bin_of(v, width)[0] for p, v in hh.consumption_w.items()}
         energy = sum(hh.consumption_w.values()) * resolution_s / 3600
         out.append(Target(profile, bins, energy))
     return out
-
-
-def _iso(moment: int) -> str:
-    return iso(datetime.fromtimestamp(moment, timezone.utc))
 
 
 def _profile(record: dict) -> tuple[str, ...]:

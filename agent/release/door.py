@@ -15,6 +15,10 @@ recorded, and answered from the record.
   counts 0) that can still bear the release on its ledger; k_min of them; OpenDP noise with the level's fixed
   clamp; one noisy answer per (level, window, quantity, cohort) shared by every organization it applies to; the
   loss charged to every member's ledger and the record fsync'd before anyone can see it.
+- Grid quantities (agent/release/grid.py: voltage bands per phase, long power failures) are a part of a main
+  release, each over the members that report it: exact levels audit them with the count audit
+  (`audit.admissible_counts`), noisy levels noise them and charge `grid_rho` more, only where the operator
+  enabled them. 15-minute and hourly bodies carry the month's peak of what the organization was released.
 - The API, delivery and triggers only ask: `answer`, `history`, `last_settled`, `listen`, `counts`, `once`.
 """
 
@@ -42,6 +46,7 @@ from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
 from agent.release.members import Members
 from agent.release.records import NOT_RELEASED, Json, Refusal
+from drivers.reading import iso
 
 if TYPE_CHECKING:
     from agent.aggregates import Contribution, WindowBook
@@ -87,7 +92,9 @@ class Releases:
         self.books = books
         self.clock = clock
         privacy = config.privacy
-        keep_days = max(privacy.horizon_days, int(config.storage.retention_rollup_s // 86400)) + 1
+        # the ledger's horizon_days + 1 days (agent/release/ledger.py), and yesterday's (trigger days are charged
+        # to the day before)
+        keep_days = max(privacy.horizon_days + 2, int(config.storage.retention_rollup_s // 86400) + 1)
         self.log = ReleaseLog(directory, keep_days)
         self.members = Members(Path(directory) / "members", keep_days, clock)  # the households' pages only
         self.ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
@@ -105,8 +112,11 @@ class Releases:
         self._trigger_released: dict[tuple[str, str], list[Json]] = {}
         self._forgot_at = float("-inf")
         self._last_seen: dict[Grid, dict[str, tuple[int, Contribution]]] = {}
-        # exact cohorts released per (grid width, tag) in the last audit period: {members: newest start}
-        self._audited: dict[tuple[int, str], dict[frozenset[str], int]] = {}
+        # exact cohorts released per tag (or grid quantity) in the last audit period, whatever the width: under the
+        # audit's assumption that nobody's power changes within the period, a minute's mean over a cohort and a
+        # second's are the same linear form, so two exact grids (levels of different finest widths) are audited
+        # against each other: {members: end of the newest window released over them}
+        self._audited: dict[str, dict[frozenset[str], int]] = {}
         # per (organization, width): (UTC month start, highest consumption_w released to it, that window's start)
         self._peaks: dict[tuple[str, int], tuple[int, float, int]] = {}
         self._cohort_cache: dict[str, tuple[tuple[Any, ...], int, frozenset[str]]] = {}
@@ -128,7 +138,8 @@ class Releases:
                 if "p" in doc and doc.get("c") in cohorts:
                     self.ledger.charge(cohorts[doc["c"]], doc["p"], doc["s"])
                 if kind == "r" and "b" in doc and not doc.get("noisy"):
-                    last_exact = doc["s"] if last_exact is None else max(last_exact, doc["s"])
+                    end = doc["s"] + doc["w"]  # the audit compares windows by where they end (_decide_exact)
+                    last_exact = end if last_exact is None else max(last_exact, end)
                 if kind == "r" and "b" in doc and doc["g"] == "" and doc["w"] in PEAK_WIDTHS:
                     self._note_peak(doc["o"], doc["w"], doc["s"], doc["b"]["consumption_w"], month_of(now))
                 if kind == "r" and doc["s"] >= now - KEEP_S.get(doc["w"], 0):
@@ -243,7 +254,7 @@ class Releases:
             return Refusal("cohort_too_small", f"a trigger's statistics are released only over at least {k_min} "
                            "households")
         names = sorted({f for values in per_household.values() for f in values})
-        body = {"window": window, "window_start": records.stamp(start), "households": len(per_household),
+        body = {"window": window, "window_start": iso(start), "households": len(per_household),
                 **{f: sum(int(values.get(f, 0)) for values in per_household.values()) for f in names},
                 "privacy": {"kind": "exact"}}
         doc = {"t": "n", "o": org_id, "i": trigger_id, "w": WINDOW_SECONDS[window], "s": start, "b": body}
@@ -460,16 +471,18 @@ class Releases:
             candidates.append((org, members))
         # The audit looks back over the audit period as if no household's power changed in it: two windows a few
         # seconds apart whose cohorts differ by one household read that household as surely as two organizations.
+        # Every window that ended in the period counts, however wide: adjacent quarter-hours, with a 900 s
+        # period, are in each other's audit (by where they start, the one before never was).
         period = self.config.privacy.audit_period_s
-        recent = {c: s for c, s in self._audited.get((grid.width, tag or ""), {}).items() if s > start - period}
+        recent = {c: end for c, end in self._audited.get(tag or "", {}).items() if end > start - period}
         # Households related to any organization are known to it (its test meters, its employees' homes): the
         # audit treats their values as known, or A - B = x + r with r known would give x (colluding organizations);
         # also in the sums released before the operator marked them.
         known = self._known()
         released: list[frozenset[str]] = list(dict.fromkeys(c - known for c in recent))
         what = f"households with a '{tag}' channel" if tag else "consenting households"
-        grid_audit = {} if tag else {q: {c: s for c, s in self._audited.get((grid.width, f"grid:{q}"), {}).items()
-                                         if s > start - period} for q in grid_quantities.QUANTITIES}
+        grid_audit = {} if tag else {q: {c: end for c, end in self._audited.get(f"grid:{q}", {}).items()
+                                         if end > start - period} for q in grid_quantities.QUANTITIES}
         table = grid_quantities.WindowTable(contributions)
         known_meters = frozenset(meters[h] for h in known if h in meters)
         # the audit's order depends on who is in each cohort, never on what they used
@@ -486,7 +499,8 @@ class Releases:
                                  "out; not released")
             else:
                 released.append(members - known)
-                recent[members - known] = start  # one entry per distinct cohort, with its newest window
+                # one entry per distinct cohort, with its newest window's end
+                recent[members - known] = max(recent.get(members - known, 0), start + grid.width)
                 rows = [contributions[meters[h]] for h in members]
                 consumption = sum(c.channels[tag] for c in rows) if tag else sum(c.consumption_w for c in rows)
                 production = None if tag else sum(c.production_w for c in rows)
@@ -495,14 +509,14 @@ class Releases:
                 if tag is None:
                     quantities = self._grid_quantities(org)
                     if quantities:
-                        result["grid"] = self._grid_exact(org, quantities, start, members, table, known_meters,
-                                                          grid_audit)
+                        result["grid"] = self._grid_exact(org, quantities, start, grid.width, members, table,
+                                                          known_meters, grid_audit)
                     result = self._with_peak(org, grid.width, start, result)
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
             self.members.note(org.id, tag, grid.width, start, None if isinstance(result, Refusal) else members)
-        self._audited[(grid.width, tag or "")] = recent
+        self._audited[tag or ""] = recent
         for q, cohorts in grid_audit.items():
-            self._audited[(grid.width, f"grid:{q}")] = cohorts
+            self._audited[f"grid:{q}"] = cohorts
 
     def _grid_quantities(self, org: Organization) -> tuple[str, ...]:
         """The grid quantities this organization gets: its parameters permit them and, at a noisy level, the
@@ -514,8 +528,8 @@ class Releases:
                      if (not level.noisy or grid_quantities.level_quantity(q) in level.dp.grid)
                      and any(self._may(org, p) for p in grid_quantities.PARAMETERS[q]))
 
-    def _grid_exact(self, org: Organization, quantities: tuple[str, ...], start: int, members: frozenset[str],
-                    table: grid_quantities.WindowTable, known: frozenset[str],
+    def _grid_exact(self, org: Organization, quantities: tuple[str, ...], start: int, width: int,
+                    members: frozenset[str], table: grid_quantities.WindowTable, known: frozenset[str],
                     audited: dict[str, dict[frozenset[str], int]]) -> Json:
         """Exact grid quantities, each over the members that report it: k_min of them not related to the
         organization, and the audit of counts (`audit.admissible_counts`: no group of fewer than k_min households
@@ -536,7 +550,7 @@ class Releases:
                 out[q] = grid_quantities.refused("isolating", f"with its counts of the last {period:g} s, a group "
                                                  f"of under {k_min} households would be told apart")
             else:
-                recent[cohort] = start
+                recent[cohort] = max(recent.get(cohort, 0), start + width)
                 out[q] = table.part(q, reporting)
         return out
 
@@ -546,7 +560,7 @@ class Releases:
         if width not in PEAK_WIDTHS or body.get("tag") is not None or not self._may(org, PEAK_PARAMETER):
             return body
         month, peak, at = self._note_peak(org.id, width, start, body["consumption_w"], month_of(start))
-        return {**body, "peak_month_w": peak, "peak_month_at": records.stamp(at)}
+        return {**body, "peak_month_w": peak, "peak_month_at": iso(at)}
 
     def _note_peak(self, org_id: str, width: int, start: int, watts: float, month: int) -> tuple[int, float, int]:
         key = (org_id, width)
@@ -704,7 +718,7 @@ class Releases:
             fields = sorted({f for seen in bucket.values() for f in seen})
             mechanism = (dp.calibrate_rho(1, level.dp.rho / max(1, len(fields))) if level.dp.noise == "gaussian"
                          else dp.calibrate("laplace", 1, level.dp.epsilon / max(1, len(fields))))
-            body = {"window": "1d", "window_start": records.stamp(day),  # no count: it would say who was present
+            body = {"window": "1d", "window_start": iso(day),  # no count: it would say who was present
                     **{f: mechanism.release([bucket[h].get(f, 0) for h in members]) for f in fields},
                     "privacy": self._noisy_privacy(level, mechanism, len(fields))}
             self.ledger.charge(members, loss, day)

@@ -13,6 +13,7 @@ noise is OpenDP's (agent/privacy/dp.py); wider windows are derived from the rele
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +169,9 @@ def noisy_part(quantities: Sequence[str], rows: list[Contribution | None], rho: 
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def refused(error: str, detail: str) -> Json:
+    """One shared object per refusal (records are never changed once made): a dso keeps an hour of 1 s records."""
     return {"refused": {"error": error, "detail": detail}}
 
 

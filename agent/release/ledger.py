@@ -7,8 +7,11 @@ take a household over the cap leaves that household out (decided from the ledger
 readings). The ledger is not stored on its own: it is rebuilt from the release log, whose noisy records are
 durable before anyone sees them (one fact, written once).
 
-Charges are kept per household per UTC day, so the horizon is whole days: the current day and the
-`horizon_days - 1` before it.
+Charges are kept per household per UTC day. Any `horizon_days` of real time touch `horizon_days + 1` UTC days
+(a part of the first and of the last), so a charge is checked against the current day and the `horizon_days`
+before it: then no span of `horizon_days` holds more than the cap, wherever in a day it starts. (Checking only
+`horizon_days` whole days let a charge late on day d and another early on day d + 30 both fit: two caps in a
+little over 29 days.)
 
 A day of the release log damaged beyond repair (`log.LOST`) is charged to EVERYONE: which households its lost
 records charged, and how much, is unknown, so every household counts as having spent its whole cap while that
@@ -54,7 +57,7 @@ class Ledger:
         return sorted(day for day in self._unknown if day >= first)
 
     def _first_day(self, moment: float) -> int:
-        return day_of(moment) - self.horizon_days + 1
+        return day_of(moment) - self.horizon_days
 
     def spent(self, household: str, moment: float) -> float:
         first = self._first_day(moment)

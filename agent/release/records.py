@@ -9,7 +9,6 @@ window in it was.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from drivers.reading import iso
@@ -47,16 +46,12 @@ NOT_RELEASED = Refusal("not_released", "this window was not released: it ended b
                        "deciding windows, while it was down, or is older than the release log keeps")
 
 
-def stamp(moment: float) -> str:
-    return iso(datetime.fromtimestamp(moment, timezone.utc))
-
-
 def fine_body(window: str, start: int, width: int, tag: str | None, households: int, consumption: float,
               production: float | None, privacy: Json) -> Json:
     body: Json = {
         "window": window,
-        "window_start": stamp(start),
-        "window_end": stamp(start + width),
+        "window_start": iso(start),
+        "window_end": iso(start + width),
         "households": households,
         "tag": tag,
         "consumption_w": round(consumption, 3),
@@ -81,8 +76,8 @@ def derive(window: str, start: int, width: int, fine: list[Json], privacy: Json)
     households = [f["households"] for f in fine]
     body: Json = {
         "window": window,
-        "window_start": stamp(start),
-        "window_end": stamp(start + width),
+        "window_start": iso(start),
+        "window_end": iso(start + width),
         "households": min(households),
         "households_max": max(households),
         "tag": fine[0]["tag"],

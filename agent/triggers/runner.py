@@ -41,7 +41,6 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
@@ -51,7 +50,7 @@ from agent.delivery import signing
 from agent.parameters import HOUSEHOLD, TIME_OF_DAY, permitted
 from agent.triggers import actions
 from agent.triggers.lanes import Lanes
-from agent.triggers.model import Debouncer, Trigger, TriggerStats, disclosure_bits, pseudonym, sample_rows
+from agent.triggers.model import Trigger, TriggerStats, disclosure_bits, pseudonym, sample_rows
 from agent.triggers.store import HouseholdStore, TriggerStore
 from drivers import notify
 from drivers.appliances import ApplianceError, driver
@@ -876,7 +875,7 @@ class TriggerRunner:
             if actions.literal_allowed(endpoint["url"], private, lan=False):
                 message = {"type": "notification", **{k: entry[k] for k in (
                     "id", "organization_id", "organization_name", "trigger_id", "title", "content")},
-                    "at": _iso(entry["at"])}
+                    "at": iso(entry["at"])}
                 body = json.dumps(message, separators=(",", ":")).encode()
 
                 async def send():
@@ -921,7 +920,7 @@ class TriggerRunner:
         if not actions.literal_allowed(endpoint, private, lan=False):
             return False
         message = {"type": "trigger.fired", "trigger_id": trig.id, "window": trig.window,
-                   "window_start": _iso(outcome.start), "at": _iso(outcome.release_at)}
+                   "window_start": iso(outcome.start), "at": iso(outcome.release_at)}
         if household is not None:  # an event the household consented to, under its pseudonym
             message["household"] = pseudonym(self.store.key, org.id, household.id)
         body = json.dumps(message, separators=(",", ":")).encode()
@@ -938,7 +937,3 @@ class TriggerRunner:
 
 
 _LATE = object()  # an evaluation whose window's release moment came before it could start
-
-
-def _iso(moment: float) -> str:
-    return iso(datetime.fromtimestamp(moment, timezone.utc))

@@ -19,6 +19,7 @@ from agent.api.common import AGENT
 from agent.web.render import HOUSEHOLD_ONLY, PREFIX, SESSION_COOKIE, PageError, agent_of, page, redirect, render
 from drivers import appliances as appliance_drivers
 from drivers import notify
+from drivers.reading import unix_seconds
 
 DAY = 86400
 ACCESS_ROWS = 50  # a page of the access log
@@ -43,7 +44,7 @@ async def my_data(request: web.Request, session) -> web.Response:
     today, week = _today(agent.clock()), _today(agent.clock()) - 6 * DAY
     rollups = await asyncio.to_thread(agent.store.readings, household.meter_id, since=week, resolution="15m",
                                       limit=7 * 96)
-    todays = [r for r in rollups if views.seconds(r["start"]) >= today]
+    todays = [r for r in rollups if unix_seconds(r["start"]) >= today]
     return render(request, "my_data.html", session=session, household=household,
                   live=live_values(latest) if latest else None,
                   hours=views.energy_table(todays, today, 3600, 24),
@@ -146,7 +147,7 @@ async def _access_page(request: web.Request, household_id: str, cursor: tuple[in
     agent = agent_of(request)
     index = request.app[ACCESS_INDEX]
     today = _today(agent.clock())
-    first_day = today - (horizon_days - 1) * DAY
+    first_day = today - horizon_days * DAY  # the ledger's days: any horizon_days of real time touch one more
     day, position = cursor if cursor is not None else (int(today), None)
     await asyncio.to_thread(agent.audit.flush)  # entries still queued (pushes) are shown too
     present = set(await asyncio.to_thread(index.days))

@@ -13,11 +13,12 @@ import math
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 from babel.dates import format_datetime
 from babel.numbers import format_decimal
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 
 from agent.api.common import AGENT, ApiError
 from agent.auth import HOUSEHOLD, OPERATOR, AuthError
@@ -30,6 +31,10 @@ log = logging.getLogger("edge.web")
 PREFIX = "/ui"
 SESSION_COOKIE = "edge_session"
 PRE_COOKIE = "edge_signin"  # before a session: the sign-in forms' CSRF value (double submit)
+ZONE_COOKIE = "edge_zone"  # the time zone the pages show times in, chosen on the page (no script guesses it)
+# Edge's countries first; times are kept in UTC and only shown in the zone
+ZONES = ("UTC", "Europe/Amsterdam", "Europe/Brussels", "Europe/Luxembourg", "Europe/Vienna", "Europe/Budapest",
+         "Europe/Berlin", "Europe/Paris", "Europe/Dublin", "Europe/London")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -55,11 +60,29 @@ def _environment(language: str) -> Environment:
     env.install_gettext_translations(i18n.translations(language), newstyle=True)
     env.filters["num"] = lambda value, digits=0: "–" if value is None else format_decimal(
         round(value, digits), format="#,##0" + ("." + "0" * digits if digits else ""), locale=language)
-    env.filters["utc"] = lambda moment, pattern="yyyy-MM-dd HH:mm:ss", zone=True: "–" if moment is None else (
-        format_datetime(datetime.fromtimestamp(moment, timezone.utc), pattern, tzinfo=timezone.utc, locale=language)
-        + (" UTC" if zone else ""))
+    @pass_context
+    def when(context, moment, pattern="yyyy-MM-dd HH:mm:ss", zone=True) -> str:
+        """A moment in the household's chosen zone (`zone` in the context), with its abbreviation (CET, UTC)."""
+        if moment is None:
+            return "–"
+        tz = _zone_info(context.get("zone"))
+        local = datetime.fromtimestamp(moment, tz)
+        return format_datetime(local, pattern, tzinfo=tz, locale=language) + (f" {local.tzname()}" if zone else "")
+    env.filters["utc"] = when
     env.globals["language"] = language
     return env
+
+
+def _zone_info(name: str | None):
+    try:
+        return ZoneInfo(name) if name in ZONES and name != "UTC" else timezone.utc
+    except ZoneInfoNotFoundError:  # a system without the time zone database: UTC
+        return timezone.utc
+
+
+def zone_of(request: web.Request) -> str:
+    zone = request.cookies.get(ZONE_COOKIE)
+    return zone if zone in ZONES else "UTC"
 
 
 ENVIRONMENTS = {language: _environment(language) for language in i18n.LANGUAGES}
@@ -73,7 +96,8 @@ def render(request: web.Request, template: str, status: int = 200, session: Sess
            **context) -> web.Response:
     language = language_of(request)
     html = ENVIRONMENTS[language].get_template(template).render(
-        session=session, csrf=session.csrf if session else None, path=request.path, **context)
+        session=session, csrf=session.csrf if session else None, path=request.path, zone=zone_of(request),
+        zones=ZONES, back=request.path if request.method == "GET" else PREFIX + "/", **context)
     response = web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
     response.headers["Content-Language"] = language
     response.headers["Vary"] = "Accept-Language, Cookie"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent.auth import HOUSEHOLD, OPERATOR, identify
-from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, PageError, agent_of, current_session, failed,
-                              open_session, page, pre_session_csrf, redirect, render, throttled, with_pre_cookie)
+from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, ZONE_COOKIE, ZONES, PageError, agent_of, cookie,
+                              current_session, failed, open_session, page, pre_session_csrf, redirect, render,
+                              throttled, with_pre_cookie)
 
 
 async def home(request: web.Request) -> web.Response:
@@ -76,6 +77,17 @@ async def sign_out(request: web.Request, session, data) -> web.Response:
     return response
 
 
+@page(HOUSEHOLD, OPERATOR, form=True)
+async def choose_zone(request: web.Request, session, data) -> web.Response:
+    """The time zone the pages show times in: a cookie of this browser (a year), back to the page it was chosen on."""
+    zone, back = str(data.get("zone", "")), str(data.get("back", ""))
+    if zone not in ZONES or not back.startswith(PREFIX + "/") or "//" in back or "\\" in back:
+        raise PageError(400, "bad_parameter")
+    response = redirect(back)
+    cookie(response, request, ZONE_COOKIE, zone, 365 * 86400)
+    return response
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get(PREFIX, home)
@@ -85,3 +97,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get(PREFIX + "/link/{code}", link_page)
     r.add_post(PREFIX + "/link", redeem_link)
     r.add_post(PREFIX + "/sign-out", sign_out)
+    r.add_post(PREFIX + "/zone", choose_zone)

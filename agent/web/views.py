@@ -8,10 +8,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from agent.config import WINDOW_SECONDS
 from agent.registry import SERVICES
+from drivers.reading import unix_seconds
 
 ROLLUP_S = 900
 # organization actions in the audit log that hand out a release, and the consent each depends on
@@ -19,10 +18,6 @@ RELEASING = {"data.read": "aggregates", "data.push": "aggregates", "data.history
              "data.anonymized": "anonymized_data"}
 
 
-def seconds(stamp) -> float:
-    if isinstance(stamp, (int, float)):
-        return float(stamp)
-    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
 
 
 # --- my data -------------------------------------------------------------------------------------
@@ -33,7 +28,7 @@ def chart_series(rollups: list[dict]) -> dict:
         value = rollup.get("gas_m3")
         gas.append(None if value is None or last is None else round(max(0.0, value - last), 3))
         last = value if value is not None else last
-    return {"t": [seconds(r["start"]) for r in rollups],
+    return {"t": [unix_seconds(r["start"]) for r in rollups],
             "import_w": [r.get("power_import_w") for r in rollups],
             "export_w": [r.get("power_export_w") for r in rollups],
             "gas_m3": gas}
@@ -46,7 +41,7 @@ def energy_table(rollups: list[dict], start: float, bucket_s: int, buckets: int)
             for i in range(buckets)]
     last_gas = None
     for rollup in rollups:
-        i = int((seconds(rollup["start"]) - start) // bucket_s)
+        i = int((unix_seconds(rollup["start"]) - start) // bucket_s)
         gas = rollup.get("gas_m3")
         if 0 <= i < buckets:
             row = rows[i]
@@ -91,7 +86,7 @@ def _window_span(entry: dict) -> tuple[float, float] | None:
     if entry["action"] == "data.history":  # the windows asked for: those that ended by `until`
         width = WINDOW_SECONDS.get(entry.get("window"), 1)
         return float(entry["since"]), float(entry["until"] // width * width)
-    return seconds(entry["from"]), seconds(entry["to"])
+    return unix_seconds(entry["from"]), unix_seconds(entry["to"])
 
 
 def _about_this_household(entry: dict, household_id: str) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import pytest
 from aiohttp import web
 
 
@@ -52,3 +53,11 @@ class Receiver:
 
     def messages(self) -> list[dict]:
         return [json.loads(body) for _, body in self.received]
+
+
+@pytest.fixture
+async def receiver():
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
