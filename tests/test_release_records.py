@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.release.records import NOT_RELEASED, Refusal, derive, fine_body, stamp
+from agent.release.records import NOT_RELEASED, Refusal, derive, fine_body
+from drivers.reading import iso as stamp
 
 START = 1_790_000_100  # 2026-09-21T14:15:00Z
 EXACT = {"kind": "exact"}
