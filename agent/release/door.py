@@ -193,11 +193,15 @@ class Releases:
             else:
                 missing.setdefault(ReleaseLog.file_of({"t": "r", "w": width, "s": start}), []).append(start)
         for name, wanted in missing.items():
-            docs = await asyncio.to_thread(self.log.read, name)
+            starts_wanted = frozenset(wanted)
+
+            def keep(d: Json) -> bool:  # only the asked records are held: a day of 1 s records is ~1 GB decoded
+                return (d.get("t") == "r" and d["o"] == org_id and d["w"] == width and d["g"] == (tag or "")
+                        and d["s"] in starts_wanted)
+            docs = await asyncio.to_thread(self.log.read, name, keep)
             if width == 1:  # a noisy level's 1 s records sit with its charges in the day's main file
-                docs += await asyncio.to_thread(self.log.read, day_name(wanted[0]))
-            found = {d["s"]: d for d in docs if d.get("t") == "r" and d["o"] == org_id and d["w"] == width
-                     and d["g"] == (tag or "")}
+                docs += await asyncio.to_thread(self.log.read, day_name(wanted[0]), keep)
+            found = {d["s"]: d for d in docs}
             for start in wanted:
                 doc = found.get(start)
                 if doc is not None:
