@@ -19,7 +19,7 @@ from dataclasses import replace
 from aiohttp.test_utils import make_mocked_request
 
 from agent.aggregates import new_books
-from agent.api.households import grant_consent
+from agent.api.routes import ROUTES, guarded
 from agent.audit import AuditLog
 from agent.config import PrivacyConfig
 from agent.registry import Registry
@@ -214,9 +214,11 @@ async def test_a_consent_change_cancelled_at_shutdown_is_on_disk_with_its_audit_
         request = make_mocked_request("PUT", f"/households/me/consents/{org.id}/aggregates",
                                       headers={"Authorization": f"Bearer {token}"}, app=agent._runner.app,
                                       match_info={"org_id": org.id, "service": "aggregates"})
-        handler = asyncio.create_task(grant_consent(request))
-        while not gate.entered.is_set():
+        route = next(r for r in ROUTES if r.method == "PUT" and r.template.startswith("/households/me/consents/"))
+        handler = asyncio.create_task(guarded(route)(request))  # the role check, then the handler, as routed
+        while not gate.entered.is_set() and not handler.done():  # a handler that fails must fail the test, not hang it
             await asyncio.sleep(0.01)
+        assert not handler.done(), handler.exception()
         handler.cancel()  # the request goes (a client gone, the agent stopping) while its line is being written
         await asyncio.gather(handler, return_exceptions=True)
         stopping = asyncio.create_task(agent.stop())
