@@ -27,7 +27,7 @@ from agent.config import TriggersConfig
 from drivers.reading import iso
 from tests.helpers.agent import OPERATOR_TOKEN, free_port, grant, make_config
 from tests.helpers.clock import StepClock, T0
-from tests.helpers.receiver import Receiver
+from tests.helpers.receiver import receiver  # noqa: F401  (the fixture)
 from tests.helpers.triggers import body, close_window, town, town_config  # noqa: F401  (town: the fixture)
 from tests.helpers.wait import wait_until
 
@@ -428,13 +428,6 @@ async def test_not_a_bool_on_some_inputs_is_that_rows_error_never_a_quarantine(t
 
 
 # --- where notifications go --------------------------------------------------------------------------
-@pytest.fixture
-async def receiver():
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
-
 
 async def test_notification_reaches_the_households_own_endpoint_signed(town, receiver):
     t = await town(3)
