@@ -63,15 +63,7 @@ def fleet(tmp_path_factory):
         for device in DEVICES:
             fleet.start_agent(device, f'nkey_seed_file = "{tmp / f"{device}.nk"}"\noutbox_max = {OUTBOX_MAX}\n')
         for device in DEVICES:
-            wait_until(lambda: fleet.org in fleet.health(device).get("organizations", ()), 60)
-            fleet.households[device] = []
-            for _ in range(3):
-                status, body = fleet.device(device, "/households", method="POST", body={})
-                assert status == 201, body
-                status, _ = fleet.device(device, f"/households/me/consents/{fleet.org}/aggregates", body["token"],
-                                         "PUT")
-                assert status == 200
-                fleet.households[device].append((body["id"], body["token"]))
+            fleet.consenting_households(device)
         threading.Thread(target=fleet.feed, daemon=True).start()
         fleet.start_hub()
         fleet.t0 = time.time()

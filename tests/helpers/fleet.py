@@ -18,6 +18,7 @@ from pathlib import Path
 from agent.fleet import document
 from hub import natsdev
 from tests.helpers.agent import OPERATOR_TOKEN, agent_toml
+from tests.helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -123,6 +124,17 @@ heartbeat_s = 1
             return self.device(device, "/health")[1].get("fleet") or {}
         except OSError:
             return {}
+
+    def consenting_households(self, device: str, n: int = 3) -> None:
+        """Once the organization is applied on the device: n households there, consenting to its aggregates."""
+        wait_until(lambda: self.org in self.health(device).get("organizations", ()), 60)
+        self.households[device] = []
+        for _ in range(n):
+            status, body = self.device(device, "/households", method="POST", body={})
+            assert status == 201, body
+            status, _ = self.device(device, f"/households/me/consents/{self.org}/aggregates", body["token"], "PUT")
+            assert status == 200
+            self.households[device].append((body["id"], body["token"]))
 
     def feed(self) -> None:
         """Each household posts its reading every 0.3 s (a constant power of its own)."""
