@@ -35,6 +35,7 @@ METERS = ("a", "b")
 CHILD = """
 import sys
 from agent.store import ReadingStore, RollupAccumulator
+from tests.helpers.store import make_reading
 
 path, first, last, unflushed, t0, step = sys.argv[1], *map(int, sys.argv[2:5]), *map(float, sys.argv[5:7])
 store = ReadingStore(path, retention_raw_s=float("inf"))
