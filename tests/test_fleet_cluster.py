@@ -50,11 +50,7 @@ def fleet(tmp_path_factory):
         fleet.t0 = time.time()
         yield fleet
     finally:
-        fleet.stop_feeding.set()
-        for process in [*fleet.agents.values(), getattr(fleet, "hub", None)]:
-            if process:
-                process.stop()
-        fleet.cluster.stop()
+        fleet.stop()
 
 
 async def stream_contents(fleet: Fleet) -> tuple[dict[str, list[int]], list[bytes]]:

@@ -69,11 +69,7 @@ def fleet(tmp_path_factory):
         fleet.t0 = time.time()
         yield fleet
     finally:
-        fleet.stop_feeding.set()
-        for process in [*fleet.agents.values(), getattr(fleet, "hub", None)]:
-            if process:
-                process.stop()
-        fleet.cluster.stop()
+        fleet.stop()
 
 
 async def connect(fleet: Fleet, seed: str, device: str | None = None, errors: list | None = None):

@@ -136,6 +136,14 @@ heartbeat_s = 1
             assert status == 200
             self.households[device].append((body["id"], body["token"]))
 
+    def stop(self) -> None:
+        """Feeding, every agent, the hub, the cluster: whatever was started."""
+        self.stop_feeding.set()
+        for process in [*self.agents.values(), getattr(self, "hub", None)]:
+            if process:
+                process.stop()
+        self.cluster.stop()
+
     def feed(self) -> None:
         """Each household posts its reading every 0.3 s (a constant power of its own)."""
         while not self.stop_feeding.is_set():
