@@ -53,14 +53,15 @@ class Ledger:
         self._unknown: set[int] = set()  # days charged to EVERYONE
 
     def _unknown_in_horizon(self, moment: float) -> list[int]:
-        first = self._first_day(moment)
+        first = self.first_day(moment)
         return sorted(day for day in self._unknown if day >= first)
 
-    def _first_day(self, moment: float) -> int:
+    def first_day(self, moment: float) -> int:
+        """The first UTC day (a day number) whose charges count at `moment`."""
         return day_of(moment) - self.horizon_days
 
     def spent(self, household: str, moment: float) -> float:
-        first = self._first_day(moment)
+        first = self.first_day(moment)
         known = sum(rho for day, rho in self._days.get(household, {}).items() if day >= first)
         return max(known, self.cap_rho) if self._unknown_in_horizon(moment) else known
 
@@ -78,7 +79,7 @@ class Ledger:
             days[day] = days.get(day, 0.0) + rho
 
     def forget_before(self, moment: float) -> None:
-        first = self._first_day(moment)
+        first = self.first_day(moment)
         self._unknown = {day for day in self._unknown if day >= first}
         for household in list(self._days):
             days = {d: r for d, r in self._days[household].items() if d >= first}
@@ -89,7 +90,7 @@ class Ledger:
 
     def of(self, household: str, moment: float, delta: float) -> dict[str, Any]:
         """The household's own view: what it has spent in the horizon, of what cap, day by day."""
-        first = self._first_day(moment)
+        first = self.first_day(moment)
         days = {d: r for d, r in sorted(self._days.get(household, {}).items()) if d >= first}
         unknown = self._unknown_in_horizon(moment)
         for day in unknown:  # what makes the total the cap (the known charges of the other days stay as they are)

@@ -126,7 +126,7 @@ async def access(request: web.Request, session) -> web.Response:
     agent = agent_of(request)
     household = _household(request, session)
     days = agent.config.privacy.horizon_days
-    rows, more = await _access_page(request, household.id, _cursor(request.query.get("before")), days)
+    rows, more = await _access_page(request, household.id, _cursor(request.query.get("before")))
     return render(request, "access.html", session=session, days=days, log=rows, more=more,
                   first_page="before" not in request.query, ledger=agent.releases.ledger_of(household.id))
 
@@ -140,14 +140,14 @@ def _cursor(text: str | None) -> tuple[int, int] | None:
     return int(day), int(position)
 
 
-async def _access_page(request: web.Request, household_id: str, cursor: tuple[int, int] | None,
-                       horizon_days: int) -> tuple[list[dict], str | None]:
+async def _access_page(request: web.Request, household_id: str,
+                       cursor: tuple[int, int] | None) -> tuple[list[dict], str | None]:
     """A page of rows from `cursor` back (None: from now), and the cursor of the next page (None: no more). The
     day files are read in a worker thread (each only as far as it grew); the rows are made here, on the loop."""
     agent = agent_of(request)
     index = request.app[ACCESS_INDEX]
     today = _today(agent.clock())
-    first_day = today - horizon_days * DAY  # the ledger's days: any horizon_days of real time touch one more
+    first_day = agent.releases.ledger.first_day(agent.clock()) * DAY  # the ledger's own days
     day, position = cursor if cursor is not None else (int(today), None)
     await asyncio.to_thread(agent.audit.flush)  # entries still queued (pushes) are shown too
     present = set(await asyncio.to_thread(index.days))
