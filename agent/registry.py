@@ -29,16 +29,15 @@ import hmac
 import logging
 import re
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinydb import where
 
-from agent.store.disk import DataDirectory, unavailable
+from agent.store.disk import DataDirectory
+from agent.store.durable import Durable
 from agent.store.segment import SegmentDB, ensure_dir
-from drivers.ratelog import RateLimitedLog
 
 log = logging.getLogger("edge.registry")
 
@@ -141,7 +140,6 @@ class Registry:
         # Every record twice: one damaged record is recovered from its twin, never read as another state.
         self.db = SegmentDB(str(path), kind="registry", copies=2)
         self.damage: dict | None = None  # what a damaged registry.seg cost, once found (see _fail_closed)
-        self._ratelog = RateLimitedLog(log)
         self.organizations: dict[str, Organization] = {}
         self.households: dict[str, Household] = {}
         self._org_by_key: dict[str, Organization] = {}
@@ -153,8 +151,8 @@ class Registry:
         self.consent_changes = 0
         self.last_consent_at = float("-inf")
         self._deleted: dict[str, Household] = {}
-        self._disk_lock = threading.Lock()
-        self._writes = asyncio.Lock()  # one change at a time from the event loop (see _off_loop)
+        # The TinyDB object is shared: one step at a time, whoever calls; one change at a time from the event loop.
+        self._durable = Durable("registry", self.path, log)
         self._pending: list[ConsentChange] = []  # consent changes being written (see pending_since)
         self._load()
 
@@ -196,67 +194,32 @@ class Registry:
         integrity = tables.setdefault("integrity", {})
         integrity[max((int(i) for i in integrity), default=0) + 1] = dict(self.damage)
         try:
-            self.db.storage.write(tables)  # the damage is gone from the file, the revocations are in it
+            self._durable.step(lambda: self.db.storage.write(tables))  # the damage is gone from the file, the revocations are in it
         except OSError as exc:
             # Still closed in memory; the next start finds the same damage and fails closed again.
             log.error("registry %s: cannot write the fail-closed revocations: %s", self.path, exc)
 
     def close(self) -> None:
-        with self._disk_lock:
+        with self._durable.lock:
             self.db.close()
 
     async def aclose(self) -> None:
         """`close` from the event loop, once every change asked for (a cancelled request's too: they are
         shielded) has been written and applied."""
-        async with self._writes:
+        async with self._durable:
             await asyncio.to_thread(self.close)
 
     # --- writing: each change is planned here and its disk steps run in order ------------------
-    # A change is a generator: it checks and computes on the caller's thread (the event loop), yields
-    # each disk step (a callable that appends or rewrites, with its fsync), gets the step's result or
-    # exception back, and changes the in-memory state. `_now` runs the steps in place (start-up, tests);
-    # `_off_loop` runs them in a worker thread, one change at a time (so two quick changes land in order
-    # and a change's checks see every change before it), and returns only once they are durable.
-    def _disk(self, step):
-        with self._disk_lock:  # the TinyDB object is shared: never two steps at once, whoever calls
-            self.data_directory.check()  # never write into a deleted or replaced data directory
-            try:
-                return step()
-            except OSError as exc:  # nothing of it is on disk (appends undo, rewrites are atomic): say so
-                self._ratelog.warning("refused", "registry: a change was refused by the disk: %s", exc)
-                raise unavailable(exc, "the change") from exc
-
+    # A change is a generator (agent/store/durable.py): it checks and computes on the caller's thread (the event
+    # loop), yields each disk step, gets the step's result or exception back, and changes the in-memory state.
+    # `_now` runs the steps in place (start-up, tests); `_off_loop` in a worker thread, one change at a time (so
+    # two quick changes land in order and a change's checks see every change before it), and returns only once
+    # they are durable.
     def _now(self, change):
-        try:
-            step = next(change)
-            while True:
-                try:
-                    result = self._disk(step)
-                except Exception as err:
-                    step = change.throw(err)
-                else:
-                    step = change.send(result)
-        except StopIteration as done:
-            return done.value
+        return self._durable.now(change)
 
     async def _off_loop(self, change):
-        # Shielded: a cancelled request must not leave the memory and the file apart, nor let the next
-        # change start while this one's step is still being written.
-        return await asyncio.shield(self._serially(change))
-
-    async def _serially(self, change):
-        async with self._writes:
-            try:
-                step = next(change)
-                while True:
-                    try:
-                        result = await asyncio.to_thread(self._disk, step)
-                    except Exception as err:
-                        step = change.throw(err)
-                    else:
-                        step = change.send(result)
-            except StopIteration as done:
-                return done.value
+        return await self._durable.run(change)
 
     # --- organizations -------------------------------------------------------------------------
     def _index_org(self, org: Organization) -> None:
