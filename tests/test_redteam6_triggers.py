@@ -1,0 +1,149 @@
+"""Red team 6: a noisy level's trigger statistics as an exact oracle, through the public API only.
+
+A noisy level's trigger counts are summed per UTC day, noised and charged (agent/release/door.py,
+`_release_trigger_days`). But the day's cohort is the households the trigger was *evaluated* for (runner.py:
+those with a fresh reading in which every parameter is present), not those that consented to it, and the day is
+released only when at least k_min of them are unrelated to the organization. So:
+
+- whether a day's statistics exist at all (`days_released` of GET /triggers/{id}) is a k_min threshold on a
+  data-dependent set: with k_min - 1 households of its own, an organization reads one household's presence (did
+  it send anything that day?) or whether its meter reports a parameter (a gas meter, an appliance channel tag),
+  at epsilon = infinity, one bit per trigger per day;
+- the ledger charge goes to the evaluated households only, so a household's exclusion from later noisy releases
+  (`households` of GET /data) says whether it was evaluated.
+
+PRIVACY.md claims noisy levels protect presence (P7) and hide a household in noise whatever the number of the
+organization's own households (n - 1), and that the ledger is "decided from the ledger and consent, never from
+readings". These tests fail while the hole is open (xfail strict): the recovered fraction is 1.0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from tests.helpers.agent import grant
+from tests.helpers.clock import StepClock, T0
+from tests.helpers.triggers import body, close_window, town_config
+
+DAY = 86400
+QUARTER = 900
+NEVER = "def condition({p}):\n    return {p} > 1e12\n"  # never fires: only who is evaluated matters
+
+
+async def neighbourhood(tmp_path, start_agent, **privacy):
+    """A supplier (noisy) organization, 9 households of its own (unmarked) and the target, all consenting to its
+    `triggers` (recommendations by notification: no per-household event consent)."""
+    config = town_config(tmp_path)
+    config = replace(config, privacy=replace(config.privacy, k_min=10, **privacy))
+    clock = StepClock(T0)
+    running = await start_agent(config, clock=clock)
+    org_id, key = await running.create_org("Supplier", "supplier")
+    households = [await running.create_household() for _ in range(10)]
+    for _, token in households:
+        await grant(running, token, org_id, "triggers")
+    return running, clock, org_id, key, households[:9], households[9]
+
+
+async def upload(running, key, parameter):
+    status, out = await running.call("POST", "/triggers/create", token=key, json=body(
+        [parameter], NEVER.format(p=parameter), interval=QUARTER, window="15m",
+        description="tips for your consumption"))
+    assert status == 201, out
+    return out["id"]
+
+
+def to_next_quarter(clock) -> None:
+    """A trigger is evaluated from the first window that begins after its upload."""
+    clock.now = (math.floor(clock.now / QUARTER) + 1) * QUARTER + 1
+
+
+async def days_released(running, key, trigger_id) -> int:
+    status, out = await running.call("GET", f"/triggers/{trigger_id}", token=key)
+    assert status == 200, out
+    return out["days_released"]
+
+
+async def post(running, token, clock, **values):
+    status, out = await running.call("POST", "/readings", token=token, json={"timestamp": clock.now, **values})
+    assert status == 201, out
+
+
+async def next_day(running, clock) -> None:
+    """The clock to just after the next UTC midnight; the release module decides (and releases the day)."""
+    clock.now = (math.floor(clock.now / DAY) + 1) * DAY + 60
+    await running.agent.releases.settle()
+
+
+@pytest.mark.xfail(strict=True, reason="red team 6 R6-1: a noisy level's daily trigger statistics are released "
+                   "only if k_min households were evaluated, so with 9 own households their existence is the "
+                   "target's presence (and which parameters its meter reports), exact (door._release_trigger_days)")
+async def test_noisy_trigger_days_are_released_whatever_the_target_sent(tmp_path, start_agent):
+    running, clock, org_id, key, own, target = await neighbourhood(tmp_path, start_agent)
+    presence_trigger = await upload(running, key, "household_power_consumption")
+    gas_trigger = await upload(running, key, "household_gas_consumption")
+    tag_trigger = await upload(running, key, "household_channel_heat_pump")
+    to_next_quarter(clock)
+    # the target's days: (sent anything, has a gas meter reporting, has a heat pump channel)
+    truth = [(True, True, False), (False, False, False), (True, False, True), (True, True, True),
+             (False, False, False), (True, False, False)]
+    seen = []
+    for present, gas, heat_pump in truth:
+        # one quarter-hour of the day: the organization's own households post everything; the target its life
+        for _, token in own:
+            await post(running, token, clock, power_import_w=400.0, gas_m3=12.5, channels={"heat_pump": 300.0})
+        if present:
+            extra = ({"gas_m3": 3.0} if gas else {}) | ({"channels": {"heat_pump": 800.0}} if heat_pump else {})
+            await post(running, target[1], clock, power_import_w=650.0, **extra)
+        await close_window(running, clock, QUARTER)
+        before = [await days_released(running, key, t) for t in (presence_trigger, gas_trigger, tag_trigger)]
+        await next_day(running, clock)
+        after = [await days_released(running, key, t) for t in (presence_trigger, gas_trigger, tag_trigger)]
+        seen.append(tuple(a > b for a, b in zip(after, before)))
+    recovered = sum(s == t for s, t in zip(seen, truth)) / len(truth)
+    # A data-independent release (the consenting cohort, as for the noisy aggregates) is released every day for
+    # every trigger: then nothing is recovered beyond "it consented".
+    assert all(s == (True, True, True) for s in seen), f"recovered {recovered:.0%} of the target's days: {seen}"
+
+
+@pytest.mark.xfail(strict=True, reason="red team 6 R6-1b: a noisy trigger day charges only the households it was "
+                   "evaluated for, so the day a household leaves the noisy cohort at its cap (households of "
+                   "GET /data) says whether it sent data on an earlier day (door._release_trigger_days)")
+async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tmp_path, start_agent):
+    # a small cap so the test reaches it in a few windows (the default reaches it after ~4,000 windows; the
+    # arithmetic is the same)
+    rho = 0.0005
+    running, clock, org_id, key, own, target = await neighbourhood(tmp_path, start_agent, cap_rho=3 * rho)
+    fresh = [await running.create_household() for _ in range(10)]  # in the aggregates only: keep k_min met
+    await upload(running, key, "household_power_consumption")
+    to_next_quarter(clock)
+    counts = {}
+    for present in (True, False):
+        # day d: the target sends data (or not) in one quarter; the organization's own households always do
+        for _, token in own:
+            await post(running, token, clock, power_import_w=400.0)
+        if present:
+            await post(running, target[1], clock, power_import_w=650.0)
+        await close_window(running, clock, QUARTER)
+        await next_day(running, clock)  # the day's statistics: released (and charged) over who was evaluated
+        # day d + 1: the target and ten others consent to the supplier's aggregates; three noisy quarter-hours
+        for _, token in [*fresh, target]:
+            await grant(running, token, org_id, "aggregates")
+        start = (math.floor(clock.now / QUARTER) + 1) * QUARTER
+        for i in range(1, 4):
+            clock.now = start + i * QUARTER + 1
+            await running.agent.releases.settle()
+        status, out = await running.call("GET", f"/data?window=15m&since={start}&until={start + 3 * QUARTER}",
+                                         token=key)
+        assert status == 200, out
+        counts[present] = [b["households"] for b in sorted(out["released"], key=lambda b: b["window_start"])]
+        for _, token in [*fresh, target]:
+            status, out = await running.call("DELETE", f"/households/me/consents/{org_id}/aggregates",
+                                             token=token)
+            assert status == 200, out
+        clock.now += 40 * DAY  # past the horizon: the next round starts from an empty ledger
+        await running.agent.releases.settle()
+    # the third quarter's cohort: the 10 others, and the target only if it was not evaluated the day before
+    assert counts[True] == counts[False], f"the third quarter's count says whether the target posted: {counts}"
