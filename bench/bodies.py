@@ -1,5 +1,6 @@
-"""Decoding a request body: the typed schema (agent/api/bodies.py, msgspec) beside what it replaced (json.loads and
-the hand-written json_object check of types, required and unknown fields), in the same run, same bodies.
+"""Decoding a request body: the typed schemas (agent/api/bodies.py, msgspec) beside what they replaced (json.loads and
+the hand-written json_object check of types, required and unknown fields, kept here as the baseline), in the same
+run, same bodies.
 
 Prints microseconds per body (best of 5 runs) and the ratio; asserts nothing. A Pi 4 core is about 4x slower.
 Usage: python bench/bodies.py [iterations]
@@ -7,6 +8,7 @@ Usage: python bench/bodies.py [iterations]
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import timeit
@@ -14,18 +16,56 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.api.bodies import SubscribeIn, decode  # noqa: E402
-from agent.api.common import ApiError, json_object  # noqa: E402
-
-BODY = json.dumps({"endpoint": "https://example.com/hook", "interval": 60, "window": "15m", "tag": None,
-                   "filter": {"deadband": {"fields": ["consumption_w"], "absolute": 50}}}).encode()
-BAD = json.dumps({"endpoint": "https://example.com/hook", "interval": 60, "windw": "15m"}).encode()
-FIELDS = {"endpoint": str, "interval": (int, float), "window": str, "tag": (str, type(None)),
-          "filter": (dict, type(None))}
+from agent.api.bodies import ApplianceIn, NotifyIn, SubscribeIn, TriggerIn, decode  # noqa: E402
+from agent.api.common import ApiError  # noqa: E402
 
 
-def by_hand(raw: bytes) -> object:
-    return json_object(json.loads(raw), FIELDS, ("endpoint", "interval"))
+def json_object(payload, allowed: dict[str, type | tuple], required: tuple[str, ...] = ()) -> dict:
+    """The hand-written check the schemas replaced (agent/api/common.py until session 6), as it was."""
+    if not isinstance(payload, dict):
+        raise ApiError(422, "invalid", "the body must be a JSON object")
+    unknown = sorted(set(payload) - set(allowed))
+    if unknown:
+        raise ApiError(422, "invalid", f"unknown field {unknown[0]!r}")
+    for name in required:
+        if name not in payload:
+            raise ApiError(422, "invalid", f"{name} is required")
+    for name, value in payload.items():
+        kinds = allowed[name] if isinstance(allowed[name], tuple) else (allowed[name],)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise ApiError(422, "invalid", f"{name} has the wrong type")
+    return payload
+
+
+def _raw(body: dict) -> bytes:
+    return json.dumps(body).encode()
+
+
+SOURCE = base64.b64encode(b"def condition(household_power_consumption):\n    return household_power_consumption > 3000\n")
+# (name, schema, valid body, refused body, the hand-written check's fields and required ones)
+CASES = (
+    ("subscription", SubscribeIn,
+     {"endpoint": "https://example.com/hook", "interval": 60, "window": "15m", "tag": None,
+      "filter": {"deadband": {"fields": ["consumption_w"], "absolute": 50}}},
+     {"endpoint": "https://example.com/hook", "interval": 60, "windw": "15m"},
+     {"endpoint": str, "interval": (int, float), "window": str, "tag": (str, type(None)), "filter": (dict, type(None))},
+     ("endpoint", "interval")),
+    ("trigger", TriggerIn,
+     {"parameters": ["household_power_consumption"], "function": SOURCE.decode(), "interval": 600, "window": "1m",
+      "action": {"type": "notification", "title": "Power", "content": "You use more than 3 kW"}},
+     {"parameters": ["household_power_consumption"], "function": SOURCE.decode(), "interval": "600",
+      "action": {"type": "notification", "content": "x"}},
+     {"parameters": list, "function": str, "interval": (int, float), "action": dict, "window": str,
+      "description": str}, ("parameters", "function", "interval", "action")),
+    ("notify", NotifyIn, {"url": "https://ntfy.sh/my-topic", "kind": "ntfy"}, {"url": 5},
+     {"url": str, "kind": str}, ("url",)),
+    ("appliance", ApplianceIn,
+     {"name": "EV charger", "kind": "ev_charger", "driver": "shelly", "address": "http://192.168.1.50",
+      "channel": 0, "allowed_organizations": ["org_0123456789ab"]},
+     {"name": "EV charger", "driver": "shelly", "address": "http://192.168.1.50", "chanel": 0},
+     {"name": str, "kind": (str, type(None)), "driver": str, "address": str, "channel": (int, type(None)),
+      "allowed_organizations": list}, ("name", "driver", "address")),
+)
 
 
 def refused(check, raw: bytes) -> None:
@@ -42,13 +82,20 @@ def per_body_us(fn, n: int) -> float:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    for label, raw, schema, hand in (
-            ("valid body", BODY, lambda: decode(BODY, SubscribeIn), lambda: by_hand(BODY)),
-            ("refused body", BAD, lambda: refused(lambda r: decode(r, SubscribeIn), BAD),
-             lambda: refused(by_hand, BAD))):
-        typed, baseline = per_body_us(schema, n), per_body_us(hand, n)
-        print(f"{label} ({len(raw)} bytes): typed schema {typed:.2f} µs, json.loads + json_object {baseline:.2f} µs "
-              f"(baseline), {typed / baseline:.2f}x")
+    for name, kind, good, bad, fields, required in CASES:
+        def typed(raw: bytes, kind=kind) -> object:
+            return decode(raw, kind)
+
+        def by_hand(raw: bytes, fields=fields, required=required) -> object:
+            return json_object(json.loads(raw), fields, required)
+
+        ok, wrong = _raw(good), _raw(bad)
+        for label, raw, schema, hand in (
+                ("valid", ok, lambda: typed(ok), lambda: by_hand(ok)),
+                ("refused", wrong, lambda: refused(typed, wrong), lambda: refused(by_hand, wrong))):
+            ours, baseline = per_body_us(schema, n), per_body_us(hand, n)
+            print(f"{name} body, {label} ({len(raw)} bytes): typed schema {ours:.2f} µs, json.loads + json_object "
+                  f"{baseline:.2f} µs (baseline), {ours / baseline:.2f}x")
 
 
 if __name__ == "__main__":

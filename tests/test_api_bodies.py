@@ -3,12 +3,17 @@ the OpenAPI component schema. Pure: no agent, no server."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
+from msgspec import UNSET
 
-from agent.api.bodies import (BODIES, MAX_INTERVAL_S, MIN_INTERVAL_S, HouseholdIn, HouseholdPatch, OrganizationPatch,
-                              SubscribeIn, decode)
+from agent.api.bodies import (BODIES, MAX_INTERVAL_S, MIN_INTERVAL_S, ApplianceIn, HouseholdIn, HouseholdPatch,
+                              NotifyIn, OrganizationPatch, SubscribeIn, TriggerIn, decode)
 from agent.api.common import ApiError
 from agent.api.openapi import SPEC
+from agent.triggers.model import KINDS, MAX_CONTENT_CHARS, MAX_PARAMETERS
+from agent.triggers.model import MAX_INTERVAL_S as MAX_INTERVAL_S_T
+from drivers import appliances, notify
 
 
 def refused(raw: bytes, kind) -> ApiError:
@@ -59,3 +64,47 @@ def test_the_documents_body_schemas_are_the_bodies():
     interval = schemas["SubscribeIn"]["properties"]["interval"]
     assert (interval["minimum"], interval["maximum"]) == (MIN_INTERVAL_S, MAX_INTERVAL_S)
     assert schemas["SubscribeIn"]["required"] == ["endpoint", "interval"]
+
+
+# --- the triggers' and the household's bodies ---------------------------------------------------------------------
+TRIGGER = b'{"parameters": ["household_power_consumption"], "function": "eA==", "interval": 60, "action": %s}'
+
+
+@pytest.mark.parametrize("action, words", [
+    (b'{"type": "sms", "content": "x"}', "action.type: invalid value 'sms'"),
+    (b'{"content": "x"}', "action.type is required"),
+    (b'{"type": "notification", "content": ""}', "action.content"),
+    (b'{"type": "notification", "content": "x", "to": "everyone"}', "unknown field 'action.to'"),
+    (b'{"type": "appliance", "appliance": "heater", "command": "explode"}', "action.command"),
+    (b'{"type": "webhook"}', "action.endpoint is required"),
+    (b'"notify me"', "action has the wrong type"),
+])
+def test_a_trigger_action_is_one_of_three_shapes(action, words):
+    err = refused(TRIGGER % action, TriggerIn)
+    assert (err.status, err.error) == (422, "invalid") and words in err.detail, err.detail
+
+
+def test_a_trigger_body_keeps_what_the_handler_checks_and_stores():
+    body = decode(TRIGGER % b'{"type": "notification", "content": "x"}', TriggerIn)
+    assert body.window is UNSET and body.description == "" and body.interval == 60
+    assert msgspec.to_builtins(body.action) == {"type": "notification", "content": "x"}  # as stored before
+    assert refused(b'{"parameters": "x", "function": "", "interval": 1, "action": {}}', TriggerIn).status == 422
+
+
+def test_the_households_bodies_have_their_defaults():
+    assert decode(b'{"url": "https://ntfy.sh/t"}', NotifyIn).kind == "webhook"
+    appliance = decode(b'{"name": "Boiler", "driver": "shelly", "address": "http://192.168.1.9"}', ApplianceIn)
+    assert (appliance.kind, appliance.channel, appliance.allowed_organizations) == (None, None, [])
+    assert "allowed_organizations" in refused(
+        b'{"name": "B", "driver": "shelly", "address": "x", "allowed_organizations": [1]}', ApplianceIn).detail
+
+
+def test_the_documents_trigger_schemas_state_the_models_bounds():
+    schemas = SPEC["components"]["schemas"]
+    trigger = schemas["TriggerIn"]["properties"]
+    assert (trigger["parameters"]["maxItems"], trigger["interval"]["maximum"]) == (MAX_PARAMETERS, MAX_INTERVAL_S_T)
+    kinds = {ref["$ref"].rsplit("/", 1)[1] for ref in trigger["action"]["anyOf"]}
+    assert {schemas[k]["properties"]["type"]["enum"][0] for k in kinds} == set(KINDS)
+    assert schemas["NotificationAction"]["properties"]["content"]["maxLength"] == MAX_CONTENT_CHARS
+    assert schemas["ApplianceIn"]["properties"]["driver"]["enum"] == appliances.names()
+    assert schemas["NotifyIn"]["properties"]["kind"]["enum"] == list(notify.KINDS)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from agent.api.common import ApiError
 from agent.config import WINDOW_SECONDS
+from agent.triggers.model import MAX_CONTENT_CHARS, MAX_PARAMETERS, MAX_TITLE_CHARS
+from agent.triggers.model import MAX_INTERVAL_S as MAX_TRIGGER_INTERVAL_S
+from drivers import appliances, notify
 
 MIN_INTERVAL_S, MAX_INTERVAL_S = 1, 86400  # a subscription's push interval
 # checked by agent/access.py against the level (which says what it may have)
@@ -64,7 +67,77 @@ class SubscribeIn(Body):
     filter: Filter | None = None
 
 
-BODIES = (OrganizationIn, OrganizationPatch, HouseholdIn, HouseholdPatch, SubscribeIn)
+# --- triggers (agent/api/triggers.py): the shape here, what it means (parameters the level permits, an endpoint
+# that may be reached, the operator's least interval) in agent/triggers/model.py and the handler --------------
+MAX_FUNCTION_CHARS = 32 * 1024  # base64 of the sandbox's 16 KiB of source, with room
+MAX_DESCRIPTION_CHARS = 500
+
+
+class NotificationAction(Body, tag_field="type", tag="notification"):
+    """Delivered to each household it fires for (its inbox and its own endpoint), never to the organization"""
+
+    content: Annotated[str, Meta(min_length=1, max_length=MAX_CONTENT_CHARS)]
+    title: Annotated[str, Meta(min_length=1, max_length=MAX_TITLE_CHARS)] | UnsetType = UNSET
+
+
+class ApplianceAction(Body, tag_field="type", tag="appliance"):
+    """Switches the household's appliances of this name or kind that it lets the organization control"""
+
+    appliance: Annotated[str, Meta(min_length=1, max_length=64, description="an appliance's name or kind")]
+    command: Literal["on", "off"]
+
+
+class WebhookAction(Body, tag_field="type", tag="webhook"):
+    """A signed call to the organization's endpoint. A condition on neighbourhood parameters only: one event per
+    window naming no household. A condition on household parameters: one event per household that consented to
+    this trigger's events (trigger_events:<trigger_id>), with its per-organization pseudonym, at most [triggers]
+    max_events_per_household_per_day per organization and day; needs a description"""
+
+    endpoint: Annotated[str, Meta(description="https:// URL")]
+
+
+class TriggerIn(Body):
+    # the count, the names and their order are agent/triggers/model.py's check_parameters' (with its reasons)
+    parameters: Annotated[list[str], Meta(extra_json_schema={"minItems": 1, "maxItems": MAX_PARAMETERS}, description=(
+        "names from GET /parameters, in the order of condition()'s arguments"))]
+    # not base64 or too long: refused as a syntax error, and counted as a refusal (the handler's)
+    function: Annotated[str, Meta(extra_json_schema={"contentEncoding": "base64"}, description=(
+        "base64 of UTF-8 Python source defining condition(<parameters>) -> bool"))]
+    interval: Annotated[float, Meta(extra_json_schema={"minimum": 1, "maximum": MAX_TRIGGER_INTERVAL_S}, description=(
+        "seconds: the least time between two actions for one household (the operator sets the minimum, 60 s by "
+        "default)"))]
+    action: NotificationAction | ApplianceAction | WebhookAction
+    window: Annotated[Window, Meta(description="evaluation cadence; default 1m (or the level's finest)")] | \
+        UnsetType = UNSET
+    description: Annotated[str, Meta(extra_json_schema={"maxLength": MAX_DESCRIPTION_CHARS}, description=(
+        "what households read before they consent to its events (required for a webhook of a condition on "
+        "household parameters)"))] = ""
+
+
+# --- a household's notifications and appliances (agent/api/household_actions.py) ----------------------------
+class NotifyIn(Body):
+    url: Annotated[str, Meta(description="https:// URL")]
+    kind: Annotated[str, Meta(extra_json_schema={"enum": list(notify.KINDS)})] = "webhook"
+
+
+APPLIANCE_NAME = re.compile(r"^[^\x00-\x1f]{1,64}$")
+APPLIANCE_KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+DRIVERS = appliances.names()
+MAX_CHANNEL = max(d.max_channel for d in map(appliances.driver, DRIVERS) if d)  # each driver's own: the handler's
+
+
+class ApplianceIn(Body, kw_only=True):
+    # the name's and kind's rules and the driver's channels are the handler's to check (the web pages' form too)
+    name: Annotated[str, Meta(extra_json_schema={"minLength": 1, "maxLength": 64})]
+    kind: Annotated[str, Meta(extra_json_schema={"pattern": APPLIANCE_KIND.pattern})] | None = None
+    driver: Annotated[str, Meta(extra_json_schema={"enum": DRIVERS})]
+    address: Annotated[str, Meta(description="http://<LAN address>")]
+    channel: Annotated[int, Meta(extra_json_schema={"minimum": 0, "maximum": MAX_CHANNEL})] | None = None
+    allowed_organizations: Annotated[list[str], Meta(max_length=64)] = []
+
+
+BODIES = (OrganizationIn, OrganizationPatch, HouseholdIn, HouseholdPatch, SubscribeIn, TriggerIn, NotifyIn,
+          ApplianceIn)
 B = TypeVar("B", bound=Body)
 
 
@@ -110,7 +183,7 @@ def _in_words(message: str, kind: type[Body]) -> str:
     if m := _MISSING.match(what):
         return f"{prefix}{m['field']} is required"
     if m := _UNKNOWN.match(what):
-        return f"unknown field {prefix}{m['field']!r}" if prefix else f"unknown field {m['field']!r}"
+        return f"unknown field {prefix + m['field']!r}"
     if not path and (m := _TYPE.match(what)):
         return "the body must be a JSON object"
     if m := _TYPE.match(what):

@@ -189,20 +189,3 @@ async def read_json(request: web.Request):
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: "[[[[..." 100,000 deep
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {err.__class__.__name__}") from None
-
-
-def json_object(payload, allowed: dict[str, type | tuple], required: tuple[str, ...] = ()) -> dict:
-    """A JSON object with only known keys of the right types."""
-    if not isinstance(payload, dict):
-        raise ApiError(422, "invalid", "the body must be a JSON object")
-    unknown = sorted(set(payload) - set(allowed))
-    if unknown:
-        raise ApiError(422, "invalid", f"unknown field {unknown[0]!r}")
-    for name in required:
-        if name not in payload:
-            raise ApiError(422, "invalid", f"{name} is required")
-    for name, value in payload.items():
-        kinds = allowed[name] if isinstance(allowed[name], tuple) else (allowed[name],)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise ApiError(422, "invalid", f"{name} has the wrong type")
-    return payload

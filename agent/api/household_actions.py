@@ -18,7 +18,6 @@ organizations switch.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from datetime import datetime, timezone
@@ -26,7 +25,8 @@ from datetime import datetime, timezone
 import aiohttp
 from aiohttp import web
 
-from agent.api.common import ApiError, KeyedLocks, agent_of, caller, json_object, read_json
+from agent.api.bodies import APPLIANCE_KIND, APPLIANCE_NAME, ApplianceIn, NotifyIn, decode
+from agent.api.common import ApiError, KeyedLocks, agent_of, caller, read_body
 from agent.api.spec import HH, NO_CONTENT, NOT_FOUND, Route, error, ok_json
 from agent.auth import HOUSEHOLD
 from agent.delivery import signing
@@ -38,8 +38,6 @@ from drivers.appliances import ApplianceError
 from drivers.reading import iso
 
 MAX_APPLIANCES = 32
-_NAME = re.compile(r"^[^\x00-\x1f]{1,64}$")
-_KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # per household, one change at a time to its endpoint and appliances: a check (how many appliances, which names,
 # is there an endpoint) and the change it allows stay one step while the write is awaited
 HOUSEHOLD_LOCKS = web.AppKey("household_locks", KeyedLocks)
@@ -61,9 +59,9 @@ async def get_notify(request: web.Request) -> web.Response:
 
 async def put_notify(request: web.Request) -> web.Response:
     household, agent = _household(request)
-    body = json_object(await read_json(request), {"url": str, "kind": str}, ("url",))
-    return web.json_response(await set_endpoint(agent, request.app[HOUSEHOLD_LOCKS], household.id, body["url"],
-                                                body.get("kind", "webhook")))
+    body = decode(await read_body(request), NotifyIn)
+    return web.json_response(await set_endpoint(agent, request.app[HOUSEHOLD_LOCKS], household.id, body.url,
+                                                body.kind))
 
 
 async def set_endpoint(agent, locks: KeyedLocks, household_id: str, url: str, kind: str) -> dict:
@@ -161,33 +159,31 @@ def _public(appliance: dict) -> dict:
 
 async def add_appliance(request: web.Request) -> web.Response:
     household, agent = _household(request)
-    body = json_object(await read_json(request), {
-        "name": str, "kind": (str, type(None)), "driver": str, "address": str, "channel": (int, type(None)),
-        "allowed_organizations": list}, ("name", "driver", "address"))
+    body = decode(await read_body(request), ApplianceIn)
     doc = await new_appliance(agent, request.app[HOUSEHOLD_LOCKS], household.id, body)
     return web.json_response(_public(doc), status=201)
 
 
-async def new_appliance(agent, locks: KeyedLocks, household_id: str, body: dict) -> dict:
-    """Checked, written and audited (the API and the web pages); `body` has the API's fields and types."""
-    name = body["name"]
-    if not _NAME.match(name) or not name.strip():
+async def new_appliance(agent, locks: KeyedLocks, household_id: str, body: ApplianceIn) -> dict:
+    """Checked, written and audited (the API and the web pages)."""
+    name = body.name
+    if not APPLIANCE_NAME.match(name) or not name.strip():
         raise ApiError(422, "invalid", "name must be 1 to 64 printable characters")
-    kind = body.get("kind")
-    if kind is not None and not _KIND.match(kind):
+    kind = body.kind
+    if kind is not None and not APPLIANCE_KIND.match(kind):
         raise ApiError(422, "invalid", "kind: 1-32 lowercase letters, digits, '_' or '-' (e.g. ev_charger, heater)")
-    device = appliances.driver(body["driver"])
+    device = appliances.driver(body.driver)
     if device is None:
         raise ApiError(422, "invalid", f"driver must be one of {', '.join(appliances.names())}")
-    channel = body.get("channel")
+    channel = body.channel
     if channel is not None and not 0 <= channel <= device.max_channel:
         raise ApiError(422, "invalid", f"channel must be 0 to {device.max_channel} for {device.name}")
     try:
-        address = actions.check_appliance_address(body["address"], agent.config.delivery.allow_private_endpoints)
+        address = actions.check_appliance_address(body.address, agent.config.delivery.allow_private_endpoints)
     except TargetError as err:
         raise ApiError(422, "address_refused", str(err)) from None
-    orgs = body.get("allowed_organizations", [])
-    if len(orgs) > 64 or not all(isinstance(o, str) for o in orgs):
+    orgs = body.allowed_organizations
+    if len(orgs) > 64:  # the web pages' form is not decoded as the API's body is
         raise ApiError(422, "invalid", "allowed_organizations must be a list of organization ids")
     for org_id in orgs:
         if org_id not in agent.registry.organizations:

@@ -7,43 +7,7 @@ from agent.api.spec import OBJ, STRING
 from agent.api.spec import nullable as _nullable
 from agent.api.spec import ref as _ref
 
-ACTION = {"oneOf": [
-    {"type": "object", "required": ["type", "content"], "additionalProperties": False,
-     "description": "Delivered to each household it fires for (its inbox and its own endpoint), never to the "
-                    "organization",
-     "properties": {"type": {"const": "notification"}, "content": {"type": "string", "minLength": 1,
-                                                                   "maxLength": 1000},
-                    "title": {"type": "string", "minLength": 1, "maxLength": 100}}},
-    {"type": "object", "required": ["type", "appliance", "command"], "additionalProperties": False,
-     "description": "Switches the household's appliances of this name or kind that it lets the organization "
-                    "control",
-     "properties": {"type": {"const": "appliance"}, "appliance": {"type": "string", "minLength": 1, "maxLength": 64},
-                    "command": {"enum": ["on", "off"]}}},
-    {"type": "object", "required": ["type", "endpoint"], "additionalProperties": False,
-     "description": "A signed call to the organization's endpoint. A condition on neighbourhood parameters only: "
-                    "one event per window naming no household. A condition on household parameters: one event "
-                    "per household that consented to this trigger's events (trigger_events:<trigger_id>), with "
-                    "its per-organization pseudonym, at most [triggers] max_events_per_household_per_day per "
-                    "organization and day; needs a description",
-     "properties": {"type": {"const": "webhook"}, "endpoint": {"type": "string", "description": "https:// URL"}}}]}
-
 SCHEMAS = {
-    "TriggerIn": {
-        "type": "object", "required": ["parameters", "function", "interval", "action"], "additionalProperties": False,
-        "properties": {
-            "parameters": {"type": "array", "items": STRING, "minItems": 1, "maxItems": 16,
-                           "description": "names from GET /parameters, in the order of condition()'s arguments"},
-            "function": {"type": "string", "contentEncoding": "base64",
-                         "description": "base64 of UTF-8 Python source defining condition(<parameters>) -> bool"},
-            "interval": {"type": "number", "minimum": 1, "maximum": 2592000,
-                         "description": "seconds: the least time between two actions for one household "
-                                        "(the operator sets the minimum, 60 s by default)"},
-            "action": ACTION,
-            "window": {"enum": ["1s", "1m", "15m", "1h"],
-                       "description": "evaluation cadence; default 1m (or the level's finest)"},
-            "description": {"type": "string", "maxLength": 500,
-                            "description": "what households read before they consent to its events (required "
-                                           "for a webhook of a condition on household parameters)"}}},
     "Trigger": {
         "type": "object",
         "required": ["id", "parameters", "interval", "window", "kind", "action", "state", "quarantined",
@@ -81,9 +45,6 @@ SCHEMAS = {
                            "type": "string", "description": "unknown parameter, parameter not permitted, syntax "
                            "error, does not define condition(...), too slow: exceeded N ms, did not return a bool, "
                            "reads the clock, or rejected by sandbox"}}},
-    "NotifyIn": {"type": "object", "required": ["url"], "additionalProperties": False,
-                 "properties": {"url": {"type": "string", "description": "https:// URL"},
-                                "kind": {"enum": ["webhook", "ntfy"]}}},
     "Notify": {"type": "object", "required": ["url", "kind"],
                "properties": {"url": STRING, "kind": {"enum": ["webhook", "ntfy"]}, "updated_at": {"type": "number"},
                               "secret": {"type": "string", "description": "webhook: signing secret, shown once"}}},
@@ -92,13 +53,6 @@ SCHEMAS = {
                                    "properties": {"id": STRING, "organization_id": STRING,
                                                   "organization_name": STRING, "trigger_id": STRING, "title": STRING,
                                                   "content": STRING, "at": {"type": "number"}}}}}},
-    "ApplianceIn": {"type": "object", "required": ["name", "driver", "address"], "additionalProperties": False,
-                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64},
-                                   "kind": _nullable("string", pattern="^[a-z][a-z0-9_-]{0,31}$"),
-                                   "driver": {"enum": ["shelly", "tasmota"]},
-                                   "address": {"type": "string", "description": "http://<LAN address>"},
-                                   "channel": _nullable("integer", minimum=0, maximum=15),
-                                   "allowed_organizations": {"type": "array", "items": STRING, "maxItems": 64}}},
     "Appliance": {"type": "object", "required": ["id", "name", "driver", "address", "allowed_organizations"],
                   "properties": {"id": STRING, "name": STRING, "kind": _nullable("string"), "driver": STRING,
                                  "address": STRING, "channel": _nullable("integer"),

@@ -18,9 +18,12 @@ import base64
 import binascii
 import math
 
+import msgspec
 from aiohttp import web
+from msgspec import UNSET
 
-from agent.api.common import ApiError, KeyedLocks, agent_of, caller, json_object, owned_by_caller, read_json
+from agent.api.bodies import MAX_DESCRIPTION_CHARS, MAX_FUNCTION_CHARS, TriggerIn, decode
+from agent.api.common import ApiError, KeyedLocks, agent_of, caller, owned_by_caller, read_body
 from agent.api.data import level_of
 from agent.api.spec import NOT_FOUND, ORG, Route, error, ok_json, ref
 from agent.auth import ORGANIZATION
@@ -32,8 +35,6 @@ from agent.triggers.model import MAX_INTERVAL_S, Refused, check_action, check_pa
 from agent.triggers.runner import TooManyUploads
 from sandbox import OUTSIDE_CLOSED, SYNTAX_ERROR, CheckResult, SandboxUnavailable
 
-MAX_FUNCTION_CHARS = 32 * 1024  # base64 of the sandbox's 16 KiB of source, with room
-MAX_DESCRIPTION_CHARS = 500
 ORGANIZATION_LOCKS = web.AppKey("trigger_organization_locks", KeyedLocks)
 
 
@@ -78,9 +79,7 @@ async def create_trigger(request: web.Request) -> web.Response:
     wait = runner.upload_wait(org.id)
     if wait:
         raise _too_many(*wait)
-    body = json_object(await read_json(request), {
-        "parameters": list, "function": str, "interval": (int, float), "action": dict, "window": str,
-        "description": str}, ("parameters", "function", "interval", "action"))
+    body = decode(await read_body(request), TriggerIn)
     level = level_of(agent, org)
     config = agent.config
 
@@ -97,21 +96,21 @@ async def create_trigger(request: web.Request) -> web.Response:
             raise Refused(422, "endpoint_refused", str(err)) from None
 
     try:
-        params = check_parameters(body["parameters"], allowed)
-        action = check_action(body["action"], endpoint)
+        params = check_parameters(body.parameters, allowed)
+        action = check_action(msgspec.to_builtins(body.action), endpoint)
     except Refused as err:
         raise _refused(err) from None
 
-    interval = body["interval"]
+    interval = body.interval
     low = config.triggers.min_interval_s
     if not low <= interval <= MAX_INTERVAL_S:
         raise ApiError(422, "invalid", f"interval must be {low:g} to {MAX_INTERVAL_S} seconds: the least time "
                        "between two actions of the trigger for one household")
-    window = body.get("window", "1m" if "1m" in level.windows else level.windows[0])
+    window = body.window if body.window is not UNSET else "1m" if "1m" in level.windows else level.windows[0]
     if window not in WINDOWS or window not in level.windows:
         raise ApiError(422, "window_not_permitted", f"window must be one of {', '.join(level.windows)} "
                        f"for level {level.name!r}")
-    description = body.get("description", "").strip()
+    description = body.description.strip()
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise ApiError(422, "invalid", f"description must be at most {MAX_DESCRIPTION_CHARS} characters")
     if action["type"] == "webhook" and any(p.level == HOUSEHOLD for p in params) and not description:
@@ -119,7 +118,7 @@ async def create_trigger(request: web.Request) -> web.Response:
                        "households read it before they consent to its events (trigger_events:<trigger_id>)")
     _check_limits(runner, org, config)
 
-    text = body["function"]
+    text = body.function
     try:
         if len(text) > MAX_FUNCTION_CHARS:
             raise ValueError

@@ -8,6 +8,7 @@ import math
 
 from aiohttp import web
 
+from agent.api.bodies import ApplianceIn
 from agent.api.household_actions import (HOUSEHOLD_LOCKS, appliance_status, new_appliance, remove_appliance,
                                          remove_endpoint, send_test_notification, set_endpoint)
 from agent.api.households import change_consent
@@ -226,10 +227,10 @@ async def add_appliance(request: web.Request, session, data) -> web.Response:
     channel = str(data.get("channel", "")).strip()
     if channel and not (channel.isascii() and channel.isdigit()):
         raise PageError(400, "bad_parameter")
-    body = {"name": str(data.get("name", "")), "kind": str(data.get("kind", "")).strip() or None,
-            "driver": str(data.get("driver", "")), "address": str(data.get("address", "")),
-            "channel": int(channel) if channel else None,
-            "allowed_organizations": [str(o) for o in data.getall("allowed_organizations", [])]}
+    body = ApplianceIn(name=str(data.get("name", "")), kind=str(data.get("kind", "")).strip() or None,
+                       driver=str(data.get("driver", "")), address=str(data.get("address", "")),
+                       channel=int(channel) if channel else None,
+                       allowed_organizations=[str(o) for o in data.getall("allowed_organizations", [])])
     await new_appliance(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject, body)
     return redirect(PREFIX + "/me/devices")
 
