@@ -147,3 +147,45 @@ async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tm
         await running.agent.releases.settle()
     # the third quarter's cohort: the 10 others, and the target only if it was not evaluated the day before
     assert counts[True] == counts[False], f"the third quarter's count says whether the target posted: {counts}"
+
+
+async def isolation(running, key, trigger_id):
+    status, out = await running.call("GET", f"/triggers/{trigger_id}", token=key)
+    assert status == 200, out
+    return out["isolation"]
+
+
+@pytest.mark.xfail(strict=True, reason="red team 6 R6-3: GET /triggers/{id} shows `isolation` only once a worker "
+                   "loaded the condition, i.e. once some household had a fresh reading: at a noisy level, with no "
+                   "cohort minimum, each upload reads when one household next sent data (runner.isolation)")
+async def test_a_noisy_triggers_view_says_nothing_of_who_was_evaluated(tmp_path, start_agent):
+    config = town_config(tmp_path)
+    clock = StepClock(T0)
+    running = await start_agent(config, clock=clock)
+    org_id, key = await running.create_org("Heat pump service", "supplier")
+    target_id, target = await running.create_household()
+    await grant(running, target, org_id, "triggers")  # recommendations by notification, nothing more
+    others = [await running.create_household() for _ in range(3)]
+    for _, token in others:  # the neighbours post too, but gave this organization nothing
+        await grant(running, token, org_id, "aggregates")
+    # the target's quarter-hours: did it send anything (its datalogger, its hub, the household at home)
+    truth = [False, False, True, False, True, True, False, False, False, True, False, True]
+    trigger_id = await upload(running, key, "household_power_consumption")
+    to_next_quarter(clock)
+    seen = []
+    for present in truth:
+        for _, token in others:
+            await post(running, token, clock, power_import_w=500.0)
+        if present:
+            await post(running, target, clock, power_import_w=650.0)
+        await close_window(running, clock, QUARTER)
+        shown = await isolation(running, key, trigger_id)
+        seen.append(shown is not None)
+        if shown is not None:  # re-arm: a fresh upload is None again (30 uploads a day: every hour of a day)
+            status, out = await running.call("DELETE", f"/triggers/{trigger_id}", token=key)
+            assert status in (200, 204), out
+            trigger_id = await upload(running, key, "household_power_consumption")
+        to_next_quarter(clock)
+    recovered = sum(s == t for s, t in zip(seen, truth)) / len(truth)
+    # nothing in the view may depend on whether a household was evaluated: the same every window
+    assert len(set(seen)) == 1, f"recovered {recovered:.0%} of the target's quarter-hours: {seen}"
