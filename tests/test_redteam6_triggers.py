@@ -14,15 +14,14 @@ released only when at least k_min of them are unrelated to the organization. So:
 
 PRIVACY.md claims noisy levels protect presence (P7) and hide a household in noise whatever the number of the
 organization's own households (n - 1), and that the ledger is "decided from the ledger and consent, never from
-readings". These tests fail while the hole is open (xfail strict): the recovered fraction is 1.0.
+readings". Both failed (the recovered fraction 1.0) until a noisy day's statistics were released over the
+households whose `triggers` consent held all day, evaluated or not.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-
-import pytest
 
 from tests.helpers.agent import grant
 from tests.helpers.clock import StepClock, T0
@@ -77,14 +76,12 @@ async def next_day(running, clock) -> None:
     await running.agent.releases.settle()
 
 
-@pytest.mark.xfail(strict=True, reason="red team 6 R6-1: a noisy level's daily trigger statistics are released "
-                   "only if k_min households were evaluated, so with 9 own households their existence is the "
-                   "target's presence (and which parameters its meter reports), exact (door._release_trigger_days)")
 async def test_noisy_trigger_days_are_released_whatever_the_target_sent(tmp_path, start_agent):
     running, clock, org_id, key, own, target = await neighbourhood(tmp_path, start_agent)
     presence_trigger = await upload(running, key, "household_power_consumption")
     gas_trigger = await upload(running, key, "household_gas_consumption")
     tag_trigger = await upload(running, key, "household_channel_heat_pump")
+    await next_day(running, clock)  # the first day whose consents held all day (granted on the day before)
     to_next_quarter(clock)
     # the target's days: (sent anything, has a gas meter reporting, has a heat pump channel)
     truth = [(True, True, False), (False, False, False), (True, False, True), (True, True, True),
@@ -108,9 +105,6 @@ async def test_noisy_trigger_days_are_released_whatever_the_target_sent(tmp_path
     assert all(s == (True, True, True) for s in seen), f"recovered {recovered:.0%} of the target's days: {seen}"
 
 
-@pytest.mark.xfail(strict=True, reason="red team 6 R6-1b: a noisy trigger day charges only the households it was "
-                   "evaluated for, so the day a household leaves the noisy cohort at its cap (households of "
-                   "GET /data) says whether it sent data on an earlier day (door._release_trigger_days)")
 async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tmp_path, start_agent):
     # a small cap so the test reaches it in a few windows (the default reaches it after ~4,000 windows; the
     # arithmetic is the same)
@@ -118,6 +112,7 @@ async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tm
     running, clock, org_id, key, own, target = await neighbourhood(tmp_path, start_agent, cap_rho=3 * rho)
     fresh = [await running.create_household() for _ in range(10)]  # in the aggregates only: keep k_min met
     await upload(running, key, "household_power_consumption")
+    await next_day(running, clock)  # both rounds' day d: consents held all day (granted on the day before)
     to_next_quarter(clock)
     counts = {}
     for present in (True, False):

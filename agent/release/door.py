@@ -45,7 +45,7 @@ from agent.release import grid as grid_quantities
 from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
 from agent.release.members import Members
-from agent.release.records import NOT_RELEASED, Json, Refusal
+from agent.release.records import NOT_RELEASED, TRIGGER_COUNTS, Json, Refusal
 from drivers.reading import iso
 
 if TYPE_CHECKING:
@@ -713,17 +713,21 @@ class Releases:
             bucket = self._trigger_days.pop(key)
             org_id, trigger_id, day = key
             level = self._level_of(org_id)
-            if level is None or not bucket:
+            if level is None:
                 continue
+            # Over the households whose `triggers` consent held all day, evaluated or not (those not count 0):
+            # whether the day is released, who is charged and which fields it has never depend on who sent data
+            # or which values a meter reports (red team 6, R6-1).
             loss = level.dp.loss()
-            members = frozenset(h for h in bucket if self.ledger.affords(h, loss, day))
+            consenting = self.registry.cohort(org_id, "triggers", day, day + TRIGGER_DAY_S)
+            members = frozenset(h for h in consenting if self.ledger.affords(h, loss, day))
             if len(members - self._related(org_id)) < self.config.privacy.k_min:
                 continue
-            fields = sorted({f for seen in bucket.values() for f in seen})
+            fields = TRIGGER_COUNTS
             mechanism = (dp.calibrate_rho(1, level.dp.rho / max(1, len(fields))) if level.dp.noise == "gaussian"
                          else dp.calibrate("laplace", 1, level.dp.epsilon / max(1, len(fields))))
             body = {"window": "1d", "window_start": iso(day),  # no count: it would say who was present
-                    **{f: mechanism.release([bucket[h].get(f, 0) for h in members]) for f in fields},
+                    **{f: mechanism.release([bucket.get(h, {}).get(f, 0) for h in members]) for f in fields},
                     "privacy": self._noisy_privacy(level, mechanism, len(fields))}
             self.ledger.charge(members, loss, day)
             digest = cohort_hash(members)

@@ -14,6 +14,8 @@ from typing import Any
 from drivers.reading import iso
 
 Json = dict[str, Any]  # a release's body, as it is written and served
+# What a trigger's statistics count, per household and window (0 or 1 each): every release of them states each.
+TRIGGER_COUNTS = ("evaluations", "fired", "errors", "delivered", "failed")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ import aiohttp
 from agent.config import WINDOW_SECONDS
 from agent.delivery import signing
 from agent.parameters import HOUSEHOLD, TIME_OF_DAY, permitted
+from agent.release.records import TRIGGER_COUNTS
 from agent.triggers import actions
 from agent.triggers.lanes import Lanes
 from agent.triggers.model import Trigger, TriggerStats, disclosure_bits, pseudonym, sample_rows
@@ -109,7 +110,6 @@ class Availability:
     detail: str
 
 
-COUNTS = ("evaluations", "fired", "errors", "delivered", "failed")  # per household: 0 or 1
 
 
 @dataclass
@@ -430,7 +430,7 @@ class TriggerRunner:
         """The organization's view: sums of the counts the release module released, never which household."""
         s = self.stats.get(trig.id) or TriggerStats()
         days = self.agent.releases.trigger_days(trig.organization_id, trig.id)  # noisy levels: noised day sums
-        total = {name: getattr(s, name) + sum(day.get(name, 0) for day in days) for name in COUNTS}
+        total = {name: getattr(s, name) + sum(day.get(name, 0) for day in days) for name in TRIGGER_COUNTS}
         return {"id": trig.id, "parameters": trig.parameters, "interval": trig.interval_s, "window": trig.window,
                 "kind": trig.kind, "action": trig.public_action(), "description": trig.description,
                 "created_at": trig.created_at, "state": self.state(trig), "quarantined": trig.quarantined,
