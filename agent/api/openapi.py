@@ -1,5 +1,7 @@
 """The OpenAPI 3.1 description of the API (served by agent/api/docs.py): its paths are the route table's
-(agent/api/routes.py), its component schemas are here and in openapi_triggers.py.
+(agent/api/routes.py); its component schemas are the request bodies' (agent/api/bodies.py) and the answers'
+(agent/api/answers.py), both generated from msgspec Structs, the Reading's from its table (drivers/reading.py),
+and here (the release module's records) and in openapi_triggers.py (the triggers' webhooks) by hand.
 
 Tests check that every route of the app is described and nothing else, and schemathesis checks the running
 server against it.
@@ -7,7 +9,7 @@ server against it.
 
 from __future__ import annotations
 
-from agent.api import bodies, openapi_triggers
+from agent.api import answers, bodies, openapi_triggers
 from agent.api.routes import ROUTES
 from agent.api.spec import NUMBER_OR_NULL, OBJ, STRING, TIME, Route
 from agent.api.spec import nullable as _nullable
@@ -73,9 +75,6 @@ def _reading_schema(for_input: bool) -> dict:
             "required": required, "additionalProperties": False}
 
 
-RELATED = {"type": "array", "items": STRING, "uniqueItems": True, "maxItems": 100,
-           "description": "organization ids this household is related to (an employee's home, a test meter): it "
-                          "never counts toward their k_min"}
 # What GET /data, GET /data/dp and webhooks carry: one window's recorded release (agent/release/records.py).
 DERIVED = {"type": "string", "pattern": "^[0-9]+ x (1s|1m|15m)$",
            "description": "wider windows only: the released finer windows this one is derived from (their sum)"}
@@ -142,9 +141,6 @@ REFUSAL_PROPERTIES = {"error": {"enum": list(REFUSALS)}, "detail": STRING,
                       "households": {"type": "integer", "minimum": 0},
                       "missing": {"type": "integer", "minimum": 1}}
 SCHEMAS = {
-    "Error": {"type": "object", "required": ["error", "detail"],
-              "properties": {"error": STRING, "detail": STRING, "households": {"type": "integer"},
-                             "missing": {"type": "integer"}}},
     "Reading": _reading_schema(False),
     "ReadingInput": _reading_schema(True),
     "ReadingsIn": {"oneOf": [_ref("ReadingInput"),
@@ -153,81 +149,6 @@ SCHEMAS = {
                               "properties": {"readings": {"type": "array", "items": _ref("ReadingInput"),
                                                           "minItems": 1, "maxItems": 1000}}}]},
     "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "integer"}}},
-    "HealthPublic": {"type": "object", "required": ["status"], "additionalProperties": False,
-                     "properties": {"status": {"enum": ["ok", "degraded"]}},
-                     "description": "Without the operator token: ok or degraded, nothing else"},
-    "Health": {"type": "object", "required": ["status", "meters", "storage"],
-               "properties": {"status": {"enum": ["ok", "degraded"]}, "device": STRING, "uptime_s": {"type": "number"},
-                              "meters": {"type": "object", "additionalProperties": _ref("MeterHealth")},
-                              "storage": OBJ, "readings_in": {"type": "integer"},
-                              "faults": {"type": "object", "description": "the durable state at risk: "
-                                         "data_directory_lost, damage (per file kind: files, skipped_bytes, "
-                                         "cut_bytes, recovered, lost), registry_failed_closed, release_log_error, "
-                                         "delivery (outbox_errors, windows_not_queued, damaged)"},
-                              "config_error": _nullable("string", description="why the last edge.toml was rejected"),
-                              "triggers": {"type": "object", "properties": {
-                                  "sandbox": {"enum": ["enforced", "unavailable"]}, "detail": STRING,
-                                  "triggers": {"type": "integer"}, "quarantined": {"type": "integer"}}}}},
-    "MeterHealth": {"type": "object", "required": ["state", "telegrams_ok", "crc_errors", "parse_errors", "reconnects"],
-                    "properties": {"state": {"enum": ["connecting", "reading", "stalled", "disconnected", "stopped"]},
-                                   "port": STRING, "profile": STRING, "serial": _nullable("string"),
-                                   "telegrams_ok": {"type": "integer"}, "crc_errors": {"type": "integer"},
-                                   "parse_errors": {"type": "integer"}, "reconnects": {"type": "integer"},
-                                   "decrypt_errors": {"type": "integer"},
-                                   "stalls": {"type": "integer"}, "opens": {"type": "integer"},
-                                   "bytes_read": {"type": "integer"}, "bytes_discarded": {"type": "integer"},
-                                   "seconds_since_last_telegram": NUMBER_OR_NULL, "last_error": _nullable("string"),
-                                   "hint": _nullable("string", description="what looks wrong while no telegram "
-                                                     "arrives: 7E1 read as 8N1, parity errors, no data at all")}},
-    "Meters": {"type": "object", "required": ["meters"], "properties": {"meters": {"type": "array", "items": {
-        "type": "object", "required": ["id", "source"],
-        "properties": {"id": STRING, "source": {"enum": ["p1", "http"]}, "port": _nullable("string"),
-                       "profile": _nullable("string"), "state": _nullable("string"),
-                       "household_id": _nullable("string"), "last_reading_at": _nullable("string")}}}}},
-    "ReadingsPage": {"type": "object", "required": ["meter_id", "resolution", "count", "readings"],
-                     "properties": {"meter_id": STRING, "resolution": {"enum": ["raw", "1m", "15m"]},
-                                    "count": {"type": "integer"}, "readings": {"type": "array", "items": OBJ}}},
-    "Organization": {"type": "object", "required": ["id", "name", "level", "created_at"],
-                     "properties": {"id": STRING, "name": STRING, "level": STRING, "created_at": {"type": "number"},
-                                    "parameters": {"type": ["array", "null"], "items": STRING}}},
-    "OrganizationCreated": {"allOf": [_ref("Organization"), {"type": "object", "required": ["api_key"],
-                                                              "properties": {"api_key": STRING}}]},
-    "Organizations": {"type": "object", "required": ["organizations"],
-                      "properties": {"organizations": {"type": "array", "items": _ref("Organization")}}},
-    "KeyRotated": {"type": "object", "required": ["id"], "properties": {"id": STRING, "api_key": STRING,
-                                                                       "token": STRING}},
-    "Household": {"type": "object", "required": ["id", "meter_id", "source", "created_at", "related_organizations"],
-                  "properties": {"id": STRING, "meter_id": STRING, "source": {"enum": ["p1", "http"]},
-                                 "created_at": {"type": "number"}, "related_organizations": RELATED}},
-    "HouseholdCreated": {"allOf": [_ref("Household"), {"type": "object", "required": ["token"],
-                                                        "properties": {"token": STRING}}]},
-    "Households": {"type": "object", "required": ["households"],
-                   "properties": {"households": {"type": "array", "items": _ref("Household")}}},
-    "ConsentChange": {"type": "object", "required": ["organization_id", "service", "action", "at"],
-                      "properties": {"organization_id": STRING, "service": STRING,
-                                     "action": {"enum": ["grant", "revoke"]}, "at": {"type": "number"}}},
-    "MyConsents": {"type": "object", "required": ["consents", "history"],
-                   "properties": {"consents": {"type": "array", "items": {
-                       "type": "object", "properties": {"organization_id": STRING,
-                                                        "organization_name": _nullable("string"),
-                                                        "service": STRING, "since": {"type": "number"}}}},
-                                  "history": {"type": "array", "items": _ref("ConsentChange")}}},
-    "ConsentHistory": {"type": "object", "required": ["history"],
-                       "properties": {"history": {"type": "array", "items": _ref("ConsentChange")}}},
-    "ConsentSet": {"type": "object", "required": ["organization_id", "service", "granted", "at"],
-                   "properties": {"organization_id": STRING, "service": STRING, "granted": {"type": "boolean"},
-                                  "at": {"type": "number"}}},
-    "Consents": {"type": "object", "required": ["consents"], "properties": {"consents": {"type": "array", "items": {
-        "type": "object", "properties": {"household_id": STRING, "organization_id": STRING, "service": STRING,
-                                         "granted": {"type": "boolean"}, "since": {"type": "number"}}}}}},
-    "OrganizationsForHousehold": {"type": "object", "required": ["services", "organizations"],
-                                  "properties": {"services": {"type": "array", "items": STRING},
-                                                 "organizations": {"type": "array", "items": OBJ}}},
-    "Parameters": {"type": "object", "required": ["parameters"], "properties": {"parameters": {
-        "type": "array", "items": {"type": "object", "required": ["name", "unit", "level", "description", "permitted"],
-                                   "properties": {"name": STRING, "unit": STRING,
-                                                  "level": {"enum": ["household", "neighborhood"]},
-                                                  "description": STRING, "permitted": {"type": "boolean"}}}}}},
     "Aggregate": {"type": "object", "required": list(AGGREGATE_PROPERTIES), "additionalProperties": False,
                   "properties": {**AGGREGATE_PROPERTIES, **AGGREGATE_OPTIONAL},
                   "description": "One window's release, as recorded once when the window settled: every answer "
@@ -248,26 +169,6 @@ SCHEMAS = {
                                             "properties": {"window_start": TIME, **REFUSAL_PROPERTIES}}}},
                          "description": "Every decided window from since to until, from the release log; windows "
                                         "not yet decided are left out"},
-    "Subscription": {"type": "object", "required": ["id", "endpoint", "interval", "window", "state", "delivery"],
-                     "properties": {"id": STRING, "endpoint": STRING, "interval": {"type": "number"},
-                                    "window": STRING, "tag": _nullable("string"), "filter": {"type": ["object", "null"]},
-                                    "state": {"enum": ["active", "disabled"]}, "disabled_reason": _nullable("string"),
-                                    "created_at": {"type": "number"},
-                                    "delivery": {"type": "object", "properties": {
-                                        "queued": {"type": "integer"}, "lag_s": NUMBER_OR_NULL,
-                                        "last_success_at": NUMBER_OR_NULL, "last_error": _nullable("string"),
-                                        "last_error_at": NUMBER_OR_NULL, "messages_sent": {"type": "integer"},
-                                        "bytes_sent": {"type": "integer"}, "failures": {"type": "integer"},
-                                        "retries": {"type": "integer"}, "withheld": {"type": "integer"},
-                                        "filtered": {"type": "integer"}, "dropped": {"type": "integer"},
-                                        "next_sequence": {"type": "integer"}}}}},
-    "SubscriptionCreated": {"allOf": [_ref("Subscription"), {"type": "object", "required": ["secret"],
-                                                              "properties": {"secret": STRING}}]},
-    "Subscriptions": {"type": "object", "required": ["subscriptions"],
-                      "properties": {"subscriptions": {"type": "array", "items": _ref("Subscription")}}},
-    "SecretRotated": {"type": "object", "required": ["id", "secret", "previous_secret_valid_until"],
-                      "properties": {"id": STRING, "secret": STRING,
-                                     "previous_secret_valid_until": {"type": "number"}}},
     "WebhookMessage": {"type": "object", "required": ["type", "sequence"],
                        "properties": {"type": {"enum": ["aggregate", "heartbeat", "gap"]},
                                       "sequence": {"type": "integer", "minimum": 1},
@@ -307,9 +208,6 @@ SCHEMAS = {
     "AnonymizedRelease": {"type": "object", "required": ["records", "report"],
                           "properties": {"records": {"type": "array", "items": _ref("AnonymizedRecord")},
                                          "report": _ref("PrivacyReport")}},
-    "Audit": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": {
-        "type": "object", "required": ["at", "who", "role", "action"],
-        "properties": {"at": {"type": "number"}, "who": STRING, "role": STRING, "action": STRING}}}}},
 }
 
 
@@ -334,7 +232,7 @@ def build_spec(routes: tuple[Route, ...] = ROUTES) -> dict:
                                                  "anything else is retried with the same webhook-id"}}}},
                      **openapi_triggers.WEBHOOKS},
         "components": {
-            "schemas": {**SCHEMAS, **bodies.schemas(), **openapi_triggers.SCHEMAS},
+            "schemas": {**SCHEMAS, **bodies.schemas(), **answers.schemas(), **openapi_triggers.SCHEMAS},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization",
