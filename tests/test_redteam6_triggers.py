@@ -23,8 +23,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import pytest
+
+from drivers.reading import iso
 from tests.helpers.agent import grant
 from tests.helpers.clock import StepClock, T0
+from tests.helpers.receiver import receiver  # noqa: F401  (the fixture)
 from tests.helpers.triggers import body, close_window, town_config
 
 DAY = 86400
@@ -184,3 +188,48 @@ async def test_a_noisy_triggers_view_says_nothing_of_who_was_evaluated(tmp_path,
     recovered = sum(s == t for s, t in zip(seen, truth)) / len(truth)
     # nothing in the view may depend on whether a household was evaluated: the same every window
     assert len(set(seen)) == 1, f"recovered {recovered:.0%} of the target's quarter-hours: {seen}"
+
+
+@pytest.mark.xfail(strict=True, reason="red team 6 R6-4: a deleted trigger's debounce becomes a cooldown for every "
+                   "trigger of the organization (model.Debouncer.retire/allowed), so a notification trigger's "
+                   "condition, which the household never consented to as events, switches another trigger's "
+                   "consented events off: its value reaches the organization")
+async def test_a_consented_triggers_events_say_nothing_of_another_triggers_condition(tmp_path, start_agent, receiver):
+    config = town_config(tmp_path)
+    clock = StepClock(T0)
+    running = await start_agent(config, clock=clock)
+    org_id, key = await running.create_org("Supplier", "supplier")
+    target_id, target = await running.create_household()
+    await grant(running, target, org_id, "triggers")  # recommendations (notifications) on its data
+    # B: what the household agreed to disclose: "you are using power", one event a quarter-hour
+    status, out = await running.call("POST", "/triggers/create", token=key, json=body(
+        ["household_power_consumption"], "def condition(household_power_consumption):\n"
+        "    return household_power_consumption >= 0\n", interval=QUARTER, window="15m",
+        action={"type": "webhook", "endpoint": receiver.url}, description="tells us each quarter-hour that you "
+        "are using power"))
+    assert status == 201, out
+    beacon = out["id"]
+    await grant(running, target, org_id, f"trigger_events:{beacon}")
+    # A, each round: a notification ("a tip for you") whose condition is what the organization wants to know, here
+    # whether the target used over 1 kW; its interval a little over a quarter-hour
+    secret = [650.0, 1800.0, 2400.0, 300.0, 1200.0, 90.0]
+    truth, seen = [], []
+    for watts in secret:
+        status, out = await running.call("POST", "/triggers/create", token=key, json=body(
+            ["household_power_consumption"], "def condition(household_power_consumption):\n"
+            "    return household_power_consumption > 1000\n", interval=QUARTER + 100, window="15m"))
+        assert status == 201, out
+        probe = out["id"]
+        to_next_quarter(clock)
+        await post(running, target, clock, power_import_w=watts)
+        await close_window(running, clock, QUARTER)  # the probe and the beacon evaluated; the clock in the next
+        status, out = await running.call("DELETE", f"/triggers/{probe}", token=key)
+        assert status in (200, 204), out
+        observed = math.floor(clock.now / QUARTER) * QUARTER
+        await post(running, target, clock, power_import_w=500.0)
+        await close_window(running, clock, QUARTER)
+        starts = {m["window_start"] for m in receiver.messages() if m.get("trigger_id") == beacon}
+        seen.append(iso(observed) in starts)
+        truth.append(watts > 1000)
+    recovered = sum((not s) == t for s, t in zip(seen, truth)) / len(truth)
+    assert all(seen), f"the beacon's missing events give the probe's condition: {recovered:.0%} recovered ({seen})"
