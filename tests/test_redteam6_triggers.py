@@ -154,9 +154,6 @@ async def isolation(running, key, trigger_id):
     return out["isolation"]
 
 
-@pytest.mark.xfail(strict=True, reason="red team 6 R6-3: GET /triggers/{id} shows `isolation` only once a worker "
-                   "loaded the condition, i.e. once some household had a fresh reading: at a noisy level, with no "
-                   "cohort minimum, each upload reads when one household next sent data (runner.isolation)")
 async def test_a_noisy_triggers_view_says_nothing_of_who_was_evaluated(tmp_path, start_agent):
     config = town_config(tmp_path)
     clock = StepClock(T0)

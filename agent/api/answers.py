@@ -317,7 +317,8 @@ class Trigger(Answer):
     days_released: Annotated[int, Meta(description="noisy levels: days whose counts were released")]
     isolation: Annotated[Literal["closed language", "process per row"] | None, Meta(description=(
         "how the sandbox keeps households' rows apart: a condition in the closed language shares one locked "
-        "evaluator (fast), any other gets a process per row; null until first evaluated (README, The sandbox)"))]
+        "evaluator (fast), any other gets a process per row; as its upload's trial found, whether anyone was "
+        "evaluated since or not (null: uploaded before this was recorded; README, The sandbox)"))]
 
 
 class TriggerCreated(Trigger):

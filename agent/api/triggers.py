@@ -145,7 +145,7 @@ async def create_trigger(request: web.Request) -> web.Response:
     async with request.app[ORGANIZATION_LOCKS](org.id):
         _check_limits(runner, org, config)
         trig, secret = await runner.create(org.id, [p.name for p in params], source, interval, window, action,
-                                           description)
+                                           description, closed=result.closed)
     await agent.audit.record_durable(org.id, ORGANIZATION, "trigger.create", trigger_id=trig.id,
                                      parameters=trig.parameters, action_type=action["type"])
     out = runner.describe(trig)

@@ -235,6 +235,13 @@ class Releases:
         self._once[memo] = body
         return body
 
+    def trigger_window(self, org_id: str, trigger_id: str, start: int) -> None:
+        """A trigger's window began to be evaluated: at a noisy level its UTC day will be released whatever its
+        evaluation does (late under load, evaluating nobody), so a day's existence says nothing of anyone."""
+        level = self._level_of(org_id)
+        if level is not None and level.noisy:
+            self._trigger_days.setdefault((org_id, trigger_id, int(start // TRIGGER_DAY_S) * TRIGGER_DAY_S), {})
+
     async def counts(self, org_id: str, trigger_id: str, window: str, start: int,
                      per_household: dict[str, dict[str, int]]) -> Json | Refusal:
         """A trigger's statistics for one window: {household id: {field: 0 or 1}} (e.g. evaluated, fired,

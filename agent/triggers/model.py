@@ -58,12 +58,16 @@ class Trigger:
     quarantined: bool = False
     rejected: str | None = None  # a fixed reason, if the source stopped loading
     description: str = ""  # what households are shown before they consent to its events
+    # In the closed language (its upload's trial said so; its rows run in an evaluator): the view's `isolation`
+    # comes from this, never from a worker having loaded it, which would say someone was evaluated. None:
+    # uploaded before this was recorded.
+    closed: bool | None = None
     # in memory only
     last_window: int | None = field(default=None, compare=False, repr=False)
     suspended: bool = field(default=False, compare=False, repr=False)
 
     RECORD = ("id", "organization_id", "parameters", "source", "interval_s", "window", "action", "secret",
-              "created_at", "quarantined", "rejected", "description")
+              "created_at", "quarantined", "rejected", "description", "closed")
 
     def record(self) -> dict:
         return {k: getattr(self, k) for k in self.RECORD}

@@ -70,6 +70,7 @@ from sandbox import (
     check_condition,
     sandbox_available,
 )
+from sandbox.supervisor import CLOSED_LANGUAGE, PROCESS_PER_ROW
 
 log = logging.getLogger("edge.triggers")
 
@@ -345,14 +346,14 @@ class TriggerRunner:
         return recent[0] - cutoff
 
     async def create(self, org_id: str, parameters: list[str], source: str, interval_s: float, window: str,
-                     action: dict, description: str = "") -> tuple[Trigger, str | None]:
+                     action: dict, description: str = "", closed: bool = False) -> tuple[Trigger, str | None]:
         """Returns once the trigger is on disk (written in a worker thread, after every change before it); it
         runs from then on. The caller checks the organization's limits and calls this under one lock per
         organization, so that two uploads cannot both pass the check during the write."""
         secret = signing.new_secret() if action["type"] == "webhook" else None
         trig = Trigger(id="trg_" + secrets.token_hex(6), organization_id=org_id, parameters=list(parameters),
                        source=source, interval_s=float(interval_s), window=window, action=action, secret=secret,
-                       created_at=self.agent.clock(), description=description)
+                       created_at=self.agent.clock(), description=description, closed=closed)
         # Windows already settled are not its own: it starts with the next one.
         trig.last_window = self.agent.releases.last_settled(window)
 
@@ -440,12 +441,11 @@ class TriggerRunner:
                             "released_daily": s.windows_daily, "inputs_withheld": s.inputs_withheld},
                 "days_released": len(days), "isolation": self.isolation(trig)}
 
-    def isolation(self, trig: Trigger) -> str | None:
-        """How its rows are kept apart (sandbox: "closed language" or "process per row"); None until first run."""
-        try:
-            return self.supervisor.state(trig.organization_id, trig.id).isolation if self.supervisor else None
-        except KeyError:
-            return None
+    @staticmethod
+    def isolation(trig: Trigger) -> str | None:
+        """How its rows are kept apart (sandbox: "closed language" or "process per row"), as its upload's trial
+        found: the same whether or not anyone was evaluated since (red team 6, R6-3)."""
+        return None if trig.closed is None else CLOSED_LANGUAGE if trig.closed else PROCESS_PER_ROW
 
     def _permitted(self, trig: Trigger, org) -> bool:
         """The operator may narrow an organization or change its level after the upload: checked each run."""
@@ -514,6 +514,7 @@ class TriggerRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_window(self, trig: Trigger, start: int) -> None:
+        self.agent.releases.trigger_window(trig.organization_id, trig.id, start)
         try:
             outcome = await self._evaluate_window(trig, start)
         except Exception:
