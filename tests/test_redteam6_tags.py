@@ -3,7 +3,7 @@
 `_decide_exact` leaves `households`/`missing` out of a tag's `cohort_too_small` refusal (the first red team's P11:
 the number of real heat-pump carriers below k_min was revealed), but its `detail` string still reads "6 households
 with a 'heat_pump' channel ... (4 missing)": the exact number of carriers, window by window (when each one's
-appliance channel is reported), to anyone at the level.
+appliance channel is reported), to anyone at the level. Failed until a tag's refusal said "fewer than k_min".
 """
 
 from __future__ import annotations
@@ -11,16 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-import pytest
-
 from tests.helpers.agent import grant, make_config
 from tests.helpers.clock import StepClock, T0
 
 MINUTE = 60
 
 
-@pytest.mark.xfail(strict=True, reason="red team 6 R6-5: an exact tag refusal's detail carries the number of "
-                   "households with that channel (door._decide_exact builds it from `counted` for tags too)")
 async def test_a_tag_refusal_is_the_same_whatever_the_number_of_carriers(tmp_path, start_agent):
     config = make_config(tmp_path)
     levels = {**config.levels, "dso": replace(config.levels["dso"], windows=("1m", "15m", "1h"))}

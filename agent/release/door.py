@@ -499,11 +499,14 @@ class Releases:
         # the audit's order depends on who is in each cohort, never on what they used
         for org, members in sorted(candidates, key=lambda c: (-len(c[1]), c[0].id)):
             counted = len(members - self._related(org.id))
-            if counted < k_min:
+            if counted < k_min and tag:  # no count at all: who carries an appliance channel is not public (P11)
                 result: Json | Refusal = Refusal(
+                    "cohort_too_small", f"fewer than {k_min} {what} (not related to this organization) have data "
+                    "in this window")
+            elif counted < k_min:
+                result = Refusal(
                     "cohort_too_small", f"{counted} {what} (not related to this organization) have data in this "
-                    f"window; at least {k_min} are needed ({k_min - counted} missing)",
-                    *((counted, k_min - counted) if tag is None else ()))
+                    f"window; at least {k_min} are needed ({k_min - counted} missing)", counted, k_min - counted)
             elif not audit.admissible_if_one_known(released, members - known):
                 result = Refusal("isolating", "this window's cohort differs from one released for this window or "
                                  f"in the last {period:g} s by so few households that the sums would single one "
