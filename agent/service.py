@@ -17,7 +17,7 @@ from agent.audit import LEGACY_MATCH_S, AuditLog, consent_action, unaudited
 from agent.auth import HOUSEHOLD, FailureThrottle
 from agent.config import WINDOW_SECONDS, Config
 from agent.delivery.engine import Delivery
-from agent.faults import storage_faults
+from agent.faults import damage_scan_of, storage_faults
 from agent.ingest import TelegramIngest, is_live
 from agent.pipeline import Pipeline
 from agent.registry import Registry
@@ -80,6 +80,7 @@ class Agent:
                                  config.storage.path / "releases")
         self.delivery = Delivery(self, config.storage.path / "delivery", config.delivery)
         self.triggers = TriggerRunner(self, config.storage.path / "triggers")
+        self.damage_scan = damage_scan_of(self)  # the files not opened here, read for damage after start
         # The device in a fleet (agent/fleet/): its desired state is applied here, before anything runs.
         self.fleet = None
         if config.fleet.enabled:
@@ -122,6 +123,7 @@ class Agent:
             asyncio.create_task(self._every(self.config.storage.flush_seconds, self._flush), name="flush"),
             asyncio.create_task(self._every(RETENTION_EVERY_S, self._retention), name="retention"),
             asyncio.create_task(self._audit_unaudited_consents(unchecked), name="consent audit check"),
+            asyncio.create_task(self.damage_scan.run(), name="damage scan"),
         ]
         if self.systemd.watchdog_interval:
             self._tasks.append(asyncio.create_task(

@@ -6,18 +6,22 @@ event (an outbox), or keeps the orphaned outbox and says so (the subscriptions).
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
+from agent.audit import AuditLog
 from agent.config import DeliveryConfig
 from agent.delivery.engine import Delivery
 from agent.delivery.outbox import Outbox
 from agent.registry import Registry
+from agent.release.log import ReleaseLog
 from agent.store import ReadingStore
 from agent.store.segment import integrity
 from drivers.reading import Reading
 from tests.helpers.agent import OPERATOR_TOKEN
 from tests.helpers.process import OP, agent_on
-from tests.helpers.store import flip, record_spans
+from tests.helpers.store import flip, make_reading, record_spans
+from tests.helpers.wait import eventually
 
 
 def granted_then_revoked(tmp_path):
@@ -169,3 +173,69 @@ async def test_a_lost_revocation_in_the_running_agent_fails_closed_and_health_sa
             metrics = await resp.text()
         assert 'edge_storage_damage{kind="registry",what="lost"} 1' in metrics
         assert "edge_healthy 0" in metrics
+
+
+def old_damaged_day_files(storage):
+    """Files no start opens: an audit day file of three days ago with a record lost (both copies), a 1 s release
+    file of two days ago with one copy damaged (recovered), a raw readings segment of two hours ago with a record
+    lost (written once). Returns each one's damaged bytes."""
+    now = time.time()
+    audit = AuditLog(storage / "audit", clock=lambda: now - 3 * 86400)
+    for n in range(3):
+        audit.record("org_x", "organization", "data.read", durable=False, n=n)
+        audit.flush()
+    audit.close()
+    audit_file = storage / "audit" / time.strftime("%Y%m%d.seg", time.gmtime(now - 3 * 86400))
+    releases = ReleaseLog(storage / "releases", keep_days=40)
+    name = "1s-" + time.strftime("%Y%m%d", time.gmtime(now - 2 * 86400))
+    for start in range(2):
+        releases.write({name: [{"t": "r", "o": "org_x", "w": 1, "s": now - 2 * 86400 + start, "g": "", "x": {}}]})
+    releases.close()
+    store = ReadingStore(storage, flush_seconds=1)
+    for batch in range(3):
+        store.add(make_reading("m_old", now - 7200 + batch, seq=batch))
+        store.flush()
+    store.close()
+    raw_file = next((storage / "raw" / "m_old").glob("*.seg"))
+    damaged = {}
+    spans = record_spans(audit_file)
+    for offset, length in spans[2:4]:
+        flip(audit_file, offset + length // 2)
+    damaged["audit"] = spans[2][1] + spans[3][1]
+    release_file = storage / "releases" / f"{name}.seg"
+    offset, length = record_spans(release_file)[0]
+    flip(release_file, offset + length // 2)
+    damaged["releases"] = length
+    offset, length = record_spans(raw_file)[1]
+    flip(raw_file, offset + length // 2)
+    damaged["raw"] = length
+    return damaged
+
+
+async def test_damage_in_files_nobody_reads_is_found_at_start_and_shown_at_once(tmp_path):
+    storage = tmp_path / "edge"
+    async with agent_on(storage, tmp_path) as running:
+        assert await running.stop() == 0
+        damaged = old_damaged_day_files(storage)
+        await running.start()
+
+        async def scanned():
+            status, health, _ = await running.call("GET", "/health", OP)
+            return health["faults"]["damage_scan"]["state"] == "done" and (status, health)
+        status, health = await eventually(scanned, 30, "the start-up damage scan")
+        damage = health["faults"]["damage"]
+        assert status == 503  # records lost beyond repair: the audit entry, the readings
+        assert damage["audit"] == {"files": 1, "skipped_bytes": damaged["audit"], "cut_bytes": 0, "recovered": 0,
+                                   "lost": 1}, damage
+        assert damage["releases"] == {"files": 1, "skipped_bytes": damaged["releases"], "cut_bytes": 0,
+                                      "recovered": 1, "lost": 0}, damage
+        assert damage["raw"]["lost"] == 1 and damage["raw"]["skipped_bytes"] == damaged["raw"], damage
+        async with running.http.get(f"http://127.0.0.1:{running.port}/metrics", headers=OP) as resp:
+            metrics = await resp.text()
+        for kind, what in (("audit", "lost"), ("releases", "recovered"), ("raw", "lost")):
+            assert f'edge_storage_damage{{kind="{kind}",what="{what}"}} 1' in metrics
+        # Reading the files now counts nothing twice.
+        status, body, _ = await running.call("GET", f"/audit?since={time.time() - 4 * 86400}&limit=100", OP)
+        assert status == 200 and len(body["entries"]) >= 2
+        status, after, _ = await running.call("GET", "/health", OP)
+        assert after["faults"]["damage"] == damage

@@ -20,7 +20,8 @@ from functools import partial
 import aiohttp
 import pytest
 
-from tests.helpers.faults import SmallDisk, assert_every_window_accounted, window_seconds
+from tests.helpers.faults import (SmallDisk, assert_every_window_accounted, assert_gap_counts_what_was_lost,
+                                  refused_in, window_seconds)
 from tests.helpers.process import FLUSH_S, OP, Running, agent_on, town
 from tests.helpers.receiver import Receiver
 from tests.helpers.wait import eventually
@@ -135,7 +136,13 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
                     created.append(body["token"])
                 else:
                     assert body["error"] == "storage_full"
-            await asyncio.sleep(2)  # windows close while nothing can be queued
+            # Windows close while nothing can be queued: until one could not be (the outbox's last block may have
+            # room for a few more messages first), and a second more.
+            async def not_queued():
+                _, health, _ = await running.call("GET", "/health", OP)
+                return health["faults"]["delivery"]["windows_not_queued"]
+            await until(not_queued, 30, "a window that could not be queued")
+            await asyncio.sleep(1)
 
             small_disk.free()
             freed_at = time.monotonic()
@@ -147,11 +154,19 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
             await until(flowing, 30, "gap event and aggregates after the disk was freed")
             await until(lambda: _healthy(running), 15, "/health 200 again")
             gap = next(m for m in receiver.messages() if m["type"] == "gap")
-            # At least the window whose queueing failed; how many more closed while nothing could be queued, rather
-            # than being decided after the disk was freed and sent, depends on timing (it was >= 2 until this
-            # session; CI saw 1 once, unexplained: noted on issue 16). That every window is sent or in a gap is
-            # checked window by window in tests/test_faults_outbox_eio.py.
-            assert gap["lost_windows"] >= 1 and "GET /data" in gap["detail"]
+            assert "GET /data" in gap["detail"]
+            # The windows the release module refused so far (a consent change above that was made, 200, withholds
+            # the window it fell in: fewer than k_min households consented throughout it). Asked now, while the
+            # agent that decided them runs: not released, so never sent, and never counted in a gap, though a gap's
+            # span may include them. That window just before the first gap was the intermittent "window neither sent
+            # nor in a gap" of issue 16 (and a withheld window inside the span made `lost_windows` 1 where 2 was
+            # expected): it was refused, as GET /data says.
+            first_sent = min(window_seconds(m["window_start"]) for m in receiver.messages() if m["type"] == "aggregate")
+            status, history, _ = await running.call("GET", f"/data?window=1s&since={first_sent}&until={time.time()}",
+                                                    org_auth)
+            assert status == 200, history
+            refused = refused_in(history)
+            assert_gap_counts_what_was_lost(gap, refused)  # exactly the released windows it stands for
 
             # Full again, and kill -9 while full: what was acknowledged up to one flush before is on disk.
             small_disk.fill()
@@ -182,12 +197,9 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
             # Said, not shouted: a line a minute per broken write path, no traceback per flush.
             log = running.log.read_text()
             assert "Traceback" not in log and log.count("_flush failed") <= 2, log[-3000:]
-            try:
-                assert_every_window_accounted(receiver.messages())
-            except AssertionError as err:
-                # KNOWN BUG, open on issue 16: CI saw once the 1 s window just before the first full-disk gap
-                # neither sent nor in a gap (1 of 2 runs; not reproduced alone). Everything above still holds.
-                pytest.xfail(f"issue 16: a window neither sent nor in a gap after a full disk: {err}")
+            # No aggregate comes after the restart within the test (exact sums resume one audit period later): the
+            # windows refused are all known from the answer above.
+            assert_every_window_accounted(receiver.messages(), refused)
     finally:
         await receiver.stop()
 

@@ -21,7 +21,8 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.helpers.faults import SmallDisk, assert_every_window_accounted
+from tests.helpers.faults import (SmallDisk, assert_every_window_accounted, assert_gap_counts_what_was_lost,
+                                  refused_in, window_seconds)
 from tests.helpers.process import OP, agent_on, town
 from tests.helpers.receiver import Receiver
 from tests.helpers.wait import eventually as until
@@ -128,10 +129,16 @@ async def test_eio_on_the_outbox_alone_the_sender_survives_and_nothing_is_skippe
             await asyncio.gather(feeder, return_exceptions=True)
             gap = next(m for m in receiver.messages() if m["type"] == "gap")
             assert gap["lost_windows"] >= 2 and "GET /data" in gap["detail"]
-            assert_every_window_accounted(receiver.messages())
+            org_auth = {"Authorization": f"Bearer {org['api_key']}"}
+            first_sent = min(window_seconds(m["window_start"]) for m in receiver.messages() if m["type"] == "aggregate")
+            status, history, _ = await running.call("GET", f"/data?window=1s&since={first_sent}&until={time.time()}",
+                                                    org_auth)
+            assert status == 200, history
+            refused = refused_in(history)
+            assert_gap_counts_what_was_lost(gap, refused)  # exactly the windows that could not be queued
+            assert_every_window_accounted(receiver.messages(), refused)
             assert time.monotonic() - failed_at > 3
-            _, subscription, _ = await running.call("GET", f"/data/subscriptions/{sub['id']}",
-                                                    {"Authorization": f"Bearer {org['api_key']}"})
+            _, subscription, _ = await running.call("GET", f"/data/subscriptions/{sub['id']}", org_auth)
             assert subscription["delivery"]["queued"] <= 2  # the queue drains: the held message is acknowledged
             resent = receiver.ids().count(held)
             await asyncio.sleep(2)

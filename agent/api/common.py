@@ -18,6 +18,7 @@ from aiohttp import web
 from agent.auth import AuthError, Principal, identify
 from agent.ingest import IngestError
 from agent.registry import RegistryError
+from agent.release import ReleaseLost
 from agent.store.disk import StorageUnavailable, unavailable
 
 log = logging.getLogger("edge.api")
@@ -44,7 +45,7 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except (ApiError, AuthError) as err:
         return json_error(err.status, err.error, err.detail, err.headers, **getattr(err, "extra", {}))
-    except (RegistryError, IngestError) as err:
+    except (RegistryError, IngestError, ReleaseLost) as err:
         return json_error(err.status, err.error, err.detail)
     except StorageUnavailable as err:  # a durable write the disk refused: nothing of it happened; retry later
         return json_error(err.status, err.error, err.detail, err.headers)

@@ -429,6 +429,17 @@ class Delivery:
         return refusal.detail if refusal else None
 
     def _produce(self, sub: Subscription, start: int, now: float) -> None:
+        """Decide window `start` for `sub` and queue what goes out. The caller has already counted the window as
+        decided (`last_window`): whatever fails here (a bug, a bad record, an error that is no OSError) puts the
+        window in the next `gap` rather than losing it silently."""
+        try:
+            self._decide_window(sub, start, now)
+        except Exception as exc:
+            self._unqueued(sub, 1, start, start + WINDOW_SECONDS[sub.window])
+            self._ratelog.log(logging.ERROR, f"produce:{sub.id}", "subscription %s: window %s not produced (%r); "
+                              "it goes out inside a gap event", sub.id, iso(start), exc)
+
+    def _decide_window(self, sub: Subscription, start: int, now: float) -> None:
         stats = self.stats[sub.id]
         refusal = self._access_refusal(sub)
         if refusal:

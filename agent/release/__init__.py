@@ -2,7 +2,7 @@
 its pure parts: the audit of exact sums (audit.py), the per-household privacy-loss ledger (ledger.py), the
 bodies of releases (records.py), and the durable release log (log.py)."""
 
-from agent.release.door import Releases
+from agent.release.door import ReleaseLost, Releases
 from agent.release.records import Refusal
 
-__all__ = ["Refusal", "Releases"]
+__all__ = ["Refusal", "ReleaseLost", "Releases"]

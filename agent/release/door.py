@@ -80,6 +80,14 @@ class Grid:
     tags: bool  # the exact tag grid (a minute or the exact grid, whichever is wider)
 
 
+class ReleaseLost(ValueError):
+    """A one-off release whose record was lost: refused for good (the API answers status, error, detail)."""
+
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
 def cohort_hash(members: frozenset[str]) -> str:
     return hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest()[:20]
 
@@ -105,6 +113,9 @@ class Releases:
         self._decided: dict[int, int] = {}  # width -> start of the newest window of that width decided
         self._listeners: list[Callable[[str, int], None]] = []
         self._once: dict[str, Json] = {}
+        self._once_files: dict[str, str] = {}  # memo key -> its day file (for the memo index, log.py)
+        self._lost_memos: set[str] = set()  # see _note_lost_memos
+        self._memos_unknown_until = 0.0
         self._once_running: dict[str, asyncio.Future[Json]] = {}
         self._pending: dict[str, list[Json]] = {}  # exact records not yet on disk (flushed with the store)
         self._cohorts_written: set[tuple[str, str]] = set()
@@ -146,7 +157,9 @@ class Releases:
                     self._records[(doc["o"], doc["w"], doc["s"], doc["g"])] = doc
             elif kind == "o":
                 self._once[doc["k"]] = doc["b"]
+                self._once_files[doc["k"]] = ReleaseLog.file_of(doc)
         self.ledger.forget_before(now - DAY)  # a release may be charged to yesterday (trigger days): keep its horizon
+        self._note_lost_memos()
         # The audit's memory of the cohorts released in the last audit period (and the hold-over of silent
         # households) is not on disk, and exact records not yet flushed are lost by a kill -9: after a restart that
         # follows recent exact releases, no exact window is released for one audit period, or the first window
@@ -154,6 +167,26 @@ class Releases:
         period = self.config.privacy.audit_period_s
         if last_exact is not None and last_exact >= now - period - RESTART_MARGIN_S:
             self._audit_blind_until = now + period
+
+    def _note_lost_memos(self) -> None:
+        """Memos lost beyond repair (agent/release/log.py, "Memos"): refused for good, never computed again."""
+        index = self.log.memo_index()
+        self._lost_memos = {k for k, name in index.files.items() if k not in self._once and self.log.kept(name)}
+        unknown = [name for name in self.log.lost_files
+                   if index.damaged or index.since is None or name < index.since]
+        self._memos_unknown_until = max((self.log.kept_until(name) for name in unknown), default=0.0)
+        if self._lost_memos or unknown:
+            log.error("release log: %d one-off release(s) lost beyond repair%s; they are refused, never computed "
+                      "again", len(self._lost_memos), f", and those of {', '.join(sorted(unknown))} are unknown: "
+                      f"every one not on record is refused until {iso(self._memos_unknown_until)}" if unknown else "")
+
+    def memos_lost(self) -> Json | None:
+        """For /health: the one-off releases refused because their record was lost, or None."""
+        unknown = self.clock() < self._memos_unknown_until
+        if not self._lost_memos and not unknown:
+            return None
+        return {"keys": sorted(self._lost_memos),
+                "every_new_one_refused_until": iso(self._memos_unknown_until) if unknown else None}
 
     def close(self) -> None:
         self.log.close()
@@ -222,6 +255,10 @@ class Releases:
         memo = f"{kind}|{key}"
         if memo in self._once:
             return self._once[memo]
+        if memo in self._lost_memos or self.clock() < self._memos_unknown_until:
+            # computed again, it would be a second draw (or over other households) of what was released once
+            raise ReleaseLost(409, "release_lost", "this release was made once and its record was lost beyond "
+                              "repair; it is not made again (a second one could be compared with the first)")
         running = self._once_running.get(memo)
         if running is None:
             running = self._once_running[memo] = asyncio.ensure_future(self._compute_once(memo, compute))
@@ -231,7 +268,8 @@ class Releases:
     async def _compute_once(self, memo: str, compute: Callable[[], Json]) -> Json:
         body = await asyncio.to_thread(compute)
         doc = {"t": "o", "k": memo, "b": body, "at": self.clock()}
-        await serially(self.writes, self.log.write, {ReleaseLog.file_of(doc): [doc]})
+        await serially(self.writes, self.log.write_memo, doc, dict(self._once_files),
+                       then=lambda: self._once_files.update({memo: ReleaseLog.file_of(doc)}))
         self._once[memo] = body
         return body
 

@@ -19,6 +19,14 @@ Documents (short keys: there are many):
   {"t": "o", "k": memo key, "b": body}                        a release computed when first asked (`once`)
   {"t": "c", "h": "lost-<file>", "m": ["*"], "x": n} and {"t": "n", "o": "", "i": "", "w": 86400, "s": day,
    "b": {}, "c": "lost-<file>", "p": 0.0, "x": n}             the fail-closed charge of a day with n lost records
+
+Memos (`once`: a one-off release, such as an anonymized day) must never be computed twice: a second computation
+is a second noisy draw, or one over other households. So every memo's key is also in `memos.seg` (written twice,
+before the memo itself, in the same step; `{"k": key, "f": day file}`, `{"k": key, "gone": 1}` if the memo's own
+write then failed; begun with `{"since": day}` and the memos then on record): a key the index has whose memo is
+missing from a day file still kept was lost, and is refused for good. Memos of a day file that lost records before
+the index began, or while the index itself lost records, are unknown: then every memo not on record is refused
+while that day file is kept (agent/release/door.py, `_note_lost_memos`).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +50,7 @@ FINE_PREFIX = "1s-"
 FINE_KEEP_DAYS = 2
 KIND = "releases"  # in integrity(): /health, /metrics
 LOST = "lost-"  # the cohort hash prefix of a fail-closed charge
+MEMOS = "memos"  # the memo index's file (memos.seg): no day file
 
 
 def day_name(moment: float) -> str:
@@ -64,6 +74,8 @@ class ReleaseLog:
         self._lock = threading.Lock()  # a worker thread's write, a history read, or close()
         self.last_error: str | None = None  # the last write's failure, None once one succeeds
         self._unwritten: dict[str, list[dict[str, Any]]] = {}  # fail-closed charges the disk refused at start
+        self.lost_files: dict[str, int] = {}
+        self._memo_db: SegmentDB | None = None  # the memo index, once written to  # main day files (kept) with records lost beyond repair: how many
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.seg"
@@ -124,7 +136,11 @@ class ReleaseLog:
                 if doc.get("c", "").startswith(LOST) and doc.get("t") == "n":
                     charged = max(charged, doc.get("x", 1))
                 yield doc
-            if stream.lost_records > charged and not path.stem.startswith(FINE_PREFIX):
+            if path.stem.startswith(FINE_PREFIX):
+                continue
+            if max(stream.lost_records, charged):
+                self.lost_files[path.stem] = max(stream.lost_records, charged)
+            if stream.lost_records > charged:
                 yield from self._fail_closed(path.stem, day, stream.lost_records)
 
     def _fail_closed(self, name: str, day: int, lost: int) -> list[dict[str, Any]]:
@@ -142,6 +158,55 @@ class ReleaseLog:
                 log.error("release log %s: cannot write the fail-closed charge yet: %s", name, exc)
                 self._unwritten[name] = docs
         return docs
+
+    # --- memos -----------------------------------------------------------------------------------
+    def write_memo(self, doc: dict[str, Any], known: dict[str, str]) -> None:
+        """A memo (`{"t": "o", "k": key, ...}`): its key into the index, then the memo into its day file, each
+        fsync'd (in a worker thread). Raises the OSError of a refused write: then no memo is on record (its key,
+        if written, is marked gone; if even that fails, the key counts as lost at the next start: refused).
+        `known`: the memos on record ({key: day file}), put in the index when it is begun."""
+        name = self.file_of(doc)
+        with self._lock:
+            path = self._path(MEMOS)
+            begun = path.exists() and path.stat().st_size > 0
+            first = [] if begun else [{"since": day_name(doc.get("at", 0))},
+                                      *({"k": k, "f": f} for k, f in known.items())]
+            if self._memo_db is None:
+                self._memo_db = SegmentDB(str(path), kind=KIND, copies=2)
+            index = self._memo_db.table(TABLE)
+            index.insert_multiple([*first, {"k": doc["k"], "f": name}])
+            try:
+                self._insert(name, [doc])
+            except OSError as exc:
+                self.last_error = f"{exc.strerror or exc} ({time.strftime('%H:%M:%S', time.gmtime())} UTC)"
+                try:
+                    index.insert({"k": doc["k"], "gone": 1})
+                except OSError:
+                    pass  # the key stays without its memo: lost, so refused, never computed twice
+                raise
+            self.last_error = None
+
+    def memo_index(self) -> MemoIndex:
+        """What the index says (read at start, after `load`)."""
+        stream = SegmentStream(self._path(MEMOS), kind=KIND)
+        index = MemoIndex()
+        for doc in stream.docs(TABLE):
+            if "since" in doc:
+                index.since = index.since or doc["since"]
+            elif doc.get("gone"):
+                index.files.pop(doc["k"], None)
+            else:
+                index.files[doc["k"]] = doc["f"]
+        index.damaged = stream.lost_records > 0
+        return index
+
+    def kept(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def kept_until(self, name: str) -> float:
+        """When retention deletes a main day file."""
+        day = _day(self._path(name))
+        return 0.0 if day is None else day + (self.keep_days + 1) * 86400
 
     def apply_retention(self, now: float) -> None:
         with self._lock:
@@ -162,3 +227,13 @@ class ReleaseLog:
             for db in self._open.values():
                 db.close()
             self._open.clear()
+            if self._memo_db is not None:
+                self._memo_db.close()
+            self._memo_db = None
+
+
+@dataclass
+class MemoIndex:
+    files: dict[str, str] = field(default_factory=dict)  # memo key -> the day file its memo went to
+    since: str | None = None  # the day the index began: memos before it are not in it
+    damaged: bool = False  # records of the index itself lost beyond repair

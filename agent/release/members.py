@@ -33,6 +33,7 @@ from agent.offloop import serially
 from agent.store.segment import SegmentDB, ensure_dir
 
 log = logging.getLogger("edge.release")
+KIND = "release-members"  # in integrity(): /health, /metrics
 
 TABLE = "m"
 DAY = 86400
@@ -192,7 +193,7 @@ class Members:
             if self._db is None or self._db[0] != name:
                 if self._db is not None:
                     self._db[1].close()
-                self._db = (name, SegmentDB(str(self.directory / f"{name}.seg"), kind="release-members"))
+                self._db = (name, SegmentDB(str(self.directory / f"{name}.seg"), kind=KIND))
                 self._expire(name)
             self._db[1].table(TABLE).insert_multiple(batch)
 

@@ -90,7 +90,7 @@ class Scan:
         return [d for d in self.damage if not d.torn and not d.twin_intact]
 
 
-def scan_records(buf: bytes) -> Scan:
+def scan_records(buf: bytes, keep: bool = True) -> Scan:
     """Decode every good record in buf, and say what did not decode.
 
     A damaged record in the middle (a flipped bit, a bad sector) is skipped: decoding resumes at the next
@@ -98,6 +98,7 @@ def scan_records(buf: bytes) -> Scan:
     record after it ends the good part: torn if it is cut short (the record claims more bytes than the file
     has), damaged if it is whole but fails its check. A damaged record right beside a good one of the same
     length and nearly the same bytes is the other copy of a record written twice (``encode_record`` twice).
+    ``keep=False`` decodes without keeping the records (a scan for damage only).
     """
     scan = Scan()
     view = memoryview(buf)
@@ -105,7 +106,9 @@ def scan_records(buf: bytes) -> Scan:
     spans: list[tuple[int, int]] = []  # good records' (offset, length), to find a damaged one's twin
     while pos < len(buf):
         try:
-            scan.records.append(_decode_one(view, pos))
+            record = _decode_one(view, pos)
+            if keep:
+                scan.records.append(record)
         except CorruptRecord as problem:
             resume = _next_good(view, buf, pos + 1)
             end = len(buf) if resume is None else resume
@@ -136,6 +139,19 @@ def _has_twin(buf: bytes, start: int, end: int, before: tuple[int, int] | None, 
             if differing <= max(8, length // 64):  # a flipped byte or a bad word, not another record
                 return True
     return False
+
+
+def frame_ok(header: bytes, payload: bytes) -> bool:
+    """Whether a record's header (HEADER.size bytes) and the payload read after it check out, without decompressing
+    (the walk of a scan for damage: a frame whose CRC holds holds what was written)."""
+    magic, length, crc = HEADER.unpack(header)
+    return magic == MAGIC and length <= MAX_PAYLOAD and len(payload) == length and zlib.crc32(payload) == crc
+
+
+def damage_after(buf: bytes, base: int) -> list[Damage]:
+    """What ``scan_records`` finds damaged in buf, the bytes of a segment from offset `base` (a record's start), at
+    their offsets in the segment; no record is kept."""
+    return [_shifted(d, base) for d in scan_records(buf, keep=False).damage]
 
 
 def decode_records(buf: bytes) -> tuple[list[tuple[str, int, list[dict]]], int, str | None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -26,7 +27,8 @@ from tinydb.storages import Storage
 from tinydb.table import Table
 
 from agent.store.disk import check_under
-from agent.store.records import Damage, encode_record, scan_lazily, scan_records
+from agent.store.records import (HEADER, MAX_PAYLOAD, Damage, damage_after, encode_record, frame_ok, scan_lazily,
+                                 scan_records)
 
 log = logging.getLogger("edge.store")
 
@@ -71,6 +73,38 @@ def _note_damage(path: Path, kind: str, base: int, damage: list[Damage]) -> None
             found = _damage.setdefault(str(path), {})
             for item in damage:
                 found.setdefault(base + item.offset, (kind, item))
+
+
+SETTLED_S = 60.0  # a segment not written for this long has no append in progress: a torn tail is settled
+
+
+def scan_for_damage(path: str | Path, kind: str = "other") -> int:
+    """Read one segment for damage only and note what it finds in ``integrity()``, as opening it would. Memory: one
+    record while the frames check out (nothing is decompressed), the rest of the file from the last good record on
+    once one does not (rare). A torn tail counts only once the file has not been written for SETTLED_S (before
+    that it may be an append in progress, or one being undone). Returns the bytes read."""
+    try:
+        with open(path, "rb") as handle:
+            pos = last = 0
+            while True:
+                header = handle.read(HEADER.size)
+                if not header:
+                    return pos
+                length = HEADER.unpack(header)[1] if len(header) == HEADER.size else 0
+                if len(header) < HEADER.size or length > MAX_PAYLOAD or not frame_ok(header, handle.read(length)):
+                    break
+                last, pos = pos, pos + HEADER.size + length
+            handle.seek(last)
+            rest = handle.read()
+            mtime = os.fstat(handle.fileno()).st_mtime
+    except (FileNotFoundError, NotADirectoryError):
+        return 0  # deleted by retention meanwhile
+    settled = time.time() - mtime >= SETTLED_S
+    damage = [d for d in damage_after(rest, last) if settled or not d.torn]
+    if damage:
+        log.warning("segment %s: %s", path, "; ".join(d.problem for d in damage))
+        _note_damage(Path(path), kind, 0, damage)
+    return last + len(rest)
 
 
 class SegmentStorage(Storage):

@@ -62,17 +62,33 @@ class SmallDisk:
         subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
 
 
-def assert_every_window_accounted(messages: list[dict]) -> None:
+def assert_every_window_accounted(messages: list[dict], refused: frozenset[int] | set[int] = frozenset()) -> None:
     """Sequence numbers 1..n without a hole (a message sent again keeps its number), and every 1 s window from the
-    first aggregate to the last is an aggregate or inside a gap's [from, to)."""
+    first aggregate to the last is an aggregate, inside a gap's [from, to), or one the release module refused
+    (`refused`, from GET /data?since=&until=: not released, so never sent; a consent revoked during the window, for
+    one). A refused window is never sent."""
     sequences = sorted({m["sequence"] for m in messages})
     assert sequences == list(range(1, len(sequences) + 1)), sequences
-    aggregates = {window_seconds(m["window_start"]) for m in messages if m["type"] == "aggregate"}
+    aggregates = {int(window_seconds(m["window_start"])) for m in messages if m["type"] == "aggregate"}
+    assert not aggregates & set(refused), f"windows refused by the release module yet sent: {aggregates & refused}"
     gaps = [(window_seconds(m["from"]), window_seconds(m["to"])) for m in messages if m["type"] == "gap"]
     first, last = min(aggregates), max(aggregates)
-    missing = [w for w in range(int(first), int(last)) if w not in aggregates
+    missing = [w for w in range(first, last) if w not in aggregates and w not in refused
                and not any(start <= w < end for start, end in gaps)]
-    assert not missing, f"windows neither sent nor in a gap: {missing}; gaps {gaps}"
+    assert not missing, f"windows neither sent, refused nor in a gap: {missing}; gaps {gaps}"
+
+
+def assert_gap_counts_what_was_lost(gap: dict, refused: frozenset[int] | set[int]) -> None:
+    """A gap for 1 s windows that could not be queued: `lost_windows` is exactly the windows of [from, to) that were
+    released (those refused in between were never going out: inside the span, not counted)."""
+    start, end = int(window_seconds(gap["from"])), int(window_seconds(gap["to"]))
+    released = [w for w in range(start, end) if w not in refused]
+    assert gap["lost_windows"] == len(released) >= 1, (gap, sorted(w for w in refused if start <= w < end))
+
+
+def refused_in(history: dict) -> set[int]:
+    """The windows a GET /data?since=&until= answer lists as refused."""
+    return {int(window_seconds(r["window_start"])) for r in history["refused"]}
 
 
 def window_seconds(iso: str) -> float:
