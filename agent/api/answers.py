@@ -89,8 +89,9 @@ class Health(Answer):
     config_error: Annotated[str | None, Meta(description="why the last edge.toml was rejected")]
     faults: Annotated[dict[str, Any], Meta(description=(
         "the durable state at risk: data_directory_lost, damage (per file kind: files, skipped_bytes, cut_bytes, "
-        "recovered, lost), registry_failed_closed, release_log_error, delivery (outbox_errors, windows_not_queued, "
-        "damaged)"))]
+        "recovered, lost), registry_failed_closed, release_log_error, releases_lost (one-off releases refused for "
+        "good: keys, every_new_one_refused_until), delivery (outbox_errors, windows_not_queued, damaged), "
+        "damage_scan (the start's scan of every file for damage: state, files, scanned)"))]
     fleet: Annotated[dict[str, Any], Meta(description="[fleet] enabled: the link to the cluster")] | UnsetType = UNSET
 
 
