@@ -1,6 +1,8 @@
 """Decoding a request body: the typed schemas (agent/api/bodies.py, msgspec) beside what they replaced (json.loads and
 the hand-written json_object check of types, required and unknown fields, kept here as the baseline), in the same
-run, same bodies.
+run, same bodies. Then reading edge.toml's tables (agent/config.py's parse_config, msgspec.convert into the typed
+schemas) beside the hand-written parser it replaced, taken from the repository's history (HAND_PARSER; skipped
+where git or that commit is not there).
 
 Prints microseconds per body (best of 5 runs) and the ratio; asserts nothing. A Pi 4 core is about 4x slower.
 Usage: python bench/bodies.py [iterations]
@@ -9,15 +11,24 @@ Usage: python bench/bodies.py [iterations]
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
+import subprocess
 import sys
 import timeit
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import msgspec  # noqa: E402
+
 from agent.api.bodies import ApplianceIn, NotifyIn, SubscribeIn, TriggerIn, decode  # noqa: E402
 from agent.api.common import ApiError  # noqa: E402
+from agent.config import parse_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HAND_PARSER = "45af7e0"  # the last commit with the hand-written parse_config
 
 
 def json_object(payload, allowed: dict[str, type | tuple], required: tuple[str, ...] = ()) -> dict:
@@ -80,6 +91,44 @@ def per_body_us(fn, n: int) -> float:
     return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
 
 
+def hand_parser():
+    """The hand-written agent/config.py of HAND_PARSER, as a module of its own (None without git or that commit)."""
+    try:
+        source = subprocess.run(["git", "show", f"{HAND_PARSER}:agent/config.py"], cwd=REPO, capture_output=True,
+                                check=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    spec = importlib.util.spec_from_loader("hand_config", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hand_config"] = module  # its dataclasses look their module up
+    exec(compile(source, "hand_config.py", "exec"), module.__dict__)
+    return module
+
+
+def config_files() -> list[tuple[str, dict]]:
+    example = tomllib.loads((REPO / "image/boot/edge.toml.example").read_text())
+    example.pop("network")
+    levels = {"supplier": {"kind": "noisy", "anonymized": {"k": 20}, "dp": {"rho": 0.001, "tags": ["ev"]}},
+              "research": {"parameters": ["neighborhood_*"], "windows": ["1h"], "kind": "noisy"}}
+    meters = [{"id": f"house-{i}", "port": f"/dev/ttyUSB{i}", "profile": "dsmr5"} for i in range(4)]
+    return [("the image's example", example), ("+ 2 levels and 4 meters", {**example, "levels": levels,
+                                                                          "meters": meters})]
+
+
+def bench_config(n: int) -> None:
+    hand = hand_parser()
+    for label, data in config_files():
+        ours = per_body_us(lambda: parse_config(data), n)
+        if hand is None:
+            print(f"edge.toml, {label}: typed schemas {ours:.1f} µs (no baseline: git or {HAND_PARSER} missing)")
+            continue
+        same = [msgspec.to_builtins(parse(data), enc_hook=str) for parse in (hand.parse_config, parse_config)]
+        assert same[0] == same[1], "the typed schemas read it differently"
+        baseline = per_body_us(lambda: hand.parse_config(data), n)
+        print(f"edge.toml, {label}: typed schemas {ours:.1f} µs, hand-written parse_config {baseline:.1f} µs "
+              f"(baseline), {ours / baseline:.2f}x")
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     for name, kind, good, bad, fields, required in CASES:
@@ -96,6 +145,7 @@ def main() -> None:
             ours, baseline = per_body_us(schema, n), per_body_us(hand, n)
             print(f"{name} body, {label} ({len(raw)} bytes): typed schema {ours:.2f} µs, json.loads + json_object "
                   f"{baseline:.2f} µs (baseline), {ours / baseline:.2f}x")
+    bench_config(max(1, n // 20))
 
 
 if __name__ == "__main__":

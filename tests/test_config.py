@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
+import msgspec
 import pytest
 
-from agent.config import ConfigError, load_config
+from agent.config import AuthTable, ConfigError, EdgeToml, MeterTable, load_config, parse_config
 
 GOOD = """
 [device]
@@ -180,3 +183,47 @@ def test_closed_language_only_is_read_and_checked(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, GOOD + "\n[triggers]\nclosed_language_only = \"yes\"\n"))
     assert info.value.key == "triggers.closed_language_only"
+
+
+# --- the defaults, stated once: the schemas' (agent/config.py), which the image's example shows -------------------
+EXAMPLE = Path(__file__).resolve().parents[1] / "image/boot/edge.toml.example"
+# Where the example says something else than the default, and why (its own comments say so too).
+NOT_DEFAULTS = {"api.listen": "0.0.0.0:8080",  # the image answers on every interface; the agent alone on loopback
+                "auth.operator_token": "CHANGE-ME-or-leave-as-is-for-a-random-token",  # edge-firstboot's placeholder
+                "meters[0].id": "house-1", "meters[0].port": "/dev/ttyUSB0"}  # a meter has no default
+
+
+def _flat(data, prefix="") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                out |= _flat(item, f"{prefix}{key}[{i}].")
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def test_the_images_example_shows_every_key_with_its_default():
+    example = tomllib.loads(EXAMPLE.read_text())
+    example.pop("network")  # the boot script's, never the agent's
+    parse_config(example)
+    defaults = _flat(msgspec.to_builtins(EdgeToml(auth=AuthTable(operator_token=""))))
+    defaults.pop("meters")  # none by default: the example's one is compared with the meter schema below
+    meter = _flat(msgspec.to_builtins(MeterTable(id="", port="")), "meters[0].")
+    defaults |= {key: value for key, value in meter.items() if value is not None}  # the others are commented out
+    shown = _flat(example)
+    assert set(shown) == set(defaults)  # every key, and no other
+    differ = {key: value for key, value in shown.items() if value != defaults[key]}
+    assert differ == NOT_DEFAULTS
+
+
+def test_the_runtime_defaults_are_the_schemas():
+    """A Config made in process (tests, tools) and one read from a file without the key agree."""
+    from agent.config import Config
+
+    read = parse_config({"auth": {"operator_token": "x" * 16}})
+    made = Config(operator_token="x" * 16)
+    assert read == made
