@@ -9,7 +9,7 @@ Reads decode a day file a record at a time and keep at most `limit` entries.
 The event loop never writes it. `record(...)` only appends the entry to a queue in memory, in the order of the
 calls, and wakes the writer: one asyncio task that writes the whole queue in a worker thread (one fsync per
 batch and day), batch after batch, so entries land in the order they were recorded and many concurrent requests
-share one fsync. The API awaits `record_durable(...)`, which returns once its entry is on disk (or raises the
+share one fsync (agent/store/durable.py's GroupCommit). The API awaits `record_durable(...)`, which returns once its entry is on disk (or raises the
 OSError of a disk that refused it: the request fails, as the access must not happen unlogged). What the log
 promises:
 
@@ -29,11 +29,11 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
-import threading
 import time
 from collections import deque
 from pathlib import Path
 
+from agent.store.durable import Durable, GroupCommit
 from agent.store.segment import SegmentDB, SegmentStream, ensure_dir
 
 RETENTION_DAYS = 400
@@ -46,14 +46,6 @@ log = logging.getLogger("edge.audit")
 
 def _day(moment: float) -> str:
     return time.strftime("%Y%m%d", time.gmtime(moment))
-
-
-def _settle(done: asyncio.Future, error: BaseException | None) -> None:
-    if not done.done():  # its request may have been cancelled
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
 
 
 def consent_action(granted: bool) -> str:
@@ -91,13 +83,11 @@ class AuditLog:
         ensure_dir(self.directory)
         self._day: str | None = None
         self._db: SegmentDB | None = None
-        # (entry, the future of a request waiting for it, or None), in the order recorded
-        self._pending: list[tuple[dict, asyncio.Future | None]] = []
-        self._queue = threading.Lock()  # the queue only: held for a list operation, never across a write
-        self._disk = threading.Lock()  # one writer at a time: the writer task's thread, a flush, a query, close
-        self._writer: asyncio.Task | None = None
-        self._due: asyncio.Event | None = None
-        self._closed = False
+        # one writer at a time (the writer task's thread, a flush, close); entries in the order recorded, a day file
+        # each group
+        self._durable = Durable("audit log", self.directory, log, what="the audit entry")
+        self._entries = GroupCommit(self._durable, group=lambda entry: _day(entry["at"]),
+                                    write=lambda day, entries: self._insert(day, entries))
 
     def _file(self, moment: float) -> Path:
         return self.directory / (_day(moment) + ".seg")
@@ -106,96 +96,35 @@ class AuditLog:
     def record(self, who: str, role: str, action: str, durable: bool = True, **details) -> dict:
         """Queue an entry (cheap: never waits on the disk from the event loop). `durable=False` for high-rate
         entries (webhook pushes): written with the next `flush` or the writer's next batch."""
-        entry, _ = self._queue_entry(who, role, action, details, None)
-        if durable:
-            self._write_soon()
+        entry = self._entry(who, role, action, details)
+        self._entries.add(entry, soon=durable)
         return entry
 
     async def record_durable(self, who: str, role: str, action: str, **details) -> dict:
         """Queue an entry and return once it is on disk (for what must be logged before it is answered).
         Raises the OSError of a disk that refused it; the entry is kept and written with a later attempt."""
-        loop = asyncio.get_running_loop()
-        entry, done = self._queue_entry(who, role, action, details, loop.create_future())
-        self._write_soon()
-        await asyncio.shield(done)  # a cancelled request leaves the future to the writer
+        entry = self._entry(who, role, action, details)
+        await self._entries.add_durable(entry)
         return entry
 
-    def _queue_entry(self, who, role, action, details, done):
-        entry = {"at": self.clock(), "who": who, "role": role, "action": action, **details}
-        with self._queue:
-            self._pending.append((entry, done))
-        return entry, done
+    def _entry(self, who, role, action, details) -> dict:
+        return {"at": self.clock(), "who": who, "role": role, "action": action, **details}
 
-    def _write_soon(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None or self._closed:
-            self.flush()  # no event loop to keep free (or stopped): write now, as the caller expects
-            return
-        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
-            self._due = asyncio.Event()
-            self._writer = loop.create_task(self._write_behind(self._due), name="audit-writer")
-        self._due.set()
-
-    async def _write_behind(self, due: asyncio.Event) -> None:
-        """The writer: each time it is woken, everything queued so far in one batch, in a worker thread."""
-        while True:
-            await due.wait()
-            due.clear()
-            try:
-                await asyncio.to_thread(self.flush)
-            except OSError as err:
-                with self._queue:
-                    kept = len(self._pending)
-                log.error("audit log not written (%s); %d entr%s kept for the next attempt", err, kept,
-                          "y" if kept == 1 else "ies")
-            except Exception:  # the writer must survive anything: the next batch tries again
-                log.exception("audit log writer failed")
+    @property
+    def queued(self) -> int:
+        """Entries not on disk yet."""
+        return self._entries.queued
 
     # --- writing: from any thread ------------------------------------------------------------------------
     def flush(self) -> None:
         """Write (and fsync) everything queued, in order; settle the requests waiting for those entries.
         On OSError the entries not written stay queued, ahead of newer ones, and the error is raised (their
         requests get it); any other error (an entry that cannot be written at all) is raised too."""
-        with self._disk:
-            with self._queue:
-                batch, self._pending = self._pending, []
-            if not batch:
-                return
-            by_day: dict[str, list[dict]] = {}
-            for entry, _ in batch:
-                by_day.setdefault(_day(entry["at"]), []).append(entry)
-            written: set[str] = set()
-            error: Exception | None = None
-            for day, entries in by_day.items():
-                try:
-                    self._insert(day, entries)
-                except Exception as err:
-                    error = err
-                    break
-                written.add(day)
-            if isinstance(error, OSError):  # disk full or failing: keep what is not written, and say so
-                with self._queue:
-                    self._pending[:0] = [(entry, None) for entry, _ in batch if _day(entry["at"]) not in written]
-        for entry, done in batch:
-            if done is not None:
-                ok = error is None or _day(entry["at"]) in written
-                self._wake(done, None if ok else error)
-        if error is not None:
-            raise error
+        self._entries.flush()
 
     def _insert(self, day: str, entries: list[dict]) -> None:
         """One day's entries: one append, fsync'd (the only place the log is written)."""
         self._open(day).table("audit").insert_multiple(entries)
-
-    @staticmethod
-    def _wake(done: asyncio.Future, error: BaseException | None) -> None:
-        try:
-            done.get_loop().call_soon_threadsafe(_settle, done, error)
-        except RuntimeError:
-            pass  # its event loop is closed: nobody is waiting any more
 
     def _open(self, day: str) -> SegmentDB:
         if day != self._day or self._db is None:
@@ -243,9 +172,9 @@ class AuditLog:
 
     def close(self) -> None:
         """Write everything still queued, then close the file (a clean stop loses nothing)."""
-        self._closed = True
+        self._entries.closed = True
         self.flush()
-        with self._disk:
+        with self._durable.lock:
             if self._db:
                 self._db.close()
                 self._db = None
@@ -253,9 +182,5 @@ class AuditLog:
     async def aclose(self) -> None:
         """`close` from the event loop: the writer stops (a batch it is writing completes), then the rest of
         the queue is written and the file closed, in a worker thread."""
-        self._closed = True
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        await self._entries.aclose()
         await asyncio.to_thread(self.close)

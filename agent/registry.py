@@ -194,7 +194,8 @@ class Registry:
         integrity = tables.setdefault("integrity", {})
         integrity[max((int(i) for i in integrity), default=0) + 1] = dict(self.damage)
         try:
-            self._durable.step(lambda: self.db.storage.write(tables))  # the damage is gone from the file, the revocations are in it
+            # the damage is gone from the file, the revocations are in it
+            self._durable.step(lambda: self.db.storage.write(tables))
         except OSError as exc:
             # Still closed in memory; the next start finds the same damage and fails closed again.
             log.error("registry %s: cannot write the fail-closed revocations: %s", self.path, exc)

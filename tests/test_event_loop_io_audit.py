@@ -64,9 +64,9 @@ async def test_audit_entries_are_written_off_the_loop_in_order_before_the_answer
     later = []
     for name in ("B", "C"):
         later.append(asyncio.create_task(running.call("POST", "/organizations", json={"name": name, "level": "dso"})))
-        await running.wait_for(lambda: len(audit._pending) == len(later))  # its entry is queued
+        await running.wait_for(lambda: audit.queued == len(later))  # its entry is queued
     later.append(asyncio.create_task(running.call("POST", "/households", json={})))
-    await running.wait_for(lambda: len(audit._pending) == 3)
+    await running.wait_for(lambda: audit.queued == 3)
     await answered_meanwhile(running, first, *later)
     gate.open()
     results = await asyncio.gather(first, *later)

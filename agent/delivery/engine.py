@@ -12,7 +12,7 @@
   soon as the outbox can be written again; a sender that fails (a refused sequence or acknowledgement write)
   logs it, backs off and goes on. /health says which subscriptions cannot queue or send (`health`).
 - Changes to the subscriptions from the event loop (the API, a 410) are written to subscriptions.seg in a
-  worker thread, one at a time and in the order asked (`agent.offloop.serially`); a subscription changes in
+  worker thread, one at a time and in the order asked (agent/store/durable.py); a subscription changes in
   memory, and the API answers, only once its write is durable.
 """
 
@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -38,9 +37,9 @@ from agent.delivery import signing
 from agent.delivery.filters import FilterSet
 from agent.delivery.outbox import FETCH_HINT, Message, Outbox
 from agent.delivery.targets import PolicyResolver, TargetError, check_literal_host
-from agent.offloop import serially
 from agent.release import Refusal
-from agent.store.disk import DataDirectory, unavailable
+from agent.store.disk import DataDirectory
+from agent.store.durable import Durable
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
 from drivers.reading import iso, unix_seconds
@@ -109,8 +108,8 @@ class Delivery:
         self.data_directory = DataDirectory(self.directory.parent)
         # Twice: a damaged record must not make a subscription vanish (and orphan its outbox).
         self.db = SegmentDB(str(self.directory / "subscriptions.seg"), kind="subscriptions", copies=2)
-        self._disk = threading.Lock()  # subscriptions.seg: a worker thread's write, or one in place
-        self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see agent.offloop.serially)
+        # subscriptions.seg: a step at a time (a worker thread's, or one in place), the event loop's changes in order
+        self.writes = Durable("delivery", self.db.storage.path, log, what="the subscription change")
         self._deleting: set[str] = set()
         self.subscriptions: dict[str, Subscription] = {}
         self.outboxes: dict[str, Outbox] = {}
@@ -178,7 +177,7 @@ class Delivery:
             await asyncio.to_thread(self._note_stop)
             for outbox in self.outboxes.values():
                 outbox.close()
-            with self._disk:
+            with self.writes.lock:
                 self.db.close()
 
     def _note_stop(self) -> None:
@@ -197,24 +196,16 @@ class Delivery:
         self._senders[sub_id] = asyncio.create_task(self._send_forever(sub_id), name=f"sender-{sub_id}")
 
     # --- subscriptions -----------------------------------------------------------------------
-    # Each change has a disk step (`_insert`, `_update`, `_remove`: run in a worker thread by the *_async
-    # methods, in place by the others) and a memory step, taken only once the disk step is durable.
-    def _write(self, step) -> None:
-        with self._disk:
-            self.data_directory.check()
-            try:
-                step(self.db.table("subscriptions"))
-            except OSError as exc:  # nothing of it is on disk (appends undo, rewrites are atomic): say so
-                raise unavailable(exc, "the subscription change") from exc
-
+    # Each change has a disk step (`_insert`, `_update`, `_remove`: run through `writes`, in a worker thread by the
+    # *_async methods, in place by the others) and a memory step, taken only once the disk step is durable.
     def _insert(self, record: dict) -> None:
-        self._write(lambda table: table.insert(record))
+        self.db.table("subscriptions").insert(record)
 
     def _update(self, sub_id: str, record: dict) -> None:
-        self._write(lambda table: table.update(record, where("id") == sub_id))
+        self.db.table("subscriptions").update(record, where("id") == sub_id)
 
     def _remove(self, sub_id: str) -> None:
-        self._write(lambda table: table.remove(where("id") == sub_id))
+        self.db.table("subscriptions").remove(where("id") == sub_id)
 
     def _new(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
              filter_spec: dict | None) -> tuple[Subscription, str]:
@@ -232,7 +223,7 @@ class Delivery:
     def subscribe(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
                   filter_spec: dict | None) -> tuple[Subscription, str]:
         sub, secret = self._new(org_id, endpoint, interval_s, window, tag, filter_spec)
-        self._insert(sub.record())
+        self.writes.step(lambda: self._insert(sub.record()))
         self._took_effect(sub)
         return sub, secret
 
@@ -242,8 +233,8 @@ class Delivery:
         sub, secret = self._new(org_id, endpoint, interval_s, window, tag, filter_spec)
         # The organization must still exist once the changes before this one have landed: its deletion drops
         # its subscriptions under the same lock, and one written after that would be an orphan.
-        await serially(self.writes, self._insert, sub.record(), then=lambda: self._took_effect(sub),
-                       check=lambda: self.agent.registry.organization(org_id))
+        await self.writes.write(self._insert, sub.record(), then=lambda: self._took_effect(sub),
+                                check=lambda: self.agent.registry.organization(org_id))
         return sub, secret
 
     async def _save_async(self, sub: Subscription, changes_of) -> dict:
@@ -261,7 +252,7 @@ class Delivery:
             if self.subscriptions.get(sub.id) is sub:
                 for name, value in changes.items():
                     setattr(sub, name, value)
-        await serially(self.writes, write, then=took_effect)
+        await self.writes.write(write, then=took_effect)
         return changes
 
     async def rotate_secret_async(self, sub_id: str) -> tuple[str, float]:
@@ -294,7 +285,7 @@ class Delivery:
         return self.outboxes.pop(sub_id, None)
 
     def delete(self, sub_id: str) -> None:
-        self._remove(sub_id)
+        self.writes.step(lambda: self._remove(sub_id))
         outbox = self._forget(sub_id)
         if outbox:
             outbox.destroy()
@@ -307,7 +298,7 @@ class Delivery:
         self._deleting.add(sub_id)
         forgotten: list[Outbox | None] = []
         try:
-            await serially(self.writes, self._remove, sub_id, then=lambda: forgotten.append(self._forget(sub_id)))
+            await self.writes.write(self._remove, sub_id, then=lambda: forgotten.append(self._forget(sub_id)))
         finally:
             self._deleting.discard(sub_id)
         if forgotten and forgotten[0] is not None:
@@ -315,20 +306,19 @@ class Delivery:
         return True
 
     def _remove_all(self, sub_ids: list[str]) -> None:
-        self._write(lambda table: table.remove(where("id").one_of(sub_ids)))
+        self.db.table("subscriptions").remove(where("id").one_of(sub_ids))
 
     async def drop_organization_async(self, org_id: str) -> int:
         """An organization was deleted (call after the registry has forgotten it): all its subscriptions go, from
         disk in one rewrite in a worker thread, then from memory, then their outbox files. Under `writes`, after
         every change asked for before it: a subscribe in flight lands first and goes too, and one asked for
         later is refused (subscribe_async checks that the organization exists). Returns how many went."""
-        async def drop() -> list[Outbox | None]:
-            async with self.writes:
-                sub_ids = [s.id for s in self.subscriptions.values() if s.organization_id == org_id]
-                if sub_ids:
-                    await asyncio.to_thread(self._remove_all, sub_ids)
-                return [self._forget(sub_id) for sub_id in sub_ids]
-        outboxes = await asyncio.shield(drop())
+        def drop():
+            sub_ids = [s.id for s in self.subscriptions.values() if s.organization_id == org_id]
+            if sub_ids:
+                yield lambda: self._remove_all(sub_ids)
+            return [self._forget(sub_id) for sub_id in sub_ids]
+        outboxes = await self.writes.run(drop())
         for outbox in outboxes:
             if outbox is not None:
                 await asyncio.to_thread(outbox.destroy)  # nobody uses it any more: only its file is left

@@ -24,7 +24,6 @@ import collections
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -32,11 +31,10 @@ from agent.config import WINDOW_SECONDS
 from agent.fleet import (HEALTH_STREAM, RELEASES_STREAM, desired_subject, document, health_subject, inbox_prefix,
                          releases_subject)
 from agent.fleet.outbox import FleetOutbox
-from agent.offloop import serially
 from agent.registry import Organization
 from agent.release import Refusal
 from agent.release.door import TAG_GRID_S
-from agent.store.segment import fsync_dir
+from agent.store.durable import Durable, replace_file
 
 log = logging.getLogger("edge.fleet")
 
@@ -81,7 +79,7 @@ class FleetLink:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.outbox = FleetOutbox(self.directory / "outbox.seg", self.config.outbox_max)
         self.own_levels = dict(agent.config.levels)  # edge.toml's; a document's levels are added to these
-        self.writes = asyncio.Lock()
+        self.writes = Durable("fleet link", self.directory, log, what="the fleet's state")
         self.applied: dict | None = None
         self.applied_at: float | None = None
         self.refusal: dict | None = None
@@ -133,7 +131,7 @@ class FleetLink:
             self._refuse(envelope, err)
             self._refused_envelope = envelope
             return False
-        await asyncio.to_thread(self._save, envelope)  # the fsync off the event loop; then applied in one step
+        await self.writes.write(replace_file, self.directory / DESIRED_FILE, envelope)  # durable, then applied
         self._apply(doc)
         self._ran.append(_digest(envelope))
         log.info("fleet: desired state version %d applied (%d organization(s))", doc["version"],
@@ -155,16 +153,6 @@ class FleetLink:
                 pass
         self.refusal = {"at": time.time(), "version": version, "error": err.error, "detail": err.detail}
         log.warning("fleet: desired state %s refused: %s: %s", version, err.error, err.detail)
-
-    def _save(self, envelope: bytes) -> None:
-        path = self.directory / DESIRED_FILE
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(envelope)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self.directory)
 
     def _apply(self, doc: dict) -> None:
         """One step on the event loop (no await): nothing sees half of it. The levels are replaced in the
@@ -234,7 +222,7 @@ class FleetLink:
 
         def payload(seq: int) -> dict:
             return message(self.device, seq, window, start, version, records, self.outbox.epoch)
-        await serially(self.writes, self.outbox.enqueue, window, start, payload)
+        await self.writes.write(self.outbox.enqueue, window, start, payload)
         self._wake.set()
 
     async def _collect(self) -> None:
@@ -304,7 +292,7 @@ class FleetLink:
                 continue
             backoff = 0.2
             self.duplicates += bool(ack.duplicate)
-            await serially(self.writes, self.outbox.ack, head, ack.seq)
+            await self.writes.write(self.outbox.ack, head, ack.seq)
             self.last_publish_error = None
 
     async def _resync(self, subject: str) -> None:
@@ -324,7 +312,7 @@ class FleetLink:
             await asyncio.sleep(1)
             return
         if head is not None and (last.headers or {}).get("Nats-Msg-Id") == head.id:
-            await serially(self.writes, self.outbox.ack, head, last.seq)
+            await self.writes.write(self.outbox.ack, head, last.seq)
             return
         log.warning("fleet: the stream's last message of this device is at %d, not %s as expected: "
                     "continuing after it", last.seq, self.outbox.stream_seq)

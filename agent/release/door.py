@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import WINDOW_SECONDS, Config, Level
-from agent.offloop import serially
 from agent.parameters import permitted
 from agent.privacy import dp
 from agent.release import audit, records
@@ -46,6 +45,7 @@ from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
 from agent.release.members import Members
 from agent.release.records import NOT_RELEASED, TRIGGER_COUNTS, Json, Refusal
+from agent.store.durable import Durable as DurableWrites
 from drivers.reading import iso
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class Releases:
         self.log = ReleaseLog(directory, keep_days)
         self.members = Members(Path(directory) / "members", keep_days, clock)  # the households' pages only
         self.ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
-        self.writes = asyncio.Lock()
+        self.writes = DurableWrites("release log", self.log.directory, log, what="the release")
         self._settling = asyncio.Lock()
         self._records: dict[RecordKey, Json] = {}
         self._cursor: dict[Grid, int] = {}
@@ -268,8 +268,8 @@ class Releases:
     async def _compute_once(self, memo: str, compute: Callable[[], Json]) -> Json:
         body = await asyncio.to_thread(compute)
         doc = {"t": "o", "k": memo, "b": body, "at": self.clock()}
-        await serially(self.writes, self.log.write_memo, doc, dict(self._once_files),
-                       then=lambda: self._once_files.update({memo: ReleaseLog.file_of(doc)}))
+        await self.writes.write(self.log.write_memo, doc, dict(self._once_files),
+                                then=lambda: self._once_files.update({memo: ReleaseLog.file_of(doc)}))
         self._once[memo] = body
         return body
 
@@ -367,7 +367,7 @@ class Releases:
             await self.members.commit()  # who each release included, on disk before anyone can have it
             if durable:
                 try:
-                    await serially(self.writes, self.log.write, durable)
+                    await self.writes.write(self.log.write, durable)
                 except OSError as err:
                     log.error("release log not written (%s): the noisy windows of this pass are not released",
                               err)
@@ -399,9 +399,9 @@ class Releases:
             return
         pending, self._pending = self._pending, {}
         try:
-            await serially(self.writes, self.log.write, pending)
+            await self.writes.write(self.log.write, pending)
         except OSError as err:
-            log.error("release log not written (%s); will retry", err)
+            self.writes.refused("not written (%s); will retry", err)
             for name, docs in pending.items():
                 self._pending.setdefault(name, [])[:0] = docs
 

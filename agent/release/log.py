@@ -3,7 +3,7 @@
 The store's segment format (CRC-framed, compressed TinyDB records, torn tails cut on load). 1-second releases
 go to their own day files (`1s-YYYYMMDD.seg`), kept two days; everything else (`YYYYMMDD.seg`) is kept for the
 ledger's horizon or the rollups' retention, whichever is longer. A write is one appended record per file, fsync'd;
-it runs in a worker thread (the caller uses `agent.offloop.serially`).
+it runs in a worker thread (the caller's `agent.store.durable.Durable`).
 
 Every record is written twice (``copies=2``, as the registry's): one damaged copy is recovered from its twin. A
 main file with records lost beyond repair fails closed, since they may have held ledger charges: the start that

@@ -18,7 +18,6 @@ Documents: {"t": "f"|"i", "o": org, "g": tag or "", "s": start, "w": width, "r":
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import calendar
 import logging
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.offloop import serially
+from agent.store.durable import Durable
 from agent.store.segment import SegmentDB, ensure_dir
 
 log = logging.getLogger("edge.release")
@@ -99,7 +98,7 @@ class Members:
         self._pending: list[dict[str, Any]] = []  # changes noted, not yet on disk
         self._files: set[str] = set()  # day files that begin with every stream's state
         self._db: tuple[str, SegmentDB] | None = None
-        self._writes = asyncio.Lock()
+        self._writes = Durable("release members index", self.directory, log, what="the members index")
         ensure_dir(self.directory)
         self._load()
 
@@ -179,9 +178,9 @@ class Members:
             return
         pending, self._pending = self._pending, []
         try:
-            await serially(self._writes, self._write, pending)
+            await self._writes.write(self._write, pending)
         except OSError as err:
-            log.error("release members index not written (%s); will retry", err)
+            self._writes.refused("not written (%s); will retry", err)
             self._pending[:0] = pending
 
     def _write(self, docs: list[dict[str, Any]]) -> None:

@@ -21,7 +21,7 @@ Writes come from the event loop (the API, the runner) and from the runner's thre
 inbox, the periodic counters): each store serializes them with a lock, since a rewrite replaces the file under
 an appender. The event loop never writes itself: its changes (a trigger added, quarantined or deleted; a
 household's endpoint or appliances; the purge of removed households) use the ``*_async`` methods, which write in
-a worker thread, one change at a time per store and in the order they were asked (see `_serially`), and change
+a worker thread, one change at a time per store and in the order they were asked (agent/store/durable.py), and change
 memory (what the agent acts on) only once the write is durable: a failed write leaves memory as the file is, so
 a retry finds the item again and a restart brings back nothing that was answered as gone.
 """
@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tinydb import where
 
-from agent.offloop import serially as _serially
+from agent.store.durable import Durable
 from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
 from agent.triggers.model import EVERYONE, Debouncer, Trigger, TriggerStats
 
@@ -60,8 +60,8 @@ class TriggerStore:
         self.stats_db = SegmentDB(str(directory / "stats.seg"), kind="trigger_stats", copies=2)
         self.firings_db = SegmentDB(str(directory / "firings.seg"), kind="trigger_firings", copies=2)
         self.key = _device_key(directory / "pseudonym.key")
-        self.lock = threading.Lock()
-        self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see _serially)
+        self.lock = threading.RLock()  # reentrant: a change's step calls the locked methods
+        self.writes = Durable("triggers", directory / "triggers.seg", log, what="the trigger change", lock=self.lock)
         self._appended = 0  # firing lines since the last compaction
 
     def close(self) -> None:
@@ -133,15 +133,15 @@ class TriggerStore:
     # --- the same changes from the event loop (the API, the runner's loop): written in a worker thread, in order
     async def add_async(self, trigger: Trigger, then=None) -> None:
         """`then()` (the trigger into memory) runs once the trigger is on disk, even if the request is cancelled."""
-        await _serially(self.writes, self.add, trigger, then=then)
+        await self.writes.write(self.add, trigger, then=then)
 
     async def update_async(self, trigger_id: str, **fields) -> None:
-        await _serially(self.writes, self.update, trigger_id, **fields)
+        await self.writes.write(self.update, trigger_id, **fields)
 
     async def remove_async(self, trigger_id: str, cooldowns: list[tuple[str, str, float]], then=None) -> None:
         """`then()` (the trigger out of memory) runs once the removal is on disk, even if the request is
         cancelled; never when the write fails (the trigger is still there, and still runs)."""
-        await _serially(self.writes, self.remove, trigger_id, cooldowns, then=then)
+        await self.writes.write(self.remove, trigger_id, cooldowns, then=then)
 
     def save_stats(self, stats: dict[str, TriggerStats]) -> None:
         """All counters in one atomic rewrite of stats.seg."""
@@ -191,8 +191,8 @@ class HouseholdStore:
 
     def __init__(self, path: Path):
         self.db = SegmentDB(str(path), kind="trigger_households", copies=2)
-        self.lock = threading.Lock()
-        self.writes = asyncio.Lock()  # the event loop's changes, one at a time (see _serially)
+        self.lock = threading.RLock()  # reentrant: a change's step calls the locked methods
+        self.writes = Durable("trigger settings", path, log, what="the setting", lock=self.lock)
         self.endpoints: dict[str, dict] = {doc["household_id"]: dict(doc) for doc in self.db.table("notify").all()}
         self.appliances: dict[str, dict] = {doc["id"]: dict(doc) for doc in self.db.table("appliances").all()}
         self._inbox: dict[str, deque[tuple[int, dict]]] = {}
@@ -274,7 +274,7 @@ class HouseholdStore:
                              then=lambda: self.appliances.pop(appliance_id, None))
 
     async def _off_loop(self, write, *args, then=None):
-        return await _serially(self.writes, write, *args, then=then)
+        return await self.writes.write(write, *args, then=then)
 
     # --- households the operator removed: their endpoint, appliances and inbox are forgotten
     def purge(self, known_households: set[str]) -> int:
