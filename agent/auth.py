@@ -31,12 +31,6 @@ class Principal:
         return "operator"
 
 
-class AuthError(Exception):
-    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None):
-        super().__init__(detail)
-        self.status, self.error, self.detail, self.headers = status, error, detail, headers
-
-
 def identify(token: str, operator_token: str, registry: Registry) -> Principal | None:
     try:
         presented = token.encode()

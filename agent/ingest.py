@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timezone
+from enum import Enum
 
+from agent.errors import DomainError
 from drivers.profiles import PROFILES, Profile
 from drivers.reading import COUNT, FIELDS, INPUT_FIELDS, NUMBER, TIME_FIELDS, Reading
 from drivers.telegram import CrcError, TelegramDecoder, TelegramError
@@ -31,14 +33,21 @@ TAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _SETTABLE = frozenset(INPUT_FIELDS)  # telegram-only fields are not posted as JSON
 
 
-class IngestError(ValueError):
-    def __init__(self, status: int, error: str, detail: str):
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
+class IngestCode(Enum):
+    INVALID_READING = "invalid_reading"
+    UNKNOWN_TAG = "unknown_tag"
+    BATCH_TOO_LARGE = "batch_too_large"
+    DUPLICATE = "duplicate"
+    BAD_CRC = "bad_crc"
+    BAD_TELEGRAM = "bad_telegram"
+
+
+class IngestError(DomainError[IngestCode], ValueError):
+    """Readings refused before anything of them was stored."""
 
 
 def _invalid(detail: str) -> IngestError:
-    return IngestError(422, "invalid_reading", detail)
+    return IngestError(IngestCode.INVALID_READING, detail)
 
 
 def parse_moment(value, name: str) -> datetime:
@@ -104,7 +113,7 @@ def reading_from_json(item, meter_id: str, received_at: datetime, index: int | N
                     raise _invalid(f"{name} must be a whole number")
                 values[name] = _number(name, value, kind, low, high)
     except IngestError as err:
-        raise IngestError(err.status, err.error, where + err.detail) from None
+        raise IngestError(err.code, where + err.detail) from None
     return Reading(meter_id=meter_id, received_at=received_at, **values)
 
 
@@ -118,8 +127,8 @@ def _channels(value, tags: tuple[str, ...] | None) -> dict[str, float]:
         if not TAG.fullmatch(tag):  # match() would let "fridge\n" through: $ matches before a newline
             raise _invalid(f"channel tag {tag[:40]!r}: use 1-32 lowercase letters, digits, '_' or '-'")
         if tags is not None and tag not in tags:
-            raise IngestError(422, "unknown_tag", f"channel tag {tag!r} is not in this device's vocabulary; "
-                              f"tags: {', '.join(tags) or '(none)'}")
+            raise IngestError(IngestCode.UNKNOWN_TAG, f"channel tag {tag!r} is not in this device's "
+                              f"vocabulary; tags: {', '.join(tags) or '(none)'}")
         out[tag] = _number(f"channels.{tag}", watts, float, *_CHANNEL_BOUNDS)
     return out
 
@@ -133,7 +142,7 @@ def readings_from_payload(payload, meter_id: str, received_at: datetime,
     if not items:
         raise _invalid("no readings")
     if len(items) > MAX_BATCH:
-        raise IngestError(413, "batch_too_large", f"at most {MAX_BATCH} readings per request")
+        raise IngestError(IngestCode.BATCH_TOO_LARGE, f"at most {MAX_BATCH} readings per request")
     many = isinstance(payload, list)
     return [reading_from_json(item, meter_id, received_at, i if many else None, tags) for i, item in enumerate(items)]
 
@@ -149,8 +158,8 @@ def check_order(readings: list[Reading], last_timestamp: datetime | None, now: d
         # ones until the clock catches up: only its own time again (a retry) is a duplicate then.
         if previous is not None and (reading.timestamp == previous
                                      or (previous <= now and reading.timestamp < previous)):
-            raise IngestError(409, "duplicate", f"a reading at or after {reading.timestamp.isoformat()} was "
-                              "already accepted for this household; timestamps must go forward")
+            raise IngestError(IngestCode.DUPLICATE, f"a reading at or after {reading.timestamp.isoformat()} "
+                              "was already accepted for this household; timestamps must go forward")
         previous = reading.timestamp
 
 
@@ -171,7 +180,7 @@ class TelegramIngest:
             try:
                 return TelegramDecoder(meter_id, profile).decode(text, received_at)
             except CrcError:
-                raise IngestError(422, "bad_crc", "the telegram's CRC does not match its content") from None
+                raise IngestError(IngestCode.BAD_CRC, "the telegram's CRC does not match its content") from None
             except TelegramError:
                 pass  # the meter was changed: learn again
         best, best_fields, crc_failed, last_error = None, -1, False, None
@@ -191,7 +200,7 @@ class TelegramIngest:
                 best, best_fields, profile = reading, decoder.last_field_count, candidate
         if best is None:
             if crc_failed:
-                raise IngestError(422, "bad_crc", "the telegram's CRC does not match its content")
-            raise IngestError(422, "bad_telegram", f"not a telegram any meter profile can read ({last_error})")
+                raise IngestError(IngestCode.BAD_CRC, "the telegram's CRC does not match its content")
+            raise IngestError(IngestCode.BAD_TELEGRAM, f"not a telegram any meter profile can read ({last_error})")
         self._profiles[meter_id] = profile
         return best

@@ -31,10 +31,12 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from tinydb import where
 
+from agent.errors import DomainError
 from agent.store.disk import DataDirectory
 from agent.store.durable import Durable
 from agent.store.segment import SegmentDB, ensure_dir
@@ -125,10 +127,14 @@ class _ConsentLine:
         return all(self.granted[first:last])
 
 
-class RegistryError(ValueError):
-    def __init__(self, status: int, error: str, detail: str):
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
+class RegistryCode(Enum):
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    INVALID = "invalid"
+
+
+class RegistryError(DomainError[RegistryCode], ValueError):
+    """A change or a lookup the registry refuses (nothing changed)."""
 
 
 class Registry:
@@ -310,7 +316,7 @@ class Registry:
         try:
             return self.organizations[org_id]
         except KeyError:
-            raise RegistryError(404, "not_found", f"no organization {org_id!r}") from None
+            raise RegistryError(RegistryCode.NOT_FOUND, f"no organization {org_id!r}") from None
 
     def organization_by_key(self, api_key: str) -> Organization | None:
         org = self._org_by_key.get(token_hash(api_key))
@@ -335,7 +341,7 @@ class Registry:
         household_id = "hh_" + secrets.token_hex(6)
         meter_id = meter_id or household_id
         if meter_id in self._household_by_meter:
-            raise RegistryError(409, "conflict", f"meter {meter_id!r} already belongs to a household")
+            raise RegistryError(RegistryCode.CONFLICT, f"meter {meter_id!r} already belongs to a household")
         token = new_secret("edge_hh")
         household = Household(id=household_id, meter_id=meter_id, source=source, token_hash=token_hash(token),
                               created_at=self.clock(), related_organizations=related)
@@ -347,15 +353,15 @@ class Registry:
     def _check_related(self, org_ids) -> list[str]:
         """A list of existing organization ids, each once; sorted (the order means nothing)."""
         if isinstance(org_ids, (str, bytes)) or not all(isinstance(o, str) for o in org_ids):
-            raise RegistryError(422, "invalid", "related_organizations must be a list of organization ids")
+            raise RegistryError(RegistryCode.INVALID, "related_organizations must be a list of organization ids")
         org_ids = list(org_ids)
         if len(org_ids) > MAX_RELATED:
-            raise RegistryError(422, "invalid", f"at most {MAX_RELATED} related organizations")
+            raise RegistryError(RegistryCode.INVALID, f"at most {MAX_RELATED} related organizations")
         if len(set(org_ids)) != len(org_ids):
-            raise RegistryError(422, "invalid", "related_organizations lists an organization twice")
+            raise RegistryError(RegistryCode.INVALID, "related_organizations lists an organization twice")
         unknown = [o for o in org_ids if o not in self.organizations]
         if unknown:
-            raise RegistryError(422, "invalid", f"related_organizations: no organization {unknown[0][:40]!r}")
+            raise RegistryError(RegistryCode.INVALID, f"related_organizations: no organization {unknown[0][:40]!r}")
         return sorted(org_ids)
 
     def set_related(self, household_id: str, org_ids) -> Household:
@@ -426,7 +432,7 @@ class Registry:
         try:
             return self.households[household_id]
         except KeyError:
-            raise RegistryError(404, "not_found", f"no household {household_id!r}") from None
+            raise RegistryError(RegistryCode.NOT_FOUND, f"no household {household_id!r}") from None
 
     def household_by_token(self, token: str) -> Household | None:
         household = self._household_by_token.get(token_hash(token))
@@ -469,13 +475,13 @@ class Registry:
     def _set_consent(self, household_id: str, org_id: str, service: str, granted: bool):
         self.household(household_id)
         if not is_service(service):
-            raise RegistryError(404, "not_found", f"no service {service[:80]!r}; services: {', '.join(SERVICES)}, "
-                                f"or {TRIGGER_EVENTS_PREFIX}<trigger id>")
+            raise RegistryError(RegistryCode.NOT_FOUND, f"no service {service[:80]!r}; services: "
+                                f"{', '.join(SERVICES)}, or {TRIGGER_EVENTS_PREFIX}<trigger id>")
         line = self._consents.get((household_id, org_id, service))
         if granted:
             self.organization(org_id)  # a revocation of a deleted organization's consent is still fine
         elif line is None:
-            raise RegistryError(404, "not_found", f"no consent for {org_id!r} to revoke")
+            raise RegistryError(RegistryCode.NOT_FOUND, f"no consent for {org_id!r} to revoke")
         # Never two changes at the same instant: the history must order them.
         at = max(self.clock(), line.times[-1] + 1e-6) if line and line.times else self.clock()
         change = ConsentChange(household_id, org_id, service, granted, at)
@@ -546,4 +552,4 @@ class Registry:
 
 def _check_name(name) -> None:
     if not isinstance(name, str) or not _NAME.match(name) or not name.strip():
-        raise RegistryError(422, "invalid", "name must be 1 to 100 printable characters")
+        raise RegistryError(RegistryCode.INVALID, "name must be 1 to 100 printable characters")

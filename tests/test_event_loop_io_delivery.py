@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from agent.api.errors import ApiError
 from agent.registry import RegistryError
 from agent.store.segment import SegmentDB
 from tests.helpers.delivery import town  # noqa: F401  (town: the fixture)
@@ -117,7 +118,7 @@ async def test_deleting_an_organization_drops_the_subscription_it_is_writing_and
     try:
         await delivery.subscribe_async(org_id, HOOK, 2.0, "1s", None, None)
     except RegistryError as err:
-        assert err.status == 404
+        assert ApiError.of(err).status == 404
     else:
         raise AssertionError("a subscription was written for a deleted organization")
     assert delivery.subscriptions == {} and on_disk(t) == []

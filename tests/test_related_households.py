@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.api.errors import ApiError
 from agent.registry import Registry, RegistryError, is_service
 from tests.helpers.agent import make_config
 
@@ -164,7 +165,7 @@ def test_registry_rejects_malformed_services_directly(tmp_path):
     household, _ = registry.create_household(None, "http")
     with pytest.raises(RegistryError) as err:
         registry.set_consent(household.id, org.id, "trigger_events:trg_zzzzzzzzzzzz", True)
-    assert err.value.status == 404
+    assert ApiError.of(err.value).status == 404
     registry.set_consent(household.id, org.id, TRIGGER, True)
     registry.close()
     again = Registry(tmp_path / "registry.seg")

@@ -15,11 +15,10 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from agent.auth import AuthError, Principal, identify
-from agent.ingest import IngestError
-from agent.registry import RegistryError
-from agent.release import ReleaseLost
-from agent.store.disk import StorageUnavailable, unavailable
+from agent.api.errors import ApiError as ApiError, json_error  # handlers take ApiError from here
+from agent.auth import Principal, identify
+from agent.errors import DomainError
+from agent.store.disk import unavailable
 
 log = logging.getLogger("edge.api")
 
@@ -29,30 +28,17 @@ BODY_TIMEOUT_S = 30.0
 AGENT = web.AppKey("agent", object)
 
 
-def json_error(status: int, error: str, detail: str, headers: dict | None = None, **extra) -> web.Response:
-    return web.json_response({"error": error, "detail": detail, **extra}, status=status, headers=headers)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None, **extra):
-        super().__init__(detail)
-        self.status, self.error, self.detail, self.headers, self.extra = status, error, detail, headers, extra
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
-    except (ApiError, AuthError) as err:
-        return json_error(err.status, err.error, err.detail, err.headers, **getattr(err, "extra", {}))
-    except (RegistryError, IngestError, ReleaseLost) as err:
-        return json_error(err.status, err.error, err.detail)
-    except StorageUnavailable as err:  # a durable write the disk refused: nothing of it happened; retry later
-        return json_error(err.status, err.error, err.detail, err.headers)
+    except ApiError as err:
+        return err.response()
+    except DomainError as err:  # a refusal (a durable write the disk refused: nothing of it happened, retry later)
+        return ApiError.of(err).response()
     except OSError as err:  # a disk write below the handler (an audit entry, a trigger) that was not mapped yet
         log.warning("%s %s: refused by the disk: %s", request.method, request.path, err)
-        refused = unavailable(err, "the request")
-        return json_error(refused.status, refused.error, refused.detail, refused.headers)
+        return ApiError.of(unavailable(err, "the request")).response()
     except web.HTTPException as err:
         if err.status < 400:
             raise

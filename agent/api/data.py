@@ -70,7 +70,7 @@ def check_access(level: Level, org, window: str, tag: str | None, tags: tuple[st
     """May this organization have this window (and tag)? (agent/access.py) Used by GET /data and subscriptions."""
     refusal = denied(level, org, window, tag, tags)
     if refusal is not None:
-        raise ApiError(refusal.status, refusal.error, refusal.detail)
+        raise refusal
     return window, tag
 
 

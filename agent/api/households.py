@@ -11,7 +11,7 @@ from agent.api.common import ApiError, KeyedLocks, agent_of, caller, read_body, 
 from agent.api.spec import HH, NOT_FOUND, STRING, Route, error, ok_json, ref
 from agent.audit import consent_action
 from agent.auth import HOUSEHOLD
-from agent.ingest import IngestError, check_order, readings_from_payload
+from agent.ingest import check_order, readings_from_payload
 from agent.registry import SERVICES
 
 log = logging.getLogger("edge.api")
@@ -123,7 +123,7 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", f"unreadable form: {err.__class__.__name__}") from None
     telegram = form.get("telegram")
     if not isinstance(telegram, str) or not telegram.strip():
-        raise IngestError(400, "bad_request", "form field 'telegram' is required")
+        raise ApiError(400, "bad_request", "form field 'telegram' is required")
     reading = agent.telegram_ingest.decode(telegram.replace("\n", "\r\n").replace("\r\r\n", "\r\n"),
                                            household.meter_id, agent.now())
     await _accept(request, household, [reading])

@@ -48,9 +48,10 @@ async def subscribe(request: web.Request) -> web.Response:
     sub, secret = await agent.delivery.subscribe_async(org.id, endpoint, body.interval, window, tag, body.filter)
     if sub.id not in agent.delivery.subscriptions:  # its organization was deleted meanwhile, with it
         raise ApiError(404, "not_found", "the organization was deleted while the subscription was written")
+    made = agent.delivery.describe(sub)  # now: its organization may be deleted while the audit entry is written
     await agent.audit.record_durable(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id,
                                      window=window, tag=tag)
-    return web.json_response({**agent.delivery.describe(sub), "secret": secret}, status=201)
+    return web.json_response({**made, "secret": secret}, status=201)
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:

@@ -31,18 +31,11 @@ from agent.config import WINDOWS
 from agent.delivery.targets import TargetError
 from agent.parameters import HOUSEHOLD, permitted
 from agent.triggers import actions
-from agent.triggers.model import MAX_INTERVAL_S, Refused, check_action, check_parameters
+from agent.triggers.model import MAX_INTERVAL_S, Refused, TriggerCode, check_action, check_parameters
 from agent.triggers.runner import TooManyUploads
 from sandbox import OUTSIDE_CLOSED, SYNTAX_ERROR, CheckResult, SandboxUnavailable
 
 ORGANIZATION_LOCKS = web.AppKey("trigger_organization_locks", KeyedLocks)
-
-
-def _refused(err: Refused) -> ApiError:
-    extra = dict(err.extra)
-    if err.reason:
-        extra["reason"] = err.reason
-    return ApiError(err.status, err.error, err.detail, **extra)
 
 
 def _unavailable(detail: str) -> ApiError:
@@ -93,13 +86,10 @@ async def create_trigger(request: web.Request) -> web.Response:
         try:
             return actions.check_endpoint(url, config.delivery.allow_http, config.delivery.allow_private_endpoints)
         except TargetError as err:
-            raise Refused(422, "endpoint_refused", str(err)) from None
+            raise Refused(TriggerCode.ENDPOINT_REFUSED, str(err)) from None
 
-    try:
-        params = check_parameters(body.parameters, allowed)
-        action = check_action(msgspec.to_builtins(body.action), endpoint)
-    except Refused as err:
-        raise _refused(err) from None
+    params = check_parameters(body.parameters, allowed)  # Refused: answered with its code's status
+    action = check_action(msgspec.to_builtins(body.action), endpoint)
 
     interval = body.interval
     low = config.triggers.min_interval_s

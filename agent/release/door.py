@@ -33,10 +33,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import WINDOW_SECONDS, Config, Level
+from agent.errors import DomainError
 from agent.parameters import permitted
 from agent.privacy import dp
 from agent.release import audit, records
@@ -80,12 +82,12 @@ class Grid:
     tags: bool  # the exact tag grid (a minute or the exact grid, whichever is wider)
 
 
-class ReleaseLost(ValueError):
-    """A one-off release whose record was lost: refused for good (the API answers status, error, detail)."""
+class ReleaseCode(Enum):
+    LOST = "release_lost"
 
-    def __init__(self, status: int, error: str, detail: str):
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
+
+class ReleaseLost(DomainError[ReleaseCode], ValueError):
+    """A one-off release whose record was lost: refused for good."""
 
 
 def cohort_hash(members: frozenset[str]) -> str:
@@ -257,7 +259,7 @@ class Releases:
             return self._once[memo]
         if memo in self._lost_memos or self.clock() < self._memos_unknown_until:
             # computed again, it would be a second draw (or over other households) of what was released once
-            raise ReleaseLost(409, "release_lost", "this release was made once and its record was lost beyond "
+            raise ReleaseLost(ReleaseCode.LOST, "this release was made once and its record was lost beyond "
                               "repair; it is not made again (a second one could be compared with the first)")
         running = self._once_running.get(memo)
         if running is None:

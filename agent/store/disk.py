@@ -1,9 +1,9 @@
 """What a durable write that could not be made looks like to a caller, and whether the data directory is still ours.
 
 One rule for every durable write (readings, consent, subscriptions, outboxes): the write is durable before
-anything is acknowledged or sent; a write that cannot be made raises ``StorageUnavailable``, which the API
-answers as 507 (the disk is full: retry later) or 503 (I/O errors, the data directory gone) with
-``Retry-After``, never as a 500 for a change that may have happened.
+anything is acknowledged or sent; a write that cannot be made raises ``StorageUnavailable`` (the disk is full,
+I/O errors, the data directory gone: retry later), which the API answers as 507 or 503 with ``Retry-After``
+(agent/api/errors.py), never as a 500 for a change that may have happened.
 """
 
 from __future__ import annotations
@@ -14,24 +14,28 @@ import os
 import threading
 import time
 import weakref
+from enum import Enum
 from pathlib import Path
+
+from agent.errors import DomainError
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 RETRY_AFTER_S = 30
 
 
-class StorageUnavailable(OSError):
+class StorageCode(Enum):
+    FULL = "storage_full"
+    FAILED = "storage_error"
+    DIRECTORY_LOST = "data_directory_lost"
+
+
+class StorageUnavailable(DomainError[StorageCode], OSError):
     """A change was not made because the disk refused it (nothing of it is on disk, nothing was applied). An
     OSError still (with the errno of the cause), so that code that handles a refused write handles this too."""
 
-    def __init__(self, status: int, error: str, detail: str, retry_after: int = RETRY_AFTER_S,
-                 cause: int = errno.EIO):
-        super().__init__(cause, detail)
-        self.status, self.error, self.detail, self.retry_after = status, error, detail, retry_after
-
-    @property
-    def headers(self) -> dict:
-        return {"Retry-After": str(self.retry_after)}
+    def __init__(self, code: StorageCode, detail: str, retry_after: int = RETRY_AFTER_S, cause: int = errno.EIO):
+        super().__init__(code, detail, retry_after=retry_after)
+        self.errno, self.strerror = cause, detail
 
 
 def unavailable(exc: OSError, what: str) -> StorageUnavailable:
@@ -39,10 +43,10 @@ def unavailable(exc: OSError, what: str) -> StorageUnavailable:
     if isinstance(exc, StorageUnavailable):
         return exc
     if exc.errno in FULL_ERRNOS:
-        return StorageUnavailable(507, "storage_full", f"the device's storage is full: {what} was not saved; "
+        return StorageUnavailable(StorageCode.FULL, f"the device's storage is full: {what} was not saved; "
                                   "retry later", cause=exc.errno)
     code = errno.errorcode.get(exc.errno, "I/O error")
-    return StorageUnavailable(503, "storage_error", f"the device's storage failed ({code}): {what} was not saved; "
+    return StorageUnavailable(StorageCode.FAILED, f"the device's storage failed ({code}): {what} was not saved; "
                               "retry later", cause=exc.errno or errno.EIO)
 
 
@@ -83,11 +87,11 @@ class DataDirectory:
         return self._lost
 
     def check(self) -> None:
-        """Raise StorageUnavailable (503) if the directory is gone or replaced."""
+        """Raise StorageUnavailable (DIRECTORY_LOST) if the directory is gone or replaced."""
         lost = self.problem()
         if lost:
-            raise StorageUnavailable(503, "data_directory_lost", "the data directory was deleted or replaced under "
-                                     "the running agent: nothing more is saved until it is restarted",
+            raise StorageUnavailable(StorageCode.DIRECTORY_LOST, "the data directory was deleted or replaced "
+                                     "under the running agent: nothing more is saved until it is restarted",
                                      cause=errno.ENOENT)
 
 

@@ -68,7 +68,7 @@ from tinydb import Query
 
 from agent.store.rollup import RollupAccumulator, combine_same_window, rollup_to_json, window_start
 from agent.store.records import decode_records_backward
-from agent.store.disk import DataDirectory, StorageUnavailable, unavailable
+from agent.store.disk import DataDirectory, StorageCode, StorageUnavailable, unavailable
 from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
 from drivers.reading import FIELD_NAMES, TIME_FIELDS, Reading, iso
 
@@ -273,7 +273,7 @@ class ReadingStore:
             for (kind, meter_id, segment), items in batches.items():
                 if lost:  # never recreate a deleted data directory: nobody would read what went there
                     errors.append(lost)
-                    faults.append(StorageUnavailable(503, "data_directory_lost", lost))
+                    faults.append(StorageUnavailable(StorageCode.DIRECTORY_LOST, lost))
                     failed.extend((kind, item) for item in items)
                     continue
                 try:
@@ -309,13 +309,13 @@ class ReadingStore:
             return written["readings"]
 
     def check_writable(self) -> None:
-        """Raise StorageUnavailable (507 full, 503 otherwise) while the last flush failed or the data directory is
+        """Raise StorageUnavailable (full, failed, directory lost) while the last flush failed or the data directory is
         gone: a reading accepted now might never reach the disk, so it is refused (a datalogger keeps it and
         sends it again) instead of acknowledged. Memory only (a stat a second at most): for every POST /readings."""
         lost = self.data_directory.problem(max_age_s=1.0)
         if lost:
-            raise StorageUnavailable(503, "data_directory_lost", "the data directory was deleted or replaced under "
-                                     "the running agent: readings are not saved until it is restarted")
+            raise StorageUnavailable(StorageCode.DIRECTORY_LOST, "the data directory was deleted or replaced "
+                                     "under the running agent: readings are not saved until it is restarted")
         with self._lock:
             fault = self._last_flush_fault
         if fault is not None:

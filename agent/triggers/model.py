@@ -20,7 +20,9 @@ import hmac
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 
+from agent.errors import DomainError
 from agent.parameters import HOUSEHOLD, Parameter, lookup
 
 KINDS = ("notification", "appliance", "webhook")
@@ -36,12 +38,20 @@ UNKNOWN_PARAMETER = "unknown parameter"
 PARAMETER_NOT_PERMITTED = "parameter not permitted"
 
 
-class Refused(ValueError):
-    """An upload that cannot be accepted: HTTP status, error slug, fixed reason, detail."""
+class TriggerCode(Enum):
+    INVALID = "invalid"
+    UNKNOWN_PARAMETER = "unknown_parameter"
+    PARAMETER_NOT_PERMITTED = "parameter_not_permitted"
+    ENDPOINT_REFUSED = "endpoint_refused"
 
-    def __init__(self, status: int, error: str, detail: str, reason: str | None = None, **extra):
-        super().__init__(detail)
-        self.status, self.error, self.detail, self.reason, self.extra = status, error, detail, reason, extra
+
+class Refused(DomainError[TriggerCode], ValueError):
+    """An upload that cannot be accepted: its code, detail, and the fixed reason if it has one (also an answer's
+    field, like the rest of `extra`)."""
+
+    def __init__(self, code: TriggerCode, detail: str, reason: str | None = None, **extra: object) -> None:
+        super().__init__(code, detail, **extra, **({"reason": reason} if reason else {}))
+        self.reason = reason
 
 
 @dataclass
@@ -115,23 +125,23 @@ class TriggerStats:
 def check_parameters(names, permitted) -> list[Parameter]:
     """Every name exists and `permitted(name)` says yes. Raises Refused with a fixed reason."""
     if not isinstance(names, list) or not names or len(names) > MAX_PARAMETERS:
-        raise Refused(422, "invalid", f"parameters must be a list of 1 to {MAX_PARAMETERS} names")
+        raise Refused(TriggerCode.INVALID, f"parameters must be a list of 1 to {MAX_PARAMETERS} names")
     if not all(isinstance(n, str) for n in names):
-        raise Refused(422, "invalid", "parameters must be a list of names")
+        raise Refused(TriggerCode.INVALID, "parameters must be a list of names")
     if len(set(names)) != len(names):
-        raise Refused(422, "invalid", "a parameter is named twice")
+        raise Refused(TriggerCode.INVALID, "a parameter is named twice")
     out = []
     for name in names:
         param = lookup(name) if re.match(r"^[a-z0-9_-]{1,80}$", name) else None
         if param is None or (name.startswith(("household_channel_", "neighborhood_channel_"))
                              and not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", name.split("_channel_", 1)[1])):
-            raise Refused(422, "unknown_parameter", f"{UNKNOWN_PARAMETER}: {name[:80]!r}; see GET /parameters",
+            raise Refused(TriggerCode.UNKNOWN_PARAMETER, f"{UNKNOWN_PARAMETER}: {name[:80]!r}; see GET /parameters",
                           UNKNOWN_PARAMETER, parameter=name[:80])
         out.append(param)
     for param in out:
         allowed, why = permitted(param)
         if not allowed:
-            raise Refused(422, "parameter_not_permitted", f"{PARAMETER_NOT_PERMITTED}: {param.name!r}{why}",
+            raise Refused(TriggerCode.PARAMETER_NOT_PERMITTED, f"{PARAMETER_NOT_PERMITTED}: {param.name!r}{why}",
                           PARAMETER_NOT_PERMITTED, parameter=param.name)
     return out
 
@@ -139,34 +149,34 @@ def check_parameters(names, permitted) -> list[Parameter]:
 def check_action(action, check_endpoint) -> dict:
     """The action object, normalized. `check_endpoint(url)` vets a webhook endpoint (raises Refused)."""
     if not isinstance(action, dict):
-        raise Refused(422, "invalid", "action must be an object")
+        raise Refused(TriggerCode.INVALID, "action must be an object")
     kind = action.get("type")
     if kind not in KINDS:
-        raise Refused(422, "invalid", f"action.type must be one of {', '.join(KINDS)}")
+        raise Refused(TriggerCode.INVALID, f"action.type must be one of {', '.join(KINDS)}")
     fields = {"notification": {"type": str, "content": str, "title": str},
               "appliance": {"type": str, "appliance": str, "command": str},
               "webhook": {"type": str, "endpoint": str}}[kind]
     required = {"notification": ("content",), "appliance": ("appliance", "command"), "webhook": ("endpoint",)}[kind]
     unknown = sorted(set(action) - set(fields))
     if unknown:
-        raise Refused(422, "invalid", f"unknown field action.{unknown[0][:40]} for a {kind} action")
+        raise Refused(TriggerCode.INVALID, f"unknown field action.{unknown[0][:40]} for a {kind} action")
     for name in required:
         if name not in action:
-            raise Refused(422, "invalid", f"action.{name} is required for a {kind} action")
+            raise Refused(TriggerCode.INVALID, f"action.{name} is required for a {kind} action")
     for name, value in action.items():
         if not isinstance(value, fields[name]):
-            raise Refused(422, "invalid", f"action.{name} must be a string")
+            raise Refused(TriggerCode.INVALID, f"action.{name} must be a string")
     if kind == "notification":
         if not action["content"].strip() or len(action["content"]) > MAX_CONTENT_CHARS:
-            raise Refused(422, "invalid", f"action.content must be 1 to {MAX_CONTENT_CHARS} characters")
+            raise Refused(TriggerCode.INVALID, f"action.content must be 1 to {MAX_CONTENT_CHARS} characters")
         if "title" in action and not 1 <= len(action["title"]) <= MAX_TITLE_CHARS:
-            raise Refused(422, "invalid", f"action.title must be 1 to {MAX_TITLE_CHARS} characters")
+            raise Refused(TriggerCode.INVALID, f"action.title must be 1 to {MAX_TITLE_CHARS} characters")
         return dict(action)
     if kind == "appliance":
         if not APPLIANCE_REF.match(action["appliance"]) or not action["appliance"].strip():
-            raise Refused(422, "invalid", "action.appliance must be 1 to 64 printable characters (a name or kind)")
+            raise Refused(TriggerCode.INVALID, "action.appliance must be 1 to 64 printable characters (a name or kind)")
         if action["command"] not in ("on", "off"):
-            raise Refused(422, "invalid", "action.command must be \"on\" or \"off\"")
+            raise Refused(TriggerCode.INVALID, "action.command must be \"on\" or \"off\"")
         return dict(action)
     return {"type": "webhook", "endpoint": check_endpoint(action["endpoint"])}
 

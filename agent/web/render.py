@@ -21,7 +21,7 @@ from babel.numbers import format_decimal
 from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 
 from agent.api.common import AGENT, ApiError
-from agent.auth import HOUSEHOLD, OPERATOR, AuthError
+from agent.auth import HOUSEHOLD, OPERATOR
 from agent.registry import RegistryError
 from agent.web import i18n
 from agent.web.signin import Session
@@ -199,8 +199,9 @@ def page(*roles: str, form: bool = False):
                 response = render(request, "error.html", status=err.status, error=err.message)
                 response.headers.update(err.headers)
                 return response
-            except (ApiError, AuthError, RegistryError) as err:
-                return render(request, "error.html", status=err.status, error="refused", detail=err.detail)
+            except (ApiError, RegistryError) as err:
+                refused = ApiError.of(err) if isinstance(err, RegistryError) else err
+                return render(request, "error.html", status=refused.status, error="refused", detail=refused.detail)
         return run
     return wrap
 
