@@ -34,10 +34,12 @@ def storage_faults(agent) -> tuple[bool, dict]:
     lost_dir = agent.store.data_directory.problem()
     release_log = agent.releases.log.last_error  # retried with each flush; its noisy releases refused meanwhile
     memos_lost = agent.releases.memos_lost()  # one-off releases refused for good: their record was lost
-    ok = (delivery_ok and lost_dir is None and release_log is None and memos_lost is None
+    key_lost = agent.triggers.store.key_problem  # no event under a pseudonym goes out
+    ok = (delivery_ok and lost_dir is None and release_log is None and memos_lost is None and key_lost is None
           and not any(tally["lost"] for tally in damage.values()))
     return ok, {"data_directory_lost": lost_dir, "damage": damage, "registry_failed_closed": agent.registry.damage,
-                "release_log_error": release_log, "releases_lost": memos_lost, "delivery": delivery,
+                "release_log_error": release_log, "releases_lost": memos_lost, "pseudonym_key_lost": key_lost,
+                "delivery": delivery,
                 "damage_scan": agent.damage_scan.progress()}
 
 

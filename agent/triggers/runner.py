@@ -923,6 +923,8 @@ class TriggerRunner:
         message = {"type": "trigger.fired", "trigger_id": trig.id, "window": trig.window,
                    "window_start": iso(outcome.start), "at": iso(outcome.release_at)}
         if household is not None:  # an event the household consented to, under its pseudonym
+            if self.store.key is None:  # lost: never a new one (agent/triggers/store.py); /health says so
+                return False
             message["household"] = pseudonym(self.store.key, org.id, household.id)
         body = json.dumps(message, separators=(",", ":")).encode()
         msg_id = "msg_" + secrets.token_hex(12)  # the same on every attempt: receivers deduplicate on it

@@ -9,7 +9,12 @@ segment logs, like the registry):
   start and now and then while running;
 - ``households.seg``: each household's notification endpoint, its appliances, and its inbox (the last
   INBOX_MAX notifications per household; older ones are cut out in one atomic rewrite now and then);
-- ``pseudonym.key``: the device's secret for the households' per-organization pseudonyms.
+- ``pseudonym.key``: the device's secret for the households' per-organization pseudonyms, twice, each copy with
+  its checksum (0600); its checksum also in ``triggers.seg`` (table ``key``, written when the key is made). A key
+  that is damaged beyond repair (neither copy checks out), deleted, or replaced (its checksum is not the one on
+  record) is never made again: new pseudonyms would be a second identity for every household, linkable to the
+  first by time. The store says so (`key_problem`: a fatal /health error) and no event under a pseudonym goes out
+  until the operator restores the file.
 
 Every record is written twice (``copies=2``, as the registry's): one damaged copy is recovered from its twin. A
 record lost beyond repair is counted (`faults.damage.<kind>.lost`, /health 503); it never brings back a state
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -59,7 +65,7 @@ class TriggerStore:
         self.db = SegmentDB(str(directory / "triggers.seg"), kind="triggers", copies=2)
         self.stats_db = SegmentDB(str(directory / "stats.seg"), kind="trigger_stats", copies=2)
         self.firings_db = SegmentDB(str(directory / "firings.seg"), kind="trigger_firings", copies=2)
-        self.key = _device_key(directory / "pseudonym.key")
+        self.key, self.key_problem = _device_key(directory / "pseudonym.key", self.db)
         self.lock = threading.RLock()  # reentrant: a change's step calls the locked methods
         self.writes = Durable("triggers", directory / "triggers.seg", log, what="the trigger change", lock=self.lock)
         self._appended = 0  # firing lines since the last compaction
@@ -357,19 +363,71 @@ class HouseholdStore:
         self._stale = []
 
 
-def _device_key(path: Path) -> bytes:
+def _device_key(path: Path, db: SegmentDB) -> tuple[bytes | None, str | None]:
+    """The device's pseudonym key, made on first start; (None, why) if it was lost (see the module's doc)."""
+    recorded = {doc["sha"] for doc in db.table("key").all()}
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        pass
-    key = secrets.token_bytes(32)
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        if recorded:
+            return _key_lost(f"{path} was deleted")
+        key = secrets.token_bytes(32)
+        _write_key(path, key)
+        db.table("key").insert({"sha": _key_sum(key)})
+        return key, None
+    copies = [_key_of(line) for line in text.split()] if "," in text else [_legacy_key(text)]
+    good = [key for key in copies if key is not None]
+    if not good:
+        return _key_lost(f"{path} is damaged beyond repair")
+    key = good[0]
+    if recorded and _key_sum(key) not in recorded:
+        return _key_lost(f"{path} is not the key this device made (replaced)")
+    if not recorded:  # made before its checksum was recorded
+        db.table("key").insert({"sha": _key_sum(key)})
+    if len(good) < 2 or len(set(good)) > 1:  # a damaged copy, or the legacy format: both copies again
+        log.warning("triggers: %s had a damaged or missing copy; written again from the good one", path)
+        _write_key(path, key)
+    return key, None
+
+
+def _key_lost(why: str) -> tuple[None, str]:
+    problem = (f"the pseudonym key is lost: {why}. A new one would give every household new pseudonyms, so none is "
+               "made: no event under a pseudonym goes out until the file is restored from a backup")
+    log.error("triggers: %s", problem)
+    return None, problem
+
+
+def _key_sum(key: bytes) -> str:
+    return hashlib.sha256(b"edge pseudonym key\x00" + key).hexdigest()[:16]
+
+
+def _key_of(copy: str) -> bytes | None:
+    """One copy, `<key hex>,<checksum>`: the key if its checksum holds."""
+    key_hex, _, checksum = copy.partition(",")
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        return None
+    return key if len(key) == 32 and _key_sum(key) == checksum else None
+
+
+def _legacy_key(text: str) -> bytes | None:
+    """A key file from before the checksums: its hex, if it is 32 bytes of it."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        return None
+    return key if len(key) == 32 else None
+
+
+def _write_key(path: Path, key: bytes) -> None:
+    copy = f"{key.hex()},{_key_sum(key)}\n"
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, key.hex().encode())
+        os.write(fd, (copy * 2).encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, path)
     fsync_dir(path.parent)
-    return key
