@@ -27,6 +27,7 @@ import pytest
 
 from drivers.reading import iso
 from tests.helpers.agent import grant
+from tests.helpers.appliances import FakeShelly
 from tests.helpers.clock import StepClock, T0
 from tests.helpers.receiver import receiver  # noqa: F401  (the fixture)
 from tests.helpers.triggers import body, close_window, town_config
@@ -187,11 +188,14 @@ async def test_a_noisy_triggers_view_says_nothing_of_who_was_evaluated(tmp_path,
     assert len(set(seen)) == 1, f"recovered {recovered:.0%} of the target's quarter-hours: {seen}"
 
 
-@pytest.mark.xfail(strict=True, reason="red team 6 R6-4: a deleted trigger's debounce becomes a cooldown for every "
-                   "trigger of the organization (model.Debouncer.retire/allowed), so a notification trigger's "
-                   "condition, which the household never consented to as events, switches another trigger's "
-                   "consented events off: its value reaches the organization")
-async def test_a_consented_triggers_events_say_nothing_of_another_triggers_condition(tmp_path, start_agent, receiver):
+@pytest.mark.parametrize("probe_action", ["notification", "appliance"])
+async def test_a_consented_triggers_events_say_nothing_of_another_triggers_condition(tmp_path, start_agent, receiver,
+                                                                                      probe_action):
+    """A deleted trigger's debounce was a cooldown for every trigger of its organization, so a probe (a
+    notification, or an appliance switch: neither reaches the organization) deleted after each window switched a
+    consented beacon's next event off whenever the probe had fired: the beacon's missing events were the probe's
+    condition, 100% recovered. Failed until the cooldown held only triggers of the deleted one's action type (red
+    team 6, R6-4)."""
     config = town_config(tmp_path)
     clock = StepClock(T0)
     running = await start_agent(config, clock=clock)
@@ -207,14 +211,21 @@ async def test_a_consented_triggers_events_say_nothing_of_another_triggers_condi
     assert status == 201, out
     beacon = out["id"]
     await grant(running, target, org_id, f"trigger_events:{beacon}")
+    heater = FakeShelly()
+    await heater.start()
+    status, out = await running.call("POST", "/households/me/appliances", token=target, json={
+        "name": "heater", "driver": "shelly", "address": heater.address, "allowed_organizations": [org_id]})
+    assert status == 201, out
     # A, each round: a notification ("a tip for you") whose condition is what the organization wants to know, here
     # whether the target used over 1 kW; its interval a little over a quarter-hour
     secret = [650.0, 1800.0, 2400.0, 300.0, 1200.0, 90.0]
     truth, seen = [], []
     for watts in secret:
+        action = {"action": {"type": "appliance", "appliance": "heater", "command": "on"}} \
+            if probe_action == "appliance" else {}
         status, out = await running.call("POST", "/triggers/create", token=key, json=body(
             ["household_power_consumption"], "def condition(household_power_consumption):\n"
-            "    return household_power_consumption > 1000\n", interval=QUARTER + 100, window="15m"))
+            "    return household_power_consumption > 1000\n", interval=QUARTER + 100, window="15m", **action))
         assert status == 201, out
         probe = out["id"]
         to_next_quarter(clock)
@@ -228,5 +239,6 @@ async def test_a_consented_triggers_events_say_nothing_of_another_triggers_condi
         starts = {m["window_start"] for m in receiver.messages() if m.get("trigger_id") == beacon}
         seen.append(iso(observed) in starts)
         truth.append(watts > 1000)
+    await heater.runner.cleanup()
     recovered = sum((not s) == t for s, t in zip(seen, truth)) / len(truth)
     assert all(seen), f"the beacon's missing events give the probe's condition: {recovered:.0%} recovered ({seen})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent.triggers.model import KINDS, Trigger
 from agent.triggers.store import FIRINGS_COMPACT_AFTER, TriggerStore
 
 
@@ -42,3 +43,27 @@ def test_events_disclosed_per_day_survive_a_restart_and_a_compaction(tmp_path):
     third = TriggerStore(tmp_path)
     assert third.load()[2].events == debounce.events
     third.close()
+
+
+def test_a_deleted_triggers_cooldown_holds_its_action_type_and_an_old_record_holds_every_type(tmp_path):
+    """A deleted trigger's wait is written with its action type and holds only triggers of that type, also
+    after a restart and a compaction; a record written before types were (no `a`) holds every type."""
+    store = TriggerStore(tmp_path)
+    store.remove("trg_gone", [("org_1", "hh_a", 1000.0, "notification")])
+    store.firings_db.table("cooldown").insert({"o": "org_1", "h": "hh_b", "until": 1000.0})  # an old record
+    store.close()
+
+    def trigger(kind: str) -> Trigger:
+        return Trigger(id=f"trg_{kind}", organization_id="org_1", parameters=[], source="", interval_s=60,
+                       window="1m", action={"type": kind}, secret=None, created_at=0.0)
+
+    for reopen in ("restart", "compaction"):
+        again = TriggerStore(tmp_path)
+        debounce = again.load()[2]
+        assert not debounce.allowed(trigger("notification"), "hh_a", 999.0)
+        assert debounce.allowed(trigger("webhook"), "hh_a", 999.0)
+        assert debounce.allowed(trigger("notification"), "hh_a", 1000.0)
+        assert not any(debounce.allowed(trigger(kind), "hh_b", 999.0) for kind in KINDS), reopen
+        if reopen == "restart":
+            again.compact_firings(dict(debounce.last), dict(debounce.cooldown), dict(debounce.events))
+        again.close()

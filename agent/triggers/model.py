@@ -4,7 +4,8 @@ per-household debounce and the stable per-organization pseudonym of a household.
 The boolean stream of a condition is a side channel (DESIGN.md): a condition can leak one bit of a
 household's data per evaluation. What leaves the device is therefore bounded here:
 - an action for a household happens at most once per `interval` per trigger (`Debouncer`), and a
-  trigger deleted and created again inherits its predecessor's wait (the organization's cooldown);
+  trigger deleted and created again inherits its predecessor's wait (the organization's cooldown, for
+  triggers of the same action type);
 - actions of household conditions go to the household's side only (its inbox, its endpoint, its
   appliance); a webhook to the organization carries a household's event only if that household
   consented to that trigger's events, and at most `max_events_per_household_per_day` of them per
@@ -244,13 +245,16 @@ EVERYONE = "*"  # in the debounce: every household (what a firings log damaged b
 
 class Debouncer:
     """At most one action per (trigger, household) per interval, and per (organization, household) no
-    action before a deleted trigger's wait is over (deleting and creating again is no way around it). An entry
-    for EVERYONE counts for every household (a trigger that acted for unknown households, a day's events spent
-    for unknown households)."""
+    action of a deleted trigger's kind before its wait is over (deleting and creating again is no way around
+    it). The wait holds only triggers of the same action type: a notification trigger's firing, which reaches
+    nobody but the household, must not switch a consented trigger's events off (red team 6, R6-4); a wait of
+    kind None (written before kinds were) holds every kind. An entry for EVERYONE counts for every household (a
+    trigger that acted for unknown households, a day's events spent for unknown households)."""
 
     def __init__(self):
         self.last: dict[tuple[str, str], float] = {}  # (trigger id, household id) -> last action
-        self.cooldown: dict[tuple[str, str], float] = {}  # (organization id, household id) -> not before
+        # (organization id, household id) -> {action type, or None for every type: not before}
+        self.cooldown: dict[tuple[str, str], dict[str | None, float]] = {}
         self.events: dict[tuple[str, str], tuple[int, int]] = {}  # (organization id, household id) -> (day, n)
 
     def event_allowed(self, org_id: str, household_id: str, at: float, per_day: int) -> bool:
@@ -271,25 +275,27 @@ class Debouncer:
             last = self.last.get((trigger.id, who))
             if last is not None and now - last < trigger.interval_s:
                 return False  # (a clock that went back also waits)
-            if now < self.cooldown.get((trigger.organization_id, who), float("-inf")):
+            waits = self.cooldown.get((trigger.organization_id, who), {})
+            if now < max(waits.get(trigger.action["type"], float("-inf")), waits.get(None, float("-inf"))):
                 return False
         return True
 
     def record(self, trigger_id: str, household_id: str, now: float) -> None:
         self.last[(trigger_id, household_id)] = now
 
-    def cool(self, org_id: str, household_id: str, until: float) -> None:
-        key = (org_id, household_id)
-        self.cooldown[key] = max(until, self.cooldown.get(key, float("-inf")))
+    def cool(self, org_id: str, household_id: str, until: float, kind: str | None = None) -> None:
+        waits = self.cooldown.setdefault((org_id, household_id), {})
+        waits[kind] = max(until, waits.get(kind, float("-inf")))
 
-    def retire(self, trigger: Trigger, now: float) -> list[tuple[str, str, float]]:
-        """Forget a deleted trigger; returns the organization's cooldowns it leaves behind."""
+    def retire(self, trigger: Trigger, now: float) -> list[tuple[str, str, float, str]]:
+        """Forget a deleted trigger; returns the cooldowns it leaves behind (organization, household, until,
+        its action type)."""
         out = []
         for key in [k for k in self.last if k[0] == trigger.id]:
             until = self.last.pop(key) + trigger.interval_s
             if until > now:
-                self.cool(trigger.organization_id, key[1], until)
-                out.append((trigger.organization_id, key[1], until))
+                self.cool(trigger.organization_id, key[1], until, trigger.action["type"])
+                out.append((trigger.organization_id, key[1], until, trigger.action["type"]))
         return out
 
 

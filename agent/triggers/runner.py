@@ -388,7 +388,7 @@ class TriggerRunner:
 
     async def _remove(self, trig: Trigger) -> None:
         now = self.agent.clock()
-        cooldowns = [(trig.organization_id, household, at + trig.interval_s)
+        cooldowns = [(trig.organization_id, household, at + trig.interval_s, trig.action["type"])
                      for (tid, household), at in self.debounce.last.items()
                      if tid == trig.id and at + trig.interval_s > now]  # what `retire` leaves, below
         unregistered: list[asyncio.Future] = []

@@ -92,14 +92,14 @@ class TriggerStore:
                 debounce.last[key] = max(doc["at"], debounce.last.get(key, float("-inf")))
         cools = self.firings_db.table("cooldown").all()
         for doc in cools:
-            debounce.cool(doc["o"], doc["h"], doc["until"])
+            debounce.cool(doc["o"], doc["h"], doc["until"], doc.get("a"))  # no "a": an old record, every kind
         events = sorted(self.firings_db.table("events").all(), key=lambda doc: doc["d"])
         for doc in events:
             debounce.spend_event(doc["o"], doc["h"], doc["d"] * 86400.0, doc.get("n", 1))
         lost = self.firings_db.storage.lost_records
         if lost:
             self._fail_closed(lost, triggers, [*lines, *events], debounce)
-        elif (len(lines) + len(cools) + len(events) > len(debounce.last) + len(debounce.cooldown)
+        elif (len(lines) + len(cools) + len(events) > len(debounce.last) + sum(map(len, debounce.cooldown.values()))
               + len(debounce.events) + FIRINGS_COMPACT_AFTER):
             self._compact_firings(debounce)
         return triggers, stats, debounce
@@ -129,11 +129,12 @@ class TriggerStore:
         with self.lock:
             self.db.table("triggers").update(fields, where("id") == trigger_id)
 
-    def remove(self, trigger_id: str, cooldowns: list[tuple[str, str, float]]) -> None:
+    def remove(self, trigger_id: str, cooldowns: list[tuple[str, str, float, str]]) -> None:
+        """`cooldowns`: (organization, household, until, the deleted trigger's action type)."""
         with self.lock:
             if cooldowns:
                 self.firings_db.table("cooldown").insert_multiple(
-                    {"o": org, "h": household, "until": until} for org, household, until in cooldowns)
+                    _cooldown_doc(org, household, until, kind) for org, household, until, kind in cooldowns)
             self.db.table("triggers").remove(where("id") == trigger_id)
 
     # --- the same changes from the event loop (the API, the runner's loop): written in a worker thread, in order
@@ -144,7 +145,7 @@ class TriggerStore:
     async def update_async(self, trigger_id: str, **fields) -> None:
         await self.writes.write(self.update, trigger_id, **fields)
 
-    async def remove_async(self, trigger_id: str, cooldowns: list[tuple[str, str, float]], then=None) -> None:
+    async def remove_async(self, trigger_id: str, cooldowns: list[tuple[str, str, float, str]], then=None) -> None:
         """`then()` (the trigger out of memory) runs once the removal is on disk, even if the request is
         cancelled; never when the write fails (the trigger is still there, and still runs)."""
         await self.writes.write(self.remove, trigger_id, cooldowns, then=then)
@@ -185,11 +186,17 @@ class TriggerStore:
     def _compact_firings(self, debounce: Debouncer) -> None:
         self.firings_db.storage.write({
             "last": {str(i): {"t": t, "h": h, "at": at} for i, ((t, h), at) in enumerate(debounce.last.items(), 1)},
-            "cooldown": {str(i): {"o": o, "h": h, "until": until}
-                         for i, ((o, h), until) in enumerate(debounce.cooldown.items(), 1)},
+            "cooldown": {str(i): doc for i, doc in enumerate(
+                (_cooldown_doc(o, h, until, kind) for (o, h), waits in debounce.cooldown.items()
+                 for kind, until in waits.items()), 1)},
             "events": {str(i): {"o": o, "h": h, "d": day, "n": n}
                        for i, ((o, h), (day, n)) in enumerate(debounce.events.items(), 1)},
         })
+
+
+def _cooldown_doc(org_id: str, household_id: str, until: float, kind: str | None) -> dict:
+    """A deleted trigger's wait on the firings log; `a`, its action type, is the kinds it holds (absent: all)."""
+    return {"o": org_id, "h": household_id, "until": until, **({"a": kind} if kind is not None else {})}
 
 
 class HouseholdStore:
