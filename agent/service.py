@@ -231,14 +231,16 @@ class Agent:
         self.systemd.notify(f"STATUS={reading}/{len(self.readers)} meters reading")
 
     # --- what /health and /metrics show ------------------------------------------------------
-    def health(self) -> tuple[bool, dict]:
+    def health(self, public: bool = False) -> tuple[bool, dict]:
+        """`public`: the answer to anyone without the operator's token, about the device alone: a wired meter that
+        stopped (a power cut or a pulled cable in one home) is that household's news, not the public's."""
         meters = {meter_id: reader.snapshot() for meter_id, reader in self.readers.items()}
         store = self.store.stats()
         all_reading = all(m["state"] == MeterState.READING for m in meters.values())
         storage_ok = not store.get("last_flush_error")
         config_error = self.config_error()
         faults_ok, faults = storage_faults(self)  # data directory, damaged files, outboxes (agent/faults.py)
-        ok = all_reading and storage_ok and config_error is None and faults_ok
+        ok = (all_reading or public) and storage_ok and config_error is None and faults_ok
         return ok, {
             "status": "ok" if ok else "degraded",
             "device": self.config.device_name,

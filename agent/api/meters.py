@@ -26,7 +26,7 @@ async def health(request: web.Request) -> web.Response:
     # A token that is sent is checked (bad ones count toward the throttle): the two answers must not make
     # /health an unthrottled oracle for guessing the operator token.
     detailed = "Authorization" in request.headers and principal(request).role == OPERATOR
-    ok, body = agent_of(request).health()
+    ok, body = agent_of(request).health(public=not detailed)
     if not detailed:
         body = {"status": body["status"]}
     return web.json_response(body, status=200 if ok else 503)
