@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -195,6 +196,30 @@ def test_a_firing_line_lost_beyond_repair_fails_closed_durably(tmp_path):
         assert debounce.event_allowed("org_1", "hh_new", now + 86400, per_day=1)  # the next UTC day
         store.close()
     assert integrity(tmp_path)["trigger_firings"]["lost"] == 1  # the damaged tail (both records), once
+
+
+def test_a_deleted_triggers_cooldown_lost_with_the_firings_log_is_redone(tmp_path):
+    """Deleting a trigger leaves its organization a cooldown (creating another is no way around the interval). Its
+    lines lost beyond repair: the organization's longest wait, kept beside the triggers, holds every household."""
+    now = time.time()
+    deleted = firings(tmp_path, now)  # interval 600; hh_b acted 10 s ago
+    store = TriggerStore(tmp_path)
+    _, _, debounce = store.load()
+    store.remove(deleted.id, debounce.retire(deleted, now))
+    store.close()
+    path = tmp_path / "firings.seg"
+    for offset, length in record_spans(path)[-2:]:  # the cooldown line, both copies
+        flip(path, offset + length // 2)
+    quick = replace(a_trigger("trg_2", "org_1"), interval_s=60.0)  # made after the start that failed closed
+    for start in range(2):
+        store = TriggerStore(tmp_path)
+        triggers, _, debounce = store.load()
+        assert triggers == {}
+        for who in ("hh_b", "hh_new"):
+            assert not debounce.allowed(quick, who, now + 100)  # the deleted trigger's wait, for everyone
+        assert debounce.allowed(quick, "hh_b", now + 600)
+        assert debounce.allowed(a_trigger("trg_3", "org_other"), "hh_b", now + 100)  # another organization's
+        store.close()
 
 
 def test_a_damaged_copy_of_a_trigger_is_recovered(tmp_path):

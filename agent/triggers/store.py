@@ -20,7 +20,9 @@ Every record is written twice (``copies=2``, as the registry's): one damaged cop
 record lost beyond repair is counted (`faults.damage.<kind>.lost`, /health 503); it never brings back a state
 (a trigger, an endpoint or an appliance removed is a rewrite without it, never a record of its removal). The
 firings log fails closed: its lost lines may have been actions or disclosed events, so every trigger waits one
-interval for every household and every organization's events are spent for the day (rewritten so at once).
+interval for every household, a deleted trigger's wait (its longest, kept in ``triggers.seg`` too) holds its
+organization's triggers of its action type for every household, and every organization's events are spent for
+the day (rewritten so at once).
 
 Writes come from the event loop (the API, the runner) and from the runner's threads (the debounce log, the
 inbox, the periodic counters): each store serializes them with a lock, since a rewrite replaces the file under
@@ -96,6 +98,7 @@ class TriggerStore:
         events = sorted(self.firings_db.table("events").all(), key=lambda doc: doc["d"])
         for doc in events:
             debounce.spend_event(doc["o"], doc["h"], doc["d"] * 86400.0, doc.get("n", 1))
+        self._forget_retired(max([time.time(), *(doc.get("at", 0) for doc in lines)]))
         lost = self.firings_db.storage.lost_records
         if lost:
             self._fail_closed(lost, triggers, [*lines, *events], debounce)
@@ -111,15 +114,25 @@ class TriggerStore:
         at = max([time.time(), *(doc.get("at", 0) for doc in lines)])
         for trigger in triggers.values():
             debounce.record(trigger.id, EVERYONE, at)
+        for retired in self.db.table("retired").all():  # a deleted trigger's cooldown may have been lost too
+            debounce.cool(retired["o"], EVERYONE, retired["until"], retired.get("a"))
         for org_id in {t.organization_id for t in triggers.values()} | {doc["o"] for doc in lines if "o" in doc}:
             debounce.spend_event(org_id, EVERYONE, at, SPENT)
         log.error("triggers %s: %d damaged record(s) of the firings log could not be recovered; failing closed: "
-                  "every trigger waits one interval, every organization's events are spent for today",
-                  self.directory, lost)
+                  "every trigger waits one interval, a deleted trigger's wait holds its organization for everyone, "
+                  "every organization's events are spent for today", self.directory, lost)
         try:
             self._compact_firings(debounce)
         except OSError as exc:  # still closed in memory; the next start finds the same damage
             log.error("triggers %s: cannot rewrite the firings log: %s", self.directory, exc)
+
+    def _forget_retired(self, now: float) -> None:
+        """Deleted triggers' waits that are over are of no use to a fail-closed start: dropped (one rewrite)."""
+        if any(doc["until"] <= now for doc in self.db.table("retired").all()):
+            try:
+                self.db.table("retired").remove(where("until") <= now)
+            except OSError as exc:  # kept: the next start tries again
+                log.warning("triggers %s: cannot drop the deleted triggers' past waits: %s", self.directory, exc)
 
     def add(self, trigger: Trigger) -> None:
         with self.lock:
@@ -135,6 +148,9 @@ class TriggerStore:
             if cooldowns:
                 self.firings_db.table("cooldown").insert_multiple(
                     _cooldown_doc(org, household, until, kind) for org, household, until, kind in cooldowns)
+                # and the organization's longest wait beside the triggers: what a lost cooldown line is redone from
+                org, _, _, kind = cooldowns[0]
+                self.db.table("retired").insert(_cooldown_doc(org, EVERYONE, max(c[2] for c in cooldowns), kind))
             self.db.table("triggers").remove(where("id") == trigger_id)
 
     # --- the same changes from the event loop (the API, the runner's loop): written in a worker thread, in order
