@@ -164,6 +164,10 @@ class TriggerRunner:
         self._publishing: set[asyncio.Task] = set()
         self.organization_lanes = Lanes(self.config.organization_action_slots, self.config.organization_action_queue)
         self.household_lanes = Lanes(self.config.household_action_slots, HOUSEHOLD_QUEUE)
+        # an organization's appliance switches, a lane per (organization, household): whether and when one
+        # household's appliance is switched never depends on how many other households' conditions were true
+        # (red team 6, R6-6: in the organization's lane, in the order they fired, it did)
+        self.appliance_lanes = Lanes(self.config.household_action_slots, HOUSEHOLD_QUEUE)
         self._sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}  # (organization id, "web"|"lan")
         self._households_web: aiohttp.ClientSession | None = None
         self._trials = asyncio.Semaphore(TRIALS)
@@ -239,8 +243,10 @@ class TriggerRunner:
                 # the operator's (health's detail is not public): windows dropped for being late, actions dropped
                 # beyond an organization's or a household's lane
                 "late_windows": sum(s.late for s in self.stats.values()),
-                "dropped_actions": sum(lane["dropped"] for lanes in (self.organization_lanes, self.household_lanes)
-                                       for lane in lanes.snapshot().values())}
+                "dropped_actions": sum(lane["dropped"] for lanes in self._lanes() for lane in lanes.snapshot().values())}
+
+    def _lanes(self) -> tuple[Lanes, ...]:
+        return self.organization_lanes, self.household_lanes, self.appliance_lanes
 
     def disclosure(self) -> dict:
         """The bound on what an organization can learn of one household through its triggers (GET /parameters)."""
@@ -497,8 +503,8 @@ class TriggerRunner:
             await asyncio.gather(*list(self._publishing), return_exceptions=True)
         if time.monotonic() - self._purged_at >= PURGE_EVERY_S:
             self._purged_at = time.monotonic()
-            self.organization_lanes.forget_idle()
-            self.household_lanes.forget_idle()
+            for lanes in self._lanes():
+                lanes.forget_idle()
             gone = await self.households.purge_async(set(self.agent.registry.households))
             if gone:
                 log.info("triggers: forgot the endpoints, appliances and inboxes of %d removed household(s)", gone)
@@ -740,8 +746,9 @@ class TriggerRunner:
         if kind == "notification":
             self._spawn(outcome, self._notify_all(trig, org, acting, outcome))
             return
-        lane = self.organization_lanes[org.id]
         for household in acting:
+            lane = self.appliance_lanes[f"{org.id}/{household.id}"] if kind == "appliance" \
+                else self.organization_lanes[org.id]
             if not lane.admit():
                 outcome.delivered(household, False)  # beyond the organization's queue: dropped, counted
                 continue
@@ -788,18 +795,21 @@ class TriggerRunner:
 
     # --- actions -------------------------------------------------------------------------------------
     def _session(self, org_id: str, kind: str) -> aiohttp.ClientSession:
-        """The organization's own HTTP connections (as many as its slots): a tarpit holds no one else's."""
+        """The organization's own HTTP connections: a tarpit holds no one else's. Its webhooks' are as many as its
+        slots; its appliance switches' only by their lanes' slots, per household (a pool bounded for the organization
+        would make one household's switch wait for another's)."""
         session = self._sessions.get((org_id, kind))
         if session is None or session.closed:
             delivery = self.agent.config.delivery
-            slots = self.config.organization_action_slots
+            slots = self.config.organization_action_slots if kind == "web" else 0
             make = actions.lan_session if kind == "lan" else actions.web_session
             timeout = APPLIANCE_TIMEOUT_S if kind == "lan" else delivery.timeout_s
             session = self._sessions[(org_id, kind)] = make(delivery.allow_private_endpoints, timeout, slots)
         return session
 
     async def _act(self, trig: Trigger, org, household, outcome: Outcome, lane) -> None:
-        """A webhook or an appliance switch, in the organization's lane (admitted by the caller)."""
+        """A webhook (in the organization's lane) or an appliance switch (in its (organization, household) lane),
+        admitted by the caller."""
         kind = trig.action["type"]
         ok = False
         try:

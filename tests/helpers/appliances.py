@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 
@@ -28,13 +30,16 @@ class FakeDevice:
 class FakeShelly(FakeDevice):
     """A Shelly Plus 1PM / Plus 2PM: JSON-RPC over HTTP, switches 0..n."""
 
-    def __init__(self, switches: int = 1):
+    def __init__(self, switches: int = 1, hold: asyncio.Event | None = None):
         self.state = [False] * switches
         self.calls: list[dict] = []
+        self.hold = hold  # set: every switch answers only once it is set (a device that holds requests)
 
     async def switch_set(self, request: web.Request) -> web.Response:
         params = await request.json()
         self.calls.append(params)
+        if self.hold is not None:
+            await self.hold.wait()
         sid = params.get("id", 0)
         if not isinstance(sid, int) or not 0 <= sid < len(self.state) or not isinstance(params.get("on"), bool):
             return web.json_response({"code": -105, "message": f"Argument 'id', value {sid} not found!"}, status=500)
