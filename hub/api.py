@@ -18,7 +18,9 @@ import hmac
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -26,7 +28,9 @@ from hub.openapi import spec
 from hub.service import WIDTHS, Hub
 
 MAX_WINDOWS = 1500  # per request
+OPERATOR, ORGANIZATION = "operator", "organization"
 HUB = web.AppKey("hub", Hub)
+CALLER = web.RequestKey("hub_caller", tuple)  # (role, FleetOrg or None): the route's role check found it
 AUDIT_PATH = web.AppKey("audit_path", object)
 ENDPOINTS = web.AppKey("endpoints", tuple)  # (allow_http, allow_private): the webhook endpoint policy
 
@@ -55,18 +59,19 @@ async def errors(request: web.Request, handler):
 
 
 def _caller(request: web.Request):
-    """("operator", None) or ("organization", FleetOrg); 401 otherwise."""
+    """("operator", None) or ("organization", FleetOrg); 401 otherwise. Routes with roles ask it before their
+    handler runs (`_guarded`); a handler reads request[CALLER]."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <key>")
     token = header[7:].strip()
     hub: Hub = request.app[HUB]
     if hub.operator_token and hmac.compare_digest(token.encode(errors="replace"), hub.operator_token.encode()):
-        return "operator", None
+        return OPERATOR, None
     digest = hashlib.sha256(token.encode(errors="replace")).hexdigest()
     org = hub.organization_by_key_hash(digest)
     if org is not None and hmac.compare_digest(org.key_hash, digest):
-        return "organization", org
+        return ORGANIZATION, org
     raise ApiError(401, "unauthorized", "unknown or revoked key")
 
 
@@ -91,9 +96,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def areas(request: web.Request) -> web.Response:
-    role, org = _caller(request)
+    role, org = request[CALLER]
     hub: Hub = request.app[HUB]
-    visible = {a: list(d) for a, d in hub.areas().items() if role == "operator" or a in org.areas}
+    visible = {a: list(d) for a, d in hub.areas().items() if role == OPERATOR or a in org.areas}
     return web.json_response({"areas": [{"area": a, "devices": d} for a, d in sorted(visible.items())]})
 
 
@@ -111,9 +116,7 @@ def _number(request: web.Request, name: str) -> float:
 
 
 async def area_data(request: web.Request) -> web.Response:
-    role, org = _caller(request)
-    if role != "organization":
-        raise ApiError(403, "forbidden", "area data is read with an organization's key")
+    _, org = request[CALLER]
     hub: Hub = request.app[HUB]
     area = request.match_info["area"]
     if area not in org.areas or area not in hub.areas():
@@ -143,24 +146,14 @@ async def area_data(request: web.Request) -> web.Response:
 
 
 async def devices(request: web.Request) -> web.Response:
-    role, _ = _caller(request)
-    if role != "operator":
-        raise ApiError(403, "forbidden", "the device list is the operator's")
     return web.json_response({"devices": await request.app[HUB].devices()})
-
-
-def _organization(request: web.Request):
-    role, org = _caller(request)
-    if role != "organization":
-        raise ApiError(403, "forbidden", "subscriptions belong to an organization's key")
-    return org
 
 
 async def subscribe(request: web.Request) -> web.Response:
     from agent.delivery.targets import TargetError, check_literal_host, check_url
     from hub import push
 
-    org = _organization(request)
+    _, org = request[CALLER]
     hub: Hub = request.app[HUB]
     try:
         body = await request.json()
@@ -189,19 +182,62 @@ async def subscribe(request: web.Request) -> web.Response:
 async def subscriptions(request: web.Request) -> web.Response:
     from hub import push
 
-    org = _organization(request)
+    _, org = request[CALLER]
     return web.json_response({"subscriptions": await push.listing(request.app[HUB], org.id)})
 
 
 async def unsubscribe(request: web.Request) -> web.Response:
     from hub import push
 
-    org = _organization(request)
+    _, org = request[CALLER]
     sub_id = request.match_info["sub_id"]
     if not await push.delete(request.app[HUB], org.id, sub_id):
         raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
     await _audit(request, org.id, "subscription.delete", subscription=sub_id)
     return web.json_response({"deleted": sub_id})
+
+
+# --- the route table: every endpoint once, with who may call it ----------------------------------------------------
+@dataclass(frozen=True)
+class Route:
+    """An endpoint of the hub: the router and the role check before its handler come from this row, as the device
+    API's do from agent/api/spec.py's Route. Not that Route itself: the hub's keys are its own (an organization's
+    key hash in the desired state, the hub's operator token: not the device's registry), it has no throttle and no
+    storage errors, and its document (hub/openapi.py) states its own errors."""
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    roles: tuple[str, ...] = ()  # () : no key needed
+
+
+ROUTES = (
+    Route("GET", "/health", health),
+    Route("GET", "/openapi.json", openapi),
+    Route("GET", "/areas", areas, (OPERATOR, ORGANIZATION)),  # each sees the areas it may read
+    Route("GET", "/areas/{area}/data", area_data, (ORGANIZATION,)),
+    Route("GET", "/devices", devices, (OPERATOR,)),
+    Route("POST", "/subscriptions", subscribe, (ORGANIZATION,)),
+    Route("GET", "/subscriptions", subscriptions, (ORGANIZATION,)),
+    Route("DELETE", "/subscriptions/{sub_id}", unsubscribe, (ORGANIZATION,)),
+)
+
+
+def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler behind the route's role check: 401 without a valid key, 403 for a key of another role."""
+    if not route.roles:
+        return route.handler
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        caller: tuple[str, Any] = _caller(request)
+        if caller[0] not in route.roles:
+            raise ApiError(403, "forbidden", f"this endpoint is for: {', '.join(route.roles)} (a {caller[0]}'s key "
+                                             "was sent)")
+        request[CALLER] = caller
+        return await route.handler(request)
+
+    checked.__name__ = route.handler.__name__
+    return checked
 
 
 def create_app(hub: Hub, audit_path: Path | None = None, allow_http: bool = False,
@@ -210,12 +246,9 @@ def create_app(hub: Hub, audit_path: Path | None = None, allow_http: bool = Fals
     app[HUB] = hub
     app[AUDIT_PATH] = audit_path
     app[ENDPOINTS] = (allow_http, allow_private)
-    app.router.add_get("/health", health)
-    app.router.add_get("/openapi.json", openapi)
-    app.router.add_get("/areas", areas)
-    app.router.add_get("/areas/{area}/data", area_data)
-    app.router.add_get("/devices", devices)
-    app.router.add_post("/subscriptions", subscribe)
-    app.router.add_get("/subscriptions", subscriptions)
-    app.router.add_delete("/subscriptions/{sub_id}", unsubscribe)
+    for route in ROUTES:
+        if route.method == "GET":  # and HEAD, as aiohttp's add_get does
+            app.router.add_get(route.path, _guarded(route))
+        else:
+            app.router.add_route(route.method, route.path, _guarded(route))
     return app

@@ -261,3 +261,25 @@ async def _applied(hub, count: int) -> bool:
 
 async def _duplicates(hub, count: int) -> bool:
     return hub.duplicates >= count
+
+
+async def test_every_route_with_roles_refuses_the_others_before_its_handler(hub):
+    """The router and the role check come from hub/api.py's ROUTES: no key is a 401, another role's key a 403."""
+    from hub.api import ORGANIZATION, ROUTES
+
+    keys = {"operator": OPERATOR, ORGANIZATION: ORG_KEY}
+    assert {(r.method, r.resource.canonical) for r in create_app(hub).router.routes() if r.method != "HEAD"} == \
+        {(route.method, route.path) for route in ROUTES}
+    async with aiohttp.ClientSession() as http:
+        for route in ROUTES:
+            if not route.roles:
+                continue
+            path = route.path.replace("{area}", "north").replace("{sub_id}", "sub_x")
+            for role, key in [(None, None), *keys.items()]:
+                if role in route.roles:
+                    continue
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                async with http.request(route.method, hub.base + path, headers=headers, json={}) as resp:
+                    body = await resp.json()
+                assert (resp.status, body["error"]) == ((401, "unauthorized") if key is None else (403, "forbidden")), \
+                    (route, role, body)

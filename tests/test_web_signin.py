@@ -381,3 +381,35 @@ async def test_the_installer_page_shows_a_silent_ports_hint(tmp_path, start_agen
     html = await running.wait_for(fragment, timeout=30, interval=0.5)
     assert "no data at all" in html and 'data-state="stalled"' in html  # the reader's own hint, on the page
     await operator.close()
+
+
+# --- the pages' route table (agent/web/__init__.py's PAGES): the router and the role check come from it ---------------
+async def test_the_pages_routes_are_the_table_and_its_roles_are_checked(device):
+    from agent.web import PAGES as TABLE
+    from agent.web.render import PREFIX
+
+    running, _, _, household_id, _, client = device
+    mounted = {(route.method, resource.canonical) for resource in running.agent._runner.app.router.resources()
+               for route in resource if route.method != "HEAD" and resource.canonical.startswith(PREFIX)
+               and not resource.canonical.startswith(PREFIX + "/static")}
+    assert mounted == {(row.method, PREFIX + row.path) for row in TABLE}  # no page added by hand, none missing
+    household, operator, nobody = await client(), await client("operator", "operator"), Browserless(running.base)
+    try:
+        for row in TABLE:
+            path = PREFIX + re.sub(r"\{\w+\}", "x", row.path)
+            for role, browser in (("household", household), ("operator", operator), (None, nobody)):
+                if not row.roles or role in row.roles and not row.form:
+                    continue  # the handler's answer (a live stream would not end)
+                if row.method == "GET":
+                    status, _, _ = await browser.get(path)
+                else:
+                    status, _, _ = await browser.post(path, {}, csrf="")
+                if role is None:
+                    assert status == (303 if row.method == "GET" and not path.endswith(("/live", ".json"))
+                                      else 401), (row, status)
+                elif role not in row.roles:
+                    assert status == 403, (row, role, status)
+                elif row.form:
+                    assert status == 403, (row, role, status)  # no CSRF token: refused before the handler
+    finally:
+        await nobody.close()

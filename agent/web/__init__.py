@@ -12,13 +12,13 @@ from aiohttp import web
 
 from agent.api.common import AGENT
 from agent.web import household, installer, signin_pages
-from agent.web.live import LiveHub
-from agent.web.render import PREFIX, security_headers, sign_in_url
+from agent.web.access_index import AccessIndex
+from agent.web.live import LIVE, LiveHub
+from agent.web.render import PREFIX, Page, add_pages, security_headers, sign_in_url
 
 __all__ = ["add_routes", "sign_in_url"]
 
 STATIC = Path(__file__).parent / "static"
-LIVE = web.AppKey("web_live", LiveHub)
 
 
 def add_routes(app: web.Application) -> None:
@@ -32,9 +32,8 @@ def add_routes(app: web.Application) -> None:
 
     app.on_shutdown.append(end_streams)
     app.on_response_prepare.append(security_headers)
-    signin_pages.add_routes(app)
-    household.add_routes(app, hub)
-    installer.add_routes(app)
+    app[household.ACCESS_INDEX] = AccessIndex(agent.audit.directory)
+    add_pages(app, PAGES)
     app.router.add_static(PREFIX + "/static", STATIC, append_version=False)
     app.router.add_get("/", to_pages)
 
@@ -42,3 +41,8 @@ def add_routes(app: web.Application) -> None:
 async def to_pages(request: web.Request) -> web.Response:
     """http://<device>:8080/ in a browser: the pages (the API has no root)."""
     return web.Response(status=303, headers={"Location": PREFIX})
+
+
+# The route table of the pages: every page, once (each module's PAGES); tests/test_web_signin.py checks that the
+# app has these routes and no other under /ui.
+PAGES: tuple[Page, ...] = (*signin_pages.PAGES, *household.PAGES, *installer.PAGES)

@@ -15,9 +15,8 @@ from agent.api.households import change_consent
 from agent.registry import is_service
 from agent.web import views
 from agent.web.access_index import AccessIndex
-from agent.web.live import HEARTBEAT_S, event_text, live_values
-from agent.api.common import AGENT
-from agent.web.render import HOUSEHOLD_ONLY, PREFIX, SESSION_COOKIE, PageError, agent_of, page, redirect, render
+from agent.web.live import HEARTBEAT_S, LIVE, event_text, live_values
+from agent.web.render import HOUSEHOLD_ONLY, PREFIX, SESSION_COOKIE, Page, PageError, agent_of, redirect, render
 from drivers import appliances as appliance_drivers
 from drivers import notify
 from drivers.reading import unix_seconds
@@ -37,7 +36,6 @@ def _today(now: float) -> float:
 
 
 # --- my data -------------------------------------------------------------------------------------
-@page(*HOUSEHOLD_ONLY)
 async def my_data(request: web.Request, session) -> web.Response:
     agent = agent_of(request)
     household = _household(request, session)
@@ -53,7 +51,6 @@ async def my_data(request: web.Request, session) -> web.Response:
                   channels=sorted((latest.channels or {}).items()) if latest is not None else [])
 
 
-@page(*HOUSEHOLD_ONLY)
 async def series(request: web.Request, session) -> web.Response:
     """The charts' data (uPlot columns): today's or this week's 15-minute means."""
     agent = agent_of(request)
@@ -69,37 +66,33 @@ async def series(request: web.Request, session) -> web.Response:
     return web.json_response(views.chart_series(rollups))
 
 
-def live_stream(hub):
-    @page(*HOUSEHOLD_ONLY)
-    async def live(request: web.Request, session) -> web.StreamResponse:
-        """Server-sent events: the household's newest import and export power, as they arrive."""
-        agent = agent_of(request)
-        meter_id = _household(request, session).meter_id
-        stream = hub.open(meter_id)
-        if stream is None:
-            raise PageError(503, "busy", {"Retry-After": "30"})
-        try:
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                                                   "X-Accel-Buffering": "no"})
-            await response.prepare(request)
-            latest = agent.pipeline.latest.get(meter_id)
-            await response.write(b"retry: 3000\n\n" + (event_text(live_values(latest)) if latest else b""))
-            while True:
-                message = await stream.next(HEARTBEAT_S)
-                # the agent is stopping, or the session ended (signed out, expired: an open page is no visit)
-                if message is None or agent.sign_in.session(request.cookies.get(SESSION_COOKIE), touch=False) is None:
-                    break
-                await response.write(message or b": still here\n\n")
-        except ConnectionResetError:  # the page was closed
-            pass
-        finally:
-            hub.close(stream)
-        return response
-    return live
+async def live(request: web.Request, session) -> web.StreamResponse:
+    """Server-sent events: the household's newest import and export power, as they arrive."""
+    agent, hub = agent_of(request), request.app[LIVE]
+    meter_id = _household(request, session).meter_id
+    stream = hub.open(meter_id)
+    if stream is None:
+        raise PageError(503, "busy", {"Retry-After": "30"})
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        latest = agent.pipeline.latest.get(meter_id)
+        await response.write(b"retry: 3000\n\n" + (event_text(live_values(latest)) if latest else b""))
+        while True:
+            message = await stream.next(HEARTBEAT_S)
+            # the agent is stopping, or the session ended (signed out, expired: an open page is no visit)
+            if message is None or agent.sign_in.session(request.cookies.get(SESSION_COOKIE), touch=False) is None:
+                break
+            await response.write(message or b": still here\n\n")
+    except ConnectionResetError:  # the page was closed
+        pass
+    finally:
+        hub.close(stream)
+    return response
 
 
 # --- who may use my data -------------------------------------------------------------------------
-@page(*HOUSEHOLD_ONLY)
 async def consents(request: web.Request, session) -> web.Response:
     agent = agent_of(request)
     household = _household(request, session)
@@ -110,7 +103,6 @@ async def consents(request: web.Request, session) -> web.Response:
                   trigger_config=agent.config.triggers)
 
 
-@page(*HOUSEHOLD_ONLY, form=True)
 async def change(request: web.Request, session, data) -> web.Response:
     """One click: grant or revoke one service for one organization, through the API's own consent code."""
     org_id, service, action = str(data.get("organization", "")), str(data.get("service", "")), data.get("action")
@@ -121,7 +113,6 @@ async def change(request: web.Request, session, data) -> web.Response:
 
 
 # --- who used my data ----------------------------------------------------------------------------
-@page(*HOUSEHOLD_ONLY)
 async def access(request: web.Request, session) -> web.Response:
     """The access log over the ledger's horizon, newest first, a page at a time (`?before=<day>.<entry>`)."""
     agent = agent_of(request)
@@ -187,12 +178,10 @@ def _devices_page(request: web.Request, session, secret: str | None = None, test
                   organizations=sorted(agent.registry.organizations.values(), key=lambda o: o.name.casefold()))
 
 
-@page(*HOUSEHOLD_ONLY)
 async def devices(request: web.Request, session) -> web.Response:
     return _devices_page(request, session)
 
 
-@page(*HOUSEHOLD_ONLY, form=True)
 async def set_notify(request: web.Request, session, data) -> web.Response:
     agent = agent_of(request)
     out = await set_endpoint(agent, request.app[HOUSEHOLD_LOCKS], session.subject, str(data.get("url", "")),
@@ -202,19 +191,16 @@ async def set_notify(request: web.Request, session, data) -> web.Response:
     return redirect(PREFIX + "/me/devices")
 
 
-@page(*HOUSEHOLD_ONLY, form=True)
 async def unset_notify(request: web.Request, session, data) -> web.Response:
     await remove_endpoint(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject)
     return redirect(PREFIX + "/me/devices")
 
 
-@page(*HOUSEHOLD_ONLY, form=True)
 async def test_notify(request: web.Request, session, data) -> web.Response:
     """A test notification to the household's endpoint, its result on the page (not a redirect: it is shown once)."""
     return _devices_page(request, session, tested=await send_test_notification(agent_of(request), session.subject))
 
 
-@page(*HOUSEHOLD_ONLY, form=True)
 async def read_appliance(request: web.Request, session, data) -> web.Response:
     """An appliance's relay read now (a form: it reaches out to the appliance, so it carries the CSRF token)."""
     appliance_id = request.match_info["appliance_id"]
@@ -222,7 +208,6 @@ async def read_appliance(request: web.Request, session, data) -> web.Response:
     return _devices_page(request, session, read={"id": appliance_id, **out})
 
 
-@page(*HOUSEHOLD_ONLY, form=True)
 async def add_appliance(request: web.Request, session, data) -> web.Response:
     channel = str(data.get("channel", "")).strip()
     if channel and not (channel.isascii() and channel.isdigit()):
@@ -235,7 +220,6 @@ async def add_appliance(request: web.Request, session, data) -> web.Response:
     return redirect(PREFIX + "/me/devices")
 
 
-@page(*HOUSEHOLD_ONLY, form=True)
 async def delete_appliance(request: web.Request, session, data) -> web.Response:
     await remove_appliance(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject,
                            request.match_info["appliance_id"])
@@ -243,13 +227,11 @@ async def delete_appliance(request: web.Request, session, data) -> web.Response:
 
 
 # --- notifications -------------------------------------------------------------------------------
-@page(*HOUSEHOLD_ONLY)
 async def notifications(request: web.Request, session) -> web.Response:
     inbox = agent_of(request).triggers.households.inbox(session.subject)
     return render(request, "notifications.html", session=session, inbox=inbox)
 
 
-@page(*HOUSEHOLD_ONLY)
 async def notification(request: web.Request, session) -> web.Response:
     inbox = agent_of(request).triggers.households.inbox(session.subject)
     found = next((n for n in inbox if str(n.get("id")) == request.match_info["id"]), None)
@@ -258,21 +240,21 @@ async def notification(request: web.Request, session) -> web.Response:
     return render(request, "notification.html", session=session, note=found)
 
 
-def add_routes(app: web.Application, hub) -> None:
-    app[ACCESS_INDEX] = AccessIndex(app[AGENT].audit.directory)
-    r = app.router
-    r.add_get(PREFIX + "/me", my_data)
-    r.add_get(PREFIX + "/me/series.json", series)
-    r.add_get(PREFIX + "/me/live", live_stream(hub))
-    r.add_get(PREFIX + "/me/consents", consents)
-    r.add_post(PREFIX + "/me/consents", change)
-    r.add_get(PREFIX + "/me/access", access)
-    r.add_get(PREFIX + "/me/devices", devices)
-    r.add_post(PREFIX + "/me/devices/notify", set_notify)
-    r.add_post(PREFIX + "/me/devices/notify/remove", unset_notify)
-    r.add_post(PREFIX + "/me/devices/notify/test", test_notify)
-    r.add_post(PREFIX + "/me/devices/appliances", add_appliance)
-    r.add_post(PREFIX + "/me/devices/appliances/{appliance_id}/remove", delete_appliance)
-    r.add_post(PREFIX + "/me/devices/appliances/{appliance_id}/status", read_appliance)
-    r.add_get(PREFIX + "/me/notifications", notifications)
-    r.add_get(PREFIX + "/me/notifications/{id}", notification)
+HH = HOUSEHOLD_ONLY
+PAGES = (
+    Page("GET", "/me", my_data, HH),
+    Page("GET", "/me/series.json", series, HH),
+    Page("GET", "/me/live", live, HH),
+    Page("GET", "/me/consents", consents, HH),
+    Page("POST", "/me/consents", change, HH, form=True),
+    Page("GET", "/me/access", access, HH),
+    Page("GET", "/me/devices", devices, HH),
+    Page("POST", "/me/devices/notify", set_notify, HH, form=True),
+    Page("POST", "/me/devices/notify/remove", unset_notify, HH, form=True),
+    Page("POST", "/me/devices/notify/test", test_notify, HH, form=True),
+    Page("POST", "/me/devices/appliances", add_appliance, HH, form=True),
+    Page("POST", "/me/devices/appliances/{appliance_id}/remove", delete_appliance, HH, form=True),
+    Page("POST", "/me/devices/appliances/{appliance_id}/status", read_appliance, HH, form=True),
+    Page("GET", "/me/notifications", notifications, HH),
+    Page("GET", "/me/notifications/{id}", notification, HH),
+)

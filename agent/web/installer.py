@@ -10,7 +10,7 @@ from aiohttp import web
 
 from agent.api.admin import new_household
 from agent.auth import HOUSEHOLD
-from agent.web.render import OPERATOR_ONLY, PREFIX, PageError, agent_of, page, render, sign_in_url
+from agent.web.render import OPERATOR_ONLY, Page, PageError, agent_of, render, sign_in_url
 
 STALE_AFTER_S = 10  # a reading older than this is shown as old
 
@@ -54,12 +54,10 @@ def _context(agent) -> dict:
             "now": agent.clock()}
 
 
-@page(*OPERATOR_ONLY)
 async def installer(request: web.Request, session) -> web.Response:
     return render(request, "installer.html", session=session, **_context(agent_of(request)))
 
 
-@page(*OPERATOR_ONLY)
 async def ports_fragment(request: web.Request, session) -> web.Response:
     """The ports table alone, for htmx to refresh every few seconds."""
     agent = agent_of(request)
@@ -78,7 +76,6 @@ def _link_page(request, session, household, token: str | None) -> web.Response:
                   qr=qr_data_uri(url), ttl_h=round(agent_of(request).sign_in.link_ttl_s / 3600))
 
 
-@page(*OPERATOR_ONLY, form=True)
 async def create_household(request: web.Request, session, data) -> web.Response:
     meter_id = str(data.get("meter_id", "")) or None
     household, token = await new_household(agent_of(request), session.subject, meter_id)
@@ -86,7 +83,6 @@ async def create_household(request: web.Request, session, data) -> web.Response:
     return _link_page(request, session, household, token if household.source == "http" else None)
 
 
-@page(*OPERATOR_ONLY, form=True)
 async def new_link(request: web.Request, session, data) -> web.Response:
     household = agent_of(request).registry.households.get(request.match_info["household_id"])
     if household is None:
@@ -94,9 +90,9 @@ async def new_link(request: web.Request, session, data) -> web.Response:
     return _link_page(request, session, household, None)
 
 
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_get(PREFIX + "/installer", installer)
-    r.add_get(PREFIX + "/installer/ports", ports_fragment)
-    r.add_post(PREFIX + "/installer/households", create_household)
-    r.add_post(PREFIX + "/installer/households/{household_id}/link", new_link)
+PAGES = (
+    Page("GET", "/installer", installer, OPERATOR_ONLY),
+    Page("GET", "/installer/ports", ports_fragment, OPERATOR_ONLY),
+    Page("POST", "/installer/households", create_household, OPERATOR_ONLY, form=True),
+    Page("POST", "/installer/households/{household_id}/link", new_link, OPERATOR_ONLY, form=True),
+)

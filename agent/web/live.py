@@ -10,6 +10,8 @@ import asyncio
 import json
 from datetime import timezone
 
+from aiohttp import web
+
 MAX_STREAMS = 500  # open live pages; beyond: 503 (each holds a connection)
 HEARTBEAT_S = 15.0
 
@@ -97,3 +99,6 @@ class LiveHub:
         for streams in self._streams.values():
             for stream in streams:
                 stream.wake.set()
+
+
+LIVE = web.AppKey("web_live", LiveHub)  # the app's one hub (agent/web/__init__.py makes it)

@@ -11,8 +11,10 @@ import functools
 import logging
 import math
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Awaitable, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -173,37 +175,62 @@ def failed(request: web.Request) -> None:
     agent_of(request).throttle.failed(request.remote or "unknown")
 
 
-# --- handlers ----------------------------------------------------------------------------------
-def page(*roles: str, form: bool = False):
-    """A page handler for these roles (none: anyone). With `form`, a POST whose CSRF token must match.
-    Errors become an HTML page with the right status, never a traceback."""
-    def wrap(handler):
-        @functools.wraps(handler)
-        async def run(request: web.Request):
-            try:
-                session = current_session(request) if roles else None
-                if roles:
-                    if session is None:
-                        if request.method == "GET" and not request.path.endswith(("/live", ".json")):
-                            return redirect(PREFIX + "/sign-in")
-                        raise PageError(401, "signed_out")
-                    if session.role not in roles:
-                        raise PageError(403, "forbidden")
-                if form:
-                    data = await request.post()
-                    if not agent_of(request).sign_in.csrf_ok(session.csrf, data.get("csrf")):
-                        raise PageError(403, "csrf")
-                    return await handler(request, session, data)
-                return await handler(request, session) if roles else await handler(request)
-            except PageError as err:
-                response = render(request, "error.html", status=err.status, error=err.message)
-                response.headers.update(err.headers)
-                return response
-            except (ApiError, RegistryError) as err:
-                refused = ApiError.of(err) if isinstance(err, RegistryError) else err
-                return render(request, "error.html", status=refused.status, error="refused", detail=refused.detail)
-        return run
-    return wrap
+# --- the pages' route table --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Page:
+    """A page route, stated once: method, path (under PREFIX), handler, who may open it and whether it is a form.
+
+    The pages' router and the session check before each handler are derived from the rows (`add_pages`), as the
+    API's are from its Routes (agent/api/spec.py); pages are not the API's, though: a session cookie (not a bearer
+    token), a CSRF token on every form, a redirect to the sign-in page, HTML errors, and no OpenAPI document.
+    `roles` empty: anyone (the handler takes the request only); else a session of one of them (the handler takes
+    the request and the session, and with `form` the posted fields too)."""
+
+    method: str
+    path: str
+    handler: Callable[..., Awaitable[web.StreamResponse]]
+    roles: tuple[str, ...] = ()
+    form: bool = False
+
+
+def guarded_page(row: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The row's handler behind its session, role and CSRF checks. Errors become an HTML page with the right status,
+    never a traceback."""
+    handler, roles, form = row.handler, row.roles, row.form
+
+    @functools.wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            session = current_session(request) if roles else None
+            if roles:
+                if session is None:
+                    if request.method == "GET" and not request.path.endswith(("/live", ".json")):
+                        return redirect(PREFIX + "/sign-in")
+                    raise PageError(401, "signed_out")
+                if session.role not in roles:
+                    raise PageError(403, "forbidden")
+            if form:
+                data = await request.post()
+                if not agent_of(request).sign_in.csrf_ok(session.csrf, data.get("csrf")):
+                    raise PageError(403, "csrf")
+                return await handler(request, session, data)
+            return await handler(request, session) if roles else await handler(request)
+        except PageError as err:
+            response = render(request, "error.html", status=err.status, error=err.message)
+            response.headers.update(err.headers)
+            return response
+        except (ApiError, RegistryError) as err:
+            refused = ApiError.of(err) if isinstance(err, RegistryError) else err
+            return render(request, "error.html", status=refused.status, error="refused", detail=refused.detail)
+    return run
+
+
+def add_pages(app: web.Application, pages: tuple[Page, ...]) -> None:
+    for row in pages:
+        if row.method == "GET":  # and HEAD, as aiohttp's add_get does
+            app.router.add_get(PREFIX + row.path, guarded_page(row))
+        else:
+            app.router.add_route(row.method, PREFIX + row.path, guarded_page(row))
 
 
 HOUSEHOLD_ONLY = (HOUSEHOLD,)

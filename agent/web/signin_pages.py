@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent.auth import HOUSEHOLD, OPERATOR, identify
-from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, ZONE_COOKIE, ZONES, PageError, agent_of, cookie,
-                              current_session, failed, open_session, page, pre_session_csrf, redirect, render,
+from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, ZONE_COOKIE, ZONES, Page, PageError, agent_of,
+                              cookie, current_session, failed, open_session, pre_session_csrf, redirect, render,
                               throttled, with_pre_cookie)
 
 
@@ -31,12 +31,10 @@ async def _checked_form(request: web.Request):
     return data
 
 
-@page()
 async def sign_in_form(request: web.Request) -> web.Response:
     return _pre_session_form(request, "sign_in.html")
 
 
-@page()
 async def sign_in(request: web.Request) -> web.Response:
     """The household's (or operator's) token, typed once; a valid one is never refused, bad ones are throttled."""
     data = await _checked_form(request)
@@ -52,13 +50,11 @@ async def sign_in(request: web.Request) -> web.Response:
     return _pre_session_form(request, "sign_in.html", status=401, bad_token=True)
 
 
-@page()
 async def link_page(request: web.Request) -> web.Response:
     """Opening a link only shows a button: a mail scanner or link preview that fetches it uses nothing."""
     return _pre_session_form(request, "link.html", code=request.match_info["code"])
 
 
-@page()
 async def redeem_link(request: web.Request) -> web.Response:
     data = await _checked_form(request)
     link = agent_of(request).sign_in.redeem(str(data.get("code", "")))
@@ -69,7 +65,6 @@ async def redeem_link(request: web.Request) -> web.Response:
     return open_session(request, link.role, link.subject)
 
 
-@page(HOUSEHOLD, OPERATOR, form=True)
 async def sign_out(request: web.Request, session, data) -> web.Response:
     agent_of(request).sign_in.close(request.cookies.get(SESSION_COOKIE))
     response = redirect(PREFIX + "/sign-in")
@@ -77,7 +72,6 @@ async def sign_out(request: web.Request, session, data) -> web.Response:
     return response
 
 
-@page(HOUSEHOLD, OPERATOR, form=True)
 async def choose_zone(request: web.Request, session, data) -> web.Response:
     """The time zone the pages show times in: a cookie of this browser (a year), back to the page it was chosen on."""
     zone, back = str(data.get("zone", "")), str(data.get("back", ""))
@@ -88,13 +82,14 @@ async def choose_zone(request: web.Request, session, data) -> web.Response:
     return response
 
 
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_get(PREFIX, home)
-    r.add_get(PREFIX + "/", home)
-    r.add_get(PREFIX + "/sign-in", sign_in_form)
-    r.add_post(PREFIX + "/sign-in", sign_in)
-    r.add_get(PREFIX + "/link/{code}", link_page)
-    r.add_post(PREFIX + "/link", redeem_link)
-    r.add_post(PREFIX + "/sign-out", sign_out)
-    r.add_post(PREFIX + "/zone", choose_zone)
+SIGNED_IN = (HOUSEHOLD, OPERATOR)
+PAGES = (
+    Page("GET", "", home),
+    Page("GET", "/", home),
+    Page("GET", "/sign-in", sign_in_form),
+    Page("POST", "/sign-in", sign_in),
+    Page("GET", "/link/{code}", link_page),
+    Page("POST", "/link", redeem_link),
+    Page("POST", "/sign-out", sign_out, SIGNED_IN, form=True),
+    Page("POST", "/zone", choose_zone, SIGNED_IN, form=True),
+)
