@@ -52,7 +52,8 @@ def _raw(body: dict) -> bytes:
     return json.dumps(body).encode()
 
 
-SOURCE = base64.b64encode(b"def condition(household_power_consumption):\n    return household_power_consumption > 3000\n")
+SOURCE = base64.b64encode(b"def condition(household_power_consumption):\n"
+                          b"    return household_power_consumption > 3000\n")
 # (name, schema, valid body, refused body, the hand-written check's fields and required ones)
 CASES = (
     ("subscription", SubscribeIn,

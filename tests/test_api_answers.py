@@ -72,7 +72,8 @@ async def test_the_operators_organizations_and_subscriptions_answers_are_their_s
     org_id, org_key = org["id"], org["api_key"]
     await answer(seen, running, "GET", "/organizations")
     await answer(seen, running, "GET", f"/organizations/{org_id}")
-    await answer(seen, running, "PATCH", f"/organizations/{org_id}", json={"parameters": ["neighborhood_*", "household_*"]})
+    await answer(seen, running, "PATCH", f"/organizations/{org_id}",
+                 json={"parameters": ["neighborhood_*", "household_*"]})
     await answer(seen, running, "POST", "/organizations", 201, json={"name": "Other", "level": "supplier"})
     hh = await answer(seen, running, "POST", "/households", 201, json={"related_organizations": [org_id]})
     hh_id = hh["id"]
