@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from enum import Enum
 
 from agent.errors import DomainError
-from drivers.profiles import PROFILES, Profile
+from drivers.profiles import PROFILES
 from drivers.reading import COUNT, FIELDS, INPUT_FIELDS, NUMBER, TIME_FIELDS, Reading
 from drivers.telegram import CrcError, TelegramDecoder, TelegramError
 
@@ -91,15 +91,15 @@ def reading_from_json(item, meter_id: str, received_at: datetime, index: int | N
     try:
         if not isinstance(item, dict):
             raise _invalid("a reading must be a JSON object")
-        unknown = set(item) - _SETTABLE
-        if unknown:
-            name = sorted(unknown)[0]
+        if not _SETTABLE.issuperset(item):
+            name = sorted(set(item) - _SETTABLE)[0]
             if name in ("meter_id", "received_at"):
                 raise _invalid(f"{name} is set by the device, leave it out")
             raise _invalid(f"unknown field {name!r}")
         if "timestamp" not in item:
             raise _invalid("timestamp is required")
-        values = {"timestamp": parse_moment(item["timestamp"], "timestamp")}
+        values = {"meter_id": meter_id, "received_at": received_at,
+                  "timestamp": parse_moment(item["timestamp"], "timestamp")}
         for name, value in item.items():
             if value is None or name == "timestamp":
                 continue
@@ -114,7 +114,7 @@ def reading_from_json(item, meter_id: str, received_at: datetime, index: int | N
                 values[name] = _number(name, value, kind, low, high)
     except IngestError as err:
         raise IngestError(err.code, where + err.detail) from None
-    return Reading(meter_id=meter_id, received_at=received_at, **values)
+    return Reading.from_values(values)
 
 
 def _channels(value, tags: tuple[str, ...] | None) -> dict[str, float]:
@@ -172,18 +172,19 @@ class TelegramIngest:
     (the one whose specification understands the most fields) and kept per household."""
 
     def __init__(self):
-        self._profiles: dict[str, Profile] = {}
+        # per household: the decoder of its learnt profile, kept (its parser learns the telegram's lines once)
+        self._decoders: dict[str, TelegramDecoder] = {}
 
     def decode(self, text: str, meter_id: str, received_at: datetime) -> Reading:
-        profile = self._profiles.get(meter_id)
-        if profile is not None:
+        known = self._decoders.get(meter_id)
+        if known is not None:
             try:
-                return TelegramDecoder(meter_id, profile).decode(text, received_at)
+                return known.decode(text, received_at)
             except CrcError:
                 raise IngestError(IngestCode.BAD_CRC, "the telegram's CRC does not match its content") from None
             except TelegramError:
                 pass  # the meter was changed: learn again
-        best, best_fields, crc_failed, last_error = None, -1, False, None
+        best, best_fields, crc_failed, last_error, kept = None, -1, False, None, None
         for candidate in PROFILES.values():
             if candidate.encrypted:
                 continue
@@ -197,10 +198,10 @@ class TelegramIngest:
                 last_error = err
                 continue
             if decoder.last_field_count > best_fields:
-                best, best_fields, profile = reading, decoder.last_field_count, candidate
+                best, best_fields, kept = reading, decoder.last_field_count, decoder
         if best is None:
             if crc_failed:
                 raise IngestError(IngestCode.BAD_CRC, "the telegram's CRC does not match its content")
             raise IngestError(IngestCode.BAD_TELEGRAM, f"not a telegram any meter profile can read ({last_error})")
-        self._profiles[meter_id] = profile
+        self._decoders[meter_id] = kept
         return best

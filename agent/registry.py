@@ -319,8 +319,9 @@ class Registry:
             raise RegistryError(RegistryCode.NOT_FOUND, f"no organization {org_id!r}") from None
 
     def organization_by_key(self, api_key: str) -> Organization | None:
-        org = self._org_by_key.get(token_hash(api_key))
-        return org if org and hmac.compare_digest(org.key_hash, token_hash(api_key)) else None
+        presented = token_hash(api_key)
+        org = self._org_by_key.get(presented)
+        return org if org and hmac.compare_digest(org.key_hash, presented) else None
 
     # --- households ----------------------------------------------------------------------------
     def _index_household(self, household: Household) -> None:
@@ -435,8 +436,9 @@ class Registry:
             raise RegistryError(RegistryCode.NOT_FOUND, f"no household {household_id!r}") from None
 
     def household_by_token(self, token: str) -> Household | None:
-        household = self._household_by_token.get(token_hash(token))
-        return household if household and hmac.compare_digest(household.token_hash, token_hash(token)) else None
+        presented = token_hash(token)
+        household = self._household_by_token.get(presented)
+        return household if household and hmac.compare_digest(household.token_hash, presented) else None
 
     def household_by_meter(self, meter_id: str) -> Household | None:
         return self._household_by_meter.get(meter_id)

@@ -6,7 +6,14 @@ apart from its flush), the load comes from this process over keep-alive connecti
 of aiohttp on this machine. Targets: batched >= 5,000 readings/s; single >= 50% of the bare
 handler's request rate. Prints figures, asserts nothing.
 
-Usage: python bench/ingest.py [seconds_per_run]
+With --instructions: the instructions one reading costs (valgrind's callgrind, user space), which a shared machine
+does not disturb, beside the bare handler's: each side in a process of its own, in-process (an aiohttp server fed
+through a transport with no socket: HTTP parsing, routing, the handler, the response bytes), HOUSEHOLDS_COUNTED
+households posting once per stepped second; on Edge's side the real agent's app and pipeline, and what each second
+of readings costs besides (the release module deciding the second's windows, the store's flush every 5 s).
+Each side is run at N and 2N seconds: the difference per reading.
+
+Usage: python bench/ingest.py [seconds_per_run] | --instructions [seconds, default 4]
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,23 +32,50 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 TOKEN = "bench-operator-token-0123456789"
 HOUSEHOLDS = 40
 CONCURRENCY = 16
 BATCH = 500
 
-BARE_SERVER = """
-import sys
-from aiohttp import web
-async def handle(request):
-    body = await request.json()
+HOUSEHOLDS_COUNTED = 50  # --instructions: households posting once per stepped second
+
+
+async def bare_handle(request):
+    await request.json()
     return web.json_response({"accepted": 1}, status=201)
-app = web.Application()
-app.router.add_post("/readings", handle)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+
+
+def bare_app() -> web.Application:
+    """The baseline: parse the JSON body, answer 201, nothing else."""
+    app = web.Application()
+    app.router.add_post("/readings", bare_handle)
+    return app
+
+
+BARE_SERVER = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from aiohttp import web
+from bench.ingest import bare_app
+web.run_app(bare_app(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
+
+
+def reading_body(now: float, i: int) -> bytes:
+    """A household's reading as its datalogger posts it (i: which household, so values differ)."""
+    return (f'{{"timestamp": {now:.3f}, "power_import_w": {300.0 + (i * 37) % 2500}, "power_export_w": 0.0, '
+            f'"voltage_l1_v": 231.2, "current_l1_a": 1.8, "energy_import_t1_wh": {1234567.0 + now % 1000:.1f}}}'
+            ).encode()
+
+
+def reading_request(token: str, now: float, i: int) -> bytes:
+    body = reading_body(now, i)
+    return (f"POST /readings HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def free_port() -> int:
@@ -130,7 +165,155 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+# --- --instructions: one reading through the real handler, in-process ------------------------------------------
+
+
+class Sink(asyncio.Transport):
+    """A connection's far end with no socket: counts the responses the server writes, by status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers = 0
+        self.statuses: dict[int, int] = {}
+        self.closing = False
+
+    def write(self, data) -> None:
+        if bytes(data[:9]) == b"HTTP/1.1 ":
+            status = int(bytes(data[9:12]))
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            self.answers += 1
+
+    def writelines(self, chunks) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection into an aiohttp app's own server (RequestHandler), fed its bytes."""
+
+    def __init__(self, app: web.Application):
+        self.app, self.sink = app, Sink()
+
+    async def open(self) -> None:
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        self.protocol = self.runner.server()
+        self.protocol.connection_made(self.sink)
+
+    async def send(self, request: bytes) -> None:
+        answered = self.sink.answers
+        self.protocol.data_received(request)
+        while self.sink.answers == answered:
+            await asyncio.sleep(0)
+
+
+async def in_process(side: str, seconds: int, households: int = HOUSEHOLDS_COUNTED) -> dict[int, int]:
+    """`seconds` stepped seconds of every household posting one reading; the answers' statuses."""
+    moment = [time.time() - 3600]  # the stepped clock (an hour back: nothing of it is in the future)
+    with tempfile.TemporaryDirectory() as tmp:
+        if side == "bare":
+            app, tokens, agent = bare_app(), [f"t{i}" for i in range(households)], None
+        else:
+            agent, tokens = bench_agent(Path(tmp), households, lambda: moment[0])
+            app = agent_app(agent)
+        connection = Connection(app)
+        await connection.open()
+        for second in range(seconds):
+            moment[0] += 1.0
+            for i, token in enumerate(tokens):
+                await connection.send(reading_request(token, moment[0], i))
+            if agent is not None:
+                await agent.releases.settle()  # the second's windows decided, as the release module's pass does
+                if second % 5 == 4:  # the store's flush, every flush_seconds (5)
+                    agent.store.flush()
+                    await agent.releases.flush()
+        if agent is not None:
+            await agent.stop()
+        return connection.sink.statuses
+
+
+def bench_agent(tmp: Path, households: int, clock):
+    """The real Agent (not started: no timers, threads or processes running beside the measured path), an
+    organization at the dso level and `households` posting households that consented to its aggregates."""
+    import tomllib
+
+    from agent.config import parse_config
+    from agent.service import Agent
+
+    config = parse_config(tomllib.loads(f'[auth]\noperator_token = "{TOKEN}"\n[storage]\npath = "{tmp / "store"}"\n'
+                                        '[logging]\nlevel = "WARNING"\n'))
+    agent = Agent(config, clock=clock)
+    org, _ = agent.registry.create_organization("Bench Energy", "dso")
+    tokens = []
+    for _ in range(households):
+        household, token = agent.registry.create_household(None, "http")
+        agent.registry.set_consent(household.id, org.id, "aggregates", True)
+        tokens.append(token)
+    return agent, tokens
+
+
+def agent_app(agent) -> web.Application:
+    """The agent's application as its start makes it: the API and the web pages' hooks."""
+    from agent import web as pages
+    from agent.api import create_app
+
+    app = create_app(agent)
+    pages.add_routes(app)
+    return app
+
+
+def instructions(seconds: int) -> None:
+    print(f"POST /readings in-process, instructions per reading (callgrind, user space; {HOUSEHOLDS_COUNTED} "
+          f"households, each side at {seconds} and {2 * seconds} stepped seconds, the difference)")
+    per = {}
+    for side in ("bare", "edge"):
+        counts = [_count(side, n) for n in (seconds, 2 * seconds)]
+        per[side] = (counts[1] - counts[0]) / (seconds * HOUSEHOLDS_COUNTED)
+    print(f"{'bare aiohttp handler':28} {per['bare']:12,.0f}")
+    print(f"{'Edge, one reading/request':28} {per['edge']:12,.0f}  {per['edge'] / per['bare']:.2f}x")
+
+
+def _count(side: str, seconds: int) -> int:
+    run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+                          "--run", side, str(seconds)], capture_output=True, text=True, cwd=ROOT)
+    if run.returncode:
+        raise RuntimeError(f"{side} under callgrind failed: {run.stderr[-2000:]}")
+    return int(re.search(r"Collected : (\d+)", run.stderr)[1])
+
+
+def run_one(side: str, seconds: int) -> None:
+    """One side, once: what --instructions counts. Every answer must be a 201."""
+    statuses = asyncio.run(in_process(side, seconds))
+    if set(statuses) != {201}:
+        raise SystemExit(f"{side}: answers {statuses}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--run"]:
+        run_one(sys.argv[2], int(sys.argv[3]))
+        return
+    if "--instructions" in sys.argv:
+        args = [a for a in sys.argv[1:] if not a.startswith("--")]
+        instructions(int(args[0]) if args else 4)
+        return
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,7 @@ import math
 import weakref
 from datetime import datetime, timezone
 
+import msgspec
 from aiohttp import web
 
 from agent.api.errors import ApiError as ApiError, json_error  # handlers take ApiError from here
@@ -26,6 +27,7 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_LIMIT = 100_000
 BODY_TIMEOUT_S = 30.0
 AGENT = web.AppKey("agent", object)
+_JSON = msgspec.json.Decoder()
 
 
 @web.middleware
@@ -59,6 +61,10 @@ class KeyedLocks:
 
     def __init__(self) -> None:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def held(self, key: str) -> bool:
+        """Whether a request holds or waits for this key's lock now."""
+        return key in self._locks
 
     def __call__(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -162,6 +168,8 @@ def parse_limit(value: str | None, default: int = 10_000) -> int:
 
 async def read_body(request: web.Request) -> bytes:
     """The request's body, which must arrive within BODY_TIMEOUT_S (a slow body would hold its request open)."""
+    if request.content.is_eof():  # all of it is here already (the usual case): no timer and task to wait with
+        return await request.read()
     try:
         return await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
     except asyncio.TimeoutError:
@@ -172,6 +180,10 @@ async def read_json(request: web.Request):
     body = await read_body(request)
     if not body:
         raise ApiError(400, "malformed_json", "the request needs a JSON body")
+    try:
+        return _JSON.decode(body)  # json.loads's answer wherever this one decodes (msgspec: ~3x less CPU)
+    except (ValueError, RecursionError):
+        pass  # what it refuses, json.loads decides, as before (it takes NaN, UTF-16, lone surrogates)
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: "[[[[..." 100,000 deep

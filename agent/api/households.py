@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from aiohttp import web
@@ -81,17 +82,37 @@ async def _accept(request: web.Request, household, readings) -> None:
     agent = agent_of(request)
     if household.source == "p1":
         raise ApiError(409, "wired_meter", "this household's meter is read on the device's P1 port")
+    agent.store.check_writable()  # 507/503 while the store cannot write: never acknowledge what may be lost
+    latest = agent.pipeline.latest.get(household.meter_id)
+    locks = request.app[METER_LOCKS]
+    if latest is not None and not locks.held(household.meter_id):
+        # The usual case: the check and the store are one step on the event loop (no await between them), so no
+        # other request for this meter can come between them.
+        _check_and_ingest(agent, readings, latest)
+        return
     # One batch per meter at a time, from the order check to the store: while one request waits for the
     # store below, another with the same readings must not pass the check too.
-    agent.store.check_writable()  # 507/503 while the store cannot write: never acknowledge what may be lost
-    async with request.app[METER_LOCKS](household.meter_id):
+    async with locks(household.meter_id):
         latest = agent.pipeline.latest.get(household.meter_id)
         if latest is None:
             # The first batch since a restart: the store reads its segment files, off the event loop.
             latest = await asyncio.to_thread(agent.store.latest, household.meter_id)
-        check_order(readings, latest.timestamp if latest else None, agent.now())
-        for reading in sorted(readings, key=lambda r: r.timestamp):
-            agent.ingest_http(reading)
+        _check_and_ingest(agent, readings, latest)
+
+
+def _check_and_ingest(agent, readings, latest) -> None:
+    check_order(readings, latest.timestamp if latest else None, agent.now())
+    for reading in sorted(readings, key=lambda r: r.timestamp) if len(readings) > 1 else readings:
+        agent.ingest_http(reading)
+
+
+def _accepted(count: int) -> web.Response:
+    """201 {"accepted": count}, as json_response writes it (its text made once for the one-reading answer)."""
+    text = ACCEPTED_ONE if count == 1 else json.dumps({"accepted": count})
+    return web.Response(text=text, status=201, content_type="application/json")
+
+
+ACCEPTED_ONE = json.dumps({"accepted": 1})
 
 
 async def post_readings(request: web.Request) -> web.Response:
@@ -107,7 +128,7 @@ async def post_readings(request: web.Request) -> web.Response:
         readings = readings_from_payload(await read_json(request), household.meter_id, received_at,
                                          agent.config.privacy.tags)
     await _accept(request, household, readings)
-    return web.json_response({"accepted": len(readings)}, status=201)
+    return _accepted(len(readings))
 
 
 async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
@@ -127,7 +148,7 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
     reading = agent.telegram_ingest.decode(telegram.replace("\n", "\r\n").replace("\r\r\n", "\r\n"),
                                            household.meter_id, agent.now())
     await _accept(request, household, [reading])
-    return web.json_response({"accepted": 1}, status=201)
+    return _accepted(1)
 
 
 CONSENT_PATH = "/households/me/consents/{org_id}/{service}"

@@ -26,6 +26,11 @@ MAX_FIELDS: tuple[str, ...] = ("power_import_w", "power_export_w")
 LAST_FIELDS: tuple[str, ...] = tuple(n for n in VALUE_FIELDS if n not in MEAN_FIELDS)
 _ROW = attrgetter(*MEAN_FIELDS, *MAX_FIELDS, *LAST_FIELDS)  # one C call reads a reading's rollup fields
 _N_MEAN, _N_MAX = len(MEAN_FIELDS), len(MAX_FIELDS)
+
+
+def rollup_row(reading: Reading) -> tuple:
+    """What a window keeps of a reading until it is folded: its rollup fields' values, in one tuple."""
+    return _ROW(reading)
 _FOLD_EVERY = 16  # readings kept as rows, then folded column by column (C loops, not ~90 Python steps each)
 ROLLUP_FIELDS: tuple[str, ...] = (
     ("meter_id", "start", "end", "count") + MEAN_FIELDS + tuple(f"{n}_max" for n in MAX_FIELDS) + LAST_FIELDS
@@ -45,9 +50,9 @@ class _Window:
         self.lasts: list = [None] * len(LAST_FIELDS)
         self.rows: list[tuple] = []
 
-    def add(self, reading: Reading) -> None:
+    def add(self, reading: Reading, row: tuple | None = None) -> None:
         self.count += 1
-        self.rows.append(_ROW(reading))
+        self.rows.append(_ROW(reading) if row is None else row)
         if len(self.rows) >= _FOLD_EVERY:
             self._fold()
 
@@ -111,7 +116,8 @@ class RollupAccumulator:
         self.late = 0
         self._open: dict[str, _Window] = {}
 
-    def add(self, reading: Reading) -> list[dict]:
+    def add(self, reading: Reading, row: tuple | None = None) -> list[dict]:
+        """`row`: the reading's `rollup_row`, when the caller has it (one tuple shared by every width)."""
         start = window_start(reading.received_at.timestamp(), self.width_s)
         window = self._open.get(reading.meter_id)
         closed = []
@@ -125,7 +131,7 @@ class RollupAccumulator:
                 return closed
             closed.append(window.result(reading.meter_id, self.width_s))
             window = self._open[reading.meter_id] = _Window(start)
-        window.add(reading)
+        window.add(reading, row)
         return closed
 
     def resume(self, meter_id: str, readings: list[Reading]) -> None:

@@ -66,7 +66,7 @@ from urllib.parse import quote, unquote
 
 from tinydb import Query
 
-from agent.store.rollup import RollupAccumulator, combine_same_window, rollup_to_json, window_start
+from agent.store.rollup import RollupAccumulator, combine_same_window, rollup_row, rollup_to_json, window_start
 from agent.store.records import decode_records_backward
 from agent.store.disk import DataDirectory, StorageCode, StorageUnavailable, unavailable
 from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
@@ -231,8 +231,9 @@ class ReadingStore:
                 self._accumulate(reading)
 
     def _accumulate(self, reading: Reading) -> None:
+        row = rollup_row(reading)  # one tuple for both widths: less to read and to keep until it is folded
         for kind, accumulator in self._accumulators.items():
-            for rollup in accumulator.add(reading):
+            for rollup in accumulator.add(reading, row):
                 self._queue_rollup(kind, rollup)
 
     def flush(self) -> int:
