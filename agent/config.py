@@ -362,20 +362,30 @@ def _is_table(tp: Any) -> bool:
     return is_dataclass(_unwrap(tp)[0])
 
 
-def _known_keys(data: object, kind: Any, key: str) -> None:
+@functools.cache
+def _keys_of(kind: type) -> dict[str, tuple[type | None, type | None]]:
+    """A table schema's keys, each with the schema of its table, or of its list's tables (else None)."""
+    out: dict[str, tuple[type | None, type | None]] = {}
+    for name, tp in _hints(kind).items():
+        item = _item(tp)
+        out[name] = (_unwrap(tp)[0] if _is_table(tp) else None, _unwrap(item)[0] if _is_table(item) else None)
+    return out
+
+
+def _known_keys(data: object, kind: type, key: str) -> None:
     """Unknown keys are errors (msgspec ignores them in dataclasses): each table's, all the way down."""
-    kind = _unwrap(kind)[0]
-    if not is_dataclass(kind) or not isinstance(data, dict):
+    if not isinstance(data, dict):
         return
-    hints = _hints(kind)  # type: ignore[arg-type]
+    keys = _keys_of(kind)
     for name, value in data.items():
-        if name not in hints:
+        if name not in keys:
             raise ConfigError(_join(key, name), "unknown key")
-        if _is_table(hints[name]):
-            _known_keys(value, hints[name], _join(key, name))
-        elif isinstance(value, list) and _is_table(_item(hints[name])):
+        table, tables = keys[name]
+        if table is not None:
+            _known_keys(value, table, _join(key, name))
+        elif tables is not None and isinstance(value, list):
             for i, entry in enumerate(value):
-                _known_keys(entry, _item(hints[name]), f"{_join(key, name)}[{i}]")
+                _known_keys(entry, tables, f"{_join(key, name)}[{i}]")
 
 
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
