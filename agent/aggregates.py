@@ -29,12 +29,15 @@ class Contribution:
 
 _VOLTS = attrgetter(*(f"voltage_{phase}_v" for phase in PHASES))
 _NO_VOLTS = (None,) * len(PHASES)
+Volts = tuple[float | None, ...]  # one reading's voltages, in PHASES order
+Sums = list[float]  # [sum, count] per phase, flat
 
 
 class Accumulator:
     """One household's readings in one window. Small, since the 1 s book keeps one per household for KEEP["1s"]
-    windows (120,000 at 1,000 households): no dict until a channel needs one, the voltages one flat list
-    [sum, count] per phase (in PHASES order) once a reading has one."""
+    windows (120,000 at 1,000 households): no dict until a channel needs one; the voltages the first reading's
+    own tuple (in PHASES order, each counted once), then a flat list [sum, count] per phase; the first reading's
+    powers kept as they are (0.0 + x * 1 is x, and `or 0.0` makes -0.0 the 0.0 that sum gives)."""
 
     __slots__ = ("imp", "exp", "n", "tag_sums", "tag_counts", "volts", "long_failure")
 
@@ -43,7 +46,7 @@ class Accumulator:
         self.n = 0
         self.tag_sums: dict[str, float] | None = None
         self.tag_counts: dict[str, int] | None = None
-        self.volts: list | None = None
+        self.volts: Volts | Sums | None = None
         self.long_failure: int | None = None
 
     def add(self, reading: Reading, failed: int | None = None) -> None:
@@ -51,15 +54,16 @@ class Accumulator:
         if imp is None and exp is None and not channels:
             return  # nothing this window can use: not a contribution at all
         self.add_values(imp, exp, channels)
-        volts = _VOLTS(reading)
+        volts: Volts = _VOLTS(reading)
         if volts != _NO_VOLTS:
             kept = self.volts
             if kept is None:
-                kept = self.volts = [0.0, 0] * len(PHASES)
-            for i, value in enumerate(volts):
-                if value is not None:
-                    kept[2 * i] += value
-                    kept[2 * i + 1] += 1
+                self.volts = volts
+                kept = None
+            elif isinstance(kept, tuple):
+                kept = self.volts = _summed(kept)
+            if kept is not None:
+                _sum_into(kept, volts)
         if failed is not None:
             self.long_failure = max(self.long_failure or 0, failed)
 
@@ -68,9 +72,12 @@ class Accumulator:
         """`weight` readings with these means (a stored rollup counts as its `count` readings)."""
         if imp is None and exp is None and not channels:
             return  # nothing this window can use
+        if self.n == 0 and weight == 1:
+            self.imp, self.exp = imp or 0.0, exp or 0.0  # what 0.0 + (x or 0.0) * 1 gives, no new float
+        else:
+            self.imp += (imp or 0.0) * weight
+            self.exp += (exp or 0.0) * weight
         self.n += weight
-        self.imp += (imp or 0.0) * weight
-        self.exp += (exp or 0.0) * weight
         if channels:
             sums, counts = self.tag_sums, self.tag_counts
             if sums is None or counts is None:
@@ -85,9 +92,24 @@ class Accumulator:
             return None
         sums, counts, volts = self.tag_sums, self.tag_counts, self.volts
         channels = {tag: total / counts[tag] for tag, total in sums.items()} if sums and counts else {}
+        if isinstance(volts, tuple):
+            volts = _summed(volts)
         voltages = {phase: volts[2 * i] / volts[2 * i + 1] for i, phase in enumerate(PHASES)
                     if volts[2 * i + 1]} if volts else {}
         return Contribution(self.imp / n, self.exp / n, n, channels, voltages, self.long_failure)
+
+
+def _summed(volts: Volts) -> Sums:
+    """[sum, count] per phase of one reading's voltages, summed as every later one is."""
+    return _sum_into([0.0, 0] * len(PHASES), volts)
+
+
+def _sum_into(kept: Sums, volts: Volts) -> Sums:
+    for i, value in enumerate(volts):
+        if value is not None:
+            kept[2 * i] += value
+            kept[2 * i + 1] += 1
+    return kept
 
 
 class WindowBook:
