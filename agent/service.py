@@ -7,7 +7,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -15,12 +17,13 @@ from agent.aggregates import new_books
 from agent.api import create_app
 from agent.audit import LEGACY_MATCH_S, AuditLog, consent_action, unaudited
 from agent.auth import HOUSEHOLD, FailureThrottle
+from agent.clock import Clock
 from agent.config import WINDOW_SECONDS, Config
 from agent.delivery.engine import Delivery
 from agent.faults import damage_scan_of, storage_faults
 from agent.ingest import TelegramIngest, is_live
 from agent.pipeline import Pipeline
-from agent.registry import Registry
+from agent.registry import ConsentChange, Registry
 from agent.release import Releases
 from agent.store import ReadingStore
 from agent.triggers import TriggerRunner
@@ -37,15 +40,16 @@ AUDIT_RECOVERY_S = 86400  # consent changes this recent are checked for their au
 IDLE_CONNECTION_S = 15.0  # an HTTP connection without a request (or between two) is closed after this
 MAX_CONNECTIONS = 512  # open HTTP connections; one more is closed at once (its client retries)
 CONFIG_ERROR_FILE = "config-error.txt"  # written by image/'s edge-firstboot, in the state directory
+T = TypeVar("T")
 
 
 class Systemd:
     """sd_notify, when systemd started us with Type=notify; a no-op otherwise."""
 
-    def __init__(self):
-        self._notifier = None
+    def __init__(self) -> None:
+        self._notifier: Any = None
         if os.environ.get("NOTIFY_SOCKET"):
-            import sdnotify
+            import sdnotify  # type: ignore[import-untyped]
 
             self._notifier = sdnotify.SystemdNotifier()
         usec = os.environ.get("WATCHDOG_USEC")
@@ -57,9 +61,10 @@ class Systemd:
 
 
 class Agent:
-    def __init__(self, config: Config, clock=time.time):
+    def __init__(self, config: Config, clock: Clock = time.time) -> None:
         self.config = config
-        # The device's clock for HTTP ingest, windows and consent times (tests step it by hand).
+        # The device's clock for HTTP ingest, windows and consent times (tests step it by hand): the one every
+        # service is given.
         self.clock = clock
         self.started_at = time.time()
         self.store = ReadingStore(
@@ -68,30 +73,29 @@ class Agent:
             retention_raw_s=config.storage.retention_raw_s,
             retention_rollup_s=config.storage.retention_rollup_s,
         )
-        self.pipeline = Pipeline(self.store)
-        self.registry = Registry(config.storage.path / "registry.seg", clock=lambda: self.clock())
-        self.audit = AuditLog(config.storage.path / "audit", clock=lambda: self.clock())
+        self.pipeline = Pipeline(self.store)  # type: ignore[no-untyped-call]  # agent/pipeline.py: not typed yet
+        self.registry = Registry(config.storage.path / "registry.seg", clock=clock)
+        self.audit = AuditLog(config.storage.path / "audit", clock=clock)
         self.throttle = FailureThrottle()
-        self.sign_in = SignIn(lambda: self.clock())  # the web pages' one-time links and sessions (agent/web/)
-        self.telegram_ingest = TelegramIngest()
+        self.sign_in = SignIn(clock)  # the web pages' one-time links and sessions (agent/web/)
+        self.telegram_ingest = TelegramIngest()  # type: ignore[no-untyped-call]
         self.books = new_books()
         # The one door: everything organizations observe that depends on household data (agent/release/).
-        self.releases = Releases(config, self.registry, self.books, lambda: self.clock(),
-                                 config.storage.path / "releases")
+        self.releases = Releases(config, self.registry, self.books, clock, config.storage.path / "releases")
         self.delivery = Delivery(self, config.storage.path / "delivery", config.delivery)
         self.triggers = TriggerRunner(self, config.storage.path / "triggers")
         self.damage_scan = damage_scan_of(self)  # the files not opened here, read for damage after start
         # The device in a fleet (agent/fleet/): its desired state is applied here, before anything runs.
-        self.fleet = None
+        self.fleet: FleetLink | None = None
         if config.fleet.enabled:
             from agent.fleet.link import FleetLink
 
-            self.fleet = FleetLink(self)
+            self.fleet = FleetLink(self)  # type: ignore[no-untyped-call]
         self.pipeline.subscribe(self._into_books)
         self.readers: dict[str, P1Reader] = {}
         self.systemd = Systemd()
-        self._tasks: list[asyncio.Task] = []
-        self._tails: set[asyncio.Task] = set()  # see shielded()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tails: set[asyncio.Future[Any]] = set()  # see shielded()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -100,8 +104,12 @@ class Agent:
         # the consent changes made before this start, taken now: the check reads the audit log off the start path
         unchecked = self.registry.changes_since(self.clock() - AUDIT_RECOVERY_S)
         loop = asyncio.get_running_loop()
+
+        def hand_over(reading: Reading) -> None:  # from a reader's thread
+            loop.call_soon_threadsafe(self.pipeline.ingest, reading)
+
         for spec in self.config.meters:
-            reader = P1Reader(spec, lambda r: loop.call_soon_threadsafe(self.pipeline.ingest, r))
+            reader = P1Reader(spec, hand_over)
             self.readers[spec.meter_id] = reader
             reader.start()
         await self.delivery.start()
@@ -109,11 +117,12 @@ class Agent:
         if self.fleet:
             await self.fleet.start()
         app = create_app(self)
-        pages.add_routes(app)  # the device's own pages under /ui: not part of the API (nor of its OpenAPI)
+        pages.add_routes(app, self)  # the device's own pages under /ui: not part of the API (nor of its OpenAPI)
         # A connection that has not sent a whole request head within this is closed (aiohttp's keep-alive timer
         # runs from the connection's start): slow-header clients cannot hold connections for minutes.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_CONNECTION_S)
         await self._runner.setup()
+        assert self._runner.server is not None  # made by setup()
         _cap_connections(self._runner.server, MAX_CONNECTIONS)
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
         await site.start()
@@ -132,7 +141,7 @@ class Agent:
                  len(self.readers), self.config.listen_host, self.port)
         self.systemd.notify("READY=1")
 
-    async def _audit_unaudited_consents(self, changes: list) -> None:
+    async def _audit_unaudited_consents(self, changes: list[ConsentChange]) -> None:
         """A consent change (of `changes`, the last day's before this start) whose audit entry a crash kept from the
         disk (the change is written first) gets it now, marked recovered: a crash loses at most the entries being
         written. A background task: reading a day of the audit log must not delay reading the meters."""
@@ -187,7 +196,7 @@ class Agent:
         async with self.releases.writes:  # a noisy release still being written lands first
             await asyncio.to_thread(self.releases.close)
 
-    def shielded(self, coro) -> asyncio.Future:
+    def shielded(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run `coro` to its end even if the request awaiting it is cancelled (a client gone, the agent
         stopping): for a change and what must follow it (its audit entry), or a lock held until a write
         settles. `stop` waits for these before closing the files; a failure nobody awaits any more is
@@ -199,7 +208,7 @@ class Agent:
         return asyncio.shield(task)
 
     # --- housekeeping ------------------------------------------------------------------------
-    async def _every(self, seconds: float, job) -> None:
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
         disk_errors = RateLimitedLog(log)  # a full disk fails every flush: one line a minute, not a traceback each
         while True:
             await asyncio.sleep(seconds)
@@ -231,7 +240,7 @@ class Agent:
         self.systemd.notify(f"STATUS={reading}/{len(self.readers)} meters reading")
 
     # --- what /health and /metrics show ------------------------------------------------------
-    def health(self, public: bool = False) -> tuple[bool, dict]:
+    def health(self, public: bool = False) -> tuple[bool, dict[str, Any]]:
         """`public`: the answer to anyone without the operator's token, about the device alone: a wired meter that
         stopped (a power cut or a pulled cable in one home) is that household's news, not the public's."""
         meters = {meter_id: reader.snapshot() for meter_id, reader in self.readers.items()}
@@ -284,17 +293,17 @@ def _cap_connections(server: web.Server, limit: int) -> None:
     and all the memory, and those already connected keep their place."""
     admit = server.connection_made
 
-    def connection_made(handler, transport) -> None:
+    def connection_made(handler: Any, transport: asyncio.Transport) -> None:
         admit(handler, transport)
         if len(server.connections) > limit:
             transport.close()
-    server.connection_made = connection_made
+    setattr(server, "connection_made", connection_made)
 
 
 async def _nothing() -> None:
     pass
 
 
-def _retrieved(task: asyncio.Task) -> None:
+def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()

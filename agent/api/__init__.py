@@ -8,11 +8,12 @@ from aiohttp import web
 from agent.api import openapi, routes
 from agent.api.common import AGENT, MAX_BODY_BYTES, error_middleware
 from agent.api.docs import DOCUMENT
+from agent.services import Services
 
 
-def create_app(agent) -> web.Application:
+def create_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
-    app[AGENT] = agent
+    app[AGENT] = services
     app[DOCUMENT] = openapi.SPEC
     routes.add_routes(app)
     return app

@@ -11,7 +11,9 @@ import json
 import logging
 import math
 import weakref
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -19,6 +21,8 @@ from aiohttp import web
 from agent.api.errors import ApiError as ApiError, json_error  # handlers take ApiError from here
 from agent.auth import Principal, identify
 from agent.errors import DomainError
+from agent.registry import Organization
+from agent.services import Services
 from agent.store.disk import unavailable
 
 log = logging.getLogger("edge.api")
@@ -26,12 +30,13 @@ log = logging.getLogger("edge.api")
 MAX_BODY_BYTES = 1024 * 1024
 MAX_LIMIT = 100_000
 BODY_TIMEOUT_S = 30.0
-AGENT = web.AppKey("agent", object)
+AGENT: web.AppKey[Services] = web.AppKey("agent")  # the running agent's services (agent/services.py)
 _JSON = msgspec.json.Decoder()
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler):
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as err:
@@ -51,7 +56,7 @@ async def error_middleware(request: web.Request, handler):
         return json_error(500, "internal_error", "the agent could not answer this request; see its log")
 
 
-def agent_of(request: web.Request):
+def agent_of(request: web.Request) -> Services:
     return request.app[AGENT]
 
 
@@ -127,11 +132,20 @@ def caller(request: web.Request) -> Principal:
     return request[CALLER]
 
 
-def owned_by_caller(request: web.Request, items: dict, key: str, what: str):
+class Owned(Protocol):
+    @property
+    def organization_id(self) -> str: ...
+
+
+OwnedT = TypeVar("OwnedT", bound=Owned)
+
+
+def owned_by_caller(request: web.Request, items: Mapping[str, OwnedT], key: str,
+                    what: str) -> tuple[Organization, OwnedT]:
     """(organization, item) for an organization's own subscription or trigger; another's looks like none."""
     org = caller(request).organization
     item = items.get(request.match_info[key])
-    if item is None or item.organization_id != org.id:
+    if org is None or item is None or item.organization_id != org.id:
         raise ApiError(404, "not_found", f"no such {what}")
     return org, item
 
@@ -176,7 +190,7 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
 
 
-async def read_json(request: web.Request):
+async def read_json(request: web.Request) -> Any:
     body = await read_body(request)
     if not body:
         raise ApiError(400, "malformed_json", "the request needs a JSON body")

@@ -1,6 +1,6 @@
 """The device's own web pages (/ui): households see and decide, installers see every P1 port.
 
-`add_routes(app)` mounts them on the API's application; `sign_in_url(agent, base, role, subject)` makes a
+`add_routes(app, agent)` mounts them on the API's application; `sign_in_url(agent, base, role, subject)` makes a
 one-time sign-in link (the installer's page and the demo print them).
 """
 
@@ -10,19 +10,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent.api.common import AGENT
 from agent.web import household, installer, signin_pages
 from agent.web.access_index import AccessIndex
 from agent.web.live import LIVE, LiveHub
-from agent.web.render import PREFIX, Page, add_pages, security_headers, sign_in_url
+from agent.web.render import PAGE_SERVICES, PREFIX, Page, PageServices, add_pages, security_headers, sign_in_url
 
 __all__ = ["add_routes", "sign_in_url"]
 
 STATIC = Path(__file__).parent / "static"
 
 
-def add_routes(app: web.Application) -> None:
-    agent = app[AGENT]
+def add_routes(app: web.Application, agent: PageServices) -> None:
+    app[PAGE_SERVICES] = agent
     hub = LiveHub()
     app[LIVE] = hub
     agent.pipeline.subscribe(hub.on_reading)

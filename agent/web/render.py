@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -22,11 +22,12 @@ from babel.dates import format_datetime
 from babel.numbers import format_decimal
 from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 
-from agent.api.common import AGENT, ApiError
+from agent.api.common import ApiError
 from agent.auth import HOUSEHOLD, OPERATOR
 from agent.registry import RegistryError
+from agent.services import Services
 from agent.web import i18n
-from agent.web.signin import Session
+from agent.web.signin import Session, SignIn
 
 log = logging.getLogger("edge.web")
 
@@ -114,9 +115,19 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
             response.headers["Cache-Control"] = "no-store"
 
 
+class PageServices(Services, Protocol):
+    """What the pages use of the running agent: the API's services and the pages' sign-in."""
+
+    @property
+    def sign_in(self) -> SignIn: ...
+
+
+PAGE_SERVICES: web.AppKey[PageServices] = web.AppKey("page_services")
+
+
 # --- who is signed in --------------------------------------------------------------------------
-def agent_of(request: web.Request):
-    return request.app[AGENT]
+def agent_of(request: web.Request) -> PageServices:
+    return request.app[PAGE_SERVICES]
 
 
 def current_session(request: web.Request) -> Session | None:
@@ -148,7 +159,7 @@ def open_session(request: web.Request, role: str, subject: str) -> web.Response:
     return response
 
 
-def sign_in_url(agent, base: str, role: str, subject: str) -> str:
+def sign_in_url(agent: PageServices, base: str, role: str, subject: str) -> str:
     """A one-time sign-in link (the only URL that carries a secret)."""
     return f"{base}{PREFIX}/link/{agent.sign_in.new_link(role, subject)}"
 
