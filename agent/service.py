@@ -19,7 +19,7 @@ from agent.audit import LEGACY_MATCH_S, AuditLog, consent_action, unaudited
 from agent.auth import HOUSEHOLD, FailureThrottle
 from agent.clock import Clock
 from agent.config import WINDOW_SECONDS, Config
-from agent.delivery.engine import Delivery
+from agent.delivery.engine import Delivery, DeliveryNeeds
 from agent.faults import damage_scan_of, storage_faults
 from agent.ingest import TelegramIngest, is_live
 from agent.pipeline import Pipeline
@@ -27,6 +27,7 @@ from agent.registry import ConsentChange, Registry
 from agent.release import Releases
 from agent.store import ReadingStore
 from agent.triggers import TriggerRunner
+from agent.triggers.runner import TriggerNeeds
 from agent import web as pages
 from agent.web.signin import SignIn
 from drivers.p1_reader import MeterState, P1Reader
@@ -82,15 +83,19 @@ class Agent:
         self.books = new_books()
         # The one door: everything organizations observe that depends on household data (agent/release/).
         self.releases = Releases(config, self.registry, self.books, clock, config.storage.path / "releases")
-        self.delivery = Delivery(self, config.storage.path / "delivery", config.delivery)
-        self.triggers = TriggerRunner(self, config.storage.path / "triggers")
+        # Each service is given what it uses of the others (agent/ports.py), never the whole agent.
+        self.delivery = Delivery(DeliveryNeeds(clock, self.releases, self.registry, self.audit, config.levels,
+                                               config.privacy.tags), config.storage.path / "delivery", config.delivery)
+        self.triggers = TriggerRunner(TriggerNeeds(clock, self.releases, self.registry, self.audit, self.pipeline,
+                                                   config.triggers, config.delivery, config.levels),
+                                      config.storage.path / "triggers")
         self.damage_scan = damage_scan_of(self)  # the files not opened here, read for damage after start
         # The device in a fleet (agent/fleet/): its desired state is applied here, before anything runs.
         self.fleet: FleetLink | None = None
         if config.fleet.enabled:
-            from agent.fleet.link import FleetLink
+            from agent.fleet.link import FleetLink, FleetNeeds
 
-            self.fleet = FleetLink(self)  # type: ignore[no-untyped-call]
+            self.fleet = FleetLink(FleetNeeds(clock, self.releases, self.registry, self.health, config))
         self.pipeline.subscribe(self._into_books)
         self.readers: dict[str, P1Reader] = {}
         self.systemd = Systemd()

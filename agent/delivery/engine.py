@@ -24,6 +24,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -32,11 +33,13 @@ import aiohttp
 from tinydb import where
 
 from agent.access import denied
-from agent.config import WINDOW_SECONDS, DeliveryConfig
+from agent.clock import Clock
+from agent.config import WINDOW_SECONDS, DeliveryConfig, Level
 from agent.delivery import signing
 from agent.delivery.filters import FilterSet
 from agent.delivery.outbox import FETCH_HINT, Message, Outbox
 from agent.delivery.targets import PolicyResolver, TargetError, check_literal_host
+from agent.ports import Decided, Organizations, Trail
 from agent.release import Refusal
 from agent.store.disk import DataDirectory
 from agent.store.durable import Durable
@@ -99,9 +102,21 @@ class Subscription:
         return [s["secret"] for s in self.secrets if s["until"] is None or s["until"] > now]
 
 
+@dataclass(frozen=True)
+class DeliveryNeeds:
+    """What delivery uses of the rest of the agent (agent/ports.py)."""
+
+    clock: Clock
+    releases: Decided
+    registry: Organizations
+    audit: Trail
+    levels: Mapping[str, Level]  # the configuration's (a fleet document changes them in place)
+    tags: tuple[str, ...]  # the channel tags' vocabulary
+
+
 class Delivery:
-    def __init__(self, agent, directory: str | Path, config: DeliveryConfig):
-        self.agent = agent
+    def __init__(self, needs: DeliveryNeeds, directory: str | Path, config: DeliveryConfig):
+        self.needs = needs
         self.config = config
         self.directory = Path(directory)
         ensure_dir(self.directory / "outbox")
@@ -160,11 +175,11 @@ class Delivery:
         self._session = aiohttp.ClientSession(connector=connector,
                                               timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
         self._connections = asyncio.Semaphore(self.config.max_connections)
-        self._started_at = self.agent.clock()
+        self._started_at = self.needs.clock()
         for sub_id in self.subscriptions:
             self._start_sender(sub_id)
         self._producer = asyncio.create_task(self._produce_forever(), name="delivery-producer")
-        self.agent.releases.listen(lambda window, start: self.produce_due())  # as soon as a window is decided
+        self.needs.releases.listen(lambda window, start: self.produce_due())  # as soon as a window is decided
 
     async def stop(self) -> None:
         tasks = [t for t in [self._producer, *self._senders.values()] if t]
@@ -212,7 +227,7 @@ class Delivery:
         secret = signing.new_secret()
         sub = Subscription(id="sub_" + secrets.token_hex(6), organization_id=org_id, endpoint=endpoint,
                            interval_s=interval_s, window=window, tag=tag, filter=filter_spec,
-                           secrets=[{"secret": secret, "until": None}], created_at=self.agent.clock())
+                           secrets=[{"secret": secret, "until": None}], created_at=self.needs.clock())
         return sub, secret
 
     def _took_effect(self, sub: Subscription) -> None:
@@ -234,7 +249,7 @@ class Delivery:
         # The organization must still exist once the changes before this one have landed: its deletion drops
         # its subscriptions under the same lock, and one written after that would be an orphan.
         await self.writes.write(self._insert, sub.record(), then=lambda: self._took_effect(sub),
-                                check=lambda: self.agent.registry.organization(org_id))
+                                check=lambda: self.needs.registry.organization(org_id))
         return sub, secret
 
     async def _save_async(self, sub: Subscription, changes_of) -> dict:
@@ -260,7 +275,7 @@ class Delivery:
         overlap: list[float] = []
 
         def rotated(sub: Subscription) -> dict:
-            now = self.agent.clock()
+            now = self.needs.clock()
             overlap.append(now + SECRET_OVERLAP_S)
             kept = [{"secret": s["secret"], "until": min(s["until"] or overlap[0], overlap[0])}
                     for s in sub.secrets if s["until"] is None or s["until"] > now]
@@ -328,7 +343,7 @@ class Delivery:
         stats = self.stats[sub.id]
         outbox = self.outboxes[sub.id]
         head = outbox.head()
-        now = self.agent.clock()
+        now = self.needs.clock()
         lag = None
         if head is not None and head.window_end:
             lag = round(max(0.0, now - unix_seconds(head.window_end)), 3)
@@ -355,11 +370,11 @@ class Delivery:
             await asyncio.sleep(PRODUCE_EVERY_S)
 
     def produce_due(self) -> None:
-        now = self.agent.clock()
+        now = self.needs.clock()
         for sub in list(self.subscriptions.values()):
             if sub.state != "active" or now < sub.next_due:
                 continue
-            start = self.agent.releases.last_settled(sub.window)
+            start = self.needs.releases.last_settled(sub.window)
             if start is None or (sub.last_window is not None and start <= sub.last_window):
                 continue  # nothing new decided yet
             width = WINDOW_SECONDS[sub.window]
@@ -411,11 +426,11 @@ class Delivery:
     def _access_refusal(self, sub: Subscription) -> str | None:
         """Why the organization may no longer have this subscription's window: the operator changed its level or
         narrowed it since it subscribed."""
-        org = self.agent.registry.organizations.get(sub.organization_id)
-        level = self.agent.config.levels.get(org.level) if org else None
+        org = self.needs.registry.organizations.get(sub.organization_id)
+        level = self.needs.levels.get(org.level) if org else None
         if level is None:
             return "the organization or its level no longer exists"
-        refusal = denied(level, org, sub.window, sub.tag, self.agent.config.privacy.tags)
+        refusal = denied(level, org, sub.window, sub.tag, self.needs.tags)
         return refusal.detail if refusal else None
 
     def _produce(self, sub: Subscription, start: int, now: float) -> None:
@@ -437,7 +452,7 @@ class Delivery:
             stats.last_error, stats.last_error_at = refusal, time.time()
             return
         filters = FilterSet.parse(sub.filter)
-        result = self.agent.releases.answer(sub.organization_id, sub.window, start, sub.tag)
+        result = self.needs.releases.answer(sub.organization_id, sub.window, start, sub.tag)
         silent_too_long = (filters.max_silence_s is not None and sub.last_sent_at is not None
                            and now - sub.last_sent_at >= filters.max_silence_s)
         if isinstance(result, Refusal):
@@ -454,7 +469,7 @@ class Delivery:
                    "aggregate": filters.project(result)}
         self._enqueue(sub, "aggregate", payload, result["window_start"], result["window_end"], now)
         sub.last_sent = result
-        self.agent.audit.record(sub.organization_id, "organization", "data.push", subscription_id=sub.id,
+        self.needs.audit.record(sub.organization_id, "organization", "data.push", subscription_id=sub.id,
                                 window=sub.window, window_start=start, households=result["households"],
                                 durable=False)
 
@@ -561,7 +576,7 @@ class Delivery:
         seq = outbox.assign(message)
         body = json.dumps({**message.payload, "sequence": seq}, separators=(",", ":")).encode()
         now = time.time()
-        headers = signing.headers(sub.signing_secrets(self.agent.clock()), message.id, int(now), body)
+        headers = signing.headers(sub.signing_secrets(self.needs.clock()), message.id, int(now), body)
         message.retry_after = 0.0
         try:
             async with self._connections:

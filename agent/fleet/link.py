@@ -25,12 +25,17 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from agent.config import WINDOW_SECONDS
+from agent.clock import Clock
+from agent.config import WINDOW_SECONDS, Config
 from agent.fleet import (HEALTH_STREAM, RELEASES_STREAM, desired_subject, document, health_subject, inbox_prefix,
                          releases_subject)
 from agent.fleet.outbox import FleetOutbox
+from agent.ports import FleetRegistry, FleetReleases
 from agent.registry import Organization
 from agent.release import Refusal
 from agent.release.door import TAG_GRID_S
@@ -69,16 +74,27 @@ def _digest(envelope: bytes) -> str:
     return hashlib.sha256(envelope).hexdigest()
 
 
+@dataclass(frozen=True)
+class FleetNeeds:
+    """What the fleet link uses of the rest of the agent (agent/ports.py)."""
+
+    clock: Clock
+    releases: FleetReleases
+    registry: FleetRegistry
+    health: Callable[[], tuple[bool, dict[str, Any]]]  # the device's /health, published as its heartbeat
+    config: Config  # its [fleet] table, the device's name and data directory, and the levels a document adds to
+
+
 class FleetLink:
-    def __init__(self, agent):
-        self.agent = agent
-        self.config = agent.config.fleet
-        self.device = self.config.device_id or agent.config.device_name
+    def __init__(self, needs: FleetNeeds) -> None:
+        self.needs = needs
+        self.config = needs.config.fleet
+        self.device = self.config.device_id or needs.config.device_name
         self.public_key = document.public_key_from_text(self.config.operator_public_key)
-        self.directory = Path(agent.config.storage.path) / "fleet"
+        self.directory = Path(needs.config.storage.path) / "fleet"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.outbox = FleetOutbox(self.directory / "outbox.seg", self.config.outbox_max)
-        self.own_levels = dict(agent.config.levels)  # edge.toml's; a document's levels are added to these
+        self.own_levels = dict(needs.config.levels)  # edge.toml's; a document's levels are added to these
         self.writes = Durable("fleet link", self.directory, log, what="the fleet's state")
         self.applied: dict | None = None
         self.applied_at: float | None = None
@@ -99,7 +115,7 @@ class FleetLink:
         self.last_publish_error: str | None = None
         self.last_watch_error: str | None = None  # why the desired state could not be read (shown in /health)
         self._load_desired()
-        agent.releases.listen(self._on_window)
+        needs.releases.listen(self._on_window)
 
     # --- desired state -------------------------------------------------------------------------
     def _load_desired(self) -> None:
@@ -109,7 +125,7 @@ class FleetLink:
         envelope = path.read_bytes()
         try:  # accepted before; checked again (signature, device, content) but not for age: it is what runs
             doc = document.check(envelope, self.public_key, "device", float("-inf"), None, self.device,
-                                 self.own_levels, self.agent.config.privacy.tags)
+                                 self.own_levels, self.needs.config.privacy.tags)
         except document.Refused as err:
             self._refuse(None, err)
             return
@@ -123,7 +139,7 @@ class FleetLink:
         running = self.applied["version"] if self.applied else None
         try:
             doc = document.check(envelope, self.public_key, "device", time.time(), running, self.device,
-                                 self.own_levels, self.agent.config.privacy.tags)
+                                 self.own_levels, self.needs.config.privacy.tags)
             self._check_households(doc)
         except document.Refused as err:
             if err.error == "older_version" and _digest(envelope) in self._ran:
@@ -139,7 +155,7 @@ class FleetLink:
         return True
 
     def _check_households(self, doc: dict) -> None:
-        households = self.agent.registry.households
+        households = self.needs.registry.households
         unknown = [h for h in document.related(doc) if h not in households]
         if unknown:
             raise document.Refused("unknown_household", f"related household {unknown[0]!r} is not on this device")
@@ -158,8 +174,8 @@ class FleetLink:
         """One step on the event loop (no await): nothing sees half of it. The levels are replaced in the
         configuration's own mapping, which every part of the agent (the release module, the API, delivery,
         triggers) reads at each use."""
-        registry, levels = self.agent.registry, self.agent.config.levels
-        defined = document.levels_of(doc, self.agent.config.privacy.tags)
+        registry, levels = self.needs.registry, self.needs.config.levels
+        defined = document.levels_of(doc, self.needs.config.privacy.tags)
         levels.clear()
         levels.update({**self.own_levels, **defined})
         self._fleet_levels = sorted(defined)
@@ -191,7 +207,7 @@ class FleetLink:
 
     def _wanted(self, window: str) -> list[tuple[str, str | None]]:
         """(organization, tag) pairs the fleet's organizations may have a record for in this width."""
-        config, registry = self.agent.config, self.agent.registry
+        config, registry = self.needs.config, self.needs.registry
         out = []
         for org_id in sorted(self._fleet_orgs):
             org = registry.organizations.get(org_id)
@@ -202,14 +218,14 @@ class FleetLink:
         return out
 
     def _answers_now(self, window: str, start: int) -> dict:
-        releases = self.agent.releases
+        releases = self.needs.releases
         return {(o, t): releases.answer(o, window, start, t) for o, t in self._wanted(window)}
 
     async def _answers_from_log(self, window: str, starts: list[int]) -> dict[int, dict]:
         """{start: {(organization, tag): answer}} read back from the release log, one read per pair."""
         out: dict[int, dict] = {start: {} for start in starts}
         for org_id, tag in self._wanted(window):
-            found = await self.agent.releases.history(org_id, window, starts, tag)
+            found = await self.needs.releases.history(org_id, window, starts, tag)
             for start, answer in found.items():
                 out[start][(org_id, tag)] = answer
         return out
@@ -237,7 +253,7 @@ class FleetLink:
                 if start <= self._done(window) or self.outbox.full:
                     continue  # the catch-up sent it already (it reads the log up to the last settled window)
             # the exact records to the release log first: what goes up is what a restart reads back
-            await self.agent.releases.flush()
+            await self.needs.releases.flush()
             await self._enqueue(window, start, self._answers_now(window, start))
 
     def _done(self, window: str) -> int:
@@ -245,12 +261,12 @@ class FleetLink:
         return max(self.outbox.cursor.get(window, -1), self._scanned.get(window, -1))
 
     async def _catch_up(self) -> None:
-        now = self.agent.clock()
+        now = self.needs.clock()
         for window in self.config.windows:
             if window not in self.outbox.cursor:
                 continue  # a first start: from the windows decided from now on
             width = WINDOW_SECONDS[window]
-            last = self.agent.releases.last_settled(window)
+            last = self.needs.releases.last_settled(window)
             until = int(last if last is not None else (now // width) * width - width)
             first = max(self._done(window) + width, until - CATCH_UP_MAX_WINDOWS * width)
             starts = list(range(int(first), until + 1, width))
@@ -358,7 +374,7 @@ class FleetLink:
             await asyncio.sleep(self.config.heartbeat_s)
 
     def heartbeat(self) -> dict:
-        ok, body = self.agent.health()
+        ok, body = self.needs.health()
         return {"device": self.device, "at": time.time(), "status": body["status"],
                 "applied_version": self.applied["version"] if self.applied else None,
                 "refused": self.refusal, "outbox": self.outbox.depth, "published_seq": self.outbox.next_seq - 1
@@ -427,8 +443,8 @@ class FleetLink:
                 pass
         async with self.writes:
             await asyncio.to_thread(self.outbox.close)
-        self.agent.config.levels.clear()  # edge.toml's again: the document's are this run's, applied at each start
-        self.agent.config.levels.update(self.own_levels)
+        self.needs.config.levels.clear()  # edge.toml's again: the document's are this run's, applied at each start
+        self.needs.config.levels.update(self.own_levels)
 
     def health(self) -> dict:
         applied = self.applied

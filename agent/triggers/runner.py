@@ -39,15 +39,18 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from agent.config import WINDOW_SECONDS
+from agent.clock import Clock
+from agent.config import WINDOW_SECONDS, DeliveryConfig, Level, TriggersConfig
 from agent.delivery import signing
 from agent.parameters import HOUSEHOLD, TIME_OF_DAY, permitted
+from agent.ports import Consents, Readings, Trail, TriggerReleases
 from agent.release.records import TRIGGER_COUNTS
 from agent.triggers import actions
 from agent.triggers.lanes import Lanes
@@ -143,10 +146,24 @@ class Outcome:
         return sum(c[name] for c in self.per_household.values())
 
 
+@dataclass(frozen=True)
+class TriggerNeeds:
+    """What the triggers use of the rest of the agent (agent/ports.py)."""
+
+    clock: Clock
+    releases: TriggerReleases
+    registry: Consents
+    audit: Trail
+    readings: Readings
+    config: TriggersConfig
+    delivery: DeliveryConfig  # the endpoint policy, connection limits and retries webhooks share
+    levels: Mapping[str, Level]  # the configuration's (a fleet document changes them in place)
+
+
 class TriggerRunner:
-    def __init__(self, agent, directory: Path):
-        self.agent = agent
-        self.config = agent.config.triggers
+    def __init__(self, needs: TriggerNeeds, directory: Path):
+        self.needs = needs
+        self.config = needs.config
         self.limits = Limits(timeout_s=self.config.timeout_ms / 1000)
         self.store = TriggerStore(Path(directory))
         self.households = HouseholdStore(Path(directory) / "households.seg")
@@ -154,7 +171,7 @@ class TriggerRunner:
         self.availability = Availability(False, "not started")
         self.supervisor: Supervisor | None = None
         self.latest: dict[str, Reading] = {}
-        agent.pipeline.subscribe(self._on_reading)
+        needs.readings.subscribe(self._on_reading)
         self._executor = ThreadPoolExecutor(EVALUATION_THREADS, thread_name_prefix="triggers")
         self._disk = ThreadPoolExecutor(2, thread_name_prefix="triggers-disk")  # never behind an evaluation
         self._evaluating: dict[str, asyncio.Semaphore] = {}  # per organization
@@ -198,14 +215,14 @@ class TriggerRunner:
         else:
             log.error("triggers disabled: %s; conditions never run unsandboxed (POST /triggers/create answers 503"
                       ", %d stored trigger(s) wait)", detail, len(self.triggers))
-        delivery = self.agent.config.delivery
+        delivery = self.needs.delivery
         # Households' own endpoints: no shared connection limit (each household's lane bounds its own).
         self._households_web = actions.web_session(delivery.allow_private_endpoints, delivery.timeout_s, 0)
         self._wake = asyncio.Event()
-        self.agent.releases.listen(self._settled)
+        self.needs.releases.listen(self._settled)
         # Windows settled before this start were evaluated before it (or are lost with the crash): not again.
         for trig in self.triggers.values():
-            trig.last_window = self.agent.releases.last_settled(trig.window)
+            trig.last_window = self.needs.releases.last_settled(trig.window)
         self._task = asyncio.create_task(self._run_forever(), name="triggers")
 
     async def stop(self) -> None:
@@ -251,7 +268,7 @@ class TriggerRunner:
     def disclosure(self) -> dict:
         """The bound on what an organization can learn of one household through its triggers (GET /parameters)."""
         cfg = self.config
-        finest = min((WINDOW_SECONDS[w] for level in self.agent.config.levels.values() for w in level.windows),
+        finest = min((WINDOW_SECONDS[w] for level in self.needs.levels.values() for w in level.windows),
                      default=60)
         slots = cfg.max_per_organization * int(86400 // finest)
         return {
@@ -315,7 +332,7 @@ class TriggerRunner:
             if force or now - self._refusals_logged_at.get(org_id, float("-inf")) >= REFUSAL_LOG_EVERY_S:
                 del self._refusals_unlogged[org_id]
                 self._refusals_logged_at[org_id] = now
-                self.agent.audit.record(org_id, "organization", "trigger.refused", durable=False,
+                self.needs.audit.record(org_id, "organization", "trigger.refused", durable=False,
                                         count=sum(reasons.values()), reasons=dict(reasons))
 
     async def trial(self, org_id: str, source: str, params) -> CheckResult:
@@ -359,9 +376,9 @@ class TriggerRunner:
         secret = signing.new_secret() if action["type"] == "webhook" else None
         trig = Trigger(id="trg_" + secrets.token_hex(6), organization_id=org_id, parameters=list(parameters),
                        source=source, interval_s=float(interval_s), window=window, action=action, secret=secret,
-                       created_at=self.agent.clock(), description=description, closed=closed)
+                       created_at=self.needs.clock(), description=description, closed=closed)
         # Windows already settled are not its own: it starts with the next one.
-        trig.last_window = self.agent.releases.last_settled(window)
+        trig.last_window = self.needs.releases.last_settled(window)
 
         def stored():  # on the event loop, even if the request was cancelled meanwhile
             self.triggers[trig.id] = trig
@@ -393,7 +410,7 @@ class TriggerRunner:
         await asyncio.shield(removal)
 
     async def _remove(self, trig: Trigger) -> None:
-        now = self.agent.clock()
+        now = self.needs.clock()
         cooldowns = [(trig.organization_id, household, at + trig.interval_s, trig.action["type"])
                      for (tid, household), at in self.debounce.last.items()
                      if tid == trig.id and at + trig.interval_s > now]  # what `retire` leaves, below
@@ -428,7 +445,7 @@ class TriggerRunner:
             return "quarantined"
         if trig.rejected:
             return "rejected"
-        org = self.agent.registry.organizations.get(trig.organization_id)
+        org = self.needs.registry.organizations.get(trig.organization_id)
         if org is None or not self._permitted(trig, org):
             return "suspended"
         return "active"
@@ -436,7 +453,7 @@ class TriggerRunner:
     def describe(self, trig: Trigger) -> dict:
         """The organization's view: sums of the counts the release module released, never which household."""
         s = self.stats.get(trig.id) or TriggerStats()
-        days = self.agent.releases.trigger_days(trig.organization_id, trig.id)  # noisy levels: noised day sums
+        days = self.needs.releases.trigger_days(trig.organization_id, trig.id)  # noisy levels: noised day sums
         total = {name: getattr(s, name) + sum(day.get(name, 0) for day in days) for name in TRIGGER_COUNTS}
         return {"id": trig.id, "parameters": trig.parameters, "interval": trig.interval_s, "window": trig.window,
                 "kind": trig.kind, "action": trig.public_action(), "description": trig.description,
@@ -455,7 +472,7 @@ class TriggerRunner:
 
     def _permitted(self, trig: Trigger, org) -> bool:
         """The operator may narrow an organization or change its level after the upload: checked each run."""
-        level = self.agent.config.levels.get(org.level)
+        level = self.needs.levels.get(org.level)
         if level is None or trig.window not in level.windows:
             return False
         return all(permitted(p.name, level, org.parameters) for p in trig.catalogue())
@@ -475,7 +492,7 @@ class TriggerRunner:
 
     def _until_next(self) -> float:
         """Until the next release or statistics moment (on the agent's clock), at most POLL_S."""
-        now = self.agent.clock()
+        now = self.needs.clock()
         moments = [o.release_at for o in self.held] + [o.statistics_at for o in self.released]
         return min(max(min(moments, default=now + POLL_S) - now, 0.0), POLL_S)
 
@@ -488,7 +505,7 @@ class TriggerRunner:
             for trig in list(self.triggers.values()):
                 if trig.id in self._inflight or trig.id in self._deleting:
                     continue
-                start = self.agent.releases.last_settled(trig.window)
+                start = self.needs.releases.last_settled(trig.window)
                 if start is None or trig.last_window == start:
                     continue
                 trig.last_window = start
@@ -505,7 +522,7 @@ class TriggerRunner:
             self._purged_at = time.monotonic()
             for lanes in self._lanes():
                 lanes.forget_idle()
-            gone = await self.households.purge_async(set(self.agent.registry.households))
+            gone = await self.households.purge_async(set(self.needs.registry.households))
             if gone:
                 log.info("triggers: forgot the endpoints, appliances and inboxes of %d removed household(s)", gone)
         if self._stats_dirty and time.monotonic() - self._stats_saved_at >= STATS_EVERY_S:
@@ -520,7 +537,7 @@ class TriggerRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_window(self, trig: Trigger, start: int) -> None:
-        self.agent.releases.trigger_window(trig.organization_id, trig.id, start)
+        self.needs.releases.trigger_window(trig.organization_id, trig.id, start)
         try:
             outcome = await self._evaluate_window(trig, start)
         except Exception:
@@ -533,7 +550,7 @@ class TriggerRunner:
     def _late(self, trig: Trigger, outcome: Outcome, force: bool = False) -> bool:
         """Not done by its release moment: dropped whole (sending it later would tell how long it took). Only load
         makes a window late (the evaluation's deadline ends before the moment), never what the condition does."""
-        if not force and self.agent.clock() < outcome.release_at:
+        if not force and self.needs.clock() < outcome.release_at:
             return False
         self.stats[trig.id].late += 1
         self._stats_dirty = True
@@ -542,7 +559,7 @@ class TriggerRunner:
         return True
 
     async def _evaluate_window(self, trig: Trigger, start: int) -> Outcome | None:
-        registry = self.agent.registry
+        registry = self.needs.registry
         org = registry.organizations.get(trig.organization_id)
         if org is None:
             log.info("trigger %s: its organization is gone; deleting it", trig.id)
@@ -571,7 +588,7 @@ class TriggerRunner:
             tag = param.name.removeprefix("neighborhood_channel_") if param.name.startswith(
                 "neighborhood_channel_") else None
             if tag not in answers:
-                answer = self.agent.releases.answer(org.id, trig.window, start, tag)
+                answer = self.needs.releases.answer(org.id, trig.window, start, tag)
                 if not isinstance(answer, dict):  # a Refusal
                     stats.inputs_withheld += 1
                     self._stats_dirty = True
@@ -588,7 +605,7 @@ class TriggerRunner:
         organization_event = trig.kind == "neighborhood" and kind == "webhook"
         recipients = [] if organization_event else self._recipients(trig, org)
         if trig.kind == "household":
-            now = self.agent.clock()
+            now = self.needs.clock()
             max_age = max(MIN_READING_AGE_S, 2 * width)
             rows, who = [], []
             for household in recipients:
@@ -639,7 +656,7 @@ class TriggerRunner:
         """Who it may act for: consent now (a revocation is effective at once); a household webhook only for
         households that consented to this trigger's events; appliance actions only for households with a
         matching appliance they let this organization switch."""
-        registry = self.agent.registry
+        registry = self.needs.registry
         out = [h for h in list(registry.households.values()) if registry.consent_state(h.id, org.id, "triggers")]
         if trig.action["type"] == "webhook":
             out = [h for h in out if registry.consent_state(h.id, org.id, events_service(trig.id))]
@@ -678,7 +695,7 @@ class TriggerRunner:
         own or `end_at`, whichever comes first, counted from when it starts in its thread (not when it queued)."""
         loop = asyncio.get_running_loop()
         gate = self._evaluating.setdefault(trig.organization_id, asyncio.Semaphore(EVALUATIONS_PER_ORGANIZATION))
-        limits, clock = self.supervisor.limits, self.agent.clock
+        limits, clock = self.supervisor.limits, self.needs.clock
 
         def run():  # in the evaluation thread
             budget = end_at - clock()
@@ -721,7 +738,7 @@ class TriggerRunner:
 
     # --- the release moment: dispatch ----------------------------------------------------------------
     def _dispatch_due(self) -> None:
-        now = self.agent.clock()
+        now = self.needs.clock()
         due = [o for o in self.held if o.release_at <= now]
         if not due:
             return
@@ -730,13 +747,13 @@ class TriggerRunner:
             outcome.dispatched_at = now
             self.released.append(outcome)
             trig = self.triggers.get(outcome.trigger_id)
-            org = self.agent.registry.organizations.get(outcome.org_id)
+            org = self.needs.registry.organizations.get(outcome.org_id)
             if trig is None or org is None or trig.id in self._deleting or not outcome.acting:
                 continue
             self._dispatch(trig, org, outcome)
 
     def _dispatch(self, trig: Trigger, org, outcome: Outcome) -> None:
-        registry = self.agent.registry
+        registry = self.needs.registry
         kind = trig.action["type"]
         acting = outcome.acting
         if acting != [None]:  # a consent revoked since the evaluation is obeyed
@@ -761,7 +778,7 @@ class TriggerRunner:
 
     # --- the statistics moment -----------------------------------------------------------------------
     def _publish_due(self) -> None:
-        now = self.agent.clock()
+        now = self.needs.clock()
         due = [o for o in self.released if o.statistics_at <= now]
         if not due:
             return
@@ -780,7 +797,7 @@ class TriggerRunner:
             if stats is None or outcome.trigger_id in self._deleting:
                 continue
             try:
-                released = await self.agent.releases.counts(outcome.org_id, outcome.trigger_id, outcome.window,
+                released = await self.needs.releases.counts(outcome.org_id, outcome.trigger_id, outcome.window,
                                                             outcome.start, outcome.per_household)
             except Exception:
                 log.exception("trigger %s: statistics of window %d not released", outcome.trigger_id, outcome.start)
@@ -800,7 +817,7 @@ class TriggerRunner:
         would make one household's switch wait for another's)."""
         session = self._sessions.get((org_id, kind))
         if session is None or session.closed:
-            delivery = self.agent.config.delivery
+            delivery = self.needs.delivery
             slots = self.config.organization_action_slots if kind == "web" else 0
             make = actions.lan_session if kind == "lan" else actions.web_session
             timeout = APPLIANCE_TIMEOUT_S if kind == "lan" else delivery.timeout_s
@@ -827,13 +844,13 @@ class TriggerRunner:
         details = {"household_id": household.id} if household is not None else {}
         if kind == "webhook" and household is not None:
             details["disclosed"] = True  # the household's disclosure log: this event reached the organization
-        self.agent.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action_type=kind,
+        self.needs.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action_type=kind,
                                 window_start=outcome.start, delivered=ok, **details)
 
     async def _attempts(self, key: str, lane, send) -> bool:
         """`send()` up to ACTION_ATTEMPTS times on the delivery retry schedule, each attempt in one of the lane's
         slots and the wait before a retry outside it; True once it succeeds."""
-        schedule = self.agent.config.delivery.retry_schedule
+        schedule = self.needs.delivery.retry_schedule
         for attempt in range(ACTION_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(min(schedule[min(attempt, len(schedule) - 1)], 30.0))
@@ -882,7 +899,7 @@ class TriggerRunner:
                                lane) -> None:
         ok = False
         try:
-            private = self.agent.config.delivery.allow_private_endpoints
+            private = self.needs.delivery.allow_private_endpoints
             if actions.literal_allowed(endpoint["url"], private, lan=False):
                 message = {"type": "notification", **{k: entry[k] for k in (
                     "id", "organization_id", "organization_name", "trigger_id", "title", "content")},
@@ -905,12 +922,12 @@ class TriggerRunner:
         self._audit_notification(org, trig, entry, ok)
 
     def _audit_notification(self, org, trig: Trigger, entry: dict, ok: bool) -> None:
-        self.agent.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id,
+        self.needs.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id,
                                 action_type="notification", household_id=entry["household_id"], delivered=ok)
 
     async def _switch(self, trig: Trigger, org, household, lane) -> bool:
         targets = self.households.targets(household.id, org.id, trig.action["appliance"])
-        private = self.agent.config.delivery.allow_private_endpoints
+        private = self.needs.delivery.allow_private_endpoints
         session = self._session(org.id, "lan")
         ok = bool(targets)
         for appliance in targets:
@@ -927,7 +944,7 @@ class TriggerRunner:
 
     async def _webhook(self, trig: Trigger, org, household, outcome: Outcome, lane) -> bool:
         endpoint = trig.action["endpoint"]
-        private = self.agent.config.delivery.allow_private_endpoints
+        private = self.needs.delivery.allow_private_endpoints
         if not actions.literal_allowed(endpoint, private, lan=False):
             return False
         message = {"type": "trigger.fired", "trigger_id": trig.id, "window": trig.window,
