@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent.services import Services
 from drivers.p1_reader import MeterState
 
 # name, type, help, key in the meter snapshot
@@ -31,7 +32,7 @@ def _header(lines: list[str], name: str, kind: str, help_text: str) -> None:
     lines.append(f"# TYPE {name} {kind}")
 
 
-def render_metrics(agent) -> str:
+def render_metrics(agent: Services) -> str:
     ok, health = agent.health()
     meters = health["meters"]
     lines: list[str] = []
@@ -89,7 +90,7 @@ _DELIVERY_SERIES = (
 )
 
 
-def _render_delivery(lines: list[str], agent) -> None:
+def _render_delivery(lines: list[str], agent: Services) -> None:
     delivery = getattr(agent, "delivery", None)
     if delivery is None:
         return

@@ -11,6 +11,7 @@ from agent.api.common import ApiError, agent_of, caller, parse_limit, parse_time
 from agent.api.spec import LIMIT, NO_CONTENT, NOT_FOUND, OP, STRING, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR
 from agent.parameters import lookup
+from agent.services import Services
 
 
 def _level(request: web.Request, name) -> str:
@@ -94,7 +95,7 @@ async def create_household(request: web.Request) -> web.Response:
     return web.json_response({**household.public(), "token": token}, status=201)
 
 
-async def new_household(agent, operator_id: str, meter_id: str | None, related=()):
+async def new_household(agent: Services, operator_id: str, meter_id: str | None, related=()):
     """(household, token), created and audited (the API and the installer's page both use it)."""
     if meter_id is not None and meter_id not in agent.readers:
         raise ApiError(422, "invalid", f"meter_id {meter_id!r} is not one of this device's P1 meters; leave it "

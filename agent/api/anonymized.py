@@ -26,6 +26,7 @@ from agent.api.spec import ORG, TIME_PARAM, Route, error, ok_json, query
 from agent.auth import ORGANIZATION
 from agent.config import WINDOW_SECONDS
 from agent.privacy.anonymize import DAY_S, HouseholdSeries, day_periods, release_day, select, static_from_rollups
+from agent.services import Services
 from drivers.reading import iso, unix_seconds
 
 MAX_ANONYMIZED_DAYS = 7
@@ -122,7 +123,7 @@ def _report(level, res: int, docs: list[dict], released: list[dict], records: li
     }
 
 
-async def day_release(agent, org_id: str, level, res: int, day: int) -> dict:
+async def day_release(agent: Services, org_id: str, level, res: int, day: int) -> dict:
     """The recorded release of one day for this organization's cohort: computed once (by the first organization
     of the level with exactly this consenting cohort to ask), then always the record, whatever changes later.
     Households the operator marked as related to any organization (employees, test meters) are left out when it
@@ -160,7 +161,7 @@ _COHORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # agent -> {q
 COHORT_MEMO = 512
 
 
-def _cohorts(agent, org_id: str, level, res: int, day: int) -> tuple[dict[int, set[str]], list[int]]:
+def _cohorts(agent: Services, org_id: str, level, res: int, day: int) -> tuple[dict[int, set[str]], list[int]]:
     """The organization's consenting cohort per period of a settled day, and the periods to withhold. A settled
     day's cohorts never change, so the answer is kept (per set of organizations: a deleted one no longer
     counts) instead of going through every consent again on every request."""
@@ -177,7 +178,7 @@ def _cohorts(agent, org_id: str, level, res: int, day: int) -> tuple[dict[int, s
     return {p: set(c) for p, c in cohorts.items()}, list(withheld)
 
 
-def _too_close(agent, org_id: str, level, cohorts: dict[int, set[str]], res: int) -> list[int]:
+def _too_close(agent: Services, org_id: str, level, cohorts: dict[int, set[str]], res: int) -> list[int]:
     """The periods in which another organization's unlinked release would be made from a cohort that differs
     from this one by fewer than k households: the two releases' difference would be those few households' rows
     (their trajectory). Such periods are withheld from both; identical cohorts share one record instead. Past
@@ -196,7 +197,7 @@ def _too_close(agent, org_id: str, level, cohorts: dict[int, set[str]], res: int
     return sorted(close)
 
 
-def _gather(agent, households, cohorts: dict[int, set[str]], periods: list[int], res: int,
+def _gather(agent: Services, households, cohorts: dict[int, set[str]], periods: list[int], res: int,
             timelines: dict[str, tuple[list[float], list[bool]]]) -> list[HouseholdSeries]:
     """Per household in some period's cohort: static attributes from its stored 15-minute rollups, and its
     mean consumption per period for the periods throughout which its consent held (cohort per period,

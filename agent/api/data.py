@@ -19,12 +19,13 @@ from agent.ingest import TAG
 from agent.parameters import catalogue, permitted
 from agent.release import Refusal
 from agent.release.grid import BAND_EDGES_V
+from agent.services import Services
 from drivers.reading import iso
 
 MAX_HISTORY_WINDOWS = 1000
 
 
-def level_of(agent, org) -> Level:
+def level_of(agent: Services, org) -> Level:
     level = agent.config.levels.get(org.level)
     if level is None:
         raise ApiError(403, "forbidden", f"the organization's level {org.level!r} is not configured on this device")
@@ -49,7 +50,7 @@ async def parameters(request: web.Request) -> web.Response:
                               "trigger_disclosure": agent.triggers.disclosure()})
 
 
-def privacy_terms(agent, level: Level | None) -> dict:
+def privacy_terms(agent: Services, level: Level | None) -> dict:
     """What the caller's level releases and with which guarantee, in the household's terms (PRIVACY.md)."""
     privacy = agent.config.privacy
     terms = {"k_min": privacy.k_min, "ledger": {"horizon_days": privacy.horizon_days, "cap_rho": privacy.cap_rho},
@@ -88,7 +89,7 @@ async def get_data(request: web.Request) -> web.Response:
     return await answer(request, agent, org, window, tag)
 
 
-async def answer(request: web.Request, agent, org, window: str, tag: str | None) -> web.Response:
+async def answer(request: web.Request, agent: Services, org, window: str, tag: str | None) -> web.Response:
     """The recorded answer: the newest decided window, or with since/until every window in the span."""
     await agent.releases.settle()  # windows that have ended are decided now rather than at the next pass
     if "since" in request.query or "until" in request.query:
@@ -107,7 +108,7 @@ async def answer(request: web.Request, agent, org, window: str, tag: str | None)
     return web.json_response(result)
 
 
-async def _history(request, agent, org, window: str, tag: str | None) -> web.Response:
+async def _history(request, agent: Services, org, window: str, tag: str | None) -> web.Response:
     now = agent.clock()
     since = parse_time(request.query.get("since"), "since")
     until = parse_time(request.query.get("until"), "until")

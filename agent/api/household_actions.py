@@ -31,6 +31,7 @@ from agent.api.spec import HH, NO_CONTENT, NOT_FOUND, Route, error, ok_json
 from agent.auth import HOUSEHOLD
 from agent.delivery import signing
 from agent.delivery.targets import TargetError
+from agent.services import Services
 from agent.triggers import actions
 from agent.triggers.runner import APPLIANCE_TIMEOUT_S
 from drivers import appliances, notify
@@ -64,7 +65,7 @@ async def put_notify(request: web.Request) -> web.Response:
                                                 body.kind))
 
 
-async def set_endpoint(agent, locks: KeyedLocks, household_id: str, url: str, kind: str) -> dict:
+async def set_endpoint(agent: Services, locks: KeyedLocks, household_id: str, url: str, kind: str) -> dict:
     """Checked, written and audited; the answer carries a webhook's secret, once (the API and the web pages)."""
     if kind not in notify.KINDS:
         raise ApiError(422, "invalid", f"kind must be one of {', '.join(notify.KINDS)}")
@@ -90,7 +91,7 @@ async def delete_notify(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def remove_endpoint(agent, locks: KeyedLocks, household_id: str) -> None:
+async def remove_endpoint(agent: Services, locks: KeyedLocks, household_id: str) -> None:
     # under the household's lock: after a PUT in progress, it removes what that wrote
     if not await agent.triggers.households.remove_endpoint_async(household_id, lock=locks(household_id)):
         raise ApiError(404, "not_found", "no notification endpoint")
@@ -105,7 +106,7 @@ async def post_notify_test(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-async def send_test_notification(agent, household_id: str) -> dict:
+async def send_test_notification(agent: Services, household_id: str) -> dict:
     """A test notification to the household's endpoint now, as a trigger's would go (signed, the same address
     rules, a slot of the household's own lane): {"delivered", "status" (the endpoint's, if it answered), "error"}.
     Audited; nothing reaches an organization."""
@@ -164,7 +165,7 @@ async def add_appliance(request: web.Request) -> web.Response:
     return web.json_response(_public(doc), status=201)
 
 
-async def new_appliance(agent, locks: KeyedLocks, household_id: str, body: ApplianceIn) -> dict:
+async def new_appliance(agent: Services, locks: KeyedLocks, household_id: str, body: ApplianceIn) -> dict:
     """Checked, written and audited (the API and the web pages)."""
     name = body.name
     if not APPLIANCE_NAME.match(name) or not name.strip():
@@ -216,7 +217,7 @@ async def delete_appliance(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def remove_appliance(agent, locks: KeyedLocks, household_id: str, appliance_id: str) -> None:
+async def remove_appliance(agent: Services, locks: KeyedLocks, household_id: str, appliance_id: str) -> None:
     store = agent.triggers.households
     async with locks(household_id):
         appliance = store.appliances.get(appliance_id)
@@ -234,7 +235,7 @@ async def get_appliance_status(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-async def appliance_status(agent, household_id: str, appliance_id: str) -> dict:
+async def appliance_status(agent: Services, household_id: str, appliance_id: str) -> dict:
     """The relay's state now, read from the appliance itself (the switching actions' address rules):
     {"on", "power_w", "error"}; nothing is switched."""
     appliance = agent.triggers.households.appliances.get(appliance_id)

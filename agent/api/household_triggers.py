@@ -15,6 +15,7 @@ from aiohttp import web
 
 from agent.api.common import ApiError, agent_of, caller
 from agent.api.spec import HH, NOT_FOUND, Route, ok_json
+from agent.services import Services
 from agent.triggers.runner import events_service
 
 EVENT_FIELDS = {
@@ -28,7 +29,7 @@ EVENT_FIELDS = {
 }
 
 
-def _describe(agent, trig, household_id: str) -> dict:
+def _describe(agent: Services, trig, household_id: str) -> dict:
     registry = agent.registry
     org = registry.organizations.get(trig.organization_id)
     config = agent.config.triggers

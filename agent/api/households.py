@@ -14,6 +14,7 @@ from agent.audit import consent_action
 from agent.auth import HOUSEHOLD
 from agent.ingest import check_order, readings_from_payload
 from agent.registry import SERVICES
+from agent.services import Services
 
 log = logging.getLogger("edge.api")
 
@@ -42,7 +43,7 @@ async def my_consent_history(request: web.Request) -> web.Response:
     return web.json_response({"history": agent_of(request).registry.history_of(household.id)})
 
 
-async def change_consent(agent, household_id: str, org_id: str, service: str, granted: bool):
+async def change_consent(agent: Services, household_id: str, org_id: str, service: str, granted: bool):
     """A household's grant or revocation, durable with its audit entry (the API and the web pages both use it)."""
     async def change_and_audit():
         change = await agent.registry.set_consent_async(household_id, org_id, service, granted)

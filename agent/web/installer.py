@@ -10,6 +10,7 @@ from aiohttp import web
 
 from agent.api.admin import new_household
 from agent.auth import HOUSEHOLD
+from agent.services import Services
 from agent.web.render import OPERATOR_ONLY, Page, PageError, agent_of, render, sign_in_url
 
 STALE_AFTER_S = 10  # a reading older than this is shown as old
@@ -30,7 +31,7 @@ def stopped(port: dict) -> bool:
     return port["state"] in ("stalled", "disconnected") and bool(port["telegrams_ok"]) and not port.get("hint")
 
 
-def ports(agent) -> list[dict]:
+def ports(agent: Services) -> list[dict]:
     out = []
     for meter_id, reader in sorted(agent.readers.items()):
         port = {"meter_id": meter_id, **reader.snapshot()}
@@ -43,7 +44,7 @@ def ports(agent) -> list[dict]:
     return out
 
 
-def _context(agent) -> dict:
+def _context(agent: Services) -> dict:
     ok, health = agent.health()
     households = sorted(agent.registry.households.values(), key=lambda h: h.created_at)
     http_meters = [h for h in households if h.source == "http"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from agent.config import WINDOW_SECONDS
 from agent.registry import SERVICES
+from agent.services import Services
 from drivers.reading import unix_seconds
 
 ROLLUP_S = 900
@@ -56,7 +57,7 @@ def energy_table(rollups: list[dict], start: float, bucket_s: int, buckets: int)
 
 
 # --- who may use my data -------------------------------------------------------------------------
-def offers(agent, household_id: str) -> list[dict]:
+def offers(agent: Services, household_id: str) -> list[dict]:
     """Every organization that could ask, its level's terms, and per service whether the household consents."""
     registry, config = agent.registry, agent.config
     out = []
