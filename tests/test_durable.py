@@ -228,3 +228,20 @@ async def test_group_commit_drops_an_item_that_can_never_be_written(owner):
         await group.add_durable("x")
     assert group.queued == 0  # retrying would not help
     await group.aclose()
+
+
+def test_a_block_of_an_owners_own_thread_is_a_step_and_a_step_inside_a_step_is_said_once(owner, caplog):
+    durable, db, _ = owner
+    with durable.disk():
+        db.table("t").insert({"n": 1})
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        with pytest.raises(StorageUnavailable) as refused:
+            durable.step(lambda: durable.step(full))  # e.g. a change's step calling the owner's locked method
+    assert refused.value.error == "storage_full" and isinstance(refused.value.__cause__, OSError)
+    assert not isinstance(refused.value.__cause__, StorageUnavailable)  # mapped once, from the disk's own error
+    assert len([r for r in caplog.records if "refused by the disk" in r.getMessage()]) == 1
+
+
+def test_replace_file_keeps_a_secret_private(tmp_path):
+    replace_file(tmp_path / "key", b"secret", mode=0o600)
+    assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600

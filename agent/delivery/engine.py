@@ -120,11 +120,13 @@ class Delivery:
         self.config = config
         self.directory = Path(directory)
         ensure_dir(self.directory / "outbox")
-        self.data_directory = DataDirectory(self.directory.parent)
+        self.data_directory = DataDirectory(self.directory.parent)  # watched: each write below it checks it
         # Twice: a damaged record must not make a subscription vanish (and orphan its outbox).
         self.db = SegmentDB(str(self.directory / "subscriptions.seg"), kind="subscriptions", copies=2)
         # subscriptions.seg: a step at a time (a worker thread's, or one in place), the event loop's changes in order
         self.writes = Durable("delivery", self.db.storage.path, log, what="the subscription change")
+        # the outboxes' appends, in place on the event loop (made, numbered, acknowledged, noted)
+        self.outbox_writes = Durable("delivery outbox", self.directory / "outbox", log, what="the webhook message")
         self._deleting: set[str] = set()
         self.subscriptions: dict[str, Subscription] = {}
         self.outboxes: dict[str, Outbox] = {}
@@ -202,7 +204,8 @@ class Delivery:
                 continue
             end = iso(sub.last_window + WINDOW_SECONDS[sub.window])
             try:
-                self.outboxes[sub_id].note_stop(end)
+                with self.outbox_writes.disk():
+                    self.outboxes[sub_id].note_stop(end)
             except OSError as exc:
                 log.warning("subscription %s: cannot note the last window decided: %s", sub_id, exc)
 
@@ -399,7 +402,8 @@ class Delivery:
         if known is not None and unix_seconds(known) >= end - NOTE_DECIDED_S:
             return
         try:
-            outbox.note_stop(iso(end))
+            with self.outbox_writes.disk():
+                outbox.note_stop(iso(end))
         except OSError as exc:  # only the next start's gap is longer: the next enqueue says the disk is failing
             self._ratelog.warning(f"note:{sub.id}", "subscription %s: cannot note the last window decided: %s",
                                   sub.id, exc)
@@ -476,9 +480,9 @@ class Delivery:
     def _enqueue(self, sub: Subscription, kind: str, payload: dict, window_start, window_end, now: float) -> None:
         outbox, stats = self.outboxes[sub.id], self.stats[sub.id]
         try:
-            self.data_directory.check()
-            self._queue_gap(sub)  # windows lost before this one go out first, in order
-            outbox.enqueue(kind, payload, window_start, window_end)
+            with self.outbox_writes.disk():
+                self._queue_gap(sub)  # windows lost before this one go out first, in order
+                outbox.enqueue(kind, payload, window_start, window_end)
         except OSError as exc:
             if window_start:
                 self._unqueued(sub, 1, unix_seconds(window_start), unix_seconds(window_end))
@@ -516,8 +520,8 @@ class Delivery:
         for sub in list(self.subscriptions.values()):
             if sub.unqueued and sub.state == "active":
                 try:
-                    self.data_directory.check()
-                    self._queue_gap(sub)
+                    with self.outbox_writes.disk():
+                        self._queue_gap(sub)
                     self.stats[sub.id].disk_error = None
                 except OSError as exc:
                     self._disk_failed(sub, self.stats[sub.id], f"cannot queue a gap: {exc.strerror or exc}")
@@ -572,8 +576,8 @@ class Delivery:
         except TargetError as err:
             self._failed(sub, message, stats, str(err))
             return "retry"
-        self.data_directory.check()
-        seq = outbox.assign(message)
+        with self.outbox_writes.disk():
+            seq = outbox.assign(message)
         body = json.dumps({**message.payload, "sequence": seq}, separators=(",", ":")).encode()
         now = time.time()
         headers = signing.headers(sub.signing_secrets(self.needs.clock()), message.id, int(now), body)
@@ -588,7 +592,8 @@ class Delivery:
             self._failed(sub, message, stats, f"{err.__class__.__name__}: {err}"[:200])
             return "retry"
         if 200 <= status < 300:
-            outbox.ack(message)  # a refused write: sent again later (same webhook-id), never lost
+            with self.outbox_writes.disk():
+                outbox.ack(message)  # a refused write: sent again later (same webhook-id), never lost
             stats.disk_error = None
             stats.messages_sent += 1
             stats.bytes_sent += len(body)

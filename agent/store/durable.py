@@ -23,16 +23,17 @@ Here, below the API: the stores use it, and the API package imports them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Generator, Hashable
+from collections.abc import Callable, Generator, Hashable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from agent.store.disk import check_under, unavailable
+from agent.store.disk import StorageUnavailable, check_under, unavailable
 from agent.store.segment import ensure_dir, fsync_dir
 from drivers.ratelog import RateLimitedLog
 
@@ -59,10 +60,18 @@ class Durable:
     # --- one step --------------------------------------------------------------------------------------
     def step(self, step: Callable[[], T]) -> T:
         """Run one disk step in this thread, as described above."""
+        with self.disk():
+            return step()
+
+    @contextlib.contextmanager
+    def disk(self) -> Iterator[None]:
+        """A step as a block (`with durable.disk(): ...`): for an owner's writes from its own threads."""
         with self.lock:
             check_under(self.where)  # raises StorageUnavailable (503 data_directory_lost)
             try:
-                return step()
+                yield
+            except StorageUnavailable:
+                raise  # a step inside a step: said already
             except OSError as exc:
                 self._ratelog.warning("refused", "%s: a change was refused by the disk: %s", self.name, exc)
                 raise unavailable(exc, self.what) from exc
@@ -131,16 +140,20 @@ def _one_step(step: Callable[[], T], then: Callable[[], object] | None,
     return result
 
 
-def replace_file(path: str | Path, data: bytes) -> None:
+def replace_file(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """A whole small file replaced atomically (temporary file, fsync, rename, fsync of the directory): a step."""
     path = Path(path)
     ensure_dir(path.parent)
     temporary = path.with_name(path.name + ".tmp")
     try:
-        with open(temporary, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import secrets
 import threading
 import time
@@ -48,8 +47,8 @@ from pathlib import Path
 
 from tinydb import where
 
-from agent.store.durable import Durable
-from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
+from agent.store.durable import Durable, replace_file
+from agent.store.segment import SegmentDB, ensure_dir
 from agent.triggers.model import EVERYONE, Debouncer, Trigger, TriggerStats
 
 log = logging.getLogger("edge.triggers")
@@ -135,16 +134,16 @@ class TriggerStore:
                 log.warning("triggers %s: cannot drop the deleted triggers' past waits: %s", self.directory, exc)
 
     def add(self, trigger: Trigger) -> None:
-        with self.lock:
+        with self.writes.disk():
             self.db.table("triggers").insert(trigger.record())
 
     def update(self, trigger_id: str, **fields) -> None:
-        with self.lock:
+        with self.writes.disk():
             self.db.table("triggers").update(fields, where("id") == trigger_id)
 
     def remove(self, trigger_id: str, cooldowns: list[tuple[str, str, float, str]]) -> None:
         """`cooldowns`: (organization, household, until, the deleted trigger's action type)."""
-        with self.lock:
+        with self.writes.disk():
             if cooldowns:
                 self.firings_db.table("cooldown").insert_multiple(
                     _cooldown_doc(org, household, until, kind) for org, household, until, kind in cooldowns)
@@ -169,14 +168,14 @@ class TriggerStore:
     def save_stats(self, stats: dict[str, TriggerStats]) -> None:
         """All counters in one atomic rewrite of stats.seg."""
         records = {str(i): {"id": tid, **s.record()} for i, (tid, s) in enumerate(sorted(stats.items()), 1)}
-        with self.lock:
+        with self.writes.disk():
             self.stats_db.storage.write({"stats": records})
 
     # --- debounce
     def record_firings(self, trigger_id: str, household_ids: list[str], at: float,
                        events: tuple[str, list[str]] | None = None) -> None:
         """`events`: (organization id, household ids) whose events go to that organization (one line each)."""
-        with self.lock:
+        with self.writes.disk():
             self.firings_db.table("last").insert_multiple({"t": trigger_id, "h": h, "at": at}
                                                           for h in household_ids)
             self._appended += len(household_ids)
@@ -193,7 +192,7 @@ class TriggerStore:
 
     def compact_firings(self, last: dict, cooldown: dict, events: dict | None = None) -> None:
         """`last`, `cooldown` and `events` are copies taken on the event loop."""
-        with self.lock:
+        with self.writes.disk():
             snapshot = Debouncer()
             snapshot.last, snapshot.cooldown, snapshot.events = last, cooldown, events or {}
             self._compact_firings(snapshot)
@@ -249,11 +248,11 @@ class HouseholdStore:
         return True
 
     def _write_endpoint(self, doc: dict) -> None:
-        with self.lock:
+        with self.writes.disk():
             self.db.table("notify").upsert(doc, where("household_id") == doc["household_id"])
 
     def _remove_endpoint(self, household_id: str) -> None:
-        with self.lock:
+        with self.writes.disk():
             self.db.table("notify").remove(where("household_id") == household_id)
 
     # --- appliances
@@ -266,11 +265,11 @@ class HouseholdStore:
         self.appliances.pop(appliance_id, None)
 
     def _write_appliance(self, doc: dict) -> None:
-        with self.lock:
+        with self.writes.disk():
             self.db.table("appliances").insert(doc)
 
     def _remove_appliance(self, appliance_id: str) -> None:
-        with self.lock:
+        with self.writes.disk():
             self.db.table("appliances").remove(where("id") == appliance_id)
 
     # --- the same changes from the event loop (the API): the disk write (an fsync'd append or an atomic
@@ -337,7 +336,7 @@ class HouseholdStore:
             self._remove_endpoint(household_id)
         for appliance_id in appliances:
             self._remove_appliance(appliance_id)
-        with self.lock:
+        with self.writes.disk():
             boxes = set(self._inbox) - known_households
             for household_id in boxes:
                 self._stale.extend(doc_id for doc_id, _ in self._inbox.pop(household_id, ()))
@@ -362,7 +361,7 @@ class HouseholdStore:
         """One write (one fsync) for a window's notifications of one trigger, however many households."""
         if not entries:
             return
-        with self.lock:
+        with self.writes.disk():
             doc_ids = self.db.table("inbox").insert_multiple(entries)
             for doc_id, entry in zip(doc_ids, entries):
                 self._keep(entry["household_id"], doc_id, entry)
@@ -445,12 +444,4 @@ def _legacy_key(text: str) -> bytes | None:
 
 def _write_key(path: Path, key: bytes) -> None:
     copy = f"{key.hex()},{_key_sum(key)}\n"
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, (copy * 2).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
+    replace_file(path, (copy * 2).encode(), mode=0o600)
