@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from agent.store.disk import DataDirectory, StorageUnavailable
+from agent.store.disk import DataDirectory, StorageCode, StorageUnavailable
 from agent.store.durable import Durable, GroupCommit, replace_file
 from agent.store.segment import SegmentDB
 from tests.helpers.loop import Gate
@@ -102,7 +102,7 @@ async def test_a_refused_step_is_storage_unavailable_and_nothing_after_it_is_app
 
     with pytest.raises(StorageUnavailable) as refused:
         await durable.run(change())
-    assert (refused.value.status, refused.value.error, refused.value.errno) == (507, "storage_full", errno.ENOSPC)
+    assert (refused.value.code, refused.value.errno) == (StorageCode.FULL, errno.ENOSPC)  # 507 in the API
     assert "the thing was not saved" in refused.value.detail and "owner.seg" not in refused.value.detail
     assert memory == ["one"] and [r["n"] for r in rows(db.storage.path)] == [1]
     with caplog.at_level(logging.WARNING, logger=log.name):
@@ -159,7 +159,7 @@ async def test_nothing_is_written_into_a_deleted_data_directory(owner):
     shutil.rmtree(directory.path)
     with pytest.raises(StorageUnavailable) as refused:
         await durable.write(lambda: replace_file(directory.path / "owner.json", b"{}"))
-    assert (refused.value.status, refused.value.error) == (503, "data_directory_lost")
+    assert refused.value.code is StorageCode.DIRECTORY_LOST  # 503 in the API
     assert not directory.path.exists()  # never recreated
 
 
