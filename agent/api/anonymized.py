@@ -12,6 +12,7 @@ links across periods; the custodian gets one pseudonym per household per day.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import json
@@ -129,7 +130,7 @@ async def day_release(agent: Services, org_id: str, level, res: int, day: int) -
     Households the operator marked as related to any organization (employees, test meters) are left out when it
     is computed: their organization knows them, and they would only help it isolate the others."""
     periods = day_periods(day, res)
-    cohorts, withheld = _cohorts(agent, org_id, level, res, day)
+    cohorts, withheld = await _cohorts(agent, org_id, level, res, day)
     if not level.anonymized.linkable:
         # Decided once too: were it made again after the other organization is deleted, the day would be released
         # a second time, over other periods, perhaps generalized otherwise: two releases of one morning to compare.
@@ -161,7 +162,7 @@ _COHORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # agent -> {q
 COHORT_MEMO = 512
 
 
-def _cohorts(agent: Services, org_id: str, level, res: int, day: int) -> tuple[dict[int, set[str]], list[int]]:
+async def _cohorts(agent: Services, org_id: str, level, res: int, day: int) -> tuple[dict[int, set[str]], list[int]]:
     """The organization's consenting cohort per period of a settled day, and the periods to withhold. A settled
     day's cohorts never change, so the answer is kept (per set of organizations: a deleted one no longer
     counts) instead of going through every consent again on every request."""
@@ -170,7 +171,7 @@ def _cohorts(agent: Services, org_id: str, level, res: int, day: int) -> tuple[d
     memo = _COHORTS.setdefault(agent, {})
     if question not in memo:
         cohorts = {p: agent.registry.cohort(org_id, SERVICE, p, p + res) for p in day_periods(day, res)}
-        withheld = [] if level.anonymized.linkable else _too_close(agent, org_id, level, cohorts, res)
+        withheld = [] if level.anonymized.linkable else await _too_close(agent, org_id, level, cohorts, res, day)
         memo[question] = (cohorts, withheld)
         while len(memo) > COHORT_MEMO:
             memo.pop(next(iter(memo)))
@@ -178,23 +179,50 @@ def _cohorts(agent: Services, org_id: str, level, res: int, day: int) -> tuple[d
     return {p: set(c) for p, c in cohorts.items()}, list(withheld)
 
 
-def _too_close(agent: Services, org_id: str, level, cohorts: dict[int, set[str]], res: int) -> list[int]:
+async def _too_close(agent: Services, org_id: str, level, cohorts: dict[int, set[str]], res: int, day: int) -> list[int]:
     """The periods in which another organization's unlinked release would be made from a cohort that differs
-    from this one by fewer than k households: the two releases' difference would be those few households' rows
-    (their trajectory). Such periods are withheld from both; identical cohorts share one record instead. Past
-    periods' cohorts never change, so the decision is the same whenever and by whomever it is asked."""
+    from this one by fewer than k households, by consent or by the households whose rows are in the releases
+    (those with data in the period, not related to any organization): the two releases' difference would be
+    those few households' rows (their trajectory). Comparing consents alone let k silent or related households
+    of an organization's own make the difference one household's rows (red team 6, R6-7). Such periods are
+    withheld from both; identical cohorts share one record instead. Past periods' cohorts and stored readings
+    do not change, so the decision is the same whenever and by whomever it is asked."""
     k = level.anonymized.k
-    close = set()
+    theirs = {}
     for other in list(agent.registry.organizations.values()):
         other_level = agent.config.levels.get(other.level)
         if other.id == org_id or other_level is None or other_level.anonymized.k == 0 \
                 or other_level.anonymized.linkable:  # the custodian holds every reading anyway
             continue
+        theirs[other.id] = (max(k, other_level.anonymized.k),
+                            {p: agent.registry.cohort(other.id, SERVICE, p, p + res) for p in cohorts})
+    if not theirs:
+        return []
+    everyone = set().union(*cohorts.values(), *(c for _, by in theirs.values() for c in by.values()))
+    meters = {h.id: h.meter_id for h in agent.registry.all_households()
+              if h.id in everyone and not h.related_organizations}
+    with_rows = await asyncio.to_thread(_with_rows, agent, meters, day, res)
+    close = set()
+    for limit, by_period in theirs.values():
         for period, mine in cohorts.items():
-            theirs = agent.registry.cohort(other.id, SERVICE, period, period + res)
-            if 0 < len(mine ^ theirs) < max(k, other_level.anonymized.k) and (mine or theirs):
-                close.add(period)
+            other = by_period[period]
+            rows = with_rows.get(period, set())
+            for a, b in ((mine, other), (mine & rows, other & rows)):
+                if 0 < len(a ^ b) < limit:
+                    close.add(period)
     return sorted(close)
+
+
+def _with_rows(agent: Services, meters: dict[str, str], day: int, res: int) -> dict[int, set[str]]:
+    """Period -> the households (of `meters`) with a stored reading in it: those a release can have a row of.
+    Runs in a worker thread: it reads only the store."""
+    out: dict[int, set[str]] = {}
+    for household_id, meter_id in meters.items():
+        for row in agent.store.readings(meter_id, since=day, until=day + DAY_S, resolution="15m", limit=10**6):
+            start = unix_seconds(row["start"])
+            if day <= start < day + DAY_S and row.get("power_import_w") is not None:
+                out.setdefault(int(start // res) * res, set()).add(household_id)
+    return out
 
 
 def _gather(agent: Services, households, cohorts: dict[int, set[str]], periods: list[int], res: int,
