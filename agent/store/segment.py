@@ -234,9 +234,9 @@ class SegmentStorage(Storage):
             # Learn the next ids, and cut off a torn tail before appending after it.
             size = os.fstat(fd).st_size
             buf = os.pread(fd, size, 0) if size else b""
-            scan = scan_records(buf)
-            for table, first_id, docs in scan.records:
-                self._next_ids[table] = max(self._next_ids.get(table, 1), first_id + len(docs))
+            scan = scan_records(buf, keep=False)
+            for table, next_id in scan.next_ids.items():
+                self._next_ids[table] = max(self._next_ids.get(table, 1), next_id)
             if scan.damage:
                 self._found(0, scan.damage)
             if scan.good < size:
