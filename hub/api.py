@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from hub.openapi import spec
+from hub import openapi as docs
 from hub.service import WIDTHS, Hub
 
 MAX_WINDOWS = 1500  # per request
@@ -92,7 +92,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(spec())
+    return web.json_response(docs.spec(ROUTES))
 
 
 async def areas(request: web.Request) -> web.Response:
@@ -201,25 +201,26 @@ async def unsubscribe(request: web.Request) -> web.Response:
 @dataclass(frozen=True)
 class Route:
     """An endpoint of the hub: the router and the role check before its handler come from this row, as the device
-    API's do from agent/api/spec.py's Route. Not that Route itself: the hub's keys are its own (an organization's
-    key hash in the desired state, the hub's operator token: not the device's registry), it has no throttle and no
-    storage errors, and its document (hub/openapi.py) states its own errors."""
+    API's do from agent/api/spec.py's Route, and so do the document's paths (hub/openapi.py's spec). Not that Route
+    itself: the hub's keys are its own (an organization's key hash in the desired state, the hub's operator token:
+    not the device's registry), it has no throttle and no storage errors, and its operations say so."""
 
     method: str
     path: str
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    roles: tuple[str, ...] = ()  # () : no key needed
+    roles: tuple[str, ...]  # () : no key needed
+    operation: dict[str, Any] | None  # its OpenAPI operation (hub/openapi.py); None: not in the document
 
 
 ROUTES = (
-    Route("GET", "/health", health),
-    Route("GET", "/openapi.json", openapi),
-    Route("GET", "/areas", areas, (OPERATOR, ORGANIZATION)),  # each sees the areas it may read
-    Route("GET", "/areas/{area}/data", area_data, (ORGANIZATION,)),
-    Route("GET", "/devices", devices, (OPERATOR,)),
-    Route("POST", "/subscriptions", subscribe, (ORGANIZATION,)),
-    Route("GET", "/subscriptions", subscriptions, (ORGANIZATION,)),
-    Route("DELETE", "/subscriptions/{sub_id}", unsubscribe, (ORGANIZATION,)),
+    Route("GET", "/health", health, (), docs.HEALTH),
+    Route("GET", "/openapi.json", openapi, (), None),
+    Route("GET", "/areas", areas, (OPERATOR, ORGANIZATION), docs.AREAS),  # each sees the areas it may read
+    Route("GET", "/areas/{area}/data", area_data, (ORGANIZATION,), docs.AREA_DATA),
+    Route("GET", "/devices", devices, (OPERATOR,), docs.DEVICES),
+    Route("POST", "/subscriptions", subscribe, (ORGANIZATION,), docs.SUBSCRIBE),
+    Route("GET", "/subscriptions", subscriptions, (ORGANIZATION,), docs.SUBSCRIPTIONS),
+    Route("DELETE", "/subscriptions/{sub_id}", unsubscribe, (ORGANIZATION,), docs.UNSUBSCRIBE),
 )
 
 

@@ -1,4 +1,5 @@
-"""The hub API's OpenAPI 3.1 description (GET /openapi.json)."""
+"""The hub API's OpenAPI 3.1 description (GET /openapi.json): its paths are hub/api.py's route table (each row
+names its operation here); the security, 401 and 403 of an operation come from the row's roles."""
 
 from __future__ import annotations
 
@@ -23,14 +24,10 @@ RELEASED = {"type": "object", "properties": {
 REFUSED = {"type": "object", "properties": {**WINDOW_BASE, **ERROR["properties"]}}
 
 
-def _get(summary: str, schema: dict, parameters=(), security=True) -> dict:
-    op = {"summary": summary, "parameters": list(parameters),
-          "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": schema}}},
-                        "401": _error("no key, or an unknown or revoked one"),
-                        "503": _error("the cluster could not answer now")}}
-    if security:
-        op["security"] = [{"bearer": []}]
-    return {"get": op}
+def _op(summary: str, schema: dict, parameters=()) -> dict:
+    return {"summary": summary, "parameters": list(parameters),
+            "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": schema}}},
+                          "503": _error("the cluster could not answer now")}}
 
 
 def _error(description: str) -> dict:
@@ -41,8 +38,9 @@ def _query(name: str, schema: dict, required: bool = False, description: str = "
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
-def spec() -> dict:
-    data = _get("An area's windows: the sum of its devices' releases, released once enough devices did",
+HEALTH = _op("The hub's state", {"type": "object"})
+AREAS = _op("Areas the caller may read", {"type": "object"})
+AREA_DATA = _op("An area's windows: the sum of its devices' releases, released once enough devices did",
                 {"type": "object", "properties": {"area": {"type": "string"}, "window": {"type": "string"},
                                                   "tag": {"type": ["string", "null"]},
                                                   "released": {"type": "array", "items": RELEASED},
@@ -52,53 +50,55 @@ def spec() -> dict:
                  _query("since", {"type": "number"}, True, "UNIX seconds"),
                  _query("until", {"type": "number"}, True, "UNIX seconds"),
                  _query("tag", {"type": "string"}, False, "a channel tag of the devices' vocabulary")])
-    data["get"]["responses"]["400"] = _error("a bad window, time or tag, or too many windows")
-    data["get"]["responses"]["403"] = _error("not an organization's key")
-    data["get"]["responses"]["404"] = _error("no such area for this organization")
-    devices = _get("Devices: area, applied desired-state version, last release, last heartbeat (operator)",
-                   {"type": "object", "properties": {"devices": {"type": "array", "items": {"type": "object"}}}})
-    devices["get"]["responses"]["403"] = _error("not the operator's token")
-    subscription = {"type": "object", "properties": {
-        "id": {"type": "string"}, "org": {"type": "string"}, "area": {"type": "string"},
-        "window": {"enum": ["1s", "1m", "15m", "1h"]}, "tag": {"type": ["string", "null"]},
-        "endpoint": {"type": "string"}, "cursor": {"type": "integer"}, "failures": {"type": "integer"},
-        "secret": {"type": "string", "description": "shown once, at creation: verify the Standard Webhooks "
-                                                    "signature with it"}}}
-    subscriptions = _get("The organization's subscriptions",
-                         {"type": "object", "properties": {"subscriptions": {"type": "array", "items": subscription}}})
-    subscriptions["get"]["responses"]["403"] = _error("not an organization's key")
-    subscriptions["post"] = {
-        "summary": "Push an area's windows to an endpoint as Standard Webhooks, in order, at least once (the "
-                   "webhook-id is the subscription and the window); a window goes once every device of the area "
-                   "reported it or a grace time after its end",
-        "security": [{"bearer": []}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["endpoint", "area"],
-            "properties": {"endpoint": {"type": "string"}, "area": {"type": "string"},
-                           "window": {"enum": ["1s", "1m", "15m", "1h"], "default": "15m"},
-                           "tag": {"type": "string"}}}}}},
-        "responses": {"201": {"description": "created", "content": {"application/json": {"schema": subscription}}},
-                      "400": _error("a bad endpoint, window or tag"), "401": _error("no key, or a revoked one"),
-                      "403": _error("not an organization's key"), "404": _error("no such area"),
-                      "503": _error("the cluster could not answer now")}}
-    unsubscribe = {"delete": {"summary": "Stop a subscription", "security": [{"bearer": []}],
-                              "parameters": [{"name": "sub_id", "in": "path", "required": True,
-                                              "schema": {"type": "string"}}],
-                              "responses": {"200": {"description": "deleted"}, "401": _error("no key"),
-                                            "403": _error("not an organization's key"),
-                                            "404": _error("no such subscription")}}}
+AREA_DATA["responses"] |= {"400": _error("a bad window, time or tag, or too many windows"),
+                           "404": _error("no such area for this organization")}
+DEVICES = _op("Devices: area, applied desired-state version, last release, last heartbeat (operator)",
+              {"type": "object", "properties": {"devices": {"type": "array", "items": {"type": "object"}}}})
+SUBSCRIPTION = {"type": "object", "properties": {
+    "id": {"type": "string"}, "org": {"type": "string"}, "area": {"type": "string"},
+    "window": {"enum": ["1s", "1m", "15m", "1h"]}, "tag": {"type": ["string", "null"]},
+    "endpoint": {"type": "string"}, "cursor": {"type": "integer"}, "failures": {"type": "integer"},
+    "secret": {"type": "string", "description": "shown once, at creation: verify the Standard Webhooks "
+                                                "signature with it"}}}
+SUBSCRIPTIONS = _op("The organization's subscriptions",
+                    {"type": "object", "properties": {"subscriptions": {"type": "array", "items": SUBSCRIPTION}}})
+SUBSCRIBE = {
+    "summary": "Push an area's windows to an endpoint as Standard Webhooks, in order, at least once (the "
+               "webhook-id is the subscription and the window); a window goes once every device of the area "
+               "reported it or a grace time after its end",
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["endpoint", "area"],
+        "properties": {"endpoint": {"type": "string"}, "area": {"type": "string"},
+                       "window": {"enum": ["1s", "1m", "15m", "1h"], "default": "15m"},
+                       "tag": {"type": "string"}}}}}},
+    "responses": {"201": {"description": "created", "content": {"application/json": {"schema": SUBSCRIPTION}}},
+                  "400": _error("a bad endpoint, window or tag"), "404": _error("no such area"),
+                  "503": _error("the cluster could not answer now")}}
+UNSUBSCRIBE = {"summary": "Stop a subscription",
+               "parameters": [{"name": "sub_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+               "responses": {"200": {"description": "deleted"}, "404": _error("no such subscription")}}
+
+
+def operation(doc: dict, roles: tuple[str, ...]) -> dict:
+    """A route's operation: its own, and with roles a bearer key, 401 without a valid one, 403 for another role's."""
+    if not roles:
+        return doc
+    return {**doc, "description": f"For: {', '.join(roles)}.", "security": [{"bearer": []}],
+            "responses": {**doc["responses"], "401": _error("no key, or an unknown or revoked one"),
+                          "403": _error(f"a key of another role than {' or '.join(roles)}")}}
+
+
+def spec(routes) -> dict:
+    """The document of these routes (hub/api.py's ROUTES; a row without an operation is not in it)."""
+    paths: dict = {}
+    for route in routes:
+        if route.operation is not None:
+            paths.setdefault(route.path, {})[route.method.lower()] = operation(route.operation, route.roles)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Edge hub", "version": "1",
                  "description": "Area-level aggregates across Edge devices; the hub never holds a household's "
                                 "data: devices send only what their release module released."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": {
-            "/health": _get("The hub's state", {"type": "object"}, security=False),
-            "/areas": _get("Areas the caller may read", {"type": "object"}),
-            "/areas/{area}/data": data,
-            "/devices": devices,
-            "/subscriptions": subscriptions,
-            "/subscriptions/{sub_id}": unsubscribe,
-        },
+        "paths": paths,
     }

@@ -270,6 +270,11 @@ async def test_every_route_with_roles_refuses_the_others_before_its_handler(hub)
     keys = {"operator": OPERATOR, ORGANIZATION: ORG_KEY}
     assert {(r.method, r.resource.canonical) for r in create_app(hub).router.routes() if r.method != "HEAD"} == \
         {(route.method, route.path) for route in ROUTES}
+    _, spec = await get(hub, "/openapi.json", None)
+    for route in ROUTES:  # the document says what the row's role check does
+        if route.operation is not None:
+            op = spec["paths"][route.path][route.method.lower()]
+            assert ("security" in op, "401" in op["responses"], "403" in op["responses"]) == (bool(route.roles),) * 3
     async with aiohttp.ClientSession() as http:
         for route in ROUTES:
             if not route.roles:
