@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import weakref
+from collections.abc import Iterator
 
 from aiohttp import web
 
@@ -218,11 +219,19 @@ def _with_rows(agent: Services, meters: dict[str, str], day: int, res: int) -> d
     Runs in a worker thread: it reads only the store."""
     out: dict[int, set[str]] = {}
     for household_id, meter_id in meters.items():
-        for row in agent.store.readings(meter_id, since=day, until=day + DAY_S, resolution="15m", limit=10**6):
-            start = unix_seconds(row["start"])
-            if day <= start < day + DAY_S and row.get("power_import_w") is not None:
-                out.setdefault(int(start // res) * res, set()).add(household_id)
+        rows = agent.store.readings(meter_id, since=day, until=day + DAY_S, resolution="15m", limit=10**6)
+        for period, _ in _by_period(rows, day, day + DAY_S, res):
+            out.setdefault(period, set()).add(household_id)
     return out
+
+
+def _by_period(rows: list[dict], since: int, until: int, res: int) -> Iterator[tuple[int, dict]]:
+    """(period, row) of each stored 15-minute row in [since, until) with a consumption: what a release has a row
+    of. One rule for the rows released and for the withholding rule that compares them (R6-7)."""
+    for row in rows:
+        start = unix_seconds(row["start"])
+        if since <= start < until and row.get("power_import_w") is not None:
+            yield int(start // res) * res, row
 
 
 def _gather(agent: Services, households, cohorts: dict[int, set[str]], periods: list[int], res: int,
@@ -237,11 +246,7 @@ def _gather(agent: Services, households, cohorts: dict[int, set[str]], periods: 
         rows = agent.store.readings(household.meter_id, since=min(since, until - STATIC_LOOKBACK_S),
                                     until=until, resolution="15m", limit=10**6)
         sums: dict[int, list[float]] = {}
-        for row in rows:
-            start = unix_seconds(row["start"])
-            if start < since or row.get("power_import_w") is None:
-                continue
-            period = int(start // res) * res
+        for period, row in _by_period(rows, since, until, res):
             if household.id not in cohorts.get(period, ()):
                 continue
             weight = row.get("count") or 1

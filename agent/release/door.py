@@ -280,7 +280,11 @@ class Releases:
         evaluation does (late under load, evaluating nobody), so a day's existence says nothing of anyone."""
         level = self._level_of(org_id)
         if level is not None and level.noisy:
-            self._trigger_days.setdefault((org_id, trigger_id, int(start // TRIGGER_DAY_S) * TRIGGER_DAY_S), {})
+            self._trigger_day(org_id, trigger_id, start)
+
+    def _trigger_day(self, org_id: str, trigger_id: str, start: int) -> dict[str, dict[str, int]]:
+        """The noisy day bucket of the UTC day `start` is in: {household id: {count: 0 or 1}}."""
+        return self._trigger_days.setdefault((org_id, trigger_id, int(start // TRIGGER_DAY_S) * TRIGGER_DAY_S), {})
 
     async def counts(self, org_id: str, trigger_id: str, window: str, start: int,
                      per_household: dict[str, dict[str, int]]) -> Json | Refusal:
@@ -292,8 +296,7 @@ class Releases:
         if level is None:
             return Refusal("not_permitted", "the organization or its level no longer exists")
         if level.noisy:
-            day = int(start // TRIGGER_DAY_S) * TRIGGER_DAY_S
-            bucket = self._trigger_days.setdefault((org_id, trigger_id, day), {})
+            bucket = self._trigger_day(org_id, trigger_id, start)
             for household, fields in per_household.items():
                 seen = bucket.setdefault(household, {})
                 for field, value in fields.items():
