@@ -18,7 +18,7 @@ from agent.api import create_app
 from agent.audit import LEGACY_MATCH_S, AuditLog, consent_action, unaudited
 from agent.auth import HOUSEHOLD, FailureThrottle
 from agent.clock import Clock
-from agent.config import WINDOW_SECONDS, Config
+from agent.config import Config
 from agent.delivery.engine import Delivery, DeliveryNeeds
 from agent.faults import damage_scan_of, storage_faults
 from agent.ingest import TelegramIngest, is_live

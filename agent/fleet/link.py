@@ -32,7 +32,7 @@ from typing import Any
 
 from agent.clock import Clock
 from agent.config import WINDOW_SECONDS, Config
-from agent.fleet import (HEALTH_STREAM, RELEASES_STREAM, desired_subject, document, health_subject, inbox_prefix,
+from agent.fleet import (RELEASES_STREAM, desired_subject, document, health_subject, inbox_prefix,
                          releases_subject)
 from agent.fleet.outbox import FleetOutbox
 from agent.ports import FleetRegistry, FleetReleases
