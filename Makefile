@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DURATION ?= 30
 
-.PHONY: demo test bench install clean system-deps system-deps-test _apt image boot-test
+.PHONY: demo test bench install clean system-deps system-deps-test system-deps-bench _apt image boot-test
 
 # Installs the agent into a local virtualenv, then runs it on its embedded default:
 # an emulated DSMR 5 meter on a pseudo-terminal, live readings once a second, the API on :8080.
@@ -18,7 +18,7 @@ test: system-deps-test $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --ignore=tests/test_openapi.py
 	$(BIN)/python -m pytest -q tests/test_openapi.py
 
-bench: $(VENV)/.installed-test
+bench: system-deps-bench $(VENV)/.installed-test
 	for b in p1_pipeline store ingest durable bodies traffic triggers_sandbox privacy members fleet web capacity memory; do \
 	  [ -f bench/$$b.py ] && echo "== bench/$$b.py" && PYTHONPATH=. $(BIN)/python bench/$$b.py; done
 
@@ -36,11 +36,16 @@ boot-test: $(VENV)/.installed
 # (chromium, driven by Playwright). Installed when missing and we may (root).
 SYSTEM_PACKAGES := libseccomp2
 TEST_SYSTEM_PACKAGES := $(SYSTEM_PACKAGES) nats-server chromium
+# the benches count instructions with callgrind (bench/p1_pipeline.py, bench/ingest.py --instructions)
+BENCH_SYSTEM_PACKAGES := $(TEST_SYSTEM_PACKAGES) valgrind
 system-deps:
 	@$(MAKE) --no-print-directory _apt PACKAGES="$(SYSTEM_PACKAGES)"
 
 system-deps-test:
 	@$(MAKE) --no-print-directory _apt PACKAGES="$(TEST_SYSTEM_PACKAGES)"
+
+system-deps-bench:
+	@$(MAKE) --no-print-directory _apt PACKAGES="$(BENCH_SYSTEM_PACKAGES)"
 
 _apt:
 	@missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
