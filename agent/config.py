@@ -521,7 +521,7 @@ def _fleet(fleet: FleetConfig, device_name: str) -> FleetConfig:
     if not fleet.windows or any(w not in WINDOWS for w in fleet.windows):
         raise ConfigError("fleet.windows", f"must name windows of {', '.join(WINDOWS)}")
     if fleet.enabled:
-        from agent.fleet.document import NAME, public_key_from_text
+        from agent.fleet import NAME, public_key_from_text
 
         if not NAME.match(fleet.device_id or device_name):
             raise ConfigError("fleet.device_id", "1-64 letters, digits, '_' or '-' (a NATS subject token; "

@@ -12,8 +12,7 @@ import warnings
 from typing import Sequence
 
 from sandbox.errors import NO_CONDITION, READS_CLOCK, REJECTED, SYNTAX_ERROR
-from sandbox.protocol import MAX_SOURCE_CHARS
-from sandbox.worker import ALLOWED_MODULE_NAMES
+from sandbox.protocol import ALLOWED_MODULE_NAMES, MAX_SOURCE_CHARS
 
 # An INSPECT answer: the index of the reason (0: none).
 REASONS = (None, SYNTAX_ERROR, NO_CONDITION, REJECTED, READS_CLOCK)

@@ -54,8 +54,6 @@ from sandbox import protocol
 
 BOOTSTRAP = "import sys; sys.path[:0] = sys.argv[1:2]; from sandbox.worker import main; main(sys.argv[2:])"
 
-# What a condition may import (pre-imported before the lockdown: importing later needs openat).
-ALLOWED_MODULE_NAMES = ("math", "statistics", "datetime")
 
 # A small allow-list of builtins. Not the security boundary (seccomp is): it makes honest mistakes fail
 # early. No __import__ (a restricted one is provided), open, eval, exec, compile, getattr, setattr,
@@ -118,7 +116,7 @@ def _preimport() -> dict:
         })
 
     modules = {"math": view(math), "statistics": view(statistics), "datetime": view(datetime)}
-    assert tuple(modules) == ALLOWED_MODULE_NAMES
+    assert tuple(modules) == protocol.ALLOWED_MODULE_NAMES  # pre-imported: importing later needs openat
     return modules
 
 

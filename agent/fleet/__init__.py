@@ -13,6 +13,12 @@ last message of its own releases subject, and receive replies only on its own in
 `edge-hub nats-auth` writes these into the servers' authorization file from the signed fleet document.
 """
 
+import base64
+import re
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # device, area and organization ids: NATS-token safe
 RELEASES_STREAM = "EDGE_RELEASES"
 HEALTH_STREAM = "EDGE_HEALTH"
 DESIRED_BUCKET = "edge_desired"
@@ -48,3 +54,11 @@ def device_permissions(device: str) -> dict[str, list[str]]:
                         direct_get_subject(f"KV_{DESIRED_BUCKET}", desired_subject(device)),
                         direct_get_subject(RELEASES_STREAM, releases_subject(device))],
             "subscribe": [f"{inbox_prefix(device)}.>", desired_subject(device)]}
+
+
+def public_key_from_text(text: str) -> Ed25519PublicKey:
+    """The operator's public key as edge.toml and the hub write it (base64 of the 32 raw bytes)."""
+    raw = base64.b64decode(text.strip(), validate=True)
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes (44 base64 characters)")
+    return Ed25519PublicKey.from_public_bytes(raw)

@@ -29,11 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from agent.config import ConfigError, Level, parse_levels
-from agent.fleet import DESIRED_BUCKET, device_permissions
+from agent.fleet import DESIRED_BUCKET, NAME, device_permissions, public_key_from_text
 
 BUCKET = DESIRED_BUCKET
 FLEET_KEY = "fleet"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # device, area and organization ids: NATS-token safe
 KEY_HASH = re.compile(r"^[0-9a-f]{64}$")
 USER_NKEY = re.compile(r"^U[A-Z2-7]{55}$")  # a NATS user's public nkey
 
@@ -73,13 +72,6 @@ def private_key_from_text(text: str) -> Ed25519PrivateKey:
 
 def public_key_text(key: Ed25519PrivateKey) -> str:
     return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
-
-
-def public_key_from_text(text: str) -> Ed25519PublicKey:
-    raw = base64.b64decode(text.strip(), validate=True)
-    if len(raw) != 32:
-        raise ValueError("an Ed25519 public key is 32 bytes (44 base64 characters)")
-    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 # --- signing and checking ----------------------------------------------------------------------
