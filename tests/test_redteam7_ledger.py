@@ -1,0 +1,46 @@
+"""Red team 7, R7-1: a noisy release's household count says when a member of the cohort ran out of privacy budget,
+and so how many other noisy organizations that household consents to.
+
+A noisy level's `households` is the consenting cohort *minus the households whose ledger cannot bear the window*
+(agent/release/door.py, `_decide_noisy`: `members = ... if self.ledger.affords(...)`; `fine_body(...,
+len(members), ...)`). The ledger is one per household across every organization and level, so how fast a household
+spends its cap depends on its consents to the *other* noisy organizations. Supplier A, watching only its own
+answers, sees its count drop by one at window w: that household bore cap / w per window, i.e. it consents to
+cap / (w x rho) - 1 other organizations of A's rate: a fact about the household (which competitors it lets use its
+data, and from when) that A has no right to. A household of A's that A knows (its customer, who consented when it
+signed up) is identified by when its count rose. The noise does not cover it: the count is exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.attacks import QUARTER, make_town, noisy_level  # noqa: F401  (fixture)
+
+RHO, CAP = 0.25, 2.0  # the operator's knobs (rho per window, as tests/test_attacks_aggregates.py's ledger town)
+
+
+@pytest.mark.xfail(strict=True, reason="red team 7 R7-1: a noisy release's `households` is the cohort minus the "
+                   "households whose ledger is spent (agent/release/door.py, _decide_noisy: members filtered by "
+                   "ledger.affords, counted by fine_body), so an organization reads when one of its households "
+                   "ran out, and thus how many other noisy organizations that household consents to")
+@pytest.mark.parametrize("others", [1, 3])
+async def test_a_noisy_count_says_how_many_other_organizations_a_household_consents_to(make_town, others):
+    town = await make_town(levels={"supplier": noisy_level(rho=RHO)})
+    a_id, a_key = await town.org("supplier", "Supplier A (the attacker)")
+    target, *mine = await town.households_(12)
+    await town.grant(a_id, [target, *mine])
+    for _ in range(others):  # competitors the target also lets have aggregates: unknown to A
+        b_id, _ = await town.org("supplier")
+        await town.grant(b_id, [target, *await town.households_(10)])
+    start = await town.to_next(QUARTER)
+    quarters = 7
+    town.clock.step(quarters * QUARTER)
+    counts = [b["households"] for b in await town.windows(a_key, "15m", start, start + quarters * QUARTER)]
+    # A's arithmetic: the first window with one household fewer is the (w+1)-th; that household bore CAP / w per
+    # window, i.e. (CAP / w) / RHO releases a window: its own with A, and the rest with other organizations.
+    dropped = next((w for w, n in enumerate(counts) if n < counts[0]), None)
+    inferred = None if dropped is None else round(CAP / dropped / RHO) - 1
+    # The intent: what a household lets other organizations have is not in A's answers.
+    assert inferred != others, (f"A's counts {counts}: one household spent its cap after {dropped} windows, so it "
+                                f"consents to {inferred} other noisy organizations (truth: {others})")
