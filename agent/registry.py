@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 from tinydb import where
 
@@ -157,6 +158,10 @@ class Registry:
         self.consent_changes = 0
         self.last_consent_at = float("-inf")
         self._deleted: dict[str, Household] = {}
+        # Called with a household's id once its new token or its deletion is durable and in force (where the change
+        # ran: the event loop for the async ones): what its old token opened elsewhere ends then (the web pages'
+        # sessions, links and live pages: agent/web/__init__.py).
+        self.token_ended: list[Callable[[str], None]] = []
         # The TinyDB object is shared: one step at a time, whoever calls; one change at a time from the event loop.
         self._durable = Durable("registry", self.path, log)
         self._pending: list[ConsentChange] = []  # consent changes being written (see pending_since)
@@ -398,6 +403,7 @@ class Registry:
         del self._household_by_token[household.token_hash]
         household.token_hash = new_hash
         self._household_by_token[new_hash] = household
+        self._end_token(household_id)
         return token
 
     def delete_household(self, household_id: str) -> None:
@@ -420,6 +426,11 @@ class Registry:
         del self._household_by_token[household.token_hash]
         del self._household_by_meter[household.meter_id]
         self._deleted[household_id] = household
+        self._end_token(household_id)
+
+    def _end_token(self, household_id: str) -> None:
+        for listener in self.token_ended:
+            listener(household_id)
 
     def all_households(self) -> list[Household]:
         """Live and deleted households (deleted ones only matter to windows before their deletion)."""

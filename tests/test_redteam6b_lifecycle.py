@@ -1,10 +1,12 @@
 """Red team 6b: households' lifecycle on the web pages: a rotated token, a meter that changes hands.
 
 - A household's token leaked (a former partner, a lodger, a phone sold): the operator rotates it
-  (`POST /households/{id}/token`). The API refuses the old token at once, but a web session opened with it, and a
-  sign-in link printed before, live on (agent/web/signin.py keeps sessions by subject, nothing ends them but
-  sign-out, idle 30 min or 12 h): whoever holds the old token keeps reading the household's live power and its
-  data, and changing its consents, for as long as it keeps the page busy, up to 12 h after the rotation.
+  (`POST /households/{id}/token`). The API refused the old token at once, but a web session opened with it, and a
+  sign-in link printed before, lived on (agent/web/signin.py kept sessions by subject, nothing ended them but
+  sign-out, idle 30 min or 12 h): whoever held the old token kept reading the household's live power and its
+  data, and changing its consents, for as long as it kept the page busy, up to 12 h after the rotation (R6b-3,
+  closed: the registry's `token_ended` ends every session, link and live page of the household at once;
+  tests/test_web_sessions.py has its live pages and deletion).
 - A household moves out: the operator deletes it and registers the new occupant on the same meter (the P1 port of
   that home, or its dongle's meter id). The registry frees the meter id, but the readings stay under it
   (agent/store, by meter id; the pipeline's latest reading too), and the pages read by meter id: the new
@@ -39,9 +41,6 @@ async def sign_in_with_token(running, token: str) -> Browserless:
     return browser
 
 
-@pytest.mark.xfail(strict=True, reason="red team 6b R6b-3: rotating a household's token ends neither its web "
-                   "sessions nor its sign-in links: the old token's holder keeps the household's pages (its live "
-                   "power, its consents) for up to 12 h (agent/web/signin.py, registry.rotate_household_token)")
 async def test_rotating_a_token_ends_the_sessions_and_links_it_opened(tmp_path, start_agent):
     running = await start_agent(make_config(tmp_path))
     household_id, leaked = await running.create_household()

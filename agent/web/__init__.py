@@ -26,6 +26,12 @@ def add_routes(app: web.Application, agent: PageServices) -> None:
     app[LIVE] = hub
     agent.pipeline.subscribe(hub.on_reading)
 
+    def token_ended(household_id: str) -> None:  # rotated or deleted: the old token's holder is out, now
+        agent.sign_in.end(household_id)
+        hub.end(household_id)
+
+    agent.registry.token_ended.append(token_ended)
+
     async def end_streams(_app) -> None:
         hub.shutdown()
 

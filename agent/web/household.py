@@ -70,7 +70,7 @@ async def live(request: web.Request, session) -> web.StreamResponse:
     """Server-sent events: the household's newest import and export power, as they arrive."""
     agent, hub = agent_of(request), request.app[LIVE]
     meter_id = _household(request, session).meter_id
-    stream = hub.open(meter_id)
+    stream = hub.open(session.subject, meter_id)
     if stream is None:
         raise PageError(503, "busy", {"Retry-After": "30"})
     try:
@@ -81,7 +81,8 @@ async def live(request: web.Request, session) -> web.StreamResponse:
         await response.write(b"retry: 3000\n\n" + (event_text(live_values(latest)) if latest else b""))
         while True:
             message = await stream.next(HEARTBEAT_S)
-            # the agent is stopping, or the session ended (signed out, expired: an open page is no visit)
+            # the stream was ended (the agent stops, the household's token changed), or the session ended (signed
+            # out, expired: an open page is no visit)
             if message is None or agent.sign_in.session(request.cookies.get(SESSION_COOKIE), touch=False) is None:
                 break
             await response.write(message or b": still here\n\n")

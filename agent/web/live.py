@@ -12,7 +12,11 @@ from datetime import timezone
 
 from aiohttp import web
 
-MAX_STREAMS = 500  # open live pages; beyond: 503 (each holds a connection)
+# A household's open live pages (each holds a connection): its next one ends its own oldest (most often a page
+# already closed that the device has not noticed yet: it does at the next write). Per household, never in all, so no
+# household's pages take a place from, or show in, another's (red team 6b, R6b-2): in all at most this many per
+# household the operator registered.
+STREAMS_PER_HOUSEHOLD = 8
 HEARTBEAT_S = 15.0
 
 
@@ -36,18 +40,24 @@ def event_text(values: dict) -> bytes:
 class LiveStream:
     """One open page: woken when its meter has a newer reading; takes only the newest (never a backlog)."""
 
-    def __init__(self, hub: "LiveHub", meter_id: str):
-        self.hub, self.meter_id = hub, meter_id
+    def __init__(self, hub: "LiveHub", household_id: str, meter_id: str):
+        self.hub, self.household_id, self.meter_id = hub, household_id, meter_id
         self.wake = asyncio.Event()
+        self.ended = False
 
     async def next(self, timeout: float) -> bytes | None:
-        """The newest reading's event text; b"" after `timeout` without one; None once the agent stops."""
+        """The newest reading's event text; b"" after `timeout` without one; None once the stream is ended (the
+        agent stops, the household's token was rotated, it was deleted, or opened a page too many)."""
         try:
             await asyncio.wait_for(self.wake.wait(), timeout)
         except asyncio.TimeoutError:
             return b""
         self.wake.clear()
-        return None if self.hub.closing else self.hub.message(self.meter_id)
+        return None if self.ended or self.hub.closing else self.hub.message(self.meter_id)
+
+    def end(self) -> None:
+        self.ended = True
+        self.wake.set()
 
 
 class LiveHub:
@@ -58,7 +68,7 @@ class LiveHub:
         self._streams: dict[str, set[LiveStream]] = {}
         self._latest: dict[str, object] = {}
         self._made: dict[str, tuple[object, bytes]] = {}
-        self.streams = 0
+        self._of: dict[str, dict[LiveStream, None]] = {}  # household -> its streams, oldest first
         self.closing = False
 
     def on_reading(self, reading) -> None:
@@ -76,22 +86,37 @@ class LiveHub:
             made = self._made[meter_id] = (reading, event_text(live_values(reading)))
         return made[1]
 
-    def open(self, meter_id: str) -> LiveStream | None:
-        if self.closing or self.streams >= MAX_STREAMS:
+    def open(self, household_id: str, meter_id: str) -> LiveStream | None:
+        """A new live page of the household (None: the agent is stopping); past STREAMS_PER_HOUSEHOLD, its own
+        oldest ends."""
+        if self.closing:
             return None
-        stream = LiveStream(self, meter_id)
+        while len(self._of.get(household_id, ())) >= STREAMS_PER_HOUSEHOLD:
+            self._forget(next(iter(self._of[household_id]))).end()
+        stream = LiveStream(self, household_id, meter_id)
         self._streams.setdefault(meter_id, set()).add(stream)
-        self.streams += 1
+        self._of.setdefault(household_id, {})[stream] = None
         return stream
 
     def close(self, stream: LiveStream) -> None:
+        self._forget(stream)
+
+    def end(self, household_id: str) -> None:
+        """Every live page of the household ends now (its token was rotated, or it was deleted)."""
+        for stream in list(self._of.get(household_id, ())):
+            self._forget(stream).end()
+
+    def _forget(self, stream: LiveStream) -> LiveStream:
+        mine = self._of.get(stream.household_id, {})
+        mine.pop(stream, None)
+        if not mine:
+            self._of.pop(stream.household_id, None)
         streams = self._streams.get(stream.meter_id, set())
-        if stream in streams:
-            streams.discard(stream)
-            self.streams -= 1
+        streams.discard(stream)
         if not streams:
             for table in (self._streams, self._latest, self._made):
                 table.pop(stream.meter_id, None)
+        return stream
 
     def shutdown(self) -> None:
         """The agent is stopping: every stream ends now (aiohttp would otherwise wait for them)."""
