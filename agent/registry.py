@@ -553,6 +553,11 @@ class Registry:
         line = self._consents.get((household_id, org_id, service))
         return bool(line and any(line.granted))
 
+    def ever_consented_to(self, household_id: str) -> set[tuple[str, str]]:
+        """(organization, service) pairs this household ever granted (deleted organizations too)."""
+        return {(org, svc) for (hh, org, svc), line in self._consents.items()
+                if hh == household_id and any(line.granted)}
+
     def all_consents(self, household_id: str | None = None, org_id: str | None = None) -> list[dict]:
         out = []
         for (hh, org, service), line in sorted(self._consents.items()):

@@ -33,14 +33,17 @@ async def test_an_exact_release_includes_the_households_with_data_only(tmp_path)
     assert members.inclusion(silent.id, org, None, T0, T0 + 1).included == 0
     assert members.inclusion(sender.id, org, None, T0, T0 + 1).included == 1
     minute = members.inclusion(sender.id, org, None, T0, T0 + 60)  # the derived minute: its 60 seconds
-    assert (minute.included, minute.released, minute.rho) == (60, 60, 0.0)
+    assert (minute.included, minute.windows, minute.rho) == (60, 60, 0.0)
     assert members.inclusion(silent.id, org, None, T0, T0 + 60).included == 0
     # unchanged windows write nothing: the whole minute is one change (plus each new day file's state)
     docs = [d for path in (tmp_path / "releases" / "members").glob("*.seg") for d in _docs(path)]
-    assert [d["t"] for d in docs] == ["i"] and len(docs[0]["+"]) == 11
+    main = [d for d in docs if not d["g"]]
+    assert [d["t"] for d in main] == ["i"] and len(main[0]["+"]) == 11
+    tags = [d for d in docs if d["g"]]  # each tag's stream: refused over nobody from its first window, once
+    assert len(tags) == len({d["g"] for d in tags}) and not any(d["r"] or "+" in d for d in tags)
 
 
-async def test_a_revoked_household_is_out_from_the_window_after_and_a_refusal_includes_nobody(tmp_path):
+async def test_a_revoked_household_is_out_from_the_window_after_and_a_refusal_keeps_its_cohort_uncharged(tmp_path):
     town = Town(tmp_path)
     org = town.org("supplier")
     town.consent(org)
@@ -53,12 +56,14 @@ async def test_a_revoked_household_is_out_from_the_window_after_and_a_refusal_in
     rho = town.config.levels["supplier"].dp.loss()
     members = town.releases.members
     first, second, third = (members.inclusion(me.id, org, None, T0 + i * 900, T0 + (i + 1) * 900) for i in range(3))
-    assert (first.included, first.released) == (1, 1) and first.rho == pytest.approx(rho)
-    assert (second.included, second.released, second.rho) == (0, 1, 0.0)
+    assert (first.included, first.windows) == (1, 1) and first.rho == pytest.approx(rho)
+    assert (second.included, second.windows, second.rho) == (0, 1, 0.0)
     assert isinstance(town.releases.answer(org, "15m", T0 + 1800), Refusal)
-    assert (third.included, third.released) == (0, 0)
+    assert (third.included, third.windows) == (0, 1)
+    # a household still consenting was in all three windows' cohorts, the refused one too (whether a window was
+    # released depends on the others, so its page does not say), and was charged for the two released only
     other = members.inclusion(town.households[11].id, org, None, T0, T0 + 2700)
-    assert (other.included, other.released) == (2, 2) and other.rho == pytest.approx(2 * rho)
+    assert (other.included, other.windows) == (3, 3) and other.rho == pytest.approx(2 * rho) and other.noisy
     # the ledger charged exactly these
     assert town.releases.ledger_of(town.households[11].id)["spent_rho"] == pytest.approx(2 * rho)
 
@@ -101,10 +106,12 @@ def test_the_index_is_exact_after_a_kill_9(tmp_path):
     index = Members(tmp_path / "releases" / "members", keep_days=31, clock=lambda: T0 + 3600)
     assert index.inclusion(households[0], org, None, T0, T0 + 30).included == 30
     assert index.inclusion(households[10], org, None, T0, T0 + 30).included == 30
-    assert index.inclusion(households[11], org, None, T0, T0 + 30).released == 30
+    assert index.inclusion(households[11], org, None, T0, T0 + 30).windows == 30
     assert index.inclusion(households[11], org, None, T0, T0 + 30).included == 0
-    # nothing was decided while it was down: a restart marks every stream refused until a pass says otherwise
-    assert index.inclusion(households[0], org, None, T0 + 3600, T0 + 3660).released == 0
+    # nothing was decided while it was down: a restart marks every stream refused, over nobody, until a pass
+    # says otherwise
+    down = index.inclusion(households[0], org, None, T0 + 3600, T0 + 3660)
+    assert (down.included, down.windows) == (0, 60)
     index.close()
     again = Members(tmp_path / "releases" / "members", keep_days=31, clock=lambda: T0 + 7200)
     assert again.inclusion(households[0], org, None, T0, T0 + 30).included == 30

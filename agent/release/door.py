@@ -509,20 +509,20 @@ class Releases:
     def _decide_exact(self, grid: Grid, orgs: list[Organization], start: int, contributions: Contributions, tag: str | None,
                       staged: Staged) -> None:
         k_min, end = self.config.privacy.k_min, start + grid.width
-        if start < self._audit_blind_until:
-            resuming = Refusal("audit_resuming", "the device restarted; exact sums resume one audit period "
-                               f"({self.config.privacy.audit_period_s:g} s) after it, once the audit again knows "
-                               "every cohort released in the period")
-            for org in orgs:
-                staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, resuming)
-                self.members.note(org.id, tag, grid.width, start, None)
-            return
         meters = self._meters()
         with_data = {m for m, c in contributions.items() if tag is None or tag in c.channels}
         candidates = []
         for org in orgs:
             members = frozenset(h for h in self._cohort(org.id, start, end) if meters.get(h) in with_data)
             candidates.append((org, members))
+        if start < self._audit_blind_until:
+            resuming = Refusal("audit_resuming", "the device restarted; exact sums resume one audit period "
+                               f"({self.config.privacy.audit_period_s:g} s) after it, once the audit again knows "
+                               "every cohort released in the period")
+            for org, members in candidates:
+                staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, resuming)
+                self.members.note(org.id, tag, grid.width, start, members, False)
+            return
         # The audit looks back over the audit period as if no household's power changed in it: two windows a few
         # seconds apart whose cohorts differ by one household read that household as surely as two organizations.
         # Every window that ended in the period counts, however wide: adjacent quarter-hours, with a 900 s
@@ -570,7 +570,7 @@ class Releases:
                                                           known_meters, grid_audit)
                     result = self._with_peak(org, grid.width, start, result)
             staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, result)
-            self.members.note(org.id, tag, grid.width, start, None if isinstance(result, Refusal) else members)
+            self.members.note(org.id, tag, grid.width, start, members, not isinstance(result, Refusal))
         self._audited[tag or ""] = recent
         for q, cohorts in grid_audit.items():
             self._audited[f"grid:{q}"] = cohorts
@@ -661,7 +661,7 @@ class Releases:
                                       f"organization) can take part in this window; at least {k_min} are needed",
                                       counted, k_min - counted)
                     staged[key] = _doc(org.id, grid.width, start, tag, refusal)
-                    self.members.note(org.id, tag, grid.width, start, None)
+                    self.members.note(org.id, tag, grid.width, start, members, False, loss)
                     continue
                 share = (level.name, tag, members, quantities)
                 if share not in shared:
@@ -678,7 +678,7 @@ class Releases:
                 if entry.pop("first", False):
                     doc.update(c=entry["c"], p=entry["p"])  # charged once, on the first organization's record
                 doc["noisy"] = True
-                self.members.note(org.id, tag, grid.width, start, members, loss)
+                self.members.note(org.id, tag, grid.width, start, members, True, loss)
                 durable.setdefault(name, []).append(doc)
                 staged[key] = doc
 

@@ -7,7 +7,10 @@ store's segment format) and is kept as long.
 A stream is one organization's fine releases of one tag, (organization, tag); every wider window is derived from
 them. A stream's cohort rarely changes (a consent, a meter silent past the hold, a ledger at its cap), so the index
 records changes, not windows: from window start `s` on, windows of width `w` were released (`r`) or refused, over
-the cohort so far plus `+` minus `-`, each charging its members `p` (rho; 0 at exact levels). `Releases.settle`
+the cohort so far plus `+` minus `-`, each charging its members `p` if released (rho; 0 at exact levels). A refused
+window records its cohort too (the households it would have been over): whether a window was released depends on
+other households (an exact level's audit, k_min), whether a household was in its cohort only on that household's
+own consent and data, and the page says only the latter (`Inclusion`). `Releases.settle`
 awaits `commit()` before a pass's records can be answered or pushed, so after a kill -9 every release an
 organization may have had is covered (a change lost with the crash was never seen); a torn tail is cut as in every
 segment. Each day file begins with the full state of every stream (`"t": "f"`), so the oldest files can go.
@@ -80,11 +83,12 @@ class Stream:
 
 @dataclass(frozen=True)
 class Inclusion:
-    """One household in one span of one stream: released windows it was in, of how many, the rho they charged
-    it, and whether the stream's releases there were noisy (charged) at all."""
+    """One household in one span of one stream: the decided windows (released or refused) whose cohort it was in,
+    of how many decided, the rho the released ones charged it, and whether the stream was at a noisy level there.
+    No count of released windows: that depends on other households."""
 
     included: int
-    released: int
+    windows: int
     rho: float
     noisy: bool = False
 
@@ -121,11 +125,12 @@ class Members:
                 db.close()
         # Nothing was decided while the device was down: every stream is refused from now until a pass says
         # otherwise (written with the first change, which the first release after a start always is).
+        # The windows while it was down had nobody's data: the cohort is emptied too.
         started = int(now)
         for key, stream in self._streams.items():
             state = stream.flag()
-            if state is not None and state[1]:
-                self._change(key, stream, started, state[0], False, state[2], (), ())
+            if state is not None and (state[1] or stream.members):
+                self._change(key, stream, started, state[0], False, state[2], (), set(stream.members))
 
     def _replay(self, doc: dict[str, Any]) -> None:
         stream = self._streams.setdefault((doc["o"], doc["g"]), Stream())
@@ -137,18 +142,13 @@ class Members:
         stream.apply(doc["s"], doc["w"], bool(doc["r"]), doc["p"], added, removed)
 
     # --- what the release module tells it, as it decides ----------------------------------------
-    def note(self, org_id: str, tag: str | None, width: int, start: int, members: frozenset[str] | None,
+    def note(self, org_id: str, tag: str | None, width: int, start: int, members: frozenset[str], released: bool,
              rho: float = 0.0) -> None:
-        """A fine window decided: released over `members` (charging each `rho`), or refused (None)."""
+        """A fine window decided over `members` (its cohort, or the one it would have had): released (charging
+        each `rho`) or refused. `rho` is the level's charge either way (0 at exact levels): it marks noisy."""
         key = (org_id, tag or "")
-        released = members is not None
-        if not released and key not in self._streams:
-            return  # never released: nothing to say
-        stream = self._streams.setdefault(key, Stream())
-        if released and members != stream.members:
-            added, removed = members - stream.members, stream.members - members
-        else:
-            added, removed = frozenset(), frozenset()  # a refusal keeps the cohort: the next release diffs on it
+        stream = self._streams.setdefault(key, Stream())  # also when nobody was in it: that is the page's "no"
+        added, removed = members - stream.members, stream.members - members
         if stream.flag() != (width, released, rho) or added or removed:
             self._change(key, stream, start, width, released, rho, added, removed)
 
@@ -223,7 +223,7 @@ class Members:
 
     # --- what the household's page asks ---------------------------------------------------------
     def inclusion(self, household_id: str, org_id: str, tag: str | None, first: float, end: float) -> Inclusion | None:
-        """The released windows of [first, end) in this organization's stream that included the household (a
+        """The decided windows of [first, end) in this organization's stream whose cohort had the household (a
         wider window is derived from exactly these), or None if the index has nothing of the stream then."""
         stream = self._streams.get((org_id, tag or ""))
         if stream is None or not stream.flags or stream.flags[0][0] >= end:
@@ -231,17 +231,18 @@ class Members:
         toggles = stream.toggles.get(household_id, [])
         cuts = sorted({first, *(s for s, *_ in stream.flags if first < s < end),
                        *(s for s, _ in toggles if first < s < end)})
-        included = released = 0
+        included = windows = 0
         rho, noisy = 0.0, False
         for a, b in zip(cuts, [*cuts[1:], end]):
             flag = stream.flags[max(0, bisect.bisect_right(stream.flags, (a, math.inf)) - 1)]
-            if flag[0] > a or not flag[2]:
+            if flag[0] > a:
                 continue
             n = _windows(a, b, flag[1])
-            released += n
+            windows += n
             noisy = noisy or (n > 0 and flag[3] > 0)
             at = bisect.bisect_right(toggles, (a, True)) - 1
             if at >= 0 and toggles[at][1]:
                 included += n
-                rho += n * flag[3]
-        return Inclusion(included, released, rho, noisy)
+                if flag[2]:
+                    rho += n * flag[3]
+        return Inclusion(included, windows, rho, noisy)

@@ -23,7 +23,7 @@ from drivers.reading import unix_seconds
 
 DAY = 86400
 ACCESS_ROWS = 50  # a page of the access log
-ACCESS_SCAN = 5000  # entries looked at per page at most (the rest on the next): a page never holds the loop long
+ACCESS_DAYS = 7  # days looked at per page at most (the rest on the next): a page's work is bounded by the calendar
 ACCESS_INDEX = web.AppKey("web_access_index", AccessIndex)
 
 
@@ -125,6 +125,7 @@ async def access(request: web.Request, session) -> web.Response:
 
 
 def _cursor(text: str | None) -> tuple[int, int] | None:
+    """`<day>.<n>`: the household's own entries before its n-th of that day (oldest first), and older days."""
     if text is None:
         return None
     day, _, position = text.partition(".")
@@ -135,36 +136,49 @@ def _cursor(text: str | None) -> tuple[int, int] | None:
 
 async def _access_page(request: web.Request, household_id: str,
                        cursor: tuple[int, int] | None) -> tuple[list[dict], str | None]:
-    """A page of rows from `cursor` back (None: from now), and the cursor of the next page (None: no more). The
-    day files are read in a worker thread (each only as far as it grew); the rows are made here, on the loop."""
+    """A page of rows from `cursor` back (None: from now), and the cursor of the next page (None: no more).
+    Everything that shapes it is this household's own: its entries of each day (its consented organizations'
+    requests, whatever came of them, and trigger actions about it), counted in its own list, so a cursor, a
+    page's size and its order say nothing of anyone else's entries. A page ends at ACCESS_ROWS rows or after
+    ACCESS_DAYS days (the calendar's bound on the work, the same for everyone). The day files are read and
+    filtered in a worker thread (each only as far as it grew); the rows are made here, on the loop."""
     agent = agent_of(request)
     index = request.app[ACCESS_INDEX]
-    today = _today(agent.clock())
+    today = int(_today(agent.clock()))
     first_day = agent.releases.ledger.first_day(agent.clock()) * DAY  # the ledger's own days
-    day, position = cursor if cursor is not None else (int(today), None)
+    day, position = (min(cursor[0], today), cursor[1]) if cursor is not None else (today, None)
+    if day < first_day:
+        return [], None
     await asyncio.to_thread(agent.audit.flush)  # entries still queued (pushes) are shown too
     present = set(await asyncio.to_thread(index.days))
     subscriptions = agent.delivery.subscriptions
+    consented = views.consented_to(agent.registry, household_id)
+    organizations = {org for org, _ in consented}
+
+    def keep(entry: dict) -> bool:
+        return views.concerns(entry, household_id, consented)
 
     def tag_of(entry: dict) -> str | None:
         if entry["action"] != "data.push":
             return entry.get("tag")
         sub = subscriptions.get(entry.get("subscription_id", ""))
         return sub.tag if sub is not None else None
-    rows, scanned = [], 0
-    while day >= first_day:
-        entries = await asyncio.to_thread(index.day, day) if day in present else []
-        end = len(entries) if position is None else min(position, len(entries))
-        for i in range(end - 1, -1, -1):
-            row = views.access_row(entries[i], agent.registry, household_id, agent.releases.members, tag_of)
-            scanned += 1
-            if row is not None:
-                rows.append(row)
-            if len(rows) >= ACCESS_ROWS or scanned >= ACCESS_SCAN:
-                more = i > 0 or day > first_day
-                return rows, f"{day}.{i}" if more else None
+    rows: list[dict] = []
+    looked = 0
+    while True:
+        looked += 1
+        mine = await asyncio.to_thread(index.own, day, household_id, organizations, keep) if day in present else []
+        end = len(mine) if position is None else min(position, len(mine))
+        take = min(end, ACCESS_ROWS - len(rows))
+        rows.extend(views.access_row(e, agent.registry, household_id, agent.releases.members, tag_of)
+                    for e in reversed(mine[end - take:end]))
+        if take < end:
+            return rows, f"{day}.{end - take}"
+        if day - DAY < first_day:
+            return rows, None
+        if len(rows) >= ACCESS_ROWS or looked == ACCESS_DAYS:
+            return rows, f"{day}.0"  # the days before this one
         day, position = day - DAY, None
-    return rows, None
 
 
 # --- my endpoint and appliances ------------------------------------------------------------------

@@ -96,40 +96,54 @@ def _about_this_household(entry: dict, household_id: str) -> bool:
             and entry.get("delivered") and (entry.get("disclosed") or entry.get("action_type") == "appliance"))
 
 
-def access_row(entry: dict, registry, household_id: str, members=None, tag_of=None) -> dict | None:
-    """One row of the household's access log, or None if the entry is not about it. A release to an organization
-    it ever consented to carries `included`: "yes" (in every released window of it), "part" (some), "no" (none),
-    and `rho`, the privacy loss those windows charged it (None at exact levels: no noise, nothing charged). Both
-    come from the release module's members index (`exact`); a release it has nothing of (made before the index
-    existed, or anonymized data) is inferred from the consent history: "yes" if its consent held throughout."""
+def consented_to(registry, household_id: str) -> set[tuple[str, str]]:
+    """(organization, service) pairs of releases this household ever consented to: the organizations whose
+    accesses its page lists (every one of them, whatever came of it)."""
+    services = set(RELEASING.values())
+    return {(org, service) for org, service in registry.ever_consented_to(household_id) if service in services}
+
+
+def concerns(entry: dict, household_id: str, consented: set[tuple[str, str]]) -> bool:
+    """Whether `access_row` makes a row of this entry: a function of the entry (an organization's request, never
+    its outcome) and this household's own consents and trigger events only. Pure: a worker thread runs it."""
+    if _about_this_household(entry, household_id):
+        return True
+    service = RELEASING.get(entry.get("action"))
+    return (service is not None and entry.get("role", "organization") == "organization"
+            and (entry.get("who"), service) in consented and _window_span(entry) is not None)
+
+
+def access_row(entry: dict, registry, household_id: str, members=None, tag_of=None) -> dict:
+    """The row of an entry `concerns` accepted. A request of an organization it ever consented to is listed
+    whether or not it released anything (that depends on other households) and carries `included`: "yes" (the
+    household was in the cohort of every window asked for), "part" (some), "no" (none), by its own consent and
+    data only, and `rho`, the privacy loss those windows charged it (None at exact levels: no noise, nothing
+    charged). Both come from the release module's members index (`exact`); a request it has nothing of (made
+    before the index existed, or anonymized data) is inferred from the consent history: "yes" if its consent held
+    throughout."""
     if _about_this_household(entry, household_id):
         org = registry.organizations.get(entry["who"])
         return {"at": entry["at"], "organization": org.name if org else entry["who"],
                 "action": f"trigger.{entry['action_type']}", "window": None, "start": entry.get("window_start"),
                 "end": None, "included": "yes", "rho": None, "exact": True}
-    service = RELEASING.get(entry.get("action"))
-    if service is None or entry.get("role", "organization") != "organization" or not entry.get("released", True):
-        return None
+    service = RELEASING[entry["action"]]
     org_id = entry["who"]
-    if not registry.ever_consented(household_id, org_id, service):
-        return None
     span = _window_span(entry)
-    if span is None:
-        return None
+    assert span is not None  # concerns()
     start, end = span
     inclusion = None
     if members is not None and service == "aggregates":
         tag = tag_of(entry) if tag_of else entry.get("tag")
         inclusion = members.inclusion(household_id, org_id, tag, start, end)
-    if inclusion is not None and inclusion.released:
-        included = ("yes" if inclusion.included == inclusion.released else "part" if inclusion.included else "no")
+    if inclusion is not None and inclusion.windows:
+        included = ("yes" if inclusion.included == inclusion.windows else "part" if inclusion.included else "no")
         rho = inclusion.rho if inclusion.noisy else None
     else:
         included, rho = _inferred(entry, registry, household_id, org_id, service, start, end), None
     org = registry.organizations.get(org_id)
     return {"at": entry["at"], "organization": org.name if org else org_id, "action": entry["action"],
             "window": entry.get("window"), "start": start, "end": end, "included": included, "rho": rho,
-            "exact": inclusion is not None and inclusion.released > 0}
+            "exact": inclusion is not None and inclusion.windows > 0}
 
 
 def _inferred(entry: dict, registry, household_id: str, org_id: str, service: str, start: float, end: float) -> str:
@@ -142,12 +156,7 @@ def _inferred(entry: dict, registry, household_id: str, org_id: str, service: st
 
 
 def access_log(entries: list[dict], registry, household_id: str, limit: int = 200, members=None) -> list[dict]:
-    """`access_row` of each entry (oldest first), newest first, at most `limit`."""
-    out = []
-    for entry in reversed(entries):
-        row = access_row(entry, registry, household_id, members)
-        if row is not None:
-            out.append(row)
-            if len(out) >= limit:
-                break
-    return out
+    """`access_row` of each entry (oldest first) that concerns the household, newest first, at most `limit`."""
+    consented = consented_to(registry, household_id)
+    mine = [e for e in entries if concerns(e, household_id, consented)]
+    return [access_row(e, registry, household_id, members) for e in reversed(mine[-limit:])]
