@@ -89,6 +89,24 @@ async def test_an_own_households_page_does_not_show_when_another_organizations_w
                            f"silent: the custodian's refusals from minute {first} (the target stopped in minute 3)")
 
 
+async def test_an_own_households_page_does_not_show_which_of_another_organizations_pushes_went_out(
+        tmp_path, start_agent, receiver):
+    """The same through a subscription: a push is sent only for a window released and passing its filter, so rows
+    of sent pushes alone would read the custodian's refusals, and through a threshold filter its neighbours'
+    consumption (here whether it crossed 5 kW: 12 x 400 W rising 12 W a minute does not in 14 minutes, rising
+    111 W a minute does)."""
+    quiet, _ = await custodian_minutes(tmp_path / "a", start_agent, None, receiver.url)
+    silent, _ = await custodian_minutes(tmp_path / "b", start_agent, 3, receiver.url)
+    await eventually(lambda: len(receiver.received) == 14 + 7)  # the silent run's stop when its windows are refused
+    assert quiet == silent, f"the spy's push rows: {len(quiet)}, and {len(silent)} when a neighbour went silent"
+    threshold = {"threshold": {"field": "consumption_w", "levels": [5000]}}
+    sent = len(receiver.received)
+    flat, _ = await custodian_minutes(tmp_path / "c", start_agent, None, receiver.url, threshold)
+    rising, _ = await custodian_minutes(tmp_path / "d", start_agent, None, receiver.url, threshold, ramp=10.0)
+    await eventually(lambda: len(receiver.received) - sent == 1 + 2)  # the threshold: flat once, rising twice
+    assert flat == rising, f"the spy's push rows: {len(flat)} when flat, {len(rising)} when its neighbours crossed"
+
+
 CURSOR = re.compile(r'href="/ui/me/access\?before=([0-9]+)\.([0-9]+)"')
 
 

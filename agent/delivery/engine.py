@@ -461,21 +461,28 @@ class Delivery:
                            and now - sub.last_sent_at >= filters.max_silence_s)
         if isinstance(result, Refusal):
             stats.withheld += 1
+            self._audit_push(sub, start, released=False)
             if silent_too_long:
                 self._enqueue(sub, "heartbeat", {"type": "heartbeat", "released": False, "reason": result.error},
                               None, None, now)
             return
         if not filters.decide(result, sub.last_sent, now, sub.last_sent_at):
             stats.filtered += 1
+            self._audit_push(sub, start, released=True, filtered=True)
             return
         payload = {"type": "aggregate", "subscription_id": sub.id, "window": sub.window,
                    "window_start": result["window_start"], "window_end": result["window_end"],
                    "aggregate": filters.project(result)}
         self._enqueue(sub, "aggregate", payload, result["window_start"], result["window_end"], now)
         sub.last_sent = result
+        self._audit_push(sub, start, released=True, households=result["households"])
+
+    def _audit_push(self, sub: Subscription, start: int, **details) -> None:
+        """Every window a subscription decided, whatever came of it (withheld, filtered, sent): whether it went
+        out depends on other households (the release, the filter on their sums), and the households' access pages
+        list these entries."""
         self.needs.audit.record(sub.organization_id, "organization", "data.push", subscription_id=sub.id,
-                                window=sub.window, window_start=start, households=result["households"],
-                                durable=False)
+                                window=sub.window, window_start=start, durable=False, **details)
 
     def _enqueue(self, sub: Subscription, kind: str, payload: dict, window_start, window_end, now: float) -> None:
         outbox, stats = self.outboxes[sub.id], self.stats[sub.id]
