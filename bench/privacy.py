@@ -202,7 +202,7 @@ def bench_anonymized() -> None:
                 general += f",bins x{r['generalization']['value_bin_w'] // rules.value_bin_w}"
             # unlinked rows (non-custodian levels) do not say how many households were left out
             households = f"{r['households_suppressed'] / n:>8.1%}" if "households_suppressed" in r else f"{'-':>8}"
-            print(f"{level:<9} {n:>10} {rows:>7} {r['rows_suppressed'] / rows:>10.1%} "
+            print(f"{level:<9} {n:>10} {rows:>7} {result.audit['rows_suppressed'] / rows:>10.1%} "
                   f"{households} {r['k']:>4} {r['l']:>3} {r['t']:>6.3f} {general:<28} "
                   f"{only:>13} {seconds:>7.2f}")
 
@@ -250,7 +250,7 @@ def _suppression_only(series, rules, res, periods) -> str:
         module.lattice = lattice
     if isinstance(result, Refusal):
         return f"refused ({result.requirement})"
-    return f"{result.report['rows_suppressed'] / (len(series) * len(periods)):.1%}"
+    return f"{result.audit['rows_suppressed'] / (len(series) * len(periods)):.1%}"
 
 
 def main() -> int:

@@ -44,8 +44,9 @@ def check_release(release: Release, rules: Anonymization, series: list[Household
     # the bookkeeping adds up
     assert report["rows"] == len(release.records)
     total = sum(1 for hh in series for _ in hh.consumption_w)
-    assert report["rows"] + report["rows_suppressed"] == total
-    assert report["rows_suppressed"] <= rules.max_suppression * total
+    assert report["rows"] + release.audit["rows_suppressed"] == total
+    assert release.audit["rows_suppressed"] <= rules.max_suppression * total
+    assert not {"rows_suppressed", "suppressed_for"} & set(report)  # they depend on values (R7-2): the operator's
     assert report["linkable"] is rules.linkable
     if rules.linkable:
         released_households = len({r["pseudonym"] for r in release.records})
@@ -60,7 +61,20 @@ def check_release(release: Release, rules: Anonymization, series: list[Household
     assert width >= rules.value_bin_w
     for r in release.records:
         assert r["consumption_w_from"] % width == 0
-        assert r["consumption_w_to"] is None or r["consumption_w_to"] - r["consumption_w_from"] == width
+        if rules.min_cell == 1:
+            assert r["consumption_w_to"] is None or r["consumption_w_to"] - r["consumption_w_from"] == width
+        else:  # the class's bins: grid edges, wider where rarer rows were merged in
+            assert r["consumption_w_to"] is None or r["consumption_w_to"] % width == 0 \
+                and r["consumption_w_to"] > r["consumption_w_from"]
+    if rules.min_cell > 1:  # every class's bins tile the whole range: from 0, each to the next, the last open
+        by_class: dict[tuple, set] = {}
+        for r in release.records:
+            by_class.setdefault(tuple(r[q] for q in QUASI_IDENTIFIERS), set()).add(
+                (r["consumption_w_from"], r["consumption_w_to"]))
+        for bins in by_class.values():
+            edges = sorted(bins, key=lambda b: b[0])
+            assert edges[0][0] == 0 and edges[-1][1] is None
+            assert all(a[1] == b[0] for a, b in zip(edges, edges[1:])), edges
         start, end = pd.Timestamp(r["period_start"]), pd.Timestamp(r["period_end"])
         assert (end - start).total_seconds() == res
     # nothing internal leaks
@@ -182,7 +196,9 @@ def test_refusals_name_the_requirement():
 
 def test_a_value_alone_in_its_class_is_not_released_below_the_custodian():
     """P8's supplier finding: the EV household alone in the top bin every night hour. Its class is large enough,
-    but its bin is its own: the threshold rule (min_cell) takes its rows out, every night."""
+    but its bin is its own: the threshold rule (min_cell) releases its row in its class's highest bin, held by
+    others too, and open every hour; the class keeps its 16 rows every hour (suppressing the row instead left
+    the class one short in exactly the EV's hours: red team 7, R7-2)."""
     ps = periods(24, 3600)
     series = [HouseholdSeries(f"h{i}", StaticAttributes(False, True, 1, 10.0),
                               {p: 150.0 + 260 * (i % 5) for p in ps}) for i in range(15)]
@@ -192,8 +208,13 @@ def test_a_value_alone_in_its_class_is_not_released_below_the_custodian():
     release = anonymize(series, supplier, resolution_s=3600, level="supplier", periods=ps)
     assert isinstance(release, Release)
     check_release(release, supplier, series, 3600)
-    assert not any(r["consumption_w_to"] is None for r in release.records)  # no open top bin at night
-    assert release.report["suppressed_for"]["cell"] == 5
+    assert not any(r["consumption_w_from"] >= 4000 for r in release.records)  # the EV's own bin: nowhere
+    hours = {p: [r for r in release.records if r["period_start"] == p] for p in {r["period_start"] for r in
+                                                                                 release.records}}
+    assert len(hours) == 24 and {len(rows) for rows in hours.values()} == {16}  # nobody missing at night
+    edges = {frozenset((r["consumption_w_from"], r["consumption_w_to"]) for r in rows) for rows in hours.values()}
+    assert len(edges) == 1  # the bins' edges are the same at night: they do not say that someone was recoded
+    assert release.audit["rows_recoded"] == 5 and release.audit["rows_suppressed"] == 0
     without = anonymize(series, dataclasses.replace(supplier, min_cell=1), resolution_s=3600, level="x", periods=ps)
     assert sum(r["consumption_w_to"] is None for r in without.records) == 5  # what the rule takes out
     assert DEFAULT_LEVELS["dso"].anonymized.min_cell == 1 and supplier.min_cell == 2
@@ -211,7 +232,7 @@ def test_t_is_measured_against_the_fixed_reference_not_the_release():
     alone = anonymize(normal, rules, resolution_s=3600, level="x", periods=ps)
     both = anonymize(normal + heavy, rules, resolution_s=3600, level="x", periods=ps)
     assert isinstance(alone, Release) and isinstance(both, Release)
-    assert both.report["suppressed_for"]["t"] == 6  # the heavy class is far from the reference
+    assert both.audit["suppressed_for"]["t"] == 6  # the heavy class is far from the reference
     assert both.records == alone.records and both.report["t"] == alone.report["t"]
 
 

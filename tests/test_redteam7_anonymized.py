@@ -9,6 +9,9 @@ in a bin, and the day's report states `suppressed_for.cell` (and `rows_suppresse
 household is its class's only EV (the attribute inference the rule was meant to stop) reads its charging hours off
 the row counts, as before off the top bin. Rows per period are stated as depending on *who sent data* (presence);
 here every household sent data every hour and the counts depend on one household's *values*.
+
+Closed by recoding instead of suppressing (`class_bins`): a rare row is released in the class's bin that holds
+it, whose edges depend only on which grid bins min_cell rows hold; the reports count no suppressed rows.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import datetime, timezone
-
-import pytest
 
 from agent.api.anonymized import SERVICE, SETTLE_S
 from drivers.reading import Reading, iso
@@ -39,9 +40,6 @@ def reading(meter: str, moment: float, watts: float) -> Reading:
                    voltage_l1_v=230.0, current_l1_a=16.0, gas_m3=1000.0)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 7 R7-2: a row suppressed by min_cell leaves its class one row short "
-                   "and is counted in the report's suppressed_for.cell (agent/privacy/anonymize.py, _evaluate and "
-                   "_release), so the periods in which one household was alone in a bin are read off the release")
 async def test_a_row_suppressed_for_being_alone_in_its_bin_is_missing_from_its_class(tmp_path, start_agent):
     clock = StepClock(DAY - 600)
     running = await start_agent(make_config(tmp_path), clock=clock)
@@ -73,3 +71,8 @@ async def test_a_row_suppressed_for_being_alone_in_its_bin_is_missing_from_its_c
     assert top != CHARGING and short != CHARGING, (
         f"the release's rows per hour are {usual} but {usual - 1} in hours {sorted(short)} (report: {cell} rows "
         f"suppressed for their bin): the EV's charging hours (truth {sorted(CHARGING)}), read off the suppression")
+    # ...nor off the bins' edges (the EV's row is in its class's highest bin, open every hour) or a count
+    edges = {h: {(r["consumption_w_from"], r["consumption_w_to"]) for r in out["records"]
+                 if r["period_start"] == iso(start)} for h, start in enumerate(HOURS)}
+    assert all(edges[h] == edges[0] for h in CHARGING), edges
+    assert not {"rows_suppressed", "suppressed_for"} & {*out["report"], *out["report"]["days"][0]}, out["report"]

@@ -17,10 +17,12 @@ The model (what an attacker is assumed to know, and what is protected):
   the lower edge in watts; the top bin is open);
 - an equivalence class is the set of rows with equal quasi-identifiers, i.e. the households of one
   period with the same (generalized) profile: every period is a release of its own whose classes
-  meet k, l and t by themselves, and every bin of a class holds at least `min_cell` rows (the threshold
-  rule of frequency tables: a value held by one household of its class, such as an EV charging in the
-  open top bin, would otherwise point at it in every period). k: the smallest class; l: the fewest
-  distinct bins in a class;
+  meet k, l and t by themselves, and every released bin of a class holds at least `min_cell` rows (the
+  threshold rule of frequency tables: a value held by one household of its class, such as an EV charging
+  in the open top bin, would otherwise point at it in every period). Rarer values are recoded, never
+  suppressed (`class_bins`): a suppressed row would leave its class one row short in exactly the periods
+  its household stood out, and a count of them would say so too (red team 7, R7-2). k: the smallest
+  class; l: the fewest distinct bins in a class;
   t: the largest earth mover's distance (ordered, over the whole bin grid, normalized by its
   length - 1) between a class's bin distribution and the level's fixed reference distribution
   (`Anonymization.reference_cdf`): the decision about one class never depends on other rows.
@@ -32,13 +34,16 @@ The model (what an attacker is assumed to know, and what is protected):
 Transformations, in order of preference (a lattice searched from the least generalized node):
 each static attribute can be kept or replaced by "*", the connection class can first be coarsened
 to "<=35A"/">35A", and the consumption bins can be widened x2 and x4; one node for the whole day.
-At each node, rows in bins rarer than min_cell in their class, then classes smaller than k, with fewer
-than l bins, or further than t from the reference are suppressed, and the node is usable if it suppresses at most `max_suppression` of the day's rows.
-Among the least generalized usable nodes the one suppressing the fewest rows wins.
+At each node, every class's bins are first merged around those held by min_cell rows (`class_bins`), then
+classes smaller than k, with fewer than l bins, or further than t from the reference are suppressed whole, and the
+node is usable if it suppresses at most `max_suppression` of the day's rows. Among the least generalized usable
+nodes the one suppressing the fewest rows wins (then the one recoding the fewest). How many rows were suppressed
+is the operator's (`Release.audit`), never in the report: it depends on the households' values.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import secrets
 from collections import Counter, defaultdict
@@ -144,6 +149,26 @@ def bin_of(value_w: float, width: int) -> tuple[int, int | None]:
     return (top, None) if low >= top else (low, low + width)
 
 
+def class_bins(lows: list[int], width: int, min_cell: int) -> dict[int, tuple[int, int | None]]:
+    """A class's released bin for each grid bin (lower edge) its rows are in: (from, to), to None for open.
+
+    With the threshold rule (min_cell > 1) the class's bins are the grid bins that at least min_cell of its rows
+    hold, each widened up to the next such bin, the lowest from 0 and the highest open: a row alone (or too rare)
+    in its grid bin is released in the class's bin that contains it. The bins' edges are a function of which grid
+    bins are held by min_cell rows, never of where the rarer rows are; every released row is in its class and its
+    bin is true. Without the rule, the grid's own bins."""
+    top = top_of(width)
+    if min_cell <= 1:
+        return {low: (low, None if low >= top else low + width) for low in set(lows)}
+    cells = Counter(lows)
+    held = sorted(low for low, n in cells.items() if n >= min_cell)
+    if not held:  # no bin of the class is held by min_cell rows: one bin, everything (l then decides)
+        return {low: (0, None) for low in cells}
+    starts = [0, *held[1:]]
+    ends: list[int | None] = [*held[1:], None]
+    return {low: (starts[i], ends[i]) for low in cells for i in [max(0, bisect.bisect_right(held, low) - 1)]}
+
+
 # --- the measures ---------------------------------------------------------------------------------
 def grid(width: int) -> list[int]:
     """The lower edges of every bin at this width, the open top bin last: the support t is measured over."""
@@ -204,13 +229,15 @@ class Refusal:
 class Release:
     records: list[dict]
     report: dict
+    audit: dict  # the operator's: rows suppressed, per requirement (they depend on values; never in a report)
 
 
 @dataclass
 class _Outcome:
     node: Node
-    kept: dict[tuple, list]  # class key -> [(household index, period, sensitive value)]
-    suppressed: dict[str, int] = field(default_factory=lambda: {"k": 0, "cell": 0, "l": 0, "t": 0})
+    kept: dict[tuple, list]  # class key -> [(household index, period, bin from, bin to)]
+    suppressed: dict[str, int] = field(default_factory=lambda: {"k": 0, "l": 0, "t": 0})
+    recoded: int = 0  # rows of grid bins fewer than min_cell rows of their class hold (the threshold rule)
 
     @property
     def suppressed_rows(self) -> int:
@@ -227,15 +254,14 @@ def _evaluate(node: Node, rows: list[tuple[int, int, float]], profiles: list[tup
         classes[(period, profiles[household])].append((household, period, bin_of(value, width)[0]))
     reference = reference_masses(rules.reference_cdf, width) if rules.t < 1.0 else None
     outcome = _Outcome(node, {})
-    for key, members in classes.items():
-        # each class is decided on its own rows and fixed facts (k, l, t, the reference): never on other classes
-        if rules.min_cell > 1:  # the threshold rule: a bin held by one or two rows of a class points at them
-            cells = Counter(m[2] for m in members)
-            common = [m for m in members if cells[m[2]] >= rules.min_cell]
-            outcome.suppressed["cell"] += len(members) - len(common)
-            members = common
-        if not members:
-            continue
+    for key, grid_members in classes.items():
+        # each class is decided on its own rows and fixed facts (k, l, t, the reference): never on other classes.
+        # The threshold rule recodes, so the class keeps every row: its size is a matter of who sent data only.
+        bins = class_bins([m[2] for m in grid_members], width, rules.min_cell)
+        members = [(household, period, *bins[low]) for household, period, low in grid_members]
+        if rules.min_cell > 1:
+            cells = Counter(m[2] for m in grid_members)
+            outcome.recoded += sum(n for n in cells.values() if n < rules.min_cell)
         if len(members) < rules.k:
             outcome.suppressed["k"] += len(members)
         elif len({m[2] for m in members}) < rules.l:
@@ -270,7 +296,7 @@ def anonymize(series: list[HouseholdSeries], rules: Anonymization, *, resolution
         if closest is None or outcome.suppressed_rows < closest.suppressed_rows:
             closest = outcome
         if outcome.kept and outcome.suppressed_rows <= rules.max_suppression * len(rows):
-            if best is None or outcome.suppressed_rows < best.suppressed_rows:
+            if best is None or (outcome.suppressed_rows, outcome.recoded) < (best.suppressed_rows, best.recoded):
                 best, best_height = outcome, node.height
     if best is None:
         return _refusal(closest, rules, households, len(rows), level)
@@ -280,18 +306,16 @@ def anonymize(series: list[HouseholdSeries], rules: Anonymization, *, resolution
 def _refusal(closest: _Outcome, rules: Anonymization, households: int, rows: int, level: str) -> Refusal:
     limit = rules.max_suppression * rows
     s = closest.suppressed
-    if s["k"] + s["cell"] > limit or not closest.kept and s["l"] == s["t"] == 0:
+    if s["k"] > limit or not closest.kept and s["l"] == s["t"] == 0:
         requirement, what = "k", f"k >= {rules.k} (classes of the same period and profile too small)"
-        if rules.min_cell > 1:
-            what = what[:-1] + f", or consumption bins held by fewer than {rules.min_cell} of a class's rows)"
-    elif s["k"] + s["cell"] + s["l"] > limit or not closest.kept and s["t"] == 0:
+    elif s["k"] + s["l"] > limit or not closest.kept and s["t"] == 0:
         requirement, what = "l", f"l >= {rules.l} (too few distinct consumption bins in a class)"
     else:
         requirement, what = "t", f"t <= {rules.t:g} (a class's consumption too far from the level's reference)"
-    share = closest.suppressed_rows / rows if rows else 1.0
-    return Refusal(requirement, f"cannot meet {what} for level {level!r}: even the best generalization would "
-                   f"suppress {share:.0%} of the day's rows (at most {rules.max_suppression:.0%} may be); "
-                   "wait for more households to consent", households, rows)
+    # No share of rows: how many a generalization would suppress depends on the households' values (R7-2).
+    return Refusal(requirement, f"cannot meet {what} for level {level!r}: every generalization would suppress "
+                   f"more than {rules.max_suppression:.0%} of the day's rows; wait for more households to consent",
+                   households, rows)
 
 
 def _release(outcome: _Outcome, rows: list, rules: Anonymization, resolution_s: int, level: str,
@@ -301,13 +325,13 @@ def _release(outcome: _Outcome, rows: list, rules: Anonymization, resolution_s: 
     pseudonyms: dict[int, str] = {}
     records = []
     for (period, profile), members in outcome.kept.items():
-        for household, _, low in members:
+        for household, _, low, high in members:
             record = {
                 "period_start": iso(datetime.fromtimestamp(period, timezone.utc)),
                 "period_end": iso(datetime.fromtimestamp(period + resolution_s, timezone.utc)),
                 **dict(zip(STATIC, profile)),
                 "consumption_w_from": low,
-                "consumption_w_to": None if low >= top_of(width) else low + width,
+                "consumption_w_to": high,
             }
             if rules.linkable:  # the custodian: one fresh random pseudonym per household in this release
                 record = {"pseudonym": pseudonyms.setdefault(household, "p_" + secrets.token_hex(6)), **record}
@@ -331,9 +355,9 @@ def _release(outcome: _Outcome, rows: list, rules: Anonymization, resolution_s: 
         "resolution": "15m" if resolution_s == 900 else "1h",
         "generalization": {**{name: LEVEL_NAMES[name][lvl] for name, lvl in zip(STATIC, node.levels)},
                            "value_bin_w": width, "top_bin_from_w": top_of(width)},
+        "bins": (f"per class: from a grid edge held by at least {rules.min_cell} of its rows to the next such "
+                 "edge, the lowest from 0, the highest open" if rules.min_cell > 1 else "the grid's"),
         "rows": len(records),
-        "rows_suppressed": outcome.suppressed_rows,
-        "suppressed_for": dict(outcome.suppressed),
         "linkable": rules.linkable,
         "pseudonyms": "one per household, fresh per day release" if rules.linkable else "none: rows are not linked",
     }
@@ -341,7 +365,8 @@ def _release(outcome: _Outcome, rows: list, rules: Anonymization, resolution_s: 
         report["households"] = len(pseudonyms)
         report["households_suppressed"] = households - len(pseudonyms)
     assert k >= rules.k and l_div >= rules.l and t <= rules.t + TIGHT, report  # never below the level
-    return Release(records, report)
+    return Release(records, report, {"rows_suppressed": outcome.suppressed_rows,
+                                     "suppressed_for": dict(outcome.suppressed), "rows_recoded": outcome.recoded})
 
 
 def _record_order(record: dict) -> tuple:
@@ -363,14 +388,14 @@ def day_periods(day: int, resolution_s: int) -> list[int]:
 
 def release_day(series: list[HouseholdSeries], rules: Anonymization, *, resolution_s: int, level: str,
                 day: int) -> dict:
-    """The whole day's release as the JSON document that is recorded: {"day", "records", "report"} or
-    {"day", "refused": {"requirement", "detail"}, "audit": {...}}."""
+    """The whole day's release as the JSON document that is recorded: {"day", "records", "report", "audit"} or
+    {"day", "refused": {"requirement", "detail"}, "audit": {...}}; "audit" is the operator's, never answered."""
     result = anonymize(series, rules, resolution_s=resolution_s, level=level, periods=day_periods(day, resolution_s))
     stamp = iso(datetime.fromtimestamp(day, timezone.utc))
     if isinstance(result, Refusal):
         return {"day": stamp, "refused": {"requirement": result.requirement, "detail": result.detail},
                 "audit": {"households": result.households, "rows": result.rows}}
-    return {"day": stamp, "records": result.records, "report": {**result.report, "day": stamp}}
+    return {"day": stamp, "records": result.records, "report": {**result.report, "day": stamp}, "audit": result.audit}
 
 
 def select(document: dict, since: float, until: float) -> list[dict]:

@@ -31,10 +31,10 @@ KNOWN_PERIODS = 3
 @dataclass(frozen=True)
 class Target:
     """The ground truth of one household as the release would show it: its generalized profile and, per
-    period (ISO start), its bin's lower edge."""
+    period (ISO start), its grid bin's lower edge (`as_released`: its class's released bin's)."""
 
     profile: tuple[str, ...]
-    bins: dict[str, int]
+    bins: dict[str, int | None]
     energy_wh: float  # over the day, exactly (the bill)
 
 
@@ -60,6 +60,21 @@ def targets(series: list[HouseholdSeries], report: dict, resolution_s: int) -> l
         energy = sum(hh.consumption_w.values()) * resolution_s / 3600
         out.append(Target(profile, bins, energy))
     return out
+
+
+def as_released(known: list[Target], records: list[dict]) -> list[Target]:
+    """The targets' bins as the release shows them: the lower edge of the released bin of their class that holds
+    their value (a class's bins may be wider than the grid's: the threshold rule), None where none does."""
+    shown: dict[tuple, list[tuple[int, int | None]]] = defaultdict(list)
+    for record in records:
+        shown[(record["period_start"], _profile(record))].append((record["consumption_w_from"],
+                                                                  record["consumption_w_to"]))
+
+    def released(period: str, profile: tuple[str, ...], low: int) -> int | None:
+        return next((a for a, b in shown.get((period, profile), ()) if a <= low and (b is None or low < b)), None)
+
+    return [Target(t.profile, {p: released(p, t.profile, low) for p, low in t.bins.items()}, t.energy_wh)
+            for t in known]
 
 
 def _profile(record: dict) -> tuple[str, ...]:
@@ -123,6 +138,7 @@ def _index(strategy: list[Entity]) -> tuple[dict, dict]:
 def trajectory_rate(records: list[dict], known: list[Target], seed: int = 0) -> tuple[float, float]:
     """3 known periods per target: (the attacker's success rate, the share of targets singled out, i.e.
     exactly one consistent household and it is the target), under the best linking strategy."""
+    known = as_released(known, records)
     rng = random.Random(seed)
     picks = [rng.sample(sorted(t.bins), min(KNOWN_PERIODS, len(t.bins))) for t in known]
     best = (0.0, 0.0)
@@ -147,6 +163,7 @@ def trajectory_rate(records: list[dict], known: list[Target], seed: int = 0) -> 
 def energy_rate(records: list[dict], known: list[Target], report: dict, resolution_s: int) -> float:
     """The day's energy per target (the bill): the attacker names the entity of the target's profile whose
     rows add up closest (a group: its mean household)."""
+    known = as_released(known, records)
     width = report["generalization"]["value_bin_w"]
     top = top_of(width)
     hours = resolution_s / 3600
