@@ -202,3 +202,43 @@ async def test_the_pages_hold_the_same_rows_however_many_entries_of_others_fill_
     crowded = await spy_pages(tmp_path / "b", start_agent, 100)
     assert [len(rows) for rows, _ in alone][:2] == [50, 10]
     assert crowded == alone, f"pages of {[len(r) for r, _ in crowded]} rows where alone {[len(r) for r, _ in alone]}"
+
+
+async def spy_notified(tmp_path, start_agent, endpoint: str, neighbours_watts: float) -> list[str]:
+    """Ten households consent to a household webhook trigger (`> 1000 W`) of an organization whose lane takes 5
+    actions (2 slots, 3 queued; the rest dropped); the spy, the last one, uses 2 kW, its nine neighbours
+    `neighbours_watts`. Returns the spy's page (its rows: only that trigger's events about it)."""
+    clock = StepClock(T0)
+    running = await start_agent(town_config(tmp_path, organization_action_slots=2, organization_action_queue=3,
+                                            timeout_ms=1000),
+                                clock=clock)
+    org_id, key = await running.create_org("Energy Co", "dso")
+    households = [await running.create_household() for _ in range(10)]
+    status, trig = await running.call("POST", "/triggers/create", token=key, json=body(
+        ["household_power_consumption"], "def condition(household_power_consumption):\n"
+        "    return household_power_consumption > 1000\n", interval=60,
+        action={"type": "webhook", "endpoint": endpoint}, description="high use"))
+    assert status == 201, trig
+    for _, token in households:
+        await grant(running, token, org_id, "aggregates", "triggers", f"trigger_events:{trig['id']}")
+    clock.now = (math.floor(clock.now / MINUTE) + 2) * MINUTE + 1
+    spy = households[-1]
+    for household in households:
+        status, out = await running.call("POST", "/readings", token=household[1], json={
+            "timestamp": clock.now, "power_import_w": 2000.0 if household is spy else neighbours_watts})
+        assert status == 201, out
+    await close_window(running, clock)
+    return await access_rows(running, spy[0])
+
+
+async def test_a_households_own_event_shows_whether_or_not_its_neighbours_filled_the_organizations_lane(
+        tmp_path, start_agent, receiver):
+    """An event about a household was on its page only once delivered, and an organization's lane drops what
+    is beyond its slots and queue: the spy's own event missing from its page said that five neighbours' conditions
+    held in that window."""
+    alone = await spy_notified(tmp_path / "a", start_agent, receiver.url, 500.0)
+    await eventually(lambda: len(receiver.received) == 1)
+    crowded = await spy_notified(tmp_path / "b", start_agent, receiver.url, 1500.0)
+    await eventually(lambda: len(receiver.received) == 1 + 5)  # the lane took five; the spy's was dropped
+    assert alone == ["yes"]
+    assert crowded == alone, f"the spy's page: {alone} when only it fired, {crowded} when its neighbours did too"

@@ -768,6 +768,7 @@ class TriggerRunner:
                 else self.organization_lanes[org.id]
             if not lane.admit():
                 outcome.delivered(household, False)  # beyond the organization's queue: dropped, counted
+                self._audit_action(org, trig, household, outcome, False, dropped=True)
                 continue
             self._spawn(outcome, self._act(trig, org, household, outcome, lane))
 
@@ -841,9 +842,17 @@ class TriggerRunner:
         finally:
             lane.done()
         outcome.delivered(household, ok)
-        details = {"household_id": household.id} if household is not None else {}
-        if kind == "webhook" and household is not None:
-            details["disclosed"] = True  # the household's disclosure log: this event reached the organization
+        self._audit_action(org, trig, household, outcome, ok)
+
+    def _audit_action(self, org, trig: Trigger, household, outcome: Outcome, ok: bool, **details) -> None:
+        """An action, delivered or not, or dropped beyond the organization's queue: a household's access page
+        lists its own webhook events all alike, since whether one was dropped depends on how many of the other
+        households' conditions held in that window."""
+        kind = trig.action["type"]
+        if household is not None:
+            details["household_id"] = household.id
+            if kind == "webhook":
+                details["disclosed"] = True  # the household's disclosure log: an event about it to the organization
         self.needs.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action_type=kind,
                                 window_start=outcome.start, delivered=ok, **details)
 

@@ -91,9 +91,12 @@ def _window_span(entry: dict) -> tuple[float, float] | None:
 
 
 def _about_this_household(entry: dict, household_id: str) -> bool:
-    """A trigger's event about this household that reached the organization, or its appliance switched."""
-    return (entry.get("action") == "trigger.action" and entry.get("household_id") == household_id
-            and entry.get("delivered") and (entry.get("disclosed") or entry.get("action_type") == "appliance"))
+    """A trigger's event about this household to the organization, sent or tried (whether it was delivered or
+    dropped can depend on the other households' events in the organization's lane), or its appliance switched
+    (its own lane)."""
+    if entry.get("action") != "trigger.action" or entry.get("household_id") != household_id:
+        return False
+    return bool(entry.get("disclosed") or (entry.get("action_type") == "appliance" and entry.get("delivered")))
 
 
 def consented_to(registry, household_id: str) -> set[tuple[str, str]]:
