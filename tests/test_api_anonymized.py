@@ -18,12 +18,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from agent.api.anonymized import SERVICE, SETTLE_S, _gather, day_release
+from agent.api.anonymized import SERVICE, SETTLE_S, _gather, _report, day_release
 from agent.api.data import level_of
 from agent.config import DEFAULT_LEVELS
 from agent.privacy import linkage
-from agent.privacy.anonymize import STATIC, HouseholdSeries, StaticAttributes
-from agent.privacy.synthetic import consumption_at, household_static
+from agent.privacy.anonymize import STATIC, HouseholdSeries, StaticAttributes, release_day
+from agent.privacy.synthetic import consumption_at, household_static, neighbourhood
 from drivers.reading import Reading
 from tests.helpers.agent import make_config
 from tests.helpers.clock import StepClock
@@ -349,3 +349,18 @@ async def test_static_attributes_use_only_data_from_under_consent(tmp_path, star
     [series] = _gather(agent, [registry.household(household_id)], cohorts, periods, 900, timelines)
     assert series.static.has_pv is False and series.static.has_gas is True
     assert series.static.phases == 1
+
+
+def test_days_recorded_with_suppression_counts_are_answered_without_them():
+    """Days recorded before red team 7's R7-2 fix carry rows_suppressed and suppressed_for in their report: they
+    depend on the households' values (they said in which hours one household stood out). The record stays as it
+    was (made again, it would be a second release of the day); no answer carries them."""
+    level = DEFAULT_LEVELS["supplier"]
+    doc = release_day(neighbourhood(150, list(range(DAY, DAY + 86400, 3600)), seed=4), level.anonymized,
+                      resolution_s=3600, level="supplier", day=DAY)
+    assert "records" in doc and not {"rows_suppressed", "suppressed_for"} & set(doc["report"])
+    legacy = {**doc, "report": {**doc["report"], "rows_suppressed": 4, "suppressed_for": {"cell": 4}}}
+    del legacy["audit"]  # such records had none
+    report = _report(level, 3600, [legacy], [legacy], legacy["records"], {"from": "a", "to": "b"})
+    assert report["rows"] == len(doc["records"]) and report["k"] == doc["report"]["k"]
+    assert not {"rows_suppressed", "suppressed_for"} & {*report, *report["days"][0]}, report
