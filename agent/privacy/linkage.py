@@ -168,9 +168,16 @@ def energy_rate(records: list[dict], known: list[Target], report: dict, resoluti
     top = top_of(width)
     hours = resolution_s / 3600
 
+    # a bin's middle; a class's bins may be wider than the grid's (the threshold rule), an open one gets half a bin
+    upper = {(r["period_start"], _profile(r), r["consumption_w_from"]): r["consumption_w_to"] for r in records}
+
+    def middle(period: str, profile: tuple[str, ...], low: int) -> float:
+        high = upper.get((period, profile, low))
+        return (low + high) / 2 if high is not None else min(low, top) + width / 2
+
     def estimate(entity: Entity) -> float:
-        return sum(sum(min(b, top) + width / 2 for _, b in rows) / len(rows) * hours
-                   for rows in entity.rows.values())
+        return sum(sum(middle(period, p, b) for p, b in rows) / len(rows) * hours
+                   for period, rows in entity.rows.items())
 
     best = 0.0
     for strategy in entities(records).values():
