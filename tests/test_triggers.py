@@ -753,12 +753,12 @@ async def test_removed_households_lose_their_endpoints_appliances_and_inbox(town
     status, _ = await t.create(body(["household_power_consumption"],
                                     "def condition(household_power_consumption):\n    return True\n"))
     await t.window(power_import_w=1.0)
-    for token in (gone, kept):
+    for i, token in enumerate((gone, kept)):
         assert len(await t.inbox(token)) == 1
         assert (await t.running.call("PUT", "/households/me/notify", token=token,
                                      json={"url": "https://ntfy.sh/x", "kind": "ntfy"}))[0] == 200
         assert (await t.running.call("POST", "/households/me/appliances", token=token, json={
-            "name": "Heater", "driver": "tasmota", "address": "http://192.168.1.9"}))[0] == 201
+            "name": "Heater", "driver": "tasmota", "address": f"http://192.168.1.{9 + i}"}))[0] == 201
     assert (await t.running.call("DELETE", f"/households/{gone_id}"))[0] == 204
     t.runner._purged_at = float("-inf")  # the next run purges
     await t.runner.run_due()

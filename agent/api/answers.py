@@ -410,8 +410,7 @@ class Appliances(Answer):
 
 
 class ApplianceStatus(Answer):
-    on: bool
-    power_w: float | None
+    on: bool  # the relay's state; never the power it meters (R6-9)
     error: None
 
 

@@ -12,7 +12,10 @@ organizations switch.
   Registered by the household itself, so private LAN addresses and plain http are allowed; this device's
   loopback and link-local (cloud metadata) addresses are not, unless ``[delivery] allow_private_endpoints``.
   An organization can switch it only if it is in ``allowed_organizations`` *and* holds the household's
-  ``triggers`` consent. ``GET /households/me/appliances/{id}/status`` reads its relay now (502 if it cannot).
+  ``triggers`` consent. ``GET /households/me/appliances/{id}/status`` reads its relay now, on or off (502 if it
+  cannot).
+  An address is one household's on the device: another's registration of it is refused (409 ``address_taken``),
+  and the device never connects to it for another household (agent/triggers/actions.py, R6-9).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ MAX_APPLIANCES = 32
 # per household, one change at a time to its endpoint and appliances: a check (how many appliances, which names,
 # is there an endpoint) and the change it allows stay one step while the write is awaited
 HOUSEHOLD_LOCKS = web.AppKey("household_locks", KeyedLocks)
+ADDRESSES_LOCK = "appliance addresses"  # a key of HOUSEHOLD_LOCKS no household id can be
 
 
 def _household(request: web.Request):
@@ -119,7 +123,7 @@ async def send_test_notification(agent: Services, household_id: str) -> dict:
     delivery = agent.config.delivery
     status, error = None, None
     try:
-        if not actions.literal_allowed(endpoint["url"], delivery.allow_private_endpoints, lan=False):
+        if not actions.literal_allowed(endpoint["url"], delivery.allow_private_endpoints):
             raise notify.NotifyError("the address is not allowed")
         msg_id = "ntf_test_" + secrets.token_hex(6)
         title, content = "Edge: test", "A test notification from your Edge device: it reaches you."
@@ -190,12 +194,16 @@ async def new_appliance(agent: Services, locks: KeyedLocks, household_id: str, b
         if org_id not in agent.registry.organizations:
             raise ApiError(422, "invalid", f"no organization {org_id[:40]!r}; see GET /households/me/organizations")
     store = agent.triggers.households
-    async with locks(household_id):
+    # the household's lock, then the device's for addresses: two households registering one address take turns
+    async with locks(household_id), locks(ADDRESSES_LOCK):
         mine = store.appliances_of(household_id)
         if len(mine) >= MAX_APPLIANCES:
             raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
         if any(a["name"].casefold() == name.casefold() for a in mine):
             raise ApiError(409, "conflict", f"an appliance named {name!r} exists already")
+        if agent.triggers.bindings.taken(actions.appliance_key(address), household_id):
+            # whose it is is not said, nor whether it was registered or reached (R6-9)
+            raise ApiError(409, "address_taken", "this address is another household's appliance on this device")
         doc = {"id": "app_" + secrets.token_hex(6), "household_id": household_id, "name": name, "kind": kind,
                "driver": device.name, "address": address, "channel": channel,
                "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
@@ -236,25 +244,25 @@ async def get_appliance_status(request: web.Request) -> web.Response:
 
 
 async def appliance_status(agent: Services, household_id: str, appliance_id: str) -> dict:
-    """The relay's state now, read from the appliance itself (the switching actions' address rules):
-    {"on", "power_w", "error"}; nothing is switched."""
+    """The relay's state now, read from the appliance itself (the switching actions' address rules and
+    bindings): {"on", "error"}; nothing is switched. Never the power the relay meters (R6-9: whoever holds an
+    appliance's address would read a household's consumption through it; the household's meter shows its own).
+    A failure is one sentence whatever the cause: no more of an address than whether such a relay answers there."""
     appliance = agent.triggers.households.appliances.get(appliance_id)
     if appliance is None or appliance["household_id"] != household_id:
         raise ApiError(404, "not_found", "no such appliance")
     device = appliances.driver(appliance["driver"])
     private = agent.config.delivery.allow_private_endpoints
+    bindings = agent.triggers.bindings
     try:
-        if device is None:
-            raise ApplianceError(f"no driver {appliance['driver']!r} on this device")
-        if not actions.literal_allowed(appliance["address"], private, lan=True):
-            raise ApplianceError("the address is not allowed")
-        async with actions.lan_session(private, APPLIANCE_TIMEOUT_S, 1) as session:
-            state = await device.status(session, appliance["address"], appliance.get("channel"))
-    except ApplianceError as err:
-        return {"on": None, "power_w": None, "error": str(err)}
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
-        return {"on": None, "power_w": None, "error": f"not reachable ({err.__class__.__name__})"}
-    return {"on": state.on, "power_w": state.power_w, "error": None}
+        with bindings.acting(appliance):
+            if device is None or not bindings.literal_allowed(appliance, private):
+                raise ApplianceError("refused")
+            async with actions.lan_session(private, APPLIANCE_TIMEOUT_S, 1, bindings) as session:
+                state = await device.status(session, appliance["address"], appliance.get("channel"))
+    except (ApplianceError, aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return {"on": None, "error": f"it did not answer as a {appliance['driver']} relay at its address"}
+    return {"on": state.on, "error": None}
 
 
 ROUTES = (

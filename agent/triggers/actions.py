@@ -10,11 +10,24 @@
 
 aiohttp does not run IP literals through the resolver, so literals are checked here as well, at
 registration and again at every send.
+
+An appliance address belongs to one household on this device (red team 6, R6-9: the Shelly and Tasmota relays
+answer anyone on the LAN, so a household that registered its neighbour's address read and switched it).
+`ApplianceBindings`: a second household's registration of the same host and port, in any spelling
+(`appliance_key`), is refused; and every connection made for an appliance (a household's status read, an
+organization's switch) is refused if the address it reaches (a literal, or what a name resolved to) is another
+household's, as registered or as reached for it since the device started (a DNS alias of it: nip.io, mDNS).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
+import socket
+from contextvars import ContextVar
+from functools import lru_cache
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -74,14 +87,119 @@ def check_endpoint(url, allow_http: bool, allow_private_endpoints: bool) -> str:
     return endpoint
 
 
-def literal_allowed(url: str, allow_private_endpoints: bool, lan: bool) -> bool:
-    """At send time, for IP literals (which never reach the resolver)."""
+def literal_allowed(url: str, allow_private_endpoints: bool) -> bool:
+    """At send time, for IP literals (which never reach the resolver); an endpoint's (appliances:
+    `ApplianceBindings.literal_allowed`)."""
     host = urlsplit(url).hostname or ""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return True
-    return lan_address_allowed(host, allow_private_endpoints) if lan else address_allowed(host, allow_private_endpoints)
+    return address_allowed(host, allow_private_endpoints)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@lru_cache(maxsize=4096)
+def appliance_key(url: str) -> str:
+    """``host:port`` as the device connects to it: the same for every spelling of one address (host case, a
+    trailing dot, the default port, IPv6 forms, IPv4-mapped IPv6, legacy numeric IPv4 such as 3232235777)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    return endpoint_key(host, parts.port or DEFAULT_PORTS.get(parts.scheme, 0))
+
+
+def endpoint_key(host: str, port: int) -> str:
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # what getaddrinfo would make of 127.1, 0x7f.0.0.1, 2130706433
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return f"{host.lower()}:{port}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            return f"[{ip}]:{port}"
+        ip = ip.ipv4_mapped
+    return f"{ip}:{port}"
+
+
+MAX_REACHED = 4096
+# the appliance a connection is made for: the LAN resolver's check reads it (set around each request)
+ACTING_FOR: ContextVar[tuple[str, str] | None] = ContextVar("acting_for", default=None)
+
+
+class ApplianceBindings:
+    """Which household each appliance address is on this device. `appliances`: the household store's
+    (id -> doc); `known`: whether a household id is still registered (a removed one's address is free at once)."""
+
+    def __init__(self, appliances: dict[str, dict], known: Callable[[str], bool]):
+        self.appliances = appliances
+        self.known = known
+        self._reached: dict[str, tuple[str, str]] = {}  # key -> (household, appliance) it was reached for
+
+    def taken(self, key: str, household_id: str) -> bool:
+        """Whether the address is another household's: registered by it, or reached for one of its appliances."""
+        for doc in self.appliances.values():
+            if doc["household_id"] != household_id and appliance_key(doc["address"]) == key \
+                    and self.known(doc["household_id"]):
+                return True
+        reached = self._reached.get(key)
+        if reached is None or reached[0] == household_id:
+            return False
+        doc = self.appliances.get(reached[1])
+        return doc is not None and doc["household_id"] == reached[0] and self.known(reached[0])
+
+    @contextlib.contextmanager
+    def acting(self, appliance: dict) -> Iterator[None]:
+        token = ACTING_FOR.set((appliance["household_id"], appliance["id"]))
+        try:
+            yield
+        finally:
+            ACTING_FOR.reset(token)
+
+    def connect_allowed(self, host: str, port: int) -> bool:
+        """For the appliance being acted for (`acting`): not another household's address; it is then this one's."""
+        acting = ACTING_FOR.get()
+        if acting is None:
+            return False
+        key = endpoint_key(host, port)
+        if self.taken(key, acting[0]):
+            return False
+        if len(self._reached) >= MAX_REACHED:  # bounded: those of appliances no longer registered go first
+            self._reached = {k: v for k, v in self._reached.items() if v[1] in self.appliances}
+        if len(self._reached) < MAX_REACHED or key in self._reached:
+            self._reached[key] = acting
+        return True
+
+    def literal_allowed(self, appliance: dict, allow_private_endpoints: bool) -> bool:
+        """At send time, before the request: the LAN rules and, for an IP literal (aiohttp does not resolve it),
+        the binding. Call it inside `acting(appliance)`."""
+        parts = urlsplit(appliance["address"])
+        host = parts.hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return True  # a name: the LAN resolver checks what it resolves to
+        return lan_address_allowed(host, allow_private_endpoints) \
+            and self.connect_allowed(host, parts.port or DEFAULT_PORTS.get(parts.scheme, 0))
+
+
+class LanResolver(PolicyResolver):
+    """The LAN rules per address, then the appliance bindings per address and port."""
+
+    def __init__(self, allow_private_endpoints: bool, bindings: ApplianceBindings):
+        super().__init__(allow_private_endpoints, refused_as="addresses this appliance may not have",
+                         allowed=lambda address: lan_address_allowed(address, allow_private_endpoints))
+        self.bindings = bindings
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
+        answers = [a for a in await super().resolve(host, port, family)
+                   if self.bindings.connect_allowed(a["host"], a["port"] or port)]
+        if not answers:
+            raise OSError(errno.EACCES, f"{host} resolves only to {self.refused_as}")
+        return answers
 
 
 def web_session(allow_private_endpoints: bool, timeout_s: float, limit: int) -> aiohttp.ClientSession:
@@ -90,9 +208,9 @@ def web_session(allow_private_endpoints: bool, timeout_s: float, limit: int) -> 
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))
 
 
-def lan_session(allow_private_endpoints: bool, timeout_s: float, limit: int) -> aiohttp.ClientSession:
-    lan = PolicyResolver(allow_private_endpoints, refused_as="addresses appliances may not have",
-                         allowed=lambda address: lan_address_allowed(address, allow_private_endpoints))
-    connector = aiohttp.TCPConnector(resolver=lan, limit=limit,
+def lan_session(allow_private_endpoints: bool, timeout_s: float, limit: int,
+                bindings: ApplianceBindings) -> aiohttp.ClientSession:
+    """Requests for appliances: each inside `bindings.acting(appliance)`."""
+    connector = aiohttp.TCPConnector(resolver=LanResolver(allow_private_endpoints, bindings), limit=limit,
                                      use_dns_cache=False)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))

@@ -167,6 +167,9 @@ class TriggerRunner:
         self.limits = Limits(timeout_s=self.config.timeout_ms / 1000)
         self.store = TriggerStore(Path(directory))
         self.households = HouseholdStore(Path(directory) / "households.seg")
+        # which household each appliance address is (R6-9): checked at registration and at every connection
+        self.bindings = actions.ApplianceBindings(self.households.appliances,
+                                                  lambda household_id: household_id in needs.registry.households)
         self.triggers, self.stats, self.debounce = self.store.load()
         self.availability = Availability(False, "not started")
         self.supervisor: Supervisor | None = None
@@ -820,9 +823,10 @@ class TriggerRunner:
         if session is None or session.closed:
             delivery = self.needs.delivery
             slots = self.config.organization_action_slots if kind == "web" else 0
-            make = actions.lan_session if kind == "lan" else actions.web_session
-            timeout = APPLIANCE_TIMEOUT_S if kind == "lan" else delivery.timeout_s
-            session = self._sessions[(org_id, kind)] = make(delivery.allow_private_endpoints, timeout, slots)
+            private = delivery.allow_private_endpoints
+            session = self._sessions[(org_id, kind)] = (
+                actions.lan_session(private, APPLIANCE_TIMEOUT_S, slots, self.bindings) if kind == "lan"
+                else actions.web_session(private, delivery.timeout_s, slots))
         return session
 
     async def _act(self, trig: Trigger, org, household, outcome: Outcome, lane) -> None:
@@ -909,7 +913,7 @@ class TriggerRunner:
         ok = False
         try:
             private = self.needs.delivery.allow_private_endpoints
-            if actions.literal_allowed(endpoint["url"], private, lan=False):
+            if actions.literal_allowed(endpoint["url"], private):
                 message = {"type": "notification", **{k: entry[k] for k in (
                     "id", "organization_id", "organization_name", "trigger_id", "title", "content")},
                     "at": iso(entry["at"])}
@@ -941,20 +945,22 @@ class TriggerRunner:
         ok = bool(targets)
         for appliance in targets:
             device = driver(appliance["driver"])
-            if device is None or not actions.literal_allowed(appliance["address"], private, lan=True):
-                ok = False
-                continue
+            with self.bindings.acting(appliance):  # another household's address is refused (R6-9)
+                if device is None or not self.bindings.literal_allowed(appliance, private):
+                    ok = False
+                    continue
 
             async def send(device=device, appliance=appliance):
-                await device.command(session, appliance["address"], appliance.get("channel"),
-                                     trig.action["command"])
+                with self.bindings.acting(appliance):
+                    await device.command(session, appliance["address"], appliance.get("channel"),
+                                         trig.action["command"])
             ok = await self._attempts(trig.id, lane, send) and ok
         return ok
 
     async def _webhook(self, trig: Trigger, org, household, outcome: Outcome, lane) -> bool:
         endpoint = trig.action["endpoint"]
         private = self.needs.delivery.allow_private_endpoints
-        if not actions.literal_allowed(endpoint, private, lan=False):
+        if not actions.literal_allowed(endpoint, private):
             return False
         message = {"type": "trigger.fired", "trigger_id": trig.id, "window": trig.window,
                    "window_start": iso(outcome.start), "at": iso(outcome.release_at)}

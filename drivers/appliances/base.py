@@ -19,8 +19,7 @@ MAX_ANSWER_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class Status:
-    on: bool
-    power_w: float | None = None  # what the relay measures, if it does
+    on: bool  # only: the power a relay meters is never read (a household's consumption, R6-9)
 
 
 class ApplianceError(Exception):

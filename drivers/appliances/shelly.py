@@ -3,7 +3,7 @@
 ``POST http://<device>/rpc/Switch.Set`` with ``{"id": <switch>, "on": true|false}``; the device answers
 200 with ``{"was_on": <previous state>}``, or an error object ``{"code": ..., "message": ...}``.
 ``GET http://<device>/rpc/Switch.GetStatus?id=<switch>`` answers ``{"id": 0, "output": true, "apower": 8.9, ...}``
-(``apower`` only on relays that meter).
+(``apower`` only on relays that meter; never read here).
 Devices with authentication enabled (HTTP digest) are not supported yet.
 """
 
@@ -34,5 +34,4 @@ class Shelly(ApplianceDriver):
             answer = await read_json(resp)
         if not isinstance(answer, dict) or not isinstance(answer.get("output"), bool):
             raise ApplianceError("unexpected answer from Switch.GetStatus")
-        power = answer.get("apower")
-        return Status(answer["output"], float(power) if isinstance(power, (int, float)) else None)
+        return Status(answer["output"])  # not its "apower": the household's consumption through it

@@ -23,8 +23,12 @@ class FakeDevice:
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
 
     @property
+    def port(self) -> int:
+        return self.runner.addresses[0][1]
+
+    @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        return f"http://127.0.0.1:{self.port}"
 
 
 class FakeShelly(FakeDevice):
@@ -48,6 +52,30 @@ class FakeShelly(FakeDevice):
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/rpc/Switch.Set", self.switch_set)
+
+
+class MeteringShelly(FakeShelly):
+    """A Shelly Plus 1PM / Plus 2PM: `GET /rpc/Switch.GetStatus?id=N`, its switch's state and the power it meters
+    (`apower`); `reads` counts those requests."""
+
+    apower = 8.5
+
+    def __init__(self, switches: int = 1):
+        super().__init__(switches)
+        self.reads = 0
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        self.reads += 1
+        sid = int(request.query.get("id", "0"))
+        if not 0 <= sid < len(self.state):
+            return web.json_response({"code": -105, "message": f"Argument 'id', value {sid} not found!"},
+                                     status=500)
+        return web.json_response({"id": sid, "source": "init", "output": self.state[sid], "apower": self.apower,
+                                  "voltage": 231.2})
+
+    def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)
+        app.router.add_get("/rpc/Switch.GetStatus", self.get_status)
 
 
 class FakeTasmota(FakeDevice):
