@@ -27,6 +27,7 @@ import bisect
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import time
@@ -89,6 +90,17 @@ class Household:
     deleted_at: float | None = None  # kept as a tombstone: past windows' cohorts must not change
     # Organizations the operator marked it as related to (employees, test meters): never in their k_min.
     related_organizations: list[str] = field(default_factory=list)
+
+    def owns(self, received_at: float) -> bool:
+        """Whether a reading of its meter received then (the device's clock) is its own. A meter that changes hands
+        keeps the previous household's readings under its id (red team 6b, R6b-4): none before its creation."""
+        return received_at >= self.created_at
+
+    def data_since(self, since: float, width_s: int = 0) -> float:
+        """`since`, or later: its meter's data from its creation on; of windows `width_s` wide, the first wholly
+        after it (a window across its creation mixes the previous household's readings with its own)."""
+        first = math.ceil(self.created_at / width_s) * width_s if width_s else self.created_at
+        return max(since, first)
 
     def public(self) -> dict:
         return {"id": self.id, "meter_id": self.meter_id, "source": self.source, "created_at": self.created_at,

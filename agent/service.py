@@ -114,7 +114,8 @@ class Agent:
             loop.call_soon_threadsafe(self.pipeline.ingest, reading)
 
         for spec in self.config.meters:
-            reader = P1Reader(spec, hand_over)
+            # stamped by the agent's clock: what a household's creation is compared with (R6b-4)
+            reader = P1Reader(spec, hand_over, wall_clock=self.now)
             self.readers[spec.meter_id] = reader
             reader.start()
         await self.delivery.start()

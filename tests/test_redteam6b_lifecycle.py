@@ -10,24 +10,29 @@
 - A household moves out: the operator deletes it and registers the new occupant on the same meter (the P1 port of
   that home, or its dongle's meter id). The registry frees the meter id, but the readings stay under it
   (agent/store, by meter id; the pipeline's latest reading too), and the pages read by meter id: the new
-  household's *My data* "Now" and its live page's first value are the previous household's last reading (tested);
-  its charts and tables (today per minute, this week per quarter-hour, `series.json`, from the store by meter id)
-  are the previous household's last week by the same code path (read, not measured here: the test telegram's
-  meter clock is 2017). Households' conditions read `pipeline.latest` by meter id too.
-  PRIVACY.md: "Households always see their own data" -- here one household sees another's, to the second.
+  household's *My data* "Now" and its live page's first value were the previous household's last reading, its
+  charts (`series.json`, the store's rollups by meter id) the previous household's minutes, and organizations'
+  household conditions for it were evaluated on the previous household's latest reading. PRIVACY.md: "Households
+  always see their own data" -- here one household saw another's, to the second (R6b-4, closed: a household's
+  data starts at its creation, `Household.owns` / `data_since`; deleting a household drops its meter's latest
+  reading).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
 
 import pytest
 
 from agent.web import sign_in_url
 from drivers.p1_reader import MeterSpec
-from tests.helpers.agent import make_config
+from tests.helpers.agent import grant, make_config
 from tests.helpers.clock import StepClock, T0
 from tests.helpers.telegrams import telegram_bytes
+from tests.helpers.triggers import body as trigger_body
+from tests.helpers.triggers import close_window, town_config
 from tests.helpers.web import Browserless, signed_in
 
 PREVIOUS_W = 244.0  # what the previous occupant's meter read (tests/telegrams/v5.txt, 1-0:1.7.0)
@@ -59,23 +64,45 @@ async def test_rotating_a_token_ends_the_sessions_and_links_it_opened(tmp_path, 
     assert not link_works, "a sign-in link made before the rotation still signs in"
 
 
-@pytest.mark.xfail(strict=True, reason="red team 6b R6b-4: a household registered on a deleted household's meter "
-                   "sees its readings on its pages (the store and the pages are keyed by meter id, the registry "
-                   "frees it): the previous occupant's consumption per minute (agent/web/household.py my_data, "
-                   "series, live; registry._create_household)")
-async def test_a_new_household_on_a_meter_does_not_see_the_previous_households_readings(tmp_path, start_agent,
-                                                                                       pty_pair):
-    clock = StepClock(T0)
-    running = await start_agent(make_config(tmp_path, [MeterSpec("house-1", pty_pair.path, "dsmr5")]), clock=clock)
+async def _previous_occupant(running, clock, pty_pair) -> str:
+    """A household on house-1 whose meter sends three telegrams (244 W) a minute apart: its first two minutes'
+    rollups close. Its id."""
     previous_id, _ = await running.create_household("house-1")
     await running.wait_for(lambda: running.agent.readers["house-1"].opens >= 1)
-    for _ in range(2):  # the previous occupant's meter (244 W), in two minutes: the first one's rollup closes
-        before = running.agent.pipeline.readings_in
-        pty_pair.write(telegram_bytes("v5.txt"))
-        await running.wait_for(lambda: running.agent.pipeline.readings_in > before)
+    for _ in range(3):
+        await _telegram(running, pty_pair, "v5.txt")
         clock.step(61)
     running.agent.store.flush()
+    return previous_id
+
+
+async def _telegram(running, pty_pair, name: str) -> None:
+    before = running.agent.pipeline.readings_in
+    pty_pair.write(telegram_bytes(name))
+    await running.wait_for(lambda: running.agent.pipeline.readings_in > before)
+
+
+async def _next_import(stream) -> bytes | None:
+    """The live stream's next import_w value (its data line); None if the stream ends first."""
+    while line := await stream.content.readline():
+        if line == b"event: import_w\n":
+            return await stream.content.readline()
+    return None
+
+
+async def test_a_new_household_on_a_meter_does_not_see_the_previous_households_readings(tmp_path, start_agent,
+                                                                                       pty_pair):
+    """Failed until a household's pages showed its meter's data from its creation on only, and deleting a
+    household cleared its meter's latest reading (red team 6b, R6b-4)."""
+    clock = StepClock(T0)
+    running = await start_agent(make_config(tmp_path, [MeterSpec("house-1", pty_pair.path, "dsmr5")]), clock=clock)
+    previous_id = await _previous_occupant(running, clock, pty_pair)
+    previous = await signed_in(running, "household", previous_id)
+    status, body, _ = await previous.get("/ui/me/series.json?span=day")
+    assert status == 200 and PREVIOUS_W in json.loads(body)["import_w"], body  # what it saw of its minutes
+    await previous.close()
     assert (await running.call("DELETE", f"/households/{previous_id}"))[0] == 204  # moved out
+    assert "house-1" not in running.agent.pipeline.latest  # its last reading is gone with it
     new_id, _ = await running.create_household("house-1")  # the new occupant, same home, same meter
 
     browser = await signed_in(running, "household", new_id)
@@ -83,8 +110,70 @@ async def test_a_new_household_on_a_meter_does_not_see_the_previous_households_r
     assert status == 200, html
     shown = re.search(r'id="live-import" sse-swap="import_w">([^<]*)<', html).group(1)
     async with browser.http.get(running.base + "/ui/me/live") as stream:
-        first = [await stream.content.readline() for _ in range(5)]
+        await _telegram(running, pty_pair, "v5_two_mbus.txt")  # the new occupant's own: 111 W
+        first = await _next_import(stream)
+    clock.step(900)
+    # closes the minutes and the quarter-hour before: the previous one's too (that quarter holds both's readings)
+    await _telegram(running, pty_pair, "v5_two_mbus.txt")
+    clock.step(61)
+    await _telegram(running, pty_pair, "v5_two_mbus.txt")  # and its own minute before: its own, shown
+    running.agent.store.flush()
+    created_at = running.agent.registry.household(new_id).created_at
+    rows = {}
+    for span in ("day", "week"):
+        status, body, _ = await browser.get(f"/ui/me/series.json?span={span}")
+        assert status == 200, body
+        rows[span] = json.loads(body)
     await browser.close()
-    print(f"new household's My data 'Now': {shown} W; live page's first lines: {first}")
+    print(f"new household's My data 'Now': {shown} W; live page's first value: {first}; its series: {rows}")
     assert shown != "244", "the new household's page shows the previous one's last reading as its own"
-    assert b"data: 244\n" not in first, "the new household's live page shows the previous one's last reading"
+    assert first == b"data: 111\n", "the new household's live page shows the previous one's last reading"
+    for span, series in rows.items():
+        assert all(t >= created_at for t in series["t"]), f"its {span} chart shows the previous one's readings"
+    assert rows["day"]["import_w"] == [111.0], rows  # its own minute is shown (the one across its creation is not)
+
+
+async def test_a_removed_households_open_page_does_not_see_the_next_households_readings(tmp_path, start_agent,
+                                                                                      pty_pair):
+    """The other way round: the previous occupant's live page, open when it was removed, streamed the meter's
+    next readings, the new occupant's, for as long as its session lived (red team 6b, R6b-4; the deletion ends
+    the household's live pages, agent/web/__init__.py)."""
+    clock = StepClock(T0)
+    running = await start_agent(make_config(tmp_path, [MeterSpec("house-1", pty_pair.path, "dsmr5")]), clock=clock)
+    previous_id = await _previous_occupant(running, clock, pty_pair)
+    previous = await signed_in(running, "household", previous_id)
+    async with previous.http.get(running.base + "/ui/me/live") as stream:
+        assert await _next_import(stream) == b"data: 244\n"  # its own last reading
+        assert (await running.call("DELETE", f"/households/{previous_id}"))[0] == 204
+        await running.create_household("house-1")
+        await _telegram(running, pty_pair, "v5_two_mbus.txt")  # the new occupant's
+        shown = await _next_import(stream)
+    await previous.close()
+    assert shown is None, f"the removed household's open page shows the new occupant's power: {shown}"
+
+
+async def test_a_new_households_conditions_are_not_evaluated_on_the_previous_households_reading(tmp_path, start_agent,
+                                                                                              pty_pair):
+    """An organization's household condition for the new occupant read its meter's latest reading: the previous
+    occupant's, a minute old; its notification was about the previous household's consumption (R6b-4)."""
+    clock = StepClock(T0)
+    config = replace(town_config(tmp_path), meters=(MeterSpec("house-1", pty_pair.path, "dsmr5"),))
+    running = await start_agent(config, clock=clock)
+    org_id, key = await running.create_org("Energy Co", "dso")
+    previous_id = await _previous_occupant(running, clock, pty_pair)
+    assert (await running.call("DELETE", f"/households/{previous_id}"))[0] == 204
+    _, token = await running.create_household("house-1")
+    await grant(running, token, org_id, "aggregates", "triggers")
+    status, out = await running.call("POST", "/triggers/create", token=key, json=trigger_body(
+        ["household_power_consumption"], "def condition(household_power_consumption):\n"
+        "    return household_power_consumption > 100\n"))
+    assert status == 201, out
+    inboxes = []
+    for own in (False, True):  # a window without a reading of its own, then one with (111 W)
+        if own:
+            await _telegram(running, pty_pair, "v5_two_mbus.txt")
+        await close_window(running, clock)
+        status, out = await running.call("GET", "/households/me/notifications", token=token)
+        assert status == 200, out
+        inboxes.append(len(out["notifications"]))
+    assert inboxes == [0, 1], f"notifications after each window: {inboxes} (the first is the previous household's)"

@@ -141,7 +141,11 @@ async def delete_household(request: web.Request) -> web.Response:
     operator = caller(request)
     agent = agent_of(request)
     household_id = request.match_info["household_id"]
+    meter_id = agent.registry.household(household_id).meter_id
     await agent.registry.delete_household_async(household_id)
+    # its meter's latest reading was its own: not the next household's on that meter (R6b-4)
+    agent.pipeline.latest.pop(meter_id, None)
+    agent.triggers.latest.pop(meter_id, None)
     await agent.audit.record_durable(operator.id, OPERATOR, "household.delete", household_id=household_id)
     return web.Response(status=204)
 

@@ -613,7 +613,9 @@ class TriggerRunner:
             rows, who = [], []
             for household in recipients:
                 reading = self.latest.get(household.meter_id)
-                if reading is None or now - reading.received_at.timestamp() > max_age:
+                # not too old, and its own (its meter's readings before its creation are a previous household's)
+                if reading is None or now - reading.received_at.timestamp() > max_age \
+                        or not household.owns(reading.received_at.timestamp()):
                     continue
                 row = tuple(p.extract(reading) if p.level == HOUSEHOLD else neighbourhood[p.name] for p in params)
                 if any(v is None for v in row):

@@ -13,6 +13,7 @@ from agent.api.household_actions import (HOUSEHOLD_LOCKS, appliance_status, new_
                                          remove_endpoint, send_test_notification, set_endpoint)
 from agent.api.households import change_consent
 from agent.registry import is_service
+from agent.store.store import KINDS, ROLLUP_WIDTH_S
 from agent.web import views
 from agent.web.access_index import AccessIndex
 from agent.web.live import HEARTBEAT_S, LIVE, event_text, live_values
@@ -35,14 +36,27 @@ def _today(now: float) -> float:
     return math.floor(now / DAY) * DAY
 
 
+# A household's data starts at its creation: its meter's readings from before are a previous household's (R6b-4).
+def _latest(agent, household):
+    """Its meter's latest reading, if it is its own."""
+    latest = agent.pipeline.latest.get(household.meter_id)
+    return latest if latest is not None and household.owns(latest.received_at.timestamp()) else None
+
+
+async def _rollups(agent, household, since: float, resolution: str, limit: int) -> list[dict]:
+    """Its meter's rollups from `since` on, of windows wholly its own."""
+    since = household.data_since(since, ROLLUP_WIDTH_S[KINDS[resolution]])
+    return await asyncio.to_thread(agent.store.readings, household.meter_id, since=since, resolution=resolution,
+                                   limit=limit)
+
+
 # --- my data -------------------------------------------------------------------------------------
 async def my_data(request: web.Request, session) -> web.Response:
     agent = agent_of(request)
     household = _household(request, session)
-    latest = agent.pipeline.latest.get(household.meter_id)
+    latest = _latest(agent, household)
     today, week = _today(agent.clock()), _today(agent.clock()) - 6 * DAY
-    rollups = await asyncio.to_thread(agent.store.readings, household.meter_id, since=week, resolution="15m",
-                                      limit=7 * 96)
+    rollups = await _rollups(agent, household, week, "15m", 7 * 96)
     todays = [r for r in rollups if unix_seconds(r["start"]) >= today]
     return render(request, "my_data.html", session=session, household=household,
                   live=live_values(latest) if latest else None,
@@ -61,28 +75,28 @@ async def series(request: web.Request, session) -> web.Response:
     today = _today(agent.clock())
     # today by the minute (the newest minutes show at once), the week by the quarter
     since, resolution, limit = (today, "1m", 1440) if span == "day" else (today - 6 * DAY, "15m", 7 * 96)
-    rollups = await asyncio.to_thread(agent.store.readings, household.meter_id, since=since, resolution=resolution,
-                                      limit=limit)
+    rollups = await _rollups(agent, household, since, resolution, limit)
     return web.json_response(views.chart_series(rollups))
 
 
 async def live(request: web.Request, session) -> web.StreamResponse:
     """Server-sent events: the household's newest import and export power, as they arrive."""
     agent, hub = agent_of(request), request.app[LIVE]
-    meter_id = _household(request, session).meter_id
-    stream = hub.open(session.subject, meter_id)
+    household = _household(request, session)
+    stream = hub.open(session.subject, household.meter_id)
     if stream is None:
         raise PageError(503, "busy", {"Retry-After": "30"})
     try:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        latest = agent.pipeline.latest.get(meter_id)
+        latest = _latest(agent, household)
         await response.write(b"retry: 3000\n\n" + (event_text(live_values(latest)) if latest else b""))
         while True:
             message = await stream.next(HEARTBEAT_S)
-            # the stream was ended (the agent stops, the household's token changed), or the session ended (signed
-            # out, expired: an open page is no visit)
+            # the stream was ended (the agent stops, the household's token changed or it was removed: its meter's
+            # next readings are a new occupant's, R6b-4), or the session ended (signed out, expired: an open page is
+            # no visit)
             if message is None or agent.sign_in.session(request.cookies.get(SESSION_COOKIE), touch=False) is None:
                 break
             await response.write(message or b": still here\n\n")
