@@ -287,7 +287,8 @@ ROUTES = (
     Route("POST", "/households/me/appliances", add_appliance, HH,
           "Register an appliance on the household's network (private addresses allowed) and who may switch it",
           "household", {"201": ok_json("Appliance", "Registered")}, body="ApplianceIn",
-          errors={"409": error("Name taken, or too many")}),
+          errors={"409": error("Name taken, too many, or the address is another household's appliance "
+                                "on this device (address_taken)")}),
     Route("DELETE", "/households/me/appliances/{appliance_id}", delete_appliance, HH, "Remove an appliance",
           "household", {"204": NO_CONTENT}, errors=NOT_FOUND),
     Route("GET", "/households/me/appliances/{appliance_id}/status", get_appliance_status, HH,
