@@ -276,7 +276,7 @@ def agent_app(agent) -> web.Application:
     from agent.api import create_app
 
     app = create_app(agent)
-    pages.add_routes(app)
+    pages.add_routes(app, agent)
     return app
 
 
