@@ -6,6 +6,7 @@ No I/O, and no release rule: what is released from these windows, to whom, is de
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -49,12 +50,21 @@ class Accumulator:
         self.volts: Volts | Sums | None = None
         self.long_failure: int | None = None
 
-    def add(self, reading: Reading, failed: int | None = None) -> None:
+    def add(self, reading: Reading, failed: int | None = None, volts: Volts | None = None) -> None:
+        """`volts`: the reading's voltages in PHASES order, when the caller has them (one tuple for every book)."""
         imp, exp, channels = reading.power_import_w, reading.power_export_w, reading.channels
         if imp is None and exp is None and not channels:
             return  # nothing this window can use: not a contribution at all
-        self.add_values(imp, exp, channels)
-        volts: Volts = _VOLTS(reading)
+        if channels:
+            self.add_values(imp, exp, channels)
+        elif self.n == 0:  # add_values' steps for one reading without channels, inline (4 books a reading)
+            self.imp, self.exp, self.n = imp or 0.0, exp or 0.0, 1
+        else:
+            self.imp += imp or 0.0  # (x or 0.0) * 1 is x or 0.0
+            self.exp += exp or 0.0
+            self.n += 1
+        if volts is None:
+            volts = _VOLTS(reading)
         if volts != _NO_VOLTS:
             kept = self.volts
             if kept is None:
@@ -125,9 +135,12 @@ class WindowBook:
     def window_start(self, moment: float) -> int:
         return int(moment // self.width_s) * self.width_s
 
-    def add(self, reading: Reading) -> None:
+    def add(self, reading: Reading, moment: float | None = None, volts: Volts | None = None) -> None:
+        """`moment`, `volts`: the reading's arrival in Unix seconds and its voltages, when the caller has them."""
         width = self.width_s
-        start = int(reading.received_at.timestamp() // width) * width  # window_start, inline: 4 books a reading
+        if moment is None:
+            moment = reading.received_at.timestamp()
+        start = int(moment // width) * width  # window_start, inline: 4 books a reading
         window = self._windows.get(start)
         if window is None:
             if self._windows and start < next(iter(self._windows)):
@@ -141,9 +154,9 @@ class WindowBook:
         if acc is None:
             acc = window[reading.meter_id] = Accumulator()
         if reading.long_power_failures is None and reading.power_failure_log is None:
-            acc.add(reading)  # reports no failures (_long_failure's None), as most readings
+            acc.add(reading, None, volts)  # reports no failures (_long_failure's None), as most readings
         else:
-            acc.add(reading, self._long_failure(reading))
+            acc.add(reading, self._long_failure(reading), volts)
 
     def _long_failure(self, reading: Reading) -> int | None:
         """1 if the meter's long power failures rose since its last reading (its 96.7.9 count, or a newer end in
@@ -163,6 +176,13 @@ class WindowBook:
     def contributions(self, start: int) -> dict[str, Contribution]:
         window = self._windows.get(start, {})
         return {meter: c for meter, acc in window.items() if (c := acc.result()) is not None}
+
+
+def add_to_books(books: Iterable[WindowBook], reading: Reading) -> None:
+    """A reading into every book, its arrival time and voltages read once for all of them."""
+    moment, volts = reading.received_at.timestamp(), _VOLTS(reading)
+    for book in books:
+        book.add(reading, moment, volts)
 
 
 # Live windows kept in memory per width, until the release module has decided them.

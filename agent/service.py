@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from agent.aggregates import new_books
+from agent.aggregates import add_to_books, new_books
 from agent.api import create_app
 from agent.audit import LEGACY_MATCH_S, AuditLog, consent_action, unaudited
 from agent.auth import HOUSEHOLD, FailureThrottle
@@ -81,6 +81,7 @@ class Agent:
         self.sign_in = SignIn(clock)  # the web pages' one-time links and sessions (agent/web/)
         self.telegram_ingest = TelegramIngest()  # type: ignore[no-untyped-call]
         self.books = new_books()
+        self._book_list = tuple(self.books.values())
         # The one door: everything organizations observe that depends on household data (agent/release/).
         self.releases = Releases(config, self.registry, self.books, clock, config.storage.path / "releases")
         # Each service is given what it uses of the others (agent/ports.py), never the whole agent.
@@ -280,8 +281,7 @@ class Agent:
 
     # --- readings over HTTP and aggregates ---------------------------------------------------
     def _into_books(self, reading: Reading) -> None:
-        for book in self.books.values():
-            book.add(reading)
+        add_to_books(self._book_list, reading)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)

@@ -78,9 +78,8 @@ async def revoke_consent(request: web.Request) -> web.Response:
 METER_LOCKS = web.AppKey("meter_locks", KeyedLocks)
 
 
-async def _accept(request: web.Request, household, readings) -> None:
+async def _accept(request: web.Request, agent: Services, household, readings) -> None:
     """All checks first, then store them all: a batch is all or nothing."""
-    agent = agent_of(request)
     if household.source == "p1":
         raise ApiError(409, "wired_meter", "this household's meter is read on the device's P1 port")
     agent.store.check_writable()  # 507/503 while the store cannot write: never acknowledge what may be lost
@@ -128,7 +127,7 @@ async def post_readings(request: web.Request) -> web.Response:
             raise ApiError(415, "unsupported_media_type", "send application/json readings or a text/plain telegram")
         readings = readings_from_payload(await read_json(request), household.meter_id, received_at,
                                          agent.config.privacy.tags)
-    await _accept(request, household, readings)
+    await _accept(request, agent, household, readings)
     return _accepted(len(readings))
 
 
@@ -148,7 +147,7 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", "form field 'telegram' is required")
     reading = agent.telegram_ingest.decode(telegram.replace("\n", "\r\n").replace("\r\r\n", "\r\n"),
                                            household.meter_id, agent.now())
-    await _accept(request, household, [reading])
+    await _accept(request, agent, household, [reading])
     return _accepted(1)
 
 

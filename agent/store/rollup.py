@@ -116,9 +116,10 @@ class RollupAccumulator:
         self.late = 0
         self._open: dict[str, _Window] = {}
 
-    def add(self, reading: Reading, row: tuple | None = None) -> list[dict]:
-        """`row`: the reading's `rollup_row`, when the caller has it (one tuple shared by every width)."""
-        start = window_start(reading.received_at.timestamp(), self.width_s)
+    def add(self, reading: Reading, row: tuple | None = None, moment: float | None = None) -> list[dict]:
+        """`row`, `moment`: the reading's `rollup_row` and its arrival in Unix seconds, when the caller has them (one
+        for every width)."""
+        start = window_start(reading.received_at.timestamp() if moment is None else moment, self.width_s)
         window = self._open.get(reading.meter_id)
         closed = []
         if window is None or start > window.start:

@@ -232,8 +232,9 @@ class ReadingStore:
 
     def _accumulate(self, reading: Reading) -> None:
         row = rollup_row(reading)  # one tuple for both widths: less to read and to keep until it is folded
+        moment = reading.received_at.timestamp()
         for kind, accumulator in self._accumulators.items():
-            for rollup in accumulator.add(reading, row):
+            for rollup in accumulator.add(reading, row, moment):
                 self._queue_rollup(kind, rollup)
 
     def flush(self) -> int:
