@@ -82,6 +82,10 @@ def _number(name: str, value, kind, low, high):
 _RULES = {name: (int if FIELDS[name].kind == COUNT else float, FIELDS[name].low, FIELDS[name].high)
           for name in _SETTABLE if FIELDS[name].kind in (NUMBER, COUNT)}
 _CHANNEL_BOUNDS = FIELDS["channels"].low, FIELDS["channels"].high  # watts of one tag
+# The float fields with finite bounds: a float between them is what _number returns for it (finite, since the bounds
+# are; not negative where the low bound is not), checked without the call: most of what is posted.
+_FLOAT_BOUNDS = {name: (low, high) for name, (kind, low, high) in _RULES.items()
+                 if kind is float and math.isfinite(low) and math.isfinite(high)}
 
 
 def reading_from_json(item, meter_id: str, received_at: datetime, index: int | None = None,
@@ -102,6 +106,10 @@ def reading_from_json(item, meter_id: str, received_at: datetime, index: int | N
                   "timestamp": parse_moment(item["timestamp"], "timestamp")}
         for name, value in item.items():
             if value is None or name == "timestamp":
+                continue
+            bounds = _FLOAT_BOUNDS.get(name)
+            if bounds is not None and type(value) is float and bounds[0] <= value <= bounds[1]:
+                values[name] = value
                 continue
             if name in TIME_FIELDS:
                 values[name] = parse_moment(value, name)
