@@ -102,10 +102,11 @@ class Accumulator:
             return None
         sums, counts, volts = self.tag_sums, self.tag_counts, self.volts
         channels = {tag: total / counts[tag] for tag, total in sums.items()} if sums and counts else {}
-        if isinstance(volts, tuple):
-            volts = _summed(volts)
-        voltages = {phase: volts[2 * i] / volts[2 * i + 1] for i, phase in enumerate(PHASES)
-                    if volts[2 * i + 1]} if volts else {}
+        if isinstance(volts, tuple):  # one reading's (each 1 s window's): 0.0 + v is the float _summed's mean gives
+            voltages = {phase: 0.0 + v for phase, v in zip(PHASES, volts) if v is not None}
+        else:
+            voltages = {phase: volts[2 * i] / volts[2 * i + 1] for i, phase in enumerate(PHASES)
+                        if volts[2 * i + 1]} if volts else {}
         return Contribution(self.imp / n, self.exp / n, n, channels, voltages, self.long_failure)
 
 
