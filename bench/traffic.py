@@ -156,15 +156,19 @@ async def latency(tmp: Path, port: int, seconds: float) -> tuple[list[float], li
         base = f"http://127.0.0.1:{agent.port}/readings"
         async with aiohttp.ClientSession() as http:
             until = time.monotonic() + seconds
+            second = int(time.time()) + 1
             while time.monotonic() < until:
-                tick = time.time()
+                # one telegram per household per whole second, stamped with that second: a telegram's time has
+                # whole seconds, and a sleep that wakes a little early would stamp two with the same one
+                await asyncio.sleep(max(0.0, second + 0.01 - time.time()))
+                moment = datetime.fromtimestamp(second, timezone.utc)
+                second = max(second + 1, int(time.time()) + 1)
                 for generator, token in zip(generators, tokens):
-                    telegram = generator.next_telegram(datetime.now(timezone.utc))
+                    telegram = generator.next_telegram(moment)
                     async with http.post(base, data=telegram, headers={"Content-Type": "text/plain",
                                                                        "Authorization": f"Bearer {token}"}) as r:
                         assert r.status == 201, await r.text()
                     arrivals.append(time.time())
-                await asyncio.sleep(max(0.0, 1.0 - (time.time() - tick)))
         await asyncio.sleep(2)
     finally:
         await agent.stop()
