@@ -1,0 +1,77 @@
+"""Red team 8: a form posted with a session the rotation ended still acts, whenever its sender finishes it.
+
+R6b-3's fix ends every session of a household at once when its token is rotated (agent/web/signin.py `end`,
+the registry's `token_ended`). PRIVACY.md leaves "a request already past the session check when the token is
+rotated completes (a consent change posted the same moment)". But the pages check the session *before* reading
+the form's body (agent/web/render.py `guarded_page`: `current_session`, then `await request.post()`, then the
+CSRF field against the session object it already holds, then the handler as `session.subject`), and nothing
+bounds how long a body may take to arrive. So whoever holds the leaked token signs in, sends the headers of as
+many forms as it likes (grant a consent, set the notification endpoint, register an appliance) and holds their
+last byte; after the rotation, after the household signed in with its new token and undid what it saw, the
+thief finishes them one by one, when it chooses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+
+from agent.web.render import SESSION_COOKIE
+from tests.helpers.agent import grant, make_config
+from tests.helpers.web import csrf_of
+from tests.helpers.web import Browserless
+
+
+async def sign_in_with_token(running, token: str) -> Browserless:
+    browser = Browserless(running.base)
+    await browser.get("/ui/sign-in")
+    status, html, _ = await browser.post("/ui/sign-in", {"token": token})
+    assert status == 303, html
+    return browser
+
+
+async def held_form(browser: Browserless, path: str, fields: dict):
+    """A form POST whose headers and all but its last byte are sent now; returns the connection and the byte."""
+    cookie = next(c.value for c in browser.http.cookie_jar if c.key == SESSION_COOKIE)
+    url = urlsplit(browser.base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    form = urlencode(fields).encode()
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nCookie: {SESSION_COOKIE}={cookie}\r\n"
+                 "Content-Type: application/x-www-form-urlencoded\r\n"
+                 f"Content-Length: {len(form)}\r\nConnection: close\r\n\r\n".encode() + form[:-1])
+    await writer.drain()
+    return reader, writer, form[-1:]
+
+
+@pytest.mark.xfail(strict=True, reason="red team 8 R8-2: a page's session is checked before its form's body is "
+                   "read, and a body may take as long as its sender likes: a form begun with a session the "
+                   "rotation ended acts after it (agent/web/render.py guarded_page)")
+async def test_a_form_held_open_across_the_rotation_does_not_act(tmp_path, start_agent):
+    running = await start_agent(make_config(tmp_path))
+    household_id, leaked = await running.create_household()
+    org_id, _ = await running.create_org("Data Broker", "dso")
+    thief = await sign_in_with_token(running, leaked)
+    status, html, _ = await thief.get("/ui/me/consents")
+    assert status == 200, html
+    held = await held_form(thief, "/ui/me/consents", {"organization": org_id, "service": "aggregates",
+                                                       "action": "grant", "csrf": csrf_of(html)})
+    # the household finds out: the operator rotates its token; it signs in again and says no to the broker
+    status, body = await running.call("POST", f"/households/{household_id}/token")
+    assert status == 200, body
+    fresh = body["token"]
+    assert (await thief.get("/ui/me"))[0] == 303  # the thief's session is gone, as R6b-3 says
+    await grant(running, fresh, org_id, "aggregates")
+    status, _ = await running.call("DELETE", f"/households/me/consents/{org_id}/aggregates", token=fresh)
+    assert status in (200, 204)
+    await asyncio.sleep(2)  # later: as late as the thief likes (no timeout on a body)
+    reader, writer, last = held
+    writer.write(last)
+    await writer.drain()
+    answer = (await reader.read()).decode(errors="replace")
+    writer.close()
+    await thief.close()
+    granted = running.agent.registry.consent_state(household_id, org_id, "aggregates")
+    # measured on main: 303 and the broker has the household's aggregates again, after rotation and revocation
+    assert not granted, f"the thief's form granted the broker after the rotation: {answer.splitlines()[0]}"
