@@ -12,9 +12,11 @@ import pytest
 from agent.triggers.actions import check_appliance_address, lan_address_allowed
 from agent.delivery.targets import TargetError
 from drivers.appliances import ApplianceError, driver, names
-from tests.helpers.agent import make_config
+from tests.helpers.agent import grant, make_config
 from tests.helpers.appliances import FakeShelly, FakeTasmota
-from tests.helpers.triggers import b64, town  # noqa: F401  (town: the fixture)
+from tests.helpers.receiver import receiver  # noqa: F401  (the fixture)
+from tests.helpers.triggers import b64, body, town  # noqa: F401  (town: the fixture)
+from tests.helpers.web import access_rows
 
 
 @pytest.fixture
@@ -155,6 +157,10 @@ async def test_appliance_action_switches_allowed_devices_only(town, shelly, tasm
                                           "interval": 60, "action": {"type": "appliance", "appliance": "ev_charger",
                                                                      "command": "on"}})
         assert status == 201, created
+        # a condition on household data: its switches are events the organization may see (red team 7, R7-3),
+        # so both households consent to them; the second's charger still does not allow the organization
+        for token in (first, second):
+            await grant(t.running, token, t.org_id, f"trigger_events:{created['id']}")
         # another organization naming the same kind reaches nothing
         status, foreign = await t.create({"parameters": ["household_power_production"], "function": source,
                                           "interval": 60, "action": {"type": "appliance", "appliance": "Garage",
@@ -181,3 +187,69 @@ async def test_appliance_action_switches_allowed_devices_only(town, shelly, tasm
         assert json.dumps(view).count("127.0.0.1") == 0
     finally:
         await second_shelly.runner.cleanup()
+
+
+async def test_a_household_conditions_switches_are_events_it_consents_to_within_its_daily_budget(
+        town, receiver):  # noqa: F811
+    """Red team 7, R7-3: an organization that supplies or monitors an appliance reads its state, so a switch by a
+    condition on one household's data is an event about that household. It happens only with the household's
+    consent to that trigger's events, shown before at GET /households/me/triggers; it spends the same daily budget
+    as the organization's webhooks about the household; and it is on the household's access page, sent or
+    tried."""
+    t = await town(2, max_events_per_household_per_day=3)
+    (target_id, target), (other_id, other) = t.households
+    heaters = [FakeShelly(), FakeShelly()]
+    try:
+        for heater, token in zip(heaters, (target, other)):
+            await heater.start()
+            status, out = await t.running.call("POST", "/households/me/appliances", token=token, json={
+                "name": "heat pump", "kind": "heater", "driver": "shelly", "address": heater.address,
+                "allowed_organizations": [t.org_id]})
+            assert status == 201, out
+        pair = []
+        for test, command in (("> 1000", "on"), ("<= 1000", "off")):
+            status, out = await t.create(body(
+                ["household_power_consumption"], f"def condition(household_power_consumption):\n"
+                f"    return household_power_consumption {test}\n",
+                action={"type": "appliance", "appliance": "heater", "command": command}))
+            assert status == 201, out
+            pair.append(out["id"])
+        status, out = await t.create(body(
+            ["household_power_consumption"], "def condition(household_power_consumption):\n    return True\n",
+            action={"type": "webhook", "endpoint": receiver.url}, description="tells us you are at home"))
+        assert status == 201, out
+        beacon = out["id"]
+
+        status, offered = await t.running.call("GET", "/households/me/triggers", token=target)
+        assert status == 200, offered
+        switches = {o["trigger_id"]: o for o in offered["triggers"] if o["action_type"] == "appliance"}
+        assert set(switches) == set(pair)
+        assert all(not o["consented"] and o["requires"] == ["triggers", f"trigger_events:{o['trigger_id']}"]
+                   and "observed" in o["event"] for o in switches.values())
+        assert "appliance switch" in offered["disclosure"]["events"]
+
+        # consent to triggers and an allowed appliance are not enough: nothing is switched
+        await t.window(values=[{"power_import_w": 2000.0}, {"power_import_w": 2000.0}])
+        assert heaters[0].calls == [] and heaters[1].calls == []
+
+        for trigger_id in (*pair, beacon):
+            await grant(t.running, target, t.org_id, f"trigger_events:{trigger_id}")
+        status, offered = await t.running.call("GET", f"/households/me/triggers/{pair[0]}", token=target)
+        assert status == 200 and offered["consented"], offered
+        for watts in (2000.0, 500.0, 2000.0, 500.0):  # each window: the beacon's event and one switch fire
+            await t.window(values=[{"power_import_w": watts}, {"power_import_w": watts}])
+        events = [m for m in receiver.messages() if m.get("trigger_id") == beacon]
+        # one budget of 3 for the day across the webhook and the switches: 8 firings, 3 events
+        assert len(heaters[0].calls) + len(events) == 3, (heaters[0].calls, events)
+        assert heaters[0].calls and events
+        assert heaters[1].calls == []  # the other household consented to no switch
+
+        _, html = await access_rows(t.running, target_id)
+        shown = html.count("Your appliance switched by a trigger on your data")
+        assert shown == len(heaters[0].calls) and html.count("event about your household") == len(events)
+        _, html = await access_rows(t.running, other_id)
+        assert "Your appliance switched" not in html
+    finally:
+        for heater in heaters:
+            if heater.runner is not None:
+                await heater.runner.cleanup()

@@ -45,6 +45,8 @@ async def heating_service(tmp_path, start_agent, devices):
         "    return household_power_consumption > 1000\n", interval=QUARTER, window="15m",
         action={"type": "appliance", "appliance": "heater", "command": "on"}))
     assert status == 201, out
+    for household in households:  # switches of household conditions: events they consent to (red team 7, R7-3)
+        await grant(running, household[1], org_id, f"trigger_events:{out['id']}")
     clock.now = (math.floor(clock.now / QUARTER) + 1) * QUARTER + 1
     return running, clock, devices, households
 

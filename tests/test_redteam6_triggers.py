@@ -192,10 +192,9 @@ async def test_a_noisy_triggers_view_says_nothing_of_who_was_evaluated(tmp_path,
 async def test_a_consented_triggers_events_say_nothing_of_another_triggers_condition(tmp_path, start_agent, receiver,
                                                                                       probe_action):
     """A deleted trigger's debounce was a cooldown for every trigger of its organization, so a probe (a
-    notification, or an appliance switch: neither reaches the organization) deleted after each window switched a
-    consented beacon's next event off whenever the probe had fired: the beacon's missing events were the probe's
-    condition, 100% recovered. Failed until the cooldown held only triggers of the deleted one's action type (red
-    team 6, R6-4)."""
+    notification, or a consented appliance switch) deleted after each window switched a consented beacon's next
+    event off whenever the probe had fired: the beacon's missing events were the probe's condition, 100%
+    recovered. Failed until the cooldown held only triggers of the deleted one's action type (red team 6, R6-4)."""
     config = town_config(tmp_path)
     clock = StepClock(T0)
     running = await start_agent(config, clock=clock)
@@ -228,6 +227,8 @@ async def test_a_consented_triggers_events_say_nothing_of_another_triggers_condi
             "    return household_power_consumption > 1000\n", interval=QUARTER + 100, window="15m", **action))
         assert status == 201, out
         probe = out["id"]
+        if probe_action == "appliance":  # its switches are events too (red team 7, R7-3): consented, or it never acts
+            await grant(running, target, org_id, f"trigger_events:{probe}")
         to_next_quarter(clock)
         await post(running, target, clock, power_import_w=watts)
         await close_window(running, clock, QUARTER)  # the probe and the beacon evaluated; the clock in the next

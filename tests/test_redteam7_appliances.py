@@ -16,8 +16,6 @@ level.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.helpers.appliances import FakeShelly
 from tests.helpers.triggers import body, close_window, town  # noqa: F401  (fixture)
 
@@ -25,10 +23,6 @@ QUARTER = 900
 SECRET_W = [650.0, 1800.0, 2400.0, 300.0, 1200.0, 90.0]  # the target's consumption, quarter by quarter
 
 
-@pytest.mark.xfail(strict=True, reason="red team 7 R7-3: appliance switches of household conditions need no "
-                   "trigger_events consent and have no daily cap (agent/triggers/runner.py, _plan: event_allowed "
-                   "for webhooks only; _switch), so an organization that sees the appliance reads the household's "
-                   "condition every interval, outside the stated disclosure bound")
 async def test_an_appliance_the_organization_sees_carries_no_more_than_the_disclosure_bound(town):  # noqa: F811
     t = await town(3, level="supplier")
     target, *others = t.households

@@ -351,12 +351,16 @@ class ConsentableTrigger(Answer):
     description: str
     parameters: list[dict[str, Any]]
     window: str
+    action_type: Annotated[Literal["webhook", "appliance"], Meta(description=(
+        "webhook: an event sent to the organization; appliance: your appliance switched, which the organization "
+        "may see"))]
     service: Annotated[str, Meta(description="trigger_events:<trigger_id>: PUT /households/me/consents/{org_id}/"
                                              "{service} to consent")]
     consented: bool
     requires: list[str]
     max_rate: MaxRate
-    event: Annotated[dict[str, str], Meta(description="what the organization receives per event, field by field")]
+    event: Annotated[dict[str, str], Meta(description="what the organization receives (webhook) or can see "
+                                                      "(appliance) per event, field by field")]
     created_at: Seconds
 
 

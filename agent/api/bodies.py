@@ -81,7 +81,10 @@ class NotificationAction(Body, tag_field="type", tag="notification"):
 
 
 class ApplianceAction(Body, tag_field="type", tag="appliance"):
-    """Switches the household's appliances of this name or kind that it lets the organization control"""
+    """Switches the household's appliances of this name or kind that it lets the organization control. A condition on
+    household parameters: only for households that consented to this trigger's events (trigger_events:<trigger_id>),
+    each switch one of the day's [triggers] max_events_per_household_per_day events about the household (the
+    organization may see the appliance)"""
 
     appliance: Annotated[str, Meta(min_length=1, max_length=64, description="an appliance's name or kind")]
     command: Literal["on", "off"]

@@ -6,10 +6,12 @@ household's data per evaluation. What leaves the device is therefore bounded her
 - an action for a household happens at most once per `interval` per trigger (`Debouncer`), and a
   trigger deleted and created again inherits its predecessor's wait (the organization's cooldown, for
   triggers of the same action type);
-- actions of household conditions go to the household's side only (its inbox, its endpoint, its
-  appliance); a webhook to the organization carries a household's event only if that household
+- notifications of household conditions go to the household's side only (its inbox, its endpoint);
+  an action of a household condition the organization can observe (`Trigger.discloses`: a webhook to it, or
+  a switch of an appliance it may supply or monitor, red team 7 R7-3) happens only if that household
   consented to that trigger's events, and at most `max_events_per_household_per_day` of them per
-  organization and UTC day (`Debouncer.event_allowed`); `disclosure_bits` is what that bound means;
+  organization and UTC day, one budget for both (`Debouncer.event_allowed`); `disclosure_bits` is what that
+  bound means;
 - the organization's statistics are per-window counts released by the release module (thresholded or
   noised), summed in `TriggerStats`, never a per-household result.
 """
@@ -28,6 +30,9 @@ from agent.parameters import HOUSEHOLD, Parameter, lookup
 
 # the actions the runner carries out; their shapes are agent/api/bodies.py's (tests/test_api_bodies.py: the same)
 KINDS = ("notification", "appliance", "webhook")
+# Actions the organization can observe: its own webhook, and an appliance it may switch (and may supply or monitor:
+# nothing on the device can tell). Of a household condition, each one is a disclosure about that household.
+OBSERVABLE = ("webhook", "appliance")
 MAX_PARAMETERS = 16
 MAX_CONTENT_CHARS = 1000
 MAX_TITLE_CHARS = 100
@@ -91,6 +96,12 @@ class Trigger:
     def kind(self) -> str:
         """"household": runs per consenting household; "neighborhood": once per window."""
         return "household" if any(p.level == HOUSEHOLD for p in self.catalogue()) else "neighborhood"
+
+    @property
+    def discloses(self) -> bool:
+        """Its actions tell the organization a household's condition: each needs that household's consent to this
+        trigger's events and is one of the household's events of the day to the organization."""
+        return self.kind == "household" and self.action["type"] in OBSERVABLE
 
     def public_action(self) -> dict:
         return dict(self.action)  # the secret is kept beside it, never in it

@@ -15,12 +15,14 @@ Timing (nothing observable about evaluation time):
 What an organization observes:
 - Neighbourhood inputs come from ``releases.answer`` only (the released aggregate); a refusal means
   the condition does not run for that window.
-- Actions of household conditions go to the household's side only: its inbox and own endpoint, its
-  appliance. A ``webhook`` of a household condition is sent only for households that consented to that
-  trigger's events (service ``trigger_events:<trigger_id>``), at most
-  ``max_events_per_household_per_day`` per organization (all its triggers) per UTC day, and each is in
-  the household's disclosure log (the audit entry ``trigger.action`` with its household id). A
-  ``webhook`` of a neighbourhood condition is one event per window naming no household.
+- Notifications of household conditions go to the household's side only: its inbox and own endpoint.
+  A ``webhook`` of a household condition, and an ``appliance`` switch of one (the organization may supply or
+  monitor the appliance: its state is the condition, red team 7 R7-3), happen only for households that
+  consented to that trigger's events (service ``trigger_events:<trigger_id>``), at most
+  ``max_events_per_household_per_day`` per organization (all its triggers, webhooks and switches alike) per
+  UTC day, and each is in the household's disclosure log (the audit entry ``trigger.action`` with its
+  household id and ``disclosed``), sent or tried. A ``webhook`` of a neighbourhood condition is one event per
+  window naming no household; an appliance switch of one depends on released values only.
 
 Fair sharing (see lanes.py): each organization's webhooks and appliance switches have a lane of their
 own (slots, a bounded queue, their own HTTP connections); each household's own notifications have a lane
@@ -278,14 +280,17 @@ class TriggerRunner:
             "max_events_per_household_per_day": cfg.max_events_per_household_per_day,
             "scope": "per organization, across all its triggers, per UTC day",
             "consent": EVENTS_SERVICE + "<trigger_id>",
+            "events": ["webhook", "appliance switch"],  # of conditions on household parameters: one budget
             "max_bits_per_household_per_day": round(disclosure_bits(cfg.max_events_per_household_per_day, slots), 1),
             "release_delay_s": cfg.release_delay_s,
             "statistics_delay_s": cfg.statistics_delay_s,
             "detail": (
-                "Actions of conditions on household parameters go to the household only (inbox, its own endpoint, "
-                "its appliance). A webhook to the organization carries a household's event only if the household "
-                f"consented to that trigger's events ({EVENTS_SERVICE}<trigger_id>), at most "
-                f"{cfg.max_events_per_household_per_day} per organization per UTC day; each names one of at most "
+                "Notifications of conditions on household parameters go to the household only (inbox, its own "
+                "endpoint). A webhook to the organization, or a switch of the household's appliance (which the "
+                "organization may supply or monitor), of such a condition is an event about the household: it "
+                f"happens only if the household consented to that trigger's events ({EVENTS_SERVICE}<trigger_id>), "
+                f"at most {cfg.max_events_per_household_per_day} per organization per UTC day, webhooks and "
+                "switches together, each in the household's disclosure log; each names one of at most "
                 f"{slots} (trigger, window) pairs a day, so a day's events carry at most "
                 "max_bits_per_household_per_day bits. Everything else an organization learns of its triggers is "
                 "per-window counts released by the release module (at least k_min households, or noised), sent "
@@ -437,9 +442,9 @@ class TriggerRunner:
         return [t for t in self.triggers.values() if t.organization_id == org_id]
 
     def consentable(self) -> list[Trigger]:
-        """Triggers whose events a household may consent to: household conditions with a webhook action."""
-        return [t for t in self.triggers.values() if t.kind == "household" and t.action["type"] == "webhook"
-                and not t.quarantined and t.rejected is None]
+        """Triggers whose events a household may consent to: household conditions with an action the organization
+        can observe (a webhook, an appliance switch)."""
+        return [t for t in self.triggers.values() if t.discloses and not t.quarantined and t.rejected is None]
 
     def state(self, trig: Trigger) -> str:
         if not self.availability.ok:
@@ -658,25 +663,26 @@ class TriggerRunner:
         return None if self._late(trig, outcome) else outcome
 
     def _recipients(self, trig: Trigger, org) -> list:
-        """Who it may act for: consent now (a revocation is effective at once); a household webhook only for
-        households that consented to this trigger's events; appliance actions only for households with a
-        matching appliance they let this organization switch."""
+        """Who it may act for: consent now (a revocation is effective at once); a household condition's webhook or
+        appliance switch only for households that consented to this trigger's events; appliance actions only for
+        households with a matching appliance they let this organization switch."""
         registry = self.needs.registry
         out = [h for h in list(registry.households.values()) if registry.consent_state(h.id, org.id, "triggers")]
-        if trig.action["type"] == "webhook":
+        if trig.discloses:
             out = [h for h in out if registry.consent_state(h.id, org.id, events_service(trig.id))]
-        elif trig.action["type"] == "appliance":
+        if trig.action["type"] == "appliance":
             out = [h for h in out if self.households.targets(h.id, org.id, trig.action["appliance"])]
         return out
 
     async def _plan(self, trig: Trigger, org, outcome: Outcome, fired: list) -> None:
-        """Debounce (and, for events to the organization, the per-day bound) as of the release moment, written
-        before the window is held: a crash after an action must not let it happen again within the interval."""
+        """Debounce (and, for a household condition's actions the organization observes, the per-day bound, one for
+        webhooks and appliance switches) as of the release moment, written before the window is held: a crash
+        after an action must not let it happen again within the interval."""
         at = outcome.release_at
         key = lambda h: "" if h is None else h.id  # noqa: E731 -- the organization's own event: one per trigger
         acting = [h for h in fired if self.debounce.allowed(trig, key(h), at)]
         disclosed: list[str] = []
-        if trig.kind == "household" and trig.action["type"] == "webhook":
+        if trig.discloses:
             per_day = self.config.max_events_per_household_per_day
             acting = [h for h in acting if self.debounce.event_allowed(org.id, h.id, at, per_day)]
             disclosed = [h.id for h in acting]
@@ -764,7 +770,7 @@ class TriggerRunner:
         if acting != [None]:  # a consent revoked since the evaluation is obeyed
             acting = [h for h in acting if h.id in registry.households
                       and registry.consent_state(h.id, org.id, "triggers")
-                      and (kind != "webhook" or registry.consent_state(h.id, org.id, events_service(trig.id)))]
+                      and (not trig.discloses or registry.consent_state(h.id, org.id, events_service(trig.id)))]
         if kind == "notification":
             self._spawn(outcome, self._notify_all(trig, org, acting, outcome))
             return
@@ -857,7 +863,7 @@ class TriggerRunner:
         kind = trig.action["type"]
         if household is not None:
             details["household_id"] = household.id
-            if kind == "webhook":
+            if trig.discloses:
                 details["disclosed"] = True  # the household's disclosure log: an event about it to the organization
         self.needs.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action_type=kind,
                                 window_start=outcome.start, delivered=ok, **details)

@@ -92,8 +92,8 @@ def _window_span(entry: dict) -> tuple[float, float] | None:
 
 def _about_this_household(entry: dict, household_id: str) -> bool:
     """A trigger's event about this household to the organization, sent or tried (whether it was delivered or
-    dropped can depend on the other households' events in the organization's lane), or its appliance switched
-    (its own lane)."""
+    dropped can depend on the other households' events in the organization's lane): a webhook or a switch of its
+    appliance by a condition on its data; or its appliance switched by a neighbourhood condition."""
     if entry.get("action") != "trigger.action" or entry.get("household_id") != household_id:
         return False
     return bool(entry.get("disclosed") or (entry.get("action_type") == "appliance" and entry.get("delivered")))
@@ -127,7 +127,9 @@ def access_row(entry: dict, registry, household_id: str, members=None, tag_of=No
     if _about_this_household(entry, household_id):
         org = registry.organizations.get(entry["who"])
         return {"at": entry["at"], "organization": org.name if org else entry["who"],
-                "action": f"trigger.{entry['action_type']}", "window": None, "start": entry.get("window_start"),
+                # a household condition's switch (disclosed) is an event about it; a neighbourhood one's is not
+                "action": "trigger.switch" if entry["action_type"] == "appliance" and entry.get("disclosed")
+                else f"trigger.{entry['action_type']}", "window": None, "start": entry.get("window_start"),
                 "end": None, "included": "yes", "rho": None, "exact": True}
     service = RELEASING[entry["action"]]
     org_id = entry["who"]
