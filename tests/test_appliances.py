@@ -16,7 +16,7 @@ from tests.helpers.agent import grant, make_config
 from tests.helpers.appliances import FakeShelly, FakeTasmota
 from tests.helpers.receiver import receiver  # noqa: F401  (the fixture)
 from tests.helpers.triggers import b64, body, town  # noqa: F401  (town: the fixture)
-from tests.helpers.web import access_rows
+from tests.helpers.web import access_rows, signed_in
 
 
 @pytest.fixture
@@ -227,6 +227,12 @@ async def test_a_household_conditions_switches_are_events_it_consents_to_within_
         assert all(not o["consented"] and o["requires"] == ["triggers", f"trigger_events:{o['trigger_id']}"]
                    and "observed" in o["event"] for o in switches.values())
         assert "appliance switch" in offered["disclosure"]["events"]
+
+        browser = await signed_in(t.running, "household", target_id, "nl")  # the Permissions page, in Dutch too
+        status, html, _ = await browser.get("/ui/me/consents")
+        await browser.close()
+        assert status == 200 and html.count("schakelt ze uw apparaat “heater” aan") == 1, html
+        assert html.count("schakelt ze uw apparaat “heater” uit") == 1
 
         # consent to triggers and an allowed appliance are not enough: nothing is switched
         await t.window(values=[{"power_import_w": 2000.0}, {"power_import_w": 2000.0}])
