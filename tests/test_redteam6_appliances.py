@@ -146,6 +146,7 @@ async def test_an_organization_cannot_switch_another_households_appliance_throug
             ["household_power_consumption"], "def condition(household_power_consumption):\n    return True\n",
             action={"type": "appliance", "appliance": "heater", "command": "on"}))
         assert status == 201, out
+        await grant(running, spy, org_id, f"trigger_events:{out['id']}")  # a switch on its data (red team 7, R7-3)
         clock.step(60)
         assert (await running.call("POST", "/readings", token=spy, json={"timestamp": clock.now,
                                                                         "power_import_w": 100.0}))[0] == 201
