@@ -91,6 +91,8 @@ async def test_an_organization_cannot_switch_the_targets_relay_through_its_other
         ["household_power_consumption"], "def condition(household_power_consumption):\n    return True\n",
         action={"type": "appliance", "appliance": "heater", "command": "on"}))
     assert status == 201, out
+    # the spy consents to the switches of a condition on its data (R7-3 needs it; the spy is the organization's)
+    await grant(running, spy, org_id, f"trigger_events:{out['id']}")
     clock.step(60)
     assert (await running.call("POST", "/readings", token=spy, json={"timestamp": clock.now,
                                                                     "power_import_w": 100.0}))[0] == 201
