@@ -153,7 +153,8 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
 
 CONSENT_PATH = "/households/me/consents/{org_id}/{service}"
 CONSENT_DOCS = {"service": "aggregates, triggers, anonymized_data, or trigger_events:<trigger id> (one trigger's "
-                           "per-household events; a trigger id is trg_ and 12 hex digits)"}
+                           "per-household events: its webhooks or appliance switches of a condition on your data; a "
+                           "trigger id is trg_ and 12 hex digits)"}
 ROUTES = (
     Route("GET", "/households/me", me, HH, "The calling household", "household", {"200": ok_json("Household")}),
     Route("GET", "/households/me/organizations", organizations_for_household, HH,
