@@ -181,13 +181,30 @@ def parse_limit(value: str | None, default: int = 10_000) -> int:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request's body, which must arrive within BODY_TIMEOUT_S (a slow body would hold its request open)."""
+    """The request's body, which must arrive within BODY_TIMEOUT_S (a slow body would hold its request open), sent
+    by a caller its token still identifies (`still_caller`)."""
     if request.content.is_eof():  # all of it is here already (the usual case): no timer and task to wait with
-        return await request.read()
-    try:
-        return await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+        body = await request.read()
+    else:
+        try:
+            body = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+    still_caller(request)
+    return body
+
+
+def still_caller(request: web.Request) -> None:
+    """After a body arrived: the token the request was let in with still identifies the same caller. A token
+    rotated, a key rotated or a household deleted while the body was on its way ends the request as if it had been
+    sent afterwards (red team 8, R8-2: a request begun with a leaked token acted after its rotation)."""
+    found = request.get(CALLER)
+    if found is None:
+        return
+    agent = agent_of(request)
+    again = identify(token_from(request, ("bearer", "token")), agent.config.operator_token, agent.registry)
+    if again is None or (again.role, again.id) != (found.role, found.id):
+        raise _unauthorized("unknown or revoked token")
 
 
 async def read_json(request: web.Request) -> Any:

@@ -8,7 +8,7 @@ import logging
 
 from aiohttp import web
 
-from agent.api.common import ApiError, KeyedLocks, agent_of, caller, read_body, read_json
+from agent.api.common import ApiError, KeyedLocks, agent_of, caller, read_body, read_json, still_caller
 from agent.api.spec import HH, NOT_FOUND, STRING, Route, error, ok_json, ref
 from agent.audit import consent_action
 from agent.auth import HOUSEHOLD
@@ -142,6 +142,7 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
         form = await request.post()
     except ValueError as err:  # e.g. multipart without a boundary
         raise ApiError(400, "bad_request", f"unreadable form: {err.__class__.__name__}") from None
+    still_caller(request)
     telegram = form.get("telegram")
     if not isinstance(telegram, str) or not telegram.strip():
         raise ApiError(400, "bad_request", "form field 'telegram' is required")

@@ -222,6 +222,10 @@ def guarded_page(row: Page) -> Callable[[web.Request], Awaitable[web.StreamRespo
                     raise PageError(403, "forbidden")
             if form:
                 data = await request.post()
+                # the session again, now that the body is here: one ended meanwhile (a rotated token, a deleted
+                # household, signed out) acts no more than a form sent afterwards (red team 8, R8-2)
+                if current_session(request) is not session:
+                    raise PageError(401, "signed_out")
                 if not agent_of(request).sign_in.csrf_ok(session.csrf, data.get("csrf")):
                     raise PageError(403, "csrf")
                 return await handler(request, session, data)
