@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import aiohttp
 import pytest
@@ -15,7 +16,7 @@ from drivers.appliances import ApplianceError, driver, names
 from tests.helpers.agent import grant, make_config
 from tests.helpers.appliances import FakeShelly, FakeTasmota
 from tests.helpers.receiver import receiver  # noqa: F401  (the fixture)
-from tests.helpers.triggers import b64, body, town  # noqa: F401  (town: the fixture)
+from tests.helpers.triggers import b64, body, close_window, town  # noqa: F401  (town: the fixture)
 from tests.helpers.web import access_rows, signed_in
 
 
@@ -259,3 +260,42 @@ async def test_a_household_conditions_switches_are_events_it_consents_to_within_
         for heater in heaters:
             if heater.runner is not None:
                 await heater.runner.cleanup()
+
+
+async def test_a_switch_on_household_data_revoked_before_its_release_moment_is_not_made(town):  # noqa: F811
+    """A window's switches wait for its release moment; a household that revokes its consent to the trigger's
+    events meanwhile is not switched (as for webhooks), and the next window's switch is not made either."""
+    t = await town(1)
+    (household_id, token), = t.households
+    heater = FakeShelly()
+    await heater.start()
+    try:
+        status, out = await t.running.call("POST", "/households/me/appliances", token=token, json={
+            "name": "heat pump", "kind": "heater", "driver": "shelly", "address": heater.address,
+            "allowed_organizations": [t.org_id]})
+        assert status == 201, out
+        status, out = await t.create(body(
+            ["household_power_consumption"], "def condition(household_power_consumption):\n    return True\n",
+            action={"type": "appliance", "appliance": "heater", "command": "on"}))
+        assert status == 201, out
+        service = f"trigger_events:{out['id']}"
+        await grant(t.running, token, t.org_id, service)
+        await t.window(power_import_w=100.0)
+        assert heater.calls == [{"id": 0, "on": True}]  # consented: switched
+        heater.calls.clear()
+        # the next window evaluated and held (its condition true), then the consent revoked before it leaves
+        assert (await t.running.call("POST", "/readings", token=token,
+                                     json={"timestamp": t.clock.now, "power_import_w": 100.0}))[0] == 201
+        runner = t.runner
+        close = (math.floor(t.clock.now / 60) + 1) * 60
+        t.clock.now = close + 0.06
+        await t.running.agent.releases.settle()
+        await runner.run_due()
+        assert any(o.acting for o in runner.held), "the window was not held with its switch"
+        status, _ = await t.running.call("DELETE", f"/households/me/consents/{t.org_id}/{service}", token=token)
+        assert status == 200
+        await close_window(t.running, t.clock)  # its release moment and statistics moment
+        await t.window(power_import_w=100.0)
+        assert heater.calls == [], heater.calls
+    finally:
+        await heater.runner.cleanup()
