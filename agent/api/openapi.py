@@ -103,9 +103,9 @@ AGGREGATE_PROPERTIES = {
     "window": {"enum": ["1s", "1m", "15m", "1h"]}, "window_start": TIME, "window_end": TIME,
     "households": {"type": "integer", "minimum": 1,
                    "description": "exact: consenting households with data (a household silent a few seconds is "
-                                  "held at its last values); noisy: every consenting household that can bear the "
-                                  "release on its ledger (a silent one counts 0); wider windows: the fewest of "
-                                  "their finer windows"},
+                                  "held at its last values); noisy: every consenting household (one that sent "
+                                  "nothing, or whose ledger cannot bear the release, counts 0); wider windows: the "
+                                  "fewest of their finer windows"},
     "tag": _nullable("string"),
     "consumption_w": {"type": "number", "description": "sum of the households' mean power (noisy: may be "
                                                        "negative)"},

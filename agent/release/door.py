@@ -11,10 +11,10 @@ recorded, and answered from the record.
   (`audit.admissible_if_one_known`) refuses any release that, with the exact sums of the same quantity released
   to any organization for this window or in the audit period before it, would isolate a household, even for an
   attacker who knows any one household's value. No value-dependent rule (dominance was a threshold oracle).
-- Noisy levels: the cohort is every household consenting throughout the window (data-independent; a silent one
-  counts 0) that can still bear the release on its ledger; k_min of them; OpenDP noise with the level's fixed
-  clamp; one noisy answer per (level, window, quantity, cohort) shared by every organization it applies to; the
-  loss charged to every member's ledger and the record fsync'd before anyone can see it.
+- Noisy levels: the cohort is every household consenting throughout the window (consent only; a silent one, or
+  one whose ledger cannot bear the window, counts 0 and is not charged); k_min of them; OpenDP noise with the
+  level's fixed clamp; one noisy answer per (level, window, quantity, cohort) shared by every organization it
+  applies to; the loss charged to every member's ledger and the record fsync'd before anyone can see it.
 - Grid quantities (agent/release/grid.py: voltage bands per phase, long power failures) are a part of a main
   release, each over the members that report it: exact levels audit them with the count audit
   (`audit.admissible_counts`), noisy levels noise them and charge `grid_rho` more, only where the operator
@@ -648,24 +648,28 @@ class Releases:
         name = day_name(start)
         for org in orgs:
             level = self.config.levels[org.level]
-            consenting = [h for h in self._cohort(org.id, start, end) if h in registry.households]
+            consenting = frozenset(h for h in self._cohort(org.id, start, end) if h in registry.households)
+            counted = len(consenting - self._related(org.id))
             tags = [t for t in level.dp.tags if self._may(org, f"neighborhood_channel_{t}")]
             for tag in [None, *tags]:
                 quantities = () if tag else self._grid_quantities(org)
                 loss = level.dp.loss() + (level.dp.grid_rho if quantities else 0.0)
-                members = frozenset(h for h in consenting if self.ledger.affords(h, loss, start))
-                counted = len(members - self._related(org.id))
                 key = (org.id, grid.width, start, tag or "")
+                members = frozenset(h for h in consenting if self.ledger.affords(h, loss, start))
+                # The count and the refusal are the consenting cohort's, never the ledger's: those that can bear the
+                # window changing by one would say when a household's cap ran out, i.e. how much it spends with
+                # other organizations (red team 7, R7-1). One that cannot bear it counts 0, as a silent one does.
                 if counted < k_min:
                     refusal = Refusal("cohort_too_small", f"{counted} consenting households (not related to this "
-                                      f"organization) can take part in this window; at least {k_min} are needed",
+                                      f"organization) in this window; at least {k_min} are needed",
                                       counted, k_min - counted)
                     staged[key] = _doc(org.id, grid.width, start, tag, refusal)
                     self.members.note(org.id, tag, grid.width, start, members, False, loss)
                     continue
-                share = (level.name, tag, members, quantities)
+                share = (level.name, tag, consenting, members, quantities)
                 if share not in shared:
-                    body = self._noisy_body(level, grid, start, tag, members, contributions, quantities, loss)
+                    body = self._noisy_body(level, grid, start, tag, members, contributions, quantities, loss,
+                                            len(consenting))
                     self.ledger.charge(members, loss, start)
                     digest = cohort_hash(members)
                     batch = durable.setdefault(name, [])
@@ -683,7 +687,9 @@ class Releases:
                 staged[key] = doc
 
     def _noisy_body(self, level: Level, grid: Grid, start: int, tag: str | None, members: frozenset[str],
-                    contributions: Contributions, quantities: tuple[str, ...] = (), loss: float | None = None) -> Json:
+                    contributions: Contributions, quantities: tuple[str, ...], loss: float, households: int) -> Json:
+        """The sums over `members` (those of the cohort that can bear `loss`), stated over `households` (the
+        consenting cohort's size)."""
         cfg, meters, grid_parts = level.dp, self._meters(), quantities
         quantities_n = 1 if tag else 2
         clamp = cfg.tag_clamp_w if tag else cfg.clamp_w
@@ -697,7 +703,7 @@ class Releases:
             consumption = mechanism.release([c.consumption_w if c else 0.0 for c in rows])
             production = mechanism.release([c.production_w if c else 0.0 for c in rows])
         privacy = self._noisy_privacy(level, mechanism, 1 if tag else 2, loss)
-        body = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, len(members), consumption,
+        body = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, households, consumption,
                                  production, privacy)
         if grid_parts:
             body["grid"] = grid_quantities.noisy_part(grid_parts, rows, cfg.grid_rho)
@@ -716,8 +722,8 @@ class Releases:
             "noise_sd_w": round(dp.standard_deviation(mechanism), 3),
             "rho": loss,
             "guarantee": guarantee(privacy.horizon_days, privacy.cap_rho, cfg.delta, loss),
-            "households": "every household consenting throughout the window that can bear it on its ledger; "
-                          "one that sent nothing counts 0",
+            "households": "every household consenting throughout the window; one that sent nothing, or whose "
+                          "privacy-loss ledger cannot bear the window, counts 0 (and is not charged)",
             "quantities": quantities,
         }
 
@@ -772,10 +778,10 @@ class Releases:
             # whether the day is released, who is charged and which fields it has never depend on who sent data
             # or which values a meter reports (red team 6, R6-1).
             loss = level.dp.loss()
-            consenting = self.registry.cohort(org_id, "triggers", day, day + TRIGGER_DAY_S)
-            members = frozenset(h for h in consenting if self.ledger.affords(h, loss, day))
-            if len(members - self._related(org_id)) < self.config.privacy.k_min:
+            consenting = frozenset(self.registry.cohort(org_id, "triggers", day, day + TRIGGER_DAY_S))
+            if len(consenting - self._related(org_id)) < self.config.privacy.k_min:  # consent only (R7-1)
                 continue
+            members = frozenset(h for h in consenting if self.ledger.affords(h, loss, day))
             fields = TRIGGER_COUNTS
             mechanism = (dp.calibrate_rho(1, level.dp.rho / max(1, len(fields))) if level.dp.noise == "gaussian"
                          else dp.calibrate("laplace", 1, level.dp.epsilon / max(1, len(fields))))
