@@ -19,7 +19,7 @@ test: system-deps-test $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests/test_openapi.py
 
 bench: system-deps-bench $(VENV)/.installed-test
-	for b in p1_pipeline store ingest durable bodies traffic triggers_sandbox privacy members fleet web capacity memory; do \
+	for b in p1_pipeline store ingest durable bodies traffic triggers_sandbox privacy members access fleet web capacity memory; do \
 	  [ -f bench/$$b.py ] && echo "== bench/$$b.py" && PYTHONPATH=. $(BIN)/python bench/$$b.py; done
 
 install: $(VENV)/.installed

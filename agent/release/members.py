@@ -82,6 +82,19 @@ class Stream:
 
 
 @dataclass(frozen=True)
+class RunInclusion:
+    """One household in a run of a subscription's consecutive windows: how many of them had it in the cohort of
+    every fine window they are made of (`in_all`), of some (`in_some`), of how many the index knows (`known`), the
+    rho they charged it and whether they were noisy."""
+
+    in_all: int
+    in_some: int
+    known: int
+    rho: float
+    noisy: bool = False
+
+
+@dataclass(frozen=True)
 class Inclusion:
     """One household in one span of one stream: the decided windows (released or refused) whose cohort it was in,
     of how many decided, the rho the released ones charged it, and whether the stream was at a noisy level there.
@@ -246,3 +259,42 @@ class Members:
                 if flag[2]:
                     rho += n * flag[3]
         return Inclusion(included, windows, rho, noisy)
+
+    def run_inclusion(self, household_id: str, org_id: str, tag: str | None, first: int, width: int,
+                      count: int) -> RunInclusion | None:
+        """`inclusion` of each of the windows [first + i * width, first + (i + 1) * width), i < count, counted:
+        the stream changes (for this household: its toggles, and the stream's flags) only at a few cuts, so the
+        windows between two cuts are asked about at once and only those a cut falls inside one by one (work in
+        the number of cuts, not windows). None if the index has nothing of the stream then."""
+        end = first + count * width
+        stream = self._streams.get((org_id, tag or ""))
+        if stream is None or not stream.flags or stream.flags[0][0] >= end:
+            return None
+        cuts = sorted({*(s for s, *_ in stream.flags if first < s < end),
+                       *(s for s, _ in stream.toggles.get(household_id, ()) if first < s < end)})
+        in_all = in_some = known = 0
+        rho, noisy = 0.0, False
+        done = 0  # windows counted
+
+        def add(upto: int) -> None:
+            """Windows done..upto, no cut inside any of them but the last: the household is in all or none."""
+            nonlocal in_all, in_some, known, rho, noisy, done
+            if upto <= done:
+                return
+            got = self.inclusion(household_id, org_id, tag, first + done * width, first + upto * width)
+            n, done = upto - done, upto
+            if got is None or not got.windows:
+                return
+            known += n
+            rho, noisy = rho + got.rho, noisy or got.noisy
+            if got.included == got.windows:
+                in_all += n
+            elif got.included:
+                in_some += n
+        for cut in cuts:
+            inside, on_edge = divmod(cut - first, width)
+            add(inside)  # the windows that end by the cut
+            if on_edge:
+                add(inside + 1)  # the one the cut falls in
+        add(count)
+        return RunInclusion(in_all, in_some, known, rho, noisy)

@@ -4,14 +4,20 @@ in a worker thread.
 
 A day file is decoded incrementally (only what was appended since the last request: the segment reader keeps its
 place) and reduced to those entries; the pages then read a page of them, newest first, without reading any file
-whole again. The reductions of at most `KEEP_DAYS` files are kept (a pushing subscription writes ~17,000 entries a
-day); an older day asked for again is read again.
+whole again. A subscription's pushes (`data.push`, one per decided window: 86,400 a day at 1 s) are kept as runs
+(`Run`): its consecutive windows within one clock hour of their starts, so a run's boundaries are a function of the
+subscription's own windows and the clock only (never of what came of them, which depends on other households).
+Memory per kept day is bounded by runs, not windows: at most (24 + the breaks in its windows: restarts, refusals
+of the organization's access) runs per subscription, each ~150 B, plus one small dict per one-off request (reads,
+history, anonymized) and trigger action. The reductions of at most `KEEP_DAYS` files are kept; an older day asked
+for again is read again (bench/access.py: a 1 s subscription's day was ~52 MB held as dicts, now some KB).
 """
 
 from __future__ import annotations
 
 import calendar
 import heapq
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -19,10 +25,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from agent.config import WINDOW_SECONDS
 from agent.store.segment import SegmentStorage
 
 KEEP_DAYS = 3
 RELEASING = ("data.read", "data.push", "data.history", "data.anonymized")
+RUN_S = 3600  # a run of pushes ends at the clock hour (of its windows' starts)
 FIELDS = ("at", "who", "action", "window", "window_start", "since", "until", "from", "to", "tag", "released",
           "subscription_id", "household_id", "delivered", "disclosed", "action_type")
 
@@ -36,11 +44,45 @@ def owner(entry: dict[str, Any]) -> tuple[str, str] | None:
     return ("organization", entry["who"]) if action in RELEASING and entry.get("role") == "organization" else None
 
 
+class Run:
+    """One subscription's consecutive decided windows `first`, `first + width`, ... (`count` of them), all starting
+    in one clock hour; `at`: when the first was recorded."""
+
+    __slots__ = ("who", "subscription_id", "window", "width", "first", "count", "at")
+
+    def __init__(self, entry: dict[str, Any]):
+        self.who, self.subscription_id = sys.intern(entry["who"]), sys.intern(entry["subscription_id"])
+        self.window, self.width = sys.intern(entry["window"]), WINDOW_SECONDS[entry["window"]]
+        self.first, self.count, self.at = int(entry["window_start"]), 1, entry["at"]
+
+    @staticmethod
+    def of(entry: dict[str, Any]) -> bool:
+        """Whether an entry is a push a run can hold (one on the windows' grid of a known width)."""
+        return (entry.get("action") == "data.push" and isinstance(entry.get("subscription_id"), str)
+                and entry.get("window") in WINDOW_SECONDS and isinstance(entry.get("window_start"), (int, float))
+                and entry["window_start"] == int(entry["window_start"]))
+
+    def extend(self, entry: dict[str, Any]) -> bool:
+        """Take the subscription's next window if it follows this run's last in the same clock hour."""
+        start = int(entry["window_start"])
+        if (entry["who"] != self.who or entry["window"] != self.window or start != self.first + self.count * self.width
+                or start // RUN_S != self.first // RUN_S):
+            return False
+        self.count += 1
+        return True
+
+    def entry(self) -> dict[str, Any]:
+        """As the pages read an entry: the first window's, with `windows` (how many the run holds)."""
+        return {"at": self.at, "who": self.who, "action": "data.push", "subscription_id": self.subscription_id,
+                "window": self.window, "window_start": self.first, "windows": self.count}
+
+
 class _Day:
     def __init__(self, path: Path):
         self.storage = SegmentStorage(path)
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any] | Run] = []  # at the position of its first window
         self.owned: dict[tuple[str, str], list[int]] = {}  # owner -> positions in `entries`
+        self.runs: dict[str, Run] = {}  # subscription -> its newest run
         self.seen = 0  # the highest record id reduced
 
     def refresh(self) -> None:
@@ -50,10 +92,25 @@ class _Day:
             entry = rows[doc_id]
             key = owner(entry)
             if key is not None:
-                self.owned.setdefault(key, []).append(len(self.entries))
-                self.entries.append({k: entry[k] for k in FIELDS if k in entry})
+                self._reduce(key, entry)
             self.seen = doc_id
         rows.clear()  # reduced: the reader keeps its place in the file, not the entries
+
+    def _reduce(self, key: tuple[str, str], entry: dict[str, Any]) -> None:
+        item: dict[str, Any] | Run
+        if Run.of(entry):
+            run = self.runs.get(entry["subscription_id"])
+            if run is not None and run.extend(entry):
+                return
+            item = self.runs[entry["subscription_id"]] = Run(entry)
+        else:
+            item = {k: entry[k] for k in FIELDS if k in entry}
+        self.owned.setdefault(key, []).append(len(self.entries))
+        self.entries.append(item)
+
+
+def _entry(item: dict[str, Any] | Run) -> dict[str, Any]:
+    return item.entry() if isinstance(item, Run) else item
 
 
 class AccessIndex:
@@ -73,21 +130,22 @@ class AccessIndex:
         return day
 
     def day(self, day_start: int) -> list[dict[str, Any]]:
-        """The entries of one UTC day any page may show, oldest first (appended to as the day's file grows)."""
+        """The entries of one UTC day any page may show, oldest first, a run as one (`Run.entry`)."""
         with self._lock:
-            return self._day(day_start).entries
+            return [_entry(item) for item in self._day(day_start).entries]
 
     def own(self, day_start: int, household_id: str, organizations: Iterable[str],
             keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
         """One household's entries of one UTC day, oldest first: the trigger actions about it and the requests
-        of `organizations` (those it consented to), as far as `keep` accepts them. Only these are looked at
-        (besides decoding what the file grew by), so neither the list nor the work to make it depends on other
-        households' entries; it grows only at its end while the organizations stay the same."""
+        of `organizations` (those it consented to), as far as `keep` accepts them, a run of pushes as one entry
+        (`Run.entry`, placed at its first window). Only these are looked at (besides decoding what the file grew
+        by), so neither the list nor the work to make it depends on other households' entries; while the
+        organizations stay the same it grows only at its end, and a run's `windows` only while its hour lasts."""
         owners = {("household", household_id), *(("organization", org) for org in organizations)}
         with self._lock:
             day = self._day(day_start)
             positions = heapq.merge(*(day.owned.get(key, ()) for key in owners))
-            return [entry for entry in (day.entries[i] for i in positions) if keep(entry)]
+            return [entry for entry in (_entry(day.entries[i]) for i in positions) if keep(entry)]
 
     def days(self) -> list[int]:
         """The UTC midnights of the day files there are, oldest first."""

@@ -79,11 +79,12 @@ def offers(agent: Services, household_id: str) -> list[dict]:
 
 # --- who used my data ----------------------------------------------------------------------------
 def _window_span(entry: dict) -> tuple[float, float] | None:
+    """The span asked for; of a run of pushes (`windows`: access_index.Run), all its windows'."""
     if entry["action"] in ("data.read", "data.push"):
         if entry.get("window_start") is None or entry.get("window") not in WINDOW_SECONDS:
             return None
         start = float(entry["window_start"])
-        return start, start + WINDOW_SECONDS[entry["window"]]
+        return start, start + WINDOW_SECONDS[entry["window"]] * entry.get("windows", 1)
     if entry["action"] == "data.history":  # the windows asked for: those that ended by `until`
         width = WINDOW_SECONDS.get(entry.get("window"), 1)
         return float(entry["since"]), float(entry["until"] // width * width)
@@ -136,19 +137,36 @@ def access_row(entry: dict, registry, household_id: str, members=None, tag_of=No
     span = _window_span(entry)
     assert span is not None  # concerns()
     start, end = span
+    org = registry.organizations.get(org_id)
+    row = {"at": entry["at"], "organization": org.name if org else org_id, "action": entry["action"],
+           "window": entry.get("window"), "start": start, "end": end}
+    tag = (tag_of(entry) if tag_of else entry.get("tag")) if members is not None and service == "aggregates" else None
+    if "windows" in entry:
+        return {**row, **_run_inclusion(entry, registry, household_id, members, tag, start, end)}
     inclusion = None
     if members is not None and service == "aggregates":
-        tag = tag_of(entry) if tag_of else entry.get("tag")
         inclusion = members.inclusion(household_id, org_id, tag, start, end)
     if inclusion is not None and inclusion.windows:
         included = ("yes" if inclusion.included == inclusion.windows else "part" if inclusion.included else "no")
         rho = inclusion.rho if inclusion.noisy else None
     else:
         included, rho = _inferred(entry, registry, household_id, org_id, service, start, end), None
-    org = registry.organizations.get(org_id)
-    return {"at": entry["at"], "organization": org.name if org else org_id, "action": entry["action"],
-            "window": entry.get("window"), "start": start, "end": end, "included": included, "rho": rho,
-            "exact": inclusion is not None and inclusion.windows > 0}
+    return {**row, "included": included, "rho": rho, "exact": inclusion is not None and inclusion.windows > 0}
+
+
+def _run_inclusion(entry: dict, registry, household_id: str, members, tag, start: float, end: float) -> dict:
+    """A run of a subscription's windows: how many (`windows`), in how many the household was in the cohort (of
+    every fine window: `in_all`; of some: `in_some`), by its own consent and data only; "yes" if in all, "no" if
+    in none, "part" otherwise. Inferred from the consent history (no counts) if the index has none of them."""
+    count = entry["windows"]
+    got = None if members is None else members.run_inclusion(
+        household_id, entry["who"], tag, int(start), WINDOW_SECONDS[entry["window"]], count)
+    if got is None or not got.known:
+        return {"included": _inferred(entry, registry, household_id, entry["who"], "aggregates", start, end),
+                "rho": None, "exact": False, "windows": count, "in_all": None, "in_some": None}
+    included = "yes" if got.in_all == count else "part" if got.in_all or got.in_some else "no"
+    return {"included": included, "rho": got.rho if got.noisy else None, "exact": True, "windows": count,
+            "in_all": got.in_all, "in_some": got.in_some}
 
 
 def _inferred(entry: dict, registry, household_id: str, org_id: str, service: str, start: float, end: float) -> str:
