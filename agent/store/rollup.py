@@ -75,7 +75,9 @@ class _Window:
         lasts = self.lasts
         for i, column in enumerate(columns[_N_MEAN + _N_MAX:]):
             value = column[-1]
-            if value is None:  # rare: a field the last reading lacks
+            if value is None:  # a field the last reading lacks (most, for a datalogger that posts a few fields)
+                if column.count(None) == len(column):
+                    continue  # none of the rows has it (found by a C loop, not the generator)
                 value = next((v for v in reversed(column) if v is not None), None)
             if value is not None:
                 lasts[i] = value
