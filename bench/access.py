@@ -7,7 +7,7 @@ household's page of it (what `_access_page` asks the index).
 Before the index held runs (2026-12-02, this machine): 51.6 MB held for the day (598 B per window, the baseline's
 size), 262 ms CPU per page load for the day; after: ~20 kB and 0.2 ms (24 runs and 5 reads).
 
-    .venv/bin/python bench/access.py [--windows 86400]
+    .venv/bin/python bench/access.py [--windows 86400] [--flush-every 5]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DAY0 = 1_790_035_200  # a UTC midnight
 FLUSH_S = 5  # StorageConfig.flush_seconds's default: a batch of pushes every 5 windows
 
 
-def write_day(directory: Path, windows: int) -> None:
+def write_day(directory: Path, windows: int, flush_every: int) -> None:
     """One subscription's decided windows of one day, as the delivery engine records them (and a few reads)."""
     clock = [float(DAY0)]
     audit = AuditLog(directory, clock=lambda: clock[0])
@@ -42,7 +42,7 @@ def write_day(directory: Path, windows: int) -> None:
         if i % 20_000 == 0:
             audit.record("org-1", "organization", "data.read", window="1m", window_start=DAY0 + i // 60 * 60,
                          released=True)
-        if i % FLUSH_S == FLUSH_S - 1:  # the agent's periodic flush (storage.flush_seconds)
+        if i % flush_every == flush_every - 1:  # the agent's periodic flush (storage.flush_seconds)
             audit.flush()
     audit.close()
 
@@ -61,11 +61,14 @@ def held(make):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--windows", type=int, default=86_400)
+    parser.add_argument("--flush-every", type=int, default=FLUSH_S,
+                        help="windows per audit batch (1: every push its own write, as when durable entries "
+                             "keep the writer busy)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         t = time.perf_counter()
-        write_day(directory, args.windows)
+        write_day(directory, args.windows, args.flush_every)
         size = sum(p.stat().st_size for p in directory.glob("*.seg"))
         print(f"audit log: {args.windows} pushes written in {time.perf_counter() - t:.1f} s, "
               f"{size / 1e6:.1f} MB on disk ({size / args.windows:.0f} B per window, both copies)")
