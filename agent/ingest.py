@@ -18,10 +18,14 @@ import math
 import re
 from datetime import datetime, timezone
 from enum import Enum
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
 
 from agent.errors import DomainError
 from drivers.profiles import PROFILES
-from drivers.reading import COUNT, FIELDS, INPUT_FIELDS, NUMBER, TIME_FIELDS, Reading
+from drivers.reading import COUNT, FIELDS, INPUT_FIELDS, MAP, NUMBER, TIME, TIME_FIELDS, Reading
 from drivers.telegram import CrcError, TelegramDecoder, TelegramError
 
 MAX_BATCH = 1000
@@ -50,7 +54,7 @@ def _invalid(detail: str) -> IngestError:
     return IngestError(IngestCode.INVALID_READING, detail)
 
 
-def parse_moment(value, name: str) -> datetime:
+def parse_moment(value: object, name: str) -> datetime:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _invalid(f"{name} must be an ISO 8601 time or Unix seconds")
     if isinstance(value, str):
@@ -66,7 +70,7 @@ def parse_moment(value, name: str) -> datetime:
     return datetime.fromtimestamp(value, timezone.utc)
 
 
-def _number(name: str, value, kind, low, high):
+def _number(name: str, value: object, kind: type[float] | type[int], low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):  # Python's JSON reader takes NaN and Infinity
@@ -79,55 +83,184 @@ def _number(name: str, value, kind, low, high):
 
 
 # field -> (kind, minimum, maximum), from the table of Reading fields (drivers/reading.py)
-_RULES = {name: (int if FIELDS[name].kind == COUNT else float, FIELDS[name].low, FIELDS[name].high)
-          for name in _SETTABLE if FIELDS[name].kind in (NUMBER, COUNT)}
-_CHANNEL_BOUNDS = FIELDS["channels"].low, FIELDS["channels"].high  # watts of one tag
-# The float fields with finite bounds: a float between them is what _number returns for it (finite, since the bounds
-# are; not negative where the low bound is not), checked without the call: most of what is posted.
-_FLOAT_BOUNDS = {name: (low, high) for name, (kind, low, high) in _RULES.items()
-                 if kind is float and math.isfinite(low) and math.isfinite(high)}
+def _bounds(name: str) -> tuple[float, float]:
+    low, high = FIELDS[name].low, FIELDS[name].high
+    if low is None or high is None:
+        raise TypeError(f"{name}: a posted number needs both bounds in the table")
+    return low, high
 
 
-def reading_from_json(item, meter_id: str, received_at: datetime, index: int | None = None,
-                      tags: tuple[str, ...] | None = None) -> Reading:
-    """One reading; `tags`: the vocabulary its channels must come from (None: any well-formed tag)."""
-    where = "" if index is None else f"readings[{index}]: "
+_RULES: dict[str, tuple[type[float] | type[int], float, float]] = {
+    name: (int if FIELDS[name].kind == COUNT else float, *_bounds(name))
+    for name in _SETTABLE if FIELDS[name].kind in (NUMBER, COUNT)}
+_COUNTS = tuple(name for name in INPUT_FIELDS if FIELDS[name].kind == COUNT)
+# what _checked does that the schema does not: other times read, channels' tags, counts given as whole floats
+_CHECKED = tuple(name for name in INPUT_FIELDS if name != "timestamp" and (name in TIME_FIELDS or name in _COUNTS
+                                                                        or name == "channels"))
+_CHANNEL_BOUNDS = _bounds("channels")  # watts of one tag
+
+
+def _schema_type(name: str) -> Any:
+    """A posted field's type and bounds for msgspec, from its row of the table. Times stay ISO 8601 text or Unix
+    seconds (parse_moment reads them); channels' tags and watts are _channels' (the vocabulary is the operator's)."""
+    facts = FIELDS[name]
+    if facts.kind == TIME:
+        return str | float | None
+    if facts.kind == MAP:
+        return dict[str, Any] | None
+    low, high = _bounds(name)
+    bounded = Meta(ge=low, le=high)
+    if facts.kind == COUNT:  # a whole float (5.0) is a count too: _checked makes it an int
+        whole = Meta(ge=int(low), le=int(high))
+        return Annotated[int, whole] | Annotated[float, bounded] | None
+    return Annotated[float, bounded] | None
+
+
+# The posted Reading as msgspec decodes it: each field's type and bounds (what msgspec checks while it parses);
+# an unknown field is refused (_in_words says which, in the words of the ones the device sets).
+_FIELDS = [(name, _schema_type(name), None) for name in INPUT_FIELDS if name != "timestamp"]
+_TIMESTAMP = ("timestamp", str | float | UnsetType, UNSET)  # required: _checked says so (null is a wrong type)
+ReadingInput = msgspec.defstruct("ReadingInput", [_TIMESTAMP, *_FIELDS], kw_only=True, forbid_unknown_fields=True,
+                                 omit_defaults=True)
+# One reading, a bare list of them or {"readings": [...]} (a JSON object or array: msgspec tells them apart).
+ReadingsBody = msgspec.defstruct("ReadingsBody", [_TIMESTAMP, *_FIELDS, (
+    "readings", list[ReadingInput] | UnsetType, UNSET)],  # type: ignore[valid-type]
+                                 kw_only=True, forbid_unknown_fields=True, omit_defaults=True)
+_BODY: Any = list[ReadingInput] | ReadingsBody  # type: ignore[valid-type]
+_DECODER = msgspec.json.Decoder(_BODY)
+_FIELD_TYPES = dict.fromkeys(INPUT_FIELDS)
+
+
+def readings_from_json_bytes(raw: bytes, meter_id: str, received_at: datetime,
+                             tags: tuple[str, ...] | None = None) -> list[Reading]:
+    """The readings of a JSON body, decoded and checked against the schema in one pass (the hot path).
+    Raises msgspec's errors for a body msgspec does not take (not JSON, NaN, a wrong type, out of bounds): the
+    caller then hands json.loads's reading of it to readings_from_payload, which says what is wrong."""
+    return _readings(_DECODER.decode(raw), meter_id, received_at, tags)
+
+
+def readings_from_payload(payload: Any, meter_id: str, received_at: datetime,
+                          tags: tuple[str, ...] | None = None) -> list[Reading]:
+    """One reading, `{"readings": [...]}` or a bare list (decoded JSON), checked whole against the same schema,
+    an error in this API's words. `tags`: the operator's vocabulary."""
+    _items(payload)  # the batch's shape and size before its readings
     try:
-        if not isinstance(item, dict):
-            raise _invalid("a reading must be a JSON object")
-        if not _SETTABLE.issuperset(item):
-            name = sorted(set(item) - _SETTABLE)[0]
-            if name in ("meter_id", "received_at"):
-                raise _invalid(f"{name} is set by the device, leave it out")
-            raise _invalid(f"unknown field {name!r}")
-        if "timestamp" not in item:
+        checked = msgspec.convert(payload, _BODY)
+    except msgspec.ValidationError as err:
+        raise _in_words(str(err), payload, tags) from None
+    return _readings(checked, meter_id, received_at, tags)
+
+
+def reading_from_json(item: Any, meter_id: str, received_at: datetime,
+                      tags: tuple[str, ...] | None = None) -> Reading:
+    """One reading (a decoded JSON object)."""
+    if not isinstance(item, dict):
+        raise _invalid("a reading must be a JSON object")
+    return readings_from_payload(item, meter_id, received_at, tags)[0]
+
+
+def _items(payload: Any) -> list[Any]:
+    if isinstance(payload, dict) and set(payload) == {"readings"}:
+        payload = payload["readings"]
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise _invalid("no readings")
+    if len(items) > MAX_BATCH:
+        raise IngestError(IngestCode.BATCH_TOO_LARGE, f"at most {MAX_BATCH} readings per request")
+    return items
+
+
+def _readings(payload: Any, meter_id: str, received_at: datetime, tags: tuple[str, ...] | None) -> list[Reading]:
+    if isinstance(payload, list):
+        items, many = payload, True
+    elif payload.readings is UNSET:
+        items, many = [payload], False
+    elif any(v is not None for v in msgspec.structs.astuple(payload)[1:-1]) or payload.timestamp is not UNSET:
+        raise _invalid("unknown field 'readings'")  # a reading, not a batch
+    else:
+        items, many = payload.readings, True
+    _items(items)
+    return [_checked(item, meter_id, received_at, f"readings[{i}]: " if many else "", tags)
+            for i, item in enumerate(items)]
+
+
+def _checked(item: Any, meter_id: str, received_at: datetime, where: str, tags: tuple[str, ...] | None) -> Reading:
+    """A reading msgspec decoded (its fields' types and bounds checked): what the schema does not say."""
+    try:
+        if item.timestamp is UNSET:
             raise _invalid("timestamp is required")
-        values = {"meter_id": meter_id, "received_at": received_at,
-                  "timestamp": parse_moment(item["timestamp"], "timestamp")}
-        for name, value in item.items():
-            if value is None or name == "timestamp":
-                continue
-            bounds = _FLOAT_BOUNDS.get(name)
-            if bounds is not None and type(value) is float and bounds[0] <= value <= bounds[1]:
-                values[name] = value
+        values = msgspec.to_builtins(item)  # the fields given (a null one is left out: None in the Reading)
+        values["timestamp"] = parse_moment(values["timestamp"], "timestamp")
+        for name in _CHECKED:  # in the table's order: the first wrong one is said, whatever the body's order
+            value = values.get(name)
+            if value is None:
                 continue
             if name in TIME_FIELDS:
                 values[name] = parse_moment(value, name)
             elif name == "channels":
                 values[name] = _channels(value, tags)
-            else:
-                kind, low, high = _RULES[name]
-                if kind is int and isinstance(value, float) and not value.is_integer():
-                    raise _invalid(f"{name} must be a whole number")
-                values[name] = _number(name, value, kind, low, high)
+            elif type(value) is float:  # a count
+                values[name] = _whole(name, value)
+        values["meter_id"], values["received_at"] = meter_id, received_at
     except IngestError as err:
         raise IngestError(err.code, where + err.detail) from None
     return Reading.from_values(values)
 
 
-def _channels(value, tags: tuple[str, ...] | None) -> dict[str, float]:
-    if not isinstance(value, dict):
-        raise _invalid("channels must be an object of tag: watts")
+def _whole(name: str, value: float) -> int:
+    if not value.is_integer():
+        raise _invalid(f"{name} must be a whole number")
+    return int(value)
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+_STEP = re.compile(r"\.(\w+)|\[(\d+)\]")
+
+
+def _in_words(message: str, payload: Any, tags: tuple[str, ...] | None) -> IngestError:
+    """msgspec's refusal said as this API says it: the refused value is looked up in the payload and checked by
+    the field's own rule (parse_moment, _channels, _number), whose words are the answer."""
+    match = _AT.match(message)
+    what, path = (match["what"], match["path"] or "") if match else (message, "")
+    steps = [int(index) if index else name for name, index in _STEP.findall(path)]
+    if steps[:1] == ["readings"]:
+        steps = steps[1:]
+    where, item = "", payload
+    if steps and isinstance(steps[0], int):
+        where, item = f"readings[{steps[0]}]: ", _items(payload)[steps[0]]
+        steps = steps[1:]
+    if not isinstance(item, dict):
+        return _invalid(where + "a reading must be a JSON object")
+    if m := _UNKNOWN.match(what):
+        name = m["field"]
+        if name in ("meter_id", "received_at"):
+            return _invalid(f"{where}{name} is set by the device, leave it out")
+        return _invalid(f"{where}unknown field {name!r}")
+    if steps and isinstance(steps[0], str) and steps[0] in _FIELD_TYPES:
+        name = steps[0]
+        try:
+            _explain(name, item[name], tags)
+        except IngestError as err:
+            return IngestError(err.code, where + err.detail)
+    return _invalid(where + (f"{path.lstrip('.')}: {what}" if path else what))
+
+
+def _explain(name: str, value: Any, tags: tuple[str, ...] | None) -> None:
+    """Raises what is wrong with one field's value (the schema refused it)."""
+    if name in TIME_FIELDS:
+        parse_moment(value, name)
+    elif name == "channels":
+        if not isinstance(value, dict):
+            raise _invalid("channels must be an object of tag: watts")
+    else:
+        kind, low, high = _RULES[name]
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise _invalid(f"{name} must be a whole number")
+        _number(name, value, kind, low, high)
+
+
+def _channels(value: dict[str, Any], tags: tuple[str, ...] | None) -> dict[str, float]:
     if len(value) > MAX_CHANNELS:
         raise _invalid(f"at most {MAX_CHANNELS} channels")
     out = {}
@@ -139,20 +272,6 @@ def _channels(value, tags: tuple[str, ...] | None) -> dict[str, float]:
                               f"vocabulary; tags: {', '.join(tags) or '(none)'}")
         out[tag] = _number(f"channels.{tag}", watts, float, *_CHANNEL_BOUNDS)
     return out
-
-
-def readings_from_payload(payload, meter_id: str, received_at: datetime,
-                          tags: tuple[str, ...] | None = None) -> list[Reading]:
-    """One reading, `{"readings": [...]}` or a bare list; checked whole. `tags`: the operator's vocabulary."""
-    if isinstance(payload, dict) and set(payload) == {"readings"}:
-        payload = payload["readings"]
-    items = payload if isinstance(payload, list) else [payload]
-    if not items:
-        raise _invalid("no readings")
-    if len(items) > MAX_BATCH:
-        raise IngestError(IngestCode.BATCH_TOO_LARGE, f"at most {MAX_BATCH} readings per request")
-    many = isinstance(payload, list)
-    return [reading_from_json(item, meter_id, received_at, i if many else None, tags) for i, item in enumerate(items)]
 
 
 def check_order(readings: list[Reading], last_timestamp: datetime | None, now: datetime) -> None:
@@ -179,7 +298,7 @@ class TelegramIngest:
     """Raw telegrams from households' dataloggers: the profile is learnt from the first telegram
     (the one whose specification understands the most fields) and kept per household."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # per household: the decoder of its learnt profile, kept (its parser learns the telegram's lines once)
         self._decoders: dict[str, TelegramDecoder] = {}
 
@@ -192,7 +311,8 @@ class TelegramIngest:
                 raise IngestError(IngestCode.BAD_CRC, "the telegram's CRC does not match its content") from None
             except TelegramError:
                 pass  # the meter was changed: learn again
-        best, best_fields, crc_failed, last_error, kept = None, -1, False, None, None
+        best, best_fields, crc_failed, kept = None, -1, False, None
+        last_error: TelegramError | None = None
         for candidate in PROFILES.values():
             if candidate.encrypted:
                 continue
@@ -207,7 +327,7 @@ class TelegramIngest:
                 continue
             if decoder.last_field_count > best_fields:
                 best, best_fields, kept = reading, decoder.last_field_count, decoder
-        if best is None:
+        if best is None or kept is None:
             if crc_failed:
                 raise IngestError(IngestCode.BAD_CRC, "the telegram's CRC does not match its content")
             raise IngestError(IngestCode.BAD_TELEGRAM, f"not a telegram any meter profile can read ({last_error})")

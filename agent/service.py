@@ -79,7 +79,7 @@ class Agent:
         self.audit = AuditLog(config.storage.path / "audit", clock=clock)
         self.throttle = FailureThrottle()
         self.sign_in = SignIn(clock)  # the web pages' one-time links and sessions (agent/web/)
-        self.telegram_ingest = TelegramIngest()  # type: ignore[no-untyped-call]
+        self.telegram_ingest = TelegramIngest()
         self.books = new_books()
         self._book_list = tuple(self.books.values())
         # The one door: everything organizations observe that depends on household data (agent/release/).

@@ -4,8 +4,13 @@ run, same bodies. Then reading edge.toml's tables (agent/config.py's parse_confi
 schemas) beside the hand-written parser it replaced, taken from the repository's history (HAND_PARSER; skipped
 where git or that commit is not there).
 
+Then POST /readings' bodies (one reading; a batch of 100): agent/ingest.py's msgspec schema of the Reading table
+beside the hand-written checks it replaced (HAND_INGEST's agent/ingest.py, from git), both from the raw bytes as
+the handler has them. With --instructions: those instructions per body under valgrind's callgrind (user space, which
+a shared machine does not disturb), each side in a process of its own at N and 2N bodies, the difference.
+
 Prints microseconds per body (best of 5 runs) and the ratio; asserts nothing. A Pi 4 core is about 4x slower.
-Usage: python bench/bodies.py [iterations]
+Usage: python bench/bodies.py [iterations] | --instructions [bodies, default 2000]
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import timeit
 import tomllib
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +36,7 @@ from agent.config import parse_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HAND_PARSER = "45af7e0"  # the last commit with the hand-written parse_config
+HAND_INGEST = "5a83342"  # the last commit with the hand-written checks of a posted reading
 
 
 def json_object(payload, allowed: dict[str, type | tuple], required: tuple[str, ...] = ()) -> dict:
@@ -92,18 +100,23 @@ def per_body_us(fn, n: int) -> float:
     return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
 
 
-def hand_parser():
-    """The hand-written agent/config.py of HAND_PARSER, as a module of its own (None without git or that commit)."""
+def from_git(commit: str, path: str, name: str):
+    """The module at `path` as it was at `commit`, as a module of its own (None without git or that commit)."""
     try:
-        source = subprocess.run(["git", "show", f"{HAND_PARSER}:agent/config.py"], cwd=REPO, capture_output=True,
+        source = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True,
                                 check=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    spec = importlib.util.spec_from_loader("hand_config", loader=None)
+    spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["hand_config"] = module  # its dataclasses look their module up
-    exec(compile(source, "hand_config.py", "exec"), module.__dict__)
+    sys.modules[name] = module  # its dataclasses look their module up
+    exec(compile(source, f"{name}.py", "exec"), module.__dict__)
     return module
+
+
+def hand_parser():
+    """The hand-written agent/config.py of HAND_PARSER."""
+    return from_git(HAND_PARSER, "agent/config.py", "hand_config")
 
 
 def config_files() -> list[tuple[str, dict]]:
@@ -130,7 +143,83 @@ def bench_config(n: int) -> None:
               f"(baseline), {ours / baseline:.2f}x")
 
 
+# --- POST /readings ---------------------------------------------------------------------------------------------
+NOW = datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
+TAGS = ("fridge", "ev")
+
+
+def reading(i: int) -> dict:
+    """What a household's datalogger posts: a few powers, a voltage, the registers and a tagged channel."""
+    return {"timestamp": f"2026-12-02T11:{i // 60 % 60:02d}:{i % 60:02d}Z", "power_import_w": 420.5 + i,
+            "power_export_w": 0, "voltage_l1_v": 231.2, "energy_import_wh": 12_345_678 + i, "tariff": 2,
+            "channels": {"fridge": 80.5}}
+
+
+READINGS = (("one reading", _raw(reading(0))), ("a batch of 100", _raw({"readings": [reading(i) for i in range(100)]})))
+
+
+def readings_sides():
+    """(label, decode(raw)) for the typed schema and, where git has it, the hand-written checks (HAND_INGEST's)."""
+    from agent.ingest import readings_from_json_bytes
+
+    sides = [("msgspec schema", lambda raw: readings_from_json_bytes(raw, "m", NOW, TAGS))]
+    hand = from_git(HAND_INGEST, "agent/ingest.py", "hand_ingest")
+    if hand is not None:  # the handler then: read_json (msgspec's untyped decode), then the checks
+        untyped = msgspec.json.Decoder()
+        sides.append(("hand-written checks", lambda raw: hand.readings_from_payload(untyped.decode(raw), "m", NOW,
+                                                                                     TAGS)))
+    return sides
+
+
+def bench_readings(n: int) -> None:
+    sides = readings_sides()
+    for label, raw in READINGS:
+        runs = max(1, n // (100 if b"readings" in raw else 1))
+        same = [[r.to_json() for r in decode(raw)] for _, decode in sides]
+        assert all(s == same[0] for s in same), "the two read the readings differently"
+        took = [per_body_us(lambda decode=decode: decode(raw), runs) for _, decode in sides]
+        figures = ", ".join(f"{name} {us:.1f} µs" for (name, _), us in zip(sides, took))
+        ratio = f" (baseline), {took[0] / took[1]:.2f}x" if len(took) > 1 else f" (no baseline: {HAND_INGEST} missing)"
+        print(f"POST /readings, {label} ({len(raw)} bytes): {figures}{ratio}")
+
+
+def readings_instructions(bodies: int) -> None:
+    print(f"POST /readings' body, instructions per body (callgrind, user space; {bodies} and {2 * bodies} bodies "
+          "per run, a batch's a 50th of that, the difference)")
+    for label, raw in READINGS:
+        counted, n = {}, bodies if b"readings" not in raw else max(1, bodies // 50)  # a batch: 100 readings
+        for side in range(len(readings_sides())):
+            runs = [_instructions(side, label, count) for count in (n, 2 * n)]
+            counted[readings_sides()[side][0]] = (runs[1] - runs[0]) / n
+        figures = ", ".join(f"{name} {count:,.0f}" for name, count in counted.items())
+        values = list(counted.values())
+        ratio = f" (baseline), {values[0] / values[1]:.2f}x" if len(values) > 1 else ""
+        print(f"  {label} ({len(raw)} bytes): {figures}{ratio}")
+
+
+def _instructions(side: int, label: str, bodies: int) -> int:
+    run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+                          "--run", str(side), label, str(bodies)], capture_output=True, text=True, cwd=REPO)
+    if run.returncode:
+        raise RuntimeError(f"callgrind failed: {run.stderr[-2000:]}")
+    return int(re.search(r"Collected : (\d+)", run.stderr)[1])
+
+
+def run_readings(side: int, label: str, bodies: int) -> None:
+    """What --instructions counts: `bodies` decodes of one side (its set-up is the same at N and 2N)."""
+    decode, raw = readings_sides()[side][1], dict(READINGS)[label]
+    for _ in range(bodies):
+        decode(raw)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--run"]:
+        run_readings(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        return
+    if "--instructions" in sys.argv:
+        args = [a for a in sys.argv[1:] if not a.startswith("--")]
+        readings_instructions(int(args[0]) if args else 2000)
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     for name, kind, good, bad, fields, required in CASES:
         def typed(raw: bytes, kind=kind) -> object:
@@ -146,6 +235,7 @@ def main() -> None:
             ours, baseline = per_body_us(schema, n), per_body_us(hand, n)
             print(f"{name} body, {label} ({len(raw)} bytes): typed schema {ours:.2f} µs, json.loads + json_object "
                   f"{baseline:.2f} µs (baseline), {ours / baseline:.2f}x")
+    bench_readings(max(1, n // 4))
     bench_config(max(1, n // 20))
 
 

@@ -24,7 +24,10 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from agent.api import bodies
+from agent.api.common import ApiError as DeviceApiError
 from hub import openapi as docs
+from hub.bodies import SubscribeIn
 from hub.service import WIDTHS, Hub
 
 MAX_WINDOWS = 1500  # per request
@@ -156,21 +159,19 @@ async def subscribe(request: web.Request) -> web.Response:
     _, org = request[CALLER]
     hub: Hub = request.app[HUB]
     try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "bad_request", "send a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "send a JSON object")
-    area, window, tag = body.get("area"), body.get("window", "15m"), body.get("tag")
+        body = bodies.decode(await request.read(), SubscribeIn)
+    except DeviceApiError as err:  # the body's shape: the device API's words, the hub's status
+        raise ApiError(400, "bad_request", err.detail) from None
+    area, window, tag = body.area, body.window, body.tag
     if area not in org.areas or area not in hub.areas():
         raise ApiError(404, "not_found", f"no area {area!r} for this organization")
     if window not in WIDTHS:
         raise ApiError(400, "bad_request", f"window must be one of {', '.join(WIDTHS)}")
-    if tag is not None and not (isinstance(tag, str) and tag and all(c.isalnum() or c in "_-" for c in tag)):
+    if tag is not None and not (tag and all(c.isalnum() or c in "_-" for c in tag)):
         raise ApiError(400, "bad_request", "tag: letters, digits, '_' or '-'")
     allow_http, allow_private = request.app[ENDPOINTS]
     try:
-        endpoint = check_url(body.get("endpoint"), allow_http)
+        endpoint = check_url(body.endpoint, allow_http)
         check_literal_host(endpoint, allow_private)
     except TargetError as err:
         raise ApiError(400, "bad_endpoint", str(err)) from None

@@ -1,7 +1,12 @@
 """The hub API's OpenAPI 3.1 description (GET /openapi.json): its paths are hub/api.py's route table (each row
-names its operation here); the security, 401 and 403 of an operation come from the row's roles."""
+names its operation here); the security, 401 and 403 of an operation come from the row's roles. Request bodies'
+schemas are generated from their msgspec Structs (hub/bodies.py)."""
 
 from __future__ import annotations
+
+import msgspec
+
+from hub import bodies
 
 ERROR = {"type": "object", "required": ["error", "detail"],
          "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
@@ -67,12 +72,9 @@ SUBSCRIBE = {
                "webhook-id is the subscription and the window); a window goes once every device of the area "
                "reported it or a grace time after its end",
     "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["endpoint", "area"],
-        "properties": {"endpoint": {"type": "string"}, "area": {"type": "string"},
-                       "window": {"enum": ["1s", "1m", "15m", "1h"], "default": "15m"},
-                       "tag": {"type": "string"}}}}}},
+        "$ref": "#/components/schemas/SubscribeIn"}}}},
     "responses": {"201": {"description": "created", "content": {"application/json": {"schema": SUBSCRIPTION}}},
-                  "400": _error("a bad endpoint, window or tag"), "404": _error("no such area"),
+                  "400": _error("a body not of the schema, or a bad endpoint, window or tag"), "404": _error("no such area"),
                   "503": _error("the cluster could not answer now")}}
 UNSUBSCRIBE = {"summary": "Stop a subscription",
                "parameters": [{"name": "sub_id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -99,6 +101,8 @@ def spec(routes) -> dict:
         "info": {"title": "Edge hub", "version": "1",
                  "description": "Area-level aggregates across Edge devices; the hub never holds a household's "
                                 "data: devices send only what their release module released."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": msgspec.json.schema_components(bodies.BODIES,
+                                                                 ref_template="#/components/schemas/{name}")[1]},
         "paths": paths,
     }

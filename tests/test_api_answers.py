@@ -9,7 +9,7 @@ import re
 import msgspec
 import pytest
 
-from agent.api import answers
+from agent.api import answers, records
 from agent.api.openapi import SPEC
 from drivers.p1_reader import MeterSpec
 from tests.helpers.agent import OPERATOR_TOKEN, delivery_config, grant, make_config
@@ -180,3 +180,22 @@ def test_an_undeclared_field_fails_the_conversion():
         msgspec.convert({**good, "extra": 1}, answers.Organization)
     with pytest.raises(msgspec.ValidationError, match="missing required field `level`"):
         msgspec.convert({k: v for k, v in good.items() if k != "level"}, answers.Organization)
+
+
+@pytest.mark.parametrize("name", sorted(records.schemas()))
+def test_the_documents_record_schemas_are_the_structs(name):
+    """The release records and the webhook payloads: generated from agent/api/records.py, as the answers are."""
+    assert SPEC["components"]["schemas"][name] == records.schemas()[name]
+    assert set(SPEC["webhooks"]) == {"aggregate", "trigger", "notification"}
+    for hook in SPEC["webhooks"].values():
+        ref = hook["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[1] in records.schemas()
+
+
+def test_a_record_with_a_field_it_does_not_name_fails_the_conversion():
+    refusal = {"error": "cohort_too_small", "detail": "too few", "households": 3, "missing": 7}
+    msgspec.convert(refusal, records.Refusal)
+    with pytest.raises(msgspec.ValidationError, match="unknown field `suppressed`"):
+        msgspec.convert({**refusal, "suppressed": True}, records.Refusal)
+    with pytest.raises(msgspec.ValidationError, match="Expected `str` matching"):
+        msgspec.convert({"kind": "exact", "derived_from": "4 x 2h"}, records.Privacy)

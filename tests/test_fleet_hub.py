@@ -248,6 +248,28 @@ async def test_errors_are_json_with_the_right_status(hub):
     assert body == {"areas": [{"area": "north", "devices": ["dev-1", "dev-2", "dev-3"]}]}
 
 
+async def test_a_subscription_body_not_of_its_schema_is_refused_saying_what_is_wrong(hub):
+    """hub/bodies.py's SubscribeIn decodes the body: its shape refused with the field named, before any check of
+    what it means; then the area (404), the window and the tag (400), the endpoint (bad_endpoint), as before."""
+    good = {"endpoint": "https://example.com/hook", "area": "north", "window": "1m"}
+    cases = [(b"{", 400, "bad_request", "not valid JSON"), (b"[]", 400, "bad_request", "must be a JSON object"),
+             ({"area": "north"}, 400, "bad_request", "endpoint is required"),
+             ({**good, "windw": "1h"}, 400, "bad_request", "unknown field 'windw'"),
+             ({**good, "tag": 5}, 400, "bad_request", "tag has the wrong type"),
+             ({**good, "area": "south"}, 404, "not_found", "no area 'south'"),
+             ({**good, "window": "2h"}, 400, "bad_request", "window must be one of"),
+             ({**good, "tag": "a b"}, 400, "bad_request", "tag: letters"),
+             ({**good, "endpoint": "ftp://x"}, 400, "bad_endpoint", "")]
+    async with aiohttp.ClientSession() as http:
+        for body, status, error, words in cases:
+            sent = {"data": body} if isinstance(body, bytes) else {"json": body}
+            async with http.post(hub.base + "/subscriptions", headers={"Authorization": f"Bearer {ORG_KEY}"},
+                                 **sent) as resp:
+                answer = await resp.json()
+            assert (resp.status, answer["error"]) == (status, error) and words in answer["detail"], (body, answer)
+    assert await get(hub, "/subscriptions", ORG_KEY) == (200, {"subscriptions": []})  # none was made
+
+
 async def test_openapi_names_every_route(hub):
     status, spec = await get(hub, "/openapi.json", None)
     assert status == 200 and spec["openapi"].startswith("3.")
