@@ -36,7 +36,7 @@ from agent.config import parse_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HAND_PARSER = "45af7e0"  # the last commit with the hand-written parse_config
-HAND_INGEST = "5a83342"  # the last commit with the hand-written checks of a posted reading
+HAND_INGEST = "809862c"  # the last commit with the hand-written checks of a posted reading
 
 
 def json_object(payload, allowed: dict[str, type | tuple], required: tuple[str, ...] = ()) -> dict:
