@@ -74,7 +74,8 @@ SUBSCRIBE = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": {
         "$ref": "#/components/schemas/SubscribeIn"}}}},
     "responses": {"201": {"description": "created", "content": {"application/json": {"schema": SUBSCRIPTION}}},
-                  "400": _error("a body not of the schema, or a bad endpoint, window or tag"), "404": _error("no such area"),
+                  "400": _error("a body not of the schema, or a bad endpoint, window or tag"),
+                  "404": _error("no such area"),
                   "503": _error("the cluster could not answer now")}}
 UNSUBSCRIBE = {"summary": "Stop a subscription",
                "parameters": [{"name": "sub_id", "in": "path", "required": True, "schema": {"type": "string"}}],
