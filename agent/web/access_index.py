@@ -8,9 +8,9 @@ whole again. A subscription's pushes (`data.push`, one per decided window: 86,40
 (`Run`): its consecutive windows within one clock hour of their starts, so a run's boundaries are a function of the
 subscription's own windows and the clock only (never of what came of them, which depends on other households).
 Memory per kept day is bounded by runs, not windows: at most (24 + the breaks in its windows: restarts, refusals
-of the organization's access) runs per subscription, each ~150 B, plus one small dict per one-off request (reads,
+of the organization's access) runs per subscription, each ~170 B, plus one small dict per one-off request (reads,
 history, anonymized) and trigger action. The reductions of at most `KEEP_DAYS` files are kept; an older day asked
-for again is read again (bench/access.py: a 1 s subscription's day was ~52 MB held as dicts, now some KB).
+for again is read again (bench/access.py: a 1 s subscription's day was 51.6 MB held as dicts, now ~20 kB).
 """
 
 from __future__ import annotations
