@@ -52,11 +52,15 @@ async def _register(running, token, address, name="my plug", **extra):
 @pytest.mark.xfail(strict=True, reason="red team 8 R8-1: an appliance is bound by address, not by device: a second "
                    "household registers the relay's other address (IPv6 beside IPv4, a new DHCP lease) and reads it "
                    "(agent/triggers/actions.py ApplianceBindings, agent/api/household_actions.py new_appliance)")
-async def test_another_address_of_the_targets_relay_is_not_the_targets(tmp_path, start_agent, relay):
+@pytest.mark.parametrize("by_name", [False, True], ids=["by-address", "by-name"])
+async def test_another_address_of_the_targets_relay_is_not_the_targets(tmp_path, start_agent, relay, by_name):
+    """The target registers its relay's IPv4 address, or its name (localhost here: 127.0.0.1 and ::1, as an mDNS
+    name of a dual-stack relay), and reads it once (so the device has reached it)."""
     config = make_config(tmp_path)
     running = await start_agent(replace(config, delivery=replace(config.delivery, allow_private_endpoints=True)))
     _, target = await running.create_household()
-    assert (await _register(running, target, relay.address, name="freezer"))[0] == 201
+    mine = f"http://localhost:{relay.port}" if by_name else relay.address
+    assert (await _register(running, target, mine, name="freezer"))[0] == 201
     [mine] = (await running.call("GET", "/households/me/appliances", token=target))[1]["appliances"]
     assert (await running.call("GET", f"/households/me/appliances/{mine['id']}/status", token=target))[0] == 200
     _, spy = await running.create_household()
