@@ -27,14 +27,13 @@ Without a running event loop (scripts, a few tests), `record` with `durable=True
 from __future__ import annotations
 
 import asyncio
-import calendar
 import logging
 import time
 from collections import deque
 from pathlib import Path
 
 from agent.store.durable import Durable, GroupCommit
-from agent.store.segment import SegmentDB, SegmentStream, ensure_dir
+from agent.store.segment import SegmentDB, SegmentStream, day_file_name, day_of_file_name, ensure_dir
 
 RETENTION_DAYS = 400
 KIND = "audit"  # in integrity(): /health, /metrics
@@ -42,10 +41,6 @@ CONSENT_ACTIONS = {True: "consent.grant", False: "consent.revoke"}
 LEGACY_MATCH_S = 5.0  # an entry from before `changed_at` was recorded: the same change if this close in time
 
 log = logging.getLogger("edge.audit")
-
-
-def _day(moment: float) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(moment))
 
 
 def consent_action(granted: bool) -> str:
@@ -86,11 +81,11 @@ class AuditLog:
         # one writer at a time (the writer task's thread, a flush, close); entries in the order recorded, a day file
         # each group
         self._durable = Durable("audit log", self.directory, log, what="the audit entry")
-        self._entries = GroupCommit(self._durable, group=lambda entry: _day(entry["at"]),
+        self._entries = GroupCommit(self._durable, group=lambda entry: day_file_name(entry["at"]),
                                     write=lambda day, entries: self._insert(day, entries))
 
     def _file(self, moment: float) -> Path:
-        return self.directory / (_day(moment) + ".seg")
+        return self.directory / (day_file_name(moment) + ".seg")
 
     # --- recording -------------------------------------------------------------------------------------
     def record(self, who: str, role: str, action: str, durable: bool = True, **details) -> dict:
@@ -143,9 +138,8 @@ class AuditLog:
         since = since if since is not None else until - 86400
         days = []
         for path in self.directory.glob("*.seg"):
-            try:
-                day_start = calendar.timegm(time.strptime(path.stem, "%Y%m%d"))
-            except ValueError:
+            day_start = day_of_file_name(path.stem)
+            if day_start is None:
                 continue  # not one of ours
             if day_start + 86400 > since and day_start <= until:
                 days.append((day_start, path))

@@ -24,6 +24,7 @@ from agent.service import Agent
 from agent.store.segment import SegmentDB
 from tests.helpers.agent import make_config
 from tests.helpers.loop import Gate, answered_meanwhile
+from tests.helpers.wait import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,10 +95,10 @@ async def test_queued_audit_entries_survive_a_clean_stop_in_order(tmp_path, monk
     recorded = [running.audit.record("org_x", "organization", "trigger.action", seq=0)]
     recorded += [running.audit.record("org_x", "organization", "data.push", seq=i, durable=False)
                  for i in range(1, 60)]
+    await eventually(gate.entered.is_set, what="the log's first write held in its thread")  # not yet, under load
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{running.port}/health") as resp:
             assert resp.status in (200, 503)  # answered while the log's first write waits
-    assert gate.entered.is_set()
     stopping = asyncio.create_task(running.stop())
     gate.open()
     await stopping

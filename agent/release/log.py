@@ -31,7 +31,6 @@ while that day file is kept (agent/release/door.py, `_note_lost_memos`).
 
 from __future__ import annotations
 
-import calendar
 import logging
 import threading
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.release.ledger import EVERYONE
-from agent.store.segment import SegmentDB, SegmentStream, ensure_dir
+from agent.store.segment import SegmentDB, SegmentStream, day_file_name, day_of_file_name, ensure_dir
 
 log = logging.getLogger("edge.release")
 
@@ -53,16 +52,12 @@ LOST = "lost-"  # the cohort hash prefix of a fail-closed charge
 MEMOS = "memos"  # the memo index's file (memos.seg): no day file
 
 
-def day_name(moment: float) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(moment))
+day_name = day_file_name
 
 
 def _day(path: Path) -> int | None:
     """The UTC midnight a day file is named after, or None for another file."""
-    try:
-        return calendar.timegm(time.strptime(path.stem.removeprefix(FINE_PREFIX), "%Y%m%d"))
-    except ValueError:
-        return None
+    return day_of_file_name(path.stem.removeprefix(FINE_PREFIX))
 
 
 class ReleaseLog:

@@ -22,17 +22,15 @@ Documents: {"t": "f"|"i", "o": org, "g": tag or "", "s": start, "w": width, "r":
 from __future__ import annotations
 
 import bisect
-import calendar
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.store.durable import Durable
-from agent.store.segment import SegmentDB, ensure_dir
+from agent.store.segment import SegmentDB, day_file_name, day_of_file_name, ensure_dir
 
 log = logging.getLogger("edge.release")
 KIND = "release-members"  # in integrity(): /health, /metrics
@@ -40,10 +38,6 @@ KIND = "release-members"  # in integrity(): /health, /metrics
 TABLE = "m"
 DAY = 86400
 Key = tuple[str, str]  # (organization, tag or "")
-
-
-def _day_name(moment: float) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(moment))
 
 
 def _windows(first: float, end: float, width: int) -> int:
@@ -123,9 +117,8 @@ class Members:
     def _load(self) -> None:
         now = self.clock()
         for path in sorted(self.directory.glob("*.seg")):
-            try:
-                day = calendar.timegm(time.strptime(path.stem, "%Y%m%d"))
-            except ValueError:
+            day = day_of_file_name(path.stem)
+            if day is None:
                 continue
             if day + (self.keep_days + 1) * DAY < now:
                 continue  # deleted when the next file begins
@@ -167,7 +160,7 @@ class Members:
 
     def _change(self, key: Key, stream: Stream, start: int, width: int, released: bool, rho: float,
                 added: Iterable[str], removed: Iterable[str]) -> None:
-        name = _day_name(start)
+        name = day_file_name(start)
         if name not in self._files:  # a new day file begins with every stream as it stands
             self._files.add(name)
             self._forget(start - (self.keep_days + 1) * DAY)
@@ -200,7 +193,7 @@ class Members:
         """Append and fsync, one record per day file (in a worker thread); a new file deletes the expired ones."""
         by_file: dict[str, list[dict[str, Any]]] = {}
         for doc in docs:
-            by_file.setdefault(_day_name(doc["s"]), []).append(doc)
+            by_file.setdefault(day_file_name(doc["s"]), []).append(doc)
         for name, batch in by_file.items():
             if self._db is None or self._db[0] != name:
                 if self._db is not None:
@@ -212,7 +205,7 @@ class Members:
     def _expire(self, newest: str) -> None:
         cutoff = self.clock() - (self.keep_days + 1) * DAY
         for path in self.directory.glob("*.seg"):
-            if path.stem < newest and path.stem < _day_name(cutoff):
+            if path.stem < newest and path.stem < day_file_name(cutoff):
                 path.unlink(missing_ok=True)
 
     def _forget(self, cutoff: float) -> None:

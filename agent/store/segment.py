@@ -15,6 +15,7 @@ module replaces them:
 
 from __future__ import annotations
 
+import calendar
 import logging
 import os
 import time
@@ -317,6 +318,22 @@ class SegmentDB(TinyDB):
 
 
 # --- small file-system helpers ---------------------------------------------------------------------
+DAY_FILE_FORMAT = "%Y%m%d"  # a day file is named after its UTC date (the audit, the release log, the members index)
+
+
+def day_file_name(moment: float) -> str:
+    """The name (without ".seg") of the day file `moment` belongs to."""
+    return time.strftime(DAY_FILE_FORMAT, time.gmtime(moment))
+
+
+def day_of_file_name(name: str) -> int | None:
+    """The UTC midnight a day file's name (without ".seg") says, or None for a file of another name."""
+    try:
+        return calendar.timegm(time.strptime(name, DAY_FILE_FORMAT))
+    except ValueError:
+        return None
+
+
 def ensure_dir(directory: Path) -> None:
     """Create directory and missing parents, fsyncing each parent so the new entries are durable."""
     if directory.is_dir():

@@ -15,18 +15,16 @@ for again is read again (bench/access.py: a 1 s subscription's day was 51.6 MB h
 
 from __future__ import annotations
 
-import calendar
 import heapq
 import sys
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from agent.config import WINDOW_SECONDS
-from agent.store.segment import SegmentStorage
+from agent.store.segment import SegmentStorage, day_file_name, day_of_file_name
 
 KEEP_DAYS = 3
 RELEASING = ("data.read", "data.push", "data.history", "data.anonymized")
@@ -122,7 +120,7 @@ class AccessIndex:
     def _day(self, day_start: int) -> _Day:
         day = self._days.get(day_start)
         if day is None:
-            day = self._days[day_start] = _Day(self.directory / f"{time.strftime('%Y%m%d', time.gmtime(day_start))}.seg")
+            day = self._days[day_start] = _Day(self.directory / f"{day_file_name(day_start)}.seg")
         self._days.move_to_end(day_start)
         day.refresh()
         while len(self._days) > KEEP_DAYS:
@@ -151,8 +149,7 @@ class AccessIndex:
         """The UTC midnights of the day files there are, oldest first."""
         out = []
         for path in self.directory.glob("*.seg"):
-            try:
-                out.append(calendar.timegm(time.strptime(path.stem, "%Y%m%d")))
-            except ValueError:
-                continue
+            day = day_of_file_name(path.stem)
+            if day is not None:
+                out.append(day)
         return sorted(out)
