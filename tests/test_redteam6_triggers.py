@@ -119,7 +119,8 @@ async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tm
     await upload(running, key, "household_power_consumption")
     await next_day(running, clock)  # both rounds' day d: consents held all day (granted on the day before)
     to_next_quarter(clock)
-    counts = {}
+    counts, spent, included = {}, {}, {}
+    releases = running.agent.releases
     for present in (True, False):
         # day d: the target sends data (or not) in one quarter; the organization's own households always do
         for _, token in own:
@@ -128,6 +129,7 @@ async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tm
             await post(running, target[1], clock, power_import_w=650.0)
         await close_window(running, clock, QUARTER)
         await next_day(running, clock)  # the day's statistics: released (and charged) over who was evaluated
+        spent[present] = releases.ledger_of(target[0])["spent_rho"]
         # day d + 1: the target and ten others consent to the supplier's aggregates; three noisy quarter-hours
         for _, token in [*fresh, target]:
             await grant(running, token, org_id, "aggregates")
@@ -139,6 +141,8 @@ async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tm
                                          token=key)
         assert status == 200, out
         counts[present] = [b["households"] for b in sorted(out["released"], key=lambda b: b["window_start"])]
+        inclusion = releases.members.inclusion(target[0], org_id, None, start, start + 3 * QUARTER)
+        included[present] = None if inclusion is None else (inclusion.included, inclusion.windows)
         for _, token in [*fresh, target]:
             status, out = await running.call("DELETE", f"/households/me/consents/{org_id}/aggregates",
                                              token=token)
@@ -147,6 +151,36 @@ async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tm
         await running.agent.releases.settle()
     # the third quarter's cohort: the 10 others, and the target only if it was not evaluated the day before
     assert counts[True] == counts[False], f"the third quarter's count says whether the target posted: {counts}"
+    # and what the counts no longer show (they are the consenting cohort, R7-1): the charge, and the target's reads
+    assert spent[True] == spent[False] == pytest.approx(rho), spent
+    assert included[True] == included[False] and 0 < included[True][0] < included[True][1], included
+
+
+async def test_a_noisy_trigger_day_is_released_whatever_a_household_spent_with_others(tmp_path, start_agent):
+    """The trigger's cohort is exactly k_min households; the target also consents to another noisy organization's
+    aggregates, whose three quarter-hours spend its whole cap on the day. The day's statistics are released all
+    the same (the target counts 0 and is not charged): the old rule decided k_min over those whose ledger bore
+    the day, so whether a day appeared (`days_released`) said whether a household had spent its cap elsewhere
+    (red team 7, R7-1, on trigger statistics)."""
+    rho = 0.0005  # the level's default
+    running, clock, org_id, key, own, target = await neighbourhood(tmp_path, start_agent, cap_rho=3 * rho)
+    other_id, _ = await running.create_org("Another supplier", "supplier")
+    for _, token in [*[await running.create_household() for _ in range(10)], target]:
+        await grant(running, token, other_id, "aggregates")
+    trigger = await upload(running, key, "household_power_consumption")
+    await next_day(running, clock)  # consents held all day from here
+    to_next_quarter(clock)
+    for _ in range(3):  # the other organization's windows: the target's cap spent (3 x rho)
+        for _, token in [*own, target]:
+            await post(running, token, clock, power_import_w=400.0)
+        await close_window(running, clock, QUARTER)
+    releases = running.agent.releases
+    assert releases.ledger_of(target[0])["spent_rho"] == pytest.approx(3 * rho)
+    before = await days_released(running, key, trigger)
+    await next_day(running, clock)
+    assert await days_released(running, key, trigger) == before + 1  # released over all 10 consenting
+    assert releases.ledger_of(target[0])["spent_rho"] == pytest.approx(3 * rho)  # counted 0, not charged
+    assert releases.ledger_of(own[0][0])["spent_rho"] == pytest.approx(rho)  # the others charged the day
 
 
 async def isolation(running, key, trigger_id):

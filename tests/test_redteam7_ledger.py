@@ -49,3 +49,58 @@ async def test_a_noisy_count_says_how_many_other_organizations_a_household_conse
     # The intent: what a household lets other organizations have is not in A's answers.
     assert inferred != others, (f"A's counts {counts}: one household spent its cap after {dropped} windows, so it "
                                 f"consents to {inferred} other noisy organizations (truth: {others})")
+
+
+async def test_a_household_out_of_cap_counts_0_in_the_sum_and_the_window_is_still_released(make_town):
+    """A's cohort is exactly k_min households, all also in B's (larger) cohort: each window charges them twice, so
+    after the first window their ledgers cannot bear another. A's second window is released all the same, with the
+    same count, and its sum is that of nobody's readings: once out of cap a household is not read (and not
+    charged). The noise here is small (rho 10 a window, the level's maximum, clamp 1000 W: sd 316 W) so the sum
+    tells: 10 households at the clamp are 10,000 W, 30 sd from 0."""
+    rho, clamp = 10.0, 1000
+    town = await make_town(levels={"supplier": noisy_level(rho=rho, clamp_w=clamp)}, cap_rho=2 * rho)
+    a_id, a_key = await town.org("supplier", "A")
+    b_id, _ = await town.org("supplier", "B")
+    targets = await town.households_(10)  # k_min
+    await town.grant(a_id, targets)
+    await town.grant(b_id, [*targets, *await town.households_(10)])
+    start = await town.to_next(QUARTER)
+    for _ in range(2):
+        for h in targets:
+            await town.post(h, 5 * clamp)  # clamped to 1000 W each
+        town.clock.step(QUARTER)
+    first, second = await town.windows(a_key, "15m", start, start + 2 * QUARTER)
+    assert "refused" not in second, second  # k_min is over the consenting cohort, whatever its ledgers
+    assert first["households"] == second["households"] == 10
+    sd = first["privacy"]["noise_sd_w"]
+    assert sd < 400
+    assert abs(first["consumption_w"] - 10 * clamp) < 10 * sd  # read and charged (the ledgers now at the cap)
+    assert abs(second["consumption_w"]) < 10 * sd  # counted 0: the sum of no readings, noised
+    releases = town.running.agent.releases
+    for h, _ in targets:
+        assert releases.ledger_of(h)["spent_rho"] == pytest.approx(2 * rho)  # not charged for the second window
+        inclusion = releases.members.inclusion(h, a_id, None, start, start + 2 * QUARTER)
+        assert inclusion is not None and (inclusion.included, inclusion.windows) == (1, 2), inclusion
+
+
+async def test_two_organizations_of_one_cohort_get_one_answer_whatever_its_ledgers(make_town):
+    """Colluding A and B of one level, with one consenting cohort, get one noisy answer (P6). The shared answer was
+    keyed by the households that could bear the window, decided for each organization after the one before it was
+    charged: with the target one window from its cap between A's decision and B's, B got a draw of its own over a
+    cohort without it, so A and B comparing answers read the window the target ran out in, i.e. (as in the first
+    test) how many other organizations it consents to. The target consents to one other, C (decisions go in
+    organization id order: roles are given by it, A then B then C; cap 1.75 puts the edge between A and B)."""
+    town = await make_town(levels={"supplier": noisy_level(rho=RHO)}, cap_rho=7 * RHO)
+    (a_id, a_key), (b_id, b_key), (c_id, _) = sorted([await town.org("supplier") for _ in range(3)])
+    target, *mine = await town.households_(12)
+    await town.grant(a_id, [target, *mine])
+    await town.grant(b_id, [target, *mine])
+    await town.grant(c_id, [target, *await town.households_(10)])  # unknown to A and B
+    start = await town.to_next(QUARTER)
+    quarters = 6  # A's own households reach the edge only in the seventh
+    town.clock.step(quarters * QUARTER)
+    a = await town.windows(a_key, "15m", start, start + quarters * QUARTER)
+    b = await town.windows(b_key, "15m", start, start + quarters * QUARTER)
+    assert town.running.agent.releases.ledger_of(target[0])["spent_rho"] == pytest.approx(7 * RHO)  # it ran out
+    differ = [w for w, (x, y) in enumerate(zip(a, b)) if x != y]
+    assert not differ, f"A's and B's answers differ in window {differ}: the target ran out there"

@@ -666,7 +666,11 @@ class Releases:
                     staged[key] = _doc(org.id, grid.width, start, tag, refusal)
                     self.members.note(org.id, tag, grid.width, start, members, False, loss)
                     continue
-                share = (level.name, tag, consenting, members, quantities)
+                # one answer per consenting cohort, its members decided once (before anyone is charged for it):
+                # keyed by those who can bear it, a second organization of the same cohort, decided after the first
+                # was charged, got a draw of its own whenever a member ran out in between, and the two answers
+                # differing said when (R7-1 between colluding organizations)
+                share = (level.name, tag, consenting, quantities)
                 if share not in shared:
                     body = self._noisy_body(level, grid, start, tag, members, contributions, quantities, loss,
                                             len(consenting))
@@ -676,13 +680,13 @@ class Releases:
                     if (name, digest) not in self._cohorts_written:
                         batch.append({"t": "c", "h": digest, "m": sorted(members), "s": start})
                         self._cohorts_written.add((name, digest))
-                    shared[share] = {"body": body, "c": digest, "p": loss, "first": True}
+                    shared[share] = {"body": body, "members": members, "c": digest, "p": loss, "first": True}
                 entry = shared[share]
                 doc = _doc(org.id, grid.width, start, tag, self._with_peak(org, grid.width, start, entry["body"]))
                 if entry.pop("first", False):
                     doc.update(c=entry["c"], p=entry["p"])  # charged once, on the first organization's record
                 doc["noisy"] = True
-                self.members.note(org.id, tag, grid.width, start, members, True, loss)
+                self.members.note(org.id, tag, grid.width, start, entry["members"], True, loss)
                 durable.setdefault(name, []).append(doc)
                 staged[key] = doc
 
