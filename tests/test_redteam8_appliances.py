@@ -49,9 +49,6 @@ async def _register(running, token, address, name="my plug", **extra):
         "name": name, "driver": "shelly", "address": address, **extra})
 
 
-@pytest.mark.xfail(strict=True, reason="red team 8 R8-1: an appliance is bound by address, not by device: a second "
-                   "household registers the relay's other address (IPv6 beside IPv4, a new DHCP lease) and reads it "
-                   "(agent/triggers/actions.py ApplianceBindings, agent/api/household_actions.py new_appliance)")
 @pytest.mark.parametrize("by_name", [False, True], ids=["by-address", "by-name"])
 async def test_another_address_of_the_targets_relay_is_not_the_targets(tmp_path, start_agent, relay, by_name):
     """The target registers its relay's IPv4 address, or its name (localhost here: 127.0.0.1 and ::1, as an mDNS
@@ -78,8 +75,6 @@ async def test_another_address_of_the_targets_relay_is_not_the_targets(tmp_path,
     assert status == 409 and out["error"] == "address_taken", out
 
 
-@pytest.mark.xfail(strict=True, reason="red team 8 R8-1: an organization switches the target's relay through the "
-                   "spy's registration of its other address (agent/triggers/actions.py ApplianceBindings)")
 async def test_an_organization_cannot_switch_the_targets_relay_through_its_other_address(tmp_path, start_agent,
                                                                                          relay):
     clock = StepClock(T0)

@@ -194,8 +194,12 @@ async def new_appliance(agent: Services, locks: KeyedLocks, household_id: str, b
         if org_id not in agent.registry.organizations:
             raise ApiError(422, "invalid", f"no organization {org_id[:40]!r}; see GET /households/me/organizations")
     store = agent.triggers.households
+    doc = {"id": "app_" + secrets.token_hex(6), "household_id": household_id, "name": name, "kind": kind,
+           "driver": device.name, "address": address, "channel": channel,
+           "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
+    mac = await _relay_identity(agent, device, doc)
     # the household's lock, then the device's for addresses: two households registering one address take turns
-    async with locks(household_id), locks(ADDRESSES_LOCK):
+    async with locks(household_id), locks(ADDRESSES_LOCK), agent.triggers.bindings.binding:
         mine = store.appliances_of(household_id)
         if len(mine) >= MAX_APPLIANCES:
             raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
@@ -204,13 +208,32 @@ async def new_appliance(agent: Services, locks: KeyedLocks, household_id: str, b
         if agent.triggers.bindings.taken(actions.appliance_key(address), household_id):
             # whose it is is not said, nor whether it was registered or reached (R6-9)
             raise ApiError(409, "address_taken", "this address is another household's appliance on this device")
-        doc = {"id": "app_" + secrets.token_hex(6), "household_id": household_id, "name": name, "kind": kind,
-               "driver": device.name, "address": address, "channel": channel,
-               "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
+        if mac is not None:
+            if agent.triggers.bindings.device_taken(mac, household_id):  # the same sentence (R8-1)
+                raise ApiError(409, "address_taken", "this address is another household's appliance on this device")
+            doc["device"] = mac
         await store.add_appliance_async(doc)
     await agent.audit.record_durable(household_id, HOUSEHOLD, "appliance.add", appliance_id=doc["id"],
                                      driver=device.name, allowed_organizations=doc["allowed_organizations"])
     return doc
+
+
+async def _relay_identity(agent: Services, device: appliances.ApplianceDriver, doc: dict) -> str | None:
+    """The relay's identity at the address being registered (R8-1), or None if it does not answer with one now (it
+    is then bound on its first reach, and an address refused here is refused by the address check after this).
+    409 if the relay is another household's."""
+    private = agent.config.delivery.allow_private_endpoints
+    bindings = agent.triggers.bindings
+    try:
+        with bindings.acting(doc):
+            if not bindings.literal_allowed(doc, private):
+                return None
+            async with actions.lan_session(private, APPLIANCE_TIMEOUT_S, 1, bindings) as session:
+                return await bindings.identify(session, device, doc)
+    except actions.RelayTaken:
+        raise ApiError(409, "address_taken", "this address is another household's appliance on this device") from None
+    except (ApplianceError, aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None
 
 
 async def list_appliances(request: web.Request) -> web.Response:
@@ -259,6 +282,7 @@ async def appliance_status(agent: Services, household_id: str, appliance_id: str
             if device is None or not bindings.literal_allowed(appliance, private):
                 raise ApplianceError("refused")
             async with actions.lan_session(private, APPLIANCE_TIMEOUT_S, 1, bindings) as session:
+                await bindings.reach(session, device, appliance)  # its relay, at that one address (R8-1)
                 state = await device.status(session, appliance["address"], appliance.get("channel"))
     except (ApplianceError, aiohttp.ClientError, TimeoutError, OSError, ValueError):
         return {"on": None, "error": f"it did not answer as a {appliance['driver']} relay at its address"}

@@ -17,22 +17,32 @@ answer anyone on the LAN, so a household that registered its neighbour's address
 (`appliance_key`), is refused; and every connection made for an appliance (a household's status read, an
 organization's switch) is refused if the address it reaches (a literal, or what a name resolved to) is another
 household's, as registered or as reached for it since the device started (a DNS alias of it: nip.io, mDNS).
+
+A relay is one household's too, whatever address reaches it (red team 8, R8-1: a relay has an IPv4 and IPv6
+addresses, port forwards, a new DHCP lease). `ApplianceBindings.reach` reads the relay's hardware address (its MAC,
+from its own API) before every request made for an appliance, and at registration: one bound to another
+household's appliance is refused, and so is an appliance whose address now answers with another relay than the
+one it was bound to (a lease that moved to a neighbour's plug). The binding is written with the appliance record.
+The identity read and the request go to one address: each connection for an appliance is new (no keep-alive) and
+within one `acting` the first address a name resolved to is the only one it may reach (no rebinding between them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
 import socket
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from agent.delivery.targets import PolicyResolver, TargetError, address_allowed, check_literal_host, check_url
+from drivers.appliances import ApplianceDriver, ApplianceError
 
 
 def lan_address_allowed(address: str, allow_private_endpoints: bool) -> bool:
@@ -125,19 +135,63 @@ def endpoint_key(host: str, port: int) -> str:
     return f"{ip}:{port}"
 
 
+class RelayTaken(ApplianceError):
+    """The relay answering is bound to another household's appliance (R8-1)."""
+
+
 MAX_REACHED = 4096
 # the appliance a connection is made for: the LAN resolver's check reads it (set around each request)
 ACTING_FOR: ContextVar[tuple[str, str] | None] = ContextVar("acting_for", default=None)
+# the one address (key) the connections made within that `acting` go to: the first one allowed
+PINNED: ContextVar[list[str] | None] = ContextVar("pinned", default=None)
 
 
 class ApplianceBindings:
     """Which household each appliance address is on this device. `appliances`: the household store's
     (id -> doc); `known`: whether a household id is still registered (a removed one's address is free at once)."""
 
-    def __init__(self, appliances: dict[str, dict], known: Callable[[str], bool]):
+    def __init__(self, appliances: dict[str, dict], known: Callable[[str], bool],
+                 bind: Callable[[str, str], Awaitable[None]]):
+        """`bind(appliance_id, mac)`: records the relay's identity with the appliance, durably (the store)."""
         self.appliances = appliances
         self.known = known
+        self.bind = bind
         self._reached: dict[str, tuple[str, str]] = {}  # key -> (household, appliance) it was reached for
+        self._binding: asyncio.Lock | None = None  # a relay's check and its binding are one step (two first reaches)
+
+    @property
+    def binding(self) -> asyncio.Lock:
+        if self._binding is None:
+            self._binding = asyncio.Lock()
+        return self._binding
+
+    def device_taken(self, mac: str, household_id: str) -> bool:
+        """Whether the relay is bound to another (still registered) household's appliance."""
+        return any(doc.get("device") == mac and doc["household_id"] != household_id and self.known(doc["household_id"])
+                   for doc in self.appliances.values())
+
+    async def identify(self, session: aiohttp.ClientSession, device: ApplianceDriver, appliance: dict) -> str:
+        """The relay's identity at the appliance's address, if it is not another household's (ApplianceError).
+        Call it inside `acting(appliance)`, with `lan_session`'s session."""
+        mac = await device.identity(session, appliance["address"])
+        if self.device_taken(mac, appliance["household_id"]):
+            raise RelayTaken("the relay is another household's appliance")
+        return mac
+
+    async def reach(self, session: aiohttp.ClientSession, device: ApplianceDriver, appliance: dict) -> None:
+        """Before each request for a registered appliance: its relay is not another household's, and is the one it
+        was bound to; the first relay reached is bound to it. Inside `acting(appliance)`; ApplianceError if not."""
+        mac = await self.identify(session, device, appliance)
+        async with self.binding:
+            current = self.appliances.get(appliance["id"])
+            if current is None or current["household_id"] != appliance["household_id"]:
+                raise ApplianceError("the appliance was removed")
+            if self.device_taken(mac, appliance["household_id"]):  # bound by another while this one was reading
+                raise RelayTaken("the relay is another household's appliance")
+            if current.get("device") is None:
+                await self.bind(appliance["id"], mac)
+            elif current["device"] != mac:
+                raise ApplianceError("another relay answers at the appliance's address")
 
     def taken(self, key: str, household_id: str) -> bool:
         """Whether the address is another household's: registered by it, or reached for one of its appliances."""
@@ -154,9 +208,11 @@ class ApplianceBindings:
     @contextlib.contextmanager
     def acting(self, appliance: dict) -> Iterator[None]:
         token = ACTING_FOR.set((appliance["household_id"], appliance["id"]))
+        pinned = PINNED.set([])
         try:
             yield
         finally:
+            PINNED.reset(pinned)
             ACTING_FOR.reset(token)
 
     def connect_allowed(self, host: str, port: int) -> bool:
@@ -165,8 +221,11 @@ class ApplianceBindings:
         if acting is None:
             return False
         key = endpoint_key(host, port)
-        if self.taken(key, acting[0]):
+        pinned = PINNED.get()
+        if pinned is None or (pinned and pinned[0] != key) or self.taken(key, acting[0]):
             return False
+        if not pinned:
+            pinned.append(key)
         if len(self._reached) >= MAX_REACHED:  # bounded: those of appliances no longer registered go first
             self._reached = {k: v for k, v in self._reached.items() if v[1] in self.appliances}
         if len(self._reached) < MAX_REACHED or key in self._reached:
@@ -210,7 +269,8 @@ def web_session(allow_private_endpoints: bool, timeout_s: float, limit: int) -> 
 
 def lan_session(allow_private_endpoints: bool, timeout_s: float, limit: int,
                 bindings: ApplianceBindings) -> aiohttp.ClientSession:
-    """Requests for appliances: each inside `bindings.acting(appliance)`."""
+    """Requests for appliances: each inside `bindings.acting(appliance)`, on a connection of its own (no
+    keep-alive: a connection is resolved and checked, and pinned to the `acting`'s one address, for each)."""
     connector = aiohttp.TCPConnector(resolver=LanResolver(allow_private_endpoints, bindings), limit=limit,
-                                     use_dns_cache=False)
+                                     use_dns_cache=False, force_close=True)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))

@@ -169,9 +169,11 @@ class TriggerRunner:
         self.limits = Limits(timeout_s=self.config.timeout_ms / 1000)
         self.store = TriggerStore(Path(directory))
         self.households = HouseholdStore(Path(directory) / "households.seg")
-        # which household each appliance address is (R6-9): checked at registration and at every connection
+        # which household each appliance address (R6-9) and each relay (R8-1) is: checked at registration and at
+        # every connection
         self.bindings = actions.ApplianceBindings(self.households.appliances,
-                                                  lambda household_id: household_id in needs.registry.households)
+                                                  lambda household_id: household_id in needs.registry.households,
+                                                  self.households.bind_device_async)
         self.triggers, self.stats, self.debounce = self.store.load()
         self.availability = Availability(False, "not started")
         self.supervisor: Supervisor | None = None
@@ -959,7 +961,8 @@ class TriggerRunner:
                     continue
 
             async def send(device=device, appliance=appliance):
-                with self.bindings.acting(appliance):
+                with self.bindings.acting(appliance):  # the relay, at that one address, is this household's (R8-1)
+                    await self.bindings.reach(session, device, appliance)
                     await device.command(session, appliance["address"], appliance.get("channel"),
                                          trig.action["command"])
             ok = await self._attempts(trig.id, lane, send) and ok

@@ -268,6 +268,10 @@ class HouseholdStore:
         with self.writes.disk():
             self.db.table("appliances").insert(doc)
 
+    def _rewrite_appliance(self, doc: dict) -> None:
+        with self.writes.disk():  # an update, not an upsert: one removed meanwhile stays removed
+            self.db.table("appliances").update({"device": doc["device"]}, where("id") == doc["id"])
+
     def _remove_appliance(self, appliance_id: str) -> None:
         with self.writes.disk():
             self.db.table("appliances").remove(where("id") == appliance_id)
@@ -296,6 +300,18 @@ class HouseholdStore:
 
     async def add_appliance_async(self, doc: dict) -> None:
         await self._off_loop(self._write_appliance, doc, then=lambda: self.appliances.__setitem__(doc["id"], doc))
+
+    async def bind_device_async(self, appliance_id: str, mac: str) -> None:
+        """The relay's identity (R8-1) with the appliance's record; nothing if it was removed meanwhile."""
+        doc = self.appliances.get(appliance_id)
+        if doc is None:
+            return
+        doc = {**doc, "device": mac}
+        await self._off_loop(self._rewrite_appliance, doc, then=lambda: self._rebound(doc))
+
+    def _rebound(self, doc: dict) -> None:
+        if doc["id"] in self.appliances:
+            self.appliances[doc["id"]] = doc
 
     async def remove_appliance_async(self, appliance_id: str) -> None:
         await self._off_loop(self._remove_appliance, appliance_id,

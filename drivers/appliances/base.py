@@ -1,4 +1,5 @@
-"""What an appliance driver is: a name, a default channel, an async `switch` over HTTP and a `status` read.
+"""What an appliance driver is: a name, a default channel, an async `switch` over HTTP, a `status` read and the
+relay's hardware `identity` (its MAC address, which the caller binds to one household: red team 8, R8-1).
 
 Drivers do the I/O only. Which addresses may be reached is the caller's business: it hands in an
 aiohttp session whose resolver enforces its policy, and checks IP literals itself (aiohttp does not
@@ -40,6 +41,17 @@ class ApplianceDriver:
     async def read_status(self, session: aiohttp.ClientSession, address: str, channel: int | None) -> Status:
         raise ApplianceError(f"{self.name} cannot read a relay's state")
 
+    async def read_identity(self, session: aiohttp.ClientSession, address: str):
+        """What the relay's API says its MAC address is (any spelling: `mac_identity` reads it)."""
+        raise ApplianceError(f"{self.name} cannot read a relay's identity")
+
+    async def identity(self, session: aiohttp.ClientSession, address: str) -> str:
+        """The relay's MAC address, 12 lowercase hex digits; ApplianceError if it reports none."""
+        mac = mac_identity(await self.read_identity(session, address.rstrip("/")))
+        if mac is None:
+            raise ApplianceError("the relay reports no hardware address")
+        return mac
+
     async def status(self, session: aiohttp.ClientSession, address: str, channel: int | None) -> Status:
         """The relay's state now (a household testing its appliance); ApplianceError if it cannot be read."""
         return await self.read_status(session, address.rstrip("/"),
@@ -51,6 +63,17 @@ class ApplianceDriver:
             raise ApplianceError(f"unknown command {command!r}")
         await self.switch(session, address.rstrip("/"),
                           self.default_channel if channel is None else channel, command == "on")
+
+
+def mac_identity(value) -> str | None:
+    """A MAC address as 12 lowercase hex digits (from "A8032ABE54DC", "24:0A:C4:00:00:01", "24-0a-..."); None if
+    it is not one, or is all zeros or all ones (a relay that has none to report)."""
+    if not isinstance(value, str) or len(value) > 17:
+        return None
+    digits = value.replace(":", "").replace("-", "").lower()
+    if len(digits) != 12 or any(c not in "0123456789abcdef" for c in digits) or digits in ("0" * 12, "f" * 12):
+        return None
+    return digits
 
 
 async def read_json(resp: aiohttp.ClientResponse):

@@ -4,6 +4,8 @@
 200 with ``{"was_on": <previous state>}``, or an error object ``{"code": ..., "message": ...}``.
 ``GET http://<device>/rpc/Switch.GetStatus?id=<switch>`` answers ``{"id": 0, "output": true, "apower": 8.9, ...}``
 (``apower`` only on relays that meter; never read here).
+``GET http://<device>/rpc/Shelly.GetDeviceInfo`` answers ``{"id": "shellyplus1pm-a8032abe54dc", "mac": "A8032ABE54DC",
+...}``: the relay's identity.
 Devices with authentication enabled (HTTP digest) are not supported yet.
 """
 
@@ -35,3 +37,8 @@ class Shelly(ApplianceDriver):
         if not isinstance(answer, dict) or not isinstance(answer.get("output"), bool):
             raise ApplianceError("unexpected answer from Switch.GetStatus")
         return Status(answer["output"])  # not its "apower": the household's consumption through it
+
+    async def read_identity(self, session: aiohttp.ClientSession, address: str):
+        async with session.get(f"{address}/rpc/Shelly.GetDeviceInfo", allow_redirects=False) as resp:
+            answer = await read_json(resp)
+        return answer.get("mac") if isinstance(answer, dict) else None

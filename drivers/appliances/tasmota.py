@@ -1,7 +1,8 @@
 """Tasmota firmware (Sonoff and many plugs): the HTTP command interface.
 
 ``GET http://<device>/cm?cmnd=Power%20On`` (``Power2%20Off`` for the second relay); the device answers
-``{"POWER": "ON"}`` (``{"POWER2": "OFF"}``); ``cmnd=Power`` alone reads the state. A web password
+``{"POWER": "ON"}`` (``{"POWER2": "OFF"}``); ``cmnd=Power`` alone reads the state; ``cmnd=Status%205`` answers
+``{"StatusNET": {"Mac": "24:0A:C4:00:00:01", ...}}``, the relay's identity. A web password
 (``&user=&password=``) is not supported yet.
 """
 
@@ -32,6 +33,12 @@ class Tasmota(ApplianceDriver):
         if got not in ("ON", "OFF"):
             raise ApplianceError(f"relay reports {str(got)[:10]!r}")
         return Status(got == "ON")
+
+    async def read_identity(self, session: aiohttp.ClientSession, address: str):
+        async with session.get(URL(f"{address}/cm?cmnd=Status%205", encoded=True), allow_redirects=False) as resp:
+            answer = await read_json(resp)
+        net = answer.get("StatusNET") if isinstance(answer, dict) else None
+        return net.get("Mac") if isinstance(net, dict) else None
 
     @staticmethod
     async def _power(session: aiohttp.ClientSession, address: str, channel: int | None, argument: str):

@@ -1,16 +1,29 @@
-"""Appliances on loopback: real aiohttp servers that answer like a Shelly Gen2 or a Tasmota relay."""
+"""Appliances on loopback: real aiohttp servers that answer like a Shelly Gen2 or a Tasmota relay.
+
+Each fake has its own hardware address (`mac`, as the relay's API reports it); two fakes given the same `mac` are
+one relay at two addresses (red team 8, R8-1)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from aiohttp import web
+
+
+_MACS = itertools.count(1)
+
+
+def new_mac() -> str:
+    """A MAC no other fake of this test run has, in the 12-digit uppercase form a Shelly reports."""
+    return f"A8032A{next(_MACS):06X}"
 
 
 class FakeDevice:
     """A real aiohttp server on 127.0.0.1 with a device's routes (`add_routes`)."""
 
     runner: web.AppRunner | None = None
+    mac: str = ""
 
     def add_routes(self, app: web.Application) -> None:
         raise NotImplementedError
@@ -34,7 +47,8 @@ class FakeDevice:
 class FakeShelly(FakeDevice):
     """A Shelly Plus 1PM / Plus 2PM: JSON-RPC over HTTP, switches 0..n."""
 
-    def __init__(self, switches: int = 1, hold: asyncio.Event | None = None):
+    def __init__(self, switches: int = 1, hold: asyncio.Event | None = None, mac: str | None = None):
+        self.mac = mac or new_mac()
         self.state = [False] * switches
         self.calls: list[dict] = []
         self.hold = hold  # set: every switch answers only once it is set (a device that holds requests)
@@ -50,8 +64,14 @@ class FakeShelly(FakeDevice):
         was_on, self.state[sid] = self.state[sid], params["on"]
         return web.json_response({"was_on": was_on})
 
+    async def device_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"name": None, "id": f"shellyplus1pm-{self.mac.lower()}", "mac": self.mac,
+                                  "model": "SNSW-001P16EU", "gen": 2, "fw_id": "20231107-164738/1.0.8-g8c7bb8d",
+                                  "ver": "1.0.8", "app": "Plus1PM", "auth_en": False, "auth_domain": None})
+
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/rpc/Switch.Set", self.switch_set)
+        app.router.add_get("/rpc/Shelly.GetDeviceInfo", self.device_info)
 
 
 class MeteringShelly(FakeShelly):
@@ -60,8 +80,8 @@ class MeteringShelly(FakeShelly):
 
     apower = 8.5
 
-    def __init__(self, switches: int = 1):
-        super().__init__(switches)
+    def __init__(self, switches: int = 1, mac: str | None = None):
+        super().__init__(switches, mac=mac)
         self.reads = 0
 
     async def get_status(self, request: web.Request) -> web.Response:
@@ -81,13 +101,17 @@ class MeteringShelly(FakeShelly):
 class FakeTasmota(FakeDevice):
     """A Sonoff with Tasmota: `cm?cmnd=Power On`, `Power2 Off`; answers {"POWER": "ON"} / {"POWER2": "OFF"}."""
 
-    def __init__(self, relays: int = 1):
+    def __init__(self, relays: int = 1, mac: str | None = None):
+        self.mac = mac or ":".join(f"{b:02X}" for b in bytes.fromhex(new_mac()))  # Tasmota's colon form
         self.state = ["OFF"] * relays
         self.raw_queries: list[str] = []
 
     async def command(self, request: web.Request) -> web.Response:
-        self.raw_queries.append(request.raw_path.partition("?")[2])
         relay, _, value = request.query.get("cmnd", "").partition(" ")
+        if relay.lower() == "status" and value == "5":  # its identity: not one of the commands `raw_queries` lists
+            return web.json_response({"StatusNET": {"Hostname": "tasmota-0001", "IPAddress": "192.168.1.9",
+                                                    "Mac": self.mac, "Webserver": 2}})
+        self.raw_queries.append(request.raw_path.partition("?")[2])
         index = relay[5:] if relay.lower().startswith("power") else None
         if index is None or (index and not index.isdigit()) or int(index or 1) > len(self.state):
             return web.json_response({"Command": "Unknown"})
