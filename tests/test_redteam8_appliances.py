@@ -9,6 +9,8 @@ reads its state whenever it likes and lets its organization switch it.
 
 Here the relay is a real aiohttp server listening on two loopback addresses, 127.0.0.1 and ::1 (as a dual-stack
 relay listens on its IPv4 and IPv6 address); the target registers the IPv4 one, as the Shelly app shows it.
+Closed (R8-1) by binding the relay's MAC too (`ApplianceBindings.reach`, read at registration and before every
+request; tests/test_appliance_identity.py for ports, restarts, leases and relays that report none).
 """
 
 from __future__ import annotations
