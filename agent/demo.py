@@ -9,6 +9,7 @@ Everything goes through the real API with the real tokens; the demo prints what 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import secrets
@@ -19,6 +20,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +30,10 @@ from agent.config import parse_config
 from agent.delivery import signing
 from agent.web import sign_in_url
 from drivers.emulator import TelegramGenerator
+from drivers.reading import Reading
+
+if TYPE_CHECKING:
+    from agent.service import Agent
 
 METER_ID = "demo-meter"
 
@@ -39,12 +45,13 @@ def free_port(preferred: int) -> int:
             return preferred
         except OSError:
             sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
+            return int(sock.getsockname()[1])
 
 
-def start_emulator(profile: str, speed: float) -> tuple[subprocess.Popen, str]:
+def start_emulator(profile: str, speed: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "drivers.emulator", "--pty", "--profile", profile,
                              "--speed", str(speed)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline().strip()
     if not line:
         proc.kill()
@@ -52,8 +59,8 @@ def start_emulator(profile: str, speed: float) -> tuple[subprocess.Popen, str]:
     return proc, line.split()[-1]
 
 
-def format_reading(reading) -> str:
-    def w(value):
+def format_reading(reading: Reading) -> str:
+    def w(value: float | None) -> str:
         return "   -   " if value is None else f"{value:7.0f}"
 
     volts = "/".join("-" if v is None else f"{v:.0f}" for v in
@@ -66,7 +73,7 @@ def format_reading(reading) -> str:
 class WebhookReceiver:
     """The organization's endpoint: verifies each Standard Webhooks signature, prints the aggregate."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.secret: str | None = None
         self.received = 0
         self.bad = 0
@@ -76,6 +83,8 @@ class WebhookReceiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         headers = request.headers
+        if self.secret is None:  # a message before the subscription's answer was read: the agent sends it again
+            return web.Response(status=503)
         expected = signing.signature(self.secret, headers.get("webhook-id", ""),
                                      int(headers.get("webhook-timestamp", "0")), body)
         if expected not in headers.get("webhook-signature", "").split(" "):
@@ -101,7 +110,8 @@ class WebhookReceiver:
         self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/hook"
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        if self.runner is not None:
+            await self.runner.cleanup()
 
 
 class Neighbourhood:
@@ -124,7 +134,7 @@ class Neighbourhood:
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
 
 
-async def run_demo(args, serve) -> None:
+async def run_demo(args: argparse.Namespace, serve: Callable[..., Awaitable[None]]) -> None:
     workdir = Path(args.data or tempfile.mkdtemp(prefix="edge-demo-"))
     emulator, pty_path = start_emulator(args.profile, args.speed)
     port = free_port(args.port)
@@ -140,23 +150,23 @@ async def run_demo(args, serve) -> None:
     base = f"http://127.0.0.1:{port}"
     receiver = WebhookReceiver()
     neighbourhood = Neighbourhood(args.households)
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[None]] = []
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     print(f"Edge demo: emulated {args.profile} meter on {pty_path}, {args.households} households posting over "
           f"HTTP, data in {workdir}")
     print(f"API: {base}/health  {base}/docs   (operator token: {token}; /health's detail and /metrics need it)")
 
-    async def call(method: str, path: str, bearer: str, body=None) -> dict:
+    async def call(method: str, path: str, bearer: str, body: object = None) -> dict[str, Any]:
         async with http.request(method, base + path, json=body, headers={"Authorization": f"Bearer {bearer}"}) as r:
-            answer = await r.json()
+            answer: dict[str, Any] = await r.json()
             if r.status >= 400:
                 raise RuntimeError(f"{method} {path}: {r.status} {answer}")
             return answer
 
-    async def on_started(agent, stop):
+    async def on_started(agent: Agent, stop: asyncio.Event) -> None:
         last_print = 0.0
 
-        def printer(reading):
+        def printer(reading: Reading) -> None:
             nonlocal last_print
             if reading.meter_id == METER_ID and time.monotonic() - last_print >= 1.0:
                 last_print = time.monotonic()
@@ -181,7 +191,7 @@ async def run_demo(args, serve) -> None:
               f"           installer {sign_in_url(agent, base, OPERATOR, 'operator')}", flush=True)
         tasks.append(asyncio.create_task(neighbourhood.post_forever(http, base)))
 
-    async def before_stop(agent):
+    async def before_stop(agent: Agent) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

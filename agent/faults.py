@@ -17,17 +17,21 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agent import audit
 from agent.release import log as release_log, members
 from agent.store.segment import integrity, scan_for_damage
+
+if TYPE_CHECKING:
+    from agent.service import Agent
 
 log = logging.getLogger("edge.store")
 
 SCAN_BYTES_PER_S = 16 << 20  # the scan's pace: the SD card also takes the flushes' fsyncs meanwhile
 
 
-def storage_faults(agent) -> tuple[bool, dict]:
+def storage_faults(agent: Agent) -> tuple[bool, dict[str, Any]]:
     root = agent.config.storage.path
     damage = integrity(root)
     delivery_ok, delivery = agent.delivery.health()
@@ -43,7 +47,7 @@ def storage_faults(agent) -> tuple[bool, dict]:
                 "damage_scan": agent.damage_scan.progress()}
 
 
-def damage_scan_of(agent) -> DamageScan:
+def damage_scan_of(agent: Agent) -> DamageScan:
     """The start-up scan of the agent's data directory, each day-file directory under its file kind."""
     return DamageScan(agent.config.storage.path, {agent.audit.directory: audit.KIND,
                                                   agent.releases.log.directory: release_log.KIND,
@@ -61,7 +65,7 @@ class DamageScan:
         self.state = "pending"
         self._stop = threading.Event()
 
-    def progress(self) -> dict:
+    def progress(self) -> dict[str, Any]:
         return {"state": self.state, "files": self.files, "scanned": self.scanned}
 
     async def run(self) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any, Callable
 
 import aiohttp
 from tinydb import where
@@ -42,11 +43,12 @@ from agent.delivery.targets import PolicyResolver, TargetError, check_literal_ho
 from agent.ports import Decided, Organizations, Trail
 from agent.release import Refusal
 from agent.store.disk import DataDirectory
-from agent.store.durable import Durable
+from agent.store.durable import Change, Durable
 from agent.store.segment import SegmentDB, ensure_dir
 from drivers.ratelog import RateLimitedLog
 from drivers.reading import iso, unix_seconds
 
+Json = dict[str, Any]
 log = logging.getLogger("edge.delivery")
 
 SECRET_OVERLAP_S = 24 * 3600  # after a rotation, the old secret signs too for this long
@@ -81,20 +83,20 @@ class Subscription:
     interval_s: float
     window: str
     tag: str | None
-    filter: dict | None
-    secrets: list[dict]  # [{"secret": "whsec_...", "until": None | unix time}]
+    filter: Json | None
+    secrets: list[Json]  # [{"secret": "whsec_...", "until": None | unix time}]
     created_at: float
     state: str = "active"  # or "disabled"
     disabled_reason: str | None = None
     # producer state, in memory only: after a restart the next window is sent whatever the filters say
     next_due: float = field(default=0.0, compare=False)
     last_window: int | None = field(default=None, compare=False)
-    last_sent: dict | None = field(default=None, compare=False)
+    last_sent: Json | None = field(default=None, compare=False)
     last_sent_at: float | None = field(default=None, compare=False)
     # windows decided but not queued (the outbox refused the write): [count, first start, last end], made a gap
-    unqueued: list | None = field(default=None, compare=False)
+    unqueued: list[float] | None = field(default=None, compare=False)
 
-    def record(self) -> dict:
+    def record(self) -> Json:
         return {k: getattr(self, k) for k in ("id", "organization_id", "endpoint", "interval_s", "window", "tag",
                                               "filter", "secrets", "created_at", "state", "disabled_reason")}
 
@@ -132,8 +134,8 @@ class Delivery:
         self.outboxes: dict[str, Outbox] = {}
         self.stats: dict[str, DeliveryStats] = {}
         self._wake: dict[str, asyncio.Event] = {}
-        self._senders: dict[str, asyncio.Task] = {}
-        self._producer: asyncio.Task | None = None
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._producer: asyncio.Task[None] | None = None
         self._started_at = -math.inf  # the agent's clock at start: windows before it closed while it was down
         self._session: aiohttp.ClientSession | None = None
         self._connections: asyncio.Semaphore | None = None
@@ -163,7 +165,7 @@ class Delivery:
         log.error("%s", problem)
         return problem
 
-    def health(self) -> tuple[bool, dict]:
+    def health(self) -> tuple[bool, Json]:
         """Whether every subscription can queue and send, and which cannot (for /health)."""
         failing = {sub_id: stats.disk_error for sub_id, stats in self.stats.items() if stats.disk_error}
         unqueued = {sub.id: sub.unqueued[0] for sub in self.subscriptions.values() if sub.unqueued}
@@ -216,17 +218,17 @@ class Delivery:
     # --- subscriptions -----------------------------------------------------------------------
     # Each change has a disk step (`_insert`, `_update`, `_remove`: run through `writes`, in a worker thread by the
     # *_async methods, in place by the others) and a memory step, taken only once the disk step is durable.
-    def _insert(self, record: dict) -> None:
+    def _insert(self, record: Json) -> None:
         self.db.table("subscriptions").insert(record)
 
-    def _update(self, sub_id: str, record: dict) -> None:
+    def _update(self, sub_id: str, record: Json) -> None:
         self.db.table("subscriptions").update(record, where("id") == sub_id)
 
     def _remove(self, sub_id: str) -> None:
         self.db.table("subscriptions").remove(where("id") == sub_id)
 
     def _new(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
-             filter_spec: dict | None) -> tuple[Subscription, str]:
+             filter_spec: Json | None) -> tuple[Subscription, str]:
         secret = signing.new_secret()
         sub = Subscription(id="sub_" + secrets.token_hex(6), organization_id=org_id, endpoint=endpoint,
                            interval_s=interval_s, window=window, tag=tag, filter=filter_spec,
@@ -239,14 +241,14 @@ class Delivery:
             self._start_sender(sub.id)
 
     def subscribe(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
-                  filter_spec: dict | None) -> tuple[Subscription, str]:
+                  filter_spec: Json | None) -> tuple[Subscription, str]:
         sub, secret = self._new(org_id, endpoint, interval_s, window, tag, filter_spec)
         self.writes.step(lambda: self._insert(sub.record()))
         self._took_effect(sub)
         return sub, secret
 
     async def subscribe_async(self, org_id: str, endpoint: str, interval_s: float, window: str, tag: str | None,
-                              filter_spec: dict | None) -> tuple[Subscription, str]:
+                              filter_spec: Json | None) -> tuple[Subscription, str]:
         """POST /data/subscribe: the subscription exists (is produced for, listed) only once it is on disk."""
         sub, secret = self._new(org_id, endpoint, interval_s, window, tag, filter_spec)
         # The organization must still exist once the changes before this one have landed: its deletion drops
@@ -255,18 +257,18 @@ class Delivery:
                                 check=lambda: self.needs.registry.organization(org_id))
         return sub, secret
 
-    async def _save_async(self, sub: Subscription, changes_of) -> dict:
+    async def _save_async(self, sub: Subscription, changes_of: Callable[[Subscription], Json]) -> Json:
         """Change `sub`'s recorded fields to `changes_of(sub)`: on disk first, then in memory (unless it was
         deleted meanwhile). `changes_of` runs once the changes asked for before this one have landed (in the
         worker thread, under `writes`: nothing else changes those fields then), so two quick changes, such as
         two rotations, build on each other. Returns the changes."""
-        changes: dict = {}
+        changes: Json = {}
 
-        def write():
+        def write() -> None:
             changes.update(changes_of(sub))
             self._update(sub.id, {**sub.record(), **changes})
 
-        def took_effect():
+        def took_effect() -> None:
             if self.subscriptions.get(sub.id) is sub:
                 for name, value in changes.items():
                     setattr(sub, name, value)
@@ -277,7 +279,7 @@ class Delivery:
         """A new secret; the ones still valid keep signing for SECRET_OVERLAP_S at most. (new secret, until)"""
         overlap: list[float] = []
 
-        def rotated(sub: Subscription) -> dict:
+        def rotated(sub: Subscription) -> Json:
             now = self.needs.clock()
             overlap.append(now + SECRET_OVERLAP_S)
             kept = [{"secret": s["secret"], "until": min(s["until"] or overlap[0], overlap[0])}
@@ -331,7 +333,7 @@ class Delivery:
         disk in one rewrite in a worker thread, then from memory, then their outbox files. Under `writes`, after
         every change asked for before it: a subscribe in flight lands first and goes too, and one asked for
         later is refused (subscribe_async checks that the organization exists). Returns how many went."""
-        def drop():
+        def drop() -> Change[list[Outbox | None]]:
             sub_ids = [s.id for s in self.subscriptions.values() if s.organization_id == org_id]
             if sub_ids:
                 yield lambda: self._remove_all(sub_ids)
@@ -342,7 +344,7 @@ class Delivery:
                 await asyncio.to_thread(outbox.destroy)  # nobody uses it any more: only its file is left
         return len(outboxes)
 
-    def describe(self, sub: Subscription) -> dict:
+    def describe(self, sub: Subscription) -> Json:
         stats = self.stats[sub.id]
         outbox = self.outboxes[sub.id]
         head = outbox.head()
@@ -432,7 +434,7 @@ class Delivery:
         narrowed it since it subscribed."""
         org = self.needs.registry.organizations.get(sub.organization_id)
         level = self.needs.levels.get(org.level) if org else None
-        if level is None:
+        if org is None or level is None:
             return "the organization or its level no longer exists"
         refusal = denied(level, org, sub.window, sub.tag, self.needs.tags)
         return refusal.detail if refusal else None
@@ -477,21 +479,22 @@ class Delivery:
         sub.last_sent = result
         self._audit_push(sub, start, released=True, households=result["households"])
 
-    def _audit_push(self, sub: Subscription, start: int, **details) -> None:
+    def _audit_push(self, sub: Subscription, start: int, **details: object) -> None:
         """Every window a subscription decided, whatever came of it (withheld, filtered, sent): whether it went
         out depends on other households (the release, the filter on their sums), and the households' access pages
         list these entries."""
         self.needs.audit.record(sub.organization_id, "organization", "data.push", subscription_id=sub.id,
                                 window=sub.window, window_start=start, durable=False, **details)
 
-    def _enqueue(self, sub: Subscription, kind: str, payload: dict, window_start, window_end, now: float) -> None:
+    def _enqueue(self, sub: Subscription, kind: str, payload: Json, window_start: str | None, window_end: str | None,
+                 now: float) -> None:
         outbox, stats = self.outboxes[sub.id], self.stats[sub.id]
         try:
             with self.outbox_writes.disk():
                 self._queue_gap(sub)  # windows lost before this one go out first, in order
                 outbox.enqueue(kind, payload, window_start, window_end)
         except OSError as exc:
-            if window_start:
+            if window_start and window_end:
                 self._unqueued(sub, 1, unix_seconds(window_start), unix_seconds(window_end))
             self._disk_failed(sub, stats, f"cannot queue a {kind}: {exc.strerror or exc}")
             return
@@ -512,7 +515,7 @@ class Delivery:
         if not sub.unqueued:
             return
         count, start, end = sub.unqueued
-        self.outboxes[sub.id].gap(count, iso(start), iso(end),
+        self.outboxes[sub.id].gap(int(count), iso(start), iso(end),
                                   f"{count} window(s) could not be queued (the agent was down or its storage "
                                   f"refused the write); {FETCH_HINT}")
         sub.unqueued = None
@@ -589,6 +592,7 @@ class Delivery:
         now = time.time()
         headers = signing.headers(sub.signing_secrets(self.needs.clock()), message.id, int(now), body)
         message.retry_after = 0.0
+        assert self._session is not None and self._connections is not None  # started
         try:
             async with self._connections:
                 async with self._session.post(sub.endpoint, data=body, headers=headers,

@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock
 from agent.config import WINDOW_SECONDS, Config
-from agent.fleet import (RELEASES_STREAM, desired_subject, document, health_subject, inbox_prefix,
+from agent.fleet import (RELEASES_STREAM, desired_subject, document, health_subject, inbox_prefix, public_key_from_text,
                          releases_subject)
 from agent.fleet.outbox import FleetOutbox
 from agent.ports import FleetRegistry, FleetReleases
@@ -41,6 +41,13 @@ from agent.release import Refusal
 from agent.release.door import TAG_GRID_S
 from agent.store.durable import Durable, replace_file
 
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+Json = dict[str, Any]
+Answers = dict[tuple[str, str | None], Json | Refusal]  # {(organization, tag): the release module's answer}
 log = logging.getLogger("edge.fleet")
 
 DESIRED_FILE = "desired.json"
@@ -49,10 +56,10 @@ CATCH_UP_MAX_WINDOWS = 10_000  # per width, read back from the release log after
 SKIPPED = ("not_released", "not_settled")  # no record: nothing to send
 
 
-def records_of(answers: dict[tuple[str, str | None], dict | Refusal]) -> list[dict]:
+def records_of(answers: Answers) -> list[Json]:
     """{(organization, tag): the release module's answer} -> what goes up: a released body as the organization
     sees it, or only the code of a refusal (its detail may name counts: not needed upstream)."""
-    records = []
+    records: list[Json] = []
     for (org_id, tag), result in answers.items():
         if isinstance(result, Refusal):
             if result.error not in SKIPPED:
@@ -62,8 +69,8 @@ def records_of(answers: dict[tuple[str, str | None], dict | Refusal]) -> list[di
     return records
 
 
-def message(device: str, seq: int, window: str, start: int, desired_version: int | None, records: list,
-            epoch: str | None = None) -> dict:
+def message(device: str, seq: int, window: str, start: int, desired_version: int | None, records: list[Json],
+            epoch: str | None = None) -> Json:
     """One outbox message: one window of one width, every fleet organization's record of it; `seq` counts in
     the outbox's `epoch`."""
     return {"v": 1, "device": device, "epoch": epoch, "seq": seq, "window": window, "start": start,
@@ -90,15 +97,15 @@ class FleetLink:
         self.needs = needs
         self.config = needs.config.fleet
         self.device = self.config.device_id or needs.config.device_name
-        self.public_key = document.public_key_from_text(self.config.operator_public_key)
+        self.public_key = public_key_from_text(self.config.operator_public_key)
         self.directory = Path(needs.config.storage.path) / "fleet"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.outbox = FleetOutbox(self.directory / "outbox.seg", self.config.outbox_max)
         self.own_levels = dict(needs.config.levels)  # edge.toml's; a document's levels are added to these
         self.writes = Durable("fleet link", self.directory, log, what="the fleet's state")
-        self.applied: dict | None = None
+        self.applied: Json | None = None
         self.applied_at: float | None = None
-        self.refusal: dict | None = None
+        self.refusal: Json | None = None
         self._refused_envelope: bytes | None = None
         self._ran: collections.deque[str] = collections.deque(maxlen=64)  # digests of documents applied
         self._fleet_orgs: set[str] = set()
@@ -107,9 +114,9 @@ class FleetLink:
         self._scanned: dict[str, int] = {}  # see _done
         self._windows: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self._wake = asyncio.Event()
-        self._nc = None
-        self._js = None
-        self._tasks: list[asyncio.Task] = []
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.duplicates = 0
         self.sequence_resyncs = 0
         self.last_publish_error: str | None = None
@@ -154,7 +161,7 @@ class FleetLink:
                  len(self._fleet_orgs))
         return True
 
-    def _check_households(self, doc: dict) -> None:
+    def _check_households(self, doc: Json) -> None:
         households = self.needs.registry.households
         unknown = [h for h in document.related(doc) if h not in households]
         if unknown:
@@ -170,7 +177,7 @@ class FleetLink:
         self.refusal = {"at": time.time(), "version": version, "error": err.error, "detail": err.detail}
         log.warning("fleet: desired state %s refused: %s: %s", version, err.error, err.detail)
 
-    def _apply(self, doc: dict) -> None:
+    def _apply(self, doc: Json) -> None:
         """One step on the event loop (no await): nothing sees half of it. The levels are replaced in the
         configuration's own mapping, which every part of the agent (the release module, the API, delivery,
         triggers) reads at each use."""
@@ -217,26 +224,26 @@ class FleetLink:
                 out += [(org_id, tag) for tag in (None, *tags)]
         return out
 
-    def _answers_now(self, window: str, start: int) -> dict:
+    def _answers_now(self, window: str, start: int) -> Answers:
         releases = self.needs.releases
         return {(o, t): releases.answer(o, window, start, t) for o, t in self._wanted(window)}
 
-    async def _answers_from_log(self, window: str, starts: list[int]) -> dict[int, dict]:
+    async def _answers_from_log(self, window: str, starts: list[int]) -> dict[int, Answers]:
         """{start: {(organization, tag): answer}} read back from the release log, one read per pair."""
-        out: dict[int, dict] = {start: {} for start in starts}
+        out: dict[int, Answers] = {start: {} for start in starts}
         for org_id, tag in self._wanted(window):
             found = await self.needs.releases.history(org_id, window, starts, tag)
             for start, answer in found.items():
                 out[start][(org_id, tag)] = answer
         return out
 
-    async def _enqueue(self, window: str, start: int, answers: dict) -> None:
+    async def _enqueue(self, window: str, start: int, answers: Answers) -> None:
         if self.outbox.full:
             return  # the cursor stays: read from the release log once the outbox has drained
         records = records_of(answers)
         version = self.applied["version"] if self.applied else None
 
-        def payload(seq: int) -> dict:
+        def payload(seq: int) -> Json:
             return message(self.device, seq, window, start, version, records, self.outbox.epoch)
         await self.writes.write(self.outbox.enqueue, window, start, payload)
         self._wake.set()
@@ -318,6 +325,7 @@ class FleetLink:
         head = self.outbox.head()
         from nats.js.errors import NotFoundError
 
+        assert self._js is not None  # connected
         try:  # the direct get of its own subject: all a device's permissions allow
             last = await self._js.get_last_msg(RELEASES_STREAM, subject, direct=True)
         except Exception as err:
@@ -348,7 +356,8 @@ class FleetLink:
                                               inbox_prefix=inbox_prefix(self.device),
                                               nkeys_seed=self.config.nkey_seed_file or None)
                 self._js = self._nc.jetstream(timeout=5)
-                log.info("fleet: connected to %s as device %s", self._nc.connected_url.netloc, self.device)
+                log.info("fleet: connected to %s as device %s", self._nc.connected_url and
+                         self._nc.connected_url.netloc, self.device)
                 self._wake.set()
                 return
             except Exception as err:
@@ -356,7 +365,7 @@ class FleetLink:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    async def _nats_error(self, err) -> None:
+    async def _nats_error(self, err: Exception) -> None:
         self.last_publish_error = f"nats: {type(err).__name__}: {err}"
 
     async def _nats_state(self) -> None:
@@ -373,7 +382,7 @@ class FleetLink:
                     pass  # a heartbeat lost is replaced by the next one
             await asyncio.sleep(self.config.heartbeat_s)
 
-    def heartbeat(self) -> dict:
+    def heartbeat(self) -> Json:
         ok, body = self.needs.health()
         return {"device": self.device, "at": time.time(), "status": body["status"],
                 "applied_version": self.applied["version"] if self.applied else None,
@@ -389,10 +398,10 @@ class FleetLink:
         updates: asyncio.Queue[bytes] = asyncio.Queue()
         subscription = None
 
-        async def put(msg) -> None:
+        async def put(msg: Msg) -> None:
             updates.put_nowait(msg.data)
         while True:
-            if self._js is None:
+            if self._js is None or self._nc is None:
                 await asyncio.sleep(0.2)
                 continue
             try:
@@ -417,16 +426,17 @@ class FleetLink:
     async def _desired_now(self) -> bytes | None:
         from nats.js.errors import NotFoundError
 
+        assert self._js is not None  # connected
         try:
             entry = await self._js.get_msg(f"KV_{document.BUCKET}", subject=desired_subject(self.device),
                                            direct=True)
         except NotFoundError:
             return None  # nothing for this device yet
-        return entry.data
+        return bytes(entry.data) if entry.data is not None else None
 
     # --- lifecycle and /health -----------------------------------------------------------------
     async def start(self) -> None:
-        async def run():
+        async def run() -> None:
             await self._connect()
             await asyncio.gather(self._publish(), self._heartbeats(), self._watch())
         self._tasks = [asyncio.create_task(run(), name="fleet"),
@@ -446,7 +456,7 @@ class FleetLink:
         self.needs.config.levels.clear()  # edge.toml's again: the document's are this run's, applied at each start
         self.needs.config.levels.update(self.own_levels)
 
-    def health(self) -> dict:
+    def health(self) -> Json:
         applied = self.applied
         now = time.time()
         return {

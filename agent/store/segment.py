@@ -316,6 +316,13 @@ class SegmentDB(TinyDB):
     table_class = SegmentTable
     default_storage_class = SegmentStorage
 
+    @property
+    def storage(self) -> SegmentStorage:
+        """TinyDB's storage, typed as what it is here (its path, its lost records)."""
+        storage = self._storage
+        assert isinstance(storage, SegmentStorage)
+        return storage
+
 
 # --- small file-system helpers ---------------------------------------------------------------------
 DAY_FILE_FORMAT = "%Y%m%d"  # a day file is named after its UTC date (the audit, the release log, the members index)

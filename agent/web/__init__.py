@@ -32,7 +32,7 @@ def add_routes(app: web.Application, agent: PageServices) -> None:
 
     agent.registry.token_ended.append(token_ended)
 
-    async def end_streams(_app) -> None:
+    async def end_streams(_app: web.Application) -> None:
         hub.shutdown()
 
     app.on_shutdown.append(end_streams)

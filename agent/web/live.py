@@ -12,6 +12,8 @@ from datetime import timezone
 
 from aiohttp import web
 
+from drivers.reading import Reading
+
 # A household's open live pages (each holds a connection): its next one ends its own oldest (most often a page
 # already closed that the device has not noticed yet: it does at the next write). Per household, never in all, so no
 # household's pages take a place from, or show in, another's (red team 6b, R6b-2): in all at most this many per
@@ -20,17 +22,17 @@ STREAMS_PER_HOUSEHOLD = 8
 HEARTBEAT_S = 15.0
 
 
-def live_values(reading) -> dict:
+def live_values(reading: Reading) -> dict[str, str]:
     """What a page shows live: import and export power and the reading's time."""
     return {"import_w": _watts(reading.power_import_w), "export_w": _watts(reading.power_export_w),
             "at": reading.received_at.astimezone(timezone.utc).strftime("%H:%M:%S UTC")}
 
 
-def _watts(value) -> str:
+def _watts(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
-def event_text(values: dict) -> bytes:
+def event_text(values: dict[str, str]) -> bytes:
     """One SSE message per value (htmx's sse-swap swaps each into its element), plus a JSON one for scripts."""
     lines = [f"event: {name}\ndata: {values[name]}\n\n" for name in ("import_w", "export_w", "at")]
     lines.append(f"event: reading\ndata: {json.dumps(values)}\n\n")
@@ -64,14 +66,14 @@ class LiveHub:
     """The pipeline's listener: per reading of a watched meter, one dict write and a wake-up per open page; the
     event text is made when a page takes it, once per reading however many pages show that meter."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._streams: dict[str, set[LiveStream]] = {}
-        self._latest: dict[str, object] = {}
-        self._made: dict[str, tuple[object, bytes]] = {}
+        self._latest: dict[str, Reading] = {}
+        self._made: dict[str, tuple[Reading, bytes]] = {}
         self._of: dict[str, dict[LiveStream, None]] = {}  # household -> its streams, oldest first
         self.closing = False
 
-    def on_reading(self, reading) -> None:
+    def on_reading(self, reading: Reading) -> None:
         streams = self._streams.get(reading.meter_id)
         if not streams:
             return

@@ -12,15 +12,16 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 from babel.dates import format_datetime
 from babel.numbers import format_decimal
 from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
+from jinja2.runtime import Context
 
 from agent.api.common import ApiError
 from agent.auth import HOUSEHOLD, OPERATOR
@@ -52,7 +53,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 class PageError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
 
@@ -60,11 +61,11 @@ class PageError(Exception):
 def _environment(language: str) -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True),
                       extensions=["jinja2.ext.i18n"], trim_blocks=True, lstrip_blocks=True)
-    env.install_gettext_translations(i18n.translations(language), newstyle=True)
+    env.install_gettext_translations(i18n.translations(language), newstyle=True)  # type: ignore[attr-defined]
     env.filters["num"] = lambda value, digits=0: "–" if value is None else format_decimal(
         round(value, digits), format="#,##0" + ("." + "0" * digits if digits else ""), locale=language)
     @pass_context
-    def when(context, moment, pattern="yyyy-MM-dd HH:mm:ss", zone=True) -> str:
+    def when(context: Context, moment: float | None, pattern: str = "yyyy-MM-dd HH:mm:ss", zone: bool = True) -> str:
         """A moment in the household's chosen zone (`zone` in the context), with its abbreviation (CET, UTC)."""
         if moment is None:
             return "–"
@@ -76,7 +77,7 @@ def _environment(language: str) -> Environment:
     return env
 
 
-def _zone_info(name: str | None):
+def _zone_info(name: str | None) -> tzinfo:
     try:
         return ZoneInfo(name) if name in ZONES and name != "UTC" else timezone.utc
     except ZoneInfoNotFoundError:  # a system without the time zone database: UTC
@@ -96,7 +97,7 @@ def language_of(request: web.Request) -> str:
 
 
 def render(request: web.Request, template: str, status: int = 200, session: Session | None = None,
-           **context) -> web.Response:
+           **context: Any) -> web.Response:
     language = language_of(request)
     html = ENVIRONMENTS[language].get_template(template).render(
         session=session, csrf=session.csrf if session else None, path=request.path, zone=zone_of(request),
@@ -226,7 +227,7 @@ def guarded_page(row: Page) -> Callable[[web.Request], Awaitable[web.StreamRespo
                 # household, signed out) acts no more than a form sent afterwards (red team 8, R8-2)
                 if current_session(request) is not session:
                     raise PageError(401, "signed_out")
-                if not agent_of(request).sign_in.csrf_ok(session.csrf, data.get("csrf")):
+                if session is None or not agent_of(request).sign_in.csrf_ok(session.csrf, data.get("csrf")):
                     raise PageError(403, "csrf")
                 return await handler(request, session, data)
             return await handler(request, session) if roles else await handler(request)

@@ -16,6 +16,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
+from agent.clock import Clock
+
 LINK_TTL_S = 24 * 3600  # a printed link is used the same day or not at all
 IDLE_S = 30 * 60
 MAX_AGE_S = 12 * 3600
@@ -90,7 +92,8 @@ class _PerSubject(Generic[E]):
 
 
 class SignIn:
-    def __init__(self, clock, link_ttl_s: float = LINK_TTL_S, idle_s: float = IDLE_S, max_age_s: float = MAX_AGE_S):
+    def __init__(self, clock: Clock, link_ttl_s: float = LINK_TTL_S, idle_s: float = IDLE_S,
+                 max_age_s: float = MAX_AGE_S):
         self.clock = clock
         self.link_ttl_s, self.idle_s, self.max_age_s = link_ttl_s, idle_s, max_age_s
         self._links: _PerSubject[_Link] = _PerSubject(LINKS_PER_SUBJECT)
@@ -150,5 +153,5 @@ class SignIn:
         self._links.end(subject)
 
     @staticmethod
-    def csrf_ok(expected: str, presented) -> bool:
+    def csrf_ok(expected: str, presented: object) -> bool:
         return isinstance(presented, str) and bool(presented) and hmac.compare_digest(expected, presented)

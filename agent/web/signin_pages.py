@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from agent.auth import HOUSEHOLD, OPERATOR, identify
 from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, ZONE_COOKIE, ZONES, Page, PageError, agent_of,
                               cookie, current_session, failed, open_session, pre_session_csrf, redirect, render,
                               throttled, with_pre_cookie)
+from agent.web.signin import Session
+
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]  # a posted form's fields
 
 
 async def home(request: web.Request) -> web.Response:
@@ -17,12 +23,12 @@ async def home(request: web.Request) -> web.Response:
     return redirect(PREFIX + ("/me" if session.role == HOUSEHOLD else "/installer"))
 
 
-def _pre_session_form(request: web.Request, template: str, status: int = 200, **context) -> web.Response:
+def _pre_session_form(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     value = pre_session_csrf(request)
     return with_pre_cookie(request, render(request, template, status=status, pre_csrf=value, **context), value)
 
 
-async def _checked_form(request: web.Request):
+async def _checked_form(request: web.Request) -> Form:
     """A sign-in form's fields, if its CSRF value matches its cookie (else 403)."""
     data = await request.post()
     expected = request.cookies.get(PRE_COOKIE)
@@ -65,14 +71,14 @@ async def redeem_link(request: web.Request) -> web.Response:
     return open_session(request, link.role, link.subject)
 
 
-async def sign_out(request: web.Request, session, data) -> web.Response:
+async def sign_out(request: web.Request, session: Session, data: Form) -> web.Response:
     agent_of(request).sign_in.close(request.cookies.get(SESSION_COOKIE))
     response = redirect(PREFIX + "/sign-in")
     response.del_cookie(SESSION_COOKIE, path=PREFIX)
     return response
 
 
-async def choose_zone(request: web.Request, session, data) -> web.Response:
+async def choose_zone(request: web.Request, session: Session, data: Form) -> web.Response:
     """The time zone the pages show times in: a cookie of this browser (a year), back to the page it was chosen on."""
     zone, back = str(data.get("zone", "")), str(data.get("back", ""))
     if zone not in ZONES or not back.startswith(PREFIX + "/") or "//" in back or "\\" in back:
