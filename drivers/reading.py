@@ -19,7 +19,9 @@ from dataclasses import field as _dataclass_field
 from dataclasses import fields
 from datetime import datetime, timezone
 from operator import attrgetter
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 PHASES = ("l1", "l2", "l3")
 
@@ -54,7 +56,37 @@ class Facts:
     sum_of: tuple[str, ...] = ()  # a total: the sum of these registers where the meter sends none
     export_of: str | None = None  # an export: what a negative value of this import register is (one signed register)
     parameter: HouseholdParameter | None = None
+    items: type[msgspec.Struct] | None = None  # a list's: the shape of one entry (its OpenAPI schema too)
     description: str = ""
+
+
+# The entries of the lists read from P1 telegrams (drivers/obis.py, drivers/homewizard.py build them as dicts).
+MeterTime = Annotated[datetime, msgspec.Meta(tz=True)]  # ISO 8601 with its offset; null where the meter sent none
+
+
+class _Entry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DemandPeak(_Entry):
+    month: MeterTime | None
+    at: MeterTime | None
+    w: float
+
+
+class PowerFailure(_Entry):
+    end: MeterTime | None
+    duration_s: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class MbusDevice(_Entry):
+    channel: int
+    type: str  # gas, water, heat, cold, ...
+    device_type: int | None  # EN 13757-3
+    value: float | None
+    unit: str | None  # as the meter sends it: m3, GJ, ...
+    timestamp: MeterTime | None
+    valve: int | None
 
 
 def _row(kind: str, unit: str | None = None, low: float | None = None, high: float | None = None,
@@ -211,8 +243,8 @@ class Reading:
         parameter=("household_demand_peak_month", "This month's peak quarter-hour demand (capacity tariff)", 31))
     demand_peak_month_at: datetime | None = _row(TIME, obis="1.6.0", line="_demand_peak",
                                                  description="when this month's peak was")
-    # The last 13 months' peaks, as the meter lists them: [{"month": iso, "at": iso | null, "w": float}].
-    demand_peaks: list[dict] | None = _row(LIST, obis="98.1.0", line="_demand_peaks",
+    # The last 13 months' peaks, as the meter lists them.
+    demand_peaks: list[dict] | None = _row(LIST, obis="98.1.0", line="_demand_peaks", items=DemandPeak,
                                            description="the Belgian capacity tariff's monthly peaks (0-0:98.1.0), "
                                                        "as the meter lists them")
     reactive_power_import_var: float | None = _row(
@@ -289,13 +321,12 @@ class Reading:
                                                 "hex text")
     text_message_code: str | None = _row(TEXT, obis="96.13.1", line="_text_code",
                                          description="the meter's message code (0-0:96.13.1), as sent")
-    # The long power failures the meter logged (99.97.0), most recent first: [{"end": iso | null, "duration_s"}].
-    power_failure_log: list[dict] | None = _row(LIST, obis="99.97.0", line="_failure_log",
+    # The long power failures the meter logged (99.97.0), most recent first.
+    power_failure_log: list[dict] | None = _row(LIST, obis="99.97.0", line="_failure_log", items=PowerFailure,
                                                 description="long power failures the meter logged (1-0:99.97.0): "
                                                             "when each ended, how long it lasted")
-    # One entry per M-Bus device: {"channel", "type" (gas, water, heat, cold, ...), "device_type" (EN 13757-3),
-    # "value", "unit" (as the meter sends it: m3, GJ, ...), "timestamp" (iso), "valve"}; gas_m3 is only ever gas.
-    mbus: list[dict] | None = _row(LIST, description="one entry per M-Bus device (gas, water, heat, cold, ...), "
+    # One entry per M-Bus device; gas_m3 is only ever gas.
+    mbus: list[dict] | None = _row(LIST, items=MbusDevice, description="one entry per M-Bus device (gas, water, heat, cold, ...), "
                                                      "value in the meter's own unit")
 
     def to_json(self) -> dict:

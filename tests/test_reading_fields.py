@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timezone
 
+import msgspec
 import pytest
 
 from agent.api.openapi import build_spec
@@ -132,6 +133,22 @@ def test_ingest_takes_only_the_posted_fields():
     assert reading_from_json({"timestamp": 1.7e9, "channels": {"ev": FIELDS["channels"].high}}, "m", NOW).channels
     with pytest.raises(IngestError, match="channels.ev"):
         reading_from_json({"timestamp": 1.7e9, "channels": {"ev": FIELDS["channels"].high + 1}}, "m", NOW)
+
+
+@pytest.mark.parametrize("name, profile", [("fluvius_v171.txt", "fluvius"), ("v5_two_mbus.txt", "dsmr5"),
+                                           ("v5.txt", "dsmr5")])
+def test_the_lists_real_telegrams_give_are_their_entries_structs(name, profile):
+    """A list field's entries are its row's Struct (the OpenAPI schema of them is generated from it), strictly: an
+    entry with a key the Struct does not name, without one, or of another type fails."""
+    reading = TelegramDecoder("m", get_profile(profile)).decode(telegram_bytes(name).decode(), NOW).to_json()
+    lists = [n for n, facts in FIELDS.items() if facts.kind == table.LIST]
+    assert all(FIELDS[n].items for n in lists) and any(reading[n] for n in lists), name
+    for field in lists:
+        if reading[field] is not None:
+            msgspec.convert(reading[field], list[FIELDS[field].items])
+            assert SCHEMAS["Reading"]["properties"][field]["items"]["$ref"].endswith("/" + FIELDS[field].items.__name__)
+    with pytest.raises(msgspec.ValidationError, match="unknown field `extra`"):
+        msgspec.convert([{"end": None, "duration_s": 5, "extra": 1}], list[table.PowerFailure])
 
 
 def test_the_served_reading_schemas_say_what_the_table_says():

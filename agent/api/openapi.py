@@ -9,6 +9,8 @@ server against it.
 
 from __future__ import annotations
 
+import msgspec
+
 from agent.api import answers, bodies, records
 from agent.api.routes import ROUTES
 from agent.api.spec import NUMBER_OR_NULL, STRING, TIME, Json, Route
@@ -21,22 +23,6 @@ from drivers.reading import FIELD_NAMES, FIELDS, INPUT_FIELDS
 VERSION = "0.1.0"
 
 _ISO_OR_NULL: Json = {"type": ["string", "null"], "format": "date-time"}
-# The items of the Reading's lists (read from P1 telegrams only); all else about a field is the table's
-# (drivers/reading.py): its kind, bounds and description.
-_LIST_ITEMS: dict[str, Json] = {
-    "demand_peaks": {"type": "object", "required": ["month", "at", "w"], "additionalProperties": False,
-                     "properties": {"month": _ISO_OR_NULL, "at": _ISO_OR_NULL, "w": {"type": "number"}}},
-    "power_failure_log": {"type": "object", "required": ["end", "duration_s"], "additionalProperties": False,
-                          "properties": {"end": _ISO_OR_NULL, "duration_s": {"type": "integer", "minimum": 0}}},
-    "mbus": {"type": "object", "additionalProperties": False,
-             "required": ["channel", "type", "device_type", "value", "unit", "timestamp", "valve"],
-             "properties": {"channel": {"type": "integer"}, "type": STRING,
-                            "device_type": {"type": ["integer", "null"]}, "value": NUMBER_OR_NULL,
-                            "unit": {"type": ["string", "null"]}, "timestamp": _ISO_OR_NULL,
-                            "valve": {"type": ["integer", "null"]}}},
-}
-
-
 def _bounds(low: float | None, high: float | None) -> Json:
     bounds: dict[str, float | None] = {"minimum": low, "maximum": high}
     return {k: int(v) if v == int(v) else v for k, v in bounds.items() if v is not None}
@@ -56,7 +42,8 @@ def field_schema(name: str, for_input: bool) -> Json:
     elif facts.kind in (table.ID, table.TEXT):
         schema = dict(STRING if facts.required else _nullable("string"))
     elif facts.kind == table.LIST:
-        schema = {"type": ["array", "null"], "items": _LIST_ITEMS[name]}
+        assert facts.items is not None  # a list's entries have their Struct in the table
+        schema = {"type": ["array", "null"], "items": _ref(facts.items.__name__)}
     elif facts.kind == table.MAP:  # channels: watts per tag of the vocabulary
         schema = {"type": ["object", "null"], "maxProperties": MAX_CHANNELS, "propertyNames": {"pattern": TAG.pattern},
                   "additionalProperties": {"type": "number", **_bounds(facts.low, facts.high)}}
@@ -85,6 +72,9 @@ SCHEMAS: dict[str, Json] = {
                               "properties": {"readings": {"type": "array", "items": _ref("ReadingInput"),
                                                           "minItems": 1, "maxItems": MAX_BATCH}}}]},
     "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "integer"}}},
+    # the entries of the Reading's lists: their Structs' (drivers/reading.py)
+    **msgspec.json.schema_components([f.items for f in FIELDS.values() if f.items],
+                                     ref_template="#/components/schemas/{name}")[1],
 }
 
 
