@@ -48,6 +48,12 @@ HOUSEHOLD_LOCKS = web.AppKey("household_locks", KeyedLocks)
 ADDRESSES_LOCK = "appliance addresses"  # a key of HOUSEHOLD_LOCKS no household id can be
 
 
+def address_taken() -> ApiError:
+    """The address, or the relay answering at it (R8-1), is another household's: one sentence, not saying whose,
+    nor which of the two (R6-9)."""
+    return ApiError(409, "address_taken", "this address is another household's appliance on this device")
+
+
 def _household(request: web.Request):
     household = caller(request).household
     return household, agent_of(request)
@@ -197,25 +203,32 @@ async def new_appliance(agent: Services, locks: KeyedLocks, household_id: str, b
     doc = {"id": "app_" + secrets.token_hex(6), "household_id": household_id, "name": name, "kind": kind,
            "driver": device.name, "address": address, "channel": channel,
            "allowed_organizations": sorted(set(orgs)), "created_at": agent.clock()}
+    # before the relay is asked (no request for a registration refused anyway), then again under the locks
+    _check_room(store.appliances_of(household_id), name)
+    if agent.triggers.bindings.taken(actions.appliance_key(address), household_id):
+        raise address_taken()
     mac = await _relay_identity(agent, device, doc)
     # the household's lock, then the device's for addresses: two households registering one address take turns
     async with locks(household_id), locks(ADDRESSES_LOCK), agent.triggers.bindings.binding:
-        mine = store.appliances_of(household_id)
-        if len(mine) >= MAX_APPLIANCES:
-            raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
-        if any(a["name"].casefold() == name.casefold() for a in mine):
-            raise ApiError(409, "conflict", f"an appliance named {name!r} exists already")
+        _check_room(store.appliances_of(household_id), name)
         if agent.triggers.bindings.taken(actions.appliance_key(address), household_id):
             # whose it is is not said, nor whether it was registered or reached (R6-9)
-            raise ApiError(409, "address_taken", "this address is another household's appliance on this device")
+            raise address_taken()
         if mac is not None:
             if agent.triggers.bindings.device_taken(mac, household_id):  # the same sentence (R8-1)
-                raise ApiError(409, "address_taken", "this address is another household's appliance on this device")
+                raise address_taken()
             doc["device"] = mac
         await store.add_appliance_async(doc)
     await agent.audit.record_durable(household_id, HOUSEHOLD, "appliance.add", appliance_id=doc["id"],
                                      driver=device.name, allowed_organizations=doc["allowed_organizations"])
     return doc
+
+
+def _check_room(mine: list[dict], name: str) -> None:
+    if len(mine) >= MAX_APPLIANCES:
+        raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
+    if any(a["name"].casefold() == name.casefold() for a in mine):
+        raise ApiError(409, "conflict", f"an appliance named {name!r} exists already")
 
 
 async def _relay_identity(agent: Services, device: appliances.ApplianceDriver, doc: dict) -> str | None:
@@ -231,7 +244,7 @@ async def _relay_identity(agent: Services, device: appliances.ApplianceDriver, d
             async with actions.lan_session(private, APPLIANCE_TIMEOUT_S, 1, bindings) as session:
                 return await bindings.identify(session, device, doc)
     except actions.RelayTaken:
-        raise ApiError(409, "address_taken", "this address is another household's appliance on this device") from None
+        raise address_taken() from None
     except (ApplianceError, aiohttp.ClientError, TimeoutError, OSError, ValueError):
         return None
 
@@ -311,8 +324,8 @@ ROUTES = (
     Route("POST", "/households/me/appliances", add_appliance, HH,
           "Register an appliance on the household's network (private addresses allowed) and who may switch it",
           "household", {"201": ok_json("Appliance", "Registered")}, body="ApplianceIn",
-          errors={"409": error("Name taken, too many, or the address is another household's appliance "
-                                "on this device (address_taken)")}),
+          errors={"409": error("Name taken, too many, or the address (or the relay answering there, by its MAC) is "
+                                "another household's appliance on this device (address_taken)")}),
     Route("DELETE", "/households/me/appliances/{appliance_id}", delete_appliance, HH, "Remove an appliance",
           "household", {"204": NO_CONTENT}, errors=NOT_FOUND),
     Route("GET", "/households/me/appliances/{appliance_id}/status", get_appliance_status, HH,
