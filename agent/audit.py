@@ -30,12 +30,14 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from agent.store.durable import Durable, GroupCommit
 from agent.store.segment import SegmentDB, SegmentStream, day_file_name, day_of_file_name, ensure_dir
 
 RETENTION_DAYS = 400
+BATCH_ENTRIES = 1000  # entries per batch of entry_batches
 KIND = "audit"  # in integrity(): /health, /metrics
 CONSENT_ACTIONS = {True: "consent.grant", False: "consent.revoke"}
 LEGACY_MATCH_S = 5.0  # an entry from before `changed_at` was recorded: the same change if this close in time
@@ -131,8 +133,16 @@ class AuditLog:
     # --- reading and housekeeping ----------------------------------------------------------------------
     def entries(self, since: float | None = None, until: float | None = None, who: str | None = None,
                 limit: int = 10_000) -> list[dict]:
-        """The newest `limit` entries in [since, until] (of `who`), oldest first. Day files newest first, each
-        decoded a record at a time: memory holds `limit` entries and one record, whatever the range."""
+        """The newest `limit` entries in [since, until] (of `who`), oldest first (``entry_batches`` as one list)."""
+        return [entry for batch in self.entry_batches(since, until, who, limit) for entry in batch]
+
+    def entry_batches(self, since: float | None = None, until: float | None = None, who: str | None = None,
+                      limit: int = 10_000) -> Iterator[list[dict]]:
+        """The newest `limit` entries in [since, until] (of `who`), oldest first, in batches of BATCH_ENTRIES. Day
+        files are decoded a record at a time, twice: newest first to count each day's entries in the answer, then
+        oldest first to give them. Memory holds one batch and one record, whatever the limit, as long as the
+        entries are recorded in time order (they are, unless the clock stepped back): otherwise the days' entries
+        are sorted by time in memory (`limit` entries, as before)."""
         self.flush()
         until = until if until is not None else self.clock()
         since = since if since is not None else until - 86400
@@ -143,14 +153,51 @@ class AuditLog:
                 continue  # not one of ours
             if day_start + 86400 > since and day_start <= until:
                 days.append((day_start, path))
+        days.sort()
+
+        def matching(path: Path) -> Iterator[dict]:
+            return (entry for entry in SegmentStream(path, kind=KIND).docs("audit")
+                    if since <= entry["at"] <= until and (who is None or entry["who"] == who))
+        counts: list[tuple[Path, int]] = []  # newest day first: (file, its entries in the answer)
+        in_order, later, wanted = True, float("inf"), limit
+        for _, path in reversed(days):
+            if wanted <= 0:
+                break
+            found, first, last = 0, None, float("-inf")
+            for entry in matching(path):
+                found += 1
+                in_order = in_order and entry["at"] >= last
+                first, last = (entry["at"] if first is None else first), entry["at"]
+            in_order = in_order and last <= later
+            later = later if first is None else first
+            counts.append((path, found))
+            wanted -= found
+        if not in_order:
+            yield self._sorted_entries([path for path, _ in counts], matching, limit)
+            return
+        batch: list[dict] = []
+        for path, found in reversed(counts):
+            skip = max(0, -wanted) if (path, found) == counts[-1] else 0  # the oldest day: only its newest
+            for index, entry in enumerate(matching(path)):
+                if index >= found:
+                    break  # recorded since the count
+                if index >= skip:
+                    batch.append(dict(entry))
+                    if len(batch) >= BATCH_ENTRIES:
+                        yield batch
+                        batch = []
+        if batch:
+            yield batch
+
+    @staticmethod
+    def _sorted_entries(paths: list[Path], matching: Callable[[Path], Iterator[dict]], limit: int) -> list[dict]:
+        """The newest `limit` entries of these day files (newest first), sorted by time."""
         out: list[dict] = []
-        for _, path in sorted(days, reverse=True):
+        for path in paths:
             if len(out) >= limit:
                 break
             newest: deque[dict] = deque(maxlen=limit - len(out))  # entries are appended in the order recorded
-            for entry in SegmentStream(path, kind=KIND).docs("audit"):
-                if since <= entry["at"] <= until and (who is None or entry["who"] == who):
-                    newest.append(dict(entry))
+            newest.extend(dict(entry) for entry in matching(path))
             out[:0] = sorted(newest, key=lambda e: e["at"])
         out.sort(key=lambda e: e["at"])
         return out[-limit:]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from aiohttp import web
 
 from agent.api.bodies import HouseholdIn, HouseholdPatch, OrganizationIn, OrganizationPatch, decode
-from agent.api.common import ApiError, agent_of, caller, parse_limit, parse_time, read_body
+from agent.api.common import ApiError, agent_of, caller, in_thread, parse_limit, parse_time, read_body, stream_json
 from agent.api.spec import LIMIT, NO_CONTENT, NOT_FOUND, OP, STRING, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR
 from agent.parameters import lookup
@@ -157,12 +156,11 @@ async def list_consents(request: web.Request) -> web.Response:
     return web.json_response({"consents": consents})
 
 
-async def read_audit(request: web.Request) -> web.Response:
+async def read_audit(request: web.Request) -> web.StreamResponse:
     q = request.query
     since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
-    entries = await asyncio.to_thread(agent_of(request).audit.entries, since, until, q.get("who"),
-                                      parse_limit(q.get("limit")))
-    return web.json_response({"entries": entries})
+    batches = agent_of(request).audit.entry_batches(since, until, q.get("who"), parse_limit(q.get("limit")))
+    return await stream_json(request, '{"entries": [', in_thread(batches), lambda _: "]}", "audit log")
 
 
 ORG_PATH = "/organizations/{org_id}"

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
@@ -223,3 +223,36 @@ def json_value(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: "[[[[..." 100,000 deep
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {err.__class__.__name__}") from None
+
+
+async def stream_json(request: web.Request, before: str, batches: AsyncIterator[list[Any]],
+                      after: Callable[[int], str], what: str) -> web.StreamResponse:
+    """A JSON answer with one long list, written a batch at a time: `before` (up to the list's "["), the items as
+    json.dumps writes them (the same bytes as the whole answer at once), then `after(count)`. Memory holds one
+    batch, whatever the answer's size. A failure before the first batch is an ordinary JSON error; after the
+    status was sent, the body ends unfinished (invalid JSON, the connection closed), never as if complete."""
+    batch = await anext(batches, None)
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    await response.prepare(request)
+    await response.write(before.encode())
+    count = 0
+    try:
+        while batch is not None:
+            if batch:
+                await response.write(((", " if count else "") + ", ".join(map(json.dumps, batch))).encode())
+                count += len(batch)
+            del batch
+            batch = await anext(batches, None)
+    except Exception:
+        log.exception("%s: failed after %d items", what, count)
+        response.force_close()
+        return response
+    await response.write(after(count).encode())
+    await response.write_eof()
+    return response
+
+
+async def in_thread(batches: Iterator[list[Any]]) -> AsyncIterator[list[Any]]:
+    """A blocking iterator of batches (reading the disk), each taken in a worker thread."""
+    while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+        yield batch

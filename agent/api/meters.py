@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, parse_limit, parse_time, principal
+from agent.api.common import ApiError, agent_of, in_thread, parse_limit, parse_time, principal, stream_json
 from agent.api.spec import ANYONE, LIMIT, NOT_FOUND, OP, STRING, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR
 from agent.metrics import render_metrics
 
 RESOLUTIONS = ("raw", "1m", "15m")
-log = logging.getLogger("edge.api")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -87,27 +85,12 @@ async def meter_readings(request: web.Request) -> web.Response:
 
 
 async def _stream_rows(request: web.Request, meter_id: str, resolution: str, batches) -> web.StreamResponse:
-    """The answer written one segment at a time (each read and encoded in a worker thread): memory holds one
-    segment's rows, whatever the limit (100,000 raw readings as one body took the unit past its MemoryMax).
-    `count` comes after the rows, since it is known only at the end."""
-    first = await asyncio.to_thread(next, batches, None)  # errors before anything is sent are a JSON error
-    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
-    await response.prepare(request)
+    """The answer written a batch at a time (each read and encoded in a worker thread, agent/store's
+    reading_batches): memory holds one segment's rows, whatever the limit (100,000 raw readings as one body took
+    the unit past its MemoryMax). `count` comes after the rows, since it is known only at the end."""
     head = json.dumps({"meter_id": meter_id, "resolution": resolution})[:-1]
-    await response.write(f'{head}, "readings": ['.encode())
-    count, batch = 0, first
-    try:
-        while batch is not None:
-            await response.write((", " if count else "").encode() + json.dumps(batch)[1:-1].encode())
-            count += len(batch)
-            batch = await asyncio.to_thread(next, batches, None)
-    except Exception:  # the status is sent: end the body unfinished (invalid JSON), never as if complete
-        log.exception("readings of meter %r: failed after %d rows", meter_id, count)
-        response.force_close()
-        return response
-    await response.write(f'], "count": {count}}}'.encode())
-    await response.write_eof()
-    return response
+    return await stream_json(request, f'{head}, "readings": [', in_thread(batches),
+                             lambda count: f'], "count": {count}}}', f"readings of meter {meter_id!r}")
 
 
 def _health_body(description: str) -> dict:

@@ -69,7 +69,7 @@ from tinydb import Query
 from agent.store.rollup import RollupAccumulator, combine_same_window, rollup_row, rollup_to_json, window_start
 from agent.store.records import decode_records_backward
 from agent.store.disk import DataDirectory, StorageCode, StorageUnavailable, unavailable
-from agent.store.segment import SegmentDB, ensure_dir, fsync_dir
+from agent.store.segment import SegmentDB, SegmentStream, ensure_dir, fsync_dir
 from drivers.reading import FIELD_NAMES, TIME_FIELDS, Reading, iso
 
 log = logging.getLogger("edge.store")
@@ -110,6 +110,7 @@ RAW = Kind("raw", "readings", 3600, "received_at", "%Y%m%dT%H")
 ROLLUP_1M = Kind("1m", "rollups", 86400, "start", "%Y%m%d")
 ROLLUP_15M = Kind("15m", "rollups", 86400, "start", "%Y%m%d")
 KINDS = {kind.name: kind for kind in (RAW, ROLLUP_1M, ROLLUP_15M)}
+BATCH_ROWS = 1000  # rows per batch of reading_batches (an hour of 1 Hz readings is 3,600)
 ROLLUP_WIDTH_S = {ROLLUP_1M: 60, ROLLUP_15M: 900}
 _RECORD_FIELDS = frozenset(FIELD_NAMES)
 
@@ -457,9 +458,9 @@ class ReadingStore:
 
     def reading_batches(self, meter_id: str, since: float | None = None, until: float | None = None,
                         resolution: str = "raw", limit: int = 10000, cache: bool = False) -> Iterator[list[dict]]:
-        """The rows of ``readings``, one segment at a time, oldest first: an answer streamed from this holds one
-        segment in memory, not ``limit`` rows (and, without ``cache``, decodes a segment not in the cache for this
-        read only). Each segment is read whole under the I/O lock (what is on disk and what is pending together),
+        """The rows of ``readings``, oldest first, in batches of at most BATCH_ROWS of one segment: an answer streamed
+        from this holds one segment's decoded documents and one batch's JSON, not ``limit`` rows (and, without
+        ``cache``, decodes a segment not in the cache for this read only, each document once). Each segment is read whole under the I/O lock (what is on disk and what is pending together),
         so a flush between two segments neither loses nor repeats a row."""
         kind = KINDS.get(resolution)
         if kind is None:
@@ -488,9 +489,10 @@ class ReadingStore:
                             if kind.segment_start(doc[kind.time_field]) == segment)
             docs.sort(key=itemgetter(kind.time_field))  # stable: equal times keep arrival order
             rows = (docs if kind is RAW else _merge_same_window(docs))[:left]
+            del docs
             left -= len(rows)
-            if rows:
-                yield [to_json(doc) for doc in rows]
+            for first in range(0, len(rows), BATCH_ROWS):  # their JSON a part at a time
+                yield [to_json(doc) for doc in rows[first:first + BATCH_ROWS]]
             if left <= 0:
                 return
 
@@ -519,17 +521,16 @@ class ReadingStore:
         """The segment's docs in [low, high). Without `cache` (a long query streamed segment by segment), a segment
         not already decoded is decoded for this read only: a day of segments must not churn through the cache."""
         db = self._readers.get(path) if not cache else self._reader(path)
-        once = db is None
-        db = SegmentDB(path) if once else db
-        try:
-            table = db.table(kind.table)
+        if db is None:  # decoded a record at a time, each document held once (TinyDB's view would copy them all)
+            docs = SegmentStream(path).docs(kind.table)
             if low <= segment and segment + kind.segment_s <= high:
-                return table.all()  # the whole segment is in range
-            field = Query()[kind.time_field]
-            return table.search((field >= low) & (field < high))
-        finally:
-            if once:
-                db.close()
+                return list(docs)
+            return [doc for doc in docs if isinstance(t := doc.get(kind.time_field), (int, float)) and low <= t < high]
+        table = db.table(kind.table)
+        if low <= segment and segment + kind.segment_s <= high:
+            return table.all()  # the whole segment is in range
+        field = Query()[kind.time_field]
+        return table.search((field >= low) & (field < high))
 
     def _reader(self, path: Path) -> SegmentDB:
         db = self._readers.get(path)
