@@ -18,11 +18,11 @@ import hashlib
 import json
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, caller, parse_time
+from agent.api.common import ApiError, agent_of, caller, parse_time, stream_json
 from agent.api.data import level_of
 from agent.api.spec import ORG, TIME_PARAM, Route, error, ok_json, query
 from agent.auth import ORGANIZATION
@@ -41,7 +41,7 @@ RESOLUTIONS = ("15m", "1h")  # the anonymized grid's choices
 
 
 # --- GET /data/anonymized ------------------------------------------------------------------------
-async def get_anonymized(request: web.Request) -> web.Response:
+async def get_anonymized(request: web.Request) -> web.StreamResponse:
     org = caller(request).organization
     agent = agent_of(request)
     level = level_of(agent, org)
@@ -51,9 +51,18 @@ async def get_anonymized(request: web.Request) -> web.Response:
                        + (" (noisy aggregates only: GET /data)" if level.noisy else ""))
     res = _resolution(request.query.get("resolution"), level)
     since, until, days = _range(request.query, agent.releases.settle_limit())
-    docs = [await day_release(agent, org.id, level, res, day) for day in days]
+    # A day at a time: each day's release decided (or read back), its rows counted and let go; the rows are
+    # read back again, a day at a time, as they are written (memory holds one day, whatever the range).
+    docs, keys, rows = [], [], 0
+    for day in days:
+        key, doc = await keyed_day_release(agent, org.id, level, res, day)
+        if "records" in doc:
+            rows += len(select(doc, since, until))
+            keys.append(key)
+        docs.append({name: value for name, value in doc.items() if name != "records"})
+        del doc
     span = {"from": iso(since), "to": iso(until)}
-    released = [doc for doc in docs if "records" in doc]
+    released = [doc for doc in docs if "report" in doc]
     if not released:
         refused = docs[0]["refused"]
         await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=False,
@@ -61,11 +70,17 @@ async def get_anonymized(request: web.Request) -> web.Response:
                                          households=max(doc["audit"]["households"] for doc in docs))
         raise ApiError(409, f"{refused['requirement']}_not_met", refused["detail"],
                        requirement=refused["requirement"])
-    records = [record for doc in released for record in select(doc, since, until)]
-    report = _report(level, res, docs, released, records, span)
+    report = _report(level, res, docs, released, rows, span)
     await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=True,
-                                     rows=len(records), days=len(days), k=report["k"], l=report["l"], t=report["t"])
-    return web.json_response({"records": records, "report": report})
+                                     rows=rows, days=len(days), k=report["k"], l=report["l"], t=report["t"])
+    return await stream_json(request, '{"records": [', _recorded_rows(agent, keys, since, until),
+                             lambda _: f'], "report": {json.dumps(report)}}}', "anonymized data")
+
+
+async def _recorded_rows(agent: Services, keys: list[str], since: int, until: int) -> AsyncIterator[list[dict]]:
+    """The rows of each recorded day release in [since, until), read back a day at a time."""
+    for key in keys:
+        yield select(await agent.releases.recorded(KIND, key), since, until)
 
 
 def _resolution(asked: str | None, level) -> int:
@@ -102,7 +117,7 @@ def _range(query, settled: float) -> tuple[int, int, list[int]]:
     return since, until, days
 
 
-def _report(level, res: int, docs: list[dict], released: list[dict], records: list[dict], span: dict) -> dict:
+def _report(level, res: int, docs: list[dict], released: list[dict], rows: int, span: dict) -> dict:
     first = released[0]["report"]
     return {
         "level": level.name, **span,
@@ -116,10 +131,10 @@ def _report(level, res: int, docs: list[dict], released: list[dict], records: li
         "required": first["required"],
         "linkable": first["linkable"],
         "pseudonyms": first["pseudonyms"],
-        "rows": len(records),
+        "rows": rows,
         "grid": f"whole UTC days at {first['resolution']}; every range gets the recorded rows of the periods "
                 "it overlaps",
-        "days": [{**_answerable(doc["report"]), "released": True} if "records" in doc
+        "days": [{**_answerable(doc["report"]), "released": True} if "report" in doc
                  else {"day": doc["day"], "released": False, **doc["refused"]} for doc in docs],
     }
 
@@ -135,7 +150,13 @@ def _answerable(report: dict) -> dict:
 
 
 async def day_release(agent: Services, org_id: str, level, res: int, day: int) -> dict:
-    """The recorded release of one day for this organization's cohort: computed once (by the first organization
+    """The recorded release of one day for this organization's cohort (`keyed_day_release`'s)."""
+    return (await keyed_day_release(agent, org_id, level, res, day))[1]
+
+
+async def keyed_day_release(agent: Services, org_id: str, level, res: int, day: int) -> tuple[str, dict]:
+    """The recorded release of one day for this organization's cohort, and its key (`releases.recorded` reads
+    it back): computed once (by the first organization
     of the level with exactly this consenting cohort to ask), then always the record, whatever changes later.
     Households the operator marked as related to any organization (employees, test meters) are left out when it
     is computed: their organization knows them, and they would only help it isolate the others."""
@@ -165,7 +186,7 @@ async def day_release(agent: Services, org_id: str, level, res: int, day: int) -
                                                  "than k households in these periods")
         return doc
 
-    return await agent.releases.once(KIND, key, compute)
+    return key, await agent.releases.once(KIND, key, compute)
 
 
 _COHORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # agent -> {question: answer}

@@ -114,8 +114,7 @@ class Releases:
         self._cursor: dict[Grid, int] = {}
         self._decided: dict[int, int] = {}  # width -> start of the newest window of that width decided
         self._listeners: list[Callable[[str, int], None]] = []
-        self._once: dict[str, Json] = {}
-        self._once_files: dict[str, str] = {}  # memo key -> its day file (for the memo index, log.py)
+        self._once_files: dict[str, str] = {}  # memo key -> its day file (the memos on record; bodies on disk only)
         self._lost_memos: set[str] = set()  # see _note_lost_memos
         self._memos_unknown_until = 0.0
         self._once_running: dict[str, asyncio.Future[Json]] = {}
@@ -158,7 +157,6 @@ class Releases:
                 if kind == "r" and doc["s"] >= now - KEEP_S.get(doc["w"], 0):
                     self._records[(doc["o"], doc["w"], doc["s"], doc["g"])] = doc
             elif kind == "o":
-                self._once[doc["k"]] = doc["b"]
                 self._once_files[doc["k"]] = ReleaseLog.file_of(doc)
         self.ledger.forget_before(now - DAY)  # a release may be charged to yesterday (trigger days): keep its horizon
         self._note_lost_memos()
@@ -173,7 +171,7 @@ class Releases:
     def _note_lost_memos(self) -> None:
         """Memos lost beyond repair (agent/release/log.py, "Memos"): refused for good, never computed again."""
         index = self.log.memo_index()
-        self._lost_memos = {k for k, name in index.files.items() if k not in self._once and self.log.kept(name)}
+        self._lost_memos = {k for k, name in index.files.items() if k not in self._once_files and self.log.kept(name)}
         unknown = [name for name in self.log.lost_files
                    if index.damaged or index.since is None or name < index.since]
         self._memos_unknown_until = max((self.log.kept_until(name) for name in unknown), default=0.0)
@@ -253,26 +251,49 @@ class Releases:
 
     async def once(self, kind: str, key: str, compute: Callable[[], Json]) -> Json:
         """A release computed when first asked (`compute` in a worker thread), recorded durably before it is
-        returned; every later call with the same key returns the recorded body."""
+        returned; every later call with the same key returns the recorded body, read from the log (bodies are
+        not held in memory: every day of anonymized rows asked in the retention would be)."""
         memo = f"{kind}|{key}"
-        if memo in self._once:
-            return self._once[memo]
+        body = await self._on_record(memo)
+        if body is not None:
+            return body
         if memo in self._lost_memos or self.clock() < self._memos_unknown_until:
             # computed again, it would be a second draw (or over other households) of what was released once
-            raise ReleaseLost(ReleaseCode.LOST, "this release was made once and its record was lost beyond "
-                              "repair; it is not made again (a second one could be compared with the first)")
+            raise _lost()
         running = self._once_running.get(memo)
         if running is None:
             running = self._once_running[memo] = asyncio.ensure_future(self._compute_once(memo, compute))
             running.add_done_callback(lambda _: self._once_running.pop(memo, None))
         return await asyncio.shield(running)
 
+    async def recorded(self, kind: str, key: str) -> Json:
+        """A one-off release `once` recorded, read back again (an answer written a day at a time after it was
+        decided); ReleaseLost if it is no longer on record. Never computes."""
+        body = await self._on_record(f"{kind}|{key}")
+        if body is None:
+            raise _lost()
+        return body
+
+    async def _on_record(self, memo: str) -> Json | None:
+        """The recorded body of a memo (in a worker thread), or None if there is none to answer from."""
+        name = self._once_files.get(memo)
+        if name is None or memo in self._lost_memos:
+            return None
+        body: Json | None = await asyncio.to_thread(self.log.read_memo, memo)
+        if body is None:
+            if self.log.kept(name):  # damaged beyond repair since the start read it
+                log.error("release log: the one-off release %s was lost beyond repair; it is refused, never "
+                          "computed again", memo)
+                self._lost_memos.add(memo)
+            else:  # its day file left the retention: as after a restart (_note_lost_memos), no longer on record
+                self._once_files.pop(memo, None)
+        return body
+
     async def _compute_once(self, memo: str, compute: Callable[[], Json]) -> Json:
         body = await asyncio.to_thread(compute)
         doc = {"t": "o", "k": memo, "b": body, "at": self.clock()}
         await self.writes.write(self.log.write_memo, doc, dict(self._once_files),
                                 then=lambda: self._once_files.update({memo: ReleaseLog.file_of(doc)}))
-        self._once[memo] = body
         return body
 
     def trigger_window(self, org_id: str, trigger_id: str, start: int) -> None:
@@ -804,6 +825,11 @@ class Releases:
     def trigger_days(self, org_id: str, trigger_id: str) -> list[Json]:
         """The daily statistics released so far (noisy levels) for one trigger, oldest first (since start)."""
         return list(self._trigger_released.get((org_id, trigger_id), []))
+
+
+def _lost() -> ReleaseLost:
+    return ReleaseLost(ReleaseCode.LOST, "this release was made once and its record was lost beyond repair; it is "
+                       "not made again (a second one could be compared with the first)")
 
 
 def guarantee(horizon_days: int, cap_rho: float, delta: float, loss: float) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.release.ledger import EVERYONE
-from agent.store.segment import SegmentDB, SegmentStream, day_file_name, day_of_file_name, ensure_dir
+from agent.store.segment import SegmentDB, SegmentStorage, SegmentStream, day_file_name, day_of_file_name, ensure_dir
 
 log = logging.getLogger("edge.release")
 
@@ -70,7 +70,10 @@ class ReleaseLog:
         self.last_error: str | None = None  # the last write's failure, None once one succeeds
         self._unwritten: dict[str, list[dict[str, Any]]] = {}  # fail-closed charges the disk refused at start
         self.lost_files: dict[str, int] = {}
-        self._memo_db: SegmentDB | None = None  # the memo index, once written to  # main day files (kept) with records lost beyond repair: how many
+        self._memo_db: SegmentDB | None = None  # the memo index, once written to
+        # memo key -> (day file, offset of its record): memos are read from disk when asked, never all held (a day
+        # of anonymized rows is megabytes, and every one asked in the retention would be kept)
+        self._memo_at: dict[str, tuple[str, int]] = {}
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.seg"
@@ -99,11 +102,15 @@ class ReleaseLog:
             for name in sorted(self._open)[:-4]:
                 self._open.pop(name).close()
 
-    def _insert(self, name: str, docs: list[dict[str, Any]]) -> None:
+    def _insert(self, name: str, docs: list[dict[str, Any]]) -> int:
+        """Appends docs as one record; returns where it begins."""
         db = self._open.get(name)
         if db is None:
             db = self._open[name] = SegmentDB(str(self._path(name)), kind=KIND, copies=2)
         db.table(TABLE).insert_multiple(docs)
+        storage = db.storage
+        assert isinstance(storage, SegmentStorage)
+        return storage.appended_at
 
     def read(self, name: str, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         """The documents of one day file that `keep` accepts (all without it), for a history read in a worker
@@ -130,6 +137,8 @@ class ReleaseLog:
             for doc in stream.docs(TABLE):
                 if doc.get("c", "").startswith(LOST) and doc.get("t") == "n":
                     charged = max(charged, doc.get("x", 1))
+                elif doc.get("t") == "o":
+                    self._memo_at[doc["k"]] = (path.stem, stream.at)
                 yield doc
             if path.stem.startswith(FINE_PREFIX):
                 continue
@@ -171,7 +180,7 @@ class ReleaseLog:
             index = self._memo_db.table(TABLE)
             index.insert_multiple([*first, {"k": doc["k"], "f": name}])
             try:
-                self._insert(name, [doc])
+                self._memo_at[doc["k"]] = (name, self._insert(name, [doc]))
             except OSError as exc:
                 self.last_error = f"{exc.strerror or exc} ({time.strftime('%H:%M:%S', time.gmtime())} UTC)"
                 try:
@@ -180,6 +189,20 @@ class ReleaseLog:
                     pass  # the key stays without its memo: lost, so refused, never computed twice
                 raise
             self.last_error = None
+
+    def read_memo(self, key: str) -> Any | None:
+        """A memo's body (`{"t": "o", "k": key, "b": body}`), read alone from where it was loaded or written (in a
+        worker thread); its whole day file is read if that record no longer decodes (its twin may). None if it
+        is not on disk (damaged beyond repair, or its file deleted)."""
+        with self._lock:
+            where = self._memo_at.get(key)
+        if where is None:
+            return None
+        name, offset = where
+        docs = SegmentStream(self._path(name), kind=KIND).record_at(offset, TABLE)
+        if docs is None:
+            docs = self.read(name, lambda d: d.get("t") == "o" and d.get("k") == key)
+        return next((doc["b"] for doc in docs if doc.get("t") == "o" and doc.get("k") == key), None)
 
     def memo_index(self) -> MemoIndex:
         """What the index says (read at start, after `load`)."""

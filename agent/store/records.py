@@ -77,6 +77,7 @@ class Damage:
 @dataclass
 class Scan:
     records: list[tuple[str, int, list[dict]]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # where each of `records` begins in buf
     good: int = 0  # end of the last good record
     damage: list[Damage] = field(default_factory=list)
     next_ids: dict[str, int] = field(default_factory=dict)  # per table, the id after the last good record's docs
@@ -110,6 +111,7 @@ def scan_records(buf: bytes, keep: bool = True) -> Scan:
             record = _decode_one(view, pos)
             if keep:
                 scan.records.append(record)
+                scan.offsets.append(pos)
         except CorruptRecord as problem:
             resume = _next_good(view, buf, pos + 1)
             end = len(buf) if resume is None else resume
@@ -197,6 +199,11 @@ def scan_lazily(buf: bytes, damage: list[Damage]) -> Iterator[tuple[str, int, li
     written twice (``copies=2``) is given once. What did not decode is added to `damage` as ``scan_records``
     says it, once the records before it have been asked for. The headers are walked first (nothing is
     decompressed); from the first damage on (rare), ``scan_records`` decodes the rest whole."""
+    return (record for _, record in scan_lazily_at(buf, damage))
+
+
+def scan_lazily_at(buf: bytes, damage: list[Damage]) -> Iterator[tuple[int, tuple[str, int, list[dict]]]]:
+    """``scan_lazily``'s records with the offset each was decoded from (to read it again alone: ``record_at``)."""
     view = memoryview(buf)
     spans: list[tuple[int, int]] = []
     pos = 0
@@ -216,7 +223,7 @@ def scan_lazily(buf: bytes, damage: list[Damage]) -> Iterator[tuple[str, int, li
             pos = spans[i - 1][0] if i else 0
             break
         given = (record, view[offset:offset + length])
-        yield record
+        yield offset, record
     else:
         if pos < len(buf):
             pos = spans[-1][0] if spans else 0
@@ -224,11 +231,20 @@ def scan_lazily(buf: bytes, damage: list[Damage]) -> Iterator[tuple[str, int, li
             return
     # Damage: the careful scan from the last good record (a damaged record's twin may be it) to the end.
     scan = scan_records(buf[pos:])
-    for record in scan.records:
+    for offset, record in zip(scan.offsets, scan.records):
         if given is None or record[:2] != given[0][:2]:
-            yield record
+            yield pos + offset, record
         given = (record, b"")
     damage.extend(_shifted(d, pos) for d in scan.damage)
+
+
+def record_at(buf: bytes) -> tuple[str, int, list[dict]] | None:
+    """The record that begins buf (a record read again alone, from an offset ``scan_lazily_at`` gave), or None
+    if it does not decode (damaged since)."""
+    try:
+        return _decode_one(memoryview(buf), 0)
+    except CorruptRecord:
+        return None
 
 
 def _shifted(item: Damage, base: int) -> Damage:

@@ -28,8 +28,8 @@ from tinydb.storages import Storage
 from tinydb.table import Table
 
 from agent.store.disk import check_under
-from agent.store.records import (HEADER, MAX_PAYLOAD, Damage, damage_after, encode_record, frame_ok, scan_lazily,
-                                 scan_records)
+from agent.store.records import (HEADER, MAX_PAYLOAD, Damage, damage_after, encode_record, frame_ok, record_at,
+                                 scan_lazily_at, scan_records)
 
 log = logging.getLogger("edge.store")
 
@@ -120,6 +120,7 @@ class SegmentStorage(Storage):
         self.copies = copies
         self._lost_at: set[int] = set()  # offsets of the damaged records without a twin this instance decoded
         self.bytes_appended = 0  # cumulative, for the store's statistics
+        self.appended_at = 0  # where the last record appended begins (to read it again alone: SegmentStream)
         self._fd: int | None = None  # append handle, opened on first append
         self._next_ids: dict[str, int] = {}
         # The decoded view for queries: built on the first read(), then extended with what was appended.
@@ -216,6 +217,7 @@ class SegmentStorage(Storage):
             raise
         self._next_ids[table] = first_id + len(docs)
         self.bytes_appended += len(record)
+        self.appended_at = start
         return list(range(first_id, first_id + len(docs)))
 
     def drop_cache(self) -> None:
@@ -272,6 +274,7 @@ class SegmentStream:
     def __init__(self, path: str | Path, kind: str = "other"):
         self.path, self.kind = Path(path), kind
         self.lost_records = 0
+        self.at = 0  # where the record of the document last given begins (for ``record_at``)
 
     def docs(self, table: str) -> Iterator[dict]:
         try:
@@ -280,14 +283,30 @@ class SegmentStream:
         except (FileNotFoundError, NotADirectoryError):
             return
         damage: list[Damage] = []
-        for name, _, docs in scan_lazily(buf, damage):
+        for offset, (name, _, docs) in scan_lazily_at(buf, damage):
             if name == table:
+                self.at = offset
                 yield from docs
         settled = [d for d in damage if not d.torn]
         if settled:
             log.warning("segment %s: %s", self.path, "; ".join(d.problem for d in settled))
             _note_damage(self.path, self.kind, 0, settled)
         self.lost_records = sum(not d.twin_intact for d in settled)
+
+    def record_at(self, offset: int, table: str) -> list[dict] | None:
+        """The documents of the one record at `offset` (``at`` when they were given, or ``appended_at``), read
+        alone; None if it is gone or does not decode (then a whole read, ``docs``, may find its twin)."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(offset)
+                header = handle.read(HEADER.size)
+                if len(header) < HEADER.size or HEADER.unpack(header)[1] > MAX_PAYLOAD:
+                    return None
+                buf = header + handle.read(HEADER.unpack(header)[1])
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        record = record_at(buf)
+        return record[2] if record is not None and record[0] == table else None
 
 
 class SegmentTable(Table):
