@@ -15,6 +15,7 @@ request; tests/test_appliance_identity.py for ports, restarts, leases and relays
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 
 import pytest
@@ -24,6 +25,19 @@ from tests.helpers.agent import grant, make_config
 from tests.helpers.appliances import MeteringShelly
 from tests.helpers.clock import StepClock, T0
 from tests.helpers.triggers import body, close_window, town_config
+
+
+def _loopback_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _loopback_ipv6(), reason="the relay's second address is ::1: this host's "
+                                "loopback has no IPv6 (the port-forward case is tests/test_appliance_identity.py)")
 
 
 class DualStackShelly(MeteringShelly):
