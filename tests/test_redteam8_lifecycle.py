@@ -23,7 +23,6 @@ import math
 import re
 from dataclasses import replace
 
-import pytest
 
 from drivers.p1_reader import MeterSpec
 from tests.helpers.agent import grant, make_config
@@ -42,10 +41,6 @@ async def _telegram(running, pty_pair, name: str) -> None:
     await running.wait_for(lambda: running.agent.pipeline.readings_in > before)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 8 R8-4: the release module holds a silent meter at its last "
-                   "values under the meter id, across the household's deletion: the next household on that meter "
-                   "is in the cohort of windows with only the previous one's readings (agent/release/door.py "
-                   "_held_over, _decide_exact's with_data)")
 async def test_a_new_household_is_not_in_windows_its_meter_sent_nothing_of_its_own(tmp_path, start_agent,
                                                                                  pty_pair):
     config = make_config(tmp_path, [MeterSpec("house-1", pty_pair.path, "dsmr5")])
@@ -86,5 +81,5 @@ async def test_a_new_household_is_not_in_windows_its_meter_sent_nothing_of_its_o
     rows = ROW.findall(html)
     assert rows, html
     _, _, included = rows[0]  # newest first: the read of the minute its consent held throughout
-    # measured on main: "yes" -- the previous household's held-over reading made the new one "have data"
+    # before the fix (453d9eb): "yes" -- the previous household's held-over reading made the new one "have data"
     assert included == "no", f"the new household is 'in' a minute with none of its own readings: {rows}"

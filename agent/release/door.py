@@ -508,14 +508,18 @@ class Releases:
     def _held_over(self, grid: Grid, start: int, contributions: Contributions) -> Contributions:
         """The window's contributions, with a household that sent nothing in it held at its last window's values
         for a while (`hold_s`): a datalogger posting every 10 s, or a gap of a few seconds, must not make the
-        cohort flicker, since each flicker is a difference that reads one household."""
+        cohort flicker, since each flicker is a difference that reads one household. Held values are the
+        household's that sent them: none of a window that began before the meter's current household was created
+        (a meter that changes hands, red team 8 R8-4: the next household is never "in" on the previous one's)."""
         last = self._last_seen.setdefault(grid, {})
         hold = max(HOLD_S, 2 * grid.width)
         out = dict(contributions)
+        by_meter = self.registry.household_by_meter
         for meter, (seen_at, contribution) in list(last.items()):
             if meter in out:
                 continue
-            if start - seen_at < hold:
+            owner = by_meter(meter)
+            if start - seen_at < hold and owner is not None and owner.owns(seen_at):
                 out[meter] = _held(contribution)
             else:
                 del last[meter]
