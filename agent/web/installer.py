@@ -3,35 +3,38 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
-import qrcode
-import qrcode.image.svg
+import qrcode  # type: ignore[import-untyped]
+import qrcode.image.svg  # type: ignore[import-untyped]
 from aiohttp import web
 
 from agent.api.admin import new_household
 from agent.auth import HOUSEHOLD
+from agent.registry import Household
 from agent.services import Services
-from agent.web.render import OPERATOR_ONLY, Page, PageError, agent_of, render, sign_in_url
+from agent.web.render import OPERATOR_ONLY, Form, Page, PageError, agent_of, render, sign_in_url
+from agent.web.signin import Session
 
 STALE_AFTER_S = 10  # a reading older than this is shown as old
 
 
-def shown_state(port: dict, stall_seconds: float) -> str:
+def shown_state(port: dict[str, Any], stall_seconds: float) -> str:
     """The reader's state, except that a port being reopened after a stall still reads as stalled: the installer
     must see the cable is out, not a flicker between "stalled" and "connecting"."""
     quiet = port["seconds_since_last_telegram"]
     if port["state"] == "connecting" and port["stalls"] and quiet is not None and quiet > stall_seconds:
         return "stalled"
-    return port["state"]
+    return str(port["state"])
 
 
-def stopped(port: dict) -> bool:
+def stopped(port: dict[str, Any]) -> bool:
     """It read before and nothing comes now: the cable pulled, the meter restarted (the reader's own hint, about
     serial settings or a silent line, says more when it has one)."""
     return port["state"] in ("stalled", "disconnected") and bool(port["telegrams_ok"]) and not port.get("hint")
 
 
-def ports(agent: Services) -> list[dict]:
+def ports(agent: Services) -> list[dict[str, Any]]:
     out = []
     for meter_id, reader in sorted(agent.readers.items()):
         port = {"meter_id": meter_id, **reader.snapshot()}
@@ -44,7 +47,7 @@ def ports(agent: Services) -> list[dict]:
     return out
 
 
-def _context(agent: Services) -> dict:
+def _context(agent: Services) -> dict[str, Any]:
     ok, health = agent.health()
     households = sorted(agent.registry.households.values(), key=lambda h: h.created_at)
     http_meters = [h for h in households if h.source == "http"]
@@ -55,11 +58,11 @@ def _context(agent: Services) -> dict:
             "now": agent.clock()}
 
 
-async def installer(request: web.Request, session) -> web.Response:
+async def installer(request: web.Request, session: Session) -> web.Response:
     return render(request, "installer.html", session=session, **_context(agent_of(request)))
 
 
-async def ports_fragment(request: web.Request, session) -> web.Response:
+async def ports_fragment(request: web.Request, session: Session) -> web.Response:
     """The ports table alone, for htmx to refresh every few seconds."""
     agent = agent_of(request)
     return render(request, "_ports.html", session=session, ports=ports(agent), ok=agent.health()[0])
@@ -67,24 +70,24 @@ async def ports_fragment(request: web.Request, session) -> web.Response:
 
 def qr_data_uri(text: str) -> str:
     """A QR code of `text` as an SVG data: URI (an image the CSP allows; no script, no file)."""
-    svg = qrcode.make(text, image_factory=qrcode.image.svg.SvgPathImage, border=2).to_string()
+    svg: bytes = qrcode.make(text, image_factory=qrcode.image.svg.SvgPathImage, border=2).to_string()
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()
 
 
-def _link_page(request, session, household, token: str | None) -> web.Response:
+def _link_page(request: web.Request, session: Session, household: Household, token: str | None) -> web.Response:
     url = sign_in_url(agent_of(request), f"{request.scheme}://{request.host}", HOUSEHOLD, household.id)
     return render(request, "new_link.html", session=session, household=household, url=url, token=token,
                   qr=qr_data_uri(url), ttl_h=round(agent_of(request).sign_in.link_ttl_s / 3600))
 
 
-async def create_household(request: web.Request, session, data) -> web.Response:
+async def create_household(request: web.Request, session: Session, data: Form) -> web.Response:
     meter_id = str(data.get("meter_id", "")) or None
     household, token = await new_household(agent_of(request), session.subject, meter_id)
     # a household posting its own readings needs the token for its datalogger: shown this once, like the link
     return _link_page(request, session, household, token if household.source == "http" else None)
 
 
-async def new_link(request: web.Request, session, data) -> web.Response:
+async def new_link(request: web.Request, session: Session, data: Form) -> web.Response:
     household = agent_of(request).registry.households.get(request.match_info["household_id"])
     if household is None:
         raise PageError(404, "not_found")

@@ -22,6 +22,7 @@ from babel.dates import format_datetime
 from babel.numbers import format_decimal
 from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 from jinja2.runtime import Context
+from multidict import MultiDictProxy
 
 from agent.api.common import ApiError
 from agent.auth import HOUSEHOLD, OPERATOR
@@ -33,6 +34,7 @@ from agent.web.signin import Session, SignIn
 log = logging.getLogger("edge.web")
 
 PREFIX = "/ui"
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]  # a posted form's fields (a form Page's)
 SESSION_COOKIE = "edge_session"
 PRE_COOKIE = "edge_signin"  # before a session: the sign-in forms' CSRF value (double submit)
 ZONE_COOKIE = "edge_zone"  # the time zone the pages show times in, chosen on the page (no script guesses it)

@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from agent.auth import HOUSEHOLD, OPERATOR, identify
-from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, ZONE_COOKIE, ZONES, Page, PageError, agent_of,
+from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, ZONE_COOKIE, ZONES, Form, Page, PageError, agent_of,
                               cookie, current_session, failed, open_session, pre_session_csrf, redirect, render,
                               throttled, with_pre_cookie)
 from agent.web.signin import Session
-
-Form = MultiDictProxy[str | bytes | bytearray | web.FileField]  # a posted form's fields
 
 
 async def home(request: web.Request) -> web.Response:
