@@ -15,10 +15,12 @@ write) or damaged fails the length or CRC check, so the reader knows exactly whe
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import BinaryIO
 from dataclasses import dataclass, field
 
 MAGIC = b"ESg1"
@@ -204,38 +206,47 @@ def scan_lazily(buf: bytes, damage: list[Damage]) -> Iterator[tuple[str, int, li
 
 def scan_lazily_at(buf: bytes, damage: list[Damage]) -> Iterator[tuple[int, tuple[str, int, list[dict]]]]:
     """``scan_lazily``'s records with the offset each was decoded from (to read it again alone: ``record_at``)."""
-    view = memoryview(buf)
-    spans: list[tuple[int, int]] = []
-    pos = 0
-    while len(buf) - pos >= HEADER.size:
-        magic, length, _ = HEADER.unpack_from(view, pos)
-        if magic != MAGIC or length > MAX_PAYLOAD or pos + HEADER.size + length > len(buf):
-            break
-        spans.append((pos, HEADER.size + length))
-        pos += HEADER.size + length
+    return read_lazily_at(io.BytesIO(buf), damage)
+
+
+def read_lazily_at(handle: BinaryIO, damage: list[Damage]) -> Iterator[tuple[int, tuple[str, int, list[dict]]]]:
+    """``scan_lazily_at`` of a segment read from an open file a frame at a time: one record's bytes in memory, not
+    the file's (a day of 1 s releases is tens of MB). From the first frame that does not check out (rare), the
+    rest of the file from the last whole frame before it (a damaged record's twin may be it) is read and scanned
+    carefully (``scan_records``)."""
+    pos = 0  # where the next frame begins
+    last = None  # where the last whole frame began
     given = None  # the last record given, and its bytes
-    for i, (offset, length) in enumerate(spans):
-        if given is not None and view[offset:offset + length] == given[1]:
+    while True:
+        header = handle.read(HEADER.size)
+        if not header:
+            return  # the end: nothing damaged
+        frame = None
+        if len(header) == HEADER.size:
+            magic, length, _ = HEADER.unpack(header)
+            if magic == MAGIC and length <= MAX_PAYLOAD:
+                frame = header + handle.read(length)
+                frame = frame if len(frame) == HEADER.size + length else None
+        if frame is None:
+            break
+        start, pos = pos, pos + len(frame)
+        if given is not None and frame == given[1]:
+            last = start
             continue  # its second copy
         try:
-            record = _decode_one(view, offset)
+            record = _decode_one(memoryview(frame), 0)
         except CorruptRecord:  # a good frame, a bad payload (CRC mismatch)
-            pos = spans[i - 1][0] if i else 0
             break
-        given = (record, view[offset:offset + length])
-        yield offset, record
-    else:
-        if pos < len(buf):
-            pos = spans[-1][0] if spans else 0
-        else:
-            return
-    # Damage: the careful scan from the last good record (a damaged record's twin may be it) to the end.
-    scan = scan_records(buf[pos:])
+        last, given = start, (record, frame)
+        yield start, record
+    base = 0 if last is None else last
+    handle.seek(base)
+    scan = scan_records(handle.read())
     for offset, record in zip(scan.offsets, scan.records):
         if given is None or record[:2] != given[0][:2]:
-            yield pos + offset, record
+            yield base + offset, record
         given = (record, b"")
-    damage.extend(_shifted(d, pos) for d in scan.damage)
+    damage.extend(_shifted(d, base) for d in scan.damage)
 
 
 def record_at(buf: bytes) -> tuple[str, int, list[dict]] | None:

@@ -28,8 +28,8 @@ from tinydb.storages import Storage
 from tinydb.table import Table
 
 from agent.store.disk import check_under
-from agent.store.records import (HEADER, MAX_PAYLOAD, Damage, damage_after, encode_record, frame_ok, record_at,
-                                 scan_lazily_at, scan_records)
+from agent.store.records import (HEADER, MAX_PAYLOAD, Damage, damage_after, encode_record, frame_ok, read_lazily_at,
+                                 record_at, scan_records)
 
 log = logging.getLogger("edge.store")
 
@@ -278,15 +278,15 @@ class SegmentStream:
 
     def docs(self, table: str) -> Iterator[dict]:
         try:
-            with open(self.path, "rb") as handle:
-                buf = handle.read()
+            handle = open(self.path, "rb")
         except (FileNotFoundError, NotADirectoryError):
             return
         damage: list[Damage] = []
-        for offset, (name, _, docs) in scan_lazily_at(buf, damage):
-            if name == table:
-                self.at = offset
-                yield from docs
+        with handle:  # read a record at a time: the file's bytes are never all in memory
+            for offset, (name, _, docs) in read_lazily_at(handle, damage):
+                if name == table:
+                    self.at = offset
+                    yield from docs
         settled = [d for d in damage if not d.torn]
         if settled:
             log.warning("segment %s: %s", self.path, "; ".join(d.problem for d in settled))
