@@ -699,7 +699,7 @@ def test_p6_ledger_cap_holds_across_kill_9_of_the_real_process(tmp_path):
 
     def inclusions(first: float, end: float) -> tuple[int, int]:
         """(windows that had the target in their sums, windows decided) over [first, end), from a copy of the
-        index on disk (opening it marks a start and may cut a half-written tail: never the running agent's files)."""
+        index on disk (opening it may cut a half-written tail: never the running agent's files)."""
         copy = tmp_path / f"members-{next(copies)}"
         shutil.copytree(tmp_path / "store" / "releases" / "members", copy)
         index = Members(copy, 3, time.time)

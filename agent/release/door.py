@@ -106,7 +106,6 @@ class Releases:
         # to the day before)
         keep_days = max(privacy.horizon_days + 2, int(config.storage.retention_rollup_s // 86400) + 1)
         self.log = ReleaseLog(directory, keep_days)
-        self.members = Members(Path(directory) / "members", keep_days, clock)  # the households' pages only
         self.ledger = Ledger(privacy.horizon_days, privacy.cap_rho)
         self.writes = DurableWrites("release log", self.log.directory, log, what="the release")
         self._settling = asyncio.Lock()
@@ -135,13 +134,18 @@ class Releases:
         self._meter_cache: tuple[tuple[Any, ...], dict[str, str]] = ((), {})
         self._started_at = clock()
         self._audit_blind_until = float("-inf")  # see _load
-        self._load()
+        decided_until = self._load()
+        # the households' pages only
+        self.members = Members(Path(directory) / "members", keep_days, clock, decided_until)
 
     # --- start-up ------------------------------------------------------------------------------
-    def _load(self) -> None:
+    def _load(self) -> dict[tuple[str, str], int]:
+        """Returns the end of the last window on record of each (organization, tag) stream: where the device stopped
+        deciding it (up to the exact records a kill -9 lost before they were flushed)."""
         now = self.clock()
         cohorts: dict[str, frozenset[str]] = {}
         last_exact = None
+        decided_until: dict[tuple[str, str], int] = {}
         for doc in self.log.load(now, fine_since=now - KEEP_S[1]):
             kind = doc.get("t")
             if kind == "c":
@@ -154,6 +158,9 @@ class Releases:
                     last_exact = end if last_exact is None else max(last_exact, end)
                 if kind == "r" and "b" in doc and doc["g"] == "" and doc["w"] in PEAK_WIDTHS:
                     self._note_peak(doc["o"], doc["w"], doc["s"], doc["b"]["consumption_w"], month_of(now))
+                if kind == "r":
+                    stream = (doc["o"], doc["g"])
+                    decided_until[stream] = max(decided_until.get(stream, 0), doc["s"] + doc["w"])
                 if kind == "r" and doc["s"] >= now - KEEP_S.get(doc["w"], 0):
                     self._records[(doc["o"], doc["w"], doc["s"], doc["g"])] = doc
             elif kind == "o":
@@ -167,6 +174,7 @@ class Releases:
         period = self.config.privacy.audit_period_s
         if last_exact is not None and last_exact >= now - period - RESTART_MARGIN_S:
             self._audit_blind_until = now + period
+        return decided_until
 
     def _note_lost_memos(self) -> None:
         """Memos lost beyond repair (agent/release/log.py, "Memos"): refused for good, never computed again."""

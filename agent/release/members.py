@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,10 @@ class Inclusion:
 
 
 class Members:
-    def __init__(self, directory: str | Path, keep_days: int, clock: Callable[[], float]):
+    def __init__(self, directory: str | Path, keep_days: int, clock: Callable[[], float],
+                 decided_until: Mapping[Key, int] | None = None):
+        """`decided_until`: given on a start of the release module (`Releases`), the end of the last window of each
+        stream its log has a record of; None to read the index as it is (a copy, a test)."""
         self.directory = Path(directory)
         self.keep_days = keep_days
         self.clock = clock
@@ -112,6 +115,8 @@ class Members:
         self._writes = Durable("release members index", self.directory, log, what="the members index")
         ensure_dir(self.directory)
         self._load()
+        if decided_until is not None:
+            self._restarted(decided_until)
 
     # --- start-up ------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -129,14 +134,20 @@ class Members:
                     self._replay(doc)
             finally:
                 db.close()
-        # Nothing was decided while the device was down: every stream is refused from now until a pass says
-        # otherwise (written with the first change, which the first release after a start always is).
-        # The windows while it was down had nobody's data: the cohort is emptied too.
-        started = int(now)
+
+    def _restarted(self, decided_until: Mapping[Key, int]) -> None:
+        """Nothing was decided while the device was down: every stream is refused over nobody from where it
+        stopped until a pass says otherwise (written with the first change, which the first release after a start
+        always is). Where it stopped: the end of the stream's last window on record in the release log, or of the
+        window of its last change here if later (the index is on disk before a record is, red team 8 R8-3: marked
+        from the restart, the downtime's windows counted as decided over the cohort before the stop)."""
         for key, stream in self._streams.items():
             state = stream.flag()
-            if state is not None and (state[1] or stream.members):
-                self._change(key, stream, started, state[0], False, state[2], (), set(stream.members))
+            if state is None or not (state[1] or stream.members):
+                continue
+            last = max([stream.flags[-1][0], *(t[-1][0] for t in stream.toggles.values() if t)])
+            stopped = max(decided_until.get(key, 0), last + state[0])
+            self._change(key, stream, stopped, state[0], False, state[2], (), set(stream.members))
 
     def _replay(self, doc: dict[str, Any]) -> None:
         stream = self._streams.setdefault((doc["o"], doc["g"]), Stream())
