@@ -1,12 +1,13 @@
 """Who is calling: the operator, an organization or a household, from one Bearer token.
 
-401 without a valid token, 403 for a valid token without the right. An address that keeps presenting bad
-tokens gets 429 for its bad tokens for a while; a valid token from it is never refused.
+401 without a valid token, 403 for a valid token without the right. A client (an IPv4 address, an IPv6 /64) that
+keeps presenting bad tokens gets 429 for its bad tokens for a while; a valid token from it is never refused.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,32 +48,72 @@ def identify(token: str, operator_token: str, registry: Registry) -> Principal |
     return None
 
 
-class FailureThrottle:
-    """Per client address: after `limit` bad tokens within `window_s`, refuse for the rest of the window."""
+def client_key(address: str) -> str:
+    """Who counts as one client: an IPv4 address, or an IPv6 /64 (one host's whole subnet: it has 2**64 addresses
+    to rotate through). An IPv4-mapped IPv6 address is its IPv4 one; anything else (a Unix socket) as it is."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
-    def __init__(self, limit: int = 10, window_s: float = 60.0, max_clients: int = 10_000, clock=time.monotonic):
+
+class FailureThrottle:
+    """Per client (`client_key`): after `limit` bad tokens within `window_s` of its first one, refuse its bad tokens
+    for the rest of that window.
+
+    A count is never reset before its window ends, so no one can flush another client's entry with junk
+    addresses: when `max_clients` windows are running, a bad token from a new client waits (429) until the oldest
+    ends. And at most `global_per_s` bad tokens a second are counted from everyone together (the last line against
+    an attacker with many subnets). Only bad tokens are refused: callers check a token before asking here."""
+
+    def __init__(self, limit: int = 10, window_s: float = 60.0, max_clients: int = 10_000,
+                 global_per_s: int = 100, clock=time.monotonic):
         self.limit = limit
         self.window_s = window_s
         self.max_clients = max_clients
+        self.global_per_s = global_per_s
         self.clock = clock
+        # client -> (window start, count), in order of window start (an entry is updated in place)
         self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._second = 0.0  # the start of the current global second, and bad tokens counted in it
+        self._in_second = 0
+
+    def _expire(self, now: float) -> None:
+        while self._failures:
+            started, _ = next(iter(self._failures.values()))
+            if now - started < self.window_s:
+                return
+            self._failures.popitem(last=False)
 
     def retry_after(self, client: str) -> float:
-        entry = self._failures.get(client)
-        if entry is None:
-            return 0.0
-        started, count = entry
-        left = started + self.window_s - self.clock()
-        if left <= 0:
-            del self._failures[client]
-            return 0.0
-        return left if count >= self.limit else 0.0
+        """Seconds this client's bad token must wait (0: check it and count it with `failed`)."""
+        now = self.clock()
+        self._expire(now)
+        key = client_key(client)
+        entry = self._failures.get(key)
+        if entry is not None and entry[1] >= self.limit:
+            return entry[0] + self.window_s - now
+        if entry is None and len(self._failures) >= self.max_clients:
+            oldest, _ = next(iter(self._failures.values()))
+            return oldest + self.window_s - now
+        if now - self._second < 1.0 and self._in_second >= self.global_per_s:
+            return self._second + 1.0 - now
+        return 0.0
 
     def failed(self, client: str) -> None:
         now = self.clock()
-        started, count = self._failures.pop(client, (now, 0))
-        if now - started > self.window_s:
-            started, count = now, 0
-        self._failures[client] = (started, count + 1)
-        while len(self._failures) > self.max_clients:  # bounded memory under a spray of addresses
-            self._failures.popitem(last=False)
+        self._expire(now)
+        if now - self._second >= 1.0:
+            self._second, self._in_second = now, 0
+        self._in_second += 1
+        key = client_key(client)
+        entry = self._failures.get(key)
+        if entry is not None:
+            self._failures[key] = (entry[0], entry[1] + 1)
+        elif len(self._failures) < self.max_clients:  # bounded memory; `retry_after` refused it when full
+            self._failures[key] = (now, 1)

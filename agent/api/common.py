@@ -110,7 +110,8 @@ def principal(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> P
         return found
     wait = agent.throttle.retry_after(client)
     if wait:
-        raise ApiError(429, "too_many_failures", "too many bad tokens from this address; try again later",
+        raise ApiError(429, "too_many_failures",
+                       "too many bad tokens from this address (or its network); try again later",
                        {"Retry-After": str(math.ceil(wait))})
     agent.throttle.failed(client)
     raise _unauthorized("unknown or revoked token")
