@@ -109,6 +109,7 @@ async def test_410_gone_disables_and_enable_resumes(town, receiver):
     sub = await t.subscribe(receiver.url)
     receiver.mode = "gone"
     await t.window()
+    first_window = t.running.agent.delivery.outboxes[sub["id"]].head().window_start
     await eventually(lambda: t.running.agent.delivery.subscriptions[sub["id"]].state == "disabled")
     state = await t.state(sub["id"])
     assert state["state"] == "disabled" and "410" in state["disabled_reason"]
@@ -117,7 +118,10 @@ async def test_410_gone_disables_and_enable_resumes(town, receiver):
     receiver.mode = "ok"
     status, _ = await t.running.call("POST", f"/data/subscriptions/{sub['id']}/enable", token=t.org_key)
     assert status == 200
-    await eventually(lambda: len(receiver.received) == 1)
+    # the held window goes out first; the window decided while disabled may follow it at the producer's next
+    # pass (caught up on enabling), so the count is not waited for as exactly 1
+    await eventually(lambda: len(receiver.received) >= 1)
+    assert receiver.messages()[0]["sequence"] == 1 and receiver.messages()[0]["window_start"] == first_window
 
 
 async def test_retry_after_is_honoured(town, receiver):
