@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import pytest
 
+from agent.release.log import day_name
 from drivers.reading import iso
 from tests.helpers.agent import grant
 from tests.helpers.appliances import FakeShelly
@@ -37,11 +38,15 @@ QUARTER = 900
 NEVER = "def condition({p}):\n    return {p} > 1e12\n"  # never fires: only who is evaluated matters
 
 
-async def neighbourhood(tmp_path, start_agent, **privacy):
+async def neighbourhood(tmp_path, start_agent, level_rho=None, **privacy):
     """A supplier (noisy) organization, 9 households of its own (unmarked) and the target, all consenting to its
     `triggers` (recommendations by notification: no per-household event consent)."""
     config = town_config(tmp_path)
     config = replace(config, privacy=replace(config.privacy, k_min=10, **privacy))
+    if level_rho is not None:
+        supplier = config.levels["supplier"]
+        config = replace(config, levels={**config.levels, "supplier": replace(
+            supplier, dp=replace(supplier.dp, rho=level_rho))})
     clock = StepClock(T0)
     running = await start_agent(config, clock=clock)
     org_id, key = await running.create_org("Supplier", "supplier")
@@ -76,8 +81,10 @@ async def post(running, token, clock, **values):
 
 
 async def next_day(running, clock) -> None:
-    """The clock to just after the next UTC midnight; the release module decides (and releases the day)."""
-    clock.now = (math.floor(clock.now / DAY) + 1) * DAY + 60
+    """The clock past the next UTC midnight: the runner evaluates the day's last window and sends its counts, then
+    the release module releases the day (held until then)."""
+    midnight = await close_window(running, clock, DAY)
+    clock.now = running.agent.releases.trigger_day_released_at(midnight - DAY)
     await running.agent.releases.settle()
 
 
@@ -108,6 +115,80 @@ async def test_noisy_trigger_days_are_released_whatever_the_target_sent(tmp_path
     # A data-independent release (the consenting cohort, as for the noisy aggregates) is released every day for
     # every trigger: then nothing is recovered beyond "it consented".
     assert all(s == (True, True, True) for s in seen), f"recovered {recovered:.0%} of the target's days: {seen}"
+
+
+async def test_a_noisy_trigger_day_is_released_once_with_its_last_window(tmp_path, start_agent):
+    """Every household posts in the day's last quarter-hour only (another one is evaluated earlier). The day's statistics are one record (on disk and
+    in the answers), charged once, with that quarter's evaluations in it. The day used to be released as it ended,
+    before the runner's counts of its last window came (release_delay_s + statistics_delay_s later); they then made
+    a second record of the same day, charged again, and the first missed them."""
+    rho = 10.0  # the level's loss a day: 2 per field, noise sd 0.5, so 10 evaluations are not lost in it
+    running, clock, org_id, key, own, target = await neighbourhood(tmp_path, start_agent, level_rho=rho,
+                                                                   cap_rho=100.0)
+    trigger = await upload(running, key, "household_power_consumption")
+    await next_day(running, clock)  # day d: consents held all day
+    day = math.floor(clock.now / DAY) * DAY
+    await close_window(running, clock, QUARTER)  # a quarter of day d evaluated (nobody posted)
+    clock.now = day + DAY - QUARTER + 1  # the day's last quarter
+    for _, token in [*own, target]:
+        await post(running, token, clock, power_import_w=400.0)
+    await close_window(running, clock, QUARTER)  # evaluated after midnight, counts sent at midnight + 7 s
+    releases = running.agent.releases
+    await releases.settle()
+    await next_day(running, clock)  # day d + 1 ends (nobody evaluated in it)
+    clock.now += 3600
+    await releases.settle()
+    on_disk = [d for d in releases.log.read(day_name(day)) if d["t"] == "n" and d.get("i") == trigger]
+    assert [d["s"] for d in on_disk] == [day], on_disk
+    answered = [b for b in releases.trigger_days(org_id, trigger) if b["window_start"] == iso(day)]
+    assert len(answered) == 1 and answered[0]["evaluations"] > 5, answered
+    assert await days_released(running, key, trigger) == len({d["s"] for d in on_disk}) + 1  # and day d + 1
+    assert releases.ledger_of(target[0])["spent_rho"] == pytest.approx(2 * rho)  # days d and d + 1, once each
+
+
+async def test_counts_that_come_after_their_day_was_released_are_dropped(tmp_path, start_agent):
+    """The runner's counts of a day's last window come after the day was released (a busy runner): dropped and
+    counted, never a second record of the day charged again; after a restart too (the released days are read back
+    from the release log)."""
+    running, clock, org_id, key, own, target = await neighbourhood(tmp_path, start_agent)
+    trigger = await upload(running, key, "household_power_consumption")
+    await next_day(running, clock)
+    day = math.floor(clock.now / DAY) * DAY
+    await close_window(running, clock, QUARTER)  # day d begins to be evaluated
+    clock.now = day + DAY - QUARTER + 1
+    for _, token in [*own, target]:
+        await post(running, token, clock, power_import_w=400.0)
+    releases, runner = running.agent.releases, running.agent.triggers
+    clock.now = day + DAY + 0.06
+    await releases.settle()
+    await runner.run_due()  # the last quarter evaluated, its counts held until their moment
+    clock.now = releases.trigger_day_released_at(day)
+    await releases.settle()  # the day released before the runner sent them
+    spent = releases.ledger_of(target[0])["spent_rho"]
+    assert spent > 0
+    await runner.run_due()
+    await runner.drain()
+    await runner.run_due()  # they have come (now, or with the runner's own wake during the release's write)
+    clock.now += 3600
+    await releases.settle()
+    def records() -> list:
+        return [d for d in running.agent.releases.log.read(day_name(day)) if d["t"] == "n" and d.get("i") == trigger]
+
+    assert len(records()) == 1 and releases.ledger_of(target[0])["spent_rho"] == spent
+    status, view = await running.call("GET", f"/triggers/{trigger}", token=key)
+    assert status == 200 and view["days_released"] == 1 and view["windows"]["withheld"] == 1, view
+    assert releases.trigger_counts_dropped == 1
+    await running.http.close()
+    await running.agent.stop()
+    running = await start_agent(running.agent.config, clock=clock)
+    releases = running.agent.releases
+    late = await releases.counts(org_id, trigger, "15m", day + DAY - QUARTER, {target[0]: {"evaluations": 1}})
+    assert getattr(late, "error", None) == "day_decided", late
+    releases.trigger_window(org_id, trigger, day + DAY - QUARTER)
+    clock.now += 3600
+    await releases.settle()
+    assert releases.trigger_counts_dropped == 2 and len(records()) == 1
+    assert releases.ledger_of(target[0])["spent_rho"] == spent
 
 
 async def test_the_ledger_charge_of_a_trigger_day_does_not_depend_on_presence(tmp_path, start_agent):

@@ -69,6 +69,9 @@ HOLD_S = 300  # a household silent this long (or two windows, if longer) leaves 
 KEEP_S = {1: 3600, 60: 6 * 3600, 900: 2 * 86400, 3600: 2 * 86400}
 RESTART_MARGIN_S = 300  # exact records a kill -9 may have lost: released up to this long after the last on disk
 TRIGGER_DAY_S = 86400  # noisy levels release trigger statistics per UTC day
+# a noisy trigger day is released this long after its end plus the runner's two delays (when its last window's
+# counts are due): room for the runner's statistics pass to run
+TRIGGER_DAY_MARGIN_S = 60
 PEAK_WIDTHS = (900, 3600)  # released bodies of these widths carry the month's peak so far (capacity tariff)
 PEAK_PARAMETER = "neighborhood_peak_demand_month"
 
@@ -121,6 +124,12 @@ class Releases:
         self._cohorts_written: set[tuple[str, str]] = set()
         self._trigger_days: dict[tuple[str, str, int], dict[str, dict[str, int]]] = {}
         self._trigger_released: dict[tuple[str, str], list[Json]] = {}
+        # the days decided (released or not): counts coming later are dropped, never a second release of the day;
+        # the released ones from the release log after a restart
+        self._trigger_done: set[tuple[str, str, int]] = set()
+        self._trigger_done_from = 0.0  # days before this are dropped too (older than the release log keeps)
+        self.trigger_counts_dropped = 0
+        self._keep_days = keep_days
         self._forgot_at = float("-inf")
         self._last_seen: dict[Grid, dict[str, tuple[int, Contribution]]] = {}
         # exact cohorts released per tag (or grid quantity) in the last audit period, whatever the width: under the
@@ -151,6 +160,8 @@ class Releases:
             if kind == "c":
                 cohorts[doc["h"]] = frozenset(doc["m"])
             elif kind in ("r", "n"):
+                if kind == "n" and doc.get("w") == TRIGGER_DAY_S and "i" in doc:
+                    self._trigger_done.add((doc["o"], doc["i"], doc["s"]))
                 if "p" in doc and doc.get("c") in cohorts:
                     self.ledger.charge(cohorts[doc["c"]], doc["p"], doc["s"])
                 if kind == "r" and "b" in doc and not doc.get("noisy"):
@@ -166,6 +177,7 @@ class Releases:
             elif kind == "o":
                 self._once_files[doc["k"]] = ReleaseLog.file_of(doc)
         self.ledger.forget_before(now - DAY)  # a release may be charged to yesterday (trigger days): keep its horizon
+        self._trigger_done_from = now - self._keep_days * DAY
         self._note_lost_memos()
         # The audit's memory of the cohorts released in the last audit period (and the hold-over of silent
         # households) is not on disk, and exact records not yet flushed are lost by a kill -9: after a restart that
@@ -311,21 +323,32 @@ class Releases:
         if level is not None and level.noisy:
             self._trigger_day(org_id, trigger_id, start)
 
-    def _trigger_day(self, org_id: str, trigger_id: str, start: int) -> dict[str, dict[str, int]]:
-        """The noisy day bucket of the UTC day `start` is in: {household id: {count: 0 or 1}}."""
-        return self._trigger_days.setdefault((org_id, trigger_id, int(start // TRIGGER_DAY_S) * TRIGGER_DAY_S), {})
+    def _trigger_day(self, org_id: str, trigger_id: str, start: int) -> dict[str, dict[str, int]] | None:
+        """The noisy day bucket of the UTC day `start` is in: {household id: {count: 0 or 1}}; None (and counted,
+        logged) once that day was decided: it is released once, never again with what came late."""
+        key = (org_id, trigger_id, int(start // TRIGGER_DAY_S) * TRIGGER_DAY_S)
+        if key in self._trigger_done or key[2] < self._trigger_done_from:
+            self.trigger_counts_dropped += 1
+            log.warning("trigger %s: window %d came after its UTC day was decided (busy agent?); its counts are "
+                        "dropped", trigger_id, start)
+            return None
+        return self._trigger_days.setdefault(key, {})
 
     async def counts(self, org_id: str, trigger_id: str, window: str, start: int,
                      per_household: dict[str, dict[str, int]]) -> Json | Refusal:
         """A trigger's statistics for one window: {household id: {field: 0 or 1}} (e.g. evaluated, fired,
         errors). Exact levels: the sums, released when at least k_min households not related to the organization
         are behind them. Noisy levels: nothing per window; whether each household counted in each field during
-        the UTC day (at most 1) is summed, noised and charged once the day has ended (`trigger_days`)."""
+        the UTC day (at most 1) is summed, noised and charged once the day has ended and its last window's counts
+        have come (`trigger_day_released_at`, `trigger_days`)."""
         level = self._level_of(org_id)
         if level is None:
             return Refusal("not_permitted", "the organization or its level no longer exists")
         if level.noisy:
             bucket = self._trigger_day(org_id, trigger_id, start)
+            if bucket is None:
+                return Refusal("day_decided", "this window came after its UTC day's statistics were decided: "
+                               "not counted")
             for household, fields in per_household.items():
                 seen = bucket.setdefault(household, {})
                 for field, value in fields.items():
@@ -445,6 +468,8 @@ class Releases:
         if now - self._forgot_at >= 3600:
             self._forgot_at = now
             self.ledger.forget_before(now - DAY)  # as in _load
+            self._trigger_done_from = now - self._keep_days * DAY  # the release log's days (_load)
+            self._trigger_done = {k for k in self._trigger_done if k[2] >= self._trigger_done_from}
 
     def _grids(self) -> dict[Grid, list[Organization]]:
         orgs = sorted(self.registry.organizations.values(), key=lambda o: o.id)
@@ -805,8 +830,9 @@ class Releases:
         """Noisy levels' trigger statistics of UTC days that have ended: noised, charged, and added to this
         pass's durable batch; visible (`trigger_days`) only once written."""
         released = []
-        for key in [k for k in self._trigger_days if k[2] + TRIGGER_DAY_S <= limit]:
+        for key in [k for k in self._trigger_days if self.trigger_day_released_at(k[2]) <= limit]:
             bucket = self._trigger_days.pop(key)
+            self._trigger_done.add(key)
             org_id, trigger_id, day = key
             level = self._level_of(org_id)
             if level is None:
@@ -833,6 +859,11 @@ class Releases:
                  "p": loss}])
             released.append((org_id, trigger_id, body))
         return released
+
+    def trigger_day_released_at(self, day: int) -> float:
+        """When the UTC day `day` begins is released: once the runner's counts of its last window have come."""
+        triggers = self.config.triggers
+        return day + TRIGGER_DAY_S + triggers.release_delay_s + triggers.statistics_delay_s + TRIGGER_DAY_MARGIN_S
 
     def trigger_days(self, org_id: str, trigger_id: str) -> list[Json]:
         """The daily statistics released so far (noisy levels) for one trigger, oldest first (since start)."""
