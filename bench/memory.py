@@ -17,8 +17,10 @@ What is on disk before the agent starts (written in the formats the agent writes
 - the audit log: `--audit-per-day` entries (webhook pushes) on each of the last two days: GET /audit at
   limit=100000 over all of it (the household's /ui/me/access page makes the same read: two days, 100,000);
 - GET /households/me/consents/history (the registry, in memory).
-Peak RSS is the process's VmHWM, reset before each query (/proc/PID/clear_refs, "5"). The unit's MemoryMax is
-512M (image/).
+Each query runs on a fresh agent, once it has written to the release log (the first write after a start scans
+today's day files) and then been idle. Peak RSS is the process's VmHWM, reset before each query
+(/proc/PID/clear_refs, "5"). The unit's MemoryMax is 512M (image/). Without --data the fill is made anew in a
+temporary directory each run (no cache: `make bench` works on a fresh machine).
 """
 
 from __future__ import annotations
