@@ -236,9 +236,11 @@ async def test_a_households_own_event_shows_whether_or_not_its_neighbours_filled
     """An event about a household was on its page only once delivered, and an organization's lane drops what
     is beyond its slots and queue: the spy's own event missing from its page said that five neighbours' conditions
     held in that window."""
+    def events() -> int:  # an attempt that timed out on a loaded machine is sent again with its webhook-id
+        return len({headers["webhook-id"] for headers, _ in receiver.received})
     alone = await spy_notified(tmp_path / "a", start_agent, receiver.url, 500.0)
-    await eventually(lambda: len(receiver.received) == 1)
+    await eventually(lambda: events() == 1)
     crowded = await spy_notified(tmp_path / "b", start_agent, receiver.url, 1500.0)
-    await eventually(lambda: len(receiver.received) == 1 + 5)  # the lane took five; the spy's was dropped
+    await eventually(lambda: events() == 1 + 5)  # the lane took five; the spy's was dropped
     assert alone == ["yes"]
     assert crowded == alone, f"the spy's page: {alone} when only it fired, {crowded} when its neighbours did too"
