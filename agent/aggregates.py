@@ -6,7 +6,7 @@ No I/O, and no release rule: what is released from these windows, to whom, is de
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -127,11 +127,17 @@ class WindowBook:
     """Recent windows of one width: {window start: {meter_id: accumulator}}, oldest dropped. When a window may be
     decided (its end, a consent change still being written) is the release module's question, not this one's."""
 
-    def __init__(self, width_s: int, keep: int):
+    def __init__(self, width_s: int, keep: int, owner_since: Callable[[str], float] | None = None):
+        """`owner_since(meter)`: when the meter's current household was created (inf if none): a meter's count of
+        long failures is compared only with a reading of that household's (red team 8, R8-4's class: on a meter
+        that changed hands, the new household's first reading is its baseline, not a rise over the previous
+        one's)."""
         self.width_s = width_s
         self.keep = keep
+        self.owner_since = owner_since
         self._windows: OrderedDict[int, dict[str, Accumulator]] = OrderedDict()
-        self._failures_seen: dict[str, tuple[int, str]] = {}  # meter -> (long failures, newest logged end)
+        # meter -> (long failures, newest logged end, when it was received)
+        self._failures_seen: dict[str, tuple[int, str, float]] = {}
 
     def window_start(self, moment: float) -> int:
         return int(moment // self.width_s) * self.width_s
@@ -157,20 +163,21 @@ class WindowBook:
         if reading.long_power_failures is None and reading.power_failure_log is None:
             acc.add(reading, None, volts)  # reports no failures (_long_failure's None), as most readings
         else:
-            acc.add(reading, self._long_failure(reading), volts)
+            acc.add(reading, self._long_failure(reading, moment), volts)
 
-    def _long_failure(self, reading: Reading) -> int | None:
+    def _long_failure(self, reading: Reading, moment: float) -> int | None:
         """1 if the meter's long power failures rose since its last reading (its 96.7.9 count, or a newer end in
-        its 99.97.0 log), 0 if not, None if it reports neither. A meter's first reading sets its baseline."""
+        its 99.97.0 log), 0 if not, None if it reports neither. A meter's first reading of its current household
+        sets its baseline."""
         log = reading.power_failure_log
         count = reading.long_power_failures
         if count is None and log is None:
             return None
         newest = max((str(e.get("end") or "") for e in log or ()), default="")
-        now = (-1 if count is None else int(count), newest)
+        now = (-1 if count is None else int(count), newest, moment)
         before = self._failures_seen.get(reading.meter_id)
         self._failures_seen[reading.meter_id] = now
-        if before is None:
+        if before is None or (self.owner_since is not None and before[2] < self.owner_since(reading.meter_id)):
             return 0
         return int(now[0] > before[0] >= 0 or now[1] > before[1])
 
@@ -190,5 +197,5 @@ def add_to_books(books: Iterable[WindowBook], reading: Reading) -> None:
 KEEP = {"1s": 120, "1m": 120, "15m": 8, "1h": 4}
 
 
-def new_books() -> dict[str, WindowBook]:
-    return {name: WindowBook(WINDOW_SECONDS[name], KEEP[name]) for name in WINDOW_SECONDS}
+def new_books(owner_since: Callable[[str], float] | None = None) -> dict[str, WindowBook]:
+    return {name: WindowBook(WINDOW_SECONDS[name], KEEP[name], owner_since) for name in WINDOW_SECONDS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -80,7 +81,7 @@ class Agent:
         self.throttle = FailureThrottle()
         self.sign_in = SignIn(clock)  # the web pages' one-time links and sessions (agent/web/)
         self.telegram_ingest = TelegramIngest()
-        self.books = new_books()
+        self.books = new_books(self._owner_since)
         self._book_list = tuple(self.books.values())
         # The one door: everything organizations observe that depends on household data (agent/release/).
         self.releases = Releases(config, self.registry, self.books, clock, config.storage.path / "releases")
@@ -280,6 +281,11 @@ class Agent:
         return text.strip()[:2000] or None
 
     # --- readings over HTTP and aggregates ---------------------------------------------------
+    def _owner_since(self, meter_id: str) -> float:
+        """When the meter's current household was created (inf if it has none): the books' failure baselines."""
+        household = self.registry.household_by_meter(meter_id)
+        return household.created_at if household is not None else math.inf
+
     def _into_books(self, reading: Reading) -> None:
         add_to_books(self._book_list, reading)
 
