@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 from agent.errors import DomainError
+from agent.ingest import TAG
 from agent.parameters import HOUSEHOLD, Parameter, lookup
 
 # the actions the runner carries out; their shapes are agent/api/bodies.py's (tests/test_api_bodies.py: the same)
@@ -147,7 +148,7 @@ def check_parameters(names, permitted) -> list[Parameter]:
     for name in names:
         param = lookup(name) if re.match(r"^[a-z0-9_-]{1,80}$", name) else None
         if param is None or (name.startswith(("household_channel_", "neighborhood_channel_"))
-                             and not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", name.split("_channel_", 1)[1])):
+                             and not TAG.match(name.split("_channel_", 1)[1])):
             raise Refused(TriggerCode.UNKNOWN_PARAMETER, f"{UNKNOWN_PARAMETER}: {name[:80]!r}; see GET /parameters",
                           UNKNOWN_PARAMETER, parameter=name[:80])
         out.append(param)
