@@ -1,4 +1,5 @@
-"""Who is calling: the operator, an organization or a household, from one Bearer token.
+"""Who is calling: the operator, an organization, a household or a household's datalogger, from one Bearer token.
+A datalogger's token only posts its household's readings (whoever controls the datalogger holds it).
 
 401 without a valid token, 403 for a valid token without the right. A client (an IPv4 address, an IPv6 /64) that
 keeps presenting bad tokens gets 429 for its bad tokens for a while; a valid token from it is never refused.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from agent.registry import Household, Organization, Registry
 
-OPERATOR, ORGANIZATION, HOUSEHOLD = "operator", "organization", "household"
+OPERATOR, ORGANIZATION, HOUSEHOLD, DATALOGGER = "operator", "organization", "household", "datalogger"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ def identify(token: str, operator_token: str, registry: Registry) -> Principal |
     if token.startswith("edge_hh_"):
         household = registry.household_by_token(token)
         return Principal(HOUSEHOLD, household=household) if household else None
+    if token.startswith("edge_dl_"):
+        household = registry.household_by_datalogger_token(token)
+        return Principal(DATALOGGER, household=household) if household else None
     return None
 
 

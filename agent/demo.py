@@ -115,7 +115,8 @@ class WebhookReceiver:
 
 
 class Neighbourhood:
-    """Households without a P1 cable to the device: their dataloggers post raw telegrams."""
+    """Households without a P1 cable to the device: their dataloggers post raw telegrams, each with its household's
+    datalogger token (which posts readings and nothing else)."""
 
     def __init__(self, count: int):
         self.generators = [TelegramGenerator("dsmr5", seed=1000 + i, pv_peak_w=3500 if i % 3 == 0 else 0)
@@ -179,12 +180,13 @@ async def run_demo(args: argparse.Namespace, serve: Callable[..., Awaitable[None
         households += [await call("POST", "/households", token, {}) for _ in range(args.households)]
         for household in households:
             await call("PUT", f"/households/me/consents/{org['id']}/aggregates", household["token"])
-        neighbourhood.tokens = [h["token"] for h in households[1:]]
+        neighbourhood.tokens = [h["datalogger_token"] for h in households[1:]]
         subscription = await call("POST", "/data/subscribe", org["api_key"],
                                   {"endpoint": receiver.url, "interval": 5, "window": "1s"})
         receiver.secret = subscription["secret"]
         print(f"Operator registered {len(households)} households and Demo Energy Co; all consented to "
-              f"aggregates; Demo Energy Co subscribed: 1-second aggregates every 5 s to {receiver.url}")
+              f"aggregates (each with its own token; their dataloggers post with datalogger tokens, which can do "
+              f"nothing else); Demo Energy Co subscribed: 1-second aggregates every 5 s to {receiver.url}")
         # the device's own pages: each link signs in once (open them in a browser)
         print(f"Web pages: household on the P1 meter "
               f"{sign_in_url(agent, base, HOUSEHOLD, households[0]['id'])}\n"

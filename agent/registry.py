@@ -13,8 +13,10 @@ no window that ends after `at` may be closed or released (see `agent.release.doo
 such a window's cohort depends on whether the write lands. Once it settles, the change is applied (or,
 if the disk refused it, dropped: nothing was released under it) and the windows go out.
 
-Secrets (organization API keys, household tokens) are random, shown once, and stored only as
-SHA-256 hashes; a presented token is hashed and looked up, then compared in constant time.
+Secrets (organization API keys, household tokens, datalogger tokens) are random, shown once, and stored only as
+SHA-256 hashes; a presented token is hashed and looked up, then compared in constant time. A household's datalogger
+token posts its readings and nothing else (an organization may control the datalogger: red team 7); a household
+created before there were datalogger tokens has none until the operator makes one.
 
 The operator can mark a household as related to organizations (an employee's home, a test meter): such a
 household never counts toward that organization's k_min (`related`), since the organization knows its data.
@@ -90,6 +92,7 @@ class Household:
     deleted_at: float | None = None  # kept as a tombstone: past windows' cohorts must not change
     # Organizations the operator marked it as related to (employees, test meters): never in their k_min.
     related_organizations: list[str] = field(default_factory=list)
+    datalogger_hash: str | None = None  # its datalogger's token, which only posts readings (None: none made yet)
 
     def owns(self, received_at: float) -> bool:
         """Whether a reading of its meter received then (the device's clock) is its own. A meter that changes hands
@@ -104,7 +107,8 @@ class Household:
 
     def public(self) -> dict:
         return {"id": self.id, "meter_id": self.meter_id, "source": self.source, "created_at": self.created_at,
-                "related_organizations": list(self.related_organizations)}
+                "related_organizations": list(self.related_organizations),
+                "has_datalogger_token": self.datalogger_hash is not None}
 
 
 @dataclass
@@ -163,6 +167,7 @@ class Registry:
         self.households: dict[str, Household] = {}
         self._org_by_key: dict[str, Organization] = {}
         self._household_by_token: dict[str, Household] = {}
+        self._household_by_datalogger: dict[str, Household] = {}
         self._household_by_meter: dict[str, Household] = {}
         self._consents: dict[tuple[str, str, str], _ConsentLine] = {}
         self._history: dict[str, list[ConsentChange]] = {}
@@ -344,29 +349,34 @@ class Registry:
     def _index_household(self, household: Household) -> None:
         self.households[household.id] = household
         self._household_by_token[household.token_hash] = household
+        if household.datalogger_hash is not None:
+            self._household_by_datalogger[household.datalogger_hash] = household
         self._household_by_meter[household.meter_id] = household
 
     def create_household(self, meter_id: str | None, source: str,
-                         related_organizations=()) -> tuple[Household, str]:
+                         related_organizations=()) -> tuple[Household, str, str | None]:
         return self._now(self._create_household(meter_id, source, related_organizations))
 
     async def create_household_async(self, meter_id: str | None, source: str,
-                                     related_organizations=()) -> tuple[Household, str]:
+                                     related_organizations=()) -> tuple[Household, str, str | None]:
         return await self._off_loop(self._create_household(meter_id, source, related_organizations))
 
     def _create_household(self, meter_id: str | None, source: str, related_organizations=()):
+        """(household, its token, its datalogger's token: made for a household that posts its own readings)."""
         related = self._check_related(related_organizations)
         household_id = "hh_" + secrets.token_hex(6)
         meter_id = meter_id or household_id
         if meter_id in self._household_by_meter:
             raise RegistryError(RegistryCode.CONFLICT, f"meter {meter_id!r} already belongs to a household")
         token = new_secret("edge_hh")
+        datalogger = new_secret("edge_dl") if source == "http" else None
         household = Household(id=household_id, meter_id=meter_id, source=source, token_hash=token_hash(token),
-                              created_at=self.clock(), related_organizations=related)
+                              created_at=self.clock(), related_organizations=related,
+                              datalogger_hash=token_hash(datalogger) if datalogger else None)
         doc = dict(household.__dict__)
         yield lambda: self.db.table("households").insert(doc)
         self._index_household(household)
-        return household, token
+        return household, token, datalogger
 
     def _check_related(self, org_ids) -> list[str]:
         """A list of existing organization ids, each once; sorted (the order means nothing)."""
@@ -418,6 +428,25 @@ class Registry:
         self._end_token(household_id)
         return token
 
+    def rotate_datalogger_token(self, household_id: str) -> str:
+        return self._now(self._rotate_datalogger_token(household_id))
+
+    async def rotate_datalogger_token_async(self, household_id: str) -> str:
+        return await self._off_loop(self._rotate_datalogger_token(household_id))
+
+    def _rotate_datalogger_token(self, household_id: str):
+        """A new datalogger token (the first, for a household made before there were any); the old one stops. It
+        opened nothing but its own requests, so the household's token and sessions are left as they are."""
+        household = self.household(household_id)
+        token = new_secret("edge_dl")
+        new_hash = token_hash(token)
+        yield lambda: self.db.table("households").update({"datalogger_hash": new_hash}, where("id") == household_id)
+        if household.datalogger_hash is not None:
+            del self._household_by_datalogger[household.datalogger_hash]
+        household.datalogger_hash = new_hash
+        self._household_by_datalogger[new_hash] = household
+        return token
+
     def delete_household(self, household_id: str) -> None:
         return self._now(self._delete_household(household_id))
 
@@ -436,6 +465,8 @@ class Registry:
         household.deleted_at = deleted_at
         del self.households[household_id]
         del self._household_by_token[household.token_hash]
+        if household.datalogger_hash is not None:
+            del self._household_by_datalogger[household.datalogger_hash]
         del self._household_by_meter[household.meter_id]
         self._deleted[household_id] = household
         self._end_token(household_id)
@@ -462,6 +493,11 @@ class Registry:
         presented = token_hash(token)
         household = self._household_by_token.get(presented)
         return household if household and hmac.compare_digest(household.token_hash, presented) else None
+
+    def household_by_datalogger_token(self, token: str) -> Household | None:
+        presented = token_hash(token)
+        household = self._household_by_datalogger.get(presented)
+        return household if household and hmac.compare_digest(household.datalogger_hash or "", presented) else None
 
     def household_by_meter(self, meter_id: str) -> Household | None:
         return self._household_by_meter.get(meter_id)

@@ -267,7 +267,7 @@ def bench_agent(tmp: Path, households: int, clock):
     org, _ = agent.registry.create_organization("Bench Energy", "dso")
     tokens = []
     for _ in range(households):
-        household, token = agent.registry.create_household(None, "http")
+        household, token, _ = agent.registry.create_household(None, "http")
         agent.registry.set_consent(household.id, org.id, "aggregates", True)
         tokens.append(token)
     return agent, tokens

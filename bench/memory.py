@@ -90,7 +90,7 @@ def prefill_registry(path: Path, households: int, now: float) -> tuple[str, str,
     org, key = registry.create_organization("Bench DSO", "dso")
     meters, token = [], ""
     for i in range(households):
-        household, token = registry.create_household(f"hh-meter-{i:04d}", "http")
+        household, token, _ = registry.create_household(f"hh-meter-{i:04d}", "http")
         meters.append(household.meter_id)
         for service in ("aggregates", "anonymized_data"):
             registry.set_consent(household.id, org.id, service, True)

@@ -110,7 +110,7 @@ async def edge_hour(tmp: Path, port: int, filter_spec: dict | None, series) -> t
         org, _ = agent.registry.create_organization("Energy Co", "dso")
         meters = []
         for _ in range(HOUSEHOLDS):
-            household, _ = agent.registry.create_household(None, "http")
+            household, _, _ = agent.registry.create_household(None, "http")
             agent.registry.set_consent(household.id, org.id, "aggregates", True)
             meters.append(household.meter_id)
         clock_now[0] += 1
@@ -147,7 +147,7 @@ async def latency(tmp: Path, port: int, seconds: float) -> tuple[list[float], li
         org, _ = agent.registry.create_organization("Energy Co", "dso")
         tokens = []
         for _ in range(10):
-            household, token = agent.registry.create_household(None, "http")
+            household, token, _ = agent.registry.create_household(None, "http")
             agent.registry.set_consent(household.id, org.id, "aggregates", True)
             tokens.append(token)
         await asyncio.sleep(1.01)  # consent held for whole windows from the next one on

@@ -8,7 +8,7 @@ import pytest
 
 from agent.api.openapi import SPEC
 from tests.helpers.agent import make_config
-from tests.helpers.roles import ANY, HH, MATRIX, OP, ORG
+from tests.helpers.roles import ANY, DL, HH, MATRIX, OP, ORG
 
 BODIES = {
     ("POST", "/organizations"): {"json": {"name": "New Org", "level": "service"}},
@@ -41,8 +41,11 @@ async def world(tmp_path, start_agent, pty_pair):
 
     running = await start_agent(make_config(tmp_path, [MeterSpec("m1", pty_pair.path, "dsmr5")]))
     org_id, org_key = await running.create_org("Supplier X", "dso")
-    household_id, household_token = await running.create_household()
-    tokens = {OP: running.auth()["Authorization"].split()[1], ORG: org_key, HH: household_token}
+    status, household = await running.call("POST", "/households", json={})
+    assert status == 201, household
+    household_id = household["id"]
+    tokens = {OP: running.auth()["Authorization"].split()[1], ORG: org_key, HH: household["token"],
+              DL: household["datalogger_token"]}
     status, sub = await running.call("POST", "/data/subscribe", token=org_key,
                                      json={"endpoint": "https://example.com/hook", "interval": 60})
     assert status == 201, sub
@@ -87,7 +90,7 @@ async def test_health_says_only_ok_or_degraded_but_to_the_operator(world):
     running, tokens, _ = world
     status, public = await running.call("GET", "/health", token=None)
     assert public == {"status": "ok" if status == 200 else "degraded"} and status in (200, 503)
-    for role in (ORG, HH):
+    for role in (ORG, HH, DL):
         assert await running.call("GET", "/health", token=tokens[role]) == (status, public), role
     status, detail = await running.call("GET", "/health", token=tokens[OP])
     assert {"status", "device", "meters", "readings_in", "storage", "triggers"} <= set(detail)
@@ -119,7 +122,7 @@ async def test_secrets_are_shown_once_and_stored_hashed(world, tmp_path):
     status, body = await running.call("GET", "/households")
     assert all("token" not in h and "token_hash" not in h for h in body["households"])
     on_disk = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
-    for token in (tokens[ORG], tokens[HH]):
+    for token in (tokens[ORG], tokens[HH], tokens[DL]):
         assert token.encode() not in on_disk
 
 

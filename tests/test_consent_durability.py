@@ -56,7 +56,7 @@ async def test_a_window_ending_after_a_consent_change_being_written_is_not_close
     def last_closed() -> int:  # start of the newest 1-second window the release module may decide
         return math.floor(releases.settle_limit()) - 1
     org, _ = registry.create_organization("Energy Co", "dso")
-    household, _ = registry.create_household(None, "http")
+    household, _, _ = registry.create_household(None, "http")
     registry.set_consent(household.id, org.id, "aggregates", True)
     now[0] = 2000.0
     gate = gate_consent_append(monkeypatch, registry, fail=True)
@@ -209,7 +209,7 @@ async def test_a_consent_change_cancelled_at_shutdown_is_on_disk_with_its_audit_
     stopped = False
     try:
         org, _ = await agent.registry.create_organization_async("Energy Co", "dso")
-        household, token = await agent.registry.create_household_async(None, "http")
+        household, token, _ = await agent.registry.create_household_async(None, "http")
         gate = gate_consent_append(monkeypatch, agent.registry, fail=False)
         request = make_mocked_request("PUT", f"/households/me/consents/{org.id}/aggregates",
                                       headers={"Authorization": f"Bearer {token}"}, app=agent._runner.app,

@@ -20,6 +20,8 @@ def test_demo_reads_the_meter_serves_the_api_and_delivers_verified_webhooks(tmp_
     assert re.search(r"demo-meter: reading, \d+ telegrams, 0 CRC errors", out)
     verified = int(re.search(r"Webhooks received and verified: (\d+) \(bad signatures: 0\)", out).group(1))
     assert verified >= 1 and "households, consumption" in out
+    # the P1 household and the simulated dataloggers', which post with datalogger tokens
+    assert max(int(n) for n in re.findall(r"to Demo Energy Co: (\d+) households", out)) > 1, out
     # the custodian's exact sums, production included (no value-dependent withholding any more)
     assert re.search(r"to Demo Energy Co: \d+ households, consumption [\d.]+ kW, production [\d.]+ kW, "
                      r"net [-+][\d.]+ kW \(exact\)", out), out

@@ -27,7 +27,7 @@ from tests.helpers.wait import eventually
 def granted_then_revoked(tmp_path):
     registry = Registry(tmp_path / "registry.seg", clock=iter(range(1000, 2000)).__next__)
     org, _ = registry.create_organization("Org", "dso")
-    household, _ = registry.create_household(None, "http")
+    household, _, _ = registry.create_household(None, "http")
     registry.set_consent(household.id, org.id, "aggregates", True)
     registry.set_consent(household.id, org.id, "aggregates", False)
     registry.close()
@@ -55,7 +55,7 @@ def test_a_revocation_lost_beyond_repair_fails_closed_durably_and_once(tmp_path)
     org, household = granted_then_revoked(tmp_path)
     path = tmp_path / "registry.seg"
     registry = Registry(path, clock=lambda: 3000.0)
-    second, _ = registry.create_household(None, "http")
+    second, _, _ = registry.create_household(None, "http")
     registry.set_consent(second.id, org.id, "aggregates", True)  # a consent no damage touched
     registry.close()
     spans = record_spans(path)  # org, household, grant, revoke (each twice), then the second household's two

@@ -84,7 +84,7 @@ async def test_a_release_record_lost_beyond_repair_charges_every_household_its_c
     for offset, length in spans[:2] if where == "middle" else spans[2:]:
         flip(path, offset + length // 2)
     again = town.restart()
-    late, _ = town.registry.create_household(None, "http")  # unknown whether it was charged: it counts as it too
+    late, _, _ = town.registry.create_household(None, "http")  # unknown whether it was charged: it counts as it too
     for household in [*town.households, late]:
         ledger = again.ledger_of(household.id)
         assert ledger["spent_rho"] == pytest.approx(cap) and ledger["remaining_rho"] == 0

@@ -100,7 +100,7 @@ async def test_related_households_survive_a_restart_and_a_deletion(tmp_path, sta
 def test_a_registry_written_before_related_households_existed_loads(tmp_path):
     """Households stored without the field (every device before this change) are related to nobody."""
     registry = Registry(tmp_path / "registry.seg")
-    household, _ = registry.create_household(None, "http")
+    household, _, _ = registry.create_household(None, "http")
     registry.db.table("households").update(lambda doc: doc.pop("related_organizations"))
     registry.close()
     again = Registry(tmp_path / "registry.seg")
@@ -162,7 +162,7 @@ async def test_deleting_ends_trigger_event_consents_too(tmp_path, start_agent, d
 def test_registry_rejects_malformed_services_directly(tmp_path):
     registry = Registry(tmp_path / "registry.seg")
     org, _ = registry.create_organization("Org", "dso")
-    household, _ = registry.create_household(None, "http")
+    household, _, _ = registry.create_household(None, "http")
     with pytest.raises(RegistryError) as err:
         registry.set_consent(household.id, org.id, "trigger_events:trg_zzzzzzzzzzzz", True)
     assert ApiError.of(err.value).status == 404

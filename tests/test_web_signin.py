@@ -228,11 +228,24 @@ async def test_the_installer_creates_a_household_and_shows_its_link_once(device)
     svg = ElementTree.fromstring(base64.b64decode(qr))
     assert svg.tag.endswith("svg") and len(svg.find("{http://www.w3.org/2000/svg}path").get("d")) > 1000
     hh_token = re.search(r'id="household-token">([^<]+)<', html).group(1)
+    dl_token = re.search(r'id="datalogger-token">([^<]+)<', html).group(1)
     new_id = re.search(r"Sign-in link for (hh_[0-9a-f]+)", html).group(1)
     assert running.agent.registry.household_by_token(hh_token).id == new_id
+    # the datalogger is given a token that only posts readings (red team 7: its installer may be an organization)
+    assert running.agent.registry.household_by_datalogger_token(dl_token).id == new_id
+    assert running.agent.registry.household_by_token(dl_token) is None
     status, html, _ = await operator.get("/ui/installer")
-    assert new_id in html and link.rsplit("/", 1)[1] not in html and hh_token not in html
-    assert running.agent.audit.entries(who="operator")[-1]["action"] == "household.create"
+    assert new_id in html and link.rsplit("/", 1)[1] not in html and hh_token not in html and dl_token not in html
+    # a new datalogger token, shown once; the old one stops, the household's token stays
+    assert "Replace" in html  # it has one
+    status, html, _ = await operator.post(f"/ui/installer/households/{new_id}/datalogger_token", {})
+    fresh = re.search(r'id="datalogger-token">([^<]+)<', html).group(1)
+    assert status == 200 and 'id="household-token"' not in html
+    assert running.agent.registry.household_by_datalogger_token(fresh).id == new_id
+    assert running.agent.registry.household_by_datalogger_token(dl_token) is None
+    assert running.agent.registry.household_by_token(hh_token).id == new_id
+    assert running.agent.audit.entries(who="operator")[-1]["action"] == "household.rotate_datalogger_token"
+    assert running.agent.audit.entries(who="operator")[-2]["action"] == "household.create"
     browser = Browserless(running.base)
     assert (await browser.sign_in_with(link))[0] == 303
     assert (await browser.get("/ui/me"))[0] == 200
@@ -345,8 +358,8 @@ def test_the_access_log_marks_what_included_the_household(tmp_path):
     registry = Registry(tmp_path / "registry.seg", clock=clock)
     org, _ = registry.create_organization("Energy Co", "dso")
     other, _ = registry.create_organization("Never Asked", "dso")
-    me, _ = registry.create_household(None, "http")
-    neighbour, _ = registry.create_household(None, "http")
+    me, _, _ = registry.create_household(None, "http")
+    neighbour, _, _ = registry.create_household(None, "http")
     registry.set_consent(me.id, org.id, "aggregates", True)
     clock.step(150)
     registry.set_consent(me.id, org.id, "aggregates", False)  # at 250

@@ -90,19 +90,22 @@ async def create_household(request: web.Request) -> web.Response:
     operator = caller(request)
     raw = await read_body(request)
     body = decode(raw, HouseholdIn) if raw else HouseholdIn()
-    household, token = await new_household(agent_of(request), operator.id, body.meter_id, body.related_organizations)
-    return web.json_response({**household.public(), "token": token}, status=201)
+    household, token, datalogger = await new_household(agent_of(request), operator.id, body.meter_id,
+                                                       body.related_organizations)
+    return web.json_response({**household.public(), "token": token, "datalogger_token": datalogger}, status=201)
 
 
 async def new_household(agent: Services, operator_id: str, meter_id: str | None, related=()):
-    """(household, token), created and audited (the API and the installer's page both use it)."""
+    """(household, token, datalogger token or None), created and audited (the API and the installer's page both
+    use it)."""
     if meter_id is not None and meter_id not in agent.readers:
         raise ApiError(422, "invalid", f"meter_id {meter_id!r} is not one of this device's P1 meters; leave it "
                        "out for a household that posts its own readings")
-    household, token = await agent.registry.create_household_async(meter_id, "p1" if meter_id else "http", related)
+    household, token, datalogger = await agent.registry.create_household_async(meter_id, "p1" if meter_id else "http",
+                                                                               related)
     await agent.audit.record_durable(operator_id, OPERATOR, "household.create", household_id=household.id,
                                      related_organizations=household.related_organizations)
-    return household, token
+    return household, token, datalogger
 
 
 async def update_household(request: web.Request) -> web.Response:
@@ -134,6 +137,17 @@ async def rotate_household_token(request: web.Request) -> web.Response:
     token = await agent.registry.rotate_household_token_async(household_id)
     await agent.audit.record_durable(operator.id, OPERATOR, "household.rotate_token", household_id=household_id)
     return web.json_response({"id": household_id, "token": token})
+
+
+async def rotate_datalogger_token(request: web.Request) -> web.Response:
+    """The household's datalogger token, made (a household made before there were any has none) or replaced."""
+    operator = caller(request)
+    agent = agent_of(request)
+    household_id = request.match_info["household_id"]
+    token = await agent.registry.rotate_datalogger_token_async(household_id)
+    await agent.audit.record_durable(operator.id, OPERATOR, "household.rotate_datalogger_token",
+                                     household_id=household_id)
+    return web.json_response({"id": household_id, "datalogger_token": token})
 
 
 async def delete_household(request: web.Request) -> web.Response:
@@ -180,7 +194,8 @@ ROUTES = (
           errors=NOT_FOUND),
     Route("POST", f"{ORG_PATH}/key", rotate_organization_key, OP, "Issue a new API key; the old one stops working",
           "operator", {"200": ok_json("KeyRotated")}, errors=NOT_FOUND),
-    Route("POST", "/households", create_household, OP, "Register a household; its token is shown once", "operator",
+    Route("POST", "/households", create_household, OP,
+          "Register a household; its token (and datalogger token, if it posts its own readings) shown once", "operator",
           {"201": ok_json("HouseholdCreated", "Created")},
           errors={"400": error("Malformed JSON"), "409": error("Meter already taken"),
                   "422": error("Unknown meter or organization")},
@@ -194,8 +209,12 @@ ROUTES = (
           {"200": ok_json("Household")}, body="HouseholdPatch", errors=NOT_FOUND),
     Route("DELETE", HH_PATH, delete_household, OP, "Remove a household; its consents end", "operator",
           {"204": NO_CONTENT}, errors=NOT_FOUND),
-    Route("POST", f"{HH_PATH}/token", rotate_household_token, OP, "Issue a new household token", "operator",
+    Route("POST", f"{HH_PATH}/token", rotate_household_token, OP,
+          "Issue a new household token (its pages' sessions end; its datalogger token stays)", "operator",
           {"200": ok_json("KeyRotated")}, errors=NOT_FOUND),
+    Route("POST", f"{HH_PATH}/datalogger_token", rotate_datalogger_token, OP,
+          "Make or replace the household's datalogger token, which only posts its readings (the household's token "
+          "and sessions stay)", "operator", {"200": ok_json("KeyRotated")}, errors=NOT_FOUND),
     Route("GET", "/consents", list_consents, OP, "Consents, read only (for support)", "operator",
           {"200": ok_json("Consents")}, (query("household_id", STRING), query("organization_id", STRING))),
     Route("GET", "/audit", read_audit, OP, "The audit log", "operator", {"200": ok_json("Audit")},

@@ -134,11 +134,13 @@ class Organizations(Answer):
 
 
 class KeyRotated(Answer):
-    """A new organization API key (api_key) or household token (token), shown once"""
+    """A new organization API key (api_key), household token (token) or datalogger token (datalogger_token),
+    shown once"""
 
     id: str
     api_key: str | UnsetType = UNSET
     token: str | UnsetType = UNSET
+    datalogger_token: str | UnsetType = UNSET
 
 
 class Household(Answer):
@@ -147,10 +149,15 @@ class Household(Answer):
     source: Literal["p1", "http"]
     created_at: Seconds
     related_organizations: OrgIds
+    has_datalogger_token: Annotated[bool, Meta(description="whether a datalogger token was made (a household made "
+                                                           "before they existed has none until the operator makes one)")]
 
 
 class HouseholdCreated(Household):
-    token: Annotated[str, Meta(description="shown once")]
+    token: Annotated[str, Meta(description="the household's own token, for its pages and consents: shown once")]
+    datalogger_token: Annotated[str | None, Meta(description="for a household that posts its own readings (source "
+                                                             "http): its datalogger's token, which only posts "
+                                                             "readings; shown once (null for a wired meter)")]
 
 
 class Households(Answer):

@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from agent.api.common import ApiError, KeyedLocks, agent_of, caller, json_value, read_body, still_caller
-from agent.api.spec import HH, NOT_FOUND, STRING, Route, error, ok_json, ref
+from agent.api.spec import HH, INGEST, NOT_FOUND, STRING, Route, error, ok_json, ref
 from agent.audit import consent_action
 from agent.auth import HOUSEHOLD
 from agent.ingest import check_order, readings_from_json_bytes, readings_from_payload
@@ -172,7 +172,8 @@ ROUTES = (
           {"200": ok_json("ConsentSet")}, errors=NOT_FOUND, path_docs=CONSENT_DOCS),
     Route("DELETE", CONSENT_PATH, revoke_consent, HH, "Revoke it; effective for the window in progress", "household",
           {"200": ok_json("ConsentSet")}, errors=NOT_FOUND, path_docs=CONSENT_DOCS),
-    Route("POST", "/readings", post_readings, HH, "Post readings (households whose meter is not wired to the device)",
+    Route("POST", "/readings", post_readings, INGEST,
+          "Post readings (households whose meter is not wired to the device; the datalogger token or the household's)",
           "household", {"201": ok_json("Accepted", "Stored")},
           errors={"400": error("Malformed JSON"), "409": error("Duplicate, or a wired meter"),
                   "413": error("Body or batch too large"), "415": error("Unsupported content type"),
@@ -180,7 +181,7 @@ ROUTES = (
           openapi={"requestBody": {"required": True, "content": {
               "application/json": {"schema": ref("ReadingsIn")},
               "text/plain": {"schema": {"type": "string", "description": "One raw P1 telegram"}}}}}),
-    Route("POST", "/api/v1/datalogger/dsmrreading", dsmr_reader_datalogger, HH,
+    Route("POST", "/api/v1/datalogger/dsmrreading", dsmr_reader_datalogger, INGEST,
           "DSMR-reader remote datalogger compatibility (Authorization: Token <key> or X-AUTHKEY)", "household",
           {"201": ok_json("Accepted", "Stored")},
           errors={"400": error("Missing telegram"), "409": error("Duplicate"), "413": error("Body too large"),

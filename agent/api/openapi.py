@@ -116,7 +116,7 @@ def build_spec(routes: tuple[Route, ...] = ROUTES) -> Json:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization",
-                          "description": "Token <household token>"},
+                          "description": "Token <datalogger token> (or the household's own token)"},
                 "authkey": {"type": "apiKey", "in": "header", "name": "X-AUTHKEY"}}},
     }
 

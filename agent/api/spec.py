@@ -15,13 +15,15 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from agent.api.common import MAX_LIMIT
-from agent.auth import HOUSEHOLD, OPERATOR, ORGANIZATION
+from agent.auth import DATALOGGER, HOUSEHOLD, OPERATOR, ORGANIZATION
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Json = dict[str, Any]
 
 OP, ORG, HH = (OPERATOR,), (ORGANIZATION,), (HOUSEHOLD,)
-ANY_ROLE = (OPERATOR, ORGANIZATION, HOUSEHOLD)  # any valid token
+ANY_ROLE = (OPERATOR, ORGANIZATION, HOUSEHOLD)  # any valid token but a datalogger's
+# Posting a household's readings: the household, or its datalogger's token (which may do nothing else)
+INGEST = (HOUSEHOLD, DATALOGGER)
 ANYONE: tuple[str, ...] = ()  # no token needed (the handler decides what it tells)
 
 

@@ -10,7 +10,7 @@ import qrcode.image.svg  # type: ignore[import-untyped]
 from aiohttp import web
 
 from agent.api.admin import new_household
-from agent.auth import HOUSEHOLD
+from agent.auth import HOUSEHOLD, OPERATOR
 from agent.registry import Household
 from agent.services import Services
 from agent.web.render import OPERATOR_ONLY, Form, Page, PageError, agent_of, render, sign_in_url
@@ -74,24 +74,41 @@ def qr_data_uri(text: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()
 
 
-def _link_page(request: web.Request, session: Session, household: Household, token: str | None) -> web.Response:
+def _link_page(request: web.Request, session: Session, household: Household, token: str | None = None,
+               datalogger: str | None = None) -> web.Response:
     url = sign_in_url(agent_of(request), f"{request.scheme}://{request.host}", HOUSEHOLD, household.id)
     return render(request, "new_link.html", session=session, household=household, url=url, token=token,
-                  qr=qr_data_uri(url), ttl_h=round(agent_of(request).sign_in.link_ttl_s / 3600))
+                  datalogger=datalogger, qr=qr_data_uri(url),
+                  ttl_h=round(agent_of(request).sign_in.link_ttl_s / 3600))
 
 
 async def create_household(request: web.Request, session: Session, data: Form) -> web.Response:
     meter_id = str(data.get("meter_id", "")) or None
-    household, token = await new_household(agent_of(request), session.subject, meter_id)
-    # a household posting its own readings needs the token for its datalogger: shown this once, like the link
-    return _link_page(request, session, household, token if household.source == "http" else None)
+    household, token, datalogger = await new_household(agent_of(request), session.subject, meter_id)
+    # Shown this once, like the link: the datalogger's token for the datalogger (whoever installs or controls it
+    # can only post readings with it), the household's own token for the household.
+    return _link_page(request, session, household, token, datalogger)
 
 
-async def new_link(request: web.Request, session: Session, data: Form) -> web.Response:
+def _household(request: web.Request) -> Household:
     household = agent_of(request).registry.households.get(request.match_info["household_id"])
     if household is None:
         raise PageError(404, "not_found")
-    return _link_page(request, session, household, None)
+    return household
+
+
+async def new_link(request: web.Request, session: Session, data: Form) -> web.Response:
+    return _link_page(request, session, _household(request))
+
+
+async def new_datalogger_token(request: web.Request, session: Session, data: Form) -> web.Response:
+    """A datalogger token made (a household made before there were any) or replaced; the link, as on new_link."""
+    household = _household(request)
+    agent = agent_of(request)
+    datalogger = await agent.registry.rotate_datalogger_token_async(household.id)
+    await agent.audit.record_durable(session.subject, OPERATOR, "household.rotate_datalogger_token",
+                                     household_id=household.id)
+    return _link_page(request, session, household, datalogger=datalogger)
 
 
 PAGES = (
@@ -99,4 +116,6 @@ PAGES = (
     Page("GET", "/installer/ports", ports_fragment, OPERATOR_ONLY),
     Page("POST", "/installer/households", create_household, OPERATOR_ONLY, form=True),
     Page("POST", "/installer/households/{household_id}/link", new_link, OPERATOR_ONLY, form=True),
+    Page("POST", "/installer/households/{household_id}/datalogger_token", new_datalogger_token, OPERATOR_ONLY,
+         form=True),
 )

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.auth import HOUSEHOLD, OPERATOR, identify
+from agent.auth import DATALOGGER, HOUSEHOLD, OPERATOR, identify
 from agent.web.render import (PREFIX, PRE_COOKIE, SESSION_COOKIE, ZONE_COOKIE, ZONES, Form, Page, PageError, agent_of,
                               cookie, current_session, failed, open_session, pre_session_csrf, redirect, render,
                               throttled, with_pre_cookie)
@@ -45,6 +45,8 @@ async def sign_in(request: web.Request) -> web.Response:
     agent = agent_of(request)
     who = identify(token, agent.config.operator_token, agent.registry) if token else None
     if who is not None:
+        if who.role == DATALOGGER:  # it may be an organization's device: it posts readings, nothing more
+            raise PageError(403, "datalogger")
         if who.role not in (HOUSEHOLD, OPERATOR):
             raise PageError(403, "organization")  # organizations use the API, not these pages
         return open_session(request, who.role, who.id)

@@ -3,7 +3,8 @@ agent, tests/test_openapi.py against the document)."""
 
 from __future__ import annotations
 
-OP, ORG, HH, ANY = "operator", "organization", "household", "anyone"
+# DL: a household's datalogger token, which only posts its readings (red team 7)
+OP, ORG, HH, DL, ANY = "operator", "organization", "household", "datalogger", "anyone"
 
 # (method, path template, who may call it)
 MATRIX = [
@@ -26,6 +27,7 @@ MATRIX = [
     ("PATCH", "/households/{household_id}", {OP}),
     ("DELETE", "/households/{household_id}", {OP}),
     ("POST", "/households/{household_id}/token", {OP}),
+    ("POST", "/households/{household_id}/datalogger_token", {OP}),
     ("GET", "/consents", {OP}),
     ("GET", "/audit", {OP}),
     ("GET", "/households/me", {HH}),
@@ -34,8 +36,8 @@ MATRIX = [
     ("GET", "/households/me/consents/history", {HH}),
     ("PUT", "/households/me/consents/{org_id}/{service}", {HH}),
     ("DELETE", "/households/me/consents/{org_id}/{service}", {HH}),
-    ("POST", "/readings", {HH}),
-    ("POST", "/api/v1/datalogger/dsmrreading", {HH}),
+    ("POST", "/readings", {HH, DL}),
+    ("POST", "/api/v1/datalogger/dsmrreading", {HH, DL}),
     ("GET", "/parameters", {OP, ORG, HH}),
     ("GET", "/data", {ORG}),
     ("GET", "/data/anonymized", {ORG}),
