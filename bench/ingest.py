@@ -227,9 +227,9 @@ class Connection:
 
 async def in_process(side: str, seconds: int, households: int = HOUSEHOLDS_COUNTED) -> dict[int, int]:
     """`seconds` stepped seconds of every household posting one reading; the answers' statuses."""
-    # The stepped clock: an hour back (nothing of it is in the future), at the same phase of the hour every run, so that
-    # both runs of a side cross the same window boundaries (a minute's close costs more than a second of readings: where it
-    # fell made one count differ from the next by up to 15%).
+    # The stepped clock: an hour back (nothing of it is in the future), at the same phase of the hour every run, so
+    # that both runs of a side cross the same window boundaries (a minute's close costs more than a second of
+    # readings: where it fell made one count differ from the next by up to 15%).
     moment = [(int(time.time()) // 3600 - 1) * 3600 + 7.0]
     with tempfile.TemporaryDirectory() as tmp:
         if side == "bare":
