@@ -11,9 +11,9 @@ does not disturb, beside the bare handler's: each side in a process of its own, 
 through a transport with no socket: HTTP parsing, routing, the handler, the response bytes), HOUSEHOLDS_COUNTED
 households posting once per stepped second; on Edge's side the real agent's app and pipeline, and what each second
 of readings costs besides (the release module deciding the second's windows, the store's flush every 5 s).
-Each side is run at N and 2N seconds: the difference per reading.
+Each side is run at WARM_UP_S + N and WARM_UP_S + 2N seconds: the difference per reading (steady state).
 
-Usage: python bench/ingest.py [seconds_per_run] | --instructions [seconds, default 4]
+Usage: python bench/ingest.py [seconds_per_run] | --instructions [seconds, default 5]
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ CONCURRENCY = 16
 BATCH = 500
 
 HOUSEHOLDS_COUNTED = 50  # --instructions: households posting once per stepped second
+# --instructions: stepped seconds before the counted ones, in both runs (the first flush creates every segment file)
+WARM_UP_S = 10
 
 
 async def bare_handle(request):
@@ -239,7 +241,7 @@ async def in_process(side: str, seconds: int, households: int = HOUSEHOLDS_COUNT
             app = agent_app(agent)
         connection = Connection(app)
         await connection.open()
-        for second in range(seconds):
+        for second in range(WARM_UP_S + seconds):  # both runs warm up alike: the difference is steady state
             moment[0] += 1.0
             for i, token in enumerate(tokens):
                 await connection.send(reading_request(token, moment[0], i))
@@ -285,7 +287,8 @@ def agent_app(agent) -> web.Application:
 
 def instructions(seconds: int) -> None:
     print(f"POST /readings in-process, instructions per reading (callgrind, user space; {HOUSEHOLDS_COUNTED} "
-          f"households, each side at {seconds} and {2 * seconds} stepped seconds, the difference)")
+          f"households, each side at {WARM_UP_S} + {seconds} and {WARM_UP_S} + {2 * seconds} stepped seconds, the "
+          "difference: one flush in it when seconds is 5)")
     per = {}
     for side in ("bare", "edge"):
         counts = [_count(side, n) for n in (seconds, 2 * seconds)]
@@ -315,7 +318,7 @@ def main() -> None:
         return
     if "--instructions" in sys.argv:
         args = [a for a in sys.argv[1:] if not a.startswith("--")]
-        instructions(int(args[0]) if args else 4)
+        instructions(int(args[0]) if args else 5)
         return
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
     results = {}
