@@ -204,6 +204,13 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
         await receiver.stop()
 
 
+async def _flushes(running: Running, at_least: int = 0) -> int:
+    """The store's flushes that wrote everything they had (0 while fewer than `at_least`)."""
+    _, health, _ = await running.call("GET", "/health", OP)
+    flushes = health["storage"]["flushes"]
+    return flushes if flushes >= at_least else 0
+
+
 async def _healthy(running: Running) -> bool:
     status, _, _ = await running.call("GET", "/health", OP)
     return status == 200
@@ -216,14 +223,20 @@ async def test_io_errors_are_refused_and_what_was_acknowledged_survives(small_di
         feeder = Feeder(running, households)
         feeder.start()
         await until(lambda: asyncio.sleep(0, len(feeder.answers) > 30), 20, "readings in")
-        await asyncio.sleep(2 * FLUSH_S)
+        # Two flushes that succeed after this moment: the second began after it, so every reading acknowledged
+        # before it is written (a moment on the real clock, such as one flush before the failure, slips under load).
+        flushed_before = time.monotonic()
+        flushes = await _flushes(running)
+        await until(lambda: _flushes(running, at_least=flushes + 2), 20, "two flushes")
         small_disk.shut_down()
         failed_at = time.monotonic()
         await until(lambda: asyncio.sleep(0, 503 in feeder.statuses(failed_at)), 10, "a 503 for readings")
         refused = next(a for a in feeder.answers if a[3] == 503)
         assert refused[4]["error"] == "storage_error" and "Retry-After" in refused[5]
-        await asyncio.sleep(1)
-        assert feeder.statuses(failed_at + 2 * FLUSH_S + 0.5) <= {503}
+        # from the first refusal on (the store knows), no reading is taken while the disk fails
+        first = feeder.answers.index(refused)
+        await until(lambda: asyncio.sleep(0, len(feeder.answers) > first + 10), 20, "ten answers after it")
+        assert {a[3] for a in feeder.answers[first:]} == {503}
         status, health, _ = await running.call("GET", "/health", OP)
         assert status == 503
         hh, auth = households[0]
@@ -236,8 +249,8 @@ async def test_io_errors_are_refused_and_what_was_acknowledged_survives(small_di
         assert "cannot start" not in log and "could not be written" in log, log[-3000:]
         small_disk.remount()
         await running.start()
-        # What was acknowledged before the failure could be known (one flush) is on disk.
-        for meter_id, stamps in feeder.acknowledged(before=failed_at - FLUSH_S).items():
+        # What was acknowledged before a flush that succeeded is on disk.
+        for meter_id, stamps in feeder.acknowledged(before=flushed_before).items():
             missing = stamps - await stored_timestamps(running, meter_id)
             assert not missing, f"{len(missing)} acknowledged readings of {meter_id} lost"
         _, consents, _ = await running.call("GET", "/households/me/consents", auth)
