@@ -168,19 +168,33 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
             refused = refused_in(history)
             assert_gap_counts_what_was_lost(gap, refused)  # exactly the released windows it stands for
 
-            # Full again, and kill -9 while full: what was acknowledged up to one flush before is on disk.
+            # Full again, and kill -9 while full: what was acknowledged before the last flush that succeeded is
+            # on disk. (moment, flushes seen just after it), polled while the disk fills: the store's flushes run
+            # one after another, so two flushes that succeeded after a moment mean the second began after it.
+            samples: list[tuple[float, int]] = []
+
+            async def sample():
+                while True:
+                    moment = time.monotonic()
+                    samples.append((moment, await _flushes(running)))
+                    await asyncio.sleep(0.1)
+            sampler = asyncio.create_task(sample())
+            await until(lambda: asyncio.sleep(0, samples and samples[-1][1] >= samples[0][1] + 2), 20, "two flushes")
             small_disk.fill()
             full_again = time.monotonic()
             await until(lambda: asyncio.sleep(0, 507 in feeder.statuses(full_again)), 10, "a 507 again")
             await asyncio.sleep(1)
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
+            flushes = await _flushes(running)
             await running.kill()
             killed_wall = time.time()
             await feeder.stop()
             small_disk.free()
             await running.start()
-            # Lost at most: those acknowledged in the flush before the store learnt the disk was full again.
-            refusing_at = min(a[2] for a in feeder.answers if a[3] == 507 and a[2] >= full_again)
-            for meter_id, stamps in feeder.acknowledged(before=refusing_at - 2 * FLUSH_S).items():
+            # Lost at most: those acknowledged after the last flush that succeeded began.
+            flushed_before = max(moment for moment, seen in samples if seen <= flushes - 2)
+            for meter_id, stamps in feeder.acknowledged(before=flushed_before).items():
                 missing = stamps - await stored_timestamps(running, meter_id)
                 assert not missing, f"{len(missing)} acknowledged readings of {meter_id} lost"
             # Exactly the consent changes answered 200 are in the history, and every household answered 201 exists.
