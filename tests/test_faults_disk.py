@@ -110,18 +110,6 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
             assert refused[4]["error"] == "storage_full" and refused[4]["detail"] and "Retry-After" in refused[5]
             status, health, _ = await running.call("GET", "/health", OP)
             assert status == 503 and health["storage"]["last_flush_error"]
-            # Consent and new households: 200/201 only if durable (a small record may still fit in a file's last
-            # block), else 507 with Retry-After and nothing changed; never a 500. Checked after the restart below.
-            hh, auth = households[0]
-            consent_path = f"/households/me/consents/{org['id']}/aggregates"
-            answers = []
-            for method in ("DELETE", "PUT") * 5:
-                status, body, headers = await running.call(method, consent_path, auth)
-                assert status in (200, 507), (status, body)
-                if status == 507:
-                    assert body["error"] == "storage_full" and "Retry-After" in headers
-                answers.append((method, status))
-            made = [method for method, status in answers if status == 200]
             org_auth = {"Authorization": f"Bearer {org['api_key']}"}
             elsewhere = {"endpoint": "http://127.0.0.1:9/h", "interval": 1}
             for method, path, body in (("POST", "/data/subscribe", elsewhere), ("GET", "/data?window=1s", None),
@@ -143,15 +131,33 @@ async def test_a_full_disk_refuses_what_it_cannot_keep_and_loses_nothing_it_ackn
                 return health["faults"]["delivery"]["windows_not_queued"]
             await until(not_queued, 30, "a window that could not be queued")
             await asyncio.sleep(1)
+            # Consent changes, like new households: 200 only if durable (a small record may still fit in a file's
+            # last block), else 507 with Retry-After and nothing changed; never a 500. Checked after the restart
+            # below. Tried after the windows not queued: a revocation made whose grant is refused leaves two
+            # households of three, under k_min, and no window would be released until it is granted again.
+            hh, auth = households[0]
+            consent_path = f"/households/me/consents/{org['id']}/aggregates"
+            answers = []
+            for method in ("DELETE", "PUT") * 5:
+                status, body, headers = await running.call(method, consent_path, auth)
+                assert status in (200, 507), (status, body)
+                if status == 507:
+                    assert body["error"] == "storage_full" and "Retry-After" in headers
+                answers.append((method, status))
+            made = [method for method, status in answers if status == 200]
 
             small_disk.free()
             freed_at = time.monotonic()
             await until(lambda: asyncio.sleep(0, 201 in feeder.statuses(freed_at)), 15, "readings accepted again")
+            if made and made[-1] == "DELETE":  # its grant again was refused: two households, under k_min, for good
+                status, body, _ = await running.call("PUT", consent_path, auth)
+                assert status == 200, body
+                made.append("PUT")
             # The sender did not die: a gap event for the windows not queued, then aggregates again.
             async def flowing():
                 gaps = [i for i, m in enumerate(receiver.messages()) if m["type"] == "gap"]
                 return gaps and any(m["type"] == "aggregate" for m in receiver.messages()[gaps[0]:])
-            await until(flowing, 30, "gap event and aggregates after the disk was freed")
+            await until(flowing, 30, f"gap event and aggregates after the disk was freed (consent changes: {made})")
             await until(lambda: _healthy(running), 15, "/health 200 again")
             gap = next(m for m in receiver.messages() if m["type"] == "gap")
             assert "GET /data" in gap["detail"]
