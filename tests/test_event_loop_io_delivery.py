@@ -49,9 +49,11 @@ async def test_subscribe_and_delete_write_off_the_loop_in_order(town, monkeypatc
     status, listed = await t.running.call("GET", "/data/subscriptions", token=t.org_key)
     assert [s["id"] for s in listed["subscriptions"]] == [made["id"]]
     assert not (delivery.directory / "outbox" / f"{kept['id']}.seg").exists()
-    # the new subscription is produced for
+    # the new subscription is produced for. Two windows: the producer's own tick may have decided the window before
+    # the first (its interval is 2 s, so the first is then not due), as it did under load
     await t.window()
-    assert delivery.outboxes[made["id"]].depth == 1
+    await t.window()
+    assert delivery.outboxes[made["id"]].depth >= 1
 
 
 async def test_two_quick_rotations_build_on_each_other_and_two_deletes_delete_once(town, monkeypatch):

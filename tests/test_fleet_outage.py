@@ -204,7 +204,8 @@ async def test_a_device_may_use_only_its_own_subjects(fleet):
     wait_until(lambda: fleet.hub_api("/health", None)[1].get("impersonations") == 1, 30)
     status, after = fleet.hub_api("/devices", OPERATOR_TOKEN)
     seqs = {d["device"]: d["last_seq"] for d in before["devices"]}
-    assert next(d for d in after["devices"] if d["device"] == "dev-b")["last_seq"] == seqs["dev-b"]
+    # dev-b itself goes on publishing meanwhile: its count may move on, never to the forged message's
+    assert seqs["dev-b"] <= next(d for d in after["devices"] if d["device"] == "dev-b")["last_seq"] < 10 ** 6
 
     # a key the servers do not know cannot sign in
     hub_cli("device-key", "--out", str(fleet.tmp / "stranger.nk"))
