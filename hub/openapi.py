@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import msgspec
 
+from agent.config import WINDOWS
 from hub import bodies
 
 ERROR = {"type": "object", "required": ["error", "detail"],
          "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
 WINDOW_BASE = {
-    "area": {"type": "string"}, "window": {"type": "string", "enum": ["1s", "1m", "15m", "1h"]},
+    "area": {"type": "string"}, "window": {"type": "string", "enum": list(WINDOWS)},
     "window_start": {"type": "string", "format": "date-time"}, "window_end": {"type": "string", "format": "date-time"},
     "tag": {"type": ["string", "null"]},
     "devices": {"type": "integer", "description": "devices of the area that released this window"},
@@ -51,7 +52,7 @@ AREA_DATA = _op("An area's windows: the sum of its devices' releases, released o
                                                   "released": {"type": "array", "items": RELEASED},
                                                   "refused": {"type": "array", "items": REFUSED}}},
                 [{"name": "area", "in": "path", "required": True, "schema": {"type": "string"}},
-                 _query("window", {"enum": ["1s", "1m", "15m", "1h"], "default": "1h"}),
+                 _query("window", {"enum": list(WINDOWS), "default": "1h"}),
                  _query("since", {"type": "number"}, True, "UNIX seconds"),
                  _query("until", {"type": "number"}, True, "UNIX seconds"),
                  _query("tag", {"type": "string"}, False, "a channel tag of the devices' vocabulary")])
@@ -61,7 +62,7 @@ DEVICES = _op("Devices: area, applied desired-state version, last release, last 
               {"type": "object", "properties": {"devices": {"type": "array", "items": {"type": "object"}}}})
 SUBSCRIPTION = {"type": "object", "properties": {
     "id": {"type": "string"}, "org": {"type": "string"}, "area": {"type": "string"},
-    "window": {"enum": ["1s", "1m", "15m", "1h"]}, "tag": {"type": ["string", "null"]},
+    "window": {"enum": list(WINDOWS)}, "tag": {"type": ["string", "null"]},
     "endpoint": {"type": "string"}, "cursor": {"type": "integer"}, "failures": {"type": "integer"},
     "secret": {"type": "string", "description": "shown once, at creation: verify the Standard Webhooks "
                                                 "signature with it"}}}

@@ -23,6 +23,7 @@ import time
 
 from nats.js.api import ConsumerConfig
 
+from agent.config import WINDOW_SECONDS
 from agent.fleet import RELEASES_STREAM, document
 from agent.fleet.document import FLEET_KEY
 from hub import aggregate
@@ -30,7 +31,7 @@ from hub.setup import CONSUMER, DEVICES_BUCKET, HUB_BUCKET, KEEP_DAYS, desired, 
 
 log = logging.getLogger("edge.hub")
 
-WIDTHS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
+WIDTHS = WINDOW_SECONDS  # the devices' windows, by name
 FETCH_BATCH = 512
 ACK_WAIT_S = 10.0  # a killed hub's unacknowledged batch is delivered again this long after
 HOLD_S = 1.0  # a held message comes back after this
