@@ -56,8 +56,8 @@ class StorageConfig:
     retention_rollup_s: float = 30 * 86400
 
 
-WINDOWS = ("1s", "1m", "15m", "1h")
 WINDOW_SECONDS = {"1s": 1, "1m": 60, "15m": 900, "1h": 3600}
+WINDOWS = tuple(WINDOW_SECONDS)  # their names, finest first
 
 
 # The default reference for t: household mean consumption per period, log-normal with median 400 W and sigma 0.8
