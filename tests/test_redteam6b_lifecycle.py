@@ -33,17 +33,9 @@ from tests.helpers.clock import StepClock, T0
 from tests.helpers.telegrams import telegram_bytes
 from tests.helpers.triggers import body as trigger_body
 from tests.helpers.triggers import close_window, town_config
-from tests.helpers.web import Browserless, signed_in
+from tests.helpers.web import Browserless, sign_in_with_token, signed_in
 
 PREVIOUS_W = 244.0  # what the previous occupant's meter read (tests/telegrams/v5.txt, 1-0:1.7.0)
-
-
-async def sign_in_with_token(running, token: str) -> Browserless:
-    browser = Browserless(running.base)
-    await browser.get("/ui/sign-in")
-    status, html, _ = await browser.post("/ui/sign-in", {"token": token})
-    assert status == 303, html
-    return browser
 
 
 async def test_rotating_a_token_ends_the_sessions_and_links_it_opened(tmp_path, start_agent):

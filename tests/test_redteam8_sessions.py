@@ -24,15 +24,7 @@ import pytest
 
 from agent.web.render import SESSION_COOKIE
 from tests.helpers.agent import delivery_config, grant, make_config
-from tests.helpers.web import Browserless, csrf_of
-
-
-async def sign_in_with_token(running, token: str) -> Browserless:
-    browser = Browserless(running.base)
-    await browser.get("/ui/sign-in")
-    status, html, _ = await browser.post("/ui/sign-in", {"token": token})
-    assert status == 303, html
-    return browser
+from tests.helpers.web import Browserless, csrf_of, sign_in_with_token
 
 
 async def held(base: str, method: str, path: str, header: str, content_type: str, body: bytes):

@@ -60,6 +60,15 @@ async def signed_in(running, role: str, subject: str, language: str = "en") -> B
     return client
 
 
+async def sign_in_with_token(running, token: str) -> Browserless:
+    """A browser signed in on the sign-in page with a household's token (as a household would, by hand)."""
+    browser = Browserless(running.base)
+    await browser.get("/ui/sign-in")
+    status, html, _ = await browser.post("/ui/sign-in", {"token": token})
+    assert status == 303, html
+    return browser
+
+
 ROW = re.compile(r'<td class="included-(\w+)">.*?</td>\s*<td class="rho">(.*?)</td>', re.S)
 
 
