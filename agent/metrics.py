@@ -54,6 +54,9 @@ def render_metrics(agent: Services) -> str:
             name = f"edge_store_{key}"
             _header(lines, name, "gauge", f"Store: {key.replace('_', ' ')}")
             lines.append(f"{name} {value}")
+    _header(lines, "edge_trigger_day_counts_dropped_total", "counter",
+            "Noisy levels: trigger windows whose counts came after their UTC day was decided (dropped)")
+    lines.append(f"edge_trigger_day_counts_dropped_total {health['triggers']['day_counts_dropped']}")
     _render_faults(lines, health["faults"])
     _render_delivery(lines, agent)
     _header(lines, "edge_healthy", "gauge", "1 when every meter is reading and storage works")

@@ -265,7 +265,8 @@ class Agent:
             "meters": meters,
             "storage": store,
             "readings_in": self.pipeline.readings_in,
-            "triggers": self.triggers.health(),
+            # the release module's: counts of a noisy trigger day that came after the day was decided (dropped)
+            "triggers": {**self.triggers.health(), "day_counts_dropped": self.releases.trigger_counts_dropped},
             "config_error": config_error,
             "faults": faults,
             **({"fleet": self.fleet.health()} if self.fleet else {}),

@@ -178,6 +178,10 @@ async def test_counts_that_come_after_their_day_was_released_are_dropped(tmp_pat
     status, view = await running.call("GET", f"/triggers/{trigger}", token=key)
     assert status == 200 and view["days_released"] == 1 and view["windows"]["withheld"] == 1, view
     assert releases.trigger_counts_dropped == 1
+    status, health = await running.call("GET", "/health")  # the operator is told (a busy agent), as is /metrics
+    assert health["triggers"]["day_counts_dropped"] == 1, health
+    status, text = await running.call("GET", "/metrics")
+    assert status == 200 and "\nedge_trigger_day_counts_dropped_total 1\n" in text, text
     await running.http.close()
     await running.agent.stop()
     running = await start_agent(running.agent.config, clock=clock)

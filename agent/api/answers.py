@@ -76,6 +76,9 @@ class TriggersHealth(Answer):
     late_windows: Annotated[int, Meta(description="windows dropped for being late")]
     dropped_actions: Annotated[int, Meta(description="actions dropped beyond an organization's or a household's "
                                                      "lane")]
+    day_counts_dropped: Annotated[int, Meta(description=(
+        "noisy levels, since start: windows whose counts came after their UTC day was decided, so were dropped "
+        "(never a second release of the day; a busy agent)"))]
 
 
 class Health(Answer):
