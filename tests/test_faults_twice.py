@@ -17,6 +17,7 @@ from agent.store.records import encode_record, scan_lazily, scan_records
 from agent.store.segment import integrity
 from agent.triggers.model import Trigger
 from agent.triggers.store import TriggerStore
+from drivers.reading import iso
 from tests.helpers.clock import HOUR as T0
 from tests.helpers.release import Town
 from tests.helpers.store import flip, record_spans
@@ -66,7 +67,8 @@ async def test_a_damaged_copy_of_a_release_record_changes_no_ledger(tmp_path):
     flip(path, offset + length // 2)
     again = town.restart()
     assert again.ledger_of(town.households[0].id)["spent_rho"] == pytest.approx(rho)
-    assert (await again.history(org, "15m", [T0], None))[T0]["privacy"]["kind"] == "noisy"
+    privacy = (await again.history(org, "15m", [T0], None))[T0]["privacy"]
+    assert privacy["kind"] == "noisy" and "ledger_lost_until" not in privacy  # nothing lost: nothing said
     tally = integrity(tmp_path)["releases"]
     assert tally["recovered"] == 1 and tally["lost"] == 0
 
@@ -94,6 +96,9 @@ async def test_a_release_record_lost_beyond_repair_charges_every_household_its_c
     await town.step(900)
     released = again.answer(org, "15m", T0 + 1800)  # over the consenting cohort (its count: R7-1), none in it
     assert released["households"] == 12
+    # said, device-wide: pure noise until the lost day leaves the horizon (the current day and horizon_days before)
+    lost_until = (T0 // 86400 + town.config.privacy.horizon_days + 1) * 86400
+    assert released["privacy"]["ledger_lost_until"] == iso(lost_until)
     assert not any(again.members.inclusion(h.id, org, None, T0 + 1800, T0 + 2700).included for h in town.households)
     # Durable: after another start (the damaged tail was cut by the append of the charge), still charged.
     again = town.restart()
@@ -102,8 +107,13 @@ async def test_a_release_record_lost_beyond_repair_charges_every_household_its_c
     markers = [d for d in again.log.read(path.stem) if str(d.get("c", "")).startswith("lost-") and d["t"] == "n"]
     assert len(markers) == 1
     # The day leaves the horizon: the households can take part again.
-    town.now += (town.config.privacy.horizon_days + 1) * 86400
-    assert town.restart().ledger_of(town.households[0].id)["spent_rho"] == 0
+    town.now = lost_until + 900 * 4
+    again = town.restart()
+    assert again.ledger_of(town.households[0].id)["spent_rho"] == 0
+    town.post([300.0] * 12)
+    await town.step(900)
+    released = again.answer(org, "15m", lost_until + 900 * 4)
+    assert released["privacy"]["kind"] == "noisy" and "ledger_lost_until" not in released["privacy"], released
 
 
 def audit_with_three_batches(directory, moment: float) -> AuditLog:

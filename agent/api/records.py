@@ -61,6 +61,10 @@ class NoisyPrivacy(Record, tag_field="kind", tag="noisy"):
     households: str
     quantities: Annotated[int, Meta(ge=1, le=2)]
     derived_from: DerivedFrom | UnsetType = UNSET
+    ledger_lost_until: Annotated[Time, Meta(description=(
+        "only while a day of the device's release log lost beyond repair is in the ledger's horizon: every "
+        "household counts as having spent its whole cap, so nobody is in the sums (pure noise) until this moment"
+        ))] | UnsetType = UNSET
 
 
 Privacy = ExactPrivacy | NoisyPrivacy

@@ -764,18 +764,21 @@ class Releases:
         else:
             consumption = mechanism.release([c.consumption_w if c else 0.0 for c in rows])
             production = mechanism.release([c.production_w if c else 0.0 for c in rows])
-        privacy = self._noisy_privacy(level, mechanism, 1 if tag else 2, loss)
+        privacy = self._noisy_privacy(level, mechanism, 1 if tag else 2, start, loss)
         body = records.fine_body(WIDTH_NAME[grid.width], start, grid.width, tag, households, consumption,
                                  production, privacy)
         if grid_parts:
             body["grid"] = grid_quantities.noisy_part(grid_parts, rows, cfg.grid_rho)
         return body
 
-    def _noisy_privacy(self, level: Level, mechanism: dp.Mechanism, quantities: int, loss: float | None = None
-                       ) -> Json:
-        """`loss`: what the window charges each household, grid quantities included (default: the level's)."""
+    def _noisy_privacy(self, level: Level, mechanism: dp.Mechanism, quantities: int, start: int,
+                       loss: float | None = None) -> Json:
+        """`loss`: what the window charges each household, grid quantities included (default: the level's).
+        `start`: the moment the release is charged at; while a lost day of the release log is in the ledger's
+        horizon then, every household counts as its whole cap and nobody is in the sums: said, device-wide."""
         cfg, privacy = level.dp, self.config.privacy
         loss = cfg.loss() if loss is None else loss
+        lost_until = self.ledger.lost_until(start)
         return {
             "kind": "noisy",
             "mechanism": dp.MECHANISM_NAMES[mechanism.noise],
@@ -787,6 +790,7 @@ class Releases:
             "households": "every household consenting throughout the window; one that sent nothing, or whose "
                           "privacy-loss ledger cannot bear the window, counts 0 (and is not charged)",
             "quantities": quantities,
+            **({"ledger_lost_until": iso(lost_until)} if lost_until is not None and loss > 0 else {}),
         }
 
     def _derive(self, grid: Grid, org: Organization, start: int, staged: Staged) -> None:
@@ -850,7 +854,7 @@ class Releases:
                          else dp.calibrate("laplace", 1, level.dp.epsilon / max(1, len(fields))))
             body = {"window": "1d", "window_start": iso(day),  # no count: it would say who was present
                     **{f: mechanism.release([bucket.get(h, {}).get(f, 0) for h in members]) for f in fields},
-                    "privacy": self._noisy_privacy(level, mechanism, len(fields))}
+                    "privacy": self._noisy_privacy(level, mechanism, len(fields), day)}
             self.ledger.charge(members, loss, day)
             digest = cohort_hash(members)
             durable.setdefault(day_name(day), []).extend([

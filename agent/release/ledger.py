@@ -16,7 +16,7 @@ little over 29 days.)
 A day of the release log damaged beyond repair (`log.LOST`) is charged to EVERYONE: which households its lost
 records charged, and how much, is unknown, so every household counts as having spent its whole cap while that
 day is in the horizon. The ledger may over-count (nothing noisy is released for anyone until the day leaves the
-horizon), never under-count.
+horizon), never under-count. A release made meanwhile says so (`lost_until`): device-wide, about no household.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ class Ledger:
     def first_day(self, moment: float) -> int:
         """The first UTC day (a day number) whose charges count at `moment`."""
         return day_of(moment) - self.horizon_days
+
+    def lost_until(self, moment: float) -> float | None:
+        """When the last lost day in the horizon at `moment` leaves it (every household counts as its cap until
+        then), or None."""
+        unknown = self._unknown_in_horizon(moment)
+        return (unknown[-1] + self.horizon_days + 1) * DAY if unknown else None
 
     def spent(self, household: str, moment: float) -> float:
         first = self.first_day(moment)
