@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.store.durable import Durable
-from agent.store.segment import SegmentDB, day_file_name, day_of_file_name, ensure_dir
+from agent.store.segment import SegmentDB, SegmentStream, day_file_name, day_of_file_name, ensure_dir
 
 log = logging.getLogger("edge.release")
 KIND = "release-members"  # in integrity(): /health, /metrics
@@ -128,12 +128,9 @@ class Members:
             if day + (self.keep_days + 1) * DAY < now:
                 continue  # deleted when the next file begins
             self._files.add(path.stem)
-            db = SegmentDB(str(path))
-            try:
-                for doc in db.table(TABLE).all():
-                    self._replay(doc)
-            finally:
-                db.close()
+            # A record at a time: a whole day file decoded at once was the start's peak (as the first write's was)
+            for doc in SegmentStream(path, kind=KIND).docs(TABLE):
+                self._replay(doc)
 
     def _restarted(self, decided_until: Mapping[Key, int]) -> None:
         """Nothing was decided while the device was down: every stream is refused over nobody from where it
