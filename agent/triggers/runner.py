@@ -36,46 +36,47 @@ stores' ``*_async`` changes one at a time and in order).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any, Final, Literal
 
 import aiohttp
 
 from agent.clock import Clock
 from agent.config import WINDOW_SECONDS, DeliveryConfig, Level, TriggersConfig
 from agent.delivery import signing
-from agent.parameters import HOUSEHOLD, TIME_OF_DAY, permitted
+from agent.parameters import HOUSEHOLD, TIME_OF_DAY, Parameter, permitted
 from agent.ports import Consents, Readings, Trail, TriggerReleases
-from agent.release.records import TRIGGER_COUNTS
+from agent.registry import Household, Organization
+from agent.release.records import TRIGGER_COUNTS, Json
 from agent.triggers import actions
-from agent.triggers.lanes import Lanes
+from agent.triggers.lanes import Lane, Lanes
 from agent.triggers.model import Trigger, TriggerStats, disclosure_bits, pseudonym, sample_rows
 from agent.triggers.store import HouseholdStore, TriggerStore
 from drivers import notify
-from drivers.appliances import ApplianceError, driver
+from drivers.appliances import ApplianceDriver, ApplianceError, driver
 from drivers.ratelog import RateLimitedLog
 from drivers.reading import Reading, iso
-from sandbox import (
+# from the modules, not the package's lazy names (which mypy sees as Any)
+from sandbox.check import CheckResult, check_condition, sandbox_available
+from sandbox.errors import (
     BackingOff,
-    CheckResult,
     ConditionQuarantined,
     ConditionRejected,
     EvaluationFailed,
-    Limits,
     SandboxUnavailable,
     Status,
-    Supervisor,
-    check_condition,
-    sandbox_available,
 )
-from sandbox.supervisor import CLOSED_LANGUAGE, PROCESS_PER_ROW
+from sandbox.supervisor import CLOSED_LANGUAGE, PROCESS_PER_ROW, Limits, Supervisor
 
 log = logging.getLogger("edge.triggers")
 
@@ -130,16 +131,18 @@ class Outcome:
     statistics_at: float
     # {household id: {count: 0 or 1}}: what the release module sums (or withholds) for the organization
     per_household: dict[str, dict[str, int]] = field(default_factory=dict)
-    acting: list = field(default_factory=list)  # households to act for; [None]: the organization's own event
+    # households to act for; [None]: the organization's own event
+    acting: list[Household | None] = field(default_factory=list)
     dispatched_at: float | None = None
-    tasks: set = field(default_factory=set, repr=False)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
-    def cohort(self, household_ids, evaluated: bool, fired=(), errors=()) -> None:
+    def cohort(self, household_ids: Iterable[str], evaluated: bool, fired: Collection[str] = (),
+               errors: Collection[str] = ()) -> None:
         for household_id in household_ids:
             self.per_household[household_id] = {"evaluations": int(evaluated), "fired": int(household_id in fired),
                                                 "errors": int(household_id in errors), "delivered": 0, "failed": 0}
 
-    def delivered(self, household, ok: bool) -> None:
+    def delivered(self, household: Household | None, ok: bool) -> None:
         counts = self.per_household.get(household.id) if household is not None else None
         if counts is not None:
             counts["delivered" if ok else "failed"] = 1
@@ -182,10 +185,10 @@ class TriggerRunner:
         self._executor = ThreadPoolExecutor(EVALUATION_THREADS, thread_name_prefix="triggers")
         self._disk = ThreadPoolExecutor(2, thread_name_prefix="triggers-disk")  # never behind an evaluation
         self._evaluating: dict[str, asyncio.Semaphore] = {}  # per organization
-        self._inflight: dict[str, asyncio.Task] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
         self.held: list[Outcome] = []  # evaluated, waiting for their release moment
         self.released: list[Outcome] = []  # dispatched, waiting for their statistics moment
-        self._publishing: set[asyncio.Task] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
         self.organization_lanes = Lanes(self.config.organization_action_slots, self.config.organization_action_queue)
         self.household_lanes = Lanes(self.config.household_action_slots, HOUSEHOLD_QUEUE)
         # an organization's appliance switches, a lane per (organization, household): whether and when one
@@ -200,16 +203,23 @@ class TriggerRunner:
         self._refusals: dict[str, deque[float]] = {}
         self._refusals_unlogged: dict[str, Counter[str]] = {}
         self._refusals_logged_at: dict[str, float] = {}
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._ratelog = RateLimitedLog(log)
         self._stats_dirty = False
         self._stats_saved_at = time.monotonic()
         self._purged_at = float("-inf")
         self._creations: dict[str, list[float]] = {}
-        self._deleting: dict[str, asyncio.Future] = {}  # triggers whose removal is being written
+        self._deleting: dict[str, asyncio.Future[None]] = {}  # triggers whose removal is being written
 
     # --- lifecycle -------------------------------------------------------------------------------
+    def _sandbox(self) -> Supervisor:
+        """The supervisor, there once start() found the sandbox enforced (`availability`): nothing is created or
+        evaluated before."""
+        if self.supervisor is None:
+            raise SandboxUnavailable(self.availability.detail)
+        return self.supervisor
+
     async def start(self) -> None:
         ok, detail = await asyncio.to_thread(sandbox_available)
         self.availability = Availability(ok, detail)
@@ -225,12 +235,12 @@ class TriggerRunner:
         delivery = self.needs.delivery
         # Households' own endpoints: no shared connection limit (each household's lane bounds its own).
         self._households_web = actions.web_session(delivery.allow_private_endpoints, delivery.timeout_s, 0)
-        self._wake = asyncio.Event()
+        self._wake = wake = asyncio.Event()
         self.needs.releases.listen(self._settled)
         # Windows settled before this start were evaluated before it (or are lost with the crash): not again.
         for trig in self.triggers.values():
             trig.last_window = self.needs.releases.last_settled(trig.window)
-        self._task = asyncio.create_task(self._run_forever(), name="triggers")
+        self._task = asyncio.create_task(self._run_forever(wake), name="triggers")
 
     async def stop(self) -> None:
         tasks = [t for t in [self._task, *self._inflight.values(), *self._publishing] if t]
@@ -258,7 +268,7 @@ class TriggerRunner:
             self.store.close()
             self.households.close()
 
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         return {"sandbox": "enforced" if self.availability.ok else "unavailable",
                 "detail": self.availability.detail if self.availability.ok else
                 f"triggers are disabled: {self.availability.detail}; conditions never run unsandboxed",
@@ -272,7 +282,7 @@ class TriggerRunner:
     def _lanes(self) -> tuple[Lanes, ...]:
         return self.organization_lanes, self.household_lanes, self.appliance_lanes
 
-    def disclosure(self) -> dict:
+    def disclosure(self) -> dict[str, Any]:
         """The bound on what an organization can learn of one household through its triggers (GET /parameters)."""
         cfg = self.config
         finest = min((WINDOW_SECONDS[w] for level in self.needs.levels.values() for w in level.windows),
@@ -305,7 +315,10 @@ class TriggerRunner:
 
     def _settled(self, window: str, start: int) -> None:
         """The release module: every release of this window is durable. Wake the loop."""
-        if self._wake is not None:
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:  # started
             self._wake.set()
 
     # --- organizations' triggers ---------------------------------------------------------------------
@@ -345,7 +358,7 @@ class TriggerRunner:
                 self.needs.audit.record(org_id, "organization", "trigger.refused", durable=False,
                                         count=sum(reasons.values()), reasons=dict(reasons))
 
-    async def trial(self, org_id: str, source: str, params) -> CheckResult:
+    async def trial(self, org_id: str, source: str, params: list[Parameter]) -> CheckResult:
         """The upload's trial run in a fresh locked worker. Raises SandboxUnavailable. One trial per organization
         at a time, so that an organization's flood waits in its own queue: another organization's upload waits
         for at most one of its trials."""
@@ -379,10 +392,12 @@ class TriggerRunner:
         return recent[0] - cutoff
 
     async def create(self, org_id: str, parameters: list[str], source: str, interval_s: float, window: str,
-                     action: dict, description: str = "", closed: bool = False) -> tuple[Trigger, str | None]:
+                     action: dict[str, Any], description: str = "",
+                     closed: bool = False) -> tuple[Trigger, str | None]:
         """Returns once the trigger is on disk (written in a worker thread, after every change before it); it
         runs from then on. The caller checks the organization's limits and calls this under one lock per
         organization, so that two uploads cannot both pass the check during the write."""
+        supervisor = self._sandbox()
         secret = signing.new_secret() if action["type"] == "webhook" else None
         trig = Trigger(id="trg_" + secrets.token_hex(6), organization_id=org_id, parameters=list(parameters),
                        source=source, interval_s=float(interval_s), window=window, action=action, secret=secret,
@@ -390,11 +405,11 @@ class TriggerRunner:
         # Windows already settled are not its own: it starts with the next one.
         trig.last_window = self.needs.releases.last_settled(window)
 
-        def stored():  # on the event loop, even if the request was cancelled meanwhile
+        def stored() -> None:  # on the event loop, even if the request was cancelled meanwhile
             self.triggers[trig.id] = trig
             self.stats[trig.id] = TriggerStats()
             self._stats_dirty = True
-            self.supervisor.register(org_id, trig.id, source, trig.parameters)
+            supervisor.register(org_id, trig.id, source, trig.parameters)
             self._creations.setdefault(org_id, []).append(time.monotonic())
         await self.store.add_async(trig, then=stored)
         return trig, secret
@@ -412,7 +427,7 @@ class TriggerRunner:
             removal = asyncio.ensure_future(self._remove(trig))
             self._deleting[trigger_id] = removal  # from now on, no evaluation starts and none acts
 
-            def settled(task: asyncio.Future) -> None:
+            def settled(task: asyncio.Future[None]) -> None:
                 self._deleting.pop(trigger_id, None)
                 if not task.cancelled():
                     task.exception()  # retrieved here too, should every request have been cancelled
@@ -424,9 +439,9 @@ class TriggerRunner:
         cooldowns = [(trig.organization_id, household, at + trig.interval_s, trig.action["type"])
                      for (tid, household), at in self.debounce.last.items()
                      if tid == trig.id and at + trig.interval_s > now]  # what `retire` leaves, below
-        unregistered: list[asyncio.Future] = []
+        unregistered: list[asyncio.Future[None]] = []
 
-        def removed():  # on the event loop, once the removal is durable
+        def removed() -> None:  # on the event loop, once the removal is durable
             self.triggers.pop(trig.id, None)
             self.stats.pop(trig.id, None)
             self._stats_dirty = True
@@ -460,7 +475,7 @@ class TriggerRunner:
             return "suspended"
         return "active"
 
-    def describe(self, trig: Trigger) -> dict:
+    def describe(self, trig: Trigger) -> dict[str, Any]:
         """The organization's view: sums of the counts the release module released, never which household."""
         s = self.stats.get(trig.id) or TriggerStats()
         days = self.needs.releases.trigger_days(trig.organization_id, trig.id)  # noisy levels: noised day sums
@@ -480,7 +495,7 @@ class TriggerRunner:
         found: the same whether or not anyone was evaluated since (red team 6, R6-3)."""
         return None if trig.closed is None else CLOSED_LANGUAGE if trig.closed else PROCESS_PER_ROW
 
-    def _permitted(self, trig: Trigger, org) -> bool:
+    def _permitted(self, trig: Trigger, org: Organization) -> bool:
         """The operator may narrow an organization or change its level after the upload: checked each run."""
         level = self.needs.levels.get(org.level)
         if level is None or trig.window not in level.windows:
@@ -488,15 +503,15 @@ class TriggerRunner:
         return all(permitted(p.name, level, org.parameters) for p in trig.catalogue())
 
     # --- the loop ------------------------------------------------------------------------------------
-    async def _run_forever(self) -> None:
+    async def _run_forever(self, wake: asyncio.Event) -> None:
         while True:
-            self._wake.clear()
+            wake.clear()
             try:
                 await self.run_due(wait=False)
             except Exception:  # the loop must survive anything one trigger does
                 log.exception("trigger runner failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), self._until_next())
+                await asyncio.wait_for(wake.wait(), self._until_next())
             except asyncio.TimeoutError:
                 pass
 
@@ -521,7 +536,7 @@ class TriggerRunner:
                 trig.last_window = start
                 task = asyncio.create_task(self._run_window(trig, start), name=f"trigger-{trig.id}")
                 self._inflight[trig.id] = task
-                task.add_done_callback(lambda _, tid=trig.id: self._inflight.pop(tid, None))
+                task.add_done_callback(functools.partial(self._forget_inflight, trig.id))
         if wait:
             await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
             self._dispatch_due()
@@ -541,6 +556,9 @@ class TriggerRunner:
             self._log_refusals()
             await asyncio.get_running_loop().run_in_executor(self._disk, self.store.save_stats, dict(self.stats))
 
+    def _forget_inflight(self, trigger_id: str, _: asyncio.Task[None]) -> None:
+        self._inflight.pop(trigger_id, None)
+
     async def drain(self) -> None:
         """Wait until every action dispatched is done (for tests)."""
         while tasks := [t for o in self.released for t in o.tasks]:
@@ -555,7 +573,7 @@ class TriggerRunner:
             return
         if outcome is not None:
             self.held.append(outcome)
-            self._wake.set()
+            self._wake_up()
 
     def _late(self, trig: Trigger, outcome: Outcome, force: bool = False) -> bool:
         """Not done by its release moment: dropped whole (sending it later would tell how long it took). Only load
@@ -588,7 +606,7 @@ class TriggerRunner:
 
         # Neighbourhood values: the window's release for this organization, or nothing at all.
         neighbourhood: dict[str, object] = {}
-        answers: dict[str | None, dict] = {}
+        answers: dict[str | None, Json] = {}
         for param in params:
             if param.level == HOUSEHOLD:
                 continue
@@ -614,10 +632,12 @@ class TriggerRunner:
         kind = trig.action["type"]
         organization_event = trig.kind == "neighborhood" and kind == "webhook"
         recipients = [] if organization_event else self._recipients(trig, org)
+        rows: list[tuple[object, ...]] = []
+        who: list[Household] | None = None  # the rows' households; None: one row, the neighbourhood's
         if trig.kind == "household":
             now = self.needs.clock()
             max_age = max(MIN_READING_AGE_S, 2 * width)
-            rows, who = [], []
+            who = []
             for household in recipients:
                 reading = self.latest.get(household.meter_id)
                 # not too old, and its own (its meter's readings before its creation are a previous household's)
@@ -630,7 +650,7 @@ class TriggerRunner:
                 rows.append(row)
                 who.append(household)
         else:
-            rows, who = [tuple(neighbourhood[p.name] for p in params)], None
+            rows = [tuple(neighbourhood[p.name] for p in params)]
         # The households the counts are about: those evaluated (a neighbourhood condition: those it acts for).
         about = [h.id for h in (who if who is not None else recipients)]
         if not rows:
@@ -647,24 +667,26 @@ class TriggerRunner:
         await self._check_quarantine(trig)
         if trig.id not in self.triggers or trig.id in self._deleting or self._late(trig, outcome):
             return None
-        if failed:
+        if statuses is None:  # failed (a request that did not run returned above)
             outcome.cohort(about, True, errors=set(about))
             return outcome  # its errors are counted; nothing acts
 
         bad = (Status.ERROR, Status.NOT_BOOL)
+        acting: list[Household | None]
         if who is None:
             fired = statuses[0] is Status.TRUE
-            acting = ([None] if organization_event else recipients) if fired else []
+            acting = ([None] if organization_event else list(recipients)) if fired else []
             outcome.cohort(about, True, fired=set(about) if fired else (),
                            errors=set(about) if statuses[0] in bad else ())
         else:
-            acting = [h for h, s in zip(who, statuses) if s is Status.TRUE]
-            outcome.cohort(about, True, fired={h.id for h in acting},
+            true_for = [h for h, s in zip(who, statuses) if s is Status.TRUE]
+            acting = list(true_for)
+            outcome.cohort(about, True, fired={h.id for h in true_for},
                            errors={h.id for h, s in zip(who, statuses) if s in bad})
         await self._plan(trig, org, outcome, acting)
         return None if self._late(trig, outcome) else outcome
 
-    def _recipients(self, trig: Trigger, org) -> list:
+    def _recipients(self, trig: Trigger, org: Organization) -> list[Household]:
         """Who it may act for: consent now (a revocation is effective at once); a household condition's webhook or
         appliance switch only for households that consented to this trigger's events; appliance actions only for
         households with a matching appliance they let this organization switch."""
@@ -676,18 +698,20 @@ class TriggerRunner:
             out = [h for h in out if self.households.targets(h.id, org.id, trig.action["appliance"])]
         return out
 
-    async def _plan(self, trig: Trigger, org, outcome: Outcome, fired: list) -> None:
+    async def _plan(self, trig: Trigger, org: Organization, outcome: Outcome, fired: list[Household | None]) -> None:
         """Debounce (and, for a household condition's actions the organization observes, the per-day bound, one for
         webhooks and appliance switches) as of the release moment, written before the window is held: a crash
         after an action must not let it happen again within the interval."""
         at = outcome.release_at
-        key = lambda h: "" if h is None else h.id  # noqa: E731 -- the organization's own event: one per trigger
+
+        def key(h: Household | None) -> str:
+            return "" if h is None else h.id  # the organization's own event: one per trigger
         acting = [h for h in fired if self.debounce.allowed(trig, key(h), at)]
         disclosed: list[str] = []
-        if trig.discloses:
+        if trig.discloses:  # a household condition's: households only
             per_day = self.config.max_events_per_household_per_day
-            acting = [h for h in acting if self.debounce.event_allowed(org.id, h.id, at, per_day)]
-            disclosed = [h.id for h in acting]
+            acting = [h for h in acting if h is not None and self.debounce.event_allowed(org.id, h.id, at, per_day)]
+            disclosed = [h.id for h in acting if h is not None]
         if not acting:
             return
         for household in acting:
@@ -702,20 +726,22 @@ class TriggerRunner:
                                        dict(self.debounce.cooldown), dict(self.debounce.events))
         outcome.acting = acting
 
-    async def _evaluate(self, trig: Trigger, rows: list[tuple], end_at: float) -> tuple[list[Status] | None, bool]:
+    async def _evaluate(self, trig: Trigger, rows: list[tuple[object, ...]],
+                        end_at: float) -> tuple[list[Status] | Literal[_Late.LATE] | None, bool]:
         """(statuses, False), or (None, True) when the request failed, or (None, False) when it did not run, or
         (_LATE, False) when `end_at` (agent clock) had passed before it could start. The batch's deadline is its
         own or `end_at`, whichever comes first, counted from when it starts in its thread (not when it queued)."""
         loop = asyncio.get_running_loop()
         gate = self._evaluating.setdefault(trig.organization_id, asyncio.Semaphore(EVALUATIONS_PER_ORGANIZATION))
-        limits, clock = self.supervisor.limits, self.needs.clock
+        supervisor = self._sandbox()
+        limits, clock = supervisor.limits, self.needs.clock
 
-        def run():  # in the evaluation thread
+        def run() -> list[Status] | Literal[_Late.LATE]:  # in the evaluation thread
             budget = end_at - clock()
             if budget <= 0:
                 return _LATE
-            return self.supervisor.evaluate(trig.organization_id, trig.id, rows,
-                                            min(limits.request_timeout(len(rows)), budget))
+            return supervisor.evaluate(trig.organization_id, trig.id, rows,
+                                       min(limits.request_timeout(len(rows)), budget))
         try:
             async with gate:
                 return await loop.run_in_executor(self._executor, run), False
@@ -741,7 +767,7 @@ class TriggerRunner:
             return
         if not force:
             try:
-                force = self.supervisor.state(trig.organization_id, trig.id).quarantined
+                force = self._sandbox().state(trig.organization_id, trig.id).quarantined
             except KeyError:
                 return
         if force and trig.id in self.triggers:
@@ -765,19 +791,20 @@ class TriggerRunner:
                 continue
             self._dispatch(trig, org, outcome)
 
-    def _dispatch(self, trig: Trigger, org, outcome: Outcome) -> None:
+    def _dispatch(self, trig: Trigger, org: Organization, outcome: Outcome) -> None:
         registry = self.needs.registry
         kind = trig.action["type"]
         acting = outcome.acting
-        if acting != [None]:  # a consent revoked since the evaluation is obeyed
-            acting = [h for h in acting if h.id in registry.households
+        if acting != [None]:  # households (`h is not None`); a consent revoked since the evaluation is obeyed
+            acting = [h for h in acting if h is not None and h.id in registry.households
                       and registry.consent_state(h.id, org.id, "triggers")
                       and (not trig.discloses or registry.consent_state(h.id, org.id, events_service(trig.id)))]
-        if kind == "notification":
-            self._spawn(outcome, self._notify_all(trig, org, acting, outcome))
+        if kind == "notification":  # households' only: never the organization's own event
+            self._spawn(outcome, self._notify_all(trig, org, [h for h in acting if h is not None], outcome))
             return
         for household in acting:
-            lane = self.appliance_lanes[f"{org.id}/{household.id}"] if kind == "appliance" \
+            # an appliance switch is a household's (never the organization's own event)
+            lane = self.appliance_lanes[f"{org.id}/{household.id}"] if kind == "appliance" and household is not None \
                 else self.organization_lanes[org.id]
             if not lane.admit():
                 outcome.delivered(household, False)  # beyond the organization's queue: dropped, counted
@@ -785,7 +812,7 @@ class TriggerRunner:
                 continue
             self._spawn(outcome, self._act(trig, org, household, outcome, lane))
 
-    def _spawn(self, outcome: Outcome, coro) -> None:
+    def _spawn(self, outcome: Outcome, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name=f"action-{outcome.trigger_id}")
         outcome.tasks.add(task)
         task.add_done_callback(outcome.tasks.discard)
@@ -839,14 +866,15 @@ class TriggerRunner:
                 else actions.web_session(private, delivery.timeout_s, slots))
         return session
 
-    async def _act(self, trig: Trigger, org, household, outcome: Outcome, lane) -> None:
+    async def _act(self, trig: Trigger, org: Organization, household: Household | None, outcome: Outcome,
+                   lane: Lane) -> None:
         """A webhook (in the organization's lane) or an appliance switch (in its (organization, household) lane),
         admitted by the caller."""
         kind = trig.action["type"]
         ok = False
         try:
             if kind == "appliance":
-                ok = await self._switch(trig, org, household, lane)
+                ok = household is not None and await self._switch(trig, org, household, lane)
             else:
                 ok = await self._webhook(trig, org, household, outcome, lane)
         except asyncio.CancelledError:
@@ -858,7 +886,8 @@ class TriggerRunner:
         outcome.delivered(household, ok)
         self._audit_action(org, trig, household, outcome, ok)
 
-    def _audit_action(self, org, trig: Trigger, household, outcome: Outcome, ok: bool, **details) -> None:
+    def _audit_action(self, org: Organization, trig: Trigger, household: Household | None, outcome: Outcome, ok: bool,
+                      **details: Any) -> None:
         """An action, delivered or not, or dropped beyond the organization's queue: a household's access page
         lists its own webhook events all alike, since whether one was dropped depends on how many of the other
         households' conditions held in that window."""
@@ -870,7 +899,7 @@ class TriggerRunner:
         self.needs.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id, action_type=kind,
                                 window_start=outcome.start, delivered=ok, **details)
 
-    async def _attempts(self, key: str, lane, send) -> bool:
+    async def _attempts(self, key: str, lane: Lane, send: Callable[[], Awaitable[None]]) -> bool:
         """`send()` up to ACTION_ATTEMPTS times on the delivery retry schedule, each attempt in one of the lane's
         slots and the wait before a retry outside it; True once it succeeds."""
         schedule = self.needs.delivery.retry_schedule
@@ -887,7 +916,8 @@ class TriggerRunner:
                                       f"{err.__class__.__name__}: {err}"[:200])
         return False
 
-    async def _notify_all(self, trig: Trigger, org, households: list, outcome: Outcome) -> None:
+    async def _notify_all(self, trig: Trigger, org: Organization, households: list[Household],
+                          outcome: Outcome) -> None:
         """The window's notifications: every inbox in one write, then each household's own endpoint in that
         household's lane (never behind an organization's webhooks or appliances)."""
         entries = [{"id": "ntf_" + secrets.token_hex(8), "household_id": h.id, "organization_id": org.id,
@@ -918,21 +948,24 @@ class TriggerRunner:
             sends.append(self._notify_endpoint(trig, org, household, entry, endpoint, outcome, lane))
         await asyncio.gather(*sends)
 
-    async def _notify_endpoint(self, trig: Trigger, org, household, entry: dict, endpoint: dict, outcome: Outcome,
-                               lane) -> None:
+    async def _notify_endpoint(self, trig: Trigger, org: Organization, household: Household, entry: dict[str, Any],
+                               endpoint: dict[str, Any], outcome: Outcome, lane: Lane) -> None:
         ok = False
         try:
             private = self.needs.delivery.allow_private_endpoints
+            session = self._households_web
+            if session is None:
+                raise RuntimeError("not started")  # start() opens it before anything is dispatched
             if actions.literal_allowed(endpoint["url"], private):
                 message = {"type": "notification", **{k: entry[k] for k in (
                     "id", "organization_id", "organization_name", "trigger_id", "title", "content")},
                     "at": iso(entry["at"])}
                 body = json.dumps(message, separators=(",", ":")).encode()
 
-                async def send():
+                async def send() -> None:
                     headers = (signing.headers([endpoint["secret"]], entry["id"], int(time.time()), body)
                                if endpoint.get("secret") else {})
-                    await notify.send(self._households_web, endpoint["url"], endpoint["kind"], title=entry["title"],
+                    await notify.send(session, endpoint["url"], endpoint["kind"], title=entry["title"],
                                       message=entry["content"], body=body, headers=headers)
                 ok = await self._attempts(trig.id, lane, send)
         except asyncio.CancelledError:
@@ -944,31 +977,36 @@ class TriggerRunner:
         outcome.delivered(household, ok)
         self._audit_notification(org, trig, entry, ok)
 
-    def _audit_notification(self, org, trig: Trigger, entry: dict, ok: bool) -> None:
+    def _audit_notification(self, org: Organization, trig: Trigger, entry: dict[str, Any], ok: bool) -> None:
         self.needs.audit.record(org.id, "organization", "trigger.action", trigger_id=trig.id,
                                 action_type="notification", household_id=entry["household_id"], delivered=ok)
 
-    async def _switch(self, trig: Trigger, org, household, lane) -> bool:
+    async def _switch(self, trig: Trigger, org: Organization, household: Household, lane: Lane) -> bool:
         targets = self.households.targets(household.id, org.id, trig.action["appliance"])
         private = self.needs.delivery.allow_private_endpoints
         session = self._session(org.id, "lan")
         ok = bool(targets)
         for appliance in targets:
             device = driver(appliance["driver"])
+            if device is None:
+                ok = False
+                continue
             with self.bindings.acting(appliance):  # another household's address is refused (R6-9)
-                if device is None or not self.bindings.literal_allowed(appliance, private):
+                if not self.bindings.literal_allowed(appliance, private):
                     ok = False
                     continue
-
-            async def send(device=device, appliance=appliance):
-                with self.bindings.acting(appliance):  # the relay, at that one address, is this household's (R8-1)
-                    await self.bindings.reach(session, device, appliance)
-                    await device.command(session, appliance["address"], appliance.get("channel"),
-                                         trig.action["command"])
+            send = functools.partial(self._command, session, device, appliance, trig.action["command"])
             ok = await self._attempts(trig.id, lane, send) and ok
         return ok
 
-    async def _webhook(self, trig: Trigger, org, household, outcome: Outcome, lane) -> bool:
+    async def _command(self, session: aiohttp.ClientSession, device: ApplianceDriver, appliance: dict[str, Any],
+                       command: str) -> None:
+        with self.bindings.acting(appliance):  # the relay, at that one address, is this household's (R8-1)
+            await self.bindings.reach(session, device, appliance)
+            await device.command(session, appliance["address"], appliance.get("channel"), command)
+
+    async def _webhook(self, trig: Trigger, org: Organization, household: Household | None, outcome: Outcome,
+                       lane: Lane) -> bool:
         endpoint = trig.action["endpoint"]
         private = self.needs.delivery.allow_private_endpoints
         if not actions.literal_allowed(endpoint, private):
@@ -983,8 +1021,12 @@ class TriggerRunner:
         msg_id = "msg_" + secrets.token_hex(12)  # the same on every attempt: receivers deduplicate on it
         session = self._session(org.id, "web")
 
-        async def send():
-            headers = signing.headers([trig.secret], msg_id, int(time.time()), body)
+        secret = trig.secret
+        if secret is None:  # created with every webhook action: never sent unsigned
+            raise ValueError(f"trigger {trig.id}: a webhook action without its secret")
+
+        async def send() -> None:
+            headers = signing.headers([secret], msg_id, int(time.time()), body)
             async with session.post(endpoint, data=body, headers=headers, allow_redirects=False) as resp:
                 await resp.content.read(64 * 1024)
                 if not 200 <= resp.status < 300:
@@ -992,4 +1034,8 @@ class TriggerRunner:
         return await self._attempts(trig.id, lane, send)
 
 
-_LATE = object()  # an evaluation whose window's release moment came before it could start
+class _Late(Enum):
+    LATE = "late"
+
+
+_LATE: Final = _Late.LATE  # an evaluation whose window's release moment came before it could start
