@@ -8,8 +8,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from agent.config import WINDOW_SECONDS
-from agent.registry import SERVICES
+from agent.registry import SERVICES, Registry
+from agent.release.members import Members
 from agent.services import Services
 from drivers.reading import unix_seconds
 
@@ -17,14 +21,17 @@ ROLLUP_S = 900
 # organization actions in the audit log that hand out a release, and the consent each depends on
 RELEASING = {"data.read": "aggregates", "data.push": "aggregates", "data.history": "aggregates",
              "data.anonymized": "anonymized_data"}
-
-
+Entry = dict[str, Any]  # an audit log entry (agent/audit.py)
+Row = dict[str, Any]  # what a template shows of one thing (a rollup's bucket, an organization, an access)
 
 
 # --- my data -------------------------------------------------------------------------------------
-def chart_series(rollups: list[dict]) -> dict:
+
+
+def chart_series(rollups: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """uPlot's columns: times (Unix s), mean consumption and production (W) and gas used (m3) per rollup."""
-    gas, last = [], None
+    gas: list[float | None] = []
+    last: float | None = None
     for rollup in rollups:
         value = rollup.get("gas_m3")
         gas.append(None if value is None or last is None else round(max(0.0, value - last), 3))
@@ -35,10 +42,10 @@ def chart_series(rollups: list[dict]) -> dict:
             "gas_m3": gas}
 
 
-def energy_table(rollups: list[dict], start: float, bucket_s: int, buckets: int) -> list[dict]:
+def energy_table(rollups: list[dict[str, Any]], start: float, bucket_s: int, buckets: int) -> list[Row]:
     """Per bucket (an hour, a day): energy in and out in kWh (estimated from mean power, as releases are) and gas
     used in m3 (the register's rise; None without a gas meter). Buckets without data are None, never 0."""
-    rows = [{"start": start + i * bucket_s, "import_kwh": None, "export_kwh": None, "gas_m3": None}
+    rows: list[Row] = [{"start": start + i * bucket_s, "import_kwh": None, "export_kwh": None, "gas_m3": None}
             for i in range(buckets)]
     last_gas = None
     for rollup in rollups:
@@ -57,13 +64,13 @@ def energy_table(rollups: list[dict], start: float, bucket_s: int, buckets: int)
 
 
 # --- who may use my data -------------------------------------------------------------------------
-def offers(agent: Services, household_id: str) -> list[dict]:
+def offers(agent: Services, household_id: str) -> list[Row]:
     """Every organization that could ask, its level's terms, and per service whether the household consents."""
     registry, config = agent.registry, agent.config
-    out = []
+    out: list[Row] = []
     for org in sorted(registry.organizations.values(), key=lambda o: o.name.casefold()):
         level = config.levels.get(org.level)
-        services = []
+        services: list[Row] = []
         for service in SERVICES:
             services.append({"service": service,
                              "granted": registry.consent_state(household_id, org.id, service),
@@ -78,7 +85,7 @@ def offers(agent: Services, household_id: str) -> list[dict]:
 
 
 # --- who used my data ----------------------------------------------------------------------------
-def _window_span(entry: dict) -> tuple[float, float] | None:
+def _window_span(entry: Entry) -> tuple[float, float] | None:
     """The span asked for; of a run of pushes (`windows`: access_index.Run), all its windows'."""
     if entry["action"] in ("data.read", "data.push"):
         if entry.get("window_start") is None or entry.get("window") not in WINDOW_SECONDS:
@@ -86,12 +93,12 @@ def _window_span(entry: dict) -> tuple[float, float] | None:
         start = float(entry["window_start"])
         return start, start + WINDOW_SECONDS[entry["window"]] * entry.get("windows", 1)
     if entry["action"] == "data.history":  # the windows asked for: those that ended by `until`
-        width = WINDOW_SECONDS.get(entry.get("window"), 1)
+        width = WINDOW_SECONDS.get(entry.get("window") or "", 1)
         return float(entry["since"]), float(entry["until"] // width * width)
     return unix_seconds(entry["from"]), unix_seconds(entry["to"])
 
 
-def _about_this_household(entry: dict, household_id: str) -> bool:
+def _about_this_household(entry: Entry, household_id: str) -> bool:
     """A trigger's event about this household to the organization, sent or tried (whether it was delivered or
     dropped can depend on the other households' events in the organization's lane): a webhook or a switch of its
     appliance by a condition on its data; or its appliance switched by a neighbourhood condition."""
@@ -100,24 +107,25 @@ def _about_this_household(entry: dict, household_id: str) -> bool:
     return bool(entry.get("disclosed") or (entry.get("action_type") == "appliance" and entry.get("delivered")))
 
 
-def consented_to(registry, household_id: str) -> set[tuple[str, str]]:
+def consented_to(registry: Registry, household_id: str) -> set[tuple[str, str]]:
     """(organization, service) pairs of releases this household ever consented to: the organizations whose
     accesses its page lists (every one of them, whatever came of it)."""
     services = set(RELEASING.values())
     return {(org, service) for org, service in registry.ever_consented_to(household_id) if service in services}
 
 
-def concerns(entry: dict, household_id: str, consented: set[tuple[str, str]]) -> bool:
+def concerns(entry: Entry, household_id: str, consented: set[tuple[str, str]]) -> bool:
     """Whether `access_row` makes a row of this entry: a function of the entry (an organization's request, never
     its outcome) and this household's own consents and trigger events only. Pure: a worker thread runs it."""
     if _about_this_household(entry, household_id):
         return True
-    service = RELEASING.get(entry.get("action"))
+    service = RELEASING.get(entry.get("action") or "")
     return (service is not None and entry.get("role", "organization") == "organization"
             and (entry.get("who"), service) in consented and _window_span(entry) is not None)
 
 
-def access_row(entry: dict, registry, household_id: str, members=None, tag_of=None) -> dict:
+def access_row(entry: Entry, registry: Registry, household_id: str, members: Members | None = None,
+               tag_of: Callable[[Entry], str | None] | None = None) -> Row:
     """The row of an entry `concerns` accepted. A request of an organization it ever consented to is listed
     whether or not it released anything (that depends on other households) and carries `included`: "yes" (the
     household was in the cohort of every window asked for), "part" (some), "no" (none), by its own consent and
@@ -154,7 +162,8 @@ def access_row(entry: dict, registry, household_id: str, members=None, tag_of=No
     return {**row, "included": included, "rho": rho, "exact": inclusion is not None and inclusion.windows > 0}
 
 
-def _run_inclusion(entry: dict, registry, household_id: str, members, tag, start: float, end: float) -> dict:
+def _run_inclusion(entry: Entry, registry: Registry, household_id: str, members: Members | None, tag: str | None,
+                   start: float, end: float) -> Row:
     """A run of a subscription's windows: how many (`windows`), in how many the household was in the cohort (of
     every fine window: `in_all`; of some: `in_some`), by its own consent and data only; "yes" if in all, "no" if
     in none, "part" otherwise. Inferred from the consent history (no counts) if the index has none of them."""
@@ -169,7 +178,8 @@ def _run_inclusion(entry: dict, registry, household_id: str, members, tag, start
             "in_all": got.in_all, "in_some": got.in_some}
 
 
-def _inferred(entry: dict, registry, household_id: str, org_id: str, service: str, start: float, end: float) -> str:
+def _inferred(entry: Entry, registry: Registry, household_id: str, org_id: str, service: str, start: float,
+              end: float) -> str:
     if household_id in registry.cohort(org_id, service, start, end):
         return "yes"
     if registry.consent_state(household_id, org_id, service, at=start) or \
@@ -178,7 +188,8 @@ def _inferred(entry: dict, registry, household_id: str, org_id: str, service: st
     return "no"
 
 
-def access_log(entries: list[dict], registry, household_id: str, limit: int = 200, members=None) -> list[dict]:
+def access_log(entries: list[Entry], registry: Registry, household_id: str, limit: int = 200,
+               members: Members | None = None) -> list[Row]:
     """`access_row` of each entry (oldest first) that concerns the household, newest first, at most `limit`."""
     consented = consented_to(registry, household_id)
     mine = [e for e in entries if concerns(e, household_id, consented)]
