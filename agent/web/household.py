@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 from aiohttp import web
 
@@ -12,15 +13,17 @@ from agent.api.bodies import ApplianceIn
 from agent.api.household_actions import (HOUSEHOLD_LOCKS, appliance_status, new_appliance, remove_appliance,
                                          remove_endpoint, send_test_notification, set_endpoint)
 from agent.api.households import change_consent
-from agent.registry import is_service
+from agent.registry import Household, is_service
+from agent.services import Services
 from agent.store.store import KINDS, ROLLUP_WIDTH_S
 from agent.web import views
 from agent.web.access_index import AccessIndex
 from agent.web.live import HEARTBEAT_S, LIVE, event_text, live_values
-from agent.web.render import HOUSEHOLD_ONLY, PREFIX, SESSION_COOKIE, Page, PageError, agent_of, redirect, render
+from agent.web.render import HOUSEHOLD_ONLY, PREFIX, SESSION_COOKIE, Form, Page, PageError, agent_of, redirect, render
+from agent.web.signin import Session
 from drivers import appliances as appliance_drivers
 from drivers import notify
-from drivers.reading import unix_seconds
+from drivers.reading import Reading, unix_seconds
 
 DAY = 86400
 ACCESS_ROWS = 50  # a page of the access log
@@ -28,7 +31,7 @@ ACCESS_DAYS = 7  # days looked at per page at most (the rest on the next): a pag
 ACCESS_INDEX = web.AppKey("web_access_index", AccessIndex)
 
 
-def _household(request: web.Request, session):
+def _household(request: web.Request, session: Session) -> Household:
     return agent_of(request).registry.household(session.subject)
 
 
@@ -37,13 +40,14 @@ def _today(now: float) -> float:
 
 
 # A household's data starts at its creation: its meter's readings from before are a previous household's (R6b-4).
-def _latest(agent, household):
+def _latest(agent: Services, household: Household) -> Reading | None:
     """Its meter's latest reading, if it is its own."""
     latest = agent.pipeline.latest.get(household.meter_id)
     return latest if latest is not None and household.owns(latest.received_at.timestamp()) else None
 
 
-async def _rollups(agent, household, since: float, resolution: str, limit: int) -> list[dict]:
+async def _rollups(agent: Services, household: Household, since: float, resolution: str,
+                   limit: int) -> list[dict[str, Any]]:
     """Its meter's rollups from `since` on, of windows wholly its own."""
     since = household.data_since(since, ROLLUP_WIDTH_S[KINDS[resolution]])
     return await asyncio.to_thread(agent.store.readings, household.meter_id, since=since, resolution=resolution,
@@ -51,7 +55,7 @@ async def _rollups(agent, household, since: float, resolution: str, limit: int) 
 
 
 # --- my data -------------------------------------------------------------------------------------
-async def my_data(request: web.Request, session) -> web.Response:
+async def my_data(request: web.Request, session: Session) -> web.Response:
     agent = agent_of(request)
     household = _household(request, session)
     latest = _latest(agent, household)
@@ -65,7 +69,7 @@ async def my_data(request: web.Request, session) -> web.Response:
                   channels=sorted((latest.channels or {}).items()) if latest is not None else [])
 
 
-async def series(request: web.Request, session) -> web.Response:
+async def series(request: web.Request, session: Session) -> web.Response:
     """The charts' data (uPlot columns): today's or this week's 15-minute means."""
     agent = agent_of(request)
     household = _household(request, session)
@@ -79,7 +83,7 @@ async def series(request: web.Request, session) -> web.Response:
     return web.json_response(views.chart_series(rollups))
 
 
-async def live(request: web.Request, session) -> web.StreamResponse:
+async def live(request: web.Request, session: Session) -> web.StreamResponse:
     """Server-sent events: the household's newest import and export power, as they arrive."""
     agent, hub = agent_of(request), request.app[LIVE]
     household = _household(request, session)
@@ -108,7 +112,7 @@ async def live(request: web.Request, session) -> web.StreamResponse:
 
 
 # --- who may use my data -------------------------------------------------------------------------
-async def consents(request: web.Request, session) -> web.Response:
+async def consents(request: web.Request, session: Session) -> web.Response:
     agent = agent_of(request)
     household = _household(request, session)
     history = list(reversed(agent.registry.history_of(household.id)))
@@ -118,7 +122,7 @@ async def consents(request: web.Request, session) -> web.Response:
                   trigger_config=agent.config.triggers)
 
 
-async def change(request: web.Request, session, data) -> web.Response:
+async def change(request: web.Request, session: Session, data: Form) -> web.Response:
     """One click: grant or revoke one service for one organization, through the API's own consent code."""
     org_id, service, action = str(data.get("organization", "")), str(data.get("service", "")), data.get("action")
     if action not in ("grant", "revoke") or not is_service(service):
@@ -128,7 +132,7 @@ async def change(request: web.Request, session, data) -> web.Response:
 
 
 # --- who used my data ----------------------------------------------------------------------------
-async def access(request: web.Request, session) -> web.Response:
+async def access(request: web.Request, session: Session) -> web.Response:
     """The access log over the ledger's horizon, newest first, a page at a time (`?before=<day>.<entry>`)."""
     agent = agent_of(request)
     household = _household(request, session)
@@ -149,7 +153,7 @@ def _cursor(text: str | None) -> tuple[int, int] | None:
 
 
 async def _access_page(request: web.Request, household_id: str,
-                       cursor: tuple[int, int] | None) -> tuple[list[dict], str | None]:
+                       cursor: tuple[int, int] | None) -> tuple[list[views.Row], str | None]:
     """A page of rows from `cursor` back (None: from now), and the cursor of the next page (None: no more).
     Everything that shapes it is this household's own: its entries of each day (its consented organizations'
     requests, whatever came of them, and trigger actions about it), counted in its own list, so a cursor, a
@@ -169,15 +173,15 @@ async def _access_page(request: web.Request, household_id: str,
     consented = views.consented_to(agent.registry, household_id)
     organizations = {org for org, _ in consented}
 
-    def keep(entry: dict) -> bool:
+    def keep(entry: views.Entry) -> bool:
         return views.concerns(entry, household_id, consented)
 
-    def tag_of(entry: dict) -> str | None:
+    def tag_of(entry: views.Entry) -> str | None:
         if entry["action"] != "data.push":
             return entry.get("tag")
         sub = subscriptions.get(entry.get("subscription_id", ""))
         return sub.tag if sub is not None else None
-    rows: list[dict] = []
+    rows: list[views.Row] = []
     looked = 0
     while True:
         looked += 1
@@ -196,8 +200,8 @@ async def _access_page(request: web.Request, household_id: str,
 
 
 # --- my endpoint and appliances ------------------------------------------------------------------
-def _devices_page(request: web.Request, session, secret: str | None = None, tested: dict | None = None,
-                  read: dict | None = None) -> web.Response:
+def _devices_page(request: web.Request, session: Session, secret: str | None = None,
+                  tested: dict[str, Any] | None = None, read: dict[str, Any] | None = None) -> web.Response:
     """`tested`: a test notification's result; `read`: an appliance's state just read (with its id)."""
     agent = agent_of(request)
     store = agent.triggers.households
@@ -207,11 +211,11 @@ def _devices_page(request: web.Request, session, secret: str | None = None, test
                   organizations=sorted(agent.registry.organizations.values(), key=lambda o: o.name.casefold()))
 
 
-async def devices(request: web.Request, session) -> web.Response:
+async def devices(request: web.Request, session: Session) -> web.Response:
     return _devices_page(request, session)
 
 
-async def set_notify(request: web.Request, session, data) -> web.Response:
+async def set_notify(request: web.Request, session: Session, data: Form) -> web.Response:
     agent = agent_of(request)
     out = await set_endpoint(agent, request.app[HOUSEHOLD_LOCKS], session.subject, str(data.get("url", "")),
                              str(data.get("kind", "webhook")))
@@ -220,24 +224,24 @@ async def set_notify(request: web.Request, session, data) -> web.Response:
     return redirect(PREFIX + "/me/devices")
 
 
-async def unset_notify(request: web.Request, session, data) -> web.Response:
+async def unset_notify(request: web.Request, session: Session, data: Form) -> web.Response:
     await remove_endpoint(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject)
     return redirect(PREFIX + "/me/devices")
 
 
-async def test_notify(request: web.Request, session, data) -> web.Response:
+async def test_notify(request: web.Request, session: Session, data: Form) -> web.Response:
     """A test notification to the household's endpoint, its result on the page (not a redirect: it is shown once)."""
     return _devices_page(request, session, tested=await send_test_notification(agent_of(request), session.subject))
 
 
-async def read_appliance(request: web.Request, session, data) -> web.Response:
+async def read_appliance(request: web.Request, session: Session, data: Form) -> web.Response:
     """An appliance's relay read now (a form: it reaches out to the appliance, so it carries the CSRF token)."""
     appliance_id = request.match_info["appliance_id"]
     out = await appliance_status(agent_of(request), session.subject, appliance_id)
     return _devices_page(request, session, read={"id": appliance_id, **out})
 
 
-async def add_appliance(request: web.Request, session, data) -> web.Response:
+async def add_appliance(request: web.Request, session: Session, data: Form) -> web.Response:
     channel = str(data.get("channel", "")).strip()
     if channel and not (channel.isascii() and channel.isdigit()):
         raise PageError(400, "bad_parameter")
@@ -249,19 +253,19 @@ async def add_appliance(request: web.Request, session, data) -> web.Response:
     return redirect(PREFIX + "/me/devices")
 
 
-async def delete_appliance(request: web.Request, session, data) -> web.Response:
+async def delete_appliance(request: web.Request, session: Session, data: Form) -> web.Response:
     await remove_appliance(agent_of(request), request.app[HOUSEHOLD_LOCKS], session.subject,
                            request.match_info["appliance_id"])
     return redirect(PREFIX + "/me/devices")
 
 
 # --- notifications -------------------------------------------------------------------------------
-async def notifications(request: web.Request, session) -> web.Response:
+async def notifications(request: web.Request, session: Session) -> web.Response:
     inbox = agent_of(request).triggers.households.inbox(session.subject)
     return render(request, "notifications.html", session=session, inbox=inbox)
 
 
-async def notification(request: web.Request, session) -> web.Response:
+async def notification(request: web.Request, session: Session) -> web.Response:
     inbox = agent_of(request).triggers.households.inbox(session.subject)
     found = next((n for n in inbox if str(n.get("id")) == request.match_info["id"]), None)
     if found is None:
