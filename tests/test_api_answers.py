@@ -22,7 +22,7 @@ STRUCTS = {kind.__name__: kind for kind in answers.ANSWERS}
 # What each test below sees; every other Struct is part of one of these (or an error, converted on its own).
 OPERATOR_ANSWERS = {"HealthPublic", "Health", "OrganizationCreated", "Organizations", "Organization", "Household",
                     "HouseholdCreated", "Households", "KeyRotated", "OrganizationsForHousehold", "ConsentSet",
-                    "MyConsents", "ConsentHistory", "Consents", "Parameters", "Meters", "ReadingsPage",
+                    "MyConsents", "ConsentHistory", "Consents", "Parameters", "Meters", "Accepted", "ReadingsPage",
                     "SubscriptionCreated", "Subscriptions", "Subscription", "SecretRotated", "Audit"}
 TRIGGER_ANSWERS = {"TriggerCreated", "Notify", "NotifyTest", "Notifications", "Triggers", "Trigger",
                    "ConsentableTriggers", "ConsentableTrigger", "Appliance", "Appliances", "ApplianceStatus"}
@@ -93,9 +93,9 @@ async def test_the_operators_organizations_and_subscriptions_answers_are_their_s
     await answer(seen, running, "GET", f"/consents?household_id={hh_id}")
     for who in (OPERATOR_TOKEN, org_key, token):
         await answer(seen, running, "GET", "/parameters", token=who)
-    status, _ = await running.call("POST", "/readings", token=token, json=[
+    posted = await answer(seen, running, "POST", "/readings", 201, token=token, json=[
         {"timestamp": f"2026-12-01T10:00:0{i}Z", "power_import_w": 100.0 + i} for i in range(3)])
-    assert status == 201
+    assert posted == {"accepted": 3}
     meters = await answer(seen, running, "GET", "/meters")
     http_meter = next(m["id"] for m in meters["meters"] if m["source"] == "http")
     page = await answer(seen, running, "GET", f"/meters/{http_meter}/readings?resolution=raw")

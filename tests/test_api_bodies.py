@@ -3,6 +3,8 @@ the OpenAPI component schema. Pure: no agent, no server."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import msgspec
 import pytest
 from msgspec import UNSET
@@ -11,6 +13,7 @@ from agent.api.bodies import (BODIES, MAX_INTERVAL_S, MIN_INTERVAL_S, ApplianceI
                               NotifyIn, OrganizationPatch, SubscribeIn, TriggerIn, decode)
 from agent.api.common import ApiError
 from agent.api.openapi import SPEC
+from agent.ingest import IngestCode, IngestError, readings_from_json_bytes, readings_from_payload
 from agent.triggers.model import KINDS, MAX_CONTENT_CHARS, MAX_PARAMETERS
 from agent.triggers.model import MAX_INTERVAL_S as MAX_INTERVAL_S_T
 from drivers import appliances, notify
@@ -64,6 +67,25 @@ def test_the_documents_body_schemas_are_the_bodies():
     interval = schemas["SubscribeIn"]["properties"]["interval"]
     assert (interval["minimum"], interval["maximum"]) == (MIN_INTERVAL_S, MAX_INTERVAL_S)
     assert schemas["SubscribeIn"]["required"] == ["endpoint", "interval"]
+
+
+def test_the_documents_forms_of_posted_readings_are_the_ones_ingest_decodes():
+    """POST /readings' body: the document's three forms (bodies.READINGS_IN) and ingest's decoder are two
+    declarations (msgspec decodes no union of untagged Structs): every documented form decodes, the same readings,
+    and a form the document does not allow (a reading with a batch in it) is refused."""
+    forms = SPEC["components"]["schemas"]["ReadingsIn"]["oneOf"]
+    assert [f.get("$ref", f.get("type")).rsplit("/", 1)[-1] for f in forms] == ["ReadingInput", "array", "Readings"]
+    assert forms[1]["maxItems"] == SPEC["components"]["schemas"]["Readings"]["properties"]["readings"]["maxItems"]
+    one = {"timestamp": "2026-12-01T10:00:00Z", "power_import_w": 100.0}
+    now = datetime(2026, 12, 1, 10, 0, 1, tzinfo=timezone.utc)
+    for body in (one, [one], {"readings": [one]}):
+        (reading,) = readings_from_json_bytes(msgspec.json.encode(body), "m", now)
+        assert (reading.timestamp, reading.power_import_w) == (now.replace(second=0), 100.0), body
+    with pytest.raises(IngestError, match="unknown field 'readings'"):
+        readings_from_json_bytes(msgspec.json.encode({**one, "readings": [one]}), "m", now)
+    with pytest.raises(IngestError) as caught:
+        readings_from_payload([one] * (forms[1]["maxItems"] + 1), "m", now)
+    assert caught.value.code == IngestCode.BATCH_TOO_LARGE
 
 
 # --- the triggers' and the household's bodies ---------------------------------------------------------------------

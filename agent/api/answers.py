@@ -112,6 +112,12 @@ class Meters(Answer):
     meters: list[Meter]
 
 
+class Accepted(Answer):
+    """POST /readings and the DSMR-reader datalogger: the readings stored (all of the request's)"""
+
+    accepted: Annotated[int, Meta(ge=1)]
+
+
 class ReadingsPage(Answer):
     meter_id: str
     resolution: Literal["raw", "1m", "15m"]
@@ -428,7 +434,7 @@ class ApplianceStatus(Answer):
     error: None
 
 
-ANSWERS = (Error, HealthPublic, Health, MeterHealth, Meters, ReadingsPage, Organization, OrganizationCreated,
+ANSWERS = (Error, HealthPublic, Health, MeterHealth, Meters, Accepted, ReadingsPage, Organization, OrganizationCreated,
            Organizations, KeyRotated, Household, HouseholdCreated, Households, ConsentChange, MyConsents,
            ConsentHistory, ConsentSet, Consents, OrganizationsForHousehold, Parameters, Audit, Subscription,
            SubscriptionCreated, Subscriptions, SecretRotated, Trigger, TriggerCreated, Triggers, TriggerRefused,

@@ -16,6 +16,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from agent.api.common import ApiError
 from agent.config import WINDOW_SECONDS
+from agent.ingest import MAX_BATCH, ReadingInput
 from agent.triggers.model import MAX_CONTENT_CHARS, MAX_PARAMETERS, MAX_TITLE_CHARS
 from agent.triggers.model import MAX_INTERVAL_S as MAX_TRIGGER_INTERVAL_S
 from drivers import appliances, notify
@@ -139,6 +140,18 @@ class ApplianceIn(Body, kw_only=True):
     allowed_organizations: Annotated[list[str], Meta(max_length=64)] = []
 
 
+# POST /readings' JSON body, as the document states it: one reading, a list of them or {"readings": [...]}, each
+# reading ingest's own ReadingInput. agent/ingest.py decodes the three with a type of its own (msgspec decodes no
+# union of untagged Structs) and checks a batch's size itself (413 batch_too_large).
+ReadingsBatch = Annotated[list[ReadingInput], Meta(min_length=1, max_length=MAX_BATCH)]  # type: ignore[valid-type]
+
+
+class Readings(Body):
+    readings: ReadingsBatch
+
+
+READINGS_IN = (ReadingInput, ReadingsBatch, Readings)
+
 BODIES = (OrganizationIn, OrganizationPatch, HouseholdIn, HouseholdPatch, SubscribeIn, TriggerIn, NotifyIn,
           ApplianceIn)
 B = TypeVar("B", bound=Body)
@@ -168,7 +181,12 @@ def well_formed(raw: bytes) -> None:
 @functools.cache
 def schemas() -> dict[str, Any]:
     """The component schemas of every body, for the OpenAPI document."""
-    _, components = msgspec.json.schema_components(BODIES, ref_template="#/components/schemas/{name}")
+    forms, components = msgspec.json.schema_components((*BODIES, *READINGS_IN),
+                                                       ref_template="#/components/schemas/{name}")
+    components["ReadingsIn"] = {"oneOf": list(forms[len(BODIES):])}
+    # the posted reading's schema is the table's (openapi.py: ISO times, the tag vocabulary's pattern, the
+    # required timestamp), which says more than msgspec's type of it (ingest checks those after decoding)
+    del components[ReadingInput.__name__]
     return components
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import msgspec
 from aiohttp import web
 
+from agent.api.answers import Accepted
 from agent.api.common import ApiError, KeyedLocks, agent_of, caller, json_value, read_body, still_caller
 from agent.api.spec import HH, INGEST, NOT_FOUND, STRING, Route, error, ok_json, ref
 from agent.audit import consent_action
@@ -108,12 +108,12 @@ def _check_and_ingest(agent, readings, latest) -> None:
 
 
 def _accepted(count: int) -> web.Response:
-    """201 {"accepted": count}, as json_response writes it (its text made once for the one-reading answer)."""
-    text = ACCEPTED_ONE if count == 1 else json.dumps({"accepted": count})
-    return web.Response(text=text, status=201, content_type="application/json")
+    """201 Accepted (its body made once for the one-reading answer)."""
+    body = ACCEPTED_ONE if count == 1 else msgspec.json.encode(Accepted(accepted=count))
+    return web.Response(body=body, status=201, content_type="application/json")
 
 
-ACCEPTED_ONE = json.dumps({"accepted": 1})
+ACCEPTED_ONE = msgspec.json.encode(Accepted(accepted=1))
 
 
 async def post_readings(request: web.Request) -> web.Response:

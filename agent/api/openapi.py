@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 description of the API (served by agent/api/docs.py): its paths are the route table's
-(agent/api/routes.py); its component schemas are the request bodies' (agent/api/bodies.py) and the answers'
-(agent/api/answers.py), the release module's records and the webhook payloads (agent/api/records.py), all generated
-from msgspec Structs; the Reading's from its table (drivers/reading.py).
+(agent/api/routes.py); its component schemas are the request bodies' (agent/api/bodies.py, POST /readings' from
+ingest's type of a posted reading) and the answers' (agent/api/answers.py), the release module's records and the
+webhook payloads (agent/api/records.py), all generated from msgspec Structs; the Reading's and the posted reading's
+from its table (drivers/reading.py).
 
 Tests check that every route of the app is described and nothing else, and schemathesis checks the running
 server against it.
@@ -16,7 +17,7 @@ from agent.api.routes import ROUTES
 from agent.api.spec import NUMBER_OR_NULL, STRING, TIME, Json, Route
 from agent.api.spec import nullable as _nullable
 from agent.api.spec import ref as _ref
-from agent.ingest import MAX_BATCH, MAX_CHANNELS, TAG
+from agent.ingest import MAX_CHANNELS, TAG
 from drivers import reading as table
 from drivers.reading import FIELD_NAMES, FIELDS, INPUT_FIELDS
 
@@ -66,12 +67,6 @@ def _reading_schema(for_input: bool) -> Json:
 SCHEMAS: dict[str, Json] = {
     "Reading": _reading_schema(False),
     "ReadingInput": _reading_schema(True),
-    "ReadingsIn": {"oneOf": [_ref("ReadingInput"),
-                             {"type": "array", "items": _ref("ReadingInput"), "minItems": 1, "maxItems": MAX_BATCH},
-                             {"type": "object", "required": ["readings"], "additionalProperties": False,
-                              "properties": {"readings": {"type": "array", "items": _ref("ReadingInput"),
-                                                          "minItems": 1, "maxItems": MAX_BATCH}}}]},
-    "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "integer"}}},
     # the entries of the Reading's lists: their Structs' (drivers/reading.py)
     **msgspec.json.schema_components([f.items for f in FIELDS.values() if f.items],
                                      ref_template="#/components/schemas/{name}")[1],
