@@ -1,56 +1,39 @@
 """The hub API's OpenAPI 3.1 description (GET /openapi.json): its paths are hub/api.py's route table (each row
-names its operation here); the security, 401 and 403 of an operation come from the row's roles. Request bodies'
-schemas are generated from their msgspec Structs (hub/bodies.py)."""
+names its operation here); the security, 401 and 403 of an operation come from the row's roles. The request
+bodies' and the answers' schemas are generated from their msgspec Structs (hub/bodies.py, hub/answers.py)."""
 
 from __future__ import annotations
 
 import msgspec
 
 from agent.config import WINDOWS
-from hub import bodies
-
-ERROR = {"type": "object", "required": ["error", "detail"],
-         "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
-WINDOW_BASE = {
-    "area": {"type": "string"}, "window": {"type": "string", "enum": list(WINDOWS)},
-    "window_start": {"type": "string", "format": "date-time"}, "window_end": {"type": "string", "format": "date-time"},
-    "tag": {"type": ["string", "null"]},
-    "devices": {"type": "integer", "description": "devices of the area that released this window"},
-    "devices_refused": {"type": "integer"}, "devices_expected": {"type": "integer"},
-    "complete": {"type": "boolean", "description": "every device of the area has reported this window"},
-}
-NUMBER_OR_NULL = {"type": ["number", "null"]}
-RELEASED = {"type": "object", "properties": {
-    **WINDOW_BASE, "households": {"type": "integer", "description": "households behind the sum, over all devices "
-                                                                    "(disjoint across devices)"},
-    "consumption_w": {"type": "number"}, "production_w": NUMBER_OR_NULL, "net_w": NUMBER_OR_NULL,
-    "energy_import_wh": {"type": "number"}, "energy_export_wh": NUMBER_OR_NULL, "mean_w": NUMBER_OR_NULL,
-    "privacy": {"type": "object", "properties": {"kind": {"enum": ["exact", "noisy", "mixed"]},
-                                                 "noise_sd_w": {"type": "number"}, "combined": {"type": "string"}}}}}
-REFUSED = {"type": "object", "properties": {**WINDOW_BASE, **ERROR["properties"]}}
+from hub import answers, bodies
 
 
-def _op(summary: str, schema: dict, parameters=()) -> dict:
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(answer: str, description: str = "ok") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref(answer)}}}
+
+
+def _op(summary: str, answer: str, parameters=()) -> dict:
     return {"summary": summary, "parameters": list(parameters),
-            "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": schema}}},
-                          "503": _error("the cluster could not answer now")}}
+            "responses": {"200": _ok(answer), "503": _error("the cluster could not answer now")}}
 
 
 def _error(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": ERROR}}}
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
 
 def _query(name: str, schema: dict, required: bool = False, description: str = "") -> dict:
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
-HEALTH = _op("The hub's state", {"type": "object"})
-AREAS = _op("Areas the caller may read", {"type": "object"})
-AREA_DATA = _op("An area's windows: the sum of its devices' releases, released once enough devices did",
-                {"type": "object", "properties": {"area": {"type": "string"}, "window": {"type": "string"},
-                                                  "tag": {"type": ["string", "null"]},
-                                                  "released": {"type": "array", "items": RELEASED},
-                                                  "refused": {"type": "array", "items": REFUSED}}},
+HEALTH = _op("The hub's state", "Health")
+AREAS = _op("Areas the caller may read", "Areas")
+AREA_DATA = _op("An area's windows: the sum of its devices' releases, released once enough devices did", "AreaData",
                 [{"name": "area", "in": "path", "required": True, "schema": {"type": "string"}},
                  _query("window", {"enum": list(WINDOWS), "default": "1h"}),
                  _query("since", {"type": "number"}, True, "UNIX seconds"),
@@ -58,29 +41,20 @@ AREA_DATA = _op("An area's windows: the sum of its devices' releases, released o
                  _query("tag", {"type": "string"}, False, "a channel tag of the devices' vocabulary")])
 AREA_DATA["responses"] |= {"400": _error("a bad window, time or tag, or too many windows"),
                            "404": _error("no such area for this organization")}
-DEVICES = _op("Devices: area, applied desired-state version, last release, last heartbeat (operator)",
-              {"type": "object", "properties": {"devices": {"type": "array", "items": {"type": "object"}}}})
-SUBSCRIPTION = {"type": "object", "properties": {
-    "id": {"type": "string"}, "org": {"type": "string"}, "area": {"type": "string"},
-    "window": {"enum": list(WINDOWS)}, "tag": {"type": ["string", "null"]},
-    "endpoint": {"type": "string"}, "cursor": {"type": "integer"}, "failures": {"type": "integer"},
-    "secret": {"type": "string", "description": "shown once, at creation: verify the Standard Webhooks "
-                                                "signature with it"}}}
-SUBSCRIPTIONS = _op("The organization's subscriptions",
-                    {"type": "object", "properties": {"subscriptions": {"type": "array", "items": SUBSCRIPTION}}})
+DEVICES = _op("Devices: area, applied desired-state version, last release, last heartbeat (operator)", "Devices")
+SUBSCRIPTIONS = _op("The organization's subscriptions", "Subscriptions")
 SUBSCRIBE = {
     "summary": "Push an area's windows to an endpoint as Standard Webhooks, in order, at least once (the "
                "webhook-id is the subscription and the window); a window goes once every device of the area "
                "reported it or a grace time after its end",
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/SubscribeIn"}}}},
-    "responses": {"201": {"description": "created", "content": {"application/json": {"schema": SUBSCRIPTION}}},
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SubscribeIn")}}},
+    "responses": {"201": _ok("SubscriptionCreated", "created"),
                   "400": _error("a body not of the schema, or a bad endpoint, window or tag"),
                   "404": _error("no such area"),
                   "503": _error("the cluster could not answer now")}}
 UNSUBSCRIBE = {"summary": "Stop a subscription",
                "parameters": [{"name": "sub_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-               "responses": {"200": {"description": "deleted"}, "404": _error("no such subscription")}}
+               "responses": {"200": _ok("Deleted", "deleted"), "404": _error("no such subscription")}}
 
 
 def operation(doc: dict, roles: tuple[str, ...]) -> dict:
@@ -104,7 +78,7 @@ def spec(routes) -> dict:
                  "description": "Area-level aggregates across Edge devices; the hub never holds a household's "
                                 "data: devices send only what their release module released."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": msgspec.json.schema_components(bodies.BODIES,
+                       "schemas": msgspec.json.schema_components((*bodies.BODIES, *answers.ANSWERS),
                                                                  ref_template="#/components/schemas/{name}")[1]},
         "paths": paths,
     }

@@ -277,6 +277,56 @@ async def test_openapi_names_every_route(hub):
     assert routes == set(spec["paths"]) | {"/openapi.json"}
 
 
+async def test_every_answer_is_the_struct_the_document_names(hub):
+    """Real answers of a running hub, each validated against the schema its route's document names and converted
+    into that hub/answers.py Struct, strictly (a field the Struct does not declare, a missing one or a wrong type
+    fails); every documented answer is seen."""
+    import jsonschema_rs
+    import msgspec
+
+    from hub import answers
+
+    structs = {kind.__name__: kind for kind in answers.ANSWERS}
+    _, spec = await get(hub, "/openapi.json", None)
+    seen: set[str] = set()
+
+    def check(method: str, template: str, status: int, body) -> None:
+        schema = spec["paths"][template][method.lower()]["responses"][str(status)]["content"]["application/json"]
+        name = schema["schema"]["$ref"].rsplit("/", 1)[1]
+        validator = jsonschema_rs.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
+                                                        "components": spec["components"]})
+        assert not [str(e) for e in validator.iter_errors(body)], (template, name, body)
+        msgspec.convert(body, structs[name])
+        seen.add(name)
+
+    for n, device in enumerate(("dev-1", "dev-2")):  # an hour of both (released), the next of one (refused)
+        await publish(hub, device, 1, "1h", DAY, {("org_grid", "fridge"): fridge_body(DAY, 10 + n, 100.0)})
+    await publish(hub, "dev-1", 2, "1h", DAY + HOUR, {("org_grid", "fridge"): fridge_body(DAY + HOUR, 10, 100.0)})
+    await until(lambda: _applied(hub, 3))
+    for path, template, key in (("/health", "/health", None), ("/areas", "/areas", ORG_KEY),
+                                ("/devices", "/devices", OPERATOR),
+                                (f"/areas/north/data?window=1h&tag=fridge&since={DAY}&until={DAY + 2 * HOUR}",
+                                 "/areas/{area}/data", ORG_KEY), ("/areas/south/data", "/areas/{area}/data", ORG_KEY)):
+        status, body = await get(hub, path, key)
+        check("GET", template, status, body)
+        if template == "/areas/{area}/data" and status == 200:
+            assert len(body["released"]) == len(body["refused"]) == 1, body
+    async with aiohttp.ClientSession() as http:
+        auth = {"Authorization": f"Bearer {ORG_KEY}"}
+        async with http.post(hub.base + "/subscriptions", headers=auth,
+                             json={"endpoint": "https://example.com/hook", "area": "north", "window": "1h"}) as resp:
+            created = await resp.json()
+            check("POST", "/subscriptions", resp.status, created)
+        status, body = await get(hub, "/subscriptions")
+        check("GET", "/subscriptions", status, body)
+        assert body["subscriptions"][0]["id"] == created["id"] and "secret" not in body["subscriptions"][0]
+        async with http.delete(hub.base + f"/subscriptions/{created['id']}", headers=auth) as resp:
+            check("DELETE", "/subscriptions/{sub_id}", resp.status, await resp.json())
+    names = {r["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1] for ops in spec["paths"].values()
+             for op in ops.values() for r in op["responses"].values() if "content" in r}
+    assert seen == names == set(structs), (seen, names)
+
+
 async def _applied(hub, count: int) -> bool:
     return hub.applied >= count
 
