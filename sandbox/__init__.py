@@ -20,6 +20,20 @@ Public API (imported lazily, so that a zygote importing ``sandbox.worker`` loads
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # mypy takes it as True; not typing's: a zygote imports no more than it needs
+
+if TYPE_CHECKING:  # the names below as mypy sees them (`X as X`: re-exported; a name left out is an `object` to it)
+    from sandbox.check import (CheckResult as CheckResult, check_condition as check_condition,
+        sandbox_available as sandbox_available)
+    from sandbox.static import inspect_source as inspect_source
+    from sandbox.errors import (NO_CONDITION as NO_CONDITION, NOT_A_BOOL as NOT_A_BOOL,
+        OUTSIDE_CLOSED as OUTSIDE_CLOSED, READS_CLOCK as READS_CLOCK, REJECTED as REJECTED,
+        SYNTAX_ERROR as SYNTAX_ERROR, BackingOff as BackingOff, ConditionQuarantined as ConditionQuarantined,
+        ConditionRejected as ConditionRejected, EvaluationFailed as EvaluationFailed, SandboxError as SandboxError,
+        SandboxUnavailable as SandboxUnavailable, Status as Status, Violation as Violation, too_slow as too_slow)
+    from sandbox.supervisor import (ConditionState as ConditionState, Limits as Limits, Supervisor as Supervisor,
+        WorkerProcess as WorkerProcess, spawn_worker as spawn_worker)
+
 _EXPORTS = {
     "Supervisor": "sandbox.supervisor",
     "Limits": "sandbox.supervisor",
@@ -50,7 +64,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

@@ -66,17 +66,20 @@ from drivers import notify
 from drivers.appliances import ApplianceDriver, ApplianceError, driver
 from drivers.ratelog import RateLimitedLog
 from drivers.reading import Reading, iso
-# from the modules, not the package's lazy names (which mypy sees as Any)
-from sandbox.check import CheckResult, check_condition, sandbox_available
-from sandbox.errors import (
+from sandbox import (
     BackingOff,
+    CheckResult,
     ConditionQuarantined,
     ConditionRejected,
     EvaluationFailed,
+    Limits,
     SandboxUnavailable,
     Status,
+    Supervisor,
+    check_condition,
+    sandbox_available,
 )
-from sandbox.supervisor import CLOSED_LANGUAGE, PROCESS_PER_ROW, Limits, Supervisor
+from sandbox.supervisor import CLOSED_LANGUAGE, PROCESS_PER_ROW
 
 log = logging.getLogger("edge.triggers")
 
