@@ -35,8 +35,9 @@ appliances' rule (its own LAN) apply to its own endpoint.
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 
-from tests.helpers.appliances import FakeShelly
+from tests.helpers.appliances import FakeShelly, FakeTasmota
 from tests.helpers.triggers import body, town  # noqa: F401  (fixture)
 
 
@@ -80,3 +81,56 @@ async def test_no_one_switches_a_households_relay_but_through_its_own_registrati
                                    f"({heater.calls})")
     finally:
         await heater.runner.cleanup()
+
+
+class FirmwareTasmota(FakeTasmota):
+    """Tasmota's web server registers `/cm` for every method (ESP8266WebServer's `on` is HTTP_ANY) and reads `cmnd`
+    from the query string whatever the method: a POST runs the command as a GET does."""
+
+    def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)
+        app.router.add_post("/cm", self.command)
+
+
+@pytest.mark.xfail(strict=True, reason="red team 9 R9b-3: an organization's webhook endpoint at a household's "
+                   "Tasmota relay switches it, no household involved (webhooks use the webhook policy, not the "
+                   "appliance bindings: agent/triggers/runner.py _webhook, actions.web_session)")
+async def test_an_organization_switches_no_relay_it_was_not_allowed(town):  # noqa: F811
+    """R9b-3, R9b-2's variant with no household at all: a Tasmota relay takes its command in the URL
+    (`/cm?cmnd=Power%20Off`), and its firmware runs it on a POST as on a GET (`FirmwareTasmota`), so the body does
+    not matter. The organization uploads a condition on the hour only (`time_of_day_h`: no household's data, no
+    consent, no release needed) with a webhook to `http://<the household's relay>/cm?cmnd=Power%20On` (then Off):
+    the device POSTs there at the window's release moment (agent/triggers/runner.py `_webhook`, on
+    `actions.web_session`: the webhook policy, no appliance binding). Measured: the household's relay, registered
+    and bound to it and allowing no organization, switched on and then off, 2 of 2. A subscription's endpoint
+    (`POST /data/subscribe`) at that URL would switch it every window the same way, and its delivery errors (HTTP
+    status or connection refused) probe which addresses answer. Same operator settings as R9b-2 (`allow_http`;
+    `allow_private_endpoints` for a private address). Fix: R9b-2's (the endpoints' resolver refuses every address
+    registered or reached for an appliance; endpoints stay off the households' LANs)."""
+    t = await town(1)
+    (_, target), = t.households
+    relay = FirmwareTasmota()
+    await relay.start()
+    try:
+        status, out = await t.running.call("POST", "/households/me/appliances", token=target, json={
+            "name": "boiler", "kind": "heater", "driver": "tasmota", "address": relay.address,
+            "allowed_organizations": []})
+        assert status == 201, out
+        status, out = await t.running.call("GET", f"/households/me/appliances/{out['id']}/status", token=target)
+        assert status == 200 and out["on"] is False, out
+        switched = []
+        for command, expected in (("On", "ON"), ("Off", "OFF")):
+            # a condition on the hour only: no household's data, no consent, no release needed
+            status, trig = await t.create(body(["time_of_day_h"], "def condition(time_of_day_h):\n    return True\n",
+                                               action={"type": "webhook",
+                                                       "endpoint": f"{relay.address}/cm?cmnd=Power%20{command}"}))
+            assert status == 201, trig
+            await t.window()
+            switched.append(relay.state[0] == expected)
+            assert (await t.running.call("DELETE", f"/triggers/{trig['id']}", token=t.org_key))[0] == 204
+            t.clock.step(60)
+        print(f"the household's relay switched by the organization's webhooks: {switched} "
+              f"(commands it ran: {relay.raw_queries})")
+        assert not any(switched), f"an organization switched a household's relay with its webhooks: {switched}"
+    finally:
+        await relay.runner.cleanup()
