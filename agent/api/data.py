@@ -17,7 +17,7 @@ from agent.auth import OPERATOR, ORGANIZATION
 from agent.config import WINDOW_SECONDS, Level
 from agent.ingest import TAG
 from agent.parameters import catalogue, permitted
-from agent.release import Refusal
+from agent.release import Refusal, RefusalCode
 from agent.release.grid import BAND_EDGES_V
 from agent.services import Services
 from drivers.reading import iso
@@ -96,8 +96,8 @@ async def answer(request: web.Request, agent: Services, org, window: str, tag: s
         return await _history(request, agent, org, window, tag)
     start = agent.releases.last_settled(window)
     if start is None:
-        result: dict | Refusal = Refusal("not_settled", "no window of this width has been decided since the "
-                                         "device started; ask again after the first one has ended")
+        result: dict | Refusal = Refusal(RefusalCode.NOT_SETTLED, "no window of this width has been decided "
+                                         "since the device started; ask again after the first one has ended")
     else:
         result = agent.releases.answer(org.id, window, start, tag)
     released = not isinstance(result, Refusal)

@@ -18,21 +18,10 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from agent.api.bodies import Window
+from agent.release.records import RefusalCode
 
-# Why a window is not released (the `error` of a Refusal), and what each means to the organization.
-REFUSALS = {
-    "cohort_too_small": "fewer than k_min households (not related to the organization) in the cohort",
-    "isolating": "with sums already released for the same period, this one would single out a household "
-                 "(the audit of exact sums)",
-    "audit_resuming": "exact windows wait one audit period after a restart",
-    "not_settled": "the window has not ended, or a consent change it depends on is still being written",
-    "not_released": "the window was never decided (before the device started, while it was down, or too old)",
-    "incomplete": "a shorter window inside this one was not released",
-    "storage_error": "the release could not be written durably",
-    "dp_unavailable": "a noisy level on a device without OpenDP",
-}
 Time = Annotated[datetime, Meta(tz=True)]  # ISO 8601 with an offset (the records write UTC, "Z")
-RefusalCode = Annotated[str, Meta(extra_json_schema={"enum": list(REFUSALS)})]
+Why = Annotated[str, Meta(extra_json_schema={"enum": [code.value for code in RefusalCode]})]  # the release module's
 DerivedFrom = Annotated[str, Meta(pattern="^[0-9]+ x (1s|1m|15m)$", description=(
     "wider windows only: the released finer windows this one is derived from (their sum)"))]
 
@@ -120,13 +109,13 @@ ProjectedAggregate.__doc__ = ("the Aggregate record, projected to the filter's f
 
 
 class Refusal(Record):
-    error: RefusalCode
+    error: Why
     detail: str
     households: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
     missing: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
 
 
-Refusal.__doc__ = ("A window not released, and why: " + "; ".join(f"{k}: {v}" for k, v in REFUSALS.items())
+Refusal.__doc__ = ("A window not released, and why: " + "; ".join(f"{c}: {c.meaning}" for c in RefusalCode)
                    + ". households and missing only for cohort_too_small without a tag")
 
 

@@ -37,7 +37,7 @@ from agent.fleet import (RELEASES_STREAM, desired_subject, document, health_subj
 from agent.fleet.outbox import FleetOutbox
 from agent.ports import FleetRegistry, FleetReleases
 from agent.registry import Organization
-from agent.release import Refusal
+from agent.release import Refusal, RefusalCode
 from agent.release.door import TAG_GRID_S
 from agent.store.durable import Durable, replace_file
 
@@ -53,7 +53,7 @@ log = logging.getLogger("edge.fleet")
 DESIRED_FILE = "desired.json"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence
 CATCH_UP_MAX_WINDOWS = 10_000  # per width, read back from the release log after a restart
-SKIPPED = ("not_released", "not_settled")  # no record: nothing to send
+SKIPPED = (RefusalCode.NOT_RELEASED, RefusalCode.NOT_SETTLED)  # no record: nothing to send
 
 
 def records_of(answers: Answers) -> list[Json]:
@@ -284,7 +284,7 @@ class FleetLink:
                 if self.outbox.full:
                     return
                 answers = found[start]
-                if any(isinstance(a, Refusal) and a.error == "not_settled" for a in answers.values()):
+                if any(isinstance(a, Refusal) and a.error == RefusalCode.NOT_SETTLED for a in answers.values()):
                     break  # decided later: the release module's listener brings it
                 if any(not isinstance(a, Refusal) or a.error not in SKIPPED for a in answers.values()):
                     await self._enqueue(window, start, answers)

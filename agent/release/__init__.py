@@ -3,6 +3,6 @@ its pure parts: the audit of exact sums (audit.py), the per-household privacy-lo
 bodies of releases (records.py), and the durable release log (log.py)."""
 
 from agent.release.door import ReleaseLost, Releases
-from agent.release.records import Refusal
+from agent.release.records import Refusal, RefusalCode
 
-__all__ = ["Refusal", "ReleaseLost", "Releases"]
+__all__ = ["Refusal", "RefusalCode", "ReleaseLost", "Releases"]

@@ -47,6 +47,7 @@ from agent.release.ledger import DAY, Ledger, epsilon_of_rho
 from agent.release.log import ReleaseLog, day_name
 from agent.release.members import Members
 from agent.release.records import NOT_RELEASED, TRIGGER_COUNTS, Json, Refusal
+from agent.release.records import RefusalCode as Why
 from agent.store.durable import Durable as DurableWrites
 from drivers.reading import iso
 
@@ -229,7 +230,7 @@ class Releases:
                 return NOT_RELEASED  # began before this process: on disk (history) or never decided
             decided = self._decided.get(width)
             if decided is None or start > decided:
-                return Refusal("not_settled", "this window has not ended or is not decided yet; ask again "
+                return Refusal(Why.NOT_SETTLED, "this window has not ended or is not decided yet; ask again "
                                "after it has")
             return NOT_RELEASED
         return _from_doc(doc)
@@ -343,21 +344,21 @@ class Releases:
         have come (`trigger_day_released_at`, `trigger_days`)."""
         level = self._level_of(org_id)
         if level is None:
-            return Refusal("not_permitted", "the organization or its level no longer exists")
+            return Refusal(Why.NOT_PERMITTED, "the organization or its level no longer exists")
         if level.noisy:
             bucket = self._trigger_day(org_id, trigger_id, start)
             if bucket is None:
-                return Refusal("day_decided", "this window came after its UTC day's statistics were decided: "
+                return Refusal(Why.DAY_DECIDED, "this window came after its UTC day's statistics were decided: "
                                "not counted")
             for household, fields in per_household.items():
                 seen = bucket.setdefault(household, {})
                 for field, value in fields.items():
                     seen[field] = max(seen.get(field, 0), 1 if value else 0)
-            return Refusal("released_daily", "at this level a trigger's statistics are released once a day, "
+            return Refusal(Why.RELEASED_DAILY, "at this level a trigger's statistics are released once a day, "
                            "noised, after the UTC day has ended")
         k_min = self.config.privacy.k_min
         if len(set(per_household) - self._related(org_id)) < k_min:
-            return Refusal("cohort_too_small", f"a trigger's statistics are released only over at least {k_min} "
+            return Refusal(Why.COHORT_TOO_SMALL, f"a trigger's statistics are released only over at least {k_min} "
                            "households")
         names = sorted({f for values in per_household.values() for f in values})
         body = {"window": window, "window_start": iso(start), "households": len(per_household),
@@ -428,11 +429,11 @@ class Releases:
                 except OSError as err:
                     log.error("release log not written (%s): the noisy windows of this pass are not released",
                               err)
-                    staged = {key: _refused_doc(doc, "storage_error", "the release could not be written "
+                    staged = {key: _refused_doc(doc, Why.STORAGE_ERROR, "the release could not be written "
                                                 "durably; not released") if _noisy(doc) else doc
                               for key, doc in staged.items()}
                     self._restore_peaks(peaks_before, {k[0] for k, d in staged.items()
-                                                       if d.get("x", {}).get("error") == "storage_error"})
+                                                       if d.get("x", {}).get("error") == Why.STORAGE_ERROR})
                     days = []
             for org_id, trigger_id, body in days:
                 self._trigger_released.setdefault((org_id, trigger_id), []).append(body)
@@ -574,7 +575,7 @@ class Releases:
             members = frozenset(h for h in self._cohort(org.id, start, end) if meters.get(h) in with_data)
             candidates.append((org, members))
         if start < self._audit_blind_until:
-            resuming = Refusal("audit_resuming", "the device restarted; exact sums resume one audit period "
+            resuming = Refusal(Why.AUDIT_RESUMING, "the device restarted; exact sums resume one audit period "
                                f"({self.config.privacy.audit_period_s:g} s) after it, once the audit again knows "
                                "every cohort released in the period")
             for org, members in candidates:
@@ -602,14 +603,14 @@ class Releases:
             counted = len(members - self._related(org.id))
             if counted < k_min and tag:  # no count at all: who carries an appliance channel is not public (P11)
                 result: Json | Refusal = Refusal(
-                    "cohort_too_small", f"fewer than {k_min} {what} (not related to this organization) have data "
+                    Why.COHORT_TOO_SMALL, f"fewer than {k_min} {what} (not related to this organization) have data "
                     "in this window")
             elif counted < k_min:
                 result = Refusal(
-                    "cohort_too_small", f"{counted} {what} (not related to this organization) have data in this "
+                    Why.COHORT_TOO_SMALL, f"{counted} {what} (not related to this organization) have data in this "
                     f"window; at least {k_min} are needed ({k_min - counted} missing)", counted, k_min - counted)
             elif not audit.admissible_if_one_known(released, members - known):
-                result = Refusal("isolating", "this window's cohort differs from one released for this window or "
+                result = Refusal(Why.ISOLATING, "this window's cohort differs from one released for this window or "
                                  f"in the last {period:g} s by so few households that the sums would single one "
                                  "out; not released")
             else:
@@ -660,9 +661,9 @@ class Releases:
             cohort = reporting - known
             recent = audited[q]
             if len(reporting - related) < k_min:
-                out[q] = grid_quantities.refused("cohort_too_small", f"under {k_min} unrelated households report it")
+                out[q] = grid_quantities.refused(Why.COHORT_TOO_SMALL, f"under {k_min} unrelated households report it")
             elif not audit.admissible_counts(list(dict.fromkeys(c - known for c in recent)), cohort, k_min):
-                out[q] = grid_quantities.refused("isolating", f"with its counts of the last {period:g} s, a group "
+                out[q] = grid_quantities.refused(Why.ISOLATING, f"with its counts of the last {period:g} s, a group "
                                                  f"of under {k_min} households would be told apart")
             else:
                 recent[cohort] = max(recent.get(cohort, 0), start + width)
@@ -696,7 +697,7 @@ class Releases:
                       durable: Durable) -> None:
         registry, k_min, end = self.registry, self.config.privacy.k_min, start + grid.width
         if not dp.available():  # no OpenDP on this platform: refused (never exact), and the pass goes on
-            unavailable = Refusal("dp_unavailable", dp.unavailable_reason())
+            unavailable = Refusal(Why.DP_UNAVAILABLE, dp.unavailable_reason())
             for org in orgs:
                 tags = [t for t in self.config.levels[org.level].dp.tags if self._may(org, f"neighborhood_channel_{t}")]
                 for tag in [None, *tags]:
@@ -718,7 +719,7 @@ class Releases:
                 # window changing by one would say when a household's cap ran out, i.e. how much it spends with
                 # other organizations (red team 7, R7-1). One that cannot bear it counts 0, as a silent one does.
                 if counted < k_min:
-                    refusal = Refusal("cohort_too_small", f"{counted} consenting households (not related to this "
+                    refusal = Refusal(Why.COHORT_TOO_SMALL, f"{counted} consenting households (not related to this "
                                       f"organization) in this window; at least {k_min} are needed",
                                       counted, k_min - counted)
                     staged[key] = _doc(org.id, grid.width, start, tag, refusal)
@@ -814,7 +815,7 @@ class Releases:
                          for s in range(first, first + wider, finer)]
                 present = [p for p in parts if p is not None and "x" not in p]
                 if len(present) < len(parts):
-                    result: Json | Refusal = Refusal("incomplete", "a shorter window inside this one was not "
+                    result: Json | Refusal = Refusal(Why.INCOMPLETE, "a shorter window inside this one was not "
                                                      "released, so neither is this one")
                 else:
                     bodies = [p["b"] for p in present]

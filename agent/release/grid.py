@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.privacy import dp
+from agent.release.records import RefusalCode
 from drivers.reading import PHASES
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ def derive(parts: list[Json]) -> Json:
     for q in names:
         fine: list[Json] = [p[q] for p in parts if q in p]
         if len(fine) < len(parts) or any("refused" in f for f in fine):
-            out[q] = refused("incomplete", "a shorter window in it did not release it")
+            out[q] = refused(RefusalCode.INCOMPLETE, "a shorter window in it did not release it")
             continue
         if q == FAILURES:
             out[q] = {"meters": sum(f["meters"] for f in fine)}

@@ -9,6 +9,7 @@ window in it was.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from drivers.reading import iso
@@ -16,6 +17,36 @@ from drivers.reading import iso
 Json = dict[str, Any]  # a release's body, as it is written and served
 # What a trigger's statistics count, per household and window (0 or 1 each): every release of them states each.
 TRIGGER_COUNTS = ("evaluations", "fired", "errors", "delivered", "failed")
+
+
+class RefusalCode(StrEnum):
+    """Why a window is not released (a Refusal's `error`), and what it means to the organization: the one
+    declaration the release module refuses with, the document's Refusal schema lists (agent/api/records.py) and an
+    answer's status comes from (agent/api/errors.py). A str: records written before keep theirs."""
+
+    meaning: str
+
+    def __new__(cls, code: str, meaning: str) -> RefusalCode:
+        member = str.__new__(cls, code)
+        member._value_, member.meaning = code, meaning
+        return member
+
+    COHORT_TOO_SMALL = ("cohort_too_small",
+                        "fewer than k_min households (not related to the organization) in the cohort")
+    ISOLATING = ("isolating", "with sums already released for the same period, this one would single out a "
+                              "household (the audit of exact sums)")
+    AUDIT_RESUMING = "audit_resuming", "exact windows wait one audit period after a restart"
+    NOT_SETTLED = ("not_settled",
+                   "the window has not ended, or a consent change it depends on is still being written")
+    NOT_RELEASED = ("not_released",
+                    "the window was never decided (before the device started, while it was down, or too old)")
+    INCOMPLETE = "incomplete", "a shorter window inside this one was not released"
+    STORAGE_ERROR = "storage_error", "the release could not be written durably"
+    DP_UNAVAILABLE = "dp_unavailable", "a noisy level on a device without OpenDP"
+    # a trigger's statistics only
+    NOT_PERMITTED = "not_permitted", "a trigger's statistics: the organization or its level no longer exists"
+    DAY_DECIDED = "day_decided", "a trigger's statistics: the window came after its UTC day was decided"
+    RELEASED_DAILY = "released_daily", "a trigger's statistics: a noisy level's are released once a UTC day"
 
 
 @dataclass(frozen=True)
@@ -44,7 +75,7 @@ class Refusal:
         return cls(r["error"], r["detail"], r.get("households"), r.get("missing"))
 
 
-NOT_RELEASED = Refusal("not_released", "this window was not released: it ended before the device started "
+NOT_RELEASED = Refusal(RefusalCode.NOT_RELEASED, "this window was not released: it ended before the device started "
                        "deciding windows, while it was down, or is older than the release log keeps")
 
 

@@ -57,7 +57,7 @@ from agent.delivery import signing
 from agent.parameters import HOUSEHOLD, TIME_OF_DAY, Parameter, permitted
 from agent.ports import Consents, Readings, Trail, TriggerReleases
 from agent.registry import Household, Organization
-from agent.release.records import TRIGGER_COUNTS, Json
+from agent.release.records import TRIGGER_COUNTS, Json, RefusalCode
 from agent.triggers import actions
 from agent.triggers.lanes import Lane, Lanes
 from agent.triggers.model import Trigger, TriggerStats, disclosure_bits, pseudonym, sample_rows
@@ -98,7 +98,7 @@ REFUSAL_WINDOW_S = 3600.0  # refused uploads per organization per rolling hour: 
 REFUSAL_LOG_EVERY_S = 60.0  # refusals are summed into at most one audit entry per organization per minute
 TRIALS = 2  # trials at once, across organizations; each organization has at most one of them
 TRIALS_WAITING_PER_ORGANIZATION = 2  # an organization's uploads waiting for its trial slot, beyond: 429
-DAILY = "released_daily"  # the release module's answer for noisy levels: per UTC day, after it
+DAILY = RefusalCode.RELEASED_DAILY  # the release module's answer for noisy levels: per UTC day, after it
 EVENTS_SERVICE = "trigger_events:"  # + trigger id: a household's consent to that trigger's events
 
 
