@@ -10,8 +10,8 @@ before datalogger tokens, the datalogger's organization changed) is the *sign-in
 is handed that page to set up the datalogger (the organization's technician scanning "the QR code" into the dongle's
 app) holds a one-time sign-in to the household's pages for 24 hours: its consents, endpoint, appliances, access log
 (and R9b-1: what it sets up there outlives a rotation). Each replacement also takes one of the household's 8
-outstanding links (agent/web/signin.py LINKS_PER_SUBJECT: after 8 replacements its oldest printed link ends; not measured). The
-operator API's `POST /households/{id}/datalogger_token` answers the token only.
+outstanding links (agent/web/signin.py LINKS_PER_SUBJECT: after 8 replacements its oldest printed link ends; not
+measured). The operator API's `POST /households/{id}/datalogger_token` answers the token only.
 
 Measured: the datalogger page's link signed a fresh browser in as the household (303 to /ui/me), which then read the
 household's consents page and granted a consent.
@@ -30,8 +30,8 @@ from tests.helpers.agent import make_config
 from tests.helpers.web import Browserless, signed_in
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9 R9b-4: the datalogger-token page mints and shows a household sign-in "
-                   "link (agent/web/installer.py new_datalogger_token renders _link_page)")
+@pytest.mark.xfail(strict=True, reason="red team 9 R9b-4: the datalogger-token page mints and shows a household "
+                   "sign-in link (agent/web/installer.py new_datalogger_token renders _link_page)")
 async def test_the_page_for_the_datalogger_signs_no_one_in_as_the_household(tmp_path, start_agent):
     running = await start_agent(make_config(tmp_path))
     org_id, _ = await running.create_org("Dongle Co", "supplier")
