@@ -247,6 +247,8 @@ async def stream_json(request: web.Request, before: str, batches: AsyncIterator[
     except Exception:
         log.exception("%s: failed after %d items", what, count)
         response.force_close()
+        if request.transport is not None:  # no last chunk: the client sees the body cut short, not complete
+            request.transport.abort()
         return response
     await response.write(after(count).encode())
     await response.write_eof()
