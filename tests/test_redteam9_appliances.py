@@ -62,9 +62,8 @@ async def test_no_one_switches_a_households_relay_but_through_its_own_registrati
         # The spy's notification endpoint: the relay's switch URL, as an ntfy topic (the body is the content).
         status, out = await t.running.call("PUT", "/households/me/notify", token=spy,
                                            json={"url": heater.address + "/rpc/Switch.Set", "kind": "ntfy"})
-        assert status == 200, out
         switched = []
-        for on in (True, False):
+        for on in (True, False) if status == 200 else ():  # an endpoint refused: the attack fails here
             content = '{"id": 0, "on": %s}' % ("true" if on else "false")
             status, trig = await t.create(body(
                 ["household_power_consumption"], "def condition(household_power_consumption):\n    return True\n",
@@ -124,13 +123,45 @@ async def test_an_organization_switches_no_relay_it_was_not_allowed(town):  # no
             status, trig = await t.create(body(["time_of_day_h"], "def condition(time_of_day_h):\n    return True\n",
                                                action={"type": "webhook",
                                                        "endpoint": f"{relay.address}/cm?cmnd=Power%20{command}"}))
-            assert status == 201, trig
+            if status != 201:  # the endpoint refused: the attack fails here
+                assert status == 422, trig
+                continue
+            ran = len(relay.raw_queries)
             await t.window()
-            switched.append(relay.state[0] == expected)
+            switched.append(relay.state[0] == expected and len(relay.raw_queries) > ran)
             assert (await t.running.call("DELETE", f"/triggers/{trig['id']}", token=t.org_key))[0] == 204
             t.clock.step(60)
         print(f"the household's relay switched by the organization's webhooks: {switched} "
               f"(commands it ran: {relay.raw_queries})")
         assert not any(switched), f"an organization switched a household's relay with its webhooks: {switched}"
+    finally:
+        await relay.runner.cleanup()
+
+
+@pytest.mark.xfail(strict=True, reason="red team 9 R9b-3 (a household alone): a household's test notification to "
+                   "another household's Tasmota switches it (agent/api/household_actions.py send_test_notification "
+                   "uses the webhook policy, not the appliance bindings)")
+async def test_a_household_switches_no_relay_of_another(town):  # noqa: F811
+    """R9b-3 with neither an organization nor a trigger: the spy household sets its notification endpoint to
+    `http://<the target's Tasmota>/cm?cmnd=Power%20Toggle` and presses "send a test notification"
+    (`POST /households/me/notify/test`, or the devices page's button): the device POSTs there at once, as often as
+    the spy likes, and answers the relay's HTTP status. Measured: the target's relay toggled on each of 3 tests."""
+    t = await town(2)
+    (_, target), (_, spy) = t.households
+    relay = FirmwareTasmota()
+    await relay.start()
+    try:
+        status, out = await t.running.call("POST", "/households/me/appliances", token=target, json={
+            "name": "boiler", "driver": "tasmota", "address": relay.address, "allowed_organizations": []})
+        assert status == 201, out
+        status, out = await t.running.call("PUT", "/households/me/notify", token=spy,
+                                           json={"url": f"{relay.address}/cm?cmnd=Power%20Toggle"})
+        states = []
+        for _ in range(3) if status == 200 else ():  # an endpoint refused: the attack fails here
+            status, out = await t.running.call("POST", "/households/me/notify/test", token=spy)
+            states.append(relay.state[0])
+        print(f"the target's relay after each of the spy's test notifications: {states}; last answer {status} {out}")
+        assert not relay.raw_queries, (f"another household's test notifications switched the target's relay: {states} "
+                                       f"({relay.raw_queries})")
     finally:
         await relay.runner.cleanup()
