@@ -55,7 +55,7 @@ class ConditionRejected(SandboxError):
 class ConditionQuarantined(SandboxError):
     """Too many violations; lifted only by Supervisor.release() or by registering the condition again."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("quarantined")
 
 
