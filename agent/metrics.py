@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from agent.services import Services
 from drivers.p1_reader import MeterState
 
@@ -66,7 +68,7 @@ def render_metrics(agent: Services) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_faults(lines: list[str], faults: dict) -> None:
+def _render_faults(lines: list[str], faults: dict[str, Any]) -> None:
     _header(lines, "edge_storage_damage", "gauge",
             "Damaged segments per file kind: files, skipped_bytes, cut_bytes (torn tails), recovered (from the "
             "record's second copy), lost (records beyond repair)")
