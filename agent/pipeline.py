@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from agent.store import ReadingStore
 from drivers.reading import Reading
 
 log = logging.getLogger("edge.pipeline")
@@ -18,7 +19,7 @@ Listener = Callable[[Reading], None]
 
 
 class Pipeline:
-    def __init__(self, store):
+    def __init__(self, store: ReadingStore) -> None:
         self.store = store
         self.latest: dict[str, Reading] = {}
         self.readings_in = 0

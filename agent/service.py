@@ -75,7 +75,7 @@ class Agent:
             retention_raw_s=config.storage.retention_raw_s,
             retention_rollup_s=config.storage.retention_rollup_s,
         )
-        self.pipeline = Pipeline(self.store)  # type: ignore[no-untyped-call]  # agent/pipeline.py: not typed yet
+        self.pipeline = Pipeline(self.store)
         self.registry = Registry(config.storage.path / "registry.seg", clock=clock)
         self.audit = AuditLog(config.storage.path / "audit", clock=clock)
         self.throttle = FailureThrottle()
