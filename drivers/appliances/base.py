@@ -41,7 +41,7 @@ class ApplianceDriver:
     async def read_status(self, session: aiohttp.ClientSession, address: str, channel: int | None) -> Status:
         raise ApplianceError(f"{self.name} cannot read a relay's state")
 
-    async def read_identity(self, session: aiohttp.ClientSession, address: str):
+    async def read_identity(self, session: aiohttp.ClientSession, address: str) -> object:
         """What the relay's API says its MAC address is (any spelling: `mac_identity` reads it)."""
         raise ApplianceError(f"{self.name} cannot read a relay's identity")
 
@@ -65,7 +65,7 @@ class ApplianceDriver:
                           self.default_channel if channel is None else channel, command == "on")
 
 
-def mac_identity(value) -> str | None:
+def mac_identity(value: object) -> str | None:
     """A MAC address as 12 lowercase hex digits (from "A8032ABE54DC", "24:0A:C4:00:00:01", "24-0a-..."); None if
     it is not one, or is all zeros or all ones (a relay that has none to report)."""
     if not isinstance(value, str) or len(value) > 17:
@@ -76,7 +76,7 @@ def mac_identity(value) -> str | None:
     return digits
 
 
-async def read_json(resp: aiohttp.ClientResponse):
+async def read_json(resp: aiohttp.ClientResponse) -> object:
     """The answer's JSON body, bounded; ApplianceError if it is not 200 with JSON."""
     body = await resp.content.read(MAX_ANSWER_BYTES + 1)
     if resp.status != 200:
