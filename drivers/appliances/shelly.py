@@ -38,7 +38,7 @@ class Shelly(ApplianceDriver):
             raise ApplianceError("unexpected answer from Switch.GetStatus")
         return Status(answer["output"])  # not its "apower": the household's consumption through it
 
-    async def read_identity(self, session: aiohttp.ClientSession, address: str):
+    async def read_identity(self, session: aiohttp.ClientSession, address: str) -> object:
         async with session.get(f"{address}/rpc/Shelly.GetDeviceInfo", allow_redirects=False) as resp:
             answer = await read_json(resp)
         return answer.get("mac") if isinstance(answer, dict) else None
