@@ -34,14 +34,14 @@ class Tasmota(ApplianceDriver):
             raise ApplianceError(f"relay reports {str(got)[:10]!r}")
         return Status(got == "ON")
 
-    async def read_identity(self, session: aiohttp.ClientSession, address: str):
+    async def read_identity(self, session: aiohttp.ClientSession, address: str) -> object:
         async with session.get(URL(f"{address}/cm?cmnd=Status%205", encoded=True), allow_redirects=False) as resp:
             answer = await read_json(resp)
         net = answer.get("StatusNET") if isinstance(answer, dict) else None
         return net.get("Mac") if isinstance(net, dict) else None
 
     @staticmethod
-    async def _power(session: aiohttp.ClientSession, address: str, channel: int | None, argument: str):
+    async def _power(session: aiohttp.ClientSession, address: str, channel: int | None, argument: str) -> object:
         """The relay's state as the device reports it after `Power<n><argument>`."""
         relay = f"Power{channel}" if channel else "Power"
         # Encoded by hand: yarl would write the space as "+", the documented form is %20.
