@@ -104,7 +104,8 @@ class Client:
                                       "): refused, nothing sent; if the device was replaced, pair again")
         return connection
 
-    def request(self, method: str, path: str, body: dict | None = None, limit: int = 64 * 1024) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: dict[str, object] | None = None,
+                limit: int = 64 * 1024) -> tuple[int, bytes]:
         """(status, body) of one request; raises HomeWizardPortError subclasses or OSError, the connection closed."""
         headers = {"X-Api-Version": API_VERSION}
         if self.token is not None:
