@@ -23,7 +23,8 @@ from sandbox.errors import (
     Violation,
     too_slow,
 )
-from sandbox.static import CLOCK_ATTRIBUTES, DENIED_ATTRIBUTES, MAX_SOURCE_CHARS, REASONS, inspect_source  # noqa: F401
+from sandbox.protocol import MAX_SOURCE_CHARS  # noqa: F401
+from sandbox.static import CLOCK_ATTRIBUTES, DENIED_ATTRIBUTES, REASONS, inspect_source  # noqa: F401
 from sandbox.supervisor import Limits, spawn_worker
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class CheckResult:
 def check_condition(
     source: str | bytes,
     parameters: Sequence[str],
-    samples: Sequence[tuple],
+    samples: Sequence[tuple[object, ...]],
     timeout_s: float = 0.05,
     *,
     limits: Limits | None = None,
