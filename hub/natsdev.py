@@ -44,10 +44,10 @@ class Cluster:
         self.name = name
         ports = free_ports(2 * nodes)
         self.client_ports, self.route_ports = ports[:nodes], ports[nodes:]
-        self.processes: list[subprocess.Popen | None] = [None] * nodes
+        self.processes: list[subprocess.Popen[bytes] | None] = [None] * nodes
         self.advertise = advertise  # False: clients learn no other node's address (bench/fleet.py's cut link)
         self.auth_file = self.directory / "auth.conf" if authorization is not None else None
-        if self.auth_file:
+        if self.auth_file and authorization is not None:
             self.auth_file.write_text(authorization)
 
     @property
