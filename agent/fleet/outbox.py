@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.release.records import Json
 from agent.store.segment import SegmentDB
 
 COMPACT_AFTER = 1000
@@ -32,7 +34,7 @@ class FleetMessage:
     id: str
     window: str
     start: int
-    payload: dict
+    payload: Json
 
 
 class FleetOutbox:
@@ -81,7 +83,7 @@ class FleetOutbox:
     def full(self) -> bool:
         return len(self.pending) >= self.max_messages
 
-    def enqueue(self, window: str, start: int, make_payload) -> FleetMessage:
+    def enqueue(self, window: str, start: int, make_payload: Callable[[int], Json]) -> FleetMessage:
         """One window's message, written (fsync'd) before it is pending. `make_payload(seq)` builds its body."""
         seq = self.next_seq
         message = FleetMessage(seq, f"{secrets.token_hex(8)}-{seq}", window, start, make_payload(seq))
