@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 
 class Lane:
@@ -32,7 +33,7 @@ class Lane:
         self.admitted -= 1
 
     @contextlib.asynccontextmanager
-    async def slot(self):
+    async def slot(self) -> AsyncIterator[None]:
         """One attempt's slot (an attempt's HTTP request, never a retry's wait)."""
         async with self._slots:
             self.in_flight += 1
@@ -60,6 +61,6 @@ class Lanes:
         for owner in [o for o, lane in self._lanes.items() if lane.admitted == 0 and lane.dropped == 0]:
             del self._lanes[owner]
 
-    def snapshot(self) -> dict[str, dict]:
+    def snapshot(self) -> dict[str, dict[str, int]]:
         return {owner: {"admitted": lane.admitted, "in_flight": lane.in_flight, "dropped": lane.dropped}
                 for owner, lane in self._lanes.items()}
