@@ -22,6 +22,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.store.segment import SegmentDB
 
@@ -36,7 +37,7 @@ COMPACT_AFTER = 500  # acknowledged or dropped entries before the log is rewritt
 class Message:
     id: str
     kind: str  # "aggregate", "heartbeat" or "gap"
-    payload: dict
+    payload: dict[str, Any]
     window_start: str | None
     window_end: str | None
     pos: float  # order in the queue
@@ -44,7 +45,7 @@ class Message:
     attempts: int = field(default=0, compare=False)
     retry_after: float = field(default=0.0, compare=False)  # what the receiver asked for, seconds
 
-    def doc(self) -> dict:
+    def doc(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "payload": self.payload, "window_start": self.window_start,
                 "window_end": self.window_end, "pos": self.pos}
 
@@ -98,7 +99,7 @@ class Outbox:
                 log.error("outbox %s: cannot queue the gap event: %s", self.path, exc)
 
     # --- queue -------------------------------------------------------------------------------
-    def enqueue(self, kind: str, payload: dict, window_start: str | None, window_end: str | None) -> Message:
+    def enqueue(self, kind: str, payload: dict[str, Any], window_start: str | None, window_end: str | None) -> Message:
         """On disk, then in the queue. Raises the OSError of a disk that refused it (nothing was queued)."""
         pos = self.pending[-1].pos + 1 if self.pending else 0.0
         message = Message("msg_" + secrets.token_hex(8), kind, payload, window_start, window_end, pos)
@@ -167,7 +168,7 @@ class Outbox:
         self.db.storage.write({"messages": messages, "events": {i + 1: e for i, e in enumerate(events)}})
         self._finished = 0
 
-    def _meta(self) -> dict:
+    def _meta(self) -> dict[str, Any]:
         return {"e": "meta", "next_seq": self.next_seq, "dropped_total": self.dropped_total,
                 "last_window_end": self.last_window_end, "decided_until": self.decided_until}
 
