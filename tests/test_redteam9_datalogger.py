@@ -16,8 +16,8 @@ measured). The operator API's `POST /households/{id}/datalogger_token` answers t
 Measured: the datalogger page's link signed a fresh browser in as the household (303 to /ui/me), which then read the
 household's consents page and granted a consent.
 
-Suggested fix: the datalogger-token page shows the datalogger's token only (no link, no QR of a link); a household's
-sign-in link only on the "new link" and "new household" pages.
+Closed: the datalogger-token page (templates/datalogger_token.html) shows the datalogger's token only (no link, no QR
+of a link); a household's sign-in link only on the "new link" and "new household" pages.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from tests.helpers.agent import make_config
 from tests.helpers.web import Browserless, signed_in
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9 R9b-4: the datalogger-token page mints and shows a household "
-                   "sign-in link (agent/web/installer.py new_datalogger_token renders _link_page)")
 async def test_the_page_for_the_datalogger_signs_no_one_in_as_the_household(tmp_path, start_agent):
     running = await start_agent(make_config(tmp_path))
     org_id, _ = await running.create_org("Dongle Co", "supplier")

@@ -76,6 +76,7 @@ def qr_data_uri(text: str) -> str:
 
 def _link_page(request: web.Request, session: Session, household: Household, token: str | None = None,
                datalogger: str | None = None) -> web.Response:
+    """A new household sign-in link (and, for a new household, its tokens), shown once."""
     url = sign_in_url(agent_of(request), f"{request.scheme}://{request.host}", HOUSEHOLD, household.id)
     return render(request, "new_link.html", session=session, household=household, url=url, token=token,
                   datalogger=datalogger, qr=qr_data_uri(url),
@@ -102,13 +103,15 @@ async def new_link(request: web.Request, session: Session, data: Form) -> web.Re
 
 
 async def new_datalogger_token(request: web.Request, session: Session, data: Form) -> web.Response:
-    """A datalogger token made (a household made before there were any) or replaced; the link, as on new_link."""
+    """A datalogger token made (a household made before there were any) or replaced. Its page holds that token
+    only: whoever sets up the datalogger is handed it, and must not get a sign-in to the household's pages with it
+    (red team 9, R9b-4)."""
     household = _household(request)
     agent = agent_of(request)
     datalogger = await agent.registry.rotate_datalogger_token_async(household.id)
     await agent.audit.record_durable(session.subject, OPERATOR, "household.rotate_datalogger_token",
                                      household_id=household.id)
-    return _link_page(request, session, household, datalogger=datalogger)
+    return render(request, "datalogger_token.html", session=session, household=household, datalogger=datalogger)
 
 
 PAGES = (
