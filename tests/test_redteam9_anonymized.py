@@ -1,4 +1,4 @@
-"""Red team 9 (session 8), R9-1: the anonymized withholding rule tells an organization when a household of its
+"""Red team 9a (session 8), R9a-1: the anonymized withholding rule tells an organization when a household of its
 cohort changed its `anonymized_data` consent to *another* organization.
 
 The rule (agent/api/anonymized.py, `_too_close`) withholds a period from an organization whenever some other
@@ -54,7 +54,7 @@ def reading(meter: str, moment: float, watts: float) -> Reading:
                    voltage_l1_v=230.0, current_l1_a=16.0, gas_m3=1000.0)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9 R9-1: the anonymized withholding rule (agent/api/anonymized.py "
+@pytest.mark.xfail(strict=True, reason="red team 9a R9a-1: the anonymized withholding rule (agent/api/anonymized.py "
                    "_too_close) withholds and reports the periods in which another organization's cohort differs "
                    "from the asker's by under k: an organization reads when a household changed its consent to "
                    "another organization, 4 of 4 hours")

@@ -1,4 +1,4 @@
-"""Red team 9 (session 8), R9-3: a household's own privacy budget tells it when *another* household changed a
+"""Red team 9a (session 8), R9a-3: a household's own privacy budget tells it when *another* household changed a
 consent, through the noisy levels' shared answer.
 
 One noisy answer is drawn per (level, window, tag, consenting cohort, quantities) and shared by every organization
@@ -50,7 +50,7 @@ async def used(browser) -> float:
     return float(USED.search(html).group(1))
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9 R9-3: one noisy answer per consenting cohort is charged once "
+@pytest.mark.xfail(strict=True, reason="red team 9a R9a-3: one noisy answer per consenting cohort is charged once "
                    "(agent/release/door.py _decide_noisy), so a household consenting to two organizations of a level "
                    "is charged rho or 2 rho per window as their cohorts, i.e. other households' consents, are equal "
                    "or not; its own page shows it: 5 of 5 quarters of a neighbour's consent change")

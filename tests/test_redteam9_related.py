@@ -1,4 +1,4 @@
-"""Red team 9 (session 8), R9-4 (low: exact levels, the custodian's): a household the operator marks as related to
+"""Red team 9a (session 8), R9a-4 (low: exact levels, the custodian's): a household the operator marks as related to
 one organization loses the audit's protection against every organization.
 
 The exact audit (agent/release/door.py `_decide_exact`) removes from every cohort the households related to *any*
@@ -38,7 +38,7 @@ STEADY = [1000.0 + 37.7 * i for i in range(13)]  # constant loads: the attacker'
 SECONDS, REVOKE_AT = 30, 5
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9 R9-4: the exact audit removes households related to any "
+@pytest.mark.xfail(strict=True, reason="red team 9a R9a-4: the exact audit removes households related to any "
                    "organization from every cohort (agent/release/door.py _decide_exact, _known), so a household "
                    "related to one organization is read by differencing by every other: its load to the watt")
 async def test_a_household_related_to_one_organization_is_not_read_by_another(town):

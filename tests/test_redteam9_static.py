@@ -1,4 +1,4 @@
-"""Red team 9 (session 8), R9-2 (low): a household's static attributes in an anonymized release are derived from
+"""Red team 9a (session 8), R9a-2 (low): a household's static attributes in an anonymized release are derived from
 readings it sent *after* it revoked its consent (or, on a meter that changed hands, from the next household's).
 
 `_gather` (agent/api/anonymized.py) keeps for the static attributes (has_pv, has_gas, phases, connection) the
@@ -78,7 +78,7 @@ async def supplier_day(path, start_agent, late_export: float) -> dict:
     return {"status": status, **out}
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9 R9-2: agent/api/anonymized.py _gather keeps a rollup for the "
+@pytest.mark.xfail(strict=True, reason="red team 9a R9a-2: agent/api/anonymized.py _gather keeps a rollup for the "
                    "static attributes if the consent held at its start, so readings sent after a revocation (or a "
                    "meter's next household's) inside that quarter change the household's released profile")
 async def test_a_reading_sent_after_the_revocation_does_not_change_the_release(tmp_path, start_agent):
