@@ -86,7 +86,8 @@ class Anonymization:
     reference_cdf: tuple[tuple[float, float], ...] = REFERENCE_CDF
 
 
-GRID_QUANTITIES = ("voltage", "long_power_failures")  # [levels.NAME.dp] grid
+GridQuantity = Literal["voltage", "long_power_failures"]  # [levels.NAME.dp] grid
+GRID_QUANTITIES: tuple[GridQuantity, ...] = typing.get_args(GridQuantity)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class DifferentialPrivacy:
     delta: Annotated[float, between(1e-15, 1e-3)] = 1e-7  # the delta at which zCDP losses are also stated
     # Grid quantities (agent/release/grid.py) this noisy level releases, off by default: each window that carries
     # them charges its cohort grid_rho more (exact levels release them whenever their parameters permit).
-    grid: tuple[Literal[GRID_QUANTITIES], ...] = ()
+    grid: tuple[GridQuantity, ...] = ()
     grid_rho: Annotated[float, between(1e-9, 10)] = 5e-4
 
     def loss(self) -> float:
@@ -559,9 +560,11 @@ def _meter(m: MeterTable, key: str, seen: set[str]) -> MeterSpec:
         raise ConfigError(f"{key}.parity", f"must be \"N\", \"E\" or \"O\", got {m.parity!r}")
     if m.gas_channel != "auto" and not (isinstance(m.gas_channel, int) and 1 <= m.gas_channel <= 4):
         raise ConfigError(f"{key}.gas_channel", f"must be 1 to 4 or \"auto\", got {m.gas_channel!r}")
+    keys = _keys(m, key)
     return MeterSpec(meter_id=m.id, port=m.port, profile=m.profile, serial_overrides=overrides or None,
                      gas_channel=None if m.gas_channel == "auto" else int(m.gas_channel),
-                     stall_seconds=m.stall_seconds, **_keys(m, key), **homewizard_v2)
+                     stall_seconds=m.stall_seconds, decryption_key=keys["decryption_key"],
+                     authentication_key=keys["authentication_key"], **homewizard_v2)
 
 
 def _keys(m: MeterTable, key: str) -> dict[str, bytes | None]:
