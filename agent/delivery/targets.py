@@ -15,7 +15,7 @@ import socket
 from typing import Callable
 from urllib.parse import urlsplit
 
-from aiohttp.abc import AbstractResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 
@@ -51,7 +51,7 @@ def address_allowed(address: str, allow_private: bool) -> bool:
 
 def check_literal_host(url: str, allow_private: bool) -> None:
     """At subscribe time: an IP literal can be judged without DNS."""
-    host = urlsplit(url).hostname
+    host = urlsplit(url).hostname or ""  # check_url saw it has one
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -73,7 +73,8 @@ class PolicyResolver(AbstractResolver):
         self.refused_as = refused_as
         self._resolver = DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         answers = await self._resolver.resolve(host, port, family)
         allowed = [a for a in answers if self.allowed(a["host"])]
         if not allowed:
