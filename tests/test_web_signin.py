@@ -1,7 +1,8 @@
 """The web pages over plain HTTP (what a browser without JavaScript does): sign-in links used once and expiring,
 sessions in HttpOnly SameSite=Strict cookies that expire, CSRF on every form, sign-out, the security headers,
 the throttle, roles, the forms going through the API's own code (consent, household, endpoint, appliance), the
-live stream, the installer's hints and QR code, languages, and the tables' and the access log's numbers."""
+live stream, the installer's hints and QR code, and the language the browser asks for (tests/test_web_i18n.py and
+tests/test_web_views.py have the catalogues and the tables' and the access log's numbers on data)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ import re
 from xml.etree import ElementTree
 
 import pytest
-from babel.messages.extract import extract_from_dir
-from babel.messages.pofile import read_po
 from yarl import URL
 
 from agent.config import MeterSpec
-from agent.registry import Registry
-from agent.web import i18n, sign_in_url, views
+from agent.web import sign_in_url
 from agent.web.render import CSP
 from agent.web.signin import IDLE_S, LINK_TTL_S
 from tests.helpers.agent import make_config
@@ -263,40 +261,6 @@ async def test_the_language_follows_accept_language(device):
         assert headers["Content-Language"] == language
 
 
-def test_accept_language_negotiation():
-    assert i18n.negotiate("nl-BE") == "nl"
-    assert i18n.negotiate("en;q=0.4, nl;q=0.6") == "nl"
-    assert i18n.negotiate("nl;q=0, en") == "en"
-    assert i18n.negotiate("*") == "en"
-    assert i18n.negotiate("xx;q=bad") == "en"
-
-
-def test_every_message_of_the_pages_has_a_dutch_translation():
-    directory = i18n.TRANSLATIONS.parent
-    method_map = [("templates/**.html", "jinja2"), ("**.py", "python")]
-    options = {"templates/**.html": {"trim_blocks": "True", "lstrip_blocks": "True"}}
-    extracted = {m[2] if isinstance(m[2], str) else m[2][0]
-                 for m in extract_from_dir(str(directory), method_map, options_map=options)}
-    with open(i18n.TRANSLATIONS / "nl" / "LC_MESSAGES" / "messages.po", "rb") as po:
-        catalog = {m.id: m.string for m in read_po(po) if m.id}
-    assert extracted, "no message found in the templates"
-    missing = sorted(m for m in extracted if not catalog.get(m))
-    assert not missing, f"untranslated: {missing[:5]}"
-    for msgid, msgstr in catalog.items():
-        assert set(re.findall(r"%\((\w+)\)s", msgid)) == set(re.findall(r"%\((\w+)\)s", msgstr)), msgid
-
-
-def test_the_energy_table_says_none_for_no_data_and_sums_quarters():
-    start = 1_790_000_000 // 86400 * 86400
-    rollups = [{"start": start + q * 900, "power_import_w": 400.0, "power_export_w": 0.0, "gas_m3": 10.0 + q * 0.1}
-               for q in range(4)]
-    rows = views.energy_table(rollups, start, 3600, 3)
-    assert rows[0]["import_kwh"] == pytest.approx(0.4)  # 400 W for an hour
-    assert rows[0]["export_kwh"] == 0.0
-    assert rows[0]["gas_m3"] == pytest.approx(0.3)  # the register rose 0.3 m3 after the first quarter
-    assert rows[1] == {"start": start + 3600, "import_kwh": None, "export_kwh": None, "gas_m3": None}
-
-
 async def test_the_live_stream_sends_new_values_and_ends_with_the_session(device):
     running, clock, org_id, household_id, token, client = device
     browser = await client()
@@ -351,36 +315,6 @@ async def test_the_endpoint_and_appliance_forms_are_the_apis(device):
     assert (await running.call("GET", "/households/me/appliances", token=token))[1]["appliances"] == []
     assert [e["action"] for e in running.agent.audit.entries(who=household_id)] == [
         "notify.set", "notify.delete", "appliance.add", "appliance.delete"]
-
-
-def test_the_access_log_marks_what_included_the_household(tmp_path):
-    clock = StepClock(100.0)
-    registry = Registry(tmp_path / "registry.seg", clock=clock)
-    org, _ = registry.create_organization("Energy Co", "dso")
-    other, _ = registry.create_organization("Never Asked", "dso")
-    me, _, _ = registry.create_household(None, "http")
-    neighbour, _, _ = registry.create_household(None, "http")
-    registry.set_consent(me.id, org.id, "aggregates", True)
-    clock.step(150)
-    registry.set_consent(me.id, org.id, "aggregates", False)  # at 250
-
-    def read(who, start, released=True, at=0.0):
-        return {"who": who, "role": "organization", "action": "data.read", "window": "1s", "window_start": start,
-                "released": released, "at": at}
-    entries = [read(org.id, 200, at=201), read(org.id, 249.5, at=251), read(org.id, 300, at=301),
-               read(org.id, 400, released=False, at=401), read(other.id, 200, at=202),
-               {"who": org.id, "role": "organization", "action": "trigger.action", "action_type": "webhook",
-                "trigger_id": "trg_0123456789ab", "household_id": me.id, "disclosed": True, "delivered": True,
-                "window_start": 300, "at": 360},
-               {"who": org.id, "role": "organization", "action": "trigger.action", "action_type": "webhook",
-                "trigger_id": "trg_0123456789ab", "household_id": neighbour.id, "disclosed": True,
-                "delivered": True, "window_start": 300, "at": 361}]
-    log = views.access_log(sorted(entries, key=lambda e: e["at"]), registry, me.id)
-    # the refused read is listed too (whether a read was answered depends on other households)
-    assert [(e["action"], e["start"], e["included"]) for e in log] == [
-        ("data.read", 400.0, "no"), ("trigger.webhook", 300, "yes"), ("data.read", 300.0, "no"),
-        ("data.read", 249.5, "no"), ("data.read", 200.0, "yes")]
-    registry.close()
 
 
 async def test_the_installer_page_shows_a_silent_ports_hint(tmp_path, start_agent, pty_pair):
