@@ -17,8 +17,9 @@ After the day, A asks `GET /data/anonymized?from=DAY&to=DAY+1d` once. Recovered:
 exactly 10:00, 11:00, 12:00, 13:00 (4 of 4 hours, none wrong), and those hours have no rows: the hours in which a
 household of A's cohort did not consent to C, i.e. when it changed its consent to someone else. Where A knows the
 households (its customers), or the others' consents to C are steady, that is the target's consent history with C.
-With households of its own that consent to C (not to A), A can also place the threshold: k - 1 - n of them make
-the period withheld iff at most n real households differ, a count of another organization's consents per hour.
+With households of its own that consent to C (not to A), A also counts (second test): 15 households consent to A,
+12 of them to C; A's 9 (k - 1) own households grant C one an hour; A's release has no rows in hours 0-6 exactly,
+and k - 1 - 6 = 3: how many of A's households do not consent to C, 3 of 3, from one day, assuming nothing.
 
 Code: agent/api/anonymized.py `_too_close` (compares with every other organization's cohort), `keyed_day_release`
 (withheld periods emptied and reported).
@@ -95,3 +96,53 @@ async def test_withheld_periods_do_not_say_when_a_household_changed_its_consent_
     assert NOT_TO_C not in (empty, said), (
         f"A's release is withheld in hours {sorted(said)} and has no rows in {sorted(empty)}: the hours in which "
         f"the target did not consent to supplier C (truth {sorted(NOT_TO_C)}), read by A off its own release")
+
+
+DIFFER = 3  # households of A's cohort that do not consent to C: what A counts
+OWN = 9  # k - 1 households of A's own (their tokens), each consenting to C only, one more every hour
+
+
+@pytest.mark.xfail(strict=True, reason="red team 9a R9a-1, count: with k - 1 households of its own granting C "
+                   "one an hour, the last withheld hour gives how many of A's households do not consent to C")
+async def test_withheld_periods_do_not_count_the_households_that_do_not_consent_to_another_organization(
+        tmp_path, start_agent):
+    """The threshold variant: 15 households consent to A, 12 of them to C too (DIFFER = 3 do not). A's own
+    households (k - 1 = 9, posting readings like anyone) grant their consent to C one an hour, from hour 1, so in
+    hour h the cohorts differ by DIFFER + h households: withheld while that is under k. The last withheld hour is
+    k - 1 - DIFFER: A reads DIFFER exactly (3 of 3) from one day's release, with no assumption about anyone."""
+    clock = StepClock(DAY - 600)
+    running = await start_agent(make_config(tmp_path), clock=clock)
+    a_id, a_key = await running.create_org("Supplier A", "supplier")
+    c_id, _ = await running.create_org("Supplier C", "supplier")
+    meters, own = [], []
+    for i in range(15):
+        household_id, token = await running.create_household()
+        for org in (a_id, c_id) if i >= DIFFER else (a_id,):
+            status, out = await running.call("PUT", f"/households/me/consents/{org}/{SERVICE}", token=token)
+            assert status == 200, out
+        meters.append(running.agent.registry.household(household_id).meter_id)
+    for _ in range(OWN):
+        household_id, token = await running.create_household()
+        own.append(token)
+        meters.append(running.agent.registry.household(household_id).meter_id)
+    usual = [100.0, 300.0, 600.0]
+    for hour in range(25):
+        if 1 <= hour <= OWN:  # one more of A's own consents to C, a second before the hour
+            clock.now = DAY + hour * 3600 - 1
+            status, out = await running.call("PUT", f"/households/me/consents/{c_id}/{SERVICE}",
+                                             token=own[hour - 1])
+            assert status == 200, out
+        clock.now = DAY + hour * 3600 + 10
+        for i, meter in enumerate(meters):
+            running.agent.ingest_http(reading(meter, clock.now, usual[i % 3]))
+    clock.now = DAY + 86400 + SETTLE_S + 60
+    await asyncio.to_thread(running.agent.store.flush)
+    status, out = await running.call("GET", f"/data/anonymized?from={DAY}&to={DAY + 86400}", token=a_key)
+    assert status == 200, out
+    with_rows = {r["period_start"] for r in out["records"]}
+    withheld = [h for h, start in enumerate(HOURS) if iso(start) not in with_rows]
+    k = running.agent.config.levels["supplier"].anonymized.k
+    counted = k - 1 - max(withheld) if withheld else None
+    assert counted != DIFFER, (
+        f"A's release has no rows in hours {withheld}: the last withheld hour says {counted} of A's households do "
+        f"not consent to supplier C (truth {DIFFER})")
