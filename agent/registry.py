@@ -125,7 +125,7 @@ class ConsentChange:
 
 
 @dataclass
-class _ConsentLine:
+class ConsentLine:
     """One (household, organization, service): its changes in time order."""
 
     times: list[float] = field(default_factory=list)
@@ -169,7 +169,7 @@ class Registry:
         self._household_by_token: dict[str, Household] = {}
         self._household_by_datalogger: dict[str, Household] = {}
         self._household_by_meter: dict[str, Household] = {}
-        self._consents: dict[tuple[str, str, str], _ConsentLine] = {}
+        self._consents: dict[tuple[str, str, str], ConsentLine] = {}
         self._history: dict[str, list[ConsentChange]] = {}
         # for the release module's cohort cache: how many consent changes, and the newest one's time
         self.consent_changes = 0
@@ -505,7 +505,7 @@ class Registry:
     # --- consent -------------------------------------------------------------------------------
     def _apply_consent(self, change: ConsentChange) -> None:
         line = self._consents.setdefault((change.household_id, change.organization_id, change.service),
-                                         _ConsentLine())
+                                         ConsentLine())
         line.times.append(change.at)
         line.granted.append(change.granted)
         self.consent_changes += 1
@@ -592,10 +592,10 @@ class Registry:
                 if org == org_id and svc == service and line.held_throughout(start, end)
                 and (hh in self.households or hh in self._deleted)}
 
-    def consent_timeline(self, household_id: str, org_id: str, service: str) -> tuple[list[float], list[bool]]:
-        """A copy of one consent's changes (times, granted), for use off the event loop."""
+    def consent_timeline(self, household_id: str, org_id: str, service: str) -> ConsentLine:
+        """A copy of one consent's changes, for use off the event loop."""
         line = self._consents.get((household_id, org_id, service))
-        return (list(line.times), list(line.granted)) if line else ([], [])
+        return ConsentLine(list(line.times), list(line.granted)) if line else ConsentLine()
 
     def ever_consented(self, household_id: str, org_id: str, service: str) -> bool:
         line = self._consents.get((household_id, org_id, service))

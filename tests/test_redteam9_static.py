@@ -19,7 +19,7 @@ readings into the previous household's profile when a meter changes hands mid-qu
 consent ends at its deletion).
 
 Code: agent/api/anonymized.py `_gather`, the `consented` list.
-Fix (small): keep a rollup only if the consent held throughout its quarter [start, start + 900): the same
+Closed: a rollup is kept only if the consent held throughout its quarter [start, start + 900): the same
 bisect at start and at the end (no change inside, granted at start), i.e. the timeline's `held_throughout`.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
-import pytest
 
 from agent.api.anonymized import SERVICE, SETTLE_S
 from drivers.reading import Reading
@@ -78,9 +77,6 @@ async def supplier_day(path, start_agent, late_export: float) -> dict:
     return {"status": status, **out}
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9a R9a-2: agent/api/anonymized.py _gather keeps a rollup for the "
-                   "static attributes if the consent held at its start, so readings sent after a revocation (or a "
-                   "meter's next household's) inside that quarter change the household's released profile")
 async def test_a_reading_sent_after_the_revocation_does_not_change_the_release(tmp_path, start_agent):
     exported = await supplier_day(tmp_path / "exported", start_agent, 800.0)
     control = await supplier_day(tmp_path / "control", start_agent, 0.0)

@@ -13,7 +13,6 @@ links across periods; the custodian gets one pseudonym per household per day.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hashlib
 import json
 import math
@@ -28,10 +27,12 @@ from agent.api.spec import ORG, TIME_PARAM, Route, error, ok_json, query
 from agent.auth import ORGANIZATION
 from agent.config import WINDOW_SECONDS
 from agent.privacy.anonymize import DAY_S, HouseholdSeries, day_periods, release_day, select, static_from_rollups
+from agent.registry import ConsentLine
 from agent.services import Services
 from drivers.reading import iso, unix_seconds
 
 MAX_ANONYMIZED_DAYS = 7
+QUARTER_S = WINDOW_SECONDS["15m"]  # the stored rollups static attributes are read from
 STATIC_LOOKBACK_S = 7 * 86400  # static attributes are derived from at least this much history
 SETTLE_S = 900  # a day is released once it ended this long ago: late readings of its last quarter are in
 SERVICE = "anonymized_data"
@@ -265,7 +266,7 @@ def _by_period(rows: list[dict], since: int, until: int, res: int) -> Iterator[t
 
 
 def _gather(agent: Services, households, cohorts: dict[int, set[str]], periods: list[int], res: int,
-            timelines: dict[str, tuple[list[float], list[bool]]]) -> list[HouseholdSeries]:
+            timelines: dict[str, ConsentLine]) -> list[HouseholdSeries]:
     """Per household in some period's cohort: static attributes from its stored 15-minute rollups, and its
     mean consumption per period for the periods throughout which its consent held (cohort per period,
     so that every release of a period has the same households in it). Runs in a worker thread: it reads
@@ -283,11 +284,12 @@ def _gather(agent: Services, households, cohorts: dict[int, set[str]], periods: 
             acc = sums.setdefault(period, [0.0, 0.0])
             acc[0] += row["power_import_w"] * weight
             acc[1] += weight
-        # Static attributes only from quarters in which the household's consent held: data from outside
-        # its consent is never used, not even to describe it.
-        times, granted = timelines[household.id]
+        # Static attributes only from quarters throughout which the household's consent held: data from
+        # outside its consent is never used, not even to describe it (a reading sent in the minutes after a
+        # revocation, or by a meter's next household, is in its quarter's rollup: red team 9a, R9a-2).
+        line = timelines[household.id]
         consented = [row for row in rows
-                     if (i := bisect.bisect_right(times, unix_seconds(row["start"]))) and granted[i - 1]]
+                     if line.held_throughout(unix_seconds(row["start"]), unix_seconds(row["start"]) + QUARTER_S)]
         if sums:
             out.append(HouseholdSeries(household.id, static_from_rollups(consented),
                                        {p: total / n for p, (total, n) in sums.items()}))
