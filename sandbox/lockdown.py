@@ -31,7 +31,7 @@ class LockdownError(Exception):
         self.step = step
 
 
-def load_libc(libc_name: str = "libc.so.6"):
+def load_libc(libc_name: str = "libc.so.6") -> ctypes.CDLL:
     libc = ctypes.CDLL(libc_name, use_errno=True)
     libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
     libc.prctl.restype = ctypes.c_int
@@ -54,11 +54,11 @@ class CompiledFilter:
         self._prog = _SockFprog(len(program) // 8, ctypes.addressof(self._buffer))
         self.address = ctypes.addressof(self._prog)
 
-    def install(self, libc) -> bool:
-        return libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, self.address, 0, 0) == 0
+    def install(self, libc: ctypes.CDLL) -> bool:
+        return bool(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, self.address, 0, 0) == 0)
 
 
-def _prctl(libc, option: int, arg2: int = 0) -> None:
+def _prctl(libc: ctypes.CDLL, option: int, arg2: int = 0) -> None:
     if libc.prctl(option, arg2, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl")
 
@@ -90,8 +90,8 @@ def set_rlimits(memory_bytes: int, cpu_s: int) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
-def lock_down(libc, zygote_filter: "CompiledFilter", *, parent_pid: int, uid: int, gid: int, memory_bytes: int,
-              cpu_s: int):
+def lock_down(libc: ctypes.CDLL, zygote_filter: "CompiledFilter", *, parent_pid: int, uid: int, gid: int,
+              memory_bytes: int, cpu_s: int) -> None:
     """Steps 2..8 in order (step 1, the imports, is the caller's). Raises LockdownError(step)."""
     import signal
 
@@ -118,7 +118,7 @@ def lock_down(libc, zygote_filter: "CompiledFilter", *, parent_pid: int, uid: in
         step = protocol.STEP_DUMPABLE
         _prctl(libc, PR_SET_DUMPABLE, 0)
         step = protocol.STEP_FDS
-        sys.stdin = sys.stdout = sys.stderr = None  # type: ignore[assignment]
+        sys.stdin = sys.stdout = sys.stderr = None
         keep = max(protocol.REQUEST_FD, protocol.ANSWER_FD) + 1
         os.closerange(keep, max(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 16))
         step = protocol.STEP_RLIMITS
