@@ -32,7 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, NoReturn, Sequence
 
 from sandbox import protocol
 from sandbox.errors import (
@@ -346,7 +346,8 @@ class WorkerProcess:
             self._fail(Violation.PROTOCOL)
         return data[protocol.NONCE_SIZE: len(data) - tail]
 
-    def evaluate_rows(self, rows: Sequence, timeout_s: float, row_timeout_s: float | None = None) -> bytes:
+    def evaluate_rows(self, rows: Sequence[Sequence[object]], timeout_s: float,
+                      row_timeout_s: float | None = None) -> bytes:
         """One status byte per row, each from the row's own process (or an evaluator's). Every chunk must carry its
         row's token, in order, and the zygote's trailer (the nonce again) must follow the last: else PROTOCOL.
         With ``row_timeout_s`` (a zygote that forks per row), each row has that deadline of its own."""
@@ -418,7 +419,7 @@ class WorkerProcess:
                     self._fail(Violation.PROTOCOL)
                 return buf
 
-    def _fail(self, violation: Violation):
+    def _fail(self, violation: Violation) -> NoReturn:
         exit_signal = self.kill()
         if exit_signal == signal.SIGSYS:
             violation = Violation.SECCOMP
@@ -622,7 +623,7 @@ class Supervisor:
     # -- evaluation
 
     def evaluate(
-        self, tenant: str, condition_id: str, rows: Iterable[Sequence], timeout_s: float | None = None
+        self, tenant: str, condition_id: str, rows: Iterable[Sequence[object]], timeout_s: float | None = None
     ) -> list[Status]:
         """Evaluate the condition on every row (a tuple of arguments), each row in its own process.
 
@@ -648,7 +649,7 @@ class Supervisor:
                 out.extend(self._evaluate_part(slot, part, timeout_s))
             return out
 
-    def _evaluate_part(self, slot: "_Slot", rows: Sequence, timeout_s: float | None) -> list[Status]:
+    def _evaluate_part(self, slot: "_Slot", rows: Sequence[Sequence[object]], timeout_s: float | None) -> list[Status]:
         """One Status per row. A row whose process dies, is killed or misses the deadline is that row's ERROR and a
         violation of the condition; the rows after it go on in a fresh zygote, without backoff, so that whether one
         household's row is evaluated never depends on another's (at most Limits.row_failures_per_request times: then
@@ -657,9 +658,11 @@ class Supervisor:
         out: list[Status] = []
         failures = 0
         total = self.limits.request_timeout(len(rows)) if timeout_s is None else timeout_s
-        deadline = None  # from when the first zygote is ready (its start is not the rows' time)
+        deadline: float | None = None  # from when the first zygote is ready (its start is not the rows' time)
         while len(out) < len(rows):
-            if failures >= self.limits.row_failures_per_request or (failures and deadline <= time.monotonic()):
+            # a failure comes after the first zygote was ready: deadline is set then
+            if failures >= self.limits.row_failures_per_request or (
+                    failures and deadline is not None and deadline <= time.monotonic()):
                 out.extend([Status.ERROR] * (len(rows) - len(out)))
                 break
             rest = rows[len(out):]
@@ -734,7 +737,7 @@ class Supervisor:
                     slot.lock.release()
         return collected
 
-    def evaluate_one(self, tenant: str, condition_id: str, *args, timeout_s: float | None = None) -> Status:
+    def evaluate_one(self, tenant: str, condition_id: str, *args: object, timeout_s: float | None = None) -> Status:
         return self.evaluate(tenant, condition_id, [args], timeout_s)[0]
 
     # -- internals
@@ -855,5 +858,5 @@ class Supervisor:
     def __enter__(self) -> "Supervisor":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
