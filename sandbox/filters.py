@@ -26,6 +26,9 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, cast
 
 from sandbox import protocol
 from sandbox.lockdown import PR_SET_PDEATHSIG, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, SIGKILL
@@ -90,7 +93,7 @@ EVALUATOR_SYSCALLS = {
 ALLOWED_SYSCALLS = ZYGOTE_SYSCALLS  # the wider of the two lists (compatibility name)
 
 
-def load_pyseccomp(libc_name: str = "libc.so.6", libseccomp_name: str = "libseccomp.so.2"):
+def load_pyseccomp(libc_name: str = "libc.so.6", libseccomp_name: str = "libseccomp.so.2") -> ModuleType:
     """Import pyseccomp without letting ctypes.util run ldconfig in a subprocess.
 
     pyseccomp calls ctypes.util.find_library("c") and ("seccomp") at import. The real find_library forks
@@ -107,7 +110,7 @@ def load_pyseccomp(libc_name: str = "libc.so.6", libseccomp_name: str = "libsecc
     old_attr = getattr(ctypes, "util", None)
     ctypes.util = stub  # type: ignore[attr-defined]
     try:
-        import pyseccomp
+        import pyseccomp  # type: ignore[import-untyped]  # no stubs: its filters are Any here
     finally:
         if real is not None:
             sys.modules["ctypes.util"] = real
@@ -117,15 +120,18 @@ def load_pyseccomp(libc_name: str = "libc.so.6", libseccomp_name: str = "libsecc
             ctypes.util = old_attr  # type: ignore[attr-defined]
         else:
             del ctypes.util  # type: ignore[attr-defined]
-    return pyseccomp
+    return cast(ModuleType, pyseccomp)  # untyped: Any to mypy
 
 
-def _new_filter(pyseccomp):
+Allow = Callable[..., None]  # allow(name, *rule arguments, action=ALLOW): one rule, if the system call exists here
+
+
+def _new_filter(pyseccomp: ModuleType) -> tuple[Any, Allow]:
     s = pyseccomp
     f = s.SyscallFilter(s.KILL_PROCESS)
     f.set_attr(s.Attr.ACT_BADARCH, s.KILL_PROCESS)
 
-    def allow(name, *args, action=s.ALLOW):
+    def allow(name: str, *args: Any, action: Any = s.ALLOW) -> None:
         number = s.resolve_syscall(s.Arch.NATIVE, name)
         if number < 0:  # not a system call on this architecture (mmap2 on 64-bit, mmap on armhf...)
             return
@@ -143,7 +149,7 @@ def _new_filter(pyseccomp):
     return f, allow
 
 
-def build_zygote_filter(pyseccomp):
+def build_zygote_filter(pyseccomp: ModuleType) -> Any:
     """ZYGOTE_SYSCALLS as a pyseccomp SyscallFilter (built in memory only)."""
     s = pyseccomp
     f, allow = _new_filter(s)
@@ -162,7 +168,7 @@ def build_zygote_filter(pyseccomp):
     return f
 
 
-def build_child_filter(pyseccomp):
+def build_child_filter(pyseccomp: ModuleType) -> Any:
     """CHILD_SYSCALLS as a pyseccomp SyscallFilter: what a row process keeps once it has read its row."""
     s = pyseccomp
     f, allow = _new_filter(s)
@@ -170,7 +176,7 @@ def build_child_filter(pyseccomp):
     return f
 
 
-def build_evaluator_filter(pyseccomp):
+def build_evaluator_filter(pyseccomp: ModuleType) -> Any:
     """EVALUATOR_SYSCALLS as a pyseccomp SyscallFilter: what a closed condition's zygote keeps once loaded."""
     s = pyseccomp
     f, allow = _new_filter(s)
@@ -179,7 +185,7 @@ def build_evaluator_filter(pyseccomp):
     return f
 
 
-def export_bpf(f) -> bytes:
+def export_bpf(f: Any) -> bytes:
     """The filter's BPF program, through a pipe (libseccomp exports to a file descriptor)."""
     r, w = os.pipe()
     try:
@@ -214,6 +220,7 @@ def programs() -> tuple[bytes, bytes, bytes]:
     with _programs_lock:
         if _programs is None:
             s = load_pyseccomp()
-            _programs = tuple(export_bpf(build(s)) for build in (
+            zygote, child, evaluator = (export_bpf(build(s)) for build in (
                 build_zygote_filter, build_child_filter, build_evaluator_filter))
+            _programs = zygote, child, evaluator
         return _programs
