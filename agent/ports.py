@@ -68,6 +68,12 @@ class Trail(Protocol):
     def record(self, who: str, role: str, action: str, durable: bool = True, **details: Any) -> dict[str, Any]: ...
 
 
+class PushTrail(Trail, Protocol):
+    """The audit log, with a subscription's decided windows kept as runs."""
+
+    def record_push(self, who: str, subscription_id: str, window: str, window_start: int, **details: Any) -> None: ...
+
+
 class Readings(Protocol):
     """The pipeline (agent/pipeline.py): every reading, as it arrives."""
 

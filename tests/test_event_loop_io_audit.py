@@ -9,10 +9,6 @@ the test opens it. No durations are measured.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -24,9 +20,9 @@ from agent.service import Agent
 from agent.store.segment import SegmentDB
 from tests.helpers.agent import make_config
 from tests.helpers.loop import Gate, answered_meanwhile
+from tests.helpers.process import kill_9_when
 from tests.helpers.wait import eventually
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def gate_audit_appends(monkeypatch) -> Gate:
@@ -152,21 +148,7 @@ WRITER = textwrap.dedent("""\
 
 def test_audit_after_kill_9_holds_every_acknowledged_entry_and_a_prefix_in_order(tmp_path):
     directory = tmp_path / "audit"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(directory)], stdout=subprocess.PIPE, text=True,
-                             env=env, cwd=REPO)
-    try:
-        acknowledged = -1
-        while acknowledged < 600:
-            line = child.stdout.readline()
-            assert line, f"the writer stopped (exit {child.poll()})"
-            acknowledged = int(line)
-        child.send_signal(signal.SIGKILL)  # while it keeps recording and writing
-        child.wait()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    acknowledged = kill_9_when(WRITER, [str(directory)], 600)  # while it keeps recording and writing
     seqs = [e["seq"] for e in on_disk(directory)]
     assert seqs == list(range(len(seqs))), "entries out of order or missing in between"
     assert len(seqs) > acknowledged, "an acknowledged entry was lost"

@@ -40,7 +40,7 @@ from agent.delivery import signing
 from agent.delivery.filters import FilterSet
 from agent.delivery.outbox import FETCH_HINT, Message, Outbox
 from agent.delivery.targets import PolicyResolver, TargetError, check_literal_host
-from agent.ports import Decided, Organizations, Trail
+from agent.ports import Decided, Organizations, PushTrail
 from agent.release import Refusal
 from agent.store.disk import DataDirectory
 from agent.store.durable import Change, Durable
@@ -111,7 +111,7 @@ class DeliveryNeeds:
     clock: Clock
     releases: Decided
     registry: Organizations
-    audit: Trail
+    audit: PushTrail
     levels: Mapping[str, Level]  # the configuration's (a fleet document changes them in place)
     tags: tuple[str, ...]  # the channel tags' vocabulary
 
@@ -482,9 +482,8 @@ class Delivery:
     def _audit_push(self, sub: Subscription, start: int, **details: object) -> None:
         """Every window a subscription decided, whatever came of it (withheld, filtered, sent): whether it went
         out depends on other households (the release, the filter on their sums), and the households' access pages
-        list these entries."""
-        self.needs.audit.record(sub.organization_id, "organization", "data.push", subscription_id=sub.id,
-                                window=sub.window, window_start=start, durable=False, **details)
+        list these entries (kept as runs: agent/audit.py `record_push`)."""
+        self.needs.audit.record_push(sub.organization_id, sub.id, sub.window, start, **details)
 
     def _enqueue(self, sub: Subscription, kind: str, payload: Json, window_start: str | None, window_end: str | None,
                  now: float) -> None:

@@ -37,7 +37,7 @@ def add_routes(app: web.Application, agent: PageServices) -> None:
 
     app.on_shutdown.append(end_streams)
     app.on_response_prepare.append(security_headers)
-    app[household.ACCESS_INDEX] = AccessIndex(agent.audit.directory)
+    app[household.ACCESS_INDEX] = AccessIndex(agent.audit.directory, agent.audit.pending_runs)
     add_pages(app, PAGES)
     app.router.add_static(PREFIX + "/static", STATIC, append_version=False)
     app.router.add_get("/", to_pages)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -94,3 +96,24 @@ async def town(running: Running, receiver: Receiver | None):
                                             {"endpoint": receiver.url, "interval": 1, "window": "1s"})
         assert status == 201
     return org, households, sub
+
+
+def kill_9_when(script: str, args: list[str], reached: int) -> int:
+    """`python -c script *args` (the repository importable), killed with SIGKILL while it runs, once a line it
+    printed (a number: how far it got, durably) is at least `reached`. Returns the last number printed."""
+    repo = Path(__file__).resolve().parent.parent.parent
+    child = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(repo)}, cwd=repo)
+    try:
+        done = -1
+        while done < reached:
+            line = child.stdout.readline() if child.stdout else ""
+            assert line, f"the child stopped (exit {child.poll()})"
+            done = int(line)
+        child.send_signal(signal.SIGKILL)  # while it keeps going
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return done
