@@ -20,6 +20,11 @@ Recovered: its budget grew per quarter by [1, 1, 2, 2, 2, 2, 2, 1] x rho: by 2 r
 neighbours known, whose: the moment a neighbour switched supplier or stopped sharing with one). The test's rho
 is 0.01 for round figures; at the default 0.0005 the page's four decimals show each step the same way.
 
+The observer can be an organization's own household (PRIVACY.md's threat model: "an organization with households
+of its own"): supplier A with one household of its own consenting to A and to its competitor C reads, from that
+household's page, the windows in which the two cohorts differ; A knows its own consenting count per window (every
+answer's `households`), so what is left is when households changed their consents to C.
+
 Code: agent/release/door.py `_decide_noisy` (the share key is the consenting cohort; the charge once per share),
 agent/release/ledger.py, the access page's ledger (agent/web/household.py, templates/access.html).
 Suggested fix: make a household's charge per window independent of other households' consents: charge every
