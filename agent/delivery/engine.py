@@ -176,7 +176,8 @@ class Delivery:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(resolver=PolicyResolver(self.config.allow_private_endpoints),
                                          limit=self.config.max_connections, ttl_dns_cache=None, use_dns_cache=False)
-        self._session = aiohttp.ClientSession(connector=connector,
+        # no cookie jar: every organization's subscriptions share this session (red team 9, R9b-5)
+        self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
                                               timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
         self._connections = asyncio.Semaphore(self.config.max_connections)
         self._started_at = self.needs.clock()

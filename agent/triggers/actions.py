@@ -264,7 +264,10 @@ class LanResolver(PolicyResolver):
 def web_session(allow_private_endpoints: bool, timeout_s: float, limit: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(resolver=PolicyResolver(allow_private_endpoints), limit=limit,
                                      use_dns_cache=False)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))
+    # no cookie jar: one session sends every household's notifications, and a cookie a service set in its answer to
+    # one household would go out with the next household's (red team 9, R9b-5)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                 cookie_jar=aiohttp.DummyCookieJar())
 
 
 def lan_session(allow_private_endpoints: bool, timeout_s: float, limit: int,
@@ -273,4 +276,5 @@ def lan_session(allow_private_endpoints: bool, timeout_s: float, limit: int,
     keep-alive: a connection is resolved and checked, and pinned to the `acting`'s one address, for each)."""
     connector = aiohttp.TCPConnector(resolver=LanResolver(allow_private_endpoints, bindings), limit=limit,
                                      use_dns_cache=False, force_close=True)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                 cookie_jar=aiohttp.DummyCookieJar())  # an organization's, for every household: R9b-5
