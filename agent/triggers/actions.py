@@ -36,10 +36,11 @@ import ipaddress
 import socket
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import ResolveResult
 
 from agent.delivery.targets import PolicyResolver, TargetError, address_allowed, check_literal_host, check_url
 from drivers.appliances import ApplianceDriver, ApplianceError
@@ -58,7 +59,7 @@ def lan_address_allowed(address: str, allow_private_endpoints: bool) -> bool:
     return ip.is_private or ip.is_global
 
 
-def check_appliance_address(url, allow_private_endpoints: bool) -> str:
+def check_appliance_address(url: object, allow_private_endpoints: bool) -> str:
     """A base URL ``http(s)://host[:port]``; returns it without a trailing slash. Raises TargetError."""
     if not isinstance(url, str) or len(url) > 200:
         raise TargetError("address must be a URL of at most 200 characters")
@@ -90,7 +91,7 @@ def check_lan_literal(host: str, allow_private_endpoints: bool) -> None:
         raise TargetError("address is a loopback, link-local, multicast or unspecified address")
 
 
-def check_endpoint(url, allow_http: bool, allow_private_endpoints: bool) -> str:
+def check_endpoint(url: str, allow_http: bool, allow_private_endpoints: bool) -> str:
     """An organization's or a household's endpoint: the subscriptions' rules."""
     endpoint = check_url(url, allow_http)
     check_literal_host(endpoint, allow_private_endpoints)
@@ -150,7 +151,7 @@ class ApplianceBindings:
     """Which household each appliance address is on this device. `appliances`: the household store's
     (id -> doc); `known`: whether a household id is still registered (a removed one's address is free at once)."""
 
-    def __init__(self, appliances: dict[str, dict], known: Callable[[str], bool],
+    def __init__(self, appliances: dict[str, dict[str, Any]], known: Callable[[str], bool],
                  bind: Callable[[str, str], Awaitable[None]]):
         """`bind(appliance_id, mac)`: records the relay's identity with the appliance, durably (the store)."""
         self.appliances = appliances
@@ -170,7 +171,7 @@ class ApplianceBindings:
         return any(doc.get("device") == mac and doc["household_id"] != household_id and self.known(doc["household_id"])
                    for doc in self.appliances.values())
 
-    async def identify(self, session: aiohttp.ClientSession, device: ApplianceDriver, appliance: dict) -> str:
+    async def identify(self, session: aiohttp.ClientSession, device: ApplianceDriver, appliance: dict[str, Any]) -> str:
         """The relay's identity at the appliance's address, if it is not another household's (ApplianceError).
         Call it inside `acting(appliance)`, with `lan_session`'s session."""
         mac = await device.identity(session, appliance["address"])
@@ -178,7 +179,7 @@ class ApplianceBindings:
             raise RelayTaken("the relay is another household's appliance")
         return mac
 
-    async def reach(self, session: aiohttp.ClientSession, device: ApplianceDriver, appliance: dict) -> None:
+    async def reach(self, session: aiohttp.ClientSession, device: ApplianceDriver, appliance: dict[str, Any]) -> None:
         """Before each request for a registered appliance: its relay is not another household's, and is the one it
         was bound to; the first relay reached is bound to it. Inside `acting(appliance)`; ApplianceError if not."""
         mac = await self.identify(session, device, appliance)
@@ -202,11 +203,11 @@ class ApplianceBindings:
         reached = self._reached.get(key)
         if reached is None or reached[0] == household_id:
             return False
-        doc = self.appliances.get(reached[1])
-        return doc is not None and doc["household_id"] == reached[0] and self.known(reached[0])
+        appliance = self.appliances.get(reached[1])
+        return appliance is not None and appliance["household_id"] == reached[0] and self.known(reached[0])
 
     @contextlib.contextmanager
-    def acting(self, appliance: dict) -> Iterator[None]:
+    def acting(self, appliance: dict[str, Any]) -> Iterator[None]:
         token = ACTING_FOR.set((appliance["household_id"], appliance["id"]))
         pinned = PINNED.set([])
         try:
@@ -232,7 +233,7 @@ class ApplianceBindings:
             self._reached[key] = acting
         return True
 
-    def literal_allowed(self, appliance: dict, allow_private_endpoints: bool) -> bool:
+    def literal_allowed(self, appliance: dict[str, Any], allow_private_endpoints: bool) -> bool:
         """At send time, before the request: the LAN rules and, for an IP literal (aiohttp does not resolve it),
         the binding. Call it inside `acting(appliance)`."""
         parts = urlsplit(appliance["address"])
@@ -253,7 +254,8 @@ class LanResolver(PolicyResolver):
                          allowed=lambda address: lan_address_allowed(address, allow_private_endpoints))
         self.bindings = bindings
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         answers = [a for a in await super().resolve(host, port, family)
                    if self.bindings.connect_allowed(a["host"], a["port"] or port)]
         if not answers:
