@@ -21,9 +21,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Any
 
 from agent.errors import DomainError
 from agent.ingest import TAG
@@ -58,7 +61,7 @@ class Refused(DomainError[TriggerCode], ValueError):
     field, like the rest of `extra`)."""
 
     def __init__(self, code: TriggerCode, detail: str, reason: str | None = None, **extra: object) -> None:
-        super().__init__(code, detail, **extra, **({"reason": reason} if reason else {}))
+        super().__init__(code, detail, retry_after=None, **extra, **({"reason": reason} if reason else {}))
         self.reason = reason
 
 
@@ -70,7 +73,7 @@ class Trigger:
     source: str
     interval_s: float
     window: str
-    action: dict
+    action: dict[str, Any]
     secret: str | None  # the webhook action's signing secret
     created_at: float
     quarantined: bool = False
@@ -87,11 +90,17 @@ class Trigger:
     RECORD = ("id", "organization_id", "parameters", "source", "interval_s", "window", "action", "secret",
               "created_at", "quarantined", "rejected", "description", "closed")
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.RECORD}
 
     def catalogue(self) -> list[Parameter]:
-        return [lookup(name) for name in self.parameters]
+        out = []
+        for name in self.parameters:
+            param = lookup(name)
+            if param is None:  # checked at upload (check_parameters); a catalogue that lost one since is this
+                raise LookupError(f"trigger {self.id}: parameter {name!r} is no longer in the catalogue")
+            out.append(param)
+        return out
 
     @property
     def kind(self) -> str:
@@ -104,7 +113,7 @@ class Trigger:
         trigger's events and is one of the household's events of the day to the organization."""
         return self.kind == "household" and self.action["type"] in OBSERVABLE
 
-    def public_action(self) -> dict:
+    def public_action(self) -> dict[str, Any]:
         return dict(self.action)  # the secret is kept beside it, never in it
 
 
@@ -124,10 +133,10 @@ class TriggerStats:
     inputs_withheld: int = 0  # windows not evaluated: their neighbourhood aggregate was not released
     late: int = 0  # windows not evaluated by their release moment (operator's view only)
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return asdict(self)
 
-    def add(self, released: dict) -> None:
+    def add(self, released: dict[str, Any]) -> None:
         for name in ("evaluations", "fired", "delivered", "failed", "errors"):
             value = released.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -136,7 +145,7 @@ class TriggerStats:
 
 
 # --- checks of an upload -------------------------------------------------------------------------
-def check_parameters(names, permitted) -> list[Parameter]:
+def check_parameters(names: object, permitted: Callable[[Parameter], tuple[bool, str]]) -> list[Parameter]:
     """Every name exists and `permitted(name)` says yes. Raises Refused with a fixed reason."""
     if not isinstance(names, list) or not names or len(names) > MAX_PARAMETERS:
         raise Refused(TriggerCode.INVALID, f"parameters must be a list of 1 to {MAX_PARAMETERS} names")
@@ -160,7 +169,7 @@ def check_parameters(names, permitted) -> list[Parameter]:
     return out
 
 
-def check_action(action: dict, check_endpoint) -> dict:
+def check_action(action: dict[str, Any], check_endpoint: Callable[[str], str]) -> dict[str, Any]:
     """The action, normalized: what its shape (agent/api/bodies.py's action Structs: the type, the fields and
     their lengths) does not say. `check_endpoint(url)` vets a webhook endpoint (raises Refused)."""
     kind = action["type"]
@@ -204,7 +213,7 @@ def _plausible(param: Parameter) -> tuple[float, float, bool]:
     return (50.0, 9000.0, False) if household else (1000.0, 150000.0, False)
 
 
-def _draw(rng, param: Parameter):
+def _draw(rng: random.Random, param: Parameter) -> float:
     low, high, whole = _plausible(param)
     if param.name == "household_tariff":
         return rng.choice((1, 2))
@@ -221,10 +230,8 @@ def _draw(rng, param: Parameter):
     return value or (low if low else 1.0)
 
 
-def sample_rows(params: list[Parameter], rng=None) -> list[tuple]:
+def sample_rows(params: list[Parameter], rng: random.Random | None = None) -> list[tuple[float, ...]]:
     """Rows of the trial run: 6 to 10, every value drawn secretly (``rng`` only for tests)."""
-    import random
-
     rng = rng or random.SystemRandom()
     count = rng.randint(*TRIAL_ROWS)
     return [tuple(_draw(rng, p) for p in params) for _ in range(count)]
@@ -242,7 +249,7 @@ class Debouncer:
     kind None (written before kinds were) holds every kind. An entry for EVERYONE counts for every household (a
     trigger that acted for unknown households, a day's events spent for unknown households)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.last: dict[tuple[str, str], float] = {}  # (trigger id, household id) -> last action
         # (organization id, household id) -> {action type, or None for every type: not before}
         self.cooldown: dict[tuple[str, str], dict[str | None, float]] = {}
