@@ -15,9 +15,10 @@ promises:
 
 - an entry whose `record_durable` returned is on disk (a crash, kill -9 or power cut keeps it);
 - `record(...)` (trigger actions, not tied to an answer) is written with the writer's next batch: a crash loses
-  at most the entries recorded since the batch being written began; `durable=False` (webhook pushes, many per
-  second) waits for the next periodic `flush` (the agent's `flush_seconds`) or the next batch;
-- on disk, entries are in the order they were recorded, and what a crash leaves is a prefix of that order;
+  at most the entries recorded since the batch being written began; `durable=False` (high-rate entries: trigger
+  refusals) waits for the next periodic `flush` (the agent's `flush_seconds`) or the next batch;
+- on disk, entries are in the order they were recorded, and what a crash leaves is a prefix of that order (runs of
+  pushes, below, apart: each is where it ended);
 - `close` (a clean stop) writes everything still queued;
 - entries the disk refuses (full, failing) are kept in memory, in order, and written with the next attempt.
 
@@ -162,7 +163,7 @@ class AuditLog:
     # --- recording -------------------------------------------------------------------------------------
     def record(self, who: str, role: str, action: str, durable: bool = True, **details) -> dict:
         """Queue an entry (cheap: never waits on the disk from the event loop). `durable=False` for high-rate
-        entries (webhook pushes): written with the next `flush` or the writer's next batch."""
+        entries: written with the next `flush` or the writer's next batch (pushes: `record_push`)."""
         entry = self._entry(who, role, action, details)
         self._entries.add(entry, soon=durable)
         return entry
