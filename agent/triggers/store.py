@@ -43,7 +43,9 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tinydb import where
 
@@ -52,6 +54,7 @@ from agent.store.segment import SegmentDB, ensure_dir
 from agent.triggers.model import EVERYONE, Debouncer, Trigger, TriggerStats
 
 log = logging.getLogger("edge.triggers")
+T = TypeVar("T")
 
 INBOX_MAX = 100
 INBOX_COMPACT_AFTER = 500  # stale inbox lines before a rewrite
@@ -81,10 +84,10 @@ class TriggerStore:
         triggers = {doc["id"]: Trigger(**doc) for doc in self.db.table("triggers").all()}
         stats = {tid: TriggerStats() for tid in triggers}
         for doc in self.stats_db.table("stats").all():
-            doc = dict(doc)
-            tid = doc.pop("id", None)
+            counts = dict(doc)
+            tid = counts.pop("id", None)
             if tid in stats:
-                stats[tid] = TriggerStats(**{k: v for k, v in doc.items() if k in TriggerStats.__dataclass_fields__})
+                stats[tid] = TriggerStats(**{k: v for k, v in counts.items() if k in TriggerStats.__dataclass_fields__})
         debounce = Debouncer()
         lines = self.firings_db.table("last").all()
         for doc in lines:
@@ -106,7 +109,8 @@ class TriggerStore:
             self._compact_firings(debounce)
         return triggers, stats, debounce
 
-    def _fail_closed(self, lost: int, triggers: dict[str, Trigger], lines: list, debounce: Debouncer) -> None:
+    def _fail_closed(self, lost: int, triggers: dict[str, Trigger], lines: Sequence[Mapping[str, Any]],
+                     debounce: Debouncer) -> None:
         """firings.seg lost lines beyond repair: actions and disclosed events of unknown households. As if every
         trigger had just acted for everyone, and every organization had had its events of the day; the file is
         rewritten without the damage, with those lines (a later start does not wait again)."""
@@ -137,7 +141,7 @@ class TriggerStore:
         with self.writes.disk():
             self.db.table("triggers").insert(trigger.record())
 
-    def update(self, trigger_id: str, **fields) -> None:
+    def update(self, trigger_id: str, **fields: Any) -> None:
         with self.writes.disk():
             self.db.table("triggers").update(fields, where("id") == trigger_id)
 
@@ -153,14 +157,15 @@ class TriggerStore:
             self.db.table("triggers").remove(where("id") == trigger_id)
 
     # --- the same changes from the event loop (the API, the runner's loop): written in a worker thread, in order
-    async def add_async(self, trigger: Trigger, then=None) -> None:
+    async def add_async(self, trigger: Trigger, then: Callable[[], object] | None = None) -> None:
         """`then()` (the trigger into memory) runs once the trigger is on disk, even if the request is cancelled."""
         await self.writes.write(self.add, trigger, then=then)
 
-    async def update_async(self, trigger_id: str, **fields) -> None:
+    async def update_async(self, trigger_id: str, **fields: Any) -> None:
         await self.writes.write(self.update, trigger_id, **fields)
 
-    async def remove_async(self, trigger_id: str, cooldowns: list[tuple[str, str, float, str]], then=None) -> None:
+    async def remove_async(self, trigger_id: str, cooldowns: list[tuple[str, str, float, str]],
+                           then: Callable[[], object] | None = None) -> None:
         """`then()` (the trigger out of memory) runs once the removal is on disk, even if the request is
         cancelled; never when the write fails (the trigger is still there, and still runs)."""
         await self.writes.write(self.remove, trigger_id, cooldowns, then=then)
@@ -190,7 +195,9 @@ class TriggerStore:
         bounded while the agent runs (a neighbourhood trigger appends a line per household per interval)."""
         return self._appended > FIRINGS_COMPACT_AFTER
 
-    def compact_firings(self, last: dict, cooldown: dict, events: dict | None = None) -> None:
+    def compact_firings(self, last: dict[tuple[str, str], float],
+                        cooldown: dict[tuple[str, str], dict[str | None, float]],
+                        events: dict[tuple[str, str], tuple[int, int]] | None = None) -> None:
         """`last`, `cooldown` and `events` are copies taken on the event loop."""
         with self.writes.disk():
             snapshot = Debouncer()
@@ -209,7 +216,7 @@ class TriggerStore:
         })
 
 
-def _cooldown_doc(org_id: str, household_id: str, until: float, kind: str | None) -> dict:
+def _cooldown_doc(org_id: str, household_id: str, until: float, kind: str | None) -> dict[str, Any]:
     """A deleted trigger's wait on the firings log; `a`, its action type, is the kinds it holds (absent: all)."""
     return {"o": org_id, "h": household_id, "until": until, **({"a": kind} if kind is not None else {})}
 
@@ -221,9 +228,10 @@ class HouseholdStore:
         self.db = SegmentDB(str(path), kind="trigger_households", copies=2)
         self.lock = threading.RLock()  # reentrant: a change's step calls the locked methods
         self.writes = Durable("trigger settings", path, log, what="the setting", lock=self.lock)
-        self.endpoints: dict[str, dict] = {doc["household_id"]: dict(doc) for doc in self.db.table("notify").all()}
-        self.appliances: dict[str, dict] = {doc["id"]: dict(doc) for doc in self.db.table("appliances").all()}
-        self._inbox: dict[str, deque[tuple[int, dict]]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {doc["household_id"]: dict(doc)
+                                                     for doc in self.db.table("notify").all()}
+        self.appliances: dict[str, dict[str, Any]] = {doc["id"]: dict(doc) for doc in self.db.table("appliances").all()}
+        self._inbox: dict[str, deque[tuple[int, dict[str, Any]]]] = {}
         self._stale: list[int] = []
         for doc in self.db.table("inbox").all():
             self._keep(doc["household_id"], doc.doc_id, dict(doc))
@@ -235,7 +243,7 @@ class HouseholdStore:
             self.db.close()
 
     # --- notification endpoint
-    def set_endpoint(self, household_id: str, doc: dict) -> None:
+    def set_endpoint(self, household_id: str, doc: dict[str, Any]) -> None:
         doc = {"household_id": household_id, **doc}
         self._write_endpoint(doc)
         self.endpoints[household_id] = doc
@@ -247,7 +255,7 @@ class HouseholdStore:
         self.endpoints.pop(household_id, None)
         return True
 
-    def _write_endpoint(self, doc: dict) -> None:
+    def _write_endpoint(self, doc: dict[str, Any]) -> None:
         with self.writes.disk():
             self.db.table("notify").upsert(doc, where("household_id") == doc["household_id"])
 
@@ -256,7 +264,7 @@ class HouseholdStore:
             self.db.table("notify").remove(where("household_id") == household_id)
 
     # --- appliances
-    def add_appliance(self, doc: dict) -> None:
+    def add_appliance(self, doc: dict[str, Any]) -> None:
         self._write_appliance(doc)
         self.appliances[doc["id"]] = doc
 
@@ -264,11 +272,11 @@ class HouseholdStore:
         self._remove_appliance(appliance_id)
         self.appliances.pop(appliance_id, None)
 
-    def _write_appliance(self, doc: dict) -> None:
+    def _write_appliance(self, doc: dict[str, Any]) -> None:
         with self.writes.disk():
             self.db.table("appliances").insert(doc)
 
-    def _rewrite_appliance(self, doc: dict) -> None:
+    def _rewrite_appliance(self, doc: dict[str, Any]) -> None:
         with self.writes.disk():  # an update, not an upsert: one removed meanwhile stays removed
             self.db.table("appliances").update({"device": doc["device"]}, where("id") == doc["id"])
 
@@ -281,7 +289,8 @@ class HouseholdStore:
     # changed only once the write is durable (in that same order; a failed write changes nothing, so a retry
     # finds the item again). The API holds the household's lock around each (for the endpoint, passed as
     # `lock`), so that a check (is there an endpoint, such an appliance?) and the change stay one step.
-    async def set_endpoint_async(self, household_id: str, doc: dict, lock: asyncio.Lock | None = None) -> None:
+    async def set_endpoint_async(self, household_id: str, doc: dict[str, Any],
+                                 lock: asyncio.Lock | None = None) -> None:
         """`lock`: the API's lock for this household, held until the endpoint is in memory too."""
         doc = {"household_id": household_id, **doc}
         async with lock or contextlib.nullcontext():
@@ -298,7 +307,7 @@ class HouseholdStore:
                                  then=lambda: self.endpoints.pop(household_id, None))
             return True
 
-    async def add_appliance_async(self, doc: dict) -> None:
+    async def add_appliance_async(self, doc: dict[str, Any]) -> None:
         await self._off_loop(self._write_appliance, doc, then=lambda: self.appliances.__setitem__(doc["id"], doc))
 
     async def bind_device_async(self, appliance_id: str, mac: str) -> None:
@@ -309,7 +318,7 @@ class HouseholdStore:
         doc = {**doc, "device": mac}
         await self._off_loop(self._rewrite_appliance, doc, then=lambda: self._rebound(doc))
 
-    def _rebound(self, doc: dict) -> None:
+    def _rebound(self, doc: dict[str, Any]) -> None:
         if doc["id"] in self.appliances:
             self.appliances[doc["id"]] = doc
 
@@ -317,7 +326,7 @@ class HouseholdStore:
         await self._off_loop(self._remove_appliance, appliance_id,
                              then=lambda: self.appliances.pop(appliance_id, None))
 
-    async def _off_loop(self, write, *args, then=None):
+    async def _off_loop(self, write: Callable[..., T], *args: Any, then: Callable[[], object] | None = None) -> T:
         return await self.writes.write(write, *args, then=then)
 
     # --- households the operator removed: their endpoint, appliances and inbox are forgotten
@@ -360,20 +369,20 @@ class HouseholdStore:
                 self._compact()
         return len(gone | boxes)
 
-    def appliances_of(self, household_id: str) -> list[dict]:
+    def appliances_of(self, household_id: str) -> list[dict[str, Any]]:
         return [a for a in self.appliances.values() if a["household_id"] == household_id]
 
-    def targets(self, household_id: str, org_id: str, ref: str) -> list[dict]:
+    def targets(self, household_id: str, org_id: str, ref: str) -> list[dict[str, Any]]:
         """The household's appliances named (or of the kind) `ref` that it lets this organization switch."""
         ref = ref.casefold()
         return [a for a in self.appliances_of(household_id) if org_id in a["allowed_organizations"]
                 and (a["name"].casefold() == ref or (a.get("kind") or "").casefold() == ref)]
 
     # --- inbox
-    def deliver(self, entry: dict) -> None:
+    def deliver(self, entry: dict[str, Any]) -> None:
         self.deliver_many([entry])
 
-    def deliver_many(self, entries: list[dict]) -> None:
+    def deliver_many(self, entries: list[dict[str, Any]]) -> None:
         """One write (one fsync) for a window's notifications of one trigger, however many households."""
         if not entries:
             return
@@ -384,13 +393,13 @@ class HouseholdStore:
             if len(self._stale) >= INBOX_COMPACT_AFTER:
                 self._compact()
 
-    def inbox(self, household_id: str) -> list[dict]:
+    def inbox(self, household_id: str) -> list[dict[str, Any]]:
         """Newest first."""
         with self.lock:
             box = list(self._inbox.get(household_id, ()))
         return [entry for _, entry in reversed(box)]
 
-    def _keep(self, household_id: str, doc_id: int, entry: dict) -> None:
+    def _keep(self, household_id: str, doc_id: int, entry: dict[str, Any]) -> None:
         box = self._inbox.setdefault(household_id, deque())
         box.append((doc_id, entry))
         while len(box) > INBOX_MAX:
