@@ -9,9 +9,11 @@ import pkgutil
 from enum import Enum
 
 import agent
-from agent.api.errors import CODES, STATUS, ApiError
+from agent.api.errors import CODES, STATUS, ApiError, Http, codes, status_of
+from agent.api.openapi import SPEC
 from agent.errors import DomainError
 from agent.registry import RegistryCode, RegistryError
+from agent.release import RefusalCode
 from agent.store.disk import StorageCode, StorageUnavailable
 from agent.triggers.model import Refused, TriggerCode
 
@@ -49,3 +51,32 @@ def test_a_refused_write_says_when_to_retry_and_is_still_an_oserror():
     assert isinstance(full, OSError) and full.errno == 28 and str(full) == "[Errno 28] the device's storage is full"
     answer = ApiError.of(full)
     assert (answer.status, answer.error, answer.headers) == (507, "storage_full", {"Retry-After": "30"})
+
+
+def test_the_http_layers_codes_have_their_status_and_a_refusal_is_a_409():
+    assert all(400 <= code.status < 600 for code in Http)
+    answer = ApiError(Http.NOT_FOUND, "no such subscription").response()
+    assert answer.status == 404 and json.loads(answer.body) == {"error": "not_found", "detail": "no such subscription"}
+    refused = ApiError(RefusalCode.COHORT_TOO_SMALL, "too few", households=3, missing=7)
+    assert (refused.status, refused.error, refused.extra) == (409, "cohort_too_small", {"households": 3, "missing": 7})
+
+
+def test_a_code_spelt_the_same_in_two_declarations_has_one_status_but_these():
+    """A domain's code and the HTTP layer's may share a spelling (not_found, invalid, bad_parameter): one status
+    for it; these have two, as before (a refusal in a release is a 409 where the same thing asked of its own endpoint
+    is a 403 or a 503; a trigger's body is a 422 where a query parameter is a 400 or a 403)."""
+    statuses: dict[str, set[int]] = {}
+    for kind in (Http, RefusalCode, *CODES):
+        for code in kind:
+            statuses.setdefault(code.value, set()).add(status_of(code))
+    assert {value: seen for value, seen in statuses.items() if len(seen) > 1} == {
+        "not_permitted": {403, 409}, "dp_unavailable": {409, 503}, "storage_error": {409, 503},
+        "window_not_permitted": {403, 422}, "parameter_not_permitted": {403, 422}, "unknown_tag": {400, 422}}
+
+
+def test_the_document_lists_every_code_the_api_answers():
+    schemas = SPEC["components"]["schemas"]
+    assert schemas["Error"]["properties"]["error"]["enum"] == codes()
+    assert schemas["TriggerRefused"]["properties"]["error"]["enum"] == codes()
+    assert schemas["Refusal"]["properties"]["error"]["enum"] == [code.value for code in RefusalCode]
+    assert set(codes()) >= {"cohort_too_small", "duplicate", "not_found", "method_not_allowed", "internal_error"}

@@ -6,7 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent.api.bodies import HouseholdIn, HouseholdPatch, OrganizationIn, OrganizationPatch, decode
-from agent.api.common import ApiError, agent_of, caller, in_thread, parse_limit, parse_time, read_body, stream_json
+from agent.api.common import (ApiError, Http, agent_of, caller, in_thread, parse_limit, parse_time, read_body,
+                              stream_json)
 from agent.api.spec import LIMIT, NO_CONTENT, NOT_FOUND, OP, STRING, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR
 from agent.parameters import lookup
@@ -16,16 +17,16 @@ from agent.services import Services
 def _level(request: web.Request, name) -> str:
     levels = agent_of(request).config.levels
     if name not in levels:
-        raise ApiError(422, "invalid", f"unknown level {name!r}; levels: {', '.join(sorted(levels))}")
+        raise ApiError(Http.INVALID, f"unknown level {name!r}; levels: {', '.join(sorted(levels))}")
     return name
 
 
 def _parameter_list(value, tags: tuple[str, ...]) -> list[str]:
     if not all(isinstance(p, str) and p for p in value):
-        raise ApiError(422, "invalid", "parameters must be a list of parameter names or patterns")
+        raise ApiError(Http.INVALID, "parameters must be a list of parameter names or patterns")
     for name in value:
         if "*" not in name and "?" not in name and lookup(name, tags) is None:
-            raise ApiError(422, "invalid", f"unknown parameter {name!r}")
+            raise ApiError(Http.INVALID, f"unknown parameter {name!r}")
     return list(value)
 
 
@@ -99,7 +100,7 @@ async def new_household(agent: Services, operator_id: str, meter_id: str | None,
     """(household, token, datalogger token or None), created and audited (the API and the installer's page both
     use it)."""
     if meter_id is not None and meter_id not in agent.readers:
-        raise ApiError(422, "invalid", f"meter_id {meter_id!r} is not one of this device's P1 meters; leave it "
+        raise ApiError(Http.INVALID, f"meter_id {meter_id!r} is not one of this device's P1 meters; leave it "
                        "out for a household that posts its own readings")
     household, token, datalogger = await agent.registry.create_household_async(meter_id, "p1" if meter_id else "http",
                                                                                related)

@@ -21,13 +21,14 @@ from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, caller, parse_time, stream_json
+from agent.api.common import ApiError, Http, agent_of, caller, parse_time, stream_json
 from agent.api.data import level_of
 from agent.api.spec import ORG, TIME_PARAM, Route, error, ok_json, query
 from agent.auth import ORGANIZATION
 from agent.config import WINDOW_SECONDS
 from agent.privacy.anonymize import DAY_S, HouseholdSeries, day_periods, release_day, select, static_from_rollups
 from agent.registry import ConsentLine
+from agent.release import RefusalCode
 from agent.services import Services
 from drivers.reading import iso, unix_seconds
 
@@ -48,7 +49,7 @@ async def get_anonymized(request: web.Request) -> web.StreamResponse:
     level = level_of(agent, org)
     rules = level.anonymized
     if rules.k == 0:
-        raise ApiError(403, "not_permitted", f"level {level.name!r} does not receive anonymized per-household data"
+        raise ApiError(Http.NOT_PERMITTED, f"level {level.name!r} does not receive anonymized per-household data"
                        + (" (noisy aggregates only: GET /data)" if level.noisy else ""))
     res = _resolution(request.query.get("resolution"), level)
     since, until, days = _range(request.query, agent.releases.settle_limit())
@@ -69,7 +70,7 @@ async def get_anonymized(request: web.Request) -> web.StreamResponse:
         await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=False,
                                          requirement=refused["requirement"],
                                          households=max(doc["audit"]["households"] for doc in docs))
-        raise ApiError(409, f"{refused['requirement']}_not_met", refused["detail"],
+        raise ApiError(Http(f"{refused['requirement']}_not_met"), refused["detail"],
                        requirement=refused["requirement"])
     report = _report(level, res, docs, released, rows, span)
     await agent.audit.record_durable(org.id, ORGANIZATION, "data.anonymized", **span, released=True,
@@ -88,13 +89,13 @@ def _resolution(asked: str | None, level) -> int:
     rules = level.anonymized
     resolution = asked or rules.resolution
     if resolution not in RESOLUTIONS:
-        raise ApiError(400, "bad_parameter", f"resolution must be {' or '.join(RESOLUTIONS)}")
+        raise ApiError(Http.BAD_PARAMETER, f"resolution must be {' or '.join(RESOLUTIONS)}")
     if WINDOW_SECONDS[resolution] < WINDOW_SECONDS[rules.resolution]:
-        raise ApiError(403, "resolution_not_permitted", f"level {level.name!r} gets anonymized data at "
+        raise ApiError(Http.RESOLUTION_NOT_PERMITTED, f"level {level.name!r} gets anonymized data at "
                        f"{rules.resolution} or coarser")
     if resolution != rules.resolution and not rules.linkable:
         # a second grid of the same days would be a second release of the same rows to compare with the first
-        raise ApiError(400, "bad_parameter", f"level {level.name!r} gets anonymized data on one grid: "
+        raise ApiError(Http.BAD_PARAMETER, f"level {level.name!r} gets anonymized data on one grid: "
                        f"{rules.resolution}")
     return WINDOW_SECONDS[resolution]
 
@@ -107,13 +108,13 @@ def _range(query, settled: float) -> tuple[int, int, list[int]]:
     until = last_day if until is None else int(math.ceil(until))
     since = until - DAY_S if since is None else int(since)
     if until <= since:
-        raise ApiError(400, "bad_parameter", "to must be after from")
+        raise ApiError(Http.BAD_PARAMETER, "to must be after from")
     if until - since > MAX_ANONYMIZED_DAYS * DAY_S:
-        raise ApiError(400, "bad_parameter", f"at most {MAX_ANONYMIZED_DAYS} days per request")
+        raise ApiError(Http.BAD_PARAMETER, f"at most {MAX_ANONYMIZED_DAYS} days per request")
     first = since // DAY_S * DAY_S
     days = [day for day in range(first, until, DAY_S) if day + DAY_S <= last_day]
     if not days:
-        raise ApiError(409, "not_settled", "a day's anonymized release is made once the UTC day has ended (and "
+        raise ApiError(RefusalCode.NOT_SETTLED, "a day's anonymized release is made once the UTC day has ended (and "
                        f"{SETTLE_S // 60} minutes more); ask for days before {iso(last_day)}")
     return since, until, days
 

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from agent.api.bodies import OrgIds
+from agent.api.errors import codes
 
 Seconds = Annotated[float, Meta(description="Unix seconds")]
 Counts = Annotated[dict[str, Any], Meta(description="what the agent counts of it (the keys may grow)")]
@@ -29,10 +30,14 @@ class Answer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+# Every code the API answers (agent/api/errors.py: the HTTP layer's, the domain's, the release module's refusals)
+Code = Annotated[str, Meta(extra_json_schema={"enum": codes()})]
+
+
 class Error(msgspec.Struct, kw_only=True):
     """Every error: {error, detail}; some say more (households and missing for cohort_too_small, Retry-After)."""
 
-    error: str
+    error: Code
     detail: str
     households: int | UnsetType = UNSET
     missing: int | UnsetType = UNSET
@@ -347,7 +352,7 @@ class Triggers(Answer):
 
 
 class TriggerRefused(msgspec.Struct, kw_only=True):
-    error: str
+    error: Code
     detail: str
     parameter: str | UnsetType = UNSET
     reason: Annotated[str, Meta(description=(

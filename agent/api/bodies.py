@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from agent.api.common import ApiError
+from agent.api.common import ApiError, Http
 from agent.config import WINDOW_SECONDS
 from agent.ingest import MAX_BATCH, ReadingInput
 from agent.triggers.model import MAX_CONTENT_CHARS, MAX_PARAMETERS, MAX_TITLE_CHARS
@@ -161,21 +161,21 @@ def decode(raw: bytes, kind: type[B]) -> B:
     """The body as `kind`: 400 malformed_json if it is not JSON, 422 invalid (saying which field and why) if
     it does not have the schema's shape."""
     if not raw:
-        raise ApiError(400, "malformed_json", "the request needs a JSON body")
+        raise ApiError(Http.MALFORMED_JSON, "the request needs a JSON body")
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as err:
         well_formed(raw)  # msgspec checks the shape while it parses: malformed JSON can fail as a field first
-        raise ApiError(422, "invalid", _in_words(str(err), kind)) from None
+        raise ApiError(Http.INVALID, _in_words(str(err), kind)) from None
     except msgspec.DecodeError as err:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {err}") from None
+        raise ApiError(Http.MALFORMED_JSON, f"the body is not valid JSON: {err}") from None
 
 
 def well_formed(raw: bytes) -> None:
     try:
         msgspec.json.decode(raw)
     except msgspec.DecodeError as err:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {err}") from None
+        raise ApiError(Http.MALFORMED_JSON, f"the body is not valid JSON: {err}") from None
 
 
 @functools.cache

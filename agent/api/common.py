@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 from aiohttp import web
 
-from agent.api.errors import ApiError as ApiError, json_error  # handlers take ApiError from here
+from agent.api.errors import ApiError as ApiError, Http as Http, json_error  # handlers take them from here
 from agent.auth import Principal, identify
 from agent.errors import DomainError
 from agent.registry import Organization
@@ -53,7 +53,7 @@ async def error_middleware(request: web.Request,
         return json_error(err.status, err.reason.lower().replace(" ", "_"), err.reason, headers)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "internal_error", "the agent could not answer this request; see its log")
+        return ApiError(Http.INTERNAL_ERROR, "the agent could not answer this request; see its log").response()
 
 
 def agent_of(request: web.Request) -> Services:
@@ -85,7 +85,7 @@ def _client(request: web.Request) -> str:
 
 
 def _unauthorized(detail: str) -> ApiError:
-    return ApiError(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="edge"'})
+    return ApiError(Http.UNAUTHORIZED, detail, {"WWW-Authenticate": 'Bearer realm="edge"'})
 
 
 def token_from(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> str:
@@ -110,7 +110,7 @@ def principal(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> P
         return found
     wait = agent.throttle.retry_after(client)
     if wait:
-        raise ApiError(429, "too_many_failures",
+        raise ApiError(Http.TOO_MANY_FAILURES,
                        "too many bad tokens from this address (or its network); try again later",
                        {"Retry-After": str(math.ceil(wait))})
     agent.throttle.failed(client)
@@ -120,7 +120,7 @@ def principal(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> P
 def require(request: web.Request, *roles: str, schemes: tuple[str, ...] = ("bearer",)) -> Principal:
     found = principal(request, schemes)
     if found.role not in roles:
-        raise ApiError(403, "forbidden", f"this endpoint is for: {', '.join(roles)}")
+        raise ApiError(Http.FORBIDDEN, f"this endpoint is for: {', '.join(roles)}")
     return found
 
 
@@ -147,7 +147,7 @@ def owned_by_caller(request: web.Request, items: Mapping[str, OwnedT], key: str,
     org = caller(request).organization
     item = items.get(request.match_info[key])
     if org is None or item is None or item.organization_id != org.id:
-        raise ApiError(404, "not_found", f"no such {what}")
+        raise ApiError(Http.NOT_FOUND, f"no such {what}")
     return org, item
 
 
@@ -162,12 +162,12 @@ def parse_time(value: str | None, name: str) -> float | None:
         seconds = None
     if seconds is not None:
         if not math.isfinite(seconds) or not 0 <= seconds < 1e11:
-            raise ApiError(400, "bad_parameter", f"{name} is not a plausible Unix time")
+            raise ApiError(Http.BAD_PARAMETER, f"{name} is not a plausible Unix time")
         return seconds
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "bad_parameter", f"{name} must be Unix seconds or ISO 8601, got {value[:40]!r}") from None
+        raise ApiError(Http.BAD_PARAMETER, f"{name} must be Unix seconds or ISO 8601, got {value[:40]!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
@@ -177,7 +177,7 @@ def parse_limit(value: str | None, default: int = 10_000) -> int:
     if value is None:
         return default
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:  # "²".isdigit() is True
-        raise ApiError(400, "bad_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
+        raise ApiError(Http.BAD_PARAMETER, f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(value)
 
 
@@ -190,7 +190,7 @@ async def read_body(request: web.Request) -> bytes:
         try:
             body = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
         except asyncio.TimeoutError:
-            raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+            raise ApiError(Http.REQUEST_TIMEOUT, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
     still_caller(request)
     return body
 
@@ -215,7 +215,7 @@ async def read_json(request: web.Request) -> Any:
 def json_value(body: bytes) -> Any:
     """The body as JSON, as json.loads reads it; 400 malformed_json if it is not."""
     if not body:
-        raise ApiError(400, "malformed_json", "the request needs a JSON body")
+        raise ApiError(Http.MALFORMED_JSON, "the request needs a JSON body")
     try:
         return _JSON.decode(body)  # json.loads's answer wherever this one decodes (msgspec: ~3x less CPU)
     except (ValueError, RecursionError):
@@ -223,7 +223,7 @@ def json_value(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: "[[[[..." 100,000 deep
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {err.__class__.__name__}") from None
+        raise ApiError(Http.MALFORMED_JSON, f"the body is not valid JSON: {err.__class__.__name__}") from None
 
 
 async def stream_json(request: web.Request, before: str, batches: AsyncIterator[list[Any]],

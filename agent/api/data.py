@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent.access import denied
-from agent.api.common import ApiError, agent_of, caller, parse_time
+from agent.api.common import ApiError, Http, agent_of, caller, parse_time
 from agent.api.spec import ANY_ROLE, ORG, REFUSED, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR, ORGANIZATION
 from agent.config import WINDOW_SECONDS, Level
@@ -28,7 +28,7 @@ MAX_HISTORY_WINDOWS = 1000
 def level_of(agent: Services, org) -> Level:
     level = agent.config.levels.get(org.level)
     if level is None:
-        raise ApiError(403, "forbidden", f"the organization's level {org.level!r} is not configured on this device")
+        raise ApiError(Http.FORBIDDEN, f"the organization's level {org.level!r} is not configured on this device")
     return level
 
 
@@ -77,7 +77,7 @@ def check_access(level: Level, org, window: str, tag: str | None, tags: tuple[st
 
 def refusal_error(refusal: Refusal) -> ApiError:
     public = refusal.public()
-    return ApiError(409, public.pop("error"), public.pop("detail"), **public)
+    return ApiError(RefusalCode(public.pop("error")), public.pop("detail"), **public)
 
 
 async def get_data(request: web.Request) -> web.Response:
@@ -115,11 +115,11 @@ async def _history(request, agent: Services, org, window: str, tag: str | None) 
     since = now - 3600 if since is None else since
     until = now if until is None else min(until, now)
     if until <= since:
-        raise ApiError(400, "bad_parameter", "until must be after since")
+        raise ApiError(Http.BAD_PARAMETER, "until must be after since")
     width = WINDOW_SECONDS[window]
     first, last = int(since // width) * width, int(until // width) * width  # closed windows only
     if (last - first) // width > MAX_HISTORY_WINDOWS:  # before building anything
-        raise ApiError(400, "bad_parameter", f"at most {MAX_HISTORY_WINDOWS} windows per request; "
+        raise ApiError(Http.BAD_PARAMETER, f"at most {MAX_HISTORY_WINDOWS} windows per request; "
                        "narrow since/until or use a larger window")
     await agent.releases.settle()
     limit = agent.releases.settle_limit()

@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from agent.api.bodies import APPLIANCE_KIND, APPLIANCE_NAME, ApplianceIn, NotifyIn, decode
-from agent.api.common import ApiError, KeyedLocks, agent_of, caller, read_body
+from agent.api.common import ApiError, Http, KeyedLocks, agent_of, caller, read_body
 from agent.api.spec import HH, NO_CONTENT, NOT_FOUND, Route, error, ok_json
 from agent.auth import HOUSEHOLD
 from agent.delivery import signing
@@ -51,7 +51,7 @@ ADDRESSES_LOCK = "appliance addresses"  # a key of HOUSEHOLD_LOCKS no household 
 def address_taken() -> ApiError:
     """The address, or the relay answering at it (R8-1), is another household's: one sentence, not saying whose,
     nor which of the two (R6-9)."""
-    return ApiError(409, "address_taken", "this address is another household's appliance on this device")
+    return ApiError(Http.ADDRESS_TAKEN, "this address is another household's appliance on this device")
 
 
 def _household(request: web.Request):
@@ -64,7 +64,7 @@ async def get_notify(request: web.Request) -> web.Response:
     household, agent = _household(request)
     endpoint = agent.triggers.households.endpoints.get(household.id)
     if endpoint is None:
-        raise ApiError(404, "not_found", "no notification endpoint; PUT one")
+        raise ApiError(Http.NOT_FOUND, "no notification endpoint; PUT one")
     return web.json_response({"url": endpoint["url"], "kind": endpoint["kind"], "updated_at": endpoint["updated_at"]})
 
 
@@ -78,12 +78,12 @@ async def put_notify(request: web.Request) -> web.Response:
 async def set_endpoint(agent: Services, locks: KeyedLocks, household_id: str, url: str, kind: str) -> dict:
     """Checked, written and audited; the answer carries a webhook's secret, once (the API and the web pages)."""
     if kind not in notify.KINDS:
-        raise ApiError(422, "invalid", f"kind must be one of {', '.join(notify.KINDS)}")
+        raise ApiError(Http.INVALID, f"kind must be one of {', '.join(notify.KINDS)}")
     delivery = agent.config.delivery
     try:
         url = actions.check_endpoint(url, delivery.allow_http, delivery.allow_private_endpoints)
     except TargetError as err:
-        raise ApiError(422, "endpoint_refused", str(err)) from None
+        raise ApiError(Http.ENDPOINT_REFUSED, str(err)) from None
     secret = signing.new_secret() if kind == "webhook" else None
     doc = {"url": url, "kind": kind, "secret": secret, "updated_at": agent.clock()}
     # under the household's lock: a DELETE asked for meanwhile waits until this endpoint is written, then removes it
@@ -104,7 +104,7 @@ async def delete_notify(request: web.Request) -> web.Response:
 async def remove_endpoint(agent: Services, locks: KeyedLocks, household_id: str) -> None:
     # under the household's lock: after a PUT in progress, it removes what that wrote
     if not await agent.triggers.households.remove_endpoint_async(household_id, lock=locks(household_id)):
-        raise ApiError(404, "not_found", "no notification endpoint")
+        raise ApiError(Http.NOT_FOUND, "no notification endpoint")
     await agent.audit.record_durable(household_id, HOUSEHOLD, "notify.delete")
 
 
@@ -112,7 +112,7 @@ async def post_notify_test(request: web.Request) -> web.Response:
     household, agent = _household(request)
     out = await send_test_notification(agent, household.id)
     if not out["delivered"]:
-        raise ApiError(502, "not_delivered", out["error"], endpoint_status=out["status"])
+        raise ApiError(Http.NOT_DELIVERED, out["error"], endpoint_status=out["status"])
     return web.json_response(out)
 
 
@@ -122,10 +122,10 @@ async def send_test_notification(agent: Services, household_id: str) -> dict:
     Audited; nothing reaches an organization."""
     endpoint = agent.triggers.households.endpoints.get(household_id)
     if endpoint is None:
-        raise ApiError(404, "not_found", "no notification endpoint; PUT one")
+        raise ApiError(Http.NOT_FOUND, "no notification endpoint; PUT one")
     lane = agent.triggers.household_lanes[household_id]
     if not lane.admit():
-        raise ApiError(429, "busy", "this household's notifications are still being sent; try again later")
+        raise ApiError(Http.BUSY, "this household's notifications are still being sent; try again later")
     delivery = agent.config.delivery
     status, error = None, None
     try:
@@ -179,26 +179,26 @@ async def new_appliance(agent: Services, locks: KeyedLocks, household_id: str, b
     """Checked, written and audited (the API and the web pages)."""
     name = body.name
     if not APPLIANCE_NAME.match(name) or not name.strip():
-        raise ApiError(422, "invalid", "name must be 1 to 64 printable characters")
+        raise ApiError(Http.INVALID, "name must be 1 to 64 printable characters")
     kind = body.kind
     if kind is not None and not APPLIANCE_KIND.match(kind):
-        raise ApiError(422, "invalid", "kind: 1-32 lowercase letters, digits, '_' or '-' (e.g. ev_charger, heater)")
+        raise ApiError(Http.INVALID, "kind: 1-32 lowercase letters, digits, '_' or '-' (e.g. ev_charger, heater)")
     device = appliances.driver(body.driver)
     if device is None:
-        raise ApiError(422, "invalid", f"driver must be one of {', '.join(appliances.names())}")
+        raise ApiError(Http.INVALID, f"driver must be one of {', '.join(appliances.names())}")
     channel = body.channel
     if channel is not None and not 0 <= channel <= device.max_channel:
-        raise ApiError(422, "invalid", f"channel must be 0 to {device.max_channel} for {device.name}")
+        raise ApiError(Http.INVALID, f"channel must be 0 to {device.max_channel} for {device.name}")
     try:
         address = actions.check_appliance_address(body.address, agent.config.delivery.allow_private_endpoints)
     except TargetError as err:
-        raise ApiError(422, "address_refused", str(err)) from None
+        raise ApiError(Http.ADDRESS_REFUSED, str(err)) from None
     orgs = body.allowed_organizations
     if len(orgs) > 64:  # the web pages' form is not decoded as the API's body is
-        raise ApiError(422, "invalid", "allowed_organizations must be a list of organization ids")
+        raise ApiError(Http.INVALID, "allowed_organizations must be a list of organization ids")
     for org_id in orgs:
         if org_id not in agent.registry.organizations:
-            raise ApiError(422, "invalid", f"no organization {org_id[:40]!r}; see GET /households/me/organizations")
+            raise ApiError(Http.INVALID, f"no organization {org_id[:40]!r}; see GET /households/me/organizations")
     store = agent.triggers.households
     doc = {"id": "app_" + secrets.token_hex(6), "household_id": household_id, "name": name, "kind": kind,
            "driver": device.name, "address": address, "channel": channel,
@@ -226,9 +226,9 @@ async def new_appliance(agent: Services, locks: KeyedLocks, household_id: str, b
 
 def _check_room(mine: list[dict], name: str) -> None:
     if len(mine) >= MAX_APPLIANCES:
-        raise ApiError(409, "conflict", f"at most {MAX_APPLIANCES} appliances per household")
+        raise ApiError(Http.CONFLICT, f"at most {MAX_APPLIANCES} appliances per household")
     if any(a["name"].casefold() == name.casefold() for a in mine):
-        raise ApiError(409, "conflict", f"an appliance named {name!r} exists already")
+        raise ApiError(Http.CONFLICT, f"an appliance named {name!r} exists already")
 
 
 async def _relay_identity(agent: Services, device: appliances.ApplianceDriver, doc: dict) -> str | None:
@@ -266,7 +266,7 @@ async def remove_appliance(agent: Services, locks: KeyedLocks, household_id: str
     async with locks(household_id):
         appliance = store.appliances.get(appliance_id)
         if appliance is None or appliance["household_id"] != household_id:
-            raise ApiError(404, "not_found", "no such appliance")
+            raise ApiError(Http.NOT_FOUND, "no such appliance")
         await store.remove_appliance_async(appliance["id"])
     await agent.audit.record_durable(household_id, HOUSEHOLD, "appliance.delete", appliance_id=appliance["id"])
 
@@ -275,7 +275,7 @@ async def get_appliance_status(request: web.Request) -> web.Response:
     household, agent = _household(request)
     out = await appliance_status(agent, household.id, request.match_info["appliance_id"])
     if out["error"] is not None:
-        raise ApiError(502, "appliance_unreachable", out["error"])
+        raise ApiError(Http.APPLIANCE_UNREACHABLE, out["error"])
     return web.json_response(out)
 
 
@@ -286,7 +286,7 @@ async def appliance_status(agent: Services, household_id: str, appliance_id: str
     A failure is one sentence whatever the cause: no more of an address than whether such a relay answers there."""
     appliance = agent.triggers.households.appliances.get(appliance_id)
     if appliance is None or appliance["household_id"] != household_id:
-        raise ApiError(404, "not_found", "no such appliance")
+        raise ApiError(Http.NOT_FOUND, "no such appliance")
     device = appliances.driver(appliance["driver"])
     private = agent.config.delivery.allow_private_endpoints
     bindings = agent.triggers.bindings

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, caller
+from agent.api.common import ApiError, Http, agent_of, caller
 from agent.api.spec import HH, NOT_FOUND, Route, ok_json
 from agent.services import Services
 from agent.triggers.runner import events_service
@@ -81,7 +81,7 @@ async def get_trigger(request: web.Request) -> web.Response:
     agent = agent_of(request)
     trig = next((t for t in agent.triggers.consentable() if t.id == request.match_info["trigger_id"]), None)
     if trig is None:
-        raise ApiError(404, "not_found", "no trigger whose events you may consent to has this id")
+        raise ApiError(Http.NOT_FOUND, "no trigger whose events you may consent to has this id")
     return web.json_response(_describe(agent, trig, household.id))
 
 

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from agent.api.answers import Accepted
-from agent.api.common import ApiError, KeyedLocks, agent_of, caller, json_value, read_body, still_caller
+from agent.api.common import ApiError, Http, KeyedLocks, agent_of, caller, json_value, read_body, still_caller
 from agent.api.spec import HH, INGEST, NOT_FOUND, STRING, Route, error, ok_json, ref
 from agent.audit import consent_action
 from agent.auth import HOUSEHOLD
@@ -82,7 +82,7 @@ METER_LOCKS = web.AppKey("meter_locks", KeyedLocks)
 async def _accept(request: web.Request, agent: Services, household, readings) -> None:
     """All checks first, then store them all: a batch is all or nothing."""
     if household.source == "p1":
-        raise ApiError(409, "wired_meter", "this household's meter is read on the device's P1 port")
+        raise ApiError(Http.WIRED_METER, "this household's meter is read on the device's P1 port")
     agent.store.check_writable()  # 507/503 while the store cannot write: never acknowledge what may be lost
     latest = agent.pipeline.latest.get(household.meter_id)
     locks = request.app[METER_LOCKS]
@@ -125,7 +125,7 @@ async def post_readings(request: web.Request) -> web.Response:
         readings = [agent.telegram_ingest.decode(text, household.meter_id, received_at)]
     else:
         if request.content_type not in ("application/json", "application/octet-stream", ""):
-            raise ApiError(415, "unsupported_media_type", "send application/json readings or a text/plain telegram")
+            raise ApiError(Http.UNSUPPORTED_MEDIA_TYPE, "send application/json readings or a text/plain telegram")
         raw, tags = await read_body(request), agent.config.privacy.tags
         try:  # the schema checks while msgspec parses: one pass over the body
             readings = readings_from_json_bytes(raw, household.meter_id, received_at, tags)
@@ -141,15 +141,15 @@ async def dsmr_reader_datalogger(request: web.Request) -> web.Response:
     household = caller(request).household
     agent = agent_of(request)
     if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        raise ApiError(415, "unsupported_media_type", "send the telegram as form field 'telegram'")
+        raise ApiError(Http.UNSUPPORTED_MEDIA_TYPE, "send the telegram as form field 'telegram'")
     try:
         form = await request.post()
     except ValueError as err:  # e.g. multipart without a boundary
-        raise ApiError(400, "bad_request", f"unreadable form: {err.__class__.__name__}") from None
+        raise ApiError(Http.BAD_REQUEST, f"unreadable form: {err.__class__.__name__}") from None
     still_caller(request)
     telegram = form.get("telegram")
     if not isinstance(telegram, str) or not telegram.strip():
-        raise ApiError(400, "bad_request", "form field 'telegram' is required")
+        raise ApiError(Http.BAD_REQUEST, "form field 'telegram' is required")
     reading = agent.telegram_ingest.decode(telegram.replace("\n", "\r\n").replace("\r\r\n", "\r\n"),
                                            household.meter_id, agent.now())
     await _accept(request, agent, household, [reading])

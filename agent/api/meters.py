@@ -12,7 +12,7 @@ import json
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, in_thread, parse_limit, parse_time, principal, stream_json
+from agent.api.common import ApiError, Http, agent_of, in_thread, parse_limit, parse_time, principal, stream_json
 from agent.api.spec import ANYONE, LIMIT, NOT_FOUND, OP, STRING, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR
 from agent.metrics import render_metrics
@@ -38,7 +38,7 @@ def known_meter(request: web.Request) -> str:
     agent = agent_of(request)
     meter_id = request.match_info["meter_id"]
     if meter_id not in agent.readers and meter_id not in agent.pipeline.latest and meter_id not in agent.store.meter_ids():
-        raise ApiError(404, "not_found", f"no meter {meter_id!r}")
+        raise ApiError(Http.NOT_FOUND, f"no meter {meter_id!r}")
     return meter_id
 
 
@@ -66,7 +66,7 @@ async def latest_reading(request: web.Request) -> web.Response:
     agent = agent_of(request)
     reading = agent.pipeline.latest.get(meter_id) or await asyncio.to_thread(agent.store.latest, meter_id)
     if reading is None:
-        raise ApiError(404, "no_reading", f"meter {meter_id!r} has sent no valid telegram yet")
+        raise ApiError(Http.NO_READING, f"meter {meter_id!r} has sent no valid telegram yet")
     return web.json_response(reading.to_json())
 
 
@@ -75,10 +75,10 @@ async def meter_readings(request: web.Request) -> web.Response:
     q = request.query
     since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
     if since is not None and until is not None and until < since:
-        raise ApiError(400, "bad_parameter", "until is before since")
+        raise ApiError(Http.BAD_PARAMETER, "until is before since")
     resolution = q.get("resolution", "raw")
     if resolution not in RESOLUTIONS:
-        raise ApiError(400, "bad_parameter", f"resolution must be one of {', '.join(RESOLUTIONS)}")
+        raise ApiError(Http.BAD_PARAMETER, f"resolution must be one of {', '.join(RESOLUTIONS)}")
     limit = parse_limit(q.get("limit"))
     return await _stream_rows(request, meter_id, resolution, agent_of(request).store.reading_batches(
         meter_id, since=since, until=until, resolution=resolution, limit=limit))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.api.common import ApiError, agent_of, caller
+from agent.api.common import ApiError, Http, agent_of, caller
 from agent.api.data import (AGGREGATE_ERRORS, AGGREGATES, SPAN_QUERY, TAG_QUERY, WINDOW_QUERY, answer, check_access,
                             level_of)
 from agent.api.spec import ORG, Route, error
@@ -20,10 +20,10 @@ async def get_dp(request: web.Request) -> web.Response:
     agent = agent_of(request)
     level = level_of(agent, org)
     if not level.noisy:
-        raise ApiError(403, "not_noisy", f"level {level.name!r} is an exact level: its releases are exact "
+        raise ApiError(Http.NOT_NOISY, f"level {level.name!r} is an exact level: its releases are exact "
                        "(GET /data)")
     if not dp.available():
-        raise ApiError(503, "dp_unavailable", dp.unavailable_reason())
+        raise ApiError(Http.DP_UNAVAILABLE, dp.unavailable_reason())
     window, tag = check_access(level, org, request.query.get("window", level.finest), request.query.get("tag"),
                                agent.config.privacy.tags)
     return await answer(request, agent, org, window, tag)

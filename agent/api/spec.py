@@ -15,7 +15,9 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from agent.api.common import MAX_LIMIT
+from agent.api.errors import STATUS
 from agent.auth import DATALOGGER, HOUSEHOLD, OPERATOR, ORGANIZATION
+from agent.store.disk import StorageCode
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Json = dict[str, Any]
@@ -62,10 +64,16 @@ REFUSED = {"description": "Not released (the record says why; nothing else is to
            "content": {"application/json": {"schema": ref("Refusal")}}}
 AUTH_ERRORS = {"401": error("No valid token"), "403": error("The token may not use this endpoint"),
                "429": error("Too many bad tokens from this address")}
+
+
+def _storage(status: int) -> str:
+    return ", ".join(code.value for code in StorageCode if STATUS[code] == status)
+
+
 # A durable write the disk refused: nothing of the change happened (agent/store/disk.py); Retry-After says when.
-STORAGE_ERRORS = {"503": error("Storage failed or the data directory was lost: nothing was saved (storage_error, "
-                               "data_directory_lost; Retry-After)"),
-                  "507": error("Storage full: nothing was saved (storage_full; Retry-After)")}
+STORAGE_ERRORS = {"503": error(f"Storage failed or the data directory was lost: nothing was saved ({_storage(503)}; "
+                               "Retry-After)"),
+                  "507": error(f"Storage full: nothing was saved ({_storage(507)}; Retry-After)")}
 BODY_ERRORS = {"400": error("Malformed JSON"), "408": error("The body did not arrive in time (request_timeout)"),
                "413": error("Body too large"), "422": error("Invalid content")}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent.api.bodies import SubscribeIn, decode
-from agent.api.common import ApiError, agent_of, caller, owned_by_caller, read_body
+from agent.api.common import ApiError, Http, agent_of, caller, owned_by_caller, read_body
 from agent.api.data import check_access, level_of
 from agent.api.spec import NO_CONTENT, NOT_FOUND, ORG, Route, ok_json
 from agent.auth import ORGANIZATION
@@ -23,7 +23,7 @@ def _owned(request: web.Request):
 def _gone_meanwhile(delivery, sub) -> None:
     """A DELETE of the same subscription landed while this change waited for the disk."""
     if delivery.subscriptions.get(sub.id) is not sub:
-        raise ApiError(404, "not_found", "no such subscription")
+        raise ApiError(Http.NOT_FOUND, "no such subscription")
 
 
 async def subscribe(request: web.Request) -> web.Response:
@@ -35,7 +35,7 @@ async def subscribe(request: web.Request) -> web.Response:
         endpoint = check_url(body.endpoint, config.allow_http)
         check_literal_host(endpoint, config.allow_private_endpoints)
     except TargetError as err:
-        raise ApiError(422, "endpoint_refused", str(err)) from None
+        raise ApiError(Http.ENDPOINT_REFUSED, str(err)) from None
     level = level_of(agent, org)
     # Pushed windows are the same records GET /data answers with (exact or noisy, by the level's kind).
     window = body.window or ("1m" if "1m" in level.windows else level.finest)
@@ -43,11 +43,11 @@ async def subscribe(request: web.Request) -> web.Response:
     try:
         FilterSet.parse(body.filter)
     except FilterError as err:
-        raise ApiError(422, "invalid_filter", str(err)) from None
+        raise ApiError(Http.INVALID_FILTER, str(err)) from None
     # on disk before it is answered
     sub, secret = await agent.delivery.subscribe_async(org.id, endpoint, body.interval, window, tag, body.filter)
     if sub.id not in agent.delivery.subscriptions:  # its organization was deleted meanwhile, with it
-        raise ApiError(404, "not_found", "the organization was deleted while the subscription was written")
+        raise ApiError(Http.NOT_FOUND, "the organization was deleted while the subscription was written")
     made = agent.delivery.describe(sub)  # now: its organization may be deleted while the audit entry is written
     await agent.audit.record_durable(org.id, ORGANIZATION, "subscription.create", subscription_id=sub.id,
                                      window=window, tag=tag)
@@ -69,7 +69,7 @@ async def get_subscription(request: web.Request) -> web.Response:
 async def delete_subscription(request: web.Request) -> web.Response:
     org, delivery, sub = _owned(request)
     if not await delivery.delete_async(sub.id):  # on disk before it is answered
-        raise ApiError(404, "not_found", "no such subscription")
+        raise ApiError(Http.NOT_FOUND, "no such subscription")
     await agent_of(request).audit.record_durable(org.id, ORGANIZATION, "subscription.delete", subscription_id=sub.id)
     return web.Response(status=204)
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from msgspec import UNSET
 
 from agent.api.bodies import MAX_DESCRIPTION_CHARS, MAX_FUNCTION_CHARS, TriggerIn, decode
-from agent.api.common import ApiError, KeyedLocks, agent_of, caller, owned_by_caller, read_body
+from agent.api.common import ApiError, Http, KeyedLocks, agent_of, caller, owned_by_caller, read_body
 from agent.api.data import level_of
 from agent.api.spec import NOT_FOUND, ORG, Route, error, ok_json, ref
 from agent.auth import ORGANIZATION
@@ -39,12 +39,12 @@ ORGANIZATION_LOCKS = web.AppKey("trigger_organization_locks", KeyedLocks)
 
 
 def _unavailable(detail: str) -> ApiError:
-    return ApiError(503, "sandbox_unavailable", f"triggers are disabled on this device: {detail}; conditions "
+    return ApiError(Http.SANDBOX_UNAVAILABLE, f"triggers are disabled on this device: {detail}; conditions "
                     "never run unsandboxed")
 
 
 def _too_many(retry_after_s: float, detail: str) -> ApiError:
-    return ApiError(429, "too_many_uploads", detail, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+    return ApiError(Http.TOO_MANY_UPLOADS, detail, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 def _owned(request: web.Request):
@@ -55,11 +55,11 @@ def _owned(request: web.Request):
 
 def _check_limits(runner, org, config) -> None:
     if len(runner.of_organization(org.id)) >= config.triggers.max_per_organization:
-        raise ApiError(409, "too_many_triggers", f"at most {config.triggers.max_per_organization} triggers per "
+        raise ApiError(Http.TOO_MANY_TRIGGERS, f"at most {config.triggers.max_per_organization} triggers per "
                        "organization; delete one first")
     wait = runner.creation_wait(org.id)
     if wait:
-        raise ApiError(429, "too_many_uploads", f"at most {3 * config.triggers.max_per_organization} triggers "
+        raise ApiError(Http.TOO_MANY_UPLOADS, f"at most {3 * config.triggers.max_per_organization} triggers "
                        "per organization per day", {"Retry-After": str(math.ceil(wait))})
 
 
@@ -94,17 +94,17 @@ async def create_trigger(request: web.Request) -> web.Response:
     interval = body.interval
     low = config.triggers.min_interval_s
     if not low <= interval <= MAX_INTERVAL_S:
-        raise ApiError(422, "invalid", f"interval must be {low:g} to {MAX_INTERVAL_S} seconds: the least time "
+        raise ApiError(Http.INVALID, f"interval must be {low:g} to {MAX_INTERVAL_S} seconds: the least time "
                        "between two actions of the trigger for one household")
     window = body.window if body.window is not UNSET else "1m" if "1m" in level.windows else level.windows[0]
     if window not in WINDOWS or window not in level.windows:
-        raise ApiError(422, "window_not_permitted", f"window must be one of {', '.join(level.windows)} "
+        raise ApiError(Http.WINDOW_NOT_PERMITTED, f"window must be one of {', '.join(level.windows)} "
                        f"for level {level.name!r}")
     description = body.description.strip()
     if len(description) > MAX_DESCRIPTION_CHARS:
-        raise ApiError(422, "invalid", f"description must be at most {MAX_DESCRIPTION_CHARS} characters")
+        raise ApiError(Http.INVALID, f"description must be at most {MAX_DESCRIPTION_CHARS} characters")
     if action["type"] == "webhook" and any(p.level == HOUSEHOLD for p in params) and not description:
-        raise ApiError(422, "invalid", "a webhook of a condition on household parameters needs a description: "
+        raise ApiError(Http.INVALID, "a webhook of a condition on household parameters needs a description: "
                        "households read it before they consent to its events (trigger_events:<trigger_id>)")
     _check_limits(runner, org, config)
 
@@ -115,7 +115,7 @@ async def create_trigger(request: web.Request) -> web.Response:
         source = base64.b64decode(text.encode("ascii"), validate=True).decode("utf-8")
     except (ValueError, UnicodeError, binascii.Error):
         runner.refused(org.id, SYNTAX_ERROR)
-        raise ApiError(422, "condition_rejected", "function must be the base64 of UTF-8 Python source",
+        raise ApiError(Http.CONDITION_REJECTED, "function must be the base64 of UTF-8 Python source",
                        reason=SYNTAX_ERROR) from None
     try:
         result = await runner.trial(org.id, source, params)
@@ -127,7 +127,7 @@ async def create_trigger(request: web.Request) -> web.Response:
         result = CheckResult(False, OUTSIDE_CLOSED)
     if not result.ok:
         runner.refused(org.id, result.reason)  # counted, and summed into the audit log: no fsync per refusal
-        raise ApiError(422, "condition_rejected", result.reason, reason=result.reason)
+        raise ApiError(Http.CONDITION_REJECTED, result.reason, reason=result.reason)
     if not runner.availability.ok:
         raise _unavailable(runner.availability.detail)
     # The check again (another upload may have finished meanwhile) and the write as one step per organization:
