@@ -14,6 +14,16 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
+from enum import StrEnum
+
+
+
+class AreaRefusal(StrEnum):
+    """Why an area's window is not released (its `error`)."""
+
+    TOO_FEW_DEVICES = "too_few_devices"  # fewer than min_devices of the area released it
+    NO_DATA = "no_data"  # no device of the area reported it (a subscription's push, after its grace time)
+
 
 SUMMED = ("consumption_w", "production_w", "energy_import_wh", "energy_export_wh")
 
@@ -47,7 +57,7 @@ def area_window(area: str, window: str, width: int, start: int, tag: str | None,
             "tag": tag, "devices": len(released), "devices_refused": len(members) - len(released),
             "devices_expected": len(expected), "complete": len(members) >= len(expected)}
     if len(released) < min_devices:
-        return {"refused": {**base, "error": "too_few_devices",
+        return {"refused": {**base, "error": AreaRefusal.TOO_FEW_DEVICES,
                             "detail": f"{len(released)} device(s) of the area released this window; the hub "
                                       f"releases an area's window only when at least {min_devices} did"}}
     parts = list(released.values())

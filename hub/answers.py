@@ -14,6 +14,8 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from agent.api.bodies import Window
+from agent.api.errors import StatusCode
+from hub.aggregate import AreaRefusal
 
 Time = Annotated[datetime, Meta(tz=True)]
 Seconds = Annotated[float, Meta(description="UNIX seconds")]
@@ -23,10 +25,23 @@ class Answer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class HubCode(StatusCode):
+    """Every code the hub answers (an Error's `error`), with its status: hub/api.py raises them."""
+
+    BAD_REQUEST = "bad_request", 400
+    BAD_ENDPOINT = "bad_endpoint", 400
+    TOO_MANY_WINDOWS = "too_many_windows", 400
+    UNAUTHORIZED = "unauthorized", 401
+    FORBIDDEN = "forbidden", 403
+    NOT_FOUND = "not_found", 404
+    METHOD_NOT_ALLOWED = "method_not_allowed", 405  # aiohttp's router
+    UNAVAILABLE = "unavailable", 503
+
+
 class Error(msgspec.Struct, kw_only=True):
     """Every error: {error, detail}"""
 
-    error: str
+    error: HubCode
     detail: str
 
 
@@ -102,7 +117,7 @@ class ReleasedAreaWindow(AreaWindowPart):
 class RefusedAreaWindow(AreaWindowPart):
     """An area's window not released: too few of its devices released it"""
 
-    error: Literal["too_few_devices"]
+    error: AreaRefusal
     detail: str
 
 

@@ -27,6 +27,7 @@ from aiohttp import web
 from agent.api import bodies
 from agent.api.common import ApiError as DeviceApiError
 from hub import openapi as docs
+from hub.answers import HubCode
 from hub.bodies import SubscribeIn
 from hub.service import WIDTHS, Hub
 
@@ -39,9 +40,9 @@ ENDPOINTS = web.AppKey("endpoints", tuple)  # (allow_http, allow_private): the w
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str):
+    def __init__(self, code: HubCode, detail: str):
         super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
+        self.status, self.error, self.detail = code.status, str(code), detail
 
 
 @web.middleware
@@ -57,8 +58,8 @@ async def errors(request: web.Request, handler):
                                  status=err.status)
     except Exception as err:  # never a stack trace to a caller
         request.app[HUB].last_error = f"api: {type(err).__name__}: {err}"
-        return web.json_response({"error": "unavailable", "detail": "the hub could not answer now; try again"},
-                                 status=503)
+        return web.json_response({"error": HubCode.UNAVAILABLE, "detail": "the hub could not answer now; try again"},
+                                 status=HubCode.UNAVAILABLE.status)
 
 
 def _caller(request: web.Request):
@@ -66,7 +67,7 @@ def _caller(request: web.Request):
     handler runs (`_guarded`); a handler reads request[CALLER]."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <key>")
+        raise ApiError(HubCode.UNAUTHORIZED, "send Authorization: Bearer <key>")
     token = header[7:].strip()
     hub: Hub = request.app[HUB]
     if hub.operator_token and hmac.compare_digest(token.encode(errors="replace"), hub.operator_token.encode()):
@@ -75,7 +76,7 @@ def _caller(request: web.Request):
     org = hub.organization_by_key_hash(digest)
     if org is not None and hmac.compare_digest(org.key_hash, digest):
         return ORGANIZATION, org
-    raise ApiError(401, "unauthorized", "unknown or revoked key")
+    raise ApiError(HubCode.UNAUTHORIZED, "unknown or revoked key")
 
 
 async def _audit(request: web.Request, who: str, action: str, **fields) -> None:
@@ -108,13 +109,13 @@ async def areas(request: web.Request) -> web.Response:
 def _number(request: web.Request, name: str) -> float:
     raw = request.query.get(name)
     if raw is None:
-        raise ApiError(400, "bad_request", f"{name} is required (UNIX seconds)")
+        raise ApiError(HubCode.BAD_REQUEST, f"{name} is required (UNIX seconds)")
     try:
         value = float(raw)
     except ValueError:
-        raise ApiError(400, "bad_request", f"{name} must be UNIX seconds, got {raw!r}") from None
+        raise ApiError(HubCode.BAD_REQUEST, f"{name} must be UNIX seconds, got {raw!r}") from None
     if not math.isfinite(value):
-        raise ApiError(400, "bad_request", f"{name} must be finite")
+        raise ApiError(HubCode.BAD_REQUEST, f"{name} must be finite")
     return value
 
 
@@ -123,19 +124,19 @@ async def area_data(request: web.Request) -> web.Response:
     hub: Hub = request.app[HUB]
     area = request.match_info["area"]
     if area not in org.areas or area not in hub.areas():
-        raise ApiError(404, "not_found", f"no area {area!r} for this organization")
+        raise ApiError(HubCode.NOT_FOUND, f"no area {area!r} for this organization")
     window = request.query.get("window", "1h")
     if window not in WIDTHS:
-        raise ApiError(400, "bad_request", f"window must be one of {', '.join(WIDTHS)}")
+        raise ApiError(HubCode.BAD_REQUEST, f"window must be one of {', '.join(WIDTHS)}")
     tag = request.query.get("tag") or None
     if tag is not None and not all(c.isalnum() or c in "_-" for c in tag):
-        raise ApiError(400, "bad_request", "tag: letters, digits, '_' or '-'")
+        raise ApiError(HubCode.BAD_REQUEST, "tag: letters, digits, '_' or '-'")
     width = WIDTHS[window]
     since, until = _number(request, "since"), _number(request, "until")
     first, last = math.ceil(since / width) * width, math.floor(until / width) * width  # windows inside
     count = max(0, (last - first) // width)
     if count > MAX_WINDOWS:
-        raise ApiError(400, "too_many_windows", f"at most {MAX_WINDOWS} windows per request, asked {count}")
+        raise ApiError(HubCode.TOO_MANY_WINDOWS, f"at most {MAX_WINDOWS} windows per request, asked {count}")
     released, refused = [], []
     starts = range(int(first), int(last), width)
     answers = await asyncio.gather(*(hub.window(org.id, area, window, start, tag) for start in starts))
@@ -161,20 +162,20 @@ async def subscribe(request: web.Request) -> web.Response:
     try:
         body = bodies.decode(await request.read(), SubscribeIn)
     except DeviceApiError as err:  # the body's shape: the device API's words, the hub's status
-        raise ApiError(400, "bad_request", err.detail) from None
+        raise ApiError(HubCode.BAD_REQUEST, err.detail) from None
     area, window, tag = body.area, body.window, body.tag
     if area not in org.areas or area not in hub.areas():
-        raise ApiError(404, "not_found", f"no area {area!r} for this organization")
+        raise ApiError(HubCode.NOT_FOUND, f"no area {area!r} for this organization")
     if window not in WIDTHS:
-        raise ApiError(400, "bad_request", f"window must be one of {', '.join(WIDTHS)}")
+        raise ApiError(HubCode.BAD_REQUEST, f"window must be one of {', '.join(WIDTHS)}")
     if tag is not None and not (tag and all(c.isalnum() or c in "_-" for c in tag)):
-        raise ApiError(400, "bad_request", "tag: letters, digits, '_' or '-'")
+        raise ApiError(HubCode.BAD_REQUEST, "tag: letters, digits, '_' or '-'")
     allow_http, allow_private = request.app[ENDPOINTS]
     try:
         endpoint = check_url(body.endpoint, allow_http)
         check_literal_host(endpoint, allow_private)
     except TargetError as err:
-        raise ApiError(400, "bad_endpoint", str(err)) from None
+        raise ApiError(HubCode.BAD_ENDPOINT, str(err)) from None
     sub = await push.create(hub, org.id, area, window, tag, endpoint)
     await _audit(request, org.id, "subscription.create", subscription=sub["id"], area=area, window=window)
     return web.json_response({**push.public(sub), "secret": sub["secret"]}, status=201)
@@ -193,7 +194,7 @@ async def unsubscribe(request: web.Request) -> web.Response:
     _, org = request[CALLER]
     sub_id = request.match_info["sub_id"]
     if not await push.delete(request.app[HUB], org.id, sub_id):
-        raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
+        raise ApiError(HubCode.NOT_FOUND, f"no subscription {sub_id!r}")
     await _audit(request, org.id, "subscription.delete", subscription=sub_id)
     return web.json_response({"deleted": sub_id})
 
@@ -233,7 +234,7 @@ def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
     async def checked(request: web.Request) -> web.StreamResponse:
         caller: tuple[str, Any] = _caller(request)
         if caller[0] not in route.roles:
-            raise ApiError(403, "forbidden", f"this endpoint is for: {', '.join(route.roles)} (a {caller[0]}'s key "
+            raise ApiError(HubCode.FORBIDDEN, f"this endpoint is for: {', '.join(route.roles)} (a {caller[0]}'s key "
                                              "was sent)")
         request[CALLER] = caller
         return await route.handler(request)

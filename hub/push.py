@@ -157,7 +157,8 @@ class Pusher:
         if answer is None:  # no device of the area sent anything for this window
             answer = {"refused": {"area": sub["area"], "window": sub["window"], "window_start": aggregate.stamp(start),
                                   "window_end": aggregate.stamp(start + width), "tag": sub["tag"], "devices": 0,
-                                  "error": "no_data", "detail": "no device of the area reported this window"}}
+                                  "error": aggregate.AreaRefusal.NO_DATA,
+                                  "detail": "no device of the area reported this window"}}
         kind = "released" if "released" in answer else "refused"
         return json.dumps({"type": "area_window", "subscription": sub["id"], kind: answer[kind]},
                           separators=(",", ":")).encode()

@@ -280,7 +280,7 @@ async def test_openapi_names_every_route(hub):
 async def test_every_answer_is_the_struct_the_document_names(hub):
     """Real answers of a running hub, each validated against the schema its route's document names and converted
     into that hub/answers.py Struct, strictly (a field the Struct does not declare, a missing one or a wrong type
-    fails); every documented answer is seen."""
+    fails; an error's code is one of HubCode's); every documented answer is seen."""
     import jsonschema_rs
     import msgspec
 
@@ -306,7 +306,9 @@ async def test_every_answer_is_the_struct_the_document_names(hub):
     for path, template, key in (("/health", "/health", None), ("/areas", "/areas", ORG_KEY),
                                 ("/devices", "/devices", OPERATOR),
                                 (f"/areas/north/data?window=1h&tag=fridge&since={DAY}&until={DAY + 2 * HOUR}",
-                                 "/areas/{area}/data", ORG_KEY), ("/areas/south/data", "/areas/{area}/data", ORG_KEY)):
+                                 "/areas/{area}/data", ORG_KEY), ("/areas/south/data", "/areas/{area}/data", ORG_KEY),
+                                ("/areas/north/data?window=2h", "/areas/{area}/data", ORG_KEY),  # errors: 400,
+                                ("/devices", "/devices", None), ("/devices", "/devices", ORG_KEY)):  # 401, 403
         status, body = await get(hub, path, key)
         check("GET", template, status, body)
         if template == "/areas/{area}/data" and status == 200:
