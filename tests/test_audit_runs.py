@@ -7,16 +7,21 @@ the single entries' kill -9)."""
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 from agent.audit import OPEN_RUNS, AuditLog
 from agent.store.segment import SegmentStream
 from agent.web import views
 from agent.web.access_index import AccessIndex
-from tests.helpers.clock import HOUR
+from tests.helpers.agent import delivery_config, make_config
+from tests.helpers.clock import HOUR, StepClock
+from tests.helpers.openapi import conforms
 from tests.helpers.process import kill_9_when
+from tests.helpers.receiver import receiver  # noqa: F401  (receiver: the fixture)
 
 DAY0 = int(HOUR // 86400 * 86400)
 START = int(HOUR) - 30  # 13:59:30
@@ -321,3 +326,27 @@ def test_a_crash_between_a_runs_write_and_the_open_runs_one_reads_it_once(tmp_pa
     mine = index.own(DAY0, "h-1", ["org-1"], lambda e: views.concerns(e, "h-1", {("org-1", "aggregates")}))
     assert [(e["window_start"], e["windows"]) for e in mine] == [(START + 40, 15)]
     restarted.close()
+
+
+async def test_get_audit_lists_a_subscriptions_withheld_windows_as_one_run(tmp_path, start_agent, receiver):
+    """A real agent: a 1 min subscription of an organization nobody consented to is withheld every window; the
+    operator's GET /audit lists them as one run, as its document says an entry is."""
+    config = make_config(tmp_path)
+    levels = {**config.levels, "dso": replace(config.levels["dso"], windows=("1m", "15m", "1h"))}
+    clock = StepClock(HOUR + 10)
+    running = await start_agent(replace(config, levels=levels, delivery=delivery_config()), clock=clock)
+    _, dso_key = await running.create_org("Grid operator", "dso")
+    status, out = await running.call("POST", "/data/subscribe", token=dso_key, json={
+        "endpoint": receiver.url, "interval": 60, "window": "1m"})
+    assert status == 201, out
+    for _ in range(6):
+        clock.now = (math.floor(clock.now / 60) + 1) * 60 + 1
+        await running.agent.releases.settle()
+        running.agent.delivery.produce_due()
+    status, body = await running.call("GET", "/audit?since=0")
+    assert status == 200
+    conforms("Audit", body)
+    pushes = [e for e in body["entries"] if e["action"] == "data.push"]
+    assert len(pushes) == 1 and pushes[0]["subscription_id"] == out["id"] and pushes[0]["released"] is False
+    run = pushes[0]
+    assert run["windows"] >= 5 and run["last_window_start"] == run["window_start"] + 60 * (run["windows"] - 1)

@@ -253,6 +253,14 @@ class AuditEntry(msgspec.Struct, kw_only=True):  # each action adds its own fiel
     who: str
     role: str
     action: str
+    windows: Annotated[int | None, Meta(description="data.push: a run of this many consecutive windows of the "
+                                                    "subscription with the same outcome; window_start is the "
+                                                    "first's, at when it was decided (absent: one window, as "
+                                                    "written before runs)")] = None
+    last_window_start: Annotated[int | None, Meta(description="data.push, a run of more than one window: the "
+                                                              "last's start")] = None
+    last_at: Annotated[float | None, Meta(description="data.push, a run of more than one window: when the last "
+                                                      "was decided (Unix seconds)")] = None
 
 
 class Audit(Answer):
