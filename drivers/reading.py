@@ -244,7 +244,7 @@ class Reading:
     demand_peak_month_at: datetime | None = _row(TIME, obis="1.6.0", line="_demand_peak",
                                                  description="when this month's peak was")
     # The last 13 months' peaks, as the meter lists them.
-    demand_peaks: list[dict] | None = _row(LIST, obis="98.1.0", line="_demand_peaks", items=DemandPeak,
+    demand_peaks: list[dict[str, Any]] | None = _row(LIST, obis="98.1.0", line="_demand_peaks", items=DemandPeak,
                                            description="the Belgian capacity tariff's monthly peaks (0-0:98.1.0), "
                                                        "as the meter lists them")
     reactive_power_import_var: float | None = _row(
@@ -322,14 +322,15 @@ class Reading:
     text_message_code: str | None = _row(TEXT, obis="96.13.1", line="_text_code",
                                          description="the meter's message code (0-0:96.13.1), as sent")
     # The long power failures the meter logged (99.97.0), most recent first.
-    power_failure_log: list[dict] | None = _row(LIST, obis="99.97.0", line="_failure_log", items=PowerFailure,
+    power_failure_log: list[dict[str, Any]] | None = _row(LIST, obis="99.97.0", line="_failure_log", items=PowerFailure,
                                                 description="long power failures the meter logged (1-0:99.97.0): "
                                                             "when each ended, how long it lasted")
     # One entry per M-Bus device; gas_m3 is only ever gas.
-    mbus: list[dict] | None = _row(LIST, items=MbusDevice, description="one entry per M-Bus device (gas, water, heat, cold, ...), "
-                                                     "value in the meter's own unit")
+    mbus: list[dict[str, Any]] | None = _row(LIST, items=MbusDevice,
+                                             description="one entry per M-Bus device (gas, water, heat, cold, ...), "
+                                                         "value in the meter's own unit")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The API form: every field present, timestamps as ISO 8601 UTC strings."""
         out = {}
         for name in FIELD_NAMES:
@@ -337,7 +338,7 @@ class Reading:
             out[name] = iso(value) if isinstance(value, datetime) else value
         return out
 
-    def to_record(self) -> dict:
+    def to_record(self) -> dict[str, Any]:
         """The storage form: compact, nulls left out, timestamps as Unix seconds."""
         out = {name: value for name, value in zip(FIELD_NAMES, _ALL_VALUES(self)) if value is not None}
         for name in TIME_FIELDS & out.keys():
@@ -345,11 +346,11 @@ class Reading:
         return out
 
     @classmethod
-    def from_values(cls, values: dict) -> Reading:
+    def from_values(cls, values: dict[str, Any]) -> Reading:
         """From a dict of field values, absent ones None. Positional, so it costs no keyword matching (a
         Reading has ~90 fields: Reading(**values) spends most of its time matching names); each value put in its
         place, the rest None (a reading has a few fields of ~90). Names that are not fields are ignored."""
-        args = list(_NONES)
+        args: list[Any] = list(_NONES)
         for name, value in values.items():
             index = _INDEX.get(name)
             if index is not None:
@@ -357,7 +358,7 @@ class Reading:
         return cls(*args)
 
     @classmethod
-    def from_record(cls, record: dict) -> Reading:
+    def from_record(cls, record: dict[str, Any]) -> Reading:
         kwargs = {}
         for name, value in record.items():
             if name in TIME_FIELDS and value is not None:
