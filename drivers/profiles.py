@@ -6,6 +6,7 @@ Every setting can be overridden per meter in the config; `SerialSettings.with_ov
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import serial
 from dsmr_parser import telegram_specifications as specs
@@ -20,13 +21,13 @@ class SerialSettings:
     xonxoff: bool = False
     rtscts: bool = False
 
-    def with_overrides(self, **overrides) -> SerialSettings:
+    def with_overrides(self, **overrides: Any) -> SerialSettings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def label(self) -> str:
         return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
 
-    def pyserial_kwargs(self) -> dict:
+    def pyserial_kwargs(self) -> dict[str, Any]:
         return {
             "baudrate": self.baudrate,
             "bytesize": self.bytesize,
@@ -46,7 +47,7 @@ SETTINGS_115200_8N1 = SerialSettings(baudrate=115200, bytesize=8, parity="N")
 class Profile:
     name: str
     description: str
-    specification: dict
+    specification: dict[str, Any]
     serial: SerialSettings
     interval_s: float  # how often the meter sends a telegram
     belgian_tariffs: bool = False  # register/tariff 1 is day and 2 is night: swap to Edge's t1 = low
@@ -62,7 +63,7 @@ class Profile:
         """Whether a `decryption_key` makes sense for this family's meters."""
         return self.encrypted or self.encryptable
 
-    def plaintext_specification(self) -> dict:
+    def plaintext_specification(self) -> dict[str, Any]:
         """The specification for telegrams that arrive decrypted (a gateway decrypts, or a test file)."""
         if not self.specification.get("general_global_cipher"):
             return self.specification
