@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
 
 import serial
 
@@ -65,7 +65,7 @@ class MeterSpec:
     meter_id: str
     port: str  # a pyserial URL (/dev/ttyUSB0, socket://host:port, rfc2217://host:port) or http(s)://<HomeWizard P1>
     profile: str = "dsmr5"  # a profile name or "auto"
-    serial_overrides: dict | None = None  # baudrate, bytesize, parity, stopbits, xonxoff, rtscts
+    serial_overrides: dict[str, Any] | None = None  # baudrate, bytesize, parity, stopbits, xonxoff, rtscts
     gas_channel: int | None = None  # None: found automatically
     stall_seconds: float = 30.0
     # Encrypted P1 (smarty, msn, sagemcom_t210_d_r): 16-byte keys. Secrets: kept out of repr and snapshots.
@@ -140,7 +140,7 @@ class P1Reader:
             return None
         return time.monotonic() - self.last_telegram_monotonic
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         stats = self.stats
         since = self.seconds_since_last_telegram()
         hint = self.hint()
@@ -218,7 +218,7 @@ class P1Reader:
                 continue
             try:
                 port = self._open(self._settings(self._profile))
-            except (*PORT_ERRORS, ValueError) as err:
+            except PORT_ERRORS + (ValueError,) as err:
                 self._port_failed("open", err)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -263,6 +263,8 @@ class P1Reader:
         return got_any
 
     def _feed(self, data: bytes, now: float) -> bool:
+        if self._decoder is None:  # set with the profile (here or by _adopt): a port is read for one only then
+            return False
         readings, errors = self._decoder.feed(data, self.wall_clock(), now)
         for err in errors:
             self._ratelog.warning(f"{err.kind}:{self.spec.meter_id}", "meter %s: dropped a telegram: %s",
@@ -275,7 +277,7 @@ class P1Reader:
         self._hand_over(readings)
         return bool(readings)
 
-    def _hand_over(self, readings) -> None:
+    def _hand_over(self, readings: list[Reading]) -> None:
         for reading in readings:
             try:
                 self.on_reading(reading)
@@ -299,7 +301,7 @@ class P1Reader:
                                                                                  if n not in names))]
             try:
                 port = self._open(settings)
-            except (*PORT_ERRORS, ValueError) as err:
+            except PORT_ERRORS + (ValueError,) as err:
                 self._port_failed("open", err)
                 self._stop.wait(min(5.0, self.max_backoff))
                 return
@@ -354,7 +356,8 @@ class P1Reader:
         def fetch_v1(source: str) -> bytes:
             try:
                 with opener.open(base + v1_paths[source], timeout=max(2.0, homewizard.POLL_S * 3)) as response:
-                    return response.read(homewizard.MAX_BODY + 1)
+                    body: bytes = response.read(homewizard.MAX_BODY + 1)
+                    return body
             except urllib.error.HTTPError as err:
                 if err.code == 404:
                     raise FileNotFoundError(v1_paths[source]) from None
@@ -392,7 +395,7 @@ class P1Reader:
                 self._http_failed(OSError(f"the device has no {err}"), backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
-            except (urllib.error.URLError, *PORT_ERRORS, ValueError) as err:
+            except (urllib.error.URLError, ValueError) + PORT_ERRORS as err:
                 self._http_failed(err, backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
