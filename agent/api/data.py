@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.access import denied
+from agent.access import AccessCode, denied
 from agent.api.common import ApiError, Http, agent_of, caller, parse_time
 from agent.api.spec import ANY_ROLE, ORG, REFUSED, TIME_PARAM, Route, error, ok_json, query, ref
 from agent.auth import OPERATOR, ORGANIZATION
@@ -143,7 +143,8 @@ TAG_QUERY = query("tag", {"type": "string", "pattern": TAG.pattern})
 SPAN_QUERY = (query("since", TIME_PARAM, "history from the release log instead of the last decided window"),
               query("until", TIME_PARAM))
 AGGREGATES = {"content": {"application/json": {"schema": {"oneOf": [ref("Aggregate"), ref("AggregateHistory")]}}}}
-AGGREGATE_ERRORS = {"400": error("Bad parameter, or a tag outside the vocabulary (unknown_tag)"), "409": REFUSED}
+AGGREGATE_ERRORS = {"400": error(f"Bad parameter, or a tag outside the vocabulary ({AccessCode.UNKNOWN_TAG.value})"),
+                    "409": REFUSED}
 ROUTES = (
     Route("GET", "/parameters", parameters, ANY_ROLE,
           "The parameter catalogue, with what the caller may use; the same list for every caller: channel parameters "

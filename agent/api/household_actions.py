@@ -330,5 +330,5 @@ ROUTES = (
           "household", {"204": NO_CONTENT}, errors=NOT_FOUND),
     Route("GET", "/households/me/appliances/{appliance_id}/status", get_appliance_status, HH,
           "Read the appliance's relay now (nothing is switched)", "household", {"200": ok_json("ApplianceStatus")},
-          errors={**NOT_FOUND, "502": error("The appliance could not be read (appliance_unreachable)")}),
+          errors={**NOT_FOUND, "502": error(f"The appliance could not be read ({Http.APPLIANCE_UNREACHABLE})")}),
 )

@@ -36,5 +36,5 @@ ROUTES = (
           "organization of the level with the same cohort, charged to each household's ledger", "organization",
           {"200": {"description": "The newest decided window, or history with since/until", **AGGREGATES}},
           ({**WINDOW_QUERY, "description": "default: the level's finest"}, TAG_QUERY, *SPAN_QUERY),
-          errors={**AGGREGATE_ERRORS, "503": error("OpenDP is not available on this device (dp_unavailable)")}),
+          errors={**AGGREGATE_ERRORS, "503": error(f"OpenDP is not available on this device ({Http.DP_UNAVAILABLE})")}),
 )

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from agent.api.common import MAX_LIMIT
-from agent.api.errors import STATUS
+from agent.api.errors import STATUS, Http
 from agent.auth import DATALOGGER, HOUSEHOLD, OPERATOR, ORGANIZATION
 from agent.store.disk import StorageCode
 
@@ -74,7 +74,8 @@ def _storage(status: int) -> str:
 STORAGE_ERRORS = {"503": error(f"Storage failed or the data directory was lost: nothing was saved ({_storage(503)}; "
                                "Retry-After)"),
                   "507": error(f"Storage full: nothing was saved ({_storage(507)}; Retry-After)")}
-BODY_ERRORS = {"400": error("Malformed JSON"), "408": error("The body did not arrive in time (request_timeout)"),
+BODY_ERRORS = {"400": error("Malformed JSON"),
+               "408": error(f"The body did not arrive in time ({Http.REQUEST_TIMEOUT})"),
                "413": error("Body too large"), "422": error("Invalid content")}
 
 
