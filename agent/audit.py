@@ -257,7 +257,7 @@ class AuditLog:
             while view:
                 view = view[os.write(fd, view):]
             os.ftruncate(fd, len(data))
-            os.fdatasync(fd)
+            os.fsync(fd)
         finally:
             os.close(fd)
         if created:

@@ -126,6 +126,7 @@ def test_the_runs_not_in_a_file_yet_are_read_with_the_files(tmp_path):
     assert on_disk(tmp_path) == []
     assert shape(audit.entries(since=0)) == [("sub-1", START, 20, True, 12, None)]  # open: from memory
     index = AccessIndex(tmp_path, audit.pending_runs)
+    assert index.days() == [DAY0]  # no day file yet: the page looks at the day all the same
     mine = index.own(DAY0, "h-1", ["org-1"], lambda e: views.concerns(e, "h-1", {("org-1", "aggregates")}))
     assert [(e["window_start"], e["windows"]) for e in mine] == [(START, 20)]
     for i in range(20, 40):  # the hour ends: the first run ends; not flushed yet, it is read from memory

@@ -192,10 +192,11 @@ class AccessIndex:
             return [entry for entry in self._items(day_start, pending, owners) if keep(entry)]
 
     def days(self) -> list[int]:
-        """The UTC midnights of the day files there are, oldest first."""
-        out = []
+        """The UTC midnights of the day files there are, and of the runs not in a file yet, oldest first (a day's
+        first run may still be open: its file is made when it ends)."""
+        out = {int(run["at"] // 86400 * 86400) for run in self._pending()}
         for path in self.directory.glob("*.seg"):
             day = day_of_file_name(path.stem)
             if day is not None:
-                out.append(day)
+                out.add(day)
         return sorted(out)
