@@ -20,7 +20,7 @@ exists to stop.
 
 Code: agent/release/door.py `_decide_exact` (`known = self._known()`, `released = [c - known ...]`,
 `admissible_if_one_known(released, members - known)`) and `_grid_exact` (`known_meters`).
-Suggested fix: when the audit checks whether a release isolates a related household r, r must not be among the
+Closed (agent/release/door.py `_isolates_known`): when the audit checks whether a release isolates a related household r, r must not be among the
 known: admissible iff no household h is isolated with known = (related to any organization) - {h}. That keeps
 the colluding case (r counts as known when *another* household's isolation is checked: A - B - r = x is still
 refused) and gives r the protection of every other household. In `audit`, one more rank test per related
@@ -38,9 +38,6 @@ STEADY = [1000.0 + 37.7 * i for i in range(13)]  # constant loads: the attacker'
 SECONDS, REVOKE_AT = 30, 5
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9a R9a-4: the exact audit removes households related to any "
-                   "organization from every cohort (agent/release/door.py _decide_exact, _known), so a household "
-                   "related to one organization is read by differencing by every other: its load to the watt")
 async def test_a_household_related_to_one_organization_is_not_read_by_another(town):
     y_id, y_key = await town.org("dso", "Y")
     x_id, _ = await town.org("supplier", "X (the target's employer)")
@@ -62,3 +59,32 @@ async def test_a_household_related_to_one_organization_is_not_read_by_another(to
     assert not reads, (f"Y's second {reads[0][0]} minus second {reads[0][1]} is the target's load, "
                        f"{STEADY[0]} W: both released, the audit had no column for a household related to X "
                        f"({len(reads)} such pairs)")
+
+
+async def test_a_related_households_voltage_band_is_not_read_by_another_organization(town):
+    """The count audit alike (`_grid_exact`): the target, related to X, stays in Y's power cohort but reports its
+    voltage only in the first second. Y's band counts of that second minus a later one's would be the target's
+    band; for a household not marked, the later counts are refused `isolating` (tests/test_attacks_grid.py), and
+    so they must be for one related to another organization. Before the fix Y read it in every later second."""
+    from agent.release import grid
+
+    y_id, y_key = await town.org("dso", "Y")
+    x_id, _ = await town.org("supplier", "X (the target's employer)")
+    homes = await town.households_(13)
+    target = homes[0]
+    await town.mark_related(target, [x_id])
+    await town.grant(y_id, homes)
+    start = await town.to_next(60)
+    for s in range(6):
+        for i, h in enumerate(homes):
+            volts = {"voltage_l1_v": 250.0 if i == 0 else 231.0} if s == 0 or i > 0 else {}
+            await town.post(h, STEADY[i], **volts)
+        town.clock.step(1)
+    bodies = await town.windows(y_key, "1s", start, start + 6)
+    first = bodies[0]["grid"]["voltage_l1"]["counts"]
+    assert first[grid.band_of(250.0)] == 1  # the first second is released: all 13 report, 12 unrelated to Y
+    later = [b["grid"]["voltage_l1"] for b in bodies[1:] if "refused" not in b]
+    assert later, "the power sums of the later seconds (the same cohort) are released"
+    read = [g for g in later if "counts" in g and g["counts"][grid.band_of(250.0)] == 0]
+    assert not read, (f"{len(read)} later seconds' band counts released: minus the first second's they give the "
+                      "target's band")

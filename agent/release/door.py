@@ -590,7 +590,8 @@ class Releases:
         recent = {c: end for c, end in self._audited.get(tag or "", {}).items() if end > start - period}
         # Households related to any organization are known to it (its test meters, its employees' homes): the
         # audit treats their values as known, or A - B = x + r with r known would give x (colluding organizations);
-        # also in the sums released before the operator marked them.
+        # also in the sums released before the operator marked them. Known to *that* organization only: each is
+        # audited as unknown for its own sake (`_isolates_known`). Cohorts are kept whole, known removed here.
         known = self._known()
         released: list[frozenset[str]] = list(dict.fromkeys(c - known for c in recent))
         what = f"households with a '{tag}' channel" if tag else "consenting households"
@@ -609,14 +610,15 @@ class Releases:
                 result = Refusal(
                     Why.COHORT_TOO_SMALL, f"{counted} {what} (not related to this organization) have data in this "
                     f"window; at least {k_min} are needed ({k_min - counted} missing)", counted, k_min - counted)
-            elif not audit.admissible_if_one_known(released, members - known):
+            elif not audit.admissible_if_one_known(released, members - known) \
+                    or _isolates_known(list(recent), members, known, audit.isolated_if_one_known):
                 result = Refusal(Why.ISOLATING, "this window's cohort differs from one released for this window or "
                                  f"in the last {period:g} s by so few households that the sums would single one "
                                  "out; not released")
             else:
                 released.append(members - known)
                 # one entry per distinct cohort, with its newest window's end
-                recent[members - known] = max(recent.get(members - known, 0), start + grid.width)
+                recent[members] = max(recent.get(members, 0), start + grid.width)
                 rows = [contributions[meters[h]] for h in members]
                 consumption = sum(c.channels[tag] for c in rows) if tag else sum(c.consumption_w for c in rows)
                 production = None if tag else sum(c.production_w for c in rows)
@@ -658,15 +660,19 @@ class Releases:
         out: Json = {}
         for q in quantities:
             reporting = mine & table.reporting(q)
-            cohort = reporting - known
             recent = audited[q]
+
+            def told_apart(cohorts: list[frozenset[str]]) -> set[str]:
+                return set().union(*audit.small_groups(cohorts, k_min))
+
             if len(reporting - related) < k_min:
                 out[q] = grid_quantities.refused(Why.COHORT_TOO_SMALL, f"under {k_min} unrelated households report it")
-            elif not audit.admissible_counts(list(dict.fromkeys(c - known for c in recent)), cohort, k_min):
+            elif not audit.admissible_counts(list(dict.fromkeys(c - known for c in recent)), reporting - known, k_min) \
+                    or _isolates_known(list(recent), reporting, known, told_apart):
                 out[q] = grid_quantities.refused(Why.ISOLATING, f"with its counts of the last {period:g} s, a group "
                                                  f"of under {k_min} households would be told apart")
             else:
-                recent[cohort] = max(recent.get(cohort, 0), start + width)
+                recent[reporting] = max(recent.get(reporting, 0), start + width)
                 out[q] = table.part(q, reporting)
         return out
 
@@ -898,6 +904,20 @@ def month_of(moment: float) -> int:
     t = time.gmtime(moment)
     return calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
 
+
+
+def _isolates_known(recent: list[frozenset[str]], candidate: frozenset[str], known: frozenset[str] | set[str],
+                    exposed: Callable[[list[frozenset[str]]], set[str]]) -> bool:
+    """Whether releasing over `candidate` newly exposes a known household (one related to some organization) to
+    the others: each is audited with the rest of the known taken as known but itself not, as any other household
+    is (red team 9a, R9a-4: known to every organization, its value was left to differencing). `exposed` is the
+    audit's rule: the households (or members of groups) some combination of these cohorts tells apart."""
+    for r in known & candidate.union(*recent):
+        others = known - {r}
+        before = list(dict.fromkeys(c - others for c in recent))
+        if r in exposed([*before, candidate - others]) and r not in exposed(before):
+            return True
+    return False
 
 def _doc(org_id: str, width: int, start: int, tag: str | None, result: Json | Refusal) -> Json:
     doc = {"t": "r", "o": org_id, "w": width, "s": start, "g": tag or ""}
