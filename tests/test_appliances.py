@@ -1,85 +1,21 @@
-"""Appliance drivers and appliance actions against fake devices that are real aiohttp servers on
-127.0.0.1 speaking the devices' HTTP APIs: Shelly Gen2 RPC (`POST /rpc/Switch.Set`) and Tasmota
-(`GET /cm?cmnd=Power%20On`). Plus the household's appliance endpoints and their address policy."""
+"""Appliance actions against fake devices that are real aiohttp servers on 127.0.0.1 speaking the devices' HTTP
+APIs: Shelly Gen2 RPC (`POST /rpc/Switch.Set`) and Tasmota (`GET /cm?cmnd=Power%20On`). Plus the household's
+appliance endpoints and their address policy. The drivers alone: tests/test_appliances_*.py."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import aiohttp
 import pytest
 
 from agent.triggers.actions import check_appliance_address, lan_address_allowed
 from agent.delivery.targets import TargetError
-from drivers.appliances import ApplianceError, driver, names
 from tests.helpers.agent import grant, make_config
-from tests.helpers.appliances import FakeShelly, FakeTasmota
+from tests.helpers.appliances import FakeShelly, shelly, tasmota  # noqa: F401  (shelly, tasmota: the fixtures)
 from tests.helpers.receiver import receiver  # noqa: F401  (the fixture)
 from tests.helpers.triggers import b64, body, close_window, town  # noqa: F401  (town: the fixture)
 from tests.helpers.web import access_rows, signed_in
-
-
-@pytest.fixture
-async def shelly():
-    device = FakeShelly(switches=2)
-    await device.start()
-    yield device
-    await device.runner.cleanup()
-
-
-@pytest.fixture
-async def tasmota():
-    device = FakeTasmota(relays=1)
-    await device.start()
-    yield device
-    await device.runner.cleanup()
-
-
-# --- the drivers alone -------------------------------------------------------------------------------
-def test_registry_lists_the_drivers():
-    assert {"shelly", "tasmota"} <= set(names())
-    assert driver("shelly").name == "shelly" and driver("nope") is None
-
-
-async def test_shelly_switch_set(shelly):
-    async with aiohttp.ClientSession() as session:
-        await driver("shelly").command(session, shelly.address, None, "on")
-        await driver("shelly").command(session, shelly.address + "/", 1, "on")
-        await driver("shelly").command(session, shelly.address, 0, "off")
-        assert shelly.calls == [{"id": 0, "on": True}, {"id": 1, "on": True}, {"id": 0, "on": False}]
-        assert shelly.state == [False, True]
-        with pytest.raises(ApplianceError, match="HTTP 500"):
-            await driver("shelly").command(session, shelly.address, 7, "on")
-        with pytest.raises(ApplianceError):
-            await driver("shelly").command(session, shelly.address, 0, "explode")
-
-
-async def test_tasmota_power_commands(tasmota):
-    async with aiohttp.ClientSession() as session:
-        await driver("tasmota").command(session, tasmota.address, None, "on")
-        assert tasmota.state == ["ON"] and tasmota.raw_queries == ["cmnd=Power%20On"]
-        await driver("tasmota").command(session, tasmota.address, None, "off")
-        assert tasmota.state == ["OFF"] and tasmota.raw_queries[-1] == "cmnd=Power%20Off"
-        with pytest.raises(ApplianceError, match="relay reports"):
-            await driver("tasmota").command(session, tasmota.address, 3, "on")  # no third relay
-
-
-async def test_tasmota_second_relay():
-    device = FakeTasmota(relays=2)
-    await device.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            await driver("tasmota").command(session, device.address, 2, "on")
-        assert device.state == ["OFF", "ON"] and device.raw_queries == ["cmnd=Power2%20On"]
-    finally:
-        await device.runner.cleanup()
-
-
-async def test_unreachable_device_is_an_error():
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        with pytest.raises((ApplianceError, aiohttp.ClientError, OSError)):
-            await driver("shelly").command(session, "http://127.0.0.1:9", 0, "on")
 
 
 # --- the address policy ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
 from aiohttp import web
 
 
@@ -123,3 +124,52 @@ class FakeTasmota(FakeDevice):
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/cm", self.command)
+
+
+class Answering(FakeDevice):
+    """A device that answers every GET and POST with `status`, `body` (bytes) and `headers` whatever was asked: a
+    relay with other firmware, a broken one, or a web server that is no relay. `paths` lists what was asked."""
+
+    def __init__(self, body: bytes = b"{}", status: int = 200, headers: dict[str, str] | None = None):
+        self.body, self.status, self.headers = body, status, headers
+        self.paths: list[str] = []
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.paths.append(request.raw_path)
+        return web.Response(body=self.body, status=self.status, headers=self.headers, content_type="application/json")
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.answer)
+
+
+@pytest.fixture
+async def shelly():
+    """A two-switch Shelly on loopback."""
+    device = FakeShelly(switches=2)
+    await device.start()
+    yield device
+    await device.runner.cleanup()
+
+
+@pytest.fixture
+async def tasmota():
+    """A one-relay Tasmota on loopback."""
+    device = FakeTasmota(relays=1)
+    await device.start()
+    yield device
+    await device.runner.cleanup()
+
+
+@pytest.fixture
+async def answering():
+    """Starts Answering devices (`await answering(body, status, headers)`), stopped at the end of the test."""
+    devices: list[Answering] = []
+
+    async def start(body: bytes = b"{}", status: int = 200, headers: dict[str, str] | None = None) -> Answering:
+        device = Answering(body, status, headers)
+        await device.start()
+        devices.append(device)
+        return device
+    yield start
+    for device in devices:
+        await device.runner.cleanup()
