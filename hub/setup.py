@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
 from agent.fleet import HEALTH_STREAM, RELEASES_STREAM
@@ -26,7 +27,7 @@ DEDUPE_WINDOW_S = 3600.0
 RELEASES_MAX_AGE_S = 7 * 86400.0
 
 
-async def ensure(js, replicas: int = 3, keep_days: float = KEEP_DAYS, attempts: int = 60) -> None:
+async def ensure(js: JetStreamContext, replicas: int = 3, keep_days: float = KEEP_DAYS, attempts: int = 60) -> None:
     """Create what is missing; a new cluster may still be electing its meta leader: retried."""
     for attempt in range(attempts):
         try:
@@ -38,7 +39,7 @@ async def ensure(js, replicas: int = 3, keep_days: float = KEEP_DAYS, attempts: 
             await asyncio.sleep(0.5)
 
 
-async def _ensure(js, replicas: int, keep_days: float) -> None:
+async def _ensure(js: JetStreamContext, replicas: int, keep_days: float) -> None:
     await _stream(js, StreamConfig(name=RELEASES_STREAM, subjects=["edge.*.releases"], num_replicas=replicas,
                                    storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
                                    duplicate_window=DEDUPE_WINDOW_S, max_age=RELEASES_MAX_AGE_S,
@@ -56,16 +57,19 @@ async def _ensure(js, replicas: int, keep_days: float) -> None:
     await _allow_direct(js, f"KV_{DESIRED_BUCKET}")
 
 
-async def _stream(js, config: StreamConfig) -> None:
+async def _stream(js: JetStreamContext, config: StreamConfig) -> None:
+    name = config.name
+    if name is None:  # nats-py's is optional; ours are named
+        raise ValueError("a stream needs a name")
     try:
-        await js.stream_info(config.name)
+        await js.stream_info(name)
     except Exception:
         await js.add_stream(config)
     if config.allow_direct:
-        await _allow_direct(js, config.name)
+        await _allow_direct(js, name)
 
 
-async def desired(js, key: str) -> bytes | None:
+async def desired(js: JetStreamContext, key: str) -> bytes | None:
     """A key of the desired-state bucket as its stream's leader has it (not a direct get, which any replica
     answers and one a few writes behind would give the operator an older fleet document to build upon)."""
     from nats.js.errors import NotFoundError
@@ -77,7 +81,7 @@ async def desired(js, key: str) -> bytes | None:
     return msg.data or None  # a delete or purge marker has no value
 
 
-async def _allow_direct(js, stream: str) -> None:
+async def _allow_direct(js: JetStreamContext, stream: str) -> None:
     info = await js.stream_info(stream)
     if not info.config.allow_direct:
         info.config.allow_direct = True
