@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import time
+from typing import Any
 
 import aiohttp
 
@@ -36,7 +37,7 @@ def sub_key(sub_id: str) -> str:
     return f"sub.{sub_id}"
 
 
-async def create(hub: Hub, org_id: str, area: str, window: str, tag: str | None, endpoint: str) -> dict:
+async def create(hub: Hub, org_id: str, area: str, window: str, tag: str | None, endpoint: str) -> dict[str, Any]:
     sub_id = "hsub_" + secrets.token_hex(6)
     width = WIDTHS[window]
     sub = {"id": sub_id, "org": org_id, "area": area, "window": window, "tag": tag, "endpoint": endpoint,
@@ -47,7 +48,7 @@ async def create(hub: Hub, org_id: str, area: str, window: str, tag: str | None,
     return sub
 
 
-async def listing(hub: Hub, org_id: str) -> list[dict]:
+async def listing(hub: Hub, org_id: str) -> list[dict[str, Any]]:
     _, index = await hub._get(INDEX)
     out = []
     for sub_id in index.get("ids", []):
@@ -66,7 +67,7 @@ async def delete(hub: Hub, org_id: str, sub_id: str) -> bool:
     return True
 
 
-def public(sub: dict) -> dict:
+def public(sub: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sub.items() if k not in ("secret", "lease")}
 
 
@@ -79,7 +80,7 @@ class Pusher:
         self.me = secrets.token_hex(4)
         self.sent = 0
         self.failed = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -139,7 +140,7 @@ class Pusher:
     async def _take(self, key: str, start: int, now: float) -> bool:
         taken = False
 
-        def take(value: dict) -> dict:
+        def take(value: dict[str, Any]) -> dict[str, Any]:
             nonlocal taken
             lease = value.get("lease")
             if not value or value["cursor"] + WIDTHS[value["window"]] != start or (
@@ -151,7 +152,7 @@ class Pusher:
         await self.hub._update(key, take)
         return taken
 
-    def _body(self, sub: dict, start: int, width: int, answer: dict | None) -> bytes:
+    def _body(self, sub: dict[str, Any], start: int, width: int, answer: dict[str, Any] | None) -> bytes:
         from hub import aggregate
 
         if answer is None:  # no device of the area sent anything for this window
@@ -163,9 +164,11 @@ class Pusher:
         return json.dumps({"type": "area_window", "subscription": sub["id"], kind: answer[kind]},
                           separators=(",", ":")).encode()
 
-    async def _send(self, sub: dict, msg_id: str, body: bytes) -> bool:
+    async def _send(self, sub: dict[str, Any], msg_id: str, body: bytes) -> bool:
         headers = signing.headers([sub["secret"]], msg_id, int(time.time()), body)
         try:
+            if self._http is None:
+                raise RuntimeError("not started")
             async with self._http.post(sub["endpoint"], data=body, headers=headers) as resp:
                 ok = 200 <= resp.status < 300
         except Exception as err:  # unreachable, refused by the endpoint policy, timed out
@@ -178,7 +181,7 @@ class Pusher:
         return ok
 
 
-def _after(value: dict, start: int, ok: bool, now: float) -> dict:
+def _after(value: dict[str, Any], start: int, ok: bool, now: float) -> dict[str, Any]:
     if not value:
         return value  # deleted meanwhile
     value = {**value, "lease": None}
