@@ -7,7 +7,7 @@ day, and the CPU of one household's page of it (what `_access_page` asks the ind
 
 Before the index held runs (2026-12-02, this machine): 51.6 MB held for the day (598 B per window, the baseline's
 size), 262 ms CPU per page load for the day; after: ~20 kB and 0.2 ms (24 runs and 5 reads). The audit log's day,
-steady stream, 5 s batches: 6.7 MB one entry per window, 0.097 MB as runs.
+steady stream: 6.7 MB one entry per window at 5 s batches (27.6 MB at a batch per push), 0.097 MB as runs.
 
     .venv/bin/python bench/access.py [--windows 86400] [--flush-every 5] [--pattern steady|flapping]
 """

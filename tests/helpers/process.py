@@ -1,4 +1,5 @@
-"""A real `edge-agent run` in a subprocess, driven over HTTP from the test's event loop (the fault suites)."""
+"""A real `edge-agent run` in a subprocess, driven over HTTP from the test's event loop (the fault suites), and a script
+killed with SIGKILL once it got far enough (`kill_9_when`)."""
 
 from __future__ import annotations
 
