@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from enum import StrEnum
 
+import msgspec
+from msgspec import UNSET
 
-
-class AreaRefusal(StrEnum):
-    """Why an area's window is not released (its `error`)."""
-
-    TOO_FEW_DEVICES = "too_few_devices"  # fewer than min_devices of the area released it
-    NO_DATA = "no_data"  # no device of the area reported it (a subscription's push, after its grace time)
-
+from hub.answers import AreaPrivacy, AreaRefusal, RefusedAreaWindow, ReleasedAreaWindow
 
 SUMMED = ("consumption_w", "production_w", "energy_import_wh", "energy_export_wh")
 
@@ -49,33 +44,36 @@ def stamp(moment: float) -> str:
 
 def area_window(area: str, window: str, width: int, start: int, tag: str | None, devices: dict[str, dict],
                 expected: tuple[str, ...], min_devices: int) -> dict:
-    """The area's answer for one window: {"released": body} or {"refused": {...}}. Only the area's devices
-    count (`expected`: the operator's list of them)."""
+    """The area's answer for one window: {"released": body} or {"refused": {...}}, built as its Struct
+    (hub/answers.py: the fields are named there once). Only the area's devices count (`expected`: the operator's
+    list of them)."""
     members = {d: c for d, c in devices.items() if d in expected}
     released = {d: c for d, c in members.items() if "refused" not in c}
-    base = {"area": area, "window": window, "window_start": stamp(start), "window_end": stamp(start + width),
+    part = {"area": area, "window": window, "window_start": _moment(start), "window_end": _moment(start + width),
             "tag": tag, "devices": len(released), "devices_refused": len(members) - len(released),
             "devices_expected": len(expected), "complete": len(members) >= len(expected)}
     if len(released) < min_devices:
-        return {"refused": {**base, "error": AreaRefusal.TOO_FEW_DEVICES,
-                            "detail": f"{len(released)} device(s) of the area released this window; the hub "
-                                      f"releases an area's window only when at least {min_devices} did"}}
+        return {"refused": msgspec.to_builtins(RefusedAreaWindow(
+            **part, error=AreaRefusal.TOO_FEW_DEVICES,
+            detail=f"{len(released)} device(s) of the area released this window; the hub releases an area's window "
+                   f"only when at least {min_devices} did"))}
     parts = list(released.values())
-    body = dict(base)
-    body["households"] = sum(p["households"] for p in parts)
+    households = sum(p["households"] for p in parts)
+    sums = {}
     for key in SUMMED:
         values = [p.get(key) for p in parts]
-        body[key] = None if any(v is None for v in values) else round(sum(values), 3)
-    body["net_w"] = (None if body["production_w"] is None
-                     else round(body["consumption_w"] - body["production_w"], 3))
-    if tag is not None:
-        body["mean_w"] = round(body["consumption_w"] / body["households"], 3) if body["households"] else None
+        sums[key] = None if any(v is None for v in values) else round(sum(values), 3)
+    net = None if sums["production_w"] is None else round(sums["consumption_w"] - sums["production_w"], 3)
+    mean = UNSET if tag is None else round(sums["consumption_w"] / households, 3) if households else None
     kinds = sorted({p["kind"] for p in parts})
-    privacy = {"kind": kinds[0] if len(kinds) == 1 else "mixed",
-               "combined": "a sum of the devices' own releases over disjoint households; each part was released "
-                           "by its device (k_min, audit or noise there)"}
     noisy = [p["noise_sd_w"] for p in parts if p.get("noise_sd_w") is not None]
-    if noisy:
-        privacy["noise_sd_w"] = round(math.sqrt(sum(sd * sd for sd in noisy)), 3)
-    body["privacy"] = privacy
-    return {"released": body}
+    privacy = AreaPrivacy(kind=kinds[0] if len(kinds) == 1 else "mixed",
+                          combined="a sum of the devices' own releases over disjoint households; each part was "
+                                   "released by its device (k_min, audit or noise there)",
+                          noise_sd_w=round(math.sqrt(sum(sd * sd for sd in noisy)), 3) if noisy else UNSET)
+    return {"released": msgspec.to_builtins(ReleasedAreaWindow(**part, households=households, **sums, net_w=net,
+                                                               mean_w=mean, privacy=privacy))}
+
+
+def _moment(at: float) -> datetime:
+    return datetime.fromtimestamp(at, timezone.utc)

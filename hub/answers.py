@@ -1,13 +1,14 @@
 """The hub's answers as typed schemas (msgspec Structs, as the device's agent/api/answers.py): each field's type and
 description stated once; the OpenAPI document's response schemas are generated from them (hub/openapi.py).
 
-The handlers answer the service's own dicts (hub/aggregate.py's area windows, hub/push.py's subscriptions, the
-hub's health and devices); tests/test_fleet_hub.py converts real answers of a running hub into these Structs,
-strictly (a field not declared here, a missing one or a wrong type fails)."""
+An area's window is built as its Struct (hub/aggregate.py); the other handlers answer the service's own dicts
+(hub/push.py's subscriptions, the hub's health and devices). tests/test_fleet_hub.py converts real answers of a
+running hub into these Structs, strictly (a field not declared here, a missing one or a wrong type fails)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -15,7 +16,6 @@ from msgspec import UNSET, Meta, UnsetType
 
 from agent.api.bodies import Window
 from agent.api.errors import StatusCode
-from hub.aggregate import AreaRefusal
 
 Time = Annotated[datetime, Meta(tz=True)]
 Seconds = Annotated[float, Meta(description="UNIX seconds")]
@@ -79,6 +79,13 @@ class Areas(Answer):
     """Areas the caller may read"""
 
     areas: list[Area]
+
+
+class AreaRefusal(StrEnum):
+    """Why an area's window is not released (its `error`)."""
+
+    TOO_FEW_DEVICES = "too_few_devices"  # fewer than min_devices of the area released it
+    NO_DATA = "no_data"  # no device of the area reported it (a subscription's push, after its grace time)
 
 
 class AreaWindowPart(Answer):

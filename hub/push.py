@@ -154,11 +154,12 @@ class Pusher:
 
     def _body(self, sub: dict[str, Any], start: int, width: int, answer: dict[str, Any] | None) -> bytes:
         from hub import aggregate
+        from hub.answers import AreaRefusal
 
         if answer is None:  # no device of the area sent anything for this window
             answer = {"refused": {"area": sub["area"], "window": sub["window"], "window_start": aggregate.stamp(start),
                                   "window_end": aggregate.stamp(start + width), "tag": sub["tag"], "devices": 0,
-                                  "error": aggregate.AreaRefusal.NO_DATA,
+                                  "error": AreaRefusal.NO_DATA,
                                   "detail": "no device of the area reported this window"}}
         kind = "released" if "released" in answer else "refused"
         return json.dumps({"type": "area_window", "subscription": sub["id"], kind: answer[kind]},
