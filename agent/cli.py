@@ -7,8 +7,13 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from agent.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:  # imported when serving only (the other commands never load the agent)
+    from agent.service import Agent
 
 
 def _setup_logging(level: str) -> None:
@@ -16,7 +21,9 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def _serve(config: Config, duration: float | None = None, on_started=None, before_stop=None) -> None:
+async def _serve(config: Config, duration: float | None = None,
+                 on_started: Callable[[Agent, asyncio.Event], Awaitable[None]] | None = None,
+                 before_stop: Callable[[Agent], Awaitable[None]] | None = None) -> None:
     from agent.service import Agent
 
     agent = Agent(config)
@@ -40,7 +47,7 @@ async def _serve(config: Config, duration: float | None = None, on_started=None,
         await agent.stop()
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as err:
@@ -55,7 +62,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_check_config(args) -> int:
+def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as err:
@@ -66,13 +73,13 @@ def cmd_check_config(args) -> int:
     return 0
 
 
-def cmd_emulate_meter(args) -> int:
+def cmd_emulate_meter(args: argparse.Namespace) -> int:
     from drivers.emulator import run_emulator
 
     return run_emulator(args)
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
@@ -80,7 +87,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_homewizard_pair(args) -> int:
+def cmd_homewizard_pair(args: argparse.Namespace) -> int:
     from drivers.homewizard import base_url
     from drivers.homewizard_https import pair
 
@@ -143,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    code: int = args.func(args)
+    return code
 
 
 if __name__ == "__main__":
