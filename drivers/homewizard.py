@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from drivers.obis import MBUS_TYPES, meter_time, meter_time_iso
@@ -65,13 +66,13 @@ def is_v2(port: str) -> bool:
     return port.startswith("https://")
 
 
-def _number(value) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
 
 
-def _stamp(value) -> str | None:
+def _stamp(value: object) -> str | None:
     """The meter's YYMMDDhhmmss: v1 writes it as a number, v2 as ISO 8601 local time without an offset."""
     if isinstance(value, str) and len(value) == 19 and value[4] == "-" and value[10] == "T":
         digits = value[2:4] + value[5:7] + value[8:10] + value[11:13] + value[14:16] + value[17:19]
@@ -81,12 +82,12 @@ def _stamp(value) -> str | None:
     return f"{value:012d}"
 
 
-def _time(value) -> datetime | None:
+def _time(value: object) -> datetime | None:
     stamp = _stamp(value)
     return None if stamp is None else meter_time(stamp)
 
 
-def reading_from_measurement(doc, meter_id: str, received_at: datetime) -> Reading:
+def reading_from_measurement(doc: object, meter_id: str, received_at: datetime) -> Reading:
     """API v2's /api/measurement: v1's values under their v2 names (monthly_power_peak_timestamp and the
     external devices' timestamps as ISO local times)."""
     if not isinstance(doc, dict) or not any(key in doc for key in _V2_NAMES.values()):
@@ -100,11 +101,11 @@ _V1_NAMES = {v2: v1 for v1, v2 in _V2_NAMES.items()}
 _V1_ONLY = frozenset(_V2_NAMES) - frozenset(_V2_NAMES.values())  # a v1 name in a v2 document is not v2's
 
 
-def reading_from_data(doc, meter_id: str, received_at: datetime) -> Reading:
+def reading_from_data(doc: object, meter_id: str, received_at: datetime) -> Reading:
     """API v1's /api/v1/data."""
     if not isinstance(doc, dict) or not any(key in doc for key in (*_DATA, *_SIGNED)):
         raise HomeWizardError("not a HomeWizard P1 meter's /api/v1/data")
-    values: dict = {"meter_id": meter_id, "received_at": received_at, "timestamp": received_at}
+    values: dict[str, Any] = {"meter_id": meter_id, "received_at": received_at, "timestamp": received_at}
     for key, (field, scale) in _DATA.items():
         number = _number(doc.get(key))
         if number is not None and (number >= 0 or field not in NON_NEGATIVE):  # currents are signed
@@ -131,7 +132,7 @@ def reading_from_data(doc, meter_id: str, received_at: datetime) -> Reading:
     return Reading.from_values(values)
 
 
-def _external(items) -> list[dict]:
+def _external(items: object) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         return []
     devices = []
@@ -143,13 +144,14 @@ def _external(items) -> list[dict]:
     return devices
 
 
-def _device(channel: int, device_type: int, value, unit: str | None, stamp) -> dict:
+def _device(channel: int, device_type: int, value: object, unit: str | None, stamp: object) -> dict[str, Any]:
     number = _number(value)
-    moment = _time(stamp)
+    text = _stamp(stamp)
+    moment = None if text is None else meter_time(text)
     return {"channel": channel, "type": MBUS_TYPES[device_type], "device_type": device_type,
             "value": number if number is not None and number >= 0 else None, "unit": unit,
-            "timestamp": meter_time_iso(_stamp(stamp)) if moment is not None else None, "valve": None}
+            "timestamp": meter_time_iso(text) if text is not None and moment is not None else None, "valve": None}
 
 
-def _time_of(device: dict) -> datetime | None:
+def _time_of(device: dict[str, Any]) -> datetime | None:
     return None if device["timestamp"] is None else datetime.fromisoformat(device["timestamp"])
