@@ -24,11 +24,16 @@ question to the hub replaces the fan-out, with the organization's one key:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where a query runs (the CLI starts without it)
+    import aiohttp
 
 SLOT_HOURS = 6
 SLOTS = 24 // SLOT_HOURS
@@ -41,8 +46,8 @@ def tariff(mean_w: float) -> float:
 @dataclass
 class DeviceAnswer:
     device: str
-    windows: list[dict] = field(default_factory=list)  # released windows
-    refused: list[dict] = field(default_factory=list)
+    windows: list[dict[str, Any]] = field(default_factory=list)  # released windows
+    refused: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     noisy: bool = False  # the device's level is noisy: its sums carry differential-privacy noise
 
@@ -59,7 +64,7 @@ class Slot:
     def mean_w(self) -> float | None:
         return self.sum_w / self.households if self.households else None
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         mean = self.mean_w
         return {"start": self.start.isoformat().replace("+00:00", "Z"),
                 "end": self.end.isoformat().replace("+00:00", "Z"), "windows": self.windows,
@@ -68,7 +73,7 @@ class Slot:
                 "tariff": None if mean is None else round(tariff(mean), 4)}
 
 
-def combine(answers: list[DeviceAnswer], day: date) -> dict:
+def combine(answers: list[DeviceAnswer], day: date) -> dict[str, Any]:
     """Sums and counts of every device's released windows, per 6-hour slot and for the whole day."""
     start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     slots = [Slot(start + timedelta(hours=i * SLOT_HOURS), start + timedelta(hours=(i + 1) * SLOT_HOURS))
@@ -97,7 +102,7 @@ def combine(answers: list[DeviceAnswer], day: date) -> dict:
     }
 
 
-async def ask_device(http, device: str, key: str, tag: str, since: float, until: float,
+async def ask_device(http: aiohttp.ClientSession, device: str, key: str, tag: str, since: float, until: float,
                      window: str = "1h") -> DeviceAnswer:
     url = device.rstrip("/") + "/data"
     params = {"window": window, "tag": tag, "since": str(since), "until": str(until)}
@@ -118,7 +123,7 @@ async def ask_device(http, device: str, key: str, tag: str, since: float, until:
 
 
 async def query_devices(devices: list[str], keys: list[str], tag: str, day: date,
-                        window: str = "1h", timeout: float = 30.0) -> dict:
+                        window: str = "1h", timeout: float = 30.0) -> dict[str, Any]:
     """Ask every device (keys: one per device, or one for all) and combine the answers."""
     import aiohttp
 
@@ -136,7 +141,7 @@ async def query_devices(devices: list[str], keys: list[str], tag: str, day: date
 
 
 async def query_hub(hub: str, areas: list[str], key: str, tag: str, day: date, window: str = "1h",
-                    timeout: float = 30.0) -> dict:
+                    timeout: float = 30.0) -> dict[str, Any]:
     """The same question to a hub, per area: each area's windows are already the sum over its devices."""
     import aiohttp
 
@@ -149,7 +154,7 @@ async def query_hub(hub: str, areas: list[str], key: str, tag: str, day: date, w
     return result
 
 
-def format_result(result: dict) -> str:
+def format_result(result: dict[str, Any]) -> str:
     lines = [f"tag {result['tag']!r} on {result['date']} (UTC), 6-hour slots:"]
     for d in result["devices"]:
         state = f"error: {d['error']}" if d["error"] else \
@@ -169,7 +174,7 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_query(args) -> int:
+def cmd_query(args: argparse.Namespace) -> int:
     try:
         day = date.fromisoformat(args.date) if args.date else (datetime.now(timezone.utc) - timedelta(days=1)).date()
     except ValueError:
@@ -196,7 +201,7 @@ def cmd_query(args) -> int:
     return 0
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", action="append", help="an Edge device's base URL (repeat)")
     parser.add_argument("--hub", help="a fleet hub's base URL (edge-hub serve), instead of --device")
     parser.add_argument("--area", action="append", help="with --hub: an area to ask (repeat)")
