@@ -22,7 +22,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -53,7 +55,7 @@ class FleetOrg:
     parameters: tuple[str, ...] | None = None
 
 
-def canonical(doc: dict) -> bytes:
+def canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -75,12 +77,12 @@ def public_key_text(key: Ed25519PrivateKey) -> str:
 
 
 # --- signing and checking ----------------------------------------------------------------------
-def sign(doc: dict, key: Ed25519PrivateKey) -> bytes:
+def sign(doc: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
     signature = base64.b64encode(key.sign(canonical(doc))).decode()
     return canonical({"doc": doc, "signature": signature})
 
 
-def verify(envelope: bytes, public_key: Ed25519PublicKey) -> dict:
+def verify(envelope: bytes, public_key: Ed25519PublicKey) -> dict[str, Any]:
     """The signed document, or Refused("bad_signature"/"malformed")."""
     try:
         outer = json.loads(envelope)
@@ -98,7 +100,8 @@ def verify(envelope: bytes, public_key: Ed25519PublicKey) -> dict:
 
 
 def check(envelope: bytes, public_key: Ed25519PublicKey, kind: str, now: float, running_version: int | None,
-          device: str | None = None, levels=None, tags: tuple[str, ...] = ()) -> dict:
+          device: str | None = None, levels: Mapping[str, Level] | None = None,
+          tags: tuple[str, ...] = ()) -> dict[str, Any]:
     """The document if it may replace the running one; Refused with the one reason otherwise. `levels`: the
     device's own (edge.toml's), to which the document's are added; `tags`: its channel tags ([privacy] tags)."""
     doc = verify(envelope, public_key)
@@ -128,7 +131,7 @@ def check(envelope: bytes, public_key: Ed25519PublicKey, kind: str, now: float, 
     return doc
 
 
-def levels_of(doc: dict, tags: tuple[str, ...]) -> dict[str, Level]:
+def levels_of(doc: dict[str, Any], tags: tuple[str, ...]) -> dict[str, Level]:
     """The level definitions a document carries, checked as edge.toml's are (one bad one refuses it whole)."""
     try:
         return parse_levels(doc.get("levels", {}), tags)
@@ -136,7 +139,7 @@ def levels_of(doc: dict, tags: tuple[str, ...]) -> dict[str, Level]:
         raise Refused("invalid_level", f"{err.key}: {err.reason}") from None
 
 
-def nats_users(doc: dict) -> dict[str, dict]:
+def nats_users(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{device: {"nkey", "publish", "subscribe"}} of a fleet document: each device's public nkey and its
     permissions, which may only narrow `device_permissions` (no device is given another's subjects)."""
     value = doc.get("devices", {})
@@ -154,7 +157,7 @@ def nats_users(doc: dict) -> dict[str, dict]:
     return value
 
 
-def organizations(doc: dict, levels=None) -> dict[str, FleetOrg]:
+def organizations(doc: dict[str, Any], levels: Mapping[str, Level] | None = None) -> dict[str, FleetOrg]:
     """The organizations a document installs (revoked key hashes left out)."""
     revoked = set(_list(doc, "revoked", str))
     out: dict[str, FleetOrg] = {}
@@ -177,7 +180,7 @@ def organizations(doc: dict, levels=None) -> dict[str, FleetOrg]:
     return out
 
 
-def related(doc: dict) -> dict[str, tuple[str, ...]]:
+def related(doc: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     """{household id: organization ids} the operator marked related on this device."""
     value = doc.get("related", {})
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, list)
@@ -186,7 +189,7 @@ def related(doc: dict) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in value.items()}
 
 
-def areas(doc: dict) -> dict[str, tuple[str, ...]]:
+def areas(doc: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     value = doc.get("areas", {})
     if not isinstance(value, dict) or not all(NAME.match(k) and isinstance(v, list) and all(
             isinstance(d, str) and NAME.match(d) for d in v) for k, v in value.items()):
@@ -194,7 +197,7 @@ def areas(doc: dict) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in value.items()}
 
 
-def _list(doc: dict, key: str, kind) -> list:
+def _list(doc: dict[str, Any], key: str, kind: type) -> list[Any]:
     value = doc.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
         raise Refused("malformed", f"{key} must be a list")
