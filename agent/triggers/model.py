@@ -155,9 +155,10 @@ def check_parameters(names: object, permitted: Callable[[Parameter], tuple[bool,
         raise Refused(TriggerCode.INVALID, "a parameter is named twice")
     out = []
     for name in names:
-        param = lookup(name) if re.match(r"^[a-z0-9_-]{1,80}$", name) else None
+        # fullmatch: match() would let "household_tariff\n" through ($ matches before a newline)
+        param = lookup(name) if re.fullmatch(r"[a-z0-9_-]{1,80}", name) else None
         if param is None or (name.startswith(("household_channel_", "neighborhood_channel_"))
-                             and not TAG.match(name.split("_channel_", 1)[1])):
+                             and not TAG.fullmatch(name.split("_channel_", 1)[1])):
             raise Refused(TriggerCode.UNKNOWN_PARAMETER, f"{UNKNOWN_PARAMETER}: {name[:80]!r}; see GET /parameters",
                           UNKNOWN_PARAMETER, parameter=name[:80])
         out.append(param)
@@ -175,7 +176,7 @@ def check_action(action: dict[str, Any], check_endpoint: Callable[[str], str]) -
     kind = action["type"]
     if kind == "notification" and not action["content"].strip():
         raise Refused(TriggerCode.INVALID, f"action.content must be 1 to {MAX_CONTENT_CHARS} characters")
-    if kind == "appliance" and (not APPLIANCE_REF.match(action["appliance"]) or not action["appliance"].strip()):
+    if kind == "appliance" and (not APPLIANCE_REF.fullmatch(action["appliance"]) or not action["appliance"].strip()):
         raise Refused(TriggerCode.INVALID, "action.appliance must be 1 to 64 printable characters (a name or kind)")
     if kind == "webhook":
         return {"type": "webhook", "endpoint": check_endpoint(action["endpoint"])}
