@@ -106,9 +106,9 @@ class Operator:
 
     async def assign_device(self, device: str, area: str, nkey: str | None = None) -> dict:
         """A device in an area; `nkey`: its public NATS nkey (edge-hub device-key), with its permissions."""
-        if not document.NAME.match(device) or not document.NAME.match(area):
+        if not document.NAME.fullmatch(device) or not document.NAME.fullmatch(area):
             raise ValueError("device and area ids: 1-64 letters, digits, '_' or '-'")
-        if nkey is not None and not document.USER_NKEY.match(nkey):
+        if nkey is not None and not document.USER_NKEY.fullmatch(nkey):
             raise ValueError("--nkey: a NATS user's public nkey (U followed by 55 characters)")
         fleet = await self._fleet()
         areas = {a: [d for d in ds if d != device] for a, ds in fleet["areas"].items()}

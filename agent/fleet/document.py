@@ -146,7 +146,7 @@ def nats_users(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict):
         raise Refused("malformed", "devices must map device ids to their NATS identity")
     for name, user in value.items():
-        if not NAME.match(name) or not isinstance(user, dict) or not USER_NKEY.match(str(user.get("nkey"))):
+        if not NAME.fullmatch(name) or not isinstance(user, dict) or not USER_NKEY.fullmatch(str(user.get("nkey"))):
             raise Refused("malformed", f"device {name!r}: a NATS user's public nkey (U...) is required")
         allowed = device_permissions(name)
         for kind in ("publish", "subscribe"):
@@ -163,9 +163,9 @@ def organizations(doc: dict[str, Any], levels: Mapping[str, Level] | None = None
     out: dict[str, FleetOrg] = {}
     for item in _list(doc, "organizations", dict):
         org_id, level, key_hash = item.get("id"), item.get("level"), item.get("key_hash")
-        if not isinstance(org_id, str) or not NAME.match(org_id) or org_id in out:
+        if not isinstance(org_id, str) or not NAME.fullmatch(org_id) or org_id in out:
             raise Refused("malformed", f"organization id {org_id!r}: missing, malformed or listed twice")
-        if not isinstance(key_hash, str) or not KEY_HASH.match(key_hash):
+        if not isinstance(key_hash, str) or not KEY_HASH.fullmatch(key_hash):
             raise Refused("malformed", f"organization {org_id}: key_hash must be 64 lowercase hex digits")
         if levels is not None and level not in levels:
             raise Refused("unknown_level", f"organization {org_id}: level {level!r} is not defined on this device")
@@ -191,8 +191,8 @@ def related(doc: dict[str, Any]) -> dict[str, tuple[str, ...]]:
 
 def areas(doc: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     value = doc.get("areas", {})
-    if not isinstance(value, dict) or not all(NAME.match(k) and isinstance(v, list) and all(
-            isinstance(d, str) and NAME.match(d) for d in v) for k, v in value.items()):
+    if not isinstance(value, dict) or not all(NAME.fullmatch(k) and isinstance(v, list) and all(
+            isinstance(d, str) and NAME.fullmatch(d) for d in v) for k, v in value.items()):
         raise Refused("malformed", "areas must map area ids to lists of device ids")
     return {k: tuple(v) for k, v in value.items()}
 
