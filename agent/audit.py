@@ -313,8 +313,8 @@ class AuditLog:
         Memory holds one batch, one record and the runs of the days read, whatever the limit, as long as the
         entries are recorded in time order (they are, unless the clock stepped back): otherwise the days'
         entries are sorted by time in memory (`limit` entries, as before)."""
-        self.flush()
-        pending = self.pending_runs()  # before the files: a run written meanwhile is in both, and read once
+        pending = self.pending_runs()  # before the flush (so all it lists is on disk once the flush is done) and before
+        self.flush()  # the files (a run written meanwhile is in both: read once)
         until = until if until is not None else self.clock()
         since = since if since is not None else until - 86400
 

@@ -1,5 +1,6 @@
 """kill -9 with webhook messages queued: after a restart they are delivered, in order, once each
-(or again with the same webhook-id)."""
+(or again with the same webhook-id); and the audit log's runs of pushes listed before the kill are all there after
+it, each window once."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ from tests.helpers.wait import eventually
 async def start(config) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "run", "--config", str(config),
                                                 stderr=asyncio.subprocess.DEVNULL)
+
+
+def pushed_windows(audit: dict, subscription_id: str) -> list[int]:
+    """The windows GET /audit's runs of pushes list for a subscription, in order, each once (or it fails)."""
+    windows = []
+    for entry in audit["entries"]:
+        if entry["action"] == "data.push" and entry["subscription_id"] == subscription_id:
+            windows += [entry["window_start"] + i for i in range(entry.get("windows", 1))]
+    assert windows == sorted(set(windows)), "a window listed twice, or out of order"
+    return windows
 
 
 async def test_queued_messages_survive_kill_9(tmp_path):
@@ -64,6 +75,11 @@ async def test_queued_messages_survive_kill_9(tmp_path):
                 assert status == 201
             await asyncio.sleep(0.25)
             queued = (await call("GET", f"/data/subscriptions/{sub['id']}", org_auth))[1]["delivery"]["queued"]
+        # what GET /audit lists is on disk (it flushes first): the windows decided so far, as runs, some still open
+        status, audit = await call("GET", "/audit?since=0", op)
+        assert status == 200
+        pushed = pushed_windows(audit, sub["id"])
+        assert pushed
         agent.send_signal(signal.SIGKILL)
         await agent.wait()
 
@@ -76,6 +92,21 @@ async def test_queued_messages_survive_kill_9(tmp_path):
         sequences = [m["sequence"] for m in messages]
         assert sequences[:queued] == list(range(1, queued + 1))
         assert all(m["type"] == "aggregate" and m["aggregate"]["households"] == 3 for m in messages)
+        # the audit's runs open at the kill were appended at the start: every window listed before is listed once
+        async with aiohttp.ClientSession() as http:
+            async def audit_after():
+                try:  # the outbox may send before the API listens
+                    async with http.get(f"{base}/audit?since=0", headers=op) as resp:
+                        return resp.status, await resp.json()
+                except aiohttp.ClientConnectionError:
+                    return None
+            deadline = time.monotonic() + 30
+            while (got := await audit_after()) is None:
+                assert time.monotonic() < deadline, "the API did not come back"
+                await asyncio.sleep(0.1)
+        assert got[0] == 200
+        after = pushed_windows(got[1], sub["id"])
+        assert set(pushed) <= set(after)
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
