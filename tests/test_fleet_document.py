@@ -54,8 +54,8 @@ def test_a_signed_envelope_is_canonical_json_and_verifies():
     PUBLIC.verify(signature, b'{"a":{"x":null,"y":1},"b":[1,"\xc3\xbc"]}')  # the library's own check
     assert document.verify(envelope, PUBLIC) == doc
     # the same document with its keys in another order and spaces verifies too: the signature is over its content
-    spaced = json.dumps({"signature": json.loads(envelope)["signature"], "doc": {"b": [1, "ü"], "a": {"x": None, "y": 1}}},
-                        indent=2).encode()
+    reordered = {"b": [1, "ü"], "a": {"x": None, "y": 1}}
+    spaced = json.dumps({"signature": json.loads(envelope)["signature"], "doc": reordered}, indent=2).encode()
     assert document.verify(spaced, PUBLIC) == doc
 
 

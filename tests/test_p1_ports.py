@@ -15,7 +15,7 @@ from drivers.profiles import get_profile
 from drivers.telegram import TelegramDecoder
 from tests.helpers.p1 import Collector, direct, readers, record  # noqa: F401  (readers: the fixture)
 from tests.helpers.p1_oracle import EXTRA_PROFILES
-from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes
+from tests.helpers.telegrams import TELEGRAM_PROFILES, telegram_bytes, with_even_parity_bit
 from tests.helpers.wait import wait_until
 
 # What `auto` may call each family: DSMR 2.2 and 3 share dsmr_parser's specification; the decrypted Sagemcom
@@ -73,17 +73,12 @@ def test_dsmr_reader_telegrams_over_a_pty(pty_pair, readers, name, auto):
     assert record(got.readings[0]) == record(alone)
 
 
-def _with_even_parity_bit(data: bytes) -> bytes:
-    """What a 7E1 meter's bytes look like to a port read at 8N1: the parity bit lands in bit 7."""
-    return bytes(b | (0x80 if bin(b).count("1") % 2 else 0) for b in data)
-
-
 def test_a_7e1_meter_read_at_8n1_says_so(pty_pair, readers):
     got = Collector()
     reader = readers(MeterSpec("m1", pty_pair.path, "dsmr5", stall_seconds=0.5), got)
     wait_until(lambda: reader.opens >= 1)
     for _ in range(3):
-        pty_pair.write(_with_even_parity_bit(telegram_bytes("v5.txt")))
+        pty_pair.write(with_even_parity_bit(telegram_bytes("v5.txt")))
     wait_until(lambda: reader.state == MeterState.STALLED)
     snapshot = reader.snapshot()
     assert "7E1" in snapshot["hint"] and snapshot["last_error"] == snapshot["hint"], snapshot
@@ -223,14 +218,3 @@ def test_check_config_knows_a_homewizard_port(port, error):
         with pytest.raises(ConfigError) as info:
             parse_config(data)
         assert info.value.key == error
-
-
-def test_hints_name_each_cause_and_nothing_when_nothing_points_anywhere():
-    from drivers.linecheck import hint
-
-    telegram = telegram_bytes("v5.txt")
-    assert "7E1" in hint(_with_even_parity_bit(telegram), 900, "115200 8N1")
-    assert "parity or framing" in hint(telegram.replace(b"0", b"\x00"), 900, "115200 7E1")
-    assert "wrong baud rate" in hint(bytes(range(0x41, 0x5b)) * 50, 700, "9600 7E1")
-    assert hint(b"", 0, None).startswith("no data at all")
-    assert hint(telegram, 900, "115200 8N1") is None  # a good telegram the family does not read: no serial hint

@@ -26,3 +26,8 @@ TELEGRAM_PROFILES = {
 
 def telegram_bytes(name: str) -> bytes:
     return (TELEGRAMS / name).read_bytes()
+
+
+def with_even_parity_bit(data: bytes) -> bytes:
+    """What a 7E1 meter's bytes look like to a port read at 8N1: the parity bit lands in bit 7."""
+    return bytes(b | (0x80 if bin(b).count("1") % 2 else 0) for b in data)
