@@ -1,14 +1,13 @@
 """Households the operator marks as related to organizations (an employee's home, a test meter): set on
 POST /households or PATCH /households/{id}, shown in GET /households/{id}, kept across a restart, and given to
 the release module as `registry.related(org_id)` (such households never count toward that organization's k_min).
-Also: consent to one trigger's events, `trigger_events:trg_<12 hex>`, is a service the registry accepts."""
+Also: consent to one trigger's events, `trigger_events:trg_<12 hex>`, is a service the API accepts (the registry
+alone: tests/test_registry.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.api.errors import ApiError
-from agent.registry import Registry, RegistryError, is_service
 from tests.helpers.agent import make_config
 
 
@@ -97,32 +96,8 @@ async def test_related_households_survive_a_restart_and_a_deletion(tmp_path, sta
     assert third.agent.registry.related(org) == {test_meter, employee["id"]}
 
 
-def test_a_registry_written_before_related_households_existed_loads(tmp_path):
-    """Households stored without the field (every device before this change) are related to nobody."""
-    registry = Registry(tmp_path / "registry.seg")
-    household, _, _ = registry.create_household(None, "http")
-    registry.db.table("households").update(lambda doc: doc.pop("related_organizations"))
-    registry.close()
-    again = Registry(tmp_path / "registry.seg")
-    assert again.household(household.id).related_organizations == []
-    assert "related_organizations" not in again.db.table("households").all()[0]
-    again.close()
-
-
 # --- per-trigger event consent: the service form another part of the agent uses -------------------------------
 TRIGGER = "trigger_events:trg_0123456789ab"
-
-
-@pytest.mark.parametrize("service, ok", [
-    ("aggregates", True), ("triggers", True), ("anonymized_data", True), (TRIGGER, True),
-    ("trigger_events:trg_0123456789a", False), ("trigger_events:trg_0123456789abc", False),
-    ("trigger_events:trg_0123456789AB", False), ("trigger_events:", False), ("trigger_events:aggregates", False),
-    ("trigger_events:trg_0123456789ab\n", False), ("trigger_events", False), ("other", False),
-])
-
-
-def test_which_services_exist(service, ok):
-    assert is_service(service) is ok
 
 
 async def test_a_household_grants_and_revokes_one_triggers_events(tmp_path, start_agent):
@@ -157,17 +132,3 @@ async def test_deleting_ends_trigger_event_consents_too(tmp_path, start_agent, d
     assert registry.consent_state(household, org, "aggregates") is False
     revoked = [(c["service"], c["granted"]) for c in registry.all_consents(household)]
     assert sorted(revoked) == [("aggregates", False), (TRIGGER, False)]
-
-
-def test_registry_rejects_malformed_services_directly(tmp_path):
-    registry = Registry(tmp_path / "registry.seg")
-    org, _ = registry.create_organization("Org", "dso")
-    household, _, _ = registry.create_household(None, "http")
-    with pytest.raises(RegistryError) as err:
-        registry.set_consent(household.id, org.id, "trigger_events:trg_zzzzzzzzzzzz", True)
-    assert ApiError.of(err.value).status == 404
-    registry.set_consent(household.id, org.id, TRIGGER, True)
-    registry.close()
-    again = Registry(tmp_path / "registry.seg")
-    assert again.consent_state(household.id, org.id, TRIGGER) is True  # durable
-    again.close()
