@@ -617,5 +617,5 @@ class Registry:
 
 
 def _check_name(name) -> None:
-    if not isinstance(name, str) or not _NAME.match(name) or not name.strip():
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or not name.strip():  # match: "x\n" passes
         raise RegistryError(RegistryCode.INVALID, "name must be 1 to 100 printable characters")
