@@ -57,9 +57,9 @@ async def test_a_noisy_answer_carries_its_guarantee_and_asking_again_never_redra
     assert all(a == body for a in again)
     status, history = await running.call("GET", f"/data/dp?window=15m&since={T0}&until={T0 + 900}", token=key)
     assert status == 200 and history["released"] == [body]
-    # one release charged once, however often it was asked
+    # one release per organization (a's, and b's of the same level), each charged once, however often asked
     ledger = running.agent.releases.ledger_of(homes[0][0])
-    assert ledger["spent_rho"] == pytest.approx(level.dp.rho)
+    assert ledger["spent_rho"] == pytest.approx(2 * level.dp.rho)
     # what the level may not have, and an exact level asking for noise
     status, refused = await running.call("GET", "/data/dp?window=1s", token=key)
     assert status == 403 and refused["error"] == "window_not_permitted"
@@ -69,16 +69,21 @@ async def test_a_noisy_answer_carries_its_guarantee_and_asking_again_never_redra
     assert status == 403 and refused["error"] == "not_noisy"
 
 
-async def test_two_organizations_of_one_noisy_level_get_the_identical_answer_charged_once(tmp_path, start_agent):
-    """The first design drew noise per organization and per request: two organizations (or one registered twice)
-    averaged it away. Now the level's one draw is told to both, and the households bear it once."""
+async def test_two_organizations_of_one_noisy_level_get_draws_of_their_own_each_charged(tmp_path, start_agent):
+    """The first design drew noise per organization and per request, charged nothing more: two organizations (or
+    one registered twice) averaged it away for free. One draw told to both organizations of one consenting cohort,
+    charged once, made a household's spending depend on whether the others' consents to the two agreed (red team
+    9a, R9a-3). Now each organization's window is drawn once, recorded, and charged: averaging two organizations'
+    answers is paid for, in the households' ledgers."""
     running, clock, config, orgs, homes = await noisy_town(tmp_path, start_agent)
     await feed(running, clock, [h for h, _ in homes], [T0, T0 + 900, T0 + 1800, T0 + 2700])
     clock.now = T0 + 3600 + 20
     for window, since in (("15m", T0), ("1h", T0)):
         query = f"/data?window={window}&since={since}&until={T0 + 3600}"
         (sa, a), (sb, b) = [await running.call("GET", query, token=orgs[o][1]) for o in ("a", "b")]
-        assert sa == sb == 200 and a["released"] and a == b
+        assert sa == sb == 200 and a["released"] and b["released"]
+        assert [r["households"] for r in a["released"]] == [r["households"] for r in b["released"]]
+        assert all(x["consumption_w"] != y["consumption_w"] for x, y in zip(a["released"], b["released"]))
     # the hour is derived from its four quarter-hours (their mean), not a fifth draw
     (hour,) = a["released"]
     status, quarters = await running.call("GET", f"/data?window=15m&since={T0}&until={T0 + 3600}", token=orgs["a"][1])
@@ -86,7 +91,7 @@ async def test_two_organizations_of_one_noisy_level_get_the_identical_answer_cha
     assert hour["consumption_w"] == pytest.approx(sum(q["consumption_w"] for q in quarters["released"]) / 4,
                                                   abs=1e-3)
     spent = running.agent.releases.ledger_of(homes[0][0])["spent_rho"]
-    assert spent == pytest.approx(4 * config.levels["supplier"].dp.rho)  # four releases, not eight
+    assert spent == pytest.approx(8 * config.levels["supplier"].dp.rho)  # four quarters each, the hours derived
 
 
 TIGHT = Level("tight", ("neighborhood_*",), ("15m", "1h"), dp=DifferentialPrivacy(rho=0.8), kind="noisy")
@@ -109,7 +114,8 @@ async def test_the_cap_is_per_household_across_organizations_days_and_a_restart(
     assert status == 200 and first["privacy"]["rho"] == 0.8, first
     status, second = await running.call("GET", "/data?window=15m", token=other)
     assert status == 200 and second["consumption_w"] != first["consumption_w"]  # another level: its own draw
-    assert running.agent.releases.ledger_of(homes[0][0])["spent_rho"] == pytest.approx(1.6 + 5e-4)
+    # the two levels' releases, and the two suppliers' (5e-4 each)
+    assert running.agent.releases.ledger_of(homes[0][0])["spent_rho"] == pytest.approx(1.6 + 2 * 5e-4)
 
     def included(org_id: str, window_start: str) -> int:
         """How many of the households the window's sums had (the members index their own pages read)."""

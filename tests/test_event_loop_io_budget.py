@@ -76,15 +76,17 @@ async def test_a_noisy_answer_is_visible_only_once_its_record_and_charge_are_on_
     (s1, body), (s2, other) = await asyncio.gather(first, second)
     gate.check()
     assert (s1, s2) == (200, 200), (body, other)
-    assert body["privacy"]["kind"] == "noisy" and other == body  # one draw, told to both organizations
+    assert body["privacy"]["kind"] == other["privacy"]["kind"] == "noisy"  # each organization its own draw
     charged, cohort = charged_on_disk(directory, T0)
-    assert [d["b"] for d in charged] == [body]  # the answer sent is the record on disk, charged once
-    assert charged[0]["p"] == config.levels["supplier"].dp.rho
+    # the answers sent are the records on disk, each charged once
+    assert sorted((d["o"], d["b"] == body, d["b"] == other) for d in charged) == sorted([(a_id, True, False),
+                                                                                     (b_id, False, True)])
+    assert [d["p"] for d in charged] == [config.levels["supplier"].dp.rho] * 2
     assert cohort == {h for h, _ in homes}
 
     # a restart rebuilds the ledger from the log and answers with the same record
     spent = releases.ledger_of(homes[0][0])["spent_rho"]
-    assert spent == pytest.approx(config.levels["supplier"].dp.rho)
+    assert spent == pytest.approx(2 * config.levels["supplier"].dp.rho)
     await running.http.close()
     await running.agent.stop()
     restarted = await start_agent(config, clock=clock)

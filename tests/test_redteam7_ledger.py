@@ -83,13 +83,14 @@ async def test_a_household_out_of_cap_counts_0_in_the_sum_and_the_window_is_stil
         assert inclusion is not None and (inclusion.included, inclusion.windows) == (1, 2), inclusion
 
 
-async def test_two_organizations_of_one_cohort_get_one_answer_whatever_its_ledgers(make_town):
-    """Colluding A and B of one level, with one consenting cohort, get one noisy answer (P6). The shared answer was
-    keyed by the households that could bear the window, decided for each organization after the one before it was
-    charged: with the target one window from its cap between A's decision and B's, B got a draw of its own over a
-    cohort without it, so A and B comparing answers read the window the target ran out in, i.e. (as in the first
-    test) how many other organizations it consents to. The target consents to one other, C (decisions go in
-    organization id order: roles are given by it, A then B then C; cap 1.75 puts the edge between A and B)."""
+async def test_two_organizations_of_one_cohort_learn_nothing_of_its_ledgers_by_comparing(make_town):
+    """Colluding A and B of one level, with one consenting cohort. An answer shared by the two was keyed by the
+    households that could bear the window, decided for each organization after the one before it was charged:
+    with the target one window from its cap between A's decision and B's, B got a draw of its own over a cohort
+    without it, so A and B comparing answers read the window the target ran out in, i.e. (as in the first test)
+    how many other organizations it consents to. Each organization's answer is now its own draw (red team 9a,
+    R9a-3): the two differ in their noisy sums in every window, and in nothing else in any. The target consents to
+    one other, C (decisions go in organization id order: roles are given by it, A then B then C)."""
     town = await make_town(levels={"supplier": noisy_level(rho=RHO)}, cap_rho=7 * RHO)
     (a_id, a_key), (b_id, b_key), (c_id, _) = sorted([await town.org("supplier") for _ in range(3)])
     target, *mine = await town.households_(12)
@@ -102,5 +103,9 @@ async def test_two_organizations_of_one_cohort_get_one_answer_whatever_its_ledge
     a = await town.windows(a_key, "15m", start, start + quarters * QUARTER)
     b = await town.windows(b_key, "15m", start, start + quarters * QUARTER)
     assert town.running.agent.releases.ledger_of(target[0])["spent_rho"] == pytest.approx(7 * RHO)  # it ran out
-    differ = [w for w, (x, y) in enumerate(zip(a, b)) if x != y]
-    assert not differ, f"A's and B's answers differ in window {differ}: the target ran out there"
+    # what is not drawn: the window, its count and its privacy statement (the sums and what is derived from them
+    # -- net, energy, the month's peak -- are each organization's draw)
+    told = ("window", "window_start", "window_end", "households", "privacy")
+    differ = [w for w, (x, y) in enumerate(zip(a, b)) if [x.get(k) for k in told] != [y.get(k) for k in told]]
+    assert not differ, f"A's and B's answers differ in window {differ} beyond their noise: the target ran out there"
+    assert all(x["consumption_w"] != y["consumption_w"] for x, y in zip(a, b))  # every window: no window singled out

@@ -27,7 +27,7 @@ answer's `households`), so what is left is when households changed their consent
 
 Code: agent/release/door.py `_decide_noisy` (the share key is the consenting cohort; the charge once per share),
 agent/release/ledger.py, the access page's ledger (agent/web/household.py, templates/access.html).
-Suggested fix: make a household's charge per window independent of other households' consents: charge every
+Closed (the first way): make a household's charge per window independent of other households' consents: charge every
 organization's release of a window on its own (each organization's answer its own draw: P6 holds since each is
 still drawn once and recorded; re-asking is the same record), or charge a household for every organization of the
 level it consents to whether or not their cohorts coincide (over-counting, safe: a shared answer then costs as
@@ -55,10 +55,6 @@ async def used(browser) -> float:
     return float(USED.search(html).group(1))
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9a R9a-3: one noisy answer per consenting cohort is charged once "
-                   "(agent/release/door.py _decide_noisy), so a household consenting to two organizations of a level "
-                   "is charged rho or 2 rho per window as their cohorts, i.e. other households' consents, are equal "
-                   "or not; its own page shows it: 5 of 5 quarters of a neighbour's consent change")
 async def test_my_budget_does_not_say_when_a_neighbour_changed_a_consent(make_town):
     town = await make_town(levels={"supplier": noisy_level(rho=0.01)})  # a round rho: the page shows 4 decimals
     (a_id, _), (c_id, _) = await town.org("supplier"), await town.org("supplier")

@@ -112,9 +112,10 @@ async def test_exact_second_organization_one_household_apart_is_refused(tmp_path
     assert sum(not isinstance(x, Refusal) for x in answers) == 1
 
 
-async def test_noisy_answer_is_shared_never_redrawn_and_charged_once(tmp_path):
-    """One noisy answer per (level, window, cohort): telling it to a second organization costs nothing more
-    (post-processing), and nothing can average it away."""
+async def test_noisy_answers_are_each_organizations_own_never_redrawn_each_charged_once(tmp_path):
+    """One noisy answer per (organization, window): asked again it is the record, never a new draw (nothing
+    averages it away for free); a second organization of the same cohort gets its own draw and the households
+    are charged for it too, so what a household spends depends on its own consents alone (red team 9a, R9a-3)."""
     town = Town(tmp_path)
     a, b = town.org("supplier"), town.org("supplier")
     town.consent(a)
@@ -122,9 +123,11 @@ async def test_noisy_answer_is_shared_never_redrawn_and_charged_once(tmp_path):
     town.post([300.0] * 12)
     await town.step(900)
     first = town.releases.answer(a, "15m", T0)
-    assert first == town.releases.answer(b, "15m", T0) == town.releases.answer(a, "15m", T0)
-    assert first["privacy"]["kind"] == "noisy" and first["households"] == 12
-    rho = town.config.levels["supplier"].dp.rho
+    theirs = town.releases.answer(b, "15m", T0)
+    assert first == town.releases.answer(a, "15m", T0) and theirs == town.releases.answer(b, "15m", T0)
+    assert first["privacy"]["kind"] == "noisy" and first["households"] == theirs["households"] == 12
+    assert first["consumption_w"] != theirs["consumption_w"]
+    rho = 2 * town.config.levels["supplier"].dp.rho  # a's release and b's
     assert town.releases.ledger_of(town.households[0].id)["spent_rho"] == pytest.approx(rho)
     # after a restart: the same record, and the ledger rebuilt from the log
     again = town.restart()

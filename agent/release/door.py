@@ -709,7 +709,6 @@ class Releases:
                 for tag in [None, *tags]:
                     staged[(org.id, grid.width, start, tag or "")] = _doc(org.id, grid.width, start, tag, unavailable)
             return
-        shared: dict[tuple[Any, ...], Json] = {}
         name = day_name(start)
         for org in orgs:
             level = self.config.levels[org.level]
@@ -731,28 +730,23 @@ class Releases:
                     staged[key] = _doc(org.id, grid.width, start, tag, refusal)
                     self.members.note(org.id, tag, grid.width, start, members, False, loss)
                     continue
-                # one answer per consenting cohort, its members decided once (before anyone is charged for it):
-                # keyed by those who can bear it, a second organization of the same cohort, decided after the first
-                # was charged, got a draw of its own whenever a member ran out in between, and the two answers
-                # differing said when (R7-1 between colluding organizations)
-                share = (level.name, tag, consenting, quantities)
-                if share not in shared:
-                    body = self._noisy_body(level, grid, start, tag, members, contributions, quantities, loss,
-                                            len(consenting))
-                    self.ledger.charge(members, loss, start)
-                    digest = cohort_hash(members)
-                    batch = durable.setdefault(name, [])
-                    if (name, digest) not in self._cohorts_written:
-                        batch.append({"t": "c", "h": digest, "m": sorted(members), "s": start})
-                        self._cohorts_written.add((name, digest))
-                    shared[share] = {"body": body, "members": members, "c": digest, "p": loss, "first": True}
-                entry = shared[share]
-                doc = _doc(org.id, grid.width, start, tag, self._with_peak(org, grid.width, start, entry["body"]))
-                if entry.pop("first", False):
-                    doc.update(c=entry["c"], p=entry["p"])  # charged once, on the first organization's record
-                doc["noisy"] = True
-                self.members.note(org.id, tag, grid.width, start, entry["members"], True, loss)
-                durable.setdefault(name, []).append(doc)
+                # Each organization's answer is its own draw, charged to its members: what a household spends is
+                # then a function of its own consents alone. One answer shared by the organizations of one
+                # consenting cohort was charged once, so a household's spending said whether every other
+                # household's consents to them agreed (red team 9a, R9a-3), and equal answers that the cohorts
+                # were equal.
+                body = self._noisy_body(level, grid, start, tag, members, contributions, quantities, loss,
+                                        len(consenting))
+                self.ledger.charge(members, loss, start)
+                digest = cohort_hash(members)
+                batch = durable.setdefault(name, [])
+                if (name, digest) not in self._cohorts_written:
+                    batch.append({"t": "c", "h": digest, "m": sorted(members), "s": start})
+                    self._cohorts_written.add((name, digest))
+                doc = _doc(org.id, grid.width, start, tag, self._with_peak(org, grid.width, start, body))
+                doc.update(c=digest, p=loss, noisy=True)  # the record the ledger is rebuilt from
+                self.members.note(org.id, tag, grid.width, start, members, True, loss)
+                batch.append(doc)
                 staged[key] = doc
 
     def _noisy_body(self, level: Level, grid: Grid, start: int, tag: str | None, members: frozenset[str],
