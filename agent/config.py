@@ -471,8 +471,8 @@ def _check_triggers(triggers: TriggersConfig) -> None:
 
 def _level(data: object, name: str, tags: tuple[str, ...]) -> Level:
     key = f"levels.{name}"
-    if not _LEVEL_NAME.match(name):
-        raise ConfigError(key, "a level name is 1-32 lowercase letters, digits, '_' or '-'")
+    if not _LEVEL_NAME.fullmatch(name):  # named as Python writes it: the error stays one line
+        raise ConfigError(f"levels.{name!r}", "a level name is 1-32 lowercase letters, digits, '_' or '-'")
     if not isinstance(data, dict):
         raise ConfigError(key, f"must be a table, got {type(data).__name__}")
     default = DEFAULT_LEVELS.get(name, Level(name, (), ("15m", "1h")))
@@ -517,14 +517,14 @@ def parse_levels(data: object, tags: tuple[str, ...]) -> dict[str, Level]:
 
 
 def _fleet(fleet: FleetConfig, device_name: str) -> FleetConfig:
-    if not all(_SERVER.match(s) for s in fleet.servers):
+    if not all(_SERVER.fullmatch(s) for s in fleet.servers):
         raise ConfigError("fleet.servers", "must be a list of nats://HOST:PORT or tls://HOST:PORT")
     if not fleet.windows or any(w not in WINDOWS for w in fleet.windows):
         raise ConfigError("fleet.windows", f"must name windows of {', '.join(WINDOWS)}")
     if fleet.enabled:
         from agent.fleet import NAME, public_key_from_text
 
-        if not NAME.match(fleet.device_id or device_name):
+        if not NAME.fullmatch(fleet.device_id or device_name):
             raise ConfigError("fleet.device_id", "1-64 letters, digits, '_' or '-' (a NATS subject token; "
                               "set it when [device] name is not one)")
         if not fleet.servers:
@@ -540,7 +540,7 @@ _SERIAL_KEYS = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts
 
 
 def _meter(m: MeterTable, key: str, seen: set[str]) -> MeterSpec:
-    if not _METER_ID.match(m.id):
+    if not _METER_ID.fullmatch(m.id):
         raise ConfigError(f"{key}.id", "use 1-64 letters, digits, '_', '-' or '.'")
     if m.id in seen:
         raise ConfigError(f"{key}.id", f"{m.id!r} is used by another meter")
