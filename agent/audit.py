@@ -35,10 +35,11 @@ the next hour, or its day); until then each `flush` writes the state of every ru
 day file yet over the older of two small files (OPEN_RUNS: one checked, numbered record, one fsync), and a start
 takes the newer that checks out and appends its runs (open at a crash) to their day files. So a crash keeps every
 window recorded before the last completed flush took that state, and loses those after it: up to flush_seconds
-(5 s by default) of windows, twice that if the crash tears a flush; as a batch of single entries lost before
-(those recorded since the batch being written began). A run's place in its file is where it ended, so readers
-order runs by `at` themselves, and read a run appended twice (written, then appended again from OPEN_RUNS by a
-start after a crash between the two writes) once, its copy with the most windows.
+(5 s by default) of windows plus the time a flush takes, whether or not the crash tears the flush in progress;
+as a batch of single entries lost before (those recorded since the batch being written began). A run's place in
+its file is where it ended, so readers order runs by `at` themselves, and read a run appended twice (written, then
+appended again from OPEN_RUNS by a start after a crash between the two writes) once, its copy with the most
+windows.
 """
 
 from __future__ import annotations
