@@ -363,21 +363,6 @@ def test_tinydb_update_and_remove_rewrite_a_segment_atomically(tmp_path):
     store.close()
 
 
-def test_record_framing_refuses_what_it_did_not_write():
-    record = encode_record("readings", 1, [{"a": 1}])
-    assert decode_records(record) == ([("readings", 1, [{"a": 1}])], len(record), None)
-    assert decode_records(b"") == ([], 0, None)
-    for damaged, good, why in ((record + record[:7], len(record), "short header"),
-                               (record[:-1], 0, "short payload"),
-                               (b"XXXX" + record[4:], 0, "bad magic"),
-                               (record[:4] + b"\xff\xff\xff\xff" + record[8:], 0, "impossible length")):
-        records, end, problem = decode_records(damaged)
-        assert end == good and problem.startswith(why) and problem.endswith("tail)")
-    # damage in the middle: skipped, and the good record after it is still read
-    records, end, problem = decode_records(record[:-1] + b"\x00" + record)
-    assert records == [("readings", 1, [{"a": 1}])] and end == 2 * len(record) and "skipped" in problem
-
-
 # --- write cost does not grow with the store ---------------------------------------------------------
 def test_a_flush_touches_only_the_current_segments_and_costs_the_same_in_a_big_store(tmp_path):
     small = ReadingStore(tmp_path / "small", retention_raw_s=float("inf"))
