@@ -27,14 +27,19 @@ then differs from the one rebuilt).
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 import pytest
 
 from agent.privacy import dp
 from tests.helpers.attacks import QUARTER, make_town, noisy_level  # noqa: F401  (fixture)
+from tests.helpers.web import access_rows
 
 pytestmark = pytest.mark.skipif(not dp.available(), reason="OpenDP is not installed")
 RHO = 0.01
 FULL = OSError(28, "No space left on device")
+USED = re.compile(r"Used: ([0-9.]+) of")
 
 
 @pytest.mark.xfail(strict=True, reason="red team 9a R9a-6: a failed release-log write leaves its cohorts marked "
@@ -69,3 +74,37 @@ async def test_a_refused_write_does_not_lose_the_later_charges_at_a_restart(make
     assert after >= 2 * RHO - 1e-9, (
         f"a household's spent rho was {before} after two released windows (and a refused one), {after} after the "
         "restart: the released windows' charges were not rebuilt")
+
+
+@pytest.mark.xfail(strict=True, reason="red team 9a R9a-6, page: a pass whose release-log write was refused keeps "
+                   "its in-memory charges and members notes (agent/release/door.py settle), so the household's "
+                   "page says 'yes' and charges rho for a window never released")
+async def test_my_page_does_not_say_i_was_in_a_window_the_disk_refused(make_town, monkeypatch):
+    """The same refused write, seen by the household: A's GET /data got 409 storage_error (nothing released, nothing
+    charged on disk), but the household's *Who used my data* says of that read "yes", rho 0.010000, and its budget
+    "Used: 0.0100" (after a restart: 0). Measured: 1 of 1 such rows. PRIVACY.md: the page says "the rho the released
+    windows charged it"; R8-3 closed the same overstatement for a downtime."""
+    town = await make_town(levels={"supplier": noisy_level(rho=RHO)})
+    org_id, key = await town.org("supplier")
+    homes = await town.households_(12)
+    await town.grant(org_id, homes)
+    start = await town.to_next(QUARTER)
+    releases = town.running.agent.releases
+    write = releases.log.write
+
+    def full(batches):
+        raise FULL
+
+    for home in homes:
+        await town.post(home, 300.0)
+    town.clock.now = start + QUARTER + 1
+    monkeypatch.setattr(releases.log, "write", full)
+    status, body = await town.live(key, "15m")
+    assert (status, body.get("error")) == (409, "storage_error"), body
+    monkeypatch.setattr(releases.log, "write", write)  # the disk is back
+    await releases.flush()
+    await asyncio.to_thread(town.running.agent.audit.flush)
+    rows, html = await access_rows(town.running, homes[0][0])
+    used = float(USED.search(html).group(1))
+    assert rows and all(included != "yes" for included, _ in rows) and used == 0, (
+        f"the household's page, of a read refused storage_error: rows {rows}, Used {used}")
