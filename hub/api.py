@@ -26,6 +26,7 @@ from aiohttp import web
 
 from agent.api import bodies
 from agent.api.common import ApiError as DeviceApiError
+from agent.fleet.document import FleetOrg
 from hub import openapi as docs
 from hub.answers import HubCode
 from hub.bodies import SubscribeIn
@@ -35,7 +36,7 @@ MAX_WINDOWS = 1500  # per request
 OPERATOR, ORGANIZATION = "operator", "organization"
 HUB = web.AppKey("hub", Hub)
 CALLER = web.RequestKey("hub_caller", tuple)  # (role, FleetOrg or None): the route's role check found it
-AUDIT_PATH = web.AppKey("audit_path", object)
+AUDIT_PATH: web.AppKey[Path | None] = web.AppKey("audit_path")
 ENDPOINTS = web.AppKey("endpoints", tuple)  # (allow_http, allow_private): the webhook endpoint policy
 
 
@@ -46,7 +47,8 @@ class ApiError(Exception):
 
 
 @web.middleware
-async def errors(request: web.Request, handler):
+async def errors(request: web.Request,
+                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as err:
@@ -62,7 +64,7 @@ async def errors(request: web.Request, handler):
                                  status=HubCode.UNAVAILABLE.status)
 
 
-def _caller(request: web.Request):
+def _caller(request: web.Request) -> tuple[str, FleetOrg | None]:
     """("operator", None) or ("organization", FleetOrg); 401 otherwise. Routes with roles ask it before their
     handler runs (`_guarded`); a handler reads request[CALLER]."""
     header = request.headers.get("Authorization", "")
@@ -79,7 +81,7 @@ def _caller(request: web.Request):
     raise ApiError(HubCode.UNAUTHORIZED, "unknown or revoked key")
 
 
-async def _audit(request: web.Request, who: str, action: str, **fields) -> None:
+async def _audit(request: web.Request, who: str, action: str, **fields: object) -> None:
     path: Path | None = request.app[AUDIT_PATH]
     if path is None:
         return
@@ -137,7 +139,8 @@ async def area_data(request: web.Request) -> web.Response:
     count = max(0, (last - first) // width)
     if count > MAX_WINDOWS:
         raise ApiError(HubCode.TOO_MANY_WINDOWS, f"at most {MAX_WINDOWS} windows per request, asked {count}")
-    released, refused = [], []
+    released: list[dict[str, Any]] = []
+    refused: list[dict[str, Any]] = []
     starts = range(int(first), int(last), width)
     answers = await asyncio.gather(*(hub.window(org.id, area, window, start, tag) for start in starts))
     for answer in answers:
