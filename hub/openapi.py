@@ -4,30 +4,37 @@ bodies' and the answers' schemas are generated from their msgspec Structs (hub/b
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import msgspec
 
 from agent.config import WINDOWS
+from agent.release.records import Json
 from hub import answers, bodies
 
+if TYPE_CHECKING:  # hub/api.py imports this module
+    from hub.api import Route
 
-def _ref(name: str) -> dict:
+
+def _ref(name: str) -> Json:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _ok(answer: str, description: str = "ok") -> dict:
+def _ok(answer: str, description: str = "ok") -> Json:
     return {"description": description, "content": {"application/json": {"schema": _ref(answer)}}}
 
 
-def _op(summary: str, answer: str, parameters=()) -> dict:
+def _op(summary: str, answer: str, parameters: Iterable[Json] = ()) -> Json:
     return {"summary": summary, "parameters": list(parameters),
             "responses": {"200": _ok(answer), "503": _error("the cluster could not answer now")}}
 
 
-def _error(description: str) -> dict:
+def _error(description: str) -> Json:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
 
-def _query(name: str, schema: dict, required: bool = False, description: str = "") -> dict:
+def _query(name: str, schema: Json, required: bool = False, description: str = "") -> Json:
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
@@ -57,7 +64,7 @@ UNSUBSCRIBE = {"summary": "Stop a subscription",
                "responses": {"200": _ok("Deleted", "deleted"), "404": _error("no such subscription")}}
 
 
-def operation(doc: dict, roles: tuple[str, ...]) -> dict:
+def operation(doc: Json, roles: tuple[str, ...]) -> Json:
     """A route's operation: its own, and with roles a bearer key, 401 without a valid one, 403 for another role's."""
     if not roles:
         return doc
@@ -66,9 +73,9 @@ def operation(doc: dict, roles: tuple[str, ...]) -> dict:
                           "403": _error(f"a key of another role than {' or '.join(roles)}")}}
 
 
-def spec(routes) -> dict:
+def spec(routes: Iterable[Route]) -> Json:
     """The document of these routes (hub/api.py's ROUTES; a row without an operation is not in it)."""
-    paths: dict = {}
+    paths: Json = {}
     for route in routes:
         if route.operation is not None:
             paths.setdefault(route.path, {})[route.method.lower()] = operation(route.operation, route.roles)
