@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from agent.privacy.anonymize import LADDERS, LEVEL_NAMES, STATIC, HouseholdSeries, bin_of, top_of
 from drivers.reading import iso
@@ -34,7 +36,7 @@ class Target:
     period (ISO start), its grid bin's lower edge (`as_released`: its class's released bin's)."""
 
     profile: tuple[str, ...]
-    bins: dict[str, int | None]
+    bins: Mapping[str, int | None]
     energy_wh: float  # over the day, exactly (the bill)
 
 
@@ -48,7 +50,7 @@ class Entity:
         return min(len(r) for r in self.rows.values()) if self.grouped else 1
 
 
-def targets(series: list[HouseholdSeries], report: dict, resolution_s: int) -> list[Target]:
+def targets(series: list[HouseholdSeries], report: dict[str, Any], resolution_s: int) -> list[Target]:
     """What each household looks like under the release's generalization (read from its report)."""
     gen = report["generalization"]
     levels = [LEVEL_NAMES[name].index(gen[name]) for name in STATIC]
@@ -62,32 +64,34 @@ def targets(series: list[HouseholdSeries], report: dict, resolution_s: int) -> l
     return out
 
 
-def as_released(known: list[Target], records: list[dict]) -> list[Target]:
+def as_released(known: list[Target], records: list[dict[str, Any]]) -> list[Target]:
     """The targets' bins as the release shows them: the lower edge of the released bin of their class that holds
     their value (a class's bins may be wider than the grid's: the threshold rule), None where none does."""
-    shown: dict[tuple, list[tuple[int, int | None]]] = defaultdict(list)
+    shown: dict[tuple[str, tuple[str, ...]], list[tuple[int, int | None]]] = defaultdict(list)
     for record in records:
         shown[(record["period_start"], _profile(record))].append((record["consumption_w_from"],
                                                                   record["consumption_w_to"]))
 
-    def released(period: str, profile: tuple[str, ...], low: int) -> int | None:
+    def released(period: str, profile: tuple[str, ...], low: int | None) -> int | None:
+        if low is None:  # not shown: stays so
+            return None
         return next((a for a, b in shown.get((period, profile), ()) if a <= low and (b is None or low < b)), None)
 
     return [Target(t.profile, {p: released(p, t.profile, low) for p, low in t.bins.items()}, t.energy_wh)
             for t in known]
 
 
-def _profile(record: dict) -> tuple[str, ...]:
+def _profile(record: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(record[name]) for name in STATIC)
 
 
-def entities(records: list[dict]) -> dict[str, list[Entity]]:
+def entities(records: list[dict[str, Any]]) -> dict[str, list[Entity]]:
     """Every way of linking the rows, by strategy."""
-    by_key: dict[tuple, Entity] = {}
+    by_key: dict[tuple[tuple[str, str], ...], Entity] = {}
     by_position: dict[int, Entity] = {}
-    by_class_position: dict[tuple, Entity] = {}
+    by_class_position: dict[tuple[tuple[str, ...], int], Entity] = {}
     seen_in_period: dict[str, int] = defaultdict(int)
-    seen_in_class: dict[tuple, int] = defaultdict(int)
+    seen_in_class: dict[tuple[str, tuple[str, ...]], int] = defaultdict(int)
     for record in records:
         period, row = record["period_start"], (_profile(record), record["consumption_w_from"])
         key = tuple(sorted((k, str(v)) for k, v in record.items() if k not in VALUE_FIELDS))
@@ -122,10 +126,13 @@ def _success(consistent: list[Entity], target: Target) -> float:
                for e in consistent if _contains(e, target))
 
 
-def _index(strategy: list[Entity]) -> tuple[dict, dict]:
+Cell = tuple[str, tuple[str, ...], int | None]  # (period, profile, bin): a row as the release shows it (None: not)
+
+
+def _index(strategy: list[Entity]) -> tuple[dict[Cell, list[int]], dict[tuple[str, ...], list[int]]]:
     """(period, profile, bin) -> entities showing that row; profile -> entities showing that profile."""
-    by_cell: dict[tuple, list[int]] = defaultdict(list)
-    by_profile: dict[tuple, list[int]] = defaultdict(list)
+    by_cell: dict[Cell, list[int]] = defaultdict(list)
+    by_profile: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, entity in enumerate(strategy):
         cells = {(period, *row) for period, rows in entity.rows.items() for row in rows}
         for cell in cells:
@@ -135,7 +142,7 @@ def _index(strategy: list[Entity]) -> tuple[dict, dict]:
     return by_cell, by_profile
 
 
-def trajectory_rate(records: list[dict], known: list[Target], seed: int = 0) -> tuple[float, float]:
+def trajectory_rate(records: list[dict[str, Any]], known: list[Target], seed: int = 0) -> tuple[float, float]:
     """3 known periods per target: (the attacker's success rate, the share of targets singled out, i.e.
     exactly one consistent household and it is the target), under the best linking strategy."""
     known = as_released(known, records)
@@ -160,7 +167,8 @@ def trajectory_rate(records: list[dict], known: list[Target], seed: int = 0) -> 
     return best
 
 
-def energy_rate(records: list[dict], known: list[Target], report: dict, resolution_s: int) -> float:
+def energy_rate(records: list[dict[str, Any]], known: list[Target], report: dict[str, Any],
+                resolution_s: int) -> float:
     """The day's energy per target (the bill): the attacker names the entity of the target's profile whose
     rows add up closest (a group: its mean household)."""
     known = as_released(known, records)
@@ -172,7 +180,7 @@ def energy_rate(records: list[dict], known: list[Target], report: dict, resoluti
     upper = {(r["period_start"], _profile(r), r["consumption_w_from"]): r["consumption_w_to"] for r in records}
 
     def middle(period: str, profile: tuple[str, ...], low: int) -> float:
-        high = upper.get((period, profile, low))
+        high: int | None = upper.get((period, profile, low))
         return (low + high) / 2 if high is not None else min(low, top) + width / 2
 
     def estimate(entity: Entity) -> float:
@@ -181,7 +189,7 @@ def energy_rate(records: list[dict], known: list[Target], report: dict, resoluti
 
     best = 0.0
     for strategy in entities(records).values():
-        pure: dict[tuple, list[tuple[float, Entity]]] = defaultdict(list)  # entities of one profile only
+        pure: dict[tuple[str, ...], list[tuple[float, Entity]]] = defaultdict(list)  # entities of one profile only
         for entity in strategy:
             profiles = {row[0] for rows in entity.rows.values() for row in rows}
             if len(profiles) == 1:
