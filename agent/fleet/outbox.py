@@ -63,15 +63,15 @@ class FleetOutbox:
             self.cursor[doc["w"]] = max(self.cursor.get(doc["w"], doc["s"]), doc["s"])
         acked: set[int] = set()
         for event in self.db.table("e").all():
-            if "epoch" in event:
-                self.epoch = event["epoch"]
-            elif "meta" in event:
+            if "meta" in event:  # first: it carries the epoch too
                 self.next_seq = max(self.next_seq, event["next"])
                 self.stream_seq = event["stream_seq"]
                 self.acked_total = event.get("acked", 0)
                 self.epoch = event.get("epoch", self.epoch)
                 for window, start in event["cursor"].items():
                     self.cursor[window] = max(self.cursor.get(window, start), start)
+            elif "epoch" in event:
+                self.epoch = event["epoch"]
             else:
                 acked.add(event["a"])
                 self.stream_seq = event["n"]
