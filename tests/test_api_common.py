@@ -24,6 +24,7 @@ from agent.api.common import (
     stream_json,
     token_from,
 )
+from agent.api.errors import Http
 from agent.registry import RegistryCode, RegistryError
 
 
@@ -108,7 +109,7 @@ def _raise(exc: BaseException):
 @pytest.fixture
 async def client():
     app = web.Application(middlewares=[error_middleware])
-    app.router.add_get("/api", _raise(ApiError(409, "conflict", "already there", {"X-Why": "test"}, field="x")))
+    app.router.add_get("/api", _raise(ApiError(Http.CONFLICT, "already there", {"X-Why": "test"}, field="x")))
     app.router.add_get("/domain", _raise(RegistryError(RegistryCode.NOT_FOUND, "no such household")))
     app.router.add_get("/disk", _raise(OSError(28, "No space left on device", "/secret/path")))
     app.router.add_get("/bug", _raise(ValueError("internal detail /secret/path")))
