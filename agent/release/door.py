@@ -658,13 +658,13 @@ class Releases:
         mine = frozenset(meters[h] for h in members)
         related = frozenset(meters[h] for h in self._related(org.id) if h in meters)
         out: Json = {}
+
+        def told_apart(cohorts: list[frozenset[str]]) -> set[str]:
+            return set().union(*audit.small_groups(cohorts, k_min))
+
         for q in quantities:
             reporting = mine & table.reporting(q)
             recent = audited[q]
-
-            def told_apart(cohorts: list[frozenset[str]]) -> set[str]:
-                return set().union(*audit.small_groups(cohorts, k_min))
-
             if len(reporting - related) < k_min:
                 out[q] = grid_quantities.refused(Why.COHORT_TOO_SMALL, f"under {k_min} unrelated households report it")
             elif not audit.admissible_counts(list(dict.fromkeys(c - known for c in recent)), reporting - known, k_min) \
@@ -906,12 +906,15 @@ def _isolates_known(recent: list[frozenset[str]], candidate: frozenset[str], kno
     the others: each is audited with the rest of the known taken as known but itself not, as any other household
     is (red team 9a, R9a-4: known to every organization, its value was left to differencing). `exposed` is the
     audit's rule: the households (or members of groups) some combination of these cohorts tells apart."""
+    if not known:  # the usual device: no household is marked, and the union below is not needed
+        return False
     for r in known & candidate.union(*recent):
         others = known - {r}
         before = list(dict.fromkeys(c - others for c in recent))
         if r in exposed([*before, candidate - others]) and r not in exposed(before):
             return True
     return False
+
 
 def _doc(org_id: str, width: int, start: int, tag: str | None, result: Json | Refusal) -> Json:
     doc = {"t": "r", "o": org_id, "w": width, "s": start, "g": tag or ""}
