@@ -52,6 +52,32 @@ def identify(token: str, operator_token: str, registry: Registry) -> Principal |
     return None
 
 
+def credential(found: Principal) -> str | None:
+    """The registry's hash of the token that identified `found`, read just after `identify` (so it is the presented
+    token's hash); None for the operator, whose token is the config's."""
+    if found.organization is not None:
+        return found.organization.key_hash
+    if found.household is not None:
+        return found.household.token_hash if found.role == HOUSEHOLD else found.household.datalogger_hash
+    return None
+
+
+def still_identified(found: Principal, remembered: str, registry: Registry) -> bool:
+    """Whether the token whose hash was `remembered` (`credential`) still identifies the same caller, as
+    `identify` would say now, without hashing the token again: the organization or household of that id is still
+    in the registry and still holds that hash (a rotation replaces it, a deletion removes the entry)."""
+    if found.organization is not None:
+        org = registry.organizations.get(found.organization.id)
+        held = org.key_hash if org is not None else None
+    elif found.household is not None:
+        household = registry.households.get(found.household.id)
+        held = None if household is None else (
+            household.token_hash if found.role == HOUSEHOLD else household.datalogger_hash)
+    else:
+        return False
+    return held is not None and hmac.compare_digest(held, remembered)
+
+
 def client_key(address: str) -> str:
     """Who counts as one client: an IPv4 address, or an IPv6 /64 (one host's whole subnet: it has 2**64 addresses
     to rotate through). An IPv4-mapped IPv6 address is its IPv4 one; anything else (a Unix socket) as it is."""

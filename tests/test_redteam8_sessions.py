@@ -99,3 +99,45 @@ async def test_an_api_request_held_open_across_the_rotation_does_not_act(tmp_pat
     # before the fix: 200, and the household's endpoint was the thief's (with its secret in the thief's answer)
     assert answer.startswith("HTTP/1.1 401"), answer
     assert status == 404, f"{answer}: the household's notifications now go to {endpoint.get('url')}"
+
+
+# The API compares the hash its check found with the holder's hash after the body (agent/auth.py
+# `still_identified`): every credential and every way one ends, and the changes that must not end it.
+@pytest.mark.parametrize(("credential", "change", "ends"), [
+    ("token", "token", True), ("token", "datalogger_token", False), ("token", "delete", True),
+    ("datalogger_token", "datalogger_token", True), ("datalogger_token", "token", False),
+    ("datalogger_token", "delete", True), ("token", "another household's token", False)])
+async def test_a_reading_held_open_across_a_credential_change(tmp_path, start_agent, credential, change, ends):
+    running = await start_agent(make_config(tmp_path))
+    status, created = await running.call("POST", "/households", json={})
+    assert status == 201, created
+    household_id, other_id = created["id"], (await running.create_household())[0]
+    reading = json.dumps({"timestamp": running.agent.clock(), "power_import_w": 500.0}).encode()
+    request = await held(running.base, "POST", "/readings", f"Authorization: Bearer {created[credential]}",
+                         "application/json", reading)
+    if change == "delete":
+        status, body = await running.call("DELETE", f"/households/{household_id}")
+    else:
+        target = other_id if change == "another household's token" else household_id
+        status, body = await running.call("POST", f"/households/{target}/{change.split()[-1]}")
+    assert status in (200, 204), body
+    answer = await finish(request)
+    stored = running.agent.pipeline.latest.get(created["meter_id"])
+    assert answer.startswith("HTTP/1.1 401" if ends else "HTTP/1.1 201"), answer
+    assert (stored is None) == ends, f"{answer}: the reading was {'stored' if stored else 'not stored'}"
+
+
+@pytest.mark.parametrize(("change", "ends"), [("key", True), ("delete", True), ("none", False)])
+async def test_an_organization_request_held_open_across_its_key_change(tmp_path, start_agent, change, ends):
+    running = await start_agent(make_config(tmp_path))
+    org_id, key = await running.create_org("Data Broker", "dso")
+    request = await held(running.base, "POST", "/data/subscribe", f"Authorization: Bearer {key}",
+                         "application/json", b"{}")
+    if change != "none":
+        status, body = await running.call("DELETE" if change == "delete" else "POST",
+                                          f"/organizations/{org_id}" + ("/key" if change == "key" else ""))
+        assert status in (200, 204), body
+    answer = await finish(request)
+    # still its caller: the body is looked at (and refused: no endpoint); ended: 401 before it is
+    assert answer.startswith("HTTP/1.1 401") == ends, answer
+    assert ends or answer.startswith("HTTP/1.1 4"), answer

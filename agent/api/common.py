@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 
 from agent.api.errors import ApiError as ApiError, Http as Http, json_error  # handlers take them from here
-from agent.auth import Principal, identify
+from agent.auth import Principal, credential, identify, still_identified
 from agent.errors import DomainError
 from agent.registry import Organization
 from agent.services import Services
@@ -124,8 +124,18 @@ def require(request: web.Request, *roles: str, schemes: tuple[str, ...] = ("bear
     return found
 
 
-# The Principal the route's role check found (agent/api/routes.py), for its handler.
+# The Principal the route's role check found (agent/api/routes.py), for its handler; and the registry's hash of its
+# token then (`auth.credential`), which `still_caller` compares after the body instead of hashing the token again.
 CALLER = web.RequestKey("caller", Principal)
+CREDENTIAL = web.RequestKey("credential", str)
+
+
+def authenticate(request: web.Request, roles: tuple[str, ...], schemes: tuple[str, ...]) -> None:
+    """The route's role check (`require`): its caller and that caller's credential kept on the request."""
+    found = request[CALLER] = require(request, *roles, schemes=schemes)
+    remembered = credential(found)
+    if remembered is not None:
+        request[CREDENTIAL] = remembered
 
 
 def caller(request: web.Request) -> Principal:
@@ -203,6 +213,11 @@ def still_caller(request: web.Request) -> None:
     if found is None:
         return
     agent = agent_of(request)
+    remembered = request.get(CREDENTIAL)
+    if remembered is not None:  # the token's hash then, compared with its holder's now (no second SHA-256)
+        if not still_identified(found, remembered, agent.registry):
+            raise _unauthorized("unknown or revoked token")
+        return
     again = identify(token_from(request, ("bearer", "token")), agent.config.operator_token, agent.registry)
     if again is None or (again.role, again.id) != (found.role, found.id):
         raise _unauthorized("unknown or revoked token")

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from agent.api import (admin, anonymized, data, docs, household_actions, household_triggers, households, meters,
                        privacy, subscriptions, triggers)
-from agent.api.common import CALLER, KeyedLocks, require
+from agent.api.common import KeyedLocks, authenticate
 from agent.api.spec import Handler, Route
 
 ROUTES: tuple[Route, ...] = (
@@ -24,7 +24,7 @@ def guarded(route: Route) -> Handler:
         return route.handler
 
     async def checked(request: web.Request) -> web.StreamResponse:
-        request[CALLER] = require(request, *route.roles, schemes=route.schemes)
+        authenticate(request, route.roles, route.schemes)
         return await route.handler(request)
 
     checked.__name__ = route.handler.__name__
