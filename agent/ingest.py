@@ -15,6 +15,7 @@ aggregates (a datalogger catching up must not pile an hour into the current wind
 from __future__ import annotations
 
 import math
+import operator
 import re
 from datetime import datetime, timezone
 from enum import Enum
@@ -25,7 +26,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from agent.errors import DomainError
 from drivers.profiles import PROFILES
-from drivers.reading import COUNT, FIELDS, INPUT_FIELDS, MAP, NUMBER, TIME, TIME_FIELDS, Reading
+from drivers.reading import COUNT, FIELD_NAMES, FIELDS, INPUT_FIELDS, MAP, NUMBER, TIME, TIME_FIELDS, Reading
 from drivers.telegram import CrcError, TelegramDecoder, TelegramError
 
 MAX_BATCH = 1000
@@ -55,6 +56,8 @@ def _invalid(detail: str) -> IngestError:
 
 
 def parse_moment(value: object, name: str) -> datetime:
+    if type(value) is float and 0.0 <= value < 1e11:  # the usual (Unix seconds): what the checks below let through
+        return datetime.fromtimestamp(value, timezone.utc)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _invalid(f"{name} must be an ISO 8601 time or Unix seconds")
     if isinstance(value, str):
@@ -130,6 +133,19 @@ _BODY: Any = list[ReadingInput] | ReadingsBody  # type: ignore[valid-type]
 _DECODER = msgspec.json.Decoder(_BODY)
 _FIELD_TYPES = dict.fromkeys(INPUT_FIELDS)
 
+# A checked reading is made positionally from the decoded one's values (msgspec's astuple, in INPUT_FIELDS' order):
+# the posted fields are a Reading's second and its fourth on, meter_id and received_at (the device's) around the
+# timestamp, the telegram-only fields after them.
+if FIELD_NAMES[:3] != ("meter_id", "timestamp", "received_at") or [FIELD_NAMES.index(n) for n in INPUT_FIELDS] != [
+        1, *range(3, len(INPUT_FIELDS) + 2)]:
+    raise TypeError("drivers/reading.py: the posted fields are no longer where _checked puts them")
+_ASTUPLE = msgspec.structs.astuple
+_POSTED = len(INPUT_FIELDS)  # astuple's values past these are not a reading's (a body's `readings`)
+_UNPOSTED = (None,) * (len(FIELD_NAMES) - len(INPUT_FIELDS) - 2)
+_FIX = tuple((name, INPUT_FIELDS.index(name) - 1) for name in _CHECKED)  # each one's place after the timestamp
+_GIVEN_FIX = operator.itemgetter(*(i + 1 for _, i in _FIX))  # their values in astuple's
+_NO_FIX = (None,) * len(_FIX)
+
 
 def readings_from_json_bytes(raw: bytes, meter_id: str, received_at: datetime,
                              tags: tuple[str, ...] | None = None) -> list[Reading]:
@@ -186,25 +202,32 @@ def _readings(payload: Any, meter_id: str, received_at: datetime, tags: tuple[st
 
 def _checked(item: Any, meter_id: str, received_at: datetime, where: str, tags: tuple[str, ...] | None) -> Reading:
     """A reading msgspec decoded (its fields' types and bounds checked): what the schema does not say."""
+    values = _ASTUPLE(item)  # the fields in INPUT_FIELDS' order, None where null or absent
     try:
-        if item.timestamp is UNSET:
+        if values[0] is UNSET:
             raise _invalid("timestamp is required")
-        values = msgspec.to_builtins(item)  # the fields given (a null one is left out: None in the Reading)
-        values["timestamp"] = parse_moment(values["timestamp"], "timestamp")
-        for name in _CHECKED:  # in the table's order: the first wrong one is said, whatever the body's order
-            value = values.get(name)
-            if value is None:
-                continue
-            if name in TIME_FIELDS:
-                values[name] = parse_moment(value, name)
-            elif name == "channels":
-                values[name] = _channels(value, tags)
-            elif type(value) is float:  # a count
-                values[name] = _whole(name, value)
-        values["meter_id"], values["received_at"] = meter_id, received_at
+        timestamp = parse_moment(values[0], "timestamp")
+        posted: tuple[Any, ...] | list[Any] = values[1:_POSTED]
+        if _GIVEN_FIX(values) != _NO_FIX:  # most readings have none of the fields that need more than the schema
+            posted = _fixed(list(posted), tags)
     except IngestError as err:
         raise IngestError(err.code, where + err.detail) from None
-    return Reading.from_values(values)
+    return Reading(meter_id, timestamp, received_at, *posted, *_UNPOSTED)
+
+
+def _fixed(posted: list[Any], tags: tuple[str, ...] | None) -> list[Any]:
+    """Other times read, channels' tags checked, counts given as whole floats made ints."""
+    for name, i in _FIX:  # in the table's order: the first wrong one is said, whatever the body's order
+        value = posted[i]
+        if value is None:
+            continue
+        if name in TIME_FIELDS:
+            posted[i] = parse_moment(value, name)
+        elif name == "channels":
+            posted[i] = _channels(value, tags)
+        elif type(value) is float:  # a count
+            posted[i] = _whole(name, value)
+    return posted
 
 
 def _whole(name: str, value: float) -> int:
