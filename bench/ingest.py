@@ -301,8 +301,11 @@ def instructions(seconds: int) -> None:
 
 
 def _count(side: str, seconds: int) -> int:
+    # One OpenBLAS thread (numpy's, imported by the DP module): its idle workers spin for as long as the machine makes
+    # them wait, which made two counts of the same run differ by ~9M instructions (~35k per reading of 250).
     run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-                          "--run", side, str(seconds)], capture_output=True, text=True, cwd=ROOT)
+                          "--run", side, str(seconds)], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     if run.returncode:
         raise RuntimeError(f"{side} under callgrind failed: {run.stderr[-2000:]}")
     return int(re.search(r"Collected : (\d+)", run.stderr)[1])
