@@ -178,12 +178,15 @@ class Sink(asyncio.Transport):
         self.answers = 0
         self.statuses: dict[int, int] = {}
         self.closing = False
+        self.waiter: asyncio.Future | None = None  # Connection.send's, until the next answer
 
     def write(self, data) -> None:
         if bytes(data[:9]) == b"HTTP/1.1 ":
             status = int(bytes(data[9:12]))
             self.statuses[status] = self.statuses.get(status, 0) + 1
             self.answers += 1
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
 
     def writelines(self, chunks) -> None:
         for chunk in chunks:
@@ -221,10 +224,14 @@ class Connection:
         self.protocol.connection_made(self.sink)
 
     async def send(self, request: bytes) -> None:
+        """The request, and its answer awaited. Not polled with sleep(0): while a handler waits for a worker thread
+        (the first request of a household reads its segment files), each poll is a turn of the event loop counted
+        as the agent's, as many as the thread took (two counts of one run differed by 10,000 turns)."""
         answered = self.sink.answers
         self.protocol.data_received(request)
         while self.sink.answers == answered:
-            await asyncio.sleep(0)
+            self.sink.waiter = asyncio.get_running_loop().create_future()
+            await self.sink.waiter
 
 
 async def in_process(side: str, seconds: int, households: int = HOUSEHOLDS_COUNTED) -> dict[int, int]:
