@@ -5,6 +5,9 @@ crash suites write and cut real files."""
 from __future__ import annotations
 
 import json
+import math
+import os
+import random
 import struct
 import zlib
 
@@ -23,6 +26,8 @@ from agent.store.records import (
     scan_lazily_at,
     scan_records,
 )
+from agent.store.segment import SegmentDB
+from tests.helpers.store import CRASH_T0, make_reading
 
 ONE = encode_record("readings", 1, [{"a": 1}])
 TWO = encode_record("readings", 2, [{"a": 2}, {"a": 3}])
@@ -30,7 +35,8 @@ OTHER = encode_record("rollups", 1, [{"b": 1}])
 
 
 def frame(payload_json: bytes) -> bytes:
-    """A frame around any JSON, compressed with the format's dictionary: its check holds whatever it says."""
+    """A frame around any JSON, compressed with the format's dictionary and the settings of every version before session
+    8 (level 6, 32 KiB window, memLevel 9): its check holds whatever it says."""
     packer = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICT_V1)
     payload = packer.compress(payload_json) + packer.flush()
     return struct.pack(">4sII", MAGIC, len(payload), zlib.crc32(payload)) + payload
@@ -133,3 +139,47 @@ def test_damage_after_an_offset_is_told_at_its_offset_in_the_segment():
     base = 1000
     (damage,) = damage_after(ONE + flip(TWO, 20) + OTHER, base)
     assert damage.offset == base + len(ONE) and f"at byte {base + len(ONE)} " in damage.problem
+
+
+# A record as every version before session 8 wrote it (zlib level 6, 32 KiB window, memLevel 9), made by ddf70aa's
+# encode_record: the readings of a datalogger, one with channels, one with a NaN (json writes it as NaN).
+V1_FRAME = bytes.fromhex(
+    "455367310000005138d2edfd78bbad6e7626c39623ccb1e4885c5d431c99c21c77a630d73332c5cc152686467aa6c8b952293923312f2f"
+    "3507188cd54a05c05465a8675a8be64edcf65be0b6df026c3f2c64fc12fd6a636b01b40546fe")
+V1_DOCS = [{"meter_id": "m-1", "timestamp": 1700000007.0, "received_at": 1700000007.25, "power_import_w": 412.5,
+            "tariff": 2, "channels": {"pv": 1.5}},
+           {"meter_id": "m-1", "timestamp": 1700000008.0, "received_at": 1700000008.25, "gas_m3": float("nan")}]
+
+
+def test_segments_written_by_earlier_versions_read_as_they_did_and_take_new_records(tmp_path):
+    [(table, first_id, docs)], end, problem = decode_records(V1_FRAME)
+    assert (table, first_id, end, problem) == ("readings", 7, len(V1_FRAME), None)
+    assert docs[0] == V1_DOCS[0] and math.isnan(docs[1].pop("gas_m3")) and docs[1] == {
+        k: v for k, v in V1_DOCS[1].items() if k != "gas_m3"}
+    # A bigger old file (records past the 4 KiB window the writer uses now), then appends by this version after it.
+    rng = random.Random(8)
+    old = [[{"v": rng.random(), "n": rng.randrange(10**6), "s": os.urandom(rng.randrange(400)).hex()}
+            for _ in range(rng.randint(1, 30))] for _ in range(12)]
+    path = tmp_path / "old.seg"
+    ids = 1
+    with open(path, "wb") as out:
+        for batch in old:  # frame() compresses with the settings of every version before session 8
+            out.write(frame(json.dumps({"t": "r", "i": ids, "d": batch}, separators=(",", ":")).encode()))
+            ids += len(batch)
+    new = [{"v": 0.5, "s": "x" * 5000}, {"v": 1.5}]
+    db = SegmentDB(path)
+    assert db.table("r").insert_multiple(new) == [ids, ids + 1]  # the old file's ids learnt, continued
+    db.close()
+    expected = [doc for batch in old for doc in batch] + new
+    assert SegmentDB(path).table("r").all() == expected
+    records, _, problem = decode_records(path.read_bytes())
+    assert problem is None and [doc for _, _, batch in records for doc in batch] == expected
+
+
+def test_records_this_version_writes_read_with_the_decompressor_of_every_earlier_version():
+    docs = [make_reading("m", CRASH_T0 + i, i).to_record() for i in range(5)] + [{"s": os.urandom(3000).hex()}]
+    record = encode_record("readings", 3, docs)
+    payload = record[HEADER.size:]
+    unpacker = zlib.decompressobj(15, ZDICT_V1)  # what records.py decoded with before session 8, and still does
+    assert json.loads(unpacker.decompress(payload) + unpacker.flush()) == {"t": "readings", "i": 3, "d": docs}
+    assert HEADER.unpack(record[:HEADER.size]) == (MAGIC, len(payload), zlib.crc32(payload))
