@@ -146,6 +146,36 @@ async def test_a_noisy_trigger_day_is_released_once_with_its_last_window(tmp_pat
     assert releases.ledger_of(target[0])["spent_rho"] == pytest.approx(2 * rho)  # days d and d + 1, once each
 
 
+async def test_a_trigger_day_the_disk_refused_is_released_by_a_later_pass_charged_once(tmp_path, start_agent,
+                                                                                         monkeypatch):
+    """The pass that would release a day's statistics cannot write the release log (a full SD card): nothing is
+    released, nothing stays charged, and the day is not lost: the next pass, the disk back, releases it once,
+    charged once (red team 9a R9a-6's fix: a refused pass's draws are undone)."""
+    running, clock, org_id, key, own, target = await neighbourhood(tmp_path, start_agent)
+    trigger = await upload(running, key, "household_power_consumption")
+    releases = running.agent.releases
+    write = releases.log.write
+
+    def full(batches):
+        raise OSError(28, "No space left on device")
+
+    await next_day(running, clock)  # day d: consents held all of it
+    day = math.floor(clock.now / DAY) * DAY
+    await close_window(running, clock, DAY)
+    clock.now = releases.trigger_day_released_at(day)
+    monkeypatch.setattr(releases.log, "write", full)
+    await releases.settle()
+    assert releases.trigger_days(org_id, trigger) == [] and releases.ledger_of(target[0])["spent_rho"] == 0
+    monkeypatch.setattr(releases.log, "write", write)
+    clock.now += 1
+    await releases.settle()
+    assert [b["window_start"] for b in releases.trigger_days(org_id, trigger)] == [iso(day)]
+    on_disk = [d for d in releases.log.read(day_name(day)) if d["t"] == "n" and d.get("i") == trigger]
+    assert [d["s"] for d in on_disk] == [day], on_disk
+    loss = running.agent.config.levels["supplier"].dp.loss()
+    assert releases.ledger_of(target[0])["spent_rho"] == pytest.approx(loss)
+
+
 async def test_counts_that_come_after_their_day_was_released_are_dropped(tmp_path, start_agent):
     """The runner's counts of a day's last window come after the day was released (a busy runner): dropped and
     counted, never a second record of the day charged again; after a restart too (the released days are read back

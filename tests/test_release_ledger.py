@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from agent.release.ledger import DAY, Ledger, day_of, epsilon_of_rho, rho_of_epsilon
+from agent.release.ledger import DAY, EVERYONE, Ledger, day_of, epsilon_of_rho, rho_of_epsilon
 from tests.helpers.clock import HOUR
 
 MIDNIGHT = HOUR // DAY * DAY
@@ -82,3 +82,28 @@ def test_the_households_view():
     over = Ledger(horizon_days=1, cap_rho=0.1)
     over.charge(["a"], 0.2, MIDNIGHT)
     assert over.of("a", MIDNIGHT, 1e-6)["remaining_rho"] == 0.0  # never negative
+
+
+def test_undo_restores_every_charge_since_begin_exactly():
+    """A settle pass whose record the disk refused released nothing: its charges are undone to the bit (restored,
+    not subtracted: 0.1 + 0.2 - 0.2 is not 0.1), the days it added are gone, the lost-day marks it added too, and
+    what was charged before `begin` or after `keep` stays (red team 9a, R9a-6)."""
+    ledger = Ledger(horizon_days=30, cap_rho=1.0)
+    ledger.charge(["a"], 0.1, MIDNIGHT)
+    before = ledger.of("a", MIDNIGHT + 10, 1e-6)
+    ledger.begin()
+    ledger.charge(["a", "b"], 0.2, MIDNIGHT + 5)
+    ledger.charge(["a"], 0.2, MIDNIGHT + DAY)
+    ledger.charge([EVERYONE], 0.2, MIDNIGHT + 2 * DAY)
+    assert ledger.spent("a", MIDNIGHT + 2 * DAY) == 1.0  # a lost day counts as the cap
+    ledger.undo()
+    assert ledger.of("a", MIDNIGHT + 10, 1e-6) == before and ledger.spent("a", MIDNIGHT) == 0.1
+    assert ledger.spent("b", MIDNIGHT + 5) == 0 and ledger.lost_until(MIDNIGHT + 2 * DAY) is None
+    assert ledger.spent("a", MIDNIGHT + 2 * DAY) == 0.1
+    ledger.begin()
+    ledger.charge(["a"], 0.3, MIDNIGHT)
+    ledger.keep()
+    ledger.undo()  # nothing to undo once kept
+    ledger.charge(["a"], 0.3, MIDNIGHT)  # nor a charge made with no pass begun
+    ledger.undo()
+    assert ledger.spent("a", MIDNIGHT) == pytest.approx(0.7)

@@ -131,3 +131,23 @@ def test_the_index_is_exact_after_a_kill_9(tmp_path):
     assert again.inclusion(households[0], org, None, T0 + 25, T0 + 3600).included == 0  # the marks are on disk
     again.close()
     assert os.listdir(tmp_path / "releases" / "members")
+
+
+def test_windows_noted_released_then_refused_charge_nothing_and_keep_their_cohort(tmp_path):
+    """A window noted released whose record the disk then refused (`refused`): from it on the stream is refused,
+    the household stays in its cohort (the page's "in the group"), it charged nothing, on disk as in memory; the
+    next window released charges again."""
+    index = Members(tmp_path, keep_days=31, clock=lambda: T0)
+    home = frozenset({"h1"})
+    index.note("o", None, 1, T0, home, True, 0.01)
+    index.note("o", None, 1, T0 + 1, home, True, 0.01)  # the pass's second window: no change to note
+    index.refused("o", None, 1, T0, 0.01)
+    index.refused("o", None, 1, T0 + 1, 0.01)  # already refused from T0: nothing more
+    index.note("o", None, 1, T0 + 2, home, True, 0.01)
+    got = index.inclusion("h1", "o", None, T0, T0 + 3)
+    assert (got.included, got.windows, got.rho) == (3, 3, pytest.approx(0.01))
+    index.close()
+    again = Members(tmp_path, keep_days=31, clock=lambda: T0)
+    assert again.inclusion("h1", "o", None, T0, T0 + 2).rho == 0
+    assert again.inclusion("h1", "o", None, T0, T0 + 3).rho == pytest.approx(0.01)
+    again.close()

@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +122,8 @@ class Releases:
         self._memos_unknown_until = 0.0
         self._once_running: dict[str, asyncio.Future[Json]] = {}
         self._pending: dict[str, list[Json]] = {}  # exact records not yet on disk (flushed with the store)
-        self._cohorts_written: set[tuple[str, str]] = set()
+        self._cohorts_written: set[tuple[str, str]] = set()  # (day file, cohort digest) on disk
+        self._pass = _PassUndo()
         self._trigger_days: dict[tuple[str, str, int], dict[str, dict[str, int]]] = {}
         self._trigger_released: dict[tuple[str, str], list[Json]] = {}
         # the days decided (released or not): counts coming later are dropped, never a second release of the day;
@@ -393,62 +394,72 @@ class Releases:
     async def settle(self) -> None:
         """Decide every window that has settled since the last pass. Tests call this after stepping the clock."""
         async with self._settling:
-            limit = self.settle_limit()
-            grids = self._grids()
-            staged: Staged = {}  # in decision order
-            durable: dict[str, list[Json]] = {}
-            newly: list[tuple[int, int]] = []
-            decided: dict[int, int] = {}  # applied once the records are in place, never before
-            for grid, orgs in grids.items():
-                cursor = self._cursor.get(grid)
-                if cursor is None:
-                    cursor = self._cursor[grid] = math.ceil(self._started_at / grid.width) * grid.width
-                book = self.books[WIDTH_NAME[grid.width]]
-                # a window whose readings are no longer in memory (the agent was busy for long) is skipped
-                oldest = book.window_start(limit) - (book.keep - 1) * grid.width
-                if cursor < oldest:
-                    cursor = oldest
-                while cursor + grid.width <= limit:
-                    self._decide(grid, orgs, cursor, staged, durable)
-                    cursor += grid.width
-                self._cursor[grid] = cursor
-            for width in WINDOW_SECONDS.values():
-                frontier = math.floor(limit / width) * width - width
-                if frontier >= math.ceil(self._started_at / width) * width and self._decided.get(width) != frontier:
-                    previous = self._decided.get(width)
-                    first = frontier if previous is None else previous + width
-                    newly.extend((width, s) for s in range(max(first, frontier - 10 * width), frontier + width,
-                                                           width))
-                    decided[width] = frontier
-            peaks_before = dict(self._peaks)
-            days = self._release_trigger_days(limit, durable)
-            await self.members.commit()  # who each release included, on disk before anyone can have it
-            if durable:
+            self._pass = _PassUndo()
+            self.ledger.begin()
+            try:
+                await self._settle()
+            finally:
+                self.ledger.keep()  # an error other than a refused write: its charges stay (an over-count)
+
+    async def _settle(self) -> None:
+        limit = self.settle_limit()
+        grids = self._grids()
+        staged: Staged = {}  # in decision order
+        durable: dict[str, list[Json]] = {}
+        newly: list[tuple[int, int]] = []
+        decided: dict[int, int] = {}  # applied once the records are in place, never before
+        for grid, orgs in grids.items():
+            cursor = self._cursor.get(grid)
+            if cursor is None:
+                cursor = self._cursor[grid] = math.ceil(self._started_at / grid.width) * grid.width
+            book = self.books[WIDTH_NAME[grid.width]]
+            # a window whose readings are no longer in memory (the agent was busy for long) is skipped
+            oldest = book.window_start(limit) - (book.keep - 1) * grid.width
+            if cursor < oldest:
+                cursor = oldest
+            while cursor + grid.width <= limit:
+                self._decide(grid, orgs, cursor, staged, durable)
+                cursor += grid.width
+            self._cursor[grid] = cursor
+        for width in WINDOW_SECONDS.values():
+            frontier = math.floor(limit / width) * width - width
+            if frontier >= math.ceil(self._started_at / width) * width and self._decided.get(width) != frontier:
+                previous = self._decided.get(width)
+                first = frontier if previous is None else previous + width
+                newly.extend((width, s) for s in range(max(first, frontier - 10 * width), frontier + width,
+                                                       width))
+                decided[width] = frontier
+        peaks_before = dict(self._peaks)
+        days = self._release_trigger_days(limit, durable)
+        await self.members.commit()  # who each release included, on disk before anyone can have it
+        if durable:
+            try:
+                await self.writes.write(self.log.write, durable)
+                self._cohorts_written |= self._pass.cohorts
+            except OSError as err:
+                log.error("release log not written (%s): the noisy windows of this pass are not released",
+                          err)
+                await self._undo_pass()
+                staged = {key: _refused_doc(doc, Why.STORAGE_ERROR, "the release could not be written "
+                                            "durably; not released") if _noisy(doc) else doc
+                          for key, doc in staged.items()}
+                self._restore_peaks(peaks_before, {k[0] for k, d in staged.items()
+                                                   if d.get("x", {}).get("error") == Why.STORAGE_ERROR})
+                days = []
+        for org_id, trigger_id, body in days:
+            self._trigger_released.setdefault((org_id, trigger_id), []).append(body)
+        for key, doc in staged.items():
+            self._records[key] = doc
+            if not doc.get("noisy"):  # the noisy fine records are on disk already
+                self._pending.setdefault(ReleaseLog.file_of(doc), []).append(doc)
+        self._decided.update(decided)
+        self._prune(limit)
+        for width, start in newly:
+            for callback in self._listeners:
                 try:
-                    await self.writes.write(self.log.write, durable)
-                except OSError as err:
-                    log.error("release log not written (%s): the noisy windows of this pass are not released",
-                              err)
-                    staged = {key: _refused_doc(doc, Why.STORAGE_ERROR, "the release could not be written "
-                                                "durably; not released") if _noisy(doc) else doc
-                              for key, doc in staged.items()}
-                    self._restore_peaks(peaks_before, {k[0] for k, d in staged.items()
-                                                       if d.get("x", {}).get("error") == Why.STORAGE_ERROR})
-                    days = []
-            for org_id, trigger_id, body in days:
-                self._trigger_released.setdefault((org_id, trigger_id), []).append(body)
-            for key, doc in staged.items():
-                self._records[key] = doc
-                if not doc.get("noisy"):  # the noisy fine records are on disk already
-                    self._pending.setdefault(ReleaseLog.file_of(doc), []).append(doc)
-            self._decided.update(decided)
-            self._prune(limit)
-            for width, start in newly:
-                for callback in self._listeners:
-                    try:
-                        callback(WIDTH_NAME[width], start)
-                    except Exception:
-                        log.exception("release listener failed")
+                    callback(WIDTH_NAME[width], start)
+                except Exception:
+                    log.exception("release listener failed")
 
     async def flush(self) -> None:
         """Exact records to disk (with the store's flush): they carry no ledger charge, so a crash before this
@@ -691,6 +702,18 @@ class Releases:
             current = self._peaks[key] = (month, watts, start)
         return current if current is not None else (month, watts, start)
 
+    async def _undo_pass(self) -> None:
+        """A pass whose release-log write was refused released nothing noisy: its charges, its members notes
+        ("released", with rho) and its trigger days' draws are undone, so the household's page, its budget and
+        the log rebuilt at the next start agree (red team 9a, R9a-6). The days' counts are kept for the next pass."""
+        self.ledger.undo()
+        for org_id, tag, width, start, loss in self._pass.released:
+            self.members.refused(org_id, tag, width, start, loss)
+        await self.members.commit()
+        for key, bucket in self._pass.trigger_days.items():
+            self._trigger_days[key] = bucket
+            self._trigger_done.discard(key)
+
     def _restore_peaks(self, before: dict[tuple[str, int], tuple[int, float, int]], org_ids: set[str]) -> None:
         """A pass whose noisy records could not be written: their values never count toward a peak."""
         for key in [k for k in self._peaks if k[0] in org_ids]:
@@ -740,12 +763,13 @@ class Releases:
                 self.ledger.charge(members, loss, start)
                 digest = cohort_hash(members)
                 batch = durable.setdefault(name, [])
-                if (name, digest) not in self._cohorts_written:
+                if (name, digest) not in self._cohorts_written and (name, digest) not in self._pass.cohorts:
                     batch.append({"t": "c", "h": digest, "m": sorted(members), "s": start})
-                    self._cohorts_written.add((name, digest))
+                    self._pass.cohorts.add((name, digest))
                 doc = _doc(org.id, grid.width, start, tag, self._with_peak(org, grid.width, start, body))
                 doc.update(c=digest, p=loss, noisy=True)  # the record the ledger is rebuilt from
                 self.members.note(org.id, tag, grid.width, start, members, True, loss)
+                self._pass.released.append((org.id, tag, grid.width, start, loss))
                 batch.append(doc)
                 staged[key] = doc
 
@@ -838,6 +862,7 @@ class Releases:
         for key in [k for k in self._trigger_days if self.trigger_day_released_at(k[2]) <= limit]:
             bucket = self._trigger_days.pop(key)
             self._trigger_done.add(key)
+            self._pass.trigger_days[key] = bucket
             org_id, trigger_id, day = key
             level = self._level_of(org_id)
             if level is None:
@@ -927,6 +952,15 @@ def _doc(org_id: str, width: int, start: int, tag: str | None, result: Json | Re
 
 def _noisy(doc: Json) -> bool:
     return bool(doc.get("noisy")) or doc.get("b", {}).get("privacy", {}).get("kind") == "noisy"
+
+
+@dataclass
+class _PassUndo:
+    """What a settle pass did in memory before its release-log write, to undo if the write is refused."""
+
+    cohorts: set[tuple[str, str]] = field(default_factory=set)  # cohort records in the pass's batch
+    released: list[tuple[str, str | None, int, int, float]] = field(default_factory=list)  # noted released
+    trigger_days: dict[tuple[str, str, int], dict[str, dict[str, int]]] = field(default_factory=dict)
 
 
 def _refused_doc(doc: Json, error: str, detail: str) -> Json:

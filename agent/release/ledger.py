@@ -51,6 +51,8 @@ class Ledger:
         self.cap_rho = cap_rho
         self._days: dict[str, dict[int, float]] = {}  # household -> {day: rho}
         self._unknown: set[int] = set()  # days charged to EVERYONE
+        # (household or EVERYONE, day) -> its charge before the first one since `begin` (None: there was none)
+        self._journal: dict[tuple[str, int], float | None] | None = None
 
     def _unknown_in_horizon(self, moment: float) -> list[int]:
         first = self.first_day(moment)
@@ -77,12 +79,41 @@ class Ledger:
 
     def charge(self, households: Iterable[str], rho: float, moment: float) -> None:
         day = day_of(moment)
+        journal = self._journal
         for household in households:
             if household == EVERYONE:
+                if journal is not None and (EVERYONE, day) not in journal:
+                    journal[(EVERYONE, day)] = 0.0 if day in self._unknown else None
                 self._unknown.add(day)
                 continue
             days = self._days.setdefault(household, {})
+            if journal is not None and (household, day) not in journal:
+                journal[(household, day)] = days.get(day)
             days[day] = days.get(day, 0.0) + rho
+
+    # A pass's charges are made as it decides (a later window of the pass must see them), before its records are
+    # written; if the write is refused nothing was released, and the charges are undone exactly (restored, not
+    # subtracted), so memory holds what the log rebuilds at the next start (red team 9a, R9a-6).
+    def begin(self) -> None:
+        self._journal = {}
+
+    def keep(self) -> None:
+        self._journal = None
+
+    def undo(self) -> None:
+        journal, self._journal = self._journal or {}, None
+        for (household, day), before in journal.items():
+            if household == EVERYONE:
+                if before is None:
+                    self._unknown.discard(day)
+                continue
+            days = self._days.get(household, {})
+            if before is None:
+                days.pop(day, None)
+                if not days:
+                    self._days.pop(household, None)
+            else:
+                days[day] = before
 
     def forget_before(self, moment: float) -> None:
         first = self.first_day(moment)

@@ -166,6 +166,14 @@ class Members:
         if stream.flag() != (width, released, rho) or added or removed:
             self._change(key, stream, start, width, released, rho, added, removed)
 
+    def refused(self, org_id: str, tag: str | None, width: int, start: int, rho: float) -> None:
+        """The stream's windows from `start` on, noted released, were refused after all (their record could not be
+        written): a flag change only, so the cohorts noted for them stay (a refused window records its cohort)."""
+        key = (org_id, tag or "")
+        stream = self._streams.get(key)
+        if stream is not None and stream.flag() != (width, False, rho):
+            self._change(key, stream, start, width, False, rho, (), ())
+
     def _change(self, key: Key, stream: Stream, start: int, width: int, released: bool, rho: float,
                 added: Iterable[str], removed: Iterable[str]) -> None:
         name = day_file_name(start)
